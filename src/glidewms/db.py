@@ -1,0 +1,75 @@
+"""Database plumbing shared by the services: engines and versioned migrations.
+
+Each service owns its schema as SQLAlchemy Core tables plus an ordered list of
+migrations. SQLite (WAL) is the embedded default; any SQLAlchemy URL works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+Migration = Callable[[Connection], None]
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings each backend needs for a multi-threaded service."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine, service: str, migrations: Sequence[Migration]) -> int:
+    """Apply the migrations not yet applied, in order, each in its own transaction.
+
+    The version lives in `schema_version`; migration i (1-based) brings the schema
+    to version i. Returns the resulting version.
+    """
+    meta = sa.MetaData()
+    version_table = sa.Table(
+        "schema_version",
+        meta,
+        sa.Column("service", sa.String(32), primary_key=True),
+        sa.Column("version", sa.Integer, nullable=False),
+    )
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        row = conn.execute(
+            sa.select(version_table.c.version).where(version_table.c.service == service)
+        ).first()
+        current = row[0] if row else 0
+        if row is None:
+            conn.execute(version_table.insert().values(service=service, version=0))
+    if current > len(migrations):
+        raise RuntimeError(
+            f"{service} database schema is version {current}, newer than this glidewms "
+            f"({len(migrations)}); upgrade glidewms"
+        )
+    for number, step in enumerate(migrations[current:], start=current + 1):
+        with engine.begin() as conn:
+            step(conn)
+            conn.execute(
+                version_table.update()
+                .where(version_table.c.service == service)
+                .values(version=number)
+            )
+    return len(migrations)
