@@ -1,0 +1,57 @@
+"""Run an ASGI app on a socket we bind ourselves.
+
+Binding first lets a service take port 0 (any free port) and publish the real
+URL in a file before serving, which is how `glidewms up` and the tests find
+each other without guessing ports or sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def serve(app: object, host: str, port: int, url_file: Path | None = None) -> None:
+    """Serve `app` until SIGINT/SIGTERM; write the URL to `url_file` once listening."""
+    sock = bind(host, port)
+    url = url_of(sock)
+    if url_file is not None:
+        write_atomically(Path(url_file), url + "\n")
+    log.info("listening on %s", url)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if url_file is not None:
+            Path(url_file).unlink(missing_ok=True)
