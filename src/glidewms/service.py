@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -41,10 +42,17 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def serve(app: object, host: str, port: int, url_file: Path | None = None) -> None:
-    """Serve `app` until SIGINT/SIGTERM; write the URL to `url_file` once listening."""
+def serve(
+    make_app: Callable[[str], object], host: str, port: int, url_file: Path | None = None
+) -> None:
+    """Serve the app built by `make_app(url)` until SIGINT/SIGTERM.
+
+    The app gets its own public URL (factories hand it to pilots); the URL is
+    written to `url_file` once the socket listens.
+    """
     sock = bind(host, port)
     url = url_of(sock)
+    app = make_app(url)
     if url_file is not None:
         write_atomically(Path(url_file), url + "\n")
     log.info("listening on %s", url)

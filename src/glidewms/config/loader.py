@@ -42,7 +42,8 @@ def parse_config(model: type[M], data: object, source: str) -> M:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {kind}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
