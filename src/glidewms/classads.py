@@ -1,0 +1,147 @@
+"""ClassAd helpers over the real library (`classad2` from the htcondor wheel).
+
+Everything that parses or evaluates a ClassAd goes through here, so the one
+pitfall that silently breaks matchmaking (HTCondor's functions such as
+`stringListMember` evaluate to Error unless `htcondor2` was imported first)
+is handled in exactly one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+os.environ.setdefault("CONDOR_CONFIG", "/dev/null")  # silence "no condor_config" chatter
+
+import classad2
+import htcondor2  # noqa: F401  (must come before classad2 is used: see module docstring)
+
+ClassAd = classad2.ClassAd
+ExprTree = classad2.ExprTree
+
+# Attributes that always decide whether a job fits a slot; together with the
+# job attributes its Requirements reference they form the autocluster signature.
+BASE_SIGNIFICANT = (
+    "Requirements",
+    "Rank",
+    "RequestCpus",
+    "RequestMemory",
+    "RequestDisk",
+    "RequestGPUs",
+    "JobUniverse",
+)
+
+
+class ClassAdError(ValueError):
+    """Text that is not a valid ClassAd or ClassAd expression."""
+
+
+def parse_ad(text: str) -> classad2.ClassAd:
+    """Parse a bracketed (new-syntax) ClassAd; refuse anything else.
+
+    The unbracketed old syntax can misparse silently, so it is not accepted;
+    and `classad2.parseOne` returns an *empty ad* for broken text such as
+    `[ A = ]`, so the strict `ClassAd(text)` constructor is used instead.
+    """
+    stripped = text.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        raise ClassAdError("a ClassAd must be written in brackets: [ Attr = value; ... ]")
+    try:
+        return classad2.ClassAd(stripped)
+    except Exception as exc:  # classad2 raises its own ClassAdException
+        raise ClassAdError(f"not a valid ClassAd: {exc}") from None
+
+
+def parse_expr(text: str) -> classad2.ExprTree:
+    try:
+        return classad2.ExprTree(text)
+    except Exception as exc:
+        raise ClassAdError(f"not a valid ClassAd expression: {text!r}") from exc
+
+
+def ad_from_dict(values: Mapping[str, Any]) -> classad2.ClassAd:
+    """Build an ad from plain JSON values (str, int, float, bool, lists of those)."""
+    return classad2.ClassAd(dict(values))
+
+
+def to_text(ad: classad2.ClassAd) -> str:
+    """One-line bracketed form: what we store and send."""
+    parts = [f"{name} = {ad.lookup(name)}" for name in sorted(ad.keys())]
+    return "[ " + "; ".join(parts) + " ]"
+
+
+def to_long(ad: classad2.ClassAd) -> str:
+    """The `condor_q -l` form, attributes sorted."""
+    return "\n".join(f"{name} = {ad.lookup(name)}" for name in sorted(ad.keys()))
+
+
+def evaluate(expr: str | classad2.ExprTree, ad: classad2.ClassAd,
+             target: classad2.ClassAd | None = None) -> Any:
+    tree = parse_expr(expr) if isinstance(expr, str) else expr
+    if target is None:
+        return tree.eval(scope=ad)
+    return tree.eval(scope=ad, target=target)
+
+
+def is_true(value: Any) -> bool:
+    """ClassAd truth: only the boolean true (or a non-zero number) counts."""
+    if value is True:
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0
+
+
+def constraint_matches(constraint: str | classad2.ExprTree, ad: classad2.ClassAd) -> bool:
+    return is_true(evaluate(constraint, ad))
+
+
+def job_fits_slot(job: classad2.ClassAd, slot: classad2.ClassAd) -> bool:
+    """Both ways: the job's Requirements against the slot and the slot's Start
+    (or Requirements) against the job. A missing expression means true."""
+    req = job.lookup("Requirements") if "Requirements" in job else None
+    if req is not None and not is_true(req.eval(scope=job, target=slot)):
+        return False
+    for name in ("Start", "Requirements"):
+        if name in slot:
+            return is_true(slot.lookup(name).eval(scope=slot, target=job))
+    return True
+
+
+def rank(expr_owner: classad2.ClassAd, other: classad2.ClassAd) -> float:
+    """Evaluate `Rank` of one ad against the other; undefined or error ranks 0."""
+    if "Rank" not in expr_owner:
+        return 0.0
+    value = expr_owner.lookup("Rank").eval(scope=expr_owner, target=other)
+    if isinstance(value, bool):
+        return float(value)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def significant_attributes(job: classad2.ClassAd) -> list[str]:
+    """The job attributes that can change a match: the base set plus every job
+    attribute its Requirements and Rank reference."""
+    names = {n for n in BASE_SIGNIFICANT if n in job}
+    for expr_name in ("Requirements", "Rank"):
+        if expr_name in job:
+            names.update(job.internalRefs(job.lookup(expr_name)))
+    return sorted(n for n in names if n in job)
+
+
+def signature(job: classad2.ClassAd) -> tuple[str, str]:
+    """(autocluster key, ad text of the significant attributes).
+
+    Jobs with equal keys match exactly the same slots, so matching is done once
+    per autocluster instead of once per job.
+    """
+    sig = classad2.ClassAd()
+    for name in significant_attributes(job):
+        sig[name] = job.lookup(name)
+    text = to_text(sig)
+    return hashlib.sha256(text.encode()).hexdigest()[:24], text
+
+
+def merge(base: classad2.ClassAd, extra: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
+    items = extra.items() if isinstance(extra, Mapping) else extra
+    for name, value in items:
+        base[name] = value

@@ -1,0 +1,39 @@
+"""Configuration of the pool service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PoolConfig(BaseModel):
+    """`glidewms pool --config pool.yaml`; every key has a working default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    url_file: Path | None = Field(None, description="where to write the URL once listening")
+    state_dir: Path = Path("glidewms-state/pool")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default SQLite in state_dir"
+    )
+    issuer_public_key: Path | None = Field(
+        None, description="PEM public key that verifies every token (default state_dir/../keys)"
+    )
+    issuer_private_key: Path | None = Field(
+        None, description="PEM private key used to mint pilot tokens for frontends"
+    )
+    claim_lease_seconds: float = Field(60.0, gt=0, description="a claim not renewed is released")
+    pilot_lease_seconds: float = Field(90.0, gt=0, description="a silent pilot is declared lost")
+    heartbeat_seconds: float = Field(20.0, gt=0)
+    lease_check_seconds: float = Field(1.0, gt=0)
+    max_claim_wait: float = Field(60.0, ge=0, description="longest claim long-poll")
+    max_job_restarts: int = Field(5, ge=0, description="evictions before a job is held")
+    max_pilot_token_lifetime: float = Field(7 * 24 * 3600.0, gt=0)
+
+    def resolved_database_url(self) -> str:
+        from glidewms.db import sqlite_url
+
+        return self.database_url or sqlite_url(self.state_dir / "pool.sqlite")

@@ -1,0 +1,1 @@
+"""The pool: global job queue, matchmaker and sandbox store."""

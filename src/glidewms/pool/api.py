@@ -1,0 +1,361 @@
+"""The pool's HTTP API (see docs/protocol.md).
+
+Handlers are thin: they check the caller's token, validate the body, call the
+store in a worker thread, and translate store exceptions to HTTP statuses.
+The one piece of logic here is the claim long-poll: a pilot with nothing to do
+waits on an in-process signal that every submit, release and requeue fires,
+so it gets new work within milliseconds instead of at the next cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from glidewms import classads
+from glidewms.config.pool import PoolConfig
+from glidewms.db import make_engine
+from glidewms.pool.sandbox import BadDigest, SandboxStore
+from glidewms.pool.store import (
+    JOB_STATUS,
+    Conflict,
+    NewJob,
+    NotFound,
+    PilotGone,
+    PoolStore,
+    job_id,
+)
+from glidewms.security.http import require
+from glidewms.security.tokens import Identity, TokenIssuer, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+
+class WorkSignal:
+    """Wakes every waiting claim when work may have appeared.
+
+    Callers take `current()` *before* looking for work, so a notify that
+    happens between the look and the wait is never missed.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+
+# ------------------------------------------------------------------ bodies
+
+class SandboxFile(BaseModel):
+    name: str = Field(pattern=r"^[^/\x00]+$", description="file name inside the job sandbox")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    executable: bool = False
+
+
+class JobSubmission(BaseModel):
+    ad: str = Field(description="the job ClassAd, bracketed new syntax")
+    sandbox: list[SandboxFile] = []
+    args: list[str] = []
+    env: dict[str, str] = {}
+
+
+class SubmitBody(BaseModel):
+    jobs: list[JobSubmission] = Field(min_length=1)
+
+
+class ActionBody(BaseModel):
+    job_ids: list[str] = []
+    constraint: str | None = None
+    reason: str = ""
+
+
+class RegisterBody(BaseModel):
+    slot: dict[str, Any]
+    glidein_id: str | None = None
+
+
+class ClaimBody(BaseModel):
+    free: dict[str, float] = {}
+    wait: float = Field(0.0, ge=0)
+
+
+class HeartbeatBody(BaseModel):
+    claims: list[str] = []
+
+
+class OutputFile(BaseModel):
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class CompleteBody(BaseModel):
+    exit_code: int
+    outputs: list[OutputFile] = []
+    wall_seconds: float = 0.0
+
+
+class DeregisterBody(BaseModel):
+    reason: str = "unspecified"
+
+
+class PilotTokenBody(BaseModel):
+    group: str = Field("main", pattern=r"^[A-Za-z0-9_.-]+$")
+    lifetime: float = Field(24 * 3600.0, gt=0)
+
+
+# Attributes a submitter may not set: the pool owns them.
+RESERVED = ("Owner", "ClusterId", "ProcId", "QDate", "JobStatus", "User")
+
+
+def job_view(row: Any, ad: Any, long: bool = False) -> dict[str, Any]:
+    view = {
+        "job_id": job_id(row.cluster_id, row.proc_id),
+        "owner": row.owner,
+        "state": row.state,
+        "q_date": row.q_date,
+        "cmd": ad.eval("Cmd") if "Cmd" in ad else None,
+        "args": (row.sandbox or {}).get("args", []),
+        "exit_code": row.exit_code,
+        "hold_reason": row.hold_reason,
+        "num_starts": row.num_starts,
+        "num_restarts": row.num_restarts,
+        "pilot_id": row.pilot_id,
+        "completion_date": row.completion_date,
+        "outputs": row.outputs or [],
+        "ad": classads.to_text(ad),
+    }
+    if long:
+        view["ad_long"] = classads.to_long(ad)
+    return view
+
+
+def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    store = PoolStore(make_engine(config.resolved_database_url()), config.max_job_restarts)
+    files = SandboxStore(config.state_dir / "files")
+    key_dir = config.state_dir.parent / "keys"
+    public_key = config.issuer_public_key or key_dir / "issuer.pub"
+    issuer = TokenIssuer.from_file(config.issuer_private_key) if config.issuer_private_key else None
+    signal = WorkSignal()
+
+    async def expire_loop() -> None:
+        while True:
+            try:
+                if await run_in_threadpool(store.expire_leases):
+                    signal.notify()
+            except Exception:  # keep the loop alive: a failed pass is retried next tick
+                log.exception("lease expiry pass failed")
+            await asyncio.sleep(config.lease_check_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(expire_loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app = FastAPI(title="glidewms pool", version="1", lifespan=lifespan)
+    app.state.verifier = TokenVerifier.from_file(public_key)
+    app.state.store = store
+    app.state.public_url = public_url
+
+    user = require("user")
+    pilot = require("pilot")
+    frontend = require("frontend")
+
+    def call(fn: Any, *args: Any) -> Any:
+        return run_in_threadpool(fn, *args)
+
+    async def guarded(fn: Any, *args: Any) -> Any:
+        try:
+            return await call(fn, *args)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        except PilotGone as exc:
+            raise HTTPException(410, str(exc)) from None
+        except Conflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        except classads.ClassAdError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # ----------------------------------------------------------- jobs
+
+    @app.post("/api/v1/jobs", status_code=201)
+    async def submit(body: SubmitBody, who: Identity = Depends(user)) -> dict[str, Any]:
+        new_jobs = []
+        for index, job in enumerate(body.jobs):
+            try:
+                ad = classads.parse_ad(job.ad)
+                for name in ("Requirements", "Rank"):
+                    if name in ad:
+                        classads.parse_expr(str(ad.lookup(name)))
+            except classads.ClassAdError as exc:
+                raise HTTPException(422, f"jobs[{index}].ad: {exc}") from None
+            for name in RESERVED:
+                if name in ad:
+                    del ad[name]
+            new_jobs.append(NewJob(ad=ad, sandbox=[f.model_dump() for f in job.sandbox],
+                                   args=job.args, env=job.env))
+        for job in body.jobs:
+            for f in job.sandbox:
+                if not files.has(f.sha256):
+                    raise HTTPException(422, f"sandbox file {f.name} ({f.sha256}) was not "
+                                        "uploaded: PUT /api/v1/files/{sha256} first")
+        cluster_id, ids = await call(store.submit, who.subject, new_jobs)
+        signal.notify()
+        return {"cluster_id": cluster_id, "job_ids": ids}
+
+    @app.get("/api/v1/jobs")
+    async def list_jobs(constraint: str | None = None, history: bool = False,
+                        long: bool = False, who: Identity = Depends(user)) -> list[dict[str, Any]]:
+        rows = await guarded(store.list_jobs, constraint, history)
+        return [job_view(r, ad, long) for r, ad in rows]
+
+    @app.get("/api/v1/jobs/{jid}")
+    async def show_job(jid: str, who: Identity = Depends(user)) -> dict[str, Any]:
+        rows = await guarded(store.list_jobs, None, False, [jid])
+        if not rows:
+            raise HTTPException(404, f"no job {jid}")
+        row, ad = rows[0]
+        return job_view(row, ad, long=True)
+
+    @app.get("/api/v1/jobs/{jid}/events")
+    async def job_events(jid: str, who: Identity = Depends(user)) -> list[dict[str, Any]]:
+        await guarded(store.get_job, jid)
+        return await call(store.job_events, jid)
+
+    @app.post("/api/v1/jobs/{action}")
+    async def act(action: Literal["hold", "release", "remove"], body: ActionBody,
+                  who: Identity = Depends(user)) -> dict[str, Any]:
+        if not body.job_ids and not body.constraint:
+            raise HTTPException(422, "give job_ids or a constraint")
+        if body.job_ids:
+            rows = await guarded(store.list_jobs, None, False, body.job_ids)
+            found = {job_id(r.cluster_id, r.proc_id) for r, _ in rows}
+            missing = [j for j in body.job_ids if j not in found]
+            if missing:
+                raise HTTPException(404, f"no such job(s): {', '.join(missing)}")
+        else:
+            rows = await guarded(store.list_jobs, body.constraint, False)
+        if not who.is_admin:
+            foreign = [job_id(r.cluster_id, r.proc_id) for r, _ in rows if r.owner != who.subject]
+            if foreign:
+                raise HTTPException(403, f"not your job(s): {', '.join(foreign)}")
+        changed = await call(store.act, action, [r for r, _ in rows], body.reason, who.subject)
+        if action == "release" and changed:
+            signal.notify()
+        return {"changed": changed}
+
+    # ----------------------------------------------------------- files
+
+    @app.put("/api/v1/files/{sha256}", status_code=201)
+    async def put_file(sha256: str, request: Request,
+                       who: Identity = Depends(require("user", "pilot"))) -> dict[str, Any]:
+        try:
+            if files.has(sha256):
+                return {"sha256": sha256, "stored": False}
+            size = await files.put_stream(sha256, request.stream())
+        except BadDigest as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"sha256": sha256, "stored": True, "size": size}
+
+    @app.get("/api/v1/files/{sha256}")
+    async def get_file(sha256: str,
+                       who: Identity = Depends(require("user", "pilot"))) -> FileResponse:
+        try:
+            path = files.path(sha256)
+        except BadDigest as exc:
+            raise HTTPException(422, str(exc)) from None
+        if not path.is_file():
+            raise HTTPException(404, f"no file {sha256}")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    # ----------------------------------------------------------- frontend
+
+    @app.get("/api/v1/demand")
+    async def demand(who: Identity = Depends(frontend)) -> dict[str, Any]:
+        return {"time": time.time(), "autoclusters": await call(store.demand)}
+
+    @app.get("/api/v1/pilots")
+    async def list_pilots(who: Identity = Depends(frontend)) -> list[dict[str, Any]]:
+        rows = await call(store.list_pilots)
+        busy = await call(store.busy_pilots)
+        return [{"pilot_id": r.pilot_id, "glidein_id": r.glidein_id, "frontend": r.frontend,
+                 "group": r.group_name, "state": r.state, "running_jobs": busy.get(r.pilot_id, 0),
+                 "slot": r.slot, "registered_at": r.registered_at} for r in rows]
+
+    @app.post("/api/v1/tokens/pilot")
+    async def pilot_token(body: PilotTokenBody,
+                          who: Identity = Depends(frontend)) -> dict[str, Any]:
+        if issuer is None:
+            raise HTTPException(503, "this pool has no issuer_private_key: it cannot mint tokens")
+        lifetime = min(body.lifetime, config.max_pilot_token_lifetime)
+        token = issuer.issue("pilot", ["pilot"], lifetime, fe=who.subject, group=body.group)
+        return {"token": token, "expires": time.time() + lifetime}
+
+    # ----------------------------------------------------------- pilots
+
+    @app.post("/api/v1/pilots", status_code=201)
+    async def register(body: RegisterBody, who: Identity = Depends(pilot)) -> dict[str, Any]:
+        pilot_id = await call(store.register_pilot, body.slot, body.glidein_id,
+                              who.claims.get("fe"), who.claims.get("group"),
+                              config.pilot_lease_seconds)
+        return {"pilot_id": pilot_id, "lease_seconds": config.claim_lease_seconds,
+                "heartbeat_seconds": config.heartbeat_seconds}
+
+    @app.post("/api/v1/pilots/{pilot_id}/claim")
+    async def claim(pilot_id: str, body: ClaimBody,
+                    who: Identity = Depends(pilot)) -> Any:
+        deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
+        while True:
+            wake = signal.current()
+            found = await guarded(store.claim, pilot_id, body.free, config.claim_lease_seconds)
+            if found is not None:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Response(status_code=204)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), remaining)
+
+    @app.post("/api/v1/pilots/{pilot_id}/heartbeat")
+    async def heartbeat(pilot_id: str, body: HeartbeatBody,
+                        who: Identity = Depends(pilot)) -> dict[str, Any]:
+        return await guarded(store.heartbeat, pilot_id, body.claims,
+                             config.pilot_lease_seconds, config.claim_lease_seconds)
+
+    @app.post("/api/v1/claims/{claim_id}/complete")
+    async def complete(claim_id: str, body: CompleteBody,
+                       who: Identity = Depends(pilot)) -> dict[str, Any]:
+        jid = await guarded(store.complete, claim_id, body.exit_code,
+                            [o.model_dump() for o in body.outputs], body.wall_seconds)
+        return {"job_id": jid, "state": "completed", "status": JOB_STATUS["completed"]}
+
+    @app.post("/api/v1/pilots/{pilot_id}/deregister")
+    async def deregister(pilot_id: str, body: DeregisterBody,
+                         who: Identity = Depends(pilot)) -> dict[str, Any]:
+        await guarded(store.deregister, pilot_id, body.reason)
+        signal.notify()
+        return {"pilot_id": pilot_id, "state": "gone"}
+
+    return app
