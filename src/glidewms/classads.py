@@ -89,7 +89,9 @@ def is_true(value: Any) -> bool:
     """ClassAd truth: only the boolean true (or a non-zero number) counts."""
     if value is True:
         return True
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0
+    if isinstance(value, (bool, classad2.Value)):  # Value.Undefined/Error are IntEnums!
+        return False
+    return isinstance(value, (int, float)) and value != 0
 
 
 def constraint_matches(constraint: str | classad2.ExprTree, ad: classad2.ClassAd) -> bool:
@@ -108,14 +110,21 @@ def job_fits_slot(job: classad2.ClassAd, slot: classad2.ClassAd) -> bool:
     return True
 
 
+def number(value: Any) -> float | int | None:
+    """A ClassAd result as a number, or None for booleans, Undefined and Error."""
+    if isinstance(value, (bool, classad2.Value)) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
 def rank(expr_owner: classad2.ClassAd, other: classad2.ClassAd) -> float:
     """Evaluate `Rank` of one ad against the other; undefined or error ranks 0."""
     if "Rank" not in expr_owner:
         return 0.0
     value = expr_owner.lookup("Rank").eval(scope=expr_owner, target=other)
-    if isinstance(value, bool):
-        return float(value)
-    return float(value) if isinstance(value, (int, float)) else 0.0
+    if value is True:
+        return 1.0
+    return float(number(value) or 0)
 
 
 def significant_attributes(job: classad2.ClassAd) -> list[str]:

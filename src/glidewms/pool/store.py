@@ -83,7 +83,7 @@ class PoolStore:
                 key, sig_text = classads.signature(ad)
                 if key not in ac_cache:
                     ac_cache[key] = self._autocluster_id(conn, key, sig_text, now)
-                prio = ad.eval("JobPrio") if "JobPrio" in ad else 0
+                prio = classads.number(ad.eval("JobPrio")) if "JobPrio" in ad else 0
                 rows.append(
                     {
                         "cluster_id": cluster_id,
@@ -92,7 +92,7 @@ class PoolStore:
                         "state": "idle",
                         "ad": classads.to_text(ad),
                         "autocluster_id": ac_cache[key],
-                        "prio": prio if isinstance(prio, int) else 0,
+                        "prio": int(prio or 0),
                         "q_date": now,
                         "sandbox": {"files": job.sandbox, "args": job.args, "env": job.env},
                         "num_starts": 0,
@@ -450,10 +450,8 @@ class PoolStore:
 def _int(ad: Any, name: str, default: int) -> int:
     if name not in ad:
         return default
-    value = ad.eval(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return default
-    return int(value)
+    value = classads.number(ad.eval(name))
+    return default if value is None else int(value)
 
 
 def execution_spec(row: Any) -> dict[str, Any]:

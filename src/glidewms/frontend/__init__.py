@@ -1,0 +1,1 @@
+"""The frontend: turns job demand into pilot requests to factories."""
