@@ -86,7 +86,7 @@ def test_bad_classad_refused_with_position(pool, alice):
     r = pool.post("/api/v1/jobs", json={"jobs": [{"ad": JOB_AD}, {"ad": "[ A = ]"}]},
                   headers=alice)
     assert r.status_code == 422
-    assert "jobs[1].ad" in r.json()["detail"]
+    assert "jobs[1]" in r.json()["detail"]
     assert pool.get("/api/v1/jobs", headers=alice).json() == []
 
 
@@ -235,3 +235,13 @@ def test_fair_share_alternates_owners(pool, alice, bob, pilot_auth):
         c = claim(pool, pilot_auth, pid, free={"cpus": 8, "memory": 1000, "disk": 100000}).json()
         owners.append(pool.get(f"/api/v1/jobs/{c['job_id']}", headers=alice).json()["owner"])
     assert sorted(owners) == ["alice", "alice", "bob", "bob"]
+
+
+def test_cluster_id_placeholder_is_filled_by_the_pool(pool, alice, pilot_auth):
+    ad = JOB_AD[:-1] + '; Out = "out.$(ClusterId).txt" ]'
+    r = pool.post("/api/v1/jobs", json={"jobs": [{"ad": ad, "args": ["$(ClusterId)"]}]},
+                  headers=alice)
+    cluster = r.json()["cluster_id"]
+    c = claim(pool, pilot_auth, register(pool, pilot_auth)).json()
+    assert c["job"]["out"] == f"out.{cluster}.txt"
+    assert c["job"]["args"] == [str(cluster)]

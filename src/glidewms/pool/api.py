@@ -29,6 +29,7 @@ from glidewms.pool.sandbox import BadDigest, SandboxStore
 from glidewms.pool.store import (
     JOB_STATUS,
     Conflict,
+    InvalidJob,
     NewJob,
     NotFound,
     PilotGone,
@@ -118,10 +119,6 @@ class PilotTokenBody(BaseModel):
     lifetime: float = Field(24 * 3600.0, gt=0)
 
 
-# Attributes a submitter may not set: the pool owns them.
-RESERVED = ("Owner", "ClusterId", "ProcId", "QDate", "JobStatus", "User")
-
-
 def job_view(row: Any, ad: Any, long: bool = False) -> dict[str, Any]:
     view = {
         "job_id": job_id(row.cluster_id, row.proc_id),
@@ -202,26 +199,17 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
 
     @app.post("/api/v1/jobs", status_code=201)
     async def submit(body: SubmitBody, who: Identity = Depends(user)) -> dict[str, Any]:
-        new_jobs = []
         for index, job in enumerate(body.jobs):
-            try:
-                ad = classads.parse_ad(job.ad)
-                for name in ("Requirements", "Rank"):
-                    if name in ad:
-                        classads.parse_expr(str(ad.lookup(name)))
-            except classads.ClassAdError as exc:
-                raise HTTPException(422, f"jobs[{index}].ad: {exc}") from None
-            for name in RESERVED:
-                if name in ad:
-                    del ad[name]
-            new_jobs.append(NewJob(ad=ad, sandbox=[f.model_dump() for f in job.sandbox],
-                                   args=job.args, env=job.env))
-        for job in body.jobs:
             for f in job.sandbox:
                 if not files.has(f.sha256):
-                    raise HTTPException(422, f"sandbox file {f.name} ({f.sha256}) was not "
-                                        "uploaded: PUT /api/v1/files/{sha256} first")
-        cluster_id, ids = await call(store.submit, who.subject, new_jobs)
+                    raise HTTPException(422, f"jobs[{index}].sandbox: {f.name} ({f.sha256}) was "
+                                        "not uploaded: PUT /api/v1/files/{sha256} first")
+        new_jobs = [NewJob(ad_text=job.ad, sandbox=[f.model_dump() for f in job.sandbox],
+                           args=job.args, env=job.env) for job in body.jobs]
+        try:
+            cluster_id, ids = await call(store.submit, who.subject, new_jobs)
+        except InvalidJob as exc:
+            raise HTTPException(422, f"{exc} (nothing was queued)") from None
         signal.notify()
         return {"cluster_id": cluster_id, "job_ids": ids}
 

@@ -53,12 +53,40 @@ def split_job_id(text: str) -> tuple[int, int]:
         raise NotFound(f"not a job id: {text!r} (expected CLUSTER.PROC)") from None
 
 
+CLUSTER_PLACEHOLDER = "$(ClusterId)"
+RESERVED = ("Owner", "ClusterId", "ProcId", "QDate", "JobStatus", "User")
+
+
 @dataclass
 class NewJob:
-    ad: Any  # classad2.ClassAd, already validated
+    """One job of a submission. `$(ClusterId)` anywhere in its text stands for
+    the cluster id, which only the pool can assign."""
+
+    ad_text: str
     sandbox: list[dict[str, Any]]
     args: list[str]
     env: dict[str, str]
+
+    def realise(self, cluster_id: int) -> tuple[Any, list[str], dict[str, str]]:
+        def sub(text: str) -> str:
+            return text.replace(CLUSTER_PLACEHOLDER, str(cluster_id))
+
+        ad = classads.parse_ad(sub(self.ad_text))
+        for name in ("Requirements", "Rank"):
+            if name in ad:
+                classads.parse_expr(str(ad.lookup(name)))
+        for name in RESERVED:
+            if name in ad:
+                del ad[name]
+        return ad, [sub(a) for a in self.args], {k: sub(v) for k, v in self.env.items()}
+
+
+class InvalidJob(ValueError):
+    """A job of a submission is malformed; `index` says which."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(f"jobs[{index}]: {message}")
+        self.index = index
 
 
 class PoolStore:
@@ -77,7 +105,10 @@ class PoolStore:
             cluster_id = self._next_counter(conn, "cluster")
             rows, ac_cache = [], {}
             for proc_id, job in enumerate(new_jobs):
-                ad = job.ad
+                try:
+                    ad, args, env = job.realise(cluster_id)
+                except classads.ClassAdError as exc:
+                    raise InvalidJob(proc_id, str(exc)) from None
                 ad["ClusterId"], ad["ProcId"], ad["Owner"] = cluster_id, proc_id, owner
                 ad["QDate"] = int(now)
                 key, sig_text = classads.signature(ad)
@@ -94,7 +125,7 @@ class PoolStore:
                         "autocluster_id": ac_cache[key],
                         "prio": int(prio or 0),
                         "q_date": now,
-                        "sandbox": {"files": job.sandbox, "args": job.args, "env": job.env},
+                        "sandbox": {"files": job.sandbox, "args": args, "env": env},
                         "num_starts": 0,
                         "num_restarts": 0,
                         "updated_at": now,
