@@ -62,7 +62,7 @@ def entry_ad(entry: Mapping[str, Any]) -> Any:
         "GLIDEIN_Entry_Name": entry.get("name"),
         "Cpus": resource(entry.get("cpus"), 1),
         "Memory": resource(entry.get("memory"), 2048),
-        "Disk": resource(entry.get("disk"), 10 * 1024 * 1024),
+        "Disk": resource(entry.get("disk"), 100 * 1024) * 1024,  # entries say MB; ads KiB
         "Arch": attrs.get("Arch", "X86_64"),
         "OpSys": attrs.get("OpSys", "LINUX"),
     })

@@ -1,0 +1,1 @@
+"""The `glidewms` command line."""

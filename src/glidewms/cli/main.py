@@ -1,0 +1,143 @@
+"""`glidewms`: one command, a subcommand per actor and per user action."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from glidewms.cli import user
+from glidewms.config import ConfigError
+
+app = typer.Typer(
+    help="glidewms: a pilot-based workload management system in the GlideinWMS tradition.\n\n"
+    "Services: pool, factory, frontend (each from a YAML file), `up` (all three on this "
+    "machine) and `demo`. Users: submit, q, rm, hold, release, history, fetch.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Optional[Path],  # noqa: UP045 (typer needs Optional on 3.10)
+    typer.Option("--config", "-c", help="YAML configuration file; defaults when omitted",
+                 exists=False, dir_okay=False),
+]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _service(name: str, runner: str) -> typer.Typer:
+    sub = typer.Typer(help=f"Run the {name} service, or check its configuration.",
+                      invoke_without_command=True)
+
+    @sub.callback()
+    def run(ctx: typer.Context, config: ConfigOption = None,
+            verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+        if ctx.invoked_subcommand is not None:
+            return
+        _logging(verbose)
+        module = __import__(f"glidewms.{runner}.main", fromlist=["run"])
+        try:
+            module.run(config)
+        except ConfigError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+    @sub.command("check-config")
+    def check_config(config: ConfigOption = None) -> None:
+        """Validate the configuration without starting anything."""
+        module = __import__(f"glidewms.{runner}.main", fromlist=["load"])
+        try:
+            module.load(config)
+        except ConfigError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        typer.echo(f"{config or '(defaults)'}: ok")
+
+    return sub
+
+
+app.add_typer(_service("pool", "pool"), name="pool")
+app.add_typer(_service("factory", "factory"), name="factory")
+app.add_typer(_service("frontend", "frontend"), name="frontend")
+
+
+@app.command()
+def up(
+    state_dir: Annotated[Path, typer.Option(help="where keys, configs, databases and logs live")]
+    = Path("glidewms-state"),
+    max_pilots: Annotated[int, typer.Option(help="pilots at once on the local entry")] = 4,
+    pilot_idle_timeout: Annotated[int, typer.Option(help="seconds before an idle pilot leaves")]
+    = 300,
+) -> None:
+    """Run pool, factory and frontend on this machine until Ctrl-C."""
+    from glidewms.cli.demo import run_up
+    from glidewms.launcher import Options
+
+    raise typer.Exit(run_up(Options(state_dir=state_dir, max_pilots=max_pilots,
+                                    pilot_idle_timeout=pilot_idle_timeout)))
+
+
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option("--jobs", "-n", min=1, help="jobs to run")] = 50,
+    state_dir: Annotated[Path, typer.Option(help="state of this run (wiped first)")]
+    = Path("glidewms-demo"),
+    max_pilots: Annotated[int, typer.Option(min=1, help="pilots at once")] = 4,
+    job_seconds: Annotated[float, typer.Option(min=0, help="how long each job sleeps")] = 1.0,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 600,
+) -> None:
+    """Start everything, run a sample workload through pilots, and report.
+
+    Exits 0 only if every job completed successfully with the expected outputs.
+    """
+    from glidewms.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(jobs=jobs, state_dir=state_dir, max_pilots=max_pilots,
+                              job_seconds=job_seconds, timeout=timeout))
+
+
+@app.command()
+def keys(
+    directory: Annotated[Path, typer.Argument(help="where issuer.key and issuer.pub go")]
+    = Path("glidewms-state/keys"),
+) -> None:
+    """Create the installation's token issuer key pair (kept if present)."""
+    from glidewms.security.tokens import generate_keypair
+
+    private, public = generate_keypair(directory)
+    typer.echo(f"private key: {private}\npublic key:  {public}")
+
+
+@app.command()
+def token(
+    subject: Annotated[str, typer.Option(help="identity: a user, a frontend name")],
+    scope: Annotated[list[str], typer.Option(help="user, pilot, frontend or admin")],
+    out: Annotated[Path, typer.Option(help="file to write the token to (mode 0600)")],
+    key: Annotated[Path, typer.Option(help="issuer private key")]
+    = Path("glidewms-state/keys/issuer.key"),
+    lifetime: Annotated[float, typer.Option(help="seconds")] = 30 * 24 * 3600.0,
+) -> None:
+    """Create a token. It is written to a file, never printed."""
+    from glidewms.security.tokens import TokenIssuer, write_secret
+
+    try:
+        issued = TokenIssuer.from_file(key).issue(subject, scope, lifetime)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    write_secret(out, issued)
+    typer.echo(f"token for {subject} ({' '.join(scope)}) written to {out}")
+
+
+user.register(app)

@@ -1,0 +1,199 @@
+"""Run a whole glidewms installation on this machine: `glidewms up` and the demo.
+
+It creates the issuer key and the tokens each actor needs, writes one YAML
+config per service (so an operator can read and reuse them), starts each
+service as its own process talking HTTP on loopback, and waits for each to
+publish its URL. Nothing here starts a pilot: pilots come only from the
+factory, when the frontend asks for them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glidewms.security.tokens import TokenIssuer, generate_keypair, write_secret
+
+SERVICES = ("pool", "factory", "frontend")
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Options:
+    """Knobs of a one-machine installation; the defaults suit `glidewms up`."""
+
+    state_dir: Path = Path("glidewms-state")
+    entries: list[dict[str, Any]] | None = None
+    pilot_idle_timeout: int = 300
+    pilot_cpus: int | str = 2
+    max_pilots: int = 4
+    frontend_cycle: float = 5.0
+    factory_cycle: float = 5.0
+    claim_lease: float = 60.0
+    heartbeat: float = 20.0
+    user: str = field(default_factory=getpass.getuser)
+    extra_pool: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Running:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+class Installation:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.root = options.state_dir.resolve()
+        self.services: dict[str, Running] = {}
+
+    # ------------------------------------------------------------ set-up
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def prepare(self) -> None:
+        """Keys, tokens and the pool/factory configs (the frontend's needs URLs)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        private, public = generate_keypair(self.path("keys"))
+        issuer = TokenIssuer.from_file(private)
+        year = 365 * 24 * 3600.0
+        write_secret(self.path("tokens", "user.token"),
+                     issuer.issue(self.options.user, ["user"], year))
+        write_secret(self.path("tokens", "admin.token"), issuer.issue("admin", ["admin"], year))
+        write_secret(self.path("tokens", "frontend.token"),
+                     issuer.issue("frontend", ["frontend"], year))
+        o = self.options
+        self._write_config("pool", {
+            "state_dir": str(self.path("pool")),
+            "url_file": str(self.path("run", "pool.url")),
+            "issuer_public_key": str(public),
+            "issuer_private_key": str(private),
+            "claim_lease_seconds": o.claim_lease,
+            "pilot_lease_seconds": max(o.claim_lease, o.heartbeat * 3),
+            "heartbeat_seconds": o.heartbeat,
+            **o.extra_pool,
+        })
+        entries = o.entries or [{
+            "name": "local", "site": "LOCAL", "backend": "local",
+            "cpus": o.pilot_cpus, "memory": "auto", "disk": "auto",
+            "walltime": 3600, "idle_timeout": o.pilot_idle_timeout,
+            "max_pilots": o.max_pilots, "max_idle": o.max_pilots,
+            "max_per_cycle": o.max_pilots,
+        }]
+        self._write_config("factory", {
+            "state_dir": str(self.path("factory")),
+            "url_file": str(self.path("run", "factory.url")),
+            "issuer_public_key": str(public),
+            "cycle_seconds": o.factory_cycle,
+            "entries": entries,
+        })
+
+    def _write_config(self, name: str, data: dict[str, Any]) -> Path:
+        path = self.path("config", f"{name}.yaml")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# glidewms {name} configuration written by `glidewms up`\n"
+                        + yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    # ------------------------------------------------------------ processes
+
+    def start(self, on_step: Callable[[str], None] = lambda _: None,
+              timeout: float = 60.0) -> None:
+        self.path("run").mkdir(parents=True, exist_ok=True)
+        self.path("logs").mkdir(parents=True, exist_ok=True)
+        for name in ("pool", "factory"):
+            self._spawn(name)
+        for name in ("pool", "factory"):
+            self._await_url(name, timeout)
+            on_step(f"{name} listening on {self.services[name].url}")
+        self._write_config("frontend", {
+            "state_dir": str(self.path("frontend")),
+            "url_file": str(self.path("run", "frontend.url")),
+            "issuer_public_key": str(self.path("keys", "issuer.pub")),
+            "pool_url": self.services["pool"].url,
+            "factory_url": self.services["factory"].url,
+            "token_file": str(self.path("tokens", "frontend.token")),
+            "cycle_seconds": self.options.frontend_cycle,
+            "groups": [{"name": "main", "max_idle_per_entry": self.options.max_pilots}],
+        })
+        self._spawn("frontend")
+        self._await_url("frontend", timeout)
+        on_step(f"frontend listening on {self.services['frontend'].url}")
+        self.path("client.json").write_text(json.dumps({
+            "pool_url": self.services["pool"].url,
+            "token_file": str(self.path("tokens", "user.token")),
+        }, indent=2) + "\n")
+
+    def _spawn(self, name: str) -> None:
+        url_file = self.path("run", f"{name}.url")
+        url_file.unlink(missing_ok=True)
+        log = self.path("logs", f"{name}.log")
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "glidewms", name, "--config",
+                 str(self.path("config", f"{name}.yaml"))],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.services[name] = Running(name, process, "", log)
+
+    def _await_url(self, name: str, timeout: float) -> None:
+        running = self.services[name]
+        url_file = self.path("run", f"{name}.url")
+        deadline = time.monotonic() + timeout
+        while not url_file.is_file():
+            if running.process.poll() is not None:
+                raise LaunchError(f"the {name} exited with code {running.process.returncode}; "
+                                  f"its log ({running.log}) ends with:\n{tail(running.log)}")
+            if time.monotonic() > deadline:
+                raise LaunchError(f"the {name} did not start within {timeout:.0f} s; "
+                                  f"see {running.log}")
+            time.sleep(0.05)
+        running.url = url_file.read_text().strip()
+
+    def check_alive(self) -> None:
+        for running in self.services.values():
+            if running.process.poll() is not None:
+                raise LaunchError(
+                    f"the {running.name} stopped (exit code {running.process.returncode}); "
+                    f"its log ({running.log}) ends with:\n{tail(running.log)}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Frontend first (no new requests), then the factory, then the pool."""
+        for name in reversed(SERVICES):
+            running = self.services.get(name)
+            if running is None or running.process.poll() is not None:
+                continue
+            running.process.send_signal(signal.SIGTERM)
+            try:
+                running.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(running.process.pid, signal.SIGKILL)
+                running.process.wait(5)
+
+    def token_file(self, who: str) -> Path:
+        return self.path("tokens", f"{who}.token")
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
