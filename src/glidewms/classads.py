@@ -55,10 +55,22 @@ def parse_ad(text: str) -> classad2.ClassAd:
 
 
 def parse_expr(text: str) -> classad2.ExprTree:
+    """Parse one whole expression.
+
+    `classad2.ExprTree("a; B = 1")` silently stops at the `;` (and a `]` ends an
+    ad early), so the text is parsed between two sentinel attributes of a probe
+    ad: anything that adds or hides an attribute is refused.
+    """
     try:
-        return classad2.ExprTree(text)
-    except Exception as exc:
-        raise ClassAdError(f"not a valid ClassAd expression: {text!r}") from exc
+        probe = classad2.ClassAd(f"[ {_PROBE} = {text}; {_END} = 0 ]")
+    except Exception:
+        raise ClassAdError(f"not a valid ClassAd expression: {text!r}") from None
+    if set(probe.keys()) != {_PROBE, _END}:
+        raise ClassAdError(f"not a single ClassAd expression: {text!r}")
+    return probe.lookup(_PROBE)
+
+
+_PROBE, _END = "glidewms_probe__", "glidewms_probe_end__"
 
 
 def ad_from_dict(values: Mapping[str, Any]) -> classad2.ClassAd:
