@@ -1,0 +1,250 @@
+"""Typed configuration of the factory: the service settings and its entries.
+
+An *entry* is one place the factory knows how to start pilots (a site plus the
+backend that reaches it, its resources, limits and the attributes published to
+frontends). Entries live inline under `entries:` or in separate YAML files
+listed under `entry_files:` (one entry or a list per file), so a generated site
+catalogue and hand-curated entries can be kept apart and merged here.
+
+Every model forbids unknown keys: a typo such as `max_pilot` must be reported
+with its key path, not silently ignored while the default applies.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from glidewms.config.loader import (
+    ConfigError,
+    format_validation_error,
+    load_yaml,
+    parse_config,
+)
+from glidewms.db import sqlite_url
+
+# Entry names end up in glidein ids, log paths and URLs: keep them path-safe.
+ENTRY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# Attribute names become ClassAd attributes of the pilot's slot.
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+# glidein_config keys the bootstrap writes from its own options: not attributes.
+RESERVED_ATTRIBUTES = frozenset(
+    [
+        "GLIDEIN_Factory_URL",
+        "GLIDEIN_Pool_URL",
+        "GLIDEIN_Id",
+        "GLIDEIN_Entry_Name",
+        "GLIDEIN_Site",
+        "GLIDEIN_Idle_Timeout",
+        "GLIDEIN_Lifetime",
+        "GLIDEIN_Cpus",
+        "GLIDEIN_Memory",
+        "GLIDEIN_Heartbeat",
+        "GLIDEIN_Work_Dir",
+        "GLIDEIN_Token_File",
+        "GLIDEIN_Attrs",
+    ]
+)
+
+AttributeValue = str | int | float | bool
+ResourceAmount = int | Literal["auto"]
+
+
+def _positive_or_auto(value: object) -> object:
+    """Accept a positive integer (or its string form) or the word `auto`."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        raise ValueError("expected a positive integer or 'auto', got a boolean")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and value >= 1:
+        return value
+    raise ValueError("expected a positive integer or 'auto'")
+
+
+class EntryConfig(BaseModel):
+    """One entry: where pilots start, with what resources, under which limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="unique entry name: a letter, then letters, digits, _ or -")
+    site: str = Field(min_length=1, max_length=128, description="site name given to pilots")
+    backend: Literal["local"] = Field(
+        default="local", description="how pilots are started (one module per backend)"
+    )
+    cpus: ResourceAmount = Field(default=1, description="cores per pilot, or auto")
+    memory: ResourceAmount = Field(default=2048, description="MB per pilot, or auto")
+    disk: ResourceAmount = Field(default="auto", description="MB of scratch per pilot, or auto")
+    walltime: int = Field(default=86400, ge=60, description="pilot lifetime in seconds")
+    idle_timeout: int = Field(
+        default=1200, ge=0, description="seconds a pilot waits for work before it exits"
+    )
+    attributes: dict[str, AttributeValue] = Field(
+        default_factory=dict, description="published to frontends and given to pilots as --attr"
+    )
+    max_pilots: int = Field(default=50, ge=0, description="pilots alive at once, all frontends")
+    max_idle: int = Field(default=10, ge=0, description="pilots queued at once, all frontends")
+    max_per_cycle: int = Field(default=10, ge=0, description="submissions per factory cycle")
+    allowed_frontends: list[str] | None = Field(
+        default=None, description="frontend names allowed to request pilots here; null = any"
+    )
+    work_dir: str = Field(default="auto", min_length=1, description="pilot work dir, or auto")
+    enabled: bool = Field(default=True, description="false: no new pilots, existing ones stay")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not ENTRY_NAME.match(value):
+            raise ValueError(
+                "must start with a letter and contain only letters, digits, '_' or '-' "
+                "(at most 64 characters)"
+            )
+        return value
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: str) -> str:
+        if any(ch.isspace() for ch in value):
+            raise ValueError("must not contain whitespace")
+        return value
+
+    @field_validator("cpus", "memory", "disk", mode="before")
+    @classmethod
+    def _resource(cls, value: object) -> object:
+        return _positive_or_auto(value)
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _attribute_values(cls, value: object) -> object:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(item, str | int | float | bool):
+                    raise ValueError(
+                        f"attribute {key!r}: expected a string, number or boolean, "
+                        f"got {type(item).__name__}"
+                    )
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
+        for key, item in value.items():
+            if not ATTRIBUTE_NAME.match(key):
+                raise ValueError(
+                    f"attribute name {key!r} must be a ClassAd identifier "
+                    "(letters, digits, '_', not starting with a digit)"
+                )
+            if key in RESERVED_ATTRIBUTES:
+                raise ValueError(
+                    f"attribute {key!r} is set by the factory from the entry itself "
+                    "(name, site, cpus, memory, walltime...)"
+                )
+            if isinstance(item, str) and ("\n" in item or "\r" in item):
+                raise ValueError(f"attribute {key!r}: value must be a single line")
+        return value
+
+    @field_validator("work_dir")
+    @classmethod
+    def _work_dir(cls, value: str) -> str:
+        if value != "auto" and not value.startswith("/") and not value.startswith("$"):
+            raise ValueError("expected 'auto', an absolute path or a path starting with $VAR")
+        return value
+
+    def allows(self, frontend: str) -> bool:
+        """Whether `frontend` may request pilots at this entry."""
+        return self.allowed_frontends is None or frontend in self.allowed_frontends
+
+
+def default_entries() -> list[EntryConfig]:
+    """The embedded set-up: pilots as local processes on this machine."""
+    return [EntryConfig(name="local", site="LOCAL", backend="local")]
+
+
+class FactoryConfig(BaseModel):
+    """The factory service: where it listens, keeps state, and its entries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=0, ge=0, le=65535, description="0 = any free port")
+    url_file: Path | None = Field(default=None, description="where to write the URL once up")
+    state_dir: Path = Field(default=Path("./glidewms-state/factory"))
+    issuer_public_key: Path | None = Field(
+        default=None, description="issuer public key; default <state_dir>/../keys/issuer.pub"
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite in state_dir"
+    )
+    cycle_seconds: float = Field(default=5.0, gt=0, le=3600)
+    entries: list[EntryConfig] = Field(default_factory=default_entries)
+    entry_files: list[Path] = Field(
+        default_factory=list, description="YAML files with one entry or a list, merged in"
+    )
+
+    @field_validator("entries")
+    @classmethod
+    def _unique_entries(cls, value: list[EntryConfig]) -> list[EntryConfig]:
+        seen: set[str] = set()
+        for entry in value:
+            if entry.name in seen:
+                raise ValueError(f"entry name {entry.name!r} appears more than once")
+            seen.add(entry.name)
+        return value
+
+    def resolved_issuer_public_key(self) -> Path:
+        return self.issuer_public_key or self.state_dir.parent / "keys" / "issuer.pub"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or sqlite_url(self.state_dir / "factory.db")
+
+    def entry(self, name: str) -> EntryConfig | None:
+        return next((e for e in self.entries if e.name == name), None)
+
+
+_ENTRY_LIST = TypeAdapter(list[EntryConfig])
+
+
+def load_entry_file(path: Path) -> list[EntryConfig]:
+    """Read one entry file: a mapping (one entry) or a list of mappings."""
+    data = load_yaml(path)
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        kind = type(data).__name__
+        raise ConfigError(f"{path}: expected an entry mapping or a list of them, got {kind}")
+    try:
+        return _ENTRY_LIST.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc)) from None
+
+
+def load_factory_config(path: Path | None) -> FactoryConfig:
+    """Load the factory configuration and merge its entry files.
+
+    Entry files are resolved relative to the configuration file's directory.
+    When entry files are given and `entries:` is not, the default local entry is
+    not added: the operator has said where pilots go.
+    """
+    if path is None:
+        return FactoryConfig()
+    config = parse_config(FactoryConfig, load_yaml(path), str(path))
+    if not config.entry_files:
+        return config
+    base = Path(path).parent
+    entries = list(config.entries) if "entries" in config.model_fields_set else []
+    origin = {e.name: f"{path} (entries)" for e in entries}
+    for entry_file in config.entry_files:
+        full = entry_file if entry_file.is_absolute() else base / entry_file
+        for entry in load_entry_file(full):
+            if entry.name in origin:
+                raise ConfigError(
+                    f"{full}: entry {entry.name!r} is already defined in {origin[entry.name]}"
+                )
+            origin[entry.name] = str(full)
+            entries.append(entry)
+    return config.model_copy(update={"entries": entries})

@@ -1,0 +1,282 @@
+"""The factory's HTTP API (protocol.md, "Factory"), and the app that runs the loop.
+
+Frontends read entries and PUT their desired state; pilots fetch the stage and
+post their final report. Every identity comes from the bearer token: a
+request's frontend is the token's subject, and a pilot may only report on a
+glidein of the frontend named in its token's `fe` claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from glidewms import __version__
+from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.config.loader import ConfigError
+from glidewms.db import make_engine
+from glidewms.factory.backends import BackendContext, create_backend
+from glidewms.factory.service import EntryRequest, Factory, Tally
+from glidewms.factory.stage import bootstrap_path, build_stage
+from glidewms.factory.store import ACTIVE_STATES, FactoryStore, GlideinState, StoredRequest
+from glidewms.security.http import require
+from glidewms.security.tokens import Identity, TokenError, TokenVerifier, write_secret
+
+log = logging.getLogger(__name__)
+
+# Frontend and group names become directory and file names under credentials/.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_REPORT_BYTES = 256 * 1024
+
+Frontend = Annotated[Identity, Depends(require("frontend"))]
+Pilot = Annotated[Identity, Depends(require("pilot"))]
+
+
+class RequestBody(BaseModel):
+    """PUT /api/v1/requests/{group}: the whole desired state of one group."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool_url: str = Field(min_length=1, max_length=2048)
+    pilot_token: str = Field(min_length=1, max_length=16384)
+    entries: dict[str, EntryRequest] = Field(default_factory=dict)
+
+    @field_validator("pool_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+
+class PilotReport(BaseModel):
+    """POST /api/v1/glideins/{id}/report: the pilot's last word; extra keys are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    exit_reason: str = Field(min_length=1, max_length=64)
+    exit_code: int | None = None
+    jobs_run: int = Field(default=0, ge=0)
+    jobs_failed: int = Field(default=0, ge=0)
+    detail: str = Field(default="", max_length=65536)
+
+
+def _write_token(path: Path, token: str) -> None:
+    """Atomically replace a 0600 token file, so a running pilot never reads half."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = write_secret(path.with_name(f".{path.name}.{os.getpid()}.tmp"), token)
+    os.replace(tmp, path)
+
+
+def _check_name(kind: str, value: str, status: int) -> None:
+    if not NAME.match(value):
+        raise HTTPException(
+            status, f"{kind} {value!r} is not a valid name (letters, digits, '_', '.', '-')"
+        )
+
+
+def _check_pilot_token(verifier: TokenVerifier, token: str, frontend: str, group: str) -> float:
+    """The delegated token must be a pilot token of this frontend (and group); its expiry."""
+    try:
+        identity = verifier.verify(token)
+    except TokenError as exc:
+        raise HTTPException(422, f"pilot_token: not a valid token: {exc}") from None
+    if "pilot" not in identity.scopes:
+        raise HTTPException(422, "pilot_token: the token lacks the pilot scope")
+    if identity.claims.get("fe") != frontend:
+        raise HTTPException(422, f"pilot_token: its fe claim is not {frontend!r}")
+    claimed_group = identity.claims.get("group")
+    if claimed_group is not None and claimed_group != group:
+        raise HTTPException(422, f"pilot_token: its group claim is not {group!r}")
+    return float(identity.claims["exp"])
+
+
+def entry_ad(entry: EntryConfig, counts: dict[str, int], error: str | None) -> dict[str, Any]:
+    """What a frontend needs to match demand to an entry."""
+    active = {s.value: counts.get(s.value, 0) for s in ACTIVE_STATES}
+    return {
+        "name": entry.name,
+        "site": entry.site,
+        "backend": entry.backend,
+        "enabled": entry.enabled,
+        "cpus": entry.cpus,
+        "memory": entry.memory,
+        "disk": entry.disk,
+        "walltime": entry.walltime,
+        "idle_timeout": entry.idle_timeout,
+        "attributes": entry.attributes,
+        "limits": {
+            "max_pilots": entry.max_pilots,
+            "max_idle": entry.max_idle,
+            "max_per_cycle": entry.max_per_cycle,
+        },
+        "counts": active,
+        "free": max(0, entry.max_pilots - sum(active.values())),
+        "last_error": error,
+    }
+
+
+def request_view(factory: Factory, request: StoredRequest) -> dict[str, Any]:
+    """A stored request as its frontend sees it; the token is never shown."""
+    return {
+        "frontend": request.frontend,
+        "group": request.group,
+        "pool_url": request.pool_url,
+        "entries": request.entries,
+        "token_expires": request.token_expires,
+        "updated_at": request.updated_at,
+        "errors": factory.request_errors(request),
+    }
+
+
+def create_app(
+    config: FactoryConfig,
+    public_url: str,
+    *,
+    bootstrap: Path | None = None,
+    agent_dir: Path | None = None,
+    kill_grace: float = 30.0,
+) -> FastAPI:
+    """Build the factory app; its lifespan runs the converge loop.
+
+    `public_url` is what pilots are told to call back. `bootstrap` and
+    `agent_dir` default to the ones shipped in the package; tests point them at
+    stand-ins.
+    """
+    # Pilots run elsewhere (another cwd): every path handed to them must be absolute.
+    config = config.model_copy(update={"state_dir": config.state_dir.resolve()})
+    key_path = config.resolved_issuer_public_key()
+    if not key_path.is_file():
+        raise ConfigError(f"issuer_public_key: {key_path} does not exist")
+    verifier = TokenVerifier.from_file(key_path)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (config.state_dir / "credentials").mkdir(exist_ok=True, mode=0o700)
+    engine = make_engine(config.resolved_database_url())
+    store = FactoryStore(engine)
+    stage = build_stage(config.state_dir, agent_dir)
+    if not stage.files:
+        log.warning("the stage is empty: no agent files found; pilots will have nothing to run")
+    context = BackendContext(
+        state_dir=config.state_dir,
+        bootstrap=(bootstrap or bootstrap_path()).resolve(),
+        kill_grace=kill_grace,
+    )
+    kinds = {e.backend for e in config.entries}
+    backends = {kind: create_backend(kind, context) for kind in sorted(kinds)}
+    factory = Factory(config, public_url, store, stage, backends)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(factory.run(), name="factory-loop")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            for backend in backends.values():
+                await backend.close()
+            engine.dispose()
+
+    app = FastAPI(title="glidewms factory", version=__version__, lifespan=lifespan)
+    app.state.verifier = verifier
+    app.state.factory = factory
+    app.state.config = config
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "url": public_url}
+
+    @app.get("/api/v1/entries")
+    async def entries(identity: Frontend) -> list[dict[str, Any]]:
+        """Entry ads this frontend may request pilots at (all of them for admin)."""
+        tally = Tally(await asyncio.to_thread(store.active))
+        return [
+            entry_ad(e, tally.entry_counts(e.name), factory.entry_errors.get(e.name))
+            for e in config.entries
+            if identity.is_admin or e.allows(identity.subject)
+        ]
+
+    @app.put("/api/v1/requests/{group}")
+    async def put_request(
+        group: Annotated[str, PathParam(max_length=64)], body: RequestBody, identity: Frontend
+    ) -> dict[str, Any]:
+        """Store the group's desired state (replacing the last one) and wake the loop."""
+        frontend = identity.subject
+        _check_name("frontend (token subject)", frontend, 403)
+        _check_name("group", group, 422)
+        expires = _check_pilot_token(verifier, body.pilot_token, frontend, group)
+        _write_token(factory.token_file(frontend, group), body.pilot_token)
+        wanted = {name: req.model_dump() for name, req in body.entries.items()}
+        await asyncio.to_thread(store.put_request, frontend, group, body.pool_url, wanted, expires)
+        factory.wake()
+        stored = next(
+            r for r in await asyncio.to_thread(store.requests, frontend) if r.group == group
+        )
+        return request_view(factory, stored)
+
+    @app.get("/api/v1/requests")
+    async def list_requests(identity: Frontend) -> list[dict[str, Any]]:
+        who = None if identity.is_admin else identity.subject
+        return [request_view(factory, r) for r in await asyncio.to_thread(store.requests, who)]
+
+    @app.get("/api/v1/glideins")
+    async def glideins(
+        identity: Frontend,
+        summary: bool = False,
+        group: str | None = None,
+        entry: str | None = None,
+        state: GlideinState | None = None,
+        limit: Annotated[int, Query(ge=1, le=100000)] = 1000,
+    ) -> Any:
+        """This frontend's pilots (admin: all), newest first; or counts per entry and state."""
+        who = None if identity.is_admin else identity.subject
+        if summary:
+            return {"summary": await asyncio.to_thread(store.summary, who, group)}
+        rows = await asyncio.to_thread(
+            store.glideins, who, group, entry, state.value if state else None, limit
+        )
+        return [g.public() for g in rows]
+
+    @app.post("/api/v1/glideins/{glidein_id}/report")
+    async def report(glidein_id: str, body: PilotReport, identity: Pilot) -> dict[str, Any]:
+        """Keep the pilot's final report; the pilot must belong to its token's frontend."""
+        glidein = await asyncio.to_thread(store.get, glidein_id)
+        if glidein is None:
+            raise HTTPException(404, f"no glidein {glidein_id!r}")
+        if not identity.is_admin and identity.claims.get("fe") != glidein.frontend:
+            raise HTTPException(403, "this pilot token belongs to another frontend")
+        data = body.model_dump()
+        if len(json.dumps(data)) > MAX_REPORT_BYTES:
+            raise HTTPException(413, f"report larger than {MAX_REPORT_BYTES} bytes")
+        await asyncio.to_thread(
+            store.record_report, glidein_id, data, body.exit_reason, body.exit_code
+        )
+        updated = await asyncio.to_thread(store.get, glidein_id)
+        assert updated is not None
+        return updated.public()
+
+    @app.get("/api/v1/stage/manifest", response_class=PlainTextResponse)
+    async def manifest(identity: Pilot) -> PlainTextResponse:
+        return PlainTextResponse(stage.manifest_path.read_bytes())
+
+    @app.get("/api/v1/stage/files/{path:path}")
+    async def stage_file(path: str, identity: Pilot) -> FileResponse:
+        """A file listed in the manifest; anything else (`..` included) is 404."""
+        found = stage.file(path)
+        if found is None or not found.is_file():
+            raise HTTPException(404, f"no stage file {path!r}")
+        return FileResponse(found, media_type="application/octet-stream")
+
+    return app

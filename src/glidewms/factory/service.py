@@ -1,0 +1,399 @@
+"""The factory's converge loop, around a pure planning function.
+
+Each cycle: ask the backends where every active pilot is (one batched call per
+backend), then for every stored frontend request and every entry it names,
+`plan()` how many pilots to submit or which queued ones to remove, and do it.
+The loop wakes on every PUT of a request and otherwise every `cycle_seconds`.
+
+`plan()` is all the policy there is and has no I/O, so every clamp is tested
+by a table. The loop is careful about the failures GlideinWMS operators know:
+pilots the backend cannot see stay counted (no flood), a failing entry backs
+off instead of filling the database with failed submissions, one exception
+never stops the loop, and a killed factory recovers from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory.backends import Backend, BackendError, PilotState, PilotSubmission
+from glidewms.factory.stage import Stage
+from glidewms.factory.store import FactoryStore, Glidein, GlideinState, StoredRequest
+
+log = logging.getLogger(__name__)
+
+TOKEN_MARGIN_SECONDS = 60.0  # do not start pilots with a token about to expire
+MAX_BACKOFF_SECONDS = 600.0
+
+
+class EntryRequest(BaseModel):
+    """What one frontend group wants at one entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idle: int = Field(ge=0, description="pilots to keep queued at the site")
+    max_running: int = Field(ge=0, description="most pilots of this group alive at the entry")
+    remove: bool = Field(
+        default=False, description="allow removing queued pilots beyond idle/max_running"
+    )
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Pilots alive now: the request's own at this entry, and the entry's total."""
+
+    queued: int = 0
+    running: int = 0
+    removing: int = 0
+    entry_queued: int = 0
+    entry_active: int = 0
+
+    @property
+    def active(self) -> int:
+        return self.queued + self.running + self.removing
+
+
+@dataclass(frozen=True)
+class SubmitPlan:
+    """Submit `count` pilots; `limited_by` names the clamp that decided it."""
+
+    count: int
+    limited_by: str
+
+
+@dataclass(frozen=True)
+class RemovePlan:
+    """Remove `count` of the request's queued pilots (never running ones)."""
+
+    count: int
+    reason: str
+
+
+def plan(entry: EntryConfig, request: EntryRequest, counts: Counts) -> SubmitPlan | RemovePlan:
+    """How many pilots to submit to, or queued ones to remove from, `entry` now.
+
+    Submit the least of: idle wanted minus queued; the group's max_running minus
+    its pilots alive; the entry's max_pilots minus all its pilots alive; the
+    entry's max_idle minus all its queued pilots; max_per_cycle. Never negative.
+    Removal happens only when the request allows it, only of queued pilots, and
+    only of those beyond what is wanted: queued above `idle`, or alive above
+    `max_running`. A running pilot is left to finish (it exits when idle).
+    """
+    excess = max(counts.queued - request.idle, counts.active - request.max_running)
+    excess = min(excess, counts.queued)
+    if excess > 0 and request.remove:
+        reason = "queued above idle" if counts.queued > request.idle else "above max_running"
+        return RemovePlan(excess, reason)
+    if not entry.enabled:
+        return SubmitPlan(0, "entry disabled")
+    bounds = {
+        "idle": request.idle - counts.queued,
+        "max_running": request.max_running - counts.active,
+        "entry max_pilots": entry.max_pilots - counts.entry_active,
+        "entry max_idle": entry.max_idle - counts.entry_queued,
+        "entry max_per_cycle": entry.max_per_cycle,
+    }
+    limited_by, count = min(bounds.items(), key=lambda item: item[1])
+    return SubmitPlan(max(0, count), limited_by)
+
+
+def next_state(current: GlideinState, seen: PilotState) -> GlideinState:
+    """A glidein's new state given what its backend reports."""
+    if seen is PilotState.unknown:
+        return current  # keep counting it as it was
+    if current is GlideinState.removing:
+        ended = seen in (PilotState.finished, PilotState.failed, PilotState.removed)
+        return GlideinState.removed if ended else current
+    return GlideinState(seen.value)
+
+
+class Tally:
+    """Active pilots per (entry, frontend, group, state), kept current within a cycle."""
+
+    def __init__(self, active: list[Glidein]) -> None:
+        self._n: Counter[tuple[str, str, str, GlideinState]] = Counter(
+            (g.entry, g.frontend, g.group, g.state) for g in active
+        )
+
+    def add(self, entry: str, frontend: str, group: str, state: GlideinState, n: int) -> None:
+        self._n[(entry, frontend, group, state)] += n
+
+    def entry_counts(self, entry: str) -> dict[str, int]:
+        """All frontends' active pilots at `entry`, by state."""
+        out: Counter[str] = Counter()
+        for (name, _, _, state), n in self._n.items():
+            if name == entry:
+                out[state.value] += n
+        return dict(out)
+
+    def counts(self, entry: str, frontend: str, group: str) -> Counts:
+        whole = self.entry_counts(entry)
+        return Counts(
+            queued=self._n[(entry, frontend, group, GlideinState.queued)],
+            running=self._n[(entry, frontend, group, GlideinState.running)],
+            removing=self._n[(entry, frontend, group, GlideinState.removing)],
+            entry_queued=whole.get(GlideinState.queued.value, 0),
+            entry_active=sum(whole.values()),
+        )
+
+
+def attribute_text(value: str | int | float | bool) -> str:
+    """An attribute value as the pilot receives it (ClassAd spelling of booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class Factory:
+    """The converge loop and the state it needs between cycles."""
+
+    def __init__(self, config: FactoryConfig, public_url: str, store: FactoryStore,
+                 stage: Stage, backends: dict[str, Backend]) -> None:  # fmt: skip
+        self.config = config
+        self.public_url = public_url
+        self.store = store
+        self.stage = stage
+        self.backends = backends
+        self.cycles = 0
+        self.entry_errors: dict[str, str] = {}  # last submission error per entry
+        self._wake: asyncio.Event | None = None  # bound to the loop that runs us
+        self._run_tag = secrets.token_hex(3)
+        self._seq = itertools.count(1)
+        self._backoff: dict[str, tuple[int, float]] = {}
+        self._logged: dict[tuple[str, str, str], str] = {}
+
+    # -- requests as the loop sees them ------------------------------------------
+
+    def token_file(self, frontend: str, group: str) -> Path:
+        return self.config.state_dir / "credentials" / frontend / f"{group}.token"
+
+    def request_errors(self, request: StoredRequest, now: float | None = None) -> dict[str, str]:
+        """Why (part of) a request is not acted on, per entry name (`*` = all)."""
+        errors: dict[str, str] = {}
+        now = time.time() if now is None else now
+        if request.token_expires is not None and request.token_expires < now + TOKEN_MARGIN_SECONDS:
+            errors["*"] = "pilot token expired or about to; PUT the request with a fresh one"
+        for name in request.entries:
+            entry = self.config.entry(name)
+            if entry is None:
+                errors[name] = f"unknown entry {name!r}"
+            elif not entry.allows(request.frontend):
+                errors[name] = f"entry {name!r} does not accept frontend {request.frontend!r}"
+            elif not entry.enabled:
+                errors[name] = f"entry {name!r} is disabled: no new pilots"
+        return errors
+
+    def _log_once(self, request: StoredRequest, name: str, message: str) -> None:
+        key = (request.frontend, request.group, name)
+        if self._logged.get(key) != message:
+            self._logged[key] = message
+            log.warning(
+                "request %s/%s, entry %s: %s", request.frontend, request.group, name, message
+            )
+
+    # -- the loop -----------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Run a cycle now (called on every PUT of a request, from the loop's thread)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Cycle until cancelled; a failed cycle is logged and the next one runs."""
+        self._wake = wake = asyncio.Event()
+        try:
+            await self.recover()
+        except Exception:
+            log.exception("recovery after restart failed; converging anyway")
+        while True:
+            wake.clear()
+            try:
+                await self.cycle()
+            except Exception:
+                log.exception("factory cycle failed; retrying next cycle")
+            self.cycles += 1
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.config.cycle_seconds)
+
+    async def recover(self) -> None:
+        """After a restart: settle interrupted submissions, re-arm interrupted removals."""
+        active = await asyncio.to_thread(self.store.active)
+        lost = {g.glidein_id: GlideinState.failed for g in active if g.backend_id is None}
+        if lost:
+            log.warning("%d submissions were interrupted by a factory stop", len(lost))
+            await asyncio.to_thread(self.store.set_states, lost, "submit_failed")
+        for kind, group in _by_backend(active).items():
+            removing = [g.backend_id for g in group if g.state is GlideinState.removing]
+            backend = self.backends.get(kind)
+            if removing and backend is not None:
+                await backend.remove([b for b in removing if b])
+
+    async def cycle(self) -> None:
+        await self.refresh()
+        await self.converge()
+
+    async def refresh(self) -> None:
+        """Ask each backend, in one call, about all its active pilots."""
+        active = await asyncio.to_thread(self.store.active)
+        changes: dict[str, GlideinState] = {}
+        for kind, group in _by_backend(active).items():
+            backend = self.backends.get(kind)
+            tracked = [g for g in group if g.backend_id]
+            if backend is None or not tracked:
+                continue
+            try:
+                seen = await backend.status([g.backend_id for g in tracked if g.backend_id])
+            except Exception:
+                log.exception("backend %s status failed; pilots keep their states", kind)
+                continue
+            for g in tracked:
+                new = next_state(g.state, seen.get(g.backend_id or "", PilotState.unknown))
+                if new is not g.state:
+                    changes[g.glidein_id] = new
+        if changes:
+            await asyncio.to_thread(self.store.set_states, changes)
+
+    async def converge(self) -> None:
+        """Plan and act for every (request, entry); one failing entry does not stop others."""
+        requests = await asyncio.to_thread(self.store.requests)
+        tally = Tally(await asyncio.to_thread(self.store.active))
+        now = time.time()
+        for request in requests:
+            errors = self.request_errors(request, now)
+            for name, raw in request.entries.items():
+                try:
+                    await self._converge_entry(request, name, raw, errors, tally, now)
+                except Exception:
+                    log.exception("entry %s: converging %s/%s failed", name, request.frontend,
+                                  request.group)  # fmt: skip
+
+    async def _converge_entry(self, request: StoredRequest, name: str, raw: dict[str, object],
+                              errors: dict[str, str], tally: Tally, now: float) -> None:
+        entry = self.config.entry(name)
+        message = errors.get(name) or errors.get("*")
+        if entry is None or not entry.allows(request.frontend):
+            self._log_once(request, name, message or "ignored")
+            return
+        counts = tally.counts(name, request.frontend, request.group)
+        decision = plan(entry, EntryRequest.model_validate(raw), counts)
+        if isinstance(decision, RemovePlan):
+            await self._remove(entry, request, decision.count, tally)
+        elif decision.count > 0 and message:
+            self._log_once(request, name, message)
+        elif decision.count > 0 and not self._backing_off(name, now):
+            await self._submit(entry, request, decision.count, tally)
+
+    # -- actions ------------------------------------------------------------------
+
+    def new_glidein_id(self, entry: str) -> str:
+        return f"{entry}-{self._run_tag}-{next(self._seq)}"
+
+    def arguments(
+        self, entry: EntryConfig, request: StoredRequest, glidein_id: str
+    ) -> tuple[str, ...]:
+        """The bootstrap's long options (protocol.md, "Pilot start"); no secrets here."""
+        args = [
+            "--factory", self.public_url,
+            "--manifest-sha256", self.stage.manifest_sha256,
+            "--pool", request.pool_url,
+            "--glidein-id", glidein_id,
+            "--entry", entry.name,
+            "--site", entry.site,
+            "--idle-timeout", str(entry.idle_timeout),
+            "--lifetime", str(entry.walltime),
+            "--cpus", str(entry.cpus),
+            "--memory", str(entry.memory),
+            "--work-dir", entry.work_dir,
+        ]  # fmt: skip
+        for key, value in entry.attributes.items():
+            args += ["--attr", f"{key}={attribute_text(value)}"]
+        return tuple(args)
+
+    def _backing_off(self, entry: str, now: float) -> bool:
+        failures, not_before = self._backoff.get(entry, (0, 0.0))
+        return failures > 0 and now < not_before
+
+    def _record_failure(self, entry: str, error: str) -> None:
+        failures = self._backoff.get(entry, (0, 0.0))[0] + 1
+        delay = min(self.config.cycle_seconds * 2**failures, MAX_BACKOFF_SECONDS)
+        self._backoff[entry] = (failures, time.time() + delay)
+        self.entry_errors[entry] = error
+        log.error("entry %s: submission failed (%s); next try in %.1fs", entry, error, delay)
+
+    async def _submit(
+        self, entry: EntryConfig, request: StoredRequest, count: int, tally: Tally
+    ) -> None:
+        token_file = self.token_file(request.frontend, request.group)
+        if not token_file.is_file():
+            self._log_once(request, entry.name, "no pilot token stored; PUT the request again")
+            return
+        now = time.time()
+        glideins = [
+            Glidein.submitted(self.new_glidein_id(entry.name), entry.name, entry.backend,
+                              request.frontend, request.group, now)
+            for _ in range(count)
+        ]  # fmt: skip
+        # Recorded before submission: a factory killed mid-submit finds them on restart.
+        await asyncio.to_thread(self.store.add_glideins, glideins)
+        tally.add(entry.name, request.frontend, request.group, GlideinState.queued, count)
+        pilots = [
+            PilotSubmission(g.glidein_id, self.arguments(entry, request, g.glidein_id), token_file)
+            for g in glideins
+        ]
+        error: str | None = None
+        try:
+            backend_ids = await self.backends[entry.backend].submit(entry, pilots)
+        except BackendError as exc:
+            backend_ids, error = exc.submitted, str(exc)
+        except Exception as exc:
+            backend_ids, error = [], f"{type(exc).__name__}: {exc}"
+        started = dict(zip((g.glidein_id for g in glideins), backend_ids, strict=False))
+        await asyncio.to_thread(self.store.set_backend_ids, started)
+        failed = {g.glidein_id: GlideinState.failed for g in glideins[len(started) :]}
+        if failed:
+            await asyncio.to_thread(self.store.set_states, failed, "submit_failed")
+            key = (entry.name, request.frontend, request.group)
+            tally.add(*key, GlideinState.queued, -len(failed))
+            self._record_failure(entry.name, error or "backend returned fewer ids than pilots")
+        else:
+            self._backoff.pop(entry.name, None)
+            self.entry_errors.pop(entry.name, None)
+        log.info("entry %s: submitted %d pilot(s) for %s/%s", entry.name, len(started),
+                 request.frontend, request.group)  # fmt: skip
+
+    async def _remove(
+        self, entry: EntryConfig, request: StoredRequest, count: int, tally: Tally
+    ) -> None:
+        """Remove the newest queued pilots of this request: the last in the site queue."""
+        queued = await asyncio.to_thread(
+            self.store.glideins, request.frontend, request.group, entry.name, "queued", count
+        )
+        victims = [g for g in queued if g.backend_id]
+        if not victims:
+            return
+        await asyncio.to_thread(
+            self.store.set_states, {g.glidein_id: GlideinState.removing for g in victims}
+        )
+        tally.add(entry.name, request.frontend, request.group, GlideinState.queued, -len(victims))
+        tally.add(entry.name, request.frontend, request.group, GlideinState.removing, len(victims))
+        await self.backends[entry.backend].remove([g.backend_id for g in victims if g.backend_id])
+        log.info("entry %s: removing %d queued pilot(s) of %s/%s", entry.name, len(victims),
+                 request.frontend, request.group)  # fmt: skip
+
+
+def _by_backend(glideins: list[Glidein]) -> dict[str, list[Glidein]]:
+    out: dict[str, list[Glidein]] = {}
+    for g in glideins:
+        out.setdefault(g.backend, []).append(g)
+    return out

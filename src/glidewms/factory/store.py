@@ -1,0 +1,277 @@
+"""The factory's persistent state: frontend requests and the glideins it started.
+
+Nothing the factory needs to converge lives only in memory: a factory killed at
+any instant finds its requests and every pilot it submitted (with the backend's
+id for it) here, and carries on. Secrets are not stored here: pilot tokens live
+in 0600 files under the state directory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from glidewms.db import migrate
+
+
+class GlideinState(str, Enum):
+    """A glidein as the factory counts it.
+
+    `removing` means the factory asked the backend to remove the pilot and has
+    not yet seen it gone; it still counts against limits, so an entry can never
+    be over-filled while removals are in flight.
+    """
+
+    queued = "queued"
+    running = "running"
+    removing = "removing"
+    finished = "finished"
+    failed = "failed"
+    removed = "removed"
+
+
+ACTIVE_STATES = (GlideinState.queued, GlideinState.running, GlideinState.removing)
+FINAL_STATES = (GlideinState.finished, GlideinState.failed, GlideinState.removed)
+
+metadata = sa.MetaData()
+
+requests_table = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("frontend", sa.String(64), primary_key=True),
+    sa.Column("group", sa.String(64), primary_key=True),
+    sa.Column("pool_url", sa.Text, nullable=False),
+    sa.Column("entries", sa.JSON, nullable=False),
+    sa.Column("token_expires", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+glideins_table = sa.Table(
+    "glideins",
+    metadata,
+    sa.Column("glidein_id", sa.String(128), primary_key=True),
+    sa.Column("entry", sa.String(64), nullable=False, index=True),
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("frontend", sa.String(64), nullable=False, index=True),
+    sa.Column("group", sa.String(64), nullable=False),
+    sa.Column("backend_id", sa.String(256), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("submitted_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("exit_reason", sa.String(64), nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("report", sa.JSON, nullable=True),
+)
+
+
+def _create_tables(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[requests_table, glideins_table])
+
+
+MIGRATIONS = [_create_tables]
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """The desired state of one frontend group, as last PUT."""
+
+    frontend: str
+    group: str
+    pool_url: str
+    entries: dict[str, dict[str, Any]]
+    token_expires: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Glidein:
+    """One pilot the factory submitted."""
+
+    glidein_id: str
+    entry: str
+    backend: str
+    frontend: str
+    group: str
+    backend_id: str | None
+    state: GlideinState
+    submitted_at: float
+    updated_at: float
+    exit_reason: str | None
+    exit_code: int | None
+    report: dict[str, Any] | None
+
+    @classmethod
+    def submitted(
+        cls, glidein_id: str, entry: str, backend: str, frontend: str, group: str, now: float
+    ) -> Glidein:
+        """A new glidein about to be handed to its backend."""
+        return cls(glidein_id, entry, backend, frontend, group, None, GlideinState.queued,
+                   now, now, None, None, None)  # fmt: skip
+
+    def public(self) -> dict[str, Any]:
+        """The glidein as the API shows it (the backend id is an internal detail)."""
+        return {
+            "glidein_id": self.glidein_id,
+            "entry": self.entry,
+            "frontend": self.frontend,
+            "group": self.group,
+            "state": self.state.value,
+            "submitted_at": self.submitted_at,
+            "updated_at": self.updated_at,
+            "exit_reason": self.exit_reason,
+            "exit_code": self.exit_code,
+            "report": self.report,
+        }
+
+
+def _glidein(row: sa.Row) -> Glidein:
+    m = row._mapping
+    return Glidein(**{**dict(m), "state": GlideinState(m["state"])})
+
+
+class FactoryStore:
+    """Short synchronous transactions over SQLAlchemy Core; callers run them in threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        migrate(engine, "factory", MIGRATIONS)
+
+    # -- requests ---------------------------------------------------------------
+
+    def put_request(
+        self,
+        frontend: str,
+        group: str,
+        pool_url: str,
+        entries: Mapping[str, Mapping[str, Any]],
+        token_expires: float | None,
+    ) -> None:
+        """Replace the desired state of (frontend, group): a PUT is idempotent."""
+        t = requests_table
+        values = {
+            "pool_url": pool_url,
+            "entries": {k: dict(v) for k, v in entries.items()},
+            "token_expires": token_expires,
+            "updated_at": time.time(),
+        }
+        key = (t.c.frontend == frontend) & (t.c.group == group)
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(t.c.frontend).where(key)).first() is None:
+                conn.execute(t.insert().values(frontend=frontend, group=group, **values))
+            else:
+                conn.execute(t.update().where(key).values(**values))
+
+    def requests(self, frontend: str | None = None) -> list[StoredRequest]:
+        t = requests_table
+        query = sa.select(t).order_by(t.c.frontend, t.c.group)
+        if frontend is not None:
+            query = query.where(t.c.frontend == frontend)
+        with self.engine.connect() as conn:
+            return [StoredRequest(**dict(r._mapping)) for r in conn.execute(query)]
+
+    # -- glideins ---------------------------------------------------------------
+
+    def add_glideins(self, glideins: Iterable[Glidein]) -> None:
+        rows = [{**g.__dict__, "state": g.state.value} for g in glideins]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(glideins_table.insert(), rows)
+
+    def set_backend_ids(self, backend_ids: Mapping[str, str]) -> None:
+        t = glideins_table
+        now = time.time()
+        with self.engine.begin() as conn:
+            for glidein_id, backend_id in backend_ids.items():
+                conn.execute(
+                    t.update()
+                    .where(t.c.glidein_id == glidein_id)
+                    .values(backend_id=backend_id, updated_at=now)
+                )
+
+    def set_states(
+        self,
+        states: Mapping[str, GlideinState],
+        exit_reason: str | None = None,
+    ) -> None:
+        """Move glideins to new states; an exit reason already reported is kept."""
+        t = glideins_table
+        now = time.time()
+        with self.engine.begin() as conn:
+            for glidein_id, state in states.items():
+                values: dict[str, Any] = {"state": state.value, "updated_at": now}
+                if exit_reason is not None:
+                    values["exit_reason"] = sa.func.coalesce(t.c.exit_reason, exit_reason)
+                conn.execute(t.update().where(t.c.glidein_id == glidein_id).values(**values))
+
+    def active(self) -> list[Glidein]:
+        t = glideins_table
+        states = [s.value for s in ACTIVE_STATES]
+        query = sa.select(t).where(t.c.state.in_(states)).order_by(t.c.submitted_at)
+        with self.engine.connect() as conn:
+            return [_glidein(r) for r in conn.execute(query)]
+
+    def get(self, glidein_id: str) -> Glidein | None:
+        t = glideins_table
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.glidein_id == glidein_id)).first()
+        return _glidein(row) if row else None
+
+    def glideins(
+        self,
+        frontend: str | None = None,
+        group: str | None = None,
+        entry: str | None = None,
+        state: str | None = None,
+        limit: int = 1000,
+    ) -> list[Glidein]:
+        """Newest first, filtered; `frontend=None` means every frontend (admin)."""
+        t = glideins_table
+        query = sa.select(t).order_by(t.c.submitted_at.desc(), t.c.glidein_id.desc())
+        for column, value in (
+            (t.c.frontend, frontend),
+            (t.c.group, group),
+            (t.c.entry, entry),
+            (t.c.state, state),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        with self.engine.connect() as conn:
+            return [_glidein(r) for r in conn.execute(query.limit(limit))]
+
+    def summary(
+        self, frontend: str | None = None, group: str | None = None
+    ) -> dict[str, dict[str, int]]:
+        """Counts per entry and state, all states included."""
+        t = glideins_table
+        query = sa.select(t.c.entry, t.c.state, sa.func.count()).group_by(t.c.entry, t.c.state)
+        if frontend is not None:
+            query = query.where(t.c.frontend == frontend)
+        if group is not None:
+            query = query.where(t.c.group == group)
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for entry, state, count in conn.execute(query):
+                out.setdefault(entry, {})[state] = count
+        return out
+
+    def record_report(
+        self, glidein_id: str, report: dict[str, Any], exit_reason: str, exit_code: int | None
+    ) -> None:
+        t = glideins_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.glidein_id == glidein_id)
+                .values(
+                    report=report,
+                    exit_reason=exit_reason,
+                    exit_code=exit_code,
+                    updated_at=time.time(),
+                )
+            )
