@@ -312,11 +312,15 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
                 "heartbeat_seconds": config.heartbeat_seconds}
 
     @app.post("/api/v1/pilots/{pilot_id}/claim")
-    async def claim(pilot_id: str, body: ClaimBody,
+    async def claim(pilot_id: str, body: ClaimBody, request: Request,
                     who: Identity = Depends(pilot)) -> Any:
         deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
         while True:
             wake = signal.current()
+            if await request.is_disconnected():
+                # A pilot killed mid-long-poll must not be handed the next job:
+                # nobody would run it until its lease ran out.
+                return Response(status_code=204)
             found = await guarded(store.claim, pilot_id, body.free, config.claim_lease_seconds)
             if found is not None:
                 return found

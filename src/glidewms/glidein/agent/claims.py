@@ -1,0 +1,161 @@
+"""The life of one claim: sandbox in, job run, outputs out, completion.
+
+A claim that is not completed is simply dropped: the agent stops listing it
+in heartbeats, its lease runs out and the pool puts the job back to idle.
+That is the right answer whenever the result cannot be trusted or delivered
+(bad sandbox, output upload failed, job killed), because the pool never
+completes a job twice and a rerun elsewhere loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .http import Api, HttpStatusError, IntegrityError, TransportError, segment, sha256_file
+from .jobs import (
+    JobProcess,
+    JobSetupError,
+    JobSpec,
+    Snapshot,
+    job_environment,
+    outputs_to_upload,
+    sandbox_name,
+    snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What happened to a claim, for the pilot's counters and final report."""
+
+    started: bool = False
+    exit_code: int | None = None
+    completed: bool = False
+    setup_failed: bool = False
+    killed: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """A job that could not be set up or exited non-zero (not one we killed)."""
+        return self.setup_failed or (not self.killed and bool(self.exit_code))
+
+
+class ClaimRunner:
+    """Runs one claim in its own thread; ``kill`` may be called from any thread."""
+
+    def __init__(
+        self,
+        claim: dict[str, Any],
+        spec: JobSpec,
+        pool: Api,
+        work_dir: str,
+        job_env: dict[str, str],
+    ) -> None:
+        self.claim_id = str(claim["claim_id"])
+        self.job_id = str(claim.get("job_id", self.claim_id))
+        self.spec = spec
+        self.pool = pool
+        self.sandbox = os.path.join(work_dir, "execute", sandbox_name(self.job_id))
+        self.job_env = job_env
+        self._lock = threading.Lock()
+        self._killed = False
+        self._process: JobProcess | None = None
+
+    def kill(self, grace: float) -> None:
+        """Stop the job (or keep it from starting); it will not be completed."""
+        with self._lock:
+            self._killed = True
+            process = self._process
+        if process is not None:
+            log.info("job %s (claim %s): killing its process group", self.job_id, self.claim_id)
+            process.kill(grace)
+
+    def run(self) -> Outcome:
+        """Do the whole claim; never raises (a thread has nobody to raise to)."""
+        outcome = Outcome()
+        try:
+            self._run(outcome)
+        except Exception:  # a bug here must not take the pilot down
+            log.exception("job %s (claim %s): unexpected error", self.job_id, self.claim_id)
+        finally:
+            shutil.rmtree(self.sandbox, ignore_errors=True)
+        return outcome
+
+    def _run(self, outcome: Outcome) -> None:
+        tag = f"job {self.job_id} (claim {self.claim_id})"
+        shutil.rmtree(self.sandbox, ignore_errors=True)
+        os.makedirs(self.sandbox)
+        try:
+            self._fetch_inputs()
+        except (IntegrityError, JobSetupError, HttpStatusError, TransportError, OSError) as exc:
+            log.error("%s: sandbox refused, the job is left to the pool's lease: %s", tag, exc)
+            outcome.setup_failed = True
+            return
+        baseline = snapshot(self.sandbox)
+        env = job_environment(self.spec, self.sandbox, self.job_env)
+        with self._lock:
+            if self._killed:
+                outcome.killed = True
+                return
+            self._process = JobProcess(self.spec, self.sandbox, env)
+        log.info("%s: starting %s", tag, self.spec.cmd)
+        started = time.monotonic()
+        outcome.started = True
+        outcome.exit_code = self._process.run()
+        wall = time.monotonic() - started
+        with self._lock:
+            outcome.killed = self._killed
+        if outcome.killed:
+            log.info("%s: killed after %.1fs; not completed", tag, wall)
+            return
+        log.info("%s: exited %d after %.1fs", tag, outcome.exit_code, wall)
+        outputs = self._upload_outputs(tag, baseline)
+        if outputs is not None:
+            outcome.completed = self._complete(tag, outcome.exit_code, outputs, wall)
+
+    def _fetch_inputs(self) -> None:
+        for item in self.spec.sandbox:
+            dest = os.path.join(self.sandbox, item.name)
+            self.pool.download(f"files/{segment(item.sha256)}", dest, item.sha256)
+            if item.executable:
+                os.chmod(dest, 0o755)
+
+    def _upload_outputs(self, tag: str, baseline: Snapshot) -> list[dict[str, str]] | None:
+        """Upload every output; None if any failed (a partial result is not sent)."""
+        outputs: list[dict[str, str]] = []
+        for name in outputs_to_upload(self.spec, self.sandbox, baseline):
+            path = os.path.join(self.sandbox, name)
+            digest = sha256_file(path)
+            try:
+                self.pool.upload(f"files/{digest}", path)
+            except (HttpStatusError, TransportError) as exc:
+                log.error("%s: output %s not uploaded, result dropped: %s", tag, name, exc)
+                return None
+            outputs.append({"name": name, "sha256": digest})
+        return outputs
+
+    def _complete(
+        self, tag: str, exit_code: int, outputs: list[dict[str, str]], wall: float
+    ) -> bool:
+        body = {"exit_code": exit_code, "outputs": outputs, "wall_seconds": round(wall, 3)}
+        try:
+            self.pool.call("POST", f"claims/{segment(self.claim_id)}/complete", body, tries=2)
+        except HttpStatusError as exc:
+            if exc.status == 409:
+                log.warning("%s: the pool no longer holds this claim (409); result dropped", tag)
+            else:
+                log.error("%s: completion refused, result dropped: %s", tag, exc)
+            return False
+        except TransportError as exc:
+            log.error("%s: completion not delivered, result dropped: %s", tag, exc)
+            return False
+        log.info("%s: completed with %d output(s)", tag, len(outputs))
+        return True

@@ -1,0 +1,140 @@
+"""Read ``glidein_config``: the ``KEY VALUE`` file the bootstrap writes.
+
+The format follows GlideinWMS: one key per line, the value is the rest of the
+line (it may contain spaces), ``#`` starts a comment line, and a key given
+twice keeps its last value (GlideinWMS scripts append to override).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Union
+
+AttrValue = Union[bool, int, float, str]
+
+DEFAULT_IDLE_TIMEOUT = 1200
+DEFAULT_LIFETIME = 86400
+
+_INT = re.compile(r"^[+-]?[0-9]+$")
+_FLOAT = re.compile(r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
+class ConfigError(ValueError):
+    """glidein_config is missing a required key or holds an unusable value."""
+
+
+def parse_lines(text: str) -> dict[str, str]:
+    """Parse ``KEY VALUE`` lines; a later line for the same key wins."""
+    values: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        values[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
+    return values
+
+
+def typed_value(text: str) -> AttrValue:
+    """Give an attribute the ClassAd type its text reads as.
+
+    Integers and floats become numbers and ``true``/``false`` (any case)
+    become booleans, so that a slot's ``Requirements`` can compare them;
+    everything else, including non-finite floats (not valid JSON), stays a
+    string. Python's looser ``int()`` syntax (``1_000``) is not accepted.
+    """
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if _INT.match(text.strip()):
+        return int(text)
+    if _FLOAT.match(text.strip()):
+        number = float(text)
+        if math.isfinite(number):
+            return number
+    return text
+
+
+def _seconds(values: dict[str, str], key: str, default: int) -> int:
+    raw = values.get(key, "")
+    if raw == "":
+        return default
+    if not _INT.match(raw) or int(raw) < 0:
+        raise ConfigError(f"{key}: expected a number of seconds, got {raw!r}")
+    return int(raw)
+
+
+def _amount(values: dict[str, str], key: str) -> int | None:
+    """A resource amount: None for ``auto`` (detect it), else a positive int."""
+    raw = values.get(key, "auto") or "auto"
+    if raw.lower() == "auto":
+        return None
+    if not _INT.match(raw) or int(raw) <= 0:
+        raise ConfigError(f"{key}: expected 'auto' or a positive integer, got {raw!r}")
+    return int(raw)
+
+
+@dataclass
+class GlideinConfig:
+    """What the agent needs from glidein_config, validated and typed."""
+
+    pool_url: str
+    glidein_id: str
+    token_file: str
+    work_dir: str
+    factory_url: str = ""
+    entry: str = ""
+    site: str = ""
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT
+    lifetime: int = DEFAULT_LIFETIME
+    cpus: int | None = None
+    memory: int | None = None
+    heartbeat: int | None = None
+    attrs: dict[str, AttrValue] = field(default_factory=dict)
+
+
+def load_config(path: str) -> GlideinConfig:
+    """Read and validate the glidein_config at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    return build_config(parse_lines(text), os.path.dirname(os.path.abspath(path)))
+
+
+def build_config(values: dict[str, str], default_work_dir: str) -> GlideinConfig:
+    """Turn parsed glidein_config values into a GlideinConfig.
+
+    The token file falls back to ``$GLIDEIN_TOKEN_FILE`` (the bootstrap's own
+    input) so that a hand-written config need not repeat it.
+    """
+    for key in ("GLIDEIN_Pool_URL", "GLIDEIN_Id"):
+        if not values.get(key):
+            raise ConfigError(f"{key} is required")
+    token_file = values.get("GLIDEIN_Token_File") or os.environ.get("GLIDEIN_TOKEN_FILE", "")
+    if not token_file:
+        raise ConfigError("GLIDEIN_Token_File is required (or GLIDEIN_TOKEN_FILE in the env)")
+    attrs: dict[str, AttrValue] = {}
+    for name in filter(None, (n.strip() for n in values.get("GLIDEIN_Attrs", "").split(","))):
+        if name not in values:
+            raise ConfigError(f"GLIDEIN_Attrs lists {name} but no {name} line is given")
+        attrs[name] = typed_value(values[name])
+    return GlideinConfig(
+        pool_url=values["GLIDEIN_Pool_URL"].rstrip("/"),
+        glidein_id=values["GLIDEIN_Id"],
+        token_file=token_file,
+        work_dir=values.get("GLIDEIN_Work_Dir") or default_work_dir,
+        factory_url=values.get("GLIDEIN_Factory_URL", "").rstrip("/"),
+        entry=values.get("GLIDEIN_Entry_Name", ""),
+        site=values.get("GLIDEIN_Site", ""),
+        idle_timeout=_seconds(values, "GLIDEIN_Idle_Timeout", DEFAULT_IDLE_TIMEOUT),
+        lifetime=_seconds(values, "GLIDEIN_Lifetime", DEFAULT_LIFETIME),
+        cpus=_amount(values, "GLIDEIN_Cpus"),
+        memory=_amount(values, "GLIDEIN_Memory"),
+        heartbeat=_seconds(values, "GLIDEIN_Heartbeat", 0) or None,
+        attrs=attrs,
+    )

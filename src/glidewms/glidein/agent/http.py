@@ -1,0 +1,200 @@
+"""A small JSON-over-HTTP client for the pool and factory APIs (urllib only).
+
+Why not a library: the agent runs on worker nodes with a bare python3. What
+urllib gives for free is kept: ``http_proxy``/``https_proxy``/``no_proxy`` are
+honoured by the default ProxyHandler. What it does wrong for us is removed:
+redirects are not followed, because urllib would replay the Authorization
+header to whatever host the redirect names.
+
+The bearer token is read from its file on every request, so a token renewed
+in place (by the batch system or a credential helper) is picked up by a
+running pilot; it is never logged and never put in an exception message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import threading
+import urllib.error
+import urllib.request
+from typing import Any, BinaryIO, Callable, TypeVar, Union
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+Body = Union[bytes, BinaryIO, None]
+_CHUNK = 1 << 20
+T = TypeVar("T")
+
+
+class HttpStatusError(Exception):
+    """The server answered with an error status (4xx, or 5xx after the retries)."""
+
+    def __init__(self, method: str, path: str, status: int, detail: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class TransportError(Exception):
+    """The server could not be reached or the connection broke (after the retries)."""
+
+
+class IntegrityError(Exception):
+    """Downloaded bytes do not have the sha256 they were asked for."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: following one would send the bearer token elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None
+
+
+def segment(value: str) -> str:
+    """Quote one path segment (ids come from servers and configs, not from us)."""
+    return quote(str(value), safe="")
+
+
+class Api:
+    """One service's ``/api/v1`` with a bearer token, timeouts and retries.
+
+    ``abort`` (an Event) cuts retry back-off short when the pilot is exiting,
+    so a dead server cannot hold up the final report.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token_file: str,
+        backoff: float = 1.0,
+        abort: threading.Event | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/") + "/api/v1/"
+        self.token_file = token_file
+        self.backoff = backoff
+        self.abort = abort or threading.Event()
+        self._opener = urllib.request.build_opener(_NoRedirect())
+
+    def _token(self) -> str:
+        with open(self.token_file, encoding="utf-8") as handle:
+            return handle.read().strip()
+
+    def _request(
+        self, method: str, path: str, body: Body, headers: dict[str, str]
+    ) -> urllib.request.Request:
+        all_headers = {"Authorization": f"Bearer {self._token()}", **headers}
+        return urllib.request.Request(
+            self.base_url + path, data=body, method=method, headers=all_headers
+        )
+
+    def _retrying(self, method: str, path: str, tries: int, attempt_fn: Callable[[], T]) -> T:
+        """Run ``attempt_fn`` up to ``tries`` times on transport errors and 5xx."""
+        for attempt in range(1, tries + 1):
+            try:
+                return attempt_fn()
+            except urllib.error.HTTPError as exc:
+                detail = _error_detail(exc)
+                if (exc.code < 500 and exc.code != 429) or attempt == tries:
+                    raise HttpStatusError(method, path, exc.code, detail) from None
+                problem = f"HTTP {exc.code}: {detail}"
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                reason = getattr(exc, "reason", exc)
+                if attempt == tries:
+                    raise TransportError(f"{method} {path}: {reason}") from None
+                problem = str(reason)
+            delay = self.backoff * 2 ** (attempt - 1)
+            log.warning("%s %s failed (%s); retry %d/%d in %.1fs",
+                        method, path, problem, attempt, tries - 1, delay)
+            if self.abort.wait(delay):
+                raise TransportError(f"{method} {path}: aborted while retrying")
+        raise AssertionError("unreachable")
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 30.0,
+        tries: int = 3,
+    ) -> tuple[int, Any]:
+        """Send ``body`` as JSON; return (status, decoded JSON or None)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+
+        def attempt() -> tuple[int, Any]:
+            request = self._request(method, path, data, headers)
+            with self._opener.open(request, timeout=timeout) as response:
+                raw = response.read()
+                status = response.status
+            try:
+                return status, (json.loads(raw) if raw.strip() else None)
+            except ValueError:
+                raise TransportError(f"{method} {path}: the answer is not JSON") from None
+
+        return self._retrying(method, path, tries, attempt)
+
+    def download(
+        self, path: str, dest: str, sha256: str, timeout: float = 60.0, tries: int = 3
+    ) -> None:
+        """Stream ``path`` into ``dest``; raise IntegrityError unless it hashes to sha256."""
+
+        def attempt() -> str:
+            digest = hashlib.sha256()
+            request = self._request("GET", path, None, {})
+            with self._opener.open(request, timeout=timeout) as response, open(
+                dest, "wb"
+            ) as out:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+            return digest.hexdigest()
+
+        got = self._retrying("GET", path, tries, attempt)
+        if got != sha256.lower():
+            os.unlink(dest)
+            raise IntegrityError(f"{path}: got sha256 {got}, expected {sha256}")
+
+    def upload(self, path: str, src: str, timeout: float = 60.0, tries: int = 3) -> None:
+        """PUT the raw bytes of file ``src`` (streamed, not loaded into memory)."""
+        size = os.path.getsize(src)
+
+        def attempt() -> None:
+            with open(src, "rb") as handle:
+                headers = {
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(size),
+                }
+                request = self._request("PUT", path, handle, headers)
+                with self._opener.open(request, timeout=timeout) as response:
+                    response.read()
+
+        self._retrying("PUT", path, tries, attempt)
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """The ``detail`` of a JSON error body, else the start of the body."""
+    try:
+        raw = exc.read()
+    except OSError:
+        return exc.reason or ""
+    try:
+        detail = json.loads(raw).get("detail")
+        return detail if isinstance(detail, str) else json.dumps(detail)
+    except (ValueError, AttributeError):
+        return raw[:200].decode("utf-8", "replace") or str(exc.reason)
+
+
+def sha256_file(path: str) -> str:
+    """sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

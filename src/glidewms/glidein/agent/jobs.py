@@ -1,0 +1,258 @@
+"""One job on the node: its spec, its sandbox directory and its process.
+
+Nothing here talks to the pool (see ``claims``), so the sandbox and process
+rules (names, environment, exit codes, outputs) are testable with plain files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import stat
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = "_condor_stdout"
+DEFAULT_ERR = "_condor_stderr"
+# Pilot variables passed on to jobs: proxies are how nodes reach the outside.
+_PASSED_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+class JobSetupError(Exception):
+    """The claim cannot be turned into a runnable job (bad spec or sandbox)."""
+
+
+def stream_name(value: Any, default: str) -> str | None:
+    """Where the job's stdout/stderr goes in the sandbox; None for ``/dev/null``.
+
+    The pool may pass the submit-side path (``/home/alice/run/out.0``): as in
+    HTCondor the stream is captured in the sandbox under that path's base name
+    and sent back, and the submit side decides where it lands.
+    """
+    if not value:
+        return default
+    if value == "/dev/null":
+        return None
+    return check_name(os.path.basename(str(value)))
+
+
+def check_name(name: Any) -> str:
+    """A sandbox file name must stay in the sandbox: one path component, no ``..``."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise JobSetupError(f"unsafe sandbox file name {name!r}")
+    return name
+
+
+@dataclass
+class SandboxFile:
+    """One input file: fetched by its sha256 from the pool's file store."""
+
+    name: str
+    sha256: str
+    executable: bool = False
+
+
+@dataclass
+class JobSpec:
+    """The ``job`` part of a claim (see docs/protocol.md)."""
+
+    cmd: str
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    sandbox: list[SandboxFile] = field(default_factory=list)
+    out: str | None = DEFAULT_OUT
+    err: str | None = DEFAULT_ERR
+    transfer_output: list[str] | None = None
+    request: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_claim(cls, job: Any) -> JobSpec:
+        """Validate a claim's job object; JobSetupError names what is wrong."""
+        try:
+            files = [
+                SandboxFile(check_name(f["name"]), str(f["sha256"]).lower(),
+                            bool(f.get("executable")))
+                for f in job.get("sandbox") or []
+            ]
+            outputs = job.get("transfer_output")
+            request = job.get("request") or {}
+            spec = cls(
+                cmd=str(job["cmd"]),
+                args=[str(a) for a in job.get("args") or []],
+                env={str(k): str(v) for k, v in (job.get("env") or {}).items()},
+                sandbox=files,
+                out=stream_name(job.get("out"), DEFAULT_OUT),
+                err=stream_name(job.get("err"), DEFAULT_ERR),
+                transfer_output=None if outputs is None else [str(n) for n in outputs],
+                request={"cpus": int(request.get("cpus") or 1),
+                         "memory": int(request.get("memory") or 0),
+                         "disk": int(request.get("disk") or 0)},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise JobSetupError(f"malformed job in claim: {exc!r}") from None
+        for sandbox_file in files:
+            if not re.fullmatch(r"[0-9a-f]{64}", sandbox_file.sha256):
+                raise JobSetupError(f"{sandbox_file.name}: bad sha256 {sandbox_file.sha256!r}")
+        if not spec.cmd:
+            raise JobSetupError("the job has no cmd")
+        return spec
+
+    def executable_path(self, sandbox: str) -> str:
+        """A transferred executable lives in the sandbox; otherwise cmd is a node path."""
+        if any(f.name == self.cmd for f in self.sandbox):
+            return os.path.join(sandbox, self.cmd)
+        return self.cmd
+
+
+def sandbox_name(job_id: str) -> str:
+    """Directory name for a job id: ``/`` and ``.`` (as in ``12.0``) become ``_``."""
+    return re.sub(r"[/.\s]", "_", str(job_id)) or "job"
+
+
+Snapshot = dict[str, tuple[int, int]]
+
+
+def snapshot(sandbox: str) -> Snapshot:
+    """(mtime_ns, size) of every top-level regular file, to spot changes later."""
+    files: Snapshot = {}
+    with os.scandir(sandbox) as entries:
+        for entry in entries:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode):
+                files[entry.name] = (info.st_mtime_ns, info.st_size)
+    return files
+
+
+def _regular_file_inside(sandbox: str, name: str) -> bool:
+    """``name`` is a regular file of the sandbox, reached without leaving it.
+
+    Symlinks are never followed (a job could point one at a node file), and
+    ``..`` or a symlinked directory cannot lead outside the sandbox.
+    """
+    if not name or os.path.isabs(name) or ".." in name.split("/"):
+        return False
+    path = os.path.join(sandbox, name)
+    root = os.path.realpath(sandbox) + os.sep
+    if not (os.path.realpath(os.path.dirname(path)) + os.sep).startswith(root):
+        return False
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
+    """Names to send back: out, err, then transfer_output or every new/changed file.
+
+    transfer_output names may be relative paths inside the sandbox (as in
+    HTCondor); a named output that is missing, not a regular file or outside
+    the sandbox is skipped with a warning, not fatal.
+    """
+    after = snapshot(sandbox)
+    if spec.transfer_output is None:
+        wanted = [name for name in sorted(after) if baseline.get(name) != after[name]]
+    else:
+        wanted = list(spec.transfer_output)
+    names: list[str] = []
+    for name in [spec.out, spec.err, *wanted]:
+        if name is None or name in names:
+            continue
+        if not _regular_file_inside(sandbox, name):
+            log.warning("output %r is missing, not a regular file or outside the sandbox", name)
+            continue
+        names.append(name)
+    return names
+
+
+def job_environment(spec: JobSpec, sandbox: str, extra: dict[str, str]) -> dict[str, str]:
+    """A clean environment: never the pilot's own (it names the pilot token file).
+
+    Order matters: defaults < the job's env < what the pilot must set
+    (``_CONDOR_SCRATCH_DIR``, ``GLIDEIN_Site``... in ``extra``).
+    """
+    env = {
+        "PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
+        "HOME": sandbox,
+        "TMPDIR": sandbox,
+        "LANG": os.environ.get("LANG") or "C",
+        "OMP_NUM_THREADS": str(max(1, spec.request.get("cpus", 1))),
+    }
+    env.update({k: os.environ[k] for k in _PASSED_ENV if k in os.environ})
+    env.update(spec.env)
+    env.update(extra)
+    env["_CONDOR_SCRATCH_DIR"] = sandbox
+    return env
+
+
+def exit_code_of(returncode: int) -> int:
+    """Shell convention: a job killed by signal N exits 128+N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class JobProcess:
+    """The job's process, in its own session so the whole group can be killed."""
+
+    def __init__(self, spec: JobSpec, sandbox: str, env: dict[str, str]) -> None:
+        self.spec = spec
+        self.sandbox = sandbox
+        self.env = env
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.started = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> int:
+        """Start the job, wait for it, and return its exit code.
+
+        A command that cannot be executed gets the shell's 127 (not found) or
+        126 (not executable), with the reason written to the job's stderr.
+        """
+        argv = [self.spec.executable_path(self.sandbox), *self.spec.args]
+        try:
+            with contextlib.ExitStack() as files:
+                opened: dict[str | None, BinaryIO] = {None: files.enter_context(
+                    open(os.devnull, "wb"))}
+                for name in (self.spec.out, self.spec.err):
+                    if name is not None and name not in opened:  # out == err: one file
+                        path = os.path.join(self.sandbox, name)
+                        opened[name] = files.enter_context(open(path, "wb"))
+                out, err = opened[self.spec.out], opened[self.spec.err]
+                try:
+                    self._proc = subprocess.Popen(
+                        argv, cwd=self.sandbox, env=self.env, stdin=subprocess.DEVNULL,
+                        stdout=out, stderr=err, start_new_session=True, close_fds=True,
+                    )
+                except OSError as exc:
+                    err.write(f"glidein: cannot execute {argv[0]}: {exc.strerror}\n".encode())
+                    return 127 if isinstance(exc, FileNotFoundError) else 126
+            self.started.set()
+            returncode = self._proc.wait()
+            self._signal_group(signal.SIGKILL)  # strays the job left in the background
+            return exit_code_of(returncode)
+        finally:
+            self.done.set()
+
+    def kill(self, grace: float) -> None:
+        """SIGTERM the job's process group, then SIGKILL it after ``grace`` seconds."""
+        if self._proc is None or self.done.is_set():
+            return
+        self._signal_group(signal.SIGTERM)
+        timer = threading.Timer(grace, self._kill_if_running)
+        timer.daemon = True
+        timer.start()
+
+    def _kill_if_running(self) -> None:
+        if not self.done.is_set():
+            self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum: int) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signum)

@@ -1,0 +1,173 @@
+"""Detect what the node gives this pilot and describe it as a slot ad.
+
+The slot ad uses HTCondor's attribute names and conventions (``Cpus``,
+``Memory`` in MB, ``Disk`` in KiB, ``Arch`` ``X86_64``, ``OpSysAndVer``
+``Debian12``) so that the ClassAd expressions users and frontends already
+write for HTCondor glideins match our slots unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from .config import GlideinConfig
+
+log = logging.getLogger(__name__)
+
+# platform.machine() → HTCondor's Arch (HTCondor keeps some of them lower case).
+_ARCH = {
+    "x86_64": "X86_64",
+    "amd64": "X86_64",
+    "i386": "INTEL",
+    "i686": "INTEL",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "ppc64le": "ppc64le",
+}
+
+# /etc/os-release ID → HTCondor's OpSysName.
+_OS_NAMES = {
+    "almalinux": "AlmaLinux",
+    "centos": "CentOS",
+    "debian": "Debian",
+    "fedora": "Fedora",
+    "rhel": "RedHat",
+    "rocky": "Rocky",
+    "scientific": "SL",
+    "sl": "SL",
+    "ubuntu": "Ubuntu",
+    "opensuse-leap": "openSUSE",
+    "sles": "SLES",
+}
+
+# Attributes the agent owns: an entry --attr of the same name is ignored, since
+# the pool must see what the agent actually tracks and offers.
+RESERVED = frozenset(
+    ("Cpus", "Memory", "Disk", "GLIDEIN_Id", "GLIDEIN_Site", "GLIDEIN_Entry_Name",
+     "GLIDEIN_Factory")
+)
+
+
+@dataclass
+class Resources:
+    """The amounts a partitionable slot can hand out (Memory MB, Disk KiB)."""
+
+    cpus: int
+    memory: int
+    disk: int
+
+    def as_free(self) -> dict[str, int]:
+        """The ``free`` object of a claim request."""
+        return {"cpus": self.cpus, "memory": self.memory, "disk": self.disk}
+
+
+def detect_cpus() -> int:
+    """CPUs this process may run on: the affinity mask honours cpusets/batch pinning."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def detect_memory_mb(meminfo: str = "/proc/meminfo") -> int:
+    """Total memory in MB from /proc/meminfo, or from sysconf where it is missing."""
+    try:
+        with open(meminfo, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+
+
+def detect_disk_kib(path: str) -> int:
+    """Free space of the file system holding ``path``, in KiB like HTCondor's Disk."""
+    return shutil.disk_usage(path).free // 1024
+
+
+def detect_resources(
+    cfg: GlideinConfig, meminfo: str = "/proc/meminfo"
+) -> Resources:
+    """Explicit glidein_config amounts win; ``auto`` (None) is detected."""
+    return Resources(
+        cpus=cfg.cpus if cfg.cpus is not None else detect_cpus(),
+        memory=cfg.memory if cfg.memory is not None else detect_memory_mb(meminfo),
+        disk=detect_disk_kib(cfg.work_dir),
+    )
+
+
+def htcondor_arch(machine: str) -> str:
+    """Map platform.machine() to HTCondor's Arch value."""
+    return _ARCH.get(machine.lower(), machine)
+
+
+def read_os_release(path: str = "/etc/os-release") -> dict[str, str]:
+    """Parse os-release ``KEY=value`` lines (values may be quoted)."""
+    values: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                key, sep, value = line.strip().partition("=")
+                if sep and not key.startswith("#"):
+                    values[key] = value.strip().strip("\"'")
+    except OSError:
+        pass
+    return values
+
+
+def os_attributes(os_release: dict[str, str]) -> dict[str, Any]:
+    """OpSys, and OpSysName/OpSysMajorVer/OpSysAndVer when os-release tells them."""
+    attrs: dict[str, Any] = {"OpSys": "LINUX"}
+    ident = os_release.get("ID", "").lower()
+    major = os_release.get("VERSION_ID", "").split(".")[0]
+    if ident:
+        attrs["OpSysName"] = _OS_NAMES.get(ident, ident.capitalize())
+    if major.isdigit():
+        attrs["OpSysMajorVer"] = int(major)
+        if ident:
+            attrs["OpSysAndVer"] = f"{attrs['OpSysName']}{major}"
+    return attrs
+
+
+def slot_ad(
+    cfg: GlideinConfig,
+    total: Resources,
+    to_die: float,
+    os_release: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The partitionable slot ad this pilot registers.
+
+    Entry attributes may override what was detected (Arch, OpSys...), but not
+    the resources and identity the agent itself tracks (``RESERVED``).
+
+    ``GLIDEIN_ToDie`` (epoch seconds when the pilot stops taking jobs) lets a
+    pool or frontend keep long jobs off pilots that are about to retire, as
+    HTCondor glideins publish it.
+    """
+    ad = os_attributes(read_os_release() if os_release is None else os_release)
+    ad["Arch"] = htcondor_arch(platform.machine())
+    ad["PartitionableSlot"] = True
+    for name, value in cfg.attrs.items():
+        if name in RESERVED:
+            log.warning("attribute %s is set by the agent; the entry's value is ignored", name)
+            continue
+        ad[name] = value  # an entry may know better than detection (e.g. Arch, OpSys)
+    ad.update(
+        {
+            "Cpus": total.cpus,
+            "Memory": total.memory,
+            "Disk": total.disk,
+            "GLIDEIN_Id": cfg.glidein_id,
+            "GLIDEIN_Site": cfg.site,
+            "GLIDEIN_Entry_Name": cfg.entry,
+            "GLIDEIN_Factory": cfg.factory_url,
+            "GLIDEIN_ToDie": int(to_die),
+        }
+    )
+    return ad

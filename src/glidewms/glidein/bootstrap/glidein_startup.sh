@@ -1,0 +1,147 @@
+#!/bin/bash
+# glidein_startup.sh: the pilot bootstrap (see docs/protocol.md, "Pilot start").
+# Fetch the stage manifest, refuse it unless its sha256 is the one the factory
+# submitted, fetch and check every listed file, write glidein_config, run the
+# agent. The pilot token is read from $GLIDEIN_TOKEN_FILE and only ever handed
+# to curl in a 0600 header file (-H @file) or read by python itself: never argv.
+set -u
+EXIT_USAGE=2 EXIT_ERROR=1 EXIT_CORRUPT=3
+
+log() { printf '%(%Y-%m-%dT%H:%M:%SZ)T glidein_startup: %s\n' -1 "$*" >&2; }
+usage() {
+  echo "glidein_startup: $*" >&2
+  echo "usage: glidein_startup.sh --factory URL --manifest-sha256 HEX --pool URL --glidein-id ID" \
+       "--entry NAME --site NAME [--idle-timeout S] [--lifetime S] [--cpus N|auto]" \
+       "[--memory MB|auto] [--work-dir DIR|auto] [--heartbeat S] [--attr NAME=VALUE ...]" >&2
+  exit $EXIT_USAGE
+}
+
+factory='' manifest_sha='' pool='' gid='' entry='' site='' idle=1200 lifetime=86400
+cpus=auto memory=auto parent=auto heartbeat='' attrs=()
+reserved=" GLIDEIN_Factory_URL GLIDEIN_Pool_URL GLIDEIN_Id GLIDEIN_Entry_Name GLIDEIN_Site \
+GLIDEIN_Idle_Timeout GLIDEIN_Lifetime GLIDEIN_Cpus GLIDEIN_Memory GLIDEIN_Heartbeat GLIDEIN_Work_Dir \
+GLIDEIN_Token_File GLIDEIN_Attrs "
+while [ $# -gt 0 ]; do
+  [ $# -ge 2 ] || usage "$1 needs a value"
+  case "$1" in
+    --factory) factory=${2%/} ;;         --manifest-sha256) manifest_sha=$2 ;;
+    --pool) pool=${2%/} ;;               --glidein-id) gid=$2 ;;
+    --entry) entry=$2 ;;                 --site) site=$2 ;;
+    --idle-timeout) idle=$2 ;;           --lifetime) lifetime=$2 ;;
+    --cpus) cpus=$2 ;;                   --memory) memory=$2 ;;
+    --work-dir) parent=$2 ;;             --heartbeat) heartbeat=$2 ;;
+    --attr) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --attr '$2'"
+            [[ $reserved == *" ${2%%=*} "* ]] && usage "--attr cannot set ${2%%=*}"
+            attrs+=("$2") ;;
+    *) usage "unknown option $1" ;;
+  esac
+  shift 2
+done
+for req in factory:factory manifest_sha:manifest-sha256 pool:pool gid:glidein-id entry:entry \
+           site:site; do
+  var=${req%%:*}; [ -n "${!var}" ] || usage "--${req#*:} is required"
+done
+[[ $manifest_sha =~ ^[0-9a-fA-F]{64}$ ]] || usage "--manifest-sha256 must be 64 hex digits"
+[[ $idle$lifetime$heartbeat =~ ^[0-9]+$ ]] \
+  || usage "--idle-timeout, --lifetime and --heartbeat take a number of seconds"
+[[ $cpus =~ ^([0-9]+|auto)$ && $memory =~ ^([0-9]+|auto)$ ]] || usage "--cpus/--memory: N or auto"
+[ -r "${GLIDEIN_TOKEN_FILE:-}" ] || usage "GLIDEIN_TOKEN_FILE must name a readable token file"
+token_file=$GLIDEIN_TOKEN_FILE; [[ $token_file == /* ]] || token_file=$PWD/$token_file
+PY=${GLIDEIN_PYTHON:-python3}
+CURL=$(command -v curl || true)
+
+[ "$parent" = auto ] && parent=${TMPDIR:-/tmp}
+work=$(mktemp -d "$parent/glidein_XXXXXX") || { log "cannot create a work dir in $parent"; exit $EXIT_ERROR; }
+agent_pid=''
+cleanup() { rm -rf -- "$work"; }
+on_signal() {  # forward to the agent and let it drain and report; EXIT cleans up
+  log "got SIG$1"
+  if [ -n "$agent_pid" ]; then kill -"$1" "$agent_pid" 2>/dev/null; wait "$agent_pid"; exit $?; fi
+  exit "$2"
+}
+trap cleanup EXIT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal INT 130' INT
+meta=$work/.bootstrap hdr=$work/.bootstrap/auth_header
+mkdir -p "$meta"
+(umask 077; IFS= read -r token < "$token_file"; printf 'Authorization: Bearer %s\n' "$token" > "$hdr")
+
+# http METHOD URL OUT [JSON]: curl if present (it retries with backoff), else python urllib.
+http() {
+  if [ -n "$CURL" ]; then
+    curl -fsS --retry 3 --retry-connrefused --connect-timeout 20 --max-time 600 -X "$1" \
+         -H @"$hdr" ${4:+-H 'Content-Type: application/json' --data-binary "$4"} -o "$3" "$2"
+  else
+    GLIDEIN_TOKEN_FILE=$token_file "$PY" - "$@" <<'EOF'
+import os, sys, time, urllib.error, urllib.request
+method, url, out = sys.argv[1:4]
+data = sys.argv[4].encode() if len(sys.argv) > 4 else None
+with open(os.environ["GLIDEIN_TOKEN_FILE"]) as f:
+    headers = {"Authorization": "Bearer " + f.read().strip(), "Content-Type": "application/json"}
+for attempt in range(4):
+    try:
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=60) as resp, open(out, "wb") as f:
+            f.write(resp.read())
+        sys.exit(0)
+    except urllib.error.HTTPError as e:
+        if e.code < 500 or attempt == 3: sys.exit("%s %s: HTTP %d" % (method, url, e.code))
+    except OSError as e:
+        if attempt == 3: sys.exit("%s %s: %s" % (method, url, e))
+    time.sleep(2 ** attempt)
+EOF
+  fi
+}
+
+json_str() {  # a bash string as a JSON string literal
+  local s=${1//\\/\\\\}; s=${s//\"/\\\"}; s=${s//$'\n'/\\n}; s=${s//$'\t'/ }
+  printf '"%s"' "${s//[[:cntrl:]]/ }"
+}
+fail() {  # fail REASON CODE DETAIL: report to the factory (best effort), exit without the agent
+  log "$1: $3"
+  http POST "$factory/api/v1/glideins/$gid/report" /dev/null \
+    "{\"exit_reason\":\"$1\",\"exit_code\":$2,\"jobs_run\":0,\"jobs_failed\":0,\"detail\":$(json_str "$3")}" \
+    || log "final report not delivered"
+  exit "$2"
+}
+
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null \
+  || fail validation_failed $EXIT_ERROR "no python3 >= 3.9 ($PY) on $(hostname 2>/dev/null)"
+log "work dir $work; fetching the stage from $factory"
+http GET "$factory/api/v1/stage/manifest" "$meta/manifest" \
+  || fail error $EXIT_ERROR "manifest download failed"
+read -r got _ < <(sha256sum "$meta/manifest")
+[ "$got" = "${manifest_sha,,}" ] || fail corruption $EXIT_CORRUPT "manifest sha256 $got, expected $manifest_sha"
+while IFS= read -r line || [ -n "$line" ]; do
+  [ -z "$line" ] && continue
+  [[ $line =~ ^[0-9a-fA-F]{64}\ [\ *](.+)$ ]] || fail corruption $EXIT_CORRUPT "bad manifest line: $line"
+  path=${BASH_REMATCH[1]}
+  [[ $path != /* && /$path/ != */../* ]] || fail corruption $EXIT_CORRUPT "unsafe path in manifest: $path"
+  [[ $path == */* ]] && mkdir -p "$work/${path%/*}"
+  http GET "$factory/api/v1/stage/files/$path" "$work/$path" \
+    || fail error $EXIT_ERROR "download of $path failed"
+done < "$meta/manifest"
+bad=$(cd "$work" && sha256sum -c --quiet --strict "$meta/manifest" 2>&1) \
+  || fail corruption $EXIT_CORRUPT "stage file check failed: $bad"
+rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
+
+{
+  names=()  # ${a[@]+"${a[@]}"}: an empty array under set -u on bash < 4.4
+  for a in ${attrs[@]+"${attrs[@]}"}; do
+    printf '%s %s\n' "${a%%=*}" "${a#*=}"; names+=("${a%%=*}")
+  done
+  printf 'GLIDEIN_Attrs %s\n' "$(IFS=,; echo "${names[*]}")"
+  printf '%s %s\n' GLIDEIN_Factory_URL "$factory" GLIDEIN_Pool_URL "$pool" GLIDEIN_Id "$gid" \
+    GLIDEIN_Entry_Name "$entry" GLIDEIN_Site "$site" GLIDEIN_Idle_Timeout "$idle" \
+    GLIDEIN_Lifetime "$lifetime" GLIDEIN_Cpus "$cpus" GLIDEIN_Memory "$memory" \
+    GLIDEIN_Work_Dir "$work" GLIDEIN_Token_File "$token_file"
+  [ -n "$heartbeat" ] && printf 'GLIDEIN_Heartbeat %s\n' "$heartbeat"
+} > "$work/glidein_config"
+
+log "starting the agent"
+cd "$work" || exit $EXIT_ERROR
+PYTHONPATH=$work${PYTHONPATH:+:$PYTHONPATH} "$PY" -m agent --config glidein_config &
+agent_pid=$!
+wait "$agent_pid"; rc=$?
+log "agent exited with $rc"
+exit $rc

@@ -1,0 +1,204 @@
+"""The whole system on loopback: pool, factory, frontend as separate processes,
+pilots started by the factory's local backend as real processes.
+
+Waits poll a condition with a deadline (the services are other processes, so
+there is no in-process event to await); no test asserts on timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from glidewms.client import ClientSettings, PoolClient
+from glidewms.launcher import Installation, Options
+from glidewms.submit import parse_submit
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class System:
+    def __init__(self, inst: Installation) -> None:
+        self.inst = inst
+        self.pool = PoolClient(ClientSettings(inst.services["pool"].url, inst.token_file("user")))
+        admin = inst.token_file("admin").read_text().strip()
+        self.admin = {"Authorization": f"Bearer {admin}"}
+
+    def factory(self, path: str) -> Any:
+        r = httpx.get(f"{self.inst.services['factory'].url}/api/v1/{path}", headers=self.admin)
+        r.raise_for_status()
+        return r.json()
+
+    def frontend_status(self) -> dict[str, Any]:
+        r = httpx.get(f"{self.inst.services['frontend'].url}/api/v1/status", headers=self.admin)
+        r.raise_for_status()
+        return r.json()
+
+    def pilots(self) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.inst.services['pool'].url}/api/v1/pilots", headers=self.admin)
+        r.raise_for_status()
+        return r.json()
+
+    def submit(self, text: str, base: Path) -> list[str]:
+        return self.pool.submit(parse_submit(text, "test.sub", base))["job_ids"]
+
+    def job(self, jid: str) -> dict[str, Any]:
+        return self.pool.job(jid)
+
+    def pilot_pid(self, glidein_id: str) -> int:
+        db = self.inst.path("factory", "factory.db")
+        with sqlite3.connect(db) as conn:
+            (backend_id,) = conn.execute(
+                "SELECT backend_id FROM glideins WHERE glidein_id = ?", (glidein_id,)).fetchone()
+        return int(backend_id.split("/")[2])
+
+
+@pytest.fixture
+def system_factory(tmp_path: Path) -> Iterator[Callable[..., System]]:
+    started: list[Installation] = []
+
+    def start(**kw: Any) -> System:
+        settings: dict[str, Any] = {"frontend_cycle": 0.5, "factory_cycle": 0.5,
+                                    "pilot_idle_timeout": 3, "heartbeat": 1.0,
+                                    "claim_lease": 10.0, **kw}
+        options = Options(state_dir=tmp_path / "state", **settings)
+        inst = Installation(options)
+        inst.prepare()
+        started.append(inst)
+        inst.start()
+        return System(inst)
+
+    yield start
+    for inst in started:
+        inst.stop()
+        _kill_leftover_pilots(inst)
+
+
+def _kill_leftover_pilots(inst: Installation) -> None:
+    db = inst.path("factory", "factory.db")
+    if not db.exists():
+        return
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT backend_id FROM glideins WHERE backend_id IS NOT NULL")
+        for (backend_id,) in rows:
+            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError,
+                                     IndexError):
+                os.killpg(int(backend_id.split("/")[2]), signal.SIGKILL)
+
+
+JOB = """#!/bin/sh
+echo "hello from job $1"
+sleep "$2"
+echo "square of $1 is $(($1 * $1))" > "square_$1.txt"
+"""
+
+
+def workload(tmp: Path, n: int, seconds: float = 0.2) -> str:
+    script = tmp / "job.sh"
+    script.write_text(JOB)
+    script.chmod(0o755)
+    return f"""
+executable = job.sh
+arguments = $(Process) {seconds}
+output = out_$(Process).txt
+error = err_$(Process).txt
+transfer_output_files = square_$(Process).txt
+request_memory = 32
+queue {n}
+"""
+
+
+def test_no_pilots_without_demand_then_jobs_run_with_outputs(system_factory, tmp_path):
+    s = system_factory(max_pilots=2)
+    wait_for(lambda: s.frontend_status()["cycles"] >= 3, "three frontend cycles")
+    assert s.factory("glideins") == [], "pilots were requested for an empty queue"
+
+    ids = s.submit(workload(tmp_path, 12), tmp_path)
+    wait_for(lambda: all(s.job(j)["state"] == "completed" for j in ids), "all jobs to complete")
+    for jid in ids:
+        job = s.job(jid)
+        assert job["exit_code"] == 0
+        n = jid.split(".")[1]
+        dest = tmp_path / "outputs" / jid
+        files = {p.name: p.read_text() for p in s.pool.fetch_outputs(jid, dest)}
+        assert files[f"out_{n}.txt"] == f"hello from job {n}\n"
+        assert files[f"square_{n}.txt"] == f"square of {n} is {int(n) ** 2}\n"
+
+    glideins = s.factory("glideins")
+    assert 1 <= len(glideins) <= 2
+    assert {g["frontend"] for g in glideins} == {"frontend"}
+    # once the queue is empty the pilots leave by themselves
+    done = wait_for(lambda: [g for g in s.factory("glideins")
+                             if g["state"] in ("finished", "failed")]
+                    if all(g["state"] in ("finished", "failed")
+                           for g in s.factory("glideins")) else None,
+                    "pilots to leave")
+    assert {g["exit_reason"] for g in done} == {"idle_timeout"}
+    assert s.pilots() == []
+
+
+def test_killed_pilot_job_runs_again_elsewhere_exactly_once(system_factory, tmp_path):
+    s = system_factory(max_pilots=1, claim_lease=2.0)
+    [jid] = s.submit(workload(tmp_path, 1, seconds=4), tmp_path)
+    running = wait_for(lambda: (j := s.job(jid))["state"] == "running" and j, "the job to start")
+    first_pilot = running["pilot_id"]
+    [glidein] = [p["glidein_id"] for p in s.pilots() if p["pilot_id"] == first_pilot]
+    os.killpg(s.pilot_pid(glidein), signal.SIGKILL)  # the site kills the pilot, no goodbye
+
+    job = wait_for(lambda: (j := s.job(jid))["state"] == "completed" and j,
+                   "the job to complete on another pilot")
+    events = s.pool.events(jid)
+    kinds = [e["type"] for e in events]
+    assert kinds.count("completed") == 1
+    assert kinds.count("started") == 2 and "evicted" in kinds
+    assert job["pilot_id"] != first_pilot
+    assert job["num_restarts"] == 1
+    out = tmp_path / "again"
+    names = {p.name for p in s.pool.fetch_outputs(jid, out)}
+    assert "square_0.txt" in names
+
+
+def test_tampered_pilot_file_is_refused(system_factory, tmp_path):
+    s = system_factory(max_pilots=1)
+    stage_file = s.inst.path("factory", "stage", "agent", "agent.py")
+    stage_file.write_text(stage_file.read_text() + "\n# tampered after the manifest was made\n")
+    [jid] = s.submit(workload(tmp_path, 1), tmp_path)
+    wait_for(lambda: [g for g in s.factory("glideins")
+                      if g["exit_reason"] == "corruption" and g["state"] == "failed"],
+             "a pilot refused for corruption and ended")
+    assert s.pilots() == [], "a pilot with a tampered file registered in the pool"
+    assert s.job(jid)["state"] == "idle"
+
+
+def test_demo_command_exits_zero_when_all_jobs_succeed(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "glidewms", "demo", "--jobs", "6", "--job-seconds", "0",
+         "--max-pilots", "2", "--state-dir", str(tmp_path / "demo"), "--timeout", "300"],
+        capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 / 6" in result.stdout
+    outputs = tmp_path / "demo" / "outputs"
+    for n in range(6):
+        assert (outputs / f"result_{n}.txt").read_text() == f"result of job {n}: {n * n}\n"
