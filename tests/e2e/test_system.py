@@ -202,3 +202,51 @@ def test_demo_command_exits_zero_when_all_jobs_succeed(tmp_path):
     outputs = tmp_path / "demo" / "outputs"
     for n in range(6):
         assert (outputs / f"result_{n}.txt").read_text() == f"result of job {n}: {n * n}\n"
+
+
+def glidewms(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "glidewms", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd, env={**os.environ, **env})
+
+
+def test_user_commands_through_the_cli(system_factory, tmp_path):
+    s = system_factory(max_pilots=1)
+    env = {"GLIDEWMS_POOL_URL": s.inst.services["pool"].url,
+           "GLIDEWMS_TOKEN_FILE": str(s.inst.token_file("user")), "COLUMNS": "200"}
+    (tmp_path / "bad.sub").write_text("executable = /bin/true\nrequest_memory = lots\nqueue\n")
+    bad = glidewms("submit", "bad.sub", cwd=tmp_path, env=env)
+    assert bad.returncode == 2
+    assert "bad.sub:2:" in bad.stderr and "request_memory" in bad.stderr
+    assert s.pool.jobs() == [], "a malformed submit file queued something"
+
+    (tmp_path / "job.sub").write_text(workload(tmp_path, 2) + "\n")
+    (tmp_path / "hold.sub").write_text(
+        "executable = job.sh\narguments = 9 0\nrequirements = TARGET.Cpus > 1000\nqueue\n")
+    ok = glidewms("submit", "job.sub", cwd=tmp_path, env=env)
+    assert ok.returncode == 0 and "2 job(s) submitted to cluster 1" in ok.stdout
+    assert glidewms("submit", "hold.sub", cwd=tmp_path, env=env).returncode == 0
+    assert "2.0" in glidewms("q", "--constraint", "ClusterId == 2", cwd=tmp_path,
+                             env=env).stdout
+    assert "1 job(s) held" in glidewms("hold", "2", cwd=tmp_path, env=env).stdout
+    assert s.job("2.0")["state"] == "held"
+    assert "1 job(s) released" in glidewms("release", "2.0", cwd=tmp_path, env=env).stdout
+    assert "1 job(s) removed" in glidewms("rm", "2", cwd=tmp_path, env=env).stdout
+    wait_for(lambda: all(s.job(j)["state"] == "completed" for j in ("1.0", "1.1")),
+             "cluster 1 to complete")
+    hist = glidewms("history", cwd=tmp_path, env=env).stdout
+    assert "1.0" in hist and "1.1" in hist and "removed" in hist
+    long = glidewms("history", "-l", "1.1", cwd=tmp_path, env=env).stdout
+    assert "ExitCode = 0" in long and "completed" in long
+    fetched = glidewms("fetch", "1.1", "--dest", "got", cwd=tmp_path, env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "got" / "square_1.txt").read_text() == "square of 1 is 1\n"
+
+
+def test_services_refuse_missing_and_wrong_tokens(system_factory):
+    s = system_factory()
+    user = {"Authorization": f"Bearer {s.inst.token_file('user').read_text().strip()}"}
+    for name, path in (("pool", "demand"), ("factory", "entries"), ("frontend", "status")):
+        url = f"{s.inst.services[name].url}/api/v1/{path}"
+        assert httpx.get(url).status_code == 401, name
+        assert httpx.get(url, headers=user).status_code == 403, name
+        assert httpx.get(url, headers=s.admin).status_code == 200, name

@@ -435,8 +435,8 @@ def test_job_runs_in_its_sandbox_and_new_or_changed_files_are_outputs(tmp_path: 
     assert run(spec, sandbox) == 0
     assert (sandbox / "_condor_stdout").read_text() == f"out in {sandbox}\n"
     assert (sandbox / "_condor_stderr").read_text() == "oops\n"
-    assert outputs_to_upload(spec, str(sandbox), baseline) == \
-        ["_condor_stdout", "_condor_stderr", "input.txt", "new.txt"]
+    # streams the job did not name stay on the node, as HTCondor sends them to /dev/null
+    assert outputs_to_upload(spec, str(sandbox), baseline) == ["input.txt", "new.txt"]
 
 
 def test_transfer_output_names_only_safe_regular_files(tmp_path: Path) -> None:
@@ -455,9 +455,10 @@ def test_stream_names_map_submit_paths_into_the_sandbox(tmp_path: Path) -> None:
     assert stream_name("/home/alice/run/out.0", "d") == "out.0"
     assert stream_name(None, "_condor_stdout") == "_condor_stdout"
     assert stream_name("/dev/null", "d") is None
-    spec, sandbox = make_job(tmp_path, "echo gone; echo kept >&2\n", out="/dev/null")
+    spec, sandbox = make_job(tmp_path, "echo gone; echo kept >&2\n", out="/dev/null",
+                             err="/submit/dir/job.err")
     assert run(spec, sandbox) == 0
-    assert outputs_to_upload(spec, str(sandbox), {}) == ["_condor_stderr", "job.sh"]
+    assert outputs_to_upload(spec, str(sandbox), {}) == ["job.err", "job.sh"]
 
 
 @pytest.mark.parametrize(("script", "code"), [("exit 3\n", 3), ("kill -KILL $$\n", 137),
@@ -543,7 +544,7 @@ def test_a_409_on_complete_drops_the_result(
     pool: FakePool, tmp_path: Path, token_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pool.complete_status = 409
-    claim = claim_for(pool, "c1", {"job.sh": b"#!/bin/sh\necho hi\n"})
+    claim = claim_for(pool, "c1", {"job.sh": b"#!/bin/sh\necho hi\n"}, out="job.out")
     api = Api(pool.url, str(token_file), backoff=0.01)
     outcome = ClaimRunner(claim, JobSpec.from_claim(claim["job"]), api, str(tmp_path), {}).run()
     assert outcome.started and outcome.exit_code == 0 and not outcome.completed
@@ -626,7 +627,8 @@ def test_pilot_runs_a_job_and_retires_after_idle_timeout(
     work = tmp_path / "work"
     shutil.copytree(AGENT_DIR, work / "agent", ignore=shutil.ignore_patterns("__pycache__"))
     (work / "glidein_config").write_text(config_text(pool, work, token_file))
-    pool.claims.append(claim_for(pool, "c1", {"job.sh": JOB_SH, "input.txt": b"input\n"}))
+    pool.claims.append(claim_for(pool, "c1", {"job.sh": JOB_SH, "input.txt": b"input\n"},
+                                 out="/submit/job.out", err="/submit/job.err"))
     env = {"PATH": os.environ["PATH"], "GLIDEIN_TOKEN_FILE": str(token_file)}
     proc = subprocess.run([python, "-m", "agent", "--config", "glidein_config"], cwd=work,
                           env=env, capture_output=True, text=True, timeout=WAIT)
@@ -638,8 +640,8 @@ def test_pilot_runs_a_job_and_retires_after_idle_timeout(
     done = pool.completed["c1"]
     assert done["exit_code"] == 0 and done["wall_seconds"] >= 0
     outputs = {o["name"]: pool.files[o["sha256"]] for o in done["outputs"]}
-    assert sorted(outputs) == ["_condor_stderr", "_condor_stdout", "env.txt", "result.txt"]
-    assert outputs["_condor_stdout"] == b"hello from TEST_SITE\n"
+    assert sorted(outputs) == ["env.txt", "job.err", "job.out", "result.txt"]
+    assert outputs["job.out"] == b"hello from TEST_SITE\n"
     assert outputs["result.txt"] == b"input\ncomputed\n"
     job_env = outputs["env.txt"].decode()
     assert "GLIDEIN_TOKEN_FILE" not in job_env and TOKEN not in job_env

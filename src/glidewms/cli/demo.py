@@ -125,7 +125,7 @@ class Watcher:
 
 def _pilot_text(glideins: list[dict[str, Any]]) -> str:
     c = Counter(g["state"] for g in glideins)
-    return ", ".join(f"{n} {s}" for s, n in sorted(c.items())) or "none yet"
+    return " ".join(f"{n} {s}" for s, n in sorted(c.items())) or "none yet"
 
 
 def run_demo(jobs: int, state_dir: Path, max_pilots: int, job_seconds: float,
@@ -168,7 +168,7 @@ def _run(inst: Installation, jobs: int, job_seconds: float, timeout: float) -> i
         watcher = Watcher(inst, client)
         deadline = time.monotonic() + timeout
         started = time.monotonic()
-        with Progress(TextColumn("jobs"), BarColumn(), MofNCompleteColumn(),
+        with Progress(TextColumn("jobs"), BarColumn(bar_width=24), MofNCompleteColumn(),
                       TimeElapsedColumn(), TextColumn("{task.description}"),
                       console=console, transient=False) as progress:
             task = progress.add_task("", total=jobs)
@@ -177,8 +177,8 @@ def _run(inst: Installation, jobs: int, job_seconds: float, timeout: float) -> i
                 counts, glideins = watcher.jobs(), watcher.glideins()
                 done = counts["completed"] + counts["removed"]
                 progress.update(task, completed=counts["completed"], description=(
-                    f"idle {counts['idle']} running {counts['running']} held {counts['held']} "
-                    f"| pilots: {_pilot_text(glideins)}"))
+                    f"idle {counts['idle']} run {counts['running']} held {counts['held']}"
+                    f" | pilots {_pilot_text(glideins)}"))
                 if done >= jobs or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
@@ -188,8 +188,8 @@ def _run(inst: Installation, jobs: int, job_seconds: float, timeout: float) -> i
                 glideins = watcher.glideins()
                 if glideins and all(g["state"] in FINISHED for g in glideins):
                     break
-                progress.update(task, description=f"pilots: {_pilot_text(glideins)} "
-                                "(idle pilots leave after 5 s)")
+                progress.update(task, description=f"pilots {_pilot_text(glideins)}, "
+                                "idle ones leave after 5 s")
                 time.sleep(0.5)
         return _summary(inst, client, cluster, jobs, glideins, elapsed)
 

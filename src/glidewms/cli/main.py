@@ -34,6 +34,8 @@ def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # one line per HTTP call drowns what matters
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _service(name: str, runner: str) -> typer.Typer:

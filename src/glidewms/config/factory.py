@@ -170,18 +170,25 @@ class FactoryConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    listen_host: str = "127.0.0.1"
+    listen_host: str = Field(default="127.0.0.1", description="address to listen on")
     listen_port: int = Field(default=0, ge=0, le=65535, description="0 = any free port")
     url_file: Path | None = Field(default=None, description="where to write the URL once up")
-    state_dir: Path = Field(default=Path("./glidewms-state/factory"))
+    state_dir: Path = Field(
+        default=Path("./glidewms-state/factory"),
+        description="database, stage, pilot logs and credentials live here",
+    )
     issuer_public_key: Path | None = Field(
         default=None, description="issuer public key; default <state_dir>/../keys/issuer.pub"
     )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite in state_dir"
     )
-    cycle_seconds: float = Field(default=5.0, gt=0, le=3600)
-    entries: list[EntryConfig] = Field(default_factory=default_entries)
+    cycle_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="seconds between convergence passes"
+    )
+    entries: list[EntryConfig] = Field(
+        default_factory=default_entries, description="default: one local entry"
+    )
     entry_files: list[Path] = Field(
         default_factory=list, description="YAML files with one entry or a list, merged in"
     )

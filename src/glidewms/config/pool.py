@@ -12,10 +12,11 @@ class PoolConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    listen_host: str = "127.0.0.1"
+    listen_host: str = Field("127.0.0.1", description="address to listen on")
     listen_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
     url_file: Path | None = Field(None, description="where to write the URL once listening")
-    state_dir: Path = Path("glidewms-state/pool")
+    state_dir: Path = Field(Path("glidewms-state/pool"),
+                            description="database and sandbox files live here")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default SQLite in state_dir"
     )
@@ -27,11 +28,13 @@ class PoolConfig(BaseModel):
     )
     claim_lease_seconds: float = Field(60.0, gt=0, description="a claim not renewed is released")
     pilot_lease_seconds: float = Field(90.0, gt=0, description="a silent pilot is declared lost")
-    heartbeat_seconds: float = Field(20.0, gt=0)
-    lease_check_seconds: float = Field(1.0, gt=0)
+    heartbeat_seconds: float = Field(20.0, gt=0, description="how often pilots report")
+    lease_check_seconds: float = Field(1.0, gt=0, description="how often leases are checked")
     max_claim_wait: float = Field(60.0, ge=0, description="longest claim long-poll")
     max_job_restarts: int = Field(5, ge=0, description="evictions before a job is held")
-    max_pilot_token_lifetime: float = Field(7 * 24 * 3600.0, gt=0)
+    max_pilot_token_lifetime: float = Field(
+        7 * 24 * 3600.0, gt=0, description="longest pilot token a frontend may obtain"
+    )
 
     def resolved_database_url(self) -> str:
         from glidewms.db import sqlite_url

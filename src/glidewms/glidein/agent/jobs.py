@@ -151,6 +151,9 @@ def _regular_file_inside(sandbox: str, name: str) -> bool:
 def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
     """Names to send back: out, err, then transfer_output or every new/changed file.
 
+    The default stream files are kept on the node only (in the pilot's log of
+    the job) and never returned: an unnamed stream is discarded, as in HTCondor.
+
     transfer_output names may be relative paths inside the sandbox (as in
     HTCondor); a named output that is missing, not a regular file or outside
     the sandbox is skipped with a warning, not fatal.
@@ -162,7 +165,8 @@ def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[s
         wanted = list(spec.transfer_output)
     names: list[str] = []
     for name in [spec.out, spec.err, *wanted]:
-        if name is None or name in names:
+        # Streams the user did not name go nowhere, as in HTCondor (/dev/null).
+        if name is None or name in names or name in (DEFAULT_OUT, DEFAULT_ERR):
             continue
         if not _regular_file_inside(sandbox, name):
             log.warning("output %r is missing, not a regular file or outside the sandbox", name)
