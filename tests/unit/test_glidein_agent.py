@@ -730,3 +730,15 @@ def test_registration_refused_reports_error(
     assert box["rc"] == 1
     assert pool.reports[0]["exit_reason"] == "error"
     assert "403" in pool.reports[0]["detail"] and pool.deregistered == []
+
+
+def test_shipped_pilot_code_parses_as_python_39() -> None:
+    """Worker nodes may only have Python 3.9; this check runs on every machine,
+    also where no python3.9 exists to run the agent for real."""
+    import ast
+
+    for path in sorted(AGENT_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path), feature_version=(3, 9))
+        future = [n for n in tree.body if isinstance(n, ast.ImportFrom)
+                  and n.module == "__future__" and any(a.name == "annotations" for a in n.names)]
+        assert future or path.name == "__init__.py", f"{path.name}: needs postponed annotations"
