@@ -81,6 +81,7 @@ class Installation:
                      issuer.issue("frontend", ["frontend"], year))
         o = self.options
         self._write_config("pool", {
+            "listen_port": 0,
             "state_dir": str(self.path("pool")),
             "url_file": str(self.path("run", "pool.url")),
             "issuer_public_key": str(public),
@@ -98,6 +99,7 @@ class Installation:
             "max_per_cycle": o.max_pilots,
         }]
         self._write_config("factory", {
+            "listen_port": 0,
             "state_dir": str(self.path("factory")),
             "url_file": str(self.path("run", "factory.url")),
             "issuer_public_key": str(public),
@@ -124,6 +126,7 @@ class Installation:
             self._await_url(name, timeout)
             on_step(f"{name} listening on {self.services[name].url}")
         self._write_config("frontend", {
+            "listen_port": 0,
             "state_dir": str(self.path("frontend")),
             "url_file": str(self.path("run", "frontend.url")),
             "issuer_public_key": str(self.path("keys", "issuer.pub")),

@@ -250,3 +250,5 @@ def test_services_refuse_missing_and_wrong_tokens(system_factory):
         assert httpx.get(url).status_code == 401, name
         assert httpx.get(url, headers=user).status_code == 403, name
         assert httpx.get(url, headers=s.admin).status_code == 200, name
+        schema = httpx.get(f"{s.inst.services[name].url}/openapi.json").json()
+        assert f"/api/v1/{path}" in schema["paths"], name

@@ -18,7 +18,7 @@ def write(path: Path, text: str) -> Path:
 def test_defaults_without_a_file() -> None:
     config = load_factory_config(None)
     assert config.listen_host == "127.0.0.1"
-    assert config.listen_port == 0
+    assert config.listen_port == 9620
     assert config.cycle_seconds == 5
     assert [(e.name, e.site, e.backend) for e in config.entries] == [("local", "LOCAL", "local")]
     entry = config.entries[0]

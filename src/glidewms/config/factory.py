@@ -171,7 +171,7 @@ class FactoryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     listen_host: str = Field(default="127.0.0.1", description="address to listen on")
-    listen_port: int = Field(default=0, ge=0, le=65535, description="0 = any free port")
+    listen_port: int = Field(default=9620, ge=0, le=65535, description="0 = any free port")
     url_file: Path | None = Field(default=None, description="where to write the URL once up")
     state_dir: Path = Field(
         default=Path("./glidewms-state/factory"),

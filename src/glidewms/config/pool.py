@@ -13,7 +13,7 @@ class PoolConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     listen_host: str = Field("127.0.0.1", description="address to listen on")
-    listen_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    listen_port: int = Field(9618, ge=0, le=65535, description="0 picks a free port")
     url_file: Path | None = Field(None, description="where to write the URL once listening")
     state_dir: Path = Field(Path("glidewms-state/pool"),
                             description="database and sandbox files live here")

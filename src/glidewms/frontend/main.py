@@ -17,7 +17,8 @@ def load(path: Path | None) -> tuple[FrontendConfig, str]:
     except OSError as exc:
         raise ConfigError(
             f"{path or 'frontend defaults'}: token_file: cannot read {token_file} "
-            f"({exc.strerror}); create one with `glidewms token create --scope frontend`"
+            f"({exc.strerror}); create one with `glidewms token --subject NAME --scope frontend "
+            f"--out {token_file}`"
         ) from None
     return config, token
 

@@ -15,7 +15,7 @@ def load(path: Path | None) -> PoolConfig:
     if not Path(key).is_file():
         raise ConfigError(
             f"{path or 'pool defaults'}: issuer_public_key: no public key at {key}; "
-            "create one with `glidewms keys init` or point issuer_public_key at it"
+            "create one with `glidewms keys` or point issuer_public_key at it"
         )
     return config
 

@@ -1,0 +1,44 @@
+"""The configuration reference tables of docs/configuration.md, from the models.
+
+`python -m glidewms.config.reference` prints them; a test checks that the
+document contains exactly this text, so defaults in the docs cannot drift.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.config.frontend import FrontendConfig, GroupConfig
+from glidewms.config.pool import PoolConfig
+
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("pool.yaml", PoolConfig),
+    ("factory.yaml", FactoryConfig),
+    ("Factory entries (items of `entries:`)", EntryConfig),
+    ("frontend.yaml", FrontendConfig),
+    ("Frontend groups (items of `groups:`)", GroupConfig),
+]
+
+
+def _default(field: object) -> str:
+    value = field.get_default(call_default_factory=True)  # type: ignore[attr-defined]
+    if repr(value) == "PydanticUndefined":
+        return "required"
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return "see below"
+    return f"`{value}`"
+
+
+def reference_markdown() -> str:
+    out = []
+    for title, model in SECTIONS:
+        out.append(f"## {title}\n\n| key | default | meaning |\n|---|---|---|")
+        for name, field in model.model_fields.items():
+            out.append(f"| `{name}` | {_default(field)} | {field.description or ''} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())
