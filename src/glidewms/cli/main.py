@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from glidewms.cli import user
+from glidewms.cli import factory_cmds, frontend_cmds, pool_cmds, user
 from glidewms.config import ConfigError
 
 app = typer.Typer(
@@ -69,9 +69,9 @@ def _service(name: str, runner: str) -> typer.Typer:
     return sub
 
 
-app.add_typer(_service("pool", "pool"), name="pool")
-app.add_typer(_service("factory", "factory"), name="factory")
-app.add_typer(_service("frontend", "frontend"), name="frontend")
+_services = {name: _service(name, name) for name in ("pool", "factory", "frontend")}
+for _name, _sub in _services.items():
+    app.add_typer(_sub, name=_name)
 
 
 @app.command()
@@ -143,3 +143,6 @@ def token(
 
 
 user.register(app)
+pool_cmds.register(app, _services["pool"])
+factory_cmds.register(app, _services["factory"])
+frontend_cmds.register(app, _services["frontend"])
