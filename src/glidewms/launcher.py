@@ -91,7 +91,9 @@ class Installation:
             "heartbeat_seconds": o.heartbeat,
             **o.extra_pool,
         })
-        entries = o.entries or [{
+        # entries given without an idle timeout take the installation's (the demo's 5 s)
+        custom = [{"idle_timeout": o.pilot_idle_timeout, **e} for e in o.entries or []]
+        entries = custom or [{
             "name": "local", "site": "LOCAL", "backend": "local",
             "cpus": o.pilot_cpus, "memory": "auto", "disk": "auto",
             "walltime": 3600, "idle_timeout": o.pilot_idle_timeout,

@@ -129,7 +129,7 @@ def _pilot_text(glideins: list[dict[str, Any]]) -> str:
 
 
 def run_demo(jobs: int, state_dir: Path, max_pilots: int, job_seconds: float,
-             timeout: float) -> int:
+             timeout: float, entries: list[dict[str, Any]] | None = None) -> int:
     if state_dir.exists():
         if not (state_dir / MARKER).exists():
             console.print(f"[red]error:[/red] {state_dir} exists and is not a demo directory; "
@@ -139,9 +139,12 @@ def run_demo(jobs: int, state_dir: Path, max_pilots: int, job_seconds: float,
     state_dir.mkdir(parents=True)
     (state_dir / MARKER).touch()
     options = Options(state_dir=state_dir, pilot_idle_timeout=5, max_pilots=max_pilots,
-                      frontend_cycle=1.0, factory_cycle=1.0, heartbeat=5.0, claim_lease=30.0)
+                      frontend_cycle=1.0, factory_cycle=1.0, heartbeat=5.0, claim_lease=30.0,
+                      entries=entries)
     inst = Installation(options)
-    console.print(f"[bold]glidewms demo[/bold]: {jobs} jobs, up to {max_pilots} local pilots")
+    where = (", ".join(f"{e['name']} ({e.get('backend', 'local')})" for e in entries)
+             if entries else f"up to {max_pilots} local pilots")
+    console.print(f"[bold]glidewms demo[/bold]: {jobs} jobs, {where}")
     inst.prepare()
     try:
         inst.start(on_step=lambda s: console.print(f"  {s}"))

@@ -74,6 +74,37 @@ for _name, _sub in _services.items():
     app.add_typer(_sub, name=_name)
 
 
+EntriesOption = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--entries", help="YAML list of factory entries to use instead of the one "
+                 "local entry (see docs/configuration.md), e.g. a Slurm entry", dir_okay=False),
+]
+
+
+def _entries(path: Path | None) -> list[dict] | None:
+    """Entries from a YAML file, validated now so a typo fails before anything starts."""
+    if path is None:
+        return None
+    from pydantic import TypeAdapter, ValidationError
+
+    from glidewms.config.factory import EntryConfig
+    from glidewms.config.loader import format_validation_error, load_yaml
+
+    try:
+        data = load_yaml(path)
+        if isinstance(data, dict):
+            data = data.get("entries", [data])
+        entries = TypeAdapter(list[EntryConfig]).validate_python(data)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] {format_validation_error(str(path), exc)}",
+                  highlight=False)
+        raise typer.Exit(2) from None
+    return [e.model_dump(mode="json", exclude_unset=True) for e in entries]
+
+
 @app.command()
 def up(
     state_dir: Annotated[Path, typer.Option(help="where keys, configs, databases and logs live")]
@@ -81,13 +112,15 @@ def up(
     max_pilots: Annotated[int, typer.Option(help="pilots at once on the local entry")] = 4,
     pilot_idle_timeout: Annotated[int, typer.Option(help="seconds before an idle pilot leaves")]
     = 300,
+    entries: EntriesOption = None,
 ) -> None:
     """Run pool, factory and frontend on this machine until Ctrl-C."""
     from glidewms.cli.demo import run_up
     from glidewms.launcher import Options
 
     raise typer.Exit(run_up(Options(state_dir=state_dir, max_pilots=max_pilots,
-                                    pilot_idle_timeout=pilot_idle_timeout)))
+                                    pilot_idle_timeout=pilot_idle_timeout,
+                                    entries=_entries(entries))))
 
 
 @app.command()
@@ -98,6 +131,7 @@ def demo(
     max_pilots: Annotated[int, typer.Option(min=1, help="pilots at once")] = 4,
     job_seconds: Annotated[float, typer.Option(min=0, help="how long each job sleeps")] = 1.0,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 600,
+    entries: EntriesOption = None,
 ) -> None:
     """Start everything, run a sample workload through pilots, and report.
 
@@ -106,7 +140,8 @@ def demo(
     from glidewms.cli.demo import run_demo
 
     raise typer.Exit(run_demo(jobs=jobs, state_dir=state_dir, max_pilots=max_pilots,
-                              job_seconds=job_seconds, timeout=timeout))
+                              job_seconds=job_seconds, timeout=timeout,
+                              entries=_entries(entries)))
 
 
 @app.command()
