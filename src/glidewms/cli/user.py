@@ -103,34 +103,30 @@ def _select(c: PoolClient, ids: list[str], constraint: str | None,
     return c.jobs(expr or None, history=history, long=long)
 
 
-def q(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="CLUSTER or CLUSTER.PROC")] = None,  # noqa: UP045
-    constraint: ConstraintOption = None,
-    long: Annotated[bool, typer.Option("--long", "-l", help="full ClassAds and events")] = False,
-    pool: PoolOption = None, token_file: TokenOption = None,
-) -> None:
+JobIds = Annotated[Optional[list[str]], typer.Argument(help="CLUSTER or CLUSTER.PROC")]  # noqa: UP045
+LongOption = Annotated[bool, typer.Option("--long", "-l", help="full ClassAds and events")]
+
+
+def _listing(ids: list[str] | None, constraint: str | None, long: bool, history: bool,
+             pool: str | None, token_file: Path | None) -> None:
+    try:
+        with client(pool, token_file) as c:
+            jobs = _select(c, ids or [], constraint, history, long)
+            _show(jobs, long, history, c.events if long else None)
+    except ClientError as exc:
+        raise fail(str(exc)) from None
+
+
+def q(ids: JobIds = None, constraint: ConstraintOption = None, long: LongOption = False,
+      pool: PoolOption = None, token_file: TokenOption = None) -> None:
     """Show queued jobs (idle, running, held)."""
-    try:
-        with client(pool, token_file) as c:
-            jobs = _select(c, ids or [], constraint, False, long)
-            _show(jobs, long, False, c.events if long else None)
-    except ClientError as exc:
-        raise fail(str(exc)) from None
+    _listing(ids, constraint, long, False, pool, token_file)
 
 
-def history(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="CLUSTER or CLUSTER.PROC")] = None,  # noqa: UP045
-    constraint: ConstraintOption = None,
-    long: Annotated[bool, typer.Option("--long", "-l")] = False,
-    pool: PoolOption = None, token_file: TokenOption = None,
-) -> None:
+def history(ids: JobIds = None, constraint: ConstraintOption = None, long: LongOption = False,
+            pool: PoolOption = None, token_file: TokenOption = None) -> None:
     """Show finished jobs (completed or removed)."""
-    try:
-        with client(pool, token_file) as c:
-            jobs = _select(c, ids or [], constraint, True, long)
-            _show(jobs, long, True, c.events if long else None)
-    except ClientError as exc:
-        raise fail(str(exc)) from None
+    _listing(ids, constraint, long, True, pool, token_file)
 
 
 def _action(action: str, ids: list[str] | None, constraint: str | None, reason: str,
@@ -147,9 +143,6 @@ def _action(action: str, ids: list[str] | None, constraint: str | None, reason: 
         raise fail(str(exc)) from None
     past = {"hold": "held", "release": "released", "remove": "removed"}[action]
     out.print(f"{len(changed)} job(s) {past}" + (f": {' '.join(changed)}" if changed else ""))
-
-
-JobIds = Annotated[Optional[list[str]], typer.Argument(help="CLUSTER or CLUSTER.PROC")]  # noqa: UP045
 
 
 def rm(ids: JobIds = None, constraint: ConstraintOption = None,
