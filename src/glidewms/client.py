@@ -167,3 +167,24 @@ class PoolClient:
             self.download(out["sha256"], dest / name)
             written.append(dest / name)
         return written
+
+
+# --------------------------------------------------------------- pool extras
+# Added for `glidewms qedit` and `glidewms userprio`; kept apart so the class
+# above stays as it was.
+
+def _edit(self: PoolClient, attribute: str, value: str, job_ids: Iterable[str] = (),
+          constraint: str | None = None) -> dict[str, Any]:
+    """Set one attribute of idle (or held) jobs: {"changed": [...], "skipped": {id: why}}."""
+    body = {"job_ids": list(job_ids), "constraint": constraint, "attribute": attribute,
+            "value": value}
+    return self._call("POST", "/jobs/edit", json=body)
+
+
+def _userprio(self: PoolClient) -> dict[str, Any]:
+    """Fair-share state: {"time", "halflife", "submitters": [...]}, best priority first."""
+    return self._call("GET", "/userprio")
+
+
+PoolClient.edit = _edit  # type: ignore[attr-defined]
+PoolClient.userprio = _userprio  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""The pool's API in-process: real tokens, real SQLite, real ClassAd library."""
+"""The pool's API in-process: real tokens, real ClassAd library, and every test
+twice, on SQLite and on a real PostgreSQL server (tests/components/postgres.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from glidewms.config.pool import PoolConfig
 from glidewms.security.tokens import TokenIssuer
+from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
 from tests.integration.conftest import bearer
 
 JOB_AD = '[ Cmd = "/bin/echo"; RequestCpus = 1; RequestMemory = 100; RequestDisk = 10; ' \
          'Requirements = TARGET.Cpus >= RequestCpus && TARGET.Memory >= RequestMemory ]'
 SLOT = {"Cpus": 2, "Memory": 1000, "Disk": 100000, "GLIDEIN_Site": "LOCAL"}
+
+
+@pytest.fixture
+def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig:  # noqa: F811
+    """The shared config, on each database in turn."""
+    pool_config.database_url = database_url
+    return pool_config
 
 
 @pytest.fixture

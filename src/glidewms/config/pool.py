@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class PoolConfig(BaseModel):
@@ -35,6 +35,26 @@ class PoolConfig(BaseModel):
     max_pilot_token_lifetime: float = Field(
         7 * 24 * 3600.0, gt=0, description="longest pilot token a frontend may obtain"
     )
+    priority_halflife: float = Field(
+        86400.0, gt=0, description="seconds for a submitter's accumulated usage to halve"
+    )
+    priority_factors: dict[str, float] = Field(
+        {}, description="per-user priority factor (higher = less share), e.g. {alice: 2.0}"
+    )
+    group_priority_factors: dict[str, float] = Field(
+        {}, description="per accounting group (job attribute AcctGroup) factor, multiplied in"
+    )
+    default_priority_factor: float = Field(
+        1.0, gt=0, description="factor of users not named in priority_factors"
+    )
+
+    @field_validator("priority_factors", "group_priority_factors")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, factor in value.items() if not factor > 0]
+        if bad:
+            raise ValueError(f"factors must be positive numbers: {', '.join(bad)}")
+        return value
 
     def resolved_database_url(self) -> str:
         from glidewms.db import sqlite_url

@@ -25,10 +25,13 @@ from starlette.concurrency import run_in_threadpool
 from glidewms import classads
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine
+from glidewms.pool.jobs import InvalidEdit
+from glidewms.pool.pilots import free_from
 from glidewms.pool.sandbox import BadDigest, SandboxStore
 from glidewms.pool.store import (
     JOB_STATUS,
     Conflict,
+    FairShare,
     InvalidJob,
     NewJob,
     NotFound,
@@ -85,6 +88,13 @@ class ActionBody(BaseModel):
     reason: str = ""
 
 
+class EditBody(BaseModel):
+    job_ids: list[str] = []
+    constraint: str | None = None
+    attribute: str = Field(description="ClassAd attribute name")
+    value: str = Field(description="new value as a ClassAd expression, e.g. 2048 or \"x\"")
+
+
 class RegisterBody(BaseModel):
     slot: dict[str, Any]
     glidein_id: str | None = None
@@ -97,6 +107,7 @@ class ClaimBody(BaseModel):
 
 class HeartbeatBody(BaseModel):
     claims: list[str] = []
+    retiring: bool | None = Field(None, description="true: this pilot takes no new work")
 
 
 class OutputFile(BaseModel):
@@ -143,7 +154,10 @@ def job_view(row: Any, ad: Any, long: bool = False) -> dict[str, Any]:
 
 def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    store = PoolStore(make_engine(config.resolved_database_url()), config.max_job_restarts)
+    fair_share = FairShare(config.priority_halflife, config.priority_factors,
+                           config.group_priority_factors, config.default_priority_factor)
+    store = PoolStore(make_engine(config.resolved_database_url()), config.max_job_restarts,
+                      fair_share)
     files = SandboxStore(config.state_dir / "files")
     key_dir = config.state_dir.parent / "keys"
     public_key = config.issuer_public_key or key_dir / "issuer.pub"
@@ -155,6 +169,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
             try:
                 if await run_in_threadpool(store.expire_leases):
                     signal.notify()
+                await run_in_threadpool(store.flush_usage)
             except Exception:  # keep the loop alive: a failed pass is retried next tick
                 log.exception("lease expiry pass failed")
             await asyncio.sleep(config.lease_check_seconds)
@@ -166,6 +181,9 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        with contextlib.suppress(Exception):
+            await run_in_threadpool(store.flush_usage)
+        store.engine.dispose()
 
     app = FastAPI(title="glidewms pool", version="1", lifespan=lifespan)
     app.state.verifier = TokenVerifier.from_file(public_key)
@@ -188,7 +206,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
             raise HTTPException(410, str(exc)) from None
         except Conflict as exc:
             raise HTTPException(409, str(exc)) from None
-        except classads.ClassAdError as exc:
+        except (classads.ClassAdError, InvalidEdit) as exc:
             raise HTTPException(422, str(exc)) from None
 
     @app.get("/healthz", include_in_schema=False)
@@ -232,24 +250,47 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         await guarded(store.get_job, jid)
         return await call(store.job_events, jid)
 
-    @app.post("/api/v1/jobs/{action}")
-    async def act(action: Literal["hold", "release", "remove"], body: ActionBody,
-                  who: Identity = Depends(user)) -> dict[str, Any]:
-        if not body.job_ids and not body.constraint:
+    async def own_jobs(who: Identity, ids: list[str], constraint: str | None) -> list[Any]:
+        """The jobs named by ids or a constraint; 404 for unknown ids, 403 for others' jobs."""
+        if not ids and not constraint:
             raise HTTPException(422, "give job_ids or a constraint")
-        if body.job_ids:
-            rows = await guarded(store.list_jobs, None, False, body.job_ids)
+        if ids:
+            rows = await guarded(store.list_jobs, None, False, ids)
             found = {job_id(r.cluster_id, r.proc_id) for r, _ in rows}
-            missing = [j for j in body.job_ids if j not in found]
+            missing = [j for j in ids if j not in found]
             if missing:
                 raise HTTPException(404, f"no such job(s): {', '.join(missing)}")
         else:
-            rows = await guarded(store.list_jobs, body.constraint, False)
+            rows = await guarded(store.list_jobs, constraint, False)
         if not who.is_admin:
             foreign = [job_id(r.cluster_id, r.proc_id) for r, _ in rows if r.owner != who.subject]
             if foreign:
                 raise HTTPException(403, f"not your job(s): {', '.join(foreign)}")
-        changed = await call(store.act, action, [r for r, _ in rows], body.reason, who.subject)
+        return [r for r, _ in rows]
+
+    @app.post("/api/v1/jobs/edit")
+    async def edit(body: EditBody, who: Identity = Depends(user)) -> dict[str, Any]:
+        rows = await own_jobs(who, body.job_ids, body.constraint)
+        changed, skipped = await guarded(store.edit, rows, body.attribute, body.value,
+                                         who.subject)
+        if changed:
+            signal.notify()  # an edited job may now match an idle pilot
+        return {"changed": changed, "skipped": skipped}
+
+    @app.get("/api/v1/userprio")
+    async def userprio(who: Identity = Depends(user)) -> dict[str, Any]:
+        return {"time": time.time(), "halflife": config.priority_halflife,
+                "submitters": await call(store.userprio)}
+
+    @app.get("/api/v1/stats")
+    async def stats(who: Identity = Depends(user)) -> dict[str, Any]:
+        return {"time": time.time(), "counters": await call(store.stats)}
+
+    @app.post("/api/v1/jobs/{action}")
+    async def act(action: Literal["hold", "release", "remove"], body: ActionBody,
+                  who: Identity = Depends(user)) -> dict[str, Any]:
+        rows = await own_jobs(who, body.job_ids, body.constraint)
+        changed = await call(store.act, action, rows, body.reason, who.subject)
         if action == "release" and changed:
             signal.notify()
         return {"changed": changed}
@@ -290,7 +331,9 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         busy = await call(store.busy_pilots)
         return [{"pilot_id": r.pilot_id, "glidein_id": r.glidein_id, "frontend": r.frontend,
                  "group": r.group_name, "state": r.state, "running_jobs": busy.get(r.pilot_id, 0),
-                 "slot": r.slot, "registered_at": r.registered_at} for r in rows]
+                 "slot": r.slot, "registered_at": r.registered_at,
+                 "free": r.free or free_from(r.slot, None), "retiring": bool(r.retiring)}
+                for r in rows]
 
     @app.post("/api/v1/tokens/pilot")
     async def pilot_token(body: PilotTokenBody,
@@ -334,7 +377,8 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     async def heartbeat(pilot_id: str, body: HeartbeatBody,
                         who: Identity = Depends(pilot)) -> dict[str, Any]:
         return await guarded(store.heartbeat, pilot_id, body.claims,
-                             config.pilot_lease_seconds, config.claim_lease_seconds)
+                             config.pilot_lease_seconds, config.claim_lease_seconds,
+                             body.retiring)
 
     @app.post("/api/v1/claims/{claim_id}/complete")
     async def complete(claim_id: str, body: CompleteBody,

@@ -3,6 +3,11 @@
 Jobs keep their static ClassAd as text; the columns beside it hold what
 changes (state, claim, lease) so that claims and lease expiry are single
 indexed UPDATEs and never need to parse an ad.
+
+Migrations are additive and idempotent: the first creates whatever is missing
+from the current tables, later ones add the columns, tables and indexes that
+older databases lack (and backfill them). So a fresh database and an upgraded
+one end with the same schema, on SQLite and on PostgreSQL alike.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ jobs = sa.Table(
     sa.Column("cluster_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("proc_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("owner", sa.String(128), nullable=False),
+    # the fair-share principal: "AcctGroup.Owner", or the owner alone (v2)
+    sa.Column("submitter", sa.String(256), nullable=True),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("ad", sa.Text, nullable=False),
     sa.Column("autocluster_id", sa.Integer, sa.ForeignKey("autoclusters.id"), nullable=False),
@@ -47,6 +54,8 @@ jobs = sa.Table(
     sa.Column("lease_expires", sa.Float, nullable=True),
     sa.Column("num_starts", sa.Integer, nullable=False, default=0),
     sa.Column("num_restarts", sa.Integer, nullable=False, default=0),
+    # cores the job holds while running: what fair-share usage counts (v2)
+    sa.Column("cpus", sa.Integer, nullable=False, default=1, server_default="1"),
     sa.Column("hold_reason", sa.Text, nullable=True),
     sa.Column("start_date", sa.Float, nullable=True),
     sa.Column("completion_date", sa.Float, nullable=True),
@@ -57,6 +66,10 @@ jobs = sa.Table(
     sa.Index("ix_jobs_owner_state", "owner", "state"),
     sa.Index("ix_jobs_pilot", "pilot_id"),
 )
+
+# The best idle job of one (autocluster, submitter) is one index seek (v2).
+PICK_INDEX = sa.Index("ix_jobs_pick", jobs.c.state, jobs.c.autocluster_id, jobs.c.submitter,
+                      jobs.c.prio.desc(), jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
 
 pilots = sa.Table(
     "pilots",
@@ -72,7 +85,21 @@ pilots = sa.Table(
     sa.Column("lease_expires", sa.Float, nullable=False),
     sa.Column("drain", sa.Boolean, nullable=False, default=False),
     sa.Column("exit_reason", sa.Text, nullable=True),
+    # what the pilot last reported free when claiming (v2)
+    sa.Column("free", sa.JSON, nullable=True),
+    # the pilot said it takes no new work (drain, lifetime reached) (v2)
+    sa.Column("retiring", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Index("ix_pilots_state_lease", "state", "lease_expires"),
+)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("submitter", sa.String(256), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("acct_group", sa.String(128), nullable=True),
+    sa.Column("usage", sa.Float, nullable=False),  # core-seconds, decayed to updated_at
+    sa.Column("updated_at", sa.Float, nullable=False),
 )
 
 events = sa.Table(
@@ -92,4 +119,25 @@ def _initial(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-MIGRATIONS = [_initial]
+def _add_missing_column(conn: Connection, table: sa.Table, name: str) -> None:
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    if name not in present:
+        ddl = sa.schema.CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+
+
+def _v2_fair_share(conn: Connection) -> None:
+    """Submitters, cores per job, the pick index, the usage table, pilots' free/retiring."""
+    _add_missing_column(conn, jobs, "submitter")
+    _add_missing_column(conn, jobs, "cpus")
+    _add_missing_column(conn, pilots, "free")
+    _add_missing_column(conn, pilots, "retiring")
+    conn.execute(jobs.update().where(jobs.c.submitter.is_(None))
+                 .values(submitter=jobs.c.owner))
+    indexes = {i["name"] for i in sa.inspect(conn).get_indexes("jobs")}
+    if PICK_INDEX.name not in indexes:
+        PICK_INDEX.create(conn)
+    metadata.create_all(conn, tables=[usage])
+
+
+MIGRATIONS = [_initial, _v2_fair_share]

@@ -1,0 +1,173 @@
+"""Jobs as the pool sees them: ids, submissions, the attributes it owns, and
+what a pilot needs to run one. No database access here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from glidewms import classads
+from glidewms.pool.fairshare import submitter_name
+
+JOB_STATUS = {"idle": 1, "running": 2, "removed": 3, "completed": 4, "held": 5}
+TERMINAL = ("completed", "removed")
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(Exception):
+    """The request is valid but the state no longer allows it (e.g. a stale claim)."""
+
+
+class PilotGone(Conflict):
+    """The pool no longer counts this pilot (it deregistered or was declared lost)."""
+
+
+class InvalidJob(ValueError):
+    """A job of a submission is malformed; `index` says which."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(f"jobs[{index}]: {message}")
+        self.index = index
+
+
+class InvalidEdit(ValueError):
+    """A qedit the pool refuses (bad name, bad value, an attribute it owns)."""
+
+
+def job_id(cluster_id: int, proc_id: int) -> str:
+    return f"{cluster_id}.{proc_id}"
+
+
+def split_job_id(text: str) -> tuple[int, int]:
+    try:
+        cluster, _, proc = text.partition(".")
+        return int(cluster), int(proc or 0)
+    except ValueError:
+        raise NotFound(f"not a job id: {text!r} (expected CLUSTER.PROC)") from None
+
+
+CLUSTER_PLACEHOLDER = "$(ClusterId)"
+# Set by the pool at submit; anything a user sends under these names is dropped.
+RESERVED = ("Owner", "ClusterId", "ProcId", "QDate", "JobStatus", "User")
+# Never editable: the submit-time ones plus what the pool derives over a job's life.
+POOL_OWNED = frozenset(name.lower() for name in (
+    *RESERVED, "NumJobStarts", "NumRestarts", "NumSiteFailures", "EnteredCurrentStatus",
+    "ExitCode", "RemotePilot", "HoldReason", "CompletionDate", "JobStartDate"))
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class NewJob:
+    """One job of a submission. `$(ClusterId)` anywhere in its text stands for
+    the cluster id, which only the pool can assign."""
+
+    ad_text: str
+    sandbox: list[dict[str, Any]]
+    args: list[str]
+    env: dict[str, str]
+
+    def realise(self, cluster_id: int) -> tuple[Any, list[str], dict[str, str]]:
+        def sub(text: str) -> str:
+            return text.replace(CLUSTER_PLACEHOLDER, str(cluster_id))
+
+        ad = classads.parse_ad(sub(self.ad_text))
+        for name in ("Requirements", "Rank"):
+            if name in ad:
+                classads.parse_expr(str(ad.lookup(name)))
+        for name in RESERVED:
+            if name in ad:
+                del ad[name]
+        return ad, [sub(a) for a in self.args], {k: sub(v) for k, v in self.env.items()}
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What the pool keeps in columns beside a job's ad, derived from the ad."""
+
+    signature: str
+    signature_ad: str
+    prio: int
+    cpus: int
+    submitter: str
+
+
+def derive(ad: Any, owner: str) -> Derived:
+    key, sig_text = classads.signature(ad)
+    group = ad.eval("AcctGroup") if "AcctGroup" in ad else None
+    return Derived(
+        signature=key, signature_ad=sig_text, prio=int_attr(ad, "JobPrio", 0),
+        cpus=max(1, int_attr(ad, "RequestCpus", 1)),
+        submitter=submitter_name(owner, group if isinstance(group, str) and group else None))
+
+
+def check_edit(attribute: str, value: str) -> Any:
+    """The parsed value of a qedit, or InvalidEdit saying why not."""
+    if not ATTRIBUTE_NAME.match(attribute):
+        raise InvalidEdit(f"attribute: {attribute!r} is not a ClassAd attribute name")
+    if attribute.lower() in POOL_OWNED:
+        raise InvalidEdit(f"attribute: {attribute} is set by the pool and cannot be edited")
+    try:
+        return classads.parse_expr(value)
+    except classads.ClassAdError as exc:
+        raise InvalidEdit(f"value: {exc}") from None
+
+
+def int_attr(ad: Any, name: str, default: int) -> int:
+    if name not in ad:
+        return default
+    value = classads.number(ad.eval(name))
+    return default if value is None else int(value)
+
+
+def execution_spec(row: Any) -> dict[str, Any]:
+    """What a pilot needs to run the job, derived from its ad and sandbox."""
+    ad = classads.parse_ad(row.ad)
+    spec = row.sandbox or {}
+    files = spec.get("files", [])
+    executable = next((f["name"] for f in files if f.get("executable")), None)
+
+    def text(name: str) -> str | None:
+        if name not in ad:
+            return None
+        value = ad.eval(name)
+        return value if isinstance(value, str) else None
+
+    transfer = text("TransferOutput")
+    return {
+        "cmd": executable or text("Cmd"),
+        "args": spec.get("args", []),
+        "env": spec.get("env", {}),
+        "sandbox": files,
+        "out": text("Out"),
+        "err": text("Err"),
+        "transfer_output": [t.strip() for t in transfer.replace(",", " ").split()]
+        if transfer else None,
+        "request": {"cpus": int_attr(ad, "RequestCpus", 1),
+                    "memory": int_attr(ad, "RequestMemory", 0),
+                    "disk": int_attr(ad, "RequestDisk", 0)},
+    }
+
+
+def full_ad(row: Any) -> Any:
+    """The stored ad plus the attributes that change over a job's life."""
+    ad = classads.parse_ad(row.ad)
+    ad["JobStatus"] = JOB_STATUS[row.state]
+    ad["NumJobStarts"] = row.num_starts
+    ad["NumRestarts"] = row.num_restarts
+    ad["NumSiteFailures"] = row.num_restarts
+    ad["EnteredCurrentStatus"] = int(row.updated_at)
+    if row.exit_code is not None:
+        ad["ExitCode"] = row.exit_code
+    if row.pilot_id:
+        ad["RemotePilot"] = row.pilot_id
+    if row.hold_reason:
+        ad["HoldReason"] = row.hold_reason
+    if row.start_date:
+        ad["JobStartDate"] = int(row.start_date)
+    if row.completion_date:
+        ad["CompletionDate"] = int(row.completion_date)
+    return ad

@@ -1,0 +1,258 @@
+"""The pilot side of the pool's store: register, claim, heartbeat, complete,
+leave, and the leases that requeue work when a pilot goes silent.
+
+A mixin of `PoolStore` (store.py holds the job side); split only to keep each
+module readable. Failures are told apart here: a job whose pilot was lost,
+left, or let its lease run out is a *site* failure (evicted, requeued, and
+held after `max_job_restarts`); a job that ran and exited non-zero is a
+*job* failure (completed, with its exit code). Both are recorded in the job's
+events and in the pool's counters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from glidewms import classads
+from glidewms.pool.fairshare import Accounting, split_submitter
+from glidewms.pool.jobs import Conflict, NotFound, PilotGone, execution_spec, job_id
+from glidewms.pool.queue_index import IdleIndex
+from glidewms.pool.schema import jobs, pilots
+
+RESOURCES = (("cpus", "Cpus"), ("memory", "Memory"), ("disk", "Disk"), ("gpus", "GPUs"))
+
+
+def free_from(slot: Mapping[str, Any], reported: Mapping[str, float] | None) -> dict[str, int]:
+    """The pilot's free resources: what it reported, else its slot's totals."""
+    out = {}
+    for key, attr in RESOURCES:
+        value = (reported or {}).get(key)
+        if value is None:
+            value = slot.get(attr, 1 if key == "cpus" else 0)
+        try:
+            out[key] = int(value)
+        except (TypeError, ValueError):
+            out[key] = 0
+    return out
+
+
+class PilotsMixin:
+    engine: Engine
+    index: IdleIndex
+    accounting: Accounting
+    max_job_restarts: int
+    _lock: threading.Lock
+
+    # provided by PoolStore
+    def _choose(self, conn: Connection, slot: Any, now: float) -> Any: ...
+    def _event(self, conn: Connection, cluster_id: int, proc_id: int, now: float, kind: str,
+               detail: dict[str, Any] | None = None) -> None: ...
+    def _bump(self, conn: Connection, name: str, n: int = 1) -> None: ...
+    def _left(self, row: Any, now: float) -> None: ...
+    def _became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
+                     cluster_id: int, proc_id: int) -> None: ...
+
+    def register_pilot(self, slot: dict[str, Any], glidein_id: str | None,
+                       frontend: str | None, group: str | None, lease: float) -> str:
+        pilot_id = uuid.uuid4().hex[:16]
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(pilots.insert().values(
+                pilot_id=pilot_id, glidein_id=glidein_id, frontend=frontend,
+                group_name=group, slot=slot, state="active", registered_at=now,
+                last_seen=now, lease_expires=now + lease, drain=False,
+                free=free_from(slot, None), retiring=False))
+        return pilot_id
+
+    def _pilot(self, conn: Connection, pilot_id: str) -> Any:
+        row = conn.execute(sa.select(pilots).where(pilots.c.pilot_id == pilot_id)).first()
+        if row is None:
+            raise NotFound(f"no pilot {pilot_id}")
+        if row.state in ("gone", "lost"):
+            raise PilotGone(f"pilot {pilot_id} is {row.state}")
+        return row
+
+    def claim(self, pilot_id: str, free: dict[str, float], lease: float) -> dict[str, Any] | None:
+        """Hand the best matching idle job to this pilot, or None."""
+        now = time.time()
+        with self._lock:
+            with self.engine.begin() as conn:
+                pilot = self._pilot(conn, pilot_id)
+                reported = free_from(pilot.slot, free)
+                if pilot.free != reported:
+                    conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id)
+                                 .values(free=reported))
+                if pilot.drain:
+                    return None
+                slot = classads.ad_from_dict(pilot.slot)
+                slot["Cpus"], slot["Memory"] = reported["cpus"], reported["memory"]
+                slot["Disk"], slot["GPUs"] = reported["disk"], reported["gpus"]
+                for _ in range(3):  # a head that is no longer idle is forgotten, then retried
+                    choice = self._choose(conn, slot, now)
+                    if choice is None:
+                        return None
+                    ac, submitter, key = choice
+                    cluster_id, proc_id = key[2], key[3]
+                    claim_id = uuid.uuid4().hex
+                    result = conn.execute(
+                        jobs.update()
+                        .where(jobs.c.cluster_id == cluster_id, jobs.c.proc_id == proc_id,
+                               jobs.c.state == "idle")
+                        .values(state="running", claim_id=claim_id, pilot_id=pilot_id,
+                                lease_expires=now + lease, num_starts=jobs.c.num_starts + 1,
+                                start_date=now, updated_at=now))
+                    if result.rowcount:
+                        break
+                    self.index.forget_head(ac, submitter)
+                else:
+                    return None
+                row = conn.execute(sa.select(jobs).where(
+                    jobs.c.cluster_id == cluster_id, jobs.c.proc_id == proc_id)).one()
+                self._event(conn, cluster_id, proc_id, now, "started",
+                            {"pilot": pilot_id, "glidein": pilot.glidein_id,
+                             "site": pilot.slot.get("GLIDEIN_Site"), "submitter": submitter})
+            self.index.remove(ac, submitter, key)
+            self.accounting.change(submitter, row.owner, split_submitter(submitter, row.owner),
+                                   row.cpus, now)
+        return {"claim_id": claim_id, "job_id": job_id(cluster_id, proc_id),
+                "lease_seconds": lease, "job": execution_spec(row)}
+
+    def heartbeat(self, pilot_id: str, claim_ids: Sequence[str], pilot_lease: float,
+                  claim_lease: float, retiring: bool | None = None) -> dict[str, Any]:
+        now = time.time()
+        with self.engine.begin() as conn:
+            pilot = self._pilot(conn, pilot_id)
+            values: dict[str, Any] = {"last_seen": now, "lease_expires": now + pilot_lease}
+            if retiring is not None:
+                values["retiring"] = retiring
+            conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id).values(**values))
+            held = set()
+            if claim_ids:
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.claim_id.in_(list(claim_ids)), jobs.c.pilot_id == pilot_id,
+                           jobs.c.state == "running")
+                    .values(lease_expires=now + claim_lease))
+                held = {r[0] for r in conn.execute(
+                    sa.select(jobs.c.claim_id).where(jobs.c.claim_id.in_(list(claim_ids)),
+                                                     jobs.c.state == "running"))}
+        return {"lease_seconds": claim_lease, "drain": bool(pilot.drain),
+                "kill": [c for c in claim_ids if c not in held]}
+
+    def complete(self, claim_id: str, exit_code: int, outputs: list[dict[str, str]],
+                 wall_seconds: float) -> str:
+        now = time.time()
+        with self._lock:
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(jobs).where(jobs.c.claim_id == claim_id)).first()
+                if row is None or row.state != "running":
+                    raise Conflict("claim is no longer held: the job was requeued, held or "
+                                   "removed")
+                result = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.claim_id == claim_id, jobs.c.state == "running")
+                    .values(state="completed", exit_code=exit_code, outputs=outputs,
+                            claim_id=None, lease_expires=None, completion_date=now,
+                            wall_seconds=wall_seconds, updated_at=now))
+                if not result.rowcount:
+                    raise Conflict("claim is no longer held")
+                detail: dict[str, Any] = {"exit_code": exit_code, "pilot": row.pilot_id,
+                                          "wall_seconds": wall_seconds}
+                if exit_code != 0:
+                    detail["failure"] = "job"
+                self._event(conn, row.cluster_id, row.proc_id, now, "completed", detail)
+                self._bump(conn, "jobs_completed")
+                self._bump(conn, "job_failures", int(exit_code != 0))
+            self._left(row, now)
+        return job_id(row.cluster_id, row.proc_id)
+
+    def deregister(self, pilot_id: str, reason: str) -> None:
+        now = time.time()
+        with self._lock:
+            moved = []
+            with self.engine.begin() as conn:
+                self._pilot(conn, pilot_id)
+                conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id)
+                             .values(state="gone", exit_reason=reason, last_seen=now))
+                moved = self._requeue(conn, jobs.c.pilot_id == pilot_id, now,
+                                      f"pilot left: {reason}")
+            self._after_requeue(moved, now)
+
+    def expire_leases(self) -> int:
+        """Requeue the jobs of lost pilots and of expired claims; mark silent pilots lost."""
+        now = time.time()
+        with self._lock:
+            with self.engine.begin() as conn:
+                lost = [r[0] for r in conn.execute(
+                    sa.select(pilots.c.pilot_id)
+                    .where(pilots.c.state.in_(("active", "draining")),
+                           pilots.c.lease_expires < now))]
+                moved = []
+                if lost:
+                    conn.execute(pilots.update().where(pilots.c.pilot_id.in_(lost))
+                                 .values(state="lost", exit_reason="no heartbeat"))
+                    moved = self._requeue(conn, jobs.c.pilot_id.in_(lost), now, "pilot lost")
+                moved += self._requeue(conn, jobs.c.lease_expires < now, now,
+                                       "claim lease expired")
+            self._after_requeue(moved, now)
+        return len(moved)
+
+    def _requeue(self, conn: Connection, condition: Any, now: float,
+                 reason: str) -> list[tuple[Any, str]]:
+        """Running jobs back to idle (or held after too many): site failures."""
+        rows = conn.execute(sa.select(jobs).where(jobs.c.state == "running", condition)).all()
+        moved = []
+        for r in rows:
+            restarts = r.num_restarts + 1
+            too_many = restarts > self.max_job_restarts
+            new_state = "held" if too_many else "idle"
+            result = conn.execute(
+                jobs.update()
+                .where(jobs.c.cluster_id == r.cluster_id, jobs.c.proc_id == r.proc_id,
+                       jobs.c.state == "running")
+                .values(state=new_state, claim_id=None, lease_expires=None,
+                        num_restarts=restarts, updated_at=now,
+                        hold_reason=(f"site failures {restarts} times (last: {reason})"
+                                     if too_many else None)))
+            if not result.rowcount:
+                continue
+            moved.append((r, new_state))
+            self._event(conn, r.cluster_id, r.proc_id, now, "evicted",
+                        {"pilot": r.pilot_id, "reason": reason, "failure": "site"})
+            if too_many:
+                self._event(conn, r.cluster_id, r.proc_id, now, "held",
+                            {"reason": f"too many site failures ({restarts})",
+                             "failure": "site"})
+            else:
+                self._event(conn, r.cluster_id, r.proc_id, now, "requeued",
+                            {"num_restarts": restarts})
+        self._bump(conn, "site_failures", len(moved))
+        return moved
+
+    def _after_requeue(self, moved: list[tuple[Any, str]], now: float) -> None:
+        for row, new_state in moved:
+            self._left(row, now)
+            if new_state == "idle":
+                self._became_idle(row.autocluster_id, row.submitter, row.prio, row.q_date,
+                                  row.cluster_id, row.proc_id)
+
+    def list_pilots(self, active_only: bool = True) -> list[Any]:
+        query = sa.select(pilots)
+        if active_only:
+            query = query.where(pilots.c.state.in_(("active", "draining")))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.order_by(pilots.c.registered_at)).all())
+
+    def busy_pilots(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(
+                sa.select(jobs.c.pilot_id, sa.func.count())
+                .where(jobs.c.state == "running").group_by(jobs.c.pilot_id)
+            ).all())

@@ -1,0 +1,1 @@
+"""Real components started by tests (databases, daemons), shared by several test modules."""
