@@ -1,12 +1,54 @@
-"""Configuration of the frontend service."""
+"""Configuration of the frontend service (`frontend.yaml`).
+
+Every pressure knob has a GlideinWMS-like default (docs/frontend.md explains
+the arithmetic): ramp-up attenuation 3, idle reserve 5, 100 idle pilots per
+entry, running factor 1.15, and curbs that halve a request as a limit nears.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glidewms import classads
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+RemovalStage = Literal["NO", "WAIT", "IDLE", "ALL"]
+
+
+class Source(BaseModel):
+    """A pool or a factory this frontend talks to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="short name used by groups and explain")
+    url: str = Field(pattern=r"^https?://[^\s/]+", description="base URL, http(s)://host:port")
+    token_file: Path | None = Field(
+        None, description="token for this service (frontend scope); default the frontend's own"
+    )
+
+
+class OverflowConfig(BaseModel):
+    """Jobs idle longer than `after_seconds` may also go to entries outside their
+    desired sites, as CMS overflow does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    after_seconds: float = Field(3600.0, gt=0, description="idle this long before overflowing")
+    match_expr: str = Field(
+        "true", description="ClassAd, MY = job, TARGET = entry: where old jobs may overflow to"
+    )
+    start_expr: str = Field(
+        "true", description="ClassAd, MY = pilot slot, TARGET = job: what overflowing pilots accept"
+    )
+
+    @field_validator("match_expr", "start_expr")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        classads.parse_expr(value)
+        return value
 
 
 class GroupConfig(BaseModel):
@@ -15,22 +57,71 @@ class GroupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("main", pattern=r"^[A-Za-z0-9_.-]+$", description="group name")
+    pool: str | None = Field(
+        None, description="name of the pool (in `pools`) whose jobs this group serves; "
+        "default the first pool")
+    factories: list[str] | None = Field(
+        None, description="names of the factories (in `factories`) asked; default all")
     match_expr: str = Field(
         "true",
         description="ClassAd expression, MY = the job's autocluster, TARGET = the entry; "
         "together with the job's own Requirements it decides where its pilots go",
     )
-    max_idle_per_entry: int = Field(100, ge=0, description="pilots waiting at one entry")
-    max_running_per_entry: int = Field(1000, ge=0, description="pilots alive at one entry")
+    start_expr: str | None = Field(
+        None, description="ClassAd Start given to this group's pilots (MY = slot, TARGET = job); "
+        "sent per entry as `start_expr`")
+    job_constraint: str = Field(
+        "true", description="ClassAd constraint on autoclusters (Owner is set per owner): "
+        "which jobs this group serves")
+    entry_constraint: str = Field(
+        "true", description="ClassAd constraint on entry ads: which entries this group may use")
+    container_image: str | None = Field(
+        None, description="default container image for jobs on this group's pilots; "
+        "sent per entry as `container_image`")
+    demand_count: Literal["proportional", "straight"] = Field(
+        "proportional", description="a job matching k entries counts 1/k at each, or 1 at each")
+    # pressure
+    ramp_up_attenuation: float = Field(
+        3.0, ge=1.0, description="ask for 1/N of the missing pilots per cycle")
+    reserve_idle: int = Field(5, ge=0, description="extra idle pilots for jobs idle long")
+    old_idle_seconds: float = Field(600.0, ge=0, description="a job idle this long is old")
+    max_idle_per_entry: int = Field(100, ge=0, description="most idle pilots asked at one entry")
     running_factor: float = Field(1.15, ge=1.0, description="max running = demand x factor")
+    max_running_per_entry: int = Field(10000, ge=0, description="pilots alive at one entry")
+    max_idle_pilots_per_entry: int = Field(
+        100, ge=0, description="no new pilots while this many are idle or starting at the entry")
+    curb_idle_pilots_per_entry: int = Field(
+        5, ge=0, description="halve the request from this many idle or starting pilots")
+    max_pilots_per_group: int = Field(100000, ge=0, description="pilots of the group, all entries")
+    curb_pilots_per_group: int = Field(90000, ge=0, description="halve the request from here")
+    max_idle_pilots_per_group: int = Field(
+        1000, ge=0, description="idle or starting pilots of the group, all entries")
+    curb_idle_pilots_per_group: int = Field(200, ge=0, description="halve the request from here")
+    # removal
+    max_removal: RemovalStage = Field(
+        "IDLE", description="furthest removal stage: NO, WAIT, IDLE or ALL (ALL removes "
+        "running pilots: only when the group allows it here)")
+    removal_margin: int = Field(0, ge=0, description="pilots kept beyond the excess when removing")
+    zero_demand_confirm_cycles: int = Field(
+        3, ge=1, description="cycles a drop to zero demand must last before any removal")
+    removal_escalate_cycles: int = Field(
+        3, ge=1, description="cycles in WAIT (then IDLE) before the next stage")
+    overflow: OverflowConfig | None = Field(None, description="null: no overflow")
+    # size of `auto` entries until one of their pilots registers
+    auto_cpus: int = Field(1, ge=1, description="cores assumed for an entry with cpus: auto")
+    auto_memory: int = Field(2048, ge=1, description="MB assumed for an entry with memory: auto")
+    auto_disk: int = Field(102400, ge=1, description="MB assumed for an entry with disk: auto")
+    # credentials
     pilot_token_lifetime: float = Field(
-        24 * 3600.0, gt=60, description="seconds; renewed when half of it is gone"
-    )
+        4 * 3600.0, gt=60, description="seconds; the pool may shorten it")
+    pilot_token_renew_fraction: float = Field(
+        0.5, gt=0, lt=1, description="renew when less than this fraction of the life is left")
 
-    @field_validator("match_expr")
+    @field_validator("match_expr", "start_expr", "job_constraint", "entry_constraint")
     @classmethod
-    def _parses(cls, value: str) -> str:
-        classads.parse_expr(value)
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            classads.parse_expr(value)  # ClassAdError (a ValueError) quotes the bad text
         return value
 
 
@@ -46,13 +137,58 @@ class FrontendConfig(BaseModel):
     issuer_public_key: Path | None = Field(
         None, description="verifies tokens (default state_dir/../keys/issuer.pub)"
     )
-    pool_url: str = Field("http://127.0.0.1:9618", description="the pool this frontend serves")
-    factory_url: str = Field("http://127.0.0.1:9620", description="the factory it asks")
+    pool_url: str = Field("http://127.0.0.1:9618",
+                          description="the pool, when `pools` is empty (named `pool`)")
+    factory_url: str = Field("http://127.0.0.1:9620",
+                             description="the factory, when `factories` is empty (named `factory`)")
+    pools: list[Source] = Field(default_factory=list, description="pools watched; see Source")
+    factories: list[Source] = Field(default_factory=list, description="factories asked")
     token_file: Path | None = Field(
         None, description="this frontend's own token (frontend scope); default state_dir/token"
     )
     cycle_seconds: float = Field(10.0, gt=0, description="seconds between decisions")
     http_timeout: float = Field(10.0, gt=0, description="per query to a pool or factory")
+    explain_history: int = Field(20, ge=1, description="cycles of explanations kept per entry")
+    max_pilots_global: int = Field(100000, ge=0, description="pilots of all groups")
+    curb_pilots_global: int = Field(90000, ge=0, description="halve requests from here")
+    max_idle_pilots_global: int = Field(1000, ge=0, description="idle or starting, all groups")
+    curb_idle_pilots_global: int = Field(200, ge=0, description="halve requests from here")
     groups: list[GroupConfig] = Field(
         default_factory=lambda: [GroupConfig()], description="default: one group, main"
     )
+
+    @model_validator(mode="after")
+    def _references(self) -> FrontendConfig:
+        pools = {p.name for p in self.all_pools()}
+        factories = {f.name for f in self.all_factories()}
+        seen: set[str] = set()
+        for i, group in enumerate(self.groups):
+            if group.name in seen:
+                raise ValueError(f"groups[{i}].name: {group.name!r} is used twice")
+            seen.add(group.name)
+            if group.pool is not None and group.pool not in pools:
+                raise ValueError(f"groups[{i}].pool: no pool named {group.pool!r} "
+                                 f"(known: {sorted(pools)})")
+            for name in group.factories or []:
+                if name not in factories:
+                    raise ValueError(f"groups[{i}].factories: no factory named {name!r} "
+                                     f"(known: {sorted(factories)})")
+        for kind, items in (("pools", self.pools), ("factories", self.factories)):
+            names = [s.name for s in items]
+            if len(names) != len(set(names)):
+                raise ValueError(f"{kind}: names must be unique, got {names}")
+        return self
+
+    def all_pools(self) -> list[Source]:
+        return self.pools or [Source(name="pool", url=self.pool_url)]
+
+    def all_factories(self) -> list[Source]:
+        return self.factories or [Source(name="factory", url=self.factory_url)]
+
+    def group_pool(self, group: GroupConfig) -> Source:
+        pools = self.all_pools()
+        return next((p for p in pools if p.name == group.pool), pools[0])
+
+    def group_factories(self, group: GroupConfig) -> list[Source]:
+        wanted = group.factories
+        return [f for f in self.all_factories() if wanted is None or f.name in wanted]

@@ -1,4 +1,4 @@
-"""The frontend's small HTTP face: its status and last decisions."""
+"""The frontend's small HTTP face: its status and why it asked what it asked."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 
 from glidewms.config.frontend import FrontendConfig
 from glidewms.frontend.service import Frontend
@@ -18,8 +18,9 @@ from glidewms.security.http import require
 from glidewms.security.tokens import Identity, TokenVerifier
 
 
-def create_app(config: FrontendConfig, own_token: str, public_url: str = "") -> FastAPI:
-    frontend = Frontend(config, own_token)
+def create_app(config: FrontendConfig, own_token: str, public_url: str = "",
+               tokens: dict[str, str] | None = None) -> FastAPI:
+    frontend = Frontend(config, own_token, tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,9 +41,27 @@ def create_app(config: FrontendConfig, own_token: str, public_url: str = "") -> 
 
     @app.get("/api/v1/status")
     async def status(who: Identity = Depends(require("frontend"))) -> dict[str, Any]:
+        """Cycles run, the sources, the last cycle's outcome and each entry's latest
+        explanation."""
         last = frontend.last
         return {"cycles": frontend.cycles, "pool_url": config.pool_url,
                 "factory_url": config.factory_url,
-                "last_cycle": asdict(last) if last else None}
+                "pools": [{"name": p.name, "url": p.url} for p in config.all_pools()],
+                "factories": [{"name": f.name, "url": f.url,
+                               "legacy_request_form": f.name in frontend.legacy}
+                              for f in config.all_factories()],
+                "last_cycle": asdict(last) if last else None,
+                "entries": frontend.explain()}
+
+    @app.get("/api/v1/explain")
+    async def explain(entry: str | None = None, history: bool = False,
+                      who: Identity = Depends(require("frontend"))) -> list[dict[str, Any]]:
+        """Why each entry got its request: demand, supply, limits, curbs, removal stage.
+        `entry` is `factory/entry` or an entry name; `history` gives every kept cycle."""
+        found = frontend.explain(entry, history)
+        if entry is not None and not found:
+            raise HTTPException(404, f"no explanation for entry {entry!r} yet "
+                                     f"(known: {sorted(frontend.explanations)})")
+        return found
 
     return app

@@ -6,26 +6,43 @@ from pathlib import Path
 
 from glidewms.config import ConfigError, load_config
 from glidewms.config.frontend import FrontendConfig
-from glidewms.service import serve
+
+
+def _read_token(path: Path, source: str, key: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{source}: {key}: cannot read {path} ({exc.strerror}); create one with "
+            f"`glidewms token --subject NAME --scope frontend --out {path}`"
+        ) from None
+    if not token:
+        raise ConfigError(f"{source}: {key}: {path} is empty; expected a token")
+    return token
+
+
+def load_all(path: Path | None) -> tuple[FrontendConfig, str, dict[str, str]]:
+    """The config, our own token, and the tokens of sources that have their own."""
+    config = load_config(FrontendConfig, path)
+    source = str(path or "frontend defaults")
+    token = _read_token(config.token_file or config.state_dir / "token", source, "token_file")
+    tokens: dict[str, str] = {}
+    for kind, items in (("pools", config.pools), ("factories", config.factories)):
+        for i, s in enumerate(items):
+            if s.token_file is not None:
+                tokens[s.name] = _read_token(s.token_file, source, f"{kind}[{i}].token_file")
+    return config, token, tokens
 
 
 def load(path: Path | None) -> tuple[FrontendConfig, str]:
-    config = load_config(FrontendConfig, path)
-    token_file = config.token_file or config.state_dir / "token"
-    try:
-        token = Path(token_file).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(
-            f"{path or 'frontend defaults'}: token_file: cannot read {token_file} "
-            f"({exc.strerror}); create one with `glidewms token --subject NAME --scope frontend "
-            f"--out {token_file}`"
-        ) from None
+    config, token, _ = load_all(path)
     return config, token
 
 
 def run(path: Path | None) -> None:
     from glidewms.frontend.api import create_app
+    from glidewms.service import serve
 
-    config, token = load(path)
-    serve(lambda url: create_app(config, token, url), config.listen_host, config.listen_port,
-          config.url_file)
+    config, token, tokens = load_all(path)
+    serve(lambda url: create_app(config, token, url, tokens), config.listen_host,
+          config.listen_port, config.url_file)

@@ -1,46 +1,193 @@
-"""How many pilots to ask for, and where: pure functions, no I/O.
+"""How many pilots to ask for at an entry, and when to let them go: pure functions.
 
-The loop in `service.py` gathers demand (the pool's autoclusters), supply (the
-factory's pilots and the pool's registered pilots) and entries, then calls
-`decide` per entry. Keeping the arithmetic here means every branch has a
-table-driven test and nothing in it can block or raise on the network.
+The loop in `service.py` gathers demand (`matching.py`), supply (`supply.py`)
+and the group's memory of past cycles, then calls `decide` per entry. All the
+arithmetic is here so every branch has a table-driven test and nothing in it
+can block or fail on the network. docs/frontend.md walks through it.
+
+Pressure (after GlideinWMS): the idle pilots wanted at an entry are the idle
+demand, in pilots of the entry's size, minus the idle supply, divided by the
+ramp-up attenuation (the factory may still be acting on the last request),
+plus a reserve for jobs idle long, capped per entry, halved once for every
+curb reached, and zero when a hard limit is reached. The most pilots that may
+run is (net idle demand + running pilots) x the running factor.
+
+Removal escalates only on confirmed absence of demand: a drop to zero must
+last `confirm_cycles` before anything but "no new pilots"; then WAIT (submit
+nothing, let the excess drain), then IDLE (remove queued excess), then ALL
+(also running excess) only when the group allows it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from glidewms import classads
+from glidewms.frontend.matching import EntryDemand
+from glidewms.frontend.supply import EntrySupply
+
+STAGES = ("NO", "WAIT", "IDLE", "ALL")
 
 
 @dataclass(frozen=True)
-class EntryDemand:
-    """Idle and running jobs that can run at one entry."""
+class Knobs:
+    """Per-entry pressure knobs of a group (defaults as GlideinWMS's)."""
 
-    idle_jobs: int = 0
-    running_jobs: int = 0
-    idle_cpus: int = 0
-    autoclusters: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class EntrySupply:
-    """Pilots of this group at one entry, as the factory and the pool see them."""
-
-    queued: int = 0  # waiting in the site's batch system
-    starting: int = 0  # running at the site but not yet registered in the pool
-    idle: int = 0  # registered, running no job
-    busy: int = 0  # registered, running jobs
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_idle: int = 100
-    max_running: int = 1000
+    attenuation: float = 3.0
+    reserve_idle: int = 5
+    max_idle_per_entry: int = 100
     running_factor: float = 1.15
+    max_running_per_entry: int = 10000
+    proportional: bool = True
+
+
+@dataclass(frozen=True)
+class Level:
+    """Pilots counted at one level (entry, group, global) and its limits and curbs.
+
+    At or above a max no new pilots are asked; at or above a curb the request
+    is halved. `None` means no such limit at this level.
+    """
+
+    name: str
+    pilots: int
+    idle_pilots: int
+    max_pilots: int | None = None
+    max_idle_pilots: int | None = None
+    curb_pilots: int | None = None
+    curb_idle_pilots: int | None = None
+
+    def limits_hit(self) -> list[str]:
+        out = []
+        if self.max_pilots is not None and self.pilots >= self.max_pilots:
+            out.append(f"{self.name} pilots {self.pilots} >= max {self.max_pilots}")
+        if self.max_idle_pilots is not None and self.idle_pilots >= self.max_idle_pilots:
+            out.append(f"{self.name} idle pilots {self.idle_pilots} >= max "
+                       f"{self.max_idle_pilots}")
+        return out
+
+    def room(self) -> float:
+        rooms = [lim - have for lim, have in ((self.max_pilots, self.pilots),
+                                              (self.max_idle_pilots, self.idle_pilots))
+                 if lim is not None]
+        return min(rooms) if rooms else math.inf
+
+    def curbs_hit(self) -> list[str]:
+        out = []
+        if self.curb_pilots is not None and self.pilots >= self.curb_pilots:
+            out.append(f"{self.name} pilots {self.pilots} >= curb {self.curb_pilots}")
+        if self.curb_idle_pilots is not None and self.idle_pilots >= self.curb_idle_pilots:
+            out.append(f"{self.name} idle pilots {self.idle_pilots} >= curb "
+                       f"{self.curb_idle_pilots}")
+        return out
+
+
+@dataclass(frozen=True)
+class Pressure:
+    idle: int
+    max_running: int
+    demand_units: float
+    effective_idle: float
+    attenuated: float = 0.0
+    reserve: int = 0
+    limits: tuple[str, ...] = ()
+    curbs: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+
+def pressure(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level],
+             knobs: Knobs) -> Pressure:
+    """Idle pilots to keep queued at the entry, and the most that may run there."""
+    units = demand.prop_units if knobs.proportional else demand.units
+    old = demand.old_prop_units if knobs.proportional else demand.old_units
+    effective = max(0.0, units - supply.idle_supply)
+    effective_old = max(0.0, old - supply.idle_supply)
+    if units > 0:
+        wanted_running = math.ceil((effective + supply.running) * knobs.running_factor - 1e-9)
+    else:
+        wanted_running = supply.running  # no reason for headroom without idle jobs
+    max_running = min(knobs.max_running_per_entry, wanted_running)
+    reasons = [f"idle demand {units:.2f} pilots, idle supply {supply.idle_supply:.2f}"]
+    if wanted_running > knobs.max_running_per_entry:
+        reasons.append(f"max running capped by max_running_per_entry="
+                       f"{knobs.max_running_per_entry}")
+    common = {"max_running": max_running, "demand_units": units, "effective_idle": effective}
+    if units <= 0:
+        return Pressure(0, **common, reasons=(*reasons, "no idle job can run here"))
+    limits = tuple(hit for level in levels for hit in level.limits_hit())
+    if limits:
+        return Pressure(0, **common, limits=limits,
+                        reasons=(*reasons, "a limit is reached: no new pilots"))
+    if effective <= 0:
+        return Pressure(0, **common, reasons=(*reasons, "idle supply covers the demand"))
+    room = min([effective, *(level.room() for level in levels)])
+    attenuated = room / knobs.attenuation
+    reserve = min(math.ceil(effective_old / knobs.attenuation - 1e-9), knobs.reserve_idle)
+    wanted = attenuated + reserve
+    reasons.append(f"{effective:.2f} missing, room {room:.2f}, /{knobs.attenuation:g} = "
+                   f"{attenuated:.2f}, + reserve {reserve}")
+    if wanted > knobs.max_idle_per_entry:
+        wanted = knobs.max_idle_per_entry
+        reasons.append(f"capped by max_idle_per_entry={knobs.max_idle_per_entry}")
+    curbs = tuple(hit for level in levels for hit in level.curbs_hit())
+    for _ in curbs:
+        wanted /= 2
+    if curbs:
+        reasons.append(f"halved {len(curbs)} time(s) by curbs")
+    idle = min(max(1, math.floor(wanted)), knobs.max_idle_per_entry)
+    return Pressure(idle, **common, attenuated=attenuated, reserve=reserve, curbs=curbs,
+                    reasons=tuple(reasons))
+
+
+# ------------------------------------------------------------------ removal
+
+@dataclass(frozen=True)
+class RemovalRules:
+    max_stage: str = "IDLE"
+    margin: int = 0
+    confirm_cycles: int = 3
+    escalate_cycles: int = 3
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the frontend remembers of an entry between cycles (and restarts)."""
+
+    no_demand_cycles: int = 0
+    last_idle: int = 0
+    last_max_running: int = 0
+    last_remove: str = "NO"
+
+    @classmethod
+    def from_json(cls, data: Any) -> Memory:
+        if not isinstance(data, dict):
+            return cls()
+        return cls(int(data.get("no_demand_cycles", 0)), int(data.get("last_idle", 0)),
+                   int(data.get("last_max_running", 0)), str(data.get("last_remove", "NO")))
+
+
+def removal_stage(has_demand: bool, memory: Memory, rules: RemovalRules) -> tuple[str, int, str]:
+    """(stage, cycles without demand so far, why) for this cycle.
+
+    Only successful queries reach here: a failed or unreliable one never
+    advances the count.
+    """
+    if has_demand:
+        return "NO", 0, "idle jobs can run here"
+    n = memory.no_demand_cycles + 1
+    if n < rules.confirm_cycles:
+        return "NO", n, f"no idle demand for {n} cycle(s): not confirmed yet " \
+                        f"(needs {rules.confirm_cycles}), nothing removed"
+    since = n - rules.confirm_cycles
+    stage = "WAIT" if since < rules.escalate_cycles else (
+        "IDLE" if since < 2 * rules.escalate_cycles else "ALL")
+    allowed = STAGES[min(STAGES.index(stage), STAGES.index(rules.max_stage))]
+    why = f"no idle demand for {n} cycles: stage {stage}"
+    if allowed != stage:
+        why += f", limited to {allowed} by max_removal"
+    return allowed, n, why
 
 
 @dataclass(frozen=True)
@@ -48,84 +195,42 @@ class Decision:
     idle: int
     max_running: int
     remove: str = "NO"
-    reasons: tuple[str, ...] = field(default_factory=tuple)
+    remove_margin: int = 0
+    pressure: Pressure | None = None
+    memory: Memory = field(default_factory=Memory)
+    reasons: tuple[str, ...] = ()
 
     def as_request(self) -> dict[str, Any]:
-        return {"idle": self.idle, "max_running": self.max_running, "remove": self.remove}
+        return {"idle": self.idle, "max_running": self.max_running, "remove": self.remove,
+                "remove_margin": self.remove_margin}
 
 
-def entry_ad(entry: Mapping[str, Any]) -> Any:
-    """The entry as a slot-like ClassAd: what one of its pilots would offer."""
-    attrs = dict(entry.get("attributes") or {})
-    attrs.update({
-        "GLIDEIN_Site": entry.get("site"),
-        "GLIDEIN_Entry_Name": entry.get("name"),
-        "Cpus": resource(entry.get("cpus"), 1),
-        "Memory": resource(entry.get("memory"), 2048),
-        "Disk": resource(entry.get("disk"), 100 * 1024) * 1024,  # entries say MB; ads KiB
-        "Arch": attrs.get("Arch", "X86_64"),
-        "OpSys": attrs.get("OpSys", "LINUX"),
-    })
-    return classads.ad_from_dict({k: v for k, v in attrs.items() if v is not None})
+def decide(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level], knobs: Knobs,
+           rules: RemovalRules, memory: Memory) -> Decision:
+    """This cycle's request for one entry, and what to remember of it."""
+    p = pressure(demand, supply, levels, knobs)
+    stage, cycles, why = removal_stage(p.demand_units > 0, memory, rules)
+    reasons = [*p.reasons, why]
+    max_running = p.max_running
+    if p.demand_units <= 0 and cycles < rules.confirm_cycles:
+        held = max(max_running, min(memory.last_max_running, knobs.max_running_per_entry))
+        if held > max_running:
+            reasons.append(f"max running held at {held} until the drop is confirmed")
+        max_running = held
+    if stage == "ALL":
+        max_running = supply.working
+        reasons.append(f"ALL: pilots beyond the {supply.working} running jobs may be removed")
+    margin = rules.margin if stage in ("IDLE", "ALL") else 0
+    new_memory = Memory(cycles, p.idle, max_running, stage)
+    return Decision(p.idle, max_running, stage, margin, p, new_memory, tuple(reasons))
 
 
-def resource(value: Any, default: int) -> int:
-    """`auto` resources are unknown until the pilot runs: assume a typical node."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return default
-    return int(value)
-
-
-def match_demand(autoclusters: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str, Any]],
-                 match_expr: str = "true") -> dict[str, EntryDemand]:
-    """Which autoclusters can run at which entry: the job's Requirements against
-    the entry ad, and the group's match expression (MY = job, TARGET = entry)."""
-    group_match = classads.parse_expr(match_expr)
-    ads = {e["name"]: entry_ad(e) for e in entries}
-    out: dict[str, EntryDemand] = {}
-    for name, eads in ads.items():
-        idle = running = cpus = 0
-        matched: list[int] = []
-        for ac in autoclusters:
-            job = classads.parse_ad(ac["ad"])
-            if not classads.job_fits_slot(job, eads):
-                continue
-            if not classads.is_true(group_match.eval(scope=job, target=eads)):
-                continue
-            matched.append(ac["id"])
-            idle += ac.get("idle", 0)
-            running += ac.get("running", 0)
-            cpus += ac.get("idle", 0) * max(1, ac.get("request", {}).get("cpus", 1))
-        out[name] = EntryDemand(idle, running, cpus, tuple(matched))
-    return out
-
-
-def pilots_for(cpus: int, pilot_cpus: int) -> int:
-    return math.ceil(cpus / max(1, pilot_cpus))
-
-
-def decide(demand: EntryDemand, supply: EntrySupply, pilot_cpus: int, limits: Limits) -> Decision:
-    """Idle pilots to keep queued at the entry, and the most that may run.
-
-    Pilots needed for the idle jobs, minus pilots that will soon take them
-    (registered idle, or started but not yet registered), is what should wait
-    at the site. No idle demand means no request at all.
-    """
-    reasons: list[str] = []
-    if demand.idle_jobs == 0:
-        reasons.append("no idle jobs match this entry")
-        running_cap = min(limits.max_running, supply.busy)
-        return Decision(0, running_cap, "NO", tuple(reasons))
-    needed = pilots_for(demand.idle_cpus, pilot_cpus)
-    ready = supply.idle + supply.starting
-    idle = max(0, needed - ready)
-    reasons.append(f"{demand.idle_jobs} idle jobs need {needed} pilots; {ready} about to serve")
-    if idle > limits.max_idle:
-        reasons.append(f"capped by max_idle_per_entry={limits.max_idle}")
-        idle = limits.max_idle
-    wanted_running = math.ceil(
-        (pilots_for(demand.idle_cpus, pilot_cpus) + supply.busy) * limits.running_factor)
-    max_running = min(limits.max_running, wanted_running)
-    if wanted_running > limits.max_running:
-        reasons.append(f"capped by max_running_per_entry={limits.max_running}")
-    return Decision(idle, max_running, "NO", tuple(reasons))
+def levels_for(entry: EntrySupply, knobs_entry: dict[str, int], group: tuple[int, int],
+               group_limits: dict[str, int], glob: tuple[int, int],
+               global_limits: dict[str, int]) -> list[Level]:
+    """The entry, group and global levels from counts (pilots, idle pilots) and limits."""
+    return [
+        Level("entry", entry.total, entry.idle_pilots, **knobs_entry),
+        Level("group", group[0], group[1], **group_limits),
+        Level("global", glob[0], glob[1], **global_limits),
+    ]

@@ -1,0 +1,166 @@
+"""From what the pools and factories said to per-entry demand and supply: pure.
+
+The service gathers the raw answers; this module turns one group's share of
+them into `Observation`s (entry, demand, supply) that the policy decides on.
+It is CPU work (ClassAd matching) that the service runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from glidewms import classads
+from glidewms.config.frontend import GroupConfig
+from glidewms.frontend.matching import (
+    EntryDemand,
+    EntryInfo,
+    GroupRules,
+    Matcher,
+    Size,
+    match_demand,
+)
+from glidewms.frontend.supply import EntrySupply, entry_supply, pilots_by_entry
+
+
+@dataclass
+class FactoryView:
+    """One factory's answers for one group: its entries and the group's pilot counts."""
+
+    name: str
+    url: str
+    entries: list[dict[str, Any]]
+    counts: dict[str, dict[str, int]]  # entry -> state -> pilots of this group
+
+
+@dataclass
+class Observation:
+    factory: str
+    entry: str
+    info: EntryInfo
+    demand: EntryDemand
+    supply: EntrySupply
+
+
+@dataclass
+class GroupView:
+    observations: dict[str, Observation] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # entry key -> why not considered
+    evaluations: int = 0
+
+
+def entry_key(factory: str, entry: str) -> str:
+    return f"{factory}/{entry}"
+
+
+def _number(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value)
+
+
+def entry_size(entry: Mapping[str, Any], pilots: Sequence[Mapping[str, Any]],
+               group: GroupConfig) -> Size:
+    """One pilot's resources: the entry's numbers; for `auto`, what its registered
+    pilots reported, else the group's assumption."""
+    slot = next((p.get("slot") or {} for p in pilots), {})
+    attrs = entry.get("attributes") or {}
+    cpus = _number(entry.get("cpus")) or _number(slot.get("Cpus")) or group.auto_cpus
+    memory = _number(entry.get("memory")) or _number(slot.get("Memory")) or group.auto_memory
+    gpus = _number(entry.get("gpus")) or _number(attrs.get("GPUs")) or _number(
+        slot.get("GPUs")) or 0
+    learned = _number(slot.get("Disk"))
+    disk = _number(entry.get("disk")) or (learned // 1024 if learned else None)
+    return Size(cpus=cpus, memory=memory, gpus=gpus, disk=disk or group.auto_disk)
+
+
+def entry_attributes(entry: Mapping[str, Any], factory: str, size: Size) -> dict[str, Any]:
+    """The slot-like ad one of the entry's pilots would publish."""
+    attrs = dict(entry.get("attributes") or {})
+    attrs.setdefault("Arch", "X86_64")
+    attrs.setdefault("OpSys", "LINUX")
+    attrs.update({"GLIDEIN_Site": entry.get("site"), "GLIDEIN_Entry_Name": entry.get("name"),
+                  "GLIDEIN_Factory_Name": factory, "Cpus": size.cpus,
+                  "Memory": size.memory, "GPUs": size.gpus})
+    if size.disk is not None:
+        attrs["Disk"] = size.disk * 1024  # entries say MB; ads KiB
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+def rules_for(group: GroupConfig) -> GroupRules:
+    o = group.overflow
+    return GroupRules(match_expr=group.match_expr, start_expr=group.start_expr,
+                      job_constraint=group.job_constraint,
+                      old_idle_seconds=group.old_idle_seconds,
+                      overflow_after=o.after_seconds if o else None,
+                      overflow_match=o.match_expr if o else "true",
+                      overflow_start=o.start_expr if o else "true")
+
+
+def pilot_start_expr(group: GroupConfig) -> str | None:
+    """The Start expression the group's pilots publish, overflow included."""
+    if group.start_expr is None:
+        return None
+    if group.overflow is None:
+        return group.start_expr
+    o = group.overflow
+    return (f"({group.start_expr}) || ((time() - TARGET.QDate) >= {o.after_seconds:g} "
+            f"&& ({o.start_expr}))")
+
+
+def observe_group(group: GroupConfig, frontend: str | None,
+                  autoclusters: Sequence[Mapping[str, Any]],
+                  pool_pilots: Sequence[Mapping[str, Any]],
+                  factories: Sequence[FactoryView], now: float) -> GroupView:
+    """Demand and supply of one group at every entry it may use."""
+    view = GroupView()
+    constraint = (None if group.entry_constraint.strip().lower() == "true"
+                  else classads.parse_expr(group.entry_constraint))
+    candidates: list[tuple[FactoryView, dict[str, Any]]] = []
+    for f in factories:
+        for entry in f.entries:
+            key = entry_key(f.name, entry["name"])
+            if not entry.get("enabled", True):
+                view.skipped[key] = "entry disabled at the factory"
+            else:
+                candidates.append((f, entry))
+    owners: dict[str, list[FactoryView]] = {}
+    for f, entry in candidates:
+        owners.setdefault(entry["name"], []).append(f)
+
+    def key_of(slot: Mapping[str, Any]) -> str | None:
+        name = slot.get("GLIDEIN_Entry_Name")
+        found = owners.get(name) if isinstance(name, str) else None
+        if not found:
+            return None
+        if len(found) > 1:
+            url = str(slot.get("GLIDEIN_Factory", "")).rstrip("/")
+            found = [f for f in found if f.url.rstrip("/") == url]
+            if len(found) != 1:
+                return None
+        return entry_key(found[0].name, name)
+
+    pilots = pilots_by_entry(pool_pilots, frontend, group.name, key_of)
+    infos: list[EntryInfo] = []
+    meta: dict[str, tuple[FactoryView, dict[str, Any]]] = {}
+    for f, entry in candidates:
+        key = entry_key(f.name, entry["name"])
+        size = entry_size(entry, pilots.get(key, []), group)
+        info = EntryInfo(key, entry_attributes(entry, f.name, size), size)
+        if constraint is not None and not classads.is_true(
+                constraint.eval(scope=classads.ad_from_dict(dict(info.attrs)))):
+            view.skipped[key] = "entry_constraint is not true for this entry"
+            continue
+        infos.append(info)
+        meta[key] = (f, entry)
+    matcher = Matcher(infos)
+    demand = match_demand(autoclusters, infos, rules_for(group), now, matcher)
+    view.evaluations = matcher.evaluations
+    for info in infos:
+        f, entry = meta[info.key]
+        d = demand[info.key]
+        s = entry_supply(f.counts.get(entry["name"], {}), pilots.get(info.key, []), info.size,
+                         d.requests)
+        view.observations[info.key] = Observation(f.name, entry["name"], info, d, s)
+    return view

@@ -1,0 +1,23 @@
+"""The frontend's memory across restarts: round trip, and junk means a fresh start."""
+
+from __future__ import annotations
+
+from glidewms.frontend.policy import Memory
+from glidewms.frontend.state import StateFile
+
+
+def test_round_trip_is_atomic_and_complete(tmp_path):
+    state = StateFile(tmp_path / "fe" / "state.json")
+    assert state.load() == {}
+    memory = {"main": {"f/big": Memory(4, 2, 9, "WAIT")}, "gpu": {}}
+    state.save(memory)
+    assert StateFile(state.path).load() == memory
+    assert [p.name for p in state.path.parent.iterdir()] == ["state.json"]  # no temp left
+
+
+def test_corrupt_file_means_no_memory(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text("{not json")
+    assert StateFile(path).load() == {}
+    path.write_text('{"groups": {"main": {"f/e": "junk"}}}')
+    assert StateFile(path).load() == {"main": {"f/e": Memory()}}
