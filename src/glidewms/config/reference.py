@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
-from glidewms.config.frontend import FrontendConfig, GroupConfig
+from glidewms.config.frontend import FrontendConfig, GroupConfig, OverflowConfig, Source
 from glidewms.config.pool import PoolConfig
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -18,6 +18,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Factory entries (items of `entries:`)", EntryConfig),
     ("frontend.yaml", FrontendConfig),
     ("Frontend groups (items of `groups:`)", GroupConfig),
+    ("Frontend pools and factories (items of `pools:` and `factories:`)", Source),
+    ("Group overflow (`overflow:` in a group)", OverflowConfig),
 ]
 
 
