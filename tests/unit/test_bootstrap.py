@@ -377,3 +377,106 @@ def test_the_real_agent_accepts_the_bootstrap_config(tmp_path: Path, token_file:
     assert report["exit_reason"] == "error" and "registration failed" in report["detail"]
     assert (report["cpus"], report["jobs_run"]) == (2, 0)
     assert TOKEN not in stderr
+
+
+# -- manifest signature (Ed25519, verified with openssl when the node has it) ---------
+
+
+def signed_stage(key: Any) -> StageServer:
+    stage = StageServer(STUB_STAGE)
+    stage.files["manifest.sig"] = key.sign(stage.manifest)
+    return stage
+
+
+def key_b64(key: Any) -> str:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
+
+
+def test_a_signed_manifest_is_verified_or_said_unchecked_without_openssl(
+    tmp_path: Path, token_file: Path, downloader: dict[str, str]
+) -> None:
+    """The python-downloader PATH has no openssl: the sha256 alone is checked, and said so."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    stage = signed_stage(key)
+    try:
+        rc, stderr = finish(bootstrap(stage, tmp_path, token_file, downloader,
+                                      extra=("--manifest-key", key_b64(key),
+                                             "--set", "GLIDEIN_Container_Use=REQUIRED")))
+    finally:
+        stage.close()
+    assert rc == 7, stderr
+    config = dict(line.split(" ", 1) for line in
+                  json.loads((tmp_path / "marker").read_text())["config"].splitlines())
+    has_openssl = downloader["MODE"] == "curl" and shutil.which("openssl") is not None
+    assert config["GLIDEIN_Manifest_Signature"] == ("verified" if has_openssl else "unchecked")
+    assert config["GLIDEIN_Container_Use"] == "REQUIRED"
+    assert "GLIDEIN_Container_Use" not in config["GLIDEIN_Attrs"]  # set, not published
+    assert ("no openssl" in stderr) is not has_openssl
+
+
+@pytest.mark.parametrize("tamper", ["other_key", "changed_signature"])
+def test_a_manifest_signature_that_does_not_verify_is_corruption(
+    tmp_path: Path, token_file: Path, tamper: str
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if shutil.which("openssl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("openssl is required when CI=true")
+        pytest.skip("openssl is not installed")
+    key = Ed25519PrivateKey.generate()
+    stage = signed_stage(key)
+    if tamper == "other_key":
+        key = Ed25519PrivateKey.generate()
+    else:
+        sig = bytearray(stage.files["manifest.sig"])
+        sig[0] ^= 1
+        stage.files["manifest.sig"] = bytes(sig)
+    try:
+        env = {"PATH": os.environ["PATH"], "GLIDEIN_PYTHON": sys.executable}
+        rc, stderr = finish(bootstrap(stage, tmp_path, token_file, env,
+                                      extra=("--manifest-key", key_b64(key))))
+    finally:
+        stage.close()
+    assert rc == 3, stderr
+    assert stage.reports[0]["exit_reason"] == "corruption"
+    assert "signature does not verify" in stage.reports[0]["detail"]
+    assert not (tmp_path / "marker").exists()
+    assert not any("/stage/files/agent" in path for _, path, _ in stage.requests)
+
+
+def test_the_factory_stage_is_signed_with_a_kept_key(tmp_path: Path) -> None:
+    import base64
+    import stat
+
+    from cryptography.hazmat.primitives import serialization
+
+    from glidewms.factory.stage import build_stage
+
+    stage = build_stage(tmp_path)
+    key_file = tmp_path / "keys" / "stage_signing.pem"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    public = serialization.load_der_public_key(base64.b64decode(stage.public_key_b64))
+    manifest = stage.manifest_path.read_bytes()
+    public.verify(stage.signature_path.read_bytes(), manifest)  # raises if it does not verify
+    assert stage.file("manifest.sig") == stage.signature_path and stage.file("manifest") is None
+    assert {"validation/scripts.list", "validation/cpus.py", "validation/gconfig.sh",
+            "agent/validation.py"} <= set(stage.files)
+    again = build_stage(tmp_path)
+    assert again.public_key_b64 == stage.public_key_b64  # the key is kept, not regenerated
+    if shutil.which("openssl"):  # the very command the bootstrap runs
+        pem = tmp_path / "k.pem"
+        pem.write_text(f"-----BEGIN PUBLIC KEY-----\n{stage.public_key_b64}\n"
+                       "-----END PUBLIC KEY-----\n")
+        check = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pem),
+                                "-rawin", "-in", str(stage.manifest_path), "-sigfile",
+                                str(stage.signature_path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr

@@ -80,6 +80,8 @@ class FakePool:
         self.heartbeats: list[dict[str, Any]] = []
         self.deregistered: list[dict[str, Any]] = []
         self.reports: list[dict[str, Any]] = []
+        self.logs: list[dict[str, Any]] = []
+        self.log_status = 200
         self.started_jobs: list[dict[str, Any]] = []
         self.kill_when_started: set[str] = set()
         self.drain = False
@@ -188,6 +190,11 @@ class FakePool:
         if path == "/api/v1/pilots/p1/deregister":
             self.deregistered.append(body)
             return self.send(h, 200, {})
+        if re.fullmatch(r"/api/v1/glideins/[^/]+/log", path):
+            if self.log_status != 200:
+                return self.send(h, self.log_status, {"detail": "Not Found"})
+            self.logs.append(body)
+            return self.send(h, 200, {"appended": len(body["records"])})
         if re.fullmatch(r"/api/v1/glideins/[^/]+/report", path):
             self.reports.append(body)
             self.events["report"].set()

@@ -1,25 +1,43 @@
-"""The stage: the files a pilot downloads, and the manifest that vouches for them.
+"""The stage: the files a pilot downloads, and the signed manifest that vouches for them.
 
-At startup the factory copies the pilot agent into `<state_dir>/stage/agent/`
-and writes `<state_dir>/stage/manifest` in `sha256sum` format. The sha256 of
-the manifest itself travels in every pilot's submission (`--manifest-sha256`),
-so a pilot refuses a manifest or a file that was changed on the way or on disk
-after it was submitted. Copying (rather than serving the installed package in
-place) pins what pilots get to what was hashed.
+At startup the factory copies the pilot agent (`agent/`) and the standard
+validation scripts (`validation/`) into `<state_dir>/stage/` and writes
+`<state_dir>/stage/manifest` in `sha256sum` format. Two things vouch for it:
+
+- the sha256 of the manifest travels in every pilot's submission
+  (`--manifest-sha256`), so a pilot refuses a manifest or a file that was
+  changed on the way or on disk after it was submitted;
+- an Ed25519 signature of the manifest (`manifest.sig`, raw 64 bytes), made
+  with the factory's stage key (`<state_dir>/keys/stage_signing.pem`,
+  generated on first use, 0600). The public key travels in the submission
+  too (`--manifest-key`, base64 DER), and the bootstrap verifies with
+  `openssl pkeyutl -verify -rawin` (OpenSSL >= 3.0).
+
+Copying (rather than serving the installed package in place) pins what pilots
+get to what was hashed and signed.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import glidewms
 
 GLIDEIN_DIR = Path(glidewms.__file__).resolve().parent / "glidein"
 DEFAULT_AGENT_DIR = GLIDEIN_DIR / "agent"
+DEFAULT_VALIDATION_DIR = GLIDEIN_DIR / "validation"
 DEFAULT_BOOTSTRAP = GLIDEIN_DIR / "bootstrap" / "glidein_startup.sh"
+SIGNATURE_NAME = "manifest.sig"
+KEY_NAME = "stage_signing.pem"
+SHIPPED_SUFFIXES = (".py", ".sh", ".list")
 
 
 def bootstrap_path() -> Path:
@@ -37,55 +55,102 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Stage:
-    """A built stage: where it is, what it lists, and the manifest's own hash."""
+    """A built stage: where it is, what it lists, the manifest's hash and signing key."""
 
     root: Path
     files: dict[str, str]  # relative path -> sha256
     manifest_sha256: str
+    public_key_b64: str = ""  # base64 DER SubjectPublicKeyInfo: the --manifest-key value
 
     @property
     def manifest_path(self) -> Path:
         return self.root / "manifest"
 
-    def file(self, relative: str) -> Path | None:
-        """The on-disk path of a listed file, or None.
+    @property
+    def signature_path(self) -> Path:
+        return self.root / SIGNATURE_NAME
 
-        Only files named in the manifest are ever served, which rules out path
-        traversal whatever the request path looks like.
+    def file(self, relative: str) -> Path | None:
+        """The on-disk path of a listed file (or of the manifest signature), or None.
+
+        Only files named in the manifest, plus its signature, are ever served,
+        which rules out path traversal whatever the request path looks like.
         """
+        if relative == SIGNATURE_NAME and self.signature_path.is_file():
+            return self.signature_path
         if relative not in self.files:
             return None
         return self.root / relative
 
 
-def _agent_sources(agent_dir: Path) -> list[Path]:
-    """The agent's Python files, sub-packages included, in a stable order."""
+def _sources(directory: Path) -> list[Path]:
+    """The shipped files of a directory tree (code and lists), in a stable order."""
     return sorted(
         p
-        for p in agent_dir.rglob("*.py")
-        if p.is_file() and "__pycache__" not in p.relative_to(agent_dir).parts
+        for p in directory.rglob("*")
+        if p.is_file() and p.suffix in SHIPPED_SUFFIXES
+        and "__pycache__" not in p.relative_to(directory).parts
     )
 
 
-def build_stage(state_dir: Path, agent_dir: Path | None = None) -> Stage:
-    """(Re)build `<state_dir>/stage` from the agent package and write its manifest."""
-    agent_dir = agent_dir or DEFAULT_AGENT_DIR
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """The factory's stage signing key; created (0600) if absent."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: expected an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.replace(path)
+    return key
+
+
+def public_key_b64(key: Ed25519PrivateKey) -> str:
+    """The public key as base64 DER (SubjectPublicKeyInfo): one argv-safe word."""
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
+
+
+def build_stage(state_dir: Path, agent_dir: Path | None = None,
+                validation_dir: Path | None = None, key_path: Path | None = None) -> Stage:
+    """(Re)build `<state_dir>/stage`, write its manifest and sign it.
+
+    The standard validation scripts ship with the packaged agent; a custom
+    `agent_dir` (a test's, or an operator's own agent) brings its own
+    `validation_dir`, or none.
+    """
+    if validation_dir is None and agent_dir is None:
+        validation_dir = DEFAULT_VALIDATION_DIR
+    trees = {"agent": agent_dir or DEFAULT_AGENT_DIR, "validation": validation_dir}
     root = Path(state_dir) / "stage"
-    target = root / "agent"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
     files: dict[str, str] = {}
-    if agent_dir.is_dir():
-        for source in _agent_sources(agent_dir):
-            relative = source.relative_to(agent_dir)
+    for name, source_dir in trees.items():
+        target = root / name
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        if source_dir is None or not source_dir.is_dir():
+            continue
+        for source in _sources(source_dir):
+            relative = source.relative_to(source_dir)
             destination = target / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, destination)
-            files[f"agent/{relative.as_posix()}"] = sha256_file(destination)
+            files[f"{name}/{relative.as_posix()}"] = sha256_file(destination)
     text = "".join(f"{digest}  {path}\n" for path, digest in sorted(files.items()))
     data = text.encode()
-    tmp = root / ".manifest.tmp"
-    tmp.write_bytes(data)
-    tmp.replace(root / "manifest")
-    return Stage(root=root, files=files, manifest_sha256=hashlib.sha256(data).hexdigest())
+    key = load_or_create_key(key_path or Path(state_dir) / "keys" / KEY_NAME)
+    for name, content in ((SIGNATURE_NAME, key.sign(data)), ("manifest", data)):
+        tmp = root / f".{name}.tmp"
+        tmp.write_bytes(content)
+        tmp.replace(root / name)
+    return Stage(root=root, files=files, manifest_sha256=hashlib.sha256(data).hexdigest(),
+                 public_key_b64=public_key_b64(key))

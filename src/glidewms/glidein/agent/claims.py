@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .container import ContainerError, ContainerSetup, choose_image, wrap
 from .http import Api, HttpStatusError, IntegrityError, TransportError, segment, sha256_file
 from .jobs import (
     JobProcess,
@@ -41,6 +42,8 @@ class Outcome:
     completed: bool = False
     setup_failed: bool = False
     killed: bool = False
+    wall: float = 0.0
+    detail: str = ""
 
     @property
     def failed(self) -> bool:
@@ -58,6 +61,7 @@ class ClaimRunner:
         pool: Api,
         work_dir: str,
         job_env: dict[str, str],
+        container: ContainerSetup | None = None,
     ) -> None:
         self.claim_id = str(claim["claim_id"])
         self.job_id = str(claim.get("job_id", self.claim_id))
@@ -65,6 +69,7 @@ class ClaimRunner:
         self.pool = pool
         self.sandbox = os.path.join(work_dir, "execute", sandbox_name(self.job_id))
         self.job_env = job_env
+        self.container = container or ContainerSetup(use="NEVER")
         self._lock = threading.Lock()
         self._killed = False
         self._process: JobProcess | None = None
@@ -94,23 +99,34 @@ class ClaimRunner:
         shutil.rmtree(self.sandbox, ignore_errors=True)
         os.makedirs(self.sandbox)
         try:
+            image = choose_image(self.container, self.spec.container)
             self._fetch_inputs()
-        except (IntegrityError, JobSetupError, HttpStatusError, TransportError, OSError) as exc:
+        except (IntegrityError, JobSetupError, HttpStatusError, TransportError, OSError,
+                ContainerError) as exc:
             log.error("%s: sandbox refused, the job is left to the pool's lease: %s", tag, exc)
             outcome.setup_failed = True
+            outcome.detail = str(exc)
             return
+        launcher = None
+        if image is not None:
+            setup, sandbox = self.container, self.sandbox
+
+            def launcher(argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+                return wrap(setup, image, sandbox, argv, env)
+
+            log.info("%s: runs in a %s container, image %s", tag, setup.runtime, image)
         baseline = snapshot(self.sandbox)
         env = job_environment(self.spec, self.sandbox, self.job_env)
         with self._lock:
             if self._killed:
                 outcome.killed = True
                 return
-            self._process = JobProcess(self.spec, self.sandbox, env)
+            self._process = JobProcess(self.spec, self.sandbox, env, launcher)
         log.info("%s: starting %s", tag, self.spec.cmd)
         started = time.monotonic()
         outcome.started = True
         outcome.exit_code = self._process.run()
-        wall = time.monotonic() - started
+        wall = outcome.wall = time.monotonic() - started
         with self._lock:
             outcome.killed = self._killed
         if outcome.killed:

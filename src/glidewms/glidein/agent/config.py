@@ -94,6 +94,20 @@ class GlideinConfig:
     memory: int | None = None
     heartbeat: int | None = None
     attrs: dict[str, AttrValue] = field(default_factory=dict)
+    # Lifetime (docs/glidein.md): die at lifetime - die_margin; retire (no new
+    # jobs) retire_before seconds earlier, minus a random share of retire_spread.
+    die_margin: int = 0
+    retire_before: int = 0
+    retire_spread: int = 0
+    tail_timeout: int = DEFAULT_IDLE_TIMEOUT  # idle limit once a job has run
+    # Black-hole protection: black_hole_jobs failures within black_hole_window
+    # seconds stop the pilot, which then holds the node for black_hole_hold.
+    black_hole_jobs: int = 0
+    black_hole_window: int = 600
+    black_hole_hold: int = 0
+    validation_timeout: int = 120
+    config_path: str = ""
+    values: dict[str, str] = field(default_factory=dict)
 
 
 def load_config(path: str) -> GlideinConfig:
@@ -103,7 +117,9 @@ def load_config(path: str) -> GlideinConfig:
             text = handle.read()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    return build_config(parse_lines(text), os.path.dirname(os.path.abspath(path)))
+    cfg = build_config(parse_lines(text), os.path.dirname(os.path.abspath(path)))
+    cfg.config_path = os.path.abspath(path)
+    return cfg
 
 
 def build_config(values: dict[str, str], default_work_dir: str) -> GlideinConfig:
@@ -123,6 +139,12 @@ def build_config(values: dict[str, str], default_work_dir: str) -> GlideinConfig
         if name not in values:
             raise ConfigError(f"GLIDEIN_Attrs lists {name} but no {name} line is given")
         attrs[name] = typed_value(values[name])
+    lifetime = _seconds(values, "GLIDEIN_Lifetime", DEFAULT_LIFETIME)
+    idle_timeout = _seconds(values, "GLIDEIN_Idle_Timeout", DEFAULT_IDLE_TIMEOUT)
+    die_margin = _seconds(values, "GLIDEIN_Die_Margin", min(300, lifetime // 20))
+    if die_margin >= lifetime > 0:
+        raise ConfigError(f"GLIDEIN_Die_Margin ({die_margin}s) must be shorter than "
+                          f"GLIDEIN_Lifetime ({lifetime}s)")
     return GlideinConfig(
         pool_url=values["GLIDEIN_Pool_URL"].rstrip("/"),
         glidein_id=values["GLIDEIN_Id"],
@@ -131,10 +153,19 @@ def build_config(values: dict[str, str], default_work_dir: str) -> GlideinConfig
         factory_url=values.get("GLIDEIN_Factory_URL", "").rstrip("/"),
         entry=values.get("GLIDEIN_Entry_Name", ""),
         site=values.get("GLIDEIN_Site", ""),
-        idle_timeout=_seconds(values, "GLIDEIN_Idle_Timeout", DEFAULT_IDLE_TIMEOUT),
-        lifetime=_seconds(values, "GLIDEIN_Lifetime", DEFAULT_LIFETIME),
+        idle_timeout=idle_timeout,
+        lifetime=lifetime,
         cpus=_amount(values, "GLIDEIN_Cpus"),
         memory=_amount(values, "GLIDEIN_Memory"),
         heartbeat=_seconds(values, "GLIDEIN_Heartbeat", 0) or None,
         attrs=attrs,
+        die_margin=die_margin,
+        retire_before=_seconds(values, "GLIDEIN_Retire_Before", 0),
+        retire_spread=_seconds(values, "GLIDEIN_Retire_Spread", min(300, lifetime // 20)),
+        tail_timeout=_seconds(values, "GLIDEIN_Tail_Timeout", idle_timeout),
+        black_hole_jobs=_seconds(values, "GLIDEIN_Black_Hole_Jobs", 10),
+        black_hole_window=_seconds(values, "GLIDEIN_Black_Hole_Window", 120),
+        black_hole_hold=_seconds(values, "GLIDEIN_Black_Hole_Hold", 600),
+        validation_timeout=_seconds(values, "GLIDEIN_Validation_Timeout", 120),
+        values=dict(values),
     )

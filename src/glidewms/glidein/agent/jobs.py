@@ -15,7 +15,7 @@ import stat
 import subprocess
 import threading
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable, Dict, List, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class JobSpec:
     err: str | None = DEFAULT_ERR
     transfer_output: list[str] | None = None
     request: dict[str, int] = field(default_factory=dict)
+    container: dict[str, Any] | None = None  # {"image": ...}: run in a container
+    max_runtime: float | None = None  # seconds the job says it needs, if it says
 
     @classmethod
     def from_claim(cls, job: Any) -> JobSpec:
@@ -93,7 +95,10 @@ class JobSpec:
                 transfer_output=None if outputs is None else [str(n) for n in outputs],
                 request={"cpus": int(request.get("cpus") or 1),
                          "memory": int(request.get("memory") or 0),
-                         "disk": int(request.get("disk") or 0)},
+                         "disk": int(request.get("disk") or 0),
+                         "gpus": int(request.get("gpus") or 0)},
+                container=_container(job.get("container")),
+                max_runtime=float(job["max_runtime"]) if job.get("max_runtime") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise JobSetupError(f"malformed job in claim: {exc!r}") from None
@@ -109,6 +114,17 @@ class JobSpec:
         if any(f.name == self.cmd for f in self.sandbox):
             return os.path.join(sandbox, self.cmd)
         return self.cmd
+
+
+def _container(value: Any) -> dict[str, Any] | None:
+    """The claim's optional ``container`` object: ``{"image": str}`` (image may be empty)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {"image": ""}
+    if not isinstance(value, dict) or not isinstance(value.get("image", ""), str):
+        raise JobSetupError(f"container: expected {{'image': str}}, got {value!r}")
+    return {"image": value.get("image", "")}
 
 
 def sandbox_name(job_id: str) -> str:
@@ -200,13 +216,22 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-class JobProcess:
-    """The job's process, in its own session so the whole group can be killed."""
+Launcher = Callable[[List[str], Dict[str, str]], Tuple[List[str], Dict[str, str]]]
 
-    def __init__(self, spec: JobSpec, sandbox: str, env: dict[str, str]) -> None:
+
+class JobProcess:
+    """The job's process, in its own session so the whole group can be killed.
+
+    ``launcher`` turns the job's command line and environment into the ones
+    actually run (a container runtime's, see ``container.wrap``).
+    """
+
+    def __init__(self, spec: JobSpec, sandbox: str, env: dict[str, str],
+                 launcher: Launcher | None = None) -> None:
         self.spec = spec
         self.sandbox = sandbox
         self.env = env
+        self.launcher = launcher
         self._proc: subprocess.Popen[bytes] | None = None
         self.started = threading.Event()
         self.done = threading.Event()
@@ -218,6 +243,9 @@ class JobProcess:
         126 (not executable), with the reason written to the job's stderr.
         """
         argv = [self.spec.executable_path(self.sandbox), *self.spec.args]
+        env = self.env
+        if self.launcher is not None:
+            argv, env = self.launcher(argv, env)
         try:
             with contextlib.ExitStack() as files:
                 opened: dict[str | None, BinaryIO] = {None: files.enter_context(
@@ -229,7 +257,7 @@ class JobProcess:
                 out, err = opened[self.spec.out], opened[self.spec.err]
                 try:
                     self._proc = subprocess.Popen(
-                        argv, cwd=self.sandbox, env=self.env, stdin=subprocess.DEVNULL,
+                        argv, cwd=self.sandbox, env=env, stdin=subprocess.DEVNULL,
                         stdout=out, stderr=err, start_new_session=True, close_fds=True,
                     )
                 except OSError as exc:

@@ -60,10 +60,11 @@ class Resources:
     cpus: int
     memory: int
     disk: int
+    gpus: int = 0
 
     def as_free(self) -> dict[str, int]:
         """The ``free`` object of a claim request."""
-        return {"cpus": self.cpus, "memory": self.memory, "disk": self.disk}
+        return {"cpus": self.cpus, "memory": self.memory, "disk": self.disk, "gpus": self.gpus}
 
 
 def detect_cpus() -> int:
@@ -99,6 +100,7 @@ def detect_resources(
         cpus=cfg.cpus if cfg.cpus is not None else detect_cpus(),
         memory=cfg.memory if cfg.memory is not None else detect_memory_mb(meminfo),
         disk=detect_disk_kib(cfg.work_dir),
+        gpus=int(cfg.values["GPUs"]) if cfg.values.get("GPUs", "").isdigit() else 0,
     )
 
 

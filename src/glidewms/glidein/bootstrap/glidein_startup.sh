@@ -2,7 +2,10 @@
 # glidein_startup.sh: the pilot bootstrap (see docs/protocol.md, "Pilot start").
 # Fetch the stage manifest, refuse it unless its sha256 is the one the factory
 # submitted, fetch and check every listed file, write glidein_config, run the
-# agent. The pilot token is read from $GLIDEIN_TOKEN_FILE and only ever handed
+# agent. With --manifest-key (the factory's Ed25519 stage key, base64 DER) the
+# manifest's signature is verified too, with `openssl pkeyutl -verify -rawin`
+# (OpenSSL >= 3.0; without openssl only the sha256 is checked, and said so).
+# The pilot token is read from $GLIDEIN_TOKEN_FILE and only ever handed
 # to curl in a 0600 header file (-H @file) or read by python itself: never argv.
 set -u
 EXIT_USAGE=2 EXIT_ERROR=1 EXIT_CORRUPT=3
@@ -12,15 +15,16 @@ usage() {
   echo "glidein_startup: $*" >&2
   echo "usage: glidein_startup.sh --factory URL --manifest-sha256 HEX --pool URL --glidein-id ID" \
        "--entry NAME --site NAME [--idle-timeout S] [--lifetime S] [--cpus N|auto]" \
-       "[--memory MB|auto] [--work-dir DIR|auto] [--heartbeat S] [--attr NAME=VALUE ...]" >&2
+       "[--memory MB|auto] [--work-dir DIR|auto|TMPDIR] [--min-disk MB] [--heartbeat S]" \
+       "[--manifest-key B64] [--attr NAME=VALUE ...] [--set KEY=VALUE ...]" >&2
   exit $EXIT_USAGE
 }
 
 factory='' manifest_sha='' pool='' gid='' entry='' site='' idle=1200 lifetime=86400
-cpus=auto memory=auto parent=auto heartbeat='' attrs=()
+cpus=auto memory=auto parent=auto heartbeat='' attrs=() settings=() manifest_key='' min_disk=50
 reserved=" GLIDEIN_Factory_URL GLIDEIN_Pool_URL GLIDEIN_Id GLIDEIN_Entry_Name GLIDEIN_Site \
 GLIDEIN_Idle_Timeout GLIDEIN_Lifetime GLIDEIN_Cpus GLIDEIN_Memory GLIDEIN_Heartbeat GLIDEIN_Work_Dir \
-GLIDEIN_Token_File GLIDEIN_Attrs "
+GLIDEIN_Token_File GLIDEIN_Attrs GLIDEIN_Manifest_Signature "
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage "$1 needs a value"
   case "$1" in
@@ -30,6 +34,10 @@ while [ $# -gt 0 ]; do
     --idle-timeout) idle=$2 ;;           --lifetime) lifetime=$2 ;;
     --cpus) cpus=$2 ;;                   --memory) memory=$2 ;;
     --work-dir) parent=$2 ;;             --heartbeat) heartbeat=$2 ;;
+    --manifest-key) manifest_key=$2 ;;   --min-disk) min_disk=$2 ;;
+    --set) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --set '$2'"
+           [[ $reserved == *" ${2%%=*} "* ]] && usage "--set cannot set ${2%%=*}"
+           settings+=("$2") ;;
     --attr) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --attr '$2'"
             [[ $reserved == *" ${2%%=*} "* ]] && usage "--attr cannot set ${2%%=*}"
             attrs+=("$2") ;;
@@ -42,15 +50,21 @@ for req in factory:factory manifest_sha:manifest-sha256 pool:pool gid:glidein-id
   var=${req%%:*}; [ -n "${!var}" ] || usage "--${req#*:} is required"
 done
 [[ $manifest_sha =~ ^[0-9a-fA-F]{64}$ ]] || usage "--manifest-sha256 must be 64 hex digits"
-[[ $idle$lifetime$heartbeat =~ ^[0-9]+$ ]] \
-  || usage "--idle-timeout, --lifetime and --heartbeat take a number of seconds"
+[ -z "$manifest_key" ] || [[ $manifest_key =~ ^[A-Za-z0-9+/]{40,200}={0,2}$ ]] \
+  || usage "--manifest-key must be a base64 public key"
+[[ $idle$lifetime$heartbeat$min_disk =~ ^[0-9]+$ ]] \
+  || usage "--idle-timeout, --lifetime, --heartbeat take a number of seconds, --min-disk of MB"
 [[ $cpus =~ ^([0-9]+|auto)$ && $memory =~ ^([0-9]+|auto)$ ]] || usage "--cpus/--memory: N or auto"
 [ -r "${GLIDEIN_TOKEN_FILE:-}" ] || usage "GLIDEIN_TOKEN_FILE must name a readable token file"
 token_file=$GLIDEIN_TOKEN_FILE; [[ $token_file == /* ]] || token_file=$PWD/$token_file
 PY=${GLIDEIN_PYTHON:-python3}
 CURL=$(command -v curl || true)
 
-[ "$parent" = auto ] && parent=${TMPDIR:-/tmp}
+# Work dir policy: auto = the batch system's scratch (HTCondor's, then $TMPDIR), else /tmp.
+case "$parent" in
+  auto) parent=${_CONDOR_SCRATCH_DIR:-${TMPDIR:-/tmp}} ;;
+  TMPDIR) parent=${TMPDIR:-/tmp} ;;
+esac
 work=$(mktemp -d "$parent/glidein_XXXXXX") || { log "cannot create a work dir in $parent"; exit $EXIT_ERROR; }
 agent_pid=''
 cleanup() { rm -rf -- "$work"; }
@@ -93,18 +107,35 @@ EOF
   fi
 }
 
+fetch_all() {  # fetch_all URL OUT [URL OUT ...]: with curl, one process and one connection
+  if [ -n "$CURL" ]; then
+    local args=()
+    while [ $# -gt 0 ]; do args+=(-o "$2" "$1"); shift 2; done
+    curl -fsS --retry 3 --retry-connrefused --connect-timeout 20 --max-time 600 -H @"$hdr" \
+         ${args[@]+"${args[@]}"}
+  else
+    while [ $# -gt 0 ]; do http GET "$1" "$2" || return 1; shift 2; done
+  fi
+}
+
 json_str() {  # a bash string as a JSON string literal
   local s=${1//\\/\\\\}; s=${s//\"/\\\"}; s=${s//$'\n'/\\n}; s=${s//$'\t'/ }
   printf '"%s"' "${s//[[:cntrl:]]/ }"
 }
-fail() {  # fail REASON CODE DETAIL: report to the factory (best effort), exit without the agent
+fail() {  # fail REASON CODE DETAIL: trail + report to the factory (best effort), exit
   log "$1: $3"
+  http POST "$factory/api/v1/glideins/$gid/log" /dev/null \
+    "{\"records\":[{\"time\":$(printf "%(%s)T" -1),\"invoker\":\"glidein_startup\",\"pid\":$$,\"severity\":\"ERROR\",\"type\":\"startup\",\"content\":$(json_str "$1: $3")}],\"final\":true}" \
+    2>/dev/null || true
   http POST "$factory/api/v1/glideins/$gid/report" /dev/null \
     "{\"exit_reason\":\"$1\",\"exit_code\":$2,\"jobs_run\":0,\"jobs_failed\":0,\"detail\":$(json_str "$3")}" \
     || log "final report not delivered"
   exit "$2"
 }
 
+free_kb=$(df -Pk "$work" 2>/dev/null | awk 'NR == 2 { print $4 }')
+[ -z "$free_kb" ] || [ "$free_kb" -ge $((min_disk * 1024)) ] \
+  || fail validation_failed $EXIT_ERROR "WN_Resource: $((free_kb / 1024)) MB free in $parent, need $min_disk"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null \
   || fail validation_failed $EXIT_ERROR "no python3 >= 3.9 ($PY) on $(hostname 2>/dev/null)"
 log "work dir $work; fetching the stage from $factory"
@@ -112,15 +143,32 @@ http GET "$factory/api/v1/stage/manifest" "$meta/manifest" \
   || fail error $EXIT_ERROR "manifest download failed"
 read -r got _ < <(sha256sum "$meta/manifest")
 [ "$got" = "${manifest_sha,,}" ] || fail corruption $EXIT_CORRUPT "manifest sha256 $got, expected $manifest_sha"
+signature=absent
+if [ -n "$manifest_key" ]; then
+  http GET "$factory/api/v1/stage/files/manifest.sig" "$meta/manifest.sig" \
+    || fail corruption $EXIT_CORRUPT "the manifest signature could not be fetched"
+  if command -v openssl >/dev/null 2>&1; then
+    printf -- '-----BEGIN PUBLIC KEY-----\n%s\n-----END PUBLIC KEY-----\n' "$manifest_key" \
+      > "$meta/manifest.pub"
+    openssl pkeyutl -verify -pubin -inkey "$meta/manifest.pub" -rawin -in "$meta/manifest" \
+      -sigfile "$meta/manifest.sig" >/dev/null 2>&1 \
+      || fail corruption $EXIT_CORRUPT "the manifest signature does not verify with the factory's key"
+    signature=verified
+  else
+    log "no openssl: the manifest signature is not checked (its sha256 is)"; signature=unchecked
+  fi
+fi
+downloads=()
 while IFS= read -r line || [ -n "$line" ]; do
   [ -z "$line" ] && continue
   [[ $line =~ ^[0-9a-fA-F]{64}\ [\ *](.+)$ ]] || fail corruption $EXIT_CORRUPT "bad manifest line: $line"
   path=${BASH_REMATCH[1]}
   [[ $path != /* && /$path/ != */../* ]] || fail corruption $EXIT_CORRUPT "unsafe path in manifest: $path"
   [[ $path == */* ]] && mkdir -p "$work/${path%/*}"
-  http GET "$factory/api/v1/stage/files/$path" "$work/$path" \
-    || fail error $EXIT_ERROR "download of $path failed"
+  downloads+=("$factory/api/v1/stage/files/$path" "$work/$path")
 done < "$meta/manifest"
+[ ${#downloads[@]} -eq 0 ] || fetch_all "${downloads[@]}" \
+  || fail error $EXIT_ERROR "download of the stage files failed"
 bad=$(cd "$work" && sha256sum -c --quiet --strict "$meta/manifest" 2>&1) \
   || fail corruption $EXIT_CORRUPT "stage file check failed: $bad"
 rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
@@ -131,10 +179,12 @@ rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
     printf '%s %s\n' "${a%%=*}" "${a#*=}"; names+=("${a%%=*}")
   done
   printf 'GLIDEIN_Attrs %s\n' "$(IFS=,; echo "${names[*]}")"
+  for a in ${settings[@]+"${settings[@]}"}; do printf '%s %s\n' "${a%%=*}" "${a#*=}"; done
   printf '%s %s\n' GLIDEIN_Factory_URL "$factory" GLIDEIN_Pool_URL "$pool" GLIDEIN_Id "$gid" \
     GLIDEIN_Entry_Name "$entry" GLIDEIN_Site "$site" GLIDEIN_Idle_Timeout "$idle" \
     GLIDEIN_Lifetime "$lifetime" GLIDEIN_Cpus "$cpus" GLIDEIN_Memory "$memory" \
-    GLIDEIN_Work_Dir "$work" GLIDEIN_Token_File "$token_file"
+    GLIDEIN_Work_Dir "$work" GLIDEIN_Token_File "$token_file" \
+    GLIDEIN_Manifest_Signature "$signature"
   [ -n "$heartbeat" ] && printf 'GLIDEIN_Heartbeat %s\n' "$heartbeat"
 } > "$work/glidein_config"
 

@@ -1,0 +1,213 @@
+"""Run a job in its own container: runtime choice, image, binds, environment.
+
+Pure functions that turn a job's command line into a container command line,
+shared by the job wrapper (``claims``) and the container validation script
+(which test-runs the same command line before the pilot advertises it).
+
+Runtimes: Apptainer/Singularity when the node has them (``exec --contain
+--cleanenv``, environment passed as ``APPTAINERENV_*``), else bubblewrap (the
+unprivileged user-namespace runtime). Images: a directory (rootfs) or, for
+Apptainer, a SIF file; the special image ``host`` is the node's own ``/usr``
+and ``/etc`` mounted read-only, which isolates the job without needing an image.
+
+Inside, the job's sandbox is ``/srv`` (as in HTCondor) and its working
+directory; ``/cvmfs`` and the configured binds are mounted when they exist on
+the node; GPU device files are passed through when the pilot has GPUs; the
+network is shared so jobs reach services (and the pool) over loopback.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+RUNTIMES = ("apptainer", "singularity", "bwrap")
+HOST_IMAGE = "host"
+SANDBOX_INSIDE = "/srv"
+USES = ("NEVER", "OPTIONAL", "REQUIRED")
+DEFAULT_BINDS = ("/cvmfs",)
+
+
+class ContainerError(Exception):
+    """The job asks for a container this pilot cannot give it."""
+
+
+@dataclass(frozen=True)
+class Bind:
+    """One bind mount: ``SRC[:DST][:ro]`` (read-write unless ``:ro``)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Bind:
+        parts = text.strip().split(":")
+        read_only = parts[-1] in ("ro", "rw") and len(parts) > 1 and parts.pop() == "ro"
+        if not parts[0].startswith("/") or len(parts) > 2:
+            raise ValueError(f"bind {text!r}: expected /SRC[:/DST][:ro]")
+        target = parts[1] if len(parts) == 2 else parts[0]
+        if not target.startswith("/"):
+            raise ValueError(f"bind {text!r}: the target must be an absolute path")
+        return cls(parts[0], target, read_only)
+
+
+@dataclass(frozen=True)
+class ContainerSetup:
+    """What validation found and the entry/group configured (see glidein_config keys)."""
+
+    runtime: str = "none"  # apptainer, singularity, bwrap or none
+    path: str = ""
+    default_image: str = HOST_IMAGE
+    use: str = "OPTIONAL"
+    binds: Tuple[Bind, ...] = ()
+    gpu_devices: Tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_values(cls, values: Dict[str, str]) -> ContainerSetup:
+        """Build from glidein_config values; ValueError names a bad key."""
+        use = (values.get("GLIDEIN_Container_Use") or "OPTIONAL").upper()
+        if use not in USES:
+            raise ValueError(f"GLIDEIN_Container_Use: expected one of {USES}, got {use!r}")
+        binds = []
+        for text in (values.get("GLIDEIN_Container_Binds") or "").split(","):
+            if text.strip():
+                binds.append(Bind.parse(text))
+        gpus = values.get("GPUs", "0")
+        devices = tuple(sorted(glob.glob("/dev/nvidia*"))) if gpus.isdigit() and int(gpus) else ()
+        return cls(
+            runtime=values.get("GLIDEIN_Container_Runtime") or "none",
+            path=values.get("GLIDEIN_Container_Path") or "",
+            default_image=values.get("GLIDEIN_Container_Default_Image") or HOST_IMAGE,
+            use=use,
+            binds=tuple(binds),
+            gpu_devices=devices,
+        )
+
+
+def find_runtime(preference: str, which: Callable[[str], Optional[str]] = shutil.which
+                 ) -> List[Tuple[str, str]]:
+    """Candidate (runtime, path) pairs in order of preference.
+
+    ``preference`` is ``GLIDEIN_Container_Runtimes``: ``auto`` (apptainer,
+    singularity, then bwrap) or a comma list of those names, in order.
+    """
+    names = [n.strip() for n in preference.split(",") if n.strip() and n.strip() != "auto"]
+    for name in names:
+        if name not in RUNTIMES:
+            raise ValueError(f"GLIDEIN_Container_Runtimes: expected auto or names among "
+                             f"{', '.join(RUNTIMES)}, got {preference!r}")
+    found = []
+    for name in names or RUNTIMES:
+        path = which(name)
+        if path:
+            found.append((name, path))
+    return found
+
+
+def choose_image(setup: ContainerSetup, job_container: object) -> Optional[str]:
+    """The image a job runs in, or None to run it without a container.
+
+    The job asks with a claim field ``container: {"image": ...}`` (an empty
+    image means the group's default); ``REQUIRED`` puts every job in the
+    default image; ``NEVER`` refuses jobs that ask.
+    """
+    asked = isinstance(job_container, dict)
+    image = str(job_container.get("image") or "") if isinstance(job_container, dict) else ""
+    if setup.use == "NEVER":
+        if asked:
+            raise ContainerError("the job asks for a container; containers are disabled here")
+        return None
+    if not asked and setup.use != "REQUIRED":
+        return None
+    if setup.runtime not in RUNTIMES or not setup.path:
+        raise ContainerError("the job needs a container but this node has no working runtime")
+    return image or setup.default_image
+
+
+def _inside(path: str, sandbox: str) -> str:
+    """A host path under the sandbox, as the job sees it inside the container."""
+    sandbox = sandbox.rstrip("/")
+    if path == sandbox:
+        return SANDBOX_INSIDE
+    if path.startswith(sandbox + "/"):
+        return SANDBOX_INSIDE + path[len(sandbox):]
+    return path
+
+
+def bwrap_argv(bwrap: str, image: str, sandbox: str, binds: Tuple[Bind, ...],
+               devices: Tuple[str, ...], argv: List[str]) -> List[str]:
+    """A bubblewrap command line; the environment is the process's own (already clean)."""
+    if image == HOST_IMAGE:
+        cmd = [bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+        for name in ("bin", "lib", "lib64", "sbin"):
+            cmd += ["--symlink", f"usr/{name}", f"/{name}"]
+    else:
+        if not os.path.isdir(image):
+            raise ContainerError(f"image {image!r} is not a directory (bubblewrap runs rootfs "
+                                 "directories)")
+        cmd = [bwrap, "--ro-bind", image, "/"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--bind", sandbox, SANDBOX_INSIDE, "--chdir", SANDBOX_INSIDE,
+            "--unshare-all", "--share-net", "--die-with-parent", "--new-session",
+            "--hostname", "glidein-job"]
+    for source in DEFAULT_BINDS:
+        cmd += ["--ro-bind-try", source, source]
+    for bind in binds:
+        cmd += ["--ro-bind-try" if bind.read_only else "--bind-try", bind.source, bind.target]
+    for device in devices:
+        cmd += ["--dev-bind-try", device, device]
+    return [*cmd, "--", _inside(argv[0], sandbox), *argv[1:]]
+
+
+def apptainer_argv(exe: str, image: str, sandbox: str, binds: Tuple[Bind, ...], gpus: bool,
+                   argv: List[str]) -> List[str]:
+    """An ``apptainer exec`` (or singularity) command line."""
+    cmd = [exe, "exec", "--contain", "--cleanenv", "--ipc", "--pid", "--no-home",
+           "--bind", f"{sandbox}:{SANDBOX_INSIDE}", "--pwd", SANDBOX_INSIDE]
+    for source in DEFAULT_BINDS:
+        if os.path.isdir(source):
+            cmd += ["--bind", f"{source}:{source}:ro"]
+    for bind in binds:
+        if os.path.exists(bind.source):
+            cmd += ["--bind", f"{bind.source}:{bind.target}" + (":ro" if bind.read_only else "")]
+    if gpus:
+        cmd.append("--nv")
+    host_root = "/" if image == HOST_IMAGE else image
+    return [*cmd, host_root, _inside(argv[0], sandbox), *argv[1:]]
+
+
+def container_env(runtime: str, env: Dict[str, str], sandbox: str) -> Dict[str, str]:
+    """The environment for the container command.
+
+    bubblewrap passes its own environment on: the job's, with sandbox paths
+    mapped inside. Apptainer's ``--cleanenv`` passes only ``APPTAINERENV_X``
+    (``SINGULARITYENV_X``) as ``X``; the runtime itself keeps PATH and the
+    node's own runtime settings (``APPTAINER_*``/``SINGULARITY_*``, such as a
+    site's cache dir or bind path), never the rest of the pilot's environment.
+    """
+    inner = {key: _inside(value, sandbox) for key, value in env.items()}
+    if runtime == "bwrap":
+        return inner
+    prefix = "SINGULARITYENV_" if runtime == "singularity" else "APPTAINERENV_"
+    outer = {key: value for key, value in os.environ.items()
+             if key.startswith(("APPTAINER_", "SINGULARITY_"))}
+    outer.update({prefix + key: value for key, value in inner.items() if key != "PATH"})
+    outer["PATH"] = os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin"
+    return outer
+
+
+def wrap(setup: ContainerSetup, image: str, sandbox: str, argv: List[str],
+         env: Dict[str, str]) -> Tuple[List[str], Dict[str, str]]:
+    """The container command line and environment for one job."""
+    if setup.runtime == "bwrap":
+        cmd = bwrap_argv(setup.path, image, sandbox, setup.binds, setup.gpu_devices, argv)
+    elif setup.runtime in ("apptainer", "singularity"):
+        cmd = apptainer_argv(setup.path, image, sandbox, setup.binds, bool(setup.gpu_devices),
+                             argv)
+    else:
+        raise ContainerError(f"no container runtime ({setup.runtime!r})")
+    return cmd, container_env(setup.runtime, env, sandbox)

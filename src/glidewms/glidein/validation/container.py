@@ -1,0 +1,78 @@
+"""Validation: find a container runtime that works and advertise it.
+
+``GLIDEIN_Container_Runtimes``: ``auto`` (default: apptainer, singularity,
+then bubblewrap) or a comma list of them, in order. Each candidate gets a test run of ``/bin/sh -c
+'echo ok'`` in ``GLIDEIN_Container_Default_Image`` (default ``host``) with the
+very command line jobs get (``agent/container.py``); the first that works is
+published: ``GLIDEIN_Container_Runtime``/``_Path`` for the agent and the slot
+attributes ``HAS_CONTAINER``, ``HAS_SINGULARITY`` (Apptainer/Singularity only)
+and ``GLIDEIN_Container_Runtime``. No working runtime is a WN_Resource failure
+only when ``GLIDEIN_Container_Use`` is ``REQUIRED``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.dirname(HERE))  # the work dir holds the agent package
+
+from agent import container  # noqa: E402
+from gconfig import Failure, Script, main  # noqa: E402
+
+
+def test_run(setup: container.ContainerSetup, work: str) -> str:
+    """'' if the runtime runs a shell in the default image, else why not."""
+    sandbox = tempfile.mkdtemp(prefix="container_test_", dir=work)
+    try:
+        argv, env = container.wrap(setup, setup.default_image, sandbox,
+                                   ["/bin/sh", "-c", "echo ok > probe; echo ok"],
+                                   {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": sandbox})
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+        if out.returncode != 0 or out.stdout.strip() != "ok":
+            return f"exit {out.returncode}: {out.stderr.strip()[-300:]}"
+        if not os.path.exists(os.path.join(sandbox, "probe")):
+            return "the sandbox is not writable from inside"
+        return ""
+    except (OSError, subprocess.TimeoutExpired, container.ContainerError) as exc:
+        return str(exc)
+    finally:
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+
+def check(script: Script) -> str:
+    work = script.get("GLIDEIN_Work_Dir", os.path.dirname(os.path.abspath(script.config_path)))
+    try:
+        base = container.ContainerSetup.from_values(script.values)
+        candidates = container.find_runtime(script.get("GLIDEIN_Container_Runtimes", "auto"))
+    except ValueError as exc:
+        raise Failure("Config", str(exc)) from None
+    problems = []
+    for runtime, path in candidates:
+        setup = container.ContainerSetup(runtime, path, base.default_image, base.use,
+                                         base.binds, base.gpu_devices)
+        problem = test_run(setup, work)
+        if not problem:
+            script.add("GLIDEIN_Container_Runtime", runtime, slot=True)
+            script.add("GLIDEIN_Container_Path", path)
+            script.add("HAS_CONTAINER", True, slot=True)
+            script.add("HAS_SINGULARITY", runtime != "bwrap", slot=True)
+            return f"{runtime} ({path}) runs image {base.default_image}"
+        problems.append(f"{runtime}: {problem}")
+    script.add("GLIDEIN_Container_Runtime", "none", slot=True)
+    script.add("HAS_CONTAINER", False, slot=True)
+    script.add("HAS_SINGULARITY", False, slot=True)
+    detail = "; ".join(problems) or "no apptainer, singularity or bwrap on PATH"
+    if base.use == "REQUIRED":
+        raise Failure("WN_Resource", f"no working container runtime: {detail}")
+    return f"no container runtime: {detail}"
+
+
+if __name__ == "__main__":
+    main(check)
