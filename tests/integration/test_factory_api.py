@@ -182,7 +182,8 @@ def test_put_request_is_stored_and_idempotent(env: Env) -> None:
         stored = listed[0]
         assert (stored["frontend"], stored["group"], stored["pool_url"]) == ("fe1", "main",
                                                                              POOL_URL)
-        assert stored["entries"]["local"] == {"idle": 0, "max_running": 0, "remove": False}
+        assert stored["entries"]["local"] == {"idle": 0, "max_running": 0, "remove": "NO",
+                                             "remove_margin": 0}
         assert stored["errors"] == {"nowhere": "unknown entry 'nowhere'"}
         assert body["pilot_token"] not in first.text + second.text + str(listed)
         token_file = config.state_dir / "credentials" / "fe1" / "main.token"
@@ -288,9 +289,11 @@ def test_local_pilots_follow_the_plan_and_report(env: Env) -> None:
         summary = client.get("/api/v1/glideins", params={"summary": "true"}, headers=fe1)
         assert summary.json() == {"summary": {"local": {"running": 3}}}
         [ad] = client.get("/api/v1/entries", headers=fe1).json()
-        assert ad["counts"] == {"queued": 0, "running": 3, "removing": 0} and ad["free"] == 0
+        assert ad["counts"] == {"queued": 0, "held": 0, "running": 3, "removing": 0}
+        assert ad["free"] == 0 and ad["in_downtime"] is False
         assert ad["attributes"] == {"HAS_X": True, "Speed": 2}
-        assert ad["limits"] == {"max_pilots": 3, "max_idle": 10, "max_per_cycle": 2}
+        assert ad["limits"] == {"max_pilots": 3, "max_idle": 10, "max_held": 5,
+                                "max_per_cycle": 2}
 
         # Want nothing more, let the pilots end: they are tracked to finished.
         body = env.request_body({"local": {"idle": 0, "max_running": 0}})
@@ -400,7 +403,7 @@ def test_queued_pilots_removed_only_when_asked(env: Env) -> None:
     with TestClient(app) as client:
         fe1 = env.auth("fe1", "frontend")
 
-        def put(idle: int, max_running: int, remove: bool) -> None:
+        def put(idle: int, max_running: int, remove: bool | str) -> None:
             wanted = {"local": {"idle": idle, "max_running": max_running, "remove": remove}}
             response = client.put("/api/v1/requests/main", json=env.request_body(wanted),
                                   headers=fe1)  # fmt: skip

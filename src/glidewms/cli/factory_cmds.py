@@ -1,9 +1,221 @@
-"""Extra `glidewms` commands of the factory (operators' and users' tools)."""
+"""Operators' commands of the factory: downtimes, pilot logs and their search.
+
+They talk to a running factory over its API. Where and with which token come
+from, in order: `--factory`/`--token-file`, the environment
+(`GLIDEWMS_FACTORY_URL`, `GLIDEWMS_FACTORY_TOKEN_FILE`), and what `glidewms up`
+left in `glidewms-state/` (`run/factory.url`, `tokens/admin.token`). The token
+is read from a file, never taken from the command line.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import httpx
 import typer
+from rich.console import Console
+from rich.table import Table
+
+err = Console(stderr=True)
+out = Console()
+
+FactoryOpt = Annotated[Optional[str], typer.Option("--factory", help="factory URL")]  # noqa: UP045
+TokenOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--token-file", help="file holding an admin (or frontend) token"),
+]
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+class FactoryClient:
+    def __init__(self, url: str | None, token_file: Path | None) -> None:
+        state = Path(os.environ.get("GLIDEWMS_STATE", "glidewms-state"))
+        url = url or os.environ.get("GLIDEWMS_FACTORY_URL")
+        if url is None and (state / "run" / "factory.url").is_file():
+            url = (state / "run" / "factory.url").read_text().strip()
+        env_token = os.environ.get("GLIDEWMS_FACTORY_TOKEN_FILE")
+        token_path = token_file or (Path(env_token) if env_token else None)
+        token_path = token_path or state / "tokens" / "admin.token"
+        if not url:
+            raise _fail("no factory URL: pass --factory or set GLIDEWMS_FACTORY_URL")
+        try:
+            token = token_path.read_text().strip()
+        except OSError as exc:
+            raise _fail(f"cannot read the token file {token_path}: {exc.strerror}") from None
+        self.http = httpx.Client(base_url=url.rstrip("/") + "/api/v1", timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _fail(f"cannot reach the factory: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise _fail(f"factory said {response.status_code}: {detail}")
+        return response.json()
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds, an ISO 8601 time (UTC unless it says), or `-2h` (ago) / `+1d` (from now)."""
+    text = text.strip()
+    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    if text and text[0] in "+-" and DURATION.match(text[1:]):
+        seconds = parse_duration(text[1:])
+        return now + seconds if text[0] == "+" else now - seconds
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected epoch seconds, an ISO time (2026-01-31T08:00) or -2h/+1d, got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
+def parse_duration(text: str) -> float:
+    match = DURATION.match(text.strip())
+    if not match:
+        raise typer.BadParameter(f"expected a duration such as 90, 30m, 2h or 1d, got {text!r}")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def show_time(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def register(app: typer.Typer, service: typer.Typer) -> None:
     """Add top-level commands to `app` and subcommands to `glidewms factory` (`service`)."""
+    downtime = typer.Typer(help="Downtimes: no new pilots at an entry (or for a frontend).")
+    service.add_typer(downtime, name="downtime")
+
+    @downtime.command("add")
+    def downtime_add(
+        reason: Annotated[str, typer.Option(help="why (shown to frontends and in entry ads)")],
+        entry: Annotated[str, typer.Option(help="entry name, or * for all")] = "*",
+        frontend: Annotated[str, typer.Option(help="frontend name, or * for all")] = "*",
+        start: Annotated[Optional[str], typer.Option(help="when it starts; default now")]  # noqa: UP045
+        = None,
+        end: Annotated[Optional[str], typer.Option(help="when it ends (time)")] = None,  # noqa: UP045
+        duration: Annotated[Optional[str], typer.Option(help="or how long: 2h, 1d")] = None,  # noqa: UP045
+        factory: FactoryOpt = None,
+        token_file: TokenOpt = None,
+    ) -> None:
+        """Stop new pilots from being submitted (running ones are left alone)."""
+        begin = parse_time(start) if start else None
+        finish = parse_time(end) if end else None
+        if duration is not None:
+            if finish is not None:
+                raise _fail("give --end or --duration, not both")
+            base = begin if begin is not None else dt.datetime.now(dt.timezone.utc).timestamp()
+            finish = base + parse_duration(duration)
+        body = {"entry": entry, "frontend": frontend, "start": begin, "end": finish,
+                "reason": reason}  # fmt: skip
+        added = FactoryClient(factory, token_file).call("POST", "/downtimes", json=body)
+        typer.echo(f"downtime {added['id']} added: entry {entry}, frontend {frontend}, "
+                   f"{show_time(added['start'])} to {show_time(added['end'])}")  # fmt: skip
+
+    @downtime.command("list")
+    def downtime_list(
+        past: Annotated[bool, typer.Option(help="also the ones that ended")] = False,
+        factory: FactoryOpt = None,
+        token_file: TokenOpt = None,
+    ) -> None:
+        """Downtimes in force or to come."""
+        found = FactoryClient(factory, token_file).call("GET", "/downtimes",
+                                                        params={"past": past})  # fmt: skip
+        table = Table("id", "entry", "frontend", "start", "end", "reason", "by")
+        for d in found:
+            table.add_row(str(d["id"]), d["entry"], d["frontend"], show_time(d["start"]),
+                          show_time(d["end"]), d["reason"], d["created_by"])  # fmt: skip
+        out.print(table)
+
+    @downtime.command("rm")
+    def downtime_rm(
+        downtime_id: Annotated[int, typer.Argument(help="the id shown by `downtime list`")],
+        factory: FactoryOpt = None,
+        token_file: TokenOpt = None,
+    ) -> None:
+        """End a downtime now (remove it)."""
+        FactoryClient(factory, token_file).call("DELETE", f"/downtimes/{downtime_id}")
+        typer.echo(f"downtime {downtime_id} removed")
+
+    @service.command("logs")
+    def logs(
+        glidein_id: Annotated[str, typer.Argument(help="the pilot's glidein id")],
+        trail: Annotated[bool, typer.Option(help="show the JSON trail records")] = True,
+        as_json: Annotated[bool, typer.Option("--json", help="everything as JSON")] = False,
+        factory: FactoryOpt = None,
+        token_file: TokenOpt = None,
+    ) -> None:
+        """A pilot's state, exit reason, stdout, stderr and trail."""
+        got = FactoryClient(factory, token_file).call("GET", f"/glideins/{glidein_id}/logs")
+        if as_json:
+            typer.echo(json.dumps(got, indent=2))
+            return
+        submitted = show_time(got["submitted_at"])
+        typer.echo(f"glidein {got['glidein_id']}: entry {got['entry']}, frontend "
+                   f"{got['frontend']}/{got['group']}, {got['state']}, exit reason "
+                   f"{got['exit_reason'] or '-'}, submitted {submitted}")  # fmt: skip
+        for name in ("stdout", "stderr"):
+            typer.echo(f"----- {name} -----")
+            typer.echo(got[name].rstrip("\n") or "(empty)")
+        if trail:
+            typer.echo("----- trail -----")
+            for record in got["trail"]:
+                if record.get("final"):
+                    typer.echo(f"{show_time(record.get('received'))} (final flush)")
+                    continue
+                typer.echo(f"{show_time(record.get('time'))} {record.get('severity', '?'):8} "
+                           f"{record.get('type', '?')}: {record.get('content', '')}")  # fmt: skip
+
+    @service.command("search")
+    def search(
+        entry: Annotated[Optional[str], typer.Option(help="entry name")] = None,  # noqa: UP045
+        exit_reason: Annotated[Optional[str], typer.Option(help="e.g. idle_timeout")] = None,  # noqa: UP045
+        since: Annotated[Optional[str], typer.Option(help="submitted at or after (time, -2h)")]  # noqa: UP045
+        = None,
+        until: Annotated[Optional[str], typer.Option(help="submitted at or before")] = None,  # noqa: UP045
+        state: Annotated[Optional[str], typer.Option(help="queued, running, finished...")]  # noqa: UP045
+        = None,
+        limit: Annotated[int, typer.Option(min=1)] = 100,
+        factory: FactoryOpt = None,
+        token_file: TokenOpt = None,
+    ) -> None:
+        """Find pilots by entry, submission time and exit reason (newest first)."""
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (("entry", entry), ("exit_reason", exit_reason), ("state", state)):
+            if value is not None:
+                params[key] = value
+        if since is not None:
+            params["since"] = parse_time(since)
+        if until is not None:
+            params["until"] = parse_time(until)
+        found = FactoryClient(factory, token_file).call("GET", "/glideins", params=params)
+        table = Table("glidein", "entry", "frontend", "state", "exit reason", "submitted")
+        for g in found:
+            table.add_row(g["glidein_id"], g["entry"], f"{g['frontend']}/{g['group']}",
+                          g["state"], g["exit_reason"] or "-",
+                          show_time(g["submitted_at"]))  # fmt: skip
+        out.print(table)

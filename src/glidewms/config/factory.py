@@ -16,7 +16,15 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from glidewms.config.loader import (
     ConfigError,
@@ -54,6 +62,64 @@ AttributeValue = str | int | float | bool
 ResourceAmount = int | Literal["auto"]
 
 
+# Environment variable names handed to batch commands and to pilots.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+BackendKind = Literal["local", "slurm", "sge", "pbs", "lsf", "ssh"]
+
+
+def _check_environment(value: dict[str, str]) -> dict[str, str]:
+    for key, item in value.items():
+        if not ENV_NAME.match(key):
+            raise ValueError(f"environment variable name {key!r} is not a shell identifier")
+        if "\n" in item or "\0" in item:
+            raise ValueError(f"environment variable {key!r}: value must be a single line")
+    return value
+
+
+class BatchConfig(BaseModel):
+    """How to reach a batch system's queue (Slurm, Grid Engine, PBS, LSF).
+
+    `options` are extra submit options in the batch system's own syntax
+    (`--qos=normal`, `-l h_vmem=2G`), placed in the job script's directives.
+    `env` is the environment of the batch *commands* (e.g. `SLURM_CONF`,
+    `SGE_ROOT`), not of the pilots (that is the entry's `environment`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue: str | None = Field(default=None, description="partition (Slurm) or queue name")
+    account: str | None = Field(default=None, description="account to charge (Slurm -A, LSF -P)")
+    project: str | None = Field(default=None, description="project (Grid Engine -P, PBS -P)")
+    options: list[str] = Field(default_factory=list, description="extra submit options")
+    env: dict[str, str] = Field(default_factory=dict, description="environment of batch commands")
+    log_dir: str | None = Field(
+        default=None, description="where pilots' stdout/stderr go; default under state_dir"
+    )
+    array_size: int = Field(default=500, ge=1, le=10000, description="most pilots per job array")
+    command_timeout: float = Field(default=60.0, gt=0, description="seconds per batch command")
+
+    @field_validator("queue", "account", "project")
+    @classmethod
+    def _word(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9_.@:+-]{1,128}$", value):
+            raise ValueError("expected a single word (letters, digits, '_.@:+-')")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: list[str]) -> list[str]:
+        for option in value:
+            if "\n" in option or "\r" in option:
+                raise ValueError(f"option {option!r} must be a single line")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_environment(value)
+
+
 def _positive_or_auto(value: object) -> object:
     """Accept a positive integer (or its string form) or the word `auto`."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -67,6 +133,25 @@ def _positive_or_auto(value: object) -> object:
     raise ValueError("expected a positive integer or 'auto'")
 
 
+class SshConfig(BaseModel):
+    """A remote login node reached over SSH (BOSCO style) and the batch system there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1, description="login node host name or address")
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1, description="account on the login node")
+    key_file: Path = Field(description="private key of this entry (0600)")
+    known_hosts: Path | None = Field(
+        default=None, description="known_hosts file; default ~/.ssh/known_hosts"
+    )
+    batch_system: Literal["slurm", "sge", "pbs", "lsf"] = Field(default="slurm")
+    remote_dir: str = Field(
+        default=".glidewms", description="pilot files and logs, relative to the remote home"
+    )
+    max_connections: int = Field(default=2, ge=1, le=64, description="connections at once")
+
+
 class EntryConfig(BaseModel):
     """One entry: where pilots start, with what resources, under which limits."""
 
@@ -74,8 +159,17 @@ class EntryConfig(BaseModel):
 
     name: str = Field(description="unique entry name: a letter, then letters, digits, _ or -")
     site: str = Field(min_length=1, max_length=128, description="site name given to pilots")
-    backend: Literal["local"] = Field(
-        default="local", description="how pilots are started (one module per backend)"
+    backend: BackendKind = Field(
+        default="local", description="how pilots are started: local, slurm, sge, pbs, lsf, ssh"
+    )
+    batch: BatchConfig = Field(
+        default_factory=BatchConfig, description="queue, account and options of a batch system"
+    )
+    ssh: SshConfig | None = Field(
+        default=None, description="for backend ssh: the remote login node and its batch system"
+    )
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="environment given to pilots at this site"
     )
     cpus: ResourceAmount = Field(default=1, description="cores per pilot, or auto")
     memory: ResourceAmount = Field(default=2048, description="MB per pilot, or auto")
@@ -89,6 +183,9 @@ class EntryConfig(BaseModel):
     )
     max_pilots: int = Field(default=50, ge=0, description="pilots alive at once, all frontends")
     max_idle: int = Field(default=10, ge=0, description="pilots queued at once, all frontends")
+    max_held: int = Field(
+        default=5, ge=0, description="no submission while this many pilots are held here"
+    )
     max_per_cycle: int = Field(default=10, ge=0, description="submissions per factory cycle")
     allowed_frontends: list[str] | None = Field(
         default=None, description="frontend names allowed to request pilots here; null = any"
@@ -155,6 +252,17 @@ class EntryConfig(BaseModel):
             raise ValueError("expected 'auto', an absolute path or a path starting with $VAR")
         return value
 
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_environment(value)
+
+    @model_validator(mode="after")
+    def _ssh_needs_contact(self) -> EntryConfig:
+        if self.backend == "ssh" and self.ssh is None:
+            raise ValueError("backend ssh needs an `ssh:` section (host, user, key_file...)")
+        return self
+
     def allows(self, frontend: str) -> bool:
         """Whether `frontend` may request pilots at this entry."""
         return self.allowed_frontends is None or frontend in self.allowed_frontends
@@ -185,6 +293,9 @@ class FactoryConfig(BaseModel):
     )
     cycle_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="seconds between convergence passes"
+    )
+    log_retention_days: float = Field(
+        default=30.0, gt=0, description="days pilot logs stay in <state_dir>/archive"
     )
     entries: list[EntryConfig] = Field(
         default_factory=default_entries, description="default: one local entry"

@@ -13,24 +13,32 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from glidewms import __version__
 from glidewms.config.factory import EntryConfig, FactoryConfig
 from glidewms.config.loader import ConfigError
 from glidewms.db import make_engine
 from glidewms.factory.backends import BackendContext, create_backend
-from glidewms.factory.service import EntryRequest, Factory, Tally
+from glidewms.factory.policy import EntryRequest, active_downtime
+from glidewms.factory.service import Factory, Tally
 from glidewms.factory.stage import bootstrap_path, build_stage
-from glidewms.factory.store import ACTIVE_STATES, FactoryStore, GlideinState, StoredRequest
+from glidewms.factory.store import (
+    ACTIVE_STATES,
+    FactoryStore,
+    Glidein,
+    GlideinState,
+    StoredRequest,
+)
 from glidewms.security.http import require
 from glidewms.security.tokens import Identity, TokenError, TokenVerifier, write_secret
 
@@ -39,9 +47,53 @@ log = logging.getLogger(__name__)
 # Frontend and group names become directory and file names under credentials/.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_REPORT_BYTES = 256 * 1024
+MAX_LOG_BYTES = 1024 * 1024  # per POST of log records (contract 2)
 
 Frontend = Annotated[Identity, Depends(require("frontend"))]
 Pilot = Annotated[Identity, Depends(require("pilot"))]
+Admin = Annotated[Identity, Depends(require("admin"))]
+
+
+class Attachment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    base64: str
+
+
+class LogRecord(BaseModel):
+    """One line of a pilot's trail (what happened, when, from which process)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time: float
+    invoker: str = Field(max_length=255)
+    pid: int
+    severity: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    type: str = Field(min_length=1, max_length=64)
+    content: str
+    attachments: list[Attachment] = Field(default_factory=list)
+
+
+class LogPost(BaseModel):
+    """POST /api/v1/glideins/{id}/log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[LogRecord]
+    final: bool = False
+
+
+class DowntimeBody(BaseModel):
+    """POST /api/v1/downtimes: no new pilots at `entry` for `frontend` in [start, end)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entry: str = Field(default="*", description="an entry name, or * for every entry")
+    frontend: str = Field(default="*", description="a frontend name, or * for every frontend")
+    start: float | None = Field(default=None, description="epoch seconds; default now")
+    end: float | None = Field(default=None, description="epoch seconds; default until removed")
+    reason: str = Field(min_length=1, max_length=1024)
 
 
 class RequestBody(BaseModel):
@@ -103,8 +155,13 @@ def _check_pilot_token(verifier: TokenVerifier, token: str, frontend: str, group
     return float(identity.claims["exp"])
 
 
-def entry_ad(entry: EntryConfig, counts: dict[str, int], error: str | None) -> dict[str, Any]:
-    """What a frontend needs to match demand to an entry."""
+def entry_ad(entry: EntryConfig, counts: dict[str, int], error: str | None,
+             downtime: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """What a frontend needs to match demand to an entry.
+
+    `downtime` is the downtime in force for the asking frontend (or None): a
+    frontend should not count on new pilots there until its `end`.
+    """
     active = {s.value: counts.get(s.value, 0) for s in ACTIVE_STATES}
     return {
         "name": entry.name,
@@ -120,11 +177,16 @@ def entry_ad(entry: EntryConfig, counts: dict[str, int], error: str | None) -> d
         "limits": {
             "max_pilots": entry.max_pilots,
             "max_idle": entry.max_idle,
+            "max_held": entry.max_held,
             "max_per_cycle": entry.max_per_cycle,
         },
         "counts": active,
         "free": max(0, entry.max_pilots - sum(active.values())),
         "last_error": error,
+        "in_downtime": downtime is not None,
+        "downtime": None if downtime is None else {
+            k: downtime[k] for k in ("id", "start", "end", "reason")
+        },
     }
 
 
@@ -172,6 +234,7 @@ def create_app(
         state_dir=config.state_dir,
         bootstrap=(bootstrap or bootstrap_path()).resolve(),
         kill_grace=kill_grace,
+        entries={e.name: e for e in config.entries},
     )
     kinds = {e.backend for e in config.entries}
     backends = {kind: create_backend(kind, context) for kind in sorted(kinds)}
@@ -202,11 +265,14 @@ def create_app(
     async def entries(identity: Frontend) -> list[dict[str, Any]]:
         """Entry ads this frontend may request pilots at (all of them for admin)."""
         tally = Tally(await asyncio.to_thread(store.active))
+        downtimes = await asyncio.to_thread(store.downtimes)
+        now = time.time()
         return [
-            entry_ad(e, tally.entry_counts(e.name), factory.entry_errors.get(e.name))
+            entry_ad(e, tally.entry_counts(e.name), factory.entry_errors.get(e.name),
+                     active_downtime(downtimes, e.name, identity.subject, now))
             for e in config.entries
             if identity.is_admin or e.allows(identity.subject)
-        ]
+        ]  # fmt: skip
 
     @app.put("/api/v1/requests/{group}")
     async def put_request(
@@ -218,7 +284,7 @@ def create_app(
         _check_name("group", group, 422)
         expires = _check_pilot_token(verifier, body.pilot_token, frontend, group)
         _write_token(factory.token_file(frontend, group), body.pilot_token)
-        wanted = {name: req.model_dump() for name, req in body.entries.items()}
+        wanted = {name: req.model_dump(mode="json") for name, req in body.entries.items()}
         await asyncio.to_thread(store.put_request, frontend, group, body.pool_url, wanted, expires)
         factory.wake()
         stored = next(
@@ -239,14 +305,21 @@ def create_app(
         entry: str | None = None,
         state: GlideinState | None = None,
         limit: Annotated[int, Query(ge=1, le=100000)] = 1000,
+        exit_reason: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Any:
-        """This frontend's pilots (admin: all), newest first; or counts per entry and state."""
+        """This frontend's pilots (admin: all), newest first; or counts per entry and state.
+
+        The log search: `entry`, `exit_reason` and submission time `since`/`until`.
+        """
         who = None if identity.is_admin else identity.subject
         if summary:
             return {"summary": await asyncio.to_thread(store.summary, who, group)}
         rows = await asyncio.to_thread(
-            store.glideins, who, group, entry, state.value if state else None, limit
-        )
+            lambda: store.glideins(who, group, entry, state.value if state else None, limit,
+                                   exit_reason=exit_reason, since=since, until=until)
+        )  # fmt: skip
         return [g.public() for g in rows]
 
     @app.post("/api/v1/glideins/{glidein_id}/report")
@@ -266,6 +339,83 @@ def create_app(
         updated = await asyncio.to_thread(store.get, glidein_id)
         assert updated is not None
         return updated.public()
+
+    def owned(identity: Identity, glidein: Glidein | None, glidein_id: str,
+              claim: str) -> Glidein:  # fmt: skip
+        """The glidein if the caller may see it (admin, or its frontend); 404/403 else."""
+        if glidein is None:
+            raise HTTPException(404, f"no glidein {glidein_id!r}")
+        who = identity.claims.get(claim) if claim else identity.subject
+        if not identity.is_admin and who != glidein.frontend:
+            raise HTTPException(403, "this glidein belongs to another frontend")
+        return glidein
+
+    @app.post("/api/v1/glideins/{glidein_id}/log")
+    async def post_log(glidein_id: str, request: Request, identity: Pilot) -> dict[str, Any]:
+        """Append the pilot's log records to its trail in the archive (contract 2)."""
+        glidein = owned(identity, await asyncio.to_thread(store.get, glidein_id), glidein_id,
+                        "fe")  # fmt: skip
+        raw = await request.body()
+        if len(raw) > MAX_LOG_BYTES:
+            raise HTTPException(413, f"log post larger than {MAX_LOG_BYTES} bytes; send less")
+        try:
+            body = LogPost.model_validate_json(raw)
+        except ValidationError as exc:
+            raise HTTPException(422, exc.errors(include_url=False, include_input=False)) from None
+        stored = await asyncio.to_thread(
+            factory.archive.append_trail, glidein.entry, glidein.frontend, glidein_id,
+            [r.model_dump() for r in body.records], body.final,
+        )  # fmt: skip
+        return {"glidein_id": glidein_id, "stored": stored}
+
+    @app.get("/api/v1/glideins/{glidein_id}/logs")
+    async def get_logs(glidein_id: str, identity: Frontend) -> dict[str, Any]:
+        """A pilot's stdout, stderr and trail: archived, or live from its backend."""
+        glidein = owned(identity, await asyncio.to_thread(store.get, glidein_id), glidein_id,
+                        "")  # fmt: skip
+        logs = await asyncio.to_thread(
+            factory.archive.read, glidein.entry, glidein.frontend, glidein_id
+        )
+        backend = factory.backends.get(glidein.backend)
+        if not logs["archived"] and backend is not None and glidein.backend_id:
+            try:
+                live = await backend.logs(glidein.backend_id)
+                logs.update(stdout=live.stdout, stderr=live.stderr)
+            except Exception as exc:
+                logs["stderr"] = f"(the backend could not give the logs: {exc})"
+        return {**glidein.public(), **logs}
+
+    @app.get("/api/v1/downtimes")
+    async def list_downtimes(identity: Frontend, past: bool = False) -> list[dict[str, Any]]:
+        """Downtimes in force or to come (`past=true`: ended ones too); a frontend sees
+        the ones that apply to it."""
+        found = await asyncio.to_thread(store.downtimes, past)
+        if identity.is_admin:
+            return found
+        return [d for d in found if d["frontend"] in ("*", identity.subject)]
+
+    @app.post("/api/v1/downtimes", status_code=201)
+    async def add_downtime(body: DowntimeBody, identity: Admin) -> dict[str, Any]:
+        if body.entry != "*" and config.entry(body.entry) is None:
+            raise HTTPException(422, f"entry: no entry named {body.entry!r}")
+        if body.frontend != "*":
+            _check_name("frontend", body.frontend, 422)
+        start = time.time() if body.start is None else body.start
+        if body.end is not None and body.end <= start:
+            raise HTTPException(422, "end: must be after start")
+        added = await asyncio.to_thread(store.add_downtime, body.entry, body.frontend, start,
+                                        body.end, body.reason, identity.subject)  # fmt: skip
+        log.info("downtime %s added by %s: entry %s, frontend %s: %s", added["id"],
+                 identity.subject, body.entry, body.frontend, body.reason)  # fmt: skip
+        factory.wake()
+        return added
+
+    @app.delete("/api/v1/downtimes/{downtime_id}")
+    async def remove_downtime(downtime_id: int, identity: Admin) -> dict[str, Any]:
+        if not await asyncio.to_thread(store.remove_downtime, downtime_id):
+            raise HTTPException(404, f"no downtime {downtime_id}")
+        factory.wake()
+        return {"removed": downtime_id}
 
     @app.get("/api/v1/stage/manifest", response_class=PlainTextResponse)
     async def manifest(identity: Pilot) -> PlainTextResponse:

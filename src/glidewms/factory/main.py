@@ -6,13 +6,27 @@ import logging
 from pathlib import Path
 
 from glidewms.config.factory import FactoryConfig, load_factory_config
+from glidewms.config.loader import ConfigError
 from glidewms.factory.api import create_app
+from glidewms.factory.backends import BACKENDS
 from glidewms.service import serve
 
 
 def load(config_path: Path | None) -> FactoryConfig:
     """Load and validate the configuration without starting anything (check-config)."""
-    return load_factory_config(config_path)
+    config = load_factory_config(config_path)
+    check_backends(config, str(config_path or "(defaults)"))
+    return config
+
+
+def check_backends(config: FactoryConfig, source: str) -> None:
+    """Every entry's backend must be one this factory implements."""
+    for i, entry in enumerate(config.entries):
+        if entry.backend not in BACKENDS:
+            raise ConfigError(
+                f"{source}: entries[{i}].backend: {entry.backend!r} is not implemented yet "
+                f"(implemented: {', '.join(sorted(BACKENDS))})"
+            )
 
 
 def run(config_path: Path | None) -> None:
@@ -20,7 +34,7 @@ def run(config_path: Path | None) -> None:
 
     ConfigError propagates with a message naming the file and key.
     """
-    config = load_factory_config(config_path)
+    config = load(config_path)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"

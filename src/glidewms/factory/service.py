@@ -21,91 +21,44 @@ import secrets
 import time
 from collections import Counter
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory.archive import LogArchive
 from glidewms.factory.backends import Backend, BackendError, PilotState, PilotSubmission
+from glidewms.factory.policy import (
+    Counts,
+    EntryRequest,
+    RemoveMode,
+    RemovePlan,
+    SubmitPlan,
+    active_downtime,
+    choose_victims,
+    plan,
+)
 from glidewms.factory.stage import Stage
 from glidewms.factory.store import FactoryStore, Glidein, GlideinState, StoredRequest
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "Counts",
+    "EntryRequest",
+    "Factory",
+    "RemoveMode",
+    "RemovePlan",
+    "SubmitPlan",
+    "Tally",
+    "attribute_text",
+    "next_state",
+    "plan",
+]
+
 TOKEN_MARGIN_SECONDS = 60.0  # do not start pilots with a token about to expire
 MAX_BACKOFF_SECONDS = 600.0
-
-
-class EntryRequest(BaseModel):
-    """What one frontend group wants at one entry."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    idle: int = Field(ge=0, description="pilots to keep queued at the site")
-    max_running: int = Field(ge=0, description="most pilots of this group alive at the entry")
-    remove: bool = Field(
-        default=False, description="allow removing queued pilots beyond idle/max_running"
-    )
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Pilots alive now: the request's own at this entry, and the entry's total."""
-
-    queued: int = 0
-    running: int = 0
-    removing: int = 0
-    entry_queued: int = 0
-    entry_active: int = 0
-
-    @property
-    def active(self) -> int:
-        return self.queued + self.running + self.removing
-
-
-@dataclass(frozen=True)
-class SubmitPlan:
-    """Submit `count` pilots; `limited_by` names the clamp that decided it."""
-
-    count: int
-    limited_by: str
-
-
-@dataclass(frozen=True)
-class RemovePlan:
-    """Remove `count` of the request's queued pilots (never running ones)."""
-
-    count: int
-    reason: str
-
-
-def plan(entry: EntryConfig, request: EntryRequest, counts: Counts) -> SubmitPlan | RemovePlan:
-    """How many pilots to submit to, or queued ones to remove from, `entry` now.
-
-    Submit the least of: idle wanted minus queued; the group's max_running minus
-    its pilots alive; the entry's max_pilots minus all its pilots alive; the
-    entry's max_idle minus all its queued pilots; max_per_cycle. Never negative.
-    Removal happens only when the request allows it, only of queued pilots, and
-    only of those beyond what is wanted: queued above `idle`, or alive above
-    `max_running`. A running pilot is left to finish (it exits when idle).
-    """
-    excess = max(counts.queued - request.idle, counts.active - request.max_running)
-    excess = min(excess, counts.queued)
-    if excess > 0 and request.remove:
-        reason = "queued above idle" if counts.queued > request.idle else "above max_running"
-        return RemovePlan(excess, reason)
-    if not entry.enabled:
-        return SubmitPlan(0, "entry disabled")
-    bounds = {
-        "idle": request.idle - counts.queued,
-        "max_running": request.max_running - counts.active,
-        "entry max_pilots": entry.max_pilots - counts.entry_active,
-        "entry max_idle": entry.max_idle - counts.entry_queued,
-        "entry max_per_cycle": entry.max_per_cycle,
-    }
-    limited_by, count = min(bounds.items(), key=lambda item: item[1])
-    return SubmitPlan(max(0, count), limited_by)
+PURGE_EVERY_SECONDS = 3600.0
+ARCHIVE_PER_CYCLE = 200
 
 
 def next_state(current: GlideinState, seen: PilotState) -> GlideinState:
@@ -143,8 +96,10 @@ class Tally:
             queued=self._n[(entry, frontend, group, GlideinState.queued)],
             running=self._n[(entry, frontend, group, GlideinState.running)],
             removing=self._n[(entry, frontend, group, GlideinState.removing)],
+            held=self._n[(entry, frontend, group, GlideinState.held)],
             entry_queued=whole.get(GlideinState.queued.value, 0),
             entry_active=sum(whole.values()),
+            entry_held=whole.get(GlideinState.held.value, 0),
         )
 
 
@@ -172,6 +127,11 @@ class Factory:
         self._seq = itertools.count(1)
         self._backoff: dict[str, tuple[int, float]] = {}
         self._logged: dict[tuple[str, str, str], str] = {}
+        self.archive = LogArchive(config.state_dir / "archive",
+                                  config.log_retention_days * 86400)  # fmt: skip
+        self._purged_at = 0.0
+        self.downtimes: list[dict[str, Any]] = []  # as of the last cycle
+        self._active: dict[tuple[str, str, str], list[Glidein]] = {}  # this cycle's, by request
 
     # -- requests as the loop sees them ------------------------------------------
 
@@ -242,6 +202,30 @@ class Factory:
     async def cycle(self) -> None:
         await self.refresh()
         await self.converge()
+        await self.archive_logs()
+
+    async def archive_logs(self) -> None:
+        """Fetch the logs of pilots that ended into the archive; purge old ones hourly."""
+        done = await asyncio.to_thread(self.store.to_archive, ARCHIVE_PER_CYCLE)
+        archived: list[str] = []
+        for g in done:
+            backend = self.backends.get(g.backend)
+            if backend is None or g.backend_id is None:
+                continue
+            try:
+                logs = await backend.logs(g.backend_id)
+                await asyncio.to_thread(self.archive.store_output, g.entry, g.frontend,
+                                        g.glidein_id, logs.stdout, logs.stderr)  # fmt: skip
+            except Exception as exc:
+                log.warning("cannot archive the logs of %s: %s", g.glidein_id, exc)
+            archived.append(g.glidein_id)  # tried once: a lost log is not retried forever
+        await asyncio.to_thread(self.store.mark_archived, archived, time.time())
+        now = time.time()
+        if now - self._purged_at > PURGE_EVERY_SECONDS:
+            self._purged_at = now
+            purged = await asyncio.to_thread(self.archive.purge, now)
+            if purged:
+                log.info("log archive: %d pilot(s) past retention removed", purged)
 
     async def refresh(self) -> None:
         """Ask each backend, in one call, about all its active pilots."""
@@ -267,8 +251,13 @@ class Factory:
     async def converge(self) -> None:
         """Plan and act for every (request, entry); one failing entry does not stop others."""
         requests = await asyncio.to_thread(self.store.requests)
-        tally = Tally(await asyncio.to_thread(self.store.active))
+        active = await asyncio.to_thread(self.store.active)
+        tally = Tally(active)
+        self.downtimes = await asyncio.to_thread(self.store.downtimes)
         now = time.time()
+        self._active = {}
+        for g in active:
+            self._active.setdefault((g.entry, g.frontend, g.group), []).append(g)
         for request in requests:
             errors = self.request_errors(request, now)
             for name, raw in request.entries.items():
@@ -286,9 +275,11 @@ class Factory:
             self._log_once(request, name, message or "ignored")
             return
         counts = tally.counts(name, request.frontend, request.group)
-        decision = plan(entry, EntryRequest.model_validate(raw), counts)
+        downtime = active_downtime(self.downtimes, name, request.frontend, now)
+        reason = None if downtime is None else str(downtime["reason"])
+        decision = plan(entry, EntryRequest.model_validate(raw), counts, reason)
         if isinstance(decision, RemovePlan):
-            await self._remove(entry, request, decision.count, tally)
+            await self._remove(entry, request, decision, tally)
         elif decision.count > 0 and message:
             self._log_once(request, name, message)
         elif decision.count > 0 and not self._backing_off(name, now):
@@ -373,23 +364,27 @@ class Factory:
                  request.frontend, request.group)  # fmt: skip
 
     async def _remove(
-        self, entry: EntryConfig, request: StoredRequest, count: int, tally: Tally
+        self, entry: EntryConfig, request: StoredRequest, decision: RemovePlan, tally: Tally
     ) -> None:
-        """Remove the newest queued pilots of this request: the last in the site queue."""
-        queued = await asyncio.to_thread(
-            self.store.glideins, request.frontend, request.group, entry.name, "queued", count
-        )
-        victims = [g for g in queued if g.backend_id]
+        """Remove the pilots `choose_victims` picks (held, queued, then running ones)."""
+        key = (entry.name, request.frontend, request.group)
+        mine = [g for g in self._active.get(key, []) if g.state is not GlideinState.removing]
+        victims = choose_victims(mine, decision)
         if not victims:
             return
         await asyncio.to_thread(
             self.store.set_states, {g.glidein_id: GlideinState.removing for g in victims}
         )
-        tally.add(entry.name, request.frontend, request.group, GlideinState.queued, -len(victims))
-        tally.add(entry.name, request.frontend, request.group, GlideinState.removing, len(victims))
+        for g in victims:
+            tally.add(*key, g.state, -1)
+            tally.add(*key, GlideinState.removing, 1)
+        gone = {g.glidein_id for g in victims}
+        self._active[key] = [g for g in self._active[key] if g.glidein_id not in gone]
         await self.backends[entry.backend].remove([g.backend_id for g in victims if g.backend_id])
-        log.info("entry %s: removing %d queued pilot(s) of %s/%s", entry.name, len(victims),
-                 request.frontend, request.group)  # fmt: skip
+        running = sum(g.state is GlideinState.running for g in victims)
+        log.info("entry %s: removing %d pilot(s) of %s/%s (%d running): %s", entry.name,
+                 len(victims), request.frontend, request.group, running,
+                 decision.reason)  # fmt: skip
 
 
 def _by_backend(glideins: list[Glidein]) -> dict[str, list[Glidein]]:

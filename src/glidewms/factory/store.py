@@ -25,10 +25,12 @@ class GlideinState(str, Enum):
 
     `removing` means the factory asked the backend to remove the pilot and has
     not yet seen it gone; it still counts against limits, so an entry can never
-    be over-filled while removals are in flight.
+    be over-filled while removals are in flight. `held` is a pilot the site
+    keeps but will not start (a batch system's hold).
     """
 
     queued = "queued"
+    held = "held"
     running = "running"
     removing = "removing"
     finished = "finished"
@@ -36,7 +38,12 @@ class GlideinState(str, Enum):
     removed = "removed"
 
 
-ACTIVE_STATES = (GlideinState.queued, GlideinState.running, GlideinState.removing)
+ACTIVE_STATES = (
+    GlideinState.queued,
+    GlideinState.held,
+    GlideinState.running,
+    GlideinState.removing,
+)
 FINAL_STATES = (GlideinState.finished, GlideinState.failed, GlideinState.removed)
 
 metadata = sa.MetaData()
@@ -67,6 +74,21 @@ glideins_table = sa.Table(
     sa.Column("exit_reason", sa.String(64), nullable=True),
     sa.Column("exit_code", sa.Integer, nullable=True),
     sa.Column("report", sa.JSON, nullable=True),
+    sa.Column("logs_archived", sa.Float, nullable=True),
+)
+
+
+downtimes_table = sa.Table(
+    "downtimes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("entry", sa.String(64), nullable=False),  # "*" = every entry
+    sa.Column("frontend", sa.String(64), nullable=False),  # "*" = every frontend
+    sa.Column("start", sa.Float, nullable=False),
+    sa.Column("end", sa.Float, nullable=True),  # None = until removed
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 
@@ -74,7 +96,16 @@ def _create_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=[requests_table, glideins_table])
 
 
-MIGRATIONS = [_create_tables]
+def _downtimes_and_archive(conn: Connection) -> None:
+    """Version 2: downtimes, and when each pilot's logs were archived."""
+    downtimes_table.create(conn, checkfirst=True)
+    # A database made by version 1 lacks the column; a fresh one got it from step 1.
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("glideins")}
+    if "logs_archived" not in columns:
+        conn.execute(sa.text("ALTER TABLE glideins ADD COLUMN logs_archived FLOAT"))
+
+
+MIGRATIONS = [_create_tables, _downtimes_and_archive]
 
 
 @dataclass(frozen=True)
@@ -105,6 +136,7 @@ class Glidein:
     exit_reason: str | None
     exit_code: int | None
     report: dict[str, Any] | None
+    logs_archived: float | None = None
 
     @classmethod
     def submitted(
@@ -229,8 +261,15 @@ class FactoryStore:
         entry: str | None = None,
         state: str | None = None,
         limit: int = 1000,
+        *,
+        exit_reason: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[Glidein]:
-        """Newest first, filtered; `frontend=None` means every frontend (admin)."""
+        """Newest first, filtered; `frontend=None` means every frontend (admin).
+
+        `since`/`until` bound the submission time (the archive search by time).
+        """
         t = glideins_table
         query = sa.select(t).order_by(t.c.submitted_at.desc(), t.c.glidein_id.desc())
         for column, value in (
@@ -238,9 +277,14 @@ class FactoryStore:
             (t.c.group, group),
             (t.c.entry, entry),
             (t.c.state, state),
+            (t.c.exit_reason, exit_reason),
         ):
             if value is not None:
                 query = query.where(column == value)
+        if since is not None:
+            query = query.where(t.c.submitted_at >= since)
+        if until is not None:
+            query = query.where(t.c.submitted_at <= until)
         with self.engine.connect() as conn:
             return [_glidein(r) for r in conn.execute(query.limit(limit))]
 
@@ -275,3 +319,54 @@ class FactoryStore:
                     updated_at=time.time(),
                 )
             )
+
+    # -- log archive ------------------------------------------------------------
+
+    def to_archive(self, limit: int = 500) -> list[Glidein]:
+        """Ended pilots whose backend logs are not archived yet, oldest first."""
+        t = glideins_table
+        query = (
+            sa.select(t)
+            .where(t.c.state.in_([s.value for s in FINAL_STATES]))
+            .where(t.c.logs_archived.is_(None))
+            .where(t.c.backend_id.is_not(None))
+            .order_by(t.c.updated_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_glidein(r) for r in conn.execute(query)]
+
+    def mark_archived(self, glidein_ids: Iterable[str], when: float) -> None:
+        t = glideins_table
+        ids = list(glidein_ids)
+        if ids:
+            with self.engine.begin() as conn:
+                conn.execute(t.update().where(t.c.glidein_id.in_(ids)).values(logs_archived=when))
+
+    # -- downtimes --------------------------------------------------------------
+
+    def add_downtime(self, entry: str, frontend: str, start: float, end: float | None,
+                     reason: str, created_by: str) -> dict[str, Any]:  # fmt: skip
+        values = {"entry": entry, "frontend": frontend, "start": start, "end": end,
+                  "reason": reason, "created_by": created_by,
+                  "created_at": time.time()}  # fmt: skip
+        with self.engine.begin() as conn:
+            result = conn.execute(downtimes_table.insert().values(**values))
+            return {"id": result.inserted_primary_key[0], **values}
+
+    def downtimes(
+        self, include_past: bool = False, now: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Downtimes by start time; past ones (ended before `now`) only when asked."""
+        t = downtimes_table
+        query = sa.select(t).order_by(t.c.start, t.c.id)
+        if not include_past:
+            now = time.time() if now is None else now
+            query = query.where(sa.or_(t.c.end.is_(None), t.c.end > now))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def remove_downtime(self, downtime_id: int) -> bool:
+        t = downtimes_table
+        with self.engine.begin() as conn:
+            return conn.execute(t.delete().where(t.c.id == downtime_id)).rowcount > 0

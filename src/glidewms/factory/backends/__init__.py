@@ -15,8 +15,12 @@ from glidewms.factory.backends.base import (
     PilotSubmission,
 )
 from glidewms.factory.backends.local import LocalBackend
+from glidewms.factory.backends.slurm import SlurmBackend
 
-BACKENDS: dict[str, type[Backend]] = {LocalBackend.kind: LocalBackend}
+BACKENDS: dict[str, type[Backend]] = {
+    LocalBackend.kind: LocalBackend,
+    SlurmBackend.kind: SlurmBackend,
+}
 
 
 def create_backend(kind: str, context: BackendContext) -> Backend:

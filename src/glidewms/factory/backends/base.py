@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import ClassVar
@@ -28,6 +28,7 @@ class PilotState(str, Enum):
     """
 
     queued = "queued"
+    held = "held"  # kept by the site but not started (a batch system's hold)
     running = "running"
     finished = "finished"
     failed = "failed"
@@ -73,6 +74,7 @@ class BackendContext:
     state_dir: Path
     bootstrap: Path
     kill_grace: float = 30.0
+    entries: dict[str, EntryConfig] = field(default_factory=dict)  # by name
 
 
 class Backend(ABC):

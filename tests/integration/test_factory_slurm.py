@@ -1,0 +1,286 @@
+"""The factory against a real Slurm (slurmctld + slurmd on localhost, started here).
+
+The cluster comes from tests/components/slurm_cluster.py (a session fixture;
+`scontrol shutdown` at the end). The pilot is a stand-in bootstrap that
+records its argv and environment checks, then waits for a release file: the
+point here is the factory and Slurm, not the pilot (tests/e2e and the
+launcher test below run the real one). Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from glidewms.client import ClientSettings, PoolClient
+from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory.api import create_app
+from glidewms.factory.backends import BackendContext, PilotState, PilotSubmission
+from glidewms.factory.backends.slurm import SlurmBackend
+from glidewms.launcher import Installation, Options
+from glidewms.security.tokens import TokenIssuer, generate_keypair
+from glidewms.submit import parse_submit
+from tests.components.slurm_cluster import SlurmCluster
+from tests.components.slurm_cluster import slurm as slurm  # the session fixture
+
+T = TypeVar("T")
+FACTORY_URL = "http://127.0.0.1:9999"
+POOL_URL = "http://127.0.0.1:9998"
+
+STAND_IN = r"""#!/bin/bash
+# Stand-in for glidein_startup.sh, run by Slurm from the factory's job script.
+out=@OUT@
+args=("$@")
+gid=unknown
+while [ $# -gt 0 ]; do
+  case "$1" in --glidein-id) gid="$2"; shift 2 ;; *) shift ;; esac
+done
+printf '%s\n' "${args[@]}" > "$out/$gid.args.tmp" && mv "$out/$gid.args.tmp" "$out/$gid.args"
+[ -r "${GLIDEIN_TOKEN_FILE:-/nonexistent}" ] || { echo "no token file" >&2; exit 2; }
+[ "$(stat -c %a "$GLIDEIN_TOKEN_FILE")" = 600 ] || { echo "token file not 0600" >&2; exit 3; }
+token=$(cat "$GLIDEIN_TOKEN_FILE")
+for a in "${args[@]}"; do case "$a" in *"$token"*) echo "token in argv" >&2; exit 4 ;; esac; done
+env | grep -qF "$token" && { echo "token in environment" >&2; exit 5; }
+echo "site said ${SITE_SAYS:-nothing}"
+echo "pilot $gid started"
+while [ ! -e "$out/release" ]; do sleep 0.1; done
+exit 0
+"""
+
+
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    private, public = generate_keypair(tmp_path / "keys")
+    out = tmp_path / "out"
+    out.mkdir()
+    bootstrap = tmp_path / "glidein_startup.sh"
+    bootstrap.write_text(STAND_IN.replace("@OUT@", str(out)))
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "__main__.py").write_text("print('agent')\n")
+    yield {"issuer": TokenIssuer.from_file(private), "public": public, "out": out,
+           "bootstrap": bootstrap, "agent": agent, "tmp": tmp_path}  # fmt: skip
+    (out / "release").touch()
+
+
+def slurm_entry(cluster: SlurmCluster, **values: Any) -> EntryConfig:
+    base: dict[str, Any] = {
+        "name": "slurm1", "site": "LOCAL_SLURM", "backend": "slurm", "cpus": 30,
+        "memory": 100, "walltime": 600, "max_pilots": 10, "max_idle": 10, "max_per_cycle": 10,
+        "batch": {"queue": "debug", "env": cluster.env}, "environment": {"SITE_SAYS": "hello"},
+    }  # fmt: skip
+    base.update(values)
+    return EntryConfig(**base)
+
+
+def test_factory_submits_an_array_tracks_and_removes(slurm: SlurmCluster,
+                                                     setup: dict[str, Any]) -> None:  # fmt: skip
+    """4 pilots in one sbatch; 64 CPUs / 30 per pilot: 2 run, 2 wait; the waiting ones go."""
+    issuer: TokenIssuer = setup["issuer"]
+    entry = slurm_entry(slurm)
+    config = FactoryConfig(state_dir=setup["tmp"] / "state", issuer_public_key=setup["public"],
+                           cycle_seconds=0.2, entries=[entry])  # fmt: skip
+    app = create_app(config, FACTORY_URL, bootstrap=setup["bootstrap"], agent_dir=setup["agent"])
+    factory = app.state.factory
+    fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
+    pilot_token = issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main")
+
+    def put(idle: int, max_running: int, remove: str) -> None:
+        body = {"pool_url": POOL_URL, "pilot_token": pilot_token,
+                "entries": {"slurm1": {"idle": idle, "max_running": max_running,
+                                       "remove": remove}}}  # fmt: skip
+        assert client.put("/api/v1/requests/main", json=body, headers=fe1).status_code == 200
+
+    def pilots() -> list[dict[str, Any]]:
+        return client.get("/api/v1/glideins", headers=fe1).json()
+
+    def states() -> list[str]:
+        return sorted(g["state"] for g in pilots())
+
+    with TestClient(app) as client:
+        put(4, 4, "NO")
+        wait_for(lambda: states() == ["queued", "queued", "running", "running"],
+                 "two running and two queued pilots")  # fmt: skip
+        rows = factory.store.glideins()
+        jobs = {r.backend_id.split("/")[1].split("_")[0] for r in rows}
+        assert len(rows) == 4 and len(jobs) == 1, "one array for the whole submission"
+        [job] = jobs
+        assert sorted(r.backend_id for r in rows) == [f"slurm1/{job}_{i}" for i in range(4)]
+        squeue = slurm.run("squeue", "-h", "-r", "-o", "%i %T %j", "-j", job).stdout
+        assert sorted(squeue.split()[i] for i in range(2, 12, 3)) == ["glidewms-slurm1"] * 4
+
+        running = [r for r in rows if r.state.value == "running"]
+        for r in running:
+            wait_for(lambda r=r: (setup["out"] / f"{r.glidein_id}.args").exists(), "pilot argv")
+            args = (setup["out"] / f"{r.glidein_id}.args").read_text().splitlines()
+            assert args[args.index("--glidein-id") + 1] == r.glidein_id
+            assert args[args.index("--entry") + 1] == "slurm1"
+            assert not any(pilot_token in a for a in args)
+        token_file = config.state_dir.resolve() / "credentials" / "fe1" / "main.token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+
+        # The script given to Slurm holds the token's path, never the token.
+        script = slurm.run("scontrol", "write", "batch_script", f"{job}_0", "-").stdout
+        assert str(token_file) in script and pilot_token not in script
+
+        # Nothing more is submitted while the request is met (several cycles).
+        settled = factory.cycles
+        wait_for(lambda: factory.cycles >= settled + 5, "five more cycles")
+        assert len(pilots()) == 4
+
+        # WAIT and NO never remove; IDLE removes the queued ones only.
+        put(0, 4, "WAIT")
+        settled = factory.cycles
+        wait_for(lambda: factory.cycles >= settled + 3, "three more cycles")
+        assert states() == ["queued", "queued", "running", "running"]
+        put(0, 4, "IDLE")
+        wait_for(lambda: states() == ["removed", "removed", "running", "running"],
+                 "queued pilots removed")  # fmt: skip
+        queue = slurm.run("squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-j", job).stdout
+        assert "CANCELLED" in queue and queue.count("RUNNING") == 2
+        removed = [r.backend_id for r in factory.store.glideins(state="removed")]
+        seen = asyncio.run(factory.backends["slurm"].status(removed))
+        assert seen == dict.fromkeys(removed, PilotState.removed)
+
+        # The running pilots end by themselves: tracked to finished, logs archived.
+        (setup["out"] / "release").touch()
+        wait_for(lambda: states() == ["finished", "finished", "removed", "removed"],
+                 "running pilots finished")  # fmt: skip
+        first = running[0]
+        wait_for(lambda: factory.archive.read("slurm1", "fe1", first.glidein_id)["archived"],
+                 "logs archived")  # fmt: skip
+        archived = factory.archive.read("slurm1", "fe1", first.glidein_id)
+        assert f"pilot {first.glidein_id} started" in archived["stdout"]
+        assert "site said hello" in archived["stdout"]
+        assert pilot_token not in archived["stdout"] + archived["stderr"]
+
+
+def test_slurm_backend_states_and_failures(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The backend alone: exit codes map to finished/failed, a held job to held,
+    arrays larger than array_size are split, and sbatch errors name the cause."""
+    bootstrap = tmp_path / "boot.sh"
+    bootstrap.write_text('#!/bin/bash\ncase "$4" in *-1) exit 3 ;; *-2) sleep 600 ;; esac\n'
+                         'echo "ok $4"\n')  # fmt: skip
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    token.chmod(0o600)
+    entry = slurm_entry(slurm, cpus=1, batch={"env": slurm.env, "array_size": 2})
+    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
+                             entries={"slurm1": entry})  # fmt: skip
+
+    async def scenario() -> None:
+        backend = SlurmBackend(context)
+        pilots = [PilotSubmission(f"g-{i}", ("--x", "y", "--glidein-id", f"g-{i}"), token)
+                  for i in range(3)]  # fmt: skip
+        ids = await backend.submit(entry, pilots)
+        assert len({i.split("_")[0] for i in ids}) == 2, "array_size 2: two arrays for three"
+        deadline = time.monotonic() + 60
+        while True:
+            seen = await backend.status(ids)
+            if seen[ids[0]] is PilotState.finished and seen[ids[1]] is PilotState.failed:
+                break
+            assert time.monotonic() < deadline, f"states: {seen}"
+            await asyncio.sleep(0.2)
+        assert seen[ids[2]] in (PilotState.queued, PilotState.running)
+        logs = await backend.logs(ids[0])
+        assert "ok g-0" in logs.stdout and "glidein g-0" in logs.stdout
+
+        ref = ids[2].split("/")[1]
+        await backend.remove([ids[2]])
+        while (await backend.status([ids[2]]))[ids[2]] is not PilotState.removed:
+            assert time.monotonic() < deadline, "not removed"
+            await asyncio.sleep(0.2)
+
+        held = await backend.submit(entry, pilots[2:])
+        assert slurm.run("scontrol", "hold", held[0].split("/")[1]).returncode == 0
+        while (await backend.status(held))[held[0]] is not PilotState.held:
+            assert time.monotonic() < deadline, "not held"
+            await asyncio.sleep(0.2)
+        await backend.remove(held)
+
+        unknown = await backend.status(["slurm1/999999_0", "nowhere/1_0", "garbage"])
+        assert unknown == {"slurm1/999999_0": PilotState.finished,
+                           "nowhere/1_0": PilotState.unknown, "garbage": PilotState.unknown}
+        bad = entry.model_copy(update={"batch": entry.batch.model_copy(
+            update={"queue": "nosuchpartition"})})  # fmt: skip
+        with pytest.raises(Exception, match=r"sbatch failed.*[Pp]artition"):
+            await backend.submit(bad, pilots[:1])
+        assert ref.endswith("_0")
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+JOB = """#!/bin/sh
+echo "job $1 in slurm job ${SLURM_JOB_ID:-(the agent gives jobs a clean environment)}"
+"""
+
+
+def test_real_pilots_through_slurm_run_jobs(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The whole installation (launcher: pool, factory, frontend as processes) with one
+    Slurm entry: the real bootstrap and agent start as Slurm array tasks, register in
+    the pool, run the jobs, and leave when idle; the factory sees them finish."""
+    entry = {
+        "name": "slurm", "site": "LOCAL_SLURM", "backend": "slurm", "cpus": 1,
+        "memory": "auto", "walltime": 600, "idle_timeout": 3, "max_pilots": 2, "max_idle": 2,
+        "max_per_cycle": 2, "batch": {"env": slurm.env},
+    }  # fmt: skip
+    options = Options(state_dir=tmp_path / "state", entries=[entry], frontend_cycle=0.5,
+                      factory_cycle=0.5, pilot_idle_timeout=3, heartbeat=1.0, max_pilots=2,
+                      claim_lease=10.0)  # fmt: skip
+    inst = Installation(options)
+    inst.prepare()
+    try:
+        inst.start()
+        admin = {"Authorization": f"Bearer {inst.token_file('admin').read_text().strip()}"}
+        factory_url = inst.services["factory"].url
+
+        def glideins() -> list[dict[str, Any]]:
+            r = httpx.get(f"{factory_url}/api/v1/glideins", headers=admin)
+            r.raise_for_status()
+            return r.json()
+
+        pool = PoolClient(ClientSettings(inst.services["pool"].url, inst.token_file("user")))
+        script = tmp_path / "job.sh"
+        script.write_text(JOB)
+        script.chmod(0o755)
+        text = "executable = job.sh\narguments = $(Process)\noutput = out_$(Process).txt\n"
+        text += "request_memory = 32\nqueue 3\n"
+        ids = pool.submit(parse_submit(text, "job.sub", tmp_path))["job_ids"]
+        wait_for(lambda: all(pool.job(j)["state"] == "completed" for j in ids),
+                 "all jobs completed on Slurm pilots", timeout=120)  # fmt: skip
+        for jid in ids:
+            files = {p.name: p.read_text() for p in pool.fetch_outputs(jid, tmp_path / jid)}
+            n = jid.split(".")[1]
+            assert files[f"out_{n}.txt"].startswith(f"job {n} in slurm job ")
+        pilots = glideins()
+        assert pilots and {g["entry"] for g in pilots} == {"slurm"}
+        # Slurm ran them: its own records of the arrays the factory submitted.
+        queue = slurm.run("squeue", "-h", "-r", "-t", "all", "-o", "%j %T",
+                          "--name=glidewms-slurm").stdout.split("\n")  # fmt: skip
+        assert len([line for line in queue if line.strip()]) == len(pilots)
+        done = wait_for(lambda: (g := glideins()) and all(p["state"] == "finished" for p in g)
+                        and g, "pilots to leave when idle", timeout=120)  # fmt: skip
+        assert {g["exit_reason"] for g in done} == {"idle_timeout"}
+    finally:
+        inst.stop()
+        slurm.run("scancel", "--name=glidewms-slurm")
