@@ -135,3 +135,34 @@ def test_running_only_autoclusters_count_running_not_idle():
 )
 def test_split_conjuncts(text, parts):
     assert [p.strip() for p in split_conjuncts(text)] == parts
+
+
+def test_memo_keeps_library_answers_across_cycles_but_not_clock_readers():
+    entries = [entry(f"e{i}", f"S{i % 3}", 4, 8000) for i in range(12)]
+    acs = [ac(i, 5, req="TARGET.GLIDEIN_Site =!= \"S2\"", extra=f"Tag = {i % 2}; ")
+           for i in range(6)]
+    rules = GroupRules(match_expr="TARGET.Cpus >= 2 && time() > 0",
+                       start_expr="TARGET.RequestCpus <= 4")
+    memo: dict = {}
+    first, second = Matcher(entries, memo=memo), Matcher(entries, memo=memo)
+    a = match_demand(acs, entries, rules, NOW, first)
+    b = match_demand(acs, entries, rules, NOW, second)
+    assert a == b and sum(d.idle_jobs for d in a.values()) == 6 * 5 * 8
+    assert first.evaluations > second.evaluations
+    # only the clock-reading conjunct is asked again: once per distinct job values
+    assert second.evaluations == len(Matcher(entries)._partition(()))
+    assert Matcher(entries).evaluations == 0
+
+
+def test_group_expression_errors_are_counted_even_from_the_memo():
+    memo: dict = {}
+    rules = GroupRules(match_expr="TARGET.GLIDEIN_Site + 1 > 0")
+    for _ in range(2):
+        matcher = Matcher(ALL, memo=memo)
+        d = match_demand([ac(1, 3)], ALL, rules, NOW, matcher)
+        assert sum(x.idle_jobs for x in d.values()) == 0
+        assert matcher.errors == {"match_expr: TARGET.GLIDEIN_Site + 1 > 0": 3}
+    # a job's own Requirements erring is the job's business, not counted
+    matcher = Matcher(ALL)
+    match_demand([ac(1, 3, req="TARGET.GLIDEIN_Site + 1 > 0")], ALL, GroupRules(), NOW, matcher)
+    assert matcher.errors == {}

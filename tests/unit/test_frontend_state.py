@@ -21,3 +21,14 @@ def test_corrupt_file_means_no_memory(tmp_path):
     assert StateFile(path).load() == {}
     path.write_text('{"groups": {"main": {"f/e": "junk"}}}')
     assert StateFile(path).load() == {"main": {"f/e": Memory()}}
+
+
+def test_cycle_count_survives_and_junk_counts_from_zero(tmp_path):
+    state = StateFile(tmp_path / "state.json")
+    state.save({"main": {}}, cycles=41)
+    again = StateFile(state.path)
+    again.load()
+    assert again.cycles == 41
+    state.path.write_text('{"cycles": "many", "groups": {}}')
+    again.load()
+    assert again.cycles == 0

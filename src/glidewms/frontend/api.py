@@ -19,11 +19,17 @@ from glidewms.security.tokens import Identity, TokenVerifier
 
 
 def create_app(config: FrontendConfig, own_token: str, public_url: str = "",
-               tokens: dict[str, str] | None = None) -> FastAPI:
-    frontend = Frontend(config, own_token, tokens)
+               tokens: dict[str, str] | None = None,
+               frontend: Frontend | None = None, loop: bool = True) -> FastAPI:
+    """The status API around a frontend (a new one unless given), whose loop runs
+    for the app's lifetime (unless `loop` is false: someone else drives cycles)."""
+    frontend = frontend or Frontend(config, own_token, tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not loop:
+            yield
+            return
         task = asyncio.create_task(frontend.run())
         yield
         task.cancel()
@@ -48,20 +54,23 @@ def create_app(config: FrontendConfig, own_token: str, public_url: str = "",
                 "factory_url": config.factory_url,
                 "pools": [{"name": p.name, "url": p.url} for p in config.all_pools()],
                 "factories": [{"name": f.name, "url": f.url,
-                               "legacy_request_form": f.name in frontend.legacy}
+                               "request_form": frontend.forms.get(f.name, "full")}
                               for f in config.all_factories()],
                 "last_cycle": asdict(last) if last else None,
                 "entries": frontend.explain()}
 
     @app.get("/api/v1/explain")
     async def explain(entry: str | None = None, history: bool = False,
+                      group: str | None = None,
                       who: Identity = Depends(require("frontend"))) -> list[dict[str, Any]]:
         """Why each entry got its request: demand, supply, limits, curbs, removal stage.
-        `entry` is `factory/entry` or an entry name; `history` gives every kept cycle."""
-        found = frontend.explain(entry, history)
-        if entry is not None and not found:
-            raise HTTPException(404, f"no explanation for entry {entry!r} yet "
-                                     f"(known: {sorted(frontend.explanations)})")
+        `entry` is `factory/entry` or an entry name; `group` keeps one group's;
+        `history` gives every kept cycle."""
+        found = frontend.explain(entry, history, group)
+        if (entry is not None or group is not None) and not found:
+            known = sorted({f"{key} (group {name})" for name, key in frontend.explanations})
+            raise HTTPException(404, f"no explanation for entry {entry or '*'!r} of group "
+                                     f"{group or '*'!r} yet (known: {known})")
         return found
 
     return app

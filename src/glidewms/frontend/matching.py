@@ -13,7 +13,15 @@ thousand entries must take seconds, so the work is shaped to scale with
   `stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites)` is thus evaluated once
   per site, not once per entry, and `TARGET.Cpus >= RequestCpus` once per
   distinct core count;
-- the entries that pass a conjunct are kept as a set, and sets intersect in C.
+- the entries that pass a conjunct are kept as a set, and sets intersect in C;
+- the common site test `stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites)`
+  is decided without the library where its answer is certain (`listmember.py`):
+  one set lookup per listed site instead of one evaluation per site;
+- contributions are summed per distinct set of matching entries, then spread
+  to its members, so the bookkeeping grows with distinct answers too.
+
+A group expression (match, start, overflow) that evaluates to `Error` is
+counted in `Matcher.errors`: the service does not trust such a group's demand.
 
 A conjunct result counts only when it is the boolean true, so splitting never
 turns a non-match into a match (ClassAd `A && B` is true only if both are).
@@ -22,11 +30,15 @@ turns a non-match into a match (ClassAd `A && B` is true only if both are).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from classad2 import Value
+
 from glidewms import classads
+from glidewms.frontend import listmember
 
 
 @dataclass(frozen=True)
@@ -182,12 +194,17 @@ class _Conjunct:
     text: str
     tree: Any
     job_first: bool  # True: MY = job, TARGET = entry; False: MY = entry (a Start)
+    source: str = "requirements"  # or the group key it comes from (errors are counted)
+    fast: listmember.ListMember | None = None
 
 
-def _conjuncts(text: str | None, job_first: bool) -> list[_Conjunct]:
+def _conjuncts(text: str | None, job_first: bool, source: str = "requirements",
+               ) -> list[_Conjunct]:
     if text is None or text.strip().lower() == "true":
         return []
-    return [_Conjunct(c, classads.parse_expr(c), job_first) for c in split_conjuncts(text)]
+    return [_Conjunct(c, classads.parse_expr(c), job_first, source,
+                      listmember.recognise(c) if job_first else None)
+            for c in split_conjuncts(text)]
 
 
 _EMPTY = classads.ClassAd()
@@ -197,32 +214,64 @@ class Matcher:
     """Entries passing each conjunct, computed once per distinct question.
 
     One Matcher serves one group for one cycle (it caches by autocluster
-    values, which do not change within a cycle).
+    values, which do not change within a cycle). `memo`, kept by the caller
+    from cycle to cycle, remembers each library answer by (conjunct, job
+    values, entry values), so a steady queue costs dictionary lookups, not
+    evaluations; conjuncts that read the clock or random() are never kept.
     """
 
-    def __init__(self, entries: Sequence[EntryInfo]) -> None:
+    def __init__(self, entries: Sequence[EntryInfo], fast: bool = True,
+                 memo: dict[tuple[Any, ...], int] | None = None) -> None:
         self.entries = list(entries)
+        self.fast = fast  # False: every conjunct through the library (tests compare)
+        self.memo = memo  # answer: 1 true, 0 not true, -1 Error
         self.ads = [classads.ad_from_dict(dict(e.attrs)) for e in self.entries]
         self.values = [{k.lower(): _hashable(v) for k, v in e.attrs.items()}
                        for e in self.entries]
         self.all = frozenset(range(len(self.entries)))
-        self._partitions: dict[tuple[str, ...], list[tuple[frozenset[int], int]]] = {}
+        self._partitions: dict[tuple[str, ...],
+                               list[tuple[frozenset[int], int, tuple[Any, ...]]]] = {}
         self._passing: dict[tuple[Any, ...], frozenset[int]] = {}
+        self._by_value: dict[tuple[str, bool], dict[str, frozenset[int]]] = {}
         self.evaluations = 0
+        self.errors: dict[str, int] = {}  # "source: conjunct" -> evaluations giving Error
 
-    def _partition(self, names: tuple[str, ...]) -> list[tuple[frozenset[int], int]]:
-        """Entries grouped by their values of `names`: (members, a representative)."""
+    def _partition(self, names: tuple[str, ...],
+                   ) -> list[tuple[frozenset[int], int, tuple[Any, ...]]]:
+        """Entries grouped by their values of `names`: (members, a representative,
+        the values)."""
         found = self._partitions.get(names)
         if found is None:
             groups: dict[tuple[Any, ...], list[int]] = {}
             for i, values in enumerate(self.values):
                 groups.setdefault(tuple(values.get(n) for n in names), []).append(i)
-            found = [(frozenset(m), m[0]) for m in groups.values()]
+            found = [(frozenset(m), m[0], v) for v, m in groups.items()]
             self._partitions[names] = found
         return found
 
+    def _list_member(self, job: Any, test: listmember.ListMember) -> frozenset[int] | None:
+        """Entries passing a recognised site test, or None when the library must say."""
+        items = listmember.job_list(job, test)
+        if items is None:
+            return None
+        index = self._by_value.get((test.entry_attr, test.ignore_case))
+        if index is None:
+            found: dict[str, set[int]] = {}
+            for i, values in enumerate(self.values):
+                key = listmember.entry_key(values.get(test.entry_attr), test)
+                if key is not None:
+                    found.setdefault(key, set()).add(i)
+            index = {k: frozenset(v) for k, v in found.items()}
+            self._by_value[(test.entry_attr, test.ignore_case)] = index
+        hits = [index[item] for item in items if item in index]
+        return frozenset().union(*hits) if hits else frozenset()
+
     def passing(self, job: Any, conjunct: _Conjunct) -> frozenset[int]:
         """The entries for which `conjunct` is true with this job."""
+        if conjunct.fast is not None and self.fast:
+            found = self._list_member(job, conjunct.fast)
+            if found is not None:
+                return found
         if conjunct.job_first:
             refs = job.externalRefs(conjunct.tree)
             job_names = job.internalRefs(conjunct.tree)
@@ -240,14 +289,23 @@ class Matcher:
         if found is not None:
             return found
         members: set[int] = set()
-        for group, rep in self._partition(entry_names):
-            self.evaluations += 1
-            if conjunct.job_first:
-                value = conjunct.tree.eval(scope=job, target=self.ads[rep])
-            else:
-                value = conjunct.tree.eval(scope=self.ads[rep], target=job)
-            if value is True:
+        memo = self.memo if self.memo is not None and _timeless(conjunct.text) else None
+        for group, rep, values in self._partition(entry_names):
+            answer = None if memo is None else memo.get((*key, entry_names, values))
+            if answer is None:
+                self.evaluations += 1
+                if conjunct.job_first:
+                    value = conjunct.tree.eval(scope=job, target=self.ads[rep])
+                else:
+                    value = conjunct.tree.eval(scope=self.ads[rep], target=job)
+                answer = 1 if value is True else (-1 if value is Value.Error else 0)
+                if memo is not None:
+                    memo[(*key, entry_names, values)] = answer
+            if answer == 1:
                 members |= group
+            elif answer == -1 and conjunct.source != "requirements":
+                label = f"{conjunct.source}: {conjunct.text.strip()}"
+                self.errors[label] = self.errors.get(label, 0) + 1
         found = frozenset(members)
         self._passing[key] = found
         return found
@@ -260,6 +318,14 @@ class Matcher:
                 break
             candidates = candidates & self.passing(job, conjunct)
         return candidates
+
+
+_CLOCK = re.compile(r"\b(time|random|currenttime)\b", re.IGNORECASE)
+
+
+def _timeless(text: str) -> bool:
+    """May this conjunct's answer be kept across cycles? Not if it reads the clock."""
+    return _CLOCK.search(text) is None
 
 
 def _strip_scope(name: str) -> str:
@@ -323,21 +389,21 @@ def match_demand(autoclusters: Sequence[Mapping[str, Any]], entries: Sequence[En
     and start expressions allow it.
     """
     matcher = matcher or Matcher(entries)
-    group_conj = _conjuncts(rules.match_expr, True) + _conjuncts(rules.start_expr, False)
-    overflow_conj = (_conjuncts(rules.overflow_match, True)
-                     + _conjuncts(rules.overflow_start, False))
+    group_conj = (_conjuncts(rules.match_expr, True, "match_expr")
+                  + _conjuncts(rules.start_expr, False, "start_expr"))
+    overflow_conj = (_conjuncts(rules.overflow_match, True, "overflow.match_expr")
+                     + _conjuncts(rules.overflow_start, False, "overflow.start_expr"))
     constraint = (None if rules.job_constraint.strip().lower() == "true"
                   else classads.parse_expr(rules.job_constraint))
     req_cache: dict[str, list[_Conjunct]] = {}
     size_list = sorted({e.size for e in matcher.entries}, key=repr)
     members_of = [frozenset(i for i, e in enumerate(matcher.entries) if e.size == size)
                   for size in size_list]
-    # Each (autocluster, entry size) adds one row of contributions; an entry keeps the
-    # row numbers it gets, and the sums are taken at the end in C (map + sum). This
-    # keeps the per (autocluster, entry) work to one list append.
-    cols: dict[str, list[float]] = {n: [] for n in _COLUMNS}
-    shapes: list[JobRequest] = []
-    rows: list[list[int]] = [[] for _ in matcher.entries]
+    # Contributions are summed per distinct set of matching entries (a bucket: the
+    # column sums, the rows it got, the job shapes with idle jobs) and spread to the
+    # members once at the end: many autoclusters share a set, so the per (autocluster,
+    # entry) work disappears.
+    buckets: dict[frozenset[int], tuple[list[float], set[JobRequest]]] = {}
     overflow_jobs = [0] * len(matcher.entries)
     for ac in autoclusters:
         job = classads.parse_ad(ac["ad"])
@@ -370,27 +436,34 @@ def match_demand(autoclusters: Sequence[Mapping[str, Any]], entries: Sequence[En
             here = matched & members
             if not here:
                 continue
-            row = len(shapes)
-            shapes.append(request)
-            for name, value in (("idle", idle), ("running", running), ("prop", idle / k),
-                                ("units", idle / per), ("prop_units", idle / k / per),
-                                ("old", old), ("old_units", old / per),
-                                ("old_prop_units", old / k / per),
-                                ("unique", idle if k == 1 else 0)):
-                cols[name].append(value)
-            for i in here:
-                rows[i].append(row)
+            bucket = buckets.get(here)
+            if bucket is None:
+                bucket = buckets[here] = ([0.0] * (len(_COLUMNS) + 1), set())
+            sums = bucket[0]
+            for j, value in enumerate((idle, running, idle / k, idle / per, idle / k / per,
+                                       old, old / per, old / k / per,
+                                       idle if k == 1 else 0, 1)):
+                sums[j] += value
+            if idle > 0:
+                bucket[1].add(request)
+    totals = [[0.0] * (len(_COLUMNS) + 1) for _ in matcher.entries]
+    shapes: list[set[JobRequest]] = [set() for _ in matcher.entries]
+    for here, (sums, requests) in buckets.items():
+        for i in here:
+            mine = totals[i]
+            for j, value in enumerate(sums):
+                mine[j] += value
+            shapes[i] |= requests
     out = {}
     for i, entry in enumerate(matcher.entries):
-        mine = rows[i]
-        total = {n: sum(map(cols[n].__getitem__, mine)) for n in _COLUMNS}
+        t = dict(zip((*_COLUMNS, "rows"), totals[i], strict=True))
         out[entry.key] = EntryDemand(
-            idle_jobs=int(total["idle"]), prop_jobs=total["prop"],
-            unique_jobs=int(total["unique"]), old_jobs=int(total["old"]),
-            overflow_jobs=overflow_jobs[i], running_jobs=int(total["running"]),
-            units=total["units"], prop_units=total["prop_units"], old_units=total["old_units"],
-            old_prop_units=total["old_prop_units"], autoclusters=len(mine),
-            requests={shapes[r] for r in mine if cols["idle"][r] > 0})
+            idle_jobs=int(t["idle"]), prop_jobs=t["prop"],
+            unique_jobs=int(t["unique"]), old_jobs=int(t["old"]),
+            overflow_jobs=overflow_jobs[i], running_jobs=int(t["running"]),
+            units=t["units"], prop_units=t["prop_units"], old_units=t["old_units"],
+            old_prop_units=t["old_prop_units"], autoclusters=int(t["rows"]),
+            requests=shapes[i])
     return out
 
 

@@ -7,6 +7,7 @@ It is CPU work (ClassAd matching) that the service runs in a worker thread.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ class Observation:
 class GroupView:
     observations: dict[str, Observation] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # entry key -> why not considered
+    failed: dict[str, str] = field(default_factory=dict)  # entry key -> error (isolated)
+    expression_errors: dict[str, int] = field(default_factory=dict)  # group expr -> count
     evaluations: int = 0
 
 
@@ -88,6 +91,16 @@ def entry_attributes(entry: Mapping[str, Any], factory: str, size: Size) -> dict
     return {k: v for k, v in attrs.items() if v is not None}
 
 
+def downtime_text(downtime: Any) -> str:
+    """Why an entry in downtime is not counted on, from the factory's downtime record."""
+    if not isinstance(downtime, Mapping):
+        return "entry in downtime at the factory"
+    end = downtime.get("end")
+    until = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(end))
+             if isinstance(end, (int, float)) else "further notice")
+    return f"entry in downtime at the factory until {until}: {downtime.get('reason', '')}"
+
+
 def rules_for(group: GroupConfig) -> GroupRules:
     o = group.overflow
     return GroupRules(match_expr=group.match_expr, start_expr=group.start_expr,
@@ -112,17 +125,32 @@ def pilot_start_expr(group: GroupConfig) -> str | None:
 def observe_group(group: GroupConfig, frontend: str | None,
                   autoclusters: Sequence[Mapping[str, Any]],
                   pool_pilots: Sequence[Mapping[str, Any]],
-                  factories: Sequence[FactoryView], now: float) -> GroupView:
-    """Demand and supply of one group at every entry it may use."""
+                  factories: Sequence[FactoryView], now: float, fast: bool = True,
+                  memo: dict[tuple[Any, ...], int] | None = None) -> GroupView:
+    """Demand and supply of one group at every entry it may use.
+
+    An entry whose ad cannot be read (a factory's bad answer) is set aside in
+    `failed` with the reason, and the others go on; a nameless one cannot even
+    be named, so it is reported under its position. `memo` keeps ClassAd
+    answers from one cycle to the next (see `Matcher`).
+    """
     view = GroupView()
     constraint = (None if group.entry_constraint.strip().lower() == "true"
                   else classads.parse_expr(group.entry_constraint))
     candidates: list[tuple[FactoryView, dict[str, Any]]] = []
     for f in factories:
-        for entry in f.entries:
-            key = entry_key(f.name, entry["name"])
+        for position, entry in enumerate(f.entries):
+            name = entry.get("name") if isinstance(entry, Mapping) else None
+            if not isinstance(name, str) or not name:
+                view.failed[entry_key(f.name, f"#{position}")] = (
+                    f"entry ad #{position} of factory {f.name} has no name: {entry!r:.200}")
+                continue
+            key = entry_key(f.name, name)
             if not entry.get("enabled", True):
                 view.skipped[key] = "entry disabled at the factory"
+            elif entry.get("in_downtime"):
+                # no new pilots there: its jobs count at the other entries meanwhile
+                view.skipped[key] = downtime_text(entry.get("downtime"))
             else:
                 candidates.append((f, entry))
     owners: dict[str, list[FactoryView]] = {}
@@ -146,21 +174,30 @@ def observe_group(group: GroupConfig, frontend: str | None,
     meta: dict[str, tuple[FactoryView, dict[str, Any]]] = {}
     for f, entry in candidates:
         key = entry_key(f.name, entry["name"])
-        size = entry_size(entry, pilots.get(key, []), group)
-        info = EntryInfo(key, entry_attributes(entry, f.name, size), size)
-        if constraint is not None and not classads.is_true(
-                constraint.eval(scope=classads.ad_from_dict(dict(info.attrs)))):
-            view.skipped[key] = "entry_constraint is not true for this entry"
+        try:
+            size = entry_size(entry, pilots.get(key, []), group)
+            info = EntryInfo(key, entry_attributes(entry, f.name, size), size)
+            ad = classads.ad_from_dict(dict(info.attrs))
+            if constraint is not None and not classads.is_true(constraint.eval(scope=ad)):
+                view.skipped[key] = "entry_constraint is not true for this entry"
+                continue
+        except Exception as exc:  # one unreadable entry ad must not hide the others
+            view.failed[key] = f"entry ad unreadable: {exc!r}"
             continue
         infos.append(info)
         meta[key] = (f, entry)
-    matcher = Matcher(infos)
+    matcher = Matcher(infos, fast=fast, memo=memo)
     demand = match_demand(autoclusters, infos, rules_for(group), now, matcher)
     view.evaluations = matcher.evaluations
+    view.expression_errors = dict(matcher.errors)
     for info in infos:
         f, entry = meta[info.key]
         d = demand[info.key]
-        s = entry_supply(f.counts.get(entry["name"], {}), pilots.get(info.key, []), info.size,
-                         d.requests)
+        try:
+            s = entry_supply(f.counts.get(entry["name"], {}), pilots.get(info.key, []),
+                             info.size, d.requests)
+        except Exception as exc:
+            view.failed[info.key] = f"pilot counts unreadable: {exc!r}"
+            continue
         view.observations[info.key] = Observation(f.name, entry["name"], info, d, s)
     return view

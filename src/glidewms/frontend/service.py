@@ -72,6 +72,21 @@ def legacy_request(request: dict[str, Any]) -> dict[str, Any]:
             "remove": request["remove"] in ("IDLE", "ALL")}
 
 
+def plain_request(request: dict[str, Any]) -> dict[str, Any]:
+    """The removal contract without the group's pilot settings (start_expr,
+    container_image), for a factory that does not take them yet."""
+    return {k: v for k, v in request.items() if k in REQUEST_KEYS}
+
+
+MEMO_LIMIT = 1_000_000  # ClassAd answers kept per group between cycles (~130 bytes each)
+REQUEST_KEYS = ("idle", "max_running", "remove", "remove_margin")
+# Request forms, most to least complete: a factory that refuses one (422) gets the
+# next from then on. "plain" keeps the removal modes, which matter more than the
+# pilots' Start and image; "legacy" is the skeleton factory's boolean `remove`.
+FORMS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "full": dict, "plain": plain_request, "legacy": legacy_request}
+
+
 class Frontend:
     def __init__(self, config: FrontendConfig, own_token: str,
                  tokens: dict[str, str] | None = None,
@@ -83,24 +98,29 @@ class Frontend:
         self.clock = clock
         self.state = StateFile(config.state_dir / "state.json")
         self.memory = self.state.load()
-        self.explanations: dict[str, deque[dict[str, Any]]] = {}
-        self.legacy: set[str] = set()  # factories that refused the removal contract
+        # (group, factory/entry) -> the last cycles' explanations: groups share entries
+        self.explanations: dict[tuple[str, str], deque[dict[str, Any]]] = {}
+        self.forms: dict[str, str] = {}  # factory -> request form it takes (FORMS), if not full
         self._pilot_tokens: dict[str, PilotToken] = {}
+        self._memo: dict[str, dict[tuple[Any, ...], int]] = {}  # group -> ClassAd answers
         self.last: CycleReport | None = None
-        self.cycles = 0
+        self.cycles = self.state.cycles  # counted across restarts, like the removal stages
 
     def _auth(self, source: Source) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens.get(source.name, self.own_token)}"}
 
+    def client(self) -> httpx.AsyncClient:
+        """The HTTP client of the loop: every query and request bounded by http_timeout."""
+        return httpx.AsyncClient(timeout=self.config.http_timeout)
+
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.config.http_timeout) as http:
+        async with self.client() as http:
             while True:
                 try:
                     self.last = await self.cycle(http)
                 except Exception as exc:  # the loop must outlive any bug in one cycle
                     log.exception("frontend cycle failed")
                     self.last = CycleReport(self.clock(), ok=False, errors=[repr(exc)])
-                self.cycles += 1
                 await asyncio.sleep(self.config.cycle_seconds)
 
     # ------------------------------------------------------------------ queries
@@ -119,11 +139,17 @@ class Frontend:
         except (httpx.HTTPError, ValueError) as exc:
             return PoolAnswer(False, f"pool {pool.name} query failed: {exc!r}")
         acs = demand.get("autoclusters") if isinstance(demand, dict) else None
-        if not isinstance(acs, list) or not isinstance(pilots, list):
+        if (not isinstance(acs, list) or not isinstance(pilots, list)
+                or not all(isinstance(a, dict) and isinstance(a.get("ad"), str) for a in acs)
+                or not all(isinstance(p, dict) for p in pilots)):
             return PoolAnswer(False, f"pool {pool.name}: unexpected answer shape")
         mine = [p for p in pilots if p.get("frontend") in (None, self.subject)]
-        working = sum(int(p.get("running_jobs") or 0) for p in mine)
-        if working and not any(int(a.get("running") or 0) for a in acs):
+        try:
+            working = sum(int(p.get("running_jobs") or 0) for p in mine)
+            running = any(int(a.get("running") or 0) for a in acs)
+        except (TypeError, ValueError) as exc:
+            return PoolAnswer(False, f"pool {pool.name}: unexpected answer: {exc!r}")
+        if working and not running:
             return PoolAnswer(False, f"pool {pool.name}: demand shows no job while our pilots "
                                      f"run {working}: answer not trusted")
         return PoolAnswer(True, autoclusters=acs, pilots=pilots)
@@ -139,7 +165,9 @@ class Frontend:
         except (httpx.HTTPError, ValueError) as exc:
             return None, {}, f"factory {factory.name} query failed: {exc!r}"
         entries, *summaries = answers
-        if not isinstance(entries, list):
+        if not isinstance(entries, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("summary") or {}, dict)
+                for s in summaries):
             return None, {}, f"factory {factory.name}: unexpected answer shape"
         counts = {g: (s.get("summary") or {}) for g, s in zip(groups, summaries, strict=True)}
         return entries, counts, ""
@@ -165,26 +193,44 @@ class Frontend:
         report.errors += [a[2] for a in factory_answers if a[2]]
 
         views: dict[str, GroupView] = {}
+        blind: dict[str, str] = {}  # group -> why its demand is not trusted this cycle
         for group in groups:
             pool = pool_by_name[self.config.group_pool(group).name]
             if not pool.ok:
+                blind[group.name] = pool.error
                 continue
             fviews = [FactoryView(f.name, f.url, fac_by_name[f.name][0] or [],
                                   fac_by_name[f.name][1].get(group.name, {}))
                       for f in self.config.group_factories(group)
                       if fac_by_name[f.name][0] is not None]
+            memo = self._memo.setdefault(group.name, {})
+            if len(memo) > MEMO_LIMIT:  # a queue that keeps changing: start the memo again
+                memo.clear()
             try:
-                views[group.name] = await asyncio.to_thread(
+                view = await asyncio.to_thread(
                     observe_group, group, self.subject, pool.autoclusters, pool.pilots,
-                    fviews, now)
-            except Exception as exc:
+                    fviews, now, True, memo)
+            except Exception as exc:  # e.g. an autocluster whose ad does not parse
+                # Its demand is unknown, not zero: the group is frozen like a blind pool.
                 log.exception("group %s: observing demand failed", group.name)
-                report.groups[group.name] = {"error": f"observing demand failed: {exc!r}"}
+                blind[group.name] = f"observing demand failed: {exc!r}"
+                report.errors.append(f"group {group.name}: {blind[group.name]}")
+                continue
+            if view.expression_errors:
+                # A group expression that errors hides demand: zero demand from it
+                # must not start removal. Freeze the group until it is fixed.
+                blind[group.name] = "group expression evaluates to Error: " + "; ".join(
+                    f"{text} ({n} times)" for text, n in sorted(view.expression_errors.items()))
+                log.error("group %s: %s", group.name, blind[group.name])
+                report.errors.append(f"group {group.name}: {blind[group.name]}")
+                continue
+            views[group.name] = view
         totals = (sum(o.supply.total for v in views.values() for o in v.observations.values()),
                   sum(o.supply.idle_pilots for v in views.values()
                       for o in v.observations.values()))
         results = await asyncio.gather(*(
-            self._group_cycle(http, g, views.get(g.name), pool_by_name, fac_by_name, totals, now)
+            self._group_cycle(http, g, views.get(g.name), blind.get(g.name, ""), fac_by_name,
+                              totals, now)
             for g in groups if g.name not in report.groups), return_exceptions=True)
         for g, result in zip([g for g in groups if g.name not in report.groups], results,
                              strict=True):
@@ -194,41 +240,74 @@ class Frontend:
             else:
                 report.groups[g.name] = result
         report.ok = not report.errors and not any("error" in r for r in report.groups.values())
+        self.cycles += 1
         try:
-            self.state.save(self.memory)
+            self.state.save(self.memory, self.cycles)
         except OSError as exc:
             report.errors.append(f"cannot save {self.state.path}: {exc}")
         report.duration = self.clock() - now
+        self.last = report
         return report
 
     async def _group_cycle(self, http: httpx.AsyncClient, group: GroupConfig,
-                           view: GroupView | None, pools: dict[str, PoolAnswer],
+                           view: GroupView | None, blind: str,
                            factories: dict[str, Any], totals: tuple[int, int],
                            now: float) -> dict[str, Any]:
         pool_source = self.config.group_pool(group)
-        pool = pools[pool_source.name]
         memory = self.memory.setdefault(group.name, {})
         out: dict[str, Any] = {"pool": pool_source.name, "factories": {}}
         if view is None:
-            out["factories"] = await self._freeze(http, group, pool.error, now)
+            out["frozen"] = blind
+            out["factories"] = await self._freeze(http, group, blind, now)
             return out
         decisions = self._decide(group, view, totals, memory, now)
+        kept = self._keep_failed(group, view, memory, now)
+        if view.failed:
+            out["failed_entries"] = dict(view.failed)
         start = pilot_start_expr(group)
         sends = []
         for f in self.config.group_factories(group):
             if factories[f.name][0] is None:
                 out["factories"][f.name] = factories[f.name][2]
                 continue
-            wanted = {o.entry: d for k, (o, d) in decisions.items() if o.factory == f.name}
-            entries = {name: self._wire(d, group, start) for name, d in wanted.items()}
+            entries = {o.entry: self._wire(d, group, start)
+                       for o, d in decisions.values() if o.factory == f.name}
+            prefix = f"{f.name}/"
+            entries.update({k[len(prefix):]: r for k, r in kept.items() if k.startswith(prefix)})
             sends.append((f, entries))
-        results = await asyncio.gather(*(self._put(http, group, pool_source, f, entries)
+        token, why = await self._group_token(http, group, pool_source)
+        results = await asyncio.gather(*(self._put(http, group, pool_source, f, entries, token)
                                           for f, entries in sends), return_exceptions=True)
         for (f, _), result in zip(sends, results, strict=True):
-            out["factories"][f.name] = "ok" if result is None else (
-                result if isinstance(result, str) else repr(result))
+            out["factories"][f.name] = why or ("ok" if result is None else (
+                result if isinstance(result, str) else repr(result)))
         out["entries"] = {k: d.as_request() for k, (_, d) in decisions.items()}
         return out
+
+    async def _group_token(self, http: httpx.AsyncClient, group: GroupConfig,
+                           pool: Source) -> tuple[str | None, str]:
+        """One pilot token for all of the group's requests this cycle, or why none."""
+        try:
+            return await self._pilot_token(http, group, pool), ""
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            return None, f"not sent: no pilot token from pool {pool.name}: {exc!r}"
+
+    def _keep_failed(self, group: GroupConfig, view: GroupView,
+                     memory: dict[str, policy.Memory], now: float) -> dict[str, dict[str, Any]]:
+        """Entries that could not be judged: their last request again, never removal."""
+        kept: dict[str, dict[str, Any]] = {}
+        for key, why in view.failed.items():
+            m = memory.get(key)
+            request = None
+            if m is not None:
+                request = {"idle": m.last_idle, "max_running": m.last_max_running,
+                           "remove": "NO", "remove_margin": 0}
+                kept[key] = request
+                memory[key] = policy.Memory(m.no_demand_cycles, m.last_idle,
+                                            m.last_max_running, "NO")
+            self._record(key, {"time": now, "group": group.name, "failed": why,
+                               "request": request})
+        return kept
 
     def _wire(self, d: policy.Decision, group: GroupConfig, start: str | None) -> dict[str, Any]:
         body = d.as_request()
@@ -281,24 +360,30 @@ class Frontend:
         return out
 
     async def _put(self, http: httpx.AsyncClient, group: GroupConfig, pool: Source,
-                   factory: Source, entries: dict[str, dict[str, Any]]) -> str | None:
-        """Send the group's desired state; None when the factory took it, else why not."""
-        try:
-            token = await self._pilot_token(http, group, pool)
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
-            return f"no pilot token from pool {pool.name}: {exc!r}"
-        if factory.name in self.legacy:
-            entries = {n: legacy_request(r) for n, r in entries.items()}
-        body = {"pool_url": pool.url, "pilot_token": token, "entries": entries}
+                   factory: Source, entries: dict[str, dict[str, Any]],
+                   token: str | None) -> str | None:
+        """Send the group's desired state; None when the factory took it, else why not.
+
+        A 422 means the factory does not know part of the form: the next simpler
+        form (FORMS) is tried at once and kept for that factory.
+        """
+        if token is None:
+            return "not sent: no pilot token"
         url = f"{factory.url}/api/v1/requests/{group.name}"
+        names = list(FORMS)
+        form = self.forms.get(factory.name, "full")
         try:
-            r = await http.put(url, json=body, headers=self._auth(factory))
-            if r.status_code == 422 and factory.name not in self.legacy:
-                log.warning("factory %s refused the request (%s); retrying in the legacy form",
-                            factory.name, r.text[:300])
-                self.legacy.add(factory.name)
-                body["entries"] = {n: legacy_request(e) for n, e in entries.items()}
+            while True:
+                convert = FORMS[form]
+                body = {"pool_url": pool.url, "pilot_token": token,
+                        "entries": {n: convert(r) for n, r in entries.items()}}
                 r = await http.put(url, json=body, headers=self._auth(factory))
+                if r.status_code != 422 or form == names[-1]:
+                    break
+                simpler = names[names.index(form) + 1]
+                log.warning("factory %s refused the %s request form (%s); using the %s form",
+                            factory.name, form, r.text[:300], simpler)
+                form = self.forms[factory.name] = simpler
             r.raise_for_status()
         except httpx.HTTPError as exc:
             return f"factory {factory.name} refused or unreachable: {exc!r}"
@@ -324,7 +409,8 @@ class Frontend:
                 continue
             entries = {n: {"idle": m.last_idle, "max_running": m.last_max_running,
                            "remove": "NO", "remove_margin": 0} for n, m in mine.items()}
-            err = await self._put(http, group, self.config.group_pool(group), f, entries)
+            err = await self._put(http, group, self.config.group_pool(group), f, entries,
+                                  token.token)
             if err is None:
                 for n, m in mine.items():
                     memory[f"{prefix}{n}"] = policy.Memory(
@@ -358,9 +444,10 @@ class Frontend:
     # ------------------------------------------------------------------ explain
 
     def _record(self, key: str, record: dict[str, Any]) -> None:
-        history = self.explanations.get(key)
+        slot = (str(record["group"]), key)
+        history = self.explanations.get(slot)
         if history is None:
-            history = self.explanations[key] = deque(maxlen=self.config.explain_history)
+            history = self.explanations[slot] = deque(maxlen=self.config.explain_history)
         history.append({"cycle": self.cycles, "entry": key, **record})
 
     def _explain(self, key: str, group: GroupConfig, now: float, o: Any, d: policy.Decision,
@@ -380,12 +467,17 @@ class Frontend:
             "request": d.as_request(), "reasons": list(d.reasons), "error": error,
         })
 
-    def explain(self, entry: str | None = None, history: bool = False) -> list[dict[str, Any]]:
+    def explain(self, entry: str | None = None, history: bool = False,
+                group: str | None = None) -> list[dict[str, Any]]:
         """Latest (or all kept) explanations, for every entry or those named `entry`
-        (a key `factory/entry` or a bare entry name)."""
+        (a key `factory/entry` or a bare entry name), of every group or `group`;
+        ordered by entry, then group."""
         out = []
-        for key, records in sorted(self.explanations.items()):
+        for (name, key), records in sorted(self.explanations.items(),
+                                           key=lambda item: (item[0][1], item[0][0])):
             if entry is not None and entry not in (key, key.split("/", 1)[-1]):
+                continue
+            if group is not None and name != group:
                 continue
             out.extend(records if history else list(records)[-1:])
         return out
