@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,6 +104,7 @@ class SlurmCluster:
         its job is still running at shutdown)."""
         deadline = time.monotonic() + timeout
         self.run("scancel", "--user=root", timeout=15)
+        self.run("scancel", "--user=wmsuser", timeout=15)  # the SSH tests' remote account
         while time.monotonic() < deadline:
             busy = self.run("squeue", "-h", "-t", "RUNNING,COMPLETING,PENDING", "-o", "%i",
                             timeout=10)  # fmt: skip
@@ -185,15 +187,19 @@ def unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+def slurm() -> Iterator[SlurmCluster]:
     """A real slurmctld + slurmd for the whole test session (import it into a test module)."""
-    root = tmp_path_factory.mktemp("slurm")
+    # Outside pytest's root-only (0700) tree: jobs of other users (the SSH tests'
+    # wmsuser) must reach slurm.conf and their batch scripts in the spool.
+    root = Path(tempfile.mkdtemp(prefix="glidewms-slurm-", dir="/tmp"))
     context = slurm_cluster(root)
     try:
         cluster = context.__enter__()
     except (SlurmUnavailable, subprocess.CalledProcessError, OSError) as exc:
+        shutil.rmtree(root, ignore_errors=True)
         unavailable(str(exc))
     try:
         yield cluster
     finally:
         context.__exit__(None, None, None)
+        shutil.rmtree(root, ignore_errors=True)

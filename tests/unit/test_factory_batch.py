@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.config.factory import BackendKind, EntryConfig, FactoryConfig
 from glidewms.config.loader import ConfigError
-from glidewms.factory.backends import PilotState, PilotSubmission
+from glidewms.factory.backends import BACKENDS, PilotState, PilotSubmission
 from glidewms.factory.backends.batch import (
     PilotArray,
     common_arguments,
@@ -112,12 +113,18 @@ def test_parse_squeue() -> None:
                                   "13": PilotState.removed}  # fmt: skip
 
 
-def test_unimplemented_backend_is_a_config_error() -> None:
+def test_unimplemented_backend_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every backend the entry schema accepts is implemented; were one not, the
+    factory would refuse to start, naming the entry."""
+    for kind in get_args(BackendKind):
+        check_backends(FactoryConfig(entries=[EntryConfig(
+            name="a", site="S", backend=kind,
+            ssh={"host": "h", "user": "u", "key_file": "/k"} if kind == "ssh" else None)]),
+            "f.yaml")  # fmt: skip
+    monkeypatch.delitem(BACKENDS, "pbs")
     config = FactoryConfig(entries=[EntryConfig(name="a", site="S", backend="pbs")])
     with pytest.raises(ConfigError, match=r"entries\[0\]\.backend: 'pbs' is not implemented"):
         check_backends(config, "f.yaml")
-    check_backends(FactoryConfig(entries=[EntryConfig(name="a", site="S", backend="slurm")]),
-                   "f.yaml")  # fmt: skip
 
 
 def test_entry_batch_and_environment_validation() -> None:
@@ -127,3 +134,7 @@ def test_entry_batch_and_environment_validation() -> None:
         EntryConfig(name="a", site="S", environment={"1X": "y"})
     with pytest.raises(ValueError, match="ssh"):
         EntryConfig(name="a", site="S", backend="ssh")
+    with pytest.raises(ValueError, match="command_prefix needs log_dir"):
+        EntryConfig(name="a", site="S", batch={"command_prefix": ["runuser", "-u", "x", "--"]})
+    EntryConfig(name="a", site="S", batch={"command_prefix": ["runuser", "-u", "x", "--"],
+                                           "log_dir": "/srv/pilot-logs"})  # fmt: skip

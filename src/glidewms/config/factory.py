@@ -98,8 +98,16 @@ class BatchConfig(BaseModel):
     )
     array_size: int = Field(default=500, ge=1, le=10000, description="most pilots per job array")
     command_timeout: float = Field(default=60.0, gt=0, description="seconds per batch command")
+    command_prefix: list[str] = Field(
+        default_factory=list,
+        description="run batch commands as another account, e.g. [runuser, -u, pilots, --]; "
+        "needs log_dir (a directory that account can write)",
+    )
+    parallel_environment: str = Field(
+        default="smp", description="Grid Engine parallel environment of multi-core pilots"
+    )
 
-    @field_validator("queue", "account", "project")
+    @field_validator("queue", "account", "project", "parallel_environment")
     @classmethod
     def _word(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^[A-Za-z0-9_.@:+-]{1,128}$", value):
@@ -118,6 +126,15 @@ class BatchConfig(BaseModel):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         return _check_environment(value)
+
+    @model_validator(mode="after")
+    def _prefix_needs_log_dir(self) -> BatchConfig:
+        if self.command_prefix and not (self.log_dir and self.log_dir.startswith("/")):
+            raise ValueError(
+                "command_prefix needs log_dir: an absolute directory the batch account can "
+                "write (the factory's state_dir is private to the factory)"
+            )
+        return self
 
 
 def _positive_or_auto(value: object) -> object:

@@ -284,7 +284,8 @@ def create_app(
         _check_name("group", group, 422)
         expires = _check_pilot_token(verifier, body.pilot_token, frontend, group)
         _write_token(factory.token_file(frontend, group), body.pilot_token)
-        wanted = {name: req.model_dump(mode="json") for name, req in body.entries.items()}
+        wanted = {name: req.model_dump(mode="json", exclude_none=True)
+                  for name, req in body.entries.items()}  # fmt: skip
         await asyncio.to_thread(store.put_request, frontend, group, body.pool_url, wanted, expires)
         factory.wake()
         stored = next(

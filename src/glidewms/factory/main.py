@@ -9,6 +9,7 @@ from glidewms.config.factory import FactoryConfig, load_factory_config
 from glidewms.config.loader import ConfigError
 from glidewms.factory.api import create_app
 from glidewms.factory.backends import BACKENDS
+from glidewms.factory.backends.ssh import REMOTE_BACKENDS
 from glidewms.service import serve
 
 
@@ -22,6 +23,11 @@ def load(config_path: Path | None) -> FactoryConfig:
 def check_backends(config: FactoryConfig, source: str) -> None:
     """Every entry's backend must be one this factory implements."""
     for i, entry in enumerate(config.entries):
+        if entry.ssh is not None and entry.ssh.batch_system not in REMOTE_BACKENDS:
+            raise ConfigError(
+                f"{source}: entries[{i}].ssh.batch_system: {entry.ssh.batch_system!r} is not "
+                f"implemented over SSH yet (implemented: {', '.join(sorted(REMOTE_BACKENDS))})"
+            )
         if entry.backend not in BACKENDS:
             raise ConfigError(
                 f"{source}: entries[{i}].backend: {entry.backend!r} is not implemented yet "

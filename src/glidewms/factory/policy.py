@@ -33,6 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from glidewms.classads import ClassAdError, parse_expr
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.store import Glidein, GlideinState
 
@@ -58,6 +59,16 @@ class EntryRequest(BaseModel):
     remove_margin: int = Field(
         default=0, ge=0, description="pilots tolerated beyond the request before removing"
     )
+    start_expr: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="ClassAd expression the pilot publishes as GLIDEIN_Start (its slots' Start)",
+    )
+    container_image: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="container image jobs on these pilots run in (GLIDEIN_Container_Image)",
+    )
 
     @field_validator("remove", mode="before")
     @classmethod
@@ -68,6 +79,28 @@ class EntryRequest(BaseModel):
             return RemoveMode.NO
         if isinstance(value, str):
             return value.strip().upper()
+        return value
+
+    @field_validator("start_expr")
+    @classmethod
+    def _start_expr(cls, value: str | None) -> str | None:
+        """Refused here rather than by every pilot: one clear 422 to the frontend."""
+        if value is None:
+            return None
+        value = value.strip()
+        if not value or "\n" in value or "\r" in value:
+            raise ValueError("expected a one-line ClassAd expression")
+        try:
+            parse_expr(value)
+        except ClassAdError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("container_image")
+    @classmethod
+    def _container_image(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+            raise ValueError("expected an image reference or path without whitespace")
         return value
 
 

@@ -307,8 +307,16 @@ class Factory:
             "--memory", str(entry.memory),
             "--work-dir", entry.work_dir,
         ]  # fmt: skip
+        if self.stage.public_key_b64:
+            args += ["--manifest-key", self.stage.public_key_b64]
         for key, value in entry.attributes.items():
             args += ["--attr", f"{key}={attribute_text(value)}"]
+        wanted = request.entries.get(entry.name, {})
+        for attr, field in (("GLIDEIN_Start", "start_expr"),
+                            ("GLIDEIN_Container_Image", "container_image")):  # fmt: skip
+            value = wanted.get(field)
+            if value:
+                args += ["--attr", f"{attr}={value}"]
         return tuple(args)
 
     def _backing_off(self, entry: str, now: float) -> bool:

@@ -15,11 +15,19 @@ from glidewms.factory.backends.base import (
     PilotSubmission,
 )
 from glidewms.factory.backends.local import LocalBackend
+from glidewms.factory.backends.lsf import LsfBackend
+from glidewms.factory.backends.pbs import PbsBackend
+from glidewms.factory.backends.sge import SgeBackend
 from glidewms.factory.backends.slurm import SlurmBackend
+from glidewms.factory.backends.ssh import SshBackend
 
 BACKENDS: dict[str, type[Backend]] = {
     LocalBackend.kind: LocalBackend,
     SlurmBackend.kind: SlurmBackend,
+    SgeBackend.kind: SgeBackend,
+    PbsBackend.kind: PbsBackend,
+    LsfBackend.kind: LsfBackend,
+    SshBackend.kind: SshBackend,
 }
 
 

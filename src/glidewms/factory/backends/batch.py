@@ -42,6 +42,8 @@ TEMPLATE = "pilot_array.sh"
 HEREDOC_END = "GLIDEWMS_BOOTSTRAP_END"
 PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
 LOG_TAIL_BYTES = 256 * 1024
+# sh -c script: write stdin to "$1" atomically, 0600, creating its directory.
+WRITE_SECRET = 'umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1.tmp" && mv -f "$1.tmp" "$1"'
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,15 @@ class CommandResult:
 
 
 class Shell(ABC):
-    """Runs batch commands and handles files where the batch system is."""
+    """Runs batch commands and handles files where the batch system is.
+
+    `stages_token` is true when jobs run as another account than the factory
+    (a command prefix such as `runuser -u USER --`, or SSH to a login node):
+    the factory's own 0600 token file is not readable there, so the backend
+    writes a copy, 0600 and owned by that account, next to the pilot logs.
+    """
+
+    stages_token: bool = False
 
     @abstractmethod
     async def run(
@@ -82,17 +92,26 @@ class Shell(ABC):
 
 
 class LocalShell(Shell):
-    """Commands on the factory's own host, with the entry's batch environment."""
+    """Commands on the factory's own host, with the entry's batch environment.
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    With a `prefix` (e.g. `runuser -u wmsuser --`, `sudo -n -u wmsuser --`),
+    every command and every file operation runs as that account: a batch
+    system that refuses root's jobs (Grid Engine), or a site account the
+    factory's own user does not own.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None,
+                 prefix: Sequence[str] = ()) -> None:  # fmt: skip
         self.env = {**os.environ, **(env or {})}
+        self.prefix = list(prefix)
+        self.stages_token = bool(self.prefix)
 
     async def run(
         self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0
     ) -> CommandResult:
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *self.prefix, *argv,
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -112,6 +131,12 @@ class LocalShell(Shell):
                              err.decode(errors="replace"))  # fmt: skip
 
     async def write_secret(self, path: str, data: str) -> None:
+        if self.prefix:  # as the batch account; the secret on stdin, never in argv
+            argv = ["sh", "-c", WRITE_SECRET, "write_secret", path]
+            result = await self.run(argv, stdin=data)
+            if result.returncode != 0:
+                raise BackendError(f"cannot write {path}: {result.describe(argv)}")
+            return
         target = Path(path)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -120,6 +145,9 @@ class LocalShell(Shell):
         os.replace(tmp, target)
 
     async def read_tail(self, path: str, limit: int = LOG_TAIL_BYTES) -> str:
+        if self.prefix:
+            result = await self.run(["tail", "-c", str(limit), path])
+            return result.stdout if result.returncode == 0 else ""
         try:
             with open(path, "rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -129,6 +157,12 @@ class LocalShell(Shell):
             return ""
 
     async def make_dirs(self, path: str) -> None:
+        if self.prefix:
+            argv = ["mkdir", "-p", "-m", "700", path]
+            result = await self.run(argv)
+            if result.returncode != 0:
+                raise BackendError(result.describe(argv))
+            return
         Path(path).mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
@@ -255,9 +289,11 @@ class BatchBackend(Backend):
     job_ref: ClassVar[str]  # shell word: this task's job reference, for the pilot log
 
     def __init__(self, context: BackendContext,
-                 shell_factory: Callable[[EntryConfig], Shell] | None = None) -> None:  # fmt: skip
+                 shell_factory: Callable[[EntryConfig], Shell] | None = None,
+                 log_dirs: Callable[[EntryConfig], str] | None = None) -> None:  # fmt: skip
         super().__init__(context)
         self._shell_factory = shell_factory
+        self._log_dirs = log_dirs
         self._shells: dict[object, Shell] = {}
         self._prepared: set[tuple[object, str]] = set()
 
@@ -267,26 +303,45 @@ class BatchBackend(Backend):
         """Entries with the same key share a shell and one status query per cycle."""
         if self._shell_factory is not None:
             return entry.name
-        return tuple(sorted(entry.batch.env.items()))
+        return (tuple(sorted(entry.batch.env.items())), tuple(entry.batch.command_prefix))
 
     def shell(self, entry: EntryConfig) -> Shell:
         key = self.shell_key(entry)
         if key not in self._shells:
-            factory = self._shell_factory or (lambda e: LocalShell(e.batch.env))
+            factory = self._shell_factory or (
+                lambda e: LocalShell(e.batch.env, e.batch.command_prefix))
             self._shells[key] = factory(entry)
         return self._shells[key]
 
     def log_dir(self, entry: EntryConfig) -> str:
         if entry.batch.log_dir:
             return entry.batch.log_dir
+        if self._log_dirs is not None:  # e.g. the SSH backend: under the remote home
+            return self._log_dirs(entry)
         return str(self.context.state_dir / "batch" / entry.name)
 
     def entry(self, name: str) -> EntryConfig | None:
         return self.context.entries.get(name)
 
     async def token_path(self, entry: EntryConfig, shell: Shell, array: PilotArray) -> str:
-        """Where the job finds the pilot token: the factory's own file on a local site."""
-        return str(array.token_file)
+        """Where the job finds the pilot token.
+
+        On the factory's host, as its user: the factory's own 0600 file. Where
+        jobs run as another account: a 0600 copy of that account, rewritten at
+        every submission (a PUT may have brought a fresher token), under
+        `<log_dir>/tokens/`.
+        """
+        if not shell.stages_token:
+            return str(array.token_file)
+        try:
+            token = await asyncio.to_thread(array.token_file.read_text)
+        except OSError as exc:
+            raise BackendError(f"pilot token not readable: {exc}") from exc
+        # credentials/<frontend>/<group>.token -> tokens/<frontend>.<group>.token
+        name = f"{array.token_file.parent.name}.{array.token_file.name}"
+        path = f"{self.log_dir(entry)}/tokens/{name}"
+        await shell.write_secret(path, token)
+        return path
 
     async def bootstrap_text(self) -> str:
         try:
@@ -314,7 +369,7 @@ class BatchBackend(Backend):
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
         """Remove these jobs from the batch system."""
 
-    def log_names(self, ref: str) -> tuple[str, str]:
+    def log_names(self, entry: EntryConfig, ref: str) -> tuple[str, str]:
         """The stdout and stderr file names of a job ref inside the log dir."""
         return f"{ref}.out", f"{ref}.err"
 
@@ -390,7 +445,7 @@ class BatchBackend(Backend):
         if entry is None:
             return PilotLogs("", "")
         shell, log_dir = self.shell(entry), self.log_dir(entry)
-        out_name, err_name = self.log_names(ref)
+        out_name, err_name = self.log_names(entry, ref)
         return PilotLogs(await shell.read_tail(f"{log_dir}/{out_name}"),
                          await shell.read_tail(f"{log_dir}/{err_name}"))  # fmt: skip
 

@@ -1,0 +1,123 @@
+"""LSF backend (IBM Spectrum LSF): pilots as job arrays (`-J "name[1-N]"`).
+
+- submit: the script on bsub's standard input (bsub reads its `#BSUB`
+  directives there); it prints `Job <1234> is submitted to queue <q>.`.
+  Element i (1-based) of job 1234 is the job ref `1234[i]`.
+- status: `bjobs -a -noheader -o "jobid stat exit_code jobindex delimiter='|'"`
+  for all the jobs of a cycle (`-a`: recently finished ones too). A ref bjobs
+  does not know any more ended long ago: finished.
+- remove: `bkill` with the refs.
+- logs: `-o <log_dir>/%J.%I.out`, `-e <log_dir>/%J.%I.err`.
+
+Every LSF job state is mapped in `STATE_MAP`. Tested against stand-in
+bsub/bjobs/bkill (tests/components/pbs_lsf_standin.py) that print what LSF
+prints; no LSF cluster can run here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+
+from glidewms.config.factory import EntryConfig
+from glidewms.factory.backends.base import BackendError, PilotState
+from glidewms.factory.backends.batch import BatchBackend, PilotArray, Shell, chunks
+
+log = logging.getLogger(__name__)
+
+STATE_MAP: dict[str, PilotState] = {
+    "PEND": PilotState.queued,
+    "WAIT": PilotState.queued,  # chunk job member waiting to run
+    "PROV": PilotState.queued,  # host being provisioned
+    "PSUSP": PilotState.held,  # suspended while pending (bstop, or submitted with -H)
+    "USUSP": PilotState.held,  # suspended by its user while running
+    "SSUSP": PilotState.held,  # suspended by LSF (load, window)
+    "RUN": PilotState.running,
+    "DONE": PilotState.finished,
+    "EXIT": PilotState.failed,  # non-zero exit, or killed (bkill)
+    "ZOMBI": PilotState.failed,  # killed while its host was unreachable
+    "UNKWN": PilotState.unknown,  # the host's sbatchd cannot be reached
+}
+SUBMITTED = re.compile(r"Job <(\d+)> is submitted")
+FORMAT = "jobid stat exit_code jobindex delimiter='|'"
+REFS_PER_CALL = 200
+
+
+def lsf_state(word: str) -> PilotState:
+    mapped = STATE_MAP.get(word.strip())
+    if mapped is None:
+        log.warning("unknown LSF job state %r", word)
+        return PilotState.unknown
+    return mapped
+
+
+def parse_bjobs(text: str) -> dict[str, PilotState]:
+    """`bjobs -noheader -o "jobid stat exit_code jobindex delimiter='|'"` -> {ref: state}."""
+    out: dict[str, PilotState] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) < 4 or not parts[0].isdigit():
+            continue
+        job, state, index = parts[0], parts[1], parts[3]
+        ref = f"{job}[{index}]" if index not in ("", "0", "-") else job
+        out[ref] = lsf_state(state)
+    return out
+
+
+class LsfBackend(BatchBackend):
+    kind = "lsf"
+    task_index = "${LSB_JOBINDEX:-1} - 1"
+    job_ref = "${LSB_JOBID:-?}[${LSB_JOBINDEX:-?}]"
+
+    def directives(self, entry: EntryConfig, array: PilotArray, log_dir: str) -> list[str]:
+        batch = entry.batch
+        lines = [f'-J "glidewms-{entry.name}[1-{len(array.glidein_ids)}]"',
+                 f"-o {log_dir}/%J.%I.out", f"-e {log_dir}/%J.%I.err",
+                 f"-W {max(1, math.ceil(entry.walltime / 60))}"]  # fmt: skip
+        if isinstance(entry.cpus, int):
+            lines.append(f"-n {entry.cpus}")
+        if isinstance(entry.memory, int):
+            lines.append(f'-R "rusage[mem={entry.memory}]"')
+        if batch.queue:
+            lines.append(f"-q {batch.queue}")
+        if batch.account:
+            lines.append(f"-P {batch.account}")
+        lines += batch.options
+        return [f"#BSUB {line}" for line in lines]
+
+    async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
+                           count: int) -> list[str]:  # fmt: skip
+        argv = ["bsub"]
+        result = await shell.run(argv, stdin=script, timeout=entry.batch.command_timeout)
+        if result.returncode != 0:
+            raise BackendError(result.describe(argv))
+        match = SUBMITTED.search(result.stdout)
+        if match is None:
+            raise BackendError(f"bsub printed no job id: {result.stdout.strip()!r}")
+        return [f"{match.group(1)}[{i}]" for i in range(1, count + 1)]
+
+    async def query(self, shell: Shell, entry: EntryConfig,
+                    refs: Sequence[str]) -> dict[str, PilotState]:  # fmt: skip
+        jobs = sorted({ref.split("[")[0] for ref in refs}, key=int)
+        seen: dict[str, PilotState] = {}
+        for part in chunks(jobs, REFS_PER_CALL):
+            argv = ["bjobs", "-a", "-noheader", "-o", FORMAT, *part]
+            result = await shell.run(argv, timeout=entry.batch.command_timeout)
+            if result.returncode != 0 and "is not found" not in result.stderr:
+                raise BackendError(result.describe(argv))
+            seen.update(parse_bjobs(result.stdout))
+        return {ref: seen.get(ref, PilotState.finished) for ref in refs}
+
+    async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
+        for part in chunks(list(refs), REFS_PER_CALL):
+            argv = ["bkill", *part]
+            result = await shell.run(argv, timeout=entry.batch.command_timeout)
+            if result.returncode != 0:
+                log.info("%s", result.describe(argv))  # ended ones make bkill complain
+
+    def log_names(self, entry: EntryConfig, ref: str) -> tuple[str, str]:
+        match = re.match(r"^(\d+)\[(\d+)\]$", ref)
+        stem = f"{match.group(1)}.{match.group(2)}" if match else f"{ref}.0"
+        return f"{stem}.out", f"{stem}.err"

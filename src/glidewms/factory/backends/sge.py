@@ -1,0 +1,199 @@
+"""Grid Engine backend (Son of Grid Engine, Univa/Altair GE): pilots as array jobs.
+
+- submit: the array's script on qsub's standard input, `qsub -terse`; its
+  directives (`#$ -t 1-N`, ...) are in the script. Tasks are 1-based: task i
+  of job J is the job ref `J.i` (qdel's own `job.task` syntax).
+- status: one `qstat -xml -g d` per shell and cycle (`-g d` lists every task
+  of an array, pending ones included); refs qstat no longer lists are looked up
+  with `qacct -j` (the accounting file, no database needed). A job in neither
+  ended before it ever ran (deleted while pending) or long ago: finished.
+- remove: `qdel` with the task refs.
+
+Grid Engine reports a state as a word of letters (`qw`, `hqw`, `Eqw`, `dr`,
+`Rr`, `ts`...). Every letter is mapped explicitly in `LETTERS`, and the
+pilot state of a word is the one of its strongest letter (`PRECEDENCE`): a
+deleted, errored or held job is that before it is queued or running. A letter
+not in the map makes the word `unknown` (and is logged).
+
+Root may not submit (`min_uid`): set `batch.command_prefix` to run the
+commands as the pilots' account (`[runuser, -u, pilots, --]`), or use the SSH
+backend as that account.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+
+from glidewms.config.factory import EntryConfig
+from glidewms.factory.backends.base import BackendError, PilotState
+from glidewms.factory.backends.batch import BatchBackend, PilotArray, Shell, chunks
+
+log = logging.getLogger(__name__)
+
+# Each letter Grid Engine prints in a job's state, and what it means for a pilot.
+LETTERS: dict[str, PilotState] = {
+    "d": PilotState.removed,  # deletion requested (qdel): on its way out
+    "E": PilotState.held,  # error state (Eqw): will not run until cleared (qmod -cj)
+    "h": PilotState.held,  # hold (user, operator, system or array dependency)
+    "s": PilotState.held,  # suspended: allocated but does no work
+    "S": PilotState.held,  # suspended by a subordinate queue
+    "T": PilotState.held,  # suspended by a load threshold
+    "r": PilotState.running,
+    "t": PilotState.running,  # transferring to the execution host: starting
+    "R": PilotState.queued,  # restarted (Rq, Rr): the other letters say where it is
+    "q": PilotState.queued,
+    "w": PilotState.queued,  # waiting
+}
+PRECEDENCE = (PilotState.removed, PilotState.held, PilotState.running, PilotState.queued)
+
+REFS_PER_CALL = 200
+TERSE_ID = re.compile(r"^(\d+)(?:\.(\d+)-(\d+):(\d+))?$")
+
+
+def sge_state(word: str) -> PilotState:
+    """A qstat state word (`qw`, `hRwq`, `dr`...) as a PilotState."""
+    seen = set()
+    for letter in word.strip():
+        mapped = LETTERS.get(letter)
+        if mapped is None:
+            log.warning("unknown Grid Engine job state %r (letter %r)", word, letter)
+            return PilotState.unknown
+        seen.add(mapped)
+    for state in PRECEDENCE:
+        if state in seen:
+            return state
+    log.warning("empty Grid Engine job state %r", word)
+    return PilotState.unknown
+
+
+def parse_qstat_xml(text: str) -> dict[str, PilotState]:
+    """`qstat -xml -g d` -> {`JOB.TASK` (or `JOB` for a plain job): state}.
+
+    A pending array not expanded by `-g d` (older versions) lists a task range
+    such as `3-5:1`: each task of it gets the state.
+    """
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise BackendError(f"qstat printed XML that does not parse: {exc}") from exc
+    out: dict[str, PilotState] = {}
+    for job in root.iter("job_list"):
+        number = (job.findtext("JB_job_number") or "").strip()
+        state = sge_state(job.findtext("state") or "")
+        tasks = (job.findtext("tasks") or "").strip()
+        if not number:
+            continue
+        if not tasks:
+            out[number] = state
+            continue
+        for part in tasks.split(","):
+            match = re.match(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$", part)
+            if match is None:
+                log.warning("qstat task list %r not understood", tasks)
+                continue
+            first = int(match.group(1))
+            last = int(match.group(2) or first)
+            step = int(match.group(3) or 1)
+            for task in range(first, last + 1, step):
+                out[f"{number}.{task}"] = state
+    return out
+
+
+def parse_qacct(text: str) -> dict[str, PilotState]:
+    """`qacct -j JOB` records -> {`JOB.TASK`: finished or failed}.
+
+    A record whose `failed` is not 0 (the job could not start, or was killed:
+    `100 : assumedly after job`) or whose exit status is not 0 is failed. When
+    a job id appears more than once (ids reused after a spool reset), the last
+    record, the newest, wins.
+    """
+    out: dict[str, PilotState] = {}
+    for block in text.split("=" * 62):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            key, _, value = line.partition(" ")
+            if key:
+                fields[key] = value.strip()
+        number = fields.get("jobnumber")
+        if not number:
+            continue
+        task = fields.get("taskid", "undefined")
+        ref = number if task in ("undefined", "0", "") else f"{number}.{task}"
+        failed = fields.get("failed", "0").split(":")[0].strip()
+        status = fields.get("exit_status", "0").split()[0] if fields.get("exit_status") else "0"
+        ok = failed == "0" and status == "0"
+        out[ref] = PilotState.finished if ok else PilotState.failed
+    return out
+
+
+def walltime(seconds: int) -> str:
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class SgeBackend(BatchBackend):
+    kind = "sge"
+    task_index = "${SGE_TASK_ID:-0} - 1"
+    job_ref = "${JOB_ID:-?}.${SGE_TASK_ID:-?}"
+
+    def directives(self, entry: EntryConfig, array: PilotArray, log_dir: str) -> list[str]:
+        batch = entry.batch
+        lines = [
+            f"-N glidewms-{entry.name}",
+            f"-t 1-{len(array.glidein_ids)}",
+            f"-o {log_dir}/$JOB_ID.$TASK_ID.out",
+            f"-e {log_dir}/$JOB_ID.$TASK_ID.err",
+            "-S /bin/bash",
+            "-r n",  # a pilot that lost its node is not restarted: the factory decides
+            f"-l h_rt={walltime(entry.walltime)}",
+        ]
+        if isinstance(entry.cpus, int) and entry.cpus > 1:
+            lines.append(f"-pe {batch.parallel_environment} {entry.cpus}")
+        if batch.queue:
+            lines.append(f"-q {batch.queue}")
+        if batch.project:
+            lines.append(f"-P {batch.project}")
+        if batch.account:
+            lines.append(f"-A {batch.account}")
+        lines += batch.options
+        return [f"#$ {line}" for line in lines]
+
+    async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
+                           count: int) -> list[str]:  # fmt: skip
+        argv = ["qsub", "-terse"]
+        result = await shell.run(argv, stdin=script, timeout=entry.batch.command_timeout)
+        if result.returncode != 0:
+            raise BackendError(result.describe(argv))
+        match = TERSE_ID.match(result.stdout.strip().splitlines()[-1] if result.stdout else "")
+        if match is None:
+            raise BackendError(f"qsub printed no job id: {result.stdout.strip()!r}")
+        return [f"{match.group(1)}.{task}" for task in range(1, count + 1)]
+
+    async def query(self, shell: Shell, entry: EntryConfig,
+                    refs: Sequence[str]) -> dict[str, PilotState]:  # fmt: skip
+        timeout = entry.batch.command_timeout
+        argv = ["qstat", "-xml", "-g", "d"]
+        result = await shell.run(argv, timeout=timeout)
+        if result.returncode != 0:
+            raise BackendError(result.describe(argv))
+        listed = parse_qstat_xml(result.stdout)
+        seen = {ref: listed[ref] for ref in refs if ref in listed}
+        missing = [ref for ref in refs if ref not in seen]
+        for job in sorted({ref.split(".")[0] for ref in missing}, key=int):
+            argv = ["qacct", "-j", job]
+            result = await shell.run(argv, timeout=timeout)
+            if result.returncode == 0:  # rc 1: "job id N not found"
+                seen.update({r: s for r, s in parse_qacct(result.stdout).items() if r in missing})
+        for ref in missing:
+            seen.setdefault(ref, PilotState.finished)  # never ran, or accounted long ago
+        return seen
+
+    async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
+        for part in chunks(list(refs), REFS_PER_CALL):
+            argv = ["qdel", *part]
+            result = await shell.run(argv, timeout=entry.batch.command_timeout)
+            if result.returncode != 0:
+                # Tasks that already ended make qdel complain; the others were deleted.
+                log.info("%s", result.describe(argv))

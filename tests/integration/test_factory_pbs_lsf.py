@@ -1,0 +1,92 @@
+"""The PBS and LSF backends against STAND-IN batch commands.
+
+No PBS server or LSF cluster can run here: qsub/qstat/qdel and
+bsub/bjobs/bkill are the stand-in of tests/components/pbs_lsf_standin.py,
+which prints what OpenPBS and LSF print and really runs the job scripts the
+backends render (task index from PBS_ARRAY_INDEX / LSB_JOBINDEX, output
+files where the directives say), two at a time. Every wait polls with a
+deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from glidewms.config.factory import EntryConfig
+from glidewms.factory.backends import BackendContext, PilotState, PilotSubmission
+from glidewms.factory.backends.batch import BatchBackend
+from glidewms.factory.backends.lsf import LsfBackend
+from glidewms.factory.backends.pbs import PbsBackend
+from tests.components.pbs_lsf_standin import install
+
+BOOT = """#!/bin/bash
+case "$4" in *-2) sleep 600 ;; esac
+while [ ! -e @GO@ ]; do sleep 0.05; done
+case "$4" in *-1) exit 3 ;; esac
+echo "ok $4"
+"""
+HOLD = {"pbs": "-h", "lsf": "-H"}
+Seen = dict[str, PilotState]
+
+
+@pytest.mark.parametrize("kind", ["pbs", "lsf"])
+def test_backend_against_standin(kind: str, tmp_path: Path) -> None:
+    backend_cls: type[BatchBackend] = {"pbs": PbsBackend, "lsf": LsfBackend}[kind]
+    env = install(tmp_path / "bin", tmp_path / "standin", slots=2)
+    bootstrap = tmp_path / "boot.sh"
+    bootstrap.write_text(BOOT.replace("@GO@", str(tmp_path / "go")))
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    token.chmod(0o600)
+    entry = EntryConfig(name="e1", site="S", backend=kind, cpus=1, memory=100,  # type: ignore[arg-type]
+                        batch={"env": env, "queue": "workq"})  # fmt: skip
+    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
+                             entries={"e1": entry})  # fmt: skip
+    pilots = [PilotSubmission(f"g-{i}", ("--x", "y", "--glidein-id", f"g-{i}"), token)
+              for i in range(3)]  # fmt: skip
+    deadline = time.monotonic() + 60
+
+    async def until(backend: BatchBackend, ids: list[str], done: Callable[[Seen], bool]) -> Seen:
+        while True:
+            seen = await backend.status(ids)
+            if done(seen):
+                return seen
+            assert time.monotonic() < deadline, f"states: {seen}"
+            await asyncio.sleep(0.1)
+
+    async def scenario() -> None:
+        backend = backend_cls(context)
+        ids = await backend.submit(entry, pilots)
+        assert len({i.split("[")[0] for i in ids}) == 1, "one array for three pilots"
+        first = await backend.status(ids)
+        assert [first[i] for i in ids] == [PilotState.running, PilotState.running,
+                                           PilotState.queued], "two slots: the third waits"
+        (tmp_path / "go").touch()
+        await until(backend, ids, lambda s: s[ids[0]] is PilotState.finished
+                    and s[ids[1]] is PilotState.failed)  # fmt: skip
+        await until(backend, ids[2:], lambda s: s[ids[2]] is PilotState.running)
+        logs = await backend.logs(ids[0])
+        assert "ok g-0" in logs.stdout and "glidein g-0" in logs.stdout
+        assert ids[0].split("/")[1] in logs.stdout, "the job ref the pilot logs is ours"
+        await backend.remove([ids[2]])
+        await until(backend, ids[2:], lambda s: s[ids[2]] in (PilotState.removed,
+                                                              PilotState.failed))  # fmt: skip
+
+        held_entry = entry.model_copy(update={"batch": entry.batch.model_copy(
+            update={"options": [HOLD[kind]]})})  # fmt: skip
+        held = await backend.submit(held_entry, pilots[:1])
+        assert (await backend.status(held))[held[0]] is PilotState.held
+        await backend.remove(held)
+        assert (await backend.status(held))[held[0]] is not PilotState.held
+
+        unknown = await backend.status(["e1/99999[1]", "nowhere/1[1]"])
+        assert unknown == {"e1/99999[1]": PilotState.finished,
+                           "nowhere/1[1]": PilotState.unknown}
+        await backend.close()
+
+    asyncio.run(scenario())

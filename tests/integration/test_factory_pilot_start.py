@@ -1,0 +1,149 @@
+"""What the factory hands a real pilot: the signed stage and the request's attributes.
+
+The real factory app is served by uvicorn on a loopback port (a thread), its
+local backend starts the real glidein_startup.sh, and the bootstrap verifies
+the stage manifest's Ed25519 signature with openssl against the key the
+factory passed in `--manifest-key`. The agent is a stub that copies the
+glidein_config the bootstrap wrote and waits for a release file, so the test
+sees exactly what the pilot was told. Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory.api import create_app
+from glidewms.security.tokens import TokenIssuer, generate_keypair
+from glidewms.service import bind, url_of
+
+T = TypeVar("T")
+POOL_URL = "http://127.0.0.1:9"
+
+STUB_AGENT = """\
+import os, shutil, time
+out = {out!r}
+gid = dict(line.rstrip("\\n").split(" ", 1) for line in open("glidein_config"))["GLIDEIN_Id"]
+shutil.copyfile("glidein_config", os.path.join(out, gid + ".config"))
+while not os.path.exists(os.path.join(out, "release")):
+    time.sleep(0.05)
+"""
+
+
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Served:
+    """The factory app on a real socket (pilots call it back over HTTP)."""
+
+    def __init__(self, make_app: Callable[[str], Any]) -> None:
+        self.sock = bind("127.0.0.1", 0)
+        self.url = url_of(self.sock)
+        self.app = make_app(self.url)
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)  # fmt: skip
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        wait_for(lambda: self.server.started, "uvicorn to start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "out"
+    directory.mkdir()
+    yield directory
+    (directory / "release").touch()
+
+
+def config_of(path: Path) -> dict[str, str]:
+    return dict(line.rstrip("\n").split(" ", 1) for line in path.read_text().splitlines())
+
+
+def test_pilot_verifies_the_signed_stage_and_gets_request_attributes(
+    tmp_path: Path, out: Path
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: the bootstrap cannot verify signatures")
+    private, public = generate_keypair(tmp_path / "keys")
+    issuer = TokenIssuer.from_file(private)
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "__init__.py").write_text("")
+    (agent / "__main__.py").write_text(STUB_AGENT.format(out=str(out)))
+    entry = EntryConfig(name="local", site="LOCAL", max_pilots=1, max_per_cycle=1,
+                        attributes={"HAS_X": True})  # fmt: skip
+    config = FactoryConfig(state_dir=tmp_path / "state", issuer_public_key=public,
+                           cycle_seconds=0.2, entries=[entry])  # fmt: skip
+    fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
+    start = 'TARGET.Owner == "alice" && TARGET.RequestCpus <= 1'
+
+    def body(n: int, **extra: Any) -> dict[str, Any]:
+        return {"pool_url": POOL_URL,
+                "pilot_token": issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main"),
+                "entries": {"local": {"idle": n, "max_running": n, **extra}}}  # fmt: skip
+
+    with Served(lambda url: create_app(config, url, agent_dir=agent,
+                                       kill_grace=2.0)) as served:  # fmt: skip
+        factory = served.app.state.factory
+        with TestClient(served.app) as client:
+            bad = client.put("/api/v1/requests/main", headers=fe1,
+                             json=body(1, start_expr="TARGET.Owner == "))  # fmt: skip
+            assert bad.status_code == 422 and "start_expr" in bad.text
+            bad = client.put("/api/v1/requests/main", headers=fe1,
+                             json=body(1, container_image="two words"))  # fmt: skip
+            assert bad.status_code == 422 and "container_image" in bad.text
+            image = "/cvmfs/unpacked.example.org/el9:latest"
+            ok = client.put("/api/v1/requests/main", headers=fe1,
+                            json=body(1, start_expr=start, container_image=image))  # fmt: skip
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["entries"]["local"]["start_expr"] == start
+
+            first = wait_for(lambda: sorted(out.glob("*.config")), "the first pilot's agent")[0]
+            seen = config_of(first)
+            assert seen["GLIDEIN_Manifest_Signature"] == "verified"
+            assert seen["GLIDEIN_Start"] == start
+            assert seen["GLIDEIN_Container_Image"] == image
+            assert seen["HAS_X"] == "true"
+            assert set(seen["GLIDEIN_Attrs"].split(",")) == {
+                "HAS_X", "GLIDEIN_Start", "GLIDEIN_Container_Image"}
+
+            # A stage signature that is not the factory's: the next pilot refuses it.
+            signature = factory.stage.signature_path
+            signature.write_bytes(bytes(64))
+            (out / "release").touch()
+
+            def corrupt() -> list[Any]:
+                return factory.store.glideins(exit_reason="corruption")
+
+            [refused] = wait_for(corrupt, "a pilot to refuse the tampered signature")[:1]
+            client.put("/api/v1/requests/main", headers=fe1, json=body(0))
+            assert not (out / f"{refused.glidein_id}.config").exists(), "the agent never ran"
+            assert refused.report is not None
+            assert "signature does not verify" in refused.report["detail"]
+            assert refused.exit_code == 3

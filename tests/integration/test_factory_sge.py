@@ -1,0 +1,227 @@
+"""The factory against a real Grid Engine (sge_qmaster + sge_execd on localhost, started here).
+
+The cell comes from tests/components/sge_cluster.py (a session fixture, shut
+down with qconf -ke/-km). Root may not submit to Grid Engine, so the entry
+runs its batch commands as the test user through `batch.command_prefix`
+(`runuser -u wmsuser --`), and the pilot token is staged as a 0600 file of
+that user. The pilot is a stand-in bootstrap that records its argv and
+checks its token file, then waits for a release file. Every wait polls with
+a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from fastapi.testclient import TestClient
+
+from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory.api import create_app
+from glidewms.factory.backends import BackendContext, PilotState, PilotSubmission
+from glidewms.factory.backends.sge import SgeBackend
+from glidewms.security.tokens import TokenIssuer, generate_keypair
+from tests.components.sge_cluster import USER, SgeCluster
+from tests.components.sge_cluster import sge as sge  # the session fixture
+
+T = TypeVar("T")
+FACTORY_URL = "http://127.0.0.1:9999"
+POOL_URL = "http://127.0.0.1:9998"
+
+STAND_IN = r"""#!/bin/bash
+# Stand-in for glidein_startup.sh, run by Grid Engine from the factory's job script.
+out=@OUT@
+args=("$@")
+gid=unknown
+while [ $# -gt 0 ]; do
+  case "$1" in --glidein-id) gid="$2"; shift 2 ;; *) shift ;; esac
+done
+printf '%s\n' "${args[@]}" > "$out/$gid.args.tmp" && mv "$out/$gid.args.tmp" "$out/$gid.args"
+[ -r "${GLIDEIN_TOKEN_FILE:-/nonexistent}" ] || { echo "no token file" >&2; exit 2; }
+[ "$(stat -c %a "$GLIDEIN_TOKEN_FILE")" = 600 ] || { echo "token file not 0600" >&2; exit 3; }
+token=$(cat "$GLIDEIN_TOKEN_FILE")
+for a in "${args[@]}"; do case "$a" in *"$token"*) echo "token in argv" >&2; exit 4 ;; esac; done
+env | grep -qF "$token" && { echo "token in environment" >&2; exit 5; }
+echo "site said ${SITE_SAYS:-nothing} to $(id -un)"
+echo "pilot $gid started"
+while [ ! -e "$out/release" ]; do sleep 0.1; done
+exit 0
+"""
+
+
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def user_owned(path: Path) -> Path:
+    path.mkdir(mode=0o755)
+    shutil.chown(path, USER, USER)
+    return path
+
+
+@pytest.fixture
+def place(sge: SgeCluster, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A directory of the test user for this test's logs and release file."""
+    path = user_owned(sge.user_dir / request.node.name)
+    yield path
+    (path / "release").touch()
+
+
+def sge_entry(cluster: SgeCluster, place: Path, **values: Any) -> EntryConfig:
+    base: dict[str, Any] = {
+        "name": "sge1", "site": "LOCAL_SGE", "backend": "sge", "cpus": 1, "walltime": 600,
+        "max_pilots": 10, "max_idle": 10, "max_per_cycle": 10,
+        "batch": {"queue": "all.q", "env": cluster.env, "command_prefix": cluster.prefix,
+                  "log_dir": str(place / "logs")},
+        "environment": {"SITE_SAYS": "hello"},
+    }  # fmt: skip
+    base.update(values)
+    return EntryConfig(**base)
+
+
+def test_factory_submits_an_array_tracks_and_removes(sge: SgeCluster, place: Path,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    """3 pilots in one qsub, run as the test user; ALL with max_running 1 removes two."""
+    private, public = generate_keypair(tmp_path / "keys")
+    issuer = TokenIssuer.from_file(private)
+    bootstrap = tmp_path / "glidein_startup.sh"
+    bootstrap.write_text(STAND_IN.replace("@OUT@", str(place)))
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "__main__.py").write_text("print('agent')\n")
+    config = FactoryConfig(state_dir=tmp_path / "state", issuer_public_key=public,
+                           cycle_seconds=0.3, entries=[sge_entry(sge, place)])  # fmt: skip
+    app = create_app(config, FACTORY_URL, bootstrap=bootstrap, agent_dir=agent)
+    factory = app.state.factory
+    fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
+    pilot_token = issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main")
+
+    def put(idle: int, max_running: int, remove: str) -> None:
+        body = {"pool_url": POOL_URL, "pilot_token": pilot_token,
+                "entries": {"sge1": {"idle": idle, "max_running": max_running,
+                                     "remove": remove}}}  # fmt: skip
+        assert client.put("/api/v1/requests/main", json=body, headers=fe1).status_code == 200
+
+    def states() -> list[str]:
+        return sorted(g["state"] for g in client.get("/api/v1/glideins", headers=fe1).json())
+
+    with TestClient(app) as client:
+        put(3, 3, "NO")
+        wait_for(lambda: states() == ["running"] * 3, "three running pilots")
+        rows = factory.store.glideins()
+        jobs = {r.backend_id.split("/")[1].split(".")[0] for r in rows}
+        assert len(jobs) == 1, "one array job for the whole submission"
+        [job] = jobs
+        assert sorted(r.backend_id for r in rows) == [f"sge1/{job}.{i}" for i in (1, 2, 3)]
+        for r in rows:
+            args_file = place / f"{r.glidein_id}.args"
+            wait_for(args_file.exists, "pilot argv")
+            args = args_file.read_text().splitlines()
+            assert args[args.index("--glidein-id") + 1] == r.glidein_id
+            assert args[args.index("--entry") + 1] == "sge1"
+            assert not any(pilot_token in a for a in args)
+
+        # The token went to a 0600 file of the batch user, never into the job script.
+        staged = place / "logs" / "tokens" / "fe1.main.token"
+        info = staged.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o600
+        assert info.st_uid == pwd.getpwnam(USER).pw_uid
+        assert staged.read_text().strip() == pilot_token
+        script = sge.run("qstat", "-j", job, as_user=True).stdout
+        assert "glidewms-sge1" in script and pilot_token not in script
+
+        settled = factory.cycles
+        wait_for(lambda: factory.cycles >= settled + 4, "four more cycles")
+        assert len(factory.store.glideins()) == 3, "nothing more while the request is met"
+
+        put(0, 1, "ALL")
+        wait_for(lambda: states() == ["removed", "removed", "running"], "two running removed")
+        [survivor] = factory.store.glideins(state="running")
+        assert survivor.glidein_id == rows[-1].glidein_id, "the oldest running pilot stays"
+
+        (place / "release").touch()
+        wait_for(lambda: states() == ["finished", "removed", "removed"], "the last one ends")
+        wait_for(lambda: factory.archive.read("sge1", "fe1", survivor.glidein_id)["archived"],
+                 "logs archived")  # fmt: skip
+        archived = factory.archive.read("sge1", "fe1", survivor.glidein_id)
+        assert f"pilot {survivor.glidein_id} started" in archived["stdout"]
+        assert f"site said hello to {USER}" in archived["stdout"]
+
+
+def test_sge_backend_states_and_failures(sge: SgeCluster, place: Path, tmp_path: Path) -> None:
+    """The backend alone: exit codes (from qacct) map to finished/failed, a held array
+    to held, arrays larger than array_size are split, qsub errors name the cause."""
+    bootstrap = tmp_path / "boot.sh"
+    bootstrap.write_text('#!/bin/bash\ncase "$4" in *-1) exit 3 ;; *-2) sleep 600 ;; esac\n'
+                         'echo "ok $4"\n')  # fmt: skip
+    token = tmp_path / "credentials" / "fe1" / "main.token"
+    token.parent.mkdir(parents=True)
+    token.write_text("secret\n")
+    token.chmod(0o600)
+    entry = sge_entry(sge, place)
+    entry = entry.model_copy(update={"batch": entry.batch.model_copy(update={"array_size": 2})})
+    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
+                             entries={"sge1": entry})  # fmt: skip
+    deadline = time.monotonic() + 90
+
+    Seen = dict[str, PilotState]
+
+    async def until(backend: SgeBackend, ids: list[str], done: Callable[[Seen], bool]) -> Seen:
+        while True:
+            seen = await backend.status(ids)
+            if done(seen):
+                return seen
+            assert time.monotonic() < deadline, f"states: {seen}"
+            await asyncio.sleep(0.2)
+
+    async def scenario() -> None:
+        backend = SgeBackend(context)
+        pilots = [PilotSubmission(f"g-{i}", ("--x", "y", "--glidein-id", f"g-{i}"), token)
+                  for i in range(3)]  # fmt: skip
+        ids = await backend.submit(entry, pilots)
+        assert len({i.split(".")[0] for i in ids}) == 2, "array_size 2: two arrays for three"
+        assert [i.rsplit(".", 1)[1] for i in ids] == ["1", "2", "1"]
+        seen = await until(backend, ids, lambda s: s[ids[0]] is PilotState.finished
+                           and s[ids[1]] is PilotState.failed)  # fmt: skip
+        assert seen[ids[2]] in (PilotState.queued, PilotState.running)
+        logs = await backend.logs(ids[0])
+        assert "ok g-0" in logs.stdout and "glidein g-0" in logs.stdout
+
+        await until(backend, ids[2:], lambda s: s[ids[2]] is PilotState.running)
+        await backend.remove([ids[2]])
+        await until(backend, ids[2:], lambda s: s[ids[2]] in (PilotState.removed,
+                                                              PilotState.failed))  # fmt: skip
+
+        held_entry = entry.model_copy(update={"batch": entry.batch.model_copy(
+            update={"options": ["-h"]})})  # fmt: skip
+        held = await backend.submit(held_entry, pilots[:1])
+        await until(backend, held, lambda s: s[held[0]] is PilotState.held)
+        await backend.remove(held)
+        await until(backend, held, lambda s: s[held[0]] is not PilotState.held)
+
+        unknown = await backend.status(["sge1/999999.1", "nowhere/1.1", "garbage"])
+        assert unknown == {"sge1/999999.1": PilotState.finished,
+                           "nowhere/1.1": PilotState.unknown, "garbage": PilotState.unknown}
+        bad = entry.model_copy(update={"batch": entry.batch.model_copy(
+            update={"queue": "nosuchqueue"})})  # fmt: skip
+        with pytest.raises(Exception, match=r"qsub failed.*nosuchqueue"):
+            await backend.submit(bad, pilots[:1])
+        await backend.close()
+
+    asyncio.run(scenario())
+    assert os.stat(place / "logs").st_uid == pwd.getpwnam(USER).pw_uid

@@ -1,0 +1,208 @@
+"""The SSH backend against a real sshd on loopback driving the real Slurm (BOSCO style).
+
+sshd comes from tests/components/sshd_server.py and Slurm from
+tests/components/slurm_cluster.py (both session fixtures). The factory logs
+in as the test user `wmsuser` with the entry's own key, checks the server's
+host key, stages the pilot token over SFTP and runs sbatch/squeue/scancel
+over the connection, as it would on a remote cluster's login node. The pilot
+is a stand-in bootstrap (records its argv, checks its token file, waits for
+a release file). Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from fastapi.testclient import TestClient
+
+from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory.api import create_app
+from glidewms.factory.backends import BackendContext, BackendError, PilotSubmission
+from glidewms.factory.backends.ssh import SshBackend
+from glidewms.security.tokens import TokenIssuer, generate_keypair
+from tests.components.slurm_cluster import SlurmCluster
+from tests.components.slurm_cluster import slurm as slurm  # the session fixture
+from tests.components.sshd_server import USER, Sshd
+from tests.components.sshd_server import sshd as sshd  # the session fixture
+
+T = TypeVar("T")
+FACTORY_URL = "http://127.0.0.1:9999"
+POOL_URL = "http://127.0.0.1:9998"
+
+STAND_IN = r"""#!/bin/bash
+# Stand-in for glidein_startup.sh, run by Slurm on the "remote" cluster.
+out=@OUT@
+args=("$@")
+gid=unknown
+while [ $# -gt 0 ]; do
+  case "$1" in --glidein-id) gid="$2"; shift 2 ;; *) shift ;; esac
+done
+printf '%s\n' "${args[@]}" > "$out/$gid.args.tmp" && mv "$out/$gid.args.tmp" "$out/$gid.args"
+[ -r "${GLIDEIN_TOKEN_FILE:-/nonexistent}" ] || { echo "no token file" >&2; exit 2; }
+[ "$(stat -c %a "$GLIDEIN_TOKEN_FILE")" = 600 ] || { echo "token file not 0600" >&2; exit 3; }
+echo "pilot $gid started as $(id -un)"
+while [ ! -e "$out/release" ]; do sleep 0.1; done
+exit 0
+"""
+
+
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def remote(sshd: Sshd, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """This test's remote directory (relative to wmsuser's home) and a user-owned out dir."""
+    name = f".glidewms-test-{os.getpid()}-{request.node.name}"
+    home = Path(pwd.getpwnam(USER).pw_dir)
+    out = sshd.user_dir(request.node.name)
+    yield {"remote_dir": name, "path": home / name, "out": out}
+    (out / "release").touch()
+    shutil.rmtree(home / name, ignore_errors=True)
+
+
+def ssh_entry(sshd: Sshd, remote: dict[str, Any], **values: Any) -> dict[str, Any]:
+    return {
+        "name": "ssh1", "site": "REMOTE_SLURM", "backend": "ssh", "cpus": 30, "memory": 100,
+        "walltime": 600, "max_pilots": 10, "max_idle": 10, "max_per_cycle": 10,
+        "ssh": {"host": "127.0.0.1", "port": sshd.port, "user": USER,
+                "key_file": str(sshd.client_key), "known_hosts": str(sshd.known_hosts),
+                "batch_system": "slurm", "remote_dir": remote["remote_dir"],
+                "max_connections": 1},
+        **values,
+    }  # fmt: skip
+
+
+def test_factory_over_ssh_to_slurm(
+    slurm: SlurmCluster, sshd: Sshd, remote: dict[str, Any], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """4 pilots as one array through one reused SSH connection; IDLE removes the two that
+    wait; the others end and their logs come back over SFTP."""
+    caplog.set_level(logging.DEBUG)
+    private, public = generate_keypair(tmp_path / "keys")
+    issuer = TokenIssuer.from_file(private)
+    bootstrap = tmp_path / "glidein_startup.sh"
+    bootstrap.write_text(STAND_IN.replace("@OUT@", str(remote["out"])))
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "__main__.py").write_text("print('agent')\n")
+    entry = EntryConfig(**ssh_entry(sshd, remote, batch={
+        "queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}}))  # fmt: skip
+    config = FactoryConfig(state_dir=tmp_path / "state", issuer_public_key=public,
+                           cycle_seconds=0.3, entries=[entry])  # fmt: skip
+    app = create_app(config, FACTORY_URL, bootstrap=bootstrap, agent_dir=agent)
+    factory = app.state.factory
+    fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
+    pilot_token = issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main")
+    logins_before = sshd.logins()
+
+    def put(idle: int, max_running: int, remove: str) -> None:
+        body = {"pool_url": POOL_URL, "pilot_token": pilot_token,
+                "entries": {"ssh1": {"idle": idle, "max_running": max_running,
+                                     "remove": remove}}}  # fmt: skip
+        assert client.put("/api/v1/requests/main", json=body, headers=fe1).status_code == 200
+
+    def states() -> list[str]:
+        return sorted(g["state"] for g in client.get("/api/v1/glideins", headers=fe1).json())
+
+    try:
+        with TestClient(app) as client:
+            put(4, 4, "NO")
+            wait_for(lambda: states() == ["queued", "queued", "running", "running"],
+                     "two running and two queued pilots")  # fmt: skip
+            rows = factory.store.glideins()
+            assert len({r.backend_id.split("/")[1].split("_")[0] for r in rows}) == 1
+            running = factory.store.glideins(state="running")
+            for r in running:
+                args_file = remote["out"] / f"{r.glidein_id}.args"
+                wait_for(args_file.exists, "pilot argv")
+                args = args_file.read_text().splitlines()
+                assert args[args.index("--glidein-id") + 1] == r.glidein_id
+                assert not any(pilot_token in a for a in args)
+
+            # The token was staged over SFTP: a 0600 file of the remote account.
+            staged = remote["path"] / "ssh1" / "tokens" / "fe1.main.token"
+            assert stat.S_IMODE(staged.stat().st_mode) == 0o600
+            assert staged.stat().st_uid == pwd.getpwnam(USER).pw_uid
+            assert staged.read_text() == pilot_token + "\n" or staged.read_text() == pilot_token
+
+            settled = factory.cycles
+            wait_for(lambda: factory.cycles >= settled + 4, "four more cycles")
+            assert len(factory.store.glideins()) == 4
+
+            put(0, 4, "IDLE")
+            wait_for(lambda: states() == ["removed", "removed", "running", "running"],
+                     "the queued pilots removed")  # fmt: skip
+            (remote["out"] / "release").touch()
+            wait_for(lambda: states() == ["finished", "finished", "removed", "removed"],
+                     "the running pilots finished")  # fmt: skip
+            first = running[0]
+            wait_for(lambda: factory.archive.read("ssh1", "fe1", first.glidein_id)["archived"],
+                     "logs archived")  # fmt: skip
+            archived = factory.archive.read("ssh1", "fe1", first.glidein_id)
+            assert f"pilot {first.glidein_id} started as {USER}" in archived["stdout"]
+
+            # Dozens of commands and SFTP transfers, one connection (max_connections 1).
+            assert factory.backends["ssh"].pool(entry).opened == 1
+            assert sshd.logins() - logins_before == 1
+    finally:
+        slurm.run("scancel", f"--user={USER}")
+    assert str(sshd.client_key) not in caplog.text
+    assert pilot_token not in caplog.text
+
+
+def test_ssh_refuses_unknown_host_keys_and_wrong_keys(sshd: Sshd, remote: dict[str, Any],
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    """A host key not in known_hosts, a missing known_hosts and a key the server does not
+    accept all fail the submission with a reason that never shows the key's path."""
+    token = tmp_path / "credentials" / "fe1" / "main.token"
+    token.parent.mkdir(parents=True)
+    token.write_text("secret\n")
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(other)],
+                   check=True, timeout=30)  # fmt: skip
+    wrong_known = tmp_path / "known_hosts"
+    wrong_known.write_text(f"[127.0.0.1]:{sshd.port} " + " ".join(
+        (tmp_path / "other_host_key.pub").read_text().split()[:2]) + "\n")  # fmt: skip
+    base = ssh_entry(sshd, remote)
+    cases = {
+        "host key": (dict(base["ssh"], known_hosts=str(wrong_known)), r"[Hh]ost key"),
+        "no known_hosts": (dict(base["ssh"], known_hosts=str(tmp_path / "nope")),
+                           r"known_hosts file .* does not exist"),
+        "wrong key": (dict(base["ssh"], key_file=str(other)), r"[Pp]ermission denied"),
+    }
+    pilots = [PilotSubmission("g-1", ("--glidein-id", "g-1"), token)]
+
+    async def scenario() -> None:
+        for what, (contact, pattern) in cases.items():
+            entry = EntryConfig(**dict(base, ssh=contact))
+            backend = SshBackend(BackendContext(state_dir=tmp_path / "state",
+                                                bootstrap=tmp_path / "boot.sh",
+                                                entries={"ssh1": entry}))  # fmt: skip
+            with pytest.raises(BackendError, match=pattern) as caught:
+                await backend.submit(entry, pilots)
+            assert str(contact["key_file"]) not in str(caught.value), what
+            await backend.close()
+
+    (tmp_path / "boot.sh").write_text("#!/bin/bash\n")
+    asyncio.run(scenario())
+    assert not remote["path"].exists(), "nothing was written on a refused connection"
