@@ -26,8 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -60,7 +62,13 @@ def spawn(inst: Installation, name: str) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url_file.read_text().strip()
 
 
-def bench_startup(runs: int) -> list[float]:
+def _timestamp_lines(stream: Any, started: float, out: list[tuple[float, str]]) -> None:
+    """Keep each stderr line of the pilot with the time it arrived (for --trace)."""
+    for raw in iter(stream.readline, b""):
+        out.append((time.monotonic() - started, raw.decode(errors="replace").rstrip()))
+
+
+def bench_startup(runs: int, trace: bool = False) -> list[float]:
     root = Path(tempfile.mkdtemp(prefix="glidein_bench_"))
     inst = Installation(Options(state_dir=root))
     inst.prepare()
@@ -90,7 +98,11 @@ def bench_startup(runs: int) -> list[float]:
                  "--entry", "bench", "--site", "BENCH", "--idle-timeout", "30",
                  "--work-dir", str(root)],
                 env={**os.environ, "GLIDEIN_TOKEN_FILE": str(token)},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            lines: list[tuple[float, str]] = []
+            reader = threading.Thread(target=_timestamp_lines,
+                                      args=(pilot.stderr, started, lines), daemon=True)
+            reader.start()
 
             def registered(gid: str = gid) -> bool:
                 listed = httpx.get(f"{pool}/api/v1/pilots", headers=admin).json()
@@ -100,6 +112,11 @@ def bench_startup(runs: int) -> list[float]:
             times.append(time.monotonic() - started)
             pilot.send_signal(signal.SIGTERM)
             pilot.wait(60)
+            reader.join(10)
+            if trace and i == runs - 1:
+                print(f"trace of the last run (registered at {times[-1]:.3f} s):")
+                for at, line in lines:
+                    print(f"  {at:6.3f}  {line[:110]}")
         return times
     finally:
         for proc in procs:
@@ -149,8 +166,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--jobs", type=int, default=30)
+    parser.add_argument("--trace", action="store_true",
+                        help="print the last pilot's log lines with their arrival times")
     options = parser.parse_args()
-    times = bench_startup(options.runs)
+    times = bench_startup(options.runs, options.trace)
     warm = times[1:] or times
     wrapper = bench_wrapper(options.jobs)
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python "

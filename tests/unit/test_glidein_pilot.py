@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,7 +196,7 @@ def test_a_failing_validation_means_no_job_is_ever_claimed(
     assert report["detail"] == "group/vo_check: VO_Config: experiment software area missing"
     stages = [(v["stage"], v["name"], v["status"]) for v in report["validation"]]
     assert stages[-1] == ("group", "vo_check", "failed")
-    assert all(status == "ok" for _, _, status in stages[:-1]) and len(stages) == 8
+    assert all(status == "ok" for _, _, status in stages[:-1]) and len(stages) == 10
     failed = [r for r in records(pool, "validation") if r["severity"] == "ERROR"]
     assert "VO_Config" in failed[0]["content"]
     assert failed[0]["attachments"][0]["name"] == "output"
@@ -336,3 +338,62 @@ def test_retire_spread_differs_between_pilots(pool: FakePool, tmp_path: Path,
 def test_a_full_slot_looks_again_at_the_retire_time_at_the_latest() -> None:
     step = next_step(state(running=1, free_cpus=0, deadline=105.0), 3600)
     assert step.action == "wait" and step.seconds == pytest.approx(5.0)
+
+
+def test_a_job_signalled_with_its_pilot_is_vacated_not_completed(
+        pool: FakePool, tmp_path: Path, token_file: Path) -> None:
+    # A batch system ends a pilot's job by signalling all of its processes: the job
+    # may die of that SIGTERM before the pilot kills it. Its exit (143) is the
+    # site's doing: the job must go back to the pool, not complete as failed.
+    work = pilot_dir(tmp_path, pool, token_file, scripts=False, GLIDEIN_Idle_Timeout=600)
+    pool.claims.append(sleeping_python_claim(pool, "c1"))
+    thread, agent = start(work, Resources(1, 1024, 10**6))
+    assert pool.events["started"].wait(WAIT)
+    pid = pool.started_jobs[0]["pid"]
+    os.killpg(pid, signal.SIGTERM)  # the job first...
+    deadline = time.monotonic() + WAIT
+    while Path(f"/proc/{pid}").exists():  # reaped: the pilot has seen the job end
+        assert time.monotonic() < deadline, "the job did not die of SIGTERM"
+        time.sleep(0.01)
+    agent.on_signal(signal.SIGTERM)  # ...then the pilot, as the batch system does
+    finish(thread)
+    assert pool.completed == {}, "a job killed by the site was completed"
+    assert agent.exit_code == 128 + signal.SIGTERM
+    (report,) = pool.reports
+    assert (report["exit_reason"], report["jobs_run"], report["jobs_failed"]) == ("signal", 1, 0)
+    assert pool.deregistered == [{"reason": "signal"}]
+    assert "killed=True" in records(pool, "job")[0]["content"]
+
+
+def test_the_signal_handler_takes_no_lock_its_thread_may_hold(
+        pool: FakePool, tmp_path: Path, token_file: Path) -> None:
+    # A handler runs in the main thread between two bytecodes: if it took a lock that
+    # thread holds at that moment (an Event's, while waking from `finished.wait()`,
+    # when the batch system's SIGTERM and the bootstrap's forwarded one land together)
+    # the pilot would hang forever, jobs and node kept.
+    work = pilot_dir(tmp_path, pool, token_file, scripts=False)
+    agent = Agent(load_config(str(work / "glidein_config")), total=Resources(1, 1024, 10**6))
+    returned = threading.Event()
+
+    def signal_lands_while_the_lock_is_held() -> None:
+        with agent.finished._cond:  # the lock Event.wait holds when it wakes
+            agent.on_signal(signal.SIGTERM)
+            agent.on_signal(signal.SIGINT)  # a second one changes nothing
+        returned.set()
+
+    threading.Thread(target=signal_lands_while_the_lock_is_held, daemon=True).start()
+    assert returned.wait(WAIT), "the signal handler blocked on a lock its thread held"
+    assert agent._take_signal() and agent.reason == "signal"
+    assert agent.exit_code == 128 + signal.SIGTERM and agent.hold_over.is_set()
+
+
+def test_a_kill_that_races_the_job_start_still_kills_it(tmp_path: Path) -> None:
+    from glidewms.glidein.agent.jobs import JobProcess, job_environment
+    from tests.unit.test_glidein_agent import make_job
+
+    spec, sandbox = make_job(tmp_path, "exec sleep 300\n")
+    process = JobProcess(spec, str(sandbox), job_environment(spec, str(sandbox), {}))
+    process.kill(5)  # the pilot vacates before the process exists
+    started = time.monotonic()
+    assert process.run() == 128 + signal.SIGTERM
+    assert time.monotonic() - started < WAIT

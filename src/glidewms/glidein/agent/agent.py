@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from . import validation
+from . import cvmfs, validation
 from .claims import ClaimRunner, Outcome
 from .config import ConfigError, GlideinConfig, build_config
 from .container import ContainerSetup
@@ -46,6 +46,7 @@ from .trail import Trail, TrailHandler
 log = logging.getLogger(__name__)
 
 CLAIM_MARGIN = 30.0  # client timeout beyond the wait we asked for
+SIGNAL_POLL = 0.1  # how soon the main thread acts on a recorded signal
 RESOURCE_KEYS = ("cpus", "memory", "disk", "gpus")
 
 
@@ -66,6 +67,7 @@ class Agent:
         self.kill_grace = kill_grace
         self.finished = threading.Event()
         self.hold_over = threading.Event()
+        self._signalled = 0  # set by the signal handler only (see on_signal)
         self.pool = Api(cfg.pool_url, cfg.token_file, backoff, abort=self.finished)
         self.factory = Api(cfg.factory_url, cfg.token_file, backoff) if cfg.factory_url else None
         self.trail = Trail(self.factory, cfg.glidein_id)
@@ -109,9 +111,26 @@ class Agent:
             self._cond.notify_all()
 
     def on_signal(self, signum: int, _frame: Any = None) -> None:
-        """SIGTERM/SIGINT: stop claiming, vacate jobs, deregister, report."""
+        """SIGTERM/SIGINT: stop claiming, vacate jobs, deregister, report.
+
+        The handler only records the signal: it runs in the main thread between
+        two bytecodes, possibly while that thread holds the very lock ``finish``
+        would take (an Event's), which would deadlock the pilot. A batch system
+        sends SIGTERM to the whole job, and the bootstrap forwards its own, so
+        two signals in a row are the normal case. The main thread acts on it
+        within ``SIGNAL_POLL`` seconds (``_take_signal``).
+        """
+        if not self._signalled:
+            self._signalled = signum
+
+    def _take_signal(self) -> bool:
+        """In the main thread: act on a recorded signal; True if there was one."""
+        signum = self._signalled
+        if not signum:
+            return False
         self.hold_over.set()
         self.finish("signal", f"got {signal.Signals(signum).name}", 128 + signum)
+        return True
 
     def stop_taking_work(self, reason: str, detail: str) -> None:
         """No new jobs; exit with ``reason`` once the running ones end."""
@@ -156,8 +175,10 @@ class Agent:
             self.finish("validation_failed", f"Config: {exc}")
             return False
         if scripts:
+            # forked children for Python scripts unless the entry says no (forkrun.py)
+            fork = self.cfg.values.get("GLIDEIN_Validation_Fork", "auto").lower() != "no"
             self.validation = validation.run_all(scripts, self.cfg.config_path,
-                                                 self.cfg.validation_timeout)
+                                                 self.cfg.validation_timeout, fork)
             for result in self.validation:
                 self.trail.add("INFO" if result.ok else "ERROR", "validation",
                                f"{result.stage}/{result.name}: {result.status} "
@@ -249,7 +270,7 @@ class Agent:
         try:
             spec = JobSpec.from_claim(claim.get("job"))
             runner = ClaimRunner(claim, spec, self.pool, self.cfg.work_dir, self._job_env(),
-                                 self.container)
+                                 self.container, vacating=self.finished)
         except (JobSetupError, KeyError) as exc:
             log.error("unusable claim %s, left to its lease: %s", claim.get("claim_id"), exc)
             with self._cond:
@@ -384,7 +405,7 @@ class Agent:
     def _run(self) -> None:
         self.trail.add("INFO", "startup", f"pilot {self.cfg.glidein_id} at {self.cfg.site}/"
                        f"{self.cfg.entry}, lifetime {self.cfg.lifetime}s")
-        if self.validate() and self.reason is None:
+        if self.validate() and not self._take_signal() and self.reason is None:
             self.trail.flush()
             try:
                 interval = self.register()
@@ -398,12 +419,16 @@ class Agent:
                     threading.Thread(target=self._guarded, args=(target, *args), daemon=True,
                                      name=target.__name__.strip("_")).start()
                 self.trail.flush()
-        self.finished.wait()
+        while not self.finished.wait(SIGNAL_POLL):
+            self._take_signal()
         self._shutdown()
         self.report()
         if self.reason == "black_hole" and self.cfg.black_hole_hold:
             log.warning("black hole: keeping this node for %ds", self.cfg.black_hole_hold)
-            self.hold_over.wait(self.cfg.black_hole_hold)
+            end = time.monotonic() + self.cfg.black_hole_hold
+            while not self.hold_over.wait(min(SIGNAL_POLL, max(0.0, end - time.monotonic()))):
+                if self._signalled or time.monotonic() >= end:
+                    break
 
     def _guarded(self, target: Any, *args: Any) -> None:
         """Run a loop thread; if it crashes, end the pilot with reason error.
@@ -432,6 +457,21 @@ class Agent:
                                {"reason": self.reason}, timeout=10, tries=1)
             except (HttpStatusError, TransportError) as exc:
                 log.warning("deregister failed: %s", exc)
+        self._release_mounts()
+
+    def _release_mounts(self) -> None:
+        """Unmount what validation mounted (CVMFS repositories), jobs being gone."""
+        try:
+            values = validation.read_values(self.cfg.config_path) if self.cfg.config_path \
+                else self.cfg.values
+        except OSError:
+            values = self.cfg.values
+        for point in filter(None, values.get("GLIDEIN_CVMFS_Mounts", "").split(",")):
+            problem = cvmfs.unmount(point)
+            if problem:
+                log.warning("could not unmount %s: %s", point, problem)
+            else:
+                log.info("unmounted %s", point)
 
     def report_body(self) -> dict[str, Any]:
         """The final report: exit reason, validation results, jobs, goodput/badput."""

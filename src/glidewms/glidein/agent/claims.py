@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +32,12 @@ from .jobs import (
 )
 
 log = logging.getLogger(__name__)
+
+# A job that dies of one of these may have been signalled by the batch system
+# together with its pilot: wait this long for the pilot's own signal handler to
+# say so before the exit code is taken for the job's result.
+SITE_SIGNAL_EXITS = frozenset(128 + s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+SITE_SIGNAL_SETTLE = 2.0
 
 
 @dataclass
@@ -62,6 +69,7 @@ class ClaimRunner:
         work_dir: str,
         job_env: dict[str, str],
         container: ContainerSetup | None = None,
+        vacating: threading.Event | None = None,
     ) -> None:
         self.claim_id = str(claim["claim_id"])
         self.job_id = str(claim.get("job_id", self.claim_id))
@@ -70,6 +78,11 @@ class ClaimRunner:
         self.sandbox = os.path.join(work_dir, "execute", sandbox_name(self.job_id))
         self.job_env = job_env
         self.container = container or ContainerSetup(use="NEVER")
+        # Set when the pilot is ending: a job that ends from then on is vacated, not
+        # completed. A batch system signals every process of the pilot's job at once,
+        # so the job may die of that SIGTERM before the pilot kills it: its exit code
+        # is the site's doing, not the job's result.
+        self.vacating = vacating or threading.Event()
         self._lock = threading.Lock()
         self._killed = False
         self._process: JobProcess | None = None
@@ -127,8 +140,10 @@ class ClaimRunner:
         outcome.started = True
         outcome.exit_code = self._process.run()
         wall = outcome.wall = time.monotonic() - started
+        if outcome.exit_code in SITE_SIGNAL_EXITS and not self._killed:
+            self.vacating.wait(SITE_SIGNAL_SETTLE)
         with self._lock:
-            outcome.killed = self._killed
+            outcome.killed = self._killed or self.vacating.is_set()
         if outcome.killed:
             log.info("%s: killed after %.1fs; not completed", tag, wall)
             return

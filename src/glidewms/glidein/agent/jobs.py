@@ -233,6 +233,8 @@ class JobProcess:
         self.env = env
         self.launcher = launcher
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # a kill racing the start is applied once started
+        self._pending_kill: float | None = None
         self.started = threading.Event()
         self.done = threading.Event()
 
@@ -256,14 +258,18 @@ class JobProcess:
                         opened[name] = files.enter_context(open(path, "wb"))
                 out, err = opened[self.spec.out], opened[self.spec.err]
                 try:
-                    self._proc = subprocess.Popen(
-                        argv, cwd=self.sandbox, env=env, stdin=subprocess.DEVNULL,
-                        stdout=out, stderr=err, start_new_session=True, close_fds=True,
-                    )
+                    with self._lock:
+                        self._proc = subprocess.Popen(
+                            argv, cwd=self.sandbox, env=env, stdin=subprocess.DEVNULL,
+                            stdout=out, stderr=err, start_new_session=True, close_fds=True,
+                        )
+                        pending, self._pending_kill = self._pending_kill, None
                 except OSError as exc:
                     err.write(f"glidein: cannot execute {argv[0]}: {exc.strerror}\n".encode())
                     return 127 if isinstance(exc, FileNotFoundError) else 126
             self.started.set()
+            if pending is not None:  # killed while it was being started
+                self.kill(pending)
             returncode = self._proc.wait()
             self._signal_group(signal.SIGKILL)  # strays the job left in the background
             return exit_code_of(returncode)
@@ -271,9 +277,16 @@ class JobProcess:
             self.done.set()
 
     def kill(self, grace: float) -> None:
-        """SIGTERM the job's process group, then SIGKILL it after ``grace`` seconds."""
-        if self._proc is None or self.done.is_set():
-            return
+        """SIGTERM the job's process group, then SIGKILL it after ``grace`` seconds.
+
+        Before the process exists, the kill is kept and applied as soon as it does.
+        """
+        with self._lock:
+            if self.done.is_set():
+                return
+            if self._proc is None:
+                self._pending_kill = grace
+                return
         self._signal_group(signal.SIGTERM)
         timer = threading.Timer(grace, self._kill_if_running)
         timer.daemon = True

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import forkrun
 from .config import ConfigError, parse_lines, typed_value
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,13 @@ def _command(script: Script, config_path: str) -> List[str]:
     return [script.path, config_path]
 
 
-def run_script(script: Script, config_path: str, timeout: float = DEFAULT_TIMEOUT) -> Result:
-    """Run one script; never raises."""
+def run_script(script: Script, config_path: str, timeout: float = DEFAULT_TIMEOUT,
+               fork: bool = False) -> Result:
+    """Run one script; never raises.
+
+    ``fork``: run a Python script in a forked child of this process rather than a
+    new interpreter (see ``forkrun``; only while the caller is single-threaded).
+    """
     started = time.monotonic()
     fd, result_file = tempfile.mkstemp(prefix=f".result_{script.name}_",
                                        dir=os.path.dirname(config_path))
@@ -137,19 +143,19 @@ def run_script(script: Script, config_path: str, timeout: float = DEFAULT_TIMEOU
     env = dict(os.environ, GLIDEIN_RESULT_FILE=result_file, GLIDEIN_PYTHON=sys.executable,
                GLIDEIN_CONFIG=config_path)
     result = Result(script.name, script.stage, "failed", "WN_Resource")
+    cwd = os.path.dirname(config_path)
     try:
-        proc = subprocess.Popen(_command(script, config_path), cwd=os.path.dirname(config_path),
-                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        if fork and script.path.endswith(".py") and forkrun.fork_allowed():
+            returncode, output, timed_out = forkrun.run(script.path, [config_path], env, cwd,
+                                                        timeout)
+        else:
+            returncode, output, timed_out = _run_process(script, config_path, env, cwd,
+                                                         timeout)
     except OSError as exc:
-        result.detail = f"cannot run {script.path}: {exc.strerror}"
+        result.detail = f"cannot run {script.path}: {exc.strerror or exc}"
         os.unlink(result_file)
         return result
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
+    if timed_out:
         result.detail = f"timed out after {timeout:.0f}s"
     result.output = output.decode("utf-8", "replace")[-_TAIL:]
     result.seconds = round(time.monotonic() - started, 3)
@@ -162,11 +168,26 @@ def run_script(script: Script, config_path: str, timeout: float = DEFAULT_TIMEOU
         return result
     if raw.strip():
         _apply_result_file(result, raw)
-    elif proc.returncode == 0:
+    elif returncode == 0:
         result.status, result.category = "ok", ""
     else:
-        result.detail = f"exit status {proc.returncode}: {result.output.strip()[-200:]}"
+        result.detail = f"exit status {returncode}: {result.output.strip()[-200:]}"
     return result
+
+
+def _run_process(script: Script, config_path: str, env: Dict[str, str], cwd: str,
+                 timeout: float) -> Tuple[int, bytes, bool]:
+    """A new process in its own session; its group is killed on timeout."""
+    proc = subprocess.Popen(_command(script, config_path), cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output, False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        return proc.returncode, output, True
 
 
 def _apply_result_file(result: Result, raw: str) -> None:
@@ -188,11 +209,11 @@ def _apply_result_file(result: Result, raw: str) -> None:
 
 
 def run_all(scripts: List[Script], config_path: str,
-            timeout: float = DEFAULT_TIMEOUT) -> List[Result]:
+            timeout: float = DEFAULT_TIMEOUT, fork: bool = False) -> List[Result]:
     """Run scripts in order until one fails; return every result obtained."""
     results = []
     for script in scripts:
-        result = run_script(script, config_path, timeout)
+        result = run_script(script, config_path, timeout, fork)
         level = logging.INFO if result.ok else logging.ERROR
         log.log(level, "validation %s/%s: %s %s%s (%.2fs)", script.stage, script.name,
                 result.status, result.category + ": " if result.category else "", result.detail,

@@ -240,3 +240,63 @@ def own_cgroup_file(name: str, root: str = "/sys/fs/cgroup",
         if text is not None:
             return text.strip()
     return None
+
+
+# -- HTTP proxy (squid) -----------------------------------------------------------------
+
+PROXY_ENV = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")
+
+
+def find_proxy(configured: str, env: Mapping[str, str]) -> Tuple[str, str]:
+    """The HTTP proxy this node's downloads go through, and who said so.
+
+    ``GLIDEIN_Proxy`` wins: a URL (``http://squid.site:3128``), ``none`` (no
+    proxy, whatever the environment says) or ``auto``/empty (look around). Then
+    the usual ``http_proxy`` family, then ``OSG_SQUID_LOCATION`` (``host:port``,
+    what OSG sites set). ``("", "none")`` when there is none.
+    """
+    value = (configured or "").strip()
+    if value.lower() == "none":
+        return "", "GLIDEIN_Proxy"
+    if value and value.lower() != "auto":
+        return normalise_proxy(value), "GLIDEIN_Proxy"
+    for name in PROXY_ENV:
+        if env.get(name, "").strip():
+            return normalise_proxy(env[name]), name
+    squid = env.get("OSG_SQUID_LOCATION", "").strip()
+    if squid and squid.upper() != "UNAVAILABLE":
+        return normalise_proxy(squid), "OSG_SQUID_LOCATION"
+    return "", "none"
+
+
+def normalise_proxy(text: str) -> str:
+    """``host:port`` becomes ``http://host:port``; a URL stays as it is."""
+    text = text.strip()
+    return text if "://" in text else "http://" + text
+
+
+def proxy_address(url: str) -> Tuple[str, int]:
+    """(host, port) of a proxy URL; ValueError names what is wrong."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if rest.startswith("["):  # [v6]:port
+        host, _, port = rest[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not host:
+        raise ValueError(f"proxy {redact_proxy(url)!r}: no host")
+    if port and not port.isdigit():
+        raise ValueError(f"proxy {redact_proxy(url)!r}: bad port {port!r}")
+    return host, int(port or 3128)
+
+
+def redact_proxy(url: str) -> str:
+    """The URL without ``user:password@``: what may be logged and published."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    _userinfo, at, tail = rest.partition("/")[0].rpartition("@")
+    if not at:
+        return url
+    path = rest.partition("/")[2]
+    return f"{scheme}{sep}{tail}" + (f"/{path}" if path else "")
