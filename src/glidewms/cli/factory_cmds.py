@@ -219,3 +219,34 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
                           g["state"], g["exit_reason"] or "-",
                           show_time(g["submitted_at"]))  # fmt: skip
         out.print(table)
+    entry_cmd = typer.Typer(help="Entries: their state, pauses after failures, resume.")
+    service.add_typer(entry_cmd, name="entry")
+
+    @entry_cmd.command("list")
+    def entry_list(factory: FactoryOpt = None, token_file: TokenOpt = None) -> None:
+        """Every entry with its pilots, last error, pause and downtime."""
+        found = FactoryClient(factory, token_file).call("GET", "/entries")
+        table = Table("entry", "site", "backend", "pilots", "state", "last error")
+        for e in found:
+            counts = ", ".join(f"{k} {v}" for k, v in e["counts"].items() if v) or "-"
+            if e.get("paused"):
+                p = e["paused"]
+                state = (f"PAUSED since {show_time(p['since'])}, retry at "
+                         f"{show_time(p['retry_at'])}: {p['reason']}")  # fmt: skip
+            elif e.get("in_downtime"):
+                state = f"downtime: {e['downtime']['reason']}"
+            else:
+                state = "enabled" if e["enabled"] else "disabled"
+            table.add_row(e["name"], e["site"], e["backend"], counts, state,
+                          e.get("last_error") or "-")  # fmt: skip
+        out.print(table)
+
+    @entry_cmd.command("resume")
+    def entry_resume(
+        name: Annotated[str, typer.Argument(help="the entry to resume")],
+        factory: FactoryOpt = None,
+        token_file: TokenOpt = None,
+    ) -> None:
+        """Submit again at an entry paused after repeated failures (admin token)."""
+        got = FactoryClient(factory, token_file).call("POST", f"/entries/{name}/resume")
+        typer.echo(f"entry {name} resumed" if got["resumed"] else f"entry {name} was not paused")

@@ -169,6 +169,49 @@ class SshConfig(BaseModel):
     max_connections: int = Field(default=2, ge=1, le=64, description="connections at once")
 
 
+class RecoveryConfig(BaseModel):
+    """How an entry recovers from failures: pauses, held pilots, stale pilots.
+
+    Failing submissions back off (doubling from the cycle time) and, after
+    `pause_after_failures` in a row, pause the entry until an operator resumes
+    it or `pause_cooldown` passes: a broken site never sees a submit storm.
+    A held pilot is released at most `max_releases` times, the n-th time no
+    sooner than `release_backoff * 2**(n-1)` seconds after it was held; then it
+    is removed. A pilot queued longer than `max_queued_time`, or running longer
+    than the walltime plus `walltime_grace`, is stale and removed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    pause_after_failures: int = Field(
+        default=5, ge=1, description="consecutive failed submissions that pause the entry"
+    )
+    pause_cooldown: float = Field(
+        default=3600.0, gt=0, description="seconds a paused entry waits before trying again"
+    )
+    max_releases: int = Field(
+        default=3, ge=0, description="times a held pilot is released before it is removed"
+    )
+    release_backoff: float = Field(
+        default=60.0, ge=0, description="seconds held before the first release (doubling)"
+    )
+    max_queued_time: float = Field(
+        default=172800.0, gt=0, description="seconds queued at the site before removal"
+    )
+    walltime_grace: float = Field(
+        default=3600.0, ge=0, description="seconds beyond the walltime a pilot may run"
+    )
+
+
+class FrontendLimits(BaseModel):
+    """Limits of one frontend at one entry (on top of the entry's own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_pilots: int | None = Field(default=None, ge=0, description="its pilots alive at once")
+    max_idle: int | None = Field(default=None, ge=0, description="its pilots queued at once")
+
+
 class EntryConfig(BaseModel):
     """One entry: where pilots start, with what resources, under which limits."""
 
@@ -206,6 +249,12 @@ class EntryConfig(BaseModel):
     max_per_cycle: int = Field(default=10, ge=0, description="submissions per factory cycle")
     allowed_frontends: list[str] | None = Field(
         default=None, description="frontend names allowed to request pilots here; null = any"
+    )
+    frontend_limits: dict[str, FrontendLimits] = Field(
+        default_factory=dict, description="per frontend name: max_pilots, max_idle"
+    )
+    recovery: RecoveryConfig = Field(
+        default_factory=RecoveryConfig, description="pauses, held and stale pilots"
     )
     work_dir: str = Field(default="auto", min_length=1, description="pilot work dir, or auto")
     enabled: bool = Field(default=True, description="false: no new pilots, existing ones stay")

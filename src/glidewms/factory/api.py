@@ -156,11 +156,14 @@ def _check_pilot_token(verifier: TokenVerifier, token: str, frontend: str, group
 
 
 def entry_ad(entry: EntryConfig, counts: dict[str, int], error: str | None,
-             downtime: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+             downtime: Mapping[str, Any] | None = None,
+             paused: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """What a frontend needs to match demand to an entry.
 
     `downtime` is the downtime in force for the asking frontend (or None): a
-    frontend should not count on new pilots there until its `end`.
+    frontend should not count on new pilots there until its `end`. `paused`
+    says the factory stopped submitting after repeated failures (why, since
+    when, when it tries again), until an operator resumes the entry.
     """
     active = {s.value: counts.get(s.value, 0) for s in ACTIVE_STATES}
     return {
@@ -183,6 +186,7 @@ def entry_ad(entry: EntryConfig, counts: dict[str, int], error: str | None,
         "counts": active,
         "free": max(0, entry.max_pilots - sum(active.values())),
         "last_error": error,
+        "paused": None if paused is None else dict(paused),
         "in_downtime": downtime is not None,
         "downtime": None if downtime is None else {
             k: downtime[k] for k in ("id", "start", "end", "reason")
@@ -258,8 +262,8 @@ def create_app(
     app.state.config = config
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "url": public_url}
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "url": public_url, "cycles": factory.cycles}
 
     @app.get("/api/v1/entries")
     async def entries(identity: Frontend) -> list[dict[str, Any]]:
@@ -269,7 +273,8 @@ def create_app(
         now = time.time()
         return [
             entry_ad(e, tally.entry_counts(e.name), factory.entry_errors.get(e.name),
-                     active_downtime(downtimes, e.name, identity.subject, now))
+                     active_downtime(downtimes, e.name, identity.subject, now),
+                     factory.pause_view(e))
             for e in config.entries
             if identity.is_admin or e.allows(identity.subject)
         ]  # fmt: skip
@@ -410,6 +415,16 @@ def create_app(
                  identity.subject, body.entry, body.frontend, body.reason)  # fmt: skip
         factory.wake()
         return added
+
+    @app.post("/api/v1/entries/{name}/resume")
+    async def resume_entry(name: str, identity: Admin) -> dict[str, Any]:
+        """Resume an entry paused after repeated submission failures (admin)."""
+        if config.entry(name) is None:
+            raise HTTPException(404, f"no entry named {name!r}")
+        was_paused = await factory.resume(name)
+        log.info("entry %s: resume asked by %s (was paused: %s)", name, identity.subject,
+                 was_paused)  # fmt: skip
+        return {"entry": name, "resumed": was_paused}
 
     @app.delete("/api/v1/downtimes/{downtime_id}")
     async def remove_downtime(downtime_id: int, identity: Admin) -> dict[str, Any]:

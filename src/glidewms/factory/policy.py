@@ -26,6 +26,7 @@ in flight is never doubled.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from glidewms.classads import ClassAdError, parse_expr
 from glidewms.config.factory import EntryConfig
+from glidewms.factory.backends.base import PilotState
 from glidewms.factory.store import Glidein, GlideinState
 
 
@@ -121,6 +123,8 @@ class Counts:
     entry_queued: int = 0
     entry_active: int = 0
     entry_held: int = 0
+    frontend_queued: int = 0  # all groups of this frontend at the entry
+    frontend_active: int = 0
 
     @property
     def active(self) -> int:
@@ -176,6 +180,7 @@ def plan(
     request: EntryRequest,
     counts: Counts,
     downtime: str | None = None,
+    frontend: str | None = None,
 ) -> SubmitPlan | RemovePlan:
     """How many pilots to submit to, or remove from, `entry` now.
 
@@ -183,8 +188,9 @@ def plan(
     Otherwise submit the least of: idle wanted minus queued; the group's
     max_running minus its pilots alive; the entry's max_pilots minus all its
     pilots alive; the entry's max_idle minus all its queued pilots;
-    max_per_cycle. Never negative; nothing while the entry is disabled, in a
-    downtime (`downtime` is its reason) or holding `max_held` pilots.
+    max_per_cycle; and the entry's `frontend_limits` of `frontend` (all its
+    groups together). Never negative; nothing while the entry is disabled, in
+    a downtime (`downtime` is its reason) or holding `max_held` pilots.
     """
     removing = removal(request, counts)
     if removing is not None:
@@ -202,6 +208,11 @@ def plan(
         "entry max_idle": entry.max_idle - counts.entry_queued,
         "entry max_per_cycle": entry.max_per_cycle,
     }
+    limits = entry.frontend_limits.get(frontend) if frontend is not None else None
+    if limits is not None and limits.max_pilots is not None:
+        bounds["frontend max_pilots"] = limits.max_pilots - counts.frontend_active
+    if limits is not None and limits.max_idle is not None:
+        bounds["frontend max_idle"] = limits.max_idle - counts.frontend_queued
     limited_by, count = min(bounds.items(), key=lambda item: item[1])
     return SubmitPlan(max(0, count), limited_by)
 
@@ -241,3 +252,58 @@ def active_downtime(
     if not current:
         return None
     return max(current, key=lambda d: math.inf if d["end"] is None else d["end"])
+
+
+def next_state(current: GlideinState, seen: PilotState) -> GlideinState:
+    """A glidein's new state given what its backend reports."""
+    if seen is PilotState.unknown:
+        return current  # keep counting it as it was
+    if current is GlideinState.removing:
+        ended = seen in (PilotState.finished, PilotState.failed, PilotState.removed)
+        return GlideinState.removed if ended else current
+    return GlideinState(seen.value)
+
+
+class Tally:
+    """Active pilots per (entry, frontend, group, state), kept current within a cycle."""
+
+    def __init__(self, active: list[Glidein]) -> None:
+        self._n: Counter[tuple[str, str, str, GlideinState]] = Counter(
+            (g.entry, g.frontend, g.group, g.state) for g in active
+        )
+
+    def add(self, entry: str, frontend: str, group: str, state: GlideinState, n: int) -> None:
+        self._n[(entry, frontend, group, state)] += n
+
+    def entry_counts(self, entry: str) -> dict[str, int]:
+        """All frontends' active pilots at `entry`, by state."""
+        out: Counter[str] = Counter()
+        for (name, _, _, state), n in self._n.items():
+            if name == entry:
+                out[state.value] += n
+        return dict(out)
+
+    def counts(self, entry: str, frontend: str, group: str) -> Counts:
+        whole = self.entry_counts(entry)
+        mine: Counter[GlideinState] = Counter()
+        for (name, fe, _, state), n in self._n.items():
+            if name == entry and fe == frontend:
+                mine[state] += n
+        return Counts(
+            queued=self._n[(entry, frontend, group, GlideinState.queued)],
+            running=self._n[(entry, frontend, group, GlideinState.running)],
+            removing=self._n[(entry, frontend, group, GlideinState.removing)],
+            held=self._n[(entry, frontend, group, GlideinState.held)],
+            entry_queued=whole.get(GlideinState.queued.value, 0),
+            entry_active=sum(whole.values()),
+            entry_held=whole.get(GlideinState.held.value, 0),
+            frontend_queued=mine[GlideinState.queued],
+            frontend_active=sum(mine.values()),
+        )
+
+
+def attribute_text(value: str | int | float | bool) -> str:
+    """An attribute value as the pilot receives it (ClassAd spelling of booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

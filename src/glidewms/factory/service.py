@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import secrets
+import signal
 import time
-from collections import Counter
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,22 @@ from glidewms.factory.policy import (
     RemoveMode,
     RemovePlan,
     SubmitPlan,
+    Tally,
     active_downtime,
+    attribute_text,
     choose_victims,
+    next_state,
     plan,
+)
+from glidewms.factory.recovery import (
+    EntryHealth,
+    HeldAction,
+    after_failure,
+    after_success,
+    held_action,
+    resumed,
+    stale_reason,
+    submit_blocked,
 )
 from glidewms.factory.stage import Stage
 from glidewms.factory.store import FactoryStore, Glidein, GlideinState, StoredRequest
@@ -55,59 +69,12 @@ __all__ = [
     "plan",
 ]
 
+# Test hook: `after_submit` makes the factory SIGKILL itself after a submission
+# returned and before its batch ids are stored (tests of restart recovery).
+CRASH_HOOK = "GLIDEWMS_FACTORY_TEST_CRASH"
 TOKEN_MARGIN_SECONDS = 60.0  # do not start pilots with a token about to expire
-MAX_BACKOFF_SECONDS = 600.0
 PURGE_EVERY_SECONDS = 3600.0
 ARCHIVE_PER_CYCLE = 200
-
-
-def next_state(current: GlideinState, seen: PilotState) -> GlideinState:
-    """A glidein's new state given what its backend reports."""
-    if seen is PilotState.unknown:
-        return current  # keep counting it as it was
-    if current is GlideinState.removing:
-        ended = seen in (PilotState.finished, PilotState.failed, PilotState.removed)
-        return GlideinState.removed if ended else current
-    return GlideinState(seen.value)
-
-
-class Tally:
-    """Active pilots per (entry, frontend, group, state), kept current within a cycle."""
-
-    def __init__(self, active: list[Glidein]) -> None:
-        self._n: Counter[tuple[str, str, str, GlideinState]] = Counter(
-            (g.entry, g.frontend, g.group, g.state) for g in active
-        )
-
-    def add(self, entry: str, frontend: str, group: str, state: GlideinState, n: int) -> None:
-        self._n[(entry, frontend, group, state)] += n
-
-    def entry_counts(self, entry: str) -> dict[str, int]:
-        """All frontends' active pilots at `entry`, by state."""
-        out: Counter[str] = Counter()
-        for (name, _, _, state), n in self._n.items():
-            if name == entry:
-                out[state.value] += n
-        return dict(out)
-
-    def counts(self, entry: str, frontend: str, group: str) -> Counts:
-        whole = self.entry_counts(entry)
-        return Counts(
-            queued=self._n[(entry, frontend, group, GlideinState.queued)],
-            running=self._n[(entry, frontend, group, GlideinState.running)],
-            removing=self._n[(entry, frontend, group, GlideinState.removing)],
-            held=self._n[(entry, frontend, group, GlideinState.held)],
-            entry_queued=whole.get(GlideinState.queued.value, 0),
-            entry_active=sum(whole.values()),
-            entry_held=whole.get(GlideinState.held.value, 0),
-        )
-
-
-def attribute_text(value: str | int | float | bool) -> str:
-    """An attribute value as the pilot receives it (ClassAd spelling of booleans)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 class Factory:
@@ -121,17 +88,44 @@ class Factory:
         self.stage = stage
         self.backends = backends
         self.cycles = 0
-        self.entry_errors: dict[str, str] = {}  # last submission error per entry
+        self.health: dict[str, EntryHealth] = {}  # submission failures and pauses
         self._wake: asyncio.Event | None = None  # bound to the loop that runs us
         self._run_tag = secrets.token_hex(3)
         self._seq = itertools.count(1)
-        self._backoff: dict[str, tuple[int, float]] = {}
         self._logged: dict[tuple[str, str, str], str] = {}
         self.archive = LogArchive(config.state_dir / "archive",
                                   config.log_retention_days * 86400)  # fmt: skip
         self._purged_at = 0.0
         self.downtimes: list[dict[str, Any]] = []  # as of the last cycle
         self._active: dict[tuple[str, str, str], list[Glidein]] = {}  # this cycle's, by request
+
+    @property
+    def entry_errors(self) -> dict[str, str]:
+        """The last submission error per entry that has one."""
+        return {k: h.last_error for k, h in self.health.items() if h.last_error}
+
+    def pause_view(self, entry: EntryConfig) -> dict[str, object] | None:
+        return self.health.get(entry.name, EntryHealth()).view(entry.recovery)
+
+    async def _set_health(self, entry: str, health: EntryHealth) -> None:
+        if self.health.get(entry, EntryHealth()) == health:
+            return
+        if health == EntryHealth():
+            self.health.pop(entry, None)
+            await asyncio.to_thread(self.store.set_entry_health, entry, None)
+        else:
+            self.health[entry] = health
+            await asyncio.to_thread(self.store.set_entry_health, entry, health.__dict__)
+
+    async def resume(self, entry: str) -> bool:
+        """An operator's resume: the entry submits at the next cycle. False if not paused."""
+        health = self.health.get(entry, EntryHealth())
+        if not health.paused and health.failures == 0:
+            return False
+        await self._set_health(entry, resumed(health))
+        log.warning("entry %s resumed by an operator", entry)
+        self.wake()
+        return True
 
     # -- requests as the loop sees them ------------------------------------------
 
@@ -187,20 +181,58 @@ class Factory:
                 await asyncio.wait_for(wake.wait(), self.config.cycle_seconds)
 
     async def recover(self) -> None:
-        """After a restart: settle interrupted submissions, re-arm interrupted removals."""
+        """After a restart: find interrupted submissions, re-arm interrupted removals.
+
+        A glidein without a backend id was recorded before its submission and
+        the factory stopped before it stored the batch id: the batch job may
+        exist. The backend is asked to find such pilots by the glidein ids
+        their jobs carry (`Backend.adopt`); the ones it finds are tracked
+        again, the others never reached the site and are marked failed. So a
+        kill at any instant neither loses a pilot nor submits it twice.
+        """
+        stored = await asyncio.to_thread(self.store.entry_health)
+        self.health = {name: EntryHealth(**values) for name, values in stored.items()}
+        await self.adopt_unrecorded()
         active = await asyncio.to_thread(self.store.active)
-        lost = {g.glidein_id: GlideinState.failed for g in active if g.backend_id is None}
-        if lost:
-            log.warning("%d submissions were interrupted by a factory stop", len(lost))
-            await asyncio.to_thread(self.store.set_states, lost, "submit_failed")
         for kind, group in _by_backend(active).items():
             removing = [g.backend_id for g in group if g.state is GlideinState.removing]
             backend = self.backends.get(kind)
             if removing and backend is not None:
                 await backend.remove([b for b in removing if b])
 
+    async def adopt_unrecorded(self) -> None:
+        """Track again the pilots whose submission a stop interrupted (see `recover`)."""
+        unrecorded = await asyncio.to_thread(self.store.unrecorded)
+        if not unrecorded:
+            return
+        found: dict[str, str] = {}
+        unsure: set[str] = set()
+        by_entry: dict[str, list[Glidein]] = {}
+        for g in sorted(unrecorded, key=submission_order):
+            by_entry.setdefault(g.entry, []).append(g)
+        for name, group in by_entry.items():
+            entry, backend = self.config.entry(name), self.backends.get(group[0].backend)
+            if entry is None or backend is None:
+                continue
+            try:
+                found.update(await backend.adopt(entry, [g.glidein_id for g in group]))
+            except Exception as exc:  # cannot tell: keep counting them, ask next cycle
+                log.warning("entry %s: cannot look for interrupted submissions: %s", name, exc)
+                unsure.update(g.glidein_id for g in group)
+        if found:
+            await asyncio.to_thread(self.store.set_backend_ids, found)
+        lost = {g.glidein_id: GlideinState.failed for g in unrecorded
+                if g.glidein_id not in found and g.glidein_id not in unsure}  # fmt: skip
+        log.warning("%d submission(s) were interrupted by a factory stop: %d found at the "
+                    "site, %d never reached it", len(unrecorded), len(found),
+                    len(lost))  # fmt: skip
+        if lost:
+            await asyncio.to_thread(self.store.set_states, lost, "submit_failed")
+
     async def cycle(self) -> None:
+        await self.adopt_unrecorded()  # nothing to do unless a look-up failed at recovery
         await self.refresh()
+        await self.maintain()
         await self.converge()
         await self.archive_logs()
 
@@ -248,6 +280,40 @@ class Factory:
         if changes:
             await asyncio.to_thread(self.store.set_states, changes)
 
+    async def maintain(self) -> None:
+        """Release or remove held pilots and remove stale ones (recovery.py decides)."""
+        active = await asyncio.to_thread(self.store.active)
+        now = time.time()
+        release: dict[str, list[Glidein]] = {}
+        remove: dict[str, list[tuple[Glidein, str]]] = {}
+        for g in active:
+            entry, backend = self.config.entry(g.entry), self.backends.get(g.backend)
+            if entry is None or backend is None or not g.backend_id:
+                continue
+            action = held_action(g, now, entry.recovery, backend.can_release)
+            if action is HeldAction.RELEASE:
+                release.setdefault(g.backend, []).append(g)
+            elif action is HeldAction.REMOVE:
+                remove.setdefault(g.backend, []).append((g, "held"))
+            elif (why := stale_reason(g, entry, now)) is not None:
+                remove.setdefault(g.backend, []).append((g, why))
+        for kind, pilots in release.items():
+            try:
+                await self.backends[kind].release([g.backend_id for g in pilots if g.backend_id])
+            except Exception as exc:
+                log.warning("%s: releasing %d held pilot(s) failed: %s", kind, len(pilots), exc)
+                continue
+            await asyncio.to_thread(self.store.count_releases, [g.glidein_id for g in pilots])
+            log.info("%s: released %d held pilot(s)", kind, len(pilots))
+        for kind, victims in remove.items():
+            for reason in sorted({why for _, why in victims}):
+                chosen = [g for g, why in victims if why == reason]
+                await asyncio.to_thread(self.store.set_states,
+                                        dict.fromkeys((g.glidein_id for g in chosen),
+                                                      GlideinState.removing), reason)  # fmt: skip
+                await self.backends[kind].remove([g.backend_id for g in chosen if g.backend_id])
+                log.warning("%s: removed %d pilot(s): %s", kind, len(chosen), reason)
+
     async def converge(self) -> None:
         """Plan and act for every (request, entry); one failing entry does not stop others."""
         requests = await asyncio.to_thread(self.store.requests)
@@ -277,13 +343,16 @@ class Factory:
         counts = tally.counts(name, request.frontend, request.group)
         downtime = active_downtime(self.downtimes, name, request.frontend, now)
         reason = None if downtime is None else str(downtime["reason"])
-        decision = plan(entry, EntryRequest.model_validate(raw), counts, reason)
+        decision = plan(entry, EntryRequest.model_validate(raw), counts, reason,
+                        request.frontend)  # fmt: skip
         if isinstance(decision, RemovePlan):
             await self._remove(entry, request, decision, tally)
         elif decision.count > 0 and message:
             self._log_once(request, name, message)
-        elif decision.count > 0 and not self._backing_off(name, now):
-            await self._submit(entry, request, decision.count, tally)
+        elif decision.count > 0:
+            health = self.health.get(name, EntryHealth())
+            if submit_blocked(health, now, entry.recovery) is None:
+                await self._submit(entry, request, decision.count, tally)
 
     # -- actions ------------------------------------------------------------------
 
@@ -319,16 +388,18 @@ class Factory:
                 args += ["--attr", f"{attr}={value}"]
         return tuple(args)
 
-    def _backing_off(self, entry: str, now: float) -> bool:
-        failures, not_before = self._backoff.get(entry, (0, 0.0))
-        return failures > 0 and now < not_before
-
-    def _record_failure(self, entry: str, error: str) -> None:
-        failures = self._backoff.get(entry, (0, 0.0))[0] + 1
-        delay = min(self.config.cycle_seconds * 2**failures, MAX_BACKOFF_SECONDS)
-        self._backoff[entry] = (failures, time.time() + delay)
-        self.entry_errors[entry] = error
-        log.error("entry %s: submission failed (%s); next try in %.1fs", entry, error, delay)
+    async def _record_failure(self, entry: EntryConfig, error: str) -> None:
+        now = time.time()
+        health = after_failure(self.health.get(entry.name, EntryHealth()), error, now,
+                               self.config.cycle_seconds, entry.recovery)  # fmt: skip
+        await self._set_health(entry.name, health)
+        if health.paused_at == now:
+            log.error("entry %s paused after %d failed submissions (%s); resume it with "
+                      "`glidewms factory entry resume %s`", entry.name, health.failures, error,
+                      entry.name)  # fmt: skip
+        else:
+            log.error("entry %s: submission failed (%s); next try in %.1fs", entry.name, error,
+                      health.next_try - now)  # fmt: skip
 
     async def _submit(
         self, entry: EntryConfig, request: StoredRequest, count: int, tally: Tally
@@ -357,6 +428,8 @@ class Factory:
             backend_ids, error = exc.submitted, str(exc)
         except Exception as exc:
             backend_ids, error = [], f"{type(exc).__name__}: {exc}"
+        if os.environ.get(CRASH_HOOK) == "after_submit":  # tests: a kill at the worst instant
+            os.kill(os.getpid(), signal.SIGKILL)
         started = dict(zip((g.glidein_id for g in glideins), backend_ids, strict=False))
         await asyncio.to_thread(self.store.set_backend_ids, started)
         failed = {g.glidein_id: GlideinState.failed for g in glideins[len(started) :]}
@@ -364,10 +437,10 @@ class Factory:
             await asyncio.to_thread(self.store.set_states, failed, "submit_failed")
             key = (entry.name, request.frontend, request.group)
             tally.add(*key, GlideinState.queued, -len(failed))
-            self._record_failure(entry.name, error or "backend returned fewer ids than pilots")
+            await self._record_failure(entry, error or "backend returned fewer ids than pilots")
         else:
-            self._backoff.pop(entry.name, None)
-            self.entry_errors.pop(entry.name, None)
+            await self._set_health(entry.name, after_success(self.health.get(entry.name,
+                                                                             EntryHealth())))
         log.info("entry %s: submitted %d pilot(s) for %s/%s", entry.name, len(started),
                  request.frontend, request.group)  # fmt: skip
 
@@ -393,6 +466,12 @@ class Factory:
         log.info("entry %s: removing %d pilot(s) of %s/%s (%d running): %s", entry.name,
                  len(victims), request.frontend, request.group, running,
                  decision.reason)  # fmt: skip
+
+
+def submission_order(g: Glidein) -> tuple[float, str, int]:
+    """Glideins in the order they were handed to the backend: ids end in a counter."""
+    stem, _, seq = g.glidein_id.rpartition("-")
+    return (g.submitted_at, stem, int(seq) if seq.isdigit() else 0)
 
 
 def _by_backend(glideins: list[Glidein]) -> dict[str, list[Glidein]]:

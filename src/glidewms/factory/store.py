@@ -75,6 +75,20 @@ glideins_table = sa.Table(
     sa.Column("exit_code", sa.Integer, nullable=True),
     sa.Column("report", sa.JSON, nullable=True),
     sa.Column("logs_archived", sa.Float, nullable=True),
+    sa.Column("releases", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("state_since", sa.Float, nullable=True),
+)
+
+# Submission failures and pauses per entry: a restarted factory keeps its pauses.
+entry_health_table = sa.Table(
+    "entry_health",
+    metadata,
+    sa.Column("entry", sa.String(64), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("next_try", sa.Float, nullable=False),
+    sa.Column("paused_at", sa.Float, nullable=True),
+    sa.Column("paused_reason", sa.Text, nullable=True),
 )
 
 
@@ -105,7 +119,17 @@ def _downtimes_and_archive(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE glideins ADD COLUMN logs_archived FLOAT"))
 
 
-MIGRATIONS = [_create_tables, _downtimes_and_archive]
+def _recovery(conn: Connection) -> None:
+    """Version 3: entry pauses, release counts and when a pilot entered its state."""
+    entry_health_table.create(conn, checkfirst=True)
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("glideins")}
+    if "releases" not in columns:
+        conn.execute(sa.text("ALTER TABLE glideins ADD COLUMN releases INTEGER NOT NULL DEFAULT 0"))
+    if "state_since" not in columns:
+        conn.execute(sa.text("ALTER TABLE glideins ADD COLUMN state_since FLOAT"))
+
+
+MIGRATIONS = [_create_tables, _downtimes_and_archive, _recovery]
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,8 @@ class Glidein:
     exit_code: int | None
     report: dict[str, Any] | None
     logs_archived: float | None = None
+    releases: int = 0  # times the factory released it from a hold
+    state_since: float | None = None  # when it entered its current state
 
     @classmethod
     def submitted(
@@ -144,7 +170,7 @@ class Glidein:
     ) -> Glidein:
         """A new glidein about to be handed to its backend."""
         return cls(glidein_id, entry, backend, frontend, group, None, GlideinState.queued,
-                   now, now, None, None, None)  # fmt: skip
+                   now, now, None, None, None, None, 0, now)  # fmt: skip
 
     def public(self) -> dict[str, Any]:
         """The glidein as the API shows it (the backend id is an internal detail)."""
@@ -236,7 +262,8 @@ class FactoryStore:
         now = time.time()
         with self.engine.begin() as conn:
             for glidein_id, state in states.items():
-                values: dict[str, Any] = {"state": state.value, "updated_at": now}
+                values: dict[str, Any] = {"state": state.value, "updated_at": now,
+                                          "state_since": now}  # fmt: skip
                 if exit_reason is not None:
                     values["exit_reason"] = sa.func.coalesce(t.c.exit_reason, exit_reason)
                 conn.execute(t.update().where(t.c.glidein_id == glidein_id).values(**values))
@@ -319,6 +346,41 @@ class FactoryStore:
                     updated_at=time.time(),
                 )
             )
+
+    def count_releases(self, glidein_ids: Iterable[str]) -> None:
+        """These held pilots were released once more."""
+        t = glideins_table
+        ids = list(glidein_ids)
+        if ids:
+            with self.engine.begin() as conn:
+                conn.execute(t.update().where(t.c.glidein_id.in_(ids))
+                             .values(releases=t.c.releases + 1))  # fmt: skip
+
+    def unrecorded(self) -> list[Glidein]:
+        """Active glideins without a backend id: a submission a stop interrupted."""
+        t = glideins_table
+        states = [s.value for s in ACTIVE_STATES]
+        query = (sa.select(t).where(t.c.state.in_(states)).where(t.c.backend_id.is_(None))
+                 .order_by(t.c.submitted_at))  # fmt: skip
+        with self.engine.connect() as conn:
+            return [_glidein(r) for r in conn.execute(query)]
+
+    # -- entry health -----------------------------------------------------------
+
+    def entry_health(self) -> dict[str, dict[str, Any]]:
+        """{entry: its stored failures and pause}."""
+        t = entry_health_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t)).all()
+        return {r.entry: {k: v for k, v in r._mapping.items() if k != "entry"} for r in rows}
+
+    def set_entry_health(self, entry: str, values: Mapping[str, Any] | None) -> None:
+        """Replace an entry's health row (None: healthy, the row goes)."""
+        t = entry_health_table
+        with self.engine.begin() as conn:
+            conn.execute(t.delete().where(t.c.entry == entry))
+            if values is not None:
+                conn.execute(t.insert().values(entry=entry, **values))
 
     # -- log archive ------------------------------------------------------------
 

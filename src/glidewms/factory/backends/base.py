@@ -104,5 +104,21 @@ class Backend(ABC):
     async def logs(self, backend_id: str) -> PilotLogs:
         """The pilot's standard output and error as far as the site kept them."""
 
+    can_release: ClassVar[bool] = False  # whether `release` works (else held pilots go)
+
+    async def release(self, backend_ids: Sequence[str]) -> None:
+        """Ask the site to release held pilots (only where `can_release`)."""
+        raise BackendError(f"the {self.kind} backend cannot release held pilots")
+
+    async def adopt(self, entry: EntryConfig, glidein_ids: Sequence[str]) -> dict[str, str]:
+        """Find pilots submitted by a factory that stopped before it stored their ids.
+
+        `glidein_ids` are one entry's unrecorded glideins in submission order;
+        returns {glidein id: backend id} for those the site has (ended ones
+        included while the site remembers them). A backend that cannot tell
+        returns {}: those glideins are then taken as never submitted.
+        """
+        return {}
+
     async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release what the backend holds (connections, tasks); pilots keep running."""

@@ -369,6 +369,15 @@ class BatchBackend(Backend):
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
         """Remove these jobs from the batch system."""
 
+    async def release_jobs(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
+        """Release held jobs (backends that can set `can_release`)."""
+        raise BackendError(f"the {self.kind} backend cannot release held pilots")
+
+    async def find_arrays(self, shell: Shell, entry: EntryConfig) -> dict[str, list[str]]:
+        """The entry's arrays the batch system knows: {first glidein id: job refs in
+        task order}, from the mark `directives` put on each array (see `adopt`)."""
+        return {}
+
     def log_names(self, entry: EntryConfig, ref: str) -> tuple[str, str]:
         """The stdout and stderr file names of a job ref inside the log dir."""
         return f"{ref}.out", f"{ref}.err"
@@ -438,6 +447,26 @@ class BatchBackend(Backend):
         groups, _ = self._by_shell(backend_ids)
         for entry, refs in groups.values():
             await self.cancel(self.shell(entry), entry, list(refs))
+
+    async def release(self, backend_ids: Sequence[str]) -> None:
+        groups, _ = self._by_shell(backend_ids)
+        for entry, refs in groups.values():
+            await self.release_jobs(self.shell(entry), entry, list(refs))
+
+    async def adopt(self, entry: EntryConfig, glidein_ids: Sequence[str]) -> dict[str, str]:
+        """Arrays carry their first glidein id; task k is the k-th pilot from it.
+
+        `pilot_arrays()` cuts a submission into arrays of consecutive pilots, so
+        with the unrecorded glideins in submission order, an array marked with
+        glidein X holds X and the pilots that follow it.
+        """
+        arrays = await self.find_arrays(self.shell(entry), entry)
+        found: dict[str, str] = {}
+        for i, glidein_id in enumerate(glidein_ids):
+            for k, ref in enumerate(arrays.get(glidein_id, [])):
+                if i + k < len(glidein_ids):
+                    found[glidein_ids[i + k]] = f"{entry.name}/{ref}"
+        return found
 
     async def logs(self, backend_id: str) -> PilotLogs:
         name, ref = split_backend_id(backend_id)

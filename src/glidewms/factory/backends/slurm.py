@@ -7,6 +7,10 @@
   looked up in `sacct` (slurmdbd), and a job in neither has ended long ago
   (Slurm forgets jobs after MinJobAge): it counts as finished.
 - remove: `scancel` with the task refs (SIGTERM, then SIGKILL after KillWait).
+- release: `scontrol release` of held task refs.
+- adopt: each array carries `--comment=glidewms:<its first glidein id>`, so a
+  factory killed between `sbatch` and storing the job id finds its pilots
+  again with one `squeue -n glidewms-<entry>` (see `BatchBackend.adopt`).
 
 Every state Slurm can report is mapped explicitly in `STATE_MAP`; a state not
 in the map is `unknown` (and logged), so a new Slurm version cannot silently
@@ -56,6 +60,7 @@ STATE_MAP: dict[str, PilotState] = {
 HOLD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "held"})
 
 REFS_PER_CALL = 500
+COMMENT_MARK = "glidewms:"
 
 
 def slurm_state(state: str, reason: str = "") -> PilotState:
@@ -94,8 +99,21 @@ def walltime_minutes(seconds: int) -> int:
     return max(1, math.ceil(seconds / 60))
 
 
+def parse_marked_arrays(text: str) -> dict[str, list[str]]:
+    """`squeue -h -r -o %i|%k` lines -> {first glidein id: task refs by task index}."""
+    tasks: dict[str, list[tuple[int, str]]] = {}
+    for line in text.splitlines():
+        ref, _, comment = line.strip().partition("|")
+        _, sep, task = ref.partition("_")
+        if not comment.startswith(COMMENT_MARK) or not sep or not task.isdigit():
+            continue
+        tasks.setdefault(comment[len(COMMENT_MARK):], []).append((int(task), ref))
+    return {first: [ref for _, ref in sorted(refs)] for first, refs in tasks.items()}
+
+
 class SlurmBackend(BatchBackend):
     kind = "slurm"
+    can_release = True
     task_index = "${SLURM_ARRAY_TASK_ID:--1}"
     job_ref = "${SLURM_ARRAY_JOB_ID:-?}_${SLURM_ARRAY_TASK_ID:-?}"
 
@@ -103,6 +121,7 @@ class SlurmBackend(BatchBackend):
         batch = entry.batch
         lines = [
             f"--job-name=glidewms-{entry.name}",
+            f"--comment={COMMENT_MARK}{array.glidein_ids[0]}",
             f"--array=0-{len(array.glidein_ids) - 1}",
             f"--output={log_dir}/%A_%a.out",
             f"--error={log_dir}/%A_%a.err",
@@ -170,6 +189,21 @@ class SlurmBackend(BatchBackend):
                 return out  # no accounting: squeue was all there is to know
             out.update(parse_sacct(result.stdout))
         return out
+
+    async def release_jobs(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
+        for part in chunks(list(refs), REFS_PER_CALL):
+            argv = ["scontrol", "release", *part]
+            result = await shell.run(argv, timeout=entry.batch.command_timeout)
+            if result.returncode != 0:
+                raise BackendError(result.describe(argv))
+
+    async def find_arrays(self, shell: Shell, entry: EntryConfig) -> dict[str, list[str]]:
+        argv = ["squeue", "-h", "-r", "-t", "all", "-n", f"glidewms-{entry.name}",
+                "-o", "%i|%k"]  # fmt: skip
+        result = await shell.run(argv, timeout=entry.batch.command_timeout)
+        if result.returncode != 0:
+            raise BackendError(result.describe(argv))
+        return parse_marked_arrays(result.stdout)
 
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
         for part in chunks(list(refs), REFS_PER_CALL):
