@@ -15,6 +15,14 @@ validation scripts (`validation/`) into `<state_dir>/stage/` and writes
 
 Copying (rather than serving the installed package in place) pins what pilots
 get to what was hashed and signed.
+
+`build_vo_stage` makes the frontend's (VO) stage the same way: a directory of
+VO validation scripts with a `scripts.list` at its root (every line a
+`group` one, optionally `container`), copied, listed in a manifest and
+signed with the frontend's own key. It is served with the same layout as
+the factory's stage (`BASE/manifest`, `BASE/files/PATH`, the signature as
+`BASE/files/manifest.sig`: `Stage.file` answers both) and named to pilots by
+`--vo-stage BASE --vo-manifest-sha256 HEX --vo-manifest-key B64`.
 """
 
 from __future__ import annotations
@@ -145,12 +153,58 @@ def build_stage(state_dir: Path, agent_dir: Path | None = None,
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, destination)
             files[f"{name}/{relative.as_posix()}"] = sha256_file(destination)
+    key = load_or_create_key(key_path or Path(state_dir) / "keys" / KEY_NAME)
+    return _sign(root, files, key)
+
+
+def _sign(root: Path, files: dict[str, str], key: Ed25519PrivateKey) -> Stage:
+    """Write the manifest (sha256sum format) and its signature; the signature first,
+    so a reader never sees a new manifest with an old signature for long."""
     text = "".join(f"{digest}  {path}\n" for path, digest in sorted(files.items()))
     data = text.encode()
-    key = load_or_create_key(key_path or Path(state_dir) / "keys" / KEY_NAME)
     for name, content in ((SIGNATURE_NAME, key.sign(data)), ("manifest", data)):
         tmp = root / f".{name}.tmp"
         tmp.write_bytes(content)
         tmp.replace(root / name)
     return Stage(root=root, files=files, manifest_sha256=hashlib.sha256(data).hexdigest(),
                  public_key_b64=public_key_b64(key))
+
+
+def build_vo_stage(source_dir: Path, out_dir: Path, key_path: Path) -> Stage:
+    """Build and sign a frontend (VO) stage from `source_dir` into `out_dir`.
+
+    `source_dir` holds `scripts.list` and the scripts it names (and any file
+    they need); every regular file is shipped. The list is checked here the
+    way the pilot reads it, so a bad line or a missing script is refused with
+    its file and line rather than failing every pilot. `out_dir` is replaced.
+    """
+    from glidewms.glidein.agent.config import ConfigError
+    from glidewms.glidein.agent.validation import parse_script_list
+
+    source_dir = Path(source_dir)
+    listing = source_dir / "scripts.list"
+    if not listing.is_file():
+        raise ValueError(f"{source_dir}: a VO stage needs a scripts.list")
+    try:
+        scripts = parse_script_list(listing.read_text(), str(source_dir), str(listing),
+                                    ("group",))
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    for script in scripts:
+        if not Path(script.path).is_file():
+            raise ValueError(f"{listing}: {script.path} does not exist")
+    root = Path(out_dir)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    files: dict[str, str] = {}
+    for source in sorted(p for p in source_dir.rglob("*") if p.is_file()):
+        relative = source.relative_to(source_dir)
+        if "__pycache__" in relative.parts or relative.as_posix() in ("manifest",
+                                                                        SIGNATURE_NAME):
+            continue
+        destination = root / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+        files[relative.as_posix()] = sha256_file(destination)
+    return _sign(root, files, load_or_create_key(Path(key_path)))

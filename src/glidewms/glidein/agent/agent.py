@@ -39,6 +39,8 @@ from .policy import (
     job_fits,
     next_step,
     retire_and_die,
+    token_expiry,
+    token_retire,
 )
 from .resources import Resources, detect_resources, slot_ad
 from .trail import Trail, TrailHandler
@@ -96,6 +98,20 @@ class Agent:
         self.deadline = self.started + retire
         self.die_at = self.started + die
         self.idle_since = self.started
+        self._token_checked = -1.0e9
+        self._token_expires: float | None = None
+
+    def retire_at(self) -> float:
+        """The retire time, capped before the token's expiry (re-read at most every 5 s)."""
+        now = time.monotonic()
+        if now - self._token_checked >= 5.0:
+            self._token_checked = now
+            try:
+                with open(self.cfg.token_file, encoding="utf-8") as handle:
+                    self._token_expires = token_expiry(handle.read())
+            except OSError:
+                pass  # the next request says what is wrong with it
+        return token_retire(self.deadline, self._token_expires, time.time(), now)
 
     # -- decisions ------------------------------------------------------------
 
@@ -145,13 +161,13 @@ class Agent:
     @property
     def retiring(self) -> bool:
         """The pilot takes no new work (contract: heartbeat ``retiring``)."""
-        return bool(self.draining or self.stop_reason or time.monotonic() >= self.deadline)
+        return bool(self.draining or self.stop_reason or time.monotonic() >= self.retire_at())
 
     def _decide(self) -> Step:
         """Under the lock: the next step (see ``policy.next_step``); act on an exit."""
         step = next_step(
             State(now=time.monotonic(), idle_since=self.idle_since,
-                  idle_timeout=self.cfg.idle_timeout, deadline=self.deadline,
+                  idle_timeout=self.cfg.idle_timeout, deadline=self.retire_at(),
                   draining=self.draining, running=len(self._runners),
                   free_cpus=self.free.cpus, free_memory=self.free.memory,
                   die_at=self.die_at, tail_timeout=self.cfg.tail_timeout,

@@ -6,6 +6,8 @@ timeout, lifetime, drain, full slot) is a row in a table-driven test.
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 from dataclasses import dataclass
 
@@ -131,3 +133,33 @@ def heartbeat_interval(pool_seconds: float, lease_seconds: float, local_seconds:
     if lease_seconds:
         interval = min(interval, lease_seconds / 3)
     return max(1.0, interval)
+
+
+TOKEN_RETIRE_MARGIN = 120.0  # retire this long before an unrenewed token expires
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read and not verified (the services verify it)."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and math.isfinite(exp) else None
+
+
+def token_retire(deadline: float, expires: float | None, now_epoch: float, now: float,
+                 margin: float = TOKEN_RETIRE_MARGIN) -> float:
+    """The retire time (monotonic) capped ``margin`` seconds before the token expires.
+
+    The frontend renews pilot tokens and the factory rewrites the token file;
+    the pilot reads it on every request, so a renewed token moves the cap
+    later again. One that is not renewed must not leave the pilot holding
+    jobs it can no longer report on.
+    """
+    if expires is None:
+        return deadline
+    return min(deadline, now + (expires - now_epoch) - margin)

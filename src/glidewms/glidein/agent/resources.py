@@ -95,13 +95,32 @@ def detect_disk_kib(path: str) -> int:
 def detect_resources(
     cfg: GlideinConfig, meminfo: str = "/proc/meminfo"
 ) -> Resources:
-    """Explicit glidein_config amounts win; ``auto`` (None) is detected."""
-    return Resources(
+    """Explicit glidein_config amounts win; ``auto`` (None) is detected.
+
+    One of ``GLIDEIN_Multi_Count`` pilots of one batch job (``--multi N``)
+    offers its share of the node (see ``split``).
+    """
+    whole = Resources(
         cpus=cfg.cpus if cfg.cpus is not None else detect_cpus(),
         memory=cfg.memory if cfg.memory is not None else detect_memory_mb(meminfo),
         disk=detect_disk_kib(cfg.work_dir),
         gpus=int(cfg.values["GPUs"]) if cfg.values.get("GPUs", "").isdigit() else 0,
     )
+    count = cfg.values.get("GLIDEIN_Multi_Count", "1")
+    index = cfg.values.get("GLIDEIN_Multi_Index", "0")
+    if count.isdigit() and index.isdigit() and int(count) > 1:
+        return split(whole, int(count), int(index))
+    return whole
+
+
+def split(whole: Resources, count: int, index: int) -> Resources:
+    """Pilot ``index``'s share of ``whole`` among ``count``: an even split, the
+    remainder going to the first pilots, so the shares add up to the whole (a
+    pilot may get 0 GPUs, never less than one CPU or one MB)."""
+    def share(total: int) -> int:
+        return total // count + (1 if index < total % count else 0)
+    return Resources(cpus=max(1, share(whole.cpus)), memory=max(1, share(whole.memory)),
+                     disk=whole.disk // count, gpus=share(whole.gpus))
 
 
 def htcondor_arch(machine: str) -> str:

@@ -1,12 +1,18 @@
 """Run validation scripts in order, collect structured results, gather what they publish.
 
-Scripts are listed in ``scripts.list`` files (``STAGE PATH [period=SECONDS]``
-per line, paths relative to the list): the factory stage's
-``validation/scripts.list`` and any list named in ``GLIDEIN_Script_Lists``
+Scripts are listed in ``scripts.list`` files (``STAGE PATH [period=SECONDS]
+[container]`` per line, paths relative to the list): the factory stage's
+``validation/scripts.list``, any list named in ``GLIDEIN_Script_Lists``
 (comma-separated, relative to the work dir: entry and frontend-group
-scripts). They run by stage, ``factory → entry → group → final``, keeping
-list order within a stage; the first failure stops the run, because later
-scripts may rely on what earlier ones checked.
+scripts) and the frontend's signed VO stage list (``GLIDEIN_VO_Scripts``,
+written by the bootstrap), whose scripts all belong to the ``group`` stage.
+A script marked ``container`` runs inside the container runtime that the
+factory's ``container`` script chose, in the group's default image, with the
+work dir bound at the same path (so it reads and writes glidein_config).
+
+They run by stage, ``factory → entry → group → final``, keeping list order
+within a stage; the first failure stops the run, because later scripts may
+rely on what earlier ones checked.
 
 Each script runs as ``SCRIPT GLIDEIN_CONFIG`` in the work dir, with
 ``GLIDEIN_RESULT_FILE`` naming where it writes its JSON result (see
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import container as containers
 from . import forkrun
 from .config import ConfigError, parse_lines, typed_value
 
@@ -48,6 +56,7 @@ class Script:
     path: str
     stage: str
     period: int = 0
+    container: bool = False
 
 
 @dataclass
@@ -75,8 +84,12 @@ class Result:
         return body
 
 
-def parse_script_list(text: str, base_dir: str, source: str) -> List[Script]:
-    """Parse a scripts.list; ConfigError names the file and line."""
+def parse_script_list(text: str, base_dir: str, source: str,
+                      stages: Tuple[str, ...] = STAGES) -> List[Script]:
+    """Parse a scripts.list; ConfigError names the file and line.
+
+    ``stages``: the stages this list may name (a VO list: ``group`` only).
+    """
     scripts = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -84,37 +97,45 @@ def parse_script_list(text: str, base_dir: str, source: str) -> List[Script]:
             continue
         words = line.split()
         where = f"{source}:{number}"
-        if len(words) < 2 or words[0] not in STAGES:
-            raise ConfigError(f"{where}: expected 'STAGE PATH [period=N]' with STAGE one of "
-                              f"{', '.join(STAGES)}, got {line!r}")
+        if len(words) < 2 or words[0] not in stages:
+            raise ConfigError(f"{where}: expected 'STAGE PATH [period=N] [container]' with "
+                              f"STAGE one of {', '.join(stages)}, got {line!r}")
         if words[1].startswith("/") or ".." in words[1].split("/"):
             raise ConfigError(f"{where}: the script path must stay under {base_dir}")
-        period = 0
+        period, in_container = 0, False
         for option in words[2:]:
             key, _, value = option.partition("=")
-            if key != "period" or not value.isdigit():
-                raise ConfigError(f"{where}: unknown option {option!r} (period=SECONDS)")
-            period = int(value)
+            if option == "container":
+                in_container = True
+            elif key == "period" and value.isdigit():
+                period = int(value)
+            else:
+                raise ConfigError(f"{where}: unknown option {option!r} (period=SECONDS, "
+                                  "container)")
         name = os.path.splitext(os.path.basename(words[1]))[0]
-        scripts.append(Script(name, os.path.join(base_dir, words[1]), words[0], period))
+        scripts.append(Script(name, os.path.join(base_dir, words[1]), words[0], period,
+                              in_container))
     return scripts
 
 
 def discover(work_dir: str, values: Dict[str, str]) -> List[Script]:
     """Every listed script, sorted by stage (a stable sort keeps list order)."""
-    lists = [STANDARD_LIST] + [p.strip() for p in values.get("GLIDEIN_Script_Lists", "").split(",")
-                               if p.strip()]
+    lists = [(STANDARD_LIST, STAGES)]
+    lists += [(p.strip(), STAGES) for p in values.get("GLIDEIN_Script_Lists", "").split(",")
+              if p.strip()]
+    if values.get("GLIDEIN_VO_Scripts"):
+        lists.append((values["GLIDEIN_VO_Scripts"], ("group",)))
     skip = {n.strip() for n in values.get("GLIDEIN_Validation_Skip", "").split(",") if n.strip()}
     scripts: List[Script] = []
-    for relative in lists:
+    for relative, stages in lists:
         path = os.path.join(work_dir, relative)
         if not os.path.isfile(path):
             if relative != STANDARD_LIST:
-                raise ConfigError(f"GLIDEIN_Script_Lists names {relative}, which does not exist")
+                raise ConfigError(f"the script list {relative} does not exist")
             continue
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
-        scripts += [s for s in parse_script_list(text, os.path.dirname(path), relative)
+        scripts += [s for s in parse_script_list(text, os.path.dirname(path), relative, stages)
                     if s.name not in skip]
     return sorted(scripts, key=lambda s: STAGES.index(s.stage))
 
@@ -145,14 +166,17 @@ def run_script(script: Script, config_path: str, timeout: float = DEFAULT_TIMEOU
     result = Result(script.name, script.stage, "failed", "WN_Resource")
     cwd = os.path.dirname(config_path)
     try:
-        if fork and script.path.endswith(".py") and forkrun.fork_allowed():
+        if script.container:
+            returncode, output, timed_out = _run_in_container(script, config_path, env, cwd,
+                                                              timeout)
+        elif fork and script.path.endswith(".py") and forkrun.fork_allowed():
             returncode, output, timed_out = forkrun.run(script.path, [config_path], env, cwd,
                                                         timeout)
         else:
             returncode, output, timed_out = _run_process(script, config_path, env, cwd,
                                                          timeout)
-    except OSError as exc:
-        result.detail = f"cannot run {script.path}: {exc.strerror or exc}"
+    except (OSError, containers.ContainerError, ValueError) as exc:
+        result.detail = f"cannot run {script.path}: {getattr(exc, 'strerror', None) or exc}"
         os.unlink(result_file)
         return result
     if timed_out:
@@ -175,10 +199,51 @@ def run_script(script: Script, config_path: str, timeout: float = DEFAULT_TIMEOU
     return result
 
 
+def _run_in_container(script: Script, config_path: str, env: Dict[str, str], cwd: str,
+                      timeout: float) -> Tuple[int, bytes, bool]:
+    """The script inside the container runtime validation chose, in the default image.
+
+    The work dir is bound at its own path (not ``/srv``), so every path in
+    glidein_config stays true inside; the environment is only what a script
+    needs (the result file, the config, PATH), never the pilot's.
+    """
+    values = read_values(config_path)
+    setup = containers.ContainerSetup.from_values(values)
+    if setup.runtime not in containers.RUNTIMES or not setup.path:
+        raise containers.ContainerError("it must run in a container and this node has no "
+                                        "working container runtime")
+    image = setup.default_image
+    command = _command(script, config_path)
+    if command[0] == sys.executable:
+        command[0] = "python3"  # the image's python, not the pilot's path on the host
+    bind = containers.Bind(cwd, cwd)
+    inner_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": cwd,
+                 **{k: env[k] for k in ("GLIDEIN_RESULT_FILE", "GLIDEIN_CONFIG")}}
+    inner_env["GLIDEIN_PYTHON"] = "python3"
+    setup = containers.ContainerSetup(setup.runtime, setup.path, image, setup.use,
+                                      (*setup.binds, bind), setup.gpu_devices)
+    # a sandbox of its own (the scratch /srv) keeps the work dir's paths unmapped
+    sandbox = tempfile.mkdtemp(prefix=".vo_sandbox_", dir=cwd)
+    try:
+        argv, outer_env = containers.wrap(setup, image, sandbox, command, inner_env)
+        if setup.runtime == "bwrap":
+            argv[argv.index("--chdir") + 1] = cwd
+        else:
+            argv[argv.index("--pwd") + 1] = cwd
+        return _spawn(argv, outer_env, cwd, timeout)
+    finally:
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+
 def _run_process(script: Script, config_path: str, env: Dict[str, str], cwd: str,
                  timeout: float) -> Tuple[int, bytes, bool]:
     """A new process in its own session; its group is killed on timeout."""
-    proc = subprocess.Popen(_command(script, config_path), cwd=cwd, env=env,
+    return _spawn(_command(script, config_path), env, cwd, timeout)
+
+
+def _spawn(argv: List[str], env: Dict[str, str], cwd: str,
+           timeout: float) -> Tuple[int, bytes, bool]:
+    proc = subprocess.Popen(argv, cwd=cwd, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:

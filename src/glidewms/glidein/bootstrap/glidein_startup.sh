@@ -16,16 +16,22 @@ usage() {
   echo "usage: glidein_startup.sh --factory URL --manifest-sha256 HEX --pool URL --glidein-id ID" \
        "--entry NAME --site NAME [--idle-timeout S] [--lifetime S] [--cpus N|auto]" \
        "[--memory MB|auto] [--work-dir DIR|auto|TMPDIR] [--min-disk MB] [--heartbeat S]" \
-       "[--manifest-key B64] [--attr NAME=VALUE ...] [--set KEY=VALUE ...]" >&2
+       "[--manifest-key B64] [--attr NAME=VALUE ...] [--set KEY=VALUE ...]" \
+       "[--vo-stage URL --vo-manifest-sha256 HEX [--vo-manifest-key B64]] [--multi N]" >&2
+  echo "   or: glidein_startup.sh --no-factory --pool URL (--stage-dir DIR | --stage-url URL" \
+       "--manifest-sha256 HEX) [--site NAME] [--entry NAME] [--glidein-id ID] [...]" >&2
   exit $EXIT_USAGE
 }
 
 factory='' manifest_sha='' pool='' gid='' entry='' site='' idle=1200 lifetime=86400
 cpus=auto memory=auto parent=auto heartbeat='' attrs=() settings=() manifest_key='' min_disk=50
+no_factory='' stage_base='' vo_stage='' vo_sha='' vo_key='' multi=1
 reserved=" GLIDEIN_Factory_URL GLIDEIN_Pool_URL GLIDEIN_Id GLIDEIN_Entry_Name GLIDEIN_Site \
 GLIDEIN_Idle_Timeout GLIDEIN_Lifetime GLIDEIN_Cpus GLIDEIN_Memory GLIDEIN_Heartbeat GLIDEIN_Work_Dir \
-GLIDEIN_Token_File GLIDEIN_Attrs GLIDEIN_Manifest_Signature "
+GLIDEIN_Token_File GLIDEIN_Attrs GLIDEIN_Manifest_Signature GLIDEIN_VO_Scripts \
+GLIDEIN_VO_Manifest_Signature GLIDEIN_Multi_Count GLIDEIN_Multi_Index GLIDEIN_Manual "
 while [ $# -gt 0 ]; do
+  if [ "$1" = --no-factory ]; then no_factory=1; shift; continue; fi
   [ $# -ge 2 ] || usage "$1 needs a value"
   case "$1" in
     --factory) factory=${2%/} ;;         --manifest-sha256) manifest_sha=$2 ;;
@@ -35,6 +41,10 @@ while [ $# -gt 0 ]; do
     --cpus) cpus=$2 ;;                   --memory) memory=$2 ;;
     --work-dir) parent=$2 ;;             --heartbeat) heartbeat=$2 ;;
     --manifest-key) manifest_key=$2 ;;   --min-disk) min_disk=$2 ;;
+    --stage-dir) stage_base=$(cd "$2" 2>/dev/null && pwd) || usage "--stage-dir $2: no such directory" ;;
+    --stage-url) stage_base=${2%/} ;;    --vo-stage) vo_stage=${2%/} ;;
+    --vo-manifest-sha256) vo_sha=$2 ;;   --vo-manifest-key) vo_key=$2 ;;
+    --multi) multi=$2 ;;
     --set) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --set '$2'"
            [[ $reserved == *" ${2%%=*} "* ]] && usage "--set cannot set ${2%%=*}"
            settings+=("$2") ;;
@@ -45,13 +55,30 @@ while [ $# -gt 0 ]; do
   esac
   shift 2
 done
-for req in factory:factory manifest_sha:manifest-sha256 pool:pool gid:glidein-id entry:entry \
-           site:site; do
+if [ -n "$no_factory" ]; then  # manual start by a site admin: no factory to fetch from or report to
+  [ -z "$factory" ] || usage "--no-factory and --factory exclude each other"
+  [ -n "$stage_base" ] || usage "--no-factory needs --stage-dir DIR or --stage-url URL"
+  [[ $stage_base == /* || -n $manifest_sha ]] || usage "--stage-url needs --manifest-sha256"
+  host=$(hostname 2>/dev/null || echo node); host=${host%%.*}
+  : "${gid:=manual-$host-$$}" "${entry:=manual}" "${site:=$host}"
+  required="pool:pool"
+else
+  stage_base=${stage_base:-$factory/api/v1/stage}
+  required="factory:factory manifest_sha:manifest-sha256 pool:pool gid:glidein-id entry:entry site:site"
+fi
+for req in $required; do
   var=${req%%:*}; [ -n "${!var}" ] || usage "--${req#*:} is required"
 done
-[[ $manifest_sha =~ ^[0-9a-fA-F]{64}$ ]] || usage "--manifest-sha256 must be 64 hex digits"
-[ -z "$manifest_key" ] || [[ $manifest_key =~ ^[A-Za-z0-9+/]{40,200}={0,2}$ ]] \
-  || usage "--manifest-key must be a base64 public key"
+for sum in "$manifest_sha" "$vo_sha"; do
+  [ -z "$sum" ] || [[ $sum =~ ^[0-9a-fA-F]{64}$ ]] || usage "--manifest-sha256 and --vo-manifest-sha256 must be 64 hex digits"
+done
+for key in "$manifest_key" "$vo_key"; do
+  [ -z "$key" ] || [[ $key =~ ^[A-Za-z0-9+/]{40,200}={0,2}$ ]] \
+    || usage "--manifest-key and --vo-manifest-key must be a base64 public key"
+done
+[ -z "$vo_stage" ] || [ -n "$vo_sha" ] || usage "--vo-stage needs --vo-manifest-sha256"
+[ -n "$vo_stage" ] || [ -z "$vo_sha$vo_key" ] || usage "--vo-manifest-sha256/-key need --vo-stage"
+[[ $multi =~ ^[1-9][0-9]{0,2}$ ]] || usage "--multi takes a number of pilots (1-999)"
 [[ $idle$lifetime$heartbeat$min_disk =~ ^[0-9]+$ ]] \
   || usage "--idle-timeout, --lifetime, --heartbeat take a number of seconds, --min-disk of MB"
 [[ $cpus =~ ^([0-9]+|auto)$ && $memory =~ ^([0-9]+|auto)$ ]] || usage "--cpus/--memory: N or auto"
@@ -66,7 +93,7 @@ case "$parent" in
   TMPDIR) parent=${TMPDIR:-/tmp} ;;
 esac
 work=$(mktemp -d "$parent/glidein_XXXXXX") || { log "cannot create a work dir in $parent"; exit $EXIT_ERROR; }
-agent_pid=''
+agent_pids=()
 unmount_under() {  # FUSE mounts the pilot made under $1 (CVMFS), deepest first
   local _d point _r
   while read -r _d point _r; do
@@ -78,10 +105,19 @@ unmount_under() {  # FUSE mounts the pilot made under $1 (CVMFS), deepest first
     esac
   done < <(tac /proc/self/mounts 2>/dev/null)
 }
+wait_agents() {  # wait for every agent; the first non-zero exit code is the pilot's
+  local p r rc=0
+  for p in ${agent_pids[@]+"${agent_pids[@]}"}; do
+    wait "$p"; r=$?; [ $rc -ne 0 ] || rc=$r
+  done
+  return $rc
+}
 cleanup() { unmount_under "$work"; rm -rf --one-file-system -- "$work"; }
 on_signal() {  # forward to the agent and let it drain and report; EXIT cleans up
   log "got SIG$1"
-  if [ -n "$agent_pid" ]; then kill -"$1" "$agent_pid" 2>/dev/null; wait "$agent_pid"; exit $?; fi
+  if [ ${#agent_pids[@]} -gt 0 ]; then
+    kill -"$1" "${agent_pids[@]}" 2>/dev/null; wait_agents; exit $?
+  fi
   exit "$2"
 }
 trap cleanup EXIT
@@ -146,6 +182,7 @@ json_str() {  # a bash string as a JSON string literal
 }
 fail() {  # fail REASON CODE DETAIL: trail + report to the factory (best effort), exit
   log "$1: $3"
+  [ -n "$factory" ] || exit "$2"   # manual start: nobody to report to
   http POST "$factory/api/v1/glideins/$gid/log" /dev/null \
     "{\"records\":[{\"time\":$(printf "%(%s)T" -1),\"invoker\":\"glidein_startup\",\"pid\":$$,\"severity\":\"ERROR\",\"type\":\"startup\",\"content\":$(json_str "$1: $3")}],\"final\":true}" \
     2>/dev/null || true
@@ -160,39 +197,75 @@ free_kb=$(df -Pk "$work" 2>/dev/null | awk 'NR == 2 { print $4 }')
   || fail validation_failed $EXIT_ERROR "WN_Resource: $((free_kb / 1024)) MB free in $parent, need $min_disk"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null \
   || fail validation_failed $EXIT_ERROR "no python3 >= 3.9 ($PY) on $(hostname 2>/dev/null)"
-log "work dir $work; fetching the stage from $factory"
-http GET "$factory/api/v1/stage/manifest" "$meta/manifest" \
-  || fail error $EXIT_ERROR "manifest download failed"
-read -r got _ < <(sha256sum "$meta/manifest")
-[ "$got" = "${manifest_sha,,}" ] || fail corruption $EXIT_CORRUPT "manifest sha256 $got, expected $manifest_sha"
-signature=absent
-if [ -n "$manifest_key" ]; then
-  http GET "$factory/api/v1/stage/files/manifest.sig" "$meta/manifest.sig" \
-    || fail corruption $EXIT_CORRUPT "the manifest signature could not be fetched"
-  if command -v openssl >/dev/null 2>&1; then
-    printf -- '-----BEGIN PUBLIC KEY-----\n%s\n-----END PUBLIC KEY-----\n' "$manifest_key" \
-      > "$meta/manifest.pub"
-    openssl pkeyutl -verify -pubin -inkey "$meta/manifest.pub" -rawin -in "$meta/manifest" \
-      -sigfile "$meta/manifest.sig" >/dev/null 2>&1 \
-      || fail corruption $EXIT_CORRUPT "the manifest signature does not verify with the factory's key"
-    signature=verified
-  else
-    log "no openssl: the manifest signature is not checked (its sha256 is)"; signature=unchecked
+# get_stage LABEL BASE SHA KEY DEST: the manifest at BASE/manifest must hash to SHA
+# (and verify with KEY when given), then every file BASE/files/PATH is fetched into
+# DEST/PATH and checked. BASE is a URL, or a local directory (manual start) holding
+# manifest, manifest.sig and the files; a local directory without a manifest is
+# copied as it is (agent/, validation/: an installed package). Sets $signature.
+get_stage() {
+  local label=$1 base=$2 sha=$3 key=$4 dest=$5 m=$meta/$1.manifest line path got _ pre=''
+  [ "$label" = factory ] || pre="$label stage: "
+  local local_dir=''; [[ $base == /* ]] && local_dir=$base
+  signature=absent
+  if [ -n "$local_dir" ] && [ ! -f "$local_dir/manifest" ]; then
+    [ -z "$sha" ] || fail corruption $EXIT_CORRUPT "${pre}$local_dir has no manifest to check"
+    for d in agent validation; do
+      [ ! -d "$local_dir/$d" ] || cp -R "$local_dir/$d" "$dest/" \
+        || fail error $EXIT_ERROR "${pre}cannot copy $local_dir/$d"
+    done
+    [ -d "$dest/agent" ] || fail error $EXIT_ERROR "${pre}$local_dir has no agent/ directory"
+    signature=local; return 0
   fi
+  if [ -n "$local_dir" ]; then cp "$local_dir/manifest" "$m" 2>/dev/null
+  else http GET "$base/manifest" "$m"; fi || fail error $EXIT_ERROR "${pre}manifest download failed"
+  read -r got _ < <(sha256sum "$m")
+  if [ -n "$sha" ]; then
+    [ "$got" = "${sha,,}" ] || fail corruption $EXIT_CORRUPT "${pre}manifest sha256 $got, expected $sha"
+  else
+    log "${pre}$local_dir/manifest: no --manifest-sha256, files checked against it only"
+  fi
+  if [ -n "$key" ]; then
+    if [ -n "$local_dir" ]; then cp "$local_dir/manifest.sig" "$m.sig" 2>/dev/null
+    else http GET "$base/files/manifest.sig" "$m.sig"; fi \
+      || fail corruption $EXIT_CORRUPT "${pre}the manifest signature could not be fetched"
+    if command -v openssl >/dev/null 2>&1; then
+      printf -- '-----BEGIN PUBLIC KEY-----\n%s\n-----END PUBLIC KEY-----\n' "$key" > "$m.pub"
+      openssl pkeyutl -verify -pubin -inkey "$m.pub" -rawin -in "$m" -sigfile "$m.sig" \
+        >/dev/null 2>&1 \
+        || fail corruption $EXIT_CORRUPT "${pre}the manifest signature does not verify with the $label key"
+      signature=verified
+    else
+      log "${pre}no openssl: the manifest signature is not checked (its sha256 is)"; signature=unchecked
+    fi
+  fi
+  local downloads=()
+  while IFS= read -r line || [ -n "$line" ]; do
+    [ -z "$line" ] && continue
+    [[ $line =~ ^[0-9a-fA-F]{64}\ [\ *](.+)$ ]] || fail corruption $EXIT_CORRUPT "${pre}bad manifest line: $line"
+    path=${BASH_REMATCH[1]}
+    [[ $path != /* && /$path/ != */../* ]] || fail corruption $EXIT_CORRUPT "${pre}unsafe path in manifest: $path"
+    [[ $path == */* ]] && mkdir -p "$dest/${path%/*}"
+    if [ -n "$local_dir" ]; then
+      cp "$local_dir/$path" "$dest/$path" || fail corruption $EXIT_CORRUPT "${pre}$local_dir/$path missing"
+    else
+      downloads+=("$base/files/$path" "$dest/$path")
+    fi
+  done < "$m"
+  [ ${#downloads[@]} -eq 0 ] || fetch_all "${downloads[@]}" \
+    || fail error $EXIT_ERROR "${pre}download of the stage files failed"
+  bad=$(cd "$dest" && sha256sum -c --quiet --strict "$m" 2>&1) \
+    || fail corruption $EXIT_CORRUPT "${pre}stage file check failed: $bad"
+}
+log "work dir $work; fetching the stage from $stage_base"
+get_stage factory "$stage_base" "$manifest_sha" "$manifest_key" "$work"
+factory_signature=$signature vo_signature=''
+if [ -n "$vo_stage" ]; then
+  mkdir -p "$work/vo"
+  log "fetching the VO stage from $vo_stage"
+  get_stage VO "$vo_stage" "$vo_sha" "$vo_key" "$work/vo"
+  vo_signature=$signature
+  [ -f "$work/vo/scripts.list" ] || fail corruption $EXIT_CORRUPT "VO stage: no scripts.list in it"
 fi
-downloads=()
-while IFS= read -r line || [ -n "$line" ]; do
-  [ -z "$line" ] && continue
-  [[ $line =~ ^[0-9a-fA-F]{64}\ [\ *](.+)$ ]] || fail corruption $EXIT_CORRUPT "bad manifest line: $line"
-  path=${BASH_REMATCH[1]}
-  [[ $path != /* && /$path/ != */../* ]] || fail corruption $EXIT_CORRUPT "unsafe path in manifest: $path"
-  [[ $path == */* ]] && mkdir -p "$work/${path%/*}"
-  downloads+=("$factory/api/v1/stage/files/$path" "$work/$path")
-done < "$meta/manifest"
-[ ${#downloads[@]} -eq 0 ] || fetch_all "${downloads[@]}" \
-  || fail error $EXIT_ERROR "download of the stage files failed"
-bad=$(cd "$work" && sha256sum -c --quiet --strict "$meta/manifest" 2>&1) \
-  || fail corruption $EXIT_CORRUPT "stage file check failed: $bad"
 rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
 
 {
@@ -206,14 +279,35 @@ rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
     GLIDEIN_Entry_Name "$entry" GLIDEIN_Site "$site" GLIDEIN_Idle_Timeout "$idle" \
     GLIDEIN_Lifetime "$lifetime" GLIDEIN_Cpus "$cpus" GLIDEIN_Memory "$memory" \
     GLIDEIN_Work_Dir "$work" GLIDEIN_Token_File "$token_file" \
-    GLIDEIN_Manifest_Signature "$signature"
+    GLIDEIN_Manifest_Signature "$factory_signature"
+  [ -n "$vo_signature" ] && printf '%s %s\n' GLIDEIN_VO_Scripts vo/scripts.list \
+    GLIDEIN_VO_Manifest_Signature "$vo_signature"
+  [ -n "$no_factory" ] && printf 'GLIDEIN_Manual true\n'
   [ -n "$heartbeat" ] && printf 'GLIDEIN_Heartbeat %s\n' "$heartbeat"
 } > "$work/glidein_config"
 
-log "starting the agent"
 cd "$work" || exit $EXIT_ERROR
-PYTHONPATH=$work${PYTHONPATH:+:$PYTHONPATH} "$PY" -m agent --config glidein_config &
-agent_pid=$!
-wait "$agent_pid"; rc=$?
+export PYTHONPATH=$work${PYTHONPATH:+:$PYTHONPATH}
+if [ "$multi" -eq 1 ]; then
+  log "starting the agent"
+  "$PY" -m agent --config glidein_config &
+  agent_pids+=($!)
+else
+  # Several pilots in one batch job (a whole node): each its own work dir, glidein
+  # id suffix and glidein_config; the agent splits the node's resources N ways.
+  log "starting $multi agents"
+  for ((i = 0; i < multi; i++)); do
+    sub=$work/pilot_$i
+    mkdir -p "$sub"
+    for d in agent validation vo; do [ ! -e "$work/$d" ] || ln -s "../$d" "$sub/$d"; done
+    { cat glidein_config
+      printf '%s %s\n' GLIDEIN_Id "$gid-$i" GLIDEIN_Work_Dir "$sub" GLIDEIN_Multi_Count "$multi" \
+        GLIDEIN_Multi_Index "$i"
+    } > "$sub/glidein_config"
+    (cd "$sub" && exec "$PY" -m agent --config glidein_config) &
+    agent_pids+=($!)
+  done
+fi
+wait_agents; rc=$?
 log "agent exited with $rc"
 exit $rc
