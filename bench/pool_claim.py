@@ -6,16 +6,26 @@ directory or on any SQLAlchemy URL (--database-url, e.g. a PostgreSQL one):
   signature, one insert transaction);
 - claim latency: for each (jobs, autoclusters) case, the queue is filled with
   idle jobs spread over that many autoclusters (different RequestMemory) and
-  two owners, then an idle pilot claims --claims times; p50/p99 of one claim.
+  two owners, then an idle pilot claims --claims times; p50/p99 of one claim;
+- demand: p50 of the demand summary frontends read (from the in-memory index);
+- pool memory (--rss): a fresh process opens the filled database as a pool
+  does at start (rebuilding its index), claims once and answers demand; its
+  resident memory (VmRSS) and peak (VmHWM) are reported.
 
 Run:  .venv/bin/python bench/pool_claim.py [--cases 10000x10,100000x1000] [--bulk 100000]
-Results go to stdout as a Markdown table; record them in bench/RESULTS.md.
+      [--database-url postgresql+psycopg://...] [--rss]
+Results go to stdout as a Markdown table; record them in bench/RESULTS.md
+with the machine and its load (`uptime`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +63,37 @@ def fill(store: PoolStore, jobs: int, autoclusters: int) -> float:
     return jobs / (time.perf_counter() - started)
 
 
+def demand_latency(store: PoolStore, calls: int = 20) -> float:
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        store.demand()
+        times.append(time.perf_counter() - t0)
+    return percentile(times, 0.5) * 1000
+
+
+def memory_of_a_pool(url: str) -> dict[str, float]:
+    """Start a pool's store on the filled database in a fresh process; its memory in MiB."""
+    code = (
+        "import json, sys, time\n"
+        "from glidewms.db import make_engine\n"
+        "from glidewms.pool.store import PoolStore\n"
+        "t0 = time.perf_counter()\n"
+        "store = PoolStore(make_engine(sys.argv[1]))\n"
+        "started = time.perf_counter() - t0\n"
+        "pilot = store.register_pilot({'Cpus': 64, 'Memory': 10**6, 'Disk': 10**7}, 'rss',"
+        " 'fe', 'main', 3600)\n"
+        "assert store.claim(pilot, {}, 3600) is not None\n"
+        "store.demand()\n"
+        "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+        "kib = lambda k: int(status[k].split()[0]) / 1024\n"
+        "print(json.dumps({'rss': kib('VmRSS'), 'hwm': kib('VmHWM'), 'start': started}))\n"
+        "store.close()\n")
+    out = subprocess.run([sys.executable, "-c", code, url], check=True, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd() / "src")})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def claim_latency(store: PoolStore, claims: int) -> tuple[float, float]:
     slot = {"Cpus": 64, "Memory": 1_000_000, "Disk": 10_000_000, "GLIDEIN_Site": "BENCH"}
     pilot = store.register_pilot(slot, "bench", "fe", "main", 3600)
@@ -67,6 +108,15 @@ def claim_latency(store: PoolStore, claims: int) -> tuple[float, float]:
     return percentile(times, 0.5) * 1000, percentile(times, 0.99) * 1000
 
 
+def empty(store: PoolStore) -> None:
+    """A shared server: start the next case from an empty database."""
+    with store.engine.begin() as conn:
+        for table in ("events", "jobs", "autoclusters", "pilots", "usage", "counters",
+                      "schema_version"):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+    store.engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="10000x10,10000x1000,100000x10,100000x1000",
@@ -74,10 +124,11 @@ def main() -> None:
     parser.add_argument("--claims", type=int, default=300)
     parser.add_argument("--bulk", type=int, default=100_000, help="jobs in the bulk submit")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    parser.add_argument("--rss", action="store_true", help="measure a pool's memory per case")
     args = parser.parse_args()
     backend = (args.database_url or "sqlite").split(":")[0]
     print(f"machine: {platform.node()} {platform.machine()} {platform.python_version()}, "
-          f"backend {backend}\n")
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, backend {backend}\n")
     print("| measure | value |\n|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         store = new_store(args.database_url, Path(tmp) / "bulk")
@@ -86,7 +137,9 @@ def main() -> None:
         elapsed = time.perf_counter() - t0
         print(f"| bulk submit, {args.bulk} jobs in one cluster | {elapsed:.1f} s "
               f"({args.bulk / elapsed:.0f} jobs/s) |", flush=True)
-        store.engine.dispose()
+        store.close()
+        if args.database_url:
+            empty(store)
     for case in args.cases.split(","):
         jobs, acs = (int(x) for x in case.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
@@ -98,12 +151,17 @@ def main() -> None:
             p50, p99 = claim_latency(store, args.claims)
             print(f"| claim, {jobs} idle jobs / {acs} autoclusters (filled at {rate:.0f} "
                   f"jobs/s) | p50 {p50:.2f} ms, p99 {p99:.2f} ms |", flush=True)
-            store.engine.dispose()
-            if url:  # a shared server: start the next case from an empty queue
-                with store.engine.begin() as conn:
-                    for table in ("events", "jobs", "autoclusters", "pilots", "usage",
-                                  "counters", "schema_version"):
-                        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+            print(f"| demand summary, {jobs} jobs / {acs} autoclusters | "
+                  f"p50 {demand_latency(store):.1f} ms |", flush=True)
+            store_url = str(store.engine.url.render_as_string(hide_password=False))
+            store.close()
+            if args.rss:
+                mem = memory_of_a_pool(store_url)
+                print(f"| pool memory, {jobs} idle jobs / {acs} autoclusters | RSS "
+                      f"{mem['rss']:.0f} MiB (peak {mem['hwm']:.0f} MiB), index rebuilt in "
+                      f"{mem['start']:.1f} s |", flush=True)
+            if url:
+                empty(store)
 
 
 if __name__ == "__main__":

@@ -113,16 +113,58 @@ def test_accounting_usage_accrues_and_snapshot_lists_changed_only():
 
 def test_idle_index_counts_and_heads():
     index = IdleIndex()
-    index.add(1, "alice", 3, head_key(0, 10.0, 7, 0))
-    index.add(2, "bob", 1)
+    index.add(1, "alice", 10.0, 3, head_key(0, 10.0, 7, 0))
+    index.add(2, "bob", 1.0, 1)
     assert sorted(index.autoclusters()) == [1, 2]
     index.heads[(1, "alice")] = head_key(0, 10.0, 7, 0)
-    index.add(1, "alice", 1, head_key(5, 20.0, 8, 0))      # higher JobPrio: new head
+    index.add(1, "alice", 20.0, 1, head_key(5, 20.0, 8, 0))      # higher JobPrio: new head
     assert index.heads[(1, "alice")] == head_key(5, 20.0, 8, 0)
-    index.add(1, "alice", 1, head_key(0, 30.0, 9, 0))      # later, same prio: head kept
+    index.add(1, "alice", 30.0, 1, head_key(0, 30.0, 9, 0))      # later, same prio: head kept
     assert index.heads[(1, "alice")] == head_key(5, 20.0, 8, 0)
     index.remove(1, "alice", head_key(5, 20.0, 8, 0))      # the head left: forgotten
     assert (1, "alice") not in index.heads
     assert index.idle_of("alice") == 4
     index.remove(2, "bob", head_key(0, 1.0, 1, 0))
     assert sorted(index.autoclusters()) == [1]             # empty autoclusters vanish
+
+
+def test_idle_index_oldest_queue_date_follows_the_jobs_that_leave():
+    """Dates are counted per cluster date: the oldest is the oldest still idle."""
+    index = IdleIndex()
+    index.add(1, "alice", 10.0, 2)
+    index.add(1, "alice", 20.0, 1)
+    assert index.oldest(1, "alice") == 10.0
+    index.remove(1, "alice", head_key(0, 10.0, 1, 0))
+    assert index.oldest(1, "alice") == 10.0                # one of the two is still idle
+    index.remove(1, "alice", head_key(0, 10.0, 1, 1))
+    assert index.oldest(1, "alice") == 20.0
+    assert index.idle(1, "alice") == 1 and index.idle(1, "bob") == 0
+    index.remove(1, "alice", head_key(0, 20.0, 2, 0))
+    assert index.oldest(1, "alice") is None
+
+
+def test_idle_index_running_counts():
+    index = IdleIndex()
+    index.started(4, 2)
+    index.stopped(4)
+    assert index.running == {4: 1}
+    index.stopped(4)
+    assert index.running == {}
+
+
+def test_idle_index_epoch_moves_only_when_a_pair_gets_idle_jobs_again():
+    """What a slot can run is cached per epoch: new (autocluster, submitter)
+    work must change it; more jobs of a known pair or jobs leaving need not."""
+    index = IdleIndex()
+    index.add(1, "alice", 1.0, 2)
+    first = index.epoch
+    index.add(1, "alice", 2.0, 1)
+    index.remove(1, "alice", head_key(0, 1.0, 1, 0))
+    assert index.epoch == first
+    index.remove(1, "alice", head_key(0, 1.0, 1, 1))
+    index.remove(1, "alice", head_key(0, 2.0, 2, 0))
+    assert index.epoch == first and index.idle(1, "alice") == 0
+    index.add(1, "alice", 3.0, 1)
+    assert index.epoch == first + 1
+    index.add(1, "bob", 3.0, 1)
+    assert index.epoch == first + 2

@@ -32,6 +32,17 @@ class PoolConfig(BaseModel):
     lease_check_seconds: float = Field(1.0, gt=0, description="how often leases are checked")
     max_claim_wait: float = Field(60.0, ge=0, description="longest claim long-poll")
     max_job_restarts: int = Field(5, ge=0, description="evictions before a job is held")
+    periodic_check_seconds: float = Field(
+        60.0, gt=0, description="how often jobs' periodic_hold/remove/release are evaluated"
+    )
+    reserve_for_large_jobs: bool = Field(
+        True, description="a busy partitionable pilot takes no smaller job while a larger one "
+        "that comes first in priority waits for its resources (docs/pool.md)"
+    )
+    database_lock_wait: float = Field(
+        10.0, ge=0, description="seconds to wait for another pool to release the database "
+        "before refusing to start"
+    )
     max_pilot_token_lifetime: float = Field(
         7 * 24 * 3600.0, gt=0, description="longest pilot token a frontend may obtain"
     )

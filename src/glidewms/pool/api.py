@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from glidewms import classads
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine
-from glidewms.pool.jobs import InvalidEdit
+from glidewms.pool.jobs import InvalidEdit, full_ad
 from glidewms.pool.pilots import free_from
 from glidewms.pool.sandbox import BadDigest, SandboxStore
 from glidewms.pool.store import (
@@ -130,25 +130,35 @@ class PilotTokenBody(BaseModel):
     lifetime: float = Field(24 * 3600.0, gt=0)
 
 
-def job_view(row: Any, ad: Any, long: bool = False) -> dict[str, Any]:
+def job_view(row: Any, ad_text: str, long: bool = False) -> dict[str, Any]:
+    """A job as listings show it. Built from columns and text: a listing of a
+    large queue parses no ad (only jobs queued before `cmd` was kept in the
+    sandbox column, or a long view, parse theirs)."""
+    sandbox = row.sandbox or {}
+    if "cmd" in sandbox:
+        cmd = sandbox["cmd"]
+    else:
+        ad = full_ad(row)
+        cmd = ad.eval("Cmd") if "Cmd" in ad else None
     view = {
         "job_id": job_id(row.cluster_id, row.proc_id),
         "owner": row.owner,
         "state": row.state,
         "q_date": row.q_date,
-        "cmd": ad.eval("Cmd") if "Cmd" in ad else None,
+        "cmd": cmd if isinstance(cmd, str) else None,
         "args": (row.sandbox or {}).get("args", []),
         "exit_code": row.exit_code,
         "hold_reason": row.hold_reason,
+        "hold_reason_code": row.hold_code,
         "num_starts": row.num_starts,
         "num_restarts": row.num_restarts,
         "pilot_id": row.pilot_id,
         "completion_date": row.completion_date,
         "outputs": row.outputs or [],
-        "ad": classads.to_text(ad),
+        "ad": ad_text,
     }
     if long:
-        view["ad_long"] = classads.to_long(ad)
+        view["ad_long"] = classads.to_long(full_ad(row))
     return view
 
 
@@ -157,7 +167,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     fair_share = FairShare(config.priority_halflife, config.priority_factors,
                            config.group_priority_factors, config.default_priority_factor)
     store = PoolStore(make_engine(config.resolved_database_url()), config.max_job_restarts,
-                      fair_share)
+                      fair_share, config.reserve_for_large_jobs, config.database_lock_wait)
     files = SandboxStore(config.state_dir / "files")
     key_dir = config.state_dir.parent / "keys"
     public_key = config.issuer_public_key or key_dir / "issuer.pub"
@@ -165,11 +175,19 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     signal = WorkSignal()
 
     async def expire_loop() -> None:
+        next_periodic = time.monotonic() + config.periodic_check_seconds
         while True:
             try:
                 if await run_in_threadpool(store.expire_leases):
                     signal.notify()
                 await run_in_threadpool(store.flush_usage)
+                if time.monotonic() >= next_periodic:
+                    next_periodic = time.monotonic() + config.periodic_check_seconds
+                    changed = await run_in_threadpool(store.apply_periodic)
+                    if any(changed.values()):
+                        log.info("periodic expressions: %s",
+                                 {k: len(v) for k, v in changed.items()})
+                        signal.notify()
             except Exception:  # keep the loop alive: a failed pass is retried next tick
                 log.exception("lease expiry pass failed")
             await asyncio.sleep(config.lease_check_seconds)
@@ -183,7 +201,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
             await task
         with contextlib.suppress(Exception):
             await run_in_threadpool(store.flush_usage)
-        store.engine.dispose()
+        store.close()
 
     app = FastAPI(title="glidewms pool", version="1", lifespan=lifespan)
     app.state.verifier = TokenVerifier.from_file(public_key)

@@ -12,6 +12,10 @@ from glidewms.pool.fairshare import submitter_name
 
 JOB_STATUS = {"idle": 1, "running": 2, "removed": 3, "completed": 4, "held": 5}
 TERMINAL = ("completed", "removed")
+# HoldReasonCode values, as HTCondor numbers them
+HOLD_USER = 1  # condor_hold / glidewms hold
+HOLD_POLICY = 3  # a job policy: periodic_hold, or the pool's limit on site failures
+PERIODIC = ("PeriodicHold", "PeriodicRemove", "PeriodicRelease")
 
 
 class NotFound(LookupError):
@@ -56,7 +60,8 @@ RESERVED = ("Owner", "ClusterId", "ProcId", "QDate", "JobStatus", "User")
 # Never editable: the submit-time ones plus what the pool derives over a job's life.
 POOL_OWNED = frozenset(name.lower() for name in (
     *RESERVED, "NumJobStarts", "NumRestarts", "NumSiteFailures", "EnteredCurrentStatus",
-    "ExitCode", "RemotePilot", "HoldReason", "CompletionDate", "JobStartDate"))
+    "ExitCode", "RemotePilot", "HoldReason", "HoldReasonCode", "CompletionDate",
+    "JobStartDate"))
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -102,6 +107,11 @@ def derive(ad: Any, owner: str) -> Derived:
         signature=key, signature_ad=sig_text, prio=int_attr(ad, "JobPrio", 0),
         cpus=max(1, int_attr(ad, "RequestCpus", 1)),
         submitter=submitter_name(owner, group if isinstance(group, str) and group else None))
+
+
+def has_periodic(ad: Any) -> bool:
+    """Does the job carry an expression the periodic policy pass must evaluate?"""
+    return any(name in ad for name in PERIODIC)
 
 
 def check_edit(attribute: str, value: str) -> Any:
@@ -152,22 +162,29 @@ def execution_spec(row: Any) -> dict[str, Any]:
     }
 
 
+def dynamic(row: Any) -> dict[str, Any]:
+    """The attributes that come from the job's columns (absent ones left out)."""
+    out: dict[str, Any] = {"JobStatus": JOB_STATUS[row.state], "NumJobStarts": row.num_starts,
+                           "NumRestarts": row.num_restarts, "NumSiteFailures": row.num_restarts,
+                           "EnteredCurrentStatus": int(row.updated_at)}
+    if row.exit_code is not None:
+        out["ExitCode"] = row.exit_code
+    if row.pilot_id:
+        out["RemotePilot"] = row.pilot_id
+    if row.hold_reason:
+        out["HoldReason"] = row.hold_reason
+        if row.hold_code is not None:
+            out["HoldReasonCode"] = row.hold_code
+    if row.start_date:
+        out["JobStartDate"] = int(row.start_date)
+    if row.completion_date:
+        out["CompletionDate"] = int(row.completion_date)
+    return out
+
+
 def full_ad(row: Any) -> Any:
     """The stored ad plus the attributes that change over a job's life."""
     ad = classads.parse_ad(row.ad)
-    ad["JobStatus"] = JOB_STATUS[row.state]
-    ad["NumJobStarts"] = row.num_starts
-    ad["NumRestarts"] = row.num_restarts
-    ad["NumSiteFailures"] = row.num_restarts
-    ad["EnteredCurrentStatus"] = int(row.updated_at)
-    if row.exit_code is not None:
-        ad["ExitCode"] = row.exit_code
-    if row.pilot_id:
-        ad["RemotePilot"] = row.pilot_id
-    if row.hold_reason:
-        ad["HoldReason"] = row.hold_reason
-    if row.start_date:
-        ad["JobStartDate"] = int(row.start_date)
-    if row.completion_date:
-        ad["CompletionDate"] = int(row.completion_date)
+    for name, value in dynamic(row).items():
+        ad[name] = value
     return ad

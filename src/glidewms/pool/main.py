@@ -22,7 +22,11 @@ def load(path: Path | None) -> PoolConfig:
 
 def run(path: Path | None) -> None:
     from glidewms.pool.api import create_app
+    from glidewms.pool.dblock import DatabaseInUse
 
     config = load(path)
-    serve(lambda url: create_app(config, url), config.listen_host, config.listen_port,
-          config.url_file)
+    try:
+        serve(lambda url: create_app(config, url), config.listen_host, config.listen_port,
+              config.url_file)
+    except DatabaseInUse as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,10 +1,18 @@
-"""Match slots to autoclusters, once per distinct pair.
+"""Match slots to autoclusters, once per distinct (autocluster, slot shape).
 
 Jobs in one autocluster agree on every attribute that can change a match, so
-a slot is matched against autoclusters, not jobs, and the answer (and the
-slot's Rank of the autocluster) is cached per (autocluster, slot signature):
-a pilot asking again with the same free resources costs a dictionary lookup
-per autocluster.
+a slot is matched against autoclusters, not jobs. Slots, in turn, are reduced
+to their *shape*: the attributes some autocluster's expressions read (plus the
+slot's own Start, Requirements and Rank and what those read). Pilots of one
+entry differ in their ids and deadlines but usually not in their shape, so the
+answer (and the slot's Rank of the autocluster) is cached per (autocluster,
+shape): a new pilot, or one asking again with other free resources it has had
+before, costs a dictionary lookup per autocluster, not a ClassAd evaluation.
+
+The cache is only a cache: evaluation always uses the whole slot ad, and the
+shape only decides when an earlier answer may be reused. Autocluster ads
+seen later may read more slot attributes; shapes then grow, and older
+answers stay valid for the autoclusters they were computed for.
 """
 
 from __future__ import annotations
@@ -14,15 +22,86 @@ from collections.abc import Mapping
 from typing import Any
 
 from glidewms import classads
+from glidewms.pool.jobs import int_attr
 
-CACHE_LIMIT = 200_000
+CACHE_LIMIT = 500_000
+SLOT_EXPRESSIONS = ("start", "requirements", "rank")
 _NO = object()  # cached "does not match"
+
+
+def slot_refs(ad: Any) -> set[str]:
+    """Lower-case names of the slot (TARGET) attributes an autocluster ad reads."""
+    names: set[str] = set()
+    for name in ad:
+        value = ad.lookup(name)
+        if not isinstance(value, classads.ExprTree):
+            continue
+        for ref in ad.externalRefs(value):
+            low = ref.lower()
+            if low.startswith("target."):
+                low = low[len("target."):]
+            if low:
+                names.add(low.split(".")[0])
+    return names
+
+
+def request_of(ad: Any) -> dict[str, int]:
+    """Resources one job of this autocluster asks for."""
+    return {"cpus": int_attr(ad, "RequestCpus", 1), "memory": int_attr(ad, "RequestMemory", 0),
+            "disk": int_attr(ad, "RequestDisk", 0), "gpus": int_attr(ad, "RequestGPUs", 0)}
 
 
 class Matchmaker:
     def __init__(self) -> None:
         self.ads: dict[int, Any] = {}  # autocluster id -> its significant-attribute ad
+        self.texts: dict[int, str] = {}
+        self.requests: dict[int, dict[str, int]] = {}
+        self._refs: set[str] = {"cpus", "memory", "disk", "gpus"}
+        self.version = 0  # grows with the set of slot attributes read: shapes change
         self._cache: dict[tuple[int, str], Any] = {}
+
+    def remember(self, ac_id: int, text: str) -> Any:
+        """Parse and keep an autocluster's ad; learn which slot attributes it reads."""
+        ad = self.ads.get(ac_id)
+        if ad is None:
+            ad = self.ads[ac_id] = classads.parse_ad(text)
+            self.texts[ac_id] = text
+            self.requests[ac_id] = request_of(ad)
+            refs = slot_refs(ad)
+            if not refs <= self._refs:
+                self._refs |= refs
+                self.version += 1
+        return ad
+
+    def shape(self, slot: Any) -> str:
+        """A key that is equal for slots no known autocluster can tell apart."""
+        keep = set(self._refs)
+        for name in slot:
+            if name.lower() in SLOT_EXPRESSIONS:
+                keep.add(name.lower())
+                value = slot.lookup(name)
+                if isinstance(value, classads.ExprTree):
+                    keep.update(r.lower() for r in slot.internalRefs(value))
+        parts = [f"{name}={slot.lookup(name)}" for name in sorted(slot)
+                 if name.lower() in keep]
+        return hashlib.sha256(";".join(parts).encode()).hexdigest()
+
+    def fits(self, ac_id: int, slot: Any, shape: str) -> bool:
+        """Can this slot (whose shape is `shape`) run a job of this autocluster?"""
+        return self._lookup(ac_id, self.ads[ac_id], slot, shape, "Rank" in slot) is not _NO
+
+    def _lookup(self, ac_id: int, ac_ad: Any, slot: Any, shape: str, has_rank: bool) -> Any:
+        key = (ac_id, shape)
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) > CACHE_LIMIT:
+                self._cache.clear()
+            if classads.job_fits_slot(ac_ad, slot):
+                hit = classads.rank(slot, ac_ad) if has_rank else 0.0
+            else:
+                hit = _NO
+            self._cache[key] = hit
+        return hit
 
     def matching(self, slot: Any, autocluster_ads: Mapping[int, Any]) -> list[int]:
         """Ids of the autoclusters whose jobs this slot can run, best slot Rank first."""
@@ -30,20 +109,11 @@ class Matchmaker:
 
     def ranked(self, slot: Any, autocluster_ads: Mapping[int, Any]) -> list[tuple[int, float]]:
         """(id, slot Rank) of the autoclusters whose jobs this slot can run, best first."""
-        slot_key = hashlib.sha256(classads.to_text(slot).encode()).hexdigest()
-        if len(self._cache) > CACHE_LIMIT:
-            self._cache.clear()
+        shape = self.shape(slot)
         has_rank = "Rank" in slot
         found = []
         for ac_id, ac_ad in autocluster_ads.items():
-            key = (ac_id, slot_key)
-            hit = self._cache.get(key)
-            if hit is None:
-                if classads.job_fits_slot(ac_ad, slot):
-                    hit = classads.rank(slot, ac_ad) if has_rank else 0.0
-                else:
-                    hit = _NO
-                self._cache[key] = hit
+            hit = self._lookup(ac_id, ac_ad, slot, shape, has_rank)
             if hit is not _NO:
                 found.append((ac_id, hit))
         if has_rank:

@@ -15,18 +15,38 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from glidewms import classads
 from glidewms.pool.fairshare import Accounting, split_submitter
-from glidewms.pool.jobs import Conflict, NotFound, PilotGone, execution_spec, job_id
+from glidewms.pool.jobs import (
+    HOLD_POLICY,
+    Conflict,
+    NotFound,
+    PilotGone,
+    execution_spec,
+    job_id,
+)
 from glidewms.pool.queue_index import IdleIndex
 from glidewms.pool.schema import jobs, pilots
 
 RESOURCES = (("cpus", "Cpus"), ("memory", "Memory"), ("disk", "Disk"), ("gpus", "GPUs"))
+
+
+def slot_with(slot: Mapping[str, Any], resources: Mapping[str, int]) -> Any:
+    """The pilot's slot ad offering `resources` (its free ones, or all)."""
+    ad = classads.ad_from_dict(slot)
+    for key, attr in RESOURCES:
+        ad[attr] = resources[key]
+    return ad
+
+
+def whole_slot(slot: Mapping[str, Any]) -> Any:
+    """The slot ad with all its resources, as if none were in use."""
+    return slot_with(slot, free_from(slot, None))
 
 
 def free_from(slot: Mapping[str, Any], reported: Mapping[str, float] | None) -> dict[str, int]:
@@ -48,16 +68,20 @@ class PilotsMixin:
     index: IdleIndex
     accounting: Accounting
     max_job_restarts: int
+    reserve_for_large_jobs: bool
+    reservations: dict[str, tuple[int, str, int]]
+    empty_free: dict[str, dict[str, int]]
     _lock: threading.Lock
 
-    # provided by PoolStore
-    def _choose(self, conn: Connection, slot: Any, now: float) -> Any: ...
-    def _event(self, conn: Connection, cluster_id: int, proc_id: int, now: float, kind: str,
-               detail: dict[str, Any] | None = None) -> None: ...
-    def _bump(self, conn: Connection, name: str, n: int = 1) -> None: ...
-    def _left(self, row: Any, now: float) -> None: ...
-    def _became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
-                     cluster_id: int, proc_id: int) -> None: ...
+    if TYPE_CHECKING:  # provided by PoolStore and its other mixins
+        def _choose(self, conn: Connection, pilot_id: str, slot: Any, whole: Any | None,
+                    now: float) -> Any: ...
+        def _event(self, conn: Connection, cluster_id: int, proc_id: int, now: float, kind: str,
+                   detail: dict[str, Any] | None = None) -> None: ...
+        def _bump(self, conn: Connection, name: str, n: int = 1) -> None: ...
+        def _left(self, row: Any, now: float) -> None: ...
+        def _became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
+                         cluster_id: int, proc_id: int) -> None: ...
 
     def register_pilot(self, slot: dict[str, Any], glidein_id: str | None,
                        frontend: str | None, group: str | None, lease: float) -> str:
@@ -80,7 +104,11 @@ class PilotsMixin:
         return row
 
     def claim(self, pilot_id: str, free: dict[str, float], lease: float) -> dict[str, Any] | None:
-        """Hand the best matching idle job to this pilot, or None."""
+        """Hand the best matching idle job to this pilot, or None.
+
+        None also when the pilot is reserved for a larger job that will fit
+        once some of its running jobs end (see PoolStore._choose).
+        """
         now = time.time()
         with self._lock:
             with self.engine.begin() as conn:
@@ -90,15 +118,25 @@ class PilotsMixin:
                     conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id)
                                  .values(free=reported))
                 if pilot.drain:
+                    self.reservations.pop(pilot_id, None)
                     return None
-                slot = classads.ad_from_dict(pilot.slot)
-                slot["Cpus"], slot["Memory"] = reported["cpus"], reported["memory"]
-                slot["Disk"], slot["GPUs"] = reported["disk"], reported["gpus"]
+                slot = slot_with(pilot.slot, reported)
+                # what the pilot offers when empty: its slot, or less if it said so
+                full = self.empty_free.get(pilot_id) or free_from(pilot.slot, None)
+                whole = None
+                if self.reserve_for_large_jobs and reported != full:
+                    if self._runs_jobs(conn, pilot_id):
+                        whole = slot_with(pilot.slot, full)
+                    else:  # keeps some for itself: never reserve beyond that
+                        self.empty_free[pilot_id] = reported
                 for _ in range(3):  # a head that is no longer idle is forgotten, then retried
-                    choice = self._choose(conn, slot, now)
+                    choice = self._choose(conn, pilot_id, slot, whole, now)
                     if choice is None:
+                        self.reservations.pop(pilot_id, None)
                         return None
-                    ac, submitter, key = choice
+                    kind, ac, submitter, key = choice
+                    if kind == "reserve":
+                        return None
                     cluster_id, proc_id = key[2], key[3]
                     claim_id = uuid.uuid4().hex
                     result = conn.execute(
@@ -119,14 +157,24 @@ class PilotsMixin:
                             {"pilot": pilot_id, "glidein": pilot.glidein_id,
                              "site": pilot.slot.get("GLIDEIN_Site"), "submitter": submitter})
             self.index.remove(ac, submitter, key)
+            self.index.started(ac)
+            self.reservations.pop(pilot_id, None)
             self.accounting.change(submitter, row.owner, split_submitter(submitter, row.owner),
                                    row.cpus, now)
         return {"claim_id": claim_id, "job_id": job_id(cluster_id, proc_id),
                 "lease_seconds": lease, "job": execution_spec(row)}
 
+    @staticmethod
+    def _runs_jobs(conn: Connection, pilot_id: str) -> bool:
+        return conn.execute(sa.select(jobs.c.claim_id).where(
+            jobs.c.pilot_id == pilot_id, jobs.c.state == "running").limit(1)).first() is not None
+
     def heartbeat(self, pilot_id: str, claim_ids: Sequence[str], pilot_lease: float,
                   claim_lease: float, retiring: bool | None = None) -> dict[str, Any]:
         now = time.time()
+        if retiring:
+            with self._lock:  # a retiring pilot waits for nothing
+                self.reservations.pop(pilot_id, None)
         with self.engine.begin() as conn:
             pilot = self._pilot(conn, pilot_id)
             values: dict[str, Any] = {"last_seen": now, "lease_expires": now + pilot_lease}
@@ -181,6 +229,8 @@ class PilotsMixin:
                 self._pilot(conn, pilot_id)
                 conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id)
                              .values(state="gone", exit_reason=reason, last_seen=now))
+                self.reservations.pop(pilot_id, None)
+                self.empty_free.pop(pilot_id, None)
                 moved = self._requeue(conn, jobs.c.pilot_id == pilot_id, now,
                                       f"pilot left: {reason}")
             self._after_requeue(moved, now)
@@ -196,6 +246,9 @@ class PilotsMixin:
                            pilots.c.lease_expires < now))]
                 moved = []
                 if lost:
+                    for pilot_id in lost:
+                        self.reservations.pop(pilot_id, None)
+                        self.empty_free.pop(pilot_id, None)
                     conn.execute(pilots.update().where(pilots.c.pilot_id.in_(lost))
                                  .values(state="lost", exit_reason="no heartbeat"))
                     moved = self._requeue(conn, jobs.c.pilot_id.in_(lost), now, "pilot lost")
@@ -220,7 +273,8 @@ class PilotsMixin:
                 .values(state=new_state, claim_id=None, lease_expires=None,
                         num_restarts=restarts, updated_at=now,
                         hold_reason=(f"site failures {restarts} times (last: {reason})"
-                                     if too_many else None)))
+                                     if too_many else None),
+                        hold_code=HOLD_POLICY if too_many else None))
             if not result.rowcount:
                 continue
             moved.append((r, new_state))
@@ -228,8 +282,8 @@ class PilotsMixin:
                         {"pilot": r.pilot_id, "reason": reason, "failure": "site"})
             if too_many:
                 self._event(conn, r.cluster_id, r.proc_id, now, "held",
-                            {"reason": f"too many site failures ({restarts})",
-                             "failure": "site"})
+                            {"by": "pool", "reason": f"too many site failures ({restarts})",
+                             "code": HOLD_POLICY, "failure": "site"})
             else:
                 self._event(conn, r.cluster_id, r.proc_id, now, "requeued",
                             {"num_restarts": restarts})

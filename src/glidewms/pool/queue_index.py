@@ -1,15 +1,21 @@
-"""The idle queue in memory: counts per (autocluster, submitter) and cached heads.
+"""The queue in memory: counts per (autocluster, submitter), cached heads,
+queue dates, and running counts per autocluster.
 
-A claim must cost work per autocluster, not per job, so the pool never scans
-the jobs table to find out who has idle work where: this index answers that
-from memory. It is rebuilt from the database at start and changed by the
-store after every committed transaction that moves a job into or out of the
-idle state (under the store's lock, so it never disagrees with the database
-for longer than that transaction).
+A claim must cost work per autocluster, not per job, and so must the demand
+summary frontends read every cycle, so the pool never scans the jobs table to
+find out who has idle work where: this index answers that from memory. It is
+rebuilt from the database at start and changed by the store after every
+committed transaction that moves a job into or out of the idle or running
+state (under the store's lock, so it never disagrees with the database for
+longer than that transaction).
 
 The head of an (autocluster, submitter) is its best idle job by JobPrio, then
 queue date, then id. It is read from the database with one index seek the
 first time it is needed and cached until that job leaves the idle state.
+
+Queue dates are kept as counts per distinct date: the jobs of one cluster
+share their QDate, so this costs memory per cluster, not per job, and the
+oldest idle job of an autocluster is a min over its clusters.
 """
 
 from __future__ import annotations
@@ -28,11 +34,23 @@ class IdleIndex:
     def __init__(self) -> None:
         self.counts: dict[int, dict[str, int]] = {}
         self.heads: dict[tuple[int, str], HeadKey] = {}
+        self.dates: dict[tuple[int, str], dict[float, int]] = {}
+        self.running: dict[int, int] = {}
+        # changes whenever an (autocluster, submitter) gets idle jobs again:
+        # what a slot could run before is, apart from pairs that have run
+        # out (their count says so), still what it can run
+        self.epoch = 0
 
-    def add(self, ac: int, submitter: str, n: int = 1, best: HeadKey | None = None) -> None:
-        """`n` jobs became idle; `best` is the best of them, when known."""
+    def add(self, ac: int, submitter: str, q_date: float, n: int = 1,
+            best: HeadKey | None = None) -> None:
+        """`n` jobs queued at `q_date` became idle; `best` is the best of them, when known."""
         per = self.counts.setdefault(ac, {})
-        per[submitter] = per.get(submitter, 0) + n
+        before = per.get(submitter, 0)
+        per[submitter] = before + n
+        if before <= 0 < before + n:
+            self.epoch += 1
+        dates = self.dates.setdefault((ac, submitter), {})
+        dates[q_date] = dates.get(q_date, 0) + n
         cached = self.heads.get((ac, submitter))
         if cached is not None:
             if best is None:
@@ -45,9 +63,26 @@ class IdleIndex:
         """One idle job left the idle state (claimed, held, removed, edited)."""
         per = self.counts.setdefault(ac, {})
         per[submitter] = per.get(submitter, 0) - 1
+        dates = self.dates.setdefault((ac, submitter), {})
+        q_date = key[1]
+        left = dates.get(q_date, 0) - 1
+        if left:
+            dates[q_date] = left
+        else:
+            dates.pop(q_date, None)
         if self.heads.get((ac, submitter)) == key:
             del self.heads[(ac, submitter)]
         self._prune(ac, submitter)
+
+    def started(self, ac: int, n: int = 1) -> None:
+        self.running[ac] = self.running.get(ac, 0) + n
+
+    def stopped(self, ac: int) -> None:
+        left = self.running.get(ac, 0) - 1
+        if left > 0:
+            self.running[ac] = left
+        else:
+            self.running.pop(ac, None)
 
     def forget_head(self, ac: int, submitter: str) -> None:
         self.heads.pop((ac, submitter), None)
@@ -59,6 +94,7 @@ class IdleIndex:
         if per is not None and per.get(submitter) == 0:
             del per[submitter]
             self.heads.pop((ac, submitter), None)
+            self.dates.pop((ac, submitter), None)
             if not per:
                 del self.counts[ac]
 
@@ -72,6 +108,14 @@ class IdleIndex:
         for submitter, n in self.counts.get(ac, {}).items():
             if n > 0:
                 yield submitter, n
+
+    def idle(self, ac: int, submitter: str) -> int:
+        return max(0, self.counts.get(ac, {}).get(submitter, 0))
+
+    def oldest(self, ac: int, submitter: str) -> float | None:
+        """The queue date of the oldest idle job of this (autocluster, submitter)."""
+        dates = [d for d, n in self.dates.get((ac, submitter), {}).items() if n > 0]
+        return min(dates) if dates else None
 
     def idle_of(self, submitter: str) -> int:
         return sum(per.get(submitter, 0) for per in self.counts.values())

@@ -57,6 +57,10 @@ jobs = sa.Table(
     # cores the job holds while running: what fair-share usage counts (v2)
     sa.Column("cpus", sa.Integer, nullable=False, default=1, server_default="1"),
     sa.Column("hold_reason", sa.Text, nullable=True),
+    # HTCondor's HoldReasonCode: 1 user, 3 job policy (periodic_hold, too many site failures) (v3)
+    sa.Column("hold_code", sa.Integer, nullable=True),
+    # the ad has PeriodicHold/PeriodicRemove/PeriodicRelease: the policy pass reads it (v3)
+    sa.Column("periodic", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Column("start_date", sa.Float, nullable=True),
     sa.Column("completion_date", sa.Float, nullable=True),
     sa.Column("wall_seconds", sa.Float, nullable=True),
@@ -66,6 +70,9 @@ jobs = sa.Table(
     sa.Index("ix_jobs_owner_state", "owner", "state"),
     sa.Index("ix_jobs_pilot", "pilot_id"),
 )
+
+# The jobs the periodic policy pass evaluates, without scanning the others (v3).
+PERIODIC_INDEX = sa.Index("ix_jobs_periodic", jobs.c.periodic, jobs.c.state)
 
 # The best idle job of one (autocluster, submitter) is one index seek (v2).
 PICK_INDEX = sa.Index("ix_jobs_pick", jobs.c.state, jobs.c.autocluster_id, jobs.c.submitter,
@@ -140,4 +147,17 @@ def _v2_fair_share(conn: Connection) -> None:
     metadata.create_all(conn, tables=[usage])
 
 
-MIGRATIONS = [_initial, _v2_fair_share]
+def _v3_policies(conn: Connection) -> None:
+    """Hold codes and the periodic flag (jobs with periodic_* expressions)."""
+    _add_missing_column(conn, jobs, "hold_code")
+    _add_missing_column(conn, jobs, "periodic")
+    indexes = {i["name"] for i in sa.inspect(conn).get_indexes("jobs")}
+    if PERIODIC_INDEX.name not in indexes:
+        PERIODIC_INDEX.create(conn)
+    # jobs queued before v3 with periodic expressions: their ads say so
+    conn.execute(jobs.update().where(sa.or_(
+        jobs.c.ad.like("%PeriodicHold =%"), jobs.c.ad.like("%PeriodicRemove =%"),
+        jobs.c.ad.like("%PeriodicRelease =%"))).values(periodic=True))
+
+
+MIGRATIONS = [_initial, _v2_fair_share, _v3_policies]

@@ -5,9 +5,11 @@ restarts with each job in exactly one state. Every UPDATE is conditional on
 the state it expects, so a job is never handed out twice and a stale claim
 can never complete a job.
 
-One pool process owns a database. It keeps the idle queue (counts per
-autocluster and submitter) and the fair-share accounting in memory, rebuilt
-from the database at start; a process-wide lock serialises every change that
+One pool process owns a database, and holds a lock on it for its life
+(dblock.py). It keeps the queue (counts per autocluster and submitter, queue
+dates, running counts), the fair-share accounting and the reservations of
+partitionable pilots for large jobs in memory, rebuilt from the database at
+start; a process-wide lock serialises every change that
 touches them, and they are updated only after the change has committed.
 Submits insert without that lock (a bulk submit does not stall claims on
 PostgreSQL) and add their jobs to the index once committed.
@@ -15,9 +17,10 @@ PostgreSQL) and add their jobs to the index once committed.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +30,13 @@ from sqlalchemy.engine import Connection, Engine
 from glidewms import classads
 from glidewms.db import migrate
 from glidewms.pool import schema
+from glidewms.pool.choosing import ChoosingMixin
+from glidewms.pool.dblock import DatabaseInUse, DatabaseLock
 from glidewms.pool.fairshare import Accounting, split_submitter
 from glidewms.pool.jobs import (
     CLUSTER_PLACEHOLDER,
+    HOLD_USER,
     JOB_STATUS,
-    TERMINAL,
     Conflict,
     Derived,
     InvalidJob,
@@ -42,19 +47,26 @@ from glidewms.pool.jobs import (
     derive,
     execution_spec,
     full_ad,
-    int_attr,
+    has_periodic,
     job_id,
     split_job_id,
 )
 from glidewms.pool.matchmaker import Matchmaker
+from glidewms.pool.periodic import PeriodicMixin
 from glidewms.pool.pilots import PilotsMixin
 from glidewms.pool.queue_index import IdleIndex, head_key
+from glidewms.pool.reports import ReportsMixin
 from glidewms.pool.schema import autoclusters, counters, events, jobs, usage
 
-__all__ = ["JOB_STATUS", "Conflict", "FairShare", "InvalidJob", "NewJob", "NotFound",
-           "PilotGone", "PoolStore", "execution_spec", "job_id"]
+__all__ = ["JOB_STATUS", "Conflict", "DatabaseInUse", "FairShare", "InvalidJob", "NewJob",
+           "NotFound", "PilotGone", "PoolStore", "execution_spec", "job_id"]
 
 COUNTERS = ("cluster", "jobs_completed", "job_failures", "site_failures")
+# action -> (new state, event); and the states each action applies to
+TRANSITIONS = {"hold": ("held", "held"), "release": ("idle", "released"),
+               "remove": ("removed", "removed")}
+ALLOWED_FROM = {"hold": ("idle", "running"), "release": ("held",),
+                "remove": ("idle", "running", "held")}
 
 
 @dataclass
@@ -65,11 +77,23 @@ class FairShare:
     default_factor: float = 1.0
 
 
-class PoolStore(PilotsMixin):
+class PoolStore(PilotsMixin, ChoosingMixin, ReportsMixin, PeriodicMixin):
     def __init__(self, engine: Engine, max_job_restarts: int = 5,
-                 fair_share: FairShare | None = None) -> None:
+                 fair_share: FairShare | None = None, reserve_for_large_jobs: bool = True,
+                 lock_wait: float = 10.0) -> None:
         self.engine = engine
+        self.db_lock = DatabaseLock(engine, lock_wait)  # before anything writes
         self.max_job_restarts = max_job_restarts
+        self.reserve_for_large_jobs = reserve_for_large_jobs
+        # pilot id -> (autocluster, submitter, order): see PilotsMixin.claim
+        self.reservations: dict[str, tuple[int, str, int]] = {}
+        self._reservation_order = itertools.count()
+        self.empty_free: dict[str, dict[str, int]] = {}  # pilot -> free when it ran nothing
+        # slot shape -> (index epoch, what it can run): see _candidates
+        self._choices: dict[str, tuple[int, dict[int, float], dict[str, Any]]] = {}
+        self._loaded_epoch = -1
+        self._pilot_shapes: dict[str, tuple[int, str, Any]] = {}  # for demand
+        self._ac_ids: dict[str, int] = {}  # autocluster signature -> id
         fs = fair_share or FairShare()
         self.accounting = Accounting(fs.halflife, fs.user_factors or {},
                                      fs.group_factors or {}, fs.default_factor)
@@ -77,9 +101,18 @@ class PoolStore(PilotsMixin):
         self.index = IdleIndex()
         self._lock = threading.Lock()
         self._ac_lock = threading.Lock()
-        migrate(engine, "pool", schema.MIGRATIONS)
-        self._init_counters()
-        self._rebuild()
+        try:
+            migrate(engine, "pool", schema.MIGRATIONS)
+            self._init_counters()
+            self._rebuild()
+        except BaseException:
+            self.db_lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the database for another pool, and its connections."""
+        self.db_lock.release()
+        self.engine.dispose()
 
     # ------------------------------------------------------------ startup
 
@@ -99,12 +132,17 @@ class PoolStore(PilotsMixin):
         with self.engine.connect() as conn:
             for r in conn.execute(
                 sa.select(jobs.c.autocluster_id, jobs.c.submitter, jobs.c.owner,
-                          sa.func.count())
+                          jobs.c.q_date, sa.func.count())
                 .where(jobs.c.state == "idle")
-                .group_by(jobs.c.autocluster_id, jobs.c.submitter, jobs.c.owner)
+                .group_by(jobs.c.autocluster_id, jobs.c.submitter, jobs.c.owner, jobs.c.q_date)
             ):
-                self.index.add(r[0], r[1], r[3])
+                self.index.add(r[0], r[1], r[3], r[4])
                 self.accounting.ensure(r[1], r[2], split_submitter(r[1], r[2]), now)
+            for r in conn.execute(
+                sa.select(jobs.c.autocluster_id, sa.func.count())
+                .where(jobs.c.state == "running").group_by(jobs.c.autocluster_id)
+            ):
+                self.index.started(r[0], r[1])
             for r in conn.execute(sa.select(usage)):
                 self.accounting.load(r.submitter, r.owner, r.acct_group, r.usage, r.updated_at)
             for r in conn.execute(
@@ -138,7 +176,7 @@ class PoolStore(PilotsMixin):
         with self.engine.begin() as conn:
             cluster_id = self._next_cluster(conn)
         ac_ids: dict[str, int] = {}
-        templates: dict[str, tuple[str, str, Derived | None]] = {}
+        templates: dict[str, tuple[str, str, Derived | None, Any, bool]] = {}
         rows = []
         for proc_id, job in enumerate(new_jobs):
             template = templates.get(job.ad_text)
@@ -149,8 +187,11 @@ class PoolStore(PilotsMixin):
                 d = derive(ad, owner)
                 per_proc = "procid" in d.signature_ad.lower()
                 before, after = _split_text(ad, "ProcId")
-                template = templates[job.ad_text] = (before, after, None if per_proc else d)
-            before, after, derived = template
+                cmd = ad.eval("Cmd") if "Cmd" in ad else None
+                template = templates[job.ad_text] = (
+                    before, after, None if per_proc else d,
+                    cmd if isinstance(cmd, str) else None, has_periodic(ad))
+            before, after, derived, cmd, periodic = template
             text = f"{before}{proc_id}{after}"
             d = derived or derive(classads.parse_ad(text), owner)
             if d.signature not in ac_ids:
@@ -162,8 +203,9 @@ class PoolStore(PilotsMixin):
                 "cluster_id": cluster_id, "proc_id": proc_id, "owner": owner,
                 "submitter": d.submitter, "state": "idle", "ad": text,
                 "autocluster_id": ac_ids[d.signature], "prio": d.prio, "cpus": d.cpus,
-                "q_date": now, "sandbox": {"files": job.sandbox, "args": args, "env": env},
-                "num_starts": 0, "num_restarts": 0, "updated_at": now})
+                "q_date": now, "sandbox": {"files": job.sandbox, "args": args, "env": env,
+                                           "cmd": cmd},
+                "num_starts": 0, "num_restarts": 0, "updated_at": now, "periodic": periodic})
         with self.engine.begin() as conn:
             conn.execute(jobs.insert(), rows)
             conn.execute(events.insert(), [
@@ -177,7 +219,7 @@ class PoolStore(PilotsMixin):
             slot[1] = min(slot[1], key)
         with self._lock:
             for (ac, submitter), (n, best) in added.items():
-                self.index.add(ac, submitter, n, best)
+                self.index.add(ac, submitter, now, n, best)
                 self.accounting.ensure(submitter, owner, split_submitter(submitter, owner), now)
         return cluster_id, [job_id(cluster_id, r["proc_id"]) for r in rows]
 
@@ -194,46 +236,31 @@ class PoolStore(PilotsMixin):
 
     def _autocluster_id(self, d: Derived, now: float) -> int:
         """The id of an autocluster, created in its own transaction if new, so
-        concurrent submits of the same kind of job never collide."""
+        concurrent submits of the same kind of job never collide. Autoclusters
+        are never deleted, so a known signature is answered from memory."""
+        known = self._ac_ids.get(d.signature)
+        if known is not None:
+            return known
         with self._ac_lock:
-            for _ in range(2):
-                with self.engine.begin() as conn:
-                    row = conn.execute(sa.select(autoclusters.c.id)
-                                       .where(autoclusters.c.signature == d.signature)).first()
-                    if row:
-                        return int(row[0])
-                try:
-                    with self.engine.begin() as conn:
-                        return int(conn.execute(autoclusters.insert().values(
-                            signature=d.signature, ad=d.signature_ad, created_at=now)
-                        ).inserted_primary_key[0])
-                except sa.exc.IntegrityError:
-                    continue  # another process created it: read it back
-        raise RuntimeError(f"cannot create autocluster {d.signature}")
+            ac = self._find_or_create_autocluster(d, now)
+            self._ac_ids[d.signature] = ac
+            return ac
 
-    def list_jobs(self, constraint: str | None = None, history: bool = False,
-                  job_ids: Iterable[str] | None = None) -> list[tuple[Any, Any]]:
-        """(row, full ad) of matching jobs; `history` selects finished ones."""
-        expr = classads.parse_expr(constraint) if constraint else None
-        query = sa.select(jobs)
-        if job_ids is not None:
-            pairs = [split_job_id(j) for j in job_ids]
-            if not pairs:
-                return []
-            query = query.where(sa.tuple_(jobs.c.cluster_id, jobs.c.proc_id).in_(pairs))
-        elif history:
-            query = query.where(jobs.c.state.in_(TERMINAL))
-        else:
-            query = query.where(jobs.c.state.notin_(TERMINAL))
-        query = query.order_by(jobs.c.cluster_id, jobs.c.proc_id)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        out = []
-        for row in rows:
-            ad = full_ad(row)
-            if expr is None or classads.constraint_matches(expr, ad):
-                out.append((row, ad))
-        return out
+    def _find_or_create_autocluster(self, d: Derived, now: float) -> int:
+        for _ in range(2):
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(autoclusters.c.id)
+                                   .where(autoclusters.c.signature == d.signature)).first()
+                if row:
+                    return int(row[0])
+            try:
+                with self.engine.begin() as conn:
+                    return int(conn.execute(autoclusters.insert().values(
+                        signature=d.signature, ad=d.signature_ad, created_at=now)
+                    ).inserted_primary_key[0])
+            except sa.exc.IntegrityError:
+                continue  # created meanwhile (by a submit that failed later): read it back
+        raise RuntimeError(f"cannot create autocluster {d.signature}")
 
     def full_ad(self, row: Any) -> Any:
         return full_ad(row)
@@ -259,24 +286,30 @@ class PoolStore(PilotsMixin):
         return [{"time": r.time, "type": r.type, "detail": r.detail or {}} for r in rows]
 
     def act(self, action: str, rows: Sequence[Any], reason: str, by: str) -> list[str]:
-        """hold, release or remove the given jobs; returns the ids that changed."""
-        allowed_from = {"hold": ("idle", "running"), "release": ("held",),
-                        "remove": ("idle", "running", "held")}[action]
-        new_state = {"hold": "held", "release": "idle", "remove": "removed"}[action]
-        kind = {"hold": "held", "release": "released", "remove": "removed"}[action]
+        """hold, release or remove the given jobs (a user's request); returns
+        the ids that changed."""
+        return self.apply_actions([(row, action, reason, HOLD_USER) for row in rows], by)
+
+    def apply_actions(self, planned: Sequence[tuple[Any, str, str, int]], by: str) -> list[str]:
+        """(job row, action, reason, hold code) each, in one transaction: the
+        one path for user requests, periodic expressions and the pool's own
+        policy, so every hold has a reason and a code and every change an event."""
         now, changed, moved = time.time(), [], []
         with self._lock:
             with self.engine.begin() as conn:
-                for given in rows:
+                for given, action, reason, code in planned:
+                    new_state, kind = TRANSITIONS[action]
                     row = self._current(conn, given.cluster_id, given.proc_id)
-                    if row is None or row.state not in allowed_from:
+                    if row is None or row.state not in ALLOWED_FROM[action]:
                         continue
                     values: dict[str, Any] = {"state": new_state, "updated_at": now,
                                               "claim_id": None, "lease_expires": None}
+                    detail: dict[str, Any] = {"by": by, "reason": reason}
                     if action == "hold":
                         values["hold_reason"] = reason or f"held by {by}"
+                        values["hold_code"] = detail["code"] = code
                     elif action == "release":
-                        values["hold_reason"] = None
+                        values["hold_reason"] = values["hold_code"] = None
                     else:
                         values["completion_date"] = now
                     result = conn.execute(jobs.update().where(
@@ -285,8 +318,7 @@ class PoolStore(PilotsMixin):
                     if result.rowcount:
                         changed.append(job_id(row.cluster_id, row.proc_id))
                         moved.append((row, new_state))
-                        self._event(conn, row.cluster_id, row.proc_id, now, kind,
-                                    {"by": by, "reason": reason})
+                        self._event(conn, row.cluster_id, row.proc_id, now, kind, detail)
             for row, new_state in moved:
                 self._left(row, now)
                 if new_state == "idle":
@@ -319,11 +351,16 @@ class PoolStore(PilotsMixin):
             with self.engine.begin() as conn:
                 for jid, row, ad, old, d in planned:
                     ac = acs[d.signature]
+                    sandbox = dict(row.sandbox or {})
+                    if attribute.lower() == "cmd":
+                        cmd = ad.eval("Cmd")
+                        sandbox["cmd"] = cmd if isinstance(cmd, str) else None
                     result = conn.execute(jobs.update().where(
                         jobs.c.cluster_id == row.cluster_id, jobs.c.proc_id == row.proc_id,
                         jobs.c.state == row.state).values(
                         ad=classads.to_text(ad), autocluster_id=ac, prio=d.prio, cpus=d.cpus,
-                        submitter=d.submitter, updated_at=now))
+                        submitter=d.submitter, updated_at=now, periodic=has_periodic(ad),
+                        sandbox=sandbox))
                     if not result.rowcount:
                         skipped[jid] = "job changed meanwhile"
                         continue
@@ -348,7 +385,7 @@ class PoolStore(PilotsMixin):
 
     def _became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
                      cluster_id: int, proc_id: int) -> None:
-        self.index.add(ac, submitter, 1, head_key(prio, q_date, cluster_id, proc_id))
+        self.index.add(ac, submitter, q_date, 1, head_key(prio, q_date, cluster_id, proc_id))
 
     def _left(self, row: Any, now: float) -> None:
         """Index and accounting for a job that left the state `row` shows."""
@@ -356,6 +393,7 @@ class PoolStore(PilotsMixin):
             self.index.remove(row.autocluster_id, row.submitter,
                               head_key(row.prio, row.q_date, row.cluster_id, row.proc_id))
         elif row.state == "running":
+            self.index.stopped(row.autocluster_id)
             self.accounting.change(row.submitter, row.owner,
                                    split_submitter(row.submitter, row.owner), -row.cpus, now)
 
@@ -364,120 +402,6 @@ class PoolStore(PilotsMixin):
                detail: dict[str, Any] | None = None) -> None:
         conn.execute(events.insert().values(cluster_id=cluster_id, proc_id=proc_id,
                                             time=now, type=kind, detail=detail or {}))
-
-    # ------------------------------------------------------------ matching
-
-    def _head(self, conn: Connection, ac: int, submitter: str) -> Any:
-        cached = self.index.heads.get((ac, submitter))
-        if cached is not None:
-            return cached
-        row = conn.execute(
-            sa.select(jobs.c.prio, jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
-            .where(jobs.c.state == "idle", jobs.c.autocluster_id == ac,
-                   jobs.c.submitter == submitter)
-            .order_by(jobs.c.prio.desc(), jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
-            .limit(1)).first()
-        if row is None:
-            return None
-        key = head_key(row.prio, row.q_date, row.cluster_id, row.proc_id)
-        self.index.heads[(ac, submitter)] = key
-        return key
-
-    def _choose(self, conn: Connection, slot: Any, now: float) -> tuple[int, str, Any] | None:
-        """(autocluster, submitter, head key) of the job this slot should run.
-
-        The submitter with the best effective priority among those with a
-        matching idle job; then the slot's Rank; then JobPrio; then FIFO.
-        """
-        ads = self._autocluster_ads(conn, list(self.index.autoclusters()))
-        ranked = self.matchmaker.ranked(slot, ads)
-        if not ranked:
-            return None
-        by_submitter: dict[str, list[tuple[float, int]]] = {}
-        for ac, rank in ranked:
-            for submitter, _ in self.index.submitters(ac):
-                by_submitter.setdefault(submitter, []).append((rank, ac))
-        while by_submitter:
-            submitter = self.accounting.best(by_submitter, now)
-            assert submitter is not None
-            best = None
-            for rank, ac in by_submitter.pop(submitter):
-                key = self._head(conn, ac, submitter)
-                if key is not None and (best is None or (-rank, key) < best[0]):
-                    best = ((-rank, key), ac)
-            if best is not None:
-                return best[1], submitter, best[0][1]
-        return None
-
-    def _autocluster_ads(self, conn: Connection, ids: list[int]) -> dict[int, Any]:
-        missing = [i for i in ids if i not in self.matchmaker.ads]
-        if missing:
-            for r in conn.execute(sa.select(autoclusters.c.id, autoclusters.c.ad)
-                                  .where(autoclusters.c.id.in_(missing))):
-                self.matchmaker.ads[r.id] = classads.parse_ad(r.ad)
-        return {i: self.matchmaker.ads[i] for i in ids}
-
-    # ------------------------------------------------------------- reports
-
-    def demand(self) -> list[dict[str, Any]]:
-        """Per autocluster: idle and running counts, owners, oldest queue date."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(jobs.c.autocluster_id, jobs.c.state, jobs.c.owner,
-                          sa.func.count().label("n"), sa.func.min(jobs.c.q_date).label("oldest"))
-                .where(jobs.c.state.in_(("idle", "running")))
-                .group_by(jobs.c.autocluster_id, jobs.c.state, jobs.c.owner)
-            ).all()
-            ac_rows = {r.id: r for r in conn.execute(
-                sa.select(autoclusters).where(
-                    autoclusters.c.id.in_({r.autocluster_id for r in rows})))}
-        summary: dict[int, dict[str, Any]] = {}
-        for r in rows:
-            entry = summary.setdefault(r.autocluster_id, {
-                "id": r.autocluster_id, "ad": ac_rows[r.autocluster_id].ad,
-                "idle": 0, "running": 0, "owners": {}, "oldest_idle": None})
-            entry[r.state] += r.n
-            if r.state == "idle":
-                entry["owners"][r.owner] = entry["owners"].get(r.owner, 0) + r.n
-                if entry["oldest_idle"] is None or r.oldest < entry["oldest_idle"]:
-                    entry["oldest_idle"] = r.oldest
-        for entry in summary.values():
-            ad = classads.parse_ad(entry["ad"])
-            entry["request"] = {
-                "cpus": int_attr(ad, "RequestCpus", 1), "memory": int_attr(ad, "RequestMemory", 0),
-                "disk": int_attr(ad, "RequestDisk", 0), "gpus": int_attr(ad, "RequestGPUs", 0)}
-        return sorted(summary.values(), key=lambda e: e["id"])
-
-    def userprio(self) -> list[dict[str, Any]]:
-        """Every known submitter: usage, cores in use, idle jobs, factor, priority."""
-        now = time.time()
-        with self._lock:
-            out = [{"submitter": name, "owner": state.owner, "group": state.group,
-                    "usage": self.accounting.usage(name, now), "running_cores": state.running,
-                    "idle_jobs": max(0, self.index.idle_of(name)),
-                    "factor": self.accounting.factor(name),
-                    "effective_priority": self.accounting.effective(name, now)}
-                   for name, state in self.accounting.submitters.items()]
-        return sorted(out, key=lambda e: (e["effective_priority"], e["submitter"]))
-
-    def stats(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            return {r.name: int(r.value) for r in conn.execute(sa.select(counters))
-                    if r.name != "cluster"}
-
-    def flush_usage(self) -> int:
-        """Persist the usage of submitters that changed (called every lease tick)."""
-        now = time.time()
-        with self._lock:
-            changed = self.accounting.snapshot(now)
-        if not changed:
-            return 0
-        with self.engine.begin() as conn:
-            conn.execute(usage.delete().where(usage.c.submitter.in_([c[1] for c in changed])))
-            conn.execute(usage.insert(), [
-                {"submitter": name, "owner": state.owner, "acct_group": state.group,
-                 "usage": value, "updated_at": now} for state, name, value in changed])
-        return len(changed)
 
 
 def _split_text(ad: Any, name: str) -> tuple[str, str]:
