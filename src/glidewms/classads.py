@@ -139,24 +139,25 @@ def rank(expr_owner: classad2.ClassAd, other: classad2.ClassAd) -> float:
     return float(number(value) or 0)
 
 
-def significant_attributes(job: classad2.ClassAd) -> list[str]:
-    """The job attributes that can change a match: the base set plus every job
+def significant_attributes(job: classad2.ClassAd, extra: Iterable[str] = ()) -> list[str]:
+    """The job attributes that can change a match: the base set, the declared
+    `extra` ones (what slot Start expressions may read), and every job
     attribute its Requirements and Rank reference."""
-    names = {n for n in BASE_SIGNIFICANT if n in job}
+    names = {n for n in (*BASE_SIGNIFICANT, *extra) if n in job}
     for expr_name in ("Requirements", "Rank"):
         if expr_name in job:
             names.update(job.internalRefs(job.lookup(expr_name)))
     return sorted(n for n in names if n in job)
 
 
-def signature(job: classad2.ClassAd) -> tuple[str, str]:
+def signature(job: classad2.ClassAd, extra: Iterable[str] = ()) -> tuple[str, str]:
     """(autocluster key, ad text of the significant attributes).
 
     Jobs with equal keys match exactly the same slots, so matching is done once
     per autocluster instead of once per job.
     """
     sig = classad2.ClassAd()
-    for name in significant_attributes(job):
+    for name in significant_attributes(job, extra):
         sig[name] = job.lookup(name)
     text = to_text(sig)
     return hashlib.sha256(text.encode()).hexdigest()[:24], text

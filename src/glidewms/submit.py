@@ -79,7 +79,7 @@ _ALIASES = {
 }
 # Real condor_submit commands whose meaning glidewms cannot provide: refuse, never ignore.
 _UNSUPPORTED = {
-    "docker_image", "container_image", "transfer_output_remaps", "output_destination",
+    "docker_image", "transfer_output_remaps", "output_destination",
     "stream_output", "stream_error", "hold", "leave_in_queue", "remote_initialdir",
     "run_as_owner", "x509userproxy", "use_x509userproxy", "max_materialize",
     "deferral_time", "next_job_start_delay",
@@ -93,6 +93,7 @@ _EXPR_KEYS = {  # submit command -> attribute holding a ClassAd expression
 _STRING_KEYS = {
     "accounting_group": "AcctGroup", "accounting_group_user": "AcctGroupUser",
     "batch_name": "JobBatchName", "description": "JobDescription",
+    "container_image": "ContainerImage",  # run the job in this image (pilot's runtime)
 }
 # Attributes a `+Attr` may not set, with the command that sets them properly.
 _RESERVED = {

@@ -35,6 +35,13 @@ class PoolConfig(BaseModel):
     periodic_check_seconds: float = Field(
         60.0, gt=0, description="how often jobs' periodic_hold/remove/release are evaluated"
     )
+    significant_attributes: list[str] = Field(
+        default_factory=lambda: ["DESIRED_Sites", "DESIRED_Gatekeepers", "ContainerImage",
+                                 "SingularityImage", "WantContainer", "MaxWallTimeMins"],
+        description="job attributes that slot Start and frontend match expressions may read "
+        "beyond those a job's Requirements reference (HTCondor's SIGNIFICANT_ATTRIBUTES); "
+        "applies to jobs submitted after a change",
+    )
     reserve_for_large_jobs: bool = Field(
         True, description="a busy partitionable pilot takes no smaller job while a larger one "
         "that comes first in priority waits for its resources (docs/pool.md)"

@@ -167,7 +167,8 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     fair_share = FairShare(config.priority_halflife, config.priority_factors,
                            config.group_priority_factors, config.default_priority_factor)
     store = PoolStore(make_engine(config.resolved_database_url()), config.max_job_restarts,
-                      fair_share, config.reserve_for_large_jobs, config.database_lock_wait)
+                      fair_share, config.reserve_for_large_jobs, config.database_lock_wait,
+                      config.significant_attributes)
     files = SandboxStore(config.state_dir / "files")
     key_dir = config.state_dir.parent / "keys"
     public_key = config.issuer_public_key or key_dir / "issuer.pub"

@@ -4,6 +4,7 @@ what a pilot needs to run one. No database access here."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,8 +101,8 @@ class Derived:
     submitter: str
 
 
-def derive(ad: Any, owner: str) -> Derived:
-    key, sig_text = classads.signature(ad)
+def derive(ad: Any, owner: str, significant: Sequence[str] = ()) -> Derived:
+    key, sig_text = classads.signature(ad, significant)
     group = ad.eval("AcctGroup") if "AcctGroup" in ad else None
     return Derived(
         signature=key, signature_ad=sig_text, prio=int_attr(ad, "JobPrio", 0),
@@ -147,6 +148,7 @@ def execution_spec(row: Any) -> dict[str, Any]:
         return value if isinstance(value, str) else None
 
     transfer = text("TransferOutput")
+    container = container_request(ad)
     return {
         "cmd": executable or text("Cmd"),
         "args": spec.get("args", []),
@@ -158,8 +160,27 @@ def execution_spec(row: Any) -> dict[str, Any]:
         if transfer else None,
         "request": {"cpus": int_attr(ad, "RequestCpus", 1),
                     "memory": int_attr(ad, "RequestMemory", 0),
-                    "disk": int_attr(ad, "RequestDisk", 0)},
+                    "disk": int_attr(ad, "RequestDisk", 0),
+                    "gpus": int_attr(ad, "RequestGPUs", 0)},
+        **({"container": container} if container is not None else {}),
     }
+
+
+def container_request(ad: Any) -> dict[str, str] | None:
+    """The job's container wish, as the pilot's job wrapper takes it.
+
+    `ContainerImage` (submit's `container_image`) or the GlideinWMS-era
+    `SingularityImage` name an image; `WantContainer = true` alone asks for
+    the group's default image (empty string).
+    """
+    for name in ("ContainerImage", "SingularityImage"):
+        if name in ad:
+            value = ad.eval(name)
+            if isinstance(value, str) and value:
+                return {"image": value}
+    if "WantContainer" in ad and classads.is_true(ad.eval("WantContainer")):
+        return {"image": ""}
+    return None
 
 
 def dynamic(row: Any) -> dict[str, Any]:

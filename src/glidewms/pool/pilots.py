@@ -41,6 +41,14 @@ def slot_with(slot: Mapping[str, Any], resources: Mapping[str, int]) -> Any:
     ad = classads.ad_from_dict(slot)
     for key, attr in RESOURCES:
         ad[attr] = resources[key]
+    start = slot.get("GLIDEIN_Start")
+    if isinstance(start, str) and start.strip():
+        # The frontend's start expression travels as a string attribute (slot
+        # ads are JSON); here it becomes the slot's real Start expression.
+        try:
+            ad["Start"] = classads.parse_expr(start)
+        except classads.ClassAdError:
+            ad["Start"] = False  # a pilot with a broken policy must not take jobs
     return ad
 
 

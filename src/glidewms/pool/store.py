@@ -80,8 +80,9 @@ class FairShare:
 class PoolStore(PilotsMixin, ChoosingMixin, ReportsMixin, PeriodicMixin):
     def __init__(self, engine: Engine, max_job_restarts: int = 5,
                  fair_share: FairShare | None = None, reserve_for_large_jobs: bool = True,
-                 lock_wait: float = 10.0) -> None:
+                 lock_wait: float = 10.0, significant: Sequence[str] = ()) -> None:
         self.engine = engine
+        self.significant = tuple(significant)  # extra autocluster attributes (config)
         self.db_lock = DatabaseLock(engine, lock_wait)  # before anything writes
         self.max_job_restarts = max_job_restarts
         self.reserve_for_large_jobs = reserve_for_large_jobs
@@ -184,7 +185,7 @@ class PoolStore(PilotsMixin, ChoosingMixin, ReportsMixin, PeriodicMixin):
                 ad, _, _ = job.realise(cluster_id)
                 ad["ClusterId"], ad["ProcId"], ad["Owner"] = cluster_id, 0, owner
                 ad["QDate"] = int(now)
-                d = derive(ad, owner)
+                d = derive(ad, owner, self.significant)
                 per_proc = "procid" in d.signature_ad.lower()
                 before, after = _split_text(ad, "ProcId")
                 cmd = ad.eval("Cmd") if "Cmd" in ad else None
@@ -193,7 +194,7 @@ class PoolStore(PilotsMixin, ChoosingMixin, ReportsMixin, PeriodicMixin):
                     cmd if isinstance(cmd, str) else None, has_periodic(ad))
             before, after, derived, cmd, periodic = template
             text = f"{before}{proc_id}{after}"
-            d = derived or derive(classads.parse_ad(text), owner)
+            d = derived or derive(classads.parse_ad(text), owner, self.significant)
             if d.signature not in ac_ids:
                 ac_ids[d.signature] = self._autocluster_id(d, now)
             args = [a.replace(CLUSTER_PLACEHOLDER, str(cluster_id)) for a in job.args]
@@ -346,7 +347,7 @@ class PoolStore(PilotsMixin, ChoosingMixin, ReportsMixin, PeriodicMixin):
                     ad = classads.parse_ad(row.ad)
                     old = str(ad.lookup(attribute)) if attribute in ad else None
                     ad[attribute] = expr
-                    planned.append((jid, row, ad, old, derive(ad, row.owner)))
+                    planned.append((jid, row, ad, old, derive(ad, row.owner, self.significant)))
             acs = {d.signature: self._autocluster_id(d, now) for *_, d in planned}
             with self.engine.begin() as conn:
                 for jid, row, ad, old, d in planned:
