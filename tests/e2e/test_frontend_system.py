@@ -12,36 +12,18 @@ no assertion is about timing.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from glidewms.cli.main import app
-from glidewms.client import ClientSettings, PoolClient
-from glidewms.launcher import Installation, Options
-from glidewms.submit import parse_submit
+from tests.harness import System, systems, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def local_entry(name: str, site: str, cpus: int, memory: int, **attributes: Any) -> dict:
@@ -57,57 +39,10 @@ ENTRIES = [
 ]
 
 
-class System:
-    def __init__(self, inst: Installation) -> None:
-        self.inst = inst
-        self.pool = PoolClient(ClientSettings(inst.services["pool"].url, inst.token_file("user")))
-        admin = inst.token_file("admin").read_text().strip()
-        self.admin = {"Authorization": f"Bearer {admin}"}
-
-    def get(self, service: str, path: str, **params: Any) -> Any:
-        r = httpx.get(f"{self.inst.services[service].url}/api/v1/{path}", headers=self.admin,
-                      params=params or None, timeout=10)
-        r.raise_for_status()
-        return r.json()
-
-    def explain(self, entry: str | None = None, history: bool = False) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"history": history}
-        if entry:
-            params["entry"] = entry
-        try:
-            return self.get("frontend", "explain", **params)
-        except httpx.HTTPStatusError:
-            return []
-
-    def submit(self, text: str, base: Path) -> list[str]:
-        return self.pool.submit(parse_submit(text, "test.sub", base))["job_ids"]
-
-
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[System]:
-    options = Options(state_dir=tmp_path / "state", entries=ENTRIES, frontend_cycle=0.5,
-                      factory_cycle=0.5, pilot_idle_timeout=3, heartbeat=1.0,
-                      claim_lease=10.0, max_pilots=10)
-    inst = Installation(options)
-    inst.prepare()
-    try:
-        inst.start()
-        yield System(inst)
-    finally:
-        inst.stop()
-        _kill_leftover_pilots(inst)
-
-
-def _kill_leftover_pilots(inst: Installation) -> None:
-    db = inst.path("factory", "factory.db")
-    if not db.exists():
-        return
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT backend_id FROM glideins WHERE backend_id IS NOT NULL")
-        for (backend_id,) in rows:
-            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError,
-                                     IndexError):
-                os.killpg(int(backend_id.split("/")[2]), signal.SIGKILL)
+    with systems(tmp_path, http_timeout=10) as start:
+        yield start(entries=ENTRIES, claim_lease=10.0, max_pilots=10)
 
 
 SUB = """executable = /bin/sleep

@@ -9,98 +9,26 @@ Waits poll a condition with a deadline, since every actor is another process.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from glidewms.client import ClientSettings, PoolClient
-from glidewms.launcher import Installation, Options
-from glidewms.submit import parse_submit
+from tests.harness import System, systems, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class System:
-    """A started installation and the calls these tests make to it (admin token)."""
-
-    def __init__(self, inst: Installation) -> None:
-        self.inst = inst
-        self.pool = PoolClient(ClientSettings(inst.services["pool"].url, inst.token_file("user")))
-        admin = inst.token_file("admin").read_text().strip()
-        self.admin = {"Authorization": f"Bearer {admin}"}
-
-    def get(self, service: str, path: str) -> Any:
-        r = httpx.get(f"{self.inst.services[service].url}/api/v1/{path}", headers=self.admin,
-                      timeout=30)
-        r.raise_for_status()
-        return r.json()
-
-    def glideins(self) -> list[dict[str, Any]]:
-        return self.get("factory", "glideins")
-
-    def glidein(self, glidein_id: str) -> dict[str, Any]:
-        return next(g for g in self.glideins() if g["glidein_id"] == glidein_id)
-
-    def pilots(self) -> list[dict[str, Any]]:
-        return self.get("pool", "pilots")
-
-    def submit(self, text: str, base: Path) -> list[str]:
-        return self.pool.submit(parse_submit(text, "test.sub", base))["job_ids"]
-
-    def pilot_pid(self, glidein_id: str) -> int:
-        with sqlite3.connect(self.inst.path("factory", "factory.db")) as conn:
-            (backend_id,) = conn.execute(
-                "SELECT backend_id FROM glideins WHERE glidein_id = ?", (glidein_id,)).fetchone()
-        return int(backend_id.split("/")[2])
-
-
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[Callable[..., System]]:
-    started: list[Installation] = []
-
-    def start(**kw: Any) -> System:
-        settings: dict[str, Any] = {"frontend_cycle": 0.5, "factory_cycle": 0.5,
-                                    "pilot_idle_timeout": 3, "heartbeat": 1.0,
-                                    "claim_lease": 60.0, **kw}
-        inst = Installation(Options(state_dir=tmp_path / "state", **settings))
-        inst.prepare()
-        started.append(inst)
-        inst.start()
-        return System(inst)
-
-    yield start
-    for inst in started:
-        inst.stop()
-        db = inst.path("factory", "factory.db")
-        if not db.exists():
-            continue
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT backend_id FROM glideins WHERE backend_id IS NOT NULL")
-            for (backend_id,) in rows:
-                with contextlib.suppress(ProcessLookupError, PermissionError, ValueError,
-                                         IndexError):
-                    os.killpg(int(backend_id.split("/")[2]), signal.SIGKILL)
+    with systems(tmp_path, http_timeout=30, claim_lease=60.0) as start:
+        yield start
 
 
 def entry(**extra: Any) -> dict[str, Any]:

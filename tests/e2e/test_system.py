@@ -7,105 +7,25 @@ there is no in-process event to await); no test asserts on timing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from glidewms.client import ClientSettings, PoolClient
-from glidewms.launcher import Installation, Options
-from glidewms.submit import parse_submit
+from tests.harness import System, systems, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class System:
-    def __init__(self, inst: Installation) -> None:
-        self.inst = inst
-        self.pool = PoolClient(ClientSettings(inst.services["pool"].url, inst.token_file("user")))
-        admin = inst.token_file("admin").read_text().strip()
-        self.admin = {"Authorization": f"Bearer {admin}"}
-
-    def factory(self, path: str) -> Any:
-        r = httpx.get(f"{self.inst.services['factory'].url}/api/v1/{path}", headers=self.admin)
-        r.raise_for_status()
-        return r.json()
-
-    def frontend_status(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.inst.services['frontend'].url}/api/v1/status", headers=self.admin)
-        r.raise_for_status()
-        return r.json()
-
-    def pilots(self) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.inst.services['pool'].url}/api/v1/pilots", headers=self.admin)
-        r.raise_for_status()
-        return r.json()
-
-    def submit(self, text: str, base: Path) -> list[str]:
-        return self.pool.submit(parse_submit(text, "test.sub", base))["job_ids"]
-
-    def job(self, jid: str) -> dict[str, Any]:
-        return self.pool.job(jid)
-
-    def pilot_pid(self, glidein_id: str) -> int:
-        db = self.inst.path("factory", "factory.db")
-        with sqlite3.connect(db) as conn:
-            (backend_id,) = conn.execute(
-                "SELECT backend_id FROM glideins WHERE glidein_id = ?", (glidein_id,)).fetchone()
-        return int(backend_id.split("/")[2])
-
-
 @pytest.fixture
 def system_factory(tmp_path: Path) -> Iterator[Callable[..., System]]:
-    started: list[Installation] = []
-
-    def start(**kw: Any) -> System:
-        settings: dict[str, Any] = {"frontend_cycle": 0.5, "factory_cycle": 0.5,
-                                    "pilot_idle_timeout": 3, "heartbeat": 1.0,
-                                    "claim_lease": 10.0, **kw}
-        options = Options(state_dir=tmp_path / "state", **settings)
-        inst = Installation(options)
-        inst.prepare()
-        started.append(inst)
-        inst.start()
-        return System(inst)
-
-    yield start
-    for inst in started:
-        inst.stop()
-        _kill_leftover_pilots(inst)
-
-
-def _kill_leftover_pilots(inst: Installation) -> None:
-    db = inst.path("factory", "factory.db")
-    if not db.exists():
-        return
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT backend_id FROM glideins WHERE backend_id IS NOT NULL")
-        for (backend_id,) in rows:
-            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError,
-                                     IndexError):
-                os.killpg(int(backend_id.split("/")[2]), signal.SIGKILL)
+    with systems(tmp_path, claim_lease=10.0) as start:
+        yield start
 
 
 JOB = """#!/bin/sh

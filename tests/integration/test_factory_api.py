@@ -13,10 +13,11 @@ import asyncio
 import hashlib
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -31,42 +32,14 @@ from glidewms.factory.backends import (
     PilotSubmission,
 )
 from glidewms.factory.backends.local import LocalBackend
-from glidewms.security.tokens import TokenIssuer, generate_keypair
+from glidewms.security.tokens import TokenIssuer
+from tests import harness
+from tests.integration.factory_harness import FACTORY_URL, POOL_URL, FactoryFiles, stand_in
 
-T = TypeVar("T")
-FACTORY_URL = "http://127.0.0.1:9999"
-POOL_URL = "http://127.0.0.1:9998"
-
-STAND_IN = r"""#!/bin/bash
-# Stand-in for glidein_startup.sh (the real one is not under test here).
-out=@OUT@
-args=("$@")
-gid=unknown
-while [ $# -gt 0 ]; do
-  case "$1" in --glidein-id) gid="$2"; shift 2 ;; *) shift ;; esac
-done
-printf '%s\n' "${args[@]}" > "$out/$gid.args.tmp" && mv "$out/$gid.args.tmp" "$out/$gid.args"
-[ -r "${GLIDEIN_TOKEN_FILE:-/nonexistent}" ] || { echo "no token file" >&2; exit 2; }
-[ "$(stat -c %a "$GLIDEIN_TOKEN_FILE")" = 600 ] || { echo "token file not 0600" >&2; exit 3; }
-token=$(cat "$GLIDEIN_TOKEN_FILE")
-for a in "${args[@]}"; do case "$a" in *"$token"*) echo "token in argv" >&2; exit 4 ;; esac; done
-env | grep -qF "$token" && { echo "token in environment" >&2; exit 5; }
-echo "pilot $gid started"
-while [ ! -e "$out/release" ]; do sleep 0.05; done
-exit 0
-"""
-
-
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = 15.0) -> T:
-    """Poll `predicate` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+# Stand-in for glidein_startup.sh: records its argv, checks its token file, waits.
+STAND_IN = stand_in(" (the real one is not under test here).", 'echo "pilot $gid started"',
+                    poll=0.05)
+wait_for = partial(harness.wait_for, timeout=15.0, interval=0.02)
 
 
 @dataclass
@@ -111,18 +84,15 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     monkeypatch.chdir(tmp_path)
-    private, public = generate_keypair(tmp_path / "keys")
     out = tmp_path / "out"
     out.mkdir()
-    bootstrap = tmp_path / "glidein_startup.sh"
-    bootstrap.write_text(STAND_IN.replace("@OUT@", str(out)))
-    agent = tmp_path / "agent"
-    (agent / "sub").mkdir(parents=True)
+    files = FactoryFiles.create(tmp_path, STAND_IN, out)
+    agent = files.agent
+    (agent / "sub").mkdir()
     (agent / "__init__.py").write_text('"""agent"""\n')
-    (agent / "__main__.py").write_text("print('agent')\n")
     (agent / "sub" / "helper.py").write_text("X = 1\n")
     (agent / "notes.txt").write_text("not staged\n")
-    yield Env(tmp_path, TokenIssuer.from_file(private), public, out, bootstrap, agent)
+    yield Env(tmp_path, files.issuer, files.public, out, files.bootstrap, agent)
     (out / "release").touch()  # let any stand-in still waiting go
 
 

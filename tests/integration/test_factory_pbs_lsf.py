@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from glidewms.config.factory import EntryConfig
-from glidewms.factory.backends import BackendContext, PilotState, PilotSubmission
+from glidewms.factory.backends import BackendContext, PilotState
 from glidewms.factory.backends.batch import BatchBackend
 from glidewms.factory.backends.lsf import LsfBackend
 from glidewms.factory.backends.pbs import PbsBackend
 from tests.components.pbs_lsf_standin import install
+from tests.integration import factory_harness
+from tests.integration.factory_harness import submissions, token_file
 
 BOOT = """#!/bin/bash
 case "$4" in *-2) sleep 600 ;; esac
@@ -31,7 +33,6 @@ case "$4" in *-1) exit 3 ;; esac
 echo "ok $4"
 """
 HOLD = {"pbs": "-h", "lsf": "-H"}
-Seen = dict[str, PilotState]
 
 
 @pytest.mark.parametrize("kind", ["pbs", "lsf"])
@@ -40,24 +41,13 @@ def test_backend_against_standin(kind: str, tmp_path: Path) -> None:
     env = install(tmp_path / "bin", tmp_path / "standin", slots=2)
     bootstrap = tmp_path / "boot.sh"
     bootstrap.write_text(BOOT.replace("@GO@", str(tmp_path / "go")))
-    token = tmp_path / "token"
-    token.write_text("secret\n")
-    token.chmod(0o600)
+    token = token_file(tmp_path / "token")
     entry = EntryConfig(name="e1", site="S", backend=kind, cpus=1, memory=100,  # type: ignore[arg-type]
                         batch={"env": env, "queue": "workq"})  # fmt: skip
     context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
                              entries={"e1": entry})  # fmt: skip
-    pilots = [PilotSubmission(f"g-{i}", ("--x", "y", "--glidein-id", f"g-{i}"), token)
-              for i in range(3)]  # fmt: skip
-    deadline = time.monotonic() + 60
-
-    async def until(backend: BatchBackend, ids: list[str], done: Callable[[Seen], bool]) -> Seen:
-        while True:
-            seen = await backend.status(ids)
-            if done(seen):
-                return seen
-            assert time.monotonic() < deadline, f"states: {seen}"
-            await asyncio.sleep(0.1)
+    pilots = submissions(token)
+    until = partial(factory_harness.until, deadline=time.monotonic() + 60, interval=0.1)
 
     async def scenario() -> None:
         backend = backend_cls(context)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from glidewms.config.factory import EntryConfig, FactoryConfig
 from glidewms.factory.api import create_app
 from glidewms.security.tokens import TokenIssuer, generate_keypair
 from glidewms.service import bind, url_of
+from tests import harness
 
 T = TypeVar("T")
 POOL_URL = "http://127.0.0.1:9"
@@ -39,15 +40,7 @@ while not os.path.exists(os.path.join(out, "release")):
 """
 
 
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+wait_for = partial(harness.wait_for, timeout=30.0, interval=0.05)
 
 
 class Served:

@@ -27,21 +27,19 @@ import httpx
 import yaml
 from fastapi.testclient import TestClient
 
-from glidewms.config.factory import FactoryConfig
-from glidewms.factory.api import create_app
 from glidewms.security.tokens import TokenIssuer
 from tests.components.slurm_cluster import SlurmCluster
 from tests.components.slurm_cluster import slurm as slurm  # the session fixture
-from tests.integration.test_factory_slurm import FACTORY_URL, POOL_URL, slurm_entry, wait_for
+from tests.integration.factory_harness import POOL_URL, FactoryFiles, wait_for
 from tests.integration.test_factory_slurm import setup as setup  # fixture
+from tests.integration.test_factory_slurm import slurm_entry
 
 PENDING = ["--begin=now+1hour"]  # Slurm keeps such a job PENDING (reason BeginTime)
 
 
 def make_app(setup: dict[str, Any], **entry: Any) -> Any:
-    config = FactoryConfig(state_dir=setup["tmp"] / "state", issuer_public_key=setup["public"],
-                           cycle_seconds=0.1, entries=[entry["entry"]])  # fmt: skip
-    return create_app(config, FACTORY_URL, bootstrap=setup["bootstrap"], agent_dir=setup["agent"])
+    files: FactoryFiles = setup["files"]
+    return files.app(files.config(entry["entry"], cycle_seconds=0.1))
 
 
 def headers(issuer: TokenIssuer, subject: str, scopes: list[str]) -> dict[str, str]:

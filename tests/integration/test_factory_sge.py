@@ -17,55 +17,32 @@ import pwd
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from glidewms.config.factory import EntryConfig, FactoryConfig
-from glidewms.factory.api import create_app
-from glidewms.factory.backends import BackendContext, PilotState, PilotSubmission
+from glidewms.config.factory import EntryConfig
+from glidewms.factory.backends import BackendContext, PilotState
 from glidewms.factory.backends.sge import SgeBackend
-from glidewms.security.tokens import TokenIssuer, generate_keypair
 from tests.components.sge_cluster import USER, SgeCluster
 from tests.components.sge_cluster import sge as sge  # the session fixture
+from tests.integration import factory_harness
+from tests.integration.factory_harness import (
+    FactoryFiles,
+    Frontend,
+    stand_in,
+    submissions,
+    token_file,
+    wait_for,
+)
 
-T = TypeVar("T")
-FACTORY_URL = "http://127.0.0.1:9999"
-POOL_URL = "http://127.0.0.1:9998"
-
-STAND_IN = r"""#!/bin/bash
-# Stand-in for glidein_startup.sh, run by Grid Engine from the factory's job script.
-out=@OUT@
-args=("$@")
-gid=unknown
-while [ $# -gt 0 ]; do
-  case "$1" in --glidein-id) gid="$2"; shift 2 ;; *) shift ;; esac
-done
-printf '%s\n' "${args[@]}" > "$out/$gid.args.tmp" && mv "$out/$gid.args.tmp" "$out/$gid.args"
-[ -r "${GLIDEIN_TOKEN_FILE:-/nonexistent}" ] || { echo "no token file" >&2; exit 2; }
-[ "$(stat -c %a "$GLIDEIN_TOKEN_FILE")" = 600 ] || { echo "token file not 0600" >&2; exit 3; }
-token=$(cat "$GLIDEIN_TOKEN_FILE")
-for a in "${args[@]}"; do case "$a" in *"$token"*) echo "token in argv" >&2; exit 4 ;; esac; done
-env | grep -qF "$token" && { echo "token in environment" >&2; exit 5; }
-echo "site said ${SITE_SAYS:-nothing} to $(id -un)"
-echo "pilot $gid started"
-while [ ! -e "$out/release" ]; do sleep 0.1; done
-exit 0
-"""
-
-
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+STAND_IN = stand_in(", run by Grid Engine from the factory's job script.",
+                    'echo "site said ${SITE_SAYS:-nothing} to $(id -un)"\n'
+                    'echo "pilot $gid started"')
 
 
 def user_owned(path: Path) -> Path:
@@ -97,30 +74,14 @@ def sge_entry(cluster: SgeCluster, place: Path, **values: Any) -> EntryConfig:
 def test_factory_submits_an_array_tracks_and_removes(sge: SgeCluster, place: Path,
                                                      tmp_path: Path) -> None:  # fmt: skip
     """3 pilots in one qsub, run as the test user; ALL with max_running 1 removes two."""
-    private, public = generate_keypair(tmp_path / "keys")
-    issuer = TokenIssuer.from_file(private)
-    bootstrap = tmp_path / "glidein_startup.sh"
-    bootstrap.write_text(STAND_IN.replace("@OUT@", str(place)))
-    agent = tmp_path / "agent"
-    agent.mkdir()
-    (agent / "__main__.py").write_text("print('agent')\n")
-    config = FactoryConfig(state_dir=tmp_path / "state", issuer_public_key=public,
-                           cycle_seconds=0.3, entries=[sge_entry(sge, place)])  # fmt: skip
-    app = create_app(config, FACTORY_URL, bootstrap=bootstrap, agent_dir=agent)
+    files = FactoryFiles.create(tmp_path, STAND_IN, place)
+    app = files.app(files.config(sge_entry(sge, place), cycle_seconds=0.3))
     factory = app.state.factory
-    fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
-    pilot_token = issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main")
-
-    def put(idle: int, max_running: int, remove: str) -> None:
-        body = {"pool_url": POOL_URL, "pilot_token": pilot_token,
-                "entries": {"sge1": {"idle": idle, "max_running": max_running,
-                                     "remove": remove}}}  # fmt: skip
-        assert client.put("/api/v1/requests/main", json=body, headers=fe1).status_code == 200
-
-    def states() -> list[str]:
-        return sorted(g["state"] for g in client.get("/api/v1/glideins", headers=fe1).json())
+    pilot_token = files.pilot_token()
 
     with TestClient(app) as client:
+        fe1 = Frontend(client, "sge1", files.headers("fe1", ["frontend"]), pilot_token)
+        put, states = fe1.put, fe1.states
         put(3, 3, "NO")
         wait_for(lambda: states() == ["running"] * 3, "three running pilots")
         rows = factory.store.glideins()
@@ -169,30 +130,16 @@ def test_sge_backend_states_and_failures(sge: SgeCluster, place: Path, tmp_path:
     bootstrap = tmp_path / "boot.sh"
     bootstrap.write_text('#!/bin/bash\ncase "$4" in *-1) exit 3 ;; *-2) sleep 600 ;; esac\n'
                          'echo "ok $4"\n')  # fmt: skip
-    token = tmp_path / "credentials" / "fe1" / "main.token"
-    token.parent.mkdir(parents=True)
-    token.write_text("secret\n")
-    token.chmod(0o600)
+    token = token_file(tmp_path / "credentials" / "fe1" / "main.token")
     entry = sge_entry(sge, place)
     entry = entry.model_copy(update={"batch": entry.batch.model_copy(update={"array_size": 2})})
     context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
                              entries={"sge1": entry})  # fmt: skip
-    deadline = time.monotonic() + 90
-
-    Seen = dict[str, PilotState]
-
-    async def until(backend: SgeBackend, ids: list[str], done: Callable[[Seen], bool]) -> Seen:
-        while True:
-            seen = await backend.status(ids)
-            if done(seen):
-                return seen
-            assert time.monotonic() < deadline, f"states: {seen}"
-            await asyncio.sleep(0.2)
+    until = partial(factory_harness.until, deadline=time.monotonic() + 90, interval=0.2)
 
     async def scenario() -> None:
         backend = SgeBackend(context)
-        pilots = [PilotSubmission(f"g-{i}", ("--x", "y", "--glidein-id", f"g-{i}"), token)
-                  for i in range(3)]  # fmt: skip
+        pilots = submissions(token)
         ids = await backend.submit(entry, pilots)
         assert len({i.split(".")[0] for i in ids}) == 2, "array_size 2: two arrays for three"
         assert [i.rsplit(".", 1)[1] for i in ids] == ["1", "2", "1"]

@@ -12,73 +12,33 @@ from __future__ import annotations
 import asyncio
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from glidewms.client import ClientSettings, PoolClient
-from glidewms.config.factory import EntryConfig, FactoryConfig
-from glidewms.factory.api import create_app
+from glidewms.config.factory import EntryConfig
 from glidewms.factory.backends import BackendContext, PilotState, PilotSubmission
 from glidewms.factory.backends.slurm import SlurmBackend
-from glidewms.launcher import Installation, Options
-from glidewms.security.tokens import TokenIssuer, generate_keypair
 from glidewms.submit import parse_submit
 from tests.components.slurm_cluster import SlurmCluster
 from tests.components.slurm_cluster import slurm as slurm  # the session fixture
+from tests.harness import systems
+from tests.integration.factory_harness import FactoryFiles, Frontend, stand_in, wait_for
 
-T = TypeVar("T")
-FACTORY_URL = "http://127.0.0.1:9999"
-POOL_URL = "http://127.0.0.1:9998"
-
-STAND_IN = r"""#!/bin/bash
-# Stand-in for glidein_startup.sh, run by Slurm from the factory's job script.
-out=@OUT@
-args=("$@")
-gid=unknown
-while [ $# -gt 0 ]; do
-  case "$1" in --glidein-id) gid="$2"; shift 2 ;; *) shift ;; esac
-done
-printf '%s\n' "${args[@]}" > "$out/$gid.args.tmp" && mv "$out/$gid.args.tmp" "$out/$gid.args"
-[ -r "${GLIDEIN_TOKEN_FILE:-/nonexistent}" ] || { echo "no token file" >&2; exit 2; }
-[ "$(stat -c %a "$GLIDEIN_TOKEN_FILE")" = 600 ] || { echo "token file not 0600" >&2; exit 3; }
-token=$(cat "$GLIDEIN_TOKEN_FILE")
-for a in "${args[@]}"; do case "$a" in *"$token"*) echo "token in argv" >&2; exit 4 ;; esac; done
-env | grep -qF "$token" && { echo "token in environment" >&2; exit 5; }
-echo "site said ${SITE_SAYS:-nothing}"
-echo "pilot $gid started"
-while [ ! -e "$out/release" ]; do sleep 0.1; done
-exit 0
-"""
-
-
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+STAND_IN = stand_in(", run by Slurm from the factory's job script.",
+                    'echo "site said ${SITE_SAYS:-nothing}"\necho "pilot $gid started"')
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    private, public = generate_keypair(tmp_path / "keys")
     out = tmp_path / "out"
     out.mkdir()
-    bootstrap = tmp_path / "glidein_startup.sh"
-    bootstrap.write_text(STAND_IN.replace("@OUT@", str(out)))
-    agent = tmp_path / "agent"
-    agent.mkdir()
-    (agent / "__main__.py").write_text("print('agent')\n")
-    yield {"issuer": TokenIssuer.from_file(private), "public": public, "out": out,
-           "bootstrap": bootstrap, "agent": agent, "tmp": tmp_path}  # fmt: skip
+    files = FactoryFiles.create(tmp_path, STAND_IN, out)
+    yield {"issuer": files.issuer, "public": files.public, "out": out,
+           "bootstrap": files.bootstrap, "agent": files.agent, "tmp": tmp_path, "files": files}
     (out / "release").touch()
 
 
@@ -95,28 +55,15 @@ def slurm_entry(cluster: SlurmCluster, **values: Any) -> EntryConfig:
 def test_factory_submits_an_array_tracks_and_removes(slurm: SlurmCluster,
                                                      setup: dict[str, Any]) -> None:  # fmt: skip
     """4 pilots in one sbatch; 64 CPUs / 30 per pilot: 2 run, 2 wait; the waiting ones go."""
-    issuer: TokenIssuer = setup["issuer"]
-    entry = slurm_entry(slurm)
-    config = FactoryConfig(state_dir=setup["tmp"] / "state", issuer_public_key=setup["public"],
-                           cycle_seconds=0.2, entries=[entry])  # fmt: skip
-    app = create_app(config, FACTORY_URL, bootstrap=setup["bootstrap"], agent_dir=setup["agent"])
+    files: FactoryFiles = setup["files"]
+    config = files.config(slurm_entry(slurm), cycle_seconds=0.2)
+    app = files.app(config)
     factory = app.state.factory
-    fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
-    pilot_token = issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main")
-
-    def put(idle: int, max_running: int, remove: str) -> None:
-        body = {"pool_url": POOL_URL, "pilot_token": pilot_token,
-                "entries": {"slurm1": {"idle": idle, "max_running": max_running,
-                                       "remove": remove}}}  # fmt: skip
-        assert client.put("/api/v1/requests/main", json=body, headers=fe1).status_code == 200
-
-    def pilots() -> list[dict[str, Any]]:
-        return client.get("/api/v1/glideins", headers=fe1).json()
-
-    def states() -> list[str]:
-        return sorted(g["state"] for g in pilots())
+    pilot_token = files.pilot_token()
 
     with TestClient(app) as client:
+        fe1 = Frontend(client, "slurm1", files.headers("fe1", ["frontend"]), pilot_token)
+        put, pilots, states = fe1.put, fe1.glideins, fe1.states
         put(4, 4, "NO")
         wait_for(lambda: states() == ["queued", "queued", "running", "running"],
                  "two running and two queued pilots")  # fmt: skip
@@ -244,43 +191,30 @@ def test_real_pilots_through_slurm_run_jobs(slurm: SlurmCluster, tmp_path: Path)
         "memory": "auto", "walltime": 600, "idle_timeout": 3, "max_pilots": 2, "max_idle": 2,
         "max_per_cycle": 2, "batch": {"env": slurm.env},
     }  # fmt: skip
-    options = Options(state_dir=tmp_path / "state", entries=[entry], frontend_cycle=0.5,
-                      factory_cycle=0.5, pilot_idle_timeout=3, heartbeat=1.0, max_pilots=2,
-                      claim_lease=10.0)  # fmt: skip
-    inst = Installation(options)
-    inst.prepare()
     try:
-        inst.start()
-        admin = {"Authorization": f"Bearer {inst.token_file('admin').read_text().strip()}"}
-        factory_url = inst.services["factory"].url
-
-        def glideins() -> list[dict[str, Any]]:
-            r = httpx.get(f"{factory_url}/api/v1/glideins", headers=admin)
-            r.raise_for_status()
-            return r.json()
-
-        pool = PoolClient(ClientSettings(inst.services["pool"].url, inst.token_file("user")))
-        script = tmp_path / "job.sh"
-        script.write_text(JOB)
-        script.chmod(0o755)
-        text = "executable = job.sh\narguments = $(Process)\noutput = out_$(Process).txt\n"
-        text += "request_memory = 32\nqueue 3\n"
-        ids = pool.submit(parse_submit(text, "job.sub", tmp_path))["job_ids"]
-        wait_for(lambda: all(pool.job(j)["state"] == "completed" for j in ids),
-                 "all jobs completed on Slurm pilots", timeout=120)  # fmt: skip
-        for jid in ids:
-            files = {p.name: p.read_text() for p in pool.fetch_outputs(jid, tmp_path / jid)}
-            n = jid.split(".")[1]
-            assert files[f"out_{n}.txt"].startswith(f"job {n} in slurm job ")
-        pilots = glideins()
-        assert pilots and {g["entry"] for g in pilots} == {"slurm"}
-        # Slurm ran them: its own records of the arrays the factory submitted.
-        queue = slurm.run("squeue", "-h", "-r", "-t", "all", "-o", "%j %T",
-                          "--name=glidewms-slurm").stdout.split("\n")  # fmt: skip
-        assert len([line for line in queue if line.strip()]) == len(pilots)
-        done = wait_for(lambda: (g := glideins()) and all(p["state"] == "finished" for p in g)
-                        and g, "pilots to leave when idle", timeout=120)  # fmt: skip
-        assert {g["exit_reason"] for g in done} == {"idle_timeout"}
+        with systems(tmp_path, entries=[entry], max_pilots=2, claim_lease=10.0) as start:
+            s = start()
+            glideins, pool = s.glideins, s.pool
+            script = tmp_path / "job.sh"
+            script.write_text(JOB)
+            script.chmod(0o755)
+            text = "executable = job.sh\narguments = $(Process)\noutput = out_$(Process).txt\n"
+            text += "request_memory = 32\nqueue 3\n"
+            ids = pool.submit(parse_submit(text, "job.sub", tmp_path))["job_ids"]
+            wait_for(lambda: all(pool.job(j)["state"] == "completed" for j in ids),
+                     "all jobs completed on Slurm pilots", timeout=120)  # fmt: skip
+            for jid in ids:
+                files = {p.name: p.read_text() for p in pool.fetch_outputs(jid, tmp_path / jid)}
+                n = jid.split(".")[1]
+                assert files[f"out_{n}.txt"].startswith(f"job {n} in slurm job ")
+            pilots = glideins()
+            assert pilots and {g["entry"] for g in pilots} == {"slurm"}
+            # Slurm ran them: its own records of the arrays the factory submitted.
+            queue = slurm.run("squeue", "-h", "-r", "-t", "all", "-o", "%j %T",
+                              "--name=glidewms-slurm").stdout.split("\n")  # fmt: skip
+            assert len([line for line in queue if line.strip()]) == len(pilots)
+            done = wait_for(lambda: (g := glideins()) and all(p["state"] == "finished" for p in g)
+                            and g, "pilots to leave when idle", timeout=120)  # fmt: skip
+            assert {g["exit_reason"] for g in done} == {"idle_timeout"}
     finally:
-        inst.stop()
         slurm.run("scancel", "--name=glidewms-slurm")

@@ -18,54 +18,24 @@ import pwd
 import shutil
 import stat
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from glidewms.config.factory import EntryConfig, FactoryConfig
-from glidewms.factory.api import create_app
+from glidewms.config.factory import EntryConfig
 from glidewms.factory.backends import BackendContext, BackendError, PilotSubmission
 from glidewms.factory.backends.ssh import SshBackend
-from glidewms.security.tokens import TokenIssuer, generate_keypair
 from tests.components.slurm_cluster import SlurmCluster
 from tests.components.slurm_cluster import slurm as slurm  # the session fixture
 from tests.components.sshd_server import USER, Sshd
 from tests.components.sshd_server import sshd as sshd  # the session fixture
+from tests.integration.factory_harness import FactoryFiles, Frontend, stand_in, wait_for
 
-T = TypeVar("T")
-FACTORY_URL = "http://127.0.0.1:9999"
-POOL_URL = "http://127.0.0.1:9998"
-
-STAND_IN = r"""#!/bin/bash
-# Stand-in for glidein_startup.sh, run by Slurm on the "remote" cluster.
-out=@OUT@
-args=("$@")
-gid=unknown
-while [ $# -gt 0 ]; do
-  case "$1" in --glidein-id) gid="$2"; shift 2 ;; *) shift ;; esac
-done
-printf '%s\n' "${args[@]}" > "$out/$gid.args.tmp" && mv "$out/$gid.args.tmp" "$out/$gid.args"
-[ -r "${GLIDEIN_TOKEN_FILE:-/nonexistent}" ] || { echo "no token file" >&2; exit 2; }
-[ "$(stat -c %a "$GLIDEIN_TOKEN_FILE")" = 600 ] || { echo "token file not 0600" >&2; exit 3; }
-echo "pilot $gid started as $(id -un)"
-while [ ! -e "$out/release" ]; do sleep 0.1; done
-exit 0
-"""
-
-
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+STAND_IN = stand_in(', run by Slurm on the "remote" cluster.',
+                    'echo "pilot $gid started as $(id -un)"', check_leaks=False)
 
 
 @pytest.fixture
@@ -98,34 +68,18 @@ def test_factory_over_ssh_to_slurm(
     """4 pilots as one array through one reused SSH connection; IDLE removes the two that
     wait; the others end and their logs come back over SFTP."""
     caplog.set_level(logging.DEBUG)
-    private, public = generate_keypair(tmp_path / "keys")
-    issuer = TokenIssuer.from_file(private)
-    bootstrap = tmp_path / "glidein_startup.sh"
-    bootstrap.write_text(STAND_IN.replace("@OUT@", str(remote["out"])))
-    agent = tmp_path / "agent"
-    agent.mkdir()
-    (agent / "__main__.py").write_text("print('agent')\n")
+    files = FactoryFiles.create(tmp_path, STAND_IN, remote["out"])
     entry = EntryConfig(**ssh_entry(sshd, remote, batch={
         "queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}}))  # fmt: skip
-    config = FactoryConfig(state_dir=tmp_path / "state", issuer_public_key=public,
-                           cycle_seconds=0.3, entries=[entry])  # fmt: skip
-    app = create_app(config, FACTORY_URL, bootstrap=bootstrap, agent_dir=agent)
+    app = files.app(files.config(entry, cycle_seconds=0.3))
     factory = app.state.factory
-    fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
-    pilot_token = issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main")
+    pilot_token = files.pilot_token()
     logins_before = sshd.logins()
-
-    def put(idle: int, max_running: int, remove: str) -> None:
-        body = {"pool_url": POOL_URL, "pilot_token": pilot_token,
-                "entries": {"ssh1": {"idle": idle, "max_running": max_running,
-                                     "remove": remove}}}  # fmt: skip
-        assert client.put("/api/v1/requests/main", json=body, headers=fe1).status_code == 200
-
-    def states() -> list[str]:
-        return sorted(g["state"] for g in client.get("/api/v1/glideins", headers=fe1).json())
 
     try:
         with TestClient(app) as client:
+            fe1 = Frontend(client, "ssh1", files.headers("fe1", ["frontend"]), pilot_token)
+            put, states = fe1.put, fe1.states
             put(4, 4, "NO")
             wait_for(lambda: states() == ["queued", "queued", "running", "running"],
                      "two running and two queued pilots")  # fmt: skip

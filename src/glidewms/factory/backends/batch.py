@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import glidewms
-from glidewms.config.factory import EntryConfig
+from glidewms.config.factory import BatchConfig, EntryConfig
 from glidewms.factory.backends.base import (
     Backend,
     BackendContext,
@@ -348,6 +348,44 @@ class BatchBackend(Backend):
             return await asyncio.to_thread(self.context.bootstrap.read_text)
         except OSError as exc:
             raise BackendError(f"bootstrap script not readable: {exc}") from exc
+
+    # -- what subclasses share ---------------------------------------------------
+
+    @staticmethod
+    def directive_lines(prefix: str, lines: Sequence[str], batch: BatchConfig, *, queue: str,
+                        account: str, project: str | None = None) -> list[str]:  # fmt: skip
+        """`lines`, then the entry's queue, project and account as the system spells
+        them (each option a format with one `{}`, e.g. `--partition={}`; project only
+        where the system has one), then the entry's own `options`, each after the
+        directive `prefix` (`#SBATCH`, `#$`)."""
+        out = list(lines)
+        for option, value in ((queue, batch.queue), (project, batch.project),
+                              (account, batch.account)):  # fmt: skip
+            if option and value:
+                out.append(option.format(value))
+        out += batch.options
+        return [f"{prefix} {line}" for line in out]
+
+    async def run_checked(self, shell: Shell, entry: EntryConfig, argv: Sequence[str],
+                          stdin: str | None = None) -> CommandResult:  # fmt: skip
+        """Run a batch command (the entry's timeout); a non-zero exit raises BackendError
+        with what it said."""
+        result = await shell.run(argv, stdin=stdin, timeout=entry.batch.command_timeout)
+        if result.returncode != 0:
+            raise BackendError(result.describe(argv))
+        return result
+
+    async def remove_in_chunks(self, shell: Shell, entry: EntryConfig, command: Sequence[str],
+                               refs: Sequence[str], per_call: int) -> None:  # fmt: skip
+        """`command` with the refs, a chunk at a time. Jobs that already ended make batch
+        systems complain while the others go: a failure is logged (in the backend's
+        own module's log), not raised."""
+        logger = logging.getLogger(type(self).__module__)
+        for part in chunks(list(refs), per_call):
+            argv = [*command, *part]
+            result = await shell.run(argv, timeout=entry.batch.command_timeout)
+            if result.returncode != 0:
+                logger.info("%s", result.describe(argv))
 
     # -- what subclasses say ------------------------------------------------------
 

@@ -80,19 +80,11 @@ class LsfBackend(BatchBackend):
             lines.append(f"-n {entry.cpus}")
         if isinstance(entry.memory, int):
             lines.append(f'-R "rusage[mem={entry.memory}]"')
-        if batch.queue:
-            lines.append(f"-q {batch.queue}")
-        if batch.account:
-            lines.append(f"-P {batch.account}")
-        lines += batch.options
-        return [f"#BSUB {line}" for line in lines]
+        return self.directive_lines("#BSUB", lines, batch, queue="-q {}", account="-P {}")
 
     async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
                            count: int) -> list[str]:  # fmt: skip
-        argv = ["bsub"]
-        result = await shell.run(argv, stdin=script, timeout=entry.batch.command_timeout)
-        if result.returncode != 0:
-            raise BackendError(result.describe(argv))
+        result = await self.run_checked(shell, entry, ["bsub"], stdin=script)
         match = SUBMITTED.search(result.stdout)
         if match is None:
             raise BackendError(f"bsub printed no job id: {result.stdout.strip()!r}")
@@ -111,11 +103,7 @@ class LsfBackend(BatchBackend):
         return {ref: seen.get(ref, PilotState.finished) for ref in refs}
 
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
-        for part in chunks(list(refs), REFS_PER_CALL):
-            argv = ["bkill", *part]
-            result = await shell.run(argv, timeout=entry.batch.command_timeout)
-            if result.returncode != 0:
-                log.info("%s", result.describe(argv))  # ended ones make bkill complain
+        await self.remove_in_chunks(shell, entry, ["bkill"], refs, REFS_PER_CALL)
 
     def log_names(self, entry: EntryConfig, ref: str) -> tuple[str, str]:
         match = re.match(r"^(\d+)\[(\d+)\]$", ref)

@@ -91,21 +91,12 @@ class PbsBackend(BatchBackend):
                  "-r n", f"-l walltime={walltime(entry.walltime)}", f"-l {select}"]  # fmt: skip
         if len(array.glidein_ids) > 1:
             lines.append(f"-J 0-{len(array.glidein_ids) - 1}")
-        if batch.queue:
-            lines.append(f"-q {batch.queue}")
-        if batch.project:
-            lines.append(f"-P {batch.project}")
-        if batch.account:
-            lines.append(f"-A {batch.account}")
-        lines += batch.options
-        return [f"#PBS {line}" for line in lines]
+        return self.directive_lines("#PBS", lines, batch, queue="-q {}", project="-P {}",
+                                    account="-A {}")  # fmt: skip
 
     async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
                            count: int) -> list[str]:  # fmt: skip
-        argv = ["qsub"]
-        result = await shell.run(argv, stdin=script, timeout=entry.batch.command_timeout)
-        if result.returncode != 0:
-            raise BackendError(result.describe(argv))
+        result = await self.run_checked(shell, entry, ["qsub"], stdin=script)
         printed = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
         match = JOB_ID.match(printed)
         if match is None or bool(match.group(2)) != (count > 1):
@@ -128,11 +119,7 @@ class PbsBackend(BatchBackend):
         return {ref: seen.get(ref, PilotState.finished) for ref in refs}
 
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
-        for part in chunks(list(refs), REFS_PER_CALL):
-            argv = ["qdel", *part]
-            result = await shell.run(argv, timeout=entry.batch.command_timeout)
-            if result.returncode != 0:
-                log.info("%s", result.describe(argv))  # ended ones make qdel complain
+        await self.remove_in_chunks(shell, entry, ["qdel"], refs, REFS_PER_CALL)
 
     def log_names(self, entry: EntryConfig, ref: str) -> tuple[str, str]:
         match = re.match(r"^(\d+)(?:\[(\d+)\])?", ref)

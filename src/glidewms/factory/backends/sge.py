@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.backends.base import BackendError, PilotState
-from glidewms.factory.backends.batch import BatchBackend, PilotArray, Shell, chunks
+from glidewms.factory.backends.batch import BatchBackend, PilotArray, Shell
 
 log = logging.getLogger(__name__)
 
@@ -151,21 +151,12 @@ class SgeBackend(BatchBackend):
         ]
         if isinstance(entry.cpus, int) and entry.cpus > 1:
             lines.append(f"-pe {batch.parallel_environment} {entry.cpus}")
-        if batch.queue:
-            lines.append(f"-q {batch.queue}")
-        if batch.project:
-            lines.append(f"-P {batch.project}")
-        if batch.account:
-            lines.append(f"-A {batch.account}")
-        lines += batch.options
-        return [f"#$ {line}" for line in lines]
+        return self.directive_lines("#$", lines, batch, queue="-q {}", project="-P {}",
+                                    account="-A {}")  # fmt: skip
 
     async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
                            count: int) -> list[str]:  # fmt: skip
-        argv = ["qsub", "-terse"]
-        result = await shell.run(argv, stdin=script, timeout=entry.batch.command_timeout)
-        if result.returncode != 0:
-            raise BackendError(result.describe(argv))
+        result = await self.run_checked(shell, entry, ["qsub", "-terse"], stdin=script)
         match = TERSE_ID.match(result.stdout.strip().splitlines()[-1] if result.stdout else "")
         if match is None:
             raise BackendError(f"qsub printed no job id: {result.stdout.strip()!r}")
@@ -174,10 +165,7 @@ class SgeBackend(BatchBackend):
     async def query(self, shell: Shell, entry: EntryConfig,
                     refs: Sequence[str]) -> dict[str, PilotState]:  # fmt: skip
         timeout = entry.batch.command_timeout
-        argv = ["qstat", "-xml", "-g", "d"]
-        result = await shell.run(argv, timeout=timeout)
-        if result.returncode != 0:
-            raise BackendError(result.describe(argv))
+        result = await self.run_checked(shell, entry, ["qstat", "-xml", "-g", "d"])
         listed = parse_qstat_xml(result.stdout)
         seen = {ref: listed[ref] for ref in refs if ref in listed}
         missing = [ref for ref in refs if ref not in seen]
@@ -191,9 +179,4 @@ class SgeBackend(BatchBackend):
         return seen
 
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
-        for part in chunks(list(refs), REFS_PER_CALL):
-            argv = ["qdel", *part]
-            result = await shell.run(argv, timeout=entry.batch.command_timeout)
-            if result.returncode != 0:
-                # Tasks that already ended make qdel complain; the others were deleted.
-                log.info("%s", result.describe(argv))
+        await self.remove_in_chunks(shell, entry, ["qdel"], refs, REFS_PER_CALL)

@@ -135,19 +135,12 @@ class SlurmBackend(BatchBackend):
             lines.append("--exclusive")  # a whole node: the pilot finds out its size
         if entry.memory != "auto":
             lines.append(f"--mem={entry.memory}M")
-        if batch.queue:
-            lines.append(f"--partition={batch.queue}")
-        if batch.account:
-            lines.append(f"--account={batch.account}")
-        lines += batch.options
-        return [f"#SBATCH {line}" for line in lines]
+        return self.directive_lines("#SBATCH", lines, batch, queue="--partition={}",
+                                    account="--account={}")  # fmt: skip
 
     async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
                            count: int) -> list[str]:  # fmt: skip
-        argv = ["sbatch", "--parsable"]
-        result = await shell.run(argv, stdin=script, timeout=entry.batch.command_timeout)
-        if result.returncode != 0:
-            raise BackendError(result.describe(argv))
+        result = await self.run_checked(shell, entry, ["sbatch", "--parsable"], stdin=script)
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise BackendError(f"sbatch printed no job id: {result.stdout.strip()!r}")
@@ -192,23 +185,13 @@ class SlurmBackend(BatchBackend):
 
     async def release_jobs(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
         for part in chunks(list(refs), REFS_PER_CALL):
-            argv = ["scontrol", "release", *part]
-            result = await shell.run(argv, timeout=entry.batch.command_timeout)
-            if result.returncode != 0:
-                raise BackendError(result.describe(argv))
+            await self.run_checked(shell, entry, ["scontrol", "release", *part])
 
     async def find_arrays(self, shell: Shell, entry: EntryConfig) -> dict[str, list[str]]:
         argv = ["squeue", "-h", "-r", "-t", "all", "-n", f"glidewms-{entry.name}",
                 "-o", "%i|%k"]  # fmt: skip
-        result = await shell.run(argv, timeout=entry.batch.command_timeout)
-        if result.returncode != 0:
-            raise BackendError(result.describe(argv))
+        result = await self.run_checked(shell, entry, argv)
         return parse_marked_arrays(result.stdout)
 
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
-        for part in chunks(list(refs), REFS_PER_CALL):
-            argv = ["scancel", *part]
-            result = await shell.run(argv, timeout=entry.batch.command_timeout)
-            if result.returncode != 0:
-                # Jobs that already ended make scancel complain; the others were cancelled.
-                log.info("%s", result.describe(argv))
+        await self.remove_in_chunks(shell, entry, ["scancel"], refs, REFS_PER_CALL)
