@@ -84,6 +84,30 @@ def _other_key():
     return generate_keypair(Path(tempfile.mkdtemp()))[0]
 
 
+def test_claim_many_fills_the_free_cores_in_one_call(pool, alice, pilot_auth):
+    """max_jobs > 1 answers {"claims": [...]}: each claim fits what the ones before
+    it left free (here 3 cores of 1-core jobs, so 3 of the 5 idle jobs)."""
+    ids = submit(pool, alice, 5)
+    pid = register(pool, pilot_auth, {**SLOT, "Cpus": 4})
+    r = pool.post(f"/api/v1/pilots/{pid}/claim",
+                  json={"free": {"cpus": 3, "memory": 1000, "disk": 100000}, "wait": 0,
+                        "max_jobs": 8}, headers=pilot_auth)
+    assert r.status_code == 200, r.text
+    claims = r.json()["claims"]
+    assert sorted(c["job_id"] for c in claims) == ids[:3]
+    assert len({c["claim_id"] for c in claims}) == 3
+    # the original form is unchanged: one claim object, not a list
+    one = claim(pool, pilot_auth, pid, free={"cpus": 1, "memory": 1000, "disk": 100000})
+    assert one.status_code == 200 and one.json()["job_id"] == ids[3]
+    # nothing that fits: 204, as for a single claim
+    none = pool.post(f"/api/v1/pilots/{pid}/claim",
+                     json={"free": {"cpus": 4, "memory": 50, "disk": 100000}, "wait": 0,
+                           "max_jobs": 4}, headers=pilot_auth)
+    assert none.status_code == 204
+    assert pool.post(f"/api/v1/pilots/{pid}/claim", json={"max_jobs": 0},
+                     headers=pilot_auth).status_code == 422
+
+
 def test_owner_comes_from_token_not_body(pool, alice):
     ad = JOB_AD[:-1] + '; Owner = "mallory" ]'
     [jid] = submit(pool, alice, ad=ad)

@@ -86,6 +86,7 @@ class FakePool:
         self.kill_when_started: set[str] = set()
         self.drain = False
         self.gone = False
+        self.batch = False  # answer max_jobs with {"claims": [...]} (else: one claim, as before)
         self.complete_status = 200
         self.register_status = 201
         self.unauthorized = 0
@@ -170,6 +171,12 @@ class FakePool:
                                       "heartbeat_seconds": 1})
         if path == "/api/v1/pilots/p1/claim":
             self.claim_requests.append(body)
+            if self.batch and body.get("max_jobs", 1) > 1:  # {"claims": [...]} form
+                with self.lock:
+                    batch, self.claims = (self.claims[:body["max_jobs"]],
+                                          self.claims[body["max_jobs"]:])
+                if batch:
+                    return self.send(h, 200, {"claims": batch})
             with self.lock:
                 claim = self.claims.pop(0) if self.claims else None
             if claim is not None:
@@ -660,6 +667,23 @@ def test_pilot_runs_a_job_and_retires_after_idle_timeout(
     assert pool.unauthorized == 0
     assert TOKEN not in proc.stderr and "exiting: idle_timeout" in proc.stderr
     assert list((work / "execute").iterdir()) == []
+
+
+def test_free_cores_are_claimed_in_one_call_and_each_claim_runs(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
+    """With 2 free cores the agent asks for max_jobs 2 and runs every claim of the answer."""
+    pool.batch = True
+    pool.claims += [claim_for(pool, c, {"job.sh": JOB_SH, "input.txt": b"input\n"})
+                    for c in ("c1", "c2")]
+    thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file),
+                                  tmp_path / "work")
+    thread.join(WAIT)
+    assert not thread.is_alive() and box["rc"] == 0
+    assert pool.claim_requests[0]["max_jobs"] == 2
+    assert sorted(pool.completed) == ["c1", "c2"]
+    assert all(done["exit_code"] == 0 for done in pool.completed.values())
+    assert pool.reports[0]["jobs_run"] == 2
 
 
 def test_sigterm_kills_the_running_job_deregisters_and_reports(

@@ -44,6 +44,8 @@ from glidewms.security.tokens import Identity, TokenIssuer, TokenVerifier
 
 log = logging.getLogger(__name__)
 
+MAX_CLAIMS_PER_CALL = 64  # claims one call may ask for (ClaimBody.max_jobs)
+
 
 class WorkSignal:
     """Wakes every waiting claim when work may have appeared.
@@ -103,6 +105,9 @@ class RegisterBody(BaseModel):
 class ClaimBody(BaseModel):
     free: dict[str, float] = {}
     wait: float = Field(0.0, ge=0)
+    max_jobs: int = Field(1, ge=1, le=MAX_CLAIMS_PER_CALL,
+                          description="more than 1: answer {\"claims\": [...]} with up to "
+                                      "this many claims (a pilot with several free slots)")
 
 
 class HeartbeatBody(BaseModel):
@@ -383,9 +388,16 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
                 # A pilot killed mid-long-poll must not be handed the next job:
                 # nobody would run it until its lease ran out.
                 return Response(status_code=204)
-            found = await guarded(store.claim, pilot_id, body.free, config.claim_lease_seconds)
-            if found is not None:
-                return found
+            if body.max_jobs == 1:  # the original form: one claim, as the object itself
+                found = await guarded(store.claim, pilot_id, body.free,
+                                      config.claim_lease_seconds)
+                if found is not None:
+                    return found
+            else:
+                many = await guarded(store.claim_many, pilot_id, body.free,
+                                     config.claim_lease_seconds, body.max_jobs)
+                if many:
+                    return {"claims": many}
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return Response(status_code=204)

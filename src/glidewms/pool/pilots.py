@@ -172,6 +172,30 @@ class PilotsMixin:
         return {"claim_id": claim_id, "job_id": job_id(cluster_id, proc_id),
                 "lease_seconds": lease, "job": execution_spec(row)}
 
+    def claim_many(self, pilot_id: str, free: dict[str, float], lease: float,
+                   max_jobs: int) -> list[dict[str, Any]]:
+        """Up to ``max_jobs`` claims for this pilot, as that many single claims in a row.
+
+        Each claim sees the free resources the pilot reported minus what the
+        claims before it requested, so the jobs chosen (and any reservation
+        for a large job) are those ``max_jobs`` calls to `claim` would give;
+        it only saves the pilot the round trips. Stops at the first None.
+        """
+        left = dict(free)
+        claims: list[dict[str, Any]] = []
+        while len(claims) < max_jobs:
+            if claims and (left.get("cpus", 1) < 1 or left.get("memory", 1) < 1):
+                break
+            found = self.claim(pilot_id, left, lease)
+            if found is None:
+                break
+            claims.append(found)
+            request = (found.get("job") or {}).get("request") or {}
+            for key, _ in RESOURCES:
+                if key in left:
+                    left[key] = max(0, left[key] - int(request.get(key) or 0))
+        return claims
+
     @staticmethod
     def _runs_jobs(conn: Connection, pilot_id: str) -> bool:
         return conn.execute(sa.select(jobs.c.claim_id).where(

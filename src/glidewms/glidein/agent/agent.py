@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 CLAIM_MARGIN = 30.0  # client timeout beyond the wait we asked for
 SIGNAL_POLL = 0.1  # how soon the main thread acts on a recorded signal
 RESOURCE_KEYS = ("cpus", "memory", "disk", "gpus")
+MAX_CLAIMS_PER_CALL = 16  # claims asked for in one call when several cores are free
 
 
 class Agent:
@@ -256,6 +257,9 @@ class Agent:
                     continue
                 body = {"free": self.free.as_free(), "wait": round(step.seconds, 3),
                         "max_runtime": max(0, int(self.die_at - time.monotonic()))}
+                slots = min(MAX_CLAIMS_PER_CALL, self.free.cpus)
+                if slots > 1:  # several free cores: up to that many claims in one call
+                    body["max_jobs"] = slots
             try:
                 status, claim = self.pool.call(
                     "POST", f"pilots/{segment(self.pilot_id)}/claim", body,
@@ -274,7 +278,12 @@ class Agent:
                 failures = self._pause_after_failure(failures, exc)
                 continue
             if status == 200 and isinstance(claim, dict):
-                self._start_claim(claim)
+                # {"claims": [...]} answers max_jobs; a pool that ignores the field
+                # (or a single-claim call) answers with the claim object itself
+                many = claim.get("claims")
+                for one in many if isinstance(many, list) else [claim]:
+                    if isinstance(one, dict):
+                        self._start_claim(one)
 
     def _pause_after_failure(self, failures: int, exc: Exception) -> int:
         delay = min(60.0, self.pool.backoff * 2**failures)
