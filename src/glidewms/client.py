@@ -28,6 +28,14 @@ class ClientError(Exception):
     """A call failed; the message is what the server or the network said."""
 
 
+def error_detail(response: httpx.Response) -> str:
+    """What a glidewms service said went wrong: its JSON `detail`, else the body."""
+    try:
+        return str(response.json().get("detail", response.text))
+    except (ValueError, AttributeError):
+        return response.text
+
+
 @dataclass
 class ClientSettings:
     pool_url: str
@@ -83,11 +91,7 @@ class PoolClient:
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the pool at {self.url}: {exc}") from None
         if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail", r.text)
-            except ValueError:
-                detail = r.text
-            raise ClientError(f"{method} {path}: {r.status_code}: {detail}")
+            raise ClientError(f"{method} {path}: {r.status_code}: {error_detail(r)}")
         return r.json() if r.content and r.headers.get("content-type", "").startswith(
             "application/json") else r
 

@@ -159,6 +159,8 @@ def downloader(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
     if request.param == "curl":
         real = shutil.which("curl")
         if real is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("curl is required when CI=true (.ci/run installs it)")
             pytest.skip("curl is not installed")
         wrapper(bindir / "curl", real, log)
         path = f"{bindir}:{os.environ['PATH']}"

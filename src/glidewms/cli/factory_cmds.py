@@ -21,6 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from glidewms.client import error_detail
+
 err = Console(stderr=True)
 out = Console()
 
@@ -62,11 +64,7 @@ class FactoryClient:
         except httpx.HTTPError as exc:
             raise _fail(f"cannot reach the factory: {exc}") from None
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise _fail(f"factory said {response.status_code}: {detail}")
+            raise _fail(f"factory said {response.status_code}: {error_detail(response)}")
         return response.json()
 
 
