@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -504,6 +505,35 @@ def test_an_unrunnable_command_exits_127_with_the_reason_in_stderr(tmp_path: Pat
     spec.cmd = "/nonexistent/program"
     assert run(spec, sandbox) == 127
     assert "cannot execute /nonexistent/program" in (sandbox / "_condor_stderr").read_text()
+
+
+def test_an_executable_busy_for_writing_is_waited_for_not_failed(tmp_path: Path) -> None:
+    # Another thread's fork can hold a write descriptor of the executable for an
+    # instant (ETXTBSY); here the test holds one until the agent has hit it once.
+    spec, sandbox = make_job(tmp_path, "echo ran\n")
+    busy = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "text file busy" in record.getMessage():
+                busy.set()
+
+    handler = Seen()
+    jobs_log = logging.getLogger("glidewms.glidein.agent.jobs")
+    jobs_log.addHandler(handler)
+    jobs_log.setLevel(logging.INFO)
+    writer = open(sandbox / "job.sh", "ab")  # noqa: SIM115 (closed below, mid-run)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(run(spec, sandbox)))
+    try:
+        thread.start()
+        assert busy.wait(WAIT), "the agent never met the busy executable"
+    finally:
+        writer.close()
+        jobs_log.removeHandler(handler)
+    thread.join(WAIT)
+    assert result == [0]
+    assert (sandbox / "_condor_stdout").read_text() == "ran\n"
 
 
 def test_job_environment_is_clean_and_pilot_variables_win(

@@ -7,6 +7,7 @@ rules (names, environment, exit codes, outputs) are testable with plain files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -14,10 +15,17 @@ import signal
 import stat
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, List, Tuple
 
 log = logging.getLogger(__name__)
+
+# A job's executable may still be open for writing in a process forked by
+# another thread (its download was in flight at that fork): exec then fails
+# with ETXTBSY until that child execs and drops the inherited descriptor.
+BUSY_RETRIES = 50
+BUSY_BACKOFF = 0.02
 
 DEFAULT_OUT = "_condor_stdout"
 DEFAULT_ERR = "_condor_stderr"
@@ -258,11 +266,12 @@ class JobProcess:
                         opened[name] = files.enter_context(open(path, "wb"))
                 out, err = opened[self.spec.out], opened[self.spec.err]
                 try:
+                    proc = _popen_unless_busy(
+                        argv, cwd=self.sandbox, env=env, stdin=subprocess.DEVNULL,
+                        stdout=out, stderr=err, start_new_session=True, close_fds=True,
+                    )
                     with self._lock:
-                        self._proc = subprocess.Popen(
-                            argv, cwd=self.sandbox, env=env, stdin=subprocess.DEVNULL,
-                            stdout=out, stderr=err, start_new_session=True, close_fds=True,
-                        )
+                        self._proc = proc
                         pending, self._pending_kill = self._pending_kill, None
                 except OSError as exc:
                     err.write(f"glidein: cannot execute {argv[0]}: {exc.strerror}\n".encode())
@@ -301,3 +310,21 @@ class JobProcess:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signum)
+
+
+def _popen_unless_busy(argv: List[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``Popen``, retried while the executable is busy (ETXTBSY).
+
+    Sibling job threads download and fork concurrently, so a fork can carry a
+    write descriptor of this job's executable for the instant before its exec;
+    the busy state is transient and the job must not fail with 126 for it.
+    """
+    for attempt in range(BUSY_RETRIES):
+        try:
+            return subprocess.Popen(argv, **kwargs)
+        except OSError as exc:
+            if exc.errno != errno.ETXTBSY or attempt == BUSY_RETRIES - 1:
+                raise
+            log.info("%s: text file busy, retrying", argv[0])
+            time.sleep(BUSY_BACKOFF * min(attempt + 1, 5))
+    raise AssertionError("unreachable")
