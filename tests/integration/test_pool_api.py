@@ -260,6 +260,20 @@ def test_pilot_token_minted_for_frontend(pool, issuer):
     assert [(p["pilot_id"], p["frontend"], p["group"]) for p in pilots] == [(pid, "fe1", "main")]
 
 
+def test_an_entry_scoped_pilot_token_registers_only_that_entry(pool, issuer):
+    fe = bearer(issuer.issue("fe1", ["frontend"]))
+    r = pool.post("/api/v1/tokens/pilot", json={"group": "main", "entry": "SITE_A_ce1"},
+                  headers=fe)
+    token = bearer(r.json()["token"])
+    elsewhere = pool.post("/api/v1/pilots", headers=token, json={
+        "slot": {**SLOT, "GLIDEIN_Entry_Name": "SITE_B_ce1"}, "glidein_id": "g1"})
+    assert elsewhere.status_code == 403 and "SITE_A_ce1" in elsewhere.json()["detail"]
+    pid = register(pool, token)  # a slot that names no entry gets the token's
+    pilots = pool.get("/api/v1/pilots", headers=fe).json()
+    assert [(p["pilot_id"], p["slot"]["GLIDEIN_Entry_Name"]) for p in pilots] == [
+        (pid, "SITE_A_ce1")]
+
+
 def test_fair_share_alternates_owners(pool, alice, bob, pilot_auth):
     submit(pool, alice, 3)
     submit(pool, bob, 3)

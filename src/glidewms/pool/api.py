@@ -133,6 +133,9 @@ class DeregisterBody(BaseModel):
 class PilotTokenBody(BaseModel):
     group: str = Field("main", pattern=r"^[A-Za-z0-9_.-]+$")
     lifetime: float = Field(24 * 3600.0, gt=0)
+    # An entry-scoped token only registers pilots of that entry: a token copied
+    # off one site's worker node cannot feed slots claiming to be elsewhere.
+    entry: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@-]+$")
 
 
 def job_view(row: Any, ad_text: str, long: bool = False) -> dict[str, Any]:
@@ -365,13 +368,21 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         if issuer is None:
             raise HTTPException(503, "this pool has no issuer_private_key: it cannot mint tokens")
         lifetime = min(body.lifetime, config.max_pilot_token_lifetime)
-        token = issuer.issue("pilot", ["pilot"], lifetime, fe=who.subject, group=body.group)
+        scope = {"entry": body.entry} if body.entry else {}
+        token = issuer.issue("pilot", ["pilot"], lifetime, fe=who.subject, group=body.group,
+                             **scope)
         return {"token": token, "expires": time.time() + lifetime}
 
     # ----------------------------------------------------------- pilots
 
     @app.post("/api/v1/pilots", status_code=201)
     async def register(body: RegisterBody, who: Identity = Depends(pilot)) -> dict[str, Any]:
+        entry = who.claims.get("entry")
+        if entry is not None:
+            claimed = body.slot.setdefault("GLIDEIN_Entry_Name", entry)
+            if claimed != entry:
+                raise HTTPException(403, f"this pilot token is for entry {entry!r}, "
+                                         f"not {claimed!r}")
         pilot_id = await call(store.register_pilot, body.slot, body.glidein_id,
                               who.claims.get("fe"), who.claims.get("group"),
                               config.pilot_lease_seconds)
