@@ -114,7 +114,8 @@ def refused_url() -> str:
 
 
 class EntryRequest(BaseModel):
-    """The factory's request entry (contract 1), plus the group's pilot settings."""
+    """The factory's request entry (contract 1), plus the group's pilot settings and
+    the entry's own pilot token."""
 
     model_config = ConfigDict(extra="forbid")
     idle: int = Field(ge=0)
@@ -123,6 +124,14 @@ class EntryRequest(BaseModel):
     remove_margin: int = Field(0, ge=0)
     start_expr: str | None = None
     container_image: str | None = None
+    pilot_token: str | None = None
+
+
+class VOStage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern="^https?://")
+    manifest_sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    manifest_key: str = Field(min_length=1)
 
 
 class RequestBody(BaseModel):
@@ -130,6 +139,7 @@ class RequestBody(BaseModel):
     pool_url: str
     pilot_token: str = Field(min_length=1)
     entries: dict[str, EntryRequest]
+    vo_stage: VOStage | None = None
 
 
 @dataclass
@@ -142,6 +152,7 @@ class StandInFactory:
     counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # group->entry
     received: list[dict[str, Any]] = field(default_factory=list)
     refuse_extras: bool = False
+    refuse_entry_tokens: bool = False  # a factory of before entry-scoped tokens and VO stages
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -162,6 +173,9 @@ class StandInFactory:
             extras = any(e.start_expr or e.container_image for e in body.entries.values())
             if self.refuse_extras and extras:
                 raise HTTPException(422, "entries.*: extra inputs are not permitted")
+            scoped = body.vo_stage or any(e.pilot_token for e in body.entries.values())
+            if (self.refuse_extras or self.refuse_entry_tokens) and scoped:
+                raise HTTPException(422, "entries.*.pilot_token: extra inputs are not permitted")
             self.received.append({"group": group, "frontend": who.subject,
                                   **body.model_dump(exclude_none=True)})
             return {"status": "stored"}
@@ -332,7 +346,8 @@ def test_unreachable_and_hanging_services_and_failing_groups_are_isolated(tmp_pa
     assert [(r["group"], r["demand"]["idle_jobs"]) for r in b1] == [("g1", 6), ("g2", 4)]
     [g2] = client.get("/api/v1/explain", params={"entry": "b1", "group": "g2"},
                       headers=auth).json()
-    assert g2["request"] == fb.requests_for("g2")[-1]["entries"]["b1"]
+    sent = dict(fb.requests_for("g2")[-1]["entries"]["b1"])
+    assert sent.pop("pilot_token") and g2["request"] == sent
 
     # and through the command line, over HTTP
     token_file = tmp_path / "ops.token"

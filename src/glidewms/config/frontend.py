@@ -116,6 +116,17 @@ class GroupConfig(BaseModel):
         4 * 3600.0, gt=60, description="seconds; the pool may shorten it")
     pilot_token_renew_fraction: float = Field(
         0.5, gt=0, lt=1, description="renew when less than this fraction of the life is left")
+    vo_scripts: Path | None = Field(
+        None, description="directory of the group's VO validation scripts with a scripts.list "
+        "(every line a `group` one): built into a signed stage the frontend serves to the "
+        "group's pilots")
+
+    @field_validator("vo_scripts")
+    @classmethod
+    def _vo_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / "scripts.list").is_file():
+            raise ValueError(f"expected a directory holding a scripts.list, got {value}")
+        return value
 
     @field_validator("match_expr", "start_expr", "job_constraint", "entry_constraint")
     @classmethod
@@ -133,6 +144,10 @@ class FrontendConfig(BaseModel):
     listen_host: str = Field("127.0.0.1", description="address of the status API")
     listen_port: int = Field(9621, ge=0, le=65535, description="0 picks a free port")
     url_file: Path | None = Field(None, description="where to write the URL once listening")
+    public_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+",
+        description="the URL pilots reach this frontend at (its VO stages); default the "
+        "listening address")
     state_dir: Path = Field(Path("glidewms-state/frontend"), description="this frontend's files")
     issuer_public_key: Path | None = Field(
         None, description="verifies tokens (default state_dir/../keys/issuer.pub)"

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import FileResponse
 
 from glidewms.config.frontend import FrontendConfig
+from glidewms.frontend import vostage
 from glidewms.frontend.service import Frontend
 from glidewms.security.http import require
 from glidewms.security.tokens import Identity, TokenVerifier
@@ -24,6 +26,8 @@ def create_app(config: FrontendConfig, own_token: str, public_url: str = "",
     """The status API around a frontend (a new one unless given), whose loop runs
     for the app's lifetime (unless `loop` is false: someone else drives cycles)."""
     frontend = frontend or Frontend(config, own_token, tokens)
+    if not frontend.public_url:
+        frontend.public_url = public_url
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +61,10 @@ def create_app(config: FrontendConfig, own_token: str, public_url: str = "",
                                "request_form": frontend.forms.get(f.name, "full")}
                               for f in config.all_factories()],
                 "last_cycle": asdict(last) if last else None,
+                "pilot_tokens": frontend.pilot_tokens.summary(),
+                "vo_stages": {g: {"manifest_sha256": s.manifest_sha256,
+                                  "files": len(s.files)}
+                              for g, s in frontend.vo_stages.items()},
                 "entries": frontend.explain()}
 
     @app.get("/api/v1/explain")
@@ -72,5 +80,16 @@ def create_app(config: FrontendConfig, own_token: str, public_url: str = "",
             raise HTTPException(404, f"no explanation for entry {entry or '*'!r} of group "
                                      f"{group or '*'!r} yet (known: {known})")
         return found
+
+    @app.get(vostage.PREFIX + "/{group}/{path:path}", include_in_schema=False)
+    async def vo_stage(group: str, path: str) -> FileResponse:
+        """A group's VO stage, read-only and without a token: pilots check the
+        manifest against the sha256 and key they were started with, and every
+        file against the manifest, so the bytes need no other protection."""
+        stage = frontend.vo_stages.get(group)
+        found = None if stage is None else vostage.served_file(stage, path)
+        if found is None or not found.is_file():
+            raise HTTPException(404, f"no {path!r} in the VO stage of group {group!r}")
+        return FileResponse(found, media_type="application/octet-stream")
 
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from glidewms.config import ConfigError, load_config
@@ -35,14 +36,29 @@ def load_all(path: Path | None) -> tuple[FrontendConfig, str, dict[str, str]]:
 
 
 def load(path: Path | None) -> tuple[FrontendConfig, str]:
+    """Validate everything, the groups' VO script lists included (built in a scratch
+    directory, so checking touches nothing of the running frontend's)."""
+    from glidewms.frontend.vostage import VOStageError, build_all
+
     config, token, _ = load_all(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            build_all(config.model_copy(update={"state_dir": Path(scratch)}))
+        except VOStageError as exc:
+            raise ConfigError(f"{path or 'frontend defaults'}: {exc}") from None
     return config, token
 
 
 def run(path: Path | None) -> None:
     from glidewms.frontend.api import create_app
+    from glidewms.frontend.service import Frontend
+    from glidewms.frontend.vostage import VOStageError
     from glidewms.service import serve
 
     config, token, tokens = load_all(path)
-    serve(lambda url: create_app(config, token, url, tokens), config.listen_host,
+    try:
+        frontend = Frontend(config, token, tokens)
+    except VOStageError as exc:
+        raise ConfigError(f"{path or 'frontend defaults'}: {exc}") from None
+    serve(lambda url: create_app(config, token, url, tokens, frontend), config.listen_host,
           config.listen_port, config.url_file)

@@ -25,18 +25,13 @@ from typing import Any
 import httpx
 
 from glidewms.config.frontend import FrontendConfig, GroupConfig, Source
-from glidewms.frontend import policy
+from glidewms.factory.stage import Stage
+from glidewms.frontend import policy, vostage
+from glidewms.frontend.credentials import GroupTokens, PilotTokens
 from glidewms.frontend.observe import FactoryView, GroupView, observe_group, pilot_start_expr
 from glidewms.frontend.state import StateFile
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PilotToken:
-    token: str
-    issued: float
-    expires: float
 
 
 @dataclass
@@ -78,13 +73,32 @@ def plain_request(request: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if k in REQUEST_KEYS}
 
 
+FORM_RETRY_SECONDS = 600.0  # a factory on a simpler form is offered the full one again
 MEMO_LIMIT = 1_000_000  # ClassAd answers kept per group between cycles (~130 bytes each)
 REQUEST_KEYS = ("idle", "max_running", "remove", "remove_margin")
 # Request forms, most to least complete: a factory that refuses one (422) gets the
-# next from then on. "plain" keeps the removal modes, which matter more than the
-# pilots' Start and image; "legacy" is the skeleton factory's boolean `remove`.
+# next from then on. "full" carries a pilot token per entry and the VO stage;
+# "group-token" only the group-wide token (a factory of before entry-scoped
+# tokens); "plain" keeps the removal modes, which matter more than the pilots'
+# Start and image; "legacy" is the skeleton factory's boolean `remove`.
 FORMS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "full": dict, "plain": plain_request, "legacy": legacy_request}
+    "full": dict, "group-token": dict, "plain": plain_request, "legacy": legacy_request}
+
+
+def request_body(form: str, pool_url: str, tokens: GroupTokens,
+                 entries: dict[str, dict[str, Any]],
+                 vo_stage: dict[str, Any] | None) -> dict[str, Any]:
+    """The PUT body of one group for one factory in the given form (FORMS)."""
+    convert = FORMS[form]
+    body: dict[str, Any] = {"pool_url": pool_url, "pilot_token": tokens.group,
+                            "entries": {n: convert(r) for n, r in entries.items()}}
+    if form == "full":
+        for name, entry in body["entries"].items():
+            if name in tokens.entries:
+                entry["pilot_token"] = tokens.entries[name]
+        if vo_stage is not None:
+            body["vo_stage"] = vo_stage
+    return body
 
 
 class Frontend:
@@ -101,7 +115,10 @@ class Frontend:
         # (group, factory/entry) -> the last cycles' explanations: groups share entries
         self.explanations: dict[tuple[str, str], deque[dict[str, Any]]] = {}
         self.forms: dict[str, str] = {}  # factory -> request form it takes (FORMS), if not full
-        self._pilot_tokens: dict[str, PilotToken] = {}
+        self._form_since: dict[str, float] = {}  # factory -> when it last refused a form
+        self.pilot_tokens = PilotTokens(clock)
+        self.public_url = config.public_url or ""  # the API sets the listening URL if unset
+        self.vo_stages: dict[str, Stage] = vostage.build_all(config)
         self._memo: dict[str, dict[tuple[Any, ...], int]] = {}  # group -> ClassAd answers
         self.last: CycleReport | None = None
         self.cycles = self.state.cycles  # counted across restarts, like the removal stages
@@ -275,22 +292,39 @@ class Frontend:
             prefix = f"{f.name}/"
             entries.update({k[len(prefix):]: r for k, r in kept.items() if k.startswith(prefix)})
             sends.append((f, entries))
-        token, why = await self._group_token(http, group, pool_source)
-        results = await asyncio.gather(*(self._put(http, group, pool_source, f, entries, token)
-                                          for f, entries in sends), return_exceptions=True)
+        names = {n for _, entries in sends for n in entries}
+        tokens, why = await self._group_tokens(http, group, pool_source, names)
+        vo_stage, vo_why = self._vo_advert(group)
+        if vo_why:
+            out["vo_stage"] = vo_why
+        results = await asyncio.gather(*(
+            self._put(http, group, pool_source, f, entries, tokens, vo_stage)
+            for f, entries in sends), return_exceptions=True)
         for (f, _), result in zip(sends, results, strict=True):
             out["factories"][f.name] = why or ("ok" if result is None else (
                 result if isinstance(result, str) else repr(result)))
         out["entries"] = {k: d.as_request() for k, (_, d) in decisions.items()}
         return out
 
-    async def _group_token(self, http: httpx.AsyncClient, group: GroupConfig,
-                           pool: Source) -> tuple[str | None, str]:
-        """One pilot token for all of the group's requests this cycle, or why none."""
+    async def _group_tokens(self, http: httpx.AsyncClient, group: GroupConfig,
+                            pool: Source, entries: set[str]) -> tuple[GroupTokens | None, str]:
+        """The group's pilot tokens for this cycle (one per entry), or why none."""
         try:
-            return await self._pilot_token(http, group, pool), ""
+            tokens = await self.pilot_tokens.for_group(http, pool, self._auth(pool), group,
+                                                       entries)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             return None, f"not sent: no pilot token from pool {pool.name}: {exc!r}"
+        self.pilot_tokens.forget(pool.name, group.name, entries)
+        return tokens, ""
+
+    def _vo_advert(self, group: GroupConfig) -> tuple[dict[str, Any] | None, str]:
+        """The request's `vo_stage` for the group, or None (and why, if it should have one)."""
+        stage = self.vo_stages.get(group.name)
+        if stage is None:
+            return None, ""
+        if not self.public_url:
+            return None, "not advertised: the frontend's URL is unknown (set public_url)"
+        return vostage.advert(stage, self.public_url, group.name), ""
 
     def _keep_failed(self, group: GroupConfig, view: GroupView,
                      memory: dict[str, policy.Memory], now: float) -> dict[str, dict[str, Any]]:
@@ -361,22 +395,24 @@ class Frontend:
 
     async def _put(self, http: httpx.AsyncClient, group: GroupConfig, pool: Source,
                    factory: Source, entries: dict[str, dict[str, Any]],
-                   token: str | None) -> str | None:
+                   tokens: GroupTokens | None, vo_stage: dict[str, Any] | None) -> str | None:
         """Send the group's desired state; None when the factory took it, else why not.
 
         A 422 means the factory does not know part of the form: the next simpler
-        form (FORMS) is tried at once and kept for that factory.
+        form (FORMS) is tried at once and kept for that factory, until
+        FORM_RETRY_SECONDS later the full one is tried again (it may have been
+        upgraded meanwhile).
         """
-        if token is None:
+        if tokens is None:
             return "not sent: no pilot token"
         url = f"{factory.url}/api/v1/requests/{group.name}"
         names = list(FORMS)
+        if self.clock() - self._form_since.get(factory.name, 0.0) > FORM_RETRY_SECONDS:
+            self.forms.pop(factory.name, None)
         form = self.forms.get(factory.name, "full")
         try:
             while True:
-                convert = FORMS[form]
-                body = {"pool_url": pool.url, "pilot_token": token,
-                        "entries": {n: convert(r) for n, r in entries.items()}}
+                body = request_body(form, pool.url, tokens, entries, vo_stage)
                 r = await http.put(url, json=body, headers=self._auth(factory))
                 if r.status_code != 422 or form == names[-1]:
                     break
@@ -384,6 +420,7 @@ class Frontend:
                 log.warning("factory %s refused the %s request form (%s); using the %s form",
                             factory.name, form, r.text[:300], simpler)
                 form = self.forms[factory.name] = simpler
+                self._form_since[factory.name] = self.clock()
             r.raise_for_status()
         except httpx.HTTPError as exc:
             return f"factory {factory.name} refused or unreachable: {exc!r}"
@@ -403,43 +440,23 @@ class Frontend:
             if not any(m.last_remove != "NO" for m in mine.values()):
                 out[f.name] = f"not sent: {why}"
                 continue
-            token = self._pilot_tokens.get(group.name)
-            if token is None or token.expires <= self.clock():
+            pool = self.config.group_pool(group)
+            held = self.pilot_tokens.current(pool.name, group.name, None)
+            if held is None:
                 out[f.name] = f"cannot stop removal (no valid pilot token): {why}"
                 continue
+            tokens = GroupTokens(held, {n: t for n in mine if (
+                t := self.pilot_tokens.current(pool.name, group.name, n)) is not None})
             entries = {n: {"idle": m.last_idle, "max_running": m.last_max_running,
                            "remove": "NO", "remove_margin": 0} for n, m in mine.items()}
-            err = await self._put(http, group, self.config.group_pool(group), f, entries,
-                                  token.token)
+            err = await self._put(http, group, pool, f, entries, tokens,
+                                  self._vo_advert(group)[0])
             if err is None:
                 for n, m in mine.items():
                     memory[f"{prefix}{n}"] = policy.Memory(
                         m.no_demand_cycles, m.last_idle, m.last_max_running, "NO")
             out[f.name] = f"removal stopped: {why}" if err is None else err
         return out
-
-    async def _pilot_token(self, http: httpx.AsyncClient, group: GroupConfig,
-                           pool: Source) -> str:
-        """A pilot token for this group, renewed before it runs low."""
-        now = self.clock()
-        current = self._pilot_tokens.get(group.name)
-        if current and (current.expires - now) > (
-                (current.expires - current.issued) * group.pilot_token_renew_fraction):
-            return current.token
-        try:
-            r = await http.post(f"{pool.url}/api/v1/tokens/pilot", headers=self._auth(pool),
-                                json={"group": group.name,
-                                      "lifetime": group.pilot_token_lifetime})
-            r.raise_for_status()
-            data = r.json()
-        except (httpx.HTTPError, ValueError):
-            if current and current.expires > now + 60:
-                log.warning("group %s: pilot token renewal failed; the current one still "
-                            "serves", group.name)
-                return current.token
-            raise
-        self._pilot_tokens[group.name] = PilotToken(data["token"], now, float(data["expires"]))
-        return data["token"]
 
     # ------------------------------------------------------------------ explain
 
