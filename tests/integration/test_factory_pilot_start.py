@@ -10,6 +10,7 @@ sees exactly what the pilot was told. Every wait polls with a deadline.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import threading
@@ -24,6 +25,7 @@ from fastapi.testclient import TestClient
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
 from glidewms.factory.api import create_app
+from glidewms.factory.stage import Stage, build_vo_stage
 from glidewms.security.tokens import TokenIssuer, generate_keypair
 from glidewms.service import bind, url_of
 from tests import harness
@@ -143,3 +145,113 @@ def test_pilot_verifies_the_signed_stage_and_gets_request_attributes(
             assert refused.report is not None
             assert "signature does not verify" in refused.report["detail"]
             assert refused.exit_code == 3
+
+
+class VoStageServer:
+    """Stand-in for the frontend's read-only VO stage server (the frontend serves the
+    real one): `BASE/manifest` and `BASE/files/PATH` of a stage `build_vo_stage` built."""
+
+    def __init__(self, stage: Stage, prefix: str) -> None:
+        def handler(*args: Any) -> http.server.BaseHTTPRequestHandler:
+            return _VoHandler(stage, prefix, *args)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}{prefix}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> VoStageServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _VoHandler(http.server.BaseHTTPRequestHandler):
+    def __init__(self, stage: Stage, prefix: str, *args: Any) -> None:
+        self.stage, self.prefix = stage, prefix
+        super().__init__(*args)
+
+    def do_GET(self) -> None:  # the http.server API's name
+        path = self.path.removeprefix(self.prefix)
+        found = (self.stage.manifest_path if path == "/manifest"
+                 else self.stage.file(path.removeprefix("/files/")))  # fmt: skip
+        if found is None or not found.is_file():
+            self.send_error(404)
+            return
+        data = found.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_pilot_gets_the_vo_stage_and_its_entry_token_renewed_in_place(
+    tmp_path: Path, out: Path
+) -> None:
+    """The request's vo_stage reaches the real bootstrap as --vo-* options: it fetches and
+    verifies the VO stage (signature `verified` in glidein_config). The entry's own token
+    is the pilot's token file, and a renewed one replaces it where the pilot reads it."""
+    if shutil.which("openssl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true and openssl is missing: the bootstrap cannot verify signatures")
+        pytest.skip("openssl is not installed: the bootstrap cannot verify signatures")
+    private, public = generate_keypair(tmp_path / "keys")
+    issuer = TokenIssuer.from_file(private)
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "__init__.py").write_text("")
+    (agent / "__main__.py").write_text(STUB_AGENT.format(out=str(out)))
+    scripts = tmp_path / "vo-src"
+    scripts.mkdir()
+    (scripts / "scripts.list").write_text("group check_vo.sh\n")
+    (scripts / "check_vo.sh").write_text("#!/bin/bash\nexit 0\n")
+    vo = build_vo_stage(scripts, tmp_path / "vo-out", tmp_path / "fe-keys" / "vo.pem")
+    entry = EntryConfig(name="local", site="LOCAL", max_pilots=1, max_per_cycle=1)
+    config = FactoryConfig(state_dir=tmp_path / "state", issuer_public_key=public,
+                           cycle_seconds=0.2, entries=[entry])  # fmt: skip
+    fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
+
+    def entry_token() -> str:
+        return issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main", entry="local")
+
+    def make_app(url: str) -> Any:
+        return create_app(config, url, agent_dir=agent, kill_grace=2.0)
+
+    with VoStageServer(vo, "/stage/vo/main") as server, Served(make_app) as served, \
+            TestClient(served.app) as client:  # fmt: skip
+        vo_stage = {"url": server.url, "manifest_sha256": vo.manifest_sha256,
+                    "manifest_key": vo.public_key_b64}  # fmt: skip
+
+        def put(n: int, token: str, **extra: Any) -> Any:
+            return client.put("/api/v1/requests/main", headers=fe1, json={
+                "pool_url": POOL_URL, "vo_stage": vo_stage, **extra,
+                "entries": {"local": {"idle": n, "max_running": n, "pilot_token": token}}})
+
+        first_token = entry_token()
+        ok = put(1, first_token)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["vo_stage"] == vo_stage
+        assert "pilot_token" not in ok.json()["entries"]["local"]
+        config_file = wait_for(lambda: sorted(out.glob("*.config")), "the pilot's agent")[0]
+        seen = config_of(config_file)
+        assert seen["GLIDEIN_VO_Manifest_Signature"] == "verified"
+        assert seen["GLIDEIN_VO_Scripts"] == "vo/scripts.list"
+        assert seen["GLIDEIN_Manifest_Signature"] == "verified"
+        token_path = Path(seen["GLIDEIN_Token_File"])
+        assert token_path.read_text().strip() == first_token
+        assert token_path.name == "main+local.token"
+
+        renewed = entry_token()
+        assert renewed != first_token
+        assert put(1, renewed).status_code == 200
+        assert token_path.read_text().strip() == renewed  # what the running pilot reads next
+        bad = put(1, issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main",
+                                  entry="elsewhere"))  # fmt: skip
+        assert bad.status_code == 422 and "entry claim" in bad.text
+        assert token_path.read_text().strip() == renewed
+        put(0, renewed)

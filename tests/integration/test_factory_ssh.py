@@ -160,3 +160,56 @@ def test_ssh_refuses_unknown_host_keys_and_wrong_keys(sshd: Sshd, remote: dict[s
     (tmp_path / "boot.sh").write_text("#!/bin/bash\n")
     asyncio.run(scenario())
     assert not remote["path"].exists(), "nothing was written on a refused connection"
+
+
+def test_a_renewed_entry_token_reaches_running_pilots_over_sftp(
+    slurm: SlurmCluster, sshd: Sshd, remote: dict[str, Any], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The request's entry token is staged beside the pilots as a 0600 file of the remote
+    account; a renewed one (a new PUT) is pushed over SFTP to the file a running pilot
+    reads, and the pilot reads the new token when it ends."""
+    caplog.set_level(logging.DEBUG)
+    reads_token = STAND_IN.replace(
+        "\nexit 0\n", '\ncat "$GLIDEIN_TOKEN_FILE" > "$out/$gid.token"\nexit 0\n')
+    assert reads_token != STAND_IN
+    files = FactoryFiles.create(tmp_path, reads_token, remote["out"])
+    entry = EntryConfig(**ssh_entry(sshd, remote, batch={
+        "queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}}))  # fmt: skip
+    app = files.app(files.config(entry, cycle_seconds=0.3))
+    factory = app.state.factory
+    group_token = files.pilot_token()
+
+    def entry_token() -> str:
+        return files.issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main", entry="ssh1")
+
+    first, renewed = entry_token(), entry_token()
+    assert first != renewed
+    staged = remote["path"] / "ssh1" / "tokens" / "fe1.main+ssh1.token"
+    try:
+        with TestClient(app) as client:
+            headers = files.headers("fe1", ["frontend"])
+
+            def put(n: int, token: str) -> None:
+                response = client.put("/api/v1/requests/main", headers=headers, json={
+                    "pool_url": "http://127.0.0.1:9998", "pilot_token": group_token,
+                    "entries": {"ssh1": {"idle": n, "max_running": n, "pilot_token": token}}})
+                assert response.status_code == 200, response.text
+
+            put(1, first)
+            [pilot] = wait_for(lambda: factory.store.glideins(state="running"), "a running pilot")
+            assert staged.read_text().strip() == first
+            assert stat.S_IMODE(staged.stat().st_mode) == 0o600
+            assert staged.stat().st_uid == pwd.getpwnam(USER).pw_uid
+
+            put(1, renewed)
+            wait_for(lambda: staged.read_text().strip() == renewed, "the renewed token pushed")
+            (remote["out"] / "release").touch()
+            read = remote["out"] / f"{pilot.glidein_id}.token"
+            wait_for(read.exists, "the pilot to read its token as it ends")
+            assert read.read_text().strip() == renewed
+            put(0, renewed)
+    finally:
+        slurm.run("scancel", f"--user={USER}")
+    for token in (group_token, first, renewed):
+        assert token not in caplog.text

@@ -248,3 +248,142 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         """Submit again at an entry paused after repeated failures (admin token)."""
         got = FactoryClient(factory, token_file).call("POST", f"/entries/{name}/resume")
         typer.echo(f"entry {name} resumed" if got["resumed"] else f"entry {name} was not paused")
+
+    @service.command("reload")
+    def reload_cmd(factory: FactoryOpt = None, token_file: TokenOpt = None) -> None:
+        """Make a running factory re-read its configuration (entries) now (admin token)."""
+        got = FactoryClient(factory, token_file).call("POST", "/reload")
+        typer.echo(reload_text(got))
+
+    @service.command("stats")
+    def stats_cmd(
+        since: Annotated[str, typer.Option(help="window start (time, or -2h, -1d)")] = "-1d",
+        as_json: Annotated[bool, typer.Option("--json", help="the API's answer as JSON")] = False,
+        factory: FactoryOpt = None,
+        token_file: TokenOpt = None,
+    ) -> None:
+        """Per entry and frontend: pilots by state, submit rate, failures, goodput/badput."""
+        got = FactoryClient(factory, token_file).call("GET", "/stats",
+                                                      params={"since": parse_time(since)})
+        if as_json:
+            typer.echo(json.dumps(got, indent=2))
+            return
+        table = Table("entry", "frontend", "pilots", "submitted", "per hour", "failures",
+                      "goodput h", "badput h", title=f"since {show_time(got['since'])}")
+        for r in got["rows"]:
+            pilots = ", ".join(f"{k} {v}" for k, v in sorted(r["pilots"].items())) or "-"
+            failures = ", ".join(f"{k} {v}" for k, v in sorted(r["failures"].items())) or "-"
+            table.add_row(r["entry"], r["frontend"], pilots, str(r["submitted"]),
+                          f"{r['submit_rate_per_hour']:.1f}", failures,
+                          f"{r['goodput_seconds'] / 3600:.2f}",
+                          f"{r['badput_seconds'] / 3600:.2f}")  # fmt: skip
+        out.print(table)
+
+    register_catalogue(service)
+
+
+def reload_text(got: dict[str, Any]) -> str:
+    parts = [f"{len(got[k])} {k} ({', '.join(got[k])})" if got[k] else f"0 {k}"
+             for k in ("added", "removed", "changed")]  # fmt: skip
+    text = f"reloaded: {'; '.join(parts)}; {got['unchanged']} unchanged"
+    if got.get("ignored"):
+        text += f"; needs a restart: {', '.join(got['ignored'])}"
+    return text
+
+
+CatalogueOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--catalogue", help="CRIC-style JSON; default: the shipped sample")]
+OverridesOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--overrides", help="YAML: defaults, flavours, include/exclude, per-entry changes")]
+EntriesOpt = Annotated[Path, typer.Option("--entries", help="the entries file the factory reads")]
+
+
+def register_catalogue(service: typer.Typer) -> None:
+    """`glidewms factory catalogue generate|diff|apply`."""
+    from glidewms.config.loader import ConfigError
+    from glidewms.factory import catalogue as cat
+
+    group = typer.Typer(help="Entries from a site catalogue (CRIC-style JSON) and overrides.")
+    service.add_typer(group, name="catalogue")
+
+    def build(catalogue: Path | None, overrides: Path | None) -> cat.Generated:
+        try:
+            made = cat.generate(cat.load_catalogue(catalogue), cat.load_overrides(overrides),
+                                str(catalogue or cat.SAMPLE))  # fmt: skip
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+        err.print(f"{len(made.entries)} entries generated; {len(made.skipped)} skipped",
+                  highlight=False)  # fmt: skip
+        for why in made.skipped:
+            err.print(f"  skipped {why}", highlight=False)
+        return made
+
+    def show(diff: cat.EntryDiff) -> None:
+        if diff.empty:
+            typer.echo("no change")
+            return
+        typer.echo(f"added: {', '.join(diff.added) or '-'}")
+        typer.echo(f"removed: {', '.join(diff.removed) or '-'}")
+        for name, keys in diff.changed.items():
+            typer.echo(f"changed: {name}: {', '.join(keys)}")
+        typer.echo(diff.text.rstrip("\n"))
+
+    def current(entries: Path) -> list[dict[str, Any]]:
+        try:
+            return cat.read_entries(entries)
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+
+    @group.command("generate")
+    def generate(
+        catalogue: CatalogueOpt = None,
+        overrides: OverridesOpt = None,
+        out_file: Annotated[Optional[Path], typer.Option("--out", help="default: stdout")]  # noqa: UP045
+        = None,
+    ) -> None:
+        """Print (or write) the entries the catalogue and the overrides make."""
+        text = cat.entries_yaml(build(catalogue, overrides).entries)
+        if out_file is None:
+            typer.echo(text.rstrip("\n"))
+        else:
+            write_text(out_file, text)
+
+    @group.command("diff")
+    def diff(entries: EntriesOpt, catalogue: CatalogueOpt = None,
+             overrides: OverridesOpt = None) -> None:  # fmt: skip
+        """What `apply` would change in the entries file."""
+        show(cat.diff_entries(current(entries), build(catalogue, overrides).entries,
+                              str(entries), "generated"))  # fmt: skip
+
+    @group.command("apply")
+    def apply(
+        entries: EntriesOpt,
+        catalogue: CatalogueOpt = None,
+        overrides: OverridesOpt = None,
+        yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+        reload: Annotated[bool, typer.Option(help="then make the running factory reload")]
+        = False,
+        factory: FactoryOpt = None,
+        token_file: TokenOpt = None,
+    ) -> None:
+        """Show the diff, ask, write the entries file (and with --reload, reconfigure the
+        running factory: no pilot is lost, removed entries get no new pilots)."""
+        made = build(catalogue, overrides)
+        change = cat.diff_entries(current(entries), made.entries, str(entries), "generated")
+        show(change)
+        if change.empty:
+            return
+        if not yes and not typer.confirm(f"write {entries}?", default=False):
+            raise typer.Exit(1)
+        write_text(entries, cat.entries_yaml(made.entries))
+        typer.echo(f"{entries} written ({len(made.entries)} entries)")
+        if reload:
+            typer.echo(reload_text(FactoryClient(factory, token_file).call("POST", "/reload")))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace a file atomically: a factory reloading meanwhile reads old or new, not half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
+import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,16 +22,19 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from glidewms import __version__
 from glidewms.config.factory import EntryConfig, FactoryConfig
 from glidewms.config.loader import ConfigError
 from glidewms.db import make_engine
 from glidewms.factory.backends import BackendContext, create_backend
-from glidewms.factory.policy import EntryRequest, active_downtime
+from glidewms.factory.policy import active_downtime
+from glidewms.factory.reload import ReloadSummary, apply_reload
+from glidewms.factory.requests import RequestBody, accept_request
 from glidewms.factory.service import Factory, Tally
 from glidewms.factory.stage import bootstrap_path, build_stage
+from glidewms.factory.stats import entry_stats
 from glidewms.factory.store import (
     ACTIVE_STATES,
     FactoryStore,
@@ -40,7 +43,7 @@ from glidewms.factory.store import (
     StoredRequest,
 )
 from glidewms.security.http import require
-from glidewms.security.tokens import Identity, TokenError, TokenVerifier, write_secret
+from glidewms.security.tokens import Identity, TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -96,23 +99,6 @@ class DowntimeBody(BaseModel):
     reason: str = Field(min_length=1, max_length=1024)
 
 
-class RequestBody(BaseModel):
-    """PUT /api/v1/requests/{group}: the whole desired state of one group."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pool_url: str = Field(min_length=1, max_length=2048)
-    pilot_token: str = Field(min_length=1, max_length=16384)
-    entries: dict[str, EntryRequest] = Field(default_factory=dict)
-
-    @field_validator("pool_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("expected an http:// or https:// URL")
-        return value
-
-
 class PilotReport(BaseModel):
     """POST /api/v1/glideins/{id}/report: the pilot's last word; extra keys are kept."""
 
@@ -125,34 +111,11 @@ class PilotReport(BaseModel):
     detail: str = Field(default="", max_length=65536)
 
 
-def _write_token(path: Path, token: str) -> None:
-    """Atomically replace a 0600 token file, so a running pilot never reads half."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = write_secret(path.with_name(f".{path.name}.{os.getpid()}.tmp"), token)
-    os.replace(tmp, path)
-
-
 def _check_name(kind: str, value: str, status: int) -> None:
     if not NAME.match(value):
         raise HTTPException(
             status, f"{kind} {value!r} is not a valid name (letters, digits, '_', '.', '-')"
         )
-
-
-def _check_pilot_token(verifier: TokenVerifier, token: str, frontend: str, group: str) -> float:
-    """The delegated token must be a pilot token of this frontend (and group); its expiry."""
-    try:
-        identity = verifier.verify(token)
-    except TokenError as exc:
-        raise HTTPException(422, f"pilot_token: not a valid token: {exc}") from None
-    if "pilot" not in identity.scopes:
-        raise HTTPException(422, "pilot_token: the token lacks the pilot scope")
-    if identity.claims.get("fe") != frontend:
-        raise HTTPException(422, f"pilot_token: its fe claim is not {frontend!r}")
-    claimed_group = identity.claims.get("group")
-    if claimed_group is not None and claimed_group != group:
-        raise HTTPException(422, f"pilot_token: its group claim is not {group!r}")
-    return float(identity.claims["exp"])
 
 
 def entry_ad(entry: EntryConfig, counts: dict[str, int], error: str | None,
@@ -202,6 +165,8 @@ def request_view(factory: Factory, request: StoredRequest) -> dict[str, Any]:
         "pool_url": request.pool_url,
         "entries": request.entries,
         "token_expires": request.token_expires,
+        "entry_token_expires": request.entry_tokens or {},
+        "vo_stage": request.vo_stage,
         "updated_at": request.updated_at,
         "errors": factory.request_errors(request),
     }
@@ -214,12 +179,14 @@ def create_app(
     bootstrap: Path | None = None,
     agent_dir: Path | None = None,
     kill_grace: float = 30.0,
+    reloader: Callable[[], FactoryConfig] | None = None,
 ) -> FastAPI:
     """Build the factory app; its lifespan runs the converge loop.
 
     `public_url` is what pilots are told to call back. `bootstrap` and
     `agent_dir` default to the ones shipped in the package; tests point them at
-    stand-ins.
+    stand-ins. `reloader` loads the configuration again (its file) for
+    `POST /api/v1/reload` and SIGHUP; without it there is nothing to reload.
     """
     # Pilots run elsewhere (another cwd): every path handed to them must be absolute.
     config = config.model_copy(update={"state_dir": config.state_dir.resolve()})
@@ -244,12 +211,38 @@ def create_app(
     backends = {kind: create_backend(kind, context) for kind in sorted(kinds)}
     factory = Factory(config, public_url, store, stage, backends)
 
+    def load_again() -> FactoryConfig:
+        if reloader is None:
+            raise ConfigError("this factory was started without a configuration file: "
+                              "nothing to reload")
+        return reloader()
+
+    def reload(new: FactoryConfig) -> ReloadSummary:
+        """Swap in the entries of a configuration loaded again (reload.py); in the loop's
+        thread, between two awaits of the converge loop, so a cycle sees one or the other."""
+        return apply_reload(factory, context, new.model_copy(
+            update={"state_dir": new.state_dir.resolve()}))
+
+    def on_sighup() -> None:
+        try:
+            reload(load_again())
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(factory.run(), name="factory-loop")
+        loop = asyncio.get_running_loop()
+        try:  # only the main thread may handle signals (not a test's server thread)
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+            hup = True
+        except (RuntimeError, ValueError):
+            hup = False
         try:
             yield
         finally:
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             for backend in backends.values():
@@ -265,6 +258,22 @@ def create_app(
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "url": public_url, "cycles": factory.cycles}
 
+    @app.post("/api/v1/reload")
+    async def reload_config(identity: Admin) -> dict[str, Any]:
+        """Re-read the configuration file: entries added, changed, removed (admin).
+
+        Pilots of removed entries stay tracked until they end; nothing new is
+        submitted there. A configuration that does not load is refused (422)
+        and the running one stays.
+        """
+        try:
+            new = await asyncio.to_thread(load_again)
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from None
+        summary = reload(new)
+        log.info("configuration reloaded by %s", identity.subject)
+        return summary.public()
+
     @app.get("/api/v1/entries")
     async def entries(identity: Frontend) -> list[dict[str, Any]]:
         """Entry ads this frontend may request pilots at (all of them for admin)."""
@@ -275,7 +284,7 @@ def create_app(
             entry_ad(e, tally.entry_counts(e.name), factory.entry_errors.get(e.name),
                      active_downtime(downtimes, e.name, identity.subject, now),
                      factory.pause_view(e))
-            for e in config.entries
+            for e in factory.config.entries
             if identity.is_admin or e.allows(identity.subject)
         ]  # fmt: skip
 
@@ -287,11 +296,10 @@ def create_app(
         frontend = identity.subject
         _check_name("frontend (token subject)", frontend, 403)
         _check_name("group", group, 422)
-        expires = _check_pilot_token(verifier, body.pilot_token, frontend, group)
-        _write_token(factory.token_file(frontend, group), body.pilot_token)
-        wanted = {name: req.model_dump(mode="json", exclude_none=True)
-                  for name, req in body.entries.items()}  # fmt: skip
-        await asyncio.to_thread(store.put_request, frontend, group, body.pool_url, wanted, expires)
+        accepted = accept_request(verifier, body, frontend, group, factory.credentials)
+        await asyncio.to_thread(store.put_request, frontend, group, body.pool_url,
+                                accepted.entries, accepted.token_expires,
+                                accepted.entry_tokens, accepted.vo_stage)  # fmt: skip
         factory.wake()
         stored = next(
             r for r in await asyncio.to_thread(store.requests, frontend) if r.group == group
@@ -327,6 +335,17 @@ def create_app(
                                    exit_reason=exit_reason, since=since, until=until)
         )  # fmt: skip
         return [g.public() for g in rows]
+
+    @app.get("/api/v1/stats")
+    async def stats(identity: Frontend, since: float | None = None) -> dict[str, Any]:
+        """Per entry and frontend since `since` (default: the last 24 hours): pilots by
+        state, submit rate, failures by category, goodput and badput (stats.py). A
+        frontend sees its own rows; admin all."""
+        now = time.time()
+        start = now - 86400 if since is None else since
+        who = None if identity.is_admin else identity.subject
+        found = await asyncio.to_thread(store.recent, start, who)
+        return {"time": now, "since": start, "rows": entry_stats(found, start, now)}
 
     @app.post("/api/v1/glideins/{glidein_id}/report")
     async def report(glidein_id: str, body: PilotReport, identity: Pilot) -> dict[str, Any]:
@@ -402,7 +421,7 @@ def create_app(
 
     @app.post("/api/v1/downtimes", status_code=201)
     async def add_downtime(body: DowntimeBody, identity: Admin) -> dict[str, Any]:
-        if body.entry != "*" and config.entry(body.entry) is None:
+        if body.entry != "*" and factory.config.entry(body.entry) is None:
             raise HTTPException(422, f"entry: no entry named {body.entry!r}")
         if body.frontend != "*":
             _check_name("frontend", body.frontend, 422)
@@ -419,7 +438,7 @@ def create_app(
     @app.post("/api/v1/entries/{name}/resume")
     async def resume_entry(name: str, identity: Admin) -> dict[str, Any]:
         """Resume an entry paused after repeated submission failures (admin)."""
-        if config.entry(name) is None:
+        if factory.config.entry(name) is None:
             raise HTTPException(404, f"no entry named {name!r}")
         was_paused = await factory.resume(name)
         log.info("entry %s: resume asked by %s (was paused: %s)", name, identity.subject,

@@ -46,7 +46,7 @@ def run(config_path: Path | None) -> None:
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
     serve(
-        lambda url: create_app(config, url),
+        lambda url: create_app(config, url, reloader=lambda: load(config_path)),
         config.listen_host,
         config.listen_port,
         config.url_file,

@@ -71,6 +71,14 @@ class EntryRequest(BaseModel):
         max_length=1024,
         description="container image jobs on these pilots run in (GLIDEIN_Container_Image)",
     )
+    pilot_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16384,
+        repr=False,
+        description="this entry's own pilot token (overrides the request's); kept in a 0600 "
+        "file, never in the stored request",
+    )
 
     @field_validator("remove", mode="before")
     @classmethod

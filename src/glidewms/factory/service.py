@@ -28,6 +28,7 @@ from typing import Any
 from glidewms.config.factory import EntryConfig, FactoryConfig
 from glidewms.factory.archive import LogArchive
 from glidewms.factory.backends import Backend, BackendError, PilotState, PilotSubmission
+from glidewms.factory.pilot_args import pilot_arguments
 from glidewms.factory.policy import (
     Counts,
     EntryRequest,
@@ -51,8 +52,10 @@ from glidewms.factory.recovery import (
     stale_reason,
     submit_blocked,
 )
+from glidewms.factory.requests import token_file
 from glidewms.factory.stage import Stage
 from glidewms.factory.store import FactoryStore, Glidein, GlideinState, StoredRequest
+from glidewms.factory.token_push import TokenPush
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,12 @@ class Factory:
         self._purged_at = 0.0
         self.downtimes: list[dict[str, Any]] = []  # as of the last cycle
         self._active: dict[tuple[str, str, str], list[Glidein]] = {}  # this cycle's, by request
+        self.tokens = TokenPush()
+        self.retired: dict[str, EntryConfig] = {}  # removed by a reload; pilots may remain
+
+    def watched_entry(self, name: str) -> EntryConfig | None:
+        """An entry pilots may still run at: configured, or removed by a reload."""
+        return self.config.entry(name) or self.retired.get(name)
 
     @property
     def entry_errors(self) -> dict[str, str]:
@@ -129,18 +138,34 @@ class Factory:
 
     # -- requests as the loop sees them ------------------------------------------
 
-    def token_file(self, frontend: str, group: str) -> Path:
-        return self.config.state_dir / "credentials" / frontend / f"{group}.token"
+    @property
+    def credentials(self) -> Path:
+        return self.config.state_dir / "credentials"
+
+    def token_file(self, frontend: str, group: str, entry: str | None = None) -> Path:
+        """The group's pilot token file, or an entry's own (requests.token_file)."""
+        return token_file(self.credentials, frontend, group, entry)
+
+    def pilot_token_file(self, request: StoredRequest, entry: str) -> Path:
+        """The token file pilots of `entry` get: its own if the request brought one."""
+        if entry in (request.entry_tokens or {}):
+            return self.token_file(request.frontend, request.group, entry)
+        return self.token_file(request.frontend, request.group)
+
+    def token_files(self, frontend: str, group: str, entry: str) -> list[Path]:
+        """Every token file pilots of (frontend, group) at `entry` may have been given."""
+        return [self.token_file(frontend, group), self.token_file(frontend, group, entry)]
 
     def request_errors(self, request: StoredRequest, now: float | None = None) -> dict[str, str]:
-        """Why (part of) a request is not acted on, per entry name (`*` = all)."""
+        """Why (part of) a request is not acted on, per entry name."""
         errors: dict[str, str] = {}
         now = time.time() if now is None else now
-        if request.token_expires is not None and request.token_expires < now + TOKEN_MARGIN_SECONDS:
-            errors["*"] = "pilot token expired or about to; PUT the request with a fresh one"
         for name in request.entries:
             entry = self.config.entry(name)
-            if entry is None:
+            expires = request.token_expiry(name)
+            if expires is not None and expires < now + TOKEN_MARGIN_SECONDS:
+                errors[name] = "pilot token expired or about to; PUT the request with a fresh one"
+            elif entry is None:
                 errors[name] = f"unknown entry {name!r}"
             elif not entry.allows(request.frontend):
                 errors[name] = f"entry {name!r} does not accept frontend {request.frontend!r}"
@@ -211,7 +236,7 @@ class Factory:
         for g in sorted(unrecorded, key=submission_order):
             by_entry.setdefault(g.entry, []).append(g)
         for name, group in by_entry.items():
-            entry, backend = self.config.entry(name), self.backends.get(group[0].backend)
+            entry, backend = self.watched_entry(name), self.backends.get(group[0].backend)
             if entry is None or backend is None:
                 continue
             try:
@@ -232,6 +257,7 @@ class Factory:
     async def cycle(self) -> None:
         await self.adopt_unrecorded()  # nothing to do unless a look-up failed at recovery
         await self.refresh()
+        await self.push_tokens()
         await self.maintain()
         await self.converge()
         await self.archive_logs()
@@ -280,6 +306,11 @@ class Factory:
         if changes:
             await asyncio.to_thread(self.store.set_states, changes)
 
+    async def push_tokens(self) -> None:
+        """Renewed tokens to running pilots that read a copy (token_push.py)."""
+        active = await asyncio.to_thread(self.store.active)
+        await self.tokens.push(active, self.watched_entry, self.backends, self.token_files)
+
     async def maintain(self) -> None:
         """Release or remove held pilots and remove stale ones (recovery.py decides)."""
         active = await asyncio.to_thread(self.store.active)
@@ -287,7 +318,7 @@ class Factory:
         release: dict[str, list[Glidein]] = {}
         remove: dict[str, list[tuple[Glidein, str]]] = {}
         for g in active:
-            entry, backend = self.config.entry(g.entry), self.backends.get(g.backend)
+            entry, backend = self.watched_entry(g.entry), self.backends.get(g.backend)
             if entry is None or backend is None or not g.backend_id:
                 continue
             action = held_action(g, now, entry.recovery, backend.can_release)
@@ -336,7 +367,7 @@ class Factory:
     async def _converge_entry(self, request: StoredRequest, name: str, raw: dict[str, object],
                               errors: dict[str, str], tally: Tally, now: float) -> None:
         entry = self.config.entry(name)
-        message = errors.get(name) or errors.get("*")
+        message = errors.get(name)
         if entry is None or not entry.allows(request.frontend):
             self._log_once(request, name, message or "ignored")
             return
@@ -362,31 +393,8 @@ class Factory:
     def arguments(
         self, entry: EntryConfig, request: StoredRequest, glidein_id: str
     ) -> tuple[str, ...]:
-        """The bootstrap's long options (protocol.md, "Pilot start"); no secrets here."""
-        args = [
-            "--factory", self.public_url,
-            "--manifest-sha256", self.stage.manifest_sha256,
-            "--pool", request.pool_url,
-            "--glidein-id", glidein_id,
-            "--entry", entry.name,
-            "--site", entry.site,
-            "--idle-timeout", str(entry.idle_timeout),
-            "--lifetime", str(entry.walltime),
-            "--cpus", str(entry.cpus),
-            "--memory", str(entry.memory),
-            "--work-dir", entry.work_dir,
-        ]  # fmt: skip
-        if self.stage.public_key_b64:
-            args += ["--manifest-key", self.stage.public_key_b64]
-        for key, value in entry.attributes.items():
-            args += ["--attr", f"{key}={attribute_text(value)}"]
-        wanted = request.entries.get(entry.name, {})
-        for attr, field in (("GLIDEIN_Start", "start_expr"),
-                            ("GLIDEIN_Container_Image", "container_image")):  # fmt: skip
-            value = wanted.get(field)
-            if value:
-                args += ["--attr", f"{attr}={value}"]
-        return tuple(args)
+        """The bootstrap's long options (pilot_args.py); no secrets here."""
+        return pilot_arguments(entry, request, glidein_id, self.public_url, self.stage)
 
     async def _record_failure(self, entry: EntryConfig, error: str) -> None:
         now = time.time()
@@ -404,7 +412,7 @@ class Factory:
     async def _submit(
         self, entry: EntryConfig, request: StoredRequest, count: int, tally: Tally
     ) -> None:
-        token_file = self.token_file(request.frontend, request.group)
+        token_file = self.pilot_token_file(request, entry.name)
         if not token_file.is_file():
             self._log_once(request, entry.name, "no pilot token stored; PUT the request again")
             return

@@ -57,6 +57,10 @@ requests_table = sa.Table(
     sa.Column("entries", sa.JSON, nullable=False),
     sa.Column("token_expires", sa.Float, nullable=True),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Expiry of each entry's own pilot token ({entry: epoch}); the tokens are in files.
+    sa.Column("entry_tokens", sa.JSON, nullable=True),
+    # The frontend's signed VO stage: {"url", "manifest_sha256", "manifest_key"} or null.
+    sa.Column("vo_stage", sa.JSON, nullable=True),
 )
 
 glideins_table = sa.Table(
@@ -129,7 +133,15 @@ def _recovery(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE glideins ADD COLUMN state_since FLOAT"))
 
 
-MIGRATIONS = [_create_tables, _downtimes_and_archive, _recovery]
+def _entry_tokens_and_vo_stage(conn: Connection) -> None:
+    """Version 4: per-entry pilot token expiries and the VO stage of a request."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("requests")}
+    for name in ("entry_tokens", "vo_stage"):
+        if name not in columns:
+            conn.execute(sa.text(f"ALTER TABLE requests ADD COLUMN {name} JSON"))
+
+
+MIGRATIONS = [_create_tables, _downtimes_and_archive, _recovery, _entry_tokens_and_vo_stage]
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,12 @@ class StoredRequest:
     entries: dict[str, dict[str, Any]]
     token_expires: float | None
     updated_at: float
+    entry_tokens: dict[str, float] | None = None  # expiry of each entry's own token
+    vo_stage: dict[str, str] | None = None  # the frontend's VO stage, passed to pilots
+
+    def token_expiry(self, entry: str) -> float | None:
+        """When the token pilots of `entry` get expires (its own, else the group's)."""
+        return (self.entry_tokens or {}).get(entry, self.token_expires)
 
 
 @dataclass(frozen=True)
@@ -209,6 +227,8 @@ class FactoryStore:
         pool_url: str,
         entries: Mapping[str, Mapping[str, Any]],
         token_expires: float | None,
+        entry_tokens: Mapping[str, float] | None = None,
+        vo_stage: Mapping[str, str] | None = None,
     ) -> None:
         """Replace the desired state of (frontend, group): a PUT is idempotent."""
         t = requests_table
@@ -217,6 +237,8 @@ class FactoryStore:
             "entries": {k: dict(v) for k, v in entries.items()},
             "token_expires": token_expires,
             "updated_at": time.time(),
+            "entry_tokens": dict(entry_tokens or {}),
+            "vo_stage": None if vo_stage is None else dict(vo_stage),
         }
         key = (t.c.frontend == frontend) & (t.c.group == group)
         with self.engine.begin() as conn:
@@ -314,6 +336,17 @@ class FactoryStore:
             query = query.where(t.c.submitted_at <= until)
         with self.engine.connect() as conn:
             return [_glidein(r) for r in conn.execute(query.limit(limit))]
+
+    def recent(self, since: float, frontend: str | None = None) -> list[Glidein]:
+        """Glideins alive now, or submitted or changed since `since` (for stats)."""
+        t = glideins_table
+        states = [s.value for s in ACTIVE_STATES]
+        query = sa.select(t).where(sa.or_(t.c.state.in_(states), t.c.updated_at >= since,
+                                          t.c.submitted_at >= since))  # fmt: skip
+        if frontend is not None:
+            query = query.where(t.c.frontend == frontend)
+        with self.engine.connect() as conn:
+            return [_glidein(r) for r in conn.execute(query)]
 
     def summary(
         self, frontend: str | None = None, group: str | None = None

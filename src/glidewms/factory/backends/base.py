@@ -110,6 +110,16 @@ class Backend(ABC):
         """Ask the site to release held pilots (only where `can_release`)."""
         raise BackendError(f"the {self.kind} backend cannot release held pilots")
 
+    def stages_token(self, entry: EntryConfig) -> bool:
+        """Whether pilots at `entry` read a copy of their token file that the backend
+        wrote (jobs of another account, a remote site), which `refresh_token` must
+        keep fresh; False where pilots read the factory's own file."""
+        return False
+
+    async def refresh_token(self, entry: EntryConfig, token_file: Path) -> None:  # noqa: B027
+        """Rewrite `entry`'s copy of `token_file` (only where `stages_token`), so
+        running pilots read the token a frontend just renewed."""
+
     async def adopt(self, entry: EntryConfig, glidein_ids: Sequence[str]) -> dict[str, str]:
         """Find pilots submitted by a factory that stopped before it stored their ids.
 

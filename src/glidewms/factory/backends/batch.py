@@ -323,25 +323,40 @@ class BatchBackend(Backend):
     def entry(self, name: str) -> EntryConfig | None:
         return self.context.entries.get(name)
 
+    def staged_token_path(self, entry: EntryConfig, token_file: Path) -> str:
+        """Where jobs of another account find their copy of `token_file`:
+        credentials/<frontend>/<name> -> <log_dir>/tokens/<frontend>.<name>."""
+        return f"{self.log_dir(entry)}/tokens/{token_file.parent.name}.{token_file.name}"
+
     async def token_path(self, entry: EntryConfig, shell: Shell, array: PilotArray) -> str:
         """Where the job finds the pilot token.
 
-        On the factory's host, as its user: the factory's own 0600 file. Where
-        jobs run as another account: a 0600 copy of that account, rewritten at
-        every submission (a PUT may have brought a fresher token), under
-        `<log_dir>/tokens/`.
+        On the factory's host, as its user: the factory's own 0600 file (a
+        renewed token reaches running pilots as the file is replaced). Where
+        jobs run as another account: a 0600 copy of that account, written at
+        every submission and rewritten by `refresh_token` when the frontend
+        renews the token, under `<log_dir>/tokens/`.
         """
         if not shell.stages_token:
             return str(array.token_file)
+        return await self._write_copy(entry, shell, array.token_file)
+
+    async def _write_copy(self, entry: EntryConfig, shell: Shell, token_file: Path) -> str:
         try:
-            token = await asyncio.to_thread(array.token_file.read_text)
+            token = await asyncio.to_thread(token_file.read_text)
         except OSError as exc:
-            raise BackendError(f"pilot token not readable: {exc}") from exc
-        # credentials/<frontend>/<group>.token -> tokens/<frontend>.<group>.token
-        name = f"{array.token_file.parent.name}.{array.token_file.name}"
-        path = f"{self.log_dir(entry)}/tokens/{name}"
+            raise BackendError(f"pilot token not readable: {exc.strerror}") from exc
+        path = self.staged_token_path(entry, token_file)
         await shell.write_secret(path, token)
         return path
+
+    def stages_token(self, entry: EntryConfig) -> bool:
+        return self.shell(entry).stages_token
+
+    async def refresh_token(self, entry: EntryConfig, token_file: Path) -> None:
+        shell = self.shell(entry)
+        if shell.stages_token:
+            await self._write_copy(entry, shell, token_file)
 
     async def bootstrap_text(self) -> str:
         try:

@@ -274,6 +274,12 @@ class SshBackend(Backend):
     async def submit(self, entry: EntryConfig, pilots: Sequence[PilotSubmission]) -> list[str]:
         return await (await self._prepare(entry)).submit(entry, pilots)
 
+    def stages_token(self, entry: EntryConfig) -> bool:
+        return True  # pilots read the copy written over SFTP on the login node
+
+    async def refresh_token(self, entry: EntryConfig, token_file: Path) -> None:
+        await (await self._prepare(entry)).refresh_token(entry, token_file)
+
     def _by_remote(self, backend_ids: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
         groups: dict[str, list[str]] = {}
         lost: list[str] = []

@@ -1,0 +1,52 @@
+"""What a pilot is told on its command line (protocol.md, "Pilot start").
+
+One pure function, so every option a frontend's request or an entry adds is
+tested by a table: the stage and its key, the entry's size and attributes,
+the request's start expression and container image, and the frontend's VO
+stage (`--vo-stage URL --vo-manifest-sha256 HEX --vo-manifest-key B64`).
+Nothing secret is ever an argument: the token travels in a 0600 file.
+"""
+
+from __future__ import annotations
+
+from glidewms.config.factory import EntryConfig
+from glidewms.factory.policy import attribute_text
+from glidewms.factory.stage import Stage
+from glidewms.factory.store import StoredRequest
+
+# Request entry fields given to pilots as slot attributes.
+REQUEST_ATTRIBUTES = (("GLIDEIN_Start", "start_expr"),
+                      ("GLIDEIN_Container_Image", "container_image"))  # fmt: skip
+
+
+def pilot_arguments(entry: EntryConfig, request: StoredRequest, glidein_id: str,
+                    factory_url: str, stage: Stage) -> tuple[str, ...]:  # fmt: skip
+    """The bootstrap's long options for one pilot of `request` at `entry`."""
+    args = [
+        "--factory", factory_url,
+        "--manifest-sha256", stage.manifest_sha256,
+        "--pool", request.pool_url,
+        "--glidein-id", glidein_id,
+        "--entry", entry.name,
+        "--site", entry.site,
+        "--idle-timeout", str(entry.idle_timeout),
+        "--lifetime", str(entry.walltime),
+        "--cpus", str(entry.cpus),
+        "--memory", str(entry.memory),
+        "--work-dir", entry.work_dir,
+    ]  # fmt: skip
+    if stage.public_key_b64:
+        args += ["--manifest-key", stage.public_key_b64]
+    if request.vo_stage:
+        vo = request.vo_stage
+        args += ["--vo-stage", vo["url"], "--vo-manifest-sha256", vo["manifest_sha256"]]
+        if vo.get("manifest_key"):
+            args += ["--vo-manifest-key", vo["manifest_key"]]
+    for key, value in entry.attributes.items():
+        args += ["--attr", f"{key}={attribute_text(value)}"]
+    wanted = request.entries.get(entry.name, {})
+    for attr, field in REQUEST_ATTRIBUTES:
+        value = wanted.get(field)
+        if value:
+            args += ["--attr", f"{attr}={value}"]
+    return tuple(args)

@@ -1,0 +1,79 @@
+"""Reconfigure a running factory (admin `POST /api/v1/reload`, or SIGHUP).
+
+Only the entries change without a restart: a catalogue applied, an entry
+added, resized or removed. Nothing about a pilot is lost on the way:
+
+- pilots of a removed entry keep being watched (status, held/stale handling,
+  logs) until they end, because the backends keep the entry's last
+  configuration (`BackendContext.entries` is only ever added to) and the loop
+  looks removed entries up in `Factory.retired`; but nothing new is
+  submitted there: requests naming it get "unknown entry";
+- a changed entry applies to the next submissions; pilots already submitted
+  keep running as they were started;
+- a new backend kind gets its backend at once.
+
+A configuration that does not load leaves the running one untouched, and the
+error (file, key, what was expected) goes back to whoever asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory.backends import BackendContext, create_backend
+from glidewms.factory.service import Factory
+
+log = logging.getLogger(__name__)
+
+# Settings a reload cannot change (they need a restart).
+FIXED = ("listen_host", "listen_port", "state_dir", "database_url", "issuer_public_key")
+
+
+@dataclass
+class ReloadSummary:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    ignored: list[str] = field(default_factory=list)  # settings that need a restart
+
+    def public(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def entry_changes(old: list[EntryConfig], new: list[EntryConfig]) -> ReloadSummary:
+    """Which entries a reload adds, removes and changes (pure)."""
+    before = {e.name: e for e in old}
+    after = {e.name: e for e in new}
+    changed = sorted(n for n in set(before) & set(after) if before[n] != after[n])
+    return ReloadSummary(sorted(set(after) - set(before)), sorted(set(before) - set(after)),
+                         changed, len(set(before) & set(after)) - len(changed))  # fmt: skip
+
+
+def apply_reload(factory: Factory, context: BackendContext, new: FactoryConfig) -> ReloadSummary:
+    """Swap in `new`'s entries (and cycle time) without losing a pilot (module docstring)."""
+    old = factory.config
+    summary = entry_changes(old.entries, new.entries)
+    summary.ignored = [k for k in FIXED if getattr(new, k) != getattr(old, k)
+                       and not (k == "state_dir" and new.state_dir.resolve() == old.state_dir)]
+    for kind in sorted({e.backend for e in new.entries} - set(factory.backends)):
+        factory.backends[kind] = create_backend(kind, context)
+    for name in summary.removed:
+        entry = old.entry(name)
+        if entry is not None:
+            factory.retired[name] = entry
+    for entry in new.entries:
+        factory.retired.pop(entry.name, None)
+    context.entries.update({e.name: e for e in new.entries})
+    factory.config = old.model_copy(update={"entries": list(new.entries),
+                                            "cycle_seconds": new.cycle_seconds})
+    log.warning("reconfigured: %d entries added (%s), %d removed (%s), %d changed, %d unchanged%s",
+                len(summary.added), ", ".join(summary.added) or "-", len(summary.removed),
+                ", ".join(summary.removed) or "-", len(summary.changed), summary.unchanged,
+                f"; ignored until a restart: {', '.join(summary.ignored)}"
+                if summary.ignored else "")  # fmt: skip
+    factory.wake()
+    return summary

@@ -1,0 +1,148 @@
+"""A frontend's request as the factory accepts it: the body, its tokens, its VO stage.
+
+`PUT /api/v1/requests/{group}` carries secrets (pilot tokens: one for the
+group, and optionally one per entry, scoped to that entry by the pool) and
+the frontend's signed VO stage. Everything is checked before anything is
+written, so a refused request leaves the last good one in force. Tokens go to
+0600 files under `<state_dir>/credentials/`, replaced atomically so a running
+pilot that reads its token file never sees half a token; the stored request
+keeps only their expiry times. Nothing here logs a token.
+
+Token files: `credentials/<frontend>/<group>.token` for the group's token and
+`credentials/<frontend>/<group>+<entry>.token` for an entry's own. `+` is in
+neither a group nor an entry name, so the names never collide, also when the
+batch backends flatten them to `<frontend>.<file name>` on a remote site.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from glidewms.factory.policy import EntryRequest
+from glidewms.security.tokens import TokenError, TokenVerifier, write_secret
+
+HTTP_URL = re.compile(r"^https?://[^\s/]+\S*$")
+
+
+class VoStage(BaseModel):
+    """The frontend's signed VO stage, passed to every pilot of the group (`--vo-*`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048, description="<frontend_url>/stage/vo/<group>")
+    manifest_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="64 hex digits")
+    manifest_key: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+        description="base64 Ed25519 public key the manifest is signed with",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not HTTP_URL.match(value):
+            raise ValueError("expected an http:// or https:// URL without whitespace")
+        return value.rstrip("/")
+
+
+class RequestBody(BaseModel):
+    """PUT /api/v1/requests/{group}: the whole desired state of one group.
+
+    `pilot_token` may be left out when every entry brings its own.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool_url: str = Field(min_length=1, max_length=2048)
+    pilot_token: str | None = Field(default=None, min_length=1, max_length=16384, repr=False)
+    entries: dict[str, EntryRequest] = Field(default_factory=dict)
+    vo_stage: VoStage | None = None
+
+    @field_validator("pool_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+
+@dataclass
+class AcceptedRequest:
+    """A checked request: what is stored, and the token files it wrote."""
+
+    entries: dict[str, dict[str, object]]
+    token_expires: float | None
+    entry_tokens: dict[str, float] = field(default_factory=dict)
+    vo_stage: dict[str, str] | None = None
+
+
+def token_file(credentials: Path, frontend: str, group: str, entry: str | None = None) -> Path:
+    """Where the group's (or an entry's own) pilot token is kept (see the module doc)."""
+    name = f"{group}.token" if entry is None else f"{group}+{entry}.token"
+    return credentials / frontend / name
+
+
+def write_token(path: Path, token: str) -> None:
+    """Atomically replace a 0600 token file, so a running pilot never reads half."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = write_secret(path.with_name(f".{path.name}.{os.getpid()}.tmp"), token)
+    os.replace(tmp, path)
+
+
+def check_pilot_token(verifier: TokenVerifier, token: str, frontend: str, group: str,
+                      entry: str | None = None, where: str = "pilot_token") -> float:  # fmt: skip
+    """The delegated token must be a pilot token of this frontend, group (and entry,
+    when the pool scoped it to one); returns its expiry. `where` names the field."""
+    try:
+        identity = verifier.verify(token)
+    except TokenError as exc:
+        raise HTTPException(422, f"{where}: not a valid token: {exc}") from None
+    if "pilot" not in identity.scopes:
+        raise HTTPException(422, f"{where}: the token lacks the pilot scope")
+    if identity.claims.get("fe") != frontend:
+        raise HTTPException(422, f"{where}: its fe claim is not {frontend!r}")
+    claimed_group = identity.claims.get("group")
+    if claimed_group is not None and claimed_group != group:
+        raise HTTPException(422, f"{where}: its group claim is not {group!r}")
+    claimed_entry = identity.claims.get("entry")
+    if entry is not None and claimed_entry is not None and claimed_entry != entry:
+        raise HTTPException(422, f"{where}: its entry claim {claimed_entry!r} is not {entry!r}")
+    return float(identity.claims["exp"])
+
+
+def accept_request(verifier: TokenVerifier, body: RequestBody, frontend: str, group: str,
+                   credentials: Path) -> AcceptedRequest:  # fmt: skip
+    """Check every token of the request, then write them; 422 names the bad field.
+
+    An entry without its own token uses the group's, which must then exist
+    and, if the pool scoped it to one entry, be scoped to this one.
+    """
+    expires = None
+    if body.pilot_token is not None:
+        expires = check_pilot_token(verifier, body.pilot_token, frontend, group)
+    own: dict[str, tuple[str, float]] = {}
+    for name, wanted in body.entries.items():
+        where = f"entries.{name}.pilot_token"
+        if wanted.pilot_token is not None:
+            own[name] = (wanted.pilot_token, check_pilot_token(
+                verifier, wanted.pilot_token, frontend, group, name, where))  # fmt: skip
+        elif body.pilot_token is None:
+            raise HTTPException(422, f"{where}: required when the request has no pilot_token")
+        else:
+            check_pilot_token(verifier, body.pilot_token, frontend, group, name,
+                              f"pilot_token (for entry {name})")  # fmt: skip
+    if body.pilot_token is not None:
+        write_token(token_file(credentials, frontend, group), body.pilot_token)
+    for name, (token, _) in own.items():
+        write_token(token_file(credentials, frontend, group, name), token)
+    entries = {name: req.model_dump(mode="json", exclude_none=True, exclude={"pilot_token"})
+               for name, req in body.entries.items()}  # fmt: skip
+    vo = None if body.vo_stage is None else body.vo_stage.model_dump(exclude_none=True)
+    return AcceptedRequest(entries, expires, {n: e for n, (_, e) in own.items()}, vo)
