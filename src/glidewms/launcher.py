@@ -47,6 +47,8 @@ class Options:
     heartbeat: float = 20.0
     user: str = field(default_factory=getpass.getuser)
     extra_pool: dict[str, Any] = field(default_factory=dict)
+    # the frontend's groups; None gives one group, main, matching every entry
+    frontend_groups: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -136,7 +138,8 @@ class Installation:
             "factory_url": self.services["factory"].url,
             "token_file": str(self.path("tokens", "frontend.token")),
             "cycle_seconds": self.options.frontend_cycle,
-            "groups": [{"name": "main", "max_idle_per_entry": self.options.max_pilots}],
+            "groups": self.options.frontend_groups
+            or [{"name": "main", "max_idle_per_entry": self.options.max_pilots}],
         })
         self._spawn("frontend")
         self._await_url("frontend", timeout)

@@ -19,13 +19,11 @@ no assertion is about timing.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.harness import System, systems, wait_for
 
@@ -49,27 +47,12 @@ def local_entry(name: str, site: str, max_pilots: int, idle_timeout: int) -> dic
             "max_pilots": max_pilots, "max_idle": max_pilots, "max_per_cycle": max_pilots}
 
 
-def with_groups(s: System, groups: list[dict[str, Any]]) -> None:
-    """Restart the installation's frontend with these groups (the launcher writes
-    one default group; the rest of its configuration is kept)."""
-    inst = s.inst
-    frontend = inst.services["frontend"].process
-    frontend.send_signal(signal.SIGTERM)
-    frontend.wait(30)
-    path = inst.path("config", "frontend.yaml")
-    config = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump({**config, "groups": groups}, sort_keys=False))
-    # the launcher has no public way to restart one service yet
-    inst._spawn("frontend")
-    inst._await_url("frontend", 60)
-
-
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[System]:
     with systems(tmp_path, http_timeout=10) as start:
         s = start(entries=[local_entry("a", "SA", 1, 20), local_entry("b", "SB", 2, 8)],
-                  claim_lease=10.0, extra_pool={"significant_attributes": SIGNIFICANT})
-        with_groups(s, [GROUP])
+                  claim_lease=10.0, extra_pool={"significant_attributes": SIGNIFICANT},
+                  frontend_groups=[GROUP])
         yield s
 
 
