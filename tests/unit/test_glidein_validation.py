@@ -117,7 +117,7 @@ SMI = ("0, GPU-a, Tesla V100-SXM2-16GB, 16160, 7.0\n"
 
 @pytest.mark.parametrize(("text", "env", "expected"), [
     ("", {}, {"GPUs": 0}),
-    ("", {"CUDA_VISIBLE_DEVICES": "0,1,2"}, {"GPUs": 3}),
+    ("", {"CUDA_VISIBLE_DEVICES": "0,1,2"}, {"GPUs": 3, "GPUs_DeviceIds": "0,1,2"}),
     ("", {"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, {"GPUs": 0}),
     (SMI, {}, {"GPUs": 2, "GPUs_DeviceName": "Tesla V100-SXM2-16GB",
                "GPUs_GlobalMemoryMb": 16160, "GPUs_Capability": 7.0, "GPUs_DeviceIds": "0,1"}),

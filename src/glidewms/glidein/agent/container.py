@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -77,7 +78,8 @@ class ContainerSetup:
             if text.strip():
                 binds.append(Bind.parse(text))
         gpus = values.get("GPUs", "0")
-        devices = tuple(sorted(glob.glob("/dev/nvidia*"))) if gpus.isdigit() and int(gpus) else ()
+        devices = gpu_device_files(glob.glob("/dev/nvidia*"), values.get("CUDA_VISIBLE_DEVICES")) \
+            if gpus.isdigit() and int(gpus) else ()
         return cls(
             runtime=values.get("GLIDEIN_Container_Runtime") or "none",
             path=values.get("GLIDEIN_Container_Path") or "",
@@ -86,6 +88,23 @@ class ContainerSetup:
             binds=tuple(binds),
             gpu_devices=devices,
         )
+
+
+def gpu_device_files(found: List[str], visible: Optional[str]) -> Tuple[str, ...]:
+    """The /dev/nvidia* files a job container gets: the driver's shared ones
+    (nvidiactl, nvidia-uvm...) and, of the numbered ones, only this pilot's GPUs
+    when ``CUDA_VISIBLE_DEVICES`` names them by index (several pilots per node);
+    by UUID, or unset, every GPU's (the index is not known)."""
+    wanted = [d.strip() for d in (visible or "").split(",") if d.strip()]
+    numbered = re.compile(r"^/dev/nvidia([0-9]+)$")
+    keep = []
+    for path in sorted(found):
+        match = numbered.match(path)
+        if match and visible is not None and all(w.isdigit() for w in wanted) \
+                and match.group(1) not in wanted:
+            continue
+        keep.append(path)
+    return tuple(keep)
 
 
 def find_runtime(preference: str, which: Callable[[str], Optional[str]] = shutil.which

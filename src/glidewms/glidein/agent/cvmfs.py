@@ -28,7 +28,7 @@ import urllib.request
 from typing import Callable, Dict, List, Optional, Tuple
 
 NATIVE_ROOT = "/cvmfs"
-MODES = ("auto", "native", "mount", "never")
+MODES = ("auto", "native", "mount", "never", "namespace")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 COMMAND_TIMEOUT = 60.0
 
@@ -71,6 +71,8 @@ def plan(repos: List[str], mode: str, native: Dict[str, bool], images: bool,
         return {}, f"GLIDEIN_CVMFS_Mount: expected one of {', '.join(MODES)}, got {mode!r}"
     if mode == "never":
         return {}, ""
+    if mode == "namespace":  # cvmfsexec.py mounted them at /cvmfs before the agent started
+        return {}, namespace_problem(repos, native)
     how: Dict[str, str] = {}
     missing = []
     for repo in repos:
@@ -89,6 +91,12 @@ def plan(repos: List[str], mode: str, native: Dict[str, bool], images: bool,
     if to_mount and fuse_problem:
         return how, f"{', '.join(to_mount)} not on this node and cannot mount: {fuse_problem}"
     return how, ""
+
+
+def namespace_problem(repos: List[str], native: Dict[str, bool]) -> str:
+    """'' when the pilot's namespace (cvmfsexec mode) serves every repository."""
+    missing = [r for r in repos if not native.get(r)]
+    return f"not in the pilot's namespace /cvmfs: {', '.join(missing)}" if missing else ""
 
 
 def native_repos(repos: List[str], root: str = NATIVE_ROOT) -> Dict[str, bool]:

@@ -49,8 +49,9 @@ _OS_NAMES = {
 # the pool must see what the agent actually tracks and offers.
 RESERVED = frozenset(
     ("Cpus", "Memory", "Disk", "GLIDEIN_Id", "GLIDEIN_Site", "GLIDEIN_Entry_Name",
-     "GLIDEIN_Factory")
+     "GLIDEIN_Factory", "GLIDEIN_Multi_Count", "GLIDEIN_Multi_Index")
 )
+MULTI_ATTRS = ("GLIDEIN_Multi_Count", "GLIDEIN_Multi_Index")
 
 
 @dataclass
@@ -98,7 +99,10 @@ def detect_resources(
     """Explicit glidein_config amounts win; ``auto`` (None) is detected.
 
     One of ``GLIDEIN_Multi_Count`` pilots of one batch job (``--multi N``)
-    offers its share of the node (see ``split``).
+    offers its share of the node (see ``split``): of the pilots on this node,
+    which under srun (``GLIDEIN_Multi_Local_Count``/``_Index``, set per task)
+    may be fewer than all of them. GPUs the ``gpus`` script already assigned
+    to this pilot (``GLIDEIN_GPUs_Assigned``) are its own, not split again.
     """
     whole = Resources(
         cpus=cfg.cpus if cfg.cpus is not None else detect_cpus(),
@@ -106,11 +110,22 @@ def detect_resources(
         disk=detect_disk_kib(cfg.work_dir),
         gpus=int(cfg.values["GPUs"]) if cfg.values.get("GPUs", "").isdigit() else 0,
     )
-    count = cfg.values.get("GLIDEIN_Multi_Count", "1")
-    index = cfg.values.get("GLIDEIN_Multi_Index", "0")
-    if count.isdigit() and index.isdigit() and int(count) > 1:
-        return split(whole, int(count), int(index))
+    count, index = node_share(cfg.values)
+    if count > 1:
+        share = split(whole, count, index)
+        if cfg.values.get("GLIDEIN_GPUs_Assigned", "").lower() == "true":
+            share.gpus = whole.gpus
+        return share
     return whole
+
+
+def node_share(values: dict[str, str]) -> tuple[int, int]:
+    """(pilots sharing this node, this pilot's index among them), (1, 0) alone."""
+    for prefix in ("GLIDEIN_Multi_Local_", "GLIDEIN_Multi_"):
+        count, index = values.get(prefix + "Count", ""), values.get(prefix + "Index", "")
+        if count.isdigit() and index.isdigit() and int(index) < int(count):
+            return int(count), int(index)
+    return 1, 0
 
 
 def split(whole: Resources, count: int, index: int) -> Resources:
@@ -191,4 +206,7 @@ def slot_ad(
             "GLIDEIN_ToDie": int(to_die),
         }
     )
+    for key in MULTI_ATTRS:  # which of a batch job's pilots this is (--multi)
+        if cfg.values.get(key, "").isdigit():
+            ad[key] = int(cfg.values[key])
     return ad

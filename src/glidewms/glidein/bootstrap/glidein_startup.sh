@@ -17,7 +17,8 @@ usage() {
        "--entry NAME --site NAME [--idle-timeout S] [--lifetime S] [--cpus N|auto]" \
        "[--memory MB|auto] [--work-dir DIR|auto|TMPDIR] [--min-disk MB] [--heartbeat S]" \
        "[--manifest-key B64] [--attr NAME=VALUE ...] [--set KEY=VALUE ...]" \
-       "[--vo-stage URL --vo-manifest-sha256 HEX [--vo-manifest-key B64]] [--multi N]" >&2
+       "[--vo-stage URL --vo-manifest-sha256 HEX [--vo-manifest-key B64]] [--multi N]" \
+       "[--multi-launch auto|srun|local]" >&2
   echo "   or: glidein_startup.sh --no-factory --pool URL (--stage-dir DIR | --stage-url URL" \
        "--manifest-sha256 HEX) [--site NAME] [--entry NAME] [--glidein-id ID] [...]" >&2
   exit $EXIT_USAGE
@@ -25,11 +26,12 @@ usage() {
 
 factory='' manifest_sha='' pool='' gid='' entry='' site='' idle=1200 lifetime=86400
 cpus=auto memory=auto parent=auto heartbeat='' attrs=() settings=() manifest_key='' min_disk=50
-no_factory='' stage_base='' vo_stage='' vo_sha='' vo_key='' multi=1
+no_factory='' stage_base='' vo_stage='' vo_sha='' vo_key='' multi=1 multi_launch=auto
 reserved=" GLIDEIN_Factory_URL GLIDEIN_Pool_URL GLIDEIN_Id GLIDEIN_Entry_Name GLIDEIN_Site \
 GLIDEIN_Idle_Timeout GLIDEIN_Lifetime GLIDEIN_Cpus GLIDEIN_Memory GLIDEIN_Heartbeat GLIDEIN_Work_Dir \
 GLIDEIN_Token_File GLIDEIN_Attrs GLIDEIN_Manifest_Signature GLIDEIN_VO_Scripts \
-GLIDEIN_VO_Manifest_Signature GLIDEIN_Multi_Count GLIDEIN_Multi_Index GLIDEIN_Manual "
+GLIDEIN_VO_Manifest_Signature GLIDEIN_Multi_Count GLIDEIN_Multi_Index GLIDEIN_Manual \
+GLIDEIN_Multi_Local_Count GLIDEIN_Multi_Local_Index GLIDEIN_Multi_Launcher "
 while [ $# -gt 0 ]; do
   if [ "$1" = --no-factory ]; then no_factory=1; shift; continue; fi
   [ $# -ge 2 ] || usage "$1 needs a value"
@@ -44,7 +46,7 @@ while [ $# -gt 0 ]; do
     --stage-dir) stage_base=$(cd "$2" 2>/dev/null && pwd) || usage "--stage-dir $2: no such directory" ;;
     --stage-url) stage_base=${2%/} ;;    --vo-stage) vo_stage=${2%/} ;;
     --vo-manifest-sha256) vo_sha=$2 ;;   --vo-manifest-key) vo_key=$2 ;;
-    --multi) multi=$2 ;;
+    --multi) multi=$2 ;;                 --multi-launch) multi_launch=$2 ;;
     --set) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --set '$2'"
            [[ $reserved == *" ${2%%=*} "* ]] && usage "--set cannot set ${2%%=*}"
            settings+=("$2") ;;
@@ -79,6 +81,7 @@ done
 [ -z "$vo_stage" ] || [ -n "$vo_sha" ] || usage "--vo-stage needs --vo-manifest-sha256"
 [ -n "$vo_stage" ] || [ -z "$vo_sha$vo_key" ] || usage "--vo-manifest-sha256/-key need --vo-stage"
 [[ $multi =~ ^[1-9][0-9]{0,2}$ ]] || usage "--multi takes a number of pilots (1-999)"
+[[ $multi_launch =~ ^(auto|srun|local)$ ]] || usage "--multi-launch: auto, srun or local"
 [[ $idle$lifetime$heartbeat$min_disk =~ ^[0-9]+$ ]] \
   || usage "--idle-timeout, --lifetime, --heartbeat take a number of seconds, --min-disk of MB"
 [[ $cpus =~ ^([0-9]+|auto)$ && $memory =~ ^([0-9]+|auto)$ ]] || usage "--cpus/--memory: N or auto"
@@ -286,11 +289,84 @@ rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
   [ -n "$heartbeat" ] && printf 'GLIDEIN_Heartbeat %s\n' "$heartbeat"
 } > "$work/glidein_config"
 
+slurm_total_cpus() {  # SLURM_JOB_CPUS_PER_NODE ("4(x2),2") -> 10
+  local part n r total=0
+  IFS=, read -ra parts <<< "$1"
+  for part in ${parts[@]+"${parts[@]}"}; do
+    [[ $part =~ ^([0-9]+)(\(x([0-9]+)\))?$ ]] || continue
+    n=${BASH_REMATCH[1]} r=${BASH_REMATCH[3]:-1}; total=$((total + n * r))
+  done
+  echo "$total"
+}
+# One srun task = one pilot: $1 work dir, $2 glidein id, $3 pilots, $4 python. The
+# stage arrives as a tar on stdin; the pilot's share of the node is split among
+# the tasks Slurm placed on the same node (SLURM_STEP_TASKS_PER_NODE, SLURM_LOCALID).
+srun_task='
+set -u
+work=$1 gid=$2 count=$3 PY=$4 i=${SLURM_PROCID:?} local_i=${SLURM_LOCALID:-0} local_n=1
+IFS=, read -ra per_node <<< "${SLURM_STEP_TASKS_PER_NODE:-$count}"
+node=0
+for part in "${per_node[@]}"; do  # "2(x3),1": this node is SLURM_NODEID
+  [[ $part =~ ^([0-9]+)(\(x([0-9]+)\))?$ ]] || continue
+  if [ "${SLURM_NODEID:-0}" -lt $((node + ${BASH_REMATCH[3]:-1})) ]; then
+    local_n=${BASH_REMATCH[1]}; break
+  fi
+  node=$((node + ${BASH_REMATCH[3]:-1}))
+done
+sub=$work/pilot_$i own=""
+[ -d "$work" ] || own=1   # another node than the bootstrap: this task cleans up after itself
+mkdir -p "$sub" && tar -xf - -C "$sub" || { log "task $i: cannot unpack the stage in $sub"; exit 1; }
+cleanup_task() { [ -z "$own" ] || { unmount_under "$sub"; rm -rf --one-file-system -- "$sub"; rmdir "$work" 2>/dev/null; }; }
+trap cleanup_task EXIT
+printf "%s %s\n" GLIDEIN_Id "$gid-$i" GLIDEIN_Work_Dir "$sub" GLIDEIN_Multi_Count "$count" \
+  GLIDEIN_Multi_Index "$i" GLIDEIN_Multi_Local_Count "$local_n" \
+  GLIDEIN_Multi_Local_Index "$local_i" GLIDEIN_Multi_Launcher srun >> "$sub/glidein_config"
+cd "$sub" || exit 1
+PYTHONPATH=$sub "$PY" -m agent --config glidein_config &
+pid=$!
+trap "kill -TERM $pid 2>/dev/null" TERM INT
+wait $pid; rc=$?
+while kill -0 $pid 2>/dev/null; do wait $pid; rc=$?; done
+exit $rc
+'
 cd "$work" || exit $EXIT_ERROR
 export PYTHONPATH=$work${PYTHONPATH:+:$PYTHONPATH}
+# cvmfsexec mode (GLIDEIN_CVMFS_Mount namespace): every agent runs in a user + mount
+# namespace whose /cvmfs holds the repositories (agent/cvmfsexec.py). When the node
+# refuses the namespace the agent runs anyway and its cvmfs check fails, with a report.
+ns=()
+if [ "$(awk '$1 == "GLIDEIN_CVMFS_Mount" { v = tolower($2) } END { print v }' glidein_config)" \
+     = namespace ]; then
+  ns_cmd=(unshare --user --map-root-user --mount --propagation private)
+  if why=$("${ns_cmd[@]}" true 2>&1); then
+    ns=("${ns_cmd[@]}" "$PY" -m agent.cvmfsexec --config glidein_config --uid "$(id -u)" \
+        --gid "$(id -g)" --)
+    log "the pilot runs in a user + mount namespace with its own /cvmfs"
+  else
+    printf '%s %s\n' GLIDEIN_CVMFS_Namespace failed GLIDEIN_CVMFS_Namespace_Problem \
+      "$(echo "unshare --user --map-root-user --mount: ${why:-not available}" | tr '\n' ' ')" \
+      >> glidein_config
+  fi
+fi
 if [ "$multi" -eq 1 ]; then
   log "starting the agent"
-  "$PY" -m agent --config glidein_config &
+  ${ns[@]+"${ns[@]}"} "$PY" -m agent --config glidein_config &
+  agent_pids+=($!)
+elif [ "$multi_launch" = srun ] || { [ "$multi_launch" = auto ] && [ -n "${SLURM_JOB_ID:-}" ] \
+       && command -v srun >/dev/null 2>&1; }; then
+  # Inside a Slurm allocation: one srun task per pilot, placed by Slurm on the
+  # allocation's nodes. srun broadcasts its stdin to every task, so each task
+  # unpacks its own copy of the checked stage (the work dir is node-local).
+  command -v srun >/dev/null 2>&1 || fail error $EXIT_ERROR "--multi-launch srun: no srun on PATH"
+  [ -n "${SLURM_JOB_ID:-}" ] || fail error $EXIT_ERROR "--multi-launch srun: not in a Slurm job"
+  job_cpus=$(slurm_total_cpus "${SLURM_JOB_CPUS_PER_NODE:-}")
+  [ "$cpus" = auto ] || job_cpus=$cpus
+  per_task=$(( ${job_cpus:-0} / multi )); [ "$per_task" -ge 1 ] || per_task=1
+  log "starting $multi agents with srun ($per_task cpus per task)"
+  shipped=(agent validation glidein_config); [ -d vo ] && shipped+=(vo)
+  tar -cf - "${shipped[@]}" | srun --ntasks="$multi" --cpus-per-task="$per_task" --overlap \
+    --kill-on-bad-exit=0 --mpi=none --input=all --job-name=glidein \
+    bash -c "$(declare -f unmount_under log); $srun_task" glidein_task "$work" "$gid" "$multi" "$PY" &
   agent_pids+=($!)
 else
   # Several pilots in one batch job (a whole node): each its own work dir, glidein
@@ -302,9 +378,9 @@ else
     for d in agent validation vo; do [ ! -e "$work/$d" ] || ln -s "../$d" "$sub/$d"; done
     { cat glidein_config
       printf '%s %s\n' GLIDEIN_Id "$gid-$i" GLIDEIN_Work_Dir "$sub" GLIDEIN_Multi_Count "$multi" \
-        GLIDEIN_Multi_Index "$i"
+        GLIDEIN_Multi_Index "$i" GLIDEIN_Multi_Launcher local
     } > "$sub/glidein_config"
-    (cd "$sub" && exec "$PY" -m agent --config glidein_config) &
+    (cd "$sub" && exec ${ns[@]+"${ns[@]}"} "$PY" -m agent --config glidein_config) &
     agent_pids+=($!)
   done
 fi

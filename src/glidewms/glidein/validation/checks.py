@@ -171,7 +171,10 @@ def gpu_attributes(rows: List[Dict[str, str]], visible: Optional[List[str]]) -> 
     if visible is not None and rows:
         rows = [r for r in rows if r["index"] in visible or r["uuid"] in visible]
     if not rows:
-        return {"GPUs": len(visible or [])}
+        attrs_only: Dict[str, object] = {"GPUs": len(visible or [])}
+        if visible:
+            attrs_only["GPUs_DeviceIds"] = ",".join(visible)
+        return attrs_only
     first = rows[0]
     attrs: Dict[str, object] = {"GPUs": len(rows), "GPUs_DeviceName": first["name"]}
     if first["memory"].isdigit():
@@ -180,6 +183,30 @@ def gpu_attributes(rows: List[Dict[str, str]], visible: Optional[List[str]]) -> 
         attrs["GPUs_Capability"] = float(first["capability"])
     attrs["GPUs_DeviceIds"] = ",".join(r["index"] for r in rows)
     return attrs
+
+
+def node_share(values: Mapping[str, str]) -> Tuple[int, int]:
+    """(pilots sharing this node, this pilot's index among them) for ``--multi``.
+
+    Under srun only the tasks Slurm placed on this node share it
+    (``GLIDEIN_Multi_Local_*``); local pilots all do (``GLIDEIN_Multi_*``).
+    """
+    for prefix in ("GLIDEIN_Multi_Local_", "GLIDEIN_Multi_"):
+        count, index = values.get(prefix + "Count", ""), values.get(prefix + "Index", "")
+        if count.isdigit() and index.isdigit() and int(index) < int(count):
+            return int(count), int(index)
+    return 1, 0
+
+
+def gpu_share(devices: List[str], count: int, index: int) -> List[str]:
+    """Pilot ``index``'s GPUs of ``devices`` among ``count`` pilots: contiguous
+    blocks (neighbouring devices usually share a switch), the remainder going to
+    the first pilots, as the agent splits CPUs and memory; no GPU is given twice."""
+    if count <= 1:
+        return list(devices)
+    base, extra = divmod(len(devices), count)
+    start = index * base + min(index, extra)
+    return list(devices[start:start + base + (1 if index < extra else 0)])
 
 
 # -- credential -------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 ``GLIDEIN_CVMFS_Repos`` (or ``GLIDEIN_CVMFS_REPOS``): the required repositories;
 none means nothing to check. ``GLIDEIN_CVMFS_Mount``: ``auto`` (default),
-``native``, ``mount`` or ``never``. ``GLIDEIN_CVMFS_Images``: where to get
-``<repo>.sqfs`` when the pilot mounts a repository itself.
+``native``, ``mount``, ``never`` or ``namespace`` (the bootstrap started the
+pilot in a user + mount namespace whose /cvmfs has them: agent/cvmfsexec.py;
+what went wrong there is in ``GLIDEIN_CVMFS_Namespace_Problem``).
+``GLIDEIN_CVMFS_Images``: where to get ``<repo>.sqfs`` when the pilot mounts a
+repository itself.
 
 A repository that can be neither found nor mounted is a WN_Resource failure.
 Publishes ``HAS_CVMFS`` and ``HAS_CVMFS_<repo>`` (slot), ``GLIDEIN_CVMFS_Source``
@@ -41,6 +44,8 @@ def check(script: Script) -> str:
                                     f"{', '.join(cvmfs.MODES)}, got {mode!r}")
         script.add("HAS_CVMFS", os.path.isdir(cvmfs.NATIVE_ROOT), slot=True)
         return "no CVMFS repository required"
+    if mode == "namespace":
+        return in_namespace(script, repos)
     how, problem = cvmfs.plan(repos, mode, cvmfs.native_repos(repos), bool(images),
                               cvmfs.fuse_problem())
     if problem:
@@ -77,6 +82,23 @@ def check(script: Script) -> str:
         binds += [f"{p}:{cvmfs.NATIVE_ROOT}/{os.path.basename(p)}:ro" for p in mounted]
         script.add("GLIDEIN_Container_Binds", ",".join(binds))
     return ", ".join(f"{repo} ({way})" for repo, way in how.items())
+
+
+def in_namespace(script: Script, repos: list[str]) -> str:
+    """cvmfsexec mode: the namespace was made and serves every repository at /cvmfs."""
+    if script.get("GLIDEIN_CVMFS_Namespace") != "yes":
+        raise Failure("WN_Resource", "cvmfsexec namespace: " + (
+            script.get("GLIDEIN_CVMFS_Namespace_Problem")
+            or "the bootstrap did not start the pilot in one"))
+    _how, problem = cvmfs.plan(repos, "namespace", cvmfs.native_repos(repos), True, "")
+    if problem:
+        raise Failure("WN_Resource", problem)
+    for repo in repos:
+        script.add(cvmfs.attribute_name(repo), True, slot=True)
+    script.add("HAS_CVMFS", True, slot=True)
+    script.add("GLIDEIN_CVMFS_Source", "namespace", slot=True)
+    script.add("CVMFS_MOUNT_DIR", cvmfs.NATIVE_ROOT, env=True)
+    return ", ".join(f"{repo} (namespace)" for repo in repos)
 
 
 if __name__ == "__main__":

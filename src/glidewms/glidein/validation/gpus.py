@@ -3,6 +3,11 @@
 Publishes HTCondor's ``GPUs``, ``GPUs_DeviceName``, ``GPUs_GlobalMemoryMb``,
 ``GPUs_Capability`` as slot attributes and ``CUDA_VISIBLE_DEVICES`` to jobs.
 ``GLIDEIN_GPUs``: ``auto`` (default), ``0`` (ignore GPUs), or N required.
+
+One of several pilots on a node (``--multi``) takes only its block of the
+node's GPUs (``checks.gpu_share``): its slot offers those, its jobs'
+``CUDA_VISIBLE_DEVICES`` names those, and ``GLIDEIN_GPUs_Assigned`` tells the
+agent not to split them again. ``GLIDEIN_GPUs_Node`` keeps the node's count.
 """
 
 from __future__ import annotations
@@ -37,15 +42,27 @@ def check(script: Script) -> str:
             raise Failure("WN_Resource", f"nvidia-smi exited {out.returncode}: "
                                          f"{out.stderr.strip()[-300:]}")
         rows = checks.parse_nvidia_smi(out.stdout)
-    attrs = checks.gpu_attributes(rows, checks.visible_devices(os.environ))
+    visible = checks.visible_devices(os.environ)
+    attrs = checks.gpu_attributes(rows, visible)
     count = int(attrs["GPUs"])  # type: ignore[call-overload]
     if mode.isdigit() and count < int(mode):
         raise Failure("WN_Resource", f"{count} GPUs found, GLIDEIN_GPUs asks {mode}")
+    pilots, index = checks.node_share(script.values)
+    if pilots > 1:
+        devices = str(attrs.get("GPUs_DeviceIds", "")).split(",") if count else []
+        mine = checks.gpu_share(devices, pilots, index)
+        attrs = checks.gpu_attributes(rows, mine)
+        script.add("GLIDEIN_GPUs_Node", count)
+        script.add("GLIDEIN_GPUs_Assigned", True)
+        count = int(attrs["GPUs"])  # type: ignore[call-overload]
     for key, value in attrs.items():
         if key != "GPUs_DeviceIds":
             script.add(key, value, slot=True)
     if count and "GPUs_DeviceIds" in attrs:
         script.add("CUDA_VISIBLE_DEVICES", attrs["GPUs_DeviceIds"], env=True)
+    elif pilots > 1 and script.get("GLIDEIN_GPUs_Node", "0") != "0":
+        script.add("CUDA_VISIBLE_DEVICES", "", env=True)  # the node's GPUs are the others'
+
     return f"{count} GPUs" + (f" ({attrs.get('GPUs_DeviceName')})" if count else "")
 
 
