@@ -3,6 +3,7 @@ policy rule, and listing ads without a parse per job (real ClassAd library)."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,6 +49,30 @@ def test_a_later_autocluster_that_reads_more_makes_shapes_finer():
     assert mm.shape(a) != mm.shape(b)
     assert not mm.fits(2, a, mm.shape(a)) and mm.fits(2, b, mm.shape(b))
     assert mm.fits(1, a, mm.shape(a)) and mm.fits(1, b, mm.shape(b))
+
+
+def test_an_answer_that_reads_the_clock_is_never_reused():
+    # An overflow-style Start: the job must have been queued for a while. A
+    # cached first "no" would keep the job off this pilot for ever.
+    qdate = int(time.time()) + 1
+    mm = Matchmaker()
+    mm.remember(1, f"[ QDate = {qdate}; Requirements = true ]")
+    free = {"cpus": 8, "memory": 16000, "disk": 1000, "gpus": 0}
+    slot = slot_with({**SLOT, "GLIDEIN_Start": "time() - TARGET.QDate >= 0"}, free)
+    assert mm.shape(slot).startswith("!")
+    assert not mm.fits(1, slot, mm.shape(slot))
+    while time.time() < qdate + 1:  # classad time() has one-second resolution
+        time.sleep(0.05)
+    assert mm.fits(1, slot, mm.shape(slot))
+
+
+def test_an_autocluster_that_reads_the_clock_is_not_cached():
+    mm = Matchmaker()
+    mm.remember(1, "[ Requirements = CurrentTime > 0 ]")
+    mm.remember(2, "[ Requirements = TARGET.Cpus > 0 ]")
+    slot = classads.ad_from_dict(SLOT)
+    assert mm.fits(1, slot, mm.shape(slot)) and mm.fits(2, slot, mm.shape(slot))
+    assert list(mm._cache) == [(2, mm.shape(slot))]
 
 
 def test_slot_with_free_resources_and_whole_slot():

@@ -13,11 +13,16 @@ The cache is only a cache: evaluation always uses the whole slot ad, and the
 shape only decides when an earlier answer may be reused. Autocluster ads
 seen later may read more slot attributes; shapes then grow, and older
 answers stay valid for the autoclusters they were computed for.
+
+An answer that depends on the clock (``time()``, ``CurrentTime``, ``random()``)
+is never reused: an overflow Start such as ``time() - TARGET.QDate > 3600``
+must say yes once the jobs have waited long enough, not keep its first no.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +32,12 @@ from glidewms.pool.jobs import int_attr
 CACHE_LIMIT = 500_000
 SLOT_EXPRESSIONS = ("start", "requirements", "rank")
 _NO = object()  # cached "does not match"
+_VOLATILE = re.compile(r"\b(?:time|random)\s*\(|\bcurrenttime\b", re.IGNORECASE)
+
+
+def volatile(text: str) -> bool:
+    """Does this expression (or ad) text read the clock or a random number?"""
+    return _VOLATILE.search(text) is not None
 
 
 def slot_refs(ad: Any) -> set[str]:
@@ -59,6 +70,7 @@ class Matchmaker:
         self._refs: set[str] = {"cpus", "memory", "disk", "gpus"}
         self.version = 0  # grows with the set of slot attributes read: shapes change
         self._cache: dict[tuple[int, str], Any] = {}
+        self._volatile: set[int] = set()  # autoclusters whose answers are never cached
 
     def remember(self, ac_id: int, text: str) -> Any:
         """Parse and keep an autocluster's ad; learn which slot attributes it reads."""
@@ -67,6 +79,8 @@ class Matchmaker:
             ad = self.ads[ac_id] = classads.parse_ad(text)
             self.texts[ac_id] = text
             self.requests[ac_id] = request_of(ad)
+            if volatile(text):
+                self._volatile.add(ac_id)
             refs = slot_refs(ad)
             if not refs <= self._refs:
                 self._refs |= refs
@@ -74,7 +88,11 @@ class Matchmaker:
         return ad
 
     def shape(self, slot: Any) -> str:
-        """A key that is equal for slots no known autocluster can tell apart."""
+        """A key that is equal for slots no known autocluster can tell apart.
+
+        A slot whose own expressions read the clock gets a key starting with
+        ``!``: nothing is cached for it.
+        """
         keep = set(self._refs)
         for name in slot:
             if name.lower() in SLOT_EXPRESSIONS:
@@ -84,24 +102,31 @@ class Matchmaker:
                     keep.update(r.lower() for r in slot.internalRefs(value))
         parts = [f"{name}={slot.lookup(name)}" for name in sorted(slot)
                  if name.lower() in keep]
-        return hashlib.sha256(";".join(parts).encode()).hexdigest()
+        digest = hashlib.sha256(";".join(parts).encode()).hexdigest()
+        clocked = any(volatile(str(slot.lookup(name))) for name in slot
+                      if name.lower() in SLOT_EXPRESSIONS)
+        return "!" + digest if clocked else digest
 
     def fits(self, ac_id: int, slot: Any, shape: str) -> bool:
         """Can this slot (whose shape is `shape`) run a job of this autocluster?"""
         return self._lookup(ac_id, self.ads[ac_id], slot, shape, "Rank" in slot) is not _NO
 
     def _lookup(self, ac_id: int, ac_ad: Any, slot: Any, shape: str, has_rank: bool) -> Any:
+        if shape.startswith("!") or ac_id in self._volatile:
+            return self._evaluate(ac_ad, slot, has_rank)
         key = (ac_id, shape)
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) > CACHE_LIMIT:
                 self._cache.clear()
-            if classads.job_fits_slot(ac_ad, slot):
-                hit = classads.rank(slot, ac_ad) if has_rank else 0.0
-            else:
-                hit = _NO
-            self._cache[key] = hit
+            hit = self._cache[key] = self._evaluate(ac_ad, slot, has_rank)
         return hit
+
+    @staticmethod
+    def _evaluate(ac_ad: Any, slot: Any, has_rank: bool) -> Any:
+        if classads.job_fits_slot(ac_ad, slot):
+            return classads.rank(slot, ac_ad) if has_rank else 0.0
+        return _NO
 
     def matching(self, slot: Any, autocluster_ads: Mapping[int, Any]) -> list[int]:
         """Ids of the autoclusters whose jobs this slot can run, best slot Rank first."""
