@@ -13,7 +13,12 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-os.environ.setdefault("CONDOR_CONFIG", "/dev/null")  # silence "no condor_config" chatter
+# Where HTCondor is not installed, the bindings complain that no configuration
+# exists: point them at an empty one. Where it is, its configuration is what
+# locates a schedd (the htcondor factory backend), so leave it to be found.
+if not any(os.path.isfile(p) for p in ("/etc/condor/condor_config",
+                                       "/usr/local/etc/condor_config")):
+    os.environ.setdefault("CONDOR_CONFIG", "/dev/null")
 
 import classad2
 import htcondor2  # noqa: F401  (must come before classad2 is used: see module docstring)

@@ -9,8 +9,13 @@ array element, with the batch system's environment variables
 the directives put them. What it models and what it does not:
 
 - directives read from the script on standard input (`#PBS -J 0-3`, `-o DIR/`,
-  `-h`; `#BSUB -J "name[1-4]"`, `-o DIR/%J.%I.out`, `-H`), everything else in
-  the directives ignored (no resources, no queues);
+  `-h`, `-v NAME=value`; `#BSUB -J "name[1-4]"`, `-o DIR/%J.%I.out`, `-H`,
+  `-Jd "description"`), everything else in the directives ignored (no
+  resources, no queues);
+- held elements released by `qrls` / `bresume`; `qstat` and `bjobs` with no
+  job id list every job (`qstat -f -F json` with `Variable_List`, `bjobs -o`
+  with the fields asked for: jobid stat exit_code jobindex job_name
+  job_description);
 - `STANDIN_SLOTS` elements run at once, the others wait (state Q / PEND) and
   start on a later command (no scheduler daemon);
 - ended elements are remembered (qstat -x / bjobs -a), with exit status;
@@ -34,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("qsub", "qstat", "qdel", "bsub", "bjobs", "bkill")
+COMMANDS = ("qsub", "qstat", "qdel", "qrls", "bsub", "bjobs", "bkill", "bresume")
 SERVER = "standin"
 
 
@@ -145,6 +150,8 @@ def directives(script: str, prefix: str) -> list[list[str]]:
 def submit(kind: str, script: str) -> dict[str, Any]:
     job_id = next_id()
     held = False
+    variables: dict[str, str] = {}
+    description = ""
     if kind == "pbs":
         name, out_dir, indices, array = "STDIN", ".", ["0"], False
         for words in directives(script, "#PBS"):
@@ -155,6 +162,10 @@ def submit(kind: str, script: str) -> dict[str, Any]:
                 out_dir = value.rstrip("/")
             elif option == "-h":
                 held = True
+            elif option == "-v":
+                for pair in value.split(","):
+                    key, _, item = pair.partition("=")
+                    variables[key] = item
             elif option == "-J":
                 first, last = (int(x) for x in value.split("-"))
                 if last <= first:
@@ -184,6 +195,8 @@ def submit(kind: str, script: str) -> dict[str, Any]:
                 err = value
             elif option == "-H":
                 held = True
+            elif option == "-Jd":
+                description = value
         tasks = {i: {"ref": f"{job_id}[{i}]" if array else job_id,
                      "out": out.replace("%J", job_id).replace("%I", i),
                      "err": err.replace("%J", job_id).replace("%I", i)}
@@ -194,7 +207,8 @@ def submit(kind: str, script: str) -> dict[str, Any]:
         task.update(state="held" if held else "waiting", pid=0, exit=None,
                     exit_file=str(state_dir() / f"{job_id}.{i}.exit"))  # fmt: skip
     job = {"id": job_id, "kind": kind, "name": name, "array": array, "script": str(script_path),
-           "tasks": tasks, "submitted": time.time()}  # fmt: skip
+           "tasks": tasks, "submitted": time.time(), "variables": variables,
+           "description": description}  # fmt: skip
     save(job)
     refresh()
     return job
@@ -221,6 +235,8 @@ def find(ref: str) -> tuple[dict[str, Any], list[str]] | None:
 def qstat(args: list[str]) -> int:
     ids = [a for a in args if not a.startswith("-") and a != "json"]
     refresh()
+    if not ids:
+        ids = [job["id"] for job in all_jobs() if job["kind"] == "pbs"]
     jobs: dict[str, Any] = {}
     code = 0
     for ref in ids:
@@ -235,7 +251,8 @@ def qstat(args: list[str]) -> int:
                                                 "array": "True"}  # fmt: skip
         for i in indices:
             task = job["tasks"][i]
-            info: dict[str, Any] = {"Job_Name": job["name"], "queue": "workq"}
+            info: dict[str, Any] = {"Job_Name": job["name"], "queue": "workq",
+                                    "Variable_List": job.get("variables", {})}  # fmt: skip
             if task["state"] in ("ended", "deleted"):
                 info["job_state"] = "F" if not job["array"] else "X"
                 if task["exit"] is not None and task["state"] == "ended":
@@ -252,15 +269,22 @@ def qstat(args: list[str]) -> int:
 
 def bjobs(args: list[str]) -> int:
     ids = []
+    fields = ["jobid", "stat", "exit_code", "jobindex"]
     skip = False
     for a in args:
         if skip:
             skip = False
+            fields = a.split("delimiter=")[0].split()
         elif a == "-o":
             skip = True
         elif not a.startswith("-"):
             ids.append(a)
     refresh()
+    if not ids:
+        ids = [job["id"] for job in all_jobs() if job["kind"] == "lsf"]
+        if not ids:
+            print("No job found", file=sys.stderr)
+            return 255
     code = 0
     for ref in ids:
         found = find(ref)
@@ -276,7 +300,34 @@ def bjobs(args: list[str]) -> int:
                 exit_code = "-" if task["exit"] in (0, None) else str(task["exit"])
             else:
                 state, exit_code = LSF_STATE[task["state"]], "-"
-            print(f"{job['id']}|{state}|{exit_code}|{i if job['array'] else 0}")
+            index = i if job["array"] else "0"
+            values = {"jobid": job["id"], "stat": state, "exit_code": exit_code,
+                      "jobindex": index, "job_name": f"{job['name']}[{index}]",
+                      "job_description": job.get("description") or "-"}  # fmt: skip
+            print("|".join(values[f] for f in fields))
+    return code
+
+
+def release(args: list[str], kind: str) -> int:
+    """qrls / bresume: held elements wait for a slot again."""
+    code = 0
+    for ref in [a for a in args if not a.startswith("-")]:
+        found = find(ref)
+        if found is None:
+            print(f"qrls: Unknown Job Id {ref}" if kind == "pbs" else f"{ref}: No such job",
+                  file=sys.stderr)  # fmt: skip
+            code = 1 if kind == "pbs" else 255
+            continue
+        job, indices = found
+        for i in indices:
+            if job["tasks"][i]["state"] == "held":
+                job["tasks"][i]["state"] = "waiting"
+            elif kind == "lsf":
+                print(f"Job <{job['tasks'][i]['ref']}>: The job was not suspended",
+                      file=sys.stderr)  # fmt: skip
+                code = 255
+        save(job)
+    refresh()
     return code
 
 
@@ -316,6 +367,8 @@ def main(argv: list[str]) -> int:
         return qstat(args)
     if command == "bjobs":
         return bjobs(args)
+    if command in ("qrls", "bresume"):
+        return release(args, "pbs" if command == "qrls" else "lsf")
     if command in ("qdel", "bkill"):
         return delete(args, "pbs" if command == "qdel" else "lsf")
     print(f"stand-in: unknown command {command}", file=sys.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from glidewms.config.factory import EntryConfig
-from glidewms.factory.backends import BackendContext, PilotState
+from glidewms.factory.backends import BackendContext, PilotState, PilotSubmission
 from glidewms.factory.backends.batch import BatchBackend
 from glidewms.factory.backends.lsf import LsfBackend
 from glidewms.factory.backends.pbs import PbsBackend
@@ -77,6 +77,46 @@ def test_backend_against_standin(kind: str, tmp_path: Path) -> None:
         unknown = await backend.status(["e1/99999[1]", "nowhere/1[1]"])
         assert unknown == {"e1/99999[1]": PilotState.finished,
                            "nowhere/1[1]": PilotState.unknown}
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["pbs", "lsf"])
+def test_standin_adopts_marked_arrays_and_releases_held_pilots(kind: str, tmp_path: Path) -> None:
+    """A factory that lost the ids of a submission finds its arrays by their mark (PBS
+    `-v GLIDEWMS_MARK=`, LSF `-Jd`) among all jobs; a held pilot is released (qrls,
+    bresume) and runs."""
+    backend_cls: type[BatchBackend] = {"pbs": PbsBackend, "lsf": LsfBackend}[kind]
+    env = install(tmp_path / "bin", tmp_path / "standin", slots=4)
+    bootstrap = tmp_path / "boot.sh"
+    bootstrap.write_text('#!/bin/bash\necho "ok $4"\n')
+    token = token_file(tmp_path / "token")
+    entry = EntryConfig(name="e1", site="S", backend=kind, cpus=1, memory=100,  # type: ignore[arg-type]
+                        batch={"env": env, "options": [HOLD[kind]]})  # fmt: skip
+    other = entry.model_copy(update={"name": "e2"})
+    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
+                             entries={"e1": entry, "e2": other})  # fmt: skip
+    pilots = [PilotSubmission(f"e1-t-{i}", ("--x", "y", "--glidein-id", f"e1-t-{i}"), token)
+              for i in range(6)]  # fmt: skip
+    until = partial(factory_harness.until, deadline=time.monotonic() + 60, interval=0.1)
+
+    async def scenario() -> None:
+        backend = backend_cls(context)
+        first = await backend.submit(entry, pilots[:3])
+        single = await backend.submit(entry, pilots[3:4])  # PBS: a plain job, no array
+        await backend.submit(other, [PilotSubmission("e2-t-0", ("--glidein-id", "e2-t-0"),
+                                                     token)])  # fmt: skip
+        ids = [p.glidein_id for p in pilots]
+        found = await backend.adopt(entry, ids)
+        assert found == dict(zip(ids[:4], first + single, strict=True))
+        assert set((await backend.adopt(other, ["e2-t-0"])).values()) != set(found.values())
+
+        assert set((await backend.status(first)).values()) == {PilotState.held}
+        await backend.release(first[:1])
+        seen = await until(backend, first, lambda s: s[first[0]] is PilotState.finished)
+        assert seen[first[1]] is PilotState.held, "only the released one ran"
+        await backend.remove([*first[1:], *single])
         await backend.close()
 
     asyncio.run(scenario())

@@ -26,7 +26,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from glidewms.config.factory import EntryConfig
-from glidewms.factory.backends import BackendContext, PilotState
+from glidewms.factory.backends import BackendContext, PilotState, PilotSubmission
 from glidewms.factory.backends.sge import SgeBackend
 from tests.components.sge_cluster import USER, SgeCluster
 from tests.components.sge_cluster import sge as sge  # the session fixture
@@ -172,3 +172,39 @@ def test_sge_backend_states_and_failures(sge: SgeCluster, place: Path, tmp_path:
 
     asyncio.run(scenario())
     assert os.stat(place / "logs").st_uid == pwd.getpwnam(USER).pw_uid
+
+
+def test_sge_backend_adopts_marked_arrays_and_releases_held_pilots(
+    sge: SgeCluster, place: Path, tmp_path: Path
+) -> None:
+    """A factory that lost the job id of a qsub finds the array by its name (the first
+    glidein id) and each task's pilot; a held pilot is released (qrls) and runs."""
+    bootstrap = tmp_path / "boot.sh"
+    bootstrap.write_text('#!/bin/bash\necho "ok $4"\n')
+    token = token_file(tmp_path / "credentials" / "fe1" / "main.token")
+    entry = sge_entry(sge, place)
+    held_entry = entry.model_copy(update={"batch": entry.batch.model_copy(
+        update={"options": ["-h"]})})  # fmt: skip
+    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
+                             entries={"sge1": entry})  # fmt: skip
+    until = partial(factory_harness.until, deadline=time.monotonic() + 90, interval=0.2)
+    pilots = [PilotSubmission(f"sge1-t{n}-{i}", ("--x", "y", "--glidein-id", f"sge1-t{n}-{i}"),
+                              token) for n in (1, 2) for i in (1, 2, 3)]  # fmt: skip
+
+    async def scenario() -> None:
+        backend = SgeBackend(context)
+        first = await backend.submit(held_entry, pilots[:3])
+        second = await backend.submit(held_entry, pilots[3:5])  # the 6th never submitted
+        ids = [p.glidein_id for p in pilots]
+        found = await backend.adopt(entry, ids)
+        assert found == dict(zip(ids[:5], first + second, strict=True))
+        assert await backend.adopt(entry.model_copy(update={"name": "sge"}), ids) == {}
+
+        await until(backend, first, lambda s: s[first[0]] is PilotState.held)
+        await backend.release(first[:1])
+        await until(backend, first, lambda s: s[first[0]] is PilotState.finished)
+        assert (await backend.status(first[1:2]))[first[1]] is PilotState.held
+        await backend.remove([*first[1:], *second])
+        await backend.close()
+
+    asyncio.run(scenario())

@@ -26,7 +26,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from glidewms.config.factory import EntryConfig
-from glidewms.factory.backends import BackendContext, BackendError, PilotSubmission
+from glidewms.factory.backends import BackendContext, BackendError, PilotState, PilotSubmission
 from glidewms.factory.backends.ssh import SshBackend
 from tests.components.slurm_cluster import SlurmCluster
 from tests.components.slurm_cluster import slurm as slurm  # the session fixture
@@ -213,3 +213,44 @@ def test_a_renewed_entry_token_reaches_running_pilots_over_sftp(
         slurm.run("scancel", f"--user={USER}")
     for token in (group_token, first, renewed):
         assert token not in caplog.text
+
+
+def test_ssh_adopts_marked_arrays_and_releases_held_pilots(
+    slurm: SlurmCluster, sshd: Sshd, remote: dict[str, Any], tmp_path: Path
+) -> None:
+    """Over SSH, the remote Slurm's marks find the pilots of a submission whose job id
+    was lost (squeue -n over the connection), and `scontrol release` frees a held one."""
+    token = tmp_path / "credentials" / "fe1" / "main.token"
+    token.parent.mkdir(parents=True)
+    token.write_text("secret\n")
+    token.chmod(0o600)
+    (tmp_path / "boot.sh").write_text('#!/bin/bash\necho "ok $4"\n')
+    entry = EntryConfig(**ssh_entry(sshd, remote, cpus=1, batch={
+        "queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}, "options": ["--hold"]}))
+    pilots = [PilotSubmission(f"ssh1-t-{i}", ("--x", "y", "--glidein-id", f"ssh1-t-{i}"), token)
+              for i in range(4)]  # fmt: skip
+    ids = [p.glidein_id for p in pilots]
+
+    async def scenario() -> None:
+        backend = SshBackend(BackendContext(state_dir=tmp_path / "state",
+                                            bootstrap=tmp_path / "boot.sh",
+                                            entries={"ssh1": entry}))  # fmt: skip
+        try:
+            submitted = await backend.submit(entry, pilots[:3])
+            assert await backend.adopt(entry, ids) == dict(zip(ids[:3], submitted, strict=True))
+            seen = await backend.status(submitted)
+            assert set(seen.values()) == {PilotState.held}
+            await backend.release(submitted[:1])
+            deadline = asyncio.get_running_loop().time() + 60
+            while (await backend.status(submitted[:1]))[submitted[0]] is not PilotState.finished:
+                assert asyncio.get_running_loop().time() < deadline, "released pilot never ran"
+                await asyncio.sleep(0.2)
+            assert (await backend.status(submitted[1:2]))[submitted[1]] is PilotState.held
+            await backend.remove(submitted[1:])
+        finally:
+            await backend.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        slurm.run("scancel", f"--user={USER}")

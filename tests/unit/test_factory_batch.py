@@ -119,7 +119,8 @@ def test_unimplemented_backend_is_a_config_error(monkeypatch: pytest.MonkeyPatch
     for kind in get_args(BackendKind):
         check_backends(FactoryConfig(entries=[EntryConfig(
             name="a", site="S", backend=kind,
-            ssh={"host": "h", "user": "u", "key_file": "/k"} if kind == "ssh" else None)]),
+            ssh={"host": "h", "user": "u", "key_file": "/k"} if kind == "ssh" else None,
+            condor={"ce_host": "ce.example.org"} if kind == "htcondor" else None)]),
             "f.yaml")  # fmt: skip
     monkeypatch.delitem(BACKENDS, "pbs")
     config = FactoryConfig(entries=[EntryConfig(name="a", site="S", backend="pbs")])

@@ -68,10 +68,18 @@ def test_defaults_under_catalogue_under_overrides(overrides: dict[str, Any], key
     assert entry[key] == expected
 
 
+def arc_catalogue() -> Catalogue:
+    data = catalogue().model_dump()
+    data["sites"]["S1"]["ces"][0]["flavour"] = "ARC-CE"
+    return Catalogue.model_validate(data)
+
+
 def test_skips_and_drops_say_why() -> None:
-    assert generate(catalogue(), Overrides()).skipped == [
-        "CE ce1.example.org (S1): HTCONDOR-CE: no backend for this flavour (map it under "
+    assert generate(arc_catalogue(), Overrides()).skipped == [
+        "CE ce1.example.org (S1): ARC-CE: no backend for this flavour (map it under "
         "flavours:)"]
+    assert generate(catalogue(), Overrides(flavours={"HTCONDOR-CE": None})).skipped == [
+        "CE ce1.example.org (S1): HTCONDOR-CE: mapped to null"]
     dropped = generate(catalogue(), Overrides(flavours=ALL_FLAVOURS, entries={NAME: None}))
     assert dropped.entries == [] and dropped.skipped == [f"entry {NAME}: dropped by the overrides"]
     excluded = generate(catalogue(), Overrides(flavours=ALL_FLAVOURS, exclude=["S*"]))
@@ -97,3 +105,20 @@ def test_diff_says_added_removed_and_changed_keys() -> None:
     assert (diff.added, diff.removed, diff.changed) == (["c"], ["b"], {"a": ["batch.queue"]})
     assert "-    queue: x" in diff.text and "+    queue: y" in diff.text
     assert diff_entries(old, old).empty
+
+
+@pytest.mark.parametrize(
+    ("flavours", "backend", "condor"),
+    [
+        ({}, "htcondor", {"ce_host": "ce1.example.org", "ce_port": 9619}),  # the default
+        ({"HTCONDOR-CE": {"condor": {"x509": "/p", "ce_port": 9620}}}, "htcondor",
+         {"ce_host": "ce1.example.org", "ce_port": 9620, "x509": "/p"}),  # merged over it
+        ({"HTCONDOR-CE": {"backend": "local"}}, "local", None),  # another backend: no contact
+    ],
+)  # fmt: skip
+def test_htcondor_ces_map_to_the_htcondor_backend_by_default(
+    flavours: dict[str, Any], backend: str, condor: dict[str, Any] | None
+) -> None:
+    [entry] = generate(catalogue(), Overrides(flavours=flavours)).entries
+    assert entry["backend"] == backend and entry.get("condor") == condor
+    assert EntryConfig.model_validate(entry).backend == backend

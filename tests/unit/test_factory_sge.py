@@ -8,6 +8,7 @@ import pytest
 from glidewms.factory.backends.base import BackendError, PilotState
 from glidewms.factory.backends.sge import (
     LETTERS,
+    parse_marked_arrays,
     parse_qacct,
     parse_qstat_xml,
     sge_state,
@@ -116,3 +117,34 @@ def test_qacct_records() -> None:
                                                (3725, "1:02:05")])  # fmt: skip
 def test_walltime(seconds: int, text: str) -> None:
     assert walltime(seconds) == text
+
+
+MARKED = """<?xml version='1.0'?>
+<job_info>
+  <queue_info>
+    <job_list state="running">
+      <JB_job_number>20</JB_job_number><JB_name>glidewms-e-ab-7</JB_name><state>r</state>
+      <tasks>2</tasks>
+    </job_list>
+  </queue_info>
+  <job_info>
+    <job_list state="pending">
+      <JB_job_number>20</JB_job_number><JB_name>glidewms-e-ab-7</JB_name><state>qw</state>
+      <tasks>1,3</tasks>
+    </job_list>
+    <job_list state="pending">
+      <JB_job_number>21</JB_job_number><JB_name>glidewms-other-ab-1</JB_name><state>qw</state>
+      <tasks>1</tasks>
+    </job_list>
+    <job_list state="pending">
+      <JB_job_number>22</JB_job_number><JB_name>someone</JB_name><state>qw</state>
+    </job_list>
+  </job_info>
+</job_info>
+"""
+
+
+def test_marked_arrays_of_an_entry_from_qstat() -> None:
+    """An array named glidewms-<first glidein id>: its tasks in task order (10 after 9)."""
+    assert parse_marked_arrays(MARKED, "e") == {"e-ab-7": ["20.1", "20.2", "20.3"]}
+    assert parse_marked_arrays(MARKED, "other") == {"other-ab-1": ["21.1"]}

@@ -8,6 +8,9 @@ catalogue and hand-curated entries can be kept apart and merged here.
 
 Every model forbids unknown keys: a typo such as `max_pilot` must be reported
 with its key path, not silently ignored while the default applies.
+
+(A little over 500 lines: one section model per kind of contact, kept next to
+the entry they validate so an entry's whole schema reads in one place.)
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ ResourceAmount = int | Literal["auto"]
 # Environment variable names handed to batch commands and to pilots.
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
-BackendKind = Literal["local", "slurm", "sge", "pbs", "lsf", "ssh"]
+BackendKind = Literal["local", "slurm", "sge", "pbs", "lsf", "ssh", "htcondor"]
 
 
 def _check_environment(value: dict[str, str]) -> dict[str, str]:
@@ -169,6 +172,111 @@ class SshConfig(BaseModel):
     max_connections: int = Field(default=2, ge=1, le=64, description="connections at once")
 
 
+# A DNS host name or an IPv4 address: HTCondor-CE hosts and schedd names.
+HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+# A submit command name (`request_gpus`, `+MyAttr`, `My.Attr`).
+SUBMIT_KEY = re.compile(r"^\+?[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+
+
+def _host(value: str | None, what: str) -> str | None:
+    if value is not None and not HOST_NAME.match(value):
+        raise ValueError(f"{what}: expected a host name such as ce.example.org, got {value!r}")
+    return value
+
+
+class CondorConfig(BaseModel):
+    """An HTCondor-G / HTCondor-CE entry: which schedd submits, where jobs are routed.
+
+    `grid_type: condor` sends pilots to an HTCondor-CE (`grid_resource =
+    condor <ce_host> <ce_host>:<ce_port>`); `batch` to a batch system through
+    the schedd's blahp (`grid_resource = batch <batch_system> [<remote>]`).
+    `x509` and `scitoken` are paths of credential *files* the schedd forwards
+    to the CE; their content never appears in a submit description or a log.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    grid_type: Literal["condor", "batch"] = Field(
+        default="condor", description="condor: an HTCondor-CE; batch: a blahp batch system")
+    ce_host: str | None = Field(default=None, description="HTCondor-CE host (grid_type condor)")
+    ce_port: int = Field(default=9619, ge=1, le=65535, description="HTCondor-CE port")
+    batch_system: Literal["slurm", "pbs", "lsf", "sge", "condor"] | None = Field(
+        default=None, description="grid_type batch: the batch system behind the blahp")
+    remote: str | None = Field(
+        default=None, description="grid_type batch: user@host of a remote login node (BOSCO)")
+    schedd: str = Field(default="local", description="'local' or the name of a schedd")
+    collector: str | None = Field(
+        default=None, description="collector that locates a named schedd; default the pool's")
+    x509: Path | None = Field(default=None, description="X.509 proxy file (absolute path)")
+    scitoken: Path | None = Field(default=None, description="SciToken file (absolute path)")
+    factory_tag: str = Field(
+        default="glidewms", description="marks this factory's jobs in a shared schedd")
+    submit: dict[str, str] = Field(
+        default_factory=dict, description="extra submit commands, e.g. {+Owner_VO: '\"cms\"'}")
+
+    @field_validator("ce_host")
+    @classmethod
+    def _ce_host(cls, value: str | None) -> str | None:
+        return _host(value, "ce_host")
+
+    @field_validator("schedd")
+    @classmethod
+    def _schedd(cls, value: str) -> str:
+        if value != "local" and not re.match(r"^[A-Za-z0-9_.@-]{1,253}$", value):
+            raise ValueError("expected 'local' or a schedd name such as schedd@host.example.org")
+        return value
+
+    @field_validator("collector")
+    @classmethod
+    def _collector(cls, value: str | None) -> str | None:
+        host, _, port = (value or "").partition(":")
+        if value is not None and (not HOST_NAME.match(host) or (port and not port.isdigit())):
+            raise ValueError(f"expected host[:port], got {value!r}")
+        return value
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, value: str | None) -> str | None:
+        user, _, host = (value or "").rpartition("@")
+        if value is not None and (not HOST_NAME.match(host) or not re.match(r"^[\w.-]*$", user)):
+            raise ValueError(f"expected [user@]host, got {value!r}")
+        return value
+
+    @field_validator("x509", "scitoken")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"expected an absolute path of a file, got {str(value)!r}")
+        return value
+
+    @field_validator("factory_tag")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", value):
+            raise ValueError("expected a word: letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("submit")
+    @classmethod
+    def _submit(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not SUBMIT_KEY.match(key):
+                raise ValueError(f"submit command {key!r}: expected a name such as request_gpus "
+                                 "or +MyAttribute")
+            if "\n" in item or "\r" in item:
+                raise ValueError(f"submit command {key!r}: value must be a single line")
+        return value
+
+    @model_validator(mode="after")
+    def _contact(self) -> CondorConfig:
+        if self.grid_type == "condor" and self.ce_host is None:
+            raise ValueError("grid_type condor needs ce_host (the HTCondor-CE host name)")
+        if self.grid_type == "batch" and self.batch_system is None:
+            raise ValueError("grid_type batch needs batch_system (slurm, pbs, lsf, sge, condor)")
+        return self
+
+
 class RecoveryConfig(BaseModel):
     """How an entry recovers from failures: pauses, held pilots, stale pilots.
 
@@ -220,13 +328,17 @@ class EntryConfig(BaseModel):
     name: str = Field(description="unique entry name: a letter, then letters, digits, _ or -")
     site: str = Field(min_length=1, max_length=128, description="site name given to pilots")
     backend: BackendKind = Field(
-        default="local", description="how pilots are started: local, slurm, sge, pbs, lsf, ssh"
+        default="local",
+        description="how pilots are started: local, slurm, sge, pbs, lsf, ssh, htcondor",
     )
     batch: BatchConfig = Field(
         default_factory=BatchConfig, description="queue, account and options of a batch system"
     )
     ssh: SshConfig | None = Field(
         default=None, description="for backend ssh: the remote login node and its batch system"
+    )
+    condor: CondorConfig | None = Field(
+        default=None, description="for backend htcondor: the schedd and the CE (grid_resource)"
     )
     environment: dict[str, str] = Field(
         default_factory=dict, description="environment given to pilots at this site"
@@ -327,6 +439,8 @@ class EntryConfig(BaseModel):
     def _ssh_needs_contact(self) -> EntryConfig:
         if self.backend == "ssh" and self.ssh is None:
             raise ValueError("backend ssh needs an `ssh:` section (host, user, key_file...)")
+        if self.backend == "htcondor" and self.condor is None:
+            raise ValueError("backend htcondor needs a `condor:` section (ce_host, schedd...)")
         return self
 
     def allows(self, frontend: str) -> bool:

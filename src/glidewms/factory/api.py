@@ -209,7 +209,7 @@ def create_app(
     )
     kinds = {e.backend for e in config.entries}
     backends = {kind: create_backend(kind, context) for kind in sorted(kinds)}
-    factory = Factory(config, public_url, store, stage, backends)
+    factory = Factory(config, public_url, store, stage, backends, context)
 
     def load_again() -> FactoryConfig:
         if reloader is None:

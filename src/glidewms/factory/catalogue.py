@@ -9,7 +9,7 @@ change or drop. The merge is *defaults < catalogue < overrides*:
 ```yaml
 defaults: {max_pilots: 20, max_idle: 5, idle_timeout: 900}   # under every entry
 flavours:                    # CE flavour -> the entry fields that reach it
-  HTCONDOR-CE: {backend: condor}
+  HTCONDOR-CE: {condor: {x509: /etc/glidewms/proxy}}   # over the default (below)
   SSH: {backend: ssh, ssh: {user: pilots, key_file: /etc/glidewms/keys/site}}
   ARC-CE: null               # no entries for this flavour
 include: ["T2_*"]            # site name patterns (fnmatch); default all
@@ -17,6 +17,11 @@ exclude: ["T2_XX_*"]
 entries:                     # per generated entry name: fields to change; null drops it
   T2_DE_DESY_arc-ce01_grid: {max_pilots: 100}
 ```
+
+An HTCondor-CE maps to the `htcondor` backend by default (`condor.ce_host`
+and `ce_port` from the CE's endpoint): its mapping in `flavours:`, if any,
+is merged over that default unless it names another backend. Other flavours
+need a mapping.
 
 Everything here is pure: `generate()` returns entries as plain dicts (each
 checked by `EntryConfig`, so a bad override is named with its entry) and
@@ -161,6 +166,30 @@ def catalogue_fields(site: Site, ce: ComputingElement, queue: Queue) -> dict[str
             "batch": {"queue": queue.name}}  # fmt: skip
 
 
+def default_flavour(ce: ComputingElement) -> dict[str, Any] | None:
+    """The entry fields that reach a CE when the overrides do not say otherwise."""
+    if ce.flavour.upper() != "HTCONDOR-CE":
+        return None
+    host, _, port = ce.endpoint.partition(":")
+    condor: dict[str, Any] = {"ce_host": host or ce.name}
+    if port.isdigit():
+        condor["ce_port"] = int(port)
+    return {"backend": "htcondor", "condor": condor}
+
+
+def flavour_fields(ce: ComputingElement, overrides: Overrides) -> dict[str, Any] | None:
+    """The operator's mapping of the CE's flavour over the default one (None: skip)."""
+    default = default_flavour(ce)
+    if ce.flavour not in overrides.flavours:
+        return default
+    mapped = overrides.flavours[ce.flavour]
+    if mapped is None or default is None:
+        return mapped
+    if mapped.get("backend", default["backend"]) != default["backend"]:
+        return mapped  # another backend: the default's contact does not apply
+    return deep_merge(default, mapped)
+
+
 @dataclass
 class Generated:
     entries: list[dict[str, Any]]
@@ -192,7 +221,7 @@ def generate(catalogue: Catalogue, overrides: Overrides, source: str = "catalogu
             if ce.state != ACTIVE:
                 out.skipped.append(f"CE {ce.name} ({site.name}): state {ce.state}")
                 continue
-            flavour = overrides.flavours.get(ce.flavour)
+            flavour = flavour_fields(ce, overrides)
             if flavour is None:
                 why = ("mapped to null" if ce.flavour in overrides.flavours
                        else "no backend for this flavour (map it under flavours:)")  # fmt: skip

@@ -6,8 +6,10 @@ added, resized or removed. Nothing about a pilot is lost on the way:
 - pilots of a removed entry keep being watched (status, held/stale handling,
   logs) until they end, because the backends keep the entry's last
   configuration (`BackendContext.entries` is only ever added to) and the loop
-  looks removed entries up in `Factory.retired`; but nothing new is
-  submitted there: requests naming it get "unknown entry";
+  looks removed entries up in `Factory.retired`, which is stored: a factory
+  restarted without the entry watches them too, and adopts its interrupted
+  submissions; but nothing new is submitted there: requests naming it get
+  "unknown entry";
 - a changed entry applies to the next submissions; pilots already submitted
   keep running as they were started;
 - a new backend kind gets its backend at once.
@@ -24,6 +26,7 @@ from typing import Any
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
 from glidewms.factory.backends import BackendContext, create_backend
+from glidewms.factory.retired import retire, unretire
 from glidewms.factory.service import Factory
 
 log = logging.getLogger(__name__)
@@ -61,12 +64,8 @@ def apply_reload(factory: Factory, context: BackendContext, new: FactoryConfig) 
                        and not (k == "state_dir" and new.state_dir.resolve() == old.state_dir)]
     for kind in sorted({e.backend for e in new.entries} - set(factory.backends)):
         factory.backends[kind] = create_backend(kind, context)
-    for name in summary.removed:
-        entry = old.entry(name)
-        if entry is not None:
-            factory.retired[name] = entry
-    for entry in new.entries:
-        factory.retired.pop(entry.name, None)
+    retire(factory, [e for e in (old.entry(n) for n in summary.removed) if e is not None])
+    unretire(factory, [e.name for e in new.entries])
     context.entries.update({e.name: e for e in new.entries})
     factory.config = old.model_copy(update={"entries": list(new.entries),
                                             "cycle_seconds": new.cycle_seconds})

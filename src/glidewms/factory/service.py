@@ -26,8 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory import retired as retired_entries
 from glidewms.factory.archive import LogArchive
-from glidewms.factory.backends import Backend, BackendError, PilotState, PilotSubmission
+from glidewms.factory.backends import (
+    Backend,
+    BackendContext,
+    BackendError,
+    PilotState,
+    PilotSubmission,
+)
 from glidewms.factory.pilot_args import pilot_arguments
 from glidewms.factory.policy import (
     Counts,
@@ -84,7 +91,8 @@ class Factory:
     """The converge loop and the state it needs between cycles."""
 
     def __init__(self, config: FactoryConfig, public_url: str, store: FactoryStore,
-                 stage: Stage, backends: dict[str, Backend]) -> None:  # fmt: skip
+                 stage: Stage, backends: dict[str, Backend],
+                 context: BackendContext | None = None) -> None:  # fmt: skip
         self.config = config
         self.public_url = public_url
         self.store = store
@@ -103,6 +111,7 @@ class Factory:
         self._active: dict[tuple[str, str, str], list[Glidein]] = {}  # this cycle's, by request
         self.tokens = TokenPush()
         self.retired: dict[str, EntryConfig] = {}  # removed by a reload; pilots may remain
+        self.context = context  # the backends' (retired entries are added to it)
 
     def watched_entry(self, name: str) -> EntryConfig | None:
         """An entry pilots may still run at: configured, or removed by a reload."""
@@ -217,6 +226,7 @@ class Factory:
         """
         stored = await asyncio.to_thread(self.store.entry_health)
         self.health = {name: EntryHealth(**values) for name, values in stored.items()}
+        await retired_entries.load(self)
         await self.adopt_unrecorded()
         active = await asyncio.to_thread(self.store.active)
         for kind, group in _by_backend(active).items():
@@ -232,12 +242,14 @@ class Factory:
             return
         found: dict[str, str] = {}
         unsure: set[str] = set()
+        unwatched: set[str] = set()  # of entries this factory no longer knows: lost
         by_entry: dict[str, list[Glidein]] = {}
         for g in sorted(unrecorded, key=submission_order):
             by_entry.setdefault(g.entry, []).append(g)
         for name, group in by_entry.items():
             entry, backend = self.watched_entry(name), self.backends.get(group[0].backend)
             if entry is None or backend is None:
+                unwatched.update(g.glidein_id for g in group)
                 continue
             try:
                 found.update(await backend.adopt(entry, [g.glidein_id for g in group]))
@@ -247,12 +259,15 @@ class Factory:
         if found:
             await asyncio.to_thread(self.store.set_backend_ids, found)
         lost = {g.glidein_id: GlideinState.failed for g in unrecorded
-                if g.glidein_id not in found and g.glidein_id not in unsure}  # fmt: skip
+                if g.glidein_id not in found.keys() | unsure | unwatched}  # fmt: skip
         log.warning("%d submission(s) were interrupted by a factory stop: %d found at the "
-                    "site, %d never reached it", len(unrecorded), len(found),
-                    len(lost))  # fmt: skip
+                    "site, %d never reached it, %d of entries no longer configured (lost)",
+                    len(unrecorded), len(found), len(lost), len(unwatched))  # fmt: skip
         if lost:
             await asyncio.to_thread(self.store.set_states, lost, "submit_failed")
+        if unwatched:  # cannot be asked about: neither submit_failed nor counted forever
+            await asyncio.to_thread(self.store.set_states,
+                                    dict.fromkeys(unwatched, GlideinState.failed), "lost")
 
     async def cycle(self) -> None:
         await self.adopt_unrecorded()  # nothing to do unless a look-up failed at recovery
@@ -288,6 +303,7 @@ class Factory:
     async def refresh(self) -> None:
         """Ask each backend, in one call, about all its active pilots."""
         active = await asyncio.to_thread(self.store.active)
+        await retired_entries.drop_ended(self, active)
         changes: dict[str, GlideinState] = {}
         for kind, group in _by_backend(active).items():
             backend = self.backends.get(kind)

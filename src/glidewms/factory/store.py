@@ -110,6 +110,17 @@ downtimes_table = sa.Table(
 )
 
 
+# Entries a reload removed while pilots remained: their last configuration, so a
+# restarted factory keeps watching those pilots (and adopts their interrupted ones).
+retired_entries_table = sa.Table(
+    "retired_entries",
+    metadata,
+    sa.Column("entry", sa.String(64), primary_key=True),
+    sa.Column("config", sa.JSON, nullable=False),  # EntryConfig.model_dump(mode="json")
+    sa.Column("retired_at", sa.Float, nullable=False),
+)
+
+
 def _create_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=[requests_table, glideins_table])
 
@@ -141,7 +152,13 @@ def _entry_tokens_and_vo_stage(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE requests ADD COLUMN {name} JSON"))
 
 
-MIGRATIONS = [_create_tables, _downtimes_and_archive, _recovery, _entry_tokens_and_vo_stage]
+def _retired_entries(conn: Connection) -> None:
+    """Version 5: entries removed by a reload while their pilots remain."""
+    retired_entries_table.create(conn, checkfirst=True)
+
+
+MIGRATIONS = [_create_tables, _downtimes_and_archive, _recovery, _entry_tokens_and_vo_stage,
+              _retired_entries]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -414,6 +431,31 @@ class FactoryStore:
             conn.execute(t.delete().where(t.c.entry == entry))
             if values is not None:
                 conn.execute(t.insert().values(entry=entry, **values))
+
+    # -- retired entries --------------------------------------------------------
+
+    def retire_entries(self, configs: Mapping[str, Mapping[str, Any]],
+                       when: float | None = None) -> None:  # fmt: skip
+        """Keep these entries' last configurations ({name: dumped EntryConfig})."""
+        t = retired_entries_table
+        when = time.time() if when is None else when
+        with self.engine.begin() as conn:
+            for name, config in configs.items():
+                conn.execute(t.delete().where(t.c.entry == name))
+                conn.execute(t.insert().values(entry=name, config=dict(config), retired_at=when))
+
+    def retired_entries(self) -> dict[str, dict[str, Any]]:
+        t = retired_entries_table
+        with self.engine.connect() as conn:
+            return {r.entry: dict(r.config) for r in conn.execute(sa.select(t))}
+
+    def forget_retired(self, names: Iterable[str]) -> None:
+        """These entries are configured again, or their last pilot ended."""
+        t = retired_entries_table
+        names = list(names)
+        if names:
+            with self.engine.begin() as conn:
+                conn.execute(t.delete().where(t.c.entry.in_(names)))
 
     # -- log archive ------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from glidewms.factory.backends.base import (
     PilotState,
     PilotSubmission,
 )
+from glidewms.factory.backends.htcondor import HtcondorBackend
 from glidewms.factory.backends.local import LocalBackend
 from glidewms.factory.backends.lsf import LsfBackend
 from glidewms.factory.backends.pbs import PbsBackend
@@ -28,6 +29,7 @@ BACKENDS: dict[str, type[Backend]] = {
     PbsBackend.kind: PbsBackend,
     LsfBackend.kind: LsfBackend,
     SshBackend.kind: SshBackend,
+    HtcondorBackend.kind: HtcondorBackend,
 }
 
 

@@ -6,7 +6,9 @@
 - status: `bjobs -a -noheader -o "jobid stat exit_code jobindex delimiter='|'"`
   for all the jobs of a cycle (`-a`: recently finished ones too). A ref bjobs
   does not know any more ended long ago: finished.
-- remove: `bkill` with the refs.
+- remove: `bkill` with the refs; release: `bresume` of held (PSUSP) ones.
+- adopt: each array carries the description `-Jd "glidewms:<its first
+  glidein id>"`; one `bjobs -a` of all jobs finds them (`BatchBackend.adopt`).
 - logs: `-o <log_dir>/%J.%I.out`, `-e <log_dir>/%J.%I.err`.
 
 Every LSF job state is mapped in `STATE_MAP`. Tested against stand-in
@@ -43,6 +45,22 @@ STATE_MAP: dict[str, PilotState] = {
 SUBMITTED = re.compile(r"Job <(\d+)> is submitted")
 FORMAT = "jobid stat exit_code jobindex delimiter='|'"
 REFS_PER_CALL = 200
+MARK = "glidewms:"  # job description: the first glidein id of the array
+MARK_FORMAT = "jobid jobindex job_name job_description delimiter='|'"
+
+
+def parse_marked_arrays(text: str, entry: str) -> dict[str, list[str]]:
+    """`bjobs -o MARK_FORMAT` lines -> {first glidein id: refs by index} of `entry`'s arrays."""
+    tasks: dict[str, list[tuple[int, str]]] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) < 4 or not parts[0].isdigit() or not parts[3].startswith(MARK):
+            continue
+        job, index, name = parts[0], parts[1], parts[2]
+        if name.split("[")[0] != f"glidewms-{entry}" or not index.isdigit():
+            continue
+        tasks.setdefault(parts[3][len(MARK):], []).append((int(index), f"{job}[{index}]"))
+    return {first: [ref for _, ref in sorted(refs)] for first, refs in tasks.items()}
 
 
 def lsf_state(word: str) -> PilotState:
@@ -68,12 +86,14 @@ def parse_bjobs(text: str) -> dict[str, PilotState]:
 
 class LsfBackend(BatchBackend):
     kind = "lsf"
+    can_release = True
     task_index = "${LSB_JOBINDEX:-1} - 1"
     job_ref = "${LSB_JOBID:-?}[${LSB_JOBINDEX:-?}]"
 
     def directives(self, entry: EntryConfig, array: PilotArray, log_dir: str) -> list[str]:
         batch = entry.batch
         lines = [f'-J "glidewms-{entry.name}[1-{len(array.glidein_ids)}]"',
+                 f'-Jd "{MARK}{array.glidein_ids[0]}"',
                  f"-o {log_dir}/%J.%I.out", f"-e {log_dir}/%J.%I.err",
                  f"-W {max(1, math.ceil(entry.walltime / 60))}"]  # fmt: skip
         if isinstance(entry.cpus, int):
@@ -104,6 +124,18 @@ class LsfBackend(BatchBackend):
 
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
         await self.remove_in_chunks(shell, entry, ["bkill"], refs, REFS_PER_CALL)
+
+    async def release_jobs(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
+        for part in chunks(list(refs), REFS_PER_CALL):
+            await self.run_checked(shell, entry, ["bresume", *part])
+
+    async def find_arrays(self, shell: Shell, entry: EntryConfig) -> dict[str, list[str]]:
+        argv = ["bjobs", "-a", "-noheader", "-o", MARK_FORMAT]
+        result = await shell.run(argv, timeout=entry.batch.command_timeout)
+        # rc 255 with "No job found" / "No unfinished job found": nothing to adopt
+        if result.returncode != 0 and "job found" not in result.stderr:
+            raise BackendError(result.describe(argv))
+        return parse_marked_arrays(result.stdout, entry.name)
 
     def log_names(self, entry: EntryConfig, ref: str) -> tuple[str, str]:
         match = re.match(r"^(\d+)\[(\d+)\]$", ref)

@@ -7,7 +7,10 @@
 - status: `qstat -x -t -f -F json <arrays>` (`-x`: finished jobs too, from
   the server's job history; `-t`: every subjob). A ref qstat does not know any
   more ended long ago: finished.
-- remove: `qdel` with the refs.
+- remove: `qdel` with the refs; release: `qrls` of held ones.
+- adopt: each array carries `-v GLIDEWMS_MARK=<its first glidein id>`; one
+  `qstat -x -t -f -F json` of all jobs finds the arrays named
+  `glidewms-<entry>` and their subjobs (see `BatchBackend.adopt`).
 - logs: `-o <log_dir>/` (a directory): PBS names the files
   `<job name>.o<sequence>[.<index>]` (and `.e` for stderr).
 
@@ -48,6 +51,7 @@ STATE_MAP: dict[str, PilotState] = {
 }
 ENDED = frozenset({"F", "X"})  # finished (history), expired subjob
 REFS_PER_CALL = 200
+MARK = "GLIDEWMS_MARK"  # job variable: the first glidein id of the array
 JOB_ID = re.compile(r"^(\d+)(\[\])?(\.[\w.-]+)?$")
 
 
@@ -75,8 +79,26 @@ def parse_qstat_json(text: str) -> dict[str, PilotState]:
     return {job_id: pbs_state(job) for job_id, job in jobs.items() if "[]" not in job_id}
 
 
+def parse_marked_arrays(text: str, entry: str) -> dict[str, list[str]]:
+    """`qstat -x -t -f -F json` of all jobs -> {first glidein id: refs by index} of the
+    jobs named glidewms-<entry> (array parents skipped, a plain job is its own ref)."""
+    try:
+        jobs = json.loads(text or "{}").get("Jobs") or {}
+    except (ValueError, AttributeError) as exc:
+        raise BackendError(f"qstat printed JSON that does not parse: {exc}") from exc
+    tasks: dict[str, list[tuple[int, str]]] = {}
+    for job_id, job in jobs.items():
+        mark = (job.get("Variable_List") or {}).get(MARK)
+        if "[]" in job_id or job.get("Job_Name") != f"glidewms-{entry}" or not mark:
+            continue
+        index = re.search(r"\[(\d+)\]", job_id)
+        tasks.setdefault(str(mark), []).append((int(index.group(1)) if index else 0, job_id))
+    return {first: [ref for _, ref in sorted(refs)] for first, refs in tasks.items()}
+
+
 class PbsBackend(BatchBackend):
     kind = "pbs"
+    can_release = True
     task_index = "${PBS_ARRAY_INDEX:-0}"
     job_ref = "${PBS_JOBID:-?}"
 
@@ -87,7 +109,8 @@ class PbsBackend(BatchBackend):
             select += f":ncpus={entry.cpus}"
         if isinstance(entry.memory, int):
             select += f":mem={entry.memory}mb"
-        lines = [f"-N glidewms-{entry.name}", f"-o {log_dir}/", f"-e {log_dir}/",
+        lines = [f"-N glidewms-{entry.name}", f"-v {MARK}={array.glidein_ids[0]}",
+                 f"-o {log_dir}/", f"-e {log_dir}/",
                  "-r n", f"-l walltime={walltime(entry.walltime)}", f"-l {select}"]  # fmt: skip
         if len(array.glidein_ids) > 1:
             lines.append(f"-J 0-{len(array.glidein_ids) - 1}")
@@ -120,6 +143,14 @@ class PbsBackend(BatchBackend):
 
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
         await self.remove_in_chunks(shell, entry, ["qdel"], refs, REFS_PER_CALL)
+
+    async def release_jobs(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
+        for part in chunks(list(refs), REFS_PER_CALL):
+            await self.run_checked(shell, entry, ["qrls", *part])
+
+    async def find_arrays(self, shell: Shell, entry: EntryConfig) -> dict[str, list[str]]:
+        result = await self.run_checked(shell, entry, ["qstat", "-x", "-t", "-f", "-F", "json"])
+        return parse_marked_arrays(result.stdout, entry.name)
 
     def log_names(self, entry: EntryConfig, ref: str) -> tuple[str, str]:
         match = re.match(r"^(\d+)(?:\[(\d+)\])?", ref)

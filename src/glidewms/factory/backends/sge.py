@@ -8,6 +8,11 @@
   with `qacct -j` (the accounting file, no database needed). A job in neither
   ended before it ever ran (deleted while pending) or long ago: finished.
 - remove: `qdel` with the task refs.
+- release: `qmod -cj` (clears an error state, `Eqw`) then `qrls` (a hold).
+- adopt: each array is named `glidewms-<its first glidein id>` (that id
+  starts with the entry's name), so a factory killed between `qsub` and
+  storing the job id finds its pilots again in one `qstat -xml -g d` (see
+  `BatchBackend.adopt`); an array that already ended by then is not found.
 
 Grid Engine reports a state as a word of letters (`qw`, `hqw`, `Eqw`, `dr`,
 `Rr`, `ts`...). Every letter is mapped explicitly in `LETTERS`, and the
@@ -50,6 +55,7 @@ LETTERS: dict[str, PilotState] = {
 PRECEDENCE = (PilotState.removed, PilotState.held, PilotState.running, PilotState.queued)
 
 REFS_PER_CALL = 200
+NAME_MARK = "glidewms-"  # an array's name: the mark and its first glidein id
 TERSE_ID = re.compile(r"^(\d+)(?:\.(\d+)-(\d+):(\d+))?$")
 
 
@@ -129,19 +135,40 @@ def parse_qacct(text: str) -> dict[str, PilotState]:
     return out
 
 
+def parse_marked_arrays(text: str, entry: str) -> dict[str, list[str]]:
+    """`qstat -xml -g d` -> {first glidein id: `JOB.TASK` refs by task} of `entry`'s arrays."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise BackendError(f"qstat printed XML that does not parse: {exc}") from exc
+    tasks: dict[str, set[tuple[int, str]]] = {}
+    for job in root.iter("job_list"):
+        name = (job.findtext("JB_name") or "").strip()
+        number = (job.findtext("JB_job_number") or "").strip()
+        if not name.startswith(f"{NAME_MARK}{entry}-") or not number:
+            continue
+        listed = parse_qstat_xml(f"<job_info>{ET.tostring(job, encoding='unicode')}</job_info>")
+        for ref in listed:
+            _, _, task = ref.partition(".")
+            if task.isdigit():
+                tasks.setdefault(name[len(NAME_MARK):], set()).add((int(task), ref))
+    return {first: [ref for _, ref in sorted(refs)] for first, refs in tasks.items()}
+
+
 def walltime(seconds: int) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class SgeBackend(BatchBackend):
     kind = "sge"
+    can_release = True
     task_index = "${SGE_TASK_ID:-0} - 1"
     job_ref = "${JOB_ID:-?}.${SGE_TASK_ID:-?}"
 
     def directives(self, entry: EntryConfig, array: PilotArray, log_dir: str) -> list[str]:
         batch = entry.batch
         lines = [
-            f"-N glidewms-{entry.name}",
+            f"-N {NAME_MARK}{array.glidein_ids[0]}",
             f"-t 1-{len(array.glidein_ids)}",
             f"-o {log_dir}/$JOB_ID.$TASK_ID.out",
             f"-e {log_dir}/$JOB_ID.$TASK_ID.err",
@@ -180,3 +207,13 @@ class SgeBackend(BatchBackend):
 
     async def cancel(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
         await self.remove_in_chunks(shell, entry, ["qdel"], refs, REFS_PER_CALL)
+
+    async def release_jobs(self, shell: Shell, entry: EntryConfig, refs: Sequence[str]) -> None:
+        """An `E` state is cleared with `qmod -cj`, a hold with `qrls`; a pilot has one or
+        the other, and either command complains about the jobs it does not apply to."""
+        await self.remove_in_chunks(shell, entry, ["qmod", "-cj"], refs, REFS_PER_CALL)
+        await self.remove_in_chunks(shell, entry, ["qrls"], refs, REFS_PER_CALL)
+
+    async def find_arrays(self, shell: Shell, entry: EntryConfig) -> dict[str, list[str]]:
+        result = await self.run_checked(shell, entry, ["qstat", "-xml", "-g", "d"])
+        return parse_marked_arrays(result.stdout, entry.name)

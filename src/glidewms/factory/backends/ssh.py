@@ -220,9 +220,14 @@ def _text(data: object) -> str:
 
 
 class SshBackend(Backend):
-    """Pilots on a remote cluster: its batch system's backend over an `SshShell`."""
+    """Pilots on a remote cluster: its batch system's backend over an `SshShell`.
+
+    Release and adoption are the remote batch system's own (`scontrol release`,
+    `qrls`...; the marks on its arrays), run over the same connections.
+    """
 
     kind = "ssh"
+    can_release = True  # every batch system in REMOTE_BACKENDS can
 
     def __init__(self, context: BackendContext) -> None:
         super().__init__(context)
@@ -305,6 +310,14 @@ class SshBackend(Backend):
         groups, _ = self._by_remote(backend_ids)
         for kind, ids in groups.items():
             await self._remote[kind].remove(ids)
+
+    async def release(self, backend_ids: Sequence[str]) -> None:
+        groups, _ = self._by_remote(backend_ids)
+        for kind, ids in groups.items():
+            await self._remote[kind].release(ids)
+
+    async def adopt(self, entry: EntryConfig, glidein_ids: Sequence[str]) -> dict[str, str]:
+        return await (await self._prepare(entry)).adopt(entry, glidein_ids)
 
     async def logs(self, backend_id: str) -> PilotLogs:
         entry = self.context.entries.get(split_backend_id(backend_id)[0])
