@@ -20,6 +20,11 @@ is root (only there), so it can:
    they are not; signals are passed on to it;
 4. unmount the repositories when it ends.
 
+Steps 1-4 run in the init process of a new pid namespace that dies with this
+process (pidns.py): a helper killed with SIGKILL, which runs no cleanup,
+still takes squashfuse, the agent and its jobs with it, and the mount
+namespace with the last of them. The init process mounts its own /proc.
+
 Whatever goes wrong is written to glidein_config (``GLIDEIN_CVMFS_Namespace``
 ``yes``/``failed``, ``GLIDEIN_CVMFS_Namespace_Problem``) and CMD runs anyway:
 the cvmfs validation script then fails the pilot as WN_Resource, with a report
@@ -29,14 +34,12 @@ and a trail, instead of the pilot dying silently here.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 from typing import List, Optional, Tuple
 
-from . import cvmfs
+from . import cvmfs, pidns
 from .config import parse_lines
 
 COMMAND_TIMEOUT = 60.0
@@ -147,6 +150,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(options.config, encoding="utf-8") as handle:
         values = parse_lines(handle.read())
     work = values.get("GLIDEIN_Work_Dir") or os.path.dirname(os.path.abspath(options.config))
+    # Mount and run inside a pid namespace that dies with this process (pidns.py),
+    # so that a SIGKILL here leaves no squashfuse and no orphaned agent behind.
+    return pidns.run_as_init(lambda: serve(options, values, work))
+
+
+def serve(options: argparse.Namespace, values: dict, work: str) -> int:
+    """Mount the repositories, run the command, unmount: the pid namespace's init."""
     mounted: List[str] = []
     try:
         mounted = provide(values, work)
@@ -157,19 +167,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         note(options.config, [("GLIDEIN_CVMFS_Namespace", "yes")])
         cmd = as_user(options.cmd, options.uid, options.gid)
-    child = subprocess.Popen(cmd)
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(OSError):
-            child.send_signal(signum)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    code = child.wait()
+    if os.getpid() == 1:
+        problem = pidns.mount_proc()
+        if problem:
+            print(f"cvmfsexec: no /proc of the pilot's own: {problem}", file=sys.stderr)
+    child = pidns.spawn(cmd)
+    pidns.forward_signals(child)
+    code = pidns.reap_until(child)
     for point in reversed(mounted):
         problem = cvmfs.unmount(point)
         if problem:
             print(f"cvmfsexec: could not unmount {point}: {problem}", file=sys.stderr)
-    return code if code >= 0 else 128 - code
+    return code
 
 
 if __name__ == "__main__":

@@ -116,9 +116,15 @@ wait_agents() {  # wait for every agent; the first non-zero exit code is the pil
   return $rc
 }
 cleanup() { unmount_under "$work"; rm -rf --one-file-system -- "$work"; }
+srun_pid=''
 on_signal() {  # forward to the agent and let it drain and report; EXIT cleans up
   log "got SIG$1"
-  if [ ${#agent_pids[@]} -gt 0 ]; then
+  if [ -n "$srun_pid" ]; then
+    # Not a signal to srun: it turns SIGTERM/SIGHUP into a SIGKILL of every task, and
+    # passes other signals to every process of the step, jobs included (srun(1)). A
+    # "drain" line on srun's stdin reaches each task, which sends its pilot SIGTERM.
+    (trap '' PIPE; printf 'drain\n' >&7) 2>/dev/null; wait_agents; exit $?
+  elif [ ${#agent_pids[@]} -gt 0 ]; then
     kill -"$1" "${agent_pids[@]}" 2>/dev/null; wait_agents; exit $?
   fi
   exit "$2"
@@ -298,12 +304,13 @@ slurm_total_cpus() {  # SLURM_JOB_CPUS_PER_NODE ("4(x2),2") -> 10
   done
   echo "$total"
 }
-# One srun task = one pilot: $1 work dir, $2 glidein id, $3 pilots, $4 python. The
+# One srun task = one pilot: $1 work dir, $2 glidein id, $3 pilots, $4 python, $5 the
+# token file (read where it is: a path every node of the job shares). The
 # stage arrives as a tar on stdin; the pilot's share of the node is split among
 # the tasks Slurm placed on the same node (SLURM_STEP_TASKS_PER_NODE, SLURM_LOCALID).
 srun_task='
 set -u
-work=$1 gid=$2 count=$3 PY=$4 i=${SLURM_PROCID:?} local_i=${SLURM_LOCALID:-0} local_n=1
+work=$1 gid=$2 count=$3 PY=$4 token_file=$5 i=${SLURM_PROCID:?} local_i=${SLURM_LOCALID:-0} local_n=1
 IFS=, read -ra per_node <<< "${SLURM_STEP_TASKS_PER_NODE:-$count}"
 node=0
 for part in "${per_node[@]}"; do  # "2(x3),1": this node is SLURM_NODEID
@@ -315,40 +322,83 @@ for part in "${per_node[@]}"; do  # "2(x3),1": this node is SLURM_NODEID
 done
 sub=$work/pilot_$i own=""
 [ -d "$work" ] || own=1   # another node than the bootstrap: this task cleans up after itself
-mkdir -p "$sub" && tar -xf - -C "$sub" || { log "task $i: cannot unpack the stage in $sub"; exit 1; }
-cleanup_task() { [ -z "$own" ] || { unmount_under "$sub"; rm -rf --one-file-system -- "$sub"; rmdir "$work" 2>/dev/null; }; }
+IFS= read -r size && [[ $size =~ ^[0-9]+$ ]] || { log "task $i: no stage header on stdin"; exit 1; }
+mkdir -p "$sub" && head -c "$size" | tar -xf - -C "$sub" \
+  || { log "task $i: cannot unpack the stage in $sub"; exit 1; }
+watcher=""
+cleanup_task() {
+  [ -z "$watcher" ] || kill "$watcher" 2>/dev/null
+  [ -z "$own" ] || { unmount_under "$sub"; rm -rf --one-file-system -- "$sub"; rmdir "$work" 2>/dev/null; }
+}
 trap cleanup_task EXIT
 printf "%s %s\n" GLIDEIN_Id "$gid-$i" GLIDEIN_Work_Dir "$sub" GLIDEIN_Multi_Count "$count" \
   GLIDEIN_Multi_Index "$i" GLIDEIN_Multi_Local_Count "$local_n" \
   GLIDEIN_Multi_Local_Index "$local_i" GLIDEIN_Multi_Launcher srun >> "$sub/glidein_config"
 cd "$sub" || exit 1
-PYTHONPATH=$sub "$PY" -m agent --config glidein_config &
+[ -r "$token_file" ] || { log "task $i on $(hostname): no token file $token_file here (it must be on a path every node of the job shares)"; exit 1; }
+namespace_prefix glidein_config
+PYTHONPATH=$sub ${ns[@]+"${ns[@]}"} "$PY" -m agent --config glidein_config < /dev/null &
 pid=$!
 trap "kill -TERM $pid 2>/dev/null" TERM INT
+# The rest of stdin carries the bootstrap'"'"'s requests: "drain" when it got a signal.
+{ while IFS= read -r request; do
+    [ "$request" != drain ] || kill -TERM $pid 2>/dev/null
+  done; } <&0 &
+watcher=$!
 wait $pid; rc=$?
 while kill -0 $pid 2>/dev/null; do wait $pid; rc=$?; done
 exit $rc
 '
 cd "$work" || exit $EXIT_ERROR
 export PYTHONPATH=$work${PYTHONPATH:+:$PYTHONPATH}
-# cvmfsexec mode (GLIDEIN_CVMFS_Mount namespace): every agent runs in a user + mount
-# namespace whose /cvmfs holds the repositories (agent/cvmfsexec.py). When the node
-# refuses the namespace the agent runs anyway and its cvmfs check fails, with a report.
-ns=()
-if [ "$(awk '$1 == "GLIDEIN_CVMFS_Mount" { v = tolower($2) } END { print v }' glidein_config)" \
-     = namespace ]; then
-  ns_cmd=(unshare --user --map-root-user --mount --propagation private)
+# cvmfsexec mode (GLIDEIN_CVMFS_Mount namespace): the agents run in a user + mount
+# namespace whose /cvmfs holds the repositories (agent/cvmfsexec.py), and in a pid
+# namespace that dies with the helper. namespace_prefix CONFIG sets ns=(the command
+# prefix) when CONFIG asks for it; when the node refuses the namespace the agent runs
+# anyway and its cvmfs check fails, with a report. Also run by every srun task.
+namespace_prefix() {
+  ns=()
+  [ "$(awk '$1 == "GLIDEIN_CVMFS_Mount" { v = tolower($2) } END { print v }' "$1")" \
+    = namespace ] || return 0
+  local ns_cmd=(unshare --user --map-root-user --mount --propagation private) why
   if why=$("${ns_cmd[@]}" true 2>&1); then
-    ns=("${ns_cmd[@]}" "$PY" -m agent.cvmfsexec --config glidein_config --uid "$(id -u)" \
+    ns=("${ns_cmd[@]}" "$PY" -m agent.cvmfsexec --config "$1" --uid "$(id -u)" \
         --gid "$(id -g)" --)
     log "the pilot runs in a user + mount namespace with its own /cvmfs"
   else
     printf '%s %s\n' GLIDEIN_CVMFS_Namespace failed GLIDEIN_CVMFS_Namespace_Problem \
       "$(echo "unshare --user --map-root-user --mount: ${why:-not available}" | tr '\n' ' ')" \
-      >> glidein_config
+      >> "$1"
   fi
-fi
+}
+# local_agents WORK GID N PY: N pilots on this node, each in WORK/pilot_I with its own
+# glidein id suffix and glidein_config (the agent splits the node's resources N ways).
+# Runs as one process (inside the namespace when there is one, so that the pilots of
+# a node share one /cvmfs mount), forwards SIGTERM/SIGINT, returns the first non-zero code.
+local_agents() {
+  local work=$1 gid=$2 n=$3 PY=$4 i sub pids=() p r rc=0
+  for ((i = 0; i < n; i++)); do
+    sub=$work/pilot_$i
+    mkdir -p "$sub"
+    for d in agent validation vo; do [ ! -e "$work/$d" ] || ln -s "../$d" "$sub/$d"; done
+    { cat "$work/glidein_config"
+      printf '%s %s\n' GLIDEIN_Id "$gid-$i" GLIDEIN_Work_Dir "$sub" GLIDEIN_Multi_Count "$n" \
+        GLIDEIN_Multi_Index "$i" GLIDEIN_Multi_Launcher local
+    } > "$sub/glidein_config"
+    (cd "$sub" && exec "$PY" -m agent --config glidein_config) &
+    pids+=($!)
+  done
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
+  trap 'kill -INT "${pids[@]}" 2>/dev/null' INT
+  for p in "${pids[@]}"; do
+    wait "$p"; r=$?
+    while kill -0 "$p" 2>/dev/null; do wait "$p"; r=$?; done  # a trap interrupted the wait
+    [ $rc -ne 0 ] || rc=$r
+  done
+  return $rc
+}
 if [ "$multi" -eq 1 ]; then
+  namespace_prefix glidein_config
   log "starting the agent"
   ${ns[@]+"${ns[@]}"} "$PY" -m agent --config glidein_config &
   agent_pids+=($!)
@@ -364,25 +414,25 @@ elif [ "$multi_launch" = srun ] || { [ "$multi_launch" = auto ] && [ -n "${SLURM
   per_task=$(( ${job_cpus:-0} / multi )); [ "$per_task" -ge 1 ] || per_task=1
   log "starting $multi agents with srun ($per_task cpus per task)"
   shipped=(agent validation glidein_config); [ -d vo ] && shipped+=(vo)
-  tar -cf - "${shipped[@]}" | srun --ntasks="$multi" --cpus-per-task="$per_task" --overlap \
+  # srun broadcasts its stdin to every task: a size line, the stage as a tar, then
+  # requests (see on_signal). The bootstrap holds the FIFO open for the pilots' life.
+  tar -cf "$meta/stage.tar" "${shipped[@]}" || fail error $EXIT_ERROR "cannot pack the stage for srun"
+  mkfifo -m 600 "$meta/srun_stdin" || fail error $EXIT_ERROR "cannot make a FIFO in $meta"
+  srun --ntasks="$multi" --cpus-per-task="$per_task" --overlap \
     --kill-on-bad-exit=0 --mpi=none --input=all --job-name=glidein \
-    bash -c "$(declare -f unmount_under log); $srun_task" glidein_task "$work" "$gid" "$multi" "$PY" &
+    bash -c "$(declare -f unmount_under log namespace_prefix); $srun_task" glidein_task \
+    "$work" "$gid" "$multi" "$PY" "$token_file" < "$meta/srun_stdin" &
+  srun_pid=$!
   agent_pids+=($!)
+  exec 7> "$meta/srun_stdin"
+  (trap '' PIPE; printf '%s\n' "$(( $(wc -c < "$meta/stage.tar") ))"; cat "$meta/stage.tar") >&7 \
+    2>/dev/null || log "srun did not take the stage on its stdin"
 else
-  # Several pilots in one batch job (a whole node): each its own work dir, glidein
-  # id suffix and glidein_config; the agent splits the node's resources N ways.
+  namespace_prefix glidein_config
   log "starting $multi agents"
-  for ((i = 0; i < multi; i++)); do
-    sub=$work/pilot_$i
-    mkdir -p "$sub"
-    for d in agent validation vo; do [ ! -e "$work/$d" ] || ln -s "../$d" "$sub/$d"; done
-    { cat glidein_config
-      printf '%s %s\n' GLIDEIN_Id "$gid-$i" GLIDEIN_Work_Dir "$sub" GLIDEIN_Multi_Count "$multi" \
-        GLIDEIN_Multi_Index "$i" GLIDEIN_Multi_Launcher local
-    } > "$sub/glidein_config"
-    (cd "$sub" && exec ${ns[@]+"${ns[@]}"} "$PY" -m agent --config glidein_config) &
-    agent_pids+=($!)
-  done
+  ${ns[@]+"${ns[@]}"} bash -c "$(declare -f local_agents log); local_agents \"\$@\"" \
+    local_agents "$work" "$gid" "$multi" "$PY" &
+  agent_pids+=($!)
 fi
 wait_agents; rc=$?
 log "agent exited with $rc"

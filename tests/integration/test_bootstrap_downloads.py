@@ -1,0 +1,83 @@
+"""The bootstrap's downloads retry with back-off and go through the site's HTTP proxy.
+
+The stage server is `FlakyStage`: the factory's stage stand-in of
+tests/unit/test_bootstrap.py answering 503 to the first two requests of every
+path, as an overloaded factory behind a load balancer does. The proxy is the
+loopback STAND-IN for a site squid (tests/components/glidein_http_proxy.py).
+Both downloaders: curl, and the python fallback of a node without curl.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.components.glidein_http_proxy import HttpProxy
+from tests.unit.test_bootstrap import (  # noqa: F401 (fixtures)
+    STUB_STAGE,
+    StageServer,
+    bootstrap,
+    downloader,
+    finish,
+    token_file,
+)
+
+FAILURES = 2
+
+
+class FlakyStage(StageServer):
+    """Fails the first FAILURES requests of each path with 503, then serves it."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__(files)
+        self.seen: Counter[str] = Counter()
+
+    def handle(self, h: Any, method: str) -> None:
+        self.seen[h.path] += 1
+        if h.path.startswith("/api/v1/stage/") and self.seen[h.path] <= FAILURES:
+            h.rfile.read(int(h.headers.get("Content-Length") or 0))
+            return self.send(h, 503, b'{"detail": "busy"}')
+        return super().handle(h, method)
+
+
+@pytest.fixture
+def proxy() -> Iterator[HttpProxy]:
+    with HttpProxy() as running:
+        yield running
+
+
+def test_downloads_retry_through_the_proxy_until_the_stage_answers(
+    tmp_path: Path, token_file: Path, downloader: dict[str, str],  # noqa: F811
+    proxy: HttpProxy,
+) -> None:
+    stage = FlakyStage(STUB_STAGE)
+    try:
+        rc, stderr = finish(bootstrap(stage, tmp_path, token_file,
+                                      {**downloader, "http_proxy": proxy.url}))
+    finally:
+        stage.close()
+    assert rc == 7, stderr  # the stub agent ran: every file arrived and checked out
+    wanted = ["/api/v1/stage/manifest",
+              *(f"/api/v1/stage/files/{path}" for path in STUB_STAGE)]
+    assert {path: stage.seen[path] for path in wanted} == {p: FAILURES + 1 for p in wanted}
+    for path in wanted:  # every attempt went through the proxy
+        assert [u for u in proxy.urls if u == stage.url + path] == [stage.url + path] * 3
+
+
+def test_a_stage_that_never_answers_ends_the_pilot_with_a_clear_error(
+    tmp_path: Path, token_file: Path, downloader: dict[str, str],  # noqa: F811
+) -> None:
+    stage = FlakyStage(STUB_STAGE)
+    stage.seen.update({"/api/v1/stage/manifest": -100})  # fails far more than it retries
+    try:
+        rc, stderr = finish(bootstrap(stage, tmp_path, token_file, downloader))
+    finally:
+        stage.close()
+    assert rc == 1, stderr
+    assert "manifest download failed" in stderr
+    assert 1 < stage.seen["/api/v1/stage/manifest"] + 100 <= 5  # retried, then gave up
+    assert list((tmp_path / "scratch").iterdir()) == []
