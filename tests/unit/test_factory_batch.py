@@ -12,6 +12,7 @@ import pytest
 from glidewms.config.factory import BackendKind, EntryConfig, FactoryConfig
 from glidewms.config.loader import ConfigError
 from glidewms.factory.backends import BACKENDS, PilotState, PilotSubmission
+from glidewms.factory.backends.base import BackendContext
 from glidewms.factory.backends.batch import (
     PilotArray,
     common_arguments,
@@ -139,3 +140,14 @@ def test_entry_batch_and_environment_validation() -> None:
         EntryConfig(name="a", site="S", batch={"command_prefix": ["runuser", "-u", "x", "--"]})
     EntryConfig(name="a", site="S", batch={"command_prefix": ["runuser", "-u", "x", "--"],
                                            "log_dir": "/srv/pilot-logs"})  # fmt: skip
+
+
+def test_slurm_pilots_get_their_drain_signal_in_the_batch_script_before_the_walltime() -> None:
+    entry = EntryConfig.model_validate({"name": "e", "site": "S", "backend": "slurm",
+                                        "walltime": 3600})
+    array = PilotArray(("--x",), ("g0", "g1"), Path("/t"))
+    backend = SlurmBackend(BackendContext(Path("/s"), Path("/b")))
+    lines = backend.directives(entry, array, "/l")
+    assert "#SBATCH --signal=B:TERM@120" in lines and "#SBATCH --time=60" in lines
+    short = entry.model_copy(update={"walltime": 600})
+    assert not any("--signal" in line for line in backend.directives(short, array, "/l"))

@@ -95,6 +95,9 @@ def parse_sacct(text: str) -> dict[str, PilotState]:
     return out
 
 
+DRAIN_SIGNAL_SECONDS = 120
+
+
 def walltime_minutes(seconds: int) -> int:
     return max(1, math.ceil(seconds / 60))
 
@@ -129,6 +132,11 @@ class SlurmBackend(BatchBackend):
             "--nodes=1",
             "--ntasks=1",
         ]
+        if entry.walltime >= 10 * DRAIN_SIGNAL_SECONDS:
+            # SIGTERM to the batch script (not to srun's tasks, which srun would
+            # SIGKILL) before the walltime, so the pilot drains and reports; not
+            # on short pilots, as Slurm may signal up to a minute early
+            lines.append(f"--signal=B:TERM@{DRAIN_SIGNAL_SECONDS}")
         if entry.cpus != "auto":
             lines.append(f"--cpus-per-task={entry.cpus}")
         else:
