@@ -23,6 +23,9 @@ from typing import Any
 
 import yaml
 
+from glidewms.db import make_engine, sqlite_url
+from glidewms.factory.backends.local import LocalId, read_proc_stat
+from glidewms.factory.store import FactoryStore
 from glidewms.security.tokens import TokenIssuer, generate_keypair, write_secret
 
 SERVICES = ("pool", "factory", "frontend")
@@ -184,8 +187,11 @@ class Installation:
                     f"its log ({running.log}) ends with:\n{tail(running.log)}")
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Frontend first (no new requests), then the factory, then the pool."""
+        """Frontend first (no new requests), then the factory, then the pilots it
+        started here (while the pool is up to take their jobs back), then the pool."""
         for name in reversed(SERVICES):
+            if name == "pool":
+                self.stop_local_pilots(timeout)
             running = self.services.get(name)
             if running is None or running.process.poll() is not None:
                 continue
@@ -196,8 +202,67 @@ class Installation:
                 os.killpg(running.process.pid, signal.SIGKILL)
                 running.process.wait(5)
 
+    def stop_local_pilots(self, grace: float = 15.0) -> int:
+        """SIGTERM the local-backend pilots of this installation's factory (they
+        drain: running jobs go back to the queue), SIGKILL any left after `grace`.
+
+        A site's pilots outlive a factory; these share the machine with the
+        installation and would otherwise wait for their idle timeout against a
+        pool that is gone. Returns how many were signalled.
+        """
+        db = self.path("factory", "factory.db")
+        if not db.is_file():
+            return 0
+        groups = [pid for pid in _local_pilot_pids(db) if _signal_group(pid, signal.SIGTERM)]
+        deadline = time.monotonic() + grace
+        while any(_alive(pid) for pid in groups) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in groups:
+            _signal_group(pid, signal.SIGKILL)
+        return len(groups)
+
     def token_file(self, who: str) -> Path:
         return self.path("tokens", f"{who}.token")
+
+
+def _local_pilot_pids(db: Path) -> list[int]:
+    """Process ids of the factory's active local pilots that are still those
+    processes (the start time in the backend id guards against pid reuse)."""
+    engine = make_engine(sqlite_url(db))
+    try:
+        glideins = FactoryStore(engine).active()
+    finally:
+        engine.dispose()
+    pids = []
+    for glidein in glideins:
+        try:
+            local = LocalId.parse(glidein.backend_id or "")
+        except ValueError:
+            continue  # another backend's pilot: not a process of this machine
+        stat = read_proc_stat(local.pid)
+        if stat is not None and stat[1] == local.starttime:
+            pids.append(local.pid)
+    return pids
+
+
+def _signal_group(pid: int, signum: int) -> bool:
+    try:
+        os.killpg(pid, signum)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is gone as far as the machine is concerned
+    stat = read_proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -100,6 +100,24 @@ def test_killed_pilot_job_runs_again_elsewhere_exactly_once(system_factory, tmp_
     assert "square_0.txt" in names
 
 
+def test_stopping_the_installation_drains_its_local_pilots(system_factory, tmp_path):
+    # `glidewms up` stopped with Ctrl-C: the pilots it started here must not
+    # linger; SIGTERM makes them drain, so the running job goes back to the queue.
+    s = system_factory(max_pilots=1)
+    [jid] = s.submit(workload(tmp_path, 1, seconds=600), tmp_path)
+    running = wait_for(lambda: (j := s.job(jid))["state"] == "running" and j, "the job to start")
+    [glidein] = [p["glidein_id"] for p in s.pilots() if p["pilot_id"] == running["pilot_id"]]
+    pid = s.pilot_pid(glidein)
+    s.inst.services["frontend"].process.terminate()  # no new pilots while this one drains
+    s.inst.services["frontend"].process.wait(30)
+    assert s.inst.stop_local_pilots() == 1
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    job = s.job(jid)
+    assert job["state"] == "idle", job
+    assert "evicted" in [e["type"] for e in s.pool.events(jid)]
+
+
 def test_tampered_pilot_file_is_refused(system_factory, tmp_path):
     s = system_factory(max_pilots=1)
     stage_file = s.inst.path("factory", "stage", "agent", "agent.py")
