@@ -6,15 +6,20 @@ Measures, on an installation started like `glidewms up`:
 - throughput: N trivial jobs (`/bin/true`, not transferred) from submit until
   the last completion, with P pilots of C cores each.
 
-Run:  .venv/bin/python bench/end_to_end.py [--jobs 500] [--pilots 2] [--cores 4]
+Run:  .venv/bin/python bench/end_to_end.py [--jobs 500] [--pilots 2] [--cores 4] [--parsl]
+(the throughput figure of record: --jobs 5000 --cores 16 --parsl)
 Results go to stdout as a Markdown table; record them in bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +37,50 @@ def wait(predicate, timeout: float = 600.0, step: float = 0.02) -> None:  # type
         time.sleep(step)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pilot_cpu(pid: int) -> float:
+    """CPU of a pilot agent and of the jobs it has reaped (cutime, cstime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def agents_of(pool_url: str) -> list[int]:
+    """Pids of the pilot agents of this pool (their glidein_config names it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"agent" not in (proc / "cmdline").read_bytes():
+                continue
+            config = (proc / "cwd" / "glidein_config").read_text()
+        except OSError:
+            continue
+        if f"GLIDEIN_Pool_URL {pool_url}" in config:
+            found.append(int(proc.name))
+    return found
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far (Linux /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def completed(client: PoolClient) -> int:
+    """Jobs completed so far (GET /api/v1/stats: counters kept by the pool)."""
+    return int(client._call("GET", "/stats")["counters"]["jobs_completed"])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -43,6 +92,13 @@ def main() -> None:
     parser.add_argument("--pilots", type=int, default=2)
     parser.add_argument("--cores", type=int, default=4)
     parser.add_argument("--latency-samples", type=int, default=50)
+    parser.add_argument("--parsl", action="store_true",
+                        help="also run Parsl's HighThroughputExecutor on the same jobs with "
+                             "as many workers as job slots (bench/parsl_true.py) and print "
+                             "the ratio")
+    parser.add_argument("--profile-pool", metavar="FILE",
+                        help="record the pool process with py-spy during the throughput run "
+                             "(collapsed stacks, for flamegraph.pl or a quick grep)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,7 +117,7 @@ def main() -> None:
                                 f"request_memory = 16\nqueue {args.pilots * args.cores}\n",
                                 "warm.sub", Path(tmp))
             client.submit(warm)
-            wait(lambda: not client.jobs())
+            wait(lambda: completed(client) >= args.pilots * args.cores)
 
             latencies = []
             for _ in range(args.latency_samples):
@@ -73,11 +129,33 @@ def main() -> None:
             many = parse_submit("executable = /bin/true\ntransfer_executable = false\n"
                                 f"request_memory = 16\nqueue {args.jobs}\n", "many.sub",
                                 Path(tmp))
+            base = completed(client)
+            spy = None
+            if args.profile_pool:
+                spy = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+                     "-r", "200", "-o", args.profile_pool, "-p",
+                     str(inst.services["pool"].process.pid)], stdout=subprocess.DEVNULL)
+                time.sleep(1.0)  # py-spy attaches
+            pool_pid = inst.services["pool"].process.pid
+            cpu0, ticks0 = cpu_seconds(pool_pid), machine_ticks()
+            pilots = agents_of(inst.services["pool"].url)
+            pilots0 = {pid: pilot_cpu(pid) for pid in pilots}
             t0 = time.monotonic()
             client.submit(many)
             submitted = time.monotonic() - t0
-            wait(lambda: not client.jobs(), step=0.05)
+            # a cheap counter, not a job listing: polling must not load the pool
+            wait(lambda: completed(client) >= base + args.jobs, step=0.05)
             elapsed = time.monotonic() - t0
+            pool_cpu = cpu_seconds(pool_pid) - cpu0
+            ticks1 = machine_ticks()
+            busy = (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
+            load = os.getloadavg()[0]
+            failures = client._call("GET", "/stats")["counters"]["job_failures"]
+            pilots_cpu = sum(pilot_cpu(pid) for pid in pilots) - sum(pilots0.values())
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
         finally:
             inst.stop()
 
@@ -93,6 +171,22 @@ def main() -> None:
           f"({args.jobs / submitted:.0f} jobs/s) |")
     print(f"| {args.jobs} `/bin/true` jobs, submit → last completed | {elapsed:.1f} s "
           f"({args.jobs / elapsed:.1f} jobs/s) |")
+    print(f"| job failures (non-zero exits) | {failures} |")
+    print(f"| pool CPU per job (throughput run) | {pool_cpu / args.jobs * 1000:.2f} ms |")
+    print(f"| pilots' CPU per job, their jobs included (throughput run) | "
+          f"{pilots_cpu / args.jobs * 1000:.2f} ms |")
+    if args.parsl:
+        from parsl_true import run as parsl_run  # bench/, next to this script
+
+        workers = args.pilots * args.cores
+        parsl_rate = parsl_run(args.jobs, workers)
+        rate = args.jobs / elapsed
+        print(f"| Parsl HTEX, {workers} workers: {args.jobs} `/bin/true` bash apps | "
+              f"{parsl_rate:.1f} jobs/s |")
+        print(f"| ratio glidewms / Parsl (same run) | {rate / parsl_rate:.2f} |")
+    print(f"| machine CPU busy during the run (all processes, {os.cpu_count()} cores) | "
+          f"{busy * 100:.0f}% |")
+    print(f"| load average (1 min) at the end | {load:.1f} |")
 
 
 if __name__ == "__main__":

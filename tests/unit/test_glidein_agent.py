@@ -28,6 +28,7 @@ import pytest
 import glidewms.glidein.agent as agent_pkg
 from glidewms.glidein.agent.agent import Agent
 from glidewms.glidein.agent.claims import ClaimRunner
+from glidewms.glidein.agent.completions import CompletionQueue
 from glidewms.glidein.agent.config import ConfigError, build_config, parse_lines, typed_value
 from glidewms.glidein.agent.http import Api, HttpStatusError
 from glidewms.glidein.agent.jobs import (
@@ -88,6 +89,8 @@ class FakePool:
         self.drain = False
         self.gone = False
         self.batch = False  # answer max_jobs with {"claims": [...]} (else: one claim, as before)
+        self.cycle = True  # serve POST /pilots/p1/cycle (False: an older pool without it)
+        self.cycles: list[dict[str, Any]] = []  # bodies of cycle calls
         self.complete_status = 200
         self.register_status = 201
         self.unauthorized = 0
@@ -184,6 +187,26 @@ class FakePool:
                 return self.send(h, 200, claim)
             self.closing.wait(body["wait"])
             return self.send(h, 204)
+        if path == "/api/v1/pilots/p1/cycle":
+            if not self.cycle:
+                return self.send(h, 404, {"detail": "Not Found"})
+            with self.lock:
+                self.cycles.append(body)
+            completed = {}
+            for done in body.get("completions", []):
+                self.completed[done["claim_id"]] = {k: done[k] for k in
+                                                    ("exit_code", "outputs", "wall_seconds")}
+                completed[done["claim_id"]] = self.complete_status == 200
+                self.events["complete"].set()
+            if body.get("max_jobs", 1) == 0:
+                return self.send(h, 200, {"completed": completed, "claims": []})
+            self.claim_requests.append(body)
+            with self.lock:
+                batch, self.claims = (self.claims[:body["max_jobs"]],
+                                      self.claims[body["max_jobs"]:])
+            if not batch and not completed:
+                self.closing.wait(body["wait"])
+            return self.send(h, 200, {"completed": completed, "claims": batch})
         if path == "/api/v1/pilots/p1/heartbeat":
             self.heartbeats.append(body)
             if self.gone:
@@ -699,11 +722,14 @@ def test_pilot_runs_a_job_and_retires_after_idle_timeout(
     assert list((work / "execute").iterdir()) == []
 
 
+@pytest.mark.parametrize("cycle", [True, False], ids=["cycle", "older-pool"])
 def test_free_cores_are_claimed_in_one_call_and_each_claim_runs(
-    pool: FakePool, tmp_path: Path, token_file: Path
+    pool: FakePool, tmp_path: Path, token_file: Path, cycle: bool
 ) -> None:
-    """With 2 free cores the agent asks for max_jobs 2 and runs every claim of the answer."""
+    """With 2 free cores the agent asks for max_jobs 2 and runs every claim of the
+    answer; a pool without the cycle call gets the separate claim and complete calls."""
     pool.batch = True
+    pool.cycle = cycle
     pool.claims += [claim_for(pool, c, {"job.sh": JOB_SH, "input.txt": b"input\n"})
                     for c in ("c1", "c2")]
     thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file),
@@ -714,6 +740,58 @@ def test_free_cores_are_claimed_in_one_call_and_each_claim_runs(
     assert sorted(pool.completed) == ["c1", "c2"]
     assert all(done["exit_code"] == 0 for done in pool.completed.values())
     assert pool.reports[0]["jobs_run"] == 2
+
+
+def test_results_ride_with_the_next_claim_call(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
+    """HTCondor-style claim reuse: a job's result is not a call of its own but
+    part of the call that asks for the next job (one round trip per turn)."""
+    pool.claims += [claim_for(pool, c, {"job.sh": JOB_SH, "input.txt": b"input\n"})
+                    for c in ("c1", "c2", "c3")]
+    thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file),
+                                  tmp_path / "work")
+    thread.join(WAIT)
+    assert not thread.is_alive() and box["rc"] == 0
+    assert sorted(pool.completed) == ["c1", "c2", "c3"]
+    assert pool.cycles[0]["completions"] == [] and pool.cycles[0]["max_jobs"] == 2
+    riding = [b for b in pool.cycles if b["completions"] and b["max_jobs"] > 0]
+    assert riding, pool.cycles  # at least one result went with a request for work
+    assert riding[0]["completions"][0]["claim_id"] in ("c1", "c2")
+    assert pool.reports[0]["jobs_run"] == 3
+
+
+def test_a_result_is_sent_alone_while_the_claim_call_long_polls(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
+    """The claim loop blocks in a long-poll (nothing more to run); the ended
+    job's result must not wait for it: the completion thread sends it alone."""
+    pool.claims.append(claim_for(pool, "c1", {"job.sh": JOB_SH, "input.txt": b"input\n"}))
+    thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file,
+                                              GLIDEIN_Idle_Timeout=3), tmp_path / "work")
+    assert pool.events["complete"].wait(WAIT)
+    alone = [b for b in pool.cycles if b["max_jobs"] == 0]
+    assert [d["claim_id"] for b in alone for d in b["completions"]] == ["c1"]
+    assert len(pool.claim_requests) == 2  # the one that got c1, and the long-poll
+    thread.join(WAIT)
+    assert not thread.is_alive() and box["rc"] == 0
+    assert pool.reports[0]["goodput_seconds"] >= 0 and pool.reports[0]["jobs_run"] == 1
+
+
+def test_completion_queue_retries_undelivered_results_first() -> None:
+    queue = CompletionQueue()
+    assert queue.age(10.0) is None and queue.claim_ids() == []
+    for n, at in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        queue.add({"claim_id": n}, at)
+    assert queue.age(4.0) == 3.0
+    batch = queue.take(2)
+    assert [b["claim_id"] for b in batch] == ["a", "b"]
+    assert sorted(queue.claim_ids()) == ["a", "b", "c"]  # in flight: still renewed
+    queue.settle(batch, delivered=False, now=5.0)
+    assert [b["claim_id"] for b in queue.take(5)] == ["a", "b", "c"]
+    assert queue.age(6.0) is None
+    queue.settle([{"claim_id": "a"}, {"claim_id": "b"}, {"claim_id": "c"}], True, 6.0)
+    assert queue.claim_ids() == [] and len(queue) == 0
 
 
 def test_sigterm_kills_the_running_job_deregisters_and_reports(

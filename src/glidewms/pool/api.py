@@ -30,6 +30,7 @@ from glidewms.pool.pilots import free_from
 from glidewms.pool.sandbox import BadDigest, SandboxStore
 from glidewms.pool.store import (
     JOB_STATUS,
+    Completion,
     Conflict,
     FairShare,
     InvalidJob,
@@ -108,6 +109,22 @@ class ClaimBody(BaseModel):
     max_jobs: int = Field(1, ge=1, le=MAX_CLAIMS_PER_CALL,
                           description="more than 1: answer {\"claims\": [...]} with up to "
                                       "this many claims (a pilot with several free slots)")
+
+
+class CycleCompletion(BaseModel):
+    claim_id: str = Field(min_length=1, max_length=64)
+    exit_code: int
+    outputs: list[OutputFile] = []
+    wall_seconds: float = 0.0
+
+
+class CycleBody(BaseModel):
+    completions: list[CycleCompletion] = Field([], max_length=4 * MAX_CLAIMS_PER_CALL)
+    free: dict[str, float] = {}
+    wait: float = Field(0.0, ge=0, description="long-poll for claims, only if none completes "
+                                                "and nothing can be claimed at once")
+    max_jobs: int = Field(1, ge=0, le=MAX_CLAIMS_PER_CALL,
+                          description="0: only report completions")
 
 
 class HeartbeatBody(BaseModel):
@@ -311,7 +328,10 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
 
     @app.get("/api/v1/stats")
     async def stats(who: Identity = Depends(user)) -> dict[str, Any]:
-        return {"time": time.time(), "counters": await call(store.stats)}
+        """Counters, and the queue's idle/running counts from memory: cheap
+        enough to poll (the throughput benchmark waits on it)."""
+        return {"time": time.time(), "counters": await call(store.stats),
+                "queue": await call(store.queue_counts)}
 
     @app.post("/api/v1/jobs/{action}")
     async def act(action: Literal["hold", "release", "remove"], body: ActionBody,
@@ -415,6 +435,32 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), remaining)
 
+    @app.post("/api/v1/pilots/{pilot_id}/cycle")
+    async def cycle(pilot_id: str, body: CycleBody, request: Request,
+                    who: Identity = Depends(pilot)) -> dict[str, Any]:
+        """Completions and the next claims in one call (HTCondor's claim reuse).
+
+        The completions are committed first; the call long-polls only when it
+        carried none and nothing could be claimed at once, so a completion is
+        never held back by a wait."""
+        deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
+        completions = [Completion(c.claim_id, c.exit_code, [o.model_dump() for o in c.outputs],
+                                  c.wall_seconds) for c in body.completions]
+        while True:
+            wake = signal.current()
+            if not completions and await request.is_disconnected():
+                # a pilot killed mid-long-poll must not be handed the next job
+                return {"completed": {}, "claims": []}
+            completed, claims, requeued = await guarded(
+                store.cycle, pilot_id, completions, body.free, config.claim_lease_seconds,
+                body.max_jobs, time.time())
+            if requeued:
+                signal.notify()  # an exit policy put a job back to idle
+            if claims or completions or body.max_jobs == 0 or deadline <= time.monotonic():
+                return {"completed": completed, "claims": claims}
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), deadline - time.monotonic())
+
     @app.post("/api/v1/pilots/{pilot_id}/heartbeat")
     async def heartbeat(pilot_id: str, body: HeartbeatBody,
                         who: Identity = Depends(pilot)) -> dict[str, Any]:
@@ -425,9 +471,11 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     @app.post("/api/v1/claims/{claim_id}/complete")
     async def complete(claim_id: str, body: CompleteBody,
                        who: Identity = Depends(pilot)) -> dict[str, Any]:
-        jid = await guarded(store.complete, claim_id, body.exit_code,
-                            [o.model_dump() for o in body.outputs], body.wall_seconds)
-        return {"job_id": jid, "state": "completed", "status": JOB_STATUS["completed"]}
+        jid, state = await guarded(store.complete, claim_id, body.exit_code,
+                                   [o.model_dump() for o in body.outputs], body.wall_seconds)
+        if state == "idle":
+            signal.notify()  # an exit policy put the job back to idle
+        return {"job_id": jid, "state": state, "status": JOB_STATUS[state]}
 
     @app.post("/api/v1/pilots/{pilot_id}/deregister")
     async def deregister(pilot_id: str, body: DeregisterBody,

@@ -22,6 +22,7 @@ from glidewms.pool.queue_index import IdleIndex, head_key
 from glidewms.pool.schema import autoclusters, jobs
 
 CHOICE_CACHE_LIMIT = 10_000
+PREFETCH = 64  # idle jobs of a pair read per seek (IdleIndex.upcoming)
 
 
 class ChoosingMixin:
@@ -33,22 +34,31 @@ class ChoosingMixin:
     _choices: dict[str, tuple[int, dict[int, float], dict[str, Any]]]
     _loaded_epoch: int
     _lock: threading.Lock
+    _turn_taken: set[tuple[int, int]]  # see _head
 
     def _head(self, conn: Connection, ac: int, submitter: str) -> Any:
+        """The pair's best idle job, read with the next ones when not cached.
+
+        Jobs a pilot turn has chosen but not yet marked running (cycle.py
+        marks a whole turn with one UPDATE at its end) are still idle in the
+        database: `_turn_taken` names them, and they are skipped."""
         cached = self.index.heads.get((ac, submitter))
         if cached is not None:
             return cached
+        taken = self._turn_taken
         row = conn.execute(
             sa.select(jobs.c.prio, jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
             .where(jobs.c.state == "idle", jobs.c.autocluster_id == ac,
                    jobs.c.submitter == submitter)
             .order_by(jobs.c.prio.desc(), jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
-            .limit(1)).first()
-        if row is None:
+            .limit((PREFETCH if (ac, submitter) in self.index.streaming else 1)
+                   + len(taken))).all()
+        keys = [head_key(r.prio, r.q_date, r.cluster_id, r.proc_id) for r in row
+                if (r.cluster_id, r.proc_id) not in taken]
+        if not keys:
             return None
-        key = head_key(row.prio, row.q_date, row.cluster_id, row.proc_id)
-        self.index.heads[(ac, submitter)] = key
-        return key
+        self.index.set_heads(ac, submitter, keys)
+        return keys[0]
 
     def _choose(self, conn: Connection, pilot_id: str, slot: Any, whole: Any | None,
                 now: float) -> tuple[str, int, str, Any] | None:

@@ -134,13 +134,30 @@ def int_attr(ad: Any, name: str, default: int) -> int:
     return default if value is None else int(value)
 
 
-def execution_spec(row: Any) -> dict[str, Any]:
-    """What a pilot needs to run the job, derived from its ad and sandbox."""
-    ad = classads.parse_ad(row.ad)
-    spec = row.sandbox or {}
-    files = spec.get("files", [])
-    executable = next((f["name"] for f in files if f.get("executable")), None)
+_PROC_ID = re.compile(r"(?:^\[ |; )ProcId = (-?\d+)(?:;| \])")
 
+
+class SpecCache:
+    """What `execution_spec` reads from ads, per ad text with ProcId aside:
+    the jobs of a cluster share it, so a stream of claims parses one ad per
+    cluster, not one per job. Bounded; cleared when full."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._specs: dict[str, dict[str, Any]] = {}
+
+    def ad_part(self, text: str) -> dict[str, Any]:
+        found = _PROC_ID.search(text)
+        key = text if found is None else text[:found.start(1)] + text[found.end(1):]
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) >= self.limit:
+                self._specs.clear()
+            spec = self._specs[key] = _ad_part(classads.parse_ad(text))
+        return spec
+
+
+def _ad_part(ad: Any) -> dict[str, Any]:
     def text(name: str) -> str | None:
         if name not in ad:
             return None
@@ -148,21 +165,36 @@ def execution_spec(row: Any) -> dict[str, Any]:
         return value if isinstance(value, str) else None
 
     transfer = text("TransferOutput")
-    container = container_request(ad)
     return {
-        "cmd": executable or text("Cmd"),
-        "args": spec.get("args", []),
-        "env": spec.get("env", {}),
-        "sandbox": files,
-        "out": text("Out"),
-        "err": text("Err"),
+        "cmd": text("Cmd"), "out": text("Out"), "err": text("Err"),
         "transfer_output": [t.strip() for t in transfer.replace(",", " ").split()]
         if transfer else None,
         "request": {"cpus": int_attr(ad, "RequestCpus", 1),
                     "memory": int_attr(ad, "RequestMemory", 0),
                     "disk": int_attr(ad, "RequestDisk", 0),
                     "gpus": int_attr(ad, "RequestGPUs", 0)},
-        **({"container": container} if container is not None else {}),
+        "container": container_request(ad),
+    }
+
+
+def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
+    """What a pilot needs to run the job, derived from its ad and sandbox."""
+    part = cache.ad_part(row.ad) if cache is not None else _ad_part(classads.parse_ad(row.ad))
+    spec = row.sandbox or {}
+    files = spec.get("files", [])
+    executable = next((f["name"] for f in files if f.get("executable")), None)
+    container = part["container"]
+    return {
+        "cmd": executable or part["cmd"],
+        "args": spec.get("args", []),
+        "env": spec.get("env", {}),
+        "sandbox": files,
+        "out": part["out"],
+        "err": part["err"],
+        "transfer_output": None if part["transfer_output"] is None
+        else list(part["transfer_output"]),
+        "request": dict(part["request"]),
+        **({"container": dict(container)} if container is not None else {}),
     }
 
 
@@ -187,7 +219,8 @@ def dynamic(row: Any) -> dict[str, Any]:
     """The attributes that come from the job's columns (absent ones left out)."""
     out: dict[str, Any] = {"JobStatus": JOB_STATUS[row.state], "NumJobStarts": row.num_starts,
                            "NumRestarts": row.num_restarts, "NumSiteFailures": row.num_restarts,
-                           "EnteredCurrentStatus": int(row.updated_at)}
+                           "EnteredCurrentStatus": int(row.updated_at),
+                           "NumJobCompletions": getattr(row, "completions", 0) or 0}
     if row.exit_code is not None:
         out["ExitCode"] = row.exit_code
     if row.pilot_id:

@@ -20,7 +20,7 @@ from glidewms.pool.jobs import dynamic, full_ad
 # Attributes a listing adds from the columns, in the order they are written.
 DYNAMIC = ("JobStatus", "NumJobStarts", "NumRestarts", "NumSiteFailures", "EnteredCurrentStatus",
            "ExitCode", "RemotePilot", "HoldReason", "HoldReasonCode", "JobStartDate",
-           "CompletionDate")
+           "CompletionDate", "NumJobCompletions")
 _DYNAMIC_LOWER = tuple(name.lower() for name in DYNAMIC)
 _PLAIN = re.compile(r'^[^"\\\x00-\x1f\x7f]*$')
 _PROC = re.compile(r"(?:^\[ |; )ProcId = (-?\d+)(?:;| \])")

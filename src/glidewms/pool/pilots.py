@@ -21,14 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from glidewms import classads
-from glidewms.pool.fairshare import Accounting, split_submitter
+from glidewms.pool.fairshare import Accounting
 from glidewms.pool.jobs import (
     HOLD_POLICY,
-    Conflict,
     NotFound,
     PilotGone,
-    execution_spec,
-    job_id,
 )
 from glidewms.pool.queue_index import IdleIndex
 from glidewms.pool.schema import jobs, pilots
@@ -87,6 +84,9 @@ class PilotsMixin:
         def _event(self, conn: Connection, cluster_id: int, proc_id: int, now: float, kind: str,
                    detail: dict[str, Any] | None = None) -> None: ...
         def _bump(self, conn: Connection, name: str, n: int = 1) -> None: ...
+        def cycle(self, pilot_id: str, completions: Sequence[Any], free: Mapping[str, float],
+                  lease: float, max_jobs: int, now: float
+                  ) -> tuple[dict[str, bool], list[dict[str, Any]], int]: ...
         def _left(self, row: Any, now: float) -> None: ...
         def _became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
                          cluster_id: int, proc_id: int) -> None: ...
@@ -117,84 +117,14 @@ class PilotsMixin:
         None also when the pilot is reserved for a larger job that will fit
         once some of its running jobs end (see PoolStore._choose).
         """
-        now = time.time()
-        with self._lock:
-            with self.engine.begin() as conn:
-                pilot = self._pilot(conn, pilot_id)
-                reported = free_from(pilot.slot, free)
-                if pilot.free != reported:
-                    conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id)
-                                 .values(free=reported))
-                if pilot.drain:
-                    self.reservations.pop(pilot_id, None)
-                    return None
-                slot = slot_with(pilot.slot, reported)
-                # what the pilot offers when empty: its slot, or less if it said so
-                full = self.empty_free.get(pilot_id) or free_from(pilot.slot, None)
-                whole = None
-                if self.reserve_for_large_jobs and reported != full:
-                    if self._runs_jobs(conn, pilot_id):
-                        whole = slot_with(pilot.slot, full)
-                    else:  # keeps some for itself: never reserve beyond that
-                        self.empty_free[pilot_id] = reported
-                for _ in range(3):  # a head that is no longer idle is forgotten, then retried
-                    choice = self._choose(conn, pilot_id, slot, whole, now)
-                    if choice is None:
-                        self.reservations.pop(pilot_id, None)
-                        return None
-                    kind, ac, submitter, key = choice
-                    if kind == "reserve":
-                        return None
-                    cluster_id, proc_id = key[2], key[3]
-                    claim_id = uuid.uuid4().hex
-                    result = conn.execute(
-                        jobs.update()
-                        .where(jobs.c.cluster_id == cluster_id, jobs.c.proc_id == proc_id,
-                               jobs.c.state == "idle")
-                        .values(state="running", claim_id=claim_id, pilot_id=pilot_id,
-                                lease_expires=now + lease, num_starts=jobs.c.num_starts + 1,
-                                start_date=now, updated_at=now))
-                    if result.rowcount:
-                        break
-                    self.index.forget_head(ac, submitter)
-                else:
-                    return None
-                row = conn.execute(sa.select(jobs).where(
-                    jobs.c.cluster_id == cluster_id, jobs.c.proc_id == proc_id)).one()
-                self._event(conn, cluster_id, proc_id, now, "started",
-                            {"pilot": pilot_id, "glidein": pilot.glidein_id,
-                             "site": pilot.slot.get("GLIDEIN_Site"), "submitter": submitter})
-            self.index.remove(ac, submitter, key)
-            self.index.started(ac)
-            self.reservations.pop(pilot_id, None)
-            self.accounting.change(submitter, row.owner, split_submitter(submitter, row.owner),
-                                   row.cpus, now)
-        return {"claim_id": claim_id, "job_id": job_id(cluster_id, proc_id),
-                "lease_seconds": lease, "job": execution_spec(row)}
+        found = self.claim_many(pilot_id, free, lease, 1)
+        return found[0] if found else None
 
     def claim_many(self, pilot_id: str, free: dict[str, float], lease: float,
                    max_jobs: int) -> list[dict[str, Any]]:
-        """Up to ``max_jobs`` claims for this pilot, as that many single claims in a row.
-
-        Each claim sees the free resources the pilot reported minus what the
-        claims before it requested, so the jobs chosen (and any reservation
-        for a large job) are those ``max_jobs`` calls to `claim` would give;
-        it only saves the pilot the round trips. Stops at the first None.
-        """
-        left = dict(free)
-        claims: list[dict[str, Any]] = []
-        while len(claims) < max_jobs:
-            if claims and (left.get("cpus", 1) < 1 or left.get("memory", 1) < 1):
-                break
-            found = self.claim(pilot_id, left, lease)
-            if found is None:
-                break
-            claims.append(found)
-            request = (found.get("job") or {}).get("request") or {}
-            for key, _ in RESOURCES:
-                if key in left:
-                    left[key] = max(0, left[key] - int(request.get(key) or 0))
-        return claims
+        """Up to ``max_jobs`` claims for this pilot, as that many single claims in a row
+        would give, in one transaction (see cycle.py)."""
+        return self.cycle(pilot_id, (), free, lease, max_jobs, time.time())[1]
 
     @staticmethod
     def _runs_jobs(conn: Connection, pilot_id: str) -> bool:
@@ -225,33 +155,6 @@ class PilotsMixin:
                                                      jobs.c.state == "running"))}
         return {"lease_seconds": claim_lease, "drain": bool(pilot.drain),
                 "kill": [c for c in claim_ids if c not in held]}
-
-    def complete(self, claim_id: str, exit_code: int, outputs: list[dict[str, str]],
-                 wall_seconds: float) -> str:
-        now = time.time()
-        with self._lock:
-            with self.engine.begin() as conn:
-                row = conn.execute(sa.select(jobs).where(jobs.c.claim_id == claim_id)).first()
-                if row is None or row.state != "running":
-                    raise Conflict("claim is no longer held: the job was requeued, held or "
-                                   "removed")
-                result = conn.execute(
-                    jobs.update()
-                    .where(jobs.c.claim_id == claim_id, jobs.c.state == "running")
-                    .values(state="completed", exit_code=exit_code, outputs=outputs,
-                            claim_id=None, lease_expires=None, completion_date=now,
-                            wall_seconds=wall_seconds, updated_at=now))
-                if not result.rowcount:
-                    raise Conflict("claim is no longer held")
-                detail: dict[str, Any] = {"exit_code": exit_code, "pilot": row.pilot_id,
-                                          "wall_seconds": wall_seconds}
-                if exit_code != 0:
-                    detail["failure"] = "job"
-                self._event(conn, row.cluster_id, row.proc_id, now, "completed", detail)
-                self._bump(conn, "jobs_completed")
-                self._bump(conn, "job_failures", int(exit_code != 0))
-            self._left(row, now)
-        return job_id(row.cluster_id, row.proc_id)
 
     def deregister(self, pilot_id: str, reason: str) -> None:
         now = time.time()

@@ -11,7 +11,12 @@ longer than that transaction).
 
 The head of an (autocluster, submitter) is its best idle job by JobPrio, then
 queue date, then id. It is read from the database with one index seek the
-first time it is needed and cached until that job leaves the idle state.
+first time it is needed and cached until that job leaves the idle state;
+the same seek also reads the next few jobs in that order (`upcoming`), so a
+stream of claims from one pair costs one seek per `PREFETCH` jobs. The
+cached keys are always a prefix of the pair's idle jobs in that order: a
+job that leaves idle is dropped from it, and new idle jobs cut it where they
+would sort.
 
 Queue dates are kept as counts per distinct date: the jobs of one cluster
 share their QDate, so this costs memory per cluster, not per job, and the
@@ -34,6 +39,11 @@ class IdleIndex:
     def __init__(self) -> None:
         self.counts: dict[int, dict[str, int]] = {}
         self.heads: dict[tuple[int, str], HeadKey] = {}
+        # the pair's idle jobs after its head, in order (a prefix; may be empty)
+        self.upcoming: dict[tuple[int, str], list[HeadKey]] = {}
+        # pairs whose head was claimed with nothing prefetched behind it: their
+        # next read prefetches (a first read of a pair reads its head only)
+        self.streaming: set[tuple[int, str]] = set()
         self.dates: dict[tuple[int, str], dict[float, int]] = {}
         self.running: dict[int, int] = {}
         # changes whenever an (autocluster, submitter) gets idle jobs again:
@@ -51,12 +61,18 @@ class IdleIndex:
             self.epoch += 1
         dates = self.dates.setdefault((ac, submitter), {})
         dates[q_date] = dates.get(q_date, 0) + n
-        cached = self.heads.get((ac, submitter))
+        pair = (ac, submitter)
+        cached = self.heads.get(pair)
         if cached is not None:
             if best is None:
-                del self.heads[(ac, submitter)]
+                self.forget_head(ac, submitter)
             elif best < cached:
-                self.heads[(ac, submitter)] = best
+                self.heads[pair] = best  # the new jobs may sort before the old head's
+                self.upcoming.pop(pair, None)  # followers: the prefix ends at `best`
+            else:
+                later = self.upcoming.get(pair)
+                if later and later[-1] >= best:
+                    self.upcoming[pair] = [k for k in later if k < best]
         self._prune(ac, submitter)
 
     def remove(self, ac: int, submitter: str, key: HeadKey) -> None:
@@ -70,8 +86,17 @@ class IdleIndex:
             dates[q_date] = left
         else:
             dates.pop(q_date, None)
-        if self.heads.get((ac, submitter)) == key:
-            del self.heads[(ac, submitter)]
+        pair = (ac, submitter)
+        later = self.upcoming.get(pair)
+        if self.heads.get(pair) == key:
+            if later:
+                self.heads[pair] = later.pop(0)
+            else:
+                del self.heads[pair]
+                self.upcoming.pop(pair, None)
+                self.streaming.add(pair)
+        elif later and key in later:
+            later.remove(key)
         self._prune(ac, submitter)
 
     def started(self, ac: int, n: int = 1) -> None:
@@ -86,6 +111,13 @@ class IdleIndex:
 
     def forget_head(self, ac: int, submitter: str) -> None:
         self.heads.pop((ac, submitter), None)
+        self.upcoming.pop((ac, submitter), None)
+
+    def set_heads(self, ac: int, submitter: str, keys: list[HeadKey]) -> None:
+        """The pair's first idle jobs in order, as read from the database."""
+        if keys:
+            self.heads[(ac, submitter)] = keys[0]
+            self.upcoming[(ac, submitter)] = keys[1:]
 
     def _prune(self, ac: int, submitter: str) -> None:
         # A count may dip below zero for an instant (a job claimed before the
@@ -93,7 +125,8 @@ class IdleIndex:
         per = self.counts.get(ac)
         if per is not None and per.get(submitter) == 0:
             del per[submitter]
-            self.heads.pop((ac, submitter), None)
+            self.forget_head(ac, submitter)
+            self.streaming.discard((ac, submitter))
             self.dates.pop((ac, submitter), None)
             if not per:
                 del self.counts[ac]

@@ -41,16 +41,28 @@ class ReportsMixin:
 
     def demand(self) -> list[dict[str, Any]]:
         """Per autocluster with idle or running jobs: counts, owners, oldest
-        queue date, resources per job, and how many pilots could run it."""
+        queue date, resources per job, and how many pilots could run it.
+
+        Under the store's lock only what claims change is copied (counts,
+        queue dates, running counts) and the pilots are matched (that uses
+        the matchmaker's caches); the summary is built from the copy outside
+        it, so a frontend's read of 10k autoclusters does not stall claims."""
         with self.engine.connect() as conn:
             slots = {r.pilot_id: r.slot for r in conn.execute(
                 sa.select(pilots.c.pilot_id, pilots.c.slot).where(
                     pilots.c.state == "active", pilots.c.retiring.is_(False),
                     pilots.c.drain.is_(False)))}
             with self._lock:
-                ids = sorted(set(self.index.counts) | set(self.index.running))
+                index = self.index
+                ids = sorted(set(index.counts) | set(index.running))
                 self._autocluster_ads(conn, ids)  # first: shapes depend on what they read
-                summary = [self._demand_entry(ac) for ac in ids]
+                copied = [(ac, {s: (n, dict(index.dates.get((ac, s), {})))
+                                for s, n in index.counts.get(ac, {}).items() if n > 0},
+                           index.running.get(ac, 0)) for ac in ids]
+                owners = {name: state.owner for name, state in
+                          self.accounting.submitters.items()}
+                texts, requests = self.matchmaker.texts, self.matchmaker.requests
+                described = {ac: (texts[ac], dict(requests[ac])) for ac in ids}
                 # pilots alike in every attribute an autocluster reads are matched once
                 shapes: dict[str, list[Any]] = {}
                 for pilot_id, slot in slots.items():
@@ -58,11 +70,10 @@ class ReportsMixin:
                     shapes.setdefault(shape, [ad, 0])[1] += 1
                 for gone in set(self._pilot_shapes) - set(slots):
                     del self._pilot_shapes[gone]
-                for entry in summary:
-                    entry["matching_pilots"] = sum(
-                        n for shape, (ad, n) in shapes.items()
-                        if self.matchmaker.fits(entry["id"], ad, shape))
-        return summary
+                matching = {ac: sum(n for shape, (ad, n) in shapes.items()
+                                    if self.matchmaker.fits(ac, ad, shape)) for ac in ids}
+        return [_demand_entry(ac, per, running, owners, described[ac], matching[ac])
+                for ac, per, running in copied]
 
     def _pilot_shape(self, pilot_id: str, slot: dict[str, Any]) -> tuple[str, Any]:
         """(shape, whole slot ad) of a pilot; a slot never changes, its shape
@@ -73,25 +84,6 @@ class ReportsMixin:
             known = self._pilot_shapes[pilot_id] = (self.matchmaker.version,
                                                     self.matchmaker.shape(ad), ad)
         return known[1], known[2]
-
-    def _demand_entry(self, ac: int) -> dict[str, Any]:
-        owners: dict[str, int] = {}
-        submitters: dict[str, int] = {}
-        oldest: float | None = None
-        idle = 0
-        for submitter, n in self.index.submitters(ac):
-            state = self.accounting.submitters.get(submitter)
-            owner = state.owner if state else submitter
-            owners[owner] = owners.get(owner, 0) + n
-            submitters[submitter] = n
-            idle += n
-            first = self.index.oldest(ac, submitter)
-            if first is not None and (oldest is None or first < oldest):
-                oldest = first
-        return {"id": ac, "ad": self.matchmaker.texts[ac], "idle": idle,
-                "running": self.index.running.get(ac, 0), "owners": owners,
-                "submitters": submitters, "oldest_idle": oldest,
-                "request": dict(self.matchmaker.requests[ac])}
 
     def list_jobs(self, constraint: str | None = None, history: bool = False,
                   job_ids: Iterable[str] | None = None) -> list[tuple[Any, str]]:
@@ -137,6 +129,13 @@ class ReportsMixin:
             return {r.name: int(r.value) for r in conn.execute(sa.select(counters))
                     if r.name != "cluster"}
 
+    def queue_counts(self) -> dict[str, int]:
+        """Idle and running jobs, from the in-memory index (no database)."""
+        with self._lock:
+            idle = sum(max(0, n) for per in self.index.counts.values() for n in per.values())
+            running = sum(self.index.running.values())
+        return {"idle": idle, "running": running}
+
     def flush_usage(self) -> int:
         """Persist the usage of submitters that changed (called every lease tick)."""
         now = time.time()
@@ -150,3 +149,24 @@ class ReportsMixin:
                 {"submitter": name, "owner": state.owner, "acct_group": state.group,
                  "usage": value, "updated_at": now} for state, name, value in changed])
         return len(changed)
+
+
+def _demand_entry(ac: int, per: dict[str, tuple[int, dict[float, int]]], running: int,
+                  owners_of: dict[str, str], described: tuple[str, dict[str, int]],
+                  matching: int) -> dict[str, Any]:
+    """One autocluster's demand, from a copy of the index (see demand)."""
+    owners: dict[str, int] = {}
+    submitters: dict[str, int] = {}
+    oldest: float | None = None
+    idle = 0
+    for submitter, (n, dates) in per.items():
+        owner = owners_of.get(submitter, submitter)
+        owners[owner] = owners.get(owner, 0) + n
+        submitters[submitter] = n
+        idle += n
+        first = min((d for d, k in dates.items() if k > 0), default=None)
+        if first is not None and (oldest is None or first < oldest):
+            oldest = first
+    return {"id": ac, "ad": described[0], "idle": idle, "running": running,
+            "owners": owners, "submitters": submitters, "oldest_idle": oldest,
+            "request": described[1], "matching_pilots": matching}

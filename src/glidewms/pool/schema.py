@@ -64,6 +64,8 @@ jobs = sa.Table(
     sa.Column("start_date", sa.Float, nullable=True),
     sa.Column("completion_date", sa.Float, nullable=True),
     sa.Column("wall_seconds", sa.Float, nullable=True),
+    # NumJobCompletions: times the job ran to its end (max_retries, on_exit_*)
+    sa.Column("completions", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("ix_jobs_state_ac", "state", "autocluster_id"),
     sa.Index("ix_jobs_state_lease", "state", "lease_expires"),
@@ -160,4 +162,9 @@ def _v3_policies(conn: Connection) -> None:
         jobs.c.ad.like("%PeriodicRelease =%"))).values(periodic=True))
 
 
-MIGRATIONS = [_initial, _v2_fair_share, _v3_policies]
+def _v4_exit_policy(conn: Connection) -> None:
+    """NumJobCompletions, for max_retries and on_exit_remove (HTCondor semantics)."""
+    _add_missing_column(conn, jobs, "completions")
+
+
+MIGRATIONS = [_initial, _v2_fair_share, _v3_policies, _v4_exit_policy]

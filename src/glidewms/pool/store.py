@@ -31,7 +31,9 @@ from glidewms import classads
 from glidewms.db import migrate
 from glidewms.pool import schema
 from glidewms.pool.choosing import ChoosingMixin
+from glidewms.pool.cycle import CycleMixin
 from glidewms.pool.dblock import DatabaseInUse, DatabaseLock
+from glidewms.pool.exit import Completion, ExitMixin
 from glidewms.pool.fairshare import Accounting, split_submitter
 from glidewms.pool.jobs import (
     CLUSTER_PLACEHOLDER,
@@ -43,6 +45,7 @@ from glidewms.pool.jobs import (
     NewJob,
     NotFound,
     PilotGone,
+    SpecCache,
     check_edit,
     derive,
     execution_spec,
@@ -58,8 +61,8 @@ from glidewms.pool.queue_index import IdleIndex, head_key
 from glidewms.pool.reports import ReportsMixin
 from glidewms.pool.schema import autoclusters, counters, events, jobs, usage
 
-__all__ = ["JOB_STATUS", "Conflict", "DatabaseInUse", "FairShare", "InvalidJob", "NewJob",
-           "NotFound", "PilotGone", "PoolStore", "execution_spec", "job_id"]
+__all__ = ["JOB_STATUS", "Completion", "Conflict", "DatabaseInUse", "FairShare", "InvalidJob",
+           "NewJob", "NotFound", "PilotGone", "PoolStore", "execution_spec", "job_id"]
 
 COUNTERS = ("cluster", "jobs_completed", "job_failures", "site_failures")
 # action -> (new state, event); and the states each action applies to
@@ -77,7 +80,7 @@ class FairShare:
     default_factor: float = 1.0
 
 
-class PoolStore(PilotsMixin, ChoosingMixin, ReportsMixin, PeriodicMixin):
+class PoolStore(CycleMixin, ExitMixin, PilotsMixin, ChoosingMixin, ReportsMixin, PeriodicMixin):
     def __init__(self, engine: Engine, max_job_restarts: int = 5,
                  fair_share: FairShare | None = None, reserve_for_large_jobs: bool = True,
                  lock_wait: float = 10.0, significant: Sequence[str] = ()) -> None:
@@ -99,6 +102,8 @@ class PoolStore(PilotsMixin, ChoosingMixin, ReportsMixin, PeriodicMixin):
         self.accounting = Accounting(fs.halflife, fs.user_factors or {},
                                      fs.group_factors or {}, fs.default_factor)
         self.matchmaker = Matchmaker()
+        self._turn_taken: set[tuple[int, int]] = set()  # see ChoosingMixin._head
+        self._specs = SpecCache()  # what claims read from ads, per cluster (cycle.py)
         self.index = IdleIndex()
         self._lock = threading.Lock()
         self._ac_lock = threading.Lock()

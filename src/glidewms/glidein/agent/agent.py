@@ -26,8 +26,10 @@ from typing import Any
 
 from . import cvmfs, validation
 from .claims import ClaimRunner, Outcome
+from .completions import CompletionQueue
 from .config import ConfigError, GlideinConfig, build_config
 from .container import ContainerSetup
+from .exchange import ExchangeMixin
 from .http import Api, HttpStatusError, TransportError, segment
 from .jobs import JobSetupError, JobSpec
 from .policy import (
@@ -47,13 +49,12 @@ from .trail import Trail, TrailHandler
 
 log = logging.getLogger(__name__)
 
-CLAIM_MARGIN = 30.0  # client timeout beyond the wait we asked for
 SIGNAL_POLL = 0.1  # how soon the main thread acts on a recorded signal
 RESOURCE_KEYS = ("cpus", "memory", "disk", "gpus")
-MAX_CLAIMS_PER_CALL = 16  # claims asked for in one call when several cores are free
+TRAIL_FLUSH = 5.0  # seconds between trail flushes while jobs run (not one per job)
 
 
-class Agent:
+class Agent(ExchangeMixin):
     """One pilot: a partitionable slot offering ``total`` resources to the pool."""
 
     def __init__(
@@ -76,6 +77,8 @@ class Agent:
         self.trail = Trail(self.factory, cfg.glidein_id)
         self._cond = threading.Condition()
         self._runners: dict[str, ClaimRunner] = {}
+        self.completions = CompletionQueue()
+        self._cycle = True  # the pool has POST /pilots/{id}/cycle (else: older calls)
         self._threads: list[threading.Thread] = []
         self.reason: str | None = None
         self.detail = ""
@@ -243,59 +246,11 @@ class Agent:
 
     # -- threads --------------------------------------------------------------
 
-    def _claim_loop(self) -> None:
-        failures = 0
-        while not self.finished.is_set():
-            with self._cond:
-                if self.reason is not None:
-                    return
-                step = self._decide()
-                if step.action == "exit":
-                    return
-                if step.action == "wait":
-                    self._cond.wait(step.seconds)
-                    continue
-                body = {"free": self.free.as_free(), "wait": round(step.seconds, 3),
-                        "max_runtime": max(0, int(self.die_at - time.monotonic()))}
-                slots = min(MAX_CLAIMS_PER_CALL, self.free.cpus)
-                if slots > 1:  # several free cores: up to that many claims in one call
-                    body["max_jobs"] = slots
-            try:
-                status, claim = self.pool.call(
-                    "POST", f"pilots/{segment(self.pilot_id)}/claim", body,
-                    timeout=step.seconds + CLAIM_MARGIN, tries=1,
-                )
-                failures = 0
-            except HttpStatusError as exc:
-                if exc.status in (404, 410):
-                    self.finish("lost", f"the pool no longer knows this pilot: {exc}")
-                elif exc.status in (401, 403):
-                    self.finish("error", f"the pool refused the pilot token: {exc}")
-                else:
-                    failures = self._pause_after_failure(failures, exc)
-                continue
-            except TransportError as exc:
-                failures = self._pause_after_failure(failures, exc)
-                continue
-            if status == 200 and isinstance(claim, dict):
-                # {"claims": [...]} answers max_jobs; a pool that ignores the field
-                # (or a single-claim call) answers with the claim object itself
-                many = claim.get("claims")
-                for one in many if isinstance(many, list) else [claim]:
-                    if isinstance(one, dict):
-                        self._start_claim(one)
-
-    def _pause_after_failure(self, failures: int, exc: Exception) -> int:
-        delay = min(60.0, self.pool.backoff * 2**failures)
-        log.warning("claim failed: %s; next try in %.0fs", exc, delay)
-        self.finished.wait(delay)
-        return failures + 1
-
     def _start_claim(self, claim: dict[str, Any]) -> None:
         try:
             spec = JobSpec.from_claim(claim.get("job"))
             runner = ClaimRunner(claim, spec, self.pool, self.cfg.work_dir, self._job_env(),
-                                 self.container, vacating=self.finished)
+                                 self.container, vacating=self.finished, deferred=True)
         except (JobSetupError, KeyError) as exc:
             log.error("unusable claim %s, left to its lease: %s", claim.get("claim_id"), exc)
             with self._cond:
@@ -318,7 +273,7 @@ class Agent:
             thread = threading.Thread(target=self._run_claim, args=(runner,), daemon=True,
                                       name=f"job-{runner.job_id}")
             self._threads.append(thread)
-        log.info("claimed job %s (claim %s)", runner.job_id, runner.claim_id)
+        log.debug("claimed job %s (claim %s)", runner.job_id, runner.claim_id)
         thread.start()
 
     def _run_claim(self, runner: ClaimRunner) -> None:
@@ -330,7 +285,9 @@ class Agent:
                 setattr(self.free, key, min(getattr(self.total, key), back))
             self.jobs_run += int(outcome.started)
             self.jobs_failed += int(outcome.failed)
-            if outcome.completed and not outcome.failed:
+            if outcome.result is not None:  # goes with the next claim call (completions.py)
+                self.completions.add(outcome.result, time.monotonic())
+            elif outcome.completed and not outcome.failed:
                 self.goodput += outcome.wall
             else:
                 self.badput += outcome.wall
@@ -345,11 +302,17 @@ class Agent:
                 if self.reason is None:
                     self._decide()  # a draining or retired pilot exits now
             self._cond.notify_all()
+        # one trail record per job; flushed on a timer (_trail_loop), not per job
         self.trail.add("INFO" if not outcome.failed else "WARNING", "job",
                        f"job {runner.job_id}: started={outcome.started} exit={outcome.exit_code} "
-                       f"completed={outcome.completed} killed={outcome.killed} "
-                       f"wall={outcome.wall:.1f}s {outcome.detail}".strip())
-        self.trail.flush()
+                       f"completed={outcome.result is not None or outcome.completed} "
+                       f"killed={outcome.killed} wall={outcome.wall:.3f}s "
+                       f"{outcome.detail}".strip())
+
+    def _trail_loop(self) -> None:
+        while not self.finished.wait(TRAIL_FLUSH):
+            if self.trail.pending():
+                self.trail.flush()
 
     def _job_env(self) -> dict[str, str]:
         env = dict(self.published_env)
@@ -363,7 +326,8 @@ class Agent:
     def _heartbeat_loop(self, interval: float) -> None:
         while not self.finished.wait(interval):
             with self._cond:
-                body: dict[str, Any] = {"claims": list(self._runners)}
+                body: dict[str, Any] = {
+                    "claims": list(self._runners) + self.completions.claim_ids()}
             if self.retiring:
                 body["retiring"] = True
             try:
@@ -437,7 +401,8 @@ class Agent:
             except (HttpStatusError, TransportError, KeyError, TypeError) as exc:
                 self.finish("error", f"registration failed: {type(exc).__name__}: {exc}")
             else:
-                loops = [(self._heartbeat_loop, (interval,)), (self._claim_loop, ())]
+                loops = [(self._heartbeat_loop, (interval,)), (self._claim_loop, ()),
+                         (self._completion_loop, ()), (self._trail_loop, ())]
                 if self._periodic:
                     loops.append((self._periodic_loop, ()))
                 for target, args in loops:
@@ -476,6 +441,8 @@ class Agent:
         deadline = time.monotonic() + self.kill_grace + 5
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.reason != "lost":
+            self._flush_completions()
         if self.pilot_id and self.reason != "lost":
             try:
                 self.pool.call("POST", f"pilots/{segment(self.pilot_id)}/deregister",

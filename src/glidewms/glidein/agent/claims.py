@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Dict, Optional
 
 from .container import ContainerError, ContainerSetup, choose_image, wrap
 from .http import Api, HttpStatusError, IntegrityError, TransportError, segment, sha256_file
@@ -51,6 +51,8 @@ class Outcome:
     killed: bool = False
     wall: float = 0.0
     detail: str = ""
+    # deferred runners: the completion to send, once outputs are uploaded
+    result: Optional[Dict[str, Any]] = None
 
     @property
     def failed(self) -> bool:
@@ -70,6 +72,7 @@ class ClaimRunner:
         job_env: dict[str, str],
         container: ContainerSetup | None = None,
         vacating: threading.Event | None = None,
+        deferred: bool = False,
     ) -> None:
         self.claim_id = str(claim["claim_id"])
         self.job_id = str(claim.get("job_id", self.claim_id))
@@ -83,6 +86,9 @@ class ClaimRunner:
         # so the job may die of that SIGTERM before the pilot kills it: its exit code
         # is the site's doing, not the job's result.
         self.vacating = vacating or threading.Event()
+        # deferred: leave the completion in Outcome.result for the agent to send
+        # with its next claim call (completions.py) instead of calling the pool
+        self.deferred = deferred
         self._lock = threading.Lock()
         self._killed = False
         self._process: JobProcess | None = None
@@ -135,7 +141,7 @@ class ClaimRunner:
                 outcome.killed = True
                 return
             self._process = JobProcess(self.spec, self.sandbox, env, launcher)
-        log.info("%s: starting %s", tag, self.spec.cmd)
+        log.debug("%s: starting %s", tag, self.spec.cmd)
         started = time.monotonic()
         outcome.started = True
         outcome.exit_code = self._process.run()
@@ -147,9 +153,14 @@ class ClaimRunner:
         if outcome.killed:
             log.info("%s: killed after %.1fs; not completed", tag, wall)
             return
-        log.info("%s: exited %d after %.1fs", tag, outcome.exit_code, wall)
+        log.debug("%s: exited %d after %.3fs", tag, outcome.exit_code, wall)
         outputs = self._upload_outputs(tag, baseline)
-        if outputs is not None:
+        if outputs is None:
+            return
+        if self.deferred:
+            outcome.result = {"claim_id": self.claim_id, "exit_code": outcome.exit_code,
+                              "outputs": outputs, "wall_seconds": round(wall, 3)}
+        else:
             outcome.completed = self._complete(tag, outcome.exit_code, outputs, wall)
 
     def _fetch_inputs(self) -> None:

@@ -1,0 +1,210 @@
+"""What happens when a job's process ends: completed, run again, or held.
+
+HTCondor's job policy at exit, with its names: the submit file's
+`on_exit_hold` (OnExitHold) true holds the job with HoldReasonCode 3 and
+`on_exit_hold_reason`/`_subcode` if given; else `on_exit_remove`
+(OnExitRemove, true when absent) false sends it back to idle to run again;
+`max_retries = N` (MaxRetries) reruns a job that exited non-zero until it
+has run N+1 times (NumJobCompletions > MaxRetries), and an explicit
+`on_exit_remove` true still lets it leave. The expressions see the job's ad
+with ExitCode, ExitBySignal and NumJobCompletions (this run included).
+
+The decision is a pure function (`exit_action`); the mixin applies a batch
+of completions in the caller's transaction with one SELECT and one
+executemany UPDATE, and leaves the memory (index, accounting) to the caller.
+Only jobs whose ad names one of these attributes are parsed at exit.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from glidewms import classads
+from glidewms.pool.jobs import HOLD_POLICY, Conflict, full_ad, job_id
+from glidewms.pool.schema import counters, events, jobs
+
+_POLICY_NAMES = re.compile(r"(?:^\[ |; )(?:OnExitHold|OnExitRemove|MaxRetries) = ",
+                           re.IGNORECASE)
+
+
+@dataclass
+class Completion:
+    """A pilot's report that a claim's job ended."""
+
+    claim_id: str
+    exit_code: int
+    outputs: list[dict[str, str]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class ExitAction:
+    """The job's state after it exited, and why (for its event)."""
+
+    state: str  # completed, idle, held
+    by: str = ""  # the policy that kept it: on_exit_hold, on_exit_remove, max_retries
+    reason: str = ""
+    subcode: int | None = None
+
+
+@dataclass
+class FinishedJob:
+    claim_id: str
+    row: Any  # the job as it was (running)
+    action: ExitAction
+
+    @property
+    def new_state(self) -> str:
+        return self.action.state
+
+
+def has_exit_policy(ad_text: str) -> bool:
+    """Does this stored ad carry an exit policy (so it must be parsed at exit)?"""
+    return _POLICY_NAMES.search(ad_text) is not None
+
+
+def exit_action(ad: Any, exit_code: int, completions: int) -> ExitAction:
+    """HTCondor's exit policy on `ad` for a job that exited with `exit_code`,
+    its `completions`-th run (this one included). Undefined or Error is false,
+    except OnExitRemove, which is true unless it says false (its default)."""
+    ad["ExitCode"] = exit_code
+    ad["ExitBySignal"] = False
+    ad["NumJobCompletions"] = completions
+    if "OnExitHold" in ad and classads.is_true(_eval(ad, "OnExitHold")):
+        reason = _eval(ad, "OnExitHoldReason") if "OnExitHoldReason" in ad else None
+        subcode = _eval(ad, "OnExitHoldSubCode") if "OnExitHoldSubCode" in ad else None
+        return ExitAction("held", "on_exit_hold",
+                          reason if isinstance(reason, str) and reason
+                          else "The on_exit_hold expression evaluated to TRUE",
+                          subcode if isinstance(subcode, int) and not isinstance(subcode, bool)
+                          else None)
+    explicit = _eval(ad, "OnExitRemove") if "OnExitRemove" in ad else None
+    retries = _eval(ad, "MaxRetries") if "MaxRetries" in ad else None
+    if isinstance(retries, int) and not isinstance(retries, bool):
+        if exit_code == 0 or completions > retries or explicit is True:
+            return ExitAction("completed")
+        return ExitAction("idle", "max_retries",
+                          f"exit code {exit_code}: run {completions} of {retries + 1}")
+    if explicit is False:
+        return ExitAction("idle", "on_exit_remove",
+                          "The on_exit_remove expression evaluated to FALSE")
+    return ExitAction("completed")
+
+
+def _eval(ad: Any, name: str) -> Any:
+    try:
+        return ad.eval(name)
+    except Exception:  # an expression that cannot be evaluated counts as undefined
+        return None
+
+
+class ExitMixin:
+    """The completion path of `PoolStore`, single and batched."""
+
+    _lock: threading.Lock
+    engine: sa.engine.Engine
+
+    if TYPE_CHECKING:  # provided by PoolStore
+        def _left(self, row: Any, now: float) -> None: ...
+        def _became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
+                         cluster_id: int, proc_id: int) -> None: ...
+
+    def complete(self, claim_id: str, exit_code: int, outputs: list[dict[str, str]],
+                 wall_seconds: float) -> tuple[str, str]:
+        """One completion (the single-call form): (job id, its new state);
+        Conflict if the claim is gone."""
+        now = time.time()
+        with self._lock:
+            with self.engine.begin() as conn:
+                finished = self._finish(
+                    conn, [Completion(claim_id, exit_code, outputs, wall_seconds)], now, None)
+                if not finished:
+                    raise Conflict("claim is no longer held: the job was requeued, held or "
+                                   "removed")
+            self._after_finish(finished, now)
+        row = finished[0].row
+        return job_id(row.cluster_id, row.proc_id), finished[0].new_state
+
+    def _after_finish(self, finished: Sequence[FinishedJob], now: float) -> None:
+        """Index and accounting once the transaction committed."""
+        for f in finished:
+            self._left(f.row, now)
+            if f.new_state == "idle":
+                r = f.row
+                self._became_idle(r.autocluster_id, r.submitter, r.prio, r.q_date,
+                                  r.cluster_id, r.proc_id)
+
+    def _finish(self, conn: Connection, completions: Sequence[Completion], now: float,
+                pilot_id: str | None) -> list[FinishedJob]:
+        """Apply completions in `conn`'s transaction: one SELECT, one executemany
+        UPDATE (conditional on the claim still running), one events INSERT and
+        the counters. Claims no longer held are left out of the answer."""
+        if not completions:
+            return []
+        by_claim = {c.claim_id: c for c in completions}
+        query = sa.select(jobs).where(jobs.c.claim_id.in_(list(by_claim)),
+                                      jobs.c.state == "running")
+        if pilot_id is not None:
+            query = query.where(jobs.c.pilot_id == pilot_id)
+        finished, params, new_events = [], [], []
+        failures = completed = 0
+        for row in conn.execute(query):
+            c = by_claim[row.claim_id]
+            runs = (row.completions or 0) + 1
+            action = ExitAction("completed")
+            if has_exit_policy(row.ad):
+                action = exit_action(full_ad(row), c.exit_code, runs)
+            done = action.state == "completed"
+            completed += done
+            failures += c.exit_code != 0
+            params.append({
+                "b_cluster": row.cluster_id, "b_proc": row.proc_id, "b_claim": row.claim_id,
+                "b_state": action.state, "b_exit": c.exit_code, "b_outputs": c.outputs,
+                "b_done": now if done else None, "b_wall": c.wall_seconds, "b_runs": runs,
+                "b_reason": action.reason if action.state == "held" else None,
+                "b_code": HOLD_POLICY if action.state == "held" else None})
+            detail: dict[str, Any] = {"exit_code": c.exit_code, "pilot": row.pilot_id,
+                                      "wall_seconds": c.wall_seconds}
+            if c.exit_code != 0:
+                detail["failure"] = "job"
+            event = {"cluster_id": row.cluster_id, "proc_id": row.proc_id, "time": now,
+                     "type": "completed", "detail": detail}
+            if action.state == "held":
+                event = {**event, "type": "held", "detail": {
+                    **detail, "by": action.by, "reason": action.reason, "code": HOLD_POLICY,
+                    **({"subcode": action.subcode} if action.subcode is not None else {})}}
+            elif action.state == "idle":
+                event = {**event, "type": "requeued", "detail": {
+                    **detail, "by": action.by, "reason": action.reason,
+                    "num_job_completions": runs}}
+            new_events.append(event)
+            finished.append(FinishedJob(row.claim_id, row, action))
+        if not finished:
+            return []
+        conn.execute(
+            jobs.update()
+            .where(jobs.c.cluster_id == sa.bindparam("b_cluster"),
+                   jobs.c.proc_id == sa.bindparam("b_proc"),
+                   jobs.c.claim_id == sa.bindparam("b_claim"), jobs.c.state == "running")
+            .values(state=sa.bindparam("b_state"), exit_code=sa.bindparam("b_exit"),
+                    outputs=sa.bindparam("b_outputs", type_=jobs.c.outputs.type),
+                    claim_id=None, lease_expires=None,
+                    completion_date=sa.bindparam("b_done"),
+                    wall_seconds=sa.bindparam("b_wall"), completions=sa.bindparam("b_runs"),
+                    hold_reason=sa.bindparam("b_reason"), hold_code=sa.bindparam("b_code"),
+                    updated_at=now),
+            params)
+        conn.execute(events.insert(), new_events)
+        for name, n in (("jobs_completed", completed), ("job_failures", failures)):
+            if n:
+                conn.execute(counters.update().where(counters.c.name == name)
+                             .values(value=counters.c.value + n))
+        return finished
