@@ -77,13 +77,9 @@ def out(tmp_path: Path) -> Iterator[Path]:
     (directory / "release").touch()
 
 
-def config_of(path: Path) -> dict[str, str]:
-    return dict(line.rstrip("\n").split(" ", 1) for line in path.read_text().splitlines())
-
-
-def test_pilot_verifies_the_signed_stage_and_gets_request_attributes(
-    tmp_path: Path, out: Path
-) -> None:
+def signed_setup(tmp_path: Path, out: Path) -> tuple[Path, TokenIssuer, Path]:
+    """Keys, a token issuer and a stub agent package for a real bootstrap run
+    (which needs openssl to verify the stage's signature)."""
     if shutil.which("openssl") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true and openssl is missing: the bootstrap cannot verify signatures")
@@ -94,6 +90,17 @@ def test_pilot_verifies_the_signed_stage_and_gets_request_attributes(
     agent.mkdir()
     (agent / "__init__.py").write_text("")
     (agent / "__main__.py").write_text(STUB_AGENT.format(out=str(out)))
+    return public, issuer, agent
+
+
+def config_of(path: Path) -> dict[str, str]:
+    return dict(line.rstrip("\n").split(" ", 1) for line in path.read_text().splitlines())
+
+
+def test_pilot_verifies_the_signed_stage_and_gets_request_attributes(
+    tmp_path: Path, out: Path
+) -> None:
+    public, issuer, agent = signed_setup(tmp_path, out)
     entry = EntryConfig(name="local", site="LOCAL", max_pilots=1, max_per_cycle=1,
                         attributes={"HAS_X": True})  # fmt: skip
     config = FactoryConfig(state_dir=tmp_path / "state", issuer_public_key=public,
@@ -196,16 +203,7 @@ def test_pilot_gets_the_vo_stage_and_its_entry_token_renewed_in_place(
     """The request's vo_stage reaches the real bootstrap as --vo-* options: it fetches and
     verifies the VO stage (signature `verified` in glidein_config). The entry's own token
     is the pilot's token file, and a renewed one replaces it where the pilot reads it."""
-    if shutil.which("openssl") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true and openssl is missing: the bootstrap cannot verify signatures")
-        pytest.skip("openssl is not installed: the bootstrap cannot verify signatures")
-    private, public = generate_keypair(tmp_path / "keys")
-    issuer = TokenIssuer.from_file(private)
-    agent = tmp_path / "agent"
-    agent.mkdir()
-    (agent / "__init__.py").write_text("")
-    (agent / "__main__.py").write_text(STUB_AGENT.format(out=str(out)))
+    public, issuer, agent = signed_setup(tmp_path, out)
     scripts = tmp_path / "vo-src"
     scripts.mkdir()
     (scripts / "scripts.list").write_text("group check_vo.sh\n")
