@@ -655,6 +655,72 @@ def test_api_reads_the_token_per_request_and_never_follows_redirects(
         server.server_close()
 
 
+class _Counting(BaseHTTPRequestHandler):
+    """HTTP/1.1 server that answers {} and records which connection (client
+    port) carried each request; ``finished`` is set when it closes one."""
+
+    protocol_version = "HTTP/1.1"
+    ports: list[int]
+    finished: threading.Event
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).ports.append(self.client_address[1])
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def finish(self) -> None:
+        super().finish()
+        type(self).finished.set()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def counting() -> Iterator[tuple[ThreadingHTTPServer, type[_Counting]]]:
+    handler = type("Handler", (_Counting,), {"ports": [], "finished": threading.Event()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_api_keeps_one_connection_per_thread(
+    counting: tuple[ThreadingHTTPServer, type[_Counting]], token_file: Path
+) -> None:
+    """A pilot's claim loop reuses its connection (keep-alive, no handshake per
+    turn); another thread (the completion sender) has its own."""
+    server, handler = counting
+    api = Api(f"http://127.0.0.1:{server.server_address[1]}", str(token_file))
+    for _ in range(3):
+        assert api.call("POST", "pilots/p1/cycle", {}) == (200, {})
+    other = threading.Thread(target=api.call, args=("POST", "pilots/p1/cycle", {}))
+    other.start()
+    other.join(30)
+    assert len(handler.ports) == 4
+    assert len(set(handler.ports[:3])) == 1  # one connection for the three calls
+    assert handler.ports[3] != handler.ports[0]
+
+
+def test_api_resends_on_a_fresh_connection_when_the_kept_one_was_closed(
+    counting: tuple[ThreadingHTTPServer, type[_Counting]], token_file: Path
+) -> None:
+    """Servers close idle kept connections (uvicorn after 5 s); a request that
+    meets such a close is sent again on a new connection, not failed."""
+    server, handler = counting
+    handler.timeout = 0.2  # the server drops a connection idle this long
+    api = Api(f"http://127.0.0.1:{server.server_address[1]}", str(token_file))
+    assert api.call("POST", "pilots/p1/cycle", {}, tries=1) == (200, {})
+    assert handler.finished.wait(30)  # the server closed our kept connection
+    assert api.call("POST", "pilots/p1/cycle", {}, tries=1) == (200, {})
+    assert len(handler.ports) == 2 and handler.ports[0] != handler.ports[1]
+
+
 # --------------------------------------------------------------------------- whole pilot
 
 

@@ -90,6 +90,45 @@ class NewJob:
         return ad, [sub(a) for a in self.args], {k: sub(v) for k, v in self.env.items()}
 
 
+# A submitted job's own ProcId (the client numbers them) is dropped by
+# NewJob.realise: the pool numbers a cluster's jobs itself.
+_PROC_ID_VALUE = re.compile(r"\bProcId\s*=\s*(\d+)", re.IGNORECASE)
+TemplateKey = Any  # str (the ad text) or (text before, text after) its ProcId value
+
+
+def template_key(text: str, seen: dict[tuple[str, str], bool]) -> TemplateKey:
+    """What a job's ad text is the same as, for the work done once per kind of
+    job at submit (parse, checks, autocluster): texts that differ only in the
+    value of ProcId realise to the same ad, so ``queue 100000`` costs one parse,
+    not 100000.
+
+    The key is the text cut around its last ``ProcId = <digits>``, used only
+    once two probe parses proved that exactly that place is ProcId's value (a
+    match inside a string literal, or a ProcId expression, fails the probe);
+    otherwise the whole text is the key. ``seen`` keeps each cut's verdict.
+    """
+    matches = list(_PROC_ID_VALUE.finditer(text))
+    if not matches:
+        return text
+    last = matches[-1]
+    cut = (text[:last.start(1)], text[last.end(1):])
+    ok = seen.get(cut)
+    if ok is None:
+        ok = seen[cut] = _is_proc_id_value(*cut)
+    return cut if ok else text
+
+
+def _is_proc_id_value(before: str, after: str) -> bool:
+    for probe in (12345, 54321):
+        try:
+            ad = classads.parse_ad(f"{before}{probe}{after}")
+        except classads.ClassAdError:
+            return False
+        if ad.get("ProcId") != probe:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class Derived:
     """What the pool keeps in columns beside a job's ad, derived from the ad."""

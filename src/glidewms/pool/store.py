@@ -46,6 +46,7 @@ from glidewms.pool.jobs import (
     NotFound,
     PilotGone,
     SpecCache,
+    TemplateKey,
     check_edit,
     derive,
     execution_spec,
@@ -53,6 +54,7 @@ from glidewms.pool.jobs import (
     has_periodic,
     job_id,
     split_job_id,
+    template_key,
 )
 from glidewms.pool.matchmaker import Matchmaker
 from glidewms.pool.periodic import PeriodicMixin
@@ -170,23 +172,25 @@ class PoolStore(CycleMixin, ExitMixin, PilotsMixin, ChoosingMixin, ReportsMixin,
         jobs are inserted, and the jobs and their events go in one transaction.
         """
         now = time.time()
-        checked: set[str] = set()
-        for proc_id, job in enumerate(new_jobs):
-            if job.ad_text in checked:
+        cuts: dict[tuple[str, str], bool] = {}
+        keys = [template_key(job.ad_text, cuts) for job in new_jobs]
+        checked: set[TemplateKey] = set()
+        for proc_id, (job, key) in enumerate(zip(new_jobs, keys, strict=True)):
+            if key in checked:
                 continue
             try:
                 job.realise(0)
             except classads.ClassAdError as exc:
                 raise InvalidJob(proc_id, str(exc)) from None
-            checked.add(job.ad_text)
+            checked.add(key)
         with self.engine.begin() as conn:
             cluster_id = self._next_cluster(conn)
         ac_ids: dict[str, int] = {}
-        templates: dict[str, tuple[str, str, Derived | None, Any, bool]] = {}
+        templates: dict[TemplateKey, tuple[str, str, Derived | None, Any, bool]] = {}
         rows = []
-        for proc_id, job in enumerate(new_jobs):
-            template = templates.get(job.ad_text)
-            if template is None:  # once per distinct ad text: bulk clusters share one
+        for proc_id, (job, key) in enumerate(zip(new_jobs, keys, strict=True)):
+            template = templates.get(key)
+            if template is None:  # once per kind of job: bulk clusters share one
                 ad, _, _ = job.realise(cluster_id)
                 ad["ClusterId"], ad["ProcId"], ad["Owner"] = cluster_id, 0, owner
                 ad["QDate"] = int(now)
@@ -194,7 +198,7 @@ class PoolStore(CycleMixin, ExitMixin, PilotsMixin, ChoosingMixin, ReportsMixin,
                 per_proc = "procid" in d.signature_ad.lower()
                 before, after = _split_text(ad, "ProcId")
                 cmd = ad.eval("Cmd") if "Cmd" in ad else None
-                template = templates[job.ad_text] = (
+                template = templates[key] = (
                     before, after, None if per_proc else d,
                     cmd if isinstance(cmd, str) else None, has_periodic(ad))
             before, after, derived, cmd, periodic = template

@@ -115,8 +115,11 @@ class ClaimRunner:
 
     def _run(self, outcome: Outcome) -> None:
         tag = f"job {self.job_id} (claim {self.claim_id})"
-        shutil.rmtree(self.sandbox, ignore_errors=True)
-        os.makedirs(self.sandbox)
+        try:
+            os.makedirs(self.sandbox)
+        except FileExistsError:  # left by an earlier run of this job on this pilot
+            shutil.rmtree(self.sandbox, ignore_errors=True)
+            os.makedirs(self.sandbox)
         try:
             image = choose_image(self.container, self.spec.container)
             self._fetch_inputs()

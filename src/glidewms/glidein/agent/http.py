@@ -12,8 +12,12 @@ running pilot; it is never logged and never put in an exception message.
 
 JSON calls go through http.client directly unless a proxy applies (then
 urllib's handlers do): a busy pilot makes several calls per second and
-urllib's handler chain costs more than the call. (Reusing connections was
-measured slower against the pool: see bench/RESULTS.md.)
+urllib's handler chain costs more than the call. Each thread keeps its
+connection open between calls (HTTP keep-alive) with Nagle's algorithm off
+(TCP_NODELAY): a request is one send() and waits for no delayed ACK. A kept
+connection idle for longer than ``KEEP_IDLE`` is not reused (servers close
+idle ones: uvicorn after 5 s), and a request that fails on a reused
+connection before any answer came back is sent once more on a fresh one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any, BinaryIO, Callable, Optional, TypeVar, Union
@@ -37,6 +42,11 @@ log = logging.getLogger(__name__)
 Body = Union[bytes, BinaryIO, None]
 _CHUNK = 1 << 20
 T = TypeVar("T")
+KEEP_IDLE = 2.0  # seconds a kept connection may stay idle and still be reused
+# a kept connection the server closed in the meantime fails with one of these
+# before any answer: the request did not reach the application
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
+          ConnectionAbortedError)
 
 
 class HttpStatusError(Exception):
@@ -90,30 +100,65 @@ class Api:
         parts = urlsplit(self.base_url)
         self._direct = _no_proxy_for(parts.scheme, parts.hostname or "")
         self._scheme, self._netloc, self._path = parts.scheme, parts.netloc, parts.path
+        self._local = threading.local()  # .conn: (kept connection, last used) per thread
 
-    def _direct_call(self, method: str, path: str, data: Optional[bytes],
-                     headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
-        """One request on its own connection with http.client (cheaper than
-        urllib's handler chain); an error status raises HTTPError as urllib's
-        would, redirects included (never followed)."""
+    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's kept connection if fresh enough, else a new one;
+        (connection, reused)."""
+        kept: Optional[tuple[http.client.HTTPConnection, float]] = getattr(
+            self._local, "conn", None)
+        self._local.conn = None
+        if kept is not None:
+            conn, last_used = kept
+            if conn.sock is not None and time.monotonic() - last_used < KEEP_IDLE:
+                conn.sock.settimeout(timeout)
+                return conn, True
+            conn.close()
         if self._scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            conn = http.client.HTTPSConnection(
                 self._netloc, timeout=timeout, context=ssl.create_default_context())
         else:
             conn = http.client.HTTPConnection(self._netloc, timeout=timeout)
-        try:
-            conn.connect()
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.request(method, self._path + path, body=data, headers={
-                "Authorization": f"Bearer {self._token()}", "Connection": "close", **headers})
-            response = conn.getresponse()
-            raw = response.read()
-        finally:
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, False
+
+    def _direct_call(self, method: str, path: str, data: Optional[bytes],
+                     headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+        """One request with http.client on this thread's kept connection
+        (cheaper than urllib's handler chain); an error status raises
+        HTTPError as urllib's would, redirects included (never followed)."""
+        headers = {"Authorization": f"Bearer {self._token()}", **headers}
+        while True:
+            conn, reused = self._connection(timeout)
+            try:
+                conn.request(method, self._path + path, body=data, headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+                break
+            except _STALE:
+                conn.close()
+                if not reused:
+                    raise
+                # the server closed the kept connection: once more, on a new one
+            except BaseException:
+                conn.close()
+                raise
+        if response.will_close or conn.sock is None:
             conn.close()
+        else:
+            self._local.conn = (conn, time.monotonic())
         if response.status >= 300:
             raise urllib.error.HTTPError(self.base_url + path, response.status,
                                          response.reason, response.headers, io.BytesIO(raw))
         return response.status, raw
+
+    def close(self) -> None:
+        """Close this thread's kept connection (others close when their thread ends)."""
+        kept = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if kept is not None:
+            kept[0].close()
 
     def _token(self) -> str:
         with open(self.token_file, encoding="utf-8") as handle:
