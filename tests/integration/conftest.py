@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,14 @@ def issuer(keys: tuple[Path, Path]) -> TokenIssuer:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def auth(issuer: TokenIssuer) -> Callable[..., dict[str, str]]:
+    """Authorization headers for a subject with one scope (and extra claims)."""
+    def make(subject: str, scope: str = "user", **claims: str) -> dict[str, str]:
+        return bearer(issuer.issue(subject, [scope], **claims))
+    return make
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from glidewms.config.pool import PoolConfig
-from glidewms.security.tokens import TokenIssuer
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
-from tests.integration.conftest import bearer
 from tests.integration.test_pool_partitionable import register, submit
 
 TRUE = '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 10 ]'
@@ -24,13 +22,6 @@ FREE = {"cpus": 16, "memory": 16000, "disk": 100000, "gpus": 0}
 def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig:  # noqa: F811
     pool_config.database_url = database_url
     return pool_config
-
-
-@pytest.fixture
-def auth(issuer: TokenIssuer):
-    def make(subject: str, scope: str = "user") -> dict[str, str]:
-        return bearer(issuer.issue(subject, [scope]))
-    return make
 
 
 def cycle(pool: TestClient, pilot: dict, pid: str, done: list[tuple[str, int]],

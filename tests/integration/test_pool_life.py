@@ -8,9 +8,7 @@ from fastapi.testclient import TestClient
 
 from glidewms.config.pool import PoolConfig
 from glidewms.pool.api import create_app
-from glidewms.security.tokens import TokenIssuer
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
-from tests.integration.conftest import bearer
 
 JOB = ('[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 100; '
        'Requirements = TARGET.Cpus >= RequestCpus && TARGET.Memory >= RequestMemory ]')
@@ -22,13 +20,6 @@ FREE = {"cpus": 16, "memory": 16000, "disk": 100000}
 def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig:  # noqa: F811
     pool_config.database_url = database_url
     return pool_config
-
-
-@pytest.fixture
-def auth(issuer: TokenIssuer):
-    def make(subject: str, scope: str = "user", **claims: str) -> dict[str, str]:
-        return bearer(issuer.issue(subject, [scope], **claims))
-    return make
 
 
 def submit(pool: TestClient, who: dict, n: int = 1, ad: str = JOB) -> list[str]:

@@ -13,9 +13,7 @@ from fastapi.testclient import TestClient
 
 from glidewms.config.pool import PoolConfig
 from glidewms.pool.api import create_app
-from glidewms.security.tokens import TokenIssuer
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
-from tests.integration.conftest import bearer
 
 REQ = "Requirements = TARGET.Cpus >= RequestCpus && TARGET.Memory >= RequestMemory"
 SMALL = f'[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 100; {REQ} ]'
@@ -29,13 +27,6 @@ NODE = {"Cpus": 4, "Memory": 4000, "Disk": 100000, "GPUs": 0, "GLIDEIN_Site": "L
 def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig:  # noqa: F811
     pool_config.database_url = database_url
     return pool_config
-
-
-@pytest.fixture
-def auth(issuer: TokenIssuer):
-    def make(subject: str, scope: str = "user", **claims: str) -> dict[str, str]:
-        return bearer(issuer.issue(subject, [scope], **claims))
-    return make
 
 
 def submit(pool: TestClient, who: dict, ad: str, n: int = 1) -> list[str]:

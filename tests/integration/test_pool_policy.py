@@ -14,9 +14,7 @@ from fastapi.testclient import TestClient
 from glidewms.config.pool import PoolConfig
 from glidewms.pool.api import create_app
 from glidewms.pool.dblock import DatabaseInUse
-from glidewms.security.tokens import TokenIssuer
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
-from tests.integration.conftest import bearer
 from tests.integration.test_pool_durability import GLIDEWMS, PoolProcess
 
 JOB = '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 10{extra} ]'
@@ -30,13 +28,6 @@ def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig
     pool_config.periodic_check_seconds = 3600  # tests call the pass themselves, but one
     pool_config.database_lock_wait = 0.0
     return pool_config
-
-
-@pytest.fixture
-def auth(issuer: TokenIssuer):
-    def make(subject: str, scope: str = "user", **claims: str) -> dict[str, str]:
-        return bearer(issuer.issue(subject, [scope], **claims))
-    return make
 
 
 def submit(pool: TestClient, who: dict, extra: str = "") -> str:
