@@ -43,13 +43,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pilot_cpu(pid: int) -> float:
-    """CPU of a pilot agent and of the jobs it has reaped (cutime, cstime)."""
+def pilot_cpu(pid: int) -> tuple[float, float]:
+    """CPU of a pilot agent, and of the jobs it has reaped (cutime, cstime)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
 def agents_of(pool_url: str) -> list[int]:
@@ -69,6 +70,23 @@ def agents_of(pool_url: str) -> list[int]:
     return found
 
 
+def all_cpu() -> dict[int, tuple[str, float]]:
+    """{pid: (command, own CPU + reaped children's CPU)} of every process now."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name = " ".join(a.decode(errors="replace").rsplit("/", 1)[-1] for a in argv[:4])
+        out[int(proc.name)] = (name[:60], sum(int(f) for f in fields[11:15]) / tick)
+    return out
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) CPU ticks of the whole machine so far (Linux /proc/stat)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -79,6 +97,13 @@ def machine_ticks() -> tuple[int, int]:
 def completed(client: PoolClient) -> int:
     """Jobs completed so far (GET /api/v1/stats: counters kept by the pool)."""
     return int(client._call("GET", "/stats")["counters"]["jobs_completed"])
+
+
+def spy_on(pid: int, out: str, *extra: str) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` into ``out`` (raw collapsed stacks) until SIGINT."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+         "-r", "200", "-o", out, "-p", str(pid), *extra], stdout=subprocess.DEVNULL)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -99,6 +124,9 @@ def main() -> None:
     parser.add_argument("--profile-pool", metavar="FILE",
                         help="record the pool process with py-spy during the throughput run "
                              "(collapsed stacks, for flamegraph.pl or a quick grep)")
+    parser.add_argument("--profile-pilot", metavar="FILE",
+                        help="record the first pilot agent the same way, only the thread "
+                             "holding the GIL (the pilot's Python work, not its waits)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,6 +146,8 @@ def main() -> None:
                                 "warm.sub", Path(tmp))
             client.submit(warm)
             wait(lambda: completed(client) >= args.pilots * args.cores)
+            # every pilot registered (one fast pilot can run the whole warm-up alone)
+            wait(lambda: len(agents_of(inst.services["pool"].url)) >= args.pilots)
 
             latencies = []
             for _ in range(args.latency_samples):
@@ -130,16 +160,14 @@ def main() -> None:
                                 f"request_memory = 16\nqueue {args.jobs}\n", "many.sub",
                                 Path(tmp))
             base = completed(client)
-            spy = None
-            if args.profile_pool:
-                spy = subprocess.Popen(
-                    [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
-                     "-r", "200", "-o", args.profile_pool, "-p",
-                     str(inst.services["pool"].process.pid)], stdout=subprocess.DEVNULL)
-                time.sleep(1.0)  # py-spy attaches
             pool_pid = inst.services["pool"].process.pid
-            cpu0, ticks0 = cpu_seconds(pool_pid), machine_ticks()
             pilots = agents_of(inst.services["pool"].url)
+            spies = [spy_on(pid, out, *extra) for pid, out, extra in
+                     ((pool_pid, args.profile_pool, ()),
+                      (pilots[0], args.profile_pilot, ("--gil",))) if out]
+            if spies:
+                time.sleep(1.0)  # py-spy attaches
+            cpu0, ticks0, every0 = cpu_seconds(pool_pid), machine_ticks(), all_cpu()
             pilots0 = {pid: pilot_cpu(pid) for pid in pilots}
             t0 = time.monotonic()
             client.submit(many)
@@ -148,12 +176,13 @@ def main() -> None:
             wait(lambda: completed(client) >= base + args.jobs, step=0.05)
             elapsed = time.monotonic() - t0
             pool_cpu = cpu_seconds(pool_pid) - cpu0
-            ticks1 = machine_ticks()
+            ticks1, every1 = machine_ticks(), all_cpu()
             busy = (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
             load = os.getloadavg()[0]
             failures = client._call("GET", "/stats")["counters"]["job_failures"]
-            pilots_cpu = sum(pilot_cpu(pid) for pid in pilots) - sum(pilots0.values())
-            if spy is not None:
+            agents_cpu = sum(pilot_cpu(pid)[0] - pilots0[pid][0] for pid in pilots)
+            jobs_cpu = sum(pilot_cpu(pid)[1] - pilots0[pid][1] for pid in pilots)
+            for spy in spies:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
         finally:
@@ -173,8 +202,8 @@ def main() -> None:
           f"({args.jobs / elapsed:.1f} jobs/s) |")
     print(f"| job failures (non-zero exits) | {failures} |")
     print(f"| pool CPU per job (throughput run) | {pool_cpu / args.jobs * 1000:.2f} ms |")
-    print(f"| pilots' CPU per job, their jobs included (throughput run) | "
-          f"{pilots_cpu / args.jobs * 1000:.2f} ms |")
+    print(f"| pilot agents' CPU per job / the jobs' own CPU (throughput run) | "
+          f"{agents_cpu / args.jobs * 1000:.2f} ms / {jobs_cpu / args.jobs * 1000:.2f} ms |")
     if args.parsl:
         from parsl_true import run as parsl_run  # bench/, next to this script
 
@@ -187,6 +216,12 @@ def main() -> None:
     print(f"| machine CPU busy during the run (all processes, {os.cpu_count()} cores) | "
           f"{busy * 100:.0f}% |")
     print(f"| load average (1 min) at the end | {load:.1f} |")
+    spent = sorted(((cpu - every0.get(pid, ("", 0.0))[1], name, pid)
+                    for pid, (name, cpu) in every1.items()), reverse=True)
+    print("\nCPU per job by process during the throughput run (jobs in their pilot's):\n")
+    for cpu, name, pid in spent[:8]:
+        if cpu > 0:
+            print(f"- {cpu / args.jobs * 1000:.3f} ms  {pid} {name}")
 
 
 if __name__ == "__main__":

@@ -471,10 +471,20 @@ def test_job_runs_in_its_sandbox_and_new_or_changed_files_are_outputs(tmp_path: 
     (sandbox / "unchanged.txt").write_text("same\n")
     baseline = snapshot(str(sandbox))
     assert run(spec, sandbox) == 0
-    assert (sandbox / "_condor_stdout").read_text() == f"out in {sandbox}\n"
-    assert (sandbox / "_condor_stderr").read_text() == "oops\n"
-    # streams the job did not name stay on the node, as HTCondor sends them to /dev/null
+    # streams the job did not name go to /dev/null, as HTCondor's output/error default
+    assert sorted(p.name for p in sandbox.iterdir()) == [
+        "d", "input.txt", "job.sh", "link", "new.txt", "unchanged.txt"]
     assert outputs_to_upload(spec, str(sandbox), baseline) == ["input.txt", "new.txt"]
+
+
+def test_named_streams_are_captured_in_the_sandbox(tmp_path: Path) -> None:
+    spec, sandbox = make_job(tmp_path, 'echo "out in $PWD"; echo oops >&2\n',
+                             out="/submit/job.out", err="/submit/job.err")
+    baseline = snapshot(str(sandbox))
+    assert run(spec, sandbox) == 0
+    assert (sandbox / "job.out").read_text() == f"out in {sandbox}\n"
+    assert (sandbox / "job.err").read_text() == "oops\n"
+    assert outputs_to_upload(spec, str(sandbox), baseline) == ["job.out", "job.err"]
 
 
 def test_transfer_output_names_only_safe_regular_files(tmp_path: Path) -> None:
@@ -490,9 +500,9 @@ def test_transfer_output_names_only_safe_regular_files(tmp_path: Path) -> None:
 
 
 def test_stream_names_map_submit_paths_into_the_sandbox(tmp_path: Path) -> None:
-    assert stream_name("/home/alice/run/out.0", "d") == "out.0"
-    assert stream_name(None, "_condor_stdout") == "_condor_stdout"
-    assert stream_name("/dev/null", "d") is None
+    assert stream_name("/home/alice/run/out.0") == "out.0"
+    assert stream_name(None) is None
+    assert stream_name("/dev/null") is None
     spec, sandbox = make_job(tmp_path, "echo gone; echo kept >&2\n", out="/dev/null",
                              err="/submit/dir/job.err")
     assert run(spec, sandbox) == 0
@@ -524,16 +534,16 @@ def test_kill_terminates_the_group_and_escalates_to_sigkill(tmp_path: Path) -> N
 
 
 def test_an_unrunnable_command_exits_127_with_the_reason_in_stderr(tmp_path: Path) -> None:
-    spec, sandbox = make_job(tmp_path, "")
+    spec, sandbox = make_job(tmp_path, "", err="job.err")
     spec.cmd = "/nonexistent/program"
     assert run(spec, sandbox) == 127
-    assert "cannot execute /nonexistent/program" in (sandbox / "_condor_stderr").read_text()
+    assert "cannot execute /nonexistent/program" in (sandbox / "job.err").read_text()
 
 
 def test_an_executable_busy_for_writing_is_waited_for_not_failed(tmp_path: Path) -> None:
     # Another thread's fork can hold a write descriptor of the executable for an
     # instant (ETXTBSY); here the test holds one until the agent has hit it once.
-    spec, sandbox = make_job(tmp_path, "echo ran\n")
+    spec, sandbox = make_job(tmp_path, "echo ran\n", out="job.out")
     busy = threading.Event()
 
     class Seen(logging.Handler):
@@ -556,7 +566,7 @@ def test_an_executable_busy_for_writing_is_waited_for_not_failed(tmp_path: Path)
         jobs_log.removeHandler(handler)
     thread.join(WAIT)
     assert result == [0]
-    assert (sandbox / "_condor_stdout").read_text() == "ran\n"
+    assert (sandbox / "job.out").read_text() == "ran\n"
 
 
 def test_job_environment_is_clean_and_pilot_variables_win(
@@ -631,6 +641,11 @@ def test_api_reads_the_token_per_request_and_never_follows_redirects(
     with pytest.raises(HttpStatusError) as refused:
         api.call("POST", "pilots", {"slot": {}})
     assert refused.value.status == 401 and TOKEN not in str(refused.value)
+    # renewed the factory's way (a new file renamed over the old one), same size
+    renewed = token_file.with_name("token.new")
+    renewed.write_text(TOKEN + "\n")
+    os.replace(renewed, token_file)
+    assert api.call("POST", "pilots", {"slot": {}})[1]["pilot_id"] == "p1"
 
     class Redirect(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -172,13 +172,13 @@ def run_job(tmp_path: Path, setup: ContainerSetup, image: str, port: int,
     outside = tmp_path / "outside.txt"
     outside.write_text("a node file the job must not see\n")
     monkeypatch.setenv("GLIDEIN_TOKEN_FILE", str(tmp_path / "token"))  # the pilot's own env
-    spec = JobSpec(cmd="job.sh", sandbox=[], env={"JOB_VAR": "from the job",
+    spec = JobSpec(cmd="job.sh", sandbox=[], err="job.err", env={"JOB_VAR": "from the job",
                                                   "OUTSIDE": str(outside), "PORT": str(port)})
     spec.cmd = str(sandbox / "job.sh")  # a node path: the wrapper maps it to /srv/job.sh
     env = job_environment(spec, str(sandbox), {})
     process = JobProcess(spec, str(sandbox), env,
                          lambda argv, e: wrap(setup, image, str(sandbox), argv, e))
-    assert process.run() == 0, (sandbox / "_condor_stderr").read_text()
+    assert process.run() == 0, (sandbox / "job.err").read_text()
     lines = (sandbox / "report.txt").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines)
 

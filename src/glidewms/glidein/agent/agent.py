@@ -5,8 +5,8 @@ Threads: the main thread validates the node, then waits for the exit decision
 flight); a claim thread long-polls the pool whenever resources are free and
 the pilot takes work; a heartbeat thread renews leases and applies the pool's
 kill/drain instructions; a periodic-validation thread reruns the scripts
-marked periodic; one thread per job. Shared state lives under one Condition;
-the first exit reason wins.
+marked periodic; jobs run in kept worker threads (workers.py). Shared
+state lives under one Condition; the first exit reason wins.
 
 Every exit path ends the same way: running jobs are vacated (killed, never
 completed, so the pool requeues them at once when the pilot deregisters), the
@@ -46,6 +46,7 @@ from .policy import (
 )
 from .resources import Resources, detect_resources, slot_ad
 from .trail import Trail, TrailHandler
+from .workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class Agent(ExchangeMixin):
         self._runners: dict[str, ClaimRunner] = {}
         self.completions = CompletionQueue()
         self._cycle = True  # the pool has POST /pilots/{id}/cycle (else: older calls)
-        self._threads: list[threading.Thread] = []
+        self._workers = Workers("job")
+        self._active = 0  # jobs handed to a worker and not yet fully accounted for
         self.reason: str | None = None
         self.detail = ""
         self.exit_code = 0
@@ -270,13 +272,19 @@ class Agent(ExchangeMixin):
                     log.warning("claim %s asks more %s than is free", runner.claim_id, key)
                 setattr(self.free, key, max(0, left))
             self._runners[runner.claim_id] = runner
-            thread = threading.Thread(target=self._run_claim, args=(runner,), daemon=True,
-                                      name=f"job-{runner.job_id}")
-            self._threads.append(thread)
+            self._active += 1
         log.debug("claimed job %s (claim %s)", runner.job_id, runner.claim_id)
-        thread.start()
+        self._workers.submit(self._run_claim, runner)
 
     def _run_claim(self, runner: ClaimRunner) -> None:
+        try:
+            self._run_claim_and_account(runner)
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def _run_claim_and_account(self, runner: ClaimRunner) -> None:
         outcome: Outcome = runner.run()
         with self._cond:
             del self._runners[runner.claim_id]
@@ -435,12 +443,12 @@ class Agent(ExchangeMixin):
         """Vacate what still runs (never completed), then deregister (requeues them)."""
         with self._cond:
             runners = list(self._runners.values())
-            threads = list(self._threads)
         for runner in runners:
             runner.kill(self.kill_grace)
         deadline = time.monotonic() + self.kill_grace + 5
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            while self._active and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
         if self.reason != "lost":
             self._flush_completions()
         if self.pilot_id and self.reason != "lost":

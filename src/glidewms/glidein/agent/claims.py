@@ -60,6 +60,14 @@ class Outcome:
         return self.setup_failed or (not self.killed and bool(self.exit_code))
 
 
+def _remove(sandbox: str) -> None:
+    """Remove a job's sandbox: one rmdir when the job left nothing behind."""
+    try:
+        os.rmdir(sandbox)
+    except OSError:
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+
 class ClaimRunner:
     """Runs one claim in its own thread; ``kill`` may be called from any thread."""
 
@@ -110,15 +118,17 @@ class ClaimRunner:
         except Exception:  # a bug here must not take the pilot down
             log.exception("job %s (claim %s): unexpected error", self.job_id, self.claim_id)
         finally:
-            shutil.rmtree(self.sandbox, ignore_errors=True)
+            _remove(self.sandbox)
         return outcome
 
     def _run(self, outcome: Outcome) -> None:
         tag = f"job {self.job_id} (claim {self.claim_id})"
         try:
-            os.makedirs(self.sandbox)
+            os.mkdir(self.sandbox)
         except FileExistsError:  # left by an earlier run of this job on this pilot
             shutil.rmtree(self.sandbox, ignore_errors=True)
+            os.makedirs(self.sandbox)
+        except FileNotFoundError:  # the first job: execute/ itself is new
             os.makedirs(self.sandbox)
         try:
             image = choose_image(self.container, self.spec.container)
@@ -137,7 +147,8 @@ class ClaimRunner:
                 return wrap(setup, image, sandbox, argv, env)
 
             log.info("%s: runs in a %s container, image %s", tag, setup.runtime, image)
-        baseline = snapshot(self.sandbox)
+        # what the job finds, to tell its outputs later: nothing but its inputs
+        baseline = snapshot(self.sandbox) if self.spec.sandbox else {}
         env = job_environment(self.spec, self.sandbox, self.job_env)
         with self._lock:
             if self._killed:

@@ -43,6 +43,7 @@ Body = Union[bytes, BinaryIO, None]
 _CHUNK = 1 << 20
 T = TypeVar("T")
 KEEP_IDLE = 2.0  # seconds a kept connection may stay idle and still be reused
+TOKEN_REREAD = 1.0  # seconds a token read stays trusted while its file looks unchanged
 # a kept connection the server closed in the meantime fails with one of these
 # before any answer: the request did not reach the application
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
@@ -101,6 +102,7 @@ class Api:
         self._direct = _no_proxy_for(parts.scheme, parts.hostname or "")
         self._scheme, self._netloc, self._path = parts.scheme, parts.netloc, parts.path
         self._local = threading.local()  # .conn: (kept connection, last used) per thread
+        self._token_kept: Optional[tuple[tuple[int, int, int], str, float]] = None
 
     def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's kept connection if fresh enough, else a new one;
@@ -161,8 +163,24 @@ class Api:
             kept[0].close()
 
     def _token(self) -> str:
+        """The token file's content, re-read when the file changed.
+
+        The factory (or the bootstrap) replaces the file when it renews the
+        token; one ``stat`` per call notices that, where reading the file
+        cost several system calls on every call of a busy pilot. A file
+        rewritten in place within one tick of the file system's clock keeps
+        its inode, size and mtime: it is re-read at least every second anyway.
+        """
+        info = os.stat(self.token_file)
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        now = time.monotonic()
+        kept = self._token_kept
+        if kept is not None and kept[0] == key and now - kept[2] < TOKEN_REREAD:
+            return kept[1]
         with open(self.token_file, encoding="utf-8") as handle:
-            return handle.read().strip()
+            token = handle.read().strip()
+        self._token_kept = (key, token, now)
+        return token
 
     def _request(
         self, method: str, path: str, body: Body, headers: dict[str, str]

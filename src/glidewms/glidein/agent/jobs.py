@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 BUSY_RETRIES = 50
 BUSY_BACKOFF = 0.02
 
-DEFAULT_OUT = "_condor_stdout"
-DEFAULT_ERR = "_condor_stderr"
 # Pilot variables passed on to jobs: proxies are how nodes reach the outside.
 _PASSED_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
@@ -37,16 +35,17 @@ class JobSetupError(Exception):
     """The claim cannot be turned into a runnable job (bad spec or sandbox)."""
 
 
-def stream_name(value: Any, default: str) -> str | None:
+def stream_name(value: Any) -> str | None:
     """Where the job's stdout/stderr goes in the sandbox; None for ``/dev/null``.
 
     The pool may pass the submit-side path (``/home/alice/run/out.0``): as in
     HTCondor the stream is captured in the sandbox under that path's base name
-    and sent back, and the submit side decides where it lands.
+    and sent back, and the submit side decides where it lands. A stream the
+    user did not name goes to ``/dev/null``, as HTCondor's ``output`` and
+    ``error`` default to: the sandbox is removed after the job, so a file
+    nobody asked for would only cost its creation and removal.
     """
-    if not value:
-        return default
-    if value == "/dev/null":
+    if not value or value == "/dev/null":
         return None
     return check_name(os.path.basename(str(value)))
 
@@ -75,8 +74,8 @@ class JobSpec:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     sandbox: list[SandboxFile] = field(default_factory=list)
-    out: str | None = DEFAULT_OUT
-    err: str | None = DEFAULT_ERR
+    out: str | None = None  # None: /dev/null
+    err: str | None = None
     transfer_output: list[str] | None = None
     request: dict[str, int] = field(default_factory=dict)
     container: dict[str, Any] | None = None  # {"image": ...}: run in a container
@@ -98,8 +97,8 @@ class JobSpec:
                 args=[str(a) for a in job.get("args") or []],
                 env={str(k): str(v) for k, v in (job.get("env") or {}).items()},
                 sandbox=files,
-                out=stream_name(job.get("out"), DEFAULT_OUT),
-                err=stream_name(job.get("err"), DEFAULT_ERR),
+                out=stream_name(job.get("out")),
+                err=stream_name(job.get("err")),
                 transfer_output=None if outputs is None else [str(n) for n in outputs],
                 request={"cpus": int(request.get("cpus") or 1),
                          "memory": int(request.get("memory") or 0),
@@ -175,9 +174,6 @@ def _regular_file_inside(sandbox: str, name: str) -> bool:
 def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
     """Names to send back: out, err, then transfer_output or every new/changed file.
 
-    The default stream files are kept on the node only (in the pilot's log of
-    the job) and never returned: an unnamed stream is discarded, as in HTCondor.
-
     transfer_output names may be relative paths inside the sandbox (as in
     HTCondor); a named output that is missing, not a regular file or outside
     the sandbox is skipped with a warning, not fatal.
@@ -189,8 +185,7 @@ def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[s
         wanted = list(spec.transfer_output)
     names: list[str] = []
     for name in [spec.out, spec.err, *wanted]:
-        # Streams the user did not name go nowhere, as in HTCondor (/dev/null).
-        if name is None or name in names or name in (DEFAULT_OUT, DEFAULT_ERR):
+        if name is None or name in names:  # an unnamed stream went to /dev/null
             continue
         if not _regular_file_inside(sandbox, name):
             log.warning("output %r is missing, not a regular file or outside the sandbox", name)
@@ -243,6 +238,7 @@ class JobProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # a kill racing the start is applied once started
         self._pending_kill: float | None = None
+        self._not_started = 0  # the shell's exit code when the command could not run
         self.started = threading.Event()
         self.done = threading.Event()
 
@@ -250,40 +246,59 @@ class JobProcess:
         """Start the job, wait for it, and return its exit code.
 
         A command that cannot be executed gets the shell's 127 (not found) or
-        126 (not executable), with the reason written to the job's stderr.
+        126 (not executable), with the reason written to the job's stderr (if
+        the job named one) and to the pilot's log.
         """
         argv = [self.spec.executable_path(self.sandbox), *self.spec.args]
         env = self.env
         if self.launcher is not None:
             argv, env = self.launcher(argv, env)
         try:
-            with contextlib.ExitStack() as files:
-                opened: dict[str | None, BinaryIO] = {None: files.enter_context(
-                    open(os.devnull, "wb"))}
-                for name in (self.spec.out, self.spec.err):
-                    if name is not None and name not in opened:  # out == err: one file
-                        path = os.path.join(self.sandbox, name)
-                        opened[name] = files.enter_context(open(path, "wb"))
-                out, err = opened[self.spec.out], opened[self.spec.err]
-                try:
-                    proc = _popen_unless_busy(
-                        argv, cwd=self.sandbox, env=env, stdin=subprocess.DEVNULL,
-                        stdout=out, stderr=err, start_new_session=True, close_fds=True,
-                    )
-                    with self._lock:
-                        self._proc = proc
-                        pending, self._pending_kill = self._pending_kill, None
-                except OSError as exc:
-                    err.write(f"glidein: cannot execute {argv[0]}: {exc.strerror}\n".encode())
-                    return 127 if isinstance(exc, FileNotFoundError) else 126
+            proc = self._start(argv, env)
+            if proc is None:
+                return self._not_started
+            with self._lock:
+                self._proc = proc
+                pending, self._pending_kill = self._pending_kill, None
             self.started.set()
             if pending is not None:  # killed while it was being started
                 self.kill(pending)
-            returncode = self._proc.wait()
+            returncode = proc.wait()
             self._signal_group(signal.SIGKILL)  # strays the job left in the background
             return exit_code_of(returncode)
         finally:
             self.done.set()
+
+    def _start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+        """The job's process, or None (with ``_not_started`` set) if it cannot run.
+
+        Plain descriptors, not file objects, and /dev/null opened once: a
+        trivial job's cost is mostly system calls, and each one hands the GIL
+        to another job's thread.
+        """
+        null = _devnull()
+        opened: dict[str | None, int] = {None: null}
+        try:
+            for name in (self.spec.out, self.spec.err):
+                if name not in opened:  # out == err: one file
+                    opened[name] = os.open(os.path.join(self.sandbox, str(name)),
+                                           os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                           0o666)
+            try:
+                return _popen_unless_busy(
+                    argv, cwd=self.sandbox, env=env, stdin=null, stdout=opened[self.spec.out],
+                    stderr=opened[self.spec.err], start_new_session=True, close_fds=True)
+            except OSError as exc:
+                reason = f"cannot execute {argv[0]}: {exc.strerror}"
+                log.warning("job in %s: %s", self.sandbox, reason)
+                if self.spec.err is not None:
+                    os.write(opened[self.spec.err], f"glidein: {reason}\n".encode())
+                self._not_started = 127 if isinstance(exc, FileNotFoundError) else 126
+                return None
+        finally:
+            for fd in opened.values():
+                if fd != null:
+                    os.close(fd)
 
     def kill(self, grace: float) -> None:
         """SIGTERM the job's process group, then SIGKILL it after ``grace`` seconds.
@@ -310,6 +325,19 @@ class JobProcess:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signum)
+
+
+_NULL_FD: list[int] = []  # /dev/null, opened once per pilot (close-on-exec)
+_NULL_LOCK = threading.Lock()
+
+
+def _devnull() -> int:
+    """A descriptor of /dev/null for every job's stdin and unnamed streams."""
+    if not _NULL_FD:
+        with _NULL_LOCK:
+            if not _NULL_FD:
+                _NULL_FD.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+    return _NULL_FD[0]
 
 
 def _popen_unless_busy(argv: List[str], **kwargs: Any) -> subprocess.Popen[bytes]:
