@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -106,6 +107,17 @@ def spy_on(pid: int, out: str, *extra: str) -> subprocess.Popen[bytes]:
          "-r", "200", "-o", out, "-p", str(pid), *extra], stdout=subprocess.DEVNULL)
 
 
+def claiming_turns(state_dir: Path, since: float) -> int:
+    """Pilot turns that started jobs since ``since`` (monotonic): one
+    `started` time per pilot and turn in the pool's events table."""
+    start = time.time() - (time.monotonic() - since)
+    [db] = state_dir.rglob("pool.sqlite")
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        query = ("SELECT COUNT(*) FROM (SELECT DISTINCT time, json_extract(detail, '$.pilot') "
+                 "FROM events WHERE type = 'started' AND time >= ?)")
+        return int(conn.execute(query, (start,)).fetchone()[0])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -180,6 +192,7 @@ def main() -> None:
             busy = (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
             load = os.getloadavg()[0]
             failures = client._call("GET", "/stats")["counters"]["job_failures"]
+            turns = claiming_turns(Path(tmp) / "state", t0)
             agents_cpu = sum(pilot_cpu(pid)[0] - pilots0[pid][0] for pid in pilots)
             jobs_cpu = sum(pilot_cpu(pid)[1] - pilots0[pid][1] for pid in pilots)
             for spy in spies:
@@ -201,6 +214,7 @@ def main() -> None:
     print(f"| {args.jobs} `/bin/true` jobs, submit → last completed | {elapsed:.1f} s "
           f"({args.jobs / elapsed:.1f} jobs/s) |")
     print(f"| job failures (non-zero exits) | {failures} |")
+    print(f"| jobs per pilot turn that claimed | {args.jobs / max(1, turns):.1f} |")
     print(f"| pool CPU per job (throughput run) | {pool_cpu / args.jobs * 1000:.2f} ms |")
     print(f"| pilot agents' CPU per job / the jobs' own CPU (throughput run) | "
           f"{agents_cpu / args.jobs * 1000:.2f} ms / {jobs_cpu / args.jobs * 1000:.2f} ms |")

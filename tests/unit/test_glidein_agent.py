@@ -41,7 +41,7 @@ from glidewms.glidein.agent.jobs import (
     snapshot,
     stream_name,
 )
-from glidewms.glidein.agent.policy import State, heartbeat_interval, next_step
+from glidewms.glidein.agent.policy import State, gather_wait, heartbeat_interval, next_step
 from glidewms.glidein.agent.resources import (
     Resources,
     detect_resources,
@@ -445,6 +445,20 @@ def test_next_step(facts: dict[str, Any], action: str, seconds: float, reason: s
 def test_heartbeat_interval(pool_seconds: float, lease: float, local: float,
                             interval: float) -> None:
     assert heartbeat_interval(pool_seconds, lease, local) == interval
+
+
+@pytest.mark.parametrize(
+    ("running", "free", "batch", "waited", "pause"),
+    [(0, 1, 16, 0.0, 0.0),      # idle pilot: claim at once (dispatch latency)
+     (15, 1, 16, 0.0, 0.004),   # one core free among 16 busy: wait for more
+     (15, 1, 16, 0.003, 0.001),  # ...counted from when the first became free
+     (15, 1, 16, 0.004, 0.0),   # ...and never longer than the gather time
+     (8, 8, 16, 0.0, 0.0),      # half a turn free: claim
+     (1, 1, 2, 0.0, 0.0),       # a 2-core pilot: one free core is half
+     (0, 1, 1, 0.0, 0.0)],      # a 1-core pilot never waits
+)
+def test_gather_wait(running: int, free: int, batch: int, waited: float, pause: float) -> None:
+    assert gather_wait(running, free, batch, waited, 0.004) == pytest.approx(pause)
 
 
 # --------------------------------------------------------------------------- jobs

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .completions import CompletionQueue, is_missing_route, send_alone
 from .http import Api, HttpStatusError, TransportError, segment
+from .policy import gather_wait
 
 if TYPE_CHECKING:
     from .policy import Step
@@ -29,12 +30,14 @@ CLAIM_MARGIN = 30.0  # client timeout beyond the wait we asked for
 MAX_CLAIMS_PER_CALL = 16  # claims asked for in one call when several cores are free
 MAX_COMPLETIONS_PER_CALL = 64  # the pool takes up to 4 x its 64 claims per call
 COMPLETION_DELAY = 0.05  # a result the claim loop has not taken by then is sent alone
+GATHER = 0.002  # seconds a busy pilot waits for more free cores before a turn (policy.py)
 
 
 class ExchangeMixin:
     pool: Api
     pilot_id: str
     free: Resources
+    total: Resources
     die_at: float
     reason: str | None
     finished: threading.Event
@@ -43,6 +46,7 @@ class ExchangeMixin:
     badput: float
     _cond: threading.Condition
     _cycle: bool
+    _runners: dict[str, Any]
 
     if TYPE_CHECKING:  # provided by Agent
         def _decide(self) -> Step: ...
@@ -52,6 +56,7 @@ class ExchangeMixin:
     def _claim_loop(self) -> None:
         """Ask for work while resources are free, carrying the ended jobs' results."""
         failures = 0
+        free_since: float | None = None  # when this turn's first core became free
         while not self.finished.is_set():
             with self._cond:
                 if self.reason is not None:
@@ -62,6 +67,15 @@ class ExchangeMixin:
                 if step.action == "wait":
                     self._cond.wait(step.seconds)
                     continue
+                now = time.monotonic()
+                free_since = now if free_since is None else free_since
+                pause = gather_wait(len(self._runners), self.free.cpus,
+                                    min(MAX_CLAIMS_PER_CALL, self.total.cpus),
+                                    now - free_since, GATHER)
+                if pause > 0:
+                    self._cond.wait(pause)
+                    continue
+                free_since = None
                 slots = max(1, min(MAX_CLAIMS_PER_CALL, self.free.cpus))
                 body: dict[str, Any] = {
                     "free": self.free.as_free(), "wait": round(step.seconds, 3),
