@@ -7,12 +7,14 @@ jobs/s and CPU per job; `--profile` prints the top of a cProfile of the turns.
 
 Run:  .venv/bin/python bench/pool_cycle.py [--jobs 20000] [--pilots 2] [--slots 16]
       [--database-url postgresql+psycopg://...] [--profile]
+      (the profile's order and length: environment SORT=cumulative|tottime, TOP=35)
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import platform
 import pstats
 import tempfile
@@ -69,7 +71,8 @@ def run(url: str, jobs: int, pilots: int, slots: int, profile: bool) -> None:
           f"({jobs / wall:.0f} jobs/s) |")
     print(f"| CPU per job (claim + completion) | {cpu / jobs * 1000:.3f} ms |")
     if profiler:
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
+        stats = pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "cumulative"))
+        stats.print_stats(int(os.environ.get("TOP", "35")))
 
 
 def main() -> None:

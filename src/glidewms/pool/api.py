@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -257,6 +257,37 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    # ----------------------------------------------------------- pilot turns
+    # First of the routes: Starlette tries them in order, and this is the one
+    # a busy pool serves most (every pilot turn).
+
+    @app.post("/api/v1/pilots/{pilot_id}/cycle", response_model=dict[str, Any])
+    async def cycle(pilot_id: str, body: CycleBody, request: Request,
+                    who: Identity = Depends(pilot)) -> Any:
+        """Completions and the next claims in one call (HTCondor's claim reuse).
+
+        The completions are committed first; the call long-polls only when it
+        carried none and nothing could be claimed at once, so a completion is
+        never held back by a wait."""
+        deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
+        completions = [Completion(c.claim_id, c.exit_code, [o.model_dump() for o in c.outputs],
+                                  c.wall_seconds) for c in body.completions]
+        while True:
+            wake = signal.current()
+            if not completions and await request.is_disconnected():
+                # a pilot killed mid-long-poll must not be handed the next job
+                return JSONResponse({"completed": {}, "claims": []})
+            completed, claims, requeued = await guarded(
+                store.cycle, pilot_id, completions, body.free, config.claim_lease_seconds,
+                body.max_jobs, time.time())
+            if requeued:
+                signal.notify()  # an exit policy put a job back to idle
+            if claims or completions or body.max_jobs == 0 or deadline <= time.monotonic():
+                # a Response is sent as it is: no validation pass over the claims
+                return JSONResponse({"completed": completed, "claims": claims})
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), deadline - time.monotonic())
+
     # ----------------------------------------------------------- jobs
 
     @app.post("/api/v1/jobs", status_code=201)
@@ -434,32 +465,6 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
                 return Response(status_code=204)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), remaining)
-
-    @app.post("/api/v1/pilots/{pilot_id}/cycle")
-    async def cycle(pilot_id: str, body: CycleBody, request: Request,
-                    who: Identity = Depends(pilot)) -> dict[str, Any]:
-        """Completions and the next claims in one call (HTCondor's claim reuse).
-
-        The completions are committed first; the call long-polls only when it
-        carried none and nothing could be claimed at once, so a completion is
-        never held back by a wait."""
-        deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
-        completions = [Completion(c.claim_id, c.exit_code, [o.model_dump() for o in c.outputs],
-                                  c.wall_seconds) for c in body.completions]
-        while True:
-            wake = signal.current()
-            if not completions and await request.is_disconnected():
-                # a pilot killed mid-long-poll must not be handed the next job
-                return {"completed": {}, "claims": []}
-            completed, claims, requeued = await guarded(
-                store.cycle, pilot_id, completions, body.free, config.claim_lease_seconds,
-                body.max_jobs, time.time())
-            if requeued:
-                signal.notify()  # an exit policy put a job back to idle
-            if claims or completions or body.max_jobs == 0 or deadline <= time.monotonic():
-                return {"completed": completed, "claims": claims}
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), deadline - time.monotonic())
 
     @app.post("/api/v1/pilots/{pilot_id}/heartbeat")
     async def heartbeat(pilot_id: str, body: HeartbeatBody,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from glidewms.pool.fairshare import Accounting
 from glidewms.pool.matchmaker import Matchmaker
+from glidewms.pool.pilots import SlotAds
 from glidewms.pool.queue_index import IdleIndex, head_key
 from glidewms.pool.schema import autoclusters, jobs
 
@@ -35,6 +37,7 @@ class ChoosingMixin:
     _loaded_epoch: int
     _lock: threading.Lock
     _turn_taken: set[tuple[int, int]]  # see _head
+    slot_ads: SlotAds
 
     def _head(self, conn: Connection, ac: int, submitter: str) -> Any:
         """The pair's best idle job, read with the next ones when not cached.
@@ -60,7 +63,8 @@ class ChoosingMixin:
         self.index.set_heads(ac, submitter, keys)
         return keys[0]
 
-    def _choose(self, conn: Connection, pilot_id: str, slot: Any, whole: Any | None,
+    def _choose(self, conn: Connection, pilot_id: str, slot: Mapping[str, Any],
+                free: Mapping[str, int], whole: Mapping[str, int] | None,
                 now: float) -> tuple[str, int, str, Any] | None:
         """What this pilot should do: ("claim", autocluster, submitter, head key)
         of the job to run now, ("reserve", autocluster, submitter, None) to
@@ -68,15 +72,17 @@ class ChoosingMixin:
 
         Order: the submitter with the best effective priority among those with
         a matching idle job; then the slot's Rank; then JobPrio; then FIFO.
-        `slot` has the pilot's free resources; `whole` (given when the pilot
-        runs jobs) has all of them. A job that fits `whole` but not `slot`,
-        and comes first in that order, is not passed over for a smaller one:
-        the pilot is reserved for it, unless enough other pilots already are
-        (one per idle job). So a large job is never starved by a stream of
-        small ones on partitionable pilots, and no more pilots wait than jobs.
+        `slot` is the pilot's slot (its dict), offering `free`; `whole`
+        (given when the pilot runs jobs) is all of its resources. A job that
+        fits `whole` but not `free`, and comes first in that order, is not
+        passed over for a smaller one: the pilot is reserved for it, unless
+        enough other pilots already are (one per idle job). So a large job is
+        never starved by a stream of small ones on partitionable pilots, and
+        no more pilots wait than jobs.
         """
-        fits_now, by_now = self._candidates(conn, slot)
-        fits_whole, by_whole = self._candidates(conn, whole) if whole is not None else ({}, {})
+        fits_now, by_now = self._candidates(conn, pilot_id, slot, free)
+        fits_whole, by_whole = (self._candidates(conn, pilot_id, slot, whole)
+                                if whole is not None else ({}, {}))
         submitters = set(by_now) | set(by_whole)
         while submitters:
             submitter = self.accounting.best(submitters, now)
@@ -106,31 +112,40 @@ class ChoosingMixin:
                     return "reserve", ac, submitter, None
         return None
 
-    def _candidates(self, conn: Connection, slot: Any
+    def _candidates(self, conn: Connection, pilot_id: str, slot: Mapping[str, Any],
+                    resources: Mapping[str, int]
                     ) -> tuple[dict[int, float], dict[str, list[tuple[float, int]]]]:
         """({autocluster: slot Rank}, {submitter: [(-Rank, autocluster)]}) of the
-        idle work this slot can run, remembered per slot shape until an
+        idle work this slot offering `resources` can run (its ad and shape
+        from `slot_ads`), remembered per slot shape until an
         (autocluster, submitter) gets idle jobs again: a claim then costs work
         per submitter and its autoclusters, not per autocluster of the pool.
         Pairs that ran out of idle jobs stay listed until then; the caller
-        skips them."""
+        skips them. Nothing is remembered while a slot or an autocluster with
+        idle jobs reads the clock: an overflow Start must say yes once the
+        jobs have waited long enough."""
         epoch = self.index.epoch
         if self._loaded_epoch != epoch:  # ads first: a shape depends on what they read
             self._autocluster_ads(conn, list(self.index.counts))
             self._loaded_epoch = epoch
-        shape = self.matchmaker.shape(slot)
-        hit = self._choices.get(shape)
+        ad, shape = self.slot_ads.get(pilot_id, slot, resources)
+        counts = self.index.counts
+        # an answer that reads the clock is never reused (see matchmaker.py)
+        clocked = shape.startswith("!") or any(ac in counts for ac in self.matchmaker.volatile_ids)
+        hit = None if clocked else self._choices.get(shape)
         if hit is not None and hit[0] == epoch:
             return hit[1], hit[2]
         ads = self.matchmaker.ads
-        ranked = dict(self.matchmaker.ranked(slot, {ac: ads[ac] for ac in self.index.counts}))
+        ranked = dict(self.matchmaker.ranked(ad, {ac: ads[ac] for ac in self.index.counts},
+                                             shape))
         by_submitter: dict[str, list[tuple[float, int]]] = {}
         for ac, rank in ranked.items():
             for submitter, _ in self.index.submitters(ac):
                 by_submitter.setdefault(submitter, []).append((-rank, ac))
-        if len(self._choices) > CHOICE_CACHE_LIMIT:
-            self._choices.clear()
-        self._choices[shape] = (epoch, ranked, by_submitter)
+        if not clocked:
+            if len(self._choices) > CHOICE_CACHE_LIMIT:
+                self._choices.clear()
+            self._choices[shape] = (epoch, ranked, by_submitter)
         return ranked, by_submitter
 
     def _may_reserve(self, pilot_id: str, ac: int, submitter: str) -> bool:

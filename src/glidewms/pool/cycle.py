@@ -5,9 +5,10 @@ next without asking the negotiator again; our equivalent is one call per
 pilot turn that reports what ended and asks for what to run next. This mixin
 of `PoolStore` does such a turn under one lock acquisition and in ONE
 transaction: the ended claims are read with one SELECT and finished with one
-executemany UPDATE (exit.py decides completed, requeued or held), each new
-claim costs one conditional UPDATE ... RETURNING (no re-read), and every
-event goes in with one executemany INSERT.
+executemany UPDATE (exit.py decides completed, requeued or held), the new
+claims cost one conditional UPDATE ... RETURNING (no re-read), and every
+event of the turn (ended jobs', then started ones') goes in with one
+executemany INSERT. The statements on this path are built once.
 
 The jobs chosen are exactly those `max_jobs` single claims in a row would
 give: each sees the free resources minus what the claims before it asked,
@@ -31,7 +32,7 @@ from glidewms.pool.exit import Completion, FinishedJob
 from glidewms.pool.fairshare import Accounting, split_submitter
 from glidewms.pool.jobs import SpecCache, execution_spec, job_id
 from glidewms.pool.matchmaker import Matchmaker
-from glidewms.pool.pilots import RESOURCES, free_from, slot_with
+from glidewms.pool.pilots import RESOURCES, free_from
 from glidewms.pool.queue_index import IdleIndex
 from glidewms.pool.schema import events, jobs, pilots
 
@@ -51,11 +52,13 @@ class CycleMixin:
 
     if TYPE_CHECKING:  # provided by PoolStore and its other mixins
         def _pilot(self, conn: Connection, pilot_id: str) -> Any: ...
-        def _choose(self, conn: Connection, pilot_id: str, slot: Any, whole: Any | None,
+        def _choose(self, conn: Connection, pilot_id: str, slot: Mapping[str, Any],
+                    free: Mapping[str, int], whole: Mapping[str, int] | None,
                     now: float) -> Any: ...
         def _runs_jobs(self, conn: Connection, pilot_id: str) -> bool: ...
         def _finish(self, conn: Connection, completions: Sequence[Completion],
-                    now: float, pilot_id: str | None) -> list[FinishedJob]: ...
+                    now: float, pilot_id: str | None,
+                    events_out: list[dict[str, Any]] | None = None) -> list[FinishedJob]: ...
         def _became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
                          cluster_id: int, proc_id: int) -> None: ...
 
@@ -74,22 +77,21 @@ class CycleMixin:
             try:
                 with self.engine.begin() as conn:
                     pilot = self._pilot(conn, pilot_id)
-                    finished = self._finish(conn, completions, now, pilot_id)
+                    turn_events: list[dict[str, Any]] = []  # ended jobs' first, then started
+                    finished = self._finish(conn, completions, now, pilot_id, turn_events)
                     for f in finished:  # what single calls in a row would see
                         self._stopped(f.row, now, undo)
                     claims: list[dict[str, Any]] = []
-                    started: list[dict[str, Any]] = []
                     if pilot.drain:
                         self.reservations.pop(pilot_id, None)
                     elif max_jobs > 0:
                         self._claim_batch(conn, pilot, free, lease, max_jobs, now, claims,
-                                          started, undo)
+                                          turn_events, undo)
                     reported = free_from(pilot.slot, free)  # as last reported
                     if pilot.free != reported:
-                        conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id)
-                                     .values(free=reported))
-                    if started:
-                        conn.execute(events.insert(), started)
+                        conn.execute(_SET_FREE, {"b_pilot": pilot_id, "b_free": reported})
+                    if turn_events:
+                        conn.execute(_INSERT_EVENTS, turn_events)
             except BaseException:
                 for step in reversed(undo):
                     step()
@@ -185,10 +187,10 @@ class CycleMixin:
                 if runs is None:
                     runs = bool(chosen) or self._runs_jobs(conn, pilot_id)
                 if runs or chosen:
-                    whole = slot_with(pilot.slot, full)
+                    whole = full
                 else:  # keeps some for itself: never reserve beyond that
                     self.empty_free[pilot_id] = reported
-            choice = self._choose(conn, pilot_id, slot_with(pilot.slot, reported), whole, now)
+            choice = self._choose(conn, pilot_id, pilot.slot, reported, whole, now)
             if choice is None:
                 self.reservations.pop(pilot_id, None)
                 break
@@ -207,6 +209,10 @@ class CycleMixin:
                 if name in left:
                     left[name] = max(0, left[name] - int(request.get(name) or 0))
 
+
+_SET_FREE = (pilots.update().where(pilots.c.pilot_id == sa.bindparam("b_pilot"))
+             .values(free=sa.bindparam("b_free", type_=pilots.c.free.type)))
+_INSERT_EVENTS = events.insert()
 
 # One statement marks a whole turn's jobs running. Claim ids are a random
 # prefix per turn plus the job id: unguessable, and unique per job. The jobs

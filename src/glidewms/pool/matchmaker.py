@@ -87,6 +87,11 @@ class Matchmaker:
                 self.version += 1
         return ad
 
+    @property
+    def volatile_ids(self) -> set[int]:
+        """The autoclusters whose answers read the clock (never cached)."""
+        return self._volatile
+
     def shape(self, slot: Any) -> str:
         """A key that is equal for slots no known autocluster can tell apart.
 
@@ -132,9 +137,12 @@ class Matchmaker:
         """Ids of the autoclusters whose jobs this slot can run, best slot Rank first."""
         return [ac for ac, _ in self.ranked(slot, autocluster_ads)]
 
-    def ranked(self, slot: Any, autocluster_ads: Mapping[int, Any]) -> list[tuple[int, float]]:
-        """(id, slot Rank) of the autoclusters whose jobs this slot can run, best first."""
-        shape = self.shape(slot)
+    def ranked(self, slot: Any, autocluster_ads: Mapping[int, Any],
+               shape: str | None = None) -> list[tuple[int, float]]:
+        """(id, slot Rank) of the autoclusters whose jobs this slot can run, best first.
+        `shape` is the slot's, when the caller already has it."""
+        if shape is None:
+            shape = self.shape(slot)
         has_rank = "Rank" in slot
         found = []
         for ac_id, ac_ad in autocluster_ads.items():

@@ -27,10 +27,12 @@ from glidewms.pool.jobs import (
     NotFound,
     PilotGone,
 )
+from glidewms.pool.matchmaker import Matchmaker
 from glidewms.pool.queue_index import IdleIndex
 from glidewms.pool.schema import jobs, pilots
 
 RESOURCES = (("cpus", "Cpus"), ("memory", "Memory"), ("disk", "Disk"), ("gpus", "GPUs"))
+_PILOT = sa.select(pilots).where(pilots.c.pilot_id == sa.bindparam("b_pilot"))  # every turn
 
 
 def slot_with(slot: Mapping[str, Any], resources: Mapping[str, int]) -> Any:
@@ -47,6 +49,49 @@ def slot_with(slot: Mapping[str, Any], resources: Mapping[str, int]) -> Any:
         except classads.ClassAdError:
             ad["Start"] = False  # a pilot with a broken policy must not take jobs
     return ad
+
+
+class SlotAds:
+    """The slot ads a pilot's turns match, with their shapes, each built once.
+
+    A turn that hands out 9 jobs matches ~17 slot ads (the free resources
+    left after each choice, and the whole slot), and building a ClassAd from
+    the slot's dict and hashing its shape cost more than the rest of a
+    choice. A pilot offers the same few combinations of resources turn after
+    turn, so (ad, shape) are kept per pilot and resources, and dropped when
+    the pilot's slot is not equal to the one they were built from, or when
+    autoclusters read more slot attributes (the matchmaker's `version`: the
+    shape changes). The ad does not depend on the clock; a slot whose
+    expressions do keeps its ``!`` shape, which the matchmaker never caches
+    answers for. Bounded: cleared when full."""
+
+    def __init__(self, matchmaker: Matchmaker, pilots: int = 10_000, per_pilot: int = 64) -> None:
+        self.matchmaker = matchmaker
+        self._pilots, self._per_pilot = pilots, per_pilot
+        # pilot id -> (its slot, matchmaker version, {resources: (ad, shape)})
+        self._known: dict[str, tuple[Mapping[str, Any], int,
+                                     dict[tuple[int, ...], tuple[Any, str]]]] = {}
+
+    def get(self, pilot_id: str, slot: Mapping[str, Any],
+            resources: Mapping[str, int]) -> tuple[Any, str]:
+        """(slot ad offering `resources`, its shape), as slot_with and shape give."""
+        version = self.matchmaker.version
+        known = self._known.get(pilot_id)
+        if known is None or known[1] != version or known[0] != slot:
+            if len(self._known) >= self._pilots:
+                self._known.clear()
+            known = self._known[pilot_id] = (slot, version, {})
+        key = (resources["cpus"], resources["memory"], resources["disk"], resources["gpus"])
+        found = known[2].get(key)
+        if found is None:
+            if len(known[2]) >= self._per_pilot:
+                known[2].clear()
+            ad = slot_with(slot, resources)
+            found = known[2][key] = (ad, self.matchmaker.shape(ad))
+        return found
+
+    def forget(self, pilot_id: str) -> None:
+        self._known.pop(pilot_id, None)
 
 
 def whole_slot(slot: Mapping[str, Any]) -> Any:
@@ -76,10 +121,12 @@ class PilotsMixin:
     reserve_for_large_jobs: bool
     reservations: dict[str, tuple[int, str, int]]
     empty_free: dict[str, dict[str, int]]
+    slot_ads: SlotAds
     _lock: threading.Lock
 
     if TYPE_CHECKING:  # provided by PoolStore and its other mixins
-        def _choose(self, conn: Connection, pilot_id: str, slot: Any, whole: Any | None,
+        def _choose(self, conn: Connection, pilot_id: str, slot: Mapping[str, Any],
+                    free: Mapping[str, int], whole: Mapping[str, int] | None,
                     now: float) -> Any: ...
         def _event(self, conn: Connection, cluster_id: int, proc_id: int, now: float, kind: str,
                    detail: dict[str, Any] | None = None) -> None: ...
@@ -104,7 +151,7 @@ class PilotsMixin:
         return pilot_id
 
     def _pilot(self, conn: Connection, pilot_id: str) -> Any:
-        row = conn.execute(sa.select(pilots).where(pilots.c.pilot_id == pilot_id)).first()
+        row = conn.execute(_PILOT, {"b_pilot": pilot_id}).first()
         if row is None:
             raise NotFound(f"no pilot {pilot_id}")
         if row.state in ("gone", "lost"):
@@ -166,6 +213,7 @@ class PilotsMixin:
                              .values(state="gone", exit_reason=reason, last_seen=now))
                 self.reservations.pop(pilot_id, None)
                 self.empty_free.pop(pilot_id, None)
+                self.slot_ads.forget(pilot_id)
                 moved = self._requeue(conn, jobs.c.pilot_id == pilot_id, now,
                                       f"pilot left: {reason}")
             self._after_requeue(moved, now)
@@ -184,6 +232,7 @@ class PilotsMixin:
                     for pilot_id in lost:
                         self.reservations.pop(pilot_id, None)
                         self.empty_free.pop(pilot_id, None)
+                        self.slot_ads.forget(pilot_id)
                     conn.execute(pilots.update().where(pilots.c.pilot_id.in_(lost))
                                  .values(state="lost", exit_reason="no heartbeat"))
                     moved = self._requeue(conn, jobs.c.pilot_id.in_(lost), now, "pilot lost")

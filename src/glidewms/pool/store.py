@@ -58,7 +58,7 @@ from glidewms.pool.jobs import (
 )
 from glidewms.pool.matchmaker import Matchmaker
 from glidewms.pool.periodic import PeriodicMixin
-from glidewms.pool.pilots import PilotsMixin
+from glidewms.pool.pilots import PilotsMixin, SlotAds
 from glidewms.pool.queue_index import IdleIndex, head_key
 from glidewms.pool.reports import ReportsMixin
 from glidewms.pool.schema import autoclusters, counters, events, jobs, usage
@@ -104,6 +104,7 @@ class PoolStore(CycleMixin, ExitMixin, PilotsMixin, ChoosingMixin, ReportsMixin,
         self.accounting = Accounting(fs.halflife, fs.user_factors or {},
                                      fs.group_factors or {}, fs.default_factor)
         self.matchmaker = Matchmaker()
+        self.slot_ads = SlotAds(self.matchmaker)  # per pilot: see choosing._candidates
         self._turn_taken: set[tuple[int, int]] = set()  # see ChoosingMixin._head
         self._specs = SpecCache()  # what claims read from ads, per cluster (cycle.py)
         self.index = IdleIndex()
