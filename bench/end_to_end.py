@@ -134,8 +134,8 @@ def main() -> None:
                              "as many workers as job slots (bench/parsl_true.py) and print "
                              "the ratio")
     parser.add_argument("--profile-pool", metavar="FILE",
-                        help="record the pool process with py-spy during the throughput run "
-                             "(collapsed stacks, for flamegraph.pl or a quick grep)")
+                        help="record the pool process with py-spy during the throughput run, "
+                             "waits included (collapsed stacks, for flamegraph.pl or grep)")
     parser.add_argument("--profile-pilot", metavar="FILE",
                         help="record the first pilot agent the same way, only the thread "
                              "holding the GIL (the pilot's Python work, not its waits)")
@@ -152,14 +152,14 @@ def main() -> None:
                                                inst.token_file("user")))
             one = parse_submit("executable = /bin/true\ntransfer_executable = false\n"
                                "request_memory = 16\nqueue\n", "bench.sub", Path(tmp))
-            # warm up: get the pilots registered and idle
-            warm = parse_submit("executable = /bin/true\ntransfer_executable = false\n"
-                                f"request_memory = 16\nqueue {args.pilots * args.cores}\n",
-                                "warm.sub", Path(tmp))
+            # warm up: jobs long enough that one pilot cannot run them all before
+            # the frontend asks for the others; then every pilot idle
+            warm = parse_submit("executable = /bin/sleep\narguments = 5\n"
+                                "transfer_executable = false\nrequest_memory = 16\n"
+                                f"queue {args.pilots * args.cores}\n", "warm.sub", Path(tmp))
             client.submit(warm)
-            wait(lambda: completed(client) >= args.pilots * args.cores)
-            # every pilot registered (one fast pilot can run the whole warm-up alone)
             wait(lambda: len(agents_of(inst.services["pool"].url)) >= args.pilots)
+            wait(lambda: completed(client) >= args.pilots * args.cores)
 
             latencies = []
             for _ in range(args.latency_samples):
@@ -175,7 +175,7 @@ def main() -> None:
             pool_pid = inst.services["pool"].process.pid
             pilots = agents_of(inst.services["pool"].url)
             spies = [spy_on(pid, out, *extra) for pid, out, extra in
-                     ((pool_pid, args.profile_pool, ()),
+                     ((pool_pid, args.profile_pool, ("--idle",)),
                       (pilots[0], args.profile_pilot, ("--gil",))) if out]
             if spies:
                 time.sleep(1.0)  # py-spy attaches
