@@ -453,8 +453,10 @@ def test_heartbeat_interval(pool_seconds: float, lease: float, local: float,
      (15, 1, 16, 0.0, 0.004),   # one core free among 16 busy: wait for more
      (15, 1, 16, 0.003, 0.001),  # ...counted from when the first became free
      (15, 1, 16, 0.004, 0.0),   # ...and never longer than the gather time
-     (8, 8, 16, 0.0, 0.0),      # half a turn free: claim
-     (1, 1, 2, 0.0, 0.0),       # a 2-core pilot: one free core is half
+     (8, 8, 16, 0.0, 0.004),    # half a turn free: still wait
+     (0, 16, 16, 0.0, 0.0),     # a whole turn free: claim
+     (1, 1, 2, 0.0, 0.004),     # a 2-core pilot with one job running waits for it
+     (3, 16, 16, 0.0, 0.0),     # more free than a turn takes (a 19-core pilot): claim
      (0, 1, 1, 0.0, 0.0)],      # a 1-core pilot never waits
 )
 def test_gather_wait(running: int, free: int, batch: int, waited: float, pause: float) -> None:

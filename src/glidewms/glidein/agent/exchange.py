@@ -30,7 +30,7 @@ CLAIM_MARGIN = 30.0  # client timeout beyond the wait we asked for
 MAX_CLAIMS_PER_CALL = 16  # claims asked for in one call when several cores are free
 MAX_COMPLETIONS_PER_CALL = 64  # the pool takes up to 4 x its 64 claims per call
 COMPLETION_DELAY = 0.05  # a result the claim loop has not taken by then is sent alone
-GATHER = 0.002  # seconds a busy pilot waits for more free cores before a turn (policy.py)
+GATHER = 0.005  # seconds a busy pilot waits for more free cores before a turn (policy.py)
 
 
 class ExchangeMixin:

@@ -102,13 +102,15 @@ def gather_wait(running: int, free_cpus: int, batch: int, waited: float,
     """Seconds to wait before a claim call, so that one turn carries more jobs.
 
     A pilot whose jobs end one by one would otherwise make one pool call per
-    ended job, and a call costs the pool about as much as ten jobs in it. So
-    while jobs still run and fewer than half of a full turn's cores
-    (``batch``) are free, the pilot waits up to ``gather`` seconds for more
-    of them to end, counted from when the first became free. An idle pilot
-    never waits: a new job's dispatch latency is not touched.
+    ended job, and a call costs the pool about as much as six jobs in it. So
+    while jobs still run and fewer than a full turn's cores (``batch``) are
+    free, the pilot waits up to ``gather`` seconds for more of them to end,
+    counted from when the first became free. An idle pilot never waits: a
+    new job's dispatch latency is not touched. (Measured end to end, 2 x 16
+    cores of /bin/true: 8 jobs a turn with "half a turn or 2 ms", 12 with
+    "a full turn or 5 ms", and ~8% more jobs/s; 10 ms was no better.)
     """
-    if running < 1 or free_cpus >= max(1, batch // 2) or waited >= gather:
+    if running < 1 or free_cpus >= max(1, batch) or waited >= gather:
         return 0.0
     return gather - waited
 
