@@ -12,6 +12,7 @@ from rich.console import Console
 
 from glidewms.cli import factory_cmds, frontend_cmds, pool_cmds, user
 from glidewms.config import ConfigError
+from glidewms.extras import MissingExtra
 
 app = typer.Typer(
     help="glidewms: a pilot-based workload management system in the GlideinWMS tradition.\n\n"
@@ -48,20 +49,20 @@ def _service(name: str, runner: str) -> typer.Typer:
         if ctx.invoked_subcommand is not None:
             return
         _logging(verbose)
-        module = __import__(f"glidewms.{runner}.main", fromlist=["run"])
         try:
+            module = __import__(f"glidewms.{runner}.main", fromlist=["run"])
             module.run(config)
-        except ConfigError as exc:
+        except (ConfigError, MissingExtra) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
 
     @sub.command("check-config")
     def check_config(config: ConfigOption = None) -> None:
         """Validate the configuration without starting anything."""
-        module = __import__(f"glidewms.{runner}.main", fromlist=["load"])
         try:
+            module = __import__(f"glidewms.{runner}.main", fromlist=["load"])
             module.load(config)
-        except ConfigError as exc:
+        except (ConfigError, MissingExtra) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
         typer.echo(f"{config or '(defaults)'}: ok")
