@@ -17,6 +17,8 @@ from pathlib import Path
 
 import uvicorn
 
+from glidewms.protocol import ASGIApp
+
 log = logging.getLogger(__name__)
 
 
@@ -78,7 +80,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def serve(
-    make_app: Callable[[str], object], host: str, port: int, url_file: Path | None = None
+    make_app: Callable[[str], ASGIApp], host: str, port: int, url_file: Path | None = None
 ) -> None:
     """Serve the app built by `make_app(url)` until SIGINT/SIGTERM.
 
