@@ -85,7 +85,8 @@ def serve(
     """Serve the app built by `make_app(url)` until SIGINT/SIGTERM.
 
     The app gets its own public URL (factories hand it to pilots); the URL is
-    written to `url_file` once the socket listens.
+    written to `url_file` once the socket listens. uvicorn runs on uvloop and
+    httptools when they are installed (the `fast` extra), else on asyncio and h11.
     """
     sock = bind(host, port)
     url = url_of(sock)
