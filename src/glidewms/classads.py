@@ -3,7 +3,9 @@
 Everything that parses or evaluates a ClassAd goes through here, so the one
 pitfall that silently breaks matchmaking (HTCondor's functions such as
 `stringListMember` evaluate to Error unless `htcondor2` was imported first)
-is handled in exactly one place.
+is handled in exactly one place. So is the choice of HTCondor configuration
+the bindings read (`import_htcondor`): other modules that need `htcondor2`
+or `classad2` import this one, or call `import_htcondor`, first.
 """
 
 from __future__ import annotations
@@ -11,17 +13,52 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-# Where HTCondor is not installed, the bindings complain that no configuration
-# exists: point them at an empty one. Where it is, its configuration is what
-# locates a schedd (the htcondor factory backend), so leave it to be found.
-if not any(os.path.isfile(p) for p in ("/etc/condor/condor_config",
-                                       "/usr/local/etc/condor_config")):
-    os.environ.setdefault("CONDOR_CONFIG", "/dev/null")
 
-import classad2
-import htcondor2  # noqa: F401  (must come before classad2 is used: see module docstring)
+def htcondor_config_files(home: Path, as_root: bool) -> list[Path]:
+    """Where HTCondor looks for its configuration when ``CONDOR_CONFIG`` is
+    unset, in its order (``find_global`` in HTCondor's condor_config.cpp):
+    the user's own ``~/.condor/`` first, except for root, then the system's."""
+    system = [Path("/etc/condor/condor_config"), Path("/usr/local/etc/condor_config"),
+              Path(os.path.expanduser("~condor/condor_config"))]  # unexpanded: no such user
+    return system if as_root else [home / ".condor" / "condor_config", *system]
+
+
+def import_htcondor() -> ModuleType:
+    """Import ``htcondor2`` with this host's HTCondor configuration, if it has one.
+
+    Without any configuration HTCondor complains, so it is pointed at an empty
+    one (``CONDOR_CONFIG=/dev/null``), but only then: where HTCondor is
+    installed, its configuration is what locates a schedd (the htcondor
+    factory backend), and the ``condor_*`` commands started from here inherit
+    ``CONDOR_CONFIG``; setting ``/dev/null`` unconditionally would make both
+    use an empty configuration. A ``CONDOR_CONFIG`` already set is never
+    touched, and a system configuration is left for HTCondor to find. A
+    user's ``~/.condor/condor_config`` is named in ``CONDOR_CONFIG``: HTCondor
+    finds it, but ``htcondor2``'s own check at import does not look there and
+    would put ``/dev/null`` in its place.
+
+    Call this before anything imports ``htcondor2`` or ``classad2`` (the
+    configuration is read once, at the first import); importing this module
+    does.
+    """
+    if "CONDOR_CONFIG" not in os.environ:
+        home = Path(os.path.expanduser("~"))
+        found = [p for p in htcondor_config_files(home, os.geteuid() == 0) if p.is_file()]
+        if not found:
+            os.environ["CONDOR_CONFIG"] = "/dev/null"
+        elif found[0].is_relative_to(home / ".condor"):
+            os.environ["CONDOR_CONFIG"] = str(found[0])
+    import htcondor2
+
+    return htcondor2
+
+
+import_htcondor()  # before classad2 is used: see the module docstring
+import classad2  # noqa: E402
 
 ClassAd = classad2.ClassAd
 ExprTree = classad2.ExprTree

@@ -15,17 +15,21 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from glidewms.submit import SubmitDescription
+from glidewms.protocol import API_PREFIX, VERSION_HEADER, IncompatiblePeer, check_peer
+
+if TYPE_CHECKING:
+    from glidewms.submit import SubmitDescription
 
 DEFAULT_STATE = Path("glidewms-state")
 
 
 class ClientError(Exception):
-    """A call failed; the message is what the server or the network said."""
+    """A call failed; the message is what the server or the network said, or
+    that the pool speaks another major version of the protocol."""
 
 
 def error_detail(response: httpx.Response) -> str:
@@ -73,7 +77,7 @@ class PoolClient:
             raise ClientError(f"cannot read token file {settings.token_file}: {exc.strerror}") \
                 from None
         self.url = settings.pool_url
-        self._http = httpx.Client(base_url=f"{self.url}/api/v1", timeout=timeout,
+        self._http = httpx.Client(base_url=f"{self.url}{API_PREFIX}", timeout=timeout,
                                   headers={"Authorization": f"Bearer {token}"})
 
     def close(self) -> None:
@@ -85,11 +89,20 @@ class PoolClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_version(self, response: httpx.Response) -> None:
+        """Checked before the status: a pool of another major version answers
+        this prefix with a 404 whose real cause is the version."""
+        try:
+            check_peer("pool", response.headers.get(VERSION_HEADER))
+        except IncompatiblePeer as exc:
+            raise ClientError(f"the pool at {self.url} cannot be used: {exc}") from exc
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             r = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the pool at {self.url}: {exc}") from None
+        self._check_version(r)
         if r.status_code >= 400:
             raise ClientError(f"{method} {path}: {r.status_code}: {error_detail(r)}")
         return r.json() if r.content and r.headers.get("content-type", "").startswith(
@@ -142,9 +155,21 @@ class PoolClient:
         body = {"job_ids": list(job_ids), "constraint": constraint, "reason": reason}
         return self._call("POST", f"/jobs/{action}", json=body)["changed"]
 
+    def edit(self, attribute: str, value: str, job_ids: Iterable[str] = (),
+             constraint: str | None = None) -> dict[str, Any]:
+        """Set one attribute of idle (or held) jobs: {"changed": [...], "skipped": {id: why}}."""
+        body = {"job_ids": list(job_ids), "constraint": constraint, "attribute": attribute,
+                "value": value}
+        return self._call("POST", "/jobs/edit", json=body)
+
+    def userprio(self) -> dict[str, Any]:
+        """Fair-share state: {"time", "halflife", "submitters": [...]}, best priority first."""
+        return self._call("GET", "/userprio")
+
     def download(self, sha256: str, dest: Path) -> None:
         try:
             with self._http.stream("GET", f"/files/{sha256}") as r:
+                self._check_version(r)
                 if r.status_code >= 400:
                     raise ClientError(f"GET /files/{sha256}: {r.status_code}")
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -172,23 +197,3 @@ class PoolClient:
             written.append(dest / name)
         return written
 
-
-# --------------------------------------------------------------- pool extras
-# Added for `glidewms qedit` and `glidewms userprio`; kept apart so the class
-# above stays as it was.
-
-def _edit(self: PoolClient, attribute: str, value: str, job_ids: Iterable[str] = (),
-          constraint: str | None = None) -> dict[str, Any]:
-    """Set one attribute of idle (or held) jobs: {"changed": [...], "skipped": {id: why}}."""
-    body = {"job_ids": list(job_ids), "constraint": constraint, "attribute": attribute,
-            "value": value}
-    return self._call("POST", "/jobs/edit", json=body)
-
-
-def _userprio(self: PoolClient) -> dict[str, Any]:
-    """Fair-share state: {"time", "halflife", "submitters": [...]}, best priority first."""
-    return self._call("GET", "/userprio")
-
-
-PoolClient.edit = _edit  # type: ignore[attr-defined]
-PoolClient.userprio = _userprio  # type: ignore[attr-defined]

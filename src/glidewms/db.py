@@ -1,16 +1,21 @@
 """Database plumbing shared by the services: engines and versioned migrations.
 
 Each service owns its schema as SQLAlchemy Core tables plus an ordered list of
-migrations. SQLite (WAL) is the embedded default; any SQLAlchemy URL works.
+migrations. SQLite (WAL) is the embedded default; any SQLAlchemy URL works
+whose driver is installed (PostgreSQL's, psycopg, comes with the `postgres`
+extra).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from glidewms.extras import MissingExtra, is_missing
 
 Migration = Callable[[Connection], None]
 
@@ -27,7 +32,7 @@ def make_engine(url: str) -> Engine:
         )
 
         @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -35,7 +40,21 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise _missing_driver(url, exc) from None
+
+
+def _missing_driver(url: str, exc: ModuleNotFoundError) -> ImportError:
+    """SQLAlchemy imports a URL's driver when the engine is made, and says only
+    "No module named ..."; say which database needs it and how to get it. Only
+    the scheme is named: the URL may hold a password."""
+    scheme = url.partition("://")[0]
+    if is_missing(exc, "psycopg"):
+        return MissingExtra(f"the {scheme}:// database", "psycopg")
+    return ImportError(f"the {scheme}:// database needs the driver {exc.name!r}, "
+                       "which is not installed")
 
 
 def migrate(engine: Engine, service: str, migrations: Sequence[Migration]) -> int:

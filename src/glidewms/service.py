@@ -17,6 +17,8 @@ from pathlib import Path
 
 import uvicorn
 
+from glidewms.protocol import ASGIApp
+
 log = logging.getLogger(__name__)
 
 
@@ -78,12 +80,13 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def serve(
-    make_app: Callable[[str], object], host: str, port: int, url_file: Path | None = None
+    make_app: Callable[[str], ASGIApp], host: str, port: int, url_file: Path | None = None
 ) -> None:
     """Serve the app built by `make_app(url)` until SIGINT/SIGTERM.
 
     The app gets its own public URL (factories hand it to pilots); the URL is
-    written to `url_file` once the socket listens.
+    written to `url_file` once the socket listens. uvicorn runs on uvloop and
+    httptools when they are installed (the `fast` extra), else on asyncio and h11.
     """
     sock = bind(host, port)
     url = url_of(sock)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from glidewms.cli.main import app
+from glidewms.protocol import API_MAJOR, API_MINOR, API_VERSION, VERSION_HEADER
 
 runner = CliRunner()
 
@@ -48,3 +53,72 @@ def test_token_is_written_to_a_private_file_never_printed(tmp_path: Path):
     token = out.read_text().strip()
     assert token and token not in result.output
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("command", [
+    ["q", "1.x"], ["history", "7", "x"], ["rm", "1.0", "1."], ["hold", ".3"],
+    ["release", "1.2.3"], ["fetch", "1.x"], ["qedit", "1.x", "RequestMemory", "2048"],
+])
+def test_a_malformed_job_id_is_a_one_line_usage_error(command: list[str]) -> None:
+    """Checked before the pool is looked for: exit 2 (usage), not a traceback."""
+    result = runner.invoke(app, [*command, "--pool", "http://127.0.0.1:9", "--token-file",
+                                 "/nonexistent"])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: not a job id"), result.output
+
+
+class _FakePool(BaseHTTPRequestHandler):
+    """Answers every GET with an empty job list, naming `version` as its protocol."""
+
+    version = API_VERSION
+
+    def do_GET(self) -> None:
+        body = b"[]"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header(VERSION_HEADER, self.version)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_pool(tmp_path: Path) -> Iterator[tuple[list[str], type[_FakePool]]]:
+    """CLI options pointing at a stand-in pool (a real HTTP server on loopback)
+    and its handler class, whose `version` a test sets."""
+    handler = type("Pool", (_FakePool,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    token = tmp_path / "user.token"
+    token.write_text("not-checked-by-the-stand-in\n")
+    try:
+        yield ["--pool", f"http://127.0.0.1:{server.server_port}",
+               "--token-file", str(token)], handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_pool_of_another_major_version_is_a_clear_error(fake_pool) -> None:
+    options, handler = fake_pool
+    handler.version = f"{API_MAJOR + 1}.0"
+    result = runner.invoke(app, ["q", *options])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"speaks protocol '{API_MAJOR + 1}.0'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_newer_minor_version_of_the_pool_is_fine(fake_pool) -> None:
+    options, handler = fake_pool
+    handler.version = f"{API_MAJOR}.{API_MINOR + 5}"
+    result = runner.invoke(app, ["q", *options])
+    assert result.exit_code == 0, result.output
+    assert "0 jobs" in result.output

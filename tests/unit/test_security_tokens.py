@@ -9,6 +9,8 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from glidewms.security import tokens
 from glidewms.security.tokens import TokenError, TokenIssuer, TokenVerifier, generate_keypair
@@ -136,3 +138,17 @@ def test_no_memory_with_cache_size_zero(keys, decodes) -> None:
     verifier.verify(token)
     verifier.verify(token)
     assert decodes == [token, token]
+
+
+def test_a_key_that_cannot_sign_eddsa_is_refused_when_loaded() -> None:
+    """Not at the first `issue`, hours later: `glidewms token` and the services
+    report it when they read the key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(ValueError, match="EdDSA"):
+        TokenIssuer(private)
+    with pytest.raises(ValueError, match="EdDSA"):
+        TokenVerifier(public)

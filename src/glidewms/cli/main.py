@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from glidewms.cli import factory_cmds, frontend_cmds, pool_cmds, user
+from glidewms.cli.user import fail
 from glidewms.config import ConfigError
+from glidewms.extras import MissingExtra
 
 app = typer.Typer(
     help="glidewms: a pilot-based workload management system in the GlideinWMS tradition.\n\n"
@@ -21,7 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Optional[Path],  # noqa: UP045 (typer needs Optional on 3.10)
@@ -48,22 +48,20 @@ def _service(name: str, runner: str) -> typer.Typer:
         if ctx.invoked_subcommand is not None:
             return
         _logging(verbose)
-        module = __import__(f"glidewms.{runner}.main", fromlist=["run"])
         try:
+            module = __import__(f"glidewms.{runner}.main", fromlist=["run"])
             module.run(config)
-        except ConfigError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
+        except (ConfigError, MissingExtra) as exc:
+            raise fail(str(exc), 2) from None
 
     @sub.command("check-config")
     def check_config(config: ConfigOption = None) -> None:
         """Validate the configuration without starting anything."""
-        module = __import__(f"glidewms.{runner}.main", fromlist=["load"])
         try:
+            module = __import__(f"glidewms.{runner}.main", fromlist=["load"])
             module.load(config)
-        except ConfigError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
+        except (ConfigError, MissingExtra) as exc:
+            raise fail(str(exc), 2) from None
         typer.echo(f"{config or '(defaults)'}: ok")
 
     return sub
@@ -96,12 +94,9 @@ def _entries(path: Path | None) -> list[dict] | None:
             data = data.get("entries", [data])
         entries = TypeAdapter(list[EntryConfig]).validate_python(data)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
     except ValidationError as exc:
-        err.print(f"[red]error:[/red] {format_validation_error(str(path), exc)}",
-                  highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(format_validation_error(str(path), exc), 2) from None
     return [e.model_dump(mode="json", exclude_unset=True) for e in entries]
 
 
@@ -171,8 +166,7 @@ def token(
     try:
         issued = TokenIssuer.from_file(key).issue(subject, scope, lifetime)
     except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
     write_secret(out, issued)
     typer.echo(f"token for {subject} ({' '.join(scope)}) written to {out}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -15,6 +15,7 @@ from glidewms.cli.user import (
     client,
     err,
     fail,
+    job_ids,
     out,
 )
 from glidewms.client import ClientError
@@ -33,14 +34,13 @@ def qedit(
     accounting group) and records an `edited` event. Attributes the pool sets
     (Owner, ClusterId, JobStatus, ...) are refused.
     """
+    ids = job_ids([job]) if job != "-" else []
     try:
         with client(pool, token_file) as c:
-            ids = [job] if job != "-" else []
             jobs = _select(c, ids, constraint, False, False)
             if not jobs:
                 raise fail("no matching jobs in the queue")
-            result: dict[str, Any] = c.edit(attribute, value,  # type: ignore[attr-defined]
-                                            [j["job_id"] for j in jobs])
+            result = c.edit(attribute, value, [j["job_id"] for j in jobs])
     except ClientError as exc:
         raise fail(str(exc)) from None
     for jid, why in sorted(result["skipped"].items()):
@@ -60,7 +60,7 @@ def userprio(
     """Show fair share: effective priority (lower is better), usage, factors."""
     try:
         with client(pool, token_file) as c:
-            data = c.userprio()  # type: ignore[attr-defined]
+            data = c.userprio()
     except ClientError as exc:
         raise fail(str(exc)) from None
     table = Table(box=None, header_style="bold")

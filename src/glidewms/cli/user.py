@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from glidewms.client import ClientError, ClientSettings, PoolClient
-from glidewms.submit import SubmitError, load_submit
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -29,8 +31,33 @@ def client(pool: str | None, token_file: Path | None) -> PoolClient:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    """Print `message` as one error line (not wrapped at the terminal's width, its
+    brackets not taken for markup: it quotes ClassAds) and return the Exit to raise.
+    Code 2 is a usage error: nothing was sent to the pool."""
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
+
+
+JobRef = tuple[int, int | None]
+"""(cluster, proc); proc None names the whole cluster."""
+
+_JOB_ID = re.compile(r"(\d+)(?:\.(\d+))?", re.ASCII)
+
+
+def job_ids(texts: Iterable[str]) -> list[JobRef]:
+    """CLUSTER or CLUSTER.PROC, checked before the pool is asked anything: a
+    typo such as `1.x` is a usage error (exit 2), never a traceback."""
+    parsed: list[JobRef] = []
+    bad = []
+    for text in texts:
+        match = _JOB_ID.fullmatch(text)
+        if match is None:
+            bad.append(text)
+        else:
+            parsed.append((int(match[1]), None if match[2] is None else int(match[2])))
+    if bad:
+        raise fail(f"not a job id (CLUSTER or CLUSTER.PROC): {' '.join(bad)}", 2)
+    return parsed
 
 
 def submit(
@@ -38,6 +65,9 @@ def submit(
     pool: PoolOption = None, token_file: TokenOption = None,
 ) -> None:
     """Queue the jobs of a submit description (nothing is queued if it has an error)."""
+    # imported here: it loads the HTCondor bindings, which no other command needs
+    from glidewms.submit import SubmitError, load_submit
+
     try:
         description = load_submit(file)
     except SubmitError as exc:
@@ -88,15 +118,10 @@ def _show(jobs: list[dict[str, Any]], long: bool, history: bool, events: Any = N
     out.print(f"\n{len(jobs)} jobs; " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 
-def _select(c: PoolClient, ids: list[str], constraint: str | None,
+def _select(c: PoolClient, ids: list[JobRef], constraint: str | None,
             history: bool, long: bool) -> list[dict[str, Any]]:
-    clusters = [i for i in ids if "." not in i]
-    procs = [i for i in ids if "." in i]
-    parts = [f"ClusterId == {int(x)}" for x in clusters if x.isdigit()]
-    if len(parts) != len(clusters):
-        raise ClientError(f"not a job id: {', '.join(x for x in clusters if not x.isdigit())}")
-    parts += [f"(ClusterId == {int(a)} && ProcId == {int(b)})"
-              for a, b in (p.split(".", 1) for p in procs)]
+    parts = [f"ClusterId == {cluster}" if proc is None
+             else f"(ClusterId == {cluster} && ProcId == {proc})" for cluster, proc in ids]
     expr = " || ".join(parts)
     if constraint:
         expr = f"({expr}) && ({constraint})" if expr else constraint
@@ -109,9 +134,10 @@ LongOption = Annotated[bool, typer.Option("--long", "-l", help="full ClassAds an
 
 def _listing(ids: list[str] | None, constraint: str | None, long: bool, history: bool,
              pool: str | None, token_file: Path | None) -> None:
+    selected = job_ids(ids or [])
     try:
         with client(pool, token_file) as c:
-            jobs = _select(c, ids or [], constraint, history, long)
+            jobs = _select(c, selected, constraint, history, long)
             _show(jobs, long, history, c.events if long else None)
     except ClientError as exc:
         raise fail(str(exc)) from None
@@ -133,9 +159,10 @@ def _action(action: str, ids: list[str] | None, constraint: str | None, reason: 
             pool: str | None, token_file: Path | None) -> None:
     if not ids and not constraint:
         raise fail("name job ids (CLUSTER or CLUSTER.PROC) or give --constraint", 2)
+    selected = job_ids(ids or [])
     try:
         with client(pool, token_file) as c:
-            jobs = _select(c, ids or [], constraint, False, False)
+            jobs = _select(c, selected, constraint, False, False)
             if not jobs:
                 raise fail("no matching jobs in the queue")
             changed = c.act(action, [j["job_id"] for j in jobs], reason=reason)
@@ -172,9 +199,10 @@ def fetch(
     pool: PoolOption = None, token_file: TokenOption = None,
 ) -> None:
     """Download a completed job's outputs (stdout, stderr, output files)."""
+    [(cluster, proc)] = job_ids([job_id])
     try:
         with client(pool, token_file) as c:
-            written = c.fetch_outputs(job_id if "." in job_id else f"{job_id}.0", dest)
+            written = c.fetch_outputs(f"{cluster}.{proc or 0}", dest)
     except ClientError as exc:
         raise fail(str(exc)) from None
     for path in written:

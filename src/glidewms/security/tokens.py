@@ -26,7 +26,8 @@ from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey, Ed448PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ISSUER = "glidewms"
 SCOPES = ("user", "pilot", "frontend", "admin")
@@ -88,7 +89,10 @@ class TokenIssuer:
     """Signs tokens with the installation's private key."""
 
     def __init__(self, private_key_pem: bytes) -> None:
-        self._key = serialization.load_pem_private_key(private_key_pem, password=None)
+        key = serialization.load_pem_private_key(private_key_pem, password=None)
+        if not isinstance(key, (Ed25519PrivateKey, Ed448PrivateKey)):
+            raise ValueError(f"the issuer key must be an EdDSA key, not {type(key).__name__}")
+        self._key = key
 
     @classmethod
     def from_file(cls, path: Path) -> TokenIssuer:
@@ -126,7 +130,10 @@ class TokenVerifier:
 
     def __init__(self, public_key_pem: bytes, cache_size: int = 4096,
                  clock: Callable[[], float] = time.time) -> None:
-        self._key = serialization.load_pem_public_key(public_key_pem)
+        key = serialization.load_pem_public_key(public_key_pem)
+        if not isinstance(key, (Ed25519PublicKey, Ed448PublicKey)):
+            raise ValueError(f"the issuer key must be an EdDSA key, not {type(key).__name__}")
+        self._key = key
         self._clock = clock
         self._cache_size = cache_size
         self._verified: OrderedDict[str, Identity] = OrderedDict()
