@@ -60,14 +60,15 @@ class Matching:
         self.reservations.pop(pilot_id, None)
 
     def choose_turn(self, conn: Connection, pilot: Any, free: Mapping[str, float],
-                    max_jobs: int, now: float, taken: set[tuple[int, int]]) -> list[Chosen]:
+                    max_jobs: int, now: float) -> list[Chosen]:
         """Up to `max_jobs` jobs for the pilot `pilot` (its row) offering `free`,
         as that many single claims in a row would choose them: each sees the
         index and the accounting as the choices before it left them, and the
         free resources minus their requests. Each choice is taken out of the
-        index at once and its (cluster, proc) added to `taken`; if this
-        raises, the choices made so far are given back."""
+        index at once (the caller marks them running, or gives them back);
+        if this raises, the choices made so far are given back."""
         pilot_id = pilot.pilot_id
+        taken: set[tuple[int, int]] = set()  # chosen, still idle in the database
         index, requests = self.shared.index, self.shared.matchmaker.requests
         left = dict(free)
         full = self.empty_free.get(pilot_id) or free_from(pilot.slot, None)
@@ -88,7 +89,7 @@ class Matching:
                         self.empty_free[pilot_id] = reported
                 choice = self._choose(conn, pilot_id, pilot.slot, reported, whole, now, taken)
                 if choice is None:
-                    self.reservations.pop(pilot_id, None)
+                    self.unreserve(pilot_id)
                     break
                 kind, ac, submitter, key = choice
                 if kind == "reserve":

@@ -66,9 +66,10 @@ class PoolStore:
         self.engine = engine
         self.db_lock = DatabaseLock(engine, lock_wait)  # before anything writes
         fs = fair_share or FairShare()
-        self.shared = Shared(engine, Accounting(fs.halflife, fs.user_factors or {},
-                                                fs.group_factors or {}, fs.default_factor),
-                             tuple(significant))
+        self.shared = Shared(
+            engine=engine, significant=tuple(significant),
+            accounting=Accounting(fs.halflife, fs.user_factors or {}, fs.group_factors or {},
+                                  fs.default_factor))
         self.autoclusters = Autoclusters(self.shared)
         self.queue = Queue(self.shared, self.autoclusters)
         self.matching = Matching(self.shared, self.autoclusters, reserve_for_large_jobs)

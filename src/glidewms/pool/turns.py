@@ -56,9 +56,9 @@ class Turns:
         """Finish `completions` and hand out up to `max_jobs` claims, atomically.
 
         Returns ({claim_id: accepted?}, claims, jobs an exit policy put back
-        to idle). A completion of a claim this
-        pilot no longer holds (requeued, held, removed, already completed) is
-        answered False and changes nothing: the 409 of the single form.
+        to idle). A completion of a claim this pilot no longer holds
+        (requeued, held, removed, already completed) is answered False and
+        changes nothing: the 409 of the single form.
         """
         shared, matching = self.shared, self.matching
         undo: Undo = []
@@ -152,8 +152,7 @@ class Turns:
         that turns out not to be idle any more (the index was ahead of a
         submit) is given back and left out."""
         pilot_id = pilot.pilot_id
-        taken: set[tuple[int, int]] = set()  # chosen, still idle in the database until _CLAIM
-        chosen: list[Chosen] = self.matching.choose_turn(conn, pilot, free, max_jobs, now, taken)
+        chosen: list[Chosen] = self.matching.choose_turn(conn, pilot, free, max_jobs, now)
         if not chosen:
             return
         try:
