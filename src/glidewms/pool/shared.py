@@ -28,6 +28,8 @@ COUNTERS = ("cluster", "jobs_completed", "job_failures", "site_failures")
 
 @dataclass
 class Shared:
+    """Built once by PoolStore and given to each component; never replaced."""
+
     engine: Engine
     accounting: Accounting
     significant: tuple[str, ...] = ()  # extra autocluster attributes (config)
