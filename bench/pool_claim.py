@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 from glidewms.db import make_engine, sqlite_url
-from glidewms.pool.store import NewJob, PoolStore
+from glidewms.pool.jobs import NewJob
+from glidewms.pool.store import PoolStore
 
 CHUNK = 20_000  # jobs per submitted cluster while filling a queue
 
@@ -58,7 +59,7 @@ def fill(store: PoolStore, jobs: int, autoclusters: int) -> float:
     while done < jobs:
         n = min(CHUNK, jobs - done)
         batch = [NewJob(job_ad(100 + (done + i) % autoclusters), [], [], {}) for i in range(n)]
-        store.submit(owners[(done // CHUNK) % 2], batch)
+        store.queue.submit(owners[(done // CHUNK) % 2], batch)
         done += n
     return jobs / (time.perf_counter() - started)
 
@@ -67,7 +68,7 @@ def demand_latency(store: PoolStore, calls: int = 20) -> float:
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        store.demand()
+        store.reports.demand()
         times.append(time.perf_counter() - t0)
     return percentile(times, 0.5) * 1000
 
@@ -81,10 +82,10 @@ def memory_of_a_pool(url: str) -> dict[str, float]:
         "t0 = time.perf_counter()\n"
         "store = PoolStore(make_engine(sys.argv[1]))\n"
         "started = time.perf_counter() - t0\n"
-        "pilot = store.register_pilot({'Cpus': 64, 'Memory': 10**6, 'Disk': 10**7}, 'rss',"
+        "pilot = store.pilots.register({'Cpus': 64, 'Memory': 10**6, 'Disk': 10**7}, 'rss',"
         " 'fe', 'main', 3600)\n"
-        "assert store.claim(pilot, {}, 3600) is not None\n"
-        "store.demand()\n"
+        "assert store.turns.claim(pilot, {}, 3600) is not None\n"
+        "store.reports.demand()\n"
         "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
         "kib = lambda k: int(status[k].split()[0]) / 1024\n"
         "print(json.dumps({'rss': kib('VmRSS'), 'hwm': kib('VmHWM'), 'start': started}))\n"
@@ -96,13 +97,13 @@ def memory_of_a_pool(url: str) -> dict[str, float]:
 
 def claim_latency(store: PoolStore, claims: int) -> tuple[float, float]:
     slot = {"Cpus": 64, "Memory": 1_000_000, "Disk": 10_000_000, "GLIDEIN_Site": "BENCH"}
-    pilot = store.register_pilot(slot, "bench", "fe", "main", 3600)
+    pilot = store.pilots.register(slot, "bench", "fe", "main", 3600)
     free = {"cpus": 64, "memory": 1_000_000, "disk": 10_000_000}
-    store.claim(pilot, free, 3600)  # the first claim of a slot shape fills the match cache
+    store.turns.claim(pilot, free, 3600)  # the first claim of a slot shape fills the match cache
     times = []
     for _ in range(claims):
         t0 = time.perf_counter()
-        got = store.claim(pilot, free, 3600)
+        got = store.turns.claim(pilot, free, 3600)
         times.append(time.perf_counter() - t0)
         assert got is not None, "the queue ran dry"
     return percentile(times, 0.5) * 1000, percentile(times, 0.99) * 1000
@@ -133,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = new_store(args.database_url, Path(tmp) / "bulk")
         t0 = time.perf_counter()
-        store.submit("alice", [NewJob(job_ad(100), [], [], {})] * args.bulk)
+        store.queue.submit("alice", [NewJob(job_ad(100), [], [], {})] * args.bulk)
         elapsed = time.perf_counter() - t0
         print(f"| bulk submit, {args.bulk} jobs in one cluster | {elapsed:.1f} s "
               f"({args.bulk / elapsed:.0f} jobs/s) |", flush=True)

@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 from glidewms.db import make_engine, sqlite_url
-from glidewms.pool.store import Completion, NewJob, PoolStore
+from glidewms.pool.exit import Completion
+from glidewms.pool.jobs import NewJob
+from glidewms.pool.store import PoolStore
 
 AD = '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 16; Requirements = true ]'
 
@@ -30,10 +32,10 @@ AD = '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 16; Requirements = t
 def run(url: str, jobs: int, pilots: int, slots: int, profile: bool) -> None:
     store = PoolStore(make_engine(url))
     try:
-        store.submit("bench", [NewJob(AD, [], [], {}) for _ in range(jobs)])
+        store.queue.submit("bench", [NewJob(AD, [], [], {}) for _ in range(jobs)])
         slot = {"Cpus": slots, "Memory": 16 * slots, "Disk": 10**6, "GLIDEIN_Site": "BENCH",
                 "OpSys": "LINUX", "Arch": "X86_64"}
-        ids = [store.register_pilot(dict(slot), f"g{i}", "fe", "main", 3600)
+        ids = [store.pilots.register(dict(slot), f"g{i}", "fe", "main", 3600)
                for i in range(pilots)]
         held: dict[str, list[str]] = {p: [] for p in ids}
         done = 0
@@ -46,7 +48,7 @@ def run(url: str, jobs: int, pilots: int, slots: int, profile: bool) -> None:
             for pid in ids:
                 ended = [Completion(c, 0, [], 0.001) for c in held[pid]]
                 free = {"cpus": slots, "memory": 16 * slots, "disk": 10**6, "gpus": 0}
-                result, claims, _ = store.cycle(pid, ended, free, 600, slots, time.time())
+                result, claims, _ = store.turns.cycle(pid, ended, free, 600, slots, time.time())
                 done += sum(result.values())
                 held[pid] = [c["claim_id"] for c in claims]
                 progressed = progressed or bool(claims) or bool(ended)
@@ -56,7 +58,7 @@ def run(url: str, jobs: int, pilots: int, slots: int, profile: bool) -> None:
             profiler.disable()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         # the numbers only count if every job completed exactly once
-        counted, queue = store.stats()["jobs_completed"], store.queue_counts()
+        counted, queue = store.reports.stats()["jobs_completed"], store.reports.queue_counts()
         if done != jobs or counted != jobs or queue != {"idle": 0, "running": 0}:
             raise SystemExit(f"integrity: {done} completions answered, {counted} counted, "
                              f"queue {queue}; expected {jobs}")

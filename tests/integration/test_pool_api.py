@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from glidewms.config.pool import PoolConfig
+from glidewms.protocol import API_VERSION, VERSION_HEADER
 from glidewms.security.tokens import TokenIssuer
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
 from tests.integration.conftest import bearer
@@ -82,6 +83,15 @@ def _other_key():
 
     from glidewms.security.tokens import generate_keypair
     return generate_keypair(Path(tempfile.mkdtemp()))[0]
+
+
+def test_the_pool_names_its_protocol_version(pool, alice):
+    """In every response, refusals and the health check included, and in its schema."""
+    for response in (pool.get("/healthz"), pool.get("/api/v1/jobs"),
+                     pool.get("/api/v1/jobs", headers=alice),
+                     pool.get("/api/v1/jobs/9999.0", headers=alice)):
+        assert response.headers[VERSION_HEADER] == API_VERSION, response.request.url
+    assert pool.get("/openapi.json").json()["info"]["version"] == API_VERSION
 
 
 def test_claim_many_fills_the_free_cores_in_one_call(pool, alice, pilot_auth):

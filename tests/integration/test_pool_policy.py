@@ -78,31 +78,31 @@ def test_periodic_hold_of_a_running_job_tells_its_pilot_to_kill_it(pool_config, 
     alice, pilot = auth("alice"), auth("pilot", "pilot", fe="fe1")
     with TestClient(create_app(pool_config)) as pool:
         jid = submit(pool, alice, "; PeriodicHold = JobStatus == 2")
-        store = pool.app.state.store
-        assert store.apply_periodic() == {}              # idle: nothing to do
+        store = pool.app.state.pool.store
+        assert store.periodic.apply() == {}              # idle: nothing to do
         pid, claim = start_on_pilot(pool, pilot)
-        assert store.apply_periodic() == {"hold": [jid]}
+        assert store.periodic.apply() == {"hold": [jid]}
         r = pool.post(f"/api/v1/pilots/{pid}/heartbeat", json={"claims": [claim["claim_id"]]},
                       headers=pilot)
         assert r.json()["kill"] == [claim["claim_id"]]
         assert job(pool, alice, jid)["state"] == "held"
-        assert store.userprio()[0]["running_cores"] == 0  # accounting saw it stop
+        assert store.reports.userprio()[0]["running_cores"] == 0  # accounting saw it stop
 
 
 def test_periodic_release_lifts_policy_holds_but_not_a_users(pool_config, auth):
     alice = auth("alice")
     with TestClient(create_app(pool_config)) as pool:
-        store = pool.app.state.store
+        store = pool.app.state.pool.store
         mine = submit(pool, alice, "; PeriodicRelease = true")
         r = pool.post("/api/v1/jobs/hold", json={"job_ids": [mine], "reason": "wait"},
                       headers=alice)
         assert r.json()["changed"] == [mine]
         assert job(pool, alice, mine)["hold_reason_code"] == 1
-        assert store.apply_periodic() == {}               # the user's hold stays
+        assert store.periodic.apply() == {}               # the user's hold stays
         other = submit(pool, alice, "; PeriodicHold = NumJobStarts == 0 && NumRestarts == 0; "
                                     "PeriodicRelease = true")
-        assert store.apply_periodic() == {"hold": [other]}
-        assert store.apply_periodic() == {"release": [other]}
+        assert store.periodic.apply() == {"hold": [other]}
+        assert store.periodic.apply() == {"release": [other]}
         assert job(pool, alice, other)["hold_reason"] is None
         kinds = [e["type"] for e in events(pool, alice, other)]
         assert kinds == ["submitted", "held", "released"]
@@ -115,7 +115,7 @@ def test_site_failure_holds_are_job_policy_holds_that_periodic_release_can_lift(
     pool_config.max_job_restarts = 0
     alice, pilot = auth("alice"), auth("pilot", "pilot", fe="fe1")
     with TestClient(create_app(pool_config)) as pool:
-        store = pool.app.state.store
+        store = pool.app.state.pool.store
         jid = submit(pool, alice, "; PeriodicRelease = HoldReasonCode == 3 && NumRestarts < 2")
         for restarts, released in ((1, True), (2, False)):
             pid, _ = start_on_pilot(pool, pilot)
@@ -127,24 +127,24 @@ def test_site_failure_holds_are_job_policy_holds_that_periodic_release_can_lift(
             assert "site failures" in view["hold_reason"]
             held = [e for e in events(pool, alice, jid) if e["type"] == "held"][-1]
             assert (held["detail"]["by"], held["detail"]["code"]) == ("pool", 3)
-            assert (store.apply_periodic() == {"release": [jid]}) is released
+            assert (store.periodic.apply() == {"release": [jid]}) is released
         assert job(pool, alice, jid)["state"] == "held"
 
 
 def test_periodic_remove_sees_current_time_and_edits_are_picked_up(pool_config, auth):
     alice = auth("alice")
     with TestClient(create_app(pool_config)) as pool:
-        store = pool.app.state.store
+        store = pool.app.state.pool.store
         jid = submit(pool, alice, "; PeriodicRemove = CurrentTime - QDate > 3600")
-        assert store.apply_periodic() == {}
-        assert store.apply_periodic(now=time.time() + 7200) == {"remove": [jid]}
+        assert store.periodic.apply() == {}
+        assert store.periodic.apply(now=time.time() + 7200) == {"remove": [jid]}
         history = pool.get("/api/v1/jobs", params={"history": True}, headers=alice).json()
         assert [j["job_id"] for j in history if j["state"] == "removed"] == [jid]
         plain = submit(pool, alice)
         r = pool.post("/api/v1/jobs/edit", json={"job_ids": [plain], "attribute": "PeriodicHold",
                                                  "value": "true"}, headers=alice)
         assert r.json()["changed"] == [plain]
-        assert store.apply_periodic() == {"hold": [plain]}
+        assert store.periodic.apply() == {"hold": [plain]}
 
 
 def test_listing_parses_no_ad_without_a_constraint_and_agrees_with_one(pool_config, auth,

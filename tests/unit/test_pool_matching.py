@@ -14,7 +14,7 @@ from glidewms.pool import listing
 from glidewms.pool.jobs import HOLD_POLICY, HOLD_USER, full_ad
 from glidewms.pool.matchmaker import Matchmaker, slot_refs
 from glidewms.pool.periodic import decide
-from glidewms.pool.pilots import slot_with, whole_slot
+from glidewms.pool.slots import slot_with, whole_slot
 
 JOB = ('[ RequestCpus = 1; RequestMemory = 100; '
        'Requirements = TARGET.Cpus >= RequestCpus && Memory >= RequestMemory && '

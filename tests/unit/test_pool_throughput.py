@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from glidewms.db import make_engine, sqlite_url
-from glidewms.pool.cycle import _claim_statement
-from glidewms.pool.jobs import template_key
-from glidewms.pool.store import NewJob, PoolStore
+from glidewms.pool.jobs import NewJob, full_ad, template_key
+from glidewms.pool.store import PoolStore
+from glidewms.pool.turns import claim_statement
 
 BASE = '[ Cmd = "/bin/true"; RequestCpus = 1; Note = "{note}"; ProcId = {proc} ]'
 
@@ -37,10 +37,10 @@ def test_a_bulk_cluster_keeps_each_job_its_own_proc_id(tmp_path: Path) -> None:
     store = PoolStore(make_engine(sqlite_url(tmp_path / "pool.db")))
     try:
         texts = [BASE.format(note="x", proc=p) for p in (5, 9, 2)]
-        cluster, ids = store.submit("alice", [NewJob(t, [], [], {}) for t in texts])
+        cluster, ids = store.queue.submit("alice", [NewJob(t, [], [], {}) for t in texts])
         assert ids == [f"{cluster}.0", f"{cluster}.1", f"{cluster}.2"]
         for proc, jid in enumerate(ids):
-            ad = store.full_ad(store.get_job(jid))
+            ad = full_ad(store.queue.get_job(jid))
             assert (ad["ProcId"], ad["ClusterId"], ad["Note"]) == (proc, cluster, "x")
     finally:
         store.close()
@@ -51,7 +51,7 @@ def test_claiming_a_turn_looks_jobs_up_by_key_not_by_state(tmp_path: Path) -> No
     on each turn (the cost grew with the queue)."""
     engine = make_engine(sqlite_url(tmp_path / "pool.db"))
     PoolStore(engine).close()
-    compiled = _claim_statement(3).compile(engine)
+    compiled = claim_statement(3).compile(engine)
     with engine.connect() as conn:
         plan = [row[3] for row in conn.exec_driver_sql(
             "EXPLAIN QUERY PLAN " + str(compiled), tuple([0] * len(compiled.positiontup)))]

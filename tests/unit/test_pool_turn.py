@@ -13,10 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from glidewms.db import make_engine, sqlite_url
+from glidewms.pool.exit import Completion
+from glidewms.pool.jobs import NewJob
 from glidewms.pool.matchmaker import Matchmaker
-from glidewms.pool.pilots import SlotAds, slot_with
 from glidewms.pool.schema import events
-from glidewms.pool.store import Completion, NewJob, PoolStore
+from glidewms.pool.slots import SlotAds, slot_with
+from glidewms.pool.store import PoolStore
 
 AD = '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 16; Requirements = true ]'
 SLOT = {"Cpus": 4, "Memory": 64, "Disk": 1000, "GLIDEIN_Site": "A", "GLIDEIN_Id": "g1"}
@@ -34,8 +36,8 @@ def store(tmp_path: Path) -> Any:
 def test_a_turn_is_six_statements_whatever_it_carries(store: Any) -> None:
     """Pilot row, ended claims, their UPDATE, the counter, the new claims'
     UPDATE ... RETURNING, and ONE events INSERT for the whole turn."""
-    store.submit("alice", [NewJob(AD, [], [], {}) for _ in range(40)])
-    pid = store.register_pilot(dict(SLOT), "g1", "fe", "main", 3600)
+    store.queue.submit("alice", [NewJob(AD, [], [], {}) for _ in range(40)])
+    pid = store.pilots.register(dict(SLOT), "g1", "fe", "main", 3600)
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
@@ -47,7 +49,7 @@ def test_a_turn_is_six_statements_whatever_it_carries(store: Any) -> None:
     for max_jobs in (4, 1, 3, 4):
         seen.clear()
         sa.event.listen(store.engine, "before_cursor_execute", record)
-        _, claims, _ = store.cycle(pid, [Completion(c, 0, [], 0.1) for c in held], FREE,
+        _, claims, _ = store.turns.cycle(pid, [Completion(c, 0, [], 0.1) for c in held], FREE,
                                    600, max_jobs, time.time())
         sa.event.remove(store.engine, "before_cursor_execute", record)
         turns.append(list(seen))
@@ -58,10 +60,10 @@ def test_a_turn_is_six_statements_whatever_it_carries(store: Any) -> None:
 
 
 def test_a_turn_writes_the_ended_jobs_events_before_the_started_ones(store: Any) -> None:
-    store.submit("alice", [NewJob(AD, [], [], {}) for _ in range(4)])
-    pid = store.register_pilot(dict(SLOT), "g1", "fe", "main", 3600)
-    _, first, _ = store.cycle(pid, [], FREE, 600, 2, time.time())
-    done, second, _ = store.cycle(pid, [Completion(c["claim_id"], 0, [], 0.1) for c in first],
+    store.queue.submit("alice", [NewJob(AD, [], [], {}) for _ in range(4)])
+    pid = store.pilots.register(dict(SLOT), "g1", "fe", "main", 3600)
+    _, first, _ = store.turns.cycle(pid, [], FREE, 600, 2, time.time())
+    done, second, _ = store.turns.cycle(pid, [Completion(c["claim_id"], 0, [], 0.1) for c in first],
                                   FREE, 600, 2, time.time())
     assert all(done.values()) and len(second) == 2
     with store.engine.connect() as conn:
@@ -158,13 +160,13 @@ def test_an_answer_that_reads_the_clock_changes_when_the_clock_does(
     at = int(time.time()) + 1
     ad = ('[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 16; '
           f'Requirements = {job_requirements.format(at=at)} ]')
-    store.submit("alice", [NewJob(ad, [], [], {}) for _ in range(2)])
+    store.queue.submit("alice", [NewJob(ad, [], [], {}) for _ in range(2)])
     slot = dict(SLOT, **({"GLIDEIN_Start": slot_start.format(at=at)} if slot_start else {}))
-    pid = store.register_pilot(slot, "g1", "fe", "main", 3600)
-    assert store.cycle(pid, [], FREE, 600, 1, time.time())[1] == []
+    pid = store.pilots.register(slot, "g1", "fe", "main", 3600)
+    assert store.turns.cycle(pid, [], FREE, 600, 1, time.time())[1] == []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        claims = store.cycle(pid, [], FREE, 600, 1, time.time())[1]
+        claims = store.turns.cycle(pid, [], FREE, 600, 1, time.time())[1]
         if claims:
             break
         time.sleep(0.05)

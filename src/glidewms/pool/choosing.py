@@ -1,71 +1,143 @@
-"""Which job a pilot gets: the matching side of `PoolStore` (a mixin, split
-out to keep each module readable).
+"""Which jobs a pilot gets: matchmaking, fair share and reservations.
 
 Work per claim is per submitter with idle work the slot can run, not per job
 and, once a slot shape has been seen, not per autocluster either: what a
 shape can run is remembered until an (autocluster, submitter) pair gets idle
 jobs again (the index's epoch); pairs that run out are skipped meanwhile.
+
+Everything here is in memory and runs under the store lock; the database is
+only read (a pair's next idle jobs, a pilot's running jobs). A turn's
+choices change the index as they are made, each with the steps that give it
+back (`Chosen`), for the caller to undo if its transaction fails.
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from glidewms.pool.fairshare import Accounting
-from glidewms.pool.matchmaker import Matchmaker
-from glidewms.pool.pilots import SlotAds
-from glidewms.pool.queue_index import IdleIndex, head_key
-from glidewms.pool.schema import autoclusters, jobs
+from glidewms.pool.autoclusters import Autoclusters
+from glidewms.pool.lifecycle import JobState
+from glidewms.pool.queue_index import HeadKey, head_key
+from glidewms.pool.schema import jobs
+from glidewms.pool.shared import Shared
+from glidewms.pool.slots import RESOURCES, SlotAds, free_from
 
 CHOICE_CACHE_LIMIT = 10_000
 PREFETCH = 64  # idle jobs of a pair read per seek (IdleIndex.upcoming)
 
+Undo = list[Callable[[], None]]
+# (autocluster, submitter, head key of the job, the steps that give it back)
+Chosen = tuple[int, str, HeadKey, Undo]
 
-class ChoosingMixin:
-    index: IdleIndex
-    accounting: Accounting
-    matchmaker: Matchmaker
-    reservations: dict[str, tuple[int, str, int]]
-    _reservation_order: itertools.count[int]
-    _choices: dict[str, tuple[int, dict[int, float], dict[str, Any]]]
-    _loaded_epoch: int
-    _lock: threading.Lock
-    _turn_taken: set[tuple[int, int]]  # see _head
-    slot_ads: SlotAds
 
-    def _head(self, conn: Connection, ac: int, submitter: str) -> Any:
+class Matching:
+    def __init__(self, shared: Shared, autoclusters: Autoclusters,
+                 reserve_for_large_jobs: bool) -> None:
+        self.shared = shared
+        self.autoclusters = autoclusters
+        self.reserve_for_large_jobs = reserve_for_large_jobs
+        # pilot id -> (autocluster, submitter, order): see _may_reserve
+        self.reservations: dict[str, tuple[int, str, int]] = {}
+        self._reservation_order = itertools.count()
+        self.empty_free: dict[str, dict[str, int]] = {}  # pilot -> free when it ran nothing
+        # slot shape -> (index epoch, what it can run): see _candidates
+        self._choices: dict[str, tuple[int, dict[int, float], dict[str, Any]]] = {}
+        self._loaded_epoch = -1
+        self.slot_ads = SlotAds(shared.matchmaker)  # per pilot: see _candidates
+
+    def forget(self, pilot_id: str) -> None:
+        """The pilot left or was lost: nothing is kept or reserved for it."""
+        self.reservations.pop(pilot_id, None)
+        self.empty_free.pop(pilot_id, None)
+        self.slot_ads.forget(pilot_id)
+
+    def unreserve(self, pilot_id: str) -> None:
+        self.reservations.pop(pilot_id, None)
+
+    def choose_turn(self, conn: Connection, pilot: Any, free: Mapping[str, float],
+                    max_jobs: int, now: float) -> list[Chosen]:
+        """Up to `max_jobs` jobs for the pilot `pilot` (its row) offering `free`,
+        as that many single claims in a row would choose them: each sees the
+        index and the accounting as the choices before it left them, and the
+        free resources minus their requests. Each choice is taken out of the
+        index at once (the caller marks them running, or gives them back);
+        if this raises, the choices made so far are given back."""
+        pilot_id = pilot.pilot_id
+        taken: set[tuple[int, int]] = set()  # chosen, still idle in the database
+        index, requests = self.shared.index, self.shared.matchmaker.requests
+        left = dict(free)
+        full = self.empty_free.get(pilot_id) or free_from(pilot.slot, None)
+        chosen: list[Chosen] = []
+        runs: bool | None = None
+        try:
+            while len(chosen) < max_jobs:
+                if chosen and (left.get("cpus", 1) < 1 or left.get("memory", 1) < 1):
+                    break
+                reported = free_from(pilot.slot, left)
+                whole = None
+                if self.reserve_for_large_jobs and reported != full:
+                    if runs is None:
+                        runs = bool(chosen) or _runs_jobs(conn, pilot_id)
+                    if runs or chosen:
+                        whole = full
+                    else:  # keeps some for itself: never reserve beyond that
+                        self.empty_free[pilot_id] = reported
+                choice = self._choose(conn, pilot_id, pilot.slot, reported, whole, now, taken)
+                if choice is None:
+                    self.unreserve(pilot_id)
+                    break
+                kind, ac, submitter, key = choice
+                if kind == "reserve":
+                    break
+                mine: Undo = []
+                index.remove(ac, submitter, key)
+                index.started(ac)
+                mine.append(lambda ac=ac, s=submitter, k=key: (
+                    index.add(ac, s, k[1], 1, k), index.stopped(ac)))
+                chosen.append((ac, submitter, key, mine))
+                taken.add((key[2], key[3]))
+                request = requests.get(ac) or {}
+                for name, _ in RESOURCES:
+                    if name in left:
+                        left[name] = max(0, left[name] - int(request.get(name) or 0))
+        except BaseException:
+            give_back(chosen)
+            raise
+        return chosen
+
+    def _head(self, conn: Connection, ac: int, submitter: str,
+              taken: Set[tuple[int, int]]) -> Any:
         """The pair's best idle job, read with the next ones when not cached.
 
-        Jobs a pilot turn has chosen but not yet marked running (cycle.py
+        Jobs a pilot turn has chosen but not yet marked running (turns.py
         marks a whole turn with one UPDATE at its end) are still idle in the
-        database: `_turn_taken` names them, and they are skipped."""
-        cached = self.index.heads.get((ac, submitter))
+        database: `taken` names them, and they are skipped."""
+        index = self.shared.index
+        cached = index.heads.get((ac, submitter))
         if cached is not None:
             return cached
-        taken = self._turn_taken
         row = conn.execute(
             sa.select(jobs.c.prio, jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
-            .where(jobs.c.state == "idle", jobs.c.autocluster_id == ac,
+            .where(jobs.c.state == JobState.IDLE, jobs.c.autocluster_id == ac,
                    jobs.c.submitter == submitter)
             .order_by(jobs.c.prio.desc(), jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
-            .limit((PREFETCH if (ac, submitter) in self.index.streaming else 1)
+            .limit((PREFETCH if (ac, submitter) in index.streaming else 1)
                    + len(taken))).all()
         keys = [head_key(r.prio, r.q_date, r.cluster_id, r.proc_id) for r in row
                 if (r.cluster_id, r.proc_id) not in taken]
         if not keys:
             return None
-        self.index.set_heads(ac, submitter, keys)
+        index.set_heads(ac, submitter, keys)
         return keys[0]
 
     def _choose(self, conn: Connection, pilot_id: str, slot: Mapping[str, Any],
                 free: Mapping[str, int], whole: Mapping[str, int] | None,
-                now: float) -> tuple[str, int, str, Any] | None:
+                now: float, taken: Set[tuple[int, int]]) -> tuple[str, int, str, Any] | None:
         """What this pilot should do: ("claim", autocluster, submitter, head key)
         of the job to run now, ("reserve", autocluster, submitter, None) to
         take nothing while its running jobs end, or None when nothing matches.
@@ -80,24 +152,25 @@ class ChoosingMixin:
         never starved by a stream of small ones on partitionable pilots, and
         no more pilots wait than jobs.
         """
+        index, accounting = self.shared.index, self.shared.accounting
         fits_now, by_now = self._candidates(conn, pilot_id, slot, free)
         fits_whole, by_whole = (self._candidates(conn, pilot_id, slot, whole)
                                 if whole is not None else ({}, {}))
         submitters = set(by_now) | set(by_whole)
         while submitters:
-            submitter = self.accounting.best(submitters, now)
+            submitter = accounting.best(submitters, now)
             assert submitter is not None
             submitters.discard(submitter)
             options = by_whole.get(submitter, [])
             if by_now.get(submitter):
                 options = options + [o for o in by_now[submitter] if o[1] not in fits_whole]
-            heads, counts, ranked = self.index.heads, self.index.counts, []
+            heads, counts, ranked = index.heads, index.counts, []
             for neg_rank, ac in options:
                 if counts.get(ac, {}).get(submitter, 0) <= 0:
                     continue  # ran out since this list was made
                 key = heads.get((ac, submitter))
                 if key is None:
-                    key = self._head(conn, ac, submitter)
+                    key = self._head(conn, ac, submitter, taken)
                 if key is not None:
                     ranked.append((neg_rank, key, ac))
             if not ranked:
@@ -124,23 +197,23 @@ class ChoosingMixin:
         skips them. Nothing is remembered while a slot or an autocluster with
         idle jobs reads the clock: an overflow Start must say yes once the
         jobs have waited long enough."""
-        epoch = self.index.epoch
+        index, matchmaker = self.shared.index, self.shared.matchmaker
+        epoch = index.epoch
         if self._loaded_epoch != epoch:  # ads first: a shape depends on what they read
-            self._autocluster_ads(conn, list(self.index.counts))
+            self.autoclusters.load_ads(conn, list(index.counts))
             self._loaded_epoch = epoch
         ad, shape = self.slot_ads.get(pilot_id, slot, resources)
-        counts = self.index.counts
+        counts = index.counts
         # an answer that reads the clock is never reused (see matchmaker.py)
-        clocked = shape.startswith("!") or any(ac in counts for ac in self.matchmaker.volatile_ids)
+        clocked = shape.startswith("!") or any(ac in counts for ac in matchmaker.volatile_ids)
         hit = None if clocked else self._choices.get(shape)
         if hit is not None and hit[0] == epoch:
             return hit[1], hit[2]
-        ads = self.matchmaker.ads
-        ranked = dict(self.matchmaker.ranked(ad, {ac: ads[ac] for ac in self.index.counts},
-                                             shape))
+        ads = matchmaker.ads
+        ranked = dict(matchmaker.ranked(ad, {ac: ads[ac] for ac in index.counts}, shape))
         by_submitter: dict[str, list[tuple[float, int]]] = {}
         for ac, rank in ranked.items():
-            for submitter, _ in self.index.submitters(ac):
+            for submitter, _ in index.submitters(ac):
                 by_submitter.setdefault(submitter, []).append((-rank, ac))
         if not clocked:
             if len(self._choices) > CHOICE_CACHE_LIMIT:
@@ -156,15 +229,19 @@ class ChoosingMixin:
             else next(self._reservation_order)
         earlier = sum(1 for other, (a, s, o) in self.reservations.items()
                       if other != pilot_id and a == ac and s == submitter and o < order)
-        if earlier >= self.index.idle(ac, submitter):
+        if earlier >= self.shared.index.idle(ac, submitter):
             return False
         self.reservations[pilot_id] = (ac, submitter, order)
         return True
 
-    def _autocluster_ads(self, conn: Connection, ids: list[int]) -> dict[int, Any]:
-        missing = [i for i in ids if i not in self.matchmaker.ads]
-        if missing:
-            for r in conn.execute(sa.select(autoclusters.c.id, autoclusters.c.ad)
-                                  .where(autoclusters.c.id.in_(missing))):
-                self.matchmaker.remember(r.id, r.ad)
-        return {i: self.matchmaker.ads[i] for i in ids}
+
+def give_back(chosen: list[Chosen]) -> None:
+    """Undo choices (latest first): their jobs are idle in the index again."""
+    for *_, mine in reversed(chosen):
+        for step in reversed(mine):
+            step()
+
+
+def _runs_jobs(conn: Connection, pilot_id: str) -> bool:
+    return conn.execute(sa.select(jobs.c.claim_id).where(
+        jobs.c.pilot_id == pilot_id, jobs.c.state == JobState.RUNNING).limit(1)).first() is not None

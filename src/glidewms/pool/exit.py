@@ -9,27 +9,29 @@ has run N+1 times (NumJobCompletions > MaxRetries), and an explicit
 `on_exit_remove` true still lets it leave. The expressions see the job's ad
 with ExitCode, ExitBySignal and NumJobCompletions (this run included).
 
-The decision is a pure function (`exit_action`); the mixin applies a batch
+The decision is a pure function (`exit_action`); `finish` applies a batch
 of completions in the caller's transaction with one SELECT and one
 executemany UPDATE, and leaves the memory (index, accounting) to the caller.
-Only jobs whose ad names one of these attributes are parsed at exit.
+Only jobs whose ad names one of these attributes are parsed at exit. Where a
+job goes is checked against the job lifecycle (EXIT) before it is written.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from glidewms import classads
-from glidewms.pool.jobs import HOLD_POLICY, Conflict, full_ad, job_id
+from glidewms.pool.jobs import HOLD_POLICY, full_ad
+from glidewms.pool.lifecycle import JOB, JobCause, JobState
 from glidewms.pool.schema import counters, events, jobs
+
+ENDING = JOB.source(JobCause.EXIT)  # running: only a running job's process can end
 
 _POLICY_NAMES = re.compile(r"(?:^\[ |; )(?:OnExitHold|OnExitRemove|MaxRetries) = ",
                            re.IGNORECASE)
@@ -45,11 +47,11 @@ class Completion:
     wall_seconds: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExitAction:
     """The job's state after it exited, and why (for its event)."""
 
-    state: str  # completed, idle, held
+    state: JobState  # completed, idle, held
     by: str = ""  # the policy that kept it: on_exit_hold, on_exit_remove, max_retries
     reason: str = ""
     subcode: int | None = None
@@ -62,8 +64,11 @@ class FinishedJob:
     action: ExitAction
 
     @property
-    def new_state(self) -> str:
+    def new_state(self) -> JobState:
         return self.action.state
+
+
+_COMPLETED = ExitAction(JobState.COMPLETED)  # no exit policy: the common case
 
 
 def has_exit_policy(ad_text: str) -> bool:
@@ -81,7 +86,7 @@ def exit_action(ad: Any, exit_code: int, completions: int) -> ExitAction:
     if "OnExitHold" in ad and classads.is_true(_eval(ad, "OnExitHold")):
         reason = _eval(ad, "OnExitHoldReason") if "OnExitHoldReason" in ad else None
         subcode = _eval(ad, "OnExitHoldSubCode") if "OnExitHoldSubCode" in ad else None
-        return ExitAction("held", "on_exit_hold",
+        return ExitAction(JobState.HELD, "on_exit_hold",
                           reason if isinstance(reason, str) and reason
                           else "The on_exit_hold expression evaluated to TRUE",
                           subcode if isinstance(subcode, int) and not isinstance(subcode, bool)
@@ -90,13 +95,13 @@ def exit_action(ad: Any, exit_code: int, completions: int) -> ExitAction:
     retries = _eval(ad, "MaxRetries") if "MaxRetries" in ad else None
     if isinstance(retries, int) and not isinstance(retries, bool):
         if exit_code == 0 or completions > retries or explicit is True:
-            return ExitAction("completed")
-        return ExitAction("idle", "max_retries",
+            return ExitAction(JobState.COMPLETED)
+        return ExitAction(JobState.IDLE, "max_retries",
                           f"exit code {exit_code}: run {completions} of {retries + 1}")
     if explicit is False:
-        return ExitAction("idle", "on_exit_remove",
+        return ExitAction(JobState.IDLE, "on_exit_remove",
                           "The on_exit_remove expression evaluated to FALSE")
-    return ExitAction("completed")
+    return ExitAction(JobState.COMPLETED)
 
 
 def _eval(ad: Any, name: str) -> Any:
@@ -106,114 +111,79 @@ def _eval(ad: Any, name: str) -> Any:
         return None
 
 
-class ExitMixin:
-    """The completion path of `PoolStore`, single and batched."""
+def finish(conn: Connection, completions: Sequence[Completion], now: float,
+           pilot_id: str | None, events_out: list[dict[str, Any]] | None = None
+           ) -> list[FinishedJob]:
+    """Apply completions in `conn`'s transaction: one SELECT, one executemany
+    UPDATE (conditional on the claim still running), one events INSERT and
+    the counters. Claims no longer held are left out of the answer.
 
-    _lock: threading.Lock
-    engine: sa.engine.Engine
-
-    if TYPE_CHECKING:  # provided by PoolStore
-        def _left(self, row: Any, now: float) -> None: ...
-        def _became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
-                         cluster_id: int, proc_id: int) -> None: ...
-
-    def complete(self, claim_id: str, exit_code: int, outputs: list[dict[str, str]],
-                 wall_seconds: float) -> tuple[str, str]:
-        """One completion (the single-call form): (job id, its new state);
-        Conflict if the claim is gone."""
-        now = time.time()
-        with self._lock:
-            with self.engine.begin() as conn:
-                finished = self._finish(
-                    conn, [Completion(claim_id, exit_code, outputs, wall_seconds)], now, None)
-                if not finished:
-                    raise Conflict("claim is no longer held: the job was requeued, held or "
-                                   "removed")
-            self._after_finish(finished, now)
-        row = finished[0].row
-        return job_id(row.cluster_id, row.proc_id), finished[0].new_state
-
-    def _after_finish(self, finished: Sequence[FinishedJob], now: float) -> None:
-        """Index and accounting once the transaction committed."""
-        for f in finished:
-            self._left(f.row, now)
-            if f.new_state == "idle":
-                r = f.row
-                self._became_idle(r.autocluster_id, r.submitter, r.prio, r.q_date,
-                                  r.cluster_id, r.proc_id)
-
-    def _finish(self, conn: Connection, completions: Sequence[Completion], now: float,
-                pilot_id: str | None, events_out: list[dict[str, Any]] | None = None
-                ) -> list[FinishedJob]:
-        """Apply completions in `conn`'s transaction: one SELECT, one executemany
-        UPDATE (conditional on the claim still running), one events INSERT and
-        the counters. Claims no longer held are left out of the answer.
-
-        With `events_out`, the events are appended there instead, for the
-        caller to insert with its own (a pilot turn: one INSERT for both)."""
-        if not completions:
-            return []
-        by_claim = {c.claim_id: c for c in completions}
-        if pilot_id is None:
-            rows = conn.execute(_RUNNING, {"b_claims": list(by_claim)})
-        else:
-            rows = conn.execute(_RUNNING_ON, {"b_claims": list(by_claim), "b_pilot": pilot_id})
-        finished, params, new_events = [], [], []
-        failures = completed = 0
-        for row in rows:
-            c = by_claim[row.claim_id]
-            runs = (row.completions or 0) + 1
-            action = ExitAction("completed")
-            if has_exit_policy(row.ad):
-                action = exit_action(full_ad(row), c.exit_code, runs)
-            done = action.state == "completed"
-            completed += done
-            failures += c.exit_code != 0
-            params.append({
-                "b_cluster": row.cluster_id, "b_proc": row.proc_id, "b_claim": row.claim_id,
-                "b_state": action.state, "b_exit": c.exit_code, "b_outputs": c.outputs,
-                "b_done": now if done else None, "b_wall": c.wall_seconds, "b_runs": runs,
-                "b_reason": action.reason if action.state == "held" else None,
-                "b_code": HOLD_POLICY if action.state == "held" else None, "b_now": now})
-            detail: dict[str, Any] = {"exit_code": c.exit_code, "pilot": row.pilot_id,
-                                      "wall_seconds": c.wall_seconds}
-            if c.exit_code != 0:
-                detail["failure"] = "job"
-            event = {"cluster_id": row.cluster_id, "proc_id": row.proc_id, "time": now,
-                     "type": "completed", "detail": detail}
-            if action.state == "held":
-                event = {**event, "type": "held", "detail": {
-                    **detail, "by": action.by, "reason": action.reason, "code": HOLD_POLICY,
-                    **({"subcode": action.subcode} if action.subcode is not None else {})}}
-            elif action.state == "idle":
-                event = {**event, "type": "requeued", "detail": {
-                    **detail, "by": action.by, "reason": action.reason,
-                    "num_job_completions": runs}}
-            new_events.append(event)
-            finished.append(FinishedJob(row.claim_id, row, action))
-        if not finished:
-            return []
-        conn.execute(_FINISH, params)
-        if events_out is None:
-            conn.execute(events.insert(), new_events)
-        else:
-            events_out.extend(new_events)
-        for name, n in (("jobs_completed", completed), ("job_failures", failures)):
-            if n:
-                conn.execute(_COUNT, {"b_name": name, "b_n": n})
-        return finished
+    With `events_out`, the events are appended there instead, for the
+    caller to insert with its own (a pilot turn: one INSERT for both)."""
+    if not completions:
+        return []
+    by_claim = {c.claim_id: c for c in completions}
+    if pilot_id is None:
+        rows = conn.execute(_RUNNING, {"b_claims": list(by_claim)})
+    else:
+        rows = conn.execute(_RUNNING_ON, {"b_claims": list(by_claim), "b_pilot": pilot_id})
+    finished, params, new_events = [], [], []
+    failures = completed = 0
+    for row in rows:
+        c = by_claim[row.claim_id]
+        runs = (row.completions or 0) + 1
+        action = (exit_action(full_ad(row), c.exit_code, runs) if has_exit_policy(row.ad)
+                  else _COMPLETED)
+        JOB.check(ENDING, action.state, JobCause.EXIT)
+        held = action.state == JobState.HELD
+        done = action.state == JobState.COMPLETED
+        completed += done
+        failures += c.exit_code != 0
+        params.append({
+            "b_cluster": row.cluster_id, "b_proc": row.proc_id, "b_claim": row.claim_id,
+            "b_state": action.state, "b_exit": c.exit_code, "b_outputs": c.outputs,
+            "b_done": now if done else None, "b_wall": c.wall_seconds, "b_runs": runs,
+            "b_reason": action.reason if held else None,
+            "b_code": HOLD_POLICY if held else None, "b_now": now})
+        detail: dict[str, Any] = {"exit_code": c.exit_code, "pilot": row.pilot_id,
+                                  "wall_seconds": c.wall_seconds}
+        if c.exit_code != 0:
+            detail["failure"] = "job"
+        event = {"cluster_id": row.cluster_id, "proc_id": row.proc_id, "time": now,
+                 "type": "completed", "detail": detail}
+        if held:
+            event = {**event, "type": "held", "detail": {
+                **detail, "by": action.by, "reason": action.reason, "code": HOLD_POLICY,
+                **({"subcode": action.subcode} if action.subcode is not None else {})}}
+        elif action.state == JobState.IDLE:
+            event = {**event, "type": "requeued", "detail": {
+                **detail, "by": action.by, "reason": action.reason,
+                "num_job_completions": runs}}
+        new_events.append(event)
+        finished.append(FinishedJob(row.claim_id, row, action))
+    if not finished:
+        return []
+    conn.execute(_FINISH, params)
+    if events_out is None:
+        conn.execute(events.insert(), new_events)
+    else:
+        events_out.extend(new_events)
+    for name, n in (("jobs_completed", completed), ("job_failures", failures)):
+        if n:
+            conn.execute(_COUNT, {"b_name": name, "b_n": n})
+    return finished
 
 
 # The completion path's statements, built (and compiled) once: a pilot turn
 # runs them every time, and building one costs more than running it.
 _RUNNING = sa.select(jobs).where(jobs.c.claim_id.in_(sa.bindparam("b_claims", expanding=True)),
-                                 jobs.c.state == "running")
+                                 jobs.c.state == ENDING)
 _RUNNING_ON = _RUNNING.where(jobs.c.pilot_id == sa.bindparam("b_pilot"))
 _FINISH = (
     jobs.update()
     .where(jobs.c.cluster_id == sa.bindparam("b_cluster"),
            jobs.c.proc_id == sa.bindparam("b_proc"),
-           jobs.c.claim_id == sa.bindparam("b_claim"), jobs.c.state == "running")
+           jobs.c.claim_id == sa.bindparam("b_claim"), jobs.c.state == ENDING)
     .values(state=sa.bindparam("b_state"), exit_code=sa.bindparam("b_exit"),
             outputs=sa.bindparam("b_outputs", type_=jobs.c.outputs.type),
             claim_id=None, lease_expires=None,

@@ -10,9 +10,8 @@ from typing import Any
 
 from glidewms import classads
 from glidewms.pool.fairshare import submitter_name
+from glidewms.pool.lifecycle import JOB_STATUS
 
-JOB_STATUS = {"idle": 1, "running": 2, "removed": 3, "completed": 4, "held": 5}
-TERMINAL = ("completed", "removed")
 # HoldReasonCode values, as HTCondor numbers them
 HOLD_USER = 1  # condor_hold / glidewms hold
 HOLD_POLICY = 3  # a job policy: periodic_hold, or the pool's limit on site failures

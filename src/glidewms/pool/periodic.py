@@ -4,12 +4,13 @@ Users write `periodic_hold = ...` (and `periodic_hold_reason`,
 `periodic_hold_subcode`, `periodic_remove`, `periodic_release`) in the submit
 file; the pool evaluates them on the job's full ad every
 `periodic_check_seconds`, as HTCondor's schedd does every
-PERIODIC_EXPR_INTERVAL. `decide` is the rule, a pure function; the mixin
-method only reads the jobs that carry such expressions (a flagged, indexed
-column, so the pass never scans the others) and applies what `decide` says
-through the same path as a user's hold/release/remove.
+PERIODIC_EXPR_INTERVAL. `decide` is the rule, a pure function; `Periodic`
+only reads the jobs that carry such expressions (a flagged, indexed column,
+so the pass never scans the others) and applies what `decide` says through
+the same path as a user's hold/release/remove (Queue.apply_actions).
 
-The rule, in HTCondor's order:
+The rule, in HTCondor's order (the states each action applies to are the
+job lifecycle's):
 1. PeriodicRemove true (idle, running or held): removed.
 2. PeriodicHold true (idle or running): held with code 3 (job policy) and
    PeriodicHoldReason when it evaluates to a non-empty string.
@@ -23,21 +24,23 @@ Undefined or Error counts as false. `CurrentTime` is the time of the pass.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from glidewms import classads
 from glidewms.pool.jobs import HOLD_POLICY, HOLD_USER
+from glidewms.pool.lifecycle import JOB, JobCause
 from glidewms.pool.listing import AdCache
+from glidewms.pool.queue import Planned, Queue
 from glidewms.pool.schema import jobs
+from glidewms.pool.shared import Shared
 
-ACTIVE = ("idle", "running", "held")
-Decision = tuple[str, str, int]  # (action, reason, hold code)
+REMOVABLE = JOB.sources(JobCause.REMOVE)  # idle, running, held
+HOLDABLE = JOB.sources(JobCause.HOLD)  # idle, running
+RELEASABLE = JOB.sources(JobCause.RELEASE)  # held
+Decision = tuple[JobCause, str, int]  # (action, reason, hold code)
 
 
 def _true(ad: Any, name: str) -> bool:
@@ -50,41 +53,38 @@ def _said(name: str, ad: Any) -> str:
 
 def decide(ad: Any, state: str, hold_code: int | None) -> Decision | None:
     """What the job's periodic expressions ask for now, or None."""
-    if state in ACTIVE and _true(ad, "PeriodicRemove"):
-        return "remove", _said("PeriodicRemove", ad), 0
-    if state in ("idle", "running") and _true(ad, "PeriodicHold"):
+    if state in REMOVABLE and _true(ad, "PeriodicRemove"):
+        return JobCause.REMOVE, _said("PeriodicRemove", ad), 0
+    if state in HOLDABLE and _true(ad, "PeriodicHold"):
         reason = ad.eval("PeriodicHoldReason") if "PeriodicHoldReason" in ad else None
         if not isinstance(reason, str) or not reason:
             reason = _said("PeriodicHold", ad)
-        return "hold", reason, HOLD_POLICY
-    if state == "held" and hold_code != HOLD_USER and _true(ad, "PeriodicRelease"):
-        return "release", _said("PeriodicRelease", ad), 0
+        return JobCause.HOLD, reason, HOLD_POLICY
+    if state in RELEASABLE and hold_code != HOLD_USER and _true(ad, "PeriodicRelease"):
+        return JobCause.RELEASE, _said("PeriodicRelease", ad), 0
     return None
 
 
-class PeriodicMixin:
-    engine: Engine
-    _lock: threading.Lock
+class Periodic:
+    def __init__(self, shared: Shared, queue: Queue) -> None:
+        self.shared = shared
+        self.queue = queue
 
-    if TYPE_CHECKING:  # provided by PoolStore
-        def apply_actions(self, planned: Sequence[tuple[Any, str, str, int]],
-                          by: str) -> list[str]: ...
-
-    def apply_periodic(self, now: float | None = None) -> dict[str, list[str]]:
+    def apply(self, now: float | None = None) -> dict[str, list[str]]:
         """Evaluate every flagged job's periodic expressions; apply them.
         Returns the ids changed, per action."""
         now = time.time() if now is None else now
-        with self.engine.connect() as conn:
+        with self.shared.engine.connect() as conn:
             rows = conn.execute(sa.select(jobs).where(
-                jobs.c.periodic.is_(True), jobs.c.state.in_(ACTIVE))).all()
+                jobs.c.periodic.is_(True), jobs.c.state.in_(REMOVABLE))).all()
         ads = AdCache()
-        planned: dict[str, list[tuple[Any, str, str, int]]] = {}
+        planned: dict[str, list[Planned]] = {}
         for row in rows:
             ad = ads.full_ad(row)
             ad["CurrentTime"] = int(now)
             decision = decide(ad, row.state, row.hold_code)
             if decision is not None:
                 action, reason, code = decision
-                planned.setdefault(action, []).append((row, action, reason, code))
-        return {action: self.apply_actions(items, f"periodic_{action}")
+                planned.setdefault(str(action), []).append((row, action, reason, code))
+        return {action: self.queue.apply_actions(items, f"periodic_{action}")
                 for action, items in planned.items()}

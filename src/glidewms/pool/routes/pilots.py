@@ -1,0 +1,187 @@
+"""Pilots: register, the pilot turn, the single claim and completion,
+heartbeats, leaving; and the frontend's list of pilots.
+
+The turn comes first: Starlette tries routes in order, and it is the one a
+busy pool serves most. The one piece of logic here is the long-poll: a pilot
+with nothing to do waits on the pool's `WorkSignal`, which every submit,
+release and requeue fires, so it gets new work within milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from glidewms.pool.exit import Completion
+from glidewms.pool.lifecycle import JOB_STATUS, JobState
+from glidewms.pool.pilots import LEFT
+from glidewms.pool.routes.deps import FrontendCaller, PilotCaller, Pool, call, guarded
+from glidewms.pool.slots import free_from
+
+MAX_CLAIMS_PER_CALL = 64  # claims one call may ask for (ClaimBody.max_jobs)
+
+router = APIRouter()
+
+
+class OutputFile(BaseModel):
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class CycleCompletion(BaseModel):
+    claim_id: str = Field(min_length=1, max_length=64)
+    exit_code: int
+    outputs: list[OutputFile] = []
+    wall_seconds: float = 0.0
+
+
+class CycleBody(BaseModel):
+    completions: list[CycleCompletion] = Field([], max_length=4 * MAX_CLAIMS_PER_CALL)
+    free: dict[str, float] = {}
+    wait: float = Field(0.0, ge=0, description="long-poll for claims, only if none completes "
+                                                "and nothing can be claimed at once")
+    max_jobs: int = Field(1, ge=0, le=MAX_CLAIMS_PER_CALL,
+                          description="0: only report completions")
+
+
+class RegisterBody(BaseModel):
+    slot: dict[str, Any]
+    glidein_id: str | None = None
+
+
+class ClaimBody(BaseModel):
+    free: dict[str, float] = {}
+    wait: float = Field(0.0, ge=0)
+    max_jobs: int = Field(1, ge=1, le=MAX_CLAIMS_PER_CALL,
+                          description="more than 1: answer {\"claims\": [...]} with up to "
+                                      "this many claims (a pilot with several free slots)")
+
+
+class HeartbeatBody(BaseModel):
+    claims: list[str] = []
+    retiring: bool | None = Field(None, description="true: this pilot takes no new work")
+
+
+class CompleteBody(BaseModel):
+    exit_code: int
+    outputs: list[OutputFile] = []
+    wall_seconds: float = 0.0
+
+
+class DeregisterBody(BaseModel):
+    reason: str = "unspecified"
+
+
+@router.post("/pilots/{pilot_id}/cycle", response_model=dict[str, Any])
+async def cycle(pilot_id: str, body: CycleBody, request: Request, pool: Pool,
+                who: PilotCaller) -> Any:
+    """Completions and the next claims in one call (HTCondor's claim reuse).
+
+    The completions are committed first; the call long-polls only when it
+    carried none and nothing could be claimed at once, so a completion is
+    never held back by a wait."""
+    config, signal, turns = pool.config, pool.signal, pool.store.turns
+    deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
+    completions = [Completion(c.claim_id, c.exit_code, [o.model_dump() for o in c.outputs],
+                              c.wall_seconds) for c in body.completions]
+    while True:
+        wake = signal.current()
+        if not completions and await request.is_disconnected():
+            # a pilot killed mid-long-poll must not be handed the next job
+            return JSONResponse({"completed": {}, "claims": []})
+        completed, claims, requeued = await guarded(
+            turns.cycle, pilot_id, completions, body.free, config.claim_lease_seconds,
+            body.max_jobs, time.time())
+        if requeued:
+            signal.notify()  # an exit policy put a job back to idle
+        if claims or completions or body.max_jobs == 0 or deadline <= time.monotonic():
+            # a Response is sent as it is: no validation pass over the claims
+            return JSONResponse({"completed": completed, "claims": claims})
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(wake.wait(), deadline - time.monotonic())
+
+
+@router.get("/pilots")
+async def list_pilots(pool: Pool, who: FrontendCaller) -> list[dict[str, Any]]:
+    rows = await call(pool.store.pilots.list_pilots)
+    busy = await call(pool.store.pilots.busy_pilots)
+    return [{"pilot_id": r.pilot_id, "glidein_id": r.glidein_id, "frontend": r.frontend,
+             "group": r.group_name, "state": r.state, "running_jobs": busy.get(r.pilot_id, 0),
+             "slot": r.slot, "registered_at": r.registered_at,
+             "free": r.free or free_from(r.slot, None), "retiring": bool(r.retiring)}
+            for r in rows]
+
+
+@router.post("/pilots", status_code=201)
+async def register(body: RegisterBody, pool: Pool, who: PilotCaller) -> dict[str, Any]:
+    entry = who.claims.get("entry")
+    if entry is not None:
+        claimed = body.slot.setdefault("GLIDEIN_Entry_Name", entry)
+        if claimed != entry:
+            raise HTTPException(403, f"this pilot token is for entry {entry!r}, "
+                                     f"not {claimed!r}")
+    config = pool.config
+    pilot_id = await call(pool.store.pilots.register, body.slot, body.glidein_id,
+                          who.claims.get("fe"), who.claims.get("group"),
+                          config.pilot_lease_seconds)
+    return {"pilot_id": pilot_id, "lease_seconds": config.claim_lease_seconds,
+            "heartbeat_seconds": config.heartbeat_seconds}
+
+
+@router.post("/pilots/{pilot_id}/claim")
+async def claim(pilot_id: str, body: ClaimBody, request: Request, pool: Pool,
+                who: PilotCaller) -> Any:
+    config, signal, turns = pool.config, pool.signal, pool.store.turns
+    deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
+    while True:
+        wake = signal.current()
+        if await request.is_disconnected():
+            # A pilot killed mid-long-poll must not be handed the next job:
+            # nobody would run it until its lease ran out.
+            return Response(status_code=204)
+        if body.max_jobs == 1:  # the original form: one claim, as the object itself
+            found = await guarded(turns.claim, pilot_id, body.free, config.claim_lease_seconds)
+            if found is not None:
+                return found
+        else:
+            many = await guarded(turns.claim_many, pilot_id, body.free,
+                                 config.claim_lease_seconds, body.max_jobs)
+            if many:
+                return {"claims": many}
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Response(status_code=204)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(wake.wait(), remaining)
+
+
+@router.post("/pilots/{pilot_id}/heartbeat")
+async def heartbeat(pilot_id: str, body: HeartbeatBody, pool: Pool,
+                    who: PilotCaller) -> dict[str, Any]:
+    config = pool.config
+    return await guarded(pool.store.pilots.heartbeat, pilot_id, body.claims,
+                         config.pilot_lease_seconds, config.claim_lease_seconds, body.retiring)
+
+
+@router.post("/claims/{claim_id}/complete")
+async def complete(claim_id: str, body: CompleteBody, pool: Pool,
+                   who: PilotCaller) -> dict[str, Any]:
+    jid, state = await guarded(pool.store.turns.complete, claim_id, body.exit_code,
+                               [o.model_dump() for o in body.outputs], body.wall_seconds)
+    if state == JobState.IDLE:
+        pool.signal.notify()  # an exit policy put the job back to idle
+    return {"job_id": jid, "state": state, "status": JOB_STATUS[state]}
+
+
+@router.post("/pilots/{pilot_id}/deregister")
+async def deregister(pilot_id: str, body: DeregisterBody, pool: Pool,
+                     who: PilotCaller) -> dict[str, Any]:
+    await guarded(pool.store.pilots.deregister, pilot_id, body.reason)
+    pool.signal.notify()
+    return {"pilot_id": pilot_id, "state": LEFT}

@@ -1,0 +1,78 @@
+"""What the store's components share: the database, the store lock, and the
+queue and accounting kept in memory.
+
+The memory (idle index, fair-share accounting, matchmaker caches) says what
+the database says, so it changes only under `lock`, and only after the
+transaction that moved a job has committed (or, on the pilot-turn path, is
+put back if it fails: see turns.py). The helpers below are the moves every
+component makes on it when a job enters or leaves the idle or running state.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from glidewms.pool.fairshare import Accounting, split_submitter
+from glidewms.pool.lifecycle import JobState
+from glidewms.pool.matchmaker import Matchmaker
+from glidewms.pool.queue_index import IdleIndex, head_key
+from glidewms.pool.schema import counters, events, jobs
+
+COUNTERS = ("cluster", "jobs_completed", "job_failures", "site_failures")
+
+
+@dataclass
+class Shared:
+    """Built once by PoolStore and given to each component; never replaced."""
+
+    engine: Engine
+    accounting: Accounting
+    significant: tuple[str, ...] = ()  # extra autocluster attributes (config)
+    index: IdleIndex = field(default_factory=IdleIndex)
+    matchmaker: Matchmaker = field(default_factory=Matchmaker)
+    # serialises every change that touches the memory above
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
+                    cluster_id: int, proc_id: int) -> None:
+        self.index.add(ac, submitter, q_date, 1, head_key(prio, q_date, cluster_id, proc_id))
+
+    def left(self, row: Any, now: float) -> None:
+        """Index and accounting for a job that left the state `row` shows."""
+        if row.state == JobState.IDLE:
+            self.index.remove(row.autocluster_id, row.submitter,
+                              head_key(row.prio, row.q_date, row.cluster_id, row.proc_id))
+        elif row.state == JobState.RUNNING:
+            self.index.stopped(row.autocluster_id)
+            self.accounting.change(row.submitter, row.owner,
+                                   split_submitter(row.submitter, row.owner), -row.cpus, now)
+
+    def moved(self, row: Any, new_state: str, now: float) -> None:
+        """The job `row` shows (as it was) is now in `new_state`: the memory follows."""
+        self.left(row, now)
+        if new_state == JobState.IDLE:
+            self.became_idle(row.autocluster_id, row.submitter, row.prio, row.q_date,
+                             row.cluster_id, row.proc_id)
+
+
+def current_job(conn: Connection, cluster_id: int, proc_id: int) -> Any:
+    return conn.execute(sa.select(jobs).where(
+        jobs.c.cluster_id == cluster_id, jobs.c.proc_id == proc_id)).first()
+
+
+def record_event(conn: Connection, cluster_id: int, proc_id: int, now: float, kind: str,
+                 detail: dict[str, Any] | None = None) -> None:
+    conn.execute(events.insert().values(cluster_id=cluster_id, proc_id=proc_id,
+                                        time=now, type=kind, detail=detail or {}))
+
+
+def bump(conn: Connection, name: str, n: int = 1) -> None:
+    """Add `n` to one of the pool's COUNTERS."""
+    if n:
+        conn.execute(counters.update().where(counters.c.name == name)
+                     .values(value=counters.c.value + n))
