@@ -90,6 +90,7 @@ class FakePool:
         self.drain = False
         self.gone = False
         self.version: str | None = "1.0"  # the Glidewms-Api-Version header (None: not sent)
+        self.version_after_register: str | None = None  # the pool is "upgraded" then
         self.cycles: list[dict[str, Any]] = []  # bodies of cycle calls
         self.accepts_results = True  # False: cycle answers that it holds no such claim
         self.register_status = 201
@@ -172,8 +173,9 @@ class FakePool:
             self.registered.append(body)
             if self.register_status != 201:
                 return self.send(h, self.register_status, {"detail": "not a pilot of ours"})
-            return self.send(h, 201, {"pilot_id": "p1", "lease_seconds": 30,
-                                      "heartbeat_seconds": 1})
+            self.send(h, 201, {"pilot_id": "p1", "lease_seconds": 30, "heartbeat_seconds": 1})
+            self.version = self.version_after_register or self.version
+            return None
         if path == "/api/v1/pilots/p1/cycle":
             with self.lock:
                 self.cycles.append(body)
