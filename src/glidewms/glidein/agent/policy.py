@@ -26,7 +26,7 @@ class ExitReason(str, Enum):
 
     IDLE_TIMEOUT = "idle_timeout"  # no job for the idle (or tail) timeout; a drain too
     LIFETIME = "lifetime"  # the retire or die time came
-    ERROR = "error"  # registration refused, token refused, an internal error
+    ERROR = "error"  # registration or token refused, a pool of another version, a bug
     LOST = "lost"  # the pool no longer knows this pilot
     CORRUPTION = "corruption"  # the bootstrap: a stage file failed its check
     VALIDATION_FAILED = "validation_failed"  # at startup, or a periodic script
