@@ -66,11 +66,12 @@ class FakePool:
     """A protocol stand-in for the pool API and the factory's report endpoint.
 
     It implements just enough of docs/protocol.md for one pilot: register,
-    claim (hands out `self.claims` in order, then long-polls and answers 204),
+    cycle (takes results, hands out `self.claims` in order, then long-polls),
     files GET/PUT (content-addressed), heartbeat (with scripted `kill`/`drain`
-    or 410), complete, deregister and the final report. Every call must carry
-    the pilot token. `/test/started` (no token) lets a job tell the test it runs.
-    The real pool is tested end-to-end elsewhere.
+    or 410), deregister and the final report. Every call must carry the pilot
+    token; every answer names the protocol `version`, as the real services do.
+    `/test/started` (no token) lets a job tell the test it runs. The real pool
+    is tested end-to-end elsewhere.
     """
 
     def __init__(self) -> None:
@@ -88,10 +89,10 @@ class FakePool:
         self.kill_when_started: set[str] = set()
         self.drain = False
         self.gone = False
-        self.batch = False  # answer max_jobs with {"claims": [...]} (else: one claim, as before)
-        self.cycle = True  # serve POST /pilots/p1/cycle (False: an older pool without it)
+        self.version: str | None = "1.0"  # the Glidewms-Api-Version header (None: not sent)
+        self.version_after_register: str | None = None  # the pool is "upgraded" then
         self.cycles: list[dict[str, Any]] = []  # bodies of cycle calls
-        self.complete_status = 200
+        self.accepts_results = True  # False: cycle answers that it holds no such claim
         self.register_status = 201
         self.unauthorized = 0
         self.events: defaultdict[str, threading.Event] = defaultdict(threading.Event)
@@ -131,10 +132,11 @@ class FakePool:
         self.files[sha(data)] = data
         return sha(data)
 
-    @staticmethod
-    def send(h: BaseHTTPRequestHandler, status: int, obj: Any = None) -> None:
+    def send(self, h: BaseHTTPRequestHandler, status: int, obj: Any = None) -> None:
         body = b"" if obj is None else json.dumps(obj).encode()
         h.send_response(status)
+        if self.version is not None:
+            h.send_header("Glidewms-Api-Version", self.version)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
@@ -171,32 +173,17 @@ class FakePool:
             self.registered.append(body)
             if self.register_status != 201:
                 return self.send(h, self.register_status, {"detail": "not a pilot of ours"})
-            return self.send(h, 201, {"pilot_id": "p1", "lease_seconds": 30,
-                                      "heartbeat_seconds": 1})
-        if path == "/api/v1/pilots/p1/claim":
-            self.claim_requests.append(body)
-            if self.batch and body.get("max_jobs", 1) > 1:  # {"claims": [...]} form
-                with self.lock:
-                    batch, self.claims = (self.claims[:body["max_jobs"]],
-                                          self.claims[body["max_jobs"]:])
-                if batch:
-                    return self.send(h, 200, {"claims": batch})
-            with self.lock:
-                claim = self.claims.pop(0) if self.claims else None
-            if claim is not None:
-                return self.send(h, 200, claim)
-            self.closing.wait(body["wait"])
-            return self.send(h, 204)
+            self.send(h, 201, {"pilot_id": "p1", "lease_seconds": 30, "heartbeat_seconds": 1})
+            self.version = self.version_after_register or self.version
+            return None
         if path == "/api/v1/pilots/p1/cycle":
-            if not self.cycle:
-                return self.send(h, 404, {"detail": "Not Found"})
             with self.lock:
                 self.cycles.append(body)
             completed = {}
             for done in body.get("completions", []):
                 self.completed[done["claim_id"]] = {k: done[k] for k in
                                                     ("exit_code", "outputs", "wall_seconds")}
-                completed[done["claim_id"]] = self.complete_status == 200
+                completed[done["claim_id"]] = self.accepts_results
                 self.events["complete"].set()
             if body.get("max_jobs", 1) == 0:
                 return self.send(h, 200, {"completed": completed, "claims": []})
@@ -214,10 +201,6 @@ class FakePool:
             started = self.events["started"].is_set()
             kill = [c for c in body["claims"] if started and c in self.kill_when_started]
             return self.send(h, 200, {"lease_seconds": 30, "drain": self.drain, "kill": kill})
-        if m := re.fullmatch(r"/api/v1/claims/([^/]+)/complete", path):
-            self.completed[m[1]] = body
-            self.events["complete"].set()
-            return self.send(h, self.complete_status, {"detail": "claim is no longer held"})
         if path == "/api/v1/pilots/p1/deregister":
             self.deregistered.append(body)
             return self.send(h, 200, {})
@@ -419,20 +402,21 @@ def state(**changes: Any) -> State:
 
 @pytest.mark.parametrize(
     ("facts", "action", "seconds", "reason"),
-    [({}, "claim", 20.0, ""),
-     ({"now": 95.0}, "claim", 5.0, ""),  # never long-poll past the idle timeout
+    [({}, "claim", 20.0, None),
+     ({"now": 95.0}, "claim", 5.0, None),  # never long-poll past the idle timeout
      ({"now": 100.0}, "exit", 0.0, "idle_timeout"),
-     ({"now": 500.0, "running": 1}, "claim", 20.0, ""),  # busy: not idle
-     ({"idle_timeout": 3.0, "running": 1}, "claim", 3.0, ""),  # can stop soon after the job
-     ({"deadline": 12.0}, "claim", 2.0, ""),  # no long-poll past the lifetime
-     ({"running": 2, "free_cpus": 0}, "wait", 20.0, ""),  # full slot
-     ({"running": 1, "free_memory": 0}, "wait", 20.0, ""),
-     ({"draining": True, "running": 1}, "wait", 20.0, ""),
+     ({"now": 500.0, "running": 1}, "claim", 20.0, None),  # busy: not idle
+     ({"idle_timeout": 3.0, "running": 1}, "claim", 3.0, None),  # can stop soon after the job
+     ({"deadline": 12.0}, "claim", 2.0, None),  # no long-poll past the lifetime
+     ({"running": 2, "free_cpus": 0}, "wait", 20.0, None),  # full slot
+     ({"running": 1, "free_memory": 0}, "wait", 20.0, None),
+     ({"draining": True, "running": 1}, "wait", 20.0, None),
      ({"draining": True}, "exit", 0.0, "idle_timeout"),  # a drain is a benign retirement
-     ({"now": 1000.0, "idle_since": 999.0, "running": 1}, "wait", 20.0, ""),
+     ({"now": 1000.0, "idle_since": 999.0, "running": 1}, "wait", 20.0, None),
      ({"now": 1000.0, "idle_since": 999.0}, "exit", 0.0, "lifetime")],
 )
-def test_next_step(facts: dict[str, Any], action: str, seconds: float, reason: str) -> None:
+def test_next_step(facts: dict[str, Any], action: str, seconds: float,
+                   reason: str | None) -> None:
     step = next_step(state(**facts), lifetime=1000)
     assert (step.action, step.seconds, step.reason) == (action, seconds, reason)
 
@@ -626,23 +610,43 @@ def test_sandbox_file_with_the_wrong_hash_is_refused(
     claim = claim_for(pool, "c1", {"job.sh": b"#!/bin/sh\ntouch ran\n"})
     pool.files[claim["job"]["sandbox"][0]["sha256"]] = b"#!/bin/sh\nrm -rf ~\n"
     api = Api(pool.url, str(token_file), backoff=0.01)
-    runner = ClaimRunner(claim, JobSpec.from_claim(claim["job"]), api, str(tmp_path), {})
+    runner = ClaimRunner(claim, JobSpec.from_claim(claim["job"]), api,
+                         work_dir=str(tmp_path), job_env={})
     outcome = runner.run()
     assert outcome.setup_failed and not outcome.started and outcome.failed
-    assert pool.completed == {}  # left to the lease: the pool requeues it
+    assert outcome.result is None  # left to the lease: the pool requeues it
     assert not Path(runner.sandbox).exists()
 
 
-def test_a_409_on_complete_drops_the_result(
-    pool: FakePool, tmp_path: Path, token_file: Path, caplog: pytest.LogCaptureFixture
+def test_a_runner_uploads_the_outputs_and_hands_the_result_back(
+    pool: FakePool, tmp_path: Path, token_file: Path
 ) -> None:
-    pool.complete_status = 409
+    """The runner does not report to the pool: its result rides the pilot's next turn."""
     claim = claim_for(pool, "c1", {"job.sh": b"#!/bin/sh\necho hi\n"}, out="job.out")
     api = Api(pool.url, str(token_file), backoff=0.01)
-    outcome = ClaimRunner(claim, JobSpec.from_claim(claim["job"]), api, str(tmp_path), {}).run()
-    assert outcome.started and outcome.exit_code == 0 and not outcome.completed
-    assert pool.files[pool.completed["c1"]["outputs"][0]["sha256"]] == b"hi\n"
-    assert "no longer holds this claim" in caplog.text
+    outcome = ClaimRunner(claim, JobSpec.from_claim(claim["job"]), api,
+                          work_dir=str(tmp_path), job_env={}).run()
+    assert outcome.started and outcome.exit_code == 0 and outcome.result is not None
+    assert (outcome.result["claim_id"], outcome.result["exit_code"]) == ("c1", 0)
+    (output,) = outcome.result["outputs"]
+    assert output["name"] == "job.out" and pool.files[output["sha256"]] == b"hi\n"
+    assert pool.completed == {} and pool.cycles == []
+
+
+def test_a_result_the_pool_no_longer_holds_is_dropped(
+    pool: FakePool, tmp_path: Path, token_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool.accepts_results = False
+    pool.claims.append(claim_for(pool, "c1", {"job.sh": b"#!/bin/sh\nsleep 0.2\n"}))
+    thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file),
+                                  tmp_path / "work")
+    thread.join(WAIT)
+    assert not thread.is_alive() and box["rc"] == 0
+    assert "c1" in pool.completed  # delivered, and answered "not held"
+    assert "claim c1: the pool no longer holds it; result dropped" in caplog.text
+    report = pool.reports[0]
+    assert report["jobs_run"] == 1 and report["goodput_seconds"] == 0
+    assert report["badput_seconds"] >= 0.2
 
 
 # --------------------------------------------------------------------------- http
@@ -819,14 +823,10 @@ def test_pilot_runs_a_job_and_retires_after_idle_timeout(
     assert list((work / "execute").iterdir()) == []
 
 
-@pytest.mark.parametrize("cycle", [True, False], ids=["cycle", "older-pool"])
 def test_free_cores_are_claimed_in_one_call_and_each_claim_runs(
-    pool: FakePool, tmp_path: Path, token_file: Path, cycle: bool
+    pool: FakePool, tmp_path: Path, token_file: Path
 ) -> None:
-    """With 2 free cores the agent asks for max_jobs 2 and runs every claim of the
-    answer; a pool without the cycle call gets the separate claim and complete calls."""
-    pool.batch = True
-    pool.cycle = cycle
+    """With 2 free cores the agent asks for max_jobs 2 and runs every claim of the answer."""
     pool.claims += [claim_for(pool, c, {"job.sh": JOB_SH, "input.txt": b"input\n"})
                     for c in ("c1", "c2")]
     thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file),

@@ -25,6 +25,7 @@ import glidewms.glidein.agent as agent_pkg
 from glidewms.glidein.agent.agent import Agent
 from glidewms.glidein.agent.config import load_config
 from glidewms.glidein.agent.policy import (
+    ExitReason,
     State,
     black_hole,
     job_fits,
@@ -70,19 +71,19 @@ def state(**changes: Any) -> State:
 
 
 @pytest.mark.parametrize(("facts", "action", "reason"), [
-    ({}, "claim", ""),
+    ({}, "claim", None),
     ({"now": 2000.0, "running": 1}, "exit", "lifetime"),             # die: vacate what runs
-    ({"now": 1500.0, "running": 1}, "wait", ""),                     # retired, job still runs
+    ({"now": 1500.0, "running": 1}, "wait", None),                   # retired, job still runs
     ({"now": 1500.0}, "exit", "lifetime"),                           # retired and idle
-    ({"stop_reason": "black_hole", "stop_detail": "x", "running": 1}, "wait", ""),
-    ({"stop_reason": "black_hole", "stop_detail": "x"}, "exit", "black_hole"),
-    ({"stop_reason": "validation_failed"}, "exit", "validation_failed"),
-    ({"now": 200.0, "jobs_run": 1, "tail_timeout": 500.0}, "claim", ""),  # tail is longer
+    ({"stop_reason": ExitReason.BLACK_HOLE, "stop_detail": "x", "running": 1}, "wait", None),
+    ({"stop_reason": ExitReason.BLACK_HOLE, "stop_detail": "x"}, "exit", "black_hole"),
+    ({"stop_reason": ExitReason.VALIDATION_FAILED}, "exit", "validation_failed"),
+    ({"now": 200.0, "jobs_run": 1, "tail_timeout": 500.0}, "claim", None),  # tail is longer
     ({"now": 200.0, "jobs_run": 0, "tail_timeout": 500.0}, "exit", "idle_timeout"),
     ({"now": 120.0, "jobs_run": 1, "tail_timeout": 10.0}, "exit", "idle_timeout"),
 ])
 def test_next_step_with_lifetime_and_stops(facts: dict[str, Any], action: str,
-                                           reason: str) -> None:
+                                           reason: str | None) -> None:
     step = next_step(state(**facts), 3600)
     assert (step.action, step.reason) == (action, reason)
 
@@ -330,7 +331,7 @@ def test_retire_spread_differs_between_pilots(pool: FakePool, tmp_path: Path,
                                               token_file: Path) -> None:
     work = pilot_dir(tmp_path, pool, token_file, scripts=False, GLIDEIN_Retire_Spread=600)
     cfg = load_config(str(work / "glidein_config"))
-    agents = [Agent(cfg, Resources(1, 1, 1)) for _ in range(5)]
+    agents = [Agent(cfg, total=Resources(1, 1, 1)) for _ in range(5)]
     retires = {round(a.deadline - a.started) for a in agents}
     assert len(retires) > 1 and all(not math.isinf(r) and r <= 86400 - 300 for r in retires)
 

@@ -1,7 +1,9 @@
-"""The life of one claim: sandbox in, job run, outputs out, completion.
+"""The life of one claim: sandbox in, job run, outputs out, result handed back.
 
-A claim that is not completed is simply dropped: the agent stops listing it
-in heartbeats, its lease runs out and the pool puts the job back to idle.
+The result does not go to the pool from here: it rides the pilot's next turn
+(exchange.py). A claim that yields no result is simply dropped: the agent
+stops listing it in heartbeats, its lease runs out and the pool puts the job
+back to idle.
 That is the right answer whenever the result cannot be trusted or delivered
 (bad sandbox, output upload failed, job killed), because the pool never
 completes a job twice and a rerun elsewhere loses nothing.
@@ -46,12 +48,11 @@ class Outcome:
 
     started: bool = False
     exit_code: int | None = None
-    completed: bool = False
     setup_failed: bool = False
     killed: bool = False
     wall: float = 0.0
     detail: str = ""
-    # deferred runners: the completion to send, once outputs are uploaded
+    # the result to report with the pilot's next turn, once outputs are uploaded
     result: Optional[Dict[str, Any]] = None
 
     @property
@@ -76,11 +77,11 @@ class ClaimRunner:
         claim: dict[str, Any],
         spec: JobSpec,
         pool: Api,
+        *,
         work_dir: str,
         job_env: dict[str, str],
         container: ContainerSetup | None = None,
         vacating: threading.Event | None = None,
-        deferred: bool = False,
     ) -> None:
         self.claim_id = str(claim["claim_id"])
         self.job_id = str(claim.get("job_id", self.claim_id))
@@ -94,9 +95,6 @@ class ClaimRunner:
         # so the job may die of that SIGTERM before the pilot kills it: its exit code
         # is the site's doing, not the job's result.
         self.vacating = vacating or threading.Event()
-        # deferred: leave the completion in Outcome.result for the agent to send
-        # with its next claim call (completions.py) instead of calling the pool
-        self.deferred = deferred
         self._lock = threading.Lock()
         self._killed = False
         self._process: JobProcess | None = None
@@ -171,11 +169,8 @@ class ClaimRunner:
         outputs = self._upload_outputs(tag, baseline)
         if outputs is None:
             return
-        if self.deferred:
-            outcome.result = {"claim_id": self.claim_id, "exit_code": outcome.exit_code,
-                              "outputs": outputs, "wall_seconds": round(wall, 3)}
-        else:
-            outcome.completed = self._complete(tag, outcome.exit_code, outputs, wall)
+        outcome.result = {"claim_id": self.claim_id, "exit_code": outcome.exit_code,
+                          "outputs": outputs, "wall_seconds": round(wall, 3)}
 
     def _fetch_inputs(self) -> None:
         for item in self.spec.sandbox:
@@ -197,21 +192,3 @@ class ClaimRunner:
                 return None
             outputs.append({"name": name, "sha256": digest})
         return outputs
-
-    def _complete(
-        self, tag: str, exit_code: int, outputs: list[dict[str, str]], wall: float
-    ) -> bool:
-        body = {"exit_code": exit_code, "outputs": outputs, "wall_seconds": round(wall, 3)}
-        try:
-            self.pool.call("POST", f"claims/{segment(self.claim_id)}/complete", body, tries=2)
-        except HttpStatusError as exc:
-            if exc.status == 409:
-                log.warning("%s: the pool no longer holds this claim (409); result dropped", tag)
-            else:
-                log.error("%s: completion refused, result dropped: %s", tag, exc)
-            return False
-        except TransportError as exc:
-            log.error("%s: completion not delivered, result dropped: %s", tag, exc)
-            return False
-        log.info("%s: completed with %d output(s)", tag, len(outputs))
-        return True

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .http import Api, HttpStatusError, segment
+from .http import Api, segment
 
 
 class CompletionQueue:
@@ -63,31 +63,11 @@ class CompletionQueue:
         return len(self._pending)
 
 
-def is_missing_route(exc: HttpStatusError) -> bool:
-    """The server has no such endpoint (an older pool), as opposed to a 404
-    that names a pilot or claim it does not know."""
-    return exc.status in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed")
-
-
-def send_alone(pool: Api, pilot_id: str, batch: List[Dict[str, Any]],
-               cycle: bool) -> Dict[str, bool]:
-    """Report ``batch`` without asking for work: one cycle call with
-    ``max_jobs`` 0, or (``cycle`` False: an older pool) one completion call
-    each. Returns {claim_id: accepted}; raises HttpStatusError or
-    TransportError if the call itself failed (nothing is known then)."""
-    if cycle:
-        _, answer = pool.call("POST", f"pilots/{segment(pilot_id)}/cycle",
-                              {"completions": batch, "max_jobs": 0}, tries=2)
-        done = answer.get("completed") if isinstance(answer, dict) else None
-        return {str(k): v is True for k, v in (done or {}).items()}
-    out: Dict[str, bool] = {}
-    for item in batch:
-        body = {k: item[k] for k in ("exit_code", "outputs", "wall_seconds")}
-        try:
-            pool.call("POST", f"claims/{segment(item['claim_id'])}/complete", body, tries=2)
-            out[item["claim_id"]] = True
-        except HttpStatusError as exc:
-            if exc.status not in (404, 409):
-                raise
-            out[item["claim_id"]] = False
-    return out
+def send_alone(pool: Api, pilot_id: str, batch: List[Dict[str, Any]]) -> Dict[str, bool]:
+    """Report ``batch`` without asking for work: one cycle call with ``max_jobs``
+    0. Returns {claim_id: accepted}; raises HttpStatusError or TransportError
+    if the call itself failed (nothing is known then)."""
+    _, answer = pool.call("POST", f"pilots/{segment(pilot_id)}/cycle",
+                          {"completions": batch, "max_jobs": 0}, tries=2)
+    done = answer.get("completed") if isinstance(answer, dict) else None
+    return {str(k): v is True for k, v in (done or {}).items()}

@@ -1,12 +1,17 @@
-"""The pilot's exchange with the pool for work: the claim loop and the results.
+"""What the pilot says to the pool: registration, turns, results, heartbeats, goodbye.
 
-A mixin of `Agent` (agent.py keeps the life cycle, jobs and heartbeats). One
-call per turn, ``POST /pilots/{id}/cycle``, carries the results of the jobs
-that ended and asks for as many jobs as cores are free (HTCondor's claim
-reuse); a result the claim loop has not taken within ``COMPLETION_DELAY``
-(it is long-polling, or the pilot no longer claims) is sent alone by the
-completion thread. A pool without the cycle call (404 "Not Found") gets the
-older separate claim and complete calls. See completions.py.
+One call per turn, ``POST /pilots/{id}/cycle``, carries the results of the
+jobs that ended and asks for as many jobs as cores are free (HTCondor's
+claim reuse); a result the claim loop has not taken within
+``COMPLETION_DELAY`` (it is long-polling, or the pilot no longer claims) is
+sent alone by the completion thread (see completions.py). Heartbeats renew
+the leases of the claims the pilot holds and bring back the pool's
+instructions (kill these claims, drain).
+
+`Exchange` works for a pilot (`agent.Agent`) through the `Pilot` interface
+below and under the pilot's lock; it owns the pilot id, the results on their
+way to the pool and the goodput/badput the pool's answers decide. Sandbox
+files are not its business: each claim's runner moves them (claims.py).
 """
 
 from __future__ import annotations
@@ -14,15 +19,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Protocol
 
-from .completions import CompletionQueue, is_missing_route, send_alone
-from .http import Api, HttpStatusError, TransportError, segment
-from .policy import gather_wait
-
-if TYPE_CHECKING:
-    from .policy import Step
-    from .resources import Resources
+from .completions import CompletionQueue, send_alone
+from .http import Api, HttpStatusError, IncompatiblePeer, TransportError, segment
+from .policy import Action, ExitReason, Step, gather_wait
 
 log = logging.getLogger(__name__)
 
@@ -33,74 +35,139 @@ COMPLETION_DELAY = 0.05  # a result the claim loop has not taken by then is sent
 GATHER = 0.005  # seconds a busy pilot waits for more free cores before a turn (policy.py)
 
 
-class ExchangeMixin:
-    pool: Api
-    pilot_id: str
-    free: Resources
-    total: Resources
-    die_at: float
-    reason: str | None
-    finished: threading.Event
-    completions: CompletionQueue
-    goodput: float
-    badput: float
-    _cond: threading.Condition
-    _cycle: bool
-    _runners: dict[str, Any]
+@dataclass(frozen=True)
+class Offer:
+    """What the pilot can take in its next turn, read under its lock."""
 
-    if TYPE_CHECKING:  # provided by Agent
-        def _decide(self) -> Step: ...
-        def finish(self, reason: str, detail: str, code: int | None = None) -> None: ...
-        def _start_claim(self, claim: dict[str, Any]) -> None: ...
+    step: Step  # CLAIM (long-poll at most step.seconds) or WAIT, never EXIT
+    running: int  # claims running now
+    free: Dict[str, int]  # free resources, as a claim request names them
+    cpus: int  # the slot's cores
+    max_runtime: int  # seconds a new job may run before the pilot dies
 
-    def _claim_loop(self) -> None:
+
+class Pilot(Protocol):
+    """What the exchange needs of the pilot it works for."""
+
+    def offer(self) -> Optional[Offer]:
+        """Under the lock: the next turn's offer; None once the pilot is ending."""
+
+    def start_claim(self, claim: Dict[str, Any]) -> None:
+        """Run a claim the pool handed out (or leave it to its lease)."""
+
+    def finish(self, reason: ExitReason, detail: str) -> None:
+        """End the pilot: the pool no longer knows it or refuses it."""
+
+    def running_claims(self) -> List[str]:
+        """Under the lock: the claims whose jobs run (their leases are renewed)."""
+
+    @property
+    def retiring(self) -> bool:
+        """The pilot takes no new work (heartbeats say so)."""
+
+    def follow(self, kill: List[str], drain: bool) -> None:
+        """Apply a heartbeat's instructions: kill those claims' jobs; drain."""
+
+
+class Exchange:
+    """The claim loop, the completion loop, and the results at exit.
+
+    ``lock`` is the pilot's Condition: offers are read and results settled
+    under it, and it is notified when results go back to wait. ``finished``
+    is set when the pilot ends; both loops return then.
+    """
+
+    def __init__(self, pool: Api, pilot: Pilot, *, lock: threading.Condition,
+                 finished: threading.Event) -> None:
+        self.pool = pool
+        self.pilot = pilot
+        self.pilot_id = ""  # the pool's, once registered
+        self.completions = CompletionQueue()  # used under ``lock``
+        self.goodput = 0.0  # wall seconds of results the pool accepted, exit code 0
+        self.badput = 0.0  # wall seconds of the other results the pool answered for
+        self._lock = lock
+        self._finished = finished
+
+    def register(self, slot: Dict[str, Any], glidein_id: str) -> Dict[str, Any]:
+        """Offer the slot to the pool; its answer (lease and heartbeat pace)."""
+        _, answer = self.pool.call("POST", "pilots", {"slot": slot, "glidein_id": glidein_id})
+        self.pilot_id = str(answer["pilot_id"])
+        return answer
+
+    def deregister(self, reason: ExitReason) -> None:
+        """Say goodbye (the pool requeues what the pilot held at once); best effort."""
+        if not self.pilot_id:
+            return
+        try:
+            self.pool.call("POST", f"pilots/{segment(self.pilot_id)}/deregister",
+                           {"reason": reason}, timeout=10, tries=1)
+        except (HttpStatusError, TransportError, IncompatiblePeer) as exc:
+            log.warning("deregister failed: %s", exc)
+
+    def heartbeat_loop(self, interval: float) -> None:
+        """Renew the leases of running claims and of results not yet answered for."""
+        while not self._finished.wait(interval):
+            with self._lock:
+                body: Dict[str, Any] = {
+                    "claims": self.pilot.running_claims() + self.completions.claim_ids()}
+            if self.pilot.retiring:
+                body["retiring"] = True
+            try:
+                _, answer = self.pool.call(
+                    "POST", f"pilots/{segment(self.pilot_id)}/heartbeat", body)
+            except HttpStatusError as exc:
+                if exc.status in (404, 410):
+                    self.pilot.finish(ExitReason.LOST,
+                                      f"the pool no longer knows this pilot: {exc}")
+                    return
+                log.warning("heartbeat refused: %s", exc)
+                continue
+            except TransportError as exc:
+                log.warning("heartbeat not delivered: %s", exc)
+                continue
+            answer = answer if isinstance(answer, dict) else {}
+            self.pilot.follow([str(c) for c in answer.get("kill") or []],
+                              bool(answer.get("drain")))
+
+    def claim_loop(self) -> None:
         """Ask for work while resources are free, carrying the ended jobs' results."""
         failures = 0
         free_since: float | None = None  # when this turn's first core became free
-        while not self.finished.is_set():
-            with self._cond:
-                if self.reason is not None:
+        while not self._finished.is_set():
+            with self._lock:
+                offer = self.pilot.offer()
+                if offer is None:
                     return
-                step = self._decide()
-                if step.action == "exit":
-                    return
-                if step.action == "wait":
-                    self._cond.wait(step.seconds)
+                step = offer.step
+                if step.action is Action.WAIT:
+                    self._lock.wait(step.seconds)
                     continue
                 now = time.monotonic()
                 free_since = now if free_since is None else free_since
-                pause = gather_wait(len(self._runners), self.free.cpus,
-                                    min(MAX_CLAIMS_PER_CALL, self.total.cpus),
-                                    now - free_since, GATHER)
+                pause = gather_wait(offer.running, offer.free["cpus"],
+                                    min(MAX_CLAIMS_PER_CALL, offer.cpus), now - free_since,
+                                    GATHER)
                 if pause > 0:
-                    self._cond.wait(pause)
+                    self._lock.wait(pause)
                     continue
                 free_since = None
-                slots = max(1, min(MAX_CLAIMS_PER_CALL, self.free.cpus))
-                body: dict[str, Any] = {
-                    "free": self.free.as_free(), "wait": round(step.seconds, 3),
-                    "max_runtime": max(0, int(self.die_at - time.monotonic()))}
-                cycle = self._cycle
-                batch = self.completions.take(MAX_COMPLETIONS_PER_CALL) if cycle else []
-                if cycle:
-                    body.update(completions=batch, max_jobs=slots)
-                elif slots > 1:  # several free cores: up to that many claims in one call
-                    body["max_jobs"] = slots
-            path = f"pilots/{segment(self.pilot_id)}/{'cycle' if cycle else 'claim'}"
+                batch = self.completions.take(MAX_COMPLETIONS_PER_CALL)
+                body: Dict[str, Any] = {
+                    "free": offer.free, "wait": round(step.seconds, 3),
+                    "max_runtime": offer.max_runtime, "completions": batch,
+                    "max_jobs": max(1, min(MAX_CLAIMS_PER_CALL, offer.free["cpus"]))}
             try:
-                status, answer = self.pool.call("POST", path, body,
-                                                timeout=step.seconds + CLAIM_MARGIN, tries=1)
+                status, answer = self.pool.call(
+                    "POST", f"pilots/{segment(self.pilot_id)}/cycle", body,
+                    timeout=step.seconds + CLAIM_MARGIN, tries=1)
                 failures = 0
             except HttpStatusError as exc:
                 self._settle(batch, None)
-                if cycle and is_missing_route(exc):
-                    log.info("the pool has no cycle call; claims and completions go apart")
-                    with self._cond:
-                        self._cycle = False
-                elif exc.status in (404, 410):
-                    self.finish("lost", f"the pool no longer knows this pilot: {exc}")
+                if exc.status in (404, 410):
+                    self.pilot.finish(ExitReason.LOST,
+                                      f"the pool no longer knows this pilot: {exc}")
                 elif exc.status in (401, 403):
-                    self.finish("error", f"the pool refused the pilot token: {exc}")
+                    self.pilot.finish(ExitReason.ERROR, f"the pool refused the pilot token: {exc}")
                 else:
                     failures = self._pause_after_failure(failures, exc)
                 continue
@@ -110,25 +177,60 @@ class ExchangeMixin:
                 continue
             if not isinstance(answer, dict):
                 answer = {}
-            if cycle:
-                done = answer.get("completed")
-                self._settle(batch, done if isinstance(done, dict) else {})
-            if status == 200:
-                # {"claims": [...]} answers cycle and max_jobs; a pool that ignores
-                # max_jobs (or a single-claim call) answers with the claim object itself
-                many = answer.get("claims")
-                for one in many if isinstance(many, list) else [answer] if not cycle else []:
-                    if isinstance(one, dict):
-                        self._start_claim(one)
+            done = answer.get("completed")
+            self._settle(batch, done if isinstance(done, dict) else {})
+            claims = answer.get("claims") if status == 200 else None
+            for claim in claims if isinstance(claims, list) else []:
+                if isinstance(claim, dict):
+                    self.pilot.start_claim(claim)
 
-    def _settle(self, batch: list[dict[str, Any]], done: dict[str, Any] | None) -> None:
+    def completion_loop(self) -> None:
+        """Send results the claim loop did not take within COMPLETION_DELAY
+        (it is long-polling, or not claiming at all)."""
+        while True:
+            with self._lock:
+                while True:
+                    if self._finished.is_set():
+                        return
+                    age = self.completions.age(time.monotonic())
+                    if age is not None and age >= COMPLETION_DELAY:
+                        batch = self.completions.take(MAX_COMPLETIONS_PER_CALL)
+                        break
+                    self._lock.wait(None if age is None else COMPLETION_DELAY - age)
+            self._send_alone(batch)
+
+    def flush(self) -> None:
+        """At exit: every result still waiting, before the pilot deregisters."""
+        with self._lock:
+            batch = self.completions.take(len(self.completions))
+        if batch and self.pilot_id:
+            try:
+                self._settle(batch, send_alone(self.pool, self.pilot_id, batch))
+            except (HttpStatusError, TransportError, IncompatiblePeer) as exc:
+                log.warning("%d completion(s) not delivered at exit: %s", len(batch), exc)
+                self._settle(batch, {})
+
+    def _send_alone(self, batch: List[Dict[str, Any]]) -> None:
+        done: Dict[str, Any] | None = None
+        try:
+            done = send_alone(self.pool, self.pilot_id, batch)
+        except HttpStatusError as exc:
+            log.warning("completions not delivered: %s", exc)
+            if exc.status in (404, 410):
+                done = {}  # the pool dropped this pilot: they will never be accepted
+        except TransportError as exc:
+            log.warning("completions not delivered: %s", exc)
+            self._finished.wait(self.pool.backoff)
+        self._settle(batch, done)
+
+    def _settle(self, batch: List[Dict[str, Any]], done: Dict[str, Any] | None) -> None:
         """The pool answered for ``batch`` ({claim: accepted}), or not (None: retry)."""
         if not batch:
             return
-        with self._cond:
+        with self._lock:
             self.completions.settle(batch, done is not None, time.monotonic())
             if done is None:
-                self._cond.notify_all()
+                self._lock.notify_all()
                 return
             for item in batch:
                 accepted = done.get(item["claim_id"]) is True
@@ -140,54 +242,8 @@ class ExchangeMixin:
                     log.warning("claim %s: the pool no longer holds it; result dropped",
                                 item["claim_id"])
 
-    def _completion_loop(self) -> None:
-        """Send results the claim loop did not take within COMPLETION_DELAY
-        (it is long-polling, or not claiming at all)."""
-        while True:
-            with self._cond:
-                while True:
-                    if self.finished.is_set():
-                        return
-                    age = self.completions.age(time.monotonic())
-                    if age is not None and age >= COMPLETION_DELAY:
-                        batch = self.completions.take(MAX_COMPLETIONS_PER_CALL)
-                        cycle = self._cycle
-                        break
-                    self._cond.wait(None if age is None else COMPLETION_DELAY - age)
-            self._send_alone(batch, cycle)
-
-    def _send_alone(self, batch: list[dict[str, Any]], cycle: bool) -> None:
-        try:
-            done: dict[str, Any] | None = send_alone(self.pool, self.pilot_id, batch, cycle)
-        except HttpStatusError as exc:
-            if cycle and is_missing_route(exc):
-                with self._cond:
-                    self._cycle = False
-            else:
-                log.warning("completions not delivered: %s", exc)
-            done = None
-            if exc.status in (404, 410) and not is_missing_route(exc):
-                done = {}  # the pool dropped this pilot: they will never be accepted
-        except TransportError as exc:
-            log.warning("completions not delivered: %s", exc)
-            done = None
-            self.finished.wait(self.pool.backoff)
-        self._settle(batch, done)
-
-    def _flush_completions(self) -> None:
-        """At exit: every result still waiting, before the pilot deregisters."""
-        with self._cond:
-            batch = self.completions.take(len(self.completions))
-            cycle = self._cycle
-        if batch and self.pilot_id:
-            try:
-                self._settle(batch, send_alone(self.pool, self.pilot_id, batch, cycle))
-            except (HttpStatusError, TransportError) as exc:
-                log.warning("%d completion(s) not delivered at exit: %s", len(batch), exc)
-                self._settle(batch, {})
-
     def _pause_after_failure(self, failures: int, exc: Exception) -> int:
         delay = min(60.0, self.pool.backoff * 2**failures)
         log.warning("claim failed: %s; next try in %.0fs", exc, delay)
-        self.finished.wait(delay)
+        self._finished.wait(delay)
         return failures + 1

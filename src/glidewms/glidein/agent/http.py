@@ -18,6 +18,13 @@ connection open between calls (HTTP keep-alive) with Nagle's algorithm off
 connection idle for longer than ``KEEP_IDLE`` is not reused (servers close
 idle ones: uvicorn after 5 s), and a request that fails on a reused
 connection before any answer came back is sent once more on a fresh one.
+
+The protocol version: the agent speaks ``API_MAJOR`` (it cannot import
+``glidewms.protocol``, which is not shipped; a unit test keeps the two
+equal). Services name their version in the ``Glidewms-Api-Version`` header
+of every answer; an ``Api`` made with ``check_version`` (the pool's) raises
+``IncompatiblePeer`` for an answer of another major version. A missing
+header is allowed (proxies may strip it), and so is a newer minor version.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ from typing import Any, BinaryIO, Callable, Optional, TypeVar, Union
 from urllib.parse import quote, urlsplit
 
 log = logging.getLogger(__name__)
+
+API_MAJOR = 1  # the protocol's major version this agent speaks (glidewms.protocol)
+API_PREFIX = f"/api/v{API_MAJOR}/"
+VERSION_HEADER = "Glidewms-Api-Version"
 
 Body = Union[bytes, BinaryIO, None]
 _CHUNK = 1 << 20
@@ -67,6 +78,25 @@ class IntegrityError(Exception):
     """Downloaded bytes do not have the sha256 they were asked for."""
 
 
+class IncompatiblePeer(Exception):
+    """The service answered with a protocol major version other than ours.
+
+    Not a transport error: no retry or later call can fix it, so the pilot
+    stops (with reason ``error``) at the first one.
+    """
+
+
+def require_major(where: str, header: Optional[str]) -> None:
+    """Raise IncompatiblePeer unless ``header`` (``MAJOR.MINOR``) names our major
+    version; a missing header passes."""
+    if header is None:
+        return
+    major, _, _minor = header.partition(".")
+    if not major.isdigit() or int(major) != API_MAJOR:
+        raise IncompatiblePeer(f"{where} speaks protocol {header!r}; this pilot speaks "
+                               f"{API_MAJOR}.x")
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Refuse redirects: following one would send the bearer token elsewhere."""
 
@@ -83,20 +113,24 @@ class Api:
     """One service's ``/api/v1`` with a bearer token, timeouts and retries.
 
     ``abort`` (an Event) cuts retry back-off short when the pilot is exiting,
-    so a dead server cannot hold up the final report.
+    so a dead server cannot hold up the final report. ``check_version``: every
+    answer must be of our protocol major version (see the module docstring).
     """
 
     def __init__(
         self,
         base_url: str,
         token_file: str,
+        *,
         backoff: float = 1.0,
         abort: threading.Event | None = None,
+        check_version: bool = False,
     ) -> None:
-        self.base_url = base_url.rstrip("/") + "/api/v1/"
+        self.base_url = base_url.rstrip("/") + API_PREFIX
         self.token_file = token_file
         self.backoff = backoff
         self.abort = abort or threading.Event()
+        self.check_version = check_version
         self._opener = urllib.request.build_opener(_NoRedirect())
         parts = urlsplit(self.base_url)
         self._direct = _no_proxy_for(parts.scheme, parts.hostname or "")
@@ -150,10 +184,16 @@ class Api:
             conn.close()
         else:
             self._local.conn = (conn, time.monotonic())
+        self._check(response.headers)
         if response.status >= 300:
             raise urllib.error.HTTPError(self.base_url + path, response.status,
                                          response.reason, response.headers, io.BytesIO(raw))
         return response.status, raw
+
+    def _check(self, headers: Any) -> None:
+        """Refuse an answer of another protocol major version (IncompatiblePeer)."""
+        if self.check_version and headers is not None:
+            require_major(self.base_url, headers.get(VERSION_HEADER))
 
     def close(self) -> None:
         """Close this thread's kept connection (others close when their thread ends)."""
@@ -196,6 +236,7 @@ class Api:
             try:
                 return attempt_fn()
             except urllib.error.HTTPError as exc:
+                self._check(exc.headers)
                 detail = _error_detail(exc)
                 if (exc.code < 500 and exc.code != 429) or attempt == tries:
                     raise HttpStatusError(method, path, exc.code, detail) from None
@@ -232,6 +273,7 @@ class Api:
             else:
                 request = self._request(method, path, data, headers)
                 with self._opener.open(request, timeout=timeout) as response:
+                    self._check(response.headers)
                     raw = response.read()
                     status = response.status
             try:
@@ -252,6 +294,7 @@ class Api:
             with self._opener.open(request, timeout=timeout) as response, open(
                 dest, "wb"
             ) as out:
+                self._check(response.headers)
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     digest.update(chunk)
                     out.write(chunk)
@@ -274,6 +317,7 @@ class Api:
                 }
                 request = self._request("PUT", path, handle, headers)
                 with self._opener.open(request, timeout=timeout) as response:
+                    self._check(response.headers)
                     response.read()
 
         self._retrying("PUT", path, tries, attempt)

@@ -10,27 +10,65 @@ import base64
 import json
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 MAX_CLAIM_WAIT = 20.0  # seconds a claim long-poll may last
-# Exit reasons are those of docs/protocol.md. A drain asked by the pool has no
-# reason of its own there: it is reported as the benign retirement, with a detail.
-DRAIN_REASON = "idle_timeout"
-EXIT_CODES = {"idle_timeout": 0, "lifetime": 0, "error": 1, "lost": 3, "corruption": 3,
-              "validation_failed": 4, "black_hole": 5}
 
 
-def exit_code(reason: str) -> int:
-    """0 for a pilot that retired normally, non-zero otherwise (signal sets its own)."""
-    return EXIT_CODES.get(reason, 1)
+class ExitReason(str, Enum):
+    """How a pilot's life ends (docs/protocol.md): the ``reason`` of its
+    deregistration and the ``exit_reason`` of its final report.
+
+    The values cross the wire to the pool and the factory, and the bootstrap
+    (bash) writes ``corruption`` and ``validation_failed`` itself: a value is
+    never renamed.
+    """
+
+    IDLE_TIMEOUT = "idle_timeout"  # no job for the idle (or tail) timeout; a drain too
+    LIFETIME = "lifetime"  # the retire or die time came
+    ERROR = "error"  # registration or token refused, a pool of another version, a bug
+    LOST = "lost"  # the pool no longer knows this pilot
+    CORRUPTION = "corruption"  # the bootstrap: a stage file failed its check
+    VALIDATION_FAILED = "validation_failed"  # at startup, or a periodic script
+    BLACK_HOLE = "black_hole"  # too many jobs failed too fast
+    SIGNAL = "signal"  # SIGTERM/SIGINT from the batch system
+
+    def __str__(self) -> str:
+        """The wire value, in logs and trail records too (whatever the Python version)."""
+        return str(self.value)
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a pilot that retired normally, non-zero otherwise (a signal sets its own)."""
+        return _EXIT_CODES.get(self, 1)
+
+
+_EXIT_CODES = {ExitReason.IDLE_TIMEOUT: 0, ExitReason.LIFETIME: 0, ExitReason.ERROR: 1,
+               ExitReason.LOST: 3, ExitReason.CORRUPTION: 3, ExitReason.VALIDATION_FAILED: 4,
+               ExitReason.BLACK_HOLE: 5}
+# A drain asked by the pool has no reason of its own in docs/protocol.md: it is
+# reported as the benign retirement, with a detail.
+DRAIN_REASON = ExitReason.IDLE_TIMEOUT
+
+
+class Action(str, Enum):
+    """What the claim loop does next."""
+
+    CLAIM = "claim"  # ask the pool for work, long-polling at most ``Step.seconds``
+    WAIT = "wait"  # nothing to ask for: wait ``Step.seconds`` (or for a job to end)
+    EXIT = "exit"  # the pilot ends, for ``Step.reason``
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 @dataclass(frozen=True)
 class Step:
-    """What the claim loop does next: ``claim`` or ``wait`` for ``seconds``, or ``exit``."""
+    """What the claim loop does next, and for how long or why."""
 
-    action: str
+    action: Action
     seconds: float = 0.0
-    reason: str = ""
+    reason: ExitReason | None = None
     detail: str = ""
 
 
@@ -55,7 +93,7 @@ class State:
     die_at: float = math.inf
     tail_timeout: float | None = None
     jobs_run: int = 0
-    stop_reason: str = ""
+    stop_reason: ExitReason | None = None
     stop_detail: str = ""
 
 
@@ -72,29 +110,29 @@ def next_step(s: State, lifetime: float) -> Step:
     - A full slot waits (a finishing job wakes the loop up).
     """
     if s.now >= s.die_at:
-        return Step("exit", reason="lifetime",
+        return Step(Action.EXIT, reason=ExitReason.LIFETIME,
                     detail=f"die time reached ({lifetime:.0f}s lifetime minus margin)")
     if s.draining or s.stop_reason or s.now >= s.deadline:
         if s.running:
-            return Step("wait", max(0.001, min(MAX_CLAIM_WAIT, s.die_at - s.now)))
+            return Step(Action.WAIT, max(0.001, min(MAX_CLAIM_WAIT, s.die_at - s.now)))
         if s.stop_reason:
-            return Step("exit", reason=s.stop_reason, detail=s.stop_detail)
+            return Step(Action.EXIT, reason=s.stop_reason, detail=s.stop_detail)
         if s.draining:
-            return Step("exit", reason=DRAIN_REASON, detail="drain requested by the pool")
-        return Step("exit", reason="lifetime", detail="retire time reached "
-                                                     f"({lifetime:.0f}s lifetime)")
+            return Step(Action.EXIT, reason=DRAIN_REASON, detail="drain requested by the pool")
+        return Step(Action.EXIT, reason=ExitReason.LIFETIME,
+                    detail=f"retire time reached ({lifetime:.0f}s lifetime)")
     idle_limit = s.idle_timeout if not s.jobs_run or s.tail_timeout is None else s.tail_timeout
     wait = min(MAX_CLAIM_WAIT, idle_limit, s.deadline - s.now)
     if not s.running:
         idle_left = s.idle_since + idle_limit - s.now
         if idle_left <= 0:
             kind = "tail " if s.jobs_run and s.tail_timeout is not None else ""
-            return Step("exit", reason="idle_timeout", detail=f"no job for {idle_limit:.0f}s "
-                                                              f"({kind}idle timeout)")
+            return Step(Action.EXIT, reason=ExitReason.IDLE_TIMEOUT,
+                        detail=f"no job for {idle_limit:.0f}s ({kind}idle timeout)")
         wait = min(wait, idle_left)
     if s.free_cpus < 1 or s.free_memory < 1:  # full: look again at the retire time at the latest
-        return Step("wait", max(0.001, min(MAX_CLAIM_WAIT, s.deadline - s.now)))
-    return Step("claim", max(wait, 0.001))  # a last look at the very end of the idle time
+        return Step(Action.WAIT, max(0.001, min(MAX_CLAIM_WAIT, s.deadline - s.now)))
+    return Step(Action.CLAIM, max(wait, 0.001))  # a last look at the very end of the idle time
 
 
 def gather_wait(running: int, free_cpus: int, batch: int, waited: float,

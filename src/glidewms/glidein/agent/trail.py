@@ -1,4 +1,4 @@
-"""The pilot's trail: structured log records flushed to the factory.
+"""The pilot's trail: structured log records flushed to the factory, and its final report.
 
 Records follow the factory's log endpoint (``POST /api/v1/glideins/{id}/log``,
 pilot scope): ``{"time", "invoker", "pid", "severity", "type", "content",
@@ -9,7 +9,8 @@ end, exit) so that even a pilot killed by the site leaves what it had flushed.
 Best effort throughout: a factory that does not have the endpoint (404, 405)
 turns the trail off for the rest of the pilot's life, any other failure keeps
 the records for the next flush (up to a bound), and nothing here ever raises
-into the pilot. The token is never part of a record.
+into the pilot. The token is never part of a record. The final report
+(``POST /api/v1/glideins/{id}/report``) follows the final flush, best effort too.
 """
 
 from __future__ import annotations
@@ -98,6 +99,29 @@ class Trail:
                 self.sent += len(batch)
                 if last:
                     return True
+
+
+    def flush_loop(self, finished: threading.Event, every: float) -> None:
+        """Flush what is queued every ``every`` seconds until ``finished``."""
+        while not finished.wait(every):
+            if self.pending():
+                self.flush()
+
+    def report(self, body: Dict[str, Any]) -> None:
+        """The pilot's last word: an ``exit`` record, the final flush, then the
+        final report (``exit_reason``, ``exit_code``, ``detail``...); errors logged."""
+        if self.factory is None:
+            log.warning("no factory URL; final report not sent")
+            return
+        self.add("INFO" if body["exit_code"] == 0 else "ERROR", "exit",
+                 f"{body['exit_reason']}: {body['detail']}")
+        self.flush(final=True)
+        try:
+            self.factory.call("POST", f"glideins/{segment(self.glidein_id)}/report", body,
+                              timeout=10, tries=2)
+            log.info("final report sent: %s", body["exit_reason"])
+        except (HttpStatusError, TransportError) as exc:
+            log.warning("final report not delivered: %s", exc)
 
 
 def _batch(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
