@@ -21,10 +21,12 @@ error (file, key, what was expected) goes back to whoever asked.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.config.loader import ConfigError
 from glidewms.factory.backends import BackendContext, create_backend
 from glidewms.factory.retired import retire, unretire
 from glidewms.factory.service import Factory
@@ -76,3 +78,38 @@ def apply_reload(factory: Factory, context: BackendContext, new: FactoryConfig) 
                 if summary.ignored else "")  # fmt: skip
     factory.wake()
     return summary
+
+
+class Reloader:
+    """How a running factory is reconfigured: `load` the configuration again (its
+    file), then `apply` it between two awaits of the converge loop, so a cycle sees
+    the old entries or the new ones, never a mix.
+
+    Without a `loader` (a factory started without a configuration file) there
+    is nothing to reload and `load` says so.
+    """
+
+    def __init__(self, factory: Factory, context: BackendContext,
+                 loader: Callable[[], FactoryConfig] | None) -> None:  # fmt: skip
+        self.factory = factory
+        self.context = context
+        self.loader = loader
+
+    def load(self) -> FactoryConfig:
+        """The configuration read again; ConfigError names what is wrong in it."""
+        if self.loader is None:
+            raise ConfigError("this factory was started without a configuration file: "
+                              "nothing to reload")  # fmt: skip
+        return self.loader()
+
+    def apply(self, new: FactoryConfig) -> ReloadSummary:
+        """Swap in the entries of `new` (in the loop's thread)."""
+        resolved = new.model_copy(update={"state_dir": new.state_dir.resolve()})
+        return apply_reload(self.factory, self.context, resolved)
+
+    def on_sighup(self) -> None:
+        """SIGHUP: reload, or log why not; the running configuration stays on error."""
+        try:
+            self.apply(self.load())
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)
