@@ -12,7 +12,7 @@ import pytest
 
 from glidewms.config.factory import EntryConfig, RecoveryConfig
 from glidewms.factory.backends import BackendContext
-from glidewms.factory.backends.batch import Shell
+from glidewms.factory.backends.shell import Shell
 from glidewms.factory.backends.slurm import SlurmBackend, parse_marked_arrays
 from glidewms.factory.policy import Counts, EntryRequest, SubmitPlan, plan
 from glidewms.factory.recovery import (

@@ -56,7 +56,8 @@ from glidewms.factory.backends.base import (
     PilotState,
     PilotSubmission,
 )
-from glidewms.factory.backends.batch import LocalShell, PilotArray, pilot_arrays
+from glidewms.factory.backends.script import PilotArray, pilot_arrays
+from glidewms.factory.backends.shell import LocalShell
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,9 @@ from glidewms.factory.backends.base import (
     PilotState,
     PilotSubmission,
 )
+from glidewms.factory.backends.shell import read_tail
 
 log = logging.getLogger(__name__)
-
-LOG_TAIL_BYTES = 256 * 1024
 
 
 class Observation(Enum):
@@ -234,7 +233,7 @@ class LocalBackend(Backend):
     async def logs(self, backend_id: str) -> PilotLogs:
         local_id = LocalId.parse(backend_id)
         out_path, err_path = self.log_paths(local_id.entry, local_id.glidein_id)
-        return PilotLogs(stdout=_tail(out_path), stderr=_tail(err_path))
+        return PilotLogs(stdout=read_tail(out_path), stderr=read_tail(err_path))
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -242,14 +241,3 @@ class LocalBackend(Backend):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for proc in self._children.values():
             proc.poll()
-
-
-def _tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            return f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
