@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from glidewms.config.factory import BatchConfig, EntryConfig
+from glidewms.config.factory import EntryConfig
+from glidewms.config.sites import BatchConfig
 from glidewms.factory.backends.base import (
     Backend,
     BackendContext,

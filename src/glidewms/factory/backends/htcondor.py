@@ -47,7 +47,8 @@ from typing import Any, Protocol
 
 import htcondor2
 
-from glidewms.config.factory import CondorConfig, EntryConfig
+from glidewms.config.factory import EntryConfig
+from glidewms.config.sites import CondorConfig
 from glidewms.factory.backends.base import (
     Backend,
     BackendContext,

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import asyncssh
 
-from glidewms.config.factory import EntryConfig, SshConfig
+from glidewms.config.factory import EntryConfig
+from glidewms.config.sites import SshConfig
 from glidewms.factory.backends.base import (
     Backend,
     BackendContext,
