@@ -26,7 +26,8 @@ from glidewms.factory.recovery import (
     submit_blocked,
 )
 from glidewms.factory.restart import submission_order
-from glidewms.factory.store import Glidein, GlideinState
+from glidewms.factory.states import GlideinState
+from glidewms.factory.store import Glidein
 
 RECOVERY = RecoveryConfig(pause_after_failures=3, pause_cooldown=100, max_releases=2,
                           release_backoff=10, max_queued_time=500, walltime_grace=50)  # fmt: skip

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from glidewms.config.factory import EntryConfig, RecoveryConfig
-from glidewms.factory.store import Glidein, GlideinState
+from glidewms.factory.states import GlideinState
+from glidewms.factory.store import Glidein
 
 MAX_BACKOFF_SECONDS = 600.0
 
