@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 FIXED = ("listen_host", "listen_port", "state_dir", "database_url", "issuer_public_key")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReloadSummary:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -54,8 +54,9 @@ def entry_changes(old: list[EntryConfig], new: list[EntryConfig]) -> ReloadSumma
     before = {e.name: e for e in old}
     after = {e.name: e for e in new}
     changed = sorted(n for n in set(before) & set(after) if before[n] != after[n])
-    return ReloadSummary(sorted(set(after) - set(before)), sorted(set(before) - set(after)),
-                         changed, len(set(before) & set(after)) - len(changed))  # fmt: skip
+    return ReloadSummary(added=sorted(set(after) - set(before)),
+                         removed=sorted(set(before) - set(after)), changed=changed,
+                         unchanged=len(set(before) & set(after)) - len(changed))
 
 
 def apply_reload(factory: Factory, context: BackendContext, new: FactoryConfig) -> ReloadSummary:
