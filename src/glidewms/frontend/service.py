@@ -95,6 +95,9 @@ def entry_levels(config: FrontendConfig, g: GroupConfig, o: Observation,
 
 
 class Frontend:
+    """The loop and what it keeps between cycles: memory of past requests (also on
+    disk), explanations, pilot tokens, the groups' VO stages and ClassAd answers."""
+
     def __init__(self, config: FrontendConfig, own_token: str,
                  tokens: dict[str, str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:

@@ -28,6 +28,8 @@ QUERY_ERRORS = (httpx.HTTPError, ValueError, IncompatiblePeer)
 
 @dataclass
 class PoolAnswer:
+    """A pool's demand (autoclusters) and pilots, or why they are not trusted."""
+
     ok: bool
     error: str = ""
     autoclusters: list[dict[str, Any]] = field(default_factory=list)
