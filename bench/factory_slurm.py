@@ -54,7 +54,8 @@ def make_factory(root: Path, entries: list[EntryConfig], backends: dict[str, Bac
     agent.mkdir()
     (agent / "__main__.py").write_text("pass\n")
     stage = build_stage(config.state_dir, agent)
-    return Factory(config, "http://127.0.0.1:9", store, stage, backends)
+    return Factory(config, public_url="http://127.0.0.1:9", store=store, stage=stage,
+                   backends=backends)
 
 
 def request(factory: Factory, frontend: str, wanted: dict[str, dict[str, object]]) -> None:
@@ -142,8 +143,10 @@ async def bench_converge(tracked: int, n_entries: int, cycles: int) -> dict[str,
                 gid = f"{entry.name}-x-{j}"
                 backend_id = f"{entry.name}/{gid}"
                 backend.jobs[backend_id] = PilotState(state.value)
-                rows.append(Glidein(gid, entry.name, "local", frontend, "main", backend_id,
-                                    state, now - i, now - i, None, None, None))  # fmt: skip
+                rows.append(Glidein(glidein_id=gid, entry=entry.name, backend="local",
+                                    frontend=frontend, group="main", backend_id=backend_id,
+                                    state=state, submitted_at=now - i, updated_at=now - i,
+                                    exit_reason=None, exit_code=None, report=None))  # fmt: skip
         factory.store.add_glideins(rows)
         for frontend in ("fe1", "fe2"):
             # Each frontend wants what it has (steady state) plus a little churn.

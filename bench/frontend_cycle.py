@@ -63,14 +63,17 @@ def cycle(acs: list[dict], ents: list[dict], now: float, fast: bool = True,
     config = FrontendConfig()
     group = GroupConfig()
     t0 = time.perf_counter()
-    view = observe_group(group, "fe", acs, [], [FactoryView("f", "http://f", ents, {})], now,
-                         fast=fast, memo=memo)
+    factory = FactoryView(name="f", url="http://f", entries=ents, counts={})
+    view = observe_group(group, "fe", acs, [], [factory], now, fast=fast, memo=memo)
     t1 = time.perf_counter()
     knobs = policy.Knobs()
     rules = policy.RemovalRules()
     for o in view.observations.values():
-        levels = [policy.Level("entry", o.supply.total, o.supply.idle_pilots, 10000, 100, None, 5),
-                  policy.Level("global", 0, 0, config.max_pilots_global)]
+        levels = [policy.Level(name="entry", pilots=o.supply.total,
+                               idle_pilots=o.supply.idle_pilots, max_pilots=10000,
+                               max_idle_pilots=100, curb_idle_pilots=5),
+                  policy.Level(name="global", pilots=0, idle_pilots=0,
+                               max_pilots=config.max_pilots_global)]
         policy.decide(o.demand, o.supply, levels, knobs, rules, policy.Memory())
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1, view.evaluations

@@ -32,6 +32,7 @@ from glidewms.factory.backends import (
     PilotSubmission,
 )
 from glidewms.factory.backends.local import LocalBackend
+from glidewms.protocol import API_PREFIX, API_VERSION, VERSION_HEADER
 from glidewms.security.tokens import TokenIssuer
 from tests import harness
 from tests.integration.factory_harness import FACTORY_URL, POOL_URL, FactoryFiles, stand_in
@@ -132,6 +133,28 @@ def test_tokens_and_scopes(env: Env) -> None:
         assert client.get("/api/v1/stage/manifest", headers=frontend).status_code == 403
         admin = env.auth("root", "admin")
         assert client.get("/api/v1/stage/manifest", headers=admin).status_code == 200
+
+
+def test_routes_are_served_under_the_protocol_prefix(env: Env) -> None:
+    """Every route of the protocol, at its URL and method, and every answer (a refusal
+    too) names the protocol version."""
+    with TestClient(env.app(env.config())) as client:
+        schema = client.get("/openapi.json").json()
+        assert schema["info"]["version"] == API_VERSION
+        served = {(method.upper(), path) for path, ops in schema["paths"].items()
+                  for method in ops}  # fmt: skip
+        assert served == {("GET", "/healthz")} | {(m, API_PREFIX + p) for m, p in [
+            ("POST", "/reload"), ("GET", "/entries"), ("POST", "/entries/{name}/resume"),
+            ("GET", "/requests"), ("PUT", "/requests/{group}"), ("GET", "/glideins"),
+            ("POST", "/glideins/{glidein_id}/report"), ("POST", "/glideins/{glidein_id}/log"),
+            ("GET", "/glideins/{glidein_id}/logs"), ("GET", "/stats"), ("GET", "/downtimes"),
+            ("POST", "/downtimes"), ("DELETE", "/downtimes/{downtime_id}"),
+            ("GET", "/stage/manifest"), ("GET", "/stage/files/{path}"),
+        ]}  # fmt: skip
+        refused = client.get(f"{API_PREFIX}/entries")
+        assert refused.status_code == 401
+        assert refused.headers[VERSION_HEADER] == API_VERSION
+        assert client.get("/healthz").headers[VERSION_HEADER] == API_VERSION
 
 
 # -- requests --------------------------------------------------------------------------
@@ -373,7 +396,7 @@ def test_queued_pilots_removed_only_when_asked(env: Env) -> None:
     with TestClient(app) as client:
         fe1 = env.auth("fe1", "frontend")
 
-        def put(idle: int, max_running: int, remove: bool | str) -> None:
+        def put(idle: int, max_running: int, remove: str) -> None:
             wanted = {"local": {"idle": idle, "max_running": max_running, "remove": remove}}
             response = client.put("/api/v1/requests/main", json=env.request_body(wanted),
                                   headers=fe1)  # fmt: skip
@@ -383,14 +406,14 @@ def test_queued_pilots_removed_only_when_asked(env: Env) -> None:
             start = factory.cycles
             wait_for(lambda: factory.cycles >= start + 3, "three cycles")
 
-        put(4, 10, False)
+        put(4, 10, "NO")
         wait_for(lambda: states(client, env) == ["queued"] * 4, "four queued pilots")
         first = sorted((g["glidein_id"] for g in glideins(client, env)),
                        key=lambda i: int(i.rsplit("-", 1)[1]))  # fmt: skip
         # fewer wanted, removal not allowed: nothing happens. The request changes
         # before a pilot starts running: a cycle in between would otherwise still
         # want 4 idle pilots, see 3, and rightly submit a fourth.
-        put(1, 10, False)
+        put(1, 10, "NO")
         batch.jobs[f"job-{first[0]}"] = PilotState.running
         settle()
         assert states(client, env) == ["queued"] * 3 + ["running"]
@@ -399,19 +422,19 @@ def test_queued_pilots_removed_only_when_asked(env: Env) -> None:
         # so a pilot that ended unseen is not replaced until it is seen to end.
         batch.blind = True
         batch.jobs[f"job-{first[1]}"] = PilotState.finished
-        put(3, 10, False)
+        put(3, 10, "NO")
         settle()
         assert states(client, env) == ["queued"] * 3 + ["running"]
-        put(2, 10, False)
+        put(2, 10, "NO")
         batch.blind = False
         wait_for(lambda: states(client, env) == ["finished", "queued", "queued", "running"],
                  "the unseen end seen")  # fmt: skip
 
-        put(1, 10, True)  # the newest queued pilot goes; the running one stays
+        put(1, 10, "IDLE")  # the newest queued pilot goes; the running one stays
         wait_for(lambda: states(client, env) == ["finished", "queued", "removed", "running"],
                  "one removed")  # fmt: skip
         assert [g["glidein_id"] for g in glideins(client, env, state="removed")] == [first[3]]
-        put(0, 0, True)
+        put(0, 0, "IDLE")
         wait_for(lambda: states(client, env) == ["finished", "removed", "removed", "running"],
                  "all queued gone")  # fmt: skip
         settle()

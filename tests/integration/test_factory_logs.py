@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from glidewms.cli import factory_cmds
 from glidewms.cli.main import app as cli_app
+from glidewms.factory import client as factory_client
 from tests.integration.test_factory_api import Env, glideins, states, wait_for
 from tests.integration.test_factory_api import env as env  # the fixture
 
@@ -153,7 +153,7 @@ def cli(env: Env, monkeypatch: pytest.MonkeyPatch) -> Any:
             assert base_url == "http://factory.test/api/v1"
             return TestClient(app, base_url=base_url, headers=headers)
 
-        monkeypatch.setattr(factory_cmds.httpx, "Client", bound)
+        monkeypatch.setattr(factory_client.httpx, "Client", bound)
         runner = CliRunner()
 
         def run(*args: str) -> Any:

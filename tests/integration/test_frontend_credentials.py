@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from glidewms.frontend.api import create_app as frontend_app
-from glidewms.frontend.service import FORM_RETRY_SECONDS, Frontend
+from glidewms.frontend.service import Frontend
 from glidewms.security.tokens import TokenIssuer, TokenVerifier, generate_keypair
 from tests.integration.test_frontend_loop import (
     ONE_CORE,
@@ -66,7 +66,6 @@ def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, 
         report = run_cycle(frontend)
         assert report.groups["main"]["factories"]["factory"] == "ok"
         [first] = factory.received
-        assert frontend.forms == {}, "the full form was not taken"
         tokens = {name: e["pilot_token"] for name, e in first["entries"].items()}
         assert set(tokens) == {"a", "b"} and tokens["a"] != tokens["b"]
         for name, token in tokens.items():
@@ -105,31 +104,6 @@ def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, 
         expiry = status.json()["pilot_tokens"]["main"]
         assert set(expiry) == {"*", "a", "b"}
         assert not any(t in status.text for t in (*tokens.values(), *renewed.values()))
-
-
-def test_a_factory_without_entry_tokens_gets_the_group_token_form(tmp_path, keys: Keys):
-    """A factory that refuses per-entry tokens (422) keeps getting the group's
-    token and the pilots' settings; the removal modes are not lost. Once
-    upgraded, it gets the full form again when the retry time has passed."""
-    factory = StandInFactory("f", keys.public, [entry_ad("e", "S")], refuse_entry_tokens=True)
-    now = [time.time()]
-    with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
-        config = frontend_config(tmp_path, keys, pool_url=pool.url, factory_url=fs.url,
-                                 groups=[{"name": "main", "start_expr": "true"}])
-        frontend = Frontend(config, keys.token("fe1", "frontend"), clock=lambda: now[0])
-        reports = [run_cycle(frontend), run_cycle(frontend)]
-        assert frontend.forms == {"factory": "group-token"}
-        factory.refuse_entry_tokens = False  # upgraded
-        run_cycle(frontend)
-        assert "pilot_token" not in factory.received[-1]["entries"]["e"], "retried too soon"
-        now[0] += FORM_RETRY_SECONDS + 1
-        run_cycle(frontend)
-    assert all(r.groups["main"]["factories"]["factory"] == "ok" for r in reports)
-    first, second, third, upgraded = factory.received
-    for request in (first, second, third):
-        assert request["entries"]["e"]["start_expr"] == "true"
-        assert "pilot_token" not in request["entries"]["e"] and "vo_stage" not in request
-    assert upgraded["entries"]["e"]["pilot_token"] and frontend.forms == {}
 
 
 def vo_scripts(tmp_path: Path) -> Path:

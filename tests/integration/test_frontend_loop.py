@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, Field
 from typer.testing import CliRunner
@@ -40,6 +40,7 @@ from glidewms.config.pool import PoolConfig
 from glidewms.frontend.api import create_app as frontend_app
 from glidewms.frontend.service import CycleReport, Frontend
 from glidewms.pool.api import create_app as pool_app
+from glidewms.protocol import API_MAJOR, API_PREFIX, API_VERSION, VERSION_HEADER
 from glidewms.security.http import require
 from glidewms.security.tokens import Identity, TokenIssuer, TokenVerifier, generate_keypair
 from glidewms.service import bind, url_of
@@ -151,31 +152,30 @@ class StandInFactory:
     entries: list[Any] = field(default_factory=list)
     counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # group->entry
     received: list[dict[str, Any]] = field(default_factory=list)
-    refuse_extras: bool = False
-    refuse_entry_tokens: bool = False  # a factory of before entry-scoped tokens and VO stages
+    version: str = API_VERSION  # the protocol version it names in every answer
 
     def app(self) -> FastAPI:
         app = FastAPI()
         app.state.verifier = TokenVerifier.from_file(self.public_key)
         frontend = Depends(require("frontend"))
 
-        @app.get("/api/v1/entries")
+        @app.middleware("http")
+        async def name_the_version(request: Request, call_next: Any) -> Response:
+            response: Response = await call_next(request)
+            response.headers[VERSION_HEADER] = self.version
+            return response
+
+        @app.get(f"{API_PREFIX}/entries")
         async def entries(who: Identity = frontend) -> list[Any]:
             return self.entries
 
-        @app.get("/api/v1/glideins")
+        @app.get(f"{API_PREFIX}/glideins")
         async def glideins(summary: bool = False, group: str = "",
                            who: Identity = frontend) -> dict[str, Any]:
             return {"summary": self.counts.get(group, {})}
 
-        @app.put("/api/v1/requests/{group}")
+        @app.put(f"{API_PREFIX}/requests/{{group}}")
         async def put(group: str, body: RequestBody, who: Identity = frontend) -> dict[str, str]:
-            extras = any(e.start_expr or e.container_image for e in body.entries.values())
-            if self.refuse_extras and extras:
-                raise HTTPException(422, "entries.*: extra inputs are not permitted")
-            scoped = body.vo_stage or any(e.pilot_token for e in body.entries.values())
-            if (self.refuse_extras or self.refuse_entry_tokens) and scoped:
-                raise HTTPException(422, "entries.*.pilot_token: extra inputs are not permitted")
             self.received.append({"group": group, "frontend": who.subject,
                                   **body.model_dump(exclude_none=True)})
             return {"status": "stored"}
@@ -398,23 +398,22 @@ def test_pilot_tokens_are_renewed_before_expiry_and_delegated_with_every_request
     assert claims[1].claims["exp"] >= claims[0].claims["exp"]
 
 
-def test_a_factory_without_the_pilot_settings_still_gets_the_removal_modes(tmp_path, keys):
-    """A factory that refuses `start_expr`/`container_image` (422) gets the request
-    without them, still with the removal modes, from then on."""
-    factory = StandInFactory("f", keys.public, [entry_ad("e", "S")], refuse_extras=True)
+def test_a_factory_of_another_major_version_is_a_failed_source(tmp_path, keys):
+    """A factory that names another major protocol version is not read nor sent
+    to, like one that does not answer; one of a newer minor version is."""
+    factory = StandInFactory("f", keys.public, [entry_ad("e", "S")], version="2.0")
     with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
-        config = frontend_config(
-            tmp_path, keys, pool_url=pool.url, factory_url=fs.url,
-            groups=[{"name": "main", "start_expr": "true", "container_image": "/img.sif",
-                     "zero_demand_confirm_cycles": 1, "removal_escalate_cycles": 1}])
+        submit(pool, keys, 2, ONE_CORE)
+        config = frontend_config(tmp_path, keys, pool_url=pool.url, factory_url=fs.url)
         frontend = Frontend(config, keys.token("fe1", "frontend"))
-        reports = [run_cycle(frontend) for _ in range(3)]
-    assert all(r.groups["main"]["factories"]["factory"] == "ok" for r in reports)
-    assert frontend.forms == {"factory": "plain"}
-    stages = [r["entries"]["e"]["remove"] for r in factory.received]
-    assert stages == ["WAIT", "IDLE", "IDLE"]
-    assert all(set(r["entries"]["e"]) == {"idle", "max_running", "remove", "remove_margin"}
-               for r in factory.received)
+        refused = run_cycle(frontend)
+        factory.version = f"{API_MAJOR}.99"
+        newer = run_cycle(frontend)
+    [error] = refused.errors
+    assert "factory factory" in error and "'2.0'" in error and API_VERSION in error
+    assert refused.groups["main"]["factories"]["factory"] == error
+    assert newer.ok and newer.groups["main"]["factories"]["factory"] == "ok"
+    assert [r["entries"]["e"]["idle"] for r in factory.received] == [1]
 
 
 # ------------------------------------------------------------------ restart

@@ -13,13 +13,14 @@ from glidewms.config.factory import BackendKind, EntryConfig, FactoryConfig
 from glidewms.config.loader import ConfigError
 from glidewms.factory.backends import BACKENDS, PilotState, PilotSubmission
 from glidewms.factory.backends.base import BackendContext
-from glidewms.factory.backends.batch import (
+from glidewms.factory.backends.script import (
     PilotArray,
     common_arguments,
     pilot_arrays,
     render,
     render_script,
 )
+from glidewms.factory.backends.shell import read_tail
 from glidewms.factory.backends.slurm import STATE_MAP, SlurmBackend, parse_squeue, slurm_state
 from glidewms.factory.main import check_backends
 
@@ -151,3 +152,12 @@ def test_slurm_pilots_get_their_drain_signal_in_the_batch_script_before_the_wall
     assert "#SBATCH --signal=B:TERM@120" in lines and "#SBATCH --time=60" in lines
     short = entry.model_copy(update={"walltime": 600})
     assert not any("--signal" in line for line in backend.directives(short, array, "/l"))
+
+
+def test_read_tail_keeps_the_end_of_a_log(tmp_path: Path) -> None:
+    """One reader for every local log (local backend, local shell): the end, decoded."""
+    log = tmp_path / "pilot.out"
+    log.write_bytes(b"first line\nlast \xff line\n")
+    assert read_tail(log, limit=9) == "t \ufffd line\n"  # the last 9 bytes, one not UTF-8
+    assert read_tail(log) == "first line\nlast \ufffd line\n"
+    assert read_tail(tmp_path / "missing.out") == ""

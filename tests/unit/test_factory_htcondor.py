@@ -11,8 +11,8 @@ import pytest
 from glidewms.config import ConfigError
 from glidewms.config.factory import EntryConfig, load_factory_config
 from glidewms.factory.backends import PilotState
-from glidewms.factory.backends.batch import PilotArray
 from glidewms.factory.backends.htcondor import condor_state, quote_arguments, submit_description
+from glidewms.factory.backends.script import PilotArray
 from tests.components.condor_schedd_standin import expand, split_new_syntax
 
 Q, R, H, F, X, D = (PilotState.queued, PilotState.running, PilotState.held, PilotState.finished,

@@ -1,5 +1,5 @@
 """The factory's planning functions, case by case: every clamp, never negative,
-removal only as the request's mode allows and never beyond the excess, victims
+removal only as the request's stage allows and never beyond the excess, victims
 in the right order, downtimes in force."""
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ from pydantic import ValidationError
 
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.backends import PilotState
-from glidewms.factory.policy import active_downtime, choose_victims
-from glidewms.factory.service import (
+from glidewms.factory.policy import (
     Counts,
     EntryRequest,
     RemovePlan,
     SubmitPlan,
+    active_downtime,
     attribute_text,
+    choose_victims,
     next_state,
     plan,
 )
-from glidewms.factory.store import Glidein, GlideinState
+from glidewms.factory.states import GlideinState
+from glidewms.factory.store import Glidein
+from glidewms.protocol import RemovalStage
 
 
 def entry(**limits: object) -> EntryConfig:
@@ -173,15 +176,18 @@ def test_never_negative_never_above_any_bound_never_beyond_excess() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "mode"),
-    [(True, "IDLE"), (False, "NO"), ("all", "ALL"), (" wait ", "WAIT"), ("IDLE", "IDLE")],
+    ("raw", "stage"),
+    [("all", RemovalStage.ALL), (" wait ", RemovalStage.WAIT), ("IDLE", RemovalStage.IDLE),
+     ("NO", RemovalStage.NO)],
 )
-def test_remove_mode_accepts_old_booleans(raw: object, mode: str) -> None:
-    assert EntryRequest.model_validate({"idle": 0, "max_running": 0, "remove": raw}).remove == mode
+def test_remove_takes_the_stage_names(raw: object, stage: RemovalStage) -> None:
+    got = EntryRequest.model_validate({"idle": 0, "max_running": 0, "remove": raw}).remove
+    assert got is stage
 
 
-@pytest.mark.parametrize("raw", ["SOME", 3, None, "", {"x": 1}])
-def test_remove_mode_rejects_others(raw: object) -> None:
+@pytest.mark.parametrize("raw", ["SOME", 3, None, "", {"x": 1}, True, False])
+def test_remove_refuses_anything_else(raw: object) -> None:
+    """Booleans included: protocol 1.0 has no older frontend that would send them."""
     with pytest.raises(ValidationError):
         EntryRequest.model_validate({"idle": 0, "max_running": 0, "remove": raw})
     with pytest.raises(ValidationError):
@@ -189,8 +195,10 @@ def test_remove_mode_rejects_others(raw: object) -> None:
 
 
 def pilot(gid: str, state: GlideinState, at: float, backend_id: str | None = "b") -> Glidein:
-    return Glidein(gid, "e1", "local", "fe", "main", backend_id and f"{backend_id}-{gid}", state,
-                   at, at, None, None, None)  # fmt: skip
+    return Glidein(glidein_id=gid, entry="e1", backend="local", frontend="fe", group="main",
+                   backend_id=backend_id and f"{backend_id}-{gid}", state=state,
+                   submitted_at=at, updated_at=at, exit_reason=None, exit_code=None,
+                   report=None)  # fmt: skip
 
 
 def test_choose_victims_order() -> None:

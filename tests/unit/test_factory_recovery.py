@@ -12,7 +12,7 @@ import pytest
 
 from glidewms.config.factory import EntryConfig, RecoveryConfig
 from glidewms.factory.backends import BackendContext
-from glidewms.factory.backends.batch import Shell
+from glidewms.factory.backends.shell import Shell
 from glidewms.factory.backends.slurm import SlurmBackend, parse_marked_arrays
 from glidewms.factory.policy import Counts, EntryRequest, SubmitPlan, plan
 from glidewms.factory.recovery import (
@@ -25,8 +25,9 @@ from glidewms.factory.recovery import (
     stale_reason,
     submit_blocked,
 )
-from glidewms.factory.service import submission_order
-from glidewms.factory.store import Glidein, GlideinState
+from glidewms.factory.restart import submission_order
+from glidewms.factory.states import GlideinState
+from glidewms.factory.store import Glidein
 
 RECOVERY = RecoveryConfig(pause_after_failures=3, pause_cooldown=100, max_releases=2,
                           release_backoff=10, max_queued_time=500, walltime_grace=50)  # fmt: skip
@@ -85,8 +86,10 @@ def test_resume_keeps_the_last_error_but_no_pause() -> None:
 
 def pilot(state: GlideinState, since: float, releases: int = 0,
           submitted: float = 0.0) -> Glidein:  # fmt: skip
-    return Glidein("e1-t-1", "e1", "slurm", "fe1", "g", "e1/1_0", state, submitted, since,
-                   None, None, None, None, releases, since)  # fmt: skip
+    return Glidein(glidein_id="e1-t-1", entry="e1", backend="slurm", frontend="fe1", group="g",
+                   backend_id="e1/1_0", state=state, submitted_at=submitted, updated_at=since,
+                   exit_reason=None, exit_code=None, report=None, releases=releases,
+                   state_since=since)  # fmt: skip
 
 
 HELD_CASES = [

@@ -135,7 +135,7 @@ def option(args: tuple[str, ...], name: str) -> str | None:
 )
 def test_pilot_arguments(vo: dict[str, str] | None, wanted: dict[str, Any],
                          expected: dict[str, str | None]) -> None:  # fmt: skip
-    stage = Stage(Path("/s"), {}, "f" * 64, "KEY")
+    stage = Stage(root=Path("/s"), files={}, manifest_sha256="f" * 64, public_key_b64="KEY")
     args = pilot_arguments(EntryConfig(name="e", site="S"), request(vo, **wanted), "g-1",
                            "http://factory:1", stage)  # fmt: skip
     for name, value in expected.items():

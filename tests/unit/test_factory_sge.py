@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from glidewms.factory.backends.base import BackendError, PilotState
+from glidewms.factory.backends.script import walltime
 from glidewms.factory.backends.sge import (
     LETTERS,
     parse_marked_arrays,
     parse_qacct,
     parse_qstat_xml,
     sge_state,
-    walltime,
 )
 
 

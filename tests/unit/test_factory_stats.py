@@ -9,8 +9,9 @@ import pytest
 
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.reload import entry_changes
+from glidewms.factory.states import GlideinState
 from glidewms.factory.stats import entry_stats, failure_category
-from glidewms.factory.store import Glidein, GlideinState
+from glidewms.factory.store import Glidein
 
 NOW = 100_000.0
 SINCE = NOW - 3600

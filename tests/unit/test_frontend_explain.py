@@ -23,8 +23,8 @@ def _records(tmp_path, **group_knobs):
             "request": {"cpus": 1, "memory": 1000},
             "ad": "[ RequestCpus = 1; RequestMemory = 1000; Requirements = true ]"}]
     counts = {"big": {"queued": 1, "running": 1}}
-    view = observe_group(group, None, acs, [], [FactoryView("f", "http://f", entries, counts)],
-                         NOW)
+    factory = FactoryView(name="f", url="http://f", entries=entries, counts=counts)
+    view = observe_group(group, None, acs, [], [factory], NOW)
     frontend._decide(group, view, (2, 1), frontend.memory.setdefault("main", {}), NOW)
     return {r["entry"]: r for r in frontend.explain()}
 

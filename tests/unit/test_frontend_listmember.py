@@ -13,8 +13,9 @@ import random
 import pytest
 
 from glidewms import classads
+from glidewms.frontend.conjuncts import Matcher, conjuncts
 from glidewms.frontend.listmember import ListMember, recognise
-from glidewms.frontend.matching import EntryInfo, Matcher, Size, _conjuncts
+from glidewms.frontend.matching import EntryInfo, Size
 
 SITE_NAMES = ["S1", "s1", "S2", "T2_US_MIT", "t2_us_mit", "A B", "A,B", "", "x", "S10",
               "é", "S\u0130"]
@@ -78,13 +79,13 @@ def _job(rng: random.Random) -> object:
 def test_shortcut_agrees_with_the_library_on_random_inputs():
     rng = random.Random(2026)
     entries = [_entry(i, rng) for i in range(60)]
-    conjuncts = [c for text in EXPRESSIONS for c in _conjuncts(text, True)]
-    assert sum(c.fast is not None for c in conjuncts) == 5
+    parts = [c for text in EXPRESSIONS for c in conjuncts(text, True)]
+    assert sum(c.fast is not None for c in parts) == 5
     shortcut_used = 0
     for _ in range(400):
         job = _job(rng)
         fast, slow = Matcher(entries, fast=True), Matcher(entries, fast=False)
-        for conjunct in conjuncts:
+        for conjunct in parts:
             expected = slow.passing(job, conjunct)
             assert fast.passing(job, conjunct) == expected, (conjunct.text, str(job))
         shortcut_used += fast.evaluations < slow.evaluations

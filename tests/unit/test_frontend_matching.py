@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from glidewms.frontend.conjuncts import Matcher, split_conjuncts
 from glidewms.frontend.matching import (
     EntryInfo,
     GroupRules,
     JobRequest,
-    Matcher,
     Size,
     jobs_per_pilot,
     match_demand,
-    split_conjuncts,
 )
 from glidewms.frontend.observe import entry_attributes
 
@@ -131,6 +130,9 @@ def test_running_only_autoclusters_count_running_not_idle():
         ("(a) || (b && c)", ["(a) || (b && c)"]),
         ('x == "p && q" && y', ['x == "p && q"', "y"]),
         ("f(a && b) && {1, 2}[0] == 1", ["f(a && b)", "{1, 2}[0] == 1"]),
+        ("(a) && (b)", ["a", "b"]),
+        ('(x == ")" && y)', ['x == ")"', "y"]),  # a quoted parenthesis closes nothing
+        ('s == "q\\"&&" && t', ['s == "q\\"&&"', "t"]),  # nor does an escaped quote end one
     ],
 )
 def test_split_conjuncts(text, parts):

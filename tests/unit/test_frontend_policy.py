@@ -15,6 +15,7 @@ from glidewms.frontend.policy import (
     removal_stage,
 )
 from glidewms.frontend.supply import EntrySupply
+from glidewms.protocol import RemovalStage
 
 K = Knobs()  # attenuation 3, reserve 5, 100 idle per entry, factor 1.15
 
@@ -25,7 +26,7 @@ def demand(units: float, old: float = 0.0, straight: float | None = None) -> Ent
 
 
 def lvl(name: str = "entry", pilots: int = 0, idle: int = 0, **kw) -> Level:
-    return Level(name, pilots, idle, **kw)
+    return Level(name=name, pilots=pilots, idle_pilots=idle, **kw)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +94,11 @@ def test_limits_and_curbs_are_named():
     assert p.curbs == ("group pilots 9 >= curb 9",)
 
 
-R = RemovalRules(max_stage="IDLE", confirm_cycles=3, escalate_cycles=2)
+R = RemovalRules(max_stage=RemovalStage.IDLE, confirm_cycles=3, escalate_cycles=2)
+
+
+def upto(stage: RemovalStage) -> RemovalRules:
+    return RemovalRules(max_stage=stage, confirm_cycles=3, escalate_cycles=2)
 
 
 @pytest.mark.parametrize(
@@ -106,11 +111,9 @@ R = RemovalRules(max_stage="IDLE", confirm_cycles=3, escalate_cycles=2)
         (False, 3, R, "WAIT", 4),
         (False, 4, R, "IDLE", 5),  # escalate: remove queued excess
         (False, 9, R, "IDLE", 10),  # ALL not allowed by this group
-        (False, 9, RemovalRules(max_stage="ALL", confirm_cycles=3, escalate_cycles=2), "ALL",
-         10),
-        (False, 9, RemovalRules(max_stage="WAIT", confirm_cycles=3, escalate_cycles=2), "WAIT",
-         10),
-        (False, 9, RemovalRules(max_stage="NO", confirm_cycles=3, escalate_cycles=2), "NO", 10),
+        (False, 9, upto(RemovalStage.ALL), "ALL", 10),
+        (False, 9, upto(RemovalStage.WAIT), "WAIT", 10),
+        (False, 9, upto(RemovalStage.NO), "NO", 10),
         (False, 0, RemovalRules(confirm_cycles=1, escalate_cycles=1), "WAIT", 1),
     ],
 )
@@ -126,29 +129,34 @@ def test_sudden_drop_holds_max_running_until_confirmed():
     assert (held.idle, held.max_running, held.remove) == (0, 40, "NO")
     assert any("held at 40" in r for r in held.reasons)
     assert held.memory.no_demand_cycles == 1 and held.memory.last_max_running == 40
-    confirmed = decide(demand(0), EntrySupply(busy=2), [], K, R, Memory(2, 0, 40))
+    confirmed = decide(demand(0), EntrySupply(busy=2), [], K, R,
+                       Memory(no_demand_cycles=2, last_max_running=40))
     assert (confirmed.idle, confirmed.max_running, confirmed.remove) == (0, 2, "WAIT")
 
 
 def test_margin_only_when_removing_and_all_targets_working_pilots():
-    rules = RemovalRules(max_stage="ALL", margin=2, confirm_cycles=1, escalate_cycles=1)
+    rules = RemovalRules(max_stage=RemovalStage.ALL, margin=2, confirm_cycles=1, escalate_cycles=1)
     s = EntrySupply(queued=3, idle=4, busy=2, partial=1, idle_units=4.0)
-    wait = decide(demand(0), s, [], K, rules, Memory(0))
+    wait = decide(demand(0), s, [], K, rules, Memory())
     assert (wait.remove, wait.remove_margin) == ("WAIT", 0)
-    idle = decide(demand(0), s, [], K, rules, Memory(1))
+    idle = decide(demand(0), s, [], K, rules, Memory(no_demand_cycles=1))
     assert (idle.remove, idle.remove_margin, idle.max_running) == ("IDLE", 2, 7)
-    everything = decide(demand(0), s, [], K, rules, Memory(2))
+    everything = decide(demand(0), s, [], K, rules, Memory(no_demand_cycles=2))
     assert (everything.remove, everything.remove_margin, everything.max_running) == ("ALL", 2, 3)
     assert everything.as_request() == {"idle": 0, "max_running": 3, "remove": "ALL",
                                        "remove_margin": 2}
 
 
 def test_demand_returning_cancels_removal():
-    d = decide(demand(9), EntrySupply(queued=1), [], K, R, Memory(8, 0, 0, "IDLE"))
+    d = decide(demand(9), EntrySupply(queued=1), [], K, R,
+               Memory(no_demand_cycles=8, last_remove=RemovalStage.IDLE))
     assert (d.remove, d.idle, d.memory.no_demand_cycles) == ("NO", 3, 0)
 
 
 def test_memory_round_trips_and_tolerates_junk():
-    m = Memory(3, 4, 5, "WAIT")
-    assert Memory.from_json(vars(m)) == m
+    m = Memory(no_demand_cycles=3, last_idle=4, last_max_running=5,
+               last_remove=RemovalStage.WAIT)
+    assert m.to_json()["last_remove"] == "WAIT"
+    assert Memory.from_json(m.to_json()) == m
     assert Memory.from_json("junk") == Memory()
+    assert Memory.from_json({**m.to_json(), "last_remove": "SOME"}).last_remove is RemovalStage.NO

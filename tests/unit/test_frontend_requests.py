@@ -1,4 +1,4 @@
-"""The request forms the frontend sends, and the VO stage configuration."""
+"""The request the frontend sends, and the VO stage configuration."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from glidewms.config import ConfigError
 from glidewms.config.frontend import FrontendConfig
 from glidewms.config.loader import parse_config
 from glidewms.frontend.credentials import GroupTokens
-from glidewms.frontend.service import FORMS, request_body
+from glidewms.frontend.service import request_body
 from glidewms.frontend.vostage import VOStageError, build_all
 
 ENTRY = {"idle": 2, "max_running": 5, "remove": "IDLE", "remove_margin": 1,
@@ -19,25 +19,18 @@ TOKENS = GroupTokens("group-token", {"a": "token-a"})
 VO = {"url": "http://fe/stage/vo/main", "manifest_sha256": "0" * 64, "manifest_key": "K"}
 
 
-@pytest.mark.parametrize(("form", "top", "entry"), [
-    ("full", {"vo_stage": VO}, {**ENTRY, "pilot_token": "token-a"}),
-    ("group-token", {}, ENTRY),
-    ("plain", {}, {"idle": 2, "max_running": 5, "remove": "IDLE", "remove_margin": 1}),
-    ("legacy", {}, {"idle": 2, "max_running": 5, "remove": True}),
-])
-def test_request_forms(form, top, entry):
-    body = request_body(form, "http://pool", TOKENS, {"a": ENTRY, "b": ENTRY}, VO)
-    assert body == {"pool_url": "http://pool", "pilot_token": "group-token",
-                    "entries": {"a": entry, "b": body["entries"]["b"]}, **top}
+def test_request_body_carries_entry_tokens_and_the_vo_stage():
+    body = request_body("http://pool", TOKENS, {"a": ENTRY, "b": ENTRY}, VO)
+    assert body == {"pool_url": "http://pool", "pilot_token": "group-token", "vo_stage": VO,
+                    "entries": {"a": {**ENTRY, "pilot_token": "token-a"}, "b": ENTRY}}
     # an entry without its own token falls back to the top-level one at the factory
     assert "pilot_token" not in body["entries"]["b"]
     assert ENTRY == {"idle": 2, "max_running": 5, "remove": "IDLE", "remove_margin": 1,
                      "start_expr": "true", "container_image": "/img.sif"}, "input mutated"
 
 
-def test_forms_are_ordered_most_complete_first():
-    assert list(FORMS) == ["full", "group-token", "plain", "legacy"]
-    assert "vo_stage" not in request_body("full", "http://p", TOKENS, {}, None)
+def test_request_body_without_a_vo_stage_has_no_key():
+    assert "vo_stage" not in request_body("http://p", TOKENS, {}, None)
 
 
 def test_vo_scripts_must_hold_a_scripts_list(tmp_path: Path):

@@ -72,8 +72,9 @@ def test_observe_group_combines_views_and_filters():
             "request": {"cpus": 1, "memory": 1000}}]
     group = GroupConfig(entry_constraint='GLIDEIN_Site == "B"')
     pilots = [pilot(), pilot(group="other"), pilot(frontend="someone-else")]
-    view = observe_group(group, "fe", acs, pilots,
-                         [FactoryView("f", "http://f", entries, {"big": {"queued": 1}})], 0.0)
+    factory = FactoryView(name="f", url="http://f", entries=entries,
+                          counts={"big": {"queued": 1}})
+    view = observe_group(group, "fe", acs, pilots, [factory], 0.0)
     assert set(view.observations) == {"f/big"}
     assert view.skipped == {"f/off": "entry disabled at the factory",
                             "f/other": "entry_constraint is not true for this entry"}

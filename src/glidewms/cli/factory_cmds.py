@@ -1,10 +1,8 @@
 """Operators' commands of the factory: downtimes, pilot logs and their search.
 
-They talk to a running factory over its API. Where and with which token come
-from, in order: `--factory`/`--token-file`, the environment
-(`GLIDEWMS_FACTORY_URL`, `GLIDEWMS_FACTORY_TOKEN_FILE`), and what `glidewms up`
-left in `glidewms-state/` (`run/factory.url`, `tokens/admin.token`). The token
-is read from a file, never taken from the command line.
+They talk to a running factory over its API through `FactoryClient`
+(glidewms.factory.client: where the factory is and which token to use).
+Its errors end the command with exit code 2 and the message on stderr.
 """
 
 from __future__ import annotations
@@ -16,12 +14,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from glidewms.client import error_detail
+from glidewms.factory.client import FactoryClient, FactoryClientError
 
 err = Console(stderr=True)
 out = Console()
@@ -40,32 +37,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-class FactoryClient:
-    def __init__(self, url: str | None, token_file: Path | None) -> None:
-        state = Path(os.environ.get("GLIDEWMS_STATE", "glidewms-state"))
-        url = url or os.environ.get("GLIDEWMS_FACTORY_URL")
-        if url is None and (state / "run" / "factory.url").is_file():
-            url = (state / "run" / "factory.url").read_text().strip()
-        env_token = os.environ.get("GLIDEWMS_FACTORY_TOKEN_FILE")
-        token_path = token_file or (Path(env_token) if env_token else None)
-        token_path = token_path or state / "tokens" / "admin.token"
-        if not url:
-            raise _fail("no factory URL: pass --factory or set GLIDEWMS_FACTORY_URL")
-        try:
-            token = token_path.read_text().strip()
-        except OSError as exc:
-            raise _fail(f"cannot read the token file {token_path}: {exc.strerror}") from None
-        self.http = httpx.Client(base_url=url.rstrip("/") + "/api/v1", timeout=30,
-                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise _fail(f"cannot reach the factory: {exc}") from None
-        if response.status_code >= 400:
-            raise _fail(f"factory said {response.status_code}: {error_detail(response)}")
-        return response.json()
+def call(factory: str | None, token_file: Path | None, method: str, path: str,
+         **kwargs: Any) -> Any:
+    """One call to the factory's API; a FactoryClientError becomes an exit (2)."""
+    try:
+        return FactoryClient(factory, token_file).call(method, path, **kwargs)
+    except FactoryClientError as exc:
+        raise _fail(str(exc)) from None
 
 
 def parse_time(text: str) -> float:
@@ -130,7 +108,7 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             finish = base + parse_duration(duration)
         body = {"entry": entry, "frontend": frontend, "start": begin, "end": finish,
                 "reason": reason}  # fmt: skip
-        added = FactoryClient(factory, token_file).call("POST", "/downtimes", json=body)
+        added = call(factory, token_file, "POST", "/downtimes", json=body)
         typer.echo(f"downtime {added['id']} added: entry {entry}, frontend {frontend}, "
                    f"{show_time(added['start'])} to {show_time(added['end'])}")  # fmt: skip
 
@@ -141,8 +119,7 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         token_file: TokenOpt = None,
     ) -> None:
         """Downtimes in force or to come."""
-        found = FactoryClient(factory, token_file).call("GET", "/downtimes",
-                                                        params={"past": past})  # fmt: skip
+        found = call(factory, token_file, "GET", "/downtimes", params={"past": past})
         table = Table("id", "entry", "frontend", "start", "end", "reason", "by")
         for d in found:
             table.add_row(str(d["id"]), d["entry"], d["frontend"], show_time(d["start"]),
@@ -156,7 +133,7 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         token_file: TokenOpt = None,
     ) -> None:
         """End a downtime now (remove it)."""
-        FactoryClient(factory, token_file).call("DELETE", f"/downtimes/{downtime_id}")
+        call(factory, token_file, "DELETE", f"/downtimes/{downtime_id}")
         typer.echo(f"downtime {downtime_id} removed")
 
     @service.command("logs")
@@ -168,7 +145,7 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         token_file: TokenOpt = None,
     ) -> None:
         """A pilot's state, exit reason, stdout, stderr and trail."""
-        got = FactoryClient(factory, token_file).call("GET", f"/glideins/{glidein_id}/logs")
+        got = call(factory, token_file, "GET", f"/glideins/{glidein_id}/logs")
         if as_json:
             typer.echo(json.dumps(got, indent=2))
             return
@@ -210,7 +187,7 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             params["since"] = parse_time(since)
         if until is not None:
             params["until"] = parse_time(until)
-        found = FactoryClient(factory, token_file).call("GET", "/glideins", params=params)
+        found = call(factory, token_file, "GET", "/glideins", params=params)
         table = Table("glidein", "entry", "frontend", "state", "exit reason", "submitted")
         for g in found:
             table.add_row(g["glidein_id"], g["entry"], f"{g['frontend']}/{g['group']}",
@@ -223,7 +200,7 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
     @entry_cmd.command("list")
     def entry_list(factory: FactoryOpt = None, token_file: TokenOpt = None) -> None:
         """Every entry with its pilots, last error, pause and downtime."""
-        found = FactoryClient(factory, token_file).call("GET", "/entries")
+        found = call(factory, token_file, "GET", "/entries")
         table = Table("entry", "site", "backend", "pilots", "state", "last error")
         for e in found:
             counts = ", ".join(f"{k} {v}" for k, v in e["counts"].items() if v) or "-"
@@ -246,13 +223,13 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         token_file: TokenOpt = None,
     ) -> None:
         """Submit again at an entry paused after repeated failures (admin token)."""
-        got = FactoryClient(factory, token_file).call("POST", f"/entries/{name}/resume")
+        got = call(factory, token_file, "POST", f"/entries/{name}/resume")
         typer.echo(f"entry {name} resumed" if got["resumed"] else f"entry {name} was not paused")
 
     @service.command("reload")
     def reload_cmd(factory: FactoryOpt = None, token_file: TokenOpt = None) -> None:
         """Make a running factory re-read its configuration (entries) now (admin token)."""
-        got = FactoryClient(factory, token_file).call("POST", "/reload")
+        got = call(factory, token_file, "POST", "/reload")
         typer.echo(reload_text(got))
 
     @service.command("stats")
@@ -263,8 +240,7 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         token_file: TokenOpt = None,
     ) -> None:
         """Per entry and frontend: pilots by state, submit rate, failures, goodput/badput."""
-        got = FactoryClient(factory, token_file).call("GET", "/stats",
-                                                      params={"since": parse_time(since)})
+        got = call(factory, token_file, "GET", "/stats", params={"since": parse_time(since)})
         if as_json:
             typer.echo(json.dumps(got, indent=2))
             return
@@ -378,7 +354,7 @@ def register_catalogue(service: typer.Typer) -> None:
         write_text(entries, cat.entries_yaml(made.entries))
         typer.echo(f"{entries} written ({len(made.entries)} entries)")
         if reload:
-            typer.echo(reload_text(FactoryClient(factory, token_file).call("POST", "/reload")))
+            typer.echo(reload_text(call(factory, token_file, "POST", "/reload")))
 
 
 def write_text(path: Path, text: str) -> None:

@@ -11,6 +11,7 @@ import httpx
 import typer
 
 from glidewms.frontend.explain_text import render
+from glidewms.protocol import API_PREFIX
 
 
 def _find(url: str | None, token_file: Path | None, state_dir: Path) -> tuple[str, str]:
@@ -63,7 +64,7 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         if group:
             params["group"] = group
         try:
-            r = httpx.get(f"{base}/api/v1/explain", params=params, timeout=30,
+            r = httpx.get(f"{base}{API_PREFIX}/explain", params=params, timeout=30,
                           headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
             typer.echo(f"error: cannot reach the frontend at {base}: {exc}", err=True)

@@ -9,8 +9,8 @@ catalogue and hand-curated entries can be kept apart and merged here.
 Every model forbids unknown keys: a typo such as `max_pilot` must be reported
 with its key path, not silently ignored while the default applies.
 
-(A little over 500 lines: one section model per kind of contact, kept next to
-the entry they validate so an entry's whole schema reads in one place.)
+The sections that say how an entry reaches its site (`batch:`, `ssh:`,
+`condor:`) are in `config/sites.py`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,21 @@ from glidewms.config.loader import (
     load_yaml,
     parse_config,
 )
+from glidewms.config.sites import BatchConfig, CondorConfig, SshConfig, check_environment
 from glidewms.db import sqlite_url
+
+__all__ = [
+    "BackendKind",
+    "BatchConfig",
+    "CondorConfig",
+    "EntryConfig",
+    "FactoryConfig",
+    "FrontendLimits",
+    "RecoveryConfig",
+    "SshConfig",
+    "load_entry_file",
+    "load_factory_config",
+]
 
 # Entry names end up in glidein ids, log paths and URLs: keep them path-safe.
 ENTRY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -65,79 +79,7 @@ AttributeValue = str | int | float | bool
 ResourceAmount = int | Literal["auto"]
 
 
-# Environment variable names handed to batch commands and to pilots.
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-
 BackendKind = Literal["local", "slurm", "sge", "pbs", "lsf", "ssh", "htcondor"]
-
-
-def _check_environment(value: dict[str, str]) -> dict[str, str]:
-    for key, item in value.items():
-        if not ENV_NAME.match(key):
-            raise ValueError(f"environment variable name {key!r} is not a shell identifier")
-        if "\n" in item or "\0" in item:
-            raise ValueError(f"environment variable {key!r}: value must be a single line")
-    return value
-
-
-class BatchConfig(BaseModel):
-    """How to reach a batch system's queue (Slurm, Grid Engine, PBS, LSF).
-
-    `options` are extra submit options in the batch system's own syntax
-    (`--qos=normal`, `-l h_vmem=2G`), placed in the job script's directives.
-    `env` is the environment of the batch *commands* (e.g. `SLURM_CONF`,
-    `SGE_ROOT`), not of the pilots (that is the entry's `environment`).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    queue: str | None = Field(default=None, description="partition (Slurm) or queue name")
-    account: str | None = Field(default=None, description="account to charge (Slurm -A, LSF -P)")
-    project: str | None = Field(default=None, description="project (Grid Engine -P, PBS -P)")
-    options: list[str] = Field(default_factory=list, description="extra submit options")
-    env: dict[str, str] = Field(default_factory=dict, description="environment of batch commands")
-    log_dir: str | None = Field(
-        default=None, description="where pilots' stdout/stderr go; default under state_dir"
-    )
-    array_size: int = Field(default=500, ge=1, le=10000, description="most pilots per job array")
-    command_timeout: float = Field(default=60.0, gt=0, description="seconds per batch command")
-    command_prefix: list[str] = Field(
-        default_factory=list,
-        description="run batch commands as another account, e.g. [runuser, -u, pilots, --]; "
-        "needs log_dir (a directory that account can write)",
-    )
-    parallel_environment: str = Field(
-        default="smp", description="Grid Engine parallel environment of multi-core pilots"
-    )
-
-    @field_validator("queue", "account", "project", "parallel_environment")
-    @classmethod
-    def _word(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z0-9_.@:+-]{1,128}$", value):
-            raise ValueError("expected a single word (letters, digits, '_.@:+-')")
-        return value
-
-    @field_validator("options")
-    @classmethod
-    def _options(cls, value: list[str]) -> list[str]:
-        for option in value:
-            if "\n" in option or "\r" in option:
-                raise ValueError(f"option {option!r} must be a single line")
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_environment(value)
-
-    @model_validator(mode="after")
-    def _prefix_needs_log_dir(self) -> BatchConfig:
-        if self.command_prefix and not (self.log_dir and self.log_dir.startswith("/")):
-            raise ValueError(
-                "command_prefix needs log_dir: an absolute directory the batch account can "
-                "write (the factory's state_dir is private to the factory)"
-            )
-        return self
 
 
 def _positive_or_auto(value: object) -> object:
@@ -151,130 +93,6 @@ def _positive_or_auto(value: object) -> object:
     if isinstance(value, int) and value >= 1:
         return value
     raise ValueError("expected a positive integer or 'auto'")
-
-
-class SshConfig(BaseModel):
-    """A remote login node reached over SSH (BOSCO style) and the batch system there."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = Field(min_length=1, description="login node host name or address")
-    port: int = Field(default=22, ge=1, le=65535)
-    user: str = Field(min_length=1, description="account on the login node")
-    key_file: Path = Field(description="private key of this entry (0600)")
-    known_hosts: Path | None = Field(
-        default=None, description="known_hosts file; default ~/.ssh/known_hosts"
-    )
-    batch_system: Literal["slurm", "sge", "pbs", "lsf"] = Field(default="slurm")
-    remote_dir: str = Field(
-        default=".glidewms", description="pilot files and logs, relative to the remote home"
-    )
-    max_connections: int = Field(default=2, ge=1, le=64, description="connections at once")
-
-
-# A DNS host name or an IPv4 address: HTCondor-CE hosts and schedd names.
-HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-# A submit command name (`request_gpus`, `+MyAttr`, `My.Attr`).
-SUBMIT_KEY = re.compile(r"^\+?[A-Za-z_][A-Za-z0-9_.]{0,127}$")
-
-
-def _host(value: str | None, what: str) -> str | None:
-    if value is not None and not HOST_NAME.match(value):
-        raise ValueError(f"{what}: expected a host name such as ce.example.org, got {value!r}")
-    return value
-
-
-class CondorConfig(BaseModel):
-    """An HTCondor-G / HTCondor-CE entry: which schedd submits, where jobs are routed.
-
-    `grid_type: condor` sends pilots to an HTCondor-CE (`grid_resource =
-    condor <ce_host> <ce_host>:<ce_port>`); `batch` to a batch system through
-    the schedd's blahp (`grid_resource = batch <batch_system> [<remote>]`).
-    `x509` and `scitoken` are paths of credential *files* the schedd forwards
-    to the CE; their content never appears in a submit description or a log.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    grid_type: Literal["condor", "batch"] = Field(
-        default="condor", description="condor: an HTCondor-CE; batch: a blahp batch system")
-    ce_host: str | None = Field(default=None, description="HTCondor-CE host (grid_type condor)")
-    ce_port: int = Field(default=9619, ge=1, le=65535, description="HTCondor-CE port")
-    batch_system: Literal["slurm", "pbs", "lsf", "sge", "condor"] | None = Field(
-        default=None, description="grid_type batch: the batch system behind the blahp")
-    remote: str | None = Field(
-        default=None, description="grid_type batch: user@host of a remote login node (BOSCO)")
-    schedd: str = Field(default="local", description="'local' or the name of a schedd")
-    collector: str | None = Field(
-        default=None, description="collector that locates a named schedd; default the pool's")
-    x509: Path | None = Field(default=None, description="X.509 proxy file (absolute path)")
-    scitoken: Path | None = Field(default=None, description="SciToken file (absolute path)")
-    factory_tag: str = Field(
-        default="glidewms", description="marks this factory's jobs in a shared schedd")
-    submit: dict[str, str] = Field(
-        default_factory=dict, description="extra submit commands, e.g. {+Owner_VO: '\"cms\"'}")
-
-    @field_validator("ce_host")
-    @classmethod
-    def _ce_host(cls, value: str | None) -> str | None:
-        return _host(value, "ce_host")
-
-    @field_validator("schedd")
-    @classmethod
-    def _schedd(cls, value: str) -> str:
-        if value != "local" and not re.match(r"^[A-Za-z0-9_.@-]{1,253}$", value):
-            raise ValueError("expected 'local' or a schedd name such as schedd@host.example.org")
-        return value
-
-    @field_validator("collector")
-    @classmethod
-    def _collector(cls, value: str | None) -> str | None:
-        host, _, port = (value or "").partition(":")
-        if value is not None and (not HOST_NAME.match(host) or (port and not port.isdigit())):
-            raise ValueError(f"expected host[:port], got {value!r}")
-        return value
-
-    @field_validator("remote")
-    @classmethod
-    def _remote(cls, value: str | None) -> str | None:
-        user, _, host = (value or "").rpartition("@")
-        if value is not None and (not HOST_NAME.match(host) or not re.match(r"^[\w.-]*$", user)):
-            raise ValueError(f"expected [user@]host, got {value!r}")
-        return value
-
-    @field_validator("x509", "scitoken")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError(f"expected an absolute path of a file, got {str(value)!r}")
-        return value
-
-    @field_validator("factory_tag")
-    @classmethod
-    def _tag(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", value):
-            raise ValueError("expected a word: letters, digits, '_', '.', '-'")
-        return value
-
-    @field_validator("submit")
-    @classmethod
-    def _submit(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            if not SUBMIT_KEY.match(key):
-                raise ValueError(f"submit command {key!r}: expected a name such as request_gpus "
-                                 "or +MyAttribute")
-            if "\n" in item or "\r" in item:
-                raise ValueError(f"submit command {key!r}: value must be a single line")
-        return value
-
-    @model_validator(mode="after")
-    def _contact(self) -> CondorConfig:
-        if self.grid_type == "condor" and self.ce_host is None:
-            raise ValueError("grid_type condor needs ce_host (the HTCondor-CE host name)")
-        if self.grid_type == "batch" and self.batch_system is None:
-            raise ValueError("grid_type batch needs batch_system (slurm, pbs, lsf, sge, condor)")
-        return self
 
 
 class RecoveryConfig(BaseModel):
@@ -433,7 +251,7 @@ class EntryConfig(BaseModel):
     @field_validator("environment")
     @classmethod
     def _environment(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_environment(value)
+        return check_environment(value)
 
     @model_validator(mode="after")
     def _ssh_needs_contact(self) -> EntryConfig:

@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glidewms import classads
+from glidewms.protocol import RemovalStage
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-RemovalStage = Literal["NO", "WAIT", "IDLE", "ALL"]
 
 
 class Source(BaseModel):
@@ -99,7 +99,7 @@ class GroupConfig(BaseModel):
     curb_idle_pilots_per_group: int = Field(200, ge=0, description="halve the request from here")
     # removal
     max_removal: RemovalStage = Field(
-        "IDLE", description="furthest removal stage: NO, WAIT, IDLE or ALL (ALL removes "
+        RemovalStage.IDLE, description="furthest removal stage: NO, WAIT, IDLE or ALL (ALL removes "
         "running pilots: only when the group allows it here)")
     removal_margin: int = Field(0, ge=0, description="pilots kept beyond the excess when removing")
     zero_demand_confirm_cycles: int = Field(

@@ -6,6 +6,8 @@ document contains exactly this text, so defaults in the docs cannot drift.
 
 from __future__ import annotations
 
+from enum import Enum
+
 from pydantic import BaseModel
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
@@ -29,6 +31,8 @@ def _default(field: object) -> str:
         return "required"
     if isinstance(value, list) and value and isinstance(value[0], BaseModel):
         return "see below"
+    if isinstance(value, Enum):  # as YAML spells it
+        return f"`{value.value}`"
     return f"`{value}`"
 
 

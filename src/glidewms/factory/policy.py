@@ -3,17 +3,18 @@
 `plan()` turns a frontend's desired state and the pilots counted now into
 either a number of pilots to submit (clamped by every limit, each clamp named)
 or a number of pilots to remove (never more than the excess, and only as far
-as the request's removal mode allows). `choose_victims()` picks which pilots
+as the request's removal stage allows). `choose_victims()` picks which pilots
 go, in the order that wastes the least: held, then queued at the site (newest
 first: the last in the site's queue), then running (newest first: the least
-work lost), the running ones only in mode ALL.
+work lost), the running ones only in stage ALL.
 
-Removal modes (protocol.md, "Factory requests"), as GlideinWMS frontends know them:
+Removal stages (`glidewms.protocol.RemovalStage`; protocol.md, "Factory requests"),
+as GlideinWMS frontends know them:
 
 - NO: never remove; submit up to the request.
 - WAIT: never remove; submit up to the request. The excess drains by itself
   as pilots run out of work. Identical to NO on the factory side: the factory
-  never submits beyond a request in either mode; the two names let a frontend
+  never submits beyond a request in either stage; the two names let a frontend
   say why it is not removing.
 - IDLE: remove pilots not yet running (held or queued) beyond `idle + margin`.
 - ALL: as IDLE, and also pilots alive beyond `max_running + margin`: queued
@@ -29,7 +30,6 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -37,14 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from glidewms.classads import ClassAdError, parse_expr
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.backends.base import PilotState
-from glidewms.factory.store import Glidein, GlideinState
-
-
-class RemoveMode(str, Enum):
-    NO = "NO"
-    WAIT = "WAIT"
-    IDLE = "IDLE"
-    ALL = "ALL"
+from glidewms.factory.states import GlideinState
+from glidewms.factory.store import Glidein
+from glidewms.protocol import RemovalStage
 
 
 class EntryRequest(BaseModel):
@@ -54,10 +49,7 @@ class EntryRequest(BaseModel):
 
     idle: int = Field(ge=0, description="pilots to keep queued at the site")
     max_running: int = Field(ge=0, description="most pilots of this group alive at the entry")
-    remove: RemoveMode = Field(
-        default=RemoveMode.NO,
-        description="NO, WAIT, IDLE or ALL (JSON true = IDLE, false = NO, for old frontends)",
-    )
+    remove: RemovalStage = Field(default=RemovalStage.NO, description="NO, WAIT, IDLE or ALL")
     remove_margin: int = Field(
         default=0, ge=0, description="pilots tolerated beyond the request before removing"
     )
@@ -83,10 +75,6 @@ class EntryRequest(BaseModel):
     @field_validator("remove", mode="before")
     @classmethod
     def _remove(cls, value: Any) -> Any:
-        if value is True:
-            return RemoveMode.IDLE
-        if value is False:
-            return RemoveMode.NO
         if isinstance(value, str):
             return value.strip().upper()
         return value
@@ -166,13 +154,13 @@ class RemovePlan:
 
 
 def removal(request: EntryRequest, counts: Counts) -> RemovePlan | None:
-    """The removal the request's mode allows, or None when nothing is in excess."""
-    if request.remove in (RemoveMode.NO, RemoveMode.WAIT):
+    """The removal the request's stage allows, or None when nothing is in excess."""
+    if request.remove in (RemovalStage.NO, RemovalStage.WAIT):
         return None
     margin = request.remove_margin
     idle_excess = max(0, counts.pending - (request.idle + margin))
     running_excess = 0
-    if request.remove is RemoveMode.ALL:
+    if request.remove is RemovalStage.ALL:
         alive = counts.pending + counts.running  # removing ones already on their way out
         running_excess = max(0, alive - (request.max_running + margin))
     pending = min(counts.pending, max(idle_excess, running_excess))

@@ -23,12 +23,13 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from glidewms.config.factory import EntryConfig, RecoveryConfig
-from glidewms.factory.store import Glidein, GlideinState
+from glidewms.factory.states import GlideinState
+from glidewms.factory.store import Glidein
 
 MAX_BACKOFF_SECONDS = 600.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EntryHealth:
     """Submission failures of one entry in a row, and its pause if any."""
 
@@ -60,7 +61,8 @@ def after_failure(health: EntryHealth, error: str, now: float, cycle_seconds: fl
     if failures >= recovery.pause_after_failures:
         paused_at = now  # a retry after the cool-down that fails pauses anew
         reason = f"{failures} submissions failed in a row; last: {error}"
-    return EntryHealth(failures, error, now + delay, paused_at, reason)
+    return EntryHealth(failures=failures, last_error=error, next_try=now + delay,
+                       paused_at=paused_at, paused_reason=reason)
 
 
 def after_success(health: EntryHealth) -> EntryHealth:

@@ -21,10 +21,12 @@ error (file, key, what was expected) goes back to whoever asked.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.config.loader import ConfigError
 from glidewms.factory.backends import BackendContext, create_backend
 from glidewms.factory.retired import retire, unretire
 from glidewms.factory.service import Factory
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 FIXED = ("listen_host", "listen_port", "state_dir", "database_url", "issuer_public_key")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReloadSummary:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -52,8 +54,9 @@ def entry_changes(old: list[EntryConfig], new: list[EntryConfig]) -> ReloadSumma
     before = {e.name: e for e in old}
     after = {e.name: e for e in new}
     changed = sorted(n for n in set(before) & set(after) if before[n] != after[n])
-    return ReloadSummary(sorted(set(after) - set(before)), sorted(set(before) - set(after)),
-                         changed, len(set(before) & set(after)) - len(changed))  # fmt: skip
+    return ReloadSummary(added=sorted(set(after) - set(before)),
+                         removed=sorted(set(before) - set(after)), changed=changed,
+                         unchanged=len(set(before) & set(after)) - len(changed))
 
 
 def apply_reload(factory: Factory, context: BackendContext, new: FactoryConfig) -> ReloadSummary:
@@ -76,3 +79,38 @@ def apply_reload(factory: Factory, context: BackendContext, new: FactoryConfig) 
                 if summary.ignored else "")  # fmt: skip
     factory.wake()
     return summary
+
+
+class Reloader:
+    """How a running factory is reconfigured: `load` the configuration again (its
+    file), then `apply` it between two awaits of the converge loop, so a cycle sees
+    the old entries or the new ones, never a mix.
+
+    Without a `loader` (a factory started without a configuration file) there
+    is nothing to reload and `load` says so.
+    """
+
+    def __init__(self, factory: Factory, context: BackendContext,
+                 loader: Callable[[], FactoryConfig] | None) -> None:  # fmt: skip
+        self.factory = factory
+        self.context = context
+        self.loader = loader
+
+    def load(self) -> FactoryConfig:
+        """The configuration read again; ConfigError names what is wrong in it."""
+        if self.loader is None:
+            raise ConfigError("this factory was started without a configuration file: "
+                              "nothing to reload")  # fmt: skip
+        return self.loader()
+
+    def apply(self, new: FactoryConfig) -> ReloadSummary:
+        """Swap in the entries of `new` (in the loop's thread)."""
+        resolved = new.model_copy(update={"state_dir": new.state_dir.resolve()})
+        return apply_reload(self.factory, self.context, resolved)
+
+    def on_sighup(self) -> None:
+        """SIGHUP: reload, or log why not; the running configuration stays on error."""
+        try:
+            self.apply(self.load())
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)

@@ -73,7 +73,7 @@ class RequestBody(BaseModel):
         return value
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AcceptedRequest:
     """A checked request: what is stored, and the token files it wrote."""
 
@@ -145,4 +145,5 @@ def accept_request(verifier: TokenVerifier, body: RequestBody, frontend: str, gr
     entries = {name: req.model_dump(mode="json", exclude_none=True, exclude={"pilot_token"})
                for name, req in body.entries.items()}  # fmt: skip
     vo = None if body.vo_stage is None else body.vo_stage.model_dump(exclude_none=True)
-    return AcceptedRequest(entries, expires, {n: e for n, (_, e) in own.items()}, vo)
+    return AcceptedRequest(entries=entries, token_expires=expires,
+                           entry_tokens={n: e for n, (_, e) in own.items()}, vo_stage=vo)

@@ -9,7 +9,8 @@ The loop wakes on every PUT of a request and otherwise every `cycle_seconds`.
 by a table. The loop is careful about the failures GlideinWMS operators know:
 pilots the backend cannot see stay counted (no flood), a failing entry backs
 off instead of filling the database with failed submissions, one exception
-never stops the loop, and a killed factory recovers from the database.
+never stops the loop, and a killed factory recovers from the database
+(`restart.py`). Held and stale pilots and the log archive are `upkeep.py`'s.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory import restart, upkeep
 from glidewms.factory import retired as retired_entries
 from glidewms.factory.archive import LogArchive
 from glidewms.factory.backends import (
@@ -37,60 +39,39 @@ from glidewms.factory.backends import (
 )
 from glidewms.factory.pilot_args import pilot_arguments
 from glidewms.factory.policy import (
-    Counts,
     EntryRequest,
-    RemoveMode,
     RemovePlan,
-    SubmitPlan,
     Tally,
     active_downtime,
-    attribute_text,
     choose_victims,
     next_state,
     plan,
 )
 from glidewms.factory.recovery import (
     EntryHealth,
-    HeldAction,
     after_failure,
     after_success,
-    held_action,
     resumed,
-    stale_reason,
     submit_blocked,
 )
 from glidewms.factory.requests import token_file
 from glidewms.factory.stage import Stage
-from glidewms.factory.store import FactoryStore, Glidein, GlideinState, StoredRequest
+from glidewms.factory.states import GlideinState
+from glidewms.factory.store import FactoryStore, Glidein, StoredRequest
 from glidewms.factory.token_push import TokenPush
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "Counts",
-    "EntryRequest",
-    "Factory",
-    "RemoveMode",
-    "RemovePlan",
-    "SubmitPlan",
-    "Tally",
-    "attribute_text",
-    "next_state",
-    "plan",
-]
 
 # Test hook: `after_submit` makes the factory SIGKILL itself after a submission
 # returned and before its batch ids are stored (tests of restart recovery).
 CRASH_HOOK = "GLIDEWMS_FACTORY_TEST_CRASH"
 TOKEN_MARGIN_SECONDS = 60.0  # do not start pilots with a token about to expire
-PURGE_EVERY_SECONDS = 3600.0
-ARCHIVE_PER_CYCLE = 200
 
 
 class Factory:
     """The converge loop and the state it needs between cycles."""
 
-    def __init__(self, config: FactoryConfig, public_url: str, store: FactoryStore,
+    def __init__(self, config: FactoryConfig, *, public_url: str, store: FactoryStore,
                  stage: Stage, backends: dict[str, Backend],
                  context: BackendContext | None = None) -> None:  # fmt: skip
         self.config = config
@@ -106,7 +87,7 @@ class Factory:
         self._logged: dict[tuple[str, str, str], str] = {}
         self.archive = LogArchive(config.state_dir / "archive",
                                   config.log_retention_days * 86400)  # fmt: skip
-        self._purged_at = 0.0
+        self.purged_at = 0.0  # when the log archive was last purged
         self.downtimes: list[dict[str, Any]] = []  # as of the last cycle
         self._active: dict[tuple[str, str, str], list[Glidein]] = {}  # this cycle's, by request
         self.tokens = TokenPush()
@@ -201,7 +182,7 @@ class Factory:
         """Cycle until cancelled; a failed cycle is logged and the next one runs."""
         self._wake = wake = asyncio.Event()
         try:
-            await self.recover()
+            await restart.recover(self)
         except Exception:
             log.exception("recovery after restart failed; converging anyway")
         while True:
@@ -214,98 +195,20 @@ class Factory:
             with suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.config.cycle_seconds)
 
-    async def recover(self) -> None:
-        """After a restart: find interrupted submissions, re-arm interrupted removals.
-
-        A glidein without a backend id was recorded before its submission and
-        the factory stopped before it stored the batch id: the batch job may
-        exist. The backend is asked to find such pilots by the glidein ids
-        their jobs carry (`Backend.adopt`); the ones it finds are tracked
-        again, the others never reached the site and are marked failed. So a
-        kill at any instant neither loses a pilot nor submits it twice.
-        """
-        stored = await asyncio.to_thread(self.store.entry_health)
-        self.health = {name: EntryHealth(**values) for name, values in stored.items()}
-        await retired_entries.load(self)
-        await self.adopt_unrecorded()
-        active = await asyncio.to_thread(self.store.active)
-        for kind, group in _by_backend(active).items():
-            removing = [g.backend_id for g in group if g.state is GlideinState.removing]
-            backend = self.backends.get(kind)
-            if removing and backend is not None:
-                await backend.remove([b for b in removing if b])
-
-    async def adopt_unrecorded(self) -> None:
-        """Track again the pilots whose submission a stop interrupted (see `recover`)."""
-        unrecorded = await asyncio.to_thread(self.store.unrecorded)
-        if not unrecorded:
-            return
-        found: dict[str, str] = {}
-        unsure: set[str] = set()
-        unwatched: set[str] = set()  # of entries this factory no longer knows: lost
-        by_entry: dict[str, list[Glidein]] = {}
-        for g in sorted(unrecorded, key=submission_order):
-            by_entry.setdefault(g.entry, []).append(g)
-        for name, group in by_entry.items():
-            entry, backend = self.watched_entry(name), self.backends.get(group[0].backend)
-            if entry is None or backend is None:
-                unwatched.update(g.glidein_id for g in group)
-                continue
-            try:
-                found.update(await backend.adopt(entry, [g.glidein_id for g in group]))
-            except Exception as exc:  # cannot tell: keep counting them, ask next cycle
-                log.warning("entry %s: cannot look for interrupted submissions: %s", name, exc)
-                unsure.update(g.glidein_id for g in group)
-        if found:
-            await asyncio.to_thread(self.store.set_backend_ids, found)
-        lost = {g.glidein_id: GlideinState.failed for g in unrecorded
-                if g.glidein_id not in found.keys() | unsure | unwatched}  # fmt: skip
-        log.warning("%d submission(s) were interrupted by a factory stop: %d found at the "
-                    "site, %d never reached it, %d of entries no longer configured (lost)",
-                    len(unrecorded), len(found), len(lost), len(unwatched))  # fmt: skip
-        if lost:
-            await asyncio.to_thread(self.store.set_states, lost, "submit_failed")
-        if unwatched:  # cannot be asked about: neither submit_failed nor counted forever
-            await asyncio.to_thread(self.store.set_states,
-                                    dict.fromkeys(unwatched, GlideinState.failed), "lost")
-
     async def cycle(self) -> None:
-        await self.adopt_unrecorded()  # nothing to do unless a look-up failed at recovery
+        await restart.adopt_unrecorded(self)  # nothing to do unless a look-up failed at start
         await self.refresh()
         await self.push_tokens()
-        await self.maintain()
+        await upkeep.maintain(self)
         await self.converge()
-        await self.archive_logs()
-
-    async def archive_logs(self) -> None:
-        """Fetch the logs of pilots that ended into the archive; purge old ones hourly."""
-        done = await asyncio.to_thread(self.store.to_archive, ARCHIVE_PER_CYCLE)
-        archived: list[str] = []
-        for g in done:
-            backend = self.backends.get(g.backend)
-            if backend is None or g.backend_id is None:
-                continue
-            try:
-                logs = await backend.logs(g.backend_id)
-                await asyncio.to_thread(self.archive.store_output, g.entry, g.frontend,
-                                        g.glidein_id, logs.stdout, logs.stderr)  # fmt: skip
-            except Exception as exc:
-                log.warning("cannot archive the logs of %s: %s", g.glidein_id, exc)
-            archived.append(g.glidein_id)  # tried once: a lost log is not retried forever
-        await asyncio.to_thread(self.store.mark_archived, archived, time.time())
-        now = time.time()
-        if now - self._purged_at > PURGE_EVERY_SECONDS:
-            self._purged_at = now
-            purged = await asyncio.to_thread(self.archive.purge, now)
-            if purged:
-                log.info("log archive: %d pilot(s) past retention removed", purged)
+        await upkeep.archive_logs(self)
 
     async def refresh(self) -> None:
         """Ask each backend, in one call, about all its active pilots."""
         active = await asyncio.to_thread(self.store.active)
         await retired_entries.drop_ended(self, active)
         changes: dict[str, GlideinState] = {}
-        for kind, group in _by_backend(active).items():
+        for kind, group in restart.by_backend(active).items():
             backend = self.backends.get(kind)
             tracked = [g for g in group if g.backend_id]
             if backend is None or not tracked:
@@ -326,40 +229,6 @@ class Factory:
         """Renewed tokens to running pilots that read a copy (token_push.py)."""
         active = await asyncio.to_thread(self.store.active)
         await self.tokens.push(active, self.watched_entry, self.backends, self.token_files)
-
-    async def maintain(self) -> None:
-        """Release or remove held pilots and remove stale ones (recovery.py decides)."""
-        active = await asyncio.to_thread(self.store.active)
-        now = time.time()
-        release: dict[str, list[Glidein]] = {}
-        remove: dict[str, list[tuple[Glidein, str]]] = {}
-        for g in active:
-            entry, backend = self.watched_entry(g.entry), self.backends.get(g.backend)
-            if entry is None or backend is None or not g.backend_id:
-                continue
-            action = held_action(g, now, entry.recovery, backend.can_release)
-            if action is HeldAction.RELEASE:
-                release.setdefault(g.backend, []).append(g)
-            elif action is HeldAction.REMOVE:
-                remove.setdefault(g.backend, []).append((g, "held"))
-            elif (why := stale_reason(g, entry, now)) is not None:
-                remove.setdefault(g.backend, []).append((g, why))
-        for kind, pilots in release.items():
-            try:
-                await self.backends[kind].release([g.backend_id for g in pilots if g.backend_id])
-            except Exception as exc:
-                log.warning("%s: releasing %d held pilot(s) failed: %s", kind, len(pilots), exc)
-                continue
-            await asyncio.to_thread(self.store.count_releases, [g.glidein_id for g in pilots])
-            log.info("%s: released %d held pilot(s)", kind, len(pilots))
-        for kind, victims in remove.items():
-            for reason in sorted({why for _, why in victims}):
-                chosen = [g for g, why in victims if why == reason]
-                await asyncio.to_thread(self.store.set_states,
-                                        dict.fromkeys((g.glidein_id for g in chosen),
-                                                      GlideinState.removing), reason)  # fmt: skip
-                await self.backends[kind].remove([g.backend_id for g in chosen if g.backend_id])
-                log.warning("%s: removed %d pilot(s): %s", kind, len(chosen), reason)
 
     async def converge(self) -> None:
         """Plan and act for every (request, entry); one failing entry does not stop others."""
@@ -490,16 +359,3 @@ class Factory:
         log.info("entry %s: removing %d pilot(s) of %s/%s (%d running): %s", entry.name,
                  len(victims), request.frontend, request.group, running,
                  decision.reason)  # fmt: skip
-
-
-def submission_order(g: Glidein) -> tuple[float, str, int]:
-    """Glideins in the order they were handed to the backend: ids end in a counter."""
-    stem, _, seq = g.glidein_id.rpartition("-")
-    return (g.submitted_at, stem, int(seq) if seq.isdigit() else 0)
-
-
-def _by_backend(glideins: list[Glidein]) -> dict[str, list[Glidein]]:
-    out: dict[str, list[Glidein]] = {}
-    for g in glideins:
-        out.setdefault(g.backend, []).append(g)
-    return out

@@ -61,7 +61,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
     """A built stage: where it is, what it lists, the manifest's hash and signing key."""
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from glidewms.factory.store import ACTIVE_STATES, Glidein, GlideinState
+from glidewms.factory.states import ACTIVE_STATES, GlideinState
+from glidewms.factory.store import Glidein
 
 # Exit reasons of pilots the factory stopped on purpose: not a failure of the site.
 REMOVAL_REASONS = frozenset({"signal", None})

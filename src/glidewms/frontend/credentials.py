@@ -4,8 +4,9 @@ A pilot token minted for one entry (`POST /api/v1/tokens/pilot` with
 `entry`) registers only slots of that entry, so a token stolen at one site
 cannot bring pilots into the pool under another site's name. The frontend
 therefore holds one token per (pool, group, entry name) it asks pilots for,
-plus one group-wide token that only fills the request's top-level
-`pilot_token` (required by factories that predate per-entry tokens).
+plus one group-wide token for the request's top-level `pilot_token` (what
+pilots of an entry without a token of its own get, e.g. in a request re-sent
+with removal off while the pool is blind).
 
 Each token is renewed when less than `pilot_token_renew_fraction` of its life
 is left; the factory replaces its copy, and running pilots re-read it. If a
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 
 from glidewms.config.frontend import GroupConfig, Source
+from glidewms.protocol import API_PREFIX, VERSION_HEADER, IncompatiblePeer, check_peer
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,8 @@ class PilotTokens:
                         group: GroupConfig, entries: Iterable[str]) -> GroupTokens:
         """The group-wide token and one per entry name, renewed where due.
 
-        Raises (httpx.HTTPError, ValueError, KeyError, TypeError) when one of
-        them cannot be had: a request must not go out half-credentialed.
+        Raises (httpx.HTTPError, ValueError, KeyError, TypeError, IncompatiblePeer)
+        when one of them cannot be had: a request must not go out half-credentialed.
         """
         names = sorted(set(entries))
         limit = asyncio.Semaphore(MINT_CONCURRENCY)
@@ -98,11 +100,13 @@ class PilotTokens:
         if entry is not None:
             body["entry"] = entry
         try:
-            r = await http.post(f"{pool.url}/api/v1/tokens/pilot", headers=headers, json=body)
+            r = await http.post(f"{pool.url}{API_PREFIX}/tokens/pilot", headers=headers,
+                                json=body)
+            check_peer(f"pool {pool.name}", r.headers.get(VERSION_HEADER))
             r.raise_for_status()
             data = r.json()
             token = PilotToken(str(data["token"]), now, float(data["expires"]))
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, IncompatiblePeer):
             if current is not None and current.usable(now):
                 log.warning("group %s entry %s: pilot token renewal failed; the current one "
                             "still serves", group.name, entry or "*")

@@ -25,7 +25,7 @@ from glidewms.frontend.matching import (
 from glidewms.frontend.supply import EntrySupply, entry_supply, pilots_by_entry
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FactoryView:
     """One factory's answers for one group: its entries and the group's pilot counts."""
 
@@ -35,8 +35,10 @@ class FactoryView:
     counts: dict[str, dict[str, int]]  # entry -> state -> pilots of this group
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Observation:
+    """One entry of one factory as a group sees it this cycle: demand and supply."""
+
     factory: str
     entry: str
     info: EntryInfo
@@ -199,5 +201,6 @@ def observe_group(group: GroupConfig, frontend: str | None,
         except Exception as exc:
             view.failed[info.key] = f"pilot counts unreadable: {exc!r}"
             continue
-        view.observations[info.key] = Observation(f.name, entry["name"], info, d, s)
+        view.observations[info.key] = Observation(factory=f.name, entry=entry["name"], info=info,
+                                                  demand=d, supply=s)
     return view

@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from glidewms.frontend.matching import EntryDemand
 from glidewms.frontend.supply import EntrySupply
+from glidewms.protocol import RemovalStage
 
-STAGES = ("NO", "WAIT", "IDLE", "ALL")
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Knobs:
     """Per-entry pressure knobs of a group (defaults as GlideinWMS's)."""
 
@@ -43,7 +42,7 @@ class Knobs:
     proportional: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Level:
     """Pilots counted at one level (entry, group, global) and its limits and curbs.
 
@@ -84,8 +83,11 @@ class Level:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Pressure:
+    """Idle pilots to ask at one entry and the most to let run there, with the numbers
+    and the reasons behind them (what `frontend explain` shows as pressure)."""
+
     idle: int
     max_running: int
     demand_units: float
@@ -115,13 +117,13 @@ def pressure(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level],
                        f"{knobs.max_running_per_entry}")
     common = {"max_running": max_running, "demand_units": units, "effective_idle": effective}
     if units <= 0:
-        return Pressure(0, **common, reasons=(*reasons, "no idle job can run here"))
+        return Pressure(idle=0, **common, reasons=(*reasons, "no idle job can run here"))
     limits = tuple(hit for level in levels for hit in level.limits_hit())
     if limits:
-        return Pressure(0, **common, limits=limits,
+        return Pressure(idle=0, **common, limits=limits,
                         reasons=(*reasons, "a limit is reached: no new pilots"))
     if effective <= 0:
-        return Pressure(0, **common, reasons=(*reasons, "idle supply covers the demand"))
+        return Pressure(idle=0, **common, reasons=(*reasons, "idle supply covers the demand"))
     room = min([effective, *(level.room() for level in levels)])
     attenuated = room / knobs.attenuation
     reserve = min(math.ceil(effective_old / knobs.attenuation - 1e-9), knobs.reserve_idle)
@@ -137,72 +139,93 @@ def pressure(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level],
     if curbs:
         reasons.append(f"halved {len(curbs)} time(s) by curbs")
     idle = min(max(1, math.floor(wanted)), knobs.max_idle_per_entry)
-    return Pressure(idle, **common, attenuated=attenuated, reserve=reserve, curbs=curbs,
+    return Pressure(idle=idle, **common, attenuated=attenuated, reserve=reserve, curbs=curbs,
                     reasons=tuple(reasons))
 
 
 # ------------------------------------------------------------------ removal
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RemovalRules:
-    max_stage: str = "IDLE"
+    """A group's removal settings: how far, with what margin, after how many cycles."""
+
+    max_stage: RemovalStage = RemovalStage.IDLE
     margin: int = 0
     confirm_cycles: int = 3
     escalate_cycles: int = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Memory:
     """What the frontend remembers of an entry between cycles (and restarts)."""
 
     no_demand_cycles: int = 0
     last_idle: int = 0
     last_max_running: int = 0
-    last_remove: str = "NO"
+    last_remove: RemovalStage = RemovalStage.NO
+
+    def without_removal(self) -> Memory:
+        """The same memory, but the last request sent with removal off (a blind cycle)."""
+        return replace(self, last_remove=RemovalStage.NO)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"no_demand_cycles": self.no_demand_cycles, "last_idle": self.last_idle,
+                "last_max_running": self.last_max_running,
+                "last_remove": self.last_remove.value}
 
     @classmethod
     def from_json(cls, data: Any) -> Memory:
+        """Read back `to_json`; anything unreadable starts afresh (no removal known)."""
         if not isinstance(data, dict):
             return cls()
-        return cls(int(data.get("no_demand_cycles", 0)), int(data.get("last_idle", 0)),
-                   int(data.get("last_max_running", 0)), str(data.get("last_remove", "NO")))
+        try:
+            stage = RemovalStage(data.get("last_remove", RemovalStage.NO.value))
+        except ValueError:
+            stage = RemovalStage.NO
+        return cls(no_demand_cycles=int(data.get("no_demand_cycles", 0)),
+                   last_idle=int(data.get("last_idle", 0)),
+                   last_max_running=int(data.get("last_max_running", 0)), last_remove=stage)
 
 
-def removal_stage(has_demand: bool, memory: Memory, rules: RemovalRules) -> tuple[str, int, str]:
+def removal_stage(has_demand: bool, memory: Memory,
+                  rules: RemovalRules) -> tuple[RemovalStage, int, str]:
     """(stage, cycles without demand so far, why) for this cycle.
 
     Only successful queries reach here: a failed or unreliable one never
     advances the count.
     """
     if has_demand:
-        return "NO", 0, "idle jobs can run here"
+        return RemovalStage.NO, 0, "idle jobs can run here"
     n = memory.no_demand_cycles + 1
     if n < rules.confirm_cycles:
-        return "NO", n, f"no idle demand for {n} cycle(s): not confirmed yet " \
-                        f"(needs {rules.confirm_cycles}), nothing removed"
+        return RemovalStage.NO, n, f"no idle demand for {n} cycle(s): not confirmed yet " \
+                                   f"(needs {rules.confirm_cycles}), nothing removed"
     since = n - rules.confirm_cycles
-    stage = "WAIT" if since < rules.escalate_cycles else (
-        "IDLE" if since < 2 * rules.escalate_cycles else "ALL")
-    allowed = STAGES[min(STAGES.index(stage), STAGES.index(rules.max_stage))]
-    why = f"no idle demand for {n} cycles: stage {stage}"
-    if allowed != stage:
-        why += f", limited to {allowed} by max_removal"
+    stage = RemovalStage.WAIT if since < rules.escalate_cycles else (
+        RemovalStage.IDLE if since < 2 * rules.escalate_cycles else RemovalStage.ALL)
+    allowed = min(stage, rules.max_stage, key=lambda s: s.rank)
+    why = f"no idle demand for {n} cycles: stage {stage.value}"
+    if allowed is not stage:
+        why += f", limited to {allowed.value} by max_removal"
     return allowed, n, why
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
+    """One entry's request this cycle (`as_request` is its wire form), what to remember
+    of it, and why."""
+
     idle: int
     max_running: int
-    remove: str = "NO"
+    remove: RemovalStage = RemovalStage.NO
     remove_margin: int = 0
     pressure: Pressure | None = None
     memory: Memory = field(default_factory=Memory)
     reasons: tuple[str, ...] = ()
 
     def as_request(self) -> dict[str, Any]:
-        return {"idle": self.idle, "max_running": self.max_running, "remove": self.remove,
-                "remove_margin": self.remove_margin}
+        return {"idle": self.idle, "max_running": self.max_running,
+                "remove": self.remove.value, "remove_margin": self.remove_margin}
 
 
 def decide(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level], knobs: Knobs,
@@ -217,20 +240,11 @@ def decide(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level], kn
         if held > max_running:
             reasons.append(f"max running held at {held} until the drop is confirmed")
         max_running = held
-    if stage == "ALL":
+    if stage is RemovalStage.ALL:
         max_running = supply.working
         reasons.append(f"ALL: pilots beyond the {supply.working} running jobs may be removed")
-    margin = rules.margin if stage in ("IDLE", "ALL") else 0
-    new_memory = Memory(cycles, p.idle, max_running, stage)
-    return Decision(p.idle, max_running, stage, margin, p, new_memory, tuple(reasons))
-
-
-def levels_for(entry: EntrySupply, knobs_entry: dict[str, int], group: tuple[int, int],
-               group_limits: dict[str, int], glob: tuple[int, int],
-               global_limits: dict[str, int]) -> list[Level]:
-    """The entry, group and global levels from counts (pilots, idle pilots) and limits."""
-    return [
-        Level("entry", entry.total, entry.idle_pilots, **knobs_entry),
-        Level("group", group[0], group[1], **group_limits),
-        Level("global", glob[0], glob[1], **global_limits),
-    ]
+    margin = rules.margin if stage.rank >= RemovalStage.IDLE.rank else 0
+    new_memory = Memory(no_demand_cycles=cycles, last_idle=p.idle,
+                        last_max_running=max_running, last_remove=stage)
+    return Decision(idle=p.idle, max_running=max_running, remove=stage, remove_margin=margin,
+                    pressure=p, memory=new_memory, reasons=tuple(reasons))

@@ -48,7 +48,7 @@ class StateFile:
 
     def save(self, memory: dict[str, dict[str, Memory]], cycles: int = 0) -> None:
         data: dict[str, Any] = {"version": 1, "cycles": cycles, "groups": {
-            g: {e: vars(m) for e, m in entries.items()} for g, entries in memory.items()}}
+            g: {e: m.to_json() for e, m in entries.items()} for g, entries in memory.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w") as out:

@@ -13,7 +13,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from glidewms.factory.states import GlideinState
 from glidewms.frontend.matching import JobRequest, Size, jobs_per_pilot
+
+# The pool's state of a registered pilot that takes no new work (the pool keeps its
+# pilot states as strings: active, draining, gone, lost).
+POOL_DRAINING = "draining"
 
 
 @dataclass(frozen=True)
@@ -108,12 +113,13 @@ def pilot_free(pilot: Mapping[str, Any]) -> Size:
 
 
 def is_retiring(pilot: Mapping[str, Any]) -> bool:
-    return bool(pilot.get("retiring")) or pilot.get("state") == "draining"
+    return bool(pilot.get("retiring")) or pilot.get("state") == POOL_DRAINING
 
 
 def entry_supply(counts: Mapping[str, int], pilots: Iterable[Mapping[str, Any]], size: Size,
                  requests: Iterable[JobRequest]) -> EntrySupply:
-    """Supply at one entry from the factory's counts and the entry's registered pilots."""
+    """Supply at one entry from the factory's counts (by `GlideinState` value, as its
+    glidein summary gives them) and the entry's registered pilots."""
     n = {"idle": 0, "partial": 0, "busy": 0, "unusable": 0, "retiring": 0}
     units = 0.0
     registered = 0
@@ -129,10 +135,11 @@ def entry_supply(counts: Mapping[str, int], pilots: Iterable[Mapping[str, Any]],
             n["partial" if working else "idle"] += 1
         else:
             n["busy" if working else "unusable"] += 1
-    at_site = int(counts.get("running", 0))
-    return EntrySupply(queued=int(counts.get("queued", 0)),
+    at_site = int(counts.get(GlideinState.running.value, 0))
+    return EntrySupply(queued=int(counts.get(GlideinState.queued.value, 0)),
                        starting=max(0, at_site - registered),
-                       removing=int(counts.get("removing", 0)), idle_units=units, **n)
+                       removing=int(counts.get(GlideinState.removing.value, 0)),
+                       idle_units=units, **n)
 
 
 def pilots_by_entry(pilots: Iterable[Mapping[str, Any]], frontend: str | None, group: str,

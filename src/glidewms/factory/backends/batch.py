@@ -1,32 +1,24 @@
 """What every command-line batch backend shares (Slurm, Grid Engine, PBS, LSF).
 
-- `Shell`: where batch commands run and files are written. `LocalShell` runs
-  them on the factory's host; the SSH backend supplies one that runs them on a
-  remote login node. A backend written against `Shell` works in both places.
-- `pilot_arrays()`: pilots of one submission grouped into job arrays. Their
-  arguments differ only by `--glidein-id`, so one script serves a whole array
-  and picks the id by task index: 1000 pilots are one `sbatch`, not 1000.
-- `render_script()`: the job script from the template `data/pilot_array.sh`;
-  the template holds the shape, the backends only the values. The bootstrap
-  is embedded in the script, so the site needs no shared file system and no
-  copy of glidewms: the rest of the pilot comes from the factory's stage.
+`BatchBackend` is the flow: pilots grouped into arrays and submitted with a
+rendered job script (`script.py`), their states asked in as few commands as
+possible, removals and releases in chunks, interrupted submissions found by
+the mark each array carries. Every command runs in a `Shell` (`shell.py`):
+on the factory's host, or over SSH on a remote login node. A subclass says
+only the commands and how to read what they print.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
-import shlex
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import glidewms
-from glidewms.config.factory import BatchConfig, EntryConfig
+from glidewms.config.factory import EntryConfig
+from glidewms.config.sites import BatchConfig
 from glidewms.factory.backends.base import (
     Backend,
     BackendContext,
@@ -35,232 +27,10 @@ from glidewms.factory.backends.base import (
     PilotState,
     PilotSubmission,
 )
+from glidewms.factory.backends.script import PilotArray, pilot_arrays, render_script
+from glidewms.factory.backends.shell import CommandResult, LocalShell, Shell
 
 log = logging.getLogger(__name__)
-
-TEMPLATE = "pilot_array.sh"
-HEREDOC_END = "GLIDEWMS_BOOTSTRAP_END"
-PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
-LOG_TAIL_BYTES = 256 * 1024
-# sh -c script: write stdin to "$1" atomically, 0600, creating its directory.
-WRITE_SECRET = 'umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1.tmp" && mv -f "$1.tmp" "$1"'
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def describe(self, argv: Sequence[str]) -> str:
-        """`sbatch` failed (rc 1): <its stderr>: the error an operator sees."""
-        said = (self.stderr or self.stdout).strip().splitlines()
-        return f"{argv[0]} failed (rc {self.returncode}): {' / '.join(said[-3:]) or 'no output'}"
-
-
-class Shell(ABC):
-    """Runs batch commands and handles files where the batch system is.
-
-    `stages_token` is true when jobs run as another account than the factory
-    (a command prefix such as `runuser -u USER --`, or SSH to a login node):
-    the factory's own 0600 token file is not readable there, so the backend
-    writes a copy, 0600 and owned by that account, next to the pilot logs.
-    """
-
-    stages_token: bool = False
-
-    @abstractmethod
-    async def run(
-        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0
-    ) -> CommandResult:
-        """Run a command (no shell in between); a timeout raises BackendError."""
-
-    @abstractmethod
-    async def write_secret(self, path: str, data: str) -> None:
-        """Write a file only its owner can read (0600), atomically."""
-
-    @abstractmethod
-    async def read_tail(self, path: str, limit: int = LOG_TAIL_BYTES) -> str:
-        """The last `limit` bytes of a file, or "" when it does not exist."""
-
-    @abstractmethod
-    async def make_dirs(self, path: str) -> None:
-        """Create a directory and its parents (mode 0700 for new ones)."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections; nothing to do for a local shell."""
-
-
-class LocalShell(Shell):
-    """Commands on the factory's own host, with the entry's batch environment.
-
-    With a `prefix` (e.g. `runuser -u wmsuser --`, `sudo -n -u wmsuser --`),
-    every command and every file operation runs as that account: a batch
-    system that refuses root's jobs (Grid Engine), or a site account the
-    factory's own user does not own.
-    """
-
-    def __init__(self, env: Mapping[str, str] | None = None,
-                 prefix: Sequence[str] = ()) -> None:  # fmt: skip
-        self.env = {**os.environ, **(env or {})}
-        self.prefix = list(prefix)
-        self.stages_token = bool(self.prefix)
-
-    async def run(
-        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0
-    ) -> CommandResult:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.prefix, *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self.env,
-            )
-        except OSError as exc:
-            raise BackendError(f"cannot run {argv[0]}: {exc}") from exc
-        try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(stdin.encode() if stdin is not None else None), timeout
-            )
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise BackendError(f"{argv[0]} did not answer within {timeout:.0f}s") from None
-        return CommandResult(proc.returncode or 0, out.decode(errors="replace"),
-                             err.decode(errors="replace"))  # fmt: skip
-
-    async def write_secret(self, path: str, data: str) -> None:
-        if self.prefix:  # as the batch account; the secret on stdin, never in argv
-            argv = ["sh", "-c", WRITE_SECRET, "write_secret", path]
-            result = await self.run(argv, stdin=data)
-            if result.returncode != 0:
-                raise BackendError(f"cannot write {path}: {result.describe(argv)}")
-            return
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-        os.replace(tmp, target)
-
-    async def read_tail(self, path: str, limit: int = LOG_TAIL_BYTES) -> str:
-        if self.prefix:
-            result = await self.run(["tail", "-c", str(limit), path])
-            return result.stdout if result.returncode == 0 else ""
-        try:
-            with open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - limit))
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    async def make_dirs(self, path: str) -> None:
-        if self.prefix:
-            argv = ["mkdir", "-p", "-m", "700", path]
-            result = await self.run(argv)
-            if result.returncode != 0:
-                raise BackendError(result.describe(argv))
-            return
-        Path(path).mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
-@dataclass(frozen=True)
-class PilotArray:
-    """Pilots that share one job script: the same arguments but their ids."""
-
-    arguments: tuple[str, ...]
-    glidein_ids: tuple[str, ...]
-    token_file: Path
-
-
-def common_arguments(pilot: PilotSubmission) -> tuple[str, ...]:
-    """The pilot's arguments without its own `--glidein-id ID` pair."""
-    args = list(pilot.arguments)
-    for i in range(len(args) - 1):
-        if args[i] == "--glidein-id" and args[i + 1] == pilot.glidein_id:
-            del args[i : i + 2]
-            return tuple(args)
-    return tuple(args)
-
-
-def pilot_arrays(pilots: Sequence[PilotSubmission], max_size: int) -> list[PilotArray]:
-    """Group pilots into arrays of at most `max_size`, keeping their order.
-
-    Consecutive pilots with the same common arguments and token file share an
-    array, so the ids the backend returns line up with `pilots`.
-    """
-    arrays: list[PilotArray] = []
-    for pilot in pilots:
-        args = common_arguments(pilot)
-        last = arrays[-1] if arrays else None
-        if (last is not None and last.arguments == args and last.token_file == pilot.token_file
-                and len(last.glidein_ids) < max_size):  # fmt: skip
-            arrays[-1] = PilotArray(args, (*last.glidein_ids, pilot.glidein_id), last.token_file)
-        else:
-            arrays.append(PilotArray(args, (pilot.glidein_id,), pilot.token_file))
-    return arrays
-
-
-def shell_words(words: Sequence[str]) -> str:
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def template_text(name: str = TEMPLATE) -> str:
-    return (Path(glidewms.__file__).resolve().parent / "data" / name).read_text()
-
-
-def render(template: str, values: Mapping[str, str]) -> str:
-    """Fill `@@NAME@@` placeholders; a missing or unused value is a bug, said loudly."""
-    used: set[str] = set()
-
-    def fill(match: re.Match[str]) -> str:
-        key = match.group(1)
-        if key not in values:
-            raise KeyError(f"template placeholder @@{key}@@ has no value")
-        used.add(key)
-        return values[key]
-
-    text = PLACEHOLDER.sub(fill, template)
-    unused = set(values) - used
-    if unused:
-        raise KeyError(f"values not in the template: {sorted(unused)}")
-    return text
-
-
-def render_script(
-    array: PilotArray,
-    *,
-    directives: Sequence[str],
-    task_index: str,
-    job_ref: str,
-    token_file: str,
-    bootstrap: str,
-    environment: Mapping[str, str],
-) -> str:
-    """The job script of one pilot array (see data/pilot_array.sh).
-
-    `task_index` is a shell arithmetic expression giving the 0-based task
-    index (e.g. `${SGE_TASK_ID:-1} - 1`); `job_ref` a shell word naming the
-    batch job in the pilot's log.
-    """
-    if any(line.strip() == HEREDOC_END for line in bootstrap.splitlines()):
-        raise BackendError(f"the bootstrap contains the line {HEREDOC_END}: cannot embed it")
-    exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(environment.items()))
-    return render(
-        template_text(),
-        {
-            "DIRECTIVES": "\n".join(directives),
-            "GLIDEIN_IDS": shell_words(array.glidein_ids),
-            "TASK_INDEX": task_index,
-            "TOKEN_FILE": shlex.quote(token_file),
-            "ENVIRONMENT": exports,
-            "BOOTSTRAP": bootstrap.rstrip("\n"),
-            "JOB_REF": job_ref,
-            "ARGUMENTS": shell_words(array.arguments),
-        },
-    )
 
 
 def split_backend_id(backend_id: str) -> tuple[str, str]:

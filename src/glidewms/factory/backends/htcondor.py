@@ -47,7 +47,8 @@ from typing import Any, Protocol
 
 import htcondor2
 
-from glidewms.config.factory import CondorConfig, EntryConfig
+from glidewms.config.factory import EntryConfig
+from glidewms.config.sites import CondorConfig
 from glidewms.factory.backends.base import (
     Backend,
     BackendContext,
@@ -56,7 +57,8 @@ from glidewms.factory.backends.base import (
     PilotState,
     PilotSubmission,
 )
-from glidewms.factory.backends.batch import LocalShell, PilotArray, pilot_arrays
+from glidewms.factory.backends.script import PilotArray, pilot_arrays
+from glidewms.factory.backends.shell import LocalShell
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,9 @@ from glidewms.factory.backends.base import (
     PilotState,
     PilotSubmission,
 )
+from glidewms.factory.backends.shell import read_tail
 
 log = logging.getLogger(__name__)
-
-LOG_TAIL_BYTES = 256 * 1024
 
 
 class Observation(Enum):
@@ -61,8 +60,11 @@ STATE_MAP: dict[Observation, PilotState] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LocalId:
+    """A local pilot's backend id: its entry, glidein, and the process (pid and start
+    time, so a reused pid is not taken for it)."""
+
     entry: str
     glidein_id: str
     pid: int
@@ -75,7 +77,8 @@ class LocalId:
     def parse(cls, text: str) -> LocalId:
         try:
             entry, glidein_id, pid, starttime = text.split("/")
-            return cls(entry, glidein_id, int(pid), int(starttime))
+            return cls(entry=entry, glidein_id=glidein_id, pid=int(pid),
+                       starttime=int(starttime))
         except ValueError:
             raise ValueError(f"not a local backend id: {text!r}") from None
 
@@ -144,7 +147,8 @@ class LocalBackend(Backend):
             )
         # The child is ours and unreaped, so its /proc entry is there to read.
         stat = read_proc_stat(proc.pid)
-        local_id = LocalId(entry.name, pilot.glidein_id, proc.pid, stat[1] if stat else 0)
+        local_id = LocalId(entry=entry.name, glidein_id=pilot.glidein_id, pid=proc.pid,
+                           starttime=stat[1] if stat else 0)
         self._children[str(local_id)] = proc
         log.info("started pilot %s as pid %d", pilot.glidein_id, proc.pid)
         return local_id
@@ -234,7 +238,7 @@ class LocalBackend(Backend):
     async def logs(self, backend_id: str) -> PilotLogs:
         local_id = LocalId.parse(backend_id)
         out_path, err_path = self.log_paths(local_id.entry, local_id.glidein_id)
-        return PilotLogs(stdout=_tail(out_path), stderr=_tail(err_path))
+        return PilotLogs(stdout=read_tail(out_path), stderr=read_tail(err_path))
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -242,14 +246,3 @@ class LocalBackend(Backend):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for proc in self._children.values():
             proc.poll()
-
-
-def _tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            return f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""

@@ -32,8 +32,9 @@ from typing import Any
 
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.backends.base import BackendError, PilotState
-from glidewms.factory.backends.batch import BatchBackend, PilotArray, Shell, chunks
-from glidewms.factory.backends.sge import walltime
+from glidewms.factory.backends.batch import BatchBackend, chunks
+from glidewms.factory.backends.script import PilotArray, walltime
+from glidewms.factory.backends.shell import Shell
 
 log = logging.getLogger(__name__)
 

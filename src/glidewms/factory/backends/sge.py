@@ -34,7 +34,9 @@ from collections.abc import Sequence
 
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.backends.base import BackendError, PilotState
-from glidewms.factory.backends.batch import BatchBackend, PilotArray, Shell
+from glidewms.factory.backends.batch import BatchBackend
+from glidewms.factory.backends.script import PilotArray, walltime
+from glidewms.factory.backends.shell import Shell
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +155,6 @@ def parse_marked_arrays(text: str, entry: str) -> dict[str, list[str]]:
             if task.isdigit():
                 tasks.setdefault(name[len(NAME_MARK):], set()).add((int(task), ref))
     return {first: [ref for _, ref in sorted(refs)] for first, refs in tasks.items()}
-
-
-def walltime(seconds: int) -> str:
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class SgeBackend(BatchBackend):

@@ -25,7 +25,9 @@ from collections.abc import Sequence
 
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.backends.base import BackendError, PilotState
-from glidewms.factory.backends.batch import BatchBackend, PilotArray, Shell, chunks
+from glidewms.factory.backends.batch import BatchBackend, chunks
+from glidewms.factory.backends.script import PilotArray
+from glidewms.factory.backends.shell import Shell
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import asyncssh
 
-from glidewms.config.factory import EntryConfig, SshConfig
+from glidewms.config.factory import EntryConfig
+from glidewms.config.sites import SshConfig
 from glidewms.factory.backends.base import (
     Backend,
     BackendContext,
@@ -40,16 +41,11 @@ from glidewms.factory.backends.base import (
     PilotState,
     PilotSubmission,
 )
-from glidewms.factory.backends.batch import (
-    LOG_TAIL_BYTES,
-    BatchBackend,
-    CommandResult,
-    Shell,
-    split_backend_id,
-)
+from glidewms.factory.backends.batch import BatchBackend, split_backend_id
 from glidewms.factory.backends.lsf import LsfBackend
 from glidewms.factory.backends.pbs import PbsBackend
 from glidewms.factory.backends.sge import SgeBackend
+from glidewms.factory.backends.shell import LOG_TAIL_BYTES, CommandResult, Shell
 from glidewms.factory.backends.slurm import SlurmBackend
 
 log = logging.getLogger(__name__)
