@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from glidewms.client import ClientError, ClientSettings, PoolClient
-from glidewms.submit import SubmitError, load_submit
+from glidewms.submit import SubmitError, dryrun, load_submit
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -36,12 +36,20 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def submit(
     file: Annotated[Path, typer.Argument(help="HTCondor-style submit description")],
     pool: PoolOption = None, token_file: TokenOption = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="print the job ads that would be queued; contact no pool")] = False,
 ) -> None:
     """Queue the jobs of a submit description (nothing is queued if it has an error)."""
     try:
         description = load_submit(file)
     except SubmitError as exc:
         raise fail(str(exc), 2) from None
+    for warning in description.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if dry_run:  # plain echo: ads must not be wrapped or styled
+        typer.echo(dryrun.ads_text(description), nl=False)
+        typer.echo(dryrun.summary(description), err=True)
+        return
     try:
         with client(pool, token_file) as c:
             result = c.submit(description)
