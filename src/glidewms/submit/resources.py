@@ -90,10 +90,14 @@ def _request(job: JobBuilder, command: str, attr: str, base: int, default: int,
     if got.value.strip().lower() == "undefined":
         raise job.fail(got, "not supported by glidewms: every job states its request")
     if problem(got.value) is not None:
-        wanted = "a whole number" if whole else "a size such as 2048, 2 GB or 512M"
-        raise job.fail(got, f"expected {wanted} or an expression, got {got.value!r}")
+        raise job.fail(got, _expected(whole, got.value))
     job.attrs[attr] = got.value.strip()
-    job.flags.setdefault("request_exprs", []).append((attr, got, minimum))  # type: ignore
+    job.flags.setdefault("request_exprs", []).append((attr, got, minimum, whole))  # type: ignore
+
+
+def _expected(whole: bool, value: str) -> str:
+    wanted = "a whole number" if whole else "a size such as 2048, 2 GB or 512M"
+    return f"expected {wanted}, or an expression giving a number, got {value.strip()!r}"
 
 
 def _gpu_properties(job: JobBuilder) -> None:
@@ -194,8 +198,8 @@ def policy(job: JobBuilder) -> None:
 
 
 def requirements(job: JobBuilder) -> None:
-    for attr, got, minimum in job.flags.get("request_exprs", []):  # type: ignore
-        _check_request(job, attr, got, minimum)
+    for attr, got, minimum, whole in job.flags.get("request_exprs", []):  # type: ignore
+        _check_request(job, attr, got, minimum, whole)
     if job.flags.get("forced:requirements"):
         job.ctx.warn(job.block.source, job.block.line, "+Requirements replaces the requirements "
                      "glidewms adds (resources, containers, transfers): the job may match "
@@ -215,7 +219,7 @@ def requirements(job: JobBuilder) -> None:
     job.attrs["Requirements"] = " && ".join(f"({c})" for c in clauses)
 
 
-def _check_request(job: JobBuilder, attr: str, got: Got, minimum: int) -> None:
+def _check_request(job: JobBuilder, attr: str, got: Got, minimum: int, whole: bool) -> None:
     """A request written as an expression must give a number (unless it asks the slot)."""
     if job.attrs.get(attr) != got.value.strip():  # replaced by a +Attr
         return
@@ -229,7 +233,7 @@ def _check_request(job: JobBuilder, attr: str, got: Got, minimum: int) -> None:
         _checked_requests[key] = evaluate(got.value, others)
     value = _checked_requests[key]
     if not is_number(value):
-        raise job.fail(got, f"{got.value.strip()!r} is neither a size nor an expression that "
-                       f"evaluates to a number in the job's ad (it evaluates to {value})")
+        shown = value.name.lower() if hasattr(value, "name") else repr(value)
+        raise job.fail(got, f"{_expected(whole, got.value)} (it evaluates to {shown})")
     if value < minimum:  # type: ignore[operator]
         raise job.fail(got, f"expected at least {minimum}, got {got.value.strip()!r}")
