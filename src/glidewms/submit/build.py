@@ -102,14 +102,21 @@ class JobBuilder:
         return out
 
     def raw(self, command: str) -> Got | None:
-        """The unexpanded value of a command under any of its names."""
-        for name in commands.names_of(command):
-            if name in self.live:
-                return Got(self.live[name], self.block.source, self.block.line, name)
-            assign = self.block.macros.get(name)
-            if assign is not None:
-                return Got(assign.value, assign.source, assign.line, assign.key)
-        return None
+        """The unexpanded value of a command under any of its names (the first
+        name set wins, as in condor_submit; queue variables set it too)."""
+        found = self.block.found
+        if command not in found:
+            names = commands.NAMES[command]
+            variables = {n.lower() for n in self.block.args.names}
+            found[command] = next((n for n in names if n in variables or
+                                   n in self.block.macros), None)
+        name = found[command]
+        if name is None:
+            return None
+        if name in self.live:
+            return Got(self.live[name], self.block.source, self.block.line, name)
+        assign = self.block.macros[name]
+        return Got(assign.value, assign.source, assign.line, assign.key)
 
     def get(self, command: str) -> Got | None:
         found = self.raw(command)
@@ -178,11 +185,9 @@ class JobBuilder:
         )
 
     def _simple(self) -> None:
-        for c in commands.COMMANDS:
-            if c.attr is None or c.kind is None:
-                continue
+        for c in commands.SIMPLE:
             got = self.get(c.name)
-            if got is None:
+            if got is None or c.attr is None:
                 continue
             value = got.value
             if c.kind == "str":

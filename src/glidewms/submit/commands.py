@@ -347,10 +347,14 @@ def lookup(key: str) -> Command | None:
     return None
 
 
+NAMES: dict[str, tuple[str, ...]] = {
+    c.name: (c.name.lower(), *(a.lower() for a in c.aliases)) for c in COMMANDS}
+SIMPLE: tuple[Command, ...] = tuple(c for c in COMMANDS if c.attr and c.kind)
+
+
 def names_of(command: str) -> tuple[str, ...]:
     """The lower-case keys that set a command, in HTCondor's lookup order."""
-    c = BY_NAME[command]
-    return (c.name.lower(), *(a.lower() for a in c.aliases))
+    return NAMES[command]
 
 
 def reference_markdown() -> str:

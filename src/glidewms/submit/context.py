@@ -64,6 +64,7 @@ class Context:
     defaults: dict[str, str] = field(init=False)
     parse_live: dict[str, str] = field(init=False)
     _stdin_used: bool = False
+    _exists: dict[Path, tuple[bool, bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.functions = FunctionContext(self.environ, self.rng, self.base_dir)
@@ -83,6 +84,13 @@ class Context:
         if not self.login:
             self.login = self.environ.get("USER") or self.environ.get("LOGNAME") or \
                 _login_name()
+
+    def stat(self, path: Path) -> tuple[bool, bool]:
+        """(exists, is a directory), looked up once per path and submit."""
+        found = self._exists.get(path)
+        if found is None:
+            found = self._exists[path] = (path.exists(), path.is_dir())
+        return found
 
     def warn(self, source: str, line: int | None, text: str) -> None:
         where = f"{source}:{line}" if line is not None else source

@@ -66,7 +66,7 @@ def executable(job: JobBuilder) -> Path | None:
         job.attrs["TransferExecutable"] = "false"
         return None
     path = local(job, given, given.value, job.ctx.base_dir)
-    if path.is_dir():
+    if job.ctx.stat(path)[1]:
         raise job.fail(given, f"{given.value!r} is a directory")
     job.attrs["Cmd"] = quote(str(path))
     job.attrs["TransferExecutable"] = "true"
@@ -98,7 +98,7 @@ def environment(job: JobBuilder) -> dict[str, str]:
 
 def local(job: JobBuilder, got: Got, name: str, base: Path) -> Path:
     path = Path(os.path.normpath(base / name))
-    if not path.exists():
+    if not job.ctx.stat(path)[0]:
         raise job.fail(got, f"no such file: {name!r} (looked for {path})")
     return path
 
@@ -122,7 +122,7 @@ def transfer(job: JobBuilder) -> None:
                 continue
             path = local(job, inputs, name, job.iwd)
             job.inputs.append(path)
-            names.append(str(path) + ("/" if name.endswith("/") and path.is_dir() else ""))
+            names.append(str(path) + ("/" if name.endswith("/") and job.ctx.stat(path)[1] else ""))
     if names:
         job.attrs["TransferInput"] = quote(",".join(names))
     if job.urls:

@@ -180,8 +180,8 @@ def _eval(x: Expander, body: str) -> str:
     text = x.expand_inner(body, ()) if value is None else value
     try:
         result = classads.parse_expr(text).eval()
-    except Exception:  # HTCondor falls back to the text when it does not parse
-        return text
+    except Exception:  # HTCondor falls back to the expanded text, if anything was expanded
+        return text if text != body else ""
     return unparse_value(result)
 
 
@@ -291,10 +291,17 @@ def file_parts(value: str, flags: str, cwd: Path, suffix: str | None = None) -> 
                 end = ixn - 1 if bare else ixn
         else:
             start = end = min(1, end)
-    out = buf[start:end]
-    if quote:
-        out = (out if out.startswith(quote) else quote + out)
-        if len(out) > 1 and out.endswith(quote):
-            out = out[:-1]
-        out += quote
-    return out
+    if not quote:
+        return buf[start:end]
+    chars = list(buf) + ["", ""]  # HTCondor edits its buffer in place to add the quotes
+    if chars[start] != quote:
+        if start == 0:
+            chars.insert(0, "")
+            end += 1
+        else:
+            start -= 1
+        chars[start] = quote
+    if end > 1 and chars[end - 1] == quote:
+        end -= 1
+    chars[end] = quote
+    return "".join(chars[start:end + 1])

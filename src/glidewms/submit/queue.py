@@ -92,8 +92,7 @@ def parse_queue_args(text: str) -> QueueArgs:
     else:
         args.items = _tokens(rest)
     head = text[:start].rstrip()
-    m = re.search(r"(?:^|(?<=[\s,]))([A-Za-z_][A-Za-z0-9_.]*(?:[\s,]+[A-Za-z_][A-Za-z0-9_.]*)*)"
-                  r"[\s,]*$", head)
+    m = re.search(r"([A-Za-z_.][A-Za-z0-9_.]*(?:[\s,]+[A-Za-z_.][A-Za-z0-9_.]*)*)[\s,]*$", head)
     names_text = m.group(1) if m else ""
     count_text = head[: m.start(1)] if m else head
     args.names = [n for n in re.split(r"[\s,]+", names_text) if n]

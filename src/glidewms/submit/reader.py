@@ -54,6 +54,7 @@ class Block:
     rows: list[tuple[int, list[str]]]  # (ItemIndex, values of args.names)
     macros: dict[str, Assign]
     cache: dict[str, str] = field(default_factory=dict)  # expansions independent of the job
+    found: dict[str, str | None] = field(default_factory=dict)  # command -> key that sets it
 
 
 class Reader:
@@ -161,7 +162,8 @@ class Reader:
         if op == ":" and keyword in _KEYWORD_OPS:
             self._keyword(keyword, word_before_op.strip(), rhs, source, number)
             return None
-        if word_before_op.strip() or op not in ("=", "@=", "+=") or name.lower() == "queue":
+        if word_before_op.strip() or not (op in ("=", "@=") or op.startswith("+")) or \
+                name.lower() == "queue":
             self._queue_or_error(line, source, number, lines)
             return None
         if "$" in name:
@@ -183,11 +185,11 @@ class Reader:
     @staticmethod
     def _operator(text: str) -> tuple[str, str]:
         if text.startswith("=") or text.startswith(":"):
-            return text[0], text[1:].strip()
+            return text[0], text[1:].lstrip()
         if text.startswith("@="):
             return "@=", text[2:].strip()
         if m := _PLUS_OP.match(text):
-            return "+" + m.group(1) + "=", text[m.end():].strip()
+            return "+" + m.group(1) + "=", text[m.end():].lstrip()
         return "", text
 
     def _append(self, name: str, op: str, rhs: str) -> str:
