@@ -428,7 +428,8 @@ def test_macro_expansion(job) -> None:
         """
         base = data
         name = $(base)/set.$(Process)
-        Arguments = $(NAME) $(undefined:fallback) $(DOLLAR)(x) $$(OpSys) $$([TARGET.Memory]) $(nothing)
+        Arguments = $(NAME) $(undefined:fallback) $(DOLLAR)(x) $$(OpSys) \
+            $$([TARGET.Memory]) $(nothing)
         greeting = hello
         greeting = $(greeting) world
         environment = "G='$(greeting)'"

@@ -293,7 +293,7 @@ def file_parts(value: str, flags: str, cwd: Path, suffix: str | None = None) -> 
             start = end = min(1, end)
     if not quote:
         return buf[start:end]
-    chars = list(buf) + ["", ""]  # HTCondor edits its buffer in place to add the quotes
+    chars = [*buf, "", ""]  # HTCondor edits its buffer in place to add the quotes
     if chars[start] != quote:
         if start == 0:
             chars.insert(0, "")
