@@ -59,8 +59,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("input", S, "the file travels in the sandbox", ("stdin",)),
     Command("output", S, "stored as an absolute path", ("stdout",)),
     Command("error", S, "stored as an absolute path", ("stderr",)),
-    Command("log", D, "`UserLog` is set; the HTCondor-format event log is written by "
-            "the pool (see docs/pool.md)", ("userlog",)),
+    Command("log", D, "`UserLog` is set (absolute path); the event log in HTCondor's format "
+            "comes from the pool (see below)", ("userlog",)),
     Command("log_xml", N, "kept in the ad (`UserLogUseXML`)", ("userlogusexml",),
             "UserLogUseXML", "bool"),
     Command("batch_name", S, "", ("jobbatchname",), "JobBatchName", "strq"),
@@ -206,7 +206,8 @@ COMMANDS: tuple[Command, ...] = (
     # container and docker universes
     Command("container_image", S, "docker://, .sif or a directory; matched only with slots "
             "that have a container runtime for that kind (`HasContainer`, `HasDockerURL`/"
-            "`HasSIF`/`HasSandboxImage`)", ("containerimage",)),
+            "`HasSIF`/`HasSandboxImage`); an absolute path missing here is taken as a path on "
+            "the execute node", ("containerimage",)),
     Command("docker_image", S, "matched only with slots that have `HasDocker` (docker "
             "universe) or `HasDockerURL` (container universe)", ("dockerimage",)),
     Command("docker_pull_policy", S, _RUNTIME, ("dockerpullpolicy",), "DockerPullPolicy",

@@ -13,7 +13,9 @@ Image transfer is condor_submit's: docker:// and oras:// images are pulled on
 the execute node, images under /cvmfs (CONTAINER_SHARED_FS) are used in place,
 `transfer_container = false` uses the path as is, and any other image (a local
 .sif file or directory, or an http(s) URL) travels with the job, the ad
-naming it by its base name.
+naming it by its base name. One difference: an absolute path that does not
+exist here is taken as a path on the execute node (with a warning) instead
+of refused, since pilots often carry images at site paths.
 """
 
 from __future__ import annotations
@@ -111,9 +113,16 @@ def _container_image(job: JobBuilder, got: Got) -> None:
         job.attrs["ContainerImageSource"] = quote(scheme)
     else:
         path = Path(os.path.normpath(job.iwd / value))
-        if not path.exists():
-            raise job.fail(got, f"no such image: {value!r} (looked for {path}); set "
-                           "transfer_container = false for an image on the execute node")
+        if not job.ctx.stat(path)[0]:
+            if not os.path.isabs(value):
+                raise job.fail(got, f"no such image: {value!r} (looked for {path}); set "
+                               "transfer_container = false for an image on the execute node")
+            job.ctx.warn(got.source, got.line, f"{got.key}: {value} is not on this machine: "
+                         "it is used as a path on the execute node (transfer_container = "
+                         "false says so)")
+            job.attrs["ContainerImage"] = quote(value)
+            job.attrs["ContainerImageSource"] = quote("local")
+            return
         job.inputs.append(path)
         job.attrs["ContainerImage"] = quote(_base(value))
         job.attrs["ContainerImageFullPath"] = quote(str(path))

@@ -350,7 +350,7 @@ class Reader:
         used |= {n.lower() for b in self.blocks for n in b.args.names}
         known = sorted(commands.BY_NAME)
         for lower, assign in self.assigns:
-            if lower in used or lower.startswith("my.") or commands.BY_NAME.get(lower):
+            if lower in used or lower.startswith("my.") or commands.lookup(lower):
                 continue
             close = difflib.get_close_matches(lower, known, n=1, cutoff=0.8)
             if close and close[0] != lower:
