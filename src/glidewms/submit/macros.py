@@ -172,8 +172,8 @@ class Expander:
             parts.append(value)
             size += ref.start - pos + len(value)
             if size > self.limits.max_value_bytes:
-                raise self.error(f"a value expands to more than {self.limits.max_value_bytes} "
-                                 "bytes")
+                raise self.error(f"a value expands to more than "
+                                 f"{self.limits.max_value_bytes} bytes")
             pos = ref.end
         if not parts:
             return text
@@ -191,7 +191,11 @@ class Expander:
             self.volatile = True
         raw = self.lookup(lower)
         if raw is not None and raw != "":
-            return self.expand_inner(raw, (*stack, lower))
+            value = self.expand_inner(raw, (*stack, lower))
+            if len(value) > self.limits.max_value_bytes:
+                raise self.error(f"$({name}) expands to more than "
+                                 f"{self.limits.max_value_bytes} bytes")
+            return value
         if colon:
             return self.expand_inner(default, stack)
         if raw is None and self.undefined is not None:
