@@ -663,3 +663,22 @@ def test_commands_after_the_last_queue_are_ignored_with_a_warning(parse: Parse) 
 def test_empty_value_unsets_a_command(job) -> None:
     j = job("request_cpus = 8\nrequest_cpus =\noutput = o\noutput =")
     assert j.attrs["RequestCpus"] == "1" and j.out is None
+
+
+def test_importing_submit_leaves_an_existing_condor_config_alone() -> None:
+    """Only where CONDOR_CONFIG is unset and HTCondor has no configuration does
+    glidewms point the bindings at an empty one (glidewms.classads decides)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, glidewms.submit; print(os.environ.get('CONDOR_CONFIG'))"
+    env = {k: v for k, v in os.environ.items() if k != "CONDOR_CONFIG"}
+    kept = subprocess.run([sys.executable, "-c", code], env={**env, "CONDOR_CONFIG": "/x/cfg"},
+                          capture_output=True, text=True, check=True)
+    assert kept.stdout.strip() == "/x/cfg"
+    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, check=True)
+    installed = any(os.path.isfile(p) for p in ("/etc/condor/condor_config",
+                                                "/usr/local/etc/condor_config"))
+    assert unset.stdout.strip() == ("None" if installed else "/dev/null")

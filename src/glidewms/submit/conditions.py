@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import htcondor2
+from glidewms import classads  # noqa: F401  (decides CONDOR_CONFIG before htcondor2 loads)
 
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _VERSION = re.compile(r"version\s*(!?)([<>=]?)(=?)\s*(\S.*)?", re.IGNORECASE)
@@ -26,6 +26,8 @@ _TRUE_WORDS = {"true": True, "false": False, "yes": True, "no": False, "t": True
 
 def condor_version() -> tuple[int, int, int]:
     """The HTCondor version whose submit language we speak (from htcondor2)."""
+    import htcondor2  # after glidewms.classads, which prepares its configuration
+
     m = re.search(r"(\d+)\.(\d+)\.(\d+)", htcondor2.version())
     return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (25, 0, 0)
 
