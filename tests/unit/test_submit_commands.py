@@ -393,3 +393,29 @@ def test_env_of_the_test_process_is_not_read_when_given(base: Path) -> None:
     finally:
         del os.environ["GLIDEWMS_SHOULD_NOT_LEAK"]
     assert j.env == {"ONLY": "me"}
+
+
+@pytest.mark.parametrize("text", [
+    "TARGET.Memory > 2048", "a && (b || c)", 'regexp("x.*", Name)', "{1, 2}[0]", "[a = 1].a",
+    "TARGET.Cpus >=", "(a && b", '"open', "a /* x", "1 +* 2", "strcat(", "x.y.z",
+    "ifThenElse(a, b)", "a =?= undefined", "-1e3", "!", ")(",
+])
+def test_expression_checks_agree_with_classad2(text: str) -> None:
+    """A value is pasted into the ad only if classad2 parses it whole (and it holds
+    no top-level `;`, which classad2 would silently stop at)."""
+    from glidewms.submit.exprs import problem
+
+    try:
+        classad2.ExprTree(text)
+        parses = True
+    except Exception:
+        parses = False
+    assert (problem(text) is None) == parses, text
+
+
+@pytest.mark.parametrize("text", ["a ] [ b", 'a; Cmd = "/bin/sh"'])
+def test_text_classad2_stops_early_in_is_refused(text: str) -> None:
+    from glidewms.submit.exprs import problem
+
+    classad2.ExprTree(text)  # parses: classad2 stops quietly at `]` or `;`
+    assert problem(text) is not None

@@ -116,3 +116,11 @@ def test_garbage_never_crashes(base: Path, text: str) -> None:
         parse_submit(text, "h.sub", base)
     except SubmitError as exc:
         assert str(exc).startswith("h.sub")
+
+
+def test_docs_name_every_limit() -> None:
+    import dataclasses
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "submit.md").read_text()
+    for f in dataclasses.fields(Limits):
+        assert f"`GLIDEWMS_SUBMIT_{f.name.upper()}`" in docs, f.name

@@ -81,6 +81,7 @@ class IfStack:
 
     max_depth: int = 60
     frames: list[list[bool]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # where each open `if` is
 
     def enabled(self) -> bool:
         return all(f[0] for f in self.frames)
@@ -88,11 +89,12 @@ class IfStack:
     def _outer_enabled(self) -> bool:
         return all(f[0] for f in self.frames[:-1])
 
-    def begin_if(self, test: Callable[[], bool]) -> None:
+    def begin_if(self, test: Callable[[], bool], line: int = 0) -> None:
         if len(self.frames) >= self.max_depth:
             raise ValueError("if nesting too deep")
         value = test() if self.enabled() else False
         self.frames.append([value, value, False])
+        self.lines.append(line)
 
     def begin_elif(self, test: Callable[[], bool]) -> None:
         if not self.frames:
@@ -119,3 +121,4 @@ class IfStack:
         if not self.frames:
             raise ValueError("endif without matching if")
         self.frames.pop()
+        self.lines.pop()

@@ -109,7 +109,8 @@ class Reader:
             raise SubmitError(f"end of file while looking for '@{here[1]}' (started here)",
                               source, here[3])
         if ifs.frames:
-            raise SubmitError("endif(s) not found before end-of-file", source, None)
+            raise SubmitError("this if has no endif before the end of the file", source,
+                              ifs.lines[-1])
 
     def _if_statement(self, line: str, ifs: conditions.IfStack, source: str,
                       number: int) -> bool:
@@ -118,7 +119,7 @@ class Reader:
             return False
         word, rest = m.group(1).lower(), (m.group(2) or "").strip()
         if word == "if":
-            ifs.begin_if(lambda: self._condition(rest, source, number))
+            ifs.begin_if(lambda: self._condition(rest, source, number), number)
         elif word == "elif":
             ifs.begin_elif(lambda: self._condition(rest, source, number))
         elif word == "else":
