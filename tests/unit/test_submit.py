@@ -184,6 +184,9 @@ def test_transfer_executable_false_uses_remote_path(job) -> None:
     assert j.executable is None
     assert j.attrs["Cmd"] == '"/usr/bin/env"'
     assert j.attrs["TransferExecutable"] == "false"
+    # relative, as condor_submit leaves it: a program the sandbox will hold
+    k = job("executable = tool.sh\ntransfer_executable = false\ntransfer_input_files = a.dat")
+    assert k.attrs["Cmd"] == '"tool.sh"' and k.executable is None
 
 
 def test_executable_is_relative_to_the_submit_directory_not_initialdir(job, parse,
@@ -579,8 +582,6 @@ def test_load_submit_resolves_against_the_file_directory(base: Path,
         ("executable = run.sh\ntransfer_input_files = ftp://x.org/f\nqueue", 2,
          "not supported by glidewms: ftp:// inputs"),
         ("executable = sub\nqueue", 1, "is a directory"),
-        ("executable = run.sh\ntransfer_executable = false\nqueue", 1,
-         "must be an absolute path on the execute node"),
         ("executable = run.sh\ntransfer_executable = maybe\nqueue", 2, "expected true or false"),
         ("executable = run.sh\ninitialdir = nodir\nqueue", 2, "initialdir: no such directory"),
         ("executable = run.sh\nuniverse = docker\nqueue", 2,
@@ -682,3 +683,11 @@ def test_importing_submit_leaves_an_existing_condor_config_alone() -> None:
     installed = any(os.path.isfile(p) for p in ("/etc/condor/condor_config",
                                                 "/usr/local/etc/condor_config"))
     assert unset.stdout.strip() == ("None" if installed else "/dev/null")
+
+
+def test_macros_used_only_in_queue_or_include_lines_are_not_typos(parse: Parse,
+                                                                  base: Path) -> None:
+    (base / "x.inc").write_text("")
+    desc = parse("executable = run.sh\nrequirement = x.inc\ninclude : $(requirement)\n"
+                 "queue\n")
+    assert len(desc.jobs) == 1

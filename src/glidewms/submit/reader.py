@@ -65,6 +65,7 @@ class Reader:
         self.assigns: list[tuple[str, Assign]] = []
         self.after_queue: Assign | None = None
         self.jobs = 0
+        self.referenced: set[str] = set()  # macros named in queue/include/if lines
         self._files: list[str] = []
 
     # ------------------------------------------------------------ files and lines
@@ -330,6 +331,7 @@ class Reader:
         """Expand at parse time (include names, queue lines, conditions)."""
         if "$" not in text:
             return text
+        self.referenced.update(macro_names(text))
         values = {k: a.value for k, a in self.macros.items()}
         x = Expander(mapping_lookup(self.ctx.parse_live, values, self.ctx.defaults),
                      self.ctx.limits, lambda msg: SubmitError(msg, source, number),
@@ -348,7 +350,7 @@ class Reader:
     def _check_typos(self) -> None:
         """A key nobody uses as `$(key)` that is one typo away from a command is a typo."""
         used = {n for _, a in self.assigns for n in macro_names(a.value)}
-        used |= {n.lower() for b in self.blocks for n in b.args.names}
+        used |= {n.lower() for b in self.blocks for n in b.args.names} | self.referenced
         known = sorted(commands.BY_NAME)
         for lower, assign in self.assigns:
             if lower in used or lower.startswith("my.") or commands.lookup(lower):
