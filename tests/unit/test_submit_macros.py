@@ -205,3 +205,13 @@ def test_include_loops_and_depth_are_refused(tmp_path: Path) -> None:
     (tmp_path / "b.inc").write_text("include : a.inc\n")
     with pytest.raises(SubmitError, match="includes itself"):
         parse_submit("include : a.inc\nqueue\n", "t.sub", tmp_path)
+
+
+def test_full_path_function_follows_each_jobs_initialdir(tmp_path: Path) -> None:
+    (tmp_path / "run.sh").write_text("")
+    for n in range(2):
+        (tmp_path / f"d{n}").mkdir()
+    text = ("executable = run.sh\ninitialdir = d$(Process)\narguments = $Ff(x)\nx = data.txt\n"
+            "queue 2\n")
+    jobs = parse_submit(text, "t.sub", tmp_path).jobs
+    assert [j.args for j in jobs] == [[f"{tmp_path}/d0/data.txt"], [f"{tmp_path}/d1/data.txt"]]

@@ -90,6 +90,8 @@ class FunctionContext:
         if value is None:
             value = x.expand_inner(body, ())
         flags = "xn" if func == "BASENAME" else "p" if func == "DIRNAME" else func[1:].lower()
+        if "f" in flags:
+            x.volatile = True  # relative to the job's initialdir, which may vary per job
         return file_parts(value, flags, self.cwd, suffix)
 
 
