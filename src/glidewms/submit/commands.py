@@ -53,8 +53,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("allow_environment_v1", N, "both environment syntaxes are always accepted"),
     Command("getenv", S, "true/false or a list of names with `*` wildcards and `!` "
             "exclusions; copied from the environment of `glidewms submit`", ("get_env",)),
-    Command("executable", S, "a relative path is relative to the submit file's directory",
-            ("cmd",)),
+    Command("executable", S, "a relative path is relative to the submit file's directory "
+            "(not `initialdir`); with `transfer_executable = false`, a path on the execute "
+            "node", ("cmd",)),
     Command("shell", S, "runs `/bin/sh -c <command>` on the execute node"),
     Command("input", S, "the file travels in the sandbox", ("stdin",)),
     Command("output", S, "stored as an absolute path", ("stdout",)),
