@@ -63,15 +63,23 @@ def job_ids(texts: Iterable[str]) -> list[JobRef]:
 def submit(
     file: Annotated[Path, typer.Argument(help="HTCondor-style submit description")],
     pool: PoolOption = None, token_file: TokenOption = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="print the job ads that would be queued; contact no pool")] = False,
 ) -> None:
     """Queue the jobs of a submit description (nothing is queued if it has an error)."""
     # imported here: it loads the HTCondor bindings, which no other command needs
-    from glidewms.submit import SubmitError, load_submit
+    from glidewms.submit import SubmitError, dryrun, load_submit
 
     try:
         description = load_submit(file)
     except SubmitError as exc:
         raise fail(str(exc), 2) from None
+    for warning in description.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if dry_run:  # plain echo: ads must not be wrapped or styled
+        typer.echo(dryrun.ads_text(description), nl=False)
+        typer.echo(dryrun.summary(description), err=True)
+        return
     try:
         with client(pool, token_file) as c:
             result = c.submit(description)
