@@ -11,7 +11,7 @@ import httpx
 import typer
 
 from glidewms.frontend.explain_text import render
-from glidewms.protocol import API_PREFIX
+from glidewms.protocol import API_PREFIX, VERSION_HEADER, IncompatiblePeer, check_peer
 
 
 def _find(url: str | None, token_file: Path | None, state_dir: Path) -> tuple[str, str]:
@@ -68,6 +68,11 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
                           headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
             typer.echo(f"error: cannot reach the frontend at {base}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        try:
+            check_peer("frontend", r.headers.get(VERSION_HEADER))
+        except IncompatiblePeer as exc:
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         if r.status_code != 200:
             detail = r.json().get("detail") if r.headers.get("content-type", "").startswith(

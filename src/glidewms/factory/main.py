@@ -7,8 +7,9 @@ from pathlib import Path
 
 from glidewms.config.factory import FactoryConfig, load_factory_config
 from glidewms.config.loader import ConfigError
+from glidewms.extras import MissingExtra
 from glidewms.factory.api import create_app
-from glidewms.factory.backends import BACKENDS
+from glidewms.factory.backends import BACKENDS, ssh
 from glidewms.factory.backends.ssh import REMOTE_BACKENDS
 from glidewms.service import serve
 
@@ -28,6 +29,9 @@ def check_backends(config: FactoryConfig, source: str) -> None:
                 f"{source}: entries[{i}].ssh.batch_system: {entry.ssh.batch_system!r} is not "
                 f"implemented over SSH yet (implemented: {', '.join(sorted(REMOTE_BACKENDS))})"
             )
+        if (entry.ssh is not None or entry.backend == "ssh") and ssh.asyncssh is None:
+            raise MissingExtra(f"{source}: entries[{i}] ({entry.name}), reached over SSH,",
+                               "asyncssh")
         if entry.backend not in BACKENDS:
             raise ConfigError(
                 f"{source}: entries[{i}].backend: {entry.backend!r} is not implemented yet "

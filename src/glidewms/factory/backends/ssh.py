@@ -29,10 +29,16 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncssh
+try:
+    import asyncssh
+except ModuleNotFoundError as exc:  # the `ssh` extra: only SSH entries need it
+    if exc.name != "asyncssh":
+        raise
+    asyncssh = None
 
 from glidewms.config.factory import EntryConfig
 from glidewms.config.sites import SshConfig
+from glidewms.extras import MissingExtra
 from glidewms.factory.backends.base import (
     Backend,
     BackendContext,
@@ -68,6 +74,8 @@ class SshPool:
     """
 
     def __init__(self, contact: SshConfig, entry: str) -> None:
+        if asyncssh is None:
+            raise MissingExtra(f"entry {entry!r}, reached over SSH,", "asyncssh")
         self.contact = contact
         self.entry = entry  # named in errors instead of the key's path
         self._slots = asyncio.Semaphore(contact.max_connections)
