@@ -103,8 +103,21 @@ def completed(client: PoolClient) -> int:
 def spy_on(pid: int, out: str, *extra: str) -> subprocess.Popen[bytes]:
     """py-spy recording ``pid`` into ``out`` (raw collapsed stacks) until SIGINT."""
     return subprocess.Popen(
-        [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
-         "-r", "200", "-o", out, "-p", str(pid), *extra], stdout=subprocess.DEVNULL)
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--format",
+            "raw",
+            "-r",
+            "200",
+            "-o",
+            out,
+            "-p",
+            str(pid),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def claiming_turns(state_dir: Path, since: float) -> int:
@@ -113,8 +126,10 @@ def claiming_turns(state_dir: Path, since: float) -> int:
     start = time.time() - (time.monotonic() - since)
     [db] = state_dir.rglob("pool.sqlite")
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        query = ("SELECT COUNT(*) FROM (SELECT DISTINCT time, json_extract(detail, '$.pilot') "
-                 "FROM events WHERE type = 'started' AND time >= ?)")
+        query = (
+            "SELECT COUNT(*) FROM (SELECT DISTINCT time, json_extract(detail, '$.pilot') "
+            "FROM events WHERE type = 'started' AND time >= ?)"
+        )
         return int(conn.execute(query, (start,)).fetchone()[0])
 
 
@@ -129,34 +144,56 @@ def main() -> None:
     parser.add_argument("--pilots", type=int, default=2)
     parser.add_argument("--cores", type=int, default=4)
     parser.add_argument("--latency-samples", type=int, default=50)
-    parser.add_argument("--parsl", action="store_true",
-                        help="also run Parsl's HighThroughputExecutor on the same jobs with "
-                             "as many workers as job slots (bench/parsl_true.py) and print "
-                             "the ratio")
-    parser.add_argument("--profile-pool", metavar="FILE",
-                        help="record the pool process with py-spy during the throughput run, "
-                             "waits included (collapsed stacks, for flamegraph.pl or grep)")
-    parser.add_argument("--profile-pilot", metavar="FILE",
-                        help="record the first pilot agent the same way, only the thread "
-                             "holding the GIL (the pilot's Python work, not its waits)")
+    parser.add_argument(
+        "--parsl",
+        action="store_true",
+        help="also run Parsl's HighThroughputExecutor on the same jobs with "
+        "as many workers as job slots (bench/parsl_true.py) and print "
+        "the ratio",
+    )
+    parser.add_argument(
+        "--profile-pool",
+        metavar="FILE",
+        help="record the pool process with py-spy during the throughput run, "
+        "waits included (collapsed stacks, for flamegraph.pl or grep)",
+    )
+    parser.add_argument(
+        "--profile-pilot",
+        metavar="FILE",
+        help="record the first pilot agent the same way, only the thread "
+        "holding the GIL (the pilot's Python work, not its waits)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        inst = Installation(Options(state_dir=Path(tmp) / "state", max_pilots=args.pilots,
-                                    pilot_cpus=args.cores, pilot_idle_timeout=120,
-                                    frontend_cycle=1.0, factory_cycle=1.0))
+        inst = Installation(
+            Options(
+                state_dir=Path(tmp) / "state",
+                max_pilots=args.pilots,
+                pilot_cpus=args.cores,
+                pilot_idle_timeout=120,
+                frontend_cycle=1.0,
+                factory_cycle=1.0,
+            )
+        )
         inst.prepare()
         inst.start()
         try:
-            client = PoolClient(ClientSettings(inst.services["pool"].url,
-                                               inst.token_file("user")))
-            one = parse_submit("executable = /bin/true\ntransfer_executable = false\n"
-                               "request_memory = 16\nqueue\n", "bench.sub", Path(tmp))
+            client = PoolClient(ClientSettings(inst.services["pool"].url, inst.token_file("user")))
+            one = parse_submit(
+                "executable = /bin/true\ntransfer_executable = false\nrequest_memory = 16\nqueue\n",
+                "bench.sub",
+                Path(tmp),
+            )
             # warm up: jobs long enough that one pilot cannot run them all before
             # the frontend asks for the others; then every pilot idle
-            warm = parse_submit("executable = /bin/sleep\narguments = 5\n"
-                                "transfer_executable = false\nrequest_memory = 16\n"
-                                f"queue {args.pilots * args.cores}\n", "warm.sub", Path(tmp))
+            warm = parse_submit(
+                "executable = /bin/sleep\narguments = 5\n"
+                "transfer_executable = false\nrequest_memory = 16\n"
+                f"queue {args.pilots * args.cores}\n",
+                "warm.sub",
+                Path(tmp),
+            )
             client.submit(warm)
             wait(lambda: len(agents_of(inst.services["pool"].url)) >= args.pilots)
             wait(lambda: completed(client) >= args.pilots * args.cores)
@@ -168,15 +205,23 @@ def main() -> None:
                 events = {e["type"]: e["time"] for e in client.events(jid)}
                 latencies.append((events["started"] - events["submitted"]) * 1000)
 
-            many = parse_submit("executable = /bin/true\ntransfer_executable = false\n"
-                                f"request_memory = 16\nqueue {args.jobs}\n", "many.sub",
-                                Path(tmp))
+            many = parse_submit(
+                "executable = /bin/true\ntransfer_executable = false\n"
+                f"request_memory = 16\nqueue {args.jobs}\n",
+                "many.sub",
+                Path(tmp),
+            )
             base = completed(client)
             pool_pid = inst.services["pool"].process.pid
             pilots = agents_of(inst.services["pool"].url)
-            spies = [spy_on(pid, out, *extra) for pid, out, extra in
-                     ((pool_pid, args.profile_pool, ("--idle",)),
-                      (pilots[0], args.profile_pilot, ("--gil",))) if out]
+            spies = [
+                spy_on(pid, out, *extra)
+                for pid, out, extra in (
+                    (pool_pid, args.profile_pool, ("--idle",)),
+                    (pilots[0], args.profile_pilot, ("--gil",)),
+                )
+                if out
+            ]
             if spies:
                 time.sleep(1.0)  # py-spy attaches
             cpu0, ticks0, every0 = cpu_seconds(pool_pid), machine_ticks(), all_cpu()
@@ -201,37 +246,53 @@ def main() -> None:
         finally:
             inst.stop()
 
-    print(f"machine: {platform.node()} {platform.machine()}, "
-          f"{platform.python_implementation()} {platform.python_version()}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
     print(f"pilots: {args.pilots} x {args.cores} cores (local entry)\n")
     print("| measure | value |")
     print("|---|---|")
-    print(f"| dispatch latency p50 (submit → started, idle pilot) | "
-          f"{statistics.median(latencies):.1f} ms |")
+    print(
+        f"| dispatch latency p50 (submit → started, idle pilot) | "
+        f"{statistics.median(latencies):.1f} ms |"
+    )
     print(f"| dispatch latency p99 | {percentile(latencies, 0.99):.1f} ms |")
-    print(f"| submit of {args.jobs} jobs (one cluster) | {submitted * 1000:.0f} ms "
-          f"({args.jobs / submitted:.0f} jobs/s) |")
-    print(f"| {args.jobs} `/bin/true` jobs, submit → last completed | {elapsed:.1f} s "
-          f"({args.jobs / elapsed:.1f} jobs/s) |")
+    print(
+        f"| submit of {args.jobs} jobs (one cluster) | {submitted * 1000:.0f} ms "
+        f"({args.jobs / submitted:.0f} jobs/s) |"
+    )
+    print(
+        f"| {args.jobs} `/bin/true` jobs, submit → last completed | {elapsed:.1f} s "
+        f"({args.jobs / elapsed:.1f} jobs/s) |"
+    )
     print(f"| job failures (non-zero exits) | {failures} |")
     print(f"| jobs per pilot turn that claimed | {args.jobs / max(1, turns):.1f} |")
     print(f"| pool CPU per job (throughput run) | {pool_cpu / args.jobs * 1000:.2f} ms |")
-    print(f"| pilot agents' CPU per job / the jobs' own CPU (throughput run) | "
-          f"{agents_cpu / args.jobs * 1000:.2f} ms / {jobs_cpu / args.jobs * 1000:.2f} ms |")
+    print(
+        f"| pilot agents' CPU per job / the jobs' own CPU (throughput run) | "
+        f"{agents_cpu / args.jobs * 1000:.2f} ms / {jobs_cpu / args.jobs * 1000:.2f} ms |"
+    )
     if args.parsl:
         from parsl_true import run as parsl_run  # bench/, next to this script
 
         workers = args.pilots * args.cores
         parsl_rate = parsl_run(args.jobs, workers)
         rate = args.jobs / elapsed
-        print(f"| Parsl HTEX, {workers} workers: {args.jobs} `/bin/true` bash apps | "
-              f"{parsl_rate:.1f} jobs/s |")
+        print(
+            f"| Parsl HTEX, {workers} workers: {args.jobs} `/bin/true` bash apps | "
+            f"{parsl_rate:.1f} jobs/s |"
+        )
         print(f"| ratio glidewms / Parsl (same run) | {rate / parsl_rate:.2f} |")
-    print(f"| machine CPU busy during the run (all processes, {os.cpu_count()} cores) | "
-          f"{busy * 100:.0f}% |")
+    print(
+        f"| machine CPU busy during the run (all processes, {os.cpu_count()} cores) | "
+        f"{busy * 100:.0f}% |"
+    )
     print(f"| load average (1 min) at the end | {load:.1f} |")
-    spent = sorted(((cpu - every0.get(pid, ("", 0.0))[1], name, pid)
-                    for pid, (name, cpu) in every1.items()), reverse=True)
+    spent = sorted(
+        ((cpu - every0.get(pid, ("", 0.0))[1], name, pid) for pid, (name, cpu) in every1.items()),
+        reverse=True,
+    )
     print("\nCPU per job by process during the throughput run (jobs in their pilot's):\n")
     for cpu, name, pid in spent[:8]:
         if cpu > 0:

@@ -54,8 +54,9 @@ def make_factory(root: Path, entries: list[EntryConfig], backends: dict[str, Bac
     agent.mkdir()
     (agent / "__main__.py").write_text("pass\n")
     stage = build_stage(config.state_dir, agent)
-    return Factory(config, public_url="http://127.0.0.1:9", store=store, stage=stage,
-                   backends=backends)
+    return Factory(
+        config, public_url="http://127.0.0.1:9", store=store, stage=stage, backends=backends
+    )
 
 
 def request(factory: Factory, frontend: str, wanted: dict[str, dict[str, object]]) -> None:
@@ -72,12 +73,21 @@ async def bench_slurm(pilots: int) -> dict[str, float]:
         with slurm_cluster(root / "slurm", cpus=64) as slurm:
             bootstrap = root / "boot.sh"
             bootstrap.write_text("#!/bin/bash\nsleep 300\n")
-            entry = EntryConfig(name="bench", site="BENCH", backend="slurm", cpus=1, memory=10,
-                                walltime=600, max_pilots=pilots, max_idle=pilots,
-                                max_per_cycle=pilots,
-                                batch={"env": slurm.env, "array_size": 1000})  # fmt: skip
-            context = BackendContext(state_dir=root / "state", bootstrap=bootstrap,
-                                     entries={"bench": entry})  # fmt: skip
+            entry = EntryConfig(
+                name="bench",
+                site="BENCH",
+                backend="slurm",
+                cpus=1,
+                memory=10,
+                walltime=600,
+                max_pilots=pilots,
+                max_idle=pilots,
+                max_per_cycle=pilots,
+                batch={"env": slurm.env, "array_size": 1000},
+            )
+            context = BackendContext(
+                state_dir=root / "state", bootstrap=bootstrap, entries={"bench": entry}
+            )
             backend = SlurmBackend(context)
             factory = make_factory(root, [entry], {"slurm": backend})
             request(factory, "fe", {"bench": {"idle": pilots, "max_running": pilots}})
@@ -95,9 +105,17 @@ async def bench_slurm(pilots: int) -> dict[str, float]:
             unknown = sum(s is PilotState.unknown for s in seen.values())
             assert unknown == 0, f"{unknown} pilots unknown to squeue"
             slurm.run("scancel", "--name=glidewms-bench", timeout=60)
-            return {"submit": submitted, "known": known, "status": status,
-                    "arrays": len({g.backend_id.split("/")[1].split("_")[0]  # type: ignore[union-attr]
-                                   for g in rows})}  # fmt: skip
+            return {
+                "submit": submitted,
+                "known": known,
+                "status": status,
+                "arrays": len(
+                    {
+                        g.backend_id.split("/")[1].split("_")[0]  # type: ignore[union-attr]
+                        for g in rows
+                    }
+                ),
+            }
 
 
 class MemoryBackend(Backend):
@@ -129,9 +147,17 @@ async def bench_converge(tracked: int, n_entries: int, cycles: int) -> dict[str,
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         per_entry = tracked // n_entries
-        entries = [EntryConfig(name=f"e{i}", site=f"S{i % 20}", backend="local",
-                               max_pilots=per_entry * 2, max_idle=per_entry * 2,
-                               max_per_cycle=10) for i in range(n_entries)]  # fmt: skip
+        entries = [
+            EntryConfig(
+                name=f"e{i}",
+                site=f"S{i % 20}",
+                backend="local",
+                max_pilots=per_entry * 2,
+                max_idle=per_entry * 2,
+                max_per_cycle=10,
+            )
+            for i in range(n_entries)
+        ]
         backend = MemoryBackend()
         factory = make_factory(root, entries, {"local": backend})
         now = time.time()
@@ -143,15 +169,33 @@ async def bench_converge(tracked: int, n_entries: int, cycles: int) -> dict[str,
                 gid = f"{entry.name}-x-{j}"
                 backend_id = f"{entry.name}/{gid}"
                 backend.jobs[backend_id] = PilotState(state.value)
-                rows.append(Glidein(glidein_id=gid, entry=entry.name, backend="local",
-                                    frontend=frontend, group="main", backend_id=backend_id,
-                                    state=state, submitted_at=now - i, updated_at=now - i,
-                                    exit_reason=None, exit_code=None, report=None))  # fmt: skip
+                rows.append(
+                    Glidein(
+                        glidein_id=gid,
+                        entry=entry.name,
+                        backend="local",
+                        frontend=frontend,
+                        group="main",
+                        backend_id=backend_id,
+                        state=state,
+                        submitted_at=now - i,
+                        updated_at=now - i,
+                        exit_reason=None,
+                        exit_code=None,
+                        report=None,
+                    )
+                )
         factory.store.add_glideins(rows)
         for frontend in ("fe1", "fe2"):
             # Each frontend wants what it has (steady state) plus a little churn.
-            request(factory, frontend, {e.name: {"idle": per_entry // 6, "max_running":
-                                        per_entry, "remove": "IDLE"} for e in entries})
+            request(
+                factory,
+                frontend,
+                {
+                    e.name: {"idle": per_entry // 6, "max_running": per_entry, "remove": "IDLE"}
+                    for e in entries
+                },
+            )
         times = []
         for k in range(cycles):
             # Churn: a few pilots end every cycle, so refresh writes and planning submits.
@@ -162,8 +206,12 @@ async def bench_converge(tracked: int, n_entries: int, cycles: int) -> dict[str,
             await factory.cycle()
             times.append(time.perf_counter() - start)
         active = len(factory.store.active())
-        return {"p50": statistics.median(times), "max": max(times), "active": active,
-                "cycles": cycles}  # fmt: skip
+        return {
+            "p50": statistics.median(times),
+            "max": max(times),
+            "active": active,
+            "cycles": cycles,
+        }
 
 
 def main() -> None:
@@ -178,14 +226,20 @@ def main() -> None:
     print("\n| measure | value |\n|---|---|")
     if not args.skip_slurm:
         s = asyncio.run(bench_slurm(args.pilots))
-        print(f"| {args.pilots} pilots into Slurm: sbatch of {s['arrays']} array(s) | "
-              f"{s['submit']:.2f} s |")
-        print(f"| {args.pilots} pilots: request → all known (ref + squeue state) | "
-              f"{s['known']:.2f} s |")
+        print(
+            f"| {args.pilots} pilots into Slurm: sbatch of {s['arrays']} array(s) | "
+            f"{s['submit']:.2f} s |"
+        )
+        print(
+            f"| {args.pilots} pilots: request → all known (ref + squeue state) | "
+            f"{s['known']:.2f} s |"
+        )
         print(f"| one status refresh of {args.pilots} pilots (squeue) | {s['status']:.2f} s |")
     c = asyncio.run(bench_converge(args.tracked, args.entries, args.cycles))
-    print(f"| converge cycle, {c['active']} tracked pilots / {args.entries} entries / "
-          f"2 frontends, p50 of {c['cycles']} | {c['p50']:.2f} s |")
+    print(
+        f"| converge cycle, {c['active']} tracked pilots / {args.entries} entries / "
+        f"2 frontends, p50 of {c['cycles']} | {c['p50']:.2f} s |"
+    )
     print(f"| same, slowest cycle | {c['max']:.2f} s |")
 
 

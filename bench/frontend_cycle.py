@@ -30,8 +30,17 @@ def entries(n: int, sites: int) -> list[dict]:
     for i in range(n):
         cpus, memory, gpus = SIZES[i % len(SIZES)]
         attrs = {"GPUs": gpus} if gpus else {}
-        out.append({"name": f"e{i}", "site": f"S{i % sites}", "cpus": cpus, "memory": memory,
-                    "disk": 100000, "attributes": attrs, "enabled": True})
+        out.append(
+            {
+                "name": f"e{i}",
+                "site": f"S{i % sites}",
+                "cpus": cpus,
+                "memory": memory,
+                "disk": 100000,
+                "attributes": attrs,
+                "enabled": True,
+            }
+        )
     return out
 
 
@@ -49,16 +58,27 @@ def autoclusters(n: int, jobs: int, sites: int, now: float, rng: random.Random) 
             req.insert(0, "stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites)")
         if i % 10 == 0:
             req.append("TARGET.GPUs >= 1")
-        ad = (f"[ {extra}RequestCpus = {cpus}; RequestMemory = {memory}; ProcId_Group = {i}; "
-              f"Requirements = {' && '.join(req)} ]")
-        out.append({"id": i, "ad": ad, "idle": per, "running": 0, "owners": {"u": per},
-                    "oldest_idle": now - rng.choice([60, 7200]),
-                    "request": {"cpus": cpus, "memory": memory, "gpus": int(i % 10 == 0)}})
+        ad = (
+            f"[ {extra}RequestCpus = {cpus}; RequestMemory = {memory}; ProcId_Group = {i}; "
+            f"Requirements = {' && '.join(req)} ]"
+        )
+        out.append(
+            {
+                "id": i,
+                "ad": ad,
+                "idle": per,
+                "running": 0,
+                "owners": {"u": per},
+                "oldest_idle": now - rng.choice([60, 7200]),
+                "request": {"cpus": cpus, "memory": memory, "gpus": int(i % 10 == 0)},
+            }
+        )
     return out
 
 
-def cycle(acs: list[dict], ents: list[dict], now: float, fast: bool = True,
-          memo: dict | None = None) -> tuple[float, float, int]:
+def cycle(
+    acs: list[dict], ents: list[dict], now: float, fast: bool = True, memo: dict | None = None
+) -> tuple[float, float, int]:
     """(matching+supply seconds, decision seconds, ClassAd evaluations)."""
     config = FrontendConfig()
     group = GroupConfig()
@@ -69,11 +89,19 @@ def cycle(acs: list[dict], ents: list[dict], now: float, fast: bool = True,
     knobs = policy.Knobs()
     rules = policy.RemovalRules()
     for o in view.observations.values():
-        levels = [policy.Level(name="entry", pilots=o.supply.total,
-                               idle_pilots=o.supply.idle_pilots, max_pilots=10000,
-                               max_idle_pilots=100, curb_idle_pilots=5),
-                  policy.Level(name="global", pilots=0, idle_pilots=0,
-                               max_pilots=config.max_pilots_global)]
+        levels = [
+            policy.Level(
+                name="entry",
+                pilots=o.supply.total,
+                idle_pilots=o.supply.idle_pilots,
+                max_pilots=10000,
+                max_idle_pilots=100,
+                curb_idle_pilots=5,
+            ),
+            policy.Level(
+                name="global", pilots=0, idle_pilots=0, max_pilots=config.max_pilots_global
+            ),
+        ]
         policy.decide(o.demand, o.supply, levels, knobs, rules, policy.Memory())
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1, view.evaluations
@@ -87,8 +115,10 @@ def run(acs_n: int, entries_n: int, sites: int, jobs: int, fast: bool = True) ->
     memo: dict = {}
     for label in ("first", "next"):  # the next cycle reuses the first one's answers
         match, decide, evals = cycle(acs, ents, now, fast, memo)
-        print(f"| {jobs:>9,} | {acs_n:>6,} | {entries_n:>5,} | {sites:>4} | {label} | "
-              f"{evals:>9,} | {match:6.2f} s | {decide:5.3f} s | {match + decide:6.2f} s |")
+        print(
+            f"| {jobs:>9,} | {acs_n:>6,} | {entries_n:>5,} | {sites:>4} | {label} | "
+            f"{evals:>9,} | {match:6.2f} s | {decide:5.3f} s | {match + decide:6.2f} s |"
+        )
 
 
 def main() -> None:
@@ -97,19 +127,33 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=1000)
     ap.add_argument("--sites", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=1_000_000)
-    ap.add_argument("--library", action="store_true",
-                    help="no shortcut: every site test through the ClassAd library")
+    ap.add_argument(
+        "--library",
+        action="store_true",
+        help="no shortcut: every site test through the ClassAd library",
+    )
     a = ap.parse_args()
-    print("| idle jobs | autoclusters | entries | sites | cycle | ClassAd evaluations | "
-          "matching + supply | decisions | total |")
+    print(
+        "| idle jobs | autoclusters | entries | sites | cycle | ClassAd evaluations | "
+        "matching + supply | decisions | total |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     if a.acs:
         run(a.acs, a.entries, a.sites, a.jobs, not a.library)
         return
-    for acs_n, entries_n, sites in [(1000, 1000, 200), (10000, 1000, 200), (1000, 250, 200),
-                                    (1000, 500, 200), (1000, 2000, 200), (2500, 1000, 200),
-                                    (5000, 1000, 200), (1000, 1000, 50), (1000, 1000, 1000),
-                                    (20000, 1000, 200), (10000, 2000, 1000)]:
+    for acs_n, entries_n, sites in [
+        (1000, 1000, 200),
+        (10000, 1000, 200),
+        (1000, 250, 200),
+        (1000, 500, 200),
+        (1000, 2000, 200),
+        (2500, 1000, 200),
+        (5000, 1000, 200),
+        (1000, 1000, 50),
+        (1000, 1000, 1000),
+        (20000, 1000, 200),
+        (10000, 2000, 1000),
+    ]:
         run(acs_n, entries_n, sites, a.jobs, not a.library)
 
 

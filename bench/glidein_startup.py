@@ -55,9 +55,19 @@ def spawn(inst: Installation, name: str) -> tuple[subprocess.Popen[bytes], str]:
     url_file.parent.mkdir(parents=True, exist_ok=True)
     url_file.unlink(missing_ok=True)
     log = open(inst.path(f"{name}.log"), "ab")  # noqa: SIM115 (kept open for the child)
-    proc = subprocess.Popen([sys.executable, "-m", "glidewms", name, "--config",
-                             str(inst.path("config", f"{name}.yaml"))], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "glidewms",
+            name,
+            "--config",
+            str(inst.path("config", f"{name}.yaml")),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     wait_for(url_file.is_file, 60)
     return proc, url_file.read_text().strip()
 
@@ -81,8 +91,7 @@ def bench_startup(runs: int, trace: bool = False) -> list[float]:
         manifest_sha = hashlib.sha256((stage / "manifest").read_bytes()).hexdigest()
         from glidewms.factory.stage import load_or_create_key, public_key_b64
 
-        key = public_key_b64(load_or_create_key(root / "factory" / "keys" /
-                                                "stage_signing.pem"))
+        key = public_key_b64(load_or_create_key(root / "factory" / "keys" / "stage_signing.pem"))
         issuer = TokenIssuer.from_file(inst.path("keys", "issuer.key"))
         token = root / "pilot.token"
         token.write_text(issuer.issue("pilot", ["pilot"], 3600, fe="frontend", group="main"))
@@ -93,15 +102,37 @@ def bench_startup(runs: int, trace: bool = False) -> list[float]:
             gid = f"bench-{i}"
             started = time.monotonic()
             pilot = subprocess.Popen(
-                ["bash", str(bootstrap_path()), "--factory", factory, "--manifest-sha256",
-                 manifest_sha, "--manifest-key", key, "--pool", pool, "--glidein-id", gid,
-                 "--entry", "bench", "--site", "BENCH", "--idle-timeout", "30",
-                 "--work-dir", str(root)],
+                [
+                    "bash",
+                    str(bootstrap_path()),
+                    "--factory",
+                    factory,
+                    "--manifest-sha256",
+                    manifest_sha,
+                    "--manifest-key",
+                    key,
+                    "--pool",
+                    pool,
+                    "--glidein-id",
+                    gid,
+                    "--entry",
+                    "bench",
+                    "--site",
+                    "BENCH",
+                    "--idle-timeout",
+                    "30",
+                    "--work-dir",
+                    str(root),
+                ],
                 env={**os.environ, "GLIDEIN_TOKEN_FILE": str(token)},
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             lines: list[tuple[float, str]] = []
-            reader = threading.Thread(target=_timestamp_lines,
-                                      args=(pilot.stderr, started, lines), daemon=True)
+            reader = threading.Thread(
+                target=_timestamp_lines, args=(pilot.stderr, started, lines), daemon=True
+            )
             reader.start()
 
             def registered(gid: str = gid) -> bool:
@@ -137,7 +168,9 @@ def bench_wrapper(jobs: int) -> dict[str, float]:
     if bwrap:
         cases["bubblewrap, host image"] = (ContainerSetup("bwrap", bwrap), "host")
         cases["bubblewrap, directory image"] = (
-            ContainerSetup("bwrap", bwrap, binds=(Bind("/usr", "/usr", True),)), str(rootfs))
+            ContainerSetup("bwrap", bwrap, binds=(Bind("/usr", "/usr", True),)),
+            str(rootfs),
+        )
     results = {}
     try:
         for label, case in cases.items():
@@ -166,23 +199,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--jobs", type=int, default=30)
-    parser.add_argument("--trace", action="store_true",
-                        help="print the last pilot's log lines with their arrival times")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="print the last pilot's log lines with their arrival times",
+    )
     options = parser.parse_args()
     times = bench_startup(options.runs, options.trace)
     warm = times[1:] or times
     wrapper = bench_wrapper(options.jobs)
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"machine: {platform.node()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    )
     print("\n| measure | result |\n|---|---|")
     print(f"| bootstrap start → registered, first run (cold) | {times[0]:.2f} s |")
-    print(f"| bootstrap start → registered, warm, median of {len(warm)} | "
-          f"{statistics.median(warm):.2f} s (min {min(warm):.2f}, max {max(warm):.2f}) |")
+    print(
+        f"| bootstrap start → registered, warm, median of {len(warm)} | "
+        f"{statistics.median(warm):.2f} s (min {min(warm):.2f}, max {max(warm):.2f}) |"
+    )
     base = wrapper["no container"]
     for label, value in wrapper.items():
         extra = "" if label == "no container" else f" (+{(value - base) * 1000:.0f} ms)"
-        print(f"| `/bin/true` through the job wrapper, {label}, median of {options.jobs} | "
-              f"{value * 1000:.1f} ms{extra} |")
+        print(
+            f"| `/bin/true` through the job wrapper, {label}, median of {options.jobs} | "
+            f"{value * 1000:.1f} ms{extra} |"
+        )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,17 @@ def run(jobs: int, workers: int) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = Config(
-            executors=[HighThroughputExecutor(
-                label="htex", max_workers_per_node=workers, cores_per_worker=1e-6,
-                provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))],
-            run_dir=tmp, strategy="none")
+            executors=[
+                HighThroughputExecutor(
+                    label="htex",
+                    max_workers_per_node=workers,
+                    cores_per_worker=1e-6,
+                    provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+                )
+            ],
+            run_dir=tmp,
+            strategy="none",
+        )
         with parsl.load(config):
             for f in [true_app() for _ in range(workers * 2)]:  # warm up the workers
                 f.result()
@@ -63,10 +70,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=32)
     args = parser.parse_args()
     rate = run(args.jobs, args.workers)
-    print(f"machine: {platform.node()} {platform.machine()}, "
-          f"{platform.python_implementation()} {platform.python_version()}")
-    print(f"| Parsl HTEX, {args.workers} workers: {args.jobs} `/bin/true` bash apps | "
-          f"{rate:.1f} jobs/s |")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+    print(
+        f"| Parsl HTEX, {args.workers} workers: {args.jobs} `/bin/true` bash apps | "
+        f"{rate:.1f} jobs/s |"
+    )
 
 
 if __name__ == "__main__":

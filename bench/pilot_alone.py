@@ -50,8 +50,9 @@ class StandInPool:
                 pass
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"] or 0))
-                                  or b"{}")
+                body = json.loads(
+                    self.rfile.read(int(self.headers["Content-Length"] or 0)) or b"{}"
+                )
                 answer = pool.answer(self.path, body)
                 data = json.dumps(answer).encode()
                 self.send_response(201 if self.path.endswith("/pilots") else 200)
@@ -81,10 +82,14 @@ class StandInPool:
             claims = []
             for _ in range(max(0, want)):
                 self.handed += 1
-                claims.append({"claim_id": f"c{self.handed}", "job_id": f"1.{self.handed}",
-                               "lease_seconds": 600,
-                               "job": {"cmd": "/bin/true", "request": {"cpus": 1,
-                                                                       "memory": 16}}})
+                claims.append(
+                    {
+                        "claim_id": f"c{self.handed}",
+                        "job_id": f"1.{self.handed}",
+                        "lease_seconds": 600,
+                        "job": {"cmd": "/bin/true", "request": {"cpus": 1, "memory": 16}},
+                    }
+                )
             if claims:
                 self.turns += 1
                 if not self.first:
@@ -100,19 +105,28 @@ def cpu(pid: int) -> tuple[float, float, float]:
     """(user, system, reaped children) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) / tick, int(fields[12]) / tick,
-            (int(fields[13]) + int(fields[14])) / tick)
+    return (
+        int(fields[11]) / tick,
+        int(fields[12]) / tick,
+        (int(fields[13]) + int(fields[14])) / tick,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--cores", type=int, default=16)
-    parser.add_argument("--strace", action="store_true",
-                        help="count the agent's system calls (strace -c -f) during the run")
-    parser.add_argument("--trace", metavar="FILE",
-                        help="write every system call of the agent's threads to FILE "
-                             "(strace -f, not counted: to read one job's calls)")
+    parser.add_argument(
+        "--strace",
+        action="store_true",
+        help="count the agent's system calls (strace -c -f) during the run",
+    )
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write every system call of the agent's threads to FILE "
+        "(strace -f, not counted: to read one job's calls)",
+    )
     args = parser.parse_args()
     pool = StandInPool(args.jobs)
     threading.Thread(target=pool.server.serve_forever, daemon=True).start()
@@ -120,23 +134,29 @@ def main() -> None:
         token = Path(tmp) / "token"
         token.write_text("not-checked-by-the-stand-in")
         config = Path(tmp) / "glidein_config"
-        config.write_text(f"GLIDEIN_Pool_URL {pool.url}\nGLIDEIN_Id bench-1\n"
-                          f"GLIDEIN_Token_File {token}\nGLIDEIN_Work_Dir {tmp}\n"
-                          f"GLIDEIN_Cpus {args.cores}\nGLIDEIN_Memory {args.cores * 1000}\n"
-                          "GLIDEIN_Idle_Timeout 600\nGLIDEIN_Lifetime 3600\n")
+        config.write_text(
+            f"GLIDEIN_Pool_URL {pool.url}\nGLIDEIN_Id bench-1\n"
+            f"GLIDEIN_Token_File {token}\nGLIDEIN_Work_Dir {tmp}\n"
+            f"GLIDEIN_Cpus {args.cores}\nGLIDEIN_Memory {args.cores * 1000}\n"
+            "GLIDEIN_Idle_Timeout 600\nGLIDEIN_Lifetime 3600\n"
+        )
         src = Path(__file__).resolve().parent.parent / "src"
         agent = subprocess.Popen(
             [sys.executable, "-m", "glidewms.glidein.agent", "--config", str(config)],
-            cwd=tmp, env={**os.environ, "PYTHONPATH": str(src)},
-            stderr=subprocess.DEVNULL)
+            cwd=tmp,
+            env={**os.environ, "PYTHONPATH": str(src)},
+            stderr=subprocess.DEVNULL,
+        )
         try:
             before = cpu(agent.pid)
             strace = None
             if args.strace or args.trace:
                 strace = subprocess.Popen(
-                    ["strace", "-f", "-o", args.trace, "-p", str(agent.pid)] if args.trace else
-                    ["strace", "-c", "-f", "-o", f"{tmp}/strace", "-p", str(agent.pid)],
-                    stderr=subprocess.DEVNULL)
+                    ["strace", "-f", "-o", args.trace, "-p", str(agent.pid)]
+                    if args.trace
+                    else ["strace", "-c", "-f", "-o", f"{tmp}/strace", "-p", str(agent.pid)],
+                    stderr=subprocess.DEVNULL,
+                )
             if not pool.done.wait(600):
                 raise TimeoutError(f"only {pool.completed} of {args.jobs} jobs completed")
             elapsed = time.monotonic() - pool.first
@@ -151,14 +171,18 @@ def main() -> None:
             agent.wait(30)
     user, system, jobs = (a - b for a, b in zip(after, before, strict=True))
     n = args.jobs
-    print(f"machine: {platform.node()} {platform.machine()}, "
-          f"{platform.python_implementation()} {platform.python_version()}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
     print(f"one pilot, {args.cores} cores, {n} `/bin/true` jobs, stand-in pool\n")
     print("| measure | value |")
     print("|---|---|")
     print(f"| jobs/s (first claim → last completion) | {n / elapsed:.0f} |")
-    print(f"| agent CPU per job: user / system | {user / n * 1000:.3f} ms / "
-          f"{system / n * 1000:.3f} ms |")
+    print(
+        f"| agent CPU per job: user / system | {user / n * 1000:.3f} ms / "
+        f"{system / n * 1000:.3f} ms |"
+    )
     print(f"| the jobs' own CPU per job | {jobs / n * 1000:.3f} ms |")
     print(f"| jobs per turn | {n / max(1, pool.turns):.1f} |")
     if calls:

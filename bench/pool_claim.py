@@ -38,8 +38,10 @@ CHUNK = 20_000  # jobs per submitted cluster while filling a queue
 
 
 def job_ad(memory: int) -> str:
-    return (f'[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = {memory}; '
-            'Requirements = TARGET.Cpus >= RequestCpus && TARGET.Memory >= RequestMemory ]')
+    return (
+        f'[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = {memory}; '
+        "Requirements = TARGET.Cpus >= RequestCpus && TARGET.Memory >= RequestMemory ]"
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -89,9 +91,15 @@ def memory_of_a_pool(url: str) -> dict[str, float]:
         "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
         "kib = lambda k: int(status[k].split()[0]) / 1024\n"
         "print(json.dumps({'rss': kib('VmRSS'), 'hwm': kib('VmHWM'), 'start': started}))\n"
-        "store.close()\n")
-    out = subprocess.run([sys.executable, "-c", code, url], check=True, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd() / "src")})
+        "store.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, url],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd() / "src")},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -112,32 +120,47 @@ def claim_latency(store: PoolStore, claims: int) -> tuple[float, float]:
 def empty(store: PoolStore) -> None:
     """A shared server: start the next case from an empty database."""
     with store.engine.begin() as conn:
-        for table in ("events", "jobs", "autoclusters", "pilots", "usage", "counters",
-                      "schema_version"):
+        for table in (
+            "events",
+            "jobs",
+            "autoclusters",
+            "pilots",
+            "usage",
+            "counters",
+            "schema_version",
+        ):
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
     store.engine.dispose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", default="10000x10,10000x1000,100000x10,100000x1000",
-                        help="comma-separated JOBSxAUTOCLUSTERS")
+    parser.add_argument(
+        "--cases",
+        default="10000x10,10000x1000,100000x10,100000x1000",
+        help="comma-separated JOBSxAUTOCLUSTERS",
+    )
     parser.add_argument("--claims", type=int, default=300)
     parser.add_argument("--bulk", type=int, default=100_000, help="jobs in the bulk submit")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
     parser.add_argument("--rss", action="store_true", help="measure a pool's memory per case")
     args = parser.parse_args()
     backend = (args.database_url or "sqlite").split(":")[0]
-    print(f"machine: {platform.node()} {platform.machine()} {platform.python_version()}, "
-          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, backend {backend}\n")
+    print(
+        f"machine: {platform.node()} {platform.machine()} {platform.python_version()}, "
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, backend {backend}\n"
+    )
     print("| measure | value |\n|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         store = new_store(args.database_url, Path(tmp) / "bulk")
         t0 = time.perf_counter()
         store.queue.submit("alice", [NewJob(job_ad(100), [], [], {})] * args.bulk)
         elapsed = time.perf_counter() - t0
-        print(f"| bulk submit, {args.bulk} jobs in one cluster | {elapsed:.1f} s "
-              f"({args.bulk / elapsed:.0f} jobs/s) |", flush=True)
+        print(
+            f"| bulk submit, {args.bulk} jobs in one cluster | {elapsed:.1f} s "
+            f"({args.bulk / elapsed:.0f} jobs/s) |",
+            flush=True,
+        )
         store.close()
         if args.database_url:
             empty(store)
@@ -150,17 +173,26 @@ def main() -> None:
             store = new_store(url, directory)
             rate = fill(store, jobs, acs)
             p50, p99 = claim_latency(store, args.claims)
-            print(f"| claim, {jobs} idle jobs / {acs} autoclusters (filled at {rate:.0f} "
-                  f"jobs/s) | p50 {p50:.2f} ms, p99 {p99:.2f} ms |", flush=True)
-            print(f"| demand summary, {jobs} jobs / {acs} autoclusters | "
-                  f"p50 {demand_latency(store):.1f} ms |", flush=True)
+            print(
+                f"| claim, {jobs} idle jobs / {acs} autoclusters (filled at {rate:.0f} "
+                f"jobs/s) | p50 {p50:.2f} ms, p99 {p99:.2f} ms |",
+                flush=True,
+            )
+            print(
+                f"| demand summary, {jobs} jobs / {acs} autoclusters | "
+                f"p50 {demand_latency(store):.1f} ms |",
+                flush=True,
+            )
             store_url = str(store.engine.url.render_as_string(hide_password=False))
             store.close()
             if args.rss:
                 mem = memory_of_a_pool(store_url)
-                print(f"| pool memory, {jobs} idle jobs / {acs} autoclusters | RSS "
-                      f"{mem['rss']:.0f} MiB (peak {mem['hwm']:.0f} MiB), index rebuilt in "
-                      f"{mem['start']:.1f} s |", flush=True)
+                print(
+                    f"| pool memory, {jobs} idle jobs / {acs} autoclusters | RSS "
+                    f"{mem['rss']:.0f} MiB (peak {mem['hwm']:.0f} MiB), index rebuilt in "
+                    f"{mem['start']:.1f} s |",
+                    flush=True,
+                )
             if url:
                 empty(store)
 

@@ -33,10 +33,17 @@ def run(url: str, jobs: int, pilots: int, slots: int, profile: bool) -> None:
     store = PoolStore(make_engine(url))
     try:
         store.queue.submit("bench", [NewJob(AD, [], [], {}) for _ in range(jobs)])
-        slot = {"Cpus": slots, "Memory": 16 * slots, "Disk": 10**6, "GLIDEIN_Site": "BENCH",
-                "OpSys": "LINUX", "Arch": "X86_64"}
-        ids = [store.pilots.register(dict(slot), f"g{i}", "fe", "main", 3600)
-               for i in range(pilots)]
+        slot = {
+            "Cpus": slots,
+            "Memory": 16 * slots,
+            "Disk": 10**6,
+            "GLIDEIN_Site": "BENCH",
+            "OpSys": "LINUX",
+            "Arch": "X86_64",
+        }
+        ids = [
+            store.pilots.register(dict(slot), f"g{i}", "fe", "main", 3600) for i in range(pilots)
+        ]
         held: dict[str, list[str]] = {p: [] for p in ids}
         done = 0
         profiler = cProfile.Profile() if profile else None
@@ -60,17 +67,25 @@ def run(url: str, jobs: int, pilots: int, slots: int, profile: bool) -> None:
         # the numbers only count if every job completed exactly once
         counted, queue = store.reports.stats()["jobs_completed"], store.reports.queue_counts()
         if done != jobs or counted != jobs or queue != {"idle": 0, "running": 0}:
-            raise SystemExit(f"integrity: {done} completions answered, {counted} counted, "
-                             f"queue {queue}; expected {jobs}")
+            raise SystemExit(
+                f"integrity: {done} completions answered, {counted} counted, "
+                f"queue {queue}; expected {jobs}"
+            )
     finally:
         store.close()
-    print(f"machine: {platform.node()} {platform.machine()}, "
-          f"{platform.python_implementation()} {platform.python_version()}")
-    print(f"database: {url.split('@')[-1] if '@' in url else url.split(':')[0]}; "
-          f"{pilots} pilots x {slots} slots\n")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+    print(
+        f"database: {url.split('@')[-1] if '@' in url else url.split(':')[0]}; "
+        f"{pilots} pilots x {slots} slots\n"
+    )
     print("| measure | value |\n|---|---|")
-    print(f"| {jobs} jobs claimed and completed (store only) | {wall:.2f} s "
-          f"({jobs / wall:.0f} jobs/s) |")
+    print(
+        f"| {jobs} jobs claimed and completed (store only) | {wall:.2f} s "
+        f"({jobs / wall:.0f} jobs/s) |"
+    )
     print(f"| CPU per job (claim + completion) | {cpu / jobs * 1000:.3f} ms |")
     if profiler:
         stats = pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "cumulative"))

@@ -40,20 +40,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pilot(api: Api, slots: int, stop: threading.Event, counts: list[int],
-          turns: list[int]) -> None:
+def pilot(api: Api, slots: int, stop: threading.Event, counts: list[int], turns: list[int]) -> None:
     """One fake pilot: turns back to back until nothing is left to claim."""
-    slot = {"Cpus": slots, "Memory": 64 * slots, "Disk": 10**7, "GLIDEIN_Site": "BENCH",
-            "OpSys": "LINUX", "Arch": "X86_64"}
+    slot = {
+        "Cpus": slots,
+        "Memory": 64 * slots,
+        "Disk": 10**7,
+        "GLIDEIN_Site": "BENCH",
+        "OpSys": "LINUX",
+        "Arch": "X86_64",
+    }
     _, answer = api.call("POST", "pilots", {"slot": slot, "glidein_id": "bench"})
     path = f"pilots/{answer['pilot_id']}/cycle"
     held: list[str] = []
     while not stop.is_set():
-        done = [{"claim_id": c, "exit_code": 0, "outputs": [], "wall_seconds": 0.001}
-                for c in held]
-        _, answer = api.call("POST", path, {"completions": done, "max_jobs": slots,
-                                            "free": {"cpus": slots, "memory": 64 * slots},
-                                            "wait": 0.5})
+        done = [{"claim_id": c, "exit_code": 0, "outputs": [], "wall_seconds": 0.001} for c in held]
+        _, answer = api.call(
+            "POST",
+            path,
+            {
+                "completions": done,
+                "max_jobs": slots,
+                "free": {"cpus": slots, "memory": 64 * slots},
+                "wait": 0.5,
+            },
+        )
         turns.append(len(answer["claims"]))
         counts.append(sum(1 for ok in answer["completed"].values() if ok))
         held = [c["claim_id"] for c in answer["claims"]]
@@ -80,27 +91,45 @@ def main() -> None:
             url = inst.services["pool"].url
             issuer = TokenIssuer.from_file(inst.path("keys", "issuer.key"))
             token = Path(tmp) / "pilot.token"
-            write_secret(token, issuer.issue("bench-pilot", ["pilot"], 3600,
-                                             fe="frontend", group="main"))
+            write_secret(
+                token, issuer.issue("bench-pilot", ["pilot"], 3600, fe="frontend", group="main")
+            )
             client = PoolClient(ClientSettings(url, inst.token_file("user")))
-            many = parse_submit("executable = /bin/true\ntransfer_executable = false\n"
-                                f"request_memory = 16\nqueue {args.jobs}\n", "many.sub",
-                                Path(tmp))
+            many = parse_submit(
+                "executable = /bin/true\ntransfer_executable = false\n"
+                f"request_memory = 16\nqueue {args.jobs}\n",
+                "many.sub",
+                Path(tmp),
+            )
             client.submit(many)
             pid = inst.services["pool"].process.pid
             spy = None
             if args.profile_pool:
                 spy = subprocess.Popen(
-                    [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
-                     "-r", "200", "-o", args.profile_pool, "-p", str(pid)],
-                    stdout=subprocess.DEVNULL)
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--format",
+                        "raw",
+                        "-r",
+                        "200",
+                        "-o",
+                        args.profile_pool,
+                        "-p",
+                        str(pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
                 time.sleep(1.0)  # py-spy attaches
             stop = threading.Event()
             counts: list[int] = []
             turns: list[int] = []
-            threads = [threading.Thread(target=pilot, args=(Api(url, str(token)), args.slots,
-                                                            stop, counts, turns))
-                       for _ in range(args.pilots)]
+            threads = [
+                threading.Thread(
+                    target=pilot, args=(Api(url, str(token)), args.slots, stop, counts, turns)
+                )
+                for _ in range(args.pilots)
+            ]
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
             client_cpu0 = time.process_time()
             for thread in threads:
@@ -119,14 +148,18 @@ def main() -> None:
 
     if completed != args.jobs:
         raise SystemExit(f"{completed} jobs completed, {args.jobs} submitted")
-    print(f"machine: {platform.node()} {platform.machine()}, "
-          f"{platform.python_implementation()} {platform.python_version()}, "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     print(f"{args.pilots} fake pilots x {args.slots} slots, SQLite\n")
     print("| measure | value |")
     print("|---|---|")
-    print(f"| {completed} jobs claimed and completed over HTTP | {elapsed:.2f} s "
-          f"({completed / elapsed:.0f} jobs/s) |")
+    print(
+        f"| {completed} jobs claimed and completed over HTTP | {elapsed:.2f} s "
+        f"({completed / elapsed:.0f} jobs/s) |"
+    )
     print(f"| turns (calls) | {len(turns)} ({completed / max(1, len(turns)):.1f} jobs/turn) |")
     print(f"| pool CPU per job | {pool_cpu / completed * 1000:.3f} ms |")
     print(f"| client (fake pilots) CPU per job | {client_cpu / completed * 1000:.3f} ms |")

@@ -26,12 +26,17 @@ from glidewms.submit import parse_submit
 T = TypeVar("T")
 
 # The short cycles and timeouts the system tests run the installation with.
-SYSTEM_SETTINGS: dict[str, Any] = {"frontend_cycle": 0.5, "factory_cycle": 0.5,
-                                   "pilot_idle_timeout": 3, "heartbeat": 1.0}  # fmt: skip
+SYSTEM_SETTINGS: dict[str, Any] = {
+    "frontend_cycle": 0.5,
+    "factory_cycle": 0.5,
+    "pilot_idle_timeout": 3,
+    "heartbeat": 1.0,
+}
 
 
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = 120.0,
-             interval: float = 0.1) -> T:  # fmt: skip
+def wait_for(
+    predicate: Callable[[], T], what: str, timeout: float = 120.0, interval: float = 0.1
+) -> T:
     """Poll `predicate` until it returns something truthy; fail after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -54,8 +59,12 @@ class System:
         self.admin = {"Authorization": f"Bearer {admin}"}
 
     def get(self, service: str, path: str, **params: Any) -> Any:
-        r = httpx.get(f"{self.inst.services[service].url}/api/v1/{path}", headers=self.admin,
-                      params=params or None, timeout=self.http_timeout)  # fmt: skip
+        r = httpx.get(
+            f"{self.inst.services[service].url}/api/v1/{path}",
+            headers=self.admin,
+            params=params or None,
+            timeout=self.http_timeout,
+        )
         r.raise_for_status()
         return r.json()
 
@@ -92,7 +101,8 @@ class System:
     def pilot_pid(self, glidein_id: str) -> int:
         with sqlite3.connect(self.inst.path("factory", "factory.db")) as conn:
             (backend_id,) = conn.execute(
-                "SELECT backend_id FROM glideins WHERE glidein_id = ?", (glidein_id,)).fetchone()
+                "SELECT backend_id FROM glideins WHERE glidein_id = ?", (glidein_id,)
+            ).fetchone()
         return int(backend_id.split("/")[2])
 
 
@@ -104,14 +114,14 @@ def kill_leftover_pilots(inst: Installation) -> None:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT backend_id FROM glideins WHERE backend_id IS NOT NULL")
         for (backend_id,) in rows:
-            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError,
-                                     IndexError):
+            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError, IndexError):
                 os.killpg(int(backend_id.split("/")[2]), signal.SIGKILL)
 
 
 @contextlib.contextmanager
-def systems(tmp_path: Path, http_timeout: float = 5.0,
-            **defaults: Any) -> Iterator[Callable[..., System]]:  # fmt: skip
+def systems(
+    tmp_path: Path, http_timeout: float = 5.0, **defaults: Any
+) -> Iterator[Callable[..., System]]:
     """Start installations under `tmp_path / "state"` with SYSTEM_SETTINGS, then
     `defaults`, then the caller's settings; stop them all and kill their pilots."""
     started: list[Installation] = []

@@ -57,22 +57,26 @@ class AdLimitExceeded(ValueError):
         super().__init__(f"{where}{reason}")
 
 
-def check_expression(text: str, attribute: str | None = None,
-                     limits: AdLimits = DEFAULT_LIMITS) -> None:
+def check_expression(
+    text: str, attribute: str | None = None, limits: AdLimits = DEFAULT_LIMITS
+) -> None:
     """Refuse expression text whose size or parse depth could exceed the bounds."""
     if not isinstance(text, str):
         raise AdLimitExceeded(attribute, "an expression must be text")
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limits.max_expression_bytes:
         raise AdLimitExceeded(
-            attribute, f"expression of {size} bytes; at most {limits.max_expression_bytes}")
+            attribute, f"expression of {size} bytes; at most {limits.max_expression_bytes}"
+        )
     operators, nesting = _scan(text)
     if operators > limits.max_operators:
         raise AdLimitExceeded(
-            attribute, f"expression with {operators} operators; at most {limits.max_operators}")
+            attribute, f"expression with {operators} operators; at most {limits.max_operators}"
+        )
     if nesting > limits.max_nesting:
         raise AdLimitExceeded(
-            attribute, f"expression nested {nesting} deep; at most {limits.max_nesting}")
+            attribute, f"expression nested {nesting} deep; at most {limits.max_nesting}"
+        )
 
 
 def check_ad_text(text: str, limits: AdLimits = DEFAULT_LIMITS) -> None:
@@ -91,8 +95,9 @@ def check_ad_text(text: str, limits: AdLimits = DEFAULT_LIMITS) -> None:
         raise AdLimitExceeded(None, f"ad with {operators} operators; at most {budget}")
 
 
-def check_value(value: Any, attribute: str | None = None,
-                limits: AdLimits = DEFAULT_LIMITS, _depth: int = 0) -> None:
+def check_value(
+    value: Any, attribute: str | None = None, limits: AdLimits = DEFAULT_LIMITS, _depth: int = 0
+) -> None:
     """A plain JSON value bound for an ad: finite numbers in 64-bit range,
     bounded strings and lists. (Strings here are ClassAd string literals,
     never parsed as expressions.)"""
@@ -110,11 +115,13 @@ def check_value(value: Any, attribute: str | None = None,
         size = len(value.encode("utf-8", "surrogatepass"))
         if size > limits.max_value_bytes:
             raise AdLimitExceeded(
-                attribute, f"value of {size} bytes; at most {limits.max_value_bytes}")
+                attribute, f"value of {size} bytes; at most {limits.max_value_bytes}"
+            )
     elif isinstance(value, (list, tuple)):
         if len(value) > limits.max_list_items:
             raise AdLimitExceeded(
-                attribute, f"list of {len(value)} items; at most {limits.max_list_items}")
+                attribute, f"list of {len(value)} items; at most {limits.max_list_items}"
+            )
         for item in value:
             check_value(item, attribute, limits, _depth + 1)
     elif isinstance(value, Mapping):
@@ -123,12 +130,14 @@ def check_value(value: Any, attribute: str | None = None,
         raise AdLimitExceeded(attribute, f"unsupported value type {type(value).__name__}")
 
 
-def check_mapping(values: Mapping[str, Any], limits: AdLimits = DEFAULT_LIMITS,
-                  _depth: int = 0) -> None:
+def check_mapping(
+    values: Mapping[str, Any], limits: AdLimits = DEFAULT_LIMITS, _depth: int = 0
+) -> None:
     """An ad given as a mapping of attribute names to plain values."""
     if len(values) > limits.max_attributes:
         raise AdLimitExceeded(
-            None, f"ad with {len(values)} attributes; at most {limits.max_attributes}")
+            None, f"ad with {len(values)} attributes; at most {limits.max_attributes}"
+        )
     for name, value in values.items():
         check_name(name, limits)
         check_value(value, name, limits, _depth)

@@ -22,8 +22,11 @@ def htcondor_config_files(home: Path, as_root: bool) -> list[Path]:
     """Where HTCondor looks for its configuration when ``CONDOR_CONFIG`` is
     unset, in its order (``find_global`` in HTCondor's condor_config.cpp):
     the user's own ``~/.condor/`` first, except for root, then the system's."""
-    system = [Path("/etc/condor/condor_config"), Path("/usr/local/etc/condor_config"),
-              Path(os.path.expanduser("~condor/condor_config"))]  # unexpanded: no such user
+    system = [
+        Path("/etc/condor/condor_config"),
+        Path("/usr/local/etc/condor_config"),
+        Path(os.path.expanduser("~condor/condor_config")),
+    ]  # unexpanded: no such user
     return system if as_root else [home / ".condor" / "condor_config", *system]
 
 
@@ -131,8 +134,9 @@ def to_long(ad: classad2.ClassAd) -> str:
     return "\n".join(f"{name} = {ad.lookup(name)}" for name in sorted(ad.keys()))
 
 
-def evaluate(expr: str | classad2.ExprTree, ad: classad2.ClassAd,
-             target: classad2.ClassAd | None = None) -> Any:
+def evaluate(
+    expr: str | classad2.ExprTree, ad: classad2.ClassAd, target: classad2.ClassAd | None = None
+) -> Any:
     tree = parse_expr(expr) if isinstance(expr, str) else expr
     if target is None:
         return tree.eval(scope=ad)

@@ -46,8 +46,9 @@ class ClientSettings:
     token_file: Path
 
     @classmethod
-    def discover(cls, pool_url: str | None = None,
-                 token_file: Path | None = None) -> ClientSettings:
+    def discover(
+        cls, pool_url: str | None = None, token_file: Path | None = None
+    ) -> ClientSettings:
         state = Path(os.environ.get("GLIDEWMS_STATE", DEFAULT_STATE))
         saved: dict[str, Any] = {}
         if (state / "client.json").is_file():
@@ -57,7 +58,8 @@ class ClientSettings:
         if not url or not token:
             raise ClientError(
                 "no pool to talk to: run `glidewms up` in this directory, or set "
-                "GLIDEWMS_POOL_URL and GLIDEWMS_TOKEN_FILE (or pass --pool and --token-file)")
+                "GLIDEWMS_POOL_URL and GLIDEWMS_TOKEN_FILE (or pass --pool and --token-file)"
+            )
         return cls(url.rstrip("/"), Path(token))
 
 
@@ -74,11 +76,15 @@ class PoolClient:
         try:
             token = settings.token_file.read_text().strip()
         except OSError as exc:
-            raise ClientError(f"cannot read token file {settings.token_file}: {exc.strerror}") \
-                from None
+            raise ClientError(
+                f"cannot read token file {settings.token_file}: {exc.strerror}"
+            ) from None
         self.url = settings.pool_url
-        self._http = httpx.Client(base_url=f"{self.url}{API_PREFIX}", timeout=timeout,
-                                  headers={"Authorization": f"Bearer {token}"})
+        self._http = httpx.Client(
+            base_url=f"{self.url}{API_PREFIX}",
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -105,16 +111,23 @@ class PoolClient:
         self._check_version(r)
         if r.status_code >= 400:
             raise ClientError(f"{method} {path}: {r.status_code}: {error_detail(r)}")
-        return r.json() if r.content and r.headers.get("content-type", "").startswith(
-            "application/json") else r
+        return (
+            r.json()
+            if r.content and r.headers.get("content-type", "").startswith("application/json")
+            else r
+        )
 
     # ----------------------------------------------------------- jobs
 
     def upload(self, path: Path) -> str:
         digest = sha256_of(path)
         with open(path, "rb") as f:
-            self._call("PUT", f"/files/{digest}", content=f.read(),
-                       headers={"Content-Type": "application/octet-stream"})
+            self._call(
+                "PUT",
+                f"/files/{digest}",
+                content=f.read(),
+                headers={"Content-Type": "application/octet-stream"},
+            )
         return digest
 
     def submit(self, description: SubmitDescription) -> dict[str, Any]:
@@ -123,22 +136,26 @@ class PoolClient:
         jobs = []
         for job in description.jobs:
             sandbox = []
-            files = ([(job.executable, True)] if job.executable else []) + \
-                [(p, False) for p in job.inputs]
+            files = ([(job.executable, True)] if job.executable else []) + [
+                (p, False) for p in job.inputs
+            ]
             for path, executable in files:
                 if path.is_dir():
-                    raise ClientError(f"{description.source}: {path}: directories in "
-                                      "transfer_input_files are not supported yet")
+                    raise ClientError(
+                        f"{description.source}: {path}: directories in "
+                        "transfer_input_files are not supported yet"
+                    )
                 if path not in hashes:
                     hashes[path] = self.upload(path)
-                sandbox.append({"name": path.name, "sha256": hashes[path],
-                                "executable": executable})
-            jobs.append({"ad": job.ad_text(), "sandbox": sandbox, "args": job.args,
-                         "env": job.env})
+                sandbox.append(
+                    {"name": path.name, "sha256": hashes[path], "executable": executable}
+                )
+            jobs.append({"ad": job.ad_text(), "sandbox": sandbox, "args": job.args, "env": job.env})
         return self._call("POST", "/jobs", json={"jobs": jobs})
 
-    def jobs(self, constraint: str | None = None, history: bool = False,
-             long: bool = False) -> list[dict[str, Any]]:
+    def jobs(
+        self, constraint: str | None = None, history: bool = False, long: bool = False
+    ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"history": history, "long": long}
         if constraint:
             params["constraint"] = constraint
@@ -150,16 +167,26 @@ class PoolClient:
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/jobs/{job_id}/events")
 
-    def act(self, action: str, job_ids: Iterable[str] = (), constraint: str | None = None,
-            reason: str = "") -> list[str]:
+    def act(
+        self,
+        action: str,
+        job_ids: Iterable[str] = (),
+        constraint: str | None = None,
+        reason: str = "",
+    ) -> list[str]:
         body = {"job_ids": list(job_ids), "constraint": constraint, "reason": reason}
         return self._call("POST", f"/jobs/{action}", json=body)["changed"]
 
-    def edit(self, attribute: str, value: str, job_ids: Iterable[str] = (),
-             constraint: str | None = None) -> dict[str, Any]:
+    def edit(
+        self, attribute: str, value: str, job_ids: Iterable[str] = (), constraint: str | None = None
+    ) -> dict[str, Any]:
         """Set one attribute of idle (or held) jobs: {"changed": [...], "skipped": {id: why}}."""
-        body = {"job_ids": list(job_ids), "constraint": constraint, "attribute": attribute,
-                "value": value}
+        body = {
+            "job_ids": list(job_ids),
+            "constraint": constraint,
+            "attribute": attribute,
+            "value": value,
+        }
         return self._call("POST", "/jobs/edit", json=body)
 
     def userprio(self) -> dict[str, Any]:
@@ -196,4 +223,3 @@ class PoolClient:
             self.download(out["sha256"], dest / name)
             written.append(dest / name)
         return written
-

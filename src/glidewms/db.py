@@ -53,8 +53,9 @@ def _missing_driver(url: str, exc: ModuleNotFoundError) -> ImportError:
     scheme = url.partition("://")[0]
     if is_missing(exc, "psycopg"):
         return MissingExtra(f"the {scheme}:// database", "psycopg")
-    return ImportError(f"the {scheme}:// database needs the driver {exc.name!r}, "
-                       "which is not installed")
+    return ImportError(
+        f"the {scheme}:// database needs the driver {exc.name!r}, which is not installed"
+    )
 
 
 def migrate(engine: Engine, service: str, migrations: Sequence[Migration]) -> int:

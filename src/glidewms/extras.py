@@ -53,4 +53,3 @@ def is_missing(exc: ModuleNotFoundError, module: str) -> bool:
             raise
     """
     return exc.name is not None and exc.name.split(".")[0] == module
-

@@ -79,52 +79,69 @@ class Installation:
         private, public = generate_keypair(self.path("keys"))
         issuer = TokenIssuer.from_file(private)
         year = 365 * 24 * 3600.0
-        write_secret(self.path("tokens", "user.token"),
-                     issuer.issue(self.options.user, ["user"], year))
+        write_secret(
+            self.path("tokens", "user.token"), issuer.issue(self.options.user, ["user"], year)
+        )
         write_secret(self.path("tokens", "admin.token"), issuer.issue("admin", ["admin"], year))
-        write_secret(self.path("tokens", "frontend.token"),
-                     issuer.issue("frontend", ["frontend"], year))
+        write_secret(
+            self.path("tokens", "frontend.token"), issuer.issue("frontend", ["frontend"], year)
+        )
         o = self.options
-        self._write_config("pool", {
-            "listen_port": 0,
-            "state_dir": str(self.path("pool")),
-            "url_file": str(self.path("run", "pool.url")),
-            "issuer_public_key": str(public),
-            "issuer_private_key": str(private),
-            "claim_lease_seconds": o.claim_lease,
-            "pilot_lease_seconds": max(o.claim_lease, o.heartbeat * 3),
-            "heartbeat_seconds": o.heartbeat,
-            **o.extra_pool,
-        })
+        self._write_config(
+            "pool",
+            {
+                "listen_port": 0,
+                "state_dir": str(self.path("pool")),
+                "url_file": str(self.path("run", "pool.url")),
+                "issuer_public_key": str(public),
+                "issuer_private_key": str(private),
+                "claim_lease_seconds": o.claim_lease,
+                "pilot_lease_seconds": max(o.claim_lease, o.heartbeat * 3),
+                "heartbeat_seconds": o.heartbeat,
+                **o.extra_pool,
+            },
+        )
         # entries given without an idle timeout take the installation's (the demo's 5 s)
         custom = [{"idle_timeout": o.pilot_idle_timeout, **e} for e in o.entries or []]
-        entries = custom or [{
-            "name": "local", "site": "LOCAL", "backend": "local",
-            "cpus": o.pilot_cpus, "memory": "auto", "disk": "auto",
-            "walltime": 3600, "idle_timeout": o.pilot_idle_timeout,
-            "max_pilots": o.max_pilots, "max_idle": o.max_pilots,
-            "max_per_cycle": o.max_pilots,
-        }]
-        self._write_config("factory", {
-            "listen_port": 0,
-            "state_dir": str(self.path("factory")),
-            "url_file": str(self.path("run", "factory.url")),
-            "issuer_public_key": str(public),
-            "cycle_seconds": o.factory_cycle,
-            "entries": entries,
-        })
+        entries = custom or [
+            {
+                "name": "local",
+                "site": "LOCAL",
+                "backend": "local",
+                "cpus": o.pilot_cpus,
+                "memory": "auto",
+                "disk": "auto",
+                "walltime": 3600,
+                "idle_timeout": o.pilot_idle_timeout,
+                "max_pilots": o.max_pilots,
+                "max_idle": o.max_pilots,
+                "max_per_cycle": o.max_pilots,
+            }
+        ]
+        self._write_config(
+            "factory",
+            {
+                "listen_port": 0,
+                "state_dir": str(self.path("factory")),
+                "url_file": str(self.path("run", "factory.url")),
+                "issuer_public_key": str(public),
+                "cycle_seconds": o.factory_cycle,
+                "entries": entries,
+            },
+        )
 
     def _write_config(self, name: str, data: dict[str, Any]) -> Path:
         path = self.path("config", f"{name}.yaml")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# glidewms {name} configuration written by `glidewms up`\n"
-                        + yaml.safe_dump(data, sort_keys=False))
+        path.write_text(
+            f"# glidewms {name} configuration written by `glidewms up`\n"
+            + yaml.safe_dump(data, sort_keys=False)
+        )
         return path
 
     # ------------------------------------------------------------ processes
 
-    def start(self, on_step: Callable[[str], None] = lambda _: None,
-              timeout: float = 60.0) -> None:
+    def start(self, on_step: Callable[[str], None] = lambda _: None, timeout: float = 60.0) -> None:
         self.path("run").mkdir(parents=True, exist_ok=True)
         self.path("logs").mkdir(parents=True, exist_ok=True)
         for name in ("pool", "factory"):
@@ -132,25 +149,34 @@ class Installation:
         for name in ("pool", "factory"):
             self._await_url(name, timeout)
             on_step(f"{name} listening on {self.services[name].url}")
-        self._write_config("frontend", {
-            "listen_port": 0,
-            "state_dir": str(self.path("frontend")),
-            "url_file": str(self.path("run", "frontend.url")),
-            "issuer_public_key": str(self.path("keys", "issuer.pub")),
-            "pool_url": self.services["pool"].url,
-            "factory_url": self.services["factory"].url,
-            "token_file": str(self.path("tokens", "frontend.token")),
-            "cycle_seconds": self.options.frontend_cycle,
-            "groups": self.options.frontend_groups
-            or [{"name": "main", "max_idle_per_entry": self.options.max_pilots}],
-        })
+        self._write_config(
+            "frontend",
+            {
+                "listen_port": 0,
+                "state_dir": str(self.path("frontend")),
+                "url_file": str(self.path("run", "frontend.url")),
+                "issuer_public_key": str(self.path("keys", "issuer.pub")),
+                "pool_url": self.services["pool"].url,
+                "factory_url": self.services["factory"].url,
+                "token_file": str(self.path("tokens", "frontend.token")),
+                "cycle_seconds": self.options.frontend_cycle,
+                "groups": self.options.frontend_groups
+                or [{"name": "main", "max_idle_per_entry": self.options.max_pilots}],
+            },
+        )
         self._spawn("frontend")
         self._await_url("frontend", timeout)
         on_step(f"frontend listening on {self.services['frontend'].url}")
-        self.path("client.json").write_text(json.dumps({
-            "pool_url": self.services["pool"].url,
-            "token_file": str(self.path("tokens", "user.token")),
-        }, indent=2) + "\n")
+        self.path("client.json").write_text(
+            json.dumps(
+                {
+                    "pool_url": self.services["pool"].url,
+                    "token_file": str(self.path("tokens", "user.token")),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     def _spawn(self, name: str) -> None:
         url_file = self.path("run", f"{name}.url")
@@ -158,9 +184,17 @@ class Installation:
         log = self.path("logs", f"{name}.log")
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "glidewms", name, "--config",
-                 str(self.path("config", f"{name}.yaml"))],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "glidewms",
+                    name,
+                    "--config",
+                    str(self.path("config", f"{name}.yaml")),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         self.services[name] = Running(name, process, "", log)
@@ -171,11 +205,14 @@ class Installation:
         deadline = time.monotonic() + timeout
         while not url_file.is_file():
             if running.process.poll() is not None:
-                raise LaunchError(f"the {name} exited with code {running.process.returncode}; "
-                                  f"its log ({running.log}) ends with:\n{tail(running.log)}")
+                raise LaunchError(
+                    f"the {name} exited with code {running.process.returncode}; "
+                    f"its log ({running.log}) ends with:\n{tail(running.log)}"
+                )
             if time.monotonic() > deadline:
-                raise LaunchError(f"the {name} did not start within {timeout:.0f} s; "
-                                  f"see {running.log}")
+                raise LaunchError(
+                    f"the {name} did not start within {timeout:.0f} s; see {running.log}"
+                )
             time.sleep(0.05)
         running.url = url_file.read_text().strip()
 
@@ -184,7 +221,8 @@ class Installation:
             if running.process.poll() is not None:
                 raise LaunchError(
                     f"the {running.name} stopped (exit code {running.process.returncode}); "
-                    f"its log ({running.log}) ends with:\n{tail(running.log)}")
+                    f"its log ({running.log}) ends with:\n{tail(running.log)}"
+                )
 
     def stop(self, timeout: float = 15.0) -> None:
         """Frontend first (no new requests), then the factory, then the pilots it

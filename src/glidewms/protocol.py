@@ -38,7 +38,8 @@ def check_peer(service: str, header: str | None) -> None:
     major, _, _minor = header.partition(".")
     if not major.isdigit() or int(major) != API_MAJOR:
         raise IncompatiblePeer(
-            f"{service} speaks protocol {header!r}; this glidewms speaks {API_VERSION}")
+            f"{service} speaks protocol {header!r}; this glidewms speaks {API_VERSION}"
+        )
 
 
 Scope = MutableMapping[str, Any]

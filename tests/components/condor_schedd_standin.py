@@ -41,14 +41,24 @@ from glidewms import classads
 
 # Submit commands and the job attribute each becomes (the ones the backend writes).
 COMMANDS = {
-    "universe": "JobUniverse", "grid_resource": "GridResource", "executable": "Cmd",
-    "arguments": "Arguments", "environment": "Environment", "output": "Out", "error": "Err",
-    "transfer_input_files": "TransferInput", "should_transfer_files": "ShouldTransferFiles",
-    "when_to_transfer_output": "WhenToTransferOutput", "request_cpus": "RequestCpus",
-    "request_memory": "RequestMemory", "request_disk": "RequestDisk",
-    "x509userproxy": "x509userproxy", "scitokens_file": "ScitokensFile",
-    "batch_queue": "BatchQueue", "leave_in_queue": "LeaveJobInQueue",
-}  # fmt: skip
+    "universe": "JobUniverse",
+    "grid_resource": "GridResource",
+    "executable": "Cmd",
+    "arguments": "Arguments",
+    "environment": "Environment",
+    "output": "Out",
+    "error": "Err",
+    "transfer_input_files": "TransferInput",
+    "should_transfer_files": "ShouldTransferFiles",
+    "when_to_transfer_output": "WhenToTransferOutput",
+    "request_cpus": "RequestCpus",
+    "request_memory": "RequestMemory",
+    "request_disk": "RequestDisk",
+    "x509userproxy": "x509userproxy",
+    "scitokens_file": "ScitokensFile",
+    "batch_queue": "BatchQueue",
+    "leave_in_queue": "LeaveJobInQueue",
+}
 EXPRESSIONS = {"leave_in_queue", "request_cpus", "request_memory", "request_disk"}
 UNIVERSES = {"vanilla": 5, "grid": 9, "local": 12}
 CHOICE = re.compile(r"\$CHOICE\(\s*Process\s*,([^)]*)\)")
@@ -73,6 +83,7 @@ class StandinSubmitResult:
 
 def expand(value: str, cluster: int, proc: int) -> str:
     """The submit macros the backend uses, for one proc."""
+
     def choose(match: re.Match[str]) -> str:
         items = [item.strip() for item in match.group(1).split(",")]
         if proc >= len(items):
@@ -80,8 +91,12 @@ def expand(value: str, cluster: int, proc: int) -> str:
         return items[proc]
 
     value = CHOICE.sub(choose, value)
-    for name, number in (("Cluster", cluster), ("ClusterId", cluster), ("Process", proc),
-                         ("ProcId", proc)):  # fmt: skip
+    for name, number in (
+        ("Cluster", cluster),
+        ("ClusterId", cluster),
+        ("Process", proc),
+        ("ProcId", proc),
+    ):
         value = value.replace(f"$({name})", str(number))
     return value.replace("$(DOLLAR)", "$")
 
@@ -151,8 +166,11 @@ class StandinSchedd:
                 self.jobs[f"{cluster}.{proc}"] = self._job_ad(commands, cluster, proc)
             return StandinSubmitResult(cluster, n)
 
-    def query(self, constraint: str = "True", projection: list[str] | None = None,
-              ) -> list[classads.ClassAd]:  # fmt: skip
+    def query(
+        self,
+        constraint: str = "True",
+        projection: list[str] | None = None,
+    ) -> list[classads.ClassAd]:
         with self._lock:
             self.calls.append("query")
             self._check()
@@ -181,8 +199,9 @@ class StandinSchedd:
                     done += 1
                 else:
                     bad += 1
-            return classads.ClassAd({"TotalSuccess": done, "TotalJobDoesNotExist": missing,
-                                     "TotalBadStatus": bad})  # fmt: skip
+            return classads.ClassAd(
+                {"TotalSuccess": done, "TotalJobDoesNotExist": missing, "TotalBadStatus": bad}
+            )
 
     # -- what tests do --------------------------------------------------------------------
 
@@ -201,8 +220,11 @@ class StandinSchedd:
 
     def refs(self, **attributes: Any) -> list[str]:
         """The jobs whose attributes have these values, in submission order."""
-        return [ref for ref, ad in self.jobs.items()
-                if all(ad.get(k) == v for k, v in attributes.items())]  # fmt: skip
+        return [
+            ref
+            for ref, ad in self.jobs.items()
+            if all(ad.get(k) == v for k, v in attributes.items())
+        ]
 
     def run(self, ref: str, sandbox: Path, timeout: float = 60.0) -> int:
         """Run the job as a worker node would; its exit code (also set as ExitCode,
@@ -212,16 +234,26 @@ class StandinSchedd:
         for name in str(ad.get("TransferInput", "")).split(","):
             if name.strip():
                 shutil.copy2(name.strip(), sandbox / Path(name.strip()).name)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(sandbox),
-               "_CONDOR_SCRATCH_DIR": str(sandbox)}  # fmt: skip
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(sandbox),
+            "_CONDOR_SCRATCH_DIR": str(sandbox),
+        }
         for word in split_new_syntax(str(ad.get("Environment", '""'))):
             key, _, value = word.partition("=")
             env[key] = value
         argv = [str(ad["Cmd"]), *split_new_syntax(str(ad.get("Arguments", '""')))]
         with open(str(ad["Out"]), "wb") as out, open(str(ad["Err"]), "wb") as err:
             self.set_status(ref, 2)
-            code = subprocess.run(argv, cwd=sandbox, env=env, stdout=out, stderr=err,
-                                  stdin=subprocess.DEVNULL, timeout=timeout).returncode  # fmt: skip
+            code = subprocess.run(
+                argv,
+                cwd=sandbox,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+            ).returncode
         self.set_status(ref, 4, ExitCode=code)
         return code
 
@@ -238,9 +270,15 @@ class StandinSchedd:
 
     @staticmethod
     def _job_ad(commands: dict[str, str], cluster: int, proc: int) -> classads.ClassAd:
-        ad = classads.ClassAd({"ClusterId": cluster, "ProcId": proc, "JobStatus": 1,
-                               "QDate": int(time.time()),
-                               "EnteredCurrentStatus": int(time.time())})  # fmt: skip
+        ad = classads.ClassAd(
+            {
+                "ClusterId": cluster,
+                "ProcId": proc,
+                "JobStatus": 1,
+                "QDate": int(time.time()),
+                "EnteredCurrentStatus": int(time.time()),
+            }
+        )
         for key, raw in commands.items():
             value = expand(raw, cluster, proc)
             if key.startswith("+") or key.startswith("MY."):

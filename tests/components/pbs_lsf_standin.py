@@ -49,12 +49,17 @@ def install(bin_dir: Path, state_dir: Path, slots: int = 2) -> dict[str, str]:
     state_dir.mkdir(parents=True, exist_ok=True)
     for name in COMMANDS:
         path = bin_dir / name
-        path.write_text(f"#!/bin/sh\n# STAND-IN {name} (tests/components/pbs_lsf_standin.py)\n"
-                        f"exec {shlex.quote(sys.executable)} {shlex.quote(__file__)} {name} "
-                        '"$@"\n')  # fmt: skip
+        path.write_text(
+            f"#!/bin/sh\n# STAND-IN {name} (tests/components/pbs_lsf_standin.py)\n"
+            f"exec {shlex.quote(sys.executable)} {shlex.quote(__file__)} {name} "
+            '"$@"\n'
+        )
         path.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "STANDIN_STATE": str(state_dir), "STANDIN_SLOTS": str(slots)}  # fmt: skip
+    return {
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "STANDIN_STATE": str(state_dir),
+        "STANDIN_SLOTS": str(slots),
+    }
 
 
 # -- state --------------------------------------------------------------------------
@@ -77,8 +82,10 @@ def save(job: dict[str, Any]) -> None:
 
 
 def all_jobs() -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(state_dir().glob("*.json"),
-                                                       key=lambda p: int(p.stem))]  # fmt: skip
+    return [
+        json.loads(p.read_text())
+        for p in sorted(state_dir().glob("*.json"), key=lambda p: int(p.stem))
+    ]
 
 
 def next_id() -> str:
@@ -130,9 +137,14 @@ def start(job: dict[str, Any], index: str, task: dict[str, Any]) -> None:
         env.update(LSB_JOBID=job["id"], LSB_JOBINDEX=index, LSB_JOBNAME=job["name"])
     out, err, exit_file = task["out"], task["err"], task["exit_file"]
     wrapper = 'bash "$1" > "$2" 2> "$3"; echo $? > "$4"'
-    proc = subprocess.Popen(["sh", "-c", wrapper, "job", job["script"], out, err, exit_file],
-                            env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        ["sh", "-c", wrapper, "job", job["script"], out, err, exit_file],
+        env=env,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     task.update(state="running", pid=proc.pid)
 
 
@@ -143,7 +155,7 @@ def directives(script: str, prefix: str) -> list[list[str]]:
     found = []
     for line in script.splitlines():
         if line.startswith(prefix):
-            found.append(shlex.split(line[len(prefix):]))
+            found.append(shlex.split(line[len(prefix) :]))
     return found
 
 
@@ -175,8 +187,11 @@ def submit(kind: str, script: str) -> dict[str, Any]:
         for i in indices:
             ref = f"{job_id}[{i}].{SERVER}" if array else f"{job_id}.{SERVER}"
             suffix = f"{job_id}.{i}" if array else job_id
-            tasks[i] = {"ref": ref, "out": f"{out_dir}/{name}.o{suffix}",
-                        "err": f"{out_dir}/{name}.e{suffix}"}  # fmt: skip
+            tasks[i] = {
+                "ref": ref,
+                "out": f"{out_dir}/{name}.o{suffix}",
+                "err": f"{out_dir}/{name}.e{suffix}",
+            }
     else:
         name, out, err, indices, array = "STDIN", "%J.out", "%J.err", ["0"], False
         for words in directives(script, "#BSUB"):
@@ -185,8 +200,7 @@ def submit(kind: str, script: str) -> dict[str, Any]:
                 match = re.match(r"^(.*)\[(\d+)-(\d+)\]$", value)
                 if match:
                     name, array = match.group(1), True
-                    indices = [str(i) for i in range(int(match.group(2)),
-                                                     int(match.group(3)) + 1)]  # fmt: skip
+                    indices = [str(i) for i in range(int(match.group(2)), int(match.group(3)) + 1)]
                 else:
                     name = value
             elif option == "-o":
@@ -197,18 +211,34 @@ def submit(kind: str, script: str) -> dict[str, Any]:
                 held = True
             elif option == "-Jd":
                 description = value
-        tasks = {i: {"ref": f"{job_id}[{i}]" if array else job_id,
-                     "out": out.replace("%J", job_id).replace("%I", i),
-                     "err": err.replace("%J", job_id).replace("%I", i)}
-                 for i in indices}  # fmt: skip
+        tasks = {
+            i: {
+                "ref": f"{job_id}[{i}]" if array else job_id,
+                "out": out.replace("%J", job_id).replace("%I", i),
+                "err": err.replace("%J", job_id).replace("%I", i),
+            }
+            for i in indices
+        }
     script_path = state_dir() / f"{job_id}.sh"
     script_path.write_text(script)
     for i, task in tasks.items():
-        task.update(state="held" if held else "waiting", pid=0, exit=None,
-                    exit_file=str(state_dir() / f"{job_id}.{i}.exit"))  # fmt: skip
-    job = {"id": job_id, "kind": kind, "name": name, "array": array, "script": str(script_path),
-           "tasks": tasks, "submitted": time.time(), "variables": variables,
-           "description": description}  # fmt: skip
+        task.update(
+            state="held" if held else "waiting",
+            pid=0,
+            exit=None,
+            exit_file=str(state_dir() / f"{job_id}.{i}.exit"),
+        )
+    job = {
+        "id": job_id,
+        "kind": kind,
+        "name": name,
+        "array": array,
+        "script": str(script_path),
+        "tasks": tasks,
+        "submitted": time.time(),
+        "variables": variables,
+        "description": description,
+    }
     save(job)
     refresh()
     return job
@@ -247,12 +277,18 @@ def qstat(args: list[str]) -> int:
             continue
         job, indices = found
         if job["array"]:
-            jobs[f"{job['id']}[].{SERVER}"] = {"Job_Name": job["name"], "job_state": "B",
-                                                "array": "True"}  # fmt: skip
+            jobs[f"{job['id']}[].{SERVER}"] = {
+                "Job_Name": job["name"],
+                "job_state": "B",
+                "array": "True",
+            }
         for i in indices:
             task = job["tasks"][i]
-            info: dict[str, Any] = {"Job_Name": job["name"], "queue": "workq",
-                                    "Variable_List": job.get("variables", {})}  # fmt: skip
+            info: dict[str, Any] = {
+                "Job_Name": job["name"],
+                "queue": "workq",
+                "Variable_List": job.get("variables", {}),
+            }
             if task["state"] in ("ended", "deleted"):
                 info["job_state"] = "F" if not job["array"] else "X"
                 if task["exit"] is not None and task["state"] == "ended":
@@ -262,8 +298,17 @@ def qstat(args: list[str]) -> int:
             if job["array"]:
                 info["array_index"] = int(i)
             jobs[task["ref"]] = info
-    print(json.dumps({"timestamp": int(time.time()), "pbs_version": "19.1.3 (stand-in)",
-                      "pbs_server": SERVER, "Jobs": jobs}, indent=4))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "timestamp": int(time.time()),
+                "pbs_version": "19.1.3 (stand-in)",
+                "pbs_server": SERVER,
+                "Jobs": jobs,
+            },
+            indent=4,
+        )
+    )
     return code
 
 
@@ -301,9 +346,14 @@ def bjobs(args: list[str]) -> int:
             else:
                 state, exit_code = LSF_STATE[task["state"]], "-"
             index = i if job["array"] else "0"
-            values = {"jobid": job["id"], "stat": state, "exit_code": exit_code,
-                      "jobindex": index, "job_name": f"{job['name']}[{index}]",
-                      "job_description": job.get("description") or "-"}  # fmt: skip
+            values = {
+                "jobid": job["id"],
+                "stat": state,
+                "exit_code": exit_code,
+                "jobindex": index,
+                "job_name": f"{job['name']}[{index}]",
+                "job_description": job.get("description") or "-",
+            }
             print("|".join(values[f] for f in fields))
     return code
 
@@ -314,8 +364,10 @@ def release(args: list[str], kind: str) -> int:
     for ref in [a for a in args if not a.startswith("-")]:
         found = find(ref)
         if found is None:
-            print(f"qrls: Unknown Job Id {ref}" if kind == "pbs" else f"{ref}: No such job",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"qrls: Unknown Job Id {ref}" if kind == "pbs" else f"{ref}: No such job",
+                file=sys.stderr,
+            )
             code = 1 if kind == "pbs" else 255
             continue
         job, indices = found
@@ -323,8 +375,7 @@ def release(args: list[str], kind: str) -> int:
             if job["tasks"][i]["state"] == "held":
                 job["tasks"][i]["state"] = "waiting"
             elif kind == "lsf":
-                print(f"Job <{job['tasks'][i]['ref']}>: The job was not suspended",
-                      file=sys.stderr)  # fmt: skip
+                print(f"Job <{job['tasks'][i]['ref']}>: The job was not suspended", file=sys.stderr)
                 code = 255
         save(job)
     refresh()

@@ -43,24 +43,53 @@ class PostgresCluster:
         if self.user is not None:
             pw = pwd.getpwnam(self.user)
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        self._run([str(BIN / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres",
-                   "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                   "-c max_connections=200")
-        self._run([str(BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
-                   str(self.dir / "log"), "-w", "-t", str(int(START_DEADLINE)),
-                   "-o", options, "start"])
+        self._run(
+            [
+                str(BIN / "initdb"),
+                "-D",
+                str(self.dir / "data"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ]
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        self._run(
+            [
+                str(BIN / "pg_ctl"),
+                "-D",
+                str(self.dir / "data"),
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-t",
+                str(int(START_DEADLINE)),
+                "-o",
+                options,
+                "start",
+            ]
+        )
         self.admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, argv: list[str]) -> None:
         if self.user is not None:
             argv = ["runuser", "-u", self.user, "--", *argv]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=START_DEADLINE,
-                                cwd=self.dir)
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=START_DEADLINE, cwd=self.dir
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): "
-                               f"{result.stderr.strip() or result.stdout.strip()}")
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({result.returncode}): "
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
 
     def database(self) -> str:
         """Create an empty database; return its SQLAlchemy URL."""
@@ -68,15 +97,17 @@ class PostgresCluster:
 
         with self._lock:
             name = f"t{os.getpid()}_{next(self._names)}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         try:
-            self._run([str(BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
-                       "-w", "stop"])
+            self._run(
+                [str(BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop"]
+            )
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -91,8 +122,9 @@ def _unprivileged_user() -> str | None:
             return name
         except KeyError:
             continue
-    raise RuntimeError(f"running as root and none of the users {RUN_AS} exists: "
-                       "initdb refuses root")
+    raise RuntimeError(
+        f"running as root and none of the users {RUN_AS} exists: initdb refuses root"
+    )
 
 
 def _free_port() -> int:

@@ -73,8 +73,11 @@ xprojects             NONE
 calendar              NONE
 initial_state         default
 """
-LIMITS = [f"{soft_or_hard}_{name}" for name in ("rt", "cpu", "fsize", "data", "stack", "core",
-                                                 "rss", "vmem") for soft_or_hard in "sh"]
+LIMITS = [
+    f"{soft_or_hard}_{name}"
+    for name in ("rt", "cpu", "fsize", "data", "stack", "core", "rss", "vmem")
+    for soft_or_hard in "sh"
+]
 
 
 class SgeUnavailable(RuntimeError):
@@ -96,11 +99,18 @@ class SgeCluster:
         """Run a batch command as the submitting user (root may not submit)."""
         return ["runuser", "-u", USER, "--"]
 
-    def run(self, *argv: str, as_user: bool = False,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def run(
+        self, *argv: str, as_user: bool = False, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         full = [*self.prefix, *argv] if as_user else list(argv)
-        return subprocess.run(full, env={**os.environ, **self.env}, capture_output=True,
-                              text=True, timeout=timeout, check=False)  # fmt: skip
+        return subprocess.run(
+            full,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def qconf(self, *args: str) -> None:
         result = self.run("qconf", *args)
@@ -174,14 +184,15 @@ def sge_cluster(work: Path, user_dir: Path) -> Iterator[SgeCluster]:
     cluster = SgeCluster(work, user_dir)
     env = {**os.environ, **cluster.env}
     try:
-        subprocess.run(["/usr/sbin/sge_qmaster"], env=env, check=True, timeout=30,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["/usr/sbin/sge_qmaster"], env=env, check=True, timeout=30, capture_output=True
+        )
         cluster.wait("qmaster answering", lambda: cluster.run("qconf", "-sh").returncode == 0)
         cluster.qconf("-as", "localhost")
-        subprocess.run(["/usr/sbin/sge_execd"], env=env, check=True, timeout=30,
-                       capture_output=True)  # fmt: skip
-        cluster.wait("execd registered",
-                     lambda: "localhost" in cluster.run("qconf", "-sel").stdout)  # fmt: skip
+        subprocess.run(
+            ["/usr/sbin/sge_execd"], env=env, check=True, timeout=30, capture_output=True
+        )
+        cluster.wait("execd registered", lambda: "localhost" in cluster.run("qconf", "-sel").stdout)
         _configure(cluster)
         yield cluster
     finally:
@@ -191,18 +202,30 @@ def sge_cluster(work: Path, user_dir: Path) -> Iterator[SgeCluster]:
 def _configure(cluster: SgeCluster) -> None:
     """Fast scheduler, immediate accounting, one 8-slot queue."""
     sconf = cluster.run("qconf", "-ssconf").stdout
-    replace = {"schedule_interval": "0:0:1", "flush_submit_sec": "1", "flush_finish_sec": "1",
-               "job_load_adjustments": "NONE"}  # fmt: skip
-    lines = [f"{line.split()[0]} {replace[line.split()[0]]}"
-             if line.split() and line.split()[0] in replace else line
-             for line in sconf.splitlines()]  # fmt: skip
+    replace = {
+        "schedule_interval": "0:0:1",
+        "flush_submit_sec": "1",
+        "flush_finish_sec": "1",
+        "job_load_adjustments": "NONE",
+    }
+    lines = [
+        f"{line.split()[0]} {replace[line.split()[0]]}"
+        if line.split() and line.split()[0] in replace
+        else line
+        for line in sconf.splitlines()
+    ]
     (cluster.work / "sconf").write_text("\n".join(lines) + "\n")
     cluster.qconf("-Msconf", str(cluster.work / "sconf"))
     conf = cluster.run("qconf", "-sconf").stdout.splitlines()
-    conf = [line for line in conf if not line.startswith("reporting_params")
-            and not line.startswith(" ")]  # continuation lines of reporting_params  # fmt: skip
-    conf.append("reporting_params accounting=true reporting=false flush_time=00:00:01 "
-                "joblog=false sharelog=00:00:00 accounting_flush_time=00:00:00")  # fmt: skip
+    conf = [
+        line
+        for line in conf
+        if not line.startswith("reporting_params") and not line.startswith(" ")
+    ]  # continuation lines of reporting_params
+    conf.append(
+        "reporting_params accounting=true reporting=false flush_time=00:00:01 "
+        "joblog=false sharelog=00:00:00 accounting_flush_time=00:00:00"
+    )
     (cluster.work / "global").write_text("\n".join(conf) + "\n")
     cluster.qconf("-Mconf", str(cluster.work / "global"))
     queue = QUEUE + "".join(f"{name:<22}INFINITY\n" for name in LIMITS)

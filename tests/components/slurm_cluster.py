@@ -84,8 +84,14 @@ class SlurmCluster:
         return {"SLURM_CONF": str(self.conf)}
 
     def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(argv, env={**os.environ, **self.env}, capture_output=True,
-                              text=True, timeout=timeout, check=False)  # fmt: skip
+        return subprocess.run(
+            argv,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def wait_idle(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -106,8 +112,9 @@ class SlurmCluster:
         self.run("scancel", "--user=root", timeout=15)
         self.run("scancel", "--user=wmsuser", timeout=15)  # the SSH tests' remote account
         while time.monotonic() < deadline:
-            busy = self.run("squeue", "-h", "-t", "RUNNING,COMPLETING,PENDING", "-o", "%i",
-                            timeout=10)  # fmt: skip
+            busy = self.run(
+                "squeue", "-h", "-t", "RUNNING,COMPLETING,PENDING", "-o", "%i", timeout=10
+            )
             if busy.returncode != 0 or not busy.stdout.strip():
                 break
             time.sleep(0.2)
@@ -165,14 +172,27 @@ def slurm_cluster(root: Path, cpus: int = 64, min_job_age: int = 300) -> Iterato
         (root / sub).mkdir(exist_ok=True)
     root.chmod(0o755)
     cluster = SlurmCluster(root)
-    cluster.conf.write_text(CONF.format(root=root, ctld_port=_free_port(), d_port=_free_port(),
-                                        cpus=cpus, min_job_age=min_job_age))  # fmt: skip
+    cluster.conf.write_text(
+        CONF.format(
+            root=root,
+            ctld_port=_free_port(),
+            d_port=_free_port(),
+            cpus=cpus,
+            min_job_age=min_job_age,
+        )
+    )
     env = {**os.environ, **cluster.env}
     try:
-        subprocess.run(["/usr/sbin/slurmctld"], env=env, check=True, timeout=30,
-                       capture_output=True)  # fmt: skip
-        subprocess.run(["/usr/sbin/slurmd", "-N", "localhost"], env=env, check=True, timeout=30,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["/usr/sbin/slurmctld"], env=env, check=True, timeout=30, capture_output=True
+        )
+        subprocess.run(
+            ["/usr/sbin/slurmd", "-N", "localhost"],
+            env=env,
+            check=True,
+            timeout=30,
+            capture_output=True,
+        )
         cluster.wait_idle()
         yield cluster
     finally:

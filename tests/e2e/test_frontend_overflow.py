@@ -34,25 +34,41 @@ MATCH = "stringListMember(TARGET.GLIDEIN_Site, MY.DESIRED_Sites)"
 START = "stringListMember(MY.GLIDEIN_Site, TARGET.DESIRED_Sites)"
 OVERFLOW_START = "TARGET.DESIRED_Sites =!= undefined"
 PILOT_START = f"({START}) || ((time() - TARGET.QDate) >= {AFTER} && ({OVERFLOW_START}))"
-GROUP = {"name": "main", "match_expr": MATCH, "start_expr": START,
-         "overflow": {"after_seconds": AFTER, "match_expr": "true",
-                      "start_expr": OVERFLOW_START},
-         "max_idle_per_entry": 2}
+GROUP = {
+    "name": "main",
+    "match_expr": MATCH,
+    "start_expr": START,
+    "overflow": {"after_seconds": AFTER, "match_expr": "true", "start_expr": OVERFLOW_START},
+    "max_idle_per_entry": 2,
+}
 SIGNIFICANT = ["DESIRED_Sites", "QDate"]
 
 
 def local_entry(name: str, site: str, max_pilots: int, idle_timeout: int) -> dict[str, Any]:
-    return {"name": name, "site": site, "backend": "local", "cpus": 1, "memory": 2048,
-            "disk": "auto", "walltime": 3600, "idle_timeout": idle_timeout,
-            "max_pilots": max_pilots, "max_idle": max_pilots, "max_per_cycle": max_pilots}
+    return {
+        "name": name,
+        "site": site,
+        "backend": "local",
+        "cpus": 1,
+        "memory": 2048,
+        "disk": "auto",
+        "walltime": 3600,
+        "idle_timeout": idle_timeout,
+        "max_pilots": max_pilots,
+        "max_idle": max_pilots,
+        "max_per_cycle": max_pilots,
+    }
 
 
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[System]:
     with systems(tmp_path, http_timeout=10) as start:
-        s = start(entries=[local_entry("a", "SA", 1, 20), local_entry("b", "SB", 2, 8)],
-                  claim_lease=10.0, extra_pool={"significant_attributes": SIGNIFICANT},
-                  frontend_groups=[GROUP])
+        s = start(
+            entries=[local_entry("a", "SA", 1, 20), local_entry("b", "SB", 2, 8)],
+            claim_lease=10.0,
+            extra_pool={"significant_attributes": SIGNIFICANT},
+            frontend_groups=[GROUP],
+        )
         yield s
 
 
@@ -82,8 +98,11 @@ def test_old_jobs_overflow_and_young_ones_never_start_at_the_other_site(system, 
     # young jobs arrive while B's pilots are there and will run out of old ones
     second = s.submit(SUB.format(n=3), tmp_path)
     assert b_pilots(s), "B's pilots left before the young jobs arrived: nothing was tested"
-    wait_for(lambda: all(s.job(j)["state"] == "completed" for j in first + second),
-             "every job to complete", timeout=240)
+    wait_for(
+        lambda: all(s.job(j)["state"] == "completed" for j in first + second),
+        "every job to complete",
+        timeout=240,
+    )
 
     sites = {}
     for jid in first + second:
@@ -99,5 +118,6 @@ def test_old_jobs_overflow_and_young_ones_never_start_at_the_other_site(system, 
     # the frontend counted the overflow at B, and only there
     b = [r for r in s.explain("b", history=True) if r.get("demand")]
     assert any(r["demand"]["overflow_jobs"] > 0 for r in b)
-    assert not any(r["demand"].get("overflow_jobs") for r in s.explain("a", history=True)
-                   if r.get("demand"))
+    assert not any(
+        r["demand"].get("overflow_jobs") for r in s.explain("a", history=True) if r.get("demand")
+    )

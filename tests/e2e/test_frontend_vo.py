@@ -33,15 +33,18 @@ def test_pilots_run_the_groups_vo_scripts_from_the_frontends_stage(tmp_path: Pat
     (vo / "scripts.list").write_text("group check_vo.sh\n")
     (vo / "check_vo.sh").write_text(SCRIPT)
     with systems(tmp_path, http_timeout=10) as start:
-        s = start(entries=[local_entry("a", "SA", 1, 3)],
-                  frontend_groups=[{"name": "main", "vo_scripts": str(vo)}])
+        s = start(
+            entries=[local_entry("a", "SA", 1, 3)],
+            frontend_groups=[{"name": "main", "vo_scripts": str(vo)}],
+        )
         status = s.frontend_status()
         digest = status["vo_stages"]["main"]["manifest_sha256"]
-        [jid] = s.submit("executable = /bin/true\ntransfer_executable = false\n"
-                         "request_memory = 100\nqueue 1\n", tmp_path)
+        [jid] = s.submit(
+            "executable = /bin/true\ntransfer_executable = false\nrequest_memory = 100\nqueue 1\n",
+            tmp_path,
+        )
         [pilot] = wait_for(lambda: s.pilots()[:1], "a pilot to register", timeout=120)
-        wait_for(lambda: s.job(jid)["state"] == "completed", "the job to complete",
-                 timeout=120)
+        wait_for(lambda: s.job(jid)["state"] == "completed", "the job to complete", timeout=120)
         [request] = [r for r in s.factory("requests") if r["group"] == "main"]
     assert request["vo_stage"]["manifest_sha256"] == digest
     assert request["vo_stage"]["url"] == f"{s.inst.services['frontend'].url}/stage/vo/main"

@@ -32,9 +32,19 @@ def system(tmp_path: Path) -> Iterator[Callable[..., System]]:
 
 
 def entry(**extra: Any) -> dict[str, Any]:
-    return {"name": "local", "site": "LOCAL", "backend": "local", "cpus": 1, "memory": "auto",
-            "disk": "auto", "walltime": 3600, "max_pilots": 1, "max_idle": 1,
-            "max_per_cycle": 1, **extra}
+    return {
+        "name": "local",
+        "site": "LOCAL",
+        "backend": "local",
+        "cpus": 1,
+        "memory": "auto",
+        "disk": "auto",
+        "walltime": 3600,
+        "max_pilots": 1,
+        "max_idle": 1,
+        "max_per_cycle": 1,
+        **extra,
+    }
 
 
 JOB = """#!/bin/sh
@@ -62,24 +72,27 @@ queue
 
 
 def test_sigterm_mid_job_vacates_requeues_and_the_job_completes_once_elsewhere(
-        system: Callable[..., System], tmp_path: Path) -> None:
+    system: Callable[..., System], tmp_path: Path
+) -> None:
     # The claim lease is long (60 s): only the pilot's own drain can requeue the job
     # within the test, which is what the evicted event's reason shows below.
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     s = system(entries=[entry(work_dir=str(scratch))])
     [jid] = s.submit(one_job(tmp_path, ticks=60), tmp_path)
-    running = wait_for(lambda: (j := s.pool.job(jid))["state"] == "running" and j,
-                       "the job to start")
+    running = wait_for(
+        lambda: (j := s.pool.job(jid))["state"] == "running" and j, "the job to start"
+    )
     first_pilot = running["pilot_id"]
     [first] = [p["glidein_id"] for p in s.pilots() if p["pilot_id"] == first_pilot]
     pid = s.pilot_pid(first)
-    [work] = [p for p in scratch.glob("glidein_*")
-              if f"GLIDEIN_Id {first}\n" in _read_config(p)]
+    [work] = [p for p in scratch.glob("glidein_*") if f"GLIDEIN_Id {first}\n" in _read_config(p)]
     os.killpg(pid, signal.SIGTERM)  # the batch system ends the pilot's job
 
-    job = wait_for(lambda: (j := s.pool.job(jid))["state"] == "completed" and j,
-                   "the job to complete on another pilot")
+    job = wait_for(
+        lambda: (j := s.pool.job(jid))["state"] == "completed" and j,
+        "the job to complete on another pilot",
+    )
     assert job["exit_code"] == 0 and job["pilot_id"] != first_pilot
     events = s.pool.events(jid)
     kinds = [e["type"] for e in events]
@@ -91,8 +104,9 @@ def test_sigterm_mid_job_vacates_requeues_and_the_job_completes_once_elsewhere(
     assert "result.txt" in names
 
     # the killed pilot's last word reached the factory: report and final trail
-    gone = wait_for(lambda: (g := s.glidein(first))["exit_reason"] and g,
-                    "the first pilot's final report")
+    gone = wait_for(
+        lambda: (g := s.glidein(first))["exit_reason"] and g, "the first pilot's final report"
+    )
     assert gone["exit_reason"] == "signal"
     assert gone["exit_code"] == 128 + signal.SIGTERM
     assert gone["report"]["jobs_run"] == 1 and gone["report"]["jobs_failed"] == 0
@@ -103,8 +117,9 @@ def test_sigterm_mid_job_vacates_requeues_and_the_job_completes_once_elsewhere(
     assert exits and exits[-1]["content"].startswith("signal: got SIGTERM")
     assert trail[-1].get("final") is True, "the final flush was not marked final"
     jobs = [r for r in trail if r.get("type") == "job"]
-    assert any("killed=True" in r["content"] and "completed=False" in r["content"]
-               for r in jobs), jobs
+    assert any("killed=True" in r["content"] and "completed=False" in r["content"] for r in jobs), (
+        jobs
+    )
     # the vacated pilot did not leave its work dir behind
     wait_for(lambda: not _alive(pid), "the first pilot's processes to end")
     assert not work.exists()
@@ -127,15 +142,20 @@ def _read_config(work: Path) -> str:
 
 
 def test_failing_validation_never_registers_and_the_factory_knows_why(
-        system: Callable[..., System], tmp_path: Path) -> None:
+    system: Callable[..., System], tmp_path: Path
+) -> None:
     # An entry that requires an OS this node does not have: the standard os_arch
     # script fails (WN_Resource) on every pilot, and no pilot may ever join the pool.
     s = system(entries=[entry(attributes={"GLIDEIN_Required_OS": "NoSuchOS1"})])
     [jid] = s.submit(one_job(tmp_path, ticks=1), tmp_path)
-    failed = wait_for(lambda: [g for g in s.glideins()
-                               if g["exit_reason"] == "validation_failed"
-                               and g["state"] in ("failed", "finished")],
-                      "a pilot to fail its validation and end")
+    failed = wait_for(
+        lambda: [
+            g
+            for g in s.glideins()
+            if g["exit_reason"] == "validation_failed" and g["state"] in ("failed", "finished")
+        ],
+        "a pilot to fail its validation and end",
+    )
     report = failed[0]["report"]
     assert failed[0]["exit_code"] == 4
     assert report["detail"].startswith("factory/os_arch: WN_Resource:")
@@ -149,8 +169,12 @@ def test_failing_validation_never_registers_and_the_factory_knows_why(
     assert job["state"] == "idle" and job.get("pilot_id") in (None, "")
     assert [e["type"] for e in s.pool.events(jid)].count("started") == 0
     trail = s.get("factory", f"glideins/{failed[0]['glidein_id']}/logs")["trail"]
-    assert any(r.get("type") == "validation" and r.get("severity") == "ERROR"
-               and "WN_Resource" in r.get("content", "") for r in trail)
+    assert any(
+        r.get("type") == "validation"
+        and r.get("severity") == "ERROR"
+        and "WN_Resource" in r.get("content", "")
+        for r in trail
+    )
 
 
 CVMFS_JOB = """#!/bin/sh
@@ -159,7 +183,8 @@ sh /cvmfs/sw.example.org/bin/setup.sh > result.txt
 
 
 def test_a_job_reads_cvmfs_mounted_by_its_pilot_and_the_mount_goes_with_the_pilot(
-        system: Callable[..., System], tmp_path: Path) -> None:
+    system: Callable[..., System], tmp_path: Path
+) -> None:
     """CVMFS STAND-IN: the node has no /cvmfs; the entry requires a repository and
     names where its image is (a squashfs image built here by mksquashfs); the pilot
     mounts it with real squashfuse over real FUSE, as cvmfsexec would mount the
@@ -175,31 +200,57 @@ def test_a_job_reads_cvmfs_mounted_by_its_pilot_and_the_mount_goes_with_the_pilo
     (tree / "setup.sh").write_text("echo experiment software v7\n")
     images = tmp_path / "images"
     images.mkdir()
-    subprocess.run(["mksquashfs", str(tree.parent), str(images / "sw.example.org.sqfs"),
-                    "-noappend", "-all-root", "-no-progress", "-quiet"], check=True,
-                   timeout=60, capture_output=True)
+    subprocess.run(
+        [
+            "mksquashfs",
+            str(tree.parent),
+            str(images / "sw.example.org.sqfs"),
+            "-noappend",
+            "-all-root",
+            "-no-progress",
+            "-quiet",
+        ],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    s = system(entries=[entry(work_dir=str(scratch), attributes={
-        "GLIDEIN_CVMFS_Repos": "sw.example.org", "GLIDEIN_CVMFS_Images": str(images),
-        "GLIDEIN_Container_Use": "REQUIRED",
-        # what the entry promises frontends (they match jobs to entries by it)
-        "HAS_CVMFS_sw_example_org": True})])
+    s = system(
+        entries=[
+            entry(
+                work_dir=str(scratch),
+                attributes={
+                    "GLIDEIN_CVMFS_Repos": "sw.example.org",
+                    "GLIDEIN_CVMFS_Images": str(images),
+                    "GLIDEIN_Container_Use": "REQUIRED",
+                    # what the entry promises frontends (they match jobs to entries by it)
+                    "HAS_CVMFS_sw_example_org": True,
+                },
+            )
+        ]
+    )
     (tmp_path / "job.sh").write_text(CVMFS_JOB)
     (tmp_path / "job.sh").chmod(0o755)
-    [jid] = s.submit("executable = job.sh\ntransfer_output_files = result.txt\n"
-                     "request_memory = 32\n"
-                     "requirements = TARGET.HAS_CVMFS_sw_example_org =?= true\nqueue\n",
-                     tmp_path)
-    job = wait_for(lambda: (j := s.pool.job(jid))["state"] == "completed" and j,
-                   "the job to complete")
+    [jid] = s.submit(
+        "executable = job.sh\ntransfer_output_files = result.txt\n"
+        "request_memory = 32\n"
+        "requirements = TARGET.HAS_CVMFS_sw_example_org =?= true\nqueue\n",
+        tmp_path,
+    )
+    job = wait_for(
+        lambda: (j := s.pool.job(jid))["state"] == "completed" and j, "the job to complete"
+    )
     assert job["exit_code"] == 0
     [got] = [p for p in s.pool.fetch_outputs(jid, tmp_path / "got") if p.name == "result.txt"]
     assert got.read_text() == "experiment software v7\n"
-    done = wait_for(lambda: [g for g in s.glideins() if g["exit_reason"] == "idle_timeout"],
-                    "the pilot to leave")
+    done = wait_for(
+        lambda: [g for g in s.glideins() if g["exit_reason"] == "idle_timeout"],
+        "the pilot to leave",
+    )
     checks = {v["name"]: v for v in done[0]["report"]["validation"]}
-    assert checks["cvmfs"]["status"] == "ok" and "sw.example.org (mount)" in \
-        checks["cvmfs"]["detail"]
+    assert (
+        checks["cvmfs"]["status"] == "ok" and "sw.example.org (mount)" in checks["cvmfs"]["detail"]
+    )
     wait_for(lambda: not list(scratch.glob("glidein_*")), "the work dir to be removed")
     assert str(scratch) not in Path("/proc/self/mounts").read_text(), "a mount was left"

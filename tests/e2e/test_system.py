@@ -70,11 +70,14 @@ def test_no_pilots_without_demand_then_jobs_run_with_outputs(system_factory, tmp
     assert 1 <= len(glideins) <= 2
     assert {g["frontend"] for g in glideins} == {"frontend"}
     # once the queue is empty the pilots leave by themselves
-    done = wait_for(lambda: [g for g in s.factory("glideins")
-                             if g["state"] in ("finished", "failed")]
-                    if all(g["state"] in ("finished", "failed")
-                           for g in s.factory("glideins")) else None,
-                    "pilots to leave")
+    done = wait_for(
+        lambda: (
+            [g for g in s.factory("glideins") if g["state"] in ("finished", "failed")]
+            if all(g["state"] in ("finished", "failed") for g in s.factory("glideins"))
+            else None
+        ),
+        "pilots to leave",
+    )
     assert {g["exit_reason"] for g in done} == {"idle_timeout"}
     assert s.pilots() == []
 
@@ -87,8 +90,10 @@ def test_killed_pilot_job_runs_again_elsewhere_exactly_once(system_factory, tmp_
     [glidein] = [p["glidein_id"] for p in s.pilots() if p["pilot_id"] == first_pilot]
     os.killpg(s.pilot_pid(glidein), signal.SIGKILL)  # the site kills the pilot, no goodbye
 
-    job = wait_for(lambda: (j := s.job(jid))["state"] == "completed" and j,
-                   "the job to complete on another pilot")
+    job = wait_for(
+        lambda: (j := s.job(jid))["state"] == "completed" and j,
+        "the job to complete on another pilot",
+    )
     events = s.pool.events(jid)
     kinds = [e["type"] for e in events]
     assert kinds.count("completed") == 1
@@ -136,18 +141,41 @@ def test_tampered_pilot_file_is_refused(system_factory, tmp_path):
     stage_file = s.inst.path("factory", "stage", "agent", "agent.py")
     stage_file.write_text(stage_file.read_text() + "\n# tampered after the manifest was made\n")
     [jid] = s.submit(workload(tmp_path, 1), tmp_path)
-    wait_for(lambda: [g for g in s.factory("glideins")
-                      if g["exit_reason"] == "corruption" and g["state"] == "failed"],
-             "a pilot refused for corruption and ended")
+    wait_for(
+        lambda: [
+            g
+            for g in s.factory("glideins")
+            if g["exit_reason"] == "corruption" and g["state"] == "failed"
+        ],
+        "a pilot refused for corruption and ended",
+    )
     assert s.pilots() == [], "a pilot with a tampered file registered in the pool"
     assert s.job(jid)["state"] == "idle"
 
 
 def test_demo_command_exits_zero_when_all_jobs_succeed(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "glidewms", "demo", "--jobs", "6", "--job-seconds", "0",
-         "--max-pilots", "2", "--state-dir", str(tmp_path / "demo"), "--timeout", "300"],
-        capture_output=True, text=True, timeout=400, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "glidewms",
+            "demo",
+            "--jobs",
+            "6",
+            "--job-seconds",
+            "0",
+            "--max-pilots",
+            "2",
+            "--state-dir",
+            str(tmp_path / "demo"),
+            "--timeout",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "6 / 6" in result.stdout
     outputs = tmp_path / "demo" / "outputs"
@@ -156,14 +184,23 @@ def test_demo_command_exits_zero_when_all_jobs_succeed(tmp_path):
 
 
 def glidewms(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "glidewms", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "glidewms", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, **env},
+    )
 
 
 def test_user_commands_through_the_cli(system_factory, tmp_path):
     s = system_factory(max_pilots=1)
-    env = {"GLIDEWMS_POOL_URL": s.inst.services["pool"].url,
-           "GLIDEWMS_TOKEN_FILE": str(s.inst.token_file("user")), "COLUMNS": "200"}
+    env = {
+        "GLIDEWMS_POOL_URL": s.inst.services["pool"].url,
+        "GLIDEWMS_TOKEN_FILE": str(s.inst.token_file("user")),
+        "COLUMNS": "200",
+    }
     (tmp_path / "bad.sub").write_text("executable = /bin/true\nrequest_memory = lots\nqueue\n")
     bad = glidewms("submit", "bad.sub", cwd=tmp_path, env=env)
     assert bad.returncode == 2
@@ -172,18 +209,20 @@ def test_user_commands_through_the_cli(system_factory, tmp_path):
 
     (tmp_path / "job.sub").write_text(workload(tmp_path, 2) + "\n")
     (tmp_path / "hold.sub").write_text(
-        "executable = job.sh\narguments = 9 0\nrequirements = TARGET.Cpus > 1000\nqueue\n")
+        "executable = job.sh\narguments = 9 0\nrequirements = TARGET.Cpus > 1000\nqueue\n"
+    )
     ok = glidewms("submit", "job.sub", cwd=tmp_path, env=env)
     assert ok.returncode == 0 and "2 job(s) submitted to cluster 1" in ok.stdout
     assert glidewms("submit", "hold.sub", cwd=tmp_path, env=env).returncode == 0
-    assert "2.0" in glidewms("q", "--constraint", "ClusterId == 2", cwd=tmp_path,
-                             env=env).stdout
+    assert "2.0" in glidewms("q", "--constraint", "ClusterId == 2", cwd=tmp_path, env=env).stdout
     assert "1 job(s) held" in glidewms("hold", "2", cwd=tmp_path, env=env).stdout
     assert s.job("2.0")["state"] == "held"
     assert "1 job(s) released" in glidewms("release", "2.0", cwd=tmp_path, env=env).stdout
     assert "1 job(s) removed" in glidewms("rm", "2", cwd=tmp_path, env=env).stdout
-    wait_for(lambda: all(s.job(j)["state"] == "completed" for j in ("1.0", "1.1")),
-             "cluster 1 to complete")
+    wait_for(
+        lambda: all(s.job(j)["state"] == "completed" for j in ("1.0", "1.1")),
+        "cluster 1 to complete",
+    )
     hist = glidewms("history", cwd=tmp_path, env=env).stdout
     assert "1.0" in hist and "1.1" in hist and "removed" in hist
     long = glidewms("history", "-l", "1.1", cwd=tmp_path, env=env).stdout

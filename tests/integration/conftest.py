@@ -30,8 +30,10 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 def auth(issuer: TokenIssuer) -> Callable[..., dict[str, str]]:
     """Authorization headers for a subject with one scope (and extra claims)."""
+
     def make(subject: str, scope: str = "user", **claims: str) -> dict[str, str]:
         return bearer(issuer.issue(subject, [scope], **claims))
+
     return make
 
 

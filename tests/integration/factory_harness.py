@@ -38,8 +38,11 @@ def stand_in(note: str, says: str, *, check_leaks: bool = True, poll: float = 0.
 for a in "${args[@]}"; do case "$a" in *"$token"*) echo "token in argv" >&2; exit 4 ;; esac; done
 env | grep -qF "$token" && { echo "token in environment" >&2; exit 5; }
 """
-    return (r"""#!/bin/bash
-# Stand-in for glidein_startup.sh""" + note + r"""
+    return (
+        r"""#!/bin/bash
+# Stand-in for glidein_startup.sh"""
+        + note
+        + r"""
 out=@OUT@
 args=("$@")
 gid=unknown
@@ -49,10 +52,14 @@ done
 printf '%s\n' "${args[@]}" > "$out/$gid.args.tmp" && mv "$out/$gid.args.tmp" "$out/$gid.args"
 [ -r "${GLIDEIN_TOKEN_FILE:-/nonexistent}" ] || { echo "no token file" >&2; exit 2; }
 [ "$(stat -c %a "$GLIDEIN_TOKEN_FILE")" = 600 ] || { echo "token file not 0600" >&2; exit 3; }
-""" + (leaks if check_leaks else "") + says + f"""
+"""
+        + (leaks if check_leaks else "")
+        + says
+        + f"""
 while [ ! -e "$out/release" ]; do sleep {poll}; done
 exit 0
-""")
+"""
+    )
 
 
 @dataclass
@@ -77,8 +84,12 @@ class FactoryFiles:
         return cls(tmp, TokenIssuer.from_file(private), public, bootstrap, agent)
 
     def config(self, entry: EntryConfig, cycle_seconds: float) -> FactoryConfig:
-        return FactoryConfig(state_dir=self.tmp / "state", issuer_public_key=self.public,
-                             cycle_seconds=cycle_seconds, entries=[entry])  # fmt: skip
+        return FactoryConfig(
+            state_dir=self.tmp / "state",
+            issuer_public_key=self.public,
+            cycle_seconds=cycle_seconds,
+            entries=[entry],
+        )
 
     def app(self, config: FactoryConfig) -> Any:
         return create_app(config, FACTORY_URL, bootstrap=self.bootstrap, agent_dir=self.agent)
@@ -93,15 +104,18 @@ class FactoryFiles:
 class Frontend:
     """A frontend's calls to a factory app: its group `main` asks one entry for pilots."""
 
-    def __init__(self, client: TestClient, entry: str, headers: dict[str, str],
-                 pilot_token: str) -> None:  # fmt: skip
+    def __init__(
+        self, client: TestClient, entry: str, headers: dict[str, str], pilot_token: str
+    ) -> None:
         self.client, self.entry = client, entry
         self.headers, self.pilot_token = headers, pilot_token
 
     def put(self, idle: int, max_running: int, remove: str) -> None:
-        body = {"pool_url": POOL_URL, "pilot_token": self.pilot_token,
-                "entries": {self.entry: {"idle": idle, "max_running": max_running,
-                                         "remove": remove}}}  # fmt: skip
+        body = {
+            "pool_url": POOL_URL,
+            "pilot_token": self.pilot_token,
+            "entries": {self.entry: {"idle": idle, "max_running": max_running, "remove": remove}},
+        }
         response = self.client.put("/api/v1/requests/main", json=body, headers=self.headers)
         assert response.status_code == 200
 
@@ -125,12 +139,14 @@ def token_file(path: Path) -> Path:
 
 def submissions(token: Path, n: int = 3) -> list[PilotSubmission]:
     """Pilots g-0 .. g-<n-1> with the glidein id as their 4th argument."""
-    return [PilotSubmission(f"g-{i}", ("--x", "y", "--glidein-id", f"g-{i}"), token)
-            for i in range(n)]  # fmt: skip
+    return [
+        PilotSubmission(f"g-{i}", ("--x", "y", "--glidein-id", f"g-{i}"), token) for i in range(n)
+    ]
 
 
-async def until(backend: Backend, ids: list[str], done: Callable[[Seen], bool],
-                deadline: float, interval: float) -> Seen:  # fmt: skip
+async def until(
+    backend: Backend, ids: list[str], done: Callable[[Seen], bool], deadline: float, interval: float
+) -> Seen:
     """Poll `backend.status(ids)` until `done` holds; fail at `deadline` (monotonic)."""
     while True:
         seen = await backend.status(ids)

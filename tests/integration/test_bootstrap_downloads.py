@@ -51,25 +51,29 @@ def proxy() -> Iterator[HttpProxy]:
 
 
 def test_downloads_retry_through_the_proxy_until_the_stage_answers(
-    tmp_path: Path, token_file: Path, downloader: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    token_file: Path,  # noqa: F811
+    downloader: dict[str, str],  # noqa: F811
     proxy: HttpProxy,
 ) -> None:
     stage = FlakyStage(STUB_STAGE)
     try:
-        rc, stderr = finish(bootstrap(stage, tmp_path, token_file,
-                                      {**downloader, "http_proxy": proxy.url}))
+        rc, stderr = finish(
+            bootstrap(stage, tmp_path, token_file, {**downloader, "http_proxy": proxy.url})
+        )
     finally:
         stage.close()
     assert rc == 7, stderr  # the stub agent ran: every file arrived and checked out
-    wanted = ["/api/v1/stage/manifest",
-              *(f"/api/v1/stage/files/{path}" for path in STUB_STAGE)]
+    wanted = ["/api/v1/stage/manifest", *(f"/api/v1/stage/files/{path}" for path in STUB_STAGE)]
     assert {path: stage.seen[path] for path in wanted} == {p: FAILURES + 1 for p in wanted}
     for path in wanted:  # every attempt went through the proxy
         assert [u for u in proxy.urls if u == stage.url + path] == [stage.url + path] * 3
 
 
 def test_a_stage_that_never_answers_ends_the_pilot_with_a_clear_error(
-    tmp_path: Path, token_file: Path, downloader: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    token_file: Path,  # noqa: F811
+    downloader: dict[str, str],  # noqa: F811
 ) -> None:
     stage = FlakyStage(STUB_STAGE)
     stage.seen.update({"/api/v1/stage/manifest": -100})  # fails far more than it retries

@@ -38,8 +38,9 @@ from tests import harness
 from tests.integration.factory_harness import FACTORY_URL, POOL_URL, FactoryFiles, stand_in
 
 # Stand-in for glidein_startup.sh: records its argv, checks its token file, waits.
-STAND_IN = stand_in(" (the real one is not under test here).", 'echo "pilot $gid started"',
-                    poll=0.05)
+STAND_IN = stand_in(
+    " (the real one is not under test here).", 'echo "pilot $gid started"', poll=0.05
+)
 wait_for = partial(harness.wait_for, timeout=15.0, interval=0.02)
 
 
@@ -64,9 +65,12 @@ class Env:
 
     def app(self, config: FactoryConfig, kill_grace: float = 2.0) -> Any:
         return create_app(
-            config, FACTORY_URL, bootstrap=self.bootstrap, agent_dir=self.agent_dir,
+            config,
+            FACTORY_URL,
+            bootstrap=self.bootstrap,
+            agent_dir=self.agent_dir,
             kill_grace=kill_grace,
-        )  # fmt: skip
+        )
 
     def auth(self, subject: str, *scopes: str, **claims: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(subject, *scopes, **claims)}"}
@@ -141,16 +145,27 @@ def test_routes_are_served_under_the_protocol_prefix(env: Env) -> None:
     with TestClient(env.app(env.config())) as client:
         schema = client.get("/openapi.json").json()
         assert schema["info"]["version"] == API_VERSION
-        served = {(method.upper(), path) for path, ops in schema["paths"].items()
-                  for method in ops}  # fmt: skip
-        assert served == {("GET", "/healthz")} | {(m, API_PREFIX + p) for m, p in [
-            ("POST", "/reload"), ("GET", "/entries"), ("POST", "/entries/{name}/resume"),
-            ("GET", "/requests"), ("PUT", "/requests/{group}"), ("GET", "/glideins"),
-            ("POST", "/glideins/{glidein_id}/report"), ("POST", "/glideins/{glidein_id}/log"),
-            ("GET", "/glideins/{glidein_id}/logs"), ("GET", "/stats"), ("GET", "/downtimes"),
-            ("POST", "/downtimes"), ("DELETE", "/downtimes/{downtime_id}"),
-            ("GET", "/stage/manifest"), ("GET", "/stage/files/{path}"),
-        ]}  # fmt: skip
+        served = {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
+        assert served == {("GET", "/healthz")} | {
+            (m, API_PREFIX + p)
+            for m, p in [
+                ("POST", "/reload"),
+                ("GET", "/entries"),
+                ("POST", "/entries/{name}/resume"),
+                ("GET", "/requests"),
+                ("PUT", "/requests/{group}"),
+                ("GET", "/glideins"),
+                ("POST", "/glideins/{glidein_id}/report"),
+                ("POST", "/glideins/{glidein_id}/log"),
+                ("GET", "/glideins/{glidein_id}/logs"),
+                ("GET", "/stats"),
+                ("GET", "/downtimes"),
+                ("POST", "/downtimes"),
+                ("DELETE", "/downtimes/{downtime_id}"),
+                ("GET", "/stage/manifest"),
+                ("GET", "/stage/files/{path}"),
+            ]
+        }
         refused = client.get(f"{API_PREFIX}/entries")
         assert refused.status_code == 401
         assert refused.headers[VERSION_HEADER] == API_VERSION
@@ -164,8 +179,9 @@ def test_put_request_is_stored_and_idempotent(env: Env) -> None:
     config = env.config(allowed_frontends=["fe1"])
     with TestClient(env.app(config)) as client:
         fe1 = env.auth("fe1", "frontend")
-        body = env.request_body({"local": {"idle": 0, "max_running": 0}, "nowhere": {
-            "idle": 1, "max_running": 1}})  # fmt: skip
+        body = env.request_body(
+            {"local": {"idle": 0, "max_running": 0}, "nowhere": {"idle": 1, "max_running": 1}}
+        )
         first = client.put("/api/v1/requests/main", json=body, headers=fe1)
         assert first.status_code == 200, first.text
         second = client.put("/api/v1/requests/main", json=body, headers=fe1)
@@ -173,10 +189,17 @@ def test_put_request_is_stored_and_idempotent(env: Env) -> None:
         listed = client.get("/api/v1/requests", headers=fe1).json()
         assert len(listed) == 1
         stored = listed[0]
-        assert (stored["frontend"], stored["group"], stored["pool_url"]) == ("fe1", "main",
-                                                                             POOL_URL)
-        assert stored["entries"]["local"] == {"idle": 0, "max_running": 0, "remove": "NO",
-                                             "remove_margin": 0}
+        assert (stored["frontend"], stored["group"], stored["pool_url"]) == (
+            "fe1",
+            "main",
+            POOL_URL,
+        )
+        assert stored["entries"]["local"] == {
+            "idle": 0,
+            "max_running": 0,
+            "remove": "NO",
+            "remove_margin": 0,
+        }
         assert stored["errors"] == {"nowhere": "unknown entry 'nowhere'"}
         assert body["pilot_token"] not in first.text + second.text + str(listed)
         token_file = config.state_dir / "credentials" / "fe1" / "main.token"
@@ -187,9 +210,11 @@ def test_put_request_is_stored_and_idempotent(env: Env) -> None:
         fe2 = env.auth("fe2", "frontend")
         assert client.get("/api/v1/requests", headers=fe2).json() == []
         assert client.get("/api/v1/entries", headers=fe2).json() == []
-        denied = client.put("/api/v1/requests/main", headers=fe2,
-                            json=env.request_body({"local": {"idle": 2, "max_running": 2}},
-                                                  fe="fe2"))  # fmt: skip
+        denied = client.put(
+            "/api/v1/requests/main",
+            headers=fe2,
+            json=env.request_body({"local": {"idle": 2, "max_running": 2}}, fe="fe2"),
+        )
         assert denied.status_code == 200
         assert denied.json()["errors"] == {"local": "entry 'local' does not accept frontend 'fe2'"}
         admin = env.auth("root", "admin")
@@ -238,8 +263,15 @@ def test_stage_manifest_matches_files(env: Env) -> None:
             assert body.status_code == 200
             assert hashlib.sha256(body.content).hexdigest() == digest
             assert body.content == (env.agent_dir / path.removeprefix("agent/")).read_bytes()
-        for attempt in ["../factory.db", "agent/../../factory.db", "%2e%2e/factory.db",
-                        "..%2Ffactory.db", "agent/notes.txt", "manifest", "/etc/passwd"]:
+        for attempt in [
+            "../factory.db",
+            "agent/../../factory.db",
+            "%2e%2e/factory.db",
+            "..%2Ffactory.db",
+            "agent/notes.txt",
+            "manifest",
+            "/etc/passwd",
+        ]:
             response = client.get(f"/api/v1/stage/files/{attempt}", headers=pilot)
             assert response.status_code == 404, attempt
 
@@ -273,10 +305,11 @@ def test_local_pilots_follow_the_plan_and_report(env: Env) -> None:
         assert option["--glidein-id"] == ids[0] and ids[0].startswith("local-")
         assert (option["--entry"], option["--site"]) == ("local", "LOCAL")
         assert (option["--idle-timeout"], option["--lifetime"]) == ("300", "86400")
-        assert (option["--cpus"], option["--memory"], option["--work-dir"]) == ("1", "2048",
-                                                                                "auto")
-        assert [args[i + 1] for i, a in enumerate(args) if a == "--attr"] == ["HAS_X=true",
-                                                                              "Speed=2"]
+        assert (option["--cpus"], option["--memory"], option["--work-dir"]) == ("1", "2048", "auto")
+        assert [args[i + 1] for i, a in enumerate(args) if a == "--attr"] == [
+            "HAS_X=true",
+            "Speed=2",
+        ]
         assert not any(body["pilot_token"] in a for a in args)
 
         summary = client.get("/api/v1/glideins", params={"summary": "true"}, headers=fe1)
@@ -285,8 +318,7 @@ def test_local_pilots_follow_the_plan_and_report(env: Env) -> None:
         assert ad["counts"] == {"queued": 0, "held": 0, "running": 3, "removing": 0}
         assert ad["free"] == 0 and ad["in_downtime"] is False
         assert ad["attributes"] == {"HAS_X": True, "Speed": 2}
-        assert ad["limits"] == {"max_pilots": 3, "max_idle": 10, "max_held": 5,
-                                "max_per_cycle": 2}
+        assert ad["limits"] == {"max_pilots": 3, "max_idle": 10, "max_held": 5, "max_per_cycle": 2}
 
         # Want nothing more, let the pilots end: they are tracked to finished.
         body = env.request_body({"local": {"idle": 0, "max_running": 0}})
@@ -303,15 +335,23 @@ def test_local_pilots_follow_the_plan_and_report(env: Env) -> None:
         assert f"pilot {ids[0]} started" in logs.stdout and logs.stderr == ""
 
         # The final report, from a pilot token of the right frontend only.
-        report = {"exit_reason": "idle_timeout", "exit_code": 0, "jobs_run": 4, "jobs_failed": 1,
-                  "detail": "no more work", "cpu_seconds": 12.5}  # fmt: skip
+        report = {
+            "exit_reason": "idle_timeout",
+            "exit_code": 0,
+            "jobs_run": 4,
+            "jobs_failed": 1,
+            "detail": "no more work",
+            "cpu_seconds": 12.5,
+        }
         pilot = env.auth("pilot", "pilot", fe="fe1", group="main")
         other = env.auth("pilot", "pilot", fe="fe2", group="main")
         url = f"/api/v1/glideins/{ids[0]}/report"
         assert client.post(url, json=report, headers=other).status_code == 403
         assert client.post(url, json={"exit_code": 0}, headers=pilot).status_code == 422
-        assert client.post("/api/v1/glideins/nope/report", json=report,
-                           headers=pilot).status_code == 404  # fmt: skip
+        assert (
+            client.post("/api/v1/glideins/nope/report", json=report, headers=pilot).status_code
+            == 404
+        )
         response = client.post(url, json=report, headers=pilot)
         assert response.status_code == 200, response.text
         [shown] = [g for g in glideins(client, env) if g["glidein_id"] == ids[0]]
@@ -398,8 +438,9 @@ def test_queued_pilots_removed_only_when_asked(env: Env) -> None:
 
         def put(idle: int, max_running: int, remove: str) -> None:
             wanted = {"local": {"idle": idle, "max_running": max_running, "remove": remove}}
-            response = client.put("/api/v1/requests/main", json=env.request_body(wanted),
-                                  headers=fe1)  # fmt: skip
+            response = client.put(
+                "/api/v1/requests/main", json=env.request_body(wanted), headers=fe1
+            )
             assert response.status_code == 200
 
         def settle() -> None:
@@ -408,8 +449,9 @@ def test_queued_pilots_removed_only_when_asked(env: Env) -> None:
 
         put(4, 10, "NO")
         wait_for(lambda: states(client, env) == ["queued"] * 4, "four queued pilots")
-        first = sorted((g["glidein_id"] for g in glideins(client, env)),
-                       key=lambda i: int(i.rsplit("-", 1)[1]))  # fmt: skip
+        first = sorted(
+            (g["glidein_id"] for g in glideins(client, env)), key=lambda i: int(i.rsplit("-", 1)[1])
+        )
         # fewer wanted, removal not allowed: nothing happens. The request changes
         # before a pilot starts running: a cycle in between would otherwise still
         # want 4 idle pilots, see 3, and rightly submit a fourth.
@@ -427,16 +469,22 @@ def test_queued_pilots_removed_only_when_asked(env: Env) -> None:
         assert states(client, env) == ["queued"] * 3 + ["running"]
         put(2, 10, "NO")
         batch.blind = False
-        wait_for(lambda: states(client, env) == ["finished", "queued", "queued", "running"],
-                 "the unseen end seen")  # fmt: skip
+        wait_for(
+            lambda: states(client, env) == ["finished", "queued", "queued", "running"],
+            "the unseen end seen",
+        )
 
         put(1, 10, "IDLE")  # the newest queued pilot goes; the running one stays
-        wait_for(lambda: states(client, env) == ["finished", "queued", "removed", "running"],
-                 "one removed")  # fmt: skip
+        wait_for(
+            lambda: states(client, env) == ["finished", "queued", "removed", "running"],
+            "one removed",
+        )
         assert [g["glidein_id"] for g in glideins(client, env, state="removed")] == [first[3]]
         put(0, 0, "IDLE")
-        wait_for(lambda: states(client, env) == ["finished", "removed", "removed", "running"],
-                 "all queued gone")  # fmt: skip
+        wait_for(
+            lambda: states(client, env) == ["finished", "removed", "removed", "running"],
+            "all queued gone",
+        )
         settle()
         assert len(glideins(client, env)) == 4
         assert batch.jobs[f"job-{first[0]}"] is PilotState.running
@@ -455,8 +503,10 @@ def test_local_backend_remove_escalates_and_recovers(env: Env) -> None:
 
     async def scenario() -> None:
         backend = LocalBackend(context)
-        pilots = [PilotSubmission(f"e1-x-{i}", ("--glidein-id", f"e1-x-{i}"), token_file)
-                  for i in range(2)]  # fmt: skip
+        pilots = [
+            PilotSubmission(f"e1-x-{i}", ("--glidein-id", f"e1-x-{i}"), token_file)
+            for i in range(2)
+        ]
         ids = await backend.submit(entry, pilots)
         assert (await backend.status(ids)) == dict.fromkeys(ids, PilotState.running)
 

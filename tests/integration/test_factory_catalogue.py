@@ -32,19 +32,43 @@ A, B, C = "SITE_A_ce-a_short", "SITE_B_ce-b_short", "SITE_C_ce-c_short"
 
 
 def site(name: str, host: str) -> dict[str, Any]:
-    return {"name": name, "tier_level": 2, "country_code": "CH", "state": "ACTIVE",
-            "vos": ["cms"], "ces": [{"name": host, "flavour": "HTCONDOR-CE",
-                                     "endpoint": f"{host}:9619", "jobmanager": "slurm",
-                                     "state": "ACTIVE", "queues": [{
-                                         "name": "short", "cores": 1, "memory_mb": 100,
-                                         "walltime_minutes": 60, "os": "el9"}]}]}  # fmt: skip
+    return {
+        "name": name,
+        "tier_level": 2,
+        "country_code": "CH",
+        "state": "ACTIVE",
+        "vos": ["cms"],
+        "ces": [
+            {
+                "name": host,
+                "flavour": "HTCONDOR-CE",
+                "endpoint": f"{host}:9619",
+                "jobmanager": "slurm",
+                "state": "ACTIVE",
+                "queues": [
+                    {
+                        "name": "short",
+                        "cores": 1,
+                        "memory_mb": 100,
+                        "walltime_minutes": 60,
+                        "os": "el9",
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "glidewms", "factory", "catalogue", *args],
-                          input=stdin, capture_output=True, text=True, timeout=60,
-                          env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "glidewms", "factory", "catalogue", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_catalogue_applied_and_reloaded_without_losing_a_pilot(
@@ -57,18 +81,49 @@ def test_catalogue_applied_and_reloaded_without_losing_a_pilot(
     admin = {"Authorization": f"Bearer {admin_token.read_text()}"}
     fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 3600)}"}
     catalogue, overrides = tmp_path / "cric.json", tmp_path / "overrides.yaml"
-    entries, config, url_file = tmp_path / "entries.yaml", tmp_path / "factory.yaml", \
-        tmp_path / "factory.url"  # fmt: skip
-    catalogue.write_text(json.dumps({"sites": {
-        "SITE_A": site("SITE_A", "ce-a.example.org"),
-        "SITE_B": site("SITE_B", "ce-b.example.org")}}))
-    overrides.write_text(yaml.safe_dump({
-        "defaults": {"max_pilots": 5, "max_idle": 5, "max_per_cycle": 5, "cpus": 64},
-        "flavours": {"HTCONDOR-CE": {"backend": "slurm", "batch": {
-            "queue": "debug", "env": slurm.env, "options": ["--begin=now+1hour"]}}},
-        "entries": {A: {"attributes": {"OPERATOR_SAYS": "hi"}}}}))
-    made = cli("apply", "--yes", "--entries", str(entries), "--catalogue", str(catalogue),
-               "--overrides", str(overrides))  # fmt: skip
+    entries, config, url_file = (
+        tmp_path / "entries.yaml",
+        tmp_path / "factory.yaml",
+        tmp_path / "factory.url",
+    )
+    catalogue.write_text(
+        json.dumps(
+            {
+                "sites": {
+                    "SITE_A": site("SITE_A", "ce-a.example.org"),
+                    "SITE_B": site("SITE_B", "ce-b.example.org"),
+                }
+            }
+        )
+    )
+    overrides.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {"max_pilots": 5, "max_idle": 5, "max_per_cycle": 5, "cpus": 64},
+                "flavours": {
+                    "HTCONDOR-CE": {
+                        "backend": "slurm",
+                        "batch": {
+                            "queue": "debug",
+                            "env": slurm.env,
+                            "options": ["--begin=now+1hour"],
+                        },
+                    }
+                },
+                "entries": {A: {"attributes": {"OPERATOR_SAYS": "hi"}}},
+            }
+        )
+    )
+    made = cli(
+        "apply",
+        "--yes",
+        "--entries",
+        str(entries),
+        "--catalogue",
+        str(catalogue),
+        "--overrides",
+        str(overrides),
+    )
     assert made.returncode == 0, made.stderr
     assert f"added: {A}, {B}" in made.stdout
     written = {e["name"]: e for e in yaml.safe_load(entries.read_text())}
@@ -77,20 +132,32 @@ def test_catalogue_applied_and_reloaded_without_losing_a_pilot(
     assert written[A]["attributes"]["OPERATOR_SAYS"] == "hi"  # the overrides over both
     assert written[A]["attributes"]["GLIDEIN_CE"] == "ce-a.example.org:9619"
     assert written[A]["batch"]["queue"] == "debug"  # the flavour over the catalogue
-    config.write_text(yaml.safe_dump({
-        "listen_port": 0, "url_file": str(url_file), "state_dir": str(tmp_path / "state"),
-        "issuer_public_key": str(public), "cycle_seconds": 0.2, "entry_files": [str(entries)]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen_port": 0,
+                "url_file": str(url_file),
+                "state_dir": str(tmp_path / "state"),
+                "issuer_public_key": str(public),
+                "cycle_seconds": 0.2,
+                "entry_files": [str(entries)],
+            }
+        )
+    )
 
     def request(*names: str) -> None:
-        body = {"pool_url": POOL_URL,
-                "pilot_token": issuer.issue("pilot", ["pilot"], 3600, fe="fe1", group="main"),
-                "entries": {n: {"idle": 2, "max_running": 2} for n in names}}  # fmt: skip
+        body = {
+            "pool_url": POOL_URL,
+            "pilot_token": issuer.issue("pilot", ["pilot"], 3600, fe="fe1", group="main"),
+            "entries": {n: {"idle": 2, "max_running": 2} for n in names},
+        }
         r = httpx.put(f"{url}/api/v1/requests/main", headers=fe1, json=body, timeout=10)
         assert r.status_code == 200, r.text
 
     def pilots(entry: str) -> list[dict[str, Any]]:
-        got = httpx.get(f"{url}/api/v1/glideins", params={"entry": entry}, headers=admin,
-                        timeout=10).json()  # fmt: skip
+        got = httpx.get(
+            f"{url}/api/v1/glideins", params={"entry": entry}, headers=admin, timeout=10
+        ).json()
         return sorted(got, key=lambda g: g["glidein_id"])
 
     def cycles() -> int:
@@ -98,30 +165,59 @@ def test_catalogue_applied_and_reloaded_without_losing_a_pilot(
 
     proc = start_factory(config, dict(os.environ), url_file)
     try:
-        url = wait_for(lambda: url_file.is_file() and url_file.read_text().strip(),
-                       "the factory URL", timeout=60)  # fmt: skip
+        url = wait_for(
+            lambda: url_file.is_file() and url_file.read_text().strip(),
+            "the factory URL",
+            timeout=60,
+        )
         request(A, B)
         wait_for(lambda: [g["state"] for g in pilots(B)] == ["queued"] * 2, "B's pilots")
         wait_for(lambda: [g["state"] for g in pilots(A)] == ["queued"] * 2, "A's pilots")
         b_pilots = [g["glidein_id"] for g in pilots(B)]
 
         # The catalogue drops SITE_B and gains SITE_C: the diff first; "no" writes nothing.
-        catalogue.write_text(json.dumps({"sites": {
-            "SITE_A": site("SITE_A", "ce-a.example.org"),
-            "SITE_C": site("SITE_C", "ce-c.example.org")}}))
+        catalogue.write_text(
+            json.dumps(
+                {
+                    "sites": {
+                        "SITE_A": site("SITE_A", "ce-a.example.org"),
+                        "SITE_C": site("SITE_C", "ce-c.example.org"),
+                    }
+                }
+            )
+        )
         before = entries.read_text()
-        refused = cli("apply", "--entries", str(entries), "--catalogue", str(catalogue),
-                      "--overrides", str(overrides), stdin="n\n")  # fmt: skip
+        refused = cli(
+            "apply",
+            "--entries",
+            str(entries),
+            "--catalogue",
+            str(catalogue),
+            "--overrides",
+            str(overrides),
+            stdin="n\n",
+        )
         assert refused.returncode == 1
         assert f"added: {C}" in refused.stdout and f"removed: {B}" in refused.stdout
         assert f"-- name: {B}" in refused.stdout  # the unified diff of the YAML
         assert entries.read_text() == before
-        applied = cli("apply", "--yes", "--reload", "--entries", str(entries), "--catalogue",
-                      str(catalogue), "--overrides", str(overrides), "--factory", url,
-                      "--token-file", str(admin_token))  # fmt: skip
+        applied = cli(
+            "apply",
+            "--yes",
+            "--reload",
+            "--entries",
+            str(entries),
+            "--catalogue",
+            str(catalogue),
+            "--overrides",
+            str(overrides),
+            "--factory",
+            url,
+            "--token-file",
+            str(admin_token),
+        )
         assert applied.returncode == 0, applied.stderr
-        assert f"reloaded: 1 added ({C}); 1 removed ({B}); 0 changed; 1 unchanged" \
-            in applied.stdout  # fmt: skip
+        assert f"reloaded: 1 added ({C}); 1 removed ({B}); 0 changed; 1 unchanged" in applied.stdout
 
         request(A, B, C)
         wait_for(lambda: [g["state"] for g in pilots(C)] == ["queued"] * 2, "C's pilots")
@@ -130,8 +226,9 @@ def test_catalogue_applied_and_reloaded_without_losing_a_pilot(
         assert [g["glidein_id"] for g in pilots(B)] == b_pilots, "nothing new at a removed entry"
         [stored] = httpx.get(f"{url}/api/v1/requests", headers=fe1, timeout=10).json()
         assert stored["errors"] == {B: f"unknown entry {B!r}"}
-        names = {e["name"] for e in httpx.get(f"{url}/api/v1/entries", headers=admin,
-                                               timeout=10).json()}  # fmt: skip
+        names = {
+            e["name"] for e in httpx.get(f"{url}/api/v1/entries", headers=admin, timeout=10).json()
+        }
         assert names == {A, C}
 
         # The removed entry's pilots are still watched: when Slurm ends them, the factory sees.
@@ -140,20 +237,50 @@ def test_catalogue_applied_and_reloaded_without_losing_a_pilot(
         assert [g["state"] for g in pilots(A)] == ["queued"] * 2
 
         # Stats: per entry and frontend, a frontend sees only its own rows.
-        rows = {r["entry"]: r for r in httpx.get(f"{url}/api/v1/stats", headers=fe1,
-                                                  timeout=10).json()["rows"]}  # fmt: skip
+        rows = {
+            r["entry"]: r
+            for r in httpx.get(f"{url}/api/v1/stats", headers=fe1, timeout=10).json()["rows"]
+        }
         assert rows[B]["pilots"] == {"removed": 2} and rows[B]["failures"] == {}
         assert rows[A]["pilots"] == {"queued": 2} and rows[A]["submitted"] == 2
         fe2 = {"Authorization": f"Bearer {issuer.issue('fe2', ['frontend'], 600)}"}
         assert httpx.get(f"{url}/api/v1/stats", headers=fe2, timeout=10).json()["rows"] == []
-        shown = subprocess.run([sys.executable, "-m", "glidewms", "factory", "stats", "--json",
-                                "--factory", url, "--token-file", str(admin_token)],
-                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        shown = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "glidewms",
+                "factory",
+                "stats",
+                "--json",
+                "--factory",
+                url,
+                "--token-file",
+                str(admin_token),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert shown.returncode == 0, shown.stderr
         assert {r["entry"] for r in json.loads(shown.stdout)["rows"]} == {A, B, C}
-        table = subprocess.run([sys.executable, "-m", "glidewms", "factory", "stats", "--factory",
-                                url, "--token-file", str(admin_token)], capture_output=True,
-                               text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        table = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "glidewms",
+                "factory",
+                "stats",
+                "--factory",
+                url,
+                "--token-file",
+                str(admin_token),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         assert table.returncode == 0 and A in table.stdout and "removed 2" in table.stdout
 
         # SIGHUP: the same reload, from the entries file changed by hand.

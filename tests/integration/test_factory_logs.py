@@ -42,8 +42,7 @@ def test_downtime_stops_submission_and_shows_in_entry_ads(env: Env) -> None:
         # Only admins manage downtimes; bad input is refused with the field named.
         body = {"entry": "local", "reason": "disk replacement"}
         assert client.post("/api/v1/downtimes", json=body, headers=fe1).status_code == 403
-        bad = client.post("/api/v1/downtimes", json={"entry": "nope", "reason": "x"},
-                          headers=admin)  # fmt: skip
+        bad = client.post("/api/v1/downtimes", json={"entry": "nope", "reason": "x"}, headers=admin)
         assert bad.status_code == 422 and "nope" in bad.text
         backwards = {"entry": "local", "reason": "x", "start": 200.0, "end": 100.0}
         assert client.post("/api/v1/downtimes", json=backwards, headers=admin).status_code == 422
@@ -71,8 +70,14 @@ def test_downtime_stops_submission_and_shows_in_entry_ads(env: Env) -> None:
 
 
 def record(content: str, severity: str = "INFO", kind: str = "startup") -> dict[str, Any]:
-    return {"time": time.time(), "invoker": "agent", "pid": 42, "severity": severity,
-            "type": kind, "content": content}  # fmt: skip
+    return {
+        "time": time.time(),
+        "invoker": "agent",
+        "pid": 42,
+        "severity": severity,
+        "type": kind,
+        "content": content,
+    }
 
 
 def test_trail_archive_and_search(env: Env) -> None:
@@ -86,9 +91,18 @@ def test_trail_archive_and_search(env: Env) -> None:
         pilot = env.auth("pilot", "pilot", fe="fe1", group="main")
         other = env.auth("pilot", "pilot", fe="fe2", group="main")
         frontend = env.auth("fe1", "frontend")
-        ok = {"records": [record("validated"), {**record("job 1.0 done", kind="job"),
-              "attachments": [{"name": "env.txt", "base64": base64.b64encode(b"A=1").decode()}]}],
-              "final": False}  # fmt: skip
+        ok = {
+            "records": [
+                record("validated"),
+                {
+                    **record("job 1.0 done", kind="job"),
+                    "attachments": [
+                        {"name": "env.txt", "base64": base64.b64encode(b"A=1").decode()}
+                    ],
+                },
+            ],
+            "final": False,
+        }
         assert client.post(url, json=ok, headers=other).status_code == 403
         assert client.post(url, json=ok, headers=frontend).status_code == 403
         assert client.post("/api/v1/glideins/nope/log", json=ok, headers=pilot).status_code == 404
@@ -105,8 +119,12 @@ def test_trail_archive_and_search(env: Env) -> None:
         # Live: not archived yet, the backend's current output is shown.
         live = client.get(f"/api/v1/glideins/{first}/logs", headers=frontend).json()
         assert live["archived"] is False and f"pilot {first} started" in live["stdout"]
-        assert [r.get("content") for r in live["trail"]] == ["validated", "job 1.0 done", "bye",
-                                                             None]  # fmt: skip
+        assert [r.get("content") for r in live["trail"]] == [
+            "validated",
+            "job 1.0 done",
+            "bye",
+            None,
+        ]
         assert live["trail"][-1]["final"] is True
         assert live["trail"][1]["attachments"][0]["name"] == "env.txt"
         fe2 = env.auth("fe2", "frontend")
@@ -118,8 +136,10 @@ def test_trail_archive_and_search(env: Env) -> None:
         put(client, env, 0, 0)
         (env.out / "release").touch()
         wait_for(lambda: states(client, env) == ["finished", "finished"], "pilots ended")
-        wait_for(lambda: all(factory.store.get(g).logs_archived for g in (first, second)),
-                 "logs archived")  # fmt: skip
+        wait_for(
+            lambda: all(factory.store.get(g).logs_archived for g in (first, second)),
+            "logs archived",
+        )
         archived = client.get(f"/api/v1/glideins/{first}/logs", headers=frontend).json()
         assert archived["archived"] is True and f"pilot {first} started" in archived["stdout"]
         directory = env.tmp / "state" / "archive" / "local" / "fe1" / first
@@ -157,16 +177,26 @@ def cli(env: Env, monkeypatch: pytest.MonkeyPatch) -> Any:
         runner = CliRunner()
 
         def run(*args: str) -> Any:
-            return runner.invoke(cli_app, ["factory", *args, "--factory", "http://factory.test",
-                                           "--token-file", str(token_file)])  # fmt: skip
+            return runner.invoke(
+                cli_app,
+                [
+                    "factory",
+                    *args,
+                    "--factory",
+                    "http://factory.test",
+                    "--token-file",
+                    str(token_file),
+                ],
+            )
 
         yield run, client, app
 
 
 def test_cli_downtime_logs_and_search(cli: Any, env: Env) -> None:
     run, client, app = cli
-    added = run("downtime", "add", "--entry", "local", "--reason", "kernel update",
-                "--duration", "2h")  # fmt: skip
+    added = run(
+        "downtime", "add", "--entry", "local", "--reason", "kernel update", "--duration", "2h"
+    )
     assert added.exit_code == 0, added.output
     assert "downtime 1 added: entry local" in added.output
     listed = run("downtime", "list")
@@ -183,8 +213,11 @@ def test_cli_downtime_logs_and_search(cli: Any, env: Env) -> None:
 
     [glidein_id] = [g["glidein_id"] for g in glideins(client, env)]
     pilot = env.auth("pilot", "pilot", fe="fe1", group="main")
-    client.post(f"/api/v1/glideins/{glidein_id}/log", headers=pilot,
-                json={"records": [record("node looks fine", kind="validation")]})  # fmt: skip
+    client.post(
+        f"/api/v1/glideins/{glidein_id}/log",
+        headers=pilot,
+        json={"records": [record("node looks fine", kind="validation")]},
+    )
     shown = run("logs", glidein_id)
     assert shown.exit_code == 0, shown.output
     assert f"pilot {glidein_id} started" in shown.output

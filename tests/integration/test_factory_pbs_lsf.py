@@ -42,10 +42,17 @@ def test_backend_against_standin(kind: str, tmp_path: Path) -> None:
     bootstrap = tmp_path / "boot.sh"
     bootstrap.write_text(BOOT.replace("@GO@", str(tmp_path / "go")))
     token = token_file(tmp_path / "token")
-    entry = EntryConfig(name="e1", site="S", backend=kind, cpus=1, memory=100,  # type: ignore[arg-type]
-                        batch={"env": env, "queue": "workq"})  # fmt: skip
-    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
-                             entries={"e1": entry})  # fmt: skip
+    entry = EntryConfig(
+        name="e1",
+        site="S",
+        backend=kind,
+        cpus=1,
+        memory=100,  # type: ignore[arg-type]
+        batch={"env": env, "queue": "workq"},
+    )
+    context = BackendContext(
+        state_dir=tmp_path / "state", bootstrap=bootstrap, entries={"e1": entry}
+    )
     pilots = submissions(token)
     until = partial(factory_harness.until, deadline=time.monotonic() + 60, interval=0.1)
 
@@ -54,29 +61,36 @@ def test_backend_against_standin(kind: str, tmp_path: Path) -> None:
         ids = await backend.submit(entry, pilots)
         assert len({i.split("[")[0] for i in ids}) == 1, "one array for three pilots"
         first = await backend.status(ids)
-        assert [first[i] for i in ids] == [PilotState.running, PilotState.running,
-                                           PilotState.queued], "two slots: the third waits"
+        assert [first[i] for i in ids] == [
+            PilotState.running,
+            PilotState.running,
+            PilotState.queued,
+        ], "two slots: the third waits"
         (tmp_path / "go").touch()
-        await until(backend, ids, lambda s: s[ids[0]] is PilotState.finished
-                    and s[ids[1]] is PilotState.failed)  # fmt: skip
+        await until(
+            backend,
+            ids,
+            lambda s: s[ids[0]] is PilotState.finished and s[ids[1]] is PilotState.failed,
+        )
         await until(backend, ids[2:], lambda s: s[ids[2]] is PilotState.running)
         logs = await backend.logs(ids[0])
         assert "ok g-0" in logs.stdout and "glidein g-0" in logs.stdout
         assert ids[0].split("/")[1] in logs.stdout, "the job ref the pilot logs is ours"
         await backend.remove([ids[2]])
-        await until(backend, ids[2:], lambda s: s[ids[2]] in (PilotState.removed,
-                                                              PilotState.failed))  # fmt: skip
+        await until(
+            backend, ids[2:], lambda s: s[ids[2]] in (PilotState.removed, PilotState.failed)
+        )
 
-        held_entry = entry.model_copy(update={"batch": entry.batch.model_copy(
-            update={"options": [HOLD[kind]]})})  # fmt: skip
+        held_entry = entry.model_copy(
+            update={"batch": entry.batch.model_copy(update={"options": [HOLD[kind]]})}
+        )
         held = await backend.submit(held_entry, pilots[:1])
         assert (await backend.status(held))[held[0]] is PilotState.held
         await backend.remove(held)
         assert (await backend.status(held))[held[0]] is not PilotState.held
 
         unknown = await backend.status(["e1/99999[1]", "nowhere/1[1]"])
-        assert unknown == {"e1/99999[1]": PilotState.finished,
-                           "nowhere/1[1]": PilotState.unknown}
+        assert unknown == {"e1/99999[1]": PilotState.finished, "nowhere/1[1]": PilotState.unknown}
         await backend.close()
 
     asyncio.run(scenario())
@@ -92,21 +106,29 @@ def test_standin_adopts_marked_arrays_and_releases_held_pilots(kind: str, tmp_pa
     bootstrap = tmp_path / "boot.sh"
     bootstrap.write_text('#!/bin/bash\necho "ok $4"\n')
     token = token_file(tmp_path / "token")
-    entry = EntryConfig(name="e1", site="S", backend=kind, cpus=1, memory=100,  # type: ignore[arg-type]
-                        batch={"env": env, "options": [HOLD[kind]]})  # fmt: skip
+    entry = EntryConfig(
+        name="e1",
+        site="S",
+        backend=kind,
+        cpus=1,
+        memory=100,  # type: ignore[arg-type]
+        batch={"env": env, "options": [HOLD[kind]]},
+    )
     other = entry.model_copy(update={"name": "e2"})
-    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
-                             entries={"e1": entry, "e2": other})  # fmt: skip
-    pilots = [PilotSubmission(f"e1-t-{i}", ("--x", "y", "--glidein-id", f"e1-t-{i}"), token)
-              for i in range(6)]  # fmt: skip
+    context = BackendContext(
+        state_dir=tmp_path / "state", bootstrap=bootstrap, entries={"e1": entry, "e2": other}
+    )
+    pilots = [
+        PilotSubmission(f"e1-t-{i}", ("--x", "y", "--glidein-id", f"e1-t-{i}"), token)
+        for i in range(6)
+    ]
     until = partial(factory_harness.until, deadline=time.monotonic() + 60, interval=0.1)
 
     async def scenario() -> None:
         backend = backend_cls(context)
         first = await backend.submit(entry, pilots[:3])
         single = await backend.submit(entry, pilots[3:4])  # PBS: a plain job, no array
-        await backend.submit(other, [PilotSubmission("e2-t-0", ("--glidein-id", "e2-t-0"),
-                                                     token)])  # fmt: skip
+        await backend.submit(other, [PilotSubmission("e2-t-0", ("--glidein-id", "e2-t-0"), token)])
         ids = [p.glidein_id for p in pilots]
         found = await backend.adopt(entry, ids)
         assert found == dict(zip(ids[:4], first + single, strict=True))

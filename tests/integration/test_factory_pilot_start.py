@@ -55,8 +55,9 @@ class Served:
         self.app = make_app(self.url)
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)  # fmt: skip
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     def __enter__(self) -> Served:
         self.thread.start()
@@ -101,31 +102,39 @@ def test_pilot_verifies_the_signed_stage_and_gets_request_attributes(
     tmp_path: Path, out: Path
 ) -> None:
     public, issuer, agent = signed_setup(tmp_path, out)
-    entry = EntryConfig(name="local", site="LOCAL", max_pilots=1, max_per_cycle=1,
-                        attributes={"HAS_X": True})  # fmt: skip
-    config = FactoryConfig(state_dir=tmp_path / "state", issuer_public_key=public,
-                           cycle_seconds=0.2, entries=[entry])  # fmt: skip
+    entry = EntryConfig(
+        name="local", site="LOCAL", max_pilots=1, max_per_cycle=1, attributes={"HAS_X": True}
+    )
+    config = FactoryConfig(
+        state_dir=tmp_path / "state", issuer_public_key=public, cycle_seconds=0.2, entries=[entry]
+    )
     fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
     start = 'TARGET.Owner == "alice" && TARGET.RequestCpus <= 1'
 
     def body(n: int, **extra: Any) -> dict[str, Any]:
-        return {"pool_url": POOL_URL,
-                "pilot_token": issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main"),
-                "entries": {"local": {"idle": n, "max_running": n, **extra}}}  # fmt: skip
+        return {
+            "pool_url": POOL_URL,
+            "pilot_token": issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main"),
+            "entries": {"local": {"idle": n, "max_running": n, **extra}},
+        }
 
-    with Served(lambda url: create_app(config, url, agent_dir=agent,
-                                       kill_grace=2.0)) as served:  # fmt: skip
+    with Served(lambda url: create_app(config, url, agent_dir=agent, kill_grace=2.0)) as served:
         factory = served.app.state.factory
         with TestClient(served.app) as client:
-            bad = client.put("/api/v1/requests/main", headers=fe1,
-                             json=body(1, start_expr="TARGET.Owner == "))  # fmt: skip
+            bad = client.put(
+                "/api/v1/requests/main", headers=fe1, json=body(1, start_expr="TARGET.Owner == ")
+            )
             assert bad.status_code == 422 and "start_expr" in bad.text
-            bad = client.put("/api/v1/requests/main", headers=fe1,
-                             json=body(1, container_image="two words"))  # fmt: skip
+            bad = client.put(
+                "/api/v1/requests/main", headers=fe1, json=body(1, container_image="two words")
+            )
             assert bad.status_code == 422 and "container_image" in bad.text
             image = "/cvmfs/unpacked.example.org/el9:latest"
-            ok = client.put("/api/v1/requests/main", headers=fe1,
-                            json=body(1, start_expr=start, container_image=image))  # fmt: skip
+            ok = client.put(
+                "/api/v1/requests/main",
+                headers=fe1,
+                json=body(1, start_expr=start, container_image=image),
+            )
             assert ok.status_code == 200, ok.text
             assert ok.json()["entries"]["local"]["start_expr"] == start
 
@@ -136,7 +145,10 @@ def test_pilot_verifies_the_signed_stage_and_gets_request_attributes(
             assert seen["GLIDEIN_Container_Image"] == image
             assert seen["HAS_X"] == "true"
             assert set(seen["GLIDEIN_Attrs"].split(",")) == {
-                "HAS_X", "GLIDEIN_Start", "GLIDEIN_Container_Image"}
+                "HAS_X",
+                "GLIDEIN_Start",
+                "GLIDEIN_Container_Image",
+            }
 
             # A stage signature that is not the factory's: the next pilot refuses it.
             signature = factory.stage.signature_path
@@ -182,8 +194,11 @@ class _VoHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # the http.server API's name
         path = self.path.removeprefix(self.prefix)
-        found = (self.stage.manifest_path if path == "/manifest"
-                 else self.stage.file(path.removeprefix("/files/")))  # fmt: skip
+        found = (
+            self.stage.manifest_path
+            if path == "/manifest"
+            else self.stage.file(path.removeprefix("/files/"))
+        )
         if found is None or not found.is_file():
             self.send_error(404)
             return
@@ -210,8 +225,9 @@ def test_pilot_gets_the_vo_stage_and_its_entry_token_renewed_in_place(
     (scripts / "check_vo.sh").write_text("#!/bin/bash\nexit 0\n")
     vo = build_vo_stage(scripts, tmp_path / "vo-out", tmp_path / "fe-keys" / "vo.pem")
     entry = EntryConfig(name="local", site="LOCAL", max_pilots=1, max_per_cycle=1)
-    config = FactoryConfig(state_dir=tmp_path / "state", issuer_public_key=public,
-                           cycle_seconds=0.2, entries=[entry])  # fmt: skip
+    config = FactoryConfig(
+        state_dir=tmp_path / "state", issuer_public_key=public, cycle_seconds=0.2, entries=[entry]
+    )
     fe1 = {"Authorization": f"Bearer {issuer.issue('fe1', ['frontend'], 600)}"}
 
     def entry_token() -> str:
@@ -220,15 +236,28 @@ def test_pilot_gets_the_vo_stage_and_its_entry_token_renewed_in_place(
     def make_app(url: str) -> Any:
         return create_app(config, url, agent_dir=agent, kill_grace=2.0)
 
-    with VoStageServer(vo, "/stage/vo/main") as server, Served(make_app) as served, \
-            TestClient(served.app) as client:  # fmt: skip
-        vo_stage = {"url": server.url, "manifest_sha256": vo.manifest_sha256,
-                    "manifest_key": vo.public_key_b64}  # fmt: skip
+    with (
+        VoStageServer(vo, "/stage/vo/main") as server,
+        Served(make_app) as served,
+        TestClient(served.app) as client,
+    ):
+        vo_stage = {
+            "url": server.url,
+            "manifest_sha256": vo.manifest_sha256,
+            "manifest_key": vo.public_key_b64,
+        }
 
         def put(n: int, token: str, **extra: Any) -> Any:
-            return client.put("/api/v1/requests/main", headers=fe1, json={
-                "pool_url": POOL_URL, "vo_stage": vo_stage, **extra,
-                "entries": {"local": {"idle": n, "max_running": n, "pilot_token": token}}})
+            return client.put(
+                "/api/v1/requests/main",
+                headers=fe1,
+                json={
+                    "pool_url": POOL_URL,
+                    "vo_stage": vo_stage,
+                    **extra,
+                    "entries": {"local": {"idle": n, "max_running": n, "pilot_token": token}},
+                },
+            )
 
         first_token = entry_token()
         ok = put(1, first_token)
@@ -248,8 +277,9 @@ def test_pilot_gets_the_vo_stage_and_its_entry_token_renewed_in_place(
         assert renewed != first_token
         assert put(1, renewed).status_code == 200
         assert token_path.read_text().strip() == renewed  # what the running pilot reads next
-        bad = put(1, issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main",
-                                  entry="elsewhere"))  # fmt: skip
+        bad = put(
+            1, issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main", entry="elsewhere")
+        )
         assert bad.status_code == 422 and "entry claim" in bad.text
         assert token_path.read_text().strip() == renewed
         put(0, renewed)

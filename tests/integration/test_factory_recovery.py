@@ -47,17 +47,22 @@ def headers(issuer: TokenIssuer, subject: str, scopes: list[str]) -> dict[str, s
 
 
 def request_body(issuer: TokenIssuer, entry: str, idle: int) -> dict[str, Any]:
-    return {"pool_url": POOL_URL,
-            "pilot_token": issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main"),
-            "entries": {entry: {"idle": idle, "max_running": idle, "remove": "NO"}}}  # fmt: skip
+    return {
+        "pool_url": POOL_URL,
+        "pilot_token": issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main"),
+        "entries": {entry: {"idle": idle, "max_running": idle, "remove": "NO"}},
+    }
 
 
 def test_failing_entry_pauses_without_a_storm_and_resumes(
     slurm: SlurmCluster, setup: dict[str, Any]
 ) -> None:
     issuer: TokenIssuer = setup["issuer"]
-    entry = slurm_entry(slurm, batch={"queue": "nosuchpartition", "env": slurm.env},
-                        recovery={"pause_after_failures": 2, "pause_cooldown": 3600})  # fmt: skip
+    entry = slurm_entry(
+        slurm,
+        batch={"queue": "nosuchpartition", "env": slurm.env},
+        recovery={"pause_after_failures": 2, "pause_cooldown": 3600},
+    )
     app = make_app(setup, entry=entry)
     factory = app.state.factory
     fe1 = headers(issuer, "fe1", ["frontend"])
@@ -71,8 +76,7 @@ def test_failing_entry_pauses_without_a_storm_and_resumes(
         return sum(g.exit_reason == "submit_failed" for g in factory.store.glideins())
 
     with TestClient(app) as client:
-        r = client.put("/api/v1/requests/main", json=request_body(issuer, "slurm1", 2),
-                       headers=fe1)  # fmt: skip
+        r = client.put("/api/v1/requests/main", json=request_body(issuer, "slurm1", 2), headers=fe1)
         assert r.status_code == 200
         paused = wait_for(lambda: ad()["paused"], "the entry to pause")
         assert paused["failures"] == 2
@@ -95,11 +99,14 @@ def test_failing_entry_pauses_without_a_storm_and_resumes(
         wait_for(lambda: ad()["paused"], "the entry to pause again")
 
 
-def test_held_pilot_is_released_then_removed(slurm: SlurmCluster,
-                                             setup: dict[str, Any]) -> None:  # fmt: skip
+def test_held_pilot_is_released_then_removed(slurm: SlurmCluster, setup: dict[str, Any]) -> None:
     issuer: TokenIssuer = setup["issuer"]
-    entry = slurm_entry(slurm, name="held1", batch={"env": slurm.env, "options": PENDING},
-                        recovery={"max_releases": 1, "release_backoff": 0})  # fmt: skip
+    entry = slurm_entry(
+        slurm,
+        name="held1",
+        batch={"env": slurm.env, "options": PENDING},
+        recovery={"max_releases": 1, "release_backoff": 0},
+    )
     app = make_app(setup, entry=entry)
     store = app.state.factory.store
     fe1 = headers(issuer, "fe1", ["frontend"])
@@ -110,13 +117,17 @@ def test_held_pilot_is_released_then_removed(slurm: SlurmCluster,
 
     with TestClient(app) as client:
         client.put("/api/v1/requests/main", json=request_body(issuer, "held1", 1), headers=fe1)
-        g = wait_for(lambda: (g := only()) and g.backend_id and g.state.value == "queued" and g,
-                     "a queued pilot")  # fmt: skip
+        g = wait_for(
+            lambda: (g := only()) and g.backend_id and g.state.value == "queued" and g,
+            "a queued pilot",
+        )
         ref = g.backend_id.split("/")[1]
         assert slurm.run("scontrol", "hold", ref).returncode == 0
         wait_for(lambda: only().releases == 1, "the factory to release the held pilot")
-        wait_for(lambda: "JobHeld" not in slurm.run("squeue", "-h", "-o", "%r", "-j",
-                                                    ref).stdout, "Slurm to show it released")
+        wait_for(
+            lambda: "JobHeld" not in slurm.run("squeue", "-h", "-o", "%r", "-j", ref).stdout,
+            "Slurm to show it released",
+        )
         wait_for(lambda: only().state.value == "queued", "the pilot queued again")
         assert len(store.glideins()) == 1, "a released pilot is not replaced"
         assert slurm.run("scontrol", "hold", ref).returncode == 0
@@ -127,18 +138,29 @@ def test_held_pilot_is_released_then_removed(slurm: SlurmCluster,
         wait_for(lambda: len(store.glideins()) == 2, "a replacement pilot")
 
 
-def test_pilot_queued_too_long_is_removed_as_stale(slurm: SlurmCluster,
-                                                   setup: dict[str, Any]) -> None:  # fmt: skip
+def test_pilot_queued_too_long_is_removed_as_stale(
+    slurm: SlurmCluster, setup: dict[str, Any]
+) -> None:
     issuer: TokenIssuer = setup["issuer"]
-    entry = slurm_entry(slurm, name="stale1", batch={"env": slurm.env, "options": PENDING},
-                        recovery={"max_queued_time": 1})  # fmt: skip
+    entry = slurm_entry(
+        slurm,
+        name="stale1",
+        batch={"env": slurm.env, "options": PENDING},
+        recovery={"max_queued_time": 1},
+    )
     app = make_app(setup, entry=entry)
     store = app.state.factory.store
     fe1 = headers(issuer, "fe1", ["frontend"])
     with TestClient(app) as client:
         client.put("/api/v1/requests/main", json=request_body(issuer, "stale1", 1), headers=fe1)
-        first = wait_for(lambda: [g for g in store.glideins() if g.exit_reason == "stale_queued"
-                                  and g.state.value == "removed"], "a stale pilot removed")
+        first = wait_for(
+            lambda: [
+                g
+                for g in store.glideins()
+                if g.exit_reason == "stale_queued" and g.state.value == "removed"
+            ],
+            "a stale pilot removed",
+        )
         ref = first[0].backend_id.split("/")[1]
         state = slurm.run("squeue", "-h", "-t", "all", "-o", "%T", "-j", ref).stdout.strip()
         assert state in ("", "CANCELLED")
@@ -149,9 +171,12 @@ def test_pilot_queued_too_long_is_removed_as_stale(slurm: SlurmCluster,
 
 def start_factory(config: Path, env: dict[str, str], url_file: Path) -> subprocess.Popen[bytes]:
     url_file.unlink(missing_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "glidewms", "factory", "-c", str(config)],
-                            env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(config.parent / "factory.log", "ab"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "glidewms", "factory", "-c", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(config.parent / "factory.log", "ab"),
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -166,8 +191,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def rows(db: Path) -> list[tuple[str, str | None, str, str | None]]:
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT glidein_id, backend_id, state, exit_reason FROM glideins "
-                            "ORDER BY glidein_id").fetchall()  # fmt: skip
+        return conn.execute(
+            "SELECT glidein_id, backend_id, state, exit_reason FROM glideins ORDER BY glidein_id"
+        ).fetchall()
 
 
 def test_sigkill_right_after_sbatch_loses_nothing_and_doubles_nothing(
@@ -179,14 +205,22 @@ def test_sigkill_right_after_sbatch_loses_nothing_and_doubles_nothing(
     tmp: Path = setup["tmp"]
     state = tmp / "fstate"
     url_file = tmp / "factory.url"
-    entry = slurm_entry(slurm, name="crash1", batch={"env": slurm.env, "options": PENDING},
-                        max_per_cycle=10)  # fmt: skip
+    entry = slurm_entry(
+        slurm, name="crash1", batch={"env": slurm.env, "options": PENDING}, max_per_cycle=10
+    )
     config = tmp / "factory.yaml"
-    config.write_text(yaml.safe_dump({
-        "listen_port": 0, "url_file": str(url_file), "state_dir": str(state),
-        "issuer_public_key": str(setup["public"]), "cycle_seconds": 0.2,
-        "entries": [entry.model_dump(mode="json")],
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen_port": 0,
+                "url_file": str(url_file),
+                "state_dir": str(state),
+                "issuer_public_key": str(setup["public"]),
+                "cycle_seconds": 0.2,
+                "entries": [entry.model_dump(mode="json")],
+            }
+        )
+    )
     env = {**os.environ, "GLIDEWMS_FACTORY_TEST_CRASH": "after_submit"}
     fe1 = headers(issuer, "fe1", ["frontend"])
     db = state / "factory.db"
@@ -197,10 +231,17 @@ def test_sigkill_right_after_sbatch_loses_nothing_and_doubles_nothing(
 
     proc = start_factory(config, env, url_file)
     try:
-        url = wait_for(lambda: url_file.is_file() and url_file.read_text().strip(),
-                       "the factory URL", timeout=60)  # fmt: skip
-        r = httpx.put(f"{url}/api/v1/requests/main", headers=fe1, timeout=10,
-                      json=request_body(issuer, "crash1", 3))  # fmt: skip
+        url = wait_for(
+            lambda: url_file.is_file() and url_file.read_text().strip(),
+            "the factory URL",
+            timeout=60,
+        )
+        r = httpx.put(
+            f"{url}/api/v1/requests/main",
+            headers=fe1,
+            timeout=10,
+            json=request_body(issuer, "crash1", 3),
+        )
         assert r.status_code == 200
         assert proc.wait(60) == -signal.SIGKILL
         before = rows(db)
@@ -208,17 +249,24 @@ def test_sigkill_right_after_sbatch_loses_nothing_and_doubles_nothing(
         tasks = squeue_tasks()
         assert len(tasks) == 3 and len({t.split("_")[0] for t in tasks}) == 1, tasks
 
-        proc = start_factory(config, {k: v for k, v in env.items()
-                                      if k != "GLIDEWMS_FACTORY_TEST_CRASH"}, url_file)  # fmt: skip
-        url = wait_for(lambda: url_file.is_file() and url_file.read_text().strip(),
-                       "the restarted factory URL", timeout=60)  # fmt: skip
-        adopted = wait_for(lambda: all(b for _, b, _, _ in rows(db)) and rows(db),
-                           "the pilots adopted", timeout=60)  # fmt: skip
+        proc = start_factory(
+            config, {k: v for k, v in env.items() if k != "GLIDEWMS_FACTORY_TEST_CRASH"}, url_file
+        )
+        url = wait_for(
+            lambda: url_file.is_file() and url_file.read_text().strip(),
+            "the restarted factory URL",
+            timeout=60,
+        )
+        adopted = wait_for(
+            lambda: all(b for _, b, _, _ in rows(db)) and rows(db), "the pilots adopted", timeout=60
+        )
         assert sorted(b.split("/")[1] for _, b, _, _ in adopted) == tasks
         assert [s for _, _, s, _ in adopted] == ["queued"] * 3
         cycles = httpx.get(f"{url}/healthz", timeout=10).json()["cycles"]
-        wait_for(lambda: httpx.get(f"{url}/healthz", timeout=10).json()["cycles"] >= cycles + 5,
-                 "five more cycles")  # fmt: skip
+        wait_for(
+            lambda: httpx.get(f"{url}/healthz", timeout=10).json()["cycles"] >= cycles + 5,
+            "five more cycles",
+        )
         assert len(rows(db)) == 3, "nothing submitted twice"
         assert squeue_tasks() == tasks
     finally:

@@ -40,9 +40,10 @@ from tests.integration.factory_harness import (
     wait_for,
 )
 
-STAND_IN = stand_in(", run by Grid Engine from the factory's job script.",
-                    'echo "site said ${SITE_SAYS:-nothing} to $(id -un)"\n'
-                    'echo "pilot $gid started"')
+STAND_IN = stand_in(
+    ", run by Grid Engine from the factory's job script.",
+    'echo "site said ${SITE_SAYS:-nothing} to $(id -un)"\necho "pilot $gid started"',
+)
 
 
 def user_owned(path: Path) -> Path:
@@ -61,18 +62,29 @@ def place(sge: SgeCluster, request: pytest.FixtureRequest) -> Iterator[Path]:
 
 def sge_entry(cluster: SgeCluster, place: Path, **values: Any) -> EntryConfig:
     base: dict[str, Any] = {
-        "name": "sge1", "site": "LOCAL_SGE", "backend": "sge", "cpus": 1, "walltime": 600,
-        "max_pilots": 10, "max_idle": 10, "max_per_cycle": 10,
-        "batch": {"queue": "all.q", "env": cluster.env, "command_prefix": cluster.prefix,
-                  "log_dir": str(place / "logs")},
+        "name": "sge1",
+        "site": "LOCAL_SGE",
+        "backend": "sge",
+        "cpus": 1,
+        "walltime": 600,
+        "max_pilots": 10,
+        "max_idle": 10,
+        "max_per_cycle": 10,
+        "batch": {
+            "queue": "all.q",
+            "env": cluster.env,
+            "command_prefix": cluster.prefix,
+            "log_dir": str(place / "logs"),
+        },
         "environment": {"SITE_SAYS": "hello"},
-    }  # fmt: skip
+    }
     base.update(values)
     return EntryConfig(**base)
 
 
-def test_factory_submits_an_array_tracks_and_removes(sge: SgeCluster, place: Path,
-                                                     tmp_path: Path) -> None:  # fmt: skip
+def test_factory_submits_an_array_tracks_and_removes(
+    sge: SgeCluster, place: Path, tmp_path: Path
+) -> None:
     """3 pilots in one qsub, run as the test user; ALL with max_running 1 removes two."""
     files = FactoryFiles.create(tmp_path, STAND_IN, place)
     app = files.app(files.config(sge_entry(sge, place), cycle_seconds=0.3))
@@ -117,8 +129,10 @@ def test_factory_submits_an_array_tracks_and_removes(sge: SgeCluster, place: Pat
 
         (place / "release").touch()
         wait_for(lambda: states() == ["finished", "removed", "removed"], "the last one ends")
-        wait_for(lambda: factory.archive.read("sge1", "fe1", survivor.glidein_id)["archived"],
-                 "logs archived")  # fmt: skip
+        wait_for(
+            lambda: factory.archive.read("sge1", "fe1", survivor.glidein_id)["archived"],
+            "logs archived",
+        )
         archived = factory.archive.read("sge1", "fe1", survivor.glidein_id)
         assert f"pilot {survivor.glidein_id} started" in archived["stdout"]
         assert f"site said hello to {USER}" in archived["stdout"]
@@ -128,13 +142,15 @@ def test_sge_backend_states_and_failures(sge: SgeCluster, place: Path, tmp_path:
     """The backend alone: exit codes (from qacct) map to finished/failed, a held array
     to held, arrays larger than array_size are split, qsub errors name the cause."""
     bootstrap = tmp_path / "boot.sh"
-    bootstrap.write_text('#!/bin/bash\ncase "$4" in *-1) exit 3 ;; *-2) sleep 600 ;; esac\n'
-                         'echo "ok $4"\n')  # fmt: skip
+    bootstrap.write_text(
+        '#!/bin/bash\ncase "$4" in *-1) exit 3 ;; *-2) sleep 600 ;; esac\necho "ok $4"\n'
+    )
     token = token_file(tmp_path / "credentials" / "fe1" / "main.token")
     entry = sge_entry(sge, place)
     entry = entry.model_copy(update={"batch": entry.batch.model_copy(update={"array_size": 2})})
-    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
-                             entries={"sge1": entry})  # fmt: skip
+    context = BackendContext(
+        state_dir=tmp_path / "state", bootstrap=bootstrap, entries={"sge1": entry}
+    )
     until = partial(factory_harness.until, deadline=time.monotonic() + 90, interval=0.2)
 
     async def scenario() -> None:
@@ -143,29 +159,38 @@ def test_sge_backend_states_and_failures(sge: SgeCluster, place: Path, tmp_path:
         ids = await backend.submit(entry, pilots)
         assert len({i.split(".")[0] for i in ids}) == 2, "array_size 2: two arrays for three"
         assert [i.rsplit(".", 1)[1] for i in ids] == ["1", "2", "1"]
-        seen = await until(backend, ids, lambda s: s[ids[0]] is PilotState.finished
-                           and s[ids[1]] is PilotState.failed)  # fmt: skip
+        seen = await until(
+            backend,
+            ids,
+            lambda s: s[ids[0]] is PilotState.finished and s[ids[1]] is PilotState.failed,
+        )
         assert seen[ids[2]] in (PilotState.queued, PilotState.running)
         logs = await backend.logs(ids[0])
         assert "ok g-0" in logs.stdout and "glidein g-0" in logs.stdout
 
         await until(backend, ids[2:], lambda s: s[ids[2]] is PilotState.running)
         await backend.remove([ids[2]])
-        await until(backend, ids[2:], lambda s: s[ids[2]] in (PilotState.removed,
-                                                              PilotState.failed))  # fmt: skip
+        await until(
+            backend, ids[2:], lambda s: s[ids[2]] in (PilotState.removed, PilotState.failed)
+        )
 
-        held_entry = entry.model_copy(update={"batch": entry.batch.model_copy(
-            update={"options": ["-h"]})})  # fmt: skip
+        held_entry = entry.model_copy(
+            update={"batch": entry.batch.model_copy(update={"options": ["-h"]})}
+        )
         held = await backend.submit(held_entry, pilots[:1])
         await until(backend, held, lambda s: s[held[0]] is PilotState.held)
         await backend.remove(held)
         await until(backend, held, lambda s: s[held[0]] is not PilotState.held)
 
         unknown = await backend.status(["sge1/999999.1", "nowhere/1.1", "garbage"])
-        assert unknown == {"sge1/999999.1": PilotState.finished,
-                           "nowhere/1.1": PilotState.unknown, "garbage": PilotState.unknown}
-        bad = entry.model_copy(update={"batch": entry.batch.model_copy(
-            update={"queue": "nosuchqueue"})})  # fmt: skip
+        assert unknown == {
+            "sge1/999999.1": PilotState.finished,
+            "nowhere/1.1": PilotState.unknown,
+            "garbage": PilotState.unknown,
+        }
+        bad = entry.model_copy(
+            update={"batch": entry.batch.model_copy(update={"queue": "nosuchqueue"})}
+        )
         with pytest.raises(Exception, match=r"qsub failed.*nosuchqueue"):
             await backend.submit(bad, pilots[:1])
         await backend.close()
@@ -183,13 +208,18 @@ def test_sge_backend_adopts_marked_arrays_and_releases_held_pilots(
     bootstrap.write_text('#!/bin/bash\necho "ok $4"\n')
     token = token_file(tmp_path / "credentials" / "fe1" / "main.token")
     entry = sge_entry(sge, place)
-    held_entry = entry.model_copy(update={"batch": entry.batch.model_copy(
-        update={"options": ["-h"]})})  # fmt: skip
-    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
-                             entries={"sge1": entry})  # fmt: skip
+    held_entry = entry.model_copy(
+        update={"batch": entry.batch.model_copy(update={"options": ["-h"]})}
+    )
+    context = BackendContext(
+        state_dir=tmp_path / "state", bootstrap=bootstrap, entries={"sge1": entry}
+    )
     until = partial(factory_harness.until, deadline=time.monotonic() + 90, interval=0.2)
-    pilots = [PilotSubmission(f"sge1-t{n}-{i}", ("--x", "y", "--glidein-id", f"sge1-t{n}-{i}"),
-                              token) for n in (1, 2) for i in (1, 2, 3)]  # fmt: skip
+    pilots = [
+        PilotSubmission(f"sge1-t{n}-{i}", ("--x", "y", "--glidein-id", f"sge1-t{n}-{i}"), token)
+        for n in (1, 2)
+        for i in (1, 2, 3)
+    ]
 
     async def scenario() -> None:
         backend = SgeBackend(context)

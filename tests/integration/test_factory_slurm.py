@@ -28,8 +28,10 @@ from tests.components.slurm_cluster import slurm as slurm  # the session fixture
 from tests.harness import systems
 from tests.integration.factory_harness import FactoryFiles, Frontend, stand_in, wait_for
 
-STAND_IN = stand_in(", run by Slurm from the factory's job script.",
-                    'echo "site said ${SITE_SAYS:-nothing}"\necho "pilot $gid started"')
+STAND_IN = stand_in(
+    ", run by Slurm from the factory's job script.",
+    'echo "site said ${SITE_SAYS:-nothing}"\necho "pilot $gid started"',
+)
 
 
 @pytest.fixture
@@ -37,23 +39,39 @@ def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
     out = tmp_path / "out"
     out.mkdir()
     files = FactoryFiles.create(tmp_path, STAND_IN, out)
-    yield {"issuer": files.issuer, "public": files.public, "out": out,
-           "bootstrap": files.bootstrap, "agent": files.agent, "tmp": tmp_path, "files": files}
+    yield {
+        "issuer": files.issuer,
+        "public": files.public,
+        "out": out,
+        "bootstrap": files.bootstrap,
+        "agent": files.agent,
+        "tmp": tmp_path,
+        "files": files,
+    }
     (out / "release").touch()
 
 
 def slurm_entry(cluster: SlurmCluster, **values: Any) -> EntryConfig:
     base: dict[str, Any] = {
-        "name": "slurm1", "site": "LOCAL_SLURM", "backend": "slurm", "cpus": 30,
-        "memory": 100, "walltime": 600, "max_pilots": 10, "max_idle": 10, "max_per_cycle": 10,
-        "batch": {"queue": "debug", "env": cluster.env}, "environment": {"SITE_SAYS": "hello"},
-    }  # fmt: skip
+        "name": "slurm1",
+        "site": "LOCAL_SLURM",
+        "backend": "slurm",
+        "cpus": 30,
+        "memory": 100,
+        "walltime": 600,
+        "max_pilots": 10,
+        "max_idle": 10,
+        "max_per_cycle": 10,
+        "batch": {"queue": "debug", "env": cluster.env},
+        "environment": {"SITE_SAYS": "hello"},
+    }
     base.update(values)
     return EntryConfig(**base)
 
 
-def test_factory_submits_an_array_tracks_and_removes(slurm: SlurmCluster,
-                                                     setup: dict[str, Any]) -> None:  # fmt: skip
+def test_factory_submits_an_array_tracks_and_removes(
+    slurm: SlurmCluster, setup: dict[str, Any]
+) -> None:
     """4 pilots in one sbatch; 64 CPUs / 30 per pilot: 2 run, 2 wait; the waiting ones go."""
     files: FactoryFiles = setup["files"]
     config = files.config(slurm_entry(slurm), cycle_seconds=0.2)
@@ -65,8 +83,10 @@ def test_factory_submits_an_array_tracks_and_removes(slurm: SlurmCluster,
         fe1 = Frontend(client, "slurm1", files.headers("fe1", ["frontend"]), pilot_token)
         put, pilots, states = fe1.put, fe1.glideins, fe1.states
         put(4, 4, "NO")
-        wait_for(lambda: states() == ["queued", "queued", "running", "running"],
-                 "two running and two queued pilots")  # fmt: skip
+        wait_for(
+            lambda: states() == ["queued", "queued", "running", "running"],
+            "two running and two queued pilots",
+        )
         rows = factory.store.glideins()
         jobs = {r.backend_id.split("/")[1].split("_")[0] for r in rows}
         assert len(rows) == 4 and len(jobs) == 1, "one array for the whole submission"
@@ -100,8 +120,10 @@ def test_factory_submits_an_array_tracks_and_removes(slurm: SlurmCluster,
         wait_for(lambda: factory.cycles >= settled + 3, "three more cycles")
         assert states() == ["queued", "queued", "running", "running"]
         put(0, 4, "IDLE")
-        wait_for(lambda: states() == ["removed", "removed", "running", "running"],
-                 "queued pilots removed")  # fmt: skip
+        wait_for(
+            lambda: states() == ["removed", "removed", "running", "running"],
+            "queued pilots removed",
+        )
         queue = slurm.run("squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-j", job).stdout
         assert "CANCELLED" in queue and queue.count("RUNNING") == 2
         removed = [r.backend_id for r in factory.store.glideins(state="removed")]
@@ -110,11 +132,15 @@ def test_factory_submits_an_array_tracks_and_removes(slurm: SlurmCluster,
 
         # The running pilots end by themselves: tracked to finished, logs archived.
         (setup["out"] / "release").touch()
-        wait_for(lambda: states() == ["finished", "finished", "removed", "removed"],
-                 "running pilots finished")  # fmt: skip
+        wait_for(
+            lambda: states() == ["finished", "finished", "removed", "removed"],
+            "running pilots finished",
+        )
         first = running[0]
-        wait_for(lambda: factory.archive.read("slurm1", "fe1", first.glidein_id)["archived"],
-                 "logs archived")  # fmt: skip
+        wait_for(
+            lambda: factory.archive.read("slurm1", "fe1", first.glidein_id)["archived"],
+            "logs archived",
+        )
         archived = factory.archive.read("slurm1", "fe1", first.glidein_id)
         assert f"pilot {first.glidein_id} started" in archived["stdout"]
         assert "site said hello" in archived["stdout"]
@@ -125,19 +151,23 @@ def test_slurm_backend_states_and_failures(slurm: SlurmCluster, tmp_path: Path) 
     """The backend alone: exit codes map to finished/failed, a held job to held,
     arrays larger than array_size are split, and sbatch errors name the cause."""
     bootstrap = tmp_path / "boot.sh"
-    bootstrap.write_text('#!/bin/bash\ncase "$4" in *-1) exit 3 ;; *-2) sleep 600 ;; esac\n'
-                         'echo "ok $4"\n')  # fmt: skip
+    bootstrap.write_text(
+        '#!/bin/bash\ncase "$4" in *-1) exit 3 ;; *-2) sleep 600 ;; esac\necho "ok $4"\n'
+    )
     token = tmp_path / "token"
     token.write_text("secret\n")
     token.chmod(0o600)
     entry = slurm_entry(slurm, cpus=1, batch={"env": slurm.env, "array_size": 2})
-    context = BackendContext(state_dir=tmp_path / "state", bootstrap=bootstrap,
-                             entries={"slurm1": entry})  # fmt: skip
+    context = BackendContext(
+        state_dir=tmp_path / "state", bootstrap=bootstrap, entries={"slurm1": entry}
+    )
 
     async def scenario() -> None:
         backend = SlurmBackend(context)
-        pilots = [PilotSubmission(f"g-{i}", ("--x", "y", "--glidein-id", f"g-{i}"), token)
-                  for i in range(3)]  # fmt: skip
+        pilots = [
+            PilotSubmission(f"g-{i}", ("--x", "y", "--glidein-id", f"g-{i}"), token)
+            for i in range(3)
+        ]
         ids = await backend.submit(entry, pilots)
         assert len({i.split("_")[0] for i in ids}) == 2, "array_size 2: two arrays for three"
         deadline = time.monotonic() + 60
@@ -165,10 +195,14 @@ def test_slurm_backend_states_and_failures(slurm: SlurmCluster, tmp_path: Path) 
         await backend.remove(held)
 
         unknown = await backend.status(["slurm1/999999_0", "nowhere/1_0", "garbage"])
-        assert unknown == {"slurm1/999999_0": PilotState.finished,
-                           "nowhere/1_0": PilotState.unknown, "garbage": PilotState.unknown}
-        bad = entry.model_copy(update={"batch": entry.batch.model_copy(
-            update={"queue": "nosuchpartition"})})  # fmt: skip
+        assert unknown == {
+            "slurm1/999999_0": PilotState.finished,
+            "nowhere/1_0": PilotState.unknown,
+            "garbage": PilotState.unknown,
+        }
+        bad = entry.model_copy(
+            update={"batch": entry.batch.model_copy(update={"queue": "nosuchpartition"})}
+        )
         with pytest.raises(Exception, match=r"sbatch failed.*[Pp]artition"):
             await backend.submit(bad, pilots[:1])
         assert ref.endswith("_0")
@@ -187,10 +221,18 @@ def test_real_pilots_through_slurm_run_jobs(slurm: SlurmCluster, tmp_path: Path)
     Slurm entry: the real bootstrap and agent start as Slurm array tasks, register in
     the pool, run the jobs, and leave when idle; the factory sees them finish."""
     entry = {
-        "name": "slurm", "site": "LOCAL_SLURM", "backend": "slurm", "cpus": 1,
-        "memory": "auto", "walltime": 600, "idle_timeout": 3, "max_pilots": 2, "max_idle": 2,
-        "max_per_cycle": 2, "batch": {"env": slurm.env},
-    }  # fmt: skip
+        "name": "slurm",
+        "site": "LOCAL_SLURM",
+        "backend": "slurm",
+        "cpus": 1,
+        "memory": "auto",
+        "walltime": 600,
+        "idle_timeout": 3,
+        "max_pilots": 2,
+        "max_idle": 2,
+        "max_per_cycle": 2,
+        "batch": {"env": slurm.env},
+    }
     try:
         with systems(tmp_path, entries=[entry], max_pilots=2, claim_lease=10.0) as start:
             s = start()
@@ -201,8 +243,11 @@ def test_real_pilots_through_slurm_run_jobs(slurm: SlurmCluster, tmp_path: Path)
             text = "executable = job.sh\narguments = $(Process)\noutput = out_$(Process).txt\n"
             text += "request_memory = 32\nqueue 3\n"
             ids = pool.submit(parse_submit(text, "job.sub", tmp_path))["job_ids"]
-            wait_for(lambda: all(pool.job(j)["state"] == "completed" for j in ids),
-                     "all jobs completed on Slurm pilots", timeout=120)  # fmt: skip
+            wait_for(
+                lambda: all(pool.job(j)["state"] == "completed" for j in ids),
+                "all jobs completed on Slurm pilots",
+                timeout=120,
+            )
             for jid in ids:
                 files = {p.name: p.read_text() for p in pool.fetch_outputs(jid, tmp_path / jid)}
                 n = jid.split(".")[1]
@@ -210,11 +255,15 @@ def test_real_pilots_through_slurm_run_jobs(slurm: SlurmCluster, tmp_path: Path)
             pilots = glideins()
             assert pilots and {g["entry"] for g in pilots} == {"slurm"}
             # Slurm ran them: its own records of the arrays the factory submitted.
-            queue = slurm.run("squeue", "-h", "-r", "-t", "all", "-o", "%j %T",
-                              "--name=glidewms-slurm").stdout.split("\n")  # fmt: skip
+            queue = slurm.run(
+                "squeue", "-h", "-r", "-t", "all", "-o", "%j %T", "--name=glidewms-slurm"
+            ).stdout.split("\n")
             assert len([line for line in queue if line.strip()]) == len(pilots)
-            done = wait_for(lambda: (g := glideins()) and all(p["state"] == "finished" for p in g)
-                            and g, "pilots to leave when idle", timeout=120)  # fmt: skip
+            done = wait_for(
+                lambda: (g := glideins()) and all(p["state"] == "finished" for p in g) and g,
+                "pilots to leave when idle",
+                timeout=120,
+            )
             assert {g["exit_reason"] for g in done} == {"idle_timeout"}
     finally:
         slurm.run("scancel", "--name=glidewms-slurm")

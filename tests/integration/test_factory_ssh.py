@@ -34,8 +34,11 @@ from tests.components.sshd_server import USER, Sshd
 from tests.components.sshd_server import sshd as sshd  # the session fixture
 from tests.integration.factory_harness import FactoryFiles, Frontend, stand_in, wait_for
 
-STAND_IN = stand_in(', run by Slurm on the "remote" cluster.',
-                    'echo "pilot $gid started as $(id -un)"', check_leaks=False)
+STAND_IN = stand_in(
+    ', run by Slurm on the "remote" cluster.',
+    'echo "pilot $gid started as $(id -un)"',
+    check_leaks=False,
+)
 
 
 @pytest.fixture
@@ -51,26 +54,43 @@ def remote(sshd: Sshd, request: pytest.FixtureRequest) -> Iterator[dict[str, Any
 
 def ssh_entry(sshd: Sshd, remote: dict[str, Any], **values: Any) -> dict[str, Any]:
     return {
-        "name": "ssh1", "site": "REMOTE_SLURM", "backend": "ssh", "cpus": 30, "memory": 100,
-        "walltime": 600, "max_pilots": 10, "max_idle": 10, "max_per_cycle": 10,
-        "ssh": {"host": "127.0.0.1", "port": sshd.port, "user": USER,
-                "key_file": str(sshd.client_key), "known_hosts": str(sshd.known_hosts),
-                "batch_system": "slurm", "remote_dir": remote["remote_dir"],
-                "max_connections": 1},
+        "name": "ssh1",
+        "site": "REMOTE_SLURM",
+        "backend": "ssh",
+        "cpus": 30,
+        "memory": 100,
+        "walltime": 600,
+        "max_pilots": 10,
+        "max_idle": 10,
+        "max_per_cycle": 10,
+        "ssh": {
+            "host": "127.0.0.1",
+            "port": sshd.port,
+            "user": USER,
+            "key_file": str(sshd.client_key),
+            "known_hosts": str(sshd.known_hosts),
+            "batch_system": "slurm",
+            "remote_dir": remote["remote_dir"],
+            "max_connections": 1,
+        },
         **values,
-    }  # fmt: skip
+    }
 
 
 def test_factory_over_ssh_to_slurm(
-    slurm: SlurmCluster, sshd: Sshd, remote: dict[str, Any], tmp_path: Path,
+    slurm: SlurmCluster,
+    sshd: Sshd,
+    remote: dict[str, Any],
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     """4 pilots as one array through one reused SSH connection; IDLE removes the two that
     wait; the others end and their logs come back over SFTP."""
     caplog.set_level(logging.DEBUG)
     files = FactoryFiles.create(tmp_path, STAND_IN, remote["out"])
-    entry = EntryConfig(**ssh_entry(sshd, remote, batch={
-        "queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}}))  # fmt: skip
+    entry = EntryConfig(
+        **ssh_entry(sshd, remote, batch={"queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}})
+    )
     app = files.app(files.config(entry, cycle_seconds=0.3))
     factory = app.state.factory
     pilot_token = files.pilot_token()
@@ -81,8 +101,10 @@ def test_factory_over_ssh_to_slurm(
             fe1 = Frontend(client, "ssh1", files.headers("fe1", ["frontend"]), pilot_token)
             put, states = fe1.put, fe1.states
             put(4, 4, "NO")
-            wait_for(lambda: states() == ["queued", "queued", "running", "running"],
-                     "two running and two queued pilots")  # fmt: skip
+            wait_for(
+                lambda: states() == ["queued", "queued", "running", "running"],
+                "two running and two queued pilots",
+            )
             rows = factory.store.glideins()
             assert len({r.backend_id.split("/")[1].split("_")[0] for r in rows}) == 1
             running = factory.store.glideins(state="running")
@@ -104,14 +126,20 @@ def test_factory_over_ssh_to_slurm(
             assert len(factory.store.glideins()) == 4
 
             put(0, 4, "IDLE")
-            wait_for(lambda: states() == ["removed", "removed", "running", "running"],
-                     "the queued pilots removed")  # fmt: skip
+            wait_for(
+                lambda: states() == ["removed", "removed", "running", "running"],
+                "the queued pilots removed",
+            )
             (remote["out"] / "release").touch()
-            wait_for(lambda: states() == ["finished", "finished", "removed", "removed"],
-                     "the running pilots finished")  # fmt: skip
+            wait_for(
+                lambda: states() == ["finished", "finished", "removed", "removed"],
+                "the running pilots finished",
+            )
             first = running[0]
-            wait_for(lambda: factory.archive.read("ssh1", "fe1", first.glidein_id)["archived"],
-                     "logs archived")  # fmt: skip
+            wait_for(
+                lambda: factory.archive.read("ssh1", "fe1", first.glidein_id)["archived"],
+                "logs archived",
+            )
             archived = factory.archive.read("ssh1", "fe1", first.glidein_id)
             assert f"pilot {first.glidein_id} started as {USER}" in archived["stdout"]
 
@@ -124,24 +152,33 @@ def test_factory_over_ssh_to_slurm(
     assert pilot_token not in caplog.text
 
 
-def test_ssh_refuses_unknown_host_keys_and_wrong_keys(sshd: Sshd, remote: dict[str, Any],
-                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_ssh_refuses_unknown_host_keys_and_wrong_keys(
+    sshd: Sshd, remote: dict[str, Any], tmp_path: Path
+) -> None:
     """A host key not in known_hosts, a missing known_hosts and a key the server does not
     accept all fail the submission with a reason that never shows the key's path."""
     token = tmp_path / "credentials" / "fe1" / "main.token"
     token.parent.mkdir(parents=True)
     token.write_text("secret\n")
     other = tmp_path / "other_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(other)],
-                   check=True, timeout=30)  # fmt: skip
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(other)],
+        check=True,
+        timeout=30,
+    )
     wrong_known = tmp_path / "known_hosts"
-    wrong_known.write_text(f"[127.0.0.1]:{sshd.port} " + " ".join(
-        (tmp_path / "other_host_key.pub").read_text().split()[:2]) + "\n")  # fmt: skip
+    wrong_known.write_text(
+        f"[127.0.0.1]:{sshd.port} "
+        + " ".join((tmp_path / "other_host_key.pub").read_text().split()[:2])
+        + "\n"
+    )
     base = ssh_entry(sshd, remote)
     cases = {
         "host key": (dict(base["ssh"], known_hosts=str(wrong_known)), r"[Hh]ost key"),
-        "no known_hosts": (dict(base["ssh"], known_hosts=str(tmp_path / "nope")),
-                           r"known_hosts file .* does not exist"),
+        "no known_hosts": (
+            dict(base["ssh"], known_hosts=str(tmp_path / "nope")),
+            r"known_hosts file .* does not exist",
+        ),
         "wrong key": (dict(base["ssh"], key_file=str(other)), r"[Pp]ermission denied"),
     }
     pilots = [PilotSubmission("g-1", ("--glidein-id", "g-1"), token)]
@@ -149,9 +186,13 @@ def test_ssh_refuses_unknown_host_keys_and_wrong_keys(sshd: Sshd, remote: dict[s
     async def scenario() -> None:
         for what, (contact, pattern) in cases.items():
             entry = EntryConfig(**dict(base, ssh=contact))
-            backend = SshBackend(BackendContext(state_dir=tmp_path / "state",
-                                                bootstrap=tmp_path / "boot.sh",
-                                                entries={"ssh1": entry}))  # fmt: skip
+            backend = SshBackend(
+                BackendContext(
+                    state_dir=tmp_path / "state",
+                    bootstrap=tmp_path / "boot.sh",
+                    entries={"ssh1": entry},
+                )
+            )
             with pytest.raises(BackendError, match=pattern) as caught:
                 await backend.submit(entry, pilots)
             assert str(contact["key_file"]) not in str(caught.value), what
@@ -163,19 +204,24 @@ def test_ssh_refuses_unknown_host_keys_and_wrong_keys(sshd: Sshd, remote: dict[s
 
 
 def test_a_renewed_entry_token_reaches_running_pilots_over_sftp(
-    slurm: SlurmCluster, sshd: Sshd, remote: dict[str, Any], tmp_path: Path,
+    slurm: SlurmCluster,
+    sshd: Sshd,
+    remote: dict[str, Any],
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     """The request's entry token is staged beside the pilots as a 0600 file of the remote
     account; a renewed one (a new PUT) is pushed over SFTP to the file a running pilot
     reads, and the pilot reads the new token when it ends."""
     caplog.set_level(logging.DEBUG)
     reads_token = STAND_IN.replace(
-        "\nexit 0\n", '\ncat "$GLIDEIN_TOKEN_FILE" > "$out/$gid.token"\nexit 0\n')
+        "\nexit 0\n", '\ncat "$GLIDEIN_TOKEN_FILE" > "$out/$gid.token"\nexit 0\n'
+    )
     assert reads_token != STAND_IN
     files = FactoryFiles.create(tmp_path, reads_token, remote["out"])
-    entry = EntryConfig(**ssh_entry(sshd, remote, batch={
-        "queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}}))  # fmt: skip
+    entry = EntryConfig(
+        **ssh_entry(sshd, remote, batch={"queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}})
+    )
     app = files.app(files.config(entry, cycle_seconds=0.3))
     factory = app.state.factory
     group_token = files.pilot_token()
@@ -191,9 +237,15 @@ def test_a_renewed_entry_token_reaches_running_pilots_over_sftp(
             headers = files.headers("fe1", ["frontend"])
 
             def put(n: int, token: str) -> None:
-                response = client.put("/api/v1/requests/main", headers=headers, json={
-                    "pool_url": "http://127.0.0.1:9998", "pilot_token": group_token,
-                    "entries": {"ssh1": {"idle": n, "max_running": n, "pilot_token": token}}})
+                response = client.put(
+                    "/api/v1/requests/main",
+                    headers=headers,
+                    json={
+                        "pool_url": "http://127.0.0.1:9998",
+                        "pilot_token": group_token,
+                        "entries": {"ssh1": {"idle": n, "max_running": n, "pilot_token": token}},
+                    },
+                )
                 assert response.status_code == 200, response.text
 
             put(1, first)
@@ -225,16 +277,28 @@ def test_ssh_adopts_marked_arrays_and_releases_held_pilots(
     token.write_text("secret\n")
     token.chmod(0o600)
     (tmp_path / "boot.sh").write_text('#!/bin/bash\necho "ok $4"\n')
-    entry = EntryConfig(**ssh_entry(sshd, remote, cpus=1, batch={
-        "queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}, "options": ["--hold"]}))
-    pilots = [PilotSubmission(f"ssh1-t-{i}", ("--x", "y", "--glidein-id", f"ssh1-t-{i}"), token)
-              for i in range(4)]  # fmt: skip
+    entry = EntryConfig(
+        **ssh_entry(
+            sshd,
+            remote,
+            cpus=1,
+            batch={"queue": "debug", "env": {"SLURM_CONF": str(slurm.conf)}, "options": ["--hold"]},
+        )
+    )
+    pilots = [
+        PilotSubmission(f"ssh1-t-{i}", ("--x", "y", "--glidein-id", f"ssh1-t-{i}"), token)
+        for i in range(4)
+    ]
     ids = [p.glidein_id for p in pilots]
 
     async def scenario() -> None:
-        backend = SshBackend(BackendContext(state_dir=tmp_path / "state",
-                                            bootstrap=tmp_path / "boot.sh",
-                                            entries={"ssh1": entry}))  # fmt: skip
+        backend = SshBackend(
+            BackendContext(
+                state_dir=tmp_path / "state",
+                bootstrap=tmp_path / "boot.sh",
+                entries={"ssh1": entry},
+            )
+        )
         try:
             submitted = await backend.submit(entry, pilots[:3])
             assert await backend.adopt(entry, ids) == dict(zip(ids[:3], submitted, strict=True))

@@ -43,10 +43,12 @@ def keys(tmp_path: Path) -> Keys:
 
 def register(pool_url: str, token: str, slot: dict) -> httpx.Response:
     """What a pilot does first: register its slot with the token it was given."""
-    return httpx.post(f"{pool_url}/api/v1/pilots", timeout=10,
-                      headers={"Authorization": f"Bearer {token}"},
-                      json={"slot": {"Cpus": 1, "Memory": 2048, **slot},
-                            "glidein_id": "g-test"})
+    return httpx.post(
+        f"{pool_url}/api/v1/pilots",
+        timeout=10,
+        headers={"Authorization": f"Bearer {token}"},
+        json={"slot": {"Cpus": 1, "Memory": 2048, **slot}, "glidein_id": "g-test"},
+    )
 
 
 def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, keys: Keys):
@@ -59,8 +61,12 @@ def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, 
     verifier = TokenVerifier.from_file(keys.public)
     with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
         config = frontend_config(
-            tmp_path, keys, pool_url=pool.url, factory_url=fs.url,
-            groups=[{"name": "main", "pilot_token_lifetime": 600}])
+            tmp_path,
+            keys,
+            pool_url=pool.url,
+            factory_url=fs.url,
+            groups=[{"name": "main", "pilot_token_lifetime": 600}],
+        )
         submit(pool, keys, 4, ONE_CORE)
         frontend = Frontend(config, keys.token("fe1", "frontend"), clock=lambda: now[0])
         report = run_cycle(frontend)
@@ -71,8 +77,11 @@ def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, 
         for name, token in tokens.items():
             identity = verifier.verify(token)
             assert identity.scopes == {"pilot"}
-            assert (identity.claims["entry"], identity.claims["group"],
-                    identity.claims["fe"]) == (name, "main", "fe1")
+            assert (identity.claims["entry"], identity.claims["group"], identity.claims["fe"]) == (
+                name,
+                "main",
+                "fe1",
+            )
         assert "entry" not in verifier.verify(first["pilot_token"]).claims
 
         # a's token registers a's slots, and a slot that names no entry becomes a's
@@ -81,15 +90,17 @@ def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, 
         refused = register(pool.url, tokens["a"], {"GLIDEIN_Entry_Name": "b"})
         assert refused.status_code == 403, refused.text
         assert register(pool.url, tokens["b"], {"GLIDEIN_Entry_Name": "b"}).status_code == 201
-        pilots = httpx.get(f"{pool.url}/api/v1/pilots", timeout=10,
-                           headers={"Authorization": f"Bearer {keys.token('o', 'admin')}"})
+        pilots = httpx.get(
+            f"{pool.url}/api/v1/pilots",
+            timeout=10,
+            headers={"Authorization": f"Bearer {keys.token('o', 'admin')}"},
+        )
         assert sorted(p["slot"]["GLIDEIN_Entry_Name"] for p in pilots.json()) == ["a", "a", "b"]
 
         # reused while fresh, renewed per entry once less than half the life is left
         now[0] += 200
         run_cycle(frontend)
-        assert {n: e["pilot_token"] for n, e in factory.received[-1]["entries"].items()} \
-            == tokens
+        assert {n: e["pilot_token"] for n, e in factory.received[-1]["entries"].items()} == tokens
         now[0] += 150
         run_cycle(frontend)
         renewed = {n: e["pilot_token"] for n, e in factory.received[-1]["entries"].items()}
@@ -99,8 +110,11 @@ def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, 
         # the status shows when each token expires, never the token itself
         app = frontend_app(config, keys.token("fe1", "frontend"), frontend=frontend, loop=False)
         with ThreadServer(app) as server:
-            status = httpx.get(f"{server.url}/api/v1/status", timeout=10, headers={
-                "Authorization": f"Bearer {keys.token('ops', 'admin')}"})
+            status = httpx.get(
+                f"{server.url}/api/v1/status",
+                timeout=10,
+                headers={"Authorization": f"Bearer {keys.token('ops', 'admin')}"},
+            )
         expiry = status.json()["pilot_tokens"]["main"]
         assert set(expiry) == {"*", "a", "b"}
         assert not any(t in status.text for t in (*tokens.values(), *renewed.values()))
@@ -121,8 +135,13 @@ def test_the_vo_stage_is_advertised_and_served_signed(tmp_path, keys: Keys):
     nothing outside the manifest is served, whatever the path."""
     factory = StandInFactory("f", keys.public, [entry_ad("e", "S")])
     with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
-        config = frontend_config(tmp_path, keys, pool_url=pool.url, factory_url=fs.url,
-                                 groups=[{"name": "main", "vo_scripts": vo_scripts(tmp_path)}])
+        config = frontend_config(
+            tmp_path,
+            keys,
+            pool_url=pool.url,
+            factory_url=fs.url,
+            groups=[{"name": "main", "vo_scripts": vo_scripts(tmp_path)}],
+        )
         frontend = Frontend(config, keys.token("fe1", "frontend"))
         app = frontend_app(config, keys.token("fe1", "frontend"), frontend=frontend, loop=False)
         with ThreadServer(app) as server:
@@ -136,10 +155,16 @@ def test_the_vo_stage_is_advertised_and_served_signed(tmp_path, keys: Keys):
             for line in manifest.text.splitlines():
                 digest, name = line.split("  ", 1)
                 files[name] = (digest, httpx.get(f"{advert['url']}/files/{name}", timeout=10))
-            escapes = [httpx.get(f"{server.url}/stage/vo/main/{p}", timeout=10).status_code
-                       for p in ("files/..%2F..%2Fkeys%2Fvo_stage_signing.pem",
-                                 "files/%2E%2E/manifest", "../../keys/vo_stage_signing.pem",
-                                 "files/", "nothing")]
+            escapes = [
+                httpx.get(f"{server.url}/stage/vo/main/{p}", timeout=10).status_code
+                for p in (
+                    "files/..%2F..%2Fkeys%2Fvo_stage_signing.pem",
+                    "files/%2E%2E/manifest",
+                    "../../keys/vo_stage_signing.pem",
+                    "files/",
+                    "nothing",
+                )
+            ]
             other = httpx.get(f"{server.url}/stage/vo/other/manifest", timeout=10).status_code
     assert manifest.status_code == 200
     assert hashlib.sha256(manifest.content).hexdigest() == advert["manifest_sha256"]

@@ -50,6 +50,7 @@ TIMEOUT = 1.0  # the frontend's http_timeout in these tests
 
 # ------------------------------------------------------------------ servers
 
+
 class ThreadServer:
     """A real uvicorn server on a loopback port, in a thread, stopped at exit."""
 
@@ -58,8 +59,9 @@ class ThreadServer:
         self.url = url_of(self.sock)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run,
-                                       kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     def __enter__(self) -> ThreadServer:
         self.thread.start()
@@ -170,14 +172,16 @@ class StandInFactory:
             return self.entries
 
         @app.get(f"{API_PREFIX}/glideins")
-        async def glideins(summary: bool = False, group: str = "",
-                           who: Identity = frontend) -> dict[str, Any]:
+        async def glideins(
+            summary: bool = False, group: str = "", who: Identity = frontend
+        ) -> dict[str, Any]:
             return {"summary": self.counts.get(group, {})}
 
         @app.put(f"{API_PREFIX}/requests/{{group}}")
         async def put(group: str, body: RequestBody, who: Identity = frontend) -> dict[str, str]:
-            self.received.append({"group": group, "frontend": who.subject,
-                                  **body.model_dump(exclude_none=True)})
+            self.received.append(
+                {"group": group, "frontend": who.subject, **body.model_dump(exclude_none=True)}
+            )
             return {"status": "stored"}
 
         return app
@@ -198,11 +202,19 @@ def junk_service(answers: dict[str, Any]) -> FastAPI:
 
 
 def entry_ad(name: str, site: str, cpus: int = 1, memory: int = 2048, **attrs: Any) -> dict:
-    return {"name": name, "site": site, "enabled": True, "cpus": cpus, "memory": memory,
-            "disk": 10000, "attributes": attrs}
+    return {
+        "name": name,
+        "site": site,
+        "enabled": True,
+        "cpus": cpus,
+        "memory": memory,
+        "disk": 10000,
+        "attributes": attrs,
+    }
 
 
 # ------------------------------------------------------------------ fixtures
+
 
 @dataclass
 class Keys:
@@ -222,37 +234,48 @@ def keys(tmp_path: Path) -> Keys:
 
 @contextlib.contextmanager
 def real_pool(tmp_path: Path, keys: Keys, name: str) -> Iterator[ThreadServer]:
-    config = PoolConfig(state_dir=tmp_path / name, issuer_public_key=keys.public,
-                        issuer_private_key=keys.private, lease_check_seconds=0.5)
+    config = PoolConfig(
+        state_dir=tmp_path / name,
+        issuer_public_key=keys.public,
+        issuer_private_key=keys.private,
+        lease_check_seconds=0.5,
+    )
     with ThreadServer(pool_app(config, "")) as server:
         yield server
 
 
 def submit(pool: ThreadServer, keys: Keys, n: int, ad: str) -> None:
-    r = httpx.post(f"{pool.url}/api/v1/jobs", timeout=10,
-                   headers={"Authorization": f"Bearer {keys.token('alice', 'user')}"},
-                   json={"jobs": [{"ad": ad}] * n})
+    r = httpx.post(
+        f"{pool.url}/api/v1/jobs",
+        timeout=10,
+        headers={"Authorization": f"Bearer {keys.token('alice', 'user')}"},
+        json={"jobs": [{"ad": ad}] * n},
+    )
     r.raise_for_status()
 
 
-ONE_CORE = "[ Cmd = \"/bin/true\"; RequestCpus = 1; RequestMemory = 100; Requirements = true ]"
+ONE_CORE = '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 100; Requirements = true ]'
 
 
 def run_cycle(frontend: Frontend) -> CycleReport:
     """One cycle, bounded by a deadline far above the frontend's own timeouts."""
+
     async def go() -> CycleReport:
         async with frontend.client() as http:
             return await asyncio.wait_for(frontend.cycle(http), 20 * TIMEOUT)
+
     return asyncio.run(go())
 
 
 def frontend_config(tmp_path: Path, keys: Keys, **data: Any) -> FrontendConfig:
     data.setdefault("state_dir", tmp_path / "frontend")
-    return FrontendConfig(issuer_public_key=keys.public, http_timeout=TIMEOUT,
-                          cycle_seconds=0.1, **data)
+    return FrontendConfig(
+        issuer_public_key=keys.public, http_timeout=TIMEOUT, cycle_seconds=0.1, **data
+    )
 
 
 # ------------------------------------------------------------------ robustness
+
 
 def test_unreachable_and_hanging_services_and_failing_groups_are_isolated(tmp_path, keys):
     """Two healthy pools and factories keep getting their requests every cycle while
@@ -269,29 +292,45 @@ def test_unreachable_and_hanging_services_and_failing_groups_are_isolated(tmp_pa
         fb_server = stack.enter_context(ThreadServer(fb.app()))
         hanging = stack.enter_context(HangingServer())
         junk = stack.enter_context(ThreadServer(junk_service({"demand": {"autoclusters": 3}})))
-        bad_ad = stack.enter_context(ThreadServer(junk_service(
-            {"demand": {"autoclusters": [{"ad": "[ Requirements = ]", "idle": 1}]},
-             "pilots": []})))
+        bad_ad = stack.enter_context(
+            ThreadServer(
+                junk_service(
+                    {
+                        "demand": {"autoclusters": [{"ad": "[ Requirements = ]", "idle": 1}]},
+                        "pilots": [],
+                    }
+                )
+            )
+        )
         config = frontend_config(
-            tmp_path, keys,
-            pools=[{"name": "pa", "url": pool_a.url}, {"name": "pb", "url": pool_b.url},
-                   {"name": "pdead", "url": refused_url()},
-                   {"name": "phang", "url": hanging.url},
-                   {"name": "pjunk", "url": junk.url}, {"name": "pbadad", "url": bad_ad.url}],
-            factories=[{"name": "fa", "url": fa_server.url},
-                       {"name": "fb", "url": fb_server.url},
-                       {"name": "fdead", "url": refused_url()},
-                       {"name": "fhang", "url": hanging.url},
-                       {"name": "fjunk", "url": junk.url}],
-            groups=[{"name": "g1", "pool": "pa"},
-                    {"name": "g2", "pool": "pb", "factories": ["fa", "fb"]},
-                    {"name": "g3", "pool": "pdead"},
-                    {"name": "g4", "pool": "phang", "factories": ["fa"]},
-                    {"name": "g5", "pool": "pjunk", "factories": ["fa"]},
-                    {"name": "g6", "pool": "pbadad", "factories": ["fa"]},
-                    # a string plus a number: Error at every entry
-                    {"name": "gbad", "pool": "pa",
-                     "match_expr": "TARGET.GLIDEIN_Site + 1 > 0"}])
+            tmp_path,
+            keys,
+            pools=[
+                {"name": "pa", "url": pool_a.url},
+                {"name": "pb", "url": pool_b.url},
+                {"name": "pdead", "url": refused_url()},
+                {"name": "phang", "url": hanging.url},
+                {"name": "pjunk", "url": junk.url},
+                {"name": "pbadad", "url": bad_ad.url},
+            ],
+            factories=[
+                {"name": "fa", "url": fa_server.url},
+                {"name": "fb", "url": fb_server.url},
+                {"name": "fdead", "url": refused_url()},
+                {"name": "fhang", "url": hanging.url},
+                {"name": "fjunk", "url": junk.url},
+            ],
+            groups=[
+                {"name": "g1", "pool": "pa"},
+                {"name": "g2", "pool": "pb", "factories": ["fa", "fb"]},
+                {"name": "g3", "pool": "pdead"},
+                {"name": "g4", "pool": "phang", "factories": ["fa"]},
+                {"name": "g5", "pool": "pjunk", "factories": ["fa"]},
+                {"name": "g6", "pool": "pbadad", "factories": ["fa"]},
+                # a string plus a number: Error at every entry
+                {"name": "gbad", "pool": "pa", "match_expr": "TARGET.GLIDEIN_Site + 1 > 0"},
+            ],
+        )
         submit(pool_a, keys, 6, ONE_CORE)
         submit(pool_b, keys, 4, ONE_CORE)
         frontend = Frontend(config, keys.token("fe1", "frontend"))
@@ -304,8 +343,12 @@ def test_unreachable_and_hanging_services_and_failing_groups_are_isolated(tmp_pa
             for f, seen in ((fa, seen_a), (fb, seen_b)):
                 got = sorted(r["group"] for r in f.received[seen:])
                 assert got == ["g1", "g2"], f"cycle {cycle}: {f.name} got {got}"
-            assert not [r for f in (fa, fb) for r in f.received
-                        if r["group"] in ("g3", "g4", "g5", "g6", "gbad")]
+            assert not [
+                r
+                for f in (fa, fb)
+                for r in f.received
+                if r["group"] in ("g3", "g4", "g5", "g6", "gbad")
+            ]
             errors = "\n".join(report.errors)
             assert "factory fdead query failed: ConnectError" in errors
             assert "factory fhang query failed: ReadTimeout" in errors
@@ -338,14 +381,14 @@ def test_unreachable_and_hanging_services_and_failing_groups_are_isolated(tmp_pa
     assert status["cycles"] == 3
     assert any("fhang" in e for e in status["last_cycle"]["errors"])
     assert "frozen" in status["last_cycle"]["groups"]["gbad"]
-    [broken] = client.get("/api/v1/explain", params={"entry": "fa/a2", "group": "g1"},
-                          headers=auth).json()
+    [broken] = client.get(
+        "/api/v1/explain", params={"entry": "fa/a2", "group": "g1"}, headers=auth
+    ).json()
     assert broken["failed"].startswith("entry ad unreadable") and broken["request"]["idle"] >= 0
     # fb/b1 serves two groups, each explained on its own: g2's jobs are in pool b
     b1 = client.get("/api/v1/explain", params={"entry": "b1"}, headers=auth).json()
     assert [(r["group"], r["demand"]["idle_jobs"]) for r in b1] == [("g1", 6), ("g2", 4)]
-    [g2] = client.get("/api/v1/explain", params={"entry": "b1", "group": "g2"},
-                      headers=auth).json()
+    [g2] = client.get("/api/v1/explain", params={"entry": "b1", "group": "g2"}, headers=auth).json()
     sent = dict(fb.requests_for("g2")[-1]["entries"]["b1"])
     assert sent.pop("pilot_token") and g2["request"] == sent
 
@@ -365,8 +408,8 @@ def test_unreachable_and_hanging_services_and_failing_groups_are_isolated(tmp_pa
 
 # ------------------------------------------------------------------ credentials
 
-def test_pilot_tokens_are_renewed_before_expiry_and_delegated_with_every_request(
-        tmp_path, keys):
+
+def test_pilot_tokens_are_renewed_before_expiry_and_delegated_with_every_request(tmp_path, keys):
     """Every request carries a pilot token minted by the real pool for the group;
     it is reused while more than half its life is left, renewed after, and the
     renewed token is what the factory gets. The frontend's clock is a variable."""
@@ -375,15 +418,20 @@ def test_pilot_tokens_are_renewed_before_expiry_and_delegated_with_every_request
     verifier = TokenVerifier.from_file(keys.public)
     with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
         config = frontend_config(
-            tmp_path, keys, pool_url=pool.url, factory_url=fs.url,
-            groups=[{"name": "main", "pilot_token_lifetime": 600,
-                     "pilot_token_renew_fraction": 0.5}])
+            tmp_path,
+            keys,
+            pool_url=pool.url,
+            factory_url=fs.url,
+            groups=[
+                {"name": "main", "pilot_token_lifetime": 600, "pilot_token_renew_fraction": 0.5}
+            ],
+        )
         frontend = Frontend(config, keys.token("fe1", "frontend"), clock=lambda: now[0])
         sent: list[str] = []
         for advance in (0, 100, 150, 100, 100):  # t = 0, 100, 250, 350, 450
             now[0] += advance
             run_cycle(frontend)
-            [request] = factory.received[len(sent):]
+            [request] = factory.received[len(sent) :]
             sent.append(request["pilot_token"])
 
     first, renewed = sent[0], sent[3]
@@ -418,15 +466,21 @@ def test_a_factory_of_another_major_version_is_a_failed_source(tmp_path, keys):
 
 # ------------------------------------------------------------------ restart
 
+
 def test_removal_stage_and_counters_survive_a_restart(tmp_path, keys):
     """Cycles without demand escalate removal; a new frontend started from the same
     state_dir continues the escalation (and the cycle count) instead of starting over."""
     factory = StandInFactory("f", keys.public, [entry_ad("e", "S")])
     with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
         config = frontend_config(
-            tmp_path, keys, pool_url=pool.url, factory_url=fs.url,
-            groups=[{"name": "main", "zero_demand_confirm_cycles": 2,
-                     "removal_escalate_cycles": 2}])
+            tmp_path,
+            keys,
+            pool_url=pool.url,
+            factory_url=fs.url,
+            groups=[
+                {"name": "main", "zero_demand_confirm_cycles": 2, "removal_escalate_cycles": 2}
+            ],
+        )
         token = keys.token("fe1", "frontend")
         first = Frontend(config, token)
         for _ in range(3):

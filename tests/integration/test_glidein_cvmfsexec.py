@@ -49,15 +49,22 @@ def unavailable(reason: str) -> None:
 
 def userns_refusal() -> str:
     """'' when this kernel lets users create user + mount namespaces, else why not."""
-    out = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return out.stderr.strip() if out.returncode else ""
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    missing = [t for t in ("mksquashfs", "squashfuse", "unshare", "pivot_root", PYTHON)
-               if shutil.which(t) is None]
+    missing = [
+        t
+        for t in ("mksquashfs", "squashfuse", "unshare", "pivot_root", PYTHON)
+        if shutil.which(t) is None
+    ]
     if missing:
         unavailable(f"not installed: {', '.join(missing)}")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
@@ -72,15 +79,27 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tree / "setup.txt").write_text(SETUP)
     out = base / "images"
     out.mkdir(mode=0o755)
-    subprocess.run(["mksquashfs", str(tree), str(out / f"{REPO}.sqfs"), "-noappend",
-                    "-all-root", "-no-progress", "-quiet"], check=True, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        [
+            "mksquashfs",
+            str(tree),
+            str(out / f"{REPO}.sqfs"),
+            "-noappend",
+            "-all-root",
+            "-no-progress",
+            "-quiet",
+        ],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     (out / f"{REPO}.sqfs").chmod(0o644)
     return out
 
 
-def pilot_command(root: Path, pool: FakePool, images: Path, user: str | None, path: str = "",
-                  *extra: str) -> tuple[list[str], dict[str, str]]:
+def pilot_command(
+    root: Path, pool: FakePool, images: Path, user: str | None, path: str = "", *extra: str
+) -> tuple[list[str], dict[str, str]]:
     """The real bootstrap, by hand (--no-factory), in cvmfsexec mode: argv and env."""
     root.chmod(0o755)
     token = root / "token"
@@ -91,25 +110,48 @@ def pilot_command(root: Path, pool: FakePool, images: Path, user: str | None, pa
     if user:
         shutil.chown(token, user)
         shutil.chown(scratch, user)
-    argv = ["bash", str(SCRIPT), "--no-factory", "--pool", pool.url, "--stage-dir",
-            str(GLIDEIN), "--work-dir", str(scratch), "--idle-timeout", "2", "--cpus", "1",
-            "--memory", "500", "--set", "GLIDEIN_CVMFS_Mount=namespace",
-            "--set", f"GLIDEIN_CVMFS_Repos={REPO}", "--set", f"GLIDEIN_CVMFS_Images={images}",
-            "--set", "GLIDEIN_Validation_Skip=container", *extra]
-    env = {"PATH": path + os.environ["PATH"], "GLIDEIN_PYTHON": PYTHON,
-           "GLIDEIN_TOKEN_FILE": str(token)}
+    argv = [
+        "bash",
+        str(SCRIPT),
+        "--no-factory",
+        "--pool",
+        pool.url,
+        "--stage-dir",
+        str(GLIDEIN),
+        "--work-dir",
+        str(scratch),
+        "--idle-timeout",
+        "2",
+        "--cpus",
+        "1",
+        "--memory",
+        "500",
+        "--set",
+        "GLIDEIN_CVMFS_Mount=namespace",
+        "--set",
+        f"GLIDEIN_CVMFS_Repos={REPO}",
+        "--set",
+        f"GLIDEIN_CVMFS_Images={images}",
+        "--set",
+        "GLIDEIN_Validation_Skip=container",
+        *extra,
+    ]
+    env = {
+        "PATH": path + os.environ["PATH"],
+        "GLIDEIN_PYTHON": PYTHON,
+        "GLIDEIN_TOKEN_FILE": str(token),
+    }
     if user:
-        argv = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()),
-                *argv]
+        argv = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()), *argv]
     return argv, env
 
 
-def start_pilot(root: Path, pool: FakePool, images: Path, user: str | None,
-                path: str = "", *extra: str) -> tuple[int, str]:
+def start_pilot(
+    root: Path, pool: FakePool, images: Path, user: str | None, path: str = "", *extra: str
+) -> tuple[int, str]:
     """Run the bootstrap to its end; its rc and stderr."""
     argv, env = pilot_command(root, pool, images, user, path, *extra)
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=WAIT,
-                          cwd=root)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=WAIT, cwd=root)
     return proc.returncode, proc.stderr
 
 
@@ -143,14 +185,18 @@ def test_a_job_sees_cvmfs_mounted_in_the_pilots_namespace(
         uid = os.geteuid()
     assert not os.path.exists("/cvmfs")  # the namespace makes one: the node is untouched
     with FakePool() as pool:
-        pool.claims.append(claim_for(pool, "c1", {"job.py": JOB}, cmd=PYTHON,
-                                     args=["job.py", pool.url]))
+        pool.claims.append(
+            claim_for(pool, "c1", {"job.py": JOB}, cmd=PYTHON, args=["job.py", pool.url])
+        )
         rc, stderr = start_pilot(tmp_path, pool, images, user)
     assert rc == 0, stderr
     assert "runs in a user + mount namespace" in stderr
     (slot,) = [r["slot"] for r in pool.registered]
-    assert (slot["HAS_CVMFS"], slot["HAS_CVMFS_sw_example_org"],
-            slot["GLIDEIN_CVMFS_Source"]) == (True, True, "namespace")
+    assert (slot["HAS_CVMFS"], slot["HAS_CVMFS_sw_example_org"], slot["GLIDEIN_CVMFS_Source"]) == (
+        True,
+        True,
+        "namespace",
+    )
     (job,) = pool.started_jobs
     assert job == {"setup": SETUP, "uid": uid, "env": "/cvmfs"}  # its own uid, not root
     assert not os.path.exists("/cvmfs")
@@ -177,7 +223,8 @@ def test_a_node_refusing_user_namespaces_fails_validation(tmp_path: Path, images
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "unshare").write_text(
-        "#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+        "#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n"
+    )
     (bin_dir / "unshare").chmod(0o755)
     (tmp_path / "p").mkdir()
     with FakePool() as pool:
@@ -214,8 +261,12 @@ def process_tree(root_pid: int) -> dict[int, str]:
 
 
 def alive(pids: list[int]) -> list[int]:
-    return [p for p in pids if Path(f"/proc/{p}").exists()
-            and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]]
+    return [
+        p
+        for p in pids
+        if Path(f"/proc/{p}").exists()
+        and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    ]
 
 
 BLOCKING_JOB = JOB + b"import time\ntime.sleep(600)\n"
@@ -229,24 +280,31 @@ def test_a_sigkilled_helper_leaves_no_squashfuse_and_no_agent(
     or of the init of the pilot's pid namespace: squashfuse, the agent and its job
     all die with it, and the bootstrap still removes its work dir."""
     with FakePool() as pool:
-        pool.claims.append(claim_for(pool, "c1", {"job.py": BLOCKING_JOB}, cmd=PYTHON,
-                                     args=["job.py", pool.url]))
+        pool.claims.append(
+            claim_for(pool, "c1", {"job.py": BLOCKING_JOB}, cmd=PYTHON, args=["job.py", pool.url])
+        )
         argv, env = pilot_command(tmp_path, pool, images, None, "", "--idle-timeout", "600")
         # stderr to a file: a pipe would stay open as long as any orphan holds it
         log = (tmp_path / "stderr").open("w")
-        boot = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=log)
+        boot = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log)
         tree: dict[int, str] = {}
         try:
             assert pool.events["started"].wait(WAIT), "the job never started"
             tree = process_tree(boot.pid)
             assert squashfuse_left(images), "squashfuse is not running: nothing to test"
-            (helper,) = [p for p in process_tree(boot.pid) if p != boot.pid
-                         and "agent.cvmfsexec" in tree[p]
-                         and f"{boot.pid}" == Path(f"/proc/{p}/stat").read_text()
-                         .rsplit(")", 1)[1].split()[1]]
-            inits = [p for p in process_tree(helper) if p != helper
-                     and "agent.cvmfsexec" in tree.get(p, "")]
+            (helper,) = [
+                p
+                for p in process_tree(boot.pid)
+                if p != boot.pid
+                and "agent.cvmfsexec" in tree[p]
+                and f"{boot.pid}"
+                == Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            ]
+            inits = [
+                p
+                for p in process_tree(helper)
+                if p != helper and "agent.cvmfsexec" in tree.get(p, "")
+            ]
             if victim == "namespace_init":
                 assert len(inits) == 1, tree  # the helper forks the namespace's init
             os.kill(inits[0] if victim == "namespace_init" else helper, signal.SIGKILL)
@@ -257,8 +315,11 @@ def test_a_sigkilled_helper_leaves_no_squashfuse_and_no_agent(
                 boot.wait()
             others = [p for p in tree if p != boot.pid]
             try:
-                wait_for(lambda: not alive(others) and not squashfuse_left(images),
-                         "the namespace's processes to die", timeout=WAIT)
+                wait_for(
+                    lambda: not alive(others) and not squashfuse_left(images),
+                    "the namespace's processes to die",
+                    timeout=WAIT,
+                )
             finally:
                 for pid in alive(others) + squashfuse_pids(images):  # leave nothing running
                     os.kill(pid, signal.SIGKILL)
@@ -273,14 +334,27 @@ def test_multi_pilots_on_a_node_share_one_namespace_and_one_mount(
     """--multi 2 (local launch): one helper, one squashfuse, both pilots see /cvmfs."""
     with FakePool() as pool:
         for n in (1, 2):
-            pool.claims.append(claim_for(pool, f"c{n}", {"job.py": BLOCKING_JOB}, cmd=PYTHON,
-                                         args=["job.py", pool.url]))
-        argv, env = pilot_command(tmp_path, pool, images, None, "", "--multi", "2",
-                                  "--idle-timeout", "600", "--memory", "1000")
+            pool.claims.append(
+                claim_for(
+                    pool, f"c{n}", {"job.py": BLOCKING_JOB}, cmd=PYTHON, args=["job.py", pool.url]
+                )
+            )
+        argv, env = pilot_command(
+            tmp_path,
+            pool,
+            images,
+            None,
+            "",
+            "--multi",
+            "2",
+            "--idle-timeout",
+            "600",
+            "--memory",
+            "1000",
+        )
         # stderr to a file: a pipe would stay open as long as any orphan holds it
         log = (tmp_path / "stderr").open("w")
-        boot = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=log)
+        boot = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log)
         try:
             wait_for(lambda: len(pool.started_jobs) == 2, "both jobs to start", timeout=WAIT)
             tree = process_tree(boot.pid)

@@ -36,20 +36,23 @@ def batch_job(root: Path, pool: FakePool, *extra: str, path_prefix: str = "") ->
     script = root / "job.sh"
     script.write_text(
         "#!/bin/bash\n"
-        f"echo \"$SLURM_CPUS_ON_NODE\" > {root}/allocated\n"
+        f'echo "$SLURM_CPUS_ON_NODE" > {root}/allocated\n'
         f"export PATH={path_prefix}{os.environ['PATH']} GLIDEIN_PYTHON={sys.executable} "
         f"GLIDEIN_TOKEN_FILE={token}\n"
         f"exec bash {SCRIPT} --no-factory --pool {pool.url} --stage-dir {GLIDEIN} "
         f"--work-dir {scratch} --site SRUN_SITE --idle-timeout 3 --memory 1000 "
-        + " ".join(extra) + "\n")
+        + " ".join(extra)
+        + "\n"
+    )
     script.chmod(0o755)
     return script
 
 
 def run_job(slurm: SlurmCluster, root: Path, script: Path, tasks: int) -> str:
     out = root / "out"
-    done = slurm.run("sbatch", "--wait", f"--ntasks={tasks}", "-o", str(out), str(script),
-                     timeout=WAIT)
+    done = slurm.run(
+        "sbatch", "--wait", f"--ntasks={tasks}", "-o", str(out), str(script), timeout=WAIT
+    )
     log = out.read_text(errors="replace") if out.exists() else ""
     assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{log}"
     return log
@@ -89,8 +92,7 @@ def test_multi_pilots_under_srun_split_the_gpus(
     (bin_dir / "nvidia-smi").symlink_to(COMPONENTS / "gpu_nvidia_smi_standin.sh")
     with FakePool() as pool:
         publish = "GLIDEIN_Publish_Slot=CUDA_VISIBLE_DEVICES,GLIDEIN_GPUs_Node"
-        script = batch_job(root, pool, "--multi", "2", "--set", publish,
-                           path_prefix=f"{bin_dir}:")
+        script = batch_job(root, pool, "--multi", "2", "--set", publish, path_prefix=f"{bin_dir}:")
         text = script.read_text().replace("export PATH", "export GPU_STANDIN_COUNT=4 PATH")
         script.write_text(text)
         log = run_job(slurm, root, script, tasks=2)

@@ -46,9 +46,12 @@ time.sleep(600)
 
 def stage_files() -> dict[str, bytes]:
     """The factory's stage as the pilot downloads it: agent/ and validation/."""
-    return {str(p.relative_to(GLIDEIN)): p.read_bytes()
-            for d in ("agent", "validation") for p in sorted((GLIDEIN / d).rglob("*"))
-            if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        str(p.relative_to(GLIDEIN)): p.read_bytes()
+        for d in ("agent", "validation")
+        for p in sorted((GLIDEIN / d).rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 class StagedPool(FakePool):
@@ -57,8 +60,9 @@ class StagedPool(FakePool):
     def __init__(self) -> None:
         super().__init__()
         self.stage = stage_files()
-        self.manifest = "".join(f"{hashlib.sha256(data).hexdigest()}  {path}\n"
-                                for path, data in self.stage.items()).encode()
+        self.manifest = "".join(
+            f"{hashlib.sha256(data).hexdigest()}  {path}\n" for path, data in self.stage.items()
+        ).encode()
 
     def handle(self, h: Any, method: str) -> None:
         prefix = "/api/v1/stage/files/"
@@ -66,7 +70,7 @@ class StagedPool(FakePool):
         if h.path == "/api/v1/stage/manifest":
             body = self.manifest
         elif h.path.startswith(prefix):
-            body = self.stage.get(h.path[len(prefix):])
+            body = self.stage.get(h.path[len(prefix) :])
         if body is None:
             return super().handle(h, method)
         h.send_response(200)
@@ -90,7 +94,9 @@ def batch_script(root: Path, pool: StagedPool, *extra: str) -> Path:
         f"exec bash {SCRIPT} --factory {pool.url} --manifest-sha256 {sha} --pool {pool.url} "
         f"--glidein-id g-srun --entry e1 --site SRUN_SITE --work-dir {root / 'scratch'} "
         "--idle-timeout 600 --memory 1000 --multi 2 --set GLIDEIN_Validation_Skip=container "
-        + " ".join(extra) + "\n")
+        + " ".join(extra)
+        + "\n"
+    )
     script.chmod(0o755)
     return script
 
@@ -107,8 +113,12 @@ def job_log(root: Path) -> str:
 
 
 def wait_gone(slurm: SlurmCluster, job_id: str, root: Path) -> None:
-    wait_for(lambda: slurm.run("squeue", "-h", "-j", job_id).stdout.strip() == "",
-             f"batch job {job_id} to end\n{job_log(root)}", timeout=WAIT, interval=0.2)
+    wait_for(
+        lambda: slurm.run("squeue", "-h", "-j", job_id).stdout.strip() == "",
+        f"batch job {job_id} to end\n{job_log(root)}",
+        timeout=WAIT,
+        interval=0.2,
+    )
 
 
 def sigterm_the_job(slurm: SlurmCluster, job_id: str) -> None:
@@ -126,12 +136,22 @@ def test_the_batch_scripts_sigterm_drains_every_srun_pilot_which_reports_and_cle
     root.chmod(0o755)
     with StagedPool() as pool:
         for n in (1, 2):
-            pool.claims.append(claim_for(pool, f"c{n}", {"job.py": SLEEPING_JOB},
-                                         cmd=sys.executable, args=["job.py", pool.url]))
+            pool.claims.append(
+                claim_for(
+                    pool,
+                    f"c{n}",
+                    {"job.py": SLEEPING_JOB},
+                    cmd=sys.executable,
+                    args=["job.py", pool.url],
+                )
+            )
         job_id = submit(slurm, root, batch_script(root, pool))
         try:
-            wait_for(lambda: len(pool.started_jobs) == 2, f"both jobs to run\n{job_log(root)}",
-                     timeout=WAIT)
+            wait_for(
+                lambda: len(pool.started_jobs) == 2,
+                f"both jobs to run\n{job_log(root)}",
+                timeout=WAIT,
+            )
             sigterm_the_job(slurm, job_id)
             wait_gone(slurm, job_id, root)
         finally:
@@ -155,15 +175,28 @@ def test_srun_pilots_run_in_the_cvmfsexec_namespace(
     root.chmod(0o755)
     with StagedPool() as pool:
         for n in (1, 2):
-            pool.claims.append(claim_for(pool, f"c{n}", {"job.py": BLOCKING_JOB}, cmd=PYTHON,
-                                         args=["job.py", pool.url]))
-        script = batch_script(root, pool, "--set", "GLIDEIN_CVMFS_Mount=namespace",
-                              "--set", f"GLIDEIN_CVMFS_Repos={REPO}",
-                              "--set", f"GLIDEIN_CVMFS_Images={images}")
+            pool.claims.append(
+                claim_for(
+                    pool, f"c{n}", {"job.py": BLOCKING_JOB}, cmd=PYTHON, args=["job.py", pool.url]
+                )
+            )
+        script = batch_script(
+            root,
+            pool,
+            "--set",
+            "GLIDEIN_CVMFS_Mount=namespace",
+            "--set",
+            f"GLIDEIN_CVMFS_Repos={REPO}",
+            "--set",
+            f"GLIDEIN_CVMFS_Images={images}",
+        )
         job_id = submit(slurm, root, script)
         try:
-            wait_for(lambda: len(pool.started_jobs) == 2, f"both jobs to run\n{job_log(root)}",
-                     timeout=WAIT)
+            wait_for(
+                lambda: len(pool.started_jobs) == 2,
+                f"both jobs to run\n{job_log(root)}",
+                timeout=WAIT,
+            )
             mounts = squashfuse_left(images)
             sigterm_the_job(slurm, job_id)
             wait_gone(slurm, job_id, root)

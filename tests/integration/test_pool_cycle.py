@@ -24,18 +24,31 @@ def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig
     return pool_config
 
 
-def cycle(pool: TestClient, pilot: dict, pid: str, done: list[tuple[str, int]],
-          max_jobs: int = 16, **extra: Any) -> dict[str, Any]:
-    body = {"completions": [{"claim_id": c, "exit_code": code, "wall_seconds": 0.01}
-                            for c, code in done],
-            "free": FREE, "max_jobs": max_jobs, "wait": 0, **extra}
+def cycle(
+    pool: TestClient,
+    pilot: dict,
+    pid: str,
+    done: list[tuple[str, int]],
+    max_jobs: int = 16,
+    **extra: Any,
+) -> dict[str, Any]:
+    body = {
+        "completions": [
+            {"claim_id": c, "exit_code": code, "wall_seconds": 0.01} for c, code in done
+        ],
+        "free": FREE,
+        "max_jobs": max_jobs,
+        "wait": 0,
+        **extra,
+    }
     r = pool.post(f"/api/v1/pilots/{pid}/cycle", json=body, headers=pilot)
     assert r.status_code == 200, r.text
     return r.json()
 
 
-def run_until_idle(pool: TestClient, pilot: dict, pid: str, exit_code: int = 0,
-                   max_jobs: int = 16) -> list[dict[str, Any]]:
+def run_until_idle(
+    pool: TestClient, pilot: dict, pid: str, exit_code: int = 0, max_jobs: int = 16
+) -> list[dict[str, Any]]:
     """Turns as a pilot with 16 slots takes them: every job of a turn ends
     and is reported by the next turn, until nothing is running or idle (a
     job an exit policy requeues is claimable from the next turn on).
@@ -68,8 +81,7 @@ def test_each_job_is_claimed_and_completed_exactly_once(pool: TestClient, auth) 
     assert stats["counters"]["jobs_completed"] == 300
     assert stats["queue"] == {"idle": 0, "running": 0}
     for jid in (ids[0], ids[63], ids[64], ids[150], ids[-1]):
-        kinds = [e["type"] for e in pool.get(f"/api/v1/jobs/{jid}/events",
-                                             headers=user).json()]
+        kinds = [e["type"] for e in pool.get(f"/api/v1/jobs/{jid}/events", headers=user).json()]
         assert kinds == ["submitted", "started", "completed"]
 
 
@@ -87,8 +99,7 @@ def test_a_stale_completion_is_refused_alone(pool: TestClient, auth) -> None:
     assert r.json()["changed"] == [first[1]["job_id"]]
     assert cycle(pool, pilot, other, [(c, 0)], max_jobs=0)["completed"] == {c: False}
     answer = cycle(pool, pilot, pid, [(a, 0), (b, 0), (c, 0), ("nonsense", 0)])
-    assert answer == {"completed": {a: True, b: False, c: True, "nonsense": False},
-                      "claims": []}
+    assert answer == {"completed": {a: True, b: False, c: True, "nonsense": False}, "claims": []}
     again = cycle(pool, pilot, pid, [(a, 0)], max_jobs=0)
     assert again["completed"] == {a: False}  # never completed twice
     assert pool.get("/api/v1/stats", headers=user).json()["counters"]["jobs_completed"] == 2
@@ -119,8 +130,15 @@ def test_max_retries_reruns_a_failing_job_then_completes_it(pool: TestClient, au
     assert "NumJobCompletions = 3" in job["ad"]
     events = pool.get(f"/api/v1/jobs/{jid}/events", headers=user).json()
     kinds = [e["type"] for e in events]
-    assert kinds == ["submitted", "started", "requeued", "started", "requeued", "started",
-                     "completed"]
+    assert kinds == [
+        "submitted",
+        "started",
+        "requeued",
+        "started",
+        "requeued",
+        "started",
+        "completed",
+    ]
     assert events[2]["detail"]["by"] == "max_retries"
     assert events[2]["detail"]["num_job_completions"] == 1
 
@@ -143,13 +161,15 @@ def test_on_exit_hold_holds_with_code_3(pool: TestClient, auth) -> None:
     answer = cycle(pool, pilot, pid, [(by_job[bad], 3), (by_job[good], 0)], max_jobs=0)
     assert all(answer["completed"].values())
     held, done = job_of(pool, user, bad), job_of(pool, user, good)
-    assert (held["state"], held["hold_reason"], held["hold_reason_code"]) == \
-        ("held", "bad exit", 3)
+    assert (held["state"], held["hold_reason"], held["hold_reason_code"]) == ("held", "bad exit", 3)
     assert held["exit_code"] == 3
     assert done["state"] == "completed"
     last = pool.get(f"/api/v1/jobs/{bad}/events", headers=user).json()[-1]
-    assert (last["type"], last["detail"]["by"], last["detail"]["code"]) == \
-        ("held", "on_exit_hold", 3)
+    assert (last["type"], last["detail"]["by"], last["detail"]["code"]) == (
+        "held",
+        "on_exit_hold",
+        3,
+    )
 
 
 def test_on_exit_remove_false_sends_the_job_back_to_idle(pool: TestClient, auth) -> None:
@@ -159,8 +179,11 @@ def test_on_exit_remove_false_sends_the_job_back_to_idle(pool: TestClient, auth)
     [jid] = submit(pool, user, TRUE[:-1] + "; OnExitRemove = NumJobCompletions >= 2 ]")
     pid = register(pool, pilot, SLOT)
     [claim] = cycle(pool, pilot, pid, [])["claims"]
-    r = pool.post(f"/api/v1/claims/{claim['claim_id']}/complete",
-                  json={"exit_code": 0, "outputs": [], "wall_seconds": 0.1}, headers=pilot)
+    r = pool.post(
+        f"/api/v1/claims/{claim['claim_id']}/complete",
+        json={"exit_code": 0, "outputs": [], "wall_seconds": 0.1},
+        headers=pilot,
+    )
     assert r.status_code == 200 and r.json()["state"] == "idle"
     assert job_of(pool, user, jid)["state"] == "idle"
     assert pool.get("/api/v1/stats", headers=user).json()["queue"]["idle"] == 1

@@ -43,10 +43,15 @@ class PoolProcess:
         self.dir = directory
         self.keys = generate_keypair(directory / "keys")
         self.config = directory / "pool.yaml"
-        values = {"listen_port": 0, "url_file": str(directory / "pool.url"),
-                  "state_dir": str(directory / "pool"), "issuer_public_key": str(self.keys[1]),
-                  "claim_lease_seconds": 2.0, "pilot_lease_seconds": 600.0,
-                  "lease_check_seconds": 0.2}
+        values = {
+            "listen_port": 0,
+            "url_file": str(directory / "pool.url"),
+            "state_dir": str(directory / "pool"),
+            "issuer_public_key": str(self.keys[1]),
+            "claim_lease_seconds": 2.0,
+            "pilot_lease_seconds": 600.0,
+            "lease_check_seconds": 0.2,
+        }
         if database:
             values["database_url"] = database
         self.config.write_text(yaml.safe_dump(values))
@@ -57,14 +62,17 @@ class PoolProcess:
         url_file = self.dir / "pool.url"
         url_file.unlink(missing_ok=True)
         log = open(self.dir / "pool.log", "ab")  # noqa: SIM115 (the child keeps it)
-        self.proc = subprocess.Popen([GLIDEWMS, "pool", "--config", str(self.config)],
-                                     stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            [GLIDEWMS, "pool", "--config", str(self.config)], stdout=log, stderr=log
+        )
         log.close()
         end = time.monotonic() + deadline
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"pool exited with {self.proc.returncode}: "
-                                   + (self.dir / "pool.log").read_text()[-2000:])
+                raise RuntimeError(
+                    f"pool exited with {self.proc.returncode}: "
+                    + (self.dir / "pool.log").read_text()[-2000:]
+                )
             if url_file.is_file() and url_file.read_text().strip():
                 url = url_file.read_text().strip()
                 with contextlib.suppress(httpx.HTTPError):
@@ -105,8 +113,9 @@ class Load:
         issuer = TokenIssuer.from_file(pool.keys[0])
         self.pool = pool
         self.user = {"Authorization": f"Bearer {issuer.issue('alice', ['user'])}"}
-        self.pilot = {"Authorization":
-                      f"Bearer {issuer.issue('pilot', ['pilot'], fe='fe1', group='main')}"}
+        self.pilot = {
+            "Authorization": f"Bearer {issuer.issue('pilot', ['pilot'], fe='fe1', group='main')}"
+        }
         self.stop = threading.Event()
         self.acked_batches: set[str] = set()
         self.tried_batches: set[str] = set()
@@ -115,8 +124,7 @@ class Load:
         self.errors: list[str] = []
 
     def _post(self, path: str, headers: dict[str, str], body: dict) -> httpx.Response:
-        return httpx.post(f"{self.pool.url}/api/v1{path}", json=body, headers=headers,
-                          timeout=10)
+        return httpx.post(f"{self.pool.url}/api/v1{path}", json=body, headers=headers, timeout=10)
 
     def submitter(self) -> None:
         n = 0
@@ -125,8 +133,9 @@ class Load:
             n += 1
             self.tried_batches.add(batch)
             try:
-                r = self._post("/jobs", self.user,
-                               {"jobs": [{"ad": JOB.format(batch=batch)}] * CLUSTER_SIZE})
+                r = self._post(
+                    "/jobs", self.user, {"jobs": [{"ad": JOB.format(batch=batch)}] * CLUSTER_SIZE}
+                )
                 if r.status_code == 201:
                     self.acked_batches.add(batch)
                 else:
@@ -187,9 +196,9 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(pool_process: PoolProce
         while load.claim_and_complete():
             pass
         with pool_process_db(pool_process) as conn:
-            left = conn.execute(sa.text(
-                "SELECT count(*) FROM jobs WHERE state NOT IN ('completed', 'removed')"
-            )).scalar_one()
+            left = conn.execute(
+                sa.text("SELECT count(*) FROM jobs WHERE state NOT IN ('completed', 'removed')")
+            ).scalar_one()
         if left == 0:
             break
         assert time.monotonic() < deadline, f"{left} jobs never completed"
@@ -197,9 +206,12 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(pool_process: PoolProce
 
     with pool_process_db(pool_process) as conn:
         jobs = conn.execute(sa.text("SELECT cluster_id, proc_id, state, ad FROM jobs")).all()
-        completions = conn.execute(sa.text(
-            "SELECT cluster_id, proc_id, count(*) FROM events WHERE type = 'completed' "
-            "GROUP BY cluster_id, proc_id")).all()
+        completions = conn.execute(
+            sa.text(
+                "SELECT cluster_id, proc_id, count(*) FROM events WHERE type = 'completed' "
+                "GROUP BY cluster_id, proc_id"
+            )
+        ).all()
     by_batch: dict[str, set[tuple[int, int]]] = {}
     for cluster_id, proc_id, _, ad in jobs:
         batch = ad.split('Batch = "', 1)[1].split('"', 1)[0]
@@ -210,8 +222,9 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(pool_process: PoolProce
     for batch, members in by_batch.items():
         clusters = {c for c, _ in members}
         assert len(clusters) == 1, f"{batch} queued in several clusters {clusters}"
-        assert sorted(p for _, p in members) == list(range(CLUSTER_SIZE)), \
+        assert sorted(p for _, p in members) == list(range(CLUSTER_SIZE)), (
             f"{batch} is a partial cluster"
+        )
     assert all(state == "completed" for *_, state, _ in jobs)
     twice = [(c, p) for c, p, n in completions if n != 1]
     assert not twice, f"completed more than once: {twice}"

@@ -18,8 +18,10 @@ from tests.components.postgres import database_url, postgres_cluster  # noqa: F4
 REQ = "Requirements = TARGET.Cpus >= RequestCpus && TARGET.Memory >= RequestMemory"
 SMALL = f'[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 100; {REQ} ]'
 BIG = f'[ Cmd = "/bin/true"; RequestCpus = 4; RequestMemory = 3000; {REQ} ]'
-GPU = ('[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 100; RequestGPUs = 1; '
-       f'{REQ} && TARGET.GPUs >= RequestGPUs ]')
+GPU = (
+    '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 100; RequestGPUs = 1; '
+    f"{REQ} && TARGET.GPUs >= RequestGPUs ]"
+)
 NODE = {"Cpus": 4, "Memory": 4000, "Disk": 100000, "GPUs": 0, "GLIDEIN_Site": "LOCAL"}
 
 
@@ -47,13 +49,20 @@ class Node:
     def __init__(self, pool: TestClient, pilot: dict, slot: dict = NODE) -> None:
         self.pool, self.pilot = pool, pilot
         self.pid = register(pool, pilot, slot)
-        self.free = {"cpus": slot["Cpus"], "memory": slot["Memory"], "disk": slot["Disk"],
-                     "gpus": slot.get("GPUs", 0)}
+        self.free = {
+            "cpus": slot["Cpus"],
+            "memory": slot["Memory"],
+            "disk": slot["Disk"],
+            "gpus": slot.get("GPUs", 0),
+        }
         self.running: dict[str, dict] = {}
 
     def claim(self) -> str | None:
-        r = self.pool.post(f"/api/v1/pilots/{self.pid}/claim",
-                           json={"free": self.free, "wait": 0}, headers=self.pilot)
+        r = self.pool.post(
+            f"/api/v1/pilots/{self.pid}/claim",
+            json={"free": self.free, "wait": 0},
+            headers=self.pilot,
+        )
         assert r.status_code in (200, 204), r.text
         if r.status_code == 204:
             return None
@@ -66,8 +75,9 @@ class Node:
 
     def complete(self, jid: str) -> None:
         got = self.running.pop(jid)
-        r = self.pool.post(f"/api/v1/claims/{got['claim_id']}/complete",
-                           json={"exit_code": 0}, headers=self.pilot)
+        r = self.pool.post(
+            f"/api/v1/claims/{got['claim_id']}/complete", json={"exit_code": 0}, headers=self.pilot
+        )
         assert r.status_code == 200, r.text
         self.free["cpus"] += got["job"]["request"]["cpus"]
         self.free["memory"] += got["job"]["request"]["memory"]
@@ -76,8 +86,9 @@ class Node:
 def demand(pool: TestClient, fe: dict) -> dict[str, dict]:
     r = pool.get("/api/v1/demand", headers=fe)
     assert r.status_code == 200, r.text
-    return {("gpu" if "RequestGPUs" in ac["ad"] else "small"): ac
-            for ac in r.json()["autoclusters"]}
+    return {
+        ("gpu" if "RequestGPUs" in ac["ad"] else "small"): ac for ac in r.json()["autoclusters"]
+    }
 
 
 def test_demand_summary_counts_owners_dates_resources_and_matching_pilots(pool_config, auth):
@@ -89,7 +100,7 @@ def test_demand_summary_counts_owners_dates_resources_and_matching_pilots(pool_c
         submit(pool, alice, GPU)
         first = pool.get("/api/v1/jobs", headers=alice).json()[0]["q_date"]
         node = Node(pool, pilot)
-        assert node.claim() is not None   # alice's (names break the tie), her oldest
+        assert node.claim() is not None  # alice's (names break the tie), her oldest
         d = demand(pool, fe)
         small, gpu = d["small"], d["gpu"]
         assert (small["idle"], small["running"]) == (4, 1)
@@ -103,8 +114,11 @@ def test_demand_summary_counts_owners_dates_resources_and_matching_pilots(pool_c
         d = demand(pool, fe)
         assert (d["gpu"]["matching_pilots"], d["small"]["matching_pilots"]) == (1, 2)
         # a retiring pilot will run nothing more: it is not counted
-        r = pool.post(f"/api/v1/pilots/{gpu_node.pid}/heartbeat",
-                      json={"claims": [], "retiring": True}, headers=pilot)
+        r = pool.post(
+            f"/api/v1/pilots/{gpu_node.pid}/heartbeat",
+            json={"claims": [], "retiring": True},
+            headers=pilot,
+        )
         assert r.status_code == 200, r.text
         assert demand(pool, fe)["gpu"]["matching_pilots"] == 0
     with TestClient(create_app(pool_config)) as pool:  # rebuilt from the database
@@ -128,7 +142,7 @@ def test_a_large_job_is_not_starved_by_small_ones(pool_config, auth, reserve):
         node = Node(pool, pilot)
         for _ in range(4):
             assert node.claim() is not None
-        assert node.claim() is None                       # full
+        assert node.claim() is None  # full
         [big] = submit(pool, bob, BIG)
         got = []
         for _ in range(8):
@@ -138,10 +152,10 @@ def test_a_large_job_is_not_starved_by_small_ones(pool_config, auth, reserve):
             if big in got:
                 break
         if reserve:
-            assert got == [big]                            # nothing small in between
+            assert got == [big]  # nothing small in between
             assert node.running.keys() == {big}
         else:
-            assert big not in got and len(got) == 8        # starved
+            assert big not in got and len(got) == 8  # starved
 
 
 def test_no_more_pilots_wait_than_large_jobs(pool_config, auth):
@@ -154,9 +168,9 @@ def test_no_more_pilots_wait_than_large_jobs(pool_config, auth):
                 node.claim()
         [big] = submit(pool, bob, BIG)
         a.complete(next(iter(a.running)))
-        assert a.claim() is None                           # a waits for bob's job
+        assert a.claim() is None  # a waits for bob's job
         b.complete(next(iter(b.running)))
-        small = b.claim()                                  # b need not: one job, one pilot
+        small = b.claim()  # b need not: one job, one pilot
         assert small is not None and small != big
         while a.running:
             a.complete(next(iter(a.running)))
@@ -171,7 +185,7 @@ def test_a_large_job_of_a_worse_priority_does_not_hold_a_pilot(pool_config, auth
     with TestClient(create_app(pool_config)) as pool:
         submit(pool, bob, SMALL)
         other = Node(pool, pilot)
-        assert other.claim() is not None                   # bob runs one core elsewhere
+        assert other.claim() is not None  # bob runs one core elsewhere
         submit(pool, alice, SMALL, 10)
         node = Node(pool, pilot)
         for _ in range(4):
@@ -182,8 +196,7 @@ def test_a_large_job_of_a_worse_priority_does_not_hold_a_pilot(pool_config, auth
         assert got is not None and got != big
 
 
-def test_a_pilot_that_keeps_resources_for_itself_is_not_reserved_beyond_them(
-        pool_config, auth):
+def test_a_pilot_that_keeps_resources_for_itself_is_not_reserved_beyond_them(pool_config, auth):
     """The pilot publishes 4000 MB but offers 2000 when empty: bob's 3000 MB
     job can never run there, so the pilot is not held for it."""
     alice, bob, pilot = auth("alice"), auth("bob"), auth("pilot", "pilot", fe="fe1")
@@ -192,9 +205,9 @@ def test_a_pilot_that_keeps_resources_for_itself_is_not_reserved_beyond_them(
         [big] = submit(pool, bob, BIG)
         node = Node(pool, pilot)
         node.free["memory"] = 2000
-        first = node.claim()                               # empty: learns its real offer
+        first = node.claim()  # empty: learns its real offer
         node.complete(first)
         got = [node.claim(), node.claim()]
-        node.complete(got[0])                              # busy now: bob is better, but
-        got.append(node.claim())                           # his job cannot fit 2000 MB
+        node.complete(got[0])  # busy now: bob is better, but
+        got.append(node.claim())  # his job cannot fit 2000 MB
         assert None not in got and big not in got

@@ -10,8 +10,10 @@ from glidewms.submit import parse_submit
 from tests.integration.conftest import bearer
 from tests.integration.test_pool_api import SLOT, claim, register, submit
 
-AD = '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 10; Owner = "x"; {extra} ' \
-     'Requirements = TARGET.Cpus >= RequestCpus ]'
+AD = (
+    '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 10; Owner = "x"; {extra} '
+    "Requirements = TARGET.Cpus >= RequestCpus ]"
+)
 
 
 @pytest.fixture
@@ -24,8 +26,10 @@ def pool_config(pool_config):
 
 @pytest.fixture
 def users(issuer: TokenIssuer) -> tuple[dict[str, str], dict[str, str]]:
-    return (bearer(issuer.issue("alice", ["user"])),
-            bearer(issuer.issue("pilot", ["pilot"], fe="fe1", group="main")))
+    return (
+        bearer(issuer.issue("alice", ["user"])),
+        bearer(issuer.issue("pilot", ["pilot"], fe="fe1", group="main")),
+    )
 
 
 def test_frontend_start_expression_becomes_the_slot_start(pool, users):
@@ -45,12 +49,15 @@ def test_a_broken_start_expression_takes_no_jobs(pool, users):
     assert claim(pool, pilot, broken).status_code == 204
 
 
-@pytest.mark.parametrize(("extra", "container"), [
-    ('ContainerImage = "/images/el9";', {"image": "/images/el9"}),
-    ('SingularityImage = "/cvmfs/img/el8";', {"image": "/cvmfs/img/el8"}),
-    ("WantContainer = true;", {"image": ""}),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("extra", "container"),
+    [
+        ('ContainerImage = "/images/el9";', {"image": "/images/el9"}),
+        ('SingularityImage = "/cvmfs/img/el8";', {"image": "/cvmfs/img/el8"}),
+        ("WantContainer = true;", {"image": ""}),
+        ("", None),
+    ],
+)
 def test_container_request_reaches_the_pilot(pool, users, extra, container):
     alice, pilot = users
     submit(pool, alice, ad=AD.format(extra=extra))
@@ -59,6 +66,10 @@ def test_container_request_reaches_the_pilot(pool, users, extra, container):
 
 
 def test_submit_container_image_sets_the_attribute(tmp_path):
-    job = parse_submit("executable = /bin/true\ntransfer_executable = false\n"
-                       "container_image = /images/el9\nqueue\n", "c.sub", tmp_path).jobs[0]
+    job = parse_submit(
+        "executable = /bin/true\ntransfer_executable = false\n"
+        "container_image = /images/el9\nqueue\n",
+        "c.sub",
+        tmp_path,
+    ).jobs[0]
     assert job.attrs["ContainerImage"] == '"/images/el9"'

@@ -119,7 +119,7 @@ class StageServer:
         if h.path == "/api/v1/stage/manifest":
             return self.send(h, 200, self.manifest)
         if h.path.startswith("/api/v1/stage/files/"):
-            data = self.files.get(h.path[len("/api/v1/stage/files/"):])
+            data = self.files.get(h.path[len("/api/v1/stage/files/") :])
             return self.send(h, 404, b"{}") if data is None else self.send(h, 200, data)
         if re.fullmatch(r"/api/v1/glideins/[^/]+/report", h.path) and method == "POST":
             self.reports.append(json.loads(raw))
@@ -183,14 +183,44 @@ def bootstrap(
 ) -> subprocess.Popen[str]:
     scratch = tmp_path / "scratch"
     scratch.mkdir(exist_ok=True)
-    argv = [BASH, str(SCRIPT), "--factory", stage.url,
-            "--manifest-sha256", manifest_sha or sha(stage.manifest),
-            "--pool", stage.url, "--glidein-id", "g-42", "--entry", "entry1", "--site", "SITE1",
-            "--work-dir", str(scratch), "--cpus", "2", "--idle-timeout", "5",
-            "--attr", "HAS_X=true", "--attr", "Label=two words", "--heartbeat", "30", *extra]
-    full_env = {"PATH": env["PATH"], "GLIDEIN_PYTHON": env["GLIDEIN_PYTHON"],
-                "GLIDEIN_TOKEN_FILE": str(token_file), "STUB_MARKER": str(tmp_path / "marker"),
-                "STUB_EXIT": "7", "STUB_READY_URL": f"{stage.url}/test/ready", **env}
+    argv = [
+        BASH,
+        str(SCRIPT),
+        "--factory",
+        stage.url,
+        "--manifest-sha256",
+        manifest_sha or sha(stage.manifest),
+        "--pool",
+        stage.url,
+        "--glidein-id",
+        "g-42",
+        "--entry",
+        "entry1",
+        "--site",
+        "SITE1",
+        "--work-dir",
+        str(scratch),
+        "--cpus",
+        "2",
+        "--idle-timeout",
+        "5",
+        "--attr",
+        "HAS_X=true",
+        "--attr",
+        "Label=two words",
+        "--heartbeat",
+        "30",
+        *extra,
+    ]
+    full_env = {
+        "PATH": env["PATH"],
+        "GLIDEIN_PYTHON": env["GLIDEIN_PYTHON"],
+        "GLIDEIN_TOKEN_FILE": str(token_file),
+        "STUB_MARKER": str(tmp_path / "marker"),
+        "STUB_EXIT": "7",
+        "STUB_READY_URL": f"{stage.url}/test/ready",
+        **env,
+    }
     return subprocess.Popen(argv, env=full_env, stderr=subprocess.PIPE, text=True)
 
 
@@ -232,15 +262,23 @@ def test_good_stage_starts_the_agent_with_its_config(
     assert not any("auth" in f for f in info["files"])  # the header file is gone
     config = dict(line.split(" ", 1) for line in info["config"].splitlines())
     assert config["GLIDEIN_Factory_URL"] == config["GLIDEIN_Pool_URL"] == stub_stage.url
-    assert (config["GLIDEIN_Id"], config["GLIDEIN_Entry_Name"], config["GLIDEIN_Site"]) == \
-        ("g-42", "entry1", "SITE1")
+    assert (config["GLIDEIN_Id"], config["GLIDEIN_Entry_Name"], config["GLIDEIN_Site"]) == (
+        "g-42",
+        "entry1",
+        "SITE1",
+    )
     assert (config["GLIDEIN_Cpus"], config["GLIDEIN_Memory"]) == ("2", "auto")
     assert (config["GLIDEIN_Idle_Timeout"], config["GLIDEIN_Lifetime"]) == ("5", "86400")
     assert config["GLIDEIN_Heartbeat"] == "30"
-    assert (config["GLIDEIN_Work_Dir"], config["GLIDEIN_Token_File"]) == \
-        (info["cwd"], str(token_file))
-    assert (config["GLIDEIN_Attrs"], config["HAS_X"], config["Label"]) == \
-        ("HAS_X,Label", "true", "two words")
+    assert (config["GLIDEIN_Work_Dir"], config["GLIDEIN_Token_File"]) == (
+        info["cwd"],
+        str(token_file),
+    )
+    assert (config["GLIDEIN_Attrs"], config["HAS_X"], config["Label"]) == (
+        "HAS_X,Label",
+        "true",
+        "two words",
+    )
     assert not Path(info["cwd"]).exists()  # cleaned up on exit
     assert stub_stage.reports == []
     assert_token_kept_off_argv(downloader, stub_stage)
@@ -271,8 +309,9 @@ def test_wrong_manifest_hash_is_refused_before_any_file(
     proc = bootstrap(stub_stage, tmp_path, token_file, downloader, manifest_sha="ab" * 32)
     rc, stderr = finish(proc)
     assert rc == 3, stderr
-    assert [path for _, path, _ in stub_stage.requests if "/stage/" in path] == \
-        ["/api/v1/stage/manifest"]
+    assert [path for _, path, _ in stub_stage.requests if "/stage/" in path] == [
+        "/api/v1/stage/manifest"
+    ]
     assert stub_stage.reports[0]["exit_reason"] == "corruption"
     assert "manifest sha256" in stub_stage.reports[0]["detail"]
     assert not (tmp_path / "marker").exists()
@@ -295,36 +334,71 @@ def test_manifest_paths_leaving_the_work_dir_are_refused(
 
 @pytest.mark.parametrize(
     ("drop", "add", "message"),
-    [("--pool", (), "--pool is required"),
-     ("--glidein-id", (), "--glidein-id is required"),
-     ("", ("--bogus", "1"), "unknown option --bogus"),
-     ("", ("--attr", "no-equals"), "bad --attr"),
-     ("", ("--attr", "GLIDEIN_Pool_URL=http://evil"), "cannot set GLIDEIN_Pool_URL"),
-     ("", ("--lifetime", "1h"), "number of seconds"),
-     ("", ("--cpus",), "--cpus needs a value")],
+    [
+        ("--pool", (), "--pool is required"),
+        ("--glidein-id", (), "--glidein-id is required"),
+        ("", ("--bogus", "1"), "unknown option --bogus"),
+        ("", ("--attr", "no-equals"), "bad --attr"),
+        ("", ("--attr", "GLIDEIN_Pool_URL=http://evil"), "cannot set GLIDEIN_Pool_URL"),
+        ("", ("--lifetime", "1h"), "number of seconds"),
+        ("", ("--cpus",), "--cpus needs a value"),
+    ],
 )
 def test_bad_options_exit_2_with_a_message(
     tmp_path: Path, token_file: Path, drop: str, add: tuple[str, ...], message: str
 ) -> None:
-    argv = ["--factory", "http://f", "--manifest-sha256", "0" * 64, "--pool", "http://p",
-            "--glidein-id", "g", "--entry", "e", "--site", "s"]
+    argv = [
+        "--factory",
+        "http://f",
+        "--manifest-sha256",
+        "0" * 64,
+        "--pool",
+        "http://p",
+        "--glidein-id",
+        "g",
+        "--entry",
+        "e",
+        "--site",
+        "s",
+    ]
     if drop:
         index = argv.index(drop)
-        del argv[index:index + 2]
-    env = {"PATH": os.environ["PATH"], "GLIDEIN_TOKEN_FILE": str(token_file),
-           "TMPDIR": str(tmp_path)}
-    proc = subprocess.run([BASH, str(SCRIPT), *argv, *add], env=env, capture_output=True,
-                          text=True, timeout=WAIT)
+        del argv[index : index + 2]
+    env = {
+        "PATH": os.environ["PATH"],
+        "GLIDEIN_TOKEN_FILE": str(token_file),
+        "TMPDIR": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [BASH, str(SCRIPT), *argv, *add], env=env, capture_output=True, text=True, timeout=WAIT
+    )
     assert proc.returncode == 2
     assert message in proc.stderr
     assert list(tmp_path.glob("glidein_*")) == []  # refused before making a work dir
 
 
 def test_a_missing_token_file_is_a_usage_error(tmp_path: Path) -> None:
-    argv = ["--factory", "http://f", "--manifest-sha256", "0" * 64, "--pool", "http://p",
-            "--glidein-id", "g", "--entry", "e", "--site", "s"]
-    proc = subprocess.run([BASH, str(SCRIPT), *argv], capture_output=True, text=True,
-                          env={"PATH": os.environ["PATH"]}, timeout=WAIT)
+    argv = [
+        "--factory",
+        "http://f",
+        "--manifest-sha256",
+        "0" * 64,
+        "--pool",
+        "http://p",
+        "--glidein-id",
+        "g",
+        "--entry",
+        "e",
+        "--site",
+        "s",
+    ]
+    proc = subprocess.run(
+        [BASH, str(SCRIPT), *argv],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        timeout=WAIT,
+    )
     assert proc.returncode == 2 and "GLIDEIN_TOKEN_FILE" in proc.stderr
 
 
@@ -334,8 +408,9 @@ def test_the_token_is_never_written_on_a_command_line_in_the_script() -> None:
         if "Authorization" in line and not line.lstrip().startswith("#"):
             # Only two places may name the header: printf into the 0600 header file
             # (a builtin: no argv) and python building it from the token file.
-            assert ("printf 'Authorization: Bearer %s\\n'" in line and '> "$hdr"' in line) \
-                or '{"Authorization": "Bearer " + f.read().strip()' in line, line
+            assert (
+                "printf 'Authorization: Bearer %s\\n'" in line and '> "$hdr"' in line
+            ) or '{"Authorization": "Bearer " + f.read().strip()' in line, line
     assert re.search(r"-H @\"\$hdr\"", text)
     # the token variable is expanded once: as printf's argument (a builtin, not an exec)
     assert len(re.findall(r"\$\{?token\b", text)) == 1
@@ -344,8 +419,7 @@ def test_the_token_is_never_written_on_a_command_line_in_the_script() -> None:
 def test_sigterm_is_forwarded_to_the_agent_and_the_work_dir_removed(
     stub_stage: StageServer, tmp_path: Path, token_file: Path
 ) -> None:
-    env = {"PATH": os.environ["PATH"], "GLIDEIN_PYTHON": sys.executable,
-           "STUB_MODE": "wait_signal"}
+    env = {"PATH": os.environ["PATH"], "GLIDEIN_PYTHON": sys.executable, "STUB_MODE": "wait_signal"}
     proc = bootstrap(stub_stage, tmp_path, token_file, env)
     try:
         assert stub_stage.events["ready"].wait(WAIT), "the stub agent never started"
@@ -395,8 +469,9 @@ def key_b64(key: Any) -> str:
 
     from cryptography.hazmat.primitives import serialization
 
-    der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return base64.b64encode(der).decode()
 
 
@@ -409,14 +484,22 @@ def test_a_signed_manifest_is_verified_or_said_unchecked_without_openssl(
     key = Ed25519PrivateKey.generate()
     stage = signed_stage(key)
     try:
-        rc, stderr = finish(bootstrap(stage, tmp_path, token_file, downloader,
-                                      extra=("--manifest-key", key_b64(key),
-                                             "--set", "GLIDEIN_Container_Use=REQUIRED")))
+        rc, stderr = finish(
+            bootstrap(
+                stage,
+                tmp_path,
+                token_file,
+                downloader,
+                extra=("--manifest-key", key_b64(key), "--set", "GLIDEIN_Container_Use=REQUIRED"),
+            )
+        )
     finally:
         stage.close()
     assert rc == 7, stderr
-    config = dict(line.split(" ", 1) for line in
-                  json.loads((tmp_path / "marker").read_text())["config"].splitlines())
+    config = dict(
+        line.split(" ", 1)
+        for line in json.loads((tmp_path / "marker").read_text())["config"].splitlines()
+    )
     has_openssl = downloader["MODE"] == "curl" and shutil.which("openssl") is not None
     assert config["GLIDEIN_Manifest_Signature"] == ("verified" if has_openssl else "unchecked")
     assert config["GLIDEIN_Container_Use"] == "REQUIRED"
@@ -444,8 +527,9 @@ def test_a_manifest_signature_that_does_not_verify_is_corruption(
         stage.files["manifest.sig"] = bytes(sig)
     try:
         env = {"PATH": os.environ["PATH"], "GLIDEIN_PYTHON": sys.executable}
-        rc, stderr = finish(bootstrap(stage, tmp_path, token_file, env,
-                                      extra=("--manifest-key", key_b64(key))))
+        rc, stderr = finish(
+            bootstrap(stage, tmp_path, token_file, env, extra=("--manifest-key", key_b64(key)))
+        )
     finally:
         stage.close()
     assert rc == 3, stderr
@@ -470,15 +554,34 @@ def test_the_factory_stage_is_signed_with_a_kept_key(tmp_path: Path) -> None:
     manifest = stage.manifest_path.read_bytes()
     public.verify(stage.signature_path.read_bytes(), manifest)  # raises if it does not verify
     assert stage.file("manifest.sig") == stage.signature_path and stage.file("manifest") is None
-    assert {"validation/scripts.list", "validation/cpus.py", "validation/gconfig.sh",
-            "agent/validation.py"} <= set(stage.files)
+    assert {
+        "validation/scripts.list",
+        "validation/cpus.py",
+        "validation/gconfig.sh",
+        "agent/validation.py",
+    } <= set(stage.files)
     again = build_stage(tmp_path)
     assert again.public_key_b64 == stage.public_key_b64  # the key is kept, not regenerated
     if shutil.which("openssl"):  # the very command the bootstrap runs
         pem = tmp_path / "k.pem"
-        pem.write_text(f"-----BEGIN PUBLIC KEY-----\n{stage.public_key_b64}\n"
-                       "-----END PUBLIC KEY-----\n")
-        check = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pem),
-                                "-rawin", "-in", str(stage.manifest_path), "-sigfile",
-                                str(stage.signature_path)], capture_output=True, text=True)
+        pem.write_text(
+            f"-----BEGIN PUBLIC KEY-----\n{stage.public_key_b64}\n-----END PUBLIC KEY-----\n"
+        )
+        check = subprocess.run(
+            [
+                "openssl",
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-inkey",
+                str(pem),
+                "-rawin",
+                "-in",
+                str(stage.manifest_path),
+                "-sigfile",
+                str(stage.signature_path),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert check.returncode == 0, check.stderr

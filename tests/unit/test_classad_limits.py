@@ -33,25 +33,30 @@ def chain(op: str, n_ops: int) -> str:
     return op.join(["a1"] * (n_ops + 1))
 
 
-@pytest.mark.parametrize("text", [
-    'TARGET.Cpus >= 4 && stringListMember("T2_US_X", DESIRED_Sites) && Memory > 2000',
-    'ifThenElse(isUndefined(x), "a+b-c", y)',
-    '"strings + hide * operators"',
-    "'weird name' == 3",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        'TARGET.Cpus >= 4 && stringListMember("T2_US_X", DESIRED_Sites) && Memory > 2000',
+        'ifThenElse(isUndefined(x), "a+b-c", y)',
+        '"strings + hide * operators"',
+        "'weird name' == 3",
+    ],
+)
 def test_real_expressions_pass(text: str) -> None:
     check_expression(text, "Requirements")
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    (chain("+", L.max_operators + 1), "operators"),
-    (chain(".", L.max_operators + 1), "operators"),
-    ("(" * (L.max_nesting + 1) + "1" + ")" * (L.max_nesting + 1), "nested"),
-    ("{" * (L.max_nesting + 1) + "}" * (L.max_nesting + 1), "nested"),
-    ('"' + "x" * L.max_expression_bytes + '"', "bytes"),
-])
-def test_deep_or_large_expressions_are_refused_naming_the_attribute(text: str,
-                                                                   reason: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (chain("+", L.max_operators + 1), "operators"),
+        (chain(".", L.max_operators + 1), "operators"),
+        ("(" * (L.max_nesting + 1) + "1" + ")" * (L.max_nesting + 1), "nested"),
+        ("{" * (L.max_nesting + 1) + "}" * (L.max_nesting + 1), "nested"),
+        ('"' + "x" * L.max_expression_bytes + '"', "bytes"),
+    ],
+)
+def test_deep_or_large_expressions_are_refused_naming_the_attribute(text: str, reason: str) -> None:
     with pytest.raises(AdLimitExceeded, match=reason) as info:
         check_expression(text, "GLIDEIN_Start")
     assert info.value.attribute == "GLIDEIN_Start"
@@ -91,7 +96,7 @@ def test_mapping_bounds() -> None:
 
 
 def test_ad_text_bounds() -> None:
-    check_ad_text("[ A = 1; B = A + 2; C = \"x\" ]")
+    check_ad_text('[ A = 1; B = A + 2; C = "x" ]')
     with pytest.raises(AdLimitExceeded, match="bytes"):
         check_ad_text("[ A = 1 ]", AdLimits(max_ad_bytes=4))
     with pytest.raises(AdLimitExceeded, match="operators"):
@@ -105,8 +110,8 @@ def test_the_bounds_are_safe_in_the_real_library() -> None:
     code = textwrap.dedent(f"""
         from glidewms import classads
         import classad2
-        for text in [{chain('+', L.max_operators)!r}, {chain('.', L.max_operators)!r},
-                     {chain('==', L.max_operators)!r},
+        for text in [{chain("+", L.max_operators)!r}, {chain(".", L.max_operators)!r},
+                     {chain("==", L.max_operators)!r},
                      "(" * {L.max_nesting} + "1" + ")" * {L.max_nesting}]:
             job = classad2.ClassAd("[ Requirements = " + text + "; a1 = 1 ]")
             str(job)
@@ -118,7 +123,6 @@ def test_the_bounds_are_safe_in_the_real_library() -> None:
                     pass
         print("survived")
     """)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "survived" in run.stdout

@@ -14,8 +14,10 @@ from glidewms import classads
 
 def test_string_list_functions_work():
     """Without `import htcondor2` first, stringListMember silently gives Error."""
-    job = classads.parse_ad('[ DESIRED_Sites = "A,B"; '
-                            'Requirements = stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites) ]')
+    job = classads.parse_ad(
+        '[ DESIRED_Sites = "A,B"; '
+        "Requirements = stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites) ]"
+    )
     assert classads.job_fits_slot(job, classads.ad_from_dict({"GLIDEIN_Site": "B"}))
     assert not classads.job_fits_slot(job, classads.ad_from_dict({"GLIDEIN_Site": "C"}))
 
@@ -37,15 +39,18 @@ def test_expression_with_separators_inside_strings_is_fine():
     assert classads.constraint_matches(expr, classads.ad_from_dict({"Owner": "a;]"}))
 
 
-@pytest.mark.parametrize(("value", "truth"), [
-    (True, True), (False, False), (1, True), (0, False), (2.5, True), ("yes", False)])
+@pytest.mark.parametrize(
+    ("value", "truth"),
+    [(True, True), (False, False), (1, True), (0, False), (2.5, True), ("yes", False)],
+)
 def test_truth(value, truth):
     assert classads.is_true(value) is truth
 
 
 def test_undefined_is_not_true_although_it_is_an_int_enum():
     undefined = classads.parse_expr("TARGET.GPUs >= 1").eval(
-        scope=classads.ClassAd(), target=classads.ClassAd())
+        scope=classads.ClassAd(), target=classads.ClassAd()
+    )
     assert isinstance(undefined, int)  # the trap: Value is an IntEnum
     assert classads.is_true(undefined) is False
     assert classads.number(undefined) is None
@@ -59,12 +64,15 @@ def test_slot_start_is_checked_against_the_job():
 
 
 def test_autocluster_signature_ignores_insignificant_attributes():
-    a = classads.parse_ad('[ RequestCpus = 1; Cmd = "/a"; Site = "X"; '
-                          'Requirements = TARGET.Site == MY.Site ]')
-    b = classads.parse_ad('[ RequestCpus = 1; Cmd = "/b"; Site = "X"; '
-                          'Requirements = TARGET.Site == MY.Site ]')
-    c = classads.parse_ad('[ RequestCpus = 1; Cmd = "/a"; Site = "Y"; '
-                          'Requirements = TARGET.Site == MY.Site ]')
+    a = classads.parse_ad(
+        '[ RequestCpus = 1; Cmd = "/a"; Site = "X"; Requirements = TARGET.Site == MY.Site ]'
+    )
+    b = classads.parse_ad(
+        '[ RequestCpus = 1; Cmd = "/b"; Site = "X"; Requirements = TARGET.Site == MY.Site ]'
+    )
+    c = classads.parse_ad(
+        '[ RequestCpus = 1; Cmd = "/a"; Site = "Y"; Requirements = TARGET.Site == MY.Site ]'
+    )
     assert classads.signature(a)[0] == classads.signature(b)[0]
     assert classads.signature(a)[0] != classads.signature(c)[0]
 
@@ -72,11 +80,19 @@ def test_autocluster_signature_ignores_insignificant_attributes():
 def _condor_config_after_import(env: dict[str, str]) -> list[str]:
     """CONDOR_CONFIG and a knob as a fresh process sees them once glidewms.classads
     (which picks the configuration for the whole process) has been imported."""
-    probe = ("import os, glidewms.classads, htcondor2; "
-             "print(os.environ.get('CONDOR_CONFIG')); "
-             "print(htcondor2.param.get('GLIDEWMS_PROBE_KNOB'))")
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                          text=True, timeout=60, check=True)
+    probe = (
+        "import os, glidewms.classads, htcondor2; "
+        "print(os.environ.get('CONDOR_CONFIG')); "
+        "print(htcondor2.param.get('GLIDEWMS_PROBE_KNOB'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return done.stdout.split()
 
 
@@ -101,13 +117,17 @@ def test_without_any_configuration_the_bindings_get_an_empty_one(tmp_path: Path)
 def test_htcondor_looks_in_the_users_own_directory_first_except_for_root() -> None:
     home = Path("/home/alice")
     user = classads.htcondor_config_files(home, as_root=False)
-    assert user[:3] == [home / ".condor" / "condor_config", Path("/etc/condor/condor_config"),
-                        Path("/usr/local/etc/condor_config")]
+    assert user[:3] == [
+        home / ".condor" / "condor_config",
+        Path("/etc/condor/condor_config"),
+        Path("/usr/local/etc/condor_config"),
+    ]
     assert classads.htcondor_config_files(home, as_root=True) == user[1:]
 
 
 def test_a_users_own_configuration_is_named_so_the_bindings_keep_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """htcondor2's own check at import does not know ~/.condor/ and would put
     /dev/null in its place."""
     own = tmp_path / ".condor" / "condor_config"

@@ -19,8 +19,9 @@ runner = CliRunner()
 def test_bad_entries_file_is_refused_before_anything_starts(tmp_path: Path):
     bad = tmp_path / "entries.yaml"
     bad.write_text("- name: big\n  site: X\n  cpus: many\n")
-    result = runner.invoke(app, ["demo", "--entries", str(bad), "--state-dir",
-                                 str(tmp_path / "demo")])
+    result = runner.invoke(
+        app, ["demo", "--entries", str(bad), "--state-dir", str(tmp_path / "demo")]
+    )
     assert result.exit_code == 2
     assert "entries.yaml" in result.output and "[0].cpus" in result.output
     assert not (tmp_path / "demo").exists()
@@ -47,22 +48,43 @@ def test_user_commands_explain_how_to_find_the_pool(tmp_path: Path, monkeypatch)
 def test_token_is_written_to_a_private_file_never_printed(tmp_path: Path):
     assert runner.invoke(app, ["keys", str(tmp_path / "keys")]).exit_code == 0
     out = tmp_path / "t.token"
-    result = runner.invoke(app, ["token", "--subject", "alice", "--scope", "user", "--out",
-                                 str(out), "--key", str(tmp_path / "keys" / "issuer.key")])
+    result = runner.invoke(
+        app,
+        [
+            "token",
+            "--subject",
+            "alice",
+            "--scope",
+            "user",
+            "--out",
+            str(out),
+            "--key",
+            str(tmp_path / "keys" / "issuer.key"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     token = out.read_text().strip()
     assert token and token not in result.output
     assert out.stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize("command", [
-    ["q", "1.x"], ["history", "7", "x"], ["rm", "1.0", "1."], ["hold", ".3"],
-    ["release", "1.2.3"], ["fetch", "1.x"], ["qedit", "1.x", "RequestMemory", "2048"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["q", "1.x"],
+        ["history", "7", "x"],
+        ["rm", "1.0", "1."],
+        ["hold", ".3"],
+        ["release", "1.2.3"],
+        ["fetch", "1.x"],
+        ["qedit", "1.x", "RequestMemory", "2048"],
+    ],
+)
 def test_a_malformed_job_id_is_a_one_line_usage_error(command: list[str]) -> None:
     """Checked before the pool is looked for: exit 2 (usage), not a traceback."""
-    result = runner.invoke(app, [*command, "--pool", "http://127.0.0.1:9", "--token-file",
-                                 "/nonexistent"])
+    result = runner.invoke(
+        app, [*command, "--pool", "http://127.0.0.1:9", "--token-file", "/nonexistent"]
+    )
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = result.output.strip().splitlines()
@@ -98,8 +120,10 @@ def fake_pool(tmp_path: Path) -> Iterator[tuple[list[str], type[_FakePool]]]:
     token = tmp_path / "user.token"
     token.write_text("not-checked-by-the-stand-in\n")
     try:
-        yield ["--pool", f"http://127.0.0.1:{server.server_port}",
-               "--token-file", str(token)], handler
+        yield (
+            ["--pool", f"http://127.0.0.1:{server.server_port}", "--token-file", str(token)],
+            handler,
+        )
     finally:
         server.shutdown()
         server.server_close()

@@ -16,8 +16,9 @@ from glidewms.config.reference import reference_markdown
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("model", [PoolConfig, FactoryConfig, EntryConfig, FrontendConfig,
-                                   GroupConfig])
+@pytest.mark.parametrize(
+    "model", [PoolConfig, FactoryConfig, EntryConfig, FrontendConfig, GroupConfig]
+)
 def test_every_config_key_is_documented(model):
     text = (ROOT / "docs" / "configuration.md").read_text()
     missing = [name for name in model.model_fields if f"| `{name}` |" not in text]
@@ -28,7 +29,8 @@ def test_config_reference_matches_the_models():
     text = (ROOT / "docs" / "configuration.md").read_text()
     assert reference_markdown() in text, (
         "docs/configuration.md is out of date: paste the output of "
-        "`python -m glidewms.config.reference` over its tables")
+        "`python -m glidewms.config.reference` over its tables"
+    )
 
 
 def test_every_command_is_in_the_readme():

@@ -33,9 +33,11 @@ def test_a_postgresql_url_without_psycopg_names_the_postgres_extra(no_psycopg) -
 def test_the_pool_command_says_which_extra_is_missing(no_psycopg, tmp_path: Path) -> None:
     _, public = generate_keypair(tmp_path / "keys")
     config = tmp_path / "pool.yaml"
-    config.write_text(f"listen_host: 127.0.0.1\nlisten_port: 0\nstate_dir: {tmp_path}\n"
-                      f"issuer_public_key: {public}\n"
-                      "database_url: postgresql+psycopg://wms@127.0.0.1:9/pool\n")
+    config.write_text(
+        f"listen_host: 127.0.0.1\nlisten_port: 0\nstate_dir: {tmp_path}\n"
+        f"issuer_public_key: {public}\n"
+        "database_url: postgresql+psycopg://wms@127.0.0.1:9/pool\n"
+    )
     result = CliRunner().invoke(app, ["pool", "--config", str(config)])
     assert result.exit_code == 2, result.output
     assert "glidewms[postgres]" in result.output

@@ -52,26 +52,47 @@ def test_render_refuses_missing_and_unused_values() -> None:
 def test_job_script_picks_the_glidein_by_task_and_hides_the_token(tmp_path: Path) -> None:
     """Run the rendered script with bash for each task index: the right id, the token
     file exported (not its content), the site environment set, argv quoted."""
-    bootstrap = 'printf "%s\\n" "$@" > "$OUT.$SLURM_ARRAY_TASK_ID"; echo "$SITE" >> ' \
-                '"$OUT.$SLURM_ARRAY_TASK_ID"; echo "$GLIDEIN_TOKEN_FILE" >> ' \
-                '"$OUT.$SLURM_ARRAY_TASK_ID"\n'  # fmt: skip
+    bootstrap = (
+        'printf "%s\\n" "$@" > "$OUT.$SLURM_ARRAY_TASK_ID"; echo "$SITE" >> '
+        '"$OUT.$SLURM_ARRAY_TASK_ID"; echo "$GLIDEIN_TOKEN_FILE" >> '
+        '"$OUT.$SLURM_ARRAY_TASK_ID"\n'
+    )
     array = PilotArray(("--attr", "A=b c", "--x"), ("g0", "g1"), Path("/tmp/tok en"))
-    script = render_script(array, directives=["#SBATCH --array=0-1"],
-                           task_index=SlurmBackend.task_index, job_ref=SlurmBackend.job_ref,
-                           token_file="/tmp/tok en", bootstrap=bootstrap,
-                           environment={"SITE": "it's here"})  # fmt: skip
+    script = render_script(
+        array,
+        directives=["#SBATCH --array=0-1"],
+        task_index=SlurmBackend.task_index,
+        job_ref=SlurmBackend.job_ref,
+        token_file="/tmp/tok en",
+        bootstrap=bootstrap,
+        environment={"SITE": "it's here"},
+    )
     assert script.startswith("#!/bin/bash\n#SBATCH --array=0-1\n")
     out = tmp_path / "out"
     for task in (0, 1):
         env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "SLURM_ARRAY_TASK_ID": str(task)}
-        done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
-                              timeout=30, check=False)  # fmt: skip
+        done = subprocess.run(
+            ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False
+        )
         assert done.returncode == 0, done.stderr
         lines = (tmp_path / f"out.{task}").read_text().splitlines()
-        assert lines == ["--attr", "A=b c", "--x", "--glidein-id", f"g{task}", "it's here",
-                         "/tmp/tok en"]  # fmt: skip
-    bad = subprocess.run(["bash", "-c", script], env={"PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        assert lines == [
+            "--attr",
+            "A=b c",
+            "--x",
+            "--glidein-id",
+            f"g{task}",
+            "it's here",
+            "/tmp/tok en",
+        ]
+    bad = subprocess.run(
+        ["bash", "-c", script],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert bad.returncode == 64 and "outside" in bad.stderr
 
 
@@ -100,30 +121,63 @@ def test_slurm_states(state: str, reason: str, expected: PilotState) -> None:
 
 
 def test_every_slurm_state_is_mapped_to_a_real_pilot_state() -> None:
-    documented = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "CONFIGURING", "COMPLETING", "DEADLINE",
-                  "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PENDING", "PREEMPTED", "RUNNING",
-                  "RESV_DEL_HOLD", "REQUEUE_FED", "REQUEUE_HOLD", "REQUEUED", "RESIZING",
-                  "REVOKED", "SIGNALING", "SPECIAL_EXIT", "STAGE_OUT", "STOPPED", "SUSPENDED",
-                  "TIMEOUT"}  # fmt: skip
+    documented = {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "CONFIGURING",
+        "COMPLETING",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PENDING",
+        "PREEMPTED",
+        "RUNNING",
+        "RESV_DEL_HOLD",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "REQUEUED",
+        "RESIZING",
+        "REVOKED",
+        "SIGNALING",
+        "SPECIAL_EXIT",
+        "STAGE_OUT",
+        "STOPPED",
+        "SUSPENDED",
+        "TIMEOUT",
+    }
     assert set(STATE_MAP) == documented
     assert PilotState.unknown not in STATE_MAP.values()
 
 
 def test_parse_squeue() -> None:
     text = "12_0|RUNNING|None\n12_1|PENDING|Priority\n\n13|CANCELLED|None\n"
-    assert parse_squeue(text) == {"12_0": PilotState.running, "12_1": PilotState.queued,
-                                  "13": PilotState.removed}  # fmt: skip
+    assert parse_squeue(text) == {
+        "12_0": PilotState.running,
+        "12_1": PilotState.queued,
+        "13": PilotState.removed,
+    }
 
 
 def test_unimplemented_backend_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every backend the entry schema accepts is implemented; were one not, the
     factory would refuse to start, naming the entry."""
     for kind in get_args(BackendKind):
-        check_backends(FactoryConfig(entries=[EntryConfig(
-            name="a", site="S", backend=kind,
-            ssh={"host": "h", "user": "u", "key_file": "/k"} if kind == "ssh" else None,
-            condor={"ce_host": "ce.example.org"} if kind == "htcondor" else None)]),
-            "f.yaml")  # fmt: skip
+        check_backends(
+            FactoryConfig(
+                entries=[
+                    EntryConfig(
+                        name="a",
+                        site="S",
+                        backend=kind,
+                        ssh={"host": "h", "user": "u", "key_file": "/k"} if kind == "ssh" else None,
+                        condor={"ce_host": "ce.example.org"} if kind == "htcondor" else None,
+                    )
+                ]
+            ),
+            "f.yaml",
+        )
     monkeypatch.delitem(BACKENDS, "pbs")
     config = FactoryConfig(entries=[EntryConfig(name="a", site="S", backend="pbs")])
     with pytest.raises(ConfigError, match=r"entries\[0\]\.backend: 'pbs' is not implemented"):
@@ -139,13 +193,17 @@ def test_entry_batch_and_environment_validation() -> None:
         EntryConfig(name="a", site="S", backend="ssh")
     with pytest.raises(ValueError, match="command_prefix needs log_dir"):
         EntryConfig(name="a", site="S", batch={"command_prefix": ["runuser", "-u", "x", "--"]})
-    EntryConfig(name="a", site="S", batch={"command_prefix": ["runuser", "-u", "x", "--"],
-                                           "log_dir": "/srv/pilot-logs"})  # fmt: skip
+    EntryConfig(
+        name="a",
+        site="S",
+        batch={"command_prefix": ["runuser", "-u", "x", "--"], "log_dir": "/srv/pilot-logs"},
+    )
 
 
 def test_slurm_pilots_get_their_drain_signal_in_the_batch_script_before_the_walltime() -> None:
-    entry = EntryConfig.model_validate({"name": "e", "site": "S", "backend": "slurm",
-                                        "walltime": 3600})
+    entry = EntryConfig.model_validate(
+        {"name": "e", "site": "S", "backend": "slurm", "walltime": 3600}
+    )
     array = PilotArray(("--x",), ("g0", "g1"), Path("/t"))
     backend = SlurmBackend(BackendContext(Path("/s"), Path("/b")))
     lines = backend.directives(entry, array, "/l")

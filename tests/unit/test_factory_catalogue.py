@@ -37,9 +37,24 @@ def test_the_shipped_sample_is_a_few_dozen_sites_and_makes_valid_entries() -> No
 
 
 def catalogue(**queue: Any) -> Catalogue:
-    return Catalogue.model_validate({"sites": {"S1": {"name": "S1", "tier_level": 1, "ces": [
-        {"name": "ce1.example.org", "flavour": "HTCONDOR-CE", "endpoint": "ce1.example.org:9619",
-         "queues": [{"name": "q", "cores": 8, "memory_mb": 16000, **queue}]}]}}})
+    return Catalogue.model_validate(
+        {
+            "sites": {
+                "S1": {
+                    "name": "S1",
+                    "tier_level": 1,
+                    "ces": [
+                        {
+                            "name": "ce1.example.org",
+                            "flavour": "HTCONDOR-CE",
+                            "endpoint": "ce1.example.org:9619",
+                            "queues": [{"name": "q", "cores": 8, "memory_mb": 16000, **queue}],
+                        }
+                    ],
+                }
+            }
+        }
+    )
 
 
 NAME = "S1_ce1_q"
@@ -51,15 +66,26 @@ NAME = "S1_ce1_q"
         ({"defaults": {"cpus": 2, "max_idle": 3}}, "cpus", 8),  # catalogue over defaults
         ({"defaults": {"cpus": 2, "max_idle": 3}}, "max_idle", 3),  # defaults fill in
         ({"entries": {NAME: {"cpus": 4}}}, "cpus", 4),  # overrides over the catalogue
-        ({"flavours": {"HTCONDOR-CE": {"backend": "slurm", "batch": {"account": "x"}}}},
-         "batch", {"queue": "q", "account": "x"}),  # flavour merged into the catalogue's
-        ({"entries": {NAME: {"attributes": {"MINE": 1}}}}, "attributes",
-         {"GLIDEIN_CE": "ce1.example.org:9619", "GLIDEIN_CE_Flavour": "HTCONDOR-CE",
-          "GLIDEIN_Site_Tier": 1, "MINE": 1}),
+        (
+            {"flavours": {"HTCONDOR-CE": {"backend": "slurm", "batch": {"account": "x"}}}},
+            "batch",
+            {"queue": "q", "account": "x"},
+        ),  # flavour merged into the catalogue's
+        (
+            {"entries": {NAME: {"attributes": {"MINE": 1}}}},
+            "attributes",
+            {
+                "GLIDEIN_CE": "ce1.example.org:9619",
+                "GLIDEIN_CE_Flavour": "HTCONDOR-CE",
+                "GLIDEIN_Site_Tier": 1,
+                "MINE": 1,
+            },
+        ),
     ],
 )
-def test_defaults_under_catalogue_under_overrides(overrides: dict[str, Any], key: str,
-                                                  expected: Any) -> None:  # fmt: skip
+def test_defaults_under_catalogue_under_overrides(
+    overrides: dict[str, Any], key: str, expected: Any
+) -> None:
     base: dict[str, Any] = {"flavours": {"HTCONDOR-CE": {"backend": "local"}}}
     merged = {**base, **overrides}
     if "flavours" in overrides:
@@ -76,10 +102,11 @@ def arc_catalogue() -> Catalogue:
 
 def test_skips_and_drops_say_why() -> None:
     assert generate(arc_catalogue(), Overrides()).skipped == [
-        "CE ce1.example.org (S1): ARC-CE: no backend for this flavour (map it under "
-        "flavours:)"]
+        "CE ce1.example.org (S1): ARC-CE: no backend for this flavour (map it under flavours:)"
+    ]
     assert generate(catalogue(), Overrides(flavours={"HTCONDOR-CE": None})).skipped == [
-        "CE ce1.example.org (S1): HTCONDOR-CE: mapped to null"]
+        "CE ce1.example.org (S1): HTCONDOR-CE: mapped to null"
+    ]
     dropped = generate(catalogue(), Overrides(flavours=ALL_FLAVOURS, entries={NAME: None}))
     assert dropped.entries == [] and dropped.skipped == [f"entry {NAME}: dropped by the overrides"]
     excluded = generate(catalogue(), Overrides(flavours=ALL_FLAVOURS, exclude=["S*"]))
@@ -88,8 +115,7 @@ def test_skips_and_drops_say_why() -> None:
 
 def test_a_bad_override_names_the_entry_and_the_key() -> None:
     with pytest.raises(ConfigError, match=rf"(?s)generated entry {NAME}.*max_pilots"):
-        generate(catalogue(), Overrides(flavours=ALL_FLAVOURS,
-                                        entries={NAME: {"max_pilots": -1}}))  # fmt: skip
+        generate(catalogue(), Overrides(flavours=ALL_FLAVOURS, entries={NAME: {"max_pilots": -1}}))
 
 
 def test_entry_names_are_path_safe() -> None:
@@ -111,11 +137,14 @@ def test_diff_says_added_removed_and_changed_keys() -> None:
     ("flavours", "backend", "condor"),
     [
         ({}, "htcondor", {"ce_host": "ce1.example.org", "ce_port": 9619}),  # the default
-        ({"HTCONDOR-CE": {"condor": {"x509": "/p", "ce_port": 9620}}}, "htcondor",
-         {"ce_host": "ce1.example.org", "ce_port": 9620, "x509": "/p"}),  # merged over it
+        (
+            {"HTCONDOR-CE": {"condor": {"x509": "/p", "ce_port": 9620}}},
+            "htcondor",
+            {"ce_host": "ce1.example.org", "ce_port": 9620, "x509": "/p"},
+        ),  # merged over it
         ({"HTCONDOR-CE": {"backend": "local"}}, "local", None),  # another backend: no contact
     ],
-)  # fmt: skip
+)
 def test_htcondor_ces_map_to_the_htcondor_backend_by_default(
     flavours: dict[str, Any], backend: str, condor: dict[str, Any] | None
 ) -> None:

@@ -54,8 +54,11 @@ entries:
     entry = config.entries[0]
     assert (entry.cpus, entry.memory, entry.disk, entry.walltime) == (8, "auto", 20000, 7200)
     assert entry.attributes == {
-        "GLIDEIN_Country": "US", "HAS_CVMFS": True, "Priority": 3, "Speed": 1.5
-    }  # fmt: skip
+        "GLIDEIN_Country": "US",
+        "HAS_CVMFS": True,
+        "Priority": 3,
+        "Speed": 1.5,
+    }
     assert type(entry.attributes["HAS_CVMFS"]) is bool
     assert entry.allows("fe1") and not entry.allows("fe2")
 
@@ -64,27 +67,44 @@ entries:
     ("text", "key", "words"),
     [
         ("cycle_secnds: 3\n", "cycle_secnds", "Extra inputs are not permitted"),
-        ("entries:\n  - {name: a, site: S, max_pilot: 3}\n", "entries[0].max_pilot",
-         "Extra inputs are not permitted"),
-        ("entries:\n  - {name: a, site: S, cpus: many}\n", "entries[0].cpus",
-         "positive integer or 'auto'"),
+        (
+            "entries:\n  - {name: a, site: S, max_pilot: 3}\n",
+            "entries[0].max_pilot",
+            "Extra inputs are not permitted",
+        ),
+        (
+            "entries:\n  - {name: a, site: S, cpus: many}\n",
+            "entries[0].cpus",
+            "positive integer or 'auto'",
+        ),
         ("entries:\n  - {name: a, site: S, cpus: 0}\n", "entries[0].cpus", "positive integer"),
         ("entries:\n  - {name: a, site: S, cpus: true}\n", "entries[0].cpus", "boolean"),
         ("entries:\n  - {name: a, site: S, backend: slurmish}\n", "entries[0].backend", "local"),
         ("entries:\n  - {name: 'a/b', site: S}\n", "entries[0].name", "start with a letter"),
-        ("entries:\n  - {name: a, site: S, attributes: {'1x': 2}}\n", "entries[0].attributes",
-         "ClassAd identifier"),
-        ("entries:\n  - {name: a, site: S, attributes: {x: [1]}}\n", "entries[0].attributes",
-         "expected a string, number or boolean, got list"),
-        ("entries:\n  - {name: a, site: S, attributes: {GLIDEIN_Site: X}}\n",
-         "entries[0].attributes", "set by the factory"),
-        ("entries:\n  - {name: a, site: S, work_dir: rel/dir}\n", "entries[0].work_dir",
-         "absolute path"),
-        ("entries:\n  - {name: a, site: S}\n  - {name: a, site: T}\n", "entries",
-         "more than once"),
+        (
+            "entries:\n  - {name: a, site: S, attributes: {'1x': 2}}\n",
+            "entries[0].attributes",
+            "ClassAd identifier",
+        ),
+        (
+            "entries:\n  - {name: a, site: S, attributes: {x: [1]}}\n",
+            "entries[0].attributes",
+            "expected a string, number or boolean, got list",
+        ),
+        (
+            "entries:\n  - {name: a, site: S, attributes: {GLIDEIN_Site: X}}\n",
+            "entries[0].attributes",
+            "set by the factory",
+        ),
+        (
+            "entries:\n  - {name: a, site: S, work_dir: rel/dir}\n",
+            "entries[0].work_dir",
+            "absolute path",
+        ),
+        ("entries:\n  - {name: a, site: S}\n  - {name: a, site: T}\n", "entries", "more than once"),
         ("listen_port: 70000\n", "listen_port", "less than or equal"),
     ],
-)  # fmt: skip
+)
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     path = write(tmp_path / "factory.yaml", text)
     with pytest.raises(ConfigError) as info:

@@ -40,35 +40,106 @@ def want(idle: int, max_running: int, remove: str = "NO", margin: int = 0) -> En
 SUBMIT_CASES = [
     # (id, entry limits, request, counts, expected count, limiting clamp)
     ("idle wanted, nothing there", {}, want(5, 50), Counts(), 5, "idle"),
-    ("idle minus queued", {}, want(5, 50), Counts(queued=3, entry_queued=3, entry_active=3), 2,
-     "idle"),
-    ("running pilots do not count as idle", {}, want(5, 50),
-     Counts(running=10, entry_active=10), 5, "idle"),
-    ("max_running minus alive", {}, want(10, 6), Counts(queued=1, running=3, entry_queued=1,
-     entry_active=4), 2, "max_running"),
-    ("removing pilots count against max_running", {}, want(10, 6),
-     Counts(running=3, removing=2, entry_active=5), 1, "max_running"),
-    ("entry max_pilots over all frontends", {"max_pilots": 8}, want(10, 50),
-     Counts(running=2, entry_active=6, entry_queued=1), 2, "entry max_pilots"),
-    ("entry max_idle over all frontends", {"max_idle": 4}, want(10, 50),
-     Counts(queued=1, entry_queued=3, entry_active=3), 1, "entry max_idle"),
-    ("entry max_per_cycle", {"max_per_cycle": 3}, want(10, 50), Counts(), 3,
-     "entry max_per_cycle"),
+    (
+        "idle minus queued",
+        {},
+        want(5, 50),
+        Counts(queued=3, entry_queued=3, entry_active=3),
+        2,
+        "idle",
+    ),
+    (
+        "running pilots do not count as idle",
+        {},
+        want(5, 50),
+        Counts(running=10, entry_active=10),
+        5,
+        "idle",
+    ),
+    (
+        "max_running minus alive",
+        {},
+        want(10, 6),
+        Counts(queued=1, running=3, entry_queued=1, entry_active=4),
+        2,
+        "max_running",
+    ),
+    (
+        "removing pilots count against max_running",
+        {},
+        want(10, 6),
+        Counts(running=3, removing=2, entry_active=5),
+        1,
+        "max_running",
+    ),
+    (
+        "entry max_pilots over all frontends",
+        {"max_pilots": 8},
+        want(10, 50),
+        Counts(running=2, entry_active=6, entry_queued=1),
+        2,
+        "entry max_pilots",
+    ),
+    (
+        "entry max_idle over all frontends",
+        {"max_idle": 4},
+        want(10, 50),
+        Counts(queued=1, entry_queued=3, entry_active=3),
+        1,
+        "entry max_idle",
+    ),
+    ("entry max_per_cycle", {"max_per_cycle": 3}, want(10, 50), Counts(), 3, "entry max_per_cycle"),
     ("nothing wanted", {}, want(0, 0), Counts(), 0, "idle"),
-    ("never negative: over idle, no removal asked", {}, want(1, 50),
-     Counts(queued=4, entry_queued=4, entry_active=4), 0, "idle"),
-    ("never negative: over max_running", {}, want(5, 2), Counts(running=6, entry_active=6), 0,
-     "max_running"),
-    ("never negative: entry over max_pilots", {"max_pilots": 3}, want(5, 50),
-     Counts(entry_active=7), 0, "entry max_pilots"),
-    ("never negative: entry over max_idle", {"max_idle": 2}, want(5, 50),
-     Counts(entry_queued=5, entry_active=5), 0, "entry max_idle"),
+    (
+        "never negative: over idle, no removal asked",
+        {},
+        want(1, 50),
+        Counts(queued=4, entry_queued=4, entry_active=4),
+        0,
+        "idle",
+    ),
+    (
+        "never negative: over max_running",
+        {},
+        want(5, 2),
+        Counts(running=6, entry_active=6),
+        0,
+        "max_running",
+    ),
+    (
+        "never negative: entry over max_pilots",
+        {"max_pilots": 3},
+        want(5, 50),
+        Counts(entry_active=7),
+        0,
+        "entry max_pilots",
+    ),
+    (
+        "never negative: entry over max_idle",
+        {"max_idle": 2},
+        want(5, 50),
+        Counts(entry_queued=5, entry_active=5),
+        0,
+        "entry max_idle",
+    ),
     ("zero per cycle", {"max_per_cycle": 0}, want(5, 50), Counts(), 0, "entry max_per_cycle"),
-    ("disabled entry submits nothing", {"enabled": False}, want(5, 50), Counts(), 0,
-     "entry disabled"),
-    ("remove allowed but nothing in excess submits", {}, want(3, 50, "IDLE"),
-     Counts(queued=1, entry_queued=1, entry_active=1), 2, "idle"),
-]  # fmt: skip
+    (
+        "disabled entry submits nothing",
+        {"enabled": False},
+        want(5, 50),
+        Counts(),
+        0,
+        "entry disabled",
+    ),
+    (
+        "remove allowed but nothing in excess submits",
+        {},
+        want(3, 50, "IDLE"),
+        Counts(queued=1, entry_queued=1, entry_active=1),
+        2,
+        "idle",
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -89,39 +160,103 @@ def test_submit(
 
 REMOVE_CASES = [
     # (id, request, counts, expected plan) -- C(queued, running, removing, held)
-    ("NO never removes", want(0, 0, "NO"), Counts(queued=5, running=3),
-     SubmitPlan(0, "max_running")),
-    ("WAIT never removes either", want(0, 0, "WAIT"), Counts(queued=5, running=3),
-     SubmitPlan(0, "max_running")),
-    ("IDLE: queued above idle", want(1, 50, "IDLE"), Counts(queued=4, running=3),
-     RemovePlan(3, 0, "idle above request")),
-    ("IDLE: the margin is tolerated", want(1, 50, "IDLE", margin=2), Counts(queued=4),
-     RemovePlan(1, 0, "idle above request")),
-    ("IDLE: within the margin nothing goes", want(1, 50, "IDLE", margin=3), Counts(queued=4),
-     SubmitPlan(0, "idle")),
-    ("IDLE: held pilots are not-yet-started too", want(1, 50, "IDLE"),
-     Counts(queued=1, held=2), RemovePlan(2, 0, "idle above request")),
-    ("IDLE: idle zero removes every queued one, never running ones", want(0, 0, "IDLE"),
-     Counts(queued=2, running=9), RemovePlan(2, 0, "idle above request")),
-    ("IDLE: above max_running is not its business", want(5, 4, "IDLE"),
-     Counts(queued=2, running=5), SubmitPlan(0, "max_running")),
-    ("IDLE: removals in flight are not counted twice", want(1, 50, "IDLE"),
-     Counts(queued=2, removing=3), RemovePlan(1, 0, "idle above request")),
-    ("ALL: queued first, then running", want(0, 3, "ALL"), Counts(queued=2, running=5),
-     RemovePlan(2, 2, "above max_running")),
-    ("ALL: only queued needed", want(5, 4, "ALL"), Counts(queued=2, running=3),
-     RemovePlan(1, 0, "above max_running")),
-    ("ALL: running only above max_running", want(0, 2, "ALL"), Counts(running=5),
-     RemovePlan(0, 3, "above max_running")),
-    ("ALL: margin on running", want(0, 2, "ALL", margin=2), Counts(running=5),
-     RemovePlan(0, 1, "above max_running")),
-    ("ALL: zero wanted removes everything", want(0, 0, "ALL"),
-     Counts(queued=1, running=4, held=1), RemovePlan(2, 4, "above max_running")),
-    ("ALL: removing ones already going", want(0, 2, "ALL"), Counts(running=2, removing=3),
-     SubmitPlan(0, "max_running")),
-    ("ALL: nothing in excess submits", want(3, 10, "ALL"), Counts(queued=1, running=2),
-     SubmitPlan(2, "idle")),
-]  # fmt: skip
+    (
+        "NO never removes",
+        want(0, 0, "NO"),
+        Counts(queued=5, running=3),
+        SubmitPlan(0, "max_running"),
+    ),
+    (
+        "WAIT never removes either",
+        want(0, 0, "WAIT"),
+        Counts(queued=5, running=3),
+        SubmitPlan(0, "max_running"),
+    ),
+    (
+        "IDLE: queued above idle",
+        want(1, 50, "IDLE"),
+        Counts(queued=4, running=3),
+        RemovePlan(3, 0, "idle above request"),
+    ),
+    (
+        "IDLE: the margin is tolerated",
+        want(1, 50, "IDLE", margin=2),
+        Counts(queued=4),
+        RemovePlan(1, 0, "idle above request"),
+    ),
+    (
+        "IDLE: within the margin nothing goes",
+        want(1, 50, "IDLE", margin=3),
+        Counts(queued=4),
+        SubmitPlan(0, "idle"),
+    ),
+    (
+        "IDLE: held pilots are not-yet-started too",
+        want(1, 50, "IDLE"),
+        Counts(queued=1, held=2),
+        RemovePlan(2, 0, "idle above request"),
+    ),
+    (
+        "IDLE: idle zero removes every queued one, never running ones",
+        want(0, 0, "IDLE"),
+        Counts(queued=2, running=9),
+        RemovePlan(2, 0, "idle above request"),
+    ),
+    (
+        "IDLE: above max_running is not its business",
+        want(5, 4, "IDLE"),
+        Counts(queued=2, running=5),
+        SubmitPlan(0, "max_running"),
+    ),
+    (
+        "IDLE: removals in flight are not counted twice",
+        want(1, 50, "IDLE"),
+        Counts(queued=2, removing=3),
+        RemovePlan(1, 0, "idle above request"),
+    ),
+    (
+        "ALL: queued first, then running",
+        want(0, 3, "ALL"),
+        Counts(queued=2, running=5),
+        RemovePlan(2, 2, "above max_running"),
+    ),
+    (
+        "ALL: only queued needed",
+        want(5, 4, "ALL"),
+        Counts(queued=2, running=3),
+        RemovePlan(1, 0, "above max_running"),
+    ),
+    (
+        "ALL: running only above max_running",
+        want(0, 2, "ALL"),
+        Counts(running=5),
+        RemovePlan(0, 3, "above max_running"),
+    ),
+    (
+        "ALL: margin on running",
+        want(0, 2, "ALL", margin=2),
+        Counts(running=5),
+        RemovePlan(0, 1, "above max_running"),
+    ),
+    (
+        "ALL: zero wanted removes everything",
+        want(0, 0, "ALL"),
+        Counts(queued=1, running=4, held=1),
+        RemovePlan(2, 4, "above max_running"),
+    ),
+    (
+        "ALL: removing ones already going",
+        want(0, 2, "ALL"),
+        Counts(running=2, removing=3),
+        SubmitPlan(0, "max_running"),
+    ),
+    (
+        "ALL: nothing in excess submits",
+        want(3, 10, "ALL"),
+        Counts(queued=1, running=2),
+        SubmitPlan(2, "idle"),
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -136,18 +271,23 @@ def test_remove(request_: EntryRequest, counts: Counts, expected: object) -> Non
 
 def test_disabled_entry_and_downtime_still_remove() -> None:
     assert plan(entry(enabled=False), want(0, 10, "IDLE"), Counts(queued=2)) == RemovePlan(
-        2, 0, "idle above request")
+        2, 0, "idle above request"
+    )
     assert plan(entry(), want(0, 10, "IDLE"), Counts(queued=2), "maintenance") == RemovePlan(
-        2, 0, "idle above request")
+        2, 0, "idle above request"
+    )
     assert plan(entry(), want(5, 10), Counts(), "maintenance") == SubmitPlan(
-        0, "downtime: maintenance")
+        0, "downtime: maintenance"
+    )
 
 
 def test_max_held_stops_submission() -> None:
     assert plan(entry(max_held=2), want(5, 10), Counts(entry_held=2)) == SubmitPlan(
-        0, "entry max_held")
+        0, "entry max_held"
+    )
     assert plan(entry(max_held=2), want(5, 10), Counts(held=1, entry_held=1)) == SubmitPlan(
-        5, "idle")
+        5, "idle"
+    )
 
 
 def test_never_negative_never_above_any_bound_never_beyond_excess() -> None:
@@ -155,8 +295,9 @@ def test_never_negative_never_above_any_bound_never_beyond_excess() -> None:
     limits = entry(max_pilots=5, max_idle=3, max_per_cycle=2)
     for queued, running, idle, max_running, margin in itertools.product(range(5), repeat=5):
         for mode in ("NO", "WAIT", "IDLE", "ALL"):
-            counts = Counts(queued=queued, running=running, entry_queued=queued,
-                            entry_active=queued + running)  # fmt: skip
+            counts = Counts(
+                queued=queued, running=running, entry_queued=queued, entry_active=queued + running
+            )
             decision = plan(limits, want(idle, max_running, mode, margin), counts)
             assert decision.count >= 0
             if isinstance(decision, RemovePlan):
@@ -177,8 +318,12 @@ def test_never_negative_never_above_any_bound_never_beyond_excess() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "stage"),
-    [("all", RemovalStage.ALL), (" wait ", RemovalStage.WAIT), ("IDLE", RemovalStage.IDLE),
-     ("NO", RemovalStage.NO)],
+    [
+        ("all", RemovalStage.ALL),
+        (" wait ", RemovalStage.WAIT),
+        ("IDLE", RemovalStage.IDLE),
+        ("NO", RemovalStage.NO),
+    ],
 )
 def test_remove_takes_the_stage_names(raw: object, stage: RemovalStage) -> None:
     got = EntryRequest.model_validate({"idle": 0, "max_running": 0, "remove": raw}).remove
@@ -195,20 +340,33 @@ def test_remove_refuses_anything_else(raw: object) -> None:
 
 
 def pilot(gid: str, state: GlideinState, at: float, backend_id: str | None = "b") -> Glidein:
-    return Glidein(glidein_id=gid, entry="e1", backend="local", frontend="fe", group="main",
-                   backend_id=backend_id and f"{backend_id}-{gid}", state=state,
-                   submitted_at=at, updated_at=at, exit_reason=None, exit_code=None,
-                   report=None)  # fmt: skip
+    return Glidein(
+        glidein_id=gid,
+        entry="e1",
+        backend="local",
+        frontend="fe",
+        group="main",
+        backend_id=backend_id and f"{backend_id}-{gid}",
+        state=state,
+        submitted_at=at,
+        updated_at=at,
+        exit_reason=None,
+        exit_code=None,
+        report=None,
+    )
 
 
 def test_choose_victims_order() -> None:
     """Held, then queued newest first, then running newest first; in-flight ones skipped."""
     pilots = [
-        pilot("q1", GlideinState.queued, 1), pilot("q2", GlideinState.queued, 2),
+        pilot("q1", GlideinState.queued, 1),
+        pilot("q2", GlideinState.queued, 2),
         pilot("q3", GlideinState.queued, 3, backend_id=None),
-        pilot("h1", GlideinState.held, 0), pilot("r1", GlideinState.running, 1),
-        pilot("r2", GlideinState.running, 5), pilot("r3", GlideinState.running, 3),
-    ]  # fmt: skip
+        pilot("h1", GlideinState.held, 0),
+        pilot("r1", GlideinState.running, 1),
+        pilot("r2", GlideinState.running, 5),
+        pilot("r3", GlideinState.running, 3),
+    ]
     ids = lambda plan_: [g.glidein_id for g in choose_victims(pilots, plan_)]  # noqa: E731
     assert ids(RemovePlan(2, 0, "x")) == ["h1", "q2"]
     assert ids(RemovePlan(3, 2, "x")) == ["h1", "q2", "q1", "r2", "r3"]
@@ -267,5 +425,9 @@ def test_next_state(current: GlideinState, seen: PilotState, expected: GlideinSt
 
 def test_attribute_text() -> None:
     assert [attribute_text(v) for v in (True, False, 3, 2.5, "x y")] == [
-        "true", "false", "3", "2.5", "x y"
-    ]  # fmt: skip
+        "true",
+        "false",
+        "3",
+        "2.5",
+        "x y",
+    ]

@@ -21,8 +21,11 @@ from glidewms.factory.store import Glidein, StoredRequest
 from glidewms.factory.token_push import TokenPush
 from glidewms.security.tokens import TokenIssuer, TokenVerifier, generate_keypair
 
-VO = {"url": "http://fe.example:9630/stage/vo/main", "manifest_sha256": "ab" * 32,
-      "manifest_key": "MCowBQYDK2VwAyEA" + "A" * 43 + "="}  # fmt: skip
+VO = {
+    "url": "http://fe.example:9630/stage/vo/main",
+    "manifest_sha256": "ab" * 32,
+    "manifest_key": "MCowBQYDK2VwAyEA" + "A" * 43 + "=",
+}
 
 
 @pytest.fixture
@@ -36,8 +39,10 @@ def pilot(issuer: TokenIssuer, **claims: Any) -> str:
 
 
 def body(top: str | None, **entries: dict[str, Any]) -> RequestBody:
-    data: dict[str, Any] = {"pool_url": "http://pool:1", "entries": {
-        name: {"idle": 1, "max_running": 2, **e} for name, e in entries.items()}}
+    data: dict[str, Any] = {
+        "pool_url": "http://pool:1",
+        "entries": {name: {"idle": 1, "max_running": 2, **e} for name, e in entries.items()},
+    }
     if top is not None:
         data["pilot_token"] = top
     return RequestBody.model_validate(data)
@@ -48,8 +53,9 @@ def test_entry_tokens_go_to_their_own_0600_files_and_never_into_the_stored_reque
 ) -> None:
     issuer, verifier = keys
     group, own = pilot(issuer), pilot(issuer, entry="a")
-    accepted = accept_request(verifier, body(group, a={"pilot_token": own}, b={}), "fe1", "main",
-                              tmp_path / "cred")  # fmt: skip
+    accepted = accept_request(
+        verifier, body(group, a={"pilot_token": own}, b={}), "fe1", "main", tmp_path / "cred"
+    )
     a_file = token_file(tmp_path / "cred", "fe1", "main", "a")
     assert a_file == tmp_path / "cred" / "fe1" / "main+a.token"
     assert a_file.read_text().strip() == own
@@ -72,12 +78,14 @@ def test_entry_tokens_go_to_their_own_0600_files_and_never_into_the_stored_reque
     ],
 )
 def test_a_bad_token_is_refused_naming_the_field_and_nothing_is_written(
-    keys: tuple[TokenIssuer, TokenVerifier], tmp_path: Path, top: str | None,
-    entry_claims: dict[str, str] | None, message: str,
-) -> None:  # fmt: skip
+    keys: tuple[TokenIssuer, TokenVerifier],
+    tmp_path: Path,
+    top: str | None,
+    entry_claims: dict[str, str] | None,
+    message: str,
+) -> None:
     issuer, verifier = keys
-    top_token = {"group": pilot(issuer), "scoped-to-b": pilot(issuer, entry="b"),
-                 None: None}[top]  # fmt: skip
+    top_token = {"group": pilot(issuer), "scoped-to-b": pilot(issuer, entry="b"), None: None}[top]
     a = {} if entry_claims is None else {"pilot_token": pilot(issuer, **entry_claims)}
     with pytest.raises(HTTPException) as caught:
         accept_request(verifier, body(top_token, a=a), "fe1", "main", tmp_path / "cred")
@@ -86,11 +94,17 @@ def test_a_bad_token_is_refused_naming_the_field_and_nothing_is_written(
     assert not (tmp_path / "cred").exists()
 
 
-def test_only_entry_tokens_without_a_group_token(keys: tuple[TokenIssuer, TokenVerifier],
-                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_only_entry_tokens_without_a_group_token(
+    keys: tuple[TokenIssuer, TokenVerifier], tmp_path: Path
+) -> None:
     issuer, verifier = keys
-    accepted = accept_request(verifier, body(None, a={"pilot_token": pilot(issuer, entry="a")}),
-                              "fe1", "main", tmp_path / "cred")  # fmt: skip
+    accepted = accept_request(
+        verifier,
+        body(None, a={"pilot_token": pilot(issuer, entry="a")}),
+        "fe1",
+        "main",
+        tmp_path / "cred",
+    )
     assert accepted.token_expires is None and set(accepted.entry_tokens) == {"a"}
     assert not (tmp_path / "cred" / "fe1" / "main.token").exists()
 
@@ -107,13 +121,15 @@ def test_only_entry_tokens_without_a_group_token(keys: tuple[TokenIssuer, TokenV
 )
 def test_a_bad_vo_stage_is_refused(vo: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
-        RequestBody.model_validate({"pool_url": "http://pool:1", "pilot_token": "t",
-                                    "vo_stage": vo})  # fmt: skip
+        RequestBody.model_validate(
+            {"pool_url": "http://pool:1", "pilot_token": "t", "vo_stage": vo}
+        )
 
 
 def request(vo: dict[str, str] | None, **wanted: Any) -> StoredRequest:
-    return StoredRequest("fe1", "main", "http://pool:1", {"e": {"idle": 1, **wanted}}, None, 0.0,
-                         {}, vo)  # fmt: skip
+    return StoredRequest(
+        "fe1", "main", "http://pool:1", {"e": {"idle": 1, **wanted}}, None, 0.0, {}, vo
+    )
 
 
 def option(args: tuple[str, ...], name: str) -> str | None:
@@ -124,20 +140,41 @@ def option(args: tuple[str, ...], name: str) -> str | None:
     ("vo", "wanted", "expected"),
     [
         (None, {}, {"--vo-stage": None, "--vo-manifest-sha256": None, "--vo-manifest-key": None}),
-        (VO, {}, {"--vo-stage": VO["url"], "--vo-manifest-sha256": VO["manifest_sha256"],
-                  "--vo-manifest-key": VO["manifest_key"]}),
-        ({k: v for k, v in VO.items() if k != "manifest_key"}, {},
-         {"--vo-stage": VO["url"], "--vo-manifest-key": None}),
+        (
+            VO,
+            {},
+            {
+                "--vo-stage": VO["url"],
+                "--vo-manifest-sha256": VO["manifest_sha256"],
+                "--vo-manifest-key": VO["manifest_key"],
+            },
+        ),
+        (
+            {k: v for k, v in VO.items() if k != "manifest_key"},
+            {},
+            {"--vo-stage": VO["url"], "--vo-manifest-key": None},
+        ),
         (None, {"start_expr": "true"}, {"--attr": "GLIDEIN_Start=true"}),
-        (None, {}, {"--manifest-key": "KEY", "--manifest-sha256": "f" * 64, "--entry": "e",
-                    "--glidein-id": "g-1", "--pool": "http://pool:1"}),
+        (
+            None,
+            {},
+            {
+                "--manifest-key": "KEY",
+                "--manifest-sha256": "f" * 64,
+                "--entry": "e",
+                "--glidein-id": "g-1",
+                "--pool": "http://pool:1",
+            },
+        ),
     ],
 )
-def test_pilot_arguments(vo: dict[str, str] | None, wanted: dict[str, Any],
-                         expected: dict[str, str | None]) -> None:  # fmt: skip
+def test_pilot_arguments(
+    vo: dict[str, str] | None, wanted: dict[str, Any], expected: dict[str, str | None]
+) -> None:
     stage = Stage(root=Path("/s"), files={}, manifest_sha256="f" * 64, public_key_b64="KEY")
-    args = pilot_arguments(EntryConfig(name="e", site="S"), request(vo, **wanted), "g-1",
-                           "http://factory:1", stage)  # fmt: skip
+    args = pilot_arguments(
+        EntryConfig(name="e", site="S"), request(vo, **wanted), "g-1", "http://factory:1", stage
+    )
     for name, value in expected.items():
         assert option(args, name) == value, name
 
@@ -150,8 +187,12 @@ def test_renewed_tokens_are_pushed_to_the_copies_of_another_account(tmp_path: Pa
     """A real prefixed LocalShell (`env` as the prefix: same account, a separate process)
     writes the copy; the push happens when the factory's file changed and only then."""
     log_dir = tmp_path / "batch"
-    prefixed = EntryConfig(name="p", site="S", backend="slurm",
-                           batch={"command_prefix": ["env"], "log_dir": str(log_dir)})
+    prefixed = EntryConfig(
+        name="p",
+        site="S",
+        backend="slurm",
+        batch={"command_prefix": ["env"], "log_dir": str(log_dir)},
+    )
     plain = EntryConfig(name="q", site="S", backend="slurm")
     entries = {"p": prefixed, "q": plain}
     backend = SlurmBackend(BackendContext(tmp_path / "state", tmp_path / "boot", entries=entries))
@@ -165,8 +206,7 @@ def test_renewed_tokens_are_pushed_to_the_copies_of_another_account(tmp_path: Pa
         return [token_file(cred, fe, group), token_file(cred, fe, group, entry)]
 
     async def run() -> int:
-        return await push.push([glidein("p"), glidein("q")], entries.get, {"slurm": backend},
-                               files)  # fmt: skip
+        return await push.push([glidein("p"), glidein("q")], entries.get, {"slurm": backend}, files)
 
     copy = log_dir / "tokens" / "fe1.main+p.token"
     assert asyncio.run(run()) == 1  # the group file does not exist; q reads the factory's own
@@ -195,11 +235,16 @@ def test_a_version_3_database_gains_the_request_columns(tmp_path: Path) -> None:
 
     engine = make_engine(sqlite_url(tmp_path / "f.db"))
     with engine.begin() as conn:  # the requests table as version 3 made it
-        conn.execute(sa.text('CREATE TABLE requests (frontend VARCHAR(64), "group" VARCHAR(64), '
-                             'pool_url TEXT, entries JSON, token_expires FLOAT, '
-                             'updated_at FLOAT, PRIMARY KEY (frontend, "group"))'))
-        conn.execute(sa.text("INSERT INTO requests VALUES ('fe1', 'main', 'http://p', '{}', "
-                             "NULL, 1.0)"))
+        conn.execute(
+            sa.text(
+                'CREATE TABLE requests (frontend VARCHAR(64), "group" VARCHAR(64), '
+                "pool_url TEXT, entries JSON, token_expires FLOAT, "
+                'updated_at FLOAT, PRIMARY KEY (frontend, "group"))'
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO requests VALUES ('fe1', 'main', 'http://p', '{}', NULL, 1.0)")
+        )
     migrate(engine, "factory", store_module.MIGRATIONS[:3])
     store = store_module.FactoryStore(engine)
     [old] = store.requests()

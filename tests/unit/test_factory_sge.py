@@ -93,16 +93,22 @@ def test_qstat_xml_lists_every_task() -> None:
 
 
 def record(job: int, task: str, failed: str, status: str) -> str:
-    return (f"{'=' * 62}\nqname        all.q\nowner        wmsuser\njobname      glidewms-e\n"
-            f"jobnumber    {job}\ntaskid       {task}\nfailed       {failed}\n"
-            f"exit_status  {status}\nru_wallclock 2s\n")  # fmt: skip
+    return (
+        f"{'=' * 62}\nqname        all.q\nowner        wmsuser\njobname      glidewms-e\n"
+        f"jobnumber    {job}\ntaskid       {task}\nfailed       {failed}\n"
+        f"exit_status  {status}\nru_wallclock 2s\n"
+    )
 
 
 def test_qacct_records() -> None:
-    text = (record(7, "1", "0", "0") + record(7, "2", "0", "3")
-            + record(7, "3", "100 : assumedly after job", "137                  (Killed)")
-            + record(8, "undefined", "0", "0")
-            + record(7, "4", "0", "1") + record(7, "4", "0", "0"))  # fmt: skip
+    text = (
+        record(7, "1", "0", "0")
+        + record(7, "2", "0", "3")
+        + record(7, "3", "100 : assumedly after job", "137                  (Killed)")
+        + record(8, "undefined", "0", "0")
+        + record(7, "4", "0", "1")
+        + record(7, "4", "0", "0")
+    )
     assert parse_qacct(text) == {
         "7.1": PilotState.finished,
         "7.2": PilotState.failed,
@@ -113,8 +119,9 @@ def test_qacct_records() -> None:
     assert parse_qacct("") == {}
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(60, "0:01:00"), (86400, "24:00:00"),
-                                               (3725, "1:02:05")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(60, "0:01:00"), (86400, "24:00:00"), (3725, "1:02:05")]
+)
 def test_walltime(seconds: int, text: str) -> None:
     assert walltime(seconds) == text
 

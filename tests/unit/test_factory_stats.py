@@ -17,13 +17,22 @@ NOW = 100_000.0
 SINCE = NOW - 3600
 
 
-def pilot(state: GlideinState, reason: str | None = None, code: int | None = None, *,
-          entry: str = "e1", frontend: str = "fe1", submitted: float = NOW - 600,
-          updated: float = NOW - 60, report: dict[str, Any] | None = None,
-          n: int = 0) -> Glidein:  # fmt: skip
+def pilot(
+    state: GlideinState,
+    reason: str | None = None,
+    code: int | None = None,
+    *,
+    entry: str = "e1",
+    frontend: str = "fe1",
+    submitted: float = NOW - 600,
+    updated: float = NOW - 60,
+    report: dict[str, Any] | None = None,
+    n: int = 0,
+) -> Glidein:
     g = Glidein.submitted(f"{entry}-{n}", entry, "local", frontend, "main", submitted)
-    return replace(g, state=state, exit_reason=reason, exit_code=code, updated_at=updated,
-                   report=report)  # fmt: skip
+    return replace(
+        g, state=state, exit_reason=reason, exit_code=code, updated_at=updated, report=report
+    )
 
 
 S = GlideinState
@@ -46,23 +55,28 @@ S = GlideinState
         (S.queued, "whatever", 1, None),
     ],
 )
-def test_failure_category(state: GlideinState, reason: str | None, code: int | None,
-                          category: str | None) -> None:  # fmt: skip
+def test_failure_category(
+    state: GlideinState, reason: str | None, code: int | None, category: str | None
+) -> None:
     assert failure_category(pilot(state, reason, code)) == category
 
 
 def test_entry_stats_count_the_window_per_entry_and_frontend() -> None:
     good = {"goodput_seconds": 100.0, "badput_seconds": 5.5, "wall_seconds": 200.0}
-    rows = entry_stats([
-        pilot(S.running, n=1),
-        pilot(S.queued, n=2),
-        pilot(S.finished, "idle_timeout", 0, report=good, n=3),
-        pilot(S.finished, "validation_failed", 4, report={"wall_seconds": 3}, n=4),
-        pilot(S.failed, "submit_failed", n=5),
-        pilot(S.finished, "idle_timeout", 0, submitted=NOW - 9000, updated=NOW - 8000, n=6),
-        pilot(S.running, entry="e2", submitted=NOW - 9000, n=7),
-        pilot(S.queued, frontend="fe2", n=8),
-    ], SINCE, NOW)
+    rows = entry_stats(
+        [
+            pilot(S.running, n=1),
+            pilot(S.queued, n=2),
+            pilot(S.finished, "idle_timeout", 0, report=good, n=3),
+            pilot(S.finished, "validation_failed", 4, report={"wall_seconds": 3}, n=4),
+            pilot(S.failed, "submit_failed", n=5),
+            pilot(S.finished, "idle_timeout", 0, submitted=NOW - 9000, updated=NOW - 8000, n=6),
+            pilot(S.running, entry="e2", submitted=NOW - 9000, n=7),
+            pilot(S.queued, frontend="fe2", n=8),
+        ],
+        SINCE,
+        NOW,
+    )
     by_key = {(r["entry"], r["frontend"]): r for r in rows}
     assert set(by_key) == {("e1", "fe1"), ("e2", "fe1"), ("e1", "fe2")}
     e1 = by_key[("e1", "fe1")]
@@ -79,5 +93,9 @@ def test_entry_changes() -> None:
     a, b, c = (EntryConfig(name=n, site="S") for n in "abc")
     summary = entry_changes([a, b], [a.model_copy(update={"max_idle": 3}), c])
     assert (summary.added, summary.removed, summary.changed, summary.unchanged) == (
-        ["c"], ["b"], ["a"], 0)
+        ["c"],
+        ["b"],
+        ["a"],
+        0,
+    )
     assert entry_changes([a, b], [b, a]).unchanged == 2

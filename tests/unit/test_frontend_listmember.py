@@ -17,8 +17,20 @@ from glidewms.frontend.conjuncts import Matcher, conjuncts
 from glidewms.frontend.listmember import ListMember, recognise
 from glidewms.frontend.matching import EntryInfo, Size
 
-SITE_NAMES = ["S1", "s1", "S2", "T2_US_MIT", "t2_us_mit", "A B", "A,B", "", "x", "S10",
-              "é", "S\u0130"]
+SITE_NAMES = [
+    "S1",
+    "s1",
+    "S2",
+    "T2_US_MIT",
+    "t2_us_mit",
+    "A B",
+    "A,B",
+    "",
+    "x",
+    "S10",
+    "é",
+    "S\u0130",
+]
 DELIMITERS = [",", ", ", " ", "\t", "\n", "\r\n", ",,", " , ", ";"]
 EXPRESSIONS = [
     "stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites)",
@@ -32,10 +44,12 @@ EXPRESSIONS = [
 @pytest.mark.parametrize(
     ("text", "found"),
     [
-        ("stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites)",
-         ListMember("glidein_site", "DESIRED_Sites", False)),
+        (
+            "stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites)",
+            ListMember("glidein_site", "DESIRED_Sites", False),
+        ),
         ("stringListIMember(TARGET.Site,MY.Wanted)", ListMember("site", "Wanted", True)),
-        ("stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites, \",\")", None),  # delimiters
+        ('stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites, ",")', None),  # delimiters
         ("stringListMember(GLIDEIN_Site, DESIRED_Sites)", None),  # unscoped item
         ("stringListMember(TARGET.GLIDEIN_Site, TARGET.Sites)", None),  # list from entry
         ("stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites) || true", None),
@@ -100,20 +114,31 @@ def test_demand_is_the_same_with_and_without_the_shortcut():
     entries = []
     for i in range(40):
         size = sizes[i % 3]
-        attrs = {"GLIDEIN_Site": f"S{i % 9}", "Cpus": size.cpus, "Memory": size.memory,
-                 "GPUs": size.gpus}
+        attrs = {
+            "GLIDEIN_Site": f"S{i % 9}",
+            "Cpus": size.cpus,
+            "Memory": size.memory,
+            "GPUs": size.gpus,
+        }
         entries.append(EntryInfo(f"f/e{i}", attrs, size))
     acs = []
     for i in range(120):
         cpus, memory = rng.choice([1, 2, 8]), rng.choice([500, 2000, 6000])
         sites = " ,".join(f"S{rng.randrange(12)}" for _ in range(rng.randint(1, 3)))
-        acs.append({"id": i, "idle": rng.randint(0, 50), "running": rng.randint(0, 3),
-                    "owners": {}, "oldest_idle": 0.0,
-                    "request": {"cpus": cpus, "memory": memory},
-                    "ad": f'[ RequestCpus = {cpus}; RequestMemory = {memory}; '
-                          f'DESIRED_Sites = "{sites}"; Requirements = '
-                          f'stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites) && '
-                          f'TARGET.Cpus >= RequestCpus && TARGET.Memory >= RequestMemory ]'})
+        acs.append(
+            {
+                "id": i,
+                "idle": rng.randint(0, 50),
+                "running": rng.randint(0, 3),
+                "owners": {},
+                "oldest_idle": 0.0,
+                "request": {"cpus": cpus, "memory": memory},
+                "ad": f"[ RequestCpus = {cpus}; RequestMemory = {memory}; "
+                f'DESIRED_Sites = "{sites}"; Requirements = '
+                f"stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites) && "
+                f"TARGET.Cpus >= RequestCpus && TARGET.Memory >= RequestMemory ]",
+            }
+        )
     rules = GroupRules(match_expr="stringListIMember(TARGET.GLIDEIN_Site, DESIRED_Sites)")
     fast = match_demand(acs, entries, rules, 1e6, Matcher(entries, fast=True))
     slow_matcher = Matcher(entries, fast=False)

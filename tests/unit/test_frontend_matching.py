@@ -31,15 +31,32 @@ GPU = entry("gpu", "C", 4, 8000, gpus=1)
 ALL = [SMALL, BIG, GPU]
 
 
-def ac(id_: int, idle: int, req: str = "true", cpus: int = 1, memory: int = 100, gpus: int = 0,
-       running: int = 0, extra: str = "", oldest: float | None = None,
-       owners: dict | None = None) -> dict:
-    ad = (f"[ RequestCpus = {cpus}; RequestMemory = {memory}; RequestGPUs = {gpus}; {extra}"
-          f"Requirements = ({req}) && TARGET.Cpus >= RequestCpus "
-          f"&& TARGET.Memory >= RequestMemory ]")
-    return {"id": id_, "ad": ad, "idle": idle, "running": running,
-            "oldest_idle": oldest, "owners": owners or {"alice": idle},
-            "request": {"cpus": cpus, "memory": memory, "gpus": gpus}}
+def ac(
+    id_: int,
+    idle: int,
+    req: str = "true",
+    cpus: int = 1,
+    memory: int = 100,
+    gpus: int = 0,
+    running: int = 0,
+    extra: str = "",
+    oldest: float | None = None,
+    owners: dict | None = None,
+) -> dict:
+    ad = (
+        f"[ RequestCpus = {cpus}; RequestMemory = {memory}; RequestGPUs = {gpus}; {extra}"
+        f"Requirements = ({req}) && TARGET.Cpus >= RequestCpus "
+        f"&& TARGET.Memory >= RequestMemory ]"
+    )
+    return {
+        "id": id_,
+        "ad": ad,
+        "idle": idle,
+        "running": running,
+        "oldest_idle": oldest,
+        "owners": owners or {"alice": idle},
+        "request": {"cpus": cpus, "memory": memory, "gpus": gpus},
+    }
 
 
 @pytest.mark.parametrize(
@@ -78,8 +95,15 @@ def test_jobs_go_only_where_they_fit_counted_three_ways():
 
 def test_site_requirements_evaluated_once_per_distinct_site():
     entries = [entry(f"e{i}", f"S{i % 3}", 4, 8000) for i in range(30)]
-    acs = [ac(i, 5, req="stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites)",
-              extra=f'DESIRED_Sites = "S{i % 2}"; ') for i in range(10)]
+    acs = [
+        ac(
+            i,
+            5,
+            req="stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites)",
+            extra=f'DESIRED_Sites = "S{i % 2}"; ',
+        )
+        for i in range(10)
+    ]
     matcher = Matcher(entries)
     d = match_demand(acs, entries, GroupRules(), NOW, matcher)
     assert sum(1 for x in d.values() if x.idle_jobs) == 20  # sites S0 and S1
@@ -90,8 +114,7 @@ def test_site_requirements_evaluated_once_per_distinct_site():
 
 def test_group_match_and_start_expressions():
     acs = [ac(1, 4), ac(2, 3, extra="IsLong = true; ")]
-    rules = GroupRules(match_expr='TARGET.GLIDEIN_Site != "C"',
-                       start_expr="TARGET.IsLong =!= true")
+    rules = GroupRules(match_expr='TARGET.GLIDEIN_Site != "C"', start_expr="TARGET.IsLong =!= true")
     d = match_demand(acs, ALL, rules, NOW)
     assert (d["f/small"].idle_jobs, d["f/big"].idle_jobs, d["f/gpu"].idle_jobs) == (4, 4, 0)
 
@@ -106,8 +129,12 @@ def test_old_jobs_and_overflow():
     sited = "stringListMember(TARGET.GLIDEIN_Site, DESIRED_Sites)"
     young = ac(1, 6, extra='DESIRED_Sites = "B"; ', oldest=NOW - 60)
     old = ac(2, 4, extra='DESIRED_Sites = "B"; ', oldest=NOW - 7200)
-    rules = GroupRules(match_expr=sited, old_idle_seconds=600, overflow_after=3600,
-                       overflow_match='TARGET.GLIDEIN_Site != "C"')
+    rules = GroupRules(
+        match_expr=sited,
+        old_idle_seconds=600,
+        overflow_after=3600,
+        overflow_match='TARGET.GLIDEIN_Site != "C"',
+    )
     d = match_demand([young, old], ALL, rules, NOW)
     assert d["f/big"].idle_jobs == 10 and d["f/big"].old_jobs == 4
     # the old jobs overflow to A (not C, excluded by the overflow match)
@@ -141,10 +168,10 @@ def test_split_conjuncts(text, parts):
 
 def test_memo_keeps_library_answers_across_cycles_but_not_clock_readers():
     entries = [entry(f"e{i}", f"S{i % 3}", 4, 8000) for i in range(12)]
-    acs = [ac(i, 5, req="TARGET.GLIDEIN_Site =!= \"S2\"", extra=f"Tag = {i % 2}; ")
-           for i in range(6)]
-    rules = GroupRules(match_expr="TARGET.Cpus >= 2 && time() > 0",
-                       start_expr="TARGET.RequestCpus <= 4")
+    acs = [ac(i, 5, req='TARGET.GLIDEIN_Site =!= "S2"', extra=f"Tag = {i % 2}; ") for i in range(6)]
+    rules = GroupRules(
+        match_expr="TARGET.Cpus >= 2 && time() > 0", start_expr="TARGET.RequestCpus <= 4"
+    )
     memo: dict = {}
     first, second = Matcher(entries, memo=memo), Matcher(entries, memo=memo)
     a = match_demand(acs, entries, rules, NOW, first)

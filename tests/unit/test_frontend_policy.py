@@ -21,8 +21,9 @@ K = Knobs()  # attenuation 3, reserve 5, 100 idle per entry, factor 1.15
 
 
 def demand(units: float, old: float = 0.0, straight: float | None = None) -> EntryDemand:
-    return EntryDemand(prop_units=units, old_prop_units=old,
-                       units=units if straight is None else straight)
+    return EntryDemand(
+        prop_units=units, old_prop_units=old, units=units if straight is None else straight
+    )
 
 
 def lvl(name: str = "entry", pilots: int = 0, idle: int = 0, **kw) -> Level:
@@ -32,51 +33,168 @@ def lvl(name: str = "entry", pilots: int = 0, idle: int = 0, **kw) -> Level:
 @pytest.mark.parametrize(
     ("case", "d", "s", "levels", "knobs", "idle", "max_running", "note"),
     [
-        ("no idle demand: nothing asked, max running = running pilots",
-         demand(0), EntrySupply(busy=3), [], K, 0, 3, "no idle job"),
-        ("30 missing pilots ramp up by a third",
-         demand(30), EntrySupply(), [], K, 10, 35, "/3"),
-        ("small demand still asks for one",
-         demand(1), EntrySupply(), [], K, 1, 2, "/3"),
-        ("old idle jobs add a reserve, at most reserve_idle",
-         demand(30, old=30), EntrySupply(), [], K, 15, 35, "reserve 5"),
-        ("a small old demand adds a small reserve",
-         demand(6, old=3), EntrySupply(), [], K, 3, 7, "reserve 1"),
-        ("idle supply (registered room and starting pilots) is subtracted",
-         demand(30), EntrySupply(starting=6, idle=3, idle_units=3.0), [], K, 7, 35, "/3"),
-        ("supply covers demand: nothing asked",
-         demand(4), EntrySupply(idle=5, idle_units=5.0), [], K, 0, 6, "covers"),
-        ("capped by max_idle_per_entry",
-         demand(3000), EntrySupply(), [], K, 100, 3450, "max_idle_per_entry"),
-        ("max running capped per entry",
-         demand(3000), EntrySupply(), [], Knobs(max_running_per_entry=500), 100, 500,
-         "max_running_per_entry"),
-        ("straight counting when proportional is off",
-         demand(3, straight=30), EntrySupply(), [], Knobs(proportional=False), 10, 35, "/3"),
-        ("entry hard limit reached: no new pilots",
-         demand(30), EntrySupply(queued=10), [lvl(pilots=10, max_pilots=10)], K, 0, 35,
-         "limit"),
-        ("group idle limit reached: no new pilots",
-         demand(30), EntrySupply(), [lvl("group", idle=1000, max_idle_pilots=1000)], K, 0, 35,
-         "limit"),
-        ("room under a limit bounds the request before attenuation",
-         demand(30), EntrySupply(), [lvl("global", pilots=94, max_pilots=100)], K, 2, 35,
-         "room 6"),
-        ("one curb halves",
-         demand(30), EntrySupply(), [lvl(idle=5, curb_idle_pilots=5)], K, 5, 35, "halved 1"),
-        ("each curb halves again",
-         demand(30), EntrySupply(),
-         [lvl(idle=5, curb_idle_pilots=5), lvl("group", pilots=9, curb_pilots=9)], K, 2, 35,
-         "halved 2"),
-        ("curbs never take a positive request below one",
-         demand(3), EntrySupply(),
-         [lvl(idle=5, curb_idle_pilots=5), lvl("group", pilots=9, curb_pilots=9)], K, 1, 4,
-         "halved 2"),
-        ("max_idle_per_entry 0 means never ask",
-         demand(30), EntrySupply(), [], Knobs(max_idle_per_entry=0), 0, 35,
-         "max_idle_per_entry"),
-        ("running pilots add to max running with the factor",
-         demand(10), EntrySupply(busy=20), [], K, 3, 35, "/3"),
+        (
+            "no idle demand: nothing asked, max running = running pilots",
+            demand(0),
+            EntrySupply(busy=3),
+            [],
+            K,
+            0,
+            3,
+            "no idle job",
+        ),
+        ("30 missing pilots ramp up by a third", demand(30), EntrySupply(), [], K, 10, 35, "/3"),
+        ("small demand still asks for one", demand(1), EntrySupply(), [], K, 1, 2, "/3"),
+        (
+            "old idle jobs add a reserve, at most reserve_idle",
+            demand(30, old=30),
+            EntrySupply(),
+            [],
+            K,
+            15,
+            35,
+            "reserve 5",
+        ),
+        (
+            "a small old demand adds a small reserve",
+            demand(6, old=3),
+            EntrySupply(),
+            [],
+            K,
+            3,
+            7,
+            "reserve 1",
+        ),
+        (
+            "idle supply (registered room and starting pilots) is subtracted",
+            demand(30),
+            EntrySupply(starting=6, idle=3, idle_units=3.0),
+            [],
+            K,
+            7,
+            35,
+            "/3",
+        ),
+        (
+            "supply covers demand: nothing asked",
+            demand(4),
+            EntrySupply(idle=5, idle_units=5.0),
+            [],
+            K,
+            0,
+            6,
+            "covers",
+        ),
+        (
+            "capped by max_idle_per_entry",
+            demand(3000),
+            EntrySupply(),
+            [],
+            K,
+            100,
+            3450,
+            "max_idle_per_entry",
+        ),
+        (
+            "max running capped per entry",
+            demand(3000),
+            EntrySupply(),
+            [],
+            Knobs(max_running_per_entry=500),
+            100,
+            500,
+            "max_running_per_entry",
+        ),
+        (
+            "straight counting when proportional is off",
+            demand(3, straight=30),
+            EntrySupply(),
+            [],
+            Knobs(proportional=False),
+            10,
+            35,
+            "/3",
+        ),
+        (
+            "entry hard limit reached: no new pilots",
+            demand(30),
+            EntrySupply(queued=10),
+            [lvl(pilots=10, max_pilots=10)],
+            K,
+            0,
+            35,
+            "limit",
+        ),
+        (
+            "group idle limit reached: no new pilots",
+            demand(30),
+            EntrySupply(),
+            [lvl("group", idle=1000, max_idle_pilots=1000)],
+            K,
+            0,
+            35,
+            "limit",
+        ),
+        (
+            "room under a limit bounds the request before attenuation",
+            demand(30),
+            EntrySupply(),
+            [lvl("global", pilots=94, max_pilots=100)],
+            K,
+            2,
+            35,
+            "room 6",
+        ),
+        (
+            "one curb halves",
+            demand(30),
+            EntrySupply(),
+            [lvl(idle=5, curb_idle_pilots=5)],
+            K,
+            5,
+            35,
+            "halved 1",
+        ),
+        (
+            "each curb halves again",
+            demand(30),
+            EntrySupply(),
+            [lvl(idle=5, curb_idle_pilots=5), lvl("group", pilots=9, curb_pilots=9)],
+            K,
+            2,
+            35,
+            "halved 2",
+        ),
+        (
+            "curbs never take a positive request below one",
+            demand(3),
+            EntrySupply(),
+            [lvl(idle=5, curb_idle_pilots=5), lvl("group", pilots=9, curb_pilots=9)],
+            K,
+            1,
+            4,
+            "halved 2",
+        ),
+        (
+            "max_idle_per_entry 0 means never ask",
+            demand(30),
+            EntrySupply(),
+            [],
+            Knobs(max_idle_per_entry=0),
+            0,
+            35,
+            "max_idle_per_entry",
+        ),
+        (
+            "running pilots add to max running with the factor",
+            demand(10),
+            EntrySupply(busy=20),
+            [],
+            K,
+            3,
+            35,
+            "/3",
+        ),
     ],
 )
 def test_pressure(case, d, s, levels, knobs, idle, max_running, note):
@@ -86,9 +204,12 @@ def test_pressure(case, d, s, levels, knobs, idle, max_running, note):
 
 
 def test_limits_and_curbs_are_named():
-    p = pressure(demand(30), EntrySupply(),
-                 [lvl("group", pilots=9, curb_pilots=9), lvl("global", idle=3,
-                                                             max_idle_pilots=3)], K)
+    p = pressure(
+        demand(30),
+        EntrySupply(),
+        [lvl("group", pilots=9, curb_pilots=9), lvl("global", idle=3, max_idle_pilots=3)],
+        K,
+    )
     assert p.limits == ("global idle pilots 3 >= max 3",)
     p = pressure(demand(30), EntrySupply(), [lvl("group", pilots=9, curb_pilots=9)], K)
     assert p.curbs == ("group pilots 9 >= curb 9",)
@@ -124,13 +245,20 @@ def test_removal_stage(has_demand, before, rules, stage, after):
 
 
 def test_sudden_drop_holds_max_running_until_confirmed():
-    held = decide(demand(0), EntrySupply(busy=2), [], K, R,
-                  Memory(no_demand_cycles=0, last_idle=10, last_max_running=40))
+    held = decide(
+        demand(0),
+        EntrySupply(busy=2),
+        [],
+        K,
+        R,
+        Memory(no_demand_cycles=0, last_idle=10, last_max_running=40),
+    )
     assert (held.idle, held.max_running, held.remove) == (0, 40, "NO")
     assert any("held at 40" in r for r in held.reasons)
     assert held.memory.no_demand_cycles == 1 and held.memory.last_max_running == 40
-    confirmed = decide(demand(0), EntrySupply(busy=2), [], K, R,
-                       Memory(no_demand_cycles=2, last_max_running=40))
+    confirmed = decide(
+        demand(0), EntrySupply(busy=2), [], K, R, Memory(no_demand_cycles=2, last_max_running=40)
+    )
     assert (confirmed.idle, confirmed.max_running, confirmed.remove) == (0, 2, "WAIT")
 
 
@@ -143,19 +271,28 @@ def test_margin_only_when_removing_and_all_targets_working_pilots():
     assert (idle.remove, idle.remove_margin, idle.max_running) == ("IDLE", 2, 7)
     everything = decide(demand(0), s, [], K, rules, Memory(no_demand_cycles=2))
     assert (everything.remove, everything.remove_margin, everything.max_running) == ("ALL", 2, 3)
-    assert everything.as_request() == {"idle": 0, "max_running": 3, "remove": "ALL",
-                                       "remove_margin": 2}
+    assert everything.as_request() == {
+        "idle": 0,
+        "max_running": 3,
+        "remove": "ALL",
+        "remove_margin": 2,
+    }
 
 
 def test_demand_returning_cancels_removal():
-    d = decide(demand(9), EntrySupply(queued=1), [], K, R,
-               Memory(no_demand_cycles=8, last_remove=RemovalStage.IDLE))
+    d = decide(
+        demand(9),
+        EntrySupply(queued=1),
+        [],
+        K,
+        R,
+        Memory(no_demand_cycles=8, last_remove=RemovalStage.IDLE),
+    )
     assert (d.remove, d.idle, d.memory.no_demand_cycles) == ("NO", 3, 0)
 
 
 def test_memory_round_trips_and_tolerates_junk():
-    m = Memory(no_demand_cycles=3, last_idle=4, last_max_running=5,
-               last_remove=RemovalStage.WAIT)
+    m = Memory(no_demand_cycles=3, last_idle=4, last_max_running=5, last_remove=RemovalStage.WAIT)
     assert m.to_json()["last_remove"] == "WAIT"
     assert Memory.from_json(m.to_json()) == m
     assert Memory.from_json("junk") == Memory()

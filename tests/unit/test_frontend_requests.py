@@ -13,20 +13,36 @@ from glidewms.frontend.credentials import GroupTokens
 from glidewms.frontend.service import request_body
 from glidewms.frontend.vostage import VOStageError, build_all
 
-ENTRY = {"idle": 2, "max_running": 5, "remove": "IDLE", "remove_margin": 1,
-         "start_expr": "true", "container_image": "/img.sif"}
+ENTRY = {
+    "idle": 2,
+    "max_running": 5,
+    "remove": "IDLE",
+    "remove_margin": 1,
+    "start_expr": "true",
+    "container_image": "/img.sif",
+}
 TOKENS = GroupTokens("group-token", {"a": "token-a"})
 VO = {"url": "http://fe/stage/vo/main", "manifest_sha256": "0" * 64, "manifest_key": "K"}
 
 
 def test_request_body_carries_entry_tokens_and_the_vo_stage():
     body = request_body("http://pool", TOKENS, {"a": ENTRY, "b": ENTRY}, VO)
-    assert body == {"pool_url": "http://pool", "pilot_token": "group-token", "vo_stage": VO,
-                    "entries": {"a": {**ENTRY, "pilot_token": "token-a"}, "b": ENTRY}}
+    assert body == {
+        "pool_url": "http://pool",
+        "pilot_token": "group-token",
+        "vo_stage": VO,
+        "entries": {"a": {**ENTRY, "pilot_token": "token-a"}, "b": ENTRY},
+    }
     # an entry without its own token falls back to the top-level one at the factory
     assert "pilot_token" not in body["entries"]["b"]
-    assert ENTRY == {"idle": 2, "max_running": 5, "remove": "IDLE", "remove_margin": 1,
-                     "start_expr": "true", "container_image": "/img.sif"}, "input mutated"
+    assert ENTRY == {
+        "idle": 2,
+        "max_running": 5,
+        "remove": "IDLE",
+        "remove_margin": 1,
+        "start_expr": "true",
+        "container_image": "/img.sif",
+    }, "input mutated"
 
 
 def test_request_body_without_a_vo_stage_has_no_key():
@@ -41,8 +57,9 @@ def test_vo_scripts_must_hold_a_scripts_list(tmp_path: Path):
 
 def test_a_bad_vo_script_list_names_the_group_and_line(tmp_path: Path):
     (tmp_path / "scripts.list").write_text("factory missing.sh\n")
-    config = FrontendConfig(state_dir=tmp_path / "fe",
-                            groups=[{"name": "g", "vo_scripts": tmp_path}])
+    config = FrontendConfig(
+        state_dir=tmp_path / "fe", groups=[{"name": "g", "vo_scripts": tmp_path}]
+    )
     with pytest.raises(VOStageError) as err:
         build_all(config)
     assert str(err.value).startswith(f"groups[0].vo_scripts ({tmp_path}): ")
@@ -58,8 +75,10 @@ def test_check_config_builds_the_vo_stages_aside(tmp_path: Path):
     (tmp_path / "vo").mkdir()
     (tmp_path / "vo" / "scripts.list").write_text("group missing.sh\n")
     path = tmp_path / "frontend.yaml"
-    path.write_text(f"state_dir: {tmp_path / 'fe'}\ntoken_file: {tmp_path / 'token'}\n"
-                    f"groups: [{{name: g, vo_scripts: {tmp_path / 'vo'}}}]\n")
+    path.write_text(
+        f"state_dir: {tmp_path / 'fe'}\ntoken_file: {tmp_path / 'token'}\n"
+        f"groups: [{{name: g, vo_scripts: {tmp_path / 'vo'}}}]\n"
+    )
     with pytest.raises(ConfigError) as err:
         load(path)
     assert str(err.value).startswith(f"{path}: groups[0].vo_scripts")

@@ -10,8 +10,14 @@ from glidewms.protocol import RemovalStage
 def test_round_trip_is_atomic_and_complete(tmp_path):
     state = StateFile(tmp_path / "fe" / "state.json")
     assert state.load() == {}
-    memory = {"main": {"f/big": Memory(no_demand_cycles=4, last_idle=2, last_max_running=9,
-                                       last_remove=RemovalStage.WAIT)}, "gpu": {}}
+    memory = {
+        "main": {
+            "f/big": Memory(
+                no_demand_cycles=4, last_idle=2, last_max_running=9, last_remove=RemovalStage.WAIT
+            )
+        },
+        "gpu": {},
+    }
     state.save(memory)
     assert StateFile(state.path).load() == memory
     assert [p.name for p in state.path.parent.iterdir()] == ["state.json"]  # no temp left

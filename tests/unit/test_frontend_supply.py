@@ -15,8 +15,14 @@ HIGH_MEM = {JobRequest(1, 12000): 3.0}
 
 
 def pilot(free: dict | None = None, running: int = 0, **kw) -> dict:
-    p = {"group": "main", "frontend": "fe", "running_jobs": running, "state": "active",
-         "slot": {"Cpus": 8, "Memory": 16000, "GLIDEIN_Entry_Name": "big"}, **kw}
+    p = {
+        "group": "main",
+        "frontend": "fe",
+        "running_jobs": running,
+        "state": "active",
+        "slot": {"Cpus": 8, "Memory": 16000, "GLIDEIN_Entry_Name": "big"},
+        **kw,
+    }
     if free is not None:
         p["free"] = free
     return p
@@ -48,7 +54,14 @@ def test_categories_from_factory_and_pool():
     ]
     s = entry_supply({"queued": 2, "running": 9, "removing": 1}, pilots, BIG, ONE_CORE)
     assert (s.queued, s.starting, s.idle, s.partial, s.busy, s.unusable, s.retiring) == (
-        2, 3, 1, 1, 1, 1, 2)
+        2,
+        3,
+        1,
+        1,
+        1,
+        1,
+        2,
+    )
     assert s.idle_units == pytest.approx(1.5)
     assert s.idle_supply == pytest.approx(4.5)
     assert (s.running, s.total, s.idle_pilots, s.working) == (9, 12, 5, 2)
@@ -60,24 +73,35 @@ def test_auto_entry_size_learned_from_pilots():
     assert entry_size(auto, [], group) == Size(2, 1024, 2, 102400)
     assert entry_size(auto, [pilot()], group) == Size(8, 16000, 2, 102400)
     assert entry_size({"cpus": 4, "memory": 100, "disk": 50}, [pilot()], group) == Size(
-        4, 100, 0, 50)
+        4, 100, 0, 50
+    )
 
 
 def test_observe_group_combines_views_and_filters():
-    entries = [{"name": "big", "site": "B", "cpus": 8, "memory": 16000},
-               {"name": "off", "site": "B", "cpus": 8, "memory": 16000, "enabled": False},
-               {"name": "other", "site": "X", "cpus": 8, "memory": 16000}]
-    acs = [{"id": 1, "ad": "[ RequestCpus = 1; RequestMemory = 1000; Requirements = true ]",
-            "idle": 16, "running": 0, "owners": {"u": 16},
-            "request": {"cpus": 1, "memory": 1000}}]
+    entries = [
+        {"name": "big", "site": "B", "cpus": 8, "memory": 16000},
+        {"name": "off", "site": "B", "cpus": 8, "memory": 16000, "enabled": False},
+        {"name": "other", "site": "X", "cpus": 8, "memory": 16000},
+    ]
+    acs = [
+        {
+            "id": 1,
+            "ad": "[ RequestCpus = 1; RequestMemory = 1000; Requirements = true ]",
+            "idle": 16,
+            "running": 0,
+            "owners": {"u": 16},
+            "request": {"cpus": 1, "memory": 1000},
+        }
+    ]
     group = GroupConfig(entry_constraint='GLIDEIN_Site == "B"')
     pilots = [pilot(), pilot(group="other"), pilot(frontend="someone-else")]
-    factory = FactoryView(name="f", url="http://f", entries=entries,
-                          counts={"big": {"queued": 1}})
+    factory = FactoryView(name="f", url="http://f", entries=entries, counts={"big": {"queued": 1}})
     view = observe_group(group, "fe", acs, pilots, [factory], 0.0)
     assert set(view.observations) == {"f/big"}
-    assert view.skipped == {"f/off": "entry disabled at the factory",
-                            "f/other": "entry_constraint is not true for this entry"}
+    assert view.skipped == {
+        "f/off": "entry disabled at the factory",
+        "f/other": "entry_constraint is not true for this entry",
+    }
     o = view.observations["f/big"]
     assert o.demand.units == pytest.approx(2)
     assert (o.supply.queued, o.supply.idle, o.supply.idle_units) == (1, 1, 1.0)

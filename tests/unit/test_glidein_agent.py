@@ -181,16 +181,19 @@ class FakePool:
                 self.cycles.append(body)
             completed = {}
             for done in body.get("completions", []):
-                self.completed[done["claim_id"]] = {k: done[k] for k in
-                                                    ("exit_code", "outputs", "wall_seconds")}
+                self.completed[done["claim_id"]] = {
+                    k: done[k] for k in ("exit_code", "outputs", "wall_seconds")
+                }
                 completed[done["claim_id"]] = self.accepts_results
                 self.events["complete"].set()
             if body.get("max_jobs", 1) == 0:
                 return self.send(h, 200, {"completed": completed, "claims": []})
             self.claim_requests.append(body)
             with self.lock:
-                batch, self.claims = (self.claims[:body["max_jobs"]],
-                                      self.claims[body["max_jobs"]:])
+                batch, self.claims = (
+                    self.claims[: body["max_jobs"]],
+                    self.claims[body["max_jobs"] :],
+                )
             if not batch and not completed:
                 self.closing.wait(body["wait"])
             return self.send(h, 200, {"completed": completed, "claims": batch})
@@ -232,11 +235,21 @@ def token_file(tmp_path: Path) -> Path:
 
 def config_text(pool: FakePool, work: Path, token_file: Path, **extra: Any) -> str:
     values = {
-        "GLIDEIN_Factory_URL": pool.url, "GLIDEIN_Pool_URL": pool.url, "GLIDEIN_Id": "g-1",
-        "GLIDEIN_Entry_Name": "entry1", "GLIDEIN_Site": "TEST_SITE",
-        "GLIDEIN_Idle_Timeout": 2, "GLIDEIN_Lifetime": 3600, "GLIDEIN_Cpus": 2,
-        "GLIDEIN_Memory": 1024, "GLIDEIN_Work_Dir": work, "GLIDEIN_Token_File": token_file,
-        "HAS_TEST": "true", "Speed": "2.5", "GLIDEIN_Attrs": "HAS_TEST,Speed", **extra,
+        "GLIDEIN_Factory_URL": pool.url,
+        "GLIDEIN_Pool_URL": pool.url,
+        "GLIDEIN_Id": "g-1",
+        "GLIDEIN_Entry_Name": "entry1",
+        "GLIDEIN_Site": "TEST_SITE",
+        "GLIDEIN_Idle_Timeout": 2,
+        "GLIDEIN_Lifetime": 3600,
+        "GLIDEIN_Cpus": 2,
+        "GLIDEIN_Memory": 1024,
+        "GLIDEIN_Work_Dir": work,
+        "GLIDEIN_Token_File": token_file,
+        "HAS_TEST": "true",
+        "Speed": "2.5",
+        "GLIDEIN_Attrs": "HAS_TEST,Speed",
+        **extra,
     }
     return "".join(f"{k} {v}\n" for k, v in values.items())
 
@@ -251,17 +264,28 @@ time.sleep(600)
 
 def claim_for(pool: FakePool, claim_id: str, files: dict[str, bytes], **job: Any) -> dict:
     """A claim as the pool hands it out; the first file is the executable."""
-    sandbox = [{"name": name, "sha256": pool.add_file(data), "executable": i == 0}
-               for i, (name, data) in enumerate(files.items())]
-    spec = {"cmd": next(iter(files)), "args": [], "env": {}, "sandbox": sandbox, "out": None,
-            "err": None, "transfer_output": None,
-            "request": {"cpus": 1, "memory": 100, "disk": 1000}, **job}
+    sandbox = [
+        {"name": name, "sha256": pool.add_file(data), "executable": i == 0}
+        for i, (name, data) in enumerate(files.items())
+    ]
+    spec = {
+        "cmd": next(iter(files)),
+        "args": [],
+        "env": {},
+        "sandbox": sandbox,
+        "out": None,
+        "err": None,
+        "transfer_output": None,
+        "request": {"cpus": 1, "memory": 100, "disk": 1000},
+        **job,
+    }
     return {"claim_id": claim_id, "job_id": f"{claim_id}.0", "lease_seconds": 30, "job": spec}
 
 
 def sleeping_python_claim(pool: FakePool, claim_id: str) -> dict:
-    return claim_for(pool, claim_id, {"job.py": PY_JOB}, cmd=sys.executable,
-                     args=["job.py", pool.url])
+    return claim_for(
+        pool, claim_id, {"job.py": PY_JOB}, cmd=sys.executable, args=["job.py", pool.url]
+    )
 
 
 def agent_in_thread(cfg_text: str, work: Path) -> tuple[threading.Thread, dict[str, Any]]:
@@ -279,15 +303,29 @@ def agent_in_thread(cfg_text: str, work: Path) -> tuple[threading.Thread, dict[s
 
 def test_glidein_config_lines_comments_and_last_value_wins() -> None:
     text = "# comment\n\nGLIDEIN_Site  A\nGLIDEIN_Site B C\nKEY\tvalue with  spaces \nEMPTY\n"
-    assert parse_lines(text) == {"GLIDEIN_Site": "B C", "KEY": "value with  spaces",
-                                 "EMPTY": ""}
+    assert parse_lines(text) == {"GLIDEIN_Site": "B C", "KEY": "value with  spaces", "EMPTY": ""}
 
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("3", 3), ("-2", -2), ("+7", 7), ("1.5", 1.5), ("1e3", 1000.0), (".5", 0.5),
-     ("true", True), ("FALSE", False), ("True", True), ("nan", "nan"), ("inf", "inf"),
-     ("1_000", "1_000"), ("0x10", "0x10"), ("abc", "abc"), ("", ""), ("1.2.3", "1.2.3")],
+    [
+        ("3", 3),
+        ("-2", -2),
+        ("+7", 7),
+        ("1.5", 1.5),
+        ("1e3", 1000.0),
+        (".5", 0.5),
+        ("true", True),
+        ("FALSE", False),
+        ("True", True),
+        ("nan", "nan"),
+        ("inf", "inf"),
+        ("1_000", "1_000"),
+        ("0x10", "0x10"),
+        ("abc", "abc"),
+        ("", ""),
+        ("1.2.3", "1.2.3"),
+    ],
 )
 def test_attribute_values_get_their_classad_type(text: str, value: Any) -> None:
     got = typed_value(text)
@@ -296,9 +334,11 @@ def test_attribute_values_get_their_classad_type(text: str, value: Any) -> None:
 
 
 def test_build_config_types_attributes_and_defaults(tmp_path: Path) -> None:
-    values = parse_lines("GLIDEIN_Pool_URL http://pool:1/\nGLIDEIN_Id g1\n"
-                         "GLIDEIN_Token_File /t\nGLIDEIN_Attrs A, B ,C\nA 4\nB yes\nC false\n"
-                         "GLIDEIN_Cpus auto\nGLIDEIN_Memory 2048\n")
+    values = parse_lines(
+        "GLIDEIN_Pool_URL http://pool:1/\nGLIDEIN_Id g1\n"
+        "GLIDEIN_Token_File /t\nGLIDEIN_Attrs A, B ,C\nA 4\nB yes\nC false\n"
+        "GLIDEIN_Cpus auto\nGLIDEIN_Memory 2048\n"
+    )
     cfg = build_config(values, str(tmp_path))
     assert cfg.pool_url == "http://pool:1"
     assert cfg.attrs == {"A": 4, "B": "yes", "C": False}
@@ -308,11 +348,18 @@ def test_build_config_types_attributes_and_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("GLIDEIN_Id g1\nGLIDEIN_Token_File /t\n", "GLIDEIN_Pool_URL"),
-     ("GLIDEIN_Pool_URL u\nGLIDEIN_Id g\nGLIDEIN_Token_File /t\nGLIDEIN_Attrs X\n", "X"),
-     ("GLIDEIN_Pool_URL u\nGLIDEIN_Id g\nGLIDEIN_Token_File /t\nGLIDEIN_Idle_Timeout 5m\n",
-      "GLIDEIN_Idle_Timeout"),
-     ("GLIDEIN_Pool_URL u\nGLIDEIN_Id g\nGLIDEIN_Token_File /t\nGLIDEIN_Cpus 0\n", "GLIDEIN_Cpus")],
+    [
+        ("GLIDEIN_Id g1\nGLIDEIN_Token_File /t\n", "GLIDEIN_Pool_URL"),
+        ("GLIDEIN_Pool_URL u\nGLIDEIN_Id g\nGLIDEIN_Token_File /t\nGLIDEIN_Attrs X\n", "X"),
+        (
+            "GLIDEIN_Pool_URL u\nGLIDEIN_Id g\nGLIDEIN_Token_File /t\nGLIDEIN_Idle_Timeout 5m\n",
+            "GLIDEIN_Idle_Timeout",
+        ),
+        (
+            "GLIDEIN_Pool_URL u\nGLIDEIN_Id g\nGLIDEIN_Token_File /t\nGLIDEIN_Cpus 0\n",
+            "GLIDEIN_Cpus",
+        ),
+    ],
 )
 def test_bad_glidein_config_is_refused_naming_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -363,27 +410,48 @@ def test_auto_resources_fall_back_without_affinity_or_meminfo(
 
 @pytest.mark.parametrize(
     ("release", "expected"),
-    [({"ID": "debian", "VERSION_ID": "12"},
-      {"OpSys": "LINUX", "OpSysName": "Debian", "OpSysMajorVer": 12, "OpSysAndVer": "Debian12"}),
-     ({"ID": "almalinux", "VERSION_ID": "9.3"},
-      {"OpSys": "LINUX", "OpSysName": "AlmaLinux", "OpSysMajorVer": 9,
-       "OpSysAndVer": "AlmaLinux9"}),
-     ({"ID": "arch"}, {"OpSys": "LINUX", "OpSysName": "Arch"}),
-     ({}, {"OpSys": "LINUX"})],
+    [
+        (
+            {"ID": "debian", "VERSION_ID": "12"},
+            {
+                "OpSys": "LINUX",
+                "OpSysName": "Debian",
+                "OpSysMajorVer": 12,
+                "OpSysAndVer": "Debian12",
+            },
+        ),
+        (
+            {"ID": "almalinux", "VERSION_ID": "9.3"},
+            {
+                "OpSys": "LINUX",
+                "OpSysName": "AlmaLinux",
+                "OpSysMajorVer": 9,
+                "OpSysAndVer": "AlmaLinux9",
+            },
+        ),
+        ({"ID": "arch"}, {"OpSys": "LINUX", "OpSysName": "Arch"}),
+        ({}, {"OpSys": "LINUX"}),
+    ],
 )
 def test_os_attributes_follow_htcondor(release: dict[str, str], expected: dict) -> None:
     assert os_attributes(release) == expected
 
 
 def test_arch_is_named_as_htcondor_does() -> None:
-    assert [htcondor_arch(m) for m in ("x86_64", "AMD64", "aarch64", "ppc64le", "riscv64")] == \
-        ["X86_64", "X86_64", "aarch64", "ppc64le", "riscv64"]
+    assert [htcondor_arch(m) for m in ("x86_64", "AMD64", "aarch64", "ppc64le", "riscv64")] == [
+        "X86_64",
+        "X86_64",
+        "aarch64",
+        "ppc64le",
+        "riscv64",
+    ]
 
 
 def test_slot_ad_has_resources_identity_and_typed_attributes(tmp_path: Path) -> None:
     cfg = minimal_cfg(tmp_path, "GLIDEIN_Attrs GPUs,Cpus,Arch\nGPUs 1\nCpus 64\nArch ppc64le\n")
-    ad = slot_ad(cfg, Resources(4, 8000, 123), to_die=1000.5, os_release={"ID": "debian",
-                                                                        "VERSION_ID": "12"})
+    ad = slot_ad(
+        cfg, Resources(4, 8000, 123), to_die=1000.5, os_release={"ID": "debian", "VERSION_ID": "12"}
+    )
     assert ad["Cpus"] == 4  # an entry cannot claim resources the agent does not track
     assert (ad["Memory"], ad["Disk"], ad["GPUs"], ad["Arch"]) == (8000, 123, 1, "ppc64le")
     assert (ad["GLIDEIN_Id"], ad["GLIDEIN_Site"], ad["OpSysAndVer"]) == ("g7", "S", "Debian12")
@@ -395,53 +463,72 @@ def test_slot_ad_has_resources_identity_and_typed_attributes(tmp_path: Path) -> 
 
 def state(**changes: Any) -> State:
     """10 s into a pilot with a 100 s idle timeout, 1000 s to live, nothing running."""
-    base = {"now": 10.0, "idle_since": 0.0, "idle_timeout": 100.0, "deadline": 1000.0,
-            "draining": False, "running": 0, "free_cpus": 2, "free_memory": 1000}
+    base = {
+        "now": 10.0,
+        "idle_since": 0.0,
+        "idle_timeout": 100.0,
+        "deadline": 1000.0,
+        "draining": False,
+        "running": 0,
+        "free_cpus": 2,
+        "free_memory": 1000,
+    }
     return State(**{**base, **changes})
 
 
 @pytest.mark.parametrize(
     ("facts", "action", "seconds", "reason"),
-    [({}, "claim", 20.0, None),
-     ({"now": 95.0}, "claim", 5.0, None),  # never long-poll past the idle timeout
-     ({"now": 100.0}, "exit", 0.0, "idle_timeout"),
-     ({"now": 500.0, "running": 1}, "claim", 20.0, None),  # busy: not idle
-     ({"idle_timeout": 3.0, "running": 1}, "claim", 3.0, None),  # can stop soon after the job
-     ({"deadline": 12.0}, "claim", 2.0, None),  # no long-poll past the lifetime
-     ({"running": 2, "free_cpus": 0}, "wait", 20.0, None),  # full slot
-     ({"running": 1, "free_memory": 0}, "wait", 20.0, None),
-     ({"draining": True, "running": 1}, "wait", 20.0, None),
-     ({"draining": True}, "exit", 0.0, "idle_timeout"),  # a drain is a benign retirement
-     ({"now": 1000.0, "idle_since": 999.0, "running": 1}, "wait", 20.0, None),
-     ({"now": 1000.0, "idle_since": 999.0}, "exit", 0.0, "lifetime")],
+    [
+        ({}, "claim", 20.0, None),
+        ({"now": 95.0}, "claim", 5.0, None),  # never long-poll past the idle timeout
+        ({"now": 100.0}, "exit", 0.0, "idle_timeout"),
+        ({"now": 500.0, "running": 1}, "claim", 20.0, None),  # busy: not idle
+        ({"idle_timeout": 3.0, "running": 1}, "claim", 3.0, None),  # can stop soon after the job
+        ({"deadline": 12.0}, "claim", 2.0, None),  # no long-poll past the lifetime
+        ({"running": 2, "free_cpus": 0}, "wait", 20.0, None),  # full slot
+        ({"running": 1, "free_memory": 0}, "wait", 20.0, None),
+        ({"draining": True, "running": 1}, "wait", 20.0, None),
+        ({"draining": True}, "exit", 0.0, "idle_timeout"),  # a drain is a benign retirement
+        ({"now": 1000.0, "idle_since": 999.0, "running": 1}, "wait", 20.0, None),
+        ({"now": 1000.0, "idle_since": 999.0}, "exit", 0.0, "lifetime"),
+    ],
 )
-def test_next_step(facts: dict[str, Any], action: str, seconds: float,
-                   reason: str | None) -> None:
+def test_next_step(facts: dict[str, Any], action: str, seconds: float, reason: str | None) -> None:
     step = next_step(state(**facts), lifetime=1000)
     assert (step.action, step.seconds, step.reason) == (action, seconds, reason)
 
 
 @pytest.mark.parametrize(
     ("pool_seconds", "lease", "local", "interval"),
-    [(20, 60, 0, 20), (20, 30, 0, 10), (20, 60, 5, 5), (20, 60, 50, 20), (0, 0, 0, 60),
-     (0, 0, 7, 7), (0.1, 0, 0, 1)],
+    [
+        (20, 60, 0, 20),
+        (20, 30, 0, 10),
+        (20, 60, 5, 5),
+        (20, 60, 50, 20),
+        (0, 0, 0, 60),
+        (0, 0, 7, 7),
+        (0.1, 0, 0, 1),
+    ],
 )
-def test_heartbeat_interval(pool_seconds: float, lease: float, local: float,
-                            interval: float) -> None:
+def test_heartbeat_interval(
+    pool_seconds: float, lease: float, local: float, interval: float
+) -> None:
     assert heartbeat_interval(pool_seconds, lease, local) == interval
 
 
 @pytest.mark.parametrize(
     ("running", "free", "batch", "waited", "pause"),
-    [(0, 1, 16, 0.0, 0.0),      # idle pilot: claim at once (dispatch latency)
-     (15, 1, 16, 0.0, 0.004),   # one core free among 16 busy: wait for more
-     (15, 1, 16, 0.003, 0.001),  # ...counted from when the first became free
-     (15, 1, 16, 0.004, 0.0),   # ...and never longer than the gather time
-     (8, 8, 16, 0.0, 0.004),    # half a turn free: still wait
-     (0, 16, 16, 0.0, 0.0),     # a whole turn free: claim
-     (1, 1, 2, 0.0, 0.004),     # a 2-core pilot with one job running waits for it
-     (3, 16, 16, 0.0, 0.0),     # more free than a turn takes (a 19-core pilot): claim
-     (0, 1, 1, 0.0, 0.0)],      # a 1-core pilot never waits
+    [
+        (0, 1, 16, 0.0, 0.0),  # idle pilot: claim at once (dispatch latency)
+        (15, 1, 16, 0.0, 0.004),  # one core free among 16 busy: wait for more
+        (15, 1, 16, 0.003, 0.001),  # ...counted from when the first became free
+        (15, 1, 16, 0.004, 0.0),  # ...and never longer than the gather time
+        (8, 8, 16, 0.0, 0.004),  # half a turn free: still wait
+        (0, 16, 16, 0.0, 0.0),  # a whole turn free: claim
+        (1, 1, 2, 0.0, 0.004),  # a 2-core pilot with one job running waits for it
+        (3, 16, 16, 0.0, 0.0),  # more free than a turn takes (a 19-core pilot): claim
+        (0, 1, 1, 0.0, 0.0),
+    ],  # a 1-core pilot never waits
 )
 def test_gather_wait(running: int, free: int, batch: int, waited: float, pause: float) -> None:
     assert gather_wait(running, free, batch, waited, 0.004) == pytest.approx(pause)
@@ -464,22 +551,35 @@ def run(spec: JobSpec, sandbox: Path) -> int:
 
 
 def test_job_runs_in_its_sandbox_and_new_or_changed_files_are_outputs(tmp_path: Path) -> None:
-    spec, sandbox = make_job(tmp_path, 'echo "out in $PWD"; echo oops >&2\n'
-                             "echo more >> input.txt; echo r > new.txt; mkdir d; echo x > d/f\n"
-                             "ln -s /etc/hostname link\n")
+    spec, sandbox = make_job(
+        tmp_path,
+        'echo "out in $PWD"; echo oops >&2\n'
+        "echo more >> input.txt; echo r > new.txt; mkdir d; echo x > d/f\n"
+        "ln -s /etc/hostname link\n",
+    )
     (sandbox / "input.txt").write_text("in\n")
     (sandbox / "unchanged.txt").write_text("same\n")
     baseline = snapshot(str(sandbox))
     assert run(spec, sandbox) == 0
     # streams the job did not name go to /dev/null, as HTCondor's output/error default
     assert sorted(p.name for p in sandbox.iterdir()) == [
-        "d", "input.txt", "job.sh", "link", "new.txt", "unchanged.txt"]
+        "d",
+        "input.txt",
+        "job.sh",
+        "link",
+        "new.txt",
+        "unchanged.txt",
+    ]
     assert outputs_to_upload(spec, str(sandbox), baseline) == ["input.txt", "new.txt"]
 
 
 def test_named_streams_are_captured_in_the_sandbox(tmp_path: Path) -> None:
-    spec, sandbox = make_job(tmp_path, 'echo "out in $PWD"; echo oops >&2\n',
-                             out="/submit/job.out", err="/submit/job.err")
+    spec, sandbox = make_job(
+        tmp_path,
+        'echo "out in $PWD"; echo oops >&2\n',
+        out="/submit/job.out",
+        err="/submit/job.err",
+    )
     baseline = snapshot(str(sandbox))
     assert run(spec, sandbox) == 0
     assert (sandbox / "job.out").read_text() == f"out in {sandbox}\n"
@@ -488,12 +588,22 @@ def test_named_streams_are_captured_in_the_sandbox(tmp_path: Path) -> None:
 
 
 def test_transfer_output_names_only_safe_regular_files(tmp_path: Path) -> None:
-    spec, sandbox = make_job(tmp_path, "echo a > a.txt; echo b > b.txt; mkdir sub\n"
-                             "echo c > sub/c.txt; ln -s /etc/hostname link; ln -s / up\n",
-                             out="/submit/dir/job.out", err="/submit/dir/job.out",
-                             transfer_output=["a.txt", "sub/c.txt", "missing", "link",
-                                              "../sandbox/a.txt", "/etc/hostname",
-                                              "up/etc/hostname"])
+    spec, sandbox = make_job(
+        tmp_path,
+        "echo a > a.txt; echo b > b.txt; mkdir sub\n"
+        "echo c > sub/c.txt; ln -s /etc/hostname link; ln -s / up\n",
+        out="/submit/dir/job.out",
+        err="/submit/dir/job.out",
+        transfer_output=[
+            "a.txt",
+            "sub/c.txt",
+            "missing",
+            "link",
+            "../sandbox/a.txt",
+            "/etc/hostname",
+            "up/etc/hostname",
+        ],
+    )
     baseline = snapshot(str(sandbox))
     assert run(spec, sandbox) == 0
     assert outputs_to_upload(spec, str(sandbox), baseline) == ["job.out", "a.txt", "sub/c.txt"]
@@ -503,14 +613,16 @@ def test_stream_names_map_submit_paths_into_the_sandbox(tmp_path: Path) -> None:
     assert stream_name("/home/alice/run/out.0") == "out.0"
     assert stream_name(None) is None
     assert stream_name("/dev/null") is None
-    spec, sandbox = make_job(tmp_path, "echo gone; echo kept >&2\n", out="/dev/null",
-                             err="/submit/dir/job.err")
+    spec, sandbox = make_job(
+        tmp_path, "echo gone; echo kept >&2\n", out="/dev/null", err="/submit/dir/job.err"
+    )
     assert run(spec, sandbox) == 0
     assert outputs_to_upload(spec, str(sandbox), {}) == ["job.err", "job.sh"]
 
 
-@pytest.mark.parametrize(("script", "code"), [("exit 3\n", 3), ("kill -KILL $$\n", 137),
-                                               ("kill -TERM $$\n", 143)])
+@pytest.mark.parametrize(
+    ("script", "code"), [("exit 3\n", 3), ("kill -KILL $$\n", 137), ("kill -TERM $$\n", 143)]
+)
 def test_exit_code_follows_the_shell_convention(tmp_path: Path, script: str, code: int) -> None:
     spec, sandbox = make_job(tmp_path, script)
     assert run(spec, sandbox) == code
@@ -525,8 +637,9 @@ def test_kill_terminates_the_group_and_escalates_to_sigkill(tmp_path: Path) -> N
     thread = threading.Thread(target=lambda: result.append(process.run()))
     thread.start()
     ready = threading.Event()  # the fifo read returns once the job is past its trap
-    threading.Thread(target=lambda: ((sandbox / "ready").read_text(), ready.set()),
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: ((sandbox / "ready").read_text(), ready.set()), daemon=True
+    ).start()
     assert ready.wait(WAIT)
     process.kill(grace=0.2)
     thread.join(WAIT)
@@ -574,8 +687,9 @@ def test_job_environment_is_clean_and_pilot_variables_win(
 ) -> None:
     monkeypatch.setenv("GLIDEIN_TOKEN_FILE", "/secret/token")
     monkeypatch.setenv("https_proxy", "http://squid:3128")
-    spec = JobSpec.from_claim({"cmd": "/bin/true", "env": {"A": 1, "_CONDOR_SCRATCH_DIR": "/x"},
-                               "request": {"cpus": 4}})
+    spec = JobSpec.from_claim(
+        {"cmd": "/bin/true", "env": {"A": 1, "_CONDOR_SCRATCH_DIR": "/x"}, "request": {"cpus": 4}}
+    )
     env = job_environment(spec, "/sb", {"GLIDEIN_Site": "S"})
     assert "GLIDEIN_TOKEN_FILE" not in env
     assert env["HOME"] == env["TMPDIR"] == env["_CONDOR_SCRATCH_DIR"] == "/sb"
@@ -585,12 +699,14 @@ def test_job_environment_is_clean_and_pilot_variables_win(
 
 @pytest.mark.parametrize(
     "job",
-    [{"cmd": "x", "sandbox": [{"name": "../evil", "sha256": "0" * 64}]},
-     {"cmd": "x", "sandbox": [{"name": "a/b", "sha256": "0" * 64}]},
-     {"cmd": "x", "sandbox": [{"name": "a", "sha256": "not-a-hash"}]},
-     {"cmd": "x", "out": ".."},
-     {"args": []},
-     "not a dict"],
+    [
+        {"cmd": "x", "sandbox": [{"name": "../evil", "sha256": "0" * 64}]},
+        {"cmd": "x", "sandbox": [{"name": "a/b", "sha256": "0" * 64}]},
+        {"cmd": "x", "sandbox": [{"name": "a", "sha256": "not-a-hash"}]},
+        {"cmd": "x", "out": ".."},
+        {"args": []},
+        "not a dict",
+    ],
 )
 def test_malformed_or_unsafe_jobs_are_refused(job: Any) -> None:
     with pytest.raises(JobSetupError):
@@ -610,8 +726,9 @@ def test_sandbox_file_with_the_wrong_hash_is_refused(
     claim = claim_for(pool, "c1", {"job.sh": b"#!/bin/sh\ntouch ran\n"})
     pool.files[claim["job"]["sandbox"][0]["sha256"]] = b"#!/bin/sh\nrm -rf ~\n"
     api = Api(pool.url, str(token_file), backoff=0.01)
-    runner = ClaimRunner(claim, JobSpec.from_claim(claim["job"]), api,
-                         work_dir=str(tmp_path), job_env={})
+    runner = ClaimRunner(
+        claim, JobSpec.from_claim(claim["job"]), api, work_dir=str(tmp_path), job_env={}
+    )
     outcome = runner.run()
     assert outcome.setup_failed and not outcome.started and outcome.failed
     assert outcome.result is None  # left to the lease: the pool requeues it
@@ -624,8 +741,9 @@ def test_a_runner_uploads_the_outputs_and_hands_the_result_back(
     """The runner does not report to the pool: its result rides the pilot's next turn."""
     claim = claim_for(pool, "c1", {"job.sh": b"#!/bin/sh\necho hi\n"}, out="job.out")
     api = Api(pool.url, str(token_file), backoff=0.01)
-    outcome = ClaimRunner(claim, JobSpec.from_claim(claim["job"]), api,
-                          work_dir=str(tmp_path), job_env={}).run()
+    outcome = ClaimRunner(
+        claim, JobSpec.from_claim(claim["job"]), api, work_dir=str(tmp_path), job_env={}
+    ).run()
     assert outcome.started and outcome.exit_code == 0 and outcome.result is not None
     assert (outcome.result["claim_id"], outcome.result["exit_code"]) == ("c1", 0)
     (output,) = outcome.result["outputs"]
@@ -638,8 +756,9 @@ def test_a_result_the_pool_no_longer_holds_is_dropped(
 ) -> None:
     pool.accepts_results = False
     pool.claims.append(claim_for(pool, "c1", {"job.sh": b"#!/bin/sh\nsleep 0.2\n"}))
-    thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file),
-                                  tmp_path / "work")
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "work", token_file), tmp_path / "work"
+    )
     thread.join(WAIT)
     assert not thread.is_alive() and box["rc"] == 0
     assert "c1" in pool.completed  # delivered, and answered "not held"
@@ -770,11 +889,16 @@ env > env.txt
 
 def python39() -> str | None:
     """A working python3.9 (the oldest the nodes may have): on PATH or under pyenv."""
-    candidates = [shutil.which("python3.9"),
-                  *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))]
+    candidates = [
+        shutil.which("python3.9"),
+        *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))),
+    ]
     for candidate in filter(None, candidates):
-        check = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+        )
         if check.returncode == 0 and check.stdout.strip() == "(3, 9)":
             return candidate
     return None
@@ -795,11 +919,24 @@ def test_pilot_runs_a_job_and_retires_after_idle_timeout(
     work = tmp_path / "work"
     shutil.copytree(AGENT_DIR, work / "agent", ignore=shutil.ignore_patterns("__pycache__"))
     (work / "glidein_config").write_text(config_text(pool, work, token_file))
-    pool.claims.append(claim_for(pool, "c1", {"job.sh": JOB_SH, "input.txt": b"input\n"},
-                                 out="/submit/job.out", err="/submit/job.err"))
+    pool.claims.append(
+        claim_for(
+            pool,
+            "c1",
+            {"job.sh": JOB_SH, "input.txt": b"input\n"},
+            out="/submit/job.out",
+            err="/submit/job.err",
+        )
+    )
     env = {"PATH": os.environ["PATH"], "GLIDEIN_TOKEN_FILE": str(token_file)}
-    proc = subprocess.run([python, "-m", "agent", "--config", "glidein_config"], cwd=work,
-                          env=env, capture_output=True, text=True, timeout=WAIT)
+    proc = subprocess.run(
+        [python, "-m", "agent", "--config", "glidein_config"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     assert proc.returncode == 0, proc.stderr
     slot = pool.registered[0]["slot"]
     assert (slot["Cpus"], slot["Memory"], slot["HAS_TEST"], slot["Speed"]) == (2, 1024, True, 2.5)
@@ -827,10 +964,12 @@ def test_free_cores_are_claimed_in_one_call_and_each_claim_runs(
     pool: FakePool, tmp_path: Path, token_file: Path
 ) -> None:
     """With 2 free cores the agent asks for max_jobs 2 and runs every claim of the answer."""
-    pool.claims += [claim_for(pool, c, {"job.sh": JOB_SH, "input.txt": b"input\n"})
-                    for c in ("c1", "c2")]
-    thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file),
-                                  tmp_path / "work")
+    pool.claims += [
+        claim_for(pool, c, {"job.sh": JOB_SH, "input.txt": b"input\n"}) for c in ("c1", "c2")
+    ]
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "work", token_file), tmp_path / "work"
+    )
     thread.join(WAIT)
     assert not thread.is_alive() and box["rc"] == 0
     assert pool.claim_requests[0]["max_jobs"] == 2
@@ -844,10 +983,12 @@ def test_results_ride_with_the_next_claim_call(
 ) -> None:
     """HTCondor-style claim reuse: a job's result is not a call of its own but
     part of the call that asks for the next job (one round trip per turn)."""
-    pool.claims += [claim_for(pool, c, {"job.sh": JOB_SH, "input.txt": b"input\n"})
-                    for c in ("c1", "c2", "c3")]
-    thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file),
-                                  tmp_path / "work")
+    pool.claims += [
+        claim_for(pool, c, {"job.sh": JOB_SH, "input.txt": b"input\n"}) for c in ("c1", "c2", "c3")
+    ]
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "work", token_file), tmp_path / "work"
+    )
     thread.join(WAIT)
     assert not thread.is_alive() and box["rc"] == 0
     assert sorted(pool.completed) == ["c1", "c2", "c3"]
@@ -864,8 +1005,9 @@ def test_a_result_is_sent_alone_while_the_claim_call_long_polls(
     """The claim loop blocks in a long-poll (nothing more to run); the ended
     job's result must not wait for it: the completion thread sends it alone."""
     pool.claims.append(claim_for(pool, "c1", {"job.sh": JOB_SH, "input.txt": b"input\n"}))
-    thread, box = agent_in_thread(config_text(pool, tmp_path / "work", token_file,
-                                              GLIDEIN_Idle_Timeout=3), tmp_path / "work")
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "work", token_file, GLIDEIN_Idle_Timeout=3), tmp_path / "work"
+    )
     assert pool.events["complete"].wait(WAIT)
     alone = [b for b in pool.cycles if b["max_jobs"] == 0]
     assert [d["claim_id"] for b in alone for d in b["completions"]] == ["c1"]
@@ -900,7 +1042,9 @@ def test_sigterm_kills_the_running_job_deregisters_and_reports(
     pool.claims.append(sleeping_python_claim(pool, "c1"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "glidewms.glidein.agent", "--config", "glidein_config"],
-        cwd=work, stderr=subprocess.PIPE, text=True,
+        cwd=work,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert pool.events["started"].wait(WAIT), "the job never started"
@@ -921,21 +1065,26 @@ def test_heartbeat_kill_stops_the_job_without_completing_it(
 ) -> None:
     pool.claims.append(sleeping_python_claim(pool, "c1"))
     pool.kill_when_started.add("c1")
-    thread, box = agent_in_thread(config_text(pool, tmp_path / "w", token_file,
-                                              GLIDEIN_Idle_Timeout=1), tmp_path / "w")
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "w", token_file, GLIDEIN_Idle_Timeout=1), tmp_path / "w"
+    )
     thread.join(WAIT)
     assert not thread.is_alive()
     assert box["rc"] == 0 and pool.completed == {}
     assert any("c1" in hb["claims"] for hb in pool.heartbeats)
     report = pool.reports[0]
-    assert (report["exit_reason"], report["jobs_run"], report["jobs_failed"]) == \
-        ("idle_timeout", 1, 0)
+    assert (report["exit_reason"], report["jobs_run"], report["jobs_failed"]) == (
+        "idle_timeout",
+        1,
+        0,
+    )
 
 
 def test_drain_stops_claiming_and_exits(pool: FakePool, tmp_path: Path, token_file: Path) -> None:
     pool.drain = True
-    thread, box = agent_in_thread(config_text(pool, tmp_path / "w", token_file,
-                                              GLIDEIN_Idle_Timeout=600), tmp_path / "w")
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "w", token_file, GLIDEIN_Idle_Timeout=600), tmp_path / "w"
+    )
     thread.join(WAIT)
     assert not thread.is_alive()
     assert box["rc"] == 0
@@ -948,8 +1097,9 @@ def test_a_pool_that_forgot_the_pilot_means_lost(
 ) -> None:
     pool.gone = True
     pool.claims.append(sleeping_python_claim(pool, "c1"))
-    thread, box = agent_in_thread(config_text(pool, tmp_path / "w", token_file,
-                                              GLIDEIN_Idle_Timeout=600), tmp_path / "w")
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "w", token_file, GLIDEIN_Idle_Timeout=600), tmp_path / "w"
+    )
     thread.join(WAIT)
     assert not thread.is_alive()
     assert box["rc"] == 3
@@ -975,6 +1125,11 @@ def test_shipped_pilot_code_parses_as_python_39() -> None:
 
     for path in sorted(AGENT_DIR.glob("*.py")):
         tree = ast.parse(path.read_text(), str(path), feature_version=(3, 9))
-        future = [n for n in tree.body if isinstance(n, ast.ImportFrom)
-                  and n.module == "__future__" and any(a.name == "annotations" for a in n.names)]
+        future = [
+            n
+            for n in tree.body
+            if isinstance(n, ast.ImportFrom)
+            and n.module == "__future__"
+            and any(a.name == "annotations" for a in n.names)
+        ]
         assert future or path.name == "__init__.py", f"{path.name}: needs postponed annotations"

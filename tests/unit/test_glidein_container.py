@@ -46,13 +46,16 @@ def need_bwrap() -> str:
 # --------------------------------------------------------------------------- pure
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("/data", Bind("/data", "/data", False)),
-    ("/data:/srv/data", Bind("/data", "/srv/data", False)),
-    ("/data:ro", Bind("/data", "/data", True)),
-    ("/data:/in:ro", Bind("/data", "/in", True)),
-    ("/data:/in:rw", Bind("/data", "/in", False)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/data", Bind("/data", "/data", False)),
+        ("/data:/srv/data", Bind("/data", "/srv/data", False)),
+        ("/data:ro", Bind("/data", "/data", True)),
+        ("/data:/in:ro", Bind("/data", "/in", True)),
+        ("/data:/in:rw", Bind("/data", "/in", False)),
+    ],
+)
 def test_bind_specs(text: str, expected: Bind) -> None:
     assert Bind.parse(text) == expected
 
@@ -64,10 +67,15 @@ def test_bad_bind_specs_are_refused(text: str) -> None:
 
 
 def test_setup_from_glidein_config_values() -> None:
-    setup = ContainerSetup.from_values({
-        "GLIDEIN_Container_Runtime": "bwrap", "GLIDEIN_Container_Path": "/usr/bin/bwrap",
-        "GLIDEIN_Container_Use": "required", "GLIDEIN_Container_Binds": "/data:ro, /scratch",
-        "GLIDEIN_Container_Default_Image": "/images/el9"})
+    setup = ContainerSetup.from_values(
+        {
+            "GLIDEIN_Container_Runtime": "bwrap",
+            "GLIDEIN_Container_Path": "/usr/bin/bwrap",
+            "GLIDEIN_Container_Use": "required",
+            "GLIDEIN_Container_Binds": "/data:ro, /scratch",
+            "GLIDEIN_Container_Default_Image": "/images/el9",
+        }
+    )
     assert (setup.runtime, setup.use, setup.default_image) == ("bwrap", "REQUIRED", "/images/el9")
     assert setup.binds == (Bind("/data", "/data", True), Bind("/scratch", "/scratch"))
     with pytest.raises(ValueError, match="GLIDEIN_Container_Use"):
@@ -77,16 +85,19 @@ def test_setup_from_glidein_config_values() -> None:
 BWRAP = ContainerSetup("bwrap", "/usr/bin/bwrap")
 
 
-@pytest.mark.parametrize(("setup", "job", "expected"), [
-    (BWRAP, None, None),
-    (BWRAP, {"image": ""}, "host"),
-    (BWRAP, {"image": "/images/el9"}, "/images/el9"),
-    (ContainerSetup("bwrap", "/b", "/images/default", "REQUIRED"), None, "/images/default"),
-    (ContainerSetup("none", "", use="OPTIONAL"), None, None),
-    (ContainerSetup("none", "", use="OPTIONAL"), {"image": ""}, ContainerError),
-    (ContainerSetup("bwrap", "/b", use="NEVER"), {"image": ""}, ContainerError),
-    (ContainerSetup("bwrap", "/b", use="NEVER"), None, None),
-])
+@pytest.mark.parametrize(
+    ("setup", "job", "expected"),
+    [
+        (BWRAP, None, None),
+        (BWRAP, {"image": ""}, "host"),
+        (BWRAP, {"image": "/images/el9"}, "/images/el9"),
+        (ContainerSetup("bwrap", "/b", "/images/default", "REQUIRED"), None, "/images/default"),
+        (ContainerSetup("none", "", use="OPTIONAL"), None, None),
+        (ContainerSetup("none", "", use="OPTIONAL"), {"image": ""}, ContainerError),
+        (ContainerSetup("bwrap", "/b", use="NEVER"), {"image": ""}, ContainerError),
+        (ContainerSetup("bwrap", "/b", use="NEVER"), None, None),
+    ],
+)
 def test_which_image_a_job_gets(setup: ContainerSetup, job: Any, expected: Any) -> None:
     if expected is ContainerError:
         with pytest.raises(ContainerError):
@@ -96,15 +107,24 @@ def test_which_image_a_job_gets(setup: ContainerSetup, job: Any, expected: Any) 
 
 
 def test_command_lines_map_the_sandbox_and_bind_what_exists() -> None:
-    argv = bwrap_argv("bwrap", "host", "/w/execute/1_0", (Bind("/data", "/in", True),),
-                      ("/dev/nvidia0",), ["/w/execute/1_0/job.sh", "a b"])
+    argv = bwrap_argv(
+        "bwrap",
+        "host",
+        "/w/execute/1_0",
+        (Bind("/data", "/in", True),),
+        ("/dev/nvidia0",),
+        ["/w/execute/1_0/job.sh", "a b"],
+    )
     assert argv[-3:] == ["--", "/srv/job.sh", "a b"]
-    assert argv[argv.index("--bind"):][:3] == ["--bind", "/w/execute/1_0", "/srv"]
+    assert argv[argv.index("--bind") :][:3] == ["--bind", "/w/execute/1_0", "/srv"]
     assert "--share-net" in argv and "--unshare-all" in argv and "--clearenv" not in argv
-    assert argv[argv.index("/data") - 1:][:3] == ["--ro-bind-try", "/data", "/in"]
-    assert argv[argv.index("/cvmfs") - 1:][:3] == ["--ro-bind-try", "/cvmfs", "/cvmfs"]
-    assert argv[argv.index("/dev/nvidia0") - 1:][:3] == \
-        ["--dev-bind-try", "/dev/nvidia0", "/dev/nvidia0"]
+    assert argv[argv.index("/data") - 1 :][:3] == ["--ro-bind-try", "/data", "/in"]
+    assert argv[argv.index("/cvmfs") - 1 :][:3] == ["--ro-bind-try", "/cvmfs", "/cvmfs"]
+    assert argv[argv.index("/dev/nvidia0") - 1 :][:3] == [
+        "--dev-bind-try",
+        "/dev/nvidia0",
+        "/dev/nvidia0",
+    ]
     app = apptainer_argv("/opt/apptainer", "/img.sif", "/w/s", (), True, ["/usr/bin/env"])
     assert app[:4] == ["/opt/apptainer", "exec", "--contain", "--cleanenv"]
     assert "--nv" in app and app[-2:] == ["/img.sif", "/usr/bin/env"]
@@ -163,8 +183,9 @@ def listener() -> Any:
     server.close()
 
 
-def run_job(tmp_path: Path, setup: ContainerSetup, image: str, port: int,
-            monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def run_job(
+    tmp_path: Path, setup: ContainerSetup, image: str, port: int, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
     sandbox = tmp_path / "execute" / "1_0"
     sandbox.mkdir(parents=True)
     (sandbox / "job.sh").write_bytes(JOB)
@@ -172,12 +193,17 @@ def run_job(tmp_path: Path, setup: ContainerSetup, image: str, port: int,
     outside = tmp_path / "outside.txt"
     outside.write_text("a node file the job must not see\n")
     monkeypatch.setenv("GLIDEIN_TOKEN_FILE", str(tmp_path / "token"))  # the pilot's own env
-    spec = JobSpec(cmd="job.sh", sandbox=[], err="job.err", env={"JOB_VAR": "from the job",
-                                                  "OUTSIDE": str(outside), "PORT": str(port)})
+    spec = JobSpec(
+        cmd="job.sh",
+        sandbox=[],
+        err="job.err",
+        env={"JOB_VAR": "from the job", "OUTSIDE": str(outside), "PORT": str(port)},
+    )
     spec.cmd = str(sandbox / "job.sh")  # a node path: the wrapper maps it to /srv/job.sh
     env = job_environment(spec, str(sandbox), {})
-    process = JobProcess(spec, str(sandbox), env,
-                         lambda argv, e: wrap(setup, image, str(sandbox), argv, e))
+    process = JobProcess(
+        spec, str(sandbox), env, lambda argv, e: wrap(setup, image, str(sandbox), argv, e)
+    )
     assert process.run() == 0, (sandbox / "job.err").read_text()
     lines = (sandbox / "report.txt").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines)
@@ -195,25 +221,40 @@ def tiny_rootfs(tmp_path: Path) -> Path:
     return root
 
 
-def test_bubblewrap_host_image(tmp_path: Path, listener: int,
-                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bubblewrap_host_image(
+    tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     setup = ContainerSetup("bwrap", need_bwrap())
     got = run_job(tmp_path, setup, "host", listener, monkeypatch)
-    assert got == {"pwd": "/srv", "home": "/srv", "job_var": "from the job",
-                   "token_var": "unset", "marker": "none", "outside": "hidden", "usr": "ro",
-                   "net": "hello"}
+    assert got == {
+        "pwd": "/srv",
+        "home": "/srv",
+        "job_var": "from the job",
+        "token_var": "unset",
+        "marker": "none",
+        "outside": "hidden",
+        "usr": "ro",
+        "net": "hello",
+    }
 
 
 def test_bubblewrap_directory_image_with_configured_binds(
-        tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     setup = ContainerSetup("bwrap", need_bwrap(), binds=(Bind("/usr", "/usr", True),))
     got = run_job(tmp_path, setup, str(tiny_rootfs(tmp_path)), listener, monkeypatch)
-    assert (got["marker"], got["pwd"], got["outside"], got["usr"], got["net"]) == \
-        ("tiny-rootfs", "/srv", "hidden", "ro", "hello")
+    assert (got["marker"], got["pwd"], got["outside"], got["usr"], got["net"]) == (
+        "tiny-rootfs",
+        "/srv",
+        "hidden",
+        "ro",
+        "hello",
+    )
 
 
-def test_apptainer_path_against_the_stand_in(tmp_path: Path, listener: int,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apptainer_path_against_the_stand_in(
+    tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`apptainer` is the bubblewrap-based STAND-IN: Apptainer cannot be installed here."""
     need_bwrap()
     log = tmp_path / "apptainer.log"
@@ -223,16 +264,28 @@ def test_apptainer_path_against_the_stand_in(tmp_path: Path, listener: int,
     standin.symlink_to(COMPONENTS / "bwrap_apptainer_standin.sh")
     setup = ContainerSetup("apptainer", str(standin), binds=(Bind("/usr", "/usr", True),))
     got = run_job(tmp_path, setup, str(tiny_rootfs(tmp_path)), listener, monkeypatch)
-    assert got == {"pwd": "/srv", "home": "/srv", "job_var": "from the job",
-                   "token_var": "unset", "marker": "tiny-rootfs", "outside": "hidden",
-                   "usr": "ro", "net": "hello"}
+    assert got == {
+        "pwd": "/srv",
+        "home": "/srv",
+        "job_var": "from the job",
+        "token_var": "unset",
+        "marker": "tiny-rootfs",
+        "outside": "hidden",
+        "usr": "ro",
+        "net": "hello",
+    }
     assert log.read_text().startswith("apptainer exec --contain --cleanenv")
 
 
 def test_a_missing_image_fails_the_job_setup(tmp_path: Path) -> None:
     with pytest.raises(ContainerError, match="not a directory"):
-        wrap(ContainerSetup("bwrap", "/usr/bin/bwrap"), str(tmp_path / "nope"), str(tmp_path),
-             ["/bin/true"], {})
+        wrap(
+            ContainerSetup("bwrap", "/usr/bin/bwrap"),
+            str(tmp_path / "nope"),
+            str(tmp_path),
+            ["/bin/true"],
+            {},
+        )
 
 
 def test_killing_a_containerised_job_ends_it(tmp_path: Path) -> None:
@@ -240,8 +293,12 @@ def test_killing_a_containerised_job_ends_it(tmp_path: Path) -> None:
     sandbox = tmp_path / "s"
     sandbox.mkdir()
     spec = JobSpec(cmd="/bin/sh", args=["-c", "echo $$ > started; exec sleep 300"])
-    process = JobProcess(spec, str(sandbox), job_environment(spec, str(sandbox), {}),
-                         lambda argv, e: wrap(setup, "host", str(sandbox), argv, e))
+    process = JobProcess(
+        spec,
+        str(sandbox),
+        job_environment(spec, str(sandbox), {}),
+        lambda argv, e: wrap(setup, "host", str(sandbox), argv, e),
+    )
     result: dict[str, int] = {}
     thread = threading.Thread(target=lambda: result.update(rc=process.run()))
     thread.start()

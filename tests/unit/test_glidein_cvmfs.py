@@ -39,12 +39,17 @@ def need(*tools: str) -> None:
 # --------------------------------------------------------------------------- pure
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("", []),
-    ("cms.cern.ch", ["cms.cern.ch"]),
-    ("cms.cern.ch, oasis.opensciencegrid.org cms.cern.ch", ["cms.cern.ch",
-                                                           "oasis.opensciencegrid.org"]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", []),
+        ("cms.cern.ch", ["cms.cern.ch"]),
+        (
+            "cms.cern.ch, oasis.opensciencegrid.org cms.cern.ch",
+            ["cms.cern.ch", "oasis.opensciencegrid.org"],
+        ),
+    ],
+)
 def test_parse_repos(text: str, expected: list[str]) -> None:
     assert cvmfs.parse_repos(text) == expected
 
@@ -58,32 +63,59 @@ def test_bad_repository_names_are_refused(text: str) -> None:
 A, B = "a.org", "b.org"
 
 
-@pytest.mark.parametrize(("mode", "native", "images", "fuse", "how", "problem"), [
-    ("auto", {A: True, B: True}, False, "no fuse", {A: "native", B: "native"}, ""),
-    ("auto", {A: True, B: False}, True, "", {A: "native", B: "mount"}, ""),
-    ("auto", {A: False, B: False}, False, "", {A: "mount", B: "mount"},
-     "no GLIDEIN_CVMFS_Images"),
-    ("auto", {A: False, B: True}, True, "no /dev/fuse", {A: "mount", B: "native"},
-     "cannot mount: no /dev/fuse"),
-    ("native", {A: True, B: False}, True, "", {A: "native"}, "not on this node's /cvmfs: b.org"),
-    ("mount", {A: True, B: True}, True, "", {A: "mount", B: "mount"}, ""),
-    ("never", {}, False, "no fuse", {}, ""),
-    ("sometimes", {}, True, "", {}, "GLIDEIN_CVMFS_Mount: expected one of"),
-])
-def test_plan(mode: str, native: dict[str, bool], images: bool, fuse: str,
-              how: dict[str, str], problem: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "native", "images", "fuse", "how", "problem"),
+    [
+        ("auto", {A: True, B: True}, False, "no fuse", {A: "native", B: "native"}, ""),
+        ("auto", {A: True, B: False}, True, "", {A: "native", B: "mount"}, ""),
+        (
+            "auto",
+            {A: False, B: False},
+            False,
+            "",
+            {A: "mount", B: "mount"},
+            "no GLIDEIN_CVMFS_Images",
+        ),
+        (
+            "auto",
+            {A: False, B: True},
+            True,
+            "no /dev/fuse",
+            {A: "mount", B: "native"},
+            "cannot mount: no /dev/fuse",
+        ),
+        (
+            "native",
+            {A: True, B: False},
+            True,
+            "",
+            {A: "native"},
+            "not on this node's /cvmfs: b.org",
+        ),
+        ("mount", {A: True, B: True}, True, "", {A: "mount", B: "mount"}, ""),
+        ("never", {}, False, "no fuse", {}, ""),
+        ("sometimes", {}, True, "", {}, "GLIDEIN_CVMFS_Mount: expected one of"),
+    ],
+)
+def test_plan(
+    mode: str, native: dict[str, bool], images: bool, fuse: str, how: dict[str, str], problem: str
+) -> None:
     got_how, got_problem = cvmfs.plan([A, B], mode, native, images, fuse)
     assert got_how == how
     assert (problem in got_problem) if problem else got_problem == ""
 
 
 def test_mounts_under_reads_the_escaped_table_deepest_first() -> None:
-    table = ("squashfuse /w/g\\0401/cvmfs/a.org fuse.squashfuse ro 0 0\n"
-             "tmpfs /w/g\\0401 tmpfs rw 0 0\n"
-             "squashfuse /w/other fuse.squashfuse ro 0 0\n"
-             "squashfuse /w/g\\0401/cvmfs/a.org/nested fuse ro 0 0\n")
-    assert cvmfs.mounts_under("/w/g 1", table) == ["/w/g 1/cvmfs/a.org/nested",
-                                                   "/w/g 1/cvmfs/a.org"]
+    table = (
+        "squashfuse /w/g\\0401/cvmfs/a.org fuse.squashfuse ro 0 0\n"
+        "tmpfs /w/g\\0401 tmpfs rw 0 0\n"
+        "squashfuse /w/other fuse.squashfuse ro 0 0\n"
+        "squashfuse /w/g\\0401/cvmfs/a.org/nested fuse ro 0 0\n"
+    )
+    assert cvmfs.mounts_under("/w/g 1", table) == [
+        "/w/g 1/cvmfs/a.org/nested",
+        "/w/g 1/cvmfs/a.org",
+    ]
 
 
 def test_fuse_problems_are_named(tmp_path: Path) -> None:
@@ -110,9 +142,20 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tree / "bin" / "setup.sh").chmod(0o755)
     out = base / "images"
     out.mkdir()
-    subprocess.run(["mksquashfs", str(tree), str(out / f"{REPO}.sqfs"), "-noappend",
-                    "-all-root", "-no-progress", "-quiet"], check=True, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        [
+            "mksquashfs",
+            str(tree),
+            str(out / f"{REPO}.sqfs"),
+            "-noappend",
+            "-all-root",
+            "-no-progress",
+            "-quiet",
+        ],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     out.chmod(0o755)
     base.chmod(0o755)
     return out
@@ -122,8 +165,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def work(tmp_path: Path) -> Iterator[Path]:
     work = tmp_path / "work"
     for name in ("agent", "validation"):
-        shutil.copytree(GLIDEIN / name, work / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(GLIDEIN / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "glidein_config").write_text(f"GLIDEIN_Work_Dir {work}\n")
     yield work
     assert cvmfs.unmount_all(str(work)) == []  # never leave a mount behind a test
@@ -134,7 +176,9 @@ def run_cvmfs(work: Path, **config: str) -> validation.Result:
         f.writelines(f"{k} {v}\n" for k, v in config.items())
     return validation.run_script(
         validation.Script("cvmfs", str(work / "validation" / "cvmfs.py"), "factory"),
-        str(work / "glidein_config"), timeout=60)
+        str(work / "glidein_config"),
+        timeout=60,
+    )
 
 
 def values(work: Path) -> dict[str, str]:
@@ -148,41 +192,59 @@ def test_no_repository_required_is_ok_and_says_so(work: Path) -> None:
 
 
 def test_a_missing_repository_fails_validation_as_wn_resource(work: Path, images: Path) -> None:
-    result = run_cvmfs(work, GLIDEIN_CVMFS_Repos=f"{REPO},missing.example.org",
-                       GLIDEIN_CVMFS_Images=str(images))
+    result = run_cvmfs(
+        work, GLIDEIN_CVMFS_Repos=f"{REPO},missing.example.org", GLIDEIN_CVMFS_Images=str(images)
+    )
     assert (result.status, result.category) == ("failed", "WN_Resource")
     assert "missing.example.org" in result.detail
     mounts = Path("/proc/self/mounts").read_text()
     assert str(work) not in mounts, "a failed check left its first mount behind"
-    result = run_cvmfs(work, GLIDEIN_CVMFS_Repos=REPO, GLIDEIN_CVMFS_Images="",
-                       GLIDEIN_CVMFS_Mount="auto")
+    result = run_cvmfs(
+        work, GLIDEIN_CVMFS_Repos=REPO, GLIDEIN_CVMFS_Images="", GLIDEIN_CVMFS_Mount="auto"
+    )
     assert result.category == "WN_Resource" and "no GLIDEIN_CVMFS_Images" in result.detail
 
 
 def test_a_repository_is_mounted_exposed_to_jobs_and_containers_then_unmounted(
-        work: Path, images: Path) -> None:
+    work: Path, images: Path
+) -> None:
     need("bwrap")
-    result = run_cvmfs(work, GLIDEIN_CVMFS_Repos=REPO, GLIDEIN_CVMFS_Images=str(images),
-                       GLIDEIN_Container_Binds="/opt:/opt:ro")
+    result = run_cvmfs(
+        work,
+        GLIDEIN_CVMFS_Repos=REPO,
+        GLIDEIN_CVMFS_Images=str(images),
+        GLIDEIN_Container_Binds="/opt:/opt:ro",
+    )
     assert result.ok, result
     got = values(work)
     point = work / "cvmfs" / REPO
     assert os.path.ismount(point)
     assert (point / "bin" / "setup.sh").read_text() == SETUP
-    assert (got["HAS_CVMFS"], got["HAS_CVMFS_sw_example_org"], got["GLIDEIN_CVMFS_Source"]) == \
-        ("true", "true", "mount")
+    assert (got["HAS_CVMFS"], got["HAS_CVMFS_sw_example_org"], got["GLIDEIN_CVMFS_Source"]) == (
+        "true",
+        "true",
+        "mount",
+    )
     assert got["CVMFS_MOUNT_DIR"] == str(work / "cvmfs") and result.job_env == ["CVMFS_MOUNT_DIR"]
     assert {"HAS_CVMFS", "HAS_CVMFS_sw_example_org"} <= set(result.slot_attrs)
     assert got["GLIDEIN_Container_Binds"] == f"/opt:/opt:ro,{point}:/cvmfs/{REPO}:ro"
     # a job in its container finds the repository where CVMFS would be
     setup = container.ContainerSetup.from_values(
-        {**got, "GLIDEIN_Container_Runtime": "bwrap",
-         "GLIDEIN_Container_Path": shutil.which("bwrap") or ""})
+        {
+            **got,
+            "GLIDEIN_Container_Runtime": "bwrap",
+            "GLIDEIN_Container_Path": shutil.which("bwrap") or "",
+        }
+    )
     sandbox = work / "execute" / "job1"
     sandbox.mkdir(parents=True)
-    argv, env = container.wrap(setup, container.HOST_IMAGE, str(sandbox),
-                               ["/bin/sh", f"/cvmfs/{REPO}/bin/setup.sh"],
-                               {"PATH": "/usr/bin:/bin"})
+    argv, env = container.wrap(
+        setup,
+        container.HOST_IMAGE,
+        str(sandbox),
+        ["/bin/sh", f"/cvmfs/{REPO}/bin/setup.sh"],
+        {"PATH": "/usr/bin:/bin"},
+    )
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout) == (0, "experiment software v7\n"), out.stderr
     # what the agent does at exit
@@ -190,12 +252,14 @@ def test_a_repository_is_mounted_exposed_to_jobs_and_containers_then_unmounted(
     assert not os.path.ismount(point)
 
 
-def test_an_unprivileged_pilot_mounts_through_fusermount(work: Path, images: Path,
-                                                         tmp_path: Path) -> None:
+def test_an_unprivileged_pilot_mounts_through_fusermount(
+    work: Path, images: Path, tmp_path: Path
+) -> None:
     """As the test user wmsuser (uid 2001): FUSE without root, as on a real worker node."""
     need("runuser")
     try:
         import pwd
+
         pwd.getpwnam("wmsuser")
     except KeyError:
         if CI:
@@ -207,16 +271,34 @@ def test_an_unprivileged_pilot_mounts_through_fusermount(work: Path, images: Pat
     for parent in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
         parent.chmod(parent.stat().st_mode | 0o711)
     (work / "glidein_config").open("a").write(
-        f"GLIDEIN_CVMFS_Repos {REPO}\nGLIDEIN_CVMFS_Images {images}\n")
+        f"GLIDEIN_CVMFS_Repos {REPO}\nGLIDEIN_CVMFS_Images {images}\n"
+    )
     script = work / "validation" / "cvmfs.py"
-    out = subprocess.run(["runuser", "-u", "wmsuser", "--", "/usr/bin/python3", str(script),
-                          str(work / "glidein_config")], capture_output=True, text=True,
-                         timeout=60, cwd=work)
+    out = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "wmsuser",
+            "--",
+            "/usr/bin/python3",
+            str(script),
+            str(work / "glidein_config"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=work,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     point = work / "cvmfs" / REPO
-    mount_line = next(line for line in Path("/proc/self/mounts").read_text().splitlines()
-                      if f" {point} " in line)
+    mount_line = next(
+        line for line in Path("/proc/self/mounts").read_text().splitlines() if f" {point} " in line
+    )
     assert "user_id=2001" in mount_line  # mounted by the user, through fusermount3
-    unmounted = subprocess.run(["runuser", "-u", "wmsuser", "--", "fusermount3", "-u",
-                                str(point)], capture_output=True, text=True, timeout=60)
+    unmounted = subprocess.run(
+        ["runuser", "-u", "wmsuser", "--", "fusermount3", "-u", str(point)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert unmounted.returncode == 0, unmounted.stderr

@@ -35,37 +35,54 @@ GLIDEIN_DIR = Path(agent_pkg.__file__).parents[1]
 def jwt(claims: dict[str, Any]) -> str:
     def part(obj: Any) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
     return f"{part({'alg': 'EdDSA'})}.{part(claims)}.c2ln"
 
 
 # -- pure pieces -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("whole", "count", "shares"), [
-    (Resources(8, 16000, 1000, 2), 2, [Resources(4, 8000, 500, 1)] * 2),
-    (Resources(5, 1001, 90, 1), 3, [Resources(2, 334, 30, 1), Resources(2, 334, 30, 0),
-                                    Resources(1, 333, 30, 0)]),
-    (Resources(1, 2, 10, 0), 4, [Resources(1, 1, 2, 0)] * 4),  # never below one cpu / MB
-])
+@pytest.mark.parametrize(
+    ("whole", "count", "shares"),
+    [
+        (Resources(8, 16000, 1000, 2), 2, [Resources(4, 8000, 500, 1)] * 2),
+        (
+            Resources(5, 1001, 90, 1),
+            3,
+            [Resources(2, 334, 30, 1), Resources(2, 334, 30, 0), Resources(1, 333, 30, 0)],
+        ),
+        (Resources(1, 2, 10, 0), 4, [Resources(1, 1, 2, 0)] * 4),  # never below one cpu / MB
+    ],
+)
 def test_split_shares_the_node(whole: Resources, count: int, shares: list[Resources]) -> None:
     assert [split(whole, count, i) for i in range(count)] == shares
 
 
-@pytest.mark.parametrize(("deadline", "expires", "now_epoch", "now", "retire"), [
-    (1000.0, None, 5000.0, 100.0, 1000.0),          # no expiry known: untouched
-    (1000.0, 5000.0 + 3600, 5000.0, 100.0, 1000.0),  # outlives the pilot: untouched
-    (1000.0, 5000.0 + 300, 5000.0, 100.0, 280.0),    # 120 s before it expires
-    (1000.0, 5000.0 + 60, 5000.0, 100.0, 40.0),      # already too close: retire now
-])
-def test_token_retire_caps_the_retire_time(deadline: float, expires: float | None,
-                                           now_epoch: float, now: float, retire: float) -> None:
+@pytest.mark.parametrize(
+    ("deadline", "expires", "now_epoch", "now", "retire"),
+    [
+        (1000.0, None, 5000.0, 100.0, 1000.0),  # no expiry known: untouched
+        (1000.0, 5000.0 + 3600, 5000.0, 100.0, 1000.0),  # outlives the pilot: untouched
+        (1000.0, 5000.0 + 300, 5000.0, 100.0, 280.0),  # 120 s before it expires
+        (1000.0, 5000.0 + 60, 5000.0, 100.0, 40.0),  # already too close: retire now
+    ],
+)
+def test_token_retire_caps_the_retire_time(
+    deadline: float, expires: float | None, now_epoch: float, now: float, retire: float
+) -> None:
     assert token_retire(deadline, expires, now_epoch, now) == retire
 
 
-@pytest.mark.parametrize(("token", "expiry"), [
-    (jwt({"exp": 1700000000}), 1700000000.0), (jwt({"sub": "x"}), None),
-    ("not-a-jwt", None), ("a.!!!.c", None), (jwt({"exp": "soon"}), None),
-])
+@pytest.mark.parametrize(
+    ("token", "expiry"),
+    [
+        (jwt({"exp": 1700000000}), 1700000000.0),
+        (jwt({"sub": "x"}), None),
+        ("not-a-jwt", None),
+        ("a.!!!.c", None),
+        (jwt({"exp": "soon"}), None),
+    ],
+)
 def test_token_expiry_reads_exp(token: str, expiry: float | None) -> None:
     assert token_expiry(token) == expiry
 
@@ -85,7 +102,8 @@ def test_a_pilot_retires_before_its_unrenewed_token_expires(
     with FakePool() as pool:
         thread, box = agent_in_thread(
             config_text(pool, tmp_path / "work", token_file, GLIDEIN_Idle_Timeout=600),
-            tmp_path / "work")
+            tmp_path / "work",
+        )
         thread.join(WAIT)
         assert not thread.is_alive(), "the pilot did not retire"
     assert box["rc"] == 0
@@ -97,14 +115,30 @@ def test_a_pilot_retires_before_its_unrenewed_token_expires(
 # -- manual start ------------------------------------------------------------------------
 
 
-def manual(pool_url: str, tmp_path: Path, token_file: Path, *extra: str
-           ) -> subprocess.Popen[str]:
+def manual(pool_url: str, tmp_path: Path, token_file: Path, *extra: str) -> subprocess.Popen[str]:
     scratch = tmp_path / "scratch"
     scratch.mkdir(exist_ok=True)
-    argv = [BASH, str(SCRIPT), "--no-factory", "--pool", pool_url, "--work-dir", str(scratch),
-            "--idle-timeout", "2", "--cpus", "2", "--memory", "1024", *extra]
-    env = {"PATH": os.environ["PATH"], "GLIDEIN_PYTHON": sys.executable,
-           "GLIDEIN_TOKEN_FILE": str(token_file)}
+    argv = [
+        BASH,
+        str(SCRIPT),
+        "--no-factory",
+        "--pool",
+        pool_url,
+        "--work-dir",
+        str(scratch),
+        "--idle-timeout",
+        "2",
+        "--cpus",
+        "2",
+        "--memory",
+        "1024",
+        *extra,
+    ]
+    env = {
+        "PATH": os.environ["PATH"],
+        "GLIDEIN_PYTHON": sys.executable,
+        "GLIDEIN_TOKEN_FILE": str(token_file),
+    }
     return subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
 
 
@@ -131,14 +165,20 @@ def test_a_manual_pilot_validates_registers_and_reports_to_no_factory(
 ) -> None:
     """The installed package's glidein dir as the stage (agent/ + validation/)."""
     with FakePool() as pool:
-        rc, stderr = finish(manual(pool.url, tmp_path, token_file, "--stage-dir",
-                                   str(GLIDEIN_DIR), "--site", "MY_SITE"))
+        rc, stderr = finish(
+            manual(
+                pool.url, tmp_path, token_file, "--stage-dir", str(GLIDEIN_DIR), "--site", "MY_SITE"
+            )
+        )
     assert rc == 0, stderr  # idle timeout
     (registration,) = pool.registered
     assert registration["glidein_id"].startswith("manual-")
     slot = registration["slot"]
-    assert (slot["GLIDEIN_Site"], slot["GLIDEIN_Entry_Name"], slot["Cpus"]) == \
-        ("MY_SITE", "manual", 2)
+    assert (slot["GLIDEIN_Site"], slot["GLIDEIN_Entry_Name"], slot["Cpus"]) == (
+        "MY_SITE",
+        "manual",
+        2,
+    )
     assert "HAS_CONTAINER" in slot  # the standard validation scripts ran
     assert pool.deregistered and pool.reports == [] and pool.logs == []
     assert "no factory URL; final report not sent" in stderr
@@ -151,27 +191,35 @@ def test_a_manual_pilot_from_a_stage_url_checks_the_manifest(
     stage = StageServer({"agent/__init__.py": b"", "agent/__main__.py": b"raise SystemExit(6)"})
     try:
         url = f"{stage.url}/api/v1/stage"
-        rc, stderr = finish(manual(stage.url, tmp_path, stage_token, "--stage-url", url,
-                                   "--manifest-sha256", "ab" * 32))
+        rc, stderr = finish(
+            manual(
+                stage.url, tmp_path, stage_token, "--stage-url", url, "--manifest-sha256", "ab" * 32
+            )
+        )
         assert rc == 3 and "manifest sha256" in stderr
         assert not any("report" in p or "/log" in p for _, p, _ in stage.requests)
         rc, stderr = finish(manual(stage.url, tmp_path, stage_token, "--stage-url", url))
         assert rc == 2 and "--stage-url needs --manifest-sha256" in stderr
         good = hashlib.sha256(stage.manifest).hexdigest()
-        rc, stderr = finish(manual(stage.url, tmp_path, stage_token, "--stage-url", url,
-                                   "--manifest-sha256", good))
+        rc, stderr = finish(
+            manual(stage.url, tmp_path, stage_token, "--stage-url", url, "--manifest-sha256", good)
+        )
         assert rc == 6, stderr  # the staged agent ran
     finally:
         stage.close()
 
 
-@pytest.mark.parametrize(("add", "message"), [
-    ((), "--no-factory needs --stage-dir DIR or --stage-url URL"),
-    (("--stage-dir", "/nonexistent/x"), "--stage-dir /nonexistent/x: no such directory"),
-    (("--stage-dir", "/", "--factory", "http://f"), "exclude each other"),
-])
-def test_manual_start_options_are_checked(tmp_path: Path, token_file: Path,
-                                          add: tuple[str, ...], message: str) -> None:
+@pytest.mark.parametrize(
+    ("add", "message"),
+    [
+        ((), "--no-factory needs --stage-dir DIR or --stage-url URL"),
+        (("--stage-dir", "/nonexistent/x"), "--stage-dir /nonexistent/x: no such directory"),
+        (("--stage-dir", "/", "--factory", "http://f"), "exclude each other"),
+    ],
+)
+def test_manual_start_options_are_checked(
+    tmp_path: Path, token_file: Path, add: tuple[str, ...], message: str
+) -> None:
     rc, stderr = finish(manual("http://127.0.0.1:1", tmp_path, token_file, *add))
     assert rc == 2 and message in stderr
 
@@ -185,12 +233,17 @@ def test_multi_starts_n_agents_with_suffixed_ids_and_split_resources(
     """Two real agents from one bootstrap; the stand-in refuses registration, so each
     reports (to its own glidein id) the share it would have offered."""
     agent_dir = Path(agent_pkg.__file__).parent
-    stage = StageServer({f"agent/{p.relative_to(agent_dir)}": p.read_bytes()
-                         for p in sorted(agent_dir.rglob("*.py"))})
+    stage = StageServer(
+        {
+            f"agent/{p.relative_to(agent_dir)}": p.read_bytes()
+            for p in sorted(agent_dir.rglob("*.py"))
+        }
+    )
     try:
         env = {"PATH": os.environ["PATH"], "GLIDEIN_PYTHON": sys.executable}
-        rc, stderr = finish(bootstrap(stage, tmp_path, stage_token, env,
-                                      extra=("--multi", "2", "--memory", "1000")))
+        rc, stderr = finish(
+            bootstrap(stage, tmp_path, stage_token, env, extra=("--multi", "2", "--memory", "1000"))
+        )
     finally:
         stage.close()
     assert rc == 1, stderr  # registration refused: reason error, from both
@@ -202,6 +255,7 @@ def test_multi_starts_n_agents_with_suffixed_ids_and_split_resources(
 
 
 def test_multi_takes_a_count(tmp_path: Path, token_file: Path) -> None:
-    rc, stderr = finish(manual("http://127.0.0.1:1", tmp_path, token_file, "--stage-dir", "/",
-                               "--multi", "0"))
+    rc, stderr = finish(
+        manual("http://127.0.0.1:1", tmp_path, token_file, "--stage-dir", "/", "--multi", "0")
+    )
     assert rc == 2 and "--multi takes a number of pilots" in stderr

@@ -59,31 +59,46 @@ def token_file(tmp_path: Path) -> Path:
     path.chmod(0o600)
     return path
 
+
 # --------------------------------------------------------------------------- policy
 
 
 def state(**changes: Any) -> State:
-    base: dict[str, Any] = dict(now=100.0, idle_since=90.0, idle_timeout=60.0, deadline=1000.0,
-                                draining=False, running=0, free_cpus=2, free_memory=100,
-                                die_at=2000.0, tail_timeout=None, jobs_run=0)
+    base: dict[str, Any] = dict(
+        now=100.0,
+        idle_since=90.0,
+        idle_timeout=60.0,
+        deadline=1000.0,
+        draining=False,
+        running=0,
+        free_cpus=2,
+        free_memory=100,
+        die_at=2000.0,
+        tail_timeout=None,
+        jobs_run=0,
+    )
     base.update(changes)
     return State(**base)
 
 
-@pytest.mark.parametrize(("facts", "action", "reason"), [
-    ({}, "claim", None),
-    ({"now": 2000.0, "running": 1}, "exit", "lifetime"),             # die: vacate what runs
-    ({"now": 1500.0, "running": 1}, "wait", None),                   # retired, job still runs
-    ({"now": 1500.0}, "exit", "lifetime"),                           # retired and idle
-    ({"stop_reason": ExitReason.BLACK_HOLE, "stop_detail": "x", "running": 1}, "wait", None),
-    ({"stop_reason": ExitReason.BLACK_HOLE, "stop_detail": "x"}, "exit", "black_hole"),
-    ({"stop_reason": ExitReason.VALIDATION_FAILED}, "exit", "validation_failed"),
-    ({"now": 200.0, "jobs_run": 1, "tail_timeout": 500.0}, "claim", None),  # tail is longer
-    ({"now": 200.0, "jobs_run": 0, "tail_timeout": 500.0}, "exit", "idle_timeout"),
-    ({"now": 120.0, "jobs_run": 1, "tail_timeout": 10.0}, "exit", "idle_timeout"),
-])
-def test_next_step_with_lifetime_and_stops(facts: dict[str, Any], action: str,
-                                           reason: str | None) -> None:
+@pytest.mark.parametrize(
+    ("facts", "action", "reason"),
+    [
+        ({}, "claim", None),
+        ({"now": 2000.0, "running": 1}, "exit", "lifetime"),  # die: vacate what runs
+        ({"now": 1500.0, "running": 1}, "wait", None),  # retired, job still runs
+        ({"now": 1500.0}, "exit", "lifetime"),  # retired and idle
+        ({"stop_reason": ExitReason.BLACK_HOLE, "stop_detail": "x", "running": 1}, "wait", None),
+        ({"stop_reason": ExitReason.BLACK_HOLE, "stop_detail": "x"}, "exit", "black_hole"),
+        ({"stop_reason": ExitReason.VALIDATION_FAILED}, "exit", "validation_failed"),
+        ({"now": 200.0, "jobs_run": 1, "tail_timeout": 500.0}, "claim", None),  # tail is longer
+        ({"now": 200.0, "jobs_run": 0, "tail_timeout": 500.0}, "exit", "idle_timeout"),
+        ({"now": 120.0, "jobs_run": 1, "tail_timeout": 10.0}, "exit", "idle_timeout"),
+    ],
+)
+def test_next_step_with_lifetime_and_stops(
+    facts: dict[str, Any], action: str, reason: str | None
+) -> None:
     step = next_step(state(**facts), 3600)
     assert (step.action, step.reason) == (action, reason)
 
@@ -93,23 +108,29 @@ def test_waiting_while_retired_never_passes_the_die_time() -> None:
     assert step.action == "wait" and step.seconds == pytest.approx(5.0)
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    ((3600, 180, 0, 0, 0.5), (3420, 3420)),
-    ((3600, 180, 600, 300, 0.0), (2820, 3420)),
-    ((3600, 180, 600, 300, 0.999), (2520.3, 3420)),
-    ((100, 0, 600, 0, 0.0), (0, 100)),  # never before the start
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((3600, 180, 0, 0, 0.5), (3420, 3420)),
+        ((3600, 180, 600, 300, 0.0), (2820, 3420)),
+        ((3600, 180, 600, 300, 0.999), (2520.3, 3420)),
+        ((100, 0, 600, 0, 0.0), (0, 100)),  # never before the start
+    ],
+)
 def test_retire_and_die(args: tuple, expected: tuple[float, float]) -> None:
     assert retire_and_die(*args) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("failures", "jobs", "window", "expected"), [
-    ([], 3, 60, False),
-    ([30, 40, 50], 3, 60, True),
-    ([30, 40, 50], 0, 60, False),          # off
-    ([10, 20, 80], 3, 60, False),          # the first one is too old
-    ([10, 50, 70, 80], 3, 60, True),
-])
+@pytest.mark.parametrize(
+    ("failures", "jobs", "window", "expected"),
+    [
+        ([], 3, 60, False),
+        ([30, 40, 50], 3, 60, True),
+        ([30, 40, 50], 0, 60, False),  # off
+        ([10, 20, 80], 3, 60, False),  # the first one is too old
+        ([10, 50, 70, 80], 3, 60, True),
+    ],
+)
 def test_black_hole(failures: list[float], jobs: int, window: float, expected: bool) -> None:
     assert black_hole(failures, 80.0, jobs, window) is expected
 
@@ -139,15 +160,20 @@ def test_trail_batches_stay_under_the_call_limit() -> None:
 # --------------------------------------------------------------------------- whole pilots
 
 
-def pilot_dir(tmp_path: Path, pool: FakePool, token_file: Path, scripts: bool = True,
-              **config: Any) -> Path:
+def pilot_dir(
+    tmp_path: Path, pool: FakePool, token_file: Path, scripts: bool = True, **config: Any
+) -> Path:
     work = tmp_path / "work"
     work.mkdir()
     if scripts:
-        shutil.copytree(GLIDEIN / "validation", work / "validation",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copytree(GLIDEIN / "agent", work / "agent",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            GLIDEIN / "validation",
+            work / "validation",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        shutil.copytree(
+            GLIDEIN / "agent", work / "agent", ignore=shutil.ignore_patterns("__pycache__")
+        )
     (work / "glidein_config").write_text(config_text(pool, work, token_file, **config))
     return work
 
@@ -169,9 +195,11 @@ def records(pool: FakePool, kind: str) -> list[dict[str, Any]]:
     return [r for call in pool.logs for r in call["records"] if r["type"] == kind]
 
 
-FAIL_VO = ('#!/bin/bash\nsource "$(dirname "$0")/gconfig.sh"\n'
-           'echo "checking experiment software"\n'
-           'result_failed VO_Config "experiment software area missing"\n')
+FAIL_VO = (
+    '#!/bin/bash\nsource "$(dirname "$0")/gconfig.sh"\n'
+    'echo "checking experiment software"\n'
+    'result_failed VO_Config "experiment software area missing"\n'
+)
 
 
 def add_vo(work: Path, line: str, script: str) -> None:
@@ -184,7 +212,8 @@ def add_vo(work: Path, line: str, script: str) -> None:
 
 
 def test_a_failing_validation_means_no_job_is_ever_claimed(
-        pool: FakePool, tmp_path: Path, token_file: Path) -> None:
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
     work = pilot_dir(tmp_path, pool, token_file, GLIDEIN_Container_Runtimes="bwrap")
     add_vo(work, "group vo_check.sh\n", FAIL_VO)
     pool.claims.append(sleeping_python_claim(pool, "c1"))
@@ -205,14 +234,16 @@ def test_a_failing_validation_means_no_job_is_ever_claimed(
 
 
 def test_validation_publishes_slot_attributes_and_jobs_run_in_containers(
-        pool: FakePool, tmp_path: Path, token_file: Path) -> None:
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
     if shutil.which("bwrap") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("bwrap is required when CI=true")
         pytest.skip("bwrap is not installed")
-    work = pilot_dir(tmp_path, pool, token_file, GLIDEIN_Idle_Timeout=1,
-                     GLIDEIN_Publish_Env="GLIDEIN_OS")
-    job = (b"#!/bin/sh\necho \"$(pwd) $GLIDEIN_OS $(cat /proc/1/comm)\" > where.txt\n")
+    work = pilot_dir(
+        tmp_path, pool, token_file, GLIDEIN_Idle_Timeout=1, GLIDEIN_Publish_Env="GLIDEIN_OS"
+    )
+    job = b'#!/bin/sh\necho "$(pwd) $GLIDEIN_OS $(cat /proc/1/comm)" > where.txt\n'
     pool.claims.append(claim_for(pool, "c1", {"job.sh": job}, container={"image": ""}))
     thread, _ = start(work)
     finish(thread)
@@ -233,17 +264,28 @@ FAILING_JOB = b"#!/bin/sh\nexit 7\n"
 
 
 def test_a_black_hole_stops_claiming_reports_and_holds_the_node(
-        pool: FakePool, tmp_path: Path, token_file: Path) -> None:
-    work = pilot_dir(tmp_path, pool, token_file, scripts=False, GLIDEIN_Idle_Timeout=600,
-                     GLIDEIN_Black_Hole_Jobs=3, GLIDEIN_Black_Hole_Window=600,
-                     GLIDEIN_Black_Hole_Hold=600)
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
+    work = pilot_dir(
+        tmp_path,
+        pool,
+        token_file,
+        scripts=False,
+        GLIDEIN_Idle_Timeout=600,
+        GLIDEIN_Black_Hole_Jobs=3,
+        GLIDEIN_Black_Hole_Window=600,
+        GLIDEIN_Black_Hole_Hold=600,
+    )
     for i in range(5):
         pool.claims.append(claim_for(pool, f"c{i}", {"job.sh": FAILING_JOB}))
     thread, agent = start(work, Resources(1, 1024, 10**6))
     assert pool.events["report"].wait(WAIT)
     report = pool.reports[0]
-    assert (report["exit_reason"], report["jobs_run"], report["jobs_failed"]) == \
-        ("black_hole", 3, 3)
+    assert (report["exit_reason"], report["jobs_run"], report["jobs_failed"]) == (
+        "black_hole",
+        3,
+        3,
+    )
     assert len(pool.claims) == 2  # the last two were never claimed
     assert pool.deregistered == [{"reason": "black_hole"}]
     thread.join(0.5)
@@ -253,10 +295,19 @@ def test_a_black_hole_stops_claiming_reports_and_holds_the_node(
     assert agent.exit_code == 5
 
 
-def test_the_die_time_vacates_running_jobs(pool: FakePool, tmp_path: Path,
-                                           token_file: Path) -> None:
-    work = pilot_dir(tmp_path, pool, token_file, scripts=False, GLIDEIN_Lifetime=3,
-                     GLIDEIN_Die_Margin=0, GLIDEIN_Retire_Spread=0, GLIDEIN_Idle_Timeout=600)
+def test_the_die_time_vacates_running_jobs(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
+    work = pilot_dir(
+        tmp_path,
+        pool,
+        token_file,
+        scripts=False,
+        GLIDEIN_Lifetime=3,
+        GLIDEIN_Die_Margin=0,
+        GLIDEIN_Retire_Spread=0,
+        GLIDEIN_Idle_Timeout=600,
+    )
     pool.claims.append(sleeping_python_claim(pool, "c1"))
     thread, _ = start(work, Resources(1, 1024, 10**6))
     finish(thread)
@@ -267,8 +318,9 @@ def test_the_die_time_vacates_running_jobs(pool: FakePool, tmp_path: Path,
     assert not Path(f"/proc/{pool.started_jobs[0]['pid']}").exists()
 
 
-def test_a_job_that_would_not_fit_is_not_started(pool: FakePool, tmp_path: Path,
-                                                 token_file: Path) -> None:
+def test_a_job_that_would_not_fit_is_not_started(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
     work = pilot_dir(tmp_path, pool, token_file, scripts=False, GLIDEIN_Idle_Timeout=1)
     pool.claims.append(sleeping_python_claim(pool, "c1"))
     pool.claims[0]["job"]["max_runtime"] = 10**6
@@ -293,12 +345,20 @@ while not os.path.exists(sys.argv[2]):
 
 
 def test_a_periodic_failure_stops_new_jobs_and_the_pilot_retires(
-        pool: FakePool, tmp_path: Path, token_file: Path) -> None:
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
     work = pilot_dir(tmp_path, pool, token_file, scripts=False, GLIDEIN_Idle_Timeout=600)
     add_vo(work, "final periodic.sh period=1\n", PERIODIC)
     release = tmp_path / "release"
-    pool.claims.append(claim_for(pool, "c1", {"job.py": WAIT_JOB}, cmd=sys.executable,
-                                 args=["job.py", pool.url, str(release)]))
+    pool.claims.append(
+        claim_for(
+            pool,
+            "c1",
+            {"job.py": WAIT_JOB},
+            cmd=sys.executable,
+            args=["job.py", pool.url, str(release)],
+        )
+    )
     pool.claims.append(sleeping_python_claim(pool, "c2"))
     thread, _ = start(work, Resources(1, 1024, 10**6))  # one job at a time
     assert pool.events["started"].wait(WAIT)
@@ -318,7 +378,8 @@ def test_a_periodic_failure_stops_new_jobs_and_the_pilot_retires(
 
 
 def test_a_factory_without_the_log_endpoint_is_harmless(
-        pool: FakePool, tmp_path: Path, token_file: Path) -> None:
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
     pool.log_status = 404
     work = pilot_dir(tmp_path, pool, token_file, scripts=False, GLIDEIN_Idle_Timeout=1)
     thread, agent = start(work, Resources(1, 1024, 10**6))
@@ -327,8 +388,9 @@ def test_a_factory_without_the_log_endpoint_is_harmless(
     assert agent.trail.enabled is False and pool.logs == []
 
 
-def test_retire_spread_differs_between_pilots(pool: FakePool, tmp_path: Path,
-                                              token_file: Path) -> None:
+def test_retire_spread_differs_between_pilots(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
     work = pilot_dir(tmp_path, pool, token_file, scripts=False, GLIDEIN_Retire_Spread=600)
     cfg = load_config(str(work / "glidein_config"))
     agents = [Agent(cfg, total=Resources(1, 1, 1)) for _ in range(5)]
@@ -342,7 +404,8 @@ def test_a_full_slot_looks_again_at_the_retire_time_at_the_latest() -> None:
 
 
 def test_a_job_signalled_with_its_pilot_is_vacated_not_completed(
-        pool: FakePool, tmp_path: Path, token_file: Path) -> None:
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
     # A batch system ends a pilot's job by signalling all of its processes: the job
     # may die of that SIGTERM before the pilot kills it. Its exit (143) is the
     # site's doing: the job must go back to the pool, not complete as failed.
@@ -367,7 +430,8 @@ def test_a_job_signalled_with_its_pilot_is_vacated_not_completed(
 
 
 def test_the_signal_handler_takes_no_lock_its_thread_may_hold(
-        pool: FakePool, tmp_path: Path, token_file: Path) -> None:
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
     # A handler runs in the main thread between two bytecodes: if it took a lock that
     # thread holds at that moment (an Event's, while waking from `finished.wait()`,
     # when the batch system's SIGTERM and the bootstrap's forwarded one land together)

@@ -39,17 +39,19 @@ def test_the_agent_speaks_the_services_protocol() -> None:
     assert http.API_PREFIX == protocol.API_PREFIX + "/"
 
 
-@pytest.mark.parametrize(("header", "accepted"), [
-    (None, True),  # a proxy may strip it
-    (protocol.API_VERSION, True),
-    (f"{protocol.API_MAJOR}.99", True),  # a newer minor only adds
-    (f"{protocol.API_MAJOR + 1}.0", False),
-    (f"{protocol.API_MAJOR - 1}.9", False),
-    ("garbage", False),
-    ("", False),
-])
-def test_a_peer_of_another_major_version_is_refused(header: str | None,
-                                                    accepted: bool) -> None:
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        (None, True),  # a proxy may strip it
+        (protocol.API_VERSION, True),
+        (f"{protocol.API_MAJOR}.99", True),  # a newer minor only adds
+        (f"{protocol.API_MAJOR + 1}.0", False),
+        (f"{protocol.API_MAJOR - 1}.9", False),
+        ("garbage", False),
+        ("", False),
+    ],
+)
+def test_a_peer_of_another_major_version_is_refused(header: str | None, accepted: bool) -> None:
     if accepted:
         require_major("the pool", header)
     else:
@@ -76,8 +78,9 @@ def test_a_pool_that_changes_major_version_later_ends_the_pilot(
     pool: FakePool, tmp_path: Path, token_file: Path
 ) -> None:
     pool.version_after_register = f"{protocol.API_MAJOR + 1}.0"
-    thread, box = agent_in_thread(config_text(pool, tmp_path / "w", token_file,
-                                              GLIDEIN_Idle_Timeout=600), tmp_path / "w")
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "w", token_file, GLIDEIN_Idle_Timeout=600), tmp_path / "w"
+    )
     thread.join(WAIT)
     assert not thread.is_alive() and box["rc"] == 1
     report = pool.reports[0]
@@ -90,16 +93,25 @@ def test_a_pool_without_the_version_header_is_accepted(
     pool: FakePool, tmp_path: Path, token_file: Path
 ) -> None:
     pool.version = None
-    thread, box = agent_in_thread(config_text(pool, tmp_path / "w", token_file,
-                                              GLIDEIN_Idle_Timeout=1), tmp_path / "w")
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "w", token_file, GLIDEIN_Idle_Timeout=1), tmp_path / "w"
+    )
     thread.join(WAIT)
     assert not thread.is_alive() and box["rc"] == 0
     assert pool.reports[0]["exit_reason"] == "idle_timeout" and pool.cycles
 
 
 # The wire values and exit codes of docs/protocol.md; the bootstrap writes some itself.
-WIRE = {"idle_timeout": 0, "lifetime": 0, "error": 1, "lost": 3, "corruption": 3,
-        "validation_failed": 4, "black_hole": 5, "signal": 1}
+WIRE = {
+    "idle_timeout": 0,
+    "lifetime": 0,
+    "error": 1,
+    "lost": 3,
+    "corruption": 3,
+    "validation_failed": 4,
+    "black_hole": 5,
+    "signal": 1,
+}
 
 
 def test_exit_reasons_keep_their_wire_values_and_exit_codes() -> None:

@@ -49,26 +49,35 @@ def clean_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- pure
 
 
-@pytest.mark.parametrize(("configured", "env", "expected"), [
-    ("", {}, ("", "none")),
-    ("auto", {"http_proxy": "http://squid:3128"}, ("http://squid:3128", "http_proxy")),
-    ("", {"HTTPS_PROXY": "squid.site:8080"}, ("http://squid.site:8080", "HTTPS_PROXY")),
-    ("", {"OSG_SQUID_LOCATION": "squid.osg:3128"}, ("http://squid.osg:3128",
-                                                    "OSG_SQUID_LOCATION")),
-    ("", {"OSG_SQUID_LOCATION": "UNAVAILABLE"}, ("", "none")),
-    ("http://mine:1", {"http_proxy": "http://env:2"}, ("http://mine:1", "GLIDEIN_Proxy")),
-    ("none", {"http_proxy": "http://env:2"}, ("", "GLIDEIN_Proxy")),
-])
+@pytest.mark.parametrize(
+    ("configured", "env", "expected"),
+    [
+        ("", {}, ("", "none")),
+        ("auto", {"http_proxy": "http://squid:3128"}, ("http://squid:3128", "http_proxy")),
+        ("", {"HTTPS_PROXY": "squid.site:8080"}, ("http://squid.site:8080", "HTTPS_PROXY")),
+        (
+            "",
+            {"OSG_SQUID_LOCATION": "squid.osg:3128"},
+            ("http://squid.osg:3128", "OSG_SQUID_LOCATION"),
+        ),
+        ("", {"OSG_SQUID_LOCATION": "UNAVAILABLE"}, ("", "none")),
+        ("http://mine:1", {"http_proxy": "http://env:2"}, ("http://mine:1", "GLIDEIN_Proxy")),
+        ("none", {"http_proxy": "http://env:2"}, ("", "GLIDEIN_Proxy")),
+    ],
+)
 def test_find_proxy(configured: str, env: dict[str, str], expected: tuple[str, str]) -> None:
     assert checks.find_proxy(configured, env) == expected
 
 
-@pytest.mark.parametrize(("url", "address"), [
-    ("http://squid:3128", ("squid", 3128)),
-    ("http://user:pw@squid.site:8080/", ("squid.site", 8080)),
-    ("http://squid", ("squid", 3128)),
-    ("http://[::1]:3129", ("::1", 3129)),
-])
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("http://squid:3128", ("squid", 3128)),
+        ("http://user:pw@squid.site:8080/", ("squid.site", 8080)),
+        ("http://squid", ("squid", 3128)),
+        ("http://[::1]:3129", ("::1", 3129)),
+    ],
+)
 def test_proxy_address(url: str, address: tuple[str, int]) -> None:
     assert checks.proxy_address(url) == address
 
@@ -79,11 +88,14 @@ def test_a_bad_proxy_port_is_refused_without_showing_credentials() -> None:
     assert "s3cret" not in str(info.value)
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("http://user:pw@squid:3128", "http://squid:3128"),
-    ("http://user:pw@squid:3128/path", "http://squid:3128/path"),
-    ("http://squid:3128", "http://squid:3128"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:pw@squid:3128", "http://squid:3128"),
+        ("http://user:pw@squid:3128/path", "http://squid:3128/path"),
+        ("http://squid:3128", "http://squid:3128"),
+    ],
+)
 def test_redact_proxy(url: str, shown: str) -> None:
     assert checks.redact_proxy(url) == shown
 
@@ -96,17 +108,23 @@ def run_proxy_script(tmp_path: Path, **config: str) -> tuple[validation.Result, 
     config_path.write_text("".join(f"{k} {v}\n" for k, v in config.items()))
     result = validation.run_script(
         validation.Script("proxy", str(GLIDEIN / "validation" / "proxy.py"), "factory"),
-        str(config_path), timeout=60)
+        str(config_path),
+        timeout=60,
+    )
     return result, validation.read_values(str(config_path))
 
 
 def test_a_configured_proxy_is_checked_and_published_without_credentials(
-        tmp_path: Path, proxy: HttpProxy, clean_proxy_env: None) -> None:
+    tmp_path: Path, proxy: HttpProxy, clean_proxy_env: None
+) -> None:
     with_password = proxy.url.replace("http://", "http://pilot:s3cret@")
     result, got = run_proxy_script(tmp_path, GLIDEIN_Proxy=with_password)
     assert result.ok, result
-    assert (got["HAS_HTTP_PROXY"], got["GLIDEIN_Proxy_URL"], got["GLIDEIN_Proxy_Source"]) == \
-        ("true", proxy.url, "GLIDEIN_Proxy")
+    assert (got["HAS_HTTP_PROXY"], got["GLIDEIN_Proxy_URL"], got["GLIDEIN_Proxy_Source"]) == (
+        "true",
+        proxy.url,
+        "GLIDEIN_Proxy",
+    )
     assert "s3cret" not in result.detail + result.output
     assert got["http_proxy"] == with_password and result.job_env == ["http_proxy", "https_proxy"]
     attrs, _ = validation.published(got, [result])
@@ -114,8 +132,8 @@ def test_a_configured_proxy_is_checked_and_published_without_credentials(
 
 
 def test_the_environment_proxy_is_found_and_a_dead_one_is_a_network_failure(
-        tmp_path: Path, proxy: HttpProxy, clean_proxy_env: None,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, proxy: HttpProxy, clean_proxy_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("http_proxy", proxy.url)
     result, got = run_proxy_script(tmp_path)
     assert result.ok and got["GLIDEIN_Proxy_Source"] == "http_proxy"
@@ -136,12 +154,16 @@ def test_the_environment_proxy_is_found_and_a_dead_one_is_a_network_failure(
 
 
 def test_the_bootstrap_downloads_the_stage_through_the_proxy(
-        tmp_path: Path, token_file: Path, downloader: dict[str, str],  # noqa: F811
-        proxy: HttpProxy) -> None:
+    tmp_path: Path,
+    token_file: Path,  # noqa: F811
+    downloader: dict[str, str],  # noqa: F811
+    proxy: HttpProxy,
+) -> None:
     stage = StageServer(STUB_STAGE)
     try:
-        rc, stderr = finish(bootstrap(stage, tmp_path, token_file,
-                                      {**downloader, "http_proxy": proxy.url}))
+        rc, stderr = finish(
+            bootstrap(stage, tmp_path, token_file, {**downloader, "http_proxy": proxy.url})
+        )
     finally:
         stage.close()
     assert rc == 7, stderr  # the stub agent ran: every file arrived and checked out
@@ -150,8 +172,8 @@ def test_the_bootstrap_downloads_the_stage_through_the_proxy(
 
 
 def test_the_agent_fetches_sandboxes_through_the_proxy(
-        tmp_path: Path, proxy: HttpProxy, clean_proxy_env: None,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, proxy: HttpProxy, clean_proxy_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("http_proxy", proxy.url)
     token = tmp_path / "token"
     token.write_text(TOKEN)
@@ -163,8 +185,8 @@ def test_the_agent_fetches_sandboxes_through_the_proxy(
 
 
 def test_cvmfs_images_are_downloaded_through_the_proxy(
-        tmp_path: Path, proxy: HttpProxy, clean_proxy_env: None,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, proxy: HttpProxy, clean_proxy_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     served = tmp_path / "served"
     served.mkdir()
     (served / "sw.example.org.sqfs").write_bytes(b"hsqs image bytes")

@@ -42,93 +42,141 @@ def need(tool: str) -> str:
 # --------------------------------------------------------------------------- pure checks
 
 
-@pytest.mark.parametrize(("env", "host", "expected"), [
-    ({}, "n1", None),
-    ({"SLURM_CPUS_ON_NODE": "8"}, "n1", (8, "SLURM_CPUS_ON_NODE")),
-    ({"SLURM_JOB_CPUS_PER_NODE": "4(x2),2"}, "n1", (4, "SLURM_JOB_CPUS_PER_NODE")),
-    ({"PBS_NUM_PPN": "6", "PBS_NP": "12"}, "n1", (6, "PBS_NUM_PPN")),
-    ({"NCPUS": "3"}, "n1", (3, "NCPUS")),
-    ({"LSB_MCPU_HOSTS": "n0 4 n1.example.org 2"}, "n1", (2, "LSB_MCPU_HOSTS")),
-    ({"LSB_MCPU_HOSTS": "n0 4 n1 2", "LSB_DJOB_NUMPROC": "6"}, "other", (6, "LSB_DJOB_NUMPROC")),
-    ({"LSB_MCPU_HOSTS": "n0 4"}, "other", (4, "LSB_MCPU_HOSTS")),
-    ({"NSLOTS": "5"}, "n1", (5, "NSLOTS")),
-    ({"SLURM_CPUS_ON_NODE": "junk"}, "n1", None),
-])
+@pytest.mark.parametrize(
+    ("env", "host", "expected"),
+    [
+        ({}, "n1", None),
+        ({"SLURM_CPUS_ON_NODE": "8"}, "n1", (8, "SLURM_CPUS_ON_NODE")),
+        ({"SLURM_JOB_CPUS_PER_NODE": "4(x2),2"}, "n1", (4, "SLURM_JOB_CPUS_PER_NODE")),
+        ({"PBS_NUM_PPN": "6", "PBS_NP": "12"}, "n1", (6, "PBS_NUM_PPN")),
+        ({"NCPUS": "3"}, "n1", (3, "NCPUS")),
+        ({"LSB_MCPU_HOSTS": "n0 4 n1.example.org 2"}, "n1", (2, "LSB_MCPU_HOSTS")),
+        (
+            {"LSB_MCPU_HOSTS": "n0 4 n1 2", "LSB_DJOB_NUMPROC": "6"},
+            "other",
+            (6, "LSB_DJOB_NUMPROC"),
+        ),
+        ({"LSB_MCPU_HOSTS": "n0 4"}, "other", (4, "LSB_MCPU_HOSTS")),
+        ({"NSLOTS": "5"}, "n1", (5, "NSLOTS")),
+        ({"SLURM_CPUS_ON_NODE": "junk"}, "n1", None),
+    ],
+)
 def test_batch_cpus(env: dict[str, str], host: str, expected: Any) -> None:
     assert checks.batch_cpus(env, host) == expected
 
 
-@pytest.mark.parametrize(("cpu_max", "quota", "period", "expected"), [
-    ("max 100000", None, None, None),
-    ("200000 100000", None, None, 2),
-    ("150000 100000", None, None, 2),
-    ("50000 100000", None, None, 1),
-    (None, "-1", "100000", None),
-    (None, "300000", "100000", 3),
-    (None, None, None, None),
-])
-def test_cgroup_cpus(cpu_max: str | None, quota: str | None, period: str | None,
-                     expected: int | None) -> None:
+@pytest.mark.parametrize(
+    ("cpu_max", "quota", "period", "expected"),
+    [
+        ("max 100000", None, None, None),
+        ("200000 100000", None, None, 2),
+        ("150000 100000", None, None, 2),
+        ("50000 100000", None, None, 1),
+        (None, "-1", "100000", None),
+        (None, "300000", "100000", 3),
+        (None, None, None, None),
+    ],
+)
+def test_cgroup_cpus(
+    cpu_max: str | None, quota: str | None, period: str | None, expected: int | None
+) -> None:
     assert checks.cgroup_cpus(cpu_max, quota, period) == expected
 
 
-@pytest.mark.parametrize(("mode", "batch", "cgroup", "affinity", "expected"), [
-    ("4", None, None, 8, (4, "configured")),
-    ("node", 2, 1, 8, (16, "node")),
-    ("slot", 2, None, 8, (2, "batch")),
-    ("auto", None, None, 8, (8, "affinity")),
-    ("auto", 4, None, 8, (4, "batch")),
-    ("auto", 4, 2, 8, (2, "cgroup")),
-    ("", None, 3, 8, (3, "cgroup")),
-])
-def test_decide_cpus(mode: str, batch: int | None, cgroup: int | None, affinity: int,
-                     expected: tuple[int, str]) -> None:
+@pytest.mark.parametrize(
+    ("mode", "batch", "cgroup", "affinity", "expected"),
+    [
+        ("4", None, None, 8, (4, "configured")),
+        ("node", 2, 1, 8, (16, "node")),
+        ("slot", 2, None, 8, (2, "batch")),
+        ("auto", None, None, 8, (8, "affinity")),
+        ("auto", 4, None, 8, (4, "batch")),
+        ("auto", 4, 2, 8, (2, "cgroup")),
+        ("", None, 3, 8, (3, "cgroup")),
+    ],
+)
+def test_decide_cpus(
+    mode: str, batch: int | None, cgroup: int | None, affinity: int, expected: tuple[int, str]
+) -> None:
     assert checks.decide_cpus(mode, batch, cgroup, affinity, 16) == expected
 
 
-@pytest.mark.parametrize(("mode", "batch", "message"), [
-    ("slot", None, "no batch system variable"),
-    ("lots", None, "expected a number, auto, node or slot"),
-])
+@pytest.mark.parametrize(
+    ("mode", "batch", "message"),
+    [
+        ("slot", None, "no batch system variable"),
+        ("lots", None, "expected a number, auto, node or slot"),
+    ],
+)
 def test_decide_cpus_refuses_with_a_reason(mode: str, batch: int | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         checks.decide_cpus(mode, batch, None, 4, 4)
 
 
-@pytest.mark.parametrize(("env", "cpus", "limit", "mode", "expected"), [
-    ({}, 1, None, "auto", (32000, "node")),
-    ({"SLURM_MEM_PER_NODE": "4000"}, 1, None, "auto", (4000, "batch")),
-    ({"SLURM_MEM_PER_CPU": "1000"}, 3, None, "auto", (3000, "batch")),
-    ({}, 1, str(2048 * 1024 * 1024), "auto", (2048, "cgroup")),
-    ({}, 1, "max", "auto", (32000, "node")),
-    ({}, 1, str(1 << 62), "auto", (32000, "node")),
-    ({"SLURM_MEM_PER_NODE": "4000"}, 1, None, "node", (32000, "node")),
-    ({}, 1, None, "1500", (1500, "configured")),
-])
-def test_memory(env: dict[str, str], cpus: int, limit: str | None, mode: str,
-                expected: tuple[int, str]) -> None:
+@pytest.mark.parametrize(
+    ("env", "cpus", "limit", "mode", "expected"),
+    [
+        ({}, 1, None, "auto", (32000, "node")),
+        ({"SLURM_MEM_PER_NODE": "4000"}, 1, None, "auto", (4000, "batch")),
+        ({"SLURM_MEM_PER_CPU": "1000"}, 3, None, "auto", (3000, "batch")),
+        ({}, 1, str(2048 * 1024 * 1024), "auto", (2048, "cgroup")),
+        ({}, 1, "max", "auto", (32000, "node")),
+        ({}, 1, str(1 << 62), "auto", (32000, "node")),
+        ({"SLURM_MEM_PER_NODE": "4000"}, 1, None, "node", (32000, "node")),
+        ({}, 1, None, "1500", (1500, "configured")),
+    ],
+)
+def test_memory(
+    env: dict[str, str], cpus: int, limit: str | None, mode: str, expected: tuple[int, str]
+) -> None:
     batch = checks.batch_memory_mb(env, cpus)
     assert checks.decide_memory(mode, batch, checks.cgroup_memory_mb(limit), 32000) == expected
 
 
-SMI = ("0, GPU-a, Tesla V100-SXM2-16GB, 16160, 7.0\n"
-       "1, GPU-b, Tesla V100-SXM2-16GB, 16160, 7.0\n")
+SMI = "0, GPU-a, Tesla V100-SXM2-16GB, 16160, 7.0\n1, GPU-b, Tesla V100-SXM2-16GB, 16160, 7.0\n"
 
 
-@pytest.mark.parametrize(("text", "env", "expected"), [
-    ("", {}, {"GPUs": 0}),
-    ("", {"CUDA_VISIBLE_DEVICES": "0,1,2"}, {"GPUs": 3, "GPUs_DeviceIds": "0,1,2"}),
-    ("", {"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, {"GPUs": 0}),
-    (SMI, {}, {"GPUs": 2, "GPUs_DeviceName": "Tesla V100-SXM2-16GB",
-               "GPUs_GlobalMemoryMb": 16160, "GPUs_Capability": 7.0, "GPUs_DeviceIds": "0,1"}),
-    (SMI, {"CUDA_VISIBLE_DEVICES": "1"}, {"GPUs": 1, "GPUs_DeviceName": "Tesla V100-SXM2-16GB",
-                                          "GPUs_GlobalMemoryMb": 16160, "GPUs_Capability": 7.0,
-                                          "GPUs_DeviceIds": "1"}),
-    (SMI, {"CUDA_VISIBLE_DEVICES": "GPU-b"}, {"GPUs": 1, "GPUs_DeviceName":
-                                              "Tesla V100-SXM2-16GB", "GPUs_GlobalMemoryMb":
-                                              16160, "GPUs_Capability": 7.0,
-                                              "GPUs_DeviceIds": "1"}),
-])
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("", {}, {"GPUs": 0}),
+        ("", {"CUDA_VISIBLE_DEVICES": "0,1,2"}, {"GPUs": 3, "GPUs_DeviceIds": "0,1,2"}),
+        ("", {"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, {"GPUs": 0}),
+        (
+            SMI,
+            {},
+            {
+                "GPUs": 2,
+                "GPUs_DeviceName": "Tesla V100-SXM2-16GB",
+                "GPUs_GlobalMemoryMb": 16160,
+                "GPUs_Capability": 7.0,
+                "GPUs_DeviceIds": "0,1",
+            },
+        ),
+        (
+            SMI,
+            {"CUDA_VISIBLE_DEVICES": "1"},
+            {
+                "GPUs": 1,
+                "GPUs_DeviceName": "Tesla V100-SXM2-16GB",
+                "GPUs_GlobalMemoryMb": 16160,
+                "GPUs_Capability": 7.0,
+                "GPUs_DeviceIds": "1",
+            },
+        ),
+        (
+            SMI,
+            {"CUDA_VISIBLE_DEVICES": "GPU-b"},
+            {
+                "GPUs": 1,
+                "GPUs_DeviceName": "Tesla V100-SXM2-16GB",
+                "GPUs_GlobalMemoryMb": 16160,
+                "GPUs_Capability": 7.0,
+                "GPUs_DeviceIds": "1",
+            },
+        ),
+    ],
+)
 def test_gpu_attributes(text: str, env: dict[str, str], expected: dict[str, Any]) -> None:
     rows = checks.parse_nvidia_smi(text)
     assert checks.gpu_attributes(rows, checks.visible_devices(env)) == expected
@@ -162,13 +210,13 @@ def work(tmp_path: Path) -> Iterator[Path]:
     """A work dir laid out as the bootstrap leaves it: agent/, validation/, glidein_config."""
     work = tmp_path / "work"
     for name in ("agent", "validation"):
-        shutil.copytree(GLIDEIN / name, work / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(GLIDEIN / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     token = tmp_path / "token"
     token.write_text("opaque-token\n")
     (work / "glidein_config").write_text(
         f"GLIDEIN_Work_Dir {work}\nGLIDEIN_Cpus auto\nGLIDEIN_Memory auto\n"
-        f"GLIDEIN_Token_File {token}\n")
+        f"GLIDEIN_Token_File {token}\n"
+    )
     yield work
 
 
@@ -184,8 +232,9 @@ def add_list(work: Path, name: str, lines: str, scripts: dict[str, str]) -> None
 
 def run(work: Path) -> list[validation.Result]:
     config = str(work / "glidein_config")
-    return validation.run_all(validation.discover(str(work), validation.read_values(config)),
-                              config, timeout=30)
+    return validation.run_all(
+        validation.discover(str(work), validation.read_values(config)), config, timeout=30
+    )
 
 
 VO_OK = """#!/bin/bash
@@ -199,8 +248,12 @@ result_ok "software there: $(gconfig_get GLIDEIN_Cpus) cpus"
 
 
 def test_scripts_run_by_stage_publish_and_report(work: Path) -> None:
-    add_list(work, "vo", "final last.sh\ngroup vo.sh\n",
-             {"vo.sh": VO_OK, "last.sh": VO_OK.replace("VO_SOFTWARE", "VO_LAST")})
+    add_list(
+        work,
+        "vo",
+        "final last.sh\ngroup vo.sh\n",
+        {"vo.sh": VO_OK, "last.sh": VO_OK.replace("VO_SOFTWARE", "VO_LAST")},
+    )
     results = run(work)
     names = [(r.stage, r.name) for r in results]
     assert names[-2:] == [("group", "vo"), ("final", "last")]
@@ -217,31 +270,49 @@ def test_scripts_run_by_stage_publish_and_report(work: Path) -> None:
 
 
 def test_a_failure_stops_the_run_with_its_category(work: Path) -> None:
-    failing = ('#!/bin/bash\nsource "$(dirname "$0")/../validation/gconfig.sh"\n'
-               'result_failed VO_Config "no experiment software"\n')
-    add_list(work, "vo", "entry bad.sh\nentry never.sh\n",
-             {"bad.sh": failing, "never.sh": VO_OK})
+    failing = (
+        '#!/bin/bash\nsource "$(dirname "$0")/../validation/gconfig.sh"\n'
+        'result_failed VO_Config "no experiment software"\n'
+    )
+    add_list(work, "vo", "entry bad.sh\nentry never.sh\n", {"bad.sh": failing, "never.sh": VO_OK})
     results = run(work)
-    assert (results[-1].name, results[-1].status, results[-1].category) == \
-        ("bad", "failed", "VO_Config")
+    assert (results[-1].name, results[-1].status, results[-1].category) == (
+        "bad",
+        "failed",
+        "VO_Config",
+    )
     assert "never" not in [r.name for r in results]
     assert validation.failure_summary(results) == "entry/bad: VO_Config: no experiment software"
 
 
-@pytest.mark.parametrize(("script", "status", "category", "detail"), [
-    ("#!/bin/sh\nexit 0\n", "ok", "", ""),
-    ("#!/bin/sh\necho broken >&2\nexit 3\n", "failed", "WN_Resource", "exit status 3: broken"),
-    ('#!/bin/sh\necho "{not json" > "$GLIDEIN_RESULT_FILE"\n', "failed", "Corruption",
-     "unreadable result file"),
-    ('#!/bin/sh\necho \'{"status": "failed", "category": "Bogus"}\' > "$GLIDEIN_RESULT_FILE"\n'
-     "exit 1\n", "failed", "WN_Resource", ""),
-])
-def test_results_without_a_proper_result_file(work: Path, script: str, status: str,
-                                              category: str, detail: str) -> None:
+@pytest.mark.parametrize(
+    ("script", "status", "category", "detail"),
+    [
+        ("#!/bin/sh\nexit 0\n", "ok", "", ""),
+        ("#!/bin/sh\necho broken >&2\nexit 3\n", "failed", "WN_Resource", "exit status 3: broken"),
+        (
+            '#!/bin/sh\necho "{not json" > "$GLIDEIN_RESULT_FILE"\n',
+            "failed",
+            "Corruption",
+            "unreadable result file",
+        ),
+        (
+            '#!/bin/sh\necho \'{"status": "failed", "category": "Bogus"}\' > "$GLIDEIN_RESULT_FILE"\n'  # noqa: E501
+            "exit 1\n",
+            "failed",
+            "WN_Resource",
+            "",
+        ),
+    ],
+)
+def test_results_without_a_proper_result_file(
+    work: Path, script: str, status: str, category: str, detail: str
+) -> None:
     path = work / "plain"
     path.write_text(script)  # no x bit: the runner sets it (downloads lose it)
-    result = validation.run_script(validation.Script("plain", str(path), "final"),
-                                   str(work / "glidein_config"), timeout=30)
+    result = validation.run_script(
+        validation.Script("plain", str(path), "final"), str(work / "glidein_config"), timeout=30
+    )
     assert (result.status, result.category) == (status, category)
     assert result.detail.startswith(detail)
 
@@ -249,23 +320,29 @@ def test_results_without_a_proper_result_file(work: Path, script: str, status: s
 def test_a_script_that_hangs_is_killed_with_its_children(work: Path) -> None:
     path = work / "hang.sh"
     path.write_text("sleep 300 &\necho $! > child.pid\nwait\n")
-    result = validation.run_script(validation.Script("hang", str(path), "final"),
-                                   str(work / "glidein_config"), timeout=1)
+    result = validation.run_script(
+        validation.Script("hang", str(path), "final"), str(work / "glidein_config"), timeout=1
+    )
     assert (result.status, result.detail) == ("failed", "timed out after 1s")
     child = int((work / "child.pid").read_text())
     deadline = time.monotonic() + 10
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # the kernel reaps the killed child asynchronously
-    assert not Path(f"/proc/{child}").exists() or \
-        Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    assert (
+        not Path(f"/proc/{child}").exists()
+        or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    )
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("later x.sh\n", "STAGE one of factory, entry, group, final"),
-    ("factory\n", "expected 'STAGE PATH"),
-    ("factory ../x.sh\n", "must stay under"),
-    ("factory x.sh every=5\n", "unknown option"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("later x.sh\n", "STAGE one of factory, entry, group, final"),
+        ("factory\n", "expected 'STAGE PATH"),
+        ("factory ../x.sh\n", "must stay under"),
+        ("factory x.sh every=5\n", "unknown option"),
+    ],
+)
 def test_bad_script_lists_are_refused_with_file_and_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         validation.parse_script_list("# header\n" + text, "/w", "vo/scripts.list")
@@ -290,7 +367,9 @@ def standard(work: Path, name: str, **config: Any) -> validation.Result:
             f.write(f"{key} {value}\n")
     return validation.run_script(
         validation.Script(name, str(work / "validation" / f"{name}.py"), "factory"),
-        str(work / "glidein_config"), timeout=60)
+        str(work / "glidein_config"),
+        timeout=60,
+    )
 
 
 def values(work: Path) -> dict[str, str]:
@@ -305,9 +384,18 @@ def test_cpus_follow_the_slurm_allocation(work: Path, monkeypatch: pytest.Monkey
 
 
 def test_cpus_slot_without_a_batch_system_is_a_config_failure(
-        work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SLURM_CPUS_ON_NODE", "SLURM_JOB_CPUS_PER_NODE", "PBS_NUM_PPN", "NCPUS",
-                 "PBS_NP", "LSB_MCPU_HOSTS", "LSB_DJOB_NUMPROC", "NSLOTS"):
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "SLURM_CPUS_ON_NODE",
+        "SLURM_JOB_CPUS_PER_NODE",
+        "PBS_NUM_PPN",
+        "NCPUS",
+        "PBS_NP",
+        "LSB_MCPU_HOSTS",
+        "LSB_DJOB_NUMPROC",
+        "NSLOTS",
+    ):
         monkeypatch.delenv(name, raising=False)
     result = standard(work, "cpus", GLIDEIN_Cpus="slot")
     assert (result.status, result.category) == ("failed", "Config")
@@ -353,16 +441,20 @@ def stand_in_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return bin_dir
 
 
-def test_gpus_from_the_nvidia_smi_stand_in(work: Path, stand_in_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpus_from_the_nvidia_smi_stand_in(
+    work: Path, stand_in_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """nvidia-smi is a STAND-IN script (no GPU here) printing two V100s."""
     (stand_in_path / "nvidia-smi").symlink_to(COMPONENTS / "gpu_nvidia_smi_standin.sh")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     result = standard(work, "gpus")
     assert result.ok, result
     got = values(work)
-    assert (got["GPUs"], got["GPUs_DeviceName"], got["GPUs_Capability"]) == \
-        ("2", "Tesla V100-SXM2-16GB", "7.0")
+    assert (got["GPUs"], got["GPUs_DeviceName"], got["GPUs_Capability"]) == (
+        "2",
+        "Tesla V100-SXM2-16GB",
+        "7.0",
+    )
     assert got["CUDA_VISIBLE_DEVICES"] == "0,1" and result.job_env == ["CUDA_VISIBLE_DEVICES"]
     assert "GPUs_GlobalMemoryMb" in result.slot_attrs
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
@@ -379,15 +471,21 @@ def test_container_runtime_bubblewrap_is_found_and_test_run(work: Path) -> None:
     result = standard(work, "container", GLIDEIN_Container_Runtimes="auto")
     assert result.ok, result
     got = values(work)
-    assert (got["GLIDEIN_Container_Runtime"], got["HAS_CONTAINER"], got["HAS_SINGULARITY"]) == \
-        ("bwrap", "true", "false")
-    assert set(result.slot_attrs) == {"GLIDEIN_Container_Runtime", "HAS_CONTAINER",
-                                      "HAS_SINGULARITY"}
+    assert (got["GLIDEIN_Container_Runtime"], got["HAS_CONTAINER"], got["HAS_SINGULARITY"]) == (
+        "bwrap",
+        "true",
+        "false",
+    )
+    assert set(result.slot_attrs) == {
+        "GLIDEIN_Container_Runtime",
+        "HAS_CONTAINER",
+        "HAS_SINGULARITY",
+    }
 
 
-def test_container_runtime_prefers_apptainer_stand_in(work: Path, stand_in_path: Path,
-                                                      tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_container_runtime_prefers_apptainer_stand_in(
+    work: Path, stand_in_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """apptainer is a STAND-IN (bwrap_apptainer_standin.sh): Apptainer cannot be installed."""
     need("bwrap")
     (stand_in_path / "apptainer").symlink_to(COMPONENTS / "bwrap_apptainer_standin.sh")
@@ -401,10 +499,12 @@ def test_container_runtime_prefers_apptainer_stand_in(work: Path, stand_in_path:
 
 
 def test_a_broken_runtime_is_skipped_and_required_containers_fail(
-        work: Path, stand_in_path: Path) -> None:
+    work: Path, stand_in_path: Path
+) -> None:
     broken = stand_in_path / "bwrap"
-    broken.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\n"
-                      "exit 1\n")
+    broken.write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n"
+    )
     broken.chmod(0o755)
     result = standard(work, "container", GLIDEIN_Container_Runtimes="bwrap")
     assert result.ok and values(work)["HAS_CONTAINER"] == "false"
@@ -425,11 +525,18 @@ def test_the_whole_validation_runs_under_python_39(work: Path) -> None:
     old = python39()
     if old is None:
         pytest.skip("no python3.9 on this machine")
-    code = ("import json, sys; sys.path.insert(0, '.'); from agent import validation as v\n"
-            "r = v.run_all(v.discover('.', v.read_values('glidein_config')), "
-            "sys.argv[1], 60)\nprint(json.dumps([(x.name, x.status) for x in r]))")
-    out = subprocess.run([old, "-c", code, str(work / "glidein_config")], cwd=work,
-                         capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, sys; sys.path.insert(0, '.'); from agent import validation as v\n"
+        "r = v.run_all(v.discover('.', v.read_values('glidein_config')), "
+        "sys.argv[1], 60)\nprint(json.dumps([(x.name, x.status) for x in r]))"
+    )
+    out = subprocess.run(
+        [old, "-c", code, str(work / "glidein_config")],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     statuses = json.loads(out.stdout)
     assert len(statuses) == 9 and all(status == "ok" for _, status in statuses), statuses

@@ -35,22 +35,22 @@ from tests.unit.test_bootstrap import (
 )
 from tests.unit.test_bootstrap import token_file as token_file  # the fixture
 
-VO_CHECK = '''#!/bin/bash
+VO_CHECK = """#!/bin/bash
 # a VO script: reads a factory value, publishes its own
 source "$(dirname "$0")/lib.sh"
 echo "VO_Checked yes-$(awk '$1 == "GLIDEIN_Site" {print $2}' "$1")" >> "$1"
 printf '{"status": "ok", "detail": "%s", "slot_attrs": ["VO_Checked"]}' "$VO_LIB" \
   > "$GLIDEIN_RESULT_FILE"
-'''
+"""
 VO_LIB = 'VO_LIB="lib loaded"\n'
-IN_CONTAINER = '''import json, os, socket, sys
+IN_CONTAINER = """import json, os, socket, sys
 config = sys.argv[1]
 with open(config, "a") as f:
     f.write("VO_Container_Host %s\\n" % socket.gethostname())
 with open(os.environ["GLIDEIN_RESULT_FILE"], "w") as f:
     json.dump({"status": "ok", "slot_attrs": ["VO_Container_Host"],
                "detail": "pilot env leaked" if "STUB_MARKER" in os.environ else "clean"}, f)
-'''
+"""
 
 
 def make_source(root: Path, lines: str = "group check.sh\n") -> Path:
@@ -76,8 +76,9 @@ class VoServer:
                 pass
 
             def do_GET(self) -> None:
-                server.requests.append((self.path, self.headers.get("Authorization")
-                                        == f"Bearer {TOKEN}"))
+                server.requests.append(
+                    (self.path, self.headers.get("Authorization") == f"Bearer {TOKEN}")
+                )
                 relative = self.path.removeprefix("/vo/files/")
                 if self.path == "/vo/manifest":
                     body: bytes | None = server.stage.manifest_path.read_bytes()
@@ -102,16 +103,23 @@ class VoServer:
 
 @pytest.fixture
 def vo(tmp_path: Path) -> Iterator[VoServer]:
-    stage = build_vo_stage(make_source(tmp_path / "vo-src"), tmp_path / "vo-stage",
-                           tmp_path / "keys" / "vo.pem")
+    stage = build_vo_stage(
+        make_source(tmp_path / "vo-src"), tmp_path / "vo-stage", tmp_path / "keys" / "vo.pem"
+    )
     server = VoServer(stage)
     yield server
     server.close()
 
 
 def vo_args(server: VoServer, key: str | None = None) -> tuple[str, ...]:
-    return ("--vo-stage", server.url, "--vo-manifest-sha256", server.stage.manifest_sha256,
-            "--vo-manifest-key", key or server.stage.public_key_b64)
+    return (
+        "--vo-stage",
+        server.url,
+        "--vo-manifest-sha256",
+        server.stage.manifest_sha256,
+        "--vo-manifest-key",
+        key or server.stage.public_key_b64,
+    )
 
 
 def need_openssl() -> None:
@@ -135,11 +143,14 @@ def test_build_vo_stage_lists_and_signs_every_file(tmp_path: Path) -> None:
     assert again.public_key_b64 == stage.public_key_b64  # one key per frontend, kept
 
 
-@pytest.mark.parametrize(("lines", "message"), [
-    ("factory check.sh\n", "STAGE one of group"),
-    ("group missing.sh\n", "missing.sh does not exist"),
-    ("group check.sh sometimes\n", "unknown option"),
-])
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ("factory check.sh\n", "STAGE one of group"),
+        ("group missing.sh\n", "missing.sh does not exist"),
+        ("group check.sh sometimes\n", "unknown option"),
+    ],
+)
 def test_build_vo_stage_refuses_a_bad_list_naming_the_file(
     tmp_path: Path, lines: str, message: str
 ) -> None:
@@ -151,8 +162,9 @@ def test_build_vo_stage_refuses_a_bad_list_naming_the_file(
 # -- the bootstrap fetches and checks it -------------------------------------------------
 
 
-def run_stub(tmp_path: Path, token_file: Path, vo: VoServer, key: str | None = None
-             ) -> tuple[int, str, StageServer]:
+def run_stub(
+    tmp_path: Path, token_file: Path, vo: VoServer, key: str | None = None
+) -> tuple[int, str, StageServer]:
     stage = StageServer(STUB_STAGE)
     try:
         env = {"PATH": os.environ["PATH"], "GLIDEIN_PYTHON": sys.executable}
@@ -188,8 +200,13 @@ def test_a_tampered_vo_stage_is_corruption_and_nothing_runs(
         need_openssl()
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        der = Ed25519PrivateKey.generate().public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        der = (
+            Ed25519PrivateKey.generate()
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         key = base64.b64encode(der).decode()
     rc, stderr, factory = run_stub(tmp_path, token_file, vo, key)
     assert rc == 3, stderr
@@ -205,8 +222,11 @@ def test_vo_options_are_checked_before_anything_runs(tmp_path: Path, token_file:
     stage = StageServer(STUB_STAGE)
     try:
         env = {"PATH": os.environ["PATH"], "GLIDEIN_PYTHON": sys.executable}
-        rc, stderr = finish(bootstrap(stage, tmp_path, token_file, env,
-                                      extra=("--vo-stage", "http://127.0.0.1:1/vo")))
+        rc, stderr = finish(
+            bootstrap(
+                stage, tmp_path, token_file, env, extra=("--vo-stage", "http://127.0.0.1:1/vo")
+            )
+        )
     finally:
         stage.close()
     assert rc == 2 and "--vo-stage needs --vo-manifest-sha256" in stderr
@@ -219,8 +239,9 @@ def test_the_real_agent_runs_vo_scripts_in_the_group_slot(
     """Bootstrap + real agent + factory validation stage + VO stage; registration is
     refused by the stand-in, so the report carries every validation result in order."""
     agent_dir = Path(agent_pkg.__file__).parent
-    files = {f"agent/{p.relative_to(agent_dir)}": p.read_bytes()
-             for p in sorted(agent_dir.rglob("*.py"))}
+    files = {
+        f"agent/{p.relative_to(agent_dir)}": p.read_bytes() for p in sorted(agent_dir.rglob("*.py"))
+    }
     files["validation/scripts.list"] = b"final last.sh\nentry first.sh\n"
     files["validation/first.sh"] = b"echo 'Entry_Done 1' >> \"$1\"\n"
     files["validation/last.sh"] = b"grep -q '^VO_Checked yes-SITE1' \"$1\"\n"
@@ -232,8 +253,11 @@ def test_the_real_agent_runs_vo_scripts_in_the_group_slot(
         stage.close()
     assert rc == 1, stderr  # registration refused by the stand-in: validation passed
     (report,) = stage.reports
-    assert [(r["stage"], r["name"], r["status"]) for r in report["validation"]] == \
-        [("entry", "first", "ok"), ("group", "check", "ok"), ("final", "last", "ok")]
+    assert [(r["stage"], r["name"], r["status"]) for r in report["validation"]] == [
+        ("entry", "first", "ok"),
+        ("group", "check", "ok"),
+        ("final", "last", "ok"),
+    ]
     assert report["validation"][1]["detail"] == "lib loaded"
 
 
@@ -248,7 +272,8 @@ def work_dir(tmp_path: Path, vo_lines: str, extra_config: str = "") -> Path:
         (work / "validation" / name).write_text("exit 0\n")
     make_source(work / "vo", vo_lines)
     (work / "glidein_config").write_text(
-        f"GLIDEIN_Site S1\nGLIDEIN_VO_Scripts vo/scripts.list\n{extra_config}")
+        f"GLIDEIN_Site S1\nGLIDEIN_VO_Scripts vo/scripts.list\n{extra_config}"
+    )
     return work
 
 
@@ -262,12 +287,17 @@ def test_a_vo_list_naming_another_stage_is_a_config_failure(tmp_path: Path) -> N
 def test_a_failing_vo_script_stops_validation_with_its_category(tmp_path: Path) -> None:
     work = work_dir(tmp_path, "group check.sh\ngroup bad.sh\n")
     (work / "vo" / "bad.sh").write_text(
-        "echo '{\"status\": \"failed\", \"category\": \"VO_Config\", \"detail\": \"no sw\"}'"
-        " > \"$GLIDEIN_RESULT_FILE\"\n")
+        'echo \'{"status": "failed", "category": "VO_Config", "detail": "no sw"}\''
+        ' > "$GLIDEIN_RESULT_FILE"\n'
+    )
     values = validation.read_values(str(work / "glidein_config"))
     scripts = validation.discover(str(work), values)
-    assert [(s.stage, s.name) for s in scripts] == \
-        [("factory", "f"), ("group", "check"), ("group", "bad"), ("final", "z")]
+    assert [(s.stage, s.name) for s in scripts] == [
+        ("factory", "f"),
+        ("group", "check"),
+        ("group", "bad"),
+        ("final", "z"),
+    ]
     results = validation.run_all(scripts, str(work / "glidein_config"))
     assert [r.name for r in results] == ["f", "check", "bad"]  # z never ran
     assert validation.failure_summary(results) == "group/bad: VO_Config: no sw"
@@ -279,17 +309,22 @@ def test_a_vo_script_marked_container_runs_in_real_bubblewrap(tmp_path: Path) ->
         if os.environ.get("CI") == "true":
             pytest.fail("bwrap is required when CI=true")
         pytest.skip("bwrap is not installed")
-    work = work_dir(tmp_path, "group in_container.py container\n",
-                    f"GLIDEIN_Container_Runtime bwrap\nGLIDEIN_Container_Path {bwrap}\n")
+    work = work_dir(
+        tmp_path,
+        "group in_container.py container\n",
+        f"GLIDEIN_Container_Runtime bwrap\nGLIDEIN_Container_Path {bwrap}\n",
+    )
     config = str(work / "glidein_config")
     os.environ["STUB_MARKER"] = "pilot-only"  # must not reach the script
     try:
-        results = validation.run_all(validation.discover(str(work), {
-            **validation.read_values(config)}), config, fork=True)
+        results = validation.run_all(
+            validation.discover(str(work), {**validation.read_values(config)}), config, fork=True
+        )
     finally:
         del os.environ["STUB_MARKER"]
-    assert [(r.name, r.status, r.detail) for r in results][1] == \
-        ("in_container", "ok", "clean"), results
+    assert [(r.name, r.status, r.detail) for r in results][1] == ("in_container", "ok", "clean"), (
+        results
+    )
     values = validation.read_values(config)
     assert values["VO_Container_Host"] == "glidein-job"  # bwrap's hostname: it ran inside
     assert validation.published(values, results)[0]["VO_Container_Host"] == "glidein-job"
@@ -297,12 +332,13 @@ def test_a_vo_script_marked_container_runs_in_real_bubblewrap(tmp_path: Path) ->
 
 
 def test_a_container_script_without_a_runtime_fails_instead_of_running_outside(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     work = work_dir(tmp_path, "group in_container.py container\n")
     config = str(work / "glidein_config")
-    results = validation.run_all(validation.discover(str(work), validation.read_values(config)),
-                                 config)
+    results = validation.run_all(
+        validation.discover(str(work), validation.read_values(config)), config
+    )
     assert results[1].status == "failed"
     assert "no working container runtime" in results[1].detail
     assert "VO_Container_Host" not in validation.read_values(config)

@@ -14,12 +14,12 @@ BASE = '[ Cmd = "/bin/true"; RequestCpus = 1'
 @pytest.mark.parametrize(
     ("extra", "exit_code", "runs", "state", "by"),
     [
-        ("", 0, 1, "completed", ""),                                  # no policy
-        ("", 3, 1, "completed", ""),                                  # a job failure completes
-        ("MaxRetries = 2", 1, 1, "idle", "max_retries"),             # rerun
+        ("", 0, 1, "completed", ""),  # no policy
+        ("", 3, 1, "completed", ""),  # a job failure completes
+        ("MaxRetries = 2", 1, 1, "idle", "max_retries"),  # rerun
         ("MaxRetries = 2", 1, 2, "idle", "max_retries"),
-        ("MaxRetries = 2", 1, 3, "completed", ""),                    # N+1 runs: done
-        ("MaxRetries = 2", 0, 1, "completed", ""),                    # success ends it
+        ("MaxRetries = 2", 1, 3, "completed", ""),  # N+1 runs: done
+        ("MaxRetries = 2", 0, 1, "completed", ""),  # success ends it
         ("MaxRetries = 0", 1, 1, "completed", ""),
         ("MaxRetries = 2; OnExitRemove = true", 1, 1, "completed", ""),
         ("MaxRetries = 2; OnExitRemove = false", 1, 3, "completed", ""),
@@ -28,12 +28,13 @@ BASE = '[ Cmd = "/bin/true"; RequestCpus = 1'
         ("OnExitRemove = ExitCode == 0", 0, 1, "completed", ""),
         ("OnExitRemove = NumJobCompletions >= 2", 0, 1, "idle", "on_exit_remove"),
         ("OnExitRemove = NumJobCompletions >= 2", 0, 2, "completed", ""),
-        ("OnExitRemove = Undefined", 1, 1, "completed", ""),          # undefined: default
+        ("OnExitRemove = Undefined", 1, 1, "completed", ""),  # undefined: default
         ("OnExitHold = ExitCode =!= 0", 3, 1, "held", "on_exit_hold"),
         ("OnExitHold = ExitCode =!= 0", 0, 1, "completed", ""),
         ("OnExitHold = true; MaxRetries = 5", 1, 1, "held", "on_exit_hold"),  # hold first
-        ("OnExitHold = NoSuchAttr > 3", 1, 1, "completed", ""),      # undefined: false
-    ])
+        ("OnExitHold = NoSuchAttr > 3", 1, 1, "completed", ""),  # undefined: false
+    ],
+)
 def test_exit_action(extra: str, exit_code: int, runs: int, state: str, by: str) -> None:
     text = f"{BASE}; {extra} ]" if extra else f"{BASE} ]"
     action = exit_action(classads.parse_ad(text), exit_code, runs)
@@ -41,8 +42,9 @@ def test_exit_action(extra: str, exit_code: int, runs: int, state: str, by: str)
 
 
 def test_on_exit_hold_reason_and_subcode() -> None:
-    ad = classads.parse_ad(f'{BASE}; OnExitHold = true; OnExitHoldReason = "disk full"; '
-                           "OnExitHoldSubCode = 42 ]")
+    ad = classads.parse_ad(
+        f'{BASE}; OnExitHold = true; OnExitHoldReason = "disk full"; OnExitHoldSubCode = 42 ]'
+    )
     action = exit_action(ad, 1, 1)
     assert (action.state, action.reason, action.subcode) == ("held", "disk full", 42)
     plain = exit_action(classads.parse_ad(f"{BASE}; OnExitHold = true ]"), 1, 1)
@@ -50,12 +52,15 @@ def test_on_exit_hold_reason_and_subcode() -> None:
     assert plain.subcode is None
 
 
-@pytest.mark.parametrize(("text", "has"), [
-    (f"{BASE} ]", False),
-    (f"{BASE}; MaxRetries = 3 ]", True),
-    (f"{BASE}; onexitremove = false ]", True),
-    (f'{BASE}; Args = "OnExitHold = x" ]', False),  # only attribute names count
-    ("[ OnExitHold = true; Cmd = 1 ]", True),
-])
+@pytest.mark.parametrize(
+    ("text", "has"),
+    [
+        (f"{BASE} ]", False),
+        (f"{BASE}; MaxRetries = 3 ]", True),
+        (f"{BASE}; onexitremove = false ]", True),
+        (f'{BASE}; Args = "OnExitHold = x" ]', False),  # only attribute names count
+        ("[ OnExitHold = true; Cmd = 1 ]", True),
+    ],
+)
 def test_only_ads_with_a_policy_are_parsed_at_exit(text: str, has: bool) -> None:
     assert has_exit_policy(text) is has

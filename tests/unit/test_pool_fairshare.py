@@ -22,22 +22,32 @@ H = 100.0  # half-life used by the tables
 STEADY = H / math.log(2)  # usage of one core run forever
 
 
-@pytest.mark.parametrize(("elapsed", "expected"), [
-    (0, 1.0), (-5, 1.0), (H, 0.5), (2 * H, 0.25), (H / 2, 2 ** -0.5),
-])
+@pytest.mark.parametrize(
+    ("elapsed", "expected"),
+    [
+        (0, 1.0),
+        (-5, 1.0),
+        (H, 0.5),
+        (2 * H, 0.25),
+        (H / 2, 2**-0.5),
+    ],
+)
 def test_decay(elapsed, expected):
     assert decay(elapsed, H) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("usage", "cores", "elapsed", "expected"), [
-    (1000, 0, 0, 1000),                       # no time, no change
-    (1000, 0, H, 500),                        # idle: halves per half-life
-    (1000, 0, 3 * H, 125),
-    (0, 1, 1e-6, 1e-6),                       # one core accrues ~1 core-second per second
-    (0, 4, H, 4 * STEADY * 0.5),              # exact integral of a decaying accrual
-    (0, 2, 1e9, 2 * STEADY),                  # converges to cores x h/ln2
-    (2 * STEADY, 2, 50 * H, 2 * STEADY),      # steady state stays put
-])
+@pytest.mark.parametrize(
+    ("usage", "cores", "elapsed", "expected"),
+    [
+        (1000, 0, 0, 1000),  # no time, no change
+        (1000, 0, H, 500),  # idle: halves per half-life
+        (1000, 0, 3 * H, 125),
+        (0, 1, 1e-6, 1e-6),  # one core accrues ~1 core-second per second
+        (0, 4, H, 4 * STEADY * 0.5),  # exact integral of a decaying accrual
+        (0, 2, 1e9, 2 * STEADY),  # converges to cores x h/ln2
+        (2 * STEADY, 2, 50 * H, 2 * STEADY),  # steady state stays put
+    ],
+)
 def test_usage_after(usage, cores, elapsed, expected):
     assert usage_after(usage, cores, elapsed, H) == pytest.approx(expected, rel=1e-6)
 
@@ -49,40 +59,54 @@ def test_usage_after_is_consistent_when_split():
     assert once == pytest.approx(twice)
 
 
-@pytest.mark.parametrize(("usage", "cores", "factor", "expected"), [
-    (0, 0, 1, 0),
-    (1000, 0, 1, 500),                  # history counts, halved
-    (0, 1, 1, STEADY / 2),              # what runs now counts at once
-    (1000, 0, 10, 5000),                # the factor multiplies
-    (1000, 2, 0.5, 0.5 * (500 + STEADY)),
-])
+@pytest.mark.parametrize(
+    ("usage", "cores", "factor", "expected"),
+    [
+        (0, 0, 1, 0),
+        (1000, 0, 1, 500),  # history counts, halved
+        (0, 1, 1, STEADY / 2),  # what runs now counts at once
+        (1000, 0, 10, 5000),  # the factor multiplies
+        (1000, 2, 0.5, 0.5 * (500 + STEADY)),
+    ],
+)
 def test_effective_priority(usage, cores, factor, expected):
     assert effective_priority(usage, cores, H, factor) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("owner", "group", "name"), [
-    ("alice", None, "alice"), ("alice", "", "alice"), ("alice", "cms.prod", "cms.prod.alice"),
-])
+@pytest.mark.parametrize(
+    ("owner", "group", "name"),
+    [
+        ("alice", None, "alice"),
+        ("alice", "", "alice"),
+        ("alice", "cms.prod", "cms.prod.alice"),
+    ],
+)
 def test_submitter_names_round_trip(owner, group, name):
     assert submitter_name(owner, group) == name
     assert split_submitter(name, owner) == (group or None)
 
 
-@pytest.mark.parametrize(("owner", "group", "expected"), [
-    ("alice", None, 2.0),          # named user
-    ("carol", None, 1.0),          # default
-    ("alice", "cms", 2.0 * 0.5),   # user x group
-    ("carol", "atlas", 1.0),       # unnamed group counts 1
-])
+@pytest.mark.parametrize(
+    ("owner", "group", "expected"),
+    [
+        ("alice", None, 2.0),  # named user
+        ("carol", None, 1.0),  # default
+        ("alice", "cms", 2.0 * 0.5),  # user x group
+        ("carol", "atlas", 1.0),  # unnamed group counts 1
+    ],
+)
 def test_priority_factor(owner, group, expected):
     assert priority_factor(owner, group, {"alice": 2.0}, {"cms": 0.5}) == expected
 
 
-@pytest.mark.parametrize(("priorities", "best"), [
-    ({}, None),
-    ({"a": 3.0, "b": 1.0}, "b"),
-    ({"b": 1.0, "a": 1.0}, "a"),   # ties: by name, stable
-])
+@pytest.mark.parametrize(
+    ("priorities", "best"),
+    [
+        ({}, None),
+        ({"a": 3.0, "b": 1.0}, "b"),
+        ({"b": 1.0, "a": 1.0}, "a"),  # ties: by name, stable
+    ],
+)
 def test_best_submitter(priorities, best):
     assert best_submitter(priorities) == best
 
@@ -117,15 +141,15 @@ def test_idle_index_counts_and_heads():
     index.add(2, "bob", 1.0, 1)
     assert sorted(index.autoclusters()) == [1, 2]
     index.heads[(1, "alice")] = head_key(0, 10.0, 7, 0)
-    index.add(1, "alice", 20.0, 1, head_key(5, 20.0, 8, 0))      # higher JobPrio: new head
+    index.add(1, "alice", 20.0, 1, head_key(5, 20.0, 8, 0))  # higher JobPrio: new head
     assert index.heads[(1, "alice")] == head_key(5, 20.0, 8, 0)
-    index.add(1, "alice", 30.0, 1, head_key(0, 30.0, 9, 0))      # later, same prio: head kept
+    index.add(1, "alice", 30.0, 1, head_key(0, 30.0, 9, 0))  # later, same prio: head kept
     assert index.heads[(1, "alice")] == head_key(5, 20.0, 8, 0)
-    index.remove(1, "alice", head_key(5, 20.0, 8, 0))      # the head left: forgotten
+    index.remove(1, "alice", head_key(5, 20.0, 8, 0))  # the head left: forgotten
     assert (1, "alice") not in index.heads
     assert index.idle_of("alice") == 4
     index.remove(2, "bob", head_key(0, 1.0, 1, 0))
-    assert sorted(index.autoclusters()) == [1]             # empty autoclusters vanish
+    assert sorted(index.autoclusters()) == [1]  # empty autoclusters vanish
 
 
 def test_idle_index_oldest_queue_date_follows_the_jobs_that_leave():
@@ -135,7 +159,7 @@ def test_idle_index_oldest_queue_date_follows_the_jobs_that_leave():
     index.add(1, "alice", 20.0, 1)
     assert index.oldest(1, "alice") == 10.0
     index.remove(1, "alice", head_key(0, 10.0, 1, 0))
-    assert index.oldest(1, "alice") == 10.0                # one of the two is still idle
+    assert index.oldest(1, "alice") == 10.0  # one of the two is still idle
     index.remove(1, "alice", head_key(0, 10.0, 1, 1))
     assert index.oldest(1, "alice") == 20.0
     assert index.idle(1, "alice") == 1 and index.idle(1, "bob") == 0

@@ -38,15 +38,27 @@ IDLE, RUN, HELD, REMOVED, DONE = "idle", "running", "held", "removed", "complete
 # The tables, written out again by hand: a change to lifecycle.py must be
 # made here too, on purpose.
 JOB_MOVES = [
-    (None, IDLE, "submit"), (IDLE, RUN, "claim"), (IDLE, HELD, "hold"), (RUN, HELD, "hold"),
-    (HELD, IDLE, "release"), (IDLE, REMOVED, "remove"), (RUN, REMOVED, "remove"),
-    (HELD, REMOVED, "remove"), (IDLE, IDLE, "edit"), (HELD, HELD, "edit"),
-    (RUN, DONE, "exit"), (RUN, IDLE, "exit"), (RUN, HELD, "exit"),
-    (RUN, IDLE, "evict"), (RUN, HELD, "evict"),
+    (None, IDLE, "submit"),
+    (IDLE, RUN, "claim"),
+    (IDLE, HELD, "hold"),
+    (RUN, HELD, "hold"),
+    (HELD, IDLE, "release"),
+    (IDLE, REMOVED, "remove"),
+    (RUN, REMOVED, "remove"),
+    (HELD, REMOVED, "remove"),
+    (IDLE, IDLE, "edit"),
+    (HELD, HELD, "edit"),
+    (RUN, DONE, "exit"),
+    (RUN, IDLE, "exit"),
+    (RUN, HELD, "exit"),
+    (RUN, IDLE, "evict"),
+    (RUN, HELD, "evict"),
 ]
 PILOT_MOVES = [
-    (None, "active", "register"), ("active", "gone", "deregister"),
-    ("draining", "gone", "deregister"), ("active", "lost", "expire"),
+    (None, "active", "register"),
+    ("active", "gone", "deregister"),
+    ("draining", "gone", "deregister"),
+    ("active", "lost", "expire"),
     ("draining", "lost", "expire"),
 ]
 LIFECYCLES = {"job": (JOB, JobCause, JOB_MOVES), "pilot": (PILOT, PilotCause, PILOT_MOVES)}
@@ -66,7 +78,12 @@ def test_states_are_the_strings_the_database_and_json_carry() -> None:
 
 def test_every_job_state_has_htcondors_job_status() -> None:
     assert {str(s): n for s, n in JOB_STATUS.items()} == {
-        IDLE: 1, RUN: 2, REMOVED: 3, DONE: 4, HELD: 5}
+        IDLE: 1,
+        RUN: 2,
+        REMOVED: 3,
+        DONE: 4,
+        HELD: 5,
+    }
 
 
 @pytest.mark.parametrize("name", LIFECYCLES)
@@ -75,10 +92,10 @@ def test_the_table_is_the_one_written_here(name: str) -> None:
     assert table(life) == moves
 
 
-@pytest.mark.parametrize(("name", "move"), [
-    (name, move) for name, (_, _, moves) in LIFECYCLES.items() for move in moves])
-def test_every_listed_transition_is_allowed(name: str, move: tuple[str | None, str, str]
-                                            ) -> None:
+@pytest.mark.parametrize(
+    ("name", "move"), [(name, move) for name, (_, _, moves) in LIFECYCLES.items() for move in moves]
+)
+def test_every_listed_transition_is_allowed(name: str, move: tuple[str | None, str, str]) -> None:
     life = LIFECYCLES[name][0]
     assert life.allows(*move)
     life.check(*move)
@@ -99,11 +116,13 @@ def test_every_other_transition_is_refused_with_a_clear_error(name: str) -> None
         assert not life.allows(source, target, cause)
         with pytest.raises(IllegalTransition) as err:
             life.check(source, target, cause)
-        assert f"{cause} cannot move a {name} from {source or '(new)'} to {target}" \
-            in str(err.value)
+        assert f"{cause} cannot move a {name} from {source or '(new)'} to {target}" in str(
+            err.value
+        )
         refused += 1
-    assert refused == (len(life.states) + 1) * len(life.states) * len(LIFECYCLES[name][1]) \
-        - len(LIFECYCLES[name][2])
+    assert refused == (len(life.states) + 1) * len(life.states) * len(LIFECYCLES[name][1]) - len(
+        LIFECYCLES[name][2]
+    )
 
 
 NEVER = {
@@ -171,10 +190,17 @@ def job_in(store: PoolStore, state: str) -> Any:
     return row
 
 
-@pytest.mark.parametrize(("start", "action"), list(itertools.product(
-    [IDLE, RUN, HELD, REMOVED, DONE], [JobCause.HOLD, JobCause.RELEASE, JobCause.REMOVE])))
+@pytest.mark.parametrize(
+    ("start", "action"),
+    list(
+        itertools.product(
+            [IDLE, RUN, HELD, REMOVED, DONE], [JobCause.HOLD, JobCause.RELEASE, JobCause.REMOVE]
+        )
+    ),
+)
 def test_hold_release_remove_move_a_job_exactly_as_the_table_says(
-        store: PoolStore, start: str, action: JobCause) -> None:
+    store: PoolStore, start: str, action: JobCause
+) -> None:
     row = job_in(store, start)
     target = JOB.target(action)
     changed = store.queue.act(action, [row], "test", "alice")
@@ -213,4 +239,5 @@ def drawn(name: str) -> list[tuple[str | None, str, str]]:
 def test_docs_draw_exactly_the_table(name: str) -> None:
     life = LIFECYCLES[name][0]
     assert Counter(drawn(name)) == Counter(table(life)), (
-        f"docs/pool.md's {name} diagram differs from lifecycle.{name.upper()}")
+        f"docs/pool.md's {name} diagram differs from lifecycle.{name.upper()}"
+    )

@@ -15,20 +15,24 @@ from glidewms.pool.turns import claim_statement
 BASE = '[ Cmd = "/bin/true"; RequestCpus = 1; Note = "{note}"; ProcId = {proc} ]'
 
 
-@pytest.mark.parametrize(("one", "other", "same"), [
-    # the client numbers its jobs: only ProcId differs, one kind of job
-    (BASE.format(note="x", proc=0), BASE.format(note="x", proc=17), True),
-    # anything else differs: different kinds
-    (BASE.format(note="x", proc=0), BASE.format(note="y", proc=0), False),
-    # "ProcId = n" inside a string is not ProcId: the texts are different jobs
-    ('[ Note = "ProcId = 1" ]', '[ Note = "ProcId = 2" ]', False),
-    ('[ ProcId = 0; Note = "ProcId = 1" ]', '[ ProcId = 0; Note = "ProcId = 2" ]', False),
-    # ProcId inside an expression: not a plain value, no sharing
-    ("[ ProcId = 1 + 0; A = 1 ]", "[ ProcId = 2 + 0; A = 1 ]", False),
-    ("[ A = 1 ]", "[ A = 1 ]", True),
-])
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        # the client numbers its jobs: only ProcId differs, one kind of job
+        (BASE.format(note="x", proc=0), BASE.format(note="x", proc=17), True),
+        # anything else differs: different kinds
+        (BASE.format(note="x", proc=0), BASE.format(note="y", proc=0), False),
+        # "ProcId = n" inside a string is not ProcId: the texts are different jobs
+        ('[ Note = "ProcId = 1" ]', '[ Note = "ProcId = 2" ]', False),
+        ('[ ProcId = 0; Note = "ProcId = 1" ]', '[ ProcId = 0; Note = "ProcId = 2" ]', False),
+        # ProcId inside an expression: not a plain value, no sharing
+        ("[ ProcId = 1 + 0; A = 1 ]", "[ ProcId = 2 + 0; A = 1 ]", False),
+        ("[ A = 1 ]", "[ A = 1 ]", True),
+    ],
+)
 def test_jobs_share_submit_work_only_when_they_differ_in_proc_id_alone(
-        one: str, other: str, same: bool) -> None:
+    one: str, other: str, same: bool
+) -> None:
     seen: dict[tuple[str, str], bool] = {}
     assert (template_key(one, seen) == template_key(other, seen)) is same
 
@@ -53,7 +57,11 @@ def test_claiming_a_turn_looks_jobs_up_by_key_not_by_state(tmp_path: Path) -> No
     PoolStore(engine).close()
     compiled = claim_statement(3).compile(engine)
     with engine.connect() as conn:
-        plan = [row[3] for row in conn.exec_driver_sql(
-            "EXPLAIN QUERY PLAN " + str(compiled), tuple([0] * len(compiled.positiontup)))]
+        plan = [
+            row[3]
+            for row in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + str(compiled), tuple([0] * len(compiled.positiontup))
+            )
+        ]
     assert any("MULTI-INDEX OR" in step for step in plan), plan
     assert not any("state=" in step for step in plan), plan

@@ -49,26 +49,43 @@ def test_a_turn_is_six_statements_whatever_it_carries(store: Any) -> None:
     for max_jobs in (4, 1, 3, 4):
         seen.clear()
         sa.event.listen(store.engine, "before_cursor_execute", record)
-        _, claims, _ = store.turns.cycle(pid, [Completion(c, 0, [], 0.1) for c in held], FREE,
-                                   600, max_jobs, time.time())
+        _, claims, _ = store.turns.cycle(
+            pid, [Completion(c, 0, [], 0.1) for c in held], FREE, 600, max_jobs, time.time()
+        )
         sa.event.remove(store.engine, "before_cursor_execute", record)
         turns.append(list(seen))
         held = [c["claim_id"] for c in claims]
         assert len(held) == max_jobs
-    assert turns[1:] == [["SELECT pilots", "SELECT jobs", "UPDATE jobs", "UPDATE counters",
-                          "UPDATE jobs", "INSERT events"]] * 3
+    assert (
+        turns[1:]
+        == [
+            [
+                "SELECT pilots",
+                "SELECT jobs",
+                "UPDATE jobs",
+                "UPDATE counters",
+                "UPDATE jobs",
+                "INSERT events",
+            ]
+        ]
+        * 3
+    )
 
 
 def test_a_turn_writes_the_ended_jobs_events_before_the_started_ones(store: Any) -> None:
     store.queue.submit("alice", [NewJob(AD, [], [], {}) for _ in range(4)])
     pid = store.pilots.register(dict(SLOT), "g1", "fe", "main", 3600)
     _, first, _ = store.turns.cycle(pid, [], FREE, 600, 2, time.time())
-    done, second, _ = store.turns.cycle(pid, [Completion(c["claim_id"], 0, [], 0.1) for c in first],
-                                  FREE, 600, 2, time.time())
+    done, second, _ = store.turns.cycle(
+        pid, [Completion(c["claim_id"], 0, [], 0.1) for c in first], FREE, 600, 2, time.time()
+    )
     assert all(done.values()) and len(second) == 2
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(events.c.type, events.c.cluster_id, events.c.proc_id)
-                            .where(events.c.type != "submitted").order_by(events.c.id)).all()
+        rows = conn.execute(
+            sa.select(events.c.type, events.c.cluster_id, events.c.proc_id)
+            .where(events.c.type != "submitted")
+            .order_by(events.c.id)
+        ).all()
     ids = [f"{r.cluster_id}.{r.proc_id}" for r in rows]
     assert [r.type for r in rows] == ["started"] * 2 + ["completed"] * 2 + ["started"] * 2
     assert ids[2:4] == [c["job_id"] for c in first]
@@ -107,11 +124,14 @@ def test_each_offer_of_resources_has_its_own_ad() -> None:
     assert ads.get("p1", SLOT, R4)[0] is four
 
 
-@pytest.mark.parametrize("change, rebuilt", [
-    ({}, False),  # an equal dict (each turn reads the slot anew)
-    ({"GLIDEIN_Site": "B"}, True),
-    ({"Extra": 1}, True),
-])
+@pytest.mark.parametrize(
+    "change, rebuilt",
+    [
+        ({}, False),  # an equal dict (each turn reads the slot anew)
+        ({"GLIDEIN_Site": "B"}, True),
+        ({"Extra": 1}, True),
+    ],
+)
 def test_a_slot_that_differs_is_built_anew(change, rebuilt) -> None:
     ads = SlotAds(Matchmaker())
     ad, _ = ads.get("p1", dict(SLOT), R4)
@@ -129,7 +149,7 @@ def test_shapes_follow_what_autoclusters_read() -> None:
     a = {**SLOT, "HasDocker": True}
     b = {**SLOT, "HasDocker": False}
     assert ads.get("a", a, R4)[1] == ads.get("b", b, R4)[1]
-    mm.remember(1, '[ RequestCpus = 1; Requirements = TARGET.HasDocker ]')
+    mm.remember(1, "[ RequestCpus = 1; Requirements = TARGET.HasDocker ]")
     assert ads.get("a", a, R4)[1] != ads.get("b", b, R4)[1]
     assert ads.get("a", a, R4)[1] == mm.shape(slot_with(a, R4))
 
@@ -147,19 +167,25 @@ def test_the_memory_is_bounded_and_forgets_pilots() -> None:
     assert len(ads._known) <= 2
 
 
-@pytest.mark.parametrize("slot_start, job_requirements", [
-    ("time() > {at}", "true"),  # an overflow-style slot Start
-    (None, "time() > {at}"),  # a job that waits for a date
-])
+@pytest.mark.parametrize(
+    "slot_start, job_requirements",
+    [
+        ("time() > {at}", "true"),  # an overflow-style slot Start
+        (None, "time() > {at}"),  # a job that waits for a date
+    ],
+)
 def test_an_answer_that_reads_the_clock_changes_when_the_clock_does(
-        store: Any, slot_start: str | None, job_requirements: str) -> None:
+    store: Any, slot_start: str | None, job_requirements: str
+) -> None:
     """The slot's choices are not remembered per shape (they were: a pilot
     refused once kept being refused until new jobs came in). ClassAd time()
     counts whole seconds, so the answer flips within 2 s; polled, with a
     deadline."""
     at = int(time.time()) + 1
-    ad = ('[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 16; '
-          f'Requirements = {job_requirements.format(at=at)} ]')
+    ad = (
+        '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 16; '
+        f"Requirements = {job_requirements.format(at=at)} ]"
+    )
     store.queue.submit("alice", [NewJob(ad, [], [], {}) for _ in range(2)])
     slot = dict(SLOT, **({"GLIDEIN_Start": slot_start.format(at=at)} if slot_start else {}))
     pid = store.pilots.register(slot, "g1", "fe", "main", 3600)

@@ -32,10 +32,18 @@ def test_every_response_names_the_version() -> None:
     assert client.get("/missing").headers[VERSION_HEADER] == API_VERSION
 
 
-@pytest.mark.parametrize(("header", "ok"), [
-    (None, True), (API_VERSION, True), (f"{API_MAJOR}.99", True),
-    (f"{API_MAJOR + 1}.0", False), ("0.9", False), ("garbage", False), ("", False),
-])
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        (None, True),
+        (API_VERSION, True),
+        (f"{API_MAJOR}.99", True),
+        (f"{API_MAJOR + 1}.0", False),
+        ("0.9", False),
+        ("garbage", False),
+        ("", False),
+    ],
+)
 def test_peers_of_another_major_version_are_refused(header: str | None, ok: bool) -> None:
     if ok:
         check_peer("pool", header)
@@ -49,7 +57,8 @@ def test_prefix_follows_the_major_version() -> None:
 
 
 def test_removal_stages_are_ordered() -> None:
-    ranks = [s.rank for s in (RemovalStage.NO, RemovalStage.WAIT, RemovalStage.IDLE,
-                              RemovalStage.ALL)]
+    ranks = [
+        s.rank for s in (RemovalStage.NO, RemovalStage.WAIT, RemovalStage.IDLE, RemovalStage.ALL)
+    ]
     assert ranks == sorted(ranks) and len(set(ranks)) == 4
     assert RemovalStage("IDLE") is RemovalStage.IDLE

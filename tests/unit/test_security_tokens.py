@@ -77,10 +77,13 @@ def test_a_token_expired_at_first_sight_is_refused(keys) -> None:
         TokenVerifier(public).verify(issuer.issue("alice", ["user"], lifetime=-10))
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda t: t[:-4] + ("AAAA" if not t.endswith("AAAA") else "BBBB"),  # signature
-    lambda t: "x" + t,  # header
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda t: t[:-4] + ("AAAA" if not t.endswith("AAAA") else "BBBB"),  # signature
+        lambda t: "x" + t,  # header
+    ],
+)
 def test_a_bad_token_is_refused_every_time_and_never_remembered(keys, decodes, tamper) -> None:
     issuer, public = keys
     verifier = TokenVerifier(public)
@@ -101,8 +104,9 @@ def test_a_token_of_another_issuer_key_is_refused(keys, tmp_path: Path) -> None:
 
 def test_exp_must_be_a_number(keys, tmp_path: Path) -> None:
     issuer, public = keys
-    token = jwt.encode({"iss": "glidewms", "sub": "x", "exp": "soon"}, issuer._key,
-                       algorithm="EdDSA")
+    token = jwt.encode(
+        {"iss": "glidewms", "sub": "x", "exp": "soon"}, issuer._key, algorithm="EdDSA"
+    )
     with pytest.raises(TokenError, match="exp"):
         TokenVerifier(public).verify(token)
 
@@ -144,10 +148,12 @@ def test_a_key_that_cannot_sign_eddsa_is_refused_when_loaded() -> None:
     """Not at the first `issue`, hours later: `glidewms token` and the services
     report it when they read the key."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     with pytest.raises(ValueError, match="EdDSA"):
         TokenIssuer(private)
     with pytest.raises(ValueError, match="EdDSA"):

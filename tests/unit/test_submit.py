@@ -87,18 +87,21 @@ def error_of(parse: Parse, text: str) -> SubmitError:
         ("accounting_group_user = alice", "AcctGroupUser", '"alice"'),
         ("batch_name = my batch", "JobBatchName", '"my batch"'),
         ("JobBatchName = nightly", "JobBatchName", '"nightly"'),
-        ("description = says \"hi\"", "JobDescription", '"says \\"hi\\""'),
+        ('description = says "hi"', "JobDescription", '"says \\"hi\\""'),
         ("rank = TARGET.Memory", "Rank", "TARGET.Memory"),
         ("periodic_hold = NumJobStarts > 3", "PeriodicHold", "NumJobStarts > 3"),
         ("periodic_remove = JobStatus == 5", "PeriodicRemove", "JobStatus == 5"),
         ("periodic_release = HoldReasonCode == 13", "PeriodicRelease", "HoldReasonCode == 13"),
-        ("periodic_hold_reason = \"too many\"", "PeriodicHoldReason", '"too many"'),
+        ('periodic_hold_reason = "too many"', "PeriodicHoldReason", '"too many"'),
         ("on_exit_remove = ExitCode == 0", "OnExitRemove", "ExitCode == 0"),
         ("on_exit_hold = ExitCode =!= 0", "OnExitHold", "ExitCode =!= 0"),
         ("job_max_vacate_time = 300", "JobMaxVacateTime", "300"),
         ("should_transfer_files = if_needed", "ShouldTransferFiles", '"IF_NEEDED"'),
-        ("when_to_transfer_output = ON_EXIT_OR_EVICT", "WhenToTransferOutput",
-         '"ON_EXIT_OR_EVICT"'),
+        (
+            "when_to_transfer_output = ON_EXIT_OR_EVICT",
+            "WhenToTransferOutput",
+            '"ON_EXIT_OR_EVICT"',
+        ),
         ("transfer_output_files = a.out, b.out,c.out", "TransferOutput", '"a.out,b.out,c.out"'),
         # commas alone separate, as in condor_submit: a name may hold a space
         ("transfer_output_files = a.out, b c.out", "TransferOutput", '"a.out,b c.out"'),
@@ -107,7 +110,7 @@ def error_of(parse: Parse, text: str) -> SubmitError:
         ('+DESIRED_Sites = "SiteA,SiteB"', "DESIRED_Sites", '"SiteA,SiteB"'),
         ("+WantGPU = true", "WantGPU", "true"),
         ("MY.Weight = 2 * 3", "Weight", "2 * 3"),
-        ("my.ProjectName = \"x\"", "ProjectName", '"x"'),
+        ('my.ProjectName = "x"', "ProjectName", '"x"'),
     ],
 )
 def test_key_maps_to_attribute(job, line: str, attr: str, expected: str) -> None:
@@ -130,8 +133,18 @@ def test_defaults(job, base: Path) -> None:
     assert j.attrs["Environment"] == '""' and j.env == {}
     assert j.attrs["Iwd"] == f'"{base}"' and j.iwd == base
     assert j.attrs["ProcId"] == "0" and j.proc_id == 0
-    for absent in ("Out", "Err", "UserLog", "In", "TransferInput", "TransferOutput",
-                   "RequestGPUs", "MaxRetries", "Rank", "ClusterId"):
+    for absent in (
+        "Out",
+        "Err",
+        "UserLog",
+        "In",
+        "TransferInput",
+        "TransferOutput",
+        "RequestGPUs",
+        "MaxRetries",
+        "Rank",
+        "ClusterId",
+    ):
         assert absent not in j.attrs
     assert j.out is None and j.err is None and j.transfer_output is None and j.inputs == []
     assert j.attrs["Requirements"] == (
@@ -189,8 +202,9 @@ def test_transfer_executable_false_uses_remote_path(job) -> None:
     assert k.attrs["Cmd"] == '"tool.sh"' and k.executable is None
 
 
-def test_executable_is_relative_to_the_submit_directory_not_initialdir(job, parse,
-                                                                     base: Path) -> None:
+def test_executable_is_relative_to_the_submit_directory_not_initialdir(
+    job, parse, base: Path
+) -> None:
     """condor_submit resolves the executable against its working directory."""
     (base / "sub" / "run.sh").write_text("#!/bin/sh\n")
     assert job("initialdir = sub").executable == base / "run.sh"
@@ -209,9 +223,21 @@ def test_notification_is_kept_and_getenv_false_copies_nothing(job) -> None:
 
 @pytest.mark.parametrize(
     ("value", "mib"),
-    [("2048", 2048), ("2 GB", 2048), ("2G", 2048), ("2gb", 2048), ("512M", 512),
-     ("512 MB", 512), ("1.5G", 1536), ("1T", 1048576), ("1TB", 1048576),
-     ("1024K", 1), ("1000KB", 1), ("1 GiB", 1024), ("0.5", 1)],
+    [
+        ("2048", 2048),
+        ("2 GB", 2048),
+        ("2G", 2048),
+        ("2gb", 2048),
+        ("512M", 512),
+        ("512 MB", 512),
+        ("1.5G", 1536),
+        ("1T", 1048576),
+        ("1TB", 1048576),
+        ("1024K", 1),
+        ("1000KB", 1),
+        ("1 GiB", 1024),
+        ("0.5", 1),
+    ],
 )
 def test_request_memory_units(job, value: str, mib: int) -> None:
     assert job(f"request_memory = {value}").attrs["RequestMemory"] == str(mib)
@@ -219,8 +245,14 @@ def test_request_memory_units(job, value: str, mib: int) -> None:
 
 @pytest.mark.parametrize(
     ("value", "kib"),
-    [("4096", 4096), ("2 GB", 2 * 1024 * 1024), ("10M", 10240), ("3K", 3), ("3KB", 3),
-     ("1T", 1024**3)],
+    [
+        ("4096", 4096),
+        ("2 GB", 2 * 1024 * 1024),
+        ("10M", 10240),
+        ("3K", 3),
+        ("3KB", 3),
+        ("1T", 1024**3),
+    ],
 )
 def test_request_disk_units(job, value: str, kib: int) -> None:
     assert job(f"request_disk = {value}").attrs["RequestDisk"] == str(kib)
@@ -228,8 +260,15 @@ def test_request_disk_units(job, value: str, kib: int) -> None:
 
 @pytest.mark.parametrize(
     ("value", "tail"),
-    [("2 PB", ""), ("2 G B", ""), ("5B", ""), ("5 iB", ""), ("G", " (it evaluates to undefined)"),
-     ('"big"', " (it evaluates to 'big')"), ("true", " (it evaluates to True)")],
+    [
+        ("2 PB", ""),
+        ("2 G B", ""),
+        ("5B", ""),
+        ("5 iB", ""),
+        ("G", " (it evaluates to undefined)"),
+        ('"big"', " (it evaluates to 'big')"),
+        ("true", " (it evaluates to True)"),
+    ],
 )
 def test_bad_sizes(parse: Parse, value: str, tail: str) -> None:
     err = error_of(parse, f"executable = run.sh\n\nrequest_memory = {value}\nqueue\n")
@@ -248,10 +287,15 @@ def test_sizes_below_one_are_refused(parse: Parse, value: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "stored"),
-    [("1e3", "1e3"), ("2 * 1024", "2 * 1024"),
-     ("ifThenElse(MemoryUsage =!= undefined, MemoryUsage * 3 / 2, 2048)",
-      "ifThenElse(MemoryUsage =!= undefined, MemoryUsage * 3 / 2, 2048)"),
-     ("max({2048, TARGET.Memory / 4})", "max({2048, TARGET.Memory / 4})")],
+    [
+        ("1e3", "1e3"),
+        ("2 * 1024", "2 * 1024"),
+        (
+            "ifThenElse(MemoryUsage =!= undefined, MemoryUsage * 3 / 2, 2048)",
+            "ifThenElse(MemoryUsage =!= undefined, MemoryUsage * 3 / 2, 2048)",
+        ),
+        ("max({2048, TARGET.Memory / 4})", "max({2048, TARGET.Memory / 4})"),
+    ],
 )
 def test_request_memory_expressions(job, value: str, stored: str) -> None:
     assert job(f"request_memory = {value}").attrs["RequestMemory"] == stored
@@ -276,8 +320,10 @@ def test_error_message_format_matches_the_documented_example(parse: Parse) -> No
         # new syntax, the condor_submit manual's examples
         ('"3 simple arguments"', ["3", "simple", "arguments"]),
         ("\"one 'two with spaces' 3\"", ["one", "two with spaces", "3"]),
-        ("\"one \"\"two\"\" 'spacey ''quoted'' argument'\"",
-         ["one", '"two"', "spacey 'quoted' argument"]),
+        (
+            "\"one \"\"two\"\" 'spacey ''quoted'' argument'\"",
+            ["one", '"two"', "spacey 'quoted' argument"],
+        ),
         # new syntax corners
         ("\"a '' b\"", ["a", "", "b"]),
         ("\"pre'fix suf'fix next\"", ["prefix suffix", "next"]),
@@ -302,10 +348,14 @@ def test_arguments(job, value: str, argv: list[str]) -> None:
 @pytest.mark.parametrize(
     ("value", "env"),
     [
-        ("\"one=1 two=\"\"2\"\" three='spacey ''quoted'' value'\"",
-         {"one": "1", "two": '"2"', "three": "spacey 'quoted' value"}),
-        ("one=1;two=2;three=\"quotes have no 'special' meaning\"",
-         {"one": "1", "two": "2", "three": "\"quotes have no 'special' meaning\""}),
+        (
+            "\"one=1 two=\"\"2\"\" three='spacey ''quoted'' value'\"",
+            {"one": "1", "two": '"2"', "three": "spacey 'quoted' value"},
+        ),
+        (
+            "one=1;two=2;three=\"quotes have no 'special' meaning\"",
+            {"one": "1", "two": "2", "three": "\"quotes have no 'special' meaning\""},
+        ),
         ('"A=1 B=x=y EMPTY="', {"A": "1", "B": "x=y", "EMPTY": ""}),
         ("\"'PATH=/a b:/c'\"", {"PATH": "/a b:/c"}),
         ("A=1; B=2 ;", {"A": "1", "B": "2"}),
@@ -322,7 +372,7 @@ def test_environment(job, value: str, env: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("line", "fragment"),
     [
-        ("arguments = \"one 'two\"", "unterminated single quote"),
+        ('arguments = "one \'two"', "unterminated single quote"),
         ('arguments = "one "two""', "inner double quotes doubled"),
         ('arguments = "unclosed', "inner double quotes doubled"),
         ('environment = "A=1 NOVALUE"', "expected NAME=value, got 'NOVALUE'"),
@@ -352,14 +402,20 @@ def _items(desc: SubmitDescription) -> list[list[str]]:
         ("queue in (a, b, c)", "$(Item) $(ItemIndex)", [["a", "0"], ["b", "1"], ["c", "2"]]),
         ("queue in a b,c", "$(Item)", [["a"], ["b"], ["c"]]),
         ("queue name in (x y)", "$(name) $(Row)", [["x", "0"], ["y", "1"]]),
-        ("queue 2 name in (x, y)", "$(name) $(Step) $(Process)",
-         [["x", "0", "0"], ["x", "1", "1"], ["y", "0", "2"], ["y", "1", "3"]]),
+        (
+            "queue 2 name in (x, y)",
+            "$(name) $(Step) $(Process)",
+            [["x", "0", "0"], ["x", "1", "1"], ["y", "0", "2"], ["y", "1", "3"]],
+        ),
         ("queue n in (\n  a, b\n  c\n)", "$(n)", [["a"], ["b"], ["c"]]),
         ("queue n in (\n)", "$(n)", []),
         ("queue n in [1:] (a, b, c)", "$(n) $(ItemIndex)", [["b", "1"], ["c", "2"]]),
         ("queue n in [::2] (a, b, c)", "$(n)", [["a"], ["c"]]),
-        ("queue n, m from (\n  a 1\n  # skipped\n  b,2\n  c  three  words\n)",
-         "\"'$(n)' '$(m)'\"", [["a", "1"], ["b", "2"], ["c", "three  words"]]),
+        (
+            "queue n, m from (\n  a 1\n  # skipped\n  b,2\n  c  three  words\n)",
+            "\"'$(n)' '$(m)'\"",
+            [["a", "1"], ["b", "2"], ["c", "three  words"]],
+        ),
         # an empty line is an item with empty values (condor_submit queues it too)
         ("queue n, m from (\n  a 1\n\n)", "\"'$(n)' '$(m)'\"", [["a", "1"], ["", ""]]),
         ("queue n, m from (\nx\n)", "\"'$(n)' '$(m)'\"", [["x", ""]]),
@@ -368,13 +424,17 @@ def _items(desc: SubmitDescription) -> list[list[str]]:
         ("queue f matching *.dat", "$(f)", [["a.dat"], ["b.dat"], ["dirA.dat/"]]),
         ("queue f matching files *.dat c.txt", "$(f)", [["a.dat"], ["b.dat"], ["c.txt"]]),
         ("queue f matching dirs *.dat", "$(f)", [["dirA.dat/"]]),
-        ("queue matching files (*.txt)", "\"'$Fn(Item)'\"",
-         [["c"], ["in 2"], ["in1"], ["items"], ["stdin"]]),
+        (
+            "queue matching files (*.txt)",
+            "\"'$Fn(Item)'\"",
+            [["c"], ["in 2"], ["in1"], ["items"], ["stdin"]],
+        ),
         ("queue f matching files [1:2] *.dat", "$(f)", [["b.dat"]]),
     ],
 )
-def test_queue_forms(parse: Parse, base: Path, queue: str, args: str,
-                     expected: list[list[str]]) -> None:
+def test_queue_forms(
+    parse: Parse, base: Path, queue: str, args: str, expected: list[list[str]]
+) -> None:
     (base / "items.txt").write_text("x 1\ny 2 3\n")
     text = f"executable = run.sh\narguments = {args}\n{queue}\n"
     if expected:
@@ -396,8 +456,13 @@ def test_each_queue_statement_takes_the_values_above_it(parse: Parse) -> None:
         queue
         """
     )
-    assert _items(desc) == [["first", "0"], ["first", "1"], ["second", "2"],
-                            ["second", "3"], ["second", "4"]]
+    assert _items(desc) == [
+        ["first", "0"],
+        ["first", "1"],
+        ["second", "2"],
+        ["second", "3"],
+        ["second", "4"],
+    ]
     assert [j.attrs["RequestCpus"] for j in desc.jobs] == ["2", "2", "2", "2", "4"]
     assert [j.proc_id for j in desc.jobs] == [0, 1, 2, 3, 4]
 
@@ -450,15 +515,22 @@ def test_undefined_macros_expand_to_nothing_with_a_warning(parse: Parse) -> None
 
 
 def test_key_values_are_macros_and_custom_attrs_too(job) -> None:
-    j = job("+Tag = \"t1\"\nrequest_cpus = 2\narguments = $(executable) $(request_cpus) $(MY.Tag)")
+    j = job('+Tag = "t1"\nrequest_cpus = 2\narguments = $(executable) $(request_cpus) $(MY.Tag)')
     assert j.args == ["run.sh", "2", '"t1"']
 
 
 def test_file_name_macro_functions(parse: Parse) -> None:
-    desc = parse("executable = run.sh\narguments = $Fp(f) $Fn(f) $Fx(f) $Fnx(f) $Fq(f)\n"
-                 "queue f in (dir/sub/file.tar.gz)\n")
-    assert desc.jobs[0].args == ["dir/sub/", "file.tar", ".gz", "file.tar.gz",
-                                 '"dir/sub/file.tar.gz"']
+    desc = parse(
+        "executable = run.sh\narguments = $Fp(f) $Fn(f) $Fx(f) $Fnx(f) $Fq(f)\n"
+        "queue f in (dir/sub/file.tar.gz)\n"
+    )
+    assert desc.jobs[0].args == [
+        "dir/sub/",
+        "file.tar",
+        ".gz",
+        "file.tar.gz",
+        '"dir/sub/file.tar.gz"',
+    ]
 
 
 def test_cluster_placeholder_and_with_cluster(parse: Parse) -> None:
@@ -530,16 +602,18 @@ def test_continuation_lines_crlf_and_comments(parse: Parse) -> None:
 
 def test_a_comment_without_backslash_ends_a_continuation_as_in_htcondor(parse: Parse) -> None:
     """HTCondor keeps the comment's last character and ends the line there."""
-    text = ("executable = run.sh\narguments = x \\\n# note\nqueue\n")
+    text = "executable = run.sh\narguments = x \\\n# note\nqueue\n"
     assert parse(text).jobs[0].args == ["x", "e"]
+
 
 def test_unused_lookalike_is_fine_when_used_as_a_macro(job) -> None:
     j = job("inputs = a.dat, b.dat\ntransfer_input_files = $(inputs)")
     assert [p.name for p in j.inputs] == ["a.dat", "b.dat"]
 
 
-def test_load_submit_resolves_against_the_file_directory(base: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_submit_resolves_against_the_file_directory(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (base / "sub" / "job.sub").write_text("executable = run2.sh\nqueue 2\n")
     monkeypatch.chdir("/")
     desc = load_submit(base / "sub" / "job.sub")
@@ -556,19 +630,28 @@ def test_load_submit_resolves_against_the_file_directory(base: Path,
 @pytest.mark.parametrize(
     ("text", "line", "fragment"),
     [
-        ("executable = run.sh\nexecutable run.sh\nqueue",
-         2, "expected 'key = value', a comment or a queue statement, got 'executable run.sh'"),
+        (
+            "executable = run.sh\nexecutable run.sh\nqueue",
+            2,
+            "expected 'key = value', a comment or a queue statement, got 'executable run.sh'",
+        ),
         ("executable = run.sh\n\nrequest_disk = 3 XB\nqueue", 3, "request_disk: expected a size"),
         ("executable = run.sh\nrequest_cpus = 0\nqueue", 2, "expected at least 1, got '0'"),
-        ("executable = run.sh\nrequest_cpus = two\nqueue", 2,
-         "expected a whole number, or an expression giving a number, got 'two' (it evaluates "
-         "to undefined)"),
+        (
+            "executable = run.sh\nrequest_cpus = two\nqueue",
+            2,
+            "expected a whole number, or an expression giving a number, got 'two' (it evaluates "
+            "to undefined)",
+        ),
         ("executable = run.sh\nrequest_cpus = 1_0\nqueue", 2, "got '1_0'"),
         ("executable = run.sh\npriority = high\nqueue", 2, "priority: expected a whole number"),
-        ("executable = run.sh\nrequirements = TARGET.Cpus >=\nqueue", 2,
-         "requirements: not a valid ClassAd expression: 'TARGET.Cpus >='"),
+        (
+            "executable = run.sh\nrequirements = TARGET.Cpus >=\nqueue",
+            2,
+            "requirements: not a valid ClassAd expression: 'TARGET.Cpus >='",
+        ),
         ("executable = run.sh\nrequirements = (a && b\nqueue", 2, "not a valid ClassAd"),
-        ("executable = run.sh\nrequirements = a; Cmd = \"/bin/sh\"\nqueue", 2, "';'"),
+        ('executable = run.sh\nrequirements = a; Cmd = "/bin/sh"\nqueue', 2, "';'"),
         ("executable = run.sh\nrequirements = a ] [ b\nqueue", 2, "unbalanced ']'"),
         ('executable = run.sh\nrank = "open\nqueue', 2, "unterminated quote"),
         ("executable = run.sh\nrank = a /* x\nqueue", 2, "unterminated comment"),
@@ -576,32 +659,55 @@ def test_load_submit_resolves_against_the_file_directory(base: Path,
         ("executable = run.sh\n+Foo = )\nqueue", 2, "+Foo: unbalanced"),
         ("executable = run.sh\nperiodic_remove = JobStatus ==\nqueue", 2, "periodic_remove"),
         ("\n\nexecutable = missing.sh\nqueue", 3, "executable: no such file: 'missing.sh'"),
-        ("executable = run.sh\ntransfer_input_files = a.dat, nope.dat\nqueue", 2,
-         "transfer_input_files: no such file: 'nope.dat'"),
+        (
+            "executable = run.sh\ntransfer_input_files = a.dat, nope.dat\nqueue",
+            2,
+            "transfer_input_files: no such file: 'nope.dat'",
+        ),
         ("executable = run.sh\ninput = nope.txt\nqueue", 2, "input: no such file"),
-        ("executable = run.sh\ntransfer_input_files = ftp://x.org/f\nqueue", 2,
-         "not supported by glidewms: ftp:// inputs"),
+        (
+            "executable = run.sh\ntransfer_input_files = ftp://x.org/f\nqueue",
+            2,
+            "not supported by glidewms: ftp:// inputs",
+        ),
         ("executable = sub\nqueue", 1, "is a directory"),
         ("executable = run.sh\ntransfer_executable = maybe\nqueue", 2, "expected true or false"),
         ("executable = run.sh\ninitialdir = nodir\nqueue", 2, "initialdir: no such directory"),
-        ("executable = run.sh\nuniverse = docker\nqueue", 2,
-         "universe: docker jobs require a docker_image"),
-        ("executable = run.sh\nuniverse = grid\nqueue", 2,
-         "universe: 'grid' is not supported by glidewms: it runs vanilla, container and docker"),
-        ("executable = run.sh\nuniverse = container\nqueue", 2,
-         "container jobs require a container_image or docker_image"),
-        ("executable = run.sh\nrequest_memroy = 2G\nqueue", 2,
-         "unknown command 'request_memroy'; did you mean 'request_memory'?"),
+        (
+            "executable = run.sh\nuniverse = docker\nqueue",
+            2,
+            "universe: docker jobs require a docker_image",
+        ),
+        (
+            "executable = run.sh\nuniverse = grid\nqueue",
+            2,
+            "universe: 'grid' is not supported by glidewms: it runs vanilla, container and docker",
+        ),
+        (
+            "executable = run.sh\nuniverse = container\nqueue",
+            2,
+            "container jobs require a container_image or docker_image",
+        ),
+        (
+            "executable = run.sh\nrequest_memroy = 2G\nqueue",
+            2,
+            "unknown command 'request_memroy'; did you mean 'request_memory'?",
+        ),
         ("executable = run.sh\nrequirments = true\nqueue", 2, "did you mean 'requirements'?"),
         ("executible = run.sh\nqueue", 1, "did you mean 'executable'?"),
         ("executable = run.sh\nArguements = 1\nqueue", 2, "did you mean 'arguments'?"),
-        ("executable = run.sh\na = $(b)\nb = $(a)\narguments = $(a)\nqueue", 4,
-         "macro $(a) refers to itself ($(a) -> $(b) -> $(a))"),
-        ("executable = run.sh\nx = $INT(y)\ny = abc\narguments = $(x)\nqueue", 4,
-         "$INT(y): 'abc' does not evaluate to an integer"),
+        (
+            "executable = run.sh\na = $(b)\nb = $(a)\narguments = $(a)\nqueue",
+            4,
+            "macro $(a) refers to itself ($(a) -> $(b) -> $(a))",
+        ),
+        (
+            "executable = run.sh\nx = $INT(y)\ny = abc\narguments = $(x)\nqueue",
+            4,
+            "$INT(y): 'abc' does not evaluate to an integer",
+        ),
         ("executable = run.sh\n# only a comment\n", None, "no queue statement"),
         ("", None, "no queue statement"),
-
         ("queue", 1, "no executable given"),
         ("executable = run.sh\nqueue 2 x y in (a)", 2, "takes exactly one variable name"),
         ("executable = run.sh\nqueue process in (a)", 2, "'process' cannot be a queue variable"),
@@ -609,39 +715,61 @@ def test_load_submit_resolves_against_the_file_directory(base: Path,
         ("executable = run.sh\nqueue -1", 2, "expected a job count"),
         ("executable = run.sh\nqueue x in (\na\nb\n", 2, "never closed"),
         ("executable = run.sh\nqueue x in (a) b", 2, "unexpected text after ')'"),
-
         ("executable = run.sh\nqueue x from nofile.txt", 2, "queue from: cannot read"),
-        ("executable = run.sh\nqueue x from make_list.sh |", 2,
-         "'|') is not supported by glidewms"),
+        (
+            "executable = run.sh\nqueue x from make_list.sh |",
+            2,
+            "'|') is not supported by glidewms",
+        ),
         ("executable = run.sh\nqueue x matching *.nothing", 2, "produce no jobs"),
         ("executable = run.sh\nqueue 0", 2, "produce no jobs"),
-        ("executable = run.sh\nhold = true\nqueue", 2,
-         "hold: not supported by glidewms: submit, then `glidewms hold`"),
-        ("executable = run.sh\ntransfer_output_remaps = \"a=http://x/b\"\nqueue", 2,
-         "not supported by glidewms: URL destinations"),
-        ("executable = run.sh\nif $(x) == 1\nqueue\nendif", 2,
-         "== 1 is not a valid if condition because complex conditionals are not supported"),
+        (
+            "executable = run.sh\nhold = true\nqueue",
+            2,
+            "hold: not supported by glidewms: submit, then `glidewms hold`",
+        ),
+        (
+            'executable = run.sh\ntransfer_output_remaps = "a=http://x/b"\nqueue',
+            2,
+            "not supported by glidewms: URL destinations",
+        ),
+        (
+            "executable = run.sh\nif $(x) == 1\nqueue\nendif",
+            2,
+            "== 1 is not a valid if condition because complex conditionals are not supported",
+        ),
         ("executable = run.sh\nif true\nqueue", 2, "this if has no endif before the end"),
         ("executable = run.sh\nelse\nqueue", 2, "else without matching if"),
         ("include : other.sub\nqueue", 1, "include: no such file: 'other.sub'"),
         ("include command : ls |\nqueue", 1, "include command: not supported by glidewms"),
-        ("executable = run.sh\nerror : stop $(executable)\nqueue", 2,
-         "error statement: stop run.sh"),
+        (
+            "executable = run.sh\nerror : stop $(executable)\nqueue",
+            2,
+            "error statement: stop run.sh",
+        ),
         ("executable = run.sh\nMY.ProcId = 3\nqueue", 2, "ProcId is assigned by glidewms"),
-        ("executable = run.sh\n+Cmd = \"/bin/sh\"\nqueue", 2,
-         "+Cmd: set Cmd with the 'executable' command"),
+        (
+            'executable = run.sh\n+Cmd = "/bin/sh"\nqueue',
+            2,
+            "+Cmd: set Cmd with the 'executable' command",
+        ),
         ("executable = run.sh\n+Bad-Name = 3\nqueue", 2, "'Bad-Name' is not a valid ClassAd"),
         ("executable = run.sh\n+1x = 3\nqueue", 2, "'1x' is not a valid ClassAd attribute"),
         ("executable = run.sh\nfoo-bar = 3\nqueue", 2, "not a valid submit command"),
-        ("executable = run.sh\nshould_transfer_files = sometimes\nqueue", 2,
-         "expected one of IF_NEEDED, NO, YES"),
-        ("executable = run.sh\nrequest_memroy = 2G\nqueue", 2,
-         "unknown command 'request_memroy'; did you mean 'request_memory'?"),
+        (
+            "executable = run.sh\nshould_transfer_files = sometimes\nqueue",
+            2,
+            "expected one of IF_NEEDED, NO, YES",
+        ),
+        (
+            "executable = run.sh\nrequest_memroy = 2G\nqueue",
+            2,
+            "unknown command 'request_memroy'; did you mean 'request_memory'?",
+        ),
         ("executable = run.sh\nmax_retries = -1\nqueue", 2, "expected a whole number >= 0"),
     ],
 )
-def test_errors_name_the_line(parse: Parse, text: str, line: int | None,
-                              fragment: str) -> None:
+def test_errors_name_the_line(parse: Parse, text: str, line: int | None, fragment: str) -> None:
     err = error_of(parse, text)
     assert err.line == line, str(err)
     assert err.source == "job.sub"
@@ -657,8 +785,10 @@ def test_error_in_second_queue_block_reports_its_line(parse: Parse) -> None:
 def test_commands_after_the_last_queue_are_ignored_with_a_warning(parse: Parse) -> None:
     desc = parse("executable = run.sh\nqueue\n\n# fine\noutput = o.txt\n")
     assert desc.jobs[0].out is None
-    assert desc.warnings == ["job.sub:5: output: commands after the last queue statement are "
-                             "ignored (as by condor_submit)"]
+    assert desc.warnings == [
+        "job.sub:5: output: commands after the last queue statement are "
+        "ignored (as by condor_submit)"
+    ]
 
 
 def test_empty_value_unsets_a_command(job) -> None:
@@ -675,19 +805,24 @@ def test_importing_submit_leaves_an_existing_condor_config_alone() -> None:
 
     code = "import os, glidewms.submit; print(os.environ.get('CONDOR_CONFIG'))"
     env = {k: v for k, v in os.environ.items() if k != "CONDOR_CONFIG"}
-    kept = subprocess.run([sys.executable, "-c", code], env={**env, "CONDOR_CONFIG": "/x/cfg"},
-                          capture_output=True, text=True, check=True)
+    kept = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "CONDOR_CONFIG": "/x/cfg"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert kept.stdout.strip() == "/x/cfg"
-    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                           text=True, check=True)
-    installed = any(os.path.isfile(p) for p in ("/etc/condor/condor_config",
-                                                "/usr/local/etc/condor_config"))
+    unset = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    installed = any(
+        os.path.isfile(p) for p in ("/etc/condor/condor_config", "/usr/local/etc/condor_config")
+    )
     assert unset.stdout.strip() == ("None" if installed else "/dev/null")
 
 
-def test_macros_used_only_in_queue_or_include_lines_are_not_typos(parse: Parse,
-                                                                  base: Path) -> None:
+def test_macros_used_only_in_queue_or_include_lines_are_not_typos(parse: Parse, base: Path) -> None:
     (base / "x.inc").write_text("")
-    desc = parse("executable = run.sh\nrequirement = x.inc\ninclude : $(requirement)\n"
-                 "queue\n")
+    desc = parse("executable = run.sh\nrequirement = x.inc\ninclude : $(requirement)\nqueue\n")
     assert len(desc.jobs) == 1

@@ -48,8 +48,9 @@ def test_many_substitutions_are_refused(base: Path) -> None:
 
 
 def test_cycles_name_the_chain(base: Path) -> None:
-    err = refused(base, "a = $(b)\nb = $(c)\nc = $(a)\nexecutable = run.sh\nrequest_cpus = $(a)\n"
-                  "queue\n")
+    err = refused(
+        base, "a = $(b)\nb = $(c)\nc = $(a)\nexecutable = run.sh\nrequest_cpus = $(a)\nqueue\n"
+    )
     assert "$(a) -> $(b) -> $(c) -> $(a)" in str(err)
 
 
@@ -57,8 +58,9 @@ def test_include_depth_is_bounded(base: Path) -> None:
     for i in range(30):
         (base / f"i{i}.inc").write_text(f"include : i{i + 1}.inc\n")
     (base / "i30.inc").write_text("x = 1\n")
-    err = refused(base, "include : i0.inc\nexecutable = run.sh\nqueue\n",
-                  Limits(max_include_depth=8))
+    err = refused(
+        base, "include : i0.inc\nexecutable = run.sh\nqueue\n", Limits(max_include_depth=8)
+    )
     assert "includes nested more than 8 deep" in str(err)
 
 
@@ -74,11 +76,13 @@ def test_big_files_are_refused_before_parsing(base: Path) -> None:
     with pytest.raises(SubmitError, match="larger than 1000 bytes"):
         load_submit(big, limits=Limits(max_file_bytes=1000))
     (base / "items.txt").write_text("x\n" * 1000)
-    err = refused(base, "executable = run.sh\nqueue a from items.txt\n",
-                  Limits(max_items_file_bytes=100))
+    err = refused(
+        base, "executable = run.sh\nqueue a from items.txt\n", Limits(max_items_file_bytes=100)
+    )
     assert err.line == 2 and "larger than 100 bytes" in str(err)
-    err = refused(base, "executable = run.sh\ninclude : big.sub\nqueue\n",
-                  Limits(max_file_bytes=1000))
+    err = refused(
+        base, "executable = run.sh\ninclude : big.sub\nqueue\n", Limits(max_file_bytes=1000)
+    )
     assert err.line == 2 and "larger than 1000 bytes" in str(err)
 
 
@@ -99,18 +103,21 @@ def test_a_billion_jobs_are_refused_without_being_built(base: Path) -> None:
     assert err.line == 2 and "jobs in one submit" in str(err)
 
 
-@pytest.mark.parametrize("text", [
-    "executable = run.sh\nqueue x in (",
-    "executable = run.sh\nx @=END\nnever ends",
-    "executable = run.sh\nif true\nqueue",
-    "$(((((((\nqueue",
-    "executable = $(\nqueue",
-    "+ = 3\nqueue",
-    "= 3\nqueue",
-    "executable = run.sh\nqueue " + "(" * 500,
-    "executable = run.sh\narguments = $F" + "p" * 1000 + "(x)\nqueue",
-    "executable = run.sh\nrequirements = " + "(" * 5000 + "\nqueue",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "executable = run.sh\nqueue x in (",
+        "executable = run.sh\nx @=END\nnever ends",
+        "executable = run.sh\nif true\nqueue",
+        "$(((((((\nqueue",
+        "executable = $(\nqueue",
+        "+ = 3\nqueue",
+        "= 3\nqueue",
+        "executable = run.sh\nqueue " + "(" * 500,
+        "executable = run.sh\narguments = $F" + "p" * 1000 + "(x)\nqueue",
+        "executable = run.sh\nrequirements = " + "(" * 5000 + "\nqueue",
+    ],
+)
 def test_garbage_never_crashes(base: Path, text: str) -> None:
     try:
         parse_submit(text, "h.sub", base)

@@ -25,8 +25,9 @@ from glidewms.submit.reader import Reader
 
 def ours(text: str, key: str, base: Path) -> str:
     """`key`'s expansion by glidewms for the first job (ClusterId 1, as htcondor2)."""
-    ctx = Context(base_dir=base, submit_file="", environ=dict(os.environ), now=0,
-                  rng=random.Random(1))
+    ctx = Context(
+        base_dir=base, submit_file="", environ=dict(os.environ), now=0, rng=random.Random(1)
+    )
     reader = Reader(ctx)
     reader.read(text + "\nqueue\n", "t.sub")
     builder = JobBuilder(ctx, reader.blocks[0], [], 0, 0, 0)
@@ -53,31 +54,36 @@ CASES = [
     ("a = $(q.r) $(u/v) $(s-t) $(9u)\nq.r = QR\nu/v = UV", "a"),
     ("a = [$(u:a/b@c-d)] [$(u:a(b)c)] [$(u:x y,z\\w$v:q)] [$(u:a.b_c)]", "a"),
     ("Executable = a\nexecutable = b\nEXEC = $(EXECUTABLE)", "EXEC"),
-    ("MY.Foo = 1\n+Bar = \"x\"\ny = $(MY.Foo) $(my.bar) $(Foo)", "y"),
+    ('MY.Foo = 1\n+Bar = "x"\ny = $(MY.Foo) $(my.bar) $(Foo)', "y"),
     ("a = $(Cluster).$(ClusterId).$(Process).$(ProcId).$(JobId).$(JobListId)", "a"),
     ("a = [$(Step)] [$(Row)] [$(ItemIndex)] [$(Node)] [$(TaskId)] [$(Item)]", "a"),
-    ("a = $(ARCH) $(OPSYS) $(OPSYSANDVER) $(OPSYSMAJORVER) $(OPSYSVER) $(IsLinux) $(IsWindows)",
-     "a"),
+    (
+        "a = $(ARCH) $(OPSYS) $(OPSYSANDVER) $(OPSYSMAJORVER) $(OPSYSVER) $(IsLinux) $(IsWindows)",
+        "a",
+    ),
     ("request_cpus = 3\na = $(Request_CPUs) $(RequestCPUs)", "a"),
     ("RequestCPUs = 3\na = $(Request_CPUs) $(VM_VCPUS)", "a"),
     ("v = 3.5\nx = $INT(v) $REAL(v) $INT(7/2) $REAL(2*3) $INT(v,%5d)| $INT(v,%03d)", "x"),
-    ("v = 2.25\nx = $REAL(v,%.1f) $REAL(v,%e) $STRING(v) $STRING(\"s\") $EVAL(\"str\")", "x"),
-    ("x = $EVAL(v*2) $EVAL(3+4) $EVAL(1 < 2) $EVAL(strcat(\"a\", \"b\"))", "x"),
+    ('v = 2.25\nx = $REAL(v,%.1f) $REAL(v,%e) $STRING(v) $STRING("s") $EVAL("str")', "x"),
+    ('x = $EVAL(v*2) $EVAL(3+4) $EVAL(1 < 2) $EVAL(strcat("a", "b"))', "x"),
     ("list = a,b,c\nx = $CHOICE(2,list) $CHOICE(0, p, q) $CHOICE(idx, list)\nidx = 1", "x"),
     ("L = a,b,c\nx = [$SUBSTR(L,2)] [$SUBSTR(L,-3,2)] [$SUBSTR(L,1,-1)] [$SUBSTR(nope,1)]", "x"),
-    ("f = /a/b/c.tar.gz\ng = $Fp(f)|$Fn(f)|$Fx(f)|$Fnx(f)|$Fq(f)|$Fd(f)|$Fdd(f)|$Fb(f)|$Fpb(f)",
-     "g"),
-    ("f = /a/b/c.tar.gz\ng = $Fxb(f)|$Fqa(f)|$BASENAME(f)|$DIRNAME(f)|$Fnxq(f)|$F(f)|$Fpn(f)",
-     "g"),
+    (
+        "f = /a/b/c.tar.gz\ng = $Fp(f)|$Fn(f)|$Fx(f)|$Fnx(f)|$Fq(f)|$Fd(f)|$Fdd(f)|$Fb(f)|$Fpb(f)",
+        "g",
+    ),
+    ("f = /a/b/c.tar.gz\ng = $Fxb(f)|$Fqa(f)|$BASENAME(f)|$DIRNAME(f)|$Fnxq(f)|$F(f)|$Fpn(f)", "g"),
     ("f = name.txt\ng = $Fp(f)|$Fn(f)|$Fx(f)|$Fd(f)|$Fq(f)|$Fpq(f)|$Fdb(f)", "g"),
-    ("f = \"/q/u o/t.e\"\ng = $Fn(f)|$Fq(f)|$Fp(f)|$Fnx(f)", "g"),
+    ('f = "/q/u o/t.e"\ng = $Fn(f)|$Fq(f)|$Fp(f)|$Fnx(f)', "g"),
     ("x = $Fn(/p/q.r) $Fnx(y) $Fz(y) $env(HOME) $BASENAME(/a/b.tar.gz, .tar.gz)\ny=/u/v.w", "x"),
     ("x = $BASENAME(f, .gz) $BASENAME(f, .TAR.GZ)\nf=/k/l.tar.gz", "x"),
     ("x = $ENV(GLIDEWMS_T_SET) $ENV(GLIDEWMS_T_UNSET) $ENV(GLIDEWMS_T_UNSET:dflt)", "x"),
     ("x = $ENV(GLIDEWMS_T_MACRO)\nm = expanded", "x"),
     ("x = $RANDOM_INTEGER(4,4) $RANDOM_CHOICE(only) $RANDOM_INTEGER(2, 2, 5)", "x"),
-    ("x = a\nx += b\ny = 1\ny +,= 2\nz = p\nz +&&= q\nw += first\nv = [$(x)] [$(y)] [$(z)] [$(w)]",
-     "v"),
+    (
+        "x = a\nx += b\ny = 1\ny +,= 2\nz = p\nz +&&= q\nw += first\nv = [$(x)] [$(y)] [$(z)] [$(w)]",  # noqa: E501
+        "v",
+    ),
     ("x @=end\nline1\n  line2\n# not a line\n@end\ny = <$(x)>", "y"),
     ("a = x \\\n   more  \\\n\ny = 2", "a"),
     ("a = x \\\n# comment \\\n  more", "a"),
@@ -101,8 +107,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("text", "key"), CASES)
-def test_expansion_matches_htcondor(text: str, key: str, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expansion_matches_htcondor(
+    text: str, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GLIDEWMS_T_SET", "from-env")
     monkeypatch.setenv("GLIDEWMS_T_MACRO", "[$(m)]")
     monkeypatch.delenv("GLIDEWMS_T_UNSET", raising=False)
@@ -122,8 +129,9 @@ def test_expansion_matches_htcondor(text: str, key: str, tmp_path: Path,
         ("endif", "endif without matching if"),
     ],
 )
-def test_bad_conditionals_are_refused_as_htcondor_refuses_them(text: str, fragment: str,
-                                                              tmp_path: Path) -> None:
+def test_bad_conditionals_are_refused_as_htcondor_refuses_them(
+    text: str, fragment: str, tmp_path: Path
+) -> None:
     with pytest.raises(ValueError):
         htcondor2.Submit(text + "\n")
     with pytest.raises(SubmitError, match=fragment):
@@ -133,19 +141,29 @@ def test_bad_conditionals_are_refused_as_htcondor_refuses_them(text: str, fragme
 def test_submit_time_macros(tmp_path: Path) -> None:
     (tmp_path / "run.sh").write_text("")
     stamp = 1790000000  # 2026-09-21 UTC
-    text = ("executable = run.sh\narguments = $(Year) $(Month) $(Day) $(SUBMIT_TIME) "
-            "$(SUBMIT_FILE)\nqueue\n")
+    text = (
+        "executable = run.sh\narguments = $(Year) $(Month) $(Day) $(SUBMIT_TIME) "
+        "$(SUBMIT_FILE)\nqueue\n"
+    )
     args = parse_submit(text, "t.sub", tmp_path, now=stamp, submit_file="/x/t.sub").jobs[0].args
     import time
+
     local = time.localtime(stamp)
-    assert args == [time.strftime("%Y", local), time.strftime("%m", local),
-                    time.strftime("%d", local), str(stamp), "/x/t.sub"]
+    assert args == [
+        time.strftime("%Y", local),
+        time.strftime("%m", local),
+        time.strftime("%d", local),
+        str(stamp),
+        "/x/t.sub",
+    ]
 
 
 def test_random_functions_are_seeded_and_in_range(tmp_path: Path) -> None:
     (tmp_path / "run.sh").write_text("")
-    text = ("executable = run.sh\narguments = $RANDOM_INTEGER(10, 20, 5) "
-            "$RANDOM_CHOICE(a, b, c) $RANDOM_CHOICE(L)\nL = x y z\nqueue 30\n")
+    text = (
+        "executable = run.sh\narguments = $RANDOM_INTEGER(10, 20, 5) "
+        "$RANDOM_CHOICE(a, b, c) $RANDOM_CHOICE(L)\nL = x y z\nqueue 30\n"
+    )
     jobs = parse_submit(text, "t.sub", tmp_path, seed=7).jobs
     assert {j.args[0] for j in jobs} == {"10", "15", "20"}
     assert {j.args[1] for j in jobs} == {"a", "b", "c"}
@@ -211,7 +229,8 @@ def test_full_path_function_follows_each_jobs_initialdir(tmp_path: Path) -> None
     (tmp_path / "run.sh").write_text("")
     for n in range(2):
         (tmp_path / f"d{n}").mkdir()
-    text = ("executable = run.sh\ninitialdir = d$(Process)\narguments = $Ff(x)\nx = data.txt\n"
-            "queue 2\n")
+    text = (
+        "executable = run.sh\ninitialdir = d$(Process)\narguments = $Ff(x)\nx = data.txt\nqueue 2\n"
+    )
     jobs = parse_submit(text, "t.sub", tmp_path).jobs
     assert [j.args for j in jobs] == [[f"{tmp_path}/d0/data.txt"], [f"{tmp_path}/d1/data.txt"]]

@@ -40,8 +40,12 @@ def our_rows(text: str, base: Path) -> list[dict[str, str]]:
     reader.read(text, "t.sub")
     args = reader.blocks[0].args
     width = len(args.names)
-    return [dict(zip(args.names, split_row(item, width) if args.mode == "from" else [item],
-                     strict=True)) for item in args.items]
+    return [
+        dict(
+            zip(args.names, split_row(item, width) if args.mode == "from" else [item], strict=True)
+        )
+        for item in args.items
+    ]
 
 
 def their_rows(text: str, base: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
@@ -79,8 +83,7 @@ QUEUES = [
 
 
 @pytest.mark.parametrize("queue", QUEUES)
-def test_item_rows_match_htcondor(queue: str, base: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_item_rows_match_htcondor(queue: str, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = f"executable = run.sh\n{queue}\n"
     assert our_rows(text, base) == their_rows(text, base, monkeypatch)
 
@@ -91,9 +94,14 @@ def _args(desc) -> list[list[str]]:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("row", "columns", "values"),
-    [("x ,y", 2, ["x", ",y"]), ("\x1fz\x1fw", 2, ["", "z\x1fw"]), ("z\x1fw q\x1fr", 3,
-     ["z", "w q", "r"]), ("  a  ", 2, ["a", ""]), ("", 2, ["", ""]), ("1,2,3,4", 3,
-     ["1", "2", "3,4"])],
+    [
+        ("x ,y", 2, ["x", ",y"]),
+        ("\x1fz\x1fw", 2, ["", "z\x1fw"]),
+        ("z\x1fw q\x1fr", 3, ["z", "w q", "r"]),
+        ("  a  ", 2, ["a", ""]),
+        ("", 2, ["", ""]),
+        ("1,2,3,4", 3, ["1", "2", "3,4"]),
+    ],
 )
 def test_row_splitting(row: str, columns: int, values: list[str]) -> None:
     """HTCondor's split_item (the binding cannot show values holding \\x1f)."""
@@ -101,37 +109,55 @@ def test_row_splitting(row: str, columns: int, values: list[str]) -> None:
 
 
 def test_item_variables_that_name_commands_set_them(base: Path) -> None:
-    desc = parse_submit(textwrap.dedent("""\
+    desc = parse_submit(
+        textwrap.dedent("""\
         executable = run.sh
         arguments = default
         queue request_memory, arguments from (
           2G --a 'x y'
           512, -b
         )
-        """), "t.sub", base)
+        """),
+        "t.sub",
+        base,
+    )
     assert _args(desc) == [["--a", "'x", "y'"], ["-b"]]
     assert [j.attrs["RequestMemory"] for j in desc.jobs] == ["2048", "512"]
 
 
 def test_slices_keep_the_item_index(base: Path) -> None:
-    desc = parse_submit("executable = run.sh\narguments = $(x) $(ItemIndex) $(Row) $(Step)\n"
-                        "queue 2 x in [::2] (a, b, c)\n", "t.sub", base)
-    assert _args(desc) == [["a", "0", "0", "0"], ["a", "0", "0", "1"],
-                           ["c", "2", "2", "0"], ["c", "2", "2", "1"]]
+    desc = parse_submit(
+        "executable = run.sh\narguments = $(x) $(ItemIndex) $(Row) $(Step)\n"
+        "queue 2 x in [::2] (a, b, c)\n",
+        "t.sub",
+        base,
+    )
+    assert _args(desc) == [
+        ["a", "0", "0", "0"],
+        ["a", "0", "0", "1"],
+        ["c", "2", "2", "0"],
+        ["c", "2", "2", "1"],
+    ]
 
 
 def test_empty_values_queue_jobs_with_a_warning(base: Path) -> None:
-    desc = parse_submit("executable = run.sh\narguments = \"'$(a)' '$(b)'\"\n"
-                        "queue a, b from (\nx\n\n)\n", "t.sub", base)
+    desc = parse_submit(
+        "executable = run.sh\narguments = \"'$(a)' '$(b)'\"\nqueue a, b from (\nx\n\n)\n",
+        "t.sub",
+        base,
+    )
     assert _args(desc) == [["x", ""], ["", ""]]
-    assert desc.warnings == ["t.sub:3: empty value(s) for b at ItemIndex=0",
-                             "t.sub:3: empty value(s) for a,b at ItemIndex=1"]
+    assert desc.warnings == [
+        "t.sub:3: empty value(s) for b at ItemIndex=0",
+        "t.sub:3: empty value(s) for a,b at ItemIndex=1",
+    ]
 
 
 def test_item_files_keep_comment_lines_as_htcondor_does(base: Path) -> None:
     (base / "items.txt").write_text("x 1\n# not a comment\n")
-    desc = parse_submit("executable = run.sh\narguments = $(a)\nqueue a, b from items.txt\n",
-                        "t.sub", base)
+    desc = parse_submit(
+        "executable = run.sh\narguments = $(a)\nqueue a, b from items.txt\n", "t.sub", base
+    )
     assert _args(desc) == [["x"], ["#"]]
     assert any("'# not a comment' is queued as an item" in w for w in desc.warnings)
 
@@ -146,15 +172,17 @@ def test_queue_from_stdin(base: Path) -> None:
 
 
 def test_max_materialize_and_max_idle_are_accepted(base: Path) -> None:
-    desc = parse_submit("executable = run.sh\nmax_materialize = 5\nmax_idle = 2\nqueue 20\n",
-                        "t.sub", base)
+    desc = parse_submit(
+        "executable = run.sh\nmax_materialize = 5\nmax_idle = 2\nqueue 20\n", "t.sub", base
+    )
     assert len(desc.jobs) == 20
     with pytest.raises(SubmitError, match="max_materialize: expected a whole number >= 1"):
         parse_submit("executable = run.sh\nmax_materialize = lots\nqueue\n", "t.sub", base)
 
 
 def test_several_queue_statements_number_jobs_on(base: Path) -> None:
-    desc = parse_submit(textwrap.dedent("""\
+    desc = parse_submit(
+        textwrap.dedent("""\
         executable = run.sh
         arguments = $(Process) $(Item) $(Step)
         queue 2
@@ -162,9 +190,17 @@ def test_several_queue_statements_number_jobs_on(base: Path) -> None:
         queue 1 from (
         z
         )
-        """), "t.sub", base)
-    assert _args(desc) == [["0", "0"], ["1", "1"], ["2", "a", "0"], ["3", "b", "0"],
-                           ["4", "z", "0"]]
+        """),
+        "t.sub",
+        base,
+    )
+    assert _args(desc) == [
+        ["0", "0"],
+        ["1", "1"],
+        ["2", "a", "0"],
+        ["3", "b", "0"],
+        ["4", "z", "0"],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -190,7 +226,9 @@ def test_the_number_of_jobs_is_bounded(base: Path) -> None:
     with pytest.raises(SubmitError, match="more than 100 jobs in one submit") as info:
         parse_submit("executable = run.sh\nqueue 60\nqueue 41\n", "t.sub", base, limits=limits)
     assert info.value.line == 3
-    assert len(parse_submit("executable = run.sh\nqueue 100\n", "t.sub", base,
-                            limits=limits).jobs) == 100
+    assert (
+        len(parse_submit("executable = run.sh\nqueue 100\n", "t.sub", base, limits=limits).jobs)
+        == 100
+    )
     assert Limits.from_environ({"GLIDEWMS_SUBMIT_MAX_JOBS": "7"}).max_jobs == 7
     assert Limits.from_environ({"GLIDEWMS_SUBMIT_MAX_JOBS": "x"}).max_jobs == Limits().max_jobs

@@ -61,14 +61,14 @@ def run_up(options: Options) -> int:
     root = inst.root
     console.print(f"""
 [bold]glidewms is up[/bold] (state in {root})
-  pool      {inst.services['pool'].url}   (API docs: {inst.services['pool'].url}/docs)
-  factory   {inst.services['factory'].url}
-  frontend  {inst.services['frontend'].url}
+  pool      {inst.services["pool"].url}   (API docs: {inst.services["pool"].url}/docs)
+  factory   {inst.services["factory"].url}
+  frontend  {inst.services["frontend"].url}
   configs   {root}/config/   logs {root}/logs/   tokens {root}/tokens/
 
 Submit from this directory (the client reads {root}/client.json), or elsewhere after
-  export GLIDEWMS_POOL_URL={inst.services['pool'].url}
-  export GLIDEWMS_TOKEN_FILE={inst.token_file('user')}
+  export GLIDEWMS_POOL_URL={inst.services["pool"].url}
+  export GLIDEWMS_TOKEN_FILE={inst.token_file("user")}
 then: glidewms submit job.sub; glidewms q; glidewms history; glidewms fetch 1.0
 Ctrl-C stops the services.""")
     stop = False
@@ -109,8 +109,11 @@ class Watcher:
     def __init__(self, inst: Installation, client: PoolClient) -> None:
         self.client = client
         token = inst.token_file("admin").read_text().strip()
-        self.factory = httpx.Client(base_url=inst.services["factory"].url, timeout=10,
-                                    headers={"Authorization": f"Bearer {token}"})
+        self.factory = httpx.Client(
+            base_url=inst.services["factory"].url,
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def jobs(self) -> Counter[str]:
         counts: Counter[str] = Counter(j["state"] for j in self.client.jobs())
@@ -128,22 +131,40 @@ def _pilot_text(glideins: list[dict[str, Any]]) -> str:
     return " ".join(f"{n} {s}" for s, n in sorted(c.items())) or "none yet"
 
 
-def run_demo(jobs: int, state_dir: Path, max_pilots: int, job_seconds: float,
-             timeout: float, entries: list[dict[str, Any]] | None = None) -> int:
+def run_demo(
+    jobs: int,
+    state_dir: Path,
+    max_pilots: int,
+    job_seconds: float,
+    timeout: float,
+    entries: list[dict[str, Any]] | None = None,
+) -> int:
     if state_dir.exists():
         if not (state_dir / MARKER).exists():
-            console.print(f"[red]error:[/red] {state_dir} exists and is not a demo directory; "
-                          "choose another --state-dir")
+            console.print(
+                f"[red]error:[/red] {state_dir} exists and is not a demo directory; "
+                "choose another --state-dir"
+            )
             return 2
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True)
     (state_dir / MARKER).touch()
-    options = Options(state_dir=state_dir, pilot_idle_timeout=5, max_pilots=max_pilots,
-                      frontend_cycle=1.0, factory_cycle=1.0, heartbeat=5.0, claim_lease=30.0,
-                      entries=entries)
+    options = Options(
+        state_dir=state_dir,
+        pilot_idle_timeout=5,
+        max_pilots=max_pilots,
+        frontend_cycle=1.0,
+        factory_cycle=1.0,
+        heartbeat=5.0,
+        claim_lease=30.0,
+        entries=entries,
+    )
     inst = Installation(options)
-    where = (", ".join(f"{e['name']} ({e.get('backend', 'local')})" for e in entries)
-             if entries else f"up to {max_pilots} local pilots")
+    where = (
+        ", ".join(f"{e['name']} ({e.get('backend', 'local')})" for e in entries)
+        if entries
+        else f"up to {max_pilots} local pilots"
+    )
     console.print(f"[bold]glidewms demo[/bold]: {jobs} jobs, {where}")
     inst.prepare()
     try:
@@ -166,22 +187,34 @@ def _run(inst: Installation, jobs: int, job_seconds: float, timeout: float) -> i
     with PoolClient(settings) as client:
         result = client.submit(load_submit(workload))
         cluster = result["cluster_id"]
-        console.print(f"  submitted {len(result['job_ids'])} jobs as cluster {cluster} "
-                      f"({workload})")
+        console.print(
+            f"  submitted {len(result['job_ids'])} jobs as cluster {cluster} ({workload})"
+        )
         watcher = Watcher(inst, client)
         deadline = time.monotonic() + timeout
         started = time.monotonic()
-        with Progress(TextColumn("jobs"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.description}"),
-                      console=console, transient=False) as progress:
+        with Progress(
+            TextColumn("jobs"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+            transient=False,
+        ) as progress:
             task = progress.add_task("", total=jobs)
             while True:
                 inst.check_alive()
                 counts, glideins = watcher.jobs(), watcher.glideins()
                 done = counts["completed"] + counts["removed"]
-                progress.update(task, completed=counts["completed"], description=(
-                    f"idle {counts['idle']} run {counts['running']} held {counts['held']}"
-                    f" | pilots {_pilot_text(glideins)}"))
+                progress.update(
+                    task,
+                    completed=counts["completed"],
+                    description=(
+                        f"idle {counts['idle']} run {counts['running']} held {counts['held']}"
+                        f" | pilots {_pilot_text(glideins)}"
+                    ),
+                )
                 if done >= jobs or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
@@ -191,8 +224,9 @@ def _run(inst: Installation, jobs: int, job_seconds: float, timeout: float) -> i
                 glideins = watcher.glideins()
                 if glideins and all(g["state"] in FINISHED for g in glideins):
                     break
-                progress.update(task, description=f"pilots {_pilot_text(glideins)}, "
-                                "idle ones leave after 5 s")
+                progress.update(
+                    task, description=f"pilots {_pilot_text(glideins)}, idle ones leave after 5 s"
+                )
                 time.sleep(0.5)
         return _summary(inst, client, cluster, jobs, glideins, elapsed)
 
@@ -201,8 +235,10 @@ def _check_outputs(client: PoolClient, job: dict[str, Any], dest: Path) -> str |
     """None if the job's outputs are what the demo job writes, else what is wrong."""
     n = job["job_id"].split(".")[1]
     files = {p.name: p for p in client.fetch_outputs(job["job_id"], dest)}
-    expected = {f"job_{n}.out": f"job {n} running", f"result_{n}.txt":
-                f"result of job {n}: {int(n) * int(n)}"}
+    expected = {
+        f"job_{n}.out": f"job {n} running",
+        f"result_{n}.txt": f"result of job {n}: {int(n) * int(n)}",
+    }
     for name, text in expected.items():
         if name not in files:
             return f"{name} missing"
@@ -211,8 +247,14 @@ def _check_outputs(client: PoolClient, job: dict[str, Any], dest: Path) -> str |
     return None
 
 
-def _summary(inst: Installation, client: PoolClient, cluster: int, jobs: int,
-             glideins: list[dict[str, Any]], elapsed: float) -> int:
+def _summary(
+    inst: Installation,
+    client: PoolClient,
+    cluster: int,
+    jobs: int,
+    glideins: list[dict[str, Any]],
+    elapsed: float,
+) -> int:
     finished = [j for j in client.jobs(f"ClusterId == {cluster}", history=True)]
     dest = inst.root / "outputs"
     ok, problems = 0, []
@@ -233,8 +275,12 @@ def _summary(inst: Installation, client: PoolClient, cluster: int, jobs: int,
     table.add_row("jobs completed with the right outputs", f"{ok} / {jobs}")
     table.add_row("time until the last job finished", f"{elapsed:.1f} s")
     table.add_row("pilots started by the factory", str(len(glideins)))
-    table.add_row("pilots exited", f"{sum(g['state'] in FINISHED for g in glideins)} ("
-                  + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")")
+    table.add_row(
+        "pilots exited",
+        f"{sum(g['state'] in FINISHED for g in glideins)} ("
+        + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        + ")",
+    )
     table.add_row("job outputs", str(dest))
     table.add_row("service logs", str(inst.root / "logs"))
     table.add_row("pilot logs", str(inst.root / "factory" / "logs"))

@@ -37,8 +37,9 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def call(factory: str | None, token_file: Path | None, method: str, path: str,
-         **kwargs: Any) -> Any:
+def call(
+    factory: str | None, token_file: Path | None, method: str, path: str, **kwargs: Any
+) -> Any:
     """One call to the factory's API; a FactoryClientError becomes an exit (2)."""
     try:
         return FactoryClient(factory, token_file).call(method, path, **kwargs)
@@ -91,8 +92,8 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         reason: Annotated[str, typer.Option(help="why (shown to frontends and in entry ads)")],
         entry: Annotated[str, typer.Option(help="entry name, or * for all")] = "*",
         frontend: Annotated[str, typer.Option(help="frontend name, or * for all")] = "*",
-        start: Annotated[Optional[str], typer.Option(help="when it starts; default now")]  # noqa: UP045
-        = None,
+        start: Annotated[Optional[str], typer.Option(help="when it starts; default now")] =  # noqa: UP045
+        None,
         end: Annotated[Optional[str], typer.Option(help="when it ends (time)")] = None,  # noqa: UP045
         duration: Annotated[Optional[str], typer.Option(help="or how long: 2h, 1d")] = None,  # noqa: UP045
         factory: FactoryOpt = None,
@@ -106,11 +107,18 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
                 raise _fail("give --end or --duration, not both")
             base = begin if begin is not None else dt.datetime.now(dt.timezone.utc).timestamp()
             finish = base + parse_duration(duration)
-        body = {"entry": entry, "frontend": frontend, "start": begin, "end": finish,
-                "reason": reason}  # fmt: skip
+        body = {
+            "entry": entry,
+            "frontend": frontend,
+            "start": begin,
+            "end": finish,
+            "reason": reason,
+        }
         added = call(factory, token_file, "POST", "/downtimes", json=body)
-        typer.echo(f"downtime {added['id']} added: entry {entry}, frontend {frontend}, "
-                   f"{show_time(added['start'])} to {show_time(added['end'])}")  # fmt: skip
+        typer.echo(
+            f"downtime {added['id']} added: entry {entry}, frontend {frontend}, "
+            f"{show_time(added['start'])} to {show_time(added['end'])}"
+        )
 
     @downtime.command("list")
     def downtime_list(
@@ -122,8 +130,15 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         found = call(factory, token_file, "GET", "/downtimes", params={"past": past})
         table = Table("id", "entry", "frontend", "start", "end", "reason", "by")
         for d in found:
-            table.add_row(str(d["id"]), d["entry"], d["frontend"], show_time(d["start"]),
-                          show_time(d["end"]), d["reason"], d["created_by"])  # fmt: skip
+            table.add_row(
+                str(d["id"]),
+                d["entry"],
+                d["frontend"],
+                show_time(d["start"]),
+                show_time(d["end"]),
+                d["reason"],
+                d["created_by"],
+            )
         out.print(table)
 
     @downtime.command("rm")
@@ -150,9 +165,11 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             typer.echo(json.dumps(got, indent=2))
             return
         submitted = show_time(got["submitted_at"])
-        typer.echo(f"glidein {got['glidein_id']}: entry {got['entry']}, frontend "
-                   f"{got['frontend']}/{got['group']}, {got['state']}, exit reason "
-                   f"{got['exit_reason'] or '-'}, submitted {submitted}")  # fmt: skip
+        typer.echo(
+            f"glidein {got['glidein_id']}: entry {got['entry']}, frontend "
+            f"{got['frontend']}/{got['group']}, {got['state']}, exit reason "
+            f"{got['exit_reason'] or '-'}, submitted {submitted}"
+        )
         for name in ("stdout", "stderr"):
             typer.echo(f"----- {name} -----")
             typer.echo(got[name].rstrip("\n") or "(empty)")
@@ -162,18 +179,20 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
                 if record.get("final"):
                     typer.echo(f"{show_time(record.get('received'))} (final flush)")
                     continue
-                typer.echo(f"{show_time(record.get('time'))} {record.get('severity', '?'):8} "
-                           f"{record.get('type', '?')}: {record.get('content', '')}")  # fmt: skip
+                typer.echo(
+                    f"{show_time(record.get('time'))} {record.get('severity', '?'):8} "
+                    f"{record.get('type', '?')}: {record.get('content', '')}"
+                )
 
     @service.command("search")
     def search(
         entry: Annotated[Optional[str], typer.Option(help="entry name")] = None,  # noqa: UP045
         exit_reason: Annotated[Optional[str], typer.Option(help="e.g. idle_timeout")] = None,  # noqa: UP045
-        since: Annotated[Optional[str], typer.Option(help="submitted at or after (time, -2h)")]  # noqa: UP045
-        = None,
+        since: Annotated[Optional[str], typer.Option(help="submitted at or after (time, -2h)")] =  # noqa: UP045
+        None,
         until: Annotated[Optional[str], typer.Option(help="submitted at or before")] = None,  # noqa: UP045
-        state: Annotated[Optional[str], typer.Option(help="queued, running, finished...")]  # noqa: UP045
-        = None,
+        state: Annotated[Optional[str], typer.Option(help="queued, running, finished...")] =  # noqa: UP045
+        None,
         limit: Annotated[int, typer.Option(min=1)] = 100,
         factory: FactoryOpt = None,
         token_file: TokenOpt = None,
@@ -190,10 +209,16 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         found = call(factory, token_file, "GET", "/glideins", params=params)
         table = Table("glidein", "entry", "frontend", "state", "exit reason", "submitted")
         for g in found:
-            table.add_row(g["glidein_id"], g["entry"], f"{g['frontend']}/{g['group']}",
-                          g["state"], g["exit_reason"] or "-",
-                          show_time(g["submitted_at"]))  # fmt: skip
+            table.add_row(
+                g["glidein_id"],
+                g["entry"],
+                f"{g['frontend']}/{g['group']}",
+                g["state"],
+                g["exit_reason"] or "-",
+                show_time(g["submitted_at"]),
+            )
         out.print(table)
+
     entry_cmd = typer.Typer(help="Entries: their state, pauses after failures, resume.")
     service.add_typer(entry_cmd, name="entry")
 
@@ -206,14 +231,17 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             counts = ", ".join(f"{k} {v}" for k, v in e["counts"].items() if v) or "-"
             if e.get("paused"):
                 p = e["paused"]
-                state = (f"PAUSED since {show_time(p['since'])}, retry at "
-                         f"{show_time(p['retry_at'])}: {p['reason']}")  # fmt: skip
+                state = (
+                    f"PAUSED since {show_time(p['since'])}, retry at "
+                    f"{show_time(p['retry_at'])}: {p['reason']}"
+                )
             elif e.get("in_downtime"):
                 state = f"downtime: {e['downtime']['reason']}"
             else:
                 state = "enabled" if e["enabled"] else "disabled"
-            table.add_row(e["name"], e["site"], e["backend"], counts, state,
-                          e.get("last_error") or "-")  # fmt: skip
+            table.add_row(
+                e["name"], e["site"], e["backend"], counts, state, e.get("last_error") or "-"
+            )
         out.print(table)
 
     @entry_cmd.command("resume")
@@ -244,33 +272,56 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(got, indent=2))
             return
-        table = Table("entry", "frontend", "pilots", "submitted", "per hour", "failures",
-                      "goodput h", "badput h", title=f"since {show_time(got['since'])}")
+        table = Table(
+            "entry",
+            "frontend",
+            "pilots",
+            "submitted",
+            "per hour",
+            "failures",
+            "goodput h",
+            "badput h",
+            title=f"since {show_time(got['since'])}",
+        )
         for r in got["rows"]:
             pilots = ", ".join(f"{k} {v}" for k, v in sorted(r["pilots"].items())) or "-"
             failures = ", ".join(f"{k} {v}" for k, v in sorted(r["failures"].items())) or "-"
-            table.add_row(r["entry"], r["frontend"], pilots, str(r["submitted"]),
-                          f"{r['submit_rate_per_hour']:.1f}", failures,
-                          f"{r['goodput_seconds'] / 3600:.2f}",
-                          f"{r['badput_seconds'] / 3600:.2f}")  # fmt: skip
+            table.add_row(
+                r["entry"],
+                r["frontend"],
+                pilots,
+                str(r["submitted"]),
+                f"{r['submit_rate_per_hour']:.1f}",
+                failures,
+                f"{r['goodput_seconds'] / 3600:.2f}",
+                f"{r['badput_seconds'] / 3600:.2f}",
+            )
         out.print(table)
 
     register_catalogue(service)
 
 
 def reload_text(got: dict[str, Any]) -> str:
-    parts = [f"{len(got[k])} {k} ({', '.join(got[k])})" if got[k] else f"0 {k}"
-             for k in ("added", "removed", "changed")]  # fmt: skip
+    parts = [
+        f"{len(got[k])} {k} ({', '.join(got[k])})" if got[k] else f"0 {k}"
+        for k in ("added", "removed", "changed")
+    ]
     text = f"reloaded: {'; '.join(parts)}; {got['unchanged']} unchanged"
     if got.get("ignored"):
         text += f"; needs a restart: {', '.join(got['ignored'])}"
     return text
 
 
-CatalogueOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
-    "--catalogue", help="CRIC-style JSON; default: the shipped sample")]
-OverridesOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
-    "--overrides", help="YAML: defaults, flavours, include/exclude, per-entry changes")]
+CatalogueOpt = Annotated[
+    Path | None,
+    typer.Option("--catalogue", help="CRIC-style JSON; default: the shipped sample"),
+]
+OverridesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--overrides", help="YAML: defaults, flavours, include/exclude, per-entry changes"
+    ),
+]
 EntriesOpt = Annotated[Path, typer.Option("--entries", help="the entries file the factory reads")]
 
 
@@ -284,12 +335,16 @@ def register_catalogue(service: typer.Typer) -> None:
 
     def build(catalogue: Path | None, overrides: Path | None) -> cat.Generated:
         try:
-            made = cat.generate(cat.load_catalogue(catalogue), cat.load_overrides(overrides),
-                                str(catalogue or cat.SAMPLE))  # fmt: skip
+            made = cat.generate(
+                cat.load_catalogue(catalogue),
+                cat.load_overrides(overrides),
+                str(catalogue or cat.SAMPLE),
+            )
         except ConfigError as exc:
             raise _fail(str(exc)) from None
-        err.print(f"{len(made.entries)} entries generated; {len(made.skipped)} skipped",
-                  highlight=False)  # fmt: skip
+        err.print(
+            f"{len(made.entries)} entries generated; {len(made.skipped)} skipped", highlight=False
+        )
         for why in made.skipped:
             err.print(f"  skipped {why}", highlight=False)
         return made
@@ -314,8 +369,8 @@ def register_catalogue(service: typer.Typer) -> None:
     def generate(
         catalogue: CatalogueOpt = None,
         overrides: OverridesOpt = None,
-        out_file: Annotated[Optional[Path], typer.Option("--out", help="default: stdout")]  # noqa: UP045
-        = None,
+        out_file: Annotated[Optional[Path], typer.Option("--out", help="default: stdout")] =  # noqa: UP045
+        None,
     ) -> None:
         """Print (or write) the entries the catalogue and the overrides make."""
         text = cat.entries_yaml(build(catalogue, overrides).entries)
@@ -325,11 +380,15 @@ def register_catalogue(service: typer.Typer) -> None:
             write_text(out_file, text)
 
     @group.command("diff")
-    def diff(entries: EntriesOpt, catalogue: CatalogueOpt = None,
-             overrides: OverridesOpt = None) -> None:  # fmt: skip
+    def diff(
+        entries: EntriesOpt, catalogue: CatalogueOpt = None, overrides: OverridesOpt = None
+    ) -> None:
         """What `apply` would change in the entries file."""
-        show(cat.diff_entries(current(entries), build(catalogue, overrides).entries,
-                              str(entries), "generated"))  # fmt: skip
+        show(
+            cat.diff_entries(
+                current(entries), build(catalogue, overrides).entries, str(entries), "generated"
+            )
+        )
 
     @group.command("apply")
     def apply(
@@ -337,8 +396,7 @@ def register_catalogue(service: typer.Typer) -> None:
         catalogue: CatalogueOpt = None,
         overrides: OverridesOpt = None,
         yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
-        reload: Annotated[bool, typer.Option(help="then make the running factory reload")]
-        = False,
+        reload: Annotated[bool, typer.Option(help="then make the running factory reload")] = False,
         factory: FactoryOpt = None,
         token_file: TokenOpt = None,
     ) -> None:

@@ -24,10 +24,10 @@ def _find(url: str | None, token_file: Path | None, state_dir: Path) -> tuple[st
         except OSError:
             raise typer.BadParameter(
                 f"no frontend URL: give --url, set GLIDEWMS_FRONTEND_URL, or run where "
-                f"{url_file} exists") from None
+                f"{url_file} exists"
+            ) from None
     env_token = os.environ.get("GLIDEWMS_TOKEN_FILE")
-    path = token_file or (Path(env_token) if env_token else
-                          state_dir / "tokens" / "frontend.token")
+    path = token_file or (Path(env_token) if env_token else state_dir / "tokens" / "frontend.token")
     try:
         token = Path(path).read_text().strip()
     except OSError as exc:
@@ -40,20 +40,27 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
 
     @service.command("explain")
     def explain(
-        entry: Annotated[Optional[str], typer.Argument(  # noqa: UP045 (typer on 3.10)
-            help="entry name or factory/entry; all entries when omitted")] = None,
-        history: Annotated[bool, typer.Option(help="every kept cycle, not only the last")]
-        = False,
-        group: Annotated[Optional[str], typer.Option(  # noqa: UP045
-            help="only this group's explanations")] = None,
+        entry: Annotated[
+            str | None,
+            typer.Argument(help="entry name or factory/entry; all entries when omitted"),
+        ] = None,
+        history: Annotated[bool, typer.Option(help="every kept cycle, not only the last")] = False,
+        group: Annotated[
+            str | None,
+            typer.Option(help="only this group's explanations"),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="raw JSON")] = False,
-        brief: Annotated[bool, typer.Option(
-            "--brief", help="one line per entry instead of a table each")] = False,
+        brief: Annotated[
+            bool, typer.Option("--brief", help="one line per entry instead of a table each")
+        ] = False,
         url: Annotated[Optional[str], typer.Option(help="frontend URL")] = None,  # noqa: UP045
-        token_file: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-            help="token with frontend or admin scope")] = None,
-        state_dir: Annotated[Path, typer.Option(help="`glidewms up` state directory")]
-        = Path("glidewms-state"),
+        token_file: Annotated[
+            Path | None,
+            typer.Option(help="token with frontend or admin scope"),
+        ] = None,
+        state_dir: Annotated[Path, typer.Option(help="`glidewms up` state directory")] = Path(
+            "glidewms-state"
+        ),
     ) -> None:
         """Why the frontend asked what it asked, per entry: a table of the request,
         demand, supply, pressure, limits and curbs hit, removal stage and reasons."""
@@ -64,8 +71,12 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         if group:
             params["group"] = group
         try:
-            r = httpx.get(f"{base}{API_PREFIX}/explain", params=params, timeout=30,
-                          headers={"Authorization": f"Bearer {token}"})
+            r = httpx.get(
+                f"{base}{API_PREFIX}/explain",
+                params=params,
+                timeout=30,
+                headers={"Authorization": f"Bearer {token}"},
+            )
         except httpx.HTTPError as exc:
             typer.echo(f"error: cannot reach the frontend at {base}: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -75,8 +86,11 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         if r.status_code != 200:
-            detail = r.json().get("detail") if r.headers.get("content-type", "").startswith(
-                "application/json") else r.text
+            detail = (
+                r.json().get("detail")
+                if r.headers.get("content-type", "").startswith("application/json")
+                else r.text
+            )
             typer.echo(f"error: {r.status_code}: {detail}", err=True)
             raise typer.Exit(1)
         records = r.json()

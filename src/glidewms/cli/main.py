@@ -25,26 +25,37 @@ app = typer.Typer(
 
 ConfigOption = Annotated[
     Optional[Path],  # noqa: UP045 (typer needs Optional on 3.10)
-    typer.Option("--config", "-c", help="YAML configuration file; defaults when omitted",
-                 exists=False, dir_okay=False),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML configuration file; defaults when omitted",
+        exists=False,
+        dir_okay=False,
+    ),
 ]
 
 
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if not verbose:  # one line per HTTP call drowns what matters
         logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _service(name: str, runner: str) -> typer.Typer:
-    sub = typer.Typer(help=f"Run the {name} service, or check its configuration.",
-                      invoke_without_command=True)
+    sub = typer.Typer(
+        help=f"Run the {name} service, or check its configuration.", invoke_without_command=True
+    )
 
     @sub.callback()
-    def run(ctx: typer.Context, config: ConfigOption = None,
-            verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    def run(
+        ctx: typer.Context,
+        config: ConfigOption = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ) -> None:
         if ctx.invoked_subcommand is not None:
             return
         _logging(verbose)
@@ -74,8 +85,12 @@ for _name, _sub in _services.items():
 
 EntriesOption = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--entries", help="YAML list of factory entries to use instead of the one "
-                 "local entry (see docs/configuration.md), e.g. a Slurm entry", dir_okay=False),
+    typer.Option(
+        "--entries",
+        help="YAML list of factory entries to use instead of the one "
+        "local entry (see docs/configuration.md), e.g. a Slurm entry",
+        dir_okay=False,
+    ),
 ]
 
 
@@ -102,27 +117,37 @@ def _entries(path: Path | None) -> list[dict] | None:
 
 @app.command()
 def up(
-    state_dir: Annotated[Path, typer.Option(help="where keys, configs, databases and logs live")]
-    = Path("glidewms-state"),
+    state_dir: Annotated[
+        Path, typer.Option(help="where keys, configs, databases and logs live")
+    ] = Path("glidewms-state"),
     max_pilots: Annotated[int, typer.Option(help="pilots at once on the local entry")] = 4,
-    pilot_idle_timeout: Annotated[int, typer.Option(help="seconds before an idle pilot leaves")]
-    = 300,
+    pilot_idle_timeout: Annotated[
+        int, typer.Option(help="seconds before an idle pilot leaves")
+    ] = 300,
     entries: EntriesOption = None,
 ) -> None:
     """Run pool, factory and frontend on this machine until Ctrl-C."""
     from glidewms.cli.demo import run_up
     from glidewms.launcher import Options
 
-    raise typer.Exit(run_up(Options(state_dir=state_dir, max_pilots=max_pilots,
-                                    pilot_idle_timeout=pilot_idle_timeout,
-                                    entries=_entries(entries))))
+    raise typer.Exit(
+        run_up(
+            Options(
+                state_dir=state_dir,
+                max_pilots=max_pilots,
+                pilot_idle_timeout=pilot_idle_timeout,
+                entries=_entries(entries),
+            )
+        )
+    )
 
 
 @app.command()
 def demo(
     jobs: Annotated[int, typer.Option("--jobs", "-n", min=1, help="jobs to run")] = 50,
-    state_dir: Annotated[Path, typer.Option(help="state of this run (wiped first)")]
-    = Path("glidewms-demo"),
+    state_dir: Annotated[Path, typer.Option(help="state of this run (wiped first)")] = Path(
+        "glidewms-demo"
+    ),
     max_pilots: Annotated[int, typer.Option(min=1, help="pilots at once")] = 4,
     job_seconds: Annotated[float, typer.Option(min=0, help="how long each job sleeps")] = 1.0,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 600,
@@ -134,15 +159,23 @@ def demo(
     """
     from glidewms.cli.demo import run_demo
 
-    raise typer.Exit(run_demo(jobs=jobs, state_dir=state_dir, max_pilots=max_pilots,
-                              job_seconds=job_seconds, timeout=timeout,
-                              entries=_entries(entries)))
+    raise typer.Exit(
+        run_demo(
+            jobs=jobs,
+            state_dir=state_dir,
+            max_pilots=max_pilots,
+            job_seconds=job_seconds,
+            timeout=timeout,
+            entries=_entries(entries),
+        )
+    )
 
 
 @app.command()
 def keys(
-    directory: Annotated[Path, typer.Argument(help="where issuer.key and issuer.pub go")]
-    = Path("glidewms-state/keys"),
+    directory: Annotated[Path, typer.Argument(help="where issuer.key and issuer.pub go")] = Path(
+        "glidewms-state/keys"
+    ),
 ) -> None:
     """Create the installation's token issuer key pair (kept if present)."""
     from glidewms.security.tokens import generate_keypair
@@ -156,8 +189,9 @@ def token(
     subject: Annotated[str, typer.Option(help="identity: a user, a frontend name")],
     scope: Annotated[list[str], typer.Option(help="user, pilot, frontend or admin")],
     out: Annotated[Path, typer.Option(help="file to write the token to (mode 0600)")],
-    key: Annotated[Path, typer.Option(help="issuer private key")]
-    = Path("glidewms-state/keys/issuer.key"),
+    key: Annotated[Path, typer.Option(help="issuer private key")] = Path(
+        "glidewms-state/keys/issuer.key"
+    ),
     lifetime: Annotated[float, typer.Option(help="seconds")] = 30 * 24 * 3600.0,
 ) -> None:
     """Create a token. It is written to a file, never printed."""

@@ -24,9 +24,10 @@ from glidewms.client import ClientError
 def qedit(
     job: Annotated[str, typer.Argument(help="CLUSTER[.PROC]; `-`: all of --constraint")],
     attribute: Annotated[str, typer.Argument(help="ClassAd attribute, e.g. RequestMemory")],
-    value: Annotated[str, typer.Argument(help='ClassAd expression, e.g. 2048 or \'"text"\'')],
+    value: Annotated[str, typer.Argument(help="ClassAd expression, e.g. 2048 or '\"text\"'")],
     constraint: ConstraintOption = None,
-    pool: PoolOption = None, token_file: TokenOption = None,
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
 ) -> None:
     """Edit one attribute of idle or held jobs (strings need their quotes: '"x"').
 
@@ -46,16 +47,18 @@ def qedit(
     for jid, why in sorted(result["skipped"].items()):
         err.print(f"{jid}: not edited: {why}")
     changed = result["changed"]
-    out.print(f"{len(changed)} job(s) edited: {attribute} = {value}"
-              + (f" ({' '.join(changed)})" if changed else ""))
+    out.print(
+        f"{len(changed)} job(s) edited: {attribute} = {value}"
+        + (f" ({' '.join(changed)})" if changed else "")
+    )
     if not changed:
         raise typer.Exit(1)
 
 
 def userprio(
-    pool: PoolOption = None, token_file: TokenOption = None,
-    all_: Annotated[bool, typer.Option("--all", "-a", help="also submitters with no jobs")]
-    = False,
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="also submitters with no jobs")] = False,
 ) -> None:
     """Show fair share: effective priority (lower is better), usage, factors."""
     try:
@@ -64,25 +67,37 @@ def userprio(
     except ClientError as exc:
         raise fail(str(exc)) from None
     table = Table(box=None, header_style="bold")
-    for col in ("SUBMITTER", "EFFECTIVE PRIO", "FACTOR", "USAGE (core-h)", "RUNNING CORES",
-                "IDLE JOBS"):
+    for col in (
+        "SUBMITTER",
+        "EFFECTIVE PRIO",
+        "FACTOR",
+        "USAGE (core-h)",
+        "RUNNING CORES",
+        "IDLE JOBS",
+    ):
         table.add_column(col, justify="left" if col == "SUBMITTER" else "right")
     shown = 0
     for s in data["submitters"]:
         if not all_ and not s["running_cores"] and not s["idle_jobs"] and s["usage"] < 1:
             continue
         shown += 1
-        table.add_row(s["submitter"], f"{s['effective_priority'] / 3600:.2f}",
-                      f"{s['factor']:g}", f"{s['usage'] / 3600:.2f}", str(s["running_cores"]),
-                      str(s["idle_jobs"]))
+        table.add_row(
+            s["submitter"],
+            f"{s['effective_priority'] / 3600:.2f}",
+            f"{s['factor']:g}",
+            f"{s['usage'] / 3600:.2f}",
+            str(s["running_cores"]),
+            str(s["idle_jobs"]),
+        )
     out.print(table)
-    out.print(f"\n{shown} submitter(s); usage half-life {data['halflife'] / 3600:g} h; "
-              "effective priority = factor x usage one half-life ahead at today's cores "
-              "(core-hours)")
+    out.print(
+        f"\n{shown} submitter(s); usage half-life {data['halflife'] / 3600:g} h; "
+        "effective priority = factor x usage one half-life ahead at today's cores "
+        "(core-hours)"
+    )
 
 
 def register(app: typer.Typer, service: typer.Typer) -> None:
     """Add top-level commands to `app` and subcommands to `glidewms pool` (`service`)."""
     app.command()(qedit)
     app.command()(userprio)
-

@@ -18,12 +18,22 @@ from glidewms.client import ClientError, ClientSettings, PoolClient
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-PoolOption = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    "--pool", envvar="GLIDEWMS_POOL_URL", help="pool URL (default: from `glidewms up`)")]
-TokenOption = Annotated[Optional[Path], typer.Option(  # noqa: UP045
-    "--token-file", envvar="GLIDEWMS_TOKEN_FILE", help="file holding your token")]
-ConstraintOption = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    "--constraint", help='ClassAd expression, e.g. \'Owner == "alice" && JobStatus == 1\'')]
+PoolOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pool", envvar="GLIDEWMS_POOL_URL", help="pool URL (default: from `glidewms up`)"
+    ),
+]
+TokenOption = Annotated[
+    Path | None,
+    typer.Option("--token-file", envvar="GLIDEWMS_TOKEN_FILE", help="file holding your token"),
+]
+ConstraintOption = Annotated[
+    str | None,
+    typer.Option(
+        "--constraint", help="ClassAd expression, e.g. 'Owner == \"alice\" && JobStatus == 1'"
+    ),
+]
 
 
 def client(pool: str | None, token_file: Path | None) -> PoolClient:
@@ -62,9 +72,12 @@ def job_ids(texts: Iterable[str]) -> list[JobRef]:
 
 def submit(
     file: Annotated[Path, typer.Argument(help="HTCondor-style submit description")],
-    pool: PoolOption = None, token_file: TokenOption = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="print the job ads that would be queued; contact no pool")] = False,
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="print the job ads that would be queued; contact no pool"),
+    ] = False,
 ) -> None:
     """Queue the jobs of a submit description (nothing is queued if it has an error)."""
     # imported here: it loads the HTCondor bindings, which no other command needs
@@ -95,17 +108,22 @@ def _when(ts: float | None) -> str:
 
 def _table(jobs: list[dict[str, Any]], history: bool) -> Table:
     table = Table(box=None, header_style="bold")
-    for col in ("ID", "OWNER", "SUBMITTED", "STATE", "RUNS", "EXIT" if history else "PILOT",
-                "CMD"):
+    for col in ("ID", "OWNER", "SUBMITTED", "STATE", "RUNS", "EXIT" if history else "PILOT", "CMD"):
         table.add_column(col)
     for j in jobs:
         cmd = " ".join([Path(j["cmd"] or "?").name, *j.get("args", [])])
         last = str(j["exit_code"]) if history else (j["pilot_id"] or "")
         if j["state"] == "held":
             last = f"held: {j['hold_reason']}"
-        table.add_row(j["job_id"], j["owner"], _when(j["q_date"]), j["state"],
-                      str(j["num_starts"]), last if j["exit_code"] is not None or not history
-                      else "-", cmd[:60])
+        table.add_row(
+            j["job_id"],
+            j["owner"],
+            _when(j["q_date"]),
+            j["state"],
+            str(j["num_starts"]),
+            last if j["exit_code"] is not None or not history else "-",
+            cmd[:60],
+        )
     return table
 
 
@@ -126,10 +144,15 @@ def _show(jobs: list[dict[str, Any]], long: bool, history: bool, events: Any = N
     out.print(f"\n{len(jobs)} jobs; " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 
-def _select(c: PoolClient, ids: list[JobRef], constraint: str | None,
-            history: bool, long: bool) -> list[dict[str, Any]]:
-    parts = [f"ClusterId == {cluster}" if proc is None
-             else f"(ClusterId == {cluster} && ProcId == {proc})" for cluster, proc in ids]
+def _select(
+    c: PoolClient, ids: list[JobRef], constraint: str | None, history: bool, long: bool
+) -> list[dict[str, Any]]:
+    parts = [
+        f"ClusterId == {cluster}"
+        if proc is None
+        else f"(ClusterId == {cluster} && ProcId == {proc})"
+        for cluster, proc in ids
+    ]
     expr = " || ".join(parts)
     if constraint:
         expr = f"({expr}) && ({constraint})" if expr else constraint
@@ -140,8 +163,14 @@ JobIds = Annotated[Optional[list[str]], typer.Argument(help="CLUSTER or CLUSTER.
 LongOption = Annotated[bool, typer.Option("--long", "-l", help="full ClassAds and events")]
 
 
-def _listing(ids: list[str] | None, constraint: str | None, long: bool, history: bool,
-             pool: str | None, token_file: Path | None) -> None:
+def _listing(
+    ids: list[str] | None,
+    constraint: str | None,
+    long: bool,
+    history: bool,
+    pool: str | None,
+    token_file: Path | None,
+) -> None:
     selected = job_ids(ids or [])
     try:
         with client(pool, token_file) as c:
@@ -151,20 +180,36 @@ def _listing(ids: list[str] | None, constraint: str | None, long: bool, history:
         raise fail(str(exc)) from None
 
 
-def q(ids: JobIds = None, constraint: ConstraintOption = None, long: LongOption = False,
-      pool: PoolOption = None, token_file: TokenOption = None) -> None:
+def q(
+    ids: JobIds = None,
+    constraint: ConstraintOption = None,
+    long: LongOption = False,
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+) -> None:
     """Show queued jobs (idle, running, held)."""
     _listing(ids, constraint, long, False, pool, token_file)
 
 
-def history(ids: JobIds = None, constraint: ConstraintOption = None, long: LongOption = False,
-            pool: PoolOption = None, token_file: TokenOption = None) -> None:
+def history(
+    ids: JobIds = None,
+    constraint: ConstraintOption = None,
+    long: LongOption = False,
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+) -> None:
     """Show finished jobs (completed or removed)."""
     _listing(ids, constraint, long, True, pool, token_file)
 
 
-def _action(action: str, ids: list[str] | None, constraint: str | None, reason: str,
-            pool: str | None, token_file: Path | None) -> None:
+def _action(
+    action: str,
+    ids: list[str] | None,
+    constraint: str | None,
+    reason: str,
+    pool: str | None,
+    token_file: Path | None,
+) -> None:
     if not ids and not constraint:
         raise fail("name job ids (CLUSTER or CLUSTER.PROC) or give --constraint", 2)
     selected = job_ids(ids or [])
@@ -180,31 +225,45 @@ def _action(action: str, ids: list[str] | None, constraint: str | None, reason: 
     out.print(f"{len(changed)} job(s) {past}" + (f": {' '.join(changed)}" if changed else ""))
 
 
-def rm(ids: JobIds = None, constraint: ConstraintOption = None,
-       reason: Annotated[str, typer.Option()] = "", pool: PoolOption = None,
-       token_file: TokenOption = None) -> None:
+def rm(
+    ids: JobIds = None,
+    constraint: ConstraintOption = None,
+    reason: Annotated[str, typer.Option()] = "",
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+) -> None:
     """Remove jobs from the queue (running ones are stopped)."""
     _action("remove", ids, constraint, reason, pool, token_file)
 
 
-def hold(ids: JobIds = None, constraint: ConstraintOption = None,
-         reason: Annotated[str, typer.Option()] = "", pool: PoolOption = None,
-         token_file: TokenOption = None) -> None:
+def hold(
+    ids: JobIds = None,
+    constraint: ConstraintOption = None,
+    reason: Annotated[str, typer.Option()] = "",
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+) -> None:
     """Hold jobs: they stay in the queue but do not run until released."""
     _action("hold", ids, constraint, reason, pool, token_file)
 
 
-def release(ids: JobIds = None, constraint: ConstraintOption = None,
-            pool: PoolOption = None, token_file: TokenOption = None) -> None:
+def release(
+    ids: JobIds = None,
+    constraint: ConstraintOption = None,
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+) -> None:
     """Release held jobs back to idle."""
     _action("release", ids, constraint, "", pool, token_file)
 
 
 def fetch(
     job_id: Annotated[str, typer.Argument(help="CLUSTER.PROC of a completed job")],
-    dest: Annotated[Path, typer.Option("--dest", "-d", help="directory for the outputs")]
-    = Path("."),
-    pool: PoolOption = None, token_file: TokenOption = None,
+    dest: Annotated[Path, typer.Option("--dest", "-d", help="directory for the outputs")] = Path(
+        "."
+    ),
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
 ) -> None:
     """Download a completed job's outputs (stdout, stderr, output files)."""
     [(cluster, proc)] = job_ids([job_id])

@@ -58,54 +58,73 @@ class GroupConfig(BaseModel):
 
     name: str = Field("main", pattern=r"^[A-Za-z0-9_.-]+$", description="group name")
     pool: str | None = Field(
-        None, description="name of the pool (in `pools`) whose jobs this group serves; "
-        "default the first pool")
+        None,
+        description="name of the pool (in `pools`) whose jobs this group serves; "
+        "default the first pool",
+    )
     factories: list[str] | None = Field(
-        None, description="names of the factories (in `factories`) asked; default all")
+        None, description="names of the factories (in `factories`) asked; default all"
+    )
     match_expr: str = Field(
         "true",
         description="ClassAd expression, MY = the job's autocluster, TARGET = the entry; "
         "together with the job's own Requirements it decides where its pilots go",
     )
     start_expr: str | None = Field(
-        None, description="ClassAd Start given to this group's pilots (MY = slot, TARGET = job); "
-        "sent per entry as `start_expr`")
+        None,
+        description="ClassAd Start given to this group's pilots (MY = slot, TARGET = job); "
+        "sent per entry as `start_expr`",
+    )
     job_constraint: str = Field(
-        "true", description="ClassAd constraint on autoclusters (Owner is set per owner): "
-        "which jobs this group serves")
+        "true",
+        description="ClassAd constraint on autoclusters (Owner is set per owner): "
+        "which jobs this group serves",
+    )
     entry_constraint: str = Field(
-        "true", description="ClassAd constraint on entry ads: which entries this group may use")
+        "true", description="ClassAd constraint on entry ads: which entries this group may use"
+    )
     container_image: str | None = Field(
-        None, description="default container image for jobs on this group's pilots; "
-        "sent per entry as `container_image`")
+        None,
+        description="default container image for jobs on this group's pilots; "
+        "sent per entry as `container_image`",
+    )
     demand_count: Literal["proportional", "straight"] = Field(
-        "proportional", description="a job matching k entries counts 1/k at each, or 1 at each")
+        "proportional", description="a job matching k entries counts 1/k at each, or 1 at each"
+    )
     # pressure
     ramp_up_attenuation: float = Field(
-        3.0, ge=1.0, description="ask for 1/N of the missing pilots per cycle")
+        3.0, ge=1.0, description="ask for 1/N of the missing pilots per cycle"
+    )
     reserve_idle: int = Field(5, ge=0, description="extra idle pilots for jobs idle long")
     old_idle_seconds: float = Field(600.0, ge=0, description="a job idle this long is old")
     max_idle_per_entry: int = Field(100, ge=0, description="most idle pilots asked at one entry")
     running_factor: float = Field(1.15, ge=1.0, description="max running = demand x factor")
     max_running_per_entry: int = Field(10000, ge=0, description="pilots alive at one entry")
     max_idle_pilots_per_entry: int = Field(
-        100, ge=0, description="no new pilots while this many are idle or starting at the entry")
+        100, ge=0, description="no new pilots while this many are idle or starting at the entry"
+    )
     curb_idle_pilots_per_entry: int = Field(
-        5, ge=0, description="halve the request from this many idle or starting pilots")
+        5, ge=0, description="halve the request from this many idle or starting pilots"
+    )
     max_pilots_per_group: int = Field(100000, ge=0, description="pilots of the group, all entries")
     curb_pilots_per_group: int = Field(90000, ge=0, description="halve the request from here")
     max_idle_pilots_per_group: int = Field(
-        1000, ge=0, description="idle or starting pilots of the group, all entries")
+        1000, ge=0, description="idle or starting pilots of the group, all entries"
+    )
     curb_idle_pilots_per_group: int = Field(200, ge=0, description="halve the request from here")
     # removal
     max_removal: RemovalStage = Field(
-        RemovalStage.IDLE, description="furthest removal stage: NO, WAIT, IDLE or ALL (ALL removes "
-        "running pilots: only when the group allows it here)")
+        RemovalStage.IDLE,
+        description="furthest removal stage: NO, WAIT, IDLE or ALL (ALL removes "
+        "running pilots: only when the group allows it here)",
+    )
     removal_margin: int = Field(0, ge=0, description="pilots kept beyond the excess when removing")
     zero_demand_confirm_cycles: int = Field(
-        3, ge=1, description="cycles a drop to zero demand must last before any removal")
+        3, ge=1, description="cycles a drop to zero demand must last before any removal"
+    )
     removal_escalate_cycles: int = Field(
-        3, ge=1, description="cycles in WAIT (then IDLE) before the next stage")
+        3, ge=1, description="cycles in WAIT (then IDLE) before the next stage"
+    )
     overflow: OverflowConfig | None = Field(None, description="null: no overflow")
     # size of `auto` entries until one of their pilots registers
     auto_cpus: int = Field(1, ge=1, description="cores assumed for an entry with cpus: auto")
@@ -113,13 +132,17 @@ class GroupConfig(BaseModel):
     auto_disk: int = Field(102400, ge=1, description="MB assumed for an entry with disk: auto")
     # credentials
     pilot_token_lifetime: float = Field(
-        4 * 3600.0, gt=60, description="seconds; the pool may shorten it")
+        4 * 3600.0, gt=60, description="seconds; the pool may shorten it"
+    )
     pilot_token_renew_fraction: float = Field(
-        0.5, gt=0, lt=1, description="renew when less than this fraction of the life is left")
+        0.5, gt=0, lt=1, description="renew when less than this fraction of the life is left"
+    )
     vo_scripts: Path | None = Field(
-        None, description="directory of the group's VO validation scripts with a scripts.list "
+        None,
+        description="directory of the group's VO validation scripts with a scripts.list "
         "(every line a `group` one): built into a signed stage the frontend serves to the "
-        "group's pilots")
+        "group's pilots",
+    )
 
     @field_validator("vo_scripts")
     @classmethod
@@ -145,17 +168,22 @@ class FrontendConfig(BaseModel):
     listen_port: int = Field(9621, ge=0, le=65535, description="0 picks a free port")
     url_file: Path | None = Field(None, description="where to write the URL once listening")
     public_url: str | None = Field(
-        None, pattern=r"^https?://[^\s/]+",
+        None,
+        pattern=r"^https?://[^\s/]+",
         description="the URL pilots reach this frontend at (its VO stages); default the "
-        "listening address")
+        "listening address",
+    )
     state_dir: Path = Field(Path("glidewms-state/frontend"), description="this frontend's files")
     issuer_public_key: Path | None = Field(
         None, description="verifies tokens (default state_dir/../keys/issuer.pub)"
     )
-    pool_url: str = Field("http://127.0.0.1:9618",
-                          description="the pool, when `pools` is empty (named `pool`)")
-    factory_url: str = Field("http://127.0.0.1:9620",
-                             description="the factory, when `factories` is empty (named `factory`)")
+    pool_url: str = Field(
+        "http://127.0.0.1:9618", description="the pool, when `pools` is empty (named `pool`)"
+    )
+    factory_url: str = Field(
+        "http://127.0.0.1:9620",
+        description="the factory, when `factories` is empty (named `factory`)",
+    )
     pools: list[Source] = Field(default_factory=list, description="pools watched; see Source")
     factories: list[Source] = Field(default_factory=list, description="factories asked")
     token_file: Path | None = Field(
@@ -182,12 +210,15 @@ class FrontendConfig(BaseModel):
                 raise ValueError(f"groups[{i}].name: {group.name!r} is used twice")
             seen.add(group.name)
             if group.pool is not None and group.pool not in pools:
-                raise ValueError(f"groups[{i}].pool: no pool named {group.pool!r} "
-                                 f"(known: {sorted(pools)})")
+                raise ValueError(
+                    f"groups[{i}].pool: no pool named {group.pool!r} (known: {sorted(pools)})"
+                )
             for name in group.factories or []:
                 if name not in factories:
-                    raise ValueError(f"groups[{i}].factories: no factory named {name!r} "
-                                     f"(known: {sorted(factories)})")
+                    raise ValueError(
+                        f"groups[{i}].factories: no factory named {name!r} "
+                        f"(known: {sorted(factories)})"
+                    )
         for kind, items in (("pools", self.pools), ("factories", self.factories)):
             names = [s.name for s in items]
             if len(names) != len(set(names)):

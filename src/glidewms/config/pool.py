@@ -15,8 +15,9 @@ class PoolConfig(BaseModel):
     listen_host: str = Field("127.0.0.1", description="address to listen on")
     listen_port: int = Field(9618, ge=0, le=65535, description="0 picks a free port")
     url_file: Path | None = Field(None, description="where to write the URL once listening")
-    state_dir: Path = Field(Path("glidewms-state/pool"),
-                            description="database and sandbox files live here")
+    state_dir: Path = Field(
+        Path("glidewms-state/pool"), description="database and sandbox files live here"
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default SQLite in state_dir"
     )
@@ -36,19 +37,28 @@ class PoolConfig(BaseModel):
         60.0, gt=0, description="how often jobs' periodic_hold/remove/release are evaluated"
     )
     significant_attributes: list[str] = Field(
-        default_factory=lambda: ["DESIRED_Sites", "DESIRED_Gatekeepers", "ContainerImage",
-                                 "SingularityImage", "WantContainer", "MaxWallTimeMins"],
+        default_factory=lambda: [
+            "DESIRED_Sites",
+            "DESIRED_Gatekeepers",
+            "ContainerImage",
+            "SingularityImage",
+            "WantContainer",
+            "MaxWallTimeMins",
+        ],
         description="job attributes that slot Start and frontend match expressions may read "
         "beyond those a job's Requirements reference (HTCondor's SIGNIFICANT_ATTRIBUTES); "
         "applies to jobs submitted after a change",
     )
     reserve_for_large_jobs: bool = Field(
-        True, description="a busy partitionable pilot takes no smaller job while a larger one "
-        "that comes first in priority waits for its resources (docs/pool.md)"
+        True,
+        description="a busy partitionable pilot takes no smaller job while a larger one "
+        "that comes first in priority waits for its resources (docs/pool.md)",
     )
     database_lock_wait: float = Field(
-        10.0, ge=0, description="seconds to wait for another pool to release the database "
-        "before refusing to start"
+        10.0,
+        ge=0,
+        description="seconds to wait for another pool to release the database "
+        "before refusing to start",
     )
     max_pilot_token_lifetime: float = Field(
         7 * 24 * 3600.0, gt=0, description="longest pilot token a frontend may obtain"

@@ -108,8 +108,10 @@ class SshConfig(BaseModel):
 
 
 # A DNS host name or an IPv4 address: HTCondor-CE hosts and schedd names.
-HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 # A submit command name (`request_gpus`, `+MyAttr`, `My.Attr`).
 SUBMIT_KEY = re.compile(r"^\+?[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 
@@ -133,22 +135,28 @@ class CondorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     grid_type: Literal["condor", "batch"] = Field(
-        default="condor", description="condor: an HTCondor-CE; batch: a blahp batch system")
+        default="condor", description="condor: an HTCondor-CE; batch: a blahp batch system"
+    )
     ce_host: str | None = Field(default=None, description="HTCondor-CE host (grid_type condor)")
     ce_port: int = Field(default=9619, ge=1, le=65535, description="HTCondor-CE port")
     batch_system: Literal["slurm", "pbs", "lsf", "sge", "condor"] | None = Field(
-        default=None, description="grid_type batch: the batch system behind the blahp")
+        default=None, description="grid_type batch: the batch system behind the blahp"
+    )
     remote: str | None = Field(
-        default=None, description="grid_type batch: user@host of a remote login node (BOSCO)")
+        default=None, description="grid_type batch: user@host of a remote login node (BOSCO)"
+    )
     schedd: str = Field(default="local", description="'local' or the name of a schedd")
     collector: str | None = Field(
-        default=None, description="collector that locates a named schedd; default the pool's")
+        default=None, description="collector that locates a named schedd; default the pool's"
+    )
     x509: Path | None = Field(default=None, description="X.509 proxy file (absolute path)")
     scitoken: Path | None = Field(default=None, description="SciToken file (absolute path)")
     factory_tag: str = Field(
-        default="glidewms", description="marks this factory's jobs in a shared schedd")
+        default="glidewms", description="marks this factory's jobs in a shared schedd"
+    )
     submit: dict[str, str] = Field(
-        default_factory=dict, description="extra submit commands, e.g. {+Owner_VO: '\"cms\"'}")
+        default_factory=dict, description="extra submit commands, e.g. {+Owner_VO: '\"cms\"'}"
+    )
 
     @field_validator("ce_host")
     @classmethod
@@ -197,8 +205,9 @@ class CondorConfig(BaseModel):
     def _submit(cls, value: dict[str, str]) -> dict[str, str]:
         for key, item in value.items():
             if not SUBMIT_KEY.match(key):
-                raise ValueError(f"submit command {key!r}: expected a name such as request_gpus "
-                                 "or +MyAttribute")
+                raise ValueError(
+                    f"submit command {key!r}: expected a name such as request_gpus or +MyAttribute"
+                )
             if "\n" in item or "\r" in item:
                 raise ValueError(f"submit command {key!r}: value must be a single line")
         return value

@@ -32,9 +32,14 @@ from glidewms.security.tokens import TokenVerifier
 log = logging.getLogger(__name__)
 
 
-def build_factory(config: FactoryConfig, public_url: str, *, bootstrap: Path | None,
-                  agent_dir: Path | None,
-                  kill_grace: float) -> tuple[Factory, BackendContext]:  # fmt: skip
+def build_factory(
+    config: FactoryConfig,
+    public_url: str,
+    *,
+    bootstrap: Path | None,
+    agent_dir: Path | None,
+    kill_grace: float,
+) -> tuple[Factory, BackendContext]:
     """The converge loop with its store, stage and one backend per kind of entry (and
     the backends' context, which a reload adds entries to)."""
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -49,15 +54,18 @@ def build_factory(config: FactoryConfig, public_url: str, *, bootstrap: Path | N
         kill_grace=kill_grace,
         entries={e.name: e for e in config.entries},
     )
-    backends = {kind: create_backend(kind, context)
-                for kind in sorted({e.backend for e in config.entries})}  # fmt: skip
-    factory = Factory(config, public_url=public_url, store=store, stage=stage,
-                      backends=backends, context=context)  # fmt: skip
+    backends = {
+        kind: create_backend(kind, context) for kind in sorted({e.backend for e in config.entries})
+    }
+    factory = Factory(
+        config, public_url=public_url, store=store, stage=stage, backends=backends, context=context
+    )
     return factory, context
 
 
-def lifespan(factory: Factory,
-             reloader: Reloader) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def lifespan(
+    factory: Factory, reloader: Reloader
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The loop runs while the app does; SIGHUP reloads (where signals can be had)."""
 
     @asynccontextmanager
@@ -105,12 +113,12 @@ def create_app(
     if not key_path.is_file():
         raise ConfigError(f"issuer_public_key: {key_path} does not exist")
     verifier = TokenVerifier.from_file(key_path)
-    factory, context = build_factory(config, public_url, bootstrap=bootstrap,
-                                     agent_dir=agent_dir, kill_grace=kill_grace)  # fmt: skip
+    factory, context = build_factory(
+        config, public_url, bootstrap=bootstrap, agent_dir=agent_dir, kill_grace=kill_grace
+    )
     reload = Reloader(factory, context, reloader)
 
-    app = FastAPI(title="glidewms factory", version=API_VERSION,
-                  lifespan=lifespan(factory, reload))  # fmt: skip
+    app = FastAPI(title="glidewms factory", version=API_VERSION, lifespan=lifespan(factory, reload))
     app.add_middleware(VersionHeader)
     app.state.verifier = verifier
     app.state.factory = factory

@@ -35,16 +35,21 @@ class LogArchive:
         self.retention_seconds = retention_seconds
 
     def directory(self, entry: str, frontend: str, glidein_id: str) -> Path:
-        return (self.root / _safe("entry", entry) / _safe("frontend", frontend)
-                / _safe("glidein id", glidein_id))  # fmt: skip
+        return (
+            self.root
+            / _safe("entry", entry)
+            / _safe("frontend", frontend)
+            / _safe("glidein id", glidein_id)
+        )
 
     def _ensure(self, entry: str, frontend: str, glidein_id: str) -> Path:
         path = self.directory(entry, frontend, glidein_id)
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
 
-    def store_output(self, entry: str, frontend: str, glidein_id: str,
-                     stdout: str, stderr: str) -> None:  # fmt: skip
+    def store_output(
+        self, entry: str, frontend: str, glidein_id: str, stdout: str, stderr: str
+    ) -> None:
         """Keep what the backend kept of the pilot's standard output and error."""
         path = self._ensure(entry, frontend, glidein_id)
         for name, text in (("stdout", stdout), ("stderr", stderr)):
@@ -52,8 +57,14 @@ class LogArchive:
             tmp.write_text(text)
             tmp.replace(path / name)
 
-    def append_trail(self, entry: str, frontend: str, glidein_id: str,
-                     records: Iterable[Mapping[str, Any]], final: bool) -> int:  # fmt: skip
+    def append_trail(
+        self,
+        entry: str,
+        frontend: str,
+        glidein_id: str,
+        records: Iterable[Mapping[str, Any]],
+        final: bool,
+    ) -> int:
         """Append the pilot's log records; a final flush is marked in the trail."""
         path = self._ensure(entry, frontend, glidein_id)
         lines = [json.dumps(dict(r), sort_keys=True) for r in records]
@@ -75,8 +86,12 @@ class LogArchive:
 
         trail = [json.loads(line) for line in text("trail.jsonl").splitlines() if line.strip()]
         archived = (path / "stdout").exists()
-        return {"stdout": text("stdout"), "stderr": text("stderr"), "trail": trail,
-                "archived": archived}  # fmt: skip
+        return {
+            "stdout": text("stdout"),
+            "stderr": text("stderr"),
+            "trail": trail,
+            "archived": archived,
+        }
 
     def purge(self, now: float | None = None) -> int:
         """Remove pilots' directories not touched within the retention; how many went."""
@@ -87,8 +102,9 @@ class LogArchive:
         for pilot_dir in self.root.glob("*/*/*"):
             if not pilot_dir.is_dir():
                 continue
-            newest = max((f.stat().st_mtime for f in pilot_dir.iterdir()),
-                         default=pilot_dir.stat().st_mtime)  # fmt: skip
+            newest = max(
+                (f.stat().st_mtime for f in pilot_dir.iterdir()), default=pilot_dir.stat().st_mtime
+            )
             if now - newest > self.retention_seconds:
                 shutil.rmtree(pilot_dir, ignore_errors=True)
                 removed += 1

@@ -150,20 +150,32 @@ def entry_name(site: str, ce: str, queue: str) -> str:
 
 def catalogue_fields(site: Site, ce: ComputingElement, queue: Queue) -> dict[str, Any]:
     """What the catalogue says about one entry (before the flavour's and the operator's)."""
-    attributes: dict[str, Any] = {"GLIDEIN_CE": ce.endpoint, "GLIDEIN_CE_Flavour": ce.flavour,
-                                  "GLIDEIN_Site_Tier": site.tier_level or 0}  # fmt: skip
-    for key, value in (("GLIDEIN_Country", site.country_code), ("GLIDEIN_OS", queue.os),
-                       ("GLIDEIN_Arch", queue.arch), ("GLIDEIN_GPU_Model", queue.gpu_model),
-                       ("GLIDEIN_Batch_System", ce.jobmanager)):  # fmt: skip
+    attributes: dict[str, Any] = {
+        "GLIDEIN_CE": ce.endpoint,
+        "GLIDEIN_CE_Flavour": ce.flavour,
+        "GLIDEIN_Site_Tier": site.tier_level or 0,
+    }
+    for key, value in (
+        ("GLIDEIN_Country", site.country_code),
+        ("GLIDEIN_OS", queue.os),
+        ("GLIDEIN_Arch", queue.arch),
+        ("GLIDEIN_GPU_Model", queue.gpu_model),
+        ("GLIDEIN_Batch_System", ce.jobmanager),
+    ):
         if value:
             attributes[key] = value
     if queue.gpus:
         attributes["GLIDEIN_GPUs"] = queue.gpus
     if site.vos:
         attributes["GLIDEIN_Supported_VOs"] = ",".join(site.vos)
-    return {"site": site.name, "cpus": queue.cores, "memory": queue.memory_mb,
-            "walltime": queue.walltime_minutes * 60, "attributes": attributes,
-            "batch": {"queue": queue.name}}  # fmt: skip
+    return {
+        "site": site.name,
+        "cpus": queue.cores,
+        "memory": queue.memory_mb,
+        "walltime": queue.walltime_minutes * 60,
+        "attributes": attributes,
+        "batch": {"queue": queue.name},
+    }
 
 
 def default_flavour(ce: ComputingElement) -> dict[str, Any] | None:
@@ -197,8 +209,9 @@ class Generated:
 
 
 def _wanted(name: str, overrides: Overrides) -> bool:
-    return (any(fnmatch.fnmatchcase(name, p) for p in overrides.include)
-            and not any(fnmatch.fnmatchcase(name, p) for p in overrides.exclude))  # fmt: skip
+    return any(fnmatch.fnmatchcase(name, p) for p in overrides.include) and not any(
+        fnmatch.fnmatchcase(name, p) for p in overrides.exclude
+    )
 
 
 def generate(catalogue: Catalogue, overrides: Overrides, source: str = "catalogue") -> Generated:
@@ -223,8 +236,11 @@ def generate(catalogue: Catalogue, overrides: Overrides, source: str = "catalogu
                 continue
             flavour = flavour_fields(ce, overrides)
             if flavour is None:
-                why = ("mapped to null" if ce.flavour in overrides.flavours
-                       else "no backend for this flavour (map it under flavours:)")  # fmt: skip
+                why = (
+                    "mapped to null"
+                    if ce.flavour in overrides.flavours
+                    else "no backend for this flavour (map it under flavours:)"
+                )
                 out.skipped.append(f"CE {ce.name} ({site.name}): {ce.flavour}: {why}")
                 continue
             for queue in ce.queues:
@@ -239,14 +255,18 @@ def generate(catalogue: Catalogue, overrides: Overrides, source: str = "catalogu
                 if name in names:
                     raise ConfigError(f"{source}: two queues make the entry name {name!r}")
                 names.add(name)
-                merged = deep_merge(deep_merge(deep_merge(
-                    overrides.defaults, catalogue_fields(site, ce, queue)), flavour),
-                    overrides.entries.get(name) or {})  # fmt: skip
+                merged = deep_merge(
+                    deep_merge(
+                        deep_merge(overrides.defaults, catalogue_fields(site, ce, queue)), flavour
+                    ),
+                    overrides.entries.get(name) or {},
+                )
                 out.entries.append(_checked({"name": name, **merged}, name))
     unknown = sorted(set(overrides.entries) - seen)
     if unknown:
-        out.skipped.append(f"overrides for entries the catalogue does not make: "
-                           f"{', '.join(unknown)}")
+        out.skipped.append(
+            f"overrides for entries the catalogue does not make: {', '.join(unknown)}"
+        )
     return out
 
 
@@ -283,8 +303,12 @@ def entries_yaml(entries: list[dict[str, Any]]) -> str:
     return yaml.safe_dump(entries, sort_keys=False, default_flow_style=False)
 
 
-def diff_entries(old: list[dict[str, Any]], new: list[dict[str, Any]],
-                 old_name: str = "current", new_name: str = "generated") -> EntryDiff:  # fmt: skip
+def diff_entries(
+    old: list[dict[str, Any]],
+    new: list[dict[str, Any]],
+    old_name: str = "current",
+    new_name: str = "generated",
+) -> EntryDiff:
     """What replacing `old` by `new` changes, entry by entry, and as a text diff."""
     before = {e["name"]: e for e in old}
     after = {e["name"]: e for e in new}
@@ -294,11 +318,17 @@ def diff_entries(old: list[dict[str, Any]], new: list[dict[str, Any]],
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if keys:
             changed[name] = keys
-    text = "".join(difflib.unified_diff(entries_yaml(old).splitlines(keepends=True),
-                                        entries_yaml(new).splitlines(keepends=True),
-                                        old_name, new_name))  # fmt: skip
-    return EntryDiff(sorted(set(after) - set(before)), sorted(set(before) - set(after)),
-                     changed, text)  # fmt: skip
+    text = "".join(
+        difflib.unified_diff(
+            entries_yaml(old).splitlines(keepends=True),
+            entries_yaml(new).splitlines(keepends=True),
+            old_name,
+            new_name,
+        )
+    )
+    return EntryDiff(
+        sorted(set(after) - set(before)), sorted(set(before) - set(after)), changed, text
+    )
 
 
 def read_entries(path: Path) -> list[dict[str, Any]]:

@@ -38,9 +38,13 @@ class FactoryClient:
             token = token_path.read_text().strip()
         except OSError as exc:
             raise FactoryClientError(
-                f"cannot read the token file {token_path}: {exc.strerror}") from None
-        self.http = httpx.Client(base_url=url.rstrip("/") + API_PREFIX, timeout=30,
-                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+                f"cannot read the token file {token_path}: {exc.strerror}"
+            ) from None
+        self.http = httpx.Client(
+            base_url=url.rstrip("/") + API_PREFIX,
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API call (`path` under the protocol prefix); its JSON answer."""
@@ -54,5 +58,6 @@ class FactoryClient:
             raise FactoryClientError(str(exc)) from None
         if response.status_code >= 400:
             raise FactoryClientError(
-                f"factory said {response.status_code}: {error_detail(response)}")
+                f"factory said {response.status_code}: {error_detail(response)}"
+            )
         return response.json()

@@ -30,8 +30,9 @@ def check_backends(config: FactoryConfig, source: str) -> None:
                 f"implemented over SSH yet (implemented: {', '.join(sorted(REMOTE_BACKENDS))})"
             )
         if (entry.ssh is not None or entry.backend == "ssh") and ssh.asyncssh is None:
-            raise MissingExtra(f"{source}: entries[{i}] ({entry.name}), reached over SSH,",
-                               "asyncssh")
+            raise MissingExtra(
+                f"{source}: entries[{i}] ({entry.name}), reached over SSH,", "asyncssh"
+            )
         if entry.backend not in BACKENDS:
             raise ConfigError(
                 f"{source}: entries[{i}].backend: {entry.backend!r} is not implemented yet "

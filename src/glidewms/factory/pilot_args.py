@@ -15,26 +15,40 @@ from glidewms.factory.stage import Stage
 from glidewms.factory.store import StoredRequest
 
 # Request entry fields given to pilots as slot attributes.
-REQUEST_ATTRIBUTES = (("GLIDEIN_Start", "start_expr"),
-                      ("GLIDEIN_Container_Image", "container_image"))  # fmt: skip
+REQUEST_ATTRIBUTES = (
+    ("GLIDEIN_Start", "start_expr"),
+    ("GLIDEIN_Container_Image", "container_image"),
+)
 
 
-def pilot_arguments(entry: EntryConfig, request: StoredRequest, glidein_id: str,
-                    factory_url: str, stage: Stage) -> tuple[str, ...]:  # fmt: skip
+def pilot_arguments(
+    entry: EntryConfig, request: StoredRequest, glidein_id: str, factory_url: str, stage: Stage
+) -> tuple[str, ...]:
     """The bootstrap's long options for one pilot of `request` at `entry`."""
     args = [
-        "--factory", factory_url,
-        "--manifest-sha256", stage.manifest_sha256,
-        "--pool", request.pool_url,
-        "--glidein-id", glidein_id,
-        "--entry", entry.name,
-        "--site", entry.site,
-        "--idle-timeout", str(entry.idle_timeout),
-        "--lifetime", str(entry.walltime),
-        "--cpus", str(entry.cpus),
-        "--memory", str(entry.memory),
-        "--work-dir", entry.work_dir,
-    ]  # fmt: skip
+        "--factory",
+        factory_url,
+        "--manifest-sha256",
+        stage.manifest_sha256,
+        "--pool",
+        request.pool_url,
+        "--glidein-id",
+        glidein_id,
+        "--entry",
+        entry.name,
+        "--site",
+        entry.site,
+        "--idle-timeout",
+        str(entry.idle_timeout),
+        "--lifetime",
+        str(entry.walltime),
+        "--cpus",
+        str(entry.cpus),
+        "--memory",
+        str(entry.memory),
+        "--work-dir",
+        entry.work_dir,
+    ]
     if stage.public_key_b64:
         args += ["--manifest-key", stage.public_key_b64]
     if request.vo_stage:

@@ -225,7 +225,7 @@ def choose_victims(pilots: Sequence[Glidein], decision: RemovePlan) -> list[Glid
         chosen = [g for g in pilots if g.state is state and g.backend_id]
         return sorted(chosen, key=lambda g: (g.submitted_at, g.glidein_id), reverse=True)
 
-    pending = (newest_first(GlideinState.held) + newest_first(GlideinState.queued))
+    pending = newest_first(GlideinState.held) + newest_first(GlideinState.queued)
     victims = pending[: decision.pending]
     victims += newest_first(GlideinState.running)[: decision.running]
     return victims
@@ -241,10 +241,13 @@ def active_downtime(
     apply, the one ending last is returned: that is when submission resumes.
     """
     current = [
-        d for d in downtimes
-        if d["entry"] in ("*", entry) and d["frontend"] in ("*", frontend)
-        and d["start"] <= now and (d["end"] is None or now < d["end"])
-    ]  # fmt: skip
+        d
+        for d in downtimes
+        if d["entry"] in ("*", entry)
+        and d["frontend"] in ("*", frontend)
+        and d["start"] <= now
+        and (d["end"] is None or now < d["end"])
+    ]
     if not current:
         return None
     return max(current, key=lambda d: math.inf if d["end"] is None else d["end"])

@@ -47,13 +47,17 @@ class EntryHealth:
         """The pause as entry ads show it, or None when not paused."""
         if self.paused_at is None:
             return None
-        return {"since": self.paused_at, "reason": self.paused_reason,
-                "failures": self.failures,
-                "retry_at": self.paused_at + recovery.pause_cooldown}  # fmt: skip
+        return {
+            "since": self.paused_at,
+            "reason": self.paused_reason,
+            "failures": self.failures,
+            "retry_at": self.paused_at + recovery.pause_cooldown,
+        }
 
 
-def after_failure(health: EntryHealth, error: str, now: float, cycle_seconds: float,
-                  recovery: RecoveryConfig) -> EntryHealth:  # fmt: skip
+def after_failure(
+    health: EntryHealth, error: str, now: float, cycle_seconds: float, recovery: RecoveryConfig
+) -> EntryHealth:
     """One more failed submission: back off, and pause after too many in a row."""
     failures = health.failures + 1
     delay = min(cycle_seconds * 2**failures, MAX_BACKOFF_SECONDS)
@@ -61,8 +65,13 @@ def after_failure(health: EntryHealth, error: str, now: float, cycle_seconds: fl
     if failures >= recovery.pause_after_failures:
         paused_at = now  # a retry after the cool-down that fails pauses anew
         reason = f"{failures} submissions failed in a row; last: {error}"
-    return EntryHealth(failures=failures, last_error=error, next_try=now + delay,
-                       paused_at=paused_at, paused_reason=reason)
+    return EntryHealth(
+        failures=failures,
+        last_error=error,
+        next_try=now + delay,
+        paused_at=paused_at,
+        paused_reason=reason,
+    )
 
 
 def after_success(health: EntryHealth) -> EntryHealth:
@@ -93,8 +102,9 @@ class HeldAction(str, Enum):
     REMOVE = "remove"
 
 
-def held_action(pilot: Glidein, now: float, recovery: RecoveryConfig,
-                can_release: bool = True) -> HeldAction:  # fmt: skip
+def held_action(
+    pilot: Glidein, now: float, recovery: RecoveryConfig, can_release: bool = True
+) -> HeldAction:
     """What to do with a held pilot: release it (bounded, with backoff) or remove it.
 
     The n-th release (n from 1) waits `release_backoff * 2**(n-1)` seconds after
@@ -117,7 +127,9 @@ def stale_reason(pilot: Glidein, entry: EntryConfig, now: float) -> str | None:
     recovery = entry.recovery
     if pilot.state is GlideinState.queued and now - since > recovery.max_queued_time:
         return "stale_queued"
-    if (pilot.state is GlideinState.running
-            and now - since > entry.walltime + recovery.walltime_grace):  # fmt: skip
+    if (
+        pilot.state is GlideinState.running
+        and now - since > entry.walltime + recovery.walltime_grace
+    ):
         return "stale_running"
     return None

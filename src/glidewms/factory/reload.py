@@ -54,29 +54,42 @@ def entry_changes(old: list[EntryConfig], new: list[EntryConfig]) -> ReloadSumma
     before = {e.name: e for e in old}
     after = {e.name: e for e in new}
     changed = sorted(n for n in set(before) & set(after) if before[n] != after[n])
-    return ReloadSummary(added=sorted(set(after) - set(before)),
-                         removed=sorted(set(before) - set(after)), changed=changed,
-                         unchanged=len(set(before) & set(after)) - len(changed))
+    return ReloadSummary(
+        added=sorted(set(after) - set(before)),
+        removed=sorted(set(before) - set(after)),
+        changed=changed,
+        unchanged=len(set(before) & set(after)) - len(changed),
+    )
 
 
 def apply_reload(factory: Factory, context: BackendContext, new: FactoryConfig) -> ReloadSummary:
     """Swap in `new`'s entries (and cycle time) without losing a pilot (module docstring)."""
     old = factory.config
     summary = entry_changes(old.entries, new.entries)
-    summary.ignored = [k for k in FIXED if getattr(new, k) != getattr(old, k)
-                       and not (k == "state_dir" and new.state_dir.resolve() == old.state_dir)]
+    summary.ignored = [
+        k
+        for k in FIXED
+        if getattr(new, k) != getattr(old, k)
+        and not (k == "state_dir" and new.state_dir.resolve() == old.state_dir)
+    ]
     for kind in sorted({e.backend for e in new.entries} - set(factory.backends)):
         factory.backends[kind] = create_backend(kind, context)
     retire(factory, [e for e in (old.entry(n) for n in summary.removed) if e is not None])
     unretire(factory, [e.name for e in new.entries])
     context.entries.update({e.name: e for e in new.entries})
-    factory.config = old.model_copy(update={"entries": list(new.entries),
-                                            "cycle_seconds": new.cycle_seconds})
-    log.warning("reconfigured: %d entries added (%s), %d removed (%s), %d changed, %d unchanged%s",
-                len(summary.added), ", ".join(summary.added) or "-", len(summary.removed),
-                ", ".join(summary.removed) or "-", len(summary.changed), summary.unchanged,
-                f"; ignored until a restart: {', '.join(summary.ignored)}"
-                if summary.ignored else "")  # fmt: skip
+    factory.config = old.model_copy(
+        update={"entries": list(new.entries), "cycle_seconds": new.cycle_seconds}
+    )
+    log.warning(
+        "reconfigured: %d entries added (%s), %d removed (%s), %d changed, %d unchanged%s",
+        len(summary.added),
+        ", ".join(summary.added) or "-",
+        len(summary.removed),
+        ", ".join(summary.removed) or "-",
+        len(summary.changed),
+        summary.unchanged,
+        f"; ignored until a restart: {', '.join(summary.ignored)}" if summary.ignored else "",
+    )
     factory.wake()
     return summary
 
@@ -90,8 +103,9 @@ class Reloader:
     is nothing to reload and `load` says so.
     """
 
-    def __init__(self, factory: Factory, context: BackendContext,
-                 loader: Callable[[], FactoryConfig] | None) -> None:  # fmt: skip
+    def __init__(
+        self, factory: Factory, context: BackendContext, loader: Callable[[], FactoryConfig] | None
+    ) -> None:
         self.factory = factory
         self.context = context
         self.loader = loader
@@ -99,8 +113,9 @@ class Reloader:
     def load(self) -> FactoryConfig:
         """The configuration read again; ConfigError names what is wrong in it."""
         if self.loader is None:
-            raise ConfigError("this factory was started without a configuration file: "
-                              "nothing to reload")  # fmt: skip
+            raise ConfigError(
+                "this factory was started without a configuration file: nothing to reload"
+            )
         return self.loader()
 
     def apply(self, new: FactoryConfig) -> ReloadSummary:

@@ -96,8 +96,14 @@ def write_token(path: Path, token: str) -> None:
     os.replace(tmp, path)
 
 
-def check_pilot_token(verifier: TokenVerifier, token: str, frontend: str, group: str,
-                      entry: str | None = None, where: str = "pilot_token") -> float:  # fmt: skip
+def check_pilot_token(
+    verifier: TokenVerifier,
+    token: str,
+    frontend: str,
+    group: str,
+    entry: str | None = None,
+    where: str = "pilot_token",
+) -> float:
     """The delegated token must be a pilot token of this frontend, group (and entry,
     when the pool scoped it to one); returns its expiry. `where` names the field."""
     try:
@@ -117,8 +123,9 @@ def check_pilot_token(verifier: TokenVerifier, token: str, frontend: str, group:
     return float(identity.claims["exp"])
 
 
-def accept_request(verifier: TokenVerifier, body: RequestBody, frontend: str, group: str,
-                   credentials: Path) -> AcceptedRequest:  # fmt: skip
+def accept_request(
+    verifier: TokenVerifier, body: RequestBody, frontend: str, group: str, credentials: Path
+) -> AcceptedRequest:
     """Check every token of the request, then write them; 422 names the bad field.
 
     An entry without its own token uses the group's, which must then exist
@@ -131,19 +138,28 @@ def accept_request(verifier: TokenVerifier, body: RequestBody, frontend: str, gr
     for name, wanted in body.entries.items():
         where = f"entries.{name}.pilot_token"
         if wanted.pilot_token is not None:
-            own[name] = (wanted.pilot_token, check_pilot_token(
-                verifier, wanted.pilot_token, frontend, group, name, where))  # fmt: skip
+            own[name] = (
+                wanted.pilot_token,
+                check_pilot_token(verifier, wanted.pilot_token, frontend, group, name, where),
+            )
         elif body.pilot_token is None:
             raise HTTPException(422, f"{where}: required when the request has no pilot_token")
         else:
-            check_pilot_token(verifier, body.pilot_token, frontend, group, name,
-                              f"pilot_token (for entry {name})")  # fmt: skip
+            check_pilot_token(
+                verifier, body.pilot_token, frontend, group, name, f"pilot_token (for entry {name})"
+            )
     if body.pilot_token is not None:
         write_token(token_file(credentials, frontend, group), body.pilot_token)
     for name, (token, _) in own.items():
         write_token(token_file(credentials, frontend, group, name), token)
-    entries = {name: req.model_dump(mode="json", exclude_none=True, exclude={"pilot_token"})
-               for name, req in body.entries.items()}  # fmt: skip
+    entries = {
+        name: req.model_dump(mode="json", exclude_none=True, exclude={"pilot_token"})
+        for name, req in body.entries.items()
+    }
     vo = None if body.vo_stage is None else body.vo_stage.model_dump(exclude_none=True)
-    return AcceptedRequest(entries=entries, token_expires=expires,
-                           entry_tokens={n: e for n, (_, e) in own.items()}, vo_stage=vo)
+    return AcceptedRequest(
+        entries=entries,
+        token_expires=expires,
+        entry_tokens={n: e for n, (_, e) in own.items()},
+        vo_stage=vo,
+    )

@@ -68,16 +68,25 @@ async def adopt_unrecorded(factory: Factory) -> None:
             unsure.update(g.glidein_id for g in group)
     if found:
         await asyncio.to_thread(factory.store.set_backend_ids, found)
-    lost = {g.glidein_id: GlideinState.failed for g in unrecorded
-            if g.glidein_id not in found.keys() | unsure | unwatched}  # fmt: skip
-    log.warning("%d submission(s) were interrupted by a factory stop: %d found at the "
-                "site, %d never reached it, %d of entries no longer configured (lost)",
-                len(unrecorded), len(found), len(lost), len(unwatched))  # fmt: skip
+    lost = {
+        g.glidein_id: GlideinState.failed
+        for g in unrecorded
+        if g.glidein_id not in found.keys() | unsure | unwatched
+    }
+    log.warning(
+        "%d submission(s) were interrupted by a factory stop: %d found at the "
+        "site, %d never reached it, %d of entries no longer configured (lost)",
+        len(unrecorded),
+        len(found),
+        len(lost),
+        len(unwatched),
+    )
     if lost:
         await asyncio.to_thread(factory.store.set_states, lost, "submit_failed")
     if unwatched:  # cannot be asked about: neither submit_failed nor counted forever
-        await asyncio.to_thread(factory.store.set_states,
-                                dict.fromkeys(unwatched, GlideinState.failed), "lost")
+        await asyncio.to_thread(
+            factory.store.set_states, dict.fromkeys(unwatched, GlideinState.failed), "lost"
+        )
 
 
 def submission_order(g: Glidein) -> tuple[float, str, int]:

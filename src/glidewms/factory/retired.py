@@ -49,8 +49,12 @@ async def load(factory: Factory) -> None:
         try:
             entry = EntryConfig.model_validate(values)
         except ValueError as exc:
-            log.error("retired entry %s: stored configuration unusable (%s); its pilots "
-                      "stay counted as they were", name, exc)  # fmt: skip
+            log.error(
+                "retired entry %s: stored configuration unusable (%s); its pilots "
+                "stay counted as they were",
+                name,
+                exc,
+            )
             continue
         factory.retired[name] = entry
         context = factory.context
@@ -59,8 +63,9 @@ async def load(factory: Factory) -> None:
             if entry.backend not in factory.backends:
                 factory.backends[entry.backend] = create_backend(entry.backend, context)
     if factory.retired:
-        log.warning("watching the pilots of retired entries: %s",
-                    ", ".join(sorted(factory.retired)))  # fmt: skip
+        log.warning(
+            "watching the pilots of retired entries: %s", ", ".join(sorted(factory.retired))
+        )
 
 
 async def drop_ended(factory: Factory, active: list[Glidein]) -> None:

@@ -120,5 +120,10 @@ def _retired_entries(conn: Connection) -> None:
     retired_entries_table.create(conn, checkfirst=True)
 
 
-MIGRATIONS = [_create_tables, _downtimes_and_archive, _recovery, _entry_tokens_and_vo_stage,
-              _retired_entries]  # fmt: skip
+MIGRATIONS = [
+    _create_tables,
+    _downtimes_and_archive,
+    _recovery,
+    _entry_tokens_and_vo_stage,
+    _retired_entries,
+]

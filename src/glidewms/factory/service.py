@@ -71,9 +71,16 @@ TOKEN_MARGIN_SECONDS = 60.0  # do not start pilots with a token about to expire
 class Factory:
     """The converge loop and the state it needs between cycles."""
 
-    def __init__(self, config: FactoryConfig, *, public_url: str, store: FactoryStore,
-                 stage: Stage, backends: dict[str, Backend],
-                 context: BackendContext | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: FactoryConfig,
+        *,
+        public_url: str,
+        store: FactoryStore,
+        stage: Stage,
+        backends: dict[str, Backend],
+        context: BackendContext | None = None,
+    ) -> None:
         self.config = config
         self.public_url = public_url
         self.store = store
@@ -85,8 +92,7 @@ class Factory:
         self._run_tag = secrets.token_hex(3)
         self._seq = itertools.count(1)
         self._logged: dict[tuple[str, str, str], str] = {}
-        self.archive = LogArchive(config.state_dir / "archive",
-                                  config.log_retention_days * 86400)  # fmt: skip
+        self.archive = LogArchive(config.state_dir / "archive", config.log_retention_days * 86400)
         self.purged_at = 0.0  # when the log archive was last purged
         self.downtimes: list[dict[str, Any]] = []  # as of the last cycle
         self._active: dict[tuple[str, str, str], list[Glidein]] = {}  # this cycle's, by request
@@ -246,11 +252,19 @@ class Factory:
                 try:
                     await self._converge_entry(request, name, raw, errors, tally, now)
                 except Exception:
-                    log.exception("entry %s: converging %s/%s failed", name, request.frontend,
-                                  request.group)  # fmt: skip
+                    log.exception(
+                        "entry %s: converging %s/%s failed", name, request.frontend, request.group
+                    )
 
-    async def _converge_entry(self, request: StoredRequest, name: str, raw: dict[str, object],
-                              errors: dict[str, str], tally: Tally, now: float) -> None:
+    async def _converge_entry(
+        self,
+        request: StoredRequest,
+        name: str,
+        raw: dict[str, object],
+        errors: dict[str, str],
+        tally: Tally,
+        now: float,
+    ) -> None:
         entry = self.config.entry(name)
         message = errors.get(name)
         if entry is None or not entry.allows(request.frontend):
@@ -259,8 +273,7 @@ class Factory:
         counts = tally.counts(name, request.frontend, request.group)
         downtime = active_downtime(self.downtimes, name, request.frontend, now)
         reason = None if downtime is None else str(downtime["reason"])
-        decision = plan(entry, EntryRequest.model_validate(raw), counts, reason,
-                        request.frontend)  # fmt: skip
+        decision = plan(entry, EntryRequest.model_validate(raw), counts, reason, request.frontend)
         if isinstance(decision, RemovePlan):
             await self._remove(entry, request, decision, tally)
         elif decision.count > 0 and message:
@@ -283,16 +296,30 @@ class Factory:
 
     async def _record_failure(self, entry: EntryConfig, error: str) -> None:
         now = time.time()
-        health = after_failure(self.health.get(entry.name, EntryHealth()), error, now,
-                               self.config.cycle_seconds, entry.recovery)  # fmt: skip
+        health = after_failure(
+            self.health.get(entry.name, EntryHealth()),
+            error,
+            now,
+            self.config.cycle_seconds,
+            entry.recovery,
+        )
         await self._set_health(entry.name, health)
         if health.paused_at == now:
-            log.error("entry %s paused after %d failed submissions (%s); resume it with "
-                      "`glidewms factory entry resume %s`", entry.name, health.failures, error,
-                      entry.name)  # fmt: skip
+            log.error(
+                "entry %s paused after %d failed submissions (%s); resume it with "
+                "`glidewms factory entry resume %s`",
+                entry.name,
+                health.failures,
+                error,
+                entry.name,
+            )
         else:
-            log.error("entry %s: submission failed (%s); next try in %.1fs", entry.name, error,
-                      health.next_try - now)  # fmt: skip
+            log.error(
+                "entry %s: submission failed (%s); next try in %.1fs",
+                entry.name,
+                error,
+                health.next_try - now,
+            )
 
     async def _submit(
         self, entry: EntryConfig, request: StoredRequest, count: int, tally: Tally
@@ -303,10 +330,16 @@ class Factory:
             return
         now = time.time()
         glideins = [
-            Glidein.submitted(self.new_glidein_id(entry.name), entry.name, entry.backend,
-                              request.frontend, request.group, now)
+            Glidein.submitted(
+                self.new_glidein_id(entry.name),
+                entry.name,
+                entry.backend,
+                request.frontend,
+                request.group,
+                now,
+            )
             for _ in range(count)
-        ]  # fmt: skip
+        ]
         # Recorded before submission: a factory killed mid-submit finds them on restart.
         await asyncio.to_thread(self.store.add_glideins, glideins)
         tally.add(entry.name, request.frontend, request.group, GlideinState.queued, count)
@@ -332,10 +365,16 @@ class Factory:
             tally.add(*key, GlideinState.queued, -len(failed))
             await self._record_failure(entry, error or "backend returned fewer ids than pilots")
         else:
-            await self._set_health(entry.name, after_success(self.health.get(entry.name,
-                                                                             EntryHealth())))
-        log.info("entry %s: submitted %d pilot(s) for %s/%s", entry.name, len(started),
-                 request.frontend, request.group)  # fmt: skip
+            await self._set_health(
+                entry.name, after_success(self.health.get(entry.name, EntryHealth()))
+            )
+        log.info(
+            "entry %s: submitted %d pilot(s) for %s/%s",
+            entry.name,
+            len(started),
+            request.frontend,
+            request.group,
+        )
 
     async def _remove(
         self, entry: EntryConfig, request: StoredRequest, decision: RemovePlan, tally: Tally
@@ -356,6 +395,12 @@ class Factory:
         self._active[key] = [g for g in self._active[key] if g.glidein_id not in gone]
         await self.backends[entry.backend].remove([g.backend_id for g in victims if g.backend_id])
         running = sum(g.state is GlideinState.running for g in victims)
-        log.info("entry %s: removing %d pilot(s) of %s/%s (%d running): %s", entry.name,
-                 len(victims), request.frontend, request.group, running,
-                 decision.reason)  # fmt: skip
+        log.info(
+            "entry %s: removing %d pilot(s) of %s/%s (%d running): %s",
+            entry.name,
+            len(victims),
+            request.frontend,
+            request.group,
+            running,
+            decision.reason,
+        )

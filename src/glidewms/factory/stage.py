@@ -96,7 +96,8 @@ def _sources(directory: Path) -> list[Path]:
     return sorted(
         p
         for p in directory.rglob("*")
-        if p.is_file() and p.suffix in SHIPPED_SUFFIXES
+        if p.is_file()
+        and p.suffix in SHIPPED_SUFFIXES
         and "__pycache__" not in p.relative_to(directory).parts
     )
 
@@ -110,8 +111,9 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         return key
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -122,13 +124,18 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:
     """The public key as base64 DER (SubjectPublicKeyInfo): one argv-safe word."""
-    der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return base64.b64encode(der).decode()
 
 
-def build_stage(state_dir: Path, agent_dir: Path | None = None,
-                validation_dir: Path | None = None, key_path: Path | None = None) -> Stage:
+def build_stage(
+    state_dir: Path,
+    agent_dir: Path | None = None,
+    validation_dir: Path | None = None,
+    key_path: Path | None = None,
+) -> Stage:
     """(Re)build `<state_dir>/stage`, write its manifest and sign it.
 
     The standard validation scripts ship with the packaged agent; a custom
@@ -166,8 +173,12 @@ def _sign(root: Path, files: dict[str, str], key: Ed25519PrivateKey) -> Stage:
         tmp = root / f".{name}.tmp"
         tmp.write_bytes(content)
         tmp.replace(root / name)
-    return Stage(root=root, files=files, manifest_sha256=hashlib.sha256(data).hexdigest(),
-                 public_key_b64=public_key_b64(key))
+    return Stage(
+        root=root,
+        files=files,
+        manifest_sha256=hashlib.sha256(data).hexdigest(),
+        public_key_b64=public_key_b64(key),
+    )
 
 
 def build_vo_stage(source_dir: Path, out_dir: Path, key_path: Path) -> Stage:
@@ -186,8 +197,7 @@ def build_vo_stage(source_dir: Path, out_dir: Path, key_path: Path) -> Stage:
     if not listing.is_file():
         raise ValueError(f"{source_dir}: a VO stage needs a scripts.list")
     try:
-        scripts = parse_script_list(listing.read_text(), str(source_dir), str(listing),
-                                    ("group",))
+        scripts = parse_script_list(listing.read_text(), str(source_dir), str(listing), ("group",))
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
     for script in scripts:
@@ -200,8 +210,7 @@ def build_vo_stage(source_dir: Path, out_dir: Path, key_path: Path) -> Stage:
     files: dict[str, str] = {}
     for source in sorted(p for p in source_dir.rglob("*") if p.is_file()):
         relative = source.relative_to(source_dir)
-        if "__pycache__" in relative.parts or relative.as_posix() in ("manifest",
-                                                                        SIGNATURE_NAME):
+        if "__pycache__" in relative.parts or relative.as_posix() in ("manifest", SIGNATURE_NAME):
             continue
         destination = root / relative
         destination.parent.mkdir(parents=True, exist_ok=True)

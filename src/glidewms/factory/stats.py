@@ -54,10 +54,21 @@ def entry_stats(glideins: Iterable[Glidein], since: float, now: float) -> list[d
         submitted_here = g.submitted_at >= since
         if not (alive or ended_here or submitted_here):
             continue
-        row = rows.setdefault((g.entry, g.frontend), {
-            "entry": g.entry, "frontend": g.frontend, "pilots": {}, "submitted": 0,
-            "submit_rate_per_hour": 0.0, "failures": {}, "reports": 0,
-            "goodput_seconds": 0.0, "badput_seconds": 0.0, "pilot_seconds": 0.0})  # fmt: skip
+        row = rows.setdefault(
+            (g.entry, g.frontend),
+            {
+                "entry": g.entry,
+                "frontend": g.frontend,
+                "pilots": {},
+                "submitted": 0,
+                "submit_rate_per_hour": 0.0,
+                "failures": {},
+                "reports": 0,
+                "goodput_seconds": 0.0,
+                "badput_seconds": 0.0,
+                "pilot_seconds": 0.0,
+            },
+        )
         if alive or ended_here:
             row["pilots"][g.state.value] = row["pilots"].get(g.state.value, 0) + 1
         if submitted_here:
@@ -68,9 +79,11 @@ def entry_stats(glideins: Iterable[Glidein], since: float, now: float) -> list[d
                 row["failures"][category] = row["failures"].get(category, 0) + 1
             if g.report is not None:
                 row["reports"] += 1
-                for key, source in (("goodput_seconds", "goodput_seconds"),
-                                    ("badput_seconds", "badput_seconds"),
-                                    ("pilot_seconds", "wall_seconds")):  # fmt: skip
+                for key, source in (
+                    ("goodput_seconds", "goodput_seconds"),
+                    ("badput_seconds", "badput_seconds"),
+                    ("pilot_seconds", "wall_seconds"),
+                ):
                     row[key] += _seconds(g.report, source)
     out = []
     for key in sorted(rows):

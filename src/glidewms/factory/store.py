@@ -71,10 +71,21 @@ class Glidein:
         cls, glidein_id: str, entry: str, backend: str, frontend: str, group: str, now: float
     ) -> Glidein:
         """A new glidein about to be handed to its backend."""
-        return cls(glidein_id=glidein_id, entry=entry, backend=backend, frontend=frontend,
-                   group=group, backend_id=None, state=GlideinState.queued, submitted_at=now,
-                   updated_at=now, exit_reason=None, exit_code=None, report=None,
-                   state_since=now)  # fmt: skip
+        return cls(
+            glidein_id=glidein_id,
+            entry=entry,
+            backend=backend,
+            frontend=frontend,
+            group=group,
+            backend_id=None,
+            state=GlideinState.queued,
+            submitted_at=now,
+            updated_at=now,
+            exit_reason=None,
+            exit_code=None,
+            report=None,
+            state_since=now,
+        )
 
     def public(self) -> dict[str, Any]:
         """The glidein as the API shows it (the backend id is an internal detail)."""
@@ -170,8 +181,11 @@ class FactoryStore:
         now = time.time()
         with self.engine.begin() as conn:
             for glidein_id, state in states.items():
-                values: dict[str, Any] = {"state": state.value, "updated_at": now,
-                                          "state_since": now}  # fmt: skip
+                values: dict[str, Any] = {
+                    "state": state.value,
+                    "updated_at": now,
+                    "state_since": now,
+                }
                 if exit_reason is not None:
                     values["exit_reason"] = sa.func.coalesce(t.c.exit_reason, exit_reason)
                 conn.execute(t.update().where(t.c.glidein_id == glidein_id).values(**values))
@@ -227,8 +241,9 @@ class FactoryStore:
         """Glideins alive now, or submitted or changed since `since` (for stats)."""
         t = glideins_table
         states = [s.value for s in ACTIVE_STATES]
-        query = sa.select(t).where(sa.or_(t.c.state.in_(states), t.c.updated_at >= since,
-                                          t.c.submitted_at >= since))  # fmt: skip
+        query = sa.select(t).where(
+            sa.or_(t.c.state.in_(states), t.c.updated_at >= since, t.c.submitted_at >= since)
+        )
         if frontend is not None:
             query = query.where(t.c.frontend == frontend)
         with self.engine.connect() as conn:
@@ -272,15 +287,20 @@ class FactoryStore:
         ids = list(glidein_ids)
         if ids:
             with self.engine.begin() as conn:
-                conn.execute(t.update().where(t.c.glidein_id.in_(ids))
-                             .values(releases=t.c.releases + 1))  # fmt: skip
+                conn.execute(
+                    t.update().where(t.c.glidein_id.in_(ids)).values(releases=t.c.releases + 1)
+                )
 
     def unrecorded(self) -> list[Glidein]:
         """Active glideins without a backend id: a submission a stop interrupted."""
         t = glideins_table
         states = [s.value for s in ACTIVE_STATES]
-        query = (sa.select(t).where(t.c.state.in_(states)).where(t.c.backend_id.is_(None))
-                 .order_by(t.c.submitted_at))  # fmt: skip
+        query = (
+            sa.select(t)
+            .where(t.c.state.in_(states))
+            .where(t.c.backend_id.is_(None))
+            .order_by(t.c.submitted_at)
+        )
         with self.engine.connect() as conn:
             return [_glidein(r) for r in conn.execute(query)]
 
@@ -303,8 +323,9 @@ class FactoryStore:
 
     # -- retired entries --------------------------------------------------------
 
-    def retire_entries(self, configs: Mapping[str, Mapping[str, Any]],
-                       when: float | None = None) -> None:  # fmt: skip
+    def retire_entries(
+        self, configs: Mapping[str, Mapping[str, Any]], when: float | None = None
+    ) -> None:
         """Keep these entries' last configurations ({name: dumped EntryConfig})."""
         t = retired_entries_table
         when = time.time() if when is None else when
@@ -351,11 +372,24 @@ class FactoryStore:
 
     # -- downtimes --------------------------------------------------------------
 
-    def add_downtime(self, entry: str, frontend: str, start: float, end: float | None,
-                     reason: str, created_by: str) -> dict[str, Any]:  # fmt: skip
-        values = {"entry": entry, "frontend": frontend, "start": start, "end": end,
-                  "reason": reason, "created_by": created_by,
-                  "created_at": time.time()}  # fmt: skip
+    def add_downtime(
+        self,
+        entry: str,
+        frontend: str,
+        start: float,
+        end: float | None,
+        reason: str,
+        created_by: str,
+    ) -> dict[str, Any]:
+        values = {
+            "entry": entry,
+            "frontend": frontend,
+            "start": start,
+            "end": end,
+            "reason": reason,
+            "created_by": created_by,
+            "created_at": time.time(),
+        }
         with self.engine.begin() as conn:
             result = conn.execute(downtimes_table.insert().values(**values))
             return {"id": result.inserted_primary_key[0], **values}

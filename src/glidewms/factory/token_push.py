@@ -71,8 +71,13 @@ class TokenPush:
                 try:
                     await backend.refresh_token(entry, path)
                 except Exception as exc:  # retried next cycle
-                    log.warning("entry %s: cannot refresh the pilot token copy of %s/%s: %s",
-                                name, frontend, group, exc)  # fmt: skip
+                    log.warning(
+                        "entry %s: cannot refresh the pilot token copy of %s/%s: %s",
+                        name,
+                        frontend,
+                        group,
+                        exc,
+                    )
                     continue
                 self.pushed[key] = stamp
                 written += 1

@@ -55,9 +55,11 @@ async def maintain(factory: Factory) -> None:
     for kind, victims in remove.items():
         for reason in sorted({why for _, why in victims}):
             chosen = [g for g, why in victims if why == reason]
-            await asyncio.to_thread(factory.store.set_states,
-                                    dict.fromkeys((g.glidein_id for g in chosen),
-                                                  GlideinState.removing), reason)  # fmt: skip
+            await asyncio.to_thread(
+                factory.store.set_states,
+                dict.fromkeys((g.glidein_id for g in chosen), GlideinState.removing),
+                reason,
+            )
             await factory.backends[kind].remove([g.backend_id for g in chosen if g.backend_id])
             log.warning("%s: removed %d pilot(s): %s", kind, len(chosen), reason)
 
@@ -72,8 +74,14 @@ async def archive_logs(factory: Factory) -> None:
             continue
         try:
             logs = await backend.logs(g.backend_id)
-            await asyncio.to_thread(factory.archive.store_output, g.entry, g.frontend,
-                                    g.glidein_id, logs.stdout, logs.stderr)  # fmt: skip
+            await asyncio.to_thread(
+                factory.archive.store_output,
+                g.entry,
+                g.frontend,
+                g.glidein_id,
+                logs.stdout,
+                logs.stderr,
+            )
         except Exception as exc:
             log.warning("cannot archive the logs of %s: %s", g.glidein_id, exc)
         archived.append(g.glidein_id)  # tried once: a lost log is not retried forever

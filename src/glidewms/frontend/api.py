@@ -17,8 +17,9 @@ from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
 from glidewms.security.tokens import TokenVerifier
 
 
-def lifespan(frontend: Frontend,
-             loop: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:  # fmt: skip
+def lifespan(
+    frontend: Frontend, loop: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The loop runs for the app's lifetime, unless someone else drives the cycles."""
 
     @asynccontextmanager
@@ -35,16 +36,20 @@ def lifespan(frontend: Frontend,
     return run
 
 
-def create_app(config: FrontendConfig, own_token: str, public_url: str = "",
-               tokens: dict[str, str] | None = None,
-               frontend: Frontend | None = None, loop: bool = True) -> FastAPI:
+def create_app(
+    config: FrontendConfig,
+    own_token: str,
+    public_url: str = "",
+    tokens: dict[str, str] | None = None,
+    frontend: Frontend | None = None,
+    loop: bool = True,
+) -> FastAPI:
     """The status API around a frontend (a new one unless given), whose loop runs
     for the app's lifetime (unless `loop` is false: someone else drives cycles)."""
     frontend = frontend or Frontend(config, own_token, tokens)
     if not frontend.public_url:
         frontend.public_url = public_url
-    app = FastAPI(title="glidewms frontend", version=API_VERSION,
-                  lifespan=lifespan(frontend, loop))  # fmt: skip
+    app = FastAPI(title="glidewms frontend", version=API_VERSION, lifespan=lifespan(frontend, loop))
     app.add_middleware(VersionHeader)
     key = config.issuer_public_key or Path(config.state_dir).parent / "keys" / "issuer.pub"
     app.state.verifier = TokenVerifier.from_file(key)

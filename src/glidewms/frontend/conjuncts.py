@@ -73,8 +73,7 @@ def _wrapped(text: str) -> bool:
     if not (text.startswith("(") and text.endswith(")")):
         return False
     last = len(text) - 1
-    return not any(ch == ")" and depth == 1 and i < last
-                   for i, ch, depth in _outside_strings(text))
+    return not any(ch == ")" and depth == 1 and i < last for i, ch, depth in _outside_strings(text))
 
 
 @dataclass(frozen=True)
@@ -86,13 +85,23 @@ class Conjunct:
     fast: listmember.ListMember | None = None
 
 
-def conjuncts(text: str | None, job_first: bool, source: str = "requirements",
-               ) -> list[Conjunct]:
+def conjuncts(
+    text: str | None,
+    job_first: bool,
+    source: str = "requirements",
+) -> list[Conjunct]:
     if text is None or text.strip().lower() == "true":
         return []
-    return [Conjunct(c, classads.parse_expr(c), job_first, source,
-                      listmember.recognise(c) if job_first else None)
-            for c in split_conjuncts(text)]
+    return [
+        Conjunct(
+            c,
+            classads.parse_expr(c),
+            job_first,
+            source,
+            listmember.recognise(c) if job_first else None,
+        )
+        for c in split_conjuncts(text)
+    ]
 
 
 _EMPTY = classads.ClassAd()
@@ -108,24 +117,30 @@ class Matcher:
     evaluations; conjuncts that read the clock or random() are never kept.
     """
 
-    def __init__(self, entries: Sequence[EntryInfo], fast: bool = True,
-                 memo: dict[tuple[Any, ...], int] | None = None) -> None:
+    def __init__(
+        self,
+        entries: Sequence[EntryInfo],
+        fast: bool = True,
+        memo: dict[tuple[Any, ...], int] | None = None,
+    ) -> None:
         self.entries = list(entries)
         self.fast = fast  # False: every conjunct through the library (tests compare)
         self.memo = memo  # answer: 1 true, 0 not true, -1 Error
         self.ads = [classads.ad_from_dict(dict(e.attrs)) for e in self.entries]
-        self.values = [{k.lower(): _hashable(v) for k, v in e.attrs.items()}
-                       for e in self.entries]
+        self.values = [{k.lower(): _hashable(v) for k, v in e.attrs.items()} for e in self.entries]
         self.all = frozenset(range(len(self.entries)))
-        self._partitions: dict[tuple[str, ...],
-                               list[tuple[frozenset[int], int, tuple[Any, ...]]]] = {}
+        self._partitions: dict[
+            tuple[str, ...], list[tuple[frozenset[int], int, tuple[Any, ...]]]
+        ] = {}
         self._passing: dict[tuple[Any, ...], frozenset[int]] = {}
         self._by_value: dict[tuple[str, bool], dict[str, frozenset[int]]] = {}
         self.evaluations = 0
         self.errors: dict[str, int] = {}  # "source: conjunct" -> evaluations giving Error
 
-    def _partition(self, names: tuple[str, ...],
-                   ) -> list[tuple[frozenset[int], int, tuple[Any, ...]]]:
+    def _partition(
+        self,
+        names: tuple[str, ...],
+    ) -> list[tuple[frozenset[int], int, tuple[Any, ...]]]:
         """Entries grouped by their values of `names`: (members, a representative,
         the values)."""
         found = self._partitions.get(names)
@@ -164,12 +179,20 @@ class Matcher:
             refs = job.externalRefs(conjunct.tree)
             job_names = job.internalRefs(conjunct.tree)
         else:
-            refs = [r for r in _EMPTY.externalRefs(conjunct.tree)
-                    if not r.lower().startswith("target.")]
-            job_names = [r[7:] for r in _EMPTY.externalRefs(conjunct.tree)
-                         if r.lower().startswith("target.")]
-            job_names = sorted({n for name in job_names if name in job
-                                for n in [name, *job.internalRefs(job.lookup(name))]})
+            refs = [
+                r for r in _EMPTY.externalRefs(conjunct.tree) if not r.lower().startswith("target.")
+            ]
+            job_names = [
+                r[7:] for r in _EMPTY.externalRefs(conjunct.tree) if r.lower().startswith("target.")
+            ]
+            job_names = sorted(
+                {
+                    n
+                    for name in job_names
+                    if name in job
+                    for n in [name, *job.internalRefs(job.lookup(name))]
+                }
+            )
         entry_names = tuple(sorted({_strip_scope(r).lower() for r in refs}))
         job_key = tuple((n, str(job.lookup(n))) for n in job_names if n in job)
         key = (conjunct.text, conjunct.job_first, job_key)
@@ -198,8 +221,9 @@ class Matcher:
         self._passing[key] = found
         return found
 
-    def matching(self, job: Any, conjuncts: Iterable[Conjunct],
-                 among: frozenset[int] | None = None) -> frozenset[int]:
+    def matching(
+        self, job: Any, conjuncts: Iterable[Conjunct], among: frozenset[int] | None = None
+    ) -> frozenset[int]:
         candidates = self.all if among is None else among
         for conjunct in conjuncts:
             if not candidates:
@@ -220,7 +244,7 @@ def _strip_scope(name: str) -> str:
     low = name.lower()
     for prefix in ("target.", "my."):
         if low.startswith(prefix):
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return name
 
 

@@ -71,8 +71,14 @@ class PilotTokens:
         token = self.held.get((pool, group, entry))
         return token.token if token is not None and token.usable(self.clock()) else None
 
-    async def for_group(self, http: httpx.AsyncClient, pool: Source, headers: dict[str, str],
-                        group: GroupConfig, entries: Iterable[str]) -> GroupTokens:
+    async def for_group(
+        self,
+        http: httpx.AsyncClient,
+        pool: Source,
+        headers: dict[str, str],
+        group: GroupConfig,
+        entries: Iterable[str],
+    ) -> GroupTokens:
         """The group-wide token and one per entry name, renewed where due.
 
         Raises (httpx.HTTPError, ValueError, KeyError, TypeError, IncompatiblePeer)
@@ -88,8 +94,14 @@ class PilotTokens:
         tokens = await asyncio.gather(one(None), *(one(n) for n in names))
         return GroupTokens(tokens[0], dict(zip(names, tokens[1:], strict=True)))
 
-    async def get(self, http: httpx.AsyncClient, pool: Source, headers: dict[str, str],
-                  group: GroupConfig, entry: str | None) -> str:
+    async def get(
+        self,
+        http: httpx.AsyncClient,
+        pool: Source,
+        headers: dict[str, str],
+        group: GroupConfig,
+        entry: str | None,
+    ) -> str:
         """One token, minted if absent or due for renewal."""
         key: Key = (pool.name, group.name, entry)
         now = self.clock()
@@ -100,16 +112,18 @@ class PilotTokens:
         if entry is not None:
             body["entry"] = entry
         try:
-            r = await http.post(f"{pool.url}{API_PREFIX}/tokens/pilot", headers=headers,
-                                json=body)
+            r = await http.post(f"{pool.url}{API_PREFIX}/tokens/pilot", headers=headers, json=body)
             check_peer(f"pool {pool.name}", r.headers.get(VERSION_HEADER))
             r.raise_for_status()
             data = r.json()
             token = PilotToken(str(data["token"]), now, float(data["expires"]))
         except (httpx.HTTPError, ValueError, KeyError, TypeError, IncompatiblePeer):
             if current is not None and current.usable(now):
-                log.warning("group %s entry %s: pilot token renewal failed; the current one "
-                            "still serves", group.name, entry or "*")
+                log.warning(
+                    "group %s entry %s: pilot token renewal failed; the current one still serves",
+                    group.name,
+                    entry or "*",
+                )
                 return current.token
             raise
         self.held[key] = token
@@ -118,14 +132,18 @@ class PilotTokens:
     def forget(self, pool: str, group: str, keep: Iterable[str]) -> None:
         """Drop entry tokens of a group that are no longer asked for (entries gone)."""
         wanted = set(keep)
-        for key in [k for k in self.held if k[:2] == (pool, group)
-                    and k[2] is not None and k[2] not in wanted]:
+        for key in [
+            k
+            for k in self.held
+            if k[:2] == (pool, group) and k[2] is not None and k[2] not in wanted
+        ]:
             del self.held[key]
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Expiry per group and entry (`*` for the group-wide token): no token text."""
         out: dict[str, dict[str, float]] = {}
-        for (_, group, entry), token in sorted(self.held.items(),
-                                               key=lambda kv: (kv[0][1], kv[0][2] or "")):
+        for (_, group, entry), token in sorted(
+            self.held.items(), key=lambda kv: (kv[0][1], kv[0][2] or "")
+        ):
             out.setdefault(group, {})[entry or "*"] = token.expires
         return out

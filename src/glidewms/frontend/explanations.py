@@ -21,16 +21,29 @@ def decision_record(o: Observation, d: Decision, error: str | None) -> Record:
     """An entry's decision with everything it was made from."""
     p = d.pressure
     return {
-        "factory": o.factory, "entry_name": o.entry, "size": vars(o.info.size),
-        "demand": o.demand.summary(), "supply": o.supply.summary(),
-        "pressure": None if p is None else {
+        "factory": o.factory,
+        "entry_name": o.entry,
+        "size": vars(o.info.size),
+        "demand": o.demand.summary(),
+        "supply": o.supply.summary(),
+        "pressure": None
+        if p is None
+        else {
             "demand_units": round(p.demand_units, 3),
             "effective_idle": round(p.effective_idle, 3),
-            "attenuated": round(p.attenuated, 3), "reserve": p.reserve,
-            "limits": list(p.limits), "curbs": list(p.curbs)},
-        "removal": {"stage": d.remove.value, "no_demand_cycles": d.memory.no_demand_cycles,
-                    "margin": d.remove_margin},
-        "request": d.as_request(), "reasons": list(d.reasons), "error": error,
+            "attenuated": round(p.attenuated, 3),
+            "reserve": p.reserve,
+            "limits": list(p.limits),
+            "curbs": list(p.curbs),
+        },
+        "removal": {
+            "stage": d.remove.value,
+            "no_demand_cycles": d.memory.no_demand_cycles,
+            "margin": d.remove_margin,
+        },
+        "request": d.as_request(),
+        "reasons": list(d.reasons),
+        "error": error,
     }
 
 
@@ -52,14 +65,16 @@ class Explanations:
         """Every entry key that has a record, with its group (for a 404's hint)."""
         return sorted({f"{key} (group {group})" for group, key in self._kept})
 
-    def select(self, entry: str | None = None, history: bool = False,
-               group: str | None = None) -> list[Record]:
+    def select(
+        self, entry: str | None = None, history: bool = False, group: str | None = None
+    ) -> list[Record]:
         """Latest (or all kept) records, for every entry or those named `entry` (a key
         `factory/entry` or a bare entry name), of every group or `group`; ordered by
         entry, then group."""
         out: list[Record] = []
-        for (name, key), records in sorted(self._kept.items(),
-                                           key=lambda item: (item[0][1], item[0][0])):
+        for (name, key), records in sorted(
+            self._kept.items(), key=lambda item: (item[0][1], item[0][0])
+        ):
             if entry is not None and entry not in (key, key.split("/", 1)[-1]):
                 continue
             if group is not None and name != group:

@@ -60,5 +60,9 @@ def run(path: Path | None) -> None:
         frontend = Frontend(config, token, tokens)
     except VOStageError as exc:
         raise ConfigError(f"{path or 'frontend defaults'}: {exc}") from None
-    serve(lambda url: create_app(config, token, url, tokens, frontend), config.listen_host,
-          config.listen_port, config.url_file)
+    serve(
+        lambda url: create_app(config, token, url, tokens, frontend),
+        config.listen_host,
+        config.listen_port,
+        config.url_file,
+    )

@@ -86,13 +86,19 @@ class EntryDemand:
     requests: set[JobRequest] = field(default_factory=set)
 
     def summary(self) -> dict[str, Any]:
-        return {"idle_jobs": self.idle_jobs, "prop_jobs": round(self.prop_jobs, 3),
-                "unique_jobs": self.unique_jobs, "old_jobs": self.old_jobs,
-                "overflow_jobs": self.overflow_jobs, "running_jobs": self.running_jobs,
-                "units": round(self.units, 3), "prop_units": round(self.prop_units, 3),
-                "old_units": round(self.old_units, 3),
-                "old_prop_units": round(self.old_prop_units, 3),
-                "autoclusters": self.autoclusters}
+        return {
+            "idle_jobs": self.idle_jobs,
+            "prop_jobs": round(self.prop_jobs, 3),
+            "unique_jobs": self.unique_jobs,
+            "old_jobs": self.old_jobs,
+            "overflow_jobs": self.overflow_jobs,
+            "running_jobs": self.running_jobs,
+            "units": round(self.units, 3),
+            "prop_units": round(self.prop_units, 3),
+            "old_units": round(self.old_units, 3),
+            "old_prop_units": round(self.old_prop_units, 3),
+            "autoclusters": self.autoclusters,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,14 +126,20 @@ class GroupRules:
 
 # ------------------------------------------------------------------ demand
 
+
 def job_request(autocluster: Mapping[str, Any]) -> JobRequest:
     req = autocluster.get("request") or {}
-    return JobRequest(cpus=max(1, int(req.get("cpus") or 1)), memory=int(req.get("memory") or 0),
-                      gpus=int(req.get("gpus") or 0), disk=int(req.get("disk") or 0))
+    return JobRequest(
+        cpus=max(1, int(req.get("cpus") or 1)),
+        memory=int(req.get("memory") or 0),
+        gpus=int(req.get("gpus") or 0),
+        disk=int(req.get("disk") or 0),
+    )
 
 
-def _idle_for_group(job: Any, autocluster: Mapping[str, Any],
-                    constraint: Any | None) -> tuple[int, int]:
+def _idle_for_group(
+    job: Any, autocluster: Mapping[str, Any], constraint: Any | None
+) -> tuple[int, int]:
     """(idle, running) jobs of this autocluster that the group serves.
 
     The constraint sees the autocluster's significant attributes plus `Owner`,
@@ -151,9 +163,13 @@ def _idle_for_group(job: Any, autocluster: Mapping[str, Any],
     return min(idle, served), running if served else 0
 
 
-def match_demand(autoclusters: Sequence[Mapping[str, Any]], entries: Sequence[EntryInfo],
-                 rules: GroupRules, now: float, matcher: Matcher | None = None,
-                 ) -> dict[str, EntryDemand]:
+def match_demand(
+    autoclusters: Sequence[Mapping[str, Any]],
+    entries: Sequence[EntryInfo],
+    rules: GroupRules,
+    now: float,
+    matcher: Matcher | None = None,
+) -> dict[str, EntryDemand]:
     """Idle demand per entry key, in jobs and in pilots of each entry's size.
 
     A job counts at an entry when its Requirements accept the entry, the
@@ -163,16 +179,22 @@ def match_demand(autoclusters: Sequence[Mapping[str, Any]], entries: Sequence[En
     and start expressions allow it.
     """
     matcher = matcher or Matcher(entries)
-    group_conj = (conjuncts(rules.match_expr, True, "match_expr")
-                  + conjuncts(rules.start_expr, False, "start_expr"))
-    overflow_conj = (conjuncts(rules.overflow_match, True, "overflow.match_expr")
-                     + conjuncts(rules.overflow_start, False, "overflow.start_expr"))
-    constraint = (None if rules.job_constraint.strip().lower() == "true"
-                  else classads.parse_expr(rules.job_constraint))
+    group_conj = conjuncts(rules.match_expr, True, "match_expr") + conjuncts(
+        rules.start_expr, False, "start_expr"
+    )
+    overflow_conj = conjuncts(rules.overflow_match, True, "overflow.match_expr") + conjuncts(
+        rules.overflow_start, False, "overflow.start_expr"
+    )
+    constraint = (
+        None
+        if rules.job_constraint.strip().lower() == "true"
+        else classads.parse_expr(rules.job_constraint)
+    )
     req_cache: dict[str, list[Conjunct]] = {}
     size_list = sorted({e.size for e in matcher.entries}, key=repr)
-    members_of = [frozenset(i for i, e in enumerate(matcher.entries) if e.size == size)
-                  for size in size_list]
+    members_of = [
+        frozenset(i for i, e in enumerate(matcher.entries) if e.size == size) for size in size_list
+    ]
     # Contributions are summed per distinct set of matching entries (a bucket: the
     # column sums, the rows it got, the job shapes with idle jobs) and spread to the
     # members once at the end: many autoclusters share a set, so the per (autocluster,
@@ -186,8 +208,9 @@ def match_demand(autoclusters: Sequence[Mapping[str, Any]], entries: Sequence[En
             continue
         request = job_request(ac)
         per_size = [jobs_per_pilot(request, size) for size in size_list]
-        fit = frozenset().union(*(m for m, per in zip(members_of, per_size, strict=True)
-                                  if per > 0))
+        fit = frozenset().union(
+            *(m for m, per in zip(members_of, per_size, strict=True) if per > 0)
+        )
         req_text = str(job.lookup("Requirements")) if "Requirements" in job else "true"
         req_conj = req_cache.get(req_text)
         if req_conj is None:
@@ -214,9 +237,20 @@ def match_demand(autoclusters: Sequence[Mapping[str, Any]], entries: Sequence[En
             if bucket is None:
                 bucket = buckets[here] = ([0.0] * (len(_COLUMNS) + 1), set())
             sums = bucket[0]
-            for j, value in enumerate((idle, running, idle / k, idle / per, idle / k / per,
-                                       old, old / per, old / k / per,
-                                       idle if k == 1 else 0, 1)):
+            for j, value in enumerate(
+                (
+                    idle,
+                    running,
+                    idle / k,
+                    idle / per,
+                    idle / k / per,
+                    old,
+                    old / per,
+                    old / k / per,
+                    idle if k == 1 else 0,
+                    1,
+                )
+            ):
                 sums[j] += value
             if idle > 0:
                 bucket[1].add(request)
@@ -232,17 +266,33 @@ def match_demand(autoclusters: Sequence[Mapping[str, Any]], entries: Sequence[En
     for i, entry in enumerate(matcher.entries):
         t = dict(zip((*_COLUMNS, "rows"), totals[i], strict=True))
         out[entry.key] = EntryDemand(
-            idle_jobs=int(t["idle"]), prop_jobs=t["prop"],
-            unique_jobs=int(t["unique"]), old_jobs=int(t["old"]),
-            overflow_jobs=overflow_jobs[i], running_jobs=int(t["running"]),
-            units=t["units"], prop_units=t["prop_units"], old_units=t["old_units"],
-            old_prop_units=t["old_prop_units"], autoclusters=int(t["rows"]),
-            requests=shapes[i])
+            idle_jobs=int(t["idle"]),
+            prop_jobs=t["prop"],
+            unique_jobs=int(t["unique"]),
+            old_jobs=int(t["old"]),
+            overflow_jobs=overflow_jobs[i],
+            running_jobs=int(t["running"]),
+            units=t["units"],
+            prop_units=t["prop_units"],
+            old_units=t["old_units"],
+            old_prop_units=t["old_prop_units"],
+            autoclusters=int(t["rows"]),
+            requests=shapes[i],
+        )
     return out
 
 
-_COLUMNS = ("idle", "running", "prop", "units", "prop_units", "old", "old_units",
-            "old_prop_units", "unique")
+_COLUMNS = (
+    "idle",
+    "running",
+    "prop",
+    "units",
+    "prop_units",
+    "old",
+    "old_units",
+    "old_prop_units",
+    "unique",
+)
 
 
 def ceil_units(value: float) -> int:

@@ -65,16 +65,18 @@ def _number(value: Any) -> int | None:
     return int(value)
 
 
-def entry_size(entry: Mapping[str, Any], pilots: Sequence[Mapping[str, Any]],
-               group: GroupConfig) -> Size:
+def entry_size(
+    entry: Mapping[str, Any], pilots: Sequence[Mapping[str, Any]], group: GroupConfig
+) -> Size:
     """One pilot's resources: the entry's numbers; for `auto`, what its registered
     pilots reported, else the group's assumption."""
     slot = next((p.get("slot") or {} for p in pilots), {})
     attrs = entry.get("attributes") or {}
     cpus = _number(entry.get("cpus")) or _number(slot.get("Cpus")) or group.auto_cpus
     memory = _number(entry.get("memory")) or _number(slot.get("Memory")) or group.auto_memory
-    gpus = _number(entry.get("gpus")) or _number(attrs.get("GPUs")) or _number(
-        slot.get("GPUs")) or 0
+    gpus = (
+        _number(entry.get("gpus")) or _number(attrs.get("GPUs")) or _number(slot.get("GPUs")) or 0
+    )
     learned = _number(slot.get("Disk"))
     disk = _number(entry.get("disk")) or (learned // 1024 if learned else None)
     return Size(cpus=cpus, memory=memory, gpus=gpus, disk=disk or group.auto_disk)
@@ -85,9 +87,16 @@ def entry_attributes(entry: Mapping[str, Any], factory: str, size: Size) -> dict
     attrs = dict(entry.get("attributes") or {})
     attrs.setdefault("Arch", "X86_64")
     attrs.setdefault("OpSys", "LINUX")
-    attrs.update({"GLIDEIN_Site": entry.get("site"), "GLIDEIN_Entry_Name": entry.get("name"),
-                  "GLIDEIN_Factory_Name": factory, "Cpus": size.cpus,
-                  "Memory": size.memory, "GPUs": size.gpus})
+    attrs.update(
+        {
+            "GLIDEIN_Site": entry.get("site"),
+            "GLIDEIN_Entry_Name": entry.get("name"),
+            "GLIDEIN_Factory_Name": factory,
+            "Cpus": size.cpus,
+            "Memory": size.memory,
+            "GPUs": size.gpus,
+        }
+    )
     if size.disk is not None:
         attrs["Disk"] = size.disk * 1024  # entries say MB; ads KiB
     return {k: v for k, v in attrs.items() if v is not None}
@@ -98,19 +107,25 @@ def downtime_text(downtime: Any) -> str:
     if not isinstance(downtime, Mapping):
         return "entry in downtime at the factory"
     end = downtime.get("end")
-    until = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(end))
-             if isinstance(end, (int, float)) else "further notice")
+    until = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(end))
+        if isinstance(end, (int, float))
+        else "further notice"
+    )
     return f"entry in downtime at the factory until {until}: {downtime.get('reason', '')}"
 
 
 def rules_for(group: GroupConfig) -> GroupRules:
     o = group.overflow
-    return GroupRules(match_expr=group.match_expr, start_expr=group.start_expr,
-                      job_constraint=group.job_constraint,
-                      old_idle_seconds=group.old_idle_seconds,
-                      overflow_after=o.after_seconds if o else None,
-                      overflow_match=o.match_expr if o else "true",
-                      overflow_start=o.start_expr if o else "true")
+    return GroupRules(
+        match_expr=group.match_expr,
+        start_expr=group.start_expr,
+        job_constraint=group.job_constraint,
+        old_idle_seconds=group.old_idle_seconds,
+        overflow_after=o.after_seconds if o else None,
+        overflow_match=o.match_expr if o else "true",
+        overflow_start=o.start_expr if o else "true",
+    )
 
 
 def pilot_start_expr(group: GroupConfig) -> str | None:
@@ -120,15 +135,22 @@ def pilot_start_expr(group: GroupConfig) -> str | None:
     if group.overflow is None:
         return group.start_expr
     o = group.overflow
-    return (f"({group.start_expr}) || ((time() - TARGET.QDate) >= {o.after_seconds:g} "
-            f"&& ({o.start_expr}))")
+    return (
+        f"({group.start_expr}) || ((time() - TARGET.QDate) >= {o.after_seconds:g} "
+        f"&& ({o.start_expr}))"
+    )
 
 
-def observe_group(group: GroupConfig, frontend: str | None,
-                  autoclusters: Sequence[Mapping[str, Any]],
-                  pool_pilots: Sequence[Mapping[str, Any]],
-                  factories: Sequence[FactoryView], now: float, fast: bool = True,
-                  memo: dict[tuple[Any, ...], int] | None = None) -> GroupView:
+def observe_group(
+    group: GroupConfig,
+    frontend: str | None,
+    autoclusters: Sequence[Mapping[str, Any]],
+    pool_pilots: Sequence[Mapping[str, Any]],
+    factories: Sequence[FactoryView],
+    now: float,
+    fast: bool = True,
+    memo: dict[tuple[Any, ...], int] | None = None,
+) -> GroupView:
     """Demand and supply of one group at every entry it may use.
 
     An entry whose ad cannot be read (a factory's bad answer) is set aside in
@@ -137,15 +159,19 @@ def observe_group(group: GroupConfig, frontend: str | None,
     answers from one cycle to the next (see `Matcher`).
     """
     view = GroupView()
-    constraint = (None if group.entry_constraint.strip().lower() == "true"
-                  else classads.parse_expr(group.entry_constraint))
+    constraint = (
+        None
+        if group.entry_constraint.strip().lower() == "true"
+        else classads.parse_expr(group.entry_constraint)
+    )
     candidates: list[tuple[FactoryView, dict[str, Any]]] = []
     for f in factories:
         for position, entry in enumerate(f.entries):
             name = entry.get("name") if isinstance(entry, Mapping) else None
             if not isinstance(name, str) or not name:
                 view.failed[entry_key(f.name, f"#{position}")] = (
-                    f"entry ad #{position} of factory {f.name} has no name: {entry!r:.200}")
+                    f"entry ad #{position} of factory {f.name} has no name: {entry!r:.200}"
+                )
                 continue
             key = entry_key(f.name, name)
             if not entry.get("enabled", True):
@@ -196,11 +222,13 @@ def observe_group(group: GroupConfig, frontend: str | None,
         f, entry = meta[info.key]
         d = demand[info.key]
         try:
-            s = entry_supply(f.counts.get(entry["name"], {}), pilots.get(info.key, []),
-                             info.size, d.requests)
+            s = entry_supply(
+                f.counts.get(entry["name"], {}), pilots.get(info.key, []), info.size, d.requests
+            )
         except Exception as exc:
             view.failed[info.key] = f"pilot counts unreadable: {exc!r}"
             continue
-        view.observations[info.key] = Observation(factory=f.name, entry=entry["name"], info=info,
-                                                  demand=d, supply=s)
+        view.observations[info.key] = Observation(
+            factory=f.name, entry=entry["name"], info=info, demand=d, supply=s
+        )
     return view

@@ -63,14 +63,18 @@ class Level:
         if self.max_pilots is not None and self.pilots >= self.max_pilots:
             out.append(f"{self.name} pilots {self.pilots} >= max {self.max_pilots}")
         if self.max_idle_pilots is not None and self.idle_pilots >= self.max_idle_pilots:
-            out.append(f"{self.name} idle pilots {self.idle_pilots} >= max "
-                       f"{self.max_idle_pilots}")
+            out.append(f"{self.name} idle pilots {self.idle_pilots} >= max {self.max_idle_pilots}")
         return out
 
     def room(self) -> float:
-        rooms = [lim - have for lim, have in ((self.max_pilots, self.pilots),
-                                              (self.max_idle_pilots, self.idle_pilots))
-                 if lim is not None]
+        rooms = [
+            lim - have
+            for lim, have in (
+                (self.max_pilots, self.pilots),
+                (self.max_idle_pilots, self.idle_pilots),
+            )
+            if lim is not None
+        ]
         return min(rooms) if rooms else math.inf
 
     def curbs_hit(self) -> list[str]:
@@ -78,8 +82,9 @@ class Level:
         if self.curb_pilots is not None and self.pilots >= self.curb_pilots:
             out.append(f"{self.name} pilots {self.pilots} >= curb {self.curb_pilots}")
         if self.curb_idle_pilots is not None and self.idle_pilots >= self.curb_idle_pilots:
-            out.append(f"{self.name} idle pilots {self.idle_pilots} >= curb "
-                       f"{self.curb_idle_pilots}")
+            out.append(
+                f"{self.name} idle pilots {self.idle_pilots} >= curb {self.curb_idle_pilots}"
+            )
         return out
 
 
@@ -99,8 +104,9 @@ class Pressure:
     reasons: tuple[str, ...] = ()
 
 
-def pressure(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level],
-             knobs: Knobs) -> Pressure:
+def pressure(
+    demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level], knobs: Knobs
+) -> Pressure:
     """Idle pilots to keep queued at the entry, and the most that may run there."""
     units = demand.prop_units if knobs.proportional else demand.units
     old = demand.old_prop_units if knobs.proportional else demand.old_units
@@ -113,23 +119,25 @@ def pressure(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level],
     max_running = min(knobs.max_running_per_entry, wanted_running)
     reasons = [f"idle demand {units:.2f} pilots, idle supply {supply.idle_supply:.2f}"]
     if wanted_running > knobs.max_running_per_entry:
-        reasons.append(f"max running capped by max_running_per_entry="
-                       f"{knobs.max_running_per_entry}")
+        reasons.append(f"max running capped by max_running_per_entry={knobs.max_running_per_entry}")
     common = {"max_running": max_running, "demand_units": units, "effective_idle": effective}
     if units <= 0:
         return Pressure(idle=0, **common, reasons=(*reasons, "no idle job can run here"))
     limits = tuple(hit for level in levels for hit in level.limits_hit())
     if limits:
-        return Pressure(idle=0, **common, limits=limits,
-                        reasons=(*reasons, "a limit is reached: no new pilots"))
+        return Pressure(
+            idle=0, **common, limits=limits, reasons=(*reasons, "a limit is reached: no new pilots")
+        )
     if effective <= 0:
         return Pressure(idle=0, **common, reasons=(*reasons, "idle supply covers the demand"))
     room = min([effective, *(level.room() for level in levels)])
     attenuated = room / knobs.attenuation
     reserve = min(math.ceil(effective_old / knobs.attenuation - 1e-9), knobs.reserve_idle)
     wanted = attenuated + reserve
-    reasons.append(f"{effective:.2f} missing, room {room:.2f}, /{knobs.attenuation:g} = "
-                   f"{attenuated:.2f}, + reserve {reserve}")
+    reasons.append(
+        f"{effective:.2f} missing, room {room:.2f}, /{knobs.attenuation:g} = "
+        f"{attenuated:.2f}, + reserve {reserve}"
+    )
     if wanted > knobs.max_idle_per_entry:
         wanted = knobs.max_idle_per_entry
         reasons.append(f"capped by max_idle_per_entry={knobs.max_idle_per_entry}")
@@ -139,11 +147,18 @@ def pressure(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level],
     if curbs:
         reasons.append(f"halved {len(curbs)} time(s) by curbs")
     idle = min(max(1, math.floor(wanted)), knobs.max_idle_per_entry)
-    return Pressure(idle=idle, **common, attenuated=attenuated, reserve=reserve, curbs=curbs,
-                    reasons=tuple(reasons))
+    return Pressure(
+        idle=idle,
+        **common,
+        attenuated=attenuated,
+        reserve=reserve,
+        curbs=curbs,
+        reasons=tuple(reasons),
+    )
 
 
 # ------------------------------------------------------------------ removal
+
 
 @dataclass(frozen=True, kw_only=True)
 class RemovalRules:
@@ -169,9 +184,12 @@ class Memory:
         return replace(self, last_remove=RemovalStage.NO)
 
     def to_json(self) -> dict[str, Any]:
-        return {"no_demand_cycles": self.no_demand_cycles, "last_idle": self.last_idle,
-                "last_max_running": self.last_max_running,
-                "last_remove": self.last_remove.value}
+        return {
+            "no_demand_cycles": self.no_demand_cycles,
+            "last_idle": self.last_idle,
+            "last_max_running": self.last_max_running,
+            "last_remove": self.last_remove.value,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Memory:
@@ -182,13 +200,17 @@ class Memory:
             stage = RemovalStage(data.get("last_remove", RemovalStage.NO.value))
         except ValueError:
             stage = RemovalStage.NO
-        return cls(no_demand_cycles=int(data.get("no_demand_cycles", 0)),
-                   last_idle=int(data.get("last_idle", 0)),
-                   last_max_running=int(data.get("last_max_running", 0)), last_remove=stage)
+        return cls(
+            no_demand_cycles=int(data.get("no_demand_cycles", 0)),
+            last_idle=int(data.get("last_idle", 0)),
+            last_max_running=int(data.get("last_max_running", 0)),
+            last_remove=stage,
+        )
 
 
-def removal_stage(has_demand: bool, memory: Memory,
-                  rules: RemovalRules) -> tuple[RemovalStage, int, str]:
+def removal_stage(
+    has_demand: bool, memory: Memory, rules: RemovalRules
+) -> tuple[RemovalStage, int, str]:
     """(stage, cycles without demand so far, why) for this cycle.
 
     Only successful queries reach here: a failed or unreliable one never
@@ -198,11 +220,18 @@ def removal_stage(has_demand: bool, memory: Memory,
         return RemovalStage.NO, 0, "idle jobs can run here"
     n = memory.no_demand_cycles + 1
     if n < rules.confirm_cycles:
-        return RemovalStage.NO, n, f"no idle demand for {n} cycle(s): not confirmed yet " \
-                                   f"(needs {rules.confirm_cycles}), nothing removed"
+        return (
+            RemovalStage.NO,
+            n,
+            f"no idle demand for {n} cycle(s): not confirmed yet "
+            f"(needs {rules.confirm_cycles}), nothing removed",
+        )
     since = n - rules.confirm_cycles
-    stage = RemovalStage.WAIT if since < rules.escalate_cycles else (
-        RemovalStage.IDLE if since < 2 * rules.escalate_cycles else RemovalStage.ALL)
+    stage = (
+        RemovalStage.WAIT
+        if since < rules.escalate_cycles
+        else (RemovalStage.IDLE if since < 2 * rules.escalate_cycles else RemovalStage.ALL)
+    )
     allowed = min(stage, rules.max_stage, key=lambda s: s.rank)
     why = f"no idle demand for {n} cycles: stage {stage.value}"
     if allowed is not stage:
@@ -224,12 +253,22 @@ class Decision:
     reasons: tuple[str, ...] = ()
 
     def as_request(self) -> dict[str, Any]:
-        return {"idle": self.idle, "max_running": self.max_running,
-                "remove": self.remove.value, "remove_margin": self.remove_margin}
+        return {
+            "idle": self.idle,
+            "max_running": self.max_running,
+            "remove": self.remove.value,
+            "remove_margin": self.remove_margin,
+        }
 
 
-def decide(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level], knobs: Knobs,
-           rules: RemovalRules, memory: Memory) -> Decision:
+def decide(
+    demand: EntryDemand,
+    supply: EntrySupply,
+    levels: Sequence[Level],
+    knobs: Knobs,
+    rules: RemovalRules,
+    memory: Memory,
+) -> Decision:
     """This cycle's request for one entry, and what to remember of it."""
     p = pressure(demand, supply, levels, knobs)
     stage, cycles, why = removal_stage(p.demand_units > 0, memory, rules)
@@ -244,7 +283,15 @@ def decide(demand: EntryDemand, supply: EntrySupply, levels: Sequence[Level], kn
         max_running = supply.working
         reasons.append(f"ALL: pilots beyond the {supply.working} running jobs may be removed")
     margin = rules.margin if stage.rank >= RemovalStage.IDLE.rank else 0
-    new_memory = Memory(no_demand_cycles=cycles, last_idle=p.idle,
-                        last_max_running=max_running, last_remove=stage)
-    return Decision(idle=p.idle, max_running=max_running, remove=stage, remove_margin=margin,
-                    pressure=p, memory=new_memory, reasons=tuple(reasons))
+    new_memory = Memory(
+        no_demand_cycles=cycles, last_idle=p.idle, last_max_running=max_running, last_remove=stage
+    )
+    return Decision(
+        idle=p.idle,
+        max_running=max_running,
+        remove=stage,
+        remove_margin=margin,
+        pressure=p,
+        memory=new_memory,
+        reasons=tuple(reasons),
+    )

@@ -42,28 +42,41 @@ async def status(who: Caller, frontend: FrontendDep) -> dict[str, Any]:
     """Cycles run, the sources, the last cycle's outcome and each entry's latest
     explanation."""
     config, last = frontend.config, frontend.last
-    return {"cycles": frontend.cycles, "pool_url": config.pool_url,
-            "factory_url": config.factory_url,
-            "pools": [{"name": p.name, "url": p.url} for p in config.all_pools()],
-            "factories": [{"name": f.name, "url": f.url} for f in config.all_factories()],
-            "last_cycle": asdict(last) if last else None,
-            "pilot_tokens": frontend.pilot_tokens.summary(),
-            "vo_stages": {g: {"manifest_sha256": s.manifest_sha256, "files": len(s.files)}
-                          for g, s in frontend.vo_stages.items()},
-            "entries": frontend.explain()}
+    return {
+        "cycles": frontend.cycles,
+        "pool_url": config.pool_url,
+        "factory_url": config.factory_url,
+        "pools": [{"name": p.name, "url": p.url} for p in config.all_pools()],
+        "factories": [{"name": f.name, "url": f.url} for f in config.all_factories()],
+        "last_cycle": asdict(last) if last else None,
+        "pilot_tokens": frontend.pilot_tokens.summary(),
+        "vo_stages": {
+            g: {"manifest_sha256": s.manifest_sha256, "files": len(s.files)}
+            for g, s in frontend.vo_stages.items()
+        },
+        "entries": frontend.explain(),
+    }
 
 
 @api.get("/explain")
-async def explain(who: Caller, frontend: FrontendDep, entry: str | None = None,
-                  history: bool = False, group: str | None = None) -> list[dict[str, Any]]:
+async def explain(
+    who: Caller,
+    frontend: FrontendDep,
+    entry: str | None = None,
+    history: bool = False,
+    group: str | None = None,
+) -> list[dict[str, Any]]:
     """Why each entry got its request: demand, supply, limits, curbs, removal stage.
     `entry` is `factory/entry` or an entry name; `group` keeps one group's;
     `history` gives every kept cycle."""
     found = frontend.explain(entry, history, group)
     if (entry is not None or group is not None) and not found:
         known = frontend.explanations.known()
-        raise HTTPException(404, f"no explanation for entry {entry or '*'!r} of group "
-                                 f"{group or '*'!r} yet (known: {known})")
+        raise HTTPException(
+            404,
+            f"no explanation for entry {entry or '*'!r} of group "
+            f"{group or '*'!r} yet (known: {known})",
+        )
     return found
 
 

@@ -52,12 +52,16 @@ class CycleReport:
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def request_body(pool_url: str, tokens: GroupTokens, entries: dict[str, Request],
-                 vo_stage: dict[str, Any] | None) -> dict[str, Any]:
+def request_body(
+    pool_url: str, tokens: GroupTokens, entries: dict[str, Request], vo_stage: dict[str, Any] | None
+) -> dict[str, Any]:
     """The PUT body of one group for one factory: every entry with its own pilot token
     where the pool minted one (the group's token serves the others), and the VO stage."""
-    body: dict[str, Any] = {"pool_url": pool_url, "pilot_token": tokens.group,
-                            "entries": {n: dict(r) for n, r in entries.items()}}
+    body: dict[str, Any] = {
+        "pool_url": pool_url,
+        "pilot_token": tokens.group,
+        "entries": {n: dict(r) for n, r in entries.items()},
+    }
     for name, entry in body["entries"].items():
         if name in tokens.entries:
             entry["pilot_token"] = tokens.entries[name]
@@ -68,29 +72,49 @@ def request_body(pool_url: str, tokens: GroupTokens, entries: dict[str, Request]
 
 def without_removal(m: policy.Memory) -> Request:
     """The last request remembered for an entry, with removal off (a blind cycle)."""
-    return {"idle": m.last_idle, "max_running": m.last_max_running,
-            "remove": RemovalStage.NO.value, "remove_margin": 0}
+    return {
+        "idle": m.last_idle,
+        "max_running": m.last_max_running,
+        "remove": RemovalStage.NO.value,
+        "remove_margin": 0,
+    }
 
 
-def entry_levels(config: FrontendConfig, g: GroupConfig, o: Observation,
-                 group_counts: tuple[int, int],
-                 totals: tuple[int, int]) -> list[policy.Level]:  # fmt: skip
+def entry_levels(
+    config: FrontendConfig,
+    g: GroupConfig,
+    o: Observation,
+    group_counts: tuple[int, int],
+    totals: tuple[int, int],
+) -> list[policy.Level]:
     """The entry, group and global counts (pilots, idle pilots) with their limits."""
     return [
-        policy.Level(name="entry", pilots=o.supply.total, idle_pilots=o.supply.idle_pilots,
-                     max_pilots=g.max_running_per_entry,
-                     max_idle_pilots=g.max_idle_pilots_per_entry,
-                     curb_idle_pilots=g.curb_idle_pilots_per_entry),
-        policy.Level(name="group", pilots=group_counts[0], idle_pilots=group_counts[1],
-                     max_pilots=g.max_pilots_per_group,
-                     max_idle_pilots=g.max_idle_pilots_per_group,
-                     curb_pilots=g.curb_pilots_per_group,
-                     curb_idle_pilots=g.curb_idle_pilots_per_group),
-        policy.Level(name="global", pilots=totals[0], idle_pilots=totals[1],
-                     max_pilots=config.max_pilots_global,
-                     max_idle_pilots=config.max_idle_pilots_global,
-                     curb_pilots=config.curb_pilots_global,
-                     curb_idle_pilots=config.curb_idle_pilots_global),
+        policy.Level(
+            name="entry",
+            pilots=o.supply.total,
+            idle_pilots=o.supply.idle_pilots,
+            max_pilots=g.max_running_per_entry,
+            max_idle_pilots=g.max_idle_pilots_per_entry,
+            curb_idle_pilots=g.curb_idle_pilots_per_entry,
+        ),
+        policy.Level(
+            name="group",
+            pilots=group_counts[0],
+            idle_pilots=group_counts[1],
+            max_pilots=g.max_pilots_per_group,
+            max_idle_pilots=g.max_idle_pilots_per_group,
+            curb_pilots=g.curb_pilots_per_group,
+            curb_idle_pilots=g.curb_idle_pilots_per_group,
+        ),
+        policy.Level(
+            name="global",
+            pilots=totals[0],
+            idle_pilots=totals[1],
+            max_pilots=config.max_pilots_global,
+            max_idle_pilots=config.max_idle_pilots_global,
+            curb_pilots=config.curb_pilots_global,
+            curb_idle_pilots=config.curb_idle_pilots_global,
+        ),
     ]
 
 
@@ -98,9 +122,13 @@ class Frontend:
     """The loop and what it keeps between cycles: memory of past requests (also on
     disk), explanations, pilot tokens, the groups' VO stages and ClassAd answers."""
 
-    def __init__(self, config: FrontendConfig, own_token: str,
-                 tokens: dict[str, str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: FrontendConfig,
+        own_token: str,
+        tokens: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.sources = Sources(own_token, tokens)
         self.subject = self.sources.subject
@@ -137,13 +165,21 @@ class Frontend:
         groups = self.config.groups
         pools = {self.config.group_pool(g).name: self.config.group_pool(g) for g in groups}
         factories = {f.name: f for g in groups for f in self.config.group_factories(g)}
-        factory_groups = {name: [g.name for g in groups
-                                 if name in {f.name for f in self.config.group_factories(g)}]
-                          for name in factories}
+        factory_groups = {
+            name: [
+                g.name for g in groups if name in {f.name for f in self.config.group_factories(g)}
+            ]
+            for name in factories
+        }
         pool_answers, factory_answers = await asyncio.gather(
             asyncio.gather(*(self.sources.query_pool(http, p) for p in pools.values())),
-            asyncio.gather(*(self.sources.query_factory(http, f, factory_groups[f.name])
-                             for f in factories.values())))
+            asyncio.gather(
+                *(
+                    self.sources.query_factory(http, f, factory_groups[f.name])
+                    for f in factories.values()
+                )
+            ),
+        )
         pool_by_name = dict(zip(pools, pool_answers, strict=True))
         fac_by_name = dict(zip(factories, factory_answers, strict=True))
         report.errors += [a.error for a in pool_answers if not a.ok]
@@ -160,13 +196,19 @@ class Frontend:
             blind[group.name] = seen
             if pool.ok:
                 report.errors.append(f"group {group.name}: {seen}")
-        totals = (sum(o.supply.total for v in views.values() for o in v.observations.values()),
-                  sum(o.supply.idle_pilots for v in views.values()
-                      for o in v.observations.values()))
-        results = await asyncio.gather(*(
-            self._group_cycle(http, g, views.get(g.name), blind.get(g.name, ""), fac_by_name,
-                              totals, now)
-            for g in groups), return_exceptions=True)
+        totals = (
+            sum(o.supply.total for v in views.values() for o in v.observations.values()),
+            sum(o.supply.idle_pilots for v in views.values() for o in v.observations.values()),
+        )
+        results = await asyncio.gather(
+            *(
+                self._group_cycle(
+                    http, g, views.get(g.name), blind.get(g.name, ""), fac_by_name, totals, now
+                )
+                for g in groups
+            ),
+            return_exceptions=True,
+        )
         for g, result in zip(groups, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("group %s failed: %r", g.name, result)
@@ -183,22 +225,37 @@ class Frontend:
         self.last = report
         return report
 
-    async def _observe(self, group: GroupConfig, pool: PoolAnswer,
-                       factories: dict[str, FactoryAnswer], now: float) -> GroupView | str:
+    async def _observe(
+        self, group: GroupConfig, pool: PoolAnswer, factories: dict[str, FactoryAnswer], now: float
+    ) -> GroupView | str:
         """The group's demand and supply per entry, or why its demand is not trusted."""
         fviews = []
         for f in self.config.group_factories(group):
             answer = factories[f.name]
             if answer.entries is not None:
-                fviews.append(FactoryView(name=f.name, url=f.url, entries=answer.entries,
-                                          counts=answer.counts.get(group.name, {})))
+                fviews.append(
+                    FactoryView(
+                        name=f.name,
+                        url=f.url,
+                        entries=answer.entries,
+                        counts=answer.counts.get(group.name, {}),
+                    )
+                )
         memo = self._memo.setdefault(group.name, {})
         if len(memo) > MEMO_LIMIT:  # a queue that keeps changing: start the memo again
             memo.clear()
         try:
             view = await asyncio.to_thread(
-                observe_group, group, self.subject, pool.autoclusters, pool.pilots,
-                fviews, now, True, memo)
+                observe_group,
+                group,
+                self.subject,
+                pool.autoclusters,
+                pool.pilots,
+                fviews,
+                now,
+                True,
+                memo,
+            )
         except Exception as exc:  # e.g. an autocluster whose ad does not parse
             # Its demand is unknown, not zero: the group is frozen like a blind pool.
             log.exception("group %s: observing demand failed", group.name)
@@ -207,15 +264,22 @@ class Frontend:
             # A group expression that errors hides demand: zero demand from it
             # must not start removal. Freeze the group until it is fixed.
             why = "group expression evaluates to Error: " + "; ".join(
-                f"{text} ({n} times)" for text, n in sorted(view.expression_errors.items()))
+                f"{text} ({n} times)" for text, n in sorted(view.expression_errors.items())
+            )
             log.error("group %s: %s", group.name, why)
             return why
         return view
 
-    async def _group_cycle(self, http: httpx.AsyncClient, group: GroupConfig,
-                           view: GroupView | None, blind: str,
-                           factories: dict[str, FactoryAnswer], totals: tuple[int, int],
-                           now: float) -> dict[str, Any]:
+    async def _group_cycle(
+        self,
+        http: httpx.AsyncClient,
+        group: GroupConfig,
+        view: GroupView | None,
+        blind: str,
+        factories: dict[str, FactoryAnswer],
+        totals: tuple[int, int],
+        now: float,
+    ) -> dict[str, Any]:
         pool_source = self.config.group_pool(group)
         memory = self.memory.setdefault(group.name, {})
         out: dict[str, Any] = {"pool": pool_source.name, "factories": {}}
@@ -233,31 +297,41 @@ class Frontend:
             if factories[f.name].entries is None:
                 out["factories"][f.name] = factories[f.name].error
                 continue
-            entries = {o.entry: self._wire(d, group, start)
-                       for o, d in decisions.values() if o.factory == f.name}
+            entries = {
+                o.entry: self._wire(d, group, start)
+                for o, d in decisions.values()
+                if o.factory == f.name
+            }
             prefix = f"{f.name}/"
-            entries.update({k[len(prefix):]: r for k, r in kept.items() if k.startswith(prefix)})
+            entries.update({k[len(prefix) :]: r for k, r in kept.items() if k.startswith(prefix)})
             sends.append((f, entries))
         names = {n for _, entries in sends for n in entries}
         tokens, why = await self._group_tokens(http, group, pool_source, names)
         vo_stage, vo_why = self._vo_advert(group)
         if vo_why:
             out["vo_stage"] = vo_why
-        results = await asyncio.gather(*(
-            self._put(http, group, pool_source, f, entries, tokens, vo_stage)
-            for f, entries in sends), return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                self._put(http, group, pool_source, f, entries, tokens, vo_stage)
+                for f, entries in sends
+            ),
+            return_exceptions=True,
+        )
         for (f, _), result in zip(sends, results, strict=True):
-            out["factories"][f.name] = why or ("ok" if result is None else (
-                result if isinstance(result, str) else repr(result)))
+            out["factories"][f.name] = why or (
+                "ok" if result is None else (result if isinstance(result, str) else repr(result))
+            )
         out["entries"] = {k: d.as_request() for k, (_, d) in decisions.items()}
         return out
 
-    async def _group_tokens(self, http: httpx.AsyncClient, group: GroupConfig,
-                            pool: Source, entries: set[str]) -> tuple[GroupTokens | None, str]:
+    async def _group_tokens(
+        self, http: httpx.AsyncClient, group: GroupConfig, pool: Source, entries: set[str]
+    ) -> tuple[GroupTokens | None, str]:
         """The group's pilot tokens for this cycle (one per entry), or why none."""
         try:
-            tokens = await self.pilot_tokens.for_group(http, pool, self.sources.auth(pool),
-                                                       group, entries)
+            tokens = await self.pilot_tokens.for_group(
+                http, pool, self.sources.auth(pool), group, entries
+            )
         except (*QUERY_ERRORS, KeyError, TypeError) as exc:
             return None, f"not sent: no pilot token from pool {pool.name}: {exc!r}"
         self.pilot_tokens.forget(pool.name, group.name, entries)
@@ -272,8 +346,9 @@ class Frontend:
             return None, "not advertised: the frontend's URL is unknown (set public_url)"
         return vostage.advert(stage, self.public_url, group.name), ""
 
-    def _keep_failed(self, group: GroupConfig, view: GroupView,
-                     memory: dict[str, policy.Memory], now: float) -> dict[str, Request]:
+    def _keep_failed(
+        self, group: GroupConfig, view: GroupView, memory: dict[str, policy.Memory], now: float
+    ) -> dict[str, Request]:
         """Entries that could not be judged: their last request again, never removal."""
         kept: dict[str, Request] = {}
         for key, why in view.failed.items():
@@ -293,58 +368,81 @@ class Frontend:
             body["container_image"] = group.container_image
         return body
 
-    def _decide(self, group: GroupConfig, view: GroupView, totals: tuple[int, int],
-                memory: dict[str, policy.Memory], now: float,
-                ) -> dict[str, tuple[Observation, policy.Decision]]:
+    def _decide(
+        self,
+        group: GroupConfig,
+        view: GroupView,
+        totals: tuple[int, int],
+        memory: dict[str, policy.Memory],
+        now: float,
+    ) -> dict[str, tuple[Observation, policy.Decision]]:
         g = group
-        knobs = policy.Knobs(attenuation=g.ramp_up_attenuation, reserve_idle=g.reserve_idle,
-                             max_idle_per_entry=g.max_idle_per_entry,
-                             running_factor=g.running_factor,
-                             max_running_per_entry=g.max_running_per_entry,
-                             proportional=g.demand_count == "proportional")
-        rules = policy.RemovalRules(max_stage=g.max_removal, margin=g.removal_margin,
-                                    confirm_cycles=g.zero_demand_confirm_cycles,
-                                    escalate_cycles=g.removal_escalate_cycles)
+        knobs = policy.Knobs(
+            attenuation=g.ramp_up_attenuation,
+            reserve_idle=g.reserve_idle,
+            max_idle_per_entry=g.max_idle_per_entry,
+            running_factor=g.running_factor,
+            max_running_per_entry=g.max_running_per_entry,
+            proportional=g.demand_count == "proportional",
+        )
+        rules = policy.RemovalRules(
+            max_stage=g.max_removal,
+            margin=g.removal_margin,
+            confirm_cycles=g.zero_demand_confirm_cycles,
+            escalate_cycles=g.removal_escalate_cycles,
+        )
         obs = view.observations.values()
         group_counts = (sum(o.supply.total for o in obs), sum(o.supply.idle_pilots for o in obs))
         out: dict[str, tuple[Observation, policy.Decision]] = {}
         for key, o in view.observations.items():
             try:
                 levels = entry_levels(self.config, g, o, group_counts, totals)
-                d = policy.decide(o.demand, o.supply, levels, knobs, rules,
-                                  memory.get(key, policy.Memory()))
+                d = policy.decide(
+                    o.demand, o.supply, levels, knobs, rules, memory.get(key, policy.Memory())
+                )
                 memory[key] = d.memory
                 out[key] = (o, d)
                 self._record(group, key, now, decision_record(o, d, None))
             except Exception as exc:  # one entry's failure must not stop the others
                 log.exception("group %s entry %s: decision failed", group.name, key)
                 m = memory.get(key, policy.Memory())
-                d = policy.Decision(idle=m.last_idle, max_running=m.last_max_running, memory=m,
-                                    reasons=(f"decision failed ({exc!r}): last request kept, "
-                                             "no removal",))
+                d = policy.Decision(
+                    idle=m.last_idle,
+                    max_running=m.last_max_running,
+                    memory=m,
+                    reasons=(f"decision failed ({exc!r}): last request kept, no removal",),
+                )
                 out[key] = (o, d)
                 self._record(group, key, now, decision_record(o, d, repr(exc)))
         for key, why in view.skipped.items():
             self._record(group, key, now, {"skipped": why})
         return out
 
-    async def _put(self, http: httpx.AsyncClient, group: GroupConfig, pool: Source,
-                   factory: Source, entries: dict[str, Request],
-                   tokens: GroupTokens | None, vo_stage: dict[str, Any] | None) -> str | None:
+    async def _put(
+        self,
+        http: httpx.AsyncClient,
+        group: GroupConfig,
+        pool: Source,
+        factory: Source,
+        entries: dict[str, Request],
+        tokens: GroupTokens | None,
+        vo_stage: dict[str, Any] | None,
+    ) -> str | None:
         """Send the group's desired state; None when the factory took it, else why not."""
         if tokens is None:
             return "not sent: no pilot token"
         body = request_body(pool.url, tokens, entries, vo_stage)
         return await self.sources.put_request(http, factory, group.name, body)
 
-    async def _freeze(self, http: httpx.AsyncClient, group: GroupConfig, why: str,
-                      now: float) -> dict[str, str]:
+    async def _freeze(
+        self, http: httpx.AsyncClient, group: GroupConfig, why: str, now: float
+    ) -> dict[str, str]:
         """The pool is blind: keep the last request but never remove (nor count cycles)."""
         memory = self.memory.get(group.name, {})
         out: dict[str, str] = {}
         for f in self.config.group_factories(group):
             prefix = f"{f.name}/"
-            mine = {k[len(prefix):]: m for k, m in memory.items() if k.startswith(prefix)}
+            mine = {k[len(prefix) :]: m for k, m in memory.items() if k.startswith(prefix)}
             for name in mine:
                 self._record(group, f"{prefix}{name}", now, {"frozen": why, "request": None})
             if all(m.last_remove is RemovalStage.NO for m in mine.values()):
@@ -355,11 +453,16 @@ class Frontend:
             if held is None:
                 out[f.name] = f"cannot stop removal (no valid pilot token): {why}"
                 continue
-            tokens = GroupTokens(held, {n: t for n in mine if (
-                t := self.pilot_tokens.current(pool.name, group.name, n)) is not None})
+            tokens = GroupTokens(
+                held,
+                {
+                    n: t
+                    for n in mine
+                    if (t := self.pilot_tokens.current(pool.name, group.name, n)) is not None
+                },
+            )
             entries = {n: without_removal(m) for n, m in mine.items()}
-            err = await self._put(http, group, pool, f, entries, tokens,
-                                  self._vo_advert(group)[0])
+            err = await self._put(http, group, pool, f, entries, tokens, self._vo_advert(group)[0])
             if err is None:
                 for n, m in mine.items():
                     memory[f"{prefix}{n}"] = m.without_removal()
@@ -371,7 +474,8 @@ class Frontend:
     def _record(self, group: GroupConfig, key: str, now: float, record: Record) -> None:
         self.explanations.add(self.cycles, group.name, key, now, record)
 
-    def explain(self, entry: str | None = None, history: bool = False,
-                group: str | None = None) -> list[dict[str, Any]]:
+    def explain(
+        self, entry: str | None = None, history: bool = False, group: str | None = None
+    ) -> list[dict[str, Any]]:
         """Latest (or all kept) explanations (see `Explanations.select`)."""
         return self.explanations.select(entry, history, group)

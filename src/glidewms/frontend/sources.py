@@ -75,24 +75,30 @@ class Sources:
     def auth(self, source: Source) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens.get(source.name, self.own_token)}"}
 
-    async def get(self, http: httpx.AsyncClient, source: Source, kind: str, path: str,
-                  **params: Any) -> Any:
+    async def get(
+        self, http: httpx.AsyncClient, source: Source, kind: str, path: str, **params: Any
+    ) -> Any:
         """GET `path` of the API of `source` (a `kind`: pool or factory), as JSON."""
-        r = await http.get(f"{source.url}{API_PREFIX}/{path}", headers=self.auth(source),
-                           params=params or None)
+        r = await http.get(
+            f"{source.url}{API_PREFIX}/{path}", headers=self.auth(source), params=params or None
+        )
         return checked(f"{kind} {source.name}", r).json()
 
     async def query_pool(self, http: httpx.AsyncClient, pool: Source) -> PoolAnswer:
         """The pool's demand (autoclusters) and pilots, or why they cannot be trusted."""
         try:
-            demand, pilots = await asyncio.gather(self.get(http, pool, "pool", "demand"),
-                                                  self.get(http, pool, "pool", "pilots"))
+            demand, pilots = await asyncio.gather(
+                self.get(http, pool, "pool", "demand"), self.get(http, pool, "pool", "pilots")
+            )
         except QUERY_ERRORS as exc:
             return PoolAnswer(False, f"pool {pool.name} query failed: {exc!r}")
         acs = demand.get("autoclusters") if isinstance(demand, dict) else None
-        if (not isinstance(acs, list) or not isinstance(pilots, list)
-                or not all(isinstance(a, dict) and isinstance(a.get("ad"), str) for a in acs)
-                or not all(isinstance(p, dict) for p in pilots)):
+        if (
+            not isinstance(acs, list)
+            or not isinstance(pilots, list)
+            or not all(isinstance(a, dict) and isinstance(a.get("ad"), str) for a in acs)
+            or not all(isinstance(p, dict) for p in pilots)
+        ):
             return PoolAnswer(False, f"pool {pool.name}: unexpected answer shape")
         mine = [p for p in pilots if p.get("frontend") in (None, self.subject)]
         try:
@@ -101,36 +107,47 @@ class Sources:
         except (TypeError, ValueError) as exc:
             return PoolAnswer(False, f"pool {pool.name}: unexpected answer: {exc!r}")
         if working and not running:
-            return PoolAnswer(False, f"pool {pool.name}: demand shows no job while our pilots "
-                                     f"run {working}: answer not trusted")
+            return PoolAnswer(
+                False,
+                f"pool {pool.name}: demand shows no job while our pilots "
+                f"run {working}: answer not trusted",
+            )
         return PoolAnswer(True, autoclusters=acs, pilots=pilots)
 
-    async def query_factory(self, http: httpx.AsyncClient, factory: Source,
-                            groups: list[str]) -> FactoryAnswer:
+    async def query_factory(
+        self, http: httpx.AsyncClient, factory: Source, groups: list[str]
+    ) -> FactoryAnswer:
         """The factory's entry ads and, per group, its pilots there by entry and state."""
         try:
             answers = await asyncio.gather(
                 self.get(http, factory, "factory", "entries"),
-                *(self.get(http, factory, "factory", "glideins", summary="true", group=g)
-                  for g in groups))
+                *(
+                    self.get(http, factory, "factory", "glideins", summary="true", group=g)
+                    for g in groups
+                ),
+            )
         except QUERY_ERRORS as exc:
-            return FactoryAnswer(entries=None, error=f"factory {factory.name} query failed: "
-                                                     f"{exc!r}")
+            return FactoryAnswer(
+                entries=None, error=f"factory {factory.name} query failed: {exc!r}"
+            )
         entries, *summaries = answers
         if not isinstance(entries, list) or not all(
-                isinstance(s, dict) and isinstance(s.get("summary") or {}, dict)
-                for s in summaries):
-            return FactoryAnswer(entries=None,
-                                 error=f"factory {factory.name}: unexpected answer shape")
+            isinstance(s, dict) and isinstance(s.get("summary") or {}, dict) for s in summaries
+        ):
+            return FactoryAnswer(
+                entries=None, error=f"factory {factory.name}: unexpected answer shape"
+            )
         counts = {g: (s.get("summary") or {}) for g, s in zip(groups, summaries, strict=True)}
         return FactoryAnswer(entries=entries, counts=counts)
 
-    async def put_request(self, http: httpx.AsyncClient, factory: Source, group: str,
-                          body: dict[str, Any]) -> str | None:
+    async def put_request(
+        self, http: httpx.AsyncClient, factory: Source, group: str, body: dict[str, Any]
+    ) -> str | None:
         """PUT a group's desired state; None when the factory took it, else why not."""
         try:
-            r = await http.put(f"{factory.url}{API_PREFIX}/requests/{group}", json=body,
-                               headers=self.auth(factory))
+            r = await http.put(
+                f"{factory.url}{API_PREFIX}/requests/{group}", json=body, headers=self.auth(factory)
+            )
             checked(f"factory {factory.name}", r)
         except (httpx.HTTPError, IncompatiblePeer) as exc:
             return f"factory {factory.name} refused or unreachable: {exc!r}"

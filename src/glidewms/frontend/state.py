@@ -34,8 +34,9 @@ class StateFile:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); starting with no memory of past cycles",
-                        self.path, exc)
+            log.warning(
+                "%s: unreadable (%s); starting with no memory of past cycles", self.path, exc
+            )
             return {}
         cycles = data.get("cycles") if isinstance(data, dict) else None
         if isinstance(cycles, int) and not isinstance(cycles, bool) and cycles >= 0:
@@ -43,12 +44,20 @@ class StateFile:
         groups = data.get("groups") if isinstance(data, dict) else None
         if not isinstance(groups, dict):
             return {}
-        return {g: {e: Memory.from_json(m) for e, m in entries.items()}
-                for g, entries in groups.items() if isinstance(entries, dict)}
+        return {
+            g: {e: Memory.from_json(m) for e, m in entries.items()}
+            for g, entries in groups.items()
+            if isinstance(entries, dict)
+        }
 
     def save(self, memory: dict[str, dict[str, Memory]], cycles: int = 0) -> None:
-        data: dict[str, Any] = {"version": 1, "cycles": cycles, "groups": {
-            g: {e: m.to_json() for e, m in entries.items()} for g, entries in memory.items()}}
+        data: dict[str, Any] = {
+            "version": 1,
+            "cycles": cycles,
+            "groups": {
+                g: {e: m.to_json() for e, m in entries.items()} for g, entries in memory.items()
+            },
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w") as out:

@@ -75,8 +75,12 @@ class EntrySupply:
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
         out["idle_units"] = round(self.idle_units, 3)
-        out.update(running=self.running, total=self.total, idle_pilots=self.idle_pilots,
-                   idle_supply=round(self.idle_supply, 3))
+        out.update(
+            running=self.running,
+            total=self.total,
+            idle_pilots=self.idle_pilots,
+            idle_supply=round(self.idle_supply, 3),
+        )
         return out
 
 
@@ -116,8 +120,12 @@ def is_retiring(pilot: Mapping[str, Any]) -> bool:
     return bool(pilot.get("retiring")) or pilot.get("state") == POOL_DRAINING
 
 
-def entry_supply(counts: Mapping[str, int], pilots: Iterable[Mapping[str, Any]], size: Size,
-                 requests: Iterable[JobRequest]) -> EntrySupply:
+def entry_supply(
+    counts: Mapping[str, int],
+    pilots: Iterable[Mapping[str, Any]],
+    size: Size,
+    requests: Iterable[JobRequest],
+) -> EntrySupply:
     """Supply at one entry from the factory's counts (by `GlideinState` value, as its
     glidein summary gives them) and the entry's registered pilots."""
     n = {"idle": 0, "partial": 0, "busy": 0, "unusable": 0, "retiring": 0}
@@ -136,15 +144,21 @@ def entry_supply(counts: Mapping[str, int], pilots: Iterable[Mapping[str, Any]],
         else:
             n["busy" if working else "unusable"] += 1
     at_site = int(counts.get(GlideinState.running.value, 0))
-    return EntrySupply(queued=int(counts.get(GlideinState.queued.value, 0)),
-                       starting=max(0, at_site - registered),
-                       removing=int(counts.get(GlideinState.removing.value, 0)),
-                       idle_units=units, **n)
+    return EntrySupply(
+        queued=int(counts.get(GlideinState.queued.value, 0)),
+        starting=max(0, at_site - registered),
+        removing=int(counts.get(GlideinState.removing.value, 0)),
+        idle_units=units,
+        **n,
+    )
 
 
-def pilots_by_entry(pilots: Iterable[Mapping[str, Any]], frontend: str | None, group: str,
-                    entry_key: Callable[[Mapping[str, Any]], str | None],
-                    ) -> dict[str, list[Mapping[str, Any]]]:
+def pilots_by_entry(
+    pilots: Iterable[Mapping[str, Any]],
+    frontend: str | None,
+    group: str,
+    entry_key: Callable[[Mapping[str, Any]], str | None],
+) -> dict[str, list[Mapping[str, Any]]]:
     """The pool's pilots of this frontend and group, by entry key (unknown entries dropped)."""
     out: dict[str, list[Mapping[str, Any]]] = {}
     for pilot in pilots:

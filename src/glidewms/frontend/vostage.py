@@ -40,7 +40,8 @@ def build_all(config: FrontendConfig) -> dict[str, Stage]:
             continue
         try:
             stages[group.name] = build_vo_stage(
-                group.vo_scripts, Path(config.state_dir) / "vo_stage" / group.name, key)
+                group.vo_scripts, Path(config.state_dir) / "vo_stage" / group.name, key
+            )
         except (OSError, ValueError) as exc:
             raise VOStageError(f"groups[{i}].vo_scripts ({group.vo_scripts}): {exc}") from None
     return stages
@@ -48,8 +49,11 @@ def build_all(config: FrontendConfig) -> dict[str, Stage]:
 
 def advert(stage: Stage, base_url: str, group: str) -> dict[str, Any]:
     """The request's `vo_stage`: where pilots fetch it and what vouches for it."""
-    return {"url": f"{base_url.rstrip('/')}{PREFIX}/{group}",
-            "manifest_sha256": stage.manifest_sha256, "manifest_key": stage.public_key_b64}
+    return {
+        "url": f"{base_url.rstrip('/')}{PREFIX}/{group}",
+        "manifest_sha256": stage.manifest_sha256,
+        "manifest_key": stage.public_key_b64,
+    }
 
 
 def served_file(stage: Stage, path: str) -> Path | None:
@@ -57,5 +61,5 @@ def served_file(stage: Stage, path: str) -> Path | None:
     if path == "manifest":
         return stage.manifest_path
     if path.startswith("files/"):
-        return stage.file(path[len("files/"):])
+        return stage.file(path[len("files/") :])
     return None

@@ -34,15 +34,25 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     store = PoolStore(
         make_engine(config.resolved_database_url()),
         max_job_restarts=config.max_job_restarts,
-        fair_share=FairShare(config.priority_halflife, config.priority_factors,
-                             config.group_priority_factors, config.default_priority_factor),
+        fair_share=FairShare(
+            config.priority_halflife,
+            config.priority_factors,
+            config.group_priority_factors,
+            config.default_priority_factor,
+        ),
         reserve_for_large_jobs=config.reserve_for_large_jobs,
-        lock_wait=config.database_lock_wait, significant=config.significant_attributes)
+        lock_wait=config.database_lock_wait,
+        significant=config.significant_attributes,
+    )
     pool = PoolContext(
-        config=config, store=store, files=SandboxStore(config.state_dir / "files"),
+        config=config,
+        store=store,
+        files=SandboxStore(config.state_dir / "files"),
         signal=WorkSignal(),
-        issuer=(TokenIssuer.from_file(config.issuer_private_key)
-                if config.issuer_private_key else None))
+        issuer=(
+            TokenIssuer.from_file(config.issuer_private_key) if config.issuer_private_key else None
+        ),
+    )
     public_key = config.issuer_public_key or config.state_dir.parent / "keys" / "issuer.pub"
 
     @asynccontextmanager
@@ -63,8 +73,14 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     app.state.public_url = public_url
     app.include_router(admin.health)
     # the pilot turn first: Starlette tries routes in order
-    for router in (pilots.router, jobs.router, admin.router, files.router, demand.router,
-                   tokens.router):
+    for router in (
+        pilots.router,
+        jobs.router,
+        admin.router,
+        files.router,
+        demand.router,
+        tokens.router,
+    ):
         app.include_router(router, prefix=API_PREFIX)
     return app
 
@@ -84,8 +100,7 @@ async def upkeep(pool: PoolContext) -> None:
                 next_periodic = time.monotonic() + config.periodic_check_seconds
                 changed = await run_in_threadpool(store.periodic.apply)
                 if any(changed.values()):
-                    log.info("periodic expressions: %s",
-                             {k: len(v) for k, v in changed.items()})
+                    log.info("periodic expressions: %s", {k: len(v) for k, v in changed.items()})
                     signal.notify()
         except Exception:  # keep the loop alive: a failed pass is retried next tick
             log.exception("lease expiry pass failed")

@@ -40,15 +40,20 @@ class Autoclusters:
         engine = self.shared.engine
         for _ in range(2):
             with engine.begin() as conn:
-                row = conn.execute(sa.select(autoclusters.c.id)
-                                   .where(autoclusters.c.signature == d.signature)).first()
+                row = conn.execute(
+                    sa.select(autoclusters.c.id).where(autoclusters.c.signature == d.signature)
+                ).first()
                 if row:
                     return int(row[0])
             try:
                 with engine.begin() as conn:
-                    return int(conn.execute(autoclusters.insert().values(
-                        signature=d.signature, ad=d.signature_ad, created_at=now)
-                    ).inserted_primary_key[0])
+                    return int(
+                        conn.execute(
+                            autoclusters.insert().values(
+                                signature=d.signature, ad=d.signature_ad, created_at=now
+                            )
+                        ).inserted_primary_key[0]
+                    )
             except sa.exc.IntegrityError:
                 continue  # created meanwhile (by a submit that failed later): read it back
         raise RuntimeError(f"cannot create autocluster {d.signature}")
@@ -58,7 +63,10 @@ class Autoclusters:
         matchmaker = self.shared.matchmaker
         missing = [i for i in ids if i not in matchmaker.ads]
         if missing:
-            for r in conn.execute(sa.select(autoclusters.c.id, autoclusters.c.ad)
-                                  .where(autoclusters.c.id.in_(missing))):
+            for r in conn.execute(
+                sa.select(autoclusters.c.id, autoclusters.c.ad).where(
+                    autoclusters.c.id.in_(missing)
+                )
+            ):
                 matchmaker.remember(r.id, r.ad)
         return {i: matchmaker.ads[i] for i in ids}

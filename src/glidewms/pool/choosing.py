@@ -36,8 +36,9 @@ Chosen = tuple[int, str, HeadKey, Undo]
 
 
 class Matching:
-    def __init__(self, shared: Shared, autoclusters: Autoclusters,
-                 reserve_for_large_jobs: bool) -> None:
+    def __init__(
+        self, shared: Shared, autoclusters: Autoclusters, reserve_for_large_jobs: bool
+    ) -> None:
         self.shared = shared
         self.autoclusters = autoclusters
         self.reserve_for_large_jobs = reserve_for_large_jobs
@@ -59,8 +60,9 @@ class Matching:
     def unreserve(self, pilot_id: str) -> None:
         self.reservations.pop(pilot_id, None)
 
-    def choose_turn(self, conn: Connection, pilot: Any, free: Mapping[str, float],
-                    max_jobs: int, now: float) -> list[Chosen]:
+    def choose_turn(
+        self, conn: Connection, pilot: Any, free: Mapping[str, float], max_jobs: int, now: float
+    ) -> list[Chosen]:
         """Up to `max_jobs` jobs for the pilot `pilot` (its row) offering `free`,
         as that many single claims in a row would choose them: each sees the
         index and the accounting as the choices before it left them, and the
@@ -97,8 +99,12 @@ class Matching:
                 mine: Undo = []
                 index.remove(ac, submitter, key)
                 index.started(ac)
-                mine.append(lambda ac=ac, s=submitter, k=key: (
-                    index.add(ac, s, k[1], 1, k), index.stopped(ac)))
+                mine.append(
+                    lambda ac=ac, s=submitter, k=key: (
+                        index.add(ac, s, k[1], 1, k),
+                        index.stopped(ac),
+                    )
+                )
                 chosen.append((ac, submitter, key, mine))
                 taken.add((key[2], key[3]))
                 request = requests.get(ac) or {}
@@ -110,8 +116,7 @@ class Matching:
             raise
         return chosen
 
-    def _head(self, conn: Connection, ac: int, submitter: str,
-              taken: Set[tuple[int, int]]) -> Any:
+    def _head(self, conn: Connection, ac: int, submitter: str, taken: Set[tuple[int, int]]) -> Any:
         """The pair's best idle job, read with the next ones when not cached.
 
         Jobs a pilot turn has chosen but not yet marked running (turns.py
@@ -123,21 +128,34 @@ class Matching:
             return cached
         row = conn.execute(
             sa.select(jobs.c.prio, jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
-            .where(jobs.c.state == JobState.IDLE, jobs.c.autocluster_id == ac,
-                   jobs.c.submitter == submitter)
+            .where(
+                jobs.c.state == JobState.IDLE,
+                jobs.c.autocluster_id == ac,
+                jobs.c.submitter == submitter,
+            )
             .order_by(jobs.c.prio.desc(), jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
-            .limit((PREFETCH if (ac, submitter) in index.streaming else 1)
-                   + len(taken))).all()
-        keys = [head_key(r.prio, r.q_date, r.cluster_id, r.proc_id) for r in row
-                if (r.cluster_id, r.proc_id) not in taken]
+            .limit((PREFETCH if (ac, submitter) in index.streaming else 1) + len(taken))
+        ).all()
+        keys = [
+            head_key(r.prio, r.q_date, r.cluster_id, r.proc_id)
+            for r in row
+            if (r.cluster_id, r.proc_id) not in taken
+        ]
         if not keys:
             return None
         index.set_heads(ac, submitter, keys)
         return keys[0]
 
-    def _choose(self, conn: Connection, pilot_id: str, slot: Mapping[str, Any],
-                free: Mapping[str, int], whole: Mapping[str, int] | None,
-                now: float, taken: Set[tuple[int, int]]) -> tuple[str, int, str, Any] | None:
+    def _choose(
+        self,
+        conn: Connection,
+        pilot_id: str,
+        slot: Mapping[str, Any],
+        free: Mapping[str, int],
+        whole: Mapping[str, int] | None,
+        now: float,
+        taken: Set[tuple[int, int]],
+    ) -> tuple[str, int, str, Any] | None:
         """What this pilot should do: ("claim", autocluster, submitter, head key)
         of the job to run now, ("reserve", autocluster, submitter, None) to
         take nothing while its running jobs end, or None when nothing matches.
@@ -154,8 +172,9 @@ class Matching:
         """
         index, accounting = self.shared.index, self.shared.accounting
         fits_now, by_now = self._candidates(conn, pilot_id, slot, free)
-        fits_whole, by_whole = (self._candidates(conn, pilot_id, slot, whole)
-                                if whole is not None else ({}, {}))
+        fits_whole, by_whole = (
+            self._candidates(conn, pilot_id, slot, whole) if whole is not None else ({}, {})
+        )
         submitters = set(by_now) | set(by_whole)
         while submitters:
             submitter = accounting.best(submitters, now)
@@ -185,9 +204,9 @@ class Matching:
                     return "reserve", ac, submitter, None
         return None
 
-    def _candidates(self, conn: Connection, pilot_id: str, slot: Mapping[str, Any],
-                    resources: Mapping[str, int]
-                    ) -> tuple[dict[int, float], dict[str, list[tuple[float, int]]]]:
+    def _candidates(
+        self, conn: Connection, pilot_id: str, slot: Mapping[str, Any], resources: Mapping[str, int]
+    ) -> tuple[dict[int, float], dict[str, list[tuple[float, int]]]]:
         """({autocluster: slot Rank}, {submitter: [(-Rank, autocluster)]}) of the
         idle work this slot offering `resources` can run (its ad and shape
         from `slot_ads`), remembered per slot shape until an
@@ -225,10 +244,12 @@ class Matching:
         """Reserve this pilot for (ac, submitter) unless as many pilots that
         reserved earlier already wait for its idle jobs."""
         mine = self.reservations.get(pilot_id)
-        order = mine[2] if mine and mine[:2] == (ac, submitter) \
-            else next(self._reservation_order)
-        earlier = sum(1 for other, (a, s, o) in self.reservations.items()
-                      if other != pilot_id and a == ac and s == submitter and o < order)
+        order = mine[2] if mine and mine[:2] == (ac, submitter) else next(self._reservation_order)
+        earlier = sum(
+            1
+            for other, (a, s, o) in self.reservations.items()
+            if other != pilot_id and a == ac and s == submitter and o < order
+        )
         if earlier >= self.shared.index.idle(ac, submitter):
             return False
         self.reservations[pilot_id] = (ac, submitter, order)
@@ -243,5 +264,11 @@ def give_back(chosen: list[Chosen]) -> None:
 
 
 def _runs_jobs(conn: Connection, pilot_id: str) -> bool:
-    return conn.execute(sa.select(jobs.c.claim_id).where(
-        jobs.c.pilot_id == pilot_id, jobs.c.state == JobState.RUNNING).limit(1)).first() is not None
+    return (
+        conn.execute(
+            sa.select(jobs.c.claim_id)
+            .where(jobs.c.pilot_id == pilot_id, jobs.c.state == JobState.RUNNING)
+            .limit(1)
+        ).first()
+        is not None
+    )

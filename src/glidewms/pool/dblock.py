@@ -55,7 +55,8 @@ class DatabaseLock:
                 raise DatabaseInUse(
                     f"database {self.url} is in use by another pool ({holder}); run one "
                     "pool per database: stop the other one, or give this one its own "
-                    "database_url / state_dir")
+                    "database_url / state_dir"
+                )
             time.sleep(RETRY_SECONDS)
 
     def _try(self) -> str | None:
@@ -93,16 +94,22 @@ class DatabaseLock:
             got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_KEY}).scalar()
             holder = None
             if not got:
-                row = conn.execute(sa.text(
-                    "SELECT a.pid, a.client_addr, a.application_name FROM pg_locks l "
-                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-                    "AND l.database = (SELECT oid FROM pg_database "
-                    "WHERE datname = current_database()) "
-                    "AND (l.classid::bigint << 32 | l.objid::bigint) = :k LIMIT 1"),
-                    {"k": PG_KEY}).first()
-                holder = ("advisory lock held by the session of server pid "
-                          f"{row.pid} from {row.client_addr or 'a local socket'}"
-                          if row else "advisory lock held by another session")
+                row = conn.execute(
+                    sa.text(
+                        "SELECT a.pid, a.client_addr, a.application_name FROM pg_locks l "
+                        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                        "AND l.database = (SELECT oid FROM pg_database "
+                        "WHERE datname = current_database()) "
+                        "AND (l.classid::bigint << 32 | l.objid::bigint) = :k LIMIT 1"
+                    ),
+                    {"k": PG_KEY},
+                ).first()
+                holder = (
+                    "advisory lock held by the session of server pid "
+                    f"{row.pid} from {row.client_addr or 'a local socket'}"
+                    if row
+                    else "advisory lock held by another session"
+                )
             conn.commit()  # never idle in a transaction while holding the lock
         except Exception:
             conn.close()

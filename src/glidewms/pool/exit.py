@@ -33,8 +33,7 @@ from glidewms.pool.schema import counters, events, jobs
 
 ENDING = JOB.source(JobCause.EXIT)  # running: only a running job's process can end
 
-_POLICY_NAMES = re.compile(r"(?:^\[ |; )(?:OnExitHold|OnExitRemove|MaxRetries) = ",
-                           re.IGNORECASE)
+_POLICY_NAMES = re.compile(r"(?:^\[ |; )(?:OnExitHold|OnExitRemove|MaxRetries) = ", re.IGNORECASE)
 
 
 @dataclass
@@ -86,21 +85,28 @@ def exit_action(ad: Any, exit_code: int, completions: int) -> ExitAction:
     if "OnExitHold" in ad and classads.is_true(_eval(ad, "OnExitHold")):
         reason = _eval(ad, "OnExitHoldReason") if "OnExitHoldReason" in ad else None
         subcode = _eval(ad, "OnExitHoldSubCode") if "OnExitHoldSubCode" in ad else None
-        return ExitAction(JobState.HELD, "on_exit_hold",
-                          reason if isinstance(reason, str) and reason
-                          else "The on_exit_hold expression evaluated to TRUE",
-                          subcode if isinstance(subcode, int) and not isinstance(subcode, bool)
-                          else None)
+        return ExitAction(
+            JobState.HELD,
+            "on_exit_hold",
+            reason
+            if isinstance(reason, str) and reason
+            else "The on_exit_hold expression evaluated to TRUE",
+            subcode if isinstance(subcode, int) and not isinstance(subcode, bool) else None,
+        )
     explicit = _eval(ad, "OnExitRemove") if "OnExitRemove" in ad else None
     retries = _eval(ad, "MaxRetries") if "MaxRetries" in ad else None
     if isinstance(retries, int) and not isinstance(retries, bool):
         if exit_code == 0 or completions > retries or explicit is True:
             return ExitAction(JobState.COMPLETED)
-        return ExitAction(JobState.IDLE, "max_retries",
-                          f"exit code {exit_code}: run {completions} of {retries + 1}")
+        return ExitAction(
+            JobState.IDLE,
+            "max_retries",
+            f"exit code {exit_code}: run {completions} of {retries + 1}",
+        )
     if explicit is False:
-        return ExitAction(JobState.IDLE, "on_exit_remove",
-                          "The on_exit_remove expression evaluated to FALSE")
+        return ExitAction(
+            JobState.IDLE, "on_exit_remove", "The on_exit_remove expression evaluated to FALSE"
+        )
     return ExitAction(JobState.COMPLETED)
 
 
@@ -111,9 +117,13 @@ def _eval(ad: Any, name: str) -> Any:
         return None
 
 
-def finish(conn: Connection, completions: Sequence[Completion], now: float,
-           pilot_id: str | None, events_out: list[dict[str, Any]] | None = None
-           ) -> list[FinishedJob]:
+def finish(
+    conn: Connection,
+    completions: Sequence[Completion],
+    now: float,
+    pilot_id: str | None,
+    events_out: list[dict[str, Any]] | None = None,
+) -> list[FinishedJob]:
     """Apply completions in `conn`'s transaction: one SELECT, one executemany
     UPDATE (conditional on the claim still running), one events INSERT and
     the counters. Claims no longer held are left out of the answer.
@@ -132,33 +142,67 @@ def finish(conn: Connection, completions: Sequence[Completion], now: float,
     for row in rows:
         c = by_claim[row.claim_id]
         runs = (row.completions or 0) + 1
-        action = (exit_action(full_ad(row), c.exit_code, runs) if has_exit_policy(row.ad)
-                  else _COMPLETED)
+        action = (
+            exit_action(full_ad(row), c.exit_code, runs) if has_exit_policy(row.ad) else _COMPLETED
+        )
         JOB.check(ENDING, action.state, JobCause.EXIT)
         held = action.state == JobState.HELD
         done = action.state == JobState.COMPLETED
         completed += done
         failures += c.exit_code != 0
-        params.append({
-            "b_cluster": row.cluster_id, "b_proc": row.proc_id, "b_claim": row.claim_id,
-            "b_state": action.state, "b_exit": c.exit_code, "b_outputs": c.outputs,
-            "b_done": now if done else None, "b_wall": c.wall_seconds, "b_runs": runs,
-            "b_reason": action.reason if held else None,
-            "b_code": HOLD_POLICY if held else None, "b_now": now})
-        detail: dict[str, Any] = {"exit_code": c.exit_code, "pilot": row.pilot_id,
-                                  "wall_seconds": c.wall_seconds}
+        params.append(
+            {
+                "b_cluster": row.cluster_id,
+                "b_proc": row.proc_id,
+                "b_claim": row.claim_id,
+                "b_state": action.state,
+                "b_exit": c.exit_code,
+                "b_outputs": c.outputs,
+                "b_done": now if done else None,
+                "b_wall": c.wall_seconds,
+                "b_runs": runs,
+                "b_reason": action.reason if held else None,
+                "b_code": HOLD_POLICY if held else None,
+                "b_now": now,
+            }
+        )
+        detail: dict[str, Any] = {
+            "exit_code": c.exit_code,
+            "pilot": row.pilot_id,
+            "wall_seconds": c.wall_seconds,
+        }
         if c.exit_code != 0:
             detail["failure"] = "job"
-        event = {"cluster_id": row.cluster_id, "proc_id": row.proc_id, "time": now,
-                 "type": "completed", "detail": detail}
+        event = {
+            "cluster_id": row.cluster_id,
+            "proc_id": row.proc_id,
+            "time": now,
+            "type": "completed",
+            "detail": detail,
+        }
         if held:
-            event = {**event, "type": "held", "detail": {
-                **detail, "by": action.by, "reason": action.reason, "code": HOLD_POLICY,
-                **({"subcode": action.subcode} if action.subcode is not None else {})}}
+            event = {
+                **event,
+                "type": "held",
+                "detail": {
+                    **detail,
+                    "by": action.by,
+                    "reason": action.reason,
+                    "code": HOLD_POLICY,
+                    **({"subcode": action.subcode} if action.subcode is not None else {}),
+                },
+            }
         elif action.state == JobState.IDLE:
-            event = {**event, "type": "requeued", "detail": {
-                **detail, "by": action.by, "reason": action.reason,
-                "num_job_completions": runs}}
+            event = {
+                **event,
+                "type": "requeued",
+                "detail": {
+                    **detail,
+                    "by": action.by,
+                    "reason": action.reason,
+                    "num_job_completions": runs,
+                },
+            }
         new_events.append(event)
         finished.append(FinishedJob(row.claim_id, row, action))
     if not finished:
@@ -176,20 +220,34 @@ def finish(conn: Connection, completions: Sequence[Completion], now: float,
 
 # The completion path's statements, built (and compiled) once: a pilot turn
 # runs them every time, and building one costs more than running it.
-_RUNNING = sa.select(jobs).where(jobs.c.claim_id.in_(sa.bindparam("b_claims", expanding=True)),
-                                 jobs.c.state == ENDING)
+_RUNNING = sa.select(jobs).where(
+    jobs.c.claim_id.in_(sa.bindparam("b_claims", expanding=True)), jobs.c.state == ENDING
+)
 _RUNNING_ON = _RUNNING.where(jobs.c.pilot_id == sa.bindparam("b_pilot"))
 _FINISH = (
     jobs.update()
-    .where(jobs.c.cluster_id == sa.bindparam("b_cluster"),
-           jobs.c.proc_id == sa.bindparam("b_proc"),
-           jobs.c.claim_id == sa.bindparam("b_claim"), jobs.c.state == ENDING)
-    .values(state=sa.bindparam("b_state"), exit_code=sa.bindparam("b_exit"),
-            outputs=sa.bindparam("b_outputs", type_=jobs.c.outputs.type),
-            claim_id=None, lease_expires=None,
-            completion_date=sa.bindparam("b_done"),
-            wall_seconds=sa.bindparam("b_wall"), completions=sa.bindparam("b_runs"),
-            hold_reason=sa.bindparam("b_reason"), hold_code=sa.bindparam("b_code"),
-            updated_at=sa.bindparam("b_now")))
-_COUNT = (counters.update().where(counters.c.name == sa.bindparam("b_name"))
-          .values(value=counters.c.value + sa.bindparam("b_n", type_=sa.Integer)))
+    .where(
+        jobs.c.cluster_id == sa.bindparam("b_cluster"),
+        jobs.c.proc_id == sa.bindparam("b_proc"),
+        jobs.c.claim_id == sa.bindparam("b_claim"),
+        jobs.c.state == ENDING,
+    )
+    .values(
+        state=sa.bindparam("b_state"),
+        exit_code=sa.bindparam("b_exit"),
+        outputs=sa.bindparam("b_outputs", type_=jobs.c.outputs.type),
+        claim_id=None,
+        lease_expires=None,
+        completion_date=sa.bindparam("b_done"),
+        wall_seconds=sa.bindparam("b_wall"),
+        completions=sa.bindparam("b_runs"),
+        hold_reason=sa.bindparam("b_reason"),
+        hold_code=sa.bindparam("b_code"),
+        updated_at=sa.bindparam("b_now"),
+    )
+)
+_COUNT = (
+    counters.update()
+    .where(counters.c.name == sa.bindparam("b_name"))
+    .values(value=counters.c.value + sa.bindparam("b_n", type_=sa.Integer))
+)

@@ -44,8 +44,7 @@ def usage_after(usage: float, running_cores: float, elapsed: float, halflife: fl
     return usage * kept + running_cores * halflife / LN2 * (1.0 - kept)
 
 
-def effective_priority(usage: float, running_cores: float, halflife: float,
-                       factor: float) -> float:
+def effective_priority(usage: float, running_cores: float, halflife: float, factor: float) -> float:
     """Lower is better: the usage one half-life ahead at today's cores, times the factor."""
     return factor * usage_after(usage, running_cores, halflife, halflife)
 
@@ -60,8 +59,13 @@ def split_submitter(submitter: str, owner: str) -> str | None:
     return submitter[: -len(suffix)] if submitter.endswith(suffix) else None
 
 
-def priority_factor(owner: str, group: str | None, user_factors: Mapping[str, float],
-                    group_factors: Mapping[str, float], default: float = 1.0) -> float:
+def priority_factor(
+    owner: str,
+    group: str | None,
+    user_factors: Mapping[str, float],
+    group_factors: Mapping[str, float],
+    default: float = 1.0,
+) -> float:
     """The user's factor (or the default) times the group's (1 when unnamed)."""
     factor = user_factors.get(owner, default)
     if group:
@@ -91,8 +95,13 @@ class Accounting:
     Not thread-safe by itself: the store calls it under its own lock.
     """
 
-    def __init__(self, halflife: float, user_factors: Mapping[str, float],
-                 group_factors: Mapping[str, float], default_factor: float = 1.0) -> None:
+    def __init__(
+        self,
+        halflife: float,
+        user_factors: Mapping[str, float],
+        group_factors: Mapping[str, float],
+        default_factor: float = 1.0,
+    ) -> None:
         self.halflife = halflife
         self.user_factors = dict(user_factors)
         self.group_factors = dict(group_factors)
@@ -110,14 +119,12 @@ class Accounting:
         """Know this submitter (it has queued jobs), without changing its usage."""
         self._state(submitter, owner, group, now)
 
-    def load(self, submitter: str, owner: str, group: str | None, usage: float,
-             at: float) -> None:
+    def load(self, submitter: str, owner: str, group: str | None, usage: float, at: float) -> None:
         """Restore a persisted usage (decayed to `at`)."""
         state = self._state(submitter, owner, group, at)
         state.usage, state.at = usage, at
 
-    def change(self, submitter: str, owner: str, group: str | None, cores: int,
-               now: float) -> None:
+    def change(self, submitter: str, owner: str, group: str | None, cores: int, now: float) -> None:
         """`cores` more (or fewer, when negative) in use from `now` on."""
         state = self._state(submitter, owner, group, now)
         state.usage = usage_after(state.usage, state.running, now - state.at, self.halflife)
@@ -135,14 +142,16 @@ class Accounting:
         state = self.submitters.get(submitter)
         if state is None:
             return self.default_factor
-        return priority_factor(state.owner, state.group, self.user_factors,
-                               self.group_factors, self.default_factor)
+        return priority_factor(
+            state.owner, state.group, self.user_factors, self.group_factors, self.default_factor
+        )
 
     def effective(self, submitter: str, now: float) -> float:
         state = self.submitters.get(submitter)
         running = state.running if state else 0
-        return effective_priority(self.usage(submitter, now), running, self.halflife,
-                                  self.factor(submitter))
+        return effective_priority(
+            self.usage(submitter, now), running, self.halflife, self.factor(submitter)
+        )
 
     def best(self, candidates: Iterable[str], now: float) -> str | None:
         return best_submitter({s: self.effective(s, now) for s in candidates})

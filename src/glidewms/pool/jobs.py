@@ -58,10 +58,22 @@ CLUSTER_PLACEHOLDER = "$(ClusterId)"
 # Set by the pool at submit; anything a user sends under these names is dropped.
 RESERVED = ("Owner", "ClusterId", "ProcId", "QDate", "JobStatus", "User")
 # Never editable: the submit-time ones plus what the pool derives over a job's life.
-POOL_OWNED = frozenset(name.lower() for name in (
-    *RESERVED, "NumJobStarts", "NumRestarts", "NumSiteFailures", "EnteredCurrentStatus",
-    "ExitCode", "RemotePilot", "HoldReason", "HoldReasonCode", "CompletionDate",
-    "JobStartDate"))
+POOL_OWNED = frozenset(
+    name.lower()
+    for name in (
+        *RESERVED,
+        "NumJobStarts",
+        "NumRestarts",
+        "NumSiteFailures",
+        "EnteredCurrentStatus",
+        "ExitCode",
+        "RemotePilot",
+        "HoldReason",
+        "HoldReasonCode",
+        "CompletionDate",
+        "JobStartDate",
+    )
+)
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -110,7 +122,7 @@ def template_key(text: str, seen: dict[tuple[str, str], bool]) -> TemplateKey:
     if not matches:
         return text
     last = matches[-1]
-    cut = (text[:last.start(1)], text[last.end(1):])
+    cut = (text[: last.start(1)], text[last.end(1) :])
     ok = seen.get(cut)
     if ok is None:
         ok = seen[cut] = _is_proc_id_value(*cut)
@@ -143,9 +155,12 @@ def derive(ad: Any, owner: str, significant: Sequence[str] = ()) -> Derived:
     key, sig_text = classads.signature(ad, significant)
     group = ad.eval("AcctGroup") if "AcctGroup" in ad else None
     return Derived(
-        signature=key, signature_ad=sig_text, prio=int_attr(ad, "JobPrio", 0),
+        signature=key,
+        signature_ad=sig_text,
+        prio=int_attr(ad, "JobPrio", 0),
         cpus=max(1, int_attr(ad, "RequestCpus", 1)),
-        submitter=submitter_name(owner, group if isinstance(group, str) and group else None))
+        submitter=submitter_name(owner, group if isinstance(group, str) and group else None),
+    )
 
 
 def has_periodic(ad: Any) -> bool:
@@ -186,7 +201,7 @@ class SpecCache:
 
     def ad_part(self, text: str) -> dict[str, Any]:
         found = _PROC_ID.search(text)
-        key = text if found is None else text[:found.start(1)] + text[found.end(1):]
+        key = text if found is None else text[: found.start(1)] + text[found.end(1) :]
         spec = self._specs.get(key)
         if spec is None:
             if len(self._specs) >= self.limit:
@@ -204,13 +219,18 @@ def _ad_part(ad: Any) -> dict[str, Any]:
 
     transfer = text("TransferOutput")
     return {
-        "cmd": text("Cmd"), "out": text("Out"), "err": text("Err"),
+        "cmd": text("Cmd"),
+        "out": text("Out"),
+        "err": text("Err"),
         "transfer_output": [t.strip() for t in transfer.replace(",", " ").split()]
-        if transfer else None,
-        "request": {"cpus": int_attr(ad, "RequestCpus", 1),
-                    "memory": int_attr(ad, "RequestMemory", 0),
-                    "disk": int_attr(ad, "RequestDisk", 0),
-                    "gpus": int_attr(ad, "RequestGPUs", 0)},
+        if transfer
+        else None,
+        "request": {
+            "cpus": int_attr(ad, "RequestCpus", 1),
+            "memory": int_attr(ad, "RequestMemory", 0),
+            "disk": int_attr(ad, "RequestDisk", 0),
+            "gpus": int_attr(ad, "RequestGPUs", 0),
+        },
         "container": container_request(ad),
     }
 
@@ -229,7 +249,8 @@ def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
         "sandbox": files,
         "out": part["out"],
         "err": part["err"],
-        "transfer_output": None if part["transfer_output"] is None
+        "transfer_output": None
+        if part["transfer_output"] is None
         else list(part["transfer_output"]),
         "request": dict(part["request"]),
         **({"container": dict(container)} if container is not None else {}),
@@ -255,10 +276,14 @@ def container_request(ad: Any) -> dict[str, str] | None:
 
 def dynamic(row: Any) -> dict[str, Any]:
     """The attributes that come from the job's columns (absent ones left out)."""
-    out: dict[str, Any] = {"JobStatus": JOB_STATUS[row.state], "NumJobStarts": row.num_starts,
-                           "NumRestarts": row.num_restarts, "NumSiteFailures": row.num_restarts,
-                           "EnteredCurrentStatus": int(row.updated_at),
-                           "NumJobCompletions": getattr(row, "completions", 0) or 0}
+    out: dict[str, Any] = {
+        "JobStatus": JOB_STATUS[row.state],
+        "NumJobStarts": row.num_starts,
+        "NumRestarts": row.num_restarts,
+        "NumSiteFailures": row.num_restarts,
+        "EnteredCurrentStatus": int(row.updated_at),
+        "NumJobCompletions": getattr(row, "completions", 0) or 0,
+    }
     if row.exit_code is not None:
         out["ExitCode"] = row.exit_code
     if row.pilot_id:

@@ -59,8 +59,12 @@ class PilotCause(StrEnum):
 
 # HTCondor's JobStatus number for each state (what `JobStatus` in an ad says).
 JOB_STATUS: Mapping[JobState, int] = {
-    JobState.IDLE: 1, JobState.RUNNING: 2, JobState.REMOVED: 3, JobState.COMPLETED: 4,
-    JobState.HELD: 5}
+    JobState.IDLE: 1,
+    JobState.RUNNING: 2,
+    JobState.REMOVED: 3,
+    JobState.COMPLETED: 4,
+    JobState.HELD: 5,
+}
 
 S = TypeVar("S", JobState, PilotState)
 
@@ -80,15 +84,18 @@ class Transition(Generic[S]):
 class Lifecycle(Generic[S]):
     """One lifecycle's transition table, and the questions the store asks it."""
 
-    def __init__(self, name: str, states: Iterable[S],
-                 transitions: Iterable[tuple[S | None, S, str]]) -> None:
+    def __init__(
+        self, name: str, states: Iterable[S], transitions: Iterable[tuple[S | None, S, str]]
+    ) -> None:
         self.name = name
         self.states: tuple[S, ...] = tuple(states)
         self.transitions: tuple[Transition[S], ...] = tuple(
-            Transition(source, target, cause) for source, target, cause in transitions)
+            Transition(source, target, cause) for source, target, cause in transitions
+        )
         self._allowed = frozenset((t.source, t.target, t.cause) for t in self.transitions)
         self.final: tuple[S, ...] = tuple(
-            s for s in self.states if not any(t.source == s for t in self.transitions))
+            s for s in self.states if not any(t.source == s for t in self.transitions)
+        )
 
     def allows(self, source: S | str | None, target: S | str, cause: str) -> bool:
         return (source, target, cause) in self._allowed
@@ -98,7 +105,8 @@ class Lifecycle(Generic[S]):
         if (source, target, cause) not in self._allowed:
             raise IllegalTransition(
                 f"{self.name}: {cause} cannot move a {self.name} from "
-                f"{source or '(new)'} to {target}")
+                f"{source or '(new)'} to {target}"
+            )
 
     def sources(self, cause: str) -> tuple[S, ...]:
         """The states `cause` may move a job or pilot from, in table order."""
@@ -124,32 +132,40 @@ class Lifecycle(Generic[S]):
 
 
 J, C = JobState, JobCause
-JOB = Lifecycle("job", JobState, [
-    (None, J.IDLE, C.SUBMIT),
-    (J.IDLE, J.RUNNING, C.CLAIM),
-    (J.IDLE, J.HELD, C.HOLD),
-    (J.RUNNING, J.HELD, C.HOLD),
-    (J.HELD, J.IDLE, C.RELEASE),
-    (J.IDLE, J.REMOVED, C.REMOVE),
-    (J.RUNNING, J.REMOVED, C.REMOVE),
-    (J.HELD, J.REMOVED, C.REMOVE),
-    (J.IDLE, J.IDLE, C.EDIT),
-    (J.HELD, J.HELD, C.EDIT),
-    (J.RUNNING, J.COMPLETED, C.EXIT),
-    (J.RUNNING, J.IDLE, C.EXIT),  # on_exit_remove false, or max_retries left
-    (J.RUNNING, J.HELD, C.EXIT),  # on_exit_hold
-    (J.RUNNING, J.IDLE, C.EVICT),
-    (J.RUNNING, J.HELD, C.EVICT),  # after max_job_restarts site failures
-])
+JOB = Lifecycle(
+    "job",
+    JobState,
+    [
+        (None, J.IDLE, C.SUBMIT),
+        (J.IDLE, J.RUNNING, C.CLAIM),
+        (J.IDLE, J.HELD, C.HOLD),
+        (J.RUNNING, J.HELD, C.HOLD),
+        (J.HELD, J.IDLE, C.RELEASE),
+        (J.IDLE, J.REMOVED, C.REMOVE),
+        (J.RUNNING, J.REMOVED, C.REMOVE),
+        (J.HELD, J.REMOVED, C.REMOVE),
+        (J.IDLE, J.IDLE, C.EDIT),
+        (J.HELD, J.HELD, C.EDIT),
+        (J.RUNNING, J.COMPLETED, C.EXIT),
+        (J.RUNNING, J.IDLE, C.EXIT),  # on_exit_remove false, or max_retries left
+        (J.RUNNING, J.HELD, C.EXIT),  # on_exit_hold
+        (J.RUNNING, J.IDLE, C.EVICT),
+        (J.RUNNING, J.HELD, C.EVICT),  # after max_job_restarts site failures
+    ],
+)
 
 P, PC = PilotState, PilotCause
-PILOT = Lifecycle("pilot", PilotState, [
-    (None, P.ACTIVE, PC.REGISTER),
-    (P.ACTIVE, P.GONE, PC.DEREGISTER),
-    (P.DRAINING, P.GONE, PC.DEREGISTER),
-    (P.ACTIVE, P.LOST, PC.EXPIRE),
-    (P.DRAINING, P.LOST, PC.EXPIRE),
-])
+PILOT = Lifecycle(
+    "pilot",
+    PilotState,
+    [
+        (None, P.ACTIVE, PC.REGISTER),
+        (P.ACTIVE, P.GONE, PC.DEREGISTER),
+        (P.DRAINING, P.GONE, PC.DEREGISTER),
+        (P.ACTIVE, P.LOST, PC.EXPIRE),
+        (P.DRAINING, P.LOST, PC.EXPIRE),
+    ],
+)
 del J, C, P, PC
 
 # Jobs that left the queue (history), and pilots the pool no longer counts.

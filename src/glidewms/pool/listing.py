@@ -18,9 +18,20 @@ from glidewms import classads
 from glidewms.pool.jobs import dynamic, full_ad
 
 # Attributes a listing adds from the columns, in the order they are written.
-DYNAMIC = ("JobStatus", "NumJobStarts", "NumRestarts", "NumSiteFailures", "EnteredCurrentStatus",
-           "ExitCode", "RemotePilot", "HoldReason", "HoldReasonCode", "JobStartDate",
-           "CompletionDate", "NumJobCompletions")
+DYNAMIC = (
+    "JobStatus",
+    "NumJobStarts",
+    "NumRestarts",
+    "NumSiteFailures",
+    "EnteredCurrentStatus",
+    "ExitCode",
+    "RemotePilot",
+    "HoldReason",
+    "HoldReasonCode",
+    "JobStartDate",
+    "CompletionDate",
+    "NumJobCompletions",
+)
 _DYNAMIC_LOWER = tuple(name.lower() for name in DYNAMIC)
 _PLAIN = re.compile(r'^[^"\\\x00-\x1f\x7f]*$')
 _PROC = re.compile(r"(?:^\[ |; )ProcId = (-?\d+)(?:;| \])")
@@ -68,7 +79,7 @@ class AdCache:
         if _mentions_any(row.ad):
             return full_ad(row)  # the stored ad sets one of them: keep jobs.full_ad's merge
         found = _PROC.search(row.ad)
-        key = row.ad if found is None else row.ad[:found.start(1)] + row.ad[found.end(1):]
+        key = row.ad if found is None else row.ad[: found.start(1)] + row.ad[found.end(1) :]
         ad = self._ads.get(key)
         if ad is None:
             if len(self._ads) >= self.limit:

@@ -26,7 +26,11 @@ def run(path: Path | None) -> None:
 
     config = load(path)
     try:
-        serve(lambda url: create_app(config, url), config.listen_host, config.listen_port,
-              config.url_file)
+        serve(
+            lambda url: create_app(config, url),
+            config.listen_host,
+            config.listen_port,
+            config.url_file,
+        )
     except DatabaseInUse as exc:
         raise ConfigError(str(exc)) from None

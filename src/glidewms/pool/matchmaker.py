@@ -50,7 +50,7 @@ def slot_refs(ad: Any) -> set[str]:
         for ref in ad.externalRefs(value):
             low = ref.lower()
             if low.startswith("target."):
-                low = low[len("target."):]
+                low = low[len("target.") :]
             if low:
                 names.add(low.split(".")[0])
     return names
@@ -58,8 +58,12 @@ def slot_refs(ad: Any) -> set[str]:
 
 def request_of(ad: Any) -> dict[str, int]:
     """Resources one job of this autocluster asks for."""
-    return {"cpus": int_attr(ad, "RequestCpus", 1), "memory": int_attr(ad, "RequestMemory", 0),
-            "disk": int_attr(ad, "RequestDisk", 0), "gpus": int_attr(ad, "RequestGPUs", 0)}
+    return {
+        "cpus": int_attr(ad, "RequestCpus", 1),
+        "memory": int_attr(ad, "RequestMemory", 0),
+        "disk": int_attr(ad, "RequestDisk", 0),
+        "gpus": int_attr(ad, "RequestGPUs", 0),
+    }
 
 
 class Matchmaker:
@@ -105,11 +109,11 @@ class Matchmaker:
                 value = slot.lookup(name)
                 if isinstance(value, classads.ExprTree):
                     keep.update(r.lower() for r in slot.internalRefs(value))
-        parts = [f"{name}={slot.lookup(name)}" for name in sorted(slot)
-                 if name.lower() in keep]
+        parts = [f"{name}={slot.lookup(name)}" for name in sorted(slot) if name.lower() in keep]
         digest = hashlib.sha256(";".join(parts).encode()).hexdigest()
-        clocked = any(volatile(str(slot.lookup(name))) for name in slot
-                      if name.lower() in SLOT_EXPRESSIONS)
+        clocked = any(
+            volatile(str(slot.lookup(name))) for name in slot if name.lower() in SLOT_EXPRESSIONS
+        )
         return "!" + digest if clocked else digest
 
     def fits(self, ac_id: int, slot: Any, shape: str) -> bool:
@@ -137,8 +141,9 @@ class Matchmaker:
         """Ids of the autoclusters whose jobs this slot can run, best slot Rank first."""
         return [ac for ac, _ in self.ranked(slot, autocluster_ads)]
 
-    def ranked(self, slot: Any, autocluster_ads: Mapping[int, Any],
-               shape: str | None = None) -> list[tuple[int, float]]:
+    def ranked(
+        self, slot: Any, autocluster_ads: Mapping[int, Any], shape: str | None = None
+    ) -> list[tuple[int, float]]:
         """(id, slot Rank) of the autoclusters whose jobs this slot can run, best first.
         `shape` is the slot's, when the caller already has it."""
         if shape is None:

@@ -75,8 +75,9 @@ class Periodic:
         Returns the ids changed, per action."""
         now = time.time() if now is None else now
         with self.shared.engine.connect() as conn:
-            rows = conn.execute(sa.select(jobs).where(
-                jobs.c.periodic.is_(True), jobs.c.state.in_(REMOVABLE))).all()
+            rows = conn.execute(
+                sa.select(jobs).where(jobs.c.periodic.is_(True), jobs.c.state.in_(REMOVABLE))
+            ).all()
         ads = AdCache()
         planned: dict[str, list[Planned]] = {}
         for row in rows:
@@ -86,5 +87,7 @@ class Periodic:
             if decision is not None:
                 action, reason, code = decision
                 planned.setdefault(str(action), []).append((row, action, reason, code))
-        return {action: self.queue.apply_actions(items, f"periodic_{action}")
-                for action, items in planned.items()}
+        return {
+            action: self.queue.apply_actions(items, f"periodic_{action}")
+            for action, items in planned.items()
+        }

@@ -47,16 +47,33 @@ class Pilots:
         self.matching = matching  # forgets what it kept for pilots that leave
         self.max_job_restarts = max_job_restarts
 
-    def register(self, slot: dict[str, Any], glidein_id: str | None,
-                 frontend: str | None, group: str | None, lease: float) -> str:
+    def register(
+        self,
+        slot: dict[str, Any],
+        glidein_id: str | None,
+        frontend: str | None,
+        group: str | None,
+        lease: float,
+    ) -> str:
         pilot_id = uuid.uuid4().hex[:16]
         now = time.time()
         with self.shared.engine.begin() as conn:
-            conn.execute(pilots.insert().values(
-                pilot_id=pilot_id, glidein_id=glidein_id, frontend=frontend,
-                group_name=group, slot=slot, state=REGISTERED, registered_at=now,
-                last_seen=now, lease_expires=now + lease, drain=False,
-                free=free_from(slot, None), retiring=False))
+            conn.execute(
+                pilots.insert().values(
+                    pilot_id=pilot_id,
+                    glidein_id=glidein_id,
+                    frontend=frontend,
+                    group_name=group,
+                    slot=slot,
+                    state=REGISTERED,
+                    registered_at=now,
+                    last_seen=now,
+                    lease_expires=now + lease,
+                    drain=False,
+                    free=free_from(slot, None),
+                    retiring=False,
+                )
+            )
         return pilot_id
 
     @staticmethod
@@ -69,8 +86,14 @@ class Pilots:
             raise PilotGone(f"pilot {pilot_id} is {row.state}")
         return row
 
-    def heartbeat(self, pilot_id: str, claim_ids: Sequence[str], pilot_lease: float,
-                  claim_lease: float, retiring: bool | None = None) -> dict[str, Any]:
+    def heartbeat(
+        self,
+        pilot_id: str,
+        claim_ids: Sequence[str],
+        pilot_lease: float,
+        claim_lease: float,
+        retiring: bool | None = None,
+    ) -> dict[str, Any]:
         now = time.time()
         if retiring:
             with self.shared.lock:  # a retiring pilot waits for nothing
@@ -85,14 +108,26 @@ class Pilots:
             if claim_ids:
                 conn.execute(
                     jobs.update()
-                    .where(jobs.c.claim_id.in_(list(claim_ids)), jobs.c.pilot_id == pilot_id,
-                           jobs.c.state == JobState.RUNNING)
-                    .values(lease_expires=now + claim_lease))
-                held = {r[0] for r in conn.execute(
-                    sa.select(jobs.c.claim_id).where(jobs.c.claim_id.in_(list(claim_ids)),
-                                                     jobs.c.state == JobState.RUNNING))}
-        return {"lease_seconds": claim_lease, "drain": bool(pilot.drain),
-                "kill": [c for c in claim_ids if c not in held]}
+                    .where(
+                        jobs.c.claim_id.in_(list(claim_ids)),
+                        jobs.c.pilot_id == pilot_id,
+                        jobs.c.state == JobState.RUNNING,
+                    )
+                    .values(lease_expires=now + claim_lease)
+                )
+                held = {
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(jobs.c.claim_id).where(
+                            jobs.c.claim_id.in_(list(claim_ids)), jobs.c.state == JobState.RUNNING
+                        )
+                    )
+                }
+        return {
+            "lease_seconds": claim_lease,
+            "drain": bool(pilot.drain),
+            "kill": [c for c in claim_ids if c not in held],
+        }
 
     def deregister(self, pilot_id: str, reason: str) -> None:
         now = time.time()
@@ -102,11 +137,15 @@ class Pilots:
             with shared.engine.begin() as conn:
                 pilot = self.live(conn, pilot_id)
                 PILOT.check(pilot.state, LEFT, PilotCause.DEREGISTER)
-                conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id)
-                             .values(state=LEFT, exit_reason=reason, last_seen=now))
+                conn.execute(
+                    pilots.update()
+                    .where(pilots.c.pilot_id == pilot_id)
+                    .values(state=LEFT, exit_reason=reason, last_seen=now)
+                )
                 self.matching.forget(pilot_id)
-                moved = self._requeue(conn, jobs.c.pilot_id == pilot_id, now,
-                                      f"pilot left: {reason}")
+                moved = self._requeue(
+                    conn, jobs.c.pilot_id == pilot_id, now, f"pilot left: {reason}"
+                )
             for row, new_state in moved:
                 shared.moved(row, new_state, now)
 
@@ -116,25 +155,33 @@ class Pilots:
         shared = self.shared
         with shared.lock:
             with shared.engine.begin() as conn:
-                lost = [r[0] for r in conn.execute(
-                    sa.select(pilots.c.pilot_id)
-                    .where(pilots.c.state.in_(PILOT.sources(PilotCause.EXPIRE)),
-                           pilots.c.lease_expires < now))]
+                lost = [
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(pilots.c.pilot_id).where(
+                            pilots.c.state.in_(PILOT.sources(PilotCause.EXPIRE)),
+                            pilots.c.lease_expires < now,
+                        )
+                    )
+                ]
                 moved = []
                 if lost:
                     for pilot_id in lost:
                         self.matching.forget(pilot_id)
-                    conn.execute(pilots.update().where(pilots.c.pilot_id.in_(lost))
-                                 .values(state=LOST, exit_reason="no heartbeat"))
+                    conn.execute(
+                        pilots.update()
+                        .where(pilots.c.pilot_id.in_(lost))
+                        .values(state=LOST, exit_reason="no heartbeat")
+                    )
                     moved = self._requeue(conn, jobs.c.pilot_id.in_(lost), now, "pilot lost")
-                moved += self._requeue(conn, jobs.c.lease_expires < now, now,
-                                       "claim lease expired")
+                moved += self._requeue(conn, jobs.c.lease_expires < now, now, "claim lease expired")
             for row, new_state in moved:
                 shared.moved(row, new_state, now)
         return len(moved)
 
-    def _requeue(self, conn: Connection, condition: Any, now: float,
-                 reason: str) -> list[tuple[Any, str]]:
+    def _requeue(
+        self, conn: Connection, condition: Any, now: float, reason: str
+    ) -> list[tuple[Any, str]]:
         """Running jobs back to idle (or held after too many): site failures."""
         rows = conn.execute(sa.select(jobs).where(jobs.c.state == EVICTED, condition)).all()
         moved = []
@@ -145,25 +192,52 @@ class Pilots:
             JOB.check(EVICTED, new_state, JobCause.EVICT)
             result = conn.execute(
                 jobs.update()
-                .where(jobs.c.cluster_id == r.cluster_id, jobs.c.proc_id == r.proc_id,
-                       jobs.c.state == EVICTED)
-                .values(state=new_state, claim_id=None, lease_expires=None,
-                        num_restarts=restarts, updated_at=now,
-                        hold_reason=(f"site failures {restarts} times (last: {reason})"
-                                     if too_many else None),
-                        hold_code=HOLD_POLICY if too_many else None))
+                .where(
+                    jobs.c.cluster_id == r.cluster_id,
+                    jobs.c.proc_id == r.proc_id,
+                    jobs.c.state == EVICTED,
+                )
+                .values(
+                    state=new_state,
+                    claim_id=None,
+                    lease_expires=None,
+                    num_restarts=restarts,
+                    updated_at=now,
+                    hold_reason=(
+                        f"site failures {restarts} times (last: {reason})" if too_many else None
+                    ),
+                    hold_code=HOLD_POLICY if too_many else None,
+                )
+            )
             if not result.rowcount:
                 continue
             moved.append((r, new_state))
-            record_event(conn, r.cluster_id, r.proc_id, now, "evicted",
-                         {"pilot": r.pilot_id, "reason": reason, "failure": "site"})
+            record_event(
+                conn,
+                r.cluster_id,
+                r.proc_id,
+                now,
+                "evicted",
+                {"pilot": r.pilot_id, "reason": reason, "failure": "site"},
+            )
             if too_many:
-                record_event(conn, r.cluster_id, r.proc_id, now, "held",
-                             {"by": "pool", "reason": f"too many site failures ({restarts})",
-                              "code": HOLD_POLICY, "failure": "site"})
+                record_event(
+                    conn,
+                    r.cluster_id,
+                    r.proc_id,
+                    now,
+                    "held",
+                    {
+                        "by": "pool",
+                        "reason": f"too many site failures ({restarts})",
+                        "code": HOLD_POLICY,
+                        "failure": "site",
+                    },
+                )
             else:
-                record_event(conn, r.cluster_id, r.proc_id, now, "requeued",
-                             {"num_restarts": restarts})
+                record_event(
+                    conn, r.cluster_id, r.proc_id, now, "requeued", {"num_restarts": restarts}
+                )
         bump(conn, "site_failures", len(moved))
         return moved
 
@@ -176,7 +250,10 @@ class Pilots:
 
     def busy_pilots(self) -> dict[str, int]:
         with self.shared.engine.connect() as conn:
-            return dict(conn.execute(
-                sa.select(jobs.c.pilot_id, sa.func.count())
-                .where(jobs.c.state == JobState.RUNNING).group_by(jobs.c.pilot_id)
-            ).all())
+            return dict(
+                conn.execute(
+                    sa.select(jobs.c.pilot_id, sa.func.count())
+                    .where(jobs.c.state == JobState.RUNNING)
+                    .group_by(jobs.c.pilot_id)
+                ).all()
+            )

@@ -40,8 +40,14 @@ from glidewms.pool.schema import counters, events, jobs
 from glidewms.pool.shared import Shared, current_job, record_event
 
 # hold, release, remove: the state each leads to, and the event it writes
-ACTIONS = {cause: (JOB.target(cause), event) for cause, event in (
-    (JobCause.HOLD, "held"), (JobCause.RELEASE, "released"), (JobCause.REMOVE, "removed"))}
+ACTIONS = {
+    cause: (JOB.target(cause), event)
+    for cause, event in (
+        (JobCause.HOLD, "held"),
+        (JobCause.RELEASE, "released"),
+        (JobCause.REMOVE, "removed"),
+    )
+}
 EDITABLE = JOB.sources(JobCause.EDIT)
 QUEUED = JOB.target(JobCause.SUBMIT)
 Planned = tuple[Any, str, str, int]  # (job row, action, reason, hold code)
@@ -74,8 +80,11 @@ class Queue:
         engine, significant = self.shared.engine, self.shared.significant
         with engine.begin() as conn:
             cluster_id = conn.execute(
-                counters.update().where(counters.c.name == "cluster")
-                .values(value=counters.c.value + 1).returning(counters.c.value)).scalar_one()
+                counters.update()
+                .where(counters.c.name == "cluster")
+                .values(value=counters.c.value + 1)
+                .returning(counters.c.value)
+            ).scalar_one()
         ac_ids: dict[str, int] = {}
         templates: dict[TemplateKey, tuple[str, str, Derived | None, Any, bool]] = {}
         rows = []
@@ -90,28 +99,53 @@ class Queue:
                 before, after = _split_text(ad, "ProcId")
                 cmd = ad.eval("Cmd") if "Cmd" in ad else None
                 template = templates[key] = (
-                    before, after, None if per_proc else d,
-                    cmd if isinstance(cmd, str) else None, has_periodic(ad))
+                    before,
+                    after,
+                    None if per_proc else d,
+                    cmd if isinstance(cmd, str) else None,
+                    has_periodic(ad),
+                )
             before, after, derived, cmd, periodic = template
             text = f"{before}{proc_id}{after}"
             d = derived or derive(classads.parse_ad(text), owner, significant)
             if d.signature not in ac_ids:
                 ac_ids[d.signature] = self.autoclusters.id_for(d, now)
             args = [a.replace(CLUSTER_PLACEHOLDER, str(cluster_id)) for a in job.args]
-            env = {k: v.replace(CLUSTER_PLACEHOLDER, str(cluster_id))
-                   for k, v in job.env.items()}
-            rows.append({
-                "cluster_id": cluster_id, "proc_id": proc_id, "owner": owner,
-                "submitter": d.submitter, "state": QUEUED, "ad": text,
-                "autocluster_id": ac_ids[d.signature], "prio": d.prio, "cpus": d.cpus,
-                "q_date": now, "sandbox": {"files": job.sandbox, "args": args, "env": env,
-                                           "cmd": cmd},
-                "num_starts": 0, "num_restarts": 0, "updated_at": now, "periodic": periodic})
+            env = {k: v.replace(CLUSTER_PLACEHOLDER, str(cluster_id)) for k, v in job.env.items()}
+            rows.append(
+                {
+                    "cluster_id": cluster_id,
+                    "proc_id": proc_id,
+                    "owner": owner,
+                    "submitter": d.submitter,
+                    "state": QUEUED,
+                    "ad": text,
+                    "autocluster_id": ac_ids[d.signature],
+                    "prio": d.prio,
+                    "cpus": d.cpus,
+                    "q_date": now,
+                    "sandbox": {"files": job.sandbox, "args": args, "env": env, "cmd": cmd},
+                    "num_starts": 0,
+                    "num_restarts": 0,
+                    "updated_at": now,
+                    "periodic": periodic,
+                }
+            )
         with engine.begin() as conn:
             conn.execute(jobs.insert(), rows)
-            conn.execute(events.insert(), [
-                {"cluster_id": cluster_id, "proc_id": r["proc_id"], "time": now,
-                 "type": "submitted", "detail": {"owner": owner}} for r in rows])
+            conn.execute(
+                events.insert(),
+                [
+                    {
+                        "cluster_id": cluster_id,
+                        "proc_id": r["proc_id"],
+                        "time": now,
+                        "type": "submitted",
+                        "detail": {"owner": owner},
+                    }
+                    for r in rows
+                ],
+            )
         added: dict[tuple[int, str], list[Any]] = {}
         for r in rows:
             key = head_key(r["prio"], now, cluster_id, r["proc_id"])
@@ -122,8 +156,7 @@ class Queue:
         with shared.lock:
             for (ac, submitter), (n, best) in added.items():
                 shared.index.add(ac, submitter, now, n, best)
-                shared.accounting.ensure(submitter, owner, split_submitter(submitter, owner),
-                                         now)
+                shared.accounting.ensure(submitter, owner, split_submitter(submitter, owner), now)
         return cluster_id, [job_id(cluster_id, r["proc_id"]) for r in rows]
 
     def get_job(self, jid: str) -> Any:
@@ -144,8 +177,12 @@ class Queue:
             ).all()
         return [{"time": r.time, "type": r.type, "detail": r.detail or {}} for r in rows]
 
-    def list_jobs(self, constraint: str | None = None, history: bool = False,
-                  job_ids: Iterable[str] | None = None) -> list[tuple[Any, str]]:
+    def list_jobs(
+        self,
+        constraint: str | None = None,
+        history: bool = False,
+        job_ids: Iterable[str] | None = None,
+    ) -> list[tuple[Any, str]]:
         """(row, full ad text) of matching jobs; `history` selects finished ones.
 
         No ad is parsed without a constraint; with one, each distinct ad (the
@@ -168,8 +205,11 @@ class Queue:
         if expr is None:
             return [(row, listing.ad_text(row)) for row in rows]
         ads = listing.AdCache()
-        return [(row, listing.ad_text(row)) for row in rows
-                if classads.constraint_matches(expr, ads.full_ad(row))]
+        return [
+            (row, listing.ad_text(row))
+            for row in rows
+            if classads.constraint_matches(expr, ads.full_ad(row))
+        ]
 
     def act(self, action: str, rows: Sequence[Any], reason: str, by: str) -> list[str]:
         """hold, release or remove the given jobs (a user's request); returns
@@ -190,8 +230,12 @@ class Queue:
                     row = current_job(conn, given.cluster_id, given.proc_id)
                     if row is None or not JOB.allows(row.state, new_state, action):
                         continue
-                    values: dict[str, Any] = {"state": new_state, "updated_at": now,
-                                              "claim_id": None, "lease_expires": None}
+                    values: dict[str, Any] = {
+                        "state": new_state,
+                        "updated_at": now,
+                        "claim_id": None,
+                        "lease_expires": None,
+                    }
                     detail: dict[str, Any] = {"by": by, "reason": reason}
                     if action == JobCause.HOLD:
                         values["hold_reason"] = reason or f"held by {by}"
@@ -200,9 +244,15 @@ class Queue:
                         values["hold_reason"] = values["hold_code"] = None
                     else:
                         values["completion_date"] = now
-                    result = conn.execute(jobs.update().where(
-                        jobs.c.cluster_id == row.cluster_id, jobs.c.proc_id == row.proc_id,
-                        jobs.c.state == row.state).values(**values))
+                    result = conn.execute(
+                        jobs.update()
+                        .where(
+                            jobs.c.cluster_id == row.cluster_id,
+                            jobs.c.proc_id == row.proc_id,
+                            jobs.c.state == row.state,
+                        )
+                        .values(**values)
+                    )
                     if result.rowcount:
                         changed.append(job_id(row.cluster_id, row.proc_id))
                         moved.append((row, new_state))
@@ -211,8 +261,9 @@ class Queue:
                 shared.moved(row, new_state, now)
         return changed
 
-    def edit(self, rows: Sequence[Any], attribute: str, value: str,
-             by: str) -> tuple[list[str], dict[str, str]]:
+    def edit(
+        self, rows: Sequence[Any], attribute: str, value: str, by: str
+    ) -> tuple[list[str], dict[str, str]]:
         """Set one attribute of idle or held jobs; returns (changed, {id: why not})."""
         expr = check_edit(attribute, value)
         now, changed, skipped, moved = time.time(), [], {}, []
@@ -226,8 +277,10 @@ class Queue:
                     jid = job_id(given.cluster_id, given.proc_id)
                     row = current_job(conn, given.cluster_id, given.proc_id)
                     if row is None or row.state not in EDITABLE:
-                        skipped[jid] = (f"job is {row.state if row else 'gone'}: only idle "
-                                        "or held jobs can be edited")
+                        skipped[jid] = (
+                            f"job is {row.state if row else 'gone'}: only idle "
+                            "or held jobs can be edited"
+                        )
                         continue
                     ad = classads.parse_ad(row.ad)
                     old = str(ad.lookup(attribute)) if attribute in ad else None
@@ -241,27 +294,47 @@ class Queue:
                     if attribute.lower() == "cmd":
                         cmd = ad.eval("Cmd")
                         sandbox["cmd"] = cmd if isinstance(cmd, str) else None
-                    result = conn.execute(jobs.update().where(
-                        jobs.c.cluster_id == row.cluster_id, jobs.c.proc_id == row.proc_id,
-                        jobs.c.state == row.state).values(
-                        ad=classads.to_text(ad), autocluster_id=ac, prio=d.prio, cpus=d.cpus,
-                        submitter=d.submitter, updated_at=now, periodic=has_periodic(ad),
-                        sandbox=sandbox))
+                    result = conn.execute(
+                        jobs.update()
+                        .where(
+                            jobs.c.cluster_id == row.cluster_id,
+                            jobs.c.proc_id == row.proc_id,
+                            jobs.c.state == row.state,
+                        )
+                        .values(
+                            ad=classads.to_text(ad),
+                            autocluster_id=ac,
+                            prio=d.prio,
+                            cpus=d.cpus,
+                            submitter=d.submitter,
+                            updated_at=now,
+                            periodic=has_periodic(ad),
+                            sandbox=sandbox,
+                        )
+                    )
                     if not result.rowcount:
                         skipped[jid] = "job changed meanwhile"
                         continue
                     changed.append(jid)
                     moved.append((row, ac, d))
-                    record_event(conn, row.cluster_id, row.proc_id, now, "edited",
-                                 {"by": by, "attribute": attribute, "old": old,
-                                  "new": str(expr)})
+                    record_event(
+                        conn,
+                        row.cluster_id,
+                        row.proc_id,
+                        now,
+                        "edited",
+                        {"by": by, "attribute": attribute, "old": old, "new": str(expr)},
+                    )
             for row, ac, d in moved:
                 if row.state == JobState.IDLE:  # it may have moved to another autocluster
-                    shared.index.remove(row.autocluster_id, row.submitter,
-                                        head_key(row.prio, row.q_date, row.cluster_id,
-                                                 row.proc_id))
-                    shared.became_idle(ac, d.submitter, d.prio, row.q_date, row.cluster_id,
-                                       row.proc_id)
+                    shared.index.remove(
+                        row.autocluster_id,
+                        row.submitter,
+                        head_key(row.prio, row.q_date, row.cluster_id, row.proc_id),
+                    )
+                    shared.became_idle(
+                        ac, d.submitter, d.prio, row.q_date, row.cluster_id, row.proc_id
+                    )
         return changed, skipped
 
 
@@ -274,7 +347,7 @@ def _split_text(ad: Any, name: str) -> tuple[str, str]:
         at = text.find(f"{lead}{marker}{tail}")
         if at >= 0:
             start = at + len(lead) + len(name) + 3
-            before, after = text[:start], text[start + len(str(ad.lookup(name))):]
+            before, after = text[:start], text[start + len(str(ad.lookup(name))) :]
             probe = classads.parse_ad(f"{before}12345{after}")
             if probe.get(name) == 12345 and len(probe) == len(ad):  # cut at the right place
                 return before, after

@@ -51,8 +51,9 @@ class IdleIndex:
         # out (their count says so), still what it can run
         self.epoch = 0
 
-    def add(self, ac: int, submitter: str, q_date: float, n: int = 1,
-            best: HeadKey | None = None) -> None:
+    def add(
+        self, ac: int, submitter: str, q_date: float, n: int = 1, best: HeadKey | None = None
+    ) -> None:
         """`n` jobs queued at `q_date` became idle; `best` is the best of them, when known."""
         per = self.counts.setdefault(ac, {})
         before = per.get(submitter, 0)

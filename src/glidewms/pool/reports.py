@@ -39,19 +39,33 @@ class Reports:
         shared = self.shared
         matchmaker = shared.matchmaker
         with shared.engine.connect() as conn:
-            slots = {r.pilot_id: r.slot for r in conn.execute(
-                sa.select(pilots.c.pilot_id, pilots.c.slot).where(
-                    pilots.c.state == PilotState.ACTIVE, pilots.c.retiring.is_(False),
-                    pilots.c.drain.is_(False)))}
+            slots = {
+                r.pilot_id: r.slot
+                for r in conn.execute(
+                    sa.select(pilots.c.pilot_id, pilots.c.slot).where(
+                        pilots.c.state == PilotState.ACTIVE,
+                        pilots.c.retiring.is_(False),
+                        pilots.c.drain.is_(False),
+                    )
+                )
+            }
             with shared.lock:
                 index = shared.index
                 ids = sorted(set(index.counts) | set(index.running))
                 self.autoclusters.load_ads(conn, ids)  # first: shapes depend on what they read
-                copied = [(ac, {s: (n, dict(index.dates.get((ac, s), {})))
-                                for s, n in index.counts.get(ac, {}).items() if n > 0},
-                           index.running.get(ac, 0)) for ac in ids]
-                owners = {name: state.owner for name, state in
-                          shared.accounting.submitters.items()}
+                copied = [
+                    (
+                        ac,
+                        {
+                            s: (n, dict(index.dates.get((ac, s), {})))
+                            for s, n in index.counts.get(ac, {}).items()
+                            if n > 0
+                        },
+                        index.running.get(ac, 0),
+                    )
+                    for ac in ids
+                ]
+                owners = {name: state.owner for name, state in shared.accounting.submitters.items()}
                 texts, requests = matchmaker.texts, matchmaker.requests
                 described = {ac: (texts[ac], dict(requests[ac])) for ac in ids}
                 # pilots alike in every attribute an autocluster reads are matched once
@@ -61,10 +75,16 @@ class Reports:
                     shapes.setdefault(shape, [ad, 0])[1] += 1
                 for gone in set(self._pilot_shapes) - set(slots):
                     del self._pilot_shapes[gone]
-                matching = {ac: sum(n for shape, (ad, n) in shapes.items()
-                                    if matchmaker.fits(ac, ad, shape)) for ac in ids}
-        return [_demand_entry(ac, per, running, owners, described[ac], matching[ac])
-                for ac, per, running in copied]
+                matching = {
+                    ac: sum(
+                        n for shape, (ad, n) in shapes.items() if matchmaker.fits(ac, ad, shape)
+                    )
+                    for ac in ids
+                }
+        return [
+            _demand_entry(ac, per, running, owners, described[ac], matching[ac])
+            for ac, per, running in copied
+        ]
 
     def _pilot_shape(self, pilot_id: str, slot: dict[str, Any]) -> tuple[str, Any]:
         """(shape, whole slot ad) of a pilot; a slot never changes, its shape
@@ -82,18 +102,28 @@ class Reports:
         shared = self.shared
         accounting = shared.accounting
         with shared.lock:
-            out = [{"submitter": name, "owner": state.owner, "group": state.group,
-                    "usage": accounting.usage(name, now), "running_cores": state.running,
+            out = [
+                {
+                    "submitter": name,
+                    "owner": state.owner,
+                    "group": state.group,
+                    "usage": accounting.usage(name, now),
+                    "running_cores": state.running,
                     "idle_jobs": max(0, shared.index.idle_of(name)),
                     "factor": accounting.factor(name),
-                    "effective_priority": accounting.effective(name, now)}
-                   for name, state in accounting.submitters.items()]
+                    "effective_priority": accounting.effective(name, now),
+                }
+                for name, state in accounting.submitters.items()
+            ]
         return sorted(out, key=lambda e: (e["effective_priority"], e["submitter"]))
 
     def stats(self) -> dict[str, int]:
         with self.shared.engine.connect() as conn:
-            return {r.name: int(r.value) for r in conn.execute(sa.select(counters))
-                    if r.name != "cluster"}
+            return {
+                r.name: int(r.value)
+                for r in conn.execute(sa.select(counters))
+                if r.name != "cluster"
+            }
 
     def queue_counts(self) -> dict[str, int]:
         """Idle and running jobs, from the in-memory index (no database)."""
@@ -112,15 +142,30 @@ class Reports:
             return 0
         with self.shared.engine.begin() as conn:
             conn.execute(usage.delete().where(usage.c.submitter.in_([c[1] for c in changed])))
-            conn.execute(usage.insert(), [
-                {"submitter": name, "owner": state.owner, "acct_group": state.group,
-                 "usage": value, "updated_at": now} for state, name, value in changed])
+            conn.execute(
+                usage.insert(),
+                [
+                    {
+                        "submitter": name,
+                        "owner": state.owner,
+                        "acct_group": state.group,
+                        "usage": value,
+                        "updated_at": now,
+                    }
+                    for state, name, value in changed
+                ],
+            )
         return len(changed)
 
 
-def _demand_entry(ac: int, per: dict[str, tuple[int, dict[float, int]]], running: int,
-                  owners_of: dict[str, str], described: tuple[str, dict[str, int]],
-                  matching: int) -> dict[str, Any]:
+def _demand_entry(
+    ac: int,
+    per: dict[str, tuple[int, dict[float, int]]],
+    running: int,
+    owners_of: dict[str, str],
+    described: tuple[str, dict[str, int]],
+    matching: int,
+) -> dict[str, Any]:
     """One autocluster's demand, from a copy of the index (see demand)."""
     owners: dict[str, int] = {}
     submitters: dict[str, int] = {}
@@ -134,6 +179,14 @@ def _demand_entry(ac: int, per: dict[str, tuple[int, dict[float, int]]], running
         first = min((d for d, k in dates.items() if k > 0), default=None)
         if first is not None and (oldest is None or first < oldest):
             oldest = first
-    return {"id": ac, "ad": described[0], "idle": idle, "running": running,
-            "owners": owners, "submitters": submitters, "oldest_idle": oldest,
-            "request": described[1], "matching_pilots": matching}
+    return {
+        "id": ac,
+        "ad": described[0],
+        "idle": idle,
+        "running": running,
+        "owners": owners,
+        "submitters": submitters,
+        "oldest_idle": oldest,
+        "request": described[1],
+        "matching_pilots": matching,
+    }

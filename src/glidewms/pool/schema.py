@@ -77,8 +77,16 @@ jobs = sa.Table(
 PERIODIC_INDEX = sa.Index("ix_jobs_periodic", jobs.c.periodic, jobs.c.state)
 
 # The best idle job of one (autocluster, submitter) is one index seek (v2).
-PICK_INDEX = sa.Index("ix_jobs_pick", jobs.c.state, jobs.c.autocluster_id, jobs.c.submitter,
-                      jobs.c.prio.desc(), jobs.c.q_date, jobs.c.cluster_id, jobs.c.proc_id)
+PICK_INDEX = sa.Index(
+    "ix_jobs_pick",
+    jobs.c.state,
+    jobs.c.autocluster_id,
+    jobs.c.submitter,
+    jobs.c.prio.desc(),
+    jobs.c.q_date,
+    jobs.c.cluster_id,
+    jobs.c.proc_id,
+)
 
 pilots = sa.Table(
     "pilots",
@@ -141,8 +149,7 @@ def _v2_fair_share(conn: Connection) -> None:
     _add_missing_column(conn, jobs, "cpus")
     _add_missing_column(conn, pilots, "free")
     _add_missing_column(conn, pilots, "retiring")
-    conn.execute(jobs.update().where(jobs.c.submitter.is_(None))
-                 .values(submitter=jobs.c.owner))
+    conn.execute(jobs.update().where(jobs.c.submitter.is_(None)).values(submitter=jobs.c.owner))
     indexes = {i["name"] for i in sa.inspect(conn).get_indexes("jobs")}
     if PICK_INDEX.name not in indexes:
         PICK_INDEX.create(conn)
@@ -157,9 +164,17 @@ def _v3_policies(conn: Connection) -> None:
     if PERIODIC_INDEX.name not in indexes:
         PERIODIC_INDEX.create(conn)
     # jobs queued before v3 with periodic expressions: their ads say so
-    conn.execute(jobs.update().where(sa.or_(
-        jobs.c.ad.like("%PeriodicHold =%"), jobs.c.ad.like("%PeriodicRemove =%"),
-        jobs.c.ad.like("%PeriodicRelease =%"))).values(periodic=True))
+    conn.execute(
+        jobs.update()
+        .where(
+            sa.or_(
+                jobs.c.ad.like("%PeriodicHold =%"),
+                jobs.c.ad.like("%PeriodicRemove =%"),
+                jobs.c.ad.like("%PeriodicRelease =%"),
+            )
+        )
+        .values(periodic=True)
+    )
 
 
 def _v4_exit_policy(conn: Connection) -> None:

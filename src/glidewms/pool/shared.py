@@ -38,41 +38,58 @@ class Shared:
     # serialises every change that touches the memory above
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def became_idle(self, ac: int, submitter: str, prio: int, q_date: float,
-                    cluster_id: int, proc_id: int) -> None:
+    def became_idle(
+        self, ac: int, submitter: str, prio: int, q_date: float, cluster_id: int, proc_id: int
+    ) -> None:
         self.index.add(ac, submitter, q_date, 1, head_key(prio, q_date, cluster_id, proc_id))
 
     def left(self, row: Any, now: float) -> None:
         """Index and accounting for a job that left the state `row` shows."""
         if row.state == JobState.IDLE:
-            self.index.remove(row.autocluster_id, row.submitter,
-                              head_key(row.prio, row.q_date, row.cluster_id, row.proc_id))
+            self.index.remove(
+                row.autocluster_id,
+                row.submitter,
+                head_key(row.prio, row.q_date, row.cluster_id, row.proc_id),
+            )
         elif row.state == JobState.RUNNING:
             self.index.stopped(row.autocluster_id)
-            self.accounting.change(row.submitter, row.owner,
-                                   split_submitter(row.submitter, row.owner), -row.cpus, now)
+            self.accounting.change(
+                row.submitter, row.owner, split_submitter(row.submitter, row.owner), -row.cpus, now
+            )
 
     def moved(self, row: Any, new_state: str, now: float) -> None:
         """The job `row` shows (as it was) is now in `new_state`: the memory follows."""
         self.left(row, now)
         if new_state == JobState.IDLE:
-            self.became_idle(row.autocluster_id, row.submitter, row.prio, row.q_date,
-                             row.cluster_id, row.proc_id)
+            self.became_idle(
+                row.autocluster_id, row.submitter, row.prio, row.q_date, row.cluster_id, row.proc_id
+            )
 
 
 def current_job(conn: Connection, cluster_id: int, proc_id: int) -> Any:
-    return conn.execute(sa.select(jobs).where(
-        jobs.c.cluster_id == cluster_id, jobs.c.proc_id == proc_id)).first()
+    return conn.execute(
+        sa.select(jobs).where(jobs.c.cluster_id == cluster_id, jobs.c.proc_id == proc_id)
+    ).first()
 
 
-def record_event(conn: Connection, cluster_id: int, proc_id: int, now: float, kind: str,
-                 detail: dict[str, Any] | None = None) -> None:
-    conn.execute(events.insert().values(cluster_id=cluster_id, proc_id=proc_id,
-                                        time=now, type=kind, detail=detail or {}))
+def record_event(
+    conn: Connection,
+    cluster_id: int,
+    proc_id: int,
+    now: float,
+    kind: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        events.insert().values(
+            cluster_id=cluster_id, proc_id=proc_id, time=now, type=kind, detail=detail or {}
+        )
+    )
 
 
 def bump(conn: Connection, name: str, n: int = 1) -> None:
     """Add `n` to one of the pool's COUNTERS."""
     if n:
-        conn.execute(counters.update().where(counters.c.name == name)
-                     .values(value=counters.c.value + n))
+        conn.execute(
+            counters.update().where(counters.c.name == name).values(value=counters.c.value + n)
+        )

@@ -51,11 +51,13 @@ class SlotAds:
         self.matchmaker = matchmaker
         self._pilots, self._per_pilot = pilots, per_pilot
         # pilot id -> (its slot, matchmaker version, {resources: (ad, shape)})
-        self._known: dict[str, tuple[Mapping[str, Any], int,
-                                     dict[tuple[int, ...], tuple[Any, str]]]] = {}
+        self._known: dict[
+            str, tuple[Mapping[str, Any], int, dict[tuple[int, ...], tuple[Any, str]]]
+        ] = {}
 
-    def get(self, pilot_id: str, slot: Mapping[str, Any],
-            resources: Mapping[str, int]) -> tuple[Any, str]:
+    def get(
+        self, pilot_id: str, slot: Mapping[str, Any], resources: Mapping[str, int]
+    ) -> tuple[Any, str]:
         """(slot ad offering `resources`, its shape), as slot_with and shape give."""
         version = self.matchmaker.version
         known = self._known.get(pilot_id)

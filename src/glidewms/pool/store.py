@@ -60,16 +60,26 @@ class FairShare:
 
 
 class PoolStore:
-    def __init__(self, engine: Engine, *, max_job_restarts: int = 5,
-                 fair_share: FairShare | None = None, reserve_for_large_jobs: bool = True,
-                 lock_wait: float = 10.0, significant: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_job_restarts: int = 5,
+        fair_share: FairShare | None = None,
+        reserve_for_large_jobs: bool = True,
+        lock_wait: float = 10.0,
+        significant: Sequence[str] = (),
+    ) -> None:
         self.engine = engine
         self.db_lock = DatabaseLock(engine, lock_wait)  # before anything writes
         fs = fair_share or FairShare()
         self.shared = Shared(
-            engine=engine, significant=tuple(significant),
-            accounting=Accounting(fs.halflife, fs.user_factors or {}, fs.group_factors or {},
-                                  fs.default_factor))
+            engine=engine,
+            significant=tuple(significant),
+            accounting=Accounting(
+                fs.halflife, fs.user_factors or {}, fs.group_factors or {}, fs.default_factor
+            ),
+        )
         self.autoclusters = Autoclusters(self.shared)
         self.queue = Queue(self.shared, self.autoclusters)
         self.matching = Matching(self.shared, self.autoclusters, reserve_for_large_jobs)
@@ -94,8 +104,12 @@ class PoolStore:
         for name in COUNTERS:
             try:
                 with self.engine.begin() as conn:
-                    if conn.execute(sa.select(counters.c.value)
-                                    .where(counters.c.name == name)).first() is None:
+                    if (
+                        conn.execute(
+                            sa.select(counters.c.value).where(counters.c.name == name)
+                        ).first()
+                        is None
+                    ):
                         conn.execute(counters.insert().values(name=name, value=0))
             except sa.exc.IntegrityError:
                 pass  # created by another process at the same instant
@@ -106,8 +120,13 @@ class PoolStore:
         index, accounting = self.shared.index, self.shared.accounting
         with self.engine.connect() as conn:
             for r in conn.execute(
-                sa.select(jobs.c.autocluster_id, jobs.c.submitter, jobs.c.owner,
-                          jobs.c.q_date, sa.func.count())
+                sa.select(
+                    jobs.c.autocluster_id,
+                    jobs.c.submitter,
+                    jobs.c.owner,
+                    jobs.c.q_date,
+                    sa.func.count(),
+                )
                 .where(jobs.c.state == JobState.IDLE)
                 .group_by(jobs.c.autocluster_id, jobs.c.submitter, jobs.c.owner, jobs.c.q_date)
             ):
@@ -115,7 +134,8 @@ class PoolStore:
                 accounting.ensure(r[1], r[2], split_submitter(r[1], r[2]), now)
             for r in conn.execute(
                 sa.select(jobs.c.autocluster_id, sa.func.count())
-                .where(jobs.c.state == JobState.RUNNING).group_by(jobs.c.autocluster_id)
+                .where(jobs.c.state == JobState.RUNNING)
+                .group_by(jobs.c.autocluster_id)
             ):
                 index.started(r[0], r[1])
             for r in conn.execute(sa.select(usage)):
@@ -127,5 +147,6 @@ class PoolStore:
             ):
                 # they ran while the pool was down too: count them since the last save
                 state = accounting.submitters.get(r[0])
-                accounting.change(r[0], r[1], split_submitter(r[0], r[1]), int(r[2]),
-                                  state.at if state else now)
+                accounting.change(
+                    r[0], r[1], split_submitter(r[0], r[1]), int(r[2]), state.at if state else now
+                )

@@ -50,9 +50,15 @@ class Turns:
         self.matching = matching
         self._specs = SpecCache()  # what claims read from ads, per cluster
 
-    def cycle(self, pilot_id: str, completions: Sequence[Completion],
-              free: Mapping[str, float], lease: float, max_jobs: int,
-              now: float) -> tuple[dict[str, bool], list[dict[str, Any]], int]:
+    def cycle(
+        self,
+        pilot_id: str,
+        completions: Sequence[Completion],
+        free: Mapping[str, float],
+        lease: float,
+        max_jobs: int,
+        now: float,
+    ) -> tuple[dict[str, bool], list[dict[str, Any]], int]:
         """Finish `completions` and hand out up to `max_jobs` claims, atomically.
 
         Returns ({claim_id: accepted?}, claims, jobs an exit policy put back
@@ -74,8 +80,9 @@ class Turns:
                     if pilot.drain:
                         matching.unreserve(pilot_id)
                     elif max_jobs > 0:
-                        self._claim_batch(conn, pilot, free, lease, max_jobs, now, claims,
-                                          turn_events, undo)
+                        self._claim_batch(
+                            conn, pilot, free, lease, max_jobs, now, claims, turn_events, undo
+                        )
                     reported = free_from(pilot.slot, free)  # as last reported
                     if pilot.free != reported:
                         conn.execute(_SET_FREE, {"b_pilot": pilot_id, "b_free": reported})
@@ -88,8 +95,9 @@ class Turns:
             for f in finished:
                 if f.new_state == JobState.IDLE:  # claimable from the next call on
                     r = f.row
-                    shared.became_idle(r.autocluster_id, r.submitter, r.prio, r.q_date,
-                                       r.cluster_id, r.proc_id)
+                    shared.became_idle(
+                        r.autocluster_id, r.submitter, r.prio, r.q_date, r.cluster_id, r.proc_id
+                    )
             if claims:
                 matching.unreserve(pilot_id)
         done = {c.claim_id: False for c in completions}
@@ -105,14 +113,16 @@ class Turns:
         found = self.claim_many(pilot_id, free, lease, 1)
         return found[0] if found else None
 
-    def claim_many(self, pilot_id: str, free: dict[str, float], lease: float,
-                   max_jobs: int) -> list[dict[str, Any]]:
+    def claim_many(
+        self, pilot_id: str, free: dict[str, float], lease: float, max_jobs: int
+    ) -> list[dict[str, Any]]:
         """Up to ``max_jobs`` claims for this pilot, as that many single claims in a row
         would give, in one transaction."""
         return self.cycle(pilot_id, (), free, lease, max_jobs, time.time())[1]
 
-    def complete(self, claim_id: str, exit_code: int, outputs: list[dict[str, str]],
-                 wall_seconds: float) -> tuple[str, JobState]:
+    def complete(
+        self, claim_id: str, exit_code: int, outputs: list[dict[str, str]], wall_seconds: float
+    ) -> tuple[str, JobState]:
         """One completion (the single-call form): (job id, its new state);
         Conflict if the claim is gone."""
         now = time.time()
@@ -120,10 +130,10 @@ class Turns:
         with shared.lock:
             with shared.engine.begin() as conn:
                 finished = finish(
-                    conn, [Completion(claim_id, exit_code, outputs, wall_seconds)], now, None)
+                    conn, [Completion(claim_id, exit_code, outputs, wall_seconds)], now, None
+                )
                 if not finished:
-                    raise Conflict("claim is no longer held: the job was requeued, held or "
-                                   "removed")
+                    raise Conflict("claim is no longer held: the job was requeued, held or removed")
             for f in finished:
                 shared.moved(f.row, f.new_state, now)
         row = finished[0].row
@@ -142,9 +152,18 @@ class Turns:
         accounting.change(submitter, owner, group, cpus, now)
         undo.append(lambda: accounting.change(submitter, owner, group, -cpus, now))
 
-    def _claim_batch(self, conn: Connection, pilot: Any, free: Mapping[str, float],
-                     lease: float, max_jobs: int, now: float, claims: list[dict[str, Any]],
-                     started: list[dict[str, Any]], undo: Undo) -> None:
+    def _claim_batch(
+        self,
+        conn: Connection,
+        pilot: Any,
+        free: Mapping[str, float],
+        lease: float,
+        max_jobs: int,
+        now: float,
+        claims: list[dict[str, Any]],
+        started: list[dict[str, Any]],
+        undo: Undo,
+    ) -> None:
         """Up to `max_jobs` claims in this transaction.
 
         First the choices, one by one in memory (Matching.choose_turn); then
@@ -156,12 +175,18 @@ class Turns:
         if not chosen:
             return
         try:
-            params: dict[str, Any] = {"b_prefix": uuid.uuid4().hex, "b_pilot": pilot_id,
-                                      "b_lease": now + lease, "b_now": now}
+            params: dict[str, Any] = {
+                "b_prefix": uuid.uuid4().hex,
+                "b_pilot": pilot_id,
+                "b_lease": now + lease,
+                "b_now": now,
+            }
             for i, (_, _, k, _) in enumerate(chosen):
                 params[f"c{i}"], params[f"p{i}"] = k[2], k[3]
-            rows = {(r.cluster_id, r.proc_id): r
-                    for r in conn.execute(claim_statement(len(chosen)), params)}
+            rows = {
+                (r.cluster_id, r.proc_id): r
+                for r in conn.execute(claim_statement(len(chosen)), params)
+            }
         except BaseException:
             give_back(chosen)
             raise
@@ -176,17 +201,35 @@ class Turns:
                 continue
             undo.extend(mine)
             self._account(submitter, row.owner, row.cpus, now, undo)
-            started.append({"cluster_id": key[2], "proc_id": key[3], "time": now,
-                            "type": "started",
-                            "detail": {"pilot": pilot_id, "glidein": pilot.glidein_id,
-                                       "site": site, "submitter": submitter}})
-            claims.append({"claim_id": row.claim_id, "job_id": job_id(key[2], key[3]),
-                           "lease_seconds": lease,
-                           "job": execution_spec(row, self._specs)})
+            started.append(
+                {
+                    "cluster_id": key[2],
+                    "proc_id": key[3],
+                    "time": now,
+                    "type": "started",
+                    "detail": {
+                        "pilot": pilot_id,
+                        "glidein": pilot.glidein_id,
+                        "site": site,
+                        "submitter": submitter,
+                    },
+                }
+            )
+            claims.append(
+                {
+                    "claim_id": row.claim_id,
+                    "job_id": job_id(key[2], key[3]),
+                    "lease_seconds": lease,
+                    "job": execution_spec(row, self._specs),
+                }
+            )
 
 
-_SET_FREE = (pilots.update().where(pilots.c.pilot_id == sa.bindparam("b_pilot"))
-             .values(free=sa.bindparam("b_free", type_=pilots.c.free.type)))
+_SET_FREE = (
+    pilots.update()
+    .where(pilots.c.pilot_id == sa.bindparam("b_pilot"))
+    .values(free=sa.bindparam("b_free", type_=pilots.c.free.type))
+)
 _INSERT_EVENTS = events.insert()
 
 # One statement marks a whole turn's jobs running. Claim ids are a random
@@ -206,18 +249,39 @@ def claim_statement(n: int) -> Any:
     """The UPDATE ... RETURNING that marks `n` chosen jobs running."""
     statement = _CLAIM_STATEMENTS.get(n)
     if statement is None:
-        keys = sa.or_(*[sa.and_(jobs.c.cluster_id == sa.bindparam(f"c{i}"),
-                                jobs.c.proc_id == sa.bindparam(f"p{i}")) for i in range(n)])
+        keys = sa.or_(
+            *[
+                sa.and_(
+                    jobs.c.cluster_id == sa.bindparam(f"c{i}"),
+                    jobs.c.proc_id == sa.bindparam(f"p{i}"),
+                )
+                for i in range(n)
+            ]
+        )
         statement = _CLAIM_STATEMENTS[n] = (
             jobs.update()
             .where(keys, _STILL_IDLE)
-            .values(state=_RUNS,
-                    claim_id=sa.bindparam("b_prefix", type_=sa.String) + "."
-                    + sa.cast(jobs.c.cluster_id, sa.String) + "."
-                    + sa.cast(jobs.c.proc_id, sa.String),
-                    pilot_id=sa.bindparam("b_pilot"), lease_expires=sa.bindparam("b_lease"),
-                    num_starts=jobs.c.num_starts + 1, start_date=sa.bindparam("b_now"),
-                    updated_at=sa.bindparam("b_now"))
-            .returning(jobs.c.cluster_id, jobs.c.proc_id, jobs.c.claim_id, jobs.c.ad,
-                       jobs.c.sandbox, jobs.c.owner, jobs.c.cpus))
+            .values(
+                state=_RUNS,
+                claim_id=sa.bindparam("b_prefix", type_=sa.String)
+                + "."
+                + sa.cast(jobs.c.cluster_id, sa.String)
+                + "."
+                + sa.cast(jobs.c.proc_id, sa.String),
+                pilot_id=sa.bindparam("b_pilot"),
+                lease_expires=sa.bindparam("b_lease"),
+                num_starts=jobs.c.num_starts + 1,
+                start_date=sa.bindparam("b_now"),
+                updated_at=sa.bindparam("b_now"),
+            )
+            .returning(
+                jobs.c.cluster_id,
+                jobs.c.proc_id,
+                jobs.c.claim_id,
+                jobs.c.ad,
+                jobs.c.sandbox,
+                jobs.c.owner,
+                jobs.c.cpus,
+            )
+        )
     return statement

@@ -25,9 +25,7 @@ class Require(HTTPBearer):
     async def __call__(self, request: Request) -> Identity:  # type: ignore[override]
         scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
         if not token or scheme.lower() != "bearer":
-            raise HTTPException(
-                401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         verifier: TokenVerifier = request.app.state.verifier
         try:
             identity = verifier.verify(token)

@@ -128,8 +128,9 @@ class TokenVerifier:
     first out) until they expire: see the module docstring. `clock` gives
     the time expiry is judged by, cached or not (tests move it)."""
 
-    def __init__(self, public_key_pem: bytes, cache_size: int = 4096,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, public_key_pem: bytes, cache_size: int = 4096, clock: Callable[[], float] = time.time
+    ) -> None:
         key = serialization.load_pem_public_key(public_key_pem)
         if not isinstance(key, (Ed25519PublicKey, Ed448PublicKey)):
             raise ValueError(f"the issuer key must be an EdDSA key, not {type(key).__name__}")

@@ -51,15 +51,27 @@ from glidewms.submit.model import (
 from glidewms.submit.reader import Reader
 
 __all__ = [
-    "CLUSTER_PLACEHOLDER", "DEFAULT_REQUEST_CPUS", "DEFAULT_REQUEST_DISK_KIB",
-    "DEFAULT_REQUEST_MEMORY_MIB", "VANILLA_UNIVERSE", "JobDescription", "Limits",
-    "SubmitDescription", "SubmitError", "load_submit", "parse_submit",
+    "CLUSTER_PLACEHOLDER",
+    "DEFAULT_REQUEST_CPUS",
+    "DEFAULT_REQUEST_DISK_KIB",
+    "DEFAULT_REQUEST_MEMORY_MIB",
+    "VANILLA_UNIVERSE",
+    "JobDescription",
+    "Limits",
+    "SubmitDescription",
+    "SubmitError",
+    "load_submit",
+    "parse_submit",
 ]
 
 
-def load_submit(path: Path, *, limits: Limits | None = None,
-                stdin: TextIO | str | None = None,
-                environ: Mapping[str, str] | None = None) -> SubmitDescription:
+def load_submit(
+    path: Path,
+    *,
+    limits: Limits | None = None,
+    stdin: TextIO | str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SubmitDescription:
     """Parse a submit file; relative paths in it are relative to its directory.
     `queue ... from -` reads `stdin` (default: the process's standard input)."""
     path = Path(path)
@@ -70,15 +82,28 @@ def load_submit(path: Path, *, limits: Limits | None = None,
     except OSError as exc:
         raise SubmitError(f"cannot read submit file: {exc.strerror or exc}", str(path)) from None
     text = decode(data, str(path), limits)
-    return parse_submit(text, str(path), path.resolve().parent, limits=limits, stdin=stdin,
-                        environ=environ, submit_file=str(path.resolve()))
+    return parse_submit(
+        text,
+        str(path),
+        path.resolve().parent,
+        limits=limits,
+        stdin=stdin,
+        environ=environ,
+        submit_file=str(path.resolve()),
+    )
 
 
 def parse_submit(
-    text: str, source: str = "<submit>", base_dir: Path | None = None, *,
-    limits: Limits | None = None, stdin: TextIO | str | None = None,
-    environ: Mapping[str, str] | None = None, now: float | None = None,
-    seed: int | None = None, submit_file: str = "",
+    text: str,
+    source: str = "<submit>",
+    base_dir: Path | None = None,
+    *,
+    limits: Limits | None = None,
+    stdin: TextIO | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    now: float | None = None,
+    seed: int | None = None,
+    submit_file: str = "",
 ) -> SubmitDescription:
     """Parse submit-description text into jobs; any problem raises `SubmitError`.
 
@@ -89,10 +114,15 @@ def parse_submit(
     """
     if "\x00" in text:
         raise SubmitError("the submit description contains a NUL byte", source)
-    ctx = Context(base_dir=Path(base_dir or Path.cwd()).resolve(), submit_file=submit_file,
-                  limits=limits or Limits(), stdin=stdin, rng=random.Random(seed),
-                  environ=dict(os.environ if environ is None else environ),
-                  now=time.time() if now is None else now)
+    ctx = Context(
+        base_dir=Path(base_dir or Path.cwd()).resolve(),
+        submit_file=submit_file,
+        limits=limits or Limits(),
+        stdin=stdin,
+        rng=random.Random(seed),
+        environ=dict(os.environ if environ is None else environ),
+        now=time.time() if now is None else now,
+    )
     reader = Reader(ctx)
     reader.read(text, source)
     reader.finish(source)

@@ -24,17 +24,43 @@ from glidewms.submit.model import JobDescription, SubmitError
 from glidewms.submit.reader import Assign, Block, Reader
 
 # `+Attr`s the pool assigns, and those whose command also shapes the sandbox.
-ASSIGNED = frozenset({"clusterid", "procid", "qdate", "jobstatus", "numjobstarts",
-                      "numrestarts", "enteredcurrentstatus", "exitcode", "remotepilot",
-                      "holdreason", "holdreasoncode", "completiondate", "jobstartdate"})
+ASSIGNED = frozenset(
+    {
+        "clusterid",
+        "procid",
+        "qdate",
+        "jobstatus",
+        "numjobstarts",
+        "numrestarts",
+        "enteredcurrentstatus",
+        "exitcode",
+        "remotepilot",
+        "holdreason",
+        "holdreasoncode",
+        "completiondate",
+        "jobstartdate",
+    }
+)
 DROPPED = frozenset({"owner", "user"})
-SHAPED = {"cmd": "executable", "arguments": "arguments", "args": "arguments",
-          "environment": "environment", "env": "environment", "iwd": "initialdir",
-          "in": "input", "out": "output", "err": "error", "userlog": "log",
-          "transferinput": "transfer_input_files", "transferoutput": "transfer_output_files",
-          "transferexecutable": "transfer_executable", "jobuniverse": "universe",
-          "shouldtransferfiles": "should_transfer_files",
-          "whentotransferoutput": "when_to_transfer_output", "x509userproxy": "x509userproxy"}
+SHAPED = {
+    "cmd": "executable",
+    "arguments": "arguments",
+    "args": "arguments",
+    "environment": "environment",
+    "env": "environment",
+    "iwd": "initialdir",
+    "in": "input",
+    "out": "output",
+    "err": "error",
+    "userlog": "log",
+    "transferinput": "transfer_input_files",
+    "transferoutput": "transfer_output_files",
+    "transferexecutable": "transfer_executable",
+    "jobuniverse": "universe",
+    "shouldtransferfiles": "should_transfer_files",
+    "whentotransferoutput": "when_to_transfer_output",
+    "x509userproxy": "x509userproxy",
+}
 _NOTIFY = {"never": 0, "always": 1, "complete": 2, "error": 3, "start": 4}
 
 
@@ -49,17 +75,22 @@ class Got:
 
 
 class JobBuilder:
-    def __init__(self, ctx: Context, block: Block, values: list[str], item_index: int,
-                 step: int, proc: int):
+    def __init__(
+        self, ctx: Context, block: Block, values: list[str], item_index: int, step: int, proc: int
+    ):
         self.ctx, self.block, self.proc = ctx, block, proc
-        self.live = {"cluster": CLUSTER_SENTINEL, "clusterid": CLUSTER_SENTINEL,
-                     "process": str(proc), "procid": str(proc)}
+        self.live = {
+            "cluster": CLUSTER_SENTINEL,
+            "clusterid": CLUSTER_SENTINEL,
+            "process": str(proc),
+            "procid": str(proc),
+        }
         for name, value in zip(block.args.names, values, strict=True):
             self.live[name.lower()] = value
-        self.counters = {"step": str(step), "row": str(item_index),
-                         "itemindex": str(item_index)}
-        self.volatile = frozenset(self.live) - {"cluster", "clusterid"} | \
-            frozenset(self.counters) | {"jobid"}
+        self.counters = {"step": str(step), "row": str(item_index), "itemindex": str(item_index)}
+        self.volatile = (
+            frozenset(self.live) - {"cluster", "clusterid"} | frozenset(self.counters) | {"jobid"}
+        )
         self.attrs: dict[str, str] = {}
         self.inputs: list[Path] = []
         self.urls: list[str] = []
@@ -67,8 +98,9 @@ class JobBuilder:
         self.iwd = ctx.base_dir
         self.flags: dict[str, object] = {}
         self._where: tuple[str, int] = (block.source, block.line)
-        self._x = Expander(self._lookup, ctx.limits, self._error, ctx.functions,
-                           self.volatile, self._undefined)
+        self._x = Expander(
+            self._lookup, ctx.limits, self._error, ctx.functions, self.volatile, self._undefined
+        )
 
     # ------------------------------------------------------------ lookups
 
@@ -108,8 +140,9 @@ class JobBuilder:
         if command not in found:
             names = commands.NAMES[command]
             variables = {n.lower() for n in self.block.args.names}
-            found[command] = next((n for n in names if n in variables or
-                                   n in self.block.macros), None)
+            found[command] = next(
+                (n for n in names if n in variables or n in self.block.macros), None
+            )
         name = found[command]
         if name is None:
             return None
@@ -178,10 +211,17 @@ class JobBuilder:
         out, err = self.flags.get("out"), self.flags.get("err")
         transfer_output = self.flags.get("transfer_output")
         return JobDescription(
-            attrs=self.attrs, args=args, env=env, executable=executable, inputs=self.inputs,
-            out=out if isinstance(out, str) else None, err=err if isinstance(err, str) else None,
+            attrs=self.attrs,
+            args=args,
+            env=env,
+            executable=executable,
+            inputs=self.inputs,
+            out=out if isinstance(out, str) else None,
+            err=err if isinstance(err, str) else None,
             transfer_output=transfer_output if isinstance(transfer_output, list) else None,
-            proc_id=self.proc, iwd=self.iwd, input_urls=self.urls,
+            proc_id=self.proc,
+            iwd=self.iwd,
+            input_urls=self.urls,
         )
 
     def _simple(self) -> None:
@@ -205,8 +245,9 @@ class JobBuilder:
         if got := self.get("notification"):
             code = _NOTIFY.get(got.value.lower())
             if code is None:
-                raise self.fail(got, "expected Never, Always, Complete, Start or Error, "
-                                f"got {got.value!r}")
+                raise self.fail(
+                    got, f"expected Never, Always, Complete, Start or Error, got {got.value!r}"
+                )
             self.attrs["JobNotification"] = str(code)
         self.attrs["JobPrio"] = str(self.integer("priority", 0, None))
 
@@ -216,20 +257,28 @@ class JobBuilder:
                 continue
             attr, name = assign.key, lower[3:]
             if name in ASSIGNED:
-                raise SubmitError(f"+{attr}: {attr} is assigned by glidewms", assign.source,
-                                  assign.line)
+                raise SubmitError(
+                    f"+{attr}: {attr} is assigned by glidewms", assign.source, assign.line
+                )
             if name in SHAPED:
-                raise SubmitError(f"+{attr}: set {attr} with the '{SHAPED[name]}' command",
-                                  assign.source, assign.line)
+                raise SubmitError(
+                    f"+{attr}: set {attr} with the '{SHAPED[name]}' command",
+                    assign.source,
+                    assign.line,
+                )
             if name in DROPPED:
-                self.ctx.warn(assign.source, assign.line,
-                              f"+{attr} is ignored: the pool sets {attr} to the submitter")
+                self.ctx.warn(
+                    assign.source,
+                    assign.line,
+                    f"+{attr} is ignored: the pool sets {attr} to the submitter",
+                )
                 continue
             value = self.expand(assign.value, assign.source, assign.line)
             found = problem(value)
             if found is not None:
-                raise SubmitError(f"+{attr}: {found}: {value.strip()!r}", assign.source,
-                                  assign.line)
+                raise SubmitError(
+                    f"+{attr}: {found}: {value.strip()!r}", assign.source, assign.line
+                )
             self.attrs[attr] = value.strip()
             self.flags["forced:" + name] = True
 
@@ -250,8 +299,9 @@ def check_refused(builder: JobBuilder) -> None:
         value = builder.expand(assign.value, assign.source, assign.line).strip()
         if not value or boolean(value) is False:
             continue
-        raise SubmitError(f"{assign.key}: not supported by glidewms: {command.note}",
-                          assign.source, assign.line)
+        raise SubmitError(
+            f"{assign.key}: not supported by glidewms: {command.note}", assign.source, assign.line
+        )
 
 
 def build_jobs(ctx: Context, reader: Reader) -> list[JobDescription]:

@@ -51,114 +51,202 @@ COMMANDS: tuple[Command, ...] = (
     Command("environment", S, "both syntaxes; stored as `Environment` (new syntax)", ("env",)),
     Command("environment2", R, "use `environment` (both syntaxes are accepted there)"),
     Command("allow_environment_v1", N, "both environment syntaxes are always accepted"),
-    Command("getenv", S, "true/false or a list of names with `*` wildcards and `!` "
-            "exclusions; copied from the environment of `glidewms submit`", ("get_env",)),
-    Command("executable", S, "a relative path is relative to the submit file's directory "
-            "(not `initialdir`); with `transfer_executable = false`, a path on the execute "
-            "node", ("cmd",)),
+    Command(
+        "getenv",
+        S,
+        "true/false or a list of names with `*` wildcards and `!` "
+        "exclusions; copied from the environment of `glidewms submit`",
+        ("get_env",),
+    ),
+    Command(
+        "executable",
+        S,
+        "a relative path is relative to the submit file's directory "
+        "(not `initialdir`); with `transfer_executable = false`, a path on the execute "
+        "node",
+        ("cmd",),
+    ),
     Command("shell", S, "runs `/bin/sh -c <command>` on the execute node"),
     Command("input", S, "the file travels in the sandbox", ("stdin",)),
     Command("output", S, "stored as an absolute path", ("stdout",)),
     Command("error", S, "stored as an absolute path", ("stderr",)),
-    Command("log", D, "`UserLog` is set (absolute path); the event log in HTCondor's format "
-            "comes from the pool (see below)", ("userlog",)),
-    Command("log_xml", N, "kept in the ad (`UserLogUseXML`)", ("userlogusexml",),
-            "UserLogUseXML", "bool"),
+    Command(
+        "log",
+        D,
+        "`UserLog` is set (absolute path); the event log in HTCondor's format "
+        "comes from the pool (see below)",
+        ("userlog",),
+    ),
+    Command(
+        "log_xml",
+        N,
+        "kept in the ad (`UserLogUseXML`)",
+        ("userlogusexml",),
+        "UserLogUseXML",
+        "bool",
+    ),
     Command("batch_name", S, "", ("jobbatchname",), "JobBatchName", "strq"),
     Command("batch_id", S, "", ("jobbatchid",), "JobBatchId", "strq"),
     Command("notification", D, _NO_MAIL + " (`JobNotification`)", ("jobnotification",)),
     Command("notify_user", D, _NO_MAIL, ("notifyuser",), "NotifyUser", "str"),
     Command("email_attributes", D, _NO_MAIL, ("emailattributes",), "EmailAttributes", "list"),
     Command("priority", S, "", ("prio", "jobprio")),
-    Command("universe", S, "vanilla, container and docker; the others are refused",
-            ("jobuniverse",)),
-    Command("queue", S, "all forms: count, `in`, `from` (file, inline list, `-` for stdin), "
-            "`matching` (files/dirs), slices"),
-    Command("max_materialize", D, "accepted; all jobs are queued at once",
-            ("jobmaterializelimit",)),
-    Command("max_idle", D, "accepted; all jobs are queued at once",
-            ("materialize_max_idle", "jobmaterializemaxidle")),
+    Command(
+        "universe", S, "vanilla, container and docker; the others are refused", ("jobuniverse",)
+    ),
+    Command(
+        "queue",
+        S,
+        "all forms: count, `in`, `from` (file, inline list, `-` for stdin), "
+        "`matching` (files/dirs), slices",
+    ),
+    Command(
+        "max_materialize", D, "accepted; all jobs are queued at once", ("jobmaterializelimit",)
+    ),
+    Command(
+        "max_idle",
+        D,
+        "accepted; all jobs are queued at once",
+        ("materialize_max_idle", "jobmaterializemaxidle"),
+    ),
     Command("description", S, "", ("jobdescription",), "JobDescription", "str"),
     Command("initialdir", S, "", ("initial_dir", "iwd", "job_iwd")),
     # matchmaking
-    Command("requirements", S, "combined with the resource and container clauses glidewms "
-            "adds, as condor_submit does"),
+    Command(
+        "requirements",
+        S,
+        "combined with the resource and container clauses glidewms adds, as condor_submit does",
+    ),
     Command("rank", S, "", ("preferences",), "Rank", "expr"),
     Command("request_cpus", S, "a number or an expression", ("requestcpus",)),
-    Command("request_memory", S, "MB by default; K/M/G/T suffixes; or an expression",
-            ("requestmemory",)),
-    Command("request_disk", S, "KB by default; K/M/G/T suffixes; or an expression",
-            ("requestdisk",)),
+    Command(
+        "request_memory", S, "MB by default; K/M/G/T suffixes; or an expression", ("requestmemory",)
+    ),
+    Command(
+        "request_disk", S, "KB by default; K/M/G/T suffixes; or an expression", ("requestdisk",)
+    ),
     Command("request_gpus", S, "", ("requestgpus",)),
-    Command("request_<name>", S, "a custom resource `Request<name>`, matched against the "
-            "slot's `<name>`"),
-    Command("require_gpus", S, "matched with `countMatches` against the slot's "
-            "`AvailableGPUs` property ads", ("requiregpus",)),
+    Command(
+        "request_<name>",
+        S,
+        "a custom resource `Request<name>`, matched against the slot's `<name>`",
+    ),
+    Command(
+        "require_gpus",
+        S,
+        "matched with `countMatches` against the slot's `AvailableGPUs` property ads",
+        ("requiregpus",),
+    ),
     Command("gpus_minimum_capability", S, "", ("gpusmincapability",)),
     Command("gpus_maximum_capability", S, "", ("gpusmaxcapability",)),
     Command("gpus_minimum_memory", S, "MB by default; K/M/G/T suffixes", ("gpusminmemory",)),
     Command("gpus_minimum_runtime", S, "", ("gpusminruntime",)),
     Command("cuda_version", S, "", ("cudaversion",)),
-    Command("retry_request_memory", R, "automatic resubmission with more memory is not "
-            "supported"),
-    Command("retry_request_memory_increase", R, "automatic resubmission with more memory is "
-            "not supported"),
-    Command("retry_request_memory_max", R, "automatic resubmission with more memory is not "
-            "supported"),
+    Command("retry_request_memory", R, "automatic resubmission with more memory is not supported"),
+    Command(
+        "retry_request_memory_increase",
+        R,
+        "automatic resubmission with more memory is not supported",
+    ),
+    Command(
+        "retry_request_memory_max", R, "automatic resubmission with more memory is not supported"
+    ),
     Command("retry_request_disk", R, "automatic resubmission with more disk is not supported"),
     Command("concurrency_limits", S, "the pool enforces the limits", ("concurrencylimits",)),
     Command("concurrency_limits_expr", S, "the pool enforces the limits"),
-    Command("accounting_group", S, "sets `AcctGroup`, `AcctGroupUser` and `AccountingGroup`",
-            ("accountinggroup",)),
-    Command("accounting_group_user", S, "default: the login name of the submitter",
-            ("acctgroupuser",)),
-    Command("nice_user", R, "use `accounting_group` (condor_submit maps it to a nice-user "
-            "group the pool does not have)", ("niceuser",)),
+    Command(
+        "accounting_group",
+        S,
+        "sets `AcctGroup`, `AcctGroupUser` and `AccountingGroup`",
+        ("accountinggroup",),
+    ),
+    Command(
+        "accounting_group_user", S, "default: the login name of the submitter", ("acctgroupuser",)
+    ),
+    Command(
+        "nice_user",
+        R,
+        "use `accounting_group` (condor_submit maps it to a nice-user "
+        "group the pool does not have)",
+        ("niceuser",),
+    ),
     Command("project_name", S, "", ("projectname",), "ProjectName", "str"),
     # file transfer
-    Command("should_transfer_files", D, "default YES (no shared file system); IF_NEEDED "
-            "behaves as YES; NO requires a slot with the same `FileSystemDomain`",
-            ("shouldtransferfiles",)),
+    Command(
+        "should_transfer_files",
+        D,
+        "default YES (no shared file system); IF_NEEDED "
+        "behaves as YES; NO requires a slot with the same `FileSystemDomain`",
+        ("shouldtransferfiles",),
+    ),
     Command("when_to_transfer_output", S, "", ("whentotransferoutput",)),
     Command("transfer_executable", S, "", ("transferexecutable",)),
-    Command("transfer_input_files", S, "files, directories (trailing `/`: contents) and "
-            "URLs (fetched on the execute node)", ("transferinputfiles",)),
-    Command("transfer_output_files", S, "`\"\"` transfers nothing", ("transferoutputfiles",)),
+    Command(
+        "transfer_input_files",
+        S,
+        "files, directories (trailing `/`: contents) and URLs (fetched on the execute node)",
+        ("transferinputfiles",),
+    ),
+    Command("transfer_output_files", S, '`""` transfers nothing', ("transferoutputfiles",)),
     Command("transfer_output_remaps", S, "", ("transferoutputremaps",)),
-    Command("transfer_checkpoint_files", S, "", ("transfercheckpoint",), "TransferCheckpoint",
-            "str"),
-    Command("checkpoint_exit_code", S, "", ("successcheckpointexitcode",),
-            "SuccessCheckpointExitCode", "int"),
-    Command("transfer_input", S, "false: stdin is read on the execute node",
-            ("transferin",)),
+    Command(
+        "transfer_checkpoint_files", S, "", ("transfercheckpoint",), "TransferCheckpoint", "str"
+    ),
+    Command(
+        "checkpoint_exit_code",
+        S,
+        "",
+        ("successcheckpointexitcode",),
+        "SuccessCheckpointExitCode",
+        "int",
+    ),
+    Command("transfer_input", S, "false: stdin is read on the execute node", ("transferin",)),
     Command("transfer_output", S, "false: stdout stays on the execute node", ("transferout",)),
     Command("transfer_error", S, "false: stderr stays on the execute node", ("transfererr",)),
-    Command("stream_output", S, "the pool receives stdout while the job runs",
-            ("streamout",)),
+    Command("stream_output", S, "the pool receives stdout while the job runs", ("streamout",)),
     Command("stream_error", S, "the pool receives stderr while the job runs", ("streamerr",)),
     Command("stream_input", R, "stdin is transferred, not streamed", ("streamin",)),
     Command("x509userproxy", S, "the proxy travels with the job; `X509_USER_PROXY` is set"),
-    Command("use_x509userproxy", S, "the proxy named by `X509_USER_PROXY` or "
-            "/tmp/x509up_u<uid>"),
-    Command("max_transfer_input_mb", N, "kept in the ad", ("maxtransferinputmb",),
-            "MaxTransferInputMB", "expr"),
-    Command("max_transfer_output_mb", N, "kept in the ad", ("maxtransferoutputmb",),
-            "MaxTransferOutputMB", "expr"),
-    Command("preserve_relative_paths", R, "sandbox transfer does not keep input "
-            "subdirectories"),
+    Command("use_x509userproxy", S, "the proxy named by `X509_USER_PROXY` or /tmp/x509up_u<uid>"),
+    Command(
+        "max_transfer_input_mb",
+        N,
+        "kept in the ad",
+        ("maxtransferinputmb",),
+        "MaxTransferInputMB",
+        "expr",
+    ),
+    Command(
+        "max_transfer_output_mb",
+        N,
+        "kept in the ad",
+        ("maxtransferoutputmb",),
+        "MaxTransferOutputMB",
+        "expr",
+    ),
+    Command("preserve_relative_paths", R, "sandbox transfer does not keep input subdirectories"),
     Command("output_destination", R, "outputs come back with `glidewms fetch`"),
     Command("output_directory", R, "outputs come back with `glidewms fetch`"),
     Command("public_input_files", R, "use `transfer_input_files`"),
     Command("checkpoint_destination", R, "checkpoints are kept by the pool"),
-    Command("transfer_plugins", R, "user-supplied transfer plugins are not run; http and "
-            "https URLs are fetched by the pilot"),
+    Command(
+        "transfer_plugins",
+        R,
+        "user-supplied transfer plugins are not run; http and https URLs are fetched by the pilot",
+    ),
     Command("encrypt_input_files", N, "transfers always use HTTPS"),
     Command("encrypt_output_files", N, "transfers always use HTTPS"),
     Command("dont_encrypt_input_files", N, "transfers always use HTTPS"),
     Command("dont_encrypt_output_files", N, "transfers always use HTTPS"),
     Command("encrypt_execute_directory", N, "not available on pilots"),
-    Command("erase_output_and_error_on_restart", N, "kept in the ad",
-            ("eraseoutputanderroronrestart",), "EraseOutputAndErrorOnRestart", "bool"),
+    Command(
+        "erase_output_and_error_on_restart",
+        N,
+        "kept in the ad",
+        ("eraseoutputanderroronrestart",),
+        "EraseOutputAndErrorOnRestart",
+        "bool",
+    ),
     Command("skip_filechecks", N, "files are always checked at submit"),
     Command("skip_if_dataflow", R, "dataflow jobs are not supported"),
     Command("aws_access_key_id_file", R, "s3:// inputs are not supported"),
@@ -169,20 +257,23 @@ COMMANDS: tuple[Command, ...] = (
     Command("gs_access_key_id_file", R, "gs:// inputs are not supported"),
     Command("gs_secret_access_key_file", R, "gs:// inputs are not supported"),
     # policy
-    Command("max_retries", D, "stored as `MaxRetries`: a job that exits non-zero runs again "
-            "until it has run N+1 times", ("jobmaxretries",)),
+    Command(
+        "max_retries",
+        D,
+        "stored as `MaxRetries`: a job that exits non-zero runs again until it has run N+1 times",
+        ("jobmaxretries",),
+    ),
     Command("retry_until", R, "use `max_retries` with `on_exit_remove`"),
     Command("success_exit_code", R, "use `max_retries` with `on_exit_remove`"),
     Command("on_exit_hold", S, "", ("onexithold",), "OnExitHold", "expr"),
     Command("on_exit_hold_reason", S, "", ("onexitholdreason",), "OnExitHoldReason", "expr"),
-    Command("on_exit_hold_subcode", S, "", ("onexitholdsubcode",), "OnExitHoldSubCode",
-            "expr"),
+    Command("on_exit_hold_subcode", S, "", ("onexitholdsubcode",), "OnExitHoldSubCode", "expr"),
     Command("on_exit_remove", S, "", ("onexitremove",), "OnExitRemove", "expr"),
     Command("periodic_hold", S, "", ("periodichold",), "PeriodicHold", "expr"),
-    Command("periodic_hold_reason", S, "", ("periodicholdreason",), "PeriodicHoldReason",
-            "expr"),
-    Command("periodic_hold_subcode", S, "", ("periodicholdsubcode",), "PeriodicHoldSubCode",
-            "expr"),
+    Command("periodic_hold_reason", S, "", ("periodicholdreason",), "PeriodicHoldReason", "expr"),
+    Command(
+        "periodic_hold_subcode", S, "", ("periodicholdsubcode",), "PeriodicHoldSubCode", "expr"
+    ),
     Command("periodic_release", S, "", ("periodicrelease",), "PeriodicRelease", "expr"),
     Command("periodic_remove", S, "", ("periodicremove",), "PeriodicRemove", "expr"),
     Command("periodic_vacate", R, "the pool does not vacate running jobs by policy"),
@@ -193,57 +284,112 @@ COMMANDS: tuple[Command, ...] = (
     Command("allowed_execute_duration", R, "run-time limits are not enforced by pilots yet"),
     Command("allowed_job_duration", R, "run-time limits are not enforced by pilots yet"),
     Command("job_max_vacate_time", S, "", ("jobmaxvacatetime",), "JobMaxVacateTime", "expr"),
-    Command("max_job_retirement_time", N, "kept in the ad", ("maxjobretirementtime",),
-            "MaxJobRetirementTime", "expr"),
-    Command("want_graceful_removal", N, "kept in the ad", ("wantgracefulremoval",),
-            "WantGracefulRemoval", "expr"),
+    Command(
+        "max_job_retirement_time",
+        N,
+        "kept in the ad",
+        ("maxjobretirementtime",),
+        "MaxJobRetirementTime",
+        "expr",
+    ),
+    Command(
+        "want_graceful_removal",
+        N,
+        "kept in the ad",
+        ("wantgracefulremoval",),
+        "WantGracefulRemoval",
+        "expr",
+    ),
     Command("kill_sig", N, "kept in the ad", ("killsig",), "KillSig", "str"),
     Command("remove_kill_sig", N, "kept in the ad", ("removekillsig",), "RemoveKillSig", "str"),
     Command("hold_kill_sig", N, "kept in the ad", ("holdkillsig",), "HoldKillSig", "str"),
-    Command("kill_sig_timeout", N, "kept in the ad", ("killsigtimeout",), "KillSigTimeout",
-            "int"),
-    Command("job_lease_duration", N, "pilot leases are the pool's", ("jobleaseduration",),
-            "JobLeaseDuration", "expr"),
+    Command("kill_sig_timeout", N, "kept in the ad", ("killsigtimeout",), "KillSigTimeout", "int"),
+    Command(
+        "job_lease_duration",
+        N,
+        "pilot leases are the pool's",
+        ("jobleaseduration",),
+        "JobLeaseDuration",
+        "expr",
+    ),
     # container and docker universes
-    Command("container_image", S, "docker://, .sif or a directory; matched only with slots "
-            "that have a container runtime for that kind (`HasContainer`, `HasDockerURL`/"
-            "`HasSIF`/`HasSandboxImage`); an absolute path missing here is taken as a path on "
-            "the execute node", ("containerimage",)),
-    Command("docker_image", S, "matched only with slots that have `HasDocker` (docker "
-            "universe) or `HasDockerURL` (container universe)", ("dockerimage",)),
-    Command("docker_pull_policy", S, _RUNTIME, ("dockerpullpolicy",), "DockerPullPolicy",
-            "str"),
+    Command(
+        "container_image",
+        S,
+        "docker://, .sif or a directory; matched only with slots "
+        "that have a container runtime for that kind (`HasContainer`, `HasDockerURL`/"
+        "`HasSIF`/`HasSandboxImage`); an absolute path missing here is taken as a path on "
+        "the execute node",
+        ("containerimage",),
+    ),
+    Command(
+        "docker_image",
+        S,
+        "matched only with slots that have `HasDocker` (docker "
+        "universe) or `HasDockerURL` (container universe)",
+        ("dockerimage",),
+    ),
+    Command("docker_pull_policy", S, _RUNTIME, ("dockerpullpolicy",), "DockerPullPolicy", "str"),
     Command("docker_network_type", S, _RUNTIME, ("dockernetworktype",)),
-    Command("docker_override_entrypoint", S, _RUNTIME, ("dockeroverrideentrypoint",),
-            "DockerOverrideEntrypoint", "bool"),
+    Command(
+        "docker_override_entrypoint",
+        S,
+        _RUNTIME,
+        ("dockeroverrideentrypoint",),
+        "DockerOverrideEntrypoint",
+        "bool",
+    ),
     Command("docker_send_credentials", R, "docker credentials are not sent to pilots"),
-    Command("transfer_container", S, _RUNTIME, ("transfercontainer",), "TransferContainer",
-            "bool"),
-    Command("container_target_dir", S, _RUNTIME, ("containertargetdir",),
-            "ContainerTargetDir", "strq"),
-    Command("mount_under_scratch", S, _RUNTIME, ("jobmountunderscratch",),
-            "JobMountUnderScratch", "strq"),
-    Command("container_is_common", N, "no common-file catalog; the image travels with each "
-            "job", ("containeriscommon",)),
+    Command("transfer_container", S, _RUNTIME, ("transfercontainer",), "TransferContainer", "bool"),
+    Command(
+        "container_target_dir", S, _RUNTIME, ("containertargetdir",), "ContainerTargetDir", "strq"
+    ),
+    Command(
+        "mount_under_scratch",
+        S,
+        _RUNTIME,
+        ("jobmountunderscratch",),
+        "JobMountUnderScratch",
+        "strq",
+    ),
+    Command(
+        "container_is_common",
+        N,
+        "no common-file catalog; the image travels with each job",
+        ("containeriscommon",),
+    ),
     Command("container_service_names", R, "pilots accept no inbound connections"),
     Command("<service-name>_container_port", R, "pilots accept no inbound connections"),
     # advanced
     Command("coresize", N, "kept in the ad", ("core_size",), "CoreSize", "int"),
     Command("image_size", N, "kept in the ad", ("imagesize",), "ImageSize", "int"),
-    Command("job_ad_information_attrs", N, _INFO, ("jobadinformationattrs",),
-            "JobAdInformationAttrs", "str"),
+    Command(
+        "job_ad_information_attrs",
+        N,
+        _INFO,
+        ("jobadinformationattrs",),
+        "JobAdInformationAttrs",
+        "str",
+    ),
     Command("job_machine_attrs", N, _INFO, ("jobmachineattrs",), "JobMachineAttrs", "str"),
-    Command("job_machine_attrs_history_length", N, _INFO, (), "JobMachineAttrsHistoryLength",
-            "int"),
+    Command(
+        "job_machine_attrs_history_length", N, _INFO, (), "JobMachineAttrsHistoryLength", "int"
+    ),
     Command("submit_event_notes", N, _INFO, ("submiteventnotes",), "SubmitEventNotes", "str"),
-    Command("submit_event_user_notes", N, _INFO, ("submiteventusernotes",),
-            "SubmitEventUserNotes", "str"),
+    Command(
+        "submit_event_user_notes",
+        N,
+        _INFO,
+        ("submiteventusernotes",),
+        "SubmitEventUserNotes",
+        "str",
+    ),
     Command("submit_event_notes_attrs", N, _INFO, (), "SubmitEventNotesAttrs", "str"),
-    Command("ulog_execute_attrs", N, _INFO, ("ulogexecuteeventattrs",),
-            "ULogExecuteEventAttrs", "str"),
+    Command(
+        "ulog_execute_attrs", N, _INFO, ("ulogexecuteeventattrs",), "ULogExecuteEventAttrs", "str"
+    ),
     Command("dagman_log", N, _INFO, ("dagmannodeslog",), "DAGManNodesLog", "str"),
-    Command("match_list_length", N, _INFO, ("lastmatchlistlength",), "LastMatchListLength",
-            "int"),
+    Command("match_list_length", N, _INFO, ("lastmatchlistlength",), "LastMatchListLength", "int"),
     Command("jobset", N, _INFO, ("jobsetname",), "JobSetName", "strq"),
     Command("want_job_networking", N, "pilots decide the job's network"),
     Command("want_io_proxy", N, "no I/O proxy on pilots"),
@@ -270,19 +416,28 @@ COMMANDS: tuple[Command, ...] = (
     Command("cron_day_of_week", R, "cron jobs are not supported"),
     Command("cron_window", R, "cron jobs are not supported"),
     Command("cron_prep_time", R, "cron jobs are not supported"),
-    Command("use_scitokens", R, "job credentials other than X.509 proxies are not delivered",
-            ("use_scitoken",)),
+    Command(
+        "use_scitokens",
+        R,
+        "job credentials other than X.509 proxies are not delivered",
+        ("use_scitoken",),
+    ),
     Command("scitokens_file", R, "job credentials other than X.509 proxies are not delivered"),
-    Command("use_oauth_services", R, "job credentials other than X.509 proxies are not "
-            "delivered", ("useoauthservices",)),
-    Command("<credential_service_name>_oauth_permissions", R, "OAuth credentials are not "
-            "delivered"),
-    Command("<credential_service_name>_oauth_resource", R, "OAuth credentials are not "
-            "delivered"),
+    Command(
+        "use_oauth_services",
+        R,
+        "job credentials other than X.509 proxies are not delivered",
+        ("useoauthservices",),
+    ),
+    Command(
+        "<credential_service_name>_oauth_permissions", R, "OAuth credentials are not delivered"
+    ),
+    Command("<credential_service_name>_oauth_resource", R, "OAuth credentials are not delivered"),
     Command("send_credential", R, "credentials are not sent to pilots"),
     Command("delegate_job_gsi_credentials_lifetime", N, "the proxy file is copied as is"),
-    Command("machine_count", R, "the parallel universe is not supported",
-            ("node_count", "nodecount")),
+    Command(
+        "machine_count", R, "the parallel universe is not supported", ("node_count", "nodecount")
+    ),
     Command("interactive_executable", R, "interactive jobs are not supported"),
     Command("interactive_args", R, "interactive jobs are not supported"),
     Command("exit_requirements", R, "an old command; use `on_exit_remove`"),
@@ -295,35 +450,115 @@ COMMANDS: tuple[Command, ...] = (
     Command("dag_node_name", N, _INFO, ("dagnodename",), "DAGNodeName", "str"),
     Command("want_parallel_scheduling", R, "the parallel universe is not supported"),
     # other universes
-    *(Command(n, R, _GRID) for n in (
-        "grid_resource", "arc_application", "arc_data_staging", "arc_resources", "arc_rte",
-        "azure_admin_key", "azure_admin_username", "azure_auth_file", "azure_image",
-        "azure_location", "azure_size", "batch_extra_submit_args", "batch_project",
-        "batch_queue", "batch_runtime", "cloud_label_names", "cloud_label_<name>",
-        "ec2_access_key_id", "ec2_ami_id", "ec2_availability_zone", "ec2_block_device_mapping",
-        "ec2_ebs_volumes", "ec2_elastic_ip", "ec2_iam_profile_arn", "ec2_iam_profile_name",
-        "ec2_instance_type", "ec2_keypair", "ec2_keypair_file", "ec2_key_pair_file",
-        "ec2_keyp_air", "ec2_parameter_names",
-        "ec2_parameter_<name>", "ec2_secret_access_key", "ec2_security_groups",
-        "ec2_security_ids", "ec2_spot_price", "ec2_tag_names", "ec2_tag_<name>", "wantnametag",
-        "ec2_user_data", "ec2_user_data_file", "ec2_vpc_ip", "ec2_vpc_subnet", "gce_account",
-        "gce_auth_file", "gce_image", "gce_json_file", "gce_machine_type", "gce_metadata",
-        "gce_metadata_file", "gce_preemptible")),
-    *(Command(n, R, _VM) for n in (
-        "vm_disk", "vm_checkpoint", "vm_macaddr", "vm_memory", "vm_networking",
-        "vm_networking_type", "vm_no_output_vm", "vm_type", "vm_vcpus", "vm_vnc", "xen_initrd",
-        "xen_kernel", "xen_kernel_params", "xen_root")),
-    *(Command(n, R, _JAVA) for n in ("jar_files", "java_vm_args", "java_vm_arguments",
-                                    "java_vm_arguments2")),
-    *(Command(n, R, _STD) for n in (
-        "buffer_files", "buffer_size", "buffer_block_size", "file_remaps", "fetch_files",
-        "compress_files", "append_files", "local_files")),
-    *(Command(n, R, "tool daemons are not supported") for n in (
-        "tool_daemon_cmd", "tool_daemon_args", "tool_daemon_arguments", "tool_daemon_arguments2",
-        "tool_daemon_input",
-        "tool_daemon_error", "tool_daemon_output", "suspend_job_at_exec")),
-    *(Command(n, R, "the parallel universe is not supported") for n in (
-        "parallel_script_shadow", "parallel_script_starter")),
+    *(
+        Command(n, R, _GRID)
+        for n in (
+            "grid_resource",
+            "arc_application",
+            "arc_data_staging",
+            "arc_resources",
+            "arc_rte",
+            "azure_admin_key",
+            "azure_admin_username",
+            "azure_auth_file",
+            "azure_image",
+            "azure_location",
+            "azure_size",
+            "batch_extra_submit_args",
+            "batch_project",
+            "batch_queue",
+            "batch_runtime",
+            "cloud_label_names",
+            "cloud_label_<name>",
+            "ec2_access_key_id",
+            "ec2_ami_id",
+            "ec2_availability_zone",
+            "ec2_block_device_mapping",
+            "ec2_ebs_volumes",
+            "ec2_elastic_ip",
+            "ec2_iam_profile_arn",
+            "ec2_iam_profile_name",
+            "ec2_instance_type",
+            "ec2_keypair",
+            "ec2_keypair_file",
+            "ec2_key_pair_file",
+            "ec2_keyp_air",
+            "ec2_parameter_names",
+            "ec2_parameter_<name>",
+            "ec2_secret_access_key",
+            "ec2_security_groups",
+            "ec2_security_ids",
+            "ec2_spot_price",
+            "ec2_tag_names",
+            "ec2_tag_<name>",
+            "wantnametag",
+            "ec2_user_data",
+            "ec2_user_data_file",
+            "ec2_vpc_ip",
+            "ec2_vpc_subnet",
+            "gce_account",
+            "gce_auth_file",
+            "gce_image",
+            "gce_json_file",
+            "gce_machine_type",
+            "gce_metadata",
+            "gce_metadata_file",
+            "gce_preemptible",
+        )
+    ),
+    *(
+        Command(n, R, _VM)
+        for n in (
+            "vm_disk",
+            "vm_checkpoint",
+            "vm_macaddr",
+            "vm_memory",
+            "vm_networking",
+            "vm_networking_type",
+            "vm_no_output_vm",
+            "vm_type",
+            "vm_vcpus",
+            "vm_vnc",
+            "xen_initrd",
+            "xen_kernel",
+            "xen_kernel_params",
+            "xen_root",
+        )
+    ),
+    *(
+        Command(n, R, _JAVA)
+        for n in ("jar_files", "java_vm_args", "java_vm_arguments", "java_vm_arguments2")
+    ),
+    *(
+        Command(n, R, _STD)
+        for n in (
+            "buffer_files",
+            "buffer_size",
+            "buffer_block_size",
+            "file_remaps",
+            "fetch_files",
+            "compress_files",
+            "append_files",
+            "local_files",
+        )
+    ),
+    *(
+        Command(n, R, "tool daemons are not supported")
+        for n in (
+            "tool_daemon_cmd",
+            "tool_daemon_args",
+            "tool_daemon_arguments",
+            "tool_daemon_arguments2",
+            "tool_daemon_input",
+            "tool_daemon_error",
+            "tool_daemon_output",
+            "suspend_job_at_exec",
+        )
+    ),
+    *(
+        Command(n, R, "the parallel universe is not supported")
+        for n in ("parallel_script_shadow", "parallel_script_starter")
+    ),
 )
 
 BY_NAME: dict[str, Command] = {}
@@ -350,7 +585,8 @@ def lookup(key: str) -> Command | None:
 
 
 NAMES: dict[str, tuple[str, ...]] = {
-    c.name: (c.name.lower(), *(a.lower() for a in c.aliases)) for c in COMMANDS}
+    c.name: (c.name.lower(), *(a.lower() for a in c.aliases)) for c in COMMANDS
+}
 SIMPLE: tuple[Command, ...] = tuple(c for c in COMMANDS if c.attr and c.kind)
 
 

@@ -32,8 +32,9 @@ def condor_version() -> tuple[int, int, int]:
     return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (25, 0, 0)
 
 
-def evaluate(text: str, expanded: bool, is_defined: Callable[[str], bool],
-             version: tuple[int, int, int]) -> bool:
+def evaluate(
+    text: str, expanded: bool, is_defined: Callable[[str], bool], version: tuple[int, int, int]
+) -> bool:
     """The truth of an (already macro-expanded) condition, or ValueError why not."""
     expr = text.strip()
     inverted = expr.startswith("!")
@@ -44,8 +45,7 @@ def evaluate(text: str, expanded: bool, is_defined: Callable[[str], bool],
     return _evaluate(expr, is_defined, version) != inverted
 
 
-def _evaluate(expr: str, is_defined: Callable[[str], bool],
-              version: tuple[int, int, int]) -> bool:
+def _evaluate(expr: str, is_defined: Callable[[str], bool], version: tuple[int, int, int]) -> bool:
     if _NUMBER.fullmatch(expr):
         return float(expr) != 0
     if expr.lower() in _TRUE_WORDS:
@@ -55,8 +55,11 @@ def _evaluate(expr: str, is_defined: Callable[[str], bool],
         lit = _VERSION_LITERAL.fullmatch(literal.strip())
         if lit is None or int(lit.group(1)) < 6:
             raise ValueError("the version literal is invalid")
-        theirs = (int(lit.group(1)), int(lit.group(2)),
-                  int(lit.group(3)) if lit.group(3) is not None else version[2])
+        theirs = (
+            int(lit.group(1)),
+            int(lit.group(2)),
+            int(lit.group(3)) if lit.group(3) is not None else version[2],
+        )
         diff = (version > theirs) - (version < theirs)
         wanted = {"<": -1, "=": 0, ">": 1, "": 0}[op]
         result = diff == wanted or (bool(or_equal) and diff == 0)

@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 
 _OTHER = "it runs vanilla, container and docker universe jobs"
 _SHARED_FS = ("/cvmfs",)
-_KIND = {"docker": ("WantDockerImage", "HasDockerURL"), "sif": ("WantSIF", "HasSIF"),
-         "sandbox": ("WantSandboxImage", "HasSandboxImage")}
+_KIND = {
+    "docker": ("WantDockerImage", "HasDockerURL"),
+    "sif": ("WantSIF", "HasSIF"),
+    "sandbox": ("WantSandboxImage", "HasSandboxImage"),
+}
 
 
 def universe(job: JobBuilder) -> None:
@@ -45,8 +48,10 @@ def universe(job: JobBuilder) -> None:
     container_image, docker_image = job.get("container_image"), job.get("docker_image")
     if name == "docker":
         if container_image:
-            raise job.fail(container_image, "the docker universe does not allow "
-                           "container_image (use docker_image)")
+            raise job.fail(
+                container_image,
+                "the docker universe does not allow container_image (use docker_image)",
+            )
         if docker_image is None:
             raise job.fail(got, "docker jobs require a docker_image")
     elif container_image and docker_image:
@@ -89,8 +94,11 @@ def image(job: JobBuilder) -> None:
 def _container_image(job: JobBuilder, got: Got) -> None:
     value = _unquote(got.value)
     if value.startswith(("instance://", "library://", "shub://")):
-        raise job.fail(got, f"{value!r} is not a valid container image (instance://, "
-                       "library:// and shub:// are not)")
+        raise job.fail(
+            got,
+            f"{value!r} is not a valid container image (instance://, "
+            "library:// and shub:// are not)",
+        )
     kind = image_kind(value)
     want, has = _KIND[kind]
     job.attrs[want] = "true"
@@ -104,8 +112,9 @@ def _container_image(job: JobBuilder, got: Got) -> None:
         job.attrs["ContainerImageSource"] = quote(scheme or "docker")
     elif scheme:
         if scheme not in ("http", "https"):
-            raise job.fail(got, f"not supported by glidewms: {scheme}:// images (http and "
-                           "https URLs are)")
+            raise job.fail(
+                got, f"not supported by glidewms: {scheme}:// images (http and https URLs are)"
+            )
         job.urls.append(value)
         job.clauses.append(f'stringListIMember("{scheme}", TARGET.HasFileTransferPluginMethods)')
         job.attrs["ContainerImage"] = quote(_base(value))
@@ -115,11 +124,18 @@ def _container_image(job: JobBuilder, got: Got) -> None:
         path = Path(os.path.normpath(job.iwd / value))
         if not job.ctx.stat(path)[0]:
             if not os.path.isabs(value):
-                raise job.fail(got, f"no such image: {value!r} (looked for {path}); set "
-                               "transfer_container = false for an image on the execute node")
-            job.ctx.warn(got.source, got.line, f"{got.key}: {value} is not on this machine: "
-                         "it is used as a path on the execute node (transfer_container = "
-                         "false says so)")
+                raise job.fail(
+                    got,
+                    f"no such image: {value!r} (looked for {path}); set "
+                    "transfer_container = false for an image on the execute node",
+                )
+            job.ctx.warn(
+                got.source,
+                got.line,
+                f"{got.key}: {value} is not on this machine: "
+                "it is used as a path on the execute node (transfer_container = "
+                "false says so)",
+            )
             job.attrs["ContainerImage"] = quote(value)
             job.attrs["ContainerImageSource"] = quote("local")
             return

@@ -32,8 +32,11 @@ def host_macros() -> dict[str, str]:
     attrs = os_attributes(release)
     version = release.get("VERSION_ID", "")
     major, _, minor = version.partition(".")
-    opsysver = (int(major) * 100 + int(minor[:2] or 0)) if major.isdigit() and \
-        (minor[:2] or "0").isdigit() else 0
+    opsysver = (
+        (int(major) * 100 + int(minor[:2] or 0))
+        if major.isdigit() and (minor[:2] or "0").isdigit()
+        else 0
+    )
     is_linux = sys.platform.startswith("linux")
     return {
         "arch": htcondor_arch(platform.machine()),
@@ -71,19 +74,31 @@ class Context:
         stamp = time.localtime(self.now)
         self.defaults = {
             **self.host,
-            "year": time.strftime("%Y", stamp), "month": time.strftime("%m", stamp),
-            "day": time.strftime("%d", stamp), "submit_time": str(int(self.now)),
+            "year": time.strftime("%Y", stamp),
+            "month": time.strftime("%m", stamp),
+            "day": time.strftime("%d", stamp),
+            "submit_time": str(int(self.now)),
             "submit_file": self.submit_file,
-            "jobid": "$(ClusterId).$(ProcId)", "joblistid": "$(ClusterId)",
-            "node": "", "taskid": "0", "step": "0", "row": "0", "itemindex": "0",
-            "request_cpus": "$(RequestCPUs)", "request_memory": "$(RequestMemory)",
-            "vm_memory": "$(Request_Memory)", "vm_vcpus": "$(Request_CPUs)",
+            "jobid": "$(ClusterId).$(ProcId)",
+            "joblistid": "$(ClusterId)",
+            "node": "",
+            "taskid": "0",
+            "step": "0",
+            "row": "0",
+            "itemindex": "0",
+            "request_cpus": "$(RequestCPUs)",
+            "request_memory": "$(RequestMemory)",
+            "vm_memory": "$(Request_Memory)",
+            "vm_vcpus": "$(Request_CPUs)",
         }
-        self.parse_live = {"cluster": CLUSTER_SENTINEL, "clusterid": CLUSTER_SENTINEL,
-                           "process": "0", "procid": "0"}
+        self.parse_live = {
+            "cluster": CLUSTER_SENTINEL,
+            "clusterid": CLUSTER_SENTINEL,
+            "process": "0",
+            "procid": "0",
+        }
         if not self.login:
-            self.login = self.environ.get("USER") or self.environ.get("LOGNAME") or \
-                _login_name()
+            self.login = self.environ.get("USER") or self.environ.get("LOGNAME") or _login_name()
 
     def stat(self, path: Path) -> tuple[bool, bool]:
         """(exists, is a directory), looked up once per path and submit."""
@@ -98,8 +113,9 @@ class Context:
         if message not in self.warnings and len(self.warnings) < 1000:
             self.warnings.append(message)
 
-    def read_bytes(self, path: Path, source: str, line: int, limit: int,
-                   what: str = "include") -> bytes:
+    def read_bytes(
+        self, path: Path, source: str, line: int, limit: int, what: str = "include"
+    ) -> bytes:
         try:
             size = path.stat().st_size
             if size > limit:
@@ -107,14 +123,18 @@ class Context:
             with open(path, "rb") as f:
                 return f.read(limit + 1)
         except OSError as exc:
-            raise SubmitError(f"{what}: cannot read {path}: {exc.strerror or exc}", source,
-                              line) from None
+            raise SubmitError(
+                f"{what}: cannot read {path}: {exc.strerror or exc}", source, line
+            ) from None
 
     def read_stdin(self, source: str, line: int) -> str:
         """`queue ... from -`: standard input, read once (as condor_submit can)."""
         if self._stdin_used:
-            raise SubmitError("queue from -: standard input was already read by an earlier "
-                              "queue statement", source, line)
+            raise SubmitError(
+                "queue from -: standard input was already read by an earlier queue statement",
+                source,
+                line,
+            )
         self._stdin_used = True
         stream: TextIO | str | None = self.stdin
         if stream is None:
@@ -123,12 +143,20 @@ class Context:
             text = stream
         else:
             if stream.isatty():
-                raise SubmitError("queue from -: standard input is a terminal; redirect the "
-                                  "item list into glidewms submit", source, line)
+                raise SubmitError(
+                    "queue from -: standard input is a terminal; redirect the "
+                    "item list into glidewms submit",
+                    source,
+                    line,
+                )
             text = stream.read(self.limits.max_items_file_bytes + 1)
         if len(text) > self.limits.max_items_file_bytes:
-            raise SubmitError(f"queue from -: more than {self.limits.max_items_file_bytes} "
-                              "bytes on standard input", source, line)
+            raise SubmitError(
+                f"queue from -: more than {self.limits.max_items_file_bytes} "
+                "bytes on standard input",
+                source,
+                line,
+            )
         return text
 
 

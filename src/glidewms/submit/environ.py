@@ -63,13 +63,15 @@ def getenv_filter(text: str) -> tuple[bool, list[re.Pattern[str]], list[re.Patte
         target = exclude if word.startswith("!") else include
         name = word[1:].strip() if word.startswith("!") else word
         if name:
-            target.append(re.compile(".*".join(re.escape(p) for p in name.split("*")),
-                                     re.IGNORECASE))
+            target.append(
+                re.compile(".*".join(re.escape(p) for p in name.split("*")), re.IGNORECASE)
+            )
     return True, include, exclude
 
 
-def imported(text: str, environ: Mapping[str, str], explicit: Mapping[str, str],
-             old_syntax: bool) -> dict[str, str]:
+def imported(
+    text: str, environ: Mapping[str, str], explicit: Mapping[str, str], old_syntax: bool
+) -> dict[str, str]:
     """The variables `getenv = text` adds to the job's environment."""
     wanted, include, exclude = getenv_filter(text)
     if not wanted:
@@ -92,8 +94,9 @@ def unquote_v2(text: str, fail: Fail) -> str:
     """Strip the outer double quotes of the new syntax; `""` inside stands for `"`."""
     inner = text[1:-1]
     if len(text) < 2 or not text.endswith('"') or inner.replace('""', "").count('"'):
-        raise fail(f'the new syntax needs one "..." with inner double quotes doubled (""), '
-                   f"got {text!r}")
+        raise fail(
+            f'the new syntax needs one "..." with inner double quotes doubled (""), got {text!r}'
+        )
     return inner.replace('""', '"')
 
 
@@ -113,7 +116,7 @@ def split_v2(text: str, fail: Fail) -> list[str]:
                     end += 2
                     continue
                 break
-            current, started, i = current + text[i + 1: end].replace("''", "'"), True, end + 1
+            current, started, i = current + text[i + 1 : end].replace("''", "'"), True, end + 1
         elif c.isspace():
             if started:
                 words.append(current)

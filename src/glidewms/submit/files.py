@@ -112,8 +112,10 @@ def transfer(job: JobBuilder) -> None:
             if "://" in name:
                 scheme = name.split("://", 1)[0].lower()
                 if scheme not in _URL_SCHEMES:
-                    raise job.fail(inputs, f"not supported by glidewms: {scheme}:// inputs "
-                                   "(http and https URLs are)")
+                    raise job.fail(
+                        inputs,
+                        f"not supported by glidewms: {scheme}:// inputs (http and https URLs are)",
+                    )
                 job.urls.append(name)
                 names.append(name)
                 continue
@@ -125,8 +127,9 @@ def transfer(job: JobBuilder) -> None:
     if job.urls:
         schemes = sorted({u.split("://", 1)[0].lower() for u in job.urls})
         job.attrs["WantTransferPluginMethods"] = quote(",".join(schemes))
-        job.clauses += [f'stringListIMember("{s}", TARGET.HasFileTransferPluginMethods)'
-                        for s in schemes]
+        job.clauses += [
+            f'stringListIMember("{s}", TARGET.HasFileTransferPluginMethods)' for s in schemes
+        ]
     _std_streams(job, should)
     if outputs is not None:  # `transfer_output_files = ""`: transfer nothing back
         listed = _split(_strip(outputs.value))
@@ -152,17 +155,23 @@ def _should_when(job: JobBuilder) -> tuple[str, str]:
     should = got_should.value.upper() if got_should else "YES"
     when = got_when.value.upper() if got_when else ("NEVER" if should == "NO" else "ON_EXIT")
     if should not in _SHOULD:
-        raise job.fail(got_should, "expected one of IF_NEEDED, NO, YES, got "
-                       f"{got_should.value!r}")
+        raise job.fail(got_should, f"expected one of IF_NEEDED, NO, YES, got {got_should.value!r}")
     if when not in _WHEN:
-        raise job.fail(got_when, "expected one of ON_EXIT, ON_EXIT_OR_EVICT, ON_SUCCESS, got "
-                       f"{got_when.value!r}")
+        raise job.fail(
+            got_when,
+            f"expected one of ON_EXIT, ON_EXIT_OR_EVICT, ON_SUCCESS, got {got_when.value!r}",
+        )
     if (should == "NO") != (when == "NEVER"):
-        raise job.fail(got_when or got_should, f"when_to_transfer_output = {when} contradicts "
-                       f"should_transfer_files = {should}")
+        raise job.fail(
+            got_when or got_should,
+            f"when_to_transfer_output = {when} contradicts should_transfer_files = {should}",
+        )
     if when == "ON_EXIT_OR_EVICT" and should == "IF_NEEDED":
-        raise job.fail(got_when, "ON_EXIT_OR_EVICT and should_transfer_files = IF_NEEDED are "
-                       "incompatible (condor_submit refuses them too); use YES")
+        raise job.fail(
+            got_when,
+            "ON_EXIT_OR_EVICT and should_transfer_files = IF_NEEDED are "
+            "incompatible (condor_submit refuses them too); use YES",
+        )
     job.flags["should"], job.flags["when"] = should, when
     return should, when
 
@@ -177,8 +186,9 @@ def _std_streams(job: JobBuilder, should: str) -> None:
             job.attrs["TransferIn"] = "false"
         job.attrs["In"] = quote(str(path))
     for key, attr, flag, stream, keep, stream_attr in (
-            ("output", "Out", "out", "stream_output", "transfer_output", "StreamOut"),
-            ("error", "Err", "err", "stream_error", "transfer_error", "StreamErr")):
+        ("output", "Out", "out", "stream_output", "transfer_output", "StreamOut"),
+        ("error", "Err", "err", "stream_error", "transfer_error", "StreamErr"),
+    ):
         streamed = job.boolean(stream, False)
         kept = job.boolean(keep, True)
         if got := job.get(key):
@@ -203,8 +213,11 @@ def _remaps(job: JobBuilder) -> None:
         if not eq or not source.strip() or not target.strip():
             raise job.fail(got, f"expected name = destination; ..., got {entry.strip()!r}")
         if "://" in target:
-            raise job.fail(got, "not supported by glidewms: URL destinations (outputs come "
-                           "back with glidewms fetch)")
+            raise job.fail(
+                got,
+                "not supported by glidewms: URL destinations (outputs come "
+                "back with glidewms fetch)",
+            )
     job.attrs["TransferOutputRemaps"] = quote(remaps)
 
 
@@ -213,7 +226,7 @@ def _split_remaps(text: str) -> list[str]:
     parts, current, i = [], "", 0
     while i < len(text):
         if text[i] == "\\" and i + 1 < len(text):
-            current += text[i:i + 2]
+            current += text[i : i + 2]
             i += 2
             continue
         if text[i] == ";":
@@ -231,8 +244,9 @@ def _default_proxy(job: JobBuilder) -> None:
     path = Path(name)
     if not path.is_file():
         got = job.get("use_x509userproxy")
-        raise job.fail(got, f"use_x509userproxy: no proxy at {name} (set X509_USER_PROXY or "
-                       "x509userproxy)")
+        raise job.fail(
+            got, f"use_x509userproxy: no proxy at {name} (set X509_USER_PROXY or x509userproxy)"
+        )
     job.attrs["x509userproxy"] = quote(str(path))
     job.inputs.append(path)
 

@@ -138,7 +138,7 @@ def _substr(x: Expander, body: str) -> str:
     rest = n - start
     length = rest if length is None else length
     length = min(max(rest + length if length < 0 else length, 0), rest)
-    return value[start:start + length]
+    return value[start : start + length]
 
 
 def _number(x: Expander, func: str, body: str) -> str:
@@ -266,7 +266,7 @@ def file_parts(value: str, flags: str, cwd: Path, suffix: str | None = None) -> 
     ixn = max(buf.rfind("/"), buf.rfind("\\")) + 1
     dot = buf.rfind(".", ixn)
     ixx = dot if dot >= 0 else end
-    if suffix and end - len(suffix) >= ixn and buf[end - len(suffix):].lower() == suffix.lower():
+    if suffix and end - len(suffix) >= ixn and buf[end - len(suffix) :].lower() == suffix.lower():
         ixx, parts = end - len(suffix), parts & ~1
     if not ixn and parts & 3:
         parts &= ~12
@@ -285,7 +285,7 @@ def file_parts(value: str, flags: str, cwd: Path, suffix: str | None = None) -> 
     elif kind not in (0, 5, 7):
         if ixn > 0:
             seps = [i + 1 for i, c in enumerate(buf) if c in "/\\"]
-            seps = seps[:len(seps) - dirs] if dirs < len(seps) else []
+            seps = seps[: len(seps) - dirs] if dirs < len(seps) else []
             start = seps[-1] if seps else 0
             if parts & 3 == 2:
                 end = ixx
@@ -306,4 +306,4 @@ def file_parts(value: str, flags: str, cwd: Path, suffix: str | None = None) -> 
     if end > 1 and chars[end - 1] == quote:
         end -= 1
     chars[end] = quote
-    return "".join(chars[start:end + 1])
+    return "".join(chars[start : end + 1])

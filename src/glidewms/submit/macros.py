@@ -27,8 +27,21 @@ CLUSTER_SENTINEL = "\x00cluster\x00"
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./")
 _DEFAULT_EXTRA = frozenset("$ ,\\:")
-FUNCTIONS = frozenset({"ENV", "RANDOM_CHOICE", "RANDOM_INTEGER", "CHOICE", "SUBSTR", "INT",
-                       "REAL", "STRING", "EVAL", "BASENAME", "DIRNAME"})
+FUNCTIONS = frozenset(
+    {
+        "ENV",
+        "RANDOM_CHOICE",
+        "RANDOM_INTEGER",
+        "CHOICE",
+        "SUBSTR",
+        "INT",
+        "REAL",
+        "STRING",
+        "EVAL",
+        "BASENAME",
+        "DIRNAME",
+    }
+)
 _F_LETTERS = frozenset("pnxdqabfwu")
 
 
@@ -122,10 +135,15 @@ class Expander:
     a name in `volatile_names` or on a random function (so it cannot be cached).
     """
 
-    def __init__(self, lookup: Lookup, limits: Limits, error: Callable[[str], SubmitError],
-                 functions: Callable[[Expander, str, str], str],
-                 volatile_names: frozenset[str] = frozenset(),
-                 undefined: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        lookup: Lookup,
+        limits: Limits,
+        error: Callable[[str], SubmitError],
+        functions: Callable[[Expander, str, str], str],
+        volatile_names: frozenset[str] = frozenset(),
+        undefined: Callable[[str], None] | None = None,
+    ):
         self.lookup, self.limits, self.error = lookup, limits, error
         self.functions, self.volatile_names = functions, volatile_names
         self.undefined = undefined
@@ -147,8 +165,10 @@ class Expander:
         if "$" not in text:
             return text
         if len(stack) > self.limits.max_macro_depth:
-            raise self.error(f"macros nested more than {self.limits.max_macro_depth} deep "
-                             f"({' -> '.join(stack[-5:])} ...)")
+            raise self.error(
+                f"macros nested more than {self.limits.max_macro_depth} deep "
+                f"({' -> '.join(stack[-5:])} ...)"
+            )
         while True:
             new = self._pass(text, stack)
             if new == text:
@@ -162,18 +182,21 @@ class Expander:
         while (ref := find_macro(text, pos)) is not None:
             self._substitutions += 1
             if self._substitutions > self.limits.max_substitutions:
-                raise self.error("macro expansion does not end: more than "
-                                 f"{self.limits.max_substitutions} substitutions")
+                raise self.error(
+                    "macro expansion does not end: more than "
+                    f"{self.limits.max_substitutions} substitutions"
+                )
             if ref.func is None:
                 value = self.value_of(ref.body, stack)
             else:
                 value = self.functions(self, ref.func, ref.body)
-            parts.append(text[pos:ref.start])
+            parts.append(text[pos : ref.start])
             parts.append(value)
             size += ref.start - pos + len(value)
             if size > self.limits.max_value_bytes:
-                raise self.error(f"a value expands to more than "
-                                 f"{self.limits.max_value_bytes} bytes")
+                raise self.error(
+                    f"a value expands to more than {self.limits.max_value_bytes} bytes"
+                )
             pos = ref.end
         if not parts:
             return text
@@ -185,7 +208,7 @@ class Expander:
         name, colon, default = body.partition(":")
         lower = name.lower()
         if lower in stack:
-            chain = " -> ".join(f"$({n})" for n in (*stack[stack.index(lower):], lower))
+            chain = " -> ".join(f"$({n})" for n in (*stack[stack.index(lower) :], lower))
             raise self.error(f"macro $({name}) refers to itself ({chain})")
         if lower in self.volatile_names:
             self.volatile = True
@@ -193,8 +216,9 @@ class Expander:
         if raw is not None and raw != "":
             value = self.expand_inner(raw, (*stack, lower))
             if len(value) > self.limits.max_value_bytes:
-                raise self.error(f"$({name}) expands to more than "
-                                 f"{self.limits.max_value_bytes} bytes")
+                raise self.error(
+                    f"$({name}) expands to more than {self.limits.max_value_bytes} bytes"
+                )
             return value
         if colon:
             return self.expand_inner(default, stack)
@@ -213,9 +237,9 @@ class Expander:
         parts, pos = [], 0
         while (ref := find_macro(text, pos, skip_dollar=False)) is not None:
             if ref.func is None and ref.body.lower() == "dollar":
-                parts.append(text[pos:ref.start] + "$")
+                parts.append(text[pos : ref.start] + "$")
             else:
-                parts.append(text[pos:ref.end])
+                parts.append(text[pos : ref.end])
             pos = ref.end
         parts.append(text[pos:])
         return "".join(parts)
@@ -229,12 +253,12 @@ def expand_self(value: str, name: str, current: str | None) -> str:
         return value
     parts, pos = [], 0
     while (ref := find_macro(value, pos)) is not None:
-        parts.append(value[pos:ref.start])
+        parts.append(value[pos : ref.start])
         key, colon, default = ref.body.partition(":")
         if ref.func is None and key.lower() == lower:
             parts.append(current if current else (default if colon else ""))
         else:
-            parts.append(value[ref.start:ref.end])
+            parts.append(value[ref.start : ref.end])
         pos = ref.end
     parts.append(value[pos:])
     return "".join(parts)
@@ -252,9 +276,11 @@ def macro_names(text: str) -> list[str]:
 
 def mapping_lookup(*layers: Mapping[str, str]) -> Lookup:
     """A lookup over dicts keyed by lower-case name, first hit wins."""
+
     def lookup(name: str) -> str | None:
         for layer in layers:
             if name in layer:
                 return layer[name]
         return None
+
     return lookup

@@ -97,11 +97,14 @@ class JobDescription:
         attrs = {k: fill(v) for k, v in self.attrs.items()}
         attrs["ClusterId"] = str(cluster_id)
         return dataclasses.replace(
-            self, attrs=attrs, args=[fill(a) for a in self.args],
+            self,
+            attrs=attrs,
+            args=[fill(a) for a in self.args],
             env={k: fill(v) for k, v in self.env.items()},
             out=None if self.out is None else fill(self.out),
             err=None if self.err is None else fill(self.err),
-            transfer_output=None if self.transfer_output is None
+            transfer_output=None
+            if self.transfer_output is None
             else [fill(t) for t in self.transfer_output],
         )
 

@@ -28,8 +28,21 @@ _QUALIFIERS = {"files", "dirs", "any", "table"}
 _SLICE_RE = re.compile(r"\[\s*(-?\d*)\s*(?::\s*(-?\d*)\s*)?(?::\s*(\d*)\s*)?\]")
 _VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _TOKEN_SPLIT = re.compile(r"[ ,\t\r\n]+")
-RESERVED_VARS = frozenset({"cluster", "clusterid", "process", "procid", "step", "itemindex",
-                           "row", "dollar", "jobid", "joblistid", "node"})
+RESERVED_VARS = frozenset(
+    {
+        "cluster",
+        "clusterid",
+        "process",
+        "procid",
+        "step",
+        "itemindex",
+        "row",
+        "dollar",
+        "jobid",
+        "joblistid",
+        "node",
+    }
+)
 
 
 @dataclass
@@ -59,7 +72,7 @@ def parse_queue_args(text: str) -> QueueArgs:
             if slice_ is not None:
                 raise ValueError("more than one slice")
             slice_ = _slice(m)
-            rest = rest[m.end():].lstrip()
+            rest = rest[m.end() :].lstrip()
             continue
         word = re.match(r"[A-Za-z]+(?=[\s(\[]|$)", rest)
         if word is None or word.group(0).lower() not in _QUALIFIERS:
@@ -70,7 +83,7 @@ def parse_queue_args(text: str) -> QueueArgs:
         if mode != "matching":
             raise ValueError(f"'{q}' can only follow 'matching'")
         qualifier = q
-        rest = rest[word.end():].lstrip()
+        rest = rest[word.end() :].lstrip()
     args = QueueArgs(count=1, mode=mode, qualifier=qualifier, slice=slice_)
     if rest.startswith("(") and rest.endswith(")"):
         inner = rest[1:-1]
@@ -86,8 +99,10 @@ def parse_queue_args(text: str) -> QueueArgs:
         if not rest:
             raise ValueError("'from' needs a file name, '-' or a list in ( )")
         if rest.endswith("|"):
-            raise ValueError("queue from a command ('|') is not supported by glidewms: "
-                             "run the command and queue from its output file")
+            raise ValueError(
+                "queue from a command ('|') is not supported by glidewms: "
+                "run the command and queue from its output file"
+            )
         args.where = rest
     else:
         args.items = _tokens(rest)
@@ -148,8 +163,10 @@ def add_external(args: QueueArgs, text: str, source: str, warn: list[str]) -> No
     while (line := reader.next()) is not None:
         number, row = line
         if row.startswith("#"):
-            warn.append(f"{source}:{number}: '{row[:40]}' is queued as an item: condor_submit "
-                        "does not skip comments in item files")
+            warn.append(
+                f"{source}:{number}: '{row[:40]}' is queued as an item: condor_submit "
+                "does not skip comments in item files"
+            )
         args.items.append(row)
 
 
@@ -158,8 +175,11 @@ def glob_items(args: QueueArgs, base: Path, warn: list[str]) -> None:
     directories end with `/`. No match is a warning, as in condor_submit."""
     found: list[str] = []
     for pattern in args.items:
-        matched = sorted(glob.glob(pattern, root_dir=base)) if glob.has_magic(pattern) else \
-            ([pattern] if (base / pattern).exists() else [])
+        matched = (
+            sorted(glob.glob(pattern, root_dir=base))
+            if glob.has_magic(pattern)
+            else ([pattern] if (base / pattern).exists() else [])
+        )
         if not matched:
             warn.append(f"'{pattern}' matches nothing")
         for name in matched:
@@ -189,5 +209,5 @@ def split_row(item: str, columns: int) -> list[str]:
             values.append("")
             continue
         values[-1] = prev[:cut].rstrip(ws)
-        values.append(prev[cut + 1:].lstrip(ws))
+        values.append(prev[cut + 1 :].lstrip(ws))
     return values

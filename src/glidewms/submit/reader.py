@@ -72,8 +72,9 @@ class Reader:
 
     def read(self, text: str, source: str) -> None:
         if len(self._files) >= self.ctx.limits.max_include_depth:
-            raise SubmitError(f"includes nested more than {self.ctx.limits.max_include_depth} "
-                              "deep", source)
+            raise SubmitError(
+                f"includes nested more than {self.ctx.limits.max_include_depth} deep", source
+            )
         if source in self._files:
             raise SubmitError("the file includes itself", source)
         self._files.append(source)
@@ -107,14 +108,15 @@ class Reader:
                 continue
             here = self._statement(line, source, number, lines)
         if here is not None:
-            raise SubmitError(f"end of file while looking for '@{here[1]}' (started here)",
-                              source, here[3])
+            raise SubmitError(
+                f"end of file while looking for '@{here[1]}' (started here)", source, here[3]
+            )
         if ifs.frames:
-            raise SubmitError("this if has no endif before the end of the file", source,
-                              ifs.lines[-1])
+            raise SubmitError(
+                "this if has no endif before the end of the file", source, ifs.lines[-1]
+            )
 
-    def _if_statement(self, line: str, ifs: conditions.IfStack, source: str,
-                      number: int) -> bool:
+    def _if_statement(self, line: str, ifs: conditions.IfStack, source: str, number: int) -> bool:
         m = _IF.match(line)
         if m is None:
             return False
@@ -146,26 +148,30 @@ class Reader:
 
     # ------------------------------------------------------------ statements
 
-    def _statement(self, line: str, source: str, number: int,
-                   lines: LineReader) -> tuple[str, str, list[str], int] | None:
+    def _statement(
+        self, line: str, source: str, number: int, lines: LineReader
+    ) -> tuple[str, str, list[str], int] | None:
         m = _NAME_END.search(line)
         if m is None:
             self._queue_or_error(line, source, number, lines)
             return None
-        name, rest = line[: m.start()], line[m.start():]
+        name, rest = line[: m.start()], line[m.start() :]
         stripped = rest.lstrip()
         word_before_op = ""
         if stripped[:1] not in ("=", ":"):
             op_at = re.search(r"[=:@+]", stripped)
             word_before_op = stripped[: op_at.start()] if op_at else stripped
-            stripped = stripped[op_at.start():] if op_at else ""
+            stripped = stripped[op_at.start() :] if op_at else ""
         op, rhs = self._operator(stripped)
         keyword = name.lstrip("@").lower()
         if op == ":" and keyword in _KEYWORD_OPS:
             self._keyword(keyword, word_before_op.strip(), rhs, source, number)
             return None
-        if word_before_op.strip() or not (op in ("=", "@=") or op.startswith("+")) or \
-                name.lower() == "queue":
+        if (
+            word_before_op.strip()
+            or not (op in ("=", "@=") or op.startswith("+"))
+            or name.lower() == "queue"
+        ):
             self._queue_or_error(line, source, number, lines)
             return None
         if "$" in name:
@@ -175,8 +181,9 @@ class Reader:
         if name.lower().startswith("my.") and op == "=":
             return self._plus("+" + name[3:], rhs, source, number)
         if not _PARAM_NAME.fullmatch(name):
-            raise SubmitError(f"{name!r} is not a valid submit command or macro name", source,
-                              number)
+            raise SubmitError(
+                f"{name!r} is not a valid submit command or macro name", source, number
+            )
         if op == "@=":
             return name, rhs, [], number
         if op.startswith("+"):
@@ -191,7 +198,7 @@ class Reader:
         if text.startswith("@="):
             return "@=", text[2:].strip()
         if m := _PLUS_OP.match(text):
-            return "+" + m.group(1) + "=", text[m.end():].lstrip()
+            return "+" + m.group(1) + "=", text[m.end() :].lstrip()
         return "", text
 
     def _append(self, name: str, op: str, rhs: str) -> str:
@@ -215,8 +222,9 @@ class Reader:
     def _plus(self, name: str, rhs: str, source: str, number: int) -> None:
         attr = name[1:]
         if not _ATTR_NAME.fullmatch(attr):
-            raise SubmitError(f"{name}: {attr!r} is not a valid ClassAd attribute name", source,
-                              number)
+            raise SubmitError(
+                f"{name}: {attr!r} is not a valid ClassAd attribute name", source, number
+            )
         lower = "my." + attr.lower()
         if name[0] == "-" or not rhs:
             self.macros.pop(lower, None)
@@ -232,8 +240,12 @@ class Reader:
         if keyword == "include":
             self._include(options, rhs, source, number)
         elif keyword == "use":
-            raise SubmitError(f"use {options}: submit templates (use STRICT/TEMPLATE) are not "
-                              "supported by glidewms", source, number)
+            raise SubmitError(
+                f"use {options}: submit templates (use STRICT/TEMPLATE) are not "
+                "supported by glidewms",
+                source,
+                number,
+            )
         elif keyword == "error":
             message = self.expand(rhs, source, number)
             raise SubmitError(f"error statement: {message}", source, number)
@@ -246,10 +258,13 @@ class Reader:
         if words[:1] in (["ifexist"], ["ifexists"]):
             must_exist, words = False, words[1:]
         if words[:1] in (["command"], ["output"]):
-            raise SubmitError("include command: not supported by glidewms: reading a submit "
-                              "file never runs commands (so that checking one has no side "
-                              "effects); run the command and include its output file",
-                              source, number)
+            raise SubmitError(
+                "include command: not supported by glidewms: reading a submit "
+                "file never runs commands (so that checking one has no side "
+                "effects); run the command and include its output file",
+                source,
+                number,
+            )
         if words:
             raise SubmitError(f"unexpected keyword(s) '{options}' after include", source, number)
         name = self.expand(rhs, source, number).strip()
@@ -258,8 +273,9 @@ class Reader:
         path = self.ctx.base_dir / name
         if not path.is_file():
             if must_exist:
-                raise SubmitError(f"include: no such file: {name!r} (looked for {path})",
-                                  source, number)
+                raise SubmitError(
+                    f"include: no such file: {name!r} (looked for {path})", source, number
+                )
             return
         data = self.ctx.read_bytes(path, source, number, self.ctx.limits.max_file_bytes)
         self.read(decode(data, str(path), self.ctx.limits, "included file"), str(path))
@@ -269,8 +285,11 @@ class Reader:
     def _queue_or_error(self, line: str, source: str, number: int, lines: LineReader) -> None:
         m = _QUEUE.fullmatch(line)
         if m is None:
-            raise SubmitError(f"expected 'key = value', a comment or a queue statement, got "
-                              f"{line!r}", source, number)
+            raise SubmitError(
+                f"expected 'key = value', a comment or a queue statement, got {line!r}",
+                source,
+                number,
+            )
         text = self.expand(m.group(1) or "", source, number)
         try:
             args = parse_queue_args(text)
@@ -284,28 +303,37 @@ class Reader:
             if args.slice is not None:
                 indexed = indexed[args.slice]
             width = len(args.names)
-            rows = [(i, split_row(item, width) if args.mode == "from" else [item])
-                    for i, item in indexed]
+            rows = [
+                (i, split_row(item, width) if args.mode == "from" else [item])
+                for i, item in indexed
+            ]
             for i, values in rows:
                 empty = [n for n, v in zip(args.names, values, strict=True) if not v]
                 if empty:
-                    self.ctx.warn(source, number, f"empty value(s) for {','.join(empty)} at "
-                                  f"ItemIndex={i}")
+                    self.ctx.warn(
+                        source, number, f"empty value(s) for {','.join(empty)} at ItemIndex={i}"
+                    )
         self.jobs += args.count * len(rows)
         if self.jobs > self.ctx.limits.max_jobs:
-            raise SubmitError(f"queue: more than {self.ctx.limits.max_jobs} jobs in one submit "
-                              "(the limit is GLIDEWMS_SUBMIT_MAX_JOBS)", source, number)
+            raise SubmitError(
+                f"queue: more than {self.ctx.limits.max_jobs} jobs in one submit "
+                "(the limit is GLIDEWMS_SUBMIT_MAX_JOBS)",
+                source,
+                number,
+            )
         self.blocks.append(Block(source, number, args, rows, dict(self.macros)))
         self.after_queue = None
 
-    def _load_items(self, args: QueueArgs, source: str, number: int,
-                    lines: LineReader) -> None:
+    def _load_items(self, args: QueueArgs, source: str, number: int, lines: LineReader) -> None:
         if args.where == "<":
             while True:
                 item = lines.next()
                 if item is None:
-                    raise SubmitError("queue: item list '(' is never closed with a line "
-                                      "starting ')'", source, number)
+                    raise SubmitError(
+                        "queue: item list '(' is never closed with a line starting ')'",
+                        source,
+                        number,
+                    )
                 if item[1].startswith(")"):
                     break
                 if not item[1].startswith("#"):
@@ -315,10 +343,15 @@ class Reader:
             add_external(args, text, "<stdin>", self.ctx.warnings)
         elif args.where is not None:
             path = self.ctx.base_dir / args.where
-            data = self.ctx.read_bytes(path, source, number,
-                                       self.ctx.limits.max_items_file_bytes, "queue from")
-            add_external(args, decode(data, str(path), self.ctx.limits, "item list"),
-                         args.where, self.ctx.warnings)
+            data = self.ctx.read_bytes(
+                path, source, number, self.ctx.limits.max_items_file_bytes, "queue from"
+            )
+            add_external(
+                args,
+                decode(data, str(path), self.ctx.limits, "item list"),
+                args.where,
+                self.ctx.warnings,
+            )
         if args.mode == "matching":
             found: list[str] = []
             glob_items(args, self.ctx.base_dir, found)
@@ -333,9 +366,12 @@ class Reader:
             return text
         self.referenced.update(macro_names(text))
         values = {k: a.value for k, a in self.macros.items()}
-        x = Expander(mapping_lookup(self.ctx.parse_live, values, self.ctx.defaults),
-                     self.ctx.limits, lambda msg: SubmitError(msg, source, number),
-                     self.ctx.functions)
+        x = Expander(
+            mapping_lookup(self.ctx.parse_live, values, self.ctx.defaults),
+            self.ctx.limits,
+            lambda msg: SubmitError(msg, source, number),
+            self.ctx.functions,
+        )
         return x.expand(text)
 
     def finish(self, source: str) -> None:
@@ -343,8 +379,12 @@ class Reader:
             raise SubmitError("no queue statement: add 'queue' to submit the job", source)
         if self.after_queue is not None:
             a = self.after_queue
-            self.ctx.warn(a.source, a.line, f"{a.key}: commands after the last queue statement "
-                          "are ignored (as by condor_submit)")
+            self.ctx.warn(
+                a.source,
+                a.line,
+                f"{a.key}: commands after the last queue statement "
+                "are ignored (as by condor_submit)",
+            )
         self._check_typos()
 
     def _check_typos(self) -> None:
@@ -357,7 +397,9 @@ class Reader:
                 continue
             close = difflib.get_close_matches(lower, known, n=1, cutoff=0.8)
             if close and close[0] != lower:
-                raise SubmitError(f"unknown command {assign.key!r}; did you mean "
-                                  f"{commands.BY_NAME[close[0]].name!r}?", assign.source,
-                                  assign.line)
-
+                raise SubmitError(
+                    f"unknown command {assign.key!r}; did you mean "
+                    f"{commands.BY_NAME[close[0]].name!r}?",
+                    assign.source,
+                    assign.line,
+                )

@@ -32,8 +32,14 @@ if TYPE_CHECKING:
 
 _SIZE_RE = re.compile(r"\s*(\d+)(?:\.(\d*))?\s*(?:([KMGTkmgt])(?:i?[bB])?)?\s*")
 _UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_SPECIAL_REQUESTS = {"request_cpus", "request_memory", "request_disk", "request_gpus",
-                     "request_cpu", "request_gpu"}
+_SPECIAL_REQUESTS = {
+    "request_cpus",
+    "request_memory",
+    "request_disk",
+    "request_gpus",
+    "request_cpu",
+    "request_gpu",
+}
 _NAME_RE = re.compile(r"[A-Za-z0-9_.@-]+")
 _LIMIT_RE = re.compile(r"[A-Za-z0-9_.]+(?::\d+(?:\.\d*)?)?")
 _checked_requests: dict[tuple[str, str], object] = {}
@@ -57,31 +63,54 @@ def requests(job: JobBuilder) -> None:
         _request(job, "request_gpus", "RequestGPUs", 1, 0, whole=True, minimum=0)
         _gpu_properties(job)
     else:
-        for name in ("require_gpus", "gpus_minimum_capability", "gpus_maximum_capability",
-                     "gpus_minimum_memory", "gpus_minimum_runtime"):
+        for name in (
+            "require_gpus",
+            "gpus_minimum_capability",
+            "gpus_maximum_capability",
+            "gpus_minimum_memory",
+            "gpus_minimum_runtime",
+        ):
             if got := job.get(name):
-                job.ctx.warn(got.source, got.line, f"{got.key} is ignored without request_gpus "
-                             "(as condor_submit ignores it)")
+                job.ctx.warn(
+                    got.source,
+                    got.line,
+                    f"{got.key} is ignored without request_gpus (as condor_submit ignores it)",
+                )
     _custom(job)
     if got := job.get("cuda_version"):
         m = re.fullmatch(r"(\d+)(?:\.(\d+))?", got.value)
         if m is None:
             raise job.fail(got, f"expected a version such as 12.1, got {got.value!r}")
         major = int(m.group(1))
-        version = major * 1000 + int(m.group(2)) % 100 if m.group(2) is not None else \
-            (major * 1000 if major < 1000 else major)
+        version = (
+            major * 1000 + int(m.group(2)) % 100
+            if m.group(2) is not None
+            else (major * 1000 if major < 1000 else major)
+        )
         job.attrs["CUDAVersion"] = str(version)
         job.clauses.append("CUDAVersion <= TARGET.CUDAMaxSupportedVersion")
 
 
-def _request(job: JobBuilder, command: str, attr: str, base: int, default: int,
-             whole: bool = False, minimum: int = 1) -> None:
+def _request(
+    job: JobBuilder,
+    command: str,
+    attr: str,
+    base: int,
+    default: int,
+    whole: bool = False,
+    minimum: int = 1,
+) -> None:
     got = job.get(command)
     if got is None:
         job.attrs[attr] = str(default)
         return
-    value = int(got.value) if whole and re.fullmatch(r"\s*\d+\s*", got.value) else \
-        size(got.value, base) if not whole else None
+    value = (
+        int(got.value)
+        if whole and re.fullmatch(r"\s*\d+\s*", got.value)
+        else size(got.value, base)
+        if not whole
+        else None
+    )
     if value is not None:
         if value < minimum:
             raise job.fail(got, f"expected at least {minimum}, got {got.value!r}")
@@ -105,20 +134,23 @@ def _gpu_properties(job: JobBuilder) -> None:
     text = job.expr(require) if require else ""
     clauses = []
     for command, attr, prop, op in (
-            ("gpus_minimum_capability", "GPUsMinCapability", "Capability", ">="),
-            ("gpus_maximum_capability", "GPUsMaxCapability", "Capability", "<="),
-            ("gpus_minimum_memory", "GPUsMinMemory", "GlobalMemoryMb", ">="),
-            ("gpus_minimum_runtime", "GPUsMinRuntime", "MaxSupportedVersion", ">=")):
+        ("gpus_minimum_capability", "GPUsMinCapability", "Capability", ">="),
+        ("gpus_maximum_capability", "GPUsMaxCapability", "Capability", "<="),
+        ("gpus_minimum_memory", "GPUsMinMemory", "GlobalMemoryMb", ">="),
+        ("gpus_minimum_runtime", "GPUsMinRuntime", "MaxSupportedVersion", ">="),
+    ):
         got = job.get(command)
         if got is None:
             continue
         if command == "gpus_minimum_memory" and (mb := size(got.value, 1024**2)) is not None:
             job.attrs[attr] = str(mb)
         elif command == "gpus_minimum_runtime" and (
-                m := re.fullmatch(r"(\d+)(?:\.(\d+))?", got.value)):
+            m := re.fullmatch(r"(\d+)(?:\.(\d+))?", got.value)
+        ):
             major, minor = int(m.group(1)), int(m.group(2) or 0)
-            job.attrs[attr] = str(major if m.group(2) is None and major > 1000
-                                  else major * 1000 + minor * 10)
+            job.attrs[attr] = str(
+                major if m.group(2) is None and major > 1000 else major * 1000 + minor * 10
+            )
         else:
             job.attrs[attr] = job.expr(got)
         if not re.search(rf"\b{prop}\b", text, re.IGNORECASE):
@@ -138,7 +170,7 @@ def _custom(job: JobBuilder) -> None:
             continue
         if lower in commands.BY_NAME:
             continue
-        tag = assign.key[len("request_"):]
+        tag = assign.key[len("request_") :]
         if len(tag) < 2 or tag.startswith("_") or not re.fullmatch(r"[A-Za-z0-9_]+", tag):
             continue
         value = job.expand(assign.value, assign.source, assign.line).strip()
@@ -156,13 +188,16 @@ def _custom(job: JobBuilder) -> None:
                 raise job.fail(job.got_of(require), f"not a valid ClassAd expression: {rtext!r}")
             job.attrs["Require" + tag] = rtext
             job.flags.setdefault("custom", []).append(  # type: ignore[union-attr]
-                f"countMatches(MY.Require{tag}, TARGET.Available{tag}) >= {attr}")
+                f"countMatches(MY.Require{tag}, TARGET.Available{tag}) >= {attr}"
+            )
         elif value.startswith('"'):
             job.flags.setdefault("custom", []).append(  # type: ignore[union-attr]
-                f"regexp({attr}, TARGET.{tag})")
+                f"regexp({attr}, TARGET.{tag})"
+            )
         else:
             job.flags.setdefault("custom", []).append(  # type: ignore[union-attr]
-                f"TARGET.{tag} >= {attr}")
+                f"TARGET.{tag} >= {attr}"
+            )
 
 
 def policy(job: JobBuilder) -> None:
@@ -181,8 +216,9 @@ def policy(job: JobBuilder) -> None:
             job.attrs["AccountingGroup"] = quote(name)
     limits, limits_expr = job.get("concurrency_limits"), job.get("concurrency_limits_expr")
     if limits and limits_expr:
-        raise job.fail(limits_expr, "concurrency_limits and concurrency_limits_expr can't be "
-                       "used together")
+        raise job.fail(
+            limits_expr, "concurrency_limits and concurrency_limits_expr can't be used together"
+        )
     if limits:
         names = sorted(n for n in re.split(r"[ ,\t\r\n]+", limits.value.lower()) if n)
         for name in names:
@@ -201,19 +237,29 @@ def requirements(job: JobBuilder) -> None:
     for attr, got, minimum, whole in job.flags.get("request_exprs", []):  # type: ignore
         _check_request(job, attr, got, minimum, whole)
     if job.flags.get("forced:requirements"):
-        job.ctx.warn(job.block.source, job.block.line, "+Requirements replaces the requirements "
-                     "glidewms adds (resources, containers, transfers): the job may match "
-                     "slots that cannot run it")
+        job.ctx.warn(
+            job.block.source,
+            job.block.line,
+            "+Requirements replaces the requirements "
+            "glidewms adds (resources, containers, transfers): the job may match "
+            "slots that cannot run it",
+        )
         return
     clauses: list[str] = []
     if req := job.get("requirements"):
         clauses.append(job.expr(req))
-    clauses += ["TARGET.Cpus >= RequestCpus", "TARGET.Memory >= RequestMemory",
-                "TARGET.Disk >= RequestDisk"]
+    clauses += [
+        "TARGET.Cpus >= RequestCpus",
+        "TARGET.Memory >= RequestMemory",
+        "TARGET.Disk >= RequestDisk",
+    ]
     gpus = job.attrs.get("RequestGPUs")
     if gpus is not None and gpus != "0":
-        clauses.append("countMatches(MY.RequireGPUs, TARGET.AvailableGPUs) >= RequestGPUs"
-                       if "RequireGPUs" in job.attrs else "TARGET.GPUs >= RequestGPUs")
+        clauses.append(
+            "countMatches(MY.RequireGPUs, TARGET.AvailableGPUs) >= RequestGPUs"
+            if "RequireGPUs" in job.attrs
+            else "TARGET.GPUs >= RequestGPUs"
+        )
     clauses += job.flags.get("custom", [])  # type: ignore[arg-type]
     clauses += job.clauses
     job.attrs["Requirements"] = " && ".join(f"({c})" for c in clauses)

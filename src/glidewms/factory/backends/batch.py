@@ -58,9 +58,12 @@ class BatchBackend(Backend):
     task_index: ClassVar[str]  # shell arithmetic: the 0-based index of this task
     job_ref: ClassVar[str]  # shell word: this task's job reference, for the pilot log
 
-    def __init__(self, context: BackendContext,
-                 shell_factory: Callable[[EntryConfig], Shell] | None = None,
-                 log_dirs: Callable[[EntryConfig], str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        context: BackendContext,
+        shell_factory: Callable[[EntryConfig], Shell] | None = None,
+        log_dirs: Callable[[EntryConfig], str] | None = None,
+    ) -> None:
         super().__init__(context)
         self._shell_factory = shell_factory
         self._log_dirs = log_dirs
@@ -79,7 +82,8 @@ class BatchBackend(Backend):
         key = self.shell_key(entry)
         if key not in self._shells:
             factory = self._shell_factory or (
-                lambda e: LocalShell(e.batch.env, e.batch.command_prefix))
+                lambda e: LocalShell(e.batch.env, e.batch.command_prefix)
+            )
             self._shells[key] = factory(entry)
         return self._shells[key]
 
@@ -137,22 +141,33 @@ class BatchBackend(Backend):
     # -- what subclasses share ---------------------------------------------------
 
     @staticmethod
-    def directive_lines(prefix: str, lines: Sequence[str], batch: BatchConfig, *, queue: str,
-                        account: str, project: str | None = None) -> list[str]:  # fmt: skip
+    def directive_lines(
+        prefix: str,
+        lines: Sequence[str],
+        batch: BatchConfig,
+        *,
+        queue: str,
+        account: str,
+        project: str | None = None,
+    ) -> list[str]:
         """`lines`, then the entry's queue, project and account as the system spells
         them (each option a format with one `{}`, e.g. `--partition={}`; project only
         where the system has one), then the entry's own `options`, each after the
         directive `prefix` (`#SBATCH`, `#$`)."""
         out = list(lines)
-        for option, value in ((queue, batch.queue), (project, batch.project),
-                              (account, batch.account)):  # fmt: skip
+        for option, value in (
+            (queue, batch.queue),
+            (project, batch.project),
+            (account, batch.account),
+        ):
             if option and value:
                 out.append(option.format(value))
         out += batch.options
         return [f"{prefix} {line}" for line in out]
 
-    async def run_checked(self, shell: Shell, entry: EntryConfig, argv: Sequence[str],
-                          stdin: str | None = None) -> CommandResult:  # fmt: skip
+    async def run_checked(
+        self, shell: Shell, entry: EntryConfig, argv: Sequence[str], stdin: str | None = None
+    ) -> CommandResult:
         """Run a batch command (the entry's timeout); a non-zero exit raises BackendError
         with what it said."""
         result = await shell.run(argv, stdin=stdin, timeout=entry.batch.command_timeout)
@@ -160,8 +175,14 @@ class BatchBackend(Backend):
             raise BackendError(result.describe(argv))
         return result
 
-    async def remove_in_chunks(self, shell: Shell, entry: EntryConfig, command: Sequence[str],
-                               refs: Sequence[str], per_call: int) -> None:  # fmt: skip
+    async def remove_in_chunks(
+        self,
+        shell: Shell,
+        entry: EntryConfig,
+        command: Sequence[str],
+        refs: Sequence[str],
+        per_call: int,
+    ) -> None:
         """`command` with the refs, a chunk at a time. Jobs that already ended make batch
         systems complain while the others go: a failure is logged (in the backend's
         own module's log), not raised."""
@@ -179,13 +200,15 @@ class BatchBackend(Backend):
         """The job script's directive lines (`#SBATCH ...`, `#$ ...`)."""
 
     @abstractmethod
-    async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
-                           count: int) -> list[str]:  # fmt: skip
+    async def submit_array(
+        self, shell: Shell, entry: EntryConfig, script: str, count: int
+    ) -> list[str]:
         """Submit one array of `count` tasks; their job refs in task order."""
 
     @abstractmethod
-    async def query(self, shell: Shell, entry: EntryConfig,
-                    refs: Sequence[str]) -> dict[str, PilotState]:  # fmt: skip
+    async def query(
+        self, shell: Shell, entry: EntryConfig, refs: Sequence[str]
+    ) -> dict[str, PilotState]:
         """The state of each job ref, in as few commands as possible."""
 
     @abstractmethod
@@ -298,8 +321,10 @@ class BatchBackend(Backend):
             return PilotLogs("", "")
         shell, log_dir = self.shell(entry), self.log_dir(entry)
         out_name, err_name = self.log_names(entry, ref)
-        return PilotLogs(await shell.read_tail(f"{log_dir}/{out_name}"),
-                         await shell.read_tail(f"{log_dir}/{err_name}"))  # fmt: skip
+        return PilotLogs(
+            await shell.read_tail(f"{log_dir}/{out_name}"),
+            await shell.read_tail(f"{log_dir}/{err_name}"),
+        )
 
     async def close(self) -> None:
         for shell in self._shells.values():

@@ -85,8 +85,17 @@ GRID_STATUS: dict[str, PilotState] = {
     "COMPLETED": PilotState.finished,
     "REMOVED": PilotState.removed,
 }
-PROJECTION = ["ClusterId", "ProcId", "JobStatus", "GridJobStatus", "HoldReason", "ExitCode",
-              "ExitBySignal", "GlideWMS_GlideinId", "GlideWMS_Entry"]  # fmt: skip
+PROJECTION = [
+    "ClusterId",
+    "ProcId",
+    "JobStatus",
+    "GridJobStatus",
+    "HoldReason",
+    "ExitCode",
+    "ExitBySignal",
+    "GlideWMS_GlideinId",
+    "GlideWMS_Entry",
+]
 LEAVE_SECONDS = 1800  # ended jobs stay queued this long: the factory reads their ExitCode
 SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 REF = re.compile(r"^(\d+)\.(\d+)$")
@@ -138,8 +147,9 @@ def condor_state(ad: Mapping[str, Any]) -> PilotState:
             log.warning("unknown GridJobStatus %r", grid)
         elif remote in (PilotState.queued, PilotState.running, PilotState.held):
             state = remote
-    if state is PilotState.finished and (ad.get("ExitBySignal") is True
-                                         or _int(ad.get("ExitCode")) not in (0, None)):
+    if state is PilotState.finished and (
+        ad.get("ExitBySignal") is True or _int(ad.get("ExitCode")) not in (0, None)
+    ):
         return PilotState.failed
     return state
 
@@ -155,8 +165,9 @@ def quote_arguments(words: Sequence[str]) -> str:
     """HTCondor's "new syntax" for `arguments`/`environment`: every word single-quoted
     (a ' doubled inside), the whole in double quotes (a " doubled), and each `$`
     as `$(DOLLAR)` so that no word is taken for a submit macro."""
-    quoted = ["'" + w.replace("'", "''").replace('"', '""').replace("$", "$(DOLLAR)") + "'"
-              for w in words]  # fmt: skip
+    quoted = [
+        "'" + w.replace("'", "''").replace('"', '""').replace("$", "$(DOLLAR)") + "'" for w in words
+    ]
     return " ".join(quoted)
 
 
@@ -167,8 +178,9 @@ def grid_resource(condor: CondorConfig) -> str:
     return " ".join(["batch", str(condor.batch_system), *remote])
 
 
-def submit_description(entry: EntryConfig, array: PilotArray, *, bootstrap: Path,
-                       log_dir: str) -> dict[str, str]:  # fmt: skip
+def submit_description(
+    entry: EntryConfig, array: PilotArray, *, bootstrap: Path, log_dir: str
+) -> dict[str, str]:
     """The submit commands of one cluster (pure: the tests read it)."""
     condor = entry.condor
     if condor is None:
@@ -195,7 +207,7 @@ def submit_description(entry: EntryConfig, array: PilotArray, *, bootstrap: Path
         "+GlideWMS_GlideinId": f'"{choice}"',
         "+maxWallTime": str(max(1, entry.walltime // 60)),  # HTCondor-CE: minutes
         "leave_in_queue": f"(JobStatus == 3 || JobStatus == 4) && "
-                          f"(time() - EnteredCurrentStatus) < {LEAVE_SECONDS}",
+        f"(time() - EnteredCurrentStatus) < {LEAVE_SECONDS}",
     }
     if isinstance(entry.cpus, int):
         description["request_cpus"] = str(entry.cpus)
@@ -232,9 +244,10 @@ class HtcondorBackend(Backend):
     can_release = True
 
     def __init__(
-        self, context: BackendContext,
+        self,
+        context: BackendContext,
         schedd_factory: Callable[[CondorConfig], ScheddLike] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(context)
         self._schedd_factory = schedd_factory or default_schedd
         self._schedds: dict[tuple[str, str | None], ScheddLike] = {}
@@ -277,11 +290,13 @@ class HtcondorBackend(Backend):
                 await LocalShell().make_dirs(log_dir)
                 self._prepared.add(log_dir)
             for array in pilot_arrays(pilots, entry.batch.array_size):
-                description = submit_description(entry, array, bootstrap=self.context.bootstrap,
-                                                 log_dir=log_dir)  # fmt: skip
+                description = submit_description(
+                    entry, array, bootstrap=self.context.bootstrap, log_dir=log_dir
+                )
                 count = len(array.glidein_ids)
-                result = await self._call("submit", schedd.submit,
-                                          htcondor2.Submit(description), count=count)  # fmt: skip
+                result = await self._call(
+                    "submit", schedd.submit, htcondor2.Submit(description), count=count
+                )
                 cluster = int(result.cluster())
                 submitted += [f"{entry.name}/{cluster}.{proc}" for proc in range(count)]
         except BackendError as exc:
@@ -290,8 +305,9 @@ class HtcondorBackend(Backend):
             raise BackendError(f"{type(exc).__name__}: {exc}", submitted) from exc
         return submitted
 
-    def _groups(self, backend_ids: Sequence[str]
-                ) -> tuple[dict[tuple[object, ...], tuple[EntryConfig, dict[str, str]]], list[str]]:
+    def _groups(
+        self, backend_ids: Sequence[str]
+    ) -> tuple[dict[tuple[object, ...], tuple[EntryConfig, dict[str, str]]], list[str]]:
         """Ids by (schedd, factory tag): {key: (an entry there, {"c.p": backend id})}."""
         groups: dict[tuple[object, ...], tuple[EntryConfig, dict[str, str]]] = {}
         bad: list[str] = []
@@ -302,8 +318,9 @@ class HtcondorBackend(Backend):
                 bad.append(backend_id)
                 continue
             c = entry.condor
-            groups.setdefault((c.schedd, c.collector, c.factory_tag), (entry, {}))[1][ref] = \
+            groups.setdefault((c.schedd, c.collector, c.factory_tag), (entry, {}))[1][ref] = (
                 backend_id
+            )
         return groups, bad
 
     async def status(self, backend_ids: Sequence[str]) -> dict[str, PilotState]:
@@ -312,9 +329,12 @@ class HtcondorBackend(Backend):
         for entry, refs in groups.values():
             tag = self._condor(entry).factory_tag
             try:
-                ads = await self._call("query", self.schedd(entry).query,
-                                       constraint=f'GlideWMS_Factory == "{tag}"',
-                                       projection=list(PROJECTION))  # fmt: skip
+                ads = await self._call(
+                    "query",
+                    self.schedd(entry).query,
+                    constraint=f'GlideWMS_Factory == "{tag}"',
+                    projection=list(PROJECTION),
+                )
             except BackendError as exc:
                 log.warning("htcondor status at entry %s failed: %s", entry.name, exc)
                 out.update(dict.fromkeys(refs.values(), PilotState.unknown))
@@ -346,14 +366,19 @@ class HtcondorBackend(Backend):
     async def adopt(self, entry: EntryConfig, glidein_ids: Sequence[str]) -> dict[str, str]:
         """Every proc carries its glidein id: one query finds the interrupted ones."""
         condor = self._condor(entry)
-        constraint = (f'GlideWMS_Factory == "{condor.factory_tag}" && '
-                      f'GlideWMS_Entry == "{entry.name}"')  # fmt: skip
+        constraint = (
+            f'GlideWMS_Factory == "{condor.factory_tag}" && GlideWMS_Entry == "{entry.name}"'
+        )
         projection = ["ClusterId", "ProcId", "GlideWMS_GlideinId"]
-        ads = await self._call("query", self.schedd(entry).query, constraint=constraint,
-                               projection=projection)  # fmt: skip
+        ads = await self._call(
+            "query", self.schedd(entry).query, constraint=constraint, projection=projection
+        )
         wanted = set(glidein_ids)
-        return {str(ad["GlideWMS_GlideinId"]): f"{entry.name}/{ad['ClusterId']}.{ad['ProcId']}"
-                for ad in ads if str(ad.get("GlideWMS_GlideinId")) in wanted}  # fmt: skip
+        return {
+            str(ad["GlideWMS_GlideinId"]): f"{entry.name}/{ad['ClusterId']}.{ad['ProcId']}"
+            for ad in ads
+            if str(ad.get("GlideWMS_GlideinId")) in wanted
+        }
 
     async def logs(self, backend_id: str) -> PilotLogs:
         name, _, ref = backend_id.partition("/")

@@ -77,8 +77,7 @@ class LocalId:
     def parse(cls, text: str) -> LocalId:
         try:
             entry, glidein_id, pid, starttime = text.split("/")
-            return cls(entry=entry, glidein_id=glidein_id, pid=int(pid),
-                       starttime=int(starttime))
+            return cls(entry=entry, glidein_id=glidein_id, pid=int(pid), starttime=int(starttime))
         except ValueError:
             raise ValueError(f"not a local backend id: {text!r}") from None
 
@@ -147,8 +146,12 @@ class LocalBackend(Backend):
             )
         # The child is ours and unreaped, so its /proc entry is there to read.
         stat = read_proc_stat(proc.pid)
-        local_id = LocalId(entry=entry.name, glidein_id=pilot.glidein_id, pid=proc.pid,
-                           starttime=stat[1] if stat else 0)
+        local_id = LocalId(
+            entry=entry.name,
+            glidein_id=pilot.glidein_id,
+            pid=proc.pid,
+            starttime=stat[1] if stat else 0,
+        )
         self._children[str(local_id)] = proc
         log.info("started pilot %s as pid %d", pilot.glidein_id, proc.pid)
         return local_id

@@ -61,7 +61,7 @@ def parse_marked_arrays(text: str, entry: str) -> dict[str, list[str]]:
         job, index, name = parts[0], parts[1], parts[2]
         if name.split("[")[0] != f"glidewms-{entry}" or not index.isdigit():
             continue
-        tasks.setdefault(parts[3][len(MARK):], []).append((int(index), f"{job}[{index}]"))
+        tasks.setdefault(parts[3][len(MARK) :], []).append((int(index), f"{job}[{index}]"))
     return {first: [ref for _, ref in sorted(refs)] for first, refs in tasks.items()}
 
 
@@ -94,26 +94,31 @@ class LsfBackend(BatchBackend):
 
     def directives(self, entry: EntryConfig, array: PilotArray, log_dir: str) -> list[str]:
         batch = entry.batch
-        lines = [f'-J "glidewms-{entry.name}[1-{len(array.glidein_ids)}]"',
-                 f'-Jd "{MARK}{array.glidein_ids[0]}"',
-                 f"-o {log_dir}/%J.%I.out", f"-e {log_dir}/%J.%I.err",
-                 f"-W {max(1, math.ceil(entry.walltime / 60))}"]  # fmt: skip
+        lines = [
+            f'-J "glidewms-{entry.name}[1-{len(array.glidein_ids)}]"',
+            f'-Jd "{MARK}{array.glidein_ids[0]}"',
+            f"-o {log_dir}/%J.%I.out",
+            f"-e {log_dir}/%J.%I.err",
+            f"-W {max(1, math.ceil(entry.walltime / 60))}",
+        ]
         if isinstance(entry.cpus, int):
             lines.append(f"-n {entry.cpus}")
         if isinstance(entry.memory, int):
             lines.append(f'-R "rusage[mem={entry.memory}]"')
         return self.directive_lines("#BSUB", lines, batch, queue="-q {}", account="-P {}")
 
-    async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
-                           count: int) -> list[str]:  # fmt: skip
+    async def submit_array(
+        self, shell: Shell, entry: EntryConfig, script: str, count: int
+    ) -> list[str]:
         result = await self.run_checked(shell, entry, ["bsub"], stdin=script)
         match = SUBMITTED.search(result.stdout)
         if match is None:
             raise BackendError(f"bsub printed no job id: {result.stdout.strip()!r}")
         return [f"{match.group(1)}[{i}]" for i in range(1, count + 1)]
 
-    async def query(self, shell: Shell, entry: EntryConfig,
-                    refs: Sequence[str]) -> dict[str, PilotState]:  # fmt: skip
+    async def query(
+        self, shell: Shell, entry: EntryConfig, refs: Sequence[str]
+    ) -> dict[str, PilotState]:
         jobs = sorted({ref.split("[")[0] for ref in refs}, key=int)
         seen: dict[str, PilotState] = {}
         for part in chunks(jobs, REFS_PER_CALL):

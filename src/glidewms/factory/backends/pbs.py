@@ -110,16 +110,24 @@ class PbsBackend(BatchBackend):
             select += f":ncpus={entry.cpus}"
         if isinstance(entry.memory, int):
             select += f":mem={entry.memory}mb"
-        lines = [f"-N glidewms-{entry.name}", f"-v {MARK}={array.glidein_ids[0]}",
-                 f"-o {log_dir}/", f"-e {log_dir}/",
-                 "-r n", f"-l walltime={walltime(entry.walltime)}", f"-l {select}"]  # fmt: skip
+        lines = [
+            f"-N glidewms-{entry.name}",
+            f"-v {MARK}={array.glidein_ids[0]}",
+            f"-o {log_dir}/",
+            f"-e {log_dir}/",
+            "-r n",
+            f"-l walltime={walltime(entry.walltime)}",
+            f"-l {select}",
+        ]
         if len(array.glidein_ids) > 1:
             lines.append(f"-J 0-{len(array.glidein_ids) - 1}")
-        return self.directive_lines("#PBS", lines, batch, queue="-q {}", project="-P {}",
-                                    account="-A {}")  # fmt: skip
+        return self.directive_lines(
+            "#PBS", lines, batch, queue="-q {}", project="-P {}", account="-A {}"
+        )
 
-    async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
-                           count: int) -> list[str]:  # fmt: skip
+    async def submit_array(
+        self, shell: Shell, entry: EntryConfig, script: str, count: int
+    ) -> list[str]:
         result = await self.run_checked(shell, entry, ["qsub"], stdin=script)
         printed = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
         match = JOB_ID.match(printed)
@@ -130,8 +138,9 @@ class PbsBackend(BatchBackend):
             return [f"{number}{server}"]
         return [f"{number}[{i}]{server}" for i in range(count)]
 
-    async def query(self, shell: Shell, entry: EntryConfig,
-                    refs: Sequence[str]) -> dict[str, PilotState]:  # fmt: skip
+    async def query(
+        self, shell: Shell, entry: EntryConfig, refs: Sequence[str]
+    ) -> dict[str, PilotState]:
         jobs = sorted({re.sub(r"\[\d+\]", "[]", ref) for ref in refs})
         seen: dict[str, PilotState] = {}
         for part in chunks(jobs, REFS_PER_CALL):

@@ -55,8 +55,12 @@ def pilot_arrays(pilots: Sequence[PilotSubmission], max_size: int) -> list[Pilot
     for pilot in pilots:
         args = common_arguments(pilot)
         last = arrays[-1] if arrays else None
-        if (last is not None and last.arguments == args and last.token_file == pilot.token_file
-                and len(last.glidein_ids) < max_size):  # fmt: skip
+        if (
+            last is not None
+            and last.arguments == args
+            and last.token_file == pilot.token_file
+            and len(last.glidein_ids) < max_size
+        ):
             arrays[-1] = PilotArray(args, (*last.glidein_ids, pilot.glidein_id), last.token_file)
         else:
             arrays.append(PilotArray(args, (pilot.glidein_id,), pilot.token_file))

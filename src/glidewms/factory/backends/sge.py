@@ -153,7 +153,7 @@ def parse_marked_arrays(text: str, entry: str) -> dict[str, list[str]]:
         for ref in listed:
             _, _, task = ref.partition(".")
             if task.isdigit():
-                tasks.setdefault(name[len(NAME_MARK):], set()).add((int(task), ref))
+                tasks.setdefault(name[len(NAME_MARK) :], set()).add((int(task), ref))
     return {first: [ref for _, ref in sorted(refs)] for first, refs in tasks.items()}
 
 
@@ -176,19 +176,22 @@ class SgeBackend(BatchBackend):
         ]
         if isinstance(entry.cpus, int) and entry.cpus > 1:
             lines.append(f"-pe {batch.parallel_environment} {entry.cpus}")
-        return self.directive_lines("#$", lines, batch, queue="-q {}", project="-P {}",
-                                    account="-A {}")  # fmt: skip
+        return self.directive_lines(
+            "#$", lines, batch, queue="-q {}", project="-P {}", account="-A {}"
+        )
 
-    async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
-                           count: int) -> list[str]:  # fmt: skip
+    async def submit_array(
+        self, shell: Shell, entry: EntryConfig, script: str, count: int
+    ) -> list[str]:
         result = await self.run_checked(shell, entry, ["qsub", "-terse"], stdin=script)
         match = TERSE_ID.match(result.stdout.strip().splitlines()[-1] if result.stdout else "")
         if match is None:
             raise BackendError(f"qsub printed no job id: {result.stdout.strip()!r}")
         return [f"{match.group(1)}.{task}" for task in range(1, count + 1)]
 
-    async def query(self, shell: Shell, entry: EntryConfig,
-                    refs: Sequence[str]) -> dict[str, PilotState]:  # fmt: skip
+    async def query(
+        self, shell: Shell, entry: EntryConfig, refs: Sequence[str]
+    ) -> dict[str, PilotState]:
         timeout = entry.batch.command_timeout
         result = await self.run_checked(shell, entry, ["qstat", "-xml", "-g", "d"])
         listed = parse_qstat_xml(result.stdout)

@@ -88,8 +88,7 @@ class LocalShell(Shell):
     factory's own user does not own.
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None,
-                 prefix: Sequence[str] = ()) -> None:  # fmt: skip
+    def __init__(self, env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
         self.env = {**os.environ, **(env or {})}
         self.prefix = list(prefix)
         self.stages_token = bool(self.prefix)
@@ -99,7 +98,8 @@ class LocalShell(Shell):
     ) -> CommandResult:
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.prefix, *argv,
+                *self.prefix,
+                *argv,
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -115,8 +115,9 @@ class LocalShell(Shell):
             proc.kill()
             await proc.wait()
             raise BackendError(f"{argv[0]} did not answer within {timeout:.0f}s") from None
-        return CommandResult(proc.returncode or 0, out.decode(errors="replace"),
-                             err.decode(errors="replace"))  # fmt: skip
+        return CommandResult(
+            proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+        )
 
     async def write_secret(self, path: str, data: str) -> None:
         if self.prefix:  # as the batch account; the secret on stdin, never in argv

@@ -112,7 +112,7 @@ def parse_marked_arrays(text: str) -> dict[str, list[str]]:
         _, sep, task = ref.partition("_")
         if not comment.startswith(COMMENT_MARK) or not sep or not task.isdigit():
             continue
-        tasks.setdefault(comment[len(COMMENT_MARK):], []).append((int(task), ref))
+        tasks.setdefault(comment[len(COMMENT_MARK) :], []).append((int(task), ref))
     return {first: [ref for _, ref in sorted(refs)] for first, refs in tasks.items()}
 
 
@@ -145,19 +145,22 @@ class SlurmBackend(BatchBackend):
             lines.append("--exclusive")  # a whole node: the pilot finds out its size
         if entry.memory != "auto":
             lines.append(f"--mem={entry.memory}M")
-        return self.directive_lines("#SBATCH", lines, batch, queue="--partition={}",
-                                    account="--account={}")  # fmt: skip
+        return self.directive_lines(
+            "#SBATCH", lines, batch, queue="--partition={}", account="--account={}"
+        )
 
-    async def submit_array(self, shell: Shell, entry: EntryConfig, script: str,
-                           count: int) -> list[str]:  # fmt: skip
+    async def submit_array(
+        self, shell: Shell, entry: EntryConfig, script: str, count: int
+    ) -> list[str]:
         result = await self.run_checked(shell, entry, ["sbatch", "--parsable"], stdin=script)
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise BackendError(f"sbatch printed no job id: {result.stdout.strip()!r}")
         return [f"{job_id}_{i}" for i in range(count)]
 
-    async def query(self, shell: Shell, entry: EntryConfig,
-                    refs: Sequence[str]) -> dict[str, PilotState]:  # fmt: skip
+    async def query(
+        self, shell: Shell, entry: EntryConfig, refs: Sequence[str]
+    ) -> dict[str, PilotState]:
         jobs = sorted({ref.split("_")[0] for ref in refs})
         seen: dict[str, PilotState] = {}
         timeout = entry.batch.command_timeout
@@ -181,8 +184,9 @@ class SlurmBackend(BatchBackend):
                 seen[ref] = PilotState.finished  # forgotten by Slurm: ended long ago
         return seen
 
-    async def _accounting(self, shell: Shell, refs: Sequence[str],
-                          timeout: float) -> dict[str, PilotState]:  # fmt: skip
+    async def _accounting(
+        self, shell: Shell, refs: Sequence[str], timeout: float
+    ) -> dict[str, PilotState]:
         """Ended jobs Slurm's controller forgot, from slurmdbd when there is one."""
         out: dict[str, PilotState] = {}
         for part in chunks(list(refs), REFS_PER_CALL):
@@ -198,8 +202,7 @@ class SlurmBackend(BatchBackend):
             await self.run_checked(shell, entry, ["scontrol", "release", *part])
 
     async def find_arrays(self, shell: Shell, entry: EntryConfig) -> dict[str, list[str]]:
-        argv = ["squeue", "-h", "-r", "-t", "all", "-n", f"glidewms-{entry.name}",
-                "-o", "%i|%k"]  # fmt: skip
+        argv = ["squeue", "-h", "-r", "-t", "all", "-n", f"glidewms-{entry.name}", "-o", "%i|%k"]
         result = await self.run_checked(shell, entry, argv)
         return parse_marked_arrays(result.stdout)
 

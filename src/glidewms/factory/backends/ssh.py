@@ -91,17 +91,23 @@ class SshPool:
         known = c.known_hosts or Path(os.path.expanduser("~/.ssh/known_hosts"))
         where = f"ssh {c.user}@{c.host}:{c.port}"
         if not known.is_file():
-            raise BackendError(f"{where}: known_hosts file {known} does not exist "
-                               "(host keys are always checked)")  # fmt: skip
+            raise BackendError(
+                f"{where}: known_hosts file {known} does not exist (host keys are always checked)"
+            )
         try:
             conn = await asyncio.wait_for(
                 asyncssh.connect(
-                    c.host, port=c.port, username=c.user, client_keys=[str(c.key_file)],
-                    known_hosts=str(known), agent_path=None, preferred_auth="publickey",
+                    c.host,
+                    port=c.port,
+                    username=c.user,
+                    client_keys=[str(c.key_file)],
+                    known_hosts=str(known),
+                    agent_path=None,
+                    preferred_auth="publickey",
                     connect_timeout=CONNECT_TIMEOUT,
                 ),
                 CONNECT_TIMEOUT,
-            )  # fmt: skip
+            )
         except (asyncssh.Error, OSError, ValueError, asyncio.TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             raise BackendError(self.scrub(f"{where}: cannot connect: {reason}")) from None
@@ -143,8 +149,10 @@ class SshShell(Shell):
 
     def command_line(self, argv: Sequence[str]) -> str:
         """One remote command line; the batch environment through `env`, all quoted."""
-        words = [*(["env", *(f"{k}={v}" for k, v in sorted(self.env.items()))]
-                   if self.env else []), *argv]  # fmt: skip
+        words = [
+            *(["env", *(f"{k}={v}" for k, v in sorted(self.env.items()))] if self.env else []),
+            *argv,
+        ]
         return shlex.join(words)
 
     async def run(
@@ -153,8 +161,9 @@ class SshShell(Shell):
         where = f"{self.pool.contact.user}@{self.pool.contact.host}"
         try:
             async with self.pool.connection() as conn:
-                done = await conn.run(self.command_line(argv), input=stdin, check=False,
-                                      timeout=timeout)  # fmt: skip
+                done = await conn.run(
+                    self.command_line(argv), input=stdin, check=False, timeout=timeout
+                )
         except asyncssh.TimeoutError:
             message = f"{argv[0]} on {where} did not answer within {timeout:.0f}s"
             raise BackendError(message) from None
@@ -174,8 +183,9 @@ class SshShell(Shell):
         async def write(sftp: asyncssh.SFTPClient) -> None:
             parent = posixpath.dirname(path)
             if parent:
-                await sftp.makedirs(parent, attrs=asyncssh.SFTPAttrs(permissions=0o700),
-                                    exist_ok=True)  # fmt: skip
+                await sftp.makedirs(
+                    parent, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True
+                )
             tmp = f"{path}.tmp"
             async with sftp.open(tmp, "w", attrs=asyncssh.SFTPAttrs(permissions=0o600)) as f:
                 await f.write(data)

@@ -30,8 +30,9 @@ class DowntimeBody(BaseModel):
 
 
 @router.get("")
-async def list_downtimes(identity: Frontend, store: StoreDep,
-                         past: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+async def list_downtimes(
+    identity: Frontend, store: StoreDep, past: bool = False
+) -> list[dict[str, Any]]:
     """Downtimes in force or to come (`past=true`: ended ones too); a frontend sees
     the ones that apply to it."""
     found = await asyncio.to_thread(store.downtimes, past)
@@ -41,8 +42,9 @@ async def list_downtimes(identity: Frontend, store: StoreDep,
 
 
 @router.post("", status_code=201)
-async def add_downtime(body: DowntimeBody, identity: Admin, factory: FactoryDep,
-                       store: StoreDep) -> dict[str, Any]:  # fmt: skip
+async def add_downtime(
+    body: DowntimeBody, identity: Admin, factory: FactoryDep, store: StoreDep
+) -> dict[str, Any]:
     if body.entry != "*" and factory.config.entry(body.entry) is None:
         raise HTTPException(422, f"entry: no entry named {body.entry!r}")
     if body.frontend != "*":
@@ -50,17 +52,31 @@ async def add_downtime(body: DowntimeBody, identity: Admin, factory: FactoryDep,
     start = time.time() if body.start is None else body.start
     if body.end is not None and body.end <= start:
         raise HTTPException(422, "end: must be after start")
-    added = await asyncio.to_thread(store.add_downtime, body.entry, body.frontend, start,
-                                    body.end, body.reason, identity.subject)  # fmt: skip
-    log.info("downtime %s added by %s: entry %s, frontend %s: %s", added["id"],
-             identity.subject, body.entry, body.frontend, body.reason)  # fmt: skip
+    added = await asyncio.to_thread(
+        store.add_downtime,
+        body.entry,
+        body.frontend,
+        start,
+        body.end,
+        body.reason,
+        identity.subject,
+    )
+    log.info(
+        "downtime %s added by %s: entry %s, frontend %s: %s",
+        added["id"],
+        identity.subject,
+        body.entry,
+        body.frontend,
+        body.reason,
+    )
     factory.wake()
     return added
 
 
 @router.delete("/{downtime_id}")
-async def remove_downtime(downtime_id: int, identity: Admin, factory: FactoryDep,
-                          store: StoreDep) -> dict[str, Any]:  # fmt: skip
+async def remove_downtime(
+    downtime_id: int, identity: Admin, factory: FactoryDep, store: StoreDep
+) -> dict[str, Any]:
     if not await asyncio.to_thread(store.remove_downtime, downtime_id):
         raise HTTPException(404, f"no downtime {downtime_id}")
     factory.wake()

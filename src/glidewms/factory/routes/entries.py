@@ -20,9 +20,13 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/entries")
 
 
-def entry_ad(entry: EntryConfig, counts: dict[str, int], error: str | None,
-             downtime: Mapping[str, Any] | None = None,
-             paused: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def entry_ad(
+    entry: EntryConfig,
+    counts: dict[str, int],
+    error: str | None,
+    downtime: Mapping[str, Any] | None = None,
+    paused: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """What a frontend needs to match demand to an entry.
 
     `downtime` is the downtime in force for the asking frontend (or None): a
@@ -53,26 +57,29 @@ def entry_ad(entry: EntryConfig, counts: dict[str, int], error: str | None,
         "last_error": error,
         "paused": None if paused is None else dict(paused),
         "in_downtime": downtime is not None,
-        "downtime": None if downtime is None else {
-            k: downtime[k] for k in ("id", "start", "end", "reason")
-        },
+        "downtime": None
+        if downtime is None
+        else {k: downtime[k] for k in ("id", "start", "end", "reason")},
     }
 
 
 @router.get("")
-async def entries(identity: Frontend, factory: FactoryDep,
-                  store: StoreDep) -> list[dict[str, Any]]:  # fmt: skip
+async def entries(identity: Frontend, factory: FactoryDep, store: StoreDep) -> list[dict[str, Any]]:
     """Entry ads this frontend may request pilots at (all of them for admin)."""
     tally = Tally(await asyncio.to_thread(store.active))
     downtimes = await asyncio.to_thread(store.downtimes)
     now = time.time()
     return [
-        entry_ad(e, tally.entry_counts(e.name), factory.entry_errors.get(e.name),
-                 active_downtime(downtimes, e.name, identity.subject, now),
-                 factory.pause_view(e))
+        entry_ad(
+            e,
+            tally.entry_counts(e.name),
+            factory.entry_errors.get(e.name),
+            active_downtime(downtimes, e.name, identity.subject, now),
+            factory.pause_view(e),
+        )
         for e in factory.config.entries
         if identity.is_admin or e.allows(identity.subject)
-    ]  # fmt: skip
+    ]
 
 
 @router.post("/{name}/resume")
@@ -81,6 +88,5 @@ async def resume_entry(name: str, identity: Admin, factory: FactoryDep) -> dict[
     if factory.config.entry(name) is None:
         raise HTTPException(404, f"no entry named {name!r}")
     was_paused = await factory.resume(name)
-    log.info("entry %s: resume asked by %s (was paused: %s)", name, identity.subject,
-             was_paused)  # fmt: skip
+    log.info("entry %s: resume asked by %s (was paused: %s)", name, identity.subject, was_paused)
     return {"entry": name, "resumed": was_paused}

@@ -67,8 +67,7 @@ class PilotReport(BaseModel):
     detail: str = Field(default="", max_length=65536)
 
 
-def owned(identity: Identity, glidein: Glidein | None, glidein_id: str,
-          claim: str) -> Glidein:  # fmt: skip
+def owned(identity: Identity, glidein: Glidein | None, glidein_id: str, claim: str) -> Glidein:
     """The glidein if the caller may see it (admin, or its frontend: the token's
     subject, or its `claim` when given); 404/403 else."""
     if glidein is None:
@@ -100,15 +99,24 @@ async def glideins(
     if summary:
         return {"summary": await asyncio.to_thread(store.summary, who, group)}
     rows = await asyncio.to_thread(
-        lambda: store.glideins(who, group, entry, state.value if state else None, limit,
-                               exit_reason=exit_reason, since=since, until=until)
-    )  # fmt: skip
+        lambda: store.glideins(
+            who,
+            group,
+            entry,
+            state.value if state else None,
+            limit,
+            exit_reason=exit_reason,
+            since=since,
+            until=until,
+        )
+    )
     return [g.public() for g in rows]
 
 
 @router.post("/{glidein_id}/report")
-async def report(glidein_id: str, body: PilotReport, identity: Pilot,
-                 store: StoreDep) -> dict[str, Any]:  # fmt: skip
+async def report(
+    glidein_id: str, body: PilotReport, identity: Pilot, store: StoreDep
+) -> dict[str, Any]:
     """Keep the pilot's final report; the pilot must belong to its token's frontend."""
     glidein = await asyncio.to_thread(store.get, glidein_id)
     if glidein is None:
@@ -118,21 +126,19 @@ async def report(glidein_id: str, body: PilotReport, identity: Pilot,
     data = body.model_dump()
     if len(json.dumps(data)) > MAX_REPORT_BYTES:
         raise HTTPException(413, f"report larger than {MAX_REPORT_BYTES} bytes")
-    await asyncio.to_thread(
-        store.record_report, glidein_id, data, body.exit_reason, body.exit_code
-    )
+    await asyncio.to_thread(store.record_report, glidein_id, data, body.exit_reason, body.exit_code)
     updated = await asyncio.to_thread(store.get, glidein_id)
     assert updated is not None
     return updated.public()
 
 
 @router.post("/{glidein_id}/log")
-async def post_log(glidein_id: str, request: Request, identity: Pilot,
-                   factory: FactoryDep) -> dict[str, Any]:  # fmt: skip
+async def post_log(
+    glidein_id: str, request: Request, identity: Pilot, factory: FactoryDep
+) -> dict[str, Any]:
     """Append the pilot's log records to its trail in the archive (contract 2)."""
     store = factory.store
-    glidein = owned(identity, await asyncio.to_thread(store.get, glidein_id), glidein_id,
-                    "fe")  # fmt: skip
+    glidein = owned(identity, await asyncio.to_thread(store.get, glidein_id), glidein_id, "fe")
     raw = await request.body()
     if len(raw) > MAX_LOG_BYTES:
         raise HTTPException(413, f"log post larger than {MAX_LOG_BYTES} bytes; send less")
@@ -141,17 +147,22 @@ async def post_log(glidein_id: str, request: Request, identity: Pilot,
     except ValidationError as exc:
         raise HTTPException(422, exc.errors(include_url=False, include_input=False)) from None
     stored = await asyncio.to_thread(
-        factory.archive.append_trail, glidein.entry, glidein.frontend, glidein_id,
-        [r.model_dump() for r in body.records], body.final,
-    )  # fmt: skip
+        factory.archive.append_trail,
+        glidein.entry,
+        glidein.frontend,
+        glidein_id,
+        [r.model_dump() for r in body.records],
+        body.final,
+    )
     return {"glidein_id": glidein_id, "stored": stored}
 
 
 @router.get("/{glidein_id}/logs")
 async def get_logs(glidein_id: str, identity: Frontend, factory: FactoryDep) -> dict[str, Any]:
     """A pilot's stdout, stderr and trail: archived, or live from its backend."""
-    glidein = owned(identity, await asyncio.to_thread(factory.store.get, glidein_id),
-                    glidein_id, "")  # fmt: skip
+    glidein = owned(
+        identity, await asyncio.to_thread(factory.store.get, glidein_id), glidein_id, ""
+    )
     logs = await asyncio.to_thread(
         factory.archive.read, glidein.entry, glidein.frontend, glidein_id
     )

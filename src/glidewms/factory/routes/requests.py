@@ -40,26 +40,36 @@ def request_view(factory: Factory, request: StoredRequest) -> dict[str, Any]:
 
 @router.put("/{group}")
 async def put_request(
-    group: Annotated[str, PathParam(max_length=64)], body: RequestBody, identity: Frontend,
-    factory: FactoryDep, store: StoreDep, verifier: VerifierDep,
-) -> dict[str, Any]:  # fmt: skip
+    group: Annotated[str, PathParam(max_length=64)],
+    body: RequestBody,
+    identity: Frontend,
+    factory: FactoryDep,
+    store: StoreDep,
+    verifier: VerifierDep,
+) -> dict[str, Any]:
     """Store the group's desired state (replacing the last one) and wake the loop."""
     frontend = identity.subject
     check_name("frontend (token subject)", frontend, 403)
     check_name("group", group, 422)
     accepted = accept_request(verifier, body, frontend, group, factory.credentials)
-    await asyncio.to_thread(store.put_request, frontend, group, body.pool_url,
-                            accepted.entries, accepted.token_expires,
-                            accepted.entry_tokens, accepted.vo_stage)  # fmt: skip
-    factory.wake()
-    stored = next(
-        r for r in await asyncio.to_thread(store.requests, frontend) if r.group == group
+    await asyncio.to_thread(
+        store.put_request,
+        frontend,
+        group,
+        body.pool_url,
+        accepted.entries,
+        accepted.token_expires,
+        accepted.entry_tokens,
+        accepted.vo_stage,
     )
+    factory.wake()
+    stored = next(r for r in await asyncio.to_thread(store.requests, frontend) if r.group == group)
     return request_view(factory, stored)
 
 
 @router.get("")
-async def list_requests(identity: Frontend, factory: FactoryDep,
-                        store: StoreDep) -> list[dict[str, Any]]:  # fmt: skip
+async def list_requests(
+    identity: Frontend, factory: FactoryDep, store: StoreDep
+) -> list[dict[str, Any]]:
     found = await asyncio.to_thread(store.requests, frontend_filter(identity))
     return [request_view(factory, r) for r in found]

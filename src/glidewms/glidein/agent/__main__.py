@@ -18,8 +18,9 @@ from .config import ConfigError, load_config
 def setup_logging(verbose: bool) -> None:
     """UTC ISO timestamps, so logs from many sites line up."""
     handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                  "%Y-%m-%dT%H:%M:%SZ")
+    formatter = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ"
+    )
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -79,17 +79,23 @@ class Agent:
         self.finished = threading.Event()
         self.hold_over = threading.Event()
         self._signalled = 0  # set by the signal handler only (see on_signal)
-        self.pool = Api(cfg.pool_url, cfg.token_file, backoff=backoff, abort=self.finished,
-                        check_version=True)
-        self.factory = Api(cfg.factory_url, cfg.token_file, backoff=backoff) \
-            if cfg.factory_url else None
+        self.pool = Api(
+            cfg.pool_url, cfg.token_file, backoff=backoff, abort=self.finished, check_version=True
+        )
+        self.factory = (
+            Api(cfg.factory_url, cfg.token_file, backoff=backoff) if cfg.factory_url else None
+        )
         self.trail = Trail(self.factory, cfg.glidein_id)
         self.checks = Checks(self.trail)
         self._cond = threading.Condition()
         self.exchange = Exchange(self.pool, self, lock=self._cond, finished=self.finished)
-        self.slot = Slot(total or detect_resources(cfg), lock=self._cond,
-                         results=self.exchange.completions, trail=self.trail,
-                         ended=self._job_ended)
+        self.slot = Slot(
+            total or detect_resources(cfg),
+            lock=self._cond,
+            results=self.exchange.completions,
+            trail=self.trail,
+            ended=self._job_ended,
+        )
         self.reason: ExitReason | None = None
         self.detail = ""
         self.exit_code = 0
@@ -100,8 +106,9 @@ class Agent:
         self.published_env: dict[str, str] = {}
         self.container = ContainerSetup(use="NEVER")
         self.started = time.monotonic()
-        retire, die = retire_and_die(cfg.lifetime, cfg.die_margin, cfg.retire_before,
-                                     cfg.retire_spread, random.random())
+        retire, die = retire_and_die(
+            cfg.lifetime, cfg.die_margin, cfg.retire_before, cfg.retire_spread, random.random()
+        )
         self.deadline = self.started + retire
         self.die_at = self.started + die
         self.idle_since = self.started
@@ -173,13 +180,21 @@ class Agent:
     def _decide(self) -> Step:
         """Under the lock: the next step (see ``policy.next_step``); act on an exit."""
         step = next_step(
-            State(now=time.monotonic(), idle_since=self.idle_since,
-                  idle_timeout=self.cfg.idle_timeout, deadline=self.retire_at(),
-                  draining=self.draining, running=len(self.slot.runners),
-                  free_cpus=self.slot.free.cpus, free_memory=self.slot.free.memory,
-                  die_at=self.die_at, tail_timeout=self.cfg.tail_timeout,
-                  jobs_run=self.slot.jobs_run, stop_reason=self.stop_reason,
-                  stop_detail=self.stop_detail),
+            State(
+                now=time.monotonic(),
+                idle_since=self.idle_since,
+                idle_timeout=self.cfg.idle_timeout,
+                deadline=self.retire_at(),
+                draining=self.draining,
+                running=len(self.slot.runners),
+                free_cpus=self.slot.free.cpus,
+                free_memory=self.slot.free.memory,
+                die_at=self.die_at,
+                tail_timeout=self.cfg.tail_timeout,
+                jobs_run=self.slot.jobs_run,
+                stop_reason=self.stop_reason,
+                stop_detail=self.stop_detail,
+            ),
             self.cfg.lifetime,
         )
         if step.action is Action.EXIT and step.reason is not None:
@@ -194,9 +209,13 @@ class Agent:
         step = self._decide()
         if step.action is Action.EXIT:
             return None
-        return Offer(step, running=len(self.slot.runners), free=self.slot.free.as_free(),
-                     cpus=self.slot.total.cpus,
-                     max_runtime=max(0, int(self.die_at - time.monotonic())))
+        return Offer(
+            step,
+            running=len(self.slot.runners),
+            free=self.slot.free.as_free(),
+            cpus=self.slot.total.cpus,
+            max_runtime=max(0, int(self.die_at - time.monotonic())),
+        )
 
     # -- validation -----------------------------------------------------------
 
@@ -227,17 +246,27 @@ class Agent:
         lease runs out and the pool requeues the job)."""
         try:
             spec = JobSpec.from_claim(claim.get("job"))
-            runner = ClaimRunner(claim, spec, self.pool, work_dir=self.cfg.work_dir,
-                                 job_env=self._job_env(), container=self.container,
-                                 vacating=self.finished)
+            runner = ClaimRunner(
+                claim,
+                spec,
+                self.pool,
+                work_dir=self.cfg.work_dir,
+                job_env=self._job_env(),
+                container=self.container,
+                vacating=self.finished,
+            )
         except (JobSetupError, KeyError) as exc:
             log.error("unusable claim %s, left to its lease: %s", claim.get("claim_id"), exc)
             with self._cond:
                 self.slot.jobs_failed += 1
             return
         if not job_fits(spec.max_runtime, time.monotonic(), self.die_at):
-            log.warning("claim %s: the job needs %.0fs, more than this pilot has left; not "
-                        "started, left to its lease", runner.claim_id, spec.max_runtime or 0)
+            log.warning(
+                "claim %s: the job needs %.0fs, more than this pilot has left; not "
+                "started, left to its lease",
+                runner.claim_id,
+                spec.max_runtime or 0,
+            )
             return
         with self._cond:
             if self.reason is not None:
@@ -252,18 +281,28 @@ class Agent:
         black hole; an empty slot starts the idle clock (or the pilot exits)."""
         if outcome.failed:
             self.failure_times.append(time.monotonic())
-            if black_hole(self.failure_times, time.monotonic(), self.cfg.black_hole_jobs,
-                          self.cfg.black_hole_window):
-                self.stop_taking_work(ExitReason.BLACK_HOLE, f"{self.cfg.black_hole_jobs} "
-                                      f"jobs failed within {self.cfg.black_hole_window}s")
+            if black_hole(
+                self.failure_times,
+                time.monotonic(),
+                self.cfg.black_hole_jobs,
+                self.cfg.black_hole_window,
+            ):
+                self.stop_taking_work(
+                    ExitReason.BLACK_HOLE,
+                    f"{self.cfg.black_hole_jobs} jobs failed within {self.cfg.black_hole_window}s",
+                )
         if not self.slot.runners:
             self.idle_since = time.monotonic()
             if self.reason is None:
                 self._decide()  # a draining or retired pilot exits now
 
     def _job_env(self) -> dict[str, str]:
-        return {**self.published_env, "GLIDEIN_Site": self.cfg.site,
-                "GLIDEIN_Entry_Name": self.cfg.entry, "GLIDEIN_Id": self.cfg.glidein_id}
+        return {
+            **self.published_env,
+            "GLIDEIN_Site": self.cfg.site,
+            "GLIDEIN_Entry_Name": self.cfg.entry,
+            "GLIDEIN_Id": self.cfg.glidein_id,
+        }
 
     def running_claims(self) -> list[str]:
         """Under the lock: the claims whose jobs run (heartbeats renew them)."""
@@ -291,11 +330,17 @@ class Agent:
         ad["GLIDEIN_ToRetire"] = int(now + (self.deadline - time.monotonic()))
         answer = self.exchange.register(ad, self.cfg.glidein_id)
         self.idle_since = time.monotonic()  # the idle clock starts when the slot is offered
-        interval = heartbeat_interval(float(answer.get("heartbeat_seconds") or 0),
-                                      float(answer.get("lease_seconds") or 0),
-                                      float(self.cfg.heartbeat or 0))
-        log.info("registered as pilot %s: %s; heartbeat every %.0fs",
-                 self.exchange.pilot_id, self.slot.total.as_free(), interval)
+        interval = heartbeat_interval(
+            float(answer.get("heartbeat_seconds") or 0),
+            float(answer.get("lease_seconds") or 0),
+            float(self.cfg.heartbeat or 0),
+        )
+        log.info(
+            "registered as pilot %s: %s; heartbeat every %.0fs",
+            self.exchange.pilot_id,
+            self.slot.total.as_free(),
+            interval,
+        )
         return interval
 
     def run(self, install_signals: bool = True) -> int:
@@ -314,8 +359,12 @@ class Agent:
         return self.exit_code
 
     def _run(self) -> None:
-        self.trail.add("INFO", "startup", f"pilot {self.cfg.glidein_id} at {self.cfg.site}/"
-                       f"{self.cfg.entry}, lifetime {self.cfg.lifetime}s")
+        self.trail.add(
+            "INFO",
+            "startup",
+            f"pilot {self.cfg.glidein_id} at {self.cfg.site}/"
+            f"{self.cfg.entry}, lifetime {self.cfg.lifetime}s",
+        )
         if self.validate() and not self._take_signal() and self.reason is None:
             self.trail.flush()
             try:
@@ -323,17 +372,23 @@ class Agent:
             except IncompatiblePeer as exc:
                 self.finish(ExitReason.ERROR, str(exc))
             except (HttpStatusError, TransportError, KeyError, TypeError) as exc:
-                self.finish(ExitReason.ERROR,
-                            f"registration failed: {type(exc).__name__}: {exc}")
+                self.finish(ExitReason.ERROR, f"registration failed: {type(exc).__name__}: {exc}")
             else:
-                loops = [(self.exchange.heartbeat_loop, (interval,)),
-                         (self.exchange.claim_loop, ()), (self.exchange.completion_loop, ()),
-                         (self.trail.flush_loop, (self.finished, TRAIL_FLUSH))]
+                loops = [
+                    (self.exchange.heartbeat_loop, (interval,)),
+                    (self.exchange.claim_loop, ()),
+                    (self.exchange.completion_loop, ()),
+                    (self.trail.flush_loop, (self.finished, TRAIL_FLUSH)),
+                ]
                 if self.checks.periodic:
                     loops.append((self._periodic_loop, ()))
                 for target, args in loops:
-                    threading.Thread(target=self._guarded, args=(target, *args), daemon=True,
-                                     name=target.__name__.strip("_")).start()
+                    threading.Thread(
+                        target=self._guarded,
+                        args=(target, *args),
+                        daemon=True,
+                        name=target.__name__.strip("_"),
+                    ).start()
                 self.trail.flush()
         while not self.finished.wait(SIGNAL_POLL):
             self._take_signal()
@@ -371,8 +426,11 @@ class Agent:
     def _release_mounts(self) -> None:
         """Unmount what validation mounted (CVMFS repositories), jobs being gone."""
         try:
-            values = validation.read_values(self.cfg.config_path) if self.cfg.config_path \
+            values = (
+                validation.read_values(self.cfg.config_path)
+                if self.cfg.config_path
                 else self.cfg.values
+            )
         except OSError:
             values = self.cfg.values
         for point in filter(None, values.get("GLIDEIN_CVMFS_Mounts", "").split(",")):
@@ -385,10 +443,14 @@ class Agent:
     def report_body(self) -> dict[str, Any]:
         """The final report: exit reason, validation results, jobs, goodput/badput."""
         return {
-            "exit_reason": self.reason, "exit_code": self.exit_code,
-            "jobs_run": self.slot.jobs_run, "jobs_failed": self.slot.jobs_failed,
-            "detail": self.detail, "cpus": self.slot.total.cpus,
-            "memory": self.slot.total.memory, "gpus": self.slot.total.gpus,
+            "exit_reason": self.reason,
+            "exit_code": self.exit_code,
+            "jobs_run": self.slot.jobs_run,
+            "jobs_failed": self.slot.jobs_failed,
+            "detail": self.detail,
+            "cpus": self.slot.total.cpus,
+            "memory": self.slot.total.memory,
+            "gpus": self.slot.total.gpus,
             "wall_seconds": round(time.monotonic() - self.started, 3),
             "goodput_seconds": round(self.exchange.goodput, 3),
             "badput_seconds": round(self.slot.badput + self.exchange.badput, 3),

@@ -51,13 +51,17 @@ class Checks:
         if scripts:
             # forked children for Python scripts unless the entry says no (forkrun.py)
             fork = cfg.values.get("GLIDEIN_Validation_Fork", "auto").lower() != "no"
-            self.results = validation.run_all(scripts, cfg.config_path,
-                                              cfg.validation_timeout, fork)
+            self.results = validation.run_all(
+                scripts, cfg.config_path, cfg.validation_timeout, fork
+            )
             for result in self.results:
-                self.trail.add("INFO" if result.ok else "ERROR", "validation",
-                               f"{result.stage}/{result.name}: {result.status} "
-                               f"{result.category} {result.detail}".strip(),
-                               {"output": result.output.encode()} if result.output else None)
+                self.trail.add(
+                    "INFO" if result.ok else "ERROR",
+                    "validation",
+                    f"{result.stage}/{result.name}: {result.status} "
+                    f"{result.category} {result.detail}".strip(),
+                    {"output": result.output.encode()} if result.output else None,
+                )
             failed = validation.failure_summary(self.results)
             if failed:
                 raise ValidationFailed(failed)
@@ -85,7 +89,10 @@ class Checks:
             self.results.append(result)
             due[script] = time.monotonic() + script.period
             if not result.ok:
-                self.trail.add("ERROR", "validation", f"periodic {script.name}: "
-                               f"{result.category}: {result.detail}")
+                self.trail.add(
+                    "ERROR",
+                    "validation",
+                    f"periodic {script.name}: {result.category}: {result.detail}",
+                )
                 return validation.failure_summary([result]) or script.name
         return None

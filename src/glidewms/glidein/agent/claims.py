@@ -131,8 +131,14 @@ class ClaimRunner:
         try:
             image = choose_image(self.container, self.spec.container)
             self._fetch_inputs()
-        except (IntegrityError, JobSetupError, HttpStatusError, TransportError, OSError,
-                ContainerError) as exc:
+        except (
+            IntegrityError,
+            JobSetupError,
+            HttpStatusError,
+            TransportError,
+            OSError,
+            ContainerError,
+        ) as exc:
             log.error("%s: sandbox refused, the job is left to the pool's lease: %s", tag, exc)
             outcome.setup_failed = True
             outcome.detail = str(exc)
@@ -169,8 +175,12 @@ class ClaimRunner:
         outputs = self._upload_outputs(tag, baseline)
         if outputs is None:
             return
-        outcome.result = {"claim_id": self.claim_id, "exit_code": outcome.exit_code,
-                          "outputs": outputs, "wall_seconds": round(wall, 3)}
+        outcome.result = {
+            "claim_id": self.claim_id,
+            "exit_code": outcome.exit_code,
+            "outputs": outputs,
+            "wall_seconds": round(wall, 3),
+        }
 
     def _fetch_inputs(self) -> None:
         for item in self.spec.sandbox:

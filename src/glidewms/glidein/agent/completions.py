@@ -67,7 +67,8 @@ def send_alone(pool: Api, pilot_id: str, batch: List[Dict[str, Any]]) -> Dict[st
     """Report ``batch`` without asking for work: one cycle call with ``max_jobs``
     0. Returns {claim_id: accepted}; raises HttpStatusError or TransportError
     if the call itself failed (nothing is known then)."""
-    _, answer = pool.call("POST", f"pilots/{segment(pilot_id)}/cycle",
-                          {"completions": batch, "max_jobs": 0}, tries=2)
+    _, answer = pool.call(
+        "POST", f"pilots/{segment(pilot_id)}/cycle", {"completions": batch, "max_jobs": 0}, tries=2
+    )
     done = answer.get("completed") if isinstance(answer, dict) else None
     return {str(k): v is True for k, v in (done or {}).items()}

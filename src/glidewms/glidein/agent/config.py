@@ -143,8 +143,10 @@ def build_config(values: dict[str, str], default_work_dir: str) -> GlideinConfig
     idle_timeout = _seconds(values, "GLIDEIN_Idle_Timeout", DEFAULT_IDLE_TIMEOUT)
     die_margin = _seconds(values, "GLIDEIN_Die_Margin", min(300, lifetime // 20))
     if die_margin >= lifetime > 0:
-        raise ConfigError(f"GLIDEIN_Die_Margin ({die_margin}s) must be shorter than "
-                          f"GLIDEIN_Lifetime ({lifetime}s)")
+        raise ConfigError(
+            f"GLIDEIN_Die_Margin ({die_margin}s) must be shorter than "
+            f"GLIDEIN_Lifetime ({lifetime}s)"
+        )
     return GlideinConfig(
         pool_url=values["GLIDEIN_Pool_URL"].rstrip("/"),
         glidein_id=values["GLIDEIN_Id"],

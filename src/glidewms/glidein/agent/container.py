@@ -78,8 +78,11 @@ class ContainerSetup:
             if text.strip():
                 binds.append(Bind.parse(text))
         gpus = values.get("GPUs", "0")
-        devices = gpu_device_files(glob.glob("/dev/nvidia*"), values.get("CUDA_VISIBLE_DEVICES")) \
-            if gpus.isdigit() and int(gpus) else ()
+        devices = (
+            gpu_device_files(glob.glob("/dev/nvidia*"), values.get("CUDA_VISIBLE_DEVICES"))
+            if gpus.isdigit() and int(gpus)
+            else ()
+        )
         return cls(
             runtime=values.get("GLIDEIN_Container_Runtime") or "none",
             path=values.get("GLIDEIN_Container_Path") or "",
@@ -100,15 +103,20 @@ def gpu_device_files(found: List[str], visible: Optional[str]) -> Tuple[str, ...
     keep = []
     for path in sorted(found):
         match = numbered.match(path)
-        if match and visible is not None and all(w.isdigit() for w in wanted) \
-                and match.group(1) not in wanted:
+        if (
+            match
+            and visible is not None
+            and all(w.isdigit() for w in wanted)
+            and match.group(1) not in wanted
+        ):
             continue
         keep.append(path)
     return tuple(keep)
 
 
-def find_runtime(preference: str, which: Callable[[str], Optional[str]] = shutil.which
-                 ) -> List[Tuple[str, str]]:
+def find_runtime(
+    preference: str, which: Callable[[str], Optional[str]] = shutil.which
+) -> List[Tuple[str, str]]:
     """Candidate (runtime, path) pairs in order of preference.
 
     ``preference`` is ``GLIDEIN_Container_Runtimes``: ``auto`` (apptainer,
@@ -117,8 +125,10 @@ def find_runtime(preference: str, which: Callable[[str], Optional[str]] = shutil
     names = [n.strip() for n in preference.split(",") if n.strip() and n.strip() != "auto"]
     for name in names:
         if name not in RUNTIMES:
-            raise ValueError(f"GLIDEIN_Container_Runtimes: expected auto or names among "
-                             f"{', '.join(RUNTIMES)}, got {preference!r}")
+            raise ValueError(
+                f"GLIDEIN_Container_Runtimes: expected auto or names among "
+                f"{', '.join(RUNTIMES)}, got {preference!r}"
+            )
     found = []
     for name in names or RUNTIMES:
         path = which(name)
@@ -153,12 +163,18 @@ def _inside(path: str, sandbox: str) -> str:
     if path == sandbox:
         return SANDBOX_INSIDE
     if path.startswith(sandbox + "/"):
-        return SANDBOX_INSIDE + path[len(sandbox):]
+        return SANDBOX_INSIDE + path[len(sandbox) :]
     return path
 
 
-def bwrap_argv(bwrap: str, image: str, sandbox: str, binds: Tuple[Bind, ...],
-               devices: Tuple[str, ...], argv: List[str]) -> List[str]:
+def bwrap_argv(
+    bwrap: str,
+    image: str,
+    sandbox: str,
+    binds: Tuple[Bind, ...],
+    devices: Tuple[str, ...],
+    argv: List[str],
+) -> List[str]:
     """A bubblewrap command line; the environment is the process's own (already clean)."""
     if image == HOST_IMAGE:
         cmd = [bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
@@ -166,13 +182,29 @@ def bwrap_argv(bwrap: str, image: str, sandbox: str, binds: Tuple[Bind, ...],
             cmd += ["--symlink", f"usr/{name}", f"/{name}"]
     else:
         if not os.path.isdir(image):
-            raise ContainerError(f"image {image!r} is not a directory (bubblewrap runs rootfs "
-                                 "directories)")
+            raise ContainerError(
+                f"image {image!r} is not a directory (bubblewrap runs rootfs directories)"
+            )
         cmd = [bwrap, "--ro-bind", image, "/"]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-            "--bind", sandbox, SANDBOX_INSIDE, "--chdir", SANDBOX_INSIDE,
-            "--unshare-all", "--share-net", "--die-with-parent", "--new-session",
-            "--hostname", "glidein-job"]
+    cmd += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        sandbox,
+        SANDBOX_INSIDE,
+        "--chdir",
+        SANDBOX_INSIDE,
+        "--unshare-all",
+        "--share-net",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "glidein-job",
+    ]
     for source in DEFAULT_BINDS:
         cmd += ["--ro-bind-try", source, source]
     for bind in binds:
@@ -182,11 +214,23 @@ def bwrap_argv(bwrap: str, image: str, sandbox: str, binds: Tuple[Bind, ...],
     return [*cmd, "--", _inside(argv[0], sandbox), *argv[1:]]
 
 
-def apptainer_argv(exe: str, image: str, sandbox: str, binds: Tuple[Bind, ...], gpus: bool,
-                   argv: List[str]) -> List[str]:
+def apptainer_argv(
+    exe: str, image: str, sandbox: str, binds: Tuple[Bind, ...], gpus: bool, argv: List[str]
+) -> List[str]:
     """An ``apptainer exec`` (or singularity) command line."""
-    cmd = [exe, "exec", "--contain", "--cleanenv", "--ipc", "--pid", "--no-home",
-           "--bind", f"{sandbox}:{SANDBOX_INSIDE}", "--pwd", SANDBOX_INSIDE]
+    cmd = [
+        exe,
+        "exec",
+        "--contain",
+        "--cleanenv",
+        "--ipc",
+        "--pid",
+        "--no-home",
+        "--bind",
+        f"{sandbox}:{SANDBOX_INSIDE}",
+        "--pwd",
+        SANDBOX_INSIDE,
+    ]
     for source in DEFAULT_BINDS:
         if os.path.isdir(source):
             cmd += ["--bind", f"{source}:{source}:ro"]
@@ -212,21 +256,24 @@ def container_env(runtime: str, env: Dict[str, str], sandbox: str) -> Dict[str, 
     if runtime == "bwrap":
         return inner
     prefix = "SINGULARITYENV_" if runtime == "singularity" else "APPTAINERENV_"
-    outer = {key: value for key, value in os.environ.items()
-             if key.startswith(("APPTAINER_", "SINGULARITY_"))}
+    outer = {
+        key: value
+        for key, value in os.environ.items()
+        if key.startswith(("APPTAINER_", "SINGULARITY_"))
+    }
     outer.update({prefix + key: value for key, value in inner.items() if key != "PATH"})
     outer["PATH"] = os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin"
     return outer
 
 
-def wrap(setup: ContainerSetup, image: str, sandbox: str, argv: List[str],
-         env: Dict[str, str]) -> Tuple[List[str], Dict[str, str]]:
+def wrap(
+    setup: ContainerSetup, image: str, sandbox: str, argv: List[str], env: Dict[str, str]
+) -> Tuple[List[str], Dict[str, str]]:
     """The container command line and environment for one job."""
     if setup.runtime == "bwrap":
         cmd = bwrap_argv(setup.path, image, sandbox, setup.binds, setup.gpu_devices, argv)
     elif setup.runtime in ("apptainer", "singularity"):
-        cmd = apptainer_argv(setup.path, image, sandbox, setup.binds, bool(setup.gpu_devices),
-                             argv)
+        cmd = apptainer_argv(setup.path, image, sandbox, setup.binds, bool(setup.gpu_devices), argv)
     else:
         raise ContainerError(f"no container runtime ({setup.runtime!r})")
     return cmd, container_env(setup.runtime, env, sandbox)

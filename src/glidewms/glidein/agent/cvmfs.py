@@ -44,8 +44,9 @@ def parse_repos(text: str) -> List[str]:
         if not name:
             continue
         if not _REPO.match(name) or ".." in name:
-            raise ValueError(f"GLIDEIN_CVMFS_Repos: {name!r} is not a repository name "
-                             "(such as cms.cern.ch)")
+            raise ValueError(
+                f"GLIDEIN_CVMFS_Repos: {name!r} is not a repository name (such as cms.cern.ch)"
+            )
         if name not in repos:
             repos.append(name)
     return repos
@@ -56,8 +57,9 @@ def attribute_name(repo: str) -> str:
     return "HAS_CVMFS_" + re.sub(r"[^A-Za-z0-9_]", "_", repo)
 
 
-def plan(repos: List[str], mode: str, native: Dict[str, bool], images: bool,
-         fuse_problem: str) -> Tuple[Dict[str, str], str]:
+def plan(
+    repos: List[str], mode: str, native: Dict[str, bool], images: bool, fuse_problem: str
+) -> Tuple[Dict[str, str], str]:
     """How each repository will be provided: ``{repo: "native"|"mount"}``, or why not.
 
     ``native`` says which repositories the node's /cvmfs serves; ``images`` whether
@@ -86,8 +88,10 @@ def plan(repos: List[str], mode: str, native: Dict[str, bool], images: bool,
         return how, f"not on this node's {NATIVE_ROOT}: {', '.join(missing)}"
     to_mount = [r for r, way in how.items() if way == "mount"]
     if to_mount and not images:
-        return how, (f"{', '.join(to_mount)} not on this node's {NATIVE_ROOT} and no "
-                     "GLIDEIN_CVMFS_Images to mount them from")
+        return how, (
+            f"{', '.join(to_mount)} not on this node's {NATIVE_ROOT} and no "
+            "GLIDEIN_CVMFS_Images to mount them from"
+        )
     if to_mount and fuse_problem:
         return how, f"{', '.join(to_mount)} not on this node and cannot mount: {fuse_problem}"
     return how, ""
@@ -110,8 +114,11 @@ def native_repos(repos: List[str], root: str = NATIVE_ROOT) -> Dict[str, bool]:
     return found
 
 
-def fuse_problem(which: Callable[[str], Optional[str]] = shutil.which,
-                 device: str = "/dev/fuse", euid: Optional[int] = None) -> str:
+def fuse_problem(
+    which: Callable[[str], Optional[str]] = shutil.which,
+    device: str = "/dev/fuse",
+    euid: Optional[int] = None,
+) -> str:
     """'' if this process can mount squashfs images with FUSE, else what is missing."""
     if not which("squashfuse"):
         return "no squashfuse on PATH"
@@ -120,7 +127,8 @@ def fuse_problem(which: Callable[[str], Optional[str]] = shutil.which,
     if not os.access(device, os.R_OK | os.W_OK):
         return f"{device} is not readable and writable by this user"
     if (os.geteuid() if euid is None else euid) != 0 and not (
-            which("fusermount3") or which("fusermount")):
+        which("fusermount3") or which("fusermount")
+    ):
         return "no fusermount3/fusermount for an unprivileged mount"
     return ""
 
@@ -146,8 +154,10 @@ def fetch_image(source: str, repo: str, dest_dir: str) -> str:
     dest = os.path.join(dest_dir, name)
     url = source.rstrip("/") + "/" + name
     try:  # urllib's default opener honours http_proxy/https_proxy/no_proxy
-        with urllib.request.urlopen(url, timeout=COMMAND_TIMEOUT) as response, \
-                open(dest, "wb") as out:
+        with (
+            urllib.request.urlopen(url, timeout=COMMAND_TIMEOUT) as response,
+            open(dest, "wb") as out,
+        ):
             shutil.copyfileobj(response, out, 1 << 20)
     except OSError as exc:
         raise CvmfsError(f"{repo}: cannot download {url}: {exc}") from None
@@ -158,13 +168,17 @@ def mount(image: str, mountpoint: str) -> None:
     """Mount one image read-only at ``mountpoint`` and check that it lists."""
     os.makedirs(mountpoint, exist_ok=True)
     try:
-        out = subprocess.run(["squashfuse", image, mountpoint], capture_output=True, text=True,
-                             timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            ["squashfuse", image, mountpoint],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CvmfsError(f"squashfuse {image}: {exc}") from None
     if out.returncode != 0:
-        raise CvmfsError(f"squashfuse {image} exited {out.returncode}: "
-                         f"{out.stderr.strip()[-300:]}")
+        raise CvmfsError(f"squashfuse {image} exited {out.returncode}: {out.stderr.strip()[-300:]}")
     if not os.path.ismount(mountpoint):
         raise CvmfsError(f"{mountpoint} is not a mount point after squashfuse")
 
@@ -176,8 +190,13 @@ def unmount(mountpoint: str) -> str:
         if not shutil.which(cmd[0]):
             continue
         try:
-            out = subprocess.run([*cmd, mountpoint], capture_output=True, text=True,
-                                 timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+            out = subprocess.run(
+                [*cmd, mountpoint],
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             problem = str(exc)
             continue

@@ -51,13 +51,19 @@ class NamespaceError(Exception):
 
 def _run(*argv: str) -> None:
     try:
-        out = subprocess.run(list(argv), capture_output=True, text=True,
-                             timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NamespaceError(f"{' '.join(argv[:3])}: {exc}") from None
     if out.returncode != 0:
-        raise NamespaceError(f"{' '.join(argv)} exited {out.returncode}: "
-                             f"{out.stderr.strip()[-300:]}")
+        raise NamespaceError(
+            f"{' '.join(argv)} exited {out.returncode}: {out.stderr.strip()[-300:]}"
+        )
 
 
 def root_entries(root: str = "/") -> List[Tuple[str, str]]:
@@ -98,8 +104,9 @@ def new_root_with_cvmfs(work: str) -> None:
 def provide(values: dict, work: str) -> List[str]:
     """Give this namespace /cvmfs/<repo> for every required repository; the mounts."""
     try:
-        repos = cvmfs.parse_repos(values.get("GLIDEIN_CVMFS_Repos")
-                                  or values.get("GLIDEIN_CVMFS_REPOS", ""))
+        repos = cvmfs.parse_repos(
+            values.get("GLIDEIN_CVMFS_Repos") or values.get("GLIDEIN_CVMFS_REPOS", "")
+        )
     except ValueError as exc:
         raise NamespaceError(str(exc)) from None
     images = values.get("GLIDEIN_CVMFS_Images", "")
@@ -130,8 +137,14 @@ def as_user(cmd: List[str], uid: Optional[int], gid: Optional[int]) -> List[str]
     """CMD run as the pilot's own uid/gid again (a nested user namespace), unless root."""
     if not uid:
         return list(cmd)
-    return ["unshare", "--user", f"--map-user={uid}", f"--map-group={gid if gid else uid}",
-            "--", *cmd]
+    return [
+        "unshare",
+        "--user",
+        f"--map-user={uid}",
+        f"--map-group={gid if gid else uid}",
+        "--",
+        *cmd,
+    ]
 
 
 def note(config: str, lines: List[Tuple[str, str]]) -> None:
@@ -161,8 +174,10 @@ def serve(options: argparse.Namespace, values: dict, work: str) -> int:
     try:
         mounted = provide(values, work)
     except (NamespaceError, OSError) as exc:
-        note(options.config, [("GLIDEIN_CVMFS_Namespace", "failed"),
-                              ("GLIDEIN_CVMFS_Namespace_Problem", str(exc))])
+        note(
+            options.config,
+            [("GLIDEIN_CVMFS_Namespace", "failed"), ("GLIDEIN_CVMFS_Namespace_Problem", str(exc))],
+        )
         cmd = list(options.cmd)
     else:
         note(options.config, [("GLIDEIN_CVMFS_Namespace", "yes")])

@@ -77,8 +77,9 @@ class Exchange:
     is set when the pilot ends; both loops return then.
     """
 
-    def __init__(self, pool: Api, pilot: Pilot, *, lock: threading.Condition,
-                 finished: threading.Event) -> None:
+    def __init__(
+        self, pool: Api, pilot: Pilot, *, lock: threading.Condition, finished: threading.Event
+    ) -> None:
         self.pool = pool
         self.pilot = pilot
         self.pilot_id = ""  # the pool's, once registered
@@ -99,8 +100,13 @@ class Exchange:
         if not self.pilot_id:
             return
         try:
-            self.pool.call("POST", f"pilots/{segment(self.pilot_id)}/deregister",
-                           {"reason": reason}, timeout=10, tries=1)
+            self.pool.call(
+                "POST",
+                f"pilots/{segment(self.pilot_id)}/deregister",
+                {"reason": reason},
+                timeout=10,
+                tries=1,
+            )
         except (HttpStatusError, TransportError, IncompatiblePeer) as exc:
             log.warning("deregister failed: %s", exc)
 
@@ -109,16 +115,19 @@ class Exchange:
         while not self._finished.wait(interval):
             with self._lock:
                 body: Dict[str, Any] = {
-                    "claims": self.pilot.running_claims() + self.completions.claim_ids()}
+                    "claims": self.pilot.running_claims() + self.completions.claim_ids()
+                }
             if self.pilot.retiring:
                 body["retiring"] = True
             try:
                 _, answer = self.pool.call(
-                    "POST", f"pilots/{segment(self.pilot_id)}/heartbeat", body)
+                    "POST", f"pilots/{segment(self.pilot_id)}/heartbeat", body
+                )
             except HttpStatusError as exc:
                 if exc.status in (404, 410):
-                    self.pilot.finish(ExitReason.LOST,
-                                      f"the pool no longer knows this pilot: {exc}")
+                    self.pilot.finish(
+                        ExitReason.LOST, f"the pool no longer knows this pilot: {exc}"
+                    )
                     return
                 log.warning("heartbeat refused: %s", exc)
                 continue
@@ -126,8 +135,7 @@ class Exchange:
                 log.warning("heartbeat not delivered: %s", exc)
                 continue
             answer = answer if isinstance(answer, dict) else {}
-            self.pilot.follow([str(c) for c in answer.get("kill") or []],
-                              bool(answer.get("drain")))
+            self.pilot.follow([str(c) for c in answer.get("kill") or []], bool(answer.get("drain")))
 
     def claim_loop(self) -> None:
         """Ask for work while resources are free, carrying the ended jobs' results."""
@@ -144,28 +152,40 @@ class Exchange:
                     continue
                 now = time.monotonic()
                 free_since = now if free_since is None else free_since
-                pause = gather_wait(offer.running, offer.free["cpus"],
-                                    min(MAX_CLAIMS_PER_CALL, offer.cpus), now - free_since,
-                                    GATHER)
+                pause = gather_wait(
+                    offer.running,
+                    offer.free["cpus"],
+                    min(MAX_CLAIMS_PER_CALL, offer.cpus),
+                    now - free_since,
+                    GATHER,
+                )
                 if pause > 0:
                     self._lock.wait(pause)
                     continue
                 free_since = None
                 batch = self.completions.take(MAX_COMPLETIONS_PER_CALL)
                 body: Dict[str, Any] = {
-                    "free": offer.free, "wait": round(step.seconds, 3),
-                    "max_runtime": offer.max_runtime, "completions": batch,
-                    "max_jobs": max(1, min(MAX_CLAIMS_PER_CALL, offer.free["cpus"]))}
+                    "free": offer.free,
+                    "wait": round(step.seconds, 3),
+                    "max_runtime": offer.max_runtime,
+                    "completions": batch,
+                    "max_jobs": max(1, min(MAX_CLAIMS_PER_CALL, offer.free["cpus"])),
+                }
             try:
                 status, answer = self.pool.call(
-                    "POST", f"pilots/{segment(self.pilot_id)}/cycle", body,
-                    timeout=step.seconds + CLAIM_MARGIN, tries=1)
+                    "POST",
+                    f"pilots/{segment(self.pilot_id)}/cycle",
+                    body,
+                    timeout=step.seconds + CLAIM_MARGIN,
+                    tries=1,
+                )
                 failures = 0
             except HttpStatusError as exc:
                 self._settle(batch, None)
                 if exc.status in (404, 410):
-                    self.pilot.finish(ExitReason.LOST,
-                                      f"the pool no longer knows this pilot: {exc}")
+                    self.pilot.finish(
+                        ExitReason.LOST, f"the pool no longer knows this pilot: {exc}"
+                    )
                 elif exc.status in (401, 403):
                     self.pilot.finish(ExitReason.ERROR, f"the pool refused the pilot token: {exc}")
                 else:
@@ -239,8 +259,9 @@ class Exchange:
                 else:
                     self.badput += item["wall_seconds"]
                 if not accepted:
-                    log.warning("claim %s: the pool no longer holds it; result dropped",
-                                item["claim_id"])
+                    log.warning(
+                        "claim %s: the pool no longer holds it; result dropped", item["claim_id"]
+                    )
 
     def _pause_after_failure(self, failures: int, exc: Exception) -> int:
         delay = min(60.0, self.pool.backoff * 2**failures)

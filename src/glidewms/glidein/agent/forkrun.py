@@ -72,8 +72,9 @@ def _child(path: str, argv: List[str], env: Dict[str, str], cwd: str, out_fd: in
         os._exit(code)
 
 
-def run(path: str, argv: List[str], env: Dict[str, str], cwd: str,
-        timeout: float) -> Tuple[int, bytes, bool]:
+def run(
+    path: str, argv: List[str], env: Dict[str, str], cwd: str, timeout: float
+) -> Tuple[int, bytes, bool]:
     """Run ``path`` as ``__main__`` in a forked child: (exit status, output, timed out).
 
     The exit status follows subprocess: negative for a signal. Output is

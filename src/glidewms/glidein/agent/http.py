@@ -57,8 +57,12 @@ KEEP_IDLE = 2.0  # seconds a kept connection may stay idle and still be reused
 TOKEN_REREAD = 1.0  # seconds a token read stays trusted while its file looks unchanged
 # a kept connection the server closed in the meantime fails with one of these
 # before any answer: the request did not reach the application
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
-          ConnectionAbortedError)
+_STALE = (
+    http.client.RemoteDisconnected,
+    BrokenPipeError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+)
 
 
 class HttpStatusError(Exception):
@@ -93,8 +97,9 @@ def require_major(where: str, header: Optional[str]) -> None:
         return
     major, _, _minor = header.partition(".")
     if not major.isdigit() or int(major) != API_MAJOR:
-        raise IncompatiblePeer(f"{where} speaks protocol {header!r}; this pilot speaks "
-                               f"{API_MAJOR}.x")
+        raise IncompatiblePeer(
+            f"{where} speaks protocol {header!r}; this pilot speaks {API_MAJOR}.x"
+        )
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -142,7 +147,8 @@ class Api:
         """This thread's kept connection if fresh enough, else a new one;
         (connection, reused)."""
         kept: Optional[tuple[http.client.HTTPConnection, float]] = getattr(
-            self._local, "conn", None)
+            self._local, "conn", None
+        )
         self._local.conn = None
         if kept is not None:
             conn, last_used = kept
@@ -152,15 +158,17 @@ class Api:
             conn.close()
         if self._scheme == "https":
             conn = http.client.HTTPSConnection(
-                self._netloc, timeout=timeout, context=ssl.create_default_context())
+                self._netloc, timeout=timeout, context=ssl.create_default_context()
+            )
         else:
             conn = http.client.HTTPConnection(self._netloc, timeout=timeout)
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn, False
 
-    def _direct_call(self, method: str, path: str, data: Optional[bytes],
-                     headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    def _direct_call(
+        self, method: str, path: str, data: Optional[bytes], headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
         """One request with http.client on this thread's kept connection
         (cheaper than urllib's handler chain); an error status raises
         HTTPError as urllib's would, redirects included (never followed)."""
@@ -186,8 +194,13 @@ class Api:
             self._local.conn = (conn, time.monotonic())
         self._check(response.headers)
         if response.status >= 300:
-            raise urllib.error.HTTPError(self.base_url + path, response.status,
-                                         response.reason, response.headers, io.BytesIO(raw))
+            raise urllib.error.HTTPError(
+                self.base_url + path,
+                response.status,
+                response.reason,
+                response.headers,
+                io.BytesIO(raw),
+            )
         return response.status, raw
 
     def _check(self, headers: Any) -> None:
@@ -247,8 +260,15 @@ class Api:
                     raise TransportError(f"{method} {path}: {reason}") from None
                 problem = str(reason)
             delay = self.backoff * 2 ** (attempt - 1)
-            log.warning("%s %s failed (%s); retry %d/%d in %.1fs",
-                        method, path, problem, attempt, tries - 1, delay)
+            log.warning(
+                "%s %s failed (%s); retry %d/%d in %.1fs",
+                method,
+                path,
+                problem,
+                attempt,
+                tries - 1,
+                delay,
+            )
             if self.abort.wait(delay):
                 raise TransportError(f"{method} {path}: aborted while retrying")
         raise AssertionError("unreachable")
@@ -291,9 +311,7 @@ class Api:
         def attempt() -> str:
             digest = hashlib.sha256()
             request = self._request("GET", path, None, {})
-            with self._opener.open(request, timeout=timeout) as response, open(
-                dest, "wb"
-            ) as out:
+            with self._opener.open(request, timeout=timeout) as response, open(dest, "wb") as out:
                 self._check(response.headers)
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     digest.update(chunk)

@@ -86,8 +86,9 @@ class JobSpec:
         """Validate a claim's job object; JobSetupError names what is wrong."""
         try:
             files = [
-                SandboxFile(check_name(f["name"]), str(f["sha256"]).lower(),
-                            bool(f.get("executable")))
+                SandboxFile(
+                    check_name(f["name"]), str(f["sha256"]).lower(), bool(f.get("executable"))
+                )
                 for f in job.get("sandbox") or []
             ]
             outputs = job.get("transfer_output")
@@ -100,10 +101,12 @@ class JobSpec:
                 out=stream_name(job.get("out")),
                 err=stream_name(job.get("err")),
                 transfer_output=None if outputs is None else [str(n) for n in outputs],
-                request={"cpus": int(request.get("cpus") or 1),
-                         "memory": int(request.get("memory") or 0),
-                         "disk": int(request.get("disk") or 0),
-                         "gpus": int(request.get("gpus") or 0)},
+                request={
+                    "cpus": int(request.get("cpus") or 1),
+                    "memory": int(request.get("memory") or 0),
+                    "disk": int(request.get("disk") or 0),
+                    "gpus": int(request.get("gpus") or 0),
+                },
                 container=_container(job.get("container")),
                 max_runtime=float(job["max_runtime"]) if job.get("max_runtime") else None,
             )
@@ -229,8 +232,9 @@ class JobProcess:
     actually run (a container runtime's, see ``container.wrap``).
     """
 
-    def __init__(self, spec: JobSpec, sandbox: str, env: dict[str, str],
-                 launcher: Launcher | None = None) -> None:
+    def __init__(
+        self, spec: JobSpec, sandbox: str, env: dict[str, str], launcher: Launcher | None = None
+    ) -> None:
         self.spec = spec
         self.sandbox = sandbox
         self.env = env
@@ -281,13 +285,22 @@ class JobProcess:
         try:
             for name in (self.spec.out, self.spec.err):
                 if name not in opened:  # out == err: one file
-                    opened[name] = os.open(os.path.join(self.sandbox, str(name)),
-                                           os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                                           0o666)
+                    opened[name] = os.open(
+                        os.path.join(self.sandbox, str(name)),
+                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                        0o666,
+                    )
             try:
                 return _popen_unless_busy(
-                    argv, cwd=self.sandbox, env=env, stdin=null, stdout=opened[self.spec.out],
-                    stderr=opened[self.spec.err], start_new_session=True, close_fds=True)
+                    argv,
+                    cwd=self.sandbox,
+                    env=env,
+                    stdin=null,
+                    stdout=opened[self.spec.out],
+                    stderr=opened[self.spec.err],
+                    start_new_session=True,
+                    close_fds=True,
+                )
             except OSError as exc:
                 reason = f"cannot execute {argv[0]}: {exc.strerror}"
                 log.warning("job in %s: %s", self.sandbox, reason)

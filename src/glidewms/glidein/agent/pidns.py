@@ -60,9 +60,11 @@ def exit_code(status: int) -> int:
 
 def forward_signals(pid: int) -> None:
     """Pass SIGTERM, SIGINT and SIGHUP on to ``pid`` (the agent drains on them)."""
+
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(OSError):
             os.kill(pid, signum)
+
     for signum in FORWARDED:
         signal.signal(signum, forward)
 
@@ -137,8 +139,13 @@ def run_as_init(body: Callable[[], int]) -> int:
 def mount_proc() -> str:
     """A /proc for the new pid namespace, so that pids read there are its own; '' or why not."""
     try:
-        out = subprocess.run(["mount", "-t", "proc", "proc", "/proc"], capture_output=True,
-                             text=True, timeout=30, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            ["mount", "-t", "proc", "proc", "/proc"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     return out.stderr.strip()[-200:] if out.returncode else ""

@@ -43,9 +43,15 @@ class ExitReason(str, Enum):
         return _EXIT_CODES.get(self, 1)
 
 
-_EXIT_CODES = {ExitReason.IDLE_TIMEOUT: 0, ExitReason.LIFETIME: 0, ExitReason.ERROR: 1,
-               ExitReason.LOST: 3, ExitReason.CORRUPTION: 3, ExitReason.VALIDATION_FAILED: 4,
-               ExitReason.BLACK_HOLE: 5}
+_EXIT_CODES = {
+    ExitReason.IDLE_TIMEOUT: 0,
+    ExitReason.LIFETIME: 0,
+    ExitReason.ERROR: 1,
+    ExitReason.LOST: 3,
+    ExitReason.CORRUPTION: 3,
+    ExitReason.VALIDATION_FAILED: 4,
+    ExitReason.BLACK_HOLE: 5,
+}
 # A drain asked by the pool has no reason of its own in docs/protocol.md: it is
 # reported as the benign retirement, with a detail.
 DRAIN_REASON = ExitReason.IDLE_TIMEOUT
@@ -110,8 +116,11 @@ def next_step(s: State, lifetime: float) -> Step:
     - A full slot waits (a finishing job wakes the loop up).
     """
     if s.now >= s.die_at:
-        return Step(Action.EXIT, reason=ExitReason.LIFETIME,
-                    detail=f"die time reached ({lifetime:.0f}s lifetime minus margin)")
+        return Step(
+            Action.EXIT,
+            reason=ExitReason.LIFETIME,
+            detail=f"die time reached ({lifetime:.0f}s lifetime minus margin)",
+        )
     if s.draining or s.stop_reason or s.now >= s.deadline:
         if s.running:
             return Step(Action.WAIT, max(0.001, min(MAX_CLAIM_WAIT, s.die_at - s.now)))
@@ -119,24 +128,29 @@ def next_step(s: State, lifetime: float) -> Step:
             return Step(Action.EXIT, reason=s.stop_reason, detail=s.stop_detail)
         if s.draining:
             return Step(Action.EXIT, reason=DRAIN_REASON, detail="drain requested by the pool")
-        return Step(Action.EXIT, reason=ExitReason.LIFETIME,
-                    detail=f"retire time reached ({lifetime:.0f}s lifetime)")
+        return Step(
+            Action.EXIT,
+            reason=ExitReason.LIFETIME,
+            detail=f"retire time reached ({lifetime:.0f}s lifetime)",
+        )
     idle_limit = s.idle_timeout if not s.jobs_run or s.tail_timeout is None else s.tail_timeout
     wait = min(MAX_CLAIM_WAIT, idle_limit, s.deadline - s.now)
     if not s.running:
         idle_left = s.idle_since + idle_limit - s.now
         if idle_left <= 0:
             kind = "tail " if s.jobs_run and s.tail_timeout is not None else ""
-            return Step(Action.EXIT, reason=ExitReason.IDLE_TIMEOUT,
-                        detail=f"no job for {idle_limit:.0f}s ({kind}idle timeout)")
+            return Step(
+                Action.EXIT,
+                reason=ExitReason.IDLE_TIMEOUT,
+                detail=f"no job for {idle_limit:.0f}s ({kind}idle timeout)",
+            )
         wait = min(wait, idle_left)
     if s.free_cpus < 1 or s.free_memory < 1:  # full: look again at the retire time at the latest
         return Step(Action.WAIT, max(0.001, min(MAX_CLAIM_WAIT, s.deadline - s.now)))
     return Step(Action.CLAIM, max(wait, 0.001))  # a last look at the very end of the idle time
 
 
-def gather_wait(running: int, free_cpus: int, batch: int, waited: float,
-                gather: float) -> float:
+def gather_wait(running: int, free_cpus: int, batch: int, waited: float, gather: float) -> float:
     """Seconds to wait before a claim call, so that one turn carries more jobs.
 
     A pilot whose jobs end one by one would otherwise make one pool call per
@@ -153,8 +167,9 @@ def gather_wait(running: int, free_cpus: int, batch: int, waited: float,
     return gather - waited
 
 
-def retire_and_die(lifetime: float, die_margin: float, retire_before: float, spread: float,
-                   draw: float) -> tuple[float, float]:
+def retire_and_die(
+    lifetime: float, die_margin: float, retire_before: float, spread: float, draw: float
+) -> tuple[float, float]:
     """(retire, die) offsets from the pilot's start, in seconds.
 
     ``draw`` in [0, 1) spreads the retire time of pilots of one batch over
@@ -207,8 +222,13 @@ def token_expiry(token: str) -> float | None:
     return float(exp) if isinstance(exp, (int, float)) and math.isfinite(exp) else None
 
 
-def token_retire(deadline: float, expires: float | None, now_epoch: float, now: float,
-                 margin: float = TOKEN_RETIRE_MARGIN) -> float:
+def token_retire(
+    deadline: float,
+    expires: float | None,
+    now_epoch: float,
+    now: float,
+    margin: float = TOKEN_RETIRE_MARGIN,
+) -> float:
     """The retire time (monotonic) capped ``margin`` seconds before the token expires.
 
     The frontend renews pilot tokens and the factory rewrites the token file;

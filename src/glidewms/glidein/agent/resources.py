@@ -48,8 +48,17 @@ _OS_NAMES = {
 # Attributes the agent owns: an entry --attr of the same name is ignored, since
 # the pool must see what the agent actually tracks and offers.
 RESERVED = frozenset(
-    ("Cpus", "Memory", "Disk", "GLIDEIN_Id", "GLIDEIN_Site", "GLIDEIN_Entry_Name",
-     "GLIDEIN_Factory", "GLIDEIN_Multi_Count", "GLIDEIN_Multi_Index")
+    (
+        "Cpus",
+        "Memory",
+        "Disk",
+        "GLIDEIN_Id",
+        "GLIDEIN_Site",
+        "GLIDEIN_Entry_Name",
+        "GLIDEIN_Factory",
+        "GLIDEIN_Multi_Count",
+        "GLIDEIN_Multi_Index",
+    )
 )
 MULTI_ATTRS = ("GLIDEIN_Multi_Count", "GLIDEIN_Multi_Index")
 
@@ -93,9 +102,7 @@ def detect_disk_kib(path: str) -> int:
     return shutil.disk_usage(path).free // 1024
 
 
-def detect_resources(
-    cfg: GlideinConfig, meminfo: str = "/proc/meminfo"
-) -> Resources:
+def detect_resources(cfg: GlideinConfig, meminfo: str = "/proc/meminfo") -> Resources:
     """Explicit glidein_config amounts win; ``auto`` (None) is detected.
 
     One of ``GLIDEIN_Multi_Count`` pilots of one batch job (``--multi N``)
@@ -132,10 +139,16 @@ def split(whole: Resources, count: int, index: int) -> Resources:
     """Pilot ``index``'s share of ``whole`` among ``count``: an even split, the
     remainder going to the first pilots, so the shares add up to the whole (a
     pilot may get 0 GPUs, never less than one CPU or one MB)."""
+
     def share(total: int) -> int:
         return total // count + (1 if index < total % count else 0)
-    return Resources(cpus=max(1, share(whole.cpus)), memory=max(1, share(whole.memory)),
-                     disk=whole.disk // count, gpus=share(whole.gpus))
+
+    return Resources(
+        cpus=max(1, share(whole.cpus)),
+        memory=max(1, share(whole.memory)),
+        disk=whole.disk // count,
+        gpus=share(whole.gpus),
+    )
 
 
 def htcondor_arch(machine: str) -> str:

@@ -33,9 +33,15 @@ class Slot:
     it; it is notified whenever a job ends.
     """
 
-    def __init__(self, total: Resources, *, lock: threading.Condition,
-                 results: CompletionQueue, trail: Trail,
-                 ended: Callable[[Outcome], None]) -> None:
+    def __init__(
+        self,
+        total: Resources,
+        *,
+        lock: threading.Condition,
+        results: CompletionQueue,
+        trail: Trail,
+        ended: Callable[[Outcome], None],
+    ) -> None:
         self.total = total
         self.free = Resources(total.cpus, total.memory, total.disk, total.gpus)
         self.runners: Dict[str, ClaimRunner] = {}
@@ -104,8 +110,11 @@ class Slot:
             self._ended(outcome)
             self._lock.notify_all()
         # one trail record per job; flushed on a timer (agent.py), not per job
-        self._trail.add("INFO" if not outcome.failed else "WARNING", "job",
-                        f"job {runner.job_id}: started={outcome.started} "
-                        f"exit={outcome.exit_code} completed={outcome.result is not None} "
-                        f"killed={outcome.killed} wall={outcome.wall:.3f}s "
-                        f"{outcome.detail}".strip())
+        self._trail.add(
+            "INFO" if not outcome.failed else "WARNING",
+            "job",
+            f"job {runner.job_id}: started={outcome.started} "
+            f"exit={outcome.exit_code} completed={outcome.result is not None} "
+            f"killed={outcome.killed} wall={outcome.wall:.3f}s "
+            f"{outcome.detail}".strip(),
+        )

@@ -47,12 +47,16 @@ class Trail:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
-    def add(self, severity: str, kind: str, content: str,
-            attachments: Optional[Dict[str, bytes]] = None) -> None:
+    def add(
+        self, severity: str, kind: str, content: str, attachments: Optional[Dict[str, bytes]] = None
+    ) -> None:
         """Queue one record (content and attachments are bounded in size)."""
         record: Dict[str, Any] = {
-            "time": round(time.time(), 3), "invoker": self.invoker, "pid": os.getpid(),
-            "severity": severity if severity in SEVERITIES else "INFO", "type": kind,
+            "time": round(time.time(), 3),
+            "invoker": self.invoker,
+            "pid": os.getpid(),
+            "severity": severity if severity in SEVERITIES else "INFO",
+            "type": kind,
             "content": content[:MAX_CONTENT],
         }
         if attachments:
@@ -81,12 +85,16 @@ class Trail:
                 last = len(batch) == self.pending()
                 body = {"records": batch, "final": final and last}
                 try:
-                    self.factory.call("POST", f"glideins/{segment(self.glidein_id)}/log", body,
-                                      timeout=10, tries=2)
+                    self.factory.call(
+                        "POST",
+                        f"glideins/{segment(self.glidein_id)}/log",
+                        body,
+                        timeout=10,
+                        tries=2,
+                    )
                 except HttpStatusError as exc:
                     if exc.status in (404, 405):
-                        log.info("the factory keeps no pilot logs (HTTP %d); trail off",
-                                 exc.status)
+                        log.info("the factory keeps no pilot logs (HTTP %d); trail off", exc.status)
                         self.enabled = False
                     else:
                         log.warning("trail not flushed: %s", exc)
@@ -95,11 +103,10 @@ class Trail:
                     log.warning("trail not flushed: %s", exc)
                     return False
                 with self._lock:
-                    del self._records[:len(batch)]
+                    del self._records[: len(batch)]
                 self.sent += len(batch)
                 if last:
                     return True
-
 
     def flush_loop(self, finished: threading.Event, every: float) -> None:
         """Flush what is queued every ``every`` seconds until ``finished``."""
@@ -113,12 +120,16 @@ class Trail:
         if self.factory is None:
             log.warning("no factory URL; final report not sent")
             return
-        self.add("INFO" if body["exit_code"] == 0 else "ERROR", "exit",
-                 f"{body['exit_reason']}: {body['detail']}")
+        self.add(
+            "INFO" if body["exit_code"] == 0 else "ERROR",
+            "exit",
+            f"{body['exit_reason']}: {body['detail']}",
+        )
         self.flush(final=True)
         try:
-            self.factory.call("POST", f"glideins/{segment(self.glidein_id)}/report", body,
-                              timeout=10, tries=2)
+            self.factory.call(
+                "POST", f"glideins/{segment(self.glidein_id)}/report", body, timeout=10, tries=2
+            )
             log.info("final report sent: %s", body["exit_reason"])
         except (HttpStatusError, TransportError) as exc:
             log.warning("final report not delivered: %s", exc)

@@ -84,8 +84,9 @@ class Result:
         return body
 
 
-def parse_script_list(text: str, base_dir: str, source: str,
-                      stages: Tuple[str, ...] = STAGES) -> List[Script]:
+def parse_script_list(
+    text: str, base_dir: str, source: str, stages: Tuple[str, ...] = STAGES
+) -> List[Script]:
     """Parse a scripts.list; ConfigError names the file and line.
 
     ``stages``: the stages this list may name (a VO list: ``group`` only).
@@ -98,8 +99,10 @@ def parse_script_list(text: str, base_dir: str, source: str,
         words = line.split()
         where = f"{source}:{number}"
         if len(words) < 2 or words[0] not in stages:
-            raise ConfigError(f"{where}: expected 'STAGE PATH [period=N] [container]' with "
-                              f"STAGE one of {', '.join(stages)}, got {line!r}")
+            raise ConfigError(
+                f"{where}: expected 'STAGE PATH [period=N] [container]' with "
+                f"STAGE one of {', '.join(stages)}, got {line!r}"
+            )
         if words[1].startswith("/") or ".." in words[1].split("/"):
             raise ConfigError(f"{where}: the script path must stay under {base_dir}")
         period, in_container = 0, False
@@ -110,19 +113,20 @@ def parse_script_list(text: str, base_dir: str, source: str,
             elif key == "period" and value.isdigit():
                 period = int(value)
             else:
-                raise ConfigError(f"{where}: unknown option {option!r} (period=SECONDS, "
-                                  "container)")
+                raise ConfigError(f"{where}: unknown option {option!r} (period=SECONDS, container)")
         name = os.path.splitext(os.path.basename(words[1]))[0]
-        scripts.append(Script(name, os.path.join(base_dir, words[1]), words[0], period,
-                              in_container))
+        scripts.append(
+            Script(name, os.path.join(base_dir, words[1]), words[0], period, in_container)
+        )
     return scripts
 
 
 def discover(work_dir: str, values: Dict[str, str]) -> List[Script]:
     """Every listed script, sorted by stage (a stable sort keeps list order)."""
     lists = [(STANDARD_LIST, STAGES)]
-    lists += [(p.strip(), STAGES) for p in values.get("GLIDEIN_Script_Lists", "").split(",")
-              if p.strip()]
+    lists += [
+        (p.strip(), STAGES) for p in values.get("GLIDEIN_Script_Lists", "").split(",") if p.strip()
+    ]
     if values.get("GLIDEIN_VO_Scripts"):
         lists.append((values["GLIDEIN_VO_Scripts"], ("group",)))
     skip = {n.strip() for n in values.get("GLIDEIN_Validation_Skip", "").split(",") if n.strip()}
@@ -135,8 +139,11 @@ def discover(work_dir: str, values: Dict[str, str]) -> List[Script]:
             continue
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
-        scripts += [s for s in parse_script_list(text, os.path.dirname(path), relative, stages)
-                    if s.name not in skip]
+        scripts += [
+            s
+            for s in parse_script_list(text, os.path.dirname(path), relative, stages)
+            if s.name not in skip
+        ]
     return sorted(scripts, key=lambda s: STAGES.index(s.stage))
 
 
@@ -150,31 +157,38 @@ def _command(script: Script, config_path: str) -> List[str]:
     return [script.path, config_path]
 
 
-def run_script(script: Script, config_path: str, timeout: float = DEFAULT_TIMEOUT,
-               fork: bool = False) -> Result:
+def run_script(
+    script: Script, config_path: str, timeout: float = DEFAULT_TIMEOUT, fork: bool = False
+) -> Result:
     """Run one script; never raises.
 
     ``fork``: run a Python script in a forked child of this process rather than a
     new interpreter (see ``forkrun``; only while the caller is single-threaded).
     """
     started = time.monotonic()
-    fd, result_file = tempfile.mkstemp(prefix=f".result_{script.name}_",
-                                       dir=os.path.dirname(config_path))
+    fd, result_file = tempfile.mkstemp(
+        prefix=f".result_{script.name}_", dir=os.path.dirname(config_path)
+    )
     os.close(fd)
-    env = dict(os.environ, GLIDEIN_RESULT_FILE=result_file, GLIDEIN_PYTHON=sys.executable,
-               GLIDEIN_CONFIG=config_path)
+    env = dict(
+        os.environ,
+        GLIDEIN_RESULT_FILE=result_file,
+        GLIDEIN_PYTHON=sys.executable,
+        GLIDEIN_CONFIG=config_path,
+    )
     result = Result(script.name, script.stage, "failed", "WN_Resource")
     cwd = os.path.dirname(config_path)
     try:
         if script.container:
-            returncode, output, timed_out = _run_in_container(script, config_path, env, cwd,
-                                                              timeout)
+            returncode, output, timed_out = _run_in_container(
+                script, config_path, env, cwd, timeout
+            )
         elif fork and script.path.endswith(".py") and forkrun.fork_allowed():
-            returncode, output, timed_out = forkrun.run(script.path, [config_path], env, cwd,
-                                                        timeout)
+            returncode, output, timed_out = forkrun.run(
+                script.path, [config_path], env, cwd, timeout
+            )
         else:
-            returncode, output, timed_out = _run_process(script, config_path, env, cwd,
-                                                         timeout)
+            returncode, output, timed_out = _run_process(script, config_path, env, cwd, timeout)
     except (OSError, containers.ContainerError, ValueError) as exc:
         result.detail = f"cannot run {script.path}: {getattr(exc, 'strerror', None) or exc}"
         os.unlink(result_file)
@@ -199,8 +213,9 @@ def run_script(script: Script, config_path: str, timeout: float = DEFAULT_TIMEOU
     return result
 
 
-def _run_in_container(script: Script, config_path: str, env: Dict[str, str], cwd: str,
-                      timeout: float) -> Tuple[int, bytes, bool]:
+def _run_in_container(
+    script: Script, config_path: str, env: Dict[str, str], cwd: str, timeout: float
+) -> Tuple[int, bytes, bool]:
     """The script inside the container runtime validation chose, in the default image.
 
     The work dir is bound at its own path (not ``/srv``), so every path in
@@ -210,18 +225,23 @@ def _run_in_container(script: Script, config_path: str, env: Dict[str, str], cwd
     values = read_values(config_path)
     setup = containers.ContainerSetup.from_values(values)
     if setup.runtime not in containers.RUNTIMES or not setup.path:
-        raise containers.ContainerError("it must run in a container and this node has no "
-                                        "working container runtime")
+        raise containers.ContainerError(
+            "it must run in a container and this node has no working container runtime"
+        )
     image = setup.default_image
     command = _command(script, config_path)
     if command[0] == sys.executable:
         command[0] = "python3"  # the image's python, not the pilot's path on the host
     bind = containers.Bind(cwd, cwd)
-    inner_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": cwd,
-                 **{k: env[k] for k in ("GLIDEIN_RESULT_FILE", "GLIDEIN_CONFIG")}}
+    inner_env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": cwd,
+        **{k: env[k] for k in ("GLIDEIN_RESULT_FILE", "GLIDEIN_CONFIG")},
+    }
     inner_env["GLIDEIN_PYTHON"] = "python3"
-    setup = containers.ContainerSetup(setup.runtime, setup.path, image, setup.use,
-                                      (*setup.binds, bind), setup.gpu_devices)
+    setup = containers.ContainerSetup(
+        setup.runtime, setup.path, image, setup.use, (*setup.binds, bind), setup.gpu_devices
+    )
     # a sandbox of its own (the scratch /srv) keeps the work dir's paths unmapped
     sandbox = tempfile.mkdtemp(prefix=".vo_sandbox_", dir=cwd)
     try:
@@ -235,17 +255,25 @@ def _run_in_container(script: Script, config_path: str, env: Dict[str, str], cwd
         shutil.rmtree(sandbox, ignore_errors=True)
 
 
-def _run_process(script: Script, config_path: str, env: Dict[str, str], cwd: str,
-                 timeout: float) -> Tuple[int, bytes, bool]:
+def _run_process(
+    script: Script, config_path: str, env: Dict[str, str], cwd: str, timeout: float
+) -> Tuple[int, bytes, bool]:
     """A new process in its own session; its group is killed on timeout."""
     return _spawn(_command(script, config_path), env, cwd, timeout)
 
 
-def _spawn(argv: List[str], env: Dict[str, str], cwd: str,
-           timeout: float) -> Tuple[int, bytes, bool]:
-    proc = subprocess.Popen(argv, cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+def _spawn(
+    argv: List[str], env: Dict[str, str], cwd: str, timeout: float
+) -> Tuple[int, bytes, bool]:
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=timeout)
         return proc.returncode, output, False
@@ -273,24 +301,33 @@ def _apply_result_file(result: Result, raw: str) -> None:
         result.detail = f"unreadable result file: {exc}"
 
 
-def run_all(scripts: List[Script], config_path: str,
-            timeout: float = DEFAULT_TIMEOUT, fork: bool = False) -> List[Result]:
+def run_all(
+    scripts: List[Script], config_path: str, timeout: float = DEFAULT_TIMEOUT, fork: bool = False
+) -> List[Result]:
     """Run scripts in order until one fails; return every result obtained."""
     results = []
     for script in scripts:
         result = run_script(script, config_path, timeout, fork)
         level = logging.INFO if result.ok else logging.ERROR
-        log.log(level, "validation %s/%s: %s %s%s (%.2fs)", script.stage, script.name,
-                result.status, result.category + ": " if result.category else "", result.detail,
-                result.seconds)
+        log.log(
+            level,
+            "validation %s/%s: %s %s%s (%.2fs)",
+            script.stage,
+            script.name,
+            result.status,
+            result.category + ": " if result.category else "",
+            result.detail,
+            result.seconds,
+        )
         results.append(result)
         if not result.ok:
             break
     return results
 
 
-def published(values: Dict[str, str], results: List[Result]
-              ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+def published(
+    values: Dict[str, str], results: List[Result]
+) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """Slot attributes and job environment from what the scripts declared.
 
     The declared list is the union of the scripts' ``slot_attrs``/``job_env``

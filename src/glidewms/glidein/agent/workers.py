@@ -27,8 +27,9 @@ class Workers:
 
     def __init__(self, name: str = "job") -> None:
         self.name = name
-        self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = \
+        self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
             queue.SimpleQueue()
+        )
         self._lock = threading.Condition()
         self._idle = 0  # threads waiting for a task and not yet promised one
         self.started = 0  # threads started so far (tests and logs)
@@ -45,8 +46,7 @@ class Workers:
                 number = self.started
         self._tasks.put((task, args))
         if start:
-            threading.Thread(target=self._work, daemon=True,
-                             name=f"{self.name}-{number}").start()
+            threading.Thread(target=self._work, daemon=True, name=f"{self.name}-{number}").start()
 
     def _work(self) -> None:
         while True:

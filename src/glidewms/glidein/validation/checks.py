@@ -30,8 +30,7 @@ def batch_cpus(env: Mapping[str, str], hostname: str = "") -> Optional[Tuple[int
     ``PBS_NP``. LSF: this host's count in ``LSB_MCPU_HOSTS`` (``host1 4 host2
     2``), else ``LSB_DJOB_NUMPROC``. Grid Engine: ``NSLOTS``.
     """
-    for name in ("SLURM_CPUS_ON_NODE", "SLURM_JOB_CPUS_PER_NODE", "PBS_NUM_PPN", "NCPUS",
-                 "PBS_NP"):
+    for name in ("SLURM_CPUS_ON_NODE", "SLURM_JOB_CPUS_PER_NODE", "PBS_NUM_PPN", "NCPUS", "PBS_NP"):
         value = _first_int(env.get(name, ""))
         if value:
             return value, name
@@ -50,8 +49,9 @@ def batch_cpus(env: Mapping[str, str], hostname: str = "") -> Optional[Tuple[int
     return None
 
 
-def cgroup_cpus(cpu_max: Optional[str], cfs_quota: Optional[str] = None,
-                cfs_period: Optional[str] = None) -> Optional[int]:
+def cgroup_cpus(
+    cpu_max: Optional[str], cfs_quota: Optional[str] = None, cfs_period: Optional[str] = None
+) -> Optional[int]:
     """CPUs a cgroup quota allows: v2 ``cpu.max`` (``QUOTA PERIOD`` or ``max``),
     else v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` (-1 means no quota).
     A fractional quota rounds up: 1.5 CPUs of time can keep 2 threads busy."""
@@ -67,8 +67,9 @@ def cgroup_cpus(cpu_max: Optional[str], cfs_quota: Optional[str] = None,
     return max(1, math.ceil(quota / period))
 
 
-def decide_cpus(mode: str, batch: Optional[int], cgroup: Optional[int], affinity: int,
-                node: int) -> Tuple[int, str]:
+def decide_cpus(
+    mode: str, batch: Optional[int], cgroup: Optional[int], affinity: int, node: int
+) -> Tuple[int, str]:
     """The pilot's CPUs for ``GLIDEIN_Cpus`` = a number, ``node``, ``slot`` or ``auto``.
 
     ``node``: the whole machine. ``slot``: what the batch system allocated (an
@@ -82,8 +83,10 @@ def decide_cpus(mode: str, batch: Optional[int], cgroup: Optional[int], affinity
         return node, "node"
     if mode == "slot":
         if batch is None:
-            raise ValueError("GLIDEIN_Cpus is 'slot' but no batch system variable gives the "
-                             "allocated CPUs (SLURM_CPUS_ON_NODE, PBS_NUM_PPN, NCPUS, ...)")
+            raise ValueError(
+                "GLIDEIN_Cpus is 'slot' but no batch system variable gives the "
+                "allocated CPUs (SLURM_CPUS_ON_NODE, PBS_NUM_PPN, NCPUS, ...)"
+            )
         return batch, "batch"
     if mode != "auto":
         raise ValueError(f"GLIDEIN_Cpus: expected a number, auto, node or slot, got {mode!r}")
@@ -119,8 +122,9 @@ def cgroup_memory_mb(memory_max: Optional[str]) -> Optional[int]:
     return None if value >= _NO_LIMIT else value // (1024 * 1024)
 
 
-def decide_memory(mode: str, batch: Optional[int], cgroup: Optional[int],
-                  node: int) -> Tuple[int, str]:
+def decide_memory(
+    mode: str, batch: Optional[int], cgroup: Optional[int], node: int
+) -> Tuple[int, str]:
     """``GLIDEIN_Memory`` = MB, ``node`` or ``auto`` (smallest known limit)."""
     mode = (mode or "auto").strip().lower()
     if mode.isdigit() and int(mode) > 0:
@@ -157,8 +161,15 @@ def parse_nvidia_smi(text: str) -> List[Dict[str, str]]:
     for line in text.splitlines():
         cells = [c.strip() for c in line.split(",")]
         if len(cells) >= 5 and cells[0].isdigit():
-            rows.append({"index": cells[0], "uuid": cells[1], "name": cells[2],
-                         "memory": cells[3], "capability": cells[4]})
+            rows.append(
+                {
+                    "index": cells[0],
+                    "uuid": cells[1],
+                    "name": cells[2],
+                    "memory": cells[3],
+                    "capability": cells[4],
+                }
+            )
     return rows
 
 
@@ -206,7 +217,7 @@ def gpu_share(devices: List[str], count: int, index: int) -> List[str]:
         return list(devices)
     base, extra = divmod(len(devices), count)
     start = index * base + min(index, extra)
-    return list(devices[start:start + base + (1 if index < extra else 0)])
+    return list(devices[start : start + base + (1 if index < extra else 0)])
 
 
 # -- credential -------------------------------------------------------------------------
@@ -246,8 +257,9 @@ def read_text(path: str) -> Optional[str]:
         return None
 
 
-def own_cgroup_file(name: str, root: str = "/sys/fs/cgroup",
-                    proc_cgroup: str = "/proc/self/cgroup") -> Optional[str]:
+def own_cgroup_file(
+    name: str, root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup"
+) -> Optional[str]:
     """Contents of a cgroup control file for this process (v2, then v1 layouts).
 
     ``name`` is ``cpu.max`` style (v2); v1 names are given as ``CONTROLLER/FILE``.
@@ -258,8 +270,9 @@ def own_cgroup_file(name: str, root: str = "/sys/fs/cgroup",
     rel_paths = ["/"]
     for line in (read_text(proc_cgroup) or "").splitlines():
         _, controllers, path = [*line.split(":", 2), "", ""][:3]
-        if (not controller and controllers == "") or (controller and controller in
-                                                      controllers.split(",")):
+        if (not controller and controllers == "") or (
+            controller and controller in controllers.split(",")
+        ):
             rel_paths.insert(0, path)
     base = os.path.join(root, controller) if controller else root
     for rel in rel_paths:

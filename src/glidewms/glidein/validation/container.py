@@ -30,11 +30,16 @@ def test_run(setup: container.ContainerSetup, work: str) -> str:
     """'' if the runtime runs a shell in the default image, else why not."""
     sandbox = tempfile.mkdtemp(prefix="container_test_", dir=work)
     try:
-        argv, env = container.wrap(setup, setup.default_image, sandbox,
-                                   ["/bin/sh", "-c", "echo ok > probe; echo ok"],
-                                   {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": sandbox})
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
-                             stdin=subprocess.DEVNULL)
+        argv, env = container.wrap(
+            setup,
+            setup.default_image,
+            sandbox,
+            ["/bin/sh", "-c", "echo ok > probe; echo ok"],
+            {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": sandbox},
+        )
+        out = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
         if out.returncode != 0 or out.stdout.strip() != "ok":
             return f"exit {out.returncode}: {out.stderr.strip()[-300:]}"
         if not os.path.exists(os.path.join(sandbox, "probe")):
@@ -55,8 +60,9 @@ def check(script: Script) -> str:
         raise Failure("Config", str(exc)) from None
     problems = []
     for runtime, path in candidates:
-        setup = container.ContainerSetup(runtime, path, base.default_image, base.use,
-                                         base.binds, base.gpu_devices)
+        setup = container.ContainerSetup(
+            runtime, path, base.default_image, base.use, base.binds, base.gpu_devices
+        )
         problem = test_run(setup, work)
         if not problem:
             script.add("GLIDEIN_Container_Runtime", runtime, slot=True)

@@ -22,18 +22,25 @@ def check(script: Script) -> str:
     except (AttributeError, OSError):
         affinity = os.cpu_count() or 1
     batch = checks.batch_cpus(os.environ, socket.gethostname())
-    cgroup = checks.cgroup_cpus(checks.own_cgroup_file("cpu.max"),
-                                checks.own_cgroup_file("cpu/cpu.cfs_quota_us"),
-                                checks.own_cgroup_file("cpu/cpu.cfs_period_us"))
+    cgroup = checks.cgroup_cpus(
+        checks.own_cgroup_file("cpu.max"),
+        checks.own_cgroup_file("cpu/cpu.cfs_quota_us"),
+        checks.own_cgroup_file("cpu/cpu.cfs_period_us"),
+    )
     try:
-        cpus, source = checks.decide_cpus(script.get("GLIDEIN_Cpus", "auto"),
-                                          batch[0] if batch else None, cgroup, affinity,
-                                          os.cpu_count() or affinity)
+        cpus, source = checks.decide_cpus(
+            script.get("GLIDEIN_Cpus", "auto"),
+            batch[0] if batch else None,
+            cgroup,
+            affinity,
+            os.cpu_count() or affinity,
+        )
     except ValueError as exc:
         raise Failure("Config", str(exc)) from None
     script.add("GLIDEIN_Cpus", cpus)
-    script.add("GLIDEIN_Cpus_Source", source + (f" ({batch[1]})" if source == "batch" and batch
-                                               else ""))
+    script.add(
+        "GLIDEIN_Cpus_Source", source + (f" ({batch[1]})" if source == "batch" and batch else "")
+    )
     return f"{cpus} cpus from {source}"
 
 

@@ -24,16 +24,19 @@ def check(script: Script) -> str:
         with open(path, encoding="utf-8") as handle:
             token = handle.read()
     except OSError as exc:
-        raise Failure("VO_Proxy",
-                      f"cannot read the pilot token file {path}: {exc.strerror}") from None
+        raise Failure(
+            "VO_Proxy", f"cannot read the pilot token file {path}: {exc.strerror}"
+        ) from None
     expires = checks.token_expiry(token)
     if expires is None:
         return "the token carries no expiry"
     left = expires - time.time()
     minimum = int(script.get("GLIDEIN_Token_Min_Seconds", "300") or 0)
     if left < minimum:
-        raise Failure("VO_Proxy", f"the pilot token expires in {left:.0f}s "
-                                  f"(GLIDEIN_Token_Min_Seconds is {minimum})")
+        raise Failure(
+            "VO_Proxy",
+            f"the pilot token expires in {left:.0f}s (GLIDEIN_Token_Min_Seconds is {minimum})",
+        )
     script.add("GLIDEIN_Token_Expires", int(expires))
     return f"token valid for {left:.0f}s"
 

@@ -31,8 +31,9 @@ from gconfig import Failure, Script, main  # noqa: E402
 
 def check(script: Script) -> str:
     try:
-        repos = cvmfs.parse_repos(script.get("GLIDEIN_CVMFS_Repos")
-                                  or script.get("GLIDEIN_CVMFS_REPOS"))
+        repos = cvmfs.parse_repos(
+            script.get("GLIDEIN_CVMFS_Repos") or script.get("GLIDEIN_CVMFS_REPOS")
+        )
     except ValueError as exc:
         raise Failure("Config", str(exc)) from None
     mode = script.get("GLIDEIN_CVMFS_Mount", "auto").lower()
@@ -40,14 +41,17 @@ def check(script: Script) -> str:
     script.add("GLIDEIN_Userns", cvmfs.user_namespaces(), slot=True)
     if not repos:
         if mode not in cvmfs.MODES:
-            raise Failure("Config", f"GLIDEIN_CVMFS_Mount: expected one of "
-                                    f"{', '.join(cvmfs.MODES)}, got {mode!r}")
+            raise Failure(
+                "Config",
+                f"GLIDEIN_CVMFS_Mount: expected one of {', '.join(cvmfs.MODES)}, got {mode!r}",
+            )
         script.add("HAS_CVMFS", os.path.isdir(cvmfs.NATIVE_ROOT), slot=True)
         return "no CVMFS repository required"
     if mode == "namespace":
         return in_namespace(script, repos)
-    how, problem = cvmfs.plan(repos, mode, cvmfs.native_repos(repos), bool(images),
-                              cvmfs.fuse_problem())
+    how, problem = cvmfs.plan(
+        repos, mode, cvmfs.native_repos(repos), bool(images), cvmfs.fuse_problem()
+    )
     if problem:
         category = "Config" if problem.startswith("GLIDEIN_CVMFS_Mount") else "WN_Resource"
         raise Failure(category, problem)
@@ -87,9 +91,14 @@ def check(script: Script) -> str:
 def in_namespace(script: Script, repos: list[str]) -> str:
     """cvmfsexec mode: the namespace was made and serves every repository at /cvmfs."""
     if script.get("GLIDEIN_CVMFS_Namespace") != "yes":
-        raise Failure("WN_Resource", "cvmfsexec namespace: " + (
-            script.get("GLIDEIN_CVMFS_Namespace_Problem")
-            or "the bootstrap did not start the pilot in one"))
+        raise Failure(
+            "WN_Resource",
+            "cvmfsexec namespace: "
+            + (
+                script.get("GLIDEIN_CVMFS_Namespace_Problem")
+                or "the bootstrap did not start the pilot in one"
+            ),
+        )
     _how, problem = cvmfs.plan(repos, "namespace", cvmfs.native_repos(repos), True, "")
     if problem:
         raise Failure("WN_Resource", problem)

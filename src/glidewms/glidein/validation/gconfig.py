@@ -72,8 +72,13 @@ class Script:
             self.job_env.append(key)
 
     def result(self, status: str, category: str = "", detail: str = "") -> None:
-        body = {"status": status, "category": category, "detail": detail,
-                "slot_attrs": self.slot_attrs, "job_env": self.job_env}
+        body = {
+            "status": status,
+            "category": category,
+            "detail": detail,
+            "slot_attrs": self.slot_attrs,
+            "job_env": self.job_env,
+        }
         target = os.environ.get("GLIDEIN_RESULT_FILE")
         if target:
             with open(target, "w", encoding="utf-8") as handle:

@@ -22,8 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import checks
 from gconfig import Failure, Script, main
 
-QUERY = ["--query-gpu=index,uuid,name,memory.total,compute_cap",
-         "--format=csv,noheader,nounits"]
+QUERY = ["--query-gpu=index,uuid,name,memory.total,compute_cap", "--format=csv,noheader,nounits"]
 
 
 def check(script: Script) -> str:
@@ -39,8 +38,9 @@ def check(script: Script) -> str:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise Failure("WN_Resource", f"nvidia-smi failed: {exc}") from None
         if out.returncode != 0:
-            raise Failure("WN_Resource", f"nvidia-smi exited {out.returncode}: "
-                                         f"{out.stderr.strip()[-300:]}")
+            raise Failure(
+                "WN_Resource", f"nvidia-smi exited {out.returncode}: {out.stderr.strip()[-300:]}"
+            )
         rows = checks.parse_nvidia_smi(out.stdout)
     visible = checks.visible_devices(os.environ)
     attrs = checks.gpu_attributes(rows, visible)

@@ -25,17 +25,22 @@ def node_memory_mb() -> int:
 def check(script: Script) -> str:
     cpus = int(script.get("GLIDEIN_Cpus", "1")) if script.get("GLIDEIN_Cpus").isdigit() else 1
     cgroup = checks.own_cgroup_file("memory.max") or checks.own_cgroup_file(
-        "memory/memory.limit_in_bytes")
+        "memory/memory.limit_in_bytes"
+    )
     try:
         memory, source = checks.decide_memory(
-            script.get("GLIDEIN_Memory", "auto"), checks.batch_memory_mb(os.environ, cpus),
-            checks.cgroup_memory_mb(cgroup), node_memory_mb())
+            script.get("GLIDEIN_Memory", "auto"),
+            checks.batch_memory_mb(os.environ, cpus),
+            checks.cgroup_memory_mb(cgroup),
+            node_memory_mb(),
+        )
     except ValueError as exc:
         raise Failure("Config", str(exc)) from None
     minimum = int(script.get("GLIDEIN_Min_Memory_MB", "0") or 0)
     if memory < minimum:
-        raise Failure("WN_Resource", f"{memory} MB of memory ({source}), "
-                                     f"GLIDEIN_Min_Memory_MB is {minimum}")
+        raise Failure(
+            "WN_Resource", f"{memory} MB of memory ({source}), GLIDEIN_Min_Memory_MB is {minimum}"
+        )
     script.add("GLIDEIN_Memory", memory)
     return f"{memory} MB from {source}"
 

@@ -21,12 +21,14 @@ def check(script: Script) -> str:
     release = checks.os_release(checks.read_text("/etc/os-release") or "")
     name = release.get("ID", "unknown") + release.get("VERSION_ID", "").split(".")[0]
     arch = platform.machine()
-    wanted_os = [w.strip().lower() for w in script.get("GLIDEIN_Required_OS").split(",")
-                 if w.strip()]
+    wanted_os = [
+        w.strip().lower() for w in script.get("GLIDEIN_Required_OS").split(",") if w.strip()
+    ]
     if wanted_os and name.lower() not in wanted_os:
         raise Failure("WN_Resource", f"OS {name} is not one of GLIDEIN_Required_OS {wanted_os}")
-    wanted_arch = [w.strip().lower() for w in script.get("GLIDEIN_Required_Arch").split(",")
-                   if w.strip()]
+    wanted_arch = [
+        w.strip().lower() for w in script.get("GLIDEIN_Required_Arch").split(",") if w.strip()
+    ]
     if wanted_arch and arch.lower() not in wanted_arch:
         raise Failure("WN_Resource", f"arch {arch} is not one of GLIDEIN_Required_Arch")
     script.add("GLIDEIN_OS", name, slot=True)

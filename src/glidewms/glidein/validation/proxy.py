@@ -39,8 +39,9 @@ def check(script: Script) -> str:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
             pass
     except OSError as exc:
-        raise Failure("Network", f"HTTP proxy {shown} (from {source}) does not answer: "
-                                 f"{exc}") from None
+        raise Failure(
+            "Network", f"HTTP proxy {shown} (from {source}) does not answer: {exc}"
+        ) from None
     script.add("HAS_HTTP_PROXY", True, slot=True)
     script.add("GLIDEIN_Proxy_URL", shown, slot=True)
     if source == "GLIDEIN_Proxy":

@@ -21,8 +21,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/userprio")
 async def userprio(pool: Pool, who: UserCaller) -> dict[str, Any]:
-    return {"time": time.time(), "halflife": pool.config.priority_halflife,
-            "submitters": await call(pool.store.reports.userprio)}
+    return {
+        "time": time.time(),
+        "halflife": pool.config.priority_halflife,
+        "submitters": await call(pool.store.reports.userprio),
+    }
 
 
 @router.get("/stats")
@@ -30,5 +33,8 @@ async def stats(pool: Pool, who: UserCaller) -> dict[str, Any]:
     """Counters, and the queue's idle/running counts from memory: cheap
     enough to poll (the throughput benchmark waits on it)."""
     reports = pool.store.reports
-    return {"time": time.time(), "counters": await call(reports.stats),
-            "queue": await call(reports.queue_counts)}
+    return {
+        "time": time.time(),
+        "counters": await call(reports.stats),
+        "queue": await call(reports.queue_counts),
+    }

@@ -15,8 +15,9 @@ router = APIRouter()
 
 
 @router.put("/files/{sha256}", status_code=201)
-async def put_file(sha256: str, request: Request, pool: Pool,
-                   who: UserOrPilotCaller) -> dict[str, Any]:
+async def put_file(
+    sha256: str, request: Request, pool: Pool, who: UserOrPilotCaller
+) -> dict[str, Any]:
     files = pool.files
     try:
         if files.has(sha256):

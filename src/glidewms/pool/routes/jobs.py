@@ -47,7 +47,7 @@ class EditBody(BaseModel):
     job_ids: list[str] = []
     constraint: str | None = None
     attribute: str = Field(description="ClassAd attribute name")
-    value: str = Field(description="new value as a ClassAd expression, e.g. 2048 or \"x\"")
+    value: str = Field(description='new value as a ClassAd expression, e.g. 2048 or "x"')
 
 
 def job_view(row: Any, ad_text: str, long: bool = False) -> dict[str, Any]:
@@ -82,8 +82,9 @@ def job_view(row: Any, ad_text: str, long: bool = False) -> dict[str, Any]:
     return view
 
 
-async def own_jobs(pool: PoolContext, who: Identity, ids: list[str],
-                   constraint: str | None) -> list[Any]:
+async def own_jobs(
+    pool: PoolContext, who: Identity, ids: list[str], constraint: str | None
+) -> list[Any]:
     """The jobs named by ids or a constraint; 404 for unknown ids, 403 for others' jobs."""
     if not ids and not constraint:
         raise HTTPException(422, "give job_ids or a constraint")
@@ -108,10 +109,20 @@ async def submit(body: SubmitBody, pool: Pool, who: UserCaller) -> dict[str, Any
     for index, job in enumerate(body.jobs):
         for f in job.sandbox:
             if not pool.files.has(f.sha256):
-                raise HTTPException(422, f"jobs[{index}].sandbox: {f.name} ({f.sha256}) was "
-                                    f"not uploaded: PUT {API_PREFIX}/files/{{sha256}} first")
-    new_jobs = [NewJob(ad_text=job.ad, sandbox=[f.model_dump() for f in job.sandbox],
-                       args=job.args, env=job.env) for job in body.jobs]
+                raise HTTPException(
+                    422,
+                    f"jobs[{index}].sandbox: {f.name} ({f.sha256}) was "
+                    f"not uploaded: PUT {API_PREFIX}/files/{{sha256}} first",
+                )
+    new_jobs = [
+        NewJob(
+            ad_text=job.ad,
+            sandbox=[f.model_dump() for f in job.sandbox],
+            args=job.args,
+            env=job.env,
+        )
+        for job in body.jobs
+    ]
     try:
         cluster_id, ids = await call(pool.store.queue.submit, who.subject, new_jobs)
     except InvalidJob as exc:
@@ -121,8 +132,13 @@ async def submit(body: SubmitBody, pool: Pool, who: UserCaller) -> dict[str, Any
 
 
 @router.get("/jobs")
-async def list_jobs(pool: Pool, who: UserCaller, constraint: str | None = None,
-                    history: bool = False, long: bool = False) -> list[dict[str, Any]]:
+async def list_jobs(
+    pool: Pool,
+    who: UserCaller,
+    constraint: str | None = None,
+    history: bool = False,
+    long: bool = False,
+) -> list[dict[str, Any]]:
     rows = await guarded(pool.store.queue.list_jobs, constraint, history)
     return [job_view(r, ad, long) for r, ad in rows]
 
@@ -146,16 +162,18 @@ async def job_events(jid: str, pool: Pool, who: UserCaller) -> list[dict[str, An
 @router.post("/jobs/edit")
 async def edit(body: EditBody, pool: Pool, who: UserCaller) -> dict[str, Any]:
     rows = await own_jobs(pool, who, body.job_ids, body.constraint)
-    changed, skipped = await guarded(pool.store.queue.edit, rows, body.attribute, body.value,
-                                     who.subject)
+    changed, skipped = await guarded(
+        pool.store.queue.edit, rows, body.attribute, body.value, who.subject
+    )
     if changed:
         pool.signal.notify()  # an edited job may now match an idle pilot
     return {"changed": changed, "skipped": skipped}
 
 
 @router.post("/jobs/{action}")
-async def act(action: Literal["hold", "release", "remove"], body: ActionBody, pool: Pool,
-              who: UserCaller) -> dict[str, Any]:
+async def act(
+    action: Literal["hold", "release", "remove"], body: ActionBody, pool: Pool, who: UserCaller
+) -> dict[str, Any]:
     rows = await own_jobs(pool, who, body.job_ids, body.constraint)
     changed = await call(pool.store.queue.act, action, rows, body.reason, who.subject)
     if action == JobCause.RELEASE and changed:

@@ -44,10 +44,13 @@ class CycleCompletion(BaseModel):
 class CycleBody(BaseModel):
     completions: list[CycleCompletion] = Field([], max_length=4 * MAX_CLAIMS_PER_CALL)
     free: dict[str, float] = {}
-    wait: float = Field(0.0, ge=0, description="long-poll for claims, only if none completes "
-                                                "and nothing can be claimed at once")
-    max_jobs: int = Field(1, ge=0, le=MAX_CLAIMS_PER_CALL,
-                          description="0: only report completions")
+    wait: float = Field(
+        0.0,
+        ge=0,
+        description="long-poll for claims, only if none completes "
+        "and nothing can be claimed at once",
+    )
+    max_jobs: int = Field(1, ge=0, le=MAX_CLAIMS_PER_CALL, description="0: only report completions")
 
 
 class RegisterBody(BaseModel):
@@ -58,9 +61,13 @@ class RegisterBody(BaseModel):
 class ClaimBody(BaseModel):
     free: dict[str, float] = {}
     wait: float = Field(0.0, ge=0)
-    max_jobs: int = Field(1, ge=1, le=MAX_CLAIMS_PER_CALL,
-                          description="more than 1: answer {\"claims\": [...]} with up to "
-                                      "this many claims (a pilot with several free slots)")
+    max_jobs: int = Field(
+        1,
+        ge=1,
+        le=MAX_CLAIMS_PER_CALL,
+        description='more than 1: answer {"claims": [...]} with up to '
+        "this many claims (a pilot with several free slots)",
+    )
 
 
 class HeartbeatBody(BaseModel):
@@ -79,8 +86,9 @@ class DeregisterBody(BaseModel):
 
 
 @router.post("/pilots/{pilot_id}/cycle", response_model=dict[str, Any])
-async def cycle(pilot_id: str, body: CycleBody, request: Request, pool: Pool,
-                who: PilotCaller) -> Any:
+async def cycle(
+    pilot_id: str, body: CycleBody, request: Request, pool: Pool, who: PilotCaller
+) -> Any:
     """Completions and the next claims in one call (HTCondor's claim reuse).
 
     The completions are committed first; the call long-polls only when it
@@ -88,16 +96,24 @@ async def cycle(pilot_id: str, body: CycleBody, request: Request, pool: Pool,
     never held back by a wait."""
     config, signal, turns = pool.config, pool.signal, pool.store.turns
     deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
-    completions = [Completion(c.claim_id, c.exit_code, [o.model_dump() for o in c.outputs],
-                              c.wall_seconds) for c in body.completions]
+    completions = [
+        Completion(c.claim_id, c.exit_code, [o.model_dump() for o in c.outputs], c.wall_seconds)
+        for c in body.completions
+    ]
     while True:
         wake = signal.current()
         if not completions and await request.is_disconnected():
             # a pilot killed mid-long-poll must not be handed the next job
             return JSONResponse({"completed": {}, "claims": []})
         completed, claims, requeued = await guarded(
-            turns.cycle, pilot_id, completions, body.free, config.claim_lease_seconds,
-            body.max_jobs, time.time())
+            turns.cycle,
+            pilot_id,
+            completions,
+            body.free,
+            config.claim_lease_seconds,
+            body.max_jobs,
+            time.time(),
+        )
         if requeued:
             signal.notify()  # an exit policy put a job back to idle
         if claims or completions or body.max_jobs == 0 or deadline <= time.monotonic():
@@ -111,11 +127,21 @@ async def cycle(pilot_id: str, body: CycleBody, request: Request, pool: Pool,
 async def list_pilots(pool: Pool, who: FrontendCaller) -> list[dict[str, Any]]:
     rows = await call(pool.store.pilots.list_pilots)
     busy = await call(pool.store.pilots.busy_pilots)
-    return [{"pilot_id": r.pilot_id, "glidein_id": r.glidein_id, "frontend": r.frontend,
-             "group": r.group_name, "state": r.state, "running_jobs": busy.get(r.pilot_id, 0),
-             "slot": r.slot, "registered_at": r.registered_at,
-             "free": r.free or free_from(r.slot, None), "retiring": bool(r.retiring)}
-            for r in rows]
+    return [
+        {
+            "pilot_id": r.pilot_id,
+            "glidein_id": r.glidein_id,
+            "frontend": r.frontend,
+            "group": r.group_name,
+            "state": r.state,
+            "running_jobs": busy.get(r.pilot_id, 0),
+            "slot": r.slot,
+            "registered_at": r.registered_at,
+            "free": r.free or free_from(r.slot, None),
+            "retiring": bool(r.retiring),
+        }
+        for r in rows
+    ]
 
 
 @router.post("/pilots", status_code=201)
@@ -124,19 +150,27 @@ async def register(body: RegisterBody, pool: Pool, who: PilotCaller) -> dict[str
     if entry is not None:
         claimed = body.slot.setdefault("GLIDEIN_Entry_Name", entry)
         if claimed != entry:
-            raise HTTPException(403, f"this pilot token is for entry {entry!r}, "
-                                     f"not {claimed!r}")
+            raise HTTPException(403, f"this pilot token is for entry {entry!r}, not {claimed!r}")
     config = pool.config
-    pilot_id = await call(pool.store.pilots.register, body.slot, body.glidein_id,
-                          who.claims.get("fe"), who.claims.get("group"),
-                          config.pilot_lease_seconds)
-    return {"pilot_id": pilot_id, "lease_seconds": config.claim_lease_seconds,
-            "heartbeat_seconds": config.heartbeat_seconds}
+    pilot_id = await call(
+        pool.store.pilots.register,
+        body.slot,
+        body.glidein_id,
+        who.claims.get("fe"),
+        who.claims.get("group"),
+        config.pilot_lease_seconds,
+    )
+    return {
+        "pilot_id": pilot_id,
+        "lease_seconds": config.claim_lease_seconds,
+        "heartbeat_seconds": config.heartbeat_seconds,
+    }
 
 
 @router.post("/pilots/{pilot_id}/claim")
-async def claim(pilot_id: str, body: ClaimBody, request: Request, pool: Pool,
-                who: PilotCaller) -> Any:
+async def claim(
+    pilot_id: str, body: ClaimBody, request: Request, pool: Pool, who: PilotCaller
+) -> Any:
     config, signal, turns = pool.config, pool.signal, pool.store.turns
     deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
     while True:
@@ -150,8 +184,9 @@ async def claim(pilot_id: str, body: ClaimBody, request: Request, pool: Pool,
             if found is not None:
                 return found
         else:
-            many = await guarded(turns.claim_many, pilot_id, body.free,
-                                 config.claim_lease_seconds, body.max_jobs)
+            many = await guarded(
+                turns.claim_many, pilot_id, body.free, config.claim_lease_seconds, body.max_jobs
+            )
             if many:
                 return {"claims": many}
         remaining = deadline - time.monotonic()
@@ -162,26 +197,40 @@ async def claim(pilot_id: str, body: ClaimBody, request: Request, pool: Pool,
 
 
 @router.post("/pilots/{pilot_id}/heartbeat")
-async def heartbeat(pilot_id: str, body: HeartbeatBody, pool: Pool,
-                    who: PilotCaller) -> dict[str, Any]:
+async def heartbeat(
+    pilot_id: str, body: HeartbeatBody, pool: Pool, who: PilotCaller
+) -> dict[str, Any]:
     config = pool.config
-    return await guarded(pool.store.pilots.heartbeat, pilot_id, body.claims,
-                         config.pilot_lease_seconds, config.claim_lease_seconds, body.retiring)
+    return await guarded(
+        pool.store.pilots.heartbeat,
+        pilot_id,
+        body.claims,
+        config.pilot_lease_seconds,
+        config.claim_lease_seconds,
+        body.retiring,
+    )
 
 
 @router.post("/claims/{claim_id}/complete")
-async def complete(claim_id: str, body: CompleteBody, pool: Pool,
-                   who: PilotCaller) -> dict[str, Any]:
-    jid, state = await guarded(pool.store.turns.complete, claim_id, body.exit_code,
-                               [o.model_dump() for o in body.outputs], body.wall_seconds)
+async def complete(
+    claim_id: str, body: CompleteBody, pool: Pool, who: PilotCaller
+) -> dict[str, Any]:
+    jid, state = await guarded(
+        pool.store.turns.complete,
+        claim_id,
+        body.exit_code,
+        [o.model_dump() for o in body.outputs],
+        body.wall_seconds,
+    )
     if state == JobState.IDLE:
         pool.signal.notify()  # an exit policy put the job back to idle
     return {"job_id": jid, "state": state, "status": JOB_STATUS[state]}
 
 
 @router.post("/pilots/{pilot_id}/deregister")
-async def deregister(pilot_id: str, body: DeregisterBody, pool: Pool,
-                     who: PilotCaller) -> dict[str, Any]:
+async def deregister(
+    pilot_id: str, body: DeregisterBody, pool: Pool, who: PilotCaller
+) -> dict[str, Any]:
     await guarded(pool.store.pilots.deregister, pilot_id, body.reason)
     pool.signal.notify()
     return {"pilot_id": pilot_id, "state": LEFT}

@@ -27,6 +27,7 @@ async def pilot_token(body: PilotTokenBody, pool: Pool, who: FrontendCaller) -> 
         raise HTTPException(503, "this pool has no issuer_private_key: it cannot mint tokens")
     lifetime = min(body.lifetime, pool.config.max_pilot_token_lifetime)
     scope = {"entry": body.entry} if body.entry else {}
-    token = pool.issuer.issue("pilot", ["pilot"], lifetime, fe=who.subject, group=body.group,
-                              **scope)
+    token = pool.issuer.issue(
+        "pilot", ["pilot"], lifetime, fe=who.subject, group=body.group, **scope
+    )
     return {"token": token, "expires": time.time() + lifetime}
