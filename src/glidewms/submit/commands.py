@@ -234,10 +234,26 @@ COMMANDS: tuple[Command, ...] = (
         R,
         "user-supplied transfer plugins are not run; http and https URLs are fetched by the pilot",
     ),
-    Command("encrypt_input_files", N, "transfers always use HTTPS"),
-    Command("encrypt_output_files", N, "transfers always use HTTPS"),
-    Command("dont_encrypt_input_files", N, "transfers always use HTTPS"),
-    Command("dont_encrypt_output_files", N, "transfers always use HTTPS"),
+    Command(
+        "encrypt_input_files",
+        N,
+        "transfers use the services' transport: HTTPS when TLS is configured",
+    ),
+    Command(
+        "encrypt_output_files",
+        N,
+        "transfers use the services' transport: HTTPS when TLS is configured",
+    ),
+    Command(
+        "dont_encrypt_input_files",
+        N,
+        "transfers use the services' transport: HTTPS when TLS is configured",
+    ),
+    Command(
+        "dont_encrypt_output_files",
+        N,
+        "transfers use the services' transport: HTTPS when TLS is configured",
+    ),
     Command("encrypt_execute_directory", N, "not available on pilots"),
     Command(
         "erase_output_and_error_on_restart",
