@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from glidewms.config.factory import EntryConfig, FactoryConfig
 from glidewms.config.frontend import FrontendConfig, GroupConfig, OverflowConfig, Source
@@ -25,8 +26,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
 ]
 
 
-def _default(field: object) -> str:
-    value = field.get_default(call_default_factory=True)  # type: ignore[attr-defined]
+def _default(field: FieldInfo) -> str:
+    value = field.get_default(call_default_factory=True)
     if repr(value) == "PydanticUndefined":
         return "required"
     if isinstance(value, list) and value and isinstance(value[0], BaseModel):

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from glidewms.config.factory import FactoryConfig
 from glidewms.config.loader import ConfigError
 from glidewms.db import make_engine
-from glidewms.factory.backends import BackendContext, create_backend
+from glidewms.factory.backends import Backend, BackendContext, create_backend
 from glidewms.factory.reload import Reloader
 from glidewms.factory.routes import HEALTH, ROUTERS
 from glidewms.factory.service import Factory
@@ -54,7 +54,7 @@ def build_factory(
         kill_grace=kill_grace,
         entries={e.name: e for e in config.entries},
     )
-    backends = {
+    backends: dict[str, Backend] = {
         kind: create_backend(kind, context) for kind in sorted({e.backend for e in config.entries})
     }
     factory = Factory(

@@ -29,7 +29,7 @@ def check_backends(config: FactoryConfig, source: str) -> None:
                 f"{source}: entries[{i}].ssh.batch_system: {entry.ssh.batch_system!r} is not "
                 f"implemented over SSH yet (implemented: {', '.join(sorted(REMOTE_BACKENDS))})"
             )
-        if (entry.ssh is not None or entry.backend == "ssh") and ssh.asyncssh is None:
+        if (entry.ssh is not None or entry.backend == "ssh") and not ssh.HAS_ASYNCSSH:
             raise MissingExtra(
                 f"{source}: entries[{i}] ({entry.name}), reached over SSH,", "asyncssh"
             )

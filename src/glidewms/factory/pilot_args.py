@@ -60,7 +60,7 @@ def pilot_arguments(
         args += ["--attr", f"{key}={attribute_text(value)}"]
     wanted = request.entries.get(entry.name, {})
     for attr, field in REQUEST_ATTRIBUTES:
-        value = wanted.get(field)
-        if value:
-            args += ["--attr", f"{attr}={value}"]
+        requested = wanted.get(field)
+        if requested:
+            args += ["--attr", f"{attr}={requested}"]
     return tuple(args)

@@ -79,12 +79,12 @@ def entry_stats(glideins: Iterable[Glidein], since: float, now: float) -> list[d
                 row["failures"][category] = row["failures"].get(category, 0) + 1
             if g.report is not None:
                 row["reports"] += 1
-                for key, source in (
+                for name, source in (
                     ("goodput_seconds", "goodput_seconds"),
                     ("badput_seconds", "badput_seconds"),
                     ("pilot_seconds", "wall_seconds"),
                 ):
-                    row[key] += _seconds(g.report, source)
+                    row[name] += _seconds(g.report, source)
     out = []
     for key in sorted(rows):
         row = rows[key]

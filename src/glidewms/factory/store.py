@@ -392,7 +392,9 @@ class FactoryStore:
         }
         with self.engine.begin() as conn:
             result = conn.execute(downtimes_table.insert().values(**values))
-            return {"id": result.inserted_primary_key[0], **values}
+            key = result.inserted_primary_key  # None only for executemany or a pk-less table
+            assert key is not None
+            return {"id": key[0], **values}
 
     def downtimes(
         self, include_past: bool = False, now: float | None = None

@@ -202,7 +202,8 @@ class Matcher:
         members: set[int] = set()
         memo = self.memo if self.memo is not None and _timeless(conjunct.text) else None
         for group, rep, values in self._partition(entry_names):
-            answer = None if memo is None else memo.get((*key, entry_names, values))
+            memo_key = (*key, entry_names, values)
+            answer = None if memo is None else memo.get(memo_key)
             if answer is None:
                 self.evaluations += 1
                 if conjunct.job_first:
@@ -211,7 +212,7 @@ class Matcher:
                     value = conjunct.tree.eval(scope=self.ads[rep], target=job)
                 answer = 1 if value is True else (-1 if value is Value.Error else 0)
                 if memo is not None:
-                    memo[(*key, entry_names, values)] = answer
+                    memo[memo_key] = answer
             if answer == 1:
                 members |= group
             elif answer == -1 and conjunct.source != "requirements":

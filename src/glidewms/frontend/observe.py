@@ -14,14 +14,8 @@ from typing import Any
 
 from glidewms import classads
 from glidewms.config.frontend import GroupConfig
-from glidewms.frontend.matching import (
-    EntryDemand,
-    EntryInfo,
-    GroupRules,
-    Matcher,
-    Size,
-    match_demand,
-)
+from glidewms.frontend.conjuncts import Matcher
+from glidewms.frontend.matching import EntryDemand, EntryInfo, GroupRules, Size, match_demand
 from glidewms.frontend.supply import EntrySupply, entry_supply, pilots_by_entry
 
 
@@ -187,7 +181,9 @@ def observe_group(
 
     def key_of(slot: Mapping[str, Any]) -> str | None:
         name = slot.get("GLIDEIN_Entry_Name")
-        found = owners.get(name) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            return None
+        found = owners.get(name)
         if not found:
             return None
         if len(found) > 1:

@@ -20,6 +20,7 @@ nothing, let the excess drain), then IDLE (remove queued excess), then ALL
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -120,16 +121,18 @@ def pressure(
     reasons = [f"idle demand {units:.2f} pilots, idle supply {supply.idle_supply:.2f}"]
     if wanted_running > knobs.max_running_per_entry:
         reasons.append(f"max running capped by max_running_per_entry={knobs.max_running_per_entry}")
-    common = {"max_running": max_running, "demand_units": units, "effective_idle": effective}
+    result = functools.partial(
+        Pressure, max_running=max_running, demand_units=units, effective_idle=effective
+    )
     if units <= 0:
-        return Pressure(idle=0, **common, reasons=(*reasons, "no idle job can run here"))
+        return result(idle=0, reasons=(*reasons, "no idle job can run here"))
     limits = tuple(hit for level in levels for hit in level.limits_hit())
     if limits:
-        return Pressure(
-            idle=0, **common, limits=limits, reasons=(*reasons, "a limit is reached: no new pilots")
+        return result(
+            idle=0, limits=limits, reasons=(*reasons, "a limit is reached: no new pilots")
         )
     if effective <= 0:
-        return Pressure(idle=0, **common, reasons=(*reasons, "idle supply covers the demand"))
+        return result(idle=0, reasons=(*reasons, "idle supply covers the demand"))
     room = min([effective, *(level.room() for level in levels)])
     attenuated = room / knobs.attenuation
     reserve = min(math.ceil(effective_old / knobs.attenuation - 1e-9), knobs.reserve_idle)
@@ -147,9 +150,8 @@ def pressure(
     if curbs:
         reasons.append(f"halved {len(curbs)} time(s) by curbs")
     idle = min(max(1, math.floor(wanted)), knobs.max_idle_per_entry)
-    return Pressure(
+    return result(
         idle=idle,
-        **common,
         attenuated=attenuated,
         reserve=reserve,
         curbs=curbs,

@@ -95,6 +95,10 @@ class JobBuilder:
         self.inputs: list[Path] = []
         self.urls: list[str] = []
         self.clauses: list[str] = []
+        # requirements() adds these: clauses for custom resources (before
+        # `clauses`), and requests written as expressions, checked once the ad is whole
+        self.custom_clauses: list[str] = []
+        self.request_exprs: list[tuple[str, Got, int, bool]] = []
         self.iwd = ctx.base_dir
         self.flags: dict[str, object] = {}
         self._where: tuple[str, int] = (block.source, block.line)

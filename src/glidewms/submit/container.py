@@ -40,11 +40,12 @@ _KIND = {
 
 def universe(job: JobBuilder) -> None:
     got = job.get("universe")
-    name = got.value.lower() if got else "vanilla"
+    written = got.value if got else "vanilla"
+    name = written.lower()
     if name in ("vanilla", "5"):
         name = "vanilla"
     elif name not in ("container", "docker"):
-        raise job.fail(got, f"{got.value!r} is not supported by glidewms: {_OTHER}")
+        raise job.fail(got, f"{written!r} is not supported by glidewms: {_OTHER}")
     container_image, docker_image = job.get("container_image"), job.get("docker_image")
     if name == "docker":
         if container_image:

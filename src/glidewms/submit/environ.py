@@ -56,7 +56,8 @@ def getenv_filter(text: str) -> tuple[bool, list[re.Pattern[str]], list[re.Patte
     flag = boolean(text)
     if flag is not None:
         return flag, [], []
-    include, exclude = [], []
+    include: list[re.Pattern[str]] = []
+    exclude: list[re.Pattern[str]] = []
     for word in re.split(r"[,; \t\r\n]+", text):
         if not word:
             continue

@@ -7,6 +7,8 @@ smuggle attributes into the ad: it is refused before it gets there.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from glidewms import classads
 from glidewms.submit.model import CLUSTER_PLACEHOLDER
 
@@ -80,5 +82,5 @@ def evaluate(text: str, attrs: dict[str, str] | None = None) -> object:
         return None
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     return type(value) in (int, float)  # not bool, nor classad2's IntEnum Undefined/Error

@@ -152,14 +152,16 @@ def transfer(job: JobBuilder) -> None:
 
 def _should_when(job: JobBuilder) -> tuple[str, str]:
     got_should, got_when = job.get("should_transfer_files"), job.get("when_to_transfer_output")
-    should = got_should.value.upper() if got_should else "YES"
-    when = got_when.value.upper() if got_when else ("NEVER" if should == "NO" else "ON_EXIT")
+    should_text = got_should.value if got_should else "YES"
+    should = should_text.upper()
+    when_text = got_when.value if got_when else ("NEVER" if should == "NO" else "ON_EXIT")
+    when = when_text.upper()
     if should not in _SHOULD:
-        raise job.fail(got_should, f"expected one of IF_NEEDED, NO, YES, got {got_should.value!r}")
+        raise job.fail(got_should, f"expected one of IF_NEEDED, NO, YES, got {should_text!r}")
     if when not in _WHEN:
         raise job.fail(
             got_when,
-            f"expected one of ON_EXIT, ON_EXIT_OR_EVICT, ON_SUCCESS, got {got_when.value!r}",
+            f"expected one of ON_EXIT, ON_EXIT_OR_EVICT, ON_SUCCESS, got {when_text!r}",
         )
     if (should == "NO") != (when == "NEVER"):
         raise job.fail(
@@ -192,9 +194,9 @@ def _std_streams(job: JobBuilder, should: str) -> None:
         streamed = job.boolean(stream, False)
         kept = job.boolean(keep, True)
         if got := job.get(key):
-            path = os.path.normpath(job.iwd / got.value)
-            job.attrs[attr] = quote(path)
-            job.flags[flag] = path
+            stream_path = os.path.normpath(job.iwd / got.value)
+            job.attrs[attr] = quote(stream_path)
+            job.flags[flag] = stream_path
         if not kept:
             job.attrs[{"Out": "TransferOut", "Err": "TransferErr"}[attr]] = "false"
         elif job.get(stream) is not None:

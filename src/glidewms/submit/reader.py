@@ -177,9 +177,11 @@ class Reader:
         if "$" in name:
             name = self.expand(name, source, number)
         if op == "=" and name[:1] in "+-" and name[1:]:
-            return self._plus(name, rhs, source, number)
+            self._plus(name, rhs, source, number)
+            return None
         if name.lower().startswith("my.") and op == "=":
-            return self._plus("+" + name[3:], rhs, source, number)
+            self._plus("+" + name[3:], rhs, source, number)
+            return None
         if not _PARAM_NAME.fullmatch(name):
             raise SubmitError(
                 f"{name!r} is not a valid submit command or macro name", source, number

@@ -121,7 +121,7 @@ def _request(
     if problem(got.value) is not None:
         raise job.fail(got, _expected(whole, got.value))
     job.attrs[attr] = got.value.strip()
-    job.flags.setdefault("request_exprs", []).append((attr, got, minimum, whole))  # type: ignore
+    job.request_exprs.append((attr, got, minimum, whole))
 
 
 def _expected(whole: bool, value: str) -> str:
@@ -187,17 +187,13 @@ def _custom(job: JobBuilder) -> None:
             if problem(rtext) is not None:
                 raise job.fail(job.got_of(require), f"not a valid ClassAd expression: {rtext!r}")
             job.attrs["Require" + tag] = rtext
-            job.flags.setdefault("custom", []).append(  # type: ignore[union-attr]
+            job.custom_clauses.append(
                 f"countMatches(MY.Require{tag}, TARGET.Available{tag}) >= {attr}"
             )
         elif value.startswith('"'):
-            job.flags.setdefault("custom", []).append(  # type: ignore[union-attr]
-                f"regexp({attr}, TARGET.{tag})"
-            )
+            job.custom_clauses.append(f"regexp({attr}, TARGET.{tag})")
         else:
-            job.flags.setdefault("custom", []).append(  # type: ignore[union-attr]
-                f"TARGET.{tag} >= {attr}"
-            )
+            job.custom_clauses.append(f"TARGET.{tag} >= {attr}")
 
 
 def policy(job: JobBuilder) -> None:
@@ -234,7 +230,7 @@ def policy(job: JobBuilder) -> None:
 
 
 def requirements(job: JobBuilder) -> None:
-    for attr, got, minimum, whole in job.flags.get("request_exprs", []):  # type: ignore
+    for attr, got, minimum, whole in job.request_exprs:
         _check_request(job, attr, got, minimum, whole)
     if job.flags.get("forced:requirements"):
         job.ctx.warn(
@@ -260,7 +256,7 @@ def requirements(job: JobBuilder) -> None:
             if "RequireGPUs" in job.attrs
             else "TARGET.GPUs >= RequestGPUs"
         )
-    clauses += job.flags.get("custom", [])  # type: ignore[arg-type]
+    clauses += job.custom_clauses
     clauses += job.clauses
     job.attrs["Requirements"] = " && ".join(f"({c})" for c in clauses)
 
@@ -281,5 +277,5 @@ def _check_request(job: JobBuilder, attr: str, got: Got, minimum: int, whole: bo
     if not is_number(value):
         shown = value.name.lower() if hasattr(value, "name") else repr(value)
         raise job.fail(got, f"{_expected(whole, got.value)} (it evaluates to {shown})")
-    if value < minimum:  # type: ignore[operator]
+    if value < minimum:
         raise job.fail(got, f"expected at least {minimum}, got {got.value.strip()!r}")

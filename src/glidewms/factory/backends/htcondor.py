@@ -118,10 +118,13 @@ class ScheddLike(Protocol):
 def default_schedd(condor: CondorConfig) -> ScheddLike:
     """The local schedd, or a named one located through the collector (found
     through the host's HTCondor configuration: see `glidewms.classads`)."""
+    schedd: ScheddLike  # htcondor2 ships no types
     if condor.schedd == "local":
-        return htcondor2.Schedd()
+        schedd = htcondor2.Schedd()
+        return schedd
     collector = htcondor2.Collector(condor.collector) if condor.collector else htcondor2.Collector()
-    return htcondor2.Schedd(collector.locate(htcondor2.DaemonType.Schedd, condor.schedd))
+    schedd = htcondor2.Schedd(collector.locate(htcondor2.DaemonType.Schedd, condor.schedd))
+    return schedd
 
 
 def condor_state(ad: Mapping[str, Any]) -> PilotState:
@@ -154,9 +157,9 @@ def condor_state(ad: Mapping[str, Any]) -> PilotState:
     return state
 
 
-def _int(value: object) -> int | None:
+def _int(value: Any) -> int | None:  # anything int() takes: a classad value may be an expression
     try:
-        return int(value)  # type: ignore[call-overload]
+        return int(value)
     except (TypeError, ValueError):
         return None
 

@@ -25,16 +25,19 @@ import logging
 import os
 import posixpath
 import shlex
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 try:
     import asyncssh
 except ModuleNotFoundError as exc:  # the `ssh` extra: only SSH entries need it
     if exc.name != "asyncssh":
         raise
-    asyncssh = None
+    HAS_ASYNCSSH = False  # and the name `asyncssh` stays unbound: SshPool refuses first
+else:
+    HAS_ASYNCSSH = True
 
 from glidewms.config.factory import EntryConfig
 from glidewms.config.sites import SshConfig
@@ -56,6 +59,8 @@ from glidewms.factory.backends.slurm import SlurmBackend
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # The batch systems an SSH entry can drive (`ssh.batch_system`).
 REMOTE_BACKENDS: dict[str, type[BatchBackend]] = {
     SlurmBackend.kind: SlurmBackend,
@@ -74,7 +79,7 @@ class SshPool:
     """
 
     def __init__(self, contact: SshConfig, entry: str) -> None:
-        if asyncssh is None:
+        if not HAS_ASYNCSSH:
             raise MissingExtra(f"entry {entry!r}, reached over SSH,", "asyncssh")
         self.contact = contact
         self.entry = entry  # named in errors instead of the key's path
@@ -172,10 +177,12 @@ class SshShell(Shell):
         code = done.returncode if done.returncode is not None else 255
         return CommandResult(code, _text(done.stdout), _text(done.stderr))
 
-    async def _sftp(self, what: str, path: str, action: object) -> object:
+    async def _sftp(
+        self, what: str, path: str, action: Callable[[asyncssh.SFTPClient], Awaitable[T]]
+    ) -> T:
         try:
             async with self.pool.connection() as conn, conn.start_sftp_client() as sftp:
-                return await action(sftp)  # type: ignore[operator]
+                return await action(sftp)
         except (asyncssh.Error, OSError) as exc:
             raise BackendError(self.pool.scrub(f"sftp {what} {path}: {exc}")) from None
 
@@ -205,7 +212,7 @@ class SshShell(Shell):
                 data = await f.read(limit)
             return _text(data)
 
-        return str(await self._sftp("read", path, read))
+        return await self._sftp("read", path, read)
 
     async def make_dirs(self, path: str) -> None:
         async def make(sftp: asyncssh.SFTPClient) -> None:
@@ -219,7 +226,7 @@ class SshShell(Shell):
         async def realpath(sftp: asyncssh.SFTPClient) -> str:
             return str(await sftp.realpath("."))
 
-        return str(await self._sftp("realpath", ".", realpath))
+        return await self._sftp("realpath", ".", realpath)
 
     async def close(self) -> None:
         await self.pool.close()

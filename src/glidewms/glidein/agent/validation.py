@@ -123,7 +123,7 @@ def parse_script_list(
 
 def discover(work_dir: str, values: Dict[str, str]) -> List[Script]:
     """Every listed script, sorted by stage (a stable sort keeps list order)."""
-    lists = [(STANDARD_LIST, STAGES)]
+    lists: List[Tuple[str, Tuple[str, ...]]] = [(STANDARD_LIST, STAGES)]
     lists += [
         (p.strip(), STAGES) for p in values.get("GLIDEIN_Script_Lists", "").split(",") if p.strip()
     ]

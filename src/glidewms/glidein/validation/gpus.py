@@ -44,7 +44,7 @@ def check(script: Script) -> str:
         rows = checks.parse_nvidia_smi(out.stdout)
     visible = checks.visible_devices(os.environ)
     attrs = checks.gpu_attributes(rows, visible)
-    count = int(attrs["GPUs"])  # type: ignore[call-overload]
+    count = int(str(attrs["GPUs"]))  # an int (checks.gpu_attributes) among slot values
     if mode.isdigit() and count < int(mode):
         raise Failure("WN_Resource", f"{count} GPUs found, GLIDEIN_GPUs asks {mode}")
     pilots, index = checks.node_share(script.values)
@@ -54,7 +54,7 @@ def check(script: Script) -> str:
         attrs = checks.gpu_attributes(rows, mine)
         script.add("GLIDEIN_GPUs_Node", count)
         script.add("GLIDEIN_GPUs_Assigned", True)
-        count = int(attrs["GPUs"])  # type: ignore[call-overload]
+        count = int(str(attrs["GPUs"]))
     for key, value in attrs.items():
         if key != "GPUs_DeviceIds":
             script.add(key, value, slot=True)
