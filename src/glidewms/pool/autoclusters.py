@@ -47,13 +47,13 @@ class Autoclusters:
                     return int(row[0])
             try:
                 with engine.begin() as conn:
-                    return int(
-                        conn.execute(
-                            autoclusters.insert().values(
-                                signature=d.signature, ad=d.signature_ad, created_at=now
-                            )
-                        ).inserted_primary_key[0]
-                    )
+                    key = conn.execute(
+                        autoclusters.insert().values(
+                            signature=d.signature, ad=d.signature_ad, created_at=now
+                        )
+                    ).inserted_primary_key
+                    assert key is not None  # a single-row insert always has one
+                    return int(key[0])
             except sa.exc.IntegrityError:
                 continue  # created meanwhile (by a submit that failed later): read it back
         raise RuntimeError(f"cannot create autocluster {d.signature}")

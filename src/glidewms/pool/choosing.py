@@ -13,6 +13,7 @@ back (`Chosen`), for the caller to undo if its transaction fails.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Set
 from typing import Any
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from glidewms.pool.autoclusters import Autoclusters
 from glidewms.pool.lifecycle import JobState
-from glidewms.pool.queue_index import HeadKey, head_key
+from glidewms.pool.queue_index import HeadKey, IdleIndex, head_key
 from glidewms.pool.schema import jobs
 from glidewms.pool.shared import Shared
 from glidewms.pool.slots import RESOURCES, SlotAds, free_from
@@ -99,12 +100,7 @@ class Matching:
                 mine: Undo = []
                 index.remove(ac, submitter, key)
                 index.started(ac)
-                mine.append(
-                    lambda ac=ac, s=submitter, k=key: (
-                        index.add(ac, s, k[1], 1, k),
-                        index.stopped(ac),
-                    )
-                )
+                mine.append(functools.partial(_put_back, index, ac, submitter, key))
                 chosen.append((ac, submitter, key, mine))
                 taken.add((key[2], key[3]))
                 request = requests.get(ac) or {}
@@ -272,3 +268,9 @@ def _runs_jobs(conn: Connection, pilot_id: str) -> bool:
         ).first()
         is not None
     )
+
+
+def _put_back(index: IdleIndex, ac: int, submitter: str, key: Any) -> None:
+    """Undo of taking a job from the idle index when its turn rolls back."""
+    index.add(ac, submitter, key[1], 1, key)
+    index.stopped(ac)

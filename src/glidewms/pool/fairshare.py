@@ -33,7 +33,7 @@ def decay(elapsed: float, halflife: float) -> float:
     """The fraction of past usage left after `elapsed` seconds."""
     if elapsed <= 0:
         return 1.0
-    return 0.5 ** (elapsed / halflife)
+    return float(0.5 ** (elapsed / halflife))
 
 
 def usage_after(usage: float, running_cores: float, elapsed: float, halflife: float) -> float:

@@ -1,8 +1,9 @@
 """The lives of jobs and pilots: their states, and the only moves between them.
 
 A state is stored as text (the `state` columns) and sent as text (JSON), so
-the states are `StrEnum`s whose values are those texts: a member compares and
-hashes equal to the string a database row or a request carries.
+the states are text enums (`str` members, like Python 3.11's `StrEnum`, which
+3.10 lacks) whose values are those texts: a member compares and hashes equal
+to the string a database row or a request carries, and prints as it.
 
 Each lifecycle is one table of (from, to, cause) transitions. Every state
 change in the pool is one of them: the store's conditional UPDATEs take the
@@ -16,11 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 from typing import Generic, TypeVar
 
 
-class JobState(StrEnum):
+class _Text(str, Enum):
+    """A state or cause that is its text: `str()` and f-strings give the value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class JobState(_Text):
     IDLE = "idle"
     RUNNING = "running"
     HELD = "held"
@@ -28,7 +36,7 @@ class JobState(StrEnum):
     COMPLETED = "completed"
 
 
-class JobCause(StrEnum):
+class JobCause(_Text):
     """Why a job moves. HOLD, RELEASE and REMOVE are also the actions users
     and periodic expressions ask for by these names."""
 
@@ -42,7 +50,7 @@ class JobCause(StrEnum):
     EVICT = "evict"  # a site failure: pilot lost or left, or its claim lease ran out
 
 
-class PilotState(StrEnum):
+class PilotState(_Text):
     ACTIVE = "active"
     # Listed and expired like an active pilot. No code path of the pool sets
     # it (a pilot is drained by its `drain` flag); kept for rows that carry it.
@@ -51,7 +59,7 @@ class PilotState(StrEnum):
     LOST = "lost"
 
 
-class PilotCause(StrEnum):
+class PilotCause(_Text):
     REGISTER = "register"
     DEREGISTER = "deregister"  # the pilot said it leaves
     EXPIRE = "expire"  # its lease ran out: no heartbeat
@@ -92,7 +100,9 @@ class Lifecycle(Generic[S]):
         self.transitions: tuple[Transition[S], ...] = tuple(
             Transition(source, target, cause) for source, target, cause in transitions
         )
-        self._allowed = frozenset((t.source, t.target, t.cause) for t in self.transitions)
+        self._allowed: frozenset[tuple[S | None, S, str]] = frozenset(
+            (t.source, t.target, t.cause) for t in self.transitions
+        )
         self.final: tuple[S, ...] = tuple(
             s for s in self.states if not any(t.source == s for t in self.transitions)
         )
