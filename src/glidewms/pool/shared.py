@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from glidewms.pool.checks import StoreLimits
 from glidewms.pool.fairshare import Accounting, split_submitter
 from glidewms.pool.lifecycle import JobState
 from glidewms.pool.matchmaker import Matchmaker
@@ -33,6 +34,7 @@ class Shared:
     engine: Engine
     accounting: Accounting
     significant: tuple[str, ...] = ()  # extra autocluster attributes (config)
+    limits: StoreLimits = field(default_factory=StoreLimits)  # what outside input is held to
     index: IdleIndex = field(default_factory=IdleIndex)
     matchmaker: Matchmaker = field(default_factory=Matchmaker)
     # serialises every change that touches the memory above
@@ -93,3 +95,19 @@ def bump(conn: Connection, name: str, n: int = 1) -> None:
         conn.execute(
             counters.update().where(counters.c.name == name).values(value=counters.c.value + n)
         )
+
+
+def trim_events(conn: Connection, cluster_id: int, proc_id: int, keep: int) -> int:
+    """Keep a job's first event (its submit) and its newest `keep - 1`: a job
+    requeued, held and released forever must not grow its log without bound.
+    One index seek when there is nothing to drop. Returns how many went."""
+    older = conn.execute(
+        sa.select(events.c.id)
+        .where(events.c.cluster_id == cluster_id, events.c.proc_id == proc_id)
+        .order_by(events.c.id.desc())
+        .offset(max(1, keep - 1))
+    ).all()
+    drop = [r[0] for r in older[:-1]]  # the oldest of them is the first event: kept
+    if drop:
+        conn.execute(events.delete().where(events.c.id.in_(drop)))
+    return len(drop)

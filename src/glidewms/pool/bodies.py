@@ -1,0 +1,76 @@
+"""A cap on request bodies, before anything reads them.
+
+A body is parsed whole (JSON into models) before a handler can look at it,
+so a 200 MB submit would cost its memory and seconds of parsing even when it
+is refused afterwards. `BodyLimit` answers 413 at once when Content-Length
+says the body is larger than the cap, and stops reading a body without one
+(chunked) as soon as it passes the cap. File uploads stream to disk and have
+their own cap (routes/files.py): they are let through here.
+
+Plain ASGI, like protocol.VersionHeader: the pilot turn pays no task for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import MutableMapping
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, most: int, unlimited_prefix: str) -> None:
+        self.app = app
+        self.most = most
+        self.unlimited_prefix = unlimited_prefix  # e.g. "/api/v1/files/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.unlimited_prefix):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.most:
+                await _refuse(send, f"request body of {int(value)} bytes; at most {self.most}")
+                return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.most:
+                    raise BodyTooLarge
+            return message
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except BodyTooLarge:
+            if not started:
+                await _refuse(send, f"request body of more than {self.most} bytes")
+
+
+async def _refuse(send: Send, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
