@@ -21,6 +21,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
 from glidewms import classads
 from glidewms.pool.autoclusters import Autoclusters
 from glidewms.pool.jobs import (
@@ -36,8 +39,8 @@ from glidewms.pool.jobs import (
 from glidewms.pool.lifecycle import JOB, JobCause, JobState
 from glidewms.pool.queue import Queue
 from glidewms.pool.queue_index import head_key
-from glidewms.pool.schema import jobs
-from glidewms.pool.shared import Shared, current_job, record_event, trim_events
+from glidewms.pool.schema import events, jobs
+from glidewms.pool.shared import Shared, trim_many
 
 # hold, release, remove: the state each leads to, and the event it writes
 ACTIONS = {
@@ -87,44 +90,53 @@ class Actions:
         return changed
 
     def _apply_batch(self, planned: Sequence[Planned], by: str) -> list[str]:
+        """One batch, one transaction: the jobs read anew (one query per
+        cluster), then one executemany UPDATE and one events INSERT."""
         now, changed, moved = time.time(), [], []
         shared = self.shared
-        keep = shared.limits.max_events_per_job
         with shared.lock:
             with shared.engine.begin() as conn:
+                current = current_rows(conn, [(g.cluster_id, g.proc_id) for g, *_ in planned])
+                params, new_events = [], []
                 for given, action, reason, code in planned:
                     new_state, kind = ACTIONS[action]
-                    row = current_job(conn, given.cluster_id, given.proc_id)
+                    row = current.pop((given.cluster_id, given.proc_id), None)
                     if row is None or not JOB.allows(row.state, new_state, action):
                         continue
-                    values: dict[str, Any] = {
-                        "state": new_state,
-                        "updated_at": now,
-                        "claim_id": None,
-                        "lease_expires": None,
-                    }
                     detail: dict[str, Any] = {"by": by, "reason": reason}
-                    if action == JobCause.HOLD:
-                        values["hold_reason"] = reason or f"held by {by}"
-                        values["hold_code"] = detail["code"] = code
-                    elif action == JobCause.RELEASE:
-                        values["hold_reason"] = values["hold_code"] = None
-                    else:
-                        values["completion_date"] = now
-                    result = conn.execute(
-                        jobs.update()
-                        .where(
-                            jobs.c.cluster_id == row.cluster_id,
-                            jobs.c.proc_id == row.proc_id,
-                            jobs.c.state == row.state,
-                        )
-                        .values(**values)
+                    hold_reason, hold_code, done = (
+                        row.hold_reason,
+                        row.hold_code,
+                        row.completion_date,
                     )
-                    if result.rowcount:
-                        changed.append(job_id(row.cluster_id, row.proc_id))
-                        moved.append((row, new_state))
-                        record_event(conn, row.cluster_id, row.proc_id, now, kind, detail)
-                        trim_events(conn, row.cluster_id, row.proc_id, keep)
+                    if action == JobCause.HOLD:
+                        hold_reason, hold_code = reason or f"held by {by}", code
+                        detail["code"] = code
+                    elif action == JobCause.RELEASE:
+                        hold_reason = hold_code = None
+                    else:
+                        done = now
+                    params.append(
+                        {
+                            "b_cluster": row.cluster_id,
+                            "b_proc": row.proc_id,
+                            "b_was": row.state,
+                            "b_state": new_state,
+                            "b_now": now,
+                            "b_reason": hold_reason,
+                            "b_code": hold_code,
+                            "b_done": done,
+                        }
+                    )
+                    new_events.append(_event(row, now, kind, detail))
+                    changed.append(job_id(row.cluster_id, row.proc_id))
+                    moved.append((row, new_state))
+                if params:
+                    _execute_all(conn, _ACT, params)
+                    conn.execute(events.insert(), new_events)
+                    trim_many(
+                        conn, [(r.cluster_id, r.proc_id) for r, _ in moved], limits_keep(shared)
+                    )
             for row, new_state in moved:
                 shared.moved(row, new_state, now)
         return changed
@@ -170,9 +182,10 @@ class Actions:
             # transaction), then every job in one; the lock keeps ads unchanged
             planned = []
             with shared.engine.connect() as conn:
+                current = current_rows(conn, [(g.cluster_id, g.proc_id) for g in rows])
                 for given in rows:
                     jid = job_id(given.cluster_id, given.proc_id)
-                    row = current_job(conn, given.cluster_id, given.proc_id)
+                    row = current.get((given.cluster_id, given.proc_id))
                     if row is None or row.state not in EDITABLE:
                         skipped[jid] = (
                             f"job is {row.state if row else 'gone'}: only idle "
@@ -189,45 +202,38 @@ class Actions:
                         continue
                     planned.append((jid, row, ad, old, derive(ad, row.owner, shared.significant)))
             acs = {d.signature: self.autoclusters.id_for(d, now) for *_, d in planned}
-            with shared.engine.begin() as conn:
-                for jid, row, ad, old, d in planned:
-                    ac = acs[d.signature]
-                    sandbox = dict(row.sandbox or {})
-                    if attribute.lower() == "cmd":
-                        cmd = classads.eval_attr(ad, "Cmd")
-                        sandbox["cmd"] = cmd if isinstance(cmd, str) else None
-                    result = conn.execute(
-                        jobs.update()
-                        .where(
-                            jobs.c.cluster_id == row.cluster_id,
-                            jobs.c.proc_id == row.proc_id,
-                            jobs.c.state == row.state,
-                        )
-                        .values(
-                            ad=classads.to_text(ad),
-                            autocluster_id=ac,
-                            prio=d.prio,
-                            cpus=d.cpus,
-                            submitter=d.submitter,
-                            updated_at=now,
-                            periodic=has_periodic(ad),
-                            sandbox=sandbox,
-                        )
+            params, new_events = [], []
+            for jid, row, ad, old, d in planned:
+                sandbox = dict(row.sandbox or {})
+                if attribute.lower() == "cmd":
+                    cmd = classads.eval_attr(ad, "Cmd")
+                    sandbox["cmd"] = cmd if isinstance(cmd, str) else None
+                params.append(
+                    {
+                        "b_cluster": row.cluster_id,
+                        "b_proc": row.proc_id,
+                        "b_was": row.state,
+                        "b_ad": classads.to_text(ad),
+                        "b_ac": acs[d.signature],
+                        "b_prio": d.prio,
+                        "b_cpus": d.cpus,
+                        "b_submitter": d.submitter,
+                        "b_now": now,
+                        "b_periodic": has_periodic(ad),
+                        "b_sandbox": sandbox,
+                    }
+                )
+                detail = {"by": by, "attribute": attribute, "old": old, "new": str(expr)}
+                new_events.append(_event(row, now, "edited", detail))
+                changed.append(jid)
+                moved.append((row, acs[d.signature], d))
+            if params:
+                with shared.engine.begin() as conn:
+                    _execute_all(conn, _EDIT, params)
+                    conn.execute(events.insert(), new_events)
+                    trim_many(
+                        conn, [(r.cluster_id, r.proc_id) for r, _, _ in moved], limits_keep(shared)
                     )
-                    if not result.rowcount:
-                        skipped[jid] = "job changed meanwhile"
-                        continue
-                    changed.append(jid)
-                    moved.append((row, ac, d))
-                    record_event(
-                        conn,
-                        row.cluster_id,
-                        row.proc_id,
-                        now,
-                        "edited",
-                        {"by": by, "attribute": attribute, "old": old, "new": str(expr)},
-                    )
-                    trim_events(conn, row.cluster_id, row.proc_id, limits.max_events_per_job)
             for row, ac, d in moved:
                 if row.state == JobState.IDLE:  # it may have moved to another autocluster
                     shared.index.remove(
@@ -242,6 +248,81 @@ class Actions:
     def _between(self) -> None:
         if self.between_batches is not None:
             self.between_batches()
+
+
+def current_rows(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+    """The jobs named by (cluster, proc) keys as they are now: one primary-key
+    query per cluster (and per 500 of its jobs)."""
+    by_cluster: dict[int, list[int]] = {}
+    for cluster_id, proc_id in keys:
+        by_cluster.setdefault(cluster_id, []).append(proc_id)
+    found = {}
+    for cluster_id, procs in by_cluster.items():
+        for start in range(0, len(procs), 500):
+            for row in conn.execute(
+                sa.select(jobs).where(
+                    jobs.c.cluster_id == cluster_id, jobs.c.proc_id.in_(procs[start : start + 500])
+                )
+            ):
+                found[(row.cluster_id, row.proc_id)] = row
+    return found
+
+
+def limits_keep(shared: Shared) -> int:
+    return shared.limits.max_events_per_job
+
+
+def _event(row: Any, now: float, kind: str, detail: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "cluster_id": row.cluster_id,
+        "proc_id": row.proc_id,
+        "time": now,
+        "type": kind,
+        "detail": detail,
+    }
+
+
+def _execute_all(conn: Connection, statement: Any, params: list[dict[str, Any]]) -> None:
+    """An executemany UPDATE conditional on the state each job was read in.
+    Under the store lock no job can have moved since, so every row must
+    change; if one did not, the whole batch is rolled back."""
+    result = conn.execute(statement, params)
+    if result.rowcount not in (-1, len(params)):
+        raise RuntimeError(f"{len(params) - result.rowcount} jobs changed under the store lock")
+
+
+_KEY = (
+    (jobs.c.cluster_id == sa.bindparam("b_cluster"))
+    & (jobs.c.proc_id == sa.bindparam("b_proc"))
+    & (jobs.c.state == sa.bindparam("b_was"))
+)
+_ACT = (
+    jobs.update()
+    .where(_KEY)
+    .values(
+        state=sa.bindparam("b_state"),
+        updated_at=sa.bindparam("b_now"),
+        claim_id=None,
+        lease_expires=None,
+        hold_reason=sa.bindparam("b_reason"),
+        hold_code=sa.bindparam("b_code"),
+        completion_date=sa.bindparam("b_done"),
+    )
+)
+_EDIT = (
+    jobs.update()
+    .where(_KEY)
+    .values(
+        ad=sa.bindparam("b_ad"),
+        autocluster_id=sa.bindparam("b_ac"),
+        prio=sa.bindparam("b_prio"),
+        cpus=sa.bindparam("b_cpus"),
+        submitter=sa.bindparam("b_submitter"),
+        updated_at=sa.bindparam("b_now"),
+        periodic=sa.bindparam("b_periodic"),
+        sandbox=sa.bindparam("b_sandbox", type_=jobs.c.sandbox.type),
+    )
+)
 
 
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine
-from glidewms.pool.bodies import BodyLimit
+from glidewms.pool.bodies import BodyLimit, invalid_body
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.routes import admin, demand, files, jobs, pilots, tokens
 from glidewms.pool.routes.deps import PoolContext, WorkSignal
@@ -76,6 +77,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         store.close()
 
     app = FastAPI(title="glidewms pool", version=API_VERSION, lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, invalid_body)
     app.add_middleware(BodyLimit, most=config.max_request_bytes, unlimited_prefix=FILES)
     app.add_middleware(VersionHeader)
     app.state.verifier = TokenVerifier.from_file(public_key)

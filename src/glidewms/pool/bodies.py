@@ -8,6 +8,10 @@ says the body is larger than the cap, and stops reading a body without one
 their own cap (routes/files.py): they are let through here.
 
 Plain ASGI, like protocol.VersionHeader: the pilot turn pays no task for it.
+
+`invalid_body` answers a body its model refuses (422) without echoing the
+input: FastAPI's own answer repeats it, so a NaN made the answer itself fail
+(500: NaN is not JSON) and a 200 MB field came back whole.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -74,3 +81,17 @@ async def _refuse(send: Send, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def invalid_body(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming where and why (FastAPI's `loc`, `msg`, `type`), never what."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {
+            "loc": [part if isinstance(part, (int, str)) else str(part) for part in e["loc"]],
+            "msg": str(e["msg"])[:500],
+            "type": str(e["type"]),
+        }
+        for e in errors[:50]
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)

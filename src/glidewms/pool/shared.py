@@ -111,3 +111,25 @@ def trim_events(conn: Connection, cluster_id: int, proc_id: int, keep: int) -> i
     if drop:
         conn.execute(events.delete().where(events.c.id.in_(drop)))
     return len(drop)
+
+
+def trim_many(conn: Connection, keys: list[tuple[int, int]], keep: int) -> int:
+    """`trim_events` for those of the jobs named by (cluster, proc) keys that
+    have `keep` events or more: one grouped count per cluster (and per 500
+    of its jobs) finds them."""
+    by_cluster: dict[int, list[int]] = {}
+    for cluster_id, proc_id in keys:
+        by_cluster.setdefault(cluster_id, []).append(proc_id)
+    over = []
+    for cluster_id, procs in by_cluster.items():
+        for start in range(0, len(procs), 500):
+            over += conn.execute(
+                sa.select(events.c.cluster_id, events.c.proc_id)
+                .where(
+                    events.c.cluster_id == cluster_id,
+                    events.c.proc_id.in_(procs[start : start + 500]),
+                )
+                .group_by(events.c.cluster_id, events.c.proc_id)
+                .having(sa.func.count() > keep)
+            ).all()
+    return sum(trim_events(conn, c, p, keep) for c, p in over)
