@@ -26,10 +26,6 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     def __init__(self, app: ASGIApp, most: int, unlimited_prefix: str) -> None:
         self.app = app
@@ -45,27 +41,31 @@ class BodyLimit:
                 await _refuse(send, f"request body of {int(value)} bytes; at most {self.most}")
                 return
         seen = 0
-        started = False
+        started = refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.most:
-                    raise BodyTooLarge
+                    # answer now; the app sees the client go, and its answer is dropped
+                    refused = True
+                    if not started:
+                        await _refuse(send, f"request body of more than {self.most} bytes")
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracked(message: MutableMapping[str, Any]) -> None:
             nonlocal started
+            if refused:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, counted, tracked)
-        except BodyTooLarge:
-            if not started:
-                await _refuse(send, f"request body of more than {self.most} bytes")
+        await self.app(scope, counted, tracked)
 
 
 async def _refuse(send: Send, detail: str) -> None:
