@@ -16,6 +16,7 @@ renumbers them.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -149,6 +150,9 @@ def check_slot(slot: Mapping[str, Any], limits: AdLimits) -> None:
         raise Refused(exc.attribute or "slot", exc.reason) from None
     except classads.ClassAdError as exc:
         raise Refused("slot", str(exc)) from None
+    size = len(json.dumps(slot).encode())
+    if size > limits.max_ad_bytes:
+        raise Refused("slot", f"{size} bytes; at most {limits.max_ad_bytes}")
     for name in SLOT_RESOURCES:
         if name in slot:
             amount(slot[name], name)
