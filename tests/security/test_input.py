@@ -242,6 +242,21 @@ def test_sandbox_file_names_must_be_plain(pool: Pool, name: str) -> None:
     refused(pool.call("POST", "jobs", pool.alice, json={"jobs": [job]}), 422, "name")
 
 
+@pytest.mark.parametrize("token", ["", "Bearer not-a-token"])
+@pytest.mark.parametrize("path", [f"files/{'0' * 64}", "jobs", "pilots/x/cycle"])
+def test_a_body_without_a_valid_token_is_refused_before_it_is_read(
+    pool: Pool, path: str, token: str
+) -> None:
+    """A 200 MB unauthenticated POST took 8-15 s to get its 401: now at once,
+    with only a few of its bytes sent."""
+    method = "PUT" if path.startswith("files") else "POST"
+    answer = pool.raw(
+        f"{method} /api/v1/{path}", {"Authorization": token}, length=200 << 20, body=b"abc"
+    )
+    assert answer.startswith("HTTP/1.1 401"), answer[:200]
+    pool.assert_serving()
+
+
 def test_a_200_mb_attribute_is_refused_and_listings_stay_small(pool: Pool) -> None:
     big = "x" * (200 << 20)
     body = json.dumps({"jobs": [{"ad": f'[ Cmd = "/bin/true"; Note = "{big}" ]'}]})

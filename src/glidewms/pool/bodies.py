@@ -1,11 +1,14 @@
-"""A cap on request bodies, before anything reads them.
+"""Request bodies: only from a caller with a valid token, and capped, before
+anything reads them.
 
-A body is parsed whole (JSON into models) before a handler can look at it,
-so a 200 MB submit would cost its memory and seconds of parsing even when it
-is refused afterwards. `BodyLimit` answers 413 at once when Content-Length
-says the body is larger than the cap, and stops reading a body without one
-(chunked) as soon as it passes the cap. File uploads stream to disk and have
-their own cap (routes/files.py): they are let through here.
+A body is parsed whole (JSON into models) before a handler, or the
+dependency that checks the caller's token, runs: a 200 MB request took
+seconds to be refused, even without a token. `BodyLimit` answers 401 at once
+to a request with a body and no valid bearer token (which scope it needs is
+still the route's to check), 413 at once when Content-Length says the body
+is larger than the cap, and stops reading a body without one (chunked) as
+soon as it passes the cap. File uploads stream to disk and have their own
+cap (routes/files.py): only the size cap lets them through.
 
 Plain ASGI, like protocol.VersionHeader: the pilot turn pays no task for it.
 
@@ -25,6 +28,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from glidewms.security.tokens import TokenError
+
 
 class BodyLimit:
     def __init__(self, app: ASGIApp, most: int, unlimited_prefix: str) -> None:
@@ -33,13 +38,22 @@ class BodyLimit:
         self.unlimited_prefix = unlimited_prefix  # e.g. "/api/v1/files/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.unlimited_prefix):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.most:
-                await _refuse(send, f"request body of {int(value)} bytes; at most {self.most}")
-                return
+        headers = dict(scope.get("headers", ()))
+        length = headers.get(b"content-length", b"")
+        if (length not in (b"", b"0") or b"transfer-encoding" in headers) and not _authenticated(
+            scope, headers.get(b"authorization", b"")
+        ):
+            await _refuse(send, "a request with a body needs a valid bearer token", 401)
+            return
+        if scope["path"].startswith(self.unlimited_prefix):
+            await self.app(scope, receive, send)
+            return
+        if length.isdigit() and int(length) > self.most:
+            await _refuse(send, f"request body of {int(length)} bytes; at most {self.most}")
+            return
         seen = 0
         started = refused = False
 
@@ -68,18 +82,27 @@ class BodyLimit:
         await self.app(scope, counted, tracked)
 
 
-async def _refuse(send: Send, detail: str) -> None:
+def _authenticated(scope: Scope, authorization: bytes) -> bool:
+    """A bearer token the app's verifier accepts (remembered ones cost a lookup)."""
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    try:
+        scope["app"].state.verifier.verify(token.strip())
+    except TokenError:
+        return False
+    return True
+
+
+async def _refuse(send: Send, detail: str, status: int = 413) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -242,7 +242,7 @@ def finish(
 def _kept_outputs(outputs: list[dict[str, str]], most: int) -> list[dict[str, str]]:
     """The outputs worth recording: plain file names (a client writes them
     into a directory), at most `most`."""
-    kept = []
+    kept: list[dict[str, str]] = []
     for o in outputs:
         if len(kept) >= most:
             break

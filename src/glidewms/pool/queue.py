@@ -248,7 +248,7 @@ class Queue:
             if not rows:
                 return
             after = (rows[-1].cluster_id, rows[-1].proc_id)
-            yield rows if expr is None else [row for row in rows if ads.matches(row)]
+            yield [row for row in rows if expr is None or ads.matches(row)]
 
 
 @dataclass(frozen=True)

@@ -120,10 +120,10 @@ def trim_many(conn: Connection, keys: list[tuple[int, int]], keep: int) -> int:
     by_cluster: dict[int, list[int]] = {}
     for cluster_id, proc_id in keys:
         by_cluster.setdefault(cluster_id, []).append(proc_id)
-    over = []
+    over: list[tuple[int, int]] = []
     for cluster_id, procs in by_cluster.items():
         for start in range(0, len(procs), 500):
-            over += conn.execute(
+            found = conn.execute(
                 sa.select(events.c.cluster_id, events.c.proc_id)
                 .where(
                     events.c.cluster_id == cluster_id,
@@ -131,5 +131,6 @@ def trim_many(conn: Connection, keys: list[tuple[int, int]], keep: int) -> int:
                 )
                 .group_by(events.c.cluster_id, events.c.proc_id)
                 .having(sa.func.count() > keep)
-            ).all()
+            )
+            over += [(r.cluster_id, r.proc_id) for r in found]
     return sum(trim_events(conn, c, p, keep) for c, p in over)
