@@ -236,7 +236,10 @@ class Queue:
         after = (-1, -1)
         query = sa.select(jobs).where(jobs.c.state.notin_(TERMINAL_JOBS))
         if owner is not None:
-            query = query.where(jobs.c.owner == owner)
+            # COALESCE (owner is NOT NULL: same meaning) keeps SQLite on the
+            # primary key: by the owner index it would sort all of the owner's
+            # jobs for every page
+            query = query.where(sa.func.coalesce(jobs.c.owner, "") == owner)
         query = query.order_by(jobs.c.cluster_id, jobs.c.proc_id).limit(
             self.shared.limits.batch_size
         )
