@@ -8,6 +8,7 @@ extra).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ def sqlite_url(path: Path) -> str:
 def make_engine(url: str) -> Engine:
     """An engine with the settings each backend needs for a multi-threaded service."""
     if url.startswith("sqlite"):
+        private_sqlite_files(sa.engine.make_url(url).database)
         engine = sa.create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
         )
@@ -44,6 +46,24 @@ def make_engine(url: str) -> Engine:
         return sa.create_engine(url, pool_pre_ping=True)
     except ModuleNotFoundError as exc:
         raise _missing_driver(url, exc) from None
+
+
+def private_sqlite_files(database: str | None) -> None:
+    """Make a SQLite database, and its -wal and -shm files, readable by this
+    account only (0600): they hold job environments and arguments.
+
+    The database file is created here, before SQLite opens it, because SQLite
+    gives the -wal and -shm files it creates the database file's mode; files
+    made by an older version are tightened."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if each.exists() and each.stat().st_mode & 0o077:
+            os.chmod(each, 0o600)
 
 
 def _missing_driver(url: str, exc: ModuleNotFoundError) -> ImportError:

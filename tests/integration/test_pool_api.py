@@ -139,8 +139,15 @@ def test_claim_many_fills_the_free_cores_in_one_call(pool, alice, pilot_auth):
 
 
 def test_owner_comes_from_token_not_body(pool, alice):
-    ad = JOB_AD[:-1] + '; Owner = "mallory" ]'
-    [jid] = submit(pool, alice, ad=ad)
+    """An ad naming its own Owner is refused (the pool owns it: checks.POOL_OWNED);
+    the job's owner is the token's subject."""
+    r = pool.post(
+        "/api/v1/jobs",
+        json={"jobs": [{"ad": JOB_AD[:-1] + '; Owner = "mallory" ]'}]},
+        headers=alice,
+    )
+    assert r.status_code == 422 and "Owner" in r.json()["detail"]
+    [jid] = submit(pool, alice)
     job = pool.get(f"/api/v1/jobs/{jid}", headers=alice).json()
     assert job["owner"] == "alice"
     assert 'Owner = "alice"' in job["ad"]

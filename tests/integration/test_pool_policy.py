@@ -174,7 +174,7 @@ def test_listing_parses_no_ad_without_a_constraint_and_agrees_with_one(
 
         parsed = []
         real = classads.parse_ad
-        monkeypatch.setattr(classads, "parse_ad", lambda t: parsed.append(t) or real(t))
+        monkeypatch.setattr(classads, "parse_ad", lambda t, *a: parsed.append(t) or real(t, *a))
         listed = pool.get("/api/v1/jobs", headers=alice).json()
         assert parsed == [] and [j["cmd"] for j in listed] == ["/bin/true"] * 5
         assert 'HoldReason = "a \\"quoted\\" one"' in listed[4]["ad"]

@@ -11,7 +11,7 @@ from tests.integration.conftest import bearer
 from tests.integration.test_pool_api import SLOT, claim, register, submit
 
 AD = (
-    '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 10; Owner = "x"; {extra} '
+    '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 10; {extra} '
     "Requirements = TARGET.Cpus >= RequestCpus ]"
 )
 

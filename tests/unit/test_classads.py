@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from glidewms import classads
+from glidewms.classads import ClassAd
 
 
 def test_string_list_functions_work():
@@ -138,3 +140,118 @@ def test_a_users_own_configuration_is_named_so_the_bindings_keep_it(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     classads.import_htcondor()
     assert os.environ["CONDOR_CONFIG"] == str(own)
+
+
+# ------------------------------------------------- bounds before the library (issue 11)
+
+DEEP = "+".join(["1"] * 40_000)  # parses, then kills the process when printed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"[ Cmd = 1; Requirements = {DEEP} ]",
+        f'[ Name = "a;b"; Requirements = /* " */ {"+".join(["1"] * 2000)} /* " */ ]',
+        f'[ Requirements = 1 // " ; \n + {"+".join(["1"] * 2000)} ]',
+    ],
+)
+def test_a_deep_attribute_is_refused_by_name_before_parsing(text: str) -> None:
+    """Comments and strings hide nothing from the count (the parser skips them)."""
+    with pytest.raises(classads.ClassAdTooLarge) as info:
+        classads.parse_ad(text)
+    assert info.value.attribute == "Requirements"
+    assert "Requirements" in str(info.value) and "operators" in str(info.value)
+
+
+def test_comments_and_separators_inside_strings_are_still_fine() -> None:
+    ad = classads.parse_ad('[ A = /* " ; ] */ 1 + 1; B = "x // y; z"; \'we;ird\' = 2 // ok\n ]')
+    assert ad.eval("A") == 2 and ad["B"] == "x // y; z" and len(ad) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "attribute"),
+    [
+        ("[ RequestCpus = 99999999999999999999999 ]", "RequestCpus"),  # the library: 0
+        ("[ JobPrio = 1e400 ]", "JobPrio"),  # the library: infinity
+        ("[ JobPrio = .5e400 ]", "JobPrio"),
+        ("[ " + "; ".join(f"A{i} = {i}" for i in range(600)) + " ]", None),
+        ('[ Big = "' + "é" * 600_000 + '" ]', "Big"),  # counted in bytes, not characters
+    ],
+)
+def test_numbers_the_library_misreads_and_oversized_ads_are_refused(
+    text: str, attribute: str | None
+) -> None:
+    with pytest.raises(classads.ClassAdTooLarge) as info:
+        classads.parse_ad(text)
+    assert info.value.attribute == attribute
+
+
+def test_expressions_are_bounded_and_named() -> None:
+    with pytest.raises(classads.ClassAdTooLarge, match=r"'Constraint'.*bytes"):
+        classads.parse_expr(DEEP, "Constraint")
+    with pytest.raises(classads.ClassAdTooLarge, match="operators"):
+        classads.parse_expr("+".join(["1"] * 1500))
+    limits = classads.AdLimits(max_operators=2)
+    assert classads.evaluate(classads.parse_expr("1 + 1 + 1", limits=classads.CEILING), ClassAd())
+    with pytest.raises(classads.ClassAdTooLarge):
+        classads.parse_expr("1 + 1 + 1 + 1", limits=limits)
+
+
+@pytest.mark.parametrize("value", [2**70, float("nan"), float("inf"), "x" * (2 << 20)])
+def test_ads_from_values_refuse_what_the_library_cannot_hold(value: object) -> None:
+    """2**70 raises SystemError inside classad2; NaN would reach JSON answers."""
+    with pytest.raises(classads.ClassAdTooLarge) as info:
+        classads.ad_from_dict({"Cpus": 1, "Bad": value})
+    assert info.value.attribute == "Bad"
+
+
+def test_what_the_evaluator_cannot_evaluate_is_error_not_an_exception() -> None:
+    """Within the bounds, the library's evaluator still gives up on ~400-deep
+    trees (ClassAdException) and its reference walk on selection chains
+    (ValueError): that is ClassAd Error, a slot that does not match, rank 0."""
+    chain = "+".join(["a1"] * 600)
+    job = classads.parse_ad(f"[ a1 = 1; Requirements = {chain}; Rank = {chain} ]")
+    slot = classads.parse_ad(f"[ Cpus = 1; Start = {chain}; Rank = {chain}; a1 = 1 ]")
+    assert classads.eval_attr(job, "Requirements") is classads.ERROR
+    assert classads.evaluate(job.lookup("Requirements"), job, slot) is classads.ERROR
+    assert classads.job_fits_slot(job, slot) is False
+    assert classads.job_fits_slot(classads.parse_ad("[ a1 = 1 ]"), slot) is False
+    assert classads.rank(slot, job) == 0.0
+    assert classads.constraint_matches(chain, job) is False
+    selections = ".".join(["a1"] * 600)
+    odd = classads.parse_ad(f"[ a1 = 1; Other = 2; Requirements = {selections} ]")
+    assert classads.internal_refs(odd, odd.lookup("Requirements")) is None
+    # references unknown: every attribute may matter, so none is left out of the signature
+    assert classads.significant_attributes(odd) == ["Other", "Requirements", "a1"]
+
+
+def test_the_ceiling_is_safe_in_the_real_library() -> None:
+    """Text at CEILING (the most any configuration may allow) is parsed,
+    printed, matched and walked in a child process without killing it."""
+    code = textwrap.dedent("""
+        import classad2
+        from glidewms import classads
+        C = classads.CEILING
+        ops = C.max_operators
+        for text in ["+".join(["a1"] * (ops + 1)), ".".join(["a1"] * (ops + 1)),
+                     "==".join(["a1"] * (ops + 1)),
+                     "(" * C.max_nesting + "1" + ")" * C.max_nesting,
+                     "{" * C.max_nesting + "}" * C.max_nesting]:
+            classads.check_expr(text, "R", C)
+            try:
+                job = classads.parse_ad("[ Requirements = " + text + "; a1 = 1 ]", C)
+            except classads.ClassAdError:
+                continue  # the parser's own depth limit: refused, not a crash
+            classads.to_text(job)
+            classads.to_long(job)
+            copy = classad2.ClassAd()
+            copy["X"] = job.lookup("Requirements")
+            classads.job_fits_slot(job, job)
+            classads.rank(job, job)
+            classads.signature(job)
+            classads.external_refs(job, job.lookup("Requirements"))
+        print("survived")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "survived" in run.stdout

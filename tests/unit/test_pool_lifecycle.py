@@ -184,7 +184,7 @@ def job_in(store: PoolStore, state: str) -> Any:
             store.turns.cycle(pid, [Completion(claim["claim_id"], 0)], {}, 600, 0, time.time())
     elif state in (HELD, REMOVED):
         action = JobCause.HOLD if state == HELD else JobCause.REMOVE
-        store.queue.act(action, [store.queue.get_job(jid)], "", "alice")
+        store.actions.act(action, [store.queue.get_job(jid)], "", "alice")
     row = store.queue.get_job(jid)
     assert row.state == state
     return row
@@ -203,7 +203,7 @@ def test_hold_release_remove_move_a_job_exactly_as_the_table_says(
 ) -> None:
     row = job_in(store, start)
     target = JOB.target(action)
-    changed = store.queue.act(action, [row], "test", "alice")
+    changed = store.actions.act(action, [row], "test", "alice")
     after = store.queue.get_job(f"{row.cluster_id}.{row.proc_id}").state
     if JOB.allows(start, target, action):
         assert changed and after == target

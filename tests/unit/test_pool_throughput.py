@@ -4,8 +4,10 @@ and primary-key lookups (not an idle-queue scan) when a turn claims jobs."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from glidewms.db import make_engine, sqlite_url
 from glidewms.pool.jobs import NewJob, full_ad, template_key
@@ -65,3 +67,28 @@ def test_claiming_a_turn_looks_jobs_up_by_key_not_by_state(tmp_path: Path) -> No
         ]
     assert any("MULTI-INDEX OR" in step for step in plan), plan
     assert not any("state=" in step for step in plan), plan
+
+
+def test_a_bulk_action_pages_by_key_not_by_owner(tmp_path: Path) -> None:
+    """By the owner index SQLite would sort all of the owner's jobs for every
+    page of a bulk action (quadratic in a million jobs); by the key each page
+    is one range seek."""
+    engine = make_engine(sqlite_url(tmp_path / "pool.db"))
+    store = PoolStore(engine)
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        statements.append((statement, params))
+
+    try:
+        store.queue.submit("alice", [NewJob(BASE.format(note="x", proc=0), [], [], {})])
+        sa.event.listen(engine, "before_cursor_execute", seen)
+        pages = list(store.queue.pages("alice", "true"))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+        store.close()
+    assert [len(p) for p in pages] == [1]
+    page, params = next(s for s in statements if "ORDER BY" in s[0])
+    with engine.connect() as conn:
+        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + page, params)]
+    assert not any("TEMP B-TREE" in step or "owner" in step for step in plan), plan

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from glidewms.classad_limits import DEFAULT_LIMITS, AdLimits
+from glidewms.classads import CEILING
+
 
 class PoolConfig(BaseModel):
     """`glidewms pool --config pool.yaml`; every key has a working default."""
@@ -76,6 +79,71 @@ class PoolConfig(BaseModel):
         1.0, gt=0, description="factor of users not named in priority_factors"
     )
 
+    # What the pool accepts and keeps (docs/security.md, "Crashes and exhaustion
+    # from input"): bounds on ClassAd text before the library sees it, and caps
+    # on what one request or one job may make the pool store.
+    max_expression_bytes: int = Field(
+        DEFAULT_LIMITS.max_expression_bytes,
+        ge=64,
+        le=CEILING.max_expression_bytes,
+        description="longest expression given alone: a constraint, a qedit value, GLIDEIN_Start",
+    )
+    max_expression_operators: int = Field(
+        DEFAULT_LIMITS.max_operators,
+        ge=16,
+        le=CEILING.max_operators,
+        description="most operators in one expression or attribute value (the ClassAd "
+        "library crashes on ~40k-deep trees)",
+    )
+    max_expression_nesting: int = Field(
+        DEFAULT_LIMITS.max_nesting,
+        ge=4,
+        le=CEILING.max_nesting,
+        description="deepest bracket nesting in one expression",
+    )
+    max_ad_attributes: int = Field(
+        DEFAULT_LIMITS.max_attributes,
+        ge=16,
+        le=CEILING.max_attributes,
+        description="most attributes in a job ad or a pilot's slot ad",
+    )
+    max_attribute_bytes: int = Field(
+        DEFAULT_LIMITS.max_value_bytes,
+        ge=256,
+        le=CEILING.max_value_bytes,
+        description="largest attribute value (and job argument or environment value)",
+    )
+    max_ad_bytes: int = Field(
+        DEFAULT_LIMITS.max_ad_bytes,
+        ge=1024,
+        le=CEILING.max_ad_bytes,
+        description="largest job (its ad, arguments and environment together) or slot ad",
+    )
+    max_jobs_per_request: int = Field(
+        100_000, ge=1, description="most jobs one submit queues, and job ids one action names"
+    )
+    max_request_bytes: int = Field(
+        256 << 20,
+        ge=1 << 16,
+        description="largest request body but file uploads (413 past it, refused before "
+        "reading when Content-Length says so)",
+    )
+    max_upload_bytes: int = Field(
+        128 << 20, ge=1, description="largest sandbox file upload (refused while streaming)"
+    )
+    max_events_per_job: int = Field(
+        1000, ge=10, description="events kept per job: the first and the latest ones"
+    )
+    max_outputs_per_job: int = Field(
+        1000, ge=1, description="output files a completion may record for one job"
+    )
+    bulk_batch_size: int = Field(
+        1000,
+        ge=1,
+        description="jobs per transaction of a submit, and of a hold/release/remove/edit; "
+        "pilot turns get the store between batches",
+    )
+
     @field_validator("priority_factors", "group_priority_factors")
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
@@ -83,6 +151,17 @@ class PoolConfig(BaseModel):
         if bad:
             raise ValueError(f"factors must be positive numbers: {', '.join(bad)}")
         return value
+
+    def ad_limits(self) -> AdLimits:
+        """The bounds every ClassAd from outside is held to (glidewms.classads)."""
+        return AdLimits(
+            max_expression_bytes=self.max_expression_bytes,
+            max_operators=self.max_expression_operators,
+            max_nesting=self.max_expression_nesting,
+            max_attributes=self.max_ad_attributes,
+            max_value_bytes=self.max_attribute_bytes,
+            max_ad_bytes=self.max_ad_bytes,
+        )
 
     def resolved_database_url(self) -> str:
         from glidewms.db import sqlite_url

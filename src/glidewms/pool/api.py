@@ -15,10 +15,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine
+from glidewms.pool.bodies import BodyLimit, invalid_body
+from glidewms.pool.checks import StoreLimits
 from glidewms.pool.routes import admin, demand, files, jobs, pilots, tokens
 from glidewms.pool.routes.deps import PoolContext, WorkSignal
 from glidewms.pool.sandbox import SandboxStore
@@ -27,6 +30,7 @@ from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
 from glidewms.security.tokens import TokenIssuer, TokenVerifier
 
 log = logging.getLogger(__name__)
+FILES = f"{API_PREFIX}/files/"  # uploads stream to disk under their own cap
 
 
 def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
@@ -43,6 +47,12 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         reserve_for_large_jobs=config.reserve_for_large_jobs,
         lock_wait=config.database_lock_wait,
         significant=config.significant_attributes,
+        limits=StoreLimits(
+            ads=config.ad_limits(),
+            max_events_per_job=config.max_events_per_job,
+            max_outputs_per_job=config.max_outputs_per_job,
+            batch_size=config.bulk_batch_size,
+        ),
     )
     pool = PoolContext(
         config=config,
@@ -67,6 +77,8 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         store.close()
 
     app = FastAPI(title="glidewms pool", version=API_VERSION, lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, invalid_body)
+    app.add_middleware(BodyLimit, most=config.max_request_bytes, unlimited_prefix=FILES)
     app.add_middleware(VersionHeader)
     app.state.verifier = TokenVerifier.from_file(public_key)
     app.state.pool = pool

@@ -18,6 +18,7 @@ job goes is checked against the job lifecycle (EXIT) before it is written.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,11 +28,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from glidewms import classads
+from glidewms.pool.access import grant
+from glidewms.pool.checks import SANDBOX_NAME, StoreLimits
 from glidewms.pool.jobs import HOLD_POLICY, full_ad
 from glidewms.pool.lifecycle import JOB, JobCause, JobState
 from glidewms.pool.schema import counters, events, jobs
+from glidewms.pool.shared import trim_events
 
-ENDING = JOB.source(JobCause.EXIT)  # running: only a running job's process can end
+ENDING = JOB.source(JobCause.EXIT)
+DEFAULT_STORE_LIMITS = StoreLimits()  # running: only a running job's process can end
 
 _POLICY_NAMES = re.compile(r"(?:^\[ |; )(?:OnExitHold|OnExitRemove|MaxRetries) = ", re.IGNORECASE)
 
@@ -111,10 +116,9 @@ def exit_action(ad: Any, exit_code: int, completions: int) -> ExitAction:
 
 
 def _eval(ad: Any, name: str) -> Any:
-    try:
-        return ad.eval(name)
-    except Exception:  # an expression that cannot be evaluated counts as undefined
-        return None
+    value = classads.eval_attr(ad, name)
+    # an expression that cannot be evaluated counts as undefined
+    return None if value is classads.ERROR else value
 
 
 def finish(
@@ -123,13 +127,19 @@ def finish(
     now: float,
     pilot_id: str | None,
     events_out: list[dict[str, Any]] | None = None,
+    limits: StoreLimits = DEFAULT_STORE_LIMITS,
 ) -> list[FinishedJob]:
     """Apply completions in `conn`'s transaction: one SELECT, one executemany
     UPDATE (conditional on the claim still running), one events INSERT and
     the counters. Claims no longer held are left out of the answer.
 
     With `events_out`, the events are appended there instead, for the
-    caller to insert with its own (a pilot turn: one INSERT for both)."""
+    caller to insert with its own (a pilot turn: one INSERT for both). A job
+    an exit policy sends back to run again has its older events trimmed to
+    `max_events_per_job` (shared.trim_events): it may do so forever. Of the
+    outputs a pilot reports, those with a name that is no plain file name,
+    and those past `max_outputs_per_job`, are not kept (the event says how
+    many went)."""
     if not completions:
         return []
     by_claim = {c.claim_id: c for c in completions}
@@ -138,13 +148,17 @@ def finish(
     else:
         rows = conn.execute(_RUNNING_ON, {"b_claims": list(by_claim), "b_pilot": pilot_id})
     finished, params, new_events = [], [], []
+    kept: dict[str, list[dict[str, str]]] = {}
     failures = completed = 0
     for row in rows:
         c = by_claim[row.claim_id]
+        outputs = kept[row.claim_id] = _kept_outputs(c.outputs, limits.max_outputs_per_job)
         runs = (row.completions or 0) + 1
-        action = (
-            exit_action(full_ad(row), c.exit_code, runs) if has_exit_policy(row.ad) else _COMPLETED
-        )
+        action = _COMPLETED
+        if has_exit_policy(row.ad):
+            # an ad stored beyond the bounds by an older pool: no policy to apply
+            with contextlib.suppress(classads.ClassAdError):
+                action = exit_action(full_ad(row), c.exit_code, runs)
         JOB.check(ENDING, action.state, JobCause.EXIT)
         held = action.state == JobState.HELD
         done = action.state == JobState.COMPLETED
@@ -157,7 +171,7 @@ def finish(
                 "b_claim": row.claim_id,
                 "b_state": action.state,
                 "b_exit": c.exit_code,
-                "b_outputs": c.outputs,
+                "b_outputs": outputs,
                 "b_done": now if done else None,
                 "b_wall": c.wall_seconds,
                 "b_runs": runs,
@@ -173,6 +187,8 @@ def finish(
         }
         if c.exit_code != 0:
             detail["failure"] = "job"
+        if len(outputs) < len(c.outputs):
+            detail["outputs_dropped"] = len(c.outputs) - len(outputs)
         event = {
             "cluster_id": row.cluster_id,
             "proc_id": row.proc_id,
@@ -193,6 +209,7 @@ def finish(
                 },
             }
         elif action.state == JobState.IDLE:
+            trim_events(conn, row.cluster_id, row.proc_id, limits.max_events_per_job - 2)
             event = {
                 **event,
                 "type": "requeued",
@@ -208,6 +225,10 @@ def finish(
     if not finished:
         return []
     conn.execute(_FINISH, params)
+    grant(
+        conn,
+        [(o["sha256"], f.row.owner, f.row.cluster_id) for f in finished for o in kept[f.claim_id]],
+    )
     if events_out is None:
         conn.execute(events.insert(), new_events)
     else:
@@ -216,6 +237,19 @@ def finish(
         if n:
             conn.execute(_COUNT, {"b_name": name, "b_n": n})
     return finished
+
+
+def _kept_outputs(outputs: list[dict[str, str]], most: int) -> list[dict[str, str]]:
+    """The outputs worth recording: plain file names (a client writes them
+    into a directory), at most `most`."""
+    kept: list[dict[str, str]] = []
+    for o in outputs:
+        if len(kept) >= most:
+            break
+        name = o.get("name", "")
+        if name not in (".", "..") and SANDBOX_NAME.fullmatch(name):
+            kept.append(o)
+    return kept
 
 
 # The completion path's statements, built (and compiled) once: a pilot turn

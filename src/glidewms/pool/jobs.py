@@ -3,12 +3,25 @@ what a pilot needs to run one. No database access here."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from glidewms import classads
+from glidewms.classad_limits import DEFAULT_LIMITS, AdLimits
+from glidewms.pool.checks import (
+    INT32,
+    JOB_NUMBERS,
+    POOL_OWNED_LOWER,
+    RENUMBERED,
+    Refused,
+    check_job_ad,
+    check_job_number,
+    job_number,
+    job_requests,
+)
 from glidewms.pool.fairshare import submitter_name
 from glidewms.pool.lifecycle import JOB_STATUS
 
@@ -42,39 +55,26 @@ class InvalidEdit(ValueError):
     """A qedit the pool refuses (bad name, bad value, an attribute it owns)."""
 
 
+class BadJobId(ValueError):
+    """Text that is not a job id the pool could have given (CLUSTER.PROC)."""
+
+
 def job_id(cluster_id: int, proc_id: int) -> str:
     return f"{cluster_id}.{proc_id}"
 
 
+_JOB_ID = re.compile(r"([0-9]{1,10})(?:\.([0-9]{1,10}))?")
+
+
 def split_job_id(text: str) -> tuple[int, int]:
-    try:
-        cluster, _, proc = text.partition(".")
-        return int(cluster), int(proc or 0)
-    except ValueError:
-        raise NotFound(f"not a job id: {text!r} (expected CLUSTER.PROC)") from None
+    found = _JOB_ID.fullmatch(text)
+    if found is None or int(found.group(1)) >= INT32 or int(found.group(2) or 0) >= INT32:
+        raise BadJobId(f"not a job id: {text[:40]!r} (expected CLUSTER.PROC)")
+    return int(found.group(1)), int(found.group(2) or 0)
 
 
 CLUSTER_PLACEHOLDER = "$(ClusterId)"
-# Set by the pool at submit; anything a user sends under these names is dropped.
-RESERVED = ("Owner", "ClusterId", "ProcId", "QDate", "JobStatus", "User")
-# Never editable: the submit-time ones plus what the pool derives over a job's life.
-POOL_OWNED = frozenset(
-    name.lower()
-    for name in (
-        *RESERVED,
-        "NumJobStarts",
-        "NumRestarts",
-        "NumSiteFailures",
-        "EnteredCurrentStatus",
-        "ExitCode",
-        "RemotePilot",
-        "HoldReason",
-        "HoldReasonCode",
-        "CompletionDate",
-        "JobStartDate",
-    )
-)
-ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 
 
 @dataclass
@@ -87,18 +87,47 @@ class NewJob:
     args: list[str]
     env: dict[str, str]
 
-    def realise(self, cluster_id: int) -> tuple[Any, list[str], dict[str, str]]:
+    def realise(
+        self, cluster_id: int, limits: AdLimits = DEFAULT_LIMITS
+    ) -> tuple[Any, list[str], dict[str, str]]:
+        """The job's ad (bounded by `limits`, checked by `check_job_ad`, its
+        ProcId dropped), arguments and environment, for cluster `cluster_id`."""
+
         def sub(text: str) -> str:
             return text.replace(CLUSTER_PLACEHOLDER, str(cluster_id))
 
-        ad = classads.parse_ad(sub(self.ad_text))
+        self.check_size(limits)
+        ad = classads.parse_ad(sub(self.ad_text), limits)
         for name in ("Requirements", "Rank"):
             if name in ad:
-                classads.parse_expr(str(ad.lookup(name)))
-        for name in RESERVED:
-            if name in ad:
-                del ad[name]
+                classads.parse_expr(str(ad.lookup(name)), name, limits)
+        check_job_ad(ad)
+        if RENUMBERED in ad:
+            del ad[RENUMBERED]
         return ad, [sub(a) for a in self.args], {k: sub(v) for k, v in self.env.items()}
+
+    def check_size(self, limits: AdLimits) -> None:
+        """Arguments and environment are stored beside the ad and shown with
+        it: each value within an attribute's bound, all of it within an ad's."""
+        total = len(self.ad_text.encode("utf-8", "surrogatepass"))
+        values = [("args", a) for a in self.args]
+        values += [(f"env[{k[:40]!r}]", k + v) for k, v in self.env.items()]
+        values += [("sandbox", str(f)) for f in self.sandbox]
+        if len(values) > limits.max_list_items:
+            raise Refused(
+                "args",
+                f"{len(values)} arguments, variables and files; at most {limits.max_list_items}",
+            )
+        for what, text in values:
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > limits.max_value_bytes:
+                raise Refused(what, f"{size} bytes; at most {limits.max_value_bytes}")
+            total += size
+        if total > limits.max_ad_bytes:
+            raise Refused(
+                "job",
+                f"ad, arguments and environment of {total} bytes; at most {limits.max_ad_bytes}",
+            )
 
 
 # A submitted job's own ProcId (the client numbers them) is dropped by
@@ -107,7 +136,9 @@ _PROC_ID_VALUE = re.compile(r"\bProcId\s*=\s*(\d+)", re.IGNORECASE)
 TemplateKey = Any  # str (the ad text) or (text before, text after) its ProcId value
 
 
-def template_key(text: str, seen: dict[tuple[str, str], bool]) -> TemplateKey:
+def template_key(
+    text: str, seen: dict[tuple[str, str], bool], limits: AdLimits = DEFAULT_LIMITS
+) -> TemplateKey:
     """What a job's ad text is the same as, for the work done once per kind of
     job at submit (parse, checks, autocluster): texts that differ only in the
     value of ProcId realise to the same ad, so ``queue 100000`` costs one parse,
@@ -125,14 +156,14 @@ def template_key(text: str, seen: dict[tuple[str, str], bool]) -> TemplateKey:
     cut = (text[: last.start(1)], text[last.end(1) :])
     ok = seen.get(cut)
     if ok is None:
-        ok = seen[cut] = _is_proc_id_value(*cut)
+        ok = seen[cut] = _is_proc_id_value(*cut, limits)
     return cut if ok else text
 
 
-def _is_proc_id_value(before: str, after: str) -> bool:
+def _is_proc_id_value(before: str, after: str, limits: AdLimits) -> bool:
     for probe in (12345, 54321):
         try:
-            ad = classads.parse_ad(f"{before}{probe}{after}")
+            ad = classads.parse_ad(f"{before}{probe}{after}", limits)
         except classads.ClassAdError:
             return False
         if ad.get("ProcId") != probe:
@@ -153,12 +184,12 @@ class Derived:
 
 def derive(ad: Any, owner: str, significant: Sequence[str] = ()) -> Derived:
     key, sig_text = classads.signature(ad, significant)
-    group = ad.eval("AcctGroup") if "AcctGroup" in ad else None
+    group = classads.eval_attr(ad, "AcctGroup")
     return Derived(
         signature=key,
         signature_ad=sig_text,
-        prio=int_attr(ad, "JobPrio", 0),
-        cpus=max(1, int_attr(ad, "RequestCpus", 1)),
+        prio=job_number(ad, "JobPrio"),
+        cpus=job_requests(ad)["cpus"],
         submitter=submitter_name(owner, group if isinstance(group, str) and group else None),
     )
 
@@ -168,23 +199,50 @@ def has_periodic(ad: Any) -> bool:
     return any(name in ad for name in PERIODIC)
 
 
-def check_edit(attribute: str, value: str) -> Any:
+def check_edit(attribute: str, value: str, limits: AdLimits = DEFAULT_LIMITS) -> Any:
     """The parsed value of a qedit, or InvalidEdit saying why not."""
-    if not ATTRIBUTE_NAME.match(attribute):
-        raise InvalidEdit(f"attribute: {attribute!r} is not a ClassAd attribute name")
-    if attribute.lower() in POOL_OWNED:
+    if not ATTRIBUTE_NAME.fullmatch(attribute):
+        raise InvalidEdit(f"attribute: {attribute[:80]!r} is not a ClassAd attribute name")
+    if attribute.lower() in POOL_OWNED_LOWER:
         raise InvalidEdit(f"attribute: {attribute} is set by the pool and cannot be edited")
     try:
-        return classads.parse_expr(value)
+        expr = classads.parse_expr(value, attribute, limits)
     except classads.ClassAdError as exc:
         raise InvalidEdit(f"value: {exc}") from None
+    for name in JOB_NUMBERS:  # a constant out of range is refused for every job at once
+        if name.lower() == attribute.lower():
+            probe = classads.ClassAd()
+            probe[name] = expr
+            try:
+                check_job_number(probe, name)
+            except Refused as exc:
+                raise InvalidEdit(str(exc)) from None
+    return expr
+
+
+def check_edited(ad: Any, attribute: str, limits: AdLimits) -> None:
+    """A job's ad after a qedit: still within the bounds a submit is held to."""
+    try:
+        for name in JOB_NUMBERS:  # ClassAd names ignore case
+            if name.lower() == attribute.lower():
+                check_job_number(ad, name)
+        if len(ad) > limits.max_attributes:
+            raise Refused(
+                attribute, f"the job would have more than {limits.max_attributes} attributes"
+            )
+        size = len(classads.to_text(ad).encode("utf-8", "surrogatepass"))
+        if size > limits.max_ad_bytes:
+            raise Refused(
+                attribute, f"the job's ad would be {size} bytes; at most {limits.max_ad_bytes}"
+            )
+    except Refused as exc:
+        raise InvalidEdit(str(exc)) from None
 
 
 def int_attr(ad: Any, name: str, default: int) -> int:
-    if name not in ad:
-        return default
-    value = classads.number(ad.eval(name))
-    return default if value is None else int(value)
+    """An attribute's value as an int: `default` unless a finite number."""
+    value = classads.number(classads.eval_attr(ad, name))
+    return default if value is None or not math.isfinite(value) else int(value)
 
 
 _PROC_ID = re.compile(r"(?:^\[ |; )ProcId = (-?\d+)(?:;| \])")
@@ -206,15 +264,13 @@ class SpecCache:
         if spec is None:
             if len(self._specs) >= self.limit:
                 self._specs.clear()
-            spec = self._specs[key] = _ad_part(classads.parse_ad(text))
+            spec = self._specs[key] = _ad_part(stored_ad(text))
         return spec
 
 
 def _ad_part(ad: Any) -> dict[str, Any]:
     def text(name: str) -> str | None:
-        if name not in ad:
-            return None
-        value = ad.eval(name)
+        value = classads.eval_attr(ad, name)
         return value if isinstance(value, str) else None
 
     transfer = text("TransferOutput")
@@ -225,19 +281,14 @@ def _ad_part(ad: Any) -> dict[str, Any]:
         "transfer_output": [t.strip() for t in transfer.replace(",", " ").split()]
         if transfer
         else None,
-        "request": {
-            "cpus": int_attr(ad, "RequestCpus", 1),
-            "memory": int_attr(ad, "RequestMemory", 0),
-            "disk": int_attr(ad, "RequestDisk", 0),
-            "gpus": int_attr(ad, "RequestGPUs", 0),
-        },
+        "request": job_requests(ad),
         "container": container_request(ad),
     }
 
 
 def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
     """What a pilot needs to run the job, derived from its ad and sandbox."""
-    part = cache.ad_part(row.ad) if cache is not None else _ad_part(classads.parse_ad(row.ad))
+    part = cache.ad_part(row.ad) if cache is not None else _ad_part(stored_ad(row.ad))
     spec = row.sandbox or {}
     files = spec.get("files", [])
     executable = next((f["name"] for f in files if f.get("executable")), None)
@@ -265,11 +316,10 @@ def container_request(ad: Any) -> dict[str, str] | None:
     the group's default image (empty string).
     """
     for name in ("ContainerImage", "SingularityImage"):
-        if name in ad:
-            value = ad.eval(name)
-            if isinstance(value, str) and value:
-                return {"image": value}
-    if "WantContainer" in ad and classads.is_true(ad.eval("WantContainer")):
+        value = classads.eval_attr(ad, name)
+        if isinstance(value, str) and value:
+            return {"image": value}
+    if classads.is_true(classads.eval_attr(ad, "WantContainer")):
         return {"image": ""}
     return None
 
@@ -299,9 +349,15 @@ def dynamic(row: Any) -> dict[str, Any]:
     return out
 
 
+def stored_ad(text: str) -> Any:
+    """An ad the pool stored, parsed: it passed the configured bounds when it
+    came in, so it is read back within the most any configuration allows."""
+    return classads.parse_ad(text, classads.CEILING)
+
+
 def full_ad(row: Any) -> Any:
     """The stored ad plus the attributes that change over a job's life."""
-    ad = classads.parse_ad(row.ad)
+    ad = stored_ad(row.ad)
     for name, value in dynamic(row).items():
         ad[name] = value
     return ad

@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from glidewms import classads
-from glidewms.pool.jobs import int_attr
+from glidewms.pool.checks import job_requests
+from glidewms.pool.jobs import stored_ad
 
 CACHE_LIMIT = 500_000
 SLOT_EXPRESSIONS = ("start", "requirements", "rank")
@@ -40,14 +41,15 @@ def volatile(text: str) -> bool:
     return _VOLATILE.search(text) is not None
 
 
-def slot_refs(ad: Any) -> set[str]:
-    """Lower-case names of the slot (TARGET) attributes an autocluster ad reads."""
+def slot_refs(ad: Any) -> set[str] | None:
+    """Lower-case names of the slot (TARGET) attributes an autocluster ad
+    reads; None when the library cannot tell."""
     names: set[str] = set()
     for name in ad:
-        value = ad.lookup(name)
-        if not isinstance(value, classads.ExprTree):
-            continue
-        for ref in ad.externalRefs(value):
+        refs = classads.external_refs(ad, ad.lookup(name))
+        if refs is None:
+            return None
+        for ref in refs:
             low = ref.lower()
             if low.startswith("target."):
                 low = low[len("target.") :]
@@ -57,13 +59,13 @@ def slot_refs(ad: Any) -> set[str]:
 
 
 def request_of(ad: Any) -> dict[str, int]:
-    """Resources one job of this autocluster asks for."""
-    return {
-        "cpus": int_attr(ad, "RequestCpus", 1),
-        "memory": int_attr(ad, "RequestMemory", 0),
-        "disk": int_attr(ad, "RequestDisk", 0),
-        "gpus": int_attr(ad, "RequestGPUs", 0),
-    }
+    """Resources one job of this autocluster asks for (never negative: a turn
+    subtracts them from what the pilot has free)."""
+    return job_requests(ad)
+
+
+# What an autocluster whose ad cannot be read back is matched as: nothing.
+_UNREADABLE = "[ Requirements = false ]"
 
 
 class Matchmaker:
@@ -80,12 +82,17 @@ class Matchmaker:
         """Parse and keep an autocluster's ad; learn which slot attributes it reads."""
         ad = self.ads.get(ac_id)
         if ad is None:
-            ad = self.ads[ac_id] = classads.parse_ad(text)
+            try:
+                ad = stored_ad(text)
+            except classads.ClassAdError:  # stored beyond the bounds by an older pool
+                ad = classads.parse_ad(_UNREADABLE)
+            self.ads[ac_id] = ad
             self.texts[ac_id] = text
             self.requests[ac_id] = request_of(ad)
-            if volatile(text):
-                self._volatile.add(ac_id)
             refs = slot_refs(ad)
+            if refs is None or volatile(text):  # never cached: answered afresh each time
+                self._volatile.add(ac_id)
+                refs = set()
             if not refs <= self._refs:
                 self._refs |= refs
                 self.version += 1
@@ -103,15 +110,16 @@ class Matchmaker:
         ``!``: nothing is cached for it.
         """
         keep = set(self._refs)
+        unknown = False  # the library cannot tell what a slot expression reads
         for name in slot:
             if name.lower() in SLOT_EXPRESSIONS:
                 keep.add(name.lower())
-                value = slot.lookup(name)
-                if isinstance(value, classads.ExprTree):
-                    keep.update(r.lower() for r in slot.internalRefs(value))
+                refs = classads.internal_refs(slot, slot.lookup(name))
+                unknown = unknown or refs is None
+                keep.update(r.lower() for r in refs or ())
         parts = [f"{name}={slot.lookup(name)}" for name in sorted(slot) if name.lower() in keep]
         digest = hashlib.sha256(";".join(parts).encode()).hexdigest()
-        clocked = any(
+        clocked = unknown or any(
             volatile(str(slot.lookup(name))) for name in slot if name.lower() in SLOT_EXPRESSIONS
         )
         return "!" + digest if clocked else digest

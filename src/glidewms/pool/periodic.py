@@ -7,7 +7,7 @@ file; the pool evaluates them on the job's full ad every
 PERIODIC_EXPR_INTERVAL. `decide` is the rule, a pure function; `Periodic`
 only reads the jobs that carry such expressions (a flagged, indexed column,
 so the pass never scans the others) and applies what `decide` says through
-the same path as a user's hold/release/remove (Queue.apply_actions).
+the same path as a user's hold/release/remove (Actions.apply_actions).
 
 The rule, in HTCondor's order (the states each action applies to are the
 job lifecycle's):
@@ -30,10 +30,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from glidewms import classads
+from glidewms.pool.actions import Actions, Planned
 from glidewms.pool.jobs import HOLD_POLICY, HOLD_USER
 from glidewms.pool.lifecycle import JOB, JobCause
 from glidewms.pool.listing import AdCache
-from glidewms.pool.queue import Planned, Queue
 from glidewms.pool.schema import jobs
 from glidewms.pool.shared import Shared
 
@@ -44,7 +44,7 @@ Decision = tuple[JobCause, str, int]  # (action, reason, hold code)
 
 
 def _true(ad: Any, name: str) -> bool:
-    return name in ad and classads.is_true(ad.eval(name))
+    return classads.is_true(classads.eval_attr(ad, name))
 
 
 def _said(name: str, ad: Any) -> str:
@@ -56,7 +56,7 @@ def decide(ad: Any, state: str, hold_code: int | None) -> Decision | None:
     if state in REMOVABLE and _true(ad, "PeriodicRemove"):
         return JobCause.REMOVE, _said("PeriodicRemove", ad), 0
     if state in HOLDABLE and _true(ad, "PeriodicHold"):
-        reason = ad.eval("PeriodicHoldReason") if "PeriodicHoldReason" in ad else None
+        reason = classads.eval_attr(ad, "PeriodicHoldReason")
         if not isinstance(reason, str) or not reason:
             reason = _said("PeriodicHold", ad)
         return JobCause.HOLD, reason, HOLD_POLICY
@@ -66,9 +66,9 @@ def decide(ad: Any, state: str, hold_code: int | None) -> Decision | None:
 
 
 class Periodic:
-    def __init__(self, shared: Shared, queue: Queue) -> None:
+    def __init__(self, shared: Shared, actions: Actions) -> None:
         self.shared = shared
-        self.queue = queue
+        self.actions = actions
 
     def apply(self, now: float | None = None) -> dict[str, list[str]]:
         """Evaluate every flagged job's periodic expressions; apply them.
@@ -82,12 +82,14 @@ class Periodic:
         planned: dict[str, list[Planned]] = {}
         for row in rows:
             ad = ads.full_ad(row)
+            if ad is None:
+                continue  # unreadable (stored by an older pool beyond the bounds)
             ad["CurrentTime"] = int(now)
             decision = decide(ad, row.state, row.hold_code)
             if decision is not None:
                 action, reason, code = decision
                 planned.setdefault(str(action), []).append((row, action, reason, code))
         return {
-            action: self.queue.apply_actions(items, f"periodic_{action}")
+            action: self.actions.apply_actions(items, f"periodic_{action}")
             for action, items in planned.items()
         }

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from glidewms.pool.checks import check_slot
 from glidewms.pool.choosing import Matching
 from glidewms.pool.jobs import HOLD_POLICY, NotFound, PilotGone
 from glidewms.pool.lifecycle import (
@@ -31,7 +32,7 @@ from glidewms.pool.lifecycle import (
     PilotCause,
 )
 from glidewms.pool.schema import jobs, pilots
-from glidewms.pool.shared import Shared, bump, record_event
+from glidewms.pool.shared import Shared, bump, record_event, trim_events
 from glidewms.pool.slots import free_from
 
 _PILOT = sa.select(pilots).where(pilots.c.pilot_id == sa.bindparam("b_pilot"))  # every turn
@@ -55,6 +56,7 @@ class Pilots:
         group: str | None,
         lease: float,
     ) -> str:
+        check_slot(slot, self.shared.limits.ads)  # Refused (422): nothing stored
         pilot_id = uuid.uuid4().hex[:16]
         now = time.time()
         with self.shared.engine.begin() as conn:
@@ -238,6 +240,7 @@ class Pilots:
                 record_event(
                     conn, r.cluster_id, r.proc_id, now, "requeued", {"num_restarts": restarts}
                 )
+            trim_events(conn, r.cluster_id, r.proc_id, self.shared.limits.max_events_per_job)
         bump(conn, "site_failures", len(moved))
         return moved
 

@@ -132,6 +132,18 @@ events = sa.Table(
 )
 
 
+# Who may read a sandbox file (v5): its uploader (cluster_id 0), and the owner
+# of each cluster whose jobs use it as an input or produced it as an output.
+file_refs = sa.Table(
+    "file_refs",
+    metadata,
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("cluster_id", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("sha256", "owner", "cluster_id"),
+)
+
+
 def _initial(conn: Connection) -> None:
     metadata.create_all(conn)
 
@@ -182,4 +194,39 @@ def _v4_exit_policy(conn: Connection) -> None:
     _add_missing_column(conn, jobs, "completions")
 
 
-MIGRATIONS = [_initial, _v2_fair_share, _v3_policies, _v4_exit_policy]
+def _v5_file_refs(conn: Connection) -> None:
+    """Who may read each sandbox file, from the jobs already queued."""
+    metadata.create_all(conn, tables=[file_refs])
+    after = (-1, -1)
+    while True:
+        rows = conn.execute(
+            sa.select(
+                jobs.c.cluster_id, jobs.c.proc_id, jobs.c.owner, jobs.c.sandbox, jobs.c.outputs
+            )
+            .where(sa.tuple_(jobs.c.cluster_id, jobs.c.proc_id) > after)
+            .order_by(jobs.c.cluster_id, jobs.c.proc_id)
+            .limit(5000)
+        ).all()
+        if not rows:
+            return
+        after = (rows[-1].cluster_id, rows[-1].proc_id)
+        refs = {
+            (f["sha256"], r.owner, r.cluster_id)
+            for r in rows
+            for f in [*(r.sandbox or {}).get("files", []), *(r.outputs or [])]
+            if isinstance(f, dict) and isinstance(f.get("sha256"), str)
+        }
+        known = {
+            tuple(k)
+            for k in conn.execute(
+                sa.select(file_refs.c.sha256, file_refs.c.owner, file_refs.c.cluster_id).where(
+                    file_refs.c.cluster_id.in_({c for _, _, c in refs})
+                )
+            )
+        }
+        new = [{"sha256": s, "owner": o, "cluster_id": c} for s, o, c in refs - known]
+        if new:
+            conn.execute(file_refs.insert(), new)
+
+
+MIGRATIONS = [_initial, _v2_fair_share, _v3_policies, _v4_exit_policy, _v5_file_refs]

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from glidewms.pool.checks import StoreLimits
 from glidewms.pool.fairshare import Accounting, split_submitter
 from glidewms.pool.lifecycle import JobState
 from glidewms.pool.matchmaker import Matchmaker
@@ -33,6 +34,7 @@ class Shared:
     engine: Engine
     accounting: Accounting
     significant: tuple[str, ...] = ()  # extra autocluster attributes (config)
+    limits: StoreLimits = field(default_factory=StoreLimits)  # what outside input is held to
     index: IdleIndex = field(default_factory=IdleIndex)
     matchmaker: Matchmaker = field(default_factory=Matchmaker)
     # serialises every change that touches the memory above
@@ -93,3 +95,42 @@ def bump(conn: Connection, name: str, n: int = 1) -> None:
         conn.execute(
             counters.update().where(counters.c.name == name).values(value=counters.c.value + n)
         )
+
+
+def trim_events(conn: Connection, cluster_id: int, proc_id: int, keep: int) -> int:
+    """Keep a job's first event (its submit) and its newest `keep - 1`: a job
+    requeued, held and released forever must not grow its log without bound.
+    One index seek when there is nothing to drop. Returns how many went."""
+    older = conn.execute(
+        sa.select(events.c.id)
+        .where(events.c.cluster_id == cluster_id, events.c.proc_id == proc_id)
+        .order_by(events.c.id.desc())
+        .offset(max(1, keep - 1))
+    ).all()
+    drop = [r[0] for r in older[:-1]]  # the oldest of them is the first event: kept
+    if drop:
+        conn.execute(events.delete().where(events.c.id.in_(drop)))
+    return len(drop)
+
+
+def trim_many(conn: Connection, keys: list[tuple[int, int]], keep: int) -> int:
+    """`trim_events` for those of the jobs named by (cluster, proc) keys that
+    have `keep` events or more: one grouped count per cluster (and per 500
+    of its jobs) finds them."""
+    by_cluster: dict[int, list[int]] = {}
+    for cluster_id, proc_id in keys:
+        by_cluster.setdefault(cluster_id, []).append(proc_id)
+    over: list[tuple[int, int]] = []
+    for cluster_id, procs in by_cluster.items():
+        for start in range(0, len(procs), 500):
+            found = conn.execute(
+                sa.select(events.c.cluster_id, events.c.proc_id)
+                .where(
+                    events.c.cluster_id == cluster_id,
+                    events.c.proc_id.in_(procs[start : start + 500]),
+                )
+                .group_by(events.c.cluster_id, events.c.proc_id)
+                .having(sa.func.count() > keep)
+            )
+            over += [(r.cluster_id, r.proc_id) for r in found]
+    return sum(trim_events(conn, c, p, keep) for c, p in over)

@@ -18,8 +18,17 @@ RESOURCES = (("cpus", "Cpus"), ("memory", "Memory"), ("disk", "Disk"), ("gpus", 
 
 
 def slot_with(slot: Mapping[str, Any], resources: Mapping[str, int]) -> Any:
-    """The pilot's slot ad offering `resources` (its free ones, or all)."""
-    ad = classads.ad_from_dict(slot)
+    """The pilot's slot ad offering `resources` (its free ones, or all).
+
+    The slot was held to the pool's bounds when the pilot registered
+    (checks.check_slot); one that cannot be read back (stored by an older
+    pool) offers nothing: its Start is false."""
+    try:
+        ad = classads.ad_from_dict(slot, classads.CEILING)
+    except classads.ClassAdError:
+        ad = classads.ClassAd()
+        ad["Start"] = False
+        slot = {}
     for key, attr in RESOURCES:
         ad[attr] = resources[key]
     start = slot.get("GLIDEIN_Start")
@@ -27,7 +36,7 @@ def slot_with(slot: Mapping[str, Any], resources: Mapping[str, int]) -> Any:
         # The frontend's start expression travels as a string attribute (slot
         # ads are JSON); here it becomes the slot's real Start expression.
         try:
-            ad["Start"] = classads.parse_expr(start)
+            ad["Start"] = classads.parse_expr(start, "GLIDEIN_Start", classads.CEILING)
         except classads.ClassAdError:
             ad["Start"] = False  # a pilot with a broken policy must not take jobs
     return ad
@@ -84,14 +93,15 @@ def whole_slot(slot: Mapping[str, Any]) -> Any:
 
 
 def free_from(slot: Mapping[str, Any], reported: Mapping[str, float] | None) -> dict[str, int]:
-    """The pilot's free resources: what it reported, else its slot's totals."""
+    """The pilot's free resources: what it reported, else its slot's totals
+    (never negative; what is not a finite number counts as none)."""
     out = {}
     for key, attr in RESOURCES:
         value = (reported or {}).get(key)
         if value is None:
             value = slot.get(attr, 1 if key == "cpus" else 0)
         try:
-            out[key] = int(value)
-        except (TypeError, ValueError):
+            out[key] = max(0, int(value))
+        except (TypeError, ValueError, OverflowError):
             out[key] = 0
     return out

@@ -17,13 +17,15 @@ composition:
 
 | attribute | component | what |
 |---|---|---|
-| `queue` | `Queue` (queue.py) | submit, list, edit, hold/release/remove |
+| `queue` | `Queue` (queue.py) | submit, list, the pages bulk actions walk |
+| `actions` | `Actions` (actions.py) | hold/release/remove/edit, in batches |
 | `turns` | `Turns` (turns.py) | pilot turns: completions and claims |
 | `pilots` | `Pilots` (pilots.py) | register, heartbeat, leave, lease expiry |
 | `matching` | `Matching` (choosing.py) | which job a pilot gets; reservations |
 | `reports` | `Reports` (reports.py) | demand, priorities, counters, usage |
 | `periodic` | `Periodic` (periodic.py) | periodic_hold/remove/release |
 | `autoclusters` | `Autoclusters` | kinds of job, for queue and matching |
+| `files` | `FileAccess` (access.py) | who may read which sandbox file |
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from sqlalchemy.engine import Engine
 
 from glidewms.db import migrate
 from glidewms.pool import schema
+from glidewms.pool.access import FileAccess
+from glidewms.pool.actions import Actions
 from glidewms.pool.autoclusters import Autoclusters
+from glidewms.pool.checks import StoreLimits
 from glidewms.pool.choosing import Matching
 from glidewms.pool.dblock import DatabaseLock
 from glidewms.pool.fairshare import Accounting, split_submitter
@@ -69,6 +74,7 @@ class PoolStore:
         reserve_for_large_jobs: bool = True,
         lock_wait: float = 10.0,
         significant: Sequence[str] = (),
+        limits: StoreLimits | None = None,
     ) -> None:
         self.engine = engine
         self.db_lock = DatabaseLock(engine, lock_wait)  # before anything writes
@@ -76,17 +82,20 @@ class PoolStore:
         self.shared = Shared(
             engine=engine,
             significant=tuple(significant),
+            limits=limits or StoreLimits(),
             accounting=Accounting(
                 fs.halflife, fs.user_factors or {}, fs.group_factors or {}, fs.default_factor
             ),
         )
         self.autoclusters = Autoclusters(self.shared)
         self.queue = Queue(self.shared, self.autoclusters)
+        self.actions = Actions(self.shared, self.queue, self.autoclusters)
         self.matching = Matching(self.shared, self.autoclusters, reserve_for_large_jobs)
         self.pilots = Pilots(self.shared, self.matching, max_job_restarts)
         self.turns = Turns(self.shared, self.pilots, self.matching)
         self.reports = Reports(self.shared, self.autoclusters)
-        self.periodic = Periodic(self.shared, self.queue)
+        self.periodic = Periodic(self.shared, self.actions)
+        self.files = FileAccess(self.shared)
         try:
             migrate(engine, "pool", schema.MIGRATIONS)
             self._init_counters()

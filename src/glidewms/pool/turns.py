@@ -73,7 +73,14 @@ class Turns:
                 with shared.engine.begin() as conn:
                     pilot = self.pilots.live(conn, pilot_id)
                     turn_events: list[dict[str, Any]] = []  # ended jobs' first, then started
-                    finished = finish(conn, completions, now, pilot_id, turn_events)
+                    finished = finish(
+                        conn,
+                        completions,
+                        now,
+                        pilot_id,
+                        turn_events,
+                        shared.limits,
+                    )
                     for f in finished:  # what single calls in a row would see
                         self._stopped(f.row, now, undo)
                     claims: list[dict[str, Any]] = []
@@ -130,7 +137,11 @@ class Turns:
         with shared.lock:
             with shared.engine.begin() as conn:
                 finished = finish(
-                    conn, [Completion(claim_id, exit_code, outputs, wall_seconds)], now, None
+                    conn,
+                    [Completion(claim_id, exit_code, outputs, wall_seconds)],
+                    now,
+                    None,
+                    limits=shared.limits,
                 )
                 if not finished:
                     raise Conflict("claim is no longer held: the job was requeued, held or removed")

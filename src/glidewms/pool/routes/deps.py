@@ -19,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 
 from glidewms import classads
 from glidewms.config.pool import PoolConfig
-from glidewms.pool.jobs import Conflict, InvalidEdit, NotFound, PilotGone
+from glidewms.pool.checks import Refused
+from glidewms.pool.jobs import BadJobId, Conflict, InvalidEdit, InvalidJob, NotFound, PilotGone
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import PoolStore
 from glidewms.security.http import require
@@ -84,5 +85,5 @@ async def guarded(fn: Callable[..., T], *args: Any) -> T:
         raise HTTPException(410, str(exc)) from None
     except Conflict as exc:
         raise HTTPException(409, str(exc)) from None
-    except (classads.ClassAdError, InvalidEdit) as exc:
+    except (classads.ClassAdError, InvalidEdit, InvalidJob, Refused, BadJobId) as exc:
         raise HTTPException(422, str(exc)) from None

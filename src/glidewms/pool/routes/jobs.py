@@ -1,17 +1,23 @@
 """Jobs: submit, list, show, events, edit, hold/release/remove.
 
-A user acts on their own jobs only (403 otherwise); an admin on anyone's.
+A user acts on their own jobs only (403 for others' jobs named by id; a
+constraint selects among the caller's own jobs); an admin on anyone's.
+Every user sees every job's state, requests and ad, but a job's arguments,
+environment, input and output files only its owner and admins
+(listing.PRIVATE; docs/security.md), and its events only they.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from glidewms import classads
-from glidewms.pool.jobs import InvalidJob, NewJob, full_ad, job_id
+from glidewms.pool import listing
+from glidewms.pool.checks import check_sandbox_name
+from glidewms.pool.jobs import NewJob, full_ad, job_id
 from glidewms.pool.lifecycle import JobCause
 from glidewms.pool.routes.deps import Pool, PoolContext, UserCaller, call, guarded
 from glidewms.protocol import API_PREFIX
@@ -19,11 +25,22 @@ from glidewms.security.tokens import Identity
 
 router = APIRouter()
 
+JobIdText = Annotated[str, Field(max_length=24, description="CLUSTER.PROC")]
+Reason = Annotated[str, Field(max_length=4096)]
+
 
 class SandboxFile(BaseModel):
-    name: str = Field(pattern=r"^[^/\x00]+$", description="file name inside the job sandbox")
+    name: str = Field(
+        description="file name inside the job sandbox: one path component, not . or .., "
+        "no control characters"
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     executable: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, name: str) -> str:
+        return check_sandbox_name(name, "name")
 
 
 class JobSubmission(BaseModel):
@@ -38,22 +55,24 @@ class SubmitBody(BaseModel):
 
 
 class ActionBody(BaseModel):
-    job_ids: list[str] = []
+    job_ids: list[JobIdText] = []
     constraint: str | None = None
-    reason: str = ""
+    reason: Reason = ""
 
 
 class EditBody(BaseModel):
-    job_ids: list[str] = []
+    job_ids: list[JobIdText] = []
     constraint: str | None = None
-    attribute: str = Field(description="ClassAd attribute name")
+    attribute: str = Field(max_length=256, description="ClassAd attribute name")
     value: str = Field(description='new value as a ClassAd expression, e.g. 2048 or "x"')
 
 
-def job_view(row: Any, ad_text: str, long: bool = False) -> dict[str, Any]:
+def job_view(row: Any, ad_text: str, long: bool = False, private: bool = True) -> dict[str, Any]:
     """A job as listings show it. Built from columns and text: a listing of a
     large queue parses no ad (only jobs queued before `cmd` was kept in the
-    sandbox column, or a long view, parse theirs)."""
+    sandbox column, or a long view, parse theirs). Without `private` (another
+    user's job), arguments and outputs are left out and `ad_text` is expected
+    without listing.PRIVATE."""
     sandbox = row.sandbox or {}
     if "cmd" in sandbox:
         cmd = sandbox["cmd"]
@@ -66,7 +85,7 @@ def job_view(row: Any, ad_text: str, long: bool = False) -> dict[str, Any]:
         "state": row.state,
         "q_date": row.q_date,
         "cmd": cmd if isinstance(cmd, str) else None,
-        "args": (row.sandbox or {}).get("args", []),
+        "args": sandbox.get("args", []) if private else [],
         "exit_code": row.exit_code,
         "hold_reason": row.hold_reason,
         "hold_reason_code": row.hold_code,
@@ -74,46 +93,67 @@ def job_view(row: Any, ad_text: str, long: bool = False) -> dict[str, Any]:
         "num_restarts": row.num_restarts,
         "pilot_id": row.pilot_id,
         "completion_date": row.completion_date,
-        "outputs": row.outputs or [],
+        "outputs": (row.outputs or []) if private else [],
         "ad": ad_text,
+        "redacted": not private,
     }
     if long:
-        view["ad_long"] = classads.to_long(full_ad(row))
+        view["ad_long"] = classads.to_long(full_ad(row)) if private else listing.Redactor.long(row)
     return view
 
 
-async def own_jobs(
-    pool: PoolContext, who: Identity, ids: list[str], constraint: str | None
-) -> list[Any]:
-    """The jobs named by ids or a constraint; 404 for unknown ids, 403 for others' jobs."""
-    if not ids and not constraint:
-        raise HTTPException(422, "give job_ids or a constraint")
-    list_jobs = pool.store.queue.list_jobs
-    if ids:
-        rows = await guarded(list_jobs, None, False, ids)
-        found = {job_id(r.cluster_id, r.proc_id) for r, _ in rows}
-        missing = [j for j in ids if j not in found]
-        if missing:
-            raise HTTPException(404, f"no such job(s): {', '.join(missing)}")
-    else:
-        rows = await guarded(list_jobs, constraint, False)
+def views(rows: list[tuple[Any, str]], who: Identity, long: bool) -> list[dict[str, Any]]:
+    """Each job as `who` may see it."""
+    redactor = listing.Redactor()
+    out = []
+    for row, ad in rows:
+        mine = who.is_admin or row.owner == who.subject
+        out.append(job_view(row, ad if mine else redactor.ad_text(row), long, mine))
+    return out
+
+
+async def own_jobs(pool: PoolContext, who: Identity, ids: list[str]) -> list[Any]:
+    """The jobs named by ids: 404 for unknown ids, 403 for others' jobs."""
+    limit = pool.config.max_jobs_per_request
+    if len(ids) > limit:
+        raise HTTPException(422, f"job_ids: {len(ids)} ids; at most {limit} per request")
+    list_jobs, step = pool.store.queue.list_jobs, pool.config.bulk_batch_size
+    rows = []
+    for start in range(0, len(ids), step):
+        rows += [r for r, _ in await guarded(list_jobs, None, False, ids[start : start + step])]
+    found = {job_id(r.cluster_id, r.proc_id) for r in rows}
+    missing = [j for j in ids if j not in found]
+    if missing:
+        raise HTTPException(404, f"no such job(s): {', '.join(missing[:100])}")
     if not who.is_admin:
-        foreign = [job_id(r.cluster_id, r.proc_id) for r, _ in rows if r.owner != who.subject]
+        foreign = [job_id(r.cluster_id, r.proc_id) for r in rows if r.owner != who.subject]
         if foreign:
-            raise HTTPException(403, f"not your job(s): {', '.join(foreign)}")
-    return [r for r, _ in rows]
+            raise HTTPException(403, f"not your job(s): {', '.join(foreign[:100])}")
+    return rows
+
+
+def _selection(body: ActionBody | EditBody) -> None:
+    if not body.job_ids and not body.constraint:
+        raise HTTPException(422, "give job_ids or a constraint")
 
 
 @router.post("/jobs", status_code=201)
 async def submit(body: SubmitBody, pool: Pool, who: UserCaller) -> dict[str, Any]:
+    limit = pool.config.max_jobs_per_request
+    if len(body.jobs) > limit:
+        raise HTTPException(422, f"jobs: {len(body.jobs)} jobs; at most {limit} per submit")
+    wanted: dict[str, tuple[int, str]] = {}
     for index, job in enumerate(body.jobs):
         for f in job.sandbox:
-            if not pool.files.has(f.sha256):
-                raise HTTPException(
-                    422,
-                    f"jobs[{index}].sandbox: {f.name} ({f.sha256}) was "
-                    f"not uploaded: PUT {API_PREFIX}/files/{{sha256}} first",
-                )
+            wanted.setdefault(f.sha256, (index, f.name))
+    readable = await call(pool.store.files.readable_by_user, who.subject, list(wanted))
+    for sha256, (index, name) in wanted.items():
+        if sha256 not in readable or not pool.files.has(sha256):
+            raise HTTPException(
+                422,
+                f"jobs[{index}].sandbox: {name} ({sha256}) was "
+                f"not uploaded: PUT {API_PREFIX}/files/{{sha256}} first",
+            )
     new_jobs = [
         NewJob(
             ad_text=job.ad,
@@ -123,10 +163,7 @@ async def submit(body: SubmitBody, pool: Pool, who: UserCaller) -> dict[str, Any
         )
         for job in body.jobs
     ]
-    try:
-        cluster_id, ids = await call(pool.store.queue.submit, who.subject, new_jobs)
-    except InvalidJob as exc:
-        raise HTTPException(422, f"{exc} (nothing was queued)") from None
+    cluster_id, ids = await guarded(pool.store.queue.submit, who.subject, new_jobs)
     pool.signal.notify()
     return {"cluster_id": cluster_id, "job_ids": ids}
 
@@ -139,8 +176,9 @@ async def list_jobs(
     history: bool = False,
     long: bool = False,
 ) -> list[dict[str, Any]]:
-    rows = await guarded(pool.store.queue.list_jobs, constraint, history)
-    return [job_view(r, ad, long) for r, ad in rows]
+    viewer = None if who.is_admin else who.subject
+    rows = await guarded(pool.store.queue.list_jobs, constraint, history, None, viewer)
+    return views(rows, who, long)
 
 
 @router.get("/jobs/{jid}")
@@ -148,23 +186,33 @@ async def show_job(jid: str, pool: Pool, who: UserCaller) -> dict[str, Any]:
     rows = await guarded(pool.store.queue.list_jobs, None, False, [jid])
     if not rows:
         raise HTTPException(404, f"no job {jid}")
-    row, ad = rows[0]
-    return job_view(row, ad, long=True)
+    return views(rows, who, long=True)[0]
 
 
 @router.get("/jobs/{jid}/events")
 async def job_events(jid: str, pool: Pool, who: UserCaller) -> list[dict[str, Any]]:
-    await guarded(pool.store.queue.get_job, jid)
+    """A job's log: its owner's (and admins') only."""
+    row = await guarded(pool.store.queue.get_job, jid)
+    if not who.is_admin and row.owner != who.subject:
+        raise HTTPException(403, f"not your job: {jid}")
     return await call(pool.store.queue.job_events, jid)
 
 
 # Before /jobs/{action}: Starlette takes the first route whose path matches.
 @router.post("/jobs/edit")
 async def edit(body: EditBody, pool: Pool, who: UserCaller) -> dict[str, Any]:
-    rows = await own_jobs(pool, who, body.job_ids, body.constraint)
-    changed, skipped = await guarded(
-        pool.store.queue.edit, rows, body.attribute, body.value, who.subject
-    )
+    _selection(body)
+    actions = pool.store.actions
+    if not body.job_ids:
+        owner = None if who.is_admin else who.subject
+        changed, skipped = await guarded(
+            actions.edit_where, owner, body.constraint, body.attribute, body.value, who.subject
+        )
+    else:
+        rows = await own_jobs(pool, who, body.job_ids)
+        changed, skipped = await guarded(
+            actions.edit, rows, body.attribute, body.value, who.subject
+        )
     if changed:
         pool.signal.notify()  # an edited job may now match an idle pilot
     return {"changed": changed, "skipped": skipped}
@@ -174,8 +222,16 @@ async def edit(body: EditBody, pool: Pool, who: UserCaller) -> dict[str, Any]:
 async def act(
     action: Literal["hold", "release", "remove"], body: ActionBody, pool: Pool, who: UserCaller
 ) -> dict[str, Any]:
-    rows = await own_jobs(pool, who, body.job_ids, body.constraint)
-    changed = await call(pool.store.queue.act, action, rows, body.reason, who.subject)
+    _selection(body)
+    actions = pool.store.actions
+    if not body.job_ids:
+        owner = None if who.is_admin else who.subject
+        changed = await guarded(
+            actions.act_where, action, owner, body.constraint, body.reason, who.subject
+        )
+    else:
+        rows = await own_jobs(pool, who, body.job_ids)
+        changed = await guarded(actions.act, action, rows, body.reason, who.subject)
     if action == JobCause.RELEASE and changed:
         pool.signal.notify()
     return {"changed": changed}

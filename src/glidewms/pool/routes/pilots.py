@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from glidewms.pool.checks import AMOUNT, INT32
 from glidewms.pool.exit import Completion
 from glidewms.pool.lifecycle import JOB_STATUS, JobState
 from glidewms.pool.pilots import LEFT
@@ -25,28 +26,35 @@ from glidewms.pool.routes.deps import FrontendCaller, PilotCaller, Pool, call, g
 from glidewms.pool.slots import free_from
 
 MAX_CLAIMS_PER_CALL = 64  # claims one call may ask for (ClaimBody.max_jobs)
+MAX_OUTPUTS = 100_000  # output files one completion may list (max_outputs_per_job keeps fewer)
 
 router = APIRouter()
 
+# Numbers from pilots are range-checked (422), never trusted to fit a column
+# or to be finite: checks.py has the bounds.
+Amount = Annotated[float, Field(ge=0, le=AMOUNT, allow_inf_nan=False)]
+Free = Annotated[dict[str, Amount], Field(max_length=16, description="free cpus, memory, ...")]
+Seconds = Annotated[float, Field(ge=0, le=10 * 365 * 86400.0, allow_inf_nan=False)]
+ExitCode = Annotated[int, Field(ge=-INT32, lt=INT32)]
+
 
 class OutputFile(BaseModel):
-    name: str
+    name: str = Field(max_length=255)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class CycleCompletion(BaseModel):
     claim_id: str = Field(min_length=1, max_length=64)
-    exit_code: int
-    outputs: list[OutputFile] = []
-    wall_seconds: float = 0.0
+    exit_code: ExitCode
+    outputs: list[OutputFile] = Field([], max_length=MAX_OUTPUTS)
+    wall_seconds: Seconds = 0.0
 
 
 class CycleBody(BaseModel):
     completions: list[CycleCompletion] = Field([], max_length=4 * MAX_CLAIMS_PER_CALL)
-    free: dict[str, float] = {}
-    wait: float = Field(
+    free: Free = {}
+    wait: Seconds = Field(
         0.0,
-        ge=0,
         description="long-poll for claims, only if none completes "
         "and nothing can be claimed at once",
     )
@@ -54,13 +62,13 @@ class CycleBody(BaseModel):
 
 
 class RegisterBody(BaseModel):
-    slot: dict[str, Any]
-    glidein_id: str | None = None
+    slot: dict[str, Any] = Field(description="the slot ad; held to the pool's ad bounds")
+    glidein_id: str | None = Field(None, max_length=128)
 
 
 class ClaimBody(BaseModel):
-    free: dict[str, float] = {}
-    wait: float = Field(0.0, ge=0)
+    free: Free = {}
+    wait: Seconds = 0.0
     max_jobs: int = Field(
         1,
         ge=1,
@@ -71,18 +79,18 @@ class ClaimBody(BaseModel):
 
 
 class HeartbeatBody(BaseModel):
-    claims: list[str] = []
+    claims: list[Annotated[str, Field(max_length=64)]] = Field([], max_length=4096)
     retiring: bool | None = Field(None, description="true: this pilot takes no new work")
 
 
 class CompleteBody(BaseModel):
-    exit_code: int
-    outputs: list[OutputFile] = []
-    wall_seconds: float = 0.0
+    exit_code: ExitCode
+    outputs: list[OutputFile] = Field([], max_length=MAX_OUTPUTS)
+    wall_seconds: Seconds = 0.0
 
 
 class DeregisterBody(BaseModel):
-    reason: str = "unspecified"
+    reason: str = Field("unspecified", max_length=4096)
 
 
 @router.post("/pilots/{pilot_id}/cycle", response_model=dict[str, Any])
@@ -152,7 +160,7 @@ async def register(body: RegisterBody, pool: Pool, who: PilotCaller) -> dict[str
         if claimed != entry:
             raise HTTPException(403, f"this pilot token is for entry {entry!r}, not {claimed!r}")
     config = pool.config
-    pilot_id = await call(
+    pilot_id = await guarded(
         pool.store.pilots.register,
         body.slot,
         body.glidein_id,
