@@ -36,9 +36,11 @@ def store(tmp_path: Path) -> Any:
 
 def test_a_turn_is_six_statements_whatever_it_carries(store: Any) -> None:
     """Pilot row, ended claims, their UPDATE, the counter, the new claims'
-    UPDATE ... RETURNING, and ONE events INSERT for the whole turn."""
+    UPDATE ... RETURNING, and ONE events INSERT for the whole turn. The check
+    that the caller owns the pilot (as the route makes it) adds none."""
     store.queue.submit("alice", [NewJob(AD, [], [], {}) for _ in range(40)])
-    pid = store.pilots.register(dict(SLOT), "g1", PilotOwner("pilot", "fe", "main"), 3600)
+    owner = PilotOwner("pilot", "fe", "main")
+    pid = store.pilots.register(dict(SLOT), "g1", owner, 3600)
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
@@ -51,7 +53,7 @@ def test_a_turn_is_six_statements_whatever_it_carries(store: Any) -> None:
         seen.clear()
         sa.event.listen(store.engine, "before_cursor_execute", record)
         _, claims, _ = store.turns.cycle(
-            pid, [Completion(c, 0, [], 0.1) for c in held], FREE, 600, max_jobs, time.time()
+            pid, [Completion(c, 0, [], 0.1) for c in held], FREE, 600, max_jobs, time.time(), owner
         )
         sa.event.remove(store.engine, "before_cursor_execute", record)
         turns.append(list(seen))
