@@ -105,6 +105,21 @@ def test_another_identity_cannot_act_on_a_pilot(pool, issuer, other, auth):
     assert turn.status_code == 200 and turn.json()["claims"][0]["job_id"] == jid
 
 
+def test_a_token_that_adds_or_drops_the_site_scope_is_the_same_identity(pool, issuer):
+    """Frontends scope tokens to a site when their factories agree on the entry's
+    site: a renewal may add or drop the claim, and the pilot goes on; a token
+    of another site does not (test above)."""
+    unscoped = bearer(issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main", entry="A"))
+    pid = register(pool, unscoped)
+    hb = f"/api/v1/pilots/{pid}/heartbeat"
+    assert pool.post(hb, json={}, headers=pilot_token(issuer)).status_code == 200
+    assert pool.post(hb, json={}, headers=pilot_token(issuer, site="SB")).status_code == 200
+    scoped = register(pool, pilot_token(issuer), "A-2")
+    hb = f"/api/v1/pilots/{scoped}/heartbeat"
+    assert pool.post(hb, json={}, headers=unscoped).status_code == 200
+    assert pool.post(hb, json={}, headers=pilot_token(issuer, site="SB")).status_code == 404
+
+
 def test_an_admin_may_act_on_any_pilot(pool, issuer, auth):
     pid = register(pool, pilot_token(issuer))
     admin = auth("ops", "admin")

@@ -60,8 +60,11 @@ class PilotOwner:
     site: str | None = None
 
     def owns(self, row: Any) -> bool:
-        """Is the pilot of this row ours? A pilot registered before identities
-        were kept (NULL token_subject) is bound to its frontend and group only."""
+        """Is the pilot of this row ours? Subject, frontend, group and entry must
+        be the same; the site must too where both tokens name one (a token
+        renewed with a site its entry's earlier one lacked is the same pilot's;
+        one of another site is not). A pilot registered before identities were
+        kept (NULL token_subject) is bound to its frontend and group only."""
         if row.token_subject is None:
             return row.frontend == self.frontend and row.group_name == self.group
         return (
@@ -69,7 +72,7 @@ class PilotOwner:
             and row.frontend == self.frontend
             and row.group_name == self.group
             and row.token_entry == self.entry
-            and row.token_site == self.site
+            and (row.token_site is None or self.site is None or row.token_site == self.site)
         )
 
 
