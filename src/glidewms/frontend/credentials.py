@@ -61,21 +61,22 @@ Key = tuple[str, str, str]  # (pool, group, entry name)
 
 
 def entry_sites(
-    offers: Iterable[tuple[Iterable[Mapping[str, Any]], Iterable[str]]],
+    offers: Iterable[tuple[Iterable[Any], Iterable[str]]],
 ) -> dict[str, str | None]:
     """The site each requested entry's token is scoped to: for each factory, its
-    entry ads and the names requested there. An entry whose factories name
-    different sites (or none) gets no site scope, only its entry's."""
+    entry ads (as the factory sent them: anything) and the names requested
+    there. An entry whose factories name different sites (or none) gets no
+    site scope, only its entry's."""
     seen: dict[str, set[str | None]] = {}
     for ads, names in offers:
         wanted = set(names)
         for name in wanted:
             seen.setdefault(name, set())
         for ad in ads:
-            name = ad.get("name") if isinstance(ad, Mapping) else None
-            if name in wanted:
-                site = ad.get("site")
-                seen[name].add(site if isinstance(site, str) and site else None)
+            if not isinstance(ad, Mapping) or ad.get("name") not in wanted:
+                continue
+            site = ad.get("site")
+            seen[ad["name"]].add(site if isinstance(site, str) and site else None)
     return {name: next(iter(sites)) if len(sites) == 1 else None for name, sites in seen.items()}
 
 

@@ -66,8 +66,8 @@ class PilotOwner:
         one of another site is not). A pilot registered before identities were
         kept (NULL token_subject) is bound to its frontend and group only."""
         if row.token_subject is None:
-            return row.frontend == self.frontend and row.group_name == self.group
-        return (
+            return bool(row.frontend == self.frontend and row.group_name == self.group)
+        return bool(
             row.token_subject == self.subject
             and row.frontend == self.frontend
             and row.group_name == self.group
