@@ -32,6 +32,7 @@ from pathlib import Path
 
 from glidewms.db import make_engine, sqlite_url
 from glidewms.pool.jobs import NewJob
+from glidewms.pool.pilots import PilotOwner
 from glidewms.pool.store import PoolStore
 
 CHUNK = 20_000  # jobs per submitted cluster while filling a queue
@@ -81,11 +82,12 @@ def memory_of_a_pool(url: str) -> dict[str, float]:
         "import json, sys, time\n"
         "from glidewms.db import make_engine\n"
         "from glidewms.pool.store import PoolStore\n"
+        "from glidewms.pool.pilots import PilotOwner\n"
         "t0 = time.perf_counter()\n"
         "store = PoolStore(make_engine(sys.argv[1]))\n"
         "started = time.perf_counter() - t0\n"
         "pilot = store.pilots.register({'Cpus': 64, 'Memory': 10**6, 'Disk': 10**7}, 'rss',"
-        " 'fe', 'main', 3600)\n"
+        " PilotOwner('pilot', 'fe', 'main'), 3600)\n"
         "assert store.turns.claim(pilot, {}, 3600) is not None\n"
         "store.reports.demand()\n"
         "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
@@ -105,7 +107,7 @@ def memory_of_a_pool(url: str) -> dict[str, float]:
 
 def claim_latency(store: PoolStore, claims: int) -> tuple[float, float]:
     slot = {"Cpus": 64, "Memory": 1_000_000, "Disk": 10_000_000, "GLIDEIN_Site": "BENCH"}
-    pilot = store.pilots.register(slot, "bench", "fe", "main", 3600)
+    pilot = store.pilots.register(slot, "bench", PilotOwner("pilot", "fe", "main"), 3600)
     free = {"cpus": 64, "memory": 1_000_000, "disk": 10_000_000}
     store.turns.claim(pilot, free, 3600)  # the first claim of a slot shape fills the match cache
     times = []

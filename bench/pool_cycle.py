@@ -24,6 +24,7 @@ from pathlib import Path
 from glidewms.db import make_engine, sqlite_url
 from glidewms.pool.exit import Completion
 from glidewms.pool.jobs import NewJob
+from glidewms.pool.pilots import PilotOwner
 from glidewms.pool.store import PoolStore
 
 AD = '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 16; Requirements = true ]'
@@ -42,7 +43,8 @@ def run(url: str, jobs: int, pilots: int, slots: int, profile: bool) -> None:
             "Arch": "X86_64",
         }
         ids = [
-            store.pilots.register(dict(slot), f"g{i}", "fe", "main", 3600) for i in range(pilots)
+            store.pilots.register(dict(slot), f"g{i}", PilotOwner("pilot", "fe", "main"), 3600)
+            for i in range(pilots)
         ]
         held: dict[str, list[str]] = {p: [] for p in ids}
         done = 0

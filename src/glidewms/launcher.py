@@ -1,10 +1,15 @@
 """Run a whole glidewms installation on this machine: `glidewms up` and the demo.
 
-It creates the issuer key and the tokens each actor needs, writes one YAML
-config per service (so an operator can read and reuse them), starts each
+It creates the two issuer key pairs and the tokens each actor needs, writes
+one YAML config per service (so an operator can read and reuse them), starts each
 service as its own process talking HTTP on loopback, and waits for each to
 publish its URL. Nothing here starts a pilot: pilots come only from the
 factory, when the frontend asks for them.
+
+Keys: `keys/issuer.key` signs the tokens written here (user, admin, frontend)
+and is given to no service; the pool gets only `keys/pilot_issuer.key`, which
+signs pilot tokens and nothing else (security/tokens.py). Every service
+verifies with both public keys.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ class Installation:
         """Keys, tokens and the pool/factory configs (the frontend's needs URLs)."""
         self.root.mkdir(parents=True, exist_ok=True)
         private, public = generate_keypair(self.path("keys"))
+        pilot_private, pilot_public = generate_keypair(self.path("keys"), "pilot_issuer")
         issuer = TokenIssuer.from_file(private)
         year = 365 * 24 * 3600.0
         write_secret(
@@ -94,7 +100,8 @@ class Installation:
                 "state_dir": str(self.path("pool")),
                 "url_file": str(self.path("run", "pool.url")),
                 "issuer_public_key": str(public),
-                "issuer_private_key": str(private),
+                "pilot_issuer_public_key": str(pilot_public),
+                "pilot_issuer_private_key": str(pilot_private),
                 "claim_lease_seconds": o.claim_lease,
                 "pilot_lease_seconds": max(o.claim_lease, o.heartbeat * 3),
                 "heartbeat_seconds": o.heartbeat,
@@ -125,6 +132,7 @@ class Installation:
                 "state_dir": str(self.path("factory")),
                 "url_file": str(self.path("run", "factory.url")),
                 "issuer_public_key": str(public),
+                "pilot_issuer_public_key": str(pilot_public),
                 "cycle_seconds": o.factory_cycle,
                 "entries": entries,
             },
@@ -156,6 +164,7 @@ class Installation:
                 "state_dir": str(self.path("frontend")),
                 "url_file": str(self.path("run", "frontend.url")),
                 "issuer_public_key": str(self.path("keys", "issuer.pub")),
+                "pilot_issuer_public_key": str(self.path("keys", "pilot_issuer.pub")),
                 "pool_url": self.services["pool"].url,
                 "factory_url": self.services["factory"].url,
                 "token_file": str(self.path("tokens", "frontend.token")),

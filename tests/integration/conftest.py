@@ -39,10 +39,13 @@ def auth(issuer: TokenIssuer) -> Callable[..., dict[str, str]]:
 
 @pytest.fixture
 def pool_config(tmp_path: Path, keys: tuple[Path, Path]) -> PoolConfig:
+    """A pool that mints pilot tokens with its own pilot issuer key (never issuer.key)."""
+    pilot_private, pilot_public = generate_keypair(keys[0].parent, "pilot_issuer")
     return PoolConfig(
         state_dir=tmp_path / "pool",
         issuer_public_key=keys[1],
-        issuer_private_key=keys[0],
+        pilot_issuer_public_key=pilot_public,
+        pilot_issuer_private_key=pilot_private,
         claim_lease_seconds=30,
         lease_check_seconds=0.05,
     )

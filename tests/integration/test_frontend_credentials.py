@@ -41,13 +41,14 @@ def keys(tmp_path: Path) -> Keys:
     return Keys(private, public, TokenIssuer.from_file(private))
 
 
-def register(pool_url: str, token: str, slot: dict) -> httpx.Response:
-    """What a pilot does first: register its slot with the token it was given."""
+def register(pool_url: str, token: str, slot: dict, glidein_id: str = "a-test") -> httpx.Response:
+    """What a pilot does first: register its slot with the token it was given
+    (a factory names an entry's glideins `<entry>-...`)."""
     return httpx.post(
         f"{pool_url}/api/v1/pilots",
         timeout=10,
         headers={"Authorization": f"Bearer {token}"},
-        json={"slot": {"Cpus": 1, "Memory": 2048, **slot}, "glidein_id": "g-test"},
+        json={"slot": {"Cpus": 1, "Memory": 2048, **slot}, "glidein_id": glidein_id},
     )
 
 
@@ -58,8 +59,8 @@ def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, 
     the renewed ones are what the factory gets next. The clock is a variable."""
     factory = StandInFactory("f", keys.public, [entry_ad("a", "SA"), entry_ad("b", "SB")])
     now = [time.time()]
-    verifier = TokenVerifier.from_file(keys.public)
     with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
+        verifier = TokenVerifier.from_file(keys.public, keys.private.parent / "pilot_issuer.pub")
         config = frontend_config(
             tmp_path,
             keys,
@@ -74,28 +75,40 @@ def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, 
         [first] = factory.received
         tokens = {name: e["pilot_token"] for name, e in first["entries"].items()}
         assert set(tokens) == {"a", "b"} and tokens["a"] != tokens["b"]
+        sites = {"a": "SA", "b": "SB"}
         for name, token in tokens.items():
             identity = verifier.verify(token)
             assert identity.scopes == {"pilot"}
-            assert (identity.claims["entry"], identity.claims["group"], identity.claims["fe"]) == (
+            claims = identity.claims
+            assert (claims["entry"], claims["site"], claims["group"], claims["fe"]) == (
                 name,
+                sites[name],
                 "main",
                 "fe1",
             )
-        assert "entry" not in verifier.verify(first["pilot_token"]).claims
+        assert "pilot_token" not in first  # no group-wide token: scoped ones only
 
         # a's token registers a's slots, and a slot that names no entry becomes a's
         assert register(pool.url, tokens["a"], {"GLIDEIN_Entry_Name": "a"}).status_code == 201
         assert register(pool.url, tokens["a"], {}).status_code == 201
         refused = register(pool.url, tokens["a"], {"GLIDEIN_Entry_Name": "b"})
         assert refused.status_code == 403, refused.text
-        assert register(pool.url, tokens["b"], {"GLIDEIN_Entry_Name": "b"}).status_code == 201
+        assert "GLIDEIN_Entry_Name" in refused.json()["detail"]
+        elsewhere = register(pool.url, tokens["a"], {"GLIDEIN_Site": "SB"})
+        assert elsewhere.status_code == 403 and "GLIDEIN_Site" in elsewhere.json()["detail"]
+        renamed = register(pool.url, tokens["a"], {}, glidein_id="b-test")
+        assert renamed.status_code == 403 and "glidein_id" in renamed.json()["detail"]
+        assert (
+            register(pool.url, tokens["b"], {"GLIDEIN_Entry_Name": "b"}, "b-1").status_code == 201
+        )
         pilots = httpx.get(
             f"{pool.url}/api/v1/pilots",
             timeout=10,
             headers={"Authorization": f"Bearer {keys.token('o', 'admin')}"},
         )
-        assert sorted(p["slot"]["GLIDEIN_Entry_Name"] for p in pilots.json()) == ["a", "a", "b"]
+        assert sorted(
+            (p["slot"]["GLIDEIN_Entry_Name"], p["slot"]["GLIDEIN_Site"]) for p in pilots.json()
+        ) == [("a", "SA"), ("a", "SA"), ("b", "SB")]
 
         # reused while fresh, renewed per entry once less than half the life is left
         now[0] += 200
@@ -116,7 +129,7 @@ def test_each_entry_gets_its_own_token_which_registers_only_its_slots(tmp_path, 
                 headers={"Authorization": f"Bearer {keys.token('ops', 'admin')}"},
             )
         expiry = status.json()["pilot_tokens"]["main"]
-        assert set(expiry) == {"*", "a", "b"}
+        assert set(expiry) == {"a", "b"}
         assert not any(t in status.text for t in (*tokens.values(), *renewed.values()))
 
 

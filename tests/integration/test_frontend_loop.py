@@ -140,7 +140,7 @@ class VOStage(BaseModel):
 class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pool_url: str
-    pilot_token: str = Field(min_length=1)
+    pilot_token: str | None = Field(None, min_length=1)
     entries: dict[str, EntryRequest]
     vo_stage: VOStage | None = None
 
@@ -234,10 +234,12 @@ def keys(tmp_path: Path) -> Keys:
 
 @contextlib.contextmanager
 def real_pool(tmp_path: Path, keys: Keys, name: str) -> Iterator[ThreadServer]:
+    pilot_private, pilot_public = generate_keypair(keys.private.parent, "pilot_issuer")
     config = PoolConfig(
         state_dir=tmp_path / name,
         issuer_public_key=keys.public,
-        issuer_private_key=keys.private,
+        pilot_issuer_public_key=pilot_public,
+        pilot_issuer_private_key=pilot_private,
         lease_check_seconds=0.5,
     )
     with ThreadServer(pool_app(config, "")) as server:
@@ -410,13 +412,13 @@ def test_unreachable_and_hanging_services_and_failing_groups_are_isolated(tmp_pa
 
 
 def test_pilot_tokens_are_renewed_before_expiry_and_delegated_with_every_request(tmp_path, keys):
-    """Every request carries a pilot token minted by the real pool for the group;
+    """Every request carries a pilot token minted by the real pool for the entry;
     it is reused while more than half its life is left, renewed after, and the
     renewed token is what the factory gets. The frontend's clock is a variable."""
     factory = StandInFactory("f", keys.public, [entry_ad("e", "S")])
     now = [time.time()]
-    verifier = TokenVerifier.from_file(keys.public)
     with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
+        verifier = TokenVerifier.from_file(keys.public, keys.private.parent / "pilot_issuer.pub")
         config = frontend_config(
             tmp_path,
             keys,
@@ -432,7 +434,8 @@ def test_pilot_tokens_are_renewed_before_expiry_and_delegated_with_every_request
             now[0] += advance
             run_cycle(frontend)
             [request] = factory.received[len(sent) :]
-            sent.append(request["pilot_token"])
+            assert "pilot_token" not in request  # no group-wide token: entries' own only
+            sent.append(request["entries"]["e"]["pilot_token"])
 
     first, renewed = sent[0], sent[3]
     assert sent[:3] == [first] * 3, "renewed while more than half of its life was left"

@@ -320,7 +320,11 @@ def test_an_entry_scoped_pilot_token_registers_only_that_entry(pool, issuer):
         json={"slot": {**SLOT, "GLIDEIN_Entry_Name": "SITE_B_ce1"}, "glidein_id": "g1"},
     )
     assert elsewhere.status_code == 403 and "SITE_A_ce1" in elsewhere.json()["detail"]
-    pid = register(pool, token)  # a slot that names no entry gets the token's
+    # a slot that names no entry gets the token's (and its glidein id names the entry)
+    r = pool.post(
+        "/api/v1/pilots", json={"slot": SLOT, "glidein_id": "SITE_A_ce1-1"}, headers=token
+    )
+    pid = r.json()["pilot_id"]
     pilots = pool.get("/api/v1/pilots", headers=fe).json()
     assert [(p["pilot_id"], p["slot"]["GLIDEIN_Entry_Name"]) for p in pilots] == [
         (pid, "SITE_A_ce1")

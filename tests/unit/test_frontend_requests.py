@@ -21,7 +21,7 @@ ENTRY = {
     "start_expr": "true",
     "container_image": "/img.sif",
 }
-TOKENS = GroupTokens("group-token", {"a": "token-a"})
+TOKENS = GroupTokens({"a": "token-a", "b": "token-b"})
 VO = {"url": "http://fe/stage/vo/main", "manifest_sha256": "0" * 64, "manifest_key": "K"}
 
 
@@ -29,12 +29,14 @@ def test_request_body_carries_entry_tokens_and_the_vo_stage():
     body = request_body("http://pool", TOKENS, {"a": ENTRY, "b": ENTRY}, VO)
     assert body == {
         "pool_url": "http://pool",
-        "pilot_token": "group-token",
         "vo_stage": VO,
-        "entries": {"a": {**ENTRY, "pilot_token": "token-a"}, "b": ENTRY},
+        "entries": {
+            "a": {**ENTRY, "pilot_token": "token-a"},
+            "b": {**ENTRY, "pilot_token": "token-b"},
+        },
     }
-    # an entry without its own token falls back to the top-level one at the factory
-    assert "pilot_token" not in body["entries"]["b"]
+    # each entry carries its own (entry-scoped) token; there is no group-wide one
+    assert "pilot_token" not in body
     assert ENTRY == {
         "idle": 2,
         "max_running": 5,

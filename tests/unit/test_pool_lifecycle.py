@@ -30,6 +30,7 @@ from glidewms.pool.lifecycle import (
     PilotCause,
     PilotState,
 )
+from glidewms.pool.pilots import PilotOwner
 from glidewms.pool.store import PoolStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,7 +178,7 @@ def job_in(store: PoolStore, state: str) -> Any:
     """A job brought to `state` by the store's own paths."""
     _, [jid] = store.queue.submit("alice", [NewJob(AD, [], [], {})])
     if state in (RUN, DONE):
-        pid = store.pilots.register(dict(SLOT), "g", "fe", "main", 3600)
+        pid = store.pilots.register(dict(SLOT), "g", PilotOwner("pilot", "fe", "main"), 3600)
         claim = store.turns.claim(pid, {}, 600)
         assert claim is not None and claim["job_id"] == jid
         if state == DONE:

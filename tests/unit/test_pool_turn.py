@@ -16,6 +16,7 @@ from glidewms.db import make_engine, sqlite_url
 from glidewms.pool.exit import Completion
 from glidewms.pool.jobs import NewJob
 from glidewms.pool.matchmaker import Matchmaker
+from glidewms.pool.pilots import PilotOwner
 from glidewms.pool.schema import events
 from glidewms.pool.slots import SlotAds, slot_with
 from glidewms.pool.store import PoolStore
@@ -35,9 +36,11 @@ def store(tmp_path: Path) -> Any:
 
 def test_a_turn_is_six_statements_whatever_it_carries(store: Any) -> None:
     """Pilot row, ended claims, their UPDATE, the counter, the new claims'
-    UPDATE ... RETURNING, and ONE events INSERT for the whole turn."""
+    UPDATE ... RETURNING, and ONE events INSERT for the whole turn. The check
+    that the caller owns the pilot (as the route makes it) adds none."""
     store.queue.submit("alice", [NewJob(AD, [], [], {}) for _ in range(40)])
-    pid = store.pilots.register(dict(SLOT), "g1", "fe", "main", 3600)
+    owner = PilotOwner("pilot", "fe", "main")
+    pid = store.pilots.register(dict(SLOT), "g1", owner, 3600)
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
@@ -50,7 +53,7 @@ def test_a_turn_is_six_statements_whatever_it_carries(store: Any) -> None:
         seen.clear()
         sa.event.listen(store.engine, "before_cursor_execute", record)
         _, claims, _ = store.turns.cycle(
-            pid, [Completion(c, 0, [], 0.1) for c in held], FREE, 600, max_jobs, time.time()
+            pid, [Completion(c, 0, [], 0.1) for c in held], FREE, 600, max_jobs, time.time(), owner
         )
         sa.event.remove(store.engine, "before_cursor_execute", record)
         turns.append(list(seen))
@@ -74,7 +77,7 @@ def test_a_turn_is_six_statements_whatever_it_carries(store: Any) -> None:
 
 def test_a_turn_writes_the_ended_jobs_events_before_the_started_ones(store: Any) -> None:
     store.queue.submit("alice", [NewJob(AD, [], [], {}) for _ in range(4)])
-    pid = store.pilots.register(dict(SLOT), "g1", "fe", "main", 3600)
+    pid = store.pilots.register(dict(SLOT), "g1", PilotOwner("pilot", "fe", "main"), 3600)
     _, first, _ = store.turns.cycle(pid, [], FREE, 600, 2, time.time())
     done, second, _ = store.turns.cycle(
         pid, [Completion(c["claim_id"], 0, [], 0.1) for c in first], FREE, 600, 2, time.time()
@@ -188,7 +191,7 @@ def test_an_answer_that_reads_the_clock_changes_when_the_clock_does(
     )
     store.queue.submit("alice", [NewJob(ad, [], [], {}) for _ in range(2)])
     slot = dict(SLOT, **({"GLIDEIN_Start": slot_start.format(at=at)} if slot_start else {}))
-    pid = store.pilots.register(slot, "g1", "fe", "main", 3600)
+    pid = store.pilots.register(slot, "g1", PilotOwner("pilot", "fe", "main"), 3600)
     assert store.turns.cycle(pid, [], FREE, 600, 1, time.time())[1] == []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -32,15 +32,15 @@ def keys(tmp_path: Path) -> tuple[TokenIssuer, bytes]:
 
 @pytest.fixture
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every full verification (signature check) the verifier makes."""
+    """Every full verification (header, signature, claims) the verifier makes."""
     seen: list[str] = []
-    real = jwt.decode
+    real = TokenVerifier._verify
 
-    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+    def counting(self: TokenVerifier, token: str, *args: Any, **kwargs: Any) -> Any:
         seen.append(token)
-        return real(token, *args, **kwargs)
+        return real(self, token, *args, **kwargs)
 
-    monkeypatch.setattr(tokens.jwt, "decode", counting)
+    monkeypatch.setattr(tokens.TokenVerifier, "_verify", counting)
     return seen
 
 
@@ -158,3 +158,95 @@ def test_a_key_that_cannot_sign_eddsa_is_refused_when_loaded() -> None:
         TokenIssuer(private)
     with pytest.raises(ValueError, match="EdDSA"):
         TokenVerifier(public)
+
+
+# ------------------------------------------------------------------ the pilot issuer
+
+
+@pytest.fixture
+def two_issuers(tmp_path: Path) -> tuple[TokenIssuer, TokenIssuer, TokenVerifier, Path]:
+    """The installation's issuer, the pilot issuer, a verifier with both public
+    keys, and the pilot issuer's private key file."""
+    private, public = generate_keypair(tmp_path / "keys")
+    pilot_private, pilot_public = generate_keypair(tmp_path / "keys", "pilot_issuer")
+    return (
+        TokenIssuer.from_file(private),
+        TokenIssuer.from_file(pilot_private, tokens.PILOT_KID),
+        TokenVerifier.from_file(public, pilot_public),
+        pilot_private,
+    )
+
+
+def forge(key_file: Path, scope: str, headers: dict[str, Any] | None = None) -> str:
+    """What someone holding `key_file` can sign, past TokenIssuer's own refusals."""
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    claims = {"iss": "glidewms", "sub": "mallory", "scope": scope, "exp": 4102444800}
+    return jwt.encode(claims, key, algorithm="EdDSA", headers=headers)  # type: ignore[arg-type]
+
+
+def test_the_pilot_issuer_signs_pilot_tokens_that_every_verifier_with_its_key_accepts(
+    two_issuers,
+) -> None:
+    _, pilot_issuer, verifier, _ = two_issuers
+    token = pilot_issuer.issue("pilot", ["pilot"], 600, fe="fe1", group="main", entry="E")
+    assert jwt.get_unverified_header(token)["kid"] == "pilot"
+    identity = verifier.verify(token)
+    assert identity.is_pilot and identity.has("pilot") and identity.claims["entry"] == "E"
+
+
+def test_the_pilot_issuer_cannot_sign_any_other_scope(two_issuers) -> None:
+    _, pilot_issuer, verifier, pilot_key = two_issuers
+    for scopes in (["admin"], ["user"], ["frontend"], ["pilot", "admin"]):
+        with pytest.raises(ValueError, match="pilot scope only"):
+            pilot_issuer.issue("x", scopes, 600)
+    # and what its key signs outside TokenIssuer is refused by every verifier
+    for scope in ("admin", "user", "frontend", "pilot admin", "pilot user", ""):
+        with pytest.raises(TokenError, match="pilot scope only"):
+            verifier.verify(forge(pilot_key, scope, {"kid": "pilot"}))
+    # nor can its key pass for the installation's (no kid, or kid main)
+    for headers in (None, {"kid": "main"}):
+        with pytest.raises(TokenError, match=r"[Ss]ignature"):
+            verifier.verify(forge(pilot_key, "admin", headers))
+    with pytest.raises(TokenError, match="unknown issuer key id"):
+        verifier.verify(forge(pilot_key, "pilot", {"kid": "other"}))
+
+
+def test_without_the_pilot_public_key_pilot_issuer_tokens_are_refused(two_issuers, tmp_path):
+    _, pilot_issuer, _, _ = two_issuers
+    verifier = TokenVerifier.from_file(tmp_path / "keys" / "issuer.pub")
+    with pytest.raises(TokenError, match="unknown issuer key id 'pilot'"):
+        verifier.verify(pilot_issuer.issue("pilot", ["pilot"], 600))
+
+
+def test_the_installation_issuer_still_signs_every_scope(two_issuers) -> None:
+    issuer, _, verifier, _ = two_issuers
+    for scope in ("admin", "user", "frontend", "pilot"):
+        assert verifier.verify(issuer.issue("x", [scope], 600)).has(scope)
+
+
+def test_a_token_with_pilot_and_another_scope_is_not_a_pilot_token(two_issuers, tmp_path):
+    """The pilot scope is exclusive: neither issuer signs pilot+user, and such a
+    token signed anyway acts as a user, never as a pilot; with admin, as admin."""
+    issuer, _, verifier, _ = two_issuers
+    with pytest.raises(ValueError, match="exclusive"):
+        issuer.issue("x", ["pilot", "user"], 600)
+    mixed = verifier.verify(forge(tmp_path / "keys" / "issuer.key", "pilot user"))
+    assert not mixed.is_pilot and not mixed.has("pilot") and mixed.has("user")
+    assert not verifier.verify(forge(tmp_path / "keys" / "issuer.key", "pilot frontend")).has(
+        "pilot"
+    )
+    admin = verifier.verify(issuer.issue("ops", ["pilot", "admin"], 600))
+    assert admin.has("pilot") and admin.is_admin
+
+
+def test_the_two_key_pairs_are_separate_files(tmp_path: Path) -> None:
+    main = generate_keypair(tmp_path / "keys")
+    pilot = generate_keypair(tmp_path / "keys", "pilot_issuer")
+    assert [p.name for p in (*main, *pilot)] == [
+        "issuer.key",
+        "issuer.pub",
+        "pilot_issuer.key",
+        "pilot_issuer.pub",
+    ]
+    assert main[0].read_bytes() != pilot[0].read_bytes()
+    assert pilot[0].stat().st_mode & 0o077 == 0

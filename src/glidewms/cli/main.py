@@ -177,11 +177,17 @@ def keys(
         "glidewms-state/keys"
     ),
 ) -> None:
-    """Create the installation's token issuer key pair (kept if present)."""
+    """Create the installation's token issuer key pair, and the pilot issuer's
+    (the pool's, for pilot tokens only), each kept if present."""
     from glidewms.security.tokens import generate_keypair
 
     private, public = generate_keypair(directory)
+    pilot_private, pilot_public = generate_keypair(directory, "pilot_issuer")
     typer.echo(f"private key: {private}\npublic key:  {public}")
+    typer.echo(
+        f"pilot issuer private key (the pool's): {pilot_private}\n"
+        f"pilot issuer public key: {pilot_public}"
+    )
 
 
 @app.command()

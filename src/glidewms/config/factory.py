@@ -286,6 +286,11 @@ class FactoryConfig(BaseModel):
     issuer_public_key: Path | None = Field(
         default=None, description="issuer public key; default <state_dir>/../keys/issuer.pub"
     )
+    pilot_issuer_public_key: Path | None = Field(
+        default=None,
+        description="pilot issuer public key (verifies pilot tokens only); default "
+        "<state_dir>/../keys/pilot_issuer.pub if it exists",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite in state_dir"
     )
@@ -314,6 +319,10 @@ class FactoryConfig(BaseModel):
 
     def resolved_issuer_public_key(self) -> Path:
         return self.issuer_public_key or self.state_dir.parent / "keys" / "issuer.pub"
+
+    def resolved_pilot_issuer_public_key(self) -> Path | None:
+        default = self.state_dir.parent / "keys" / "pilot_issuer.pub"
+        return self.pilot_issuer_public_key or (default if default.is_file() else None)
 
     def resolved_database_url(self) -> str:
         return self.database_url or sqlite_url(self.state_dir / "factory.db")

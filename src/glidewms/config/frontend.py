@@ -177,6 +177,11 @@ class FrontendConfig(BaseModel):
     issuer_public_key: Path | None = Field(
         None, description="verifies tokens (default state_dir/../keys/issuer.pub)"
     )
+    pilot_issuer_public_key: Path | None = Field(
+        None,
+        description="verifies pilot tokens only (default state_dir/../keys/pilot_issuer.pub "
+        "if it exists)",
+    )
     pool_url: str = Field(
         "http://127.0.0.1:9618", description="the pool, when `pools` is empty (named `pool`)"
     )
@@ -224,6 +229,13 @@ class FrontendConfig(BaseModel):
             if len(names) != len(set(names)):
                 raise ValueError(f"{kind}: names must be unique, got {names}")
         return self
+
+    def resolved_issuer_public_key(self) -> Path:
+        return self.issuer_public_key or Path(self.state_dir).parent / "keys" / "issuer.pub"
+
+    def resolved_pilot_issuer_public_key(self) -> Path | None:
+        default = Path(self.state_dir).parent / "keys" / "pilot_issuer.pub"
+        return self.pilot_issuer_public_key or (default if default.is_file() else None)
 
     def all_pools(self) -> list[Source]:
         return self.pools or [Source(name="pool", url=self.pool_url)]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glidewms.classad_limits import DEFAULT_LIMITS, AdLimits
 from glidewms.classads import CEILING
@@ -25,10 +26,21 @@ class PoolConfig(BaseModel):
         None, description="SQLAlchemy URL; default SQLite in state_dir"
     )
     issuer_public_key: Path | None = Field(
-        None, description="PEM public key that verifies every token (default state_dir/../keys)"
+        None,
+        description="PEM public key of the installation's issuer, which verifies every token "
+        "(default state_dir/../keys/issuer.pub)",
     )
-    issuer_private_key: Path | None = Field(
-        None, description="PEM private key used to mint pilot tokens for frontends"
+    pilot_issuer_public_key: Path | None = Field(
+        None,
+        description="PEM public key of the pilot issuer, which verifies pilot tokens only "
+        "(default state_dir/../keys/pilot_issuer.pub if it exists; without one, tokens of "
+        "the pilot issuer are refused)",
+    )
+    pilot_issuer_private_key: Path | None = Field(
+        None,
+        description="PEM private key of the pilot issuer, with which the pool mints pilot "
+        "tokens for frontends (default state_dir/../keys/pilot_issuer.key if it exists); it "
+        "can sign nothing but pilot tokens. The pool never takes the installation's issuer.key",
     )
     claim_lease_seconds: float = Field(60.0, gt=0, description="a claim not renewed is released")
     pilot_lease_seconds: float = Field(90.0, gt=0, description="a silent pilot is declared lost")
@@ -144,6 +156,18 @@ class PoolConfig(BaseModel):
         "pilot turns get the store between batches",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_installation_key(cls, data: Any) -> Any:
+        """The key that mints admin tokens has no place in the one service jobs reach."""
+        if isinstance(data, dict) and "issuer_private_key" in data:
+            raise ValueError(
+                "issuer_private_key: the pool no longer holds the installation's issuer key; "
+                "give it pilot_issuer_private_key (`glidewms keys` creates pilot_issuer.key), "
+                "which can mint pilot tokens only"
+            )
+        return data
+
     @field_validator("priority_factors", "group_priority_factors")
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
@@ -162,6 +186,17 @@ class PoolConfig(BaseModel):
             max_value_bytes=self.max_attribute_bytes,
             max_ad_bytes=self.max_ad_bytes,
         )
+
+    def resolved_issuer_public_key(self) -> Path:
+        return self.issuer_public_key or self.state_dir.parent / "keys" / "issuer.pub"
+
+    def resolved_pilot_issuer_public_key(self) -> Path | None:
+        default = self.state_dir.parent / "keys" / "pilot_issuer.pub"
+        return self.pilot_issuer_public_key or (default if default.is_file() else None)
+
+    def resolved_pilot_issuer_private_key(self) -> Path | None:
+        default = self.state_dir.parent / "keys" / "pilot_issuer.key"
+        return self.pilot_issuer_private_key or (default if default.is_file() else None)
 
     def resolved_database_url(self) -> str:
         from glidewms.db import sqlite_url

@@ -112,7 +112,7 @@ def create_app(
     key_path = config.resolved_issuer_public_key()
     if not key_path.is_file():
         raise ConfigError(f"issuer_public_key: {key_path} does not exist")
-    verifier = TokenVerifier.from_file(key_path)
+    verifier = TokenVerifier.from_file(key_path, config.resolved_pilot_issuer_public_key())
     factory, context = build_factory(
         config, public_url, bootstrap=bootstrap, agent_dir=agent_dir, kill_grace=kill_grace
     )

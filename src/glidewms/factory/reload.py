@@ -34,7 +34,14 @@ from glidewms.factory.service import Factory
 log = logging.getLogger(__name__)
 
 # Settings a reload cannot change (they need a restart).
-FIXED = ("listen_host", "listen_port", "state_dir", "database_url", "issuer_public_key")
+FIXED = (
+    "listen_host",
+    "listen_port",
+    "state_dir",
+    "database_url",
+    "issuer_public_key",
+    "pilot_issuer_public_key",
+)
 
 
 @dataclass(kw_only=True)

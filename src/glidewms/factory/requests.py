@@ -110,8 +110,8 @@ def check_pilot_token(
         identity = verifier.verify(token)
     except TokenError as exc:
         raise HTTPException(422, f"{where}: not a valid token: {exc}") from None
-    if "pilot" not in identity.scopes:
-        raise HTTPException(422, f"{where}: the token lacks the pilot scope")
+    if not identity.is_pilot:
+        raise HTTPException(422, f"{where}: not a pilot token (the pilot scope, alone)")
     if identity.claims.get("fe") != frontend:
         raise HTTPException(422, f"{where}: its fe claim is not {frontend!r}")
     claimed_group = identity.claims.get("group")

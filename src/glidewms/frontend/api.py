@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -51,8 +50,9 @@ def create_app(
         frontend.public_url = public_url
     app = FastAPI(title="glidewms frontend", version=API_VERSION, lifespan=lifespan(frontend, loop))
     app.add_middleware(VersionHeader)
-    key = config.issuer_public_key or Path(config.state_dir).parent / "keys" / "issuer.pub"
-    app.state.verifier = TokenVerifier.from_file(key)
+    app.state.verifier = TokenVerifier.from_file(
+        config.resolved_issuer_public_key(), config.resolved_pilot_issuer_public_key()
+    )
     app.state.frontend = frontend
     app.include_router(public)
     app.include_router(api, prefix=API_PREFIX)

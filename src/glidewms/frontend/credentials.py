@@ -1,25 +1,26 @@
 """Pilot tokens the frontend obtains from its pools and delegates to factories.
 
-A pilot token minted for one entry (`POST /api/v1/tokens/pilot` with
-`entry`) registers only slots of that entry, so a token stolen at one site
-cannot bring pilots into the pool under another site's name. The frontend
-therefore holds one token per (pool, group, entry name) it asks pilots for,
-plus one group-wide token for the request's top-level `pilot_token` (what
-pilots of an entry without a token of its own get, e.g. in a request re-sent
-with removal off while the pool is blind).
+Every pilot token the frontend asks for is scoped to one entry (`POST
+/api/v1/tokens/pilot` with `entry`, and the entry's `site` when the
+factories that offer the entry agree on it): such a token registers only
+slots of that entry and site, so a token stolen at one site cannot bring
+pilots into the pool under another site's name. The frontend therefore holds
+one token per (pool, group, entry name) it asks pilots for, and sends each in
+its entry's request; it asks for no group-wide token, so factory-started
+pilots never hold one.
 
 Each token is renewed when less than `pilot_token_renew_fraction` of its life
-is left; the factory replaces its copy, and running pilots re-read it. If a
-renewal fails while the current token has more than `RENEW_GRACE` seconds
-left, the current one still serves. Tokens live only in memory and never
-reach a log: the status shows expiry times only.
+is left (or when the entry's site changed); the factory replaces its copy,
+and running pilots re-read it. If a renewal fails while the current token has
+more than `RENEW_GRACE` seconds left, the current one still serves. Tokens
+live only in memory and never reach a log: the status shows expiry times only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ class PilotToken:
     token: str
     issued: float
     expires: float
+    site: str | None = None  # the site claim it was minted with
 
     def fresh(self, now: float, renew_fraction: float) -> bool:
         """More than `renew_fraction` of its life left: no need to renew yet."""
@@ -50,13 +52,32 @@ class PilotToken:
 
 @dataclass(frozen=True)
 class GroupTokens:
-    """What one group's requests carry this cycle."""
+    """What one group's requests carry this cycle: a token per entry."""
 
-    group: str  # the top-level `pilot_token`
     entries: dict[str, str]  # entry name -> its own token
 
 
-Key = tuple[str, str, str | None]  # (pool, group, entry name or None for group-wide)
+Key = tuple[str, str, str]  # (pool, group, entry name)
+
+
+def entry_sites(
+    offers: Iterable[tuple[Iterable[Any], Iterable[str]]],
+) -> dict[str, str | None]:
+    """The site each requested entry's token is scoped to: for each factory, its
+    entry ads (as the factory sent them: anything) and the names requested
+    there. An entry whose factories name different sites (or none) gets no
+    site scope, only its entry's."""
+    seen: dict[str, set[str | None]] = {}
+    for ads, names in offers:
+        wanted = set(names)
+        for name in wanted:
+            seen.setdefault(name, set())
+        for ad in ads:
+            if not isinstance(ad, Mapping) or ad.get("name") not in wanted:
+                continue
+            site = ad.get("site")
+            seen[ad["name"]].add(site if isinstance(site, str) and site else None)
+    return {name: next(iter(sites)) if len(sites) == 1 else None for name, sites in seen.items()}
 
 
 class PilotTokens:
@@ -66,7 +87,7 @@ class PilotTokens:
         self.clock = clock
         self.held: dict[Key, PilotToken] = {}
 
-    def current(self, pool: str, group: str, entry: str | None) -> str | None:
+    def current(self, pool: str, group: str, entry: str) -> str | None:
         """A held token still usable (for a request sent without minting), or None."""
         token = self.held.get((pool, group, entry))
         return token.token if token is not None and token.usable(self.clock()) else None
@@ -77,22 +98,22 @@ class PilotTokens:
         pool: Source,
         headers: dict[str, str],
         group: GroupConfig,
-        entries: Iterable[str],
+        entries: Mapping[str, str | None],
     ) -> GroupTokens:
-        """The group-wide token and one per entry name, renewed where due.
+        """One token per entry name (`entries`: name -> site or None), renewed where due.
 
         Raises (httpx.HTTPError, ValueError, KeyError, TypeError, IncompatiblePeer)
         when one of them cannot be had: a request must not go out half-credentialed.
         """
-        names = sorted(set(entries))
+        names = sorted(entries)
         limit = asyncio.Semaphore(MINT_CONCURRENCY)
 
-        async def one(entry: str | None) -> str:
+        async def one(entry: str) -> str:
             async with limit:
-                return await self.get(http, pool, headers, group, entry)
+                return await self.get(http, pool, headers, group, entry, entries[entry])
 
-        tokens = await asyncio.gather(one(None), *(one(n) for n in names))
-        return GroupTokens(tokens[0], dict(zip(names, tokens[1:], strict=True)))
+        tokens = await asyncio.gather(*(one(n) for n in names))
+        return GroupTokens(dict(zip(names, tokens, strict=True)))
 
     async def get(
         self,
@@ -100,29 +121,36 @@ class PilotTokens:
         pool: Source,
         headers: dict[str, str],
         group: GroupConfig,
-        entry: str | None,
+        entry: str,
+        site: str | None = None,
     ) -> str:
-        """One token, minted if absent or due for renewal."""
+        """One entry's token, minted if absent, due for renewal, or of another site."""
         key: Key = (pool.name, group.name, entry)
         now = self.clock()
         current = self.held.get(key)
+        if current is not None and current.site != site:
+            current = None  # the entry moved: a token of the old site would be refused
         if current is not None and current.fresh(now, group.pilot_token_renew_fraction):
             return current.token
-        body: dict[str, Any] = {"group": group.name, "lifetime": group.pilot_token_lifetime}
-        if entry is not None:
-            body["entry"] = entry
+        body: dict[str, Any] = {
+            "group": group.name,
+            "lifetime": group.pilot_token_lifetime,
+            "entry": entry,
+        }
+        if site is not None:
+            body["site"] = site
         try:
             r = await http.post(f"{pool.url}{API_PREFIX}/tokens/pilot", headers=headers, json=body)
             check_peer(f"pool {pool.name}", r.headers.get(VERSION_HEADER))
             r.raise_for_status()
             data = r.json()
-            token = PilotToken(str(data["token"]), now, float(data["expires"]))
+            token = PilotToken(str(data["token"]), now, float(data["expires"]), site)
         except (httpx.HTTPError, ValueError, KeyError, TypeError, IncompatiblePeer):
             if current is not None and current.usable(now):
                 log.warning(
                     "group %s entry %s: pilot token renewal failed; the current one still serves",
                     group.name,
-                    entry or "*",
+                    entry,
                 )
                 return current.token
             raise
@@ -132,18 +160,12 @@ class PilotTokens:
     def forget(self, pool: str, group: str, keep: Iterable[str]) -> None:
         """Drop entry tokens of a group that are no longer asked for (entries gone)."""
         wanted = set(keep)
-        for key in [
-            k
-            for k in self.held
-            if k[:2] == (pool, group) and k[2] is not None and k[2] not in wanted
-        ]:
+        for key in [k for k in self.held if k[:2] == (pool, group) and k[2] not in wanted]:
             del self.held[key]
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Expiry per group and entry (`*` for the group-wide token): no token text."""
+        """Expiry per group and entry: no token text."""
         out: dict[str, dict[str, float]] = {}
-        for (_, group, entry), token in sorted(
-            self.held.items(), key=lambda kv: (kv[0][1], kv[0][2] or "")
-        ):
-            out.setdefault(group, {})[entry or "*"] = token.expires
+        for (_, group, entry), token in sorted(self.held.items()):
+            out.setdefault(group, {})[entry] = token.expires
         return out

@@ -24,7 +24,7 @@ import httpx
 from glidewms.config.frontend import FrontendConfig, GroupConfig, Source
 from glidewms.factory.stage import Stage
 from glidewms.frontend import policy, vostage
-from glidewms.frontend.credentials import GroupTokens, PilotTokens
+from glidewms.frontend.credentials import GroupTokens, PilotTokens, entry_sites
 from glidewms.frontend.explanations import Explanations, Record, decision_record
 from glidewms.frontend.observe import (
     FactoryView,
@@ -56,10 +56,9 @@ def request_body(
     pool_url: str, tokens: GroupTokens, entries: dict[str, Request], vo_stage: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The PUT body of one group for one factory: every entry with its own pilot token
-    where the pool minted one (the group's token serves the others), and the VO stage."""
+    (entry-scoped: there is no group-wide one, credentials.py), and the VO stage."""
     body: dict[str, Any] = {
         "pool_url": pool_url,
-        "pilot_token": tokens.group,
         "entries": {n: dict(r) for n, r in entries.items()},
     }
     for name, entry in body["entries"].items():
@@ -305,7 +304,7 @@ class Frontend:
             prefix = f"{f.name}/"
             entries.update({k[len(prefix) :]: r for k, r in kept.items() if k.startswith(prefix)})
             sends.append((f, entries))
-        names = {n for _, entries in sends for n in entries}
+        names = entry_sites((factories[f.name].entries or [], entries) for f, entries in sends)
         tokens, why = await self._group_tokens(http, group, pool_source, names)
         vo_stage, vo_why = self._vo_advert(group)
         if vo_why:
@@ -325,7 +324,11 @@ class Frontend:
         return out
 
     async def _group_tokens(
-        self, http: httpx.AsyncClient, group: GroupConfig, pool: Source, entries: set[str]
+        self,
+        http: httpx.AsyncClient,
+        group: GroupConfig,
+        pool: Source,
+        entries: dict[str, str | None],
     ) -> tuple[GroupTokens | None, str]:
         """The group's pilot tokens for this cycle (one per entry), or why none."""
         try:
@@ -449,18 +452,16 @@ class Frontend:
                 out[f.name] = f"not sent: {why}"
                 continue
             pool = self.config.group_pool(group)
-            held = self.pilot_tokens.current(pool.name, group.name, None)
-            if held is None:
-                out[f.name] = f"cannot stop removal (no valid pilot token): {why}"
-                continue
             tokens = GroupTokens(
-                held,
                 {
                     n: t
                     for n in mine
                     if (t := self.pilot_tokens.current(pool.name, group.name, n)) is not None
-                },
+                }
             )
+            if len(tokens.entries) < len(mine):
+                out[f.name] = f"cannot stop removal (no valid pilot token): {why}"
+                continue
             entries = {n: without_removal(m) for n, m in mine.items()}
             err = await self._put(http, group, pool, f, entries, tokens, self._vo_advert(group)[0])
             if err is None:

@@ -27,7 +27,7 @@ from glidewms.pool.routes.deps import PoolContext, WorkSignal
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import FairShare, PoolStore
 from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
-from glidewms.security.tokens import TokenIssuer, TokenVerifier
+from glidewms.security.tokens import PILOT_KID, TokenIssuer, TokenVerifier
 
 log = logging.getLogger(__name__)
 FILES = f"{API_PREFIX}/files/"  # uploads stream to disk under their own cap
@@ -59,11 +59,8 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         store=store,
         files=SandboxStore(config.state_dir / "files"),
         signal=WorkSignal(),
-        issuer=(
-            TokenIssuer.from_file(config.issuer_private_key) if config.issuer_private_key else None
-        ),
+        issuer=pilot_issuer(config),
     )
-    public_key = config.issuer_public_key or config.state_dir.parent / "keys" / "issuer.pub"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,7 +77,9 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     app.add_exception_handler(RequestValidationError, invalid_body)
     app.add_middleware(BodyLimit, most=config.max_request_bytes, unlimited_prefix=FILES)
     app.add_middleware(VersionHeader)
-    app.state.verifier = TokenVerifier.from_file(public_key)
+    app.state.verifier = TokenVerifier.from_file(
+        config.resolved_issuer_public_key(), config.resolved_pilot_issuer_public_key()
+    )
     app.state.pool = pool
     app.state.public_url = public_url
     app.include_router(admin.health)
@@ -95,6 +94,12 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app
+
+
+def pilot_issuer(config: PoolConfig) -> TokenIssuer | None:
+    """The pilot issuer the pool mints pilot tokens with, if it has its key."""
+    key = config.resolved_pilot_issuer_private_key()
+    return TokenIssuer.from_file(key, PILOT_KID) if key is not None else None
 
 
 async def upkeep(pool: PoolContext) -> None:

@@ -11,7 +11,7 @@ from glidewms.service import serve
 
 def load(path: Path | None) -> PoolConfig:
     config = load_config(PoolConfig, path)
-    key = config.issuer_public_key or config.state_dir.parent / "keys" / "issuer.pub"
+    key = config.resolved_issuer_public_key()
     if not Path(key).is_file():
         raise ConfigError(
             f"{path or 'pool defaults'}: issuer_public_key: no public key at {key}; "

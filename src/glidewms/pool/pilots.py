@@ -7,6 +7,13 @@ lease run out is a *site* failure (evicted, requeued, and held after
 (completed, with its exit code: exit.py). Both are recorded in the job's
 events and in the pool's counters. Pilots and their jobs move only as their
 lifecycles allow (lifecycle.py).
+
+Every pilot is bound to the identity that registered it (`PilotOwner`: the
+token's subject and its fe, group, entry and site claims), and every call
+about it that names an owner must come from the same identity: another's
+pilot is answered as if it did not exist (NotFound), so pilot ids are not
+confirmed to whoever guesses them. The owner is compared with the pilot's
+row, which each of these calls reads anyway: no query is added to a turn.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +50,33 @@ LEFT = PILOT.target(PilotCause.DEREGISTER)
 LOST = PILOT.target(PilotCause.EXPIRE)
 
 
+@dataclass(frozen=True)
+class PilotOwner:
+    """The identity a pilot is bound to: its registering token's subject and claims."""
+
+    subject: str
+    frontend: str | None = None
+    group: str | None = None
+    entry: str | None = None
+    site: str | None = None
+
+    def owns(self, row: Any) -> bool:
+        """Is the pilot of this row ours? Subject, frontend, group and entry must
+        be the same; the site must too where both tokens name one (a token
+        renewed with a site its entry's earlier one lacked is the same pilot's;
+        one of another site is not). A pilot registered before identities were
+        kept (NULL token_subject) is bound to its frontend and group only."""
+        if row.token_subject is None:
+            return bool(row.frontend == self.frontend and row.group_name == self.group)
+        return bool(
+            row.token_subject == self.subject
+            and row.frontend == self.frontend
+            and row.group_name == self.group
+            and row.token_entry == self.entry
+            and (row.token_site is None or self.site is None or row.token_site == self.site)
+        )
+
+
 class Pilots:
     def __init__(self, shared: Shared, matching: Matching, max_job_restarts: int) -> None:
         self.shared = shared
@@ -49,12 +84,7 @@ class Pilots:
         self.max_job_restarts = max_job_restarts
 
     def register(
-        self,
-        slot: dict[str, Any],
-        glidein_id: str | None,
-        frontend: str | None,
-        group: str | None,
-        lease: float,
+        self, slot: dict[str, Any], glidein_id: str | None, owner: PilotOwner, lease: float
     ) -> str:
         check_slot(slot, self.shared.limits.ads)  # Refused (422): nothing stored
         pilot_id = uuid.uuid4().hex[:16]
@@ -64,8 +94,11 @@ class Pilots:
                 pilots.insert().values(
                     pilot_id=pilot_id,
                     glidein_id=glidein_id,
-                    frontend=frontend,
-                    group_name=group,
+                    frontend=owner.frontend,
+                    group_name=owner.group,
+                    token_subject=owner.subject,
+                    token_entry=owner.entry,
+                    token_site=owner.site,
                     slot=slot,
                     state=REGISTERED,
                     registered_at=now,
@@ -79,10 +112,11 @@ class Pilots:
         return pilot_id
 
     @staticmethod
-    def live(conn: Connection, pilot_id: str) -> Any:
-        """The pilot's row; NotFound, or PilotGone once it left or was lost."""
+    def live(conn: Connection, pilot_id: str, owner: PilotOwner | None = None) -> Any:
+        """The pilot's row; NotFound (also when `owner` is given and the pilot is
+        another's), or PilotGone once it left or was lost."""
         row = conn.execute(_PILOT, {"b_pilot": pilot_id}).first()
-        if row is None:
+        if row is None or (owner is not None and not owner.owns(row)):
             raise NotFound(f"no pilot {pilot_id}")
         if row.state in ENDED_PILOTS:
             raise PilotGone(f"pilot {pilot_id} is {row.state}")
@@ -95,13 +129,11 @@ class Pilots:
         pilot_lease: float,
         claim_lease: float,
         retiring: bool | None = None,
+        owner: PilotOwner | None = None,
     ) -> dict[str, Any]:
         now = time.time()
-        if retiring:
-            with self.shared.lock:  # a retiring pilot waits for nothing
-                self.matching.unreserve(pilot_id)
         with self.shared.engine.begin() as conn:
-            pilot = self.live(conn, pilot_id)
+            pilot = self.live(conn, pilot_id, owner)
             values: dict[str, Any] = {"last_seen": now, "lease_expires": now + pilot_lease}
             if retiring is not None:
                 values["retiring"] = retiring
@@ -117,27 +149,32 @@ class Pilots:
                     )
                     .values(lease_expires=now + claim_lease)
                 )
-                held = {
+                held = {  # this pilot's: another pilot's claim is not held here
                     r[0]
                     for r in conn.execute(
                         sa.select(jobs.c.claim_id).where(
-                            jobs.c.claim_id.in_(list(claim_ids)), jobs.c.state == JobState.RUNNING
+                            jobs.c.claim_id.in_(list(claim_ids)),
+                            jobs.c.pilot_id == pilot_id,
+                            jobs.c.state == JobState.RUNNING,
                         )
                     )
                 }
+        if retiring:
+            with self.shared.lock:  # a retiring pilot waits for nothing
+                self.matching.unreserve(pilot_id)
         return {
             "lease_seconds": claim_lease,
             "drain": bool(pilot.drain),
             "kill": [c for c in claim_ids if c not in held],
         }
 
-    def deregister(self, pilot_id: str, reason: str) -> None:
+    def deregister(self, pilot_id: str, reason: str, owner: PilotOwner | None = None) -> None:
         now = time.time()
         shared = self.shared
         with shared.lock:
             moved = []
             with shared.engine.begin() as conn:
-                pilot = self.live(conn, pilot_id)
+                pilot = self.live(conn, pilot_id, owner)
                 PILOT.check(pilot.state, LEFT, PilotCause.DEREGISTER)
                 conn.execute(
                     pilots.update()

@@ -106,6 +106,11 @@ pilots = sa.Table(
     sa.Column("free", sa.JSON, nullable=True),
     # the pilot said it takes no new work (drain, lifetime reached) (v2)
     sa.Column("retiring", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    # the token that registered the pilot (with frontend and group_name, its fe and
+    # group claims): every later call must come with the same identity (v5)
+    sa.Column("token_subject", sa.String(256), nullable=True),
+    sa.Column("token_entry", sa.String(128), nullable=True),
+    sa.Column("token_site", sa.String(128), nullable=True),
     sa.Index("ix_pilots_state_lease", "state", "lease_expires"),
 )
 
@@ -229,4 +234,18 @@ def _v5_file_refs(conn: Connection) -> None:
             conn.execute(file_refs.insert(), new)
 
 
-MIGRATIONS = [_initial, _v2_fair_share, _v3_policies, _v4_exit_policy, _v5_file_refs]
+def _v6_pilot_identity(conn: Connection) -> None:
+    """The identity that registered each pilot. Pilots registered before have
+    none (NULL subject): they stay bound to their frontend and group only."""
+    for name in ("token_subject", "token_entry", "token_site"):
+        _add_missing_column(conn, pilots, name)
+
+
+MIGRATIONS = [
+    _initial,
+    _v2_fair_share,
+    _v3_policies,
+    _v4_exit_policy,
+    _v5_file_refs,
+    _v6_pilot_identity,
+]

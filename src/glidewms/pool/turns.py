@@ -20,6 +20,12 @@ keeps in memory what its database does not say.
 The older single calls (one claim, one completion) are turns too: `claim`
 and `claim_many` are turns that report nothing, `complete` one that claims
 nothing.
+
+A turn given an `owner` (pilots.PilotOwner, from the caller's token) is
+refused as if the pilot did not exist unless the pilot is that owner's; the
+check reads the pilot's row the turn reads anyway. Completions are bound to
+the pilot: a turn finishes only claims its own pilot holds, and a single
+completion only a claim held by a pilot of the caller's.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from glidewms.pool.exit import Completion, finish
 from glidewms.pool.fairshare import split_submitter
 from glidewms.pool.jobs import Conflict, SpecCache, execution_spec, job_id
 from glidewms.pool.lifecycle import JOB, JobCause, JobState
-from glidewms.pool.pilots import Pilots
+from glidewms.pool.pilots import PilotOwner, Pilots
 from glidewms.pool.schema import events, jobs, pilots
 from glidewms.pool.shared import Shared
 from glidewms.pool.slots import free_from
@@ -58,6 +64,7 @@ class Turns:
         lease: float,
         max_jobs: int,
         now: float,
+        owner: PilotOwner | None = None,
     ) -> tuple[dict[str, bool], list[dict[str, Any]], int]:
         """Finish `completions` and hand out up to `max_jobs` claims, atomically.
 
@@ -71,7 +78,7 @@ class Turns:
         with shared.lock:
             try:
                 with shared.engine.begin() as conn:
-                    pilot = self.pilots.live(conn, pilot_id)
+                    pilot = self.pilots.live(conn, pilot_id, owner)
                     turn_events: list[dict[str, Any]] = []  # ended jobs' first, then started
                     finished = finish(
                         conn,
@@ -111,40 +118,63 @@ class Turns:
         done.update({f.claim_id: True for f in finished})
         return done, claims, sum(1 for f in finished if f.new_state == JobState.IDLE)
 
-    def claim(self, pilot_id: str, free: dict[str, float], lease: float) -> dict[str, Any] | None:
+    def claim(
+        self,
+        pilot_id: str,
+        free: dict[str, float],
+        lease: float,
+        owner: PilotOwner | None = None,
+    ) -> dict[str, Any] | None:
         """Hand the best matching idle job to this pilot, or None.
 
         None also when the pilot is reserved for a larger job that will fit
         once some of its running jobs end (see Matching._choose).
         """
-        found = self.claim_many(pilot_id, free, lease, 1)
+        found = self.claim_many(pilot_id, free, lease, 1, owner)
         return found[0] if found else None
 
     def claim_many(
-        self, pilot_id: str, free: dict[str, float], lease: float, max_jobs: int
+        self,
+        pilot_id: str,
+        free: dict[str, float],
+        lease: float,
+        max_jobs: int,
+        owner: PilotOwner | None = None,
     ) -> list[dict[str, Any]]:
         """Up to ``max_jobs`` claims for this pilot, as that many single claims in a row
         would give, in one transaction."""
-        return self.cycle(pilot_id, (), free, lease, max_jobs, time.time())[1]
+        return self.cycle(pilot_id, (), free, lease, max_jobs, time.time(), owner)[1]
 
     def complete(
-        self, claim_id: str, exit_code: int, outputs: list[dict[str, str]], wall_seconds: float
+        self,
+        claim_id: str,
+        exit_code: int,
+        outputs: list[dict[str, str]],
+        wall_seconds: float,
+        owner: PilotOwner | None = None,
     ) -> tuple[str, JobState]:
         """One completion (the single-call form): (job id, its new state);
-        Conflict if the claim is gone."""
+        Conflict if the claim is gone, or (given `owner`) held by a pilot not
+        of that owner: the two are not told apart."""
         now = time.time()
         shared = self.shared
         with shared.lock:
             with shared.engine.begin() as conn:
+                pilot_id = None
+                if owner is not None:
+                    pilot = conn.execute(_HOLDER, {"b_claim": claim_id}).first()
+                    if pilot is None or not owner.owns(pilot):
+                        raise Conflict(_GONE)
+                    pilot_id = pilot.pilot_id
                 finished = finish(
                     conn,
                     [Completion(claim_id, exit_code, outputs, wall_seconds)],
                     now,
-                    None,
+                    pilot_id,
                     limits=shared.limits,
                 )
                 if not finished:
-                    raise Conflict("claim is no longer held: the job was requeued, held or removed")
+                    raise Conflict(_GONE)
             for f in finished:
                 shared.moved(f.row, f.new_state, now)
         row = finished[0].row
@@ -236,6 +266,14 @@ class Turns:
             )
 
 
+_GONE = "claim is no longer held: the job was requeued, held or removed"
+# The pilot that holds a claim (a single completion checks it is the caller's).
+_HOLDER = sa.select(pilots).where(
+    pilots.c.pilot_id
+    == sa.select(jobs.c.pilot_id)
+    .where(jobs.c.claim_id == sa.bindparam("b_claim"))
+    .scalar_subquery()
+)
 _SET_FREE = (
     pilots.update()
     .where(pilots.c.pilot_id == sa.bindparam("b_pilot"))

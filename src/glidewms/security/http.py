@@ -34,6 +34,10 @@ class Require(HTTPBearer):
                 401, f"invalid token: {exc}", headers={"WWW-Authenticate": "Bearer"}
             ) from exc
         if not identity.has(*self.scopes):
+            if "pilot" in self.scopes and "pilot" in identity.scopes:
+                raise HTTPException(
+                    403, "token scope: a pilot token must carry the pilot scope alone"
+                )
             raise HTTPException(
                 403, f"token lacks scope: one of {', '.join(self.scopes)} is required"
             )

@@ -1,8 +1,11 @@
 """`/glideins`: pilots as frontends see them, and what pilots report about themselves.
 
 A frontend sees its own pilots (admin: all) and their logs; a pilot may only
-report on, and post its trail for, a glidein of the frontend named in its
-token's `fe` claim.
+report on, and post its trail for, a glidein its token covers (`pilot_owns`):
+of the frontend named in its `fe` claim and, where the token has them, of
+its `group`, its `entry` and the glidein named by its `glidein` claim. Others'
+glideins are refused with 403, not hidden: glidein ids name their entry and
+are listed to frontends, so their existence is no secret.
 """
 
 from __future__ import annotations
@@ -67,14 +70,30 @@ class PilotReport(BaseModel):
     detail: str = Field(default="", max_length=65536)
 
 
-def owned(identity: Identity, glidein: Glidein | None, glidein_id: str, claim: str) -> Glidein:
+def owned(identity: Identity, glidein: Glidein | None, glidein_id: str) -> Glidein:
     """The glidein if the caller may see it (admin, or its frontend: the token's
-    subject, or its `claim` when given); 404/403 else."""
+    subject); 404/403 else."""
     if glidein is None:
         raise HTTPException(404, f"no glidein {glidein_id!r}")
-    who = identity.claims.get(claim) if claim else identity.subject
-    if not identity.is_admin and who != glidein.frontend:
+    if not identity.is_admin and identity.subject != glidein.frontend:
         raise HTTPException(403, "this glidein belongs to another frontend")
+    return glidein
+
+
+def pilot_owns(identity: Identity, glidein: Glidein | None, glidein_id: str) -> Glidein:
+    """The glidein if the caller's pilot token covers it (or it is admin); 404/403 else."""
+    if glidein is None:
+        raise HTTPException(404, f"no glidein {glidein_id!r}")
+    if identity.is_admin:
+        return glidein
+    claims = identity.claims
+    if claims.get("fe") != glidein.frontend:
+        raise HTTPException(403, "this pilot token belongs to another frontend")
+    for claim, value in (("group", glidein.group), ("entry", glidein.entry)):
+        if claims.get(claim) is not None and claims[claim] != value:
+            raise HTTPException(403, f"this pilot token is for another {claim}")
+    if claims.get("glidein") is not None and claims["glidein"] != glidein_id:
+        raise HTTPException(403, "this pilot token is for another glidein")
     return glidein
 
 
@@ -118,11 +137,7 @@ async def report(
     glidein_id: str, body: PilotReport, identity: Pilot, store: StoreDep
 ) -> dict[str, Any]:
     """Keep the pilot's final report; the pilot must belong to its token's frontend."""
-    glidein = await asyncio.to_thread(store.get, glidein_id)
-    if glidein is None:
-        raise HTTPException(404, f"no glidein {glidein_id!r}")
-    if not identity.is_admin and identity.claims.get("fe") != glidein.frontend:
-        raise HTTPException(403, "this pilot token belongs to another frontend")
+    pilot_owns(identity, await asyncio.to_thread(store.get, glidein_id), glidein_id)
     data = body.model_dump()
     if len(json.dumps(data)) > MAX_REPORT_BYTES:
         raise HTTPException(413, f"report larger than {MAX_REPORT_BYTES} bytes")
@@ -138,7 +153,7 @@ async def post_log(
 ) -> dict[str, Any]:
     """Append the pilot's log records to its trail in the archive (contract 2)."""
     store = factory.store
-    glidein = owned(identity, await asyncio.to_thread(store.get, glidein_id), glidein_id, "fe")
+    glidein = pilot_owns(identity, await asyncio.to_thread(store.get, glidein_id), glidein_id)
     raw = await request.body()
     if len(raw) > MAX_LOG_BYTES:
         raise HTTPException(413, f"log post larger than {MAX_LOG_BYTES} bytes; send less")
@@ -160,9 +175,7 @@ async def post_log(
 @router.get("/{glidein_id}/logs")
 async def get_logs(glidein_id: str, identity: Frontend, factory: FactoryDep) -> dict[str, Any]:
     """A pilot's stdout, stderr and trail: archived, or live from its backend."""
-    glidein = owned(
-        identity, await asyncio.to_thread(factory.store.get, glidein_id), glidein_id, ""
-    )
+    glidein = owned(identity, await asyncio.to_thread(factory.store.get, glidein_id), glidein_id)
     logs = await asyncio.to_thread(
         factory.archive.read, glidein.entry, glidein.frontend, glidein_id
     )

@@ -21,6 +21,7 @@ from glidewms import classads
 from glidewms.config.pool import PoolConfig
 from glidewms.pool.checks import Refused
 from glidewms.pool.jobs import BadJobId, Conflict, InvalidEdit, InvalidJob, NotFound, PilotGone
+from glidewms.pool.pilots import PilotOwner
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import PoolStore
 from glidewms.security.http import require
@@ -68,6 +69,31 @@ UserCaller = Annotated[Identity, Depends(require("user"))]
 PilotCaller = Annotated[Identity, Depends(require("pilot"))]
 FrontendCaller = Annotated[Identity, Depends(require("frontend"))]
 UserOrPilotCaller = Annotated[Identity, Depends(require("user", "pilot"))]
+
+
+def pilot_owner(who: Identity) -> PilotOwner | None:
+    """The identity a pilot call must match, from the token (None: an admin,
+    who may act on any pilot). A pilot registered by an admin is the admin's."""
+    if who.is_admin:
+        return None
+    return owner_of(who)
+
+
+def owner_of(who: Identity) -> PilotOwner:
+    """The identity a pilot registered with `who` is bound to."""
+    claims = who.claims
+    return PilotOwner(
+        subject=who.subject,
+        frontend=_claim(claims, "fe"),
+        group=_claim(claims, "group"),
+        entry=_claim(claims, "entry"),
+        site=_claim(claims, "site"),
+    )
+
+
+def _claim(claims: dict[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    return None if value is None else str(value)
 
 
 async def call(fn: Callable[..., T], *args: Any) -> T:

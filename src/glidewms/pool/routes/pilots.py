@@ -5,6 +5,13 @@ The turn comes first: Starlette tries routes in order, and it is the one a
 busy pool serves most. The one piece of logic here is the long-poll: a pilot
 with nothing to do waits on the pool's `WorkSignal`, which every submit,
 release and requeue fires, so it gets new work within milliseconds.
+
+Identity: a pilot is bound to the token that registered it (its subject and
+fe, group, entry, site claims; deps.owner_of), and every later call about it
+or its claims must come with a token of the same identity, or be admin's
+(the store refuses the others as if the pilot or claim did not exist: 404
+for a pilot, 409 for a claim, as for unknown ones). Registration takes the
+slot's entry, site and glidein id as the token scopes them (`check_slot`).
 """
 
 from __future__ import annotations
@@ -21,8 +28,16 @@ from pydantic import BaseModel, Field
 from glidewms.pool.checks import AMOUNT, INT32
 from glidewms.pool.exit import Completion
 from glidewms.pool.lifecycle import JOB_STATUS, JobState
-from glidewms.pool.pilots import LEFT
-from glidewms.pool.routes.deps import FrontendCaller, PilotCaller, Pool, call, guarded
+from glidewms.pool.pilots import LEFT, PilotOwner
+from glidewms.pool.routes.deps import (
+    FrontendCaller,
+    PilotCaller,
+    Pool,
+    call,
+    guarded,
+    owner_of,
+    pilot_owner,
+)
 from glidewms.pool.slots import free_from
 
 MAX_CLAIMS_PER_CALL = 64  # claims one call may ask for (ClaimBody.max_jobs)
@@ -103,6 +118,7 @@ async def cycle(
     carried none and nothing could be claimed at once, so a completion is
     never held back by a wait."""
     config, signal, turns = pool.config, pool.signal, pool.store.turns
+    owner = pilot_owner(who)
     deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
     completions = [
         Completion(c.claim_id, c.exit_code, [o.model_dump() for o in c.outputs], c.wall_seconds)
@@ -121,6 +137,7 @@ async def cycle(
             config.claim_lease_seconds,
             body.max_jobs,
             time.time(),
+            owner,
         )
         if requeued:
             signal.notify()  # an exit policy put a job back to idle
@@ -154,19 +171,11 @@ async def list_pilots(pool: Pool, who: FrontendCaller) -> list[dict[str, Any]]:
 
 @router.post("/pilots", status_code=201)
 async def register(body: RegisterBody, pool: Pool, who: PilotCaller) -> dict[str, Any]:
-    entry = who.claims.get("entry")
-    if entry is not None:
-        claimed = body.slot.setdefault("GLIDEIN_Entry_Name", entry)
-        if claimed != entry:
-            raise HTTPException(403, f"this pilot token is for entry {entry!r}, not {claimed!r}")
+    owner = owner_of(who)
+    check_slot(body, owner)
     config = pool.config
     pilot_id = await guarded(
-        pool.store.pilots.register,
-        body.slot,
-        body.glidein_id,
-        who.claims.get("fe"),
-        who.claims.get("group"),
-        config.pilot_lease_seconds,
+        pool.store.pilots.register, body.slot, body.glidein_id, owner, config.pilot_lease_seconds
     )
     return {
         "pilot_id": pilot_id,
@@ -175,11 +184,50 @@ async def register(body: RegisterBody, pool: Pool, who: PilotCaller) -> dict[str
     }
 
 
+def check_slot(body: RegisterBody, owner: PilotOwner) -> None:
+    """Refuse (403, naming the attribute) a slot that contradicts its token.
+
+    A token scoped to an entry registers only slots of that entry (a slot that
+    names none becomes the entry's), and only glidein ids the factory gives
+    that entry's pilots (`<entry>-...`); scoped to a site too, only slots of
+    that site. A slot's GLIDEIN_Id, if any, is the glidein id it registers with.
+    """
+    slot = body.slot
+    named = slot.get("GLIDEIN_Id")
+    if named is not None and body.glidein_id is not None and named != body.glidein_id:
+        raise HTTPException(
+            422, f"slot.GLIDEIN_Id: {named!r} is not the glidein_id {body.glidein_id!r}"
+        )
+    if owner.entry is not None:
+        claimed = slot.setdefault("GLIDEIN_Entry_Name", owner.entry)
+        if claimed != owner.entry:
+            raise HTTPException(
+                403,
+                f"slot.GLIDEIN_Entry_Name: this pilot token is for entry {owner.entry!r}, "
+                f"not {claimed!r}",
+            )
+        glidein = body.glidein_id if body.glidein_id is not None else named
+        if glidein is not None and not str(glidein).startswith(f"{owner.entry}-"):
+            raise HTTPException(
+                403,
+                f"glidein_id: this pilot token is for entry {owner.entry!r}, whose glidein "
+                f"ids begin {owner.entry}-, not {glidein!r}",
+            )
+    if owner.site is not None:
+        site = slot.setdefault("GLIDEIN_Site", owner.site)
+        if site != owner.site:
+            raise HTTPException(
+                403,
+                f"slot.GLIDEIN_Site: this pilot token is for site {owner.site!r}, not {site!r}",
+            )
+
+
 @router.post("/pilots/{pilot_id}/claim")
 async def claim(
     pilot_id: str, body: ClaimBody, request: Request, pool: Pool, who: PilotCaller
 ) -> Any:
     config, signal, turns = pool.config, pool.signal, pool.store.turns
+    owner = pilot_owner(who)
     deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
     while True:
         wake = signal.current()
@@ -188,12 +236,19 @@ async def claim(
             # nobody would run it until its lease ran out.
             return Response(status_code=204)
         if body.max_jobs == 1:  # the original form: one claim, as the object itself
-            found = await guarded(turns.claim, pilot_id, body.free, config.claim_lease_seconds)
+            found = await guarded(
+                turns.claim, pilot_id, body.free, config.claim_lease_seconds, owner
+            )
             if found is not None:
                 return found
         else:
             many = await guarded(
-                turns.claim_many, pilot_id, body.free, config.claim_lease_seconds, body.max_jobs
+                turns.claim_many,
+                pilot_id,
+                body.free,
+                config.claim_lease_seconds,
+                body.max_jobs,
+                owner,
             )
             if many:
                 return {"claims": many}
@@ -216,6 +271,7 @@ async def heartbeat(
         config.pilot_lease_seconds,
         config.claim_lease_seconds,
         body.retiring,
+        pilot_owner(who),
     )
 
 
@@ -229,6 +285,7 @@ async def complete(
         body.exit_code,
         [o.model_dump() for o in body.outputs],
         body.wall_seconds,
+        pilot_owner(who),
     )
     if state == JobState.IDLE:
         pool.signal.notify()  # an exit policy put the job back to idle
@@ -239,6 +296,6 @@ async def complete(
 async def deregister(
     pilot_id: str, body: DeregisterBody, pool: Pool, who: PilotCaller
 ) -> dict[str, Any]:
-    await guarded(pool.store.pilots.deregister, pilot_id, body.reason)
+    await guarded(pool.store.pilots.deregister, pilot_id, body.reason, pilot_owner(who))
     pool.signal.notify()
     return {"pilot_id": pilot_id, "state": LEFT}
