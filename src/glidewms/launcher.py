@@ -5,6 +5,11 @@ config per service (so an operator can read and reuse them), starts each
 service as its own process talking HTTP on loopback, and waits for each to
 publish its URL. Nothing here starts a pilot: pilots come only from the
 factory, when the frontend asks for them.
+
+With `tls` (`glidewms up --tls`) every service speaks HTTPS with one
+certificate for the loopback names, signed by a private CA made here
+(`security.tls.loopback_tls`, under `tls/`); the frontend, the factory's
+pilots and the clients (client.json's `ca_file`) trust that CA alone.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import yaml
 from glidewms.db import make_engine, sqlite_url
 from glidewms.factory.backends.local import LocalId, read_proc_stat
 from glidewms.factory.store import FactoryStore
+from glidewms.security.tls import loopback_tls
 from glidewms.security.tokens import TokenIssuer, generate_keypair, write_secret
 
 SERVICES = ("pool", "factory", "frontend")
@@ -52,6 +58,7 @@ class Options:
     extra_pool: dict[str, Any] = field(default_factory=dict)
     # the frontend's groups; None gives one group, main, matching every entry
     frontend_groups: list[dict[str, Any]] | None = None
+    tls: bool = False  # HTTPS everywhere, with a private CA (see the module docstring)
 
 
 @dataclass
@@ -98,6 +105,7 @@ class Installation:
                 "claim_lease_seconds": o.claim_lease,
                 "pilot_lease_seconds": max(o.claim_lease, o.heartbeat * 3),
                 "heartbeat_seconds": o.heartbeat,
+                **self.tls_settings(client=False),
                 **o.extra_pool,
             },
         )
@@ -127,8 +135,25 @@ class Installation:
                 "issuer_public_key": str(public),
                 "cycle_seconds": o.factory_cycle,
                 "entries": entries,
+                **self.tls_settings(client=True),  # its ca_file goes to the pilots
             },
         )
+
+    # ------------------------------------------------------------ TLS
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The private CA's certificate clients verify services with (None: plain HTTP)."""
+        return self.path("tls", "ca.pem") if self.options.tls else None
+
+    def tls_settings(self, client: bool) -> dict[str, str]:
+        """A service's `tls_cert`/`tls_key` (and `ca_file` for one that is a
+        client or starts pilots); nothing without `tls`. Made on first use."""
+        if not self.options.tls:
+            return {}
+        files = loopback_tls(self.path("tls"))
+        settings = {"tls_cert": str(files.cert), "tls_key": str(files.key)}
+        return {**settings, "ca_file": str(files.ca)} if client else settings
 
     def _write_config(self, name: str, data: dict[str, Any]) -> Path:
         path = self.path("config", f"{name}.yaml")
@@ -162,6 +187,7 @@ class Installation:
                 "cycle_seconds": self.options.frontend_cycle,
                 "groups": self.options.frontend_groups
                 or [{"name": "main", "max_idle_per_entry": self.options.max_pilots}],
+                **self.tls_settings(client=True),
             },
         )
         self._spawn("frontend")
@@ -172,6 +198,7 @@ class Installation:
                 {
                     "pool_url": self.services["pool"].url,
                     "token_file": str(self.path("tokens", "user.token")),
+                    **({"ca_file": str(self.ca_file)} if self.ca_file else {}),
                 },
                 indent=2,
             )

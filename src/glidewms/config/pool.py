@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from glidewms.security.tls import MIB, tls_pair
 
 
 class PoolConfig(BaseModel):
@@ -15,6 +17,12 @@ class PoolConfig(BaseModel):
     listen_host: str = Field("127.0.0.1", description="address to listen on")
     listen_port: int = Field(9618, ge=0, le=65535, description="0 picks a free port")
     url_file: Path | None = Field(None, description="where to write the URL once listening")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; null: plain HTTP"
+    )
+    tls_key: Path | None = Field(
+        None, validate_default=True, description="PEM private key of tls_cert (with tls_cert)"
+    )
     state_dir: Path = Field(
         Path("glidewms-state/pool"), description="database and sandbox files live here"
     )
@@ -75,6 +83,21 @@ class PoolConfig(BaseModel):
     default_priority_factor: float = Field(
         1.0, gt=0, description="factor of users not named in priority_factors"
     )
+
+    max_body_bytes: int = Field(
+        4 * MIB, ge=1024, description="largest request body, unless a key below says otherwise"
+    )
+    max_submit_bytes: int = Field(
+        64 * MIB, ge=1024, description="largest body of a submit (POST /api/v1/jobs)"
+    )
+    max_upload_bytes: int = Field(
+        1024 * MIB, ge=1024, description="largest sandbox file upload (PUT /api/v1/files/...)"
+    )
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return tls_pair(info.data.get("tls_cert"), value)
 
     @field_validator("priority_factors", "group_priority_factors")
     @classmethod

@@ -27,6 +27,7 @@ from glidewms.factory.service import Factory
 from glidewms.factory.stage import bootstrap_path, build_stage
 from glidewms.factory.store import FactoryStore
 from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
+from glidewms.security.asgi import Gate, GatePolicy
 from glidewms.security.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def create_app(
     reload = Reloader(factory, context, reloader)
 
     app = FastAPI(title="glidewms factory", version=API_VERSION, lifespan=lifespan(factory, reload))
+    app.add_middleware(Gate, policy=GatePolicy(max_body=config.max_body_bytes))
     app.add_middleware(VersionHeader)
     app.state.verifier = verifier
     app.state.factory = factory

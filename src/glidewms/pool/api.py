@@ -24,6 +24,7 @@ from glidewms.pool.routes.deps import PoolContext, WorkSignal
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import FairShare, PoolStore
 from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
+from glidewms.security.asgi import BodyCap, Gate, GatePolicy, Route
 from glidewms.security.tokens import TokenIssuer, TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         store.close()
 
     app = FastAPI(title="glidewms pool", version=API_VERSION, lifespan=lifespan)
+    app.add_middleware(Gate, policy=gate_policy(config))
     app.add_middleware(VersionHeader)
     app.state.verifier = TokenVerifier.from_file(public_key)
     app.state.pool = pool
@@ -83,6 +85,22 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app
+
+
+def gate_policy(config: PoolConfig) -> GatePolicy:
+    """Every route needs a token but /healthz and the API's docs; submits and
+    uploads may be larger than other bodies (security/asgi.py)."""
+    return GatePolicy(
+        max_body=config.max_body_bytes,
+        caps=(
+            BodyCap(
+                Route("POST", f"{API_PREFIX}/jobs"), config.max_submit_bytes, "max_submit_bytes"
+            ),
+            BodyCap(
+                Route("PUT", f"{API_PREFIX}/files/"), config.max_upload_bytes, "max_upload_bytes"
+            ),
+        ),
+    )
 
 
 async def upkeep(pool: PoolContext) -> None:
