@@ -147,8 +147,11 @@ mkdir -p "$meta"
 ca='' ca_opt=()
 if [ -n "$ca_b64$ca_src" ]; then
   ca=$work/ca.pem ca_opt=(--cacert "$ca")
-  if [ -n "$ca_b64" ]; then printf '%s' "$ca_b64" | base64 -d > "$ca" 2>/dev/null; else cp "$ca_src" "$ca"; fi
-  grep -q -e '-----BEGIN CERTIFICATE-----' "$ca" 2>/dev/null \
+  if [ -z "$ca_b64" ]; then cp "$ca_src" "$ca"
+  elif command -v base64 >/dev/null 2>&1; then printf '%s' "$ca_b64" | base64 -d > "$ca" 2>/dev/null
+  else printf '%s' "$ca_b64" | "$PY" -c 'import base64, sys
+sys.stdout.buffer.write(base64.b64decode(sys.stdin.read()))' > "$ca" 2>/dev/null; fi
+  [[ $(< "$ca") == *"-----BEGIN CERTIFICATE-----"* ]] 2>/dev/null \
     || { log "--ca-cert/--ca-file: no PEM certificate in the CA bundle"; exit $EXIT_USAGE; }
 fi
 
