@@ -19,13 +19,15 @@ import httpx
 import pytest
 
 from glidewms.client import ClientError, ClientSettings, PoolClient
-from glidewms.config.factory import EntryConfig
+from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.factory.api import create_app as factory_app
 from glidewms.factory.pilot_args import pilot_arguments
 from glidewms.factory.stage import Stage
 from glidewms.factory.store import StoredRequest
 from glidewms.glidein.agent.http import Api, HttpStatusError, TransportError
 from glidewms.launcher import Installation, Options
 from glidewms.security.tls import LoopbackTls, client_context, loopback_tls
+from glidewms.security.tokens import generate_keypair
 from glidewms.submit import parse_submit
 from tests.harness import SYSTEM_SETTINGS, kill_leftover_pilots, wait_for
 from tests.unit.test_bootstrap import (  # the bootstrap tests' stand-ins and fixtures
@@ -168,3 +170,18 @@ def pilot_args_for(ca_file: Path | None) -> tuple[str, ...]:
     request = StoredRequest("fe1", "main", "https://pool:1", {"e": {"idle": 1}}, None, 0.0, {})
     entry = EntryConfig(name="e", site="S")
     return pilot_arguments(entry, request, "g-1", "https://factory:1", stage, ca_file=ca_file)
+
+
+def test_a_factory_behind_a_name_tells_pilots_that_name(tmp_path: Path) -> None:
+    """Across hosts the certificate names the host (or a proxy), not the
+    address the factory listens on: `public_url` is what pilots call."""
+    _, public = generate_keypair(tmp_path / "keys")
+    config = FactoryConfig(
+        state_dir=tmp_path / "factory",
+        issuer_public_key=public,
+        public_url="https://factory.example.org:9620",
+    )
+    app = factory_app(config, "https://10.0.0.5:9620")
+    assert app.state.factory.public_url == "https://factory.example.org:9620"
+    plain = FactoryConfig(state_dir=tmp_path / "factory", issuer_public_key=public)
+    assert factory_app(plain, "https://10.0.0.5:9620").state.factory.public_url.endswith(".5:9620")

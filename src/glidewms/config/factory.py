@@ -294,6 +294,12 @@ class FactoryConfig(BaseModel):
         "sent to each pilot (--ca-cert); null: the worker node's system store",
     )
     max_body_bytes: int = Field(default=4 * MIB, ge=1024, description="largest request body")
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+$",
+        description="the URL pilots call the factory at (the name its certificate carries, "
+        "or a reverse proxy's); default the listening address",
+    )
     state_dir: Path = Field(
         default=Path("./glidewms-state/factory"),
         description="database, stage, pilot logs and credentials live here",

@@ -110,6 +110,7 @@ def create_app(
     """
     # Pilots run elsewhere (another cwd): every path handed to them must be absolute.
     config = config.model_copy(update={"state_dir": config.state_dir.resolve()})
+    public_url = config.public_url or public_url  # what pilots are told to call
     key_path = config.resolved_issuer_public_key()
     if not key_path.is_file():
         raise ConfigError(f"issuer_public_key: {key_path} does not exist")
