@@ -5,6 +5,8 @@ arguments, the environment (`GLIDEWMS_POOL_URL`, `GLIDEWMS_TOKEN_FILE`), and
 the `client.json` that `glidewms up` writes in its state directory
 (`GLIDEWMS_STATE`, default `./glidewms-state`). The token is read from a file,
 never taken from a command-line argument, so it cannot leak through `ps`.
+An https pool is verified against the CA bundle found the same way
+(`GLIDEWMS_CA_FILE`, client.json's `ca_file`), else the system store.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from glidewms.protocol import API_PREFIX, VERSION_HEADER, IncompatiblePeer, check_peer
+from glidewms.security.tls import TlsError, client_context, discover_ca_file
 
 if TYPE_CHECKING:
     from glidewms.submit import SubmitDescription
@@ -44,6 +47,7 @@ def error_detail(response: httpx.Response) -> str:
 class ClientSettings:
     pool_url: str
     token_file: Path
+    ca_file: Path | None = None  # None: the system store verifies an https pool
 
     @classmethod
     def discover(
@@ -60,7 +64,7 @@ class ClientSettings:
                 "no pool to talk to: run `glidewms up` in this directory, or set "
                 "GLIDEWMS_POOL_URL and GLIDEWMS_TOKEN_FILE (or pass --pool and --token-file)"
             )
-        return cls(url.rstrip("/"), Path(token))
+        return cls(url.rstrip("/"), Path(token), discover_ca_file(state))
 
 
 def sha256_of(path: Path) -> str:
@@ -80,10 +84,15 @@ class PoolClient:
                 f"cannot read token file {settings.token_file}: {exc.strerror}"
             ) from None
         self.url = settings.pool_url
+        try:
+            verify = client_context(settings.ca_file)
+        except TlsError as exc:
+            raise ClientError(str(exc)) from None
         self._http = httpx.Client(
             base_url=f"{self.url}{API_PREFIX}",
             timeout=timeout,
             headers={"Authorization": f"Bearer {token}"},
+            verify=verify,
         )
 
     def close(self) -> None:

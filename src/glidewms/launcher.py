@@ -10,6 +10,11 @@ Keys: `keys/issuer.key` signs the tokens written here (user, admin, frontend)
 and is given to no service; the pool gets only `keys/pilot_issuer.key`, which
 signs pilot tokens and nothing else (security/tokens.py). Every service
 verifies with both public keys.
+
+With `tls` (`glidewms up --tls`) every service speaks HTTPS with one
+certificate for the loopback names, signed by a private CA made here
+(`security.tls.loopback_tls`, under `tls/`); the frontend, the factory's
+pilots and the clients (client.json's `ca_file`) trust that CA alone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import yaml
 from glidewms.db import make_engine, sqlite_url
 from glidewms.factory.backends.local import LocalId, read_proc_stat
 from glidewms.factory.store import FactoryStore
+from glidewms.security.tls import loopback_tls
 from glidewms.security.tokens import TokenIssuer, generate_keypair, write_secret
 
 SERVICES = ("pool", "factory", "frontend")
@@ -57,6 +63,7 @@ class Options:
     extra_pool: dict[str, Any] = field(default_factory=dict)
     # the frontend's groups; None gives one group, main, matching every entry
     frontend_groups: list[dict[str, Any]] | None = None
+    tls: bool = False  # HTTPS everywhere, with a private CA (see the module docstring)
 
 
 @dataclass
@@ -105,6 +112,7 @@ class Installation:
                 "claim_lease_seconds": o.claim_lease,
                 "pilot_lease_seconds": max(o.claim_lease, o.heartbeat * 3),
                 "heartbeat_seconds": o.heartbeat,
+                **self.tls_settings(client=False),
                 **o.extra_pool,
             },
         )
@@ -135,8 +143,25 @@ class Installation:
                 "pilot_issuer_public_key": str(pilot_public),
                 "cycle_seconds": o.factory_cycle,
                 "entries": entries,
+                **self.tls_settings(client=True),  # its ca_file goes to the pilots
             },
         )
+
+    # ------------------------------------------------------------ TLS
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The private CA's certificate clients verify services with (None: plain HTTP)."""
+        return self.path("tls", "ca.pem") if self.options.tls else None
+
+    def tls_settings(self, client: bool) -> dict[str, str]:
+        """A service's `tls_cert`/`tls_key` (and `ca_file` for one that is a
+        client or starts pilots); nothing without `tls`. Made on first use."""
+        if not self.options.tls:
+            return {}
+        files = loopback_tls(self.path("tls"))
+        settings = {"tls_cert": str(files.cert), "tls_key": str(files.key)}
+        return {**settings, "ca_file": str(files.ca)} if client else settings
 
     def _write_config(self, name: str, data: dict[str, Any]) -> Path:
         path = self.path("config", f"{name}.yaml")
@@ -171,6 +196,7 @@ class Installation:
                 "cycle_seconds": self.options.frontend_cycle,
                 "groups": self.options.frontend_groups
                 or [{"name": "main", "max_idle_per_entry": self.options.max_pilots}],
+                **self.tls_settings(client=True),
             },
         )
         self._spawn("frontend")
@@ -181,6 +207,7 @@ class Installation:
                 {
                     "pool_url": self.services["pool"].url,
                     "token_file": str(self.path("tokens", "user.token")),
+                    **({"ca_file": str(self.ca_file)} if self.ca_file else {}),
                 },
                 indent=2,
             )

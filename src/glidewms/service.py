@@ -3,6 +3,9 @@
 Binding first lets a service take port 0 (any free port) and publish the real
 URL in a file before serving, which is how `glidewms up` and the tests find
 each other without guessing ports or sleeping.
+
+With a certificate and key (the `tls_cert`/`tls_key` of every service's
+configuration) uvicorn serves HTTPS and the published URL says https.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pathlib import Path
 
 import uvicorn
 
+from glidewms.config.loader import ConfigError
 from glidewms.protocol import ASGIApp
+from glidewms.security.tls import TlsError, server_context
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +70,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -80,21 +85,41 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def serve(
-    make_app: Callable[[str], ASGIApp], host: str, port: int, url_file: Path | None = None
+    make_app: Callable[[str], ASGIApp],
+    host: str,
+    port: int,
+    url_file: Path | None = None,
+    *,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
-    """Serve the app built by `make_app(url)` until SIGINT/SIGTERM.
+    """Serve the app built by `make_app(url)` until SIGINT/SIGTERM, over HTTPS
+    when given `tls_cert` and `tls_key` (checked before anything starts).
 
     The app gets its own public URL (factories hand it to pilots); the URL is
     written to `url_file` once the socket listens. uvicorn runs on uvloop and
     httptools when they are installed (the `fast` extra), else on asyncio and h11.
     """
+    tls = tls_cert is not None and tls_key is not None
+    if tls_cert is not None and tls_key is not None:
+        try:
+            server_context(tls_cert, tls_key)
+        except TlsError as exc:
+            raise ConfigError(str(exc)) from None
     sock = bind(host, port)
-    url = url_of(sock)
+    url = url_of(sock, tls)
     app = make_app(url)
     if url_file is not None:
         write_atomically(Path(url_file), url + "\n")
     log.info("listening on %s", url)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        ssl_certfile=tls_cert if tls else None,
+        ssl_keyfile=tls_key if tls else None,
+    )
     server = _Server(config)
     try:
         server.run(sockets=[sock])

@@ -35,7 +35,7 @@ def small(pool_config: PoolConfig) -> Iterator[TestClient]:
     pool_config.max_attribute_bytes = 1024
     pool_config.max_ad_bytes = 4096
     pool_config.max_upload_bytes = 1000
-    pool_config.max_request_bytes = 1 << 16
+    pool_config.max_body_bytes = 1 << 16
     with TestClient(create_app(pool_config)) as client:
         yield client
 

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from glidewms.client import ClientError, ClientSettings, PoolClient
 from glidewms.launcher import Installation, LaunchError, Options
+from glidewms.security.tls import client_context
 from glidewms.submit import load_submit
 
 console = Console(highlight=False)
@@ -59,6 +60,7 @@ def run_up(options: Options) -> int:
         inst.stop()
         return 1
     root = inst.root
+    ca_line = f"\n  export GLIDEWMS_CA_FILE={inst.ca_file}" if inst.ca_file else ""
     console.print(f"""
 [bold]glidewms is up[/bold] (state in {root})
   pool      {inst.services["pool"].url}   (API docs: {inst.services["pool"].url}/docs)
@@ -68,7 +70,7 @@ def run_up(options: Options) -> int:
 
 Submit from this directory (the client reads {root}/client.json), or elsewhere after
   export GLIDEWMS_POOL_URL={inst.services["pool"].url}
-  export GLIDEWMS_TOKEN_FILE={inst.token_file("user")}
+  export GLIDEWMS_TOKEN_FILE={inst.token_file("user")}{ca_line}
 then: glidewms submit job.sub; glidewms q; glidewms history; glidewms fetch 1.0
 Ctrl-C stops the services.""")
     stop = False
@@ -113,6 +115,7 @@ class Watcher:
             base_url=inst.services["factory"].url,
             timeout=10,
             headers={"Authorization": f"Bearer {token}"},
+            verify=client_context(inst.ca_file),
         )
 
     def jobs(self) -> Counter[str]:
@@ -138,6 +141,7 @@ def run_demo(
     job_seconds: float,
     timeout: float,
     entries: list[dict[str, Any]] | None = None,
+    tls: bool = False,
 ) -> int:
     if state_dir.exists():
         if not (state_dir / MARKER).exists():
@@ -158,6 +162,7 @@ def run_demo(
         heartbeat=5.0,
         claim_lease=30.0,
         entries=entries,
+        tls=tls,
     )
     inst = Installation(options)
     where = (
@@ -182,7 +187,7 @@ def run_demo(
 
 
 def _run(inst: Installation, jobs: int, job_seconds: float, timeout: float) -> int:
-    settings = ClientSettings(inst.services["pool"].url, inst.token_file("user"))
+    settings = ClientSettings(inst.services["pool"].url, inst.token_file("user"), inst.ca_file)
     workload = write_workload(inst.root / "workload", jobs, job_seconds)
     with PoolClient(settings) as client:
         result = client.submit(load_submit(workload))

@@ -12,6 +12,7 @@ import typer
 
 from glidewms.frontend.explain_text import render
 from glidewms.protocol import API_PREFIX, VERSION_HEADER, IncompatiblePeer, check_peer
+from glidewms.security.tls import TlsError, client_context, discover_ca_file
 
 
 def _find(url: str | None, token_file: Path | None, state_dir: Path) -> tuple[str, str]:
@@ -76,8 +77,9 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
                 params=params,
                 timeout=30,
                 headers={"Authorization": f"Bearer {token}"},
+                verify=client_context(discover_ca_file(state_dir)),
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, TlsError) as exc:
             typer.echo(f"error: cannot reach the frontend at {base}: {exc}", err=True)
             raise typer.Exit(1) from None
         try:

@@ -94,6 +94,16 @@ EntriesOption = Annotated[
 ]
 
 
+TlsOption = Annotated[
+    bool,
+    typer.Option(
+        "--tls",
+        help="HTTPS between everything, with a private CA made for this machine "
+        "(STATE_DIR/tls/ca.pem; see docs/security.md)",
+    ),
+]
+
+
 def _entries(path: Path | None) -> list[dict] | None:
     """Entries from a YAML file, validated now so a typo fails before anything starts."""
     if path is None:
@@ -125,6 +135,7 @@ def up(
         int, typer.Option(help="seconds before an idle pilot leaves")
     ] = 300,
     entries: EntriesOption = None,
+    tls: TlsOption = False,
 ) -> None:
     """Run pool, factory and frontend on this machine until Ctrl-C."""
     from glidewms.cli.demo import run_up
@@ -137,6 +148,7 @@ def up(
                 max_pilots=max_pilots,
                 pilot_idle_timeout=pilot_idle_timeout,
                 entries=_entries(entries),
+                tls=tls,
             )
         )
     )
@@ -152,6 +164,7 @@ def demo(
     job_seconds: Annotated[float, typer.Option(min=0, help="how long each job sleeps")] = 1.0,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 600,
     entries: EntriesOption = None,
+    tls: TlsOption = False,
 ) -> None:
     """Start everything, run a sample workload through pilots, and report.
 
@@ -167,6 +180,7 @@ def demo(
             job_seconds=job_seconds,
             timeout=timeout,
             entries=_entries(entries),
+            tls=tls,
         )
     )
 

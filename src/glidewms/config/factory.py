@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,6 +38,7 @@ from glidewms.config.loader import (
 )
 from glidewms.config.sites import BatchConfig, CondorConfig, SshConfig, check_environment
 from glidewms.db import sqlite_url
+from glidewms.security.tls import MIB, read_ca_bundle, tls_pair
 
 __all__ = [
     "BackendKind",
@@ -72,6 +74,7 @@ RESERVED_ATTRIBUTES = frozenset(
         "GLIDEIN_Work_Dir",
         "GLIDEIN_Token_File",
         "GLIDEIN_Attrs",
+        "GLIDEIN_CA_File",
     ]
 )
 
@@ -279,6 +282,24 @@ class FactoryConfig(BaseModel):
     listen_host: str = Field(default="127.0.0.1", description="address to listen on")
     listen_port: int = Field(default=9620, ge=0, le=65535, description="0 = any free port")
     url_file: Path | None = Field(default=None, description="where to write the URL once up")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; null: plain HTTP"
+    )
+    tls_key: Path | None = Field(
+        None, validate_default=True, description="PEM private key of tls_cert (with tls_cert)"
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle pilots verify the factory, pool and VO stages against; "
+        "sent to each pilot (--ca-cert); null: the worker node's system store",
+    )
+    max_body_bytes: int = Field(default=4 * MIB, ge=1024, description="largest request body")
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+$",
+        description="the URL pilots call the factory at (the name its certificate carries, "
+        "or a reverse proxy's); default the listening address",
+    )
     state_dir: Path = Field(
         default=Path("./glidewms-state/factory"),
         description="database, stage, pilot logs and credentials live here",
@@ -306,6 +327,18 @@ class FactoryConfig(BaseModel):
     entry_files: list[Path] = Field(
         default_factory=list, description="YAML files with one entry or a list, merged in"
     )
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return tls_pair(info.data.get("tls_cert"), value)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_ca_bundle(value)  # a TlsError (a ValueError) names the file
+        return value
 
     @field_validator("entries")
     @classmethod

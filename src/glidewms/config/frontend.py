@@ -10,10 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from glidewms import classads
 from glidewms.protocol import RemovalStage
+from glidewms.security.tls import read_ca_bundle, tls_pair
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -167,6 +175,18 @@ class FrontendConfig(BaseModel):
     listen_host: str = Field("127.0.0.1", description="address of the status API")
     listen_port: int = Field(9621, ge=0, le=65535, description="0 picks a free port")
     url_file: Path | None = Field(None, description="where to write the URL once listening")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; null: plain HTTP"
+    )
+    tls_key: Path | None = Field(
+        None, validate_default=True, description="PEM private key of tls_cert (with tls_cert)"
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle the pools' and factories' certificates are verified "
+        "against; null: the system store",
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest request body")
     public_url: str | None = Field(
         None,
         pattern=r"^https?://[^\s/]+",
@@ -204,6 +224,18 @@ class FrontendConfig(BaseModel):
     groups: list[GroupConfig] = Field(
         default_factory=lambda: [GroupConfig()], description="default: one group, main"
     )
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return tls_pair(info.data.get("tls_cert"), value)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_ca_bundle(value)  # a TlsError (a ValueError) names the file
+        return value
 
     @model_validator(mode="after")
     def _references(self) -> FrontendConfig:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from glidewms.classad_limits import DEFAULT_LIMITS, AdLimits
 from glidewms.classads import CEILING
+from glidewms.security.tls import MIB, tls_pair
 
 
 class PoolConfig(BaseModel):
@@ -19,6 +20,12 @@ class PoolConfig(BaseModel):
     listen_host: str = Field("127.0.0.1", description="address to listen on")
     listen_port: int = Field(9618, ge=0, le=65535, description="0 picks a free port")
     url_file: Path | None = Field(None, description="where to write the URL once listening")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; null: plain HTTP"
+    )
+    tls_key: Path | None = Field(
+        None, validate_default=True, description="PEM private key of tls_cert (with tls_cert)"
+    )
     state_dir: Path = Field(
         Path("glidewms-state/pool"), description="database and sandbox files live here"
     )
@@ -134,15 +141,6 @@ class PoolConfig(BaseModel):
     max_jobs_per_request: int = Field(
         100_000, ge=1, description="most jobs one submit queues, and job ids one action names"
     )
-    max_request_bytes: int = Field(
-        256 << 20,
-        ge=1 << 16,
-        description="largest request body but file uploads (413 past it, refused before "
-        "reading when Content-Length says so)",
-    )
-    max_upload_bytes: int = Field(
-        128 << 20, ge=1, description="largest sandbox file upload (refused while streaming)"
-    )
     max_events_per_job: int = Field(
         1000, ge=10, description="events kept per job: the first and the latest ones"
     )
@@ -167,6 +165,24 @@ class PoolConfig(BaseModel):
                 "which can mint pilot tokens only"
             )
         return data
+
+    max_body_bytes: int = Field(
+        4 * MIB, ge=1024, description="largest request body, unless a key below says otherwise"
+    )
+    max_submit_bytes: int = Field(
+        64 * MIB, ge=1024, description="largest body of a submit (POST /api/v1/jobs)"
+    )
+    max_upload_bytes: int = Field(
+        128 * MIB,
+        ge=1024,
+        description="largest sandbox file upload (PUT /api/v1/files/...; 413 from "
+        "Content-Length, or while streaming)",
+    )
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return tls_pair(info.data.get("tls_cert"), value)
 
     @field_validator("priority_factors", "group_priority_factors")
     @classmethod

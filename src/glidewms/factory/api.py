@@ -27,6 +27,7 @@ from glidewms.factory.service import Factory
 from glidewms.factory.stage import bootstrap_path, build_stage
 from glidewms.factory.store import FactoryStore
 from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
+from glidewms.security.asgi import Gate, GatePolicy
 from glidewms.security.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def create_app(
     """
     # Pilots run elsewhere (another cwd): every path handed to them must be absolute.
     config = config.model_copy(update={"state_dir": config.state_dir.resolve()})
+    public_url = config.public_url or public_url  # what pilots are told to call
     key_path = config.resolved_issuer_public_key()
     if not key_path.is_file():
         raise ConfigError(f"issuer_public_key: {key_path} does not exist")
@@ -119,6 +121,7 @@ def create_app(
     reload = Reloader(factory, context, reloader)
 
     app = FastAPI(title="glidewms factory", version=API_VERSION, lifespan=lifespan(factory, reload))
+    app.add_middleware(Gate, policy=GatePolicy(max_body=config.max_body_bytes))
     app.add_middleware(VersionHeader)
     app.state.verifier = verifier
     app.state.factory = factory

@@ -17,6 +17,7 @@ import httpx
 
 from glidewms.client import error_detail
 from glidewms.protocol import API_PREFIX, VERSION_HEADER, IncompatiblePeer, check_peer
+from glidewms.security.tls import TlsError, client_context, discover_ca_file
 
 
 class FactoryClientError(Exception):
@@ -40,10 +41,15 @@ class FactoryClient:
             raise FactoryClientError(
                 f"cannot read the token file {token_path}: {exc.strerror}"
             ) from None
+        try:  # an https factory: verified against $GLIDEWMS_CA_FILE or `glidewms up`'s CA
+            verify = client_context(discover_ca_file(state))
+        except TlsError as exc:
+            raise FactoryClientError(str(exc)) from None
         self.http = httpx.Client(
             base_url=url.rstrip("/") + API_PREFIX,
             timeout=30,
             headers={"Authorization": f"Bearer {token}"},
+            verify=verify,
         )
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:

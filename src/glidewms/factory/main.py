@@ -55,4 +55,6 @@ def run(config_path: Path | None) -> None:
         config.listen_host,
         config.listen_port,
         config.url_file,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
     )

@@ -3,16 +3,22 @@
 One pure function, so every option a frontend's request or an entry adds is
 tested by a table: the stage and its key, the entry's size and attributes,
 the request's start expression and container image, and the frontend's VO
-stage (`--vo-stage URL --vo-manifest-sha256 HEX --vo-manifest-key B64`).
-Nothing secret is ever an argument: the token travels in a 0600 file.
+stage (`--vo-stage URL --vo-manifest-sha256 HEX --vo-manifest-key B64`), and
+the CA bundle https services are verified against (`--ca-cert B64`, the
+factory's `ca_file`: public, and on the command line so that no site needs
+a copy beforehand). Nothing secret is ever an argument: the token travels in
+a 0600 file.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.policy import attribute_text
 from glidewms.factory.stage import Stage
 from glidewms.factory.store import StoredRequest
+from glidewms.security.tls import pilot_ca_argument
 
 # Request entry fields given to pilots as slot attributes.
 REQUEST_ATTRIBUTES = (
@@ -22,7 +28,13 @@ REQUEST_ATTRIBUTES = (
 
 
 def pilot_arguments(
-    entry: EntryConfig, request: StoredRequest, glidein_id: str, factory_url: str, stage: Stage
+    entry: EntryConfig,
+    request: StoredRequest,
+    glidein_id: str,
+    factory_url: str,
+    stage: Stage,
+    *,
+    ca_file: Path | None = None,
 ) -> tuple[str, ...]:
     """The bootstrap's long options for one pilot of `request` at `entry`."""
     args = [
@@ -51,6 +63,8 @@ def pilot_arguments(
     ]
     if stage.public_key_b64:
         args += ["--manifest-key", stage.public_key_b64]
+    if ca_file is not None:
+        args += ["--ca-cert", pilot_ca_argument(ca_file)]
     if request.vo_stage:
         vo = request.vo_stage
         args += ["--vo-stage", vo["url"], "--vo-manifest-sha256", vo["manifest_sha256"]]

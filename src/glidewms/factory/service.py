@@ -292,7 +292,9 @@ class Factory:
         self, entry: EntryConfig, request: StoredRequest, glidein_id: str
     ) -> tuple[str, ...]:
         """The bootstrap's long options (pilot_args.py); no secrets here."""
-        return pilot_arguments(entry, request, glidein_id, self.public_url, self.stage)
+        return pilot_arguments(
+            entry, request, glidein_id, self.public_url, self.stage, ca_file=self.config.ca_file
+        )
 
     async def _record_failure(self, entry: EntryConfig, error: str) -> None:
         now = time.time()

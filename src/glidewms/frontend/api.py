@@ -10,10 +10,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 
 from glidewms.config.frontend import FrontendConfig
+from glidewms.frontend import vostage
 from glidewms.frontend.routes import api, public
 from glidewms.frontend.service import Frontend
 from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
+from glidewms.security.asgi import DOCS_AND_HEALTH, Gate, GatePolicy, Route
 from glidewms.security.tokens import TokenVerifier
+
+# Pilots fetch their group's VO stage without a token (its manifest's hash and
+# signature protect it: frontend/routes.py); everything else needs one.
+PUBLIC = (*DOCS_AND_HEALTH, Route("GET", vostage.PREFIX + "/"))
 
 
 def lifespan(
@@ -49,6 +55,7 @@ def create_app(
     if not frontend.public_url:
         frontend.public_url = public_url
     app = FastAPI(title="glidewms frontend", version=API_VERSION, lifespan=lifespan(frontend, loop))
+    app.add_middleware(Gate, policy=GatePolicy(max_body=config.max_body_bytes, public=PUBLIC))
     app.add_middleware(VersionHeader)
     app.state.verifier = TokenVerifier.from_file(
         config.resolved_issuer_public_key(), config.resolved_pilot_issuer_public_key()

@@ -65,4 +65,6 @@ def run(path: Path | None) -> None:
         config.listen_host,
         config.listen_port,
         config.url_file,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
     )

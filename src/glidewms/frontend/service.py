@@ -36,6 +36,7 @@ from glidewms.frontend.observe import (
 from glidewms.frontend.sources import QUERY_ERRORS, FactoryAnswer, PoolAnswer, Sources
 from glidewms.frontend.state import StateFile
 from glidewms.protocol import RemovalStage
+from glidewms.security.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,10 @@ class Frontend:
         self.cycles = self.state.cycles  # counted across restarts, like the removal stages
 
     def client(self) -> httpx.AsyncClient:
-        """The HTTP client of the loop: every query and request bounded by http_timeout."""
-        return httpx.AsyncClient(timeout=self.config.http_timeout)
+        """The HTTP client of the loop: every query and request bounded by http_timeout,
+        https peers verified against `ca_file` (else the system store)."""
+        verify = client_context(self.config.ca_file)
+        return httpx.AsyncClient(timeout=self.config.http_timeout, verify=verify)
 
     async def run(self) -> None:
         async with self.client() as http:

@@ -20,17 +20,17 @@ from starlette.concurrency import run_in_threadpool
 
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine
-from glidewms.pool.bodies import BodyLimit, invalid_body
+from glidewms.pool.bodies import invalid_body
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.routes import admin, demand, files, jobs, pilots, tokens
 from glidewms.pool.routes.deps import PoolContext, WorkSignal
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import FairShare, PoolStore
 from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
+from glidewms.security.asgi import BodyCap, Gate, GatePolicy, Route
 from glidewms.security.tokens import PILOT_KID, TokenIssuer, TokenVerifier
 
 log = logging.getLogger(__name__)
-FILES = f"{API_PREFIX}/files/"  # uploads stream to disk under their own cap
 
 
 def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
@@ -75,7 +75,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
 
     app = FastAPI(title="glidewms pool", version=API_VERSION, lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, invalid_body)
-    app.add_middleware(BodyLimit, most=config.max_request_bytes, unlimited_prefix=FILES)
+    app.add_middleware(Gate, policy=gate_policy(config))
     app.add_middleware(VersionHeader)
     app.state.verifier = TokenVerifier.from_file(
         config.resolved_issuer_public_key(), config.resolved_pilot_issuer_public_key()
@@ -100,6 +100,22 @@ def pilot_issuer(config: PoolConfig) -> TokenIssuer | None:
     """The pilot issuer the pool mints pilot tokens with, if it has its key."""
     key = config.resolved_pilot_issuer_private_key()
     return TokenIssuer.from_file(key, PILOT_KID) if key is not None else None
+
+
+def gate_policy(config: PoolConfig) -> GatePolicy:
+    """Every route needs a token but /healthz and the API's docs; submits and
+    uploads may be larger than other bodies (security/asgi.py)."""
+    return GatePolicy(
+        max_body=config.max_body_bytes,
+        caps=(
+            BodyCap(
+                Route("POST", f"{API_PREFIX}/jobs"), config.max_submit_bytes, "max_submit_bytes"
+            ),
+            BodyCap(
+                Route("PUT", f"{API_PREFIX}/files/"), config.max_upload_bytes, "max_upload_bytes"
+            ),
+        ),
+    )
 
 
 async def upkeep(pool: PoolContext) -> None:

@@ -31,6 +31,8 @@ def run(path: Path | None) -> None:
             config.listen_host,
             config.listen_port,
             config.url_file,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
         )
     except DatabaseInUse as exc:
         raise ConfigError(str(exc)) from None

@@ -6,6 +6,7 @@ from fastapi import HTTPException, Request
 from fastapi.security import HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
+from glidewms.security.asgi import IDENTITY_SCOPE_KEY
 from glidewms.security.tokens import Identity, TokenError, TokenVerifier
 
 
@@ -23,6 +24,9 @@ class Require(HTTPBearer):
         self.scopes = scopes
 
     async def __call__(self, request: Request) -> Identity:  # type: ignore[override]
+        identity: Identity | None = request.scope.get(IDENTITY_SCOPE_KEY)  # the gate's (asgi.py)
+        if identity is not None and identity.has(*self.scopes):
+            return identity  # verified in front of the app; a refusal is worded below
         scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
         if not token or scheme.lower() != "bearer":
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})

@@ -79,11 +79,19 @@ class Agent:
         self.finished = threading.Event()
         self.hold_over = threading.Event()
         self._signalled = 0  # set by the signal handler only (see on_signal)
+        ca = cfg.ca_file or None
         self.pool = Api(
-            cfg.pool_url, cfg.token_file, backoff=backoff, abort=self.finished, check_version=True
+            cfg.pool_url,
+            cfg.token_file,
+            backoff=backoff,
+            abort=self.finished,
+            check_version=True,
+            ca_file=ca,
         )
         self.factory = (
-            Api(cfg.factory_url, cfg.token_file, backoff=backoff) if cfg.factory_url else None
+            Api(cfg.factory_url, cfg.token_file, backoff=backoff, ca_file=ca)
+            if cfg.factory_url
+            else None
         )
         self.trail = Trail(self.factory, cfg.glidein_id)
         self.checks = Checks(self.trail)

@@ -86,6 +86,7 @@ class GlideinConfig:
     token_file: str
     work_dir: str
     factory_url: str = ""
+    ca_file: str = ""  # PEM bundle https services are verified against; "" = system store
     entry: str = ""
     site: str = ""
     idle_timeout: int = DEFAULT_IDLE_TIMEOUT
@@ -153,6 +154,7 @@ def build_config(values: dict[str, str], default_work_dir: str) -> GlideinConfig
         token_file=token_file,
         work_dir=values.get("GLIDEIN_Work_Dir") or default_work_dir,
         factory_url=values.get("GLIDEIN_Factory_URL", "").rstrip("/"),
+        ca_file=values.get("GLIDEIN_CA_File", ""),
         entry=values.get("GLIDEIN_Entry_Name", ""),
         site=values.get("GLIDEIN_Site", ""),
         idle_timeout=idle_timeout,

@@ -19,6 +19,11 @@ connection idle for longer than ``KEEP_IDLE`` is not reused (servers close
 idle ones: uvicorn after 5 s), and a request that fails on a reused
 connection before any answer came back is sent once more on a fresh one.
 
+An https service is verified against ``ca_file`` alone when one is given
+(the bootstrap writes the factory's CA bundle there: ``GLIDEIN_CA_File``),
+else against the node's system store; one SSL context per ``Api``, made
+once (loading a store costs milliseconds, a connection should not).
+
 The protocol version: the agent speaks ``API_MAJOR`` (it cannot import
 ``glidewms.protocol``, which is not shipped; a unit test keeps the two
 equal). Services name their version in the ``Glidewms-Api-Version`` header
@@ -130,14 +135,20 @@ class Api:
         backoff: float = 1.0,
         abort: threading.Event | None = None,
         check_version: bool = False,
+        ca_file: Optional[str] = None,
     ) -> None:
         self.base_url = base_url.rstrip("/") + API_PREFIX
         self.token_file = token_file
         self.backoff = backoff
         self.abort = abort or threading.Event()
         self.check_version = check_version
-        self._opener = urllib.request.build_opener(_NoRedirect())
         parts = urlsplit(self.base_url)
+        self._ssl: Optional[ssl.SSLContext] = None
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+        if parts.scheme == "https":
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+            handlers.append(urllib.request.HTTPSHandler(context=self._ssl))
+        self._opener = urllib.request.build_opener(*handlers)
         self._direct = _no_proxy_for(parts.scheme, parts.hostname or "")
         self._scheme, self._netloc, self._path = parts.scheme, parts.netloc, parts.path
         self._local = threading.local()  # .conn: (kept connection, last used) per thread
@@ -157,9 +168,7 @@ class Api:
                 return conn, True
             conn.close()
         if self._scheme == "https":
-            conn = http.client.HTTPSConnection(
-                self._netloc, timeout=timeout, context=ssl.create_default_context()
-            )
+            conn = http.client.HTTPSConnection(self._netloc, timeout=timeout, context=self._ssl)
         else:
             conn = http.client.HTTPConnection(self._netloc, timeout=timeout)
         conn.connect()

@@ -7,6 +7,9 @@
 # (OpenSSL >= 3.0; without openssl only the sha256 is checked, and said so).
 # The pilot token is read from $GLIDEIN_TOKEN_FILE and only ever handed
 # to curl in a 0600 header file (-H @file) or read by python itself: never argv.
+# https services are verified against the CA bundle of --ca-cert (base64 of the
+# PEM text, from the factory) or --ca-file, else the node's system store; the
+# bundle is kept as $work/ca.pem and named to the agent (GLIDEIN_CA_File).
 set -u
 EXIT_USAGE=2 EXIT_ERROR=1 EXIT_CORRUPT=3
 
@@ -18,7 +21,7 @@ usage() {
        "[--memory MB|auto] [--work-dir DIR|auto|TMPDIR] [--min-disk MB] [--heartbeat S]" \
        "[--manifest-key B64] [--attr NAME=VALUE ...] [--set KEY=VALUE ...]" \
        "[--vo-stage URL --vo-manifest-sha256 HEX [--vo-manifest-key B64]] [--multi N]" \
-       "[--multi-launch auto|srun|local]" >&2
+       "[--multi-launch auto|srun|local] [--ca-cert B64 | --ca-file PEM]" >&2
   echo "   or: glidein_startup.sh --no-factory --pool URL (--stage-dir DIR | --stage-url URL" \
        "--manifest-sha256 HEX) [--site NAME] [--entry NAME] [--glidein-id ID] [...]" >&2
   exit $EXIT_USAGE
@@ -27,11 +30,12 @@ usage() {
 factory='' manifest_sha='' pool='' gid='' entry='' site='' idle=1200 lifetime=86400
 cpus=auto memory=auto parent=auto heartbeat='' attrs=() settings=() manifest_key='' min_disk=50
 no_factory='' stage_base='' vo_stage='' vo_sha='' vo_key='' multi=1 multi_launch=auto
+ca_b64='' ca_src=''
 reserved=" GLIDEIN_Factory_URL GLIDEIN_Pool_URL GLIDEIN_Id GLIDEIN_Entry_Name GLIDEIN_Site \
 GLIDEIN_Idle_Timeout GLIDEIN_Lifetime GLIDEIN_Cpus GLIDEIN_Memory GLIDEIN_Heartbeat GLIDEIN_Work_Dir \
 GLIDEIN_Token_File GLIDEIN_Attrs GLIDEIN_Manifest_Signature GLIDEIN_VO_Scripts \
 GLIDEIN_VO_Manifest_Signature GLIDEIN_Multi_Count GLIDEIN_Multi_Index GLIDEIN_Manual \
-GLIDEIN_Multi_Local_Count GLIDEIN_Multi_Local_Index GLIDEIN_Multi_Launcher "
+GLIDEIN_Multi_Local_Count GLIDEIN_Multi_Local_Index GLIDEIN_Multi_Launcher GLIDEIN_CA_File "
 while [ $# -gt 0 ]; do
   if [ "$1" = --no-factory ]; then no_factory=1; shift; continue; fi
   [ $# -ge 2 ] || usage "$1 needs a value"
@@ -47,6 +51,7 @@ while [ $# -gt 0 ]; do
     --stage-url) stage_base=${2%/} ;;    --vo-stage) vo_stage=${2%/} ;;
     --vo-manifest-sha256) vo_sha=$2 ;;   --vo-manifest-key) vo_key=$2 ;;
     --multi) multi=$2 ;;                 --multi-launch) multi_launch=$2 ;;
+    --ca-cert) ca_b64=$2 ;;              --ca-file) ca_src=$2 ;;
     --set) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --set '$2'"
            [[ $reserved == *" ${2%%=*} "* ]] && usage "--set cannot set ${2%%=*}"
            settings+=("$2") ;;
@@ -81,6 +86,10 @@ done
 [ -z "$vo_stage" ] || [ -n "$vo_sha" ] || usage "--vo-stage needs --vo-manifest-sha256"
 [ -n "$vo_stage" ] || [ -z "$vo_sha$vo_key" ] || usage "--vo-manifest-sha256/-key need --vo-stage"
 [[ $multi =~ ^[1-9][0-9]{0,2}$ ]] || usage "--multi takes a number of pilots (1-999)"
+[ -z "$ca_b64" ] || [ -z "$ca_src" ] || usage "--ca-cert and --ca-file exclude each other"
+[ -z "$ca_b64" ] || [[ ${#ca_b64} -le 262144 && $ca_b64 =~ ^[A-Za-z0-9+/]+={0,2}$ ]] \
+  || usage "--ca-cert takes the base64 of a PEM bundle"
+[ -z "$ca_src" ] || [ -r "$ca_src" ] || usage "--ca-file $ca_src: not a readable file"
 [[ $multi_launch =~ ^(auto|srun|local)$ ]] || usage "--multi-launch: auto, srun or local"
 [[ $idle$lifetime$heartbeat$min_disk =~ ^[0-9]+$ ]] \
   || usage "--idle-timeout, --lifetime, --heartbeat take a number of seconds, --min-disk of MB"
@@ -135,15 +144,26 @@ trap 'on_signal INT 130' INT
 meta=$work/.bootstrap hdr=$work/.bootstrap/auth_header
 mkdir -p "$meta"
 (umask 077; IFS= read -r token < "$token_file"; printf 'Authorization: Bearer %s\n' "$token" > "$hdr")
+ca='' ca_opt=()
+if [ -n "$ca_b64$ca_src" ]; then
+  ca=$work/ca.pem ca_opt=(--cacert "$ca")
+  if [ -z "$ca_b64" ]; then cp "$ca_src" "$ca"
+  elif command -v base64 >/dev/null 2>&1; then printf '%s' "$ca_b64" | base64 -d > "$ca" 2>/dev/null
+  else printf '%s' "$ca_b64" | "$PY" -c 'import base64, sys
+sys.stdout.buffer.write(base64.b64decode(sys.stdin.read()))' > "$ca" 2>/dev/null; fi
+  [[ $(< "$ca") == *"-----BEGIN CERTIFICATE-----"* ]] 2>/dev/null \
+    || { log "--ca-cert/--ca-file: no PEM certificate in the CA bundle"; exit $EXIT_USAGE; }
+fi
 
 # http METHOD URL OUT [JSON]: curl if present (it retries with backoff), else python urllib.
 http() {
   if [ -n "$CURL" ]; then
     curl -fsS --retry 3 --retry-connrefused --connect-timeout 20 --max-time 600 -X "$1" \
+         ${ca_opt[@]+"${ca_opt[@]}"} \
          -H @"$hdr" ${4:+-H 'Content-Type: application/json' --data-binary "$4"} -o "$3" "$2"
   else
-    GLIDEIN_TOKEN_FILE=$token_file "$PY" - "$@" <<'EOF'
-import os, sys, time, urllib.error, urllib.request
+    GLIDEIN_TOKEN_FILE=$token_file GLIDEIN_CA_FILE=$ca "$PY" - "$@" <<'EOF'
+import os, ssl, sys, time, urllib.error, urllib.request
 # METHOD URL OUT [JSON], or MANY URL OUT [URL OUT ...]: GETs in one interpreter
 method, args = sys.argv[1], sys.argv[2:]
 if method == "MANY":
@@ -152,11 +172,12 @@ else:
     jobs, data = [(args[0], args[1])], args[2].encode() if len(args) > 2 else None
 with open(os.environ["GLIDEIN_TOKEN_FILE"]) as f:
     headers = {"Authorization": "Bearer " + f.read().strip(), "Content-Type": "application/json"}
+context = ssl.create_default_context(cafile=os.environ.get("GLIDEIN_CA_FILE") or None)
 for url, out in jobs:
     for attempt in range(4):
         try:
             req = urllib.request.Request(url, data=data, method=method, headers=headers)
-            with urllib.request.urlopen(req, timeout=60) as resp, open(out, "wb") as f:
+            with urllib.request.urlopen(req, timeout=60, context=context) as resp, open(out, "wb") as f:
                 f.write(resp.read())
             break
         except urllib.error.HTTPError as e:
@@ -179,7 +200,7 @@ fetch_all() {  # fetch_all URL OUT [URL OUT ...]
     local args=()
     while [ $# -gt 0 ]; do args+=(-o "$2" "$1"); shift 2; done
     curl -fsS --retry 3 --retry-connrefused --connect-timeout 20 --max-time 600 -H @"$hdr" \
-         ${parallel[@]+"${parallel[@]}"} ${args[@]+"${args[@]}"}
+         ${ca_opt[@]+"${ca_opt[@]}"} ${parallel[@]+"${parallel[@]}"} ${args[@]+"${args[@]}"}
   else
     [ $# -eq 0 ] || http MANY "$@"
   fi
@@ -289,6 +310,7 @@ rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
     GLIDEIN_Lifetime "$lifetime" GLIDEIN_Cpus "$cpus" GLIDEIN_Memory "$memory" \
     GLIDEIN_Work_Dir "$work" GLIDEIN_Token_File "$token_file" \
     GLIDEIN_Manifest_Signature "$factory_signature"
+  [ -n "$ca" ] && printf 'GLIDEIN_CA_File %s\n' "$ca"
   [ -n "$vo_signature" ] && printf '%s %s\n' GLIDEIN_VO_Scripts vo/scripts.list \
     GLIDEIN_VO_Manifest_Signature "$vo_signature"
   [ -n "$no_factory" ] && printf 'GLIDEIN_Manual true\n'
@@ -334,6 +356,7 @@ trap cleanup_task EXIT
 printf "%s %s\n" GLIDEIN_Id "$gid-$i" GLIDEIN_Work_Dir "$sub" GLIDEIN_Multi_Count "$count" \
   GLIDEIN_Multi_Index "$i" GLIDEIN_Multi_Local_Count "$local_n" \
   GLIDEIN_Multi_Local_Index "$local_i" GLIDEIN_Multi_Launcher srun >> "$sub/glidein_config"
+[ ! -f "$sub/ca.pem" ] || printf "GLIDEIN_CA_File %s\n" "$sub/ca.pem" >> "$sub/glidein_config"
 cd "$sub" || exit 1
 [ -r "$token_file" ] || { log "task $i on $(hostname): no token file $token_file here (it must be on a path every node of the job shares)"; exit 1; }
 namespace_prefix glidein_config
@@ -413,7 +436,7 @@ elif [ "$multi_launch" = srun ] || { [ "$multi_launch" = auto ] && [ -n "${SLURM
   [ "$cpus" = auto ] || job_cpus=$cpus
   per_task=$(( ${job_cpus:-0} / multi )); [ "$per_task" -ge 1 ] || per_task=1
   log "starting $multi agents with srun ($per_task cpus per task)"
-  shipped=(agent validation glidein_config); [ -d vo ] && shipped+=(vo)
+  shipped=(agent validation glidein_config); [ -d vo ] && shipped+=(vo); [ -n "$ca" ] && shipped+=(ca.pem)
   # srun broadcasts its stdin to every task: a size line, the stage as a tar, then
   # requests (see on_signal). The bootstrap holds the FIFO open for the pilots' life.
   tar -cf "$meta/stage.tar" "${shipped[@]}" || fail error $EXIT_ERROR "cannot pack the stage for srun"
