@@ -36,6 +36,7 @@ from glidewms.config.loader import (
     parse_config,
 )
 from glidewms.config.sites import BatchConfig, CondorConfig, SshConfig, check_environment
+from glidewms.config.values import one_line
 from glidewms.db import sqlite_url
 
 __all__ = [
@@ -52,9 +53,10 @@ __all__ = [
 ]
 
 # Entry names end up in glidein ids, log paths and URLs: keep them path-safe.
-ENTRY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# Both patterns are used with fullmatch: `$` would also match before a trailing newline.
+ENTRY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 # Attribute names become ClassAd attributes of the pilot's slot.
-ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 # glidein_config keys the bootstrap writes from its own options: not attributes.
 RESERVED_ATTRIBUTES = frozenset(
@@ -192,7 +194,7 @@ class EntryConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not ENTRY_NAME.match(value):
+        if not ENTRY_NAME.fullmatch(value):
             raise ValueError(
                 "must start with a letter and contain only letters, digits, '_' or '-' "
                 "(at most 64 characters)"
@@ -202,6 +204,7 @@ class EntryConfig(BaseModel):
     @field_validator("site")
     @classmethod
     def _site(cls, value: str) -> str:
+        one_line(value, "site")
         if any(ch.isspace() for ch in value):
             raise ValueError("must not contain whitespace")
         return value
@@ -227,7 +230,7 @@ class EntryConfig(BaseModel):
     @classmethod
     def _attributes(cls, value: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
         for key, item in value.items():
-            if not ATTRIBUTE_NAME.match(key):
+            if not ATTRIBUTE_NAME.fullmatch(key):
                 raise ValueError(
                     f"attribute name {key!r} must be a ClassAd identifier "
                     "(letters, digits, '_', not starting with a digit)"
@@ -237,13 +240,15 @@ class EntryConfig(BaseModel):
                     f"attribute {key!r} is set by the factory from the entry itself "
                     "(name, site, cpus, memory, walltime...)"
                 )
-            if isinstance(item, str) and ("\n" in item or "\r" in item):
-                raise ValueError(f"attribute {key!r}: value must be a single line")
+            if isinstance(item, str):
+                # a glidein_config line on the pilot: one line, no control character
+                one_line(item, f"attribute {key!r}")
         return value
 
     @field_validator("work_dir")
     @classmethod
     def _work_dir(cls, value: str) -> str:
+        one_line(value, "work_dir")
         if value != "auto" and not value.startswith("/") and not value.startswith("$"):
             raise ValueError("expected 'auto', an absolute path or a path starting with $VAR")
         return value

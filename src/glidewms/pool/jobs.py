@@ -170,7 +170,7 @@ def has_periodic(ad: Any) -> bool:
 
 def check_edit(attribute: str, value: str) -> Any:
     """The parsed value of a qedit, or InvalidEdit saying why not."""
-    if not ATTRIBUTE_NAME.match(attribute):
+    if not ATTRIBUTE_NAME.fullmatch(attribute):
         raise InvalidEdit(f"attribute: {attribute!r} is not a ClassAd attribute name")
     if attribute.lower() in POOL_OWNED:
         raise InvalidEdit(f"attribute: {attribute} is set by the pool and cannot be edited")

@@ -26,7 +26,7 @@ class SandboxStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
-        if not HEX64.match(sha256):
+        if not HEX64.fullmatch(sha256):
             raise BadDigest(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / sha256
 

@@ -43,7 +43,7 @@ def parse_repos(text: str) -> List[str]:
     for name in re.split(r"[,\s]+", text or ""):
         if not name:
             continue
-        if not _REPO.match(name) or ".." in name:
+        if not _REPO.fullmatch(name) or ".." in name:
             raise ValueError(
                 f"GLIDEIN_CVMFS_Repos: {name!r} is not a repository name (such as cms.cern.ch)"
             )
