@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from glidewms.db import make_engine, sqlite_url
+from glidewms.factory.backends.isolation import for_installation
 from glidewms.factory.backends.local import LocalId, read_proc_stat
 from glidewms.factory.store import FactoryStore
 from glidewms.security.tokens import TokenIssuer, generate_keypair, write_secret
@@ -52,6 +53,8 @@ class Options:
     extra_pool: dict[str, Any] = field(default_factory=dict)
     # the frontend's groups; None gives one group, main, matching every entry
     frontend_groups: list[dict[str, Any]] | None = None
+    # local pilots' jobs neither as another account (root) nor sandboxed: run anyway
+    allow_unisolated_jobs: bool = False
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Installation:
     def prepare(self) -> None:
         """Keys, tokens and the pool/factory configs (the frontend's needs URLs)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # keys, tokens, databases: no other account's business
         private, public = generate_keypair(self.path("keys"))
         issuer = TokenIssuer.from_file(private)
         year = 365 * 24 * 3600.0
@@ -118,6 +122,8 @@ class Installation:
                 "max_per_cycle": o.max_pilots,
             }
         ]
+        for entry in entries:
+            for_installation(entry, self.root, o.allow_unisolated_jobs)
         self._write_config(
             "factory",
             {

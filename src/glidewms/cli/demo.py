@@ -139,6 +139,7 @@ def run_demo(
     job_seconds: float,
     timeout: float,
     entries: list[dict[str, Any]] | None = None,
+    allow_unisolated_jobs: bool = False,
 ) -> int:
     if state_dir.exists():
         if not (state_dir / MARKER).exists():
@@ -159,6 +160,7 @@ def run_demo(
         heartbeat=5.0,
         claim_lease=30.0,
         entries=entries,
+        allow_unisolated_jobs=allow_unisolated_jobs,
     )
     inst = Installation(options)
     where = (

@@ -94,6 +94,17 @@ EntriesOption = Annotated[
 ]
 
 
+AllowUnisolatedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unisolated-jobs",
+        help="run the local pilots' jobs even when they cannot be isolated from the "
+        "services (not root, no working bubblewrap): they could then read the keys and "
+        "tokens of this installation (docs/security.md)",
+    ),
+]
+
+
 def _entries(path: Path | None) -> list[dict] | None:
     """Entries from a YAML file, validated now so a typo fails before anything starts."""
     if path is None:
@@ -125,6 +136,7 @@ def up(
         int, typer.Option(help="seconds before an idle pilot leaves")
     ] = 300,
     entries: EntriesOption = None,
+    allow_unisolated_jobs: AllowUnisolatedOption = False,
 ) -> None:
     """Run pool, factory and frontend on this machine until Ctrl-C."""
     from glidewms.cli.demo import run_up
@@ -137,6 +149,7 @@ def up(
                 max_pilots=max_pilots,
                 pilot_idle_timeout=pilot_idle_timeout,
                 entries=_entries(entries),
+                allow_unisolated_jobs=allow_unisolated_jobs,
             )
         )
     )
@@ -152,6 +165,7 @@ def demo(
     job_seconds: Annotated[float, typer.Option(min=0, help="how long each job sleeps")] = 1.0,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 600,
     entries: EntriesOption = None,
+    allow_unisolated_jobs: AllowUnisolatedOption = False,
 ) -> None:
     """Start everything, run a sample workload through pilots, and report.
 
@@ -167,6 +181,7 @@ def demo(
             job_seconds=job_seconds,
             timeout=timeout,
             entries=_entries(entries),
+            allow_unisolated_jobs=allow_unisolated_jobs,
         )
     )
 

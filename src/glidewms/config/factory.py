@@ -35,7 +35,13 @@ from glidewms.config.loader import (
     load_yaml,
     parse_config,
 )
-from glidewms.config.sites import BatchConfig, CondorConfig, SshConfig, check_environment
+from glidewms.config.sites import (
+    BatchConfig,
+    CondorConfig,
+    JobIsolationConfig,
+    SshConfig,
+    check_environment,
+)
 from glidewms.config.values import one_line
 from glidewms.db import sqlite_url
 
@@ -46,6 +52,7 @@ __all__ = [
     "EntryConfig",
     "FactoryConfig",
     "FrontendLimits",
+    "JobIsolationConfig",
     "RecoveryConfig",
     "SshConfig",
     "load_entry_file",
@@ -74,6 +81,11 @@ RESERVED_ATTRIBUTES = frozenset(
         "GLIDEIN_Work_Dir",
         "GLIDEIN_Token_File",
         "GLIDEIN_Attrs",
+        # job isolation of local pilots: the factory's own settings (config/sites.py)
+        "GLIDEIN_Job_Isolation",
+        "GLIDEIN_Job_Account",
+        "GLIDEIN_Job_Hidden",
+        "GLIDEIN_Job_Bwrap",
     ]
 )
 
@@ -190,6 +202,11 @@ class EntryConfig(BaseModel):
     )
     work_dir: str = Field(default="auto", min_length=1, description="pilot work dir, or auto")
     enabled: bool = Field(default=True, description="false: no new pilots, existing ones stay")
+    isolation: JobIsolationConfig = Field(
+        default_factory=JobIsolationConfig,
+        description="backend local: how its pilots' jobs are kept from this machine's "
+        "services (mode, account, hidden_paths...; see below)",
+    )
 
     @field_validator("name")
     @classmethod

@@ -1,4 +1,4 @@
-"""How an entry reaches its site: the `batch:`, `ssh:` and `condor:` sections.
+"""How an entry reaches its site: the `batch:`, `ssh:`, `condor:` and `isolation:` sections.
 
 One model per kind of contact, each validating what its backend will put in a
 command line, a job script or a submit description: single words, single
@@ -247,3 +247,63 @@ class CondorConfig(BaseModel):
         if self.grid_type == "batch" and self.batch_system is None:
             raise ValueError("grid_type batch needs batch_system (slurm, pbs, lsf, sge, condor)")
         return self
+
+
+# A login name useradd would accept (jobs of local pilots run as it when root).
+ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+
+
+class JobIsolationConfig(BaseModel):
+    """How the jobs of a local entry's pilots are kept from this machine's services
+    (backend local only; docs/security.md, "Jobs cannot read the services' secrets").
+
+    `auto`: as root, jobs run as `account`; otherwise each job runs in a
+    bubblewrap sandbox that hides the services' files; when neither is possible
+    the factory refuses to start, unless `allow_unisolated`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["auto", "account", "sandbox", "none"] = Field(
+        default="auto",
+        description="auto, account (root: jobs run as `account`), sandbox (bubblewrap) or "
+        "none (jobs run as the factory's account and can read its files)",
+    )
+    account: str = Field(
+        default="nobody", description="the unprivileged account jobs run as in mode account"
+    )
+    hidden_paths: list[str] = Field(
+        default_factory=lambda: ["~"],
+        description="mode sandbox: more paths jobs must not see (`~`: the factory "
+        "account's home); the state_dir, the pilot's work dir and its token's directory "
+        "always are",
+    )
+    bwrap: str = Field(default="bwrap", description="the bubblewrap command of mode sandbox")
+    allow_unisolated: bool = Field(
+        default=False,
+        description="mode auto with neither root nor a working bubblewrap: run jobs "
+        "unisolated (said at every pilot start) instead of refusing to start",
+    )
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        if not ACCOUNT_NAME.fullmatch(value) or value == "root":
+            raise ValueError(f"expected an unprivileged account name, got {value!r}")
+        return value
+
+    @field_validator("hidden_paths")
+    @classmethod
+    def _hidden(cls, value: list[str]) -> list[str]:
+        for path in value:
+            one_line(path, "hidden_paths")
+            if "," in path or not (path == "~" or path.startswith(("/", "~/"))) or path == "/":
+                raise ValueError(
+                    f"hidden_paths: expected an absolute path (or ~), no comma, got {path!r}"
+                )
+        return value
+
+    @field_validator("bwrap")
+    @classmethod
+    def _bwrap(cls, value: str) -> str:
+        return one_line(value, "bwrap")

@@ -340,6 +340,10 @@ rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
   [ -n "$no_factory" ] && printf 'GLIDEIN_Manual true\n'
   [ -n "$heartbeat" ] && printf 'GLIDEIN_Heartbeat %s\n' "$heartbeat"
 } > "$work/glidein_config"
+# Jobs of another account (agent/isolation.py) pass through the work dir to their sandbox.
+for a in ${settings[@]+"${settings[@]}"}; do
+  [ "$a" != GLIDEIN_Job_Isolation=account ] || chmod 711 "$work"
+done
 
 slurm_total_cpus() {  # SLURM_JOB_CPUS_PER_NODE ("4(x2),2") -> 10
   local part n r total=0
