@@ -403,3 +403,45 @@ for value in ("v\\nX 1", "v\\u2028X 1", "v\\x1b"):
     )
     assert shell.returncode == 1 and "cannot write" in shell.stderr
     assert config.read_text() == "GLIDEIN_Id g\n"  # nothing was appended
+
+
+# -- the CLI against a real pool ---------------------------------------------------------
+
+TERMINAL_HOSTILE = "[/bold]\x1b]0;pwned\x07\x1b[2J\r\u202e"
+
+
+def test_glidewms_q_shows_hostile_job_data_literally_to_every_user(tmp_path: Path) -> None:
+    """A job whose arguments and hold reason carry markup and terminal escapes: `q`,
+    `q -l` and `history` run (as a user would, another process) without a crash, and
+    no raw escape reaches their output."""
+    from glidewms.submit import parse_submit
+
+    with harness.systems(tmp_path) as start:
+        s = start()
+        description = parse_submit(
+            "executable = /bin/echo\narguments = x\nrequirements = TARGET.Cpus > 100000\nqueue\n",
+            "t.sub",
+            tmp_path,
+        )
+        ad = description.jobs[0].ad_text()
+        hostile = {"ad": ad, "sandbox": [], "args": [TERMINAL_HOSTILE, "[bold]x"], "env": {}}
+        [jid] = s.pool._call("POST", "/jobs", json={"jobs": [hostile]})["job_ids"]
+        assert s.pool.act("hold", [jid], reason=f"held: {TERMINAL_HOSTILE}") == [jid]
+        env = {
+            **os.environ,
+            "GLIDEWMS_POOL_URL": s.inst.services["pool"].url,
+            "GLIDEWMS_TOKEN_FILE": str(s.inst.token_file("user")),
+            "COLUMNS": "400",
+        }
+        for command in (["q"], ["q", "-l"], ["history"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "glidewms", *command],
+                env=env,
+                capture_output=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, (command, done.stderr)
+            for raw in (b"\x1b", b"\x07", b"\r", "\u202e".encode()):
+                assert raw not in done.stdout + done.stderr, (command, raw)
+            if command == ["q"]:
+                assert b"[/bold]" in done.stdout and b"\\x1b]0;pwned" in done.stdout
