@@ -8,7 +8,10 @@ token. The factory tells its local pilots how to isolate their jobs
 (``GLIDEIN_Job_Isolation``, set with ``--set``; docs/glidein.md):
 
 - ``account``: the pilot runs as root; every job runs as an unprivileged
-  account (``GLIDEIN_Job_Account``, default ``nobody``). Its sandbox is
+  account (``GLIDEIN_Job_Account``, default ``nobody``), switched to by
+  ``setpriv`` (util-linux) in front of the job's command: ``Popen(user=...)``
+  would fork the whole agent instead of vfork, several times slower per job
+  (bench/RESULTS.md); without setpriv, it is Popen's switch. Its sandbox is
   chowned to it, the pilot's work dir is made traversable (0711) and nothing
   else of the pilot's is readable by it: the token file, the state dir and
   the keys are 0600/0700 root's, and another account cannot read
@@ -59,6 +62,7 @@ class Isolation:
     uid: Optional[int] = None
     gid: Optional[int] = None
     bwrap: str = ""
+    setpriv: str = ""  # account mode: the uid switch in front of the job, if found
     hidden: Tuple[str, ...] = field(default_factory=tuple)
     shared: Tuple[str, ...] = field(default_factory=tuple)  # bound back read-only
 
@@ -74,7 +78,8 @@ class Isolation:
                 entry = pwd.getpwnam(account)
             except KeyError:
                 raise ValueError(f"GLIDEIN_Job_Account: no account {account!r} here") from None
-            return cls(mode, account, entry.pw_uid, entry.pw_gid)
+            setpriv = shutil.which("setpriv") or ""
+            return cls(mode, account, entry.pw_uid, entry.pw_gid, setpriv=setpriv)
         if mode == "sandbox":
             hidden = [p.strip() for p in (values.get("GLIDEIN_Job_Hidden") or "").split(",")]
             for path in hidden:
@@ -176,8 +181,9 @@ class Isolation:
         return None
 
     def popen_options(self) -> Dict[str, Any]:
-        """Extra ``subprocess.Popen`` options for a job (its account, no extra groups)."""
-        if self.owner is None:
+        """Extra ``subprocess.Popen`` options for a job: its account, no extra groups,
+        when there is no setpriv to switch (``as_account``)."""
+        if self.owner is None or self.setpriv:
             return {}
         uid, gid = self.owner
         return {"user": uid, "group": gid, "extra_groups": []}
@@ -194,6 +200,16 @@ class Isolation:
         with os.scandir(sandbox) as entries:
             for entry in entries:  # inputs: regular files the pilot just wrote
                 os.chown(entry.path, uid, gid, follow_symlinks=False)
+
+    def as_account(self, argv: List[str]) -> List[str]:
+        """The command line run as the job account (account mode, with setpriv): real,
+        effective and saved ids all the account's, no supplementary group, so no
+        capability is left and nothing switches back."""
+        if self.owner is None or not self.setpriv:
+            return list(argv)
+        uid, gid = self.owner
+        switch = [self.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+        return [*switch, *argv]
 
     def wrap(self, argv: List[str], sandbox: str) -> List[str]:
         """The job's command line (sandbox mode: under bubblewrap; otherwise as it is)."""

@@ -272,6 +272,7 @@ class JobProcess:
             argv, env = self.launcher(argv, env)
         elif self._supervised:
             argv = self.isolation.wrap(argv, self.sandbox)
+        argv = self.isolation.as_account(argv)
         try:
             proc = self._start(argv, env)
             if proc is None:
