@@ -445,3 +445,20 @@ def test_glidewms_q_shows_hostile_job_data_literally_to_every_user(tmp_path: Pat
                 assert raw not in done.stdout + done.stderr, (command, raw)
             if command == ["q"]:
                 assert b"[/bold]" in done.stdout and b"\\x1b]0;pwned" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        {"cmd": "/bin/true", "env": {"A=B": "x"}},
+        {"cmd": "/bin/true", "env": {"": "x"}},
+        {"cmd": "/bin/true", "env": {"A": "x\0y"}},
+        {"cmd": "/bin/true", "args": ["a\0b"]},
+        {"cmd": "/bin/tr\0ue"},
+    ],
+)
+def test_a_claim_exec_cannot_take_is_refused_by_name_not_a_crash(job: dict[str, Any]) -> None:
+    from glidewms.glidein.agent.jobs import JobSetupError, JobSpec
+
+    with pytest.raises(JobSetupError):
+        JobSpec.from_claim(job)

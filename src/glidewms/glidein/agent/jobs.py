@@ -117,6 +117,13 @@ class JobSpec:
         for sandbox_file in files:
             if not re.fullmatch(r"[0-9a-f]{64}", sandbox_file.sha256):
                 raise JobSetupError(f"{sandbox_file.name}: bad sha256 {sandbox_file.sha256!r}")
+        # what exec cannot take: refused here, with its name, not as a crash in Popen
+        for name in spec.env:
+            if not name or "=" in name or "\0" in name:
+                raise JobSetupError(f"env: {name!r} is not an environment variable name")
+        for text in [spec.cmd, *spec.args, *spec.env.values()]:
+            if "\0" in text:
+                raise JobSetupError(f"a NUL character in the job's command line or env: {text!r}")
         if not spec.cmd:
             raise JobSetupError("the job has no cmd")
         return spec
