@@ -10,7 +10,9 @@ completed. The figures are the agent's own CPU per job (user and system),
 its jobs' CPU, jobs per turn, and jobs/s.
 
 Run:  .venv/bin/python bench/pilot_alone.py [--jobs 5000] [--cores 16] [--strace]
-(--strace counts the agent's system calls during the run, per job.)
+      [--isolation none|account|sandbox]
+(--strace counts the agent's system calls during the run, per job; --isolation
+runs every job as `nobody` (root only) or under bubblewrap, as local pilots do.)
 """
 
 from __future__ import annotations
@@ -127,6 +129,12 @@ def main() -> None:
         help="write every system call of the agent's threads to FILE "
         "(strace -f, not counted: to read one job's calls)",
     )
+    parser.add_argument(
+        "--isolation",
+        choices=("none", "account", "sandbox"),
+        default="none",
+        help="GLIDEIN_Job_Isolation of the pilot (agent/isolation.py)",
+    )
     args = parser.parse_args()
     pool = StandInPool(args.jobs)
     threading.Thread(target=pool.server.serve_forever, daemon=True).start()
@@ -139,6 +147,7 @@ def main() -> None:
             f"GLIDEIN_Token_File {token}\nGLIDEIN_Work_Dir {tmp}\n"
             f"GLIDEIN_Cpus {args.cores}\nGLIDEIN_Memory {args.cores * 1000}\n"
             "GLIDEIN_Idle_Timeout 600\nGLIDEIN_Lifetime 3600\n"
+            f"GLIDEIN_Job_Isolation {args.isolation}\n"
         )
         src = Path(__file__).resolve().parent.parent / "src"
         agent = subprocess.Popen(
@@ -175,7 +184,10 @@ def main() -> None:
         f"machine: {platform.node()} {platform.machine()}, "
         f"{platform.python_implementation()} {platform.python_version()}"
     )
-    print(f"one pilot, {args.cores} cores, {n} `/bin/true` jobs, stand-in pool\n")
+    print(
+        f"one pilot, {args.cores} cores, {n} `/bin/true` jobs, stand-in pool, "
+        f"isolation {args.isolation}\n"
+    )
     print("| measure | value |")
     print("|---|---|")
     print(f"| jobs/s (first claim → last completion) | {n / elapsed:.0f} |")

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from glidewms.db import make_engine, sqlite_url
+from glidewms.factory.backends.isolation import for_installation
 from glidewms.factory.backends.local import LocalId, read_proc_stat
 from glidewms.factory.store import FactoryStore
 from glidewms.security.tls import loopback_tls
@@ -64,6 +65,8 @@ class Options:
     # the frontend's groups; None gives one group, main, matching every entry
     frontend_groups: list[dict[str, Any]] | None = None
     tls: bool = False  # HTTPS everywhere, with a private CA (see the module docstring)
+    # local pilots' jobs neither as another account (root) nor sandboxed: run anyway
+    allow_unisolated_jobs: bool = False
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Installation:
     def prepare(self) -> None:
         """Keys, tokens and the pool/factory configs (the frontend's needs URLs)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # keys, tokens, databases: no other account's business
         private, public = generate_keypair(self.path("keys"))
         pilot_private, pilot_public = generate_keypair(self.path("keys"), "pilot_issuer")
         issuer = TokenIssuer.from_file(private)
@@ -133,6 +137,8 @@ class Installation:
                 "max_per_cycle": o.max_pilots,
             }
         ]
+        for entry in entries:
+            for_installation(entry, self.root, o.allow_unisolated_jobs)
         self._write_config(
             "factory",
             {

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from glidewms.cli.literal import markup_safe
 from glidewms.client import ClientError, ClientSettings, PoolClient
 from glidewms.launcher import Installation, LaunchError, Options
 from glidewms.security.tls import client_context
@@ -54,9 +55,9 @@ def run_up(options: Options) -> int:
     inst = Installation(options)
     inst.prepare()
     try:
-        inst.start(on_step=lambda s: console.print(f"  {s}"))
+        inst.start(on_step=lambda s: console.print(f"  {markup_safe(s)}"))
     except LaunchError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {markup_safe(exc)}")
         inst.stop()
         return 1
     root = inst.root
@@ -87,7 +88,7 @@ Ctrl-C stops the services.""")
     except KeyboardInterrupt:
         pass
     except LaunchError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {markup_safe(exc)}")
         inst.stop()
         return 1
     console.print("stopping…")
@@ -142,6 +143,7 @@ def run_demo(
     timeout: float,
     entries: list[dict[str, Any]] | None = None,
     tls: bool = False,
+    allow_unisolated_jobs: bool = False,
 ) -> int:
     if state_dir.exists():
         if not (state_dir / MARKER).exists():
@@ -163,6 +165,7 @@ def run_demo(
         claim_lease=30.0,
         entries=entries,
         tls=tls,
+        allow_unisolated_jobs=allow_unisolated_jobs,
     )
     inst = Installation(options)
     where = (
@@ -173,10 +176,10 @@ def run_demo(
     console.print(f"[bold]glidewms demo[/bold]: {jobs} jobs, {where}")
     inst.prepare()
     try:
-        inst.start(on_step=lambda s: console.print(f"  {s}"))
+        inst.start(on_step=lambda s: console.print(f"  {markup_safe(s)}"))
         return _run(inst, jobs, job_seconds, timeout)
     except (LaunchError, ClientError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {markup_safe(exc)}")
         console.print(f"logs: {inst.root / 'logs'}")
         return 1
     except KeyboardInterrupt:
@@ -291,7 +294,7 @@ def _summary(
     table.add_row("pilot logs", str(inst.root / "factory" / "logs"))
     console.print(table)
     for p in problems[:20]:
-        console.print(f"[red]problem:[/red] {p}")
+        console.print(f"[red]problem:[/red] {markup_safe(p)}")
     success = ok == jobs and not problems
     console.print("[green]demo succeeded[/green]" if success else "[red]demo failed[/red]")
     return 0 if success else 1

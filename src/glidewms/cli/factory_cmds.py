@@ -3,6 +3,8 @@
 They talk to a running factory over its API through `FactoryClient`
 (glidewms.factory.client: where the factory is and which token to use).
 Its errors end the command with exit code 2 and the message on stderr.
+What the factory returns is shown literally (cli/literal.py): reasons, errors
+and pilot logs hold text that frontends, sites and jobs wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from glidewms.cli.literal import cell, markup_safe, visible
 from glidewms.factory.client import FactoryClient, FactoryClientError
 
 err = Console(stderr=True)
@@ -28,12 +31,12 @@ TokenOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option("--token-file", help="file holding an admin (or frontend) token"),
 ]
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")  # fullmatch
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {markup_safe(message)}", highlight=False)
     return typer.Exit(2)
 
 
@@ -51,7 +54,7 @@ def parse_time(text: str) -> float:
     """Epoch seconds, an ISO 8601 time (UTC unless it says), or `-2h` (ago) / `+1d` (from now)."""
     text = text.strip()
     now = dt.datetime.now(dt.timezone.utc).timestamp()
-    if text and text[0] in "+-" and DURATION.match(text[1:]):
+    if text and text[0] in "+-" and DURATION.fullmatch(text[1:]):
         seconds = parse_duration(text[1:])
         return now + seconds if text[0] == "+" else now - seconds
     try:
@@ -70,7 +73,7 @@ def parse_time(text: str) -> float:
 
 
 def parse_duration(text: str) -> float:
-    match = DURATION.match(text.strip())
+    match = DURATION.fullmatch(text.strip())
     if not match:
         raise typer.BadParameter(f"expected a duration such as 90, 30m, 2h or 1d, got {text!r}")
     return float(match.group(1)) * UNITS[match.group(2)]
@@ -132,12 +135,12 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         for d in found:
             table.add_row(
                 str(d["id"]),
-                d["entry"],
-                d["frontend"],
+                cell(d["entry"]),
+                cell(d["frontend"]),
                 show_time(d["start"]),
                 show_time(d["end"]),
-                d["reason"],
-                d["created_by"],
+                cell(d["reason"]),
+                cell(d["created_by"]),
             )
         out.print(table)
 
@@ -166,13 +169,15 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             return
         submitted = show_time(got["submitted_at"])
         typer.echo(
-            f"glidein {got['glidein_id']}: entry {got['entry']}, frontend "
-            f"{got['frontend']}/{got['group']}, {got['state']}, exit reason "
-            f"{got['exit_reason'] or '-'}, submitted {submitted}"
+            visible(
+                f"glidein {got['glidein_id']}: entry {got['entry']}, frontend "
+                f"{got['frontend']}/{got['group']}, {got['state']}, exit reason "
+                f"{got['exit_reason'] or '-'}, submitted {submitted}"
+            )
         )
         for name in ("stdout", "stderr"):
             typer.echo(f"----- {name} -----")
-            typer.echo(got[name].rstrip("\n") or "(empty)")
+            typer.echo(visible(got[name].rstrip("\n"), lines=True) or "(empty)")
         if trail:
             typer.echo("----- trail -----")
             for record in got["trail"]:
@@ -180,8 +185,11 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
                     typer.echo(f"{show_time(record.get('received'))} (final flush)")
                     continue
                 typer.echo(
-                    f"{show_time(record.get('time'))} {record.get('severity', '?'):8} "
-                    f"{record.get('type', '?')}: {record.get('content', '')}"
+                    visible(
+                        f"{show_time(record.get('time'))} {record.get('severity', '?'):8} "
+                        f"{record.get('type', '?')}: {record.get('content', '')}",
+                        lines=True,
+                    )
                 )
 
     @service.command("search")
@@ -210,11 +218,11 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         table = Table("glidein", "entry", "frontend", "state", "exit reason", "submitted")
         for g in found:
             table.add_row(
-                g["glidein_id"],
-                g["entry"],
-                f"{g['frontend']}/{g['group']}",
-                g["state"],
-                g["exit_reason"] or "-",
+                cell(g["glidein_id"]),
+                cell(g["entry"]),
+                cell(f"{g['frontend']}/{g['group']}"),
+                cell(g["state"]),
+                cell(g["exit_reason"] or "-"),
                 show_time(g["submitted_at"]),
             )
         out.print(table)
@@ -240,7 +248,8 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             else:
                 state = "enabled" if e["enabled"] else "disabled"
             table.add_row(
-                e["name"], e["site"], e["backend"], counts, state, e.get("last_error") or "-"
+                *map(cell, (e["name"], e["site"], e["backend"], counts, state)),
+                cell(e.get("last_error") or "-"),
             )
         out.print(table)
 
@@ -258,7 +267,7 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
     def reload_cmd(factory: FactoryOpt = None, token_file: TokenOpt = None) -> None:
         """Make a running factory re-read its configuration (entries) now (admin token)."""
         got = call(factory, token_file, "POST", "/reload")
-        typer.echo(reload_text(got))
+        typer.echo(visible(reload_text(got)))
 
     @service.command("stats")
     def stats_cmd(
@@ -287,12 +296,12 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             pilots = ", ".join(f"{k} {v}" for k, v in sorted(r["pilots"].items())) or "-"
             failures = ", ".join(f"{k} {v}" for k, v in sorted(r["failures"].items())) or "-"
             table.add_row(
-                r["entry"],
-                r["frontend"],
-                pilots,
+                cell(r["entry"]),
+                cell(r["frontend"]),
+                cell(pilots),
                 str(r["submitted"]),
                 f"{r['submit_rate_per_hour']:.1f}",
-                failures,
+                cell(failures),
                 f"{r['goodput_seconds'] / 3600:.2f}",
                 f"{r['badput_seconds'] / 3600:.2f}",
             )
@@ -346,7 +355,7 @@ def register_catalogue(service: typer.Typer) -> None:
             f"{len(made.entries)} entries generated; {len(made.skipped)} skipped", highlight=False
         )
         for why in made.skipped:
-            err.print(f"  skipped {why}", highlight=False)
+            err.print(f"  skipped {markup_safe(why)}", highlight=False)
         return made
 
     def show(diff: cat.EntryDiff) -> None:
@@ -412,7 +421,7 @@ def register_catalogue(service: typer.Typer) -> None:
         write_text(entries, cat.entries_yaml(made.entries))
         typer.echo(f"{entries} written ({len(made.entries)} entries)")
         if reload:
-            typer.echo(reload_text(call(factory, token_file, "POST", "/reload")))
+            typer.echo(visible(reload_text(call(factory, token_file, "POST", "/reload"))))
 
 
 def write_text(path: Path, text: str) -> None:

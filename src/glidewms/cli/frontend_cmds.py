@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import httpx
 import typer
 
+from glidewms.cli.literal import visible
 from glidewms.frontend.explain_text import render
 from glidewms.protocol import API_PREFIX, VERSION_HEADER, IncompatiblePeer, check_peer
 from glidewms.security.tls import TlsError, client_context, discover_ca_file
@@ -93,10 +94,10 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
                 if r.headers.get("content-type", "").startswith("application/json")
                 else r.text
             )
-            typer.echo(f"error: {r.status_code}: {detail}", err=True)
+            typer.echo(f"error: {r.status_code}: {visible(detail)}", err=True)
             raise typer.Exit(1)
         records = r.json()
         if as_json:
             typer.echo(json.dumps(records, indent=2))
             return
-        typer.echo(render(records, brief))
+        typer.echo(visible(render(records, brief), lines=True))  # names, reasons: not ours

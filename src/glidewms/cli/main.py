@@ -102,6 +102,15 @@ TlsOption = Annotated[
         "(STATE_DIR/tls/ca.pem; see docs/security.md)",
     ),
 ]
+AllowUnisolatedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unisolated-jobs",
+        help="run the local pilots' jobs even when they cannot be isolated from the "
+        "services (not root, no working bubblewrap): they could then read the keys and "
+        "tokens of this installation (docs/security.md)",
+    ),
+]
 
 
 def _entries(path: Path | None) -> list[dict] | None:
@@ -136,6 +145,7 @@ def up(
     ] = 300,
     entries: EntriesOption = None,
     tls: TlsOption = False,
+    allow_unisolated_jobs: AllowUnisolatedOption = False,
 ) -> None:
     """Run pool, factory and frontend on this machine until Ctrl-C."""
     from glidewms.cli.demo import run_up
@@ -149,6 +159,7 @@ def up(
                 pilot_idle_timeout=pilot_idle_timeout,
                 entries=_entries(entries),
                 tls=tls,
+                allow_unisolated_jobs=allow_unisolated_jobs,
             )
         )
     )
@@ -165,6 +176,7 @@ def demo(
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 600,
     entries: EntriesOption = None,
     tls: TlsOption = False,
+    allow_unisolated_jobs: AllowUnisolatedOption = False,
 ) -> None:
     """Start everything, run a sample workload through pilots, and report.
 
@@ -181,6 +193,7 @@ def demo(
             timeout=timeout,
             entries=_entries(entries),
             tls=tls,
+            allow_unisolated_jobs=allow_unisolated_jobs,
         )
     )
 

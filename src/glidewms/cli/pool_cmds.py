@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from glidewms.cli.literal import cell, literal
 from glidewms.cli.user import (
     ConstraintOption,
     PoolOption,
@@ -45,11 +46,14 @@ def qedit(
     except ClientError as exc:
         raise fail(str(exc)) from None
     for jid, why in sorted(result["skipped"].items()):
-        err.print(f"{jid}: not edited: {why}")
+        err.print(literal(f"{jid}: not edited: {why}", lines=False))
     changed = result["changed"]
     out.print(
-        f"{len(changed)} job(s) edited: {attribute} = {value}"
-        + (f" ({' '.join(changed)})" if changed else "")
+        literal(
+            f"{len(changed)} job(s) edited: {attribute} = {value}"
+            + (f" ({' '.join(changed)})" if changed else ""),
+            lines=False,
+        )
     )
     if not changed:
         raise typer.Exit(1)
@@ -82,7 +86,7 @@ def userprio(
             continue
         shown += 1
         table.add_row(
-            s["submitter"],
+            cell(s["submitter"]),
             f"{s['effective_priority'] / 3600:.2f}",
             f"{s['factor']:g}",
             f"{s['usage'] / 3600:.2f}",

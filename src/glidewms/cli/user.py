@@ -10,9 +10,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from glidewms.cli.literal import cell, literal, markup_safe, visible
 from glidewms.client import ClientError, ClientSettings, PoolClient
 
 out = Console(highlight=False)
@@ -42,9 +43,10 @@ def client(pool: str | None, token_file: Path | None) -> PoolClient:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `message` as one error line (not wrapped at the terminal's width, its
-    brackets not taken for markup: it quotes ClassAds) and return the Exit to raise.
+    brackets not taken for markup and its control characters shown as escapes: it
+    quotes ClassAds and what users wrote) and return the Exit to raise.
     Code 2 is a usage error: nothing was sent to the pool."""
-    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    err.print(f"[red]error:[/red] {markup_safe(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -88,7 +90,7 @@ def submit(
     except SubmitError as exc:
         raise fail(str(exc), 2) from None
     for warning in description.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"warning: {visible(warning)}", err=True)
     if dry_run:  # plain echo: ads must not be wrapped or styled
         typer.echo(dryrun.ads_text(description), nl=False)
         typer.echo(dryrun.summary(description), err=True)
@@ -107,6 +109,8 @@ def _when(ts: float | None) -> str:
 
 
 def _table(jobs: list[dict[str, Any]], history: bool) -> Table:
+    """Every cell is user data (arguments, owners, hold reasons): `cell` prints it
+    literally, never as markup, its control characters as escapes."""
     table = Table(box=None, header_style="bold")
     for col in ("ID", "OWNER", "SUBMITTED", "STATE", "RUNS", "EXIT" if history else "PILOT", "CMD"):
         table.add_column(col)
@@ -116,13 +120,13 @@ def _table(jobs: list[dict[str, Any]], history: bool) -> Table:
         if j["state"] == "held":
             last = f"held: {j['hold_reason']}"
         table.add_row(
-            j["job_id"],
-            j["owner"],
+            cell(j["job_id"]),
+            cell(j["owner"]),
             _when(j["q_date"]),
-            j["state"],
+            cell(j["state"]),
             str(j["num_starts"]),
-            last if j["exit_code"] is not None or not history else "-",
-            cmd[:60],
+            cell(last if j["exit_code"] is not None or not history else "-"),
+            cell(visible(cmd)[:60]),
         )
     return table
 
@@ -130,18 +134,20 @@ def _table(jobs: list[dict[str, Any]], history: bool) -> Table:
 def _show(jobs: list[dict[str, Any]], long: bool, history: bool, events: Any = None) -> None:
     if long:
         for j in jobs:
-            out.print(j.get("ad_long", j["ad"]))
+            out.print(literal(j.get("ad_long", j["ad"])))
             if events is not None:
                 out.print("\n[bold]events[/bold]")
                 for e in events(j["job_id"]):
-                    out.print(f"  {_when(e['time'])}  {e['type']:<10} {e['detail']}")
+                    line = f"  {_when(e['time'])}  {e['type']:<10} {e['detail']}"
+                    out.print(literal(line, lines=False))
             out.print()
         return
     out.print(_table(jobs, history))
     counts: dict[str, int] = {}
     for j in jobs:
         counts[j["state"]] = counts.get(j["state"], 0) + 1
-    out.print(f"\n{len(jobs)} jobs; " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    out.print(Text(f"\n{len(jobs)} jobs; {visible(summary)}"))
 
 
 def _select(
@@ -222,7 +228,9 @@ def _action(
     except ClientError as exc:
         raise fail(str(exc)) from None
     past = {"hold": "held", "release": "released", "remove": "removed"}[action]
-    out.print(f"{len(changed)} job(s) {past}" + (f": {' '.join(changed)}" if changed else ""))
+    out.print(
+        literal(f"{len(changed)} job(s) {past}" + (f": {' '.join(changed)}" if changed else ""))
+    )
 
 
 def rm(
@@ -273,7 +281,7 @@ def fetch(
     except ClientError as exc:
         raise fail(str(exc)) from None
     for path in written:
-        out.print(str(path))
+        out.print(literal(path, lines=False))
 
 
 def register(app: typer.Typer) -> None:

@@ -36,7 +36,14 @@ from glidewms.config.loader import (
     load_yaml,
     parse_config,
 )
-from glidewms.config.sites import BatchConfig, CondorConfig, SshConfig, check_environment
+from glidewms.config.sites import (
+    BatchConfig,
+    CondorConfig,
+    JobIsolationConfig,
+    SshConfig,
+    check_environment,
+)
+from glidewms.config.values import one_line
 from glidewms.db import sqlite_url
 from glidewms.security.tls import MIB, read_ca_bundle, tls_pair
 
@@ -47,6 +54,7 @@ __all__ = [
     "EntryConfig",
     "FactoryConfig",
     "FrontendLimits",
+    "JobIsolationConfig",
     "RecoveryConfig",
     "SshConfig",
     "load_entry_file",
@@ -54,9 +62,10 @@ __all__ = [
 ]
 
 # Entry names end up in glidein ids, log paths and URLs: keep them path-safe.
-ENTRY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# Both patterns are used with fullmatch: `$` would also match before a trailing newline.
+ENTRY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 # Attribute names become ClassAd attributes of the pilot's slot.
-ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 # glidein_config keys the bootstrap writes from its own options: not attributes.
 RESERVED_ATTRIBUTES = frozenset(
@@ -75,6 +84,11 @@ RESERVED_ATTRIBUTES = frozenset(
         "GLIDEIN_Token_File",
         "GLIDEIN_Attrs",
         "GLIDEIN_CA_File",
+        # job isolation of local pilots: the factory's own settings (config/sites.py)
+        "GLIDEIN_Job_Isolation",
+        "GLIDEIN_Job_Account",
+        "GLIDEIN_Job_Hidden",
+        "GLIDEIN_Job_Bwrap",
     ]
 )
 
@@ -191,11 +205,16 @@ class EntryConfig(BaseModel):
     )
     work_dir: str = Field(default="auto", min_length=1, description="pilot work dir, or auto")
     enabled: bool = Field(default=True, description="false: no new pilots, existing ones stay")
+    isolation: JobIsolationConfig = Field(
+        default_factory=JobIsolationConfig,
+        description="backend local: how its pilots' jobs are kept from this machine's "
+        "services (mode, account, hidden_paths...; see below)",
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not ENTRY_NAME.match(value):
+        if not ENTRY_NAME.fullmatch(value):
             raise ValueError(
                 "must start with a letter and contain only letters, digits, '_' or '-' "
                 "(at most 64 characters)"
@@ -205,6 +224,7 @@ class EntryConfig(BaseModel):
     @field_validator("site")
     @classmethod
     def _site(cls, value: str) -> str:
+        one_line(value, "site")
         if any(ch.isspace() for ch in value):
             raise ValueError("must not contain whitespace")
         return value
@@ -230,7 +250,7 @@ class EntryConfig(BaseModel):
     @classmethod
     def _attributes(cls, value: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
         for key, item in value.items():
-            if not ATTRIBUTE_NAME.match(key):
+            if not ATTRIBUTE_NAME.fullmatch(key):
                 raise ValueError(
                     f"attribute name {key!r} must be a ClassAd identifier "
                     "(letters, digits, '_', not starting with a digit)"
@@ -240,13 +260,15 @@ class EntryConfig(BaseModel):
                     f"attribute {key!r} is set by the factory from the entry itself "
                     "(name, site, cpus, memory, walltime...)"
                 )
-            if isinstance(item, str) and ("\n" in item or "\r" in item):
-                raise ValueError(f"attribute {key!r}: value must be a single line")
+            if isinstance(item, str):
+                # a glidein_config line on the pilot: one line, no control character
+                one_line(item, f"attribute {key!r}")
         return value
 
     @field_validator("work_dir")
     @classmethod
     def _work_dir(cls, value: str) -> str:
+        one_line(value, "work_dir")
         if value != "auto" and not value.startswith("/") and not value.startswith("$"):
             raise ValueError("expected 'auto', an absolute path or a path starting with $VAR")
         return value

@@ -20,10 +20,15 @@ from pydantic import (
 )
 
 from glidewms import classads
+from glidewms.config.values import http_url, one_line
 from glidewms.protocol import RemovalStage
 from glidewms.security.tls import read_ca_bundle, tls_pair
 
+# Names travel in URLs, file names and pilot options. pydantic's `pattern` is a Rust
+# regex, where `$` is the end of the text (unlike Python's re.match, where it also
+# matches before a trailing newline): "main\n" is refused (tests/unit/test_frontend_*).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+GROUP_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
 class Source(BaseModel):
@@ -32,10 +37,15 @@ class Source(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN, description="short name used by groups and explain")
-    url: str = Field(pattern=r"^https?://[^\s/]+", description="base URL, http(s)://host:port")
+    url: str = Field(description="base URL, http(s)://host:port")
     token_file: Path | None = Field(
         None, description="token for this service (frontend scope); default the frontend's own"
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return http_url(value, "url")
 
 
 class OverflowConfig(BaseModel):
@@ -64,7 +74,7 @@ class GroupConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("main", pattern=r"^[A-Za-z0-9_.-]+$", description="group name")
+    name: str = Field("main", pattern=GROUP_PATTERN, description="group name")
     pool: str | None = Field(
         None,
         description="name of the pool (in `pools`) whose jobs this group serves; "
@@ -166,6 +176,17 @@ class GroupConfig(BaseModel):
             classads.parse_expr(value)  # ClassAdError (a ValueError) quotes the bad text
         return value
 
+    @field_validator("start_expr", "container_image")
+    @classmethod
+    def _pilot_line(cls, value: str | None) -> str | None:
+        """Both reach the pilots' command line and glidein_config: one line, no control
+        character (the factory refuses them too; here the operator hears it first)."""
+        if value is not None:
+            one_line(value, "a value given to pilots")
+            if not value.strip():
+                raise ValueError("must not be blank")
+        return value
+
 
 class FrontendConfig(BaseModel):
     """`glidewms frontend --config frontend.yaml`."""
@@ -189,7 +210,6 @@ class FrontendConfig(BaseModel):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest request body")
     public_url: str | None = Field(
         None,
-        pattern=r"^https?://[^\s/]+",
         description="the URL pilots reach this frontend at (its VO stages); default the "
         "listening address",
     )
@@ -236,6 +256,13 @@ class FrontendConfig(BaseModel):
         if value is not None:
             read_ca_bundle(value)  # a TlsError (a ValueError) names the file
         return value
+
+    @field_validator("public_url", "pool_url", "factory_url")
+    @classmethod
+    def _urls(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Pool and factory URLs go to the factory and on to every pilot's command line
+        (and glidein_config): parsed, one line, no blanks."""
+        return None if value is None else http_url(value, str(info.field_name))
 
     @model_validator(mode="after")
     def _references(self) -> FrontendConfig:

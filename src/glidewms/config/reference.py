@@ -14,11 +14,13 @@ from pydantic.fields import FieldInfo
 from glidewms.config.factory import EntryConfig, FactoryConfig
 from glidewms.config.frontend import FrontendConfig, GroupConfig, OverflowConfig, Source
 from glidewms.config.pool import PoolConfig
+from glidewms.config.sites import JobIsolationConfig
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("pool.yaml", PoolConfig),
     ("factory.yaml", FactoryConfig),
     ("Factory entries (items of `entries:`)", EntryConfig),
+    ("Local job isolation (`isolation:` in an entry, backend local)", JobIsolationConfig),
     ("frontend.yaml", FrontendConfig),
     ("Frontend groups (items of `groups:`)", GroupConfig),
     ("Frontend pools and factories (items of `pools:` and `factories:`)", Source),

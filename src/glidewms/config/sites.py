@@ -1,4 +1,4 @@
-"""How an entry reaches its site: the `batch:`, `ssh:` and `condor:` sections.
+"""How an entry reaches its site: the `batch:`, `ssh:`, `condor:` and `isolation:` sections.
 
 One model per kind of contact, each validating what its backend will put in a
 command line, a job script or a submit description: single words, single
@@ -14,17 +14,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from glidewms.config.values import one_line
+
+# Every pattern here is used with fullmatch (`$` with re.match also accepts a
+# trailing newline, which would start a new line of a job script).
 # Environment variable names handed to batch commands and to pilots.
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+WORD = re.compile(r"[A-Za-z0-9_.@:+-]{1,128}")
+SCHEDD_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,253}")
+REMOTE_USER = re.compile(r"[\w.-]*", re.ASCII)
+TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def check_environment(value: dict[str, str]) -> dict[str, str]:
     """Names a shell can export, values on one line: they end up in job scripts."""
     for key, item in value.items():
-        if not ENV_NAME.match(key):
+        if not ENV_NAME.fullmatch(key):
             raise ValueError(f"environment variable name {key!r} is not a shell identifier")
-        if "\n" in item or "\0" in item:
-            raise ValueError(f"environment variable {key!r}: value must be a single line")
+        one_line(item, f"environment variable {key!r}")
     return value
 
 
@@ -61,7 +68,7 @@ class BatchConfig(BaseModel):
     @field_validator("queue", "account", "project", "parallel_environment")
     @classmethod
     def _word(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z0-9_.@:+-]{1,128}$", value):
+        if value is not None and not WORD.fullmatch(value):
             raise ValueError("expected a single word (letters, digits, '_.@:+-')")
         return value
 
@@ -69,14 +76,25 @@ class BatchConfig(BaseModel):
     @classmethod
     def _options(cls, value: list[str]) -> list[str]:
         for option in value:
-            if "\n" in option or "\r" in option:
-                raise ValueError(f"option {option!r} must be a single line")
+            one_line(option, f"option {option!r}")
         return value
 
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         return check_environment(value)
+
+    @field_validator("command_prefix")
+    @classmethod
+    def _prefix(cls, value: list[str]) -> list[str]:
+        for word in value:
+            one_line(word, "command_prefix")
+        return value
+
+    @field_validator("log_dir")
+    @classmethod
+    def _log_dir(cls, value: str | None) -> str | None:
+        return None if value is None else one_line(value, "log_dir")
 
     @model_validator(mode="after")
     def _prefix_needs_log_dir(self) -> BatchConfig:
@@ -106,18 +124,27 @@ class SshConfig(BaseModel):
     )
     max_connections: int = Field(default=2, ge=1, le=64, description="connections at once")
 
+    @field_validator("host", "user", "remote_dir")
+    @classmethod
+    def _line(cls, value: str) -> str:
+        """They reach ssh and remote command lines: one line, no blank in host or user."""
+        one_line(value, "ssh")
+        if value != value.strip():
+            raise ValueError(f"no leading or trailing blanks, got {value!r}")
+        return value
+
 
 # A DNS host name or an IPv4 address: HTCondor-CE hosts and schedd names.
 HOST_NAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 # A submit command name (`request_gpus`, `+MyAttr`, `My.Attr`).
-SUBMIT_KEY = re.compile(r"^\+?[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+SUBMIT_KEY = re.compile(r"\+?[A-Za-z_][A-Za-z0-9_.]{0,127}")
 
 
 def _host(value: str | None, what: str) -> str | None:
-    if value is not None and not HOST_NAME.match(value):
+    if value is not None and not HOST_NAME.fullmatch(value):
         raise ValueError(f"{what}: expected a host name such as ce.example.org, got {value!r}")
     return value
 
@@ -166,7 +193,7 @@ class CondorConfig(BaseModel):
     @field_validator("schedd")
     @classmethod
     def _schedd(cls, value: str) -> str:
-        if value != "local" and not re.match(r"^[A-Za-z0-9_.@-]{1,253}$", value):
+        if value != "local" and not SCHEDD_NAME.fullmatch(value):
             raise ValueError("expected 'local' or a schedd name such as schedd@host.example.org")
         return value
 
@@ -174,7 +201,9 @@ class CondorConfig(BaseModel):
     @classmethod
     def _collector(cls, value: str | None) -> str | None:
         host, _, port = (value or "").partition(":")
-        if value is not None and (not HOST_NAME.match(host) or (port and not port.isdigit())):
+        if value is not None and (
+            not HOST_NAME.fullmatch(host) or (port and not (port.isascii() and port.isdigit()))
+        ):
             raise ValueError(f"expected host[:port], got {value!r}")
         return value
 
@@ -182,7 +211,7 @@ class CondorConfig(BaseModel):
     @classmethod
     def _remote(cls, value: str | None) -> str | None:
         user, _, host = (value or "").rpartition("@")
-        if value is not None and (not HOST_NAME.match(host) or not re.match(r"^[\w.-]*$", user)):
+        if value is not None and (not HOST_NAME.fullmatch(host) or not REMOTE_USER.fullmatch(user)):
             raise ValueError(f"expected [user@]host, got {value!r}")
         return value
 
@@ -196,7 +225,7 @@ class CondorConfig(BaseModel):
     @field_validator("factory_tag")
     @classmethod
     def _tag(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", value):
+        if not TAG.fullmatch(value):
             raise ValueError("expected a word: letters, digits, '_', '.', '-'")
         return value
 
@@ -204,12 +233,11 @@ class CondorConfig(BaseModel):
     @classmethod
     def _submit(cls, value: dict[str, str]) -> dict[str, str]:
         for key, item in value.items():
-            if not SUBMIT_KEY.match(key):
+            if not SUBMIT_KEY.fullmatch(key):
                 raise ValueError(
                     f"submit command {key!r}: expected a name such as request_gpus or +MyAttribute"
                 )
-            if "\n" in item or "\r" in item:
-                raise ValueError(f"submit command {key!r}: value must be a single line")
+            one_line(item, f"submit command {key!r}")
         return value
 
     @model_validator(mode="after")
@@ -219,3 +247,63 @@ class CondorConfig(BaseModel):
         if self.grid_type == "batch" and self.batch_system is None:
             raise ValueError("grid_type batch needs batch_system (slurm, pbs, lsf, sge, condor)")
         return self
+
+
+# A login name useradd would accept (jobs of local pilots run as it when root).
+ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+
+
+class JobIsolationConfig(BaseModel):
+    """How the jobs of a local entry's pilots are kept from this machine's services
+    (backend local only; docs/security.md, "Jobs cannot read the services' secrets").
+
+    `auto`: as root, jobs run as `account`; otherwise each job runs in a
+    bubblewrap sandbox that hides the services' files; when neither is possible
+    the factory refuses to start, unless `allow_unisolated`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["auto", "account", "sandbox", "none"] = Field(
+        default="auto",
+        description="auto, account (root: jobs run as `account`), sandbox (bubblewrap) or "
+        "none (jobs run as the factory's account and can read its files)",
+    )
+    account: str = Field(
+        default="nobody", description="the unprivileged account jobs run as in mode account"
+    )
+    hidden_paths: list[str] = Field(
+        default_factory=lambda: ["~"],
+        description="mode sandbox: more paths jobs must not see (`~`: the factory "
+        "account's home); the state_dir, the pilot's work dir and its token's directory "
+        "always are",
+    )
+    bwrap: str = Field(default="bwrap", description="the bubblewrap command of mode sandbox")
+    allow_unisolated: bool = Field(
+        default=False,
+        description="mode auto with neither root nor a working bubblewrap: run jobs "
+        "unisolated (said at every pilot start) instead of refusing to start",
+    )
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        if not ACCOUNT_NAME.fullmatch(value) or value == "root":
+            raise ValueError(f"expected an unprivileged account name, got {value!r}")
+        return value
+
+    @field_validator("hidden_paths")
+    @classmethod
+    def _hidden(cls, value: list[str]) -> list[str]:
+        for path in value:
+            one_line(path, "hidden_paths")
+            if "," in path or not (path == "~" or path.startswith(("/", "~/"))) or path == "/":
+                raise ValueError(
+                    f"hidden_paths: expected an absolute path (or ~), no comma, got {path!r}"
+                )
+        return value
+
+    @field_validator("bwrap")
+    @classmethod
+    def _bwrap(cls, value: str) -> str:
+        return one_line(value, "bwrap")

@@ -24,7 +24,7 @@ SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _safe(kind: str, value: str) -> str:
-    if not SAFE.match(value) or value in (".", ".."):
+    if not SAFE.fullmatch(value) or value in (".", ".."):
         raise ValueError(f"{kind} {value!r} cannot name an archive directory")
     return value
 

@@ -8,6 +8,13 @@ the CA bundle https services are verified against (`--ca-cert B64`, the
 factory's `ca_file`: public, and on the command line so that no site needs
 a copy beforehand). Nothing secret is ever an argument: the token travels in
 a 0600 file.
+
+Every argument is checked on the way out (`checked`): each value becomes a
+`glidein_config` line on the pilot, so one with a newline or any other control
+character would add lines of its own; URLs must parse as http(s). The request
+and the entry were checked when they came in; this is the last line before a
+pilot, and `request_problem` lets the factory refuse (and say why) a request
+stored before those checks existed instead of failing at every submission.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from glidewms.config.factory import EntryConfig
+from glidewms.config.values import http_url, one_line
 from glidewms.factory.policy import attribute_text
 from glidewms.factory.stage import Stage
 from glidewms.factory.store import StoredRequest
@@ -25,6 +33,10 @@ REQUEST_ATTRIBUTES = (
     ("GLIDEIN_Start", "start_expr"),
     ("GLIDEIN_Container_Image", "container_image"),
 )
+
+
+# Options whose value is a URL the pilot calls.
+URL_OPTIONS = frozenset({"--factory", "--pool", "--vo-stage"})
 
 
 def pilot_arguments(
@@ -77,4 +89,40 @@ def pilot_arguments(
         requested = wanted.get(field)
         if requested:
             args += ["--attr", f"{attr}={requested}"]
+    return checked(args)
+
+
+def checked(args: list[str]) -> tuple[str, ...]:
+    """The arguments, if every value is one line without control characters (and
+    every URL option an http(s) URL); ValueError naming the option otherwise."""
+    option = ""
+    for word in args:
+        if word.startswith("--") and not option:
+            option = word
+            continue
+        one_line(word, f"pilot argument {option or word}")
+        if option in URL_OPTIONS:
+            http_url(word, f"pilot argument {option}")
+        option = ""
     return tuple(args)
+
+
+def request_problem(request: StoredRequest, entry: str) -> str | None:
+    """Why `request` cannot be given to pilots of `entry` (a value that is not one
+    line, a URL that does not parse), or None."""
+    wanted = request.entries.get(entry, {})
+    values = [("pool_url", request.pool_url, True)]
+    if request.vo_stage:
+        values.append(("vo_stage.url", str(request.vo_stage.get("url", "")), True))
+    values += [
+        (field, str(wanted[field]), False) for _, field in REQUEST_ATTRIBUTES if wanted.get(field)
+    ]
+    for name, value, is_url in values:
+        try:
+            if is_url:
+                http_url(value, name)
+            else:
+                one_line(value, name)
+        except ValueError as exc:
+            return f"request refused for pilots: {exc}"
+    return None

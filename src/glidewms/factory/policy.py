@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from glidewms.classads import ClassAdError, parse_expr
 from glidewms.config.factory import EntryConfig
+from glidewms.config.values import one_line
 from glidewms.factory.backends.base import PilotState
 from glidewms.factory.states import GlideinState
 from glidewms.factory.store import Glidein
@@ -86,8 +87,9 @@ class EntryRequest(BaseModel):
         if value is None:
             return None
         value = value.strip()
-        if not value or "\n" in value or "\r" in value:
+        if not value:
             raise ValueError("expected a one-line ClassAd expression")
+        one_line(value, "start_expr")  # a glidein_config line on every pilot
         try:
             parse_expr(value)
         except ClassAdError as exc:
@@ -99,7 +101,7 @@ class EntryRequest(BaseModel):
     def _container_image(cls, value: str | None) -> str | None:
         if value is not None and (not value.strip() or any(c.isspace() for c in value)):
             raise ValueError("expected an image reference or path without whitespace")
-        return value
+        return None if value is None else one_line(value, "container_image")
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,15 @@ batch backends flatten them to `<frontend>.<file name>` on a remote site.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from glidewms.config.values import http_url
 from glidewms.factory.policy import EntryRequest
 from glidewms.security.tokens import TokenError, TokenVerifier, write_secret
-
-HTTP_URL = re.compile(r"^https?://[^\s/]+\S*$")
 
 
 class VoStage(BaseModel):
@@ -47,9 +45,7 @@ class VoStage(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not HTTP_URL.match(value):
-            raise ValueError("expected an http:// or https:// URL without whitespace")
-        return value.rstrip("/")
+        return http_url(value, "url").rstrip("/")
 
 
 class RequestBody(BaseModel):
@@ -68,9 +64,8 @@ class RequestBody(BaseModel):
     @field_validator("pool_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("expected an http:// or https:// URL")
-        return value
+        """It becomes every pilot's --pool and a glidein_config line: parsed, one line."""
+        return http_url(value, "pool_url")
 
 
 @dataclass(kw_only=True)

@@ -37,7 +37,7 @@ from glidewms.factory.backends import (
     PilotState,
     PilotSubmission,
 )
-from glidewms.factory.pilot_args import pilot_arguments
+from glidewms.factory.pilot_args import pilot_arguments, request_problem
 from glidewms.factory.policy import (
     EntryRequest,
     RemovePlan,
@@ -167,6 +167,8 @@ class Factory:
                 errors[name] = f"entry {name!r} does not accept frontend {request.frontend!r}"
             elif not entry.enabled:
                 errors[name] = f"entry {name!r} is disabled: no new pilots"
+            elif (problem := request_problem(request, name)) is not None:
+                errors[name] = problem
         return errors
 
     def _log_once(self, request: StoredRequest, name: str, message: str) -> None:

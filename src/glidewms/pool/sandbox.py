@@ -34,7 +34,7 @@ class SandboxStore:
         os.chmod(self.root, 0o700)
 
     def path(self, sha256: str) -> Path:
-        if not HEX64.match(sha256):
+        if not HEX64.fullmatch(sha256):
             raise BadDigest(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / sha256
 

@@ -188,7 +188,7 @@ def submit_description(
     condor = entry.condor
     if condor is None:
         raise BackendError(f"entry {entry.name}: backend htcondor needs a condor: section")
-    bad = [g for g in array.glidein_ids if not SAFE_ID.match(g)]
+    bad = [g for g in array.glidein_ids if not SAFE_ID.fullmatch(g)]
     if bad:
         raise BackendError(f"glidein id {bad[0]!r} cannot be named in a submit description")
     choice = f"$CHOICE(Process, {', '.join(array.glidein_ids)})"

@@ -9,6 +9,11 @@ naming the 0600 token file and its output in
 A backend id is `<entry>/<glidein_id>/<pid>/<starttime>`: the process start
 time (from /proc) guards against a recycled pid after a factory restart, when
 the Popen objects are gone and /proc is all there is.
+
+The pilots share the machine with the services, so their jobs are isolated
+from them (backends/isolation.py): the mode is decided for every local entry
+when the backend is made (a factory that cannot isolate them does not start,
+unless the entry allows it) and given to each pilot as `--set GLIDEIN_Job_*`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ from glidewms.factory.backends.base import (
     PilotLogs,
     PilotState,
     PilotSubmission,
+)
+from glidewms.factory.backends.isolation import (
+    Choice,
+    IsolationUnavailable,
+    decide,
+    pilot_settings,
 )
 from glidewms.factory.backends.shell import read_tail
 
@@ -104,6 +115,20 @@ class LocalBackend(Backend):
         self._final: dict[str, PilotState] = {}
         self._removing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._isolation: dict[tuple[str, str], Choice] = {}
+        for entry in context.entries.values():
+            if entry.backend == self.kind:
+                self.isolation(entry)  # IsolationUnavailable: the factory does not start
+
+    def isolation(self, entry: EntryConfig) -> Choice:
+        """How `entry`'s pilots isolate their jobs (decided once per configuration)."""
+        key = (entry.name, entry.isolation.model_dump_json())
+        if key not in self._isolation:
+            choice = decide(entry)
+            level = logging.WARNING if choice.mode == "none" else logging.INFO
+            log.log(level, "entry %s: %s", entry.name, choice.reason)
+            self._isolation[key] = choice
+        return self._isolation[key]
 
     # -- paths --------------------------------------------------------------------
 
@@ -117,25 +142,31 @@ class LocalBackend(Backend):
         bootstrap = self.context.bootstrap
         if not bootstrap.is_file():
             raise BackendError(f"bootstrap script not found: {bootstrap}")
+        try:
+            settings = pilot_settings(self.isolation(entry), entry, self.context.state_dir)
+        except IsolationUnavailable as exc:
+            raise BackendError(str(exc)) from None
         work = self.context.state_dir / "work" / entry.name
         work.mkdir(parents=True, exist_ok=True)
         started: list[str] = []
         for pilot in pilots:
             try:
-                started.append(str(self._start(entry, pilot, work)))
+                started.append(str(self._start(entry, pilot, work, settings)))
             except OSError as exc:
                 raise BackendError(
                     f"cannot start pilot {pilot.glidein_id}: {exc}", started
                 ) from exc
         return started
 
-    def _start(self, entry: EntryConfig, pilot: PilotSubmission, work: Path) -> LocalId:
+    def _start(
+        self, entry: EntryConfig, pilot: PilotSubmission, work: Path, settings: list[str]
+    ) -> LocalId:
         out_path, err_path = self.log_paths(entry.name, pilot.glidein_id)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GLIDEIN_TOKEN_FILE": str(pilot.token_file)}
         with out_path.open("ab") as out, err_path.open("ab") as err:
             proc = subprocess.Popen(
-                ["bash", str(self.context.bootstrap), *pilot.arguments],
+                ["bash", str(self.context.bootstrap), *pilot.arguments, *settings],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,

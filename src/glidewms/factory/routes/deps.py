@@ -56,7 +56,7 @@ ReloaderDep = Annotated[Reloader, Depends(_reloader)]
 def check_name(kind: str, value: str, status: int) -> None:
     """Refuse a name that cannot be a file name under credentials/ (`status`: 403 when
     it is the caller's own, 422 when it is in the request)."""
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):  # `$` with match() would accept "main\n"
         raise HTTPException(
             status, f"{kind} {value!r} is not a valid name (letters, digits, '_', '.', '-')"
         )

@@ -19,6 +19,8 @@ Public surface (what the bootstrap, validation scripts, tests and benches use):
   ``slot.Slot``; ``checks.Checks``; ``claims.ClaimRunner``; ``trail.Trail``.
 - ``http``: ``Api``, ``HttpStatusError``, ``TransportError``,
   ``IncompatiblePeer``, ``API_MAJOR``, ``VERSION_HEADER``.
+- ``isolation``: ``Isolation``, how jobs are kept from the pilot and the
+  services (another account, or bubblewrap), and ``open_output``.
 - ``jobs``, ``container``, ``cvmfs``, ``cvmfsexec``, ``validation``,
   ``resources``, ``forkrun``, ``workers``: used by the validation scripts
   (``from agent import cvmfs``...), the bootstrap and the benches.

@@ -12,7 +12,8 @@ import sys
 import time
 
 from .agent import Agent
-from .config import ConfigError, load_config
+from .config import ConfigError, UnsafeValue, load_config
+from .policy import ExitReason
 
 
 def setup_logging(verbose: bool) -> None:
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("glidein")
     try:
         cfg = load_config(options.config)
+    except UnsafeValue as exc:
+        # a value the bootstrap should have refused: a validation failure, said plainly
+        log.error("validation failed: glidein_config refused: %s", exc)
+        return ExitReason.VALIDATION_FAILED.exit_code
     except ConfigError as exc:
         log.error("bad glidein_config: %s", exc)
         return 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import signal
 import threading
 import time
@@ -28,10 +29,11 @@ from typing import Any
 from . import cvmfs, validation
 from .checks import Checks, ValidationFailed
 from .claims import ClaimRunner, Outcome
-from .config import GlideinConfig
+from .config import GlideinConfig, config_line
 from .container import ContainerSetup
 from .exchange import Exchange, Offer
 from .http import Api, HttpStatusError, IncompatiblePeer, TransportError
+from .isolation import Isolation
 from .jobs import JobSetupError, JobSpec
 from .policy import (
     Action,
@@ -113,6 +115,15 @@ class Agent:
         self.failure_times: list[float] = []
         self.published_env: dict[str, str] = {}
         self.container = ContainerSetup(use="NEVER")
+        # how jobs are kept from the pilot: from the config the bootstrap wrote, before
+        # any validation script could append to it (isolation.py)
+        self._isolation_problem = ""
+        try:
+            self.isolation = Isolation.from_values(cfg.values, cfg.work_dir, cfg.token_file)
+        except ValueError as exc:
+            self.isolation, self._isolation_problem = Isolation(), str(exc)
+        self.job_root = cfg.work_dir  # where execute/<job> sandboxes go (isolate())
+        self._own_job_root = False
         self.started = time.monotonic()
         retire, die = retire_and_die(
             cfg.lifetime, cfg.die_margin, cfg.retire_before, cfg.retire_spread, random.random()
@@ -227,6 +238,27 @@ class Agent:
 
     # -- validation -----------------------------------------------------------
 
+    def isolate(self) -> bool:
+        """Check that jobs can be isolated as the factory asked, and say how they are;
+        a pilot that cannot is a validation failure (never runs jobs unisolated)."""
+        problem = self._isolation_problem or self.isolation.check(self.cfg.work_dir)
+        if not problem:
+            try:
+                self.job_root = self.isolation.job_root(self.cfg.work_dir)
+                self._own_job_root = self.job_root != self.cfg.work_dir
+                if self._own_job_root and self.cfg.config_path:  # for validation (cvmfs)
+                    with open(self.cfg.config_path, "a", encoding="utf-8") as handle:
+                        handle.write(config_line("GLIDEIN_Job_Root", self.job_root))
+            except OSError as exc:
+                problem = str(exc)
+        if problem:
+            self.finish(ExitReason.VALIDATION_FAILED, f"job isolation: {problem}")
+            return False
+        asked = "GLIDEIN_Job_Isolation" in self.cfg.values
+        level = logging.WARNING if asked and self.isolation.mode == "none" else logging.INFO
+        log.log(level, "%s", self.isolation.describe())
+        return True
+
     def validate(self) -> bool:
         """Run the validation scripts; on success take in what they published."""
         if not self.cfg.config_path:
@@ -258,10 +290,11 @@ class Agent:
                 claim,
                 spec,
                 self.pool,
-                work_dir=self.cfg.work_dir,
+                work_dir=self.job_root,
                 job_env=self._job_env(),
                 container=self.container,
                 vacating=self.finished,
+                isolation=self.isolation,
             )
         except (JobSetupError, KeyError) as exc:
             log.error("unusable claim %s, left to its lease: %s", claim.get("claim_id"), exc)
@@ -373,7 +406,7 @@ class Agent:
             f"pilot {self.cfg.glidein_id} at {self.cfg.site}/"
             f"{self.cfg.entry}, lifetime {self.cfg.lifetime}s",
         )
-        if self.validate() and not self._take_signal() and self.reason is None:
+        if self.isolate() and self.validate() and not self._take_signal() and self.reason is None:
             self.trail.flush()
             try:
                 interval = self.register()
@@ -430,6 +463,8 @@ class Agent:
             self.exchange.flush()
             self.exchange.deregister(self.reason)
         self._release_mounts()
+        if self._own_job_root:  # outside the work dir the bootstrap removes
+            shutil.rmtree(self.job_root, ignore_errors=True)
 
     def _release_mounts(self) -> None:
         """Unmount what validation mounted (CVMFS repositories), jobs being gone."""

@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional
 
 from .container import ContainerError, ContainerSetup, choose_image, wrap
 from .http import Api, HttpStatusError, IntegrityError, TransportError, segment, sha256_file
+from .isolation import Isolation, open_output
 from .jobs import (
     JobProcess,
     JobSetupError,
@@ -82,6 +83,7 @@ class ClaimRunner:
         job_env: dict[str, str],
         container: ContainerSetup | None = None,
         vacating: threading.Event | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
         self.claim_id = str(claim["claim_id"])
         self.job_id = str(claim.get("job_id", self.claim_id))
@@ -90,6 +92,7 @@ class ClaimRunner:
         self.sandbox = os.path.join(work_dir, "execute", sandbox_name(self.job_id))
         self.job_env = job_env
         self.container = container or ContainerSetup(use="NEVER")
+        self.isolation = isolation or Isolation()
         # Set when the pilot is ending: a job that ends from then on is vacated, not
         # completed. A batch system signals every process of the pilot's job at once,
         # so the job may die of that SIGTERM before the pilot kills it: its exit code
@@ -131,6 +134,7 @@ class ClaimRunner:
         try:
             image = choose_image(self.container, self.spec.container)
             self._fetch_inputs()
+            self.isolation.prepare(self.sandbox)
         except (
             IntegrityError,
             JobSetupError,
@@ -158,7 +162,7 @@ class ClaimRunner:
             if self._killed:
                 outcome.killed = True
                 return
-            self._process = JobProcess(self.spec, self.sandbox, env, launcher)
+            self._process = JobProcess(self.spec, self.sandbox, env, launcher, self.isolation)
         log.debug("%s: starting %s", tag, self.spec.cmd)
         started = time.monotonic()
         outcome.started = True
@@ -193,12 +197,20 @@ class ClaimRunner:
         """Upload every output; None if any failed (a partial result is not sent)."""
         outputs: list[dict[str, str]] = []
         for name in outputs_to_upload(self.spec, self.sandbox, baseline):
-            path = os.path.join(self.sandbox, name)
-            digest = sha256_file(path)
             try:
+                fd = open_output(self.sandbox, name)
+            except OSError as exc:  # swapped for a symlink or a device since the check
+                log.warning("%s: output %s skipped: %s", tag, name, exc)
+                continue
+            try:
+                # the descriptor, never the path again: it cannot be swapped any more
+                path = f"/proc/self/fd/{fd}"
+                digest = sha256_file(path)
                 self.pool.upload(f"files/{digest}", path)
             except (HttpStatusError, TransportError) as exc:
                 log.error("%s: output %s not uploaded, result dropped: %s", tag, name, exc)
                 return None
+            finally:
+                os.close(fd)
             outputs.append({"name": name, "sha256": digest})
         return outputs

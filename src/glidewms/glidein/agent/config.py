@@ -3,6 +3,15 @@
 The format follows GlideinWMS: one key per line, the value is the rest of the
 line (it may contain spaces), ``#`` starts a comment line, and a key given
 twice keeps its last value (GlideinWMS scripts append to override).
+
+Lines end at ``\n`` only, and a line holding any other control character
+(CR, VT, FF, the file/group/record separators, NEL, U+2028...: each ends a
+line for ``str.splitlines``, or for some other reader) is refused, as is a
+file that is not UTF-8: a value smuggled past the bootstrap's own checks
+cannot turn into extra lines here either (``UnsafeValue``; the pilot exits
+with a validation failure). Tabs separate like spaces. Files are read with
+``newline=""``: Python's universal newlines would turn a lone CR into a line
+end. ``config_line`` is the writer's side of the same rule.
 """
 
 from __future__ import annotations
@@ -18,18 +27,45 @@ AttrValue = Union[bool, int, float, str]
 DEFAULT_IDLE_TIMEOUT = 1200
 DEFAULT_LIFETIME = 86400
 
-_INT = re.compile(r"^[+-]?[0-9]+$")
-_FLOAT = re.compile(r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?$")
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?")
+# Every control character but tab (a separator, as a blank is).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ConfigError(ValueError):
     """glidein_config is missing a required key or holds an unusable value."""
 
 
+class UnsafeValue(ConfigError):
+    """A glidein_config line (or a value to write there) holds a control character."""
+
+
+def control_character(text: str) -> str | None:
+    """The first control character (tab aside) of ``text``, escaped, or None."""
+    found = _CONTROL.search(text)
+    return None if found is None else repr(found.group())[1:-1]
+
+
+def config_line(key: str, value: str) -> str:
+    """``KEY VALUE\n`` for glidein_config; UnsafeValue unless both fit on one line."""
+    if not key or any(ch.isspace() for ch in key) or key.startswith("#"):
+        raise UnsafeValue(f"cannot write key {key!r} to glidein_config")
+    bad = control_character(key + value)
+    if bad is not None:
+        raise UnsafeValue(f"{key}: control character {bad} cannot be written to glidein_config")
+    return f"{key} {value}\n"
+
+
 def parse_lines(text: str) -> dict[str, str]:
-    """Parse ``KEY VALUE`` lines; a later line for the same key wins."""
+    """Parse ``KEY VALUE`` lines; a later line for the same key wins; UnsafeValue
+    for a line with a control character (tab aside)."""
     values: dict[str, str] = {}
-    for raw in text.splitlines():
+    for number, raw in enumerate(text.split("\n"), 1):
+        bad = control_character(raw)
+        if bad is not None:
+            key = raw.split(None, 1)[0] if raw.split() else ""
+            raise UnsafeValue(f"line {number} (key {key[:64]!r}): control character {bad}")
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -49,9 +85,9 @@ def typed_value(text: str) -> AttrValue:
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if _INT.match(text.strip()):
+    if _INT.fullmatch(text.strip()):
         return int(text)
-    if _FLOAT.match(text.strip()):
+    if _FLOAT.fullmatch(text.strip()):
         number = float(text)
         if math.isfinite(number):
             return number
@@ -62,7 +98,7 @@ def _seconds(values: dict[str, str], key: str, default: int) -> int:
     raw = values.get(key, "")
     if raw == "":
         return default
-    if not _INT.match(raw) or int(raw) < 0:
+    if not _INT.fullmatch(raw) or int(raw) < 0:
         raise ConfigError(f"{key}: expected a number of seconds, got {raw!r}")
     return int(raw)
 
@@ -72,7 +108,7 @@ def _amount(values: dict[str, str], key: str) -> int | None:
     raw = values.get(key, "auto") or "auto"
     if raw.lower() == "auto":
         return None
-    if not _INT.match(raw) or int(raw) <= 0:
+    if not _INT.fullmatch(raw) or int(raw) <= 0:
         raise ConfigError(f"{key}: expected 'auto' or a positive integer, got {raw!r}")
     return int(raw)
 
@@ -114,10 +150,12 @@ class GlideinConfig:
 def load_config(path: str) -> GlideinConfig:
     """Read and validate the glidein_config at ``path``."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8", newline="") as handle:
             text = handle.read()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UnsafeValue(f"{path} is not UTF-8 text: {exc}") from None
     cfg = build_config(parse_lines(text), os.path.dirname(os.path.abspath(path)))
     cfg.config_path = os.path.abspath(path)
     return cfg

@@ -43,7 +43,7 @@ def parse_repos(text: str) -> List[str]:
     for name in re.split(r"[,\s]+", text or ""):
         if not name:
             continue
-        if not _REPO.match(name) or ".." in name:
+        if not _REPO.fullmatch(name) or ".." in name:
             raise ValueError(
                 f"GLIDEIN_CVMFS_Repos: {name!r} is not a repository name (such as cms.cern.ch)"
             )
@@ -165,11 +165,16 @@ def fetch_image(source: str, repo: str, dest_dir: str) -> str:
 
 
 def mount(image: str, mountpoint: str) -> None:
-    """Mount one image read-only at ``mountpoint`` and check that it lists."""
+    """Mount one image read-only at ``mountpoint`` and check that it lists.
+
+    A root pilot runs its jobs as another account (agent/isolation.py): FUSE lets
+    only the mounting user in unless ``allow_other`` (which root may always give).
+    """
     os.makedirs(mountpoint, exist_ok=True)
+    options = ["-o", "allow_other"] if os.geteuid() == 0 else []
     try:
         out = subprocess.run(
-            ["squashfuse", image, mountpoint],
+            ["squashfuse", *options, image, mountpoint],
             capture_output=True,
             text=True,
             timeout=COMMAND_TIMEOUT,

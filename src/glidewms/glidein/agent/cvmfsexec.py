@@ -40,7 +40,7 @@ import sys
 from typing import List, Optional, Tuple
 
 from . import cvmfs, pidns
-from .config import parse_lines
+from .config import config_line, control_character, parse_lines
 
 COMMAND_TIMEOUT = 60.0
 
@@ -148,9 +148,12 @@ def as_user(cmd: List[str], uid: Optional[int], gid: Optional[int]) -> List[str]
 
 
 def note(config: str, lines: List[Tuple[str, str]]) -> None:
+    """Append what happened (a tool's messages among them: blanks and control
+    characters become single spaces, so each stays one glidein_config line)."""
     with open(config, "a", encoding="utf-8") as handle:
         for key, value in lines:
-            handle.write(f"{key} {' '.join(value.split())}\n")
+            text = "".join(" " if control_character(ch) else ch for ch in value)
+            handle.write(config_line(key, " ".join(text.split())))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -160,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--gid", type=int)
     parser.add_argument("cmd", nargs="+")
     options = parser.parse_args(argv)
-    with open(options.config, encoding="utf-8") as handle:
+    with open(options.config, encoding="utf-8", newline="") as handle:
         values = parse_lines(handle.read())
     work = values.get("GLIDEIN_Work_Dir") or os.path.dirname(os.path.abspath(options.config))
     # Mount and run inside a pid namespace that dies with this process (pidns.py),

@@ -17,7 +17,9 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .isolation import Isolation
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,13 @@ class JobSpec:
         for sandbox_file in files:
             if not re.fullmatch(r"[0-9a-f]{64}", sandbox_file.sha256):
                 raise JobSetupError(f"{sandbox_file.name}: bad sha256 {sandbox_file.sha256!r}")
+        # what exec cannot take: refused here, with its name, not as a crash in Popen
+        for name in spec.env:
+            if not name or "=" in name or "\0" in name:
+                raise JobSetupError(f"env: {name!r} is not an environment variable name")
+        for text in [spec.cmd, *spec.args, *spec.env.values()]:
+            if "\0" in text:
+                raise JobSetupError(f"a NUL character in the job's command line or env: {text!r}")
         if not spec.cmd:
             raise JobSetupError("the job has no cmd")
         return spec
@@ -229,16 +238,27 @@ class JobProcess:
     """The job's process, in its own session so the whole group can be killed.
 
     ``launcher`` turns the job's command line and environment into the ones
-    actually run (a container runtime's, see ``container.wrap``).
+    actually run (a container runtime's, see ``container.wrap``); without one,
+    ``isolation`` may (bubblewrap's, see ``isolation.Isolation``), and it says
+    which account the job runs as.
     """
 
     def __init__(
-        self, spec: JobSpec, sandbox: str, env: dict[str, str], launcher: Launcher | None = None
+        self,
+        spec: JobSpec,
+        sandbox: str,
+        env: dict[str, str],
+        launcher: Launcher | None = None,
+        isolation: Optional[Isolation] = None,
     ) -> None:
         self.spec = spec
         self.sandbox = sandbox
         self.env = env
         self.launcher = launcher
+        self.isolation = isolation or Isolation()
+        # bubblewrap's process is the one started: a SIGTERM to it would end it, and
+        # with it (--die-with-parent) the job, at once; the job itself gets it instead
+        self._supervised = launcher is None and self.isolation.supervised
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # a kill racing the start is applied once started
         self._pending_kill: float | None = None
@@ -257,6 +277,9 @@ class JobProcess:
         env = self.env
         if self.launcher is not None:
             argv, env = self.launcher(argv, env)
+        elif self._supervised:
+            argv = self.isolation.wrap(argv, self.sandbox)
+        argv = self.isolation.as_account(argv)
         try:
             proc = self._start(argv, env)
             if proc is None:
@@ -282,14 +305,17 @@ class JobProcess:
         """
         null = _devnull()
         opened: dict[str | None, int] = {None: null}
+        owner = self.isolation.owner
         try:
             for name in (self.spec.out, self.spec.err):
                 if name not in opened:  # out == err: one file
                     opened[name] = os.open(
                         os.path.join(self.sandbox, str(name)),
-                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
                         0o666,
                     )
+                    if owner is not None:
+                        os.fchown(opened[name], *owner)
             try:
                 return _popen_unless_busy(
                     argv,
@@ -300,6 +326,7 @@ class JobProcess:
                     stderr=opened[self.spec.err],
                     start_new_session=True,
                     close_fds=True,
+                    **self.isolation.popen_options(),
                 )
             except OSError as exc:
                 reason = f"cannot execute {argv[0]}: {exc.strerror}"
@@ -324,7 +351,10 @@ class JobProcess:
             if self._proc is None:
                 self._pending_kill = grace
                 return
-        self._signal_group(signal.SIGTERM)
+        if self._supervised:
+            self._signal_inside(signal.SIGTERM)
+        else:
+            self._signal_group(signal.SIGTERM)
         timer = threading.Timer(grace, self._kill_if_running)
         timer.daemon = True
         timer.start()
@@ -338,6 +368,20 @@ class JobProcess:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signum)
+
+    def _signal_inside(self, signum: int) -> None:
+        """Signal the job's process group but its leader (bubblewrap): the job and
+        what it started get the signal, bubblewrap stays to wait for them. Its
+        init in the pid namespace ignores signals it has no handler for."""
+        if self._proc is None:
+            return
+        group = self._proc.pid
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == group:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(int(name)) == group:
+                    os.kill(int(name), signum)
 
 
 _NULL_FD: list[int] = []  # /dev/null, opened once per pilot (close-on-exec)

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import container as containers
 from . import forkrun
-from .config import ConfigError, parse_lines, typed_value
+from .config import ConfigError, UnsafeValue, parse_lines, typed_value
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +347,12 @@ def published(
 
 
 def read_values(config_path: str) -> Dict[str, str]:
-    with open(config_path, encoding="utf-8") as handle:
-        return parse_lines(handle.read())
+    """glidein_config as the scripts left it (UnsafeValue: a line is not one line)."""
+    try:
+        with open(config_path, encoding="utf-8", newline="") as handle:
+            return parse_lines(handle.read())
+    except UnicodeDecodeError as exc:
+        raise UnsafeValue(f"{config_path} is not UTF-8 text: {exc}") from None
 
 
 def failure_summary(results: List[Result]) -> Optional[str]:

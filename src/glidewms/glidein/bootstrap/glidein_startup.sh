@@ -11,7 +11,7 @@
 # PEM text, from the factory) or --ca-file, else the node's system store; the
 # bundle is kept as $work/ca.pem and named to the agent (GLIDEIN_CA_File).
 set -u
-EXIT_USAGE=2 EXIT_ERROR=1 EXIT_CORRUPT=3
+EXIT_USAGE=2 EXIT_ERROR=1 EXIT_CORRUPT=3 EXIT_INVALID=4
 
 log() { printf '%(%Y-%m-%dT%H:%M:%SZ)T glidein_startup: %s\n' -1 "$*" >&2; }
 usage() {
@@ -55,7 +55,7 @@ while [ $# -gt 0 ]; do
     --set) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --set '$2'"
            [[ $reserved == *" ${2%%=*} "* ]] && usage "--set cannot set ${2%%=*}"
            settings+=("$2") ;;
-    --attr) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --attr '$2'"
+    --attr) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || usage "bad --attr '$2'"
             [[ $reserved == *" ${2%%=*} "* ]] && usage "--attr cannot set ${2%%=*}"
             attrs+=("$2") ;;
     *) usage "unknown option $1" ;;
@@ -76,6 +76,44 @@ fi
 for req in $required; do
   var=${req%%:*}; [ -n "${!var}" ] || usage "--${req#*:} is required"
 done
+
+# Values that reach glidein_config, a URL or a command line: checked here too, behind
+# the factory's own checks (defence in depth). A control character (C0, DEL; in UTF-8
+# the C1 range and U+2028/U+2029, which Python's splitlines also ends lines at) would
+# add glidein_config lines of its own: a newline in --pool once turned off black-hole
+# protection. URLs: http(s)://host[:port][/path], no blank. The glidein id is part of
+# report URLs: a word. Refused with exit code 4 (validation failure), reported to the
+# factory when its URL, the work dir, the token file and the id are themselves sound.
+has_control() {
+  local LC_ALL=C
+  [[ $1 == *[$'\001'-$'\037'$'\177']* || $1 == *$'\302'[$'\200'-$'\237']* \
+     || $1 == *$'\342\200'[$'\250'$'\251']* ]]
+}
+is_http_url() {
+  local LC_ALL=C
+  [[ $1 =~ ^https?://[^/[:space:]]+(/[^[:space:]]*)?$ ]] && ! has_control "$1"
+}
+invalid_value() {  # prints "OPTION: why" for the first unusable value, else nothing
+  local pair var value a
+  for pair in factory:--factory pool:--pool vo_stage:--vo-stage; do
+    var=${pair%%:*}; value=${!var}
+    [ -z "$value" ] || is_http_url "$value" \
+      || { printf '%s: not an http(s) URL on one line: %q' "${pair#*:}" "$value"; return; }
+  done
+  [[ -z $stage_base || $stage_base == /* ]] || is_http_url "$stage_base" \
+    || { printf -- '--stage-url: not an http(s) URL on one line: %q' "$stage_base"; return; }
+  [[ -z $gid || $gid =~ ^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,254}$ ]] \
+    || { printf -- '--glidein-id: expected a word (letters, digits, _.@+-): %q' "$gid"; return; }
+  for pair in entry:--entry site:--site parent:--work-dir stage_base:--stage-dir \
+      token_file:GLIDEIN_TOKEN_FILE PY:GLIDEIN_PYTHON; do
+    var=${pair%%:*}
+    ! has_control "${!var}" \
+      || { printf '%s: control character in %q' "${pair#*:}" "${!var}"; return; }
+  done
+  for a in ${attrs[@]+"${attrs[@]}"} ${settings[@]+"${settings[@]}"}; do
+    ! has_control "$a" || { printf -- '--attr/--set: control character in %q' "$a"; return; }
+  done
+}
 for sum in "$manifest_sha" "$vo_sha"; do
   [ -z "$sum" ] || [[ $sum =~ ^[0-9a-fA-F]{64}$ ]] || usage "--manifest-sha256 and --vo-manifest-sha256 must be 64 hex digits"
 done
@@ -98,6 +136,13 @@ done
 token_file=$GLIDEIN_TOKEN_FILE; [[ $token_file == /* ]] || token_file=$PWD/$token_file
 PY=${GLIDEIN_PYTHON:-python3}
 CURL=$(command -v curl || true)
+invalid=$(invalid_value)
+if [ -n "$invalid" ]; then  # reported below if it can be, once the header file exists
+  if ! is_http_url "$factory" || ! [[ $gid =~ ^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,254}$ ]] \
+       || has_control "$parent$token_file"; then
+    log "validation_failed: $invalid"; exit $EXIT_INVALID
+  fi
+fi
 
 # Work dir policy: auto = the batch system's scratch (HTCondor's, then $TMPDIR), else /tmp.
 case "$parent" in
@@ -222,6 +267,7 @@ fail() {  # fail REASON CODE DETAIL: trail + report to the factory (best effort)
   exit "$2"
 }
 
+[ -z "$invalid" ] || fail validation_failed $EXIT_INVALID "$invalid"
 free_kb=$(df -Pk "$work" 2>/dev/null | awk 'NR == 2 { print $4 }')
 [ -z "$free_kb" ] || [ "$free_kb" -ge $((min_disk * 1024)) ] \
   || fail validation_failed $EXIT_ERROR "WN_Resource: $((free_kb / 1024)) MB free in $parent, need $min_disk"
@@ -316,6 +362,10 @@ rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
   [ -n "$no_factory" ] && printf 'GLIDEIN_Manual true\n'
   [ -n "$heartbeat" ] && printf 'GLIDEIN_Heartbeat %s\n' "$heartbeat"
 } > "$work/glidein_config"
+# Jobs of another account (agent/isolation.py) pass through the work dir to their sandbox.
+for a in ${settings[@]+"${settings[@]}"}; do
+  [ "$a" != GLIDEIN_Job_Isolation=account ] || chmod 711 "$work"
+done
 
 slurm_total_cpus() {  # SLURM_JOB_CPUS_PER_NODE ("4(x2),2") -> 10
   local part n r total=0

@@ -58,7 +58,9 @@ def check(script: Script) -> str:
     if not how:  # mode never
         return "CVMFS check disabled (GLIDEIN_CVMFS_Mount never)"
     work = script.get("GLIDEIN_Work_Dir", os.path.dirname(os.path.abspath(script.config_path)))
-    root = os.path.join(work, "cvmfs")
+    # jobs running as another account get their sandboxes (and these mounts) where that
+    # account can reach them, when it cannot reach the work dir (agent/isolation.py)
+    root = os.path.join(script.get("GLIDEIN_Job_Root") or work, "cvmfs")
     mounted: list[str] = []
     try:
         for repo, way in how.items():

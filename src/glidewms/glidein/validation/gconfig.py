@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
 CATEGORIES = ("WN_Resource", "Network", "Config", "VO_Config", "Corruption", "VO_Proxy")
+# What may not be in a glidein_config line (the agent's config.py refuses it too):
+# every control character but tab, NEL and the Unicode line/paragraph separators.
+CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Failure(Exception):
@@ -36,8 +41,10 @@ class Failure(Exception):
 def read(path: str) -> Dict[str, str]:
     """``KEY VALUE`` lines; ``#`` comments; the last line for a key wins."""
     values: Dict[str, str] = {}
-    with open(path, encoding="utf-8") as handle:
-        for raw in handle:
+    with open(path, encoding="utf-8", newline="") as handle:
+        for raw in handle.read().split("\n"):
+            if CONTROL.search(raw):
+                raise ValueError(f"{path}: a line holds a control character: {raw[:80]!r}")
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
@@ -61,7 +68,7 @@ class Script:
     def add(self, key: str, value: Any, slot: bool = False, env: bool = False) -> None:
         """Append ``KEY VALUE`` to glidein_config; optionally publish it."""
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        if "\n" in text or not key.replace("_", "a").isalnum():
+        if CONTROL.search(text) or not KEY.fullmatch(key):
             raise ValueError(f"cannot write {key!r} = {text!r} to glidein_config")
         with open(self.config_path, "a", encoding="utf-8") as handle:
             handle.write(f"{key} {text}\n")
