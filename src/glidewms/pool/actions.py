@@ -99,7 +99,7 @@ class Actions:
                 current = current_rows(conn, [(g.cluster_id, g.proc_id) for g, *_ in planned])
                 params, new_events = [], []
                 for given, action, reason, code in planned:
-                    new_state, kind = ACTIONS[action]
+                    new_state, kind = ACTIONS[JobCause(action)]
                     row = current.pop((given.cluster_id, given.proc_id), None)
                     if row is None or not JOB.allows(row.state, new_state, action):
                         continue

@@ -220,10 +220,10 @@ class Pilots:
 
     def _requeue(
         self, conn: Connection, condition: Any, now: float, reason: str
-    ) -> list[tuple[Any, str]]:
+    ) -> list[tuple[Any, JobState]]:
         """Running jobs back to idle (or held after too many): site failures."""
         rows = conn.execute(sa.select(jobs).where(jobs.c.state == EVICTED, condition)).all()
-        moved = []
+        moved: list[tuple[Any, JobState]] = []
         for r in rows:
             restarts = r.num_restarts + 1
             too_many = restarts > self.max_job_restarts

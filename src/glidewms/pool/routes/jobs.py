@@ -232,6 +232,6 @@ async def act(
     else:
         rows = await own_jobs(pool, who, body.job_ids)
         changed = await guarded(actions.act, action, rows, body.reason, who.subject)
-    if action == JobCause.RELEASE and changed:
+    if action == JobCause.RELEASE.value and changed:
         pool.signal.notify()
     return {"changed": changed}
