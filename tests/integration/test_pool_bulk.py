@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from glidewms.pool.pilots import PilotOwner
 from glidewms.db import make_engine, sqlite_url
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.jobs import NewJob
@@ -47,7 +48,7 @@ def test_a_turn_is_served_while_a_bulk_hold_runs_and_each_job_is_held_once(
 ) -> None:
     cluster, ids = store.queue.submit("alice", [NewJob(ALICE, [], [], {})] * BULK)
     _, [bob_job] = store.queue.submit("bob", [NewJob(BOB, [], [], {})])
-    pilot = store.pilots.register(dict(SLOT), "g1", "fe", "main", 3600)
+    pilot = store.pilots.register(dict(SLOT), "g1", PilotOwner("pilot", "fe", "main"), 3600)
     in_progress, turn_served = threading.Event(), threading.Event()
     batches: list[int] = []
 

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from glidewms.pool.pilots import PilotOwner
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine, sqlite_url
 from glidewms.pool.api import create_app
@@ -36,6 +37,7 @@ def small(pool_config: PoolConfig) -> Iterator[TestClient]:
     pool_config.max_ad_bytes = 4096
     pool_config.max_upload_bytes = 1000
     pool_config.max_body_bytes = 1 << 16
+    pool_config.max_submit_bytes = 1 << 16
     with TestClient(create_app(pool_config)) as client:
         yield client
 
@@ -154,7 +156,7 @@ def test_a_job_that_runs_again_forever_keeps_a_bounded_log(store: PoolStore) -> 
     """on_exit_remove = false: back to idle after every run."""
     looping = AD[:-1] + "; OnExitRemove = false ]"
     _, [jid] = store.queue.submit("alice", [NewJob(looping, [], [], {})])
-    pilot = store.pilots.register(dict(SLOT), "g1", "fe", "main", 3600)
+    pilot = store.pilots.register(dict(SLOT), "g1", PilotOwner("pilot", "fe", "main"), 3600)
     for _ in range(12):
         _, [c], _ = store.turns.cycle(pilot, [], dict(FREE), 60, 1, 0.0)
         store.turns.cycle(pilot, [Completion(c["claim_id"], 0)], dict(FREE), 60, 0, 0.0)
@@ -164,7 +166,7 @@ def test_a_job_that_runs_again_forever_keeps_a_bounded_log(store: PoolStore) -> 
 
 def test_only_plain_output_names_are_kept_and_at_most_the_cap(store: PoolStore) -> None:
     _, [jid] = store.queue.submit("alice", [NewJob(AD, [], [], {})])
-    pilot = store.pilots.register(dict(SLOT), "g1", "fe", "main", 3600)
+    pilot = store.pilots.register(dict(SLOT), "g1", PilotOwner("pilot", "fe", "main"), 3600)
     _, [c], _ = store.turns.cycle(pilot, [], dict(FREE), 60, 1, 0.0)
     sha = "0" * 64
     outputs = [{"name": n, "sha256": sha} for n in ("..", "a/b", "one", "two", "three", "four")]
