@@ -169,7 +169,7 @@ def cli(env: Env, monkeypatch: pytest.MonkeyPatch) -> Any:
         token_file = env.tmp / "admin.token"
         token_file.write_text(env.token("root", "admin"))
 
-        def bound(base_url: str, timeout: float, headers: Headers) -> TestClient:
+        def bound(base_url: str, timeout: float, headers: Headers, verify: Any) -> TestClient:
             assert base_url == "http://factory.test/api/v1"
             return TestClient(app, base_url=base_url, headers=headers)
 
