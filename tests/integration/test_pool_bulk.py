@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from glidewms.pool.pilots import PilotOwner
 from glidewms.db import make_engine, sqlite_url
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.jobs import NewJob
+from glidewms.pool.pilots import PilotOwner
 from glidewms.pool.schema import events, jobs
 from glidewms.pool.store import PoolStore
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401

@@ -14,13 +14,13 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from glidewms.pool.pilots import PilotOwner
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine, sqlite_url
 from glidewms.pool.api import create_app
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.exit import Completion
 from glidewms.pool.jobs import NewJob
+from glidewms.pool.pilots import PilotOwner
 from glidewms.pool.schema import events
 from glidewms.pool.store import PoolStore
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
