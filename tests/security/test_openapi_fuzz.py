@@ -173,3 +173,14 @@ def fuzz(operation: Any, service: Service, with_token: bool, budget: settings) -
     except BaseException as exc:  # a FailureGroup of the checks, or an error of the call
         return [f"{operation.label}: {exc}"]
     return []
+
+
+def test_a_downtime_id_beyond_sqlite_integers_is_refused_not_a_500(tmp_path: Path) -> None:
+    """Found by the fuzzer: a 2**70 id reached SQLite and the factory answered 500."""
+    issuer, public = keys(tmp_path)
+    admin = {"Authorization": f"Bearer {issuer.issue('root', ['admin'], 600)}"}
+    with TestClient(make_factory(tmp_path, public)) as client:
+        response = client.delete(f"/api/v1/downtimes/{2**70}", headers=admin)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["path", "downtime_id"]
+        assert client.delete("/api/v1/downtimes/7", headers=admin).status_code == 404
