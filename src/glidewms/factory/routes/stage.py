@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, PlainTextResponse
 
@@ -10,8 +12,12 @@ from glidewms.factory.routes.deps import FactoryDep, Pilot
 
 router = APIRouter(prefix="/stage", responses=responses(404))
 # The files are bytes, not JSON: say so, so clients and the fuzzer know.
-TEXT = {200: {"content": {"text/plain": {}}, "description": "The signed manifest"}}
-BYTES = {200: {"content": {"application/octet-stream": {}}, "description": "The file"}}
+TEXT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {}}, "description": "The signed manifest"}
+}
+BYTES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "The file"}
+}
 
 
 @router.get("/manifest", responses=TEXT)
