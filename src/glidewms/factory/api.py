@@ -16,10 +16,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from glidewms.config.factory import FactoryConfig
 from glidewms.config.loader import ConfigError
 from glidewms.db import make_engine
+from glidewms.errors import GATED, invalid_body, responses
 from glidewms.factory.backends import Backend, BackendContext, create_backend
 from glidewms.factory.reload import Reloader
 from glidewms.factory.routes import HEALTH, ROUTERS
@@ -121,6 +123,7 @@ def create_app(
     reload = Reloader(factory, context, reloader)
 
     app = FastAPI(title="glidewms factory", version=API_VERSION, lifespan=lifespan(factory, reload))
+    app.add_exception_handler(RequestValidationError, invalid_body)
     app.add_middleware(Gate, policy=GatePolicy(max_body=config.max_body_bytes))
     app.add_middleware(VersionHeader)
     app.state.verifier = verifier
@@ -128,5 +131,5 @@ def create_app(
     app.state.reloader = reload
     app.include_router(HEALTH)
     for router in ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
     return app

@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from glidewms.config.frontend import FrontendConfig
+from glidewms.errors import GATED, invalid_body, responses
 from glidewms.frontend import vostage
 from glidewms.frontend.routes import api, public
 from glidewms.frontend.service import Frontend
@@ -55,6 +57,7 @@ def create_app(
     if not frontend.public_url:
         frontend.public_url = public_url
     app = FastAPI(title="glidewms frontend", version=API_VERSION, lifespan=lifespan(frontend, loop))
+    app.add_exception_handler(RequestValidationError, invalid_body)
     app.add_middleware(Gate, policy=GatePolicy(max_body=config.max_body_bytes, public=PUBLIC))
     app.add_middleware(VersionHeader)
     app.state.verifier = TokenVerifier.from_file(
@@ -62,5 +65,5 @@ def create_app(
     )
     app.state.frontend = frontend
     app.include_router(public)
-    app.include_router(api, prefix=API_PREFIX)
+    app.include_router(api, prefix=API_PREFIX, responses=responses(*GATED))
     return app

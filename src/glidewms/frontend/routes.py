@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 
+from glidewms.errors import responses
 from glidewms.frontend import vostage
 from glidewms.frontend.service import Frontend
 from glidewms.security.http import require
@@ -58,7 +59,7 @@ async def status(who: Caller, frontend: FrontendDep) -> dict[str, Any]:
     }
 
 
-@api.get("/explain")
+@api.get("/explain", responses=responses(404))
 async def explain(
     who: Caller,
     frontend: FrontendDep,

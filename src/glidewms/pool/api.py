@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine
+from glidewms.errors import GATED, responses
 from glidewms.pool.bodies import invalid_body
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.routes import admin, demand, files, jobs, pilots, tokens
@@ -92,7 +93,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         demand.router,
         tokens.router,
     ):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
     return app
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from glidewms.errors import responses
 from glidewms.factory.routes.deps import Admin, FactoryDep, Frontend, StoreDep, check_name
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/downtimes")
+router = APIRouter(prefix="/downtimes", responses=responses(404))
 
 
 class DowntimeBody(BaseModel):
@@ -75,7 +76,10 @@ async def add_downtime(
 
 @router.delete("/{downtime_id}")
 async def remove_downtime(
-    downtime_id: int, identity: Admin, factory: FactoryDep, store: StoreDep
+    downtime_id: Annotated[int, Path(ge=1, le=2**63 - 1)],  # an id SQLite can hold
+    identity: Admin,
+    factory: FactoryDep,
+    store: StoreDep,
 ) -> dict[str, Any]:
     if not await asyncio.to_thread(store.remove_downtime, downtime_id):
         raise HTTPException(404, f"no downtime {downtime_id}")

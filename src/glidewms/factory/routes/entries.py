@@ -11,13 +11,14 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 
 from glidewms.config.factory import EntryConfig
+from glidewms.errors import responses
 from glidewms.factory.policy import Tally, active_downtime
 from glidewms.factory.routes.deps import Admin, FactoryDep, Frontend, StoreDep
 from glidewms.factory.states import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/entries")
+router = APIRouter(prefix="/entries", responses=responses(404))
 
 
 def entry_ad(

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from glidewms.errors import responses
 from glidewms.factory.routes.deps import FactoryDep, Frontend, Pilot, StoreDep, frontend_filter
 from glidewms.factory.states import GlideinState
 from glidewms.factory.store import Glidein
@@ -25,7 +26,7 @@ from glidewms.security.tokens import Identity
 MAX_REPORT_BYTES = 256 * 1024
 MAX_LOG_BYTES = 1024 * 1024  # per POST of log records (contract 2)
 
-router = APIRouter(prefix="/glideins")
+router = APIRouter(prefix="/glideins", responses=responses(404))
 
 
 class Attachment(BaseModel):

@@ -14,10 +14,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
+from glidewms.errors import responses
 from glidewms.pool.routes.deps import Pool, UserOrPilotCaller, call
 from glidewms.pool.sandbox import BadDigest, TooLarge
 
-router = APIRouter()
+router = APIRouter(responses=responses(404))
 
 
 @router.put("/files/{sha256}", status_code=201)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field, field_validator
 
 from glidewms import classads
+from glidewms.errors import responses
 from glidewms.pool import listing
 from glidewms.pool.checks import check_sandbox_name
 from glidewms.pool.jobs import NewJob, full_ad, job_id
@@ -23,7 +24,7 @@ from glidewms.pool.routes.deps import Pool, PoolContext, UserCaller, call, guard
 from glidewms.protocol import API_PREFIX
 from glidewms.security.tokens import Identity
 
-router = APIRouter()
+router = APIRouter(responses=responses(404, 409))  # deps.guarded
 
 JobIdText = Annotated[str, Field(max_length=24, description="CLUSTER.PROC")]
 Reason = Annotated[str, Field(max_length=4096)]

@@ -25,6 +25,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from glidewms.errors import responses
 from glidewms.pool.checks import AMOUNT, INT32
 from glidewms.pool.exit import Completion
 from glidewms.pool.lifecycle import JOB_STATUS, JobState
@@ -43,7 +44,7 @@ from glidewms.pool.slots import free_from
 MAX_CLAIMS_PER_CALL = 64  # claims one call may ask for (ClaimBody.max_jobs)
 MAX_OUTPUTS = 100_000  # output files one completion may list (max_outputs_per_job keeps fewer)
 
-router = APIRouter()
+router = APIRouter(responses=responses(404, 409, 410))  # deps.guarded
 
 # Numbers from pilots are range-checked (422), never trusted to fit a column
 # or to be finite: checks.py has the bounds.

@@ -13,9 +13,10 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
+from glidewms.errors import responses
 from glidewms.pool.routes.deps import FrontendCaller, Pool
 
-router = APIRouter()
+router = APIRouter(responses=responses(503))  # a pool without a pilot issuer
 
 NAME = r"^[A-Za-z0-9_.@-]+$"
 
