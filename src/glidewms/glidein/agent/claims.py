@@ -24,6 +24,7 @@ from .container import ContainerError, ContainerSetup, choose_image, wrap
 from .http import Api, HttpStatusError, IntegrityError, TransportError, segment, sha256_file
 from .isolation import Isolation, open_output
 from .jobs import (
+    FORK_LOCK,
     JobProcess,
     JobSetupError,
     JobSpec,
@@ -189,7 +190,12 @@ class ClaimRunner:
     def _fetch_inputs(self) -> None:
         for item in self.spec.sandbox:
             dest = os.path.join(self.sandbox, item.name)
-            self.pool.download(f"files/{segment(item.sha256)}", dest, item.sha256)
+            path = f"files/{segment(item.sha256)}"
+            if item.executable:  # no job starts while it is open for writing (jobs.py)
+                with FORK_LOCK:
+                    self.pool.download(path, dest, item.sha256)
+            else:  # only an exec'd file can be busy: others download side by side
+                self.pool.download(path, dest, item.sha256)
             if item.executable:
                 os.chmod(dest, 0o755)
 

@@ -26,8 +26,13 @@ log = logging.getLogger(__name__)
 # A job's executable may still be open for writing in a process forked by
 # another thread (its download was in flight at that fork): exec then fails
 # with ETXTBSY until that child execs and drops the inherited descriptor.
+# Popen's retry catches that only when the job is exec'd directly; behind an
+# isolation wrapper (setpriv, bwrap) the wrapper's own exec fails and the job
+# ends with 126. So no fork happens while an executable is open for writing:
+# downloads of executables and job starts take FORK_LOCK.
 BUSY_RETRIES = 50
 BUSY_BACKOFF = 0.02
+FORK_LOCK = threading.Lock()
 
 # Pilot variables passed on to jobs: proxies are how nodes reach the outside.
 _PASSED_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
@@ -406,7 +411,8 @@ def _popen_unless_busy(argv: List[str], **kwargs: Any) -> subprocess.Popen[bytes
     """
     for attempt in range(BUSY_RETRIES):
         try:
-            return subprocess.Popen(argv, **kwargs)
+            with FORK_LOCK:
+                return subprocess.Popen(argv, **kwargs)
         except OSError as exc:
             if exc.errno != errno.ETXTBSY or attempt == BUSY_RETRIES - 1:
                 raise
