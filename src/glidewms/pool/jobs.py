@@ -283,14 +283,50 @@ def _ad_part(ad: Any) -> dict[str, Any]:
         else None,
         "request": job_requests(ad),
         "container": container_request(ad),
+        **checkpoint_and_streams(ad),
     }
+
+
+def checkpoint_and_streams(ad: Any) -> dict[str, Any]:
+    """What the pilot needs of self-checkpointing (SuccessCheckpointExitCode,
+    TransferCheckpoint: None means what output transfer would send) and of
+    streaming (StreamOut, StreamErr); only the keys the job uses."""
+    out: dict[str, Any] = {}
+    code = classads.eval_attr(ad, "SuccessCheckpointExitCode")
+    if isinstance(code, int) and not isinstance(code, bool):
+        out["checkpoint_exit_code"] = code
+        files = classads.eval_attr(ad, "TransferCheckpoint")
+        if isinstance(files, str):
+            out["checkpoint_files"] = [f.strip() for f in files.replace(",", " ").split()]
+    for attr, key in (("StreamOut", "stream_out"), ("StreamErr", "stream_err")):
+        if classads.is_true(classads.eval_attr(ad, attr)):
+            out[key] = True
+    return out
+
+
+def with_checkpoint(
+    files: list[dict[str, Any]], checkpoint: list[dict[str, str]] | None
+) -> list[dict[str, Any]]:
+    """The job's sandbox with its latest checkpoint: a checkpoint file replaces
+    the input of its name (but never the executable)."""
+    if not checkpoint:
+        return files
+    names = {f["name"]: f for f in files}
+    keep = {n for n, f in names.items() if f.get("executable")}
+    taken = {c["name"]: c for c in checkpoint if c["name"] not in keep}
+    return [f for f in files if f["name"] not in taken] + [
+        {"name": c["name"], "sha256": c["sha256"]} for c in taken.values()
+    ]
+
+
+_RUNTIME_KEYS = ("checkpoint_exit_code", "checkpoint_files", "stream_out", "stream_err")
 
 
 def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
     """What a pilot needs to run the job, derived from its ad and sandbox."""
     part = cache.ad_part(row.ad) if cache is not None else _ad_part(stored_ad(row.ad))
     spec = row.sandbox or {}
-    files = spec.get("files", [])
+    files = with_checkpoint(spec.get("files", []), getattr(row, "checkpoint", None))
     executable = next((f["name"] for f in files if f.get("executable")), None)
     container = part["container"]
     return {
@@ -305,6 +341,7 @@ def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
         else list(part["transfer_output"]),
         "request": dict(part["request"]),
         **({"container": dict(container)} if container is not None else {}),
+        **{k: part[k] for k in _RUNTIME_KEYS if k in part},
     }
 
 
@@ -333,6 +370,7 @@ def dynamic(row: Any) -> dict[str, Any]:
         "NumSiteFailures": row.num_restarts,
         "EnteredCurrentStatus": int(row.updated_at),
         "NumJobCompletions": getattr(row, "completions", 0) or 0,
+        "NumCkpts": getattr(row, "num_checkpoints", 0) or 0,
     }
     if row.exit_code is not None:
         out["ExitCode"] = row.exit_code

@@ -66,6 +66,10 @@ jobs = sa.Table(
     sa.Column("wall_seconds", sa.Float, nullable=True),
     # NumJobCompletions: times the job ran to its end (max_retries, on_exit_*)
     sa.Column("completions", sa.Integer, nullable=False, default=0, server_default="0"),
+    # the latest checkpoint of a self-checkpointing job: [{name, sha256}] (v7)
+    sa.Column("checkpoint", sa.JSON, nullable=True),
+    # NumCkpts: checkpoints the job took (exits with SuccessCheckpointExitCode) (v7)
+    sa.Column("num_checkpoints", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("ix_jobs_state_ac", "state", "autocluster_id"),
     sa.Index("ix_jobs_state_lease", "state", "lease_expires"),
@@ -146,6 +150,25 @@ file_refs = sa.Table(
     sa.Column("owner", sa.String(128), nullable=False),
     sa.Column("cluster_id", sa.Integer, nullable=False),
     sa.PrimaryKeyConstraint("sha256", "owner", "cluster_id"),
+)
+
+
+# What a running job wrote to stdout/stderr, for `glidewms tail` (v7): one row
+# per job and stream, the newest `streams.KEEP_BYTES` bytes of every run in
+# order. `start` is the position (in the whole stream) of data's first byte,
+# `base` that of the current run's first byte, `claim_id` the run's claim.
+streams = sa.Table(
+    "streams",
+    metadata,
+    sa.Column("cluster_id", sa.Integer, nullable=False),
+    sa.Column("proc_id", sa.Integer, nullable=False),
+    sa.Column("which", sa.String(3), nullable=False),
+    sa.Column("claim_id", sa.String(64), nullable=True),
+    sa.Column("base", sa.BigInteger, nullable=False),
+    sa.Column("start", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("cluster_id", "proc_id", "which"),
 )
 
 
@@ -241,6 +264,13 @@ def _v6_pilot_identity(conn: Connection) -> None:
         _add_missing_column(conn, pilots, name)
 
 
+def _v7_checkpoints_streams(conn: Connection) -> None:
+    """Self-checkpointing jobs' checkpoints and counts; streamed stdout/stderr."""
+    _add_missing_column(conn, jobs, "checkpoint")
+    _add_missing_column(conn, jobs, "num_checkpoints")
+    metadata.create_all(conn, tables=[streams])
+
+
 MIGRATIONS = [
     _initial,
     _v2_fair_share,
@@ -248,4 +278,5 @@ MIGRATIONS = [
     _v4_exit_policy,
     _v5_file_refs,
     _v6_pilot_identity,
+    _v7_checkpoints_streams,
 ]

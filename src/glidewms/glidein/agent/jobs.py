@@ -87,6 +87,11 @@ class JobSpec:
     request: dict[str, int] = field(default_factory=dict)
     container: dict[str, Any] | None = None  # {"image": ...}: run in a container
     max_runtime: float | None = None  # seconds the job says it needs, if it says
+    # self-checkpointing: an exit with this code is a checkpoint taken (see claims.py)
+    checkpoint_exit_code: int | None = None
+    checkpoint_files: list[str] | None = None  # None: what output transfer would send
+    stream_out: bool = False  # send stdout to the pool while the job runs
+    stream_err: bool = False
 
     @classmethod
     def from_claim(cls, job: Any) -> JobSpec:
@@ -116,6 +121,12 @@ class JobSpec:
                 },
                 container=_container(job.get("container")),
                 max_runtime=float(job["max_runtime"]) if job.get("max_runtime") else None,
+                checkpoint_exit_code=_int_or_none(job.get("checkpoint_exit_code")),
+                checkpoint_files=None
+                if job.get("checkpoint_files") is None
+                else [str(n) for n in job["checkpoint_files"]],
+                stream_out=job.get("stream_out") is True,
+                stream_err=job.get("stream_err") is True,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise JobSetupError(f"malformed job in claim: {exc!r}") from None
@@ -138,6 +149,14 @@ class JobSpec:
         if any(f.name == self.cmd for f in self.sandbox):
             return os.path.join(sandbox, self.cmd)
         return self.cmd
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"checkpoint_exit_code: expected an integer, got {value!r}")
+    return value
 
 
 def _container(value: Any) -> dict[str, Any] | None:
@@ -211,6 +230,27 @@ def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[s
     return names
 
 
+def checkpoint_names(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
+    """The files of a checkpoint, as HTCondor takes them: those named by
+    ``transfer_checkpoint_files``, or without it what output transfer would
+    send (``outputs_to_upload``). The job's stdout/stderr files go with it,
+    so the next run appends to them and the final ones hold every run's.
+    Only plain names in the sandbox: the pool keeps a checkpoint as files."""
+    if spec.checkpoint_files is None:
+        wanted = outputs_to_upload(spec, sandbox, baseline)
+    else:
+        wanted = [n for n in (spec.out, spec.err, *spec.checkpoint_files) if n is not None]
+    names: list[str] = []
+    for name in wanted:
+        if name in names:
+            continue
+        if "/" in name or not _regular_file_inside(sandbox, name):
+            log.warning("checkpoint file %r is missing, not a plain file name or not regular", name)
+            continue
+        names.append(name)
+    return names
+
+
 def job_environment(spec: JobSpec, sandbox: str, extra: dict[str, str]) -> dict[str, str]:
     """A clean environment: never the pilot's own (it names the pilot token file).
 
@@ -255,8 +295,11 @@ class JobProcess:
         env: dict[str, str],
         launcher: Launcher | None = None,
         isolation: Optional[Isolation] = None,
+        append: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
+        # stdout/stderr files a checkpoint brought: the job goes on writing them
+        self.append = append
         self.sandbox = sandbox
         self.env = env
         self.launcher = launcher
@@ -314,9 +357,10 @@ class JobProcess:
         try:
             for name in (self.spec.out, self.spec.err):
                 if name not in opened:  # out == err: one file
+                    keep = os.O_APPEND if name in self.append else os.O_TRUNC
                     opened[name] = os.open(
                         os.path.join(self.sandbox, str(name)),
-                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                        os.O_WRONLY | os.O_CREAT | keep | os.O_CLOEXEC | os.O_NOFOLLOW,
                         0o666,
                     )
                     if owner is not None:

@@ -64,6 +64,11 @@ class CycleCompletion(BaseModel):
     exit_code: ExitCode
     outputs: list[OutputFile] = Field([], max_length=MAX_OUTPUTS)
     wall_seconds: Seconds = 0.0
+    checkpoint: list[OutputFile] | None = Field(
+        None,
+        max_length=MAX_OUTPUTS,
+        description="the files of a checkpoint (an exit with SuccessCheckpointExitCode)",
+    )
 
 
 class CycleBody(BaseModel):
@@ -122,7 +127,13 @@ async def cycle(
     owner = pilot_owner(who)
     deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
     completions = [
-        Completion(c.claim_id, c.exit_code, [o.model_dump() for o in c.outputs], c.wall_seconds)
+        Completion(
+            c.claim_id,
+            c.exit_code,
+            [o.model_dump() for o in c.outputs],
+            c.wall_seconds,
+            None if c.checkpoint is None else [o.model_dump() for o in c.checkpoint],
+        )
         for c in body.completions
     ]
     while True:
