@@ -1,0 +1,112 @@
+"""Streamed stdout/stderr: the pool's placing and reading rule and the pilot's
+choice of what to send next, as pure functions; the pilot's checkpoint file
+choice and claim parsing with plain files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from glidewms.glidein.agent import streams as pilot_streams
+from glidewms.glidein.agent.jobs import JobSetupError, JobSpec, checkpoint_names, snapshot
+from glidewms.pool import streams
+from glidewms.pool.streams import Kept, place, window
+
+A, B = "claimA", "claimB"
+
+
+@pytest.mark.parametrize(
+    ("kept", "claim", "offset", "chunk", "keep", "after"),
+    [
+        (Kept(), A, 0, b"abc", 10, Kept(A, 0, 0, b"abc")),  # the first chunk
+        (Kept(A, 0, 0, b"abc"), A, 3, b"de", 10, Kept(A, 0, 0, b"abcde")),  # appended
+        (Kept(A, 0, 0, b"abc"), A, 0, b"abc", 10, Kept(A, 0, 0, b"abc")),  # a retry
+        (Kept(A, 0, 0, b"abc"), A, 1, b"bcd", 10, Kept(A, 0, 0, b"abcd")),  # an overlap
+        (Kept(A, 0, 0, b"abc"), A, 1, b"b", 10, Kept(A, 0, 0, b"abc")),  # inside: nothing new
+        (Kept(A, 0, 0, b"abc"), A, 5, b"f", 10, Kept(A, 0, 5, b"f")),  # a gap drops the rest
+        (Kept(A, 0, 0, b"abc"), B, 0, b"xy", 10, Kept(B, 3, 0, b"abcxy")),  # a new run
+        (Kept(B, 3, 0, b"abcxy"), B, 2, b"z", 10, Kept(B, 3, 0, b"abcxyz")),
+        (Kept(A, 0, 0, b"abcdefgh"), A, 8, b"ijkl", 10, Kept(A, 0, 2, b"cdefghijkl")),  # cap
+        (Kept(), A, 0, b"0123456789abc", 10, Kept(A, 0, 3, b"3456789abc")),  # one chunk > cap
+        (Kept(A, 0, 2, b"cdefghijkl"), A, 1, b"bc", 10, Kept(A, 0, 2, b"cdefghijkl")),  # dropped
+    ],
+)
+def test_place(kept: Kept, claim: str, offset: int, chunk: bytes, keep: int, after: Kept) -> None:
+    assert place(kept, claim, offset, chunk, keep) == after
+
+
+@pytest.mark.parametrize(
+    ("offset", "limit", "answer"),
+    [
+        (None, 3, (17, b"hij")),  # the last bytes
+        (None, 100, (10, b"abcdefghij")),
+        (10, 4, (10, b"abcd")),
+        (0, 4, (10, b"abcd")),  # before the kept text: from its start
+        (15, 100, (15, b"fghij")),
+        (20, 5, (20, b"")),  # the end: nothing yet
+        (99, 5, (20, b"")),  # past the end: the end
+    ],
+)
+def test_window(offset: int | None, limit: int, answer: tuple[int, bytes]) -> None:
+    assert window(Kept(A, 0, 10, b"abcdefghij"), offset, limit) == answer
+
+
+def test_the_pilot_and_the_pool_agree_on_the_bounds() -> None:
+    assert pilot_streams.CHUNK_BYTES == streams.CHUNK_BYTES
+    assert pilot_streams.KEEP_BYTES == streams.KEEP_BYTES
+
+
+@pytest.mark.parametrize(
+    ("sent", "size", "answer"),
+    [
+        (0, 0, (0, 0)),
+        (0, 5, (0, 5)),
+        (5, 5, (5, 0)),
+        (0, 100, (0, 30)),  # at most a chunk
+        (10, 1000, (900, 30)),  # more than the pool keeps pending: skipped ahead
+        (950, 1000, (950, 30)),
+    ],
+)
+def test_next_chunk(sent: int, size: int, answer: tuple[int, int]) -> None:
+    assert pilot_streams.next_chunk(sent, size, chunk=30, keep=100) == answer
+
+
+def spec(**job: object) -> JobSpec:
+    return JobSpec.from_claim({"cmd": "/bin/true", **job})
+
+
+def test_a_claim_names_checkpoint_and_streams() -> None:
+    s = spec(checkpoint_exit_code=85, checkpoint_files=["a", "b"], stream_out=True)
+    assert (s.checkpoint_exit_code, s.checkpoint_files, s.stream_out, s.stream_err) == (
+        85,
+        ["a", "b"],
+        True,
+        False,
+    )
+    plain = spec()
+    assert plain.checkpoint_exit_code is None and plain.checkpoint_files is None
+    with pytest.raises(JobSetupError, match="checkpoint_exit_code"):
+        spec(checkpoint_exit_code="85")
+
+
+def test_checkpoint_files_are_the_named_ones_with_stdout_and_stderr(tmp_path: Path) -> None:
+    (tmp_path / "input.dat").write_text("in")
+    baseline = snapshot(str(tmp_path))
+    for name in ("out.txt", "err.txt", "state", "scratch"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "deep").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "state")
+    named = spec(
+        out="out.txt", err="err.txt", checkpoint_files=["state", "link", "gone", "sub/deep"]
+    )
+    assert checkpoint_names(named, str(tmp_path), baseline) == ["out.txt", "err.txt", "state"]
+    # without transfer_checkpoint_files: what output transfer would send
+    default = spec(out="out.txt", err="err.txt")
+    assert checkpoint_names(default, str(tmp_path), baseline) == [
+        "out.txt",
+        "err.txt",
+        "scratch",
+        "state",
+    ]
