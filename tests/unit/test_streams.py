@@ -4,12 +4,19 @@ choice and claim parsing with plain files."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from glidewms.glidein.agent import streams as pilot_streams
-from glidewms.glidein.agent.jobs import JobSetupError, JobSpec, checkpoint_names, snapshot
+from glidewms.glidein.agent.jobs import (
+    JobProcess,
+    JobSetupError,
+    JobSpec,
+    checkpoint_names,
+    snapshot,
+)
 from glidewms.pool import streams
 from glidewms.pool.streams import Kept, place, window
 
@@ -110,3 +117,30 @@ def test_checkpoint_files_are_the_named_ones_with_stdout_and_stderr(tmp_path: Pa
         "scratch",
         "state",
     ]
+
+
+@pytest.mark.parametrize(("append", "content"), [(True, "old\nnew\n"), (False, "new\n")])
+def test_stdout_a_checkpoint_brought_is_appended_to(tmp_path: Path, append: bool, content: str):
+    (tmp_path / "out.txt").write_text("old\n")
+    job = spec(cmd="/bin/echo", args=["new"], out="out.txt")
+    names = frozenset({"out.txt"}) if append else frozenset()
+    process = JobProcess(job, str(tmp_path), {"PATH": "/usr/bin:/bin"}, append=names)
+    assert process.run() == 0
+    assert (tmp_path / "out.txt").read_text() == content
+
+
+def test_a_streamed_file_is_read_through_the_pilots_descriptor(tmp_path: Path) -> None:
+    """A job that swaps its stdout for a symlink to a secret streams its stdout."""
+    (tmp_path / "secret").write_text("token")
+    fd = pilot_streams.open_stream(str(tmp_path), "out.txt", False)
+    try:
+        (tmp_path / "out.txt").write_text("mine\n")
+        swapped = tmp_path / "swap"
+        swapped.symlink_to(tmp_path / "secret")
+        swapped.rename(tmp_path / "out.txt")
+        assert os.pread(fd, 100, 0) == b"mine\n"
+    finally:
+        os.close(fd)
+    (tmp_path / "link.txt").symlink_to(tmp_path / "secret")
+    with pytest.raises(OSError):  # never opened through a symlink
+        pilot_streams.open_stream(str(tmp_path), "link.txt", True)
