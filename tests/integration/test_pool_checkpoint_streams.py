@@ -15,10 +15,12 @@ import hashlib
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from glidewms.config.pool import PoolConfig
-from glidewms.pool.streams import CHUNK_BYTES
+from glidewms.pool.schema import stream_chunks
+from glidewms.pool.streams import CHUNK_BYTES, KEEP_BYTES
 from glidewms.security.tokens import TokenIssuer
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
 from tests.integration.conftest import bearer
@@ -255,3 +257,34 @@ def test_a_new_run_streams_after_the_earlier_runs(pool, issuer, auth):
     url, body = chunk(again["claim_id"], "out", 0, b"run 2\n")
     assert pool.post(url, json=body, headers=pilot).json() == {"start": 0, "end": 12}
     assert read(pool, jid, alice).content == b"run 1\nrun 2\n"
+
+
+def test_the_pool_keeps_the_newest_bytes_in_few_rows(pool, issuer, auth):
+    """Past KEEP_BYTES the oldest bytes go (a reader is told where the kept
+    text starts); however small the chunks, a stream is a few rows."""
+    alice, pilot = auth("alice"), pilot_token(issuer)
+    pid = register(pool, pilot)
+    jid = submit(pool, alice, STREAMING)
+    [claim] = turn(pool, pid, pilot)["claims"]
+    text = bytes(i % 251 for i in range(KEEP_BYTES + 5 * CHUNK_BYTES + 123))
+    offset = 0
+    for size in [1, 2, 3] * 50:  # small chunks first
+        url, body = chunk(claim["claim_id"], "out", offset, text[offset : offset + size])
+        assert pool.post(url, json=body, headers=pilot).status_code == 200
+        offset += size
+    while offset < len(text):
+        piece = text[offset : offset + CHUNK_BYTES]
+        url, body = chunk(claim["claim_id"], "out", offset, piece)
+        kept = pool.post(url, json=body, headers=pilot).json()
+        offset += len(piece)
+    assert kept == {"start": len(text) - KEEP_BYTES, "end": len(text)}
+    r = read(pool, jid, alice, offset=0)
+    assert r.headers["Glidewms-Stream-Offset"] == str(len(text) - KEEP_BYTES)
+    assert r.headers["Glidewms-Stream-Start"] == str(len(text) - KEEP_BYTES)
+    assert r.content == text[-KEEP_BYTES:]
+    middle = read(pool, jid, alice, offset=len(text) - 1000, limit=10)
+    assert middle.content == text[-1000:-990]
+    store = pool.app.state.pool.store
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(sa.func.count()).select_from(stream_chunks)).scalar()
+    assert rows <= KEEP_BYTES // CHUNK_BYTES + 2

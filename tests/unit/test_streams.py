@@ -18,45 +18,45 @@ from glidewms.glidein.agent.jobs import (
     snapshot,
 )
 from glidewms.pool import streams
-from glidewms.pool.streams import Kept, place, window
+from glidewms.pool.streams import Kept, Placed, place, window
 
 A, B = "claimA", "claimB"
 
 
 @pytest.mark.parametrize(
-    ("kept", "claim", "offset", "chunk", "keep", "after"),
+    ("kept", "claim", "offset", "size", "keep", "placed"),
     [
-        (Kept(), A, 0, b"abc", 10, Kept(A, 0, 0, b"abc")),  # the first chunk
-        (Kept(A, 0, 0, b"abc"), A, 3, b"de", 10, Kept(A, 0, 0, b"abcde")),  # appended
-        (Kept(A, 0, 0, b"abc"), A, 0, b"abc", 10, Kept(A, 0, 0, b"abc")),  # a retry
-        (Kept(A, 0, 0, b"abc"), A, 1, b"bcd", 10, Kept(A, 0, 0, b"abcd")),  # an overlap
-        (Kept(A, 0, 0, b"abc"), A, 1, b"b", 10, Kept(A, 0, 0, b"abc")),  # inside: nothing new
-        (Kept(A, 0, 0, b"abc"), A, 5, b"f", 10, Kept(A, 0, 5, b"f")),  # a gap drops the rest
-        (Kept(A, 0, 0, b"abc"), B, 0, b"xy", 10, Kept(B, 3, 0, b"abcxy")),  # a new run
-        (Kept(B, 3, 0, b"abcxy"), B, 2, b"z", 10, Kept(B, 3, 0, b"abcxyz")),
-        (Kept(A, 0, 0, b"abcdefgh"), A, 8, b"ijkl", 10, Kept(A, 0, 2, b"cdefghijkl")),  # cap
-        (Kept(), A, 0, b"0123456789abc", 10, Kept(A, 0, 3, b"3456789abc")),  # one chunk > cap
-        (Kept(A, 0, 2, b"cdefghijkl"), A, 1, b"bc", 10, Kept(A, 0, 2, b"cdefghijkl")),  # dropped
+        (Kept(), A, 0, 3, 10, Placed(Kept(A, 0, 0, 3), 0, 0, False)),  # the first chunk
+        (Kept(A, 0, 0, 3), A, 3, 2, 10, Placed(Kept(A, 0, 0, 5), 0, 3, False)),  # appended
+        (Kept(A, 0, 0, 3), A, 0, 3, 10, Placed(Kept(A, 0, 0, 3), 3, 3, False)),  # a retry
+        (Kept(A, 0, 0, 3), A, 1, 3, 10, Placed(Kept(A, 0, 0, 4), 2, 3, False)),  # an overlap
+        (Kept(A, 0, 0, 3), A, 1, 1, 10, Placed(Kept(A, 0, 0, 3), 1, 3, False)),  # nothing new
+        (Kept(A, 0, 0, 3), A, 5, 1, 10, Placed(Kept(A, 0, 5, 6), 0, 5, True)),  # a gap
+        (Kept(A, 0, 0, 3), B, 0, 2, 10, Placed(Kept(B, 3, 0, 5), 0, 3, False)),  # a new run
+        (Kept(B, 3, 0, 5), B, 2, 1, 10, Placed(Kept(B, 3, 0, 6), 0, 5, False)),
+        (Kept(A, 0, 0, 8), A, 8, 4, 10, Placed(Kept(A, 0, 2, 12), 0, 8, False)),  # the cap
+        (Kept(), A, 0, 13, 10, Placed(Kept(A, 0, 3, 13), 0, 0, False)),  # one chunk > cap
+        (Kept(A, 0, 2, 12), A, 1, 2, 10, Placed(Kept(A, 0, 2, 12), 2, 12, False)),  # dropped
     ],
 )
-def test_place(kept: Kept, claim: str, offset: int, chunk: bytes, keep: int, after: Kept) -> None:
-    assert place(kept, claim, offset, chunk, keep) == after
+def test_place(kept: Kept, claim: str, offset: int, size: int, keep: int, placed: Placed) -> None:
+    assert place(kept, claim, offset, size, keep) == placed
 
 
 @pytest.mark.parametrize(
     ("offset", "limit", "answer"),
     [
-        (None, 3, (17, b"hij")),  # the last bytes
-        (None, 100, (10, b"abcdefghij")),
-        (10, 4, (10, b"abcd")),
-        (0, 4, (10, b"abcd")),  # before the kept text: from its start
-        (15, 100, (15, b"fghij")),
-        (20, 5, (20, b"")),  # the end: nothing yet
-        (99, 5, (20, b"")),  # past the end: the end
+        (None, 3, (17, 3)),  # the last bytes
+        (None, 100, (10, 10)),
+        (10, 4, (10, 4)),
+        (0, 4, (10, 4)),  # before the kept text: from its start
+        (15, 100, (15, 5)),
+        (20, 5, (20, 0)),  # the end: nothing yet
+        (99, 5, (20, 0)),  # past the end: the end
     ],
 )
-def test_window(offset: int | None, limit: int, answer: tuple[int, bytes]) -> None:
-    assert window(Kept(A, 0, 10, b"abcdefghij"), offset, limit) == answer
+def test_window(offset: int | None, limit: int, answer: tuple[int, int]) -> None:
+    assert window(Kept(A, 0, 10, 20), offset, limit) == answer
 
 
 def test_the_pilot_and_the_pool_agree_on_the_bounds() -> None:

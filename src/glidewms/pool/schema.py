@@ -153,10 +153,12 @@ file_refs = sa.Table(
 )
 
 
-# What a running job wrote to stdout/stderr, for `glidewms tail` (v7): one row
-# per job and stream, the newest `streams.KEEP_BYTES` bytes of every run in
-# order. `start` is the position (in the whole stream) of data's first byte,
-# `base` that of the current run's first byte, `claim_id` the run's claim.
+# What a running job wrote to stdout/stderr, for `glidewms tail` (v7): per job
+# and stream, where the kept text starts and ends in the whole stream (every
+# run in order) and where the current run (its claim) began; the text is in
+# `stream_chunks`, rows of at most a chunk's size (streams.CHUNK_BYTES), so
+# an append writes at most one such row, and dropping the oldest bytes
+# deletes whole rows.
 streams = sa.Table(
     "streams",
     metadata,
@@ -165,10 +167,22 @@ streams = sa.Table(
     sa.Column("which", sa.String(3), nullable=False),
     sa.Column("claim_id", sa.String(64), nullable=True),
     sa.Column("base", sa.BigInteger, nullable=False),
-    sa.Column("start", sa.BigInteger, nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("kept_start", sa.BigInteger, nullable=False),
+    sa.Column("kept_end", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.PrimaryKeyConstraint("cluster_id", "proc_id", "which"),
+)
+
+stream_chunks = sa.Table(
+    "stream_chunks",
+    metadata,
+    sa.Column("cluster_id", sa.Integer, nullable=False),
+    sa.Column("proc_id", sa.Integer, nullable=False),
+    sa.Column("which", sa.String(3), nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),  # its first byte's place in the stream
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("cluster_id", "proc_id", "which", "at"),
 )
 
 
@@ -268,7 +282,7 @@ def _v7_checkpoints_streams(conn: Connection) -> None:
     """Self-checkpointing jobs' checkpoints and counts; streamed stdout/stderr."""
     _add_missing_column(conn, jobs, "checkpoint")
     _add_missing_column(conn, jobs, "num_checkpoints")
-    metadata.create_all(conn, tables=[streams])
+    metadata.create_all(conn, tables=[streams, stream_chunks])
 
 
 MIGRATIONS = [

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from glidewms.errors import responses
 from glidewms.pool.routes.deps import PilotCaller, Pool, UserCaller, call, guarded, pilot_owner
-from glidewms.pool.streams import CHUNK_BYTES, KEEP_BYTES, MAX_OFFSET, window
+from glidewms.pool.streams import CHUNK_BYTES, KEEP_BYTES, MAX_OFFSET
 
 router = APIRouter()
 
@@ -83,8 +83,9 @@ async def get_stream(
     row = await guarded(pool.store.queue.get_job, jid)
     if not who.is_admin and row.owner != who.subject:
         raise HTTPException(403, f"not your job: {jid}")
-    kept = await call(pool.store.streams.read, row.cluster_id, row.proc_id, which)
-    at, data = window(kept, offset, limit)
+    kept, at, data = await call(
+        pool.store.streams.read, row.cluster_id, row.proc_id, which, offset, limit
+    )
     return Response(
         data,
         media_type="application/octet-stream",
