@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from glidewms.cli import tail
 from glidewms.glidein.agent import streams as pilot_streams
 from glidewms.glidein.agent.jobs import (
     JobProcess,
@@ -144,3 +145,17 @@ def test_a_streamed_file_is_read_through_the_pilots_descriptor(tmp_path: Path) -
     (tmp_path / "link.txt").symlink_to(tmp_path / "secret")
     with pytest.raises(OSError):  # never opened through a symlink
         pilot_streams.open_stream(str(tmp_path), "link.txt", True)
+
+
+@pytest.mark.parametrize(
+    ("ad", "which", "streams"),
+    [
+        ('[ Cmd = "x"; StreamOut = true; Out = "o" ]', "out", True),
+        ('[ Cmd = "x"; StreamOut = true ]', "err", False),
+        ('[ Cmd = "x"; StreamErr = true ]', "err", True),
+        ('[ Args = "x; StreamOut = true" ]', "out", False),  # only the attribute counts
+        ('[ Cmd = "x"; StreamOut = false ]', "out", False),
+    ],
+)
+def test_tail_tells_a_job_that_does_not_stream(ad: str, which: str, streams: bool) -> None:
+    assert tail.streams(ad, which) is streams

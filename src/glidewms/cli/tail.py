@@ -9,10 +9,22 @@ from typing import Annotated
 
 import typer
 
+from glidewms import classads
 from glidewms.cli.user import PoolOption, TokenOption, client, err, fail, job_ids
 from glidewms.client import ClientError
 
 ENDED = ("completed", "removed")
+
+
+def streams(ad: str, which: str) -> bool:
+    """Does the job's ad (text) say StreamOut/StreamErr = true? An ad that
+    cannot be read is given the benefit of the doubt."""
+    try:
+        parsed = classads.parse_ad(ad, classads.CEILING)
+    except classads.ClassAdError:
+        return True
+    name = "StreamOut" if which == "out" else "StreamErr"
+    return classads.is_true(classads.eval_attr(parsed, name))
 
 
 def tail(
@@ -37,6 +49,12 @@ def tail(
     try:
         with client(pool, token_file) as c:
             part = c.stream(jid, which, None, maxbytes)
+            if part.end == 0 and not streams(c.job(jid).get("ad") or "", which):
+                name = "stream_error" if stderr else "stream_output"
+                raise fail(
+                    f"job {jid} does not stream its std{which}: submit it with {name} = true "
+                    "(`glidewms fetch` brings its outputs once it completed)"
+                )
             sink.write(part.data)
             sink.flush()
             at = part.offset + len(part.data)
