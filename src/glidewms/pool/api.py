@@ -125,6 +125,11 @@ async def upkeep(pool: PoolContext) -> None:
     idle wake the waiting pilots."""
     config, store, signal = pool.config, pool.store, pool.signal
     next_periodic = time.monotonic() + config.periodic_check_seconds
+    renewed = await run_in_threadpool(
+        store.pilots.renew_after_restart, config.pilot_lease_seconds, config.claim_lease_seconds
+    )
+    if any(renewed):
+        log.info("started: leases of %d pilot(s) and %d running job(s) renewed", *renewed)
     while True:
         try:
             if await run_in_threadpool(store.pilots.expire_leases):
