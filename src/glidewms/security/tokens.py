@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey, Ed4
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ISSUER = "glidewms"
-SCOPES = ("user", "pilot", "frontend", "admin")
+SCOPES = ("user", "pilot", "frontend", "admin", "metrics")  # metrics: read /metrics only
 PILOT_KID = "pilot"  # the JWT `kid` of tokens the pilot issuer signs
 MAIN_KID = "main"  # the installation's issuer (tokens without a `kid` are its too)
 KEY_NAMES = {MAIN_KID: "issuer", PILOT_KID: "pilot_issuer"}  # file stems in keys/
