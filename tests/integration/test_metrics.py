@@ -10,18 +10,17 @@ pool) and checks the numbers a broken collector would get wrong.
 from __future__ import annotations
 
 import contextlib
-import json
-import re
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from glidewms.security.tokens import TokenIssuer
 from tests.integration.conftest import bearer
+from tests.integration.test_factory_api import Env, wait_for
+from tests.integration.test_factory_api import env as factory_env  # noqa: F401
+from tests.integration.test_factory_api import glideins as factory_glideins
+from tests.integration.test_factory_api import states as factory_states
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "glidewms.json"
@@ -152,3 +151,170 @@ def test_pool_owner_label_is_capped(pool: TestClient, issuer: TokenIssuer, monke
     samples, _ = scrape(pool, bearer(issuer.issue("prometheus", ["metrics"])))
     owners = {dict(ls)["owner"]: v for (n, ls), v in samples.items() if n == "glidewms_pool_jobs"}
     assert owners == {"u1": 3, "u2": 2, "other": 2}
+
+
+# ------------------------------------------------------------------ factory
+
+
+def test_factory_metrics_count_pilots_failures_goodput_and_backend_calls(factory_env: Env):  # noqa: F811
+    env = factory_env
+    app = env.app(env.config(max_pilots=2))
+    scraper = env.auth("prometheus", "metrics")
+    with TestClient(app) as client:
+        refuses_without_metrics_scope(client, env.issuer)
+        fe1 = env.auth("fe1", "frontend")
+        body = env.request_body({"local": {"idle": 2, "max_running": 2}})
+        assert client.put("/api/v1/requests/main", json=body, headers=fe1).status_code == 200
+        wait_for(lambda: factory_states(client, env) == ["running"] * 2, "two running pilots")
+
+        samples, _ = scrape(client, scraper)
+        labels = {"entry": "local", "frontend": "fe1"}
+        assert value(samples, "glidewms_factory_glideins", **labels, state="running") == 2
+        assert value(samples, "glidewms_factory_glideins_submitted_total", **labels) == 2
+        assert (
+            value(
+                samples,
+                "glidewms_factory_backend_seconds_count",
+                backend="local",
+                operation="submit",
+            )
+            >= 1
+        )
+        assert (
+            value(
+                samples,
+                "glidewms_factory_backend_seconds_count",
+                backend="local",
+                operation="status",
+            )
+            >= 1
+        )
+        assert value(samples, "glidewms_factory_entry_paused", entry="local") == 0
+        assert value(samples, "glidewms_factory_cycles_total") >= 1
+
+        # both end; one reports a failed validation, the other some goodput
+        body = env.request_body({"local": {"idle": 0, "max_running": 0}})
+        assert client.put("/api/v1/requests/main", json=body, headers=fe1).status_code == 200
+        (env.out / "release").touch()
+        wait_for(lambda: factory_states(client, env) == ["finished"] * 2, "two finished pilots")
+        first, second = sorted(g["glidein_id"] for g in factory_glideins(client, env))
+        pilot = env.auth("pilot", "pilot", fe="fe1", group="main")
+        reports = {
+            first: {"exit_reason": "validation_failed", "exit_code": 1, "wall_seconds": 20},
+            second: {
+                "exit_reason": "idle_timeout",
+                "exit_code": 0,
+                "goodput_seconds": 100.5,
+                "badput_seconds": 7,
+                "wall_seconds": "not a number",  # kept as sent; must not break the sum
+            },
+        }
+        for gid, report in reports.items():
+            r = client.post(f"/api/v1/glideins/{gid}/report", json=report, headers=pilot)
+            assert r.status_code == 200, r.text
+
+        samples, _ = scrape(client, scraper)
+        assert total(samples, "glidewms_factory_glideins", **labels) == 0
+        assert (
+            value(samples, "glidewms_factory_glideins_ended_total", **labels, state="finished") == 2
+        )
+        assert (
+            value(
+                samples,
+                "glidewms_factory_glidein_failures_total",
+                **labels,
+                category="validation_failed",
+            )
+            == 1
+        )
+        assert total(samples, "glidewms_factory_glidein_failures_total") == 1
+        assert value(samples, "glidewms_factory_goodput_seconds_total", **labels) == 100.5
+        assert value(samples, "glidewms_factory_badput_seconds_total", **labels) == 7
+        assert value(samples, "glidewms_factory_pilot_seconds_total", **labels) == 20
+        assert value(samples, "glidewms_scrape_errors_total", collector="factory") == 0
+
+
+def test_factory_metrics_show_a_paused_entry(factory_env: Env):  # noqa: F811
+    env = factory_env
+    env.bootstrap = env.tmp / "missing.sh"
+    app = env.app(env.config(recovery={"pause_after_failures": 2}))
+    with TestClient(app) as client:
+        body = env.request_body({"local": {"idle": 1, "max_running": 1}})
+        client.put("/api/v1/requests/main", json=body, headers=env.auth("fe1", "frontend"))
+        factory = app.state.factory
+        wait_for(lambda: factory.health.get("local") and factory.health["local"].paused, "pause")
+        samples, _ = scrape(client, env.auth("prometheus", "metrics"))
+    assert value(samples, "glidewms_factory_entry_paused", entry="local") == 1
+    assert value(samples, "glidewms_factory_entry_submit_failures", entry="local") == 2
+    failed = value(
+        samples,
+        "glidewms_factory_glidein_failures_total",
+        entry="local",
+        frontend="fe1",
+        category="submit_failed",
+    )
+    assert failed == 2
+    assert (
+        value(samples, "glidewms_factory_backend_errors_total", backend="local", operation="submit")
+        == 2
+    )
+
+
+# ------------------------------------------------------------------ frontend
+
+
+def test_frontend_metrics_show_demand_supply_requests_and_failed_queries(tmp_path: Path):
+    from tests.integration import test_frontend_loop as loop
+
+    keys = loop.Keys(*_keypair(tmp_path))
+    factory = loop.StandInFactory("f", keys.public, [loop.entry_ad("e1", "S1")])
+    factory.counts = {"g1": {"e1": {"queued": 2}}}
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(loop.real_pool(tmp_path, keys, "pool"))
+        served = stack.enter_context(loop.ThreadServer(factory.app()))
+        config = loop.frontend_config(
+            tmp_path,
+            keys,
+            pools=[{"name": "p", "url": pool.url}],
+            factories=[
+                {"name": "f", "url": served.url},
+                {"name": "fdead", "url": loop.refused_url()},
+            ],
+            groups=[{"name": "g1", "pool": "p"}],
+        )
+        loop.submit(pool, keys, 5, loop.ONE_CORE)
+        frontend = loop.Frontend(config, keys.token("fe1", "frontend"))
+        app = loop.frontend_app(
+            config, keys.token("fe1", "frontend"), frontend=frontend, loop=False
+        )
+        for _ in range(2):
+            loop.run_cycle(frontend)
+        assert factory.requests_for("g1"), "the healthy factory got its request"
+
+    client = TestClient(app)
+    refuses_without_metrics_scope(client, keys.issuer)
+    samples, _ = scrape(client, bearer(keys.token("prometheus", "metrics")))
+    at = {"group": "g1", "entry": "f/e1"}
+    assert value(samples, "glidewms_frontend_demand_idle_jobs", **at) == 5
+    assert value(samples, "glidewms_frontend_demand_running_jobs", **at) == 0
+    assert value(samples, "glidewms_frontend_supply_pilots", **at, state="queued") == 2
+    sent = factory.requests_for("g1")[-1]["entries"]["e1"]
+    assert value(samples, "glidewms_frontend_request_idle", **at) == sent["idle"] > 0
+    assert value(samples, "glidewms_frontend_request_max_running", **at) == sent["max_running"]
+    assert value(samples, "glidewms_frontend_request_remove_stage", **at) == 0  # NO
+    assert value(samples, "glidewms_frontend_pressure_demand_units", **at) > 0
+    assert (
+        value(samples, "glidewms_frontend_query_failures_total", kind="factory", peer="fdead") == 2
+    )
+    assert total(samples, "glidewms_frontend_query_failures_total", kind="pool") == 0
+    assert value(samples, "glidewms_frontend_cycle_seconds_count") == 2
+    assert value(samples, "glidewms_frontend_cycles_total") == 2
+    assert value(samples, "glidewms_frontend_last_cycle_ok") == 0  # fdead is unreachable
+    assert value(samples, "glidewms_frontend_last_cycle_errors") == 1
+
+
+def _keypair(tmp_path: Path) -> tuple[Path, Path, TokenIssuer]:
+    from glidewms.security.tokens import generate_keypair
+
+    private, public = generate_keypair(tmp_path / "keys")
+    return private, public, TokenIssuer.from_file(private)
