@@ -10,8 +10,11 @@ pool) and checks the numbers a broken collector would get wrong.
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 from pathlib import Path
 
+import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -318,3 +321,104 @@ def _keypair(tmp_path: Path) -> tuple[Path, Path, TokenIssuer]:
 
     private, public = generate_keypair(tmp_path / "keys")
     return private, public, TokenIssuer.from_file(private)
+
+
+# ------------------------------------------------------------------ dashboard
+
+# What is not a metric name in the dashboard's PromQL: functions are followed
+# by "(" and label names sit in {...} or by/without (...), removed first.
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
+PROMQL_WORDS |= {"and", "or", "unless", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names an expression reads."""
+    assert expr.count("(") == expr.count(")"), expr
+    assert expr.count("{") == expr.count("}") and expr.count("[") == expr.count("]"), expr
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings (label values)
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set()
+    for found in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        word = found.group()
+        follows = text[found.end() :].lstrip()[:1]
+        if follows == "(" or word.lower() in PROMQL_WORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def exported(client: TestClient, headers: dict[str, str]) -> set[str]:
+    """Every series name a scrape of this service can hold: the samples it has
+    now, and the names of families that have none yet."""
+    r = client.get("/metrics", headers=headers)
+    assert r.status_code == 200, r.text
+    names = set()
+    for family in text_string_to_metric_families(r.text):
+        names |= {s.name for s in family.samples}
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names |= {f"{family.name}_{suffix}" for suffix in ("bucket", "count", "sum")}
+        else:
+            names.add(family.name)
+    return names
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["title"] and dashboard["uid"]
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    for p in dashboard["panels"]:
+        panels += p.get("panels", [])
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    assert len(exprs) >= 30 and all(isinstance(e, str) and e for e in exprs)
+    return exprs
+
+
+def test_the_dashboard_reads_only_metrics_the_services_export(
+    pool: TestClient,
+    issuer: TokenIssuer,
+    factory_env: Env,  # noqa: F811
+    tmp_path: Path,
+):
+    names = exported(pool, bearer(issuer.issue("prometheus", ["metrics"])))
+    env = factory_env
+    with TestClient(env.app(env.config())) as factory:
+        names |= exported(factory, env.auth("prometheus", "metrics"))
+    from tests.integration import test_frontend_loop as loop
+
+    keys = loop.Keys(*_keypair(tmp_path))
+    config = loop.frontend_config(tmp_path, keys)
+    with TestClient(loop.frontend_app(config, "token", loop=False)) as frontend:
+        names |= exported(frontend, bearer(keys.token("prometheus", "metrics")))
+
+    read = set()
+    for expr in dashboard_expressions():
+        found = metric_names(expr)
+        assert found, f"no metric in {expr!r}"
+        read |= found
+    assert read <= names, f"the dashboard reads what no service exports: {sorted(read - names)}"
+    # and it shows something of each service
+    for prefix in ("glidewms_pool_", "glidewms_factory_", "glidewms_frontend_"):
+        assert any(name.startswith(prefix) for name in read), prefix
+
+
+def test_metric_names_are_read_from_expressions():
+    expr = (
+        'histogram_quantile(0.9, sum by (le, call) (rate(x_bucket{call="a b"}[5m]))) '
+        "/ on (job) group_left y_total + time() - z"
+    )
+    assert metric_names(expr) == {"x_bucket", "y_total", "z"}
+
+
+def test_the_prometheus_example_scrapes_every_service_with_a_token_file():
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"glidewms-pool", "glidewms-factory", "glidewms-frontend"}
+    for job in jobs.values():
+        assert job["metrics_path"] == "/metrics"
+        assert job["authorization"]["type"] == "Bearer"
+        assert job["authorization"]["credentials_file"]
+        assert "credentials" not in job["authorization"]  # never the token inline

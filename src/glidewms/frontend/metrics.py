@@ -43,6 +43,14 @@ SUPPLY_STATES = (
     "removing",
 )
 STAGES = {stage.value: float(i) for i, stage in enumerate(RemovalStage)}  # NO 0 ... ALL 3
+LAST_CYCLE = (
+    ("glidewms_frontend_last_cycle_timestamp_seconds", "When the last cycle started (Unix time)"),
+    ("glidewms_frontend_last_cycle_ok", "1 if the last cycle had no error, else 0"),
+    (
+        "glidewms_frontend_last_cycle_errors",
+        "Errors the last cycle reported (peers unreachable, groups frozen...)",
+    ),
+)
 # (metric, part of the record, key, help)
 ENTRY_NUMBERS = (
     ("glidewms_frontend_demand_idle_jobs", "demand", "idle_jobs", "Idle jobs that match the entry"),
@@ -118,6 +126,12 @@ def instrument(frontend: Frontend, metrics: FrontendMetrics) -> None:
     call them through the instances)."""
     sources = frontend.sources
     failed = metrics.query_failures
+    config = frontend.config
+    for pool in config.all_pools():  # every peer's series from zero on, not from its first failure
+        failed.labels("pool", label(pool.name))
+    for factory in config.all_factories():
+        failed.labels("factory", label(factory.name))
+        failed.labels("put", label(factory.name))
 
     async def observe_cycle(call: Awaitable[T]) -> T:
         start = time.perf_counter()
@@ -181,23 +195,12 @@ class FrontendCollector(StateCollector):
         )
         cycles.add_metric([], frontend.cycles)
         yield cycles
-        last = frontend.last
+        last = frontend.last  # None before the first cycle: the families, without samples
+        values: tuple[float | None, ...] = (None, None, None)
         if last is not None:
-            yield GaugeMetricFamily(
-                "glidewms_frontend_last_cycle_timestamp_seconds",
-                "When the last cycle started (Unix time)",
-                value=last.started,
-            )
-            yield GaugeMetricFamily(
-                "glidewms_frontend_last_cycle_ok",
-                "1 if the last cycle had no error, else 0",
-                value=1.0 if last.ok else 0.0,
-            )
-            yield GaugeMetricFamily(
-                "glidewms_frontend_last_cycle_errors",
-                "Errors the last cycle reported (peers unreachable, groups frozen...)",
-                value=float(len(last.errors)),
-            )
+            values = (last.started, 1.0 if last.ok else 0.0, float(len(last.errors)))
+        for (name, doc), found in zip(LAST_CYCLE, values, strict=True):
+            yield GaugeMetricFamily(name, doc, value=found)
 
 
 def entry_families(records: Iterable[dict[str, Any]]) -> Iterable[Metric]:

@@ -10,6 +10,9 @@ a user, frontend or admin token. Every service holds both public keys, so
 verification is local. Identities always come from the verified token, never
 from a body.
 
+The `metrics` scope reads `GET /metrics` of each service and nothing else
+(glidewms/metrics.py): what a Prometheus scrapes with.
+
 The pilot scope is exclusive: a token that carries `pilot` beside `user` or
 `frontend` is not a pilot token (`Identity.has("pilot")` is false for it,
 unless it is admin), and neither issuer signs one.
