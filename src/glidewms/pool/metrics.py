@@ -54,7 +54,10 @@ LIVE_JOBS = (JobState.IDLE, JobState.RUNNING, JobState.HELD)
 # the pool's stored counters, as Prometheus counters (shared.COUNTERS)
 STORED = {
     "cluster": ("glidewms_pool_clusters_submitted", "Clusters submitted (stored)"),
-    "jobs_completed": ("glidewms_pool_jobs_completed", "Jobs whose last run ended them (stored)"),
+    "jobs_completed": (
+        "glidewms_pool_jobs_completed",
+        "Jobs that reached the completed state (stored)",
+    ),
     "job_failures": ("glidewms_pool_job_failures", "Job runs that ended with a non-zero code"),
     "site_failures": (
         "glidewms_pool_site_failures",
