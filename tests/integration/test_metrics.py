@@ -14,11 +14,14 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from glidewms.config.pool import PoolConfig
 from glidewms.security.tokens import TokenIssuer
+from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
 from tests.integration.conftest import bearer
 from tests.integration.test_factory_api import Env, wait_for
 from tests.integration.test_factory_api import env as factory_env  # noqa: F401
@@ -43,6 +46,13 @@ SLOT = {
 FREE = {"cpus": 4, "memory": 4000, "disk": 100000}
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture
+def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig:  # noqa: F811
+    """The shared config, on SQLite and on PostgreSQL in turn (the collectors' queries)."""
+    pool_config.database_url = database_url
+    return pool_config
 
 
 def scrape(client: TestClient, headers: dict[str, str]) -> tuple[Samples, set[str]]:
@@ -159,9 +169,14 @@ def test_pool_owner_label_is_capped(pool: TestClient, issuer: TokenIssuer, monke
 # ------------------------------------------------------------------ factory
 
 
-def test_factory_metrics_count_pilots_failures_goodput_and_backend_calls(factory_env: Env):  # noqa: F811
+def test_factory_metrics_count_pilots_failures_goodput_and_backend_calls(
+    factory_env: Env,  # noqa: F811
+    database_url: str | None,  # noqa: F811
+):
     env = factory_env
-    app = env.app(env.config(max_pilots=2))
+    config = env.config(max_pilots=2)
+    config.database_url = database_url  # the report sums use each database's JSON functions
+    app = env.app(config)
     scraper = env.auth("prometheus", "metrics")
     with TestClient(app) as client:
         refuses_without_metrics_scope(client, env.issuer)
