@@ -87,7 +87,6 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     app.state.public_url = public_url
     app.state.metrics = PoolMetrics(store).registry  # GET /metrics (pool/metrics.py)
     app.include_router(admin.health)
-    app.include_router(metrics_route)
     # the pilot turn first: Starlette tries routes in order
     for router in (
         pilots.router,
@@ -98,6 +97,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         tokens.router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
+    app.include_router(metrics_route)
     return app
 
 
