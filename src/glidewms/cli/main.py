@@ -233,7 +233,7 @@ def keys(
 @app.command()
 def token(
     subject: Annotated[str, typer.Option(help="identity: a user, a frontend name")],
-    scope: Annotated[list[str], typer.Option(help="user, pilot, frontend or admin")],
+    scope: Annotated[list[str], typer.Option(help="user, pilot, frontend, admin or metrics")],
     out: Annotated[Path, typer.Option(help="file to write the token to (mode 0600)")],
     key: Annotated[Path, typer.Option(help="issuer private key")] = Path(
         "glidewms-state/keys/issuer.key"
