@@ -202,19 +202,22 @@ def os_attributes(os_release: dict[str, str]) -> dict[str, Any]:
 
 
 def node_name() -> str:
-    """HTCondor's ``Machine``: the node's fully qualified name when it has one."""
+    """HTCondor's ``Machine``: the node's fully qualified name, or its host name
+    where the resolver only knows it as ``localhost``."""
     name = socket.getfqdn()
     if not name or name.startswith("localhost"):
-        name = platform.node() or "localhost"
+        name = platform.node() or name or "localhost"
     return name
 
 
-def node_attributes(machine: str) -> dict[str, Any]:
-    """``Machine`` and the domains HTCondor derives from it by default: a node
-    shares a file system (``should_transfer_files = NO`` jobs) and user ids
-    with itself only, unless the entry says its site shares more (an entry
-    attribute ``FileSystemDomain`` or ``UidDomain`` overrides these)."""
-    return {"Machine": machine, "FileSystemDomain": machine, "UidDomain": machine}
+def node_attributes(machine: str, domain: str) -> dict[str, Any]:
+    """``Machine``, and the domains HTCondor derives from the node's name by
+    default: a node shares a file system (``should_transfer_files = NO`` jobs)
+    and user ids with itself only, unless the entry says its site shares more
+    (an entry attribute ``FileSystemDomain`` or ``UidDomain`` overrides these).
+    ``domain`` is ``socket.getfqdn()``, the very call the submit side makes
+    for a job's ``FileSystemDomain``, so a job and a pilot on one node agree."""
+    return {"Machine": machine, "FileSystemDomain": domain, "UidDomain": domain}
 
 
 def gpu_properties(text: str, gpus: int) -> list[dict[str, Any]]:
@@ -262,7 +265,7 @@ def slot_ad(
     """
     ad = os_attributes(read_os_release() if os_release is None else os_release)
     ad["Arch"] = htcondor_arch(platform.machine())
-    ad.update(node_attributes(node_name()))
+    ad.update(node_attributes(node_name(), socket.getfqdn()))
     ad["PartitionableSlot"] = True
     for name, value in cfg.attrs.items():
         if name in RESERVED:
