@@ -238,14 +238,20 @@ def gpu_properties(text: str, gpus: int) -> list[dict[str, Any]]:
             return []
         ad: dict[str, Any] = {}
         for key, kind in _GPU_PROPERTIES.items():
-            value = item.get(key)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if kind is str and isinstance(value, str):
-                ad[key] = value[:128]
-            elif kind is not str and number and abs(value) < 2**53:
+            value: Any = item.get(key)
+            if kind is str:
+                if isinstance(value, str):
+                    ad[key] = value[:128]
+            elif _bounded_number(value):
                 ad[key] = kind(value)
         ads.append(ad)
     return ads
+
+
+def _bounded_number(value: Any) -> bool:
+    """A JSON number (not a boolean) that a ClassAd keeps exactly."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and abs(value) < 2**53
 
 
 def slot_ad(
