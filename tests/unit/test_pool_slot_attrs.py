@@ -122,6 +122,18 @@ def test_require_gpus_matches_the_slots_gpu_property_ads(
     assert fits(ad, pilot(gpus=slot_gpus), free) is expected
 
 
+# the slot's version is the CUDA API's (12.2 is 12020, as HTCondor's GPU discovery
+# reports it); condor_submit codes cuda_version as major * 1000 + minor
+@pytest.mark.parametrize(("cuda", "expected"), [("12.0", True), ("12", True), ("13.0", False)])
+def test_cuda_version_matches_the_drivers_cuda_version(
+    base: Path, cuda: str, expected: bool
+) -> None:
+    slot = {**pilot(gpus=[V100]), "CUDAMaxSupportedVersion": 12020}  # the gpus script's
+    ad = job_ad(base, f"executable = run.sh\nrequest_gpus = 1\ncuda_version = {cuda}")
+    assert fits(ad, slot) is expected
+    assert not fits(ad, pilot())  # a pilot without GPUs
+
+
 @pytest.mark.parametrize(
     ("lines", "none", "bwrap", "apptainer"),
     [
