@@ -549,6 +549,15 @@ def test_container_runtime_bubblewrap_is_found_and_test_run(work: Path) -> None:
     }
 
 
+def test_containers_disabled_offer_no_container_to_jobs(work: Path) -> None:
+    need("bwrap")
+    result = standard(work, "container", GLIDEIN_Container_Use="NEVER")
+    assert result.ok, result
+    got = values(work)
+    assert got["GLIDEIN_Container_Runtime"] == "bwrap"  # validation scripts may still use it
+    assert got["HasContainer"] == got["HasSandboxImage"] == got["HAS_CONTAINER"] == "false"
+
+
 def test_an_entry_narrows_the_container_attributes_but_never_widens_them(work: Path) -> None:
     need("bwrap")
     result = standard(

@@ -56,10 +56,13 @@ def test_run(setup: container.ContainerSetup, work: str) -> str:
         shutil.rmtree(sandbox, ignore_errors=True)
 
 
-def publish(script: Script, runtime: str) -> None:
-    """The runtime and what it runs, as slot attributes (an entry's false stays)."""
+def publish(script: Script, runtime: str, jobs_may_ask: bool = True) -> None:
+    """The runtime and what it runs, as slot attributes (an entry's false stays).
+    ``jobs_may_ask`` false (``GLIDEIN_Container_Use`` NEVER): the runtime is
+    there, but jobs asking for a container are refused, so none may match."""
     script.add("GLIDEIN_Container_Runtime", runtime, slot=True)
-    for name, value in container.capabilities(runtime).items():
+    offered = container.capabilities(runtime if jobs_may_ask else "none")
+    for name, value in offered.items():
         narrowed = script.get(name).strip().lower() == "false"
         script.add(name, bool(value) and not narrowed, slot=True)
 
@@ -79,7 +82,7 @@ def check(script: Script) -> str:
         problem = test_run(setup, work)
         if not problem:
             script.add("GLIDEIN_Container_Path", path)
-            publish(script, runtime)
+            publish(script, runtime, base.use != "NEVER")
             return f"{runtime} ({path}) runs image {base.default_image}"
         problems.append(f"{runtime}: {problem}")
     publish(script, "none")
