@@ -378,6 +378,39 @@ def test_apptainer_path_against_the_stand_in(
     assert log.read_text().startswith("apptainer exec --contain --cleanenv")
 
 
+def test_a_job_without_executable_runs_the_images_runscript_under_apptainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`apptainer` is the bubblewrap-based STAND-IN; `Cmd = ""` runs the runscript."""
+    need_bwrap()
+    log = tmp_path / "apptainer.log"
+    monkeypatch.setenv("APPTAINER_STANDIN_LOG", str(log))
+    standin = tmp_path / "bin" / "apptainer"
+    standin.parent.mkdir()
+    standin.symlink_to(COMPONENTS / "bwrap_apptainer_standin.sh")
+    setup = ContainerSetup("apptainer", str(standin), binds=(Bind("/usr", "/usr", True),))
+    root = tiny_rootfs(tmp_path)
+    (root / ".singularity.d").mkdir()
+    runscript = root / ".singularity.d" / "runscript"
+    runscript.write_text('#!/bin/sh\necho "entry point ran with $*" > /srv/ran.txt\n')
+    runscript.chmod(0o755)
+    sandbox = tmp_path / "s"
+    sandbox.mkdir()
+    spec = JobSpec.from_claim({"cmd": "", "args": ["a", "b"], "container": {"image": str(root)}})
+    image = choose_image(setup, spec.container, str(sandbox))
+    assert image is not None
+    check_image(setup, image, entry_point=True)
+    process = JobProcess(
+        spec,
+        str(sandbox),
+        job_environment(spec, str(sandbox), {}),
+        lambda argv, e: wrap(setup, image, str(sandbox), argv, e),
+    )
+    assert process.run() == 0
+    assert (sandbox / "ran.txt").read_text() == "entry point ran with a b\n"
+    assert log.read_text().startswith("apptainer run --contain --cleanenv")
+
+
 def test_a_missing_image_fails_the_job_setup(tmp_path: Path) -> None:
     with pytest.raises(ContainerError, match="not a directory"):
         wrap(
