@@ -173,6 +173,14 @@ def test_the_image_must_exist_and_only_apptainer_knows_an_entry_point(tmp_path: 
         check_image(APPTAINER, str(tmp_path / "gone.sif"))
     check_image(APPTAINER, str(tmp_path / "x.sif"), entry_point=True)
     check_image(BWRAP, str(tmp_path))
+    # an image holding the pilot's own directory would show the job its token
+    sandbox = tmp_path / "work" / "execute" / "1_0"
+    sandbox.mkdir(parents=True)
+    for image in ("/", str(tmp_path), str(tmp_path / "work") + "/"):
+        with pytest.raises(ContainerError, match="holds the pilot's own directory"):
+            check_image(BWRAP, image, sandbox=str(sandbox))
+    (sandbox / "rootfs").mkdir()
+    check_image(BWRAP, str(sandbox / "rootfs"), sandbox=str(sandbox))  # one that came with it
     with pytest.raises(ContainerError, match="give the job an executable"):
         check_image(BWRAP, str(tmp_path), entry_point=True)
     # apptainer runs the image's runscript with the job's arguments

@@ -136,7 +136,7 @@ class ClaimRunner:
             image = choose_image(self.container, self.spec.container, self.sandbox)
             self._fetch_inputs()
             if image is not None:  # it may have come with the inputs
-                check_image(self.container, image, entry_point=not self.spec.cmd)
+                check_image(self.container, image, not self.spec.cmd, self.sandbox)
             self.isolation.prepare(self.sandbox)
         except (
             IntegrityError,

@@ -228,10 +228,16 @@ def choose_image(setup: ContainerSetup, job_container: object, sandbox: str = ""
     return image
 
 
-def check_image(setup: ContainerSetup, image: str, entry_point: bool = False) -> None:
+def check_image(
+    setup: ContainerSetup, image: str, entry_point: bool = False, sandbox: str = ""
+) -> None:
     """Once the sandbox is there: the image exists in the form the runtime needs
     (ContainerError names it), so a missing one is a setup error, not a crash.
-    ``entry_point``: the job has no executable and runs the image's own."""
+    ``entry_point``: the job has no executable and runs the image's own.
+
+    A directory image that holds the job's ``sandbox`` (``/``, or any parent
+    of the pilot's work dir) is refused: it would show the job the pilot's
+    own files, its token among them, which no isolation hides there."""
     if entry_point and setup.runtime not in ("apptainer", "singularity"):
         raise ContainerError(
             f"the job names no executable, so it would run the entry point of image "
@@ -240,6 +246,12 @@ def check_image(setup: ContainerSetup, image: str, entry_point: bool = False) ->
         )
     if image == HOST_IMAGE or image.startswith("docker://"):
         return
+    if sandbox and os.path.isabs(image):
+        real, inner = os.path.realpath(image), os.path.realpath(sandbox)
+        if real != inner and os.path.commonpath([real, inner]) == real:
+            raise ContainerError(
+                f"image {image!r} holds the pilot's own directory: it cannot be a job's image"
+            )
     if setup.runtime == "bwrap" and not os.path.isdir(image):
         raise ContainerError(
             f"image {image!r} is not a directory (bubblewrap runs rootfs directories)"
