@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from .container import ContainerError, ContainerSetup, choose_image, wrap
+from .container import ContainerError, ContainerSetup, check_image, choose_image, wrap
 from .http import Api, HttpStatusError, IntegrityError, TransportError, segment, sha256_file
 from .isolation import Isolation, open_output
 from .jobs import (
@@ -133,8 +133,10 @@ class ClaimRunner:
         except FileNotFoundError:  # the first job: execute/ itself is new
             os.makedirs(self.sandbox)
         try:
-            image = choose_image(self.container, self.spec.container)
+            image = choose_image(self.container, self.spec.container, self.sandbox)
             self._fetch_inputs()
+            if image is not None:  # it may have come with the inputs
+                check_image(self.container, image, not self.spec.cmd, self.sandbox)
             self.isolation.prepare(self.sandbox)
         except (
             IntegrityError,
