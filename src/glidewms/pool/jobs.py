@@ -345,20 +345,51 @@ def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
     }
 
 
-def container_request(ad: Any) -> dict[str, str] | None:
-    """The job's container wish, as the pilot's job wrapper takes it.
+# ContainerImageSource values (submit/container.py) of images that travel with the
+# job: they are in its sandbox under their base name (ContainerImage).
+_SENT_IMAGES = ("cedar", "http", "https")
+_WANT_KIND = (("WantSIF", "sif"), ("WantSandboxImage", "sandbox"), ("WantDockerImage", "docker"))
 
-    `ContainerImage` (submit's `container_image`) or the GlideinWMS-era
-    `SingularityImage` name an image; `WantContainer = true` alone asks for
-    the group's default image (empty string).
+
+def container_request(ad: Any) -> dict[str, Any] | None:
+    """The job's container wish, as the pilot's job wrapper takes it:
+    ``{"image", "kind", "in_sandbox"}`` (see glidein/agent/container.py).
+
+    The image: `ContainerImage` (submit's `container_image`), else
+    `DockerImage` (`docker_image`, in the container or docker universe: a
+    docker:// image), else the GlideinWMS-era `SingularityImage`;
+    `WantContainer`/`WantDocker` alone ask for the group's default image
+    (empty string). The kind: what submit said (`WantSIF`,
+    `WantSandboxImage`, `WantDockerImage`), else condor_submit's rule on the
+    name. An image that travelled with the job (`ContainerImageSource` a
+    transfer, and `TransferContainer` not false) is in the sandbox under its
+    base name, which `ContainerImage` holds.
     """
-    for name in ("ContainerImage", "SingularityImage"):
+
+    def text(name: str) -> str:
         value = classads.eval_attr(ad, name)
-        if isinstance(value, str) and value:
-            return {"image": value}
-    if classads.is_true(classads.eval_attr(ad, "WantContainer")):
-        return {"image": ""}
-    return None
+        return value.strip() if isinstance(value, str) else ""
+
+    image, kind = text("ContainerImage"), ""
+    if not image and (docker := text("DockerImage")):
+        image, kind = (docker if docker.startswith("docker:") else f"docker://{docker}"), "docker"
+    if not image:
+        image = text("SingularityImage")
+    if not image:
+        wants = ("WantContainer", "WantDocker")
+        if any(classads.is_true(classads.eval_attr(ad, n)) for n in wants):
+            return {"image": ""}
+        return None
+    for attr, name in _WANT_KIND:
+        if not kind and classads.is_true(classads.eval_attr(ad, attr)):
+            kind = name
+    if not kind:
+        kind = "docker" if image.startswith("docker:") else "sif" if image.endswith(".sif") else ""
+    request: dict[str, Any] = {"image": image, "kind": kind or "sandbox"}
+    sent = text("ContainerImageSource").lower() in _SENT_IMAGES
+    if sent and classads.eval_attr(ad, "TransferContainer") is not False:
+        request["in_sandbox"] = True
+    return request
 
 
 def dynamic(row: Any) -> dict[str, Any]:

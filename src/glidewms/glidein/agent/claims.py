@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from .container import ContainerError, ContainerSetup, choose_image, wrap
+from .container import ContainerError, ContainerSetup, check_image, choose_image, wrap
 from .http import Api, HttpStatusError, IntegrityError, TransportError, segment, sha256_file
 from .isolation import Isolation, open_output
 from .jobs import (
@@ -145,8 +145,10 @@ class ClaimRunner:
             os.makedirs(self.sandbox)
         streams: dict[str, int] = {}
         try:
-            image = choose_image(self.container, self.spec.container)
+            image = choose_image(self.container, self.spec.container, self.sandbox)
             self._fetch_inputs()
+            if image is not None:  # it may have come with the inputs
+                check_image(self.container, image, not self.spec.cmd, self.sandbox)
             # stdout/stderr a checkpoint brought: the job appends to them
             restored = {f.name for f in self.spec.sandbox}
             append = frozenset(n for n in (self.spec.out, self.spec.err) if n in restored)

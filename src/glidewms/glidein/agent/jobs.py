@@ -85,7 +85,8 @@ class JobSpec:
     err: str | None = None
     transfer_output: list[str] | None = None
     request: dict[str, int] = field(default_factory=dict)
-    container: dict[str, Any] | None = None  # {"image": ...}: run in a container
+    # {"image": str, "kind": str, "in_sandbox": bool}: run in a container (container.py)
+    container: dict[str, Any] | None = None
     max_runtime: float | None = None  # seconds the job says it needs, if it says
     # self-checkpointing: an exit with this code is a checkpoint taken (see claims.py)
     checkpoint_exit_code: int | None = None
@@ -140,7 +141,7 @@ class JobSpec:
         for text in [spec.cmd, *spec.args, *spec.env.values()]:
             if "\0" in text:
                 raise JobSetupError(f"a NUL character in the job's command line or env: {text!r}")
-        if not spec.cmd:
+        if not spec.cmd and spec.container is None:  # in a container: the image's entry point
             raise JobSetupError("the job has no cmd")
         return spec
 
@@ -149,6 +150,9 @@ class JobSpec:
         if any(f.name == self.cmd for f in self.sandbox):
             return os.path.join(sandbox, self.cmd)
         return self.cmd
+
+
+_IMAGE_KINDS = ("", "sandbox", "sif", "docker")
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -160,14 +164,28 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _container(value: Any) -> dict[str, Any] | None:
-    """The claim's optional ``container`` object: ``{"image": str}`` (image may be empty)."""
+    """The claim's optional ``container`` object: ``{"image": str}`` (image may be
+    empty: the default), with ``kind`` (``sandbox``, ``sif``, ``docker``) and
+    ``in_sandbox`` (the image travelled with the job) when the pool knows them."""
     if value is None or value is False:
         return None
     if value is True:
         return {"image": ""}
-    if not isinstance(value, dict) or not isinstance(value.get("image", ""), str):
-        raise JobSetupError(f"container: expected {{'image': str}}, got {value!r}")
-    return {"image": value.get("image", "")}
+    expected = "{'image': str, 'kind': sandbox|sif|docker, 'in_sandbox': bool}"
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("image", ""), str)
+        or value.get("kind", "") not in _IMAGE_KINDS
+        or not isinstance(value.get("in_sandbox", False), bool)
+        or "\0" in value.get("image", "")
+    ):
+        raise JobSetupError(f"container: expected {expected}, got {value!r:.300}")
+    found = {"image": value.get("image", "")}
+    if value.get("kind"):
+        found["kind"] = value["kind"]
+    if value.get("in_sandbox"):
+        found["in_sandbox"] = True
+    return found
 
 
 def sandbox_name(job_id: str) -> str:
