@@ -54,6 +54,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
             max_outputs_per_job=config.max_outputs_per_job,
             batch_size=config.bulk_batch_size,
         ),
+        concurrency=config.limit_config(),
     )
     pool = PoolContext(
         config=config,
