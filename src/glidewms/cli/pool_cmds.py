@@ -1,4 +1,4 @@
-"""Extra `glidewms` commands of the pool: `qedit` and `userprio`."""
+"""Extra `glidewms` commands of the pool: `qedit`, `userprio` and `limits`."""
 
 from __future__ import annotations
 
@@ -73,13 +73,14 @@ def userprio(
     table = Table(box=None, header_style="bold")
     for col in (
         "SUBMITTER",
+        "GROUP",
         "EFFECTIVE PRIO",
         "FACTOR",
         "USAGE (core-h)",
         "RUNNING CORES",
         "IDLE JOBS",
     ):
-        table.add_column(col, justify="left" if col == "SUBMITTER" else "right")
+        table.add_column(col, justify="left" if col in ("SUBMITTER", "GROUP") else "right")
     shown = 0
     for s in data["submitters"]:
         if not all_ and not s["running_cores"] and not s["idle_jobs"] and s["usage"] < 1:
@@ -87,6 +88,7 @@ def userprio(
         shown += 1
         table.add_row(
             cell(s["submitter"]),
+            cell(s.get("group") or "-"),
             f"{s['effective_priority'] / 3600:.2f}",
             f"{s['factor']:g}",
             f"{s['usage'] / 3600:.2f}",
@@ -101,7 +103,36 @@ def userprio(
     )
 
 
+def limits(
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+) -> None:
+    """Show concurrency limits: limit, held by running jobs, idle jobs that
+    want each name and how many of them wait because it is used up."""
+    try:
+        with client(pool, token_file) as c:
+            data = c.concurrency()
+    except ClientError as exc:
+        raise fail(str(exc)) from None
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "LIMIT", "IN USE", "IDLE JOBS", "WAITING FOR IT"):
+        table.add_column(col, justify="left" if col == "NAME" else "right")
+    for row in data["limits"]:
+        limit = row["limit"]
+        table.add_row(
+            cell(row["name"]),
+            "unlimited" if limit is None else f"{limit:g}",
+            f"{row['in_use']:g}",
+            str(row["idle_jobs"]),
+            str(row["blocked_jobs"]),
+        )
+    out.print(table)
+    if not data["limits"]:
+        out.print("no concurrency limits configured or named by jobs")
+
+
 def register(app: typer.Typer, service: typer.Typer) -> None:
     """Add top-level commands to `app` and subcommands to `glidewms pool` (`service`)."""
     app.command()(qedit)
     app.command()(userprio)
+    app.command()(limits)

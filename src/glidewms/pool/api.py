@@ -23,7 +23,7 @@ from glidewms.db import make_engine
 from glidewms.errors import GATED, responses
 from glidewms.pool.bodies import invalid_body
 from glidewms.pool.checks import StoreLimits
-from glidewms.pool.routes import admin, demand, files, jobs, pilots, tokens
+from glidewms.pool.routes import admin, demand, files, jobs, pilots, tokens, userlog
 from glidewms.pool.routes.deps import PoolContext, WorkSignal
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import FairShare, PoolStore
@@ -93,6 +93,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         files.router,
         demand.router,
         tokens.router,
+        userlog.router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
     return app
