@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from glidewms.classads import import_htcondor
 from glidewms.security.tokens import TokenIssuer
@@ -25,8 +26,11 @@ SLOT = {"Cpus": 8, "Memory": 8000, "Disk": 1000000}
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[PoolProcess]:
+    (tmp_path / "p").mkdir()
     process = PoolProcess(tmp_path / "p", None)
-    (tmp_path / "p").mkdir(exist_ok=True)
+    values = yaml.safe_load(process.config.read_text())
+    values["claim_lease_seconds"] = 3600.0  # the CLI's runs take longer than its 2 s
+    process.config.write_text(yaml.safe_dump(values))
     process.start()
     try:
         yield process

@@ -115,6 +115,8 @@ def sync(c: PoolClient, clusters: list[int] | None = None) -> dict[str, int]:
     written (all of this pool's registered clusters, or those named).
     Returns {path: events written}."""
     written: dict[str, int] = {}
+    if not (state_dir() / "userlogs.json").is_file():
+        return written  # no log was ever asked for: nothing to read, nothing created
     host = userlog.submit_host(c.url)
     with _locked_state() as state:
         entries = state["clusters"]
@@ -172,6 +174,8 @@ def sync_quietly(c: PoolClient, clusters: list[int] | None = None) -> None:
 
 
 def registered(pool_url: str) -> list[int]:
+    if not (state_dir() / "userlogs.json").is_file():
+        return []
     with _locked_state() as state:
         return sorted(
             int(k.rpartition(" ")[2]) for k in state["clusters"] if k.rpartition(" ")[0] == pool_url
