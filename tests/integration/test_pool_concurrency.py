@@ -1,15 +1,23 @@
 """Concurrency limits and fair share by accounting group, through the pool's
 API with pilot turns driven by hand: every step is asserted from the pool's
-state, never from timing."""
+state, never from timing. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from glidewms.config.pool import PoolConfig
 from glidewms.pool.api import create_app
+from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
 
 SLOT = {"Cpus": 64, "Memory": 64000, "Disk": 1000000}
+
+
+@pytest.fixture
+def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig:  # noqa: F811
+    pool_config.database_url = database_url
+    return pool_config
 
 
 def submit(pool: TestClient, who: dict, ad: str, n: int = 1) -> list[str]:

@@ -25,7 +25,7 @@ SLOT = {"Cpus": 8, "Memory": 8000, "Disk": 1000000}
 
 
 @pytest.fixture
-def pool(tmp_path: Path) -> Iterator[PoolProcess]:
+def pool_process(tmp_path: Path) -> Iterator[PoolProcess]:
     (tmp_path / "p").mkdir()
     process = PoolProcess(tmp_path / "p", None)
     values = yaml.safe_load(process.config.read_text())
@@ -53,7 +53,8 @@ def read(path: Path) -> list[tuple[int, int, int, dict]]:
     ]
 
 
-def test_the_job_event_log_follows_the_jobs_and_htcondor_reads_it(tmp_path, pool):
+def test_the_job_event_log_follows_the_jobs_and_htcondor_reads_it(tmp_path, pool_process):
+    pool = pool_process
     issuer = TokenIssuer.from_file(pool.keys[0])
     token = tmp_path / "alice.token"
     token.write_text(issuer.issue("alice", ["user"]))
@@ -115,3 +116,33 @@ def test_the_job_event_log_follows_the_jobs_and_htcondor_reads_it(tmp_path, pool
     assert all(e["TerminatedNormally"] for t, _, _, e in events if t == 5)
     # every job done and written: the cluster is forgotten
     assert json.loads((tmp_path / "state" / "userlogs.json").read_text())["clusters"] == {}
+
+
+def test_a_cluster_s_events_page_by_id_and_are_its_owner_s_only(pool, auth):
+    alice, bob, admin = auth("alice"), auth("bob"), auth("root", "admin")
+    ad = '[ Cmd = "/bin/true"; RequestCpus = 1; UserLog = "/tmp/x/c$(ClusterId).log" ]'
+    plain = '[ Cmd = "/bin/true"; RequestCpus = 1 ]'
+    r = pool.post(
+        "/api/v1/jobs", json={"jobs": [{"ad": ad}, {"ad": ad}, {"ad": plain}]}, headers=alice
+    )
+    cluster = r.json()["cluster_id"]
+    url = f"/api/v1/clusters/{cluster}/events"
+    page = pool.get(url, params={"limit": 2}, headers=alice).json()
+    assert [(e["proc_id"], e["type"]) for e in page["events"]] == [
+        (0, "submitted"),
+        (1, "submitted"),
+    ]
+    assert page["more"] and not page["done"]
+    log = f"/tmp/x/c{cluster}.log"
+    assert page["user_logs"] == {"0": log, "1": log}  # the third job has none
+    rest = pool.get(url, params={"after": page["events"][-1]["id"]}, headers=alice).json()
+    assert [e["proc_id"] for e in rest["events"]] == [2] and rest["user_logs"] == {}
+    assert not rest["more"]
+    assert pool.get(url, headers=bob).status_code == 403
+    assert pool.get(url, headers=admin).status_code == 200
+    assert pool.get("/api/v1/clusters/999999/events", headers=alice).status_code == 404
+    assert pool.get(url, params={"limit": 0}, headers=alice).status_code == 422
+    r = pool.post("/api/v1/jobs/remove", json={"job_ids": [], "constraint": "true"}, headers=alice)
+    assert r.status_code == 200, r.text
+    done = pool.get(url, params={"after": 2**40}, headers=alice).json()
+    assert done["done"] and done["events"] == []

@@ -194,7 +194,7 @@ def log(
     try:
         with client(pool, token_file) as c:
             written = sync(c, clusters or None)
-    except ClientError as exc:
+    except (ClientError, OSError) as exc:
         raise fail(str(exc)) from None
     for path, n in sorted(written.items()):
         out.print(f"{path}: {n} event(s) written", markup=False)
@@ -229,7 +229,7 @@ def wait(
                     err.print(f"timed out; still queued: {' '.join(map(str, todo))}")
                     raise typer.Exit(1)
                 time.sleep(max(0.05, interval))
-    except ClientError as exc:
+    except (ClientError, OSError) as exc:
         raise fail(str(exc)) from None
     out.print("all jobs done")
 
