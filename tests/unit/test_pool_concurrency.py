@@ -196,3 +196,21 @@ def test_pool_config_reads_limits_with_names_in_lower_case():
     for bad in ({"d$b": 1}, {"db": -1}, {"db": 1, "DB": 2}):
         with pytest.raises(ValueError):
             PoolConfig(concurrency_limits=bad)
+
+
+@pytest.mark.parametrize(
+    ("ad_long", "state", "says"),
+    [
+        ('Cmd = "x"', "idle", "1.0 (idle): names no concurrency limit"),
+        ('ConcurrencyLimits = "db"', "idle", "1.0 (idle): db:1 (2 of 2 in use); waits for db"),
+        ('ConcurrencyLimits = "db"', "running", "1.0 (running): db:1 (2 of 2 in use)"),
+        ('ConcurrencyLimits = "web:2"', "idle", "1.0 (idle): web:2 (0 of unlimited in use)"),
+        ('ConcurrencyLimits = "d$b"', "idle", "cannot be read"),
+    ],
+)
+def test_limits_of_a_job_say_what_keeps_it_idle(ad_long, state, says):
+    from glidewms.cli.pool_cmds import _why
+
+    rows = [{"name": "db", "limit": 2, "in_use": 2.0}]
+    job = {"job_id": "1.0", "state": state, "ad_long": f'{ad_long}\nOwner = "a"'}
+    assert says in _why(job, rows)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -104,6 +105,10 @@ def userprio(
 
 
 def limits(
+    jobs: Annotated[
+        Optional[list[str]],  # noqa: UP045 (typer needs Optional on 3.10)
+        typer.Argument(help="CLUSTER.PROC: say which of its limits keeps it idle"),
+    ] = None,
     pool: PoolOption = None,
     token_file: TokenOption = None,
 ) -> None:
@@ -112,6 +117,11 @@ def limits(
     try:
         with client(pool, token_file) as c:
             data = c.concurrency()
+            if jobs:
+                job_ids(jobs)  # a malformed id is a usage error before any call
+                for jid in jobs:
+                    out.print(literal(_why(c.job(jid), data["limits"]), lines=False))
+                return
     except ClientError as exc:
         raise fail(str(exc)) from None
     table = Table(box=None, header_style="bold")
@@ -129,6 +139,32 @@ def limits(
     out.print(table)
     if not data["limits"]:
         out.print("no concurrency limits configured or named by jobs")
+
+
+def _why(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """One job against the limits: what it holds or wants, and what keeps it idle."""
+    from glidewms.pool import concurrency
+
+    text = str(job.get("ad_long") or job.get("ad") or "")
+    found = re.search(r'^ConcurrencyLimits = "([^"]*)"$', text, re.MULTILINE)
+    head = f"{job['job_id']} ({job['state']})"
+    if found is None:
+        return f"{head}: names no concurrency limit"
+    try:
+        wanted = concurrency.parse(found.group(1))
+    except concurrency.BadLimits as exc:
+        return f"{head}: ConcurrencyLimits cannot be read ({exc}): it never starts"
+    by = {r["name"]: r for r in rows}
+    parts, short = [], []
+    for name in sorted(wanted):
+        row = by.get(name, {})
+        limit, used = row.get("limit"), float(row.get("in_use") or 0)
+        cap = "unlimited" if limit is None else f"{limit:g}"
+        parts.append(f"{name}:{wanted[name]:g} ({used:g} of {cap} in use)")
+        if job["state"] == "idle" and limit is not None and used + wanted[name] > limit + 1e-9:
+            short.append(name)
+    tail = f"; waits for {', '.join(short)}" if short else ""
+    return f"{head}: {', '.join(parts)}{tail}"
 
 
 def register(app: typer.Typer, service: typer.Typer) -> None:
