@@ -111,6 +111,22 @@ def test_a_limit_is_given_back_when_a_running_job_is_removed(pool_config, auth):
         assert [c["job_id"] for c in turn(pool, pilot, p, max_jobs=8)] == [second]
 
 
+def test_a_limit_is_given_back_when_its_pilot_leaves(pool_config, auth):
+    pool_config.concurrency_limits = {"db": 1}
+    alice, pilot = auth("alice"), auth("pilot", "pilot", fe="fe1")
+    with TestClient(create_app(pool_config)) as pool:
+        first, second = submit(pool, alice, DB_JOB, 2)
+        gone, other = register(pool, pilot), register(pool, pilot)
+        assert [c["job_id"] for c in turn(pool, pilot, gone, max_jobs=8)] == [first]
+        assert turn(pool, pilot, other, max_jobs=8) == []
+        r = pool.post(f"/api/v1/pilots/{gone}/deregister", json={}, headers=pilot)
+        assert r.status_code == 200, r.text
+        # the evicted job is idle again: one of the two runs, never both
+        got = [c["job_id"] for c in turn(pool, pilot, other, max_jobs=8)]
+        assert len(got) == 1 and got[0] in (first, second)
+        assert limits(pool, alice)["db"]["in_use"] == 1
+
+
 def test_an_unreadable_limit_keeps_the_job_idle_and_says_so(pool_config, auth):
     alice, pilot = auth("alice"), auth("pilot", "pilot", fe="fe1")
     with TestClient(create_app(pool_config)) as pool:

@@ -90,6 +90,18 @@ def test_the_job_event_log_follows_the_jobs_and_htcondor_reads_it(tmp_path, pool
     cli(env, "log")
     assert [t for t, *_ in read(log)] == [0, 0, 1, 1]
 
+    # still running: wait gives up at its timeout, with exit code 1
+    waited = subprocess.run(
+        [GLIDEWMS, "wait", str(cluster), "--timeout", "0.2", "--interval", "0.05"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert waited.returncode == 1 and "still queued" in waited.stderr
+    assert [t for t, *_ in read(log)] == [0, 0, 1, 1]
+
     exit_codes = {f"{cluster}.0": 0, f"{cluster}.1": 3}
     done = [{"claim_id": c["claim_id"], "exit_code": exit_codes[c["job_id"]]} for c in claims]
     r = httpx.post(

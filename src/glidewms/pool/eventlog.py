@@ -5,6 +5,12 @@ asks for the events of a cluster after the last one it wrote (event ids only
 grow), and for the UserLog path of each job those events are about (jobs of
 a cluster may name different files: ``log = job_$(Process).log``). Read
 only; one cluster per call; pages bounded.
+
+Reading "after the last id" misses nothing because, within one cluster,
+events become visible in id order: a cluster's `submitted` events commit in
+its submit's transaction before any other event of it can exist, and every
+later one is written and committed under the store lock (turns, actions,
+lease expiry), so no event of it with a smaller id can commit later.
 """
 
 from __future__ import annotations
