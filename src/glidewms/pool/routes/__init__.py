@@ -6,7 +6,8 @@
 - `files`: sandbox files by SHA-256
 - `demand`: the frontends' demand
 - `tokens`: pilot tokens for frontends
-- `admin`: health, priorities, counters
+- `admin`: health, priorities, concurrency limits, counters
+- `userlog`: a cluster's events after a given one (users' job event logs)
 
 Handlers are thin: the caller's identity and the pool come from dependencies
 (`deps`), the body is validated by its model, the store is called in a
