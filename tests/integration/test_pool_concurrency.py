@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from glidewms.config.pool import PoolConfig
 from glidewms.pool.api import create_app
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
+from tests.integration.test_metrics import scrape
 
 SLOT = {"Cpus": 64, "Memory": 64000, "Disk": 1000000}
 
@@ -80,6 +81,11 @@ def test_never_more_jobs_hold_a_limit_than_it_allows(pool_config: PoolConfig, au
             3,
             3,
         )
+        samples, _ = scrape(pool, auth("ops", "metrics"))
+        db = (("name", "db"),)  # a label called `name`: test_metrics.value cannot take it
+        assert samples[("glidewms_pool_concurrency_limit", db)] == 2
+        assert samples[("glidewms_pool_concurrency_in_use", db)] == 2
+        assert samples[("glidewms_pool_concurrency_waiting_jobs", db)] == 3
         # pilots turn: each completion frees one unit, and one more db job starts
         ended: set[str] = set()
         for _ in range(20):
