@@ -152,13 +152,14 @@ def _sync_cluster(
             target = procs.get(str(proc_id))
             if isinstance(target, str) and target in logs and event_id > logs[target]:
                 by_path.setdefault(target, []).append(text)
+        last = page["events"][-1]["id"] if page["events"] else after
         for path, texts in by_path.items():
-            _append(path, texts)
+            _append(path, texts)  # if one file fails, those written before stay marked
             written[path] = written.get(path, 0) + len(texts)
-        if page["events"]:
-            after = page["events"][-1]["id"]
-            for path in logs:
-                logs[path] = max(logs[path], after)
+            logs[path] = max(logs[path], last)
+        after = last
+        for path in logs:
+            logs[path] = max(logs[path], last)
         if not page.get("more"):
             return bool(page.get("done"))
     return False
