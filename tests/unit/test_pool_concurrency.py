@@ -145,7 +145,9 @@ def test_limits_enter_the_autocluster_in_canonical_form():
     assert normalized(matchmaker.limits[1]) == "db:1,x:1"
 
 
-@pytest.mark.parametrize("value", ["3", '"d$b"', "error"])
+@pytest.mark.parametrize(
+    "value", ["3", '"d$b"', "error", 'strcat("site_", TARGET.GLIDEIN_Site)', "TARGET.Limits"]
+)
 def test_unreadable_limits_are_remembered_as_such(value):
     d = derive(ad(f"[ RequestCpus = 1; ConcurrencyLimits = {value} ]"), "alice")
     matchmaker = Matchmaker()

@@ -214,6 +214,13 @@ INVALID_LIMITS = "!"  # prefix of a value the pool could not read: such jobs nev
 def _limits_text(ad: Any) -> str | None:
     """The job's ConcurrencyLimits in canonical form; None when it has none;
     INVALID_LIMITS and why when it cannot be read."""
+    if LIMITS_ATTR not in ad:
+        return None
+    refs = classads.external_refs(ad, ad.lookup(LIMITS_ATTR))
+    if refs is None or any(r.lower().startswith("target.") for r in refs):
+        # HTCondor evaluates it against the slot matched; here it is fixed at
+        # submit, so one that reads the slot would silently be no limit
+        return f"{INVALID_LIMITS}ConcurrencyLimits reads the slot (TARGET): not supported"
     value = classads.eval_attr(ad, LIMITS_ATTR)
     if value is None or value is classads.UNDEFINED:
         return None
