@@ -52,12 +52,13 @@ async def recover(factory: Factory) -> None:
             await backend.remove([b for b in removing if b])
             rearmed += len(removing)
     per_entry = Counter(g.entry for g in active)
-    log.info(
-        "after a restart: tracking %d pilot(s) (%s); %d removal(s) asked again",
-        len(active),
-        ", ".join(f"{name} {n}" for name, n in sorted(per_entry.items())) or "none",
-        rearmed,
-    )
+    if active:
+        log.info(
+            "after a restart: tracking %d pilot(s) (%s); %d removal(s) asked again",
+            len(active),
+            ", ".join(f"{name} {n}" for name, n in sorted(per_entry.items())),
+            rearmed,
+        )
 
 
 async def adopt_unrecorded(factory: Factory) -> None:

@@ -93,6 +93,7 @@ class Factory:
         self.cycles = 0
         self.health: dict[str, EntryHealth] = {}  # submission failures and pauses
         self._wake: asyncio.Event | None = None  # bound to the loop that runs us
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._run_tag = secrets.token_hex(3)
         self._seq = itertools.count(1)
         self._logged: dict[tuple[str, str, str], str] = {}
@@ -209,9 +210,15 @@ class Factory:
         if self._wake is not None:
             self._wake.set()
 
+    def nudge(self) -> None:
+        """`wake()` from another thread (a test driving cycles one by one)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.wake)
+
     async def run(self) -> None:
         """Cycle until cancelled; a failed cycle is logged and the next one runs."""
         self._wake = wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         try:
             await restart.recover(self)
         except Exception:
