@@ -138,7 +138,9 @@ class RecoveryConfig(BaseModel):
         default=5, ge=1, description="consecutive failed submissions that pause the entry"
     )
     pause_cooldown: float = Field(
-        default=3600.0, gt=0, description="seconds a paused entry waits before trying again"
+        default=3600.0,
+        gt=0,
+        description="seconds an entry paused by failed submissions waits before one more try",
     )
     pause_after_pilot_failures: int = Field(
         default=5,
