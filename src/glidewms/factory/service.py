@@ -319,6 +319,8 @@ class Factory:
             if allowed.count is not None:
                 count = min(count, allowed.count - self._cycle_submitted[name])
             if count <= 0:
+                if allowed.reason is not None and allowed.count == 0:
+                    self._log_once(request, name, f"not submitting: {allowed.reason}")
                 return
             self._cycle_submitted[name] += count
             started = await self._submit(entry, request, count, tally)

@@ -313,7 +313,10 @@ class FactoryStore:
         yet counted, or ended (a report, or a final state) and their end not counted."""
         t = glideins_table
         final = [s.value for s in FINAL_STATES]
-        ended = sa.or_(t.c.report.is_not(None), t.c.state.in_(final))
+        # A report sets exit_reason (a JSON column's None is stored as JSON null: not
+        # a test of SQL NULL); a reason the factory set goes with a final state or
+        # `removing`, which judge() passes over until it ends.
+        ended = sa.or_(t.c.exit_reason.is_not(None), t.c.state.in_(final))
         query = (
             sa.select(t)
             .where(
