@@ -151,6 +151,11 @@ def test_a_validation_failure_names_its_check_and_reason() -> None:
     assert verdict is not None and verdict.check == "factory/os_arch (WN_Resource)"
     assert verdict.reason.startswith("validation failed: factory/os_arch: WN_Resource: x")
     assert "\n" not in verdict.reason and len(verdict.reason) <= 330
+    hostile = judge(pilot(S.failed, "error", 1, said("error", 1, detail="\x1b]0;pwned\x07 ok")))
+    assert (
+        hostile is not None
+        and hostile.reason == "exit before the first job: error: \\x1b]0;pwned\\x07 ok"
+    )
 
 
 def fail(gid: str = "e-1") -> Verdict:

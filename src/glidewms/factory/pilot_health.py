@@ -71,8 +71,10 @@ class Verdict:
 
 
 def short(text: Any, limit: int = REASON_CHARS) -> str:
-    """One line of at most `limit` characters: pilots' words go in logs and ads."""
-    line = " ".join(str(text).split())
+    """One line of at most `limit` printable characters: pilots' words go in logs and
+    ads (a control character, an escape sequence's start, is shown escaped)."""
+    line = " ".join(str(text)[: limit * 4].split())
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
