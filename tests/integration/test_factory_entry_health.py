@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from glidewms.cli.main import app as cli
@@ -33,6 +34,7 @@ from glidewms.config.factory import EntryConfig, FactoryConfig
 from glidewms.factory.api import create_app
 from glidewms.security.tokens import TokenIssuer, generate_keypair
 from tests import harness
+from tests.integration.factory_harness import FactoryFiles, stand_in
 from tests.integration.test_factory_pilot_start import Served
 
 wait_for = partial(harness.wait_for, timeout=60.0, interval=0.05)
@@ -275,3 +277,29 @@ def test_an_entry_whose_pilots_fail_validation_is_paused_probed_and_resumed(
             )
             step()
             assert ad("good")["paused"] is None and ad("good")["pilot_failures"] == 0
+
+
+def test_a_pause_survives_a_restart_and_the_restart_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="glidewms.factory")
+    files = FactoryFiles.create(tmp_path, stand_in("", ""), tmp_path)
+    config = files.config(entry("broken"), cycle_seconds=3600)
+    admin = files.headers("admin", ["admin"])
+    with TestClient(files.app(config)) as client:
+        r = client.post("/api/v1/entries/broken/pause", json={"reason": "  "}, headers=admin)
+        assert r.status_code == 422
+        r = client.post("/api/v1/entries/nope/pause", json={"reason": "x"}, headers=admin)
+        assert r.status_code == 404
+        r = client.post(
+            "/api/v1/entries/broken/pause", json={"reason": "disk\nfull"}, headers=admin
+        )
+        assert r.status_code == 200 and r.json()["paused"]["reason"] == "disk full"
+    with TestClient(files.app(config)) as client:  # the same database: a restart
+        [ad] = client.get("/api/v1/entries", headers=admin).json()
+        assert ad["paused"]["by"] == "operator" and ad["paused"]["reason"] == "disk full"
+        assert "entry broken is still paused (by operator" in caplog.text
+        r = client.post("/api/v1/entries/broken/resume", headers=admin)
+        assert r.json() == {"entry": "broken", "resumed": True}
+        [ad] = client.get("/api/v1/entries", headers=admin).json()
+        assert ad["paused"] is None
