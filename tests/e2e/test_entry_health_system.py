@@ -3,7 +3,8 @@ frontend as processes, pilots started by the local backend as real processes
 (bootstrap, signed stage, the standard validation scripts, the agent).
 
 The broken entry requires an OS this node does not have, so the standard
-os_arch check fails on every pilot there. The factory pauses the entry after
+os_arch check fails on every pilot there; a job only it matches keeps the
+frontend asking for pilots there. The factory pauses the entry after
 `pause_after_pilot_failures` of them, says why in its ad, its stats and the
 frontend's explain, and sends nothing more there; the job runs at the entry
 whose pilots work, which is never paused. Waits poll with a deadline.
@@ -47,6 +48,11 @@ def test_an_entry_whose_pilots_fail_validation_is_paused_and_the_job_runs_elsewh
     def at(name: str) -> list[dict[str, Any]]:
         return [g for g in s.glideins() if g["entry"] == name]
 
+    # Demand that lasts at the broken entry (a job only it matches), and a job for any.
+    only_broken = one_job(tmp_path, ticks=1).replace(
+        "queue", 'requirements = TARGET.GLIDEIN_Entry_Name == "broken"\nqueue'
+    )
+    s.submit(only_broken, tmp_path)
     [jid] = s.submit(one_job(tmp_path, ticks=1), tmp_path)
     paused = wait_for(lambda: ad("broken")["paused"], "the broken entry to pause")
     assert paused["by"] == "pilots"
