@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,6 +55,7 @@ class Turns:
         self.pilots = pilots
         self.matching = matching
         self._specs = SpecCache()  # what claims read from ads, per cluster
+        self.observe_wait: Callable[[float], None] | None = None  # pool/metrics.py sets it
 
     def cycle(
         self,
@@ -241,6 +242,8 @@ class Turns:
                 index.forget_head(ac, submitter)
                 continue
             undo.extend(mine)
+            if self.observe_wait is not None:  # seconds since the queue date (key[1])
+                self.observe_wait(now - key[1])
             self._account(submitter, row.owner, row.cpus, now, undo)
             started.append(
                 {
