@@ -182,6 +182,10 @@ def test_an_entry_whose_pilots_fail_validation_is_paused_probed_and_resumed(
             assert submitted() == N, "paused after N failures, nothing more sent"
             assert "failed validation at factory/os_arch (WN_Resource)" in caplog.text
             assert f"entry broken paused: {N} pilots failed" in caplog.text
+            metrics = client.get("/metrics", headers=admin).text
+            assert 'glidewms_factory_entry_paused{entry="broken"} 1.0' in metrics
+            assert f'glidewms_factory_entry_pilot_failures{{entry="broken"}} {float(N)}' in metrics
+            assert 'glidewms_factory_entry_pilot_failures{entry="good"} 0.0' in metrics
 
             # Paused: however many cycles pass, nothing is submitted.
             for _ in range(5):
