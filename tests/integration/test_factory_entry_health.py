@@ -224,13 +224,27 @@ def test_an_entry_whose_pilots_fail_validation_is_paused_probed_and_resumed(
             assert f"entry broken resumed: pilot {second} validated and registered" in caplog.text
             assert submitted() == N + 3, "on probation: one pilot per cycle"
 
-            # An operator pauses it (API) and resumes it (CLI).
+            # An operator pauses it and resumes it (CLI; a frontend may not).
             r = client.post("/api/v1/entries/broken/pause", json={"reason": "x"}, headers=fe1)
             assert r.status_code == 403
-            r = client.post(
-                "/api/v1/entries/broken/pause", json={"reason": "site upgrade"}, headers=admin
+            paused_by_hand = CliRunner().invoke(
+                cli,
+                [
+                    "factory",
+                    "entry",
+                    "pause",
+                    "broken",
+                    "--reason",
+                    "site upgrade",
+                    "--factory",
+                    served.url,
+                    "--token-file",
+                    str(admin_file),
+                ],
             )
-            assert r.status_code == 200 and r.json()["paused"]["by"] == "operator"
+            assert paused_by_hand.exit_code == 0, paused_by_hand.output
+            assert ad("broken")["paused"]["by"] == "operator"
+            assert "entry broken paused by admin: site upgrade" in caplog.text
             for _ in range(3):
                 step()
             assert submitted() == N + 3
