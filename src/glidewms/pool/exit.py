@@ -8,6 +8,9 @@ HTCondor's job policy at exit, with its names: the submit file's
 has run N+1 times (NumJobCompletions > MaxRetries), and an explicit
 `on_exit_remove` true still lets it leave. The expressions see the job's ad
 with ExitCode, ExitBySignal and NumJobCompletions (this run included).
+Before any of them, a transfer failure the pilot reports holds the job as
+HTCondor does (`transfer_action`): an input it could not fetch with
+HoldReasonCode 13, a listed output the job did not make with 12.
 
 The decision is a pure function (`exit_action`); `finish` applies a batch
 of completions in the caller's transaction with one SELECT and one
@@ -29,8 +32,8 @@ from sqlalchemy.engine import Connection
 
 from glidewms import classads
 from glidewms.pool.access import grant
-from glidewms.pool.checks import SANDBOX_NAME, StoreLimits
-from glidewms.pool.jobs import HOLD_POLICY, full_ad
+from glidewms.pool.checks import StoreLimits, is_sandbox_path
+from glidewms.pool.jobs import HOLD_POLICY, HOLD_TRANSFER_INPUT, HOLD_TRANSFER_OUTPUT, full_ad
 from glidewms.pool.lifecycle import JOB, JobCause, JobState
 from glidewms.pool.schema import counters, events, jobs
 from glidewms.pool.shared import trim_events
@@ -49,6 +52,8 @@ class Completion:
     exit_code: int
     outputs: list[dict[str, str]] = field(default_factory=list)
     wall_seconds: float = 0.0
+    missing_outputs: list[str] = field(default_factory=list)  # listed, not made
+    input_error: dict[str, Any] | None = None  # {"reason", "subcode"}: the job never ran
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class ExitAction:
     by: str = ""  # the policy that kept it: on_exit_hold, on_exit_remove, max_retries
     reason: str = ""
     subcode: int | None = None
+    code: int = HOLD_POLICY  # HoldReasonCode when held
 
 
 @dataclass
@@ -115,6 +121,41 @@ def exit_action(ad: Any, exit_code: int, completions: int) -> ExitAction:
     return ExitAction(JobState.COMPLETED)
 
 
+MAX_REASON = 4096  # characters of a hold reason made from what a pilot said
+
+
+def transfer_action(c: Completion) -> ExitAction | None:
+    """A transfer failure holds the job, as HTCondor holds it, before any exit
+    policy: an input the pilot could not fetch (TransferInputError, 13; the
+    job never ran), or `transfer_output_files` entries the job did not make
+    (TransferOutputError, 12, subcode ENOENT), the reason naming them."""
+    if c.input_error is not None:
+        reason = str(c.input_error.get("reason", ""))
+        subcode = c.input_error.get("subcode")
+        return ExitAction(
+            JobState.HELD,
+            "transfer_input",
+            f"Transfer input files failure: {reason}"[:MAX_REASON],
+            subcode if isinstance(subcode, int) and subcode > 0 else None,
+            HOLD_TRANSFER_INPUT,
+        )
+    if c.missing_outputs:
+        names = ", ".join(repr(n) for n in c.missing_outputs[:20])
+        more = len(c.missing_outputs) - 20
+        return ExitAction(
+            JobState.HELD,
+            "transfer_output",
+            (
+                "Transfer output files failure: the job did not produce "
+                f"{names}{f' and {more} more' if more > 0 else ''} "
+                "(listed in transfer_output_files): No such file or directory"
+            )[:MAX_REASON],
+            2,  # ENOENT, as HTCondor's subcode
+            HOLD_TRANSFER_OUTPUT,
+        )
+    return None
+
+
 def _eval(ad: Any, name: str) -> Any:
     value = classads.eval_attr(ad, name)
     # an expression that cannot be evaluated counts as undefined
@@ -153,9 +194,10 @@ def finish(
     for row in rows:
         c = by_claim[row.claim_id]
         outputs = kept[row.claim_id] = _kept_outputs(c.outputs, limits.max_outputs_per_job)
-        runs = (row.completions or 0) + 1
-        action = _COMPLETED
-        if has_exit_policy(row.ad):
+        ran = c.input_error is None  # an input that failed: the job never started
+        runs = (row.completions or 0) + ran
+        action = transfer_action(c) or _COMPLETED
+        if action is _COMPLETED and has_exit_policy(row.ad):
             # an ad stored beyond the bounds by an older pool: no policy to apply
             with contextlib.suppress(classads.ClassAdError):
                 action = exit_action(full_ad(row), c.exit_code, runs)
@@ -170,18 +212,18 @@ def finish(
                 "b_proc": row.proc_id,
                 "b_claim": row.claim_id,
                 "b_state": action.state,
-                "b_exit": c.exit_code,
+                "b_exit": c.exit_code if ran else None,
                 "b_outputs": outputs,
                 "b_done": now if done else None,
                 "b_wall": c.wall_seconds,
                 "b_runs": runs,
                 "b_reason": action.reason if held else None,
-                "b_code": HOLD_POLICY if held else None,
+                "b_code": action.code if held else None,
                 "b_now": now,
             }
         )
         detail: dict[str, Any] = {
-            "exit_code": c.exit_code,
+            "exit_code": c.exit_code if ran else None,
             "pilot": row.pilot_id,
             "wall_seconds": c.wall_seconds,
         }
@@ -204,7 +246,7 @@ def finish(
                     **detail,
                     "by": action.by,
                     "reason": action.reason,
-                    "code": HOLD_POLICY,
+                    "code": action.code,
                     **({"subcode": action.subcode} if action.subcode is not None else {}),
                 },
             }
@@ -240,14 +282,13 @@ def finish(
 
 
 def _kept_outputs(outputs: list[dict[str, str]], most: int) -> list[dict[str, str]]:
-    """The outputs worth recording: plain file names (a client writes them
-    into a directory), at most `most`."""
+    """The outputs worth recording: relative paths of plain names (a client
+    writes them below a directory; checks.is_sandbox_path), at most `most`."""
     kept: list[dict[str, str]] = []
     for o in outputs:
         if len(kept) >= most:
             break
-        name = o.get("name", "")
-        if name not in (".", "..") and SANDBOX_NAME.fullmatch(name):
+        if is_sandbox_path(o.get("name", "")):
             kept.append(o)
     return kept
 

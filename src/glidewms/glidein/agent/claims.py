@@ -11,10 +11,12 @@ completes a job twice and a rerun elsewhere loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -28,12 +30,12 @@ from .jobs import (
     JobProcess,
     JobSetupError,
     JobSpec,
-    Snapshot,
     job_environment,
-    outputs_to_upload,
+    plan_outputs,
     sandbox_name,
     snapshot,
 )
+from .transfer import BUILTIN, Plugins, TransferError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class ClaimRunner:
         container: ContainerSetup | None = None,
         vacating: threading.Event | None = None,
         isolation: Isolation | None = None,
+        plugins: Plugins | None = None,
     ) -> None:
         self.claim_id = str(claim["claim_id"])
         self.job_id = str(claim.get("job_id", self.claim_id))
@@ -94,6 +97,7 @@ class ClaimRunner:
         self.job_env = job_env
         self.container = container or ContainerSetup(use="NEVER")
         self.isolation = isolation or Isolation()
+        self.plugins = plugins or Plugins(BUILTIN)
         # Set when the pilot is ending: a job that ends from then on is vacated, not
         # completed. A batch system signals every process of the pilot's job at once,
         # so the job may die of that SIGTERM before the pilot kills it: its exit code
@@ -136,6 +140,19 @@ class ClaimRunner:
             image = choose_image(self.container, self.spec.container)
             self._fetch_inputs()
             self.isolation.prepare(self.sandbox)
+        except TransferError as exc:
+            # the job's own inputs cannot be had (a bad URL): HTCondor holds such a
+            # job; a rerun elsewhere would fail the same, and it is no fault of this node
+            log.error("%s: input transfer failed, the pool will hold the job: %s", tag, exc)
+            outcome.detail = str(exc)
+            outcome.result = {
+                "claim_id": self.claim_id,
+                "exit_code": 0,
+                "outputs": [],
+                "wall_seconds": 0.0,
+                "input_error": {"reason": str(exc), "subcode": exc.subcode},
+            }
+            return
         except (
             IntegrityError,
             JobSetupError,
@@ -157,7 +174,7 @@ class ClaimRunner:
 
             log.info("%s: runs in a %s container, image %s", tag, setup.runtime, image)
         # what the job finds, to tell its outputs later: nothing but its inputs
-        baseline = snapshot(self.sandbox) if self.spec.sandbox else {}
+        baseline = snapshot(self.sandbox) if self.spec.sandbox or self.spec.input_urls else {}
         env = job_environment(self.spec, self.sandbox, self.job_env)
         with self._lock:
             if self._killed:
@@ -177,7 +194,8 @@ class ClaimRunner:
             log.info("%s: killed after %.1fs; not completed", tag, wall)
             return
         log.debug("%s: exited %d after %.3fs", tag, outcome.exit_code, wall)
-        outputs = self._upload_outputs(tag, baseline)
+        plan = plan_outputs(self.spec, self.sandbox, baseline, outcome.exit_code == 0)
+        outputs = self._upload_outputs(tag, plan.files)
         if outputs is None:
             return
         outcome.result = {
@@ -186,10 +204,15 @@ class ClaimRunner:
             "outputs": outputs,
             "wall_seconds": round(wall, 3),
         }
+        if plan.missing:  # the pool holds the job (HTCondor's TransferOutputError)
+            log.warning("%s: listed outputs not produced: %s", tag, ", ".join(plan.missing))
+            outcome.result["missing_outputs"] = plan.missing
 
     def _fetch_inputs(self) -> None:
+        """The sandbox files (subdirectories made as their names say), then the URL
+        inputs through the transfer plugins; the proxy readable by its owner only."""
         for item in self.spec.sandbox:
-            dest = os.path.join(self.sandbox, item.name)
+            dest = self._input_path(item.name)
             path = f"files/{segment(item.sha256)}"
             if item.executable:  # no job starts while it is open for writing (jobs.py)
                 with FORK_LOCK:
@@ -198,15 +221,44 @@ class ClaimRunner:
                 self.pool.download(path, dest, item.sha256)
             if item.executable:
                 os.chmod(dest, 0o755)
+        for url in self.spec.input_urls:
+            self.plugins.fetch(url, self.sandbox)
+        if self.spec.x509_proxy is not None:
+            proxy = os.path.join(self.sandbox, self.spec.x509_proxy)
+            if not os.path.isfile(proxy) or os.path.islink(proxy):
+                raise JobSetupError(f"x509 proxy {self.spec.x509_proxy!r} is not in the sandbox")
+            os.chmod(proxy, 0o600)
 
-    def _upload_outputs(self, tag: str, baseline: Snapshot) -> list[dict[str, str]] | None:
-        """Upload every output; None if any failed (a partial result is not sent)."""
+    def _input_path(self, name: str) -> str:
+        """Where an input goes: its directories made in the fresh sandbox, each one
+        checked to be a directory this pilot made (never a symlink, never a file
+        another input put there: two inputs `a` and `a/b` are refused)."""
+        parts = name.split("/")
+        here = self.sandbox
+        for part in parts[:-1]:
+            here = os.path.join(here, part)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(here, 0o755)
+            info = os.lstat(here)
+            if not stat.S_ISDIR(info.st_mode):
+                raise JobSetupError(f"input {name!r}: {part!r} is already a file in the sandbox")
+        dest = os.path.join(self.sandbox, name)
+        if os.path.lexists(dest) and not os.path.isfile(dest):
+            raise JobSetupError(f"input {name!r}: already a directory in the sandbox")
+        return dest
+
+    def _upload_outputs(
+        self, tag: str, files: list[tuple[str, str]]
+    ) -> list[dict[str, str]] | None:
+        """Upload every output; None if any failed (a partial result is not sent).
+
+        Each is reported under the name it lands as (jobs.OutputPlan)."""
         outputs: list[dict[str, str]] = []
-        for name in outputs_to_upload(self.spec, self.sandbox, baseline):
+        for name, inside in files:
             try:
-                fd = open_output(self.sandbox, name)
+                fd = open_output(self.sandbox, inside)
             except OSError as exc:  # swapped for a symlink or a device since the check
-                log.warning("%s: output %s skipped: %s", tag, name, exc)
+                log.warning("%s: output %s skipped: %s", tag, inside, exc)
                 continue
             try:
                 # the descriptor, never the path again: it cannot be swapped any more

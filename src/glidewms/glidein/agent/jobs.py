@@ -35,6 +35,10 @@ BUSY_BACKOFF = 0.02
 FORK_LOCK = threading.Lock()
 
 # Pilot variables passed on to jobs: proxies are how nodes reach the outside.
+MAX_INPUT_URLS = 1000
+MAX_OUTPUT_FILES = 1000  # files one job sends back (the pool keeps at most this many too)
+MAX_OUTPUT_SCAN = 10000  # directory entries looked at for them
+
 _PASSED_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
@@ -64,9 +68,34 @@ def check_name(name: Any) -> str:
     return name
 
 
+MAX_PATH_DEPTH = 32  # directories a sandbox path may go down (inputs and outputs)
+MAX_PATH_BYTES = 4096
+
+
+def check_path(name: Any) -> str:
+    """A sandbox path (an input that came from a directory: ``dir/sub/file``):
+    relative, every component a safe name, bounded depth and length. The pool
+    checks the same at submit; the pilot does not rely on it."""
+    if not isinstance(name, str) or len(name.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise JobSetupError(f"unsafe sandbox path {str(name)[:80]!r}")
+    parts = name.split("/")
+    if len(parts) > MAX_PATH_DEPTH:
+        raise JobSetupError(f"sandbox path {name[:80]!r} is deeper than {MAX_PATH_DEPTH}")
+    try:
+        for part in parts:
+            check_name(part)
+    except JobSetupError:
+        raise JobSetupError(f"unsafe sandbox path {name!r}") from None
+    return name
+
+
 @dataclass
 class SandboxFile:
-    """One input file: fetched by its sha256 from the pool's file store."""
+    """One input file: fetched by its sha256 from the pool's file store.
+
+    ``name`` may be a relative path (``dir/sub/file``): inputs that came from
+    a directory in ``transfer_input_files`` keep their subdirectories.
+    """
 
     name: str
     sha256: str
@@ -87,6 +116,11 @@ class JobSpec:
     request: dict[str, int] = field(default_factory=dict)
     container: dict[str, Any] | None = None  # {"image": ...}: run in a container
     max_runtime: float | None = None  # seconds the job says it needs, if it says
+    input_urls: list[str] = field(default_factory=list)  # fetched by a transfer plugin
+    transfer_out: bool = True  # False: stdout stays on the node (TransferOut = false)
+    transfer_err: bool = True
+    when: str = "ON_EXIT"  # WhenToTransferOutput; ON_SUCCESS: outputs only after exit 0
+    x509_proxy: str | None = None  # the proxy's sandbox name: X509_USER_PROXY points at it
 
     @classmethod
     def from_claim(cls, job: Any) -> JobSpec:
@@ -94,10 +128,14 @@ class JobSpec:
         try:
             files = [
                 SandboxFile(
-                    check_name(f["name"]), str(f["sha256"]).lower(), bool(f.get("executable"))
+                    check_path(f["name"]), str(f["sha256"]).lower(), bool(f.get("executable"))
                 )
                 for f in job.get("sandbox") or []
             ]
+            urls = [str(u) for u in job.get("input_urls") or []]
+            if len(urls) > MAX_INPUT_URLS:
+                raise JobSetupError(f"{len(urls)} input URLs; at most {MAX_INPUT_URLS}")
+            proxy = job.get("x509_proxy")
             outputs = job.get("transfer_output")
             request = job.get("request") or {}
             spec = cls(
@@ -116,6 +154,11 @@ class JobSpec:
                 },
                 container=_container(job.get("container")),
                 max_runtime=float(job["max_runtime"]) if job.get("max_runtime") else None,
+                input_urls=urls,
+                transfer_out=job.get("transfer_out", True) is not False,
+                transfer_err=job.get("transfer_err", True) is not False,
+                when=str(job.get("when_to_transfer_output") or "ON_EXIT").upper(),
+                x509_proxy=None if not proxy else check_name(os.path.basename(str(proxy))),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise JobSetupError(f"malformed job in claim: {exc!r}") from None
@@ -188,27 +231,112 @@ def _regular_file_inside(sandbox: str, name: str) -> bool:
         return False
 
 
-def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
-    """Names to send back: out, err, then transfer_output or every new/changed file.
+@dataclass
+class OutputPlan:
+    """What goes back to the pool after the job, and what it failed to make.
 
-    transfer_output names may be relative paths inside the sandbox (as in
-    HTCondor); a named output that is missing, not a regular file or outside
-    the sandbox is skipped with a warning, not fatal.
+    ``files`` pairs the name the output is reported under (where it lands
+    relative to the job's ``Iwd``, as HTCondor places it: a listed file under
+    its base name, a listed directory with its subdirectories, ``dir/`` its
+    contents; stdout/stderr under their base names) with its path in the
+    sandbox. ``missing`` holds the ``transfer_output_files`` entries the job
+    did not produce: HTCondor holds such a job, and so does the pool.
     """
-    after = snapshot(sandbox)
+
+    files: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def add(self, name: str, path: str) -> None:
+        if len(self.files) >= MAX_OUTPUT_FILES:
+            log.warning("more than %d outputs; %s and later ones not sent", MAX_OUTPUT_FILES, path)
+            return
+        if all(name != known for known, _ in self.files):
+            self.files.append((name, path))
+
+
+def plan_outputs(
+    spec: JobSpec, sandbox: str, baseline: Snapshot, succeeded: bool = True
+) -> OutputPlan:
+    """The outputs to send back (see ``OutputPlan``).
+
+    Streams first, unless ``TransferOut``/``TransferErr`` keep them on the
+    node. ``when = ON_SUCCESS`` sends no other file after a failed run (and
+    so holds nothing for a missing one). Without ``transfer_output``, every
+    new or changed top-level regular file (HTCondor does not look into
+    subdirectories then). Symlinks are never followed nor sent, and nothing
+    outside the sandbox is reached: such a listed entry counts as missing.
+    """
+    plan = OutputPlan()
+    streams = [(spec.out, spec.transfer_out), (spec.err, spec.transfer_err)]
+    for name, kept in streams:
+        if name is not None and kept and _regular_file_inside(sandbox, name):
+            plan.add(name, name)
+    if spec.when == "ON_SUCCESS" and not succeeded:
+        return plan
+    skipped = {name for name, kept in streams if name is not None and not kept}
     if spec.transfer_output is None:
-        wanted = [name for name in sorted(after) if baseline.get(name) != after[name]]
-    else:
-        wanted = list(spec.transfer_output)
-    names: list[str] = []
-    for name in [spec.out, spec.err, *wanted]:
-        if name is None or name in names:  # an unnamed stream went to /dev/null
-            continue
-        if not _regular_file_inside(sandbox, name):
-            log.warning("output %r is missing, not a regular file or outside the sandbox", name)
-            continue
-        names.append(name)
-    return names
+        after = snapshot(sandbox)
+        for name in sorted(after):
+            if baseline.get(name) != after[name] and name not in skipped:
+                plan.add(name, name)
+        return plan
+    for entry in spec.transfer_output:
+        contents = entry.endswith("/") and entry.strip("/") != ""
+        path = entry.rstrip("/") if contents else entry
+        if _regular_file_inside(sandbox, path) and not contents:
+            plan.add(os.path.basename(path), path)
+        elif _directory_inside(sandbox, path):
+            prefix = "" if contents else os.path.basename(path) + "/"
+            for inner in _files_under(sandbox, path):
+                plan.add(prefix + inner, f"{path}/{inner}")
+        else:
+            plan.missing.append(entry)
+    return plan
+
+
+def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
+    """The sandbox paths ``plan_outputs`` would send back (for callers that only list)."""
+    return [path for _, path in plan_outputs(spec, sandbox, baseline).files]
+
+
+def _directory_inside(sandbox: str, name: str) -> bool:
+    """``name`` is a directory of the sandbox (not a symlink), reached without leaving it."""
+    if not name or os.path.isabs(name) or ".." in name.split("/"):
+        return False
+    path = os.path.join(sandbox, name)
+    root = os.path.realpath(sandbox) + os.sep
+    if not (os.path.realpath(path) + os.sep).startswith(root):
+        return False
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _files_under(sandbox: str, name: str) -> list[str]:
+    """Regular files below a sandbox directory, relative to it, sorted; symlinks
+    (to files or directories) are not followed; bounded in entries and depth."""
+    top = os.path.join(sandbox, name)
+    found: list[str] = []
+    seen = 0
+    for here, dirs, files in os.walk(top, followlinks=False):
+        rel = os.path.relpath(here, top)
+        depth = 0 if rel == "." else rel.count("/") + 1
+        if depth + name.count("/") + 1 >= MAX_PATH_DEPTH:
+            dirs[:] = []
+        dirs.sort()
+        for f in sorted(files):
+            seen += 1
+            if seen > MAX_OUTPUT_SCAN:
+                log.warning("%s: more than %d entries; the rest not sent", name, MAX_OUTPUT_SCAN)
+                return found
+            inner = f if rel == "." else f"{rel}/{f}"
+            try:
+                if stat.S_ISREG(os.lstat(os.path.join(here, f)).st_mode):
+                    found.append(inner)
+            except OSError:
+                continue
+    return found
 
 
 def job_environment(spec: JobSpec, sandbox: str, extra: dict[str, str]) -> dict[str, str]:
@@ -228,6 +356,8 @@ def job_environment(spec: JobSpec, sandbox: str, extra: dict[str, str]) -> dict[
     env.update(spec.env)
     env.update(extra)
     env["_CONDOR_SCRATCH_DIR"] = sandbox
+    if spec.x509_proxy is not None:  # HTCondor sets it to the proxy in the sandbox
+        env["X509_USER_PROXY"] = os.path.join(sandbox, spec.x509_proxy)
     return env
 
 

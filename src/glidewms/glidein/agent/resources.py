@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import GlideinConfig
+from .transfer import plugins_for
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def slot_ad(
     ad = os_attributes(read_os_release() if os_release is None else os_release)
     ad["Arch"] = htcondor_arch(platform.machine())
     ad["PartitionableSlot"] = True
+    ad["HasFileTransferPluginMethods"] = plugins_for(cfg.values).methods()  # transfer.py
     for name, value in cfg.attrs.items():
         if name in RESERVED:
             log.warning("attribute %s is set by the agent; the entry's value is ignored", name)
