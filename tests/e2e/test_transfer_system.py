@@ -32,7 +32,7 @@ def system(tmp_path: Path) -> Iterator[Callable[..., System]]:
 
 
 class _Remote(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/files/remote.txt":
             body = b"from the web\n"
             self.send_response(200)
@@ -61,6 +61,8 @@ def web() -> Iterator[str]:
 JOB = """#!/bin/sh
 set -e
 cat indata/a.txt indata/sub/b.txt c.txt deeper/d.txt remote.txt > seen.txt
+read line
+echo "stdin=$line"
 echo "proxy=$X509_USER_PROXY mode=$(stat -c %a "$X509_USER_PROXY") $(cat "$X509_USER_PROXY")"
 mkdir -p results/deep
 echo r1 > results/r1.txt
@@ -99,6 +101,7 @@ def _submit_dir(tmp_path: Path) -> tuple[Path, Path]:
     (run / "contents" / "c.txt").write_text("c from contents\n")
     (run / "contents" / "deeper" / "d.txt").write_text("d from contents/deeper\n")
     (run / "x509up_test").write_text("PROXY")
+    (run / "in.txt").write_text("line from input\n")
     (submit / "job.sh").write_text(JOB)
     (submit / "job.sh").chmod(0o755)
     return submit, run
@@ -115,6 +118,7 @@ executable = job.sh
 initialdir = run
 transfer_input_files = indata, contents/, {web}/files/remote.txt
 x509userproxy = x509up_test
+input = in.txt
 output = logs/job.out
 error = logs/job.err
 transfer_output_files = seen.txt, results, rename_me.txt
@@ -161,8 +165,10 @@ queue
         submit,
     )
     wait_for(
-        lambda: all(s.job(j)["state"] in ("completed", "held") for j in (main, nothing, missing))
-        and s.job(bad_url)["state"] == "held",
+        lambda: (
+            all(s.job(j)["state"] in ("completed", "held") for j in (main, nothing, missing))
+            and s.job(bad_url)["state"] == "held"
+        ),
         "the four jobs to complete or be held",
         timeout=240,
     )
@@ -181,6 +187,7 @@ queue
     proxy = out.split("proxy=", 1)[1].split()[0]
     assert os.path.isabs(proxy) and proxy.endswith("/x509up_test"), out
     assert "mode=600 PROXY" in out
+    assert out.startswith("stdin=line from input\n"), out
     assert (run / "logs" / "job.err").read_text() == "to-stderr\n"
     assert (run / "results" / "r1.txt").read_text() == "r1\n"
     assert (run / "results" / "deep" / "r2.txt").read_text() == "r2\n"

@@ -24,6 +24,7 @@ from glidewms.client import (
 )
 from glidewms.glidein.agent.claims import ClaimRunner
 from glidewms.glidein.agent.jobs import (
+    JobProcess,
     JobSetupError,
     JobSpec,
     check_path,
@@ -180,6 +181,22 @@ def test_the_proxy_is_named_by_x509_user_proxy(tmp_path: Path) -> None:
     assert "X509_USER_PROXY" not in job_environment(JobSpec.from_claim({"cmd": "x"}), "/sb", {})
 
 
+def test_the_input_file_is_the_jobs_stdin(tmp_path: Path) -> None:
+    sb = tmp_path / "sb"
+    sb.mkdir()
+    (sb / "in.txt").write_text("hello\n")
+    spec = JobSpec.from_claim(
+        {"cmd": "/bin/sh", "args": ["-c", "read l; echo got $l"], "in": "/s/in.txt", "out": "/s/o"}
+    )
+    assert spec.stdin == "in.txt"
+    assert JobProcess(spec, str(sb), job_environment(spec, str(sb), {})).run() == 0
+    assert (sb / "o").read_text() == "got hello\n"
+    (sb / "in.txt").unlink()
+    (sb / "in.txt").symlink_to("/etc/hostname")  # never followed
+    with pytest.raises(OSError):
+        JobProcess(spec, str(sb), job_environment(spec, str(sb), {})).run()
+
+
 def test_inputs_recreate_subdirectories_and_refuse_clashes(tmp_path: Path) -> None:
     runner = ClaimRunner(
         {"claim_id": "c"},
@@ -206,7 +223,7 @@ def test_inputs_recreate_subdirectories_and_refuse_clashes(tmp_path: Path) -> No
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path.startswith("/data/"):
             body = b"x" * int(self.path.rsplit("/", 1)[-1].split(".")[0])
             self.send_response(200)
@@ -314,6 +331,7 @@ def _part(**attrs: str) -> dict[str, Any]:
                 "TransferInput": '"/s/in.txt,https://h/x.dat,/s/d/,http://h/y"',
                 "x509userproxy": '"/tmp/x509up_u1"',
                 "TransferOut": "false",
+                "In": '"/s/stdin.txt"',
                 "TransferErr": "true",
                 "WhenToTransferOutput": '"ON_SUCCESS"',
             },
@@ -321,11 +339,13 @@ def _part(**attrs: str) -> dict[str, Any]:
             {
                 "input_urls": ["https://h/x.dat", "http://h/y"],
                 "x509_proxy": "x509up_u1",
+                "in": "stdin.txt",
                 "transfer_out": False,
                 "when_to_transfer_output": "ON_SUCCESS",
             },
         ),
-        ({"WhenToTransferOutput": '"ON_EXIT"'}, None, {}),
+        ({"WhenToTransferOutput": '"ON_EXIT"', "In": '"/dev/null"'}, None, {}),
+        ({"In": '"/node/file"', "TransferIn": "false"}, None, {}),
     ],
 )
 def test_the_pool_tells_the_pilot_what_to_transfer(

@@ -293,8 +293,8 @@ def _ad_part(ad: Any) -> dict[str, Any]:
 def transfer_request(ad: Any) -> dict[str, Any]:
     """The file-transfer keys of a claim, those that differ from the defaults:
     `input_urls` (the URL entries of TransferInput, fetched by the pilot's
-    transfer plugins), `x509_proxy` (the proxy's sandbox name: it travelled
-    as an input under its base name), `transfer_out`/`transfer_err` false
+    transfer plugins), `x509_proxy` and `in` (the proxy's and stdin's sandbox
+    names: they travelled as inputs under their base names), `transfer_out`/`transfer_err` false
     (stdout/stderr stay on the node) and `when_to_transfer_output`."""
     spec: dict[str, Any] = {}
     inputs = classads.eval_attr(ad, "TransferInput")
@@ -302,6 +302,10 @@ def transfer_request(ad: Any) -> dict[str, Any]:
         urls = [n.strip() for n in inputs.split(",") if "://" in n]
         if urls:
             spec["input_urls"] = urls
+    stdin = classads.eval_attr(ad, "In")
+    sent = classads.eval_attr(ad, "TransferIn") is not False  # it came as an input
+    if isinstance(stdin, str) and stdin.strip("/") and stdin != "/dev/null" and sent:
+        spec["in"] = stdin.rstrip("/").rsplit("/", 1)[-1]
     proxy = classads.eval_attr(ad, "x509userproxy")
     if isinstance(proxy, str) and proxy.strip("/"):
         spec["x509_proxy"] = proxy.rstrip("/").rsplit("/", 1)[-1]

@@ -223,6 +223,10 @@ class ClaimRunner:
                 os.chmod(dest, 0o755)
         for url in self.spec.input_urls:
             self.plugins.fetch(url, self.sandbox)
+        if self.spec.stdin is not None and not os.path.isfile(
+            os.path.join(self.sandbox, self.spec.stdin)
+        ):
+            raise JobSetupError(f"stdin {self.spec.stdin!r} is not in the sandbox")
         if self.spec.x509_proxy is not None:
             proxy = os.path.join(self.sandbox, self.spec.x509_proxy)
             if not os.path.isfile(proxy) or os.path.islink(proxy):

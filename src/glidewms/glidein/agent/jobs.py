@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .isolation import Isolation
+from .isolation import Isolation, open_output
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class JobSpec:
     transfer_err: bool = True
     when: str = "ON_EXIT"  # WhenToTransferOutput; ON_SUCCESS: outputs only after exit 0
     x509_proxy: str | None = None  # the proxy's sandbox name: X509_USER_PROXY points at it
+    stdin: str | None = None  # the sandbox file that is the job's stdin (`input`); else /dev/null
 
     @classmethod
     def from_claim(cls, job: Any) -> JobSpec:
@@ -159,6 +160,7 @@ class JobSpec:
                 transfer_err=job.get("transfer_err", True) is not False,
                 when=str(job.get("when_to_transfer_output") or "ON_EXIT").upper(),
                 x509_proxy=None if not proxy else check_name(os.path.basename(str(proxy))),
+                stdin=None if not job.get("in") else check_name(os.path.basename(str(job["in"]))),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise JobSetupError(f"malformed job in claim: {exc!r}") from None
@@ -441,7 +443,10 @@ class JobProcess:
         null = _devnull()
         opened: dict[str | None, int] = {None: null}
         owner = self.isolation.owner
+        stdin = null
         try:
+            if self.spec.stdin is not None:  # an input the pilot wrote: never a symlink
+                stdin = open_output(self.sandbox, self.spec.stdin)
             for name in (self.spec.out, self.spec.err):
                 if name not in opened:  # out == err: one file
                     opened[name] = os.open(
@@ -456,7 +461,7 @@ class JobProcess:
                     argv,
                     cwd=self.sandbox,
                     env=env,
-                    stdin=null,
+                    stdin=stdin,
                     stdout=opened[self.spec.out],
                     stderr=opened[self.spec.err],
                     start_new_session=True,
@@ -471,7 +476,7 @@ class JobProcess:
                 self._not_started = 127 if isinstance(exc, FileNotFoundError) else 126
                 return None
         finally:
-            for fd in opened.values():
+            for fd in [*opened.values(), stdin]:
                 if fd != null:
                     os.close(fd)
 
