@@ -150,8 +150,9 @@ class PoolClient:
         for job in description.jobs:
             sandbox = []
             contents = _contents_dirs(job.attrs.get("TransferInput"))
+            keep = job.iwd if job.attrs.get("PreserveRelativePaths") == "true" else None
             files = ([(job.executable.name, job.executable, True)] if job.executable else []) + [
-                (name, local, False)
+                (_under(p, keep) + name, local, False)
                 for p in job.inputs
                 for name, local in directory_files(p, p in contents, description.source)
             ]
@@ -299,6 +300,15 @@ def directory_files(path: Path, contents: bool, source: str = "<submit>") -> lis
                     "(transfer_input_files); pack them in an archive"
                 )
     return found
+
+
+def _under(path: Path, iwd: Path | None) -> str:
+    """With `preserve_relative_paths` (iwd given), the directories between Iwd
+    and an input below it, which its sandbox name keeps ("" otherwise)."""
+    if iwd is None or not path.is_relative_to(iwd) or path.parent == iwd:
+        return ""
+    parent = path.parent.relative_to(iwd).as_posix()
+    return "" if parent == "." else f"{parent}/"
 
 
 def _contents_dirs(transfer_input: str | None) -> set[Path]:

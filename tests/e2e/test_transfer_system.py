@@ -164,12 +164,30 @@ queue
 """,
         submit,
     )
+    keep = submit / "keep"
+    (keep / "deep" / "dir").mkdir(parents=True)
+    (keep / "deep" / "dir" / "in.txt").write_text("kept path\n")
+    [preserved] = s.submit(
+        """
+executable = /bin/sh
+transfer_executable = false
+arguments = "-c 'mkdir -p out/sub; cat deep/dir/in.txt > out/sub/o.txt'"
+initialdir = keep
+preserve_relative_paths = true
+transfer_input_files = deep/dir/in.txt
+transfer_output_files = out/sub/o.txt
+request_memory = 32
+queue
+""",
+        submit,
+    )
+    ending = (main, nothing, missing, preserved)
     wait_for(
         lambda: (
-            all(s.job(j)["state"] in ("completed", "held") for j in (main, nothing, missing))
+            all(s.job(j)["state"] in ("completed", "held") for j in ending)
             and s.job(bad_url)["state"] == "held"
         ),
-        "the four jobs to complete or be held",
+        "the five jobs to complete or be held",
         timeout=240,
     )
 
@@ -207,6 +225,9 @@ queue
     assert sorted(p.name for p in (submit / "none").iterdir()) == ["e.txt", "o.txt"]
     assert (submit / "none" / "o.txt").read_text() == "only-streams\n"
     assert str(run / "seen.txt") not in done.stdout, "--all fetched a job's files again"
+    # preserve_relative_paths: the input kept its path in the sandbox, the output below Iwd
+    assert s.job(preserved)["state"] == "completed"
+    assert (keep / "out" / "sub" / "o.txt").read_text() == "kept path\n"
 
     # a listed output the job did not make: held, the reason names it
     held = s.job(missing)

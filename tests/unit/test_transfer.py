@@ -19,6 +19,7 @@ from glidewms.client import (
     ClientError,
     Placement,
     _contents_dirs,
+    _under,
     directory_files,
     parse_remaps,
 )
@@ -146,6 +147,22 @@ def _sandbox(tmp_path: Path) -> Path:
             [],
         ),
         ({"transfer_output": ["nope"], "when_to_transfer_output": "ON_SUCCESS"}, True, [], None),
+        # preserve_relative_paths: a listed path keeps its directories
+        (
+            {
+                "transfer_output": ["res/a.txt", "res/deep", "./top.txt"],
+                "preserve_relative_paths": True,
+            },
+            True,
+            [
+                ("job.out", "job.out"),
+                ("job.err", "job.err"),
+                ("res/a.txt", "res/a.txt"),
+                ("res/deep/b.txt", "res/deep/b.txt"),
+                ("top.txt", "./top.txt"),
+            ],
+            [],
+        ),
     ],
 )
 def test_outputs_sent_back_as_htcondor_places_them(
@@ -334,6 +351,7 @@ def _part(**attrs: str) -> dict[str, Any]:
                 "In": '"/s/stdin.txt"',
                 "TransferErr": "true",
                 "WhenToTransferOutput": '"ON_SUCCESS"',
+                "PreserveRelativePaths": "true",
             },
             None,
             {
@@ -342,6 +360,7 @@ def _part(**attrs: str) -> dict[str, Any]:
                 "in": "stdin.txt",
                 "transfer_out": False,
                 "when_to_transfer_output": "ON_SUCCESS",
+                "preserve_relative_paths": True,
             },
         ),
         ({"WhenToTransferOutput": '"ON_EXIT"', "In": '"/dev/null"'}, None, {}),
@@ -473,6 +492,14 @@ def test_directory_inputs_travel_as_their_files(tmp_path: Path) -> None:
     assert [n for n, _ in directory_files(d, True)] == ["tolink", "top.txt", "sub/in.txt"]
     assert directory_files(d / "top.txt", False) == [("top.txt", d / "top.txt")]
     assert _contents_dirs('"/a/b/,/a/c,https://h/x/"') == {Path("/a/b"), Path("https://h/x")}
+
+
+def test_preserved_inputs_keep_their_path_below_iwd() -> None:
+    iwd = Path("/home/u/run")
+    assert _under(iwd / "a" / "b" / "in.txt", iwd) == "a/b/"
+    assert _under(iwd / "in.txt", iwd) == ""
+    assert _under(Path("/elsewhere/in.txt"), iwd) == ""
+    assert _under(iwd / "a" / "in.txt", None) == ""
 
 
 def test_directory_inputs_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

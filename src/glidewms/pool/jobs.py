@@ -295,7 +295,8 @@ def transfer_request(ad: Any) -> dict[str, Any]:
     `input_urls` (the URL entries of TransferInput, fetched by the pilot's
     transfer plugins), `x509_proxy` and `in` (the proxy's and stdin's sandbox
     names: they travelled as inputs under their base names), `transfer_out`/`transfer_err` false
-    (stdout/stderr stay on the node) and `when_to_transfer_output`."""
+    (stdout/stderr stay on the node), `when_to_transfer_output` and
+    `preserve_relative_paths` (outputs keep their relative path)."""
     spec: dict[str, Any] = {}
     inputs = classads.eval_attr(ad, "TransferInput")
     if isinstance(inputs, str):
@@ -312,6 +313,8 @@ def transfer_request(ad: Any) -> dict[str, Any]:
     for attr, key in (("TransferOut", "transfer_out"), ("TransferErr", "transfer_err")):
         if classads.eval_attr(ad, attr) is False:
             spec[key] = False
+    if classads.eval_attr(ad, "PreserveRelativePaths") is True:
+        spec["preserve_relative_paths"] = True
     when = classads.eval_attr(ad, "WhenToTransferOutput")
     if isinstance(when, str) and when.upper() not in ("", "ON_EXIT"):
         spec["when_to_transfer_output"] = when.upper()

@@ -121,6 +121,7 @@ class JobSpec:
     transfer_err: bool = True
     when: str = "ON_EXIT"  # WhenToTransferOutput; ON_SUCCESS: outputs only after exit 0
     x509_proxy: str | None = None  # the proxy's sandbox name: X509_USER_PROXY points at it
+    preserve_paths: bool = False  # preserve_relative_paths: outputs land under their path
     stdin: str | None = None  # the sandbox file that is the job's stdin (`input`); else /dev/null
 
     @classmethod
@@ -159,6 +160,7 @@ class JobSpec:
                 transfer_out=job.get("transfer_out", True) is not False,
                 transfer_err=job.get("transfer_err", True) is not False,
                 when=str(job.get("when_to_transfer_output") or "ON_EXIT").upper(),
+                preserve_paths=job.get("preserve_relative_paths") is True,
                 x509_proxy=None if not proxy else check_name(os.path.basename(str(proxy))),
                 stdin=None if not job.get("in") else check_name(os.path.basename(str(job["in"]))),
             )
@@ -241,7 +243,8 @@ class OutputPlan:
     relative to the job's ``Iwd``, as HTCondor places it: a listed file under
     its base name, a listed directory with its subdirectories, ``dir/`` its
     contents; stdout/stderr under their base names) with its path in the
-    sandbox. ``missing`` holds the ``transfer_output_files`` entries the job
+    sandbox (with ``preserve_relative_paths``, a listed path keeps its
+    directories instead of its base name). ``missing`` holds the ``transfer_output_files`` entries the job
     did not produce: HTCondor holds such a job, and so does the pool.
     """
 
@@ -285,10 +288,11 @@ def plan_outputs(
     for entry in spec.transfer_output:
         contents = entry.endswith("/") and entry.strip("/") != ""
         path = entry.rstrip("/") if contents else entry
+        kept = os.path.normpath(path) if spec.preserve_paths else os.path.basename(path)
         if _regular_file_inside(sandbox, path) and not contents:
-            plan.add(os.path.basename(path), path)
+            plan.add(kept, path)
         elif _directory_inside(sandbox, path):
-            prefix = "" if contents else os.path.basename(path) + "/"
+            prefix = "" if contents else kept + "/"
             for inner in _files_under(sandbox, path):
                 plan.add(prefix + inner, f"{path}/{inner}")
         else:
