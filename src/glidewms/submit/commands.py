@@ -237,7 +237,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "preserve_relative_paths",
         S,
-        "inputs under `initialdir` keep their relative path in the sandbox, outputs theirs below it",
+        "inputs under `initialdir` keep their relative path in the sandbox, outputs theirs "
+        "below it",
         (),
         "PreserveRelativePaths",
         "bool",

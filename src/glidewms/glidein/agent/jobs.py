@@ -244,8 +244,9 @@ class OutputPlan:
     its base name, a listed directory with its subdirectories, ``dir/`` its
     contents; stdout/stderr under their base names) with its path in the
     sandbox (with ``preserve_relative_paths``, a listed path keeps its
-    directories instead of its base name). ``missing`` holds the ``transfer_output_files`` entries the job
-    did not produce: HTCondor holds such a job, and so does the pool.
+    directories instead of its base name). ``missing`` holds the
+    ``transfer_output_files`` entries the job did not produce: HTCondor holds
+    such a job, and so does the pool.
     """
 
     files: list[tuple[str, str]] = field(default_factory=list)
