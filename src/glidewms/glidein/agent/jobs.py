@@ -289,11 +289,11 @@ def plan_outputs(
     for entry in spec.transfer_output:
         contents = entry.endswith("/") and entry.strip("/") != ""
         path = entry.rstrip("/") if contents else entry
-        kept = os.path.normpath(path) if spec.preserve_paths else os.path.basename(path)
+        landed = os.path.normpath(path) if spec.preserve_paths else os.path.basename(path)
         if _regular_file_inside(sandbox, path) and not contents:
-            plan.add(kept, path)
+            plan.add(landed, path)
         elif _directory_inside(sandbox, path):
-            prefix = "" if contents else kept + "/"
+            prefix = "" if contents else landed + "/"
             for inner in _files_under(sandbox, path):
                 plan.add(prefix + inner, f"{path}/{inner}")
         else:
