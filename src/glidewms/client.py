@@ -256,8 +256,10 @@ class PoolClient:
         return written
 
     def _completed(self, job_id: str) -> dict[str, Any]:
+        """A completed job, or a held one that left outputs (held for an output it
+        did not make: its stderr says why, as HTCondor would have brought it)."""
         job = self.job(job_id)
-        if job["state"] != "completed":
+        if job["state"] != "completed" and not (job["state"] == "held" and job["outputs"]):
             raise ClientError(f"job {job_id} is {job['state']}, not completed: no outputs yet")
         if job.get("redacted"):
             raise ClientError(f"job {job_id} is not yours: its outputs are not shown to you")

@@ -220,8 +220,9 @@ queue
 
     # transfer_output_files = "": stdout and stderr only
     assert s.job(nothing)["state"] == "completed"
-    done = fetch(s, "--all", cwd=tmp_path)
+    done = fetch(s, "--all", "--wait", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert f"job {missing} is held" in done.stderr and f"job {bad_url} is held" in done.stderr
     assert sorted(p.name for p in (submit / "none").iterdir()) == ["e.txt", "o.txt"]
     assert (submit / "none" / "o.txt").read_text() == "only-streams\n"
     assert str(run / "seen.txt") not in done.stdout, "--all fetched a job's files again"
@@ -234,6 +235,9 @@ queue
     assert held["state"] == "held", held
     assert held["hold_reason_code"] == 12
     assert "nothere.txt" in held["hold_reason"] and "made.txt" not in held["hold_reason"]
+    done = fetch(s, missing, cwd=tmp_path)  # what it did make can still be looked at
+    assert done.returncode == 0, done.stderr
+    assert (submit / "made.txt").read_text() == "here\n"
 
     # a URL input that cannot be fetched: held with the transfer-input code
     held = s.job(bad_url)
