@@ -156,6 +156,7 @@ class PoolClient:
                 for p in job.inputs
                 for name, local in directory_files(p, p in contents, description.source)
             ]
+            check_layout([name for name, _, _ in files], description.source)
             for name, path, executable in files:
                 if path not in hashes:
                     hashes[path] = self.upload(path)
@@ -302,6 +303,22 @@ def directory_files(path: Path, contents: bool, source: str = "<submit>") -> lis
                     "(transfer_input_files); pack them in an archive"
                 )
     return found
+
+
+def check_layout(names: list[str], source: str = "<submit>") -> None:
+    """A sandbox the pilot can lay out: no input is a file where another needs
+    a directory (`a` and `a/b`). The same name twice is fine: the later wins,
+    as in HTCondor."""
+    files = set(names)
+    for name in names:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in files:
+                raise ClientError(
+                    f"{source}: transfer_input_files: {parent!r} is a file, but {name!r} "
+                    "needs a directory of that name in the sandbox"
+                )
 
 
 def _under(path: Path, iwd: Path | None) -> str:

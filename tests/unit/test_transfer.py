@@ -20,11 +20,13 @@ from glidewms.client import (
     Placement,
     _contents_dirs,
     _under,
+    check_layout,
     directory_files,
     parse_remaps,
 )
 from glidewms.glidein.agent.claims import ClaimRunner
 from glidewms.glidein.agent.jobs import (
+    InputError,
     JobProcess,
     JobSetupError,
     JobSpec,
@@ -227,12 +229,14 @@ def test_inputs_recreate_subdirectories_and_refuse_clashes(tmp_path: Path) -> No
     assert dest == os.path.join(runner.sandbox, "d", "sub", "f.txt")
     assert os.path.isdir(os.path.join(runner.sandbox, "d", "sub"))
     Path(runner.sandbox, "file").write_text("x")
-    with pytest.raises(JobSetupError, match="already a file"):
+    # the job's own doing: the pool holds it (InputError), the node is not to blame
+    with pytest.raises(InputError, match="already a file") as caught:
         runner._input_path("file/inner")
-    with pytest.raises(JobSetupError, match="already a directory"):
+    assert caught.value.subcode == errno.ENOTDIR
+    with pytest.raises(InputError, match="already a directory"):
         runner._input_path("d/sub")
     os.symlink("/etc", os.path.join(runner.sandbox, "ln"))
-    with pytest.raises(JobSetupError, match="already a file"):
+    with pytest.raises(InputError, match="already a file"):
         runner._input_path("ln/passwd")
 
 
@@ -492,6 +496,12 @@ def test_directory_inputs_travel_as_their_files(tmp_path: Path) -> None:
     assert [n for n, _ in directory_files(d, True)] == ["tolink", "top.txt", "sub/in.txt"]
     assert directory_files(d / "top.txt", False) == [("top.txt", d / "top.txt")]
     assert _contents_dirs('"/a/b/,/a/c,https://h/x/"') == {Path("/a/b"), Path("https://h/x")}
+
+
+def test_a_file_cannot_be_where_another_input_needs_a_directory() -> None:
+    check_layout(["a", "a", "d/a", "d/b/c", "job.sh"])
+    with pytest.raises(ClientError, match="'d/b' is a file, but 'd/b/c' needs a directory"):
+        check_layout(["d/b/c", "d/b"], "job.sub")
 
 
 def test_preserved_inputs_keep_their_path_below_iwd() -> None:

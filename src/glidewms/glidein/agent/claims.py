@@ -12,6 +12,7 @@ completes a job twice and a rerun elsewhere loses nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from .http import Api, HttpStatusError, IntegrityError, TransportError, segment,
 from .isolation import Isolation, open_output
 from .jobs import (
     FORK_LOCK,
+    InputError,
     JobProcess,
     JobSetupError,
     JobSpec,
@@ -35,7 +37,7 @@ from .jobs import (
     sandbox_name,
     snapshot,
 )
-from .transfer import BUILTIN, Plugins, TransferError
+from .transfer import BUILTIN, Plugins
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +142,9 @@ class ClaimRunner:
             image = choose_image(self.container, self.spec.container)
             self._fetch_inputs()
             self.isolation.prepare(self.sandbox)
-        except TransferError as exc:
-            # the job's own inputs cannot be had (a bad URL): HTCondor holds such a
-            # job; a rerun elsewhere would fail the same, and it is no fault of this node
+        except InputError as exc:
+            # the job's own inputs cannot be had (a bad URL, clashing names): HTCondor
+            # holds such a job; a rerun elsewhere would fail the same, no fault of the node
             log.error("%s: input transfer failed, the pool will hold the job: %s", tag, exc)
             outcome.detail = str(exc)
             outcome.result = {
@@ -245,10 +247,12 @@ class ClaimRunner:
                 os.mkdir(here, 0o755)
             info = os.lstat(here)
             if not stat.S_ISDIR(info.st_mode):
-                raise JobSetupError(f"input {name!r}: {part!r} is already a file in the sandbox")
+                raise InputError(
+                    f"input {name!r}: {part!r} is already a file in the sandbox", errno.ENOTDIR
+                )
         dest = os.path.join(self.sandbox, name)
         if os.path.lexists(dest) and not os.path.isfile(dest):
-            raise JobSetupError(f"input {name!r}: already a directory in the sandbox")
+            raise InputError(f"input {name!r}: already a directory in the sandbox", errno.EISDIR)
         return dest
 
     def _upload_outputs(

@@ -46,6 +46,18 @@ class JobSetupError(Exception):
     """The claim cannot be turned into a runnable job (bad spec or sandbox)."""
 
 
+class InputError(JobSetupError):
+    """The job's own inputs cannot be laid out as it asks (a URL that cannot be
+    fetched, an input file where another input needs a directory): no fault of
+    the node, and a rerun elsewhere would fail the same, so the pool holds the
+    job (HTCondor's TransferInputError) instead of letting it go round.
+    ``subcode`` is an errno when one applies."""
+
+    def __init__(self, message: str, subcode: int = 0) -> None:
+        super().__init__(message)
+        self.subcode = subcode
+
+
 def stream_name(value: Any) -> str | None:
     """Where the job's stdout/stderr goes in the sandbox; None for ``/dev/null``.
 

@@ -38,7 +38,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
-from .jobs import JobSetupError, check_name
+from .jobs import InputError, JobSetupError, check_name
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,12 @@ MAX_PLUGINS = 64  # executables looked at in a plugin directory
 MAX_PLUGIN_OUTPUT = 64 * 1024  # bytes of a plugin's answer kept
 
 
-class TransferError(Exception):
+class TransferError(InputError):
     """A URL input that could not be fetched; ``subcode`` is an errno when one applies."""
 
     def __init__(self, url: str, reason: str, subcode: int = 0) -> None:
-        self.url, self.reason, self.subcode = url, reason, subcode
-        super().__init__(f"{redact(url)}: {reason}")
+        super().__init__(f"{redact(url)}: {reason}", subcode)
+        self.url, self.reason = url, reason
 
 
 @dataclass(frozen=True)
