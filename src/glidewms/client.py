@@ -149,13 +149,17 @@ class PoolClient:
         jobs = []
         for job in description.jobs:
             sandbox = []
-            contents = _contents_dirs(job.attrs.get("TransferInput"))
+            listed, contents = _listed_inputs(job.attrs.get("TransferInput"))
+            # preserve_relative_paths: for transfer_input_files only (not stdin, the proxy)
             keep = job.iwd if job.attrs.get("PreserveRelativePaths") == "true" else None
-            files = ([(job.executable.name, job.executable, True)] if job.executable else []) + [
-                (_under(p, keep) + name, local, False)
-                for p in job.inputs
-                for name, local in directory_files(p, p in contents, description.source)
-            ]
+            files = [(job.executable.name, job.executable, True)] if job.executable else []
+            for p in job.inputs:  # transfer_input_files entries first, then stdin, the proxy
+                under = _under(p, keep) if listed.get(p, 0) > 0 else ""
+                listed[p] = listed.get(p, 0) - 1
+                files += [
+                    (under + name, local, False)
+                    for name, local in directory_files(p, p in contents, description.source)
+                ]
             check_layout([name for name, _, _ in files], description.source)
             for name, path, executable in files:
                 if path not in hashes:
@@ -330,16 +334,21 @@ def _under(path: Path, iwd: Path | None) -> str:
     return "" if parent == "." else f"{parent}/"
 
 
-def _contents_dirs(transfer_input: str | None) -> set[Path]:
-    """The `dir/` entries (contents, not the directory) of a TransferInput expression."""
+def _listed_inputs(transfer_input: str | None) -> tuple[dict[Path, int], set[Path]]:
+    """The local entries of a TransferInput expression (how many times each is
+    listed), and those that are `dir/` entries (the contents, not the directory)."""
     if not transfer_input:
-        return set()
+        return {}, set()
     from glidewms.submit.exprs import evaluate
 
     value = evaluate(transfer_input)
     if not isinstance(value, str):
-        return set()
-    return {Path(n.strip()) for n in value.split(",") if n.strip().endswith("/")}
+        return {}, set()
+    names = [n.strip() for n in value.split(",") if n.strip() and "://" not in n]
+    counts: dict[Path, int] = {}
+    for n in names:
+        counts[Path(n)] = counts.get(Path(n), 0) + 1
+    return counts, {Path(n) for n in names if n.endswith("/")}
 
 
 def _relative_safe(name: str) -> bool:

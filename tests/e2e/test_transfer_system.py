@@ -171,10 +171,11 @@ queue
         """
 executable = /bin/sh
 transfer_executable = false
-arguments = "-c 'mkdir -p out/sub; cat deep/dir/in.txt > out/sub/o.txt'"
+arguments = "-c 'mkdir -p out/sub; cat deep/dir/in.txt - > out/sub/o.txt'"
 initialdir = keep
 preserve_relative_paths = true
 transfer_input_files = deep/dir/in.txt
+input = deep/dir/in.txt
 transfer_output_files = out/sub/o.txt
 request_memory = 32
 queue
@@ -228,7 +229,7 @@ queue
     assert str(run / "seen.txt") not in done.stdout, "--all fetched a job's files again"
     # preserve_relative_paths: the input kept its path in the sandbox, the output below Iwd
     assert s.job(preserved)["state"] == "completed"
-    assert (keep / "out" / "sub" / "o.txt").read_text() == "kept path\n"
+    assert (keep / "out" / "sub" / "o.txt").read_text() == "kept path\nkept path\n"
 
     # a listed output the job did not make: held, the reason names it
     held = s.job(missing)

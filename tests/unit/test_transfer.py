@@ -18,7 +18,7 @@ from glidewms import classads
 from glidewms.client import (
     ClientError,
     Placement,
-    _contents_dirs,
+    _listed_inputs,
     _under,
     check_layout,
     directory_files,
@@ -495,7 +495,8 @@ def test_directory_inputs_travel_as_their_files(tmp_path: Path) -> None:
     assert names == ["data/tolink", "data/top.txt", "data/sub/in.txt"]
     assert [n for n, _ in directory_files(d, True)] == ["tolink", "top.txt", "sub/in.txt"]
     assert directory_files(d / "top.txt", False) == [("top.txt", d / "top.txt")]
-    assert _contents_dirs('"/a/b/,/a/c,https://h/x/"') == {Path("/a/b"), Path("https://h/x")}
+    listed, contents = _listed_inputs('"/a/b/,/a/c,https://h/x/"')
+    assert (listed, contents) == ({Path("/a/b"): 1, Path("/a/c"): 1}, {Path("/a/b")})
 
 
 def test_a_file_cannot_be_where_another_input_needs_a_directory() -> None:
