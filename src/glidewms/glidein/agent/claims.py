@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 # say so before the exit code is taken for the job's result.
 SITE_SIGNAL_EXITS = frozenset(128 + s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 SITE_SIGNAL_SETTLE = 2.0
+# what a result may say about transfers, within the pool's bounds on a completion
+MAX_MISSING = 100
+MAX_REPORTED = 1024
 
 
 @dataclass
@@ -152,7 +155,7 @@ class ClaimRunner:
                 "exit_code": 0,
                 "outputs": [],
                 "wall_seconds": 0.0,
-                "input_error": {"reason": str(exc), "subcode": exc.subcode},
+                "input_error": {"reason": str(exc)[:MAX_REPORTED], "subcode": exc.subcode},
             }
             return
         except (
@@ -208,7 +211,9 @@ class ClaimRunner:
         }
         if plan.missing:  # the pool holds the job (HTCondor's TransferOutputError)
             log.warning("%s: listed outputs not produced: %s", tag, ", ".join(plan.missing))
-            outcome.result["missing_outputs"] = plan.missing
+            outcome.result["missing_outputs"] = [
+                name[:MAX_REPORTED] for name in plan.missing[:MAX_MISSING]
+            ]
 
     def _fetch_inputs(self) -> None:
         """The sandbox files (subdirectories made as their names say), then the URL
