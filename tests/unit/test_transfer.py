@@ -333,6 +333,42 @@ def test_an_entry_adds_executable_plugins(tmp_path: Path) -> None:
     assert plugins_for({}).methods() == "http,https"
 
 
+MULTI_PLUGIN = """#!/usr/bin/env python3
+import re, sys
+if sys.argv[1:] == ["-classad"]:
+    print('MultipleFileSupport = true\\nSupportedMethods = "multi"')
+    sys.exit(0)
+assert sys.argv[1] == "-infile" and sys.argv[3] == "-outfile", sys.argv
+text = open(sys.argv[2]).read()
+url = re.search(r'Url = "((?:[^"\\\\]|\\\\.)*)"', text).group(1).replace('\\\\"', '"')
+dest = re.search(r'LocalFileName = "([^"]*)"', text).group(1)
+with open(sys.argv[4], "w") as out:
+    if "fail" in url:
+        out.write('[ TransferSuccess = false; TransferError = "no such object" ]\\n')
+    else:
+        open(dest, "w").write(url)
+        out.write("[ TransferSuccess = true ]\\n")
+"""
+
+
+def test_multi_file_plugins_get_the_url_in_a_file_not_on_their_command_line(
+    tmp_path: Path,
+) -> None:
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "multi").write_text(MULTI_PLUGIN)
+    (plugin_dir / "multi").chmod(0o755)
+    plugins = plugins_for({"GLIDEIN_TRANSFER_PLUGIN_DIR": str(plugin_dir)})
+    assert plugins.methods() == "http,https,multi"
+    url = 'multi://h/obj/f.dat?sig="secret"'
+    assert plugins.fetch(url, str(tmp_path)) == "f.dat"
+    assert (tmp_path / "f.dat").read_text() == url
+    with pytest.raises(TransferError, match="plugin multi: no such object") as caught:
+        plugins.fetch("multi://h/fail.dat?sig=secret", str(tmp_path))
+    assert "secret" not in str(caught.value)
+    assert not (tmp_path / "fail.dat").exists()
+
+
 # ------------------------------------------------------------------ the pool
 
 

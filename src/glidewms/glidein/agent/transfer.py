@@ -9,12 +9,15 @@ component of the URL's path.
 
 The registry maps a scheme to a fetcher ``(url, dest, bounds) -> None``.
 http and https are built in (urllib; bounded in bytes and seconds; redirects
-only to http/https, as urllib allows). An entry can add schemes, or replace
+only to http/https; a pre-signed URL's query never appears in logs or hold
+reasons, see ``redact``). An entry can add schemes, or replace
 the built-in ones, with executables in ``GLIDEIN_TRANSFER_PLUGIN_DIR``: each
-answers ``PLUGIN -classad`` with a ``SupportedMethods = "a,b"`` line and is
-run as ``PLUGIN URL DEST`` (exit 0: done), the older HTCondor plugin
-calling convention. Plugins run with a clean environment, never the pilot's
-(it names the pilot's token file).
+answers ``PLUGIN -classad`` with a ``SupportedMethods = "a,b"`` line. One
+that says ``MultipleFileSupport = true`` gets the URL in an ``-infile`` and
+answers in an ``-outfile`` (HTCondor's current convention: a URL may carry a
+secret, and command lines are visible on the node); others are run as
+``PLUGIN URL DEST`` (exit 0: done), the older one. Plugins run with a clean
+environment, never the pilot's (it names the pilot's token file).
 
 Every failure is a ``TransferError``: the job cannot run as asked, and the
 pool holds it with HTCondor's TransferInputError code, the reason naming
@@ -31,12 +34,13 @@ import re
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .jobs import InputError, JobSetupError, check_name
 
@@ -150,8 +154,8 @@ def fetch_http(url: str, dest: str, bounds: Bounds) -> None:
         raise TransferError(url, "timed out", errno.ETIMEDOUT) from None
     except OSError as exc:
         raise TransferError(url, f"cannot fetch: {exc.strerror or exc}", exc.errno or 0) from None
-    except ValueError as exc:  # urllib's "unknown url type", a bad port...
-        raise TransferError(url, f"not a URL urllib can fetch: {exc}", errno.EINVAL) from None
+    except ValueError:  # urllib's "unknown url type", a bad port... (its text quotes the URL)
+        raise TransferError(url, "not a URL urllib can fetch", errno.EINVAL) from None
 
 
 def _plugin_env() -> Dict[str, str]:
@@ -165,9 +169,12 @@ def _plugin_env() -> Dict[str, str]:
 _METHODS_RE = re.compile(r'^\s*SupportedMethods\s*=\s*"([^"]*)"', re.IGNORECASE | re.MULTILINE)
 
 
-def plugin_methods(path: str, timeout: float = 30.0) -> list[str]:
-    """The schemes an executable plugin says it fetches (``PLUGIN -classad``); none
-    if it does not answer as a plugin."""
+_MULTI_RE = re.compile(r"^\s*MultipleFileSupport\s*=\s*true\b", re.IGNORECASE | re.MULTILINE)
+
+
+def plugin_methods(path: str, timeout: float = 30.0) -> tuple[list[str], bool]:
+    """The schemes an executable plugin says it fetches (``PLUGIN -classad``; none
+    if it does not answer as a plugin), and whether it takes ``-infile``."""
     try:
         done = subprocess.run(
             [path, "-classad"],
@@ -179,38 +186,48 @@ def plugin_methods(path: str, timeout: float = 30.0) -> list[str]:
         )
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("transfer plugin %s: cannot ask it for its methods: %s", path, exc)
-        return []
-    found = _METHODS_RE.search(done.stdout[:MAX_PLUGIN_OUTPUT].decode("utf-8", "replace"))
+        return [], False
+    said = done.stdout[:MAX_PLUGIN_OUTPUT].decode("utf-8", "replace")
+    found = _METHODS_RE.search(said)
     if done.returncode != 0 or found is None:
         log.warning("transfer plugin %s: no SupportedMethods in its -classad answer", path)
-        return []
-    return [
+        return [], False
+    methods = [
         m.strip().lower()
         for m in found.group(1).split(",")
         if re.fullmatch(r"\s*[A-Za-z][A-Za-z0-9+.-]*\s*", m)
     ]
+    return methods, _MULTI_RE.search(said) is not None
 
 
-def executable_fetcher(path: str) -> Fetcher:
-    """A fetcher that runs ``PLUGIN URL DEST``, bounded in time; a file bigger than
-    allowed is removed and refused."""
+def _classad_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_SUCCESS_RE = re.compile(r"\bTransferSuccess\s*=\s*(true|false)\b", re.IGNORECASE)
+_ERROR_RE = re.compile(r'\bTransferError\s*=\s*"((?:[^"\\]|\\.)*)"', re.IGNORECASE)
+
+
+def executable_fetcher(path: str, multi: bool = False) -> Fetcher:
+    """A fetcher that runs the plugin, bounded in time; a file bigger than allowed
+    is removed and refused. A plugin with ``MultipleFileSupport`` gets the URL in
+    an ``-infile`` (``[ Url = "..."; LocalFileName = "..." ]``) and answers in an
+    ``-outfile`` (``TransferSuccess``, ``TransferError``): the URL, which may
+    carry a secret, is then on no command line. Others run as ``PLUGIN URL DEST``."""
 
     def fetch(url: str, dest: str, bounds: Bounds) -> None:
-        try:
-            done = subprocess.run(
-                [path, url, dest],
-                capture_output=True,
-                timeout=bounds.total_seconds,
-                env=_plugin_env(),
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise TransferError(
-                url, f"plugin {os.path.basename(path)} timed out", errno.ETIMEDOUT
-            ) from None
-        except OSError as exc:
-            raise TransferError(url, f"plugin {path}: {exc.strerror}", exc.errno or 0) from None
+        with tempfile.TemporaryDirectory(prefix="glidewms-plugin-") as scratch:
+            infile, outfile = os.path.join(scratch, "in"), os.path.join(scratch, "out")
+            if multi:
+                with open(infile, "w", encoding="utf-8") as f:
+                    f.write(f"[ Url = {_classad_string(url)}; ")
+                    f.write(f"LocalFileName = {_classad_string(dest)} ]\n")
+                argv = [path, "-infile", infile, "-outfile", outfile]
+            else:
+                argv = [path, url, dest]
+            done = _run_plugin(path, argv, url, bounds)
+            if multi:
+                _check_outfile(path, outfile, url)
         if done.returncode != 0:
             said = done.stderr[-512:].decode("utf-8", "replace").strip()
             raise TransferError(
@@ -227,6 +244,40 @@ def executable_fetcher(path: str) -> Fetcher:
             raise TransferError(url, "the plugin made no regular file within bounds", errno.EFBIG)
 
     return fetch
+
+
+def _check_outfile(path: str, outfile: str, url: str) -> None:
+    """A multi-file plugin's verdict: ``TransferSuccess = false`` is a failure with
+    its ``TransferError``; no verdict at all is one too."""
+    try:
+        with open(outfile, encoding="utf-8", errors="replace") as f:
+            said = f.read(MAX_PLUGIN_OUTPUT)
+    except OSError:
+        said = ""
+    success = _SUCCESS_RE.search(said)
+    if success is not None and success.group(1).lower() == "true":
+        return
+    error = _ERROR_RE.search(said)
+    why = error.group(1)[:512] if error else "no TransferSuccess in its -outfile"
+    raise TransferError(url, f"plugin {os.path.basename(path)}: {why}", errno.EIO)
+
+
+def _run_plugin(path: str, argv: list[str], url: str, bounds: Bounds) -> Any:
+    try:
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            timeout=bounds.total_seconds,
+            env=_plugin_env(),
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise TransferError(
+            url, f"plugin {os.path.basename(path)} timed out", errno.ETIMEDOUT
+        ) from None
+    except OSError as exc:
+        raise TransferError(url, f"plugin {path}: {exc.strerror}", exc.errno or 0) from None
 
 
 class Plugins:
@@ -266,7 +317,8 @@ class Plugins:
             raise
         except Exception as exc:  # a plugin's bug is this URL's failure, not the pilot's
             _unlink(dest)
-            raise TransferError(url, f"plugin failed: {exc!r}", errno.EIO) from None
+            # its type only: a message may quote the URL, and the URL a secret
+            raise TransferError(url, f"plugin failed: {type(exc).__name__}", errno.EIO) from None
         log.info("fetched %s into the sandbox as %s", redact(url), name)
         return name
 
@@ -313,7 +365,8 @@ def plugins_for(values: Mapping[str, str]) -> Plugins:
             path = os.path.join(plugin_dir, name)
             if not (os.path.isfile(path) and os.access(path, os.X_OK)):
                 continue
-            for method in plugin_methods(path):
-                fetchers[method] = executable_fetcher(path)
+            methods, multi = plugin_methods(path)
+            for method in methods:
+                fetchers[method] = executable_fetcher(path, multi)
     plugins = _CACHE[key] = Plugins(fetchers, bounds)
     return plugins
