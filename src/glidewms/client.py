@@ -75,6 +75,18 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class StreamPart:
+    """What `PoolClient.stream` read: `data` starts at `offset` of the stream;
+    the pool keeps `start`..`end`; `state` is the job's."""
+
+    offset: int
+    start: int
+    end: int
+    state: str
+    data: bytes
+
+
 class PoolClient:
     def __init__(self, settings: ClientSettings, timeout: float = 30.0) -> None:
         try:
@@ -203,6 +215,29 @@ class PoolClient:
             "value": value,
         }
         return self._call("POST", "/jobs/edit", json=body)
+
+    def stream(
+        self, job_id: str, which: str = "out", offset: int | None = None, limit: int | None = None
+    ) -> StreamPart:
+        """Part of a job's streamed stdout (`which="out"`) or stderr, from
+        `offset` (None: the last `limit` bytes); see docs/protocol.md."""
+        params: dict[str, Any] = {"which": which}
+        if offset is not None:
+            params["offset"] = offset
+        if limit is not None:
+            params["limit"] = limit
+        r = self._call("GET", f"/jobs/{job_id}/stream", params=params)
+        headers = r.headers
+        try:
+            return StreamPart(
+                offset=int(headers["Glidewms-Stream-Offset"]),
+                start=int(headers["Glidewms-Stream-Start"]),
+                end=int(headers["Glidewms-Stream-End"]),
+                state=str(headers["Glidewms-Job-State"]),
+                data=r.content,
+            )
+        except (KeyError, ValueError):
+            raise ClientError(f"GET /jobs/{job_id}/stream: an answer without its headers") from None
 
     def userprio(self) -> dict[str, Any]:
         """Fair-share state: {"time", "halflife", "submitters": [...]}, best priority first."""

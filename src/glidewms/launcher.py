@@ -23,6 +23,7 @@ import getpass
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,9 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
+from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine, sqlite_url
 from glidewms.factory.backends.isolation import for_installation
 from glidewms.factory.backends.local import LocalId, read_proc_stat
@@ -62,6 +65,7 @@ class Options:
     heartbeat: float = 20.0
     user: str = field(default_factory=getpass.getuser)
     extra_pool: dict[str, Any] = field(default_factory=dict)
+    extra_frontend: dict[str, Any] = field(default_factory=dict)  # e.g. from --config-dir
     # the frontend's groups; None gives one group, main, matching every entry
     frontend_groups: list[dict[str, Any]] | None = None
     tls: bool = False  # HTTPS everywhere, with a private CA (see the module docstring)
@@ -75,6 +79,19 @@ class Running:
     process: subprocess.Popen[bytes]
     url: str
     log: Path
+    restarts: list[float] = field(default_factory=list)  # monotonic times of restarts
+
+
+# A service that dies is started again in place (same config, same port), as a
+# supervisor would; one that keeps dying is a fault to report, not to hide.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 300.0  # seconds
+
+
+def may_restart(restarts: list[float], now: float) -> bool:
+    """Whether a dead service gets another start: fewer than MAX_RESTARTS in
+    the last RESTART_WINDOW seconds."""
+    return sum(1 for t in restarts if now - t < RESTART_WINDOW) < MAX_RESTARTS
 
 
 class Installation:
@@ -107,7 +124,7 @@ class Installation:
         self._write_config(
             "pool",
             {
-                "listen_port": 0,
+                "listen_port": self.kept_port("pool"),
                 "state_dir": str(self.path("pool")),
                 "url_file": str(self.path("run", "pool.url")),
                 "issuer_public_key": str(public),
@@ -117,7 +134,7 @@ class Installation:
                 "pilot_lease_seconds": max(o.claim_lease, o.heartbeat * 3),
                 "heartbeat_seconds": o.heartbeat,
                 **self.tls_settings(client=False),
-                **o.extra_pool,
+                **pool_settings(o),
             },
         )
         # entries given without an idle timeout take the installation's (the demo's 5 s)
@@ -142,7 +159,7 @@ class Installation:
         self._write_config(
             "factory",
             {
-                "listen_port": 0,
+                "listen_port": self.kept_port("factory"),
                 "state_dir": str(self.path("factory")),
                 "url_file": str(self.path("run", "factory.url")),
                 "issuer_public_key": str(public),
@@ -169,6 +186,27 @@ class Installation:
         settings = {"tls_cert": str(files.cert), "tls_key": str(files.key)}
         return {**settings, "ca_file": str(files.ca)} if client else settings
 
+    def kept_port(self, name: str) -> int:
+        """The port an earlier start of this installation gave `name` (0: none
+        yet, the system picks one). Keeping it means a service restarted after
+        a crash, or the whole installation after a reboot, is where the
+        frontend, the pilots and the users' client.json expect it."""
+        try:
+            data = yaml.safe_load(self.path("config", f"{name}.yaml").read_text())
+            port = int(data.get("listen_port") or 0)
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+            return 0
+        return port if 0 < port < 65536 else 0
+
+    def _keep_port(self, name: str) -> None:
+        """Write the port the system picked into the config, for the next start."""
+        path = self.path("config", f"{name}.yaml")
+        port = urlsplit(self.services[name].url).port
+        data = yaml.safe_load(path.read_text())
+        if port and not data.get("listen_port"):
+            data["listen_port"] = port
+            self._write_config(name, data)
+
     def _write_config(self, name: str, data: dict[str, Any]) -> Path:
         path = self.path("config", f"{name}.yaml")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +229,7 @@ class Installation:
         self._write_config(
             "frontend",
             {
-                "listen_port": 0,
+                "listen_port": self.kept_port("frontend"),
                 "state_dir": str(self.path("frontend")),
                 "url_file": str(self.path("run", "frontend.url")),
                 "issuer_public_key": str(self.path("keys", "issuer.pub")),
@@ -203,6 +241,7 @@ class Installation:
                 "groups": self.options.frontend_groups
                 or [{"name": "main", "max_idle_per_entry": self.options.max_pilots}],
                 **self.tls_settings(client=True),
+                **self.options.extra_frontend,
             },
         )
         self._spawn("frontend")
@@ -221,6 +260,13 @@ class Installation:
         )
 
     def _spawn(self, name: str) -> None:
+        port = self.kept_port(name)
+        if port and not _port_free(port):
+            raise LaunchError(
+                f"the {name}'s port {port} (kept in {self.path('config', f'{name}.yaml')} "
+                "from an earlier start) is in use: stop what holds it, or set "
+                "listen_port: 0 there to take a new one"
+            )
         url_file = self.path("run", f"{name}.url")
         url_file.unlink(missing_ok=True)
         log = self.path("logs", f"{name}.log")
@@ -257,6 +303,7 @@ class Installation:
                 )
             time.sleep(0.05)
         running.url = url_file.read_text().strip()
+        self._keep_port(name)
 
     def check_alive(self) -> None:
         for running in self.services.values():
@@ -265,6 +312,31 @@ class Installation:
                     f"the {running.name} stopped (exit code {running.process.returncode}); "
                     f"its log ({running.log}) ends with:\n{tail(running.log)}"
                 )
+
+    def restart_dead(self, timeout: float = 60.0) -> list[str]:
+        """Start again, in place, every service that died; the names restarted.
+
+        LaunchError when one died more than MAX_RESTARTS times in
+        RESTART_WINDOW seconds (a fault to show, with its log), or does not
+        come back within `timeout`.
+        """
+        restarted = []
+        for name, running in list(self.services.items()):
+            if running.process.poll() is None:
+                continue
+            now = time.monotonic()
+            if not may_restart(running.restarts, now):
+                raise LaunchError(
+                    f"the {name} stopped {MAX_RESTARTS} times in {RESTART_WINDOW:.0f} s "
+                    f"(last exit code {running.process.returncode}); its log "
+                    f"({running.log}) ends with:\n{tail(running.log)}"
+                )
+            history = [t for t in running.restarts if now - t < RESTART_WINDOW] + [now]
+            self._spawn(name)
+            self.services[name].restarts = history
+            self._await_url(name, timeout)
+            restarted.append(name)
+        return restarted
 
     def stop(self, timeout: float = 15.0) -> None:
         """Frontend first (no new requests), then the factory, then the pilots it
@@ -343,6 +415,34 @@ def _alive(pid: int) -> bool:
     # a zombie is gone as far as the machine is concerned
     stat = read_proc_stat(pid)
     return stat is not None and stat[0] != "Z"
+
+
+def pool_settings(options: Options) -> dict[str, Any]:
+    """The pool's extra settings, with `QDate` made significant when a frontend
+    group overflows: its pilots' Start reads the job's QDate (observe.py
+    `pilot_start_expr`), and the pool matches on autocluster ads, which hold
+    only significant attributes: without it no job would ever overflow."""
+    settings = dict(options.extra_pool)
+    groups = options.extra_frontend.get("groups") or options.frontend_groups or []
+    if any(g.get("overflow") for g in groups):
+        significant = list(
+            settings.get("significant_attributes") or PoolConfig().significant_attributes
+        )
+        if "qdate" not in {name.lower() for name in significant}:
+            settings["significant_attributes"] = [*significant, "QDate"]
+    return settings
+
+
+def _port_free(port: int) -> bool:
+    """Can a service bind this loopback port now? (SO_REUSEADDR, as uvicorn
+    binds: a port in TIME_WAIT after a crash is free.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def tail(path: Path, lines: int = 20) -> str:

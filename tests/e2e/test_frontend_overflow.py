@@ -10,8 +10,9 @@ pool, which is what keeps a B pilot from starting a job that is not yet
 overflow-eligible; the pool's own record (the `started` event's site and
 time, the job's QDate) is the evidence.
 
-The pool must see each job's QDate for that Start to read it: QDate is added
-to the pool's significant attributes.
+The pool must see each job's QDate for that Start to read it: `glidewms up`
+adds QDate to the pool's significant attributes because a group overflows
+(launcher.pool_settings); this test relies on that, as a user would.
 
 Waits poll a condition with a deadline (the services are other processes);
 no assertion is about timing.
@@ -41,7 +42,6 @@ GROUP = {
     "overflow": {"after_seconds": AFTER, "match_expr": "true", "start_expr": OVERFLOW_START},
     "max_idle_per_entry": 2,
 }
-SIGNIFICANT = ["DESIRED_Sites", "QDate"]
 
 
 def local_entry(name: str, site: str, max_pilots: int, idle_timeout: int) -> dict[str, Any]:
@@ -66,7 +66,6 @@ def system(tmp_path: Path) -> Iterator[System]:
         s = start(
             entries=[local_entry("a", "SA", 1, 20), local_entry("b", "SB", 2, 8)],
             claim_lease=10.0,
-            extra_pool={"significant_attributes": SIGNIFICANT},
             frontend_groups=[GROUP],
         )
         yield s

@@ -9,6 +9,7 @@ Both downloaders: curl, and the python fallback of a node without curl.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,10 +79,50 @@ def test_a_stage_that_never_answers_ends_the_pilot_with_a_clear_error(
     stage = FlakyStage(STUB_STAGE)
     stage.seen.update({"/api/v1/stage/manifest": -100})  # fails far more than it retries
     try:
-        rc, stderr = finish(bootstrap(stage, tmp_path, token_file, downloader))
+        rc, stderr = finish(
+            bootstrap(stage, tmp_path, token_file, downloader, extra=("--outage-tolerance", "4"))
+        )
     finally:
         stage.close()
     assert rc == 1, stderr
     assert "manifest download failed" in stderr
-    assert 1 < stage.seen["/api/v1/stage/manifest"] + 100 <= 5  # retried, then gave up
+    assert "giving up after" in stderr and "HTTP 503" in stderr
+    assert stage.seen["/api/v1/stage/manifest"] + 100 > 1  # retried, then gave up
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_the_pilot_rides_out_a_factory_outage(
+    tmp_path: Path,
+    token_file: Path,  # noqa: F811
+    downloader: dict[str, str],  # noqa: F811
+) -> None:
+    """The factory is down (nothing listens on its port) when the pilot starts
+    and comes back after the pilot has retried twice: the pilot goes on."""
+    down = StageServer(STUB_STAGE)
+    port = down.server.server_address[1]
+    down.close()
+    proc = bootstrap(down, tmp_path, token_file, downloader)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    retried = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if sum("no answer" in seen for seen in lines) >= 2:
+                retried.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    back: StageServer | None = None
+    try:
+        assert retried.wait(60), "".join(lines)
+        back = StageServer(STUB_STAGE, port=port)
+        assert proc.wait(60) == 7, "".join(lines)  # the stub agent ran: the stage arrived
+    finally:
+        proc.kill()
+        if back is not None:
+            back.close()
+    reader.join(10)
+    assert "manifest download failed" not in "".join(lines)

@@ -146,7 +146,7 @@ def test_routes_are_served_under_the_protocol_prefix(env: Env) -> None:
         schema = client.get("/openapi.json").json()
         assert schema["info"]["version"] == API_VERSION
         served = {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
-        assert served == {("GET", "/healthz")} | {
+        assert served == {("GET", "/healthz"), ("GET", "/metrics")} | {
             (m, API_PREFIX + p)
             for m, p in [
                 ("POST", "/reload"),

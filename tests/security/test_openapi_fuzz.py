@@ -53,7 +53,13 @@ NO_TOKEN_BUDGET = settings(BUDGET, max_examples=5)
 
 # The claims each scope's token carries: a pilot's binds it to a frontend and group.
 CLAIMS: dict[str, dict[str, str]] = {"pilot": {"fe": "fe1", "group": "main"}}
-SUBJECTS = {"user": "alice", "pilot": "pilot", "frontend": "fe1", "admin": "root"}
+SUBJECTS = {
+    "user": "alice",
+    "pilot": "pilot",
+    "frontend": "fe1",
+    "admin": "root",
+    "metrics": "prometheus",
+}
 
 
 class Service:

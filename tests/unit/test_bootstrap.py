@@ -74,7 +74,9 @@ class StageServer:
     The real factory is tested end-to-end elsewhere.
     """
 
-    def __init__(self, files: dict[str, bytes], manifest: bytes | None = None) -> None:
+    def __init__(
+        self, files: dict[str, bytes], manifest: bytes | None = None, port: int = 0
+    ) -> None:
         self.manifest = manifest_of(files) if manifest is None else manifest
         self.files = dict(files)
         self.requests: list[tuple[str, str, bool]] = []
@@ -92,7 +94,7 @@ class StageServer:
             def do_POST(self) -> None:
                 stage.handle(self, "POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -83,7 +83,11 @@ Ctrl-C stops the services.""")
     signal.signal(signal.SIGTERM, on_signal)
     try:
         while not stop:
-            inst.check_alive()
+            for name in inst.restart_dead():
+                console.print(
+                    f"[yellow]the {name} had stopped: started again on "
+                    f"{markup_safe(inst.services[name].url)}[/yellow]"
+                )
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

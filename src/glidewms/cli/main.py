@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from glidewms.cli import factory_cmds, frontend_cmds, pool_cmds, user
+from glidewms.cli import factory_cmds, frontend_cmds, pool_cmds, tail, user
 from glidewms.cli.user import fail
 from glidewms.config import ConfigError
 from glidewms.extras import MissingExtra
@@ -117,21 +117,12 @@ def _entries(path: Path | None) -> list[dict] | None:
     """Entries from a YAML file, validated now so a typo fails before anything starts."""
     if path is None:
         return None
-    from pydantic import TypeAdapter, ValidationError
-
-    from glidewms.config.factory import EntryConfig
-    from glidewms.config.loader import format_validation_error, load_yaml
+    from glidewms.up_config import read_entries
 
     try:
-        data = load_yaml(path)
-        if isinstance(data, dict):
-            data = data.get("entries", [data])
-        entries = TypeAdapter(list[EntryConfig]).validate_python(data)
+        return read_entries(path)
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
-    except ValidationError as exc:
-        raise fail(format_validation_error(str(path), exc), 2) from None
-    return [e.model_dump(mode="json", exclude_unset=True) for e in entries]
 
 
 @app.command()
@@ -144,20 +135,42 @@ def up(
         int, typer.Option(help="seconds before an idle pilot leaves")
     ] = 300,
     entries: EntriesOption = None,
+    config_dir: Annotated[
+        Optional[Path],  # noqa: UP045 (typer needs Optional on 3.10)
+        typer.Option(
+            help="your additions to the configs `up` writes: pool.yaml (pool keys), "
+            "frontend.yaml (groups, overflow...), entries.yaml; each optional, "
+            "validated before anything starts (docs/configuration.md)",
+            file_okay=False,
+        ),
+    ] = None,
     tls: TlsOption = False,
     allow_unisolated_jobs: AllowUnisolatedOption = False,
 ) -> None:
-    """Run pool, factory and frontend on this machine until Ctrl-C."""
+    """Run pool, factory and frontend on this machine until Ctrl-C.
+
+    A service that dies is started again in place (same config, same port);
+    rerunning `up` with the same --state-dir keeps keys, databases and ports.
+    """
     from glidewms.cli.demo import run_up
     from glidewms.launcher import Options
+    from glidewms.up_config import UpConfig, read_config_dir
 
+    try:
+        extra = read_config_dir(config_dir) if config_dir else UpConfig()
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    if entries is not None and extra.entries is not None:
+        raise fail(f"entries given twice: --entries {entries} and {config_dir}/entries.yaml", 2)
     raise typer.Exit(
         run_up(
             Options(
                 state_dir=state_dir,
                 max_pilots=max_pilots,
                 pilot_idle_timeout=pilot_idle_timeout,
-                entries=_entries(entries),
+                entries=_entries(entries) if entries is not None else extra.entries,
+                extra_pool=extra.pool,
+                extra_frontend=extra.frontend,
                 tls=tls,
                 allow_unisolated_jobs=allow_unisolated_jobs,
             )
@@ -220,7 +233,7 @@ def keys(
 @app.command()
 def token(
     subject: Annotated[str, typer.Option(help="identity: a user, a frontend name")],
-    scope: Annotated[list[str], typer.Option(help="user, pilot, frontend or admin")],
+    scope: Annotated[list[str], typer.Option(help="user, pilot, frontend, admin or metrics")],
     out: Annotated[Path, typer.Option(help="file to write the token to (mode 0600)")],
     key: Annotated[Path, typer.Option(help="issuer private key")] = Path(
         "glidewms-state/keys/issuer.key"
@@ -239,6 +252,7 @@ def token(
 
 
 user.register(app)
+tail.register(app)
 pool_cmds.register(app, _services["pool"])
 factory_cmds.register(app, _services["factory"])
 frontend_cmds.register(app, _services["frontend"])

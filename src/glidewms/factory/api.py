@@ -23,11 +23,13 @@ from glidewms.config.loader import ConfigError
 from glidewms.db import make_engine
 from glidewms.errors import GATED, invalid_body, responses
 from glidewms.factory.backends import Backend, BackendContext, create_backend
+from glidewms.factory.metrics import FactoryMetrics
 from glidewms.factory.reload import Reloader
 from glidewms.factory.routes import HEALTH, ROUTERS
 from glidewms.factory.service import Factory
 from glidewms.factory.stage import bootstrap_path, build_stage
 from glidewms.factory.store import FactoryStore
+from glidewms.metrics import router as metrics_route
 from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
 from glidewms.security.asgi import Gate, GatePolicy
 from glidewms.security.tokens import TokenVerifier
@@ -129,7 +131,9 @@ def create_app(
     app.state.verifier = verifier
     app.state.factory = factory
     app.state.reloader = reload
+    app.state.metrics = FactoryMetrics(factory).registry  # GET /metrics (factory/metrics.py)
     app.include_router(HEALTH)
+    app.include_router(metrics_route)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
     return app

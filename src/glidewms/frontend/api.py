@@ -13,8 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from glidewms.config.frontend import FrontendConfig
 from glidewms.errors import GATED, invalid_body, responses
 from glidewms.frontend import vostage
+from glidewms.frontend.metrics import FrontendMetrics
 from glidewms.frontend.routes import api, public
 from glidewms.frontend.service import Frontend
+from glidewms.metrics import router as metrics_route
 from glidewms.protocol import API_PREFIX, API_VERSION, VersionHeader
 from glidewms.security.asgi import DOCS_AND_HEALTH, Gate, GatePolicy, Route
 from glidewms.security.tokens import TokenVerifier
@@ -64,6 +66,8 @@ def create_app(
         config.resolved_issuer_public_key(), config.resolved_pilot_issuer_public_key()
     )
     app.state.frontend = frontend
+    app.state.metrics = FrontendMetrics(frontend).registry  # GET /metrics (frontend/metrics.py)
     app.include_router(public)
+    app.include_router(metrics_route)
     app.include_router(api, prefix=API_PREFIX, responses=responses(*GATED))
     return app

@@ -21,9 +21,11 @@ from starlette.concurrency import run_in_threadpool
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine
 from glidewms.errors import GATED, responses
+from glidewms.metrics import router as metrics_route
 from glidewms.pool.bodies import invalid_body
 from glidewms.pool.checks import StoreLimits
-from glidewms.pool.routes import admin, demand, files, jobs, pilots, tokens
+from glidewms.pool.metrics import PoolMetrics
+from glidewms.pool.routes import admin, demand, files, jobs, pilots, streams, tokens
 from glidewms.pool.routes.deps import PoolContext, WorkSignal
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import FairShare, PoolStore
@@ -83,6 +85,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     )
     app.state.pool = pool
     app.state.public_url = public_url
+    app.state.metrics = PoolMetrics(store).registry  # GET /metrics (pool/metrics.py)
     app.include_router(admin.health)
     # the pilot turn first: Starlette tries routes in order
     for router in (
@@ -92,8 +95,10 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         files.router,
         demand.router,
         tokens.router,
+        streams.router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
+    app.include_router(metrics_route)
     return app
 
 
@@ -125,6 +130,11 @@ async def upkeep(pool: PoolContext) -> None:
     idle wake the waiting pilots."""
     config, store, signal = pool.config, pool.store, pool.signal
     next_periodic = time.monotonic() + config.periodic_check_seconds
+    renewed = await run_in_threadpool(
+        store.pilots.renew_after_restart, config.pilot_lease_seconds, config.claim_lease_seconds
+    )
+    if any(renewed):
+        log.info("started: leases of %d pilot(s) and %d running job(s) renewed", *renewed)
     while True:
         try:
             if await run_in_threadpool(store.pilots.expire_leases):

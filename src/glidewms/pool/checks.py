@@ -44,6 +44,7 @@ POOL_OWNED = (
     "NumRestarts",
     "NumSiteFailures",
     "NumJobCompletions",
+    "NumCkpts",
     "ExitCode",
     "ExitBySignal",
     "ExitSignal",

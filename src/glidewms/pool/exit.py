@@ -12,6 +12,15 @@ Before any of them, a transfer failure the pilot reports holds the job as
 HTCondor does (`transfer_action`): an input it could not fetch with
 HoldReasonCode 13, a listed output the job did not make with 12.
 
+Self-checkpointing (HTCondor's `checkpoint_exit_code`, SuccessCheckpointExitCode):
+an exit with that code is no exit of the job but a checkpoint taken. No exit
+policy is evaluated and NumJobCompletions is not counted; the files the pilot
+uploaded are merged into the job's checkpoint (a name taken again replaces
+the older file), NumCkpts counts it, and the job goes back to idle: any
+pilot continues it from that checkpoint (HTCondor restarts it at once on the
+same machine; here the pilot that reported it usually claims it again on its
+next turn, but a pilot that died since is no loss).
+
 The decision is a pure function (`exit_action`); `finish` applies a batch
 of completions in the caller's transaction with one SELECT and one
 executemany UPDATE, and leaves the memory (index, accounting) to the caller.
@@ -41,7 +50,11 @@ from glidewms.pool.shared import trim_events
 ENDING = JOB.source(JobCause.EXIT)
 DEFAULT_STORE_LIMITS = StoreLimits()  # running: only a running job's process can end
 
-_POLICY_NAMES = re.compile(r"(?:^\[ |; )(?:OnExitHold|OnExitRemove|MaxRetries) = ", re.IGNORECASE)
+_POLICY_NAMES = re.compile(
+    r"(?:^\[ |; )(?:OnExitHold|OnExitRemove|MaxRetries|SuccessCheckpointExitCode) = ",
+    re.IGNORECASE,
+)
+CHECKPOINT = "checkpoint"  # ExitAction.by of a checkpoint taken
 
 
 @dataclass
@@ -54,6 +67,9 @@ class Completion:
     wall_seconds: float = 0.0
     missing_outputs: list[str] = field(default_factory=list)  # listed, not made
     input_error: dict[str, Any] | None = None  # {"reason", "subcode"}: the job never ran
+    # the files of a checkpoint the pilot uploaded (an exit with the job's
+    # SuccessCheckpointExitCode); the pool decides from the ad whether it is one
+    checkpoint: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,11 @@ class ExitAction:
     reason: str = ""
     subcode: int | None = None
     code: int = HOLD_POLICY  # HoldReasonCode when held
+
+    @property
+    def checkpoint(self) -> bool:
+        """The job took a checkpoint: it goes on from it, nothing ended."""
+        return self.by == CHECKPOINT
 
 
 @dataclass
@@ -86,10 +107,22 @@ def has_exit_policy(ad_text: str) -> bool:
     return _POLICY_NAMES.search(ad_text) is not None
 
 
+def checkpoint_taken(ad: Any, exit_code: int) -> bool:
+    """Did the job exit with its SuccessCheckpointExitCode (an integer)?"""
+    if "SuccessCheckpointExitCode" not in ad:
+        return False
+    code = _eval(ad, "SuccessCheckpointExitCode")
+    return isinstance(code, int) and not isinstance(code, bool) and code == exit_code
+
+
 def exit_action(ad: Any, exit_code: int, completions: int) -> ExitAction:
     """HTCondor's exit policy on `ad` for a job that exited with `exit_code`,
     its `completions`-th run (this one included). Undefined or Error is false,
-    except OnExitRemove, which is true unless it says false (its default)."""
+    except OnExitRemove, which is true unless it says false (its default).
+    An exit with the job's SuccessCheckpointExitCode is a checkpoint: back to
+    idle, no policy evaluated (the caller does not count it as a completion)."""
+    if checkpoint_taken(ad, exit_code):
+        return ExitAction(JobState.IDLE, CHECKPOINT, f"checkpoint taken (exit code {exit_code})")
     ad["ExitCode"] = exit_code
     ad["ExitBySignal"] = False
     ad["NumJobCompletions"] = completions
@@ -156,6 +189,22 @@ def transfer_action(c: Completion) -> ExitAction | None:
     return None
 
 
+def merged_checkpoint(
+    old: list[dict[str, str]] | None, new: list[dict[str, str]] | None, most: int
+) -> list[dict[str, str]]:
+    """The job's checkpoint after one more: the earlier files, each replaced by
+    a newer one of its name, then the new names; plain file names only, at most
+    `most` files (HTCondor keeps a checkpoint's files in the job's spool
+    directory, where a later checkpoint overwrites what it names)."""
+    files: dict[str, str] = {}
+    for f in [*_kept_outputs(old or [], most), *_kept_outputs(new or [], most)]:
+        if "/" in f["name"]:  # outputs may be paths below Iwd; a checkpoint is plain files
+            continue
+        if f["name"] in files or len(files) < most:
+            files[f["name"]] = f["sha256"]
+    return [{"name": n, "sha256": s} for n, s in files.items()]
+
+
 def _eval(ad: Any, name: str) -> Any:
     value = classads.eval_attr(ad, name)
     # an expression that cannot be evaluated counts as undefined
@@ -190,6 +239,7 @@ def finish(
         rows = conn.execute(_RUNNING_ON, {"b_claims": list(by_claim), "b_pilot": pilot_id})
     finished, params, new_events = [], [], []
     kept: dict[str, list[dict[str, str]]] = {}
+    checkpoint_refs: list[tuple[str, str, int]] = []
     failures = completed = 0
     for row in rows:
         c = by_claim[row.claim_id]
@@ -204,21 +254,30 @@ def finish(
         JOB.check(ENDING, action.state, JobCause.EXIT)
         held = action.state == JobState.HELD
         done = action.state == JobState.COMPLETED
+        checkpoint, num_checkpoints = row.checkpoint, row.num_checkpoints or 0
+        if action.checkpoint:  # nothing ended: no outputs, no exit code, no completion
+            runs, outputs = runs - 1, row.outputs or []
+            kept[row.claim_id] = []
+            checkpoint = merged_checkpoint(checkpoint, c.checkpoint, limits.max_outputs_per_job)
+            num_checkpoints += 1
+            checkpoint_refs += [(f["sha256"], row.owner, row.cluster_id) for f in checkpoint]
         completed += done
-        failures += c.exit_code != 0
+        failures += c.exit_code != 0 and not action.checkpoint
         params.append(
             {
                 "b_cluster": row.cluster_id,
                 "b_proc": row.proc_id,
                 "b_claim": row.claim_id,
                 "b_state": action.state,
-                "b_exit": c.exit_code if ran else None,
+                "b_exit": row.exit_code if action.checkpoint else (c.exit_code if ran else None),
                 "b_outputs": outputs,
                 "b_done": now if done else None,
                 "b_wall": c.wall_seconds,
                 "b_runs": runs,
                 "b_reason": action.reason if held else None,
                 "b_code": action.code if held else None,
+                "b_ckpt": checkpoint,
+                "b_ckpts": num_checkpoints,
                 "b_now": now,
             }
         )
@@ -227,7 +286,7 @@ def finish(
             "pilot": row.pilot_id,
             "wall_seconds": c.wall_seconds,
         }
-        if c.exit_code != 0:
+        if c.exit_code != 0 and not action.checkpoint:
             detail["failure"] = "job"
         if len(outputs) < len(c.outputs):
             detail["outputs_dropped"] = len(c.outputs) - len(outputs)
@@ -250,6 +309,17 @@ def finish(
                     **({"subcode": action.subcode} if action.subcode is not None else {}),
                 },
             }
+        elif action.checkpoint:
+            trim_events(conn, row.cluster_id, row.proc_id, limits.max_events_per_job - 2)
+            event = {
+                **event,
+                "type": "checkpointed",
+                "detail": {
+                    **detail,
+                    "num_checkpoints": num_checkpoints,
+                    "files": len(checkpoint or []),
+                },
+            }
         elif action.state == JobState.IDLE:
             trim_events(conn, row.cluster_id, row.proc_id, limits.max_events_per_job - 2)
             event = {
@@ -269,7 +339,8 @@ def finish(
     conn.execute(_FINISH, params)
     grant(
         conn,
-        [(o["sha256"], f.row.owner, f.row.cluster_id) for f in finished for o in kept[f.claim_id]],
+        [(o["sha256"], f.row.owner, f.row.cluster_id) for f in finished for o in kept[f.claim_id]]
+        + checkpoint_refs,
     )
     if events_out is None:
         conn.execute(events.insert(), new_events)
@@ -318,6 +389,8 @@ _FINISH = (
         completions=sa.bindparam("b_runs"),
         hold_reason=sa.bindparam("b_reason"),
         hold_code=sa.bindparam("b_code"),
+        checkpoint=sa.bindparam("b_ckpt", type_=jobs.c.checkpoint.type),
+        num_checkpoints=sa.bindparam("b_ckpts"),
         updated_at=sa.bindparam("b_now"),
     )
 )

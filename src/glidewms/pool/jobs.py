@@ -287,6 +287,7 @@ def _ad_part(ad: Any) -> dict[str, Any]:
         "request": job_requests(ad),
         "container": container_request(ad),
         "transfer": transfer_request(ad),
+        **checkpoint_and_streams(ad),
     }
 
 
@@ -321,11 +322,46 @@ def transfer_request(ad: Any) -> dict[str, Any]:
     return spec
 
 
+def checkpoint_and_streams(ad: Any) -> dict[str, Any]:
+    """What the pilot needs of self-checkpointing (SuccessCheckpointExitCode,
+    TransferCheckpoint: None means what output transfer would send) and of
+    streaming (StreamOut, StreamErr); only the keys the job uses."""
+    out: dict[str, Any] = {}
+    code = classads.eval_attr(ad, "SuccessCheckpointExitCode")
+    if isinstance(code, int) and not isinstance(code, bool):
+        out["checkpoint_exit_code"] = code
+        files = classads.eval_attr(ad, "TransferCheckpoint")
+        if isinstance(files, str):
+            out["checkpoint_files"] = [f.strip() for f in files.replace(",", " ").split()]
+    for attr, key in (("StreamOut", "stream_out"), ("StreamErr", "stream_err")):
+        if classads.is_true(classads.eval_attr(ad, attr)):
+            out[key] = True
+    return out
+
+
+def with_checkpoint(
+    files: list[dict[str, Any]], checkpoint: list[dict[str, str]] | None
+) -> list[dict[str, Any]]:
+    """The job's sandbox with its latest checkpoint: a checkpoint file replaces
+    the input of its name (but never the executable)."""
+    if not checkpoint:
+        return files
+    names = {f["name"]: f for f in files}
+    keep = {n for n, f in names.items() if f.get("executable")}
+    taken = {c["name"]: c for c in checkpoint if c["name"] not in keep}
+    return [f for f in files if f["name"] not in taken] + [
+        {"name": c["name"], "sha256": c["sha256"]} for c in taken.values()
+    ]
+
+
+_RUNTIME_KEYS = ("checkpoint_exit_code", "checkpoint_files", "stream_out", "stream_err")
+
+
 def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
     """What a pilot needs to run the job, derived from its ad and sandbox."""
     part = cache.ad_part(row.ad) if cache is not None else _ad_part(stored_ad(row.ad))
     spec = row.sandbox or {}
-    files = spec.get("files", [])
+    files = with_checkpoint(spec.get("files", []), getattr(row, "checkpoint", None))
     executable = next((f["name"] for f in files if f.get("executable")), None)
     container = part["container"]
     return {
@@ -341,23 +377,55 @@ def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
         "request": dict(part["request"]),
         **({"container": dict(container)} if container is not None else {}),
         **part.get("transfer", {}),
+        **{k: part[k] for k in _RUNTIME_KEYS if k in part},
     }
 
 
-def container_request(ad: Any) -> dict[str, str] | None:
-    """The job's container wish, as the pilot's job wrapper takes it.
+# ContainerImageSource values (submit/container.py) of images that travel with the
+# job: they are in its sandbox under their base name (ContainerImage).
+_SENT_IMAGES = ("cedar", "http", "https")
+_WANT_KIND = (("WantSIF", "sif"), ("WantSandboxImage", "sandbox"), ("WantDockerImage", "docker"))
 
-    `ContainerImage` (submit's `container_image`) or the GlideinWMS-era
-    `SingularityImage` name an image; `WantContainer = true` alone asks for
-    the group's default image (empty string).
+
+def container_request(ad: Any) -> dict[str, Any] | None:
+    """The job's container wish, as the pilot's job wrapper takes it:
+    ``{"image", "kind", "in_sandbox"}`` (see glidein/agent/container.py).
+
+    The image: `ContainerImage` (submit's `container_image`), else
+    `DockerImage` (`docker_image`, in the container or docker universe: a
+    docker:// image), else the GlideinWMS-era `SingularityImage`;
+    `WantContainer`/`WantDocker` alone ask for the group's default image
+    (empty string). The kind: what submit said (`WantSIF`,
+    `WantSandboxImage`, `WantDockerImage`), else condor_submit's rule on the
+    name. An image that travelled with the job (`ContainerImageSource` a
+    transfer, and `TransferContainer` not false) is in the sandbox under its
+    base name, which `ContainerImage` holds.
     """
-    for name in ("ContainerImage", "SingularityImage"):
+
+    def text(name: str) -> str:
         value = classads.eval_attr(ad, name)
-        if isinstance(value, str) and value:
-            return {"image": value}
-    if classads.is_true(classads.eval_attr(ad, "WantContainer")):
-        return {"image": ""}
-    return None
+        return value.strip() if isinstance(value, str) else ""
+
+    image, kind = text("ContainerImage"), ""
+    if not image and (docker := text("DockerImage")):
+        image, kind = (docker if docker.startswith("docker:") else f"docker://{docker}"), "docker"
+    if not image:
+        image = text("SingularityImage")
+    if not image:
+        wants = ("WantContainer", "WantDocker")
+        if any(classads.is_true(classads.eval_attr(ad, n)) for n in wants):
+            return {"image": ""}
+        return None
+    for attr, name in _WANT_KIND:
+        if not kind and classads.is_true(classads.eval_attr(ad, attr)):
+            kind = name
+    if not kind:
+        kind = "docker" if image.startswith("docker:") else "sif" if image.endswith(".sif") else ""
+    request: dict[str, Any] = {"image": image, "kind": kind or "sandbox"}
+    sent = text("ContainerImageSource").lower() in _SENT_IMAGES
+    if sent and classads.eval_attr(ad, "TransferContainer") is not False:
+        request["in_sandbox"] = True
+    return request
 
 
 def dynamic(row: Any) -> dict[str, Any]:
@@ -369,6 +437,7 @@ def dynamic(row: Any) -> dict[str, Any]:
         "NumSiteFailures": row.num_restarts,
         "EnteredCurrentStatus": int(row.updated_at),
         "NumJobCompletions": getattr(row, "completions", 0) or 0,
+        "NumCkpts": getattr(row, "num_checkpoints", 0) or 0,
     }
     if row.exit_code is not None:
         out["ExitCode"] = row.exit_code

@@ -188,6 +188,35 @@ class Pilots:
             for row, new_state in moved:
                 shared.moved(row, new_state, now)
 
+    def renew_after_restart(self, pilot_lease: float, claim_lease: float) -> tuple[int, int]:
+        """At start: a full lease from now for every live pilot and every claim
+        whose lease would end sooner; (pilots, claims) renewed.
+
+        While the pool was down no heartbeat could reach it: a lease that ran
+        out meanwhile says nothing about its pilot, which kept its jobs running
+        and retried (docs/glidein.md, "Outages"). Without this, the first
+        expiry pass after a restart declared every pilot lost, requeued its
+        running jobs, and the pilot, told it was unknown, killed them. A pilot
+        that really died is found one lease later, as any other.
+        """
+        now = time.time()
+        shared = self.shared
+        with shared.lock, shared.engine.begin() as conn:
+            renewed_pilots = conn.execute(
+                pilots.update()
+                .where(
+                    pilots.c.state.in_(PILOT.sources(PilotCause.EXPIRE)),
+                    pilots.c.lease_expires < now + pilot_lease,
+                )
+                .values(lease_expires=now + pilot_lease)
+            ).rowcount
+            renewed_claims = conn.execute(
+                jobs.update()
+                .where(jobs.c.state == EVICTED, jobs.c.lease_expires < now + claim_lease)
+                .values(lease_expires=now + claim_lease)
+            ).rowcount
+        return renewed_pilots, renewed_claims
+
     def expire_leases(self) -> int:
         """Requeue the jobs of lost pilots and of expired claims; mark silent pilots lost."""
         now = time.time()

@@ -53,6 +53,7 @@ from glidewms.pool.queue import Queue
 from glidewms.pool.reports import Reports
 from glidewms.pool.schema import counters, jobs, usage
 from glidewms.pool.shared import COUNTERS, Shared
+from glidewms.pool.streams import Streams
 from glidewms.pool.turns import Turns
 
 
@@ -96,6 +97,7 @@ class PoolStore:
         self.reports = Reports(self.shared, self.autoclusters)
         self.periodic = Periodic(self.shared, self.actions)
         self.files = FileAccess(self.shared)
+        self.streams = Streams(self.shared)
         try:
             migrate(engine, "pool", schema.MIGRATIONS)
             self._init_counters()

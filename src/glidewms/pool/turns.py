@@ -17,6 +17,10 @@ left them. So those change as the turn goes (a claim must not see a job this
 turn already took), and are put back if the transaction fails: a pool never
 keeps in memory what its database does not say.
 
+A self-checkpointing job's checkpoint (exit.py) goes out with its claim:
+`execution_spec` puts its files in the sandbox, so every run, after a
+checkpoint or an eviction, starts from the latest one.
+
 The older single calls (one claim, one completion) are turns too: `claim`
 and `claim_many` are turns that report nothing, `complete` one that claims
 nothing.
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,6 +59,7 @@ class Turns:
         self.pilots = pilots
         self.matching = matching
         self._specs = SpecCache()  # what claims read from ads, per cluster
+        self.observe_wait: Callable[[float], None] | None = None  # pool/metrics.py sets it
 
     def cycle(
         self,
@@ -241,6 +246,8 @@ class Turns:
                 index.forget_head(ac, submitter)
                 continue
             undo.extend(mine)
+            if self.observe_wait is not None:  # seconds since the queue date (key[1])
+                self.observe_wait(now - key[1])
             self._account(submitter, row.owner, row.cpus, now, undo)
             started.append(
                 {
@@ -331,6 +338,7 @@ def claim_statement(n: int) -> Any:
                 jobs.c.sandbox,
                 jobs.c.owner,
                 jobs.c.cpus,
+                jobs.c.checkpoint,
             )
         )
     return statement

@@ -10,6 +10,9 @@ a user, frontend or admin token. Every service holds both public keys, so
 verification is local. Identities always come from the verified token, never
 from a body.
 
+The `metrics` scope reads `GET /metrics` of each service and nothing else
+(glidewms/metrics.py): what a Prometheus scrapes with.
+
 The pilot scope is exclusive: a token that carries `pilot` beside `user` or
 `frontend` is not a pilot token (`Identity.has("pilot")` is false for it,
 unless it is admin), and neither issuer signs one.
@@ -40,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey, Ed4
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ISSUER = "glidewms"
-SCOPES = ("user", "pilot", "frontend", "admin")
+SCOPES = ("user", "pilot", "frontend", "admin", "metrics")  # metrics: read /metrics only
 PILOT_KID = "pilot"  # the JWT `kid` of tokens the pilot issuer signs
 MAIN_KID = "main"  # the installation's issuer (tokens without a `kid` are its too)
 KEY_NAMES = {MAIN_KID: "issuer", PILOT_KID: "pilot_issuer"}  # file stems in keys/

@@ -371,7 +371,7 @@ class Agent:
         now = time.time()
         ad = slot_ad(self.cfg, self.slot.total, now + (self.die_at - time.monotonic()))
         ad["GLIDEIN_ToRetire"] = int(now + (self.deadline - time.monotonic()))
-        answer = self.exchange.register(ad, self.cfg.glidein_id)
+        answer = self.exchange.register(ad, self.cfg.glidein_id, patience=self.cfg.outage_tolerance)
         self.idle_since = time.monotonic()  # the idle clock starts when the slot is offered
         interval = heartbeat_interval(
             float(answer.get("heartbeat_seconds") or 0),

@@ -4,6 +4,12 @@ The result does not go to the pool from here: it rides the pilot's next turn
 (exchange.py). A claim that yields no result is simply dropped: the agent
 stops listing it in heartbeats, its lease runs out and the pool puts the job
 back to idle.
+A self-checkpointing job that exits with its checkpoint code uploads its
+checkpoint instead of its outputs, and its result says so: the pool keeps
+the files and requeues the job, whose next run (here or on any pilot)
+starts with them in its sandbox. A streaming job's stdout/stderr go to the
+pool while it runs (streams.py); the rest is sent before the result.
+
 That is the right answer whenever the result cannot be trusted or delivered
 (bad sandbox, output upload failed, job killed), because the pool never
 completes a job twice and a rerun elsewhere loses nothing.
@@ -23,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from .container import ContainerError, ContainerSetup, choose_image, wrap
+from .container import ContainerError, ContainerSetup, check_image, choose_image, wrap
 from .http import Api, HttpStatusError, IntegrityError, TransportError, segment, sha256_file
 from .isolation import Isolation, open_output
 from .jobs import (
@@ -32,11 +38,14 @@ from .jobs import (
     JobProcess,
     JobSetupError,
     JobSpec,
+    Snapshot,
+    checkpoint_names,
     job_environment,
     plan_outputs,
     sandbox_name,
     snapshot,
 )
+from .streams import Streamer, open_stream
 from .transfer import BUILTIN, Plugins
 
 log = logging.getLogger(__name__)
@@ -59,6 +68,7 @@ class Outcome:
     exit_code: int | None = None
     setup_failed: bool = False
     killed: bool = False
+    checkpointed: bool = False  # exited with its checkpoint code: it goes on
     wall: float = 0.0
     detail: str = ""
     # the result to report with the pilot's next turn, once outputs are uploaded
@@ -67,7 +77,9 @@ class Outcome:
     @property
     def failed(self) -> bool:
         """A job that could not be set up or exited non-zero (not one we killed)."""
-        return self.setup_failed or (not self.killed and bool(self.exit_code))
+        return self.setup_failed or (
+            not self.killed and not self.checkpointed and bool(self.exit_code)
+        )
 
 
 def _remove(sandbox: str) -> None:
@@ -141,9 +153,16 @@ class ClaimRunner:
             os.makedirs(self.sandbox)
         except FileNotFoundError:  # the first job: execute/ itself is new
             os.makedirs(self.sandbox)
+        streams: dict[str, int] = {}
         try:
-            image = choose_image(self.container, self.spec.container)
+            image = choose_image(self.container, self.spec.container, self.sandbox)
             self._fetch_inputs()
+            if image is not None:  # it may have come with the inputs
+                check_image(self.container, image, not self.spec.cmd, self.sandbox)
+            # stdout/stderr a checkpoint brought: the job appends to them
+            restored = {f.name for f in self.spec.sandbox}
+            append = frozenset(n for n in (self.spec.out, self.spec.err) if n in restored)
+            streams = self._open_streams(append)
             self.isolation.prepare(self.sandbox)
         except InputError as exc:
             # the job's own inputs cannot be had (a bad URL, clashing names): HTCondor
@@ -157,6 +176,8 @@ class ClaimRunner:
                 "wall_seconds": 0.0,
                 "input_error": {"reason": str(exc)[:MAX_REPORTED], "subcode": exc.subcode},
             }
+            for fd in streams.values():
+                os.close(fd)
             return
         except (
             IntegrityError,
@@ -169,6 +190,8 @@ class ClaimRunner:
             log.error("%s: sandbox refused, the job is left to the pool's lease: %s", tag, exc)
             outcome.setup_failed = True
             outcome.detail = str(exc)
+            for fd in streams.values():
+                os.close(fd)
             return
         launcher = None
         if image is not None:
@@ -185,11 +208,20 @@ class ClaimRunner:
             if self._killed:
                 outcome.killed = True
                 return
-            self._process = JobProcess(self.spec, self.sandbox, env, launcher, self.isolation)
+            self._process = JobProcess(
+                self.spec, self.sandbox, env, launcher, self.isolation, append
+            )
         log.debug("%s: starting %s", tag, self.spec.cmd)
+        streamer = Streamer(self.pool, self.claim_id, streams) if streams else None
         started = time.monotonic()
         outcome.started = True
-        outcome.exit_code = self._process.run()
+        try:
+            if streamer is not None:
+                streamer.start()
+            outcome.exit_code = self._process.run()
+        finally:
+            if streamer is not None:
+                streamer.stop()  # the rest, before the result can complete the job
         wall = outcome.wall = time.monotonic() - started
         if outcome.exit_code in SITE_SIGNAL_EXITS and not self._killed:
             self.vacating.wait(SITE_SIGNAL_SETTLE)
@@ -199,6 +231,9 @@ class ClaimRunner:
             log.info("%s: killed after %.1fs; not completed", tag, wall)
             return
         log.debug("%s: exited %d after %.3fs", tag, outcome.exit_code, wall)
+        if self.spec.checkpoint_exit_code == outcome.exit_code:
+            self._checkpoint(tag, outcome, baseline)
+            return
         plan = plan_outputs(self.spec, self.sandbox, baseline, outcome.exit_code == 0)
         outputs = self._upload_outputs(tag, plan.files)
         if outputs is None:
@@ -214,6 +249,55 @@ class ClaimRunner:
             outcome.result["missing_outputs"] = [
                 name[:MAX_REPORTED] for name in plan.missing[:MAX_MISSING]
             ]
+
+    def _open_streams(self, append: frozenset[str]) -> dict[str, int]:
+        """Descriptors of the streamed stdout/stderr files, opened before the job
+        runs (streams.py); one stream when both go to one file."""
+        spec, fds = self.spec, {}
+        if spec.stream_out and spec.out is not None:
+            fds["out"] = open_stream(self.sandbox, spec.out, spec.out in append)
+        if spec.stream_err and spec.err is not None and not (spec.err == spec.out and fds):
+            fds["err"] = open_stream(self.sandbox, spec.err, spec.err in append)
+        return fds
+
+    def _checkpoint(self, tag: str, outcome: Outcome, baseline: Snapshot) -> None:
+        """The job took a checkpoint: upload its files and report them (the pool
+        requeues the job with them); nothing is reported if an upload failed,
+        so the job's lease runs out and it goes on from its previous one."""
+        outcome.checkpointed = True
+        files = self._upload_files(tag, checkpoint_names(self.spec, self.sandbox, baseline))
+        if files is None:
+            return
+        log.info("%s: checkpoint of %d file(s) taken", tag, len(files))
+        outcome.result = {
+            "claim_id": self.claim_id,
+            "exit_code": outcome.exit_code,
+            "outputs": [],
+            "checkpoint": files,
+            "wall_seconds": round(outcome.wall, 3),
+        }
+
+    def _upload_files(self, tag: str, names: list[str]) -> list[dict[str, str]] | None:
+        """Upload sandbox files by name, read through safe descriptors; None if
+        any upload failed."""
+        files: list[dict[str, str]] = []
+        for name in names:
+            try:
+                fd = open_output(self.sandbox, name)
+            except OSError as exc:
+                log.warning("%s: checkpoint file %s skipped: %s", tag, name, exc)
+                continue
+            try:
+                path = f"/proc/self/fd/{fd}"
+                digest = sha256_file(path)
+                self.pool.upload(f"files/{digest}", path)
+            except (HttpStatusError, TransportError) as exc:
+                log.error("%s: checkpoint file %s not uploaded: %s", tag, name, exc)
+                return None
+            finally:
+                os.close(fd)
+            files.append({"name": name, "sha256": digest})
+        return files
 
     def _fetch_inputs(self) -> None:
         """The sandbox files (subdirectories made as their names say), then the URL

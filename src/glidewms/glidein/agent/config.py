@@ -25,6 +25,7 @@ from typing import Union
 AttrValue = Union[bool, int, float, str]
 
 DEFAULT_IDLE_TIMEOUT = 1200
+DEFAULT_OUTAGE_TOLERANCE = 900  # seconds; the bootstrap's default too
 DEFAULT_LIFETIME = 86400
 
 _INT = re.compile(r"[+-]?[0-9]+")
@@ -143,6 +144,9 @@ class GlideinConfig:
     black_hole_window: int = 600
     black_hole_hold: int = 0
     validation_timeout: int = 120
+    # How long an unreachable pool (or factory) is waited for at registration
+    # (docs/glidein.md, "Outages"): the bootstrap's --outage-tolerance.
+    outage_tolerance: int = DEFAULT_OUTAGE_TOLERANCE
     config_path: str = ""
     values: dict[str, str] = field(default_factory=dict)
 
@@ -209,5 +213,6 @@ def build_config(values: dict[str, str], default_work_dir: str) -> GlideinConfig
         black_hole_window=_seconds(values, "GLIDEIN_Black_Hole_Window", 120),
         black_hole_hold=_seconds(values, "GLIDEIN_Black_Hole_Hold", 600),
         validation_timeout=_seconds(values, "GLIDEIN_Validation_Timeout", 120),
+        outage_tolerance=_seconds(values, "GLIDEIN_Outage_Tolerance", DEFAULT_OUTAGE_TOLERANCE),
         values=dict(values),
     )

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Protocol
 
 from .completions import CompletionQueue, send_alone
-from .http import Api, HttpStatusError, IncompatiblePeer, TransportError, segment
+from .http import (
+    Api,
+    HttpStatusError,
+    IncompatiblePeer,
+    TransportError,
+    retry_delay,
+    segment,
+)
 from .policy import Action, ExitReason, Step, gather_wait
 
 log = logging.getLogger(__name__)
@@ -89,9 +96,14 @@ class Exchange:
         self._lock = lock
         self._finished = finished
 
-    def register(self, slot: Dict[str, Any], glidein_id: str) -> Dict[str, Any]:
-        """Offer the slot to the pool; its answer (lease and heartbeat pace)."""
-        _, answer = self.pool.call("POST", "pilots", {"slot": slot, "glidein_id": glidein_id})
+    def register(
+        self, slot: Dict[str, Any], glidein_id: str, patience: float | None = None
+    ) -> Dict[str, Any]:
+        """Offer the slot to the pool; its answer (lease and heartbeat pace).
+        An unreachable pool is waited for up to ``patience`` seconds."""
+        _, answer = self.pool.call(
+            "POST", "pilots", {"slot": slot, "glidein_id": glidein_id}, patience=patience
+        )
         self.pilot_id = str(answer["pilot_id"])
         return answer
 
@@ -254,7 +266,8 @@ class Exchange:
                 return
             for item in batch:
                 accepted = done.get(item["claim_id"]) is True
-                if accepted and not item["exit_code"]:
+                # a checkpoint taken is useful work, whatever its exit code
+                if accepted and (not item["exit_code"] or "checkpoint" in item):
                     self.goodput += item["wall_seconds"]
                 else:
                     self.badput += item["wall_seconds"]
@@ -264,7 +277,9 @@ class Exchange:
                     )
 
     def _pause_after_failure(self, failures: int, exc: Exception) -> int:
-        delay = min(60.0, self.pool.backoff * 2**failures)
+        """Wait before the next turn: the pool is down or overloaded, and
+        every pilot of the pool saw it at once (jitter, Retry-After)."""
+        delay = retry_delay(failures + 1, self.pool.backoff, getattr(exc, "retry_after", None))
         log.warning("claim failed: %s; next try in %.0fs", exc, delay)
         self._finished.wait(delay)
         return failures + 1

@@ -40,6 +40,7 @@ import io
 import json
 import logging
 import os
+import random
 import socket
 import ssl
 import threading
@@ -71,12 +72,47 @@ _STALE = (
 
 
 class HttpStatusError(Exception):
-    """The server answered with an error status (4xx, or 5xx after the retries)."""
+    """The server answered with an error status (4xx, or 5xx after the retries);
+    ``retry_after``: the seconds its Retry-After header asked for, if any."""
 
-    def __init__(self, method: str, path: str, status: int, detail: str) -> None:
+    def __init__(
+        self, method: str, path: str, status: int, detail: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{method} {path}: HTTP {status}: {detail}")
         self.status = status
         self.detail = detail
+        self.retry_after = retry_after
+
+
+RETRY_CAP = 60.0  # seconds: the longest back-off between two tries
+RETRY_AFTER_CAP = 300.0  # the longest wait a server's Retry-After may ask for
+
+
+def retry_delay(
+    attempt: int,
+    base: float,
+    retry_after: float | None = None,
+    draw: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait after failed try number ``attempt`` (1, 2...).
+
+    Capped exponential back-off with jitter (a draw in [d/2, d]), so that the
+    thousands of pilots of a site that lost the pool at the same instant do
+    not come back at the same instant; a server's Retry-After (429, 503) is
+    honoured when longer, within RETRY_AFTER_CAP.
+    """
+    delay = min(RETRY_CAP, base * 2 ** min(attempt - 1, 30))
+    delay = draw(delay / 2, delay)
+    if retry_after is not None and retry_after > delay:
+        delay = min(retry_after, RETRY_AFTER_CAP)
+    return delay
+
+
+def retry_after_of(headers: Any) -> float | None:
+    """A Retry-After header's seconds (the date form is not used by our services)."""
+    value = (headers.get("Retry-After") if headers is not None else None) or ""
+    value = value.strip()
+    return float(value) if value.isdigit() and len(value) <= 6 else None
 
 
 class TransportError(Exception):
@@ -252,35 +288,50 @@ class Api:
             self.base_url + path, data=body, method=method, headers=all_headers
         )
 
-    def _retrying(self, method: str, path: str, tries: int, attempt_fn: Callable[[], T]) -> T:
-        """Run ``attempt_fn`` up to ``tries`` times on transport errors and 5xx."""
-        for attempt in range(1, tries + 1):
+    def _retrying(
+        self,
+        method: str,
+        path: str,
+        tries: int,
+        attempt_fn: Callable[[], T],
+        patience: float | None = None,
+    ) -> T:
+        """Run ``attempt_fn`` again on transport errors, 429 and 5xx: up to
+        ``tries`` times, or, with ``patience``, for as long as the next try
+        starts within ``patience`` seconds of the first (riding out an outage
+        of the service); waits from ``retry_delay``."""
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after = None
+            final: Exception
             try:
                 return attempt_fn()
             except urllib.error.HTTPError as exc:
                 self._check(exc.headers)
                 detail = _error_detail(exc)
-                if (exc.code < 500 and exc.code != 429) or attempt == tries:
-                    raise HttpStatusError(method, path, exc.code, detail) from None
+                retry_after = retry_after_of(exc.headers)
+                final = HttpStatusError(method, path, exc.code, detail, retry_after)
+                if exc.code < 500 and exc.code != 429:
+                    raise final from None
                 problem = f"HTTP {exc.code}: {detail}"
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 reason = getattr(exc, "reason", exc)
-                if attempt == tries:
-                    raise TransportError(f"{method} {path}: {reason}") from None
+                final = TransportError(f"{method} {path}: {reason}")
                 problem = str(reason)
-            delay = self.backoff * 2 ** (attempt - 1)
-            log.warning(
-                "%s %s failed (%s); retry %d/%d in %.1fs",
-                method,
-                path,
-                problem,
-                attempt,
-                tries - 1,
-                delay,
-            )
+            delay = retry_delay(attempt, self.backoff, retry_after)
+            if patience is None:
+                last = attempt >= tries
+                more = f"{attempt}/{tries - 1}"
+            else:
+                last = time.monotonic() - start + delay > patience
+                more = f"{attempt} (for up to {patience:.0f}s)"
+            if last:
+                raise final from None
+            log.warning("%s %s failed (%s); retry %s in %.1fs", method, path, problem, more, delay)
             if self.abort.wait(delay):
                 raise TransportError(f"{method} {path}: aborted while retrying")
-        raise AssertionError("unreachable")
 
     def call(
         self,
@@ -289,8 +340,10 @@ class Api:
         body: Any = None,
         timeout: float = 30.0,
         tries: int = 3,
+        patience: float | None = None,
     ) -> tuple[int, Any]:
-        """Send ``body`` as JSON; return (status, decoded JSON or None)."""
+        """Send ``body`` as JSON; return (status, decoded JSON or None).
+        Retried as ``_retrying`` says (``patience``: seconds, instead of tries)."""
         data = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"}
         if data is not None:
@@ -310,7 +363,7 @@ class Api:
             except ValueError:
                 raise TransportError(f"{method} {path}: the answer is not JSON") from None
 
-        return self._retrying(method, path, tries, attempt)
+        return self._retrying(method, path, tries, attempt, patience)
 
     def download(
         self, path: str, dest: str, sha256: str, timeout: float = 60.0, tries: int = 3

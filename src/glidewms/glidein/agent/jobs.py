@@ -126,7 +126,8 @@ class JobSpec:
     err: str | None = None
     transfer_output: list[str] | None = None
     request: dict[str, int] = field(default_factory=dict)
-    container: dict[str, Any] | None = None  # {"image": ...}: run in a container
+    # {"image": str, "kind": str, "in_sandbox": bool}: run in a container (container.py)
+    container: dict[str, Any] | None = None
     max_runtime: float | None = None  # seconds the job says it needs, if it says
     input_urls: list[str] = field(default_factory=list)  # fetched by a transfer plugin
     transfer_out: bool = True  # False: stdout stays on the node (TransferOut = false)
@@ -135,6 +136,11 @@ class JobSpec:
     x509_proxy: str | None = None  # the proxy's sandbox name: X509_USER_PROXY points at it
     preserve_paths: bool = False  # preserve_relative_paths: outputs land under their path
     stdin: str | None = None  # the sandbox file that is the job's stdin (`input`); else /dev/null
+    # self-checkpointing: an exit with this code is a checkpoint taken (see claims.py)
+    checkpoint_exit_code: int | None = None
+    checkpoint_files: list[str] | None = None  # None: what output transfer would send
+    stream_out: bool = False  # send stdout to the pool while the job runs
+    stream_err: bool = False
 
     @classmethod
     def from_claim(cls, job: Any) -> JobSpec:
@@ -175,6 +181,12 @@ class JobSpec:
                 preserve_paths=job.get("preserve_relative_paths") is True,
                 x509_proxy=None if not proxy else check_name(os.path.basename(str(proxy))),
                 stdin=None if not job.get("in") else check_name(os.path.basename(str(job["in"]))),
+                checkpoint_exit_code=_int_or_none(job.get("checkpoint_exit_code")),
+                checkpoint_files=None
+                if job.get("checkpoint_files") is None
+                else [str(n) for n in job["checkpoint_files"]],
+                stream_out=job.get("stream_out") is True,
+                stream_err=job.get("stream_err") is True,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise JobSetupError(f"malformed job in claim: {exc!r}") from None
@@ -188,7 +200,7 @@ class JobSpec:
         for text in [spec.cmd, *spec.args, *spec.env.values()]:
             if "\0" in text:
                 raise JobSetupError(f"a NUL character in the job's command line or env: {text!r}")
-        if not spec.cmd:
+        if not spec.cmd and spec.container is None:  # in a container: the image's entry point
             raise JobSetupError("the job has no cmd")
         return spec
 
@@ -199,15 +211,40 @@ class JobSpec:
         return self.cmd
 
 
+_IMAGE_KINDS = ("", "sandbox", "sif", "docker")
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"checkpoint_exit_code: expected an integer, got {value!r}")
+    return value
+
+
 def _container(value: Any) -> dict[str, Any] | None:
-    """The claim's optional ``container`` object: ``{"image": str}`` (image may be empty)."""
+    """The claim's optional ``container`` object: ``{"image": str}`` (image may be
+    empty: the default), with ``kind`` (``sandbox``, ``sif``, ``docker``) and
+    ``in_sandbox`` (the image travelled with the job) when the pool knows them."""
     if value is None or value is False:
         return None
     if value is True:
         return {"image": ""}
-    if not isinstance(value, dict) or not isinstance(value.get("image", ""), str):
-        raise JobSetupError(f"container: expected {{'image': str}}, got {value!r}")
-    return {"image": value.get("image", "")}
+    expected = "{'image': str, 'kind': sandbox|sif|docker, 'in_sandbox': bool}"
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("image", ""), str)
+        or value.get("kind", "") not in _IMAGE_KINDS
+        or not isinstance(value.get("in_sandbox", False), bool)
+        or "\0" in value.get("image", "")
+    ):
+        raise JobSetupError(f"container: expected {expected}, got {value!r:.300}")
+    found = {"image": value.get("image", "")}
+    if value.get("kind"):
+        found["kind"] = value["kind"]
+    if value.get("in_sandbox"):
+        found["in_sandbox"] = True
+    return found
 
 
 def sandbox_name(job_id: str) -> str:
@@ -358,6 +395,27 @@ def _files_under(sandbox: str, name: str) -> list[str]:
     return found
 
 
+def checkpoint_names(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
+    """The files of a checkpoint, as HTCondor takes them: those named by
+    ``transfer_checkpoint_files``, or without it what output transfer would
+    send (``outputs_to_upload``). The job's stdout/stderr files go with it,
+    so the next run appends to them and the final ones hold every run's.
+    Only plain names in the sandbox: the pool keeps a checkpoint as files."""
+    if spec.checkpoint_files is None:
+        wanted = outputs_to_upload(spec, sandbox, baseline)
+    else:
+        wanted = [n for n in (spec.out, spec.err, *spec.checkpoint_files) if n is not None]
+    names: list[str] = []
+    for name in wanted:
+        if name in names:
+            continue
+        if "/" in name or not _regular_file_inside(sandbox, name):
+            log.warning("checkpoint file %r is missing, not a plain file name or not regular", name)
+            continue
+        names.append(name)
+    return names
+
+
 def job_environment(spec: JobSpec, sandbox: str, extra: dict[str, str]) -> dict[str, str]:
     """A clean environment: never the pilot's own (it names the pilot token file).
 
@@ -404,8 +462,11 @@ class JobProcess:
         env: dict[str, str],
         launcher: Launcher | None = None,
         isolation: Optional[Isolation] = None,
+        append: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
+        # stdout/stderr files a checkpoint brought: the job goes on writing them
+        self.append = append
         self.sandbox = sandbox
         self.env = env
         self.launcher = launcher
@@ -466,9 +527,10 @@ class JobProcess:
                 stdin = open_output(self.sandbox, self.spec.stdin)
             for name in (self.spec.out, self.spec.err):
                 if name not in opened:  # out == err: one file
+                    keep = os.O_APPEND if name in self.append else os.O_TRUNC
                     opened[name] = os.open(
                         os.path.join(self.sandbox, str(name)),
-                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                        os.O_WRONLY | os.O_CREAT | keep | os.O_CLOEXEC | os.O_NOFOLLOW,
                         0o666,
                     )
                     if owner is not None:

@@ -21,7 +21,8 @@ usage() {
        "[--memory MB|auto] [--work-dir DIR|auto|TMPDIR] [--min-disk MB] [--heartbeat S]" \
        "[--manifest-key B64] [--attr NAME=VALUE ...] [--set KEY=VALUE ...]" \
        "[--vo-stage URL --vo-manifest-sha256 HEX [--vo-manifest-key B64]] [--multi N]" \
-       "[--multi-launch auto|srun|local] [--ca-cert B64 | --ca-file PEM]" >&2
+       "[--multi-launch auto|srun|local] [--ca-cert B64 | --ca-file PEM]" \
+       "[--outage-tolerance S]" >&2
   echo "   or: glidein_startup.sh --no-factory --pool URL (--stage-dir DIR | --stage-url URL" \
        "--manifest-sha256 HEX) [--site NAME] [--entry NAME] [--glidein-id ID] [...]" >&2
   exit $EXIT_USAGE
@@ -30,12 +31,13 @@ usage() {
 factory='' manifest_sha='' pool='' gid='' entry='' site='' idle=1200 lifetime=86400
 cpus=auto memory=auto parent=auto heartbeat='' attrs=() settings=() manifest_key='' min_disk=50
 no_factory='' stage_base='' vo_stage='' vo_sha='' vo_key='' multi=1 multi_launch=auto
-ca_b64='' ca_src=''
+ca_b64='' ca_src='' outage=900
 reserved=" GLIDEIN_Factory_URL GLIDEIN_Pool_URL GLIDEIN_Id GLIDEIN_Entry_Name GLIDEIN_Site \
 GLIDEIN_Idle_Timeout GLIDEIN_Lifetime GLIDEIN_Cpus GLIDEIN_Memory GLIDEIN_Heartbeat GLIDEIN_Work_Dir \
 GLIDEIN_Token_File GLIDEIN_Attrs GLIDEIN_Manifest_Signature GLIDEIN_VO_Scripts \
 GLIDEIN_VO_Manifest_Signature GLIDEIN_Multi_Count GLIDEIN_Multi_Index GLIDEIN_Manual \
-GLIDEIN_Multi_Local_Count GLIDEIN_Multi_Local_Index GLIDEIN_Multi_Launcher GLIDEIN_CA_File "
+GLIDEIN_Multi_Local_Count GLIDEIN_Multi_Local_Index GLIDEIN_Multi_Launcher GLIDEIN_CA_File \
+GLIDEIN_Outage_Tolerance "
 while [ $# -gt 0 ]; do
   if [ "$1" = --no-factory ]; then no_factory=1; shift; continue; fi
   [ $# -ge 2 ] || usage "$1 needs a value"
@@ -52,6 +54,7 @@ while [ $# -gt 0 ]; do
     --vo-manifest-sha256) vo_sha=$2 ;;   --vo-manifest-key) vo_key=$2 ;;
     --multi) multi=$2 ;;                 --multi-launch) multi_launch=$2 ;;
     --ca-cert) ca_b64=$2 ;;              --ca-file) ca_src=$2 ;;
+    --outage-tolerance) outage=$2 ;;
     --set) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --set '$2'"
            [[ $reserved == *" ${2%%=*} "* ]] && usage "--set cannot set ${2%%=*}"
            settings+=("$2") ;;
@@ -129,8 +132,8 @@ done
   || usage "--ca-cert takes the base64 of a PEM bundle"
 [ -z "$ca_src" ] || [ -r "$ca_src" ] || usage "--ca-file $ca_src: not a readable file"
 [[ $multi_launch =~ ^(auto|srun|local)$ ]] || usage "--multi-launch: auto, srun or local"
-[[ $idle$lifetime$heartbeat$min_disk =~ ^[0-9]+$ ]] \
-  || usage "--idle-timeout, --lifetime, --heartbeat take a number of seconds, --min-disk of MB"
+[[ $idle$lifetime$heartbeat$min_disk =~ ^[0-9]+$ && $outage =~ ^[0-9]{1,6}$ ]] \
+  || usage "--idle-timeout, --lifetime, --heartbeat, --outage-tolerance take a number of seconds, --min-disk of MB"
 [[ $cpus =~ ^([0-9]+|auto)$ && $memory =~ ^([0-9]+|auto)$ ]] || usage "--cpus/--memory: N or auto"
 [ -r "${GLIDEIN_TOKEN_FILE:-}" ] || usage "GLIDEIN_TOKEN_FILE must name a readable token file"
 token_file=$GLIDEIN_TOKEN_FILE; [[ $token_file == /* ]] || token_file=$PWD/$token_file
@@ -200,15 +203,55 @@ sys.stdout.buffer.write(base64.b64decode(sys.stdin.read()))' > "$ca" 2>/dev/null
     || { log "--ca-cert/--ca-file: no PEM certificate in the CA bundle"; exit $EXIT_USAGE; }
 fi
 
-# http METHOD URL OUT [JSON]: curl if present (it retries with backoff), else python urllib.
+# Outages. A transfer that gets no answer, or 429/5xx, is tried again with capped
+# exponential back-off and jitter (a server's Retry-After is honoured, within limits)
+# until --outage-tolerance seconds have passed since its first try; any other answer
+# is final at once. A factory restarting or a site's network blip then costs a pilot
+# time, not its life. retry_after is set by each try (empty: the server named none).
+retry_cap=60 retry_after=''
+backoff_wait() {  # backoff_wait TRY: seconds to wait before the next try
+  local d=$(( 1 << ($1 < 6 ? $1 : 6) ))
+  (( d > retry_cap )) && d=$retry_cap
+  d=$(( d / 2 + RANDOM % (d / 2 + 1) ))
+  if [[ $retry_after =~ ^[0-9]{1,6}$ ]] && (( retry_after > d )); then
+    d=$(( retry_after < 5 * retry_cap ? retry_after : 5 * retry_cap ))
+  fi
+  echo "$d"
+}
+retryable() { [[ $1 == 000 || $1 == 429 || $1 == 5?? ]]; }
+# again WHAT TRY START STATUS: wait before the next try, or say why not (status 1)
+again() {
+  local wait; wait=$(backoff_wait "$2")
+  if (( SECONDS - $3 + wait > outage )); then
+    log "$1: giving up after $2 tries in $((SECONDS - $3)) s (last: ${4/#000/no answer})"
+    return 1
+  fi
+  log "$1: ${4/#000/no answer}; try $(($2 + 1)) in ${wait}s"
+  sleep "$wait"
+}
+
+# http METHOD URL OUT [JSON]: curl if present, else python urllib; retried as above.
 http() {
-  if [ -n "$CURL" ]; then
-    curl -fsS --retry 3 --retry-connrefused --connect-timeout 20 --max-time 600 -X "$1" \
-         ${ca_opt[@]+"${ca_opt[@]}"} \
-         -H @"$hdr" ${4:+-H 'Content-Type: application/json' --data-binary "$4"} -o "$3" "$2"
-  else
-    GLIDEIN_TOKEN_FILE=$token_file GLIDEIN_CA_FILE=$ca "$PY" - "$@" <<'EOF'
-import os, ssl, sys, time, urllib.error, urllib.request
+  if [ -z "$CURL" ]; then python_get "$@"; return; fi
+  local start=$SECONDS try=0 status heads=$meta/headers
+  while :; do
+    try=$((try + 1))
+    status=$(curl -sS --connect-timeout 20 --max-time 600 -X "$1" ${ca_opt[@]+"${ca_opt[@]}"} \
+      -H @"$hdr" ${4:+-H 'Content-Type: application/json' --data-binary "$4"} \
+      -D "$heads" -o "$3" -w '%{http_code}' "$2") || true
+    [[ $status =~ ^[0-9]{3}$ ]] || status=000
+    [[ $status == 2?? ]] && return 0
+    retryable "$status" || { log "$1 $2: HTTP $status"; return 1; }
+    retry_after=$(sed -n 's/^[Rr][Ee][Tt][Rr][Yy]-[Aa][Ff][Tt][Ee][Rr]:[[:space:]]*\([0-9]\{1,6\}\)[[:space:]]*$/\1/p' \
+      "$heads" 2>/dev/null | tail -n 1)
+    again "$1 $2" "$try" "$start" "$( [ "$status" = 000 ] && echo 000 || echo "HTTP $status")" || return 1
+  done
+}
+
+python_get() {  # the same without curl: one interpreter for one request or for MANY
+  GLIDEIN_TOKEN_FILE=$token_file GLIDEIN_CA_FILE=$ca OUTAGE=$outage RETRY_CAP=$retry_cap \
+    "$PY" - "$@" <<'EOF'
+import os, random, ssl, sys, time, urllib.error, urllib.request
 # METHOD URL OUT [JSON], or MANY URL OUT [URL OUT ...]: GETs in one interpreter
 method, args = sys.argv[1], sys.argv[2:]
 if method == "MANY":
@@ -218,37 +261,68 @@ else:
 with open(os.environ["GLIDEIN_TOKEN_FILE"]) as f:
     headers = {"Authorization": "Bearer " + f.read().strip(), "Content-Type": "application/json"}
 context = ssl.create_default_context(cafile=os.environ.get("GLIDEIN_CA_FILE") or None)
+outage, cap = int(os.environ["OUTAGE"]), int(os.environ["RETRY_CAP"])
+def log(text):
+    sys.stderr.write(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + " glidein_startup: " + text + "\n")
 for url, out in jobs:
-    for attempt in range(4):
+    start, attempt = time.monotonic(), 0
+    while True:
+        attempt += 1
+        retry_after = None
         try:
             req = urllib.request.Request(url, data=data, method=method, headers=headers)
             with urllib.request.urlopen(req, timeout=60, context=context) as resp, open(out, "wb") as f:
                 f.write(resp.read())
             break
         except urllib.error.HTTPError as e:
-            if e.code < 500 or attempt == 3: sys.exit("%s %s: HTTP %d" % (method, url, e.code))
+            if e.code != 429 and e.code < 500:
+                sys.exit("%s %s: HTTP %d" % (method, url, e.code))
+            problem, value = "HTTP %d" % e.code, (e.headers.get("Retry-After") or "").strip()
+            retry_after = int(value) if value.isdigit() and len(value) <= 6 else None
         except OSError as e:
-            if attempt == 3: sys.exit("%s %s: %s" % (method, url, e))
-        time.sleep(2 ** attempt)
+            problem = "no answer (%s)" % (getattr(e, "reason", None) or e)
+        delay = min(cap, 2 ** min(attempt, 6))
+        delay = random.uniform(delay / 2, delay)
+        if retry_after is not None and retry_after > delay:
+            delay = min(retry_after, 5 * cap)
+        if time.monotonic() - start + delay > outage:
+            sys.exit("%s %s: giving up after %d tries in %d s (last: %s)"
+                     % (method, url, attempt, time.monotonic() - start, problem))
+        log("%s %s: %s; try %d in %.0fs" % (method, url, problem, attempt + 1, delay))
+        time.sleep(delay)
 EOF
-  fi
 }
 
 # Several files: one curl, transfers in parallel (curl >= 7.66) on fresh connections:
 # re-using one keep-alive connection for many small files costs a delayed-ACK stall
 # (~40 ms) per file with some servers. Without curl: one python for all of them.
+# Retried as http() is; a try fetches again only the files that did not arrive.
 parallel=()
 [ -n "$CURL" ] && "$CURL" -Z --no-progress-meter --version >/dev/null 2>&1 \
   && parallel=(-Z --parallel-max 8 --no-progress-meter -H 'Connection: close')
 fetch_all() {  # fetch_all URL OUT [URL OUT ...]
-  if [ -n "$CURL" ]; then
-    local args=()
-    while [ $# -gt 0 ]; do args+=(-o "$2" "$1"); shift 2; done
-    curl -fsS --retry 3 --retry-connrefused --connect-timeout 20 --max-time 600 -H @"$hdr" \
-         ${ca_opt[@]+"${ca_opt[@]}"} ${parallel[@]+"${parallel[@]}"} ${args[@]+"${args[@]}"}
-  else
-    [ $# -eq 0 ] || http MANY "$@"
-  fi
+  if [ -z "$CURL" ]; then [ $# -eq 0 ] || python_get MANY "$@"; return; fi
+  local start=$SECONDS try=0 todo=("$@") args left i code out worst
+  local -A got
+  while [ ${#todo[@]} -gt 0 ]; do
+    try=$((try + 1)) args=() left=() worst='' got=()
+    for ((i = 0; i < ${#todo[@]}; i += 2)); do args+=(-o "${todo[i+1]}" "${todo[i]}"); done
+    while read -r code out; do got[$out]=$code; done < <(
+      curl -sS --connect-timeout 20 --max-time 600 -H @"$hdr" ${ca_opt[@]+"${ca_opt[@]}"} \
+        ${parallel[@]+"${parallel[@]}"} -w '%{http_code} %{filename_effective}\n' "${args[@]}")
+    for ((i = 0; i < ${#todo[@]}; i += 2)); do
+      code=${got[${todo[i+1]}]:-000}
+      [[ $code =~ ^[0-9]{3}$ ]] || code=000
+      [[ $code == 2?? ]] && continue
+      retryable "$code" || { log "GET ${todo[i]}: HTTP $code"; return 1; }
+      left+=("${todo[i]}" "${todo[i+1]}"); worst=$code
+    done
+    todo=(${left[@]+"${left[@]}"})
+    [ ${#todo[@]} -eq 0 ] && return 0
+    retry_after=''
+    again "GET of $(( ${#todo[@]} / 2 )) stage files" "$try" "$start" \
+      "$( [ "$worst" = 000 ] && echo 000 || echo "HTTP $worst")" || return 1
+  done
 }
 
 json_str() {  # a bash string as a JSON string literal
@@ -257,6 +331,7 @@ json_str() {  # a bash string as a JSON string literal
 }
 fail() {  # fail REASON CODE DETAIL: trail + report to the factory (best effort), exit
   log "$1: $3"
+  local outage=$(( outage < 120 ? outage : 120 ))  # a report is worth a short wait, not a long one
   [ -n "$factory" ] || exit "$2"   # manual start: nobody to report to
   http POST "$factory/api/v1/glideins/$gid/log" /dev/null \
     "{\"records\":[{\"time\":$(printf "%(%s)T" -1),\"invoker\":\"glidein_startup\",\"pid\":$$,\"severity\":\"ERROR\",\"type\":\"startup\",\"content\":$(json_str "$1: $3")}],\"final\":true}" \
@@ -303,7 +378,7 @@ get_stage() {
   if [ -n "$key" ]; then
     if [ -n "$local_dir" ]; then cp "$local_dir/manifest.sig" "$m.sig" 2>/dev/null
     else http GET "$base/files/manifest.sig" "$m.sig"; fi \
-      || fail corruption $EXIT_CORRUPT "${pre}the manifest signature could not be fetched"
+      || fail error $EXIT_ERROR "${pre}the manifest signature could not be fetched (see the log above)"
     if command -v openssl >/dev/null 2>&1; then
       printf -- '-----BEGIN PUBLIC KEY-----\n%s\n-----END PUBLIC KEY-----\n' "$key" > "$m.pub"
       openssl pkeyutl -verify -pubin -inkey "$m.pub" -rawin -in "$m" -sigfile "$m.sig" \
@@ -361,6 +436,7 @@ rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
     GLIDEIN_VO_Manifest_Signature "$vo_signature"
   [ -n "$no_factory" ] && printf 'GLIDEIN_Manual true\n'
   [ -n "$heartbeat" ] && printf 'GLIDEIN_Heartbeat %s\n' "$heartbeat"
+  printf 'GLIDEIN_Outage_Tolerance %s\n' "$outage"
 } > "$work/glidein_config"
 # Jobs of another account (agent/isolation.py) pass through the work dir to their sandbox.
 for a in ${settings[@]+"${settings[@]}"}; do

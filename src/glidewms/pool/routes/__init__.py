@@ -4,6 +4,7 @@
   the frontend's list of pilots
 - `jobs`: submit, list, show, events, edit, hold/release/remove
 - `files`: sandbox files by SHA-256
+- `streams`: stdout/stderr of running jobs, sent by pilots, read by owners
 - `demand`: the frontends' demand
 - `tokens`: pilot tokens for frontends
 - `admin`: health, priorities, counters

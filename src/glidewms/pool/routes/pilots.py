@@ -73,6 +73,11 @@ class CycleCompletion(BaseModel):
         [], max_length=1000, description="transfer_output_files entries the job did not make"
     )
     input_error: InputError | None = Field(None, description="an input could not be fetched")
+    checkpoint: list[OutputFile] | None = Field(
+        None,
+        max_length=MAX_OUTPUTS,
+        description="the files of a checkpoint (an exit with SuccessCheckpointExitCode)",
+    )
 
 
 class CycleBody(BaseModel):
@@ -138,6 +143,7 @@ async def cycle(
             c.wall_seconds,
             missing_outputs=c.missing_outputs,
             input_error=None if c.input_error is None else c.input_error.model_dump(),
+            checkpoint=None if c.checkpoint is None else [o.model_dump() for o in c.checkpoint],
         )
         for c in body.completions
     ]
