@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -245,3 +246,78 @@ queue
     assert held["state"] == "held" and held["hold_reason_code"] == 13, held
     assert "gone.txt" in held["hold_reason"] and "404" in held["hold_reason"]
     assert held["num_starts"] <= 1
+
+
+RESUMABLE = """#!/bin/sh
+if [ -f state.txt ]; then
+    echo "resumed with: $(cat state.txt)" > result.txt
+    exit 0
+fi
+echo first-run > state.txt
+touch result.txt
+echo ready
+sleep 120
+"""
+
+
+def test_on_exit_or_evict_brings_an_evicted_runs_files_to_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """when_to_transfer_output = ON_EXIT_OR_EVICT: the batch system ends the
+    pilot mid-job (SIGTERM to its process group); the files the run made go
+    back with the eviction and the next run, on another pilot, starts with them."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    submit = tmp_path / "submit"
+    submit.mkdir()
+    (submit / "job.sh").write_text(RESUMABLE)
+    (submit / "job.sh").chmod(0o755)
+    entry = {
+        "name": "local",
+        "site": "LOCAL",
+        "backend": "local",
+        "cpus": 1,
+        "memory": "auto",
+        "disk": "auto",
+        "walltime": 3600,
+        "max_pilots": 1,
+        "max_idle": 1,
+        "max_per_cycle": 1,
+        "work_dir": str(scratch),
+    }
+    with systems(tmp_path, http_timeout=30, claim_lease=60.0) as start:
+        s = start(entries=[entry])
+        [jid] = s.submit(
+            """
+executable = job.sh
+when_to_transfer_output = ON_EXIT_OR_EVICT
+transfer_output_files = state.txt, result.txt
+output = run.out
+stream_output = true
+request_memory = 32
+queue
+""",
+            submit,
+        )
+        running = wait_for(
+            lambda: (j := s.job(jid))["state"] == "running" and j, "the job to start"
+        )
+        wait_for(  # the job says so on its streamed stdout once its state is written
+            lambda: b"ready" in s.pool.stream(jid, limit=1024).data,
+            "the first run to write its state",
+        )
+        [first] = [p["glidein_id"] for p in s.pilots() if p["pilot_id"] == running["pilot_id"]]
+        os.killpg(s.pilot_pid(first), signal.SIGTERM)  # the batch system ends the pilot's job
+
+        job = wait_for(
+            lambda: (j := s.job(jid))["state"] == "completed" and j,
+            "the job to complete on another pilot",
+            timeout=240,
+        )
+        assert job["exit_code"] == 0 and job["pilot_id"] != running["pilot_id"]
+        kinds = [e["type"] for e in s.pool.events(jid)]
+        assert "evicted" in kinds, kinds
+        done = fetch(s, jid, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert (submit / "result.txt").read_text() == "resumed with: first-run\n"
+        assert (submit / "state.txt").read_text() == "first-run\n"

@@ -90,3 +90,25 @@ def test_the_claim_names_what_the_pilot_transfers() -> None:
     assert spec["transfer_output"] == []
     assert (spec["x509_proxy"], spec["in"], spec["transfer_err"]) == ("x509up_u1", "in.txt", False)
     assert "input_urls" not in spec and "transfer_out" not in spec
+
+
+@pytest.mark.parametrize(("when", "kept"), [("ON_EXIT_OR_EVICT", True), ("ON_EXIT", False)])
+def test_an_evicted_runs_files_go_to_the_next_run_only_with_on_exit_or_evict(
+    store: PoolStore, when: str, kept: bool
+) -> None:
+    ad = f'[ Cmd = "x"; RequestCpus = 1; RequestMemory = 10; WhenToTransferOutput = "{when}" ]'
+    _, [jid] = store.queue.submit("alice", [NewJob(ad, [], [], {})])
+    pilot = store.pilots.register(dict(SLOT), "g1", PilotOwner("pilot", "fe", "main"), 3600)
+    _, [claim], _ = store.turns.cycle(pilot, [], dict(FREE), 60, 1, 0.0)
+    files = [{"name": "state.txt", "sha256": "1" * 64}]
+    evicted = Completion(str(claim["claim_id"]), 143, checkpoint=files, evicted=True)
+    store.turns.cycle(pilot, [evicted], dict(FREE), 60, 0, 0.0)
+    row = store.queue.get_job(jid)
+    assert (row.state, row.exit_code, row.completions or 0) == ("idle", None, 0)
+    assert (row.checkpoint or []) == (files if kept else [])
+    assert (row.num_checkpoints or 0) == 0, "an eviction is no checkpoint the job took"
+    _, [again], _ = store.turns.cycle(pilot, [], dict(FREE), 60, 1, 0.0)
+    names = [f["name"] for f in again["job"]["sandbox"]]
+    assert names == (["state.txt"] if kept else [])
+    [event] = [e for e in store.queue.job_events(jid) if e["type"] == "evicted"]
+    assert event["detail"]["by"] == "evicted"

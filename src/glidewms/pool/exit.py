@@ -55,6 +55,10 @@ _POLICY_NAMES = re.compile(
     re.IGNORECASE,
 )
 CHECKPOINT = "checkpoint"  # ExitAction.by of a checkpoint taken
+EVICTED = "evicted"  # ExitAction.by of a run its pilot vacated that reported its files
+_EVICT_KEEPS = re.compile(
+    r'(?:^\[ |; )WhenToTransferOutput = "ON_EXIT_OR_EVICT"(?:;| \])', re.IGNORECASE
+)
 
 
 @dataclass
@@ -66,6 +70,7 @@ class Completion:
     outputs: list[dict[str, str]] = field(default_factory=list)
     wall_seconds: float = 0.0
     missing_outputs: list[str] = field(default_factory=list)  # listed, not made
+    evicted: bool = False  # the pilot ended the run (vacated); `checkpoint` has its files
     input_error: dict[str, Any] | None = None  # {"reason", "subcode"}: the job never ran
     # the files of a checkpoint the pilot uploaded (an exit with the job's
     # SuccessCheckpointExitCode); the pool decides from the ad whether it is one
@@ -85,7 +90,7 @@ class ExitAction:
     @property
     def checkpoint(self) -> bool:
         """The job took a checkpoint: it goes on from it, nothing ended."""
-        return self.by == CHECKPOINT
+        return self.by in (CHECKPOINT, EVICTED)
 
 
 @dataclass
@@ -155,6 +160,21 @@ def exit_action(ad: Any, exit_code: int, completions: int) -> ExitAction:
 
 
 MAX_REASON = 4096  # characters of a hold reason made from what a pilot said
+
+
+def eviction_action(c: Completion) -> ExitAction | None:
+    """A run its pilot ended (it was vacated) that the pilot reported with the
+    files it had made: back to idle, nothing ended. With
+    `when_to_transfer_output = ON_EXIT_OR_EVICT` (`evict_keeps_files`) the
+    files become the job's checkpoint, so the next run starts with them, as
+    HTCondor spools an evicted run's outputs and brings them back."""
+    if not c.evicted:
+        return None
+    return ExitAction(JobState.IDLE, EVICTED, "evicted: its pilot ended the run")
+
+
+def evict_keeps_files(ad_text: str) -> bool:
+    return _EVICT_KEEPS.search(ad_text) is not None
 
 
 def transfer_action(c: Completion) -> ExitAction | None:
@@ -246,7 +266,7 @@ def finish(
         outputs = kept[row.claim_id] = _kept_outputs(c.outputs, limits.max_outputs_per_job)
         ran = c.input_error is None  # an input that failed: the job never started
         runs = (row.completions or 0) + ran
-        action = transfer_action(c) or _COMPLETED
+        action = eviction_action(c) or transfer_action(c) or _COMPLETED
         if action is _COMPLETED and has_exit_policy(row.ad):
             # an ad stored beyond the bounds by an older pool: no policy to apply
             with contextlib.suppress(classads.ClassAdError):
@@ -258,8 +278,11 @@ def finish(
         if action.checkpoint:  # nothing ended: no outputs, no exit code, no completion
             runs, outputs = runs - 1, row.outputs or []
             kept[row.claim_id] = []
-            checkpoint = merged_checkpoint(checkpoint, c.checkpoint, limits.max_outputs_per_job)
-            num_checkpoints += 1
+            taken = c.checkpoint
+            if action.by == EVICTED and not evict_keeps_files(row.ad):
+                taken = None  # only ON_EXIT_OR_EVICT keeps an evicted run's files
+            checkpoint = merged_checkpoint(checkpoint, taken, limits.max_outputs_per_job)
+            num_checkpoints += action.by == CHECKPOINT
             checkpoint_refs += [(f["sha256"], row.owner, row.cluster_id) for f in checkpoint]
         completed += done
         failures += c.exit_code != 0 and not action.checkpoint
@@ -313,11 +336,12 @@ def finish(
             trim_events(conn, row.cluster_id, row.proc_id, limits.max_events_per_job - 2)
             event = {
                 **event,
-                "type": "checkpointed",
+                "type": "checkpointed" if action.by == CHECKPOINT else "evicted",
                 "detail": {
                     **detail,
                     "num_checkpoints": num_checkpoints,
                     "files": len(checkpoint or []),
+                    **({"by": EVICTED, "reason": action.reason} if action.by == EVICTED else {}),
                 },
             }
         elif action.state == JobState.IDLE:

@@ -181,8 +181,9 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "when_to_transfer_output",
-        D,
-        "ON_EXIT_OR_EVICT behaves as ON_EXIT: the files of an evicted run are not kept",
+        S,
+        "ON_EXIT_OR_EVICT: the files of a run whose pilot ended go to the next run "
+        "(top-level files)",
         ("whentotransferoutput",),
     ),
     Command("transfer_executable", S, "", ("transferexecutable",)),

@@ -229,6 +229,8 @@ class ClaimRunner:
             outcome.killed = self._killed or self.vacating.is_set()
         if outcome.killed:
             log.info("%s: killed after %.1fs; not completed", tag, wall)
+            if self.vacating.is_set() and self.spec.when == "ON_EXIT_OR_EVICT":
+                self._evicted(tag, outcome, baseline)
             return
         log.debug("%s: exited %d after %.3fs", tag, outcome.exit_code, wall)
         if self.spec.checkpoint_exit_code == outcome.exit_code:
@@ -259,6 +261,26 @@ class ClaimRunner:
         if spec.stream_err and spec.err is not None and not (spec.err == spec.out and fds):
             fds["err"] = open_stream(self.sandbox, spec.err, spec.err in append)
         return fds
+
+    def _evicted(self, tag: str, outcome: Outcome, baseline: Snapshot) -> None:
+        """``when_to_transfer_output = ON_EXIT_OR_EVICT``: the pilot is ending the
+        run, so the files output transfer would send go back now, and the pool
+        keeps them as the job's checkpoint: the next run, elsewhere, starts with
+        them (HTCondor spools them and brings them back). Top-level files only,
+        as a checkpoint holds; nothing is reported if an upload failed."""
+        plan = plan_outputs(self.spec, self.sandbox, baseline)
+        files = self._upload_files(tag, [p for _, p in plan.files if "/" not in p])
+        if files is None:
+            return
+        log.info("%s: evicted; %d file(s) kept for its next run", tag, len(files))
+        outcome.result = {
+            "claim_id": self.claim_id,
+            "exit_code": outcome.exit_code or 0,
+            "outputs": [],
+            "checkpoint": files,
+            "evicted": True,
+            "wall_seconds": round(outcome.wall, 3),
+        }
 
     def _checkpoint(self, tag: str, outcome: Outcome, baseline: Snapshot) -> None:
         """The job took a checkpoint: upload its files and report them (the pool

@@ -73,6 +73,7 @@ class CycleCompletion(BaseModel):
         [], max_length=1000, description="transfer_output_files entries the job did not make"
     )
     input_error: InputError | None = Field(None, description="an input could not be fetched")
+    evicted: bool = Field(False, description="the pilot ended the run; `checkpoint` its files")
     checkpoint: list[OutputFile] | None = Field(
         None,
         max_length=MAX_OUTPUTS,
@@ -142,6 +143,7 @@ async def cycle(
             [o.model_dump() for o in c.outputs],
             c.wall_seconds,
             missing_outputs=c.missing_outputs,
+            evicted=c.evicted,
             input_error=None if c.input_error is None else c.input_error.model_dump(),
             checkpoint=None if c.checkpoint is None else [o.model_dump() for o in c.checkpoint],
         )
