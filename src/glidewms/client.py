@@ -243,6 +243,14 @@ class PoolClient:
         """Fair-share state: {"time", "halflife", "submitters": [...]}, best priority first."""
         return self._call("GET", "/userprio")
 
+    def concurrency(self) -> dict[str, Any]:
+        """Concurrency limits: {"time", "limits": [{name, limit, in_use, ...}]}."""
+        return self._call("GET", "/concurrency")
+
+    def cluster_events(self, cluster_id: int, after: int = 0) -> dict[str, Any]:
+        """One page of a cluster's events after event id `after` (pool/eventlog.py)."""
+        return self._call("GET", f"/clusters/{cluster_id}/events", params={"after": after})
+
     def download(self, sha256: str, dest: Path) -> None:
         try:
             with self._http.stream("GET", f"/files/{sha256}") as r:

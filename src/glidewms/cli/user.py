@@ -98,10 +98,23 @@ def submit(
     try:
         with client(pool, token_file) as c:
             result = c.submit(description)
+            _start_user_logs(c, description, int(result["cluster_id"]))
     except ClientError as exc:
         raise fail(str(exc)) from None
     n = len(result["job_ids"])
     out.print(f"{n} job(s) submitted to cluster {result['cluster_id']}.")
+
+
+def _start_user_logs(c: PoolClient, description: Any, cluster_id: int) -> None:
+    """The cluster's `log` files: remembered, and their Submit events written."""
+    from glidewms.cli import userlog_cmds
+
+    try:
+        userlog_cmds.register(c.url, cluster_id, userlog_cmds.user_logs_of(description, cluster_id))
+    except OSError as exc:
+        err.print(f"warning: job event logs will not be written: {exc}", markup=False)
+        return
+    userlog_cmds.sync_quietly(c, [cluster_id])
 
 
 def _when(ts: float | None) -> str:
@@ -182,6 +195,9 @@ def _listing(
         with client(pool, token_file) as c:
             jobs = _select(c, selected, constraint, history, long)
             _show(jobs, long, history, c.events if long else None)
+            from glidewms.cli import userlog_cmds  # the job event logs (`log = file`)
+
+            userlog_cmds.sync_quietly(c)
     except ClientError as exc:
         raise fail(str(exc)) from None
 

@@ -3,6 +3,7 @@ what a pilot needs to run one. No database access here."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from typing import Any
 
 from glidewms import classads
 from glidewms.classad_limits import DEFAULT_LIMITS, AdLimits
+from glidewms.pool import concurrency
 from glidewms.pool.checks import (
     INT32,
     JOB_NUMBERS,
@@ -185,15 +187,75 @@ class Derived:
 
 
 def derive(ad: Any, owner: str, significant: Sequence[str] = ()) -> Derived:
+    """The columns of a job. Its autocluster also carries its concurrency
+    limits, evaluated here against the whole job and written in canonical
+    form (jobs holding different limits never share an autocluster; the
+    matchmaker reads them from there). Its submitter (the fair-share
+    principal) is the accounting group with the owner from the token as
+    its user (`accounting_submitter`)."""
     key, sig_text = classads.signature(ad, significant)
-    group = classads.eval_attr(ad, "AcctGroup")
+    wanted = _limits_text(ad)
+    if wanted is not None:
+        sig = stored_ad(sig_text)
+        sig[LIMITS_ATTR] = wanted
+        sig_text = classads.to_text(sig)
+        key = hashlib.sha256(sig_text.encode()).hexdigest()[:24]
     return Derived(
         signature=key,
         signature_ad=sig_text,
         prio=job_number(ad, "JobPrio"),
         cpus=job_requests(ad)["cpus"],
-        submitter=submitter_name(owner, group if isinstance(group, str) and group else None),
+        submitter=submitter_name(owner, accounting_group(ad)),
     )
+
+
+LIMITS_ATTR = "ConcurrencyLimits"
+INVALID_LIMITS = "!"  # prefix of a value the pool could not read: such jobs never start
+
+
+def _limits_text(ad: Any) -> str | None:
+    """The job's ConcurrencyLimits in canonical form; None when it has none;
+    INVALID_LIMITS and why when it cannot be read."""
+    if LIMITS_ATTR not in ad:
+        return None
+    refs = classads.external_refs(ad, ad.lookup(LIMITS_ATTR))
+    if refs is None or any(r.lower().startswith("target.") for r in refs):
+        # HTCondor evaluates it against the slot matched; here it is fixed at
+        # submit, so one that reads the slot would silently be no limit
+        return f"{INVALID_LIMITS}ConcurrencyLimits reads the slot (TARGET): not supported"
+    value = classads.eval_attr(ad, LIMITS_ATTR)
+    if value is None or value is classads.UNDEFINED:
+        return None
+    if not isinstance(value, str):
+        return f"{INVALID_LIMITS}ConcurrencyLimits is not a string"
+    try:
+        wanted = concurrency.parse(value)
+    except concurrency.BadLimits as exc:
+        return f"{INVALID_LIMITS}{exc}"
+    return concurrency.normalized(wanted) or None
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}")
+
+
+def accounting_group(ad: Any) -> str | None:
+    """The accounting group a job's usage is charged to, as HTCondor's
+    negotiator reads it: ``AccountingGroup`` (``group.user``, condor_submit's
+    accounting_group + accounting_group_user) without its last component,
+    else ``AcctGroup``. The user part is never taken from the ad: the
+    submitter is ``group.<owner from the token>`` (docs/security.md), so no
+    one charges, or borrows the priority of, another user. A name that is
+    not a plain dotted name (or longer than 128) is ignored: the job is
+    charged to its owner alone."""
+    full = classads.eval_attr(ad, "AccountingGroup")
+    if isinstance(full, str) and full:
+        group = full.rsplit(".", 1)[0] if "." in full else None
+    else:
+        plain = classads.eval_attr(ad, "AcctGroup")
+        group = plain if isinstance(plain, str) and plain else None
+    if group is None or not _GROUP_NAME.fullmatch(group) or ".." in group:
+        return None
+    return group
 
 
 def has_periodic(ad: Any) -> bool:

@@ -39,7 +39,7 @@ jobs = sa.Table(
     sa.Column("cluster_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("proc_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("owner", sa.String(128), nullable=False),
-    # the fair-share principal: "AcctGroup.Owner", or the owner alone (v2)
+    # the fair-share principal: "group.Owner" (jobs.accounting_group), or the owner alone (v2)
     sa.Column("submitter", sa.String(256), nullable=True),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("ad", sa.Text, nullable=False),

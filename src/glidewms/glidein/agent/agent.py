@@ -384,6 +384,8 @@ class Agent:
             self.slot.total.as_free(),
             interval,
         )
+        # The factory counts this as "validated and runs" (its entry health, probes).
+        self.trail.add("INFO", "registered", f"pilot {self.exchange.pilot_id}")
         return interval
 
     def run(self, install_signals: bool = True) -> int:
