@@ -93,6 +93,12 @@ def test_a_malformed_job_id_is_a_one_line_usage_error(command: list[str]) -> Non
     assert len(lines) == 1 and lines[0].startswith("error: not a job id"), result.output
 
 
+def test_fetch_without_a_job_or_all_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["fetch", "--pool", "http://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert "name a job (CLUSTER.PROC or CLUSTER) or give --all" in result.output
+
+
 class _FakePool(BaseHTTPRequestHandler):
     """Answers every GET with an empty job list, naming `version` as its protocol."""
 

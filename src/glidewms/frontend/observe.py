@@ -82,6 +82,7 @@ def entry_attributes(entry: Mapping[str, Any], factory: str, size: Size) -> dict
     attrs = dict(entry.get("attributes") or {})
     attrs.setdefault("Arch", "X86_64")
     attrs.setdefault("OpSys", "LINUX")
+    attrs.setdefault("HasFileTransferPluginMethods", "http,https")  # built into every pilot
     attrs.update(
         {
             "GLIDEIN_Site": entry.get("site"),

@@ -30,6 +30,8 @@ from glidewms.pool.lifecycle import JOB_STATUS
 # HoldReasonCode values, as HTCondor numbers them
 HOLD_USER = 1  # condor_hold / glidewms hold
 HOLD_POLICY = 3  # a job policy: periodic_hold, or the pool's limit on site failures
+HOLD_TRANSFER_OUTPUT = 12  # a listed output file the job did not make (subcode: errno)
+HOLD_TRANSFER_INPUT = 13  # an input (URL) the pilot could not fetch (subcode: errno)
 PERIODIC = ("PeriodicHold", "PeriodicRemove", "PeriodicRelease")
 
 
@@ -340,13 +342,46 @@ def _ad_part(ad: Any) -> dict[str, Any]:
         "cmd": text("Cmd"),
         "out": text("Out"),
         "err": text("Err"),
-        "transfer_output": [t.strip() for t in transfer.replace(",", " ").split()]
-        if transfer
-        else None,
+        # present but "" (transfer_output_files = ""): nothing; absent: every new file
+        "transfer_output": None
+        if transfer is None
+        else [t.strip() for t in transfer.replace(",", " ").split()],
         "request": job_requests(ad),
         "container": container_request(ad),
+        "transfer": transfer_request(ad),
         **checkpoint_and_streams(ad),
     }
+
+
+def transfer_request(ad: Any) -> dict[str, Any]:
+    """The file-transfer keys of a claim, those that differ from the defaults:
+    `input_urls` (the URL entries of TransferInput, fetched by the pilot's
+    transfer plugins), `x509_proxy` and `in` (the proxy's and stdin's sandbox
+    names: they travelled as inputs under their base names), `transfer_out`/`transfer_err` false
+    (stdout/stderr stay on the node), `when_to_transfer_output` and
+    `preserve_relative_paths` (outputs keep their relative path)."""
+    spec: dict[str, Any] = {}
+    inputs = classads.eval_attr(ad, "TransferInput")
+    if isinstance(inputs, str):
+        urls = [n.strip() for n in inputs.split(",") if "://" in n]
+        if urls:
+            spec["input_urls"] = urls
+    stdin = classads.eval_attr(ad, "In")
+    sent = classads.eval_attr(ad, "TransferIn") is not False  # it came as an input
+    if isinstance(stdin, str) and stdin.strip("/") and stdin != "/dev/null" and sent:
+        spec["in"] = stdin.rstrip("/").rsplit("/", 1)[-1]
+    proxy = classads.eval_attr(ad, "x509userproxy")
+    if isinstance(proxy, str) and proxy.strip("/"):
+        spec["x509_proxy"] = proxy.rstrip("/").rsplit("/", 1)[-1]
+    for attr, key in (("TransferOut", "transfer_out"), ("TransferErr", "transfer_err")):
+        if classads.eval_attr(ad, attr) is False:
+            spec[key] = False
+    if classads.eval_attr(ad, "PreserveRelativePaths") is True:
+        spec["preserve_relative_paths"] = True
+    when = classads.eval_attr(ad, "WhenToTransferOutput")
+    if isinstance(when, str) and when.upper() not in ("", "ON_EXIT"):
+        spec["when_to_transfer_output"] = when.upper()
+    return spec
 
 
 def checkpoint_and_streams(ad: Any) -> dict[str, Any]:
@@ -403,6 +438,7 @@ def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
         else list(part["transfer_output"]),
         "request": dict(part["request"]),
         **({"container": dict(container)} if container is not None else {}),
+        **part.get("transfer", {}),
         **{k: part[k] for k in _RUNTIME_KEYS if k in part},
     }
 

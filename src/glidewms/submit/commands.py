@@ -179,7 +179,13 @@ COMMANDS: tuple[Command, ...] = (
         "behaves as YES; NO requires a slot with the same `FileSystemDomain`",
         ("shouldtransferfiles",),
     ),
-    Command("when_to_transfer_output", S, "", ("whentotransferoutput",)),
+    Command(
+        "when_to_transfer_output",
+        S,
+        "ON_EXIT_OR_EVICT: the files of a run whose pilot ended go to the next run "
+        "(top-level files)",
+        ("whentotransferoutput",),
+    ),
     Command("transfer_executable", S, "", ("transferexecutable",)),
     Command(
         "transfer_input_files",
@@ -205,7 +211,12 @@ COMMANDS: tuple[Command, ...] = (
         "SuccessCheckpointExitCode",
         "int",
     ),
-    Command("transfer_input", S, "false: stdin is read on the execute node", ("transferin",)),
+    Command(
+        "transfer_input",
+        D,
+        "false: the job's stdin is /dev/null (the pilot opens no node file for a job)",
+        ("transferin",),
+    ),
     Command("transfer_output", S, "false: stdout stays on the execute node", ("transferout",)),
     Command("transfer_error", S, "false: stderr stays on the execute node", ("transfererr",)),
     Command(
@@ -239,7 +250,15 @@ COMMANDS: tuple[Command, ...] = (
         "MaxTransferOutputMB",
         "expr",
     ),
-    Command("preserve_relative_paths", R, "sandbox transfer does not keep input subdirectories"),
+    Command(
+        "preserve_relative_paths",
+        S,
+        "inputs under `initialdir` keep their relative path in the sandbox, outputs theirs "
+        "below it",
+        (),
+        "PreserveRelativePaths",
+        "bool",
+    ),
     Command("output_destination", R, "outputs come back with `glidewms fetch`"),
     Command("output_directory", R, "outputs come back with `glidewms fetch`"),
     Command("public_input_files", R, "use `transfer_input_files`"),

@@ -51,6 +51,7 @@ from .policy import (
 from .resources import Resources, detect_resources, slot_ad
 from .slot import Slot
 from .trail import Trail, TrailHandler
+from .transfer import plugins_for
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,7 @@ class Agent:
                 container=self.container,
                 vacating=self.finished,
                 isolation=self.isolation,
+                plugins=plugins_for(self.cfg.values),
             )
         except (JobSetupError, KeyError) as exc:
             log.error("unusable claim %s, left to its lease: %s", claim.get("claim_id"), exc)

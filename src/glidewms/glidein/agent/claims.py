@@ -17,10 +17,13 @@ completes a job twice and a rerun elsewhere loses nothing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
 import signal
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -31,17 +34,19 @@ from .http import Api, HttpStatusError, IntegrityError, TransportError, segment,
 from .isolation import Isolation, open_output
 from .jobs import (
     FORK_LOCK,
+    InputError,
     JobProcess,
     JobSetupError,
     JobSpec,
     Snapshot,
     checkpoint_names,
     job_environment,
-    outputs_to_upload,
+    plan_outputs,
     sandbox_name,
     snapshot,
 )
 from .streams import Streamer, open_stream
+from .transfer import BUILTIN, Plugins
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,9 @@ log = logging.getLogger(__name__)
 # say so before the exit code is taken for the job's result.
 SITE_SIGNAL_EXITS = frozenset(128 + s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 SITE_SIGNAL_SETTLE = 2.0
+# what a result may say about transfers, within the pool's bounds on a completion
+MAX_MISSING = 100
+MAX_REPORTED = 1024
 
 
 @dataclass
@@ -96,6 +104,7 @@ class ClaimRunner:
         container: ContainerSetup | None = None,
         vacating: threading.Event | None = None,
         isolation: Isolation | None = None,
+        plugins: Plugins | None = None,
     ) -> None:
         self.claim_id = str(claim["claim_id"])
         self.job_id = str(claim.get("job_id", self.claim_id))
@@ -105,6 +114,7 @@ class ClaimRunner:
         self.job_env = job_env
         self.container = container or ContainerSetup(use="NEVER")
         self.isolation = isolation or Isolation()
+        self.plugins = plugins or Plugins(BUILTIN)
         # Set when the pilot is ending: a job that ends from then on is vacated, not
         # completed. A batch system signals every process of the pilot's job at once,
         # so the job may die of that SIGTERM before the pilot kills it: its exit code
@@ -154,6 +164,21 @@ class ClaimRunner:
             append = frozenset(n for n in (self.spec.out, self.spec.err) if n in restored)
             streams = self._open_streams(append)
             self.isolation.prepare(self.sandbox)
+        except InputError as exc:
+            # the job's own inputs cannot be had (a bad URL, clashing names): HTCondor
+            # holds such a job; a rerun elsewhere would fail the same, no fault of the node
+            log.error("%s: input transfer failed, the pool will hold the job: %s", tag, exc)
+            outcome.detail = str(exc)
+            outcome.result = {
+                "claim_id": self.claim_id,
+                "exit_code": 0,
+                "outputs": [],
+                "wall_seconds": 0.0,
+                "input_error": {"reason": str(exc)[:MAX_REPORTED], "subcode": exc.subcode},
+            }
+            for fd in streams.values():
+                os.close(fd)
+            return
         except (
             IntegrityError,
             JobSetupError,
@@ -177,7 +202,7 @@ class ClaimRunner:
 
             log.info("%s: runs in a %s container, image %s", tag, setup.runtime, image)
         # what the job finds, to tell its outputs later: nothing but its inputs
-        baseline = snapshot(self.sandbox) if self.spec.sandbox else {}
+        baseline = snapshot(self.sandbox) if self.spec.sandbox or self.spec.input_urls else {}
         env = job_environment(self.spec, self.sandbox, self.job_env)
         with self._lock:
             if self._killed:
@@ -204,12 +229,15 @@ class ClaimRunner:
             outcome.killed = self._killed or self.vacating.is_set()
         if outcome.killed:
             log.info("%s: killed after %.1fs; not completed", tag, wall)
+            if self.vacating.is_set() and self.spec.when == "ON_EXIT_OR_EVICT":
+                self._evicted(tag, outcome, baseline)
             return
         log.debug("%s: exited %d after %.3fs", tag, outcome.exit_code, wall)
         if self.spec.checkpoint_exit_code == outcome.exit_code:
             self._checkpoint(tag, outcome, baseline)
             return
-        outputs = self._upload_outputs(tag, baseline)
+        plan = plan_outputs(self.spec, self.sandbox, baseline, outcome.exit_code == 0)
+        outputs = self._upload_outputs(tag, plan.files)
         if outputs is None:
             return
         outcome.result = {
@@ -218,6 +246,11 @@ class ClaimRunner:
             "outputs": outputs,
             "wall_seconds": round(wall, 3),
         }
+        if plan.missing:  # the pool holds the job (HTCondor's TransferOutputError)
+            log.warning("%s: listed outputs not produced: %s", tag, ", ".join(plan.missing))
+            outcome.result["missing_outputs"] = [
+                name[:MAX_REPORTED] for name in plan.missing[:MAX_MISSING]
+            ]
 
     def _open_streams(self, append: frozenset[str]) -> dict[str, int]:
         """Descriptors of the streamed stdout/stderr files, opened before the job
@@ -228,6 +261,26 @@ class ClaimRunner:
         if spec.stream_err and spec.err is not None and not (spec.err == spec.out and fds):
             fds["err"] = open_stream(self.sandbox, spec.err, spec.err in append)
         return fds
+
+    def _evicted(self, tag: str, outcome: Outcome, baseline: Snapshot) -> None:
+        """``when_to_transfer_output = ON_EXIT_OR_EVICT``: the pilot is ending the
+        run, so the files output transfer would send go back now, and the pool
+        keeps them as the job's checkpoint: the next run, elsewhere, starts with
+        them (HTCondor spools them and brings them back). Top-level files only,
+        as a checkpoint holds; nothing is reported if an upload failed."""
+        plan = plan_outputs(self.spec, self.sandbox, baseline)
+        files = self._upload_files(tag, [p for _, p in plan.files if "/" not in p])
+        if files is None:
+            return
+        log.info("%s: evicted; %d file(s) kept for its next run", tag, len(files))
+        outcome.result = {
+            "claim_id": self.claim_id,
+            "exit_code": outcome.exit_code or 0,
+            "outputs": [],
+            "checkpoint": files,
+            "evicted": True,
+            "wall_seconds": round(outcome.wall, 3),
+        }
 
     def _checkpoint(self, tag: str, outcome: Outcome, baseline: Snapshot) -> None:
         """The job took a checkpoint: upload its files and report them (the pool
@@ -269,8 +322,10 @@ class ClaimRunner:
         return files
 
     def _fetch_inputs(self) -> None:
+        """The sandbox files (subdirectories made as their names say), then the URL
+        inputs through the transfer plugins; the proxy readable by its owner only."""
         for item in self.spec.sandbox:
-            dest = os.path.join(self.sandbox, item.name)
+            dest = self._input_path(item.name)
             path = f"files/{segment(item.sha256)}"
             if item.executable:  # no job starts while it is open for writing (jobs.py)
                 with FORK_LOCK:
@@ -279,15 +334,50 @@ class ClaimRunner:
                 self.pool.download(path, dest, item.sha256)
             if item.executable:
                 os.chmod(dest, 0o755)
+        for url in self.spec.input_urls:
+            self.plugins.fetch(url, self.sandbox)
+        if self.spec.stdin is not None and not os.path.isfile(
+            os.path.join(self.sandbox, self.spec.stdin)
+        ):
+            raise JobSetupError(f"stdin {self.spec.stdin!r} is not in the sandbox")
+        if self.spec.x509_proxy is not None:
+            proxy = os.path.join(self.sandbox, self.spec.x509_proxy)
+            if not os.path.isfile(proxy) or os.path.islink(proxy):
+                raise JobSetupError(f"x509 proxy {self.spec.x509_proxy!r} is not in the sandbox")
+            os.chmod(proxy, 0o600)
 
-    def _upload_outputs(self, tag: str, baseline: Snapshot) -> list[dict[str, str]] | None:
-        """Upload every output; None if any failed (a partial result is not sent)."""
+    def _input_path(self, name: str) -> str:
+        """Where an input goes: its directories made in the fresh sandbox, each one
+        checked to be a directory this pilot made (never a symlink, never a file
+        another input put there: two inputs `a` and `a/b` are refused)."""
+        parts = name.split("/")
+        here = self.sandbox
+        for part in parts[:-1]:
+            here = os.path.join(here, part)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(here, 0o755)
+            info = os.lstat(here)
+            if not stat.S_ISDIR(info.st_mode):
+                raise InputError(
+                    f"input {name!r}: {part!r} is already a file in the sandbox", errno.ENOTDIR
+                )
+        dest = os.path.join(self.sandbox, name)
+        if os.path.lexists(dest) and not os.path.isfile(dest):
+            raise InputError(f"input {name!r}: already a directory in the sandbox", errno.EISDIR)
+        return dest
+
+    def _upload_outputs(
+        self, tag: str, files: list[tuple[str, str]]
+    ) -> list[dict[str, str]] | None:
+        """Upload every output; None if any failed (a partial result is not sent).
+
+        Each is reported under the name it lands as (jobs.OutputPlan)."""
         outputs: list[dict[str, str]] = []
-        for name in outputs_to_upload(self.spec, self.sandbox, baseline):
+        for name, inside in files:
             try:
-                fd = open_output(self.sandbox, name)
+                fd = open_output(self.sandbox, inside)
             except OSError as exc:  # swapped for a symlink or a device since the check
-                log.warning("%s: output %s skipped: %s", tag, name, exc)
+                log.warning("%s: output %s skipped: %s", tag, inside, exc)
                 continue
             try:
                 # the descriptor, never the path again: it cannot be swapped any more

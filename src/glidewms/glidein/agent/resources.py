@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import GlideinConfig
+from .transfer import plugins_for
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ def slot_ad(
     ad["Arch"] = htcondor_arch(platform.machine())
     ad.update(node_attributes(node_name(), socket.getfqdn()))
     ad["PartitionableSlot"] = True
+    ad["HasFileTransferPluginMethods"] = plugins_for(cfg.values).methods()  # transfer.py
     for name, value in cfg.attrs.items():
         if name in RESERVED:
             log.warning("attribute %s is set by the agent; the entry's value is ignored", name)
