@@ -328,6 +328,9 @@ def fetch(
                     written = c.fetch_in_place(name, skip_fetched=every)
                 for path in written:
                     out.print(literal(path, lines=False))
+            from glidewms.cli import userlog_cmds  # the job event logs, as q and history do
+
+            userlog_cmds.sync_quietly(c)
     except ClientError as exc:
         raise fail(str(exc)) from None
 
