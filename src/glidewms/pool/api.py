@@ -8,6 +8,7 @@ lease expiry, usage saved, periodic expressions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import logging
 import time
@@ -62,7 +63,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         config=config,
         store=store,
         files=SandboxStore(config.state_dir / "files"),
-        signal=WorkSignal(),
+        signal=WorkSignal(has_idle=functools.partial(has_idle, store)),
         issuer=pilot_issuer(config),
     )
 
@@ -126,6 +127,16 @@ def gate_policy(config: PoolConfig) -> GatePolicy:
     )
 
 
+def has_idle(store: PoolStore) -> bool:
+    """Whether the idle index holds any job: a wake nobody could use is not
+    handed on. Read without the store lock, from the event loop: a dict
+    changed meanwhile by a worker thread answers True (hand it on)."""
+    try:
+        return next(store.shared.index.autoclusters(), None) is not None
+    except RuntimeError:
+        return True
+
+
 async def upkeep(pool: PoolContext) -> None:
     """Every `lease_check_seconds`: expire leases, save usage; every
     `periodic_check_seconds`, apply periodic expressions. Jobs put back to
@@ -139,15 +150,16 @@ async def upkeep(pool: PoolContext) -> None:
         log.info("started: leases of %d pilot(s) and %d running job(s) renewed", *renewed)
     while True:
         try:
-            if await run_in_threadpool(store.pilots.expire_leases):
-                signal.notify()
+            requeued = await run_in_threadpool(store.pilots.expire_leases)
+            if requeued:
+                signal.notify(requeued)
             await run_in_threadpool(store.reports.flush_usage)
             if time.monotonic() >= next_periodic:
                 next_periodic = time.monotonic() + config.periodic_check_seconds
                 changed = await run_in_threadpool(store.periodic.apply)
                 if any(changed.values()):
                     log.info("periodic expressions: %s", {k: len(v) for k, v in changed.items()})
-                    signal.notify()
+                    signal.notify(sum(len(v) for v in changed.values()))
         except Exception:  # keep the loop alive: a failed pass is retried next tick
             log.exception("lease expiry pass failed")
         await asyncio.sleep(config.lease_check_seconds)

@@ -30,22 +30,94 @@ from glidewms.security.tokens import Identity, TokenIssuer
 T = TypeVar("T")
 
 
-class WorkSignal:
-    """Wakes every waiting claim when work may have appeared.
+WAKE_FANOUT = 2  # waiters a woken one that found nothing hands its wake to
 
-    Callers take `current()` *before* looking for work, so a notify that
-    happens between the look and the wait is never missed.
+
+class Waiter:
+    """One claim's place in the queue of waiting pilots: taken *before* the
+    claim looks for work, so a notify that happens between the look and the
+    wait is never missed (it resolves `woken` and the wait returns at once)."""
+
+    __slots__ = ("since", "token", "woken")
+
+    def __init__(self, since: int, woken: asyncio.Future[int]) -> None:
+        self.since = since  # notifies before this waiter looked: it has seen those
+        self.token: int | None = None  # the notify that woke it
+        self.woken = woken
+
+
+class WorkSignal:
+    """Wakes as many waiting claims as there is new work, not all of them.
+
+    Waking every long-polling pilot on every submit made one job cost a
+    claim per idle pilot (the thundering herd of issue 15). Here a notify
+    for n new jobs wakes the n waiters that have waited longest. A woken
+    waiter that then finds nothing (the job was not for its slot, or another
+    pilot took it) hands the wake on to the next `WAKE_FANOUT` waiters that
+    have not looked since that notify, unless `has_idle` says no job is idle
+    at all: so a job never waits while a pilot that could run it sleeps,
+    every waiter looks at most once per notify, and a job that matches only
+    a few pilots reaches them in a logarithmic number of rounds. `wakeups`
+    counts the waiters woken (tests and the swarm benchmark read it).
     """
 
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
+    def __init__(self, has_idle: Callable[[], bool] | None = None) -> None:
+        self._notifies = 0
+        self._waiters: dict[Waiter, None] = {}  # oldest first (an ordered set)
+        self.has_idle = has_idle
+        self.wakeups = 0
 
-    def current(self) -> asyncio.Event:
-        return self._event
+    def enter(self) -> Waiter:
+        """A place in the queue, taken before looking for work; end it with
+        `leave` (or `taken`/`missed` after a wake)."""
+        waiter = Waiter(self._notifies, asyncio.get_running_loop().create_future())
+        self._waiters[waiter] = None
+        return waiter
 
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+    def notify(self, n: int = 1) -> None:
+        """Up to `n` new jobs (or jobs back to idle) may be there to claim."""
+        self._notifies += 1
+        self._wake(self._notifies, max(1, n))
+
+    def leave(self, waiter: Waiter) -> None:
+        """The waiter stops waiting without having looked after its wake (it
+        found work or gave up): a wake it got goes to the next waiter."""
+        self._waiters.pop(waiter, None)
+        if waiter.token is not None:
+            self._wake(waiter.token, 1)
+
+    def missed(self, token: int) -> None:
+        """A waiter woken by notify `token` looked and found nothing."""
+        if self.has_idle is None or self.has_idle():
+            self._wake(token, WAKE_FANOUT)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _wake(self, token: int, n: int) -> None:
+        waiters = self._waiters
+        while n > 0 and waiters:
+            waiter = next(iter(waiters))
+            if waiter.since >= token:
+                return  # this one and all after it have looked since that notify
+            del waiters[waiter]
+            waiter.token = token
+            waiter.woken.set_result(token)
+            self.wakeups += 1
+            n -= 1
+
+    async def wait(self, waiter: Waiter, timeout: float) -> int | None:
+        """The notify that woke `waiter`, or None when `timeout` passed (the
+        waiter has then left the queue)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.woken), max(0.0, timeout))
+        except asyncio.TimeoutError:
+            self.leave(waiter)
+            return None
+        except asyncio.CancelledError:  # the request went away mid-wait
+            self.leave(waiter)
+            raise
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ heartbeats, leaving; and the frontend's list of pilots.
 The turn comes first: Starlette tries routes in order, and it is the one a
 busy pool serves most. The one piece of logic here is the long-poll: a pilot
 with nothing to do waits on the pool's `WorkSignal`, which every submit,
-release and requeue fires, so it gets new work within milliseconds.
+release and requeue fires, so it gets new work within milliseconds; a
+notify for n jobs wakes n waiters, not all (deps.WorkSignal), and a woken
+call that finds nothing hands its wake on.
 
 Identity: a pilot is bound to the token that registered it (its subject and
 fe, group, entry, site claims; deps.owner_of), and every later call about it
@@ -149,28 +151,37 @@ async def cycle(
         )
         for c in body.completions
     ]
+    token: int | None = None  # the notify that woke this call: it owes a look for it
     while True:
-        wake = signal.current()
-        if not completions and await request.is_disconnected():
-            # a pilot killed mid-long-poll must not be handed the next job
-            return JSONResponse({"completed": {}, "claims": []})
-        completed, claims, requeued = await guarded(
-            turns.cycle,
-            pilot_id,
-            completions,
-            body.free,
-            config.claim_lease_seconds,
-            body.max_jobs,
-            time.time(),
-            owner,
-        )
-        if requeued:
-            signal.notify()  # an exit policy put a job back to idle
-        if claims or completions or body.max_jobs == 0 or deadline <= time.monotonic():
-            # a Response is sent as it is: no validation pass over the claims
-            return JSONResponse({"completed": completed, "claims": claims})
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(wake.wait(), deadline - time.monotonic())
+        waiter = signal.enter()
+        claims: list[dict[str, Any]] = []
+        waits = False
+        try:
+            if not completions and await request.is_disconnected():
+                # a pilot killed mid-long-poll must not be handed the next job
+                return JSONResponse({"completed": {}, "claims": []})
+            completed, claims, requeued = await guarded(
+                turns.cycle,
+                pilot_id,
+                completions,
+                body.free,
+                config.claim_lease_seconds,
+                body.max_jobs,
+                time.time(),
+                owner,
+            )
+            if requeued:
+                signal.notify(requeued)  # an exit policy put jobs back to idle
+            if claims or completions or body.max_jobs == 0 or deadline <= time.monotonic():
+                # a Response is sent as it is: no validation pass over the claims
+                return JSONResponse({"completed": completed, "claims": claims})
+            waits = True
+        finally:
+            if token is not None and not claims:
+                signal.missed(token)  # woken for work that is not for this slot
+            if not waits:
+                signal.leave(waiter)
+        token = await signal.wait(waiter, deadline - time.monotonic())
 
 
 @router.get("/pilots")
@@ -254,34 +265,44 @@ async def claim(
     config, signal, turns = pool.config, pool.signal, pool.store.turns
     owner = pilot_owner(who)
     deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
+    token: int | None = None  # as in `cycle`
     while True:
-        wake = signal.current()
-        if await request.is_disconnected():
-            # A pilot killed mid-long-poll must not be handed the next job:
-            # nobody would run it until its lease ran out.
-            return Response(status_code=204)
-        if body.max_jobs == 1:  # the original form: one claim, as the object itself
-            found = await guarded(
-                turns.claim, pilot_id, body.free, config.claim_lease_seconds, owner
-            )
-            if found is not None:
-                return found
-        else:
-            many = await guarded(
-                turns.claim_many,
-                pilot_id,
-                body.free,
-                config.claim_lease_seconds,
-                body.max_jobs,
-                owner,
-            )
-            if many:
-                return {"claims": many}
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Response(status_code=204)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(wake.wait(), remaining)
+        waiter = signal.enter()
+        found: Any = None
+        waits = False
+        try:
+            if await request.is_disconnected():
+                # A pilot killed mid-long-poll must not be handed the next job:
+                # nobody would run it until its lease ran out.
+                return Response(status_code=204)
+            if body.max_jobs == 1:  # the original form: one claim, as the object itself
+                found = await guarded(
+                    turns.claim, pilot_id, body.free, config.claim_lease_seconds, owner
+                )
+                if found is not None:
+                    return found
+            else:
+                many = await guarded(
+                    turns.claim_many,
+                    pilot_id,
+                    body.free,
+                    config.claim_lease_seconds,
+                    body.max_jobs,
+                    owner,
+                )
+                if many:
+                    found = {"claims": many}
+                    return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Response(status_code=204)
+            waits = True
+        finally:
+            if token is not None and not found:
+                signal.missed(token)
+            if not waits:
+                signal.leave(waiter)
+        token = await signal.wait(waiter, remaining)
 
 
 @router.post("/pilots/{pilot_id}/heartbeat")
@@ -313,7 +334,7 @@ async def complete(
         pilot_owner(who),
     )
     if state == JobState.IDLE:
-        pool.signal.notify()  # an exit policy put the job back to idle
+        pool.signal.notify(1)  # an exit policy put the job back to idle
     return {"job_id": jid, "state": state, "status": JOB_STATUS[state]}
 
 
