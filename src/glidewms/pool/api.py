@@ -8,8 +8,8 @@ lease expiry, usage saved, periodic expressions.
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator

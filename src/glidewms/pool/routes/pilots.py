@@ -18,8 +18,6 @@ slot's entry, site and glidein id as the token scopes them (`check_slot`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import Annotated, Any
 
