@@ -215,7 +215,7 @@ async def edit(body: EditBody, pool: Pool, who: UserCaller) -> dict[str, Any]:
             actions.edit, rows, body.attribute, body.value, who.subject
         )
     if changed:
-        pool.signal.notify(changed)  # an edited job may now match an idle pilot
+        pool.signal.notify(len(changed))  # an edited job may now match an idle pilot
     return {"changed": changed, "skipped": skipped}
 
 
@@ -234,5 +234,5 @@ async def act(
         rows = await own_jobs(pool, who, body.job_ids)
         changed = await guarded(actions.act, action, rows, body.reason, who.subject)
     if action == JobCause.RELEASE.value and changed:
-        pool.signal.notify(changed)
+        pool.signal.notify(len(changed))
     return {"changed": changed}

@@ -1,0 +1,364 @@
+"""Pilot swarm: thousands of simulated pilots against one real pool process.
+
+Each pilot is a coroutine of this process with its own keep-alive HTTP/1.1
+connection (a minimal asyncio client: the figure is the pool's, so the
+client must stay cheap) speaking the real protocol (docs/protocol.md, as
+glidein/agent/exchange.py does): register with a slot ad over many sites
+and entries, long-poll `cycle` for claims, report completions in the next
+turn, and heartbeat its claims every `heartbeat_seconds` the pool gave it
+(over a small shared set of connections, as the agent's heartbeat thread
+has its own). The pool runs as `glidewms up` starts it (its own process).
+
+Phases, for each pilot count:
+  idle    every pilot long-polls, no job: pool CPU per idle pilot per second,
+          heartbeats/s and their latency, RSS, open connections;
+  single  one job submitted at a time while all pilots wait: time until a
+          pilot holds its claim, and the pool CPU it cost (the herd);
+  steady  a steady job load (`rate` jobs/s submitted in batches every 0.1 s,
+          each "running" 1-3 s): turn latency (a cycle that carries
+          completions) p50/p99, jobs/s completed, pool CPU per job.
+
+Run:  .venv/bin/python bench/pilot_swarm.py --pilots 1000 [--steady 20] [--idle 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from glidewms.client import ClientSettings, PoolClient
+from glidewms.launcher import Installation, Options
+from glidewms.security.tokens import TokenIssuer
+from glidewms.submit import parse_submit
+
+SITES = [f"T{tier}_XX_Site{i:03d}" for i, tier in zip(range(120), [1, 2, 2, 3] * 30)]
+ENTRIES_PER_SITE = 4
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def open_sockets(pid: int) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def slot_ad(i: int, rng: random.Random) -> dict[str, Any]:
+    """A pilot's slot as a real one looks: site, entry, cores, memory..."""
+    site = SITES[i % len(SITES)]
+    cpus = rng.choice([1, 1, 4, 8, 8])
+    return {
+        "Cpus": cpus,
+        "Memory": 2000 * cpus,
+        "Disk": 20_000_000 * cpus,
+        "GLIDEIN_Site": site,
+        "GLIDEIN_Entry_Name": f"{site}_ce{i % ENTRIES_PER_SITE}",
+        "GLIDEIN_ResourceName": site,
+        "GLIDEIN_CPUS": cpus,
+        "OpSys": "LINUX",
+        "Arch": "X86_64",
+        "OpSysAndVer": "AlmaLinux9",
+        "HAS_SINGULARITY": True,
+        "HAS_CVMFS_cms_cern_ch": True,
+        "GLIDEIN_MaxMemMBs": 2000 * cpus,
+    }
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (Content-Length bodies only)."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {token}\r\n"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def call(self, path: str, body: Any) -> tuple[int, Any]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        data = json.dumps(body).encode()
+        head = (
+            f"POST /api/v1/{path} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + data)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the pool closed the connection")
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length) if length else b""
+        return status, json.loads(payload) if payload else None
+
+
+class Swarm:
+    def __init__(self, host: str, port: int, token: str, n: int, heartbeat_conns: int) -> None:
+        self.host, self.port, self.token, self.n = host, port, token, n
+        self.hb = [Conn(host, port, token) for _ in range(heartbeat_conns)]
+        self.hb_locks = [asyncio.Lock() for _ in self.hb]
+        self.run_seconds = 0.0  # how long a claimed job "runs"
+        self.turn_lat: list[float] = []  # cycles that carried completions
+        self.hb_lat: list[float] = []
+        self.completed = 0
+        self.claimed_at: dict[str, float] = {}  # job id -> when a pilot got it
+        self.errors: list[str] = []
+        self.stop = False
+
+    async def pilot(self, i: int, ready: asyncio.Queue[int]) -> None:
+        rng = random.Random(i)
+        conn = Conn(self.host, self.port, self.token)
+        slot = slot_ad(i, rng)
+        cpus = slot["Cpus"]
+        status, answer = await conn.call(
+            "pilots", {"slot": slot, "glidein_id": f"{slot['GLIDEIN_Entry_Name']}-{i}"}
+        )
+        if status != 201:
+            self.errors.append(f"register {status} {answer}")
+            return
+        pid, period = answer["pilot_id"], float(answer["heartbeat_seconds"])
+        await ready.put(i)
+        held: list[str] = []
+        hb = asyncio.create_task(self.heartbeats(pid, period, held, rng))
+        try:
+            while not self.stop:
+                if held and self.run_seconds:
+                    await asyncio.sleep(self.run_seconds * rng.uniform(0.5, 1.5))
+                done = [
+                    {"claim_id": c, "exit_code": 0, "outputs": [], "wall_seconds": 1.0}
+                    for c in held
+                ]
+                body = {
+                    "completions": done,
+                    "max_jobs": cpus,
+                    "free": {"cpus": cpus, "memory": 2000 * cpus},
+                    "wait": 0 if done else 60,
+                }
+                t0 = time.perf_counter()
+                status, answer = await conn.call(f"pilots/{pid}/cycle", body)
+                now = time.perf_counter()
+                if status != 200:
+                    self.errors.append(f"cycle {status} {answer}")
+                    return
+                if done:
+                    self.turn_lat.append(now - t0)
+                    self.completed += sum(1 for ok in answer["completed"].values() if ok)
+                held[:] = [c["claim_id"] for c in answer["claims"]]
+                for c in answer["claims"]:
+                    self.claimed_at[c["job_id"]] = now
+        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+            self.errors.append(f"pilot {i}: {exc!r}")
+        finally:
+            hb.cancel()
+
+    async def heartbeats(
+        self, pid: str, period: float, held: list[str], rng: random.Random
+    ) -> None:
+        await asyncio.sleep(rng.uniform(0, period))  # pilots start at different times
+        k = rng.randrange(len(self.hb))
+        while not self.stop:
+            async with self.hb_locks[k]:
+                t0 = time.perf_counter()
+                status, _ = await self.hb[k].call(f"pilots/{pid}/heartbeat", {"claims": held})
+                self.hb_lat.append(time.perf_counter() - t0)
+            if status != 200:
+                self.errors.append(f"heartbeat {status}")
+            await asyncio.sleep(period)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+async def run(
+    args: argparse.Namespace, url: str, token: str, client: PoolClient, pool_pid: int, tmp: Path
+) -> dict[str, Any]:
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    swarm = Swarm(host, int(port), token, args.pilots, args.heartbeat_conns)
+    out: dict[str, Any] = {"pilots": args.pilots}
+    ready: asyncio.Queue[int] = asyncio.Queue()
+    t0 = time.perf_counter()
+    tasks = []
+    for i in range(args.pilots):
+        tasks.append(asyncio.create_task(swarm.pilot(i, ready)))
+        if i % 200 == 199:  # do not overrun the listen backlog
+            while ready.qsize() < i - 400 and not swarm.errors:
+                await asyncio.sleep(0.01)
+    while ready.qsize() < args.pilots:
+        if swarm.errors:
+            raise SystemExit(f"at {ready.qsize()} pilots: {swarm.errors[:3]}")
+        await asyncio.sleep(0.05)
+    out["register_s"] = time.perf_counter() - t0
+    await asyncio.sleep(3)  # every pilot in its long-poll
+
+    # idle: long-polls and heartbeats only
+    hb0, cpu0, w0 = len(swarm.hb_lat), cpu_seconds(pool_pid), time.perf_counter()
+    await asyncio.sleep(args.idle)
+    span = time.perf_counter() - w0
+    idle_cpu = cpu_seconds(pool_pid) - cpu0
+    hbs = swarm.hb_lat[hb0:]
+    out.update(
+        idle_cpu_per_pilot_s_us=idle_cpu / span / args.pilots * 1e6,
+        idle_cpu_frac=idle_cpu / span,
+        heartbeats_per_s=len(hbs) / span,
+        hb_p50=pct(hbs, 0.5),
+        hb_p99=pct(hbs, 0.99),
+        rss_mb=rss_mb(pool_pid),
+        sockets=open_sockets(pool_pid),
+        load=os.getloadavg()[0],
+    )
+
+    # single: one job at a time, all pilots idle
+    desc = parse_submit(
+        "executable = /bin/true\ntransfer_executable = false\nrequest_memory = 100\nqueue 1\n",
+        "one.sub",
+        tmp,
+    )
+    starts, costs = [], []
+    for _ in range(args.singles):
+        cpu0 = cpu_seconds(pool_pid)
+        t0 = time.perf_counter()
+        [jid] = (await asyncio.to_thread(client.submit, desc))["job_ids"]
+        deadline = time.monotonic() + 60
+        while jid not in swarm.claimed_at:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"job {jid} did not start within 60 s")
+            await asyncio.sleep(0.001)
+        starts.append(swarm.claimed_at[jid] - t0)
+        await asyncio.sleep(0.3)  # the pilot reports it; the others settle
+        costs.append(cpu_seconds(pool_pid) - cpu0)
+    out.update(
+        start_p50=statistics.median(starts) * 1000,
+        start_max=max(starts) * 1000,
+        single_cpu_ms=statistics.median(costs) * 1000,
+    )
+
+    # steady: `rate` jobs/s arrive (a submit every 0.1 s), each "runs" 1-3 s
+    swarm.run_seconds = 2.0
+    batch = max(1, int(args.rate / 10))
+    many = parse_submit(
+        "executable = /bin/true\ntransfer_executable = false\nrequest_memory = 100\n"
+        f"queue {batch}\n",
+        "many.sub",
+        tmp,
+    )
+    submitted = 0
+
+    async def feed() -> None:
+        nonlocal submitted
+        next_at = time.monotonic()
+        while not swarm.stop:
+            await asyncio.to_thread(client.submit, many)
+            submitted += batch
+            next_at += 0.1
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    feeder = asyncio.create_task(feed())
+    await asyncio.sleep(5.0)  # ramp up
+    done0, lat0, cpu0, w0 = (
+        swarm.completed,
+        len(swarm.turn_lat),
+        cpu_seconds(pool_pid),
+        time.perf_counter(),
+    )
+    sub0 = submitted
+    hb0 = len(swarm.hb_lat)
+    await asyncio.sleep(args.steady)
+    span = time.perf_counter() - w0
+    jobs = swarm.completed - done0
+    lat = swarm.turn_lat[lat0:]
+    out.update(
+        jobs_per_s=jobs / span,
+        turn_p50=pct(lat, 0.5),
+        turn_p99=pct(lat, 0.99),
+        cpu_per_job_ms=(cpu_seconds(pool_pid) - cpu0) / max(1, jobs) * 1000,
+        steady_hb_p99=pct(swarm.hb_lat[hb0:], 0.99),
+        steady_rss_mb=rss_mb(pool_pid),
+        steady_load=os.getloadavg()[0],
+        submitted_per_s=(submitted - sub0) / span,
+        errors=len(swarm.errors),
+    )
+    swarm.stop = True
+    feeder.cancel()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pilots", type=int, default=1000)
+    parser.add_argument("--idle", type=float, default=15.0, help="seconds of the idle phase")
+    parser.add_argument("--singles", type=int, default=10, help="single jobs, one at a time")
+    parser.add_argument("--steady", type=float, default=20.0, help="seconds measured under load")
+    parser.add_argument("--rate", type=float, default=600.0, help="offered jobs/s")
+    parser.add_argument("--heartbeat-conns", type=int, default=32)
+    args = parser.parse_args()
+    want = args.pilots * 2 + 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:  # the pool (a child) inherits it: one socket per pilot on each side
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+    except (ValueError, OSError) as exc:
+        print(f"cannot raise the fd limit to {want} (soft {soft}, hard {hard}): {exc}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inst = Installation(Options(state_dir=Path(tmp) / "state"))
+        inst.prepare()
+        inst.path("run").mkdir(parents=True, exist_ok=True)
+        inst.path("logs").mkdir(parents=True, exist_ok=True)
+        inst._spawn("pool")  # the pool only: no factory, frontend or real pilots
+        try:
+            inst._await_url("pool", 60)
+            url = inst.services["pool"].url
+            issuer = TokenIssuer.from_file(inst.path("keys", "issuer.key"))
+            token = issuer.issue("swarm", ["pilot"], 3600, fe="frontend", group="main")
+            client = PoolClient(ClientSettings(url, inst.token_file("user")))
+            pid = inst.services["pool"].process.pid
+            out = asyncio.run(run(args, url, token, client, pid, Path(tmp)))
+        finally:
+            inst.stop()
+    out["machine"] = (
+        f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
+
+
+if __name__ == "__main__":
+    main()
