@@ -151,7 +151,7 @@ class Swarm:
         pid, period = answer["pilot_id"], float(answer["heartbeat_seconds"])
         await ready.put(i)
         held: list[str] = []
-        hb = asyncio.create_task(self.heartbeats(pid, period, held, rng))
+        hb = asyncio.create_task(self.heartbeats(pid, period, held, rng)) if self.hb else None
         try:
             while not self.stop:
                 if held and self.run_seconds:
@@ -181,7 +181,8 @@ class Swarm:
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
             self.errors.append(f"pilot {i}: {exc!r}")
         finally:
-            hb.cancel()
+            if hb is not None:
+                hb.cancel()
 
     async def heartbeats(
         self, pid: str, period: float, held: list[str], rng: random.Random
@@ -271,6 +272,13 @@ async def run(
         single_cpu_ms=single_cpu / args.singles * 1000,
     )
 
+    if args.steady <= 0:
+        swarm.stop = True
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return out
+
     # steady: `rate` jobs/s arrive (a submit every 0.1 s), each "runs" 1-3 s
     swarm.run_seconds = 2.0
     batch = max(1, int(args.rate / 10))
@@ -329,9 +337,11 @@ def main() -> None:
     parser.add_argument("--pilots", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=15.0, help="seconds of the idle phase")
     parser.add_argument("--singles", type=int, default=10, help="single jobs, one at a time")
-    parser.add_argument("--steady", type=float, default=20.0, help="seconds measured under load")
+    parser.add_argument(
+        "--steady", type=float, default=20.0, help="seconds measured under load (0: none)"
+    )
     parser.add_argument("--rate", type=float, default=600.0, help="offered jobs/s")
-    parser.add_argument("--heartbeat-conns", type=int, default=32)
+    parser.add_argument("--heartbeat-conns", type=int, default=32, help="0: no heartbeats")
     args = parser.parse_args()
     want = args.pilots * 2 + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
