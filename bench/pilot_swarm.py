@@ -323,6 +323,7 @@ async def run(
         steady_load=os.getloadavg()[0],
         submitted_per_s=(submitted - sub0) / span,
         errors=len(swarm.errors),
+        error_samples=sorted(set(e[:120] for e in swarm.errors))[:3],
     )
     swarm.stop = True
     feeder.cancel()
