@@ -19,6 +19,7 @@ Phases, for each pilot count:
           completions) p50/p99, jobs/s completed, pool CPU per job.
 
 Run:  .venv/bin/python bench/pilot_swarm.py --pilots 1000 [--steady 20] [--idle 15]
+      [--postgres]   (the pool on a PostgreSQL server of its own, a separate process)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import platform
 import random
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +101,21 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def call(self, path: str, body: Any) -> tuple[int, Any]:
+        """One request; a kept connection the pool closed meanwhile (uvicorn
+        drops one idle for 5 s) is opened anew and the request sent again,
+        as the agent's HTTP client does."""
+        try:
+            return await self._call(path, body)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            self.close()
+            return await self._call(path, body)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def _call(self, path: str, body: Any) -> tuple[int, Any]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -108,6 +125,7 @@ class Conn:
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
         )
         self.writer.write(head.encode() + data)
+        await self.writer.drain()
         status_line = await self.reader.readline()
         if not status_line:
             raise ConnectionError("the pool closed the connection")
@@ -192,7 +210,12 @@ class Swarm:
         while not self.stop:
             async with self.hb_locks[k]:
                 t0 = time.perf_counter()
-                status, _ = await self.hb[k].call(f"pilots/{pid}/heartbeat", {"claims": held})
+                try:
+                    status, _ = await self.hb[k].call(f"pilots/{pid}/heartbeat", {"claims": held})
+                except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+                    self.hb[k].close()
+                    self.errors.append(f"heartbeat: {exc!r}")
+                    status = 0
                 self.hb_lat.append(time.perf_counter() - t0)
             if status != 200:
                 self.errors.append(f"heartbeat {status}")
@@ -342,6 +365,11 @@ def main() -> None:
         "--steady", type=float, default=20.0, help="seconds measured under load (0: none)"
     )
     parser.add_argument("--rate", type=float, default=600.0, help="offered jobs/s")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the pool on a PostgreSQL server of its own (tests/components/postgres.py)",
+    )
     parser.add_argument("--heartbeat-conns", type=int, default=32, help="0: no heartbeats")
     args = parser.parse_args()
     want = args.pilots * 2 + 1000
@@ -351,11 +379,19 @@ def main() -> None:
     except (ValueError, OSError) as exc:
         print(f"cannot raise the fd limit to {want} (soft {soft}, hard {hard}): {exc}")
 
+    cluster = None
     with tempfile.TemporaryDirectory() as tmp:
         inst = Installation(Options(state_dir=Path(tmp) / "state"))
         inst.prepare()
         inst.path("run").mkdir(parents=True, exist_ok=True)
         inst.path("logs").mkdir(parents=True, exist_ok=True)
+        if args.postgres:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.components.postgres import PostgresCluster
+
+            cluster = PostgresCluster()
+            with open(inst.path("config", "pool.yaml"), "a") as config:
+                config.write(f"\ndatabase_url: {cluster.database()}\n")
         inst._spawn("pool")  # the pool only: no factory, frontend or real pilots
         try:
             inst._await_url("pool", 60)
@@ -367,6 +403,9 @@ def main() -> None:
             out = asyncio.run(run(args, url, token, client, pid, Path(tmp)))
         finally:
             inst.stop()
+            if cluster is not None:
+                cluster.stop()
+    out["database"] = "PostgreSQL (own server, fsync off)" if args.postgres else "SQLite"
     out["machine"] = (
         f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}"
