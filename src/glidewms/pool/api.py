@@ -25,7 +25,17 @@ from glidewms.metrics import router as metrics_route
 from glidewms.pool.bodies import invalid_body
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.metrics import PoolMetrics
-from glidewms.pool.routes import admin, demand, files, jobs, pilots, streams, tokens, userlog
+from glidewms.pool.routes import (
+    admin,
+    demand,
+    files,
+    jobs,
+    operator,
+    pilots,
+    streams,
+    tokens,
+    userlog,
+)
 from glidewms.pool.routes.deps import PoolContext, WorkSignal
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import FairShare, PoolStore
@@ -98,6 +108,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         tokens.router,
         streams.router,
         userlog.router,
+        operator.router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
     app.include_router(metrics_route)
