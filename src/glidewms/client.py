@@ -243,6 +243,24 @@ class PoolClient:
         """Fair-share state: {"time", "halflife", "submitters": [...]}, best priority first."""
         return self._call("GET", "/userprio")
 
+    def set_usage(self, submitter: str, core_seconds: float) -> dict[str, Any]:
+        """Admin: set a submitter's accumulated usage; its userprio row after."""
+        return self._call(
+            "PUT", "/userprio/usage", json={"submitter": submitter, "usage": core_seconds}
+        )
+
+    def drains(self) -> list[dict[str, Any]]:
+        """Admin: the drains that hold, with the live pilots each covers."""
+        return self._call("GET", "/drains")
+
+    def drain(self, kind: str, name: str, hard: bool = False, reason: str = "") -> dict[str, Any]:
+        """Admin: drain a pilot, an entry or a site (kind); the pilots drained now."""
+        return self._call("POST", "/drains", json={kind: name, "hard": hard, "reason": reason})
+
+    def undrain(self, kind: str, name: str) -> dict[str, Any]:
+        """Admin: lift a drain; the pilots that take jobs again."""
+        return self._call("POST", "/drains/undrain", json={kind: name})
+
     def concurrency(self) -> dict[str, Any]:
         """Concurrency limits: {"time", "limits": [{name, limit, in_use, ...}]}."""
         return self._call("GET", "/concurrency")

@@ -1159,18 +1159,6 @@ def test_heartbeat_kill_stops_the_job_without_completing_it(
     )
 
 
-def test_drain_stops_claiming_and_exits(pool: FakePool, tmp_path: Path, token_file: Path) -> None:
-    pool.drain = True
-    thread, box = agent_in_thread(
-        config_text(pool, tmp_path / "w", token_file, GLIDEIN_Idle_Timeout=600), tmp_path / "w"
-    )
-    thread.join(WAIT)
-    assert not thread.is_alive()
-    assert box["rc"] == 0
-    assert "drain" in pool.reports[0]["detail"]
-    assert pool.deregistered
-
-
 def test_a_pool_that_forgot_the_pilot_means_lost(
     pool: FakePool, tmp_path: Path, token_file: Path
 ) -> None:
