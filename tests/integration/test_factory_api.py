@@ -529,3 +529,37 @@ def test_local_backend_remove_escalates_and_recovers(env: Env) -> None:
         await fresh.close()
 
     asyncio.run(scenario())
+
+
+def test_local_backend_gives_pilots_the_entrys_environment(env: Env) -> None:
+    """As the batch backends do: the entry's `environment` reaches the pilot
+    process, and cannot redirect GLIDEIN_TOKEN_FILE."""
+    seen = env.tmp / "seen.txt"
+    script = env.tmp / "printenv.sh"
+    script.write_text(
+        f'printf "%s|%s|%s\\n" "$SITE_SETUP" "$X_SPACE" "$GLIDEIN_TOKEN_FILE" > {seen}\n'
+    )
+    context = BackendContext(state_dir=env.tmp / "state", bootstrap=script)
+    entry = EntryConfig(
+        name="e1",
+        site="S",
+        environment={
+            "SITE_SETUP": "/opt/site/setup.sh",
+            "X_SPACE": "a b",
+            "GLIDEIN_TOKEN_FILE": "/x",
+        },
+    )
+    token_file = env.tmp / "token"
+    token_file.write_text("t\n")
+
+    async def scenario() -> None:
+        backend = LocalBackend(context)
+        [pid] = await backend.submit(entry, [PilotSubmission("e1-x-0", (), token_file)])
+        deadline = time.monotonic() + 10
+        while (await backend.status([pid]))[pid] is PilotState.running:
+            assert time.monotonic() < deadline, "pilot did not end"
+            await asyncio.sleep(0.05)
+        await backend.close()
+
+    asyncio.run(scenario())
+    assert seen.read_text() == f"/opt/site/setup.sh|a b|{token_file}\n"
