@@ -1,17 +1,28 @@
 """Operators' drains (gentle and hard, of a pilot, an entry, a site) and the
-fair share's settable usage, through the pool's HTTP API."""
+fair share's settable usage, through the pool's HTTP API, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+
+from glidewms.config.pool import PoolConfig
+from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
 
 JOB = (
     '[ Cmd = "/bin/true"; RequestCpus = 1; RequestMemory = 100; '
     "Requirements = TARGET.Cpus >= RequestCpus && TARGET.Memory >= RequestMemory ]"
 )
 FREE = {"cpus": 4, "memory": 4000, "disk": 10000}
+
+
+@pytest.fixture
+def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig:  # noqa: F811
+    pool_config.database_url = database_url
+    return pool_config
 
 
 def slot(entry: str, site: str) -> dict[str, Any]:
@@ -184,3 +195,17 @@ def test_a_set_usage_survives_a_pool_restart(pool_config, auth):
     with TestClient(create_app(pool_config, "http://testserver")) as pool:
         [row] = pool.get("/api/v1/userprio", headers=alice).json()["submitters"]
         assert 7000.0 < row["usage"] <= 7200.0
+
+
+def test_an_entry_drain_outlives_a_pool_restart(pool_config, auth):
+    from glidewms.pool.api import create_app
+
+    admin, pilot = auth("root", "admin"), auth("p", "pilot", fe="fe1")
+    with TestClient(create_app(pool_config, "http://testserver")) as pool:
+        body = {"entry": "e1", "reason": "downtime"}
+        assert pool.post("/api/v1/drains", json=body, headers=admin).status_code == 200
+    with TestClient(create_app(pool_config, "http://testserver")) as pool:
+        [held] = pool.get("/api/v1/drains", headers=admin).json()
+        assert (held["kind"], held["name"], held["reason"]) == ("entry", "e1", "downtime")
+        pid = register(pool, pilot, entry="e1")
+        assert states(pool, admin)[pid] == "draining"

@@ -77,7 +77,7 @@ def same_decision(a: Record, b: Record) -> bool:
 
 
 def last_time(record: Record) -> float:
-    return float(record.get("last_time", record.get("time", 0.0)))
+    return float(record.get("last_time", record.get("time")) or 0.0)
 
 
 class Explanations:
