@@ -147,3 +147,28 @@ def test_hard_pilot_drain_vacates_the_job_which_completes_on_another_pilot(
     assert kinds.count("started") == 2 and kinds.count("completed") == 1
     [evicted] = [e for e in s.pool.events(jid) if e["type"] == "evicted"]
     assert f"hard drain of pilot {first}" in str(evicted)
+
+
+def test_an_undrain_reaches_a_busy_pilot_which_then_takes_the_next_job(
+    system: Callable[..., System], tmp_path: Path
+) -> None:
+    # max_pilots 1: while the first pilot lives, only it can run the second job
+    s = system(entries=[ENTRY])
+    jid = submit(s, tmp_path)
+    running = wait_for(lambda: (j := s.job(jid))["state"] == "running" and j, "the job to run")
+    first = running["pilot_id"]
+    cli(s, "pool", "drain", "--pilot", first)
+    second = submit(s, tmp_path, ticks=1)
+    # the pilot heard the drain: it says it is retiring in its heartbeats
+    wait_for(lambda: pilot_of(s, first)["retiring"], "the pilot to hear the drain")
+    assert "1 pilot(s)" in cli(s, "pool", "undrain", "--pilot", first)
+    wait_for(lambda: not pilot_of(s, first)["retiring"], "the pilot to hear the undrain")
+    done = wait_for(
+        lambda: (j := s.job(second))["state"] == "completed" and j, "the second job to complete"
+    )
+    assert done["pilot_id"] == first  # the undrained pilot took it instead of leaving
+    assert s.job(jid)["state"] == "completed"
+    # the operator's other lever, through the CLI too: the owner's past usage
+    owner = done["owner"]
+    said = cli(s, "userprio", "--set-accum", owner, "2.5")
+    assert said.startswith(f"{owner}: usage 2.50 core-h"), said

@@ -352,7 +352,8 @@ class Agent:
         return list(self.slot.runners)
 
     def follow(self, kill: list[str], drain: bool) -> None:
-        """A heartbeat's instructions: kill those claims' jobs (never completed); drain."""
+        """A heartbeat's instructions: kill those claims' jobs (never completed); drain,
+        or no longer (an operator lifted the drain while jobs still ran here)."""
         with self._cond:
             victims = [self.slot.runners[c] for c in kill if c in self.slot.runners]
             if drain and not self.draining:
@@ -360,6 +361,10 @@ class Agent:
                 self.draining = True
                 if self.reason is None:
                     self._decide()  # an idle pilot exits now, not after its long-poll
+                self._cond.notify_all()
+            elif not drain and self.draining and self.reason is None:
+                log.info("the pool lifted this pilot's drain: it takes jobs again")
+                self.draining = False
                 self._cond.notify_all()
         for runner in victims:
             runner.kill(self.kill_grace)

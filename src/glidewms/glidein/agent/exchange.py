@@ -129,8 +129,8 @@ class Exchange:
                 body: Dict[str, Any] = {
                     "claims": self.pilot.running_claims() + self.completions.claim_ids()
                 }
-            if self.pilot.retiring:
-                body["retiring"] = True
+            # said both ways: a drain the pool lifted makes a retiring pilot take work again
+            body["retiring"] = bool(self.pilot.retiring)
             try:
                 _, answer = self.pool.call(
                     "POST", f"pilots/{segment(self.pilot_id)}/heartbeat", body
