@@ -191,7 +191,9 @@ def _why(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 PilotTarget = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option("--pilot", help="one pilot, by its pool id (`glidewms status`)"),
+    typer.Option(
+        "--pilot", help="one pilot, by its pool id (a job's pilot_id, GET /api/v1/pilots)"
+    ),
 ]
 EntryTarget = Annotated[
     Optional[str],  # noqa: UP045
@@ -250,8 +252,10 @@ def undrain(
     pool: PoolOption = None,
     token_file: TokenOption = None,
 ) -> None:
-    """Admin: lift a drain; its pilots that have not left take jobs again
-    (unless another drain covers them)."""
+    """Admin: lift a drain; its pilots not yet gone take jobs again.
+
+    A pilot another drain still covers (its entry, site or itself) stays drained.
+    """
     kind, name = _target(pilot, entry, site)
     try:
         with client(pool, token_file) as c:

@@ -69,7 +69,7 @@ async def list_drains(pool: Pool, who: AdminCaller) -> list[dict[str, Any]]:
 async def drain(body: DrainBody, pool: Pool, who: AdminCaller) -> dict[str, Any]:
     """Drain a pilot, an entry or a site; gentle unless `hard`."""
     result = await guarded(
-        pool.store.drains.drain, body.target(), body.hard, body.reason, who.subject
+        pool.store.drains.drain, body.target(), body.hard, body.reason, who.subject[:256]
     )
     if result["vacated"]:
         pool.signal.notify()  # vacated jobs are idle again: waiting pilots may take them
