@@ -210,6 +210,13 @@ class EntryConfig(BaseModel):
     cpus: ResourceAmount = Field(default=1, description="cores per pilot, or auto")
     memory: ResourceAmount = Field(default=2048, description="MB per pilot, or auto")
     disk: ResourceAmount = Field(default="auto", description="MB of scratch per pilot, or auto")
+    gpus: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="GPUs per pilot asked of the batch system (Slurm --gres, PBS ngpus...) "
+        "and announced to frontends; the pilot's own detection decides what it offers",
+    )
     walltime: int = Field(default=86400, ge=60, description="pilot lifetime in seconds")
     idle_timeout: int = Field(
         default=1200, ge=0, description="seconds a pilot waits for work before it exits"

@@ -164,14 +164,15 @@ def catalogue_fields(site: Site, ce: ComputingElement, queue: Queue) -> dict[str
     ):
         if value:
             attributes[key] = value
-    if queue.gpus:
-        attributes["GLIDEIN_GPUs"] = queue.gpus
     if site.vos:
         attributes["GLIDEIN_Supported_VOs"] = ",".join(site.vos)
     return {
         "site": site.name,
         "cpus": queue.cores,
         "memory": queue.memory_mb,
+        # asked of the batch system and announced to frontends as the entry's GPUs
+        # (observe.entry_size); the pilots' detection stays what their slots offer
+        "gpus": queue.gpus,
         "walltime": queue.walltime_minutes * 60,
         "attributes": attributes,
         "batch": {"queue": queue.name},
