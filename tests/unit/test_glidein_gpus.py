@@ -23,6 +23,7 @@ from glidewms.glidein.agent.container import (
     wrap,
 )
 from glidewms.glidein.agent.http import Api
+from glidewms.glidein.agent.isolation import Isolation
 from glidewms.glidein.agent.jobs import JobProcess, JobSpec, job_environment
 from glidewms.glidein.agent.resources import Gpu, Resources, gpu_environment, pilot_gpus
 from glidewms.glidein.agent.slot import Slot
@@ -240,4 +241,29 @@ def test_in_bubblewrap_the_job_sees_only_its_own_gpu_device(tmp_path: Path) -> N
         "nvidia1",
         "nvidiactl",
         "nvidia1",  # the content of the fake device: it is the claim's own file
+    ]
+
+
+def test_an_isolated_job_sees_its_own_gpu_device_in_bubblewraps_fresh_dev(
+    tmp_path: Path,
+) -> None:
+    """Job isolation (sandbox mode) gives the job a fresh /dev: without the
+    claim's device files bound in it, a GPU job there would see no GPU."""
+    dev = fake_devices(tmp_path)
+    setup = ContainerSetup.from_values({**VALUES, "GLIDEIN_GPU_Device_Dir": str(dev)})
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    script = sandbox / "job.sh"
+    script.write_text('#!/bin/sh\ncd /dev && ls -d nvidia* > "$HOME/seen"\n')
+    script.chmod(0o755)
+    spec = JobSpec(cmd=str(script))
+    env = job_environment(spec, str(sandbox), {}, gpu_environment([Gpu("0")]))
+    isolation = Isolation("sandbox", bwrap=need_bwrap())
+    devices = claim_container(setup, ["0"]).gpu_devices
+    assert JobProcess(spec, str(sandbox), env, None, isolation, devices=devices).run() == 0
+    assert (sandbox / "seen").read_text().split() == [
+        "nvidia-caps",
+        "nvidia-uvm",
+        "nvidia0",
+        "nvidiactl",
     ]

@@ -222,7 +222,7 @@ class ClaimRunner:
                 outcome.killed = True
                 return
             self._process = JobProcess(
-                self.spec, self.sandbox, env, launcher, self.isolation, append
+                self.spec, self.sandbox, env, launcher, self.isolation, append, self._devices()
             )
         log.debug("%s: starting %s", tag, self.spec.cmd)
         streamer = Streamer(self.pool, self.claim_id, streams) if streams else None
@@ -264,6 +264,13 @@ class ClaimRunner:
             outcome.result["missing_outputs"] = [
                 name[:MAX_REPORTED] for name in plan.missing[:MAX_MISSING]
             ]
+
+    def _devices(self) -> Tuple[str, ...]:
+        """The GPU device files this claim's job may use (its own /dev/nvidiaN and
+        the driver's shared ones), for job isolation's fresh /dev."""
+        if self.gpus is None:
+            return ()
+        return claim_container(self.container, [g.device for g in self.gpus]).gpu_devices
 
     def _open_streams(self, append: frozenset[str]) -> dict[str, int]:
         """Descriptors of the streamed stdout/stderr files, opened before the job

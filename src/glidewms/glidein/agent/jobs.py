@@ -471,8 +471,11 @@ class JobProcess:
         launcher: Launcher | None = None,
         isolation: Optional[Isolation] = None,
         append: frozenset[str] = frozenset(),
+        devices: Tuple[str, ...] = (),
     ) -> None:
         self.spec = spec
+        # the claim's GPU device files, for a bubblewrap-isolated job's fresh /dev
+        self.devices = devices
         # stdout/stderr files a checkpoint brought: the job goes on writing them
         self.append = append
         self.sandbox = sandbox
@@ -501,7 +504,7 @@ class JobProcess:
         if self.launcher is not None:
             argv, env = self.launcher(argv, env)
         elif self._supervised:
-            argv = self.isolation.wrap(argv, self.sandbox)
+            argv = self.isolation.wrap(argv, self.sandbox, self.devices)
         argv = self.isolation.as_account(argv)
         try:
             proc = self._start(argv, env)
