@@ -60,7 +60,7 @@ def catalogue_entries() -> list[dict[str, object]]:
         defaults={"max_pilots": 1, "max_idle": 1, "max_per_cycle": 1, "disk": "auto"},
     )
     made = generate(Catalogue.model_validate(CATALOGUE), overrides).entries
-    assert {e["name"]: e["gpus"] for e in made} == {GPU_ENTRY: 2, CPU_ENTRY: 0}
+    assert {e["name"]: e.get("gpus", 0) for e in made} == {GPU_ENTRY: 2, CPU_ENTRY: 0}
     return made
 
 

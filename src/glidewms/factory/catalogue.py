@@ -166,17 +166,19 @@ def catalogue_fields(site: Site, ce: ComputingElement, queue: Queue) -> dict[str
             attributes[key] = value
     if site.vos:
         attributes["GLIDEIN_Supported_VOs"] = ",".join(site.vos)
-    return {
-        "site": site.name,
-        "cpus": queue.cores,
-        "memory": queue.memory_mb,
-        # asked of the batch system and announced to frontends as the entry's GPUs
-        # (observe.entry_size); the pilots' detection stays what their slots offer
-        "gpus": queue.gpus,
-        "walltime": queue.walltime_minutes * 60,
-        "attributes": attributes,
-        "batch": {"queue": queue.name},
-    }
+    fields: dict[str, Any] = {"site": site.name, "cpus": queue.cores, "memory": queue.memory_mb}
+    if queue.gpus:
+        # a GPU queue: asked of the batch system and announced to frontends as the
+        # entry's GPUs (observe.entry_size); what pilots offer is what they detect
+        fields["gpus"] = queue.gpus
+    fields.update(
+        {
+            "walltime": queue.walltime_minutes * 60,
+            "attributes": attributes,
+            "batch": {"queue": queue.name},
+        }
+    )
+    return fields
 
 
 def default_flavour(ce: ComputingElement) -> dict[str, Any] | None:
