@@ -28,6 +28,7 @@ from glidewms.glidein.agent.jobs import JobProcess, JobSpec, job_environment
 from glidewms.glidein.agent.resources import Gpu, Resources, gpu_environment, pilot_gpus
 from glidewms.glidein.agent.slot import Slot
 from glidewms.glidein.agent.trail import Trail
+from glidewms.glidein.validation import checks
 from tests.unit.test_glidein_container import need_bwrap
 
 PROPS = [
@@ -65,6 +66,7 @@ def test_the_pilots_gpus_are_named_as_validation_found_them() -> None:
             [Gpu("1", PROPS[1])],
             {
                 "CUDA_VISIBLE_DEVICES": "1",
+                "GPU_DEVICE_ORDINAL": "1",
                 "NVIDIA_VISIBLE_DEVICES": "1",
                 "_CONDOR_AssignedGPUs": "GPU-00000001",
             },
@@ -73,11 +75,20 @@ def test_the_pilots_gpus_are_named_as_validation_found_them() -> None:
             [Gpu("0"), Gpu("1")],
             {
                 "CUDA_VISIBLE_DEVICES": "0,1",
+                "GPU_DEVICE_ORDINAL": "0,1",
                 "NVIDIA_VISIBLE_DEVICES": "0,1",
                 "_CONDOR_AssignedGPUs": "CUDA0,CUDA1",
             },
         ),
-        ([], {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "none"}),
+        (  # HTCondor's value for a job without GPUs on a GPU machine: no such index
+            [],
+            {
+                "CUDA_VISIBLE_DEVICES": "10000",
+                "GPU_DEVICE_ORDINAL": "10000",
+                "NVIDIA_VISIBLE_DEVICES": "none",
+                "_CONDOR_AssignedGPUs": "10000",
+            },
+        ),
     ],
 )
 def test_what_a_job_is_told_of_its_gpus(gpus: list[Gpu], expected: dict[str, str]) -> None:
@@ -90,7 +101,7 @@ def test_the_claims_gpus_replace_the_pilots_list_in_the_job_environment() -> Non
     env = job_environment(spec, "/s", published, gpu_environment([Gpu("1", PROPS[1])]))
     assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["_CONDOR_AssignedGPUs"] == "GPU-00000001"
     none = job_environment(spec, "/s", published, gpu_environment([]))
-    assert none["CUDA_VISIBLE_DEVICES"] == "" and "_CONDOR_AssignedGPUs" not in none
+    assert none["CUDA_VISIBLE_DEVICES"] == "10000" and none["_CONDOR_AssignedGPUs"] == "10000"
     # a pilot without GPUs leaves what was published (a multi-pilot node's "")
     assert (
         job_environment(spec, "/s", {"CUDA_VISIBLE_DEVICES": ""}, None)["CUDA_VISIBLE_DEVICES"]
@@ -267,3 +278,17 @@ def test_an_isolated_job_sees_its_own_gpu_device_in_bubblewraps_fresh_dev(
         "nvidia0",
         "nvidiactl",
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("10000", []), ("", []), ("-1", []), ("0,2", ["0", "2"]), (None, None)],
+)
+def test_a_pilot_in_an_htcondor_slot_without_gpus_counts_none(
+    value: str | None, expected: list[str] | None
+) -> None:
+    """HTCondor sets CUDA_VISIBLE_DEVICES=10000 in a slot without GPUs: a pilot
+    started there (behind an HTCondor-CE) must not take it for one GPU."""
+    env = {} if value is None else {"CUDA_VISIBLE_DEVICES": value}
+    assert checks.visible_devices(env) == expected
+    assert checks.gpu_attributes([], checks.visible_devices(env))["GPUs"] == len(expected or [])

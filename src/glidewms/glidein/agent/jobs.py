@@ -439,7 +439,6 @@ def job_environment(
     env.update(extra)
     env["_CONDOR_SCRATCH_DIR"] = sandbox
     if gpus is not None:
-        env.pop("_CONDOR_AssignedGPUs", None)
         env.update(gpus)
     if spec.x509_proxy is not None:  # HTCondor sets it to the proxy in the sandbox
         env["X509_USER_PROXY"] = os.path.join(sandbox, spec.x509_proxy)

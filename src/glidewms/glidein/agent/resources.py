@@ -132,18 +132,32 @@ def pilot_gpus(values: dict[str, str], count: int) -> list[Gpu]:
     return [Gpu(ids[i], ads[i] if i < len(ads) else {}) for i in range(min(count, MAX_GPUS))]
 
 
+# What HTCondor's starter sets, by default, in every GPU variable of a job that
+# has no GPU on a GPU machine: an index no node has, so CUDA/OpenCL see no device
+# (unset would mean every GPU of the node).
+UNASSIGNED_GPUS = "10000"
+
+
 def gpu_environment(gpus: Sequence[Gpu]) -> dict[str, str]:
-    """What a job on a GPU pilot is told of its GPUs: only its claim's. A job that
-    asked for none gets an empty ``CUDA_VISIBLE_DEVICES``, which CUDA reads as
-    "no device" (unset would mean every GPU of the node), and no
-    ``_CONDOR_AssignedGPUs``."""
-    env = {
-        "CUDA_VISIBLE_DEVICES": ",".join(g.device for g in gpus),
-        "NVIDIA_VISIBLE_DEVICES": ",".join(g.device for g in gpus) or "none",
+    """What a job on a GPU pilot is told of its GPUs: only its claim's, in the
+    variables HTCondor's starter sets (``CUDA_VISIBLE_DEVICES``,
+    ``GPU_DEVICE_ORDINAL``, ``_CONDOR_AssignedGPUs``) and the one NVIDIA's
+    container runtime reads. A job that asked for none gets HTCondor's
+    "unassigned" value."""
+    if not gpus:
+        return {
+            "CUDA_VISIBLE_DEVICES": UNASSIGNED_GPUS,
+            "GPU_DEVICE_ORDINAL": UNASSIGNED_GPUS,
+            "_CONDOR_AssignedGPUs": UNASSIGNED_GPUS,
+            "NVIDIA_VISIBLE_DEVICES": "none",
+        }
+    devices = ",".join(g.device for g in gpus)
+    return {
+        "CUDA_VISIBLE_DEVICES": devices,
+        "GPU_DEVICE_ORDINAL": devices,
+        "_CONDOR_AssignedGPUs": ",".join(g.assigned for g in gpus),
+        "NVIDIA_VISIBLE_DEVICES": devices,
     }
-    if gpus:
-        env["_CONDOR_AssignedGPUs"] = ",".join(g.assigned for g in gpus)
-    return env
 
 
 def detect_cpus() -> int:
