@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from glidewms import timeseries
+
 metadata = sa.MetaData()
 
 requests_table = sa.Table(
@@ -120,10 +122,16 @@ def _retired_entries(conn: Connection) -> None:
     retired_entries_table.create(conn, checkfirst=True)
 
 
+def _samples(conn: Connection) -> None:
+    """Version 6: the time series the web console plots (glidewms/timeseries.py)."""
+    timeseries.create_table(conn)
+
+
 MIGRATIONS = [
     _create_tables,
     _downtimes_and_archive,
     _recovery,
     _entry_tokens_and_vo_stage,
     _retired_entries,
+    _samples,
 ]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from glidewms import timeseries
+
 metadata = sa.MetaData()
 
 counters = sa.Table(
@@ -241,6 +243,13 @@ def _v6_pilot_identity(conn: Connection) -> None:
         _add_missing_column(conn, pilots, name)
 
 
+def _v9_samples(conn: Connection) -> None:
+    """The time series the web console plots (glidewms/timeseries.py). Numbered
+    9: v7 and v8 come from other branches; it creates only its own table, so
+    its place in the list does not matter to the others."""
+    timeseries.create_table(conn)
+
+
 MIGRATIONS = [
     _initial,
     _v2_fair_share,
@@ -248,4 +257,5 @@ MIGRATIONS = [
     _v4_exit_policy,
     _v5_file_refs,
     _v6_pilot_identity,
+    _v9_samples,
 ]
