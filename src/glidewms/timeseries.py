@@ -277,7 +277,9 @@ def store(engine: Engine, now: float, values: dict[str, dict[str, float]]) -> No
                 )
         for resolution, keep in LEVELS:
             conn.execute(
-                samples.delete().where(samples.c.resolution == resolution, samples.c.at < now - keep)
+                samples.delete().where(
+                    samples.c.resolution == resolution, samples.c.at < now - keep
+                )
             )
 
 

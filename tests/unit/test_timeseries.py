@@ -33,7 +33,9 @@ INF = math.inf
         (0.9, [(10.0, 10.0), (INF, 10.0)], 9.0),
     ],
 )
-def test_bucket_quantile(q: float, buckets: list[tuple[float, float]], expected: float | None) -> None:
+def test_bucket_quantile(
+    q: float, buckets: list[tuple[float, float]], expected: float | None
+) -> None:
     found = ts.bucket_quantile(q, buckets)
     if expected is None:
         assert found is None
