@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from glidewms.client import ClientSettings, PoolClient
@@ -334,3 +335,36 @@ def test_plots_render_from_the_services_time_series(
     )
     assert plotted_points(browser, "Goodput fraction") >= 0  # drawn, even before reports
     assert_no_token_in_urls(browser, console)
+
+
+def test_forms_want_their_csrf_token_and_cookies_are_locked_down(console: Console) -> None:
+    """Outside the browser, the same rules: no login without the login form's
+    CSRF value, no logout without the session's, the session cookie out of
+    scripts' and other sites' reach, and headers that forbid framing."""
+    with httpx.Client(base_url=console.url) as client:
+        form = client.get("/login")
+        assert "frame-ancestors 'none'" in form.headers["content-security-policy"]
+        assert form.headers["x-frame-options"] == "DENY"
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        token = console.tokens["user"]
+        refused = httpx.post(f"{console.url}/login", data={"token": token, "csrf": csrf[1]})
+        assert refused.status_code == 403  # the value without its cookie: refused
+        assert "glidewms_session" not in refused.headers.get("set-cookie", "")
+        ok = client.post("/login", data={"token": token, "csrf": csrf[1]})
+        assert ok.status_code == 303 and ok.headers["location"] == "/"
+        cookie = next(
+            c for c in ok.headers.get_list("set-cookie") if c.startswith("glidewms_session=")
+        )
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+        assert token not in cookie and token not in ok.text
+        page = client.get("/")
+        assert page.status_code == 200 and token not in page.text
+        session_csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert session_csrf is not None
+        assert client.post("/logout", data={"csrf": "forged"}).status_code == 403
+        assert client.get("/").status_code == 200  # still logged in
+        assert client.post("/logout", data={"csrf": session_csrf[1]}).status_code == 303
+        assert client.get("/").headers["location"] == "/login"
+        big = client.post("/login", content=b"token=" + b"a" * 70000)
+        assert big.status_code == 413
