@@ -48,7 +48,7 @@ HERE = Path(__file__).parent
 MAX_FORM_BYTES = 64 * 1024
 JOB_ID = re.compile(r"^[0-9]{1,12}\.[0-9]{1,9}$")
 GLIDEIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-RANGES = {"1h": 3600, "6h": 6 * 3600, "1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+RANGES = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; connect-src 'self'"
