@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -41,6 +42,7 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from sqlalchemy.engine import Connection, Engine
@@ -332,11 +334,27 @@ def query(engine: Engine, name: str, since: float, step: float, now: float) -> d
 
 
 class Sampler:
+    """`engine` may be a function making it: made on first use (the frontend's
+    own file is not created by merely building its app)."""
+
     def __init__(
-        self, registry: CollectorRegistry, engine: Engine, specs: Sequence[Spec], interval: float
+        self,
+        registry: CollectorRegistry,
+        engine: Engine | Callable[[], Engine],
+        specs: Sequence[Spec],
+        interval: float,
     ) -> None:
-        self.registry, self.engine, self.specs, self.interval = registry, engine, specs, interval
+        self.registry, self.specs, self.interval = registry, specs, interval
+        self._engine = engine
+        self._making = threading.Lock()  # the sampler's thread and a query's
         self.memory: dict[str, Any] = {}
+
+    @property
+    def engine(self) -> Engine:
+        with self._making:
+            if not isinstance(self._engine, Engine):
+                self._engine = self._engine()
+            return self._engine
 
     @property
     def names(self) -> list[str]:
@@ -360,7 +378,7 @@ class Sampler:
 
 def install(
     app: FastAPI,
-    engine: Engine,
+    engine: Engine | Callable[[], Engine],
     specs: Sequence[Spec],
     interval: float,
     scopes: tuple[str, ...],
@@ -392,7 +410,15 @@ def _with_sampler(
     return run
 
 
-async def _caller(request: Request) -> Identity:
+_bearer = HTTPBearer(auto_error=False, scheme_name="HTTPBearer")
+
+
+async def _caller(
+    request: Request,
+    _named: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Identity:
+    """The caller, with one of the scopes the service chose (`install`); the
+    bearer scheme is named so the API's schema says a token is needed."""
     scopes: tuple[str, ...] = request.app.state.timeseries_scopes
     return await Require(scopes)(request)
 

@@ -74,7 +74,7 @@ def create_app(
     # the plots' series (timeseries.py), in a database of its own: its state is a JSON file
     timeseries.install(
         app,
-        timeseries.own_database(config.state_dir, "frontend"),
+        lambda: timeseries.own_database(config.state_dir, "frontend"),
         timeseries.FRONTEND_SERIES,
         config.timeseries_seconds,
         ("frontend", "metrics"),

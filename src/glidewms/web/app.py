@@ -244,6 +244,9 @@ def create_app(config: WebConfig, public_url: str = "") -> FastAPI:
             if exc.status == 0:
                 return again(f"The pool cannot be reached: {exc.detail}.", 502)
             # 403: a valid token without the user scope (a frontend's): factory pages
+        previous = request.cookies.get(COOKIE)
+        if previous:
+            sessions.drop(previous)  # a new id at every login: no session fixation
         session = sessions.new(token)
         log.info("login: %s (%s)", session.subject, " ".join(sorted(session.scopes)))
         response = RedirectResponse("/", status_code=303)

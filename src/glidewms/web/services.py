@@ -4,6 +4,7 @@ with the visitor's own token: the services decide what the visitor may see
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -64,7 +65,7 @@ class Services:
         if response.status_code >= 400:
             raise ServiceError(service, response.status_code, _detail(body))
         try:
-            return httpx.Response(200, content=body).json()
+            return json.loads(body)
         except ValueError:
             raise ServiceError(service, 502, "not JSON") from None
 
@@ -90,7 +91,7 @@ class Services:
 
 def _detail(body: bytes) -> str:
     try:
-        detail = httpx.Response(200, content=body).json().get("detail")
+        detail = json.loads(body).get("detail")
     except (ValueError, AttributeError):
         detail = None
     text = detail if isinstance(detail, str) else body[:300].decode("utf-8", "replace")
