@@ -49,6 +49,7 @@ from sqlalchemy.engine import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 
 from glidewms.db import make_engine, migrate, sqlite_url
+from glidewms.errors import responses
 from glidewms.security.http import Require
 from glidewms.security.tokens import Identity
 
@@ -427,7 +428,7 @@ router = APIRouter()
 Caller = Annotated[Identity, Depends(_caller)]
 
 
-@router.get(PATH)
+@router.get(PATH, responses=responses(404))
 async def timeseries(
     request: Request,
     who: Caller,
