@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from glidewms.config.pool import PoolConfig
 from glidewms.factory.store import Glidein
 from glidewms.security.tokens import TokenIssuer
+from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
 from tests.integration.conftest import bearer
 from tests.integration.test_factory_api import Env
 from tests.integration.test_factory_api import env as factory_env  # noqa: F401
@@ -23,9 +24,11 @@ JOB_AD = '[ Cmd = "/bin/echo"; RequestCpus = 1; Requirements = true ]'
 
 
 @pytest.fixture
-def pool_config(pool_config: PoolConfig) -> PoolConfig:
-    """No sampling loop: the test takes its samples itself, at known times."""
+def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig:  # noqa: F811
+    """No sampling loop: the test takes its samples itself, at known times; on
+    SQLite and on PostgreSQL in turn (the downsampling's queries)."""
     pool_config.timeseries_seconds = 0
+    pool_config.database_url = database_url
     return pool_config
 
 
