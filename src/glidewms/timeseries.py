@@ -107,16 +107,22 @@ class SeriesSpec:
     def name(self) -> str:
         return self.family
 
-    def values(self, found: dict[str, Metric], memory: dict[str, Any]) -> dict[str, float]:
+    def values(self, found: dict[str, Metric], memory: dict[Any, Any]) -> dict[str, float]:
         metric = found.get(self.family)
-        if metric is None:
-            return {}
         out: dict[str, float] = {}
-        for s in metric.samples:
+        for s in [] if metric is None else metric.samples:
             if s.name not in (self.family, self.family + "_total"):
                 continue  # a counter's _created, a histogram's parts
             key = labels_key({k: s.labels.get(k, "") for k in self.keep})
             out[key] = out.get(key, 0.0) + float(s.value)
+        # A count that falls to nothing has no sample (no pilot alive at an
+        # entry: no row to group): a series seen before is 0 now, not a gap.
+        seen: set[str] = memory.setdefault(("seen", self.family, self.keep), set())
+        for key in seen - out.keys():
+            out[key] = 0.0
+        seen.update(out)
+        if len(seen) > 2 * MAX_SERIES_PER_NAME:
+            seen.intersection_update(k for k, v in out.items() if v)
         return out
 
 
@@ -133,7 +139,7 @@ class QuantileSpec:
     def name(self) -> str:
         return self.family + self.suffix
 
-    def values(self, found: dict[str, Metric], memory: dict[str, Any]) -> dict[str, float]:
+    def values(self, found: dict[str, Metric], memory: dict[Any, Any]) -> dict[str, float]:
         metric = found.get(self.family)
         if metric is None:
             return {}
@@ -160,7 +166,7 @@ class RatioSpec:
     numerator: str
     other: str
 
-    def values(self, found: dict[str, Metric], memory: dict[str, Any]) -> dict[str, float]:
+    def values(self, found: dict[str, Metric], memory: dict[Any, Any]) -> dict[str, float]:
         top = sum(SeriesSpec(self.numerator).values(found, memory).values())
         rest = sum(SeriesSpec(self.other).values(found, memory).values())
         if top + rest <= 0:
@@ -222,7 +228,7 @@ def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float |
 
 
 def collect(
-    registry: CollectorRegistry, specs: Iterable[Spec], memory: dict[str, Any]
+    registry: CollectorRegistry, specs: Iterable[Spec], memory: dict[Any, Any]
 ) -> dict[str, dict[str, float]]:
     """name -> {labels key: value} for each spec, from one collection."""
     found = {m.name: m for m in registry.collect()}  # a counter's family name lacks _total
@@ -348,7 +354,7 @@ class Sampler:
         self.registry, self.specs, self.interval = registry, specs, interval
         self._engine = engine
         self._making = threading.Lock()  # the sampler's thread and a query's
-        self.memory: dict[str, Any] = {}
+        self.memory: dict[Any, Any] = {}
 
     @property
     def engine(self) -> Engine:

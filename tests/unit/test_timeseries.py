@@ -87,7 +87,7 @@ def test_collect_sums_over_the_labels_not_kept() -> None:
 def test_the_median_is_of_the_observations_since_the_previous_sample() -> None:
     registry, _, wait, _, _ = registry_with_numbers()
     spec = ts.QuantileSpec("glidewms_pool_job_wait_seconds")
-    memory: dict[str, object] = {}
+    memory: dict[object, object] = {}
     for _ in range(10):
         wait.observe(50)  # before the baseline: not in any interval
     assert ts.collect(registry, [spec], memory) == {spec.name: {}}
@@ -168,3 +168,14 @@ def test_query_groups_by_labels_and_bounds_the_points(tmp_path: Path) -> None:
     assert coarse["resolution"] == 600
     assert len(coarse["series"][0]["points"]) <= 4
     assert ts.query(engine, "y", now - 3600, 0, now)["series"] == []
+
+
+def test_a_count_that_falls_to_nothing_is_zero_not_a_gap() -> None:
+    registry, pilots, *_ = registry_with_numbers()
+    spec = ts.SeriesSpec("glidewms_pool_pilots", ("state",))
+    memory: dict[object, object] = {}
+    pilots.labels("active", "A").set(2)
+    assert ts.collect(registry, [spec], memory)[spec.name] == {'{"state": "active"}': 2.0}
+    pilots.remove("active", "A")  # the collector has no row for it any more
+    assert ts.collect(registry, [spec], memory)[spec.name] == {'{"state": "active"}': 0.0}
+    assert ts.collect(registry, [spec], {})[spec.name] == {}  # never seen: nothing
