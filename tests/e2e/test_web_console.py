@@ -32,6 +32,7 @@ from tests.harness import System, systems, wait_for
 pytestmark = pytest.mark.e2e
 
 MARK = "webconsole-marker-7f3a"  # what the jobs print
+HOSTILE = "<img src=x onerror=alert(1)>"  # a job argument the pages must show, not run
 
 
 @dataclass
@@ -68,6 +69,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             "executable = quick.sh\narguments = $(Process)\noutput = quick.$(Process).out\n"
             "queue 3\n",
             base,
+        )
+        user_jobs += system.submit(
+            f'executable = quick.sh\narguments = "{HOSTILE}"\nqueue 1\n', base
         )
         bob = PoolClient(ClientSettings(inst.services["pool"].url, bob_file))
         bob_jobs = bob.submit(parse_submit("executable = quick.sh\nqueue 1\n", "bob.sub", base))[
@@ -368,3 +372,17 @@ def test_forms_want_their_csrf_token_and_cookies_are_locked_down(console: Consol
         assert client.get("/").headers["location"] == "/login"
         big = client.post("/login", content=b"token=" + b"a" * 70000)
         assert big.status_code == 413
+
+
+def test_hostile_text_is_shown_not_run(console: Console, browser: Any) -> None:
+    """A job's arguments are the user's input: the page shows them as text
+    (an alert would fail every call below), never as markup."""
+    from selenium.webdriver.common.by import By
+
+    login(browser, console, "user")
+    jid = console.user_jobs[-1]
+    browser.get(f"{console.url}/jobs/{jid}")
+    facts = browser.find_element(By.CSS_SELECTOR, "table.facts")
+    assert HOSTILE in facts.text
+    assert not facts.find_elements(By.TAG_NAME, "img")
+    assert_no_token_in_urls(browser, console)
