@@ -161,3 +161,17 @@ def test_a_chart_draws_each_series_and_escapes_its_labels() -> None:
     assert xs == sorted(xs) and xs[0] < xs[-1]
     assert ys[1] < ys[2] < ys[0]  # 3 drawn highest, then 2, then 1 (SVG y grows down)
     assert "no data yet" in line_chart("t", [], since=0.0, until=10.0)
+
+
+def test_the_web_config_wants_a_pool_and_real_urls(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from glidewms.config.web import WebConfig
+
+    assert WebConfig(pool_url="http://127.0.0.1:9618").factory_url is None
+    with pytest.raises(ValidationError, match="pool_url"):
+        WebConfig()  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="factory_url"):
+        WebConfig(pool_url="http://127.0.0.1:1", factory_url="ftp://x")
+    with pytest.raises(ValidationError, match="tls_cert and tls_key go together"):
+        WebConfig(pool_url="http://127.0.0.1:1", tls_cert=tmp_path / "c.pem")
