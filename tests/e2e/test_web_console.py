@@ -104,8 +104,14 @@ def login(driver: Any, console: Console, who: str) -> None:
     driver.get(f"{console.url}/login")
     driver.find_element(By.ID, "token").send_keys(console.tokens[who])
     driver.find_element(By.ID, "login-button").click()
-    wait_for(lambda: driver.current_url.rstrip("/") == console.url, f"{who} logged in", 30)
-    assert "Log out" in driver.page_source
+    wait_for(
+        lambda: (
+            driver.current_url.rstrip("/") == console.url
+            and driver.find_elements(By.CSS_SELECTOR, "form.logout")
+        ),
+        f"{who} logged in",
+        30,
+    )
 
 
 def text_of(driver: Any, element_id: str) -> str:
@@ -150,7 +156,8 @@ def test_pages_load_after_logging_in_with_a_token(
     shot(browser, tmp_path, "queue")
     jid = console.user_jobs[0]
     browser.find_element(By.LINK_TEXT, jid).click()
-    assert browser.current_url == f"{console.url}/jobs/{jid}"
+    wait_for(lambda: browser.current_url == f"{console.url}/jobs/{jid}", "the job's page", 30)
+    wait_for(lambda: browser.find_elements(By.ID, "ad"), "the job's ad", 30)
     assert "completed" in text_of(browser, "events") or browser.find_elements(
         By.CSS_SELECTOR, "#events tr"
     )
@@ -178,6 +185,7 @@ def test_a_wrong_token_is_refused_at_login(console: Console, browser: Any) -> No
     )
     browser.find_element(By.ID, "token").send_keys(forged)
     browser.find_element(By.ID, "login-button").click()
+    wait_for(lambda: browser.find_elements(By.ID, "login-error"), "the login's answer", 30)
     assert "does not accept this token" in text_of(browser, "login-error")
     browser.get(f"{console.url}/")
     assert browser.current_url == f"{console.url}/login"
@@ -385,4 +393,23 @@ def test_hostile_text_is_shown_not_run(console: Console, browser: Any) -> None:
     facts = browser.find_element(By.CSS_SELECTOR, "table.facts")
     assert HOSTILE in facts.text
     assert not facts.find_elements(By.TAG_NAME, "img")
+    assert_no_token_in_urls(browser, console)
+
+
+def test_an_idle_job_says_why(console: Console, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    system = console.system
+    (never,) = system.submit(
+        "executable = quick.sh\nrequirements = TARGET.Cpus > 1000\nqueue 1\n", console.base
+    )
+    try:
+        login(browser, console, "user")
+        browser.get(f"{console.url}/jobs/{never}")
+        why = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#why li")]
+        assert why[0].startswith("Idle:"), why
+        assert any("TARGET.Cpus > 1000" in line for line in why), why
+        assert any(line.startswith("Fair share: submitter") for line in why), why
+    finally:
+        system.pool.act("remove", [never])
     assert_no_token_in_urls(browser, console)

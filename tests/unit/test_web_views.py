@@ -129,6 +129,19 @@ def test_why_idle(job: dict, explain: list | None, expected: list[str]) -> None:
         assert found.startswith(start)
 
 
+def test_why_idle_says_where_the_submitter_stands_in_fair_share() -> None:
+    prio = [
+        {"submitter": "bob", "effective_priority": 5.0, "running_cores": 4},
+        {"submitter": "grp.alice", "effective_priority": 9.0, "running_cores": 2},
+    ]
+    reasons = views.why_idle({"state": "idle", "owner": "alice"}, None, prio)
+    assert reasons[-1] == (
+        "Fair share: submitter grp.alice has effective priority 9 (2 of 2; lower goes "
+        "first), 2 core(s) running."
+    )
+    assert len(views.why_idle({"state": "idle", "owner": "carol"}, None, prio)) == 1
+
+
 def test_goodput_fraction_per_row() -> None:
     rows = views.factory_rows(
         [

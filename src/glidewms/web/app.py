@@ -372,7 +372,11 @@ def create_app(config: WebConfig, public_url: str = "") -> FastAPI:
         if who.is_operator and services.has("frontend") and found.get("state") == "idle":
             with contextlib.suppress(ServiceError):
                 explain = await services.get("frontend", "explain", who.token)
-        reasons = views.why_idle(found, explain)
+        prio = None
+        if found.get("state") == "idle":
+            with contextlib.suppress(ServiceError):
+                prio = (await services.get("pool", "userprio", who.token)).get("submitters")
+        reasons = views.why_idle(found, explain, prio)
         return page(request, who, "job.html", job=found, events=events[-500:], reasons=reasons)
 
     @app.get("/jobs/{jid}/outputs/{index}")

@@ -107,10 +107,15 @@ def queue_summary(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def why_idle(job: dict[str, Any], explain: list[dict[str, Any]] | None) -> list[str]:
+def why_idle(
+    job: dict[str, Any],
+    explain: list[dict[str, Any]] | None,
+    userprio: list[dict[str, Any]] | None = None,
+) -> list[str]:
     """What can be said today about why a job does not run: its state, hold
-    reason, restarts, its Requirements; with an operator's view of the
-    frontend, which entries count it as demand."""
+    reason, restarts, its Requirements, where its submitter stands in fair
+    share; with an operator's view of the frontend, which entries count it
+    as demand."""
     state = job.get("state")
     if state == "held":
         return [f"Held: {job.get('hold_reason') or 'no reason given'}"]
@@ -125,6 +130,8 @@ def why_idle(job: dict[str, Any], explain: list[dict[str, Any]] | None) -> list[
     requirements = requirements_of(job.get("ad_long") or "")
     if requirements:
         reasons.append(f"Requirements = {requirements}")
+    if userprio:
+        reasons.extend(fair_share_line(str(job.get("owner", "")), userprio))
     if explain is not None:
         wanting = [
             r
@@ -146,6 +153,21 @@ def why_idle(job: dict[str, Any], explain: list[dict[str, Any]] | None) -> list[
                 + (f"; {'; '.join(map(str, r.get('reasons') or []))}" if r.get("reasons") else "")
             )
     return reasons
+
+
+def fair_share_line(owner: str, submitters: list[dict[str, Any]]) -> list[str]:
+    """Where the owner's submitter stands: jobs of a lower effective priority
+    are matched first (docs/pool.md, fair share)."""
+    ranked = sorted(submitters, key=lambda s: float(s.get("effective_priority") or 0))
+    for place, s in enumerate(ranked, start=1):
+        name = str(s.get("submitter", ""))
+        if name == owner or name.endswith(f".{owner}"):
+            return [
+                f"Fair share: submitter {name} has effective priority "
+                f"{float(s.get('effective_priority') or 0):.3g} ({place} of {len(ranked)}; "
+                f"lower goes first), {s.get('running_cores', 0)} core(s) running."
+            ]
+    return []
 
 
 def requirements_of(ad_long: str) -> str | None:
