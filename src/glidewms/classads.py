@@ -110,6 +110,7 @@ CEILING = AdLimits(
 # ~400 operators, or of attribute references): ClassAd Error, never a crash.
 LIBRARY_ERRORS = (classad2.ClassAdException, ValueError, RuntimeError, SystemError)
 ERROR = classad2.Value.Error
+UNDEFINED = classad2.Value.Undefined
 
 
 def parse_ad(text: str, limits: AdLimits = DEFAULT_LIMITS) -> classad2.ClassAd:

@@ -75,6 +75,18 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class StreamPart:
+    """What `PoolClient.stream` read: `data` starts at `offset` of the stream;
+    the pool keeps `start`..`end`; `state` is the job's."""
+
+    offset: int
+    start: int
+    end: int
+    state: str
+    data: bytes
+
+
 class PoolClient:
     def __init__(self, settings: ClientSettings, timeout: float = 30.0) -> None:
         try:
@@ -140,25 +152,31 @@ class PoolClient:
         return digest
 
     def submit(self, description: SubmitDescription) -> dict[str, Any]:
-        """Upload every sandbox file once, then queue all jobs as one cluster."""
+        """Upload every sandbox file once, then queue all jobs as one cluster.
+
+        A directory in `transfer_input_files` travels as its files, each under
+        its path below the directory (`dir` keeps `dir/` in front, `dir/` does
+        not; see `directory_files`)."""
         hashes: dict[Path, str] = {}
         jobs = []
         for job in description.jobs:
             sandbox = []
-            files = ([(job.executable, True)] if job.executable else []) + [
-                (p, False) for p in job.inputs
-            ]
-            for path, executable in files:
-                if path.is_dir():
-                    raise ClientError(
-                        f"{description.source}: {path}: directories in "
-                        "transfer_input_files are not supported yet"
-                    )
+            listed, contents = _listed_inputs(job.attrs.get("TransferInput"))
+            # preserve_relative_paths: for transfer_input_files only (not stdin, the proxy)
+            keep = job.iwd if job.attrs.get("PreserveRelativePaths") == "true" else None
+            files = [(job.executable.name, job.executable, True)] if job.executable else []
+            for p in job.inputs:  # transfer_input_files entries first, then stdin, the proxy
+                under = _under(p, keep) if listed.get(p, 0) > 0 else ""
+                listed[p] = listed.get(p, 0) - 1
+                files += [
+                    (under + name, local, False)
+                    for name, local in directory_files(p, p in contents, description.source)
+                ]
+            check_layout([name for name, _, _ in files], description.source)
+            for name, path, executable in files:
                 if path not in hashes:
                     hashes[path] = self.upload(path)
-                sandbox.append(
-                    {"name": path.name, "sha256": hashes[path], "executable": executable}
-                )
+                sandbox.append({"name": name, "sha256": hashes[path], "executable": executable})
             jobs.append({"ad": job.ad_text(), "sandbox": sandbox, "args": job.args, "env": job.env})
         return self._call("POST", "/jobs", json={"jobs": jobs})
 
@@ -198,9 +216,40 @@ class PoolClient:
         }
         return self._call("POST", "/jobs/edit", json=body)
 
+    def stream(
+        self, job_id: str, which: str = "out", offset: int | None = None, limit: int | None = None
+    ) -> StreamPart:
+        """Part of a job's streamed stdout (`which="out"`) or stderr, from
+        `offset` (None: the last `limit` bytes); see docs/protocol.md."""
+        params: dict[str, Any] = {"which": which}
+        if offset is not None:
+            params["offset"] = offset
+        if limit is not None:
+            params["limit"] = limit
+        r = self._call("GET", f"/jobs/{job_id}/stream", params=params)
+        headers = r.headers
+        try:
+            return StreamPart(
+                offset=int(headers["Glidewms-Stream-Offset"]),
+                start=int(headers["Glidewms-Stream-Start"]),
+                end=int(headers["Glidewms-Stream-End"]),
+                state=str(headers["Glidewms-Job-State"]),
+                data=r.content,
+            )
+        except (KeyError, ValueError):
+            raise ClientError(f"GET /jobs/{job_id}/stream: an answer without its headers") from None
+
     def userprio(self) -> dict[str, Any]:
         """Fair-share state: {"time", "halflife", "submitters": [...]}, best priority first."""
         return self._call("GET", "/userprio")
+
+    def concurrency(self) -> dict[str, Any]:
+        """Concurrency limits: {"time", "limits": [{name, limit, in_use, ...}]}."""
+        return self._call("GET", "/concurrency")
+
+    def cluster_events(self, cluster_id: int, after: int = 0) -> dict[str, Any]:
+        """One page of a cluster's events after event id `after` (pool/eventlog.py)."""
+        return self._call("GET", f"/clusters/{cluster_id}/events", params={"after": after})
 
     def download(self, sha256: str, dest: Path) -> None:
         try:
@@ -223,12 +272,215 @@ class PoolClient:
         tmp.replace(dest)
 
     def fetch_outputs(self, job_id: str, dest: Path) -> list[Path]:
-        job = self.job(job_id)
-        if job["state"] != "completed":
-            raise ClientError(f"job {job_id} is {job['state']}, not completed: no outputs yet")
+        """Every output of a completed job below `dest`, under the name it was
+        reported with (stdout/stderr by base name, transferred outputs by
+        their path relative to the job's Iwd)."""
+        job = self._completed(job_id)
         written = []
         for out in job["outputs"]:
-            name = Path(out["name"]).name
-            self.download(out["sha256"], dest / name)
-            written.append(dest / name)
+            if not _relative_safe(out["name"]):
+                raise ClientError(f"job {job_id}: output name {out['name']!r} is not a safe path")
+            self.download(out["sha256"], dest / out["name"])
+            written.append(dest / out["name"])
         return written
+
+    def fetch_in_place(self, job_id: str, skip_fetched: bool = False) -> list[Path]:
+        """A completed job's outputs where HTCondor puts them (`Placement`):
+        stdout/stderr at the ad's `Out`/`Err`, other outputs below `Iwd`,
+        `TransferOutputRemaps` applied. With `skip_fetched`, a file already
+        there with the same content is not downloaded again."""
+        job = self._completed(job_id)
+        where = Placement.of_ad(job["ad"])
+        written = []
+        for out in job["outputs"]:
+            try:
+                path = where.landing(out["name"])
+            except ValueError as exc:
+                raise ClientError(f"job {job_id}: {exc}") from None
+            if skip_fetched and path.is_file() and sha256_of(path) == out["sha256"]:
+                continue
+            self.download(out["sha256"], path)
+            written.append(path)
+        return written
+
+    def _completed(self, job_id: str) -> dict[str, Any]:
+        """A completed job, or a held one that left outputs (held for an output it
+        did not make: its stderr says why, as HTCondor would have brought it)."""
+        job = self.job(job_id)
+        if job["state"] != "completed" and not (job["state"] == "held" and job["outputs"]):
+            raise ClientError(f"job {job_id} is {job['state']}, not completed: no outputs yet")
+        if job.get("redacted"):
+            raise ClientError(f"job {job_id} is not yours: its outputs are not shown to you")
+        return job
+
+
+MAX_DIRECTORY_FILES = 10_000  # files one transfer_input_files directory may hold
+MAX_DIRECTORY_DEPTH = 32  # as deep as the pool takes sandbox paths
+
+
+def directory_files(path: Path, contents: bool, source: str = "<submit>") -> list[tuple[str, Path]]:
+    """(sandbox name, local file) of one `transfer_input_files` entry, as
+    HTCondor transfers it: a file under its base name; a directory `dir` as
+    `dir/...` and `dir/` as its contents, subdirectories kept.
+
+    Symlinks to files are sent as the files they point at; symlinks to
+    directories are not followed (no loops, no surprise trees) and empty
+    directories are not recreated (only files travel). Bounded: at most
+    MAX_DIRECTORY_FILES files, MAX_DIRECTORY_DEPTH levels."""
+    if not path.is_dir():
+        return [(path.name, path)]
+    prefix = "" if contents else f"{path.name}/"
+    found: list[tuple[str, Path]] = []
+    for here, dirs, files in os.walk(path, followlinks=False):
+        rel = Path(here).relative_to(path)
+        if len(rel.parts) + (not contents) >= MAX_DIRECTORY_DEPTH:
+            raise ClientError(
+                f"{source}: {path}: deeper than {MAX_DIRECTORY_DEPTH} levels "
+                f"at {rel} (transfer_input_files)"
+            )
+        dirs.sort()
+        for name in sorted(files):
+            local = Path(here) / name
+            if not local.is_file():  # a dangling symlink, a socket...
+                continue
+            found.append((prefix + (rel / name).as_posix().removeprefix("./"), local))
+            if len(found) > MAX_DIRECTORY_FILES:
+                raise ClientError(
+                    f"{source}: {path}: more than {MAX_DIRECTORY_FILES} files "
+                    "(transfer_input_files); pack them in an archive"
+                )
+    return found
+
+
+def check_layout(names: list[str], source: str = "<submit>") -> None:
+    """A sandbox the pilot can lay out: no input is a file where another needs
+    a directory (`a` and `a/b`). The same name twice is fine: the later wins,
+    as in HTCondor."""
+    files = set(names)
+    for name in names:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in files:
+                raise ClientError(
+                    f"{source}: transfer_input_files: {parent!r} is a file, but {name!r} "
+                    "needs a directory of that name in the sandbox"
+                )
+
+
+def _under(path: Path, iwd: Path | None) -> str:
+    """With `preserve_relative_paths` (iwd given), the directories between Iwd
+    and an input below it, which its sandbox name keeps ("" otherwise)."""
+    if iwd is None or not path.is_relative_to(iwd) or path.parent == iwd:
+        return ""
+    parent = path.parent.relative_to(iwd).as_posix()
+    return "" if parent == "." else f"{parent}/"
+
+
+def _listed_inputs(transfer_input: str | None) -> tuple[dict[Path, int], set[Path]]:
+    """The local entries of a TransferInput expression (how many times each is
+    listed), and those that are `dir/` entries (the contents, not the directory)."""
+    if not transfer_input:
+        return {}, set()
+    from glidewms.submit.exprs import evaluate
+
+    value = evaluate(transfer_input)
+    if not isinstance(value, str):
+        return {}, set()
+    names = [n.strip() for n in value.split(",") if n.strip() and "://" not in n]
+    counts: dict[Path, int] = {}
+    for n in names:
+        counts[Path(n)] = counts.get(Path(n), 0) + 1
+    return counts, {Path(n) for n in names if n.endswith("/")}
+
+
+def _relative_safe(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and all(p not in ("", ".", "..") and "\0" not in p for p in parts)
+
+
+def parse_remaps(text: str) -> dict[str, str]:
+    """`TransferOutputRemaps`: "name = newpath; ..." with `\\;` and `\\=` escapes."""
+    remaps: dict[str, str] = {}
+    entry: list[str] = []
+    entries: list[list[str]] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            entry.append("\\" + text[i + 1])
+            i += 2
+            continue
+        if ch == ";":
+            entries.append(entry)
+            entry = []
+        else:
+            entry.append(ch)
+        i += 1
+    entries.append(entry)
+    for tokens in entries:
+        source, target, side = "", "", 0
+        for t in tokens:
+            if t == "=" and side == 0:
+                side = 1
+            elif side == 0:
+                source += t[-1]
+            else:
+                target += t[-1]
+        if source.strip() and target.strip():
+            remaps[source.strip()] = target.strip()
+    return remaps
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job's outputs land on the submit side, from its ad."""
+
+    iwd: Path
+    out: str | None = None
+    err: str | None = None
+    remaps: dict[str, str] | None = None
+
+    @classmethod
+    def of_ad(cls, ad_text: str) -> Placement:
+        from glidewms import classads
+
+        ad = classads.parse_ad(ad_text, classads.CEILING)
+
+        def text(name: str) -> str | None:
+            value = classads.eval_attr(ad, name) if name in ad else None
+            return value if isinstance(value, str) and value else None
+
+        iwd = text("Iwd")
+        if iwd is None or not iwd.startswith("/"):
+            raise ClientError("the job's ad has no absolute Iwd: use --dest DIR")
+        remaps = text("TransferOutputRemaps")
+        return cls(Path(iwd), text("Out"), text("Err"), parse_remaps(remaps) if remaps else {})
+
+    def landing(self, name: str) -> Path:
+        """Where output `name` (as the pilot reported it) goes; ValueError for a
+        name or a remap that would leave Iwd. A remap to an absolute path is
+        taken as written: the user wrote it in the submit file."""
+        for stream in (self.out, self.err):
+            if stream and stream != "/dev/null" and name == os.path.basename(stream):
+                return Path(stream)
+        if not _relative_safe(name):
+            raise ValueError(f"output name {name!r} is not a safe relative path")
+        target = name
+        for source, new in (self.remaps or {}).items():
+            if name == source:
+                target = new
+            elif name.startswith(source.rstrip("/") + "/"):  # a remapped directory
+                target = new.rstrip("/") + name[len(source.rstrip("/")) :]
+            else:
+                continue
+            if target.startswith("/"):
+                return Path(os.path.normpath(target))
+            break
+        path = Path(os.path.normpath(self.iwd / target))
+        if not path.is_relative_to(self.iwd):
+            raise ValueError(
+                f"output {name!r}: remapped to {target!r}, outside the job's Iwd {self.iwd} "
+                "(write an absolute path in transfer_output_remaps to mean it)"
+            )
+        return path

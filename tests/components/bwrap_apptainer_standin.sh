@@ -4,15 +4,18 @@
 #   apptainer --version
 #   apptainer exec [--contain] [--cleanenv] [--ipc] [--pid] [--no-home] [--nv]
 #                  [--bind SRC[:DST[:ro|rw]][,...]]... [--pwd DIR] IMAGE CMD [ARGS...]
+#   apptainer run [the same options] IMAGE [ARGS...]   (the image's runscript,
+#                  /.singularity.d/runscript, as Apptainer runs a sandbox image)
 # IMAGE is a directory (a sandbox image); "/" is the host. With --cleanenv only
 # APPTAINERENV_X / SINGULARITYENV_X reach the command, as X. Every call is
 # appended to $APPTAINER_STANDIN_LOG when set, so tests can see it was used.
 set -u
 name=$(basename "$0")
 [ "${1:-}" = --version ] && { echo "$name version 1.3.0-standin"; exit 0; }
-[ "${1:-}" = exec ] || { echo "$name stand-in: only 'exec' and '--version'" >&2; exit 255; }
+verb=${1:-}
+[ "$verb" = exec ] || [ "$verb" = run ] || { echo "$name stand-in: only 'exec', 'run' and '--version'" >&2; exit 255; }
 shift
-[ -n "${APPTAINER_STANDIN_LOG:-}" ] && echo "$name exec $*" >> "$APPTAINER_STANDIN_LOG"
+[ -n "${APPTAINER_STANDIN_LOG:-}" ] && echo "$name $verb $*" >> "$APPTAINER_STANDIN_LOG"
 binds=() pwd_dir=/ cleanenv=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -30,8 +33,15 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-[ $# -ge 2 ] || { echo "$name stand-in: need IMAGE and a command" >&2; exit 255; }
-image=$1; shift
+if [ "$verb" = run ]; then
+  [ $# -ge 1 ] || { echo "$name stand-in: need IMAGE" >&2; exit 255; }
+  image=$1; shift
+  [ -x "$image/.singularity.d/runscript" ] || { echo "FATAL: no runscript in $image" >&2; exit 255; }
+  set -- /.singularity.d/runscript "$@"
+else
+  [ $# -ge 2 ] || { echo "$name stand-in: need IMAGE and a command" >&2; exit 255; }
+  image=$1; shift
+fi
 [ -d "$image" ] || { echo "FATAL: could not open image $image: not a sandbox directory" >&2; exit 255; }
 if [ "$image" = / ]; then
   root=(--ro-bind /usr /usr --ro-bind /etc /etc --symlink usr/bin /bin --symlink usr/lib /lib

@@ -152,6 +152,7 @@ def test_routes_are_served_under_the_protocol_prefix(env: Env) -> None:
                 ("POST", "/reload"),
                 ("GET", "/entries"),
                 ("POST", "/entries/{name}/resume"),
+                ("POST", "/entries/{name}/pause"),
                 ("GET", "/requests"),
                 ("PUT", "/requests/{group}"),
                 ("GET", "/glideins"),

@@ -117,7 +117,16 @@ def test_trail_archive_and_search(env: Env) -> None:
         assert client.post(url, json=final, headers=pilot).status_code == 200
 
         # Live: not archived yet, the backend's current output is shown.
-        live = client.get(f"/api/v1/glideins/{first}/logs", headers=frontend).json()
+        # (a process counts as running before its first line is written: wait for it)
+        live = wait_for(
+            lambda: (
+                (got := client.get(f"/api/v1/glideins/{first}/logs", headers=frontend).json())[
+                    "stdout"
+                ]
+                and got
+            ),
+            "the pilot's first line",
+        )
         assert live["archived"] is False and f"pilot {first} started" in live["stdout"]
         assert [r.get("content") for r in live["trail"]] == [
             "validated",

@@ -164,17 +164,18 @@ def test_a_job_that_runs_again_forever_keeps_a_bounded_log(store: PoolStore) -> 
     assert len(found) <= 10 and found[0] == "submitted" and found[-1] == "requeued"
 
 
-def test_only_plain_output_names_are_kept_and_at_most_the_cap(store: PoolStore) -> None:
+def test_only_safe_output_paths_are_kept_and_at_most_the_cap(store: PoolStore) -> None:
     _, [jid] = store.queue.submit("alice", [NewJob(AD, [], [], {})])
     pilot = store.pilots.register(dict(SLOT), "g1", PilotOwner("pilot", "fe", "main"), 3600)
     _, [c], _ = store.turns.cycle(pilot, [], dict(FREE), 60, 1, 0.0)
     sha = "0" * 64
-    outputs = [{"name": n, "sha256": sha} for n in ("..", "a/b", "one", "two", "three", "four")]
+    names = ("..", "a/../b", "/etc/x", "a//b", "one", "d/two", "three", "four")
+    outputs = [{"name": n, "sha256": sha} for n in names]
     store.turns.cycle(pilot, [Completion(c["claim_id"], 0, outputs)], dict(FREE), 60, 0, 0.0)
     row = store.queue.get_job(jid)
-    assert [o["name"] for o in row.outputs] == ["one", "two", "three"]
+    assert [o["name"] for o in row.outputs] == ["one", "d/two", "three"]
     with store.engine.connect() as conn:
         detail = conn.execute(
             sa.select(events.c.detail).where(events.c.type == "completed")
         ).scalar_one()
-    assert detail["outputs_dropped"] == 3
+    assert detail["outputs_dropped"] == 5

@@ -52,8 +52,12 @@ def test_a_broken_start_expression_takes_no_jobs(pool, users):
 @pytest.mark.parametrize(
     ("extra", "container"),
     [
-        ('ContainerImage = "/images/el9";', {"image": "/images/el9"}),
-        ('SingularityImage = "/cvmfs/img/el8";', {"image": "/cvmfs/img/el8"}),
+        ('ContainerImage = "/images/el9";', {"image": "/images/el9", "kind": "sandbox"}),
+        ('SingularityImage = "/cvmfs/img/el8";', {"image": "/cvmfs/img/el8", "kind": "sandbox"}),
+        (
+            'ContainerImage = "el9.sif"; WantSIF = true; ContainerImageSource = "cedar";',
+            {"image": "el9.sif", "kind": "sif", "in_sandbox": True},
+        ),
         ("WantContainer = true;", {"image": ""}),
         ("", None),
     ],

@@ -93,6 +93,12 @@ def test_a_malformed_job_id_is_a_one_line_usage_error(command: list[str]) -> Non
     assert len(lines) == 1 and lines[0].startswith("error: not a job id"), result.output
 
 
+def test_fetch_without_a_job_or_all_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["fetch", "--pool", "http://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert "name a job (CLUSTER.PROC or CLUSTER) or give --all" in result.output
+
+
 class _FakePool(BaseHTTPRequestHandler):
     """Answers every GET with an empty job list, naming `version` as its protocol."""
 
@@ -186,6 +192,7 @@ class _HostileService(BaseHTTPRequestHandler):
             "submitters": [
                 {
                     "submitter": f"eve{HOSTILE}",
+                    "group": f"g{HOSTILE}",
                     "effective_priority": 3600.0,
                     "factor": 1.0,
                     "usage": 7200.0,
@@ -194,6 +201,13 @@ class _HostileService(BaseHTTPRequestHandler):
                 }
             ],
             "halflife": 86400.0,
+        },
+        "/api/v1/concurrency": {
+            "time": 1.0,
+            "limits": [
+                {"name": HOSTILE, "limit": 2, "in_use": 1, "idle_jobs": 3, "blocked_jobs": 0},
+                {"name": "free", "limit": None, "in_use": 0, "idle_jobs": 1, "blocked_jobs": 0},
+            ],
         },
         "/api/v1/downtimes": [
             {
@@ -280,7 +294,7 @@ def assert_shown_literally(result: Any) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["q"], ["q", "--long"], ["history"], ["history", "-l"], ["userprio"]],
+    [["q"], ["q", "--long"], ["history"], ["history", "-l"], ["userprio"], ["limits"]],
 )
 def test_user_commands_print_other_users_data_literally(
     hostile_service: tuple[str, Path], command: list[str]
@@ -290,7 +304,9 @@ def test_user_commands_print_other_users_data_literally(
         app, [*command, "--pool", url, "--token-file", str(token)], env={"COLUMNS": "1000"}
     )
     assert_shown_literally(result)
-    if command != ["userprio"]:
+    if command == ["limits"]:
+        assert "unlimited" in result.output
+    elif command != ["userprio"]:
         assert "[/bold]" in result.output  # as written, not taken for markup
     if "--long" in command or "-l" in command:
         assert 'Note = "[/red]"' in result.output

@@ -195,3 +195,36 @@ def test_group_expression_errors_are_counted_even_from_the_memo():
     matcher = Matcher(ALL)
     match_demand([ac(1, 3, req="TARGET.GLIDEIN_Site + 1 > 0")], ALL, GroupRules(), NOW, matcher)
     assert matcher.errors == {}
+
+
+@pytest.mark.parametrize(
+    ("req", "expected"),
+    [
+        # what pilots detect and these entries do not declare: the pool decides
+        ('Machine != "x"', {"plain", "bwrap_only", "no_containers"}),
+        ('TARGET.Machine == "x"', {"plain", "bwrap_only", "no_containers"}),
+        ("TARGET.HasContainer && TARGET.HasSandboxImage", {"plain", "bwrap_only"}),
+        # an entry that declares the attribute is answered by its value
+        ("(TARGET.HasContainer) && (TARGET.HasSIF)", {"plain"}),
+        ("TARGET.HAS_SINGULARITY =?= true", {"plain"}),
+        (
+            "countMatches(MY.RequireGPUs, TARGET.AvailableGPUs) >= 1",
+            {"plain", "bwrap_only", "no_containers"},
+        ),
+        ('TARGET.FileSystemDomain == "fs.example"', {"plain", "bwrap_only", "no_containers"}),
+        # what every entry declares, or nobody detects, stays decided here
+        ('TARGET.GLIDEIN_Site == "A"', {"plain"}),
+        ("TARGET.HasDocker", set()),
+        ("TARGET.Nonexistent_Attribute", set()),
+    ],
+)
+def test_attributes_only_pilots_know_do_not_keep_jobs_from_getting_pilots(req, expected):
+    entries = [
+        entry("plain", "A", 1, 2000),
+        entry("bwrap_only", "B", 1, 2000, HasSIF=False, HAS_SINGULARITY=False),
+        entry("no_containers", "C", 1, 2000, HasContainer=False, HAS_SINGULARITY=False),
+    ]
+    job = ac(1, 3, req=req, extra="RequireGPUs = Capability >= 8.0; ")
+    for fast in (True, False):
+        d = match_demand([job], entries, GroupRules(), NOW, Matcher(entries, fast=fast))
+        assert {k[2:] for k, v in d.items() if v.idle_jobs} == expected, fast

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,7 +46,9 @@ from glidewms.glidein.agent.policy import State, gather_wait, heartbeat_interval
 from glidewms.glidein.agent.resources import (
     Resources,
     detect_resources,
+    gpu_properties,
     htcondor_arch,
+    node_name,
     os_attributes,
     slot_ad,
 )
@@ -452,10 +455,79 @@ def test_slot_ad_has_resources_identity_and_typed_attributes(tmp_path: Path) -> 
     ad = slot_ad(
         cfg, Resources(4, 8000, 123), to_die=1000.5, os_release={"ID": "debian", "VERSION_ID": "12"}
     )
-    assert ad["Cpus"] == 4  # an entry cannot claim resources the agent does not track
-    assert (ad["Memory"], ad["Disk"], ad["GPUs"], ad["Arch"]) == (8000, 123, 1, "ppc64le")
+    # an entry cannot claim resources the agent does not track (GPUs: its detected 0)
+    assert ad["Cpus"] == 4
+    assert (ad["Memory"], ad["Disk"], ad["GPUs"], ad["Arch"]) == (8000, 123, 0, "ppc64le")
+    assert "AvailableGPUs" not in ad
     assert (ad["GLIDEIN_Id"], ad["GLIDEIN_Site"], ad["OpSysAndVer"]) == ("g7", "S", "Debian12")
     assert ad["GLIDEIN_ToDie"] == 1000 and ad["PartitionableSlot"] is True
+
+
+def test_slot_ad_names_the_node_and_its_domains_and_an_entry_may_override_them(
+    tmp_path: Path,
+) -> None:
+    ad = slot_ad(minimal_cfg(tmp_path), Resources(1, 100, 10), to_die=0)
+    machine = node_name()
+    assert machine and (not machine.startswith("localhost") or not socket.gethostname())
+    # HTCondor's defaults: a node shares its file system and user ids with itself;
+    # the domain is what the submit side writes for should_transfer_files = NO
+    assert ad["Machine"] == machine
+    assert ad["FileSystemDomain"] == ad["UidDomain"] == socket.getfqdn()
+    assert (ad["OpSys"], ad["Arch"]) == ("LINUX", htcondor_arch(os.uname().machine))
+    assert isinstance(ad["Cpus"], int) and ad["GPUs"] == 0
+    cfg = minimal_cfg(
+        tmp_path,
+        "GLIDEIN_Attrs FileSystemDomain,UidDomain\nFileSystemDomain site.edu\nUidDomain site.edu\n",
+    )
+    ad = slot_ad(cfg, Resources(1, 100, 10), to_die=0)
+    assert (ad["Machine"], ad["FileSystemDomain"], ad["UidDomain"]) == (
+        machine,
+        "site.edu",
+        "site.edu",
+    )
+
+
+V100 = {
+    "Id": "GPU-a",
+    "DeviceName": "Tesla V100-SXM2-16GB",
+    "Capability": 7.0,
+    "GlobalMemoryMb": 16160,
+    "MaxSupportedVersion": 12020,
+    "DriverVersion": 12.2,
+}
+
+
+@pytest.mark.parametrize(
+    "text, gpus, expected",
+    [
+        (json.dumps([V100, {**V100, "Id": "GPU-b"}]), 2, [V100, {**V100, "Id": "GPU-b"}]),
+        # no more property ads than GPUs this pilot offers (its share of the node)
+        (json.dumps([V100, {**V100, "Id": "GPU-b"}]), 1, [V100]),
+        # unknown keys and wrong types are dropped, numbers keep their ClassAd type
+        (
+            json.dumps([{**V100, "Evil": "x", "Capability": "8.0", "GlobalMemoryMb": 1.5e3}]),
+            1,
+            [{**{k: v for k, v in V100.items() if k != "Capability"}, "GlobalMemoryMb": 1500}],
+        ),
+        (json.dumps([{"Id": "x" * 500}]), 1, [{"Id": "x" * 128}]),
+        ("not json", 1, []),
+        (json.dumps({"Id": "GPU-a"}), 1, []),
+        (json.dumps(["GPU-a"]), 1, []),
+        (json.dumps([{"Capability": True, "GlobalMemoryMb": 2**60}]), 1, [{}]),
+        ("", 1, []),
+    ],
+)
+def test_available_gpus_are_read_back_bounded(text: str, gpus: int, expected: list) -> None:
+    assert gpu_properties(text, gpus) == expected
+
+
+def test_slot_ad_carries_available_gpus_as_property_ads(tmp_path: Path) -> None:
+    cfg = minimal_cfg(tmp_path, f"GLIDEIN_GPUs_Properties {json.dumps([V100])}\n")
+    ad = slot_ad(cfg, Resources(1, 100, 10, gpus=1), to_die=0)
+    assert (ad["GPUs"], ad["AvailableGPUs"]) == (1, [V100])
+    # an entry cannot claim GPUs properties either
+    cfg = minimal_cfg(tmp_path, "GLIDEIN_Attrs AvailableGPUs\nAvailableGPUs x\n")
+    assert "AvailableGPUs" not in slot_ad(cfg, Resources(1, 100, 10), to_die=0)
 
 
 # --------------------------------------------------------------------------- policy
@@ -701,7 +773,14 @@ def test_job_environment_is_clean_and_pilot_variables_win(
     "job",
     [
         {"cmd": "x", "sandbox": [{"name": "../evil", "sha256": "0" * 64}]},
-        {"cmd": "x", "sandbox": [{"name": "a/b", "sha256": "0" * 64}]},
+        {"cmd": "x", "sandbox": [{"name": "a/../../b", "sha256": "0" * 64}]},
+        {"cmd": "x", "sandbox": [{"name": "/etc/passwd", "sha256": "0" * 64}]},
+        {"cmd": "x", "sandbox": [{"name": "a//b", "sha256": "0" * 64}]},
+        {"cmd": "x", "sandbox": [{"name": "a/./b", "sha256": "0" * 64}]},
+        {"cmd": "x", "sandbox": [{"name": "a/", "sha256": "0" * 64}]},
+        {"cmd": "x", "sandbox": [{"name": "/".join("d" * 40), "sha256": "0" * 64}]},
+        {"cmd": "x", "x509_proxy": "/"},
+        {"cmd": "x", "input_urls": ["http://h/f"] * 1001},
         {"cmd": "x", "sandbox": [{"name": "a", "sha256": "not-a-hash"}]},
         {"cmd": "x", "out": ".."},
         {"args": []},

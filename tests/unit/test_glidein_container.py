@@ -24,11 +24,13 @@ from glidewms.glidein.agent.container import (
     ContainerSetup,
     apptainer_argv,
     bwrap_argv,
+    capabilities,
+    check_image,
     choose_image,
     container_env,
     wrap,
 )
-from glidewms.glidein.agent.jobs import JobProcess, JobSpec, job_environment
+from glidewms.glidein.agent.jobs import JobProcess, JobSetupError, JobSpec, job_environment
 
 COMPONENTS = Path(__file__).parents[1] / "components"
 CI = os.environ.get("CI") == "true"
@@ -104,6 +106,98 @@ def test_which_image_a_job_gets(setup: ContainerSetup, job: Any, expected: Any) 
             choose_image(setup, job)
     else:
         assert choose_image(setup, job) == expected
+
+
+APPTAINER = ContainerSetup("apptainer", "/usr/bin/apptainer")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "has"),
+    [
+        # bubblewrap is the container runtime: directory images only
+        ("bwrap", {"HasContainer", "HAS_CONTAINER", "HasSandboxImage"}),
+        (
+            "apptainer",
+            {
+                "HasContainer",
+                "HAS_CONTAINER",
+                "HasSingularity",
+                "HAS_SINGULARITY",
+                "HasSIF",
+                "HasSandboxImage",
+                "HasDockerURL",
+            },
+        ),
+        ("none", set()),
+    ],
+)
+def test_what_each_runtime_says_it_runs(runtime: str, has: set[str]) -> None:
+    got = capabilities(runtime)
+    assert {k for k, v in got.items() if v is True} == has
+    assert got["HasDocker"] is False  # no docker universe runtime here
+    assert all(isinstance(v, bool) for v in got.values())
+
+
+@pytest.mark.parametrize(
+    ("setup", "job", "expected"),
+    [
+        (BWRAP, {"image": "/images/el9", "kind": "sandbox"}, "/images/el9"),
+        (BWRAP, {"image": "/images/x.sif", "kind": "sif"}, "is a SIF image; this pilot's"),
+        (BWRAP, {"image": "/images/x.sif"}, "runs a directory images only"),  # kind by name
+        (BWRAP, {"image": "docker://alpine", "kind": "docker"}, "a docker:// image"),
+        (BWRAP, {"image": "rootfs", "kind": "sandbox", "in_sandbox": True}, "/sb/1_0/rootfs"),
+        (BWRAP, {"image": "a/../../etc", "in_sandbox": True}, "base name"),
+        (APPTAINER, {"image": "x.sif", "kind": "sif", "in_sandbox": True}, "/sb/1_0/x.sif"),
+        (APPTAINER, {"image": "/cvmfs/img.sif", "kind": "sif"}, "/cvmfs/img.sif"),
+        (APPTAINER, {"image": "ubuntu:22.04", "kind": "docker"}, "docker://ubuntu:22.04"),
+        (APPTAINER, {"image": "docker:alpine"}, "docker://alpine"),
+        (APPTAINER, {"image": "docker://alpine:3"}, "docker://alpine:3"),
+        (APPTAINER, {"image": "host", "kind": "sandbox"}, "host"),
+    ],
+)
+def test_an_image_kind_the_runtime_cannot_run_is_refused(
+    setup: ContainerSetup, job: Any, expected: str
+) -> None:
+    if expected.startswith(("/", "docker://", "host")):
+        assert choose_image(setup, job, "/sb/1_0") == expected
+    else:
+        with pytest.raises(ContainerError, match=expected):
+            choose_image(setup, job, "/sb/1_0")
+
+
+def test_the_image_must_exist_and_only_apptainer_knows_an_entry_point(tmp_path: Path) -> None:
+    (tmp_path / "x.sif").write_bytes(b"SIF")
+    with pytest.raises(ContainerError, match="is not a directory"):
+        check_image(BWRAP, str(tmp_path / "x.sif"))
+    with pytest.raises(ContainerError, match="does not exist"):
+        check_image(APPTAINER, str(tmp_path / "gone.sif"))
+    check_image(APPTAINER, str(tmp_path / "x.sif"), entry_point=True)
+    check_image(BWRAP, str(tmp_path))
+    # an image holding the pilot's own directory would show the job its token
+    sandbox = tmp_path / "work" / "execute" / "1_0"
+    sandbox.mkdir(parents=True)
+    for image in ("/", str(tmp_path), str(tmp_path / "work") + "/"):
+        with pytest.raises(ContainerError, match="holds the pilot's own directory"):
+            check_image(BWRAP, image, sandbox=str(sandbox))
+    (sandbox / "rootfs").mkdir()
+    check_image(BWRAP, str(sandbox / "rootfs"), sandbox=str(sandbox))  # one that came with it
+    with pytest.raises(ContainerError, match="give the job an executable"):
+        check_image(BWRAP, str(tmp_path), entry_point=True)
+    # apptainer runs the image's runscript with the job's arguments
+    argv = apptainer_argv("apptainer", "/i/x.sif", "/w/s", (), False, ["", "a1", "a2"])
+    assert argv[:2] == ["apptainer", "run"] and argv[-3:] == ["/i/x.sif", "a1", "a2"]
+    assert "--contain" in argv and "--cleanenv" in argv
+
+
+def test_a_claim_without_cmd_is_valid_only_in_a_container() -> None:
+    job = {"cmd": "", "container": {"image": "x.sif", "kind": "sif", "in_sandbox": True}}
+    spec = JobSpec.from_claim(job)
+    assert spec.container == {"image": "x.sif", "kind": "sif", "in_sandbox": True}
+    with pytest.raises(JobSetupError, match="no cmd"):
+        JobSpec.from_claim({"cmd": ""})
+    for bad in ({"image": "x", "kind": "vm"}, {"image": 3}, {"image": "x", "in_sandbox": "yes"}):
+        with pytest.raises(JobSetupError, match="container: expected"):
+            JobSpec.from_claim({"cmd": "/bin/true", "container": bad})
 
 
 def test_command_lines_map_the_sandbox_and_bind_what_exists() -> None:
@@ -187,7 +281,7 @@ def run_job(
     tmp_path: Path, setup: ContainerSetup, image: str, port: int, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
     sandbox = tmp_path / "execute" / "1_0"
-    sandbox.mkdir(parents=True)
+    sandbox.mkdir(parents=True, exist_ok=True)  # it may hold an image that came with the job
     (sandbox / "job.sh").write_bytes(JOB)
     (sandbox / "job.sh").chmod(0o755)
     outside = tmp_path / "outside.txt"
@@ -252,6 +346,21 @@ def test_bubblewrap_directory_image_with_configured_binds(
     )
 
 
+def test_bubblewrap_runs_a_directory_image_that_travelled_in_the_sandbox(
+    tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image came with the job: it is in the sandbox under its base name."""
+    setup = ContainerSetup("bwrap", need_bwrap(), binds=(Bind("/usr", "/usr", True),))
+    sandbox = tmp_path / "execute" / "1_0"
+    sandbox.mkdir(parents=True)
+    tiny_rootfs(tmp_path).rename(sandbox / "el9-rootfs")
+    image = choose_image(setup, {"image": "el9-rootfs", "in_sandbox": True}, str(sandbox))
+    assert image == str(sandbox / "el9-rootfs")
+    check_image(setup, image)
+    got = run_job(tmp_path, setup, image, listener, monkeypatch)
+    assert (got["marker"], got["pwd"], got["outside"]) == ("tiny-rootfs", "/srv", "hidden")
+
+
 def test_apptainer_path_against_the_stand_in(
     tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -275,6 +384,39 @@ def test_apptainer_path_against_the_stand_in(
         "net": "hello",
     }
     assert log.read_text().startswith("apptainer exec --contain --cleanenv")
+
+
+def test_a_job_without_executable_runs_the_images_runscript_under_apptainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`apptainer` is the bubblewrap-based STAND-IN; `Cmd = ""` runs the runscript."""
+    need_bwrap()
+    log = tmp_path / "apptainer.log"
+    monkeypatch.setenv("APPTAINER_STANDIN_LOG", str(log))
+    standin = tmp_path / "bin" / "apptainer"
+    standin.parent.mkdir()
+    standin.symlink_to(COMPONENTS / "bwrap_apptainer_standin.sh")
+    setup = ContainerSetup("apptainer", str(standin), binds=(Bind("/usr", "/usr", True),))
+    root = tiny_rootfs(tmp_path)
+    (root / ".singularity.d").mkdir()
+    runscript = root / ".singularity.d" / "runscript"
+    runscript.write_text('#!/bin/sh\necho "entry point ran with $*" > /srv/ran.txt\n')
+    runscript.chmod(0o755)
+    sandbox = tmp_path / "s"
+    sandbox.mkdir()
+    spec = JobSpec.from_claim({"cmd": "", "args": ["a", "b"], "container": {"image": str(root)}})
+    image = choose_image(setup, spec.container, str(sandbox))
+    assert image is not None
+    check_image(setup, image, entry_point=True)
+    process = JobProcess(
+        spec,
+        str(sandbox),
+        job_environment(spec, str(sandbox), {}),
+        lambda argv, e: wrap(setup, image, str(sandbox), argv, e),
+    )
+    assert process.run() == 0
+    assert (sandbox / "ran.txt").read_text() == "entry point ran with a b\n"
+    assert log.read_text().startswith("apptainer run --contain --cleanenv")
 
 
 def test_a_missing_image_fails_the_job_setup(tmp_path: Path) -> None:

@@ -182,6 +182,48 @@ def test_gpu_attributes(text: str, env: dict[str, str], expected: dict[str, Any]
     assert checks.gpu_attributes(rows, checks.visible_devices(env)) == expected
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "Driver Version                            : 535.104.05\n"
+            "CUDA Version                              : 12.2\n",
+            12020,
+        ),
+        ("CUDA Version : 11.8\n", 11080),
+        ("CUDA Version : 10.10\n", 10100),
+        ("Driver Version : 535.104.05\n", None),  # an old driver that does not say
+        ("CUDA Version : N/A\n", None),
+        ("", None),
+    ],
+)
+def test_cuda_version_as_htcondor_encodes_it(text: str, expected: int | None) -> None:
+    assert checks.cuda_version(text) == expected
+
+
+def test_gpu_properties_are_one_ad_per_visible_gpu() -> None:
+    rows = checks.parse_nvidia_smi(SMI + "2, GPU-c, NVIDIA A100, 81920, 8.0\n")
+    v100 = {"DeviceName": "Tesla V100-SXM2-16GB", "Capability": 7.0, "GlobalMemoryMb": 16160}
+    versions = {"MaxSupportedVersion": 12020, "DriverVersion": 12.2}
+    assert checks.gpu_properties(rows, None, 12020) == [
+        {"Id": "GPU-a", **v100, **versions},
+        {"Id": "GPU-b", **v100, **versions},
+        {
+            "Id": "GPU-c",
+            "DeviceName": "NVIDIA A100",
+            "Capability": 8.0,
+            "GlobalMemoryMb": 81920,
+            **versions,
+        },
+    ]
+    # the batch system's CUDA_VISIBLE_DEVICES (index or UUID); no driver version known
+    assert checks.gpu_properties(rows, ["2", "GPU-a"], None) == [
+        {"Id": "GPU-a", **v100},
+        {"Id": "GPU-c", "DeviceName": "NVIDIA A100", "Capability": 8.0, "GlobalMemoryMb": 81920},
+    ]
+    assert checks.gpu_properties(rows, [], 12020) == []
+
+
 def test_token_expiry_reads_the_exp_claim_without_verifying() -> None:
     import base64
 
@@ -457,8 +499,27 @@ def test_gpus_from_the_nvidia_smi_stand_in(
     )
     assert got["CUDA_VISIBLE_DEVICES"] == "0,1" and result.job_env == ["CUDA_VISIBLE_DEVICES"]
     assert "GPUs_GlobalMemoryMb" in result.slot_attrs
+    # the per-GPU property ads (HTCondor's AvailableGPUs) and the driver's CUDA version
+    assert got["CUDAMaxSupportedVersion"] == "12020" and "CUDAMaxSupportedVersion" in (
+        result.slot_attrs
+    )
+    properties = json.loads(got["GLIDEIN_GPUs_Properties"])
+    assert [p["Id"] for p in properties] == [
+        "GPU-00000000-aaaa-bbbb-cccc-dddddddddddd",
+        "GPU-00000001-aaaa-bbbb-cccc-dddddddddddd",
+    ]
+    assert properties[0] == {
+        "Id": "GPU-00000000-aaaa-bbbb-cccc-dddddddddddd",
+        "DeviceName": "Tesla V100-SXM2-16GB",
+        "Capability": 7.0,
+        "GlobalMemoryMb": 16160,
+        "MaxSupportedVersion": 12020,
+        "DriverVersion": 12.2,
+    }
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert standard(work, "gpus").ok and values(work)["GPUs"] == "1"
+    [only] = json.loads(values(work)["GLIDEIN_GPUs_Properties"])
+    assert only["Id"] == "GPU-00000001-aaaa-bbbb-cccc-dddddddddddd"
     result = standard(work, "gpus", GLIDEIN_GPUs=2)
     assert (result.status, result.category) == ("failed", "WN_Resource")
     monkeypatch.setenv("GPU_STANDIN_FAIL", "1")
@@ -476,11 +537,43 @@ def test_container_runtime_bubblewrap_is_found_and_test_run(work: Path) -> None:
         "true",
         "false",
     )
+    # bubblewrap is the container runtime: directory images only
+    kinds = ("HasContainer", "HasSandboxImage", "HasSIF", "HasDockerURL", "HasDocker")
+    assert [got[k] for k in kinds] == ["true", "true", "false", "false", "false"]
     assert set(result.slot_attrs) == {
         "GLIDEIN_Container_Runtime",
         "HAS_CONTAINER",
         "HAS_SINGULARITY",
+        "HasSingularity",
+        *kinds,
     }
+
+
+def test_containers_disabled_offer_no_container_to_jobs(work: Path) -> None:
+    need("bwrap")
+    result = standard(work, "container", GLIDEIN_Container_Use="NEVER")
+    assert result.ok, result
+    got = values(work)
+    assert got["GLIDEIN_Container_Runtime"] == "bwrap"  # validation scripts may still use it
+    assert got["HasContainer"] == got["HasSandboxImage"] == got["HAS_CONTAINER"] == "false"
+
+
+def test_an_entry_narrows_the_container_attributes_but_never_widens_them(work: Path) -> None:
+    need("bwrap")
+    result = standard(
+        work,
+        "container",
+        GLIDEIN_Container_Runtimes="bwrap",
+        HasSandboxImage="false",
+        HasSIF="true",
+    )
+    assert result.ok, result
+    got = values(work)
+    assert (got["HasContainer"], got["HasSandboxImage"], got["HasSIF"]) == (
+        "true",
+        "false",
+        "false",
+    )
 
 
 def test_container_runtime_prefers_apptainer_stand_in(
@@ -495,6 +588,7 @@ def test_container_runtime_prefers_apptainer_stand_in(
     assert result.ok, result
     got = values(work)
     assert (got["GLIDEIN_Container_Runtime"], got["HAS_SINGULARITY"]) == ("apptainer", "true")
+    assert (got["HasSIF"], got["HasSandboxImage"], got["HasDockerURL"]) == ("true", "true", "true")
     assert "--contain --cleanenv" in log.read_text()  # the test run went through it
 
 
@@ -508,6 +602,7 @@ def test_a_broken_runtime_is_skipped_and_required_containers_fail(
     broken.chmod(0o755)
     result = standard(work, "container", GLIDEIN_Container_Runtimes="bwrap")
     assert result.ok and values(work)["HAS_CONTAINER"] == "false"
+    assert values(work)["HasContainer"] == values(work)["HasSandboxImage"] == "false"
     assert "No permissions" in result.detail
     result = standard(work, "container", GLIDEIN_Container_Use="REQUIRED")
     assert (result.status, result.category) == ("failed", "WN_Resource")

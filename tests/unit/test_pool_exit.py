@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from glidewms import classads
-from glidewms.pool.exit import exit_action, has_exit_policy
+from glidewms.pool.exit import exit_action, has_exit_policy, merged_checkpoint
 
 BASE = '[ Cmd = "/bin/true"; RequestCpus = 1'
 
@@ -33,6 +33,18 @@ BASE = '[ Cmd = "/bin/true"; RequestCpus = 1'
         ("OnExitHold = ExitCode =!= 0", 0, 1, "completed", ""),
         ("OnExitHold = true; MaxRetries = 5", 1, 1, "held", "on_exit_hold"),  # hold first
         ("OnExitHold = NoSuchAttr > 3", 1, 1, "completed", ""),  # undefined: false
+        # self-checkpointing: that exit code is a checkpoint, before any policy
+        ("SuccessCheckpointExitCode = 85", 85, 1, "idle", "checkpoint"),
+        ("SuccessCheckpointExitCode = 85", 0, 1, "completed", ""),
+        ("SuccessCheckpointExitCode = 85", 84, 1, "completed", ""),
+        ("SuccessCheckpointExitCode = 85; OnExitHold = true", 85, 1, "idle", "checkpoint"),
+        ("SuccessCheckpointExitCode = 85; OnExitHold = true", 1, 1, "held", "on_exit_hold"),
+        ("SuccessCheckpointExitCode = 85; MaxRetries = 0", 85, 1, "idle", "checkpoint"),
+        ("SuccessCheckpointExitCode = 85; MaxRetries = 2", 1, 1, "idle", "max_retries"),
+        ("SuccessCheckpointExitCode = 80 + 5", 85, 1, "idle", "checkpoint"),
+        ('SuccessCheckpointExitCode = "85"', 85, 1, "completed", ""),  # not an integer
+        ("SuccessCheckpointExitCode = true", 1, 1, "completed", ""),
+        ("SuccessCheckpointExitCode = Undefined", 0, 1, "completed", ""),
     ],
 )
 def test_exit_action(extra: str, exit_code: int, runs: int, state: str, by: str) -> None:
@@ -60,7 +72,33 @@ def test_on_exit_hold_reason_and_subcode() -> None:
         (f"{BASE}; onexitremove = false ]", True),
         (f'{BASE}; Args = "OnExitHold = x" ]', False),  # only attribute names count
         ("[ OnExitHold = true; Cmd = 1 ]", True),
+        (f"{BASE}; SuccessCheckpointExitCode = 85 ]", True),
     ],
 )
 def test_only_ads_with_a_policy_are_parsed_at_exit(text: str, has: bool) -> None:
     assert has_exit_policy(text) is has
+
+
+def test_a_checkpoint_action_says_so() -> None:
+    ad = classads.parse_ad(f"{BASE}; SuccessCheckpointExitCode = 85 ]")
+    assert exit_action(ad, 85, 1).checkpoint
+    assert not exit_action(ad, 0, 1).checkpoint
+
+
+def f(name: str, digit: str) -> dict[str, str]:
+    return {"name": name, "sha256": digit * 64}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "most", "merged"),
+    [
+        (None, [f("a", "1")], 10, [f("a", "1")]),
+        ([f("a", "1")], None, 10, [f("a", "1")]),  # a checkpoint without files keeps the last
+        ([f("a", "1"), f("b", "2")], [f("b", "3")], 10, [f("a", "1"), f("b", "3")]),
+        ([f("a", "1")], [f("b", "2"), f("c", "3")], 2, [f("a", "1"), f("b", "2")]),
+        ([f("a", "1"), f("b", "2")], [f("b", "3"), f("c", "4")], 2, [f("a", "1"), f("b", "3")]),
+        ([], [f("x/y", "1"), f("..", "2"), f("ok", "3")], 10, [f("ok", "3")]),  # plain names
+    ],
+)
+def test_a_checkpoint_merges_into_the_last(old, new, most, merged) -> None:
+    assert merged_checkpoint(old, new, most) == merged

@@ -1,4 +1,5 @@
-"""Operators' commands of the factory: downtimes, pilot logs and their search.
+"""Operators' commands of the factory: downtimes, pilot logs and their search
+(entries, their pauses and resumes: factory_entry_cmds.py).
 
 They talk to a running factory over its API through `FactoryClient`
 (glidewms.factory.client: where the factory is and which token to use).
@@ -227,41 +228,9 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             )
         out.print(table)
 
-    entry_cmd = typer.Typer(help="Entries: their state, pauses after failures, resume.")
-    service.add_typer(entry_cmd, name="entry")
+    from glidewms.cli.factory_entry_cmds import register_entries
 
-    @entry_cmd.command("list")
-    def entry_list(factory: FactoryOpt = None, token_file: TokenOpt = None) -> None:
-        """Every entry with its pilots, last error, pause and downtime."""
-        found = call(factory, token_file, "GET", "/entries")
-        table = Table("entry", "site", "backend", "pilots", "state", "last error")
-        for e in found:
-            counts = ", ".join(f"{k} {v}" for k, v in e["counts"].items() if v) or "-"
-            if e.get("paused"):
-                p = e["paused"]
-                state = (
-                    f"PAUSED since {show_time(p['since'])}, retry at "
-                    f"{show_time(p['retry_at'])}: {p['reason']}"
-                )
-            elif e.get("in_downtime"):
-                state = f"downtime: {e['downtime']['reason']}"
-            else:
-                state = "enabled" if e["enabled"] else "disabled"
-            table.add_row(
-                *map(cell, (e["name"], e["site"], e["backend"], counts, state)),
-                cell(e.get("last_error") or "-"),
-            )
-        out.print(table)
-
-    @entry_cmd.command("resume")
-    def entry_resume(
-        name: Annotated[str, typer.Argument(help="the entry to resume")],
-        factory: FactoryOpt = None,
-        token_file: TokenOpt = None,
-    ) -> None:
-        """Submit again at an entry paused after repeated failures (admin token)."""
-        got = call(factory, token_file, "POST", f"/entries/{name}/resume")
-        typer.echo(f"entry {name} resumed" if got["resumed"] else f"entry {name} was not paused")
+    register_entries(service)
 
     @service.command("reload")
     def reload_cmd(factory: FactoryOpt = None, token_file: TokenOpt = None) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from glidewms.cli import factory_cmds, frontend_cmds, pool_cmds, user
+from glidewms.cli import factory_cmds, frontend_cmds, pool_cmds, tail, user, userlog_cmds
 from glidewms.cli.user import fail
 from glidewms.config import ConfigError
 from glidewms.extras import MissingExtra
@@ -252,6 +252,8 @@ def token(
 
 
 user.register(app)
+tail.register(app)
+userlog_cmds.register_commands(app)
 pool_cmds.register(app, _services["pool"])
 factory_cmds.register(app, _services["factory"])
 frontend_cmds.register(app, _services["frontend"])

@@ -1,8 +1,9 @@
-"""Extra `glidewms` commands of the pool: `qedit` and `userprio`."""
+"""Extra `glidewms` commands of the pool: `qedit`, `userprio` and `limits`."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -73,13 +74,14 @@ def userprio(
     table = Table(box=None, header_style="bold")
     for col in (
         "SUBMITTER",
+        "GROUP",
         "EFFECTIVE PRIO",
         "FACTOR",
         "USAGE (core-h)",
         "RUNNING CORES",
         "IDLE JOBS",
     ):
-        table.add_column(col, justify="left" if col == "SUBMITTER" else "right")
+        table.add_column(col, justify="left" if col in ("SUBMITTER", "GROUP") else "right")
     shown = 0
     for s in data["submitters"]:
         if not all_ and not s["running_cores"] and not s["idle_jobs"] and s["usage"] < 1:
@@ -87,6 +89,7 @@ def userprio(
         shown += 1
         table.add_row(
             cell(s["submitter"]),
+            cell(s.get("group") or "-"),
             f"{s['effective_priority'] / 3600:.2f}",
             f"{s['factor']:g}",
             f"{s['usage'] / 3600:.2f}",
@@ -101,7 +104,71 @@ def userprio(
     )
 
 
+def limits(
+    jobs: Annotated[
+        Optional[list[str]],  # noqa: UP045 (typer needs Optional on 3.10)
+        typer.Argument(help="CLUSTER.PROC: say which of its limits keeps it idle"),
+    ] = None,
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+) -> None:
+    """Show concurrency limits: limit, held by running jobs, idle jobs that
+    want each name and how many of them wait because it is used up."""
+    try:
+        with client(pool, token_file) as c:
+            data = c.concurrency()
+            if jobs:
+                job_ids(jobs)  # a malformed id is a usage error before any call
+                for jid in jobs:
+                    out.print(literal(_why(c.job(jid), data["limits"]), lines=False))
+                return
+    except ClientError as exc:
+        raise fail(str(exc)) from None
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "LIMIT", "IN USE", "IDLE JOBS", "WAITING FOR IT"):
+        table.add_column(col, justify="left" if col == "NAME" else "right")
+    for row in data["limits"]:
+        limit = row["limit"]
+        table.add_row(
+            cell(row["name"]),
+            "unlimited" if limit is None else f"{limit:g}",
+            f"{row['in_use']:g}",
+            str(row["idle_jobs"]),
+            str(row["blocked_jobs"]),
+        )
+    out.print(table)
+    if not data["limits"]:
+        out.print("no concurrency limits configured or named by jobs")
+
+
+def _why(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """One job against the limits: what it holds or wants, and what keeps it idle."""
+    from glidewms.pool import concurrency
+
+    text = str(job.get("ad_long") or job.get("ad") or "")
+    found = re.search(r'^ConcurrencyLimits = "([^"]*)"$', text, re.MULTILINE)
+    head = f"{job['job_id']} ({job['state']})"
+    if found is None:
+        return f"{head}: names no concurrency limit"
+    try:
+        wanted = concurrency.parse(found.group(1))
+    except concurrency.BadLimits as exc:
+        return f"{head}: ConcurrencyLimits cannot be read ({exc}): it never starts"
+    by = {r["name"]: r for r in rows}
+    parts, short = [], []
+    for name in sorted(wanted):
+        row = by.get(name, {})
+        limit, used = row.get("limit"), float(row.get("in_use") or 0)
+        cap = "unlimited" if limit is None else f"{limit:g}"
+        parts.append(f"{name}:{wanted[name]:g} ({used:g} of {cap} in use)")
+        if job["state"] == "idle" and limit is not None and used + wanted[name] > limit + 1e-9:
+            short.append(name)
+    tail = f"; waits for {', '.join(short)}" if short else ""
+    return f"{head}: {', '.join(parts)}{tail}"
+
+
 def register(app: typer.Typer, service: typer.Typer) -> None:
     """Add top-level commands to `app` and subcommands to `glidewms pool` (`service`)."""
     app.command()(qedit)
     app.command()(userprio)
+    app.command()(limits)

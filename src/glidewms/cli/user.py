@@ -98,10 +98,23 @@ def submit(
     try:
         with client(pool, token_file) as c:
             result = c.submit(description)
+            _start_user_logs(c, description, int(result["cluster_id"]))
     except ClientError as exc:
         raise fail(str(exc)) from None
     n = len(result["job_ids"])
     out.print(f"{n} job(s) submitted to cluster {result['cluster_id']}.")
+
+
+def _start_user_logs(c: PoolClient, description: Any, cluster_id: int) -> None:
+    """The cluster's `log` files: remembered, and their Submit events written."""
+    from glidewms.cli import userlog_cmds
+
+    try:
+        userlog_cmds.register(c.url, cluster_id, userlog_cmds.user_logs_of(description, cluster_id))
+    except OSError as exc:
+        err.print(f"warning: job event logs will not be written: {exc}", markup=False)
+        return
+    userlog_cmds.sync_quietly(c, [cluster_id])
 
 
 def _when(ts: float | None) -> str:
@@ -182,6 +195,9 @@ def _listing(
         with client(pool, token_file) as c:
             jobs = _select(c, selected, constraint, history, long)
             _show(jobs, long, history, c.events if long else None)
+            from glidewms.cli import userlog_cmds  # the job event logs (`log = file`)
+
+            userlog_cmds.sync_quietly(c)
     except ClientError as exc:
         raise fail(str(exc)) from None
 
@@ -266,22 +282,76 @@ def release(
 
 
 def fetch(
-    job_id: Annotated[str, typer.Argument(help="CLUSTER.PROC of a completed job")],
-    dest: Annotated[Path, typer.Option("--dest", "-d", help="directory for the outputs")] = Path(
-        "."
-    ),
+    ids: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(help="CLUSTER.PROC of a completed job, or CLUSTER for all of its jobs"),
+    ] = None,
+    dest: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--dest", "-d", help="put every output in this directory instead"),
+    ] = None,
+    every: Annotated[
+        bool,
+        typer.Option("--all", help="every completed job of yours whose outputs are not in place"),
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="first wait until the jobs are no longer queued")
+    ] = False,
     pool: PoolOption = None,
     token_file: TokenOption = None,
 ) -> None:
-    """Download a completed job's outputs (stdout, stderr, output files)."""
-    [(cluster, proc)] = job_ids([job_id])
+    """Download completed jobs' outputs (stdout, stderr, output files).
+
+    As HTCondor leaves them: stdout/stderr at the submit file's `output` and
+    `error` paths, other outputs below `initialdir` (subdirectories kept,
+    `transfer_output_remaps` applied). With `--dest DIR`, everything goes
+    below DIR instead."""
+    selected = job_ids(ids or [])
+    if not selected and not every:
+        raise fail("name a job (CLUSTER.PROC or CLUSTER) or give --all", 2)
     try:
         with client(pool, token_file) as c:
-            written = c.fetch_outputs(f"{cluster}.{proc or 0}", dest)
+            if wait:
+                _wait_until_done(c, selected)
+            if not selected or any(proc is None for _, proc in selected):
+                jobs = _select(c, selected, "JobStatus == 4", True, False)
+                names = [
+                    j["job_id"] for j in jobs if j["state"] == "completed" and not j["redacted"]
+                ]
+                names += [f"{cl}.{proc}" for cl, proc in selected if proc is not None]
+            else:
+                names = [f"{cl}.{proc}" for cl, proc in selected]
+            for name in names:
+                if dest is not None:
+                    written = c.fetch_outputs(name, dest)
+                else:
+                    written = c.fetch_in_place(name, skip_fetched=every)
+                for path in written:
+                    out.print(literal(path, lines=False))
+            from glidewms.cli import userlog_cmds  # the job event logs, as q and history do
+
+            userlog_cmds.sync_quietly(c)
     except ClientError as exc:
         raise fail(str(exc)) from None
-    for path in written:
-        out.print(literal(path, lines=False))
+
+
+WAIT_POLL = 2.0  # seconds between looks at the queue in `fetch --wait`
+
+
+def _wait_until_done(c: PoolClient, selected: list[JobRef]) -> None:
+    """Until none of the jobs (all of yours without ids) is idle or running; a
+    held job is reported, not waited for."""
+    while True:
+        queued = [j for j in _select(c, selected, None, False, False) if not j["redacted"]]
+        if not any(j["state"] in ("idle", "running") for j in queued):
+            for j in queued:
+                if j["state"] == "held":
+                    err.print(
+                        f"job {j['job_id']} is held: {markup_safe(str(j['hold_reason']))}",
+                        soft_wrap=True,
+                    )
+            return
+        time.sleep(WAIT_POLL)
 
 
 def register(app: typer.Typer) -> None:

@@ -118,6 +118,14 @@ class RecoveryConfig(BaseModel):
     Failing submissions back off (doubling from the cycle time) and, after
     `pause_after_failures` in a row, pause the entry until an operator resumes
     it or `pause_cooldown` passes: a broken site never sees a submit storm.
+    Pilots that fail at the site (validation failed, an exit before the first
+    job, a black hole) make a streak: each one halves the pilots the entry gets
+    per cycle, a pilot that did its work shrinks the streak by
+    `pilot_success_decay`, and `pause_after_pilot_failures` in the streak pause
+    the entry. A paused entry sends one probe pilot after `probe_interval`
+    seconds, doubling after each probe that fails up to `probe_interval_max`;
+    a pilot that validates and registers resumes the entry (docs/factory.md,
+    "Entry health").
     A held pilot is released at most `max_releases` times, the n-th time no
     sooner than `release_backoff * 2**(n-1)` seconds after it was held; then it
     is removed. A pilot queued longer than `max_queued_time`, or running longer
@@ -130,7 +138,28 @@ class RecoveryConfig(BaseModel):
         default=5, ge=1, description="consecutive failed submissions that pause the entry"
     )
     pause_cooldown: float = Field(
-        default=3600.0, gt=0, description="seconds a paused entry waits before trying again"
+        default=3600.0,
+        gt=0,
+        description="seconds an entry paused by failed submissions waits before one more try",
+    )
+    pause_after_pilot_failures: int = Field(
+        default=5,
+        ge=1,
+        description="pilot failures in the streak (validation, exit before the first job, "
+        "black hole) that pause the entry",
+    )
+    pilot_success_decay: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="the streak is multiplied by this (rounded down) for each pilot that "
+        "did its work; 0 forgets it at once",
+    )
+    probe_interval: float = Field(
+        default=600.0, gt=0, description="seconds from a pause to its first probe pilot"
+    )
+    probe_interval_max: float = Field(
+        default=14400.0, gt=0, description="longest wait between probes (doubling after each)"
     )
     max_releases: int = Field(
         default=3, ge=0, description="times a held pilot is released before it is removed"

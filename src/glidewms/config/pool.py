@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from glidewms.classad_limits import DEFAULT_LIMITS, AdLimits
 from glidewms.classads import CEILING
+from glidewms.pool.concurrency import NAME as CONCURRENCY_NAME
+from glidewms.pool.concurrency import LimitConfig
 from glidewms.security.tls import MIB, tls_pair
 
 
@@ -99,10 +102,29 @@ class PoolConfig(BaseModel):
         {}, description="per-user priority factor (higher = less share), e.g. {alice: 2.0}"
     )
     group_priority_factors: dict[str, float] = Field(
-        {}, description="per accounting group (job attribute AcctGroup) factor, multiplied in"
+        {},
+        description="per accounting group factor, multiplied in: the group of a job's "
+        "AccountingGroup (group.user), else its AcctGroup (docs/pool.md)",
     )
     default_priority_factor: float = Field(
         1.0, gt=0, description="factor of users not named in priority_factors"
+    )
+    concurrency_limits: dict[str, float] = Field(
+        {},
+        description="per concurrency limit name (case-insensitive; `db`, `license.matlab`), "
+        "the most running jobs may hold of it at once (HTCondor's NAME_LIMIT); a job takes "
+        "its `concurrency_limits = name[:amount]` (docs/pool.md)",
+    )
+    concurrency_limit_default: float | None = Field(
+        None,
+        ge=0,
+        description="the limit of names not in concurrency_limits nor covered by a prefix "
+        "default (HTCondor's CONCURRENCY_LIMIT_DEFAULT); null: unlimited",
+    )
+    concurrency_limit_prefix_defaults: dict[str, float] = Field(
+        {},
+        description="the limit of each dotted name `prefix.rest` not in concurrency_limits, "
+        "per prefix (HTCondor's CONCURRENCY_LIMIT_DEFAULT_<prefix>), e.g. {license: 30}",
     )
 
     # What the pool accepts and keeps (docs/security.md, "Crashes and exhaustion
@@ -198,6 +220,30 @@ class PoolConfig(BaseModel):
         if bad:
             raise ValueError(f"factors must be positive numbers: {', '.join(bad)}")
         return value
+
+    @field_validator("concurrency_limits", "concurrency_limit_prefix_defaults")
+    @classmethod
+    def _limit_names(cls, value: dict[str, float]) -> dict[str, float]:
+        """Names as jobs write them (compared lower-case); limits are counts, >= 0."""
+        out: dict[str, float] = {}
+        for name, limit in value.items():
+            low = name.lower()
+            if not CONCURRENCY_NAME.fullmatch(low):
+                raise ValueError(f"{name!r} is not a limit name (letters, digits, _ . -)")
+            if not (limit >= 0 and math.isfinite(limit)):
+                raise ValueError(f"{name}: the limit must be a number >= 0, not {limit}")
+            if low in out:
+                raise ValueError(f"{name}: named twice (names ignore case)")
+            out[low] = float(limit)
+        return out
+
+    def limit_config(self) -> LimitConfig:
+        """What the matchmaker holds jobs' concurrency limits to."""
+        return LimitConfig(
+            dict(self.concurrency_limits),
+            self.concurrency_limit_default,
+            dict(self.concurrency_limit_prefix_defaults),
+        )
 
     def ad_limits(self) -> AdLimits:
         """The bounds every ClassAd from outside is held to (glidewms.classads)."""

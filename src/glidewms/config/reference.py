@@ -11,7 +11,7 @@ from enum import Enum
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from glidewms.config.factory import EntryConfig, FactoryConfig
+from glidewms.config.factory import EntryConfig, FactoryConfig, RecoveryConfig
 from glidewms.config.frontend import FrontendConfig, GroupConfig, OverflowConfig, Source
 from glidewms.config.pool import PoolConfig
 from glidewms.config.sites import JobIsolationConfig
@@ -21,6 +21,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("pool.yaml", PoolConfig),
     ("factory.yaml", FactoryConfig),
     ("Factory entries (items of `entries:`)", EntryConfig),
+    ("Entry recovery (`recovery:` in an entry)", RecoveryConfig),
     ("Local job isolation (`isolation:` in an entry, backend local)", JobIsolationConfig),
     ("frontend.yaml", FrontendConfig),
     ("Frontend groups (items of `groups:`)", GroupConfig),

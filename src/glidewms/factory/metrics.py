@@ -248,10 +248,10 @@ def ended_families(rows: Iterable[Any]) -> Iterable[Metric]:
 
 
 def entry_families(factory: Factory) -> Iterable[Metric]:
-    """Per configured entry: paused, and submissions failed in a row."""
+    """Per configured entry: paused, submissions failed in a row, pilot failure streak."""
     paused = GaugeMetricFamily(
         "glidewms_factory_entry_paused",
-        "1 while an entry is paused after failed submissions (resume it by hand)",
+        "1 while an entry is paused (failed submissions, failing pilots or an operator)",
         labels=["entry"],
     )
     failing = GaugeMetricFamily(
@@ -259,10 +259,18 @@ def entry_families(factory: Factory) -> Iterable[Metric]:
         "Submissions failed in a row at each entry (0: the last one worked)",
         labels=["entry"],
     )
+    streak = GaugeMetricFamily(
+        "glidewms_factory_entry_pilot_failures",
+        "Pilot failure streak of each entry (validation, exit before the first job, "
+        "black hole; successes shrink it)",
+        labels=["entry"],
+    )
     health = dict(factory.health)
     for entry in factory.config.entries:
         state = health.get(entry.name)
         paused.add_metric([entry.name], 1.0 if state is not None and state.paused else 0.0)
         failing.add_metric([entry.name], float(state.failures if state is not None else 0))
+        streak.add_metric([entry.name], float(state.pilot_failures if state is not None else 0))
     yield paused
     yield failing
+    yield streak

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from glidewms.factory import retired as retired_entries
@@ -31,14 +32,33 @@ async def recover(factory: Factory) -> None:
     found, interrupted removals re-armed."""
     stored = await asyncio.to_thread(factory.store.entry_health)
     factory.health = {name: EntryHealth(**values) for name, values in stored.items()}
+    for name, health in sorted(factory.health.items()):
+        if health.paused:
+            log.warning(
+                "entry %s is still paused (by %s since %.0f): %s",
+                name,
+                health.pause_kind,
+                health.paused_at or 0.0,
+                health.paused_reason,
+            )
     await retired_entries.load(factory)
     await adopt_unrecorded(factory)
     active = await asyncio.to_thread(factory.store.active)
+    rearmed = 0
     for kind, group in by_backend(active).items():
         removing = [g.backend_id for g in group if g.state is GlideinState.removing]
         backend = factory.backends.get(kind)
         if removing and backend is not None:
             await backend.remove([b for b in removing if b])
+            rearmed += len(removing)
+    per_entry = Counter(g.entry for g in active)
+    if active:
+        log.info(
+            "after a restart: tracking %d pilot(s) (%s); %d removal(s) asked again",
+            len(active),
+            ", ".join(f"{name} {n}" for name, n in sorted(per_entry.items())),
+            rearmed,
+        )
 
 
 async def adopt_unrecorded(factory: Factory) -> None:
@@ -68,6 +88,15 @@ async def adopt_unrecorded(factory: Factory) -> None:
             unsure.update(g.glidein_id for g in group)
     if found:
         await asyncio.to_thread(factory.store.set_backend_ids, found)
+        for name, group in by_entry.items():
+            adopted = [g.glidein_id for g in group if g.glidein_id in found]
+            if adopted:
+                log.warning(
+                    "entry %s: adopted %d pilot(s) a stop interrupted: %s",
+                    name,
+                    len(adopted),
+                    ", ".join(adopted[:20]) + (" ..." if len(adopted) > 20 else ""),
+                )
     lost = {
         g.glidein_id: GlideinState.failed
         for g in unrecorded

@@ -46,6 +46,10 @@ glideins_table = sa.Table(
     sa.Column("logs_archived", sa.Float, nullable=True),
     sa.Column("releases", sa.Integer, nullable=False, server_default="0"),
     sa.Column("state_since", sa.Float, nullable=True),
+    # Entry health (pilot_health.py): when its trail said it registered with the pool,
+    # and what of it was counted (null, "started", "ended").
+    sa.Column("registered_at", sa.Float, nullable=True),
+    sa.Column("health_counted", sa.String(16), nullable=True, index=True),
 )
 
 # Submission failures and pauses per entry: a restarted factory keeps its pauses.
@@ -58,6 +62,13 @@ entry_health_table = sa.Table(
     sa.Column("next_try", sa.Float, nullable=False),
     sa.Column("paused_at", sa.Float, nullable=True),
     sa.Column("paused_reason", sa.Text, nullable=True),
+    # Version 6: pauses by pilots or operators, the pilot failure streak and probes.
+    sa.Column("paused_by", sa.String(16), nullable=True),
+    sa.Column("pilot_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_pilot_failure", sa.Text, nullable=True),
+    sa.Column("probe_at", sa.Float, nullable=True),
+    sa.Column("probe_id", sa.String(128), nullable=True),
+    sa.Column("probes", sa.Integer, nullable=False, server_default="0"),
 )
 
 
@@ -122,8 +133,38 @@ def _retired_entries(conn: Connection) -> None:
     retired_entries_table.create(conn, checkfirst=True)
 
 
+def _pilot_health(conn: Connection) -> None:
+    """Version 6: entry health from pilots (pilot_health.py).
+
+    Pilots already in the database are marked counted: their history was never
+    counted and must not pause an entry the moment a factory is upgraded.
+    """
+    health = {c["name"] for c in sa.inspect(conn).get_columns("entry_health")}
+    for name, kind in (
+        ("paused_by", "VARCHAR(16)"),
+        ("pilot_failures", "INTEGER NOT NULL DEFAULT 0"),
+        ("last_pilot_failure", "TEXT"),
+        ("probe_at", "FLOAT"),
+        ("probe_id", "VARCHAR(128)"),
+        ("probes", "INTEGER NOT NULL DEFAULT 0"),
+    ):
+        if name not in health:
+            conn.execute(sa.text(f"ALTER TABLE entry_health ADD COLUMN {name} {kind}"))
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("glideins")}
+    if "registered_at" not in columns:
+        conn.execute(sa.text("ALTER TABLE glideins ADD COLUMN registered_at FLOAT"))
+    if "health_counted" not in columns:
+        conn.execute(sa.text("ALTER TABLE glideins ADD COLUMN health_counted VARCHAR(16)"))
+    indexes = {i["name"] for i in sa.inspect(conn).get_indexes("glideins")}
+    if "ix_glideins_health_counted" not in indexes:
+        conn.execute(
+            sa.text("CREATE INDEX ix_glideins_health_counted ON glideins (health_counted)")
+        )
+    conn.execute(sa.text("UPDATE glideins SET health_counted = 'ended'"))
+
+
 def _samples(conn: Connection) -> None:
-    """Version 6: the time series the web console plots (glidewms/timeseries.py)."""
+    """Version 7: the time series the web console plots (glidewms/timeseries.py)."""
     timeseries.create_table(conn)
 
 
@@ -133,5 +174,6 @@ MIGRATIONS = [
     _recovery,
     _entry_tokens_and_vo_stage,
     _retired_entries,
+    _pilot_health,
     _samples,
 ]

@@ -22,7 +22,10 @@ import os
 import secrets
 import signal
 import time
+from collections import Counter
+from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from glidewms.factory.backends import (
     PilotSubmission,
 )
 from glidewms.factory.pilot_args import pilot_arguments, request_problem
+from glidewms.factory.pilot_health import allowance
 from glidewms.factory.policy import (
     EntryRequest,
     RemovePlan,
@@ -51,8 +55,8 @@ from glidewms.factory.recovery import (
     EntryHealth,
     after_failure,
     after_success,
+    paused_by_operator,
     resumed,
-    submit_blocked,
 )
 from glidewms.factory.requests import token_file
 from glidewms.factory.stage import Stage
@@ -89,6 +93,7 @@ class Factory:
         self.cycles = 0
         self.health: dict[str, EntryHealth] = {}  # submission failures and pauses
         self._wake: asyncio.Event | None = None  # bound to the loop that runs us
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._run_tag = secrets.token_hex(3)
         self._seq = itertools.count(1)
         self._logged: dict[tuple[str, str, str], str] = {}
@@ -99,6 +104,8 @@ class Factory:
         self.tokens = TokenPush()
         self.retired: dict[str, EntryConfig] = {}  # removed by a reload; pilots may remain
         self.context = context  # the backends' (retired entries are added to it)
+        self.clock: Callable[[], float] = time.time  # entry health's (tests move it)
+        self._cycle_submitted: Counter[str] = Counter()  # per entry, this cycle
 
     def watched_entry(self, name: str) -> EntryConfig | None:
         """An entry pilots may still run at: configured, or removed by a reload."""
@@ -112,7 +119,12 @@ class Factory:
     def pause_view(self, entry: EntryConfig) -> dict[str, object] | None:
         return self.health.get(entry.name, EntryHealth()).view(entry.recovery)
 
-    async def _set_health(self, entry: str, health: EntryHealth) -> None:
+    def streak(self, entry: str) -> tuple[int, str | None]:
+        """The entry's pilot failure streak and the last failure's reason."""
+        health = self.health.get(entry, EntryHealth())
+        return health.pilot_failures, health.last_pilot_failure
+
+    async def set_health(self, entry: str, health: EntryHealth) -> None:
         if self.health.get(entry, EntryHealth()) == health:
             return
         if health == EntryHealth():
@@ -122,15 +134,27 @@ class Factory:
             self.health[entry] = health
             await asyncio.to_thread(self.store.set_entry_health, entry, health.__dict__)
 
-    async def resume(self, entry: str) -> bool:
-        """An operator's resume: the entry submits at the next cycle. False if not paused."""
+    async def resume(self, entry: str, who: str = "an operator") -> bool:
+        """An operator's resume: the entry submits at the next cycle, its failures and
+        streak forgotten. False if it was neither paused nor backing off."""
         health = self.health.get(entry, EntryHealth())
-        if not health.paused and health.failures == 0:
+        if not health.paused and health.failures == 0 and health.pilot_failures == 0:
             return False
-        await self._set_health(entry, resumed(health))
-        log.warning("entry %s resumed by an operator", entry)
+        await self.set_health(entry, resumed(health))
+        log.warning(
+            "entry %s resumed by %s (was %s)",
+            entry,
+            who,
+            f"paused: {health.paused_reason}" if health.paused else "backing off",
+        )
         self.wake()
         return True
+
+    async def pause(self, entry: str, reason: str, who: str = "an operator") -> None:
+        """An operator's pause: no pilot (not even a probe) until resumed."""
+        health = self.health.get(entry, EntryHealth())
+        await self.set_health(entry, paused_by_operator(health, reason, self.clock()))
+        log.warning("entry %s paused by %s: %s", entry, who, reason)
 
     # -- requests as the loop sees them ------------------------------------------
 
@@ -186,9 +210,15 @@ class Factory:
         if self._wake is not None:
             self._wake.set()
 
+    def nudge(self) -> None:
+        """`wake()` from another thread (a test driving cycles one by one)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.wake)
+
     async def run(self) -> None:
         """Cycle until cancelled; a failed cycle is logged and the next one runs."""
         self._wake = wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         try:
             await restart.recover(self)
         except Exception:
@@ -206,6 +236,7 @@ class Factory:
     async def cycle(self) -> None:
         await restart.adopt_unrecorded(self)  # nothing to do unless a look-up failed at start
         await self.refresh()
+        await upkeep.account_pilots(self)
         await self.push_tokens()
         await upkeep.maintain(self)
         await self.converge()
@@ -246,6 +277,7 @@ class Factory:
         self.downtimes = await asyncio.to_thread(self.store.downtimes)
         now = time.time()
         self._active = {}
+        self._cycle_submitted = Counter()
         for g in active:
             self._active.setdefault((g.entry, g.frontend, g.group), []).append(g)
         for request in requests:
@@ -282,8 +314,22 @@ class Factory:
             self._log_once(request, name, message)
         elif decision.count > 0:
             health = self.health.get(name, EntryHealth())
-            if submit_blocked(health, now, entry.recovery) is None:
-                await self._submit(entry, request, decision.count, tally)
+            allowed = allowance(health, self.clock(), entry.recovery, entry.max_per_cycle)
+            count = decision.count
+            if allowed.count is not None:
+                count = min(count, allowed.count - self._cycle_submitted[name])
+            if count <= 0:
+                if allowed.reason is not None and allowed.count == 0:
+                    self._log_once(request, name, f"not submitting: {allowed.reason}")
+                return
+            self._cycle_submitted[name] += count
+            started = await self._submit(entry, request, count, tally)
+            if allowed.probe and started:
+                probe = self.health.get(name, EntryHealth())
+                await self.set_health(name, replace(probe, probe_id=started[0]))
+                log.warning(
+                    "entry %s: probe pilot %s sent (%s)", name, started[0], health.paused_reason
+                )
 
     # -- actions ------------------------------------------------------------------
 
@@ -299,7 +345,7 @@ class Factory:
         )
 
     async def _record_failure(self, entry: EntryConfig, error: str) -> None:
-        now = time.time()
+        now = self.clock()
         health = after_failure(
             self.health.get(entry.name, EntryHealth()),
             error,
@@ -307,7 +353,7 @@ class Factory:
             self.config.cycle_seconds,
             entry.recovery,
         )
-        await self._set_health(entry.name, health)
+        await self.set_health(entry.name, health)
         if health.paused_at == now:
             log.error(
                 "entry %s paused after %d failed submissions (%s); resume it with "
@@ -327,11 +373,12 @@ class Factory:
 
     async def _submit(
         self, entry: EntryConfig, request: StoredRequest, count: int, tally: Tally
-    ) -> None:
+    ) -> list[str]:
+        """Submit `count` pilots; the glidein ids of those the backend took."""
         token_file = self.pilot_token_file(request, entry.name)
         if not token_file.is_file():
             self._log_once(request, entry.name, "no pilot token stored; PUT the request again")
-            return
+            return []
         now = time.time()
         glideins = [
             Glidein.submitted(
@@ -369,7 +416,7 @@ class Factory:
             tally.add(*key, GlideinState.queued, -len(failed))
             await self._record_failure(entry, error or "backend returned fewer ids than pilots")
         else:
-            await self._set_health(
+            await self.set_health(
                 entry.name, after_success(self.health.get(entry.name, EntryHealth()))
             )
         log.info(
@@ -379,6 +426,7 @@ class Factory:
             request.frontend,
             request.group,
         )
+        return list(started)
 
     async def _remove(
         self, entry: EntryConfig, request: StoredRequest, decision: RemovePlan, tally: Tally

@@ -65,6 +65,8 @@ class Glidein:
     logs_archived: float | None = None
     releases: int = 0  # times the factory released it from a hold
     state_since: float | None = None  # when it entered its current state
+    registered_at: float | None = None  # when its trail said it registered with the pool
+    health_counted: str | None = None  # what of it entry health counted (pilot_health.py)
 
     @classmethod
     def submitted(
@@ -305,6 +307,52 @@ class FactoryStore:
             return [_glidein(r) for r in conn.execute(query)]
 
     # -- entry health -----------------------------------------------------------
+
+    def to_judge(self, limit: int = 1000) -> list[Glidein]:
+        """Pilots with news for entry health (pilot_health.judge): registered and not
+        yet counted, or ended (a report, or a final state) and their end not counted."""
+        t = glideins_table
+        final = [s.value for s in FINAL_STATES]
+        # A report sets exit_reason (a JSON column's None is stored as JSON null: not
+        # a test of SQL NULL); a reason the factory set goes with a final state or
+        # `removing`, which judge() passes over until it ends.
+        ended = sa.or_(t.c.exit_reason.is_not(None), t.c.state.in_(final))
+        query = (
+            sa.select(t)
+            .where(
+                sa.or_(
+                    sa.and_(t.c.health_counted.is_(None), t.c.registered_at.is_not(None)),
+                    sa.and_(
+                        sa.or_(t.c.health_counted.is_(None), t.c.health_counted == "started"),
+                        ended,
+                    ),
+                )
+            )
+            .order_by(t.c.updated_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_glidein(r) for r in conn.execute(query)]
+
+    def mark_counted(self, marks: Mapping[str, str]) -> None:
+        """These pilots' news was counted ({glidein_id: "started" | "ended"})."""
+        t = glideins_table
+        with self.engine.begin() as conn:
+            for glidein_id, mark in marks.items():
+                conn.execute(
+                    t.update().where(t.c.glidein_id == glidein_id).values(health_counted=mark)
+                )
+
+    def mark_registered(self, glidein_id: str, when: float) -> None:
+        """The pilot's trail says it registered with its pool (the first time counts)."""
+        t = glideins_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.glidein_id == glidein_id)
+                .where(t.c.registered_at.is_(None))
+                .values(registered_at=when)
+            )
 
     def entry_health(self) -> dict[str, dict[str, Any]]:
         """{entry: its stored failures and pause}."""

@@ -1,7 +1,10 @@
-"""The loop's chores around converging: held and stale pilots, and the log archive.
+"""The loop's chores around converging: entry health from pilots, held and stale
+pilots, and the log archive.
 
-`recovery.py` decides (pure); this module acts on what it decides, once per
-cycle: held pilots are released a bounded number of times or removed, stale
+`recovery.py` and `pilot_health.py` decide (pure); this module acts on what
+they decide, once per cycle: the news of pilots (registered, ended) is counted
+into their entries' health, which pauses and resumes entries (logged with the
+reason); held pilots are released a bounded number of times or removed, stale
 ones (forgotten in a queue, far past their walltime) removed, and the logs of
 pilots that ended fetched from their backend into the archive, which is
 purged of pilots past retention once an hour.
@@ -14,7 +17,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from glidewms.factory.recovery import HeldAction, held_action, stale_reason
+from glidewms.config.factory import RecoveryConfig
+from glidewms.factory.pilot_health import Outcome, Verdict, after_pilot, judge, probe_delay
+from glidewms.factory.recovery import BY_PILOTS, EntryHealth, HeldAction, held_action, stale_reason
 from glidewms.factory.states import GlideinState
 from glidewms.factory.store import Glidein
 
@@ -25,6 +30,90 @@ log = logging.getLogger(__name__)
 
 PURGE_EVERY_SECONDS = 3600.0
 ARCHIVE_PER_CYCLE = 200
+
+
+JUDGED_PER_CYCLE = 2000
+
+
+async def account_pilots(factory: Factory) -> None:
+    """Count what pilots did into their entries' health (pilot_health.py), log the
+    failures, pauses and resumes, and mark the pilots counted."""
+    news = await asyncio.to_thread(factory.store.to_judge, JUDGED_PER_CYCLE)
+    marks: dict[str, str] = {}
+    for g in news:
+        verdict = judge(g)
+        if verdict is None:
+            continue
+        marks[g.glidein_id] = verdict.mark
+        entry = factory.watched_entry(g.entry)
+        if entry is None:
+            continue
+        before = factory.health.get(g.entry, EntryHealth())
+        now = factory.clock()
+        after = after_pilot(before, verdict, now, entry.recovery)
+        _log_verdict(g.entry, verdict, after)
+        _log_change(g.entry, verdict, before, after, now, entry.recovery)
+        await factory.set_health(g.entry, after)
+    if marks:
+        await asyncio.to_thread(factory.store.mark_counted, marks)
+
+
+def _log_verdict(entry: str, v: Verdict, after: EntryHealth) -> None:
+    if v.outcome is not Outcome.FAILURE:
+        return
+    if v.check is not None:
+        log.warning(
+            "entry %s: pilot %s failed validation at %s: %s (streak %d)",
+            entry,
+            v.glidein_id,
+            v.check,
+            v.reason,
+            after.pilot_failures,
+        )
+    else:
+        log.warning(
+            "entry %s: pilot %s failed: %s (streak %d)",
+            entry,
+            v.glidein_id,
+            v.reason,
+            after.pilot_failures,
+        )
+
+
+def _log_change(
+    entry: str,
+    v: Verdict,
+    before: EntryHealth,
+    after: EntryHealth,
+    now: float,
+    recovery: RecoveryConfig,
+) -> None:
+    """A pause, a resume or a failed probe, with its reason."""
+    if before.pause_kind != BY_PILOTS and after.pause_kind == BY_PILOTS:
+        log.error(
+            "entry %s paused: %s; a probe pilot goes in %.0fs (or `glidewms factory entry "
+            "resume %s`)",
+            entry,
+            after.paused_reason,
+            (after.probe_at or now) - now,
+            entry,
+        )
+    elif before.pause_kind == BY_PILOTS and after.pause_kind is None:
+        log.warning(
+            "entry %s resumed: pilot %s %s (it was paused: %s)",
+            entry,
+            v.glidein_id,
+            "validated and registered" if v.started else f"did its work ({v.reason})",
+            before.paused_reason,
+        )
+    elif before.probe_id is not None and after.probe_id is None and after.paused:
+        log.warning(
+            "entry %s: probe pilot %s %s; next probe in %.0fs",
+            entry,
+            v.glidein_id,
+            "failed" if v.outcome is Outcome.FAILURE else f"ended ({v.reason})",
+            probe_delay(after.probes, recovery),
+        )
 
 
 async def maintain(factory: Factory) -> None:

@@ -12,6 +12,14 @@ conjunct are kept as a set, and sets intersect in C (`Matcher`).
 
 A conjunct result counts only when it is the boolean true, so splitting never
 turns a non-match into a match (ClassAd `A && B` is true only if both are).
+
+An entry does not know everything its pilots will publish: the node's name,
+its OS version, its container runtime, its GPUs' properties are detected on
+the node (`PILOT_DETECTED`). A conjunct that reads one of those which the
+entry does not declare cannot be answered here, so it passes: the pool's
+matchmaking, against the real slot, decides (a job asking `Machine != "x"`
+or a container runtime gets pilots; an entry that declares the attribute,
+say `HasSIF = false`, is answered by its value and not asked for such jobs).
 """
 
 from __future__ import annotations
@@ -106,6 +114,39 @@ def conjuncts(
 
 _EMPTY = classads.ClassAd()
 
+# Slot attributes the pilot detects on its node (glidein/agent/resources.py and
+# the standard validation scripts), lower case: unanswerable where an entry does
+# not declare them. Not HasDocker: no pilot has a docker universe runtime.
+PILOT_DETECTED = frozenset(
+    name.lower()
+    for name in (
+        "Machine",
+        "FileSystemDomain",
+        "UidDomain",
+        "OpSysName",
+        "OpSysAndVer",
+        "OpSysMajorVer",
+        "GLIDEIN_OS",
+        "GLIDEIN_Kernel",
+        "HasContainer",
+        "HAS_CONTAINER",
+        "HasSingularity",
+        "HAS_SINGULARITY",
+        "HasSIF",
+        "HasSandboxImage",
+        "HasDockerURL",
+        "GLIDEIN_Container_Runtime",
+        "AvailableGPUs",
+        "CUDAMaxSupportedVersion",
+        "GPUs_DeviceName",
+        "GPUs_Capability",
+        "GPUs_GlobalMemoryMb",
+        "HasFileTransferPluginMethods",
+        "GLIDEIN_ToDie",
+        "GLIDEIN_ToRetire",
+    )
+)
+
 
 class Matcher:
     """Entries passing each conjunct, computed once per distinct question.
@@ -194,6 +235,7 @@ class Matcher:
                 }
             )
         entry_names = tuple(sorted({_strip_scope(r).lower() for r in refs}))
+        detected = [i for i, n in enumerate(entry_names) if n in PILOT_DETECTED]
         job_key = tuple((n, str(job.lookup(n))) for n in job_names if n in job)
         key = (conjunct.text, conjunct.job_first, job_key)
         found = self._passing.get(key)
@@ -202,6 +244,9 @@ class Matcher:
         members: set[int] = set()
         memo = self.memo if self.memo is not None and _timeless(conjunct.text) else None
         for group, rep, values in self._partition(entry_names):
+            if any(values[i] is None for i in detected):
+                members |= group  # the pilots will say: the pool's matchmaking decides
+                continue
             memo_key = (*key, entry_names, values)
             answer = None if memo is None else memo.get(memo_key)
             if answer is None:

@@ -42,7 +42,7 @@ def decision_record(o: Observation, d: Decision, error: str | None) -> Record:
             "margin": d.remove_margin,
         },
         "request": d.as_request(),
-        "reasons": list(d.reasons),
+        "reasons": list(d.reasons) + ([o.paused] if o.paused else []),
         "error": error,
     }
 

@@ -38,6 +38,7 @@ class Observation:
     info: EntryInfo
     demand: EntryDemand
     supply: EntrySupply
+    paused: str | None = None  # the factory paused the entry (its ad's `paused`): why
 
 
 @dataclass
@@ -81,6 +82,7 @@ def entry_attributes(entry: Mapping[str, Any], factory: str, size: Size) -> dict
     attrs = dict(entry.get("attributes") or {})
     attrs.setdefault("Arch", "X86_64")
     attrs.setdefault("OpSys", "LINUX")
+    attrs.setdefault("HasFileTransferPluginMethods", "http,https")  # built into every pilot
     attrs.update(
         {
             "GLIDEIN_Site": entry.get("site"),
@@ -94,6 +96,17 @@ def entry_attributes(entry: Mapping[str, Any], factory: str, size: Size) -> dict
     if size.disk is not None:
         attrs["Disk"] = size.disk * 1024  # entries say MB; ads KiB
     return {k: v for k, v in attrs.items() if v is not None}
+
+
+def paused_text(paused: Any) -> str | None:
+    """Why the factory paused an entry (by whom), from its ad; None when it did not.
+
+    A paused entry is still asked for pilots: the factory sends a probe now and
+    then while it is asked, and resumes the entry when one works.
+    """
+    if not isinstance(paused, Mapping):
+        return None
+    return f"entry paused at the factory (by {paused.get('by', '?')}): {paused.get('reason', '')}"
 
 
 def downtime_text(downtime: Any) -> str:
@@ -225,6 +238,11 @@ def observe_group(
             view.failed[info.key] = f"pilot counts unreadable: {exc!r}"
             continue
         view.observations[info.key] = Observation(
-            factory=f.name, entry=entry["name"], info=info, demand=d, supply=s
+            factory=f.name,
+            entry=entry["name"],
+            info=info,
+            demand=d,
+            supply=s,
+            paused=paused_text(entry.get("paused")),
         )
     return view

@@ -26,7 +26,7 @@ from glidewms.metrics import router as metrics_route
 from glidewms.pool.bodies import invalid_body
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.metrics import PoolMetrics
-from glidewms.pool.routes import admin, demand, files, jobs, pilots, tokens
+from glidewms.pool.routes import admin, demand, files, jobs, pilots, streams, tokens, userlog
 from glidewms.pool.routes.deps import PoolContext, WorkSignal
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import FairShare, PoolStore
@@ -57,6 +57,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
             max_outputs_per_job=config.max_outputs_per_job,
             batch_size=config.bulk_batch_size,
         ),
+        concurrency=config.limit_config(),
     )
     pool = PoolContext(
         config=config,
@@ -96,6 +97,8 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
         files.router,
         demand.router,
         tokens.router,
+        streams.router,
+        userlog.router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
     app.include_router(metrics_route)

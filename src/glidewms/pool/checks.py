@@ -44,6 +44,7 @@ POOL_OWNED = (
     "NumRestarts",
     "NumSiteFailures",
     "NumJobCompletions",
+    "NumCkpts",
     "ExitCode",
     "ExitBySignal",
     "ExitSignal",
@@ -179,4 +180,30 @@ def check_sandbox_name(name: str, field_name: str = "sandbox") -> str:
     `..`, without NUL or other control characters."""
     if name in (".", "..") or not SANDBOX_NAME.fullmatch(name):
         raise Refused(field_name, f"{name[:80]!r} is not a plain file name")
+    return name
+
+
+MAX_SANDBOX_DEPTH = 32  # directories a sandbox path may go down
+MAX_SANDBOX_PATH = 4096  # bytes of a sandbox path
+
+
+def is_sandbox_path(name: str) -> bool:
+    """A path inside a job's sandbox: relative, at most MAX_SANDBOX_DEPTH plain
+    names (`check_sandbox_name`) joined by `/`: files of an input directory,
+    outputs of a directory the job made."""
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_SANDBOX_PATH:
+        return False
+    parts = name.split("/")
+    return len(parts) <= MAX_SANDBOX_DEPTH and all(
+        p not in (".", "..") and SANDBOX_NAME.fullmatch(p) for p in parts
+    )
+
+
+def check_sandbox_path(name: str, field_name: str = "sandbox") -> str:
+    if not is_sandbox_path(name):
+        raise Refused(
+            field_name,
+            f"{name[:80]!r} is not a relative path of plain names (no . or .., "
+            f"at most {MAX_SANDBOX_DEPTH} deep)",
+        )
     return name

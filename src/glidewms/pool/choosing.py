@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from glidewms.pool import concurrency
 from glidewms.pool.autoclusters import Autoclusters
 from glidewms.pool.lifecycle import JobState
 from glidewms.pool.queue_index import HeadKey, IdleIndex, head_key
@@ -51,6 +52,7 @@ class Matching:
         self._choices: dict[str, tuple[int, dict[int, float], dict[str, Any]]] = {}
         self._loaded_epoch = -1
         self.slot_ads = SlotAds(shared.matchmaker)  # per pilot: see _candidates
+        self._running_ads_loaded = False  # see limits_in_use
 
     def forget(self, pilot_id: str) -> None:
         """The pilot left or was lost: nothing is kept or reserved for it."""
@@ -77,6 +79,7 @@ class Matching:
         full = self.empty_free.get(pilot_id) or free_from(pilot.slot, None)
         chosen: list[Chosen] = []
         runs: bool | None = None
+        in_use = self.limits_in_use(conn)  # None: no autocluster names a limit
         try:
             while len(chosen) < max_jobs:
                 if chosen and (left.get("cpus", 1) < 1 or left.get("memory", 1) < 1):
@@ -90,7 +93,9 @@ class Matching:
                         whole = full
                     else:  # keeps some for itself: never reserve beyond that
                         self.empty_free[pilot_id] = reported
-                choice = self._choose(conn, pilot_id, pilot.slot, reported, whole, now, taken)
+                choice = self._choose(
+                    conn, pilot_id, pilot.slot, reported, whole, now, taken, in_use
+                )
                 if choice is None:
                     self.unreserve(pilot_id)
                     break
@@ -103,6 +108,9 @@ class Matching:
                 mine.append(functools.partial(_put_back, index, ac, submitter, key))
                 chosen.append((ac, submitter, key, mine))
                 taken.add((key[2], key[3]))
+                wanted = self.shared.matchmaker.limits.get(ac)
+                if wanted and in_use is not None:
+                    concurrency.take(in_use, wanted)
                 request = requests.get(ac) or {}
                 for name, _ in RESOURCES:
                     if name in left:
@@ -151,6 +159,7 @@ class Matching:
         whole: Mapping[str, int] | None,
         now: float,
         taken: Set[tuple[int, int]],
+        in_use: dict[str, float] | None = None,
     ) -> tuple[str, int, str, Any] | None:
         """What this pilot should do: ("claim", autocluster, submitter, head key)
         of the job to run now, ("reserve", autocluster, submitter, None) to
@@ -165,8 +174,13 @@ class Matching:
         enough other pilots already are (one per idle job). So a large job is
         never starved by a stream of small ones on partitionable pilots, and
         no more pilots wait than jobs.
+
+        Jobs whose concurrency limits are used up (`in_use`, what running
+        jobs and this turn's earlier choices hold) are passed over as if
+        they did not match: they neither run nor reserve the pilot.
         """
         index, accounting = self.shared.index, self.shared.accounting
+        blocked = self._blocked(in_use)
         fits_now, by_now = self._candidates(conn, pilot_id, slot, free)
         fits_whole, by_whole = (
             self._candidates(conn, pilot_id, slot, whole) if whole is not None else ({}, {})
@@ -183,6 +197,8 @@ class Matching:
             for neg_rank, ac in options:
                 if counts.get(ac, {}).get(submitter, 0) <= 0:
                     continue  # ran out since this list was made
+                if blocked is not None and blocked(ac):
+                    continue  # its concurrency limits are used up
                 key = heads.get((ac, submitter))
                 if key is None:
                     key = self._head(conn, ac, submitter, taken)
@@ -200,6 +216,43 @@ class Matching:
                     return "reserve", ac, submitter, None
         return None
 
+    def limits_in_use(self, conn: Connection) -> dict[str, float] | None:
+        """What running jobs hold of each concurrency limit, or None when no
+        autocluster known names one (the usual pool: nothing to count). The
+        ads of the autoclusters running at start are read once: from then on
+        every running autocluster was claimed through here, so known."""
+        matchmaker = self.shared.matchmaker
+        if not self._running_ads_loaded:
+            self.autoclusters.load_ads(conn, list(self.shared.index.running))
+            self._running_ads_loaded = True
+        self._load_ads(conn)  # the idle ones: a new autocluster may name limits
+        if not matchmaker.limits and not matchmaker.invalid_limits:
+            return None
+        return concurrency.in_use(self.shared.index.running, matchmaker.limits)
+
+    def _load_ads(self, conn: Connection) -> None:
+        """The ads of the autoclusters with idle jobs, read into the
+        matchmaker whenever a pair got idle jobs again (the index's epoch)."""
+        index = self.shared.index
+        if self._loaded_epoch != index.epoch:  # ads first: a shape depends on what they read
+            self.autoclusters.load_ads(conn, list(index.counts))
+            self._loaded_epoch = index.epoch
+
+    def _blocked(self, in_use: dict[str, float] | None) -> Callable[[int], bool] | None:
+        """A test: may no job of this autocluster start now? None: none is limited."""
+        if in_use is None:
+            return None
+        matchmaker, config = self.shared.matchmaker, self.shared.concurrency
+        limits, invalid = matchmaker.limits, matchmaker.invalid_limits
+
+        def blocked(ac: int) -> bool:
+            if ac in invalid:
+                return True
+            wanted = limits.get(ac)
+            return wanted is not None and concurrency.exceeded(wanted, in_use, config) is not None
+
+        return blocked
+
     def _candidates(
         self, conn: Connection, pilot_id: str, slot: Mapping[str, Any], resources: Mapping[str, int]
     ) -> tuple[dict[int, float], dict[str, list[tuple[float, int]]]]:
@@ -214,9 +267,7 @@ class Matching:
         jobs have waited long enough."""
         index, matchmaker = self.shared.index, self.shared.matchmaker
         epoch = index.epoch
-        if self._loaded_epoch != epoch:  # ads first: a shape depends on what they read
-            self.autoclusters.load_ads(conn, list(index.counts))
-            self._loaded_epoch = epoch
+        self._load_ads(conn)
         ad, shape = self.slot_ads.get(pilot_id, slot, resources)
         counts = index.counts
         # an answer that reads the clock is never reused (see matchmaker.py)

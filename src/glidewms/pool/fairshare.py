@@ -16,8 +16,10 @@ the submitter kept its present cores, times its priority factor:
 
 It remembers history (U) and reacts at once to what runs now (R), so two new
 users with equal history alternate claim by claim instead of by timing noise.
-A submitter is "AcctGroup.Owner" when the job names an accounting group, else
-the owner; its factor is the user's factor times the group's.
+A submitter is "group.Owner" when the job names an accounting group (its
+AccountingGroup without the user part, else its AcctGroup: jobs.derive; the
+user part is always the owner from the token), else the owner; its factor
+is the user's factor times the group's.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ what a pilot needs to run one. No database access here."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from typing import Any
 
 from glidewms import classads
 from glidewms.classad_limits import DEFAULT_LIMITS, AdLimits
+from glidewms.pool import concurrency
 from glidewms.pool.checks import (
     INT32,
     JOB_NUMBERS,
@@ -28,6 +30,8 @@ from glidewms.pool.lifecycle import JOB_STATUS
 # HoldReasonCode values, as HTCondor numbers them
 HOLD_USER = 1  # condor_hold / glidewms hold
 HOLD_POLICY = 3  # a job policy: periodic_hold, or the pool's limit on site failures
+HOLD_TRANSFER_OUTPUT = 12  # a listed output file the job did not make (subcode: errno)
+HOLD_TRANSFER_INPUT = 13  # an input (URL) the pilot could not fetch (subcode: errno)
 PERIODIC = ("PeriodicHold", "PeriodicRemove", "PeriodicRelease")
 
 
@@ -183,15 +187,75 @@ class Derived:
 
 
 def derive(ad: Any, owner: str, significant: Sequence[str] = ()) -> Derived:
+    """The columns of a job. Its autocluster also carries its concurrency
+    limits, evaluated here against the whole job and written in canonical
+    form (jobs holding different limits never share an autocluster; the
+    matchmaker reads them from there). Its submitter (the fair-share
+    principal) is the accounting group with the owner from the token as
+    its user (`accounting_submitter`)."""
     key, sig_text = classads.signature(ad, significant)
-    group = classads.eval_attr(ad, "AcctGroup")
+    wanted = _limits_text(ad)
+    if wanted is not None:
+        sig = stored_ad(sig_text)
+        sig[LIMITS_ATTR] = wanted
+        sig_text = classads.to_text(sig)
+        key = hashlib.sha256(sig_text.encode()).hexdigest()[:24]
     return Derived(
         signature=key,
         signature_ad=sig_text,
         prio=job_number(ad, "JobPrio"),
         cpus=job_requests(ad)["cpus"],
-        submitter=submitter_name(owner, group if isinstance(group, str) and group else None),
+        submitter=submitter_name(owner, accounting_group(ad)),
     )
+
+
+LIMITS_ATTR = "ConcurrencyLimits"
+INVALID_LIMITS = "!"  # prefix of a value the pool could not read: such jobs never start
+
+
+def _limits_text(ad: Any) -> str | None:
+    """The job's ConcurrencyLimits in canonical form; None when it has none;
+    INVALID_LIMITS and why when it cannot be read."""
+    if LIMITS_ATTR not in ad:
+        return None
+    refs = classads.external_refs(ad, ad.lookup(LIMITS_ATTR))
+    if refs is None or any(r.lower().startswith("target.") for r in refs):
+        # HTCondor evaluates it against the slot matched; here it is fixed at
+        # submit, so one that reads the slot would silently be no limit
+        return f"{INVALID_LIMITS}ConcurrencyLimits reads the slot (TARGET): not supported"
+    value = classads.eval_attr(ad, LIMITS_ATTR)
+    if value is None or value is classads.UNDEFINED:
+        return None
+    if not isinstance(value, str):
+        return f"{INVALID_LIMITS}ConcurrencyLimits is not a string"
+    try:
+        wanted = concurrency.parse(value)
+    except concurrency.BadLimits as exc:
+        return f"{INVALID_LIMITS}{exc}"
+    return concurrency.normalized(wanted) or None
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}")
+
+
+def accounting_group(ad: Any) -> str | None:
+    """The accounting group a job's usage is charged to, as HTCondor's
+    negotiator reads it: ``AccountingGroup`` (``group.user``, condor_submit's
+    accounting_group + accounting_group_user) without its last component,
+    else ``AcctGroup``. The user part is never taken from the ad: the
+    submitter is ``group.<owner from the token>`` (docs/security.md), so no
+    one charges, or borrows the priority of, another user. A name that is
+    not a plain dotted name (or longer than 128) is ignored: the job is
+    charged to its owner alone."""
+    full = classads.eval_attr(ad, "AccountingGroup")
+    if isinstance(full, str) and full:
+        group = full.rsplit(".", 1)[0] if "." in full else None
+    else:
+        plain = classads.eval_attr(ad, "AcctGroup")
+        group = plain if isinstance(plain, str) and plain else None
+    if group is None or not _GROUP_NAME.fullmatch(group) or ".." in group:
+        return None
+    return group
 
 
 def has_periodic(ad: Any) -> bool:
@@ -278,19 +342,88 @@ def _ad_part(ad: Any) -> dict[str, Any]:
         "cmd": text("Cmd"),
         "out": text("Out"),
         "err": text("Err"),
-        "transfer_output": [t.strip() for t in transfer.replace(",", " ").split()]
-        if transfer
-        else None,
+        # present but "" (transfer_output_files = ""): nothing; absent: every new file
+        "transfer_output": None
+        if transfer is None
+        else [t.strip() for t in transfer.replace(",", " ").split()],
         "request": job_requests(ad),
         "container": container_request(ad),
+        "transfer": transfer_request(ad),
+        **checkpoint_and_streams(ad),
     }
+
+
+def transfer_request(ad: Any) -> dict[str, Any]:
+    """The file-transfer keys of a claim, those that differ from the defaults:
+    `input_urls` (the URL entries of TransferInput, fetched by the pilot's
+    transfer plugins), `x509_proxy` and `in` (the proxy's and stdin's sandbox
+    names: they travelled as inputs under their base names), `transfer_out`/`transfer_err` false
+    (stdout/stderr stay on the node), `when_to_transfer_output` and
+    `preserve_relative_paths` (outputs keep their relative path)."""
+    spec: dict[str, Any] = {}
+    inputs = classads.eval_attr(ad, "TransferInput")
+    if isinstance(inputs, str):
+        urls = [n.strip() for n in inputs.split(",") if "://" in n]
+        if urls:
+            spec["input_urls"] = urls
+    stdin = classads.eval_attr(ad, "In")
+    sent = classads.eval_attr(ad, "TransferIn") is not False  # it came as an input
+    if isinstance(stdin, str) and stdin.strip("/") and stdin != "/dev/null" and sent:
+        spec["in"] = stdin.rstrip("/").rsplit("/", 1)[-1]
+    proxy = classads.eval_attr(ad, "x509userproxy")
+    if isinstance(proxy, str) and proxy.strip("/"):
+        spec["x509_proxy"] = proxy.rstrip("/").rsplit("/", 1)[-1]
+    for attr, key in (("TransferOut", "transfer_out"), ("TransferErr", "transfer_err")):
+        if classads.eval_attr(ad, attr) is False:
+            spec[key] = False
+    if classads.eval_attr(ad, "PreserveRelativePaths") is True:
+        spec["preserve_relative_paths"] = True
+    when = classads.eval_attr(ad, "WhenToTransferOutput")
+    if isinstance(when, str) and when.upper() not in ("", "ON_EXIT"):
+        spec["when_to_transfer_output"] = when.upper()
+    return spec
+
+
+def checkpoint_and_streams(ad: Any) -> dict[str, Any]:
+    """What the pilot needs of self-checkpointing (SuccessCheckpointExitCode,
+    TransferCheckpoint: None means what output transfer would send) and of
+    streaming (StreamOut, StreamErr); only the keys the job uses."""
+    out: dict[str, Any] = {}
+    code = classads.eval_attr(ad, "SuccessCheckpointExitCode")
+    if isinstance(code, int) and not isinstance(code, bool):
+        out["checkpoint_exit_code"] = code
+        files = classads.eval_attr(ad, "TransferCheckpoint")
+        if isinstance(files, str):
+            out["checkpoint_files"] = [f.strip() for f in files.replace(",", " ").split()]
+    for attr, key in (("StreamOut", "stream_out"), ("StreamErr", "stream_err")):
+        if classads.is_true(classads.eval_attr(ad, attr)):
+            out[key] = True
+    return out
+
+
+def with_checkpoint(
+    files: list[dict[str, Any]], checkpoint: list[dict[str, str]] | None
+) -> list[dict[str, Any]]:
+    """The job's sandbox with its latest checkpoint: a checkpoint file replaces
+    the input of its name (but never the executable)."""
+    if not checkpoint:
+        return files
+    names = {f["name"]: f for f in files}
+    keep = {n for n, f in names.items() if f.get("executable")}
+    taken = {c["name"]: c for c in checkpoint if c["name"] not in keep}
+    return [f for f in files if f["name"] not in taken] + [
+        {"name": c["name"], "sha256": c["sha256"]} for c in taken.values()
+    ]
+
+
+_RUNTIME_KEYS = ("checkpoint_exit_code", "checkpoint_files", "stream_out", "stream_err")
 
 
 def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
     """What a pilot needs to run the job, derived from its ad and sandbox."""
     part = cache.ad_part(row.ad) if cache is not None else _ad_part(stored_ad(row.ad))
     spec = row.sandbox or {}
-    files = spec.get("files", [])
+    files = with_checkpoint(spec.get("files", []), getattr(row, "checkpoint", None))
     executable = next((f["name"] for f in files if f.get("executable")), None)
     container = part["container"]
     return {
@@ -305,23 +438,56 @@ def execution_spec(row: Any, cache: SpecCache | None = None) -> dict[str, Any]:
         else list(part["transfer_output"]),
         "request": dict(part["request"]),
         **({"container": dict(container)} if container is not None else {}),
+        **part.get("transfer", {}),
+        **{k: part[k] for k in _RUNTIME_KEYS if k in part},
     }
 
 
-def container_request(ad: Any) -> dict[str, str] | None:
-    """The job's container wish, as the pilot's job wrapper takes it.
+# ContainerImageSource values (submit/container.py) of images that travel with the
+# job: they are in its sandbox under their base name (ContainerImage).
+_SENT_IMAGES = ("cedar", "http", "https")
+_WANT_KIND = (("WantSIF", "sif"), ("WantSandboxImage", "sandbox"), ("WantDockerImage", "docker"))
 
-    `ContainerImage` (submit's `container_image`) or the GlideinWMS-era
-    `SingularityImage` name an image; `WantContainer = true` alone asks for
-    the group's default image (empty string).
+
+def container_request(ad: Any) -> dict[str, Any] | None:
+    """The job's container wish, as the pilot's job wrapper takes it:
+    ``{"image", "kind", "in_sandbox"}`` (see glidein/agent/container.py).
+
+    The image: `ContainerImage` (submit's `container_image`), else
+    `DockerImage` (`docker_image`, in the container or docker universe: a
+    docker:// image), else the GlideinWMS-era `SingularityImage`;
+    `WantContainer`/`WantDocker` alone ask for the group's default image
+    (empty string). The kind: what submit said (`WantSIF`,
+    `WantSandboxImage`, `WantDockerImage`), else condor_submit's rule on the
+    name. An image that travelled with the job (`ContainerImageSource` a
+    transfer, and `TransferContainer` not false) is in the sandbox under its
+    base name, which `ContainerImage` holds.
     """
-    for name in ("ContainerImage", "SingularityImage"):
+
+    def text(name: str) -> str:
         value = classads.eval_attr(ad, name)
-        if isinstance(value, str) and value:
-            return {"image": value}
-    if classads.is_true(classads.eval_attr(ad, "WantContainer")):
-        return {"image": ""}
-    return None
+        return value.strip() if isinstance(value, str) else ""
+
+    image, kind = text("ContainerImage"), ""
+    if not image and (docker := text("DockerImage")):
+        image, kind = (docker if docker.startswith("docker:") else f"docker://{docker}"), "docker"
+    if not image:
+        image = text("SingularityImage")
+    if not image:
+        wants = ("WantContainer", "WantDocker")
+        if any(classads.is_true(classads.eval_attr(ad, n)) for n in wants):
+            return {"image": ""}
+        return None
+    for attr, name in _WANT_KIND:
+        if not kind and classads.is_true(classads.eval_attr(ad, attr)):
+            kind = name
+    if not kind:
+        kind = "docker" if image.startswith("docker:") else "sif" if image.endswith(".sif") else ""
+    request: dict[str, Any] = {"image": image, "kind": kind or "sandbox"}
+    sent = text("ContainerImageSource").lower() in _SENT_IMAGES
+    if sent and classads.eval_attr(ad, "TransferContainer") is not False:
+        request["in_sandbox"] = True
+    return request
 
 
 def dynamic(row: Any) -> dict[str, Any]:
@@ -333,6 +499,7 @@ def dynamic(row: Any) -> dict[str, Any]:
         "NumSiteFailures": row.num_restarts,
         "EnteredCurrentStatus": int(row.updated_at),
         "NumJobCompletions": getattr(row, "completions", 0) or 0,
+        "NumCkpts": getattr(row, "num_checkpoints", 0) or 0,
     }
     if row.exit_code is not None:
         out["ExitCode"] = row.exit_code

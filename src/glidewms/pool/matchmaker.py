@@ -27,8 +27,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from glidewms import classads
+from glidewms.pool import concurrency
 from glidewms.pool.checks import job_requests
-from glidewms.pool.jobs import stored_ad
+from glidewms.pool.jobs import LIMITS_ATTR, stored_ad
 
 CACHE_LIMIT = 500_000
 SLOT_EXPRESSIONS = ("start", "requirements", "rank")
@@ -77,6 +78,9 @@ class Matchmaker:
         self.version = 0  # grows with the set of slot attributes read: shapes change
         self._cache: dict[tuple[int, str], Any] = {}
         self._volatile: set[int] = set()  # autoclusters whose answers are never cached
+        # concurrency limits one job of the autocluster holds (those naming any)
+        self.limits: dict[int, dict[str, float]] = {}
+        self.invalid_limits: set[int] = set()  # unreadable ConcurrencyLimits: never started
 
     def remember(self, ac_id: int, text: str) -> Any:
         """Parse and keep an autocluster's ad; learn which slot attributes it reads."""
@@ -89,6 +93,7 @@ class Matchmaker:
             self.ads[ac_id] = ad
             self.texts[ac_id] = text
             self.requests[ac_id] = request_of(ad)
+            self._remember_limits(ac_id, ad)
             refs = slot_refs(ad)
             if refs is None or volatile(text):  # never cached: answered afresh each time
                 self._volatile.add(ac_id)
@@ -97,6 +102,22 @@ class Matchmaker:
                 self._refs |= refs
                 self.version += 1
         return ad
+
+    def _remember_limits(self, ac_id: int, ad: Any) -> None:
+        """The autocluster's concurrency limits (jobs.derive wrote them in
+        canonical form; anything else found there is unreadable)."""
+        value = classads.eval_attr(ad, LIMITS_ATTR)
+        if value is None or value is classads.UNDEFINED:
+            return
+        try:
+            if not isinstance(value, str):
+                raise concurrency.BadLimits("not a string")
+            wanted = concurrency.parse(value)
+        except concurrency.BadLimits:
+            self.invalid_limits.add(ac_id)
+            return
+        if wanted:
+            self.limits[ac_id] = wanted
 
     @property
     def volatile_ids(self) -> set[int]:

@@ -9,6 +9,8 @@ memory, bounded by the live jobs and pilots, never by the history:
   slots and cores busy (held by running jobs) and idle;
 - fair share per submitter (capped): decayed usage, cores in use, effective
   priority;
+- concurrency limits per name (capped): limit, held by running jobs, idle
+  jobs waiting because it is used up;
 - the pool's stored counters (jobs completed, failed runs, site failures,
   clusters submitted): they survive restarts.
 
@@ -170,6 +172,7 @@ class PoolCollector(StateCollector):
         yield from jobs_families(job_rows)
         yield from pilot_families(pilot_rows, busy)
         yield from fair_share_families(store.reports.userprio())
+        yield from concurrency_families(store.reports.concurrency())
         for key, (name, doc) in STORED.items():
             family = CounterMetricFamily(name, doc)
             family.add_metric([], stored.get(key, 0))
@@ -282,4 +285,43 @@ def fair_share_families(submitters: list[dict[str, Any]]) -> Iterable[Metric]:
             for s in submitters
             if name_of(label(s["submitter"])) == label(s["submitter"])
         ],
+    )
+
+
+def concurrency_families(rows: list[dict[str, Any]]) -> Iterable[Metric]:
+    """Per concurrency limit name (capped by use; names come from job ads):
+    what running jobs hold, idle jobs waiting for it, and its limit (unlimited
+    names have none; nor has `other`)."""
+    weight = {  # configured names first, then by use
+        label(r["name"]): float(r["in_use"]) + r["idle_jobs"] + (r["limit"] is not None)
+        for r in rows
+    }
+    name_of = capped_names(weight)
+    used: dict[str, float] = {}
+    waiting: dict[str, float] = {}
+    for r in rows:
+        name = name_of(label(r["name"]))
+        used[name] = used.get(name, 0.0) + float(r["in_use"])
+        waiting[name] = waiting.get(name, 0.0) + float(r["blocked_jobs"])
+    yield gauge(
+        "glidewms_pool_concurrency_limit",
+        "Configured concurrency limit per name (names with a limit, capped)",
+        ["name"],
+        [
+            ((label(r["name"]),), float(r["limit"]))
+            for r in rows
+            if r["limit"] is not None and name_of(label(r["name"])) == label(r["name"])
+        ],
+    )
+    yield gauge(
+        "glidewms_pool_concurrency_in_use",
+        "Concurrency limit held by running jobs, per name (capped: other)",
+        ["name"],
+        [((k,), v) for k, v in sorted(used.items())],
+    )
+    yield gauge(
+        "glidewms_pool_concurrency_waiting_jobs",
+        "Idle jobs that cannot start because this limit is used up, per name (capped: other)",
+        ["name"],
+        [((k,), v) for k, v in sorted(waiting.items())],
     )

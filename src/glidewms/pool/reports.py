@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from glidewms.pool import concurrency
 from glidewms.pool.autoclusters import Autoclusters
 from glidewms.pool.lifecycle import PilotState
 from glidewms.pool.schema import counters, pilots, usage
@@ -116,6 +117,24 @@ class Reports:
                 for name, state in accounting.submitters.items()
             ]
         return sorted(out, key=lambda e: (e["effective_priority"], e["submitter"]))
+
+    def concurrency(self) -> list[dict[str, Any]]:
+        """Concurrency limits: per name its limit, what running jobs hold,
+        idle jobs that want it and how many of them wait because it is used
+        up (concurrency.report). From memory, like demand."""
+        shared = self.shared
+        matchmaker = shared.matchmaker
+        with shared.engine.connect() as conn, shared.lock:
+            index = shared.index
+            self.autoclusters.load_ads(conn, sorted(set(index.counts) | set(index.running)))
+            wanted = {ac: dict(w) for ac, w in matchmaker.limits.items()}
+            invalid = set(matchmaker.invalid_limits)
+            idle = {ac: sum(max(0, n) for n in index.counts.get(ac, {}).values()) for ac in wanted}
+            idle.update(
+                {ac: sum(max(0, n) for n in index.counts.get(ac, {}).values()) for ac in invalid}
+            )
+            used = concurrency.in_use(index.running, wanted)
+        return concurrency.report(shared.concurrency, used, idle, wanted, invalid)
 
     def stats(self) -> dict[str, int]:
         with self.shared.engine.connect() as conn:

@@ -41,7 +41,7 @@ jobs = sa.Table(
     sa.Column("cluster_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("proc_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("owner", sa.String(128), nullable=False),
-    # the fair-share principal: "AcctGroup.Owner", or the owner alone (v2)
+    # the fair-share principal: "group.Owner" (jobs.accounting_group), or the owner alone (v2)
     sa.Column("submitter", sa.String(256), nullable=True),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("ad", sa.Text, nullable=False),
@@ -68,6 +68,10 @@ jobs = sa.Table(
     sa.Column("wall_seconds", sa.Float, nullable=True),
     # NumJobCompletions: times the job ran to its end (max_retries, on_exit_*)
     sa.Column("completions", sa.Integer, nullable=False, default=0, server_default="0"),
+    # the latest checkpoint of a self-checkpointing job: [{name, sha256}] (v7)
+    sa.Column("checkpoint", sa.JSON, nullable=True),
+    # NumCkpts: checkpoints the job took (exits with SuccessCheckpointExitCode) (v7)
+    sa.Column("num_checkpoints", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("ix_jobs_state_ac", "state", "autocluster_id"),
     sa.Index("ix_jobs_state_lease", "state", "lease_expires"),
@@ -148,6 +152,39 @@ file_refs = sa.Table(
     sa.Column("owner", sa.String(128), nullable=False),
     sa.Column("cluster_id", sa.Integer, nullable=False),
     sa.PrimaryKeyConstraint("sha256", "owner", "cluster_id"),
+)
+
+
+# What a running job wrote to stdout/stderr, for `glidewms tail` (v7): per job
+# and stream, where the kept text starts and ends in the whole stream (every
+# run in order) and where the current run (its claim) began; the text is in
+# `stream_chunks`, rows of at most a chunk's size (streams.CHUNK_BYTES), so
+# an append writes at most one such row, and dropping the oldest bytes
+# deletes whole rows.
+streams = sa.Table(
+    "streams",
+    metadata,
+    sa.Column("cluster_id", sa.Integer, nullable=False),
+    sa.Column("proc_id", sa.Integer, nullable=False),
+    sa.Column("which", sa.String(3), nullable=False),
+    sa.Column("claim_id", sa.String(64), nullable=True),
+    sa.Column("base", sa.BigInteger, nullable=False),
+    sa.Column("kept_start", sa.BigInteger, nullable=False),
+    sa.Column("kept_end", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("cluster_id", "proc_id", "which"),
+)
+
+stream_chunks = sa.Table(
+    "stream_chunks",
+    metadata,
+    sa.Column("cluster_id", sa.Integer, nullable=False),
+    sa.Column("proc_id", sa.Integer, nullable=False),
+    sa.Column("which", sa.String(3), nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),  # its first byte's place in the stream
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("cluster_id", "proc_id", "which", "at"),
 )
 
 
@@ -243,9 +280,16 @@ def _v6_pilot_identity(conn: Connection) -> None:
         _add_missing_column(conn, pilots, name)
 
 
+def _v7_checkpoints_streams(conn: Connection) -> None:
+    """Self-checkpointing jobs' checkpoints and counts; streamed stdout/stderr."""
+    _add_missing_column(conn, jobs, "checkpoint")
+    _add_missing_column(conn, jobs, "num_checkpoints")
+    metadata.create_all(conn, tables=[streams, stream_chunks])
+
+
 def _v9_samples(conn: Connection) -> None:
     """The time series the web console plots (glidewms/timeseries.py). Numbered
-    9: v7 and v8 come from other branches; it creates only its own table, so
+    9: v8 comes from another branch; it creates only its own table, so
     its place in the list does not matter to the others."""
     timeseries.create_table(conn)
 
@@ -257,5 +301,6 @@ MIGRATIONS = [
     _v4_exit_policy,
     _v5_file_refs,
     _v6_pilot_identity,
+    _v7_checkpoints_streams,
     _v9_samples,
 ]

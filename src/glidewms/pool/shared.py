@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from glidewms.pool.checks import StoreLimits
+from glidewms.pool.concurrency import LimitConfig
 from glidewms.pool.fairshare import Accounting, split_submitter
 from glidewms.pool.lifecycle import JobState
 from glidewms.pool.matchmaker import Matchmaker
@@ -35,6 +36,7 @@ class Shared:
     accounting: Accounting
     significant: tuple[str, ...] = ()  # extra autocluster attributes (config)
     limits: StoreLimits = field(default_factory=StoreLimits)  # what outside input is held to
+    concurrency: LimitConfig = field(default_factory=LimitConfig)  # concurrency.py (config)
     index: IdleIndex = field(default_factory=IdleIndex)
     matchmaker: Matchmaker = field(default_factory=Matchmaker)
     # serialises every change that touches the memory above

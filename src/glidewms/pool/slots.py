@@ -4,6 +4,14 @@ A pilot registers its slot ad once (a dict: JSON); each claim carries what
 is free now, which replaces the slot's Cpus, Memory, Disk and GPUs. Matching
 reads ClassAds built from those, and `SlotAds` keeps them per pilot so a
 turn builds each one once.
+
+Nested values survive: a list of ads such as `AvailableGPUs` (one property
+ad per GPU, which `require_gpus` jobs match with `countMatches`) becomes a
+ClassAd list of ads, held to the ad bounds when the pilot registered. Like a
+partitionable slot in HTCondor, a slot offers only the GPUs still free:
+`AvailableGPUs` is cut to the free count (the pilot does not say which GPUs
+its jobs hold, so the first ones stay: exact for the usual node of one GPU
+model).
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ def slot_with(slot: Mapping[str, Any], resources: Mapping[str, int]) -> Any:
     The slot was held to the pool's bounds when the pilot registered
     (checks.check_slot); one that cannot be read back (stored by an older
     pool) offers nothing: its Start is false."""
+    available = slot.get("AvailableGPUs")
+    if isinstance(available, list) and len(available) > resources["gpus"]:
+        slot = {**slot, "AvailableGPUs": available[: max(0, resources["gpus"])]}
     try:
         ad = classads.ad_from_dict(slot, classads.CEILING)
     except classads.ClassAdError:

@@ -44,6 +44,7 @@ from glidewms.pool.actions import Actions
 from glidewms.pool.autoclusters import Autoclusters
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.choosing import Matching
+from glidewms.pool.concurrency import LimitConfig
 from glidewms.pool.dblock import DatabaseLock
 from glidewms.pool.fairshare import Accounting, split_submitter
 from glidewms.pool.lifecycle import JobState
@@ -53,6 +54,7 @@ from glidewms.pool.queue import Queue
 from glidewms.pool.reports import Reports
 from glidewms.pool.schema import counters, jobs, usage
 from glidewms.pool.shared import COUNTERS, Shared
+from glidewms.pool.streams import Streams
 from glidewms.pool.turns import Turns
 
 
@@ -75,6 +77,7 @@ class PoolStore:
         lock_wait: float = 10.0,
         significant: Sequence[str] = (),
         limits: StoreLimits | None = None,
+        concurrency: LimitConfig | None = None,
     ) -> None:
         self.engine = engine
         self.db_lock = DatabaseLock(engine, lock_wait)  # before anything writes
@@ -83,6 +86,7 @@ class PoolStore:
             engine=engine,
             significant=tuple(significant),
             limits=limits or StoreLimits(),
+            concurrency=concurrency or LimitConfig(),
             accounting=Accounting(
                 fs.halflife, fs.user_factors or {}, fs.group_factors or {}, fs.default_factor
             ),
@@ -96,6 +100,7 @@ class PoolStore:
         self.reports = Reports(self.shared, self.autoclusters)
         self.periodic = Periodic(self.shared, self.actions)
         self.files = FileAccess(self.shared)
+        self.streams = Streams(self.shared)
         try:
             migrate(engine, "pool", schema.MIGRATIONS)
             self._init_counters()

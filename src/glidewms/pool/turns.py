@@ -17,6 +17,10 @@ left them. So those change as the turn goes (a claim must not see a job this
 turn already took), and are put back if the transaction fails: a pool never
 keeps in memory what its database does not say.
 
+A self-checkpointing job's checkpoint (exit.py) goes out with its claim:
+`execution_spec` puts its files in the sandbox, so every run, after a
+checkpoint or an eviction, starts from the latest one.
+
 The older single calls (one claim, one completion) are turns too: `claim`
 and `claim_many` are turns that report nothing, `complete` one that claims
 nothing.
@@ -334,6 +338,7 @@ def claim_statement(n: int) -> Any:
                 jobs.c.sandbox,
                 jobs.c.owner,
                 jobs.c.cpus,
+                jobs.c.checkpoint,
             )
         )
     return statement

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -162,6 +163,8 @@ async def post_log(
         body = LogPost.model_validate_json(raw)
     except ValidationError as exc:
         raise HTTPException(422, exc.errors(include_url=False, include_input=False)) from None
+    if any(r.type == "registered" for r in body.records):  # entry health: it works there
+        await asyncio.to_thread(store.mark_registered, glidein_id, time.time())
     stored = await asyncio.to_thread(
         factory.archive.append_trail,
         glidein.entry,

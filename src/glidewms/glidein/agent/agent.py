@@ -51,6 +51,7 @@ from .policy import (
 from .resources import Resources, detect_resources, slot_ad
 from .slot import Slot
 from .trail import Trail, TrailHandler
+from .transfer import plugins_for
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,7 @@ class Agent:
                 container=self.container,
                 vacating=self.finished,
                 isolation=self.isolation,
+                plugins=plugins_for(self.cfg.values),
             )
         except (JobSetupError, KeyError) as exc:
             log.error("unusable claim %s, left to its lease: %s", claim.get("claim_id"), exc)
@@ -382,6 +384,8 @@ class Agent:
             self.slot.total.as_free(),
             interval,
         )
+        # The factory counts this as "validated and runs" (its entry health, probes).
+        self.trail.add("INFO", "registered", f"pilot {self.exchange.pilot_id}")
         return interval
 
     def run(self, install_signals: bool = True) -> int:

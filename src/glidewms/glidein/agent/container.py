@@ -6,9 +6,19 @@ shared by the job wrapper (``claims``) and the container validation script
 
 Runtimes: Apptainer/Singularity when the node has them (``exec --contain
 --cleanenv``, environment passed as ``APPTAINERENV_*``), else bubblewrap (the
-unprivileged user-namespace runtime). Images: a directory (rootfs) or, for
-Apptainer, a SIF file; the special image ``host`` is the node's own ``/usr``
-and ``/etc`` mounted read-only, which isolates the job without needing an image.
+unprivileged user-namespace runtime). Image kinds (``KINDS``, as condor_submit
+names them): a directory (``sandbox``, a rootfs) for every runtime; a SIF file
+(``sif``) and a ``docker://`` URL (``docker``, pulled on the node) for
+Apptainer/Singularity only. The pilot publishes what its runtime runs
+(``capabilities``: HTCondor's ``HasSIF``, ``HasSandboxImage``...), the pool
+matches jobs to it by those, and a job whose image kind the runtime cannot run
+is refused at setup with the reason. The special image ``host`` is the node's
+own ``/usr`` and ``/etc`` mounted read-only, which isolates the job without
+needing an image.
+
+A job with no executable (``Cmd = ""``) runs its image's entry point: the
+runscript, under Apptainer (``apptainer run``); bubblewrap knows no entry
+point of a directory, so such a job is refused there.
 
 Inside, the job's sandbox is ``/srv`` (as in HTCondor) and its working
 directory; ``/cvmfs`` and the configured binds are mounted when they exist on
@@ -32,8 +42,49 @@ USES = ("NEVER", "OPTIONAL", "REQUIRED")
 DEFAULT_BINDS = ("/cvmfs",)
 
 
+KINDS: Dict[str, Tuple[str, ...]] = {
+    "apptainer": ("sandbox", "sif", "docker"),
+    "singularity": ("sandbox", "sif", "docker"),
+    "bwrap": ("sandbox",),
+}
+_KIND_TEXT = {"sandbox": "a directory image", "sif": "a SIF image", "docker": "a docker:// image"}
+
+
 class ContainerError(Exception):
     """The job asks for a container this pilot cannot give it."""
+
+
+def capabilities(runtime: str) -> Dict[str, object]:
+    """The slot attributes that say which container jobs this pilot runs.
+
+    HTCondor's names (``HasContainer``, ``HasSingularity``, ``HasSIF``,
+    ``HasSandboxImage``, ``HasDockerURL``: the clauses condor_submit writes),
+    GlideinWMS's (``HAS_CONTAINER``, ``HAS_SINGULARITY``), and ``HasDocker``
+    always false: no docker universe runtime here. ``runtime`` ``none``: all false.
+    """
+    kinds = KINDS.get(runtime, ())
+    apptainer = runtime in ("apptainer", "singularity")
+    return {
+        "HasContainer": bool(kinds),
+        "HAS_CONTAINER": bool(kinds),
+        "HasSingularity": apptainer,
+        "HAS_SINGULARITY": apptainer,
+        "HasSIF": "sif" in kinds,
+        "HasSandboxImage": "sandbox" in kinds,
+        "HasDockerURL": "docker" in kinds,
+        "HasDocker": False,
+    }
+
+
+def image_kind(image: str) -> str:
+    """condor_submit's kind of an image: ``docker`` (docker:), ``sif`` (.sif), else
+    ``sandbox`` (a directory)."""
+    image = image.strip()
+    if image.startswith("docker:"):
+        return "docker"
+    if image.endswith(".sif"):
+        return "sif"
+    return "sandbox"
 
 
 @dataclass(frozen=True)
@@ -137,15 +188,19 @@ def find_runtime(
     return found
 
 
-def choose_image(setup: ContainerSetup, job_container: object) -> Optional[str]:
+def choose_image(setup: ContainerSetup, job_container: object, sandbox: str = "") -> Optional[str]:
     """The image a job runs in, or None to run it without a container.
 
-    The job asks with a claim field ``container: {"image": ...}`` (an empty
-    image means the group's default); ``REQUIRED`` puts every job in the
-    default image; ``NEVER`` refuses jobs that ask.
+    The job asks with a claim field ``container: {"image": ..., "kind": ...,
+    "in_sandbox": ...}`` (an empty image means the group's default; ``kind``
+    as ``image_kind`` when absent; ``in_sandbox``: the image travelled with
+    the job and is in ``sandbox`` under its base name); ``REQUIRED`` puts
+    every job in the default image; ``NEVER`` refuses jobs that ask. An image
+    kind this runtime cannot run is refused here, before anything is fetched.
     """
     asked = isinstance(job_container, dict)
-    image = str(job_container.get("image") or "") if isinstance(job_container, dict) else ""
+    wish: Dict[str, object] = job_container if isinstance(job_container, dict) else {}
+    image = str(wish.get("image") or "")
     if setup.use == "NEVER":
         if asked:
             raise ContainerError("the job asks for a container; containers are disabled here")
@@ -154,7 +209,55 @@ def choose_image(setup: ContainerSetup, job_container: object) -> Optional[str]:
         return None
     if setup.runtime not in RUNTIMES or not setup.path:
         raise ContainerError("the job needs a container but this node has no working runtime")
-    return image or setup.default_image
+    if not image or image == HOST_IMAGE:
+        return image or setup.default_image
+    kind = str(wish.get("kind") or image_kind(image))
+    if kind not in KINDS[setup.runtime]:
+        runs = " and ".join(_KIND_TEXT[k] + "s" for k in KINDS[setup.runtime])
+        raise ContainerError(
+            f"the job's image {image!r} is {_KIND_TEXT.get(kind, kind)}; this pilot's "
+            f"runtime ({setup.runtime}) runs {runs} only"
+        )
+    if wish.get("in_sandbox"):
+        name = os.path.basename(image.rstrip("/"))
+        if name in ("", ".", "..") or "/" in image.rstrip("/"):
+            raise ContainerError(f"image {image!r}: a transferred image is named by its base name")
+        return os.path.join(sandbox, name)
+    if kind == "docker" and not image.startswith("docker://"):  # docker_image = name:tag
+        image = "docker://" + (image[len("docker:") :] if image.startswith("docker:") else image)
+    return image
+
+
+def check_image(
+    setup: ContainerSetup, image: str, entry_point: bool = False, sandbox: str = ""
+) -> None:
+    """Once the sandbox is there: the image exists in the form the runtime needs
+    (ContainerError names it), so a missing one is a setup error, not a crash.
+    ``entry_point``: the job has no executable and runs the image's own.
+
+    A directory image that holds the job's ``sandbox`` (``/``, or any parent
+    of the pilot's work dir) is refused: it would show the job the pilot's
+    own files, its token among them, which no isolation hides there."""
+    if entry_point and setup.runtime not in ("apptainer", "singularity"):
+        raise ContainerError(
+            f"the job names no executable, so it would run the entry point of image "
+            f"{image!r}; {setup.runtime} knows no entry point of an image: give the job "
+            "an executable"
+        )
+    if image == HOST_IMAGE or image.startswith("docker://"):
+        return
+    if sandbox and os.path.isabs(image):
+        real, inner = os.path.realpath(image), os.path.realpath(sandbox)
+        if real != inner and os.path.commonpath([real, inner]) == real:
+            raise ContainerError(
+                f"image {image!r} holds the pilot's own directory: it cannot be a job's image"
+            )
+    if setup.runtime == "bwrap" and not os.path.isdir(image):
+        raise ContainerError(
+            f"image {image!r} is not a directory (bubblewrap runs rootfs directories)"
+        )
+    if not os.path.exists(image):
+        raise ContainerError(f"image {image!r} does not exist on this node")
 
 
 def _inside(path: str, sandbox: str) -> str:
@@ -240,6 +343,8 @@ def apptainer_argv(
     if gpus:
         cmd.append("--nv")
     host_root = "/" if image == HOST_IMAGE else image
+    if not argv[0]:  # no executable: the image's runscript, with the job's arguments
+        return [exe, "run", *cmd[2:], host_root, *argv[1:]]
     return [*cmd, host_root, _inside(argv[0], sandbox), *argv[1:]]
 
 
@@ -271,6 +376,8 @@ def wrap(
 ) -> Tuple[List[str], Dict[str, str]]:
     """The container command line and environment for one job."""
     if setup.runtime == "bwrap":
+        if not argv[0]:
+            raise ContainerError("bubblewrap knows no entry point of an image")
         cmd = bwrap_argv(setup.path, image, sandbox, setup.binds, setup.gpu_devices, argv)
     elif setup.runtime in ("apptainer", "singularity"):
         cmd = apptainer_argv(setup.path, image, sandbox, setup.binds, bool(setup.gpu_devices), argv)

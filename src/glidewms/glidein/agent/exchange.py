@@ -266,7 +266,8 @@ class Exchange:
                 return
             for item in batch:
                 accepted = done.get(item["claim_id"]) is True
-                if accepted and not item["exit_code"]:
+                # a checkpoint taken is useful work, whatever its exit code
+                if accepted and (not item["exit_code"] or "checkpoint" in item):
                     self.goodput += item["wall_seconds"]
                 else:
                     self.badput += item["wall_seconds"]

@@ -319,6 +319,8 @@ class Api:
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 reason = getattr(exc, "reason", exc)
                 final = TransportError(f"{method} {path}: {reason}")
+                if isinstance(reason, ssl.SSLCertVerificationError):
+                    raise final from None  # a certificate will not verify by waiting
                 problem = str(reason)
             delay = retry_delay(attempt, self.backoff, retry_after)
             if patience is None:

@@ -197,9 +197,10 @@ class Isolation:
         os.chmod(os.path.dirname(sandbox), 0o711)
         os.chown(sandbox, uid, gid)
         os.chmod(sandbox, 0o700)
-        with os.scandir(sandbox) as entries:
-            for entry in entries:  # inputs: regular files the pilot just wrote
-                os.chown(entry.path, uid, gid, follow_symlinks=False)
+        # inputs: files and directories (transfer_input_files dirs) the pilot just wrote
+        for here, dirs, files in os.walk(sandbox, followlinks=False):
+            for name in dirs + files:
+                os.chown(os.path.join(here, name), uid, gid, follow_symlinks=False)
 
     def as_account(self, argv: List[str]) -> List[str]:
         """The command line run as the job account (account mode, with setpriv): real,

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .isolation import Isolation
+from .isolation import Isolation, open_output
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,27 @@ BUSY_BACKOFF = 0.02
 FORK_LOCK = threading.Lock()
 
 # Pilot variables passed on to jobs: proxies are how nodes reach the outside.
+MAX_INPUT_URLS = 1000
+MAX_OUTPUT_FILES = 1000  # files one job sends back (the pool keeps at most this many too)
+MAX_OUTPUT_SCAN = 10000  # directory entries looked at for them
+
 _PASSED_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
 class JobSetupError(Exception):
     """The claim cannot be turned into a runnable job (bad spec or sandbox)."""
+
+
+class InputError(JobSetupError):
+    """The job's own inputs cannot be laid out as it asks (a URL that cannot be
+    fetched, an input file where another input needs a directory): no fault of
+    the node, and a rerun elsewhere would fail the same, so the pool holds the
+    job (HTCondor's TransferInputError) instead of letting it go round.
+    ``subcode`` is an errno when one applies."""
+
+    def __init__(self, message: str, subcode: int = 0) -> None:
+        super().__init__(message)
+        self.subcode = subcode
 
 
 def stream_name(value: Any) -> str | None:
@@ -64,9 +80,34 @@ def check_name(name: Any) -> str:
     return name
 
 
+MAX_PATH_DEPTH = 32  # directories a sandbox path may go down (inputs and outputs)
+MAX_PATH_BYTES = 4096
+
+
+def check_path(name: Any) -> str:
+    """A sandbox path (an input that came from a directory: ``dir/sub/file``):
+    relative, every component a safe name, bounded depth and length. The pool
+    checks the same at submit; the pilot does not rely on it."""
+    if not isinstance(name, str) or len(name.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise JobSetupError(f"unsafe sandbox path {str(name)[:80]!r}")
+    parts = name.split("/")
+    if len(parts) > MAX_PATH_DEPTH:
+        raise JobSetupError(f"sandbox path {name[:80]!r} is deeper than {MAX_PATH_DEPTH}")
+    try:
+        for part in parts:
+            check_name(part)
+    except JobSetupError:
+        raise JobSetupError(f"unsafe sandbox path {name!r}") from None
+    return name
+
+
 @dataclass
 class SandboxFile:
-    """One input file: fetched by its sha256 from the pool's file store."""
+    """One input file: fetched by its sha256 from the pool's file store.
+
+    ``name`` may be a relative path (``dir/sub/file``): inputs that came from
+    a directory in ``transfer_input_files`` keep their subdirectories.
+    """
 
     name: str
     sha256: str
@@ -85,8 +126,21 @@ class JobSpec:
     err: str | None = None
     transfer_output: list[str] | None = None
     request: dict[str, int] = field(default_factory=dict)
-    container: dict[str, Any] | None = None  # {"image": ...}: run in a container
+    # {"image": str, "kind": str, "in_sandbox": bool}: run in a container (container.py)
+    container: dict[str, Any] | None = None
     max_runtime: float | None = None  # seconds the job says it needs, if it says
+    input_urls: list[str] = field(default_factory=list)  # fetched by a transfer plugin
+    transfer_out: bool = True  # False: stdout stays on the node (TransferOut = false)
+    transfer_err: bool = True
+    when: str = "ON_EXIT"  # WhenToTransferOutput; ON_SUCCESS: outputs only after exit 0
+    x509_proxy: str | None = None  # the proxy's sandbox name: X509_USER_PROXY points at it
+    preserve_paths: bool = False  # preserve_relative_paths: outputs land under their path
+    stdin: str | None = None  # the sandbox file that is the job's stdin (`input`); else /dev/null
+    # self-checkpointing: an exit with this code is a checkpoint taken (see claims.py)
+    checkpoint_exit_code: int | None = None
+    checkpoint_files: list[str] | None = None  # None: what output transfer would send
+    stream_out: bool = False  # send stdout to the pool while the job runs
+    stream_err: bool = False
 
     @classmethod
     def from_claim(cls, job: Any) -> JobSpec:
@@ -94,10 +148,14 @@ class JobSpec:
         try:
             files = [
                 SandboxFile(
-                    check_name(f["name"]), str(f["sha256"]).lower(), bool(f.get("executable"))
+                    check_path(f["name"]), str(f["sha256"]).lower(), bool(f.get("executable"))
                 )
                 for f in job.get("sandbox") or []
             ]
+            urls = [str(u) for u in job.get("input_urls") or []]
+            if len(urls) > MAX_INPUT_URLS:
+                raise JobSetupError(f"{len(urls)} input URLs; at most {MAX_INPUT_URLS}")
+            proxy = job.get("x509_proxy")
             outputs = job.get("transfer_output")
             request = job.get("request") or {}
             spec = cls(
@@ -116,6 +174,19 @@ class JobSpec:
                 },
                 container=_container(job.get("container")),
                 max_runtime=float(job["max_runtime"]) if job.get("max_runtime") else None,
+                input_urls=urls,
+                transfer_out=job.get("transfer_out", True) is not False,
+                transfer_err=job.get("transfer_err", True) is not False,
+                when=str(job.get("when_to_transfer_output") or "ON_EXIT").upper(),
+                preserve_paths=job.get("preserve_relative_paths") is True,
+                x509_proxy=None if not proxy else check_name(os.path.basename(str(proxy))),
+                stdin=None if not job.get("in") else check_name(os.path.basename(str(job["in"]))),
+                checkpoint_exit_code=_int_or_none(job.get("checkpoint_exit_code")),
+                checkpoint_files=None
+                if job.get("checkpoint_files") is None
+                else [str(n) for n in job["checkpoint_files"]],
+                stream_out=job.get("stream_out") is True,
+                stream_err=job.get("stream_err") is True,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise JobSetupError(f"malformed job in claim: {exc!r}") from None
@@ -129,7 +200,7 @@ class JobSpec:
         for text in [spec.cmd, *spec.args, *spec.env.values()]:
             if "\0" in text:
                 raise JobSetupError(f"a NUL character in the job's command line or env: {text!r}")
-        if not spec.cmd:
+        if not spec.cmd and spec.container is None:  # in a container: the image's entry point
             raise JobSetupError("the job has no cmd")
         return spec
 
@@ -140,15 +211,40 @@ class JobSpec:
         return self.cmd
 
 
+_IMAGE_KINDS = ("", "sandbox", "sif", "docker")
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"checkpoint_exit_code: expected an integer, got {value!r}")
+    return value
+
+
 def _container(value: Any) -> dict[str, Any] | None:
-    """The claim's optional ``container`` object: ``{"image": str}`` (image may be empty)."""
+    """The claim's optional ``container`` object: ``{"image": str}`` (image may be
+    empty: the default), with ``kind`` (``sandbox``, ``sif``, ``docker``) and
+    ``in_sandbox`` (the image travelled with the job) when the pool knows them."""
     if value is None or value is False:
         return None
     if value is True:
         return {"image": ""}
-    if not isinstance(value, dict) or not isinstance(value.get("image", ""), str):
-        raise JobSetupError(f"container: expected {{'image': str}}, got {value!r}")
-    return {"image": value.get("image", "")}
+    expected = "{'image': str, 'kind': sandbox|sif|docker, 'in_sandbox': bool}"
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("image", ""), str)
+        or value.get("kind", "") not in _IMAGE_KINDS
+        or not isinstance(value.get("in_sandbox", False), bool)
+        or "\0" in value.get("image", "")
+    ):
+        raise JobSetupError(f"container: expected {expected}, got {value!r:.300}")
+    found = {"image": value.get("image", "")}
+    if value.get("kind"):
+        found["kind"] = value["kind"]
+    if value.get("in_sandbox"):
+        found["in_sandbox"] = True
+    return found
 
 
 def sandbox_name(job_id: str) -> str:
@@ -188,24 +284,133 @@ def _regular_file_inside(sandbox: str, name: str) -> bool:
         return False
 
 
-def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
-    """Names to send back: out, err, then transfer_output or every new/changed file.
+@dataclass
+class OutputPlan:
+    """What goes back to the pool after the job, and what it failed to make.
 
-    transfer_output names may be relative paths inside the sandbox (as in
-    HTCondor); a named output that is missing, not a regular file or outside
-    the sandbox is skipped with a warning, not fatal.
+    ``files`` pairs the name the output is reported under (where it lands
+    relative to the job's ``Iwd``, as HTCondor places it: a listed file under
+    its base name, a listed directory with its subdirectories, ``dir/`` its
+    contents; stdout/stderr under their base names) with its path in the
+    sandbox (with ``preserve_relative_paths``, a listed path keeps its
+    directories instead of its base name). ``missing`` holds the
+    ``transfer_output_files`` entries the job did not produce: HTCondor holds
+    such a job, and so does the pool.
     """
-    after = snapshot(sandbox)
+
+    files: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def add(self, name: str, path: str) -> None:
+        if len(self.files) >= MAX_OUTPUT_FILES:
+            log.warning("more than %d outputs; %s and later ones not sent", MAX_OUTPUT_FILES, path)
+            return
+        if all(name != known for known, _ in self.files):
+            self.files.append((name, path))
+
+
+def plan_outputs(
+    spec: JobSpec, sandbox: str, baseline: Snapshot, succeeded: bool = True
+) -> OutputPlan:
+    """The outputs to send back (see ``OutputPlan``).
+
+    Streams first, unless ``TransferOut``/``TransferErr`` keep them on the
+    node. ``when = ON_SUCCESS`` sends no other file after a failed run (and
+    so holds nothing for a missing one). Without ``transfer_output``, every
+    new or changed top-level regular file (HTCondor does not look into
+    subdirectories then). Symlinks are never followed nor sent, and nothing
+    outside the sandbox is reached: such a listed entry counts as missing.
+    """
+    plan = OutputPlan()
+    streams = [(spec.out, spec.transfer_out), (spec.err, spec.transfer_err)]
+    for name, kept in streams:
+        if name is not None and kept and _regular_file_inside(sandbox, name):
+            plan.add(name, name)
+    if spec.when == "ON_SUCCESS" and not succeeded:
+        return plan
+    skipped = {name for name, kept in streams if name is not None and not kept}
     if spec.transfer_output is None:
-        wanted = [name for name in sorted(after) if baseline.get(name) != after[name]]
+        after = snapshot(sandbox)
+        for name in sorted(after):
+            if baseline.get(name) != after[name] and name not in skipped:
+                plan.add(name, name)
+        return plan
+    for entry in spec.transfer_output:
+        contents = entry.endswith("/") and entry.strip("/") != ""
+        path = entry.rstrip("/") if contents else entry
+        landed = os.path.normpath(path) if spec.preserve_paths else os.path.basename(path)
+        if _regular_file_inside(sandbox, path) and not contents:
+            plan.add(landed, path)
+        elif _directory_inside(sandbox, path):
+            prefix = "" if contents else landed + "/"
+            for inner in _files_under(sandbox, path):
+                plan.add(prefix + inner, f"{path}/{inner}")
+        else:
+            plan.missing.append(entry)
+    return plan
+
+
+def outputs_to_upload(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
+    """The sandbox paths ``plan_outputs`` would send back (for callers that only list)."""
+    return [path for _, path in plan_outputs(spec, sandbox, baseline).files]
+
+
+def _directory_inside(sandbox: str, name: str) -> bool:
+    """``name`` is a directory of the sandbox (not a symlink), reached without leaving it."""
+    if not name or os.path.isabs(name) or ".." in name.split("/"):
+        return False
+    path = os.path.join(sandbox, name)
+    root = os.path.realpath(sandbox) + os.sep
+    if not (os.path.realpath(path) + os.sep).startswith(root):
+        return False
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _files_under(sandbox: str, name: str) -> list[str]:
+    """Regular files below a sandbox directory, relative to it, sorted; symlinks
+    (to files or directories) are not followed; bounded in entries and depth."""
+    top = os.path.join(sandbox, name)
+    found: list[str] = []
+    seen = 0
+    for here, dirs, files in os.walk(top, followlinks=False):
+        rel = os.path.relpath(here, top)
+        depth = 0 if rel == "." else rel.count("/") + 1
+        if depth + name.count("/") + 1 >= MAX_PATH_DEPTH:
+            dirs[:] = []
+        dirs.sort()
+        for f in sorted(files):
+            seen += 1
+            if seen > MAX_OUTPUT_SCAN:
+                log.warning("%s: more than %d entries; the rest not sent", name, MAX_OUTPUT_SCAN)
+                return found
+            inner = f if rel == "." else f"{rel}/{f}"
+            try:
+                if stat.S_ISREG(os.lstat(os.path.join(here, f)).st_mode):
+                    found.append(inner)
+            except OSError:
+                continue
+    return found
+
+
+def checkpoint_names(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[str]:
+    """The files of a checkpoint, as HTCondor takes them: those named by
+    ``transfer_checkpoint_files``, or without it what output transfer would
+    send (``outputs_to_upload``). The job's stdout/stderr files go with it,
+    so the next run appends to them and the final ones hold every run's.
+    Only plain names in the sandbox: the pool keeps a checkpoint as files."""
+    if spec.checkpoint_files is None:
+        wanted = outputs_to_upload(spec, sandbox, baseline)
     else:
-        wanted = list(spec.transfer_output)
+        wanted = [n for n in (spec.out, spec.err, *spec.checkpoint_files) if n is not None]
     names: list[str] = []
-    for name in [spec.out, spec.err, *wanted]:
-        if name is None or name in names:  # an unnamed stream went to /dev/null
+    for name in wanted:
+        if name in names:
             continue
-        if not _regular_file_inside(sandbox, name):
-            log.warning("output %r is missing, not a regular file or outside the sandbox", name)
+        if "/" in name or not _regular_file_inside(sandbox, name):
+            log.warning("checkpoint file %r is missing, not a plain file name or not regular", name)
             continue
         names.append(name)
     return names
@@ -228,6 +433,8 @@ def job_environment(spec: JobSpec, sandbox: str, extra: dict[str, str]) -> dict[
     env.update(spec.env)
     env.update(extra)
     env["_CONDOR_SCRATCH_DIR"] = sandbox
+    if spec.x509_proxy is not None:  # HTCondor sets it to the proxy in the sandbox
+        env["X509_USER_PROXY"] = os.path.join(sandbox, spec.x509_proxy)
     return env
 
 
@@ -255,8 +462,11 @@ class JobProcess:
         env: dict[str, str],
         launcher: Launcher | None = None,
         isolation: Optional[Isolation] = None,
+        append: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
+        # stdout/stderr files a checkpoint brought: the job goes on writing them
+        self.append = append
         self.sandbox = sandbox
         self.env = env
         self.launcher = launcher
@@ -311,12 +521,16 @@ class JobProcess:
         null = _devnull()
         opened: dict[str | None, int] = {None: null}
         owner = self.isolation.owner
+        stdin = null
         try:
+            if self.spec.stdin is not None:  # an input the pilot wrote: never a symlink
+                stdin = open_output(self.sandbox, self.spec.stdin)
             for name in (self.spec.out, self.spec.err):
                 if name not in opened:  # out == err: one file
+                    keep = os.O_APPEND if name in self.append else os.O_TRUNC
                     opened[name] = os.open(
                         os.path.join(self.sandbox, str(name)),
-                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                        os.O_WRONLY | os.O_CREAT | keep | os.O_CLOEXEC | os.O_NOFOLLOW,
                         0o666,
                     )
                     if owner is not None:
@@ -326,7 +540,7 @@ class JobProcess:
                     argv,
                     cwd=self.sandbox,
                     env=env,
-                    stdin=null,
+                    stdin=stdin,
                     stdout=opened[self.spec.out],
                     stderr=opened[self.spec.err],
                     start_new_session=True,
@@ -341,7 +555,7 @@ class JobProcess:
                 self._not_started = 127 if isinstance(exc, FileNotFoundError) else 126
                 return None
         finally:
-            for fd in opened.values():
+            for fd in [*opened.values(), stdin]:
                 if fd != null:
                     os.close(fd)
 

@@ -2,20 +2,24 @@
 
 The slot ad uses HTCondor's attribute names and conventions (``Cpus``,
 ``Memory`` in MB, ``Disk`` in KiB, ``Arch`` ``X86_64``, ``OpSysAndVer``
-``Debian12``) so that the ClassAd expressions users and frontends already
+``Debian12``, ``Machine`` the node's name, ``AvailableGPUs`` a list of GPU
+property ads) so that the ClassAd expressions users and frontends already
 write for HTCondor glideins match our slots unchanged.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import shutil
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from .config import GlideinConfig
+from .transfer import plugins_for
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ RESERVED = frozenset(
         "Cpus",
         "Memory",
         "Disk",
+        "GPUs",
+        "AvailableGPUs",
         "GLIDEIN_Id",
         "GLIDEIN_Site",
         "GLIDEIN_Entry_Name",
@@ -61,6 +67,18 @@ RESERVED = frozenset(
     )
 )
 MULTI_ATTRS = ("GLIDEIN_Multi_Count", "GLIDEIN_Multi_Index")
+
+# The bounds of the GPU property ads read back from glidein_config (a
+# validation script wrote them, but the slot ad goes to the pool as it is).
+MAX_GPUS = 64
+_GPU_PROPERTIES = {
+    "Id": str,
+    "DeviceName": str,
+    "Capability": float,
+    "GlobalMemoryMb": int,
+    "MaxSupportedVersion": int,
+    "DriverVersion": float,
+}
 
 
 @dataclass
@@ -184,6 +202,59 @@ def os_attributes(os_release: dict[str, str]) -> dict[str, Any]:
     return attrs
 
 
+def node_name() -> str:
+    """HTCondor's ``Machine``: the node's fully qualified name, or its host name
+    where the resolver only knows it as ``localhost``."""
+    name = socket.getfqdn()
+    if not name or name.startswith("localhost"):
+        name = platform.node() or name or "localhost"
+    return name
+
+
+def node_attributes(machine: str, domain: str) -> dict[str, Any]:
+    """``Machine``, and the domains HTCondor derives from the node's name by
+    default: a node shares a file system (``should_transfer_files = NO`` jobs)
+    and user ids with itself only, unless the entry says its site shares more
+    (an entry attribute ``FileSystemDomain`` or ``UidDomain`` overrides these).
+    ``domain`` is ``socket.getfqdn()``, the very call the submit side makes
+    for a job's ``FileSystemDomain``, so a job and a pilot on one node agree."""
+    return {"Machine": machine, "FileSystemDomain": domain, "UidDomain": domain}
+
+
+def gpu_properties(text: str, gpus: int) -> list[dict[str, Any]]:
+    """``AvailableGPUs`` from the JSON the ``gpus`` validation script wrote
+    (``GLIDEIN_GPUs_Properties``), held to its known keys and types and to the
+    pilot's own GPU count; [] for anything else (the count alone still matches
+    plain ``request_gpus`` jobs)."""
+    try:
+        raw = json.loads(text) if text else []
+    except ValueError:
+        log.warning("GLIDEIN_GPUs_Properties is not JSON; no AvailableGPUs")
+        return []
+    if not isinstance(raw, list):
+        return []
+    ads = []
+    for item in raw[: min(gpus, MAX_GPUS)]:
+        if not isinstance(item, dict):
+            return []
+        ad: dict[str, Any] = {}
+        for key, kind in _GPU_PROPERTIES.items():
+            value: Any = item.get(key)
+            if kind is str:
+                if isinstance(value, str):
+                    ad[key] = value[:128]
+            elif _bounded_number(value):
+                ad[key] = kind(value)
+        ads.append(ad)
+    return ads
+
+
+def _bounded_number(value: Any) -> bool:
+    """A JSON number (not a boolean) that a ClassAd keeps exactly."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and abs(value) < 2**53
+
+
 def slot_ad(
     cfg: GlideinConfig,
     total: Resources,
@@ -201,7 +272,9 @@ def slot_ad(
     """
     ad = os_attributes(read_os_release() if os_release is None else os_release)
     ad["Arch"] = htcondor_arch(platform.machine())
+    ad.update(node_attributes(node_name(), socket.getfqdn()))
     ad["PartitionableSlot"] = True
+    ad["HasFileTransferPluginMethods"] = plugins_for(cfg.values).methods()  # transfer.py
     for name, value in cfg.attrs.items():
         if name in RESERVED:
             log.warning("attribute %s is set by the agent; the entry's value is ignored", name)
@@ -212,6 +285,7 @@ def slot_ad(
             "Cpus": total.cpus,
             "Memory": total.memory,
             "Disk": total.disk,
+            "GPUs": total.gpus,
             "GLIDEIN_Id": cfg.glidein_id,
             "GLIDEIN_Site": cfg.site,
             "GLIDEIN_Entry_Name": cfg.entry,
@@ -219,6 +293,10 @@ def slot_ad(
             "GLIDEIN_ToDie": int(to_die),
         }
     )
+    if total.gpus:
+        ad["AvailableGPUs"] = gpu_properties(
+            cfg.values.get("GLIDEIN_GPUs_Properties", ""), total.gpus
+        )
     for key in MULTI_ATTRS:  # which of a batch job's pilots this is (--multi)
         if cfg.values.get(key, "").isdigit():
             ad[key] = int(cfg.values[key])

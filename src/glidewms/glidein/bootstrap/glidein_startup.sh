@@ -219,6 +219,13 @@ backoff_wait() {  # backoff_wait TRY: seconds to wait before the next try
   echo "$d"
 }
 retryable() { [[ $1 == 000 || $1 == 429 || $1 == 5?? ]]; }
+# curl's exit codes for a network that may come back (resolve, connect, timeout, TLS
+# handshake, a broken transfer); anything else, a certificate that does not verify
+# above all, is final: waiting would not change it.
+transient_curl() { case $1 in 5|6|7|16|18|28|35|52|55|56|92) return 0 ;; *) return 1 ;; esac; }
+ecode_w=7  # each transfer's exit code in fetch_all: %{exitcode} from curl 7.75 on, else "7"
+[ -n "$CURL" ] && [ "$("$CURL" -s -o /dev/null -w '%{exitcode}' file:///dev/null 2>/dev/null)" = 0 ] \
+  && ecode_w='%{exitcode}'
 # again WHAT TRY START STATUS: wait before the next try, or say why not (status 1)
 again() {
   local wait; wait=$(backoff_wait "$2")
@@ -233,13 +240,14 @@ again() {
 # http METHOD URL OUT [JSON]: curl if present, else python urllib; retried as above.
 http() {
   if [ -z "$CURL" ]; then python_get "$@"; return; fi
-  local start=$SECONDS try=0 status heads=$meta/headers
+  local start=$SECONDS try=0 status rc heads=$meta/headers
   while :; do
     try=$((try + 1))
     status=$(curl -sS --connect-timeout 20 --max-time 600 -X "$1" ${ca_opt[@]+"${ca_opt[@]}"} \
       -H @"$hdr" ${4:+-H 'Content-Type: application/json' --data-binary "$4"} \
-      -D "$heads" -o "$3" -w '%{http_code}' "$2") || true
+      -D "$heads" -o "$3" -w '%{http_code}' "$2"); rc=$?
     [[ $status =~ ^[0-9]{3}$ ]] || status=000
+    if [ "$status" = 000 ] && ! transient_curl "$rc"; then log "$1 $2: curl error $rc"; return 1; fi
     [[ $status == 2?? ]] && return 0
     retryable "$status" || { log "$1 $2: HTTP $status"; return 1; }
     retry_after=$(sed -n 's/^[Rr][Ee][Tt][Rr][Yy]-[Aa][Ff][Tt][Ee][Rr]:[[:space:]]*\([0-9]\{1,6\}\)[[:space:]]*$/\1/p' \
@@ -280,7 +288,10 @@ for url, out in jobs:
             problem, value = "HTTP %d" % e.code, (e.headers.get("Retry-After") or "").strip()
             retry_after = int(value) if value.isdigit() and len(value) <= 6 else None
         except OSError as e:
-            problem = "no answer (%s)" % (getattr(e, "reason", None) or e)
+            reason = getattr(e, "reason", None) or e
+            if isinstance(reason, (ssl.SSLCertVerificationError, ssl.CertificateError)):
+                sys.exit("%s %s: %s" % (method, url, reason))  # waiting would not change it
+            problem = "no answer (%s)" % reason
         delay = min(cap, 2 ** min(attempt, 6))
         delay = random.uniform(delay / 2, delay)
         if retry_after is not None and retry_after > delay:
@@ -302,17 +313,22 @@ parallel=()
   && parallel=(-Z --parallel-max 8 --no-progress-meter -H 'Connection: close')
 fetch_all() {  # fetch_all URL OUT [URL OUT ...]
   if [ -z "$CURL" ]; then [ $# -eq 0 ] || python_get MANY "$@"; return; fi
-  local start=$SECONDS try=0 todo=("$@") args left i code out worst
+  local start=$SECONDS try=0 todo=("$@") args left i code ecode out worst
   local -A got
   while [ ${#todo[@]} -gt 0 ]; do
     try=$((try + 1)) args=() left=() worst='' got=()
     for ((i = 0; i < ${#todo[@]}; i += 2)); do args+=(-o "${todo[i+1]}" "${todo[i]}"); done
-    while read -r code out; do got[$out]=$code; done < <(
+    while read -r code ecode out; do got[$out]="$code $ecode"; done < <(
       curl -sS --connect-timeout 20 --max-time 600 -H @"$hdr" ${ca_opt[@]+"${ca_opt[@]}"} \
-        ${parallel[@]+"${parallel[@]}"} -w '%{http_code} %{filename_effective}\n' "${args[@]}")
+        ${parallel[@]+"${parallel[@]}"} \
+        -w "%{http_code} $ecode_w %{filename_effective}\n" \
+        "${args[@]}")
     for ((i = 0; i < ${#todo[@]}; i += 2)); do
-      code=${got[${todo[i+1]}]:-000}
+      read -r code ecode <<< "${got[${todo[i+1]}]:-000 7}"
       [[ $code =~ ^[0-9]{3}$ ]] || code=000
+      if [ "$code" = 000 ] && ! transient_curl "$ecode"; then
+        log "GET ${todo[i]}: curl error $ecode"; return 1
+      fi
       [[ $code == 2?? ]] && continue
       retryable "$code" || { log "GET ${todo[i]}: HTTP $code"; return 1; }
       left+=("${todo[i]}" "${todo[i+1]}"); worst=$code

@@ -196,6 +196,45 @@ def gpu_attributes(rows: List[Dict[str, str]], visible: Optional[List[str]]) -> 
     return attrs
 
 
+MAX_GPUS = 64  # per node: more rows than this are a broken tool's output, not GPUs
+_CUDA_VERSION = re.compile(r"^\s*CUDA Version\s*:\s*([0-9]{1,3})\.([0-9]{1,3})\s*$", re.MULTILINE)
+
+
+def cuda_version(text: str) -> Optional[int]:
+    """The driver's highest CUDA version from ``nvidia-smi -q`` output, encoded as
+    HTCondor's ``MaxSupportedVersion`` (12.2 is 12020: major * 1000 + minor * 10),
+    or None when the output does not say."""
+    match = _CUDA_VERSION.search(text)
+    if match is None:
+        return None
+    return int(match.group(1)) * 1000 + int(match.group(2)) * 10
+
+
+def gpu_properties(
+    rows: List[Dict[str, str]], visible: Optional[List[str]], max_version: Optional[int]
+) -> List[Dict[str, object]]:
+    """One property ad per GPU this pilot has, in HTCondor's ``AvailableGPUs``
+    shape (``Id``, ``DeviceName``, ``Capability``, ``GlobalMemoryMb``,
+    ``MaxSupportedVersion``, ``DriverVersion``), so ``require_gpus`` and the
+    ``gpus_minimum_*`` commands match with ``countMatches``. The same filter
+    as ``gpu_attributes``: only the GPUs the batch system gave us. Values that
+    do not parse are left out (a property a job asks for is then undefined)."""
+    if visible is not None:
+        rows = [r for r in rows if r["index"] in visible or r["uuid"] in visible]
+    ads: List[Dict[str, object]] = []
+    for row in rows[:MAX_GPUS]:
+        ad: Dict[str, object] = {"Id": row["uuid"][:128], "DeviceName": row["name"][:128]}
+        if re.fullmatch(r"[0-9]+\.[0-9]+", row["capability"]):
+            ad["Capability"] = float(row["capability"])
+        if row["memory"].isdigit():
+            ad["GlobalMemoryMb"] = int(row["memory"])
+        if max_version is not None:
+            ad["MaxSupportedVersion"] = max_version
+            ad["DriverVersion"] = round(max_version // 1000 + max_version % 1000 / 100, 2)
+        ads.append(ad)
+    return ads
+
+
 def node_share(values: Mapping[str, str]) -> Tuple[int, int]:
     """(pilots sharing this node, this pilot's index among them) for ``--multi``.
 

@@ -5,9 +5,14 @@ then bubblewrap) or a comma list of them, in order. Each candidate gets a test r
 'echo ok'`` in ``GLIDEIN_Container_Default_Image`` (default ``host``) with the
 very command line jobs get (``agent/container.py``); the first that works is
 published: ``GLIDEIN_Container_Runtime``/``_Path`` for the agent and the slot
-attributes ``HAS_CONTAINER``, ``HAS_SINGULARITY`` (Apptainer/Singularity only)
-and ``GLIDEIN_Container_Runtime``. No working runtime is a WN_Resource failure
-only when ``GLIDEIN_Container_Use`` is ``REQUIRED``.
+attributes ``GLIDEIN_Container_Runtime`` and those of
+``agent/container.capabilities``: which image kinds jobs may bring
+(``HasContainer``, ``HasSIF``, ``HasSandboxImage``, ``HasDockerURL``,
+``HasSingularity`` and GlideinWMS's ``HAS_CONTAINER``/``HAS_SINGULARITY``).
+An entry may narrow them (its ``HasSIF = false`` stays false, so frontends
+and pools agree the entry takes no SIF jobs), never widen them: a pilot must
+not match jobs its runtime cannot run. No working runtime is a WN_Resource
+failure only when ``GLIDEIN_Container_Use`` is ``REQUIRED``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,17 @@ def test_run(setup: container.ContainerSetup, work: str) -> str:
         shutil.rmtree(sandbox, ignore_errors=True)
 
 
+def publish(script: Script, runtime: str, jobs_may_ask: bool = True) -> None:
+    """The runtime and what it runs, as slot attributes (an entry's false stays).
+    ``jobs_may_ask`` false (``GLIDEIN_Container_Use`` NEVER): the runtime is
+    there, but jobs asking for a container are refused, so none may match."""
+    script.add("GLIDEIN_Container_Runtime", runtime, slot=True)
+    offered = container.capabilities(runtime if jobs_may_ask else "none")
+    for name, value in offered.items():
+        narrowed = script.get(name).strip().lower() == "false"
+        script.add(name, bool(value) and not narrowed, slot=True)
+
+
 def check(script: Script) -> str:
     work = script.get("GLIDEIN_Work_Dir", os.path.dirname(os.path.abspath(script.config_path)))
     try:
@@ -65,15 +81,11 @@ def check(script: Script) -> str:
         )
         problem = test_run(setup, work)
         if not problem:
-            script.add("GLIDEIN_Container_Runtime", runtime, slot=True)
             script.add("GLIDEIN_Container_Path", path)
-            script.add("HAS_CONTAINER", True, slot=True)
-            script.add("HAS_SINGULARITY", runtime != "bwrap", slot=True)
+            publish(script, runtime, base.use != "NEVER")
             return f"{runtime} ({path}) runs image {base.default_image}"
         problems.append(f"{runtime}: {problem}")
-    script.add("GLIDEIN_Container_Runtime", "none", slot=True)
-    script.add("HAS_CONTAINER", False, slot=True)
-    script.add("HAS_SINGULARITY", False, slot=True)
+    publish(script, "none")
     detail = "; ".join(problems) or "no apptainer, singularity or bwrap on PATH"
     if base.use == "REQUIRED":
         raise Failure("WN_Resource", f"no working container runtime: {detail}")

@@ -4,9 +4,11 @@
   the frontend's list of pilots
 - `jobs`: submit, list, show, events, edit, hold/release/remove
 - `files`: sandbox files by SHA-256
+- `streams`: stdout/stderr of running jobs, sent by pilots, read by owners
 - `demand`: the frontends' demand
 - `tokens`: pilot tokens for frontends
-- `admin`: health, priorities, counters
+- `admin`: health, priorities, concurrency limits, counters
+- `userlog`: a cluster's events after a given one (users' job event logs)
 
 Handlers are thin: the caller's identity and the pool come from dependencies
 (`deps`), the body is validated by its model, the store is called in a

@@ -28,6 +28,12 @@ async def userprio(pool: Pool, who: UserCaller) -> dict[str, Any]:
     }
 
 
+@router.get("/concurrency")
+async def concurrency_limits(pool: Pool, who: UserCaller) -> dict[str, Any]:
+    """Concurrency limits in use, and idle jobs waiting for them (docs/pool.md)."""
+    return {"time": time.time(), "limits": await call(pool.store.reports.concurrency)}
+
+
 @router.get("/stats")
 async def stats(pool: Pool, who: UserCaller) -> dict[str, Any]:
     """Counters, and the queue's idle/running counts from memory: cheap

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 from glidewms import classads
 from glidewms.errors import responses
 from glidewms.pool import listing
-from glidewms.pool.checks import check_sandbox_name
+from glidewms.pool.checks import check_sandbox_path
 from glidewms.pool.jobs import NewJob, full_ad, job_id
 from glidewms.pool.lifecycle import JobCause
 from glidewms.pool.routes.deps import Pool, PoolContext, UserCaller, call, guarded
@@ -32,8 +32,8 @@ Reason = Annotated[str, Field(max_length=4096)]
 
 class SandboxFile(BaseModel):
     name: str = Field(
-        description="file name inside the job sandbox: one path component, not . or .., "
-        "no control characters"
+        description="path inside the job sandbox: plain names joined by / (the files "
+        "of an input directory), none . or .., no control characters"
     )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     executable: bool = False
@@ -41,7 +41,7 @@ class SandboxFile(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain(cls, name: str) -> str:
-        return check_sandbox_name(name, "name")
+        return check_sandbox_path(name, "name")
 
 
 class JobSubmission(BaseModel):

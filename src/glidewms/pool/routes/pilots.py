@@ -55,8 +55,13 @@ ExitCode = Annotated[int, Field(ge=-INT32, lt=INT32)]
 
 
 class OutputFile(BaseModel):
-    name: str = Field(max_length=255)
+    name: str = Field(max_length=4096, description="where it lands, relative to the job's Iwd")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class InputError(BaseModel):
+    reason: str = Field(max_length=4096)
+    subcode: int = Field(0, ge=0, lt=INT32)
 
 
 class CycleCompletion(BaseModel):
@@ -64,6 +69,16 @@ class CycleCompletion(BaseModel):
     exit_code: ExitCode
     outputs: list[OutputFile] = Field([], max_length=MAX_OUTPUTS)
     wall_seconds: Seconds = 0.0
+    missing_outputs: list[Annotated[str, Field(max_length=4096)]] = Field(
+        [], max_length=1000, description="transfer_output_files entries the job did not make"
+    )
+    input_error: InputError | None = Field(None, description="an input could not be fetched")
+    evicted: bool = Field(False, description="the pilot ended the run; `checkpoint` its files")
+    checkpoint: list[OutputFile] | None = Field(
+        None,
+        max_length=MAX_OUTPUTS,
+        description="the files of a checkpoint (an exit with SuccessCheckpointExitCode)",
+    )
 
 
 class CycleBody(BaseModel):
@@ -122,7 +137,16 @@ async def cycle(
     owner = pilot_owner(who)
     deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
     completions = [
-        Completion(c.claim_id, c.exit_code, [o.model_dump() for o in c.outputs], c.wall_seconds)
+        Completion(
+            c.claim_id,
+            c.exit_code,
+            [o.model_dump() for o in c.outputs],
+            c.wall_seconds,
+            missing_outputs=c.missing_outputs,
+            evicted=c.evicted,
+            input_error=None if c.input_error is None else c.input_error.model_dump(),
+            checkpoint=None if c.checkpoint is None else [o.model_dump() for o in c.checkpoint],
+        )
         for c in body.completions
     ]
     while True:
