@@ -454,7 +454,14 @@ def create_app(config: WebConfig, public_url: str = "") -> FastAPI:
         if not GLIDEIN_ID.fullmatch(glidein_id):
             raise Refused(404, "not a pilot id")
         logs = await services.get("factory", f"glideins/{glidein_id}/logs", who.token)
-        return page(request, who, "pilot.html", pilot=logs)
+        cut: dict[str, int] = {}
+        for name in ("stdout", "stderr"):  # a page a browser can still show
+            text = str(logs.get(name) or "")
+            if len(text) > views.MAX_LOG_CHARS:
+                logs[name] = text[-views.MAX_LOG_CHARS :]
+                cut[name] = len(text)
+        logs["trail"] = (logs.get("trail") or [])[-views.MAX_TRAIL_RECORDS :]
+        return page(request, who, "pilot.html", pilot=logs, cut=cut)
 
     @app.get("/search", response_class=HTMLResponse)
     async def search(request: Request, who: Visitor) -> Response:

@@ -15,6 +15,8 @@ from glidewms.web.sessions import MAX_TOKEN_BYTES
 from glidewms.web.svg import Series, line_chart
 
 LIVE = ("idle", "running", "held")
+MAX_LOG_CHARS = 1024 * 1024  # of a pilot's stdout or stderr on its page: the end
+MAX_TRAIL_RECORDS = 5000  # the latest of its trail
 
 
 def when(value: Any) -> str:
