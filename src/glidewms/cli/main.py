@@ -16,8 +16,8 @@ from glidewms.extras import MissingExtra
 
 app = typer.Typer(
     help="glidewms: a pilot-based workload management system in the GlideinWMS tradition.\n\n"
-    "Services: pool, factory, frontend (each from a YAML file), `up` (all three on this "
-    "machine) and `demo`. Users: submit, q, rm, hold, release, history, fetch.",
+    "Services: pool, factory, frontend and the web console (each from a YAML file), `up` "
+    "(all four on this machine) and `demo`. Users: submit, q, rm, hold, release, history, fetch.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -78,7 +78,7 @@ def _service(name: str, runner: str) -> typer.Typer:
     return sub
 
 
-_services = {name: _service(name, name) for name in ("pool", "factory", "frontend")}
+_services = {name: _service(name, name) for name in ("pool", "factory", "frontend", "web")}
 for _name, _sub in _services.items():
     app.add_typer(_sub, name=_name)
 

@@ -362,6 +362,13 @@ class FactoryConfig(BaseModel):
         default=Path("./glidewms-state/factory"),
         description="database, stage, pilot logs and credentials live here",
     )
+    timeseries_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="sample the time series the web console plots every this many "
+        "seconds, into the database (0: off; docs/operations.md)",
+    )
     issuer_public_key: Path | None = Field(
         default=None, description="issuer public key; default <state_dir>/../keys/issuer.pub"
     )

@@ -32,6 +32,13 @@ class PoolConfig(BaseModel):
     state_dir: Path = Field(
         Path("glidewms-state/pool"), description="database and sandbox files live here"
     )
+    timeseries_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="sample the time series the web console plots every this many "
+        "seconds, into the database (0: off; docs/operations.md)",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default SQLite in state_dir"
     )

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from glidewms import timeseries
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine
 from glidewms.errors import GATED, responses
@@ -101,6 +102,15 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
     app.include_router(metrics_route)
+    # the plots' series (timeseries.py): totals, so any user may read them
+    timeseries.install(
+        app,
+        store.engine,
+        timeseries.POOL_SERIES,
+        config.timeseries_seconds,
+        ("user", "frontend", "metrics"),
+    )
+    app.include_router(timeseries.router, prefix=API_PREFIX, responses=responses(*GATED))
     return app
 
 
