@@ -287,7 +287,7 @@ def _v7_checkpoints_streams(conn: Connection) -> None:
     metadata.create_all(conn, tables=[streams, stream_chunks])
 
 
-def _v9_samples(conn: Connection) -> None:
+def _v8_samples(conn: Connection) -> None:
     """The time series the web console plots (glidewms/timeseries.py). Numbered
     9: v8 comes from another branch; it creates only its own table, so
     its place in the list does not matter to the others."""
@@ -302,5 +302,5 @@ MIGRATIONS = [
     _v5_file_refs,
     _v6_pilot_identity,
     _v7_checkpoints_streams,
-    _v9_samples,
+    _v8_samples,
 ]
