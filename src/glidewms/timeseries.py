@@ -79,7 +79,7 @@ samples = sa.Table(
 
 
 def create_table(conn: Connection) -> None:
-    """The migration step each service's schema runs (pool v9, factory v7,
+    """The migration step each service's schema runs (pool v8, factory v7,
     the frontend's own file)."""
     metadata.create_all(conn, tables=[samples], checkfirst=True)
 
