@@ -52,6 +52,7 @@ def _main(
 ) -> None:
     """glidewms: a pilot-based workload management system in the GlideinWMS tradition."""
 
+
 ConfigOption = Annotated[
     Optional[Path],  # noqa: UP045 (typer needs Optional on 3.10)
     typer.Option(

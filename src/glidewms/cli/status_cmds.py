@@ -76,7 +76,9 @@ def _age(seconds: float) -> str:
 def _slot_table(slots: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
     for col in ("PILOT", "SITE", "ENTRY", "STATE", "CPUS", "MEMORY", "GPUS", "JOBS", "AGE"):
-        table.add_column(col, justify="right" if col in ("CPUS", "MEMORY", "GPUS", "JOBS") else "left")
+        table.add_column(
+            col, justify="right" if col in ("CPUS", "MEMORY", "GPUS", "JOBS") else "left"
+        )
     for s in slots:
         f, t = s["free"], s["total"]
         table.add_row(
@@ -102,7 +104,7 @@ def totals_table(slots: list[dict[str, Any]]) -> Table:
     for s in slots:
         groups.setdefault((s["site"] or "-", s["entry"] or "-"), []).append(s)
 
-    def row(site: str, entry: str, members: list[dict[str, Any]]) -> list[str]:
+    def row(site: str, entry: str, members: list[dict[str, Any]]) -> list[Any]:
         def both(key: str) -> str:
             free = sum(m["free"][key] for m in members)
             return f"{free}/{sum(m['total'][key] for m in members)}"
@@ -157,8 +159,8 @@ def status(
         ads = [slot_ad(s) for s in slots]
         if expr is not None:
             keep = [classads.constraint_matches(expr, ad) for ad in ads]
-            slots = [s for s, k in zip(slots, keep) if k]
-            ads = [a for a, k in zip(ads, keep) if k]
+            slots = [s for s, k in zip(slots, keep, strict=True) if k]
+            ads = [a for a, k in zip(ads, keep, strict=True) if k]
         if names or as_json:
             print_ads(ads, names, as_json)
             return
@@ -183,7 +185,7 @@ def analyze(
     """Why a job is idle: how many slots each clause of its Requirements
     leaves, and whether concurrency limits or fair share hold it back
     (condor_q -better-analyze)."""
-    (cluster, proc), = job_ids([job])
+    ((cluster, proc),) = job_ids([job])
     jid = f"{cluster}.{proc or 0}"
     try:
         with client(pool, token_file) as c:

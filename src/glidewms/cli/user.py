@@ -149,9 +149,7 @@ def _table(jobs: list[dict[str, Any]], history: bool) -> Table:
     return table
 
 
-def _show(
-    jobs: list[dict[str, Any]], long: bool, history: bool, events: Any = None
-) -> None:
+def _show(jobs: list[dict[str, Any]], long: bool, history: bool, events: Any = None) -> None:
     if long:
         for j in jobs:
             out.print(literal(j.get("ad_long", j["ad"])))
@@ -285,7 +283,9 @@ def _batches(jobs: list[dict[str, Any]]) -> Table:
     """condor_q's default: one row per owner and cluster."""
     table = Table(box=None, header_style="bold")
     for col in ("OWNER", "BATCH", "SUBMITTED", "RUN", "IDLE", "HOLD", "TOTAL", "JOB_IDS"):
-        table.add_column(col, justify="right" if col in ("RUN", "IDLE", "HOLD", "TOTAL") else "left")
+        table.add_column(
+            col, justify="right" if col in ("RUN", "IDLE", "HOLD", "TOTAL") else "left"
+        )
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for j in jobs:
         groups.setdefault((j["owner"], int(j["job_id"].split(".")[0])), []).append(j)

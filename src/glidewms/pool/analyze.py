@@ -113,7 +113,7 @@ def analyze_job(job: Any, pilots: Iterable[tuple[str, Mapping[str, Any], Any]]) 
             now += classads.job_fits_slot(job, slot_with(slot, free_from(slot, free)))
     return {
         "slots": total,
-        "clauses": [{"clause": t, "matching": n} for t, n in zip(shown, counts)],
+        "clauses": [{"clause": t, "matching": n} for t, n in zip(shown, counts, strict=True)],
         "more_clauses": len(rest),
         "matching_requirements": all_clauses,
         "accepting_job": accepting,
@@ -128,7 +128,7 @@ def analyze_slot(job: Any, slot: Mapping[str, Any]) -> dict[str, Any]:
     texts = clauses_of(job)[:MAX_CLAUSES]
     rows = [
         {"clause": t, "matches": tree is not None and _true(tree, job, whole)}
-        for t, tree in zip(texts, _parsed(texts))
+        for t, tree in zip(texts, _parsed(texts), strict=True)
     ]
     return {
         "clauses": rows,

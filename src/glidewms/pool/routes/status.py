@@ -36,7 +36,9 @@ async def list_slots(
     `after` of the following page (None at the end)."""
     rows = await call(pool.store.pilots.list_pilots)
     busy = await call(pool.store.pilots.busy_pilots)
-    rows = sorted((r for r in rows if after is None or r.pilot_id > after), key=lambda r: r.pilot_id)
+    rows = sorted(
+        (r for r in rows if after is None or r.pilot_id > after), key=lambda r: r.pilot_id
+    )
     page = rows[:limit]
     return {
         "slots": [analyze.slot_view(r, busy.get(r.pilot_id, 0)) for r in page],
