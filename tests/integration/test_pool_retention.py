@@ -7,12 +7,23 @@ from __future__ import annotations
 import hashlib
 import time
 
+import pytest
+
+from glidewms.config.pool import PoolConfig
 from glidewms.pool.api import retention_of
 from glidewms.pool.retention import DAY
+from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
 from tests.integration.conftest import bearer
 from tests.integration.test_pool_api import JOB_AD, claim, register
 
 ALICE_SUB = "alice"
+
+
+@pytest.fixture
+def pool_config(pool_config: PoolConfig, database_url: str | None) -> PoolConfig:  # noqa: F811
+    """On each database in turn (SQLite, PostgreSQL)."""
+    pool_config.database_url = database_url
+    return pool_config
 
 
 def _upload(pool, auth, data: bytes) -> str:

@@ -37,7 +37,9 @@ TokenOption = Annotated[
 ConstraintOption = Annotated[
     str | None,
     typer.Option(
-        "--constraint", help="ClassAd expression, e.g. 'Owner == \"alice\" && JobStatus == 1'"
+        "--constraint",
+        "-constraint",
+        help="ClassAd expression, e.g. 'Owner == \"alice\" && JobStatus == 1'",
     ),
 ]
 
