@@ -264,7 +264,7 @@ def af_line(ad: Any, attrs: list[str]) -> str:
     for name in attrs:
         value = classads.eval_attr(ad, name) if name in ad else None
         if value is None or isinstance(value, classads.classad2.Value):
-            cells.append("undefined" if value is None else str(value).lower())
+            cells.append("undefined" if value is None else value.name.lower())
         elif isinstance(value, bool):
             cells.append("true" if value else "false")
         else:
