@@ -112,6 +112,14 @@ def test_status_analyze_and_listings(tmp_path, pool_process):
     assert f"ID: {cluster}" in batch and f"{cluster}.0-1" in batch and "bob" not in batch
     assert "2 jobs; 2 idle" in run(alice, "q", "-totals")
 
+    # bob's job starts on the big slot: -run shows it with its pilot; status counts it
+    r = httpx.post(f"{api}/pilots/{pilots['big']}/cycle", json={"max_jobs": 1}, headers=pilot)
+    assert [c["job_id"] for c in r.json()["claims"]] == [f"{cluster + 1}.0"]
+    assert pilots["big"] in run(bob, "q", "-run")
+    assert "0 jobs" in run(alice, "q", "-run")
+    busy = run(alice, "status", "-af", "Name", "RunningJobs").splitlines()
+    assert sorted(busy) == sorted([f"{pilots['big']} 1", f"{pilots['small']} 0"])
+
     # analyze: the clause no slot satisfies, with counts per clause
     report = run(alice, "analyze", f"{cluster}.0")
     assert "2 slot(s)" in report

@@ -18,6 +18,7 @@ so tests drive the clock.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from glidewms.pool.shared import Shared
 
 DAY = 86400.0
 GONE_PILOTS = ("gone", "lost")
+MAX_FILES_EXAMINED = 100_000  # files one purge pass looks at; the next goes on from there
 MAX_USAGE_FILES = 1_000_000  # files `usage` walks; past it the sizes say "at least"
 
 
@@ -48,6 +50,7 @@ class Retention:
         self.shared = shared
         self.files = files
         self.periods = periods
+        self._file_cursor = ""  # where the last pass stopped in the store (digest order)
 
     def purge(self, now: float) -> dict[str, int]:
         """One pass of every purge; how many of each went."""
@@ -139,14 +142,19 @@ class Retention:
         cutoff = now - self.periods.sandbox
         old: list[str] = []
         budget = self.periods.batch * self.periods.max_batches
-        for digest, path in _stored(self.files.root):
+        examined = 0
+        for digest, path in _stored(self.files.root, self._file_cursor):
+            self._file_cursor = digest
+            examined += 1
             try:
                 if path.stat().st_mtime < cutoff:
                     old.append(digest)
             except FileNotFoundError:
                 continue
-            if len(old) >= budget:
+            if len(old) >= budget or examined >= MAX_FILES_EXAMINED:
                 break
+        else:
+            self._file_cursor = ""  # the whole store was seen: start over next pass
         done = 0
         for start in range(0, len(old), self.periods.batch):
             chunk = old[start : start + self.periods.batch]
@@ -219,16 +227,21 @@ class Retention:
         }
 
 
-def _stored(root: Path) -> Any:
-    """(digest, path) of every complete file in the store (no upload in flight)."""
+def _stored(root: Path, after: str = "") -> Iterator[tuple[str, Path]]:
+    """(digest, path) of every complete file in the store (no upload in
+    flight), in digest order, from the first digest after `after`."""
     try:
-        prefixes = sorted(os.scandir(root), key=lambda e: e.name)
+        prefixes = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return
     for prefix in prefixes:
-        if not prefix.is_dir(follow_symlinks=False):
+        if prefix < after[:2]:
             continue
-        with os.scandir(prefix.path) as entries:
-            for entry in entries:
-                if HEX64.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                    yield entry.name, Path(entry.path)
+        with os.scandir(root / prefix) as entries:
+            names = sorted(
+                e.name
+                for e in entries
+                if HEX64.fullmatch(e.name) and e.is_file(follow_symlinks=False) and e.name > after
+            )
+        for name in names:
+            yield name, root / prefix / name
