@@ -272,8 +272,7 @@ def analysis_lines(r: dict[str, Any]) -> list[str]:
 
 
 def usage(pool: PoolOption = None, token_file: TokenOption = None) -> None:
-    """Rows of the pool's database, its sandbox files and their bytes, and
-    the retention periods (admins)."""
+    """The pool's rows, sandbox files and bytes, and retention periods (admins)."""
     try:
         with client(pool, token_file) as c:
             data = c.usage()
