@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from glidewms.security.tokens import TokenIssuer
 from tests.integration.test_pool_durability import GLIDEWMS, PoolProcess
@@ -39,6 +40,9 @@ SMALL = {
 def pool_process(tmp_path: Path) -> Iterator[PoolProcess]:
     (tmp_path / "p").mkdir()
     process = PoolProcess(tmp_path / "p", None)
+    values = yaml.safe_load(process.config.read_text())
+    values["claim_lease_seconds"] = 3600.0  # the CLI's runs take longer than its 2 s
+    process.config.write_text(yaml.safe_dump(values))
     process.start()
     try:
         yield process
@@ -140,6 +144,10 @@ def test_status_analyze_and_listings(tmp_path, pool_process):
     # the reverse: which clauses one slot fails
     small = run(alice, "analyze", f"{cluster}.0", "--slot", pilots["small"])
     assert "FAIL  TARGET.Memory >= 4000" in small and "cannot run the job" in small
+    # the entries' view needs the factory: said so when it cannot be found
+    alone = {**alice, "GLIDEWMS_STATE": str(tmp_path / "none")}
+    alone.pop("GLIDEWMS_FACTORY_URL", None)
+    assert "no factory URL" in run(alone, "analyze", f"{cluster}.0", "--entries", code=1)
     # another user's job: not theirs to analyze
     assert "not your job" in run(bob, "analyze", f"{cluster}.0", code=1)
 

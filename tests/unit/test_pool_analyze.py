@@ -130,3 +130,24 @@ def test_af_and_json_forms():
     values = json.loads(json.dumps(ad_json(ad)))
     assert values["Owner"] == "alice" and values["Cpus"] == 4 and values["Big"] is True
     assert values["R"] == "TARGET.Memory > 2"
+
+
+def test_entries_are_judged_as_the_frontend_would():
+    from glidewms.cli.analyze_entries import entries_lines, entries_report
+
+    entries = [
+        {"name": "magic", "site": "A", "cpus": 8, "memory": 16000, "attributes": {"HasMagic": 1}},
+        {"name": "small", "site": "B", "cpus": 1, "memory": 2000, "attributes": {"HasMagic": 1}},
+        {"name": "plain", "site": "C", "cpus": 8, "memory": 16000, "attributes": {}},
+        {"name": "off", "site": "D", "cpus": 8, "memory": 16000, "enabled": False},
+    ]
+    ad = job("TARGET.Memory >= 4000 && TARGET.HasMagic == 1 && TARGET.OpSysMajorVer == 9")
+    report = entries_report(ad, entries)
+    assert report["entries"] == 3  # the disabled one is not asked
+    # the OS version is detected on the node: every entry passes it here
+    assert [r["entries"] for r in report["clauses"]] == [2, 2, 3]
+    assert report["matching"] == ["magic"]
+    assert "could run it: magic" in entries_lines(report)[-1]
+    nowhere = entries_report(job('TARGET.GLIDEIN_Site == "Z"'), entries)
+    assert nowhere["matching"] == []
+    assert "no entry satisfies" in entries_lines(nowhere)[-1]

@@ -14,6 +14,7 @@ it holds the slot ads; this command adds what holds a matching job back
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -179,6 +180,26 @@ def analyze(
         typer.Option("--slot", help="a pilot id: which of the job's clauses this slot fails"),
     ] = None,
     as_json: JsonOption = False,
+    entries: Annotated[
+        bool,
+        typer.Option(
+            "--entries",
+            help="also which factory entries could run it (the frontend's view; needs the "
+            "factory's URL and a frontend or admin token: --factory, --factory-token-file)",
+        ),
+    ] = False,
+    factory: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--factory", envvar="GLIDEWMS_FACTORY_URL", help="factory URL"),
+    ] = None,
+    factory_token_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--factory-token-file",
+            envvar="GLIDEWMS_FACTORY_TOKEN_FILE",
+            help="a frontend or admin token for the factory",
+        ),
+    ] = None,
     pool: PoolOption = None,
     token_file: TokenOption = None,
 ) -> None:
@@ -191,10 +212,13 @@ def analyze(
         with client(pool, token_file) as c:
             result = c.analyze(jid, slot)
             if slot is None:
+                ad_text = c.job(jid)["ad"]
                 result["limits"] = _limits_line(c, jid)
                 result["fair_share"] = _fair_share(c, c.job(jid)["owner"])
     except ClientError as exc:
         raise fail(str(exc)) from None
+    if entries and slot is None:
+        result["factory_entries"] = _entries(ad_text, factory, factory_token_file)
     if as_json:
         import json
 
@@ -202,6 +226,27 @@ def analyze(
         return
     for line in analysis_lines(result):
         out.print(literal(line, lines=False))
+    if result.get("factory_entries"):
+        from glidewms.cli.analyze_entries import entries_lines
+
+        for line in entries_lines(result["factory_entries"]):
+            out.print(literal(visible(line), lines=False))
+
+
+def _entries(ad_text: str, url: str | None, token_file: Path | None) -> dict[str, Any]:
+    from glidewms import classads
+    from glidewms.cli.analyze_entries import entries_report
+    from glidewms.factory.client import FactoryClient, FactoryClientError
+
+    try:
+        ads = FactoryClient(url, token_file).call("GET", "/entries")
+    except FactoryClientError as exc:
+        raise fail(f"--entries: {exc}") from None
+    try:
+        job = classads.parse_ad(ad_text, classads.CEILING)
+    except classads.ClassAdError as exc:
+        raise fail(f"the job's ad cannot be read: {exc}") from None
+    return entries_report(job, ads)
 
 
 def _limits_line(c: Any, jid: str) -> str:

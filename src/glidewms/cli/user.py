@@ -391,10 +391,10 @@ def q(
     if better_analyze:
         from glidewms.cli.status_cmds import analyze
 
-        for jid in ids or []:
-            analyze(jid, None, False, pool, token_file)
         if not ids:
             raise fail("-better-analyze: name a job (CLUSTER.PROC)", 2)
+        for jid in ids:
+            analyze(jid, slot=None, as_json=as_json, pool=pool, token_file=token_file)
         return
     states = tuple(s for s, on in (("held", held), ("running", run)) if on)
     _listing(
