@@ -386,6 +386,12 @@ class FactoryConfig(BaseModel):
     log_retention_days: float = Field(
         default=30.0, gt=0, description="days pilot logs stay in <state_dir>/archive"
     )
+    glidein_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="days an ended pilot's row (state, exit, report) is kept once its logs "
+        "are archived; the pilot totals in /metrics count the rows kept",
+    )
     entries: list[EntryConfig] = Field(
         default_factory=default_entries, description="default: one local entry"
     )
