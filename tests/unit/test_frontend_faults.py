@@ -67,12 +67,37 @@ def test_cycles_that_decided_alike_fold_into_one_record() -> None:
         e.add(cycle, "main", "f/e", 10.0 * cycle, rec(1))
     e.add(4, "main", "f/e", 40.0, rec(2))
     kept = e.select("e", history=True)
-    assert [(r["cycle"], r.get("last_cycle"), r.get("cycles")) for r in kept] == [
+    assert [(r.get("first_cycle"), r["cycle"], r.get("cycles")) for r in kept] == [
         (0, 3, 4),
-        (4, None, None),
+        (None, 4, None),
     ]
-    assert kept[0]["last_time"] == 30.0
+    assert (kept[0]["first_time"], kept[0]["time"]) == (0.0, 30.0)
     assert e.select("e") == kept[-1:]
+
+
+def test_an_idle_entrys_growing_count_of_cycles_without_demand_still_folds(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "explain.jsonl"
+    e = Explanations(100, journal=journal)
+    for cycle in range(5):
+        e.add(
+            cycle,
+            "main",
+            "f/e",
+            float(cycle),
+            {"removal": {"stage": "NO", "no_demand_cycles": cycle}},
+        )
+    e.add(5, "main", "f/e", 5.0, {"removal": {"stage": "WAIT", "no_demand_cycles": 5}})
+    kept = e.select(history=True)
+    assert [(r["cycle"], r.get("cycles"), r["removal"]) for r in kept] == [
+        (4, 5, {"stage": "NO", "no_demand_cycles": 4}),
+        (5, None, {"stage": "WAIT", "no_demand_cycles": 5}),
+    ]
+    e.flush()
+    again = Explanations(100, journal=journal)
+    again.load(6.0)
+    assert again.select(history=True) == kept
 
 
 def test_records_are_kept_for_their_time_and_at_most_history_of_them() -> None:

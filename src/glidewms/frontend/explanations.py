@@ -9,11 +9,13 @@ They are evidence for an operator who looks after the fact (a site that
 broke overnight), so they are kept for a time, `explain_history_hours`
 (24 h by default), not a number of cycles, and bounded in records per entry
 (`explain_history`). A cycle that decided exactly as the one before (same
-record but for its cycle and time) is folded into it: the record then says
-`last_cycle`, `last_time` and `cycles`, so hours of a steady state cost one
-record. Records also go to a journal (`state_dir/explain.jsonl`, one JSON
-line per new record or fold, appended once per cycle and rewritten from
-memory when it has grown to twice what is kept), so they survive a restart.
+record but for its cycle, its time and the count of cycles without demand)
+is folded into it: the record's `cycle` and `time` become the latest, and
+it gains `first_cycle`, `first_time` and `cycles` (and keeps the latest
+count), so hours of a steady state cost one record. Records also go to a
+journal (`state_dir/explain.jsonl`, one JSON line per new record or fold,
+appended once per cycle and rewritten from memory when it has grown to
+twice what is kept), so they survive a restart.
 No token is ever part of a record.
 """
 
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # Fields of a kept record that say when, not what: two records that differ only
 # in them decided alike.
-WHEN = frozenset({"cycle", "time", "last_cycle", "last_time", "cycles"})
+WHEN = frozenset({"cycle", "time", "first_cycle", "first_time", "cycles"})
 
 Record = dict[str, Any]
 
@@ -69,15 +71,23 @@ def decision_record(o: Observation, d: Decision, error: str | None) -> Record:
     }
 
 
+def _what(record: Record) -> Record:
+    """A record without when, nor the count of cycles without demand (which grows
+    every cycle of an idle entry: the folded record keeps the latest count)."""
+    out = {k: v for k, v in record.items() if k not in WHEN}
+    removal = out.get("removal")
+    if isinstance(removal, dict) and "no_demand_cycles" in removal:
+        out["removal"] = {k: v for k, v in removal.items() if k != "no_demand_cycles"}
+    return out
+
+
 def same_decision(a: Record, b: Record) -> bool:
-    """Do two records say the same but for when?"""
-    return {k: v for k, v in a.items() if k not in WHEN} == {
-        k: v for k, v in b.items() if k not in WHEN
-    }
+    """Do two records say the same but for when (and how long without demand)?"""
+    return _what(a) == _what(b)
 
 
 def last_time(record: Record) -> float:
-    return float(record.get("last_time", record.get("time")) or 0.0)
+    return float(record.get("time") or 0.0)
 
 
 class Explanations:
@@ -100,8 +110,12 @@ class Explanations:
         stored = {"cycle": cycle, "entry": key, "time": now, "group": group, **record}
         kept = self._kept.get((group, key))
         if kept and same_decision(kept[-1], stored):
-            self._fold(kept[-1], cycle, now)
-            self._pending.append(json.dumps({"fold": [group, key], "cycle": cycle, "time": now}))
+            removal = stored.get("removal")
+            self._fold(kept[-1], cycle, now, removal)
+            line: Record = {"fold": [group, key], "cycle": cycle, "time": now}
+            if removal is not None:
+                line["removal"] = removal
+            self._pending.append(json.dumps(line))
         else:
             self._append(group, key, stored)
             self._pending.append(json.dumps({"add": stored}, default=str))
@@ -114,8 +128,14 @@ class Explanations:
         kept.append(stored)
 
     @staticmethod
-    def _fold(record: Record, cycle: int, now: float) -> None:
-        record["last_cycle"], record["last_time"] = cycle, now
+    def _fold(record: Record, cycle: int, now: float, removal: Any = None) -> None:
+        """`record` now covers one more cycle: its cycle and time are the latest,
+        `first_cycle` and `first_time` where the run began."""
+        record.setdefault("first_cycle", record.get("cycle"))
+        record.setdefault("first_time", record.get("time"))
+        record["cycle"], record["time"] = cycle, now
+        if isinstance(removal, dict):
+            record["removal"] = removal  # the latest count of cycles without demand
         record["cycles"] = int(record.get("cycles", 1)) + 1
 
     def _prune(self, now: float) -> None:
@@ -166,7 +186,7 @@ class Explanations:
             kept = self._kept.get((str(fold[0]), str(fold[1])))
             cycle, when = item.get("cycle"), item.get("time")
             if kept and isinstance(cycle, int) and isinstance(when, (int, float)):
-                self._fold(kept[-1], cycle, float(when))
+                self._fold(kept[-1], cycle, float(when), item.get("removal"))
 
     def flush(self) -> None:
         """Append this cycle's lines to the journal; rewrite it from memory once it
