@@ -73,7 +73,8 @@ def victims(
             continue
         owner, state = held.get(v.claim_id, (None, ""))
         if owner != pilot_id:
-            refused[v.claim_id] = "not a claim of this pilot"
+            # a claim the pool forgot (its job completed or was requeued) looks the same
+            refused[v.claim_id] = "not a claim this pilot holds"
         elif state != JobState.RUNNING:
             refused[v.claim_id] = f"the job is {state or 'gone'}, not running under this claim"
         elif v.exit_code == 0:
