@@ -88,7 +88,7 @@ def test_victims_requeued_as_site_failures_never_completed(pool, issuer, auth):
     assert job(pool, alice, j3)["state"] == "completed"
 
     # another pilot (another identity, or the same identity's other pilot) cannot
-    other, other_auth = pilot(pool, issuer, "B-1", entry="B")
+    _other, other_auth = pilot(pool, issuer, "B-1", entry="B")
     twin, twin_auth = pilot(pool, issuer, "A-2")
     assert black_hole(pool, bad, other_auth, [victim(claims[j0])]).status_code == 404
     r = black_hole(pool, twin, twin_auth, [victim(claims[j0])])
