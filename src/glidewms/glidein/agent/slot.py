@@ -46,6 +46,7 @@ class Slot:
         trail: Trail,
         ended: Callable[[Outcome], None],
         gpus: Sequence[Gpu] = (),
+        hold: Callable[[Outcome], float] = lambda _outcome: 0.0,
     ) -> None:
         self.total = total
         self.free = Resources(total.cpus, total.memory, total.disk, total.gpus)
@@ -56,6 +57,8 @@ class Slot:
         self.jobs_run = 0
         self.jobs_failed = 0  # setup failed or non-zero exit; unusable claims too
         self.badput = 0.0  # wall seconds of jobs that left no result
+        self.badput_cores = 0.0  # the same in core-seconds
+        self._hold = hold  # seconds a result is held back (policy.hold_back)
         self._lock = lock
         self._results = results
         self._trail = trail
@@ -136,10 +139,12 @@ class Slot:
             self._give_back_gpus(runner)
             self.jobs_run += int(outcome.started)
             self.jobs_failed += int(outcome.failed)
+            cores = int(runner.spec.request.get("cpus", 1) or 1)
             if outcome.result is not None:  # goes with the next turn (exchange.py)
-                self._results.add(outcome.result, time.monotonic())
+                self._results.add(outcome.result, time.monotonic(), cores, self._hold(outcome))
             else:
                 self.badput += outcome.wall
+                self.badput_cores += outcome.wall * cores
             self._ended(outcome)
             self._lock.notify_all()
         # one trail record per job; flushed on a timer (agent.py), not per job
