@@ -159,6 +159,8 @@ def test_routes_are_served_under_the_protocol_prefix(env: Env) -> None:
                 ("POST", "/glideins/{glidein_id}/report"),
                 ("POST", "/glideins/{glidein_id}/log"),
                 ("GET", "/glideins/{glidein_id}/logs"),
+                ("GET", "/logsearch"),
+                ("GET", "/timeseries"),
                 ("GET", "/stats"),
                 ("GET", "/downtimes"),
                 ("POST", "/downtimes"),
@@ -361,6 +363,30 @@ def test_local_pilots_follow_the_plan_and_report(env: Env) -> None:
         assert shown["state"] == "finished"
 
 
+def test_a_running_pilot_that_reported_its_end_is_counted_as_exited(env: Env) -> None:
+    """A black hole keeps its node after its final report: the summary the
+    frontends read says so (`exited`, a subset of `running`), so that they do
+    not count it as a pilot about to register (frontend/supply.py)."""
+    app = env.app(env.config(max_pilots=2))
+    with TestClient(app) as client:
+        fe1 = env.auth("fe1", "frontend")
+        body = env.request_body({"local": {"idle": 2, "max_running": 2}})
+        assert client.put("/api/v1/requests/main", json=body, headers=fe1).status_code == 200
+        wait_for(lambda: states(client, env) == ["running"] * 2, "two running pilots")
+        first = sorted(g["glidein_id"] for g in glideins(client, env))[0]
+        pilot = env.auth("pilot", "pilot", fe="fe1", group="main")
+        report = {"exit_reason": "black_hole", "exit_code": 5, "hold_seconds": 600, "cpus": 1}
+        r = client.post(f"/api/v1/glideins/{first}/report", json=report, headers=pilot)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: states(client, env) == ["running"] * 2, "still two at the site")
+        summary = client.get("/api/v1/glideins", params={"summary": "true"}, headers=fe1)
+        assert summary.json() == {"summary": {"local": {"running": 2, "exited": 1}}}
+        other = env.auth("fe2", "frontend")
+        summary = client.get("/api/v1/glideins", params={"summary": "true"}, headers=other)
+        assert summary.json() == {"summary": {}}
+        (env.out / "release").touch()
+
+
 def test_factory_restart_keeps_tracking_pilots(env: Env) -> None:
     config = env.config(max_pilots=2)
     with TestClient(env.app(config)) as client:
@@ -529,3 +555,37 @@ def test_local_backend_remove_escalates_and_recovers(env: Env) -> None:
         await fresh.close()
 
     asyncio.run(scenario())
+
+
+def test_local_backend_gives_pilots_the_entrys_environment(env: Env) -> None:
+    """As the batch backends do: the entry's `environment` reaches the pilot
+    process, and cannot redirect GLIDEIN_TOKEN_FILE."""
+    seen = env.tmp / "seen.txt"
+    script = env.tmp / "printenv.sh"
+    script.write_text(
+        f'printf "%s|%s|%s\\n" "$SITE_SETUP" "$X_SPACE" "$GLIDEIN_TOKEN_FILE" > {seen}\n'
+    )
+    context = BackendContext(state_dir=env.tmp / "state", bootstrap=script)
+    entry = EntryConfig(
+        name="e1",
+        site="S",
+        environment={
+            "SITE_SETUP": "/opt/site/setup.sh",
+            "X_SPACE": "a b",
+            "GLIDEIN_TOKEN_FILE": "/x",
+        },
+    )
+    token_file = env.tmp / "token"
+    token_file.write_text("t\n")
+
+    async def scenario() -> None:
+        backend = LocalBackend(context)
+        [pid] = await backend.submit(entry, [PilotSubmission("e1-x-0", (), token_file)])
+        deadline = time.monotonic() + 10
+        while (await backend.status([pid]))[pid] is PilotState.running:
+            assert time.monotonic() < deadline, "pilot did not end"
+            await asyncio.sleep(0.05)
+        await backend.close()
+
+    asyncio.run(scenario())
+    assert seen.read_text() == f"/opt/site/setup.sh|a b|{token_file}\n"

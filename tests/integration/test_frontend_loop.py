@@ -504,3 +504,55 @@ def test_removal_stage_and_counters_survive_a_restart(tmp_path, keys):
         fresh = Frontend(config.model_copy(update={"state_dir": tmp_path / "other"}), token)
         run_cycle(fresh)
         assert factory.received[-1]["entries"]["e"]["remove"] == "NO"
+
+
+def test_a_failing_factory_is_logged_when_it_fails_and_when_it_recovers_not_every_cycle(
+    tmp_path, keys, caplog
+):
+    factory = StandInFactory("f", keys.public, [entry_ad("e", "S")], version="2.0")
+    with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
+        config = frontend_config(tmp_path, keys, pool_url=pool.url, factory_url=fs.url)
+        frontend = Frontend(config, keys.token("fe1", "frontend"))
+        caplog.set_level("INFO", logger="glidewms.frontend.faults")
+        for _ in range(3):
+            assert not run_cycle(frontend).ok
+        assert frontend.faults.failing()["factory factory query"]["failed_cycles"] == 3
+        factory.version = API_VERSION  # the factory is upgraded back: it answers again
+        for _ in range(2):
+            run_cycle(frontend)
+        said = [r.getMessage() for r in caplog.records if r.name == "glidewms.frontend.faults"]
+        assert len(said) == 2, said
+        assert said[0].startswith("factory factory query: failing: ") and "2.0" in said[0]
+        assert said[1].startswith("factory factory query: works again after 3 failed cycle(s)")
+        assert frontend.faults.failing() == {}
+        assert factory.received  # the requests flow again
+
+
+def test_explanations_outlive_a_restart_for_their_retention_time(tmp_path, keys):
+    """Records go to state_dir/explain.jsonl: a new frontend from the same state_dir
+    explains the cycles of the old one, and forgets those older than
+    explain_history_hours."""
+    factory = StandInFactory("f", keys.public, [entry_ad("e", "S")])
+    now = [1_000_000.0]
+    with real_pool(tmp_path, keys, "pool") as pool, ThreadServer(factory.app()) as fs:
+        config = frontend_config(
+            tmp_path, keys, pool_url=pool.url, factory_url=fs.url, explain_history_hours=1
+        )
+        token = keys.token("fe1", "frontend")
+        first = Frontend(config, token, clock=lambda: now[0])
+        for _ in range(3):
+            run_cycle(first)
+            now[0] += 600
+        before = first.explain("e", history=True)
+        assert before and sum(r.get("cycles", 1) for r in before) == 3
+        del first
+
+        again = Frontend(config, token, clock=lambda: now[0])
+        assert again.explain("e", history=True) == before
+        now[0] += 2100  # an hour and 300 s after the first cycle: only it is too old
+        run_cycle(again)
+        kept = again.explain("e", history=True)
+        assert all(r["time"] >= now[0] - 3600 for r in kept)
+        assert min(r.get("first_cycle", r["cycle"]) for r in kept) == 1  # cycle 0 is forgotten
+        assert sum(r.get("cycles", 1) for r in kept) == 3  # cycles 1, 2 and 3
+        assert (config.state_dir / "explain.jsonl").is_file()

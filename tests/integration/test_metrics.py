@@ -218,7 +218,13 @@ def test_factory_metrics_count_pilots_failures_goodput_and_backend_calls(
         first, second = sorted(g["glidein_id"] for g in factory_glideins(client, env))
         pilot = env.auth("pilot", "pilot", fe="fe1", group="main")
         reports = {
-            first: {"exit_reason": "validation_failed", "exit_code": 1, "wall_seconds": 20},
+            first: {  # as a black hole that kept its 4-core node 10 s would say
+                "exit_reason": "validation_failed",
+                "exit_code": 1,
+                "wall_seconds": 20,
+                "cpus": 4,
+                "hold_seconds": 10,
+            },
             second: {
                 "exit_reason": "idle_timeout",
                 "exit_code": 0,
@@ -249,6 +255,11 @@ def test_factory_metrics_count_pilots_failures_goodput_and_backend_calls(
         assert value(samples, "glidewms_factory_goodput_seconds_total", **labels) == 100.5
         assert value(samples, "glidewms_factory_badput_seconds_total", **labels) == 7
         assert value(samples, "glidewms_factory_pilot_seconds_total", **labels) == 20
+        # core-seconds: older reports (no core fields) count jobs as one core, the
+        # pilot on its cpus; a hold on all its cores is badput and pilot time
+        assert value(samples, "glidewms_factory_goodput_core_seconds_total", **labels) == 100.5
+        assert value(samples, "glidewms_factory_badput_core_seconds_total", **labels) == 7 + 40
+        assert value(samples, "glidewms_factory_pilot_core_seconds_total", **labels) == 80 + 40
         assert value(samples, "glidewms_scrape_errors_total", collector="factory") == 0
 
 

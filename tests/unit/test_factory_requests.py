@@ -179,6 +179,41 @@ def test_pilot_arguments(
         assert option(args, name) == value, name
 
 
+@pytest.mark.parametrize(
+    ("site", "frontend", "expected"),
+    [
+        (None, None, []),
+        (None, 'TARGET.Owner == "alice"', ['GLIDEIN_Start=TARGET.Owner == "alice"']),
+        ("TARGET.RequestMemory < 4000", None, ["GLIDEIN_Start=TARGET.RequestMemory < 4000"]),
+        (
+            "TARGET.RequestMemory < 4000",
+            'TARGET.Owner == "alice"',
+            ['GLIDEIN_Start=(TARGET.RequestMemory < 4000) && (TARGET.Owner == "alice")'],
+        ),
+        (False, "true", ["GLIDEIN_Start=(false) && (true)"]),  # a closed site stays closed
+    ],
+)
+def test_an_entrys_start_is_anded_with_the_frontends_never_replaced(
+    site: str | bool | None, frontend: str | None, expected: list[str]
+) -> None:
+    stage = Stage(root=Path("/s"), files={}, manifest_sha256="f" * 64, public_key_b64="KEY")
+    attributes: dict[str, Any] = {"GLIDEIN_Other": 1}
+    if site is not None:
+        attributes["GLIDEIN_START" if site is False else "GLIDEIN_Start"] = site
+    wanted = {"start_expr": frontend} if frontend else {}
+    args = pilot_arguments(
+        EntryConfig(name="e", site="S", attributes=attributes),
+        request(None, **wanted),
+        "g-1",
+        "http://factory:1",
+        stage,
+    )
+    attrs = [args[i + 1] for i, a in enumerate(args) if a == "--attr"]
+    starts = [a for a in attrs if a.lower().startswith("glidein_start=")]
+    assert [s.replace("GLIDEIN_START=", "GLIDEIN_Start=") for s in starts] == expected
+    assert "GLIDEIN_Other=1" in attrs
+
+
 def glidein(entry: str, group: str = "main") -> Glidein:
     return Glidein.submitted(f"{entry}-x-1", entry, "slurm", "fe1", group, 0.0)
 

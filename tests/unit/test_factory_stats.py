@@ -10,7 +10,7 @@ import pytest
 from glidewms.config.factory import EntryConfig
 from glidewms.factory.reload import entry_changes
 from glidewms.factory.states import GlideinState
-from glidewms.factory.stats import entry_stats, failure_category
+from glidewms.factory.stats import entry_stats, failure_category, report_core_seconds
 from glidewms.factory.store import Glidein
 
 NOW = 100_000.0
@@ -99,3 +99,74 @@ def test_entry_changes() -> None:
         0,
     )
     assert entry_changes([a, b], [b, a]).unchanged == 2
+
+
+@pytest.mark.parametrize(
+    ("report", "expected"),
+    [
+        (  # a pilot of today: core-seconds as it counted them
+            {
+                "cpus": 8,
+                "goodput_core_seconds": 800.0,
+                "badput_core_seconds": 40.0,
+                "pilot_core_seconds": 1600.0,
+                "goodput_seconds": 100.0,
+                "wall_seconds": 200.0,
+            },
+            (800.0, 40.0, 1600.0),
+        ),
+        (  # an older pilot: its jobs count as one core each, itself on all its cores
+            {"cpus": 8, "goodput_seconds": 100.0, "badput_seconds": 5.0, "wall_seconds": 200.0},
+            (100.0, 5.0, 1600.0),
+        ),
+        ({"goodput_seconds": 10, "wall_seconds": 20}, (10.0, 0.0, 20.0)),  # no cpus: one
+        (  # a black hole that kept its node 600 s: all its cores, as badput and pilot time
+            {
+                "cpus": 4,
+                "goodput_core_seconds": 0,
+                "badput_core_seconds": 2.0,
+                "pilot_core_seconds": 40.0,
+                "hold_seconds": 600,
+            },
+            (0.0, 2402.0, 2440.0),
+        ),
+        (  # hostile numbers are bounded, wrong types ignored
+            {
+                "cpus": 10**9,
+                "pilot_core_seconds": -5,
+                "goodput_core_seconds": "x",
+                "wall_seconds": True,
+            },
+            (0.0, 0.0, 0.0),
+        ),
+        (None, (0.0, 0.0, 0.0)),
+    ],
+    ids=["core-fields", "older-pilot", "no-cpus", "black-hole-hold", "hostile", "no-report"],
+)
+def test_report_core_seconds(report: dict[str, Any] | None, expected: tuple) -> None:
+    assert report_core_seconds(report) == expected
+
+
+def test_entry_stats_show_core_seconds_and_the_goodput_fraction() -> None:
+    eight = {
+        "cpus": 8,
+        "goodput_core_seconds": 4000.0,
+        "badput_core_seconds": 100.0,
+        "pilot_core_seconds": 7000.0,
+    }
+    hole = {"cpus": 8, "badput_core_seconds": 8.0, "pilot_core_seconds": 80.0, "hold_seconds": 125}
+    rows = entry_stats(
+        [
+            pilot(S.finished, "idle_timeout", 0, report=eight, n=1),
+            pilot(S.finished, "black_hole", 5, report=hole, n=2),
+            pilot(S.running, n=3),  # alive: its report is not in yet
+        ],
+        SINCE,
+        NOW,
+    )
+    [row] = rows
+    assert row["goodput_core_seconds"] == 4000.0
+    assert row["badput_core_seconds"] == 100.0 + 8.0 + 1000.0
+    assert row["pilot_core_seconds"] == 7000.0 + 80.0 + 1000.0
+    assert row["goodput_fraction"] == round(4000.0 / 8080.0, 4)
+    assert entry_stats([pilot(S.running)], SINCE, NOW)[0]["goodput_fraction"] is None

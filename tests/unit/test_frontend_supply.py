@@ -67,6 +67,26 @@ def test_categories_from_factory_and_pool():
     assert (s.running, s.total, s.idle_pilots, s.working) == (9, 12, 5, 2)
 
 
+@pytest.mark.parametrize(
+    ("running", "exited", "registered", "starting", "kept"),
+    [
+        (3, 0, 1, 2, 0),  # two pilots still bootstrapping
+        (3, 2, 1, 0, 2),  # two black holes keeping their nodes: not starting
+        (3, 1, 1, 1, 1),
+        (2, 5, 0, 0, 2),  # never more exited than running (counts read apart)
+        (3, -4, 1, 2, 0),  # a nonsense count changes nothing
+    ],
+)
+def test_a_node_a_black_hole_keeps_is_not_starting_supply(
+    running: int, exited: int, registered: int, starting: int, kept: int
+) -> None:
+    counts = {"running": running, "exited": exited}
+    s = entry_supply(counts, [pilot()] * registered, BIG, ONE_CORE)
+    assert (s.starting, s.exited) == (starting, kept)
+    assert s.idle_pilots == starting + registered  # the registered one is idle
+    assert s.running == max(running, registered)  # still batch slots max_running bounds
+
+
 def test_auto_entry_size_learned_from_pilots():
     group = GroupConfig(auto_cpus=2, auto_memory=1024)
     auto = {"name": "e", "cpus": "auto", "memory": "auto", "attributes": {"GPUs": 2}}

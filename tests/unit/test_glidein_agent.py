@@ -98,6 +98,8 @@ class FakePool:
         self.accepts_results = True  # False: cycle answers that it holds no such claim
         self.register_status = 201
         self.unauthorized = 0
+        self.black_holes: list[dict[str, Any]] = []  # bodies of black-hole calls
+        self.black_hole_status = 200  # another: the call fails
         self.events: defaultdict[str, threading.Event] = defaultdict(threading.Event)
         self.closing = threading.Event()
         self.lock = threading.Lock()
@@ -207,6 +209,12 @@ class FakePool:
             started = self.events["started"].is_set()
             kill = [c for c in body["claims"] if started and c in self.kill_when_started]
             return self.send(h, 200, {"lease_seconds": 30, "drain": self.drain, "kill": kill})
+        if path == "/api/v1/pilots/p1/black-hole":
+            self.black_holes.append(body)
+            if self.black_hole_status != 200:
+                return self.send(h, self.black_hole_status, {"detail": "down"})
+            requeued = [c["claim_id"] for c in body["claims"]]
+            return self.send(h, 200, {"requeued": requeued, "held": [], "refused": {}})
         if path == "/api/v1/pilots/p1/deregister":
             self.deregistered.append(body)
             return self.send(h, 200, {})
@@ -1112,6 +1120,27 @@ def test_completion_queue_retries_undelivered_results_first() -> None:
     assert queue.claim_ids() == [] and len(queue) == 0
 
 
+def test_completion_queue_holds_results_back_until_due_or_frozen() -> None:
+    queue = CompletionQueue()
+    queue.add({"claim_id": "ok"}, 1.0, cores=4)
+    queue.add({"claim_id": "quick"}, 1.0, cores=2, hold=10.0)
+    assert [b["claim_id"] for b in queue.take(5)] == ["ok"]  # held: not in a turn
+    assert sorted(queue.claim_ids()) == ["ok", "quick"]  # but its lease is renewed
+    assert queue.next_due(5.0) == 6.0 and queue.age(5.0) is None
+    assert queue.age(11.0) == 0.0  # due: pending now
+    assert [b["claim_id"] for b in queue.take(5)] == ["quick"]
+    assert (queue.cores("ok"), queue.cores("quick"), queue.cores("unknown")) == (4, 2, 1)
+    queue.add({"claim_id": "v1"}, 20.0, hold=10.0)
+    queue.freeze()  # a black hole: held results never come due
+    queue.add({"claim_id": "v2"}, 21.0, hold=10.0)
+    assert queue.age(100.0) is None and queue.next_due(100.0) is None
+    assert [r["claim_id"] for r in queue.take_held()] == ["v1", "v2"]
+    assert queue.held() == 0
+    queue.add({"claim_id": "v3"}, 30.0, hold=10.0)
+    assert queue.release(30.0, everything=True) == 1  # at exit, whatever happens
+    assert [b["claim_id"] for b in queue.take(5)] == ["v3"]
+
+
 def test_sigterm_kills_the_running_job_deregisters_and_reports(
     pool: FakePool, tmp_path: Path, token_file: Path
 ) -> None:
@@ -1157,18 +1186,6 @@ def test_heartbeat_kill_stops_the_job_without_completing_it(
         1,
         0,
     )
-
-
-def test_drain_stops_claiming_and_exits(pool: FakePool, tmp_path: Path, token_file: Path) -> None:
-    pool.drain = True
-    thread, box = agent_in_thread(
-        config_text(pool, tmp_path / "w", token_file, GLIDEIN_Idle_Timeout=600), tmp_path / "w"
-    )
-    thread.join(WAIT)
-    assert not thread.is_alive()
-    assert box["rc"] == 0
-    assert "drain" in pool.reports[0]["detail"]
-    assert pool.deregistered
 
 
 def test_a_pool_that_forgot_the_pilot_means_lost(

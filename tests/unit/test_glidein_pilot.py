@@ -28,6 +28,8 @@ from glidewms.glidein.agent.policy import (
     ExitReason,
     State,
     black_hole,
+    core_seconds,
+    hold_back,
     job_fits,
     next_step,
     retire_and_die,
@@ -133,6 +135,29 @@ def test_retire_and_die(args: tuple, expected: tuple[float, float]) -> None:
 )
 def test_black_hole(failures: list[float], jobs: int, window: float, expected: bool) -> None:
     assert black_hole(failures, 80.0, jobs, window) is expected
+
+
+@pytest.mark.parametrize(
+    ("failed", "wall", "jobs", "window", "held"),
+    [
+        (True, 0.3, 10, 120, 120.0),  # a quick failure: may prove a black hole
+        (True, 120.0, 10, 120, 120.0),  # as long as the window: still quick
+        (True, 120.5, 10, 120, 0.0),  # slower than the window: the job's own
+        (False, 0.3, 10, 120, 0.0),  # a success is never held
+        (True, 0.3, 0, 120, 0.0),  # protection off
+        (True, 0.3, 10, 0, 0.0),  # no window: off too
+    ],
+)
+def test_hold_back(failed: bool, wall: float, jobs: int, window: float, held: float) -> None:
+    assert hold_back(failed, wall, jobs, window) == held
+
+
+@pytest.mark.parametrize(
+    ("wall", "cpus", "expected"),
+    [(10.0, 8, 80.0), (10.0, 1, 10.0), (10.0, None, 10.0), (10.0, 0, 10.0), (-1.0, 8, 0.0)],
+)
+def test_core_seconds(wall: float, cpus: int | None, expected: float) -> None:
+    assert core_seconds(wall, cpus) == expected
 
 
 @pytest.mark.parametrize(("runtime", "expected"), [(None, True), (100, True), (1000, False)])
@@ -288,11 +313,80 @@ def test_a_black_hole_stops_claiming_reports_and_holds_the_node(
     )
     assert len(pool.claims) == 2  # the last two were never claimed
     assert pool.deregistered == [{"reason": "black_hole"}]
+    # the quick failures were held back, never completed, and handed back to
+    # the pool as black-hole victims before the pilot left
+    assert pool.completed == {}
+    [call] = pool.black_holes
+    assert sorted(c["claim_id"] for c in call["claims"]) == ["c0", "c1", "c2"]
+    assert {c["exit_code"] for c in call["claims"]} == {7}
+    assert "3 jobs failed within 600s" in call["detail"]
+    assert report["black_hole_requeued"] == 3 and report["hold_seconds"] == 600
+    assert report["goodput_core_seconds"] == 0 and report["badput_core_seconds"] > 0
+    assert report["pilot_core_seconds"] > 0
     thread.join(0.5)
     assert thread.is_alive(), "the pilot must keep the node after a black hole"
     agent.hold_over.set()  # what SIGTERM from the batch system does
     finish(thread)
     assert agent.exit_code == 5
+
+
+def test_a_quick_failure_is_held_for_the_window_then_reported_as_it_is(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
+    """One quick failure is no black hole: held back while it could still become
+    one (the pilot's heartbeats keep its claim alive), then completed as the
+    job's own failure; a success right after it is not held."""
+    work = pilot_dir(
+        tmp_path,
+        pool,
+        token_file,
+        scripts=False,
+        GLIDEIN_Idle_Timeout=600,
+        GLIDEIN_Black_Hole_Jobs=3,
+        GLIDEIN_Black_Hole_Window=2,
+    )
+    pool.claims.append(claim_for(pool, "bad", {"job.sh": FAILING_JOB}))
+    pool.claims.append(claim_for(pool, "good", {"job.sh": b"#!/bin/sh\nexit 0\n"}))
+    thread, agent = start(work, Resources(1, 1024, 10**6))
+    try:
+        deadline = time.monotonic() + WAIT
+        while "good" not in pool.completed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pool.completed["good"]["exit_code"] == 0
+        assert "bad" not in pool.completed, "a quick failure must wait out the window"
+        while "bad" not in pool.completed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pool.completed["bad"]["exit_code"] == 7
+        assert pool.black_holes == []
+        assert any("bad" in hb["claims"] for hb in pool.heartbeats), "held claim not renewed"
+    finally:
+        agent.finish(ExitReason.SIGNAL, "test over")
+        finish(thread)
+
+
+def test_black_hole_victims_go_as_failures_when_the_pool_cannot_take_them(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
+    """The black-hole call fails: the held results are reported as they are
+    (never lost), and the pilot still leaves as a black hole."""
+    pool.black_hole_status = 503
+    work = pilot_dir(
+        tmp_path,
+        pool,
+        token_file,
+        scripts=False,
+        GLIDEIN_Black_Hole_Jobs=2,
+        GLIDEIN_Black_Hole_Window=600,
+        GLIDEIN_Black_Hole_Hold=0,
+    )
+    for i in range(2):
+        pool.claims.append(claim_for(pool, f"c{i}", {"job.sh": FAILING_JOB}))
+    thread, _ = start(work, Resources(1, 1024, 10**6))
+    finish(thread)
+    assert pool.black_holes and sorted(pool.completed) == ["c0", "c1"]
+    report = pool.reports[0]
+    assert report["exit_reason"] == "black_hole" and report["black_hole_requeued"] == 0
+    assert report["hold_seconds"] == 0
 
 
 def test_the_die_time_vacates_running_jobs(

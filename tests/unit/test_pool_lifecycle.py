@@ -59,6 +59,8 @@ PILOT_MOVES = [
     (None, "active", "register"),
     ("active", "gone", "deregister"),
     ("draining", "gone", "deregister"),
+    ("active", "draining", "drain"),
+    ("draining", "active", "undrain"),
     ("active", "lost", "expire"),
     ("draining", "lost", "expire"),
 ]

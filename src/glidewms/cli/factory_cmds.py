@@ -245,7 +245,8 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
         factory: FactoryOpt = None,
         token_file: TokenOpt = None,
     ) -> None:
-        """Per entry and frontend: pilots by state, submit rate, failures, goodput/badput."""
+        """Per entry and frontend: pilots by state, submit rate, failures, goodput and
+        badput in core-hours, and goodput as a fraction of the pilots' core time."""
         got = call(factory, token_file, "GET", "/stats", params={"since": parse_time(since)})
         if as_json:
             typer.echo(json.dumps(got, indent=2))
@@ -257,8 +258,9 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
             "submitted",
             "per hour",
             "failures",
-            "goodput h",
-            "badput h",
+            "goodput core-h",
+            "badput core-h",
+            "goodput %",
             title=f"since {show_time(got['since'])}",
         )
         for r in got["rows"]:
@@ -271,12 +273,19 @@ def register(app: typer.Typer, service: typer.Typer) -> None:
                 str(r["submitted"]),
                 f"{r['submit_rate_per_hour']:.1f}",
                 cell(failures),
-                f"{r['goodput_seconds'] / 3600:.2f}",
-                f"{r['badput_seconds'] / 3600:.2f}",
+                f"{_core_seconds(r, 'goodput') / 3600:.2f}",
+                f"{_core_seconds(r, 'badput') / 3600:.2f}",
+                "-" if r.get("goodput_fraction") is None else f"{100 * r['goodput_fraction']:.1f}",
             )
         out.print(table)
 
     register_catalogue(service)
+
+
+def _core_seconds(row: dict[str, Any], kind: str) -> float:
+    """A stats row's core-seconds; a factory older than them: its wall seconds."""
+    value = row.get(f"{kind}_core_seconds")
+    return float(value if value is not None else row.get(f"{kind}_seconds") or 0.0)
 
 
 def reload_text(got: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Extra `glidewms` commands of the pool: `qedit`, `userprio` and `limits`."""
+"""Extra `glidewms` commands of the pool: `qedit`, `userprio` and `limits`;
+and the operator's `glidewms pool drain`, `undrain` and `drains`."""
 
 from __future__ import annotations
 
@@ -64,10 +65,31 @@ def userprio(
     pool: PoolOption = None,
     token_file: TokenOption = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="also submitters with no jobs")] = False,
+    set_accum: Annotated[
+        Optional[tuple[str, float]],  # noqa: UP045 (typer needs Optional on 3.10)
+        typer.Option(
+            "--set-accum",
+            metavar="SUBMITTER CORE_HOURS",
+            help="admin: set a submitter's accumulated usage (core-hours; it decays "
+            "from now on), like HTCondor's userprio -setaccum",
+        ),
+    ] = None,
 ) -> None:
     """Show fair share: effective priority (lower is better), usage, factors."""
+    if set_accum is not None and not 0 <= set_accum[1] < 1e11:
+        raise fail(f"--set-accum: {set_accum[1]:g} core-hours is not in [0, 1e11)", 2)
     try:
         with client(pool, token_file) as c:
+            if set_accum is not None:
+                row = c.set_usage(set_accum[0], set_accum[1] * 3600)
+                out.print(
+                    literal(
+                        f"{row['submitter']}: usage {row['usage'] / 3600:.2f} core-h, "
+                        f"effective priority {row['effective_priority'] / 3600:.2f}",
+                        lines=False,
+                    )
+                )
+                return
             data = c.userprio()
     except ClientError as exc:
         raise fail(str(exc)) from None
@@ -167,8 +189,111 @@ def _why(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return f"{head}: {', '.join(parts)}{tail}"
 
 
+PilotTarget = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--pilot", help="one pilot, by its pool id (a job's pilot_id, GET /api/v1/pilots)"
+    ),
+]
+EntryTarget = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--entry", help="every pilot of this entry (GLIDEIN_Entry_Name), later ones too"),
+]
+SiteTarget = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--site", help="every pilot of this site (GLIDEIN_Site), later ones too"),
+]
+
+
+def _target(pilot: str | None, entry: str | None, site: str | None) -> tuple[str, str]:
+    named = [(k, v) for k, v in (("pilot", pilot), ("entry", entry), ("site", site)) if v]
+    if len(named) != 1:
+        raise fail("name exactly one of --pilot, --entry, --site", 2)
+    return named[0]
+
+
+def drain(
+    pilot: PilotTarget = None,
+    entry: EntryTarget = None,
+    site: SiteTarget = None,
+    hard: Annotated[
+        bool, typer.Option("--hard", help="vacate running jobs now (they are requeued)")
+    ] = False,
+    reason: Annotated[str, typer.Option("--reason", help="why (shown by `drains`)")] = "",
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+) -> None:
+    """Admin: drain a pilot, an entry or a site: no new jobs, then the pilots exit.
+
+    Gentle by default (running jobs finish); --hard vacates them now, back to
+    idle without counting a failure. An entry or site drain also drains the
+    pilots that register there later, until `glidewms pool undrain`.
+    """
+    kind, name = _target(pilot, entry, site)
+    try:
+        with client(pool, token_file) as c:
+            result = c.drain(kind, name, hard, reason)
+    except ClientError as exc:
+        raise fail(str(exc)) from None
+    how = "hard" if hard else "gentle"
+    out.print(
+        literal(
+            f"{kind} {name}: {how} drain; {len(result['pilots'])} pilot(s) draining, "
+            f"{len(result['vacated'])} job(s) vacated",
+            lines=False,
+        )
+    )
+
+
+def undrain(
+    pilot: PilotTarget = None,
+    entry: EntryTarget = None,
+    site: SiteTarget = None,
+    pool: PoolOption = None,
+    token_file: TokenOption = None,
+) -> None:
+    """Admin: lift a drain; its pilots not yet gone take jobs again.
+
+    A pilot another drain still covers (its entry, site or itself) stays drained.
+    """
+    kind, name = _target(pilot, entry, site)
+    try:
+        with client(pool, token_file) as c:
+            result = c.undrain(kind, name)
+    except ClientError as exc:
+        raise fail(str(exc)) from None
+    out.print(literal(f"{kind} {name}: undrained {len(result['pilots'])} pilot(s)", lines=False))
+
+
+def drains(pool: PoolOption = None, token_file: TokenOption = None) -> None:
+    """Admin: the drains that hold, and how many live pilots each covers."""
+    try:
+        with client(pool, token_file) as c:
+            rows = c.drains()
+    except ClientError as exc:
+        raise fail(str(exc)) from None
+    table = Table(box=None, header_style="bold")
+    for col in ("KIND", "NAME", "HOW", "PILOTS", "BY", "REASON"):
+        table.add_column(col, justify="right" if col == "PILOTS" else "left")
+    for d in rows:
+        table.add_row(
+            cell(d["kind"]),
+            cell(d["name"]),
+            "hard" if d["hard"] else "gentle",
+            str(len(d["pilots"])),
+            cell(d.get("by") or "-"),
+            cell(d.get("reason") or "-"),
+        )
+    out.print(table)
+    if not rows:
+        out.print("no drains")
+
+
 def register(app: typer.Typer, service: typer.Typer) -> None:
     """Add top-level commands to `app` and subcommands to `glidewms pool` (`service`)."""
     app.command()(qedit)
     app.command()(userprio)
     app.command()(limits)
+    service.command()(drain)
+    service.command()(undrain)
+    service.command()(drains)

@@ -214,6 +214,13 @@ class FrontendConfig(BaseModel):
         "listening address",
     )
     state_dir: Path = Field(Path("glidewms-state/frontend"), description="this frontend's files")
+    timeseries_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="sample the time series the web console plots every this many "
+        "seconds, into state_dir/timeseries.sqlite (0: off; docs/operations.md)",
+    )
     issuer_public_key: Path | None = Field(
         None, description="verifies tokens (default state_dir/../keys/issuer.pub)"
     )
@@ -236,7 +243,21 @@ class FrontendConfig(BaseModel):
     )
     cycle_seconds: float = Field(10.0, gt=0, description="seconds between decisions")
     http_timeout: float = Field(10.0, gt=0, description="per query to a pool or factory")
-    explain_history: int = Field(20, ge=1, description="cycles of explanations kept per entry")
+    explain_history: int = Field(
+        5000,
+        ge=1,
+        le=1_000_000,
+        description="explanation records kept per group and entry, at most (a record "
+        "covers one cycle, or a run of cycles that decided alike); before 2026-12 this "
+        "counted cycles, default 20",
+    )
+    explain_history_hours: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 90,
+        description="hours explanations are kept (in state_dir/explain.jsonl across "
+        "restarts), unless `explain_history` records come first",
+    )
     max_pilots_global: int = Field(100000, ge=0, description="pilots of all groups")
     curb_pilots_global: int = Field(90000, ge=0, description="halve requests from here")
     max_idle_pilots_global: int = Field(1000, ge=0, description="idle or starting, all groups")

@@ -12,14 +12,15 @@ converge loop counts them:
 - failures per entry, frontend and category (`stats.failure_category`:
   the pilot's exit reason, or `failed`), categories capped;
 - goodput, badput and pilot wall seconds per entry and frontend, summed
-  from the pilots' final reports (the pilot reports wall seconds of the jobs
-  it ran, not core-seconds);
+  from the pilots' final reports, and the same in core-seconds as
+  `stats.report_core_seconds` counts them (an older pilot's jobs as one
+  core each, a black hole's hold on all its cores as badput);
 - per configured entry: paused or not, submissions failed in a row;
 - converge cycles run.
 
-The totals count the pilot rows the factory keeps: it keeps them all
-today, so they only grow; a purge of old rows would lower them, which
-Prometheus reads as a counter reset. Their queries read the whole table
+The totals count the pilot rows the factory keeps: ended pilots' rows
+go after `glidein_retention_days` (store.purge_ended), which lowers them
+and Prometheus reads as a counter reset. Their queries read the whole table
 (one grouped scan per scrape).
 
 Observed where it happens: every backend call (submit, status, remove,
@@ -43,7 +44,7 @@ from glidewms.factory.backends import Backend
 from glidewms.factory.schema import glideins_table
 from glidewms.factory.service import Factory
 from glidewms.factory.states import ACTIVE_STATES, FINAL_STATES, GlideinState
-from glidewms.factory.stats import failure_category
+from glidewms.factory.stats import MAX_CPUS, MAX_SECONDS, failure_category
 from glidewms.factory.store import Glidein
 from glidewms.metrics import (
     LATENCY_BUCKETS,
@@ -64,6 +65,15 @@ REPORT_DOCS = {
     "glidewms_factory_goodput_seconds": "Wall seconds of jobs that succeeded, from pilot reports",
     "glidewms_factory_badput_seconds": "Wall seconds of jobs that failed, from pilot reports",
     "glidewms_factory_pilot_seconds": "Wall seconds of the pilots themselves, from their reports",
+}
+CORE_DOCS = {
+    "glidewms_factory_goodput_core_seconds": "Core-seconds of jobs that succeeded (wall x cores)",
+    "glidewms_factory_badput_core_seconds": (
+        "Core-seconds of jobs that failed, and of nodes a black hole kept"
+    ),
+    "glidewms_factory_pilot_core_seconds": (
+        "Core-seconds of the pilots themselves (wall x cores, black-hole hold included)"
+    ),
 }
 
 
@@ -141,6 +151,9 @@ class FactoryCollector(StateCollector):
         sums = [
             sa.func.coalesce(sa.func.sum(_number(t.c.report, key, engine.dialect.name)), 0.0)
             for key in REPORT_SECONDS.values()
+        ] + [
+            sa.func.coalesce(sa.func.sum(e), 0.0)
+            for e in _core_seconds(t.c.report, engine.dialect.name)
         ]
         with engine.connect() as conn:
             alive = conn.execute(
@@ -185,21 +198,55 @@ class FactoryCollector(StateCollector):
             for row in reported:
                 family.add_metric([label(row[0]), label(row[1])], float(row[2 + i]))
             yield family
+        for i, name in enumerate(CORE_DOCS, start=len(REPORT_SECONDS)):
+            family = CounterMetricFamily(name, CORE_DOCS[name], labels=["entry", "frontend"])
+            for row in reported:
+                family.add_metric([label(row[0]), label(row[1])], float(row[2 + i]))
+            yield family
         yield from entry_families(factory)
         cycles = CounterMetricFamily("glidewms_factory_cycles", "Converge cycles run")
         cycles.add_metric([], factory.cycles)
         yield cycles
 
 
+def _is_number(column: Any, key: str, dialect: str) -> Any:
+    if dialect == "postgresql":
+        return sa.func.json_typeof(column[key]) == "number"
+    return sa.func.json_type(column, f'$."{key}"').in_(("integer", "real"))  # SQLite
+
+
 def _number(column: Any, key: str, dialect: str) -> Any:
     """The report's `key` if it is a JSON number, else 0 (reports carry extra
     keys as pilots sent them: a string must not fail the sum)."""
+    return sa.case((_is_number(column, key, dialect), column[key].as_float()), else_=0.0)
+
+
+def _bounded(column: Any, key: str, dialect: str, most: float, absent: Any = 0.0) -> Any:
+    """The report's number under `key` within [0, most]; `absent` if it is none."""
     value = column[key].as_float()
-    if dialect == "postgresql":
-        is_number = sa.func.json_typeof(column[key]) == "number"
-    else:  # SQLite
-        is_number = sa.func.json_type(column, f'$."{key}"').in_(("integer", "real"))
-    return sa.case((is_number, value), else_=0.0)
+    number = _is_number(column, key, dialect)  # NULL, not false, for a key not there
+    return sa.case(
+        (number & (value < 0), 0.0),
+        (number & (value > most), most),
+        (number, value),
+        else_=absent,
+    )
+
+
+def _core_seconds(column: Any, dialect: str) -> tuple[Any, Any, Any]:
+    """(goodput, badput, pilot) core-seconds of a report, in SQL: what
+    `stats.report_core_seconds` computes, so scrapes and `factory stats` agree."""
+    cpus = _bounded(column, "cpus", dialect, MAX_CPUS, 1.0)
+    cpus = sa.case((cpus < 1, 1.0), else_=sa.cast(cpus, sa.Integer))
+    held = _bounded(column, "hold_seconds", dialect, MAX_SECONDS) * cpus
+
+    def core(key: str, older: Any) -> Any:
+        return _bounded(column, key, dialect, MAX_SECONDS, older)
+
+    good = core("goodput_core_seconds", _bounded(column, "goodput_seconds", dialect, MAX_SECONDS))
+    bad = core("badput_core_seconds", _bounded(column, "badput_seconds", dialect, MAX_SECONDS))
+    own = core("pilot_core_seconds", _bounded(column, "wall_seconds", dialect, MAX_SECONDS) * cpus)
+    return good, bad + held, own + held
 
 
 class _Ended:

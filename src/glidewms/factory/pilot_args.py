@@ -2,7 +2,8 @@
 
 One pure function, so every option a frontend's request or an entry adds is
 tested by a table: the stage and its key, the entry's size and attributes,
-the request's start expression and container image, and the frontend's VO
+the request's start expression (ANDed with the entry's own GLIDEIN_Start,
+never replacing it) and container image, and the frontend's VO
 stage (`--vo-stage URL --vo-manifest-sha256 HEX --vo-manifest-key B64`), and
 the CA bundle https services are verified against (`--ca-cert B64`, the
 factory's `ca_file`: public, and on the command line so that no site needs
@@ -33,6 +34,16 @@ REQUEST_ATTRIBUTES = (
     ("GLIDEIN_Start", "start_expr"),
     ("GLIDEIN_Container_Image", "container_image"),
 )
+
+
+START = "GLIDEIN_Start"
+
+
+def both_starts(site: str, frontend: str) -> str:
+    """A pilot's Start when the entry and the frontend each set one: both must
+    accept the job (HTCondor's START is the site's policy; a VO narrows it, it
+    never widens it)."""
+    return f"({site}) && ({frontend})"
 
 
 # Options whose value is a URL the pilot calls.
@@ -82,12 +93,21 @@ def pilot_arguments(
         args += ["--vo-stage", vo["url"], "--vo-manifest-sha256", vo["manifest_sha256"]]
         if vo.get("manifest_key"):
             args += ["--vo-manifest-key", vo["manifest_key"]]
-    for key, value in entry.attributes.items():
-        args += ["--attr", f"{key}={attribute_text(value)}"]
     wanted = request.entries.get(entry.name, {})
+    # ClassAd names are case-insensitive: the entry's Start is found whatever its case
+    site_start = next(
+        (attribute_text(v) for k, v in entry.attributes.items() if k.lower() == START.lower()),
+        None,
+    )
+    for key, value in entry.attributes.items():
+        if key.lower() == START.lower() and wanted.get("start_expr"):
+            continue  # ANDed with the frontend's below, not replaced by it
+        args += ["--attr", f"{key}={attribute_text(value)}"]
     for attr, field in REQUEST_ATTRIBUTES:
         requested = wanted.get(field)
         if requested:
+            if attr == START and site_start is not None:
+                requested = both_starts(site_start, str(requested))
             args += ["--attr", f"{attr}={requested}"]
     return checked(args)
 

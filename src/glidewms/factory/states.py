@@ -36,3 +36,9 @@ ACTIVE_STATES = (
     GlideinState.removing,
 )
 FINAL_STATES = (GlideinState.finished, GlideinState.failed, GlideinState.removed)
+
+# Not a state: in the factory's pilot summary (GET /glideins?summary=true), how
+# many of an entry's `running` pilots have already sent their final report
+# (exiting, or a black hole keeping its node): still a batch slot at the
+# site, but no pilot that will register (frontend/supply.py).
+EXITED = "exited"

@@ -11,7 +11,12 @@ goodput and badput. Pure functions over the stored glideins, tested by tables.
   that the factory removed on purpose is not a failure;
 - *goodput/badput*: seconds of jobs that succeeded/failed on the pilots,
   from their final reports (`goodput_seconds`, `badput_seconds`), with the
-  pilots' own wall time (`pilot_seconds`) to compare against.
+  pilots' own wall time (`pilot_seconds`) to compare against; and the same
+  in *core-seconds* (`report_core_seconds`), which is what an 8-core pilot
+  running 1-core jobs is judged by, with `goodput_fraction` = goodput
+  core-seconds / pilot core-seconds. A black hole that keeps its node
+  (`hold_seconds`) held all its cores doing nothing: that time is badput
+  and pilot time.
 """
 
 from __future__ import annotations
@@ -41,7 +46,49 @@ def failure_category(g: Glidein) -> str | None:
 
 def _seconds(report: dict[str, Any] | None, key: str) -> float:
     value = (report or {}).get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        return 0.0
+    return min(max(float(value), 0.0), MAX_SECONDS)
+
+
+CORE_FIELDS = ("goodput_core_seconds", "badput_core_seconds", "pilot_core_seconds")
+MAX_CPUS = 4096  # a report's cores are bounded before they multiply anything
+MAX_SECONDS = 10 * 365 * 86400.0  # and so are its seconds
+
+
+def _amount(report: dict[str, Any], key: str, most: float = MAX_SECONDS) -> float | None:
+    """The report's number under `key`, bounded; None when absent or not a number."""
+    value = report.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        return None
+    return min(max(float(value), 0.0), most)
+
+
+def report_core_seconds(report: dict[str, Any] | None) -> tuple[float, float, float]:
+    """(goodput, badput, pilot) core-seconds of one final report.
+
+    A pilot sends `goodput_core_seconds`/`badput_core_seconds` (each job's wall
+    times the cores it held) and `pilot_core_seconds` (its wall times its
+    cores). An older pilot sent wall seconds only: its jobs count as one core
+    each (their cores are not known; an underestimate for multi-core jobs),
+    its own time as wall times its `cpus` (one if absent). A black hole's
+    `hold_seconds` count on all its cores as badput and as pilot time.
+    """
+    r = report or {}
+    cpus = int(_amount(r, "cpus", MAX_CPUS) or 1) or 1
+    good = _amount(r, "goodput_core_seconds")
+    bad = _amount(r, "badput_core_seconds")
+    own = _amount(r, "pilot_core_seconds")
+    held = (_amount(r, "hold_seconds") or 0.0) * cpus
+    good = good if good is not None else _seconds(r, "goodput_seconds")
+    bad = bad if bad is not None else _seconds(r, "badput_seconds")
+    own = own if own is not None else _seconds(r, "wall_seconds") * cpus
+    return good, bad + held, own + held
+
+
+def goodput_fraction(good: float, pilot: float) -> float | None:
+    """Goodput core-seconds over pilot core-seconds (None without pilot time)."""
+    return round(min(1.0, good / pilot), 4) if pilot > 0 else None
 
 
 def entry_stats(glideins: Iterable[Glidein], since: float, now: float) -> list[dict[str, Any]]:
@@ -67,6 +114,10 @@ def entry_stats(glideins: Iterable[Glidein], since: float, now: float) -> list[d
                 "goodput_seconds": 0.0,
                 "badput_seconds": 0.0,
                 "pilot_seconds": 0.0,
+                "goodput_core_seconds": 0.0,
+                "badput_core_seconds": 0.0,
+                "pilot_core_seconds": 0.0,
+                "goodput_fraction": None,
             },
         )
         if alive or ended_here:
@@ -85,11 +136,17 @@ def entry_stats(glideins: Iterable[Glidein], since: float, now: float) -> list[d
                     ("pilot_seconds", "wall_seconds"),
                 ):
                     row[name] += _seconds(g.report, source)
+                cores = report_core_seconds(g.report)
+                for name, value in zip(CORE_FIELDS, cores, strict=True):
+                    row[name] += value
     out = []
     for key in sorted(rows):
         row = rows[key]
         row["submit_rate_per_hour"] = round(row["submitted"] / hours, 3)
-        for name in ("goodput_seconds", "badput_seconds", "pilot_seconds"):
+        for name in ("goodput_seconds", "badput_seconds", "pilot_seconds", *CORE_FIELDS):
             row[name] = round(row[name], 3)
+        row["goodput_fraction"] = goodput_fraction(
+            row["goodput_core_seconds"], row["pilot_core_seconds"]
+        )
         out.append(row)
     return out

@@ -25,7 +25,7 @@ from glidewms.factory.schema import (
     requests_table,
     retired_entries_table,
 )
-from glidewms.factory.states import ACTIVE_STATES, FINAL_STATES, GlideinState
+from glidewms.factory.states import ACTIVE_STATES, EXITED, FINAL_STATES, GlideinState
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,8 @@ class FactoryStore:
     def summary(
         self, frontend: str | None = None, group: str | None = None
     ) -> dict[str, dict[str, int]]:
-        """Counts per entry and state, all states included."""
+        """Counts per entry and state, all states included; and under `EXITED` the
+        running pilots whose final report came (a subset of `running`)."""
         t = glideins_table
         query = sa.select(t.c.entry, t.c.state, sa.func.count()).group_by(t.c.entry, t.c.state)
         if frontend is not None:
@@ -262,9 +263,20 @@ class FactoryStore:
         if group is not None:
             query = query.where(t.c.group == group)
         out: dict[str, dict[str, int]] = {}
+        exited = (
+            sa.select(t.c.entry, sa.func.count())
+            .where(t.c.state == GlideinState.running.value, t.c.exit_reason.is_not(None))
+            .group_by(t.c.entry)
+        )
+        if frontend is not None:
+            exited = exited.where(t.c.frontend == frontend)
+        if group is not None:
+            exited = exited.where(t.c.group == group)
         with self.engine.connect() as conn:
             for entry, state, count in conn.execute(query):
                 out.setdefault(entry, {})[state] = count
+            for entry, count in conn.execute(exited):
+                out.setdefault(entry, {})[EXITED] = count
         return out
 
     def record_report(
@@ -417,6 +429,33 @@ class FactoryStore:
         if ids:
             with self.engine.begin() as conn:
                 conn.execute(t.update().where(t.c.glidein_id.in_(ids)).values(logs_archived=when))
+
+    def purge_ended(self, before: float, batch: int = 500, max_batches: int = 20) -> int:
+        """Delete ended pilots' rows last changed before `before`, once their
+        logs were archived (or they had none) and entry health counted them;
+        in transactions of `batch` rows, so the loop gets the store between
+        them. How many went."""
+        t = glideins_table
+        done = 0
+        for _ in range(max_batches):
+            with self.engine.begin() as conn:
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(t.c.glidein_id)
+                        .where(t.c.state.in_([s.value for s in FINAL_STATES]))
+                        .where(t.c.updated_at < before)
+                        .where(sa.or_(t.c.logs_archived.is_not(None), t.c.backend_id.is_(None)))
+                        .where(t.c.health_counted == "ended")
+                        .limit(batch)
+                    )
+                ]
+                if ids:
+                    conn.execute(t.delete().where(t.c.glidein_id.in_(ids)))
+            done += len(ids)
+            if len(ids) < batch:
+                break
+        return done
 
     # -- downtimes --------------------------------------------------------------
 

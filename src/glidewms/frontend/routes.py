@@ -50,6 +50,7 @@ async def status(who: Caller, frontend: FrontendDep) -> dict[str, Any]:
         "pools": [{"name": p.name, "url": p.url} for p in config.all_pools()],
         "factories": [{"name": f.name, "url": f.url} for f in config.all_factories()],
         "last_cycle": asdict(last) if last else None,
+        "failing": frontend.faults.failing(),  # sources failing now, since when
         "pilot_tokens": frontend.pilot_tokens.summary(),
         "vo_stages": {
             g: {"manifest_sha256": s.manifest_sha256, "files": len(s.files)}
@@ -69,7 +70,7 @@ async def explain(
 ) -> list[dict[str, Any]]:
     """Why each entry got its request: demand, supply, limits, curbs, removal stage.
     `entry` is `factory/entry` or an entry name; `group` keeps one group's;
-    `history` gives every kept cycle."""
+    `history` gives every kept record (a record folds cycles that decided alike)."""
     found = frontend.explain(entry, history, group)
     if (entry is not None or group is not None) and not found:
         known = frontend.explanations.known()

@@ -26,6 +26,7 @@ from glidewms.factory.stage import Stage
 from glidewms.frontend import policy, vostage
 from glidewms.frontend.credentials import GroupTokens, PilotTokens, entry_sites
 from glidewms.frontend.explanations import Explanations, Record, decision_record
+from glidewms.frontend.faults import Faults
 from glidewms.frontend.observe import (
     FactoryView,
     GroupView,
@@ -135,7 +136,13 @@ class Frontend:
         self.clock = clock
         self.state = StateFile(config.state_dir / "state.json")
         self.memory = self.state.load()
-        self.explanations = Explanations(config.explain_history)
+        self.explanations = Explanations(
+            config.explain_history,
+            config.explain_history_hours * 3600,
+            config.state_dir / "explain.jsonl",
+        )
+        self.explanations.load(clock())
+        self.faults = Faults()  # logs each source's failure streaks once per change
         self.pilot_tokens = PilotTokens(clock)
         self.public_url = config.public_url or ""  # the API sets the listening URL if unset
         self.vo_stages: dict[str, Stage] = vostage.build_all(config)
@@ -186,6 +193,10 @@ class Frontend:
         fac_by_name = dict(zip(factories, factory_answers, strict=True))
         report.errors += [a.error for a in pool_answers if not a.ok]
         report.errors += [a.error for a in factory_answers if a.error]
+        for name, answer in zip(pools, pool_answers, strict=True):
+            self.faults.note(f"pool {name} query", None if answer.ok else answer.error, now)
+        for name, fanswer in zip(factories, factory_answers, strict=True):
+            self.faults.note(f"factory {name} query", fanswer.error or None, now)
 
         views: dict[str, GroupView] = {}
         blind: dict[str, str] = {}  # group -> why its demand is not trusted this cycle
@@ -223,6 +234,7 @@ class Frontend:
             self.state.save(self.memory, self.cycles)
         except OSError as exc:
             report.errors.append(f"cannot save {self.state.path}: {exc}")
+        self.explanations.flush()
         report.duration = self.clock() - now
         self.last = report
         return report
@@ -320,9 +332,11 @@ class Frontend:
             return_exceptions=True,
         )
         for (f, _), result in zip(sends, results, strict=True):
-            out["factories"][f.name] = why or (
-                "ok" if result is None else (result if isinstance(result, str) else repr(result))
+            failure = why or (
+                None if result is None else (result if isinstance(result, str) else repr(result))
             )
+            out["factories"][f.name] = failure or "ok"
+            self.faults.note(f"group {group.name} request to factory {f.name}", failure, now)
         out["entries"] = {k: d.as_request() for k, (_, d) in decisions.items()}
         return out
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from glidewms.factory.states import GlideinState
+from glidewms.factory.states import EXITED, GlideinState
 from glidewms.frontend.matching import JobRequest, Size, jobs_per_pilot
 
 # The pool's state of a registered pilot that takes no new work (the pool keeps its
@@ -31,8 +31,11 @@ class EntrySupply:
     partial: registered, running jobs, and still room for an idle job;
     busy: registered, running jobs, no room; unusable: registered, no job,
     but its free resources fit none of the idle jobs; retiring: registered,
-    taking no new work (drain, lifetime). `idle_units` is the registered
-    pilots' usable room in pilots of the entry's size.
+    taking no new work (drain, lifetime); exited: running at the site but
+    ended (its final report came: a black hole keeping its node, or one
+    exiting), so never supply, yet still a batch slot that `running` counts.
+    `idle_units` is the registered pilots' usable room in pilots of the
+    entry's size.
     """
 
     queued: int = 0
@@ -44,6 +47,7 @@ class EntrySupply:
     retiring: int = 0
     removing: int = 0
     idle_units: float = 0.0
+    exited: int = 0
 
     @property
     def registered(self) -> int:
@@ -52,7 +56,7 @@ class EntrySupply:
     @property
     def running(self) -> int:
         """Pilots alive past the site queue (what max_running bounds)."""
-        return self.starting + self.registered
+        return self.starting + self.registered + self.exited
 
     @property
     def total(self) -> int:
@@ -144,9 +148,12 @@ def entry_supply(
         else:
             n["busy" if working else "unusable"] += 1
     at_site = int(counts.get(GlideinState.running.value, 0))
+    # an ended pilot keeping its node (black-hole hold) will never register
+    exited = min(at_site, max(0, int(counts.get(EXITED, 0))))
     return EntrySupply(
         queued=int(counts.get(GlideinState.queued.value, 0)),
-        starting=max(0, at_site - registered),
+        starting=max(0, at_site - exited - registered),
+        exited=exited,
         removing=int(counts.get(GlideinState.removing.value, 0)),
         idle_units=units,
         **n,

@@ -134,6 +134,17 @@ class Accounting:
         state.running = max(0, state.running + cores)
         self.dirty.add(submitter)
 
+    def set_usage(self, submitter: str, usage: float, now: float) -> bool:
+        """An operator's word on a submitter's past usage (HTCondor's `userprio
+        -setaccum`): `usage` core-seconds as of `now`, decaying from there; its
+        running cores still count on top. False for a submitter never seen."""
+        state = self.submitters.get(submitter)
+        if state is None:
+            return False
+        state.usage, state.at = max(0.0, usage), now
+        self.dirty.add(submitter)
+        return True
+
     def usage(self, submitter: str, now: float) -> float:
         state = self.submitters.get(submitter)
         if state is None:

@@ -52,8 +52,9 @@ class JobCause(_Text):
 
 class PilotState(_Text):
     ACTIVE = "active"
-    # Listed and expired like an active pilot. No code path of the pool sets
-    # it (a pilot is drained by its `drain` flag); kept for rows that carry it.
+    # Takes no new jobs (an operator drained it, its entry or its site:
+    # drains.py); listed and expired like an active pilot. Its row's `drain`
+    # flag is true exactly while it is in this state.
     DRAINING = "draining"
     GONE = "gone"
     LOST = "lost"
@@ -63,6 +64,8 @@ class PilotCause(_Text):
     REGISTER = "register"
     DEREGISTER = "deregister"  # the pilot said it leaves
     EXPIRE = "expire"  # its lease ran out: no heartbeat
+    DRAIN = "drain"  # an operator drained it (or it registered where a drain holds)
+    UNDRAIN = "undrain"  # the drain was lifted before the pilot left
 
 
 # HTCondor's JobStatus number for each state (what `JobStatus` in an ad says).
@@ -172,6 +175,8 @@ PILOT = Lifecycle(
         (None, P.ACTIVE, PC.REGISTER),
         (P.ACTIVE, P.GONE, PC.DEREGISTER),
         (P.DRAINING, P.GONE, PC.DEREGISTER),
+        (P.ACTIVE, P.DRAINING, PC.DRAIN),
+        (P.DRAINING, P.ACTIVE, PC.UNDRAIN),
         (P.ACTIVE, P.LOST, PC.EXPIRE),
         (P.DRAINING, P.LOST, PC.EXPIRE),
     ],

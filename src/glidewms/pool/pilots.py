@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 
 from glidewms.pool.checks import check_slot
 from glidewms.pool.choosing import Matching
+from glidewms.pool.drains import drained_at
 from glidewms.pool.jobs import HOLD_POLICY, NotFound, PilotGone
 from glidewms.pool.lifecycle import (
     ENDED_PILOTS,
@@ -48,6 +49,7 @@ EVICTED = JOB.source(JobCause.EVICT)  # only a running job can lose its pilot
 REGISTERED = PILOT.target(PilotCause.REGISTER)
 LEFT = PILOT.target(PilotCause.DEREGISTER)
 LOST = PILOT.target(PilotCause.EXPIRE)
+DRAINING = PILOT.target(PilotCause.DRAIN)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,13 @@ class Pilots:
                     retiring=False,
                 )
             )
+            if drained_at(conn, slot, owner.entry, owner.site):  # an entry or site drain holds
+                PILOT.check(REGISTERED, DRAINING, PilotCause.DRAIN)
+                conn.execute(
+                    pilots.update()
+                    .where(pilots.c.pilot_id == pilot_id)
+                    .values(state=DRAINING, drain=True)
+                )
         return pilot_id
 
     @staticmethod

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from glidewms.pool import concurrency
 from glidewms.pool.autoclusters import Autoclusters
+from glidewms.pool.jobs import NotFound
 from glidewms.pool.lifecycle import PilotState
 from glidewms.pool.schema import counters, pilots, usage
 from glidewms.pool.shared import Shared
@@ -117,6 +118,16 @@ class Reports:
                 for name, state in accounting.submitters.items()
             ]
         return sorted(out, key=lambda e: (e["effective_priority"], e["submitter"]))
+
+    def set_usage(self, submitter: str, value: float) -> dict[str, Any]:
+        """Set a known submitter's accumulated usage (core-seconds) and save it
+        at once; NotFound for a submitter the pool never saw."""
+        now = time.time()
+        with self.shared.lock:
+            if not self.shared.accounting.set_usage(submitter, value, now):
+                raise NotFound(f"no submitter {submitter!r} (it never queued a job here)")
+        self.flush_usage()
+        return next(e for e in self.userprio() if e["submitter"] == submitter)
 
     def concurrency(self) -> list[dict[str, Any]]:
         """Concurrency limits: per name its limit, what running jobs hold,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from glidewms import timeseries
+
 metadata = sa.MetaData()
 
 counters = sa.Table(
@@ -186,6 +188,22 @@ stream_chunks = sa.Table(
 )
 
 
+# Drains an operator asked for (v9; drains.py): a pilot, or every pilot of an
+# entry (GLIDEIN_Entry_Name) or a site (GLIDEIN_Site), those registering later
+# included, until it is lifted. `hard`: running jobs were vacated.
+drains = sa.Table(
+    "drains",
+    metadata,
+    sa.Column("kind", sa.String(8), nullable=False),  # pilot, entry, site
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("hard", sa.Boolean, nullable=False, default=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("by", sa.String(256), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("kind", "name"),
+)
+
+
 def _initial(conn: Connection) -> None:
     metadata.create_all(conn)
 
@@ -285,6 +303,18 @@ def _v7_checkpoints_streams(conn: Connection) -> None:
     metadata.create_all(conn, tables=[streams, stream_chunks])
 
 
+def _v8_samples(conn: Connection) -> None:
+    """The time series the web console plots (glidewms/timeseries.py). Numbered
+    9: v8 comes from another branch; it creates only its own table, so
+    its place in the list does not matter to the others."""
+    timeseries.create_table(conn)
+
+
+def _v9_drains(conn: Connection) -> None:
+    """Operators' drains of pilots, entries and sites (drains.py): only its own table."""
+    metadata.create_all(conn, tables=[drains])
+
+
 MIGRATIONS = [
     _initial,
     _v2_fair_share,
@@ -293,4 +323,6 @@ MIGRATIONS = [
     _v5_file_refs,
     _v6_pilot_identity,
     _v7_checkpoints_streams,
+    _v8_samples,
+    _v9_drains,
 ]

@@ -46,6 +46,7 @@ from glidewms.pool.checks import StoreLimits
 from glidewms.pool.choosing import Matching
 from glidewms.pool.concurrency import LimitConfig
 from glidewms.pool.dblock import DatabaseLock
+from glidewms.pool.drains import Drains
 from glidewms.pool.fairshare import Accounting, split_submitter
 from glidewms.pool.lifecycle import JobState
 from glidewms.pool.periodic import Periodic
@@ -97,6 +98,7 @@ class PoolStore:
         self.matching = Matching(self.shared, self.autoclusters, reserve_for_large_jobs)
         self.pilots = Pilots(self.shared, self.matching, max_job_restarts)
         self.turns = Turns(self.shared, self.pilots, self.matching)
+        self.drains = Drains(self.shared, self.matching)
         self.reports = Reports(self.shared, self.autoclusters)
         self.periodic = Periodic(self.shared, self.actions)
         self.files = FileAccess(self.shared)

@@ -163,7 +163,8 @@ class LocalBackend(Backend):
     ) -> LocalId:
         out_path, err_path = self.log_paths(entry.name, pilot.glidein_id)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "GLIDEIN_TOKEN_FILE": str(pilot.token_file)}
+        # the entry's environment, as the batch backends give it (never the token path)
+        env = {**os.environ, **entry.environment, "GLIDEIN_TOKEN_FILE": str(pilot.token_file)}
         with out_path.open("ab") as out, err_path.open("ab") as err:
             proc = subprocess.Popen(
                 ["bash", str(self.context.bootstrap), *pilot.arguments, *settings],

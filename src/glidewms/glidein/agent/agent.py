@@ -41,14 +41,16 @@ from .policy import (
     State,
     Step,
     black_hole,
+    core_seconds,
     heartbeat_interval,
+    hold_back,
     job_fits,
     next_step,
     retire_and_die,
     token_expiry,
     token_retire,
 )
-from .resources import Resources, detect_resources, slot_ad
+from .resources import Resources, detect_resources, pilot_gpus, slot_ad
 from .slot import Slot
 from .trail import Trail, TrailHandler
 from .transfer import plugins_for
@@ -106,6 +108,7 @@ class Agent:
             results=self.exchange.completions,
             trail=self.trail,
             ended=self._job_ended,
+            hold=self._hold_back,
         )
         self.reason: ExitReason | None = None
         self.detail = ""
@@ -271,7 +274,8 @@ class Agent:
             return False
         self.cfg, self.container, self.published_env = done.cfg, done.container, done.job_env
         if not self._fixed_total:
-            self.slot.resize(detect_resources(self.cfg))
+            total = detect_resources(self.cfg)
+            self.slot.resize(total, pilot_gpus(self.cfg.values, total.gpus))
         return True
 
     def _periodic_loop(self) -> None:
@@ -319,6 +323,13 @@ class Agent:
         log.debug("claimed job %s (claim %s)", runner.job_id, runner.claim_id)
         self.slot.run(runner)
 
+    def _hold_back(self, outcome: Outcome) -> float:
+        """Under the lock: seconds this job's result waits before the pool sees it
+        (a quick failure that may yet prove this node a black hole)."""
+        return hold_back(
+            outcome.failed, outcome.wall, self.cfg.black_hole_jobs, self.cfg.black_hole_window
+        )
+
     def _job_ended(self, outcome: Outcome) -> None:
         """Under the lock, after a job ended (slot.py): too many failures make a
         black hole; an empty slot starts the idle clock (or the pilot exits)."""
@@ -330,6 +341,8 @@ class Agent:
                 self.cfg.black_hole_jobs,
                 self.cfg.black_hole_window,
             ):
+                if not self.stop_reason:  # its victims go back to the pool (exchange.py)
+                    self.exchange.completions.freeze()
                 self.stop_taking_work(
                     ExitReason.BLACK_HOLE,
                     f"{self.cfg.black_hole_jobs} jobs failed within {self.cfg.black_hole_window}s",
@@ -352,7 +365,8 @@ class Agent:
         return list(self.slot.runners)
 
     def follow(self, kill: list[str], drain: bool) -> None:
-        """A heartbeat's instructions: kill those claims' jobs (never completed); drain."""
+        """A heartbeat's instructions: kill those claims' jobs (never completed); drain,
+        or no longer (an operator lifted the drain while jobs still ran here)."""
         with self._cond:
             victims = [self.slot.runners[c] for c in kill if c in self.slot.runners]
             if drain and not self.draining:
@@ -360,6 +374,10 @@ class Agent:
                 self.draining = True
                 if self.reason is None:
                     self._decide()  # an idle pilot exits now, not after its long-poll
+                self._cond.notify_all()
+            elif not drain and self.draining and self.reason is None:
+                log.info("the pool lifted this pilot's drain: it takes jobs again")
+                self.draining = False
                 self._cond.notify_all()
         for runner in victims:
             runner.kill(self.kill_grace)
@@ -464,6 +482,8 @@ class Agent:
         """Vacate what still runs (never completed), then deregister (requeues them)."""
         self.slot.vacate(self.kill_grace)
         if self.reason is not ExitReason.LOST and self.reason is not None:
+            if self.reason is ExitReason.BLACK_HOLE:
+                self.exchange.report_black_hole(self.detail)
             self.exchange.flush()
             self.exchange.deregister(self.reason)
         self._release_mounts()
@@ -488,18 +508,32 @@ class Agent:
                 log.info("unmounted %s", point)
 
     def report_body(self) -> dict[str, Any]:
-        """The final report: exit reason, validation results, jobs, goodput/badput."""
+        """The final report: exit reason, validation results, jobs, goodput/badput.
+
+        Goodput and badput are in wall seconds (as older pilots sent them) and in
+        core-seconds (wall x the cores each job held). A black hole about to keep
+        its node says for how long (``hold_seconds``, sent before the hold: a
+        signal may cut it short): the factory counts that time, on all the
+        pilot's cores, as badput.
+        """
+        hold = self.cfg.black_hole_hold if self.reason is ExitReason.BLACK_HOLE else 0
+        cpus = self.slot.total.cpus
         return {
             "exit_reason": self.reason,
             "exit_code": self.exit_code,
             "jobs_run": self.slot.jobs_run,
             "jobs_failed": self.slot.jobs_failed,
             "detail": self.detail,
-            "cpus": self.slot.total.cpus,
+            "cpus": cpus,
             "memory": self.slot.total.memory,
             "gpus": self.slot.total.gpus,
             "wall_seconds": round(time.monotonic() - self.started, 3),
             "goodput_seconds": round(self.exchange.goodput, 3),
             "badput_seconds": round(self.slot.badput + self.exchange.badput, 3),
+            "goodput_core_seconds": round(self.exchange.goodput_cores, 3),
+            "badput_core_seconds": round(self.slot.badput_cores + self.exchange.badput_cores, 3),
+            "pilot_core_seconds": round(core_seconds(time.monotonic() - self.started, cpus), 3),
+            "hold_seconds": hold,
+            "black_hole_requeued": self.exchange.black_hole_requeued,
             "validation": [r.as_report() for r in self.checks.results],
         }

@@ -93,6 +93,9 @@ class Exchange:
         self.completions = CompletionQueue()  # used under ``lock``
         self.goodput = 0.0  # wall seconds of results the pool accepted, exit code 0
         self.badput = 0.0  # wall seconds of the other results the pool answered for
+        self.goodput_cores = 0.0  # the same, in core-seconds (wall x the job's cores)
+        self.badput_cores = 0.0
+        self.black_hole_requeued = 0  # held results the pool took back as site failures
         self._lock = lock
         self._finished = finished
 
@@ -129,8 +132,8 @@ class Exchange:
                 body: Dict[str, Any] = {
                     "claims": self.pilot.running_claims() + self.completions.claim_ids()
                 }
-            if self.pilot.retiring:
-                body["retiring"] = True
+            # said both ways: a drain the pool lifted makes a retiring pilot take work again
+            body["retiring"] = bool(self.pilot.retiring)
             try:
                 _, answer = self.pool.call(
                     "POST", f"pilots/{segment(self.pilot_id)}/heartbeat", body
@@ -224,16 +227,24 @@ class Exchange:
                 while True:
                     if self._finished.is_set():
                         return
-                    age = self.completions.age(time.monotonic())
+                    now = time.monotonic()
+                    age = self.completions.age(now)
                     if age is not None and age >= COMPLETION_DELAY:
                         batch = self.completions.take(MAX_COMPLETIONS_PER_CALL)
                         break
-                    self._lock.wait(None if age is None else COMPLETION_DELAY - age)
+                    # wake when the oldest result is due to go, or a held one comes due
+                    waits = [COMPLETION_DELAY - age] if age is not None else []
+                    due = self.completions.next_due(now)
+                    waits += [due] if due is not None else []
+                    self._lock.wait(min(waits) if waits else None)
             self._send_alone(batch)
 
     def flush(self) -> None:
-        """At exit: every result still waiting, before the pilot deregisters."""
+        """At exit: every result still waiting, before the pilot deregisters
+        (results still held back too: the pilot is not a black hole, or the
+        pool did not answer its black-hole call and they go as they are)."""
         with self._lock:
+            self.completions.release(time.monotonic(), everything=True)
             batch = self.completions.take(len(self.completions))
         if batch and self.pilot_id:
             try:
@@ -241,6 +252,46 @@ class Exchange:
             except (HttpStatusError, TransportError, IncompatiblePeer) as exc:
                 log.warning("%d completion(s) not delivered at exit: %s", len(batch), exc)
                 self._settle(batch, {})
+
+    def report_black_hole(self, detail: str) -> None:
+        """A black hole: hand the held results (quick failures within the window)
+        to the pool, which requeues those jobs as site failures instead of
+        completing them (``POST /pilots/{id}/black-hole``, docs/pool.md). Their
+        time is badput either way. A call that fails leaves them held:
+        ``flush`` then reports them as the jobs' own failures, never losing one."""
+        with self._lock:
+            self.completions.freeze()
+            batch = self.completions.take_held()
+        if not batch:
+            return
+        body = {
+            "claims": [
+                {k: item[k] for k in ("claim_id", "exit_code", "wall_seconds")} for item in batch
+            ],
+            "detail": detail[:1024],
+        }
+        try:
+            _, answer = self.pool.call(
+                "POST", f"pilots/{segment(self.pilot_id)}/black-hole", body, timeout=10, tries=2
+            )
+        except (HttpStatusError, TransportError, IncompatiblePeer) as exc:
+            log.warning("black-hole victims not requeued (%s): reported as failures", exc)
+            answer = {}
+        taken = set(answer.get("requeued") or []) if isinstance(answer, dict) else set()
+        with self._lock:
+            for item in batch:
+                if item["claim_id"] in taken:
+                    cores = self.completions.cores(item["claim_id"])
+                    self.badput += item["wall_seconds"]
+                    self.badput_cores += item["wall_seconds"] * cores
+                    self.black_hole_requeued += 1
+                else:  # back to the results: flush() reports it as it is
+                    self.completions.add(
+                        item, time.monotonic(), self.completions.cores(item["claim_id"])
+                    )
+        log.warning(
+            "black hole: %d of %d quick failures requeued by the pool", len(taken), len(batch)
+        )
 
     def _send_alone(self, batch: List[Dict[str, Any]]) -> None:
         done: Dict[str, Any] | None = None
@@ -266,11 +317,14 @@ class Exchange:
                 return
             for item in batch:
                 accepted = done.get(item["claim_id"]) is True
+                cores = self.completions.cores(item["claim_id"])
                 # a checkpoint taken is useful work, whatever its exit code
                 if accepted and (not item["exit_code"] or "checkpoint" in item):
                     self.goodput += item["wall_seconds"]
+                    self.goodput_cores += item["wall_seconds"] * cores
                 else:
                     self.badput += item["wall_seconds"]
+                    self.badput_cores += item["wall_seconds"] * cores
                 if not accepted:
                     log.warning(
                         "claim %s: the pool no longer holds it; result dropped", item["claim_id"]

@@ -187,6 +187,29 @@ def black_hole(failures: list[float], now: float, jobs: int, window: float) -> b
     return sum(1 for t in failures if now - t <= window) >= jobs
 
 
+def hold_back(failed: bool, wall: float, jobs: int, window: float) -> float:
+    """Seconds to keep a job's result from the pool before reporting it (0: at once).
+
+    A black hole is only known after ``jobs`` failures, and by then the pool
+    would have completed the first victims to their users as failures. So a
+    failure that could still turn out to be one of them (a quick one: it ran no
+    longer than the window, as the victims of a broken node do) waits here for
+    the window: until then it can still count (``black_hole``), after it no
+    longer can and goes to the pool as the job's own failure. Results of jobs
+    that succeeded, and slow failures, are never held; nothing is held with
+    black-hole protection off. The pool never sees a held job as completed, so
+    requeuing it (docs/pool.md, "Black-hole victims") never completes it twice.
+    """
+    if not failed or jobs <= 0 or window <= 0 or wall > window:
+        return 0.0
+    return float(window)
+
+
+def core_seconds(wall: float, cpus: int | None) -> float:
+    """Wall seconds times the cores a job (or pilot) held; unknown cores count as one."""
+    return max(0.0, wall) * (cpus if isinstance(cpus, int) and cpus > 0 else 1)
+
+
 def job_fits(max_runtime: float | None, now: float, die_at: float) -> bool:
     """A job that says how long it runs must end before the pilot dies."""
     return max_runtime is None or now + max_runtime <= die_at

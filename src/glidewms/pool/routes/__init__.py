@@ -8,6 +8,7 @@
 - `demand`: the frontends' demand
 - `tokens`: pilot tokens for frontends
 - `admin`: health, priorities, concurrency limits, counters
+- `operator`: drains of pilots, entries and sites; setting a submitter's usage
 - `userlog`: a cluster's events after a given one (users' job event logs)
 
 Handlers are thin: the caller's identity and the pool come from dependencies

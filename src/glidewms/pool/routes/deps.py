@@ -74,10 +74,12 @@ class WorkSignal:
         self._waiters[waiter] = None
         return waiter
 
-    def notify(self, n: int = 1) -> None:
-        """Up to `n` new jobs (or jobs back to idle) may be there to claim."""
+    def notify(self, n: int | None = None) -> None:
+        """Up to `n` new jobs (or jobs back to idle) may be there to claim;
+        None: how many is not known (or pilots changed, not jobs), so every
+        waiter looks, as before."""
         self._notifies += 1
-        self._wake(self._notifies, max(1, n))
+        self._wake(self._notifies, len(self._waiters) if n is None else max(1, n))
 
     def leave(self, waiter: Waiter) -> None:
         """The waiter stops waiting without having looked after its wake (it

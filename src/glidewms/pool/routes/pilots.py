@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from glidewms.errors import responses
+from glidewms.pool.blackhole import MAX_VICTIMS, Victim, requeue_victims
 from glidewms.pool.checks import AMOUNT, INT32
 from glidewms.pool.exit import Completion
 from glidewms.pool.lifecycle import JOB_STATUS, JobState
@@ -343,3 +344,33 @@ async def deregister(
     await guarded(pool.store.pilots.deregister, pilot_id, body.reason, pilot_owner(who))
     pool.signal.notify()
     return {"pilot_id": pilot_id, "state": LEFT}
+
+
+class VictimBody(BaseModel):
+    claim_id: str = Field(max_length=64)
+    exit_code: ExitCode
+    wall_seconds: Seconds = 0.0
+
+
+class BlackHoleBody(BaseModel):
+    claims: list[VictimBody] = Field(max_length=MAX_VICTIMS)
+    detail: str = Field("", max_length=1024)
+
+
+@router.post("/pilots/{pilot_id}/black-hole")
+async def black_hole(
+    pilot_id: str, body: BlackHoleBody, pool: Pool, who: PilotCaller
+) -> dict[str, Any]:
+    """A pilot that declared its node a black hole names the claims whose quick
+    failures it held back; the pool requeues them as site failures (blackhole.py)."""
+    answer = await guarded(
+        requeue_victims,
+        pool.store.pilots,
+        pilot_id,
+        [Victim(c.claim_id, c.exit_code, c.wall_seconds) for c in body.claims],
+        body.detail,
+        pilot_owner(who),
+    )
+    if answer["requeued"]:
+        pool.signal.notify()  # idle jobs again
+    return answer
