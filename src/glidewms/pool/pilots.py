@@ -177,7 +177,8 @@ class Pilots:
             "kill": [c for c in claim_ids if c not in held],
         }
 
-    def deregister(self, pilot_id: str, reason: str, owner: PilotOwner | None = None) -> None:
+    def deregister(self, pilot_id: str, reason: str, owner: PilotOwner | None = None) -> int:
+        """The pilot leaves; its jobs go back to idle. Returns how many did."""
         now = time.time()
         shared = self.shared
         with shared.lock:
@@ -196,6 +197,7 @@ class Pilots:
                 )
             for row, new_state in moved:
                 shared.moved(row, new_state, now)
+        return len(moved)
 
     def renew_after_restart(self, pilot_lease: float, claim_lease: float) -> tuple[int, int]:
         """At start: a full lease from now for every live pilot and every claim

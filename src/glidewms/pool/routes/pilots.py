@@ -341,8 +341,8 @@ async def complete(
 async def deregister(
     pilot_id: str, body: DeregisterBody, pool: Pool, who: PilotCaller
 ) -> dict[str, Any]:
-    await guarded(pool.store.pilots.deregister, pilot_id, body.reason, pilot_owner(who))
-    pool.signal.notify()
+    requeued = await guarded(pool.store.pilots.deregister, pilot_id, body.reason, pilot_owner(who))
+    pool.signal.notify(requeued)  # its jobs, or a job it had reserved (at least one wake)
     return {"pilot_id": pilot_id, "state": LEFT}
 
 
@@ -372,5 +372,5 @@ async def black_hole(
         pilot_owner(who),
     )
     if answer["requeued"]:
-        pool.signal.notify()  # idle jobs again
+        pool.signal.notify(len(answer["requeued"]))  # idle jobs again
     return answer
