@@ -244,6 +244,9 @@ def test_operator_pages_and_a_pilot_log(console: Console, browser: Any, tmp_path
     from selenium.webdriver.common.by import By
 
     login(browser, console, "admin")
+    browser.get(f"{console.url}/")  # an admin sees what the pool stores and keeps
+    storage = text_of(browser, "storage")
+    assert "sandbox files" in storage and "history kept" in storage, storage
     browser.get(f"{console.url}/factory")
     assert browser.find_elements(By.CSS_SELECTOR, 'tr.entry[data-entry="local"]')
     assert "local" in text_of(browser, "pilot-states")

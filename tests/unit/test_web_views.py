@@ -188,3 +188,24 @@ def test_the_web_config_wants_a_pool_and_real_urls(tmp_path: Path) -> None:
         WebConfig(pool_url="http://127.0.0.1:1", factory_url="ftp://x")
     with pytest.raises(ValidationError, match="tls_cert and tls_key go together"):
         WebConfig(pool_url="http://127.0.0.1:1", tls_cert=tmp_path / "c.pem")
+
+
+def test_storage_rows_say_sizes_and_retention() -> None:
+    usage = {
+        "rows": {"queued_jobs": 3, "history_jobs": 7},
+        "sandbox_files": 2,
+        "sandbox_bytes": 1536,
+        "sandbox_truncated": False,
+        "database_bytes": 5 * 1024 * 1024,
+        "retention_days": {"history": 30, "events": 90.5},
+    }
+    assert views.storage_rows(usage) == [
+        ("history jobs (rows)", "7"),
+        ("queued jobs (rows)", "3"),
+        ("sandbox files", "2 (1.5 KiB)"),
+        ("database", "5.0 MiB"),
+        ("events kept", "90.5 days"),
+        ("history kept", "30 days"),
+    ]
+    assert views.storage_rows("refused") == []
+    assert views.human_bytes(None) == "unknown" and views.human_bytes(10) == "10 B"

@@ -325,8 +325,19 @@ def create_app(config: WebConfig, public_url: str = "") -> FastAPI:
                 unit="s",
             ),
         ]
+        storage: list[tuple[str, str]] = []
+        if who.is_admin:  # sizes walk the sandbox store: admins only, on this page only
+            with contextlib.suppress(ServiceError):
+                storage = views.storage_rows(await services.get("pool", "usage", who.token))
         return page(
-            request, who, "overview.html", stats=stats, plots=plots, ranges=RANGES, chosen=chosen
+            request,
+            who,
+            "overview.html",
+            stats=stats,
+            plots=plots,
+            ranges=RANGES,
+            chosen=chosen,
+            storage=storage,
         )
 
     @app.get("/queue", response_class=HTMLResponse)

@@ -236,3 +236,35 @@ def chart(
 
 def no_plot(title: str, why: str) -> Markup:
     return line_chart(f"{title} (unavailable: {why[:80]})", [], since=time.time() - 3600)
+
+
+def human_bytes(value: Any) -> str:
+    """1536 -> '1.5 KiB'; anything not a number -> 'unknown'."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "unknown"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return "unknown"  # unreachable
+
+
+def storage_rows(usage: Any) -> list[tuple[str, str]]:
+    """What the pool keeps and for how long (GET /usage, admins), as
+    (what, how much) rows: operators size retention from these."""
+    if not isinstance(usage, dict):
+        return []
+    rows = [
+        (f"{name.replace('_', ' ')} (rows)", str(count))
+        for name, count in sorted((usage.get("rows") or {}).items())
+        if isinstance(count, int)
+    ]
+    files = usage.get("sandbox_files")
+    more = "+" if usage.get("sandbox_truncated") else ""
+    rows.append(("sandbox files", f"{files}{more} ({human_bytes(usage.get('sandbox_bytes'))})"))
+    rows.append(("database", human_bytes(usage.get("database_bytes"))))
+    for what, days in sorted((usage.get("retention_days") or {}).items()):
+        if isinstance(days, (int, float)):
+            rows.append((f"{what} kept", f"{days:g} days"))
+    return rows
