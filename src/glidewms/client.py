@@ -180,13 +180,49 @@ class PoolClient:
             jobs.append({"ad": job.ad_text(), "sandbox": sandbox, "args": job.args, "env": job.env})
         return self._call("POST", "/jobs", json={"jobs": jobs})
 
+    JOBS_PAGE = 10_000  # the pool's largest page (routes/jobs.MAX_JOBS_PAGE)
+
     def jobs(
-        self, constraint: str | None = None, history: bool = False, long: bool = False
+        self,
+        constraint: str | None = None,
+        history: bool = False,
+        long: bool = False,
+        mine: bool = False,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
+        """Matching jobs, page after page (at most `limit` of them)."""
         params: dict[str, Any] = {"history": history, "long": long}
         if constraint:
             params["constraint"] = constraint
-        return self._call("GET", "/jobs", params=params)
+        if mine:
+            params["mine"] = True
+        found: list[dict[str, Any]] = []
+        while limit is None or len(found) < limit:
+            want = self.JOBS_PAGE if limit is None else min(self.JOBS_PAGE, limit - len(found))
+            page = self._call("GET", "/jobs", params={**params, "limit": want})
+            found += page
+            if len(page) < want:
+                break
+            params["after"] = page[-1]["job_id"]
+        return found
+
+    def slots(self) -> list[dict[str, Any]]:
+        """Every live slot, page after page."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {}
+        while True:
+            page = self._call("GET", "/slots", params=params)
+            found += page["slots"]
+            if not page["next"]:
+                return found
+            params["after"] = page["next"]
+
+    def analyze(self, job_id: str, pilot: str | None = None) -> dict[str, Any]:
+        params = {"pilot": pilot} if pilot else {}
+        return self._call("GET", f"/jobs/{job_id}/analyze", params=params)
+
+    def usage(self) -> dict[str, Any]:
+        return self._call("GET", "/usage")
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/jobs/{job_id}")

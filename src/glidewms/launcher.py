@@ -43,7 +43,7 @@ from glidewms.factory.store import FactoryStore
 from glidewms.security.tls import loopback_tls
 from glidewms.security.tokens import TokenIssuer, generate_keypair, write_secret
 
-SERVICES = ("pool", "factory", "frontend")
+SERVICES = ("pool", "factory", "frontend", "web")  # stopped in reverse order
 
 
 class LaunchError(RuntimeError):
@@ -71,6 +71,8 @@ class Options:
     tls: bool = False  # HTTPS everywhere, with a private CA (see the module docstring)
     # local pilots' jobs neither as another account (root) nor sandboxed: run anyway
     allow_unisolated_jobs: bool = False
+    web: bool = True  # the web console, a fourth process (glidewms/web/)
+    timeseries_seconds: float = 60.0  # how often the services sample the plots' series
 
 
 @dataclass
@@ -133,6 +135,7 @@ class Installation:
                 "claim_lease_seconds": o.claim_lease,
                 "pilot_lease_seconds": max(o.claim_lease, o.heartbeat * 3),
                 "heartbeat_seconds": o.heartbeat,
+                "timeseries_seconds": o.timeseries_seconds,
                 **self.tls_settings(client=False),
                 **pool_settings(o),
             },
@@ -165,6 +168,7 @@ class Installation:
                 "issuer_public_key": str(public),
                 "pilot_issuer_public_key": str(pilot_public),
                 "cycle_seconds": o.factory_cycle,
+                "timeseries_seconds": o.timeseries_seconds,
                 "entries": entries,
                 **self.tls_settings(client=True),  # its ca_file goes to the pilots
             },
@@ -238,6 +242,7 @@ class Installation:
                 "factory_url": self.services["factory"].url,
                 "token_file": str(self.path("tokens", "frontend.token")),
                 "cycle_seconds": self.options.frontend_cycle,
+                "timeseries_seconds": self.options.timeseries_seconds,
                 "groups": self.options.frontend_groups
                 or [{"name": "main", "max_idle_per_entry": self.options.max_pilots}],
                 **self.tls_settings(client=True),
@@ -247,6 +252,11 @@ class Installation:
         self._spawn("frontend")
         self._await_url("frontend", timeout)
         on_step(f"frontend listening on {self.services['frontend'].url}")
+        if self.options.web:
+            self._write_web_config()
+            self._spawn("web")
+            self._await_url("web", timeout)
+            on_step(f"web console on {self.services['web'].url} (log in with a token)")
         self.path("client.json").write_text(
             json.dumps(
                 {
@@ -257,6 +267,21 @@ class Installation:
                 indent=2,
             )
             + "\n"
+        )
+
+    def _write_web_config(self) -> None:
+        """The console talks to the three services; it holds no key (visitors
+        log in with their tokens)."""
+        self._write_config(
+            "web",
+            {
+                "listen_port": self.kept_port("web"),
+                "url_file": str(self.path("run", "web.url")),
+                "pool_url": self.services["pool"].url,
+                "factory_url": self.services["factory"].url,
+                "frontend_url": self.services["frontend"].url,
+                **self.tls_settings(client=True),
+            },
         )
 
     def _spawn(self, name: str) -> None:

@@ -6,11 +6,12 @@ At the `hole` entry every job fails at once (exit 127, as on a node whose
 software area is broken: the job sees `GLIDEIN_Entry_Name` and fails there).
 Its pilot holds the quick failures back, declares a black hole after two, hands
 them back to the pool, which requeues them as site failures, and keeps its node
-a few seconds. The jobs then run at the `good` entry and complete there, once.
-The entries' Start expressions make the order certain: `hole` takes only first
-runs, `good` only jobs that were requeued (for the frontend, which sees no
-NumRestarts, both accept every job). The factory's stats show the goodput in
-core-seconds and its fraction, and the hold as badput. Waits poll with a deadline.
+a few seconds. The factory charges the entry (paused after that one black
+hole), and the jobs run at the `good` entry and complete there, once. To make
+the order certain, `good` is in a downtime until `hole` is paused: the jobs
+meet the black hole first, and no second pilot at `hole` takes them again.
+The factory's stats show the goodput in core-seconds and its fraction, and the
+hold as badput. Waits poll with a deadline.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.test_glidein_system import entry
@@ -49,11 +51,19 @@ def test_black_hole_victims_rerun_as_site_failures_and_complete_at_a_good_entry(
             "GLIDEIN_Black_Hole_Jobs": 2,
             "GLIDEIN_Black_Hole_Window": 600,
             "GLIDEIN_Black_Hole_Hold": HOLD,
-            "GLIDEIN_Start": "TARGET.NumRestarts =!= 1",
         },
+        recovery={"pause_after_pilot_failures": 1, "probe_interval": 3600},
     )
-    good = entry(name="good", site="GOOD", attributes={"GLIDEIN_Start": "TARGET.NumRestarts =!= 0"})
-    s = system(entries=[hole, good])
+    s = system(entries=[hole, entry(name="good", site="GOOD")])
+    factory = s.inst.services["factory"].url
+    r = httpx.post(
+        f"{factory}/api/v1/downtimes",
+        json={"entry": "good", "reason": "until the black hole is found"},
+        headers=s.admin,
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    downtime = r.json()["id"]
     script = tmp_path / "job.sh"
     script.write_text(BROKEN_ON_HOLE)
     script.chmod(0o755)
@@ -62,6 +72,15 @@ def test_black_hole_victims_rerun_as_site_failures_and_complete_at_a_good_entry(
         tmp_path,
     )
     assert len(jids) == 2
+    paused = wait_for(
+        lambda: next(e for e in s.factory("entries") if e["name"] == "hole")["paused"],
+        "the black hole to pause its entry",
+    )
+    assert paused["by"] == "pilots" and "black hole" in paused["reason"]
+    for jid in jids:  # both eaten there, both back in the queue as site failures
+        assert s.job(jid)["state"] == "idle" and s.job(jid)["num_restarts"] == 1
+    r = httpx.delete(f"{factory}/api/v1/downtimes/{downtime}", headers=s.admin, timeout=30)
+    assert r.status_code in (200, 204), r.text
 
     jobs = wait_for(
         lambda: (
@@ -70,8 +89,9 @@ def test_black_hole_victims_rerun_as_site_failures_and_complete_at_a_good_entry(
         "both jobs to complete at the good entry",
     )
     for job in jobs:
-        assert job["exit_code"] == 0 and job["num_restarts"] == 1
         events = s.pool.events(job["job_id"])
+        glideins = [(g["entry"], g["exit_reason"], g.get("report")) for g in s.glideins()]
+        assert job["exit_code"] == 0 and job["num_restarts"] == 1, (events, glideins)
         kinds = [e["type"] for e in events]
         assert kinds.count("completed") == 1 and kinds.count("started") == 2, kinds
         [evicted] = [e for e in events if e["type"] == "evicted"]

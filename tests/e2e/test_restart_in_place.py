@@ -70,6 +70,10 @@ def test_a_taken_port_is_an_error_naming_the_config(tmp_path: Path) -> None:
         _kill(pool.pid)
         pool.wait(10)
         with socket.socket() as squatter:
+            # as uvicorn binds: the killed pool's connections may linger in
+            # TIME_WAIT on the port (the frontend's, the console's), which
+            # must not stop the squatter, only its listening must stop the pool
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind(("127.0.0.1", port))
             squatter.listen()
             with pytest.raises(LaunchError, match=r"port \d+ \(kept in .*config/pool\.yaml"):

@@ -159,6 +159,8 @@ def test_routes_are_served_under_the_protocol_prefix(env: Env) -> None:
                 ("POST", "/glideins/{glidein_id}/report"),
                 ("POST", "/glideins/{glidein_id}/log"),
                 ("GET", "/glideins/{glidein_id}/logs"),
+                ("GET", "/logsearch"),
+                ("GET", "/timeseries"),
                 ("GET", "/stats"),
                 ("GET", "/downtimes"),
                 ("POST", "/downtimes"),

@@ -168,6 +168,14 @@ def test_trail_archive_and_search(env: Env) -> None:
         assert factory.archive.purge(time.time()) == 0
         assert factory.archive.purge(time.time() + 31 * 86400) == 2
         assert not directory.exists()
+        # ... and their rows once entry health has counted their ends
+        wait_for(
+            lambda: all(factory.store.get(g).health_counted == "ended" for g in (first, second)),
+            "ends counted",
+        )
+        assert factory.store.purge_ended(time.time() - 60) == 0
+        assert factory.store.purge_ended(time.time() + 1, batch=1) == 2
+        assert search(entry="local") == []
 
 
 @pytest.fixture

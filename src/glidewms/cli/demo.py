@@ -62,11 +62,15 @@ def run_up(options: Options) -> int:
         return 1
     root = inst.root
     ca_line = f"\n  export GLIDEWMS_CA_FILE={inst.ca_file}" if inst.ca_file else ""
+    web = inst.services.get("web")
+    console_line = (
+        f"\n  console   {web.url}   (log in with a token from {root}/tokens/)" if web else ""
+    )
     console.print(f"""
 [bold]glidewms is up[/bold] (state in {root})
   pool      {inst.services["pool"].url}   (API docs: {inst.services["pool"].url}/docs)
   factory   {inst.services["factory"].url}
-  frontend  {inst.services["frontend"].url}
+  frontend  {inst.services["frontend"].url}{console_line}
   configs   {root}/config/   logs {root}/logs/   tokens {root}/tokens/
 
 Submit from this directory (the client reads {root}/client.json), or elsewhere after

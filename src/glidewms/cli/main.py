@@ -9,19 +9,49 @@ from typing import Annotated, Optional
 
 import typer
 
-from glidewms.cli import factory_cmds, frontend_cmds, pool_cmds, tail, user, userlog_cmds
+from glidewms.cli import (
+    factory_cmds,
+    frontend_cmds,
+    pool_cmds,
+    status_cmds,
+    tail,
+    user,
+    userlog_cmds,
+)
 from glidewms.cli.user import fail
 from glidewms.config import ConfigError
 from glidewms.extras import MissingExtra
 
 app = typer.Typer(
     help="glidewms: a pilot-based workload management system in the GlideinWMS tradition.\n\n"
-    "Services: pool, factory, frontend (each from a YAML file), `up` (all three on this "
-    "machine) and `demo`. Users: submit, q, rm, hold, release, history, fetch.",
+    "Services: pool, factory, frontend and the web console (each from a YAML file), `up` "
+    "(all four on this machine) and `demo`. Users: submit, q, rm, hold, release, history, "
+    "fetch, tail, log, wait, status, analyze, limits, userprio.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from glidewms import __version__
+
+        typer.echo(f"glidewms {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """glidewms: a pilot-based workload management system in the GlideinWMS tradition."""
+
 
 ConfigOption = Annotated[
     Optional[Path],  # noqa: UP045 (typer needs Optional on 3.10)
@@ -78,7 +108,7 @@ def _service(name: str, runner: str) -> typer.Typer:
     return sub
 
 
-_services = {name: _service(name, name) for name in ("pool", "factory", "frontend")}
+_services = {name: _service(name, name) for name in ("pool", "factory", "frontend", "web")}
 for _name, _sub in _services.items():
     app.add_typer(_sub, name=_name)
 
@@ -255,5 +285,6 @@ user.register(app)
 tail.register(app)
 userlog_cmds.register_commands(app)
 pool_cmds.register(app, _services["pool"])
+status_cmds.register(app, _services["pool"])
 factory_cmds.register(app, _services["factory"])
 frontend_cmds.register(app, _services["frontend"])

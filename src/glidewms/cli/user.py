@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,7 +18,10 @@ from rich.text import Text
 from glidewms.cli.literal import cell, literal, markup_safe, visible
 from glidewms.client import ClientError, ClientSettings, PoolClient
 
-out = Console(highlight=False)
+# Piped output is read by programs and `grep`: never wrapped at a width
+# (rich would take 80 columns when stdout is not a terminal).
+UNWRAPPED = 1 << 16
+out = Console(highlight=False, width=None if sys.stdout.isatty() else UNWRAPPED)
 err = Console(stderr=True, highlight=False)
 
 PoolOption = Annotated[
@@ -32,7 +37,9 @@ TokenOption = Annotated[
 ConstraintOption = Annotated[
     str | None,
     typer.Option(
-        "--constraint", help="ClassAd expression, e.g. 'Owner == \"alice\" && JobStatus == 1'"
+        "--constraint",
+        "-constraint",
+        help="ClassAd expression, e.g. 'Owner == \"alice\" && JobStatus == 1'",
     ),
 ]
 
@@ -156,15 +163,17 @@ def _show(jobs: list[dict[str, Any]], long: bool, history: bool, events: Any = N
             out.print()
         return
     out.print(_table(jobs, history))
-    counts: dict[str, int] = {}
-    for j in jobs:
-        counts[j["state"]] = counts.get(j["state"], 0) + 1
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    out.print(Text(f"\n{len(jobs)} jobs; {visible(summary)}"))
+    out.print(Text("\n").append(_totals(jobs)))
 
 
 def _select(
-    c: PoolClient, ids: list[JobRef], constraint: str | None, history: bool, long: bool
+    c: PoolClient,
+    ids: list[JobRef],
+    constraint: str | None,
+    history: bool,
+    long: bool,
+    mine: bool = False,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     parts = [
         f"ClusterId == {cluster}"
@@ -175,11 +184,136 @@ def _select(
     expr = " || ".join(parts)
     if constraint:
         expr = f"({expr}) && ({constraint})" if expr else constraint
-    return c.jobs(expr or None, history=history, long=long)
+    return c.jobs(expr or None, history=history, long=long, mine=mine, limit=limit)
 
 
 JobIds = Annotated[Optional[list[str]], typer.Argument(help="CLUSTER or CLUSTER.PROC")]  # noqa: UP045
 LongOption = Annotated[bool, typer.Option("--long", "-l", help="full ClassAds and events")]
+AfOption = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "-af",
+        "--autoformat",
+        help="print these attributes of each ad, space-separated (`-af A B C`: the names "
+        "after it that are not job ids count too)",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("-json", "--json", help="the ads as a JSON list")]
+LimitOption = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("-limit", "--limit", min=1, help="at most this many jobs"),
+]
+AllUsersOption = Annotated[
+    bool, typer.Option("-allusers", "--allusers", help="everyone's jobs, not only yours")
+]
+TotalsOption = Annotated[bool, typer.Option("-totals", "--totals", help="only the totals")]
+
+
+def _split_af(ids: list[str] | None, af: list[str] | None) -> tuple[list[str], list[str]]:
+    """`-af A B 1.0`: typer gives `-af` one value, the rest land among the
+    job ids; names that are not job ids are attributes."""
+    attrs = [name for value in af or [] for name in re.split(r"[\s,]+", value) if name]
+    if not attrs:
+        return list(ids or []), []
+    plain = [t for t in ids or [] if _JOB_ID.fullmatch(t)]
+    attrs += [t for t in ids or [] if not _JOB_ID.fullmatch(t)]
+    return plain, attrs
+
+
+def _ad_of(j: dict[str, Any]) -> Any:
+    from glidewms import classads
+
+    try:
+        return classads.parse_ad(j["ad"], classads.CEILING)
+    except classads.ClassAdError:
+        return classads.ClassAd()
+
+
+def ad_json(ad: Any) -> dict[str, Any]:
+    """A ClassAd as JSON: literals as values, expressions as their text."""
+    from glidewms import classads
+
+    values: dict[str, Any] = {}
+    for name in sorted(ad.keys()):
+        expr = ad.lookup(name)
+        value = classads.eval_attr(ad, name)
+        literal_value = isinstance(value, (bool, int, float, str)) and not isinstance(
+            value, classads.classad2.Value
+        )
+        if literal_value and str(expr) == str(_as_expr(value)):
+            values[name] = value
+        else:
+            values[name] = str(expr)
+    return values
+
+
+def _as_expr(value: Any) -> Any:
+    from glidewms import classads
+
+    ad = classads.ClassAd()
+    ad["V"] = value
+    return ad.lookup("V")
+
+
+def af_line(ad: Any, attrs: list[str]) -> str:
+    """One `-af` line: values space-separated, strings unquoted, an absent
+    attribute as `undefined` (as condor_q prints it)."""
+    from glidewms import classads
+
+    cells = []
+    for name in attrs:
+        value = classads.eval_attr(ad, name) if name in ad else None
+        if value is None or isinstance(value, classads.classad2.Value):
+            cells.append("undefined" if value is None else value.name.lower())
+        elif isinstance(value, bool):
+            cells.append("true" if value else "false")
+        else:
+            cells.append(visible(str(value)))
+    return " ".join(cells)
+
+
+def print_ads(ads: list[Any], attrs: list[str], as_json: bool) -> None:
+    """`-af` lines or `-json`: plain echo, never wrapped nor styled."""
+    if as_json:
+        typer.echo(json.dumps([ad_json(ad) for ad in ads], indent=2, sort_keys=True))
+        return
+    for ad in ads:
+        typer.echo(af_line(ad, attrs))
+
+
+def _batches(jobs: list[dict[str, Any]]) -> Table:
+    """condor_q's default: one row per owner and cluster."""
+    table = Table(box=None, header_style="bold")
+    for col in ("OWNER", "BATCH", "SUBMITTED", "RUN", "IDLE", "HOLD", "TOTAL", "JOB_IDS"):
+        table.add_column(
+            col, justify="right" if col in ("RUN", "IDLE", "HOLD", "TOTAL") else "left"
+        )
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for j in jobs:
+        groups.setdefault((j["owner"], int(j["job_id"].split(".")[0])), []).append(j)
+    for (owner, cluster), members in groups.items():
+        n = {s: sum(1 for j in members if j["state"] == s) for s in ("running", "idle", "held")}
+        procs = [j["job_id"] for j in members]
+        ids = procs[0] if len(procs) == 1 else f"{procs[0]}-{procs[-1].split('.')[1]}"
+        table.add_row(
+            cell(owner),
+            f"ID: {cluster}",
+            _when(min(j["q_date"] for j in members)),
+            str(n["running"] or "_"),
+            str(n["idle"] or "_"),
+            str(n["held"] or "_"),
+            str(len(members)),
+            ids,
+        )
+    return table
+
+
+def _totals(jobs: list[dict[str, Any]]) -> Text:
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j["state"]] = counts.get(j["state"], 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return Text(f"{len(jobs)} jobs; {visible(summary) if summary else 'none'}")
 
 
 def _listing(
@@ -189,12 +323,35 @@ def _listing(
     history: bool,
     pool: str | None,
     token_file: Path | None,
+    *,
+    af: list[str] | None = None,
+    as_json: bool = False,
+    limit: int | None = None,
+    allusers: bool = False,
+    batch: bool = False,
+    states: tuple[str, ...] = (),
+    totals: bool = False,
 ) -> None:
-    selected = job_ids(ids or [])
+    plain, attrs = _split_af(ids, af)
+    selected = job_ids(plain)
+    if states:
+        codes = {"held": 5, "running": 2}
+        extra = " || ".join(f"JobStatus == {codes[s]}" for s in states)
+        constraint = f"({constraint}) && ({extra})" if constraint else extra
     try:
         with client(pool, token_file) as c:
-            jobs = _select(c, selected, constraint, history, long)
-            _show(jobs, long, history, c.events if long else None)
+            # own jobs unless -allusers, or named by id (condor_q shows those)
+            mine = not allusers and not selected
+            jobs = _select(c, selected, constraint, history, long, mine, limit)
+            if attrs or as_json:
+                print_ads([_ad_of(j) for j in jobs], attrs, as_json)
+            elif totals:
+                out.print(_totals(jobs))
+            elif batch and not long:
+                out.print(_batches(jobs))
+                out.print(Text("\n").append(_totals(jobs)))
+            else:
+                _show(jobs, long, history, c.events if long else None)
             from glidewms.cli import userlog_cmds  # the job event logs (`log = file`)
 
             userlog_cmds.sync_quietly(c)
@@ -206,22 +363,83 @@ def q(
     ids: JobIds = None,
     constraint: ConstraintOption = None,
     long: LongOption = False,
+    af: AfOption = None,
+    as_json: JsonOption = False,
+    limit: LimitOption = None,
+    allusers: AllUsersOption = False,
+    nobatch: Annotated[
+        bool, typer.Option("-nobatch", "--nobatch", help="one row per job, not per cluster")
+    ] = False,
+    held: Annotated[
+        bool, typer.Option("-hold", "--hold", help="held jobs only, with their reasons")
+    ] = False,
+    run: Annotated[
+        bool, typer.Option("-run", "--run", help="running jobs only, with their pilots")
+    ] = False,
+    totals: TotalsOption = False,
+    better_analyze: Annotated[
+        bool,
+        typer.Option(
+            "-better-analyze", "--better-analyze", help="why the named job is idle (`analyze`)"
+        ),
+    ] = False,
     pool: PoolOption = None,
     token_file: TokenOption = None,
 ) -> None:
-    """Show queued jobs (idle, running, held)."""
-    _listing(ids, constraint, long, False, pool, token_file)
+    """Show your queued jobs (idle, running, held), a row per cluster;
+    -allusers: everyone's."""
+    if better_analyze:
+        from glidewms.cli.status_cmds import analyze
+
+        if not ids:
+            raise fail("-better-analyze: name a job (CLUSTER.PROC)", 2)
+        for jid in ids:
+            analyze(jid, slot=None, as_json=as_json, pool=pool, token_file=token_file)
+        return
+    states = tuple(s for s, on in (("held", held), ("running", run)) if on)
+    _listing(
+        ids,
+        constraint,
+        long,
+        False,
+        pool,
+        token_file,
+        af=af,
+        as_json=as_json,
+        limit=limit,
+        allusers=allusers,
+        batch=not (nobatch or held or run),
+        states=states,
+        totals=totals,
+    )
 
 
 def history(
     ids: JobIds = None,
     constraint: ConstraintOption = None,
     long: LongOption = False,
+    af: AfOption = None,
+    as_json: JsonOption = False,
+    limit: LimitOption = None,
+    allusers: AllUsersOption = False,
+    totals: TotalsOption = False,
     pool: PoolOption = None,
     token_file: TokenOption = None,
 ) -> None:
-    """Show finished jobs (completed or removed)."""
-    _listing(ids, constraint, long, True, pool, token_file)
+    """Show your finished jobs (completed or removed); -allusers: everyone's."""
+    _listing(
+        ids,
+        constraint,
+        long,
+        True,
+        pool,
+        token_file,
+        af=af,
+        as_json=as_json,
+        limit=limit,
+        allusers=allusers,
+        totals=totals,
+    )
 
 
 def _action(

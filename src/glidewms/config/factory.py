@@ -210,6 +210,13 @@ class EntryConfig(BaseModel):
     cpus: ResourceAmount = Field(default=1, description="cores per pilot, or auto")
     memory: ResourceAmount = Field(default=2048, description="MB per pilot, or auto")
     disk: ResourceAmount = Field(default="auto", description="MB of scratch per pilot, or auto")
+    gpus: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="GPUs per pilot asked of the batch system (Slurm --gres, PBS ngpus...) "
+        "and announced to frontends; the pilot's own detection decides what it offers",
+    )
     walltime: int = Field(default=86400, ge=60, description="pilot lifetime in seconds")
     idle_timeout: int = Field(
         default=1200, ge=0, description="seconds a pilot waits for work before it exits"
@@ -355,6 +362,13 @@ class FactoryConfig(BaseModel):
         default=Path("./glidewms-state/factory"),
         description="database, stage, pilot logs and credentials live here",
     )
+    timeseries_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="sample the time series the web console plots every this many "
+        "seconds, into the database (0: off; docs/operations.md)",
+    )
     issuer_public_key: Path | None = Field(
         default=None, description="issuer public key; default <state_dir>/../keys/issuer.pub"
     )
@@ -371,6 +385,12 @@ class FactoryConfig(BaseModel):
     )
     log_retention_days: float = Field(
         default=30.0, gt=0, description="days pilot logs stay in <state_dir>/archive"
+    )
+    glidein_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="days an ended pilot's row (state, exit, report) is kept once its logs "
+        "are archived; the pilot totals in /metrics count the rows kept",
     )
     entries: list[EntryConfig] = Field(
         default_factory=default_entries, description="default: one local entry"

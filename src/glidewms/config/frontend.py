@@ -214,6 +214,13 @@ class FrontendConfig(BaseModel):
         "listening address",
     )
     state_dir: Path = Field(Path("glidewms-state/frontend"), description="this frontend's files")
+    timeseries_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="sample the time series the web console plots every this many "
+        "seconds, into state_dir/timeseries.sqlite (0: off; docs/operations.md)",
+    )
     issuer_public_key: Path | None = Field(
         None, description="verifies tokens (default state_dir/../keys/issuer.pub)"
     )

@@ -32,6 +32,13 @@ class PoolConfig(BaseModel):
     state_dir: Path = Field(
         Path("glidewms-state/pool"), description="database and sandbox files live here"
     )
+    timeseries_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="sample the time series the web console plots every this many "
+        "seconds, into the database (0: off; docs/operations.md)",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default SQLite in state_dir"
     )
@@ -174,6 +181,34 @@ class PoolConfig(BaseModel):
         ge=1,
         description="jobs per transaction of a submit, and of a hold/release/remove/edit; "
         "pilot turns get the store between batches",
+    )
+
+    history_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="finished (completed or removed) jobs are purged from the history this "
+        "long after they finished, with their events, streams and file references",
+    )
+    events_retention_days: float = Field(
+        90.0,
+        gt=0,
+        description="events older than this are purged, even those of jobs still queued",
+    )
+    sandbox_retention_days: float = Field(
+        7.0,
+        gt=0,
+        description="a sandbox file no job references any more (an upload never submitted, "
+        "the inputs and outputs of purged jobs) is deleted once it is this old",
+    )
+    retention_check_seconds: float = Field(
+        600.0, gt=0, description="how often the upkeep purges what is past retention"
+    )
+    retention_batch: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="rows or files one purge transaction removes; turns get the store "
+        "between batches",
     )
 
     @model_validator(mode="before")

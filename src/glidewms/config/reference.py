@@ -15,6 +15,7 @@ from glidewms.config.factory import EntryConfig, FactoryConfig, RecoveryConfig
 from glidewms.config.frontend import FrontendConfig, GroupConfig, OverflowConfig, Source
 from glidewms.config.pool import PoolConfig
 from glidewms.config.sites import JobIsolationConfig
+from glidewms.config.web import WebConfig
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("pool.yaml", PoolConfig),
@@ -26,6 +27,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Frontend groups (items of `groups:`)", GroupConfig),
     ("Frontend pools and factories (items of `pools:` and `factories:`)", Source),
     ("Group overflow (`overflow:` in a group)", OverflowConfig),
+    ("web.yaml (the web console)", WebConfig),
 ]
 
 

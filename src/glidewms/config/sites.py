@@ -64,8 +64,13 @@ class BatchConfig(BaseModel):
     parallel_environment: str = Field(
         default="smp", description="Grid Engine parallel environment of multi-core pilots"
     )
+    gpu_complex: str = Field(
+        default="gpu",
+        description="Grid Engine consumable complex that counts GPUs (-l NAME=N); "
+        "sites name it differently",
+    )
 
-    @field_validator("queue", "account", "project", "parallel_environment")
+    @field_validator("queue", "account", "project", "parallel_environment", "gpu_complex")
     @classmethod
     def _word(cls, value: str | None) -> str | None:
         if value is not None and not WORD.fullmatch(value):

@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from glidewms import timeseries
 from glidewms.config.factory import FactoryConfig
 from glidewms.config.loader import ConfigError
 from glidewms.db import make_engine
@@ -136,4 +137,13 @@ def create_app(
     app.include_router(metrics_route)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
+    # the plots' series (timeseries.py), for whoever may read the factory's entries
+    timeseries.install(
+        app,
+        factory.store.engine,
+        timeseries.FACTORY_SERIES,
+        config.timeseries_seconds,
+        ("frontend", "metrics"),
+    )
+    app.include_router(timeseries.router, prefix=API_PREFIX, responses=responses(*GATED))
     return app

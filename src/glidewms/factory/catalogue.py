@@ -164,18 +164,21 @@ def catalogue_fields(site: Site, ce: ComputingElement, queue: Queue) -> dict[str
     ):
         if value:
             attributes[key] = value
-    if queue.gpus:
-        attributes["GLIDEIN_GPUs"] = queue.gpus
     if site.vos:
         attributes["GLIDEIN_Supported_VOs"] = ",".join(site.vos)
-    return {
-        "site": site.name,
-        "cpus": queue.cores,
-        "memory": queue.memory_mb,
-        "walltime": queue.walltime_minutes * 60,
-        "attributes": attributes,
-        "batch": {"queue": queue.name},
-    }
+    fields: dict[str, Any] = {"site": site.name, "cpus": queue.cores, "memory": queue.memory_mb}
+    if queue.gpus:
+        # a GPU queue: asked of the batch system and announced to frontends as the
+        # entry's GPUs (observe.entry_size); what pilots offer is what they detect
+        fields["gpus"] = queue.gpus
+    fields.update(
+        {
+            "walltime": queue.walltime_minutes * 60,
+            "attributes": attributes,
+            "batch": {"queue": queue.name},
+        }
+    )
+    return fields
 
 
 def default_flavour(ce: ComputingElement) -> dict[str, Any] | None:

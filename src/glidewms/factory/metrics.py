@@ -18,9 +18,9 @@ converge loop counts them:
 - per configured entry: paused or not, submissions failed in a row;
 - converge cycles run.
 
-The totals count the pilot rows the factory keeps: it keeps them all
-today, so they only grow; a purge of old rows would lower them, which
-Prometheus reads as a counter reset. Their queries read the whole table
+The totals count the pilot rows the factory keeps: ended pilots' rows
+go after `glidein_retention_days` (store.purge_ended), which lowers them
+and Prometheus reads as a counter reset. Their queries read the whole table
 (one grouped scan per scrape).
 
 Observed where it happens: every backend call (submit, status, remove,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from glidewms import timeseries
+
 metadata = sa.MetaData()
 
 requests_table = sa.Table(
@@ -161,6 +163,11 @@ def _pilot_health(conn: Connection) -> None:
     conn.execute(sa.text("UPDATE glideins SET health_counted = 'ended'"))
 
 
+def _samples(conn: Connection) -> None:
+    """Version 7: the time series the web console plots (glidewms/timeseries.py)."""
+    timeseries.create_table(conn)
+
+
 MIGRATIONS = [
     _create_tables,
     _downtimes_and_archive,
@@ -168,4 +175,5 @@ MIGRATIONS = [
     _entry_tokens_and_vo_stage,
     _retired_entries,
     _pilot_health,
+    _samples,
 ]

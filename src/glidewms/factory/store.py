@@ -430,6 +430,33 @@ class FactoryStore:
             with self.engine.begin() as conn:
                 conn.execute(t.update().where(t.c.glidein_id.in_(ids)).values(logs_archived=when))
 
+    def purge_ended(self, before: float, batch: int = 500, max_batches: int = 20) -> int:
+        """Delete ended pilots' rows last changed before `before`, once their
+        logs were archived (or they had none) and entry health counted them;
+        in transactions of `batch` rows, so the loop gets the store between
+        them. How many went."""
+        t = glideins_table
+        done = 0
+        for _ in range(max_batches):
+            with self.engine.begin() as conn:
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(t.c.glidein_id)
+                        .where(t.c.state.in_([s.value for s in FINAL_STATES]))
+                        .where(t.c.updated_at < before)
+                        .where(sa.or_(t.c.logs_archived.is_not(None), t.c.backend_id.is_(None)))
+                        .where(t.c.health_counted == "ended")
+                        .limit(batch)
+                    )
+                ]
+                if ids:
+                    conn.execute(t.delete().where(t.c.glidein_id.in_(ids)))
+            done += len(ids)
+            if len(ids) < batch:
+                break
+        return done
+
     # -- downtimes --------------------------------------------------------------
 
     def add_downtime(

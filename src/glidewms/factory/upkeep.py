@@ -181,3 +181,8 @@ async def archive_logs(factory: Factory) -> None:
         purged = await asyncio.to_thread(factory.archive.purge, now)
         if purged:
             log.info("log archive: %d pilot(s) past retention removed", purged)
+        rows = await asyncio.to_thread(
+            factory.store.purge_ended, now - factory.config.glidein_retention_days * 86400
+        )
+        if rows:
+            log.info("%d ended pilot row(s) past retention removed", rows)

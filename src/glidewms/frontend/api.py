@@ -10,6 +10,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from glidewms import timeseries
 from glidewms.config.frontend import FrontendConfig
 from glidewms.errors import GATED, invalid_body, responses
 from glidewms.frontend import vostage
@@ -70,4 +71,13 @@ def create_app(
     app.include_router(public)
     app.include_router(metrics_route)
     app.include_router(api, prefix=API_PREFIX, responses=responses(*GATED))
+    # the plots' series (timeseries.py), in a database of its own: its state is a JSON file
+    timeseries.install(
+        app,
+        lambda: timeseries.own_database(config.state_dir, "frontend"),
+        timeseries.FRONTEND_SERIES,
+        config.timeseries_seconds,
+        ("frontend", "metrics"),
+    )
+    app.include_router(timeseries.router, prefix=API_PREFIX, responses=responses(*GATED))
     return app

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from glidewms import timeseries
 from glidewms.config.pool import PoolConfig
 from glidewms.db import make_engine
 from glidewms.errors import GATED, responses
@@ -25,7 +26,9 @@ from glidewms.metrics import router as metrics_route
 from glidewms.pool.bodies import invalid_body
 from glidewms.pool.checks import StoreLimits
 from glidewms.pool.metrics import PoolMetrics
+from glidewms.pool.retention import DAY, Periods, Retention
 from glidewms.pool.routes import admin, demand, files, jobs, pilots, streams, tokens, userlog
+from glidewms.pool.routes import status as status_routes
 from glidewms.pool.routes.deps import PoolContext, WorkSignal
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import FairShare, PoolStore
@@ -92,6 +95,7 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     for router in (
         pilots.router,
         jobs.router,
+        status_routes.router,
         admin.router,
         files.router,
         demand.router,
@@ -101,6 +105,15 @@ def create_app(config: PoolConfig, public_url: str = "") -> FastAPI:
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses(*GATED))
     app.include_router(metrics_route)
+    # the plots' series (timeseries.py): totals, so any user may read them
+    timeseries.install(
+        app,
+        store.engine,
+        timeseries.POOL_SERIES,
+        config.timeseries_seconds,
+        ("user", "frontend", "metrics"),
+    )
+    app.include_router(timeseries.router, prefix=API_PREFIX, responses=responses(*GATED))
     return app
 
 
@@ -126,12 +139,25 @@ def gate_policy(config: PoolConfig) -> GatePolicy:
     )
 
 
+def retention_of(pool: PoolContext) -> Retention:
+    """The pool's purger, with its configured periods (pool/retention.py)."""
+    c = pool.config
+    periods = Periods(
+        history=c.history_retention_days * DAY,
+        events=c.events_retention_days * DAY,
+        sandbox=c.sandbox_retention_days * DAY,
+        batch=c.retention_batch,
+    )
+    return Retention(pool.store.shared, pool.files, periods)
+
+
 async def upkeep(pool: PoolContext) -> None:
     """Every `lease_check_seconds`: expire leases, save usage; every
     `periodic_check_seconds`, apply periodic expressions. Jobs put back to
     idle wake the waiting pilots."""
     config, store, signal = pool.config, pool.store, pool.signal
     next_periodic = time.monotonic() + config.periodic_check_seconds
+    keeper, next_purge = retention_of(pool), time.monotonic()
     renewed = await run_in_threadpool(
         store.pilots.renew_after_restart, config.pilot_lease_seconds, config.claim_lease_seconds
     )
@@ -148,6 +174,11 @@ async def upkeep(pool: PoolContext) -> None:
                 if any(changed.values()):
                     log.info("periodic expressions: %s", {k: len(v) for k, v in changed.items()})
                     signal.notify()
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + config.retention_check_seconds
+                purged = await run_in_threadpool(keeper.purge, time.time())
+                if any(purged.values()):
+                    log.info("retention: purged %s", purged)
         except Exception:  # keep the loop alive: a failed pass is retried next tick
             log.exception("lease expiry pass failed")
         await asyncio.sleep(config.lease_check_seconds)

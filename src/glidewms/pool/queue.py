@@ -191,6 +191,9 @@ class Queue:
         history: bool = False,
         job_ids: Iterable[str] | None = None,
         viewer: str | None = None,
+        owner: str | None = None,
+        after: tuple[int, int] | None = None,
+        limit: int | None = None,
     ) -> list[tuple[Any, str]]:
         """(row, full ad text) of matching jobs; `history` selects finished ones.
 
@@ -198,7 +201,9 @@ class Queue:
         jobs of a cluster differ only in ProcId) is parsed once. A `viewer`
         (None: an admin) has the constraint evaluated on other users' jobs
         without their private attributes (listing.PRIVATE): a constraint
-        must not read what the answer would not show.
+        must not read what the answer would not show. `owner` keeps that
+        user's jobs; `after` and `limit` page in job-id order (at most
+        `limit` matches after the job `after`), read a batch at a time.
         """
         expr = self.constraint(constraint)
         query = sa.select(jobs)
@@ -211,13 +216,31 @@ class Queue:
             query = query.where(jobs.c.state.in_(TERMINAL_JOBS))
         else:
             query = query.where(jobs.c.state.notin_(TERMINAL_JOBS))
+        if owner is not None:
+            query = query.where(sa.func.coalesce(jobs.c.owner, "") == owner)
         query = query.order_by(jobs.c.cluster_id, jobs.c.proc_id)
-        with self.shared.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        if expr is None:
-            return [(row, listing.ad_text(row)) for row in rows]
-        ads = listing.Matcher(expr, viewer)
-        return [(row, listing.ad_text(row)) for row in rows if ads.matches(row)]
+        ads = None if expr is None else listing.Matcher(expr, viewer)
+        if limit is None and after is None:
+            with self.shared.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            return [(row, listing.ad_text(row)) for row in rows if ads is None or ads.matches(row)]
+        found: list[tuple[Any, str]] = []
+        step = self.shared.limits.batch_size
+        while limit is None or len(found) < limit:
+            page = query
+            if after is not None:
+                page = page.where(sa.tuple_(jobs.c.cluster_id, jobs.c.proc_id) > after)
+            with self.shared.engine.connect() as conn:
+                rows = conn.execute(page.limit(step)).all()
+            for row in rows:
+                if ads is None or ads.matches(row):
+                    found.append((row, listing.ad_text(row)))
+                    if limit is not None and len(found) >= limit:
+                        break
+            if len(rows) < step:
+                break
+            after = (rows[-1].cluster_id, rows[-1].proc_id)
+        return found
 
     def constraint(self, text: str | None) -> Any:
         """A user's constraint, parsed within the store's limits (None: all jobs)."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from glidewms import timeseries
+
 metadata = sa.MetaData()
 
 counters = sa.Table(
@@ -285,6 +287,13 @@ def _v7_checkpoints_streams(conn: Connection) -> None:
     metadata.create_all(conn, tables=[streams, stream_chunks])
 
 
+def _v8_samples(conn: Connection) -> None:
+    """The time series the web console plots (glidewms/timeseries.py). Numbered
+    9: v8 comes from another branch; it creates only its own table, so
+    its place in the list does not matter to the others."""
+    timeseries.create_table(conn)
+
+
 MIGRATIONS = [
     _initial,
     _v2_fair_share,
@@ -293,4 +302,5 @@ MIGRATIONS = [
     _v5_file_refs,
     _v6_pilot_identity,
     _v7_checkpoints_streams,
+    _v8_samples,
 ]

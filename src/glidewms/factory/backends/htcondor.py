@@ -218,6 +218,8 @@ def submit_description(
     if isinstance(entry.memory, int):
         description["request_memory"] = str(entry.memory)
         description["+maxMemory"] = str(entry.memory)
+    if entry.gpus:  # an HTCondor-CE routes it to the site's batch system
+        description["request_gpus"] = str(entry.gpus)
     if isinstance(entry.disk, int):
         description["request_disk"] = str(entry.disk * 1024)  # KiB
     if entry.batch.queue:

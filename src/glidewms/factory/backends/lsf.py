@@ -105,6 +105,8 @@ class LsfBackend(BatchBackend):
             lines.append(f"-n {entry.cpus}")
         if isinstance(entry.memory, int):
             lines.append(f'-R "rusage[mem={entry.memory}]"')
+        if entry.gpus:
+            lines.append(f'-gpu "num={entry.gpus}"')
         return self.directive_lines("#BSUB", lines, batch, queue="-q {}", account="-P {}")
 
     async def submit_array(

@@ -110,6 +110,8 @@ class PbsBackend(BatchBackend):
             select += f":ncpus={entry.cpus}"
         if isinstance(entry.memory, int):
             select += f":mem={entry.memory}mb"
+        if entry.gpus:
+            select += f":ngpus={entry.gpus}"
         lines = [
             f"-N glidewms-{entry.name}",
             f"-v {MARK}={array.glidein_ids[0]}",

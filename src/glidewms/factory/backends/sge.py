@@ -176,6 +176,8 @@ class SgeBackend(BatchBackend):
         ]
         if isinstance(entry.cpus, int) and entry.cpus > 1:
             lines.append(f"-pe {batch.parallel_environment} {entry.cpus}")
+        if entry.gpus:  # a consumable complex, named as the site configured it
+            lines.append(f"-l {batch.gpu_complex}={entry.gpus}")
         return self.directive_lines(
             "#$", lines, batch, queue="-q {}", project="-P {}", account="-A {}"
         )

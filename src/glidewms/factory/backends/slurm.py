@@ -145,6 +145,8 @@ class SlurmBackend(BatchBackend):
             lines.append("--exclusive")  # a whole node: the pilot finds out its size
         if entry.memory != "auto":
             lines.append(f"--mem={entry.memory}M")
+        if entry.gpus:  # generic resources: the node's GPUs, bound to the job by Slurm
+            lines.append(f"--gres=gpu:{entry.gpus}")
         return self.directive_lines(
             "#SBATCH", lines, batch, queue="--partition={}", account="--account={}"
         )

@@ -50,6 +50,7 @@ def entry_ad(
         "cpus": entry.cpus,
         "memory": entry.memory,
         "disk": entry.disk,
+        "gpus": entry.gpus,
         "walltime": entry.walltime,
         "idle_timeout": entry.idle_timeout,
         "attributes": entry.attributes,

@@ -50,7 +50,7 @@ from .policy import (
     token_expiry,
     token_retire,
 )
-from .resources import Resources, detect_resources, slot_ad
+from .resources import Resources, detect_resources, pilot_gpus, slot_ad
 from .slot import Slot
 from .trail import Trail, TrailHandler
 from .transfer import plugins_for
@@ -274,7 +274,8 @@ class Agent:
             return False
         self.cfg, self.container, self.published_env = done.cfg, done.container, done.job_env
         if not self._fixed_total:
-            self.slot.resize(detect_resources(self.cfg))
+            total = detect_resources(self.cfg)
+            self.slot.resize(total, pilot_gpus(self.cfg.values, total.gpus))
         return True
 
     def _periodic_loop(self) -> None:

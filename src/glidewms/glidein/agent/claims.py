@@ -27,9 +27,16 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-from .container import ContainerError, ContainerSetup, check_image, choose_image, wrap
+from .container import (
+    ContainerError,
+    ContainerSetup,
+    check_image,
+    choose_image,
+    claim_container,
+    wrap,
+)
 from .http import Api, HttpStatusError, IntegrityError, TransportError, segment, sha256_file
 from .isolation import Isolation, open_output
 from .jobs import (
@@ -45,6 +52,7 @@ from .jobs import (
     sandbox_name,
     snapshot,
 )
+from .resources import Gpu, gpu_environment
 from .streams import Streamer, open_stream
 from .transfer import BUILTIN, Plugins
 
@@ -123,6 +131,8 @@ class ClaimRunner:
         self._lock = threading.Lock()
         self._killed = False
         self._process: JobProcess | None = None
+        # the devices the slot reserved for this claim (slot.py); None: no GPU here
+        self.gpus: Optional[Tuple[Gpu, ...]] = None
 
     def kill(self, grace: float) -> None:
         """Stop the job (or keep it from starting); it will not be completed."""
@@ -196,6 +206,8 @@ class ClaimRunner:
         launcher = None
         if image is not None:
             setup, sandbox = self.container, self.sandbox
+            if self.gpus is not None:  # only this claim's /dev/nvidiaN (and the shared ones)
+                setup = claim_container(setup, [g.device for g in self.gpus])
 
             def launcher(argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
                 return wrap(setup, image, sandbox, argv, env)
@@ -203,13 +215,14 @@ class ClaimRunner:
             log.info("%s: runs in a %s container, image %s", tag, setup.runtime, image)
         # what the job finds, to tell its outputs later: nothing but its inputs
         baseline = snapshot(self.sandbox) if self.spec.sandbox or self.spec.input_urls else {}
-        env = job_environment(self.spec, self.sandbox, self.job_env)
+        gpu_env = gpu_environment(self.gpus) if self.gpus is not None else None
+        env = job_environment(self.spec, self.sandbox, self.job_env, gpu_env)
         with self._lock:
             if self._killed:
                 outcome.killed = True
                 return
             self._process = JobProcess(
-                self.spec, self.sandbox, env, launcher, self.isolation, append
+                self.spec, self.sandbox, env, launcher, self.isolation, append, self._devices()
             )
         log.debug("%s: starting %s", tag, self.spec.cmd)
         streamer = Streamer(self.pool, self.claim_id, streams) if streams else None
@@ -251,6 +264,13 @@ class ClaimRunner:
             outcome.result["missing_outputs"] = [
                 name[:MAX_REPORTED] for name in plan.missing[:MAX_MISSING]
             ]
+
+    def _devices(self) -> Tuple[str, ...]:
+        """The GPU device files this claim's job may use (its own /dev/nvidiaN and
+        the driver's shared ones), for job isolation's fresh /dev."""
+        if self.gpus is None:
+            return ()
+        return claim_container(self.container, [g.device for g in self.gpus]).gpu_devices
 
     def _open_streams(self, append: frozenset[str]) -> dict[str, int]:
         """Descriptors of the streamed stdout/stderr files, opened before the job

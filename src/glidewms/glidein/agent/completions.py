@@ -77,7 +77,7 @@ class CompletionQueue:
 
     def release(self, now: float, everything: bool = False) -> int:
         """Held results whose time is up (or all of them) become pending; how many."""
-        if self._frozen and not everything:
+        if not self._held or (self._frozen and not everything):
             return 0
         due = [r for t, r in self._held if everything or t <= now]
         self._held = [(t, r) for t, r in self._held if not (everything or t <= now)]

@@ -22,8 +22,9 @@ point of a directory, so such a job is refused there.
 
 Inside, the job's sandbox is ``/srv`` (as in HTCondor) and its working
 directory; ``/cvmfs`` and the configured binds are mounted when they exist on
-the node; GPU device files are passed through when the pilot has GPUs; the
-network is shared so jobs reach services (and the pool) over loopback.
+the node; GPU device files are passed through when the pilot has GPUs (of
+the numbered ``/dev/nvidiaN``, only those of the job's claim, under
+bubblewrap); the network is shared so jobs reach services (and the pool) over loopback.
 """
 
 from __future__ import annotations
@@ -32,14 +33,19 @@ import glob
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 RUNTIMES = ("apptainer", "singularity", "bwrap")
 HOST_IMAGE = "host"
 SANDBOX_INSIDE = "/srv"
 USES = ("NEVER", "OPTIONAL", "REQUIRED")
 DEFAULT_BINDS = ("/cvmfs",)
+# where the GPU device files are looked for (glidein_config GLIDEIN_GPU_Device_Dir
+# may say elsewhere: a node that keeps them apart, or a test's fake files); they
+# are always mounted as /dev/<name> in the container
+DEVICE_DIR = "/dev"
+_NUMBERED = re.compile(r"^nvidia([0-9]+)$")
 
 
 KINDS: Dict[str, Tuple[str, ...]] = {
@@ -129,8 +135,16 @@ class ContainerSetup:
             if text.strip():
                 binds.append(Bind.parse(text))
         gpus = values.get("GPUs", "0")
+        device_dir = values.get("GLIDEIN_GPU_Device_Dir") or DEVICE_DIR
+        if not device_dir.startswith("/"):
+            raise ValueError(
+                f"GLIDEIN_GPU_Device_Dir: expected an absolute directory, got {device_dir!r}"
+            )
         devices = (
-            gpu_device_files(glob.glob("/dev/nvidia*"), values.get("CUDA_VISIBLE_DEVICES"))
+            gpu_device_files(
+                glob.glob(os.path.join(glob.escape(device_dir), "nvidia*")),
+                values.get("CUDA_VISIBLE_DEVICES"),
+            )
             if gpus.isdigit() and int(gpus)
             else ()
         )
@@ -150,10 +164,9 @@ def gpu_device_files(found: List[str], visible: Optional[str]) -> Tuple[str, ...
     when ``CUDA_VISIBLE_DEVICES`` names them by index (several pilots per node);
     by UUID, or unset, every GPU's (the index is not known)."""
     wanted = [d.strip() for d in (visible or "").split(",") if d.strip()]
-    numbered = re.compile(r"^/dev/nvidia([0-9]+)$")
     keep = []
     for path in sorted(found):
-        match = numbered.match(path)
+        match = _NUMBERED.match(os.path.basename(path))
         if (
             match
             and visible is not None
@@ -163,6 +176,16 @@ def gpu_device_files(found: List[str], visible: Optional[str]) -> Tuple[str, ...
             continue
         keep.append(path)
     return tuple(keep)
+
+
+def claim_container(setup: ContainerSetup, devices: Sequence[str]) -> ContainerSetup:
+    """The pilot's container setup for one claim: of the numbered GPU device
+    files, only those of the claim's GPUs (``devices``, as its
+    ``CUDA_VISIBLE_DEVICES`` names them); the driver's shared ones stay. A
+    claim without GPUs gets none of the numbered ones."""
+    if not setup.gpu_devices:
+        return setup
+    return replace(setup, gpu_devices=gpu_device_files(list(setup.gpu_devices), ",".join(devices)))
 
 
 def find_runtime(
@@ -312,8 +335,8 @@ def bwrap_argv(
         cmd += ["--ro-bind-try", source, source]
     for bind in binds:
         cmd += ["--ro-bind-try" if bind.read_only else "--bind-try", bind.source, bind.target]
-    for device in devices:
-        cmd += ["--dev-bind-try", device, device]
+    for device in devices:  # found under DEVICE_DIR (or another): always /dev/<name> inside
+        cmd += ["--dev-bind-try", device, "/dev/" + os.path.basename(device)]
     return [*cmd, "--", _inside(argv[0], sandbox), *argv[1:]]
 
 

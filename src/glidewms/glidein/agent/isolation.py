@@ -44,7 +44,7 @@ import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +212,17 @@ class Isolation:
         switch = [self.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
         return [*switch, *argv]
 
-    def wrap(self, argv: List[str], sandbox: str) -> List[str]:
-        """The job's command line (sandbox mode: under bubblewrap; otherwise as it is)."""
+    def wrap(self, argv: List[str], sandbox: str, devices: Sequence[str] = ()) -> List[str]:
+        """The job's command line (sandbox mode: under bubblewrap; otherwise as it is).
+
+        bubblewrap's ``/dev`` is a fresh one: ``devices`` (the claim's GPU device
+        files, claims.py) are bound in it as ``/dev/<name>``, or the job would
+        see no GPU at all."""
         if self.mode != "sandbox":
             return list(argv)
         cmd = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        for device in devices:
+            cmd += ["--dev-bind-try", device, "/dev/" + os.path.basename(device)]
         cmd += ["--tmpfs", "/tmp"]  # the host's /tmp (other pilots' work dirs) is not there
         for path in self.hidden:
             if path.startswith("/tmp/"):

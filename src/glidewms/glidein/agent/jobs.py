@@ -416,11 +416,16 @@ def checkpoint_names(spec: JobSpec, sandbox: str, baseline: Snapshot) -> list[st
     return names
 
 
-def job_environment(spec: JobSpec, sandbox: str, extra: dict[str, str]) -> dict[str, str]:
+def job_environment(
+    spec: JobSpec, sandbox: str, extra: dict[str, str], gpus: Optional[Dict[str, str]] = None
+) -> dict[str, str]:
     """A clean environment: never the pilot's own (it names the pilot token file).
 
     Order matters: defaults < the job's env < what the pilot must set
-    (``_CONDOR_SCRATCH_DIR``, ``GLIDEIN_Site``... in ``extra``).
+    (``_CONDOR_SCRATCH_DIR``, ``GLIDEIN_Site``... in ``extra``) < the claim's
+    own GPUs (``gpus``, resources.gpu_environment; None on a pilot without
+    GPUs), which replace the pilot's whole list that validation published:
+    a job is told only its own devices and cannot name others.
     """
     env = {
         "PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
@@ -433,6 +438,8 @@ def job_environment(spec: JobSpec, sandbox: str, extra: dict[str, str]) -> dict[
     env.update(spec.env)
     env.update(extra)
     env["_CONDOR_SCRATCH_DIR"] = sandbox
+    if gpus is not None:
+        env.update(gpus)
     if spec.x509_proxy is not None:  # HTCondor sets it to the proxy in the sandbox
         env["X509_USER_PROXY"] = os.path.join(sandbox, spec.x509_proxy)
     return env
@@ -463,8 +470,11 @@ class JobProcess:
         launcher: Launcher | None = None,
         isolation: Optional[Isolation] = None,
         append: frozenset[str] = frozenset(),
+        devices: Tuple[str, ...] = (),
     ) -> None:
         self.spec = spec
+        # the claim's GPU device files, for a bubblewrap-isolated job's fresh /dev
+        self.devices = devices
         # stdout/stderr files a checkpoint brought: the job goes on writing them
         self.append = append
         self.sandbox = sandbox
@@ -493,7 +503,7 @@ class JobProcess:
         if self.launcher is not None:
             argv, env = self.launcher(argv, env)
         elif self._supervised:
-            argv = self.isolation.wrap(argv, self.sandbox)
+            argv = self.isolation.wrap(argv, self.sandbox, self.devices)
         argv = self.isolation.as_account(argv)
         try:
             proc = self._start(argv, env)

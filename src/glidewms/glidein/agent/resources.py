@@ -13,10 +13,11 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import socket
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from .config import GlideinConfig
 from .transfer import plugins_for
@@ -93,6 +94,70 @@ class Resources:
     def as_free(self) -> dict[str, int]:
         """The ``free`` object of a claim request."""
         return {"cpus": self.cpus, "memory": self.memory, "disk": self.disk, "gpus": self.gpus}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One of the pilot's GPUs, which a claim holds alone while its job runs.
+
+    ``device`` is how ``CUDA_VISIBLE_DEVICES`` names it on this node (the
+    index nvidia-smi gave, which is also its ``/dev/nvidiaN``; a UUID when
+    the batch system named it so); ``properties`` its ``AvailableGPUs`` ad.
+    """
+
+    device: str
+    properties: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def assigned(self) -> str:
+        """The name HTCondor gives it in ``AssignedGPUs``: ``GPU-`` and the first 8
+        hex digits of its UUID, or ``CUDA<index>`` when the UUID is not known."""
+        uuid = str(self.properties.get("Id") or "")
+        if not uuid and self.device.startswith("GPU-"):
+            uuid = self.device
+        digits = uuid[4:].replace("-", "")[:8] if uuid.startswith("GPU-") else ""
+        if re.fullmatch(r"[0-9a-fA-F]{8}", digits):
+            return f"GPU-{digits}"
+        return f"CUDA{self.device}"
+
+
+def pilot_gpus(values: dict[str, str], count: int) -> list[Gpu]:
+    """The pilot's ``count`` GPUs, in the order validation found them: the ids its
+    ``CUDA_VISIBLE_DEVICES`` names (the ``gpus`` script wrote it) with their
+    property ads; ``0..count-1`` when nothing names them (``GPUs`` was set by
+    hand), as the node enumerates its devices."""
+    visible = [d.strip() for d in values.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    ids = visible[:count] if len(visible) >= count else [str(i) for i in range(count)]
+    ads = gpu_properties(values.get("GLIDEIN_GPUs_Properties", ""), count)
+    return [Gpu(ids[i], ads[i] if i < len(ads) else {}) for i in range(min(count, MAX_GPUS))]
+
+
+# What HTCondor's starter sets, by default, in every GPU variable of a job that
+# has no GPU on a GPU machine: an index no node has, so CUDA/OpenCL see no device
+# (unset would mean every GPU of the node).
+UNASSIGNED_GPUS = "10000"
+
+
+def gpu_environment(gpus: Sequence[Gpu]) -> dict[str, str]:
+    """What a job on a GPU pilot is told of its GPUs: only its claim's, in the
+    variables HTCondor's starter sets (``CUDA_VISIBLE_DEVICES``,
+    ``GPU_DEVICE_ORDINAL``, ``_CONDOR_AssignedGPUs``) and the one NVIDIA's
+    container runtime reads. A job that asked for none gets HTCondor's
+    "unassigned" value."""
+    if not gpus:
+        return {
+            "CUDA_VISIBLE_DEVICES": UNASSIGNED_GPUS,
+            "GPU_DEVICE_ORDINAL": UNASSIGNED_GPUS,
+            "_CONDOR_AssignedGPUs": UNASSIGNED_GPUS,
+            "NVIDIA_VISIBLE_DEVICES": "none",
+        }
+    devices = ",".join(g.device for g in gpus)
+    return {
+        "CUDA_VISIBLE_DEVICES": devices,
+        "GPU_DEVICE_ORDINAL": devices,
+        "_CONDOR_AssignedGPUs": ",".join(g.assigned for g in gpus),
+        "NVIDIA_VISIBLE_DEVICES": devices,
+    }
 
 
 def detect_cpus() -> int:

@@ -145,11 +145,13 @@ def decide_memory(
 
 
 def visible_devices(env: Mapping[str, str]) -> Optional[List[str]]:
-    """``CUDA_VISIBLE_DEVICES`` as a list; None when unset; [] for none at all."""
+    """``CUDA_VISIBLE_DEVICES`` as a list; None when unset; [] for none at all
+    (empty, ``-1``, or ``10000``: what an HTCondor slot without GPUs sets, so a
+    pilot in such a slot does not count that index as a GPU)."""
     if "CUDA_VISIBLE_DEVICES" not in env:
         return None
     raw = env["CUDA_VISIBLE_DEVICES"].strip()
-    if raw in ("", "NoDevFiles", "-1"):
+    if raw in ("", "NoDevFiles", "-1", "10000"):
         return []
     return [d.strip() for d in raw.split(",") if d.strip()]
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field, field_validator
 
 from glidewms import classads
 from glidewms.errors import responses
 from glidewms.pool import listing
 from glidewms.pool.checks import check_sandbox_path
-from glidewms.pool.jobs import NewJob, full_ad, job_id
+from glidewms.pool.jobs import NewJob, full_ad, job_id, split_job_id
 from glidewms.pool.lifecycle import JobCause
 from glidewms.pool.routes.deps import Pool, PoolContext, UserCaller, call, guarded
 from glidewms.protocol import API_PREFIX
@@ -169,6 +169,9 @@ async def submit(body: SubmitBody, pool: Pool, who: UserCaller) -> dict[str, Any
     return {"cluster_id": cluster_id, "job_ids": ids}
 
 
+MAX_JOBS_PAGE = 10_000  # jobs one listing returns; clients page with `after`
+
+
 @router.get("/jobs")
 async def list_jobs(
     pool: Pool,
@@ -176,9 +179,24 @@ async def list_jobs(
     constraint: str | None = None,
     history: bool = False,
     long: bool = False,
+    mine: Annotated[bool, Query(description="only the caller's jobs (condor_q's default)")] = False,
+    limit: Annotated[int, Query(ge=1, le=MAX_JOBS_PAGE)] = MAX_JOBS_PAGE,
+    after: Annotated[
+        str | None, Query(max_length=24, description="CLUSTER.PROC: jobs after this one")
+    ] = None,
 ) -> list[dict[str, Any]]:
+    """Jobs in job-id order, at most `limit` (a shorter answer is the last page)."""
     viewer = None if who.is_admin else who.subject
-    rows = await guarded(pool.store.queue.list_jobs, constraint, history, None, viewer)
+    owner = who.subject if mine else None
+    start = None
+    if after is not None:
+        try:
+            start = split_job_id(after)
+        except ValueError:
+            raise HTTPException(422, f"after: not a job id (CLUSTER.PROC): {after!r}") from None
+    rows = await guarded(
+        pool.store.queue.list_jobs, constraint, history, None, viewer, owner, start, limit
+    )
     return views(rows, who, long)
 
 

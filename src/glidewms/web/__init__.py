@@ -1,0 +1,1 @@
+"""The web console (`glidewms web`): pages over the services' APIs (app.py)."""
