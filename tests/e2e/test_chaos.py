@@ -193,6 +193,7 @@ def test_chaos(chaos: tuple[System, SlurmCluster], tmp_path: Path) -> None:
         if entry_name != "broken" and state == "running" and gid not in registered
     }
     assert caught, "no pilot was on its way in when the outage began"
+    print(f"\nCHAOS outage of {OUTAGE:.0f} s caught on their way in: {sorted(caught.items())}")
     time.sleep(OUTAGE)  # the outage itself
     # the local ones are still there, waiting for the factory or the pool
     for gid, entry_name in caught.items():
