@@ -126,3 +126,44 @@ def test_the_pilot_rides_out_a_factory_outage(
             back.close()
     reader.join(10)
     assert "manifest download failed" not in "".join(lines)
+
+
+class CutStage(StageServer):
+    """The factory killed mid-answer: the first request of each stage file gets a
+    200 whose body stops halfway (the connection closes), then the file is served.
+    Found by tests/e2e/test_chaos.py: the cut file counted as received, and the
+    pilot ended with `corruption` for what was an outage."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__(files)
+        self.seen: Counter[str] = Counter()
+
+    def handle(self, h: Any, method: str) -> None:
+        self.seen[h.path] += 1
+        prefix = "/api/v1/stage/files/"
+        if h.path.startswith(prefix) and self.seen[h.path] == 1:
+            body = self.files[h.path[len(prefix) :]]
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(body) + 100))
+            h.end_headers()
+            h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+            return None
+        return super().handle(h, method)
+
+
+def test_a_stage_file_cut_mid_answer_is_fetched_again_not_called_corruption(
+    tmp_path: Path,
+    token_file: Path,  # noqa: F811
+    downloader: dict[str, str],  # noqa: F811
+) -> None:
+    stage = CutStage(STUB_STAGE)
+    try:
+        rc, stderr = finish(bootstrap(stage, tmp_path, token_file, downloader))
+    finally:
+        stage.close()
+    assert rc == 7, stderr  # the stub agent ran: every file arrived whole and checked out
+    assert "corruption" not in stderr
+    for path in STUB_STAGE:
+        assert stage.seen[f"/api/v1/stage/files/{path}"] == 2

@@ -247,6 +247,8 @@ http() {
       -H @"$hdr" ${4:+-H 'Content-Type: application/json' --data-binary "$4"} \
       -D "$heads" -o "$3" -w '%{http_code}' "$2"); rc=$?
     [[ $status =~ ^[0-9]{3}$ ]] || status=000
+    # a 2xx cut short (the server died mid-answer: curl 18, 56...) is no answer, not a file
+    [[ $status == 2?? ]] && [ "$rc" != 0 ] && status=000
     if [ "$status" = 000 ] && ! transient_curl "$rc"; then log "$1 $2: curl error $rc"; return 1; fi
     [[ $status == 2?? ]] && return 0
     retryable "$status" || { log "$1 $2: HTTP $status"; return 1; }
@@ -259,7 +261,7 @@ http() {
 python_get() {  # the same without curl: one interpreter for one request or for MANY
   GLIDEIN_TOKEN_FILE=$token_file GLIDEIN_CA_FILE=$ca OUTAGE=$outage RETRY_CAP=$retry_cap \
     "$PY" - "$@" <<'EOF'
-import os, random, ssl, sys, time, urllib.error, urllib.request
+import http.client, os, random, ssl, sys, time, urllib.error, urllib.request
 # METHOD URL OUT [JSON], or MANY URL OUT [URL OUT ...]: GETs in one interpreter
 method, args = sys.argv[1], sys.argv[2:]
 if method == "MANY":
@@ -292,6 +294,8 @@ for url, out in jobs:
             if isinstance(reason, (ssl.SSLCertVerificationError, ssl.CertificateError)):
                 sys.exit("%s %s: %s" % (method, url, reason))  # waiting would not change it
             problem = "no answer (%s)" % reason
+        except http.client.HTTPException as e:  # an answer cut short: the server died mid-body
+            problem = "no answer (%s)" % type(e).__name__
         delay = min(cap, 2 ** min(attempt, 6))
         delay = random.uniform(delay / 2, delay)
         if retry_after is not None and retry_after > delay:
@@ -326,6 +330,8 @@ fetch_all() {  # fetch_all URL OUT [URL OUT ...]
     for ((i = 0; i < ${#todo[@]}; i += 2)); do
       read -r code ecode <<< "${got[${todo[i+1]}]:-000 7}"
       [[ $code =~ ^[0-9]{3}$ ]] || code=000
+      # a 2xx cut short is no answer (as in http()); an old curl reports no per-transfer code
+      [[ $code == 2?? ]] && [ "$ecode_w" != 7 ] && [ "$ecode" != 0 ] && code=000
       if [ "$code" = 000 ] && ! transient_curl "$ecode"; then
         log "GET ${todo[i]}: curl error $ecode"; return 1
       fi
