@@ -719,7 +719,7 @@ def test_load_submit_resolves_against_the_file_directory(
         (
             "executable = run.sh\nqueue x from make_list.sh |",
             2,
-            "'|') is not supported by glidewms",
+            "only when GLIDEWMS_SUBMIT_RUN_COMMANDS=1 is set",
         ),
         ("executable = run.sh\nqueue x matching *.nothing", 2, "produce no jobs"),
         ("executable = run.sh\nqueue 0", 2, "produce no jobs"),
@@ -741,7 +741,7 @@ def test_load_submit_resolves_against_the_file_directory(
         ("executable = run.sh\nif true\nqueue", 2, "this if has no endif before the end"),
         ("executable = run.sh\nelse\nqueue", 2, "else without matching if"),
         ("include : other.sub\nqueue", 1, "include: no such file: 'other.sub'"),
-        ("include command : ls |\nqueue", 1, "include command: not supported by glidewms"),
+        ("include command : ls |\nqueue", 1, "include 'ls' |: glidewms runs commands"),
         (
             "executable = run.sh\nerror : stop $(executable)\nqueue",
             2,

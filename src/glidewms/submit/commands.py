@@ -97,8 +97,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "queue",
         S,
-        "all forms: count, `in`, `from` (file, inline list, `-` for stdin), "
-        "`matching` (files/dirs), slices",
+        "all forms: count, `in`, `from` (file, inline list, `-` for stdin, `cmd \\|` "
+        "with `GLIDEWMS_SUBMIT_RUN_COMMANDS=1`), `matching` (files/dirs), slices",
     ),
     Command(
         "max_materialize", D, "accepted; all jobs are queued at once", ("jobmaterializelimit",)

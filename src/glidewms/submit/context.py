@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import platform
 import random
+import selectors
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -158,6 +160,105 @@ class Context:
                 line,
             )
         return text
+
+    def run_command(self, command: str, source: str, line: int, what: str) -> str:
+        """The standard output of `command`, run in the submit directory with the
+        submitter's environment, as condor_submit runs `from cmd |` and
+        `include : cmd |`: split at white space and run directly, with no shell (no
+        quoting, redirection or `$VAR`, exactly as HTCondor). Off by default:
+        checking a file then never runs anything."""
+        if not self.limits.run_commands:
+            raise SubmitError(
+                f"{what} {command!r} |: glidewms runs commands named in a submit file "
+                "only when GLIDEWMS_SUBMIT_RUN_COMMANDS=1 is set (so that checking a "
+                "file has no side effects); set it, or run the command yourself and "
+                "use its output file",
+                source,
+                line,
+            )
+        limit = self.limits.max_items_file_bytes
+        try:
+            status, out, err = _bounded_run(
+                command.split(), self.base_dir, self.environ, limit, self.limits.command_seconds
+            )
+        except OSError as exc:
+            raise SubmitError(
+                f"{what}: cannot run {command!r}: {exc.strerror or exc}", source, line
+            ) from None
+        if status is None:
+            raise SubmitError(
+                f"{what}: command {command!r} did not finish within "
+                f"{self.limits.command_seconds} s (GLIDEWMS_SUBMIT_COMMAND_SECONDS)",
+                source,
+                line,
+            )
+        if len(out) > limit:
+            raise SubmitError(
+                f"{what}: command {command!r} printed more than {limit} bytes", source, line
+            )
+        if status != 0:
+            tail = err.decode("utf-8", "replace").strip()[-300:]
+            raise SubmitError(
+                f"{what}: command {command!r} failed with exit status {status}"
+                + (f": {tail}" if tail else ""),
+                source,
+                line,
+            )
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SubmitError(
+                f"{what}: the output of {command!r} is not UTF-8 text", source, line
+            ) from None
+
+
+def _bounded_run(
+    argv: list[str], cwd: Path, environ: Mapping[str, str], limit: int, seconds: int
+) -> tuple[int | None, bytes, bytes]:
+    """(exit status or None when out of time, stdout, last bytes of stderr): the
+    command is killed once it prints more than `limit` bytes or runs past
+    `seconds`, so that neither a chatty nor a stuck command holds this process."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=dict(environ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + seconds
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                proc.wait()
+                return None, bytes(out), bytes(err)
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                buf: bytearray = key.data
+                buf += chunk
+                if buf is err and len(err) > 4096:
+                    del err[:-4096]
+                if len(out) > limit:
+                    proc.kill()
+                    proc.wait()
+                    return proc.returncode, bytes(out), bytes(err)
+    proc.stdout.close()
+    proc.stderr.close()
+    try:
+        return proc.wait(max(deadline - time.monotonic(), 0.1)), bytes(out), bytes(err)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None, bytes(out), bytes(err)
 
 
 def _login_name() -> str:

@@ -54,6 +54,11 @@ class Limits:
     max_value_bytes: int = 1024 * 1024  # one expanded value
     max_substitutions: int = 100_000  # $() replacements while expanding one value
     max_jobs: int = 1_000_000  # jobs queued by one submit
+    # `queue ... from cmd |` and `include : cmd |` run a command on the submit
+    # machine, as condor_submit does; off unless GLIDEWMS_SUBMIT_RUN_COMMANDS=1,
+    # so that checking a file someone sent you has no side effects.
+    run_commands: int = 0
+    command_seconds: int = 60  # how long such a command may run
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Limits:

@@ -5,12 +5,12 @@ Grammar (HTCondor's `parse_queue_args`):
 keyword must stand alone (white space or `(` after it), the variables are the
 words before it (default `Item`), and whatever precedes them is the count, a
 ClassAd expression. Items come from `( ... )` on the line or on the following
-lines up to a line starting with `)`, from a file, from `-` (standard input), or
-from file globs. A `from` row splits into as many values as there are
-variables: at each split the first of `,`, space or tab ends a value, white
-space around the split is dropped, the last variable takes the rest, and
-missing values are empty (HTCondor's `split_item`, including the `\\x1f`
-separator that turns space splitting off).
+lines up to a line starting with `)`, from a file, from `-` (standard input),
+from the output of a command (`from cmd |`), or from file globs. A `from` row
+splits into as many values as there are variables: at each split the first
+of `,`, space or tab ends a value, white space around the split is dropped,
+the last variable takes the rest, and missing values are empty (HTCondor's
+`split_item`, including the `\\x1f` separator that turns space splitting off).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class QueueArgs:
     slice: slice | None = None
     items: list[str] = field(default_factory=list)
     where: str | None = None  # "<": lines that follow; "-": stdin; else a file name
+    command: str | None = None  # `from cmd |`: the shell command whose output is the rows
 
 
 def parse_queue_args(text: str) -> QueueArgs:
@@ -99,11 +100,11 @@ def parse_queue_args(text: str) -> QueueArgs:
         if not rest:
             raise ValueError("'from' needs a file name, '-' or a list in ( )")
         if rest.endswith("|"):
-            raise ValueError(
-                "queue from a command ('|') is not supported by glidewms: "
-                "run the command and queue from its output file"
-            )
-        args.where = rest
+            args.command = rest[:-1].strip()
+            if not args.command:
+                raise ValueError("'from ... |' needs a command before the '|'")
+        else:
+            args.where = rest
     else:
         args.items = _tokens(rest)
     head = text[:start].rstrip()

@@ -259,17 +259,26 @@ class Reader:
         must_exist = True
         if words[:1] in (["ifexist"], ["ifexists"]):
             must_exist, words = False, words[1:]
-        if words[:1] in (["command"], ["output"]):
+        if words[:1] == ["output"]:
             raise SubmitError(
-                "include command: not supported by glidewms: reading a submit "
-                "file never runs commands (so that checking one has no side "
-                "effects); run the command and include its output file",
+                "include output: not supported by glidewms: run the command and "
+                "include its output file",
                 source,
                 number,
             )
+        is_command = words[:1] == ["command"]
+        if is_command:
+            words = words[1:]
         if words:
             raise SubmitError(f"unexpected keyword(s) '{options}' after include", source, number)
         name = self.expand(rhs, source, number).strip()
+        if is_command or name.endswith("|"):
+            command = name[:-1].strip() if name.endswith("|") else name
+            if not command:
+                raise SubmitError("include: no command before '|'", source, number)
+            output = self.ctx.run_command(command, source, number, "include")
+            self.read(output, f"{source}:{number} (output of {command!r})")
+            return
         if not name:
             raise SubmitError("include: no file name", source, number)
         path = self.ctx.base_dir / name
@@ -343,6 +352,9 @@ class Reader:
         elif args.where == "-":
             text = self.ctx.read_stdin(source, number)
             add_external(args, text, "<stdin>", self.ctx.warnings)
+        elif args.command is not None:
+            text = self.ctx.run_command(args.command, source, number, "queue from")
+            add_external(args, text, f"{source}:{number} (output)", self.ctx.warnings)
         elif args.where is not None:
             path = self.ctx.base_dir / args.where
             data = self.ctx.read_bytes(
