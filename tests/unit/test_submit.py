@@ -717,9 +717,9 @@ def test_load_submit_resolves_against_the_file_directory(
         ("executable = run.sh\nqueue x in (a) b", 2, "unexpected text after ')'"),
         ("executable = run.sh\nqueue x from nofile.txt", 2, "queue from: cannot read"),
         (
-            "executable = run.sh\nqueue x from make_list.sh |",
+            "executable = run.sh\nqueue x from no-such-list-maker |",
             2,
-            "only when GLIDEWMS_SUBMIT_RUN_COMMANDS=1 is set",
+            "no-such-list-maker",
         ),
         ("executable = run.sh\nqueue x matching *.nothing", 2, "produce no jobs"),
         ("executable = run.sh\nqueue 0", 2, "produce no jobs"),
@@ -741,7 +741,7 @@ def test_load_submit_resolves_against_the_file_directory(
         ("executable = run.sh\nif true\nqueue", 2, "this if has no endif before the end"),
         ("executable = run.sh\nelse\nqueue", 2, "else without matching if"),
         ("include : other.sub\nqueue", 1, "include: no such file: 'other.sub'"),
-        ("include command : ls |\nqueue", 1, "include 'ls' |: glidewms runs commands"),
+        ("include command : no-such-include-maker |\nqueue", 1, "no-such-include-maker"),
         (
             "executable = run.sh\nerror : stop $(executable)\nqueue",
             2,

@@ -1,8 +1,8 @@
 """`queue ... from cmd |` and `include : cmd |`: the command's output, as condor_submit.
 
 condor_submit runs such a command on the submit machine, in the submit
-directory; glidewms does the same once GLIDEWMS_SUBMIT_RUN_COMMANDS=1 is set
-(off by default, so that checking a file never runs anything). The item rows
+directory; glidewms does the same unless GLIDEWMS_SUBMIT_RUN_COMMANDS=0 is set
+(to check a file without running anything it names). The item rows
 and included statements are checked against HTCondor's own `Submit`, which
 runs the same commands.
 """
@@ -16,7 +16,8 @@ import pytest
 
 from glidewms.submit import Limits, SubmitError, parse_submit
 
-ON = Limits(run_commands=1)
+ON = Limits()  # condor_submit runs them: so does glidewms, unless turned off
+OFF = Limits(run_commands=0)
 
 
 @pytest.fixture
@@ -86,14 +87,14 @@ def test_runs_in_the_submit_directory(base: Path) -> None:
     [
         (
             "executable = run.sh\nqueue from seq 1 3 |\n",
-            Limits(),
-            "t.sub:2: queue from 'seq 1 3' |: glidewms runs commands named in a submit "
-            "file only when GLIDEWMS_SUBMIT_RUN_COMMANDS=1 is set",
+            OFF,
+            "t.sub:2: queue from 'seq 1 3' |: commands named in a submit file are not "
+            "run here (GLIDEWMS_SUBMIT_RUN_COMMANDS=0)",
         ),
         (
             "include : echo x = 1 |\nexecutable = run.sh\nqueue\n",
-            Limits(),
-            "t.sub:1: include 'echo x = 1' |: glidewms runs commands",
+            OFF,
+            "t.sub:1: include 'echo x = 1' |: commands named in a submit file are not run",
         ),
         (
             "executable = run.sh\nqueue from false |\n",
@@ -126,6 +127,7 @@ def test_refusals_name_the_line_and_reason(
     assert message in str(info.value)
 
 
-def test_opt_in_comes_from_the_environment() -> None:
-    assert Limits.from_environ({"GLIDEWMS_SUBMIT_RUN_COMMANDS": "1"}).run_commands == 1
-    assert Limits.from_environ({}).run_commands == 0
+def test_the_switch_comes_from_the_environment() -> None:
+    assert Limits.from_environ({"GLIDEWMS_SUBMIT_RUN_COMMANDS": "0"}).run_commands == 0
+    assert Limits.from_environ({}).run_commands == 1
+    assert Limits.from_environ({"GLIDEWMS_SUBMIT_MAX_JOBS": "0"}).max_jobs > 0  # not a switch

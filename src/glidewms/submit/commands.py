@@ -98,7 +98,7 @@ COMMANDS: tuple[Command, ...] = (
         "queue",
         S,
         "all forms: count, `in`, `from` (file, inline list, `-` for stdin, `cmd \\|` "
-        "with `GLIDEWMS_SUBMIT_RUN_COMMANDS=1`), `matching` (files/dirs), slices",
+        "run as condor_submit runs it), `matching` (files/dirs), slices",
     ),
     Command(
         "max_materialize", D, "accepted; all jobs are queued at once", ("jobmaterializelimit",)

@@ -165,14 +165,14 @@ class Context:
         """The standard output of `command`, run in the submit directory with the
         submitter's environment, as condor_submit runs `from cmd |` and
         `include : cmd |`: split at white space and run directly, with no shell (no
-        quoting, redirection or `$VAR`, exactly as HTCondor). Off by default:
-        checking a file then never runs anything."""
+        quoting, redirection or `$VAR`, exactly as HTCondor). With
+        GLIDEWMS_SUBMIT_RUN_COMMANDS=0 they are refused: checking a file then
+        runs nothing."""
         if not self.limits.run_commands:
             raise SubmitError(
-                f"{what} {command!r} |: glidewms runs commands named in a submit file "
-                "only when GLIDEWMS_SUBMIT_RUN_COMMANDS=1 is set (so that checking a "
-                "file has no side effects); set it, or run the command yourself and "
-                "use its output file",
+                f"{what} {command!r} |: commands named in a submit file are not run "
+                "here (GLIDEWMS_SUBMIT_RUN_COMMANDS=0); unset it, or run the command "
+                "yourself and use its output file",
                 source,
                 line,
             )

@@ -36,6 +36,9 @@ class SubmitError(Exception):
         super().__init__(f"{where}: {message}")
 
 
+SWITCHES = frozenset({"run_commands"})  # Limits fields that 0 turns off
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on what one submit may make this process do.
@@ -55,9 +58,10 @@ class Limits:
     max_substitutions: int = 100_000  # $() replacements while expanding one value
     max_jobs: int = 1_000_000  # jobs queued by one submit
     # `queue ... from cmd |` and `include : cmd |` run a command on the submit
-    # machine, as condor_submit does; off unless GLIDEWMS_SUBMIT_RUN_COMMANDS=1,
-    # so that checking a file someone sent you has no side effects.
-    run_commands: int = 0
+    # machine, as condor_submit does (real files use it to list their inputs);
+    # GLIDEWMS_SUBMIT_RUN_COMMANDS=0 refuses them, e.g. to check a file someone
+    # sent you without side effects.
+    run_commands: int = 1
     command_seconds: int = 60  # how long such a command may run
 
     @classmethod
@@ -66,7 +70,9 @@ class Limits:
         values: dict[str, int] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(f"GLIDEWMS_SUBMIT_{f.name.upper()}")
-            if raw is not None and raw.strip().isdigit() and int(raw) > 0:
+            if raw is None or not raw.strip().isdigit():
+                continue
+            if int(raw) > 0 or f.name in SWITCHES:  # a switch may be turned off
                 values[f.name] = int(raw)
         return cls(**values)
 
