@@ -25,7 +25,6 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -43,9 +42,10 @@ from glidewms.config.sites import (
     SshConfig,
     check_environment,
 )
+from glidewms.config.tls import TlsChecks
 from glidewms.config.values import one_line
 from glidewms.db import sqlite_url
-from glidewms.security.tls import MIB, read_ca_bundle, tls_pair
+from glidewms.security.tls import MIB
 
 __all__ = [
     "BackendKind",
@@ -332,7 +332,7 @@ def default_entries() -> list[EntryConfig]:
     return [EntryConfig(name="local", site="LOCAL", backend="local")]
 
 
-class FactoryConfig(BaseModel):
+class FactoryConfig(TlsChecks):
     """The factory service: where it listens, keeps state, and its entries."""
 
     model_config = ConfigDict(extra="forbid")
@@ -398,18 +398,6 @@ class FactoryConfig(BaseModel):
     entry_files: list[Path] = Field(
         default_factory=list, description="YAML files with one entry or a list, merged in"
     )
-
-    @field_validator("tls_key")
-    @classmethod
-    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return tls_pair(info.data.get("tls_cert"), value)
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_bundle(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            read_ca_bundle(value)  # a TlsError (a ValueError) names the file
-        return value
 
     @field_validator("entries")
     @classmethod

@@ -20,9 +20,9 @@ from pydantic import (
 )
 
 from glidewms import classads
+from glidewms.config.tls import TlsChecks
 from glidewms.config.values import http_url, one_line
 from glidewms.protocol import RemovalStage
-from glidewms.security.tls import read_ca_bundle, tls_pair
 
 # Names travel in URLs, file names and pilot options. pydantic's `pattern` is a Rust
 # regex, where `$` is the end of the text (unlike Python's re.match, where it also
@@ -188,7 +188,7 @@ class GroupConfig(BaseModel):
         return value
 
 
-class FrontendConfig(BaseModel):
+class FrontendConfig(TlsChecks):
     """`glidewms frontend --config frontend.yaml`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -265,18 +265,6 @@ class FrontendConfig(BaseModel):
     groups: list[GroupConfig] = Field(
         default_factory=lambda: [GroupConfig()], description="default: one group, main"
     )
-
-    @field_validator("tls_key")
-    @classmethod
-    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return tls_pair(info.data.get("tls_cert"), value)
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_bundle(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            read_ca_bundle(value)  # a TlsError (a ValueError) names the file
-        return value
 
     @field_validator("public_url", "pool_url", "factory_url")
     @classmethod

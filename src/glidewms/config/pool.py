@@ -6,16 +6,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from glidewms.classad_limits import DEFAULT_LIMITS, AdLimits
 from glidewms.classads import CEILING
+from glidewms.config.tls import TlsChecks
 from glidewms.pool.concurrency import NAME as CONCURRENCY_NAME
 from glidewms.pool.concurrency import LimitConfig
-from glidewms.security.tls import MIB, tls_pair
+from glidewms.security.tls import MIB
 
 
-class PoolConfig(BaseModel):
+class PoolConfig(TlsChecks):
     """`glidewms pool --config pool.yaml`; every key has a working default."""
 
     model_config = ConfigDict(extra="forbid")
@@ -235,11 +236,6 @@ class PoolConfig(BaseModel):
         description="largest sandbox file upload (PUT /api/v1/files/...; 413 from "
         "Content-Length, or while streaming)",
     )
-
-    @field_validator("tls_key")
-    @classmethod
-    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return tls_pair(info.data.get("tls_cert"), value)
 
     @field_validator("priority_factors", "group_priority_factors")
     @classmethod

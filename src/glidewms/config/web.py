@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from glidewms.config.tls import TlsChecks
 from glidewms.config.values import http_url
-from glidewms.security.tls import read_ca_bundle, tls_pair
 
 
-class WebConfig(BaseModel):
+class WebConfig(TlsChecks):
     """The console holds no data of its own: every page is read from the
     services with the visitor's token (docs/operations.md, "Web console")."""
 
@@ -50,15 +50,3 @@ class WebConfig(BaseModel):
     @classmethod
     def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else http_url(value, info.field_name or "url")
-
-    @field_validator("tls_key")
-    @classmethod
-    def _pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return tls_pair(info.data.get("tls_cert"), value)
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            read_ca_bundle(value)
-        return value

@@ -98,40 +98,29 @@ class Retention:
 
     def purge_events(self, now: float) -> int:
         cutoff = now - self.periods.events
-        done = 0
-        for _ in range(self.periods.max_batches):
-            with self.shared.engine.begin() as conn:
-                ids = [
-                    r[0]
-                    for r in conn.execute(
-                        sa.select(events.c.id)
-                        .where(events.c.time < cutoff)
-                        .limit(self.periods.batch)
-                    )
-                ]
-                if ids:
-                    conn.execute(events.delete().where(events.c.id.in_(ids)))
-            done += len(ids)
-            if len(ids) < self.periods.batch:
-                break
-        return done
+        return self._purge_rows(events.c.id, events.c.time < cutoff)
 
     def purge_pilots(self, now: float) -> int:
         """Pilots that left, kept as long as the history."""
         cutoff = now - self.periods.history
+        return self._purge_rows(
+            pilots.c.pilot_id, pilots.c.state.in_(GONE_PILOTS), pilots.c.last_seen < cutoff
+        )
+
+    def _purge_rows(self, key: Any, *where: Any) -> int:
+        """Delete the rows of `key`'s table that match `where`, a batch per
+        transaction (so pilot turns get the database between them), at most
+        max_batches batches per pass; how many went."""
+        table = key.table
         done = 0
         for _ in range(self.periods.max_batches):
             with self.shared.engine.begin() as conn:
                 ids = [
                     r[0]
-                    for r in conn.execute(
-                        sa.select(pilots.c.pilot_id)
-                        .where(pilots.c.state.in_(GONE_PILOTS), pilots.c.last_seen < cutoff)
-                        .limit(self.periods.batch)
-                    )
+                    for r in conn.execute(sa.select(key).where(*where).limit(self.periods.batch))
                 ]
                 if ids:
-                    conn.execute(pilots.delete().where(pilots.c.pilot_id.in_(ids)))
+                    conn.execute(table.delete().where(key.in_(ids)))
             done += len(ids)
             if len(ids) < self.periods.batch:
                 break

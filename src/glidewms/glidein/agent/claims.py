@@ -320,26 +320,8 @@ class ClaimRunner:
         }
 
     def _upload_files(self, tag: str, names: list[str]) -> list[dict[str, str]] | None:
-        """Upload sandbox files by name, read through safe descriptors; None if
-        any upload failed."""
-        files: list[dict[str, str]] = []
-        for name in names:
-            try:
-                fd = open_output(self.sandbox, name)
-            except OSError as exc:
-                log.warning("%s: checkpoint file %s skipped: %s", tag, name, exc)
-                continue
-            try:
-                path = f"/proc/self/fd/{fd}"
-                digest = sha256_file(path)
-                self.pool.upload(f"files/{digest}", path)
-            except (HttpStatusError, TransportError) as exc:
-                log.error("%s: checkpoint file %s not uploaded: %s", tag, name, exc)
-                return None
-            finally:
-                os.close(fd)
-            files.append({"name": name, "sha256": digest})
-        return files
+        """Upload checkpoint files by name; None if any upload failed."""
+        return self._upload_outputs(tag, [(name, name) for name in names], "checkpoint file")
 
     def _fetch_inputs(self) -> None:
         """The sandbox files (subdirectories made as their names say), then the URL
@@ -387,17 +369,18 @@ class ClaimRunner:
         return dest
 
     def _upload_outputs(
-        self, tag: str, files: list[tuple[str, str]]
+        self, tag: str, files: list[tuple[str, str]], what: str = "output"
     ) -> list[dict[str, str]] | None:
-        """Upload every output; None if any failed (a partial result is not sent).
-
-        Each is reported under the name it lands as (jobs.OutputPlan)."""
+        """Upload every (name, path in the sandbox); None if any upload failed
+        (a partial result is not sent). A file that cannot be opened safely
+        any more is skipped. Each is reported under the name it lands as
+        (jobs.OutputPlan)."""
         outputs: list[dict[str, str]] = []
         for name, inside in files:
             try:
                 fd = open_output(self.sandbox, inside)
             except OSError as exc:  # swapped for a symlink or a device since the check
-                log.warning("%s: output %s skipped: %s", tag, inside, exc)
+                log.warning("%s: %s %s skipped: %s", tag, what, inside, exc)
                 continue
             try:
                 # the descriptor, never the path again: it cannot be swapped any more
@@ -405,7 +388,7 @@ class ClaimRunner:
                 digest = sha256_file(path)
                 self.pool.upload(f"files/{digest}", path)
             except (HttpStatusError, TransportError) as exc:
-                log.error("%s: output %s not uploaded, result dropped: %s", tag, name, exc)
+                log.error("%s: %s %s not uploaded, result dropped: %s", tag, what, name, exc)
                 return None
             finally:
                 os.close(fd)
