@@ -155,3 +155,18 @@ def test_a_refusal_is_final_at_once(token_file: Path) -> None:
     finally:
         server.close()
     assert refused.value.status == 403 and server.seen == 1
+
+
+def test_the_final_report_waits_for_a_factory_that_comes_back(token_file: Path) -> None:
+    """A pilot that fails validation while its factory restarts: the trail's
+    flush gives up (best effort), the final report is sent once the factory
+    answers (entry health counts the failure only from that report)."""
+    from glidewms.glidein.agent.trail import Trail
+
+    factory = Flaky(5)  # 2 for the flush (given up), then 3 more before the report lands
+    try:
+        trail = Trail(Api(factory.url, str(token_file), backoff=0.01), "g-1")
+        trail.report({"exit_reason": "validation_failed", "exit_code": 4, "detail": "os"})
+    finally:
+        factory.close()
+    assert factory.left == 0 and factory.seen == 6  # the 6th call, the report, got its 200

@@ -27,6 +27,8 @@ from .http import Api, HttpStatusError, TransportError, segment
 
 log = logging.getLogger(__name__)
 
+REPORT_PATIENCE = 120.0  # seconds a final report waits for an unreachable factory
+
 SEVERITIES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_CALL_BYTES = 900 * 1024  # the factory refuses more than 1 MiB per call
 MAX_KEPT = 5000  # records kept while the factory is unreachable
@@ -116,7 +118,13 @@ class Trail:
 
     def report(self, body: Dict[str, Any]) -> None:
         """The pilot's last word: an ``exit`` record, the final flush, then the
-        final report (``exit_reason``, ``exit_code``, ``detail``...); errors logged."""
+        final report (``exit_reason``, ``exit_code``, ``detail``...); errors logged.
+
+        The report is waited for through a factory outage of up to
+        REPORT_PATIENCE seconds: without it the factory cannot tell a pilot
+        that failed validation from one that ended well, and entry health
+        (factory/pilot_health.py) goes blind exactly when sites are in trouble.
+        """
         if self.factory is None:
             log.warning("no factory URL; final report not sent")
             return
@@ -128,7 +136,11 @@ class Trail:
         self.flush(final=True)
         try:
             self.factory.call(
-                "POST", f"glideins/{segment(self.glidein_id)}/report", body, timeout=10, tries=2
+                "POST",
+                f"glideins/{segment(self.glidein_id)}/report",
+                body,
+                timeout=10,
+                patience=REPORT_PATIENCE,
             )
             log.info("final report sent: %s", body["exit_reason"])
         except (HttpStatusError, TransportError) as exc:
