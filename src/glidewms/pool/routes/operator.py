@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field, model_validator
 
+from glidewms.errors import responses
 from glidewms.pool.drains import KINDS, Target
 from glidewms.pool.routes.deps import Pool, call, guarded
 from glidewms.security.http import require
@@ -17,7 +18,7 @@ from glidewms.security.tokens import Identity
 
 AdminCaller = Annotated[Identity, Depends(require("admin"))]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
-router = APIRouter()
+router = APIRouter(responses=responses(404))  # no such pilot, drain or submitter
 
 
 class DrainBody(BaseModel):
