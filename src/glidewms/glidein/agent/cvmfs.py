@@ -153,9 +153,12 @@ def fetch_image(source: str, repo: str, dest_dir: str) -> str:
     os.makedirs(dest_dir, exist_ok=True)
     dest = os.path.join(dest_dir, name)
     url = source.rstrip("/") + "/" + name
-    try:  # urllib's default opener honours http_proxy/https_proxy/no_proxy
+    # an opener of our own, made now: it reads http_proxy/https_proxy/no_proxy as
+    # they are now (urllib's shared default opener keeps those of its first use)
+    opener = urllib.request.build_opener()
+    try:
         with (
-            urllib.request.urlopen(url, timeout=COMMAND_TIMEOUT) as response,
+            opener.open(url, timeout=COMMAND_TIMEOUT) as response,
             open(dest, "wb") as out,
         ):
             shutil.copyfileobj(response, out, 1 << 20)

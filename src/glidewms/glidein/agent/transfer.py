@@ -111,7 +111,10 @@ class _NoOtherSchemes(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_NoOtherSchemes())
+def _opener() -> urllib.request.OpenerDirector:
+    """Made per fetch, so that the proxy settings of the environment are read
+    as they are then (an opener keeps those of its making)."""
+    return urllib.request.build_opener(_NoOtherSchemes())
 
 
 def fetch_http(url: str, dest: str, bounds: Bounds) -> None:
@@ -119,7 +122,7 @@ def fetch_http(url: str, dest: str, bounds: Bounds) -> None:
     deadline = time.monotonic() + bounds.total_seconds
     request = urllib.request.Request(url, headers={"User-Agent": "glidewms-pilot"})
     try:
-        with _OPENER.open(request, timeout=bounds.read_timeout) as response:
+        with _opener().open(request, timeout=bounds.read_timeout) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > bounds.max_bytes:
                 raise TransferError(
