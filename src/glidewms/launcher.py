@@ -6,7 +6,7 @@ service as its own process talking HTTP on loopback, and waits for each to
 publish its URL. Nothing here starts a pilot: pilots come only from the
 factory, when the frontend asks for them.
 
-Keys: `keys/issuer.key` signs the tokens written here (user, admin, frontend)
+Keys: `keys/issuer.key` signs the tokens written here (user, admin, frontend, metrics)
 and is given to no service; the pool gets only `keys/pilot_issuer.key`, which
 signs pilot tokens and nothing else (security/tokens.py). Every service
 verifies with both public keys.
@@ -121,6 +121,10 @@ class Installation:
         write_secret(self.path("tokens", "admin.token"), issuer.issue("admin", ["admin"], year))
         write_secret(
             self.path("tokens", "frontend.token"), issuer.issue("frontend", ["frontend"], year)
+        )
+        # read-only scrapes of /metrics (Prometheus: `credentials_file`), nothing else
+        write_secret(
+            self.path("tokens", "metrics.token"), issuer.issue("metrics", ["metrics"], year)
         )
         o = self.options
         self._write_config(

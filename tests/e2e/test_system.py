@@ -242,3 +242,17 @@ def test_services_refuse_missing_and_wrong_tokens(system_factory):
         assert httpx.get(url, headers=s.admin).status_code == 200, name
         schema = httpx.get(f"{s.inst.services[name].url}/openapi.json").json()
         assert f"/api/v1/{path}" in schema["paths"], name
+
+
+def test_the_metrics_token_reads_metrics_and_nothing_else(system_factory):
+    """`up` mints a read-only token for Prometheus (tokens/metrics.token)."""
+    s = system_factory()
+    token = s.inst.token_file("metrics")
+    assert token.stat().st_mode & 0o077 == 0
+    metrics = {"Authorization": f"Bearer {token.read_text().strip()}"}
+    for name, path in (("pool", "demand"), ("factory", "entries"), ("frontend", "status")):
+        base = s.inst.services[name].url
+        scrape = httpx.get(f"{base}/metrics", headers=metrics)
+        assert scrape.status_code == 200, name
+        assert "glidewms_" in scrape.text, name
+        assert httpx.get(f"{base}/api/v1/{path}", headers=metrics).status_code == 403, name
