@@ -58,6 +58,7 @@ REGISTERED = PILOT.target(PilotCause.REGISTER)
 LEFT = PILOT.target(PilotCause.DEREGISTER)
 LOST = PILOT.target(PilotCause.EXPIRE)
 DRAINING = PILOT.target(PilotCause.DRAIN)
+_INSERT_PILOT = pilots.insert()
 _EXPIRES = PILOT.sources(PilotCause.EXPIRE)  # the states a lease matters in
 # One statement each, run as an executemany over a pass's renewals: a lease
 # only ever moves later, and only for a pilot (a claim) still live (held).
@@ -123,24 +124,25 @@ class Pilots:
         pilot_id = uuid.uuid4().hex[:16]
         now = time.time()
         with self.shared.engine.begin() as conn:
-            conn.execute(
-                pilots.insert().values(
-                    pilot_id=pilot_id,
-                    glidein_id=glidein_id,
-                    frontend=owner.frontend,
-                    group_name=owner.group,
-                    token_subject=owner.subject,
-                    token_entry=owner.entry,
-                    token_site=owner.site,
-                    slot=slot,
-                    state=REGISTERED,
-                    registered_at=now,
-                    last_seen=now,
-                    lease_expires=now + lease,
-                    drain=False,
-                    free=free_from(slot, None),
-                    retiring=False,
-                )
+            conn.execute(  # the statement built once, the values as parameters
+                _INSERT_PILOT,
+                {
+                    "pilot_id": pilot_id,
+                    "glidein_id": glidein_id,
+                    "frontend": owner.frontend,
+                    "group_name": owner.group,
+                    "token_subject": owner.subject,
+                    "token_entry": owner.entry,
+                    "token_site": owner.site,
+                    "slot": slot,
+                    "state": REGISTERED,
+                    "registered_at": now,
+                    "last_seen": now,
+                    "lease_expires": now + lease,
+                    "drain": False,
+                    "free": free_from(slot, None),
+                    "retiring": False,
+                },
             )
             if drained_at(conn, slot, owner.entry, owner.site):  # an entry or site drain holds
                 PILOT.check(REGISTERED, DRAINING, PilotCause.DRAIN)
