@@ -1,13 +1,19 @@
 """Pilot swarm: thousands of simulated pilots against one real pool process.
 
-Each pilot is a coroutine of this process with its own keep-alive HTTP/1.1
-connection (a minimal asyncio client: the figure is the pool's, so the
-client must stay cheap) speaking the real protocol (docs/protocol.md, as
-glidein/agent/exchange.py does): register with a slot ad over many sites
-and entries, long-poll `cycle` for claims, report completions in the next
-turn, and heartbeat its claims every `heartbeat_seconds` the pool gave it
-(over a small shared set of connections, as the agent's heartbeat thread
-has its own). The pool runs as `glidewms up` starts it (its own process).
+Each pilot is a coroutine of a client process (`--procs` of them, forked:
+one event loop cannot carry 20,000 pilots next to the pool on two cores)
+with its own keep-alive HTTP/1.1 connection (a minimal asyncio client: the
+figure is the pool's, so the client must stay cheap) speaking the real
+protocol (docs/protocol.md, as glidein/agent/exchange.py does): register
+with a slot ad over many sites and entries, long-poll `cycle` for claims,
+report completions in the next turn, and heartbeat over a small shared set
+of connections (as the agent's heartbeat thread has its own). Heartbeats
+follow the agent (`--heartbeats agent`): with a pool that renews leases in
+turns (`turns_renew_leases`), only with claims and no turn for a period, so
+an idle long-polling pilot sends none; with an older pool (main), every
+`heartbeat_seconds`. `--heartbeats always` sends them every period anyway
+(the cost of a heartbeat itself). The pool runs as `glidewms up` starts it
+(its own process); the parent process only orchestrates and submits.
 
 Phases, for each pilot count:
   idle    every pilot long-polls, no job: pool CPU per idle pilot per second,
@@ -19,7 +25,10 @@ Phases, for each pilot count:
           completions) p50/p99, jobs/s completed, pool CPU per job.
 
 Run:  .venv/bin/python bench/pilot_swarm.py --pilots 1000 [--steady 20] [--idle 15]
+      [--procs 2] [--heartbeats agent|always]
       [--postgres]   (the pool on a PostgreSQL server of its own, a separate process)
+Baseline: `env -u PYTHONPATH /work/main/.venv/bin/python bench/pilot_swarm.py ...`
+runs this script against main's installed package (its pool heartbeats as before).
 """
 
 from __future__ import annotations
