@@ -78,12 +78,12 @@ class LeaseBook:
             if self._pending.pilots.get(pilot, 0.0) < now:
                 self._pending.pilots[pilot] = now
 
-    def take(self) -> tuple[Renewals, frozenset[str]]:
+    def take(self) -> Renewals:
         """The renewals noted since the last take (they are forgotten here:
-        the caller writes them), and the pilots connected now."""
+        the caller writes them)."""
         with self._lock:
             pending, self._pending = self._pending, Renewals()
-            return pending, frozenset(self._connected)
+            return pending
 
     def give_back(self, renewals: Renewals) -> None:
         """A pass that failed to write `renewals`: keep them for the next."""

@@ -277,7 +277,7 @@ class Pilots:
         lease says (it is connected: leases.py); its lease is renewed instead."""
         now = time.time()
         shared = self.shared
-        renewals, connected = self.leases.take()
+        renewals = self.leases.take()
         try:
             with shared.lock:
                 with shared.engine.begin() as conn:
@@ -290,8 +290,9 @@ class Pilots:
                             )
                         )
                     ]
-                    lost = [p for p in expired if p not in connected]
-                    waiting = [p for p in expired if p in connected]
+                    connected = self.leases.is_connected  # asked of the few expired only
+                    lost = [p for p in expired if not connected(p)]
+                    waiting = [p for p in expired if connected(p)]
                     if waiting:  # found once per lease: not read again each pass
                         self._write(
                             conn, Renewals(dict.fromkeys(waiting, now)), pilot_lease, claim_lease
