@@ -50,6 +50,15 @@ def test_a_long_poll_connects_until_its_last_poll_ends_then_counts_as_seen() -> 
     assert not book.is_connected("p1") and book.connected == 0
 
 
+def test_a_refused_call_connects_while_it_lasts_and_renews_nothing() -> None:
+    book = LeaseBook()
+    book.connect("someone-elses")
+    assert book.is_connected("someone-elses")
+    book.disconnect("someone-elses", None)  # 404: not the caller's pilot
+    assert not book.is_connected("someone-elses")
+    assert book.take() == Renewals()
+
+
 def test_renewals_a_failed_pass_gives_back_are_kept_unless_newer_ones_came() -> None:
     book = LeaseBook()
     book.seen("p1", ["c1"], 10.0)

@@ -67,15 +67,16 @@ class LeaseBook:
         with self._lock:
             self._connected[pilot] = self._connected.get(pilot, 0) + 1
 
-    def disconnect(self, pilot: str, now: float) -> None:
-        """A long-poll ended (answered, dropped or cancelled): last seen now."""
+    def disconnect(self, pilot: str, now: float | None) -> None:
+        """A long-poll ended (answered, dropped or cancelled): last seen `now`
+        (None: the call was refused, so it showed nothing of the pilot)."""
         with self._lock:
             left = self._connected.get(pilot, 0) - 1
             if left > 0:
                 self._connected[pilot] = left
             else:
                 self._connected.pop(pilot, None)
-            if self._pending.pilots.get(pilot, 0.0) < now:
+            if now is not None and self._pending.pilots.get(pilot, 0.0) < now:
                 self._pending.pilots[pilot] = now
 
     def take(self) -> Renewals:

@@ -59,6 +59,11 @@ LEFT = PILOT.target(PilotCause.DEREGISTER)
 LOST = PILOT.target(PilotCause.EXPIRE)
 DRAINING = PILOT.target(PilotCause.DRAIN)
 _INSERT_PILOT = pilots.insert()
+_HOLDING = sa.select(jobs.c.claim_id).where(  # built once: heartbeats and turns ask it
+    jobs.c.claim_id.in_(sa.bindparam("b_claims", expanding=True)),
+    jobs.c.pilot_id == sa.bindparam("b_pilot"),
+    jobs.c.state == JobState.RUNNING,
+)
 _EXPIRES = PILOT.sources(PilotCause.EXPIRE)  # the states a lease matters in
 # One statement each, run as an executemany over a pass's renewals: a lease
 # only ever moves later, and only for a pilot (a claim) still live (held).
@@ -205,16 +210,8 @@ class Pilots:
         """Which of `claim_ids` this pilot holds (another pilot's is not held here)."""
         if not claim_ids:
             return set()
-        return {
-            r[0]
-            for r in conn.execute(
-                sa.select(jobs.c.claim_id).where(
-                    jobs.c.claim_id.in_(list(claim_ids)),
-                    jobs.c.pilot_id == pilot_id,
-                    jobs.c.state == JobState.RUNNING,
-                )
-            )
-        }
+        found = conn.execute(_HOLDING, {"b_claims": list(claim_ids), "b_pilot": pilot_id})
+        return {r[0] for r in found}
 
     def deregister(self, pilot_id: str, reason: str, owner: PilotOwner | None = None) -> int:
         """The pilot leaves; its jobs go back to idle. Returns how many did."""

@@ -171,6 +171,8 @@ async def cycle(
     held = body.claims or []
     token: int | None = None  # the notify that woke this call: it owes a look for it
     watcher: asyncio.Future[None] | None = None  # ends when the client goes
+    turned = False  # a turn passed: the pilot is the caller's (renewals are its)
+    leases.connect(pilot_id)  # from now: even queued for a worker thread, it is here
     try:
         while True:
             waiter = signal.enter(pilot_id)
@@ -193,6 +195,7 @@ async def cycle(
                     held,
                     standing,
                 )
+                turned = True
                 if requeued:
                     signal.notify(requeued)  # an exit policy put jobs back to idle
                 if (
@@ -202,11 +205,7 @@ async def cycle(
                     or (listed and standing["drain"])
                     or deadline <= time.monotonic()
                 ):
-                    # a Response is sent as it is: no validation pass over the claims
-                    answer = {"completed": completed, "claims": claims}
-                    if listed:  # the heartbeat's answer, for a pilot that reads it
-                        answer.update(standing)
-                    return JSONResponse(answer)
+                    return _turn_answer(completed, claims, standing if listed else None)
                 waits = True
             finally:
                 if token is not None and not claims:
@@ -214,13 +213,28 @@ async def cycle(
                 if not waits:
                     signal.leave(waiter)
             if watcher is None:
-                leases.connect(pilot_id)
                 watcher = asyncio.ensure_future(gone(request))
             token = await signal.wait(waiter, deadline - time.monotonic(), watcher)
+            if token is None and not held and deadline <= time.monotonic():
+                # the wait ran out unwoken, and no claim to look at again: any work
+                # that came would have woken it (WorkSignal), so no last turn
+                return _turn_answer({}, [], standing if listed else None)
     finally:
         if watcher is not None:
             watcher.cancel()
-            leases.disconnect(pilot_id, time.time())  # seen until now
+        # seen until now, if the pilot is the caller's (else only while the call lasted)
+        leases.disconnect(pilot_id, time.time() if turned else None)
+
+
+def _turn_answer(
+    completed: dict[str, bool], claims: list[dict[str, Any]], standing: dict[str, Any] | None
+) -> JSONResponse:
+    """A Response is sent as it is: no validation pass over the claims. The
+    heartbeat's part (drain, kill) only for a pilot that reads it."""
+    answer: dict[str, Any] = {"completed": completed, "claims": claims}
+    if standing is not None:
+        answer.update(standing)
+    return JSONResponse(answer)
 
 
 @router.get("/pilots")
@@ -347,12 +361,13 @@ async def claim(
         token = await signal.wait(waiter, remaining)
 
 
-@router.post("/pilots/{pilot_id}/heartbeat")
-async def heartbeat(
-    pilot_id: str, body: HeartbeatBody, pool: Pool, who: PilotCaller
-) -> dict[str, Any]:
+@router.post("/pilots/{pilot_id}/heartbeat", response_model=dict[str, Any])
+async def heartbeat(pilot_id: str, body: HeartbeatBody, pool: Pool, who: PilotCaller) -> Any:
+    """Renew leases (in memory: pool/leases.py); answer kill and drain. Sent
+    as it is (no validation pass): heartbeats of busy pilots are the calls a
+    large pool still serves most after turns."""
     config = pool.config
-    return await guarded(
+    answer = await guarded(
         pool.store.pilots.heartbeat,
         pilot_id,
         body.claims,
@@ -361,6 +376,7 @@ async def heartbeat(
         body.retiring,
         pilot_owner(who),
     )
+    return JSONResponse(answer)
 
 
 @router.post("/claims/{claim_id}/complete")
