@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +329,7 @@ def worker(
                     "completed": swarm.completed - marks[2],
                     "errors": len(swarm.errors),
                     "error_samples": sorted({e[:120] for e in swarm.errors})[:3],
+                    "error_kinds": dict(Counter(kind(e) for e in swarm.errors)),
                 }
             elif command == "report_claims":
                 swarm.report_claims = bool(arg)
@@ -404,7 +406,16 @@ def window(workers: Workers) -> dict[str, Any]:
         "completed": sum(p["completed"] for p in parts),
         "errors": sum(p["errors"] for p in parts),
         "error_samples": [e for p in parts for e in p["error_samples"]][:3],
+        "error_kinds": dict(sum((Counter(p["error_kinds"]) for p in parts), Counter())),
     }
+
+
+def kind(error: str) -> str:
+    """An error without its pilot: `cycle 410`, `pilot: ConnectionResetError`..."""
+    words = error.replace("(", " ").split()
+    if words[0] == "pilot" and len(words) > 2:
+        return f"pilot: {words[2]}"
+    return " ".join(words[:2])
 
 
 def run(
@@ -469,6 +480,7 @@ def phases(
         sockets=open_sockets(pool_pid),
         idle_load=loadavg(),
         idle_errors=seen["errors"],
+        idle_error_kinds=seen["error_kinds"],
     )
 
     # single: one job at a time, all pilots idle
@@ -554,6 +566,7 @@ def phases(
         steady_load=loadavg(),
         errors=seen["errors"],
         error_samples=seen["error_samples"],
+        error_kinds=seen["error_kinds"],
     )
     return out
 
@@ -583,6 +596,20 @@ def main() -> None:
     parser.add_argument(
         "--procs", type=int, default=2, help="client processes the pilots are spread over"
     )
+    parser.add_argument(
+        "--pool-config",
+        action="append",
+        default=[],
+        metavar="'KEY: VALUE'",
+        help="a line added to the pool's configuration (repeatable)",
+    )
+    keep = os.environ.get("PILOT_SWARM_KEEP")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=Path(keep) if keep else None,
+        help="copy the pool's log here at the end (default: $PILOT_SWARM_KEEP)",
+    )
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.pilots + 100  # the pool: one socket per pilot, and its own
@@ -604,6 +631,9 @@ def main() -> None:
             cluster = PostgresCluster()
             with open(inst.path("config", "pool.yaml"), "a") as config:
                 config.write(f"\ndatabase_url: {cluster.database()}\n")
+        if args.pool_config:
+            with open(inst.path("config", "pool.yaml"), "a") as config:
+                config.write("\n" + "".join(f"{line}\n" for line in args.pool_config))
         inst._spawn("pool")  # the pool only: no factory, frontend or real pilots
         try:
             inst._await_url("pool", 60)
@@ -615,6 +645,10 @@ def main() -> None:
             out = run(args, url, token, client, pid, Path(tmp))
         finally:
             inst.stop()
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                for log in inst.path("logs").glob("*"):
+                    (args.keep / log.name).write_bytes(log.read_bytes())
             if cluster is not None:
                 cluster.stop()
     out["database"] = "PostgreSQL (own server, fsync off)" if args.postgres else "SQLite"

@@ -25,6 +25,7 @@ gives every live pilot and claim a full lease at start.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ from glidewms.pool.schema import jobs, pilots
 from glidewms.pool.shared import Shared, bump, record_event, trim_events
 from glidewms.pool.slots import free_from
 
+log = logging.getLogger(__name__)
 _PILOT = sa.select(pilots).where(pilots.c.pilot_id == sa.bindparam("b_pilot"))  # every turn
 EVICTED = JOB.source(JobCause.EVICT)  # only a running job can lose its pilot
 REGISTERED = PILOT.target(PilotCause.REGISTER)
@@ -279,17 +281,22 @@ class Pilots:
             with shared.lock:
                 with shared.engine.begin() as conn:
                     self._write(conn, renewals, pilot_lease, claim_lease)
-                    expired = [
-                        r[0]
-                        for r in conn.execute(
-                            sa.select(pilots.c.pilot_id).where(
-                                pilots.c.state.in_(_EXPIRES), pilots.c.lease_expires < now
-                            )
+                    found = conn.execute(
+                        sa.select(pilots.c.pilot_id, pilots.c.last_seen).where(
+                            pilots.c.state.in_(_EXPIRES), pilots.c.lease_expires < now
                         )
-                    ]
+                    ).all()
                     connected = self.leases.is_connected  # asked of the few expired only
-                    lost = [p for p in expired if not connected(p)]
-                    waiting = [p for p in expired if connected(p)]
+                    lost = [r.pilot_id for r in found if not connected(r.pilot_id)]
+                    waiting = [r.pilot_id for r in found if connected(r.pilot_id)]
+                    if lost:
+                        last = max(r.last_seen for r in found if r.pilot_id in lost)
+                        log.info(
+                            "%d pilot(s) lost (silent for %.0f s or more, e.g. %s)",
+                            len(lost),
+                            now - last,
+                            lost[0],
+                        )
                     if waiting:  # found once per lease: not read again each pass
                         self._write(
                             conn, Renewals(dict.fromkeys(waiting, now)), pilot_lease, claim_lease
