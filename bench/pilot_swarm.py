@@ -173,6 +173,7 @@ class Swarm:
         self.heartbeats = heartbeats  # "agent": as the agent does now; "always": every period
         self.claims_out = claims_out  # a queue the single phase's claims go to (or None)
         self.report_claims = False
+        self.wait = 60.0  # seconds an idle pilot's long-poll asks for (--wait)
         self.run_seconds = 0.0  # how long a claimed job "runs"
         self.turn_lat: list[float] = []  # cycles that carried completions
         self.hb_lat: list[float] = []
@@ -216,7 +217,7 @@ class Swarm:
                     "completions": done,
                     "max_jobs": cpus,
                     "free": {"cpus": cpus, "memory": 2000 * cpus},
-                    "wait": 0 if done else 60,
+                    "wait": 0 if done else self.wait,
                 }
                 if renews:
                     body["claims"] = []  # all it held are in `completions`
@@ -289,6 +290,7 @@ def worker(
     n: int,
     heartbeat_conns: int,
     heartbeats: str,
+    wait: float,
     pipe: Any,
     claims_out: Any,
 ) -> None:
@@ -299,6 +301,7 @@ def worker(
 
     async def main() -> None:
         swarm = Swarm(host, port, token, heartbeat_conns, heartbeats, claims_out)
+        swarm.wait = wait
         tasks: list[asyncio.Task[None]] = []
 
         async def register() -> None:
@@ -367,7 +370,18 @@ class Workers:
             mine, theirs = ctx.Pipe()
             proc = ctx.Process(
                 target=worker,
-                args=(host, port, token, first, n, hb_conns, args.heartbeats, theirs, self.claims),
+                args=(
+                    host,
+                    port,
+                    token,
+                    first,
+                    n,
+                    hb_conns,
+                    args.heartbeats,
+                    args.wait,
+                    theirs,
+                    self.claims,
+                ),
                 daemon=True,
             )
             proc.start()
@@ -580,6 +594,12 @@ def main() -> None:
         "--steady", type=float, default=20.0, help="seconds measured under load (0: none)"
     )
     parser.add_argument("--rate", type=float, default=600.0, help="offered jobs/s")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="an idle pilot's long-poll (the pool's max_claim_wait caps it: --pool-config)",
+    )
     parser.add_argument(
         "--postgres",
         action="store_true",
