@@ -186,3 +186,26 @@ def test_a_connected_pilot_is_not_lost_and_a_dropped_one_is(store: Any) -> None:
     assert states == {polling: "active", dropped: "lost"}
     # found expired while connected, its lease was renewed: not read again each pass
     assert lease_of(store, pilots, pilots.c.pilot_id, polling) > time.time()
+
+
+def test_a_sighting_after_the_pass_took_its_renewals_still_counts(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pilot's long-poll ended (seen) between the pass taking the
+    renewals and looking for expired leases: not lost, its claim kept; the
+    next pass writes the sighting."""
+    store.queue.submit("alice", [NewJob(AD, [], [], {})])
+    pid = store.pilots.register(dict(SLOT), "g", OWNER, 60)
+    claim = store.turns.claim(pid, dict(FREE), 60)["claim_id"]
+    with store.engine.begin() as conn:  # both leases ran out
+        conn.execute(pilots.update().values(lease_expires=time.time() - 1))
+        conn.execute(jobs.update().values(lease_expires=time.time() - 1))
+    book = store.pilots.leases
+    book.seen(pid, [claim], time.time())
+    monkeypatch.setattr(book, "take", lambda: Renewals())  # as if seen just after take
+    assert store.pilots.expire_leases(60, 60) == 0
+    monkeypatch.undo()
+    assert [r.state for r in store.pilots.list_pilots()] == ["active"]
+    store.pilots.expire_leases(60, 60)
+    assert lease_of(store, pilots, pilots.c.pilot_id, pid) > time.time()
+    assert lease_of(store, jobs, jobs.c.claim_id, claim) > time.time()

@@ -101,6 +101,19 @@ class LeaseBook:
         with self._lock:
             return pilot in self._connected
 
+    def alive(self, pilot: str) -> bool:
+        """Connected now, or seen since the last `take`: an expiry must not
+        declare it lost even if its lease in the database ran out (the
+        sighting is written by the next pass). Asked after the expiry's
+        SELECT, it closes the window between `take` and that SELECT."""
+        with self._lock:
+            return pilot in self._connected or pilot in self._pending.pilots
+
+    def claim_seen(self, claim: str) -> bool:
+        """This claim was renewed since the last `take` (see `alive`)."""
+        with self._lock:
+            return claim in self._pending.claims
+
     @property
     def connected(self) -> int:
         """How many pilots are in a long-poll now (metrics, the swarm bench)."""

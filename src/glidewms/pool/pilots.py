@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,9 +276,10 @@ class Pilots:
         lease says (it is connected: leases.py); its lease is renewed instead."""
         now = time.time()
         shared = self.shared
-        renewals = self.leases.take()
+        renewals = Renewals()
         try:
             with shared.lock:
+                renewals = self.leases.take()  # under the lock: written at once
                 with shared.engine.begin() as conn:
                     self._write(conn, renewals, pilot_lease, claim_lease)
                     found = conn.execute(
@@ -286,9 +287,11 @@ class Pilots:
                             pilots.c.state.in_(_EXPIRES), pilots.c.lease_expires < now
                         )
                     ).all()
-                    connected = self.leases.is_connected  # asked of the few expired only
-                    lost = [r.pilot_id for r in found if not connected(r.pilot_id)]
-                    waiting = [r.pilot_id for r in found if connected(r.pilot_id)]
+                    # asked of the few expired only, after the SELECT: a pilot
+                    # connected, or seen since `take`, is not lost
+                    book = self.leases
+                    lost = [r.pilot_id for r in found if not book.alive(r.pilot_id)]
+                    waiting = [r.pilot_id for r in found if book.is_connected(r.pilot_id)]
                     if lost:
                         last = max(r.last_seen for r in found if r.pilot_id in lost)
                         log.info(
@@ -312,7 +315,11 @@ class Pilots:
                         )
                         moved = self._requeue(conn, jobs.c.pilot_id.in_(lost), now, "pilot lost")
                     moved += self._requeue(
-                        conn, jobs.c.lease_expires < now, now, "claim lease expired"
+                        conn,
+                        jobs.c.lease_expires < now,
+                        now,
+                        "claim lease expired",
+                        keep=self.leases.claim_seen,  # renewed since `take`
                     )
                 for row, new_state in moved:
                     shared.moved(row, new_state, now)
@@ -344,10 +351,18 @@ class Pilots:
             )
 
     def _requeue(
-        self, conn: Connection, condition: Any, now: float, reason: str
+        self,
+        conn: Connection,
+        condition: Any,
+        now: float,
+        reason: str,
+        keep: Callable[[str], bool] | None = None,
     ) -> list[tuple[Any, JobState]]:
-        """Running jobs back to idle (or held after too many): site failures."""
+        """Running jobs back to idle (or held after too many): site failures.
+        `keep(claim_id)`: true for a claim to leave running after all."""
         rows = conn.execute(sa.select(jobs).where(jobs.c.state == EVICTED, condition)).all()
+        if keep is not None:
+            rows = [r for r in rows if not keep(r.claim_id)]
         moved: list[tuple[Any, JobState]] = []
         for r in rows:
             restarts = r.num_restarts + 1
