@@ -171,8 +171,7 @@ async def cycle(
     held = body.claims or []
     token: int | None = None  # the notify that woke this call: it owes a look for it
     watcher: asyncio.Future[None] | None = None  # ends when the client goes
-    turned = False  # a turn passed: the pilot is the caller's (renewals are its)
-    leases.connect(pilot_id)  # from now: even queued for a worker thread, it is here
+    turned = False  # a turn passed: the pilot is the caller's, and is connected
     try:
         while True:
             waiter = signal.enter(pilot_id)
@@ -195,7 +194,9 @@ async def cycle(
                     held,
                     standing,
                 )
-                turned = True
+                if not turned:  # only the caller's own pilot: a refused call renews nothing
+                    turned = True
+                    leases.connect(pilot_id)
                 if requeued:
                     signal.notify(requeued)  # an exit policy put jobs back to idle
                 if (
@@ -222,8 +223,8 @@ async def cycle(
     finally:
         if watcher is not None:
             watcher.cancel()
-        # seen until now, if the pilot is the caller's (else only while the call lasted)
-        leases.disconnect(pilot_id, time.time() if turned else None)
+        if turned:
+            leases.disconnect(pilot_id, time.time())  # seen until now
 
 
 def _turn_answer(
