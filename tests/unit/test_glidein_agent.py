@@ -92,6 +92,9 @@ class FakePool:
         self.kill_when_started: set[str] = set()
         self.drain = False
         self.gone = False
+        # True: answer `turns_renew_leases` (turns renew, cycle answers kill/drain,
+        # heartbeats never say kill: what reaches the pilot came by its turns)
+        self.turns_renew = False
         self.version: str | None = "1.0"  # the Glidewms-Api-Version header (None: not sent)
         self.version_after_register: str | None = None  # the pool is "upgraded" then
         self.cycles: list[dict[str, Any]] = []  # bodies of cycle calls
@@ -178,7 +181,10 @@ class FakePool:
             self.registered.append(body)
             if self.register_status != 201:
                 return self.send(h, self.register_status, {"detail": "not a pilot of ours"})
-            self.send(h, 201, {"pilot_id": "p1", "lease_seconds": 30, "heartbeat_seconds": 1})
+            answer = {"pilot_id": "p1", "lease_seconds": 30, "heartbeat_seconds": 1}
+            if self.turns_renew:
+                answer["turns_renew_leases"] = True
+            self.send(h, 201, answer)
             self.version = self.version_after_register or self.version
             return None
         if path == "/api/v1/pilots/p1/cycle":
@@ -201,12 +207,17 @@ class FakePool:
                 )
             if not batch and not completed:
                 self.closing.wait(body["wait"])
-            return self.send(h, 200, {"completed": completed, "claims": batch})
+            answer = {"completed": completed, "claims": batch}
+            if "claims" in body:  # a turn that lists its claims: answered as a heartbeat
+                started = self.events["started"].is_set()
+                kill = [c for c in body["claims"] if started and c in self.kill_when_started]
+                answer.update(drain=self.drain, kill=kill)
+            return self.send(h, 200, answer)
         if path == "/api/v1/pilots/p1/heartbeat":
             self.heartbeats.append(body)
             if self.gone:
                 return self.send(h, 410, {"detail": "pilot p1 is lost"})
-            started = self.events["started"].is_set()
+            started = self.events["started"].is_set() and not self.turns_renew
             kill = [c for c in body["claims"] if started and c in self.kill_when_started]
             return self.send(h, 200, {"lease_seconds": 30, "drain": self.drain, "kill": kill})
         if path == "/api/v1/pilots/p1/black-hole":
@@ -1186,6 +1197,41 @@ def test_heartbeat_kill_stops_the_job_without_completing_it(
         1,
         0,
     )
+
+
+def test_an_idle_pilot_in_a_long_poll_sends_no_heartbeat_to_a_pool_that_renews(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
+    """The pool keeps a long-polling pilot alive: with nothing running and
+    nothing to report, heartbeats (1 s period here) would renew nothing."""
+    pool.turns_renew = True
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "w", token_file, GLIDEIN_Idle_Timeout=3), tmp_path / "w"
+    )
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert pool.reports[0]["exit_reason"] == "idle_timeout"
+    assert pool.cycles and all(c["claims"] == [] for c in pool.cycles)
+    assert pool.heartbeats == []
+    assert box["agent"].exchange.heartbeats == 0
+
+
+def test_kill_reaches_a_busy_pilot_through_its_cycle_answer(
+    pool: FakePool, tmp_path: Path, token_file: Path
+) -> None:
+    """A pilot with a free core turns, listing its running claim; the turn's
+    answer (not a heartbeat: the fake never says kill there) kills the job."""
+    pool.turns_renew = True
+    pool.claims.append(sleeping_python_claim(pool, "c1"))
+    pool.kill_when_started.add("c1")
+    thread, box = agent_in_thread(
+        config_text(pool, tmp_path / "w", token_file, GLIDEIN_Idle_Timeout=1), tmp_path / "w"
+    )
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert box["rc"] == 0 and pool.completed == {}
+    assert any("c1" in (c.get("claims") or []) for c in pool.cycles)
+    assert pool.reports[0]["jobs_run"] == 1
 
 
 def test_a_pool_that_forgot_the_pilot_means_lost(

@@ -174,7 +174,8 @@ def retention_of(pool: PoolContext) -> Retention:
 
 
 async def upkeep(pool: PoolContext) -> None:
-    """Every `lease_check_seconds`: expire leases, save usage; every
+    """Every `lease_check_seconds`: write the lease renewals noted since the
+    last pass and expire leases (pool/leases.py), save usage; every
     `periodic_check_seconds`, apply periodic expressions. Jobs put back to
     idle wake the waiting pilots."""
     config, store, signal = pool.config, pool.store, pool.signal
@@ -187,7 +188,9 @@ async def upkeep(pool: PoolContext) -> None:
         log.info("started: leases of %d pilot(s) and %d running job(s) renewed", *renewed)
     while True:
         try:
-            requeued = await run_in_threadpool(store.pilots.expire_leases)
+            requeued = await run_in_threadpool(
+                store.pilots.expire_leases, config.pilot_lease_seconds, config.claim_lease_seconds
+            )
             if requeued:
                 signal.notify(requeued)
             await run_in_threadpool(store.reports.flush_usage)

@@ -94,16 +94,29 @@ def drained_at(conn: Connection, slot: dict[str, Any], owner_entry: Any, owner_s
     """Is an entry or a site drain holding where a pilot with this slot registers?"""
     entry = slot.get(SLOT_ATTRIBUTE["entry"], owner_entry)
     site = slot.get(SLOT_ATTRIBUTE["site"], owner_site)
-    wanted = [
-        sa.and_(drains.c.kind == kind, drains.c.name == str(name))
-        for kind, name in (("entry", entry), ("site", site))
-        if name is not None
-    ]
-    if not wanted:
+    if entry is None and site is None:
         return False
-    return (
-        conn.execute(sa.select(drains.c.kind).where(sa.or_(*wanted)).limit(1)).first() is not None
+    found = conn.execute(  # a name that is None (NULL) matches no drain
+        _DRAINED_AT,
+        {
+            "b_entry": None if entry is None else str(entry),
+            "b_site": None if site is None else str(site),
+        },
     )
+    return found.first() is not None
+
+
+# Every registration asks it: built once (building it per call cost more than running it).
+_DRAINED_AT = (
+    sa.select(drains.c.kind)
+    .where(
+        sa.or_(
+            sa.and_(drains.c.kind == "entry", drains.c.name == sa.bindparam("b_entry")),
+            sa.and_(drains.c.kind == "site", drains.c.name == sa.bindparam("b_site")),
+        )
+    )
+    .limit(1)
+)
 
 
 class Drains:

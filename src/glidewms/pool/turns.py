@@ -21,6 +21,12 @@ A self-checkpointing job's checkpoint (exit.py) goes out with its claim:
 `execution_spec` puts its files in the sandbox, so every run, after a
 checkpoint or an eviction, starts from the latest one.
 
+A turn is also the pilot's sign of life: it renews the pilot's lease and
+those of the claims it lists as running (`held`), in memory like a heartbeat
+(pilots.py, leases.py), and its answer carries what a heartbeat's does
+(`standing`: drain, and the listed claims no longer held, to kill), so a
+pilot that turns needs no heartbeat.
+
 The older single calls (one claim, one completion) are turns too: `claim`
 and `claim_many` are turns that report nothing, `complete` one that claims
 nothing.
@@ -70,13 +76,18 @@ class Turns:
         max_jobs: int,
         now: float,
         owner: PilotOwner | None = None,
+        held: Sequence[str] = (),
+        standing: dict[str, Any] | None = None,
     ) -> tuple[dict[str, bool], list[dict[str, Any]], int]:
         """Finish `completions` and hand out up to `max_jobs` claims, atomically.
 
         Returns ({claim_id: accepted?}, claims, jobs an exit policy put back
         to idle). A completion of a claim this pilot no longer holds
         (requeued, held, removed, already completed) is answered False and
-        changes nothing: the 409 of the single form.
+        changes nothing: the 409 of the single form. `held`: the claims the
+        pilot runs, renewed with the pilot's lease; `standing`, if given, is
+        filled with the heartbeat's answer: `drain`, and `kill` (the claims
+        of `held` this pilot no longer holds).
         """
         shared, matching = self.shared, self.matching
         undo: Undo = []
@@ -84,6 +95,7 @@ class Turns:
             try:
                 with shared.engine.begin() as conn:
                     pilot = self.pilots.live(conn, pilot_id, owner)
+                    holding = self.pilots.holding(conn, pilot_id, held)
                     turn_events: list[dict[str, Any]] = []  # ended jobs' first, then started
                     finished = finish(
                         conn,
@@ -119,6 +131,10 @@ class Turns:
                     )
             if claims:
                 matching.unreserve(pilot_id)
+        self.pilots.leases.seen(pilot_id, holding, now)
+        if standing is not None:
+            standing["drain"] = bool(pilot.drain)
+            standing["kill"] = [c for c in held if c not in holding]
         done = {c.claim_id: False for c in completions}
         done.update({f.claim_id: True for f in finished})
         return done, claims, sum(1 for f in finished if f.new_state == JobState.IDLE)

@@ -8,6 +8,16 @@ sent alone by the completion thread (see completions.py). Heartbeats renew
 the leases of the claims the pilot holds and bring back the pool's
 instructions (kill these claims, drain).
 
+A pool that says ``turns_renew_leases`` at registration renews the leases
+in every turn too (the turn lists the running claims and its answer carries
+``kill`` and ``drain``), and keeps a pilot inside a long-poll alive without
+any call from it. So the pilot heartbeats only when a heartbeat is the one
+thing that would renew something (`heartbeat_delay`): it holds claims or
+unanswered results and has made no turn for a period, or it is not in a
+long-poll and has not turned for a period, or its `retiring` changed. An
+idle pilot in a long-poll sends none: at 20,000 pilots per pool that is
+1,000 calls a second the pool no longer serves (docs/protocol.md).
+
 `Exchange` works for a pilot (`agent.Agent`) through the `Pilot` interface
 below and under the pilot's lock; it owns the pilot id, the results on their
 way to the pool and the goodput/badput the pool's answers decide. Sandbox
@@ -76,6 +86,31 @@ class Pilot(Protocol):
         """Apply a heartbeat's instructions: kill those claims' jobs; drain."""
 
 
+def heartbeat_delay(
+    now: float,
+    interval: float,
+    *,
+    renews: bool,
+    holds: bool,
+    in_turn: bool,
+    last_contact: float,
+    retiring_changed: bool,
+) -> float:
+    """Seconds until the next heartbeat is due; 0: send one now.
+
+    ``renews``: the pool renews leases in turns (else heartbeat every
+    ``interval``, as before); ``holds``: running claims or results not yet
+    answered for; ``in_turn``: a cycle call is open now (a long-poll: the
+    pool sees the pilot connected); ``last_contact``: when the last turn was
+    answered or the last heartbeat sent (monotonic). A retiring that changed
+    is said at once."""
+    if retiring_changed:
+        return 0.0
+    if renews and in_turn and not holds:
+        return interval  # the long-poll keeps the pilot's lease: look again later
+    return max(0.0, last_contact + interval - now)
+
+
 class Exchange:
     """The claim loop, the completion loop, and the results at exit.
 
@@ -96,6 +131,11 @@ class Exchange:
         self.goodput_cores = 0.0  # the same, in core-seconds (wall x the job's cores)
         self.badput_cores = 0.0
         self.black_hole_requeued = 0  # held results the pool took back as site failures
+        self.heartbeats = 0  # sent (tests, the pilot's report)
+        self.turns_renew = False  # the pool said `turns_renew_leases` at registration
+        self._in_turn = False  # a cycle call is open (set by the claim loop)
+        self._last_contact = time.monotonic()  # last turn answered, or heartbeat sent
+        self._told_retiring = False  # what the pool was last told
         self._lock = lock
         self._finished = finished
 
@@ -108,6 +148,8 @@ class Exchange:
             "POST", "pilots", {"slot": slot, "glidein_id": glidein_id}, patience=patience
         )
         self.pilot_id = str(answer["pilot_id"])
+        self.turns_renew = answer.get("turns_renew_leases") is True
+        self._last_contact = time.monotonic()
         return answer
 
     def deregister(self, reason: ExitReason) -> None:
@@ -126,14 +168,31 @@ class Exchange:
             log.warning("deregister failed: %s", exc)
 
     def heartbeat_loop(self, interval: float) -> None:
-        """Renew the leases of running claims and of results not yet answered for."""
-        while not self._finished.wait(interval):
+        """Renew the leases of running claims and of results not yet answered
+        for, when no turn did (`heartbeat_delay`), and follow the answer."""
+        while True:
             with self._lock:
-                body: Dict[str, Any] = {
-                    "claims": self.pilot.running_claims() + self.completions.claim_ids()
-                }
+                claims = self.pilot.running_claims() + self.completions.claim_ids()
+            retiring = bool(self.pilot.retiring)
+            delay = heartbeat_delay(
+                time.monotonic(),
+                interval,
+                renews=self.turns_renew,
+                holds=bool(claims),
+                in_turn=self._in_turn,
+                last_contact=self._last_contact,
+                retiring_changed=retiring != self._told_retiring,
+            )
+            if delay > 0:
+                if self._finished.wait(delay):
+                    return
+                continue
+            if self._finished.is_set():
+                return
             # said both ways: a drain the pool lifted makes a retiring pilot take work again
-            body["retiring"] = bool(self.pilot.retiring)
+            body: Dict[str, Any] = {"claims": claims, "retiring": retiring}
+            self._last_contact = time.monotonic()  # tried: the next one a period later
+            self.heartbeats += 1
             try:
                 _, answer = self.pool.call(
                     "POST", f"pilots/{segment(self.pilot_id)}/heartbeat", body
@@ -149,6 +208,7 @@ class Exchange:
             except TransportError as exc:
                 log.warning("heartbeat not delivered: %s", exc)
                 continue
+            self._told_retiring = retiring
             answer = answer if isinstance(answer, dict) else {}
             self.pilot.follow([str(c) for c in answer.get("kill") or []], bool(answer.get("drain")))
 
@@ -186,6 +246,9 @@ class Exchange:
                     "completions": batch,
                     "max_jobs": max(1, min(MAX_CLAIMS_PER_CALL, offer.free["cpus"])),
                 }
+                if self.turns_renew:  # renewed by the turn; its answer says kill/drain
+                    body["claims"] = self.pilot.running_claims() + self.completions.claim_ids()
+            self._in_turn = True
             try:
                 status, answer = self.pool.call(
                     "POST",
@@ -195,6 +258,7 @@ class Exchange:
                     tries=1,
                 )
                 failures = 0
+                self._last_contact = time.monotonic()
             except HttpStatusError as exc:
                 self._settle(batch, None)
                 if exc.status in (404, 410):
@@ -210,10 +274,18 @@ class Exchange:
                 self._settle(batch, None)
                 failures = self._pause_after_failure(failures, exc)
                 continue
+            finally:
+                self._in_turn = False
             if not isinstance(answer, dict):
                 answer = {}
             done = answer.get("completed")
             self._settle(batch, done if isinstance(done, dict) else {})
+            if "drain" in answer:  # a pool that answers as a heartbeat does
+                kill = answer.get("kill")
+                self.pilot.follow(
+                    [str(c) for c in kill if isinstance(c, str)] if isinstance(kill, list) else [],
+                    bool(answer.get("drain")),
+                )
             claims = answer.get("claims") if status == 200 else None
             for claim in claims if isinstance(claims, list) else []:
                 if isinstance(claim, dict):

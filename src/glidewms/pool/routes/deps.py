@@ -10,7 +10,7 @@ a thousand times a second, must not pay. Store calls go to a worker thread
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 
 WAKE_FANOUT = 2  # waiters a woken one that found nothing hands its wake to
+OWN_NEWS = 0  # the token of a wake for one pilot (`wake_pilots`): none to hand on
+FIRST = asyncio.FIRST_COMPLETED
 
 
 class Waiter:
@@ -38,12 +40,13 @@ class Waiter:
     claim looks for work, so a notify that happens between the look and the
     wait is never missed (it resolves `woken` and the wait returns at once)."""
 
-    __slots__ = ("since", "token", "woken")
+    __slots__ = ("pilot", "since", "token", "woken")
 
-    def __init__(self, since: int, woken: asyncio.Future[int]) -> None:
+    def __init__(self, since: int, woken: asyncio.Future[int], pilot: str | None = None) -> None:
         self.since = since  # notifies before this waiter looked: it has seen those
         self.token: int | None = None  # the notify that woke it
         self.woken = woken
+        self.pilot = pilot  # whose claim this is (`wake_pilots`)
 
 
 class WorkSignal:
@@ -67,10 +70,10 @@ class WorkSignal:
         self.has_idle = has_idle
         self.wakeups = 0
 
-    def enter(self) -> Waiter:
+    def enter(self, pilot: str | None = None) -> Waiter:
         """A place in the queue, taken before looking for work; end it with
         `leave` (or `taken`/`missed` after a wake)."""
-        waiter = Waiter(self._notifies, asyncio.get_running_loop().create_future())
+        waiter = Waiter(self._notifies, asyncio.get_running_loop().create_future(), pilot)
         self._waiters[waiter] = None
         return waiter
 
@@ -87,6 +90,16 @@ class WorkSignal:
         self._waiters.pop(waiter, None)
         if waiter.token is not None:
             self._wake(waiter.token, 1)
+
+    def wake_pilots(self, pilots: Collection[str]) -> int:
+        """Wake these pilots' waiting claims, whatever work there is (they have
+        news of their own: a drain), without a wake to hand on; how many."""
+        wanted = set(pilots)
+        woken = [w for w in self._waiters if w.pilot in wanted]
+        for waiter in woken:
+            del self._waiters[waiter]
+            waiter.woken.set_result(OWN_NEWS)
+        return len(woken)
 
     def missed(self, token: int) -> None:
         """A waiter woken by notify `token` looked and found nothing."""
@@ -109,17 +122,27 @@ class WorkSignal:
             self.wakeups += 1
             n -= 1
 
-    async def wait(self, waiter: Waiter, timeout: float) -> int | None:
-        """The notify that woke `waiter`, or None when `timeout` passed (the
-        waiter has then left the queue)."""
+    async def wait(
+        self, waiter: Waiter, timeout: float, gone: asyncio.Future[Any] | None = None
+    ) -> int | None:
+        """The notify that woke `waiter`, or None when `timeout` passed or
+        `gone` completed first (the client left: the waiter has then left the
+        queue)."""
+        woken = waiter.woken
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.woken), max(0.0, timeout))
+            if gone is None:
+                return await asyncio.wait_for(asyncio.shield(woken), max(0.0, timeout))
+            await asyncio.wait((woken, gone), timeout=max(0.0, timeout), return_when=FIRST)
         except asyncio.TimeoutError:
             self.leave(waiter)
             return None
         except asyncio.CancelledError:  # the request went away mid-wait
             self.leave(waiter)
             raise
+        if woken.done():
+            return woken.result()
+        self.leave(waiter)
+        return None
 
 
 @dataclass(frozen=True)
@@ -131,6 +154,19 @@ class PoolContext:
     files: SandboxStore
     signal: WorkSignal  # fired by every submit, release and requeue
     issuer: TokenIssuer | None  # None: this pool cannot mint pilot tokens
+
+
+async def gone(request: Request) -> None:
+    """Returns when the client of `request` has gone (its connection closed).
+
+    The body is read by then, so the server's next message for this request
+    is the disconnect (uvicorn sends it as soon as the connection is lost, or
+    once the answer went out: a watcher is cancelled before that)."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # the server could not say: as gone (the poll ends, the pilot retries)
+        return
 
 
 async def pool_context(request: Request) -> PoolContext:

@@ -74,6 +74,7 @@ async def drain(body: DrainBody, pool: Pool, who: AdminCaller) -> dict[str, Any]
     )
     if result["vacated"]:
         pool.signal.notify()  # vacated jobs are idle again: waiting pilots may take them
+    pool.signal.wake_pilots(result["pilots"])  # their long-polls answer the drain now
     return result
 
 

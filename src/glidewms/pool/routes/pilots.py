@@ -18,6 +18,7 @@ slot's entry, site and glidein id as the token scopes them (`check_slot`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -36,6 +37,7 @@ from glidewms.pool.routes.deps import (
     PilotCaller,
     Pool,
     call,
+    gone,
     guarded,
     owner_of,
     pilot_owner,
@@ -83,6 +85,12 @@ class CycleCompletion(BaseModel):
 
 
 class CycleBody(BaseModel):
+    claims: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None,
+        max_length=4096,
+        description="the claims the pilot runs: their leases are renewed, and the "
+        "answer's `kill` names those it no longer holds (as a heartbeat's)",
+    )
     completions: list[CycleCompletion] = Field([], max_length=4 * MAX_CLAIMS_PER_CALL)
     free: Free = {}
     wait: Seconds = Field(
@@ -133,8 +141,17 @@ async def cycle(
 
     The completions are committed first; the call long-polls only when it
     carried none and nothing could be claimed at once, so a completion is
-    never held back by a wait."""
+    never held back by a wait.
+
+    A turn renews the pilot's lease and those of the claims it lists
+    (`claims`), and answers `drain` and `kill` as a heartbeat does; a pilot
+    that lists its claims (so knows this answer) and is drained is answered
+    at once, and a drain wakes its long-poll (`WorkSignal.wake_pilots`).
+    While the call long-polls the pilot is connected: its lease cannot run
+    out (pool/leases.py) until the poll ends, or its client goes (watched
+    here: the watcher ends the wait)."""
     config, signal, turns = pool.config, pool.signal, pool.store.turns
+    leases = pool.store.pilots.leases
     owner = pilot_owner(who)
     deadline = time.monotonic() + min(body.wait, config.max_claim_wait)
     completions = [
@@ -150,37 +167,75 @@ async def cycle(
         )
         for c in body.completions
     ]
+    listed = body.claims is not None  # the pilot reads drain and kill here
+    held = body.claims or []
     token: int | None = None  # the notify that woke this call: it owes a look for it
-    while True:
-        waiter = signal.enter()
-        claims: list[dict[str, Any]] = []
-        waits = False
-        try:
-            if not completions and await request.is_disconnected():
-                # a pilot killed mid-long-poll must not be handed the next job
-                return JSONResponse({"completed": {}, "claims": []})
-            completed, claims, requeued = await guarded(
-                turns.cycle,
-                pilot_id,
-                completions,
-                body.free,
-                config.claim_lease_seconds,
-                body.max_jobs,
-                time.time(),
-                owner,
-            )
-            if requeued:
-                signal.notify(requeued)  # an exit policy put jobs back to idle
-            if claims or completions or body.max_jobs == 0 or deadline <= time.monotonic():
-                # a Response is sent as it is: no validation pass over the claims
-                return JSONResponse({"completed": completed, "claims": claims})
-            waits = True
-        finally:
-            if token is not None and not claims:
-                signal.missed(token)  # woken for work that is not for this slot
-            if not waits:
-                signal.leave(waiter)
-        token = await signal.wait(waiter, deadline - time.monotonic())
+    watcher: asyncio.Future[None] | None = None  # ends when the client goes
+    turned = False  # a turn passed: the pilot is the caller's, and is connected
+    try:
+        while True:
+            waiter = signal.enter(pilot_id)
+            claims: list[dict[str, Any]] = []
+            waits = False
+            try:
+                if not completions and await request.is_disconnected():
+                    # a pilot killed mid-long-poll must not be handed the next job
+                    return JSONResponse({"completed": {}, "claims": []})
+                standing: dict[str, Any] = {}
+                completed, claims, requeued = await guarded(
+                    turns.cycle,
+                    pilot_id,
+                    completions,
+                    body.free,
+                    config.claim_lease_seconds,
+                    body.max_jobs,
+                    time.time(),
+                    owner,
+                    held,
+                    standing,
+                )
+                if not turned:  # only the caller's own pilot: a refused call renews nothing
+                    turned = True
+                    leases.connect(pilot_id)
+                if requeued:
+                    signal.notify(requeued)  # an exit policy put jobs back to idle
+                if (
+                    claims
+                    or completions
+                    or body.max_jobs == 0
+                    or (listed and standing["drain"])
+                    or deadline <= time.monotonic()
+                ):
+                    return _turn_answer(completed, claims, standing if listed else None)
+                waits = True
+            finally:
+                if token is not None and not claims:
+                    signal.missed(token)  # woken for work that is not for this slot
+                if not waits:
+                    signal.leave(waiter)
+            if watcher is None:
+                watcher = asyncio.ensure_future(gone(request))
+            token = await signal.wait(waiter, deadline - time.monotonic(), watcher)
+            if token is None and not held and deadline <= time.monotonic():
+                # the wait ran out unwoken, and no claim to look at again: any work
+                # that came would have woken it (WorkSignal), so no last turn
+                return _turn_answer({}, [], standing if listed else None)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if turned:
+            leases.disconnect(pilot_id, time.time())  # seen until now
+
+
+def _turn_answer(
+    completed: dict[str, bool], claims: list[dict[str, Any]], standing: dict[str, Any] | None
+) -> JSONResponse:
+    """A Response is sent as it is: no validation pass over the claims. The
+    heartbeat's part (drain, kill) only for a pilot that reads it."""
+    answer: dict[str, Any] = {"completed": completed, "claims": claims}
+    if standing is not None:
+        answer.update(standing)
+    return JSONResponse(answer)
 
 
 @router.get("/pilots")
@@ -216,6 +271,9 @@ async def register(body: RegisterBody, pool: Pool, who: PilotCaller) -> dict[str
         "pilot_id": pilot_id,
         "lease_seconds": config.claim_lease_seconds,
         "heartbeat_seconds": config.heartbeat_seconds,
+        # a turn renews leases and answers drain/kill; a long-poll keeps the
+        # pilot alive: heartbeats only for claims between turns (docs/protocol.md)
+        "turns_renew_leases": True,
     }
 
 
@@ -304,12 +362,13 @@ async def claim(
         token = await signal.wait(waiter, remaining)
 
 
-@router.post("/pilots/{pilot_id}/heartbeat")
-async def heartbeat(
-    pilot_id: str, body: HeartbeatBody, pool: Pool, who: PilotCaller
-) -> dict[str, Any]:
+@router.post("/pilots/{pilot_id}/heartbeat", response_model=dict[str, Any])
+async def heartbeat(pilot_id: str, body: HeartbeatBody, pool: Pool, who: PilotCaller) -> Any:
+    """Renew leases (in memory: pool/leases.py); answer kill and drain. Sent
+    as it is (no validation pass): heartbeats of busy pilots are the calls a
+    large pool still serves most after turns."""
     config = pool.config
-    return await guarded(
+    answer = await guarded(
         pool.store.pilots.heartbeat,
         pilot_id,
         body.claims,
@@ -318,6 +377,7 @@ async def heartbeat(
         body.retiring,
         pilot_owner(who),
     )
+    return JSONResponse(answer)
 
 
 @router.post("/claims/{claim_id}/complete")
