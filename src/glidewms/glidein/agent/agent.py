@@ -19,6 +19,7 @@ does not hand it straight to another pilot.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import signal
@@ -286,10 +287,11 @@ class Agent:
 
     # -- jobs -----------------------------------------------------------------
 
-    def start_claim(self, claim: dict[str, Any], pool: Api | None = None) -> None:
+    def start_claim(self, claim: dict[str, Any], pool: Api | None = None, tag: str = "") -> None:
         """Start a claim the pool handed out, unless it cannot run here (then its
         lease runs out and the pool requeues the job). ``pool``: the one it came
-        from, when the pilot serves several (pools.py)."""
+        from, when the pilot serves several (pools.py); ``tag`` then prefixes its
+        sandbox's name, as two pools may each send a job 1.0."""
         try:
             spec = JobSpec.from_claim(claim.get("job"))
             runner = ClaimRunner(
@@ -303,6 +305,9 @@ class Agent:
                 isolation=self.isolation,
                 plugins=plugins_for(self.cfg.values),
             )
+            if tag:
+                base, name = os.path.split(runner.sandbox)
+                runner.sandbox = os.path.join(base, f"{tag}-{name}")
         except (JobSetupError, KeyError) as exc:
             log.error("unusable claim %s, left to its lease: %s", claim.get("claim_id"), exc)
             with self._cond:

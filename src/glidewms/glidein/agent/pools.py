@@ -218,7 +218,7 @@ class PoolPilot:
         with self.agent._cond:
             self.link.got += 1
             self.agent.owner[cid] = self.link
-        self.agent.start_claim(claim, pool=self.link.api)
+        self.agent.start_claim(claim, pool=self.link.api, tag=f"pool{self.link.index}")
 
     def finish(self, reason: ExitReason, detail: str) -> None:
         self.agent.pool_gone(self.link, reason, detail)
