@@ -154,7 +154,8 @@ class PoolApi(Api):
         self.link = link
 
     def call(self, method: str, path: str, body: Any = None, *args: Any, **kwargs: Any) -> Any:
-        cycle = path.endswith("/cycle")
+        # a claim call (results alone, ``max_jobs`` 0, ask for no cores)
+        cycle = path.endswith("/cycle") and isinstance(body, dict) and body.get("max_jobs") != 0
         if cycle:
             self.link.calls += 1
         try:
