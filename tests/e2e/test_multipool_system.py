@@ -81,7 +81,8 @@ class PoolB:
 
 @pytest.fixture
 def two_pools(
-    tmp_path: Path, postgres_cluster: Any  # noqa: F811
+    tmp_path: Path,
+    postgres_cluster: Any,  # noqa: F811
 ) -> Iterator[tuple[System, PoolB]]:
     port_a, port_b = free_port(), free_port()
     url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"

@@ -220,9 +220,7 @@ def run_multipool(
     tmp_path: Path, a: FakePool, b_url: str, **extra: Any
 ) -> tuple[int, MultiPoolAgent]:
     token = tmp_path / "token"
-    token.write_text(
-        f"{TOKENS['a']}\npool {a.url} {TOKENS['a']}\npool {b_url} {TOKENS['b']}\n"
-    )
+    token.write_text(f"{TOKENS['a']}\npool {a.url} {TOKENS['a']}\npool {b_url} {TOKENS['b']}\n")
     token.chmod(0o600)
     work = tmp_path / "work"
     work.mkdir()

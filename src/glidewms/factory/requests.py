@@ -177,6 +177,8 @@ def accept_request(
                 check_pilot_token(verifier, wanted.pilot_token, frontend, group, name, where),
             )
         elif body.pilot_token is None:
+            if body.pools:  # the first pool's token may come in `pools` (pool_bundles)
+                continue
             raise HTTPException(422, f"{where}: required when the request has no pilot_token")
         else:
             check_pilot_token(
