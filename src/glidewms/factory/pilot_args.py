@@ -7,8 +7,9 @@ never replacing it) and container image, and the frontend's VO
 stage (`--vo-stage URL --vo-manifest-sha256 HEX --vo-manifest-key B64`), and
 the CA bundle https services are verified against (`--ca-cert B64`, the
 factory's `ca_file`: public, and on the command line so that no site needs
-a copy beforehand). Nothing secret is ever an argument: the token travels in
-a 0600 file.
+a copy beforehand), and, for pilots serving several pools, the further pools
+and the shares (`--also-pool URL ... --pool-shares 2,1`). Nothing secret is
+ever an argument: the tokens travel in a 0600 file.
 
 Every argument is checked on the way out (`checked`): each value becomes a
 `glidein_config` line on the pilot, so one with a newline or any other control

@@ -8,6 +8,10 @@ written, so a refused request leaves the last good one in force. Tokens go to
 pilot that reads its token file never sees half a token; the stored request
 keeps only their expiry times. Nothing here logs a token.
 
+A request may list several pools its pilots serve (`pools`), each with its
+own tokens: an entry's file then holds a line per pool (`bundle_text`), one
+file still, so backends and the token push handle it as they handle one.
+
 Token files: `credentials/<frontend>/<group>.token` for the group's token and
 `credentials/<frontend>/<group>+<entry>.token` for an entry's own. `+` is in
 neither a group nor an entry name, so the names never collide, also when the
