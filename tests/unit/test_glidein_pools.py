@@ -24,6 +24,7 @@ from glidewms.glidein.agent.pools import (
     deficit,
     pool_list,
     serves_several,
+    turn_wait,
 )
 from glidewms.glidein.agent.resources import Resources
 from tests.unit.test_glidein_agent import TOKEN, WAIT, FakePool, claim_for, config_text
@@ -114,6 +115,20 @@ def test_decay_usage(
     usage: float, cores: float, seconds: float, halflife: float, expected: float
 ) -> None:
     assert decay_usage(usage, cores, seconds, halflife) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("idle_left", "pools", "slice_", "wait"),
+    [
+        (60.0, 2, 5.0, 5.0),  # a slice
+        (6.0, 2, 5.0, 3.0),  # the idle time left, shared: both asked before the end
+        (2.0, 4, 5.0, 0.5),
+        (0.0, 2, 5.0, 0.001),  # a last look, never a zero wait
+        (3.0, 0, 5.0, 3.0),
+    ],
+)
+def test_turn_wait(idle_left: float, pools: int, slice_: float, wait: float) -> None:
+    assert turn_wait(idle_left, pools, slice_) == pytest.approx(wait)
 
 
 @pytest.mark.parametrize(

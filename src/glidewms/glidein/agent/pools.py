@@ -18,8 +18,10 @@ What is shared is decided here, under the agent's lock:
   pools that are waiting for a turn; a pool whose last turn came back empty
   steps behind the others for ``EMPTY_PAUSE`` seconds; between equals, the
   one that waited longest (round robin when the pilot is idle). Each
-  long-poll is at most ``POLL_SLICE`` seconds, so an idle pilot asks every
-  pool in turn and a job submitted to one waits at most a few slices.
+  long-poll is at most ``POLL_SLICE`` seconds, and at most the idle time
+  left divided by the pools served, so an idle pilot asks every pool in
+  turn before it ends, and a job submitted to one waits at most a few
+  slices.
 - **Pools fail alone.** A call that fails ends that pool's turn at once (its
   loop then backs off alone); a pool that no longer knows the pilot, or
   refuses its token, is no longer served, and the pilot ends only when no
@@ -41,7 +43,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .agent import Agent
 from .completions import CompletionQueue
@@ -133,6 +135,13 @@ def choose_pool(pools: Sequence[Candidate], now: float) -> Optional[int]:
     return max(waiting, key=rank).index
 
 
+def turn_wait(idle_left: float, pools: int, poll_slice: float) -> float:
+    """How long one pool's long-poll may last: a slice at most, and no more
+    than its part of the idle time left, so that every pool is asked before
+    the pilot's idle timeout (one pool's long wait would hide the others' jobs)."""
+    return max(0.001, min(idle_left / max(1, pools), poll_slice))
+
+
 def decay_usage(usage: float, cores: float, seconds: float, halflife: float) -> float:
     """Recent core-seconds after ``seconds`` more with ``cores`` running: the
     old ones fade by half every ``halflife`` seconds."""
@@ -219,7 +228,12 @@ class PoolPilot:
         with self.agent._cond:
             self.link.got += 1
             self.agent.owner[cid] = self.link
-        self.agent.start_claim(claim, pool=self.link.api, tag=f"pool{self.link.index}")
+            self.agent.starting.add(cid)  # not in the slot yet: not to be pruned
+        try:
+            self.agent.start_claim(claim, pool=self.link.api, tag=f"pool{self.link.index}")
+        finally:
+            with self.agent._cond:
+                self.agent.starting.discard(cid)
 
     def finish(self, reason: ExitReason, detail: str) -> None:
         self.agent.pool_gone(self.link, reason, detail)
@@ -273,6 +287,7 @@ class MultiPoolAgent(Agent):
         self.backoff = backoff
         self.poll_slice = poll_slice
         self.owner: Dict[str, Link] = {}  # claim -> its pool (pruned as claims end)
+        self.starting: Set[str] = set()  # claims being started (owner known, not in the slot yet)
         self.links = [
             Link(self, i, url, share)
             for i, (url, share) in enumerate(pool_list(cfg.values, cfg.pool_url))
@@ -302,7 +317,8 @@ class MultiPoolAgent(Agent):
         # a claim whose job ended is no longer running anywhere; its result
         # was routed when it ended (Router.add under this lock)
         for cid in [c for c in self.owner if c not in self.slot.runners]:
-            del self.owner[cid]
+            if cid not in self.starting:
+                del self.owner[cid]
 
     def end_turn(self, link: Link, now: float, failed: bool = False) -> None:
         """``link``'s turn is over (its claims are started, or its call failed)."""
@@ -335,9 +351,10 @@ class MultiPoolAgent(Agent):
             chosen = choose_pool(self._candidates(), now)
             if chosen == link.index:
                 self.in_flight, link.waiting, link.calls, link.got = link, False, 0, 0
-                return replace(
-                    offer, step=Step(Action.CLAIM, min(offer.step.seconds, self.poll_slice))
-                )
+                # the idle time left is shared: every pool is asked before it runs out
+                served = sum(1 for x in self.links if x.registered and not x.gone)
+                wait = turn_wait(offer.step.seconds, served, self.poll_slice)
+                return replace(offer, step=Step(Action.CLAIM, wait))
             if chosen is not None:
                 self._cond.notify_all()  # wake the pool whose turn it is
         return replace(offer, step=Step(Action.WAIT, TURN_WAIT))
