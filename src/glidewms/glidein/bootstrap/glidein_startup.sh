@@ -138,8 +138,9 @@ done
 [[ $multi_launch =~ ^(auto|srun|local)$ ]] || usage "--multi-launch: auto, srun or local"
 # a pilot serving several pools (agent/pools.py): at most 8 in all, one share each
 [ "${#also_pools[@]}" -le 7 ] || usage "--also-pool: at most 7 (8 pools in all)"
+commas=${pool_shares//[^,]/}  # bash only: the pilot's PATH may lack tr and wc
 [ -z "$pool_shares" ] || [[ $pool_shares =~ ^[1-9][0-9]{0,2}(,[1-9][0-9]{0,2}){0,7}$ \
-  && $(tr -cd , <<< "$pool_shares" | wc -c) -eq ${#also_pools[@]} ]] \
+  && ${#commas} -eq ${#also_pools[@]} ]] \
   || usage "--pool-shares: one integer 1-999 per pool (--pool, then each --also-pool), commas"
 [[ $idle$lifetime$heartbeat$min_disk =~ ^[0-9]+$ && $outage =~ ^[0-9]{1,6}$ ]] \
   || usage "--idle-timeout, --lifetime, --heartbeat, --outage-tolerance take a number of seconds, --min-disk of MB"
