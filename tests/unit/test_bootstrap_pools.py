@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,9 @@ from tests.unit.test_bootstrap import (  # noqa: F401  (fixtures)
 
 
 def test_further_pools_and_shares_reach_glidein_config(
-    stub_stage, tmp_path: Path, downloader: dict[str, str]
+    stub_stage: Any,  # noqa: F811
+    tmp_path: Path,
+    downloader: dict[str, str],  # noqa: F811
 ) -> None:
     token = tmp_path / "token"
     other = "token-of-pool-b-never-sent-by-the-bootstrap"
