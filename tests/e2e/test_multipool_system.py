@@ -196,6 +196,7 @@ def test_one_pilot_serves_two_pools_by_share_and_survives_one(two_pools, tmp_pat
     wait_for(lambda: len(completed(a, many_a)) >= 12, "A to complete 12 jobs", 240)
     done_a, done_b = len(completed(a, many_a)), len(completed(b.user, many_b))
     b_fraction = done_b / (done_a + done_b)
+    print("SHARE-COUNT", done_a, done_b)
     # share 1/3; tolerance +-0.13 (turn granularity: one job is 1/18 of the count)
     assert 0.20 <= b_fraction <= 0.46, (done_a, done_b)
     for client, jobs in ((a, many_a), (b.user, many_b)):

@@ -16,7 +16,6 @@ import pytest
 from glidewms.glidein.agent.config import ConfigError, build_config, parse_lines
 from glidewms.glidein.agent.http import select_token
 from glidewms.glidein.agent.pools import (
-    EMPTY_PAUSE,
     Candidate,
     MultiPoolAgent,
     choose_pool,
@@ -44,33 +43,30 @@ def c(
 
 
 @pytest.mark.parametrize(
-    ("pools", "now", "chosen", "why"),
+    ("pools", "chosen", "why"),
     [
-        ([], 0.0, None, "no pool"),
-        ([c(0, 1, 0, waiting=False), c(1, 1, 0, waiting=False)], 0.0, None, "none waits"),
-        ([c(0, 1, 0), c(1, 1, 0)], 0.0, 0, "equal: the first of equals (never turned)"),
+        ([], None, "no pool"),
+        ([c(0, 1, 0, waiting=False), c(1, 1, 0, waiting=False)], None, "none waits"),
+        ([c(0, 1, 0), c(1, 1, 0)], 0, "equal: the first of equals (never turned)"),
         (
             [c(0, 1, 0, last_turn=5.0), c(1, 1, 0, last_turn=3.0)],
-            10.0,
             1,
             "equal: the one whose last turn is oldest",
         ),
-        ([c(0, 2, 100), c(1, 1, 100)], 0.0, 0, "2:1 shares, equal use: the bigger share"),
-        ([c(0, 2, 200), c(1, 1, 50)], 0.0, 1, "A above its 2/3: B"),
-        ([c(0, 2, 150), c(1, 1, 50)], 0.0, 1, "A exactly at its share (3/4 > 2/3): B"),
-        ([c(0, 2, 120), c(1, 1, 60)], 0.0, 0, "both at their share: the older turn (A)"),
-        ([c(0, 1, 0), c(1, 100, 0, waiting=False)], 0.0, 0, "the deficit of one not waiting"),
+        ([c(0, 2, 100), c(1, 1, 100)], 0, "2:1 shares, equal use: the bigger share"),
+        ([c(0, 2, 200), c(1, 1, 50)], 1, "A above its 2/3: B"),
+        ([c(0, 2, 150), c(1, 1, 50)], 1, "A above its share (3/4 > 2/3): B"),
+        ([c(0, 2, 120), c(1, 1, 60)], 0, "both at their share: the older turn (A)"),
+        ([c(0, 1, 0), c(1, 100, 0, waiting=False)], 0, "the deficit of one not waiting"),
         (
-            [c(0, 1, 0, empty_at=9.0), c(1, 1, 500)],
-            10.0,
+            [c(0, 2, 0, last_turn=9.0, empty_at=9.0), c(1, 1, 500, last_turn=8.0)],
             1,
-            "a pool that just came back empty steps behind",
+            "A just came back empty: B, not asked since, goes first",
         ),
         (
-            [c(0, 1, 0, empty_at=10.0 - EMPTY_PAUSE - 1), c(1, 1, 500)],
-            10.0,
+            [c(0, 2, 0, last_turn=9.0, empty_at=9.0), c(1, 1, 500, last_turn=9.5)],
             0,
-            "its pause is over",
+            "B has had its turn since: A's deficit counts again (one round, not a time)",
         ),
         (
             [
@@ -78,15 +74,22 @@ def c(
                 c(1, 1, 0, empty_at=8.0, last_turn=8.0),
                 c(2, 1, 0, empty_at=9.5, last_turn=9.5),
             ],
-            10.0,
             1,
             "all empty (idle): round robin, the oldest turn",
         ),
-        ([c(0, 0, 0), c(1, 0, 0)], 0.0, None, "no share at all"),
+        (
+            [
+                c(0, 1, 0, empty_at=9.0, last_turn=9.0),
+                c(1, 1, 0, waiting=False, last_turn=1.0),
+            ],
+            0,
+            "a pool backing off does not hold the others back",
+        ),
+        ([c(0, 0, 0), c(1, 0, 0)], None, "no share at all"),
     ],
 )
-def test_choose_pool(pools: list[Candidate], now: float, chosen: int | None, why: str) -> None:
-    assert choose_pool(pools, now) == chosen, why
+def test_choose_pool(pools: list[Candidate], chosen: int | None, why: str) -> None:
+    assert choose_pool(pools) == chosen, why
 
 
 @pytest.mark.parametrize(

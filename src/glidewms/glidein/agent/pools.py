@@ -16,7 +16,7 @@ What is shared is decided here, under the agent's lock:
   goes to the pool ``choose_pool`` says (a pure function): the largest
   deficit, its share minus its share of the recent core-seconds, among the
   pools that are waiting for a turn; a pool whose last turn came back empty
-  steps behind the others for ``EMPTY_PAUSE`` seconds; between equals, the
+  waits until the others have had a turn since; between equals, the
   one that waited longest (round robin when the pilot is idle). Each
   long-poll is at most ``POLL_SLICE`` seconds, and at most the idle time
   left divided by the pools served, so an idle pilot asks every pool in
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 MAX_POOLS = 8  # pools one pilot serves, at most (the factory's bound too)
 MAX_SHARE = 999
 POLL_SLICE = 5.0  # longest long-poll of one pool while the pilot serves several
-EMPTY_PAUSE = 5.0  # seconds a pool whose turn brought nothing steps behind the others
 TURN_WAIT = 1.0  # a loop waiting for its turn looks again at least this often
 USAGE_HALFLIFE = 600.0  # seconds: how recent "recent core-seconds" is
 
@@ -113,12 +112,15 @@ def deficit(share: float, usage: float, shares: float, usages: float) -> float:
     return share / shares - (usage / usages if usages > 0 else 0.0)
 
 
-def choose_pool(pools: Sequence[Candidate], now: float) -> Optional[int]:
+def choose_pool(pools: Sequence[Candidate]) -> Optional[int]:
     """The pool whose turn it is, among those waiting; None if none waits.
 
     Deficits count every pool served (one backing off still has its share).
-    A pool whose turn came back empty within ``EMPTY_PAUSE`` seconds goes
-    after the others; between equals the one whose last turn is oldest wins.
+    A pool whose last turn came back empty waits until every other waiting
+    pool has had a turn since (one round, not a time: a busy pool's one
+    empty answer must not cost it many turns); between equals the one whose
+    last turn is oldest goes. The pool asked longest ago is never passed
+    over, so an idle pilot asks the pools round robin.
     """
     shares = sum(p.share for p in pools)
     usages = sum(p.usage for p in pools)
@@ -126,9 +128,13 @@ def choose_pool(pools: Sequence[Candidate], now: float) -> Optional[int]:
     if not waiting or shares <= 0:
         return None
 
+    def paused(p: Candidate) -> bool:
+        return p.empty_at is not None and any(
+            q.index != p.index and q.last_turn < p.empty_at for q in waiting
+        )
+
     def rank(p: Candidate) -> Tuple[int, float, float]:
-        paused = p.empty_at is not None and now - p.empty_at < EMPTY_PAUSE
-        if paused:  # round robin among the pools that had nothing
+        if paused(p):
             return (0, 0.0, -p.last_turn)
         return (1, round(deficit(p.share, p.usage, shares, usages), 9), -p.last_turn)
 
@@ -325,6 +331,7 @@ class MultiPoolAgent(Agent):
         if self.in_flight is not link:
             return
         self.in_flight = None
+        log.debug("turn with %s over: %d claim(s), failed=%s", link.url, link.got, failed)
         if link.calls:
             link.last_turn = now
             link.empty_at = now if (failed or not link.got) else None
@@ -348,7 +355,7 @@ class MultiPoolAgent(Agent):
             return offer
         link.waiting = True
         if self.in_flight is None:
-            chosen = choose_pool(self._candidates(), now)
+            chosen = choose_pool(self._candidates())
             if chosen == link.index:
                 self.in_flight, link.waiting, link.calls, link.got = link, False, 0, 0
                 # the idle time left is shared: every pool is asked before it runs out
