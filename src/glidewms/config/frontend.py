@@ -80,6 +80,18 @@ class GroupConfig(BaseModel):
         description="name of the pool (in `pools`) whose jobs this group serves; "
         "default the first pool",
     )
+    pools: list[str] | None = Field(
+        None,
+        min_length=2,
+        max_length=8,
+        description="several pools (names in `pools`) whose jobs this group serves with "
+        "the same pilots, each pilot serving them all; instead of `pool`",
+    )
+    pool_shares: list[int] | None = Field(
+        None,
+        description="with `pools`: each pool's share of the pilots (1-999), in its order; "
+        "default equal",
+    )
     factories: list[str] | None = Field(
         None, description="names of the factories (in `factories`) asked; default all"
     )
@@ -286,6 +298,25 @@ class FrontendConfig(TlsChecks):
                 raise ValueError(
                     f"groups[{i}].pool: no pool named {group.pool!r} (known: {sorted(pools)})"
                 )
+            if group.pools is not None:
+                if group.pool is not None:
+                    raise ValueError(f"groups[{i}]: give pool or pools, not both")
+                for name in group.pools:
+                    if name not in pools:
+                        raise ValueError(
+                            f"groups[{i}].pools: no pool named {name!r} (known: {sorted(pools)})"
+                        )
+                if len(set(group.pools)) != len(group.pools):
+                    raise ValueError(f"groups[{i}].pools: a pool is named twice")
+            shares = group.pool_shares
+            if shares is not None and (
+                group.pools is None
+                or len(shares) != len(group.pools)
+                or not all(1 <= s <= 999 for s in shares)
+            ):
+                raise ValueError(
+                    f"groups[{i}].pool_shares: one integer 1-999 per pool of groups[{i}].pools"
+                )
             for name in group.factories or []:
                 if name not in factories:
                     raise ValueError(
@@ -313,7 +344,17 @@ class FrontendConfig(TlsChecks):
 
     def group_pool(self, group: GroupConfig) -> Source:
         pools = self.all_pools()
-        return next((p for p in pools if p.name == group.pool), pools[0])
+        wanted = group.pools[0] if group.pools else group.pool
+        return next((p for p in pools if p.name == wanted), pools[0])
+
+    def group_pools(self, group: GroupConfig) -> list[tuple[Source, int]]:
+        """The pools the group's pilots serve, with their shares; the first is
+        `group_pool`'s. One pool, share 1, for a group without `pools`."""
+        if not group.pools:
+            return [(self.group_pool(group), 1)]
+        by_name = {p.name: p for p in self.all_pools()}
+        shares = group.pool_shares or [1] * len(group.pools)
+        return [(by_name[n], s) for n, s in zip(group.pools, shares, strict=True)]
 
     def group_factories(self, group: GroupConfig) -> list[Source]:
         wanted = group.factories

@@ -60,6 +60,14 @@ class PoolConfig(TlsChecks):
         "tokens for frontends (default state_dir/../keys/pilot_issuer.key if it exists); it "
         "can sign nothing but pilot tokens. The pool never takes the installation's issuer.key",
     )
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        max_length=64,
+        description="this pool's name, when pools share a pilot issuer key: the pilot "
+        "tokens it mints carry it (`pool` claim), and a pilot token naming another pool "
+        "is refused here (a pilot serving several pools sends each its own token)",
+    )
     claim_lease_seconds: float = Field(60.0, gt=0, description="a claim not renewed is released")
     pilot_lease_seconds: float = Field(90.0, gt=0, description="a silent pilot is declared lost")
     heartbeat_seconds: float = Field(20.0, gt=0, description="how often pilots report")

@@ -7,8 +7,9 @@ never replacing it) and container image, and the frontend's VO
 stage (`--vo-stage URL --vo-manifest-sha256 HEX --vo-manifest-key B64`), and
 the CA bundle https services are verified against (`--ca-cert B64`, the
 factory's `ca_file`: public, and on the command line so that no site needs
-a copy beforehand). Nothing secret is ever an argument: the token travels in
-a 0600 file.
+a copy beforehand), and, for pilots serving several pools, the further pools
+and the shares (`--also-pool URL ... --pool-shares 2,1`). Nothing secret is
+ever an argument: the tokens travel in a 0600 file.
 
 Every argument is checked on the way out (`checked`): each value becomes a
 `glidein_config` line on the pilot, so one with a newline or any other control
@@ -47,7 +48,7 @@ def both_starts(site: str, frontend: str) -> str:
 
 
 # Options whose value is a URL the pilot calls.
-URL_OPTIONS = frozenset({"--factory", "--pool", "--vo-stage"})
+URL_OPTIONS = frozenset({"--factory", "--pool", "--vo-stage", "--also-pool"})
 
 
 def pilot_arguments(
@@ -84,6 +85,10 @@ def pilot_arguments(
         "--work-dir",
         entry.work_dir,
     ]
+    if request.pools:  # pilots that serve several pools (agent/pools.py)
+        for pool in request.pools[1:]:
+            args += ["--also-pool", str(pool["url"])]
+        args += ["--pool-shares", ",".join(str(int(p["share"])) for p in request.pools)]
     if stage.public_key_b64:
         args += ["--manifest-key", stage.public_key_b64]
     if ca_file is not None:
@@ -132,6 +137,9 @@ def request_problem(request: StoredRequest, entry: str) -> str | None:
     line, a URL that does not parse), or None."""
     wanted = request.entries.get(entry, {})
     values = [("pool_url", request.pool_url, True)]
+    values += [
+        (f"pools[{i}].url", str(p.get("url", "")), True) for i, p in enumerate(request.pools or [])
+    ]
     if request.vo_stage:
         values.append(("vo_stage.url", str(request.vo_stage.get("url", "")), True))
     values += [

@@ -26,6 +26,8 @@ requests_table = sa.Table(
     sa.Column("entry_tokens", sa.JSON, nullable=True),
     # The frontend's signed VO stage: {"url", "manifest_sha256", "manifest_key"} or null.
     sa.Column("vo_stage", sa.JSON, nullable=True),
+    # Pilots serving several pools: [{"url", "share"}], the first is pool_url; or null.
+    sa.Column("pools", sa.JSON, nullable=True),
 )
 
 glideins_table = sa.Table(
@@ -168,6 +170,13 @@ def _samples(conn: Connection) -> None:
     timeseries.create_table(conn)
 
 
+def _request_pools(conn: Connection) -> None:
+    """Version 8: the pools a group's pilots serve, with their shares (issue 15)."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("requests")}
+    if "pools" not in columns:
+        conn.execute(sa.text("ALTER TABLE requests ADD COLUMN pools JSON"))
+
+
 MIGRATIONS = [
     _create_tables,
     _downtimes_and_archive,
@@ -176,4 +185,5 @@ MIGRATIONS = [
     _retired_entries,
     _pilot_health,
     _samples,
+    _request_pools,
 ]

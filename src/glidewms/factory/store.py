@@ -40,6 +40,8 @@ class StoredRequest:
     updated_at: float
     entry_tokens: dict[str, float] | None = None  # expiry of each entry's own token
     vo_stage: dict[str, str] | None = None  # the frontend's VO stage, passed to pilots
+    # pilots that serve several pools: [{"url", "share"}], pool_url first (pools.py)
+    pools: list[dict[str, Any]] | None = None
 
     def token_expiry(self, entry: str) -> float | None:
         """When the token pilots of `entry` get expires (its own, else the group's)."""
@@ -128,6 +130,7 @@ class FactoryStore:
         token_expires: float | None,
         entry_tokens: Mapping[str, float] | None = None,
         vo_stage: Mapping[str, str] | None = None,
+        pools: list[dict[str, Any]] | None = None,
     ) -> None:
         """Replace the desired state of (frontend, group): a PUT is idempotent."""
         t = requests_table
@@ -138,6 +141,7 @@ class FactoryStore:
             "updated_at": time.time(),
             "entry_tokens": dict(entry_tokens or {}),
             "vo_stage": None if vo_stage is None else dict(vo_stage),
+            "pools": pools,
         }
         key = (t.c.frontend == frontend) & (t.c.group == group)
         with self.engine.begin() as conn:

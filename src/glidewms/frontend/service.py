@@ -54,11 +54,20 @@ class CycleReport:
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+PoolTokens = list[tuple[str, int, GroupTokens]]  # (pool URL, share, its tokens), first first
+
+
 def request_body(
-    pool_url: str, tokens: GroupTokens, entries: dict[str, Request], vo_stage: dict[str, Any] | None
+    pool_url: str,
+    tokens: GroupTokens,
+    entries: dict[str, Request],
+    vo_stage: dict[str, Any] | None,
+    pools: PoolTokens | None = None,
 ) -> dict[str, Any]:
     """The PUT body of one group for one factory: every entry with its own pilot token
-    (entry-scoped: there is no group-wide one, credentials.py), and the VO stage."""
+    (entry-scoped: there is no group-wide one, credentials.py), and the VO stage.
+    A group of several pools also lists them, each with its share and its own
+    entry tokens (minted by that pool: valid there only)."""
     body: dict[str, Any] = {
         "pool_url": pool_url,
         "entries": {n: dict(r) for n, r in entries.items()},
@@ -68,7 +77,40 @@ def request_body(
             entry["pilot_token"] = tokens.entries[name]
     if vo_stage is not None:
         body["vo_stage"] = vo_stage
+    if pools is not None and len(pools) > 1:
+        body["pools"] = [
+            {
+                "pool_url": url,
+                "share": share,
+                "entry_tokens": {n: t for n, t in toks.entries.items() if n in entries},
+            }
+            for url, share, toks in pools
+        ]
     return body
+
+
+def merged_answer(answers: list[PoolAnswer]) -> PoolAnswer:
+    """What a group of several pools sees: their demand added up (every queue's
+    autoclusters), and each pilot once (a pilot serving them all registers with
+    each; its first pool's record stands for it). Blind if any pool is."""
+    if len(answers) == 1:
+        return answers[0]
+    bad = [a.error for a in answers if not a.ok]
+    if bad:
+        return PoolAnswer(ok=False, error="; ".join(bad))
+    seen: set[str] = set()
+    pilots = []
+    for answer in answers:
+        for pilot in answer.pilots:
+            gid = pilot.get("glidein_id")
+            if gid is not None:
+                if str(gid) in seen:
+                    continue
+                seen.add(str(gid))
+            pilots.append(pilot)
+    return PoolAnswer(
+        ok=True, autoclusters=[ac for a in answers for ac in a.autoclusters], pilots=pilots
+    )
 
 
 def without_removal(m: policy.Memory) -> Request:
@@ -172,7 +214,7 @@ class Frontend:
         now = self.clock()
         report = CycleReport(started=now)
         groups = self.config.groups
-        pools = {self.config.group_pool(g).name: self.config.group_pool(g) for g in groups}
+        pools = {p.name: p for g in groups for p, _ in self.config.group_pools(g)}
         factories = {f.name: f for g in groups for f in self.config.group_factories(g)}
         factory_groups = {
             name: [
@@ -201,7 +243,7 @@ class Frontend:
         views: dict[str, GroupView] = {}
         blind: dict[str, str] = {}  # group -> why its demand is not trusted this cycle
         for group in groups:
-            pool = pool_by_name[self.config.group_pool(group).name]
+            pool = merged_answer([pool_by_name[p.name] for p, _ in self.config.group_pools(group)])
             seen = await self._observe(group, pool, fac_by_name, now) if pool.ok else pool.error
             if isinstance(seen, GroupView):
                 views[group.name] = seen
@@ -321,12 +363,21 @@ class Frontend:
             sends.append((f, entries))
         names = entry_sites((factories[f.name].entries or [], entries) for f, entries in sends)
         tokens, why = await self._group_tokens(http, group, pool_source, names)
+        pool_tokens: PoolTokens | None = None
+        if group.pools and tokens is not None:
+            pool_tokens = [(pool_source.url, self.config.group_pools(group)[0][1], tokens)]
+            for other, share in self.config.group_pools(group)[1:]:
+                more, why = await self._group_tokens(http, group, other, names)
+                if more is None:
+                    tokens = None
+                    break
+                pool_tokens.append((other.url, share, more))
         vo_stage, vo_why = self._vo_advert(group)
         if vo_why:
             out["vo_stage"] = vo_why
         results = await asyncio.gather(
             *(
-                self._put(http, group, pool_source, f, entries, tokens, vo_stage)
+                self._put(http, group, pool_source, f, entries, tokens, vo_stage, pool_tokens)
                 for f, entries in sends
             ),
             return_exceptions=True,
@@ -447,11 +498,12 @@ class Frontend:
         entries: dict[str, Request],
         tokens: GroupTokens | None,
         vo_stage: dict[str, Any] | None,
+        pools: PoolTokens | None = None,
     ) -> str | None:
         """Send the group's desired state; None when the factory took it, else why not."""
         if tokens is None:
             return "not sent: no pilot token"
-        body = request_body(pool.url, tokens, entries, vo_stage)
+        body = request_body(pool.url, tokens, entries, vo_stage, pools)
         return await self.sources.put_request(http, factory, group.name, body)
 
     async def _freeze(
@@ -469,18 +521,28 @@ class Frontend:
                 out[f.name] = f"not sent: {why}"
                 continue
             pool = self.config.group_pool(group)
-            tokens = GroupTokens(
-                {
-                    n: t
-                    for n in mine
-                    if (t := self.pilot_tokens.current(pool.name, group.name, n)) is not None
-                }
-            )
-            if len(tokens.entries) < len(mine):
+            held = [
+                (
+                    p.url,
+                    share,
+                    GroupTokens(
+                        {
+                            n: t
+                            for n in mine
+                            if (t := self.pilot_tokens.current(p.name, group.name, n)) is not None
+                        }
+                    ),
+                )
+                for p, share in self.config.group_pools(group)
+            ]
+            tokens = held[0][2]
+            if any(len(t.entries) < len(mine) for _, _, t in held):
                 out[f.name] = f"cannot stop removal (no valid pilot token): {why}"
                 continue
             entries = {n: without_removal(m) for n, m in mine.items()}
-            err = await self._put(http, group, pool, f, entries, tokens, self._vo_advert(group)[0])
+            err = await self._put(
+                http, group, pool, f, entries, tokens, self._vo_advert(group)[0], held
+            )
             if err is None:
                 for n, m in mine.items():
                     memory[f"{prefix}{n}"] = m.without_removal()

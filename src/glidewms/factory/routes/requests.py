@@ -33,6 +33,7 @@ def request_view(factory: Factory, request: StoredRequest) -> dict[str, Any]:
         "token_expires": request.token_expires,
         "entry_token_expires": request.entry_tokens or {},
         "vo_stage": request.vo_stage,
+        "pools": request.pools,
         "updated_at": request.updated_at,
         "errors": factory.request_errors(request),
     }
@@ -61,6 +62,7 @@ async def put_request(
         accepted.token_expires,
         accepted.entry_tokens,
         accepted.vo_stage,
+        accepted.pools,
     )
     factory.wake()
     stored = next(r for r in await asyncio.to_thread(store.requests, frontend) if r.group == group)

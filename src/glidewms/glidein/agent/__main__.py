@@ -14,6 +14,7 @@ import time
 from .agent import Agent
 from .config import ConfigError, UnsafeValue, load_config
 from .policy import ExitReason
+from .pools import MultiPoolAgent, serves_several
 
 
 def setup_logging(verbose: bool) -> None:
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("bad glidein_config: %s", exc)
         return 2
     try:
-        agent = Agent(cfg)
+        agent = MultiPoolAgent(cfg) if serves_several(cfg) else Agent(cfg)
+    except ConfigError as exc:
+        log.error("bad glidein_config: %s", exc)
+        return 2
     except OSError as exc:
         log.error("cannot inspect the node: %s", exc)
         return 1

@@ -19,6 +19,7 @@ does not hand it straight to another pilot.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import signal
@@ -32,7 +33,7 @@ from .claims import ClaimRunner, Outcome
 from .config import GlideinConfig, config_line
 from .container import ContainerSetup
 from .exchange import Exchange, Offer
-from .http import Api, HttpStatusError, IncompatiblePeer, TransportError
+from .http import Api, HttpStatusError, IncompatiblePeer, TransportError, select_token
 from .isolation import Isolation
 from .jobs import JobSetupError, JobSpec
 from .policy import (
@@ -145,7 +146,7 @@ class Agent:
             self._token_checked = now
             try:
                 with open(self.cfg.token_file, encoding="utf-8") as handle:
-                    self._token_expires = token_expiry(handle.read())
+                    self._token_expires = token_expiry(select_token(handle.read()))
             except OSError:
                 pass  # the next request says what is wrong with it
         return token_retire(self.deadline, self._token_expires, time.time(), now)
@@ -286,15 +287,17 @@ class Agent:
 
     # -- jobs -----------------------------------------------------------------
 
-    def start_claim(self, claim: dict[str, Any]) -> None:
+    def start_claim(self, claim: dict[str, Any], pool: Api | None = None, tag: str = "") -> None:
         """Start a claim the pool handed out, unless it cannot run here (then its
-        lease runs out and the pool requeues the job)."""
+        lease runs out and the pool requeues the job). ``pool``: the one it came
+        from, when the pilot serves several (pools.py); ``tag`` then prefixes its
+        sandbox's name, as two pools may each send a job 1.0."""
         try:
             spec = JobSpec.from_claim(claim.get("job"))
             runner = ClaimRunner(
                 claim,
                 spec,
-                self.pool,
+                pool or self.pool,
                 work_dir=self.job_root,
                 job_env=self._job_env(),
                 container=self.container,
@@ -302,6 +305,9 @@ class Agent:
                 isolation=self.isolation,
                 plugins=plugins_for(self.cfg.values),
             )
+            if tag:
+                base, name = os.path.split(runner.sandbox)
+                runner.sandbox = os.path.join(base, f"{tag}-{name}")
         except (JobSetupError, KeyError) as exc:
             log.error("unusable claim %s, left to its lease: %s", claim.get("claim_id"), exc)
             with self._cond:
@@ -342,7 +348,7 @@ class Agent:
                 self.cfg.black_hole_window,
             ):
                 if not self.stop_reason:  # its victims go back to the pool (exchange.py)
-                    self.exchange.completions.freeze()
+                    self._freeze_results()
                 self.stop_taking_work(
                     ExitReason.BLACK_HOLE,
                     f"{self.cfg.black_hole_jobs} jobs failed within {self.cfg.black_hole_window}s",
@@ -351,6 +357,10 @@ class Agent:
             self.idle_since = time.monotonic()
             if self.reason is None:
                 self._decide()  # a draining or retired pilot exits now
+
+    def _freeze_results(self) -> None:
+        """Under the lock: a black hole; held results never come due (completions.py)."""
+        self.exchange.completions.freeze()
 
     def _job_env(self) -> dict[str, str]:
         return {
@@ -437,15 +447,7 @@ class Agent:
             except (HttpStatusError, TransportError, KeyError, TypeError) as exc:
                 self.finish(ExitReason.ERROR, f"registration failed: {type(exc).__name__}: {exc}")
             else:
-                loops = [
-                    (self.exchange.heartbeat_loop, (interval,)),
-                    (self.exchange.claim_loop, ()),
-                    (self.exchange.completion_loop, ()),
-                    (self.trail.flush_loop, (self.finished, TRAIL_FLUSH)),
-                ]
-                if self.checks.periodic:
-                    loops.append((self._periodic_loop, ()))
-                for target, args in loops:
+                for target, args in self._loops(interval):
                     threading.Thread(
                         target=self._guarded,
                         args=(target, *args),
@@ -463,6 +465,18 @@ class Agent:
             while not self.hold_over.wait(min(SIGNAL_POLL, max(0.0, end - time.monotonic()))):
                 if self._signalled or time.monotonic() >= end:
                     break
+
+    def _loops(self, interval: float) -> list[tuple[Any, tuple[Any, ...]]]:
+        """The threads a registered pilot runs: (function, arguments)."""
+        loops: list[tuple[Any, tuple[Any, ...]]] = [
+            (self.exchange.heartbeat_loop, (interval,)),
+            (self.exchange.claim_loop, ()),
+            (self.exchange.completion_loop, ()),
+            (self.trail.flush_loop, (self.finished, TRAIL_FLUSH)),
+        ]
+        if self.checks.periodic:
+            loops.append((self._periodic_loop, ()))
+        return loops
 
     def _guarded(self, target: Any, *args: Any) -> None:
         """Run a loop thread; if it crashes, end the pilot with reason error.

@@ -155,6 +155,25 @@ def segment(value: str) -> str:
     return quote(str(value), safe="")
 
 
+def select_token(text: str, key: str = "") -> str:
+    """The token a call sends, from the token file's text.
+
+    A pilot serving one pool has a file holding its token. One serving
+    several (pools.py) has one file too (the factory ships and renews it as
+    one): its first line is the first pool's token (what the bootstrap and
+    the factory calls use), then one ``pool URL TOKEN`` line per pool, so
+    each pool is sent its own token only. ``key`` names the pool URL; no key
+    (or a file without such lines) means the first line. A key with no line
+    gives "": the pool refuses the call and the pilot stops serving it.
+    """
+    lines = text.split("\n")
+    if key:
+        keyed = [line.split() for line in lines if line.startswith("pool ")]
+        if keyed:
+            return next((p[2] for p in keyed if len(p) == 3 and p[1] == key), "")
+    return next((line.strip() for line in lines if line.strip()), "")
+
+
 class Api:
     """One service's ``/api/v1`` with a bearer token, timeouts and retries.
 
@@ -172,9 +191,11 @@ class Api:
         abort: threading.Event | None = None,
         check_version: bool = False,
         ca_file: Optional[str] = None,
+        token_key: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/") + API_PREFIX
         self.token_file = token_file
+        self.token_key = token_key  # which ``pool URL TOKEN`` line is ours (select_token)
         self.backoff = backoff
         self.abort = abort or threading.Event()
         self.check_version = check_version
@@ -276,7 +297,7 @@ class Api:
         if kept is not None and kept[0] == key and now - kept[2] < TOKEN_REREAD:
             return kept[1]
         with open(self.token_file, encoding="utf-8") as handle:
-            token = handle.read().strip()
+            token = select_token(handle.read(), self.token_key)
         self._token_kept = (key, token, now)
         return token
 

@@ -22,7 +22,7 @@ usage() {
        "[--manifest-key B64] [--attr NAME=VALUE ...] [--set KEY=VALUE ...]" \
        "[--vo-stage URL --vo-manifest-sha256 HEX [--vo-manifest-key B64]] [--multi N]" \
        "[--multi-launch auto|srun|local] [--ca-cert B64 | --ca-file PEM]" \
-       "[--outage-tolerance S]" >&2
+       "[--outage-tolerance S] [--also-pool URL ... [--pool-shares N,N,...]]" >&2
   echo "   or: glidein_startup.sh --no-factory --pool URL (--stage-dir DIR | --stage-url URL" \
        "--manifest-sha256 HEX) [--site NAME] [--entry NAME] [--glidein-id ID] [...]" >&2
   exit $EXIT_USAGE
@@ -31,13 +31,13 @@ usage() {
 factory='' manifest_sha='' pool='' gid='' entry='' site='' idle=1200 lifetime=86400
 cpus=auto memory=auto parent=auto heartbeat='' attrs=() settings=() manifest_key='' min_disk=50
 no_factory='' stage_base='' vo_stage='' vo_sha='' vo_key='' multi=1 multi_launch=auto
-ca_b64='' ca_src='' outage=900
+ca_b64='' ca_src='' outage=900 also_pools=() pool_shares=''
 reserved=" GLIDEIN_Factory_URL GLIDEIN_Pool_URL GLIDEIN_Id GLIDEIN_Entry_Name GLIDEIN_Site \
 GLIDEIN_Idle_Timeout GLIDEIN_Lifetime GLIDEIN_Cpus GLIDEIN_Memory GLIDEIN_Heartbeat GLIDEIN_Work_Dir \
 GLIDEIN_Token_File GLIDEIN_Attrs GLIDEIN_Manifest_Signature GLIDEIN_VO_Scripts \
 GLIDEIN_VO_Manifest_Signature GLIDEIN_Multi_Count GLIDEIN_Multi_Index GLIDEIN_Manual \
 GLIDEIN_Multi_Local_Count GLIDEIN_Multi_Local_Index GLIDEIN_Multi_Launcher GLIDEIN_CA_File \
-GLIDEIN_Outage_Tolerance "
+GLIDEIN_Outage_Tolerance GLIDEIN_Also_Pools GLIDEIN_Pool_Shares "
 while [ $# -gt 0 ]; do
   if [ "$1" = --no-factory ]; then no_factory=1; shift; continue; fi
   [ $# -ge 2 ] || usage "$1 needs a value"
@@ -55,6 +55,7 @@ while [ $# -gt 0 ]; do
     --multi) multi=$2 ;;                 --multi-launch) multi_launch=$2 ;;
     --ca-cert) ca_b64=$2 ;;              --ca-file) ca_src=$2 ;;
     --outage-tolerance) outage=$2 ;;
+    --also-pool) also_pools+=("${2%/}") ;; --pool-shares) pool_shares=$2 ;;
     --set) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^$'\n']*$ ]] || usage "bad --set '$2'"
            [[ $reserved == *" ${2%%=*} "* ]] && usage "--set cannot set ${2%%=*}"
            settings+=("$2") ;;
@@ -116,6 +117,9 @@ invalid_value() {  # prints "OPTION: why" for the first unusable value, else not
   for a in ${attrs[@]+"${attrs[@]}"} ${settings[@]+"${settings[@]}"}; do
     ! has_control "$a" || { printf -- '--attr/--set: control character in %q' "$a"; return; }
   done
+  for a in ${also_pools[@]+"${also_pools[@]}"}; do
+    is_http_url "$a" || { printf -- '--also-pool: not an http(s) URL on one line: %q' "$a"; return; }
+  done
 }
 for sum in "$manifest_sha" "$vo_sha"; do
   [ -z "$sum" ] || [[ $sum =~ ^[0-9a-fA-F]{64}$ ]] || usage "--manifest-sha256 and --vo-manifest-sha256 must be 64 hex digits"
@@ -132,6 +136,12 @@ done
   || usage "--ca-cert takes the base64 of a PEM bundle"
 [ -z "$ca_src" ] || [ -r "$ca_src" ] || usage "--ca-file $ca_src: not a readable file"
 [[ $multi_launch =~ ^(auto|srun|local)$ ]] || usage "--multi-launch: auto, srun or local"
+# a pilot serving several pools (agent/pools.py): at most 8 in all, one share each
+[ "${#also_pools[@]}" -le 7 ] || usage "--also-pool: at most 7 (8 pools in all)"
+commas=${pool_shares//[^,]/}  # bash only: the pilot's PATH may lack tr and wc
+[ -z "$pool_shares" ] || [[ $pool_shares =~ ^[1-9][0-9]{0,2}(,[1-9][0-9]{0,2}){0,7}$ \
+  && ${#commas} -eq ${#also_pools[@]} ]] \
+  || usage "--pool-shares: one integer 1-999 per pool (--pool, then each --also-pool), commas"
 [[ $idle$lifetime$heartbeat$min_disk =~ ^[0-9]+$ && $outage =~ ^[0-9]{1,6}$ ]] \
   || usage "--idle-timeout, --lifetime, --heartbeat, --outage-tolerance take a number of seconds, --min-disk of MB"
 [[ $cpus =~ ^([0-9]+|auto)$ && $memory =~ ^([0-9]+|auto)$ ]] || usage "--cpus/--memory: N or auto"
@@ -269,7 +279,7 @@ if method == "MANY":
 else:
     jobs, data = [(args[0], args[1])], args[2].encode() if len(args) > 2 else None
 with open(os.environ["GLIDEIN_TOKEN_FILE"]) as f:
-    headers = {"Authorization": "Bearer " + f.read().strip(), "Content-Type": "application/json"}
+    headers = {"Authorization": "Bearer " + f.readline().strip(), "Content-Type": "application/json"}
 context = ssl.create_default_context(cafile=os.environ.get("GLIDEIN_CA_FILE") or None)
 outage, cap = int(os.environ["OUTAGE"]), int(os.environ["RETRY_CAP"])
 def log(text):
@@ -459,6 +469,10 @@ rm -f "$hdr"   # jobs run under this dir: leave no copy of the token behind
   [ -n "$no_factory" ] && printf 'GLIDEIN_Manual true\n'
   [ -n "$heartbeat" ] && printf 'GLIDEIN_Heartbeat %s\n' "$heartbeat"
   printf 'GLIDEIN_Outage_Tolerance %s\n' "$outage"
+  if [ "${#also_pools[@]}" -gt 0 ]; then
+    printf 'GLIDEIN_Also_Pools %s\n' "${also_pools[*]}"
+    [ -z "$pool_shares" ] || printf 'GLIDEIN_Pool_Shares %s\n' "$pool_shares"
+  fi
 } > "$work/glidein_config"
 # Jobs of another account (agent/isolation.py) pass through the work dir to their sandbox.
 for a in ${settings[@]+"${settings[@]}"}; do

@@ -24,7 +24,7 @@ from glidewms.pool.jobs import BadJobId, Conflict, InvalidEdit, InvalidJob, NotF
 from glidewms.pool.pilots import PilotOwner
 from glidewms.pool.sandbox import SandboxStore
 from glidewms.pool.store import PoolStore
-from glidewms.security.http import require
+from glidewms.security.http import Require, require
 from glidewms.security.tokens import Identity, TokenIssuer
 
 T = TypeVar("T")
@@ -173,12 +173,31 @@ async def pool_context(request: Request) -> PoolContext:
     return request.app.state.pool  # type: ignore[no-any-return]
 
 
+class PilotRequire(Require):
+    """`require` for calls pilots make: a pilot token minted by another pool
+    (its `pool` claim names another pool than this one's `name`) is refused,
+    so a token copied from a pilot serving pool A cannot act in pool B even
+    when the pools share a pilot issuer key. A token without the claim (a
+    pool without a name minted it) is judged as before."""
+
+    async def __call__(self, request: Request) -> Identity:  # type: ignore[override]
+        identity = await super().__call__(request)
+        claimed = identity.claims.get("pool")
+        if claimed is not None and "pilot" in identity.scopes:
+            own = request.app.state.pool.config.name
+            if claimed != own:
+                raise HTTPException(
+                    403, f"this pilot token was minted by pool {str(claimed)[:64]!r}, not this one"
+                )
+        return identity
+
+
 Pool = Annotated[PoolContext, Depends(pool_context)]
 # The caller, by the scope its token must hold (admin is accepted for any).
 UserCaller = Annotated[Identity, Depends(require("user"))]
-PilotCaller = Annotated[Identity, Depends(require("pilot"))]
+PilotCaller = Annotated[Identity, Depends(PilotRequire(("pilot",)))]
 FrontendCaller = Annotated[Identity, Depends(require("frontend"))]
-UserOrPilotCaller = Annotated[Identity, Depends(require("user", "pilot"))]
+UserOrPilotCaller = Annotated[Identity, Depends(PilotRequire(("user", "pilot")))]
 
 
 def pilot_owner(who: Identity) -> PilotOwner | None:

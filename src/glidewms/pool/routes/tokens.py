@@ -48,6 +48,8 @@ async def pilot_token(body: PilotTokenBody, pool: Pool, who: FrontendCaller) -> 
     scope = {"entry": body.entry} if body.entry else {}
     if body.site:
         scope["site"] = body.site
+    if pool.config.name:  # valid in this pool only (deps.PilotRequire)
+        scope["pool"] = pool.config.name
     # the frontend is the caller's token subject, never a body field
     token = pool.issuer.issue(
         "pilot", ["pilot"], lifetime, fe=who.subject, group=body.group, **scope
