@@ -191,6 +191,9 @@ async def upkeep(pool: PoolContext) -> None:
             if requeued:
                 signal.notify(requeued)
             await run_in_threadpool(store.reports.flush_usage)
+            materialized = await run_in_threadpool(store.materializer.materialize)
+            if materialized:  # late materialisation (materialize.py): room was made
+                signal.notify(materialized)
             if time.monotonic() >= next_periodic:
                 next_periodic = time.monotonic() + config.periodic_check_seconds
                 changed = await run_in_threadpool(store.periodic.apply)
@@ -200,6 +203,7 @@ async def upkeep(pool: PoolContext) -> None:
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + config.retention_check_seconds
                 purged = await run_in_threadpool(keeper.purge, time.time())
+                await run_in_threadpool(store.materializer.drop_stale, time.time())
                 if any(purged.values()):
                     log.info("retention: purged %s", purged)
         except Exception:  # keep the loop alive: a failed pass is retried next tick

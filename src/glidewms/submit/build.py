@@ -10,6 +10,7 @@ and adds the simple commands, the `+Attr` ones and the refusals.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,18 +309,24 @@ def check_refused(builder: JobBuilder) -> None:
         )
 
 
-def build_jobs(ctx: Context, reader: Reader) -> list[JobDescription]:
-    jobs: list[JobDescription] = []
+def iter_jobs(ctx: Context, reader: Reader) -> Iterator[JobDescription]:
+    """The jobs one at a time, in ProcId order: a million-job cluster is sent
+    without ever holding a million jobs (SubmitError may come at any job)."""
+    proc = 0
     for block in reader.blocks:
         checked = False
         for index, values in block.rows:
             for step in range(block.args.count):
-                builder = JobBuilder(ctx, block, values, index, step, len(jobs))
+                builder = JobBuilder(ctx, block, values, index, step, proc)
                 if not checked:
                     check_refused(builder)
                     checked = True
-                jobs.append(builder.build())
-    if not jobs:
+                yield builder.build()
+                proc += 1
+    if proc == 0:
         last = reader.blocks[-1]
         raise SubmitError("the queue statements produce no jobs", last.source, last.line)
-    return jobs
+
+
+def build_jobs(ctx: Context, reader: Reader) -> list[JobDescription]:
+    return list(iter_jobs(ctx, reader))
