@@ -78,6 +78,20 @@ class ProcDelta(BaseModel):
     args: list[str] | None = None
     env: dict[str, str] | None = None
 
+    def stored(self) -> dict[str, Any]:
+        """As materialize.proc_job reads it, without what is absent."""
+        out: dict[str, Any] = {}
+        if self.ad:
+            out["ad"] = self.ad
+        if self.unset:
+            out["unset"] = self.unset
+        if self.sandbox is not None:
+            out["sandbox"] = [f.model_dump() for f in self.sandbox]
+        for key, value in (("args", self.args), ("env", self.env)):
+            if value is not None:
+                out[key] = value
+        return out
+
 
 class ClusterBody(BaseModel):
     proto: ProtoJob
@@ -249,7 +263,7 @@ async def add_procs(
     if len(body.procs) > limit:
         raise HTTPException(422, f"procs: {len(body.procs)}; at most {limit} per chunk")
     await _uploaded(pool, who, [(body.first + i, d.sandbox) for i, d in enumerate(body.procs)])
-    deltas = [d.model_dump(exclude_defaults=True) for d in body.procs]
+    deltas = [d.stored() for d in body.procs]
     staged = await guarded(
         pool.store.materializer.append,
         who.subject,
