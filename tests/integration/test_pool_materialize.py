@@ -166,7 +166,7 @@ def test_one_bad_proc_refuses_the_whole_cluster_which_no_one_ever_sees(pool_conf
         )
         assert ok.status_code == 200, ok.text
         for bad, why in (
-            ({"ad": {"RequestMemory": "1; Owner = \"bob\""}}, "RequestMemory"),
+            ({"ad": {"RequestMemory": '1; Owner = "bob"'}}, "RequestMemory"),
             ({"ad": {"Owner": '"bob"'}}, "Owner"),
             ({"ad": {"ProcId": "7"}}, "ProcId"),
             ({"ad": {"RequestCpus": "-4"}}, "RequestCpus"),
@@ -181,7 +181,12 @@ def test_one_bad_proc_refuses_the_whole_cluster_which_no_one_ever_sees(pool_conf
             f"/api/v1/clusters/{cid}/procs", json={"first": 5, "procs": deltas(5, 1)}, headers=alice
         )
         assert r.status_code == 409
-        assert pool.post(f"/api/v1/clusters/{cid}/commit", json={"total": 4}, headers=alice).status_code == 409
+        assert (
+            pool.post(
+                f"/api/v1/clusters/{cid}/commit", json={"total": 4}, headers=alice
+            ).status_code
+            == 409
+        )
         assert queued(pool, alice, cid) == {}
         assert pool.get("/api/v1/clusters", headers=alice).json() == []
         # a retried chunk is answered, not taken twice
@@ -201,10 +206,17 @@ def test_another_user_can_neither_see_nor_touch_the_cluster(pool_config, auth):
         cid = r.json()["cluster_id"]
         body = {"first": 0, "procs": deltas(0, 3)}
         assert pool.post(f"/api/v1/clusters/{cid}/procs", json=body, headers=bob).status_code == 404
-        assert pool.post(f"/api/v1/clusters/{cid}/procs", json=body, headers=alice).status_code == 200
+        assert (
+            pool.post(f"/api/v1/clusters/{cid}/procs", json=body, headers=alice).status_code == 200
+        )
         commit = {"total": 3}
-        assert pool.post(f"/api/v1/clusters/{cid}/commit", json=commit, headers=bob).status_code == 404
-        assert pool.post(f"/api/v1/clusters/{cid}/commit", json=commit, headers=alice).status_code == 200
+        assert (
+            pool.post(f"/api/v1/clusters/{cid}/commit", json=commit, headers=bob).status_code == 404
+        )
+        assert (
+            pool.post(f"/api/v1/clusters/{cid}/commit", json=commit, headers=alice).status_code
+            == 200
+        )
         assert pool.get("/api/v1/clusters", headers=bob).json() == []
         assert pool.get("/api/v1/clusters", params={"mine": False}, headers=bob).json() == []
         r = pool.post(f"/api/v1/clusters/{cid}/remove", json={}, headers=bob)
