@@ -252,8 +252,14 @@ class PoolClient:
         }
 
     def late_clusters(self, mine: bool = True) -> list[dict[str, Any]]:
-        """Late-materialising clusters with jobs queued or to come (GET /clusters)."""
-        return list(self._call("GET", "/clusters", params={"mine": mine}))
+        """Late-materialising clusters with jobs queued or to come (GET /clusters);
+        none from a pool that does not know them."""
+        try:
+            return list(self._call("GET", "/clusters", params={"mine": mine}))
+        except ClientError as exc:
+            if ": 404:" in str(exc):
+                return []
+            raise
 
     def remove_cluster(self, cluster_id: int, reason: str = "") -> dict[str, Any]:
         """condor_rm CLUSTER: its queued jobs and those not yet materialised."""

@@ -5,16 +5,27 @@ rm, hold, ownership, all-or-nothing. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import re
+import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from glidewms.config.pool import PoolConfig
+from glidewms.db import make_engine, sqlite_url
 from glidewms.pool.api import create_app
+from glidewms.pool.jobs import NewJob
+from glidewms.pool.materialize import Proto
+from glidewms.pool.schema import jobs as jobs_table
+from glidewms.pool.store import PoolStore
+from glidewms.submit import parse_submit
+from glidewms.submit.compact import delta, wire_job
 from tests.components.postgres import database_url, postgres_cluster  # noqa: F401
+from tests.unit.test_submit_compact import FILES as COMPACT_FILES
 
 SLOT = {"Cpus": 64, "Memory": 64000, "Disk": 1000000}
 PROTO = {
@@ -223,3 +234,48 @@ def test_another_user_can_neither_see_nor_touch_the_cluster(pool_config, auth):
         assert r.json() == {"pending": 0, "changed": []}  # bob's own jobs of it: none
         assert len(queued(pool, alice, cid)) == 2
         assert pool.get("/api/v1/clusters", headers=alice).json()[0]["materialized"] == 2
+
+
+@pytest.mark.parametrize("name", sorted(COMPACT_FILES))
+def test_materialised_rows_equal_the_plain_paths(tmp_path, name):
+    """The same jobs, queued plainly and materialised from proto + deltas
+    (most by the Form, without a parse): the same rows but for ClusterId and
+    QDate."""
+    base = tmp_path / "files"
+    base.mkdir()
+    for f in ("run.sh", "common.dat", "other.dat", *(f"in.{p}" for p in range(5))):
+        (base / f).write_text(f)
+    (base / "rows.txt").write_text("a\nb\nc\n")
+    jobs = parse_submit(textwrap.dedent(COMPACT_FILES[name]), "t.sub", base).jobs
+    store = PoolStore(make_engine(sqlite_url(tmp_path / "pool.sqlite")))
+    try:
+        new = [NewJob(j.ad_text(), [], j.args, j.env) for j in jobs]
+        plain_cid, _ = store.queue.submit("alice", new)
+        proto = wire_job(jobs[0], [])
+        m = store.materializer
+        cid = m.create("alice", Proto(proto["attrs"], [], proto["args"], proto["env"]), None, None)
+        deltas = [delta(proto, wire_job(j, [])) for j in jobs]
+        m.append("alice", cid, 0, deltas, 100)
+        m.commit("alice", cid, len(jobs))
+        form = m._form(Proto.of(proto), cid, "alice", time.time())
+        if name == "process":  # the usual case goes by the Form
+            assert form is not None and all(
+                form[0].fits(d, cid, store.shared.limits.ads) is not None for d in deltas
+            )
+        with store.engine.connect() as conn:
+            rows = {(r.cluster_id, r.proc_id): r for r in conn.execute(sa.select(jobs_table)).all()}
+        norm = re.compile(r"(ClusterId|QDate) = \d+|out\.\d+\.")  # where the cluster id shows
+        for p in range(len(jobs)):
+            a, b = rows[(plain_cid, p)], rows[(cid, p)]
+            assert norm.sub("", a.ad) == norm.sub("", b.ad)
+            assert (a.autocluster_id, a.prio, a.cpus, a.submitter, a.periodic) == (
+                b.autocluster_id,
+                b.prio,
+                b.cpus,
+                b.submitter,
+                b.periodic,
+            )
+            assert a.sandbox["args"] == b.sandbox["args"] and a.sandbox["cmd"] == b.sandbox["cmd"]
+            assert a.sandbox["env"] == b.sandbox["env"]
+    finally:
+        store.close()

@@ -25,6 +25,7 @@ it is then materialised whole, a batch at a time.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from glidewms import classads
+from glidewms.classad_limits import AdLimits
 from glidewms.pool.access import grant
+from glidewms.pool.checks import Refused
 from glidewms.pool.jobs import (
     ATTRIBUTE_NAME,
     CLUSTER_PLACEHOLDER,
@@ -41,15 +44,18 @@ from glidewms.pool.jobs import (
     InvalidJob,
     NewJob,
     NotFound,
+    TemplateKey,
+    stored_ad,
     template_key,
 )
 from glidewms.pool.lifecycle import JobState
-from glidewms.pool.queue import Queue
+from glidewms.pool.queue import Columns, Prepared, Queue, Template
 from glidewms.pool.schema import jobs, late_clusters, late_procs
 from glidewms.pool.shared import Shared
 
 STAGING, ACTIVE, DONE, REMOVED = "staging", "active", "done", "removed"
 STAGING_SECONDS = 3600.0  # a cluster not committed within this is dropped
+CHUNKS_KEPT = 4  # decoded chunks kept between batches (each at most a body's size)
 BATCHES_PER_PASS = 20  # per cluster and pass: one huge cluster does not hold up the upkeep
 NOT_RUNNING = (JobState.IDLE.value, JobState.HELD.value)
 QUEUED = (JobState.IDLE.value, JobState.RUNNING.value, JobState.HELD.value)
@@ -118,10 +124,123 @@ def proc_job(proto: Proto, delta: dict[str, Any], proc_id: int) -> NewJob:
     )
 
 
+# What the pool reads from a job's ad beside matching (or whose value shapes
+# its autocluster): never taken for a free attribute.
+_READ = frozenset(
+    {"cmd", "concurrencylimits", "accountinggroup", "acctgroup", "acctgroupuser", "userlog"}
+)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SLOT = "GLIDEWMSSLOT{}X"
+_PROC_SLOT = 987654321
+
+
+@dataclass(frozen=True)
+class Form:
+    """A cluster's canonical ad text (as the plain path stores it), cut where
+    the values of its free attributes and ProcId go. A free attribute is a
+    string literal of the proto that no other attribute, nor the pool,
+    reads: procs that differ from the proto only in such strings (output
+    names, `$(Process)`-numbered inputs: the usual case) are of the proto's
+    kind, so they are checked and materialised without a parse of their ad
+    (issue 15: a million of them at submit). Others take the plain path."""
+
+    free: frozenset[str]
+    segments: tuple[str, ...]  # text between the slots
+    slots: tuple[str | None, ...]  # the attribute of each slot (None: ProcId)
+    values: dict[str, str]  # each free attribute's proto value, rendered
+
+    def fits(
+        self, delta: dict[str, Any], cluster_id: int, limits: AdLimits
+    ) -> dict[str, str] | None:
+        """The delta's free values rendered for cluster `cluster_id` (its
+        placeholder replaced, as NewJob.realise does), if it changes nothing
+        else and each is one string literal within its bound; None otherwise."""
+        if delta.get("unset"):
+            return None
+        changed = delta.get("ad") or {}
+        rendered = {}
+        for name, text in changed.items():
+            if name not in self.free or len(text.encode()) > limits.max_value_bytes:
+                return None
+            text = text.replace(CLUSTER_PLACEHOLDER, str(cluster_id))
+            if not _STRING.fullmatch(text):  # one literal, nothing after it
+                return None
+            try:
+                render = str(classads.classad2.ExprTree(text))  # as the ad will show it
+            except Exception:  # the binding's own errors: not a literal it takes
+                return None
+            if not _STRING.fullmatch(render):
+                return None
+            rendered[name] = render
+        return rendered
+
+    def text(self, rendered: dict[str, str], proc_id: int) -> tuple[str, str]:
+        """The job's ad text, cut where ProcId's value goes (a Template's before, after)."""
+        parts: list[str] = [self.segments[0]]
+        before = ""
+        for slot, segment in zip(self.slots, self.segments[1:], strict=True):
+            if slot is None:
+                before, parts = "".join(parts), []
+            else:
+                parts.append(rendered.get(slot) or self.values[slot])
+            parts.append(segment)
+        return before, "".join(parts)
+
+
+def form_of(ad: Any, attrs: dict[str, str], significant: Sequence[str]) -> Form | None:
+    """`ad`: the proto realised as the plain path realises job 0 (ClusterId,
+    Owner, QDate set), a copy this changes; None when its text cannot be cut
+    unambiguously."""
+    lowered = {name: {t.lower() for t in _NAME.findall(text)} for name, text in attrs.items()}
+    skip = _READ | {s.lower() for s in significant}
+    free = [
+        name
+        for name, text in attrs.items()
+        if name in ad
+        and name.lower() not in skip
+        and _STRING.fullmatch(str(ad.lookup(name)))
+        and not any(name.lower() in refs for other, refs in lowered.items() if other != name)
+    ]
+    values = {name: str(ad.lookup(name)) for name in free}
+    for i, name in enumerate(free):  # `ad` is the caller's own copy
+        ad[name] = _SLOT.format(i)
+    ad["ProcId"] = _PROC_SLOT
+    text = classads.to_text(ad)
+    marks: list[tuple[str, str | None]] = [
+        (f'"{_SLOT.format(i)}"', name) for i, name in enumerate(free)
+    ]
+    marks.append((f"ProcId = {_PROC_SLOT}", None))
+    found = []
+    for mark, slot in marks:
+        if text.count(mark) != 1:
+            return None
+        at, size = text.index(mark), len(mark)
+        if slot is None:  # the slot is the number only
+            at, size = at + len("ProcId = "), len(str(_PROC_SLOT))
+        found.append((at, size, slot))
+    found.sort(key=lambda f: f[0])
+    segments, slots, last = [], [], 0
+    for at, size, slot in found:
+        segments.append(text[last:at])
+        slots.append(slot)
+        last = at + size
+    segments.append(text[last:])
+    return Form(frozenset(free), tuple(segments), tuple(slots), values)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    first: int
+    n: int
+    deltas: list[dict[str, Any]]
+
+
 class Materializer:
     def __init__(self, shared: Shared, queue: Queue) -> None:
         self.shared = shared
         self.queue = queue
+        self._chunks: dict[tuple[int, int], list[dict[str, Any]]] = {}
 
     # ------------------------------------------------------------ submit
 
@@ -172,10 +291,24 @@ class Materializer:
         if first + len(deltas) > most:
             raise InvalidJob(first, f"a cluster has at most {most} procs")
         proto = Proto.of(row.proto)
-        for index, delta in enumerate(deltas):
-            self._check_attrs(delta.get("ad") or {}, first + index)
+        form = self._form(proto, cluster_id, row.owner, time.time())
+        limits = self.shared.limits.ads
         new_jobs = [proc_job(proto, d, first + i) for i, d in enumerate(deltas)]
-        self.queue.check(new_jobs, first)
+        slow: list[int] = []
+        for index, (delta, job) in enumerate(zip(deltas, new_jobs, strict=True)):
+            if form is not None and form[0].fits(delta, cluster_id, limits) is not None:
+                try:
+                    job.check_size(limits)  # of the proto's kind: its size is what may differ
+                except Refused as exc:
+                    raise InvalidJob(first + index, str(exc)) from None
+                continue
+            self._check_attrs(delta.get("ad") or {}, first + index)
+            slow.append(index)
+        try:
+            self.queue.check([new_jobs[i] for i in slow])
+        except InvalidJob as exc:
+            message = str(exc).split(": ", 1)[1]
+            raise InvalidJob(first + slow[exc.index], message) from None
         now = time.time()
         with self.shared.engine.begin() as conn:
             moved = conn.execute(
@@ -263,11 +396,9 @@ class Materializer:
                     shared.limits.batch_size,
                 )
                 start, stop = row.next_proc, row.next_proc + n
-                chunks = (
+                stored = (
                     conn.execute(
-                        sa.select(
-                            late_procs.c.first, late_procs.c.count.label("n"), late_procs.c.deltas
-                        )
+                        sa.select(late_procs.c.first, late_procs.c.count.label("n"))
                         .where(
                             late_procs.c.cluster_id == cluster_id,
                             late_procs.c.first < stop,
@@ -278,6 +409,9 @@ class Materializer:
                     if n
                     else []
                 )
+                chunks = [
+                    Chunk(c.first, c.n, self._deltas(conn, cluster_id, c.first)) for c in stored
+                ]
             now = time.time()
             if n == 0:
                 if row.next_proc >= row.total:
@@ -293,9 +427,9 @@ class Materializer:
                 raise RuntimeError(
                     f"cluster {cluster_id}: procs {start}..{stop} are not all stored"
                 )
-            cuts: dict[tuple[str, str], bool] = {}
-            keys = [template_key(j.ad_text, cuts, shared.limits.ads) for j in new_jobs]
-            prepared = self.queue.prepare(row.owner, cluster_id, start, new_jobs, keys, now)
+            prepared, keys = self._prepare(
+                row.owner, cluster_id, start, proto, chunks, new_jobs, now
+            )
             with shared.engine.begin() as conn:
                 moved = conn.execute(
                     late_clusters.update()
@@ -321,6 +455,78 @@ class Materializer:
                 )
             self.queue.index_added(row.owner, added, now)
         return n
+
+    def _prepare(
+        self,
+        owner: str,
+        cluster_id: int,
+        start: int,
+        proto: Proto,
+        chunks: Sequence[Any],
+        new_jobs: list[NewJob],
+        now: float,
+    ) -> tuple[Prepared, list[TemplateKey]]:
+        """Templates and columns of a batch: the proto's kind for the procs
+        that fit its Form (no parse), the plain path's for the others."""
+        deltas = [
+            c.deltas[p - c.first]
+            for c in chunks
+            for p in range(max(start, c.first), min(start + len(new_jobs), c.first + c.n))
+        ]
+        form = self._form(proto, cluster_id, owner, now)
+        limits = self.shared.limits.ads
+        fits = [None if form is None else form[0].fits(d, cluster_id, limits) for d in deltas]
+        slow = [i for i, f in enumerate(fits) if f is None]
+        cuts: dict[tuple[str, str], bool] = {}
+        slow_keys = [template_key(new_jobs[i].ad_text, cuts, limits) for i in slow]
+        slow_jobs = [new_jobs[i] for i in slow]
+        templates, slow_columns = self.queue.prepare(
+            owner, cluster_id, 0, slow_jobs, slow_keys, now
+        )
+        keys: list[TemplateKey] = [None] * len(new_jobs)
+        columns: list[Columns] = [None] * len(new_jobs)  # type: ignore[list-item]
+        for i, key, col in zip(slow, slow_keys, slow_columns, strict=True):
+            keys[i], columns[i] = key, col
+        if form is not None:
+            shape, cmd, periodic, proto_columns = form
+            for i, rendered in enumerate(fits):
+                if rendered is not None:
+                    before, after = shape.text(rendered, start + i)
+                    keys[i] = ("fast", start + i)
+                    templates[keys[i]] = Template(before, after, cmd, periodic)
+                    columns[i] = proto_columns
+        return (templates, columns), keys
+
+    def _form(
+        self, proto: Proto, cluster_id: int, owner: str, now: float
+    ) -> tuple[Form, str | None, bool, Columns] | None:
+        """The cluster's Form, with what fast jobs share: Cmd, the periodic
+        flag, the proto's columns (autocluster, priority, cores, submitter)."""
+        job = proc_job(proto, {}, 0)
+        key = template_key(job.ad_text, {}, self.shared.limits.ads)
+        templates, columns = self.queue.prepare(owner, cluster_id, 0, [job], [key], now)
+        template = templates[key]
+        ad = stored_ad(f"{template.before}0{template.after}")
+        shape = form_of(ad, proto.attrs, self.shared.significant)
+        if shape is None:
+            return None
+        return shape, template.cmd, template.periodic, columns[0]
+
+    def _deltas(self, conn: Any, cluster_id: int, first: int) -> list[dict[str, Any]]:
+        """A stored chunk's deltas, decoded once for the batches that read it
+        (chunks never change: a few kept, the oldest dropped)."""
+        key = (cluster_id, first)
+        found = self._chunks.get(key)
+        if found is None:
+            found = conn.execute(
+                sa.select(late_procs.c.deltas).where(
+                    late_procs.c.cluster_id == cluster_id, late_procs.c.first == first
+                )
+            ).scalar_one()
+            if len(self._chunks) >= CHUNKS_KEPT:
+                self._chunks.pop(next(iter(self._chunks)))
+            self._chunks[key] = found
+        return list(found)
 
     def _set_state(self, cluster_id: int, at: int, state: str, now: float) -> None:
         with self.shared.engine.begin() as conn:
