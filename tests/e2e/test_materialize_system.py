@@ -81,3 +81,16 @@ def test_a_max_materialize_cluster_runs_through_real_pilots(system_factory, tmp_
     fetched = glidewms("fetch", "1.5", "--dest", "got", cwd=tmp_path, env=env)
     assert fetched.returncode == 0, fetched.stderr
     assert (tmp_path / "got" / "square_5.txt").read_text() == "square of 5 is 25\n"
+
+    # rm of a whole late cluster: its queued jobs and those still to come
+    (tmp_path / "stuck.sub").write_text(
+        "executable = job.sh\narguments = $(Process)\nrequirements = TARGET.Cpus > 1000\n"
+        "max_materialize = 2\nqueue 10\n"
+    )
+    assert glidewms("submit", "stuck.sub", cwd=tmp_path, env=env).returncode == 0
+    removed = glidewms("rm", "2", cwd=tmp_path, env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert "2 job(s) removed" in removed.stdout
+    assert "8 job(s) not yet materialised will not be" in removed.stdout
+    assert s.pool.jobs("ClusterId == 2") == []
+    assert s.pool.late_clusters() == []

@@ -157,11 +157,22 @@ class JobBuilder:
         return Got(assign.value, assign.source, assign.line, assign.key)
 
     def get(self, command: str) -> Got | None:
+        """A command's value for this job; kept for the block's other jobs
+        when nothing in it depends on the job (a million jobs of one queue
+        statement ask each command once, not a million times)."""
+        memo = self.block.got
+        if command in memo:
+            return memo[command]
         found = self.raw(command)
         if found is None:
+            memo[command] = None
             return None
         value = self.expand(found.value, found.source, found.line).strip()
-        return Got(value, found.source, found.line, found.key) if value else None
+        got = Got(value, found.source, found.line, found.key) if value else None
+        constant = "$" not in found.value or found.value in self.block.cache
+        if constant and self.block.found[command] not in self.live:
+            memo[command] = got
+        return got
 
     def got_of(self, assign: Assign) -> Got:
         return Got(assign.value, assign.source, assign.line, assign.key)
