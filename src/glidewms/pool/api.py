@@ -191,9 +191,6 @@ async def upkeep(pool: PoolContext) -> None:
             if requeued:
                 signal.notify(requeued)
             await run_in_threadpool(store.reports.flush_usage)
-            materialized = await run_in_threadpool(store.materializer.materialize)
-            if materialized:  # late materialisation (materialize.py): room was made
-                signal.notify(materialized)
             if time.monotonic() >= next_periodic:
                 next_periodic = time.monotonic() + config.periodic_check_seconds
                 changed = await run_in_threadpool(store.periodic.apply)
@@ -208,4 +205,10 @@ async def upkeep(pool: PoolContext) -> None:
                     log.info("retention: purged %s", purged)
         except Exception:  # keep the loop alive: a failed pass is retried next tick
             log.exception("lease expiry pass failed")
+        try:  # late materialisation (materialize.py): jobs for the room made since
+            materialized = await run_in_threadpool(store.materializer.materialize)
+            if materialized:
+                signal.notify(materialized)
+        except Exception:
+            log.exception("materialisation pass failed")
         await asyncio.sleep(config.lease_check_seconds)

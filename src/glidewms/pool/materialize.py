@@ -25,6 +25,7 @@ it is then materialised whole, a batch at a time.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -52,6 +53,8 @@ from glidewms.pool.lifecycle import JobState
 from glidewms.pool.queue import Columns, Prepared, Queue, Template
 from glidewms.pool.schema import jobs, late_clusters, late_procs
 from glidewms.pool.shared import Shared
+
+log = logging.getLogger(__name__)
 
 STAGING, ACTIVE, DONE, REMOVED = "staging", "active", "done", "removed"
 STAGING_SECONDS = 3600.0  # a cluster not committed within this is dropped
@@ -363,11 +366,14 @@ class Materializer:
             ids = [r.cluster_id for r in conn.execute(query.order_by(late_clusters.c.cluster_id))]
         written = 0
         for cluster_id in ids:
-            for _ in range(BATCHES_PER_PASS):
-                n = self._batch(cluster_id)
-                written += n
-                if n == 0:
-                    break
+            try:
+                for _ in range(BATCHES_PER_PASS):
+                    n = self._batch(cluster_id)
+                    written += n
+                    if n == 0:
+                        break
+            except Exception:  # one cluster's fault does not stall the others
+                log.exception("cluster %d: materialisation failed", cluster_id)
         return written
 
     def _batch(self, cluster_id: int) -> int:
