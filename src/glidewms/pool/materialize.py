@@ -572,31 +572,46 @@ class Materializer:
     def clusters(self, owner: str | None) -> list[dict[str, Any]]:
         """Committed late clusters (of `owner`; None: everyone's) that still
         have jobs to materialise or in the queue."""
-        query = sa.select(late_clusters).where(late_clusters.c.state.in_((ACTIVE, DONE, REMOVED)))
+        query = sa.select(
+            late_clusters.c.cluster_id,
+            late_clusters.c.owner,
+            late_clusters.c.state,
+            late_clusters.c.total,
+            late_clusters.c.next_proc,
+            late_clusters.c.max_materialize,
+            late_clusters.c.max_idle,
+        ).where(late_clusters.c.state.in_((ACTIVE, DONE, REMOVED)))
         if owner is not None:
             query = query.where(late_clusters.c.owner == owner)
         out = []
         with self.shared.engine.connect() as conn:
-            for row in conn.execute(query.order_by(late_clusters.c.cluster_id)):
-                queued = conn.execute(
-                    sa.select(sa.func.count()).where(
-                        jobs.c.cluster_id == row.cluster_id, jobs.c.state.in_(QUEUED)
-                    )
-                ).scalar_one()
-                if row.state != ACTIVE and not queued:
-                    continue
-                out.append(
-                    {
-                        "cluster_id": row.cluster_id,
-                        "owner": row.owner,
-                        "state": row.state,
-                        "total": row.total,
-                        "materialized": row.next_proc,
-                        "queued": queued,
-                        "max_materialize": row.max_materialize,
-                        "max_idle": row.max_idle,
-                    }
+            rows = conn.execute(query.order_by(late_clusters.c.cluster_id)).all()
+            queued: dict[int, int] = {}
+            for start in range(0, len(rows), 500):  # one grouped count per 500 clusters
+                ids = [r.cluster_id for r in rows[start : start + 500]]
+                queued.update(
+                    conn.execute(
+                        sa.select(jobs.c.cluster_id, sa.func.count())
+                        .where(jobs.c.cluster_id.in_(ids), jobs.c.state.in_(QUEUED))
+                        .group_by(jobs.c.cluster_id)
+                    ).all()
                 )
+        for row in rows:
+            n = queued.get(row.cluster_id, 0)
+            if row.state != ACTIVE and not n:
+                continue
+            out.append(
+                {
+                    "cluster_id": row.cluster_id,
+                    "owner": row.owner,
+                    "state": row.state,
+                    "total": row.total,
+                    "materialized": row.next_proc,
+                    "queued": n,
+                    "max_materialize": row.max_materialize,
+                    "max_idle": row.max_idle,
+                }
+            )
         return out
 
     def drop_stale(self, now: float) -> int:
