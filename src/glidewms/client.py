@@ -25,7 +25,7 @@ from glidewms.protocol import API_PREFIX, VERSION_HEADER, IncompatiblePeer, chec
 from glidewms.security.tls import TlsError, client_context, discover_ca_file
 
 if TYPE_CHECKING:
-    from glidewms.submit import SubmitDescription
+    from glidewms.submit import JobDescription, SubmitDescription
 
 DEFAULT_STATE = Path("glidewms-state")
 
@@ -160,25 +160,110 @@ class PoolClient:
         hashes: dict[Path, str] = {}
         jobs = []
         for job in description.jobs:
-            sandbox = []
-            listed, contents = _listed_inputs(job.attrs.get("TransferInput"))
-            # preserve_relative_paths: for transfer_input_files only (not stdin, the proxy)
-            keep = job.iwd if job.attrs.get("PreserveRelativePaths") == "true" else None
-            files = [(job.executable.name, job.executable, True)] if job.executable else []
-            for p in job.inputs:  # transfer_input_files entries first, then stdin, the proxy
-                under = _under(p, keep) if listed.get(p, 0) > 0 else ""
-                listed[p] = listed.get(p, 0) - 1
-                files += [
-                    (under + name, local, False)
-                    for name, local in directory_files(p, p in contents, description.source)
-                ]
-            check_layout([name for name, _, _ in files], description.source)
-            for name, path, executable in files:
-                if path not in hashes:
-                    hashes[path] = self.upload(path)
-                sandbox.append({"name": name, "sha256": hashes[path], "executable": executable})
+            sandbox = self.sandbox_of(job, description.source, hashes)
             jobs.append({"ad": job.ad_text(), "sandbox": sandbox, "args": job.args, "env": job.env})
         return self._call("POST", "/jobs", json={"jobs": jobs})
+
+    def sandbox_of(
+        self, job: JobDescription, source: str, hashes: dict[Path, str]
+    ) -> list[dict[str, Any]]:
+        """The job's sandbox files as the pool takes them, each uploaded once
+        (`hashes`: the files uploaded so far)."""
+        sandbox = []
+        listed, contents = _listed_inputs(job.attrs.get("TransferInput"))
+        # preserve_relative_paths: for transfer_input_files only (not stdin, the proxy)
+        keep = job.iwd if job.attrs.get("PreserveRelativePaths") == "true" else None
+        files = [(job.executable.name, job.executable, True)] if job.executable else []
+        for p in job.inputs:  # transfer_input_files entries first, then stdin, the proxy
+            under = _under(p, keep) if listed.get(p, 0) > 0 else ""
+            listed[p] = listed.get(p, 0) - 1
+            files += [
+                (under + name, local, False)
+                for name, local in directory_files(p, p in contents, source)
+            ]
+        check_layout([name for name, _, _ in files], source)
+        for name, path, executable in files:
+            if path not in hashes:
+                hashes[path] = self.upload(path)
+            sandbox.append({"name": name, "sha256": hashes[path], "executable": executable})
+        return sandbox
+
+    PLAIN_MOST = 10_000  # a cluster of more jobs goes in the compact form
+
+    def submit_jobs(
+        self, jobs: Iterable[JobDescription], source: str, warnings: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Queue jobs read one at a time (submit.stream_submit) as one cluster.
+
+        A cluster with max_materialize or max_idle, or of more than
+        `PLAIN_MOST` jobs, goes in the compact form (submit/compact.py): its
+        first job, then chunks of what each job changes, then a commit; the
+        pool materialises its jobs as its limits allow (none: all, a batch at
+        a time). Other clusters go in one body, as `submit`. Either way no
+        job is queued unless all are: an error while the jobs are read leaves
+        the compact cluster uncommitted, invisible, dropped by the pool."""
+        from glidewms.submit import SubmitDescription
+        from glidewms.submit.compact import limits_of
+
+        stream = iter(jobs)
+        first: list[JobDescription] = []
+        for job in stream:
+            first.append(job)
+            if len(first) > self.PLAIN_MOST or limits_of(first[0]) != (None, None):
+                return self._submit_compact(first, stream, source)
+        return self.submit(SubmitDescription(jobs=first, source=source, warnings=warnings or []))
+
+    def _submit_compact(
+        self, head: list[JobDescription], rest: Iterable[JobDescription], source: str
+    ) -> dict[str, Any]:
+        from itertools import chain
+
+        from glidewms.submit.compact import Chunker, delta, limits_of, wire_job
+
+        hashes: dict[Path, str] = {}
+        max_materialize, max_idle = limits_of(head[0])
+        proto = wire_job(head[0], self.sandbox_of(head[0], source, hashes))
+        created = self._call(
+            "POST",
+            "/clusters",
+            json={"proto": proto, "max_materialize": max_materialize, "max_idle": max_idle},
+        )
+        cluster_id = int(created["cluster_id"])
+        chunker, total = Chunker(), 0
+        jobs = chain(head, rest)
+        del head  # the jobs read so far go with the chunks, not kept
+        for job in jobs:
+            d = delta(proto, wire_job(job, self.sandbox_of(job, source, hashes)))
+            total += 1
+            for start, procs in chunker.add(d):
+                self._call(
+                    "POST", f"/clusters/{cluster_id}/procs", json={"first": start, "procs": procs}
+                )
+        for start, procs in chunker.flush():
+            self._call(
+                "POST", f"/clusters/{cluster_id}/procs", json={"first": start, "procs": procs}
+            )
+        done = self._call("POST", f"/clusters/{cluster_id}/commit", json={"total": total})
+        return {
+            "cluster_id": cluster_id,
+            "total": total,
+            "materialized": done["materialized"],
+            "late": True,
+        }
+
+    def late_clusters(self, mine: bool = True) -> list[dict[str, Any]]:
+        """Late-materialising clusters with jobs queued or to come (GET /clusters);
+        none from a pool that does not know them."""
+        try:
+            return list(self._call("GET", "/clusters", params={"mine": mine}))
+        except ClientError as exc:
+            if ": 404:" in str(exc):
+                return []
+            raise
+
+    def remove_cluster(self, cluster_id: int, reason: str = "") -> dict[str, Any]:
+        """condor_rm CLUSTER: its queued jobs and those not yet materialised."""
+        return dict(self._call("POST", f"/clusters/{cluster_id}/remove", json={"reason": reason}))
 
     JOBS_PAGE = 10_000  # the pool's largest page (routes/jobs.MAX_JOBS_PAGE)
 

@@ -6,7 +6,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -90,34 +90,71 @@ def submit(
 ) -> None:
     """Queue the jobs of a submit description (nothing is queued if it has an error)."""
     # imported here: it loads the HTCondor bindings, which no other command needs
-    from glidewms.submit import SubmitError, dryrun, load_submit
+    from glidewms.submit import SubmitError, dryrun, load_submit, stream_submit
 
-    try:
-        description = load_submit(file)
-    except SubmitError as exc:
-        raise fail(str(exc), 2) from None
-    for warning in description.warnings:
-        typer.echo(f"warning: {visible(warning)}", err=True)
     if dry_run:  # plain echo: ads must not be wrapped or styled
+        try:
+            description = load_submit(file)
+        except SubmitError as exc:
+            raise fail(str(exc), 2) from None
+        for warning in description.warnings:
+            typer.echo(f"warning: {visible(warning)}", err=True)
         typer.echo(dryrun.ads_text(description), nl=False)
         typer.echo(dryrun.summary(description), err=True)
         return
+    # the jobs are built as they are sent: a million-job cluster is never held whole
+    try:
+        stream = stream_submit(file)
+    except SubmitError as exc:
+        raise fail(str(exc), 2) from None
+    logs: set[str] = set()
+
+    def jobs() -> Iterator[Any]:
+        for job in stream.jobs:
+            if "UserLog" in job.attrs:
+                logs.add(job.attrs["UserLog"])
+            yield job
+
     try:
         with client(pool, token_file) as c:
-            result = c.submit(description)
-            _start_user_logs(c, description, int(result["cluster_id"]))
+            try:
+                result = c.submit_jobs(jobs(), stream.source, stream.warnings)
+            finally:
+                for warning in stream.warnings:
+                    typer.echo(f"warning: {visible(warning)}", err=True)
+            _start_user_logs(c, logs, int(result["cluster_id"]))
+    except SubmitError as exc:
+        raise fail(f"{exc} (nothing was queued)", 2) from None
     except ClientError as exc:
         raise fail(str(exc)) from None
+    if result.get("late"):
+        out.print(
+            f"{result['total']} job(s) submitted to cluster {result['cluster_id']} "
+            f"({result['materialized']} in the queue now; the others materialise as its "
+            "limits allow)."
+        )
+        return
     n = len(result["job_ids"])
     out.print(f"{n} job(s) submitted to cluster {result['cluster_id']}.")
 
 
-def _start_user_logs(c: PoolClient, description: Any, cluster_id: int) -> None:
-    """The cluster's `log` files: remembered, and their Submit events written."""
+_CLUSTER_REF = re.compile(r"(?<!\$)\$\(ClusterId\)")
+
+
+def _start_user_logs(c: PoolClient, texts: set[str], cluster_id: int) -> None:
+    """The cluster's `log` files (`texts`: the jobs' UserLog expressions):
+    remembered, and their Submit events written."""
+    from glidewms import classads
     from glidewms.cli import userlog_cmds
 
+    paths = set()
+    for text in texts:
+        expr = classads.parse_expr(_CLUSTER_REF.sub(str(cluster_id), text))
+        value = classads.evaluate(expr, classads.ClassAd())
+        if isinstance(value, str) and value.startswith("/"):
+            paths.add(value)
     try:
-        userlog_cmds.register(c.url, cluster_id, userlog_cmds.user_logs_of(description, cluster_id))
+        userlog_cmds.register(c.url, cluster_id, paths)
     except OSError as exc:
         err.print(f"warning: job event logs will not be written: {exc}", markup=False)
         return
@@ -281,28 +318,41 @@ def print_ads(ads: list[Any], attrs: list[str], as_json: bool) -> None:
         typer.echo(af_line(ad, attrs))
 
 
-def _batches(jobs: list[dict[str, Any]]) -> Table:
-    """condor_q's default: one row per owner and cluster."""
+def _batches(jobs: list[dict[str, Any]], late: list[dict[str, Any]] | None = None) -> Table:
+    """condor_q's default: one row per owner and cluster. A late-materialising
+    cluster's TOTAL is its jobs materialised so far / all its jobs, and it
+    has a row even while none of its jobs is in the queue."""
     table = Table(box=None, header_style="bold")
     for col in ("OWNER", "BATCH", "SUBMITTED", "RUN", "IDLE", "HOLD", "TOTAL", "JOB_IDS"):
         table.add_column(
             col, justify="right" if col in ("RUN", "IDLE", "HOLD", "TOTAL") else "left"
         )
+    factories = {int(f["cluster_id"]): f for f in late or []}
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for j in jobs:
         groups.setdefault((j["owner"], int(j["job_id"].split(".")[0])), []).append(j)
-    for (owner, cluster), members in groups.items():
+    for cluster, factory in factories.items():
+        groups.setdefault((factory["owner"], cluster), [])
+    for (owner, cluster), members in sorted(groups.items(), key=lambda g: g[0][1]):
         n = {s: sum(1 for j in members if j["state"] == s) for s in ("running", "idle", "held")}
         procs = [j["job_id"] for j in members]
-        ids = procs[0] if len(procs) == 1 else f"{procs[0]}-{procs[-1].split('.')[1]}"
+        ids = (
+            ""
+            if not procs
+            else procs[0]
+            if len(procs) == 1
+            else f"{procs[0]}-{procs[-1].split('.')[1]}"
+        )
+        f = factories.get(cluster)
+        total = str(len(members)) if f is None else f"{f['materialized']}/{f['total']}"
         table.add_row(
             cell(owner),
             f"ID: {cluster}",
-            _when(min(j["q_date"] for j in members)),
+            _when(min(j["q_date"] for j in members)) if members else "-",
             str(n["running"] or "_"),
             str(n["idle"] or "_"),
             str(n["held"] or "_"),
-            str(len(members)),
+            total,
             ids,
         )
     return table
@@ -348,7 +398,12 @@ def _listing(
             elif totals:
                 out.print(_totals(jobs))
             elif batch and not long:
-                out.print(_batches(jobs))
+                late = [
+                    f
+                    for f in c.late_clusters(mine=not allusers)
+                    if not selected or any(f["cluster_id"] == cl for cl, _ in selected)
+                ]
+                out.print(_batches(jobs, late))
                 out.print(Text("\n").append(_totals(jobs)))
             else:
                 _show(jobs, long, history, c.events if long else None)
@@ -453,18 +508,33 @@ def _action(
     if not ids and not constraint:
         raise fail("name job ids (CLUSTER or CLUSTER.PROC) or give --constraint", 2)
     selected = job_ids(ids or [])
+    changed: list[str] = []
+    pending = 0
     try:
         with client(pool, token_file) as c:
-            jobs = _select(c, selected, constraint, False, False)
-            if not jobs:
-                raise fail("no matching jobs in the queue")
-            changed = c.act(action, [j["job_id"] for j in jobs], reason=reason)
+            whole = [cl for cl, proc in selected if proc is None]
+            if action == "remove" and not constraint and whole:
+                # condor_rm CLUSTER: also the jobs a late-materialising cluster has still to make
+                for cluster in whole:
+                    removed = c.remove_cluster(cluster, reason)
+                    changed += removed["changed"]
+                    pending += int(removed["pending"])
+                selected = [(cl, proc) for cl, proc in selected if proc is not None]
+                if not selected and not changed and not pending:
+                    raise fail("no matching jobs in the queue")
+            if selected or constraint:
+                jobs = _select(c, selected, constraint, False, False)
+                if not jobs:
+                    raise fail("no matching jobs in the queue")
+                changed += c.act(action, [j["job_id"] for j in jobs], reason=reason)
     except ClientError as exc:
         raise fail(str(exc)) from None
     past = {"hold": "held", "release": "released", "remove": "removed"}[action]
     out.print(
         literal(f"{len(changed)} job(s) {past}" + (f": {' '.join(changed)}" if changed else ""))
     )
+    if pending:
+        out.print(f"{pending} job(s) not yet materialised will not be", markup=False)
 
 
 def rm(

@@ -179,6 +179,12 @@ class PoolConfig(TlsChecks):
     max_jobs_per_request: int = Field(
         100_000, ge=1, description="most jobs one submit queues, and job ids one action names"
     )
+    max_procs_per_cluster: int = Field(
+        10_000_000,
+        ge=1,
+        description="most jobs of one cluster sent in chunks (late materialisation, "
+        "max_materialize/max_idle, or a plain cluster too large for one body)",
+    )
     max_events_per_job: int = Field(
         1000, ge=10, description="events kept per job: the first and the latest ones"
     )

@@ -203,8 +203,15 @@ async def upkeep(pool: PoolContext) -> None:
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + config.retention_check_seconds
                 purged = await run_in_threadpool(keeper.purge, time.time())
+                await run_in_threadpool(store.materializer.drop_stale, time.time())
                 if any(purged.values()):
                     log.info("retention: purged %s", purged)
         except Exception:  # keep the loop alive: a failed pass is retried next tick
             log.exception("lease expiry pass failed")
+        try:  # late materialisation (materialize.py): jobs for the room made since
+            materialized = await run_in_threadpool(store.materializer.materialize)
+            if materialized:
+                signal.notify(materialized)
+        except Exception:
+            log.exception("materialisation pass failed")
         await asyncio.sleep(config.lease_check_seconds)

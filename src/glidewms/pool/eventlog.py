@@ -10,7 +10,8 @@ Reading "after the last id" misses nothing because, within one cluster,
 events become visible in id order: a cluster's `submitted` events commit in
 its submit's transaction before any other event of it can exist, and every
 later one is written and committed under the store lock (turns, actions,
-lease expiry), so no event of it with a smaller id can commit later.
+lease expiry, and the materialisation of a late-materialising cluster's
+jobs: materialize.py), so no event of it with a smaller id can commit later.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from glidewms import classads
 from glidewms.pool.jobs import NotFound, stored_ad
 from glidewms.pool.lifecycle import TERMINAL_JOBS
+from glidewms.pool.materialize import pending
 from glidewms.pool.schema import events, jobs
 from glidewms.pool.shared import Shared
 
@@ -74,6 +76,8 @@ def cluster_events(
             .where(jobs.c.cluster_id == cluster_id, jobs.c.state.not_in(list(TERMINAL_JOBS)))
             .limit(1)
         ).first()
+        # late materialisation: jobs still to come count as queued
+        queued = active is not None or pending(conn, cluster_id)
     return {
         "events": [
             {
@@ -87,7 +91,7 @@ def cluster_events(
         ],
         "more": more,
         "user_logs": logs,
-        "done": active is None and not more,
+        "done": not queued and not more,
     }
 
 

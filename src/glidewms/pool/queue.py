@@ -49,21 +49,33 @@ class Queue:
     def submit(self, owner: str, new_jobs: Sequence[NewJob]) -> tuple[int, list[str]]:
         """Queue one cluster. All or nothing: a bad job refuses the whole cluster.
 
-        Every kind of job is checked before anything is written (each ad
-        within the store's limits, nothing the pool owns, numbers in range:
-        InvalidJob names the job and the attribute). The cluster id is taken
-        in its own transaction (an id lost to a crash leaves a gap, never a
-        duplicate), autoclusters are resolved before the jobs are inserted,
-        and the jobs and their events go in one transaction, written
-        `batch_size` rows at a time so a large cluster never has all its
-        rows in memory at once.
+        Every kind of job is checked before anything is written (`check`).
+        The cluster id is taken in its own transaction (`new_cluster_id`: an
+        id lost to a crash leaves a gap, never a duplicate), autoclusters are
+        resolved before the jobs are inserted, and the jobs and their events
+        go in one transaction, written `batch_size` rows at a time so a large
+        cluster never has all its rows in memory at once.
         """
         now = time.time()
+        keys = self.check(new_jobs)
+        cluster_id = self.new_cluster_id()
+        prepared = self.prepare(owner, cluster_id, 0, new_jobs, keys, now)
+        with self.shared.engine.begin() as conn:
+            added = self.insert(conn, owner, cluster_id, 0, new_jobs, keys, now, prepared)
+        with self.shared.lock:
+            self.index_added(owner, added, now)
+        return cluster_id, [job_id(cluster_id, p) for p in range(len(new_jobs))]
+
+    def check(self, new_jobs: Sequence[NewJob], first: int = 0) -> list[TemplateKey]:
+        """Each job within the store's limits, nothing the pool owns, numbers
+        in range (InvalidJob names the job, counted from `first`, and the
+        attribute); the jobs' template keys. Jobs of one kind (their ads
+        differ only in ProcId) are parsed once."""
         limits = self.shared.limits
         cuts: dict[tuple[str, str], bool] = {}
         keys = [template_key(job.ad_text, cuts, limits.ads) for job in new_jobs]
         checked: set[TemplateKey] = set()
-        for proc_id, (job, key) in enumerate(zip(new_jobs, keys, strict=True)):
+        for index, (job, key) in enumerate(zip(new_jobs, keys, strict=True)):
             try:
                 if key in checked:  # the ad is the same kind's: its arguments may not be
                     job.check_size(limits.ads)
@@ -71,63 +83,99 @@ class Queue:
                     job.realise(0, limits.ads)
                     checked.add(key)
             except (classads.ClassAdError, Refused) as exc:
-                raise InvalidJob(proc_id, str(exc)) from None
-        engine = self.shared.engine
-        with engine.begin() as conn:
-            cluster_id = conn.execute(
-                counters.update()
-                .where(counters.c.name == "cluster")
-                .values(value=counters.c.value + 1)
-                .returning(counters.c.value)
-            ).scalar_one()
-        templates: dict[TemplateKey, Template] = {}
-        columns = self._columns(owner, cluster_id, new_jobs, keys, templates, now)
-        added: dict[tuple[int, str], list[Any]] = {}
-        with engine.begin() as conn:
-            for start in range(0, len(new_jobs), limits.batch_size):
-                stop = min(len(new_jobs), start + limits.batch_size)
-                rows = [
-                    _row(owner, cluster_id, p, new_jobs[p], templates[keys[p]], columns[p], now)
-                    for p in range(start, stop)
-                ]
-                conn.execute(jobs.insert(), rows)
+                raise InvalidJob(first + index, str(exc)) from None
+        return keys
+
+    def new_cluster_id(self) -> int:
+        with self.shared.engine.begin() as conn:
+            return int(
                 conn.execute(
-                    events.insert(),
-                    [
-                        {
-                            "cluster_id": cluster_id,
-                            "proc_id": r["proc_id"],
-                            "time": now,
-                            "type": "submitted",
-                            "detail": {"owner": owner},
-                        }
-                        for r in rows
-                    ],
-                )
-                grant(
-                    conn,
+                    counters.update()
+                    .where(counters.c.name == "cluster")
+                    .values(value=counters.c.value + 1)
+                    .returning(counters.c.value)
+                ).scalar_one()
+            )
+
+    def prepare(
+        self,
+        owner: str,
+        cluster_id: int,
+        first: int,
+        new_jobs: Sequence[NewJob],
+        keys: Sequence[TemplateKey],
+        now: float,
+    ) -> Prepared:
+        """The templates and columns of checked jobs (ProcIds from `first`
+        on). Outside any transaction: new autoclusters are written in their own."""
+        templates: dict[TemplateKey, Template] = {}
+        columns = self._columns(owner, cluster_id, first, new_jobs, keys, templates, now)
+        return templates, columns
+
+    def insert(
+        self,
+        conn: Any,
+        owner: str,
+        cluster_id: int,
+        first: int,
+        new_jobs: Sequence[NewJob],
+        keys: Sequence[TemplateKey],
+        now: float,
+        prepared: Prepared,
+    ) -> Added:
+        """Write prepared jobs (ProcIds from `first` on) and their `submitted`
+        events in `conn`'s transaction, `batch_size` rows at a time. Returns
+        what `index_added` adds to the in-memory index once committed."""
+        limits = self.shared.limits
+        templates, columns = prepared
+        added: Added = {}
+        for start in range(0, len(new_jobs), limits.batch_size):
+            stop = min(len(new_jobs), start + limits.batch_size)
+            rows = [
+                _row(owner, cluster_id, first + i, new_jobs[i], templates[keys[i]], columns[i], now)
+                for i in range(start, stop)
+            ]
+            conn.execute(jobs.insert(), rows)
+            conn.execute(
+                events.insert(),
+                [
                     {
-                        (f["sha256"], owner, cluster_id)
-                        for job in new_jobs[start:stop]
-                        for f in job.sandbox
-                    },
-                )
-                for r in rows:
-                    key = head_key(r["prio"], now, cluster_id, r["proc_id"])
-                    slot = added.setdefault((r["autocluster_id"], r["submitter"]), [0, key])
-                    slot[0] += 1
-                    slot[1] = min(slot[1], key)
+                        "cluster_id": cluster_id,
+                        "proc_id": r["proc_id"],
+                        "time": now,
+                        "type": "submitted",
+                        "detail": {"owner": owner},
+                    }
+                    for r in rows
+                ],
+            )
+            grant(
+                conn,
+                {
+                    (f["sha256"], owner, cluster_id)
+                    for job in new_jobs[start:stop]
+                    for f in job.sandbox
+                },
+            )
+            for r in rows:
+                key = head_key(r["prio"], now, cluster_id, r["proc_id"])
+                slot = added.setdefault((r["autocluster_id"], r["submitter"]), [0, key])
+                slot[0] += 1
+                slot[1] = min(slot[1], key)
+        return added
+
+    def index_added(self, owner: str, added: Added, now: float) -> None:
+        """Committed idle jobs into the in-memory index; under the store lock."""
         shared = self.shared
-        with shared.lock:
-            for (ac, submitter), (n, best) in added.items():
-                shared.index.add(ac, submitter, now, n, best)
-                shared.accounting.ensure(submitter, owner, split_submitter(submitter, owner), now)
-        return cluster_id, [job_id(cluster_id, p) for p in range(len(new_jobs))]
+        for (ac, submitter), (n, best) in added.items():
+            shared.index.add(ac, submitter, now, n, best)
+            shared.accounting.ensure(submitter, owner, split_submitter(submitter, owner), now)
 
     def _columns(
         self,
         owner: str,
         cluster_id: int,
+        first: int,
         new_jobs: Sequence[NewJob],
         keys: Sequence[TemplateKey],
         templates: dict[TemplateKey, Template],
@@ -140,7 +188,7 @@ class Queue:
         ac_ids: dict[str, int] = {}
         out: list[Columns] = []
         shared_columns: dict[TemplateKey, Columns] = {}
-        for proc_id, (job, key) in enumerate(zip(new_jobs, keys, strict=True)):
+        for proc_id, (job, key) in enumerate(zip(new_jobs, keys, strict=True), start=first):
             template = templates.get(key)
             if template is None:  # once per kind of job: bulk clusters share one
                 ad, _, _ = job.realise(cluster_id, self.shared.limits.ads)
@@ -289,6 +337,8 @@ class Template:
 
 
 Columns = tuple[int, int, int, str]  # autocluster, priority, cores, submitter
+Added = dict[tuple[int, str], list[Any]]  # (autocluster, submitter) -> [jobs, best head key]
+Prepared = tuple[dict[TemplateKey, Template], list[Columns]]
 
 
 def _row(

@@ -204,6 +204,46 @@ drains = sa.Table(
 )
 
 
+# Late materialisation (materialize.py; HTCondor's max_materialize/max_idle):
+# a cluster kept as its common ("proto") job once and, per proc, only what
+# differs from it, in chunks as the client sent them; its jobs are written to
+# `jobs` a batch at a time, as the limits allow. `next_proc` is how many have
+# been (ProcIds below it exist, or existed, in `jobs`); it moves in the same
+# transaction as the jobs it counts. `staging`: chunks still arriving
+# (invisible, dropped if never committed); `active`: procs left to
+# materialise; `done`: none left; `removed`: the rest were removed (condor_rm).
+late_clusters = sa.Table(
+    "late_clusters",
+    metadata,
+    sa.Column("cluster_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("proto", sa.JSON, nullable=False),  # {attrs, sandbox, args, env}
+    sa.Column("max_materialize", sa.Integer, nullable=True),  # None: no limit
+    sa.Column("max_idle", sa.Integer, nullable=True),  # None: no limit
+    sa.Column("staged", sa.Integer, nullable=False),  # procs received
+    sa.Column("total", sa.Integer, nullable=True),  # set by the commit
+    sa.Column("next_proc", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_late_clusters_state", "state"),
+)
+
+late_procs = sa.Table(
+    "late_procs",
+    metadata,
+    sa.Column("cluster_id", sa.Integer, nullable=False),
+    sa.Column("first", sa.Integer, nullable=False),  # ProcId of its first proc
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("deltas", sa.JSON, nullable=False),  # one per proc: what differs from the proto
+    sa.PrimaryKeyConstraint("cluster_id", "first"),
+)
+
+# A cluster's queued jobs by state, counted each materialisation pass without
+# reading its finished ones (v10).
+CLUSTER_STATE_INDEX = sa.Index("ix_jobs_cluster_state", jobs.c.cluster_id, jobs.c.state)
+
+
 def _initial(conn: Connection) -> None:
     metadata.create_all(conn)
 
@@ -315,6 +355,15 @@ def _v9_drains(conn: Connection) -> None:
     metadata.create_all(conn, tables=[drains])
 
 
+def _v10_late_materialization(conn: Connection) -> None:
+    """Late-materialising clusters (materialize.py): their own tables, and an
+    index on jobs by cluster and state."""
+    metadata.create_all(conn, tables=[late_clusters, late_procs])
+    indexes = {i["name"] for i in sa.inspect(conn).get_indexes("jobs")}
+    if CLUSTER_STATE_INDEX.name not in indexes:
+        CLUSTER_STATE_INDEX.create(conn)
+
+
 MIGRATIONS = [
     _initial,
     _v2_fair_share,
@@ -325,4 +374,5 @@ MIGRATIONS = [
     _v7_checkpoints_streams,
     _v8_samples,
     _v9_drains,
+    _v10_late_materialization,
 ]

@@ -19,6 +19,7 @@ composition:
 |---|---|---|
 | `queue` | `Queue` (queue.py) | submit, list, the pages bulk actions walk |
 | `actions` | `Actions` (actions.py) | hold/release/remove/edit, in batches |
+| `materializer` | `Materializer` (materialize.py) | late materialisation (max_materialize) |
 | `turns` | `Turns` (turns.py) | pilot turns: completions and claims |
 | `pilots` | `Pilots` (pilots.py) | register, heartbeat, leave, lease expiry |
 | `matching` | `Matching` (choosing.py) | which job a pilot gets; reservations |
@@ -49,6 +50,7 @@ from glidewms.pool.dblock import DatabaseLock
 from glidewms.pool.drains import Drains
 from glidewms.pool.fairshare import Accounting, split_submitter
 from glidewms.pool.lifecycle import JobState
+from glidewms.pool.materialize import Materializer
 from glidewms.pool.periodic import Periodic
 from glidewms.pool.pilots import Pilots
 from glidewms.pool.queue import Queue
@@ -95,6 +97,7 @@ class PoolStore:
         self.autoclusters = Autoclusters(self.shared)
         self.queue = Queue(self.shared, self.autoclusters)
         self.actions = Actions(self.shared, self.queue, self.autoclusters)
+        self.materializer = Materializer(self.shared, self.queue)
         self.matching = Matching(self.shared, self.autoclusters, reserve_for_large_jobs)
         self.pilots = Pilots(self.shared, self.matching, max_job_restarts)
         self.turns = Turns(self.shared, self.pilots, self.matching)

@@ -30,11 +30,12 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from glidewms.submit.build import build_jobs
+from glidewms.submit.build import build_jobs, iter_jobs
 from glidewms.submit.context import Context
 from glidewms.submit.lines import decode
 from glidewms.submit.model import (
@@ -58,10 +59,12 @@ __all__ = [
     "VANILLA_UNIVERSE",
     "JobDescription",
     "Limits",
+    "StreamedSubmit",
     "SubmitDescription",
     "SubmitError",
     "load_submit",
     "parse_submit",
+    "stream_submit",
 ]
 
 
@@ -93,6 +96,45 @@ def load_submit(
     )
 
 
+@dataclass
+class StreamedSubmit:
+    """A submit description whose jobs are built one at a time as `jobs` is
+    read (for clusters too large to hold: see `stream_submit`). `warnings`
+    grows as jobs are built; read it once `jobs` is exhausted."""
+
+    jobs: Iterator[JobDescription]
+    source: str
+    warnings: list[str]
+
+
+def stream_submit(
+    path: Path, *, limits: Limits | None = None, environ: Mapping[str, str] | None = None
+) -> StreamedSubmit:
+    """`load_submit`, with the jobs built lazily: the file, its includes and
+    its item lists are read (and their errors raised) now; a job's own
+    errors come as SubmitError while `jobs` is read."""
+    path = Path(path)
+    limits = limits or Limits.from_environ(environ)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limits.max_file_bytes + 1)
+    except OSError as exc:
+        raise SubmitError(f"cannot read submit file: {exc.strerror or exc}", str(path)) from None
+    text = decode(data, str(path), limits)
+    ctx, reader = _read(
+        text,
+        str(path),
+        path.resolve().parent,
+        limits=limits,
+        stdin=None,
+        environ=environ,
+        now=None,
+        seed=None,
+        submit_file=str(path.resolve()),
+    )
+    return StreamedSubmit(iter_jobs(ctx, reader), str(path), ctx.warnings)
+
+
 def parse_submit(
     text: str,
     source: str = "<submit>",
@@ -112,6 +154,34 @@ def parse_submit(
     resolve against it. `environ` is what `getenv` and `$ENV()` read (default:
     this process's), `now` the submit time, `seed` seeds `$RANDOM_*()`.
     """
+    ctx, reader = _read(
+        text,
+        source,
+        base_dir,
+        limits=limits,
+        stdin=stdin,
+        environ=environ,
+        now=now,
+        seed=seed,
+        submit_file=submit_file,
+    )
+    jobs = build_jobs(ctx, reader)
+    return SubmitDescription(jobs=jobs, source=source, warnings=list(ctx.warnings))
+
+
+def _read(
+    text: str,
+    source: str,
+    base_dir: Path | None,
+    *,
+    limits: Limits | None,
+    stdin: TextIO | str | None,
+    environ: Mapping[str, str] | None,
+    now: float | None,
+    seed: int | None,
+    submit_file: str,
+) -> tuple[Context, Reader]:
+    """The statements read, the queue statements' items listed; no job built."""
     if "\x00" in text:
         raise SubmitError("the submit description contains a NUL byte", source)
     ctx = Context(
@@ -126,5 +196,4 @@ def parse_submit(
     reader = Reader(ctx)
     reader.read(text, source)
     reader.finish(source)
-    jobs = build_jobs(ctx, reader)
-    return SubmitDescription(jobs=jobs, source=source, warnings=list(ctx.warnings))
+    return ctx, reader

@@ -10,6 +10,7 @@ and adds the simple commands, the `+Attr` ones and the refusals.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,11 +157,22 @@ class JobBuilder:
         return Got(assign.value, assign.source, assign.line, assign.key)
 
     def get(self, command: str) -> Got | None:
+        """A command's value for this job; kept for the block's other jobs
+        when nothing in it depends on the job (a million jobs of one queue
+        statement ask each command once, not a million times)."""
+        memo = self.block.got
+        if command in memo:
+            return memo[command]
         found = self.raw(command)
         if found is None:
+            memo[command] = None
             return None
         value = self.expand(found.value, found.source, found.line).strip()
-        return Got(value, found.source, found.line, found.key) if value else None
+        got = Got(value, found.source, found.line, found.key) if value else None
+        constant = "$" not in found.value or found.value in self.block.cache
+        if constant and self.block.found[command] not in self.live:
+            memo[command] = got
+        return got
 
     def got_of(self, assign: Assign) -> Got:
         return Got(assign.value, assign.source, assign.line, assign.key)
@@ -308,18 +320,24 @@ def check_refused(builder: JobBuilder) -> None:
         )
 
 
-def build_jobs(ctx: Context, reader: Reader) -> list[JobDescription]:
-    jobs: list[JobDescription] = []
+def iter_jobs(ctx: Context, reader: Reader) -> Iterator[JobDescription]:
+    """The jobs one at a time, in ProcId order: a million-job cluster is sent
+    without ever holding a million jobs (SubmitError may come at any job)."""
+    proc = 0
     for block in reader.blocks:
         checked = False
         for index, values in block.rows:
             for step in range(block.args.count):
-                builder = JobBuilder(ctx, block, values, index, step, len(jobs))
+                builder = JobBuilder(ctx, block, values, index, step, proc)
                 if not checked:
                     check_refused(builder)
                     checked = True
-                jobs.append(builder.build())
-    if not jobs:
+                yield builder.build()
+                proc += 1
+    if proc == 0:
         last = reader.blocks[-1]
         raise SubmitError("the queue statements produce no jobs", last.source, last.line)
-    return jobs
+
+
+def build_jobs(ctx: Context, reader: Reader) -> list[JobDescription]:
+    return list(iter_jobs(ctx, reader))

@@ -101,12 +101,17 @@ COMMANDS: tuple[Command, ...] = (
         "run as condor_submit runs it), `matching` (files/dirs), slices",
     ),
     Command(
-        "max_materialize", D, "accepted; all jobs are queued at once", ("jobmaterializelimit",)
+        "max_materialize",
+        S,
+        "late materialisation: at most this many of the cluster's jobs in the queue at once "
+        "(`JobMaterializeLimit`)",
+        ("jobmaterializelimit",),
     ),
     Command(
         "max_idle",
-        D,
-        "accepted; all jobs are queued at once",
+        S,
+        "late materialisation: at most this many of the cluster's jobs idle or held at once "
+        "(`JobMaterializeMaxIdle`)",
         ("materialize_max_idle", "jobmaterializemaxidle"),
     ),
     Command("description", S, "", ("jobdescription",), "JobDescription", "str"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from glidewms.submit import commands, conditions
 from glidewms.submit.context import Context
@@ -55,6 +56,8 @@ class Block:
     macros: dict[str, Assign]
     cache: dict[str, str] = field(default_factory=dict)  # expansions independent of the job
     found: dict[str, str | None] = field(default_factory=dict)  # command -> key that sets it
+    # command -> its value (build.Got or None) where that is the same for every job
+    got: dict[str, Any] = field(default_factory=dict)
 
 
 class Reader:

@@ -225,8 +225,14 @@ def policy(job: JobBuilder) -> None:
         job.attrs["ConcurrencyLimits"] = job.expr(limits_expr)
     if job.get("max_retries"):
         job.attrs["MaxRetries"] = str(job.integer("max_retries", 0, 0))
-    for command in ("max_materialize", "max_idle"):
-        job.integer(command, None, 1)
+    # late materialisation: kept in the ad, as HTCondor keeps them in the cluster ad
+    for command, attr in (
+        ("max_materialize", "JobMaterializeLimit"),
+        ("max_idle", "JobMaterializeMaxIdle"),
+    ):
+        value = job.integer(command, None, 1)
+        if value is not None:
+            job.attrs[attr] = str(value)
 
 
 def requirements(job: JobBuilder) -> None:

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field, field_validator
 
 from glidewms import classads
 from glidewms.errors import responses
 from glidewms.pool import listing
-from glidewms.pool.checks import check_sandbox_path
-from glidewms.pool.jobs import NewJob, full_ad, job_id, split_job_id
+from glidewms.pool.checks import INT32, check_sandbox_path
+from glidewms.pool.jobs import NewJob, NotFound, full_ad, job_id, split_job_id
 from glidewms.pool.lifecycle import JobCause
+from glidewms.pool.materialize import Proto
 from glidewms.pool.routes.deps import Pool, PoolContext, UserCaller, call, guarded
 from glidewms.protocol import API_PREFIX
 from glidewms.security.tokens import Identity
@@ -53,6 +54,62 @@ class JobSubmission(BaseModel):
 
 class SubmitBody(BaseModel):
     jobs: list[JobSubmission] = Field(min_length=1)
+
+
+AttrName = Annotated[str, Field(max_length=256)]
+
+
+class ProtoJob(BaseModel):
+    """A cluster's common job: its ad as attributes (name -> ClassAd
+    expression, ProcId left out), sandbox, arguments, environment."""
+
+    attrs: dict[AttrName, str]
+    sandbox: list[SandboxFile] = []
+    args: list[str] = []
+    env: dict[str, str] = {}
+
+
+class ProcDelta(BaseModel):
+    """One proc: what differs from the proto (besides ProcId); absent: the proto's."""
+
+    ad: dict[AttrName, str] = {}
+    unset: list[AttrName] = Field(default=[], description="proto attributes this proc lacks")
+    sandbox: list[SandboxFile] | None = None
+    args: list[str] | None = None
+    env: dict[str, str] | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """As materialize.proc_job reads it, without what is absent."""
+        out: dict[str, Any] = {}
+        if self.ad:
+            out["ad"] = self.ad
+        if self.unset:
+            out["unset"] = self.unset
+        if self.sandbox is not None:
+            out["sandbox"] = [f.model_dump() for f in self.sandbox]
+        for key, value in (("args", self.args), ("env", self.env)):
+            if value is not None:
+                out[key] = value
+        return out
+
+
+class ClusterBody(BaseModel):
+    proto: ProtoJob
+    max_materialize: int | None = Field(
+        None, ge=1, lt=INT32, description="most of its jobs in the queue at once"
+    )
+    max_idle: int | None = Field(
+        None, ge=1, lt=INT32, description="most of its jobs idle or held at once"
+    )
+
+
+class ProcsBody(BaseModel):
+    first: int = Field(ge=0, lt=INT32, description="ProcId of the first proc of this chunk")
+    procs: list[ProcDelta] = Field(min_length=1)
+
+
+class CommitBody(BaseModel):
+    total: int = Field(ge=1, lt=INT32, description="procs sent, all chunks together")
 
 
 class ActionBody(BaseModel):
@@ -143,18 +200,7 @@ async def submit(body: SubmitBody, pool: Pool, who: UserCaller) -> dict[str, Any
     limit = pool.config.max_jobs_per_request
     if len(body.jobs) > limit:
         raise HTTPException(422, f"jobs: {len(body.jobs)} jobs; at most {limit} per submit")
-    wanted: dict[str, tuple[int, str]] = {}
-    for index, job in enumerate(body.jobs):
-        for f in job.sandbox:
-            wanted.setdefault(f.sha256, (index, f.name))
-    readable = await call(pool.store.files.readable_by_user, who.subject, list(wanted))
-    for sha256, (index, name) in wanted.items():
-        if sha256 not in readable or not pool.files.has(sha256):
-            raise HTTPException(
-                422,
-                f"jobs[{index}].sandbox: {name} ({sha256}) was "
-                f"not uploaded: PUT {API_PREFIX}/files/{{sha256}} first",
-            )
+    await _uploaded(pool, who, [(i, job.sandbox) for i, job in enumerate(body.jobs)])
     new_jobs = [
         NewJob(
             ad_text=job.ad,
@@ -167,6 +213,112 @@ async def submit(body: SubmitBody, pool: Pool, who: UserCaller) -> dict[str, Any
     cluster_id, ids = await guarded(pool.store.queue.submit, who.subject, new_jobs)
     pool.signal.notify(len(ids))
     return {"cluster_id": cluster_id, "job_ids": ids}
+
+
+async def _uploaded(
+    pool: PoolContext, who: Identity, sandboxes: list[tuple[int, list[SandboxFile] | None]]
+) -> None:
+    """422 unless every file the jobs name was uploaded and the caller may read it."""
+    wanted: dict[str, tuple[int, str]] = {}
+    for index, sandbox in sandboxes:
+        for f in sandbox or []:
+            wanted.setdefault(f.sha256, (index, f.name))
+    if not wanted:
+        return
+    readable = await call(pool.store.files.readable_by_user, who.subject, list(wanted))
+    for sha256, (index, name) in wanted.items():
+        if sha256 not in readable or not pool.files.has(sha256):
+            raise HTTPException(
+                422,
+                f"jobs[{index}].sandbox: {name} ({sha256}) was "
+                f"not uploaded: PUT {API_PREFIX}/files/{{sha256}} first",
+            )
+
+
+# Late materialisation (pool/materialize.py): a cluster sent as its proto job
+# and chunks of per-proc deltas, then committed. Each body stays within the
+# pool's ordinary body size; chunks of one cluster come one after the other.
+
+
+@router.post("/clusters", status_code=201)
+async def create_cluster(body: ClusterBody, pool: Pool, who: UserCaller) -> dict[str, Any]:
+    """A cluster of the caller's, invisible until committed: {"cluster_id"}."""
+    await _uploaded(pool, who, [(0, body.proto.sandbox)])
+    p = body.proto
+    proto = Proto(p.attrs, [f.model_dump() for f in p.sandbox], p.args, p.env)
+    materializer = pool.store.materializer
+    cluster_id = await guarded(
+        materializer.create, who.subject, proto, body.max_materialize, body.max_idle
+    )
+    return {"cluster_id": cluster_id}
+
+
+@router.post("/clusters/{cluster_id}/procs")
+async def add_procs(
+    cluster_id: Annotated[int, Path(ge=0, lt=INT32)], body: ProcsBody, pool: Pool, who: UserCaller
+) -> dict[str, Any]:
+    """The next chunk of procs ({"staged": procs the cluster now has}); jobs
+    are numbered from body.first, as in the 422s."""
+    limit = pool.config.max_jobs_per_request
+    if len(body.procs) > limit:
+        raise HTTPException(422, f"procs: {len(body.procs)}; at most {limit} per chunk")
+    await _uploaded(pool, who, [(body.first + i, d.sandbox) for i, d in enumerate(body.procs)])
+    deltas = [d.stored() for d in body.procs]
+    staged = await guarded(
+        pool.store.materializer.append,
+        who.subject,
+        cluster_id,
+        body.first,
+        deltas,
+        pool.config.max_procs_per_cluster,
+    )
+    return {"staged": staged}
+
+
+@router.post("/clusters/{cluster_id}/commit")
+async def commit_cluster(
+    cluster_id: Annotated[int, Path(ge=0, lt=INT32)], body: CommitBody, pool: Pool, who: UserCaller
+) -> dict[str, Any]:
+    """Queue the cluster: {"cluster_id", "total", "materialized"} (jobs written now)."""
+    n = await guarded(pool.store.materializer.commit, who.subject, cluster_id, body.total)
+    if n:
+        pool.signal.notify(n)
+    return {"cluster_id": cluster_id, "total": body.total, "materialized": n}
+
+
+@router.get("/clusters")
+async def late_clusters(
+    pool: Pool,
+    who: UserCaller,
+    mine: Annotated[bool, Query(description="only the caller's (an admin sees all)")] = True,
+) -> list[dict[str, Any]]:
+    """Late-materialising clusters with jobs in the queue or still to
+    materialise: total, materialized (ProcIds written so far), queued, limits.
+    A user sees their own only."""
+    owner = who.subject if mine or not who.is_admin else None
+    return await call(pool.store.materializer.clusters, owner)
+
+
+@router.post("/clusters/{cluster_id}/remove")
+async def remove_cluster(
+    cluster_id: Annotated[int, Path(ge=0, lt=INT32)], body: ActionBody, pool: Pool, who: UserCaller
+) -> dict[str, Any]:
+    """condor_rm of a whole cluster: its procs not yet materialised are
+    dropped, then its queued jobs removed: {"pending", "changed"}."""
+    owner = None if who.is_admin else who.subject
+    try:
+        pending = await call(pool.store.materializer.remove_pending, owner, cluster_id)
+    except NotFound:
+        pending = 0  # not late-materialising (or not the caller's): its queued jobs only
+    changed = await guarded(
+        pool.store.actions.act_where,
+        JobCause.REMOVE.value,
+        owner,
+        f"ClusterId == {cluster_id}",
+        body.reason,
+        who.subject,
+    )
+    return {"pending": pending, "changed": changed}
 
 
 MAX_JOBS_PAGE = 10_000  # jobs one listing returns; clients page with `after`
