@@ -570,10 +570,11 @@ def state(**changes: Any) -> State:
 @pytest.mark.parametrize(
     ("facts", "action", "seconds", "reason"),
     [
-        ({}, "claim", 20.0, None),
+        ({}, "claim", 90.0, None),  # up to the idle time left
         ({"now": 95.0}, "claim", 5.0, None),  # never long-poll past the idle timeout
         ({"now": 100.0}, "exit", 0.0, "idle_timeout"),
-        ({"now": 500.0, "running": 1}, "claim", 20.0, None),  # busy: not idle
+        ({"now": 500.0, "running": 1}, "claim", 100.0, None),  # busy: not idle
+        ({"idle_timeout": 900.0}, "claim", 120.0, None),  # MAX_CLAIM_WAIT
         ({"idle_timeout": 3.0, "running": 1}, "claim", 3.0, None),  # can stop soon after the job
         ({"deadline": 12.0}, "claim", 2.0, None),  # no long-poll past the lifetime
         ({"running": 2, "free_cpus": 0}, "wait", 20.0, None),  # full slot

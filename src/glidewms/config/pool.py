@@ -72,7 +72,9 @@ class PoolConfig(TlsChecks):
     pilot_lease_seconds: float = Field(90.0, gt=0, description="a silent pilot is declared lost")
     heartbeat_seconds: float = Field(20.0, gt=0, description="how often pilots report")
     lease_check_seconds: float = Field(1.0, gt=0, description="how often leases are checked")
-    max_claim_wait: float = Field(60.0, ge=0, description="longest claim long-poll")
+    max_claim_wait: float = Field(
+        120.0, ge=0, description="longest claim long-poll (an idle pilot re-polls this often)"
+    )
     max_job_restarts: int = Field(5, ge=0, description="evictions before a job is held")
     periodic_check_seconds: float = Field(
         60.0, gt=0, description="how often jobs' periodic_hold/remove/release are evaluated"

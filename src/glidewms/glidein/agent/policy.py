@@ -12,7 +12,10 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-MAX_CLAIM_WAIT = 20.0  # seconds a claim long-poll may last
+MAX_CLAIM_WAIT = 120.0  # seconds a claim long-poll may last (the pool caps it: max_claim_wait)
+# A long-poll costs the pool one request per poll; a pilot inside one needs no
+# heartbeat (docs/pool.md, leases), so idle pilots of a big pool want long polls.
+MAX_WAIT = 20.0  # seconds a full or draining slot waits before it looks again
 
 
 class ExitReason(str, Enum):
@@ -123,7 +126,7 @@ def next_step(s: State, lifetime: float) -> Step:
         )
     if s.draining or s.stop_reason or s.now >= s.deadline:
         if s.running:
-            return Step(Action.WAIT, max(0.001, min(MAX_CLAIM_WAIT, s.die_at - s.now)))
+            return Step(Action.WAIT, max(0.001, min(MAX_WAIT, s.die_at - s.now)))
         if s.stop_reason:
             return Step(Action.EXIT, reason=s.stop_reason, detail=s.stop_detail)
         if s.draining:
@@ -146,7 +149,7 @@ def next_step(s: State, lifetime: float) -> Step:
             )
         wait = min(wait, idle_left)
     if s.free_cpus < 1 or s.free_memory < 1:  # full: look again at the retire time at the latest
-        return Step(Action.WAIT, max(0.001, min(MAX_CLAIM_WAIT, s.deadline - s.now)))
+        return Step(Action.WAIT, max(0.001, min(MAX_WAIT, s.deadline - s.now)))
     return Step(Action.CLAIM, max(wait, 0.001))  # a last look at the very end of the idle time
 
 
