@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -28,8 +29,11 @@ from sqlalchemy.engine import Connection
 
 from glidewms import classads
 from glidewms.pool.autoclusters import Autoclusters
+from glidewms.pool.bulk import ACT_COLUMNS, Selection
 from glidewms.pool.jobs import (
+    _PROC_ID,
     HOLD_USER,
+    Derived,
     InvalidEdit,
     check_edit,
     check_edited,
@@ -40,9 +44,9 @@ from glidewms.pool.jobs import (
 )
 from glidewms.pool.lifecycle import JOB, JobCause, JobState
 from glidewms.pool.queue import Queue
-from glidewms.pool.queue_index import head_key
+from glidewms.pool.queue_index import HeadKey, head_key
 from glidewms.pool.schema import events, jobs
-from glidewms.pool.shared import Shared, trim_many
+from glidewms.pool.shared import Shared, trim_events
 
 # hold, release, remove: the state each leads to, and the event it writes
 ACTIONS = {
@@ -57,6 +61,9 @@ EDITABLE = JOB.sources(JobCause.EDIT)
 Planned = tuple[Any, str, str, int]  # (job row, action, reason, hold code)
 BATCH_YIELD = 0.25  # after a batch, the store lock is left free this share of its time
 BATCH_PAUSE_MAX = 0.05  # seconds, at most
+SCAN_FACTOR = 10  # rows a constraint SQL cannot narrow may read per batch, in batch sizes
+MAX_RUNS = 16  # runs of consecutive job ids one statement names by ranges
+IN_CHUNK = 500  # job ids one statement names by an IN list otherwise
 T = TypeVar("T")
 
 
@@ -76,10 +83,15 @@ class Actions:
         self, action: str, owner: str | None, constraint: str, reason: str, by: str
     ) -> list[str]:
         """hold, release or remove the queued jobs of `owner` (None: anyone's)
-        that match `constraint`, page by page."""
+        that match `constraint`, page by page (bulk.Selection)."""
         changed: list[str] = []
-        for page in self.queue.pages(owner, constraint):
-            changed += self.apply_actions([(row, action, reason, HOLD_USER) for row in page], by)
+        selection = Selection(self.shared.engine, owner, constraint, self.shared.limits.ads)
+        size = self.shared.limits.batch_size
+        for page in selection.pages(size, SCAN_FACTOR * size):
+            if page:
+                started = time.monotonic()
+                changed += self._apply_batch([(row, action, reason, HOLD_USER) for row in page], by)
+                self._between(started)
         return changed
 
     def apply_actions(self, planned: Sequence[Planned], by: str) -> list[str]:
@@ -95,56 +107,90 @@ class Actions:
         return changed
 
     def _apply_batch(self, planned: Sequence[Planned], by: str) -> list[str]:
-        """One batch, one transaction: the jobs read anew (one query per
-        cluster), then one executemany UPDATE and one events INSERT."""
+        """One batch, one transaction, set-based: the jobs read anew (their
+        small columns only), then per (action, reason, code) and cluster one
+        UPDATE and one INSERT ... SELECT of their events over the runs of
+        consecutive job ids (`_key_clause`), and the memory moved per
+        (autocluster, submitter) rather than per job."""
         now, changed, moved = time.time(), [], []
         shared = self.shared
         with shared.lock:
             with shared.engine.begin() as conn:
                 current = current_rows(conn, [(g.cluster_id, g.proc_id) for g, *_ in planned])
-                params, new_events = [], []
+                groups: dict[tuple[str, str, int, int], list[int]] = {}
                 for given, action, reason, code in planned:
-                    new_state, kind = ACTIONS[JobCause(action)]
+                    new_state, _ = ACTIONS[JobCause(action)]
                     row = current.pop((given.cluster_id, given.proc_id), None)
                     if row is None or not JOB.allows(row.state, new_state, action):
                         continue
-                    detail: dict[str, Any] = {"by": by, "reason": reason}
-                    hold_reason, hold_code, done = (
-                        row.hold_reason,
-                        row.hold_code,
-                        row.completion_date,
+                    if action != JobCause.HOLD:
+                        code = 0  # only a hold records one
+                    groups.setdefault((action, reason, code, row.cluster_id), []).append(
+                        row.proc_id
                     )
-                    if action == JobCause.HOLD:
-                        hold_reason, hold_code = reason or f"held by {by}", code
-                        detail["code"] = code
-                    elif action == JobCause.RELEASE:
-                        hold_reason = hold_code = None
-                    else:
-                        done = now
-                    params.append(
-                        {
-                            "b_cluster": row.cluster_id,
-                            "b_proc": row.proc_id,
-                            "b_was": row.state,
-                            "b_state": new_state,
-                            "b_now": now,
-                            "b_reason": hold_reason,
-                            "b_code": hold_code,
-                            "b_done": done,
-                        }
-                    )
-                    new_events.append(_event(row, now, kind, detail))
                     changed.append(job_id(row.cluster_id, row.proc_id))
                     moved.append((row, new_state))
-                if params:
-                    _execute_all(conn, _ACT, params)
-                    conn.execute(events.insert(), new_events)
-                    trim_many(
-                        conn, [(r.cluster_id, r.proc_id) for r, _ in moved], limits_keep(shared)
+                for (action, reason, code, cluster_id), procs in groups.items():
+                    self._act_group(
+                        conn, JobCause(action), reason, code, cluster_id, procs, by, now
                     )
-            for row, new_state in moved:
-                shared.moved(row, new_state, now)
+                if moved:
+                    _trim(conn, [(r.cluster_id, r.proc_id) for r, _ in moved], limits_keep(shared))
+            self._memory(moved, now)
         return changed
+
+    def _act_group(
+        self,
+        conn: Connection,
+        action: JobCause,
+        reason: str,
+        code: int,
+        cluster_id: int,
+        procs: list[int],
+        by: str,
+        now: float,
+    ) -> None:
+        new_state, kind = ACTIONS[action]
+        values: dict[str, Any] = {
+            "state": new_state,
+            "updated_at": now,
+            "claim_id": None,
+            "lease_expires": None,
+        }
+        detail: dict[str, Any] = {"by": by, "reason": reason}
+        if action == JobCause.HOLD:
+            values["hold_reason"], values["hold_code"] = reason or f"held by {by}", code
+            detail["code"] = code
+        elif action == JobCause.RELEASE:
+            values["hold_reason"] = values["hold_code"] = None
+        else:
+            values["completion_date"] = now
+        sources = [s for s in JobState if JOB.allows(s, new_state, action)]
+        for where, n in _key_clauses(cluster_id, procs):
+            result = conn.execute(
+                jobs.update().where(where, jobs.c.state.in_(sources)).values(**values)
+            )
+            _check_count(result, n)
+            _insert_events(conn, where, now, kind, detail)
+
+    def _memory(self, moved: Sequence[tuple[Any, str]], now: float) -> None:
+        """The idle index and accounting follow the committed moves: one
+        change per (autocluster, submitter) and queue date for idle jobs."""
+        shared = self.shared
+        leaving: dict[tuple[int, str], list[HeadKey]] = {}
+        arriving: dict[tuple[int, str, float], list[Any]] = {}
+        for row, new_state in moved:
+            key = head_key(row.prio, row.q_date, row.cluster_id, row.proc_id)
+            if row.state == JobState.IDLE:
+                leaving.setdefault((row.autocluster_id, row.submitter), []).append(key)
+            elif row.state == JobState.RUNNING:
+                shared.left(row, now)
+            if new_state == JobState.IDLE:
+                _arrive(arriving, row.autocluster_id, row.submitter, row.q_date, key)
+        for (ac, submitter), keys in leaving.items():
+            shared.index.remove_many(ac, submitter, keys)
+        for (ac, submitter, q_date), (n, best) in arriving.items():
+            shared.index.add(ac, submitter, q_date, n, best)
 
     def edit(
         self, rows: Sequence[Any], attribute: str, value: str, by: str
@@ -166,10 +212,13 @@ class Actions:
         expr = check_edit(attribute, value, self.shared.limits.ads)
         changed: list[str] = []
         skipped: dict[str, str] = {}
-        for page in self.queue.pages(owner, constraint):
-            started = time.monotonic()
-            self._edit_batch(page, attribute, expr, by, changed, skipped)
-            self._between(started)
+        selection = Selection(self.shared.engine, owner, constraint, self.shared.limits.ads)
+        size = self.shared.limits.batch_size
+        for page in selection.pages(size, SCAN_FACTOR * size):
+            if page:
+                started = time.monotonic()
+                self._edit_batch(page, attribute, expr, by, changed, skipped)
+                self._between(started)
         return changed, skipped
 
     def _edit_batch(
@@ -181,38 +230,56 @@ class Actions:
         changed: list[str],
         skipped: dict[str, str],
     ) -> None:
-        now, moved = time.time(), []
+        """One batch of an edit. The jobs of a cluster share their stored ad
+        text but for ProcId, so the edit is worked out once per such text
+        (`_Edited`: parse, set, check, derive) and written for all of them by
+        one UPDATE that puts each job's ProcId back into the new text; a job
+        whose text reads ProcId elsewhere, an edit of Cmd (its sandbox entry
+        differs per job), or an ad the new value would take past the size
+        bound, is worked out on its own as before."""
+        now = time.time()
         shared = self.shared
         limits = shared.limits
+        per_job = attribute.lower() == "cmd"
         with shared.lock:
             # first the new ads and their autoclusters (each its own short
             # transaction), then every job in one; the lock keeps ads unchanged
-            planned = []
+            alone: list[tuple[str, Any, Any, str | None, Derived]] = []
+            shared_kind: list[tuple[Any, _Edited]] = []
+            kinds: dict[tuple[str, str], _Edited | None] = {}
             with shared.engine.connect() as conn:
-                current = current_rows(conn, [(g.cluster_id, g.proc_id) for g in rows])
-                for given in rows:
-                    jid = job_id(given.cluster_id, given.proc_id)
-                    row = current.get((given.cluster_id, given.proc_id))
-                    if row is None or row.state not in EDITABLE:
-                        skipped[jid] = (
-                            f"job is {row.state if row else 'gone'}: only idle "
-                            "or held jobs can be edited"
-                        )
-                        continue
-                    ad = stored_ad(row.ad)
-                    old = str(ad.lookup(attribute)) if attribute in ad else None
-                    ad[attribute] = expr
-                    try:
-                        check_edited(ad, attribute, limits.ads)
-                    except InvalidEdit as exc:
-                        skipped[jid] = str(exc)
-                        continue
-                    planned.append((jid, row, ad, old, derive(ad, row.owner, shared.significant)))
-            acs = {d.signature: self.autoclusters.id_for(d, now) for *_, d in planned}
+                current = current_rows(
+                    conn, [(g.cluster_id, g.proc_id) for g in rows], ad=True, sandbox=per_job
+                )
+            for given in rows:
+                jid = job_id(given.cluster_id, given.proc_id)
+                row = current.get((given.cluster_id, given.proc_id))
+                if row is None or row.state not in EDITABLE:
+                    skipped[jid] = (
+                        f"job is {row.state if row else 'gone'}: only idle "
+                        "or held jobs can be edited"
+                    )
+                    continue
+                kind = None if per_job else self._kind(kinds, row, attribute, expr)
+                if kind is not None and kind.fits(row.proc_id, limits.ads.max_ad_bytes):
+                    shared_kind.append((row, kind))
+                    continue
+                ad = stored_ad(row.ad)
+                old = str(ad.lookup(attribute)) if attribute in ad else None
+                ad[attribute] = expr
+                try:
+                    check_edited(ad, attribute, limits.ads)
+                except InvalidEdit as exc:
+                    skipped[jid] = str(exc)
+                    continue
+                alone.append((jid, row, ad, old, derive(ad, row.owner, shared.significant)))
+            derived = [d for *_, d in alone] + [k.derived for _, k in shared_kind]
+            acs = {d.signature: self.autoclusters.id_for(d, now) for d in derived}
             params, new_events = [], []
-            for jid, row, ad, old, d in planned:
-                sandbox = dict(row.sandbox or {})
-                if attribute.lower() == "cmd":
+            moved: list[tuple[Any, int, Derived]] = []
+            for jid, row, ad, old, d in alone:
+                sandbox = dict(row.sandbox or {}) if per_job else None
+                if sandbox is not None:
                     cmd = classads.eval_attr(ad, "Cmd")
                     sandbox["cmd"] = cmd if isinstance(cmd, str) else None
                 params.append(
@@ -227,30 +294,114 @@ class Actions:
                         "b_submitter": d.submitter,
                         "b_now": now,
                         "b_periodic": has_periodic(ad),
-                        "b_sandbox": sandbox,
+                        **({"b_sandbox": sandbox} if sandbox is not None else {}),
                     }
                 )
                 detail = {"by": by, "attribute": attribute, "old": old, "new": str(expr)}
                 new_events.append(_event(row, now, "edited", detail))
                 changed.append(jid)
                 moved.append((row, acs[d.signature], d))
-            if params:
+            groups: dict[tuple[int, int], list[Any]] = {}
+            for row, kind in shared_kind:
+                groups.setdefault((id(kind), row.cluster_id), []).append(row)
+                changed.append(job_id(row.cluster_id, row.proc_id))
+                moved.append((row, acs[kind.derived.signature], kind.derived))
+            if params or groups:
                 with shared.engine.begin() as conn:
-                    _execute_all(conn, _EDIT, params)
-                    conn.execute(events.insert(), new_events)
-                    trim_many(
-                        conn, [(r.cluster_id, r.proc_id) for r, _, _ in moved], limits_keep(shared)
-                    )
+                    if params:
+                        _execute_all(conn, _EDIT_CMD if per_job else _EDIT, params)
+                        conn.execute(events.insert(), new_events)
+                    for (_, cluster_id), members in groups.items():
+                        kind = next(k for r, k in shared_kind if r is members[0])
+                        self._edit_group(
+                            conn, kind, acs, cluster_id, members, attribute, by, expr, now
+                        )
+                    edited = [(r.cluster_id, r.proc_id) for r, _, _ in moved]
+                    _trim(conn, edited, limits_keep(shared))
+            leaving: dict[tuple[int, str], list[HeadKey]] = {}
+            arriving: dict[tuple[int, str, float], list[Any]] = {}
             for row, ac, d in moved:
                 if row.state == JobState.IDLE:  # it may have moved to another autocluster
-                    shared.index.remove(
-                        row.autocluster_id,
-                        row.submitter,
-                        head_key(row.prio, row.q_date, row.cluster_id, row.proc_id),
+                    leaving.setdefault((row.autocluster_id, row.submitter), []).append(
+                        head_key(row.prio, row.q_date, row.cluster_id, row.proc_id)
                     )
-                    shared.became_idle(
-                        ac, d.submitter, d.prio, row.q_date, row.cluster_id, row.proc_id
-                    )
+                    key = head_key(d.prio, row.q_date, row.cluster_id, row.proc_id)
+                    _arrive(arriving, ac, d.submitter, row.q_date, key)
+            for (ac, submitter), keys in leaving.items():
+                shared.index.remove_many(ac, submitter, keys)
+            for (ac, submitter, q_date), (n, best) in arriving.items():
+                shared.index.add(ac, submitter, q_date, n, best)
+
+    def _kind(
+        self, kinds: dict[tuple[str, str], _Edited | None], row: Any, attribute: str, expr: Any
+    ) -> _Edited | None:
+        """The edit worked out for every job of `row`'s stored text (ProcId
+        aside), or None when it must be worked out per job."""
+        found = _PROC_ID.search(row.ad)
+        if found is None:
+            return None
+        key = (row.ad[: found.start(1)] + row.ad[found.end(1) :], row.owner)
+        if key in kinds:
+            return kinds[key]
+        if len(kinds) >= 1000:
+            kinds.clear()
+        kinds[key] = None
+        if key[0].lower().count("procid") != 1:
+            return None  # the job reads its ProcId elsewhere: it may differ per job
+        shared = self.shared
+        ad = stored_ad(row.ad)
+        old = str(ad.lookup(attribute)) if attribute in ad else None
+        ad[attribute] = expr
+        try:
+            check_edited(ad, attribute, shared.limits.ads)
+        except InvalidEdit:
+            return None  # each job gets its own verdict
+        text = classads.to_text(ad)
+        at = _PROC_ID.search(text)
+        if at is None or text.lower().count("procid") != 1:
+            return None
+        kinds[key] = _Edited(
+            text[: at.start(1)],
+            text[at.end(1) :],
+            old,
+            derive(ad, row.owner, shared.significant),
+            has_periodic(ad),
+        )
+        return kinds[key]
+
+    def _edit_group(
+        self,
+        conn: Connection,
+        kind: _Edited,
+        acs: dict[str, int],
+        cluster_id: int,
+        members: list[Any],
+        attribute: str,
+        by: str,
+        expr: Any,
+        now: float,
+    ) -> None:
+        d = kind.derived
+        ad_text = (
+            sa.literal(kind.before) + sa.cast(jobs.c.proc_id, sa.Text) + sa.literal(kind.after)
+        )
+        detail = {"by": by, "attribute": attribute, "old": kind.old, "new": str(expr)}
+        for where, n in _key_clauses(cluster_id, [r.proc_id for r in members]):
+            result = conn.execute(
+                jobs.update()
+                .where(where, jobs.c.state.in_(EDITABLE))
+                .values(
+                    ad=ad_text,
+                    autocluster_id=acs[d.signature],
+                    prio=d.prio,
+                    cpus=d.cpus,
+                    submitter=d.submitter,
+                    updated_at=now,
+                    periodic=kind.periodic,
+                )
+            )
+            _check_count(result, n)
+            _insert_events(conn, where, now, "edited", detail)
 
     def _between(self, started: float) -> None:
         if self.between_batches is not None:
@@ -262,22 +413,132 @@ class Actions:
         time.sleep(min(BATCH_PAUSE_MAX, BATCH_YIELD * (time.monotonic() - started)))
 
 
-def current_rows(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Any]:
-    """The jobs named by (cluster, proc) keys as they are now: one primary-key
-    query per cluster (and per 500 of its jobs)."""
+def current_rows(
+    conn: Connection, keys: Sequence[tuple[int, int]], ad: bool = False, sandbox: bool = False
+) -> dict[tuple[int, int], Any]:
+    """The jobs named by (cluster, proc) keys as they are now: the columns an
+    action needs (with `ad`, the stored ad; with `sandbox`, that too), one
+    query per run of consecutive ids of a cluster (`_key_clauses`)."""
+    columns = list(ACT_COLUMNS)
+    if ad:
+        columns.append(jobs.c.ad)
+    if sandbox:
+        columns.append(jobs.c.sandbox)
     by_cluster: dict[int, list[int]] = {}
     for cluster_id, proc_id in keys:
         by_cluster.setdefault(cluster_id, []).append(proc_id)
     found = {}
     for cluster_id, procs in by_cluster.items():
-        for start in range(0, len(procs), 500):
-            for row in conn.execute(
-                sa.select(jobs).where(
-                    jobs.c.cluster_id == cluster_id, jobs.c.proc_id.in_(procs[start : start + 500])
-                )
-            ):
+        for where, _ in _key_clauses(cluster_id, procs):
+            for row in conn.execute(sa.select(*columns).where(where)):
                 found[(row.cluster_id, row.proc_id)] = row
     return found
+
+
+def _key_clauses(
+    cluster_id: int, procs: Sequence[int], table: sa.Table = jobs
+) -> Iterator[tuple[Any, int]]:
+    """(condition, jobs it names) covering exactly the jobs `procs` of a
+    cluster: a few runs of consecutive ids as BETWEENs (a cluster acted on
+    whole is one range scan, and no statement carries a parameter per job),
+    else IN lists of at most IN_CHUNK ids."""
+    ordered = sorted(set(procs))
+    runs: list[tuple[int, int]] = []
+    for n in ordered:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    cluster = table.c.cluster_id == cluster_id
+    proc = table.c.proc_id
+    if len(runs) <= MAX_RUNS:
+        ranges = [proc == a if a == b else proc.between(a, b) for a, b in runs]
+        yield sa.and_(cluster, sa.or_(*ranges)), len(ordered)
+        return
+    for start in range(0, len(ordered), IN_CHUNK):
+        chunk = ordered[start : start + IN_CHUNK]
+        yield sa.and_(cluster, proc.in_(chunk)), len(chunk)
+
+
+def _trim(conn: Connection, keys: Sequence[tuple[int, int]], keep: int) -> None:
+    """shared.trim_many, finding the jobs over `keep` events by the same runs
+    of ids as the changes (one grouped count per run, not per 500 ids)."""
+    by_cluster: dict[int, list[int]] = {}
+    for cluster_id, proc_id in keys:
+        by_cluster.setdefault(cluster_id, []).append(proc_id)
+    for cluster_id, procs in by_cluster.items():
+        for where, _ in _key_clauses(cluster_id, procs, events):
+            over = conn.execute(
+                sa.select(events.c.cluster_id, events.c.proc_id)
+                .where(where)
+                .group_by(events.c.cluster_id, events.c.proc_id)
+                .having(sa.func.count() > keep)
+            ).all()
+            for row in over:
+                trim_events(conn, row.cluster_id, row.proc_id, keep)
+
+
+def _check_count(result: Any, expected: int) -> None:
+    """Under the store lock no job can have moved since it was read, so the
+    statement must have changed every job it names; if not, the whole batch
+    is rolled back."""
+    if result.rowcount not in (-1, expected):
+        raise RuntimeError(f"{expected - result.rowcount} jobs changed under the store lock")
+
+
+def _insert_events(conn: Connection, where: Any, now: float, kind: str, detail: Any) -> None:
+    """One event for each job `where` names (all just changed), the same
+    detail for each: one INSERT ... SELECT, the detail encoded once."""
+    conn.execute(
+        events.insert().from_select(
+            ["cluster_id", "proc_id", "time", "type", "detail"],
+            sa.select(
+                jobs.c.cluster_id,
+                jobs.c.proc_id,
+                sa.literal(now, sa.Float),
+                sa.literal(kind, sa.String),
+                sa.literal(detail, events.c.detail.type),
+            )
+            .where(where)
+            .order_by(jobs.c.cluster_id, jobs.c.proc_id),
+        )
+    )
+
+
+def _arrive(
+    arriving: dict[tuple[int, str, float], list[Any]],
+    ac: int,
+    submitter: str,
+    q_date: float,
+    key: HeadKey,
+) -> None:
+    """Count a job becoming idle in (autocluster, submitter) at `q_date`,
+    keeping the best key of them (IdleIndex.add takes a count and the best)."""
+    entry = arriving.get((ac, submitter, q_date))
+    if entry is None:
+        arriving[(ac, submitter, q_date)] = [1, key]
+    else:
+        entry[0] += 1
+        if key < entry[1]:
+            entry[1] = key
+
+
+@dataclass(frozen=True)
+class _Edited:
+    """An edit worked out for the jobs of one stored ad text (ProcId aside):
+    the new text around where ProcId's value goes, and what it derives."""
+
+    before: str
+    after: str
+    old: str | None
+    derived: Derived
+    periodic: bool
+
+    def fits(self, proc_id: int, most: int) -> bool:
+        size = len(self.before.encode("utf-8", "surrogatepass")) + len(
+            self.after.encode("utf-8", "surrogatepass")
+        )
+        return size + len(str(proc_id)) <= most
 
 
 def limits_keep(shared: Shared) -> int:
@@ -308,32 +569,21 @@ _KEY = (
     & (jobs.c.proc_id == sa.bindparam("b_proc"))
     & (jobs.c.state == sa.bindparam("b_was"))
 )
-_ACT = (
+_EDIT_VALUES: dict[str, Any] = {
+    "ad": sa.bindparam("b_ad"),
+    "autocluster_id": sa.bindparam("b_ac"),
+    "prio": sa.bindparam("b_prio"),
+    "cpus": sa.bindparam("b_cpus"),
+    "submitter": sa.bindparam("b_submitter"),
+    "updated_at": sa.bindparam("b_now"),
+    "periodic": sa.bindparam("b_periodic"),
+}
+_EDIT = jobs.update().where(_KEY).values(**_EDIT_VALUES)
+# an edit of Cmd also changes the sandbox's record of the command
+_EDIT_CMD = (
     jobs.update()
     .where(_KEY)
-    .values(
-        state=sa.bindparam("b_state"),
-        updated_at=sa.bindparam("b_now"),
-        claim_id=None,
-        lease_expires=None,
-        hold_reason=sa.bindparam("b_reason"),
-        hold_code=sa.bindparam("b_code"),
-        completion_date=sa.bindparam("b_done"),
-    )
-)
-_EDIT = (
-    jobs.update()
-    .where(_KEY)
-    .values(
-        ad=sa.bindparam("b_ad"),
-        autocluster_id=sa.bindparam("b_ac"),
-        prio=sa.bindparam("b_prio"),
-        cpus=sa.bindparam("b_cpus"),
-        submitter=sa.bindparam("b_submitter"),
-        updated_at=sa.bindparam("b_now"),
-        periodic=sa.bindparam("b_periodic"),
-        sandbox=sa.bindparam("b_sandbox", type_=jobs.c.sandbox.type),
-    )
+    .values(**_EDIT_VALUES, sandbox=sa.bindparam("b_sandbox", type_=jobs.c.sandbox.type))
 )
 
 

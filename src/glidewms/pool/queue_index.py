@@ -25,7 +25,8 @@ oldest idle job of an autocluster is a min over its clusters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 
 # (-JobPrio, QDate, ClusterId, ProcId): smaller is better
 HeadKey = tuple[int, float, int, int]
@@ -98,6 +99,38 @@ class IdleIndex:
                 self.streaming.add(pair)
         elif later and key in later:
             later.remove(key)
+        self._prune(ac, submitter)
+
+    def remove_many(self, ac: int, submitter: str, keys: Sequence[HeadKey]) -> None:
+        """`remove` for many idle jobs of one (autocluster, submitter) at once
+        (a bulk action's batch): the same end state, one pass over the cached
+        keys instead of one per job."""
+        if not keys:
+            return
+        pair = (ac, submitter)
+        per = self.counts.setdefault(ac, {})
+        per[submitter] = per.get(submitter, 0) - len(keys)
+        dates = self.dates.setdefault(pair, {})
+        for q_date, n in Counter(k[1] for k in keys).items():
+            left = dates.get(q_date, 0) - n
+            if left:
+                dates[q_date] = left
+            else:
+                dates.pop(q_date, None)
+        head = self.heads.get(pair)
+        if head is not None:
+            gone = set(keys)
+            later = self.upcoming.get(pair) or []
+            if head in gone or any(k in gone for k in later):
+                # what is left of the cached prefix is still a prefix
+                kept = [k for k in (head, *later) if k not in gone]
+                if kept:
+                    self.heads[pair] = kept[0]
+                    self.upcoming[pair] = kept[1:]
+                else:
+                    del self.heads[pair]
+                    self.upcoming.pop(pair, None)
+                    self.streaming.add(pair)
         self._prune(ac, submitter)
 
     def started(self, ac: int, n: int = 1) -> None:
