@@ -233,8 +233,11 @@ def main() -> None:
             user_token = inst.token_file("user").read_text().strip()
             client = PoolClient(ClientSettings(url, inst.token_file("user")))
             pid = inst.services["pool"].process.pid
+            print(f"pool pid {pid}", file=sys.stderr, flush=True)  # for a profiler
             out = asyncio.run(run(args, loaded, url, token, user_token, client, pid, Path(tmp)))
             out["load"], out["load_s"], out["postgres"] = args.load, load_s, args.postgres
+            log = inst.path("logs", "pool.log").read_text(errors="replace").splitlines()
+            out["pool_log"] = [line[-200:] for line in log if "bulk " in line]
         finally:
             inst.stop()
     print(json.dumps(out))

@@ -19,7 +19,9 @@ queued behind it are served before the next batch takes it again.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +31,8 @@ from sqlalchemy.engine import Connection
 
 from glidewms import classads
 from glidewms.pool.autoclusters import Autoclusters
-from glidewms.pool.bulk import ACT_COLUMNS, Selection
+from glidewms.pool.bulk import ACT_COLUMNS, KEY_COLUMNS, Selection
+from glidewms.pool.fairshare import split_submitter
 from glidewms.pool.jobs import (
     _PROC_ID,
     HOLD_USER,
@@ -47,6 +50,8 @@ from glidewms.pool.queue import Queue
 from glidewms.pool.queue_index import HeadKey, head_key
 from glidewms.pool.schema import events, jobs
 from glidewms.pool.shared import Shared, trim_events
+
+log = logging.getLogger(__name__)
 
 # hold, release, remove: the state each leads to, and the event it writes
 ACTIONS = {
@@ -73,6 +78,10 @@ class Actions:
         self.queue = queue
         self.autoclusters = autoclusters
         self.between_batches: Callable[[], None] | None = None
+        # the latest bulk action: seconds the store lock was held per batch,
+        # waited for and left free in all (the log line of `_report`)
+        self.lock_held: list[float] = []
+        self.lock_waited = self.paused = 0.0
 
     def act(self, action: str, rows: Sequence[Any], reason: str, by: str) -> list[str]:
         """hold, release or remove the given jobs (a user's request); returns
@@ -85,13 +94,18 @@ class Actions:
         """hold, release or remove the queued jobs of `owner` (None: anyone's)
         that match `constraint`, page by page (bulk.Selection)."""
         changed: list[str] = []
-        selection = Selection(self.shared.engine, owner, constraint, self.shared.limits.ads)
+        selection = Selection(
+            self.shared.engine, owner, constraint, self.shared.limits.ads, KEY_COLUMNS
+        )
         size = self.shared.limits.batch_size
+        self.lock_held, self.lock_waited, self.paused = [], 0.0, 0.0
+        began = time.monotonic()
         for page in selection.pages(size, SCAN_FACTOR * size):
             if page:
                 started = time.monotonic()
                 changed += self._apply_batch([(row, action, reason, HOLD_USER) for row in page], by)
                 self._between(started)
+        self._report(action, len(changed), began)
         return changed
 
     def apply_actions(self, planned: Sequence[Planned], by: str) -> list[str]:
@@ -100,6 +114,7 @@ class Actions:
         every hold has a reason and a code and every change an event. A job
         whose state (read anew) the action cannot move is left."""
         changed: list[str] = []
+        self.lock_held = []
         for batch in _batches(planned, self.shared.limits.batch_size):
             started = time.monotonic()
             changed += self._apply_batch(batch, by)
@@ -107,36 +122,52 @@ class Actions:
         return changed
 
     def _apply_batch(self, planned: Sequence[Planned], by: str) -> list[str]:
-        """One batch, one transaction, set-based: the jobs read anew (their
-        small columns only), then per (action, reason, code) and cluster one
-        UPDATE and one INSERT ... SELECT of their events over the runs of
-        consecutive job ids (`_key_clause`), and the memory moved per
-        (autocluster, submitter) rather than per job."""
-        now, changed, moved = time.time(), [], []
+        """One batch, one transaction, set-based, per (action, reason, code)
+        and run of consecutive ids of a cluster (`_key_clauses`): which jobs
+        the action cannot move (usually none), what the memory needs of those
+        it moves grouped by (state, autocluster, submitter, ...), one UPDATE
+        and one INSERT ... SELECT of their events.
+
+        No job row is fetched under the store lock: SQLite lets go of the GIL
+        for every row it steps through, and while pilot turns keep the event
+        loop busy each time back costs up to the interpreter's switch interval
+        (5 ms), which once made a batch of 1000 hold the lock ~200 ms. A
+        statement of a few grouped rows costs a few of those, whatever the
+        batch's size."""
+        now = time.time()
         shared = self.shared
+        work: dict[tuple[str, str, int], dict[int, list[int]]] = {}
+        for given, action, reason, code in planned:
+            if action != JobCause.HOLD:
+                code = 0  # only a hold records one
+            per = work.setdefault((str(action), reason, code), {})
+            per.setdefault(given.cluster_id, []).append(given.proc_id)
+        changed: list[str] = []
+        moved: list[tuple[Any, int, str, set[int]]] = []  # (group row, cluster, new state, procs)
+        asked = time.monotonic()
         with shared.lock:
+            locked = time.monotonic()
+            self.lock_waited += locked - asked
             with shared.engine.begin() as conn:
-                current = current_rows(conn, [(g.cluster_id, g.proc_id) for g, *_ in planned])
-                groups: dict[tuple[str, str, int, int], list[int]] = {}
-                for given, action, reason, code in planned:
-                    new_state, _ = ACTIONS[JobCause(action)]
-                    row = current.pop((given.cluster_id, given.proc_id), None)
-                    if row is None or not JOB.allows(row.state, new_state, action):
-                        continue
-                    if action != JobCause.HOLD:
-                        code = 0  # only a hold records one
-                    groups.setdefault((action, reason, code, row.cluster_id), []).append(
-                        row.proc_id
-                    )
-                    changed.append(job_id(row.cluster_id, row.proc_id))
-                    moved.append((row, new_state))
-                for (action, reason, code, cluster_id), procs in groups.items():
-                    self._act_group(
-                        conn, JobCause(action), reason, code, cluster_id, procs, by, now
-                    )
-                if moved:
-                    _trim(conn, [(r.cluster_id, r.proc_id) for r, _ in moved], limits_keep(shared))
+                for (action, reason, code), clusters in work.items():
+                    for cluster_id, procs in clusters.items():
+                        self._act_group(
+                            conn,
+                            JobCause(action),
+                            reason,
+                            code,
+                            cluster_id,
+                            procs,
+                            by,
+                            now,
+                            changed,
+                            moved,
+                        )
+                if changed:
+                    keys = [(c, p) for _, c, _, procs in moved for p in procs]
+                    _trim(conn, keys, limits_keep(shared))
             self._memory(moved, now)
+            self.lock_held.append(time.monotonic() - locked)
         return changed
 
     def _act_group(
@@ -149,6 +180,8 @@ class Actions:
         procs: list[int],
         by: str,
         now: float,
+        changed: list[str],
+        moved: list[tuple[Any, int, str, set[int]]],
     ) -> None:
         new_state, kind = ACTIONS[action]
         values: dict[str, Any] = {
@@ -166,29 +199,55 @@ class Actions:
         else:
             values["completion_date"] = now
         sources = [s for s in JobState if JOB.allows(s, new_state, action)]
+        movable = jobs.c.state.in_(sources)
         for where, n in _key_clauses(cluster_id, procs):
-            result = conn.execute(
-                jobs.update().where(where, jobs.c.state.in_(sources)).values(**values)
-            )
-            _check_count(result, n)
-            _insert_events(conn, where, now, kind, detail)
+            stay = {r[0] for r in conn.execute(sa.select(jobs.c.proc_id).where(where, ~movable))}
+            groups = conn.execute(
+                sa.select(*_GROUPED, sa.func.count(), sa.func.min(jobs.c.proc_id))
+                .where(where, movable)
+                .group_by(*_GROUPED)
+            ).all()
+            count = sum(g[-2] for g in groups)
+            if not count:
+                continue
+            mine = set(procs) if len(stay) + count == n else _present(conn, where)
+            mine = {p for p in mine if p not in stay} & set(procs)
+            result = conn.execute(jobs.update().where(where, movable).values(**values))
+            _check_count(result, count)
+            if len(mine) != count:
+                raise RuntimeError("jobs changed under the store lock")
+            # the jobs left as they were (usually none) get no event
+            done = sa.and_(where, jobs.c.proc_id.notin_(sorted(stay))) if stay else where
+            _insert_events(conn, done, now, kind, detail)
+            changed += [job_id(cluster_id, p) for p in sorted(mine)]
+            moved += [(g, cluster_id, new_state, mine) for g in groups]
 
-    def _memory(self, moved: Sequence[tuple[Any, str]], now: float) -> None:
-        """The idle index and accounting follow the committed moves: one
-        change per (autocluster, submitter) and queue date for idle jobs."""
+    def _memory(self, moved: Sequence[tuple[Any, int, str, set[int]]], now: float) -> None:
+        """The idle index and accounting follow the committed moves, from the
+        grouped rows: one change per (autocluster, submitter) and queue date
+        for idle jobs (a cached head among the moved jobs is dropped)."""
         shared = self.shared
-        leaving: dict[tuple[int, str], list[HeadKey]] = {}
+        leaving: dict[tuple[int, str], Counter[float]] = {}
+        gone: set[tuple[int, int]] = set()
         arriving: dict[tuple[int, str, float], list[Any]] = {}
-        for row, new_state in moved:
-            key = head_key(row.prio, row.q_date, row.cluster_id, row.proc_id)
-            if row.state == JobState.IDLE:
-                leaving.setdefault((row.autocluster_id, row.submitter), []).append(key)
-            elif row.state == JobState.RUNNING:
-                shared.left(row, now)
+        for g, cluster_id, new_state, procs in moved:
+            state, ac, submitter, owner, cpus, prio, q_date, n, first = g
+            if state == JobState.IDLE:
+                leaving.setdefault((ac, submitter), Counter())[q_date] += n
+                gone.update((cluster_id, p) for p in procs)
+            elif state == JobState.RUNNING:
+                for _ in range(n):
+                    shared.index.stopped(ac)
+                    shared.accounting.change(
+                        submitter, owner, split_submitter(submitter, owner), -cpus, now
+                    )
             if new_state == JobState.IDLE:
-                _arrive(arriving, row.autocluster_id, row.submitter, row.q_date, key)
-        for (ac, submitter), keys in leaving.items():
-            shared.index.remove_many(ac, submitter, keys)
+                entry = arriving.setdefault((ac, submitter, q_date), [0, None])
+                entry[0] += n
+                key = head_key(prio, q_date, cluster_id, first)
+                entry[1] = key if entry[1] is None else min(entry[1], key)
+        for (ac, submitter), dates in leaving.items():
+            shared.index.remove_many(ac, submitter, dates, lambda k: (k[2], k[3]) in gone)
         for (ac, submitter, q_date), (n, best) in arriving.items():
             shared.index.add(ac, submitter, q_date, n, best)
 
@@ -199,6 +258,7 @@ class Actions:
         expr = check_edit(attribute, value, self.shared.limits.ads)
         changed: list[str] = []
         skipped: dict[str, str] = {}
+        self.lock_held = []
         for batch in _batches(rows, self.shared.limits.batch_size):
             started = time.monotonic()
             self._edit_batch(batch, attribute, expr, by, changed, skipped)
@@ -212,14 +272,39 @@ class Actions:
         expr = check_edit(attribute, value, self.shared.limits.ads)
         changed: list[str] = []
         skipped: dict[str, str] = {}
-        selection = Selection(self.shared.engine, owner, constraint, self.shared.limits.ads)
+        selection = Selection(
+            self.shared.engine, owner, constraint, self.shared.limits.ads, KEY_COLUMNS
+        )
         size = self.shared.limits.batch_size
+        self.lock_held, self.lock_waited, self.paused = [], 0.0, 0.0
+        began = time.monotonic()
         for page in selection.pages(size, SCAN_FACTOR * size):
             if page:
                 started = time.monotonic()
                 self._edit_batch(page, attribute, expr, by, changed, skipped)
                 self._between(started)
+        self._report("edit", len(changed), began)
         return changed, skipped
+
+    def _report(self, action: str, n: int, began: float) -> None:
+        """One log line per bulk action: how long, and how long each batch
+        held the store lock (what pilot turns waited for at most)."""
+        held = sorted(self.lock_held)
+        if held:
+            log.info(
+                "bulk %s: %d jobs in %.1f s, %d batches; store lock held per batch "
+                "median %.1f ms, max %.1f ms; %.1f s held, %.1f s waiting for it, "
+                "%.1f s left free",
+                action,
+                n,
+                time.monotonic() - began,
+                len(held),
+                1000 * held[len(held) // 2],
+                1000 * held[-1],
+                sum(held),
+                self.lock_waited,
+                self.paused,
+            )
 
     def _edit_batch(
         self,
@@ -241,7 +326,10 @@ class Actions:
         shared = self.shared
         limits = shared.limits
         per_job = attribute.lower() == "cmd"
+        asked = time.monotonic()
         with shared.lock:
+            locked = time.monotonic()
+            self.lock_waited += locked - asked
             # first the new ads and their autoclusters (each its own short
             # transaction), then every job in one; the lock keeps ads unchanged
             alone: list[tuple[str, Any, Any, str | None, Derived]] = []
@@ -318,19 +406,22 @@ class Actions:
                         )
                     edited = [(r.cluster_id, r.proc_id) for r, _, _ in moved]
                     _trim(conn, edited, limits_keep(shared))
-            leaving: dict[tuple[int, str], list[HeadKey]] = {}
+            leaving: dict[tuple[int, str], Counter[float]] = {}
+            gone: set[tuple[int, int]] = set()
             arriving: dict[tuple[int, str, float], list[Any]] = {}
             for row, ac, d in moved:
                 if row.state == JobState.IDLE:  # it may have moved to another autocluster
-                    leaving.setdefault((row.autocluster_id, row.submitter), []).append(
-                        head_key(row.prio, row.q_date, row.cluster_id, row.proc_id)
-                    )
+                    leaving.setdefault((row.autocluster_id, row.submitter), Counter())[
+                        row.q_date
+                    ] += 1
+                    gone.add((row.cluster_id, row.proc_id))
                     key = head_key(d.prio, row.q_date, row.cluster_id, row.proc_id)
                     _arrive(arriving, ac, d.submitter, row.q_date, key)
-            for (ac, submitter), keys in leaving.items():
-                shared.index.remove_many(ac, submitter, keys)
+            for (ac, submitter), dates in leaving.items():
+                shared.index.remove_many(ac, submitter, dates, lambda k: (k[2], k[3]) in gone)
             for (ac, submitter, q_date), (n, best) in arriving.items():
                 shared.index.add(ac, submitter, q_date, n, best)
+            self.lock_held.append(time.monotonic() - locked)
 
     def _kind(
         self, kinds: dict[tuple[str, str], _Edited | None], row: Any, attribute: str, expr: Any
@@ -410,7 +501,9 @@ class Actions:
         # next batch would often win it over the pilot turns queued behind
         # this one (turn p99 ~1 s during a 200k-job hold, bench/bulk_turns.py).
         # Leave it free for a share of the time the batch took.
-        time.sleep(min(BATCH_PAUSE_MAX, BATCH_YIELD * (time.monotonic() - started)))
+        pause = min(BATCH_PAUSE_MAX, BATCH_YIELD * (time.monotonic() - started))
+        self.paused += pause
+        time.sleep(pause)
 
 
 def current_rows(
@@ -476,6 +569,11 @@ def _trim(conn: Connection, keys: Sequence[tuple[int, int]], keep: int) -> None:
             ).all()
             for row in over:
                 trim_events(conn, row.cluster_id, row.proc_id, keep)
+
+
+def _present(conn: Connection, where: Any) -> set[int]:
+    """The procs `where` names that exist (a job purged meanwhile does not)."""
+    return {r[0] for r in conn.execute(sa.select(jobs.c.proc_id).where(where))}
 
 
 def _check_count(result: Any, expected: int) -> None:
@@ -564,6 +662,16 @@ def _execute_all(conn: Connection, statement: Any, params: list[dict[str, Any]])
         raise RuntimeError(f"{len(params) - result.rowcount} jobs changed under the store lock")
 
 
+# what the memory needs of the jobs a batch moves, grouped (Actions._memory)
+_GROUPED = (
+    jobs.c.state,
+    jobs.c.autocluster_id,
+    jobs.c.submitter,
+    jobs.c.owner,
+    jobs.c.cpus,
+    jobs.c.prio,
+    jobs.c.q_date,
+)
 _KEY = (
     (jobs.c.cluster_id == sa.bindparam("b_cluster"))
     & (jobs.c.proc_id == sa.bindparam("b_proc"))

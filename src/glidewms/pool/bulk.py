@@ -50,9 +50,11 @@ ACT_COLUMNS = (
     jobs.c.q_date,
     jobs.c.cpus,
 )
-# What listing.AdCache sets on a job's ad from its columns (jobs.dynamic).
+KEY_COLUMNS = (jobs.c.cluster_id, jobs.c.proc_id)
+# The ad and what listing.AdCache sets on it from the job's columns (jobs.dynamic).
 AD_COLUMNS = (
     jobs.c.ad,
+    jobs.c.state,
     jobs.c.num_starts,
     jobs.c.num_restarts,
     jobs.c.updated_at,
