@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -51,6 +51,13 @@ ACT_COLUMNS = (
     jobs.c.cpus,
 )
 KEY_COLUMNS = (jobs.c.cluster_id, jobs.c.proc_id)
+
+
+class Key(NamedTuple):
+    cluster_id: int
+    proc_id: int
+
+
 # The ad and what listing.AdCache sets on it from the job's columns (jobs.dynamic).
 AD_COLUMNS = (
     jobs.c.ad,
@@ -289,6 +296,7 @@ class Selection:
         if self.expr is None:
             self.needs_ad = False
         wanted = list(columns)
+        self.keys_only = not self.needs_ad and [c.key for c in wanted] == ["cluster_id", "proc_id"]
         if self.needs_ad:
             wanted += [c for c in AD_COLUMNS if c not in wanted]
         query = sa.select(*wanted).where(jobs.c.state.notin_(TERMINAL_JOBS))
@@ -308,12 +316,12 @@ class Selection:
         after = (-1, -1)
         limit = max(size, scan or size) if self.needs_ad else size
         while True:
+            query = self.query.where(sa.tuple_(jobs.c.cluster_id, jobs.c.proc_id) > after)
             with self.engine.connect() as conn:
-                rows = conn.execute(
-                    self.query.where(sa.tuple_(jobs.c.cluster_id, jobs.c.proc_id) > after).limit(
-                        limit
-                    )
-                ).all()
+                if self.keys_only:
+                    rows = self._keys(conn, query.limit(limit))
+                else:
+                    rows = conn.execute(query.limit(limit)).all()
             if not rows:
                 return
             page: list[Any] = []
@@ -324,6 +332,26 @@ class Selection:
                         break
             after = (row.cluster_id, row.proc_id)
             yield page
+
+    def _keys(self, conn: Any, query: Any) -> list[Key]:
+        """The page's job keys as one row per cluster (its ids joined by
+        commas), not one row per job: SQLite lets go of the GIL for every
+        row it steps, and under a busy interpreter each time back can cost
+        up to the switch interval (pool/actions.py `_apply_batch`)."""
+        inner = query.subquery()
+        if conn.dialect.name == "postgresql":
+            joined = sa.func.string_agg(sa.cast(inner.c.proc_id, sa.Text), ",")
+        else:
+            joined = sa.func.group_concat(inner.c.proc_id, ",")
+        keys = [
+            Key(cluster_id, int(p))
+            for cluster_id, procs in conn.execute(
+                sa.select(inner.c.cluster_id, joined).group_by(inner.c.cluster_id)
+            )
+            for p in procs.split(",")
+        ]
+        keys.sort()
+        return keys
 
     def matches(self, row: Any) -> bool:
         """The constraint on the job's full ad (listing.AdCache), once per
