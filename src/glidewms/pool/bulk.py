@@ -316,12 +316,22 @@ class Selection:
         after = (-1, -1)
         limit = max(size, scan or size) if self.needs_ad else size
         while True:
-            query = self.query.where(sa.tuple_(jobs.c.cluster_id, jobs.c.proc_id) > after)
+            # The rest of the cluster the last page ended in, then the next
+            # clusters: each a seek on the primary key. A row value
+            # `(cluster_id, proc_id) > after` beside a ClusterId range from
+            # the constraint made SQLite seek by the range and skip every
+            # row before `after`, each page (quadratic over a million jobs).
+            cluster_id, proc_id = after
             with self.engine.connect() as conn:
-                if self.keys_only:
-                    rows = self._keys(conn, query.limit(limit))
-                else:
-                    rows = conn.execute(query.limit(limit)).all()
+                rows = self._read(
+                    conn,
+                    self.query.where(jobs.c.cluster_id == cluster_id, jobs.c.proc_id > proc_id),
+                    limit,
+                )
+                if len(rows) < limit:
+                    rows += self._read(
+                        conn, self.query.where(jobs.c.cluster_id > cluster_id), limit - len(rows)
+                    )
             if not rows:
                 return
             page: list[Any] = []
@@ -332,6 +342,11 @@ class Selection:
                         break
             after = (row.cluster_id, row.proc_id)
             yield page
+
+    def _read(self, conn: Any, query: Any, limit: int) -> list[Any]:
+        if self.keys_only:
+            return self._keys(conn, query.limit(limit))
+        return list(conn.execute(query.limit(limit)).all())
 
     def _keys(self, conn: Any, query: Any) -> list[Key]:
         """The page's job keys as one row per cluster (its ids joined by
