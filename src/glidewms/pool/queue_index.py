@@ -25,7 +25,7 @@ oldest idle job of an autocluster is a min over its clusters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 # (-JobPrio, QDate, ClusterId, ProcId): smaller is better
 HeadKey = tuple[int, float, int, int]
@@ -98,6 +98,45 @@ class IdleIndex:
                 self.streaming.add(pair)
         elif later and key in later:
             later.remove(key)
+        self._prune(ac, submitter)
+
+    def remove_many(
+        self,
+        ac: int,
+        submitter: str,
+        dates: Mapping[float, int],
+        gone: Callable[[HeadKey], bool],
+    ) -> None:
+        """`remove` for many idle jobs of one (autocluster, submitter) at once
+        (a bulk action's batch): `dates` counts them per queue date, and
+        `gone` tells whether a cached key is one of them. The same end state
+        as one `remove` per job, one pass over the cached keys."""
+        n = sum(dates.values())
+        if not n:
+            return
+        pair = (ac, submitter)
+        per = self.counts.setdefault(ac, {})
+        per[submitter] = per.get(submitter, 0) - n
+        known = self.dates.setdefault(pair, {})
+        for q_date, k in dates.items():
+            left = known.get(q_date, 0) - k
+            if left:
+                known[q_date] = left
+            else:
+                known.pop(q_date, None)
+        head = self.heads.get(pair)
+        if head is not None:
+            later = self.upcoming.get(pair) or []
+            if gone(head) or any(gone(k) for k in later):
+                # what is left of the cached prefix is still a prefix
+                kept = [k for k in (head, *later) if not gone(k)]
+                if kept:
+                    self.heads[pair] = kept[0]
+                    self.upcoming[pair] = kept[1:]
+                else:
+                    del self.heads[pair]
+                    self.upcoming.pop(pair, None)
+                    self.streaming.add(pair)
         self._prune(ac, submitter)
 
     def started(self, ac: int, n: int = 1) -> None:
