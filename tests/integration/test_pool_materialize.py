@@ -236,6 +236,34 @@ def test_another_user_can_neither_see_nor_touch_the_cluster(pool_config, auth):
         assert pool.get("/api/v1/clusters", headers=alice).json()[0]["materialized"] == 2
 
 
+def test_a_user_may_be_sending_only_a_few_clusters_at_once(pool_config, auth):
+    """Each staging cluster may grow to max_procs_per_cluster procs before its
+    commit: without a bound per user, clusters that never commit fill the disk."""
+    pool_config.max_staging_clusters = 2
+    alice, bob = auth("alice"), auth("bob")
+    with TestClient(create_app(pool_config)) as pool:
+        opened = []
+        for _ in range(2):
+            r = pool.post("/api/v1/clusters", json={"proto": PROTO}, headers=alice)
+            assert r.status_code == 201, r.text
+            opened.append(r.json()["cluster_id"])
+        r = pool.post("/api/v1/clusters", json={"proto": PROTO}, headers=alice)
+        assert r.status_code == 409 and "max_staging_clusters" in r.text
+        # another user's limit is their own
+        assert pool.post("/api/v1/clusters", json={"proto": PROTO}, headers=bob).status_code == 201
+        # a commit frees a place
+        cid = opened[0]
+        body = {"first": 0, "procs": deltas(0, 1)}
+        assert (
+            pool.post(f"/api/v1/clusters/{cid}/procs", json=body, headers=alice).status_code == 200
+        )
+        commit = pool.post(f"/api/v1/clusters/{cid}/commit", json={"total": 1}, headers=alice)
+        assert commit.status_code == 200, commit.text
+        assert (
+            pool.post("/api/v1/clusters", json={"proto": PROTO}, headers=alice).status_code == 201
+        )
+
+
 @pytest.mark.parametrize("name", sorted(COMPACT_FILES))
 def test_materialised_rows_equal_the_plain_paths(tmp_path, name):
     """The same jobs, queued plainly and materialised from proto + deltas

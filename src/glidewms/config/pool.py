@@ -181,6 +181,11 @@ class PoolConfig(TlsChecks):
     max_jobs_per_request: int = Field(
         100_000, ge=1, description="most jobs one submit queues, and job ids one action names"
     )
+    max_staging_clusters: int = Field(
+        4,
+        ge=1,
+        description="clusters one user may be sending in chunks at once (not yet committed)",
+    )
     max_procs_per_cluster: int = Field(
         10_000_000,
         ge=1,

@@ -248,12 +248,33 @@ class Materializer:
     # ------------------------------------------------------------ submit
 
     def create(
-        self, owner: str, proto: Proto, max_materialize: int | None, max_idle: int | None
+        self,
+        owner: str,
+        proto: Proto,
+        max_materialize: int | None,
+        max_idle: int | None,
+        most_staging: int | None = None,
     ) -> int:
         """A staging cluster for `owner`: its id. The proto is checked as
-        job 0 would be."""
+        job 0 would be. `most_staging` bounds the clusters one owner may be
+        sending at once: each may grow to `max_procs_per_cluster` procs
+        before its commit, so without it one user could fill the disk with
+        clusters that never become jobs."""
         self._check_attrs(proto.attrs, 0)
         self.queue.check([proc_job(proto, {}, 0)])
+        if most_staging is not None:  # two racing creates may pass one over: still bounded
+            with self.shared.engine.connect() as conn:
+                staging = conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(late_clusters)
+                    .where(late_clusters.c.owner == owner, late_clusters.c.state == STAGING)
+                ).scalar_one()
+            if staging >= most_staging:
+                raise Conflict(
+                    f"{staging} of your clusters are being submitted (at most "
+                    f"{most_staging}, max_staging_clusters): commit them, or wait for "
+                    "an abandoned one to be dropped"
+                )
         cluster_id = self.queue.new_cluster_id()
         now = time.time()
         with self.shared.engine.begin() as conn:

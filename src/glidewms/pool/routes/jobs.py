@@ -248,7 +248,12 @@ async def create_cluster(body: ClusterBody, pool: Pool, who: UserCaller) -> dict
     proto = Proto(p.attrs, [f.model_dump() for f in p.sandbox], p.args, p.env)
     materializer = pool.store.materializer
     cluster_id = await guarded(
-        materializer.create, who.subject, proto, body.max_materialize, body.max_idle
+        materializer.create,
+        who.subject,
+        proto,
+        body.max_materialize,
+        body.max_idle,
+        pool.config.max_staging_clusters,
     )
     return {"cluster_id": cluster_id}
 
